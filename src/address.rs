@@ -1,0 +1,215 @@
+//! Test addresses: `suite.test`, the key that ties a plan's test to its state record, its
+//! instance tags and its results directory.
+//!
+//! Names may hold almost anything (users name tests after what they measure, quotes and all), so
+//! an address renders a name bare only when it is a plain word and quoted, JSON-style, otherwise:
+//! `ingest.geonames-4g`, `ingest."a b"`. Parsing accepts the same form, so any address rallyctl
+//! prints can be pasted back into `--target`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// The longest name accepted; EC2 tag values allow 256 characters and `Name` holds two names.
+pub const MAX_NAME_LEN: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    suite: String,
+    test: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("a name cannot be empty")]
+    Empty,
+    #[error("a name cannot contain '.', which separates suite and test in an address")]
+    Dot,
+    #[error("a name is at most {MAX_NAME_LEN} characters")]
+    TooLong,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{input}` is not an address (expected SUITE.TEST, quoting a name with \"...\" when it is not a plain word): {reason}")]
+pub struct AddressParseError {
+    input: String,
+    reason: String,
+}
+
+/// Checks that a suite or test name can form an address.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        Err(NameError::Empty)
+    } else if name.contains('.') {
+        Err(NameError::Dot)
+    } else if name.chars().count() > MAX_NAME_LEN {
+        Err(NameError::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
+fn is_plain(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A file-system-safe form of a name: itself when plain, else its plain characters and a short
+/// hash of the whole name, so two names that differ only in special characters stay apart.
+pub fn slug(name: &str) -> String {
+    if is_plain(name) {
+        return name.to_owned();
+    }
+    let kept: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let digest = Sha256::digest(name.as_bytes());
+    format!("{kept}-{}", &hex::encode(digest)[..8])
+}
+
+fn fmt_name(name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if is_plain(name) {
+        f.write_str(name)
+    } else {
+        // serde_json's string escaping is exactly the quoting that `FromStr` undoes.
+        f.write_str(&serde_json::to_string(name).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl Address {
+    pub fn new(suite: impl Into<String>, test: impl Into<String>) -> Result<Self, NameError> {
+        let (suite, test) = (suite.into(), test.into());
+        check_name(&suite)?;
+        check_name(&test)?;
+        Ok(Address { suite, test })
+    }
+
+    pub fn suite(&self) -> &str {
+        &self.suite
+    }
+
+    pub fn test(&self) -> &str {
+        &self.test
+    }
+
+    /// Relative path `suite/test` with both parts slugged, for results and remote directories.
+    pub fn path(&self) -> std::path::PathBuf {
+        [slug(&self.suite), slug(&self.test)].iter().collect()
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_name(&self.suite, f)?;
+        f.write_str(".")?;
+        fmt_name(&self.test, f)
+    }
+}
+
+/// Reads one name from the front of `s`: a plain word, or a JSON string. Returns it and the rest.
+fn take_name(s: &str) -> Result<(String, &str), String> {
+    if s.starts_with('"') {
+        let mut stream = serde_json::Deserializer::from_str(s).into_iter::<String>();
+        match stream.next() {
+            Some(Ok(name)) => Ok((name, &s[stream.byte_offset()..])),
+            _ => Err("unterminated or malformed quoted name".into()),
+        }
+    } else {
+        let end = s
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(s.len());
+        Ok((s[..end].to_owned(), &s[end..]))
+    }
+}
+
+impl FromStr for Address {
+    type Err = AddressParseError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let err = |reason: String| AddressParseError {
+            input: input.to_owned(),
+            reason,
+        };
+        let (suite, rest) = take_name(input).map_err(err)?;
+        let rest = rest
+            .strip_prefix('.')
+            .ok_or_else(|| err("missing '.' between suite and test".into()))?;
+        let (test, rest) = take_name(rest).map_err(err)?;
+        if !rest.is_empty() {
+            return Err(err(format!("unexpected `{rest}` after the test name")));
+        }
+        Address::new(suite, test).map_err(|e| err(e.to_string()))
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_names_render_bare() {
+        let a = Address::new("ingest", "geonames-4g").unwrap();
+        assert_eq!(a.to_string(), "ingest.geonames-4g");
+        assert_eq!(a.path(), std::path::Path::new("ingest/geonames-4g"));
+    }
+
+    #[test]
+    fn odd_names_render_quoted_and_parse_back() {
+        let a = Address::new("s", "a \"b\" $(rm -rf /);\n`x` é").unwrap();
+        let shown = a.to_string();
+        assert_eq!(shown, r#"s."a \"b\" $(rm -rf /);\n`x` é""#);
+        assert_eq!(shown.parse::<Address>().unwrap(), a);
+        assert!(!a.path().to_string_lossy().contains(['"', '$', '`', ';', '\n', ' ']));
+    }
+
+    #[test]
+    fn bad_addresses_are_refused_with_a_reason() {
+        for (input, reason) in [
+            ("nodot", "missing '.'"),
+            ("a.b.c", "unexpected `.c`"),
+            (".b", "cannot be empty"),
+            ("a.\"open", "unterminated"),
+        ] {
+            let err = input.parse::<Address>().unwrap_err().to_string();
+            assert!(err.contains(reason), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn slugs_of_names_differing_in_special_characters_differ() {
+        assert_ne!(slug("a b"), slug("a;b"));
+        assert_eq!(slug("plain_name-1"), "plain_name-1");
+    }
+
+    proptest! {
+        #[test]
+        fn display_and_parse_round_trip(suite in "[^.]{1,20}", test in "[^.]{1,20}") {
+            let a = Address::new(suite, test).unwrap();
+            prop_assert_eq!(a.to_string().parse::<Address>().unwrap(), a);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Plan-file diagnostics: compiler-style `file:line:column: field: message` lines, one per
+//! problem, so an editor or CI log can jump straight to each.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Where in the plan's structure, e.g. `suite[0].test[1].track`; empty for syntax errors.
+    pub field: String,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one plan file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PlanErrors {
+    pub file: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for PlanErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.diagnostics {
+            writeln!(f, "{d}")?;
+        }
+        let n = self.diagnostics.len();
+        write!(
+            f,
+            "{} has {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// Collects diagnostics while validation walks a file, turning byte spans into lines and columns.
+pub struct Sink<'a> {
+    file: &'a Path,
+    text: &'a str,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        Sink {
+            file,
+            text,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>) {
+        self.push(span, field, message.into(), None);
+    }
+
+    pub fn error_with_help(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push(span, field, message.into(), Some(help.into()));
+    }
+
+    fn push(&mut self, span: &Range<usize>, field: &str, message: String, help: Option<String>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.to_owned(),
+            message,
+            help,
+        });
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_column;
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let text = "ab\nçd = 1\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 3), (2, 1));
+        assert_eq!(line_column(text, 6), (2, 3));
+        assert_eq!(line_column(text, 999), (3, 1));
+    }
+}

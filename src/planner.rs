@@ -1,0 +1,464 @@
+//! The diff of wanted results (the plan) against recorded ones (the state), rendered the way
+//! Terraform users read a plan, and saved plans that a later apply refuses once state moved on.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use console::style;
+use serde::{Deserialize, Serialize};
+use similar::TextDiff;
+use uuid::Uuid;
+
+use crate::address::Address;
+use crate::plan::Plan;
+use crate::state::{State, Status, TestRecord};
+use crate::templates::{Artifacts, Renderer, TemplateError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// No result yet (or the last attempt did not finish): run it.
+    Run,
+    /// A result exists but was made with another configuration (or `--replace` asked).
+    Rerun,
+    /// The test left the plan while its instance may still be running.
+    Terminate,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub address: Address,
+    pub action: Action,
+    pub reason: String,
+    /// The hash the new result will carry; none for terminations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Unified diff of the recorded and planned settings and race command, for re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    pub changes: Vec<Change>,
+    pub unchanged: usize,
+}
+
+/// What to consider: `targets` limits the plan to some addresses, `replace` forces re-runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub targets: Vec<Address>,
+    pub replace: Vec<Address>,
+}
+
+impl Changes {
+    pub fn count(&self, action: Action) -> usize {
+        self.changes.iter().filter(|c| c.action == action).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn get(&self, address: &Address) -> Option<&Change> {
+        self.changes.iter().find(|c| &c.address == address)
+    }
+}
+
+/// The settings and race command as one text, the thing diffs compare.
+fn comparable(settings: &serde_json::Value, race_command: &str) -> String {
+    format!(
+        "{}\n\nrace command:\n  {race_command}\n",
+        serde_json::to_string_pretty(settings).expect("JSON values serialize")
+    )
+}
+
+pub fn render_all(plan: &Plan, renderer: &Renderer) -> Result<BTreeMap<Address, Artifacts>, TemplateError> {
+    plan.tests()
+        .map(|t| Ok((t.address.clone(), renderer.render(t)?)))
+        .collect()
+}
+
+pub fn diff(plan: &Plan, state: &State, artifacts: &BTreeMap<Address, Artifacts>, options: &Options) -> Changes {
+    let wanted = |a: &Address| options.targets.is_empty() || options.targets.contains(a);
+    let mut changes = Changes::default();
+    for test in plan.tests().filter(|t| wanted(&t.address)) {
+        let new = &artifacts[&test.address];
+        let record = state.tests.get(&test.address);
+        let replace = options.replace.contains(&test.address);
+        let change = |action, reason: String, diff: Option<String>| Change {
+            address: test.address.clone(),
+            action,
+            reason,
+            config_hash: Some(new.config_hash.clone()),
+            diff,
+            instance: record.and_then(TestRecord::live_instance).map(|i| i.id.clone()),
+        };
+        let Some(record) = record else {
+            changes.changes.push(change(Action::Run, "will be run".into(), None));
+            continue;
+        };
+        let same = record.config_hash == new.config_hash;
+        let diff_text = || {
+            let old = comparable(&record.settings, &record.race_command);
+            let settings: serde_json::Value =
+                serde_json::from_str(&test.settings.canonical_json()).expect("canonical JSON parses");
+            let planned = comparable(&settings, &new.race_command);
+            let text = TextDiff::from_lines(&old, &planned)
+                .unified_diff()
+                .context_radius(2)
+                .header("recorded", "planned")
+                .to_string();
+            // Identical text with a different hash: a template, rally.ini or track file changed.
+            if text.is_empty() {
+                "(settings are unchanged; a template, the rally.ini or a track file changed)\n".to_owned()
+            } else {
+                text
+            }
+        };
+        let entry = match (&record.status, same) {
+            (Status::Completed, true) if replace => Some(change(Action::Rerun, "will be re-run: replacement requested".into(), None)),
+            (Status::Completed, true) => None,
+            (Status::Completed, false) => Some(change(
+                Action::Rerun,
+                "will be re-run: its configuration changed".into(),
+                Some(diff_text()),
+            )),
+            (Status::InProgress { step }, true) if !replace => Some(change(
+                Action::Run,
+                format!("will be resumed at {step} (an earlier apply stopped there)"),
+                None,
+            )),
+            (Status::Failed { step, error, .. }, true) => Some(change(
+                Action::Run,
+                format!("will be run again: the last attempt failed at {step}: {}", first_line(error)),
+                None,
+            )),
+            (_, false) => Some(change(
+                Action::Rerun,
+                "will be re-run: its configuration changed".into(),
+                Some(diff_text()),
+            )),
+            (_, true) => Some(change(Action::Run, "will be run".into(), None)),
+        };
+        match entry {
+            Some(c) => changes.changes.push(c),
+            None => changes.unchanged += 1,
+        }
+    }
+    let planned: HashSet<&Address> = plan.tests().map(|t| &t.address).collect();
+    for (address, record) in &state.tests {
+        if planned.contains(address) || !wanted(address) {
+            continue;
+        }
+        if let Some(instance) = record.live_instance() {
+            changes.changes.push(Change {
+                address: address.clone(),
+                action: Action::Terminate,
+                reason: format!("will be terminated: the test left the plan (instance {})", instance.id),
+                config_hash: None,
+                diff: None,
+                instance: Some(instance.id.clone()),
+            });
+        }
+    }
+    changes
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// The Terraform-style text of a plan; colour follows `console`'s global setting.
+pub fn render(changes: &Changes) -> String {
+    let mut out = String::new();
+    if changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "No changes: {} result{} already exist{} for this configuration.\n",
+            changes.unchanged,
+            if changes.unchanged == 1 { "" } else { "s" },
+            if changes.unchanged == 1 { "s" } else { "" },
+        );
+    } else {
+        out.push_str("rallyctl will perform the following actions:\n\n");
+        for c in &changes.changes {
+            let styled = match c.action {
+                Action::Run => style("  +").green(),
+                Action::Rerun => style("-/+").yellow(),
+                Action::Terminate => style("  -").red(),
+            };
+            let _ = writeln!(out, "  # {} {}", c.address, c.reason);
+            let _ = writeln!(out, "{styled} {}", style(&c.address).bold());
+            if let Some(diff) = &c.diff {
+                for line in diff.lines() {
+                    let line_styled = if line.starts_with('+') && !line.starts_with("+++") {
+                        style(line).green()
+                    } else if line.starts_with('-') && !line.starts_with("---") {
+                        style(line).red()
+                    } else {
+                        style(line).dim()
+                    };
+                    let _ = writeln!(out, "      {line_styled}");
+                }
+            }
+            out.push('\n');
+        }
+        if changes.unchanged > 0 {
+            let _ = writeln!(
+                out,
+                "{} result{} already up to date.",
+                changes.unchanged,
+                if changes.unchanged == 1 { " is" } else { "s are" }
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "Plan: {} to run, {} to re-run, {} to terminate.",
+        changes.count(Action::Run),
+        changes.count(Action::Rerun),
+        changes.count(Action::Terminate)
+    );
+    out
+}
+
+/// The format version of saved plan files.
+pub const SAVED_PLAN_VERSION: u32 = 1;
+
+/// A plan saved with `plan -out`, applied later only if state has not moved on since.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPlan {
+    pub format_version: u32,
+    pub plan: Plan,
+    /// The state it was computed against: none when no state existed yet.
+    pub state_lineage: Option<Uuid>,
+    pub state_serial: u64,
+    pub changes: Changes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SavedPlanError {
+    #[error("cannot read saved plan {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a saved plan: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("saved plan {path} is stale: {reason}; run `rallyctl plan` again")]
+    Stale { path: String, reason: String },
+}
+
+impl SavedPlan {
+    pub fn new(plan: &Plan, state: &State, state_exists: bool, changes: &Changes) -> SavedPlan {
+        SavedPlan {
+            format_version: SAVED_PLAN_VERSION,
+            plan: plan.clone(),
+            state_lineage: state_exists.then_some(state.lineage),
+            state_serial: if state_exists { state.serial } else { 0 },
+            changes: changes.clone(),
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut json = serde_json::to_vec_pretty(self).expect("saved plans serialize");
+        json.push(b'\n');
+        std::fs::write(path, json)
+    }
+
+    pub fn read(path: &Path) -> Result<SavedPlan, SavedPlanError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| SavedPlanError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let saved: SavedPlan = serde_json::from_slice(&bytes).map_err(|e| SavedPlanError::Invalid {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        if saved.format_version != SAVED_PLAN_VERSION {
+            return Err(SavedPlanError::Invalid {
+                path: shown,
+                reason: format!("format version {} (this rallyctl reads {SAVED_PLAN_VERSION})", saved.format_version),
+            });
+        }
+        Ok(saved)
+    }
+
+    /// Refuses the saved plan when the state or any rendered input changed since it was made.
+    pub fn check_fresh(
+        &self,
+        path: &Path,
+        state: &State,
+        state_exists: bool,
+        artifacts: &BTreeMap<Address, Artifacts>,
+    ) -> Result<(), SavedPlanError> {
+        let stale = |reason: String| SavedPlanError::Stale {
+            path: path.display().to_string(),
+            reason,
+        };
+        let now = (state_exists.then_some(state.lineage), if state_exists { state.serial } else { 0 });
+        if now != (self.state_lineage, self.state_serial) {
+            return Err(stale(format!(
+                "the state changed since it was planned (serial {} then, {} now)",
+                self.state_serial, now.1
+            )));
+        }
+        for change in &self.changes.changes {
+            if let (Some(hash), Some(a)) = (&change.config_hash, artifacts.get(&change.address))
+                && hash != &a.config_hash
+            {
+                return Err(stale(format!(
+                    "the inputs of {} (rally.ini or track files) changed since it was planned",
+                    change.address
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Instance, Step};
+
+    const PLAN: &str = r#"
+version = 1
+name = "nightly"
+[defaults]
+region = "us-east-1"
+ami = "ami-0123456789abcdef0"
+instance_type = "m5.xlarge"
+rally_config = "conditional_install_items/rally_csv.ini"
+[[suite]]
+name = "ingest"
+[[suite.test]]
+name = "geonames"
+track = "geonames"
+car = "4gheap"
+[[suite.test]]
+name = "nyc"
+track = "nyc_taxis"
+"#;
+
+    fn plan(text: &str) -> Plan {
+        Plan::parse(Path::new("plans/nightly.toml"), text).unwrap()
+    }
+
+    fn record_for(plan: &Plan, address: &str, status: Status) -> (Address, TestRecord) {
+        let address: Address = address.parse().unwrap();
+        let test = plan.test(&address).unwrap();
+        let a = Renderer::new().render(test).unwrap();
+        (
+            address,
+            TestRecord {
+                config_hash: a.config_hash,
+                settings: serde_json::from_str(&test.settings.canonical_json()).unwrap(),
+                race_command: a.race_command,
+                status,
+                attempt: 1,
+                run_id: None,
+                race_id: None,
+                instance: None,
+                results: vec![],
+                history: vec![],
+            },
+        )
+    }
+
+    fn plan_text(p: &Plan, state: &State, options: &Options) -> String {
+        let artifacts = render_all(p, &Renderer::new()).unwrap();
+        render(&diff(p, state, &artifacts, options))
+    }
+
+    #[test]
+    fn everything_new_is_run() {
+        console::set_colors_enabled(false);
+        insta::assert_snapshot!(plan_text(&plan(PLAN), &State::new("nightly"), &Options::default()));
+    }
+
+    #[test]
+    fn changed_config_is_rerun_with_a_diff_and_departed_tests_terminated() {
+        console::set_colors_enabled(false);
+        let old = plan(PLAN);
+        let mut state = State::new("nightly");
+        let (a, r) = record_for(&old, "ingest.geonames", Status::Completed);
+        state.tests.insert(a, r);
+        let (a, r) = record_for(&old, "ingest.nyc", Status::Completed);
+        state.tests.insert(a, r);
+        let (a, mut r) = record_for(&old, "ingest.nyc", Status::InProgress { step: Step::Racing });
+        r.instance = Some(Instance {
+            id: "i-0abc".into(),
+            region: "us-east-1".into(),
+            address: None,
+            launched_at: "2026-11-25T00:00:00Z".parse().unwrap(),
+            terminated_at: None,
+        });
+        state.tests.insert(Address::new("old", "gone").unwrap(), r);
+        let _ = a;
+        let new = plan(&PLAN.replace("car = \"4gheap\"", "car = \"8gheap\""));
+        insta::assert_snapshot!(plan_text(&new, &state, &Options::default()));
+    }
+
+    #[test]
+    fn nothing_to_do_is_a_no_op_that_is_counted() {
+        console::set_colors_enabled(false);
+        let p = plan(PLAN);
+        let mut state = State::new("nightly");
+        for addr in ["ingest.geonames", "ingest.nyc"] {
+            let (a, r) = record_for(&p, addr, Status::Completed);
+            state.tests.insert(a, r);
+        }
+        insta::assert_snapshot!(plan_text(&p, &state, &Options::default()));
+        let replace = Options {
+            replace: vec!["ingest.nyc".parse().unwrap()],
+            ..Options::default()
+        };
+        assert!(plan_text(&p, &state, &replace).ends_with("Plan: 0 to run, 1 to re-run, 0 to terminate."));
+    }
+
+    #[test]
+    fn failed_and_interrupted_tests_are_run_again_and_targets_filter() {
+        console::set_colors_enabled(false);
+        let p = plan(PLAN);
+        let mut state = State::new("nightly");
+        let (a, r) = record_for(
+            &p,
+            "ingest.geonames",
+            Status::Failed {
+                step: Step::Installing,
+                error: "pip failed\nmore".into(),
+                log_tail: None,
+            },
+        );
+        state.tests.insert(a, r);
+        let (a, r) = record_for(&p, "ingest.nyc", Status::InProgress { step: Step::Racing });
+        state.tests.insert(a, r);
+        insta::assert_snapshot!(plan_text(&p, &state, &Options::default()));
+        let only = Options {
+            targets: vec!["ingest.nyc".parse().unwrap()],
+            ..Options::default()
+        };
+        assert!(plan_text(&p, &state, &only).ends_with("Plan: 1 to run, 0 to re-run, 0 to terminate."));
+    }
+
+    #[test]
+    fn a_saved_plan_is_refused_once_state_moved_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(PLAN);
+        let mut state = State::new("nightly");
+        let artifacts = render_all(&p, &Renderer::new()).unwrap();
+        let changes = diff(&p, &state, &artifacts, &Options::default());
+        let path = dir.path().join("saved.json");
+        SavedPlan::new(&p, &state, false, &changes).write(&path).unwrap();
+        let saved = SavedPlan::read(&path).unwrap();
+        saved.check_fresh(&path, &state, false, &artifacts).unwrap();
+        crate::state::save(&dir.path().join("s.json"), &mut state).unwrap();
+        let err = saved.check_fresh(&path, &state, true, &artifacts).unwrap_err().to_string();
+        assert!(err.contains("is stale"), "{err}");
+        std::fs::write(&path, "{}").unwrap();
+        assert!(SavedPlan::read(&path).unwrap_err().to_string().contains("is not a saved plan"));
+    }
+}

@@ -1,0 +1,515 @@
+//! The state file: what rallyctl knows of every test's result and instance.
+//!
+//! Every write is atomic (temp file, fsync, rename) and keeps the previous serial beside it as
+//! `<file>.backup`, so a crash at any point leaves a readable state. A file that cannot be read
+//! (corrupt, truncated, from a newer rallyctl) is refused and never overwritten.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::address::Address;
+
+/// The state format version this rallyctl writes and reads.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// Fixed when the state is created; tags every instance, so instances of another state
+    /// that happens to share the workspace name are told apart.
+    pub lineage: Uuid,
+    /// Bumped on every write; a saved plan records it to detect that state moved on.
+    pub serial: u64,
+    pub workspace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_run: Option<String>,
+    pub tests: BTreeMap<Address, TestRecord>,
+}
+
+/// The step a test is in, or was in when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Launching,
+    Booting,
+    Installing,
+    Racing,
+    Collecting,
+    Terminating,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Launching,
+        Step::Booting,
+        Step::Installing,
+        Step::Racing,
+        Step::Collecting,
+        Step::Terminating,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Launching => "launching",
+            Step::Booting => "booting",
+            Step::Installing => "installing",
+            Step::Racing => "racing",
+            Step::Collecting => "collecting",
+            Step::Terminating => "terminating",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A test's lifecycle: `Pending ▶ InProgress(step) ▶ Completed`, or `Failed` from any step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    InProgress { step: Step },
+    Completed,
+    Failed {
+        step: Step,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_tail: Option<String>,
+    },
+}
+
+impl Status {
+    pub fn label(&self) -> String {
+        match self {
+            Status::Pending => "pending".into(),
+            Status::InProgress { step } => step.to_string(),
+            Status::Completed => "completed".into(),
+            Status::Failed { step, .. } => format!("failed ({step})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub region: String,
+    /// The address rallyctl connects to, once the instance has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub launched_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultFile {
+    /// Relative to the directory holding `results/`.
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub status: String,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRecord {
+    pub config_hash: String,
+    /// The merged settings the hash covers, kept so `plan` can show what changed.
+    pub settings: serde_json::Value,
+    pub race_command: String,
+    #[serde(flatten)]
+    pub status: Status,
+    /// Counts launches of this test; with the lineage it names the instance (tags, ClientToken).
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub race_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<ResultFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
+}
+
+impl TestRecord {
+    /// An instance that may still be running (and costing money).
+    pub fn live_instance(&self) -> Option<&Instance> {
+        self.instance.as_ref().filter(|i| i.terminated_at.is_none())
+    }
+
+    /// Moves to a new status and remembers when, for timings and the ordering checks.
+    pub fn set_status(&mut self, status: Status) {
+        self.history.push(Transition {
+            status: status.label(),
+            at: Timestamp::now(),
+        });
+        self.status = status;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "state file {path} is not valid ({reason}); it was left untouched.{backup_hint}"
+    )]
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        backup_hint: String,
+    },
+    #[error(
+        "state file {path} was written by a newer rallyctl (state version {found}; this one reads {STATE_VERSION}); it was left untouched"
+    )]
+    Newer { path: PathBuf, found: u64 },
+    #[error("state file {path} belongs to workspace `{found}`, not `{expected}`")]
+    Workspace {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl State {
+    pub fn new(workspace: &str) -> State {
+        State {
+            version: STATE_VERSION,
+            lineage: Uuid::new_v4(),
+            serial: 0,
+            workspace: workspace.to_owned(),
+            baseline_run: None,
+            tests: BTreeMap::new(),
+        }
+    }
+}
+
+/// The default state path of a workspace.
+pub fn default_path(workspace: &str) -> PathBuf {
+    Path::new("state").join(format!("{}.state.json", crate::address::slug(workspace)))
+}
+
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".backup");
+    PathBuf::from(name)
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Reads a state file; `Ok(None)` when there is none yet.
+pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let corrupt = |reason: String| {
+        let backup = backup_path(path);
+        StateError::Corrupt {
+            path: path.to_owned(),
+            reason,
+            backup_hint: if backup.is_file() {
+                format!(
+                    " The previous serial is in {}: inspect both, and copy the backup over the state file to go back to it.",
+                    backup.display()
+                )
+            } else {
+                String::new()
+            },
+        }
+    };
+    // The version is checked before the schema, so a newer file is named as such rather than
+    // reported as corrupt because of fields this rallyctl does not know.
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v > u64::from(STATE_VERSION) => {
+            return Err(StateError::Newer {
+                path: path.to_owned(),
+                found: v,
+            });
+        }
+        Some(_) => {}
+        None => return Err(corrupt("no `version` number".into())),
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// Loads the state of `workspace` at `path`, or a new empty one.
+pub fn load_or_new(path: &Path, workspace: &str) -> Result<State, StateError> {
+    match load(path)? {
+        Some(state) if state.workspace != workspace => Err(StateError::Workspace {
+            path: path.to_owned(),
+            found: state.workspace,
+            expected: workspace.to_owned(),
+        }),
+        Some(state) => Ok(state),
+        None => Ok(State::new(workspace)),
+    }
+}
+
+/// Writes `state` with the next serial: temp file, fsync, keep the old file as the backup,
+/// rename over. A crash at any point leaves either the old or the new state in place.
+pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
+    let write_err = |source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    state.serial += 1;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(write_err)?;
+    let mut json = serde_json::to_vec_pretty(state).expect("state serializes");
+    json.push(b'\n');
+    let mut temp = tempfile::Builder::new()
+        .prefix(".rallyctl-state-")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    temp.write_all(&json).map_err(write_err)?;
+    temp.as_file().sync_all().map_err(write_err)?;
+    if path.exists() {
+        // A hard link keeps the old bytes under the backup name without copying them.
+        let staged = dir.join(format!(".rallyctl-backup-{}", Uuid::new_v4()));
+        fs::hard_link(path, &staged).map_err(write_err)?;
+        fs::rename(&staged, backup_path(path)).map_err(write_err)?;
+    }
+    temp.persist(path).map_err(|e| write_err(e.error))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(write_err)?;
+    Ok(())
+}
+
+/// Who holds a workspace's lock, written into the lock file so a refusal can name them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LockHolder {
+    pub pid: u32,
+    pub host: String,
+    pub since: Timestamp,
+    pub command: String,
+}
+
+/// Held while a command may write state; removes the lock file when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    path: PathBuf,
+}
+
+impl Lock {
+    pub fn acquire(state_path: &Path, command: &str) -> Result<Lock, StateError> {
+        let path = lock_path(state_path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|source| StateError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let holder = LockHolder {
+            pid: std::process::id(),
+            host: hostname(),
+            since: Timestamp::now(),
+            command: command.to_owned(),
+        };
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                let body = serde_json::to_vec_pretty(&holder).expect("lock serializes");
+                file.write_all(&body)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|source| StateError::Write {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok(Lock { path })
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(StateError::Locked(describe_lock(&path, state_path)))
+            }
+            Err(source) => Err(StateError::Write { path, source }),
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+fn describe_lock(lock: &Path, state_path: &Path) -> String {
+    let unlock = format!("rallyctl force-unlock --state {}", state_path.display());
+    match fs::read(lock)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<LockHolder>(&b).ok())
+    {
+        Some(h) => {
+            let gone = h.host == hostname() && !Path::new(&format!("/proc/{}", h.pid)).exists();
+            format!(
+                "state {} is locked by `{}` (pid {} on {}, since {}){}; if that run is gone, `{unlock}` clears the lock",
+                state_path.display(),
+                h.command,
+                h.pid,
+                h.host,
+                h.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                if gone { ", and that process is no longer running" } else { "" },
+            )
+        }
+        None => format!(
+            "state {} is locked ({} exists but names no holder); if no rallyctl is running, `{unlock}` clears the lock",
+            state_path.display(),
+            lock.display()
+        ),
+    }
+}
+
+/// Removes a workspace's lock; returns who held it, if anyone.
+pub fn force_unlock(state_path: &Path) -> io::Result<Option<String>> {
+    let path = lock_path(state_path);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            fs::remove_file(&path)?;
+            Ok(Some(
+                serde_json::from_slice::<LockHolder>(&bytes)
+                    .map(|h| format!("pid {} on {} ({})", h.pid, h.host, h.command))
+                    .unwrap_or_else(|_| "an unreadable lock".into()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> TestRecord {
+        TestRecord {
+            config_hash: "abc".into(),
+            settings: serde_json::json!({"track": "geonames"}),
+            race_command: "esrally race".into(),
+            status: Status::Failed {
+                step: Step::Racing,
+                error: "race exited with 64".into(),
+                log_tail: Some("boom".into()),
+            },
+            attempt: 1,
+            run_id: None,
+            race_id: None,
+            instance: None,
+            results: vec![],
+            history: vec![],
+        }
+    }
+
+    #[test]
+    fn save_then_load_round_trips_and_bumps_the_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s/w.state.json");
+        let mut state = State::new("w");
+        state.tests.insert(Address::new("a", "b").unwrap(), record());
+        save(&path, &mut state).unwrap();
+        save(&path, &mut state).unwrap();
+        assert_eq!(state.serial, 2);
+        assert_eq!(load(&path).unwrap().unwrap(), state);
+        let backup = load(&backup_path(&path)).unwrap().unwrap();
+        assert_eq!(backup.serial, 1, "the backup holds the previous serial");
+    }
+
+    #[test]
+    fn a_crash_between_temp_write_and_rename_leaves_the_old_state_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let mut state = State::new("w");
+        save(&path, &mut state).unwrap();
+        // What a crash leaves behind: a half-written temp file beside the state.
+        fs::write(dir.path().join(".rallyctl-state-XXXX"), b"{\"version\": 1, \"lin").unwrap();
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded.serial, 1);
+        assert_eq!(loaded.lineage, state.lineage);
+    }
+
+    #[test]
+    fn corrupt_truncated_and_newer_files_are_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let mut state = State::new("w");
+        save(&path, &mut state).unwrap();
+        save(&path, &mut state).unwrap();
+        let good = fs::read_to_string(&path).unwrap();
+        for (bytes, expect) in [
+            (good[..good.len() / 2].to_owned(), "is not valid"),
+            ("not json".to_owned(), "is not valid"),
+            (good.replace("\"version\": 1", "\"version\": 9"), "newer rallyctl (state version 9"),
+            ("{\"serial\": 3}".to_owned(), "no `version`"),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let err = load_or_new(&path, "w").unwrap_err().to_string();
+            assert!(err.contains(expect), "{err}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), bytes, "refused file was modified");
+            if expect == "is not valid" {
+                assert!(err.contains("w.state.json.backup"), "backup not named: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_state_of_another_workspace_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        save(&path, &mut State::new("other")).unwrap();
+        let err = load_or_new(&path, "mine").unwrap_err().to_string();
+        assert!(err.contains("belongs to workspace `other`"), "{err}");
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_holder_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let lock = Lock::acquire(&path, "rallyctl apply").unwrap();
+        let err = Lock::acquire(&path, "rallyctl apply").unwrap_err().to_string();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(err.contains("rallyctl force-unlock"), "{err}");
+        drop(lock);
+        let lock = Lock::acquire(&path, "again").unwrap();
+        std::mem::forget(lock);
+        assert!(force_unlock(&path).unwrap().unwrap().contains("again"));
+        assert!(force_unlock(&path).unwrap().is_none());
+        Lock::acquire(&path, "after force-unlock").unwrap();
+    }
+}

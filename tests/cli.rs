@@ -1,0 +1,184 @@
+//! The commands a user runs without AWS, through the real binary, with snapshots of what they
+//! read: validation messages, plans, the DOT graph, state commands.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rallyctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("rallyctl runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn validate_accepts_the_example_plans() {
+    for plan in ["plans/example.toml", "plans/data_file.json"] {
+        let out = rallyctl(&["validate", plan]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{plan} is valid: 2 suites, 6 tests, 6 instances.\n")
+        );
+    }
+}
+
+#[test]
+fn the_json_plan_is_the_same_plan_as_the_toml_one() {
+    let toml = rallyctl::plan::Plan::load(&root().join("plans/example.toml")).unwrap();
+    let json = rallyctl::plan::Plan::load(&root().join("plans/data_file.json")).unwrap();
+    assert_eq!(toml.suites, json.suites);
+}
+
+#[test]
+fn validate_reports_every_mistake_with_its_position() {
+    let out = rallyctl(&["validate", "tests/fixtures/plans/every-mistake.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+}
+
+#[test]
+fn validate_reports_json_mistakes() {
+    for plan in ["broken.json", "wrong-types.json", "syntax-error.json"] {
+        let out = rallyctl(&["validate", &format!("tests/fixtures/plans/{plan}")]);
+        assert_eq!(out.status.code(), Some(1));
+        insta::assert_snapshot!(plan, text(&out));
+    }
+}
+
+#[test]
+fn validate_json_output_lists_diagnostics() {
+    let out = rallyctl(&["validate", "--json", "tests/fixtures/plans/broken.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(v["diagnostics"][0]["line"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn an_unreadable_plan_file_is_named() {
+    let out = rallyctl(&["validate", "plans/nope.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plans/nope.toml:1:1: cannot read"));
+}
+
+#[test]
+fn graph_prints_dot() {
+    let out = rallyctl(&["graph", "plans/example.toml"]);
+    assert_eq!(out.status.code(), Some(0));
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
+}
+
+fn temp_state() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nightly.state.json");
+    (dir, path)
+}
+
+#[test]
+fn plan_against_an_empty_state_runs_everything_and_saves() {
+    let (dir, state) = temp_state();
+    let saved = dir.path().join("saved.plan");
+    let out = rallyctl(&[
+        "plan",
+        "plans/example.toml",
+        "--state",
+        state.to_str().unwrap(),
+        "--detailed-exitcode",
+        "-o",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).replace(saved.to_str().unwrap(), "SAVED");
+    insta::assert_snapshot!(stdout);
+    assert!(saved.is_file());
+    assert!(!state.exists(), "plan never writes state");
+}
+
+#[test]
+fn plan_json_output() {
+    let (_dir, state) = temp_state();
+    let out = rallyctl(&["plan", "plans/example.toml", "--json", "--state", state.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["changes"].as_array().unwrap().len(), 6);
+    assert_eq!(v["changes"][0]["action"], "run");
+}
+
+#[test]
+fn plan_refuses_a_corrupt_state_and_leaves_it_alone() {
+    let (_dir, state) = temp_state();
+    std::fs::write(&state, "{\"version\": 1, \"lineage\": ").unwrap();
+    let out = rallyctl(&["plan", "plans/example.toml", "--state", state.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not valid"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "{\"version\": 1, \"lineage\": ");
+}
+
+#[test]
+fn an_unknown_target_is_refused() {
+    let (_dir, state) = temp_state();
+    let out = rallyctl(&["plan", "plans/example.toml", "--state", state.to_str().unwrap(), "--target", "ingest.nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.nope is neither in the plan nor in state"));
+}
+
+#[test]
+fn state_commands_and_force_unlock() {
+    let (_dir, state) = temp_state();
+    let s = state.to_str().unwrap();
+    let out = rallyctl(&["state", "list", "--state", s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no state at"));
+
+    let mut st = rallyctl::state::State::new("nightly");
+    let plan = rallyctl::plan::Plan::load(&root().join("plans/example.toml")).unwrap();
+    let test = plan.tests().next().unwrap();
+    st.tests.insert(
+        test.address.clone(),
+        rallyctl::state::TestRecord {
+            config_hash: "h".into(),
+            settings: serde_json::json!({}),
+            race_command: "esrally race".into(),
+            status: rallyctl::state::Status::Completed,
+            attempt: 1,
+            run_id: None,
+            race_id: None,
+            instance: None,
+            results: vec![],
+            history: vec![],
+        },
+    );
+    rallyctl::state::save(&state, &mut st).unwrap();
+    let out = rallyctl(&["state", "list", "--state", s]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ingest.geonames-4g  completed\n");
+    let out = rallyctl(&["state", "show", "ingest.geonames-4g", "--state", s]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\": \"completed\""));
+
+    let lock = rallyctl::state::Lock::acquire(&state, "another apply").unwrap();
+    let out = rallyctl(&["state", "rm", "ingest.geonames-4g", "--state", s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked by `another apply`"), "{}", text(&out));
+    std::mem::forget(lock);
+    let out = rallyctl(&["force-unlock", "--state", s]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("held by pid"), "{}", text(&out));
+    let out = rallyctl(&["state", "rm", "ingest.geonames-4g", "--state", s]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = rallyctl(&["state", "list", "--state", s]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
