@@ -61,6 +61,26 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
+    /// Run what the plan says: launch, install, race, collect, terminate
+    Apply {
+        /// A plan file, or a plan saved with `plan -out`
+        plan: PathBuf,
+        /// Do not ask for approval
+        #[arg(long)]
+        auto_approve: bool,
+        /// At most this many tests at once
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+        parallelism: u16,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Terminate every instance of the workspace: those in state and leaked ones found by tag
+    Destroy {
+        plan: PathBuf,
+        /// Do not ask for approval
+        #[arg(long)]
+        auto_approve: bool,
+    },
     /// Print the plan's DAG in Graphviz DOT
     Graph { plan: PathBuf },
     /// Inspect or edit the state file
@@ -118,6 +138,13 @@ fn run(cli: Cli) -> Result<u8> {
             detailed_exitcode,
             select,
         } => plan_command(&plan, out.as_deref(), detailed_exitcode, &select, &g),
+        Command::Apply {
+            plan,
+            auto_approve,
+            parallelism,
+            select,
+        } => apply(&plan, auto_approve, usize::from(parallelism), &select, &g),
+        Command::Destroy { plan, auto_approve } => destroy(&plan, auto_approve, &g),
         Command::Graph { plan } => {
             let plan = Plan::load(&plan)?;
             print!("{}", Graph::compile(&plan)?.to_dot());
@@ -300,5 +327,163 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A saved plan is JSON with a `format_version`; anything else is a plan file.
+fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
+    let is_saved = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("format_version").is_some());
+    Ok(if is_saved { Some(SavedPlan::read(path)?) } else { None })
+}
+
+fn apply(path: &Path, auto_approve: bool, parallelism: usize, select: &Select, g: &Global) -> Result<u8> {
+    let saved = read_saved(path)?;
+    let plan = match &saved {
+        Some(s) => s.plan.clone(),
+        None => Plan::load(path)?,
+    };
+    let state_path = g.state.clone().unwrap_or_else(|| state::default_path(&plan.name));
+    let _lock = state::Lock::acquire(&state_path, &format!("rallyctl apply {}", path.display()))?;
+    let l = load(plan, g)?;
+    let changes = match &saved {
+        Some(s) => {
+            s.check_fresh(path, &l.state, l.state_exists, &l.artifacts)?;
+            s.changes.clone()
+        }
+        None => planner::diff(&l.plan, &l.state, &l.artifacts, &select.options(&l.plan, &l.state)?),
+    };
+    println!("{}", planner::render(&changes));
+    if changes.is_empty() {
+        println!("\nNothing to apply.");
+        return Ok(0);
+    }
+    if saved.is_none() && !auto_approve {
+        let yes = ui::confirm("\nDo you want to perform these actions?").map_err(anyhow::Error::msg)?;
+        if !yes {
+            println!("Apply cancelled.");
+            return Ok(1);
+        }
+    }
+    println!();
+    let handle = crate::executor::StateHandle::new(l.state, l.state_path.clone());
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watcher = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!(
+                        "\nInterrupted: no new tests will start; running ones stop at their next recorded step. Ctrl-C again to quit at once."
+                    );
+                    cancel.cancel();
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+            })
+        };
+        let provider = crate::provider::aws::Aws::from_env().await;
+        let report = crate::executor::apply(
+            provider,
+            l.plan,
+            l.artifacts,
+            l.renderer,
+            &changes,
+            handle.clone(),
+            &crate::executor::ApplyOptions { parallelism },
+            ui::Progress::new(ui::stdout_is_tty() && !g.json),
+            cancel,
+        )
+        .await;
+        watcher.abort();
+        report
+    })?;
+    let state = handle.snapshot();
+    let touched: Vec<Address> = changes.changes.iter().map(|c| c.address.clone()).collect();
+    println!("\n{}", ui::summary_table(&state, &touched));
+    for (address, step, error, log_tail) in &report.failed {
+        println!("\n{} {address} failed at {step}: {error}", console::style("✗").red());
+        if let Some(tail) = log_tail {
+            for line in tail.lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    let plan_arg = path.display();
+    if report.interrupted {
+        if !report.still_running.is_empty() {
+            println!("\nStill running (and costing money):");
+            for (address, id) in &report.still_running {
+                println!("  {address}  {id}");
+            }
+            println!(
+                "\nResume with `rallyctl apply {plan_arg}`, or terminate them with `rallyctl destroy {plan_arg}`."
+            );
+        }
+        return Ok(EXIT_INTERRUPTED);
+    }
+    println!(
+        "\nApply complete: {} completed, {} failed.",
+        report.completed.len(),
+        report.failed.len()
+    );
+    if !report.failed.is_empty() {
+        let names: Vec<String> = report.failed.iter().map(|f| f.0.to_string()).collect();
+        bail!("{} test{} failed: {}", names.len(), plural(names.len()), names.join(", "));
+    }
+    Ok(0)
+}
+
+fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
+    let plan = Plan::load(path)?;
+    let state_path = g.state.clone().unwrap_or_else(|| state::default_path(&plan.name));
+    let _lock = state::Lock::acquire(&state_path, &format!("rallyctl destroy {}", path.display()))?;
+    let state = state::load_or_new(&state_path, &plan.name)?;
+    let regions: std::collections::HashSet<String> = plan.tests().map(|t| t.settings.region.clone()).collect();
+    let rt = runtime()?;
+    let provider = rt.block_on(crate::provider::aws::Aws::from_env());
+    let targets = rt.block_on(crate::executor::destroy_targets(&provider, &state, &regions))?;
+    if targets.is_empty() {
+        println!("Nothing to destroy: no instance of workspace `{}` is running.", plan.name);
+        return Ok(0);
+    }
+    println!("rallyctl will terminate these instances:\n");
+    for t in &targets {
+        match &t.address {
+            Some(a) => println!("  {} - {}  {a}", console::style("  -").red(), t.id),
+            None => println!("  {} - {}  (leaked: tagged with this workspace, unknown to state)", console::style("  -").red(), t.id),
+        }
+    }
+    println!("\nDestroy: {} to terminate.", targets.len());
+    if !auto_approve {
+        let yes = ui::confirm("\nDo you really want to terminate them?").map_err(anyhow::Error::msg)?;
+        if !yes {
+            println!("Destroy cancelled.");
+            return Ok(1);
+        }
+    }
+    let handle = crate::executor::StateHandle::new(state, state_path);
+    let remaining = rt.block_on(crate::executor::destroy(
+        &provider,
+        &handle,
+        &targets,
+        std::time::Duration::from_secs(600),
+    ))?;
+    if remaining.is_empty() {
+        println!("\nDestroy complete: {} instance{} terminated.", targets.len(), plural(targets.len()));
+        Ok(0)
+    } else {
+        bail!("still not terminated after 10 minutes: {}", remaining.join(", "))
     }
 }

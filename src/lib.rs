@@ -5,10 +5,13 @@
 //! and [`cli`] at the edges.
 
 pub mod address;
+pub mod executor;
 pub mod cli;
 pub mod graph;
 pub mod plan;
 pub mod planner;
+pub mod provider;
+pub mod remote;
 pub mod state;
 pub mod templates;
 pub mod ui;

@@ -35,3 +35,120 @@ pub fn confirm(question: &str) -> Result<bool, String> {
 pub fn log_line(message: &str) {
     println!("{} {message}", jiff::Timestamp::now().strftime("%H:%M:%S"));
 }
+
+/// Live progress of an apply: a spinner line per running test and a bar per suite on a
+/// terminal; plain timestamped lines otherwise (CI logs, pipes).
+pub struct Progress {
+    bars: Option<Bars>,
+}
+
+struct Bars {
+    multi: indicatif::MultiProgress,
+    tests: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+    suites: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Progress {
+    pub fn new(interactive: bool) -> Progress {
+        Progress {
+            bars: interactive.then(|| Bars {
+                multi: indicatif::MultiProgress::new(),
+                tests: Default::default(),
+                suites: Default::default(),
+            }),
+        }
+    }
+
+    /// Announces a suite and how many of its tests will run.
+    pub fn suite(&self, name: &str, tests: usize) {
+        match &self.bars {
+            Some(b) => {
+                let bar = b.multi.add(indicatif::ProgressBar::new(tests as u64));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("suite {msg:20} [{bar:30}] {pos}/{len} tests  {elapsed}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_message(name.to_owned());
+                b.suites.lock().expect("progress lock").insert(name.to_owned(), bar);
+            }
+            None => log_line(&format!("suite {name}: {tests} test{} to run", if tests == 1 { "" } else { "s" })),
+        }
+    }
+
+    pub fn step(&self, test: &str, step: &str) {
+        match &self.bars {
+            Some(b) => {
+                let mut tests = b.tests.lock().expect("progress lock");
+                let bar = tests.entry(test.to_owned()).or_insert_with(|| {
+                    let bar = b.multi.add(indicatif::ProgressBar::new_spinner());
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template("  {spinner} {prefix:30} {msg:12} {elapsed}")
+                            .expect("valid template"),
+                    );
+                    bar.set_prefix(test.to_owned());
+                    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                    bar
+                });
+                bar.set_message(step.to_owned());
+            }
+            None => log_line(&format!("{test}: {step}")),
+        }
+    }
+
+    pub fn finished(&self, suite: &str, test: &str, outcome: &str) {
+        match &self.bars {
+            Some(b) => {
+                if let Some(bar) = b.tests.lock().expect("progress lock").remove(test) {
+                    bar.finish_with_message(outcome.to_owned());
+                }
+                if let Some(bar) = b.suites.lock().expect("progress lock").get(suite) {
+                    bar.inc(1);
+                }
+            }
+            None => log_line(&format!("{test}: {outcome}")),
+        }
+    }
+
+    /// Prints a line without tearing the bars.
+    pub fn println(&self, line: &str) {
+        match &self.bars {
+            Some(b) => {
+                let _ = b.multi.println(line);
+            }
+            None => log_line(line),
+        }
+    }
+}
+
+/// The end-of-apply table: each test's status, instance, time taken and error.
+pub fn summary_table(state: &crate::state::State, addresses: &[crate::address::Address]) -> String {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_style(comfy_table::presets::ASCII_MARKDOWN)
+        .set_header(["test", "status", "instance", "took", "detail"]);
+    for address in addresses {
+        let Some(r) = state.tests.get(address) else {
+            continue;
+        };
+        let took = match (r.history.first(), r.history.last()) {
+            (Some(a), Some(b)) => {
+                let secs = b.at.duration_since(a.at).as_secs();
+                format!("{}m{:02}s", secs / 60, secs % 60)
+            }
+            _ => String::new(),
+        };
+        let detail = match &r.status {
+            crate::state::Status::Failed { error, .. } => error.lines().next().unwrap_or("").to_owned(),
+            _ => String::new(),
+        };
+        table.add_row([
+            address.to_string(),
+            r.status.label(),
+            r.instance.as_ref().map_or(String::new(), |i| i.id.clone()),
+            took,
+            detail,
+        ]);
+    }
+    table.to_string()
+}

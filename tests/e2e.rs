@@ -1,0 +1,239 @@
+//! apply and destroy end to end on real parts: moto for EC2 and Instance Connect, OpenSSH sshd
+//! per "instance", the real esrally installed by rallyctl's own template, and the Elasticsearch
+//! test double. Each test has its own harness (own moto, own subnet), so they run in parallel.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::Harness;
+
+struct Run {
+    harness: Harness,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new(instances: usize) -> Run {
+        Run {
+            harness: Harness::start(instances),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a plan whose suites are lists of (test name, extra TOML lines); test i races the
+    /// i-th ES double so that parallel races do not share indices.
+    fn plan(&self, suites: &[(&str, &[(&str, &str)])]) -> PathBuf {
+        let h = &self.harness;
+        let mut text = format!(
+            r#"version = 1
+name = "e2e"
+[defaults]
+region = "{region}"
+ami = "{ami}"
+instance_type = "m5.large"
+subnet_id = "{subnet}"
+security_group_ids = ["{sg}"]
+ssh_user = "{user}"
+ssh_port = {port}
+connect = "private_ip"
+remote_dir = "{remote}"
+rally_config = "{ini}"
+max_runtime = "30m"
+track_path = "{track}"
+offline = true
+pipeline = "benchmark-only"
+tags = {{ team = "e2e" }}
+"#,
+            region = h.region,
+            ami = h.ami,
+            subnet = h.subnet_id,
+            sg = h.security_group_id,
+            user = h.ssh_user,
+            port = h.ssh_port,
+            remote = h.remote_dir.display(),
+            ini = Path::new(env!("CARGO_MANIFEST_DIR")).join("conditional_install_items/rally_csv.ini").display(),
+            track = h.track_path.display(),
+        );
+        let mut i = 0;
+        for (suite, tests) in suites {
+            text.push_str(&format!("\n[[suite]]\nname = \"{suite}\"\n"));
+            for (name, extra) in *tests {
+                let es = &h.es_addrs[i % h.es_addrs.len()];
+                i += 1;
+                text.push_str(&format!("\n[[suite.test]]\nname = \"{name}\"\ntarget_hosts = [\"{es}\"]\n{extra}\n"));
+            }
+        }
+        let path = self.dir.path().join("e2e.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn rallyctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
+        self.harness.apply_env(&mut cmd);
+        let out = cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").output().unwrap();
+        eprintln!(
+            "$ rallyctl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn state(&self) -> rallyctl::state::State {
+        rallyctl::state::load(&self.dir.path().join("state/e2e.state.json")).unwrap().unwrap()
+    }
+
+    fn record(&self, address: &str) -> rallyctl::state::TestRecord {
+        self.state().tests[&address.parse().unwrap()].clone()
+    }
+
+    fn launches(&self) -> usize {
+        self.harness
+            .recorded_calls()
+            .iter()
+            .filter(|c| c.action == "RunInstances" && !c.from_harness)
+            .count()
+    }
+}
+
+fn at(record: &rallyctl::state::TestRecord, status: &str) -> jiff::Timestamp {
+    record
+        .history
+        .iter()
+        .find(|t| t.status == status)
+        .unwrap_or_else(|| panic!("no {status} in {:?}", record.history))
+        .at
+}
+
+#[test]
+fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
+    let run = Run::new(3);
+    let plan = run.plan(&[("ingest", &[("a", ""), ("b", "")]), ("search", &[("c", "")])]);
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Apply complete: 3 completed, 0 failed."), "{stdout}");
+
+    let state = run.state();
+    let mut instance_ids = Vec::new();
+    for address in ["ingest.a", "ingest.b", "search.c"] {
+        let r = run.record(address);
+        assert_eq!(r.status, rallyctl::state::Status::Completed, "{address}");
+        let instance = r.instance.clone().unwrap();
+        assert!(instance.terminated_at.is_some(), "{address} instance not recorded terminated");
+        instance_ids.push(instance.id.clone());
+        // The results are on disk, intact, with Rally's throughput rows.
+        let report = r.results.iter().find(|f| f.path.ends_with("report.csv")).expect("report.csv recorded");
+        let bytes = std::fs::read(run.dir.path().join(&report.path)).unwrap();
+        assert_eq!(report.sha256, sha256_hex(&bytes));
+        let csv = String::from_utf8(bytes).unwrap();
+        assert!(csv.starts_with("Metric,Task,Value,Unit"), "{csv}");
+        assert!(csv.lines().any(|l| l.starts_with("Median Throughput,")), "{csv}");
+        assert!(r.results.iter().any(|f| f.path.ends_with("race.json")), "{:?}", r.results);
+        assert!(report.path.starts_with(format!("results/e2e/{}", r.run_id.clone().unwrap())));
+    }
+    // Suite barrier: search.c started only after both ingest tests finished.
+    let c_started = at(&run.record("search.c"), "launching");
+    for address in ["ingest.a", "ingest.b"] {
+        assert!(at(&run.record(address), "completed") <= c_started, "{address} finished after search.c began");
+    }
+    // Nothing left running; every instance got an Instance Connect key before SSH.
+    let moto = run.harness.instances();
+    assert_eq!(moto.len(), 3);
+    for i in &moto {
+        assert!(matches!(i.state.as_str(), "terminated" | "shutting-down"), "{} is {}", i.id, i.state);
+        assert_eq!(i.tags.get("rallyctl:workspace").map(String::as_str), Some("e2e"));
+        assert_eq!(i.tags.get("team").map(String::as_str), Some("e2e"));
+    }
+    let pushes = run.harness.key_pushes();
+    for id in &instance_ids {
+        assert!(pushes.iter().any(|p| &p.instance_id == id && p.public_key.starts_with("ssh-ed25519 ")), "no key push for {id}");
+    }
+
+    let launches = run.launches();
+    let again = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("No changes: 3 results already exist"));
+    assert_eq!(run.launches(), launches, "the second apply launched an instance");
+    assert_eq!(run.state().serial, state.serial, "the second apply wrote state");
+}
+
+#[test]
+fn a_failing_race_is_reported_with_its_log_and_its_sibling_completes() {
+    let run = Run::new(2);
+    let plan = run.plan(&[("s", &[("good", ""), ("bad", "challenge = \"no-such-challenge\"")])]);
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 test failed: s.bad"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("s.bad failed at racing: esrally exited with 64"), "{stdout}");
+
+    assert_eq!(run.record("s.good").status, rallyctl::state::Status::Completed);
+    match run.record("s.bad").status {
+        rallyctl::state::Status::Failed { step, error, log_tail } => {
+            assert_eq!(step, rallyctl::state::Step::Racing);
+            assert!(error.contains("64"), "{error}");
+            assert!(log_tail.unwrap().contains("no-such-challenge"), "the log tail does not show the cause");
+        }
+        other => panic!("s.bad is {other:?}"),
+    }
+    assert!(run.record("s.bad").instance.unwrap().terminated_at.is_some());
+    assert!(run.harness.running_instances().is_empty(), "an instance was left running");
+}
+
+#[test]
+fn destroy_terminates_leaked_instances_found_by_tag() {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let h = &run.harness;
+    // An instance of this workspace that state does not know, as a crashed apply leaves one.
+    let leaked = h.block_on(async {
+        h.ec2_client()
+            .run_instances()
+            .image_id(&h.ami)
+            .subnet_id(&h.subnet_id)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                    .tags(aws_sdk_ec2::types::Tag::builder().key("rallyctl:workspace").value("e2e").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .instances()[0]
+            .instance_id()
+            .unwrap()
+            .to_owned()
+    });
+    let out = run.rallyctl(&["destroy", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("{leaked}  (leaked")), "{stdout}");
+    let state = h.instances().into_iter().find(|i| i.id == leaked).unwrap().state;
+    assert_eq!(state, "terminated");
+    let again = run.rallyctl(&["destroy", plan.to_str().unwrap(), "--auto-approve"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("Nothing to destroy"));
+}
+
+#[test]
+fn apply_without_a_terminal_refuses_to_ask_and_launches_nothing() {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --auto-approve"));
+    assert_eq!(run.launches(), 0);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
