@@ -32,7 +32,9 @@ pub enum NameError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not an address (expected SUITE.TEST, quoting a name with \"...\" when it is not a plain word): {reason}")]
+#[error(
+    "`{input}` is not an address (expected SUITE.TEST, quoting a name with \"...\" when it is not a plain word): {reason}"
+)]
 pub struct AddressParseError {
     input: String,
     reason: String,
@@ -183,7 +185,11 @@ mod tests {
         let shown = a.to_string();
         assert_eq!(shown, r#"s."a \"b\" $(rm -rf /);\n`x` é""#);
         assert_eq!(shown.parse::<Address>().unwrap(), a);
-        assert!(!a.path().to_string_lossy().contains(['"', '$', '`', ';', '\n', ' ']));
+        assert!(
+            !a.path()
+                .to_string_lossy()
+                .contains(['"', '$', '`', ';', '\n', ' '])
+        );
     }
 
     #[test]

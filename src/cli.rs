@@ -21,7 +21,11 @@ pub const EXIT_CHANGES: u8 = 2;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser, Debug)]
-#[command(name = "rallyctl", version, about = "Plan and apply fleets of Elasticsearch Rally benchmarks on fresh EC2 instances")]
+#[command(
+    name = "rallyctl",
+    version,
+    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on fresh EC2 instances"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,9 +111,15 @@ enum StateCommand {
     /// List the tests recorded in state with their status
     List { plan: Option<PathBuf> },
     /// Show one test's record
-    Show { address: Address, plan: Option<PathBuf> },
+    Show {
+        address: Address,
+        plan: Option<PathBuf>,
+    },
     /// Forget a test (its instance, if still running, is not terminated)
-    Rm { address: Address, plan: Option<PathBuf> },
+    Rm {
+        address: Address,
+        plan: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line; the binary's whole `main`.
@@ -153,8 +163,12 @@ fn run(cli: Cli) -> Result<u8> {
         Command::State { command } => state_command(command, &g),
         Command::ForceUnlock { plan } => {
             let path = state_path(&g, plan.as_deref())?;
-            match state::force_unlock(&path).with_context(|| format!("cannot remove the lock of {}", path.display()))? {
-                Some(holder) => println!("Removed the lock of {} held by {holder}.", path.display()),
+            match state::force_unlock(&path)
+                .with_context(|| format!("cannot remove the lock of {}", path.display()))?
+            {
+                Some(holder) => {
+                    println!("Removed the lock of {} held by {holder}.", path.display())
+                }
                 None => println!("{} was not locked.", path.display()),
             }
             Ok(0)
@@ -185,7 +199,10 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
             Ok(0)
         }
         Err(errors) if g.json => {
-            println!("{}", serde_json::json!({"valid": false, "diagnostics": errors.diagnostics}));
+            println!(
+                "{}",
+                serde_json::json!({"valid": false, "diagnostics": errors.diagnostics})
+            );
             Ok(1)
         }
         Err(errors) => Err(errors.into()),
@@ -217,7 +234,10 @@ pub struct Loaded {
 
 pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
     Graph::compile(&plan)?;
-    let state_path = g.state.clone().unwrap_or_else(|| state::default_path(&plan.name));
+    let state_path = g
+        .state
+        .clone()
+        .unwrap_or_else(|| state::default_path(&plan.name));
     let existing = state::load(&state_path)?;
     let state_exists = existing.is_some();
     let state = match existing {
@@ -255,7 +275,13 @@ impl Select {
     }
 }
 
-fn plan_command(path: &Path, out: Option<&Path>, detailed: bool, select: &Select, g: &Global) -> Result<u8> {
+fn plan_command(
+    path: &Path,
+    out: Option<&Path>,
+    detailed: bool,
+    select: &Select,
+    g: &Global,
+) -> Result<u8> {
     let l = load(Plan::load(path)?, g)?;
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
@@ -269,10 +295,18 @@ fn plan_command(path: &Path, out: Option<&Path>, detailed: bool, select: &Select
             .write(out)
             .with_context(|| format!("cannot write the saved plan {}", out.display()))?;
         if !g.json {
-            println!("\nSaved the plan to {}. Apply exactly it with: rallyctl apply {}", out.display(), out.display());
+            println!(
+                "\nSaved the plan to {}. Apply exactly it with: rallyctl apply {}",
+                out.display(),
+                out.display()
+            );
         }
     }
-    Ok(if detailed && !changes.is_empty() { EXIT_CHANGES } else { 0 })
+    Ok(if detailed && !changes.is_empty() {
+        EXIT_CHANGES
+    } else {
+        0
+    })
 }
 
 fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
@@ -292,7 +326,15 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             } else {
                 for (address, record) in &state.tests {
                     let instance = record.instance.as_ref().map_or(String::new(), |i| {
-                        format!("  {}{}", i.id, if i.terminated_at.is_some() { " (terminated)" } else { "" })
+                        format!(
+                            "  {}{}",
+                            i.id,
+                            if i.terminated_at.is_some() {
+                                " (terminated)"
+                            } else {
+                                ""
+                            }
+                        )
                     });
                     println!("{address}  {}{instance}", record.status.label());
                 }
@@ -301,7 +343,8 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
         }
         StateCommand::Show { address, plan } => {
             let path = state_path(g, plan.as_deref())?;
-            let state = state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let state =
+                state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
             let record = state
                 .tests
                 .get(&address)
@@ -312,7 +355,8 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
         StateCommand::Rm { address, plan } => {
             let path = state_path(g, plan.as_deref())?;
             let _lock = state::Lock::acquire(&path, "rallyctl state rm")?;
-            let mut state = state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let mut state =
+                state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
             let record = state
                 .tests
                 .remove(&address)
@@ -343,16 +387,29 @@ fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| v.get("format_version").is_some());
-    Ok(if is_saved { Some(SavedPlan::read(path)?) } else { None })
+    Ok(if is_saved {
+        Some(SavedPlan::read(path)?)
+    } else {
+        None
+    })
 }
 
-fn apply(path: &Path, auto_approve: bool, parallelism: usize, select: &Select, g: &Global) -> Result<u8> {
+fn apply(
+    path: &Path,
+    auto_approve: bool,
+    parallelism: usize,
+    select: &Select,
+    g: &Global,
+) -> Result<u8> {
     let saved = read_saved(path)?;
     let plan = match &saved {
         Some(s) => s.plan.clone(),
         None => Plan::load(path)?,
     };
-    let state_path = g.state.clone().unwrap_or_else(|| state::default_path(&plan.name));
+    let state_path = g
+        .state
+        .clone()
+        .unwrap_or_else(|| state::default_path(&plan.name));
     let _lock = state::Lock::acquire(&state_path, &format!("rallyctl apply {}", path.display()))?;
     let l = load(plan, g)?;
     let changes = match &saved {
@@ -360,7 +417,12 @@ fn apply(path: &Path, auto_approve: bool, parallelism: usize, select: &Select, g
             s.check_fresh(path, &l.state, l.state_exists, &l.artifacts)?;
             s.changes.clone()
         }
-        None => planner::diff(&l.plan, &l.state, &l.artifacts, &select.options(&l.plan, &l.state)?),
+        None => planner::diff(
+            &l.plan,
+            &l.state,
+            &l.artifacts,
+            &select.options(&l.plan, &l.state)?,
+        ),
     };
     println!("{}", planner::render(&changes));
     if changes.is_empty() {
@@ -368,7 +430,8 @@ fn apply(path: &Path, auto_approve: bool, parallelism: usize, select: &Select, g
         return Ok(0);
     }
     if saved.is_none() && !auto_approve {
-        let yes = ui::confirm("\nDo you want to perform these actions?").map_err(anyhow::Error::msg)?;
+        let yes =
+            ui::confirm("\nDo you want to perform these actions?").map_err(anyhow::Error::msg)?;
         if !yes {
             println!("Apply cancelled.");
             return Ok(1);
@@ -413,7 +476,10 @@ fn apply(path: &Path, auto_approve: bool, parallelism: usize, select: &Select, g
     let touched: Vec<Address> = changes.changes.iter().map(|c| c.address.clone()).collect();
     println!("\n{}", ui::summary_table(&state, &touched));
     for (address, step, error, log_tail) in &report.failed {
-        println!("\n{} {address} failed at {step}: {error}", console::style("✗").red());
+        println!(
+            "\n{} {address} failed at {step}: {error}",
+            console::style("✗").red()
+        );
         if let Some(tail) = log_tail {
             for line in tail.lines() {
                 println!("    {line}");
@@ -440,34 +506,53 @@ fn apply(path: &Path, auto_approve: bool, parallelism: usize, select: &Select, g
     );
     if !report.failed.is_empty() {
         let names: Vec<String> = report.failed.iter().map(|f| f.0.to_string()).collect();
-        bail!("{} test{} failed: {}", names.len(), plural(names.len()), names.join(", "));
+        bail!(
+            "{} test{} failed: {}",
+            names.len(),
+            plural(names.len()),
+            names.join(", ")
+        );
     }
     Ok(0)
 }
 
 fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     let plan = Plan::load(path)?;
-    let state_path = g.state.clone().unwrap_or_else(|| state::default_path(&plan.name));
+    let state_path = g
+        .state
+        .clone()
+        .unwrap_or_else(|| state::default_path(&plan.name));
     let _lock = state::Lock::acquire(&state_path, &format!("rallyctl destroy {}", path.display()))?;
     let state = state::load_or_new(&state_path, &plan.name)?;
-    let regions: std::collections::HashSet<String> = plan.tests().map(|t| t.settings.region.clone()).collect();
+    let regions: std::collections::HashSet<String> =
+        plan.tests().map(|t| t.settings.region.clone()).collect();
     let rt = runtime()?;
     let provider = rt.block_on(crate::provider::aws::Aws::from_env());
-    let targets = rt.block_on(crate::executor::destroy_targets(&provider, &state, &regions))?;
+    let targets = rt.block_on(crate::executor::destroy_targets(
+        &provider, &state, &regions,
+    ))?;
     if targets.is_empty() {
-        println!("Nothing to destroy: no instance of workspace `{}` is running.", plan.name);
+        println!(
+            "Nothing to destroy: no instance of workspace `{}` is running.",
+            plan.name
+        );
         return Ok(0);
     }
     println!("rallyctl will terminate these instances:\n");
     for t in &targets {
         match &t.address {
             Some(a) => println!("  {} - {}  {a}", console::style("  -").red(), t.id),
-            None => println!("  {} - {}  (leaked: tagged with this workspace, unknown to state)", console::style("  -").red(), t.id),
+            None => println!(
+                "  {} - {}  (leaked: tagged with this workspace, unknown to state)",
+                console::style("  -").red(),
+                t.id
+            ),
         }
     }
     println!("\nDestroy: {} to terminate.", targets.len());
     if !auto_approve {
-        let yes = ui::confirm("\nDo you really want to terminate them?").map_err(anyhow::Error::msg)?;
+        let yes =
+            ui::confirm("\nDo you really want to terminate them?").map_err(anyhow::Error::msg)?;
         if !yes {
             println!("Destroy cancelled.");
             return Ok(1);
@@ -481,9 +566,16 @@ fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
         std::time::Duration::from_secs(600),
     ))?;
     if remaining.is_empty() {
-        println!("\nDestroy complete: {} instance{} terminated.", targets.len(), plural(targets.len()));
+        println!(
+            "\nDestroy complete: {} instance{} terminated.",
+            targets.len(),
+            plural(targets.len())
+        );
         Ok(0)
     } else {
-        bail!("still not terminated after 10 minutes: {}", remaining.join(", "))
+        bail!(
+            "still not terminated after 10 minutes: {}",
+            remaining.join(", ")
+        )
     }
 }

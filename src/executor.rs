@@ -22,8 +22,8 @@ use crate::graph::{Graph, Node};
 use crate::plan::{Connect, Plan, Test};
 use crate::planner::{Action, Changes};
 use crate::provider::{
-    InstanceInfo, InstanceState, LaunchRequest, Provider, TAG_ATTEMPT, TAG_LINEAGE, TAG_RUN, TAG_TEST,
-    TAG_WORKSPACE,
+    InstanceInfo, InstanceState, LaunchRequest, Provider, TAG_ATTEMPT, TAG_LINEAGE, TAG_RUN,
+    TAG_TEST, TAG_WORKSPACE,
 };
 use crate::remote::{EphemeralKey, RemoteError, Session, Target, tail};
 use crate::state::{self, Instance, State, StateError, Status, Step, TestRecord};
@@ -114,16 +114,24 @@ fn failed(step: Step, error: impl ToString) -> Stop {
 /// Waits for instances to read `running` with one DescribeInstances per region per tick for
 /// all of them, however many tests are booting.
 struct Poller {
-    waiting: Mutex<Vec<(String, String, oneshot::Sender<Result<InstanceInfo, String>>)>>,
+    waiting: Mutex<Vec<Waiter>>,
+}
+
+/// An instance someone waits on: region, id, and where to send it once running.
+struct Waiter {
+    region: String,
+    id: String,
+    reply: oneshot::Sender<Result<InstanceInfo, String>>,
 }
 
 impl Poller {
     async fn wait_running(&self, region: &str, id: &str) -> Result<InstanceInfo, String> {
         let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .expect("poller lock")
-            .push((region.to_owned(), id.to_owned(), tx));
+        self.waiting.lock().expect("poller lock").push(Waiter {
+            region: region.to_owned(),
+            id: id.to_owned(),
+            reply: tx,
+        });
         rx.await.map_err(|_| "apply is stopping".to_owned())?
     }
 
@@ -136,25 +144,41 @@ impl Poller {
             }
             let mut by_region: BTreeMap<String, Vec<_>> = BTreeMap::new();
             for w in waiting {
-                by_region.entry(w.0.clone()).or_default().push(w);
+                by_region.entry(w.region.clone()).or_default().push(w);
             }
             for (region, group) in by_region {
-                let ids: Vec<String> = group.iter().map(|w| w.1.clone()).collect();
+                let ids: Vec<String> = group.iter().map(|w| w.id.clone()).collect();
                 let answer = provider.describe(&region, &ids).await;
-                for (region, id, tx) in group {
-                    let found = answer.as_ref().map(|infos| infos.iter().find(|i| i.id == id).cloned());
+                for Waiter {
+                    region,
+                    id,
+                    reply: tx,
+                } in group
+                {
+                    let found = answer
+                        .as_ref()
+                        .map(|infos| infos.iter().find(|i| i.id == id).cloned());
                     match found {
                         Ok(Some(info)) if info.state == InstanceState::Running => {
                             let _ = tx.send(Ok(info));
                         }
-                        Ok(Some(info)) if !info.state.is_alive() || info.state == InstanceState::Stopped => {
-                            let _ = tx.send(Err(format!("instance {id} is {:?} instead of running", info.state)));
+                        Ok(Some(info))
+                            if !info.state.is_alive() || info.state == InstanceState::Stopped =>
+                        {
+                            let _ = tx.send(Err(format!(
+                                "instance {id} is {:?} instead of running",
+                                info.state
+                            )));
                         }
                         Ok(None) => {
                             let _ = tx.send(Err(format!("instance {id} is not known to EC2")));
                         }
                         // Pending (or the call failed and was already retried): ask again next tick.
-                        _ => self.waiting.lock().expect("poller lock").push((region, id, tx)),
+                        _ => self.waiting.lock().expect("poller lock").push(Waiter {
+                            region,
+                            id,
+                            reply: tx,
+                        }),
                     }
                 }
             }
@@ -242,7 +266,11 @@ pub async fn apply<P: Provider>(
     });
 
     // Tests that left the plan go first: they cost money and produce nothing.
-    for change in changes.changes.iter().filter(|c| c.action == Action::Terminate) {
+    for change in changes
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Terminate)
+    {
         terminate_recorded(&*ctx, &change.address).await?;
     }
 
@@ -278,16 +306,24 @@ pub async fn apply<P: Provider>(
         for node in walk.take_ready() {
             progressed = true;
             let address = match graph.node(node) {
-                Node::Test(address) if to_run.contains(address) && !ctx.cancel.is_cancelled() => address.clone(),
+                Node::Test(address) if to_run.contains(address) && !ctx.cancel.is_cancelled() => {
+                    address.clone()
+                }
                 _ => {
                     walk.complete(node);
                     continue;
                 }
             };
-            let suite_index = graph.suite_index(node).expect("test nodes belong to a suite");
+            let suite_index = graph
+                .suite_index(node)
+                .expect("test nodes belong to a suite");
             let suite = &ctx.plan.suites[suite_index];
             if announced.insert(suite_index) {
-                let n = suite.tests.iter().filter(|t| to_run.contains(&t.address)).count();
+                let n = suite
+                    .tests
+                    .iter()
+                    .filter(|t| to_run.contains(&t.address))
+                    .count();
                 ctx.progress.suite(&suite.name, n);
             }
             let ctx = ctx.clone();
@@ -323,7 +359,8 @@ pub async fn apply<P: Provider>(
                 report.completed.push(address);
             }
             Err(Stop::Failed(f)) => {
-                ctx.progress.finished(&suite, &shown, &format!("failed at {}", f.step));
+                ctx.progress
+                    .finished(&suite, &shown, &format!("failed at {}", f.step));
                 report.failed.push((address, f.step, f.error, f.log_tail));
             }
             Err(Stop::Interrupted) => {
@@ -349,17 +386,24 @@ pub async fn apply<P: Provider>(
 
 /// Terminates the instance of a test that left the plan and records it.
 async fn terminate_recorded<P: Provider>(ctx: &Ctx<P>, address: &Address) -> anyhow::Result<()> {
-    let Some(instance) = ctx.state.read(|s| s.tests.get(address).and_then(|r| r.live_instance().cloned())) else {
+    let Some(instance) = ctx.state.read(|s| {
+        s.tests
+            .get(address)
+            .and_then(|r| r.live_instance().cloned())
+    }) else {
         return Ok(());
     };
     ctx.progress.step(&address.to_string(), "terminating");
-    ctx.provider.terminate(&instance.region, std::slice::from_ref(&instance.id)).await?;
+    ctx.provider
+        .terminate(&instance.region, std::slice::from_ref(&instance.id))
+        .await?;
     ctx.state.record(address, |r| {
         if let Some(i) = &mut r.instance {
             i.terminated_at = Some(Timestamp::now());
         }
     })?;
-    ctx.progress.finished(address.suite(), &address.to_string(), "terminated");
+    ctx.progress
+        .finished(address.suite(), &address.to_string(), "terminated");
     Ok(())
 }
 
@@ -391,8 +435,15 @@ async fn run_test<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), St
             })?;
             // A failed test must not keep its instance: terminate it now (the watchdog is
             // only the last resort).
-            if let Some(instance) = ctx.state.read(|s| s.tests[address].live_instance().cloned()) {
-                match ctx.provider.terminate(&instance.region, std::slice::from_ref(&instance.id)).await {
+            if let Some(instance) = ctx
+                .state
+                .read(|s| s.tests[address].live_instance().cloned())
+            {
+                match ctx
+                    .provider
+                    .terminate(&instance.region, std::slice::from_ref(&instance.id))
+                    .await
+                {
                     Ok(()) => ctx.state.record(address, |r| {
                         if let Some(i) = &mut r.instance {
                             i.terminated_at = Some(Timestamp::now());
@@ -411,15 +462,29 @@ async fn run_test<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), St
 }
 
 /// Opens a new attempt: retires the previous one's instance and records the intent to launch.
-async fn start_attempt<P: Provider>(ctx: &Ctx<P>, test: &Test, artifacts: &Artifacts) -> Result<(), Stop> {
+async fn start_attempt<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+) -> Result<(), Stop> {
     let address = &test.address;
-    if let Some(old) = ctx.state.read(|s| s.tests.get(address).and_then(|r| r.live_instance().cloned())) {
+    if let Some(old) = ctx.state.read(|s| {
+        s.tests
+            .get(address)
+            .and_then(|r| r.live_instance().cloned())
+    }) {
         ctx.provider
             .terminate(&old.region, std::slice::from_ref(&old.id))
             .await
-            .map_err(|e| failed(Step::Launching, format!("cannot retire the previous instance: {e}")))?;
+            .map_err(|e| {
+                failed(
+                    Step::Launching,
+                    format!("cannot retire the previous instance: {e}"),
+                )
+            })?;
     }
-    let settings = serde_json::from_str(&test.settings.canonical_json()).expect("canonical JSON parses");
+    let settings =
+        serde_json::from_str(&test.settings.canonical_json()).expect("canonical JSON parses");
     ctx.state.update(|s| {
         let previous_attempt = s.tests.get(address).map_or(0, |r| r.attempt);
         let mut record = TestRecord {
@@ -434,7 +499,9 @@ async fn start_attempt<P: Provider>(ctx: &Ctx<P>, test: &Test, artifacts: &Artif
             results: vec![],
             history: vec![],
         };
-        record.set_status(Status::InProgress { step: Step::Launching });
+        record.set_status(Status::InProgress {
+            step: Step::Launching,
+        });
         s.tests.insert(address.clone(), record);
     })?;
     Ok(())
@@ -444,12 +511,18 @@ fn checkpoint<P: Provider>(ctx: &Ctx<P>, address: &Address, step: Step) -> Resul
     if ctx.cancel.is_cancelled() {
         return Err(Stop::Interrupted);
     }
-    ctx.state.record(address, |r| r.set_status(Status::InProgress { step }))?;
+    ctx.state
+        .record(address, |r| r.set_status(Status::InProgress { step }))?;
     ctx.progress.step(&address.to_string(), step.name());
     Ok(())
 }
 
-async fn steps<P: Provider>(ctx: &Ctx<P>, test: &Test, artifacts: &Artifacts, start: Step) -> Result<(), Stop> {
+async fn steps<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+    start: Step,
+) -> Result<(), Stop> {
     let address = &test.address;
     let s = &test.settings;
     let record = ctx.state.read(|st| st.tests[address].clone());
@@ -476,7 +549,15 @@ async fn steps<P: Provider>(ctx: &Ctx<P>, test: &Test, artifacts: &Artifacts, st
         Connect::PublicIp => info.public_ip.clone(),
         Connect::PrivateIp => info.private_ip.clone(),
     }
-    .ok_or_else(|| failed(Step::Booting, format!("instance {} has no {:?} address to connect to", instance.id, s.connect)))?;
+    .ok_or_else(|| {
+        failed(
+            Step::Booting,
+            format!(
+                "instance {} has no {:?} address to connect to",
+                instance.id, s.connect
+            ),
+        )
+    })?;
     ctx.state.record(address, |r| {
         if let Some(i) = &mut r.instance {
             i.address = Some(host.clone());
@@ -574,7 +655,10 @@ async fn launch<P: Provider>(
         .map_err(|e| failed(Step::Launching, e))?;
     let info = match found.into_iter().next() {
         Some(existing) => {
-            ctx.progress.println(&format!("{address}: adopting {} launched by an earlier apply", existing.id));
+            ctx.progress.println(&format!(
+                "{address}: adopting {} launched by an earlier apply",
+                existing.id
+            ));
             existing
         }
         None => {
@@ -589,7 +673,13 @@ async fn launch<P: Provider>(
             tags.insert(TAG_TEST.into(), address.clone());
             tags.insert(TAG_RUN.into(), run_id.to_owned());
             tags.insert(TAG_ATTEMPT.into(), attempt.clone());
-            tags.insert("Name".into(), format!("rallyctl {workspace} {address}").chars().take(256).collect());
+            tags.insert(
+                "Name".into(),
+                format!("rallyctl {workspace} {address}")
+                    .chars()
+                    .take(256)
+                    .collect(),
+            );
             ctx.provider
                 .launch(&LaunchRequest {
                     region: s.region.clone(),
@@ -662,23 +752,47 @@ async fn install<P: Provider>(
     }))
     .expect("JSON serializes");
     let mut files: Vec<(PathBuf, Vec<u8>, u32)> = vec![
-        ("install.sh".into(), artifacts.install.clone().into_bytes(), 0o755),
+        (
+            "install.sh".into(),
+            artifacts.install.clone().into_bytes(),
+            0o755,
+        ),
         ("race.sh".into(), artifacts.race.clone().into_bytes(), 0o755),
         ("rally.ini".into(), rally_ini.into_bytes(), 0o600),
-        ("track-params.json".into(), artifacts.track_params.clone().into_bytes(), 0o644),
-        ("car-params.json".into(), artifacts.car_params.clone().into_bytes(), 0o644),
+        (
+            "track-params.json".into(),
+            artifacts.track_params.clone().into_bytes(),
+            0o644,
+        ),
+        (
+            "car-params.json".into(),
+            artifacts.car_params.clone().into_bytes(),
+            0o644,
+        ),
         ("user-tags.json".into(), user_tags.into_bytes(), 0o644),
     ];
     if let crate::plan::TrackSource::Path(dir) = &test.settings.track {
         for rel in crate::templates::list_files(dir).map_err(|e| fail(&e))? {
-            let bytes = std::fs::read(dir.join(&rel)).map_err(|e| fail(&format!("cannot read {}: {e}", dir.join(&rel).display())))?;
+            let bytes = std::fs::read(dir.join(&rel))
+                .map_err(|e| fail(&format!("cannot read {}: {e}", dir.join(&rel).display())))?;
             files.push((Path::new("track").join(rel), bytes, 0o644));
         }
     }
     let bundle = tar_bundle(&files).map_err(|e| fail(&e))?;
     let upload = format!("mkdir -p {run_dir} && tar -C {run_dir} -xf -");
-    retry_connection(ctx, session, &upload, &bundle, Duration::from_secs(300), Step::Installing).await?;
-    match session.exec(&format!("bash {run_dir}/install.sh"), b"", INSTALL_TIMEOUT).await {
+    retry_connection(
+        ctx,
+        session,
+        &upload,
+        &bundle,
+        Duration::from_secs(300),
+        Step::Installing,
+    )
+    .await?;
+    match session
+        .exec(&format!("bash {run_dir}/install.sh"), b"", INSTALL_TIMEOUT)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(RemoteError::Failed { code, stderr, .. }) => Err(Stop::Failed(Failure {
             step: Step::Installing,
@@ -734,7 +848,11 @@ async fn retry_connection<P: Provider>(
 
 async fn instance_gone<P: Provider>(ctx: &Ctx<P>, session: &Session<'_, P>) -> Option<String> {
     let t = &session.target;
-    match ctx.provider.describe(&t.region, std::slice::from_ref(&t.instance_id)).await {
+    match ctx
+        .provider
+        .describe(&t.region, std::slice::from_ref(&t.instance_id))
+        .await
+    {
         Ok(infos) => match infos.iter().find(|i| i.id == t.instance_id) {
             Some(i) if i.state.is_alive() => None,
             Some(i) => Some(format!(
@@ -748,7 +866,12 @@ async fn instance_gone<P: Provider>(ctx: &Ctx<P>, session: &Session<'_, P>) -> O
 }
 
 /// Starts the race unless it already runs, then waits for it, reconnecting as needed.
-async fn race<P: Provider>(ctx: &Ctx<P>, session: &mut Session<'_, P>, run_dir: &str, race_id: Uuid) -> Result<(), Stop> {
+async fn race<P: Provider>(
+    ctx: &Ctx<P>,
+    session: &mut Session<'_, P>,
+    run_dir: &str,
+    race_id: Uuid,
+) -> Result<(), Stop> {
     let password = std::env::var(METRICS_PASSWORD_ENV).unwrap_or_default();
     retry_connection(
         ctx,
@@ -787,7 +910,9 @@ async fn race<P: Provider>(ctx: &Ctx<P>, session: &mut Session<'_, P>, run_dir: 
             None => {
                 return Err(Stop::Failed(Failure {
                     step: Step::Racing,
-                    error: format!("the race stopped without an exit code ({answer}): was the instance rebooted?"),
+                    error: format!(
+                        "the race stopped without an exit code ({answer}): was the instance rebooted?"
+                    ),
                     log_tail: race_log_tail(session, run_dir).await,
                 }));
             }
@@ -797,7 +922,11 @@ async fn race<P: Provider>(ctx: &Ctx<P>, session: &mut Session<'_, P>, run_dir: 
 
 async fn race_log_tail<P: Provider>(session: &mut Session<'_, P>, run_dir: &str) -> Option<String> {
     session
-        .exec(&format!("bash {run_dir}/race.sh tail {LOG_TAIL_LINES}"), b"", Duration::from_secs(60))
+        .exec(
+            &format!("bash {run_dir}/race.sh tail {LOG_TAIL_LINES}"),
+            b"",
+            Duration::from_secs(60),
+        )
         .await
         .ok()
         .map(|o| tail(&String::from_utf8_lossy(&o.stdout), LOG_TAIL_LINES))
@@ -821,7 +950,12 @@ async fn collect<P: Provider>(
     )
     .await?;
     let dir = ctx.results_root.join(slug(run_id)).join(address.path());
-    let files = unpack(&bytes, &dir).map_err(|e| failed(Step::Collecting, format!("cannot store results in {}: {e}", dir.display())))?;
+    let files = unpack(&bytes, &dir).map_err(|e| {
+        failed(
+            Step::Collecting,
+            format!("cannot store results in {}: {e}", dir.display()),
+        )
+    })?;
     if !files.iter().any(|f| f.path.ends_with("report.csv")) {
         return Err(failed(Step::Collecting, "the race left no report.csv"));
     }
@@ -846,7 +980,10 @@ fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<Vec<state::ResultFile>> {
         let path = dir.join(&rel);
         let content = std::fs::read(&path)?;
         files.push(state::ResultFile {
-            path: path.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect(),
+            path: path
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect(),
             sha256: hex::encode(Sha256::digest(&content)),
             bytes: content.len() as u64,
         });
@@ -878,7 +1015,12 @@ fn error_rate_problem<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Option<St
             }
         })
         .collect();
-    (!bad.is_empty()).then(|| format!("requests failed during the race (error rate: {})", bad.join(", ")))
+    (!bad.is_empty()).then(|| {
+        format!(
+            "requests failed during the race (error rate: {})",
+            bad.join(", ")
+        )
+    })
 }
 
 /// What destroy will terminate.
@@ -899,7 +1041,10 @@ pub async fn destroy_targets<P: Provider>(
     let mut by_region: HashMap<String, Vec<(Address, String)>> = HashMap::new();
     for (address, record) in &state.tests {
         if let Some(i) = record.live_instance() {
-            by_region.entry(i.region.clone()).or_default().push((address.clone(), i.id.clone()));
+            by_region
+                .entry(i.region.clone())
+                .or_default()
+                .push((address.clone(), i.id.clone()));
         }
     }
     let mut regions: Vec<String> = regions.iter().chain(by_region.keys()).cloned().collect();
@@ -926,7 +1071,10 @@ pub async fn destroy_targets<P: Provider>(
                 address: Some(address),
             });
         }
-        for leaked in provider.find_by_tags(&region, &[(TAG_WORKSPACE, &state.workspace)]).await? {
+        for leaked in provider
+            .find_by_tags(&region, &[(TAG_WORKSPACE, &state.workspace)])
+            .await?
+        {
             if !targets.iter().any(|t| t.id == leaked.id) {
                 targets.push(DestroyTarget {
                     id: leaked.id,
@@ -959,7 +1107,11 @@ pub async fn destroy<P: Provider>(
     while !remaining.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
         for (region, ids) in &by_region {
-            let ids: Vec<String> = ids.iter().filter(|i| remaining.contains(i)).cloned().collect();
+            let ids: Vec<String> = ids
+                .iter()
+                .filter(|i| remaining.contains(i))
+                .cloned()
+                .collect();
             if ids.is_empty() {
                 continue;
             }
@@ -1012,14 +1164,21 @@ mod tests {
     #[test]
     fn unpacking_refuses_paths_outside_the_results_directory() {
         let files = vec![
-            (PathBuf::from("report.csv"), b"Metric,Task,Value,Unit\n".to_vec(), 0o644),
+            (
+                PathBuf::from("report.csv"),
+                b"Metric,Task,Value,Unit\n".to_vec(),
+                0o644,
+            ),
             (PathBuf::from("sub/race.log"), b"log".to_vec(), 0o644),
         ];
         let bundle = tar_bundle(&files).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = unpack(&bundle, dir.path()).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].sha256, hex::encode(Sha256::digest(b"Metric,Task,Value,Unit\n")));
+        assert_eq!(
+            out[0].sha256,
+            hex::encode(Sha256::digest(b"Metric,Task,Value,Unit\n"))
+        );
 
         let mut evil = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();

@@ -58,7 +58,8 @@ impl Graph {
             }
             previous_barrier = Some(barrier);
         }
-        petgraph::algo::toposort(&dag, None).map_err(|c| GraphError::Cycle(dag[c.node_id()].clone()))?;
+        petgraph::algo::toposort(&dag, None)
+            .map_err(|c| GraphError::Cycle(dag[c.node_id()].clone()))?;
         Ok(Graph { dag, suite_of })
     }
 
@@ -76,7 +77,12 @@ impl Graph {
         let waiting = self
             .dag
             .node_indices()
-            .map(|n| (n, self.dag.neighbors_directed(n, Direction::Incoming).count()))
+            .map(|n| {
+                (
+                    n,
+                    self.dag.neighbors_directed(n, Direction::Incoming).count(),
+                )
+            })
             .collect();
         Walk {
             graph: self,
@@ -91,8 +97,13 @@ impl Graph {
             &[Config::EdgeNoLabel, Config::NodeNoLabel],
             &|_, _| String::new(),
             &|_, (_, node)| match node {
-                Node::Test(address) => format!("label = {} shape = box", quote(&address.to_string())),
-                Node::Barrier(suite) => format!("label = {} shape = diamond", quote(&format!("suite {suite} done"))),
+                Node::Test(address) => {
+                    format!("label = {} shape = box", quote(&address.to_string()))
+                }
+                Node::Barrier(suite) => format!(
+                    "label = {} shape = diamond",
+                    quote(&format!("suite {suite} done"))
+                ),
             },
         );
         format!("{dot:?}")
@@ -220,7 +231,10 @@ name = "e"
         let first = walk.take_ready();
         assert_eq!(first.len(), 2);
         walk.complete(first[0]);
-        assert!(walk.take_ready().is_empty(), "suite two started before one.b finished");
+        assert!(
+            walk.take_ready().is_empty(),
+            "suite two started before one.b finished"
+        );
         walk.complete(first[1]);
         assert_eq!(walk.take_ready().len(), 1, "barrier of suite one");
     }

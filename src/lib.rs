@@ -5,8 +5,8 @@
 //! and [`cli`] at the edges.
 
 pub mod address;
-pub mod executor;
 pub mod cli;
+pub mod executor;
 pub mod graph;
 pub mod plan;
 pub mod planner;

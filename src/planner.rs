@@ -76,13 +76,21 @@ fn comparable(settings: &serde_json::Value, race_command: &str) -> String {
     )
 }
 
-pub fn render_all(plan: &Plan, renderer: &Renderer) -> Result<BTreeMap<Address, Artifacts>, TemplateError> {
+pub fn render_all(
+    plan: &Plan,
+    renderer: &Renderer,
+) -> Result<BTreeMap<Address, Artifacts>, TemplateError> {
     plan.tests()
         .map(|t| Ok((t.address.clone(), renderer.render(t)?)))
         .collect()
 }
 
-pub fn diff(plan: &Plan, state: &State, artifacts: &BTreeMap<Address, Artifacts>, options: &Options) -> Changes {
+pub fn diff(
+    plan: &Plan,
+    state: &State,
+    artifacts: &BTreeMap<Address, Artifacts>,
+    options: &Options,
+) -> Changes {
     let wanted = |a: &Address| options.targets.is_empty() || options.targets.contains(a);
     let mut changes = Changes::default();
     for test in plan.tests().filter(|t| wanted(&t.address)) {
@@ -95,17 +103,21 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &BTreeMap<Address, Artifacts>
             reason,
             config_hash: Some(new.config_hash.clone()),
             diff,
-            instance: record.and_then(TestRecord::live_instance).map(|i| i.id.clone()),
+            instance: record
+                .and_then(TestRecord::live_instance)
+                .map(|i| i.id.clone()),
         };
         let Some(record) = record else {
-            changes.changes.push(change(Action::Run, "will be run".into(), None));
+            changes
+                .changes
+                .push(change(Action::Run, "will be run".into(), None));
             continue;
         };
         let same = record.config_hash == new.config_hash;
         let diff_text = || {
             let old = comparable(&record.settings, &record.race_command);
-            let settings: serde_json::Value =
-                serde_json::from_str(&test.settings.canonical_json()).expect("canonical JSON parses");
+            let settings: serde_json::Value = serde_json::from_str(&test.settings.canonical_json())
+                .expect("canonical JSON parses");
             let planned = comparable(&settings, &new.race_command);
             let text = TextDiff::from_lines(&old, &planned)
                 .unified_diff()
@@ -114,13 +126,18 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &BTreeMap<Address, Artifacts>
                 .to_string();
             // Identical text with a different hash: a template, rally.ini or track file changed.
             if text.is_empty() {
-                "(settings are unchanged; a template, the rally.ini or a track file changed)\n".to_owned()
+                "(settings are unchanged; a template, the rally.ini or a track file changed)\n"
+                    .to_owned()
             } else {
                 text
             }
         };
         let entry = match (&record.status, same) {
-            (Status::Completed, true) if replace => Some(change(Action::Rerun, "will be re-run: replacement requested".into(), None)),
+            (Status::Completed, true) if replace => Some(change(
+                Action::Rerun,
+                "will be re-run: replacement requested".into(),
+                None,
+            )),
             (Status::Completed, true) => None,
             (Status::Completed, false) => Some(change(
                 Action::Rerun,
@@ -134,7 +151,10 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &BTreeMap<Address, Artifacts>
             )),
             (Status::Failed { step, error, .. }, true) => Some(change(
                 Action::Run,
-                format!("will be run again: the last attempt failed at {step}: {}", first_line(error)),
+                format!(
+                    "will be run again: the last attempt failed at {step}: {}",
+                    first_line(error)
+                ),
                 None,
             )),
             (_, false) => Some(change(
@@ -158,7 +178,10 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &BTreeMap<Address, Artifacts>
             changes.changes.push(Change {
                 address: address.clone(),
                 action: Action::Terminate,
-                reason: format!("will be terminated: the test left the plan (instance {})", instance.id),
+                reason: format!(
+                    "will be terminated: the test left the plan (instance {})",
+                    instance.id
+                ),
                 config_hash: None,
                 diff: None,
                 instance: Some(instance.id.clone()),
@@ -212,7 +235,11 @@ pub fn render(changes: &Changes) -> String {
                 out,
                 "{} result{} already up to date.",
                 changes.unchanged,
-                if changes.unchanged == 1 { " is" } else { "s are" }
+                if changes.unchanged == 1 {
+                    " is"
+                } else {
+                    "s are"
+                }
             );
         }
     }
@@ -243,7 +270,10 @@ pub struct SavedPlan {
 #[derive(Debug, thiserror::Error)]
 pub enum SavedPlanError {
     #[error("cannot read saved plan {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a saved plan: {reason}")]
     Invalid { path: String, reason: String },
     #[error("saved plan {path} is stale: {reason}; run `rallyctl plan` again")]
@@ -273,14 +303,18 @@ impl SavedPlan {
             path: shown.clone(),
             source,
         })?;
-        let saved: SavedPlan = serde_json::from_slice(&bytes).map_err(|e| SavedPlanError::Invalid {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let saved: SavedPlan =
+            serde_json::from_slice(&bytes).map_err(|e| SavedPlanError::Invalid {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
         if saved.format_version != SAVED_PLAN_VERSION {
             return Err(SavedPlanError::Invalid {
                 path: shown,
-                reason: format!("format version {} (this rallyctl reads {SAVED_PLAN_VERSION})", saved.format_version),
+                reason: format!(
+                    "format version {} (this rallyctl reads {SAVED_PLAN_VERSION})",
+                    saved.format_version
+                ),
             });
         }
         Ok(saved)
@@ -298,7 +332,10 @@ impl SavedPlan {
             path: path.display().to_string(),
             reason,
         };
-        let now = (state_exists.then_some(state.lineage), if state_exists { state.serial } else { 0 });
+        let now = (
+            state_exists.then_some(state.lineage),
+            if state_exists { state.serial } else { 0 },
+        );
         if now != (self.state_lineage, self.state_serial) {
             return Err(stale(format!(
                 "the state changed since it was planned (serial {} then, {} now)",
@@ -376,7 +413,11 @@ track = "nyc_taxis"
     #[test]
     fn everything_new_is_run() {
         console::set_colors_enabled(false);
-        insta::assert_snapshot!(plan_text(&plan(PLAN), &State::new("nightly"), &Options::default()));
+        insta::assert_snapshot!(plan_text(
+            &plan(PLAN),
+            &State::new("nightly"),
+            &Options::default()
+        ));
     }
 
     #[test]
@@ -388,7 +429,11 @@ track = "nyc_taxis"
         state.tests.insert(a, r);
         let (a, r) = record_for(&old, "ingest.nyc", Status::Completed);
         state.tests.insert(a, r);
-        let (a, mut r) = record_for(&old, "ingest.nyc", Status::InProgress { step: Step::Racing });
+        let (a, mut r) = record_for(
+            &old,
+            "ingest.nyc",
+            Status::InProgress { step: Step::Racing },
+        );
         r.instance = Some(Instance {
             id: "i-0abc".into(),
             region: "us-east-1".into(),
@@ -416,7 +461,10 @@ track = "nyc_taxis"
             replace: vec!["ingest.nyc".parse().unwrap()],
             ..Options::default()
         };
-        assert!(plan_text(&p, &state, &replace).ends_with("Plan: 0 to run, 1 to re-run, 0 to terminate."));
+        assert!(
+            plan_text(&p, &state, &replace)
+                .ends_with("Plan: 0 to run, 1 to re-run, 0 to terminate.")
+        );
     }
 
     #[test]
@@ -441,7 +489,9 @@ track = "nyc_taxis"
             targets: vec!["ingest.nyc".parse().unwrap()],
             ..Options::default()
         };
-        assert!(plan_text(&p, &state, &only).ends_with("Plan: 1 to run, 0 to re-run, 0 to terminate."));
+        assert!(
+            plan_text(&p, &state, &only).ends_with("Plan: 1 to run, 0 to re-run, 0 to terminate.")
+        );
     }
 
     #[test]
@@ -452,13 +502,23 @@ track = "nyc_taxis"
         let artifacts = render_all(&p, &Renderer::new()).unwrap();
         let changes = diff(&p, &state, &artifacts, &Options::default());
         let path = dir.path().join("saved.json");
-        SavedPlan::new(&p, &state, false, &changes).write(&path).unwrap();
+        SavedPlan::new(&p, &state, false, &changes)
+            .write(&path)
+            .unwrap();
         let saved = SavedPlan::read(&path).unwrap();
         saved.check_fresh(&path, &state, false, &artifacts).unwrap();
         crate::state::save(&dir.path().join("s.json"), &mut state).unwrap();
-        let err = saved.check_fresh(&path, &state, true, &artifacts).unwrap_err().to_string();
+        let err = saved
+            .check_fresh(&path, &state, true, &artifacts)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is stale"), "{err}");
         std::fs::write(&path, "{}").unwrap();
-        assert!(SavedPlan::read(&path).unwrap_err().to_string().contains("is not a saved plan"));
+        assert!(
+            SavedPlan::read(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("is not a saved plan")
+        );
     }
 }

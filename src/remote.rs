@@ -49,7 +49,13 @@ pub enum RemoteError {
 impl RemoteError {
     /// ssh exits 255 when the connection itself failed (refused, reset, auth): worth retrying.
     pub fn is_connection(&self) -> bool {
-        matches!(self, RemoteError::Failed { code: Some(255), .. } | RemoteError::Timeout { .. })
+        matches!(
+            self,
+            RemoteError::Failed {
+                code: Some(255),
+                ..
+            } | RemoteError::Timeout { .. }
+        )
     }
 }
 
@@ -71,7 +77,10 @@ impl EphemeralKey {
             .map_err(|e| RemoteError::Key(e.to_string()))?;
         file.write_all(private.as_bytes())
             .map_err(|e| RemoteError::Key(e.to_string()))?;
-        Ok(EphemeralKey { file, public_openssh })
+        Ok(EphemeralKey {
+            file,
+            public_openssh,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -136,9 +145,21 @@ impl<'a, P: Provider> Session<'a, P> {
             .arg(self.key.path())
             .args(["-p", &t.port.to_string()])
             .args(["-l", &t.user])
-            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ])
             .args(["-o", &format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}")])
-            .args(["-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"])
+            .args([
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=4",
+            ])
             // Trust on first use, per instance: addresses get reused by later instances, so the
             // host key is filed under the instance id, not the address.
             .args(["-o", "StrictHostKeyChecking=accept-new"])
@@ -155,7 +176,12 @@ impl<'a, P: Provider> Session<'a, P> {
     }
 
     /// Runs `remote` (a shell command line) with `input` on its stdin.
-    pub async fn exec(&mut self, remote: &str, input: &[u8], timeout: Duration) -> Result<Output, RemoteError> {
+    pub async fn exec(
+        &mut self,
+        remote: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, RemoteError> {
         self.ensure_key().await?;
         let mut child = self.command(remote).spawn().map_err(RemoteError::Spawn)?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
@@ -213,7 +239,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = EphemeralKey::generate(dir.path()).unwrap();
         assert!(key.public_openssh.starts_with("ssh-ed25519 "));
-        assert!(key.public_openssh.len() >= 80, "Instance Connect rejects shorter keys");
+        assert!(
+            key.public_openssh.len() >= 80,
+            "Instance Connect rejects shorter keys"
+        );
         let mode = std::fs::metadata(key.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let path = key.path().to_owned();

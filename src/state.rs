@@ -77,7 +77,9 @@ impl std::fmt::Display for Step {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     Pending,
-    InProgress { step: Step },
+    InProgress {
+        step: Step,
+    },
     Completed,
     Failed {
         step: Step,
@@ -166,9 +168,7 @@ impl TestRecord {
 pub enum StateError {
     #[error("cannot read state file {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error(
-        "state file {path} is not valid ({reason}); it was left untouched.{backup_hint}"
-    )]
+    #[error("state file {path} is not valid ({reason}); it was left untouched.{backup_hint}")]
     Corrupt {
         path: PathBuf,
         reason: String,
@@ -249,7 +249,8 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     };
     // The version is checked before the schema, so a newer file is named as such rather than
     // reported as corrupt because of fields this rallyctl does not know.
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v > u64::from(STATE_VERSION) => {
             return Err(StateError::Newer {
@@ -306,7 +307,9 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
         fs::rename(&staged, backup_path(path)).map_err(write_err)?;
     }
     temp.persist(path).map_err(|e| write_err(e.error))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(write_err)?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err)?;
     Ok(())
 }
 
@@ -386,7 +389,11 @@ fn describe_lock(lock: &Path, state_path: &Path) -> String {
                 h.pid,
                 h.host,
                 h.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
-                if gone { ", and that process is no longer running" } else { "" },
+                if gone {
+                    ", and that process is no longer running"
+                } else {
+                    ""
+                },
             )
         }
         None => format!(
@@ -442,7 +449,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s/w.state.json");
         let mut state = State::new("w");
-        state.tests.insert(Address::new("a", "b").unwrap(), record());
+        state
+            .tests
+            .insert(Address::new("a", "b").unwrap(), record());
         save(&path, &mut state).unwrap();
         save(&path, &mut state).unwrap();
         assert_eq!(state.serial, 2);
@@ -458,7 +467,11 @@ mod tests {
         let mut state = State::new("w");
         save(&path, &mut state).unwrap();
         // What a crash leaves behind: a half-written temp file beside the state.
-        fs::write(dir.path().join(".rallyctl-state-XXXX"), b"{\"version\": 1, \"lin").unwrap();
+        fs::write(
+            dir.path().join(".rallyctl-state-XXXX"),
+            b"{\"version\": 1, \"lin",
+        )
+        .unwrap();
         let loaded = load(&path).unwrap().unwrap();
         assert_eq!(loaded.serial, 1);
         assert_eq!(loaded.lineage, state.lineage);
@@ -475,15 +488,25 @@ mod tests {
         for (bytes, expect) in [
             (good[..good.len() / 2].to_owned(), "is not valid"),
             ("not json".to_owned(), "is not valid"),
-            (good.replace("\"version\": 1", "\"version\": 9"), "newer rallyctl (state version 9"),
+            (
+                good.replace("\"version\": 1", "\"version\": 9"),
+                "newer rallyctl (state version 9",
+            ),
             ("{\"serial\": 3}".to_owned(), "no `version`"),
         ] {
             fs::write(&path, &bytes).unwrap();
             let err = load_or_new(&path, "w").unwrap_err().to_string();
             assert!(err.contains(expect), "{err}");
-            assert_eq!(fs::read_to_string(&path).unwrap(), bytes, "refused file was modified");
+            assert_eq!(
+                fs::read_to_string(&path).unwrap(),
+                bytes,
+                "refused file was modified"
+            );
             if expect == "is not valid" {
-                assert!(err.contains("w.state.json.backup"), "backup not named: {err}");
+                assert!(
+                    err.contains("w.state.json.backup"),
+                    "backup not named: {err}"
+                );
             }
         }
     }
@@ -502,8 +525,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.state.json");
         let lock = Lock::acquire(&path, "rallyctl apply").unwrap();
-        let err = Lock::acquire(&path, "rallyctl apply").unwrap_err().to_string();
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        let err = Lock::acquire(&path, "rallyctl apply")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         assert!(err.contains("rallyctl force-unlock"), "{err}");
         drop(lock);
         let lock = Lock::acquire(&path, "again").unwrap();

@@ -79,7 +79,8 @@ pub fn shell_quote(value: &str) -> Result<String, TemplateError> {
 }
 
 fn sh_filter(value: String) -> Result<String, minijinja::Error> {
-    shell_quote(&value).map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+    shell_quote(&value)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
 }
 
 impl Default for Renderer {
@@ -100,7 +101,8 @@ impl Renderer {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("sh", sh_filter);
         for (name, source) in TEMPLATES {
-            env.add_template(name, source).expect("built-in templates parse");
+            env.add_template(name, source)
+                .expect("built-in templates parse");
         }
         Renderer {
             env,
@@ -196,17 +198,20 @@ impl Renderer {
                 .expect("default delimiters are valid"),
         );
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.add_function("env", move |name: String, default: Option<String>| match secrets {
-            Secrets::Placeholders => Ok(format!("${{{name}}}")),
-            Secrets::FromEnv => std::env::var(&name).or_else(|_| {
-                default.ok_or_else(|| {
-                    minijinja::Error::new(
-                        minijinja::ErrorKind::InvalidOperation,
-                        format!("environment variable {name} is not set"),
-                    )
-                })
-            }),
-        });
+        env.add_function(
+            "env",
+            move |name: String, default: Option<String>| match secrets {
+                Secrets::Placeholders => Ok(format!("${{{name}}}")),
+                Secrets::FromEnv => std::env::var(&name).or_else(|_| {
+                    default.ok_or_else(|| {
+                        minijinja::Error::new(
+                            minijinja::ErrorKind::InvalidOperation,
+                            format!("environment variable {name} is not set"),
+                        )
+                    })
+                }),
+            },
+        );
         env.render_str(&source, context! {})
             .map_err(|source| TemplateError::Render {
                 name: s.rally_config.display().to_string(),
@@ -279,7 +284,10 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
 
 fn venv_name(s: &Settings) -> String {
     let version = &s.rally_version;
-    if version.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+    if version
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
         format!("rally-{version}")
     } else {
         format!("rally-{}", crate::address::slug(version))
@@ -333,7 +341,10 @@ fn race_command(s: &Settings, args: &[String]) -> Result<String, TemplateError> 
     if matches!(s.track, TrackSource::Path(_)) {
         words.push("--track-path=<uploaded track>".into());
     }
-    let quoted: Vec<String> = words.iter().map(|w| shell_quote(w)).collect::<Result<_, _>>()?;
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Result<_, _>>()?;
     Ok(quoted.join(" "))
 }
 
@@ -359,7 +370,12 @@ name = "s"
 {extra}
 "#
         );
-        Plan::parse(Path::new("t.toml"), &text).unwrap().suites.remove(0).tests.remove(0)
+        Plan::parse(Path::new("t.toml"), &text)
+            .unwrap()
+            .suites
+            .remove(0)
+            .tests
+            .remove(0)
     }
 
     #[test]
@@ -384,7 +400,10 @@ track_params = { bulk_size = 5000 }"#,
         for (extra, java) in [
             (r#"distribution_version = "6.8.0""#, true),
             (r#"distribution_version = "8.15.0""#, false),
-            ("pipeline = \"benchmark-only\"\ntarget_hosts = [\"h:9200\"]", false),
+            (
+                "pipeline = \"benchmark-only\"\ntarget_hosts = [\"h:9200\"]",
+                false,
+            ),
             (r#"runtime_jdk = "17""#, true),
         ] {
             let test = test_from(&format!("name = \"t\"\ntrack = \"x\"\n{extra}"));
@@ -403,10 +422,19 @@ track_params = { bulk_size = 5000 }"#,
         ));
         let a = Renderer::new().render(&test).unwrap();
         // Run the rendered argument list through a real shell that only prints its arguments.
-        let script = a.race.split("args=(race").nth(1).unwrap().split("\n  )").next().unwrap();
+        let script = a
+            .race
+            .split("args=(race")
+            .nth(1)
+            .unwrap()
+            .split("\n  )")
+            .next()
+            .unwrap();
         let printed = std::process::Command::new("bash")
             .arg("-c")
-            .arg(format!("run_dir=R; race_id=I; args=({script}\n); printf '%s\\0' \"${{args[@]}}\""))
+            .arg(format!(
+                "run_dir=R; race_id=I; args=({script}\n); printf '%s\\0' \"${{args[@]}}\""
+            ))
             .output()
             .unwrap();
         let args: Vec<String> = String::from_utf8(printed.stdout)
@@ -430,7 +458,11 @@ track_params = { bulk_size = 5000 }"#,
         let base = test_from("name = \"t\"\ntrack = \"x\"");
         let r = Renderer::new();
         let h = r.render(&base).unwrap().config_hash;
-        assert_eq!(h, Renderer::new().render(&base).unwrap().config_hash, "stable");
+        assert_eq!(
+            h,
+            Renderer::new().render(&base).unwrap().config_hash,
+            "stable"
+        );
         let mut changed = base.clone();
         changed.settings.car = Some("8gheap".into());
         assert_ne!(h, r.render(&changed).unwrap().config_hash);
@@ -448,7 +480,10 @@ track_params = { bulk_size = 5000 }"#,
             r.rally_ini(&test.settings, Secrets::Placeholders).unwrap(),
             "host = ${RALLYCTL_TEST_UNSET_HOST}\nport = ${RALLYCTL_TEST_UNSET_PORT}\n"
         );
-        let err = r.rally_ini(&test.settings, Secrets::FromEnv).unwrap_err().to_string();
+        let err = r
+            .rally_ini(&test.settings, Secrets::FromEnv)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RALLYCTL_TEST_UNSET_HOST is not set"), "{err}");
     }
 }

@@ -19,7 +19,10 @@ pub fn stdout_is_tty() -> bool {
 /// Asks for `yes` like terraform; refuses without a terminal to ask on.
 pub fn confirm(question: &str) -> Result<bool, String> {
     if !std::io::stdin().is_terminal() {
-        return Err("no terminal to ask for approval on; pass --auto-approve to proceed without asking".into());
+        return Err(
+            "no terminal to ask for approval on; pass --auto-approve to proceed without asking"
+                .into(),
+        );
     }
     print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
     std::io::stdout().flush().ok();
@@ -65,14 +68,22 @@ impl Progress {
             Some(b) => {
                 let bar = b.multi.add(indicatif::ProgressBar::new(tests as u64));
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template("suite {msg:20} [{bar:30}] {pos}/{len} tests  {elapsed}")
-                        .expect("valid template")
-                        .progress_chars("=> "),
+                    indicatif::ProgressStyle::with_template(
+                        "suite {msg:20} [{bar:30}] {pos}/{len} tests  {elapsed}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
                 );
                 bar.set_message(name.to_owned());
-                b.suites.lock().expect("progress lock").insert(name.to_owned(), bar);
+                b.suites
+                    .lock()
+                    .expect("progress lock")
+                    .insert(name.to_owned(), bar);
             }
-            None => log_line(&format!("suite {name}: {tests} test{} to run", if tests == 1 { "" } else { "s" })),
+            None => log_line(&format!(
+                "suite {name}: {tests} test{} to run",
+                if tests == 1 { "" } else { "s" }
+            )),
         }
     }
 
@@ -83,8 +94,10 @@ impl Progress {
                 let bar = tests.entry(test.to_owned()).or_insert_with(|| {
                     let bar = b.multi.add(indicatif::ProgressBar::new_spinner());
                     bar.set_style(
-                        indicatif::ProgressStyle::with_template("  {spinner} {prefix:30} {msg:12} {elapsed}")
-                            .expect("valid template"),
+                        indicatif::ProgressStyle::with_template(
+                            "  {spinner} {prefix:30} {msg:12} {elapsed}",
+                        )
+                        .expect("valid template"),
                     );
                     bar.set_prefix(test.to_owned());
                     bar.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -139,7 +152,9 @@ pub fn summary_table(state: &crate::state::State, addresses: &[crate::address::A
             _ => String::new(),
         };
         let detail = match &r.status {
-            crate::state::Status::Failed { error, .. } => error.lines().next().unwrap_or("").to_owned(),
+            crate::state::Status::Failed { error, .. } => {
+                error.lines().next().unwrap_or("").to_owned()
+            }
             _ => String::new(),
         };
         table.add_row([

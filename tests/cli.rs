@@ -113,7 +113,13 @@ fn plan_against_an_empty_state_runs_everything_and_saves() {
 #[test]
 fn plan_json_output() {
     let (_dir, state) = temp_state();
-    let out = rallyctl(&["plan", "plans/example.toml", "--json", "--state", state.to_str().unwrap()]);
+    let out = rallyctl(&[
+        "plan",
+        "plans/example.toml",
+        "--json",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["changes"].as_array().unwrap().len(), 6);
@@ -124,18 +130,40 @@ fn plan_json_output() {
 fn plan_refuses_a_corrupt_state_and_leaves_it_alone() {
     let (_dir, state) = temp_state();
     std::fs::write(&state, "{\"version\": 1, \"lineage\": ").unwrap();
-    let out = rallyctl(&["plan", "plans/example.toml", "--state", state.to_str().unwrap()]);
+    let out = rallyctl(&[
+        "plan",
+        "plans/example.toml",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not valid"), "{}", text(&out));
-    assert_eq!(std::fs::read_to_string(&state).unwrap(), "{\"version\": 1, \"lineage\": ");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not valid"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        "{\"version\": 1, \"lineage\": "
+    );
 }
 
 #[test]
 fn an_unknown_target_is_refused() {
     let (_dir, state) = temp_state();
-    let out = rallyctl(&["plan", "plans/example.toml", "--state", state.to_str().unwrap(), "--target", "ingest.nope"]);
+    let out = rallyctl(&[
+        "plan",
+        "plans/example.toml",
+        "--state",
+        state.to_str().unwrap(),
+        "--target",
+        "ingest.nope",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest.nope is neither in the plan nor in state"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ingest.nope is neither in the plan nor in state")
+    );
 }
 
 #[test]
@@ -166,17 +194,28 @@ fn state_commands_and_force_unlock() {
     );
     rallyctl::state::save(&state, &mut st).unwrap();
     let out = rallyctl(&["state", "list", "--state", s]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ingest.geonames-4g  completed\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ingest.geonames-4g  completed\n"
+    );
     let out = rallyctl(&["state", "show", "ingest.geonames-4g", "--state", s]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\": \"completed\""));
 
     let lock = rallyctl::state::Lock::acquire(&state, "another apply").unwrap();
     let out = rallyctl(&["state", "rm", "ingest.geonames-4g", "--state", s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("locked by `another apply`"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked by `another apply`"),
+        "{}",
+        text(&out)
+    );
     std::mem::forget(lock);
     let out = rallyctl(&["force-unlock", "--state", s]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("held by pid"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("held by pid"),
+        "{}",
+        text(&out)
+    );
     let out = rallyctl(&["state", "rm", "ingest.geonames-4g", "--state", s]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = rallyctl(&["state", "list", "--state", s]);

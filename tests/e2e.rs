@@ -53,7 +53,9 @@ tags = {{ team = "e2e" }}
             user = h.ssh_user,
             port = h.ssh_port,
             remote = h.remote_dir.display(),
-            ini = Path::new(env!("CARGO_MANIFEST_DIR")).join("conditional_install_items/rally_csv.ini").display(),
+            ini = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("conditional_install_items/rally_csv.ini")
+                .display(),
             track = h.track_path.display(),
         );
         let mut i = 0;
@@ -62,7 +64,9 @@ tags = {{ team = "e2e" }}
             for (name, extra) in *tests {
                 let es = &h.es_addrs[i % h.es_addrs.len()];
                 i += 1;
-                text.push_str(&format!("\n[[suite.test]]\nname = \"{name}\"\ntarget_hosts = [\"{es}\"]\n{extra}\n"));
+                text.push_str(&format!(
+                    "\n[[suite.test]]\nname = \"{name}\"\ntarget_hosts = [\"{es}\"]\n{extra}\n"
+                ));
             }
         }
         let path = self.dir.path().join("e2e.toml");
@@ -73,7 +77,12 @@ tags = {{ team = "e2e" }}
     fn rallyctl(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
         self.harness.apply_env(&mut cmd);
-        let out = cmd.args(args).current_dir(self.dir.path()).env("NO_COLOR", "1").output().unwrap();
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
         eprintln!(
             "$ rallyctl {}\n{}{}",
             args.join(" "),
@@ -84,7 +93,9 @@ tags = {{ team = "e2e" }}
     }
 
     fn state(&self) -> rallyctl::state::State {
-        rallyctl::state::load(&self.dir.path().join("state/e2e.state.json")).unwrap().unwrap()
+        rallyctl::state::load(&self.dir.path().join("state/e2e.state.json"))
+            .unwrap()
+            .unwrap()
     }
 
     fn record(&self, address: &str) -> rallyctl::state::TestRecord {
@@ -112,11 +123,17 @@ fn at(record: &rallyctl::state::TestRecord, status: &str) -> jiff::Timestamp {
 #[test]
 fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
     let run = Run::new(3);
-    let plan = run.plan(&[("ingest", &[("a", ""), ("b", "")]), ("search", &[("c", "")])]);
+    let plan = run.plan(&[
+        ("ingest", &[("a", ""), ("b", "")]),
+        ("search", &[("c", "")]),
+    ]);
     let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("Apply complete: 3 completed, 0 failed."), "{stdout}");
+    assert!(
+        stdout.contains("Apply complete: 3 completed, 0 failed."),
+        "{stdout}"
+    );
 
     let state = run.state();
     let mut instance_ids = Vec::new();
@@ -124,66 +141,133 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         let r = run.record(address);
         assert_eq!(r.status, rallyctl::state::Status::Completed, "{address}");
         let instance = r.instance.clone().unwrap();
-        assert!(instance.terminated_at.is_some(), "{address} instance not recorded terminated");
+        assert!(
+            instance.terminated_at.is_some(),
+            "{address} instance not recorded terminated"
+        );
         instance_ids.push(instance.id.clone());
         // The results are on disk, intact, with Rally's throughput rows.
-        let report = r.results.iter().find(|f| f.path.ends_with("report.csv")).expect("report.csv recorded");
+        let report = r
+            .results
+            .iter()
+            .find(|f| f.path.ends_with("report.csv"))
+            .expect("report.csv recorded");
         let bytes = std::fs::read(run.dir.path().join(&report.path)).unwrap();
         assert_eq!(report.sha256, sha256_hex(&bytes));
         let csv = String::from_utf8(bytes).unwrap();
         assert!(csv.starts_with("Metric,Task,Value,Unit"), "{csv}");
-        assert!(csv.lines().any(|l| l.starts_with("Median Throughput,")), "{csv}");
-        assert!(r.results.iter().any(|f| f.path.ends_with("race.json")), "{:?}", r.results);
-        assert!(report.path.starts_with(format!("results/e2e/{}", r.run_id.clone().unwrap())));
+        assert!(
+            csv.lines().any(|l| l.starts_with("Median Throughput,")),
+            "{csv}"
+        );
+        assert!(
+            r.results.iter().any(|f| f.path.ends_with("race.json")),
+            "{:?}",
+            r.results
+        );
+        assert!(
+            report
+                .path
+                .starts_with(format!("results/e2e/{}", r.run_id.clone().unwrap()))
+        );
     }
     // Suite barrier: search.c started only after both ingest tests finished.
     let c_started = at(&run.record("search.c"), "launching");
     for address in ["ingest.a", "ingest.b"] {
-        assert!(at(&run.record(address), "completed") <= c_started, "{address} finished after search.c began");
+        assert!(
+            at(&run.record(address), "completed") <= c_started,
+            "{address} finished after search.c began"
+        );
     }
     // Nothing left running; every instance got an Instance Connect key before SSH.
     let moto = run.harness.instances();
     assert_eq!(moto.len(), 3);
     for i in &moto {
-        assert!(matches!(i.state.as_str(), "terminated" | "shutting-down"), "{} is {}", i.id, i.state);
-        assert_eq!(i.tags.get("rallyctl:workspace").map(String::as_str), Some("e2e"));
+        assert!(
+            matches!(i.state.as_str(), "terminated" | "shutting-down"),
+            "{} is {}",
+            i.id,
+            i.state
+        );
+        assert_eq!(
+            i.tags.get("rallyctl:workspace").map(String::as_str),
+            Some("e2e")
+        );
         assert_eq!(i.tags.get("team").map(String::as_str), Some("e2e"));
     }
     let pushes = run.harness.key_pushes();
     for id in &instance_ids {
-        assert!(pushes.iter().any(|p| &p.instance_id == id && p.public_key.starts_with("ssh-ed25519 ")), "no key push for {id}");
+        assert!(
+            pushes
+                .iter()
+                .any(|p| &p.instance_id == id && p.public_key.starts_with("ssh-ed25519 ")),
+            "no key push for {id}"
+        );
     }
 
     let launches = run.launches();
     let again = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stdout).contains("No changes: 3 results already exist"));
-    assert_eq!(run.launches(), launches, "the second apply launched an instance");
-    assert_eq!(run.state().serial, state.serial, "the second apply wrote state");
+    assert_eq!(
+        run.launches(),
+        launches,
+        "the second apply launched an instance"
+    );
+    assert_eq!(
+        run.state().serial,
+        state.serial,
+        "the second apply wrote state"
+    );
 }
 
 #[test]
 fn a_failing_race_is_reported_with_its_log_and_its_sibling_completes() {
     let run = Run::new(2);
-    let plan = run.plan(&[("s", &[("good", ""), ("bad", "challenge = \"no-such-challenge\"")])]);
+    let plan = run.plan(&[(
+        "s",
+        &[("good", ""), ("bad", "challenge = \"no-such-challenge\"")],
+    )]);
     let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("1 test failed: s.bad"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("s.bad failed at racing: esrally exited with 64"), "{stdout}");
+    assert!(
+        stdout.contains("s.bad failed at racing: esrally exited with 64"),
+        "{stdout}"
+    );
 
-    assert_eq!(run.record("s.good").status, rallyctl::state::Status::Completed);
+    assert_eq!(
+        run.record("s.good").status,
+        rallyctl::state::Status::Completed
+    );
     match run.record("s.bad").status {
-        rallyctl::state::Status::Failed { step, error, log_tail } => {
+        rallyctl::state::Status::Failed {
+            step,
+            error,
+            log_tail,
+        } => {
             assert_eq!(step, rallyctl::state::Step::Racing);
             assert!(error.contains("64"), "{error}");
-            assert!(log_tail.unwrap().contains("no-such-challenge"), "the log tail does not show the cause");
+            assert!(
+                log_tail.unwrap().contains("no-such-challenge"),
+                "the log tail does not show the cause"
+            );
         }
         other => panic!("s.bad is {other:?}"),
     }
-    assert!(run.record("s.bad").instance.unwrap().terminated_at.is_some());
-    assert!(run.harness.running_instances().is_empty(), "an instance was left running");
+    assert!(
+        run.record("s.bad")
+            .instance
+            .unwrap()
+            .terminated_at
+            .is_some()
+    );
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
 }
 
 #[test]
@@ -202,7 +286,12 @@ fn destroy_terminates_leaked_instances_found_by_tag() {
             .tag_specifications(
                 aws_sdk_ec2::types::TagSpecification::builder()
                     .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                    .tags(aws_sdk_ec2::types::Tag::builder().key("rallyctl:workspace").value("e2e").build())
+                    .tags(
+                        aws_sdk_ec2::types::Tag::builder()
+                            .key("rallyctl:workspace")
+                            .value("e2e")
+                            .build(),
+                    )
                     .build(),
             )
             .send()
@@ -217,7 +306,12 @@ fn destroy_terminates_leaked_instances_found_by_tag() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("{leaked}  (leaked")), "{stdout}");
-    let state = h.instances().into_iter().find(|i| i.id == leaked).unwrap().state;
+    let state = h
+        .instances()
+        .into_iter()
+        .find(|i| i.id == leaked)
+        .unwrap()
+        .state;
     assert_eq!(state, "terminated");
     let again = run.rallyctl(&["destroy", plan.to_str().unwrap(), "--auto-approve"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("Nothing to destroy"));

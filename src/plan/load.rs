@@ -82,7 +82,10 @@ pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
     let text = String::from_utf8(text).map_err(|e| {
         single(
             path,
-            format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         )
     })?;
     parse(path, &text)
@@ -158,8 +161,11 @@ impl Loader<'_, '_> {
         }
         let name = match get("name") {
             None => {
-                self.sink
-                    .error(&(0..0), "name", "missing required key `name` (the workspace name)");
+                self.sink.error(
+                    &(0..0),
+                    "name",
+                    "missing required key `name` (the workspace name)",
+                );
                 None
             }
             Some(e) => self.name(&e.value, "name"),
@@ -241,10 +247,14 @@ impl Loader<'_, '_> {
         });
         let mut tests = Vec::new();
         let test_nodes = match get("test") {
-            Some(e) => self.array(&e.value, &join(field, "test")).unwrap_or_default(),
+            Some(e) => self
+                .array(&e.value, &join(field, "test"))
+                .unwrap_or_default(),
             None => &[][..],
         };
-        if test_nodes.is_empty() && get("test").is_none_or(|e| matches!(e.value.kind, Kind::Array(_))) {
+        if test_nodes.is_empty()
+            && get("test").is_none_or(|e| matches!(e.value.kind, Kind::Array(_)))
+        {
             self.sink.error_with_help(
                 &node.span,
                 field,
@@ -295,7 +305,11 @@ impl Loader<'_, '_> {
         let Some(entries) = self.table(node, field) else {
             return raw;
         };
-        let allowed: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).chain(extra.iter().copied()).collect();
+        let allowed: Vec<&str> = SETTINGS
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(extra.iter().copied())
+            .collect();
         self.unknown_keys(entries, field, &allowed);
         self.duplicate_keys(entries, field);
         for entry in entries {
@@ -318,11 +332,13 @@ impl Loader<'_, '_> {
                 match std::fs::File::open(&path).and_then(|f| f.metadata()) {
                     Ok(meta) if meta.is_file() => Some(Val::Str(path)),
                     Ok(_) => {
-                        self.sink.error(span, field, format!("`{path}` is not a file"));
+                        self.sink
+                            .error(span, field, format!("`{path}` is not a file"));
                         None
                     }
                     Err(e) => {
-                        self.sink.error(span, field, format!("cannot read `{path}`: {e}"));
+                        self.sink
+                            .error(span, field, format!("cannot read `{path}`: {e}"));
                         None
                     }
                 }
@@ -442,8 +458,11 @@ impl Loader<'_, '_> {
             Kind::Float(f) => match serde_json::Number::from_f64(*f) {
                 Some(n) => J::Number(n),
                 None => {
-                    self.sink
-                        .error(&node.span, field, format!("{f} cannot be passed to Rally as JSON"));
+                    self.sink.error(
+                        &node.span,
+                        field,
+                        format!("{f} cannot be passed to Rally as JSON"),
+                    );
                     return None;
                 }
             },
@@ -462,13 +481,24 @@ impl Loader<'_, '_> {
                     .collect::<Option<_>>()?,
             ),
             other @ Kind::Other(_) => {
-                return self.expected(&node.span, field, "a string, number, boolean, array or table", other);
+                return self.expected(
+                    &node.span,
+                    field,
+                    "a string, number, boolean, array or table",
+                    other,
+                );
             }
         })
     }
 
     /// Merges a test's settings over the defaults and built-ins and checks the result as a whole.
-    fn merge(&mut self, defaults: &Raw, test: Raw, span: &Range<usize>, field: &str) -> Option<Settings> {
+    fn merge(
+        &mut self,
+        defaults: &Raw,
+        test: Raw,
+        span: &Range<usize>,
+        field: &str,
+    ) -> Option<Settings> {
         let mut merged = defaults.clone();
         for (key, val) in test {
             match (merged.get_mut(key), val) {
@@ -483,7 +513,11 @@ impl Loader<'_, '_> {
         let mut ok = true;
         for key in REQUIRED {
             if !merged.contains_key(key) {
-                self.sink.error(span, field, format!("missing required key `{key}` (set it in the test or in [defaults])"));
+                self.sink.error(
+                    span,
+                    field,
+                    format!("missing required key `{key}` (set it in the test or in [defaults])"),
+                );
                 ok = false;
             }
         }
@@ -491,11 +525,19 @@ impl Loader<'_, '_> {
             (Some(Val::Str(name)), None) => Some(TrackSource::Named(name)),
             (None, Some(Val::Str(path))) => Some(TrackSource::Path(PathBuf::from(path))),
             (Some(_), Some(_)) => {
-                self.sink.error(span, field, "both `track` and `track_path` are set; a test races one track");
+                self.sink.error(
+                    span,
+                    field,
+                    "both `track` and `track_path` are set; a test races one track",
+                );
                 None
             }
             _ => {
-                self.sink.error(span, field, "missing `track` (a track name) or `track_path` (a local track directory)");
+                self.sink.error(
+                    span,
+                    field,
+                    "missing `track` (a track name) or `track_path` (a local track directory)",
+                );
                 None
             }
         };
@@ -563,8 +605,11 @@ impl Loader<'_, '_> {
         match address::check_name(&name) {
             Ok(()) => Some(name),
             Err(e) => {
-                self.sink
-                    .error(&node.span, field, format!("`{name}` cannot form an address: {e}"));
+                self.sink.error(
+                    &node.span,
+                    field,
+                    format!("`{name}` cannot form an address: {e}"),
+                );
                 None
             }
         }
@@ -591,14 +636,26 @@ impl Loader<'_, '_> {
         }
     }
 
-    fn expected<T>(&mut self, span: &Range<usize>, field: &str, want: &str, found: &Kind) -> Option<T> {
-        self.sink
-            .error(span, field, format!("expected {want}, found {}", found.describe()));
+    fn expected<T>(
+        &mut self,
+        span: &Range<usize>,
+        field: &str,
+        want: &str,
+        found: &Kind,
+    ) -> Option<T> {
+        self.sink.error(
+            span,
+            field,
+            format!("expected {want}, found {}", found.describe()),
+        );
         None
     }
 
     fn unknown_keys(&mut self, entries: &[Entry], field: &str, allowed: &[&str]) {
-        for e in entries.iter().filter(|e| !allowed.contains(&e.key.as_str())) {
+        for e in entries
+            .iter()
+            .filter(|e| !allowed.contains(&e.key.as_str()))
+        {
             let suggestion = allowed
                 .iter()
                 .map(|k| (strsim::jaro_winkler(k, &e.key), *k))
@@ -607,7 +664,12 @@ impl Loader<'_, '_> {
             let message = format!("unknown key `{}`", e.key);
             let f = join(field, &e.key);
             match suggestion {
-                Some((_, k)) => self.sink.error_with_help(&e.key_span, &f, message, format!("did you mean `{k}`?")),
+                Some((_, k)) => self.sink.error_with_help(
+                    &e.key_span,
+                    &f,
+                    message,
+                    format!("did you mean `{k}`?"),
+                ),
                 None => self.sink.error(&e.key_span, &f, message),
             }
         }
@@ -618,8 +680,11 @@ impl Loader<'_, '_> {
         let mut seen = HashSet::new();
         for e in entries {
             if !seen.insert(e.key.as_str()) {
-                self.sink
-                    .error(&e.key_span, &join(field, &e.key), format!("duplicate key `{}`", e.key));
+                self.sink.error(
+                    &e.key_span,
+                    &join(field, &e.key),
+                    format!("duplicate key `{}`", e.key),
+                );
             }
         }
     }

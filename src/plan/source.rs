@@ -94,33 +94,34 @@ fn toml_table(table: DeTable<'_>, span: Range<usize>) -> Result<Node, SyntaxErro
 }
 
 fn toml_value(value: DeValue<'_>, span: Range<usize>) -> Result<Node, SyntaxError> {
-    let kind = match value {
-        DeValue::String(s) => Kind::String(s.into_owned()),
-        DeValue::Integer(i) => Kind::Integer(toml_integer(i.as_str(), i.radix()).ok_or_else(
-            || SyntaxError {
-                span: span.clone(),
-                message: "integer out of range".into(),
-            },
-        )?),
-        DeValue::Float(f) => Kind::Float(f.as_str().replace('_', "").parse().map_err(|_| {
-            SyntaxError {
-                span: span.clone(),
-                message: "malformed float".into(),
-            }
-        })?),
-        DeValue::Boolean(b) => Kind::Bool(b),
-        DeValue::Datetime(_) => Kind::Other("a datetime"),
-        DeValue::Array(items) => Kind::Array(
-            items
-                .into_iter()
-                .map(|item| {
-                    let item_span = item.span();
-                    toml_value(item.into_inner(), item_span)
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        DeValue::Table(table) => return toml_table(table, span),
-    };
+    let kind =
+        match value {
+            DeValue::String(s) => Kind::String(s.into_owned()),
+            DeValue::Integer(i) => Kind::Integer(toml_integer(i.as_str(), i.radix()).ok_or_else(
+                || SyntaxError {
+                    span: span.clone(),
+                    message: "integer out of range".into(),
+                },
+            )?),
+            DeValue::Float(f) => Kind::Float(f.as_str().replace('_', "").parse().map_err(
+                |_| SyntaxError {
+                    span: span.clone(),
+                    message: "malformed float".into(),
+                },
+            )?),
+            DeValue::Boolean(b) => Kind::Bool(b),
+            DeValue::Datetime(_) => Kind::Other("a datetime"),
+            DeValue::Array(items) => Kind::Array(
+                items
+                    .into_iter()
+                    .map(|item| {
+                        let item_span = item.span();
+                        toml_value(item.into_inner(), item_span)
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            DeValue::Table(table) => return toml_table(table, span),
+        };
     Ok(Node { span, kind })
 }
 
@@ -179,7 +180,12 @@ fn json_value(value: ast::Value<'_>) -> Result<Node, SyntaxError> {
         ast::Value::NullKeyword(n) => (n.range, Kind::Other("null")),
         ast::Value::Array(a) => (
             a.range,
-            Kind::Array(a.elements.into_iter().map(json_value).collect::<Result<_, _>>()?),
+            Kind::Array(
+                a.elements
+                    .into_iter()
+                    .map(json_value)
+                    .collect::<Result<_, _>>()?,
+            ),
         ),
         ast::Value::Object(o) => {
             let entries = o
@@ -222,9 +228,16 @@ mod tests {
 
     #[test]
     fn toml_and_json_give_the_same_tree_in_source_order() {
-        let toml = parse("b = 1\na = \"x\"\nc = [1.5]\nd = { e = true }\n", Format::Toml).unwrap();
-        let json = parse(r#"{"b": 1, "a": "x", "c": [1.5], "d": {"e": true}}"#, Format::Json)
-            .unwrap();
+        let toml = parse(
+            "b = 1\na = \"x\"\nc = [1.5]\nd = { e = true }\n",
+            Format::Toml,
+        )
+        .unwrap();
+        let json = parse(
+            r#"{"b": 1, "a": "x", "c": [1.5], "d": {"e": true}}"#,
+            Format::Json,
+        )
+        .unwrap();
         assert_eq!(kinds(&toml), kinds(&json));
         assert_eq!(kinds(&toml)[0], ("b".into(), "an integer"));
     }

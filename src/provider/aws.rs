@@ -8,10 +8,10 @@ use std::sync::Mutex;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::error::DisplayErrorContext;
 use aws_sdk_ec2::types::{
     Filter, InstanceStateName, ResourceType, ShutdownBehavior, Tag, TagSpecification,
 };
-use aws_sdk_ec2::error::DisplayErrorContext;
 use base64::Engine as _;
 
 use super::{InstanceInfo, InstanceState, LaunchRequest, Provider, ProviderError};
@@ -108,7 +108,9 @@ impl Provider for Aws {
             .image_id(&r.ami)
             .instance_type(r.instance_type.as_str().into())
             .set_subnet_id(r.subnet_id.clone())
-            .set_security_group_ids((!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()))
+            .set_security_group_ids(
+                (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
+            )
             .min_count(1)
             .max_count(1)
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
@@ -128,7 +130,11 @@ impl Provider for Aws {
             })
     }
 
-    async fn describe(&self, region: &str, ids: &[String]) -> Result<Vec<InstanceInfo>, ProviderError> {
+    async fn describe(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<InstanceInfo>, ProviderError> {
         let out = self
             .ec2(region)
             .describe_instances()
@@ -154,16 +160,27 @@ impl Provider for Aws {
         Ok(())
     }
 
-    async fn find_by_tags(&self, region: &str, tags: &[(&str, &str)]) -> Result<Vec<InstanceInfo>, ProviderError> {
+    async fn find_by_tags(
+        &self,
+        region: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<Vec<InstanceInfo>, ProviderError> {
         let mut filters: Vec<Filter> = tags
             .iter()
-            .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(*v).build())
+            .map(|(k, v)| {
+                Filter::builder()
+                    .name(format!("tag:{k}"))
+                    .values(*v)
+                    .build()
+            })
             .collect();
         filters.push(
             Filter::builder()
                 .name("instance-state-name")
                 .set_values(Some(
-                    ["pending", "running", "stopping", "stopped"].map(String::from).to_vec(),
+                    ["pending", "running", "stopping", "stopped"]
+                        .map(String::from)
+                        .to_vec(),
                 ))
                 .build(),
         );
@@ -176,12 +193,23 @@ impl Provider for Aws {
         let mut found = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| err("DescribeInstances", region, e))?;
-            found.extend(page.reservations().iter().flat_map(|r| r.instances()).map(|i| info(region, i)));
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .map(|i| info(region, i)),
+            );
         }
         Ok(found)
     }
 
-    async fn push_key(&self, region: &str, instance_id: &str, os_user: &str, public_key: &str) -> Result<(), ProviderError> {
+    async fn push_key(
+        &self,
+        region: &str,
+        instance_id: &str,
+        os_user: &str,
+        public_key: &str,
+    ) -> Result<(), ProviderError> {
         let out = self
             .clients(region)
             .1

@@ -39,7 +39,10 @@ pub enum InstanceState {
 impl InstanceState {
     /// Still costs money (or will again): anything not on its way out.
     pub fn is_alive(self) -> bool {
-        !matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+        !matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
     }
 }
 
@@ -62,10 +65,21 @@ pub struct ProviderError {
 }
 
 pub trait Provider: Send + Sync + 'static {
-    fn launch(&self, request: &LaunchRequest) -> impl Future<Output = Result<InstanceInfo, ProviderError>> + Send;
+    fn launch(
+        &self,
+        request: &LaunchRequest,
+    ) -> impl Future<Output = Result<InstanceInfo, ProviderError>> + Send;
     /// One call for many instances: the executor batches every instance it waits on.
-    fn describe(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<Vec<InstanceInfo>, ProviderError>> + Send;
-    fn terminate(&self, region: &str, ids: &[String]) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    fn describe(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<InstanceInfo>, ProviderError>> + Send;
+    fn terminate(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// Instances not yet terminated that carry all of these tags.
     fn find_by_tags(
         &self,

@@ -1,0 +1,134 @@
+//! validate + plan at scale: a generated plan of 10,000 tests in 100 suites against a state that
+//! holds completed results for half of them. Prints wall time and peak memory of the work alone
+//! (measured in a fresh child process, so generating the inputs does not count).
+//!
+//!     cargo bench --bench plan_scale
+//!
+//! Target (issue 2): under 100 ms and under 50 MB on a 2-core machine.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rallyctl::graph::Graph;
+use rallyctl::plan::Plan;
+use rallyctl::planner::{self, Options};
+use rallyctl::state::{self, State, Status, TestRecord};
+use rallyctl::templates::Renderer;
+
+const SUITES: usize = 100;
+const TESTS_PER_SUITE: usize = 100;
+const RUNS: usize = 5;
+
+fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ini = Path::new(env!("CARGO_MANIFEST_DIR")).join("conditional_install_items/rally_csv.ini");
+    let mut text = format!(
+        "version = 1\nname = \"scale\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-1\"\ninstance_type = \"m5.large\"\nrally_config = \"{}\"\ntags = {{ team = \"perf\" }}\n",
+        ini.display()
+    );
+    for s in 0..SUITES {
+        text.push_str(&format!("\n[[suite]]\nname = \"suite-{s}\"\n"));
+        for t in 0..TESTS_PER_SUITE {
+            text.push_str(&format!(
+                "\n[[suite.test]]\nname = \"test-{t}\"\ntrack = \"geonames\"\nchallenge = \"append-no-conflicts\"\ncar = \"{}gheap\"\ntrack_params = {{ bulk_size = {} }}\n",
+                4 + t % 3,
+                1000 + t
+            ));
+        }
+    }
+    let plan_path = dir.join("scale.toml");
+    std::fs::write(&plan_path, text).unwrap();
+    let plan = Plan::load(&plan_path).unwrap();
+    let renderer = Renderer::new();
+    let mut st = State::new("scale");
+    for test in plan.tests().step_by(2) {
+        let a = renderer.render(test).unwrap();
+        st.tests.insert(
+            test.address.clone(),
+            TestRecord {
+                config_hash: a.config_hash,
+                settings: serde_json::from_str(&test.settings.canonical_json()).unwrap(),
+                race_command: a.race_command,
+                status: Status::Completed,
+                attempt: 1,
+                run_id: Some("run".into()),
+                race_id: None,
+                instance: None,
+                results: vec![],
+                history: vec![],
+            },
+        );
+    }
+    let state_path = dir.join("scale.state.json");
+    state::save(&state_path, &mut st).unwrap();
+    (plan_path, state_path)
+}
+
+/// What `rallyctl validate` and `rallyctl plan` do, in process.
+fn validate_and_plan(plan_path: &Path, state_path: &Path) -> (usize, usize) {
+    let plan = Plan::load(plan_path).unwrap();
+    Graph::compile(&plan).unwrap();
+    let state = state::load(state_path).unwrap().unwrap();
+    let artifacts = planner::render_all(&plan, &Renderer::new()).unwrap();
+    let changes = planner::diff(&plan, &state, &artifacts, &Options::default());
+    let text = planner::render(&changes);
+    std::hint::black_box(text);
+    (changes.changes.len(), changes.unchanged)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if let (Ok(plan), Ok(state)) = (std::env::var("SCALE_PLAN"), std::env::var("SCALE_STATE")) {
+        let start = Instant::now();
+        let (changes, unchanged) = validate_and_plan(Path::new(&plan), Path::new(&state));
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        println!("{ms:.1} {} {changes} {unchanged}", peak_rss_kib());
+        return;
+    }
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, state) = generate(dir.path());
+    let mut times = Vec::new();
+    let mut peaks = Vec::new();
+    for _ in 0..RUNS {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("SCALE_PLAN", &plan)
+            .env("SCALE_STATE", &state)
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        times.push(f[0].parse::<f64>().unwrap());
+        peaks.push(f[1].parse::<u64>().unwrap());
+        assert_eq!(f[2], (SUITES * TESTS_PER_SUITE / 2).to_string(), "changes");
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let plan_bytes = std::fs::metadata(&plan).unwrap().len();
+    let state_bytes = std::fs::metadata(&state).unwrap().len();
+    println!(
+        "validate + plan, {} tests in {SUITES} suites ({} KiB plan), state with {} results ({} KiB):",
+        SUITES * TESTS_PER_SUITE,
+        plan_bytes / 1024,
+        SUITES * TESTS_PER_SUITE / 2,
+        state_bytes / 1024
+    );
+    println!(
+        "  wall time: median {:.1} ms, min {:.1} ms, max {:.1} ms over {RUNS} runs",
+        times[RUNS / 2],
+        times[0],
+        times[RUNS - 1]
+    );
+    println!(
+        "  peak memory (VmHWM): {:.1} MiB",
+        *peaks.iter().max().unwrap() as f64 / 1024.0
+    );
+}

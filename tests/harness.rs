@@ -1,0 +1,204 @@
+//! Proves the e2e harness (tests/support): moto + EC2 Instance Connect semantics + one sshd
+//! "instance" per private IP in its own PID namespace.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+
+fn keygen(path: &Path) -> String {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "harness-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    std::fs::read_to_string(path.with_extension("pub")).unwrap()
+}
+
+/// PIDs of processes (seen from the host) whose command line is exactly `argv`.
+fn pids_with_cmdline(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn instance_connect_push_gates_ssh_into_an_isolated_instance() {
+    let t0 = Instant::now();
+    let h = support::Harness::start(2);
+    eprintln!("harness up in {:?}", t0.elapsed());
+
+    // Launch one instance into the harness subnet: moto gives it the first instance address.
+    let ec2 = h.ec2_client();
+    let (id, ip) = h.block_on(async {
+        let out = ec2
+            .run_instances()
+            .image_id(&h.ami)
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&h.subnet_id)
+            .security_group_ids(&h.security_group_id)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(Tag::builder().key("rallyctl:test").value("harness").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("RunInstances");
+        let i = &out.instances()[0];
+        (
+            i.instance_id().unwrap().to_string(),
+            i.private_ip_address().unwrap().to_string(),
+        )
+    });
+    assert_eq!(ip, h.instance_ips[0]);
+    wait_until("instance running", Duration::from_secs(10), || {
+        h.instances()
+            .iter()
+            .any(|i| i.id == id && i.state == "running")
+    });
+    let view = h.instances().into_iter().find(|i| i.id == id).unwrap();
+    assert_eq!(
+        view.tags.get("rallyctl:test").map(String::as_str),
+        Some("harness")
+    );
+    assert_eq!(view.subnet_id.as_deref(), Some(h.subnet_id.as_str()));
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("pushed");
+    let other = keys.path().join("not-pushed");
+    let pub_key = keygen(&key);
+    keygen(&other);
+
+    // Before the push, even the right key is refused.
+    let st = h.ssh_command(&key, &ip).arg("true").output().unwrap();
+    assert!(!st.status.success(), "key accepted before any push");
+
+    let pushed = h.block_on(async {
+        h.eic_client()
+            .send_ssh_public_key()
+            .instance_id(&id)
+            .instance_os_user(&h.ssh_user)
+            .ssh_public_key(pub_key.trim())
+            .send()
+            .await
+            .expect("SendSSHPublicKey")
+            .success()
+    });
+    assert!(pushed);
+    let pushes = h.key_pushes();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].instance_id, id);
+    assert_eq!(pushes[0].os_user, h.ssh_user);
+    assert_eq!(pushes[0].public_key, pub_key.trim());
+    let age = SystemTime::now()
+        .duration_since(pushes[0].signed_at.unwrap())
+        .unwrap_or_default();
+    assert!(age < Duration::from_secs(30), "push signed {age:?} ago");
+
+    // The pushed key gets in; the instance sees only its own processes and reaches the ES double.
+    let t = Instant::now();
+    let es_check = format!(
+        "python3 -c \"import urllib.request as u; print(u.urlopen('http://{}/').headers['X-Elastic-Product'])\"",
+        h.es_addr
+    );
+    let out = h
+        .ssh_command(&key, &ip)
+        .arg(format!("echo ok; ls /proc | grep -c '^[0-9]'; {es_check}"))
+        .output()
+        .unwrap();
+    eprintln!("ssh round trip {:?}", t.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ssh with the pushed key failed: {}\n{}\nAuthorizedKeysCommand log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(h.authorized_keys_log()).unwrap_or_default(),
+        h.sshd_log(&ip).display()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "ok");
+    let pids: usize = lines[1].trim().parse().unwrap();
+    assert!(
+        pids < 10,
+        "instance sees {pids} processes: not its own PID namespace"
+    );
+    assert_eq!(lines[2], "Elasticsearch");
+
+    // A key that was not pushed is refused, and so is the pushed key at an address without an instance.
+    let out = h.ssh_command(&other, &ip).arg("true").output().unwrap();
+    assert!(!out.status.success(), "un-pushed key accepted");
+    let out = h
+        .ssh_command(&key, &h.instance_ips[1])
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "key accepted at an address where no instance runs"
+    );
+
+    // A detached process outlives the session, and dies when moto terminates the instance.
+    let marker = format!("{}", 100_000 + std::process::id() % 800_000);
+    let out = h
+        .ssh_command(&key, &ip)
+        .arg(format!(
+            "setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null &"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until("detached sleep visible", Duration::from_secs(5), || {
+        !pids_with_cmdline(&["sleep", &marker]).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !pids_with_cmdline(&["sleep", &marker]).is_empty(),
+        "detached process died with the session"
+    );
+    h.block_on(async {
+        ec2.terminate_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .expect("TerminateInstances")
+    });
+    wait_until(
+        "processes of the terminated instance gone",
+        Duration::from_secs(10),
+        || pids_with_cmdline(&["sleep", &marker]).is_empty(),
+    );
+
+    let own_calls: Vec<String> = h
+        .recorded_calls()
+        .into_iter()
+        .filter(|c| !c.from_harness)
+        .map(|c| c.action)
+        .collect();
+    assert_eq!(
+        own_calls,
+        ["RunInstances", "SendSSHPublicKey", "TerminateInstances"]
+    );
+    eprintln!("test done in {:?}", t0.elapsed());
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need on a Debian 12 machine (run as root).
+# Idempotent: every step is skipped when already done, so a re-run takes a second.
+#   - Debian packages: openssh-server (the test "instances"' sshd), openssh-client, python3-venv,
+#     util-linux (unshare, setpriv), procps, iproute2 (ip route in the instance namespaces), ca-certificates
+#   - a Python venv with moto[server] at $REPO/target/tools/moto-venv (override: RALLYCTL_MOTO_VENV)
+# esrally is NOT installed here: rallyctl's own install template installs it on the "instance".
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MOTO_VERSION="5.2.5"
+MOTO_VENV="${RALLYCTL_MOTO_VENV:-$REPO/target/tools/moto-venv}"
+APT_PACKAGES=(openssh-server openssh-client python3-venv util-linux procps iproute2 ca-certificates)
+
+log() { printf '[setup-env] %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "warning: not root; apt-get and the per-instance PID namespaces (unshare --pid) need root"
+fi
+
+# --- Debian packages -----------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    # Keep the package's postinst from starting a system-wide sshd on port 22: the tests start
+    # their own sshd processes. policy-rc.d exit 101 = "action forbidden" for invoke-rc.d.
+    created_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        created_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+else
+    log "Debian packages present: ${APT_PACKAGES[*]}"
+fi
+test -x /usr/sbin/sshd || { log "error: /usr/sbin/sshd missing after install"; exit 1; }
+command -v unshare >/dev/null || { log "error: unshare missing after install"; exit 1; }
+
+# sshd's privilege-separation directory (on tmpfs: gone after a reboot).
+if [ ! -d /run/sshd ]; then
+    log "creating /run/sshd"
+    mkdir -p /run/sshd
+    chmod 755 /run/sshd
+fi
+
+# --- moto venv -----------------------------------------------------------------------------
+PYTHON=/usr/bin/python3
+[ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
+marker="$MOTO_VENV/.rallyctl-moto-$MOTO_VERSION"
+if [ -f "$marker" ] && [ -x "$MOTO_VENV/bin/moto_server" ] \
+    && "$MOTO_VENV/bin/python" -c 'import moto, boto3' 2>/dev/null; then
+    log "moto $MOTO_VERSION venv present: $MOTO_VENV"
+else
+    log "creating moto venv at $MOTO_VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
+    rm -rf "$MOTO_VENV"
+    mkdir -p "$(dirname "$MOTO_VENV")"
+    start=$(date +%s)
+    "$PYTHON" -m venv "$MOTO_VENV"
+    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    "$MOTO_VENV/bin/python" -c 'import moto, boto3; print("moto", moto.__version__)'
+    touch "$marker"
+    log "moto venv ready in $(($(date +%s) - start)) s"
+fi
+
+log "done"

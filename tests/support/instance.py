@@ -1,0 +1,259 @@
+#!/usr/bin/python3
+"""One fake "EC2 instance" for rallyctl's end-to-end tests (stdlib only, run as root).
+
+Started by the Rust harness as
+
+    unshare --pid --fork --kill-child --mount-proc /usr/bin/python3 instance.py \
+        --sshd-config CFG --sshd-log LOG --host-key-dir DIR [--forward PORT ...] \
+        [--proxy-port 3128] --ready-file F
+
+with stdin = a TCP socket already listening on the instance's private address (127.0.X.N:PORT,
+bound by the harness in the host's network namespace). This process is PID 1 of a new PID
+namespace and moves itself into a new, empty network namespace, so that the instance behaves like
+a machine of its own:
+
+* processes: only the instance's own are visible (Rally refuses to start while another Rally
+  process is visible);
+* network: its own loopback, so Rally's actor system (which always binds port 1900 and joins
+  whatever answers on 127.0.0.1:1900) cannot collide with a race on another instance;
+* SSH: every connection accepted on the inherited socket is handed to `sshd -i` (inetd mode),
+  which therefore runs inside the instance's namespaces; sshd sees the private address as its
+  local address, exactly like on EC2; every start of an instance creates a new host key;
+* each --forward PORT: 127.0.0.1:PORT inside the instance is relayed to 127.0.0.1:PORT of the
+  host (the Elasticsearch test double, moto);
+* --proxy-port: an HTTP CONNECT proxy on 127.0.0.1:PORT inside the instance whose connections
+  leave from the host's network namespace (pip reaches the package index through it; sshd's
+  SetEnv gives sessions https_proxy).
+
+Killing the `unshare` process with SIGKILL kills this PID 1 and with it every process of the
+instance: that is what a terminated instance looks like.
+"""
+
+import argparse
+import ctypes
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+CLONE_NEWNET = 0x40000000
+LIBC = ctypes.CDLL(None, use_errno=True)
+HOST_NETNS_FD = None  # fd of the host's network namespace, opened before leaving it
+
+
+def log(msg):
+    sys.stderr.write("[instance %s] %s\n" % (time.strftime("%H:%M:%S"), msg))
+    sys.stderr.flush()
+
+
+def enter_host_netns():
+    """Move the *calling thread* into the host's network namespace (sockets keep their netns)."""
+    if LIBC.setns(HOST_NETNS_FD, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "setns(host netns): " + os.strerror(err))
+
+
+def loopback_up():
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, ifr))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def pump(a, b):
+    """Copy bytes both ways until both directions are closed."""
+    socks = [a, b]
+    peer = {a: b, b: a}
+    open_dirs = 2
+    try:
+        while open_dirs and socks:
+            readable, _, _ = select.select(socks, [], [], 3600)
+            if not readable:
+                break
+            for s in readable:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    peer[s].sendall(data)
+                else:
+                    socks.remove(s)
+                    open_dirs -= 1
+                    try:
+                        peer[s].shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    finally:
+        a.close()
+        b.close()
+
+
+def listen_local(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    return s
+
+
+def serve_forward(port):
+    lsock = listen_local(port)
+
+    def handle(conn):
+        try:
+            enter_host_netns()
+            up = socket.create_connection(("127.0.0.1", port), timeout=10)
+            up.settimeout(None)
+        except OSError as e:
+            log("forward %d: cannot reach host: %s" % (port, e))
+            conn.close()
+            return
+        pump(conn, up)
+
+    def loop():
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def serve_proxy(port):
+    lsock = listen_local(port)
+
+    def handle(conn):
+        try:
+            conn.settimeout(30)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    conn.close()
+                    return
+                buf += chunk
+                if len(buf) > 65536:
+                    raise OSError("request head too large")
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            parts = head.split(b"\r\n")[0].split()
+            if len(parts) < 2 or parts[0] != b"CONNECT":
+                conn.sendall(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\n\r\n")
+                conn.close()
+                return
+            host, _, port_s = parts[1].decode().rpartition(":")
+            enter_host_netns()
+            up = socket.create_connection((host.strip("[]"), int(port_s)), timeout=30)
+            up.settimeout(None)
+            conn.settimeout(None)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                up.sendall(rest)
+        except (OSError, ValueError) as e:
+            log("proxy: %s" % e)
+            try:
+                conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            conn.close()
+            return
+        pump(conn, up)
+
+    def loop():
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def reap_forever():
+    """PID 1 duty: collect every orphan (detached races, finished sshd sessions)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            time.sleep(0.2)
+        except InterruptedError:
+            pass
+
+
+def main():
+    global HOST_NETNS_FD
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sshd", default="/usr/sbin/sshd")
+    ap.add_argument("--sshd-config", required=True)
+    ap.add_argument("--sshd-log", required=True)
+    ap.add_argument("--host-key-dir", required=True,
+                    help="where to create this instance's own SSH host key (new on every start)")
+    ap.add_argument("--forward", type=int, action="append", default=[])
+    ap.add_argument("--proxy-port", type=int, default=0)
+    ap.add_argument("--ready-file", required=True)
+    args = ap.parse_args()
+
+    # The listening socket on the private address comes in as stdin (host network namespace).
+    ssh_listener = socket.socket(fileno=os.dup(0))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    addr = ssh_listener.getsockname()
+
+    # A fresh host key per instance start, like a new VM: an instance relaunched at a reused
+    # private IP presents a different host key (clients must not pin keys by address).
+    host_key = os.path.join(args.host_key_dir, "ssh_host_ed25519_key-%s-%d" % (addr[0], time.time_ns()))
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "instance-%s" % addr[0],
+                    "-f", host_key], check=True, stdin=subprocess.DEVNULL)
+
+    HOST_NETNS_FD = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    if LIBC.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "unshare(CLONE_NEWNET): " + os.strerror(err))
+    loopback_up()
+    # A default route (via lo) so that "which local address would reach 8.8.8.8?" has an answer:
+    # Rally's actor system (thespian) asks exactly that and crashes ("Unable to determine valid
+    # external socket address") in a namespace without any route. Traffic that really leaves
+    # lo goes nowhere, like an instance without internet; pip uses the CONNECT proxy below.
+    subprocess.run(["ip", "route", "add", "default", "dev", "lo", "src", "127.0.0.1"], check=True)
+    for port in args.forward:
+        serve_forward(port)
+    if args.proxy_port:
+        serve_proxy(args.proxy_port)
+    # SIGCHLD must not be ignored (sshd and the sessions wait for their children).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    threading.Thread(target=reap_forever, daemon=True).start()
+
+    tmp = args.ready_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%s:%d pid=%d\n" % (addr[0], addr[1], os.getpid()))
+    os.replace(tmp, args.ready_file)
+    log("ready: ssh on %s:%d, forwards %s, proxy %s" % (addr[0], addr[1], args.forward, args.proxy_port))
+
+    while True:
+        try:
+            conn, peer = ssh_listener.accept()
+        except InterruptedError:
+            continue
+        try:
+            # sshd -i: one connection on stdin/stdout, runs inside this instance's namespaces.
+            subprocess.Popen(
+                [args.sshd, "-i", "-f", args.sshd_config, "-o", "HostKey=" + host_key,
+                 "-E", args.sshd_log],
+                stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as e:
+            log("cannot start sshd for %s: %s" % (peer, e))
+        finally:
+            conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1313 @@
+//! End-to-end test harness for rallyctl: real moto (EC2 + EC2 Instance Connect), one fake
+//! "EC2 instance" per private IP (its own PID and network namespace, reached through a real
+//! OpenSSH sshd that accepts only keys pushed with SendSSHPublicKey in the last 60 s), and an
+//! Elasticsearch test double. Needs root and `tests/setup-env.sh` (see that script).
+//!
+//! Layout of one harness (X = a subnet octet unique on this machine while the harness lives):
+//! moto on 127.0.0.1:<port>, VPC 127.0.0.0/16, subnet 127.0.X.0/24 (moto hands out 127.0.X.4,
+//! .5, ...), instance i listens for SSH on 127.0.X.(4+i):ssh_port, the ES double on
+//! 127.0.0.1:<port>. Inside an instance 127.0.0.1:<es port> and 127.0.0.1:<moto port> lead to the
+//! ES double and moto, and sessions get `https_proxy` for the package index.
+#![allow(dead_code)] // every test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+
+/// Region the harness's moto and clients use (not us-east-1, moto's fallback, so that a missing
+/// region in rallyctl shows up as a failure).
+pub const REGION: &str = "eu-west-1";
+/// Port of the HTTP CONNECT proxy inside every instance (sessions get `https_proxy` to it).
+pub const INSTANCE_PROXY_PORT: u16 = 3128;
+/// App name the harness's own SDK calls carry in their User-Agent (to tell them apart in moto's
+/// recording).
+pub const HARNESS_APP_NAME: &str = "rallyctl-e2e-harness";
+const MOTO_START_TIMEOUT: Duration = Duration::from_secs(30);
+const ES_START_TIMEOUT: Duration = Duration::from_secs(15);
+const INSTANCE_START_TIMEOUT: Duration = Duration::from_secs(15);
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+static HARNESS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One running test environment; everything it started is stopped on drop.
+pub struct Harness {
+    /// AWS region of moto's resources.
+    pub region: String,
+    /// moto's endpoint, e.g. `http://127.0.0.1:41234`.
+    pub moto_url: String,
+    /// VPC 127.0.0.0/16.
+    pub vpc_id: String,
+    /// Subnet 127.0.X.0/24 that instances must be launched into.
+    pub subnet_id: String,
+    /// CIDR of `subnet_id`.
+    pub subnet_cidr: String,
+    /// Security group in the VPC (moto does not enforce it).
+    pub security_group_id: String,
+    /// An AMI id moto knows (an Amazon Linux 2023 x86_64 image when moto lists one).
+    pub ami: String,
+    /// TCP port every instance's sshd listens on (at its private IP).
+    pub ssh_port: u16,
+    /// OS user to log in as (the current user, root).
+    pub ssh_user: String,
+    /// The ES double as `127.0.0.1:PORT` (same address inside the instances); = `es_addrs[0]`.
+    pub es_addr: String,
+    /// The ES double as `http://127.0.0.1:PORT`.
+    pub es_url: String,
+    /// One independent ES double cluster per instance (races running at the same time against
+    /// one cluster share its indices: give parallel races different clusters).
+    pub es_addrs: Vec<String>,
+    /// The tiny offline Rally track (tests/fixtures/tracks/tiny).
+    pub track_path: PathBuf,
+    /// Directory instances use for installs and runs (shared by all harnesses: target/e2e/instances).
+    pub remote_dir: PathBuf,
+    /// Private IPs that have an instance (sshd) waiting: 127.0.X.4 ..
+    pub instance_ips: Vec<String>,
+    /// Scratch directory of this harness: logs, sshd configs, host key, moto's recording.
+    pub work: TempDir,
+    name: String,
+    octet: u8,
+    _subnet_lock: File,
+    moto: Option<Child>,
+    es: Option<Child>,
+    instances: Arc<Mutex<HashMap<String, Child>>>,
+    akc_dir: PathBuf,
+    rt: Option<tokio::runtime::Runtime>,
+    stop_watch: Arc<AtomicBool>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// An instance as moto describes it.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    /// Instance id (`i-...`).
+    pub id: String,
+    /// State name: pending, running, shutting-down, terminated, stopping, stopped.
+    pub state: String,
+    /// Private IPv4 address (127.0.X.N).
+    pub private_ip: Option<String>,
+    /// Tags as key -> value.
+    pub tags: HashMap<String, String>,
+    /// Launch time.
+    pub launch_time: Option<SystemTime>,
+    /// Instance type as requested.
+    pub instance_type: Option<String>,
+    /// AMI id as requested.
+    pub image_id: Option<String>,
+    /// Subnet the instance is in.
+    pub subnet_id: Option<String>,
+    /// ClientToken of the RunInstances call (moto records it but does not honour it).
+    pub client_token: Option<String>,
+}
+
+/// One SendSSHPublicKey call as moto's recorder saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPush {
+    /// InstanceId of the call.
+    pub instance_id: String,
+    /// InstanceOSUser of the call.
+    pub os_user: String,
+    /// SSHPublicKey of the call (an authorized_keys line).
+    pub public_key: String,
+    /// Signing time of the request (SigV4 `X-Amz-Date`), None if unsigned.
+    pub signed_at: Option<SystemTime>,
+    /// Region of the request's credential scope.
+    pub region: Option<String>,
+}
+
+/// One request moto's recorder saw.
+#[derive(Debug, Clone)]
+pub struct RecordedCall {
+    /// EC2 `Action` (query protocol) or the `X-Amz-Target` operation (JSON protocol), e.g.
+    /// `RunInstances`, `SendSSHPublicKey`.
+    pub action: String,
+    /// All request parameters: form fields (EC2) or the JSON body's top-level fields.
+    pub params: Vec<(String, String)>,
+    /// True for calls the harness made itself (setup and its watcher).
+    pub from_harness: bool,
+}
+
+impl Harness {
+    /// Starts moto, the VPC/subnet/security group, `max_instances` instances and the ES double
+    /// (one cluster per instance); panics (naming what failed and its log) if any does not come
+    /// up in time. Its processes die with the calling thread: keep the harness in that thread.
+    pub fn start(max_instances: usize) -> Harness {
+        assert!(
+            (1..=200).contains(&max_instances),
+            "max_instances must be 1..=200"
+        );
+        require_root();
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let venv = moto_venv(&manifest);
+        let n = HARNESS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("h{}-{}", std::process::id(), n);
+        let work = tempfile::Builder::new()
+            .prefix(&format!("rallyctl-e2e-{name}-"))
+            .tempdir()
+            .expect("create harness work dir");
+        let wd = work.path().to_path_buf();
+        let (octet, subnet_lock) = claim_subnet_octet(n);
+        let remote_dir = manifest.join("target/e2e/instances");
+        fs::create_dir_all(&remote_dir).expect("create target/e2e/instances");
+        let track_path = manifest.join("tests/fixtures/tracks/tiny");
+        let support = manifest.join("tests/support");
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+
+        let mut h = Harness {
+            region: REGION.to_string(),
+            moto_url: String::new(),
+            vpc_id: String::new(),
+            subnet_id: String::new(),
+            subnet_cidr: format!("127.0.{octet}.0/24"),
+            security_group_id: String::new(),
+            ami: String::new(),
+            ssh_port: 0,
+            ssh_user: current_user(),
+            es_addr: String::new(),
+            es_url: String::new(),
+            es_addrs: Vec::new(),
+            track_path,
+            remote_dir,
+            instance_ips: (0..max_instances)
+                .map(|i| format!("127.0.{octet}.{}", 4 + i))
+                .collect(),
+            work,
+            name: name.clone(),
+            octet,
+            _subnet_lock: subnet_lock,
+            moto: None,
+            es: None,
+            instances: Arc::new(Mutex::new(HashMap::new())),
+            akc_dir: PathBuf::from("/run/rallyctl-e2e").join(&name),
+            rt: Some(rt),
+            stop_watch: Arc::new(AtomicBool::new(false)),
+            watcher: None,
+        };
+
+        // moto
+        let t = Instant::now();
+        let moto_log = wd.join("moto.log");
+        let moto = guarded(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .env("MOTO_ENABLE_RECORDING", "true")
+            .env("MOTO_RECORDER_FILEPATH", wd.join("moto-recording.jsonl"))
+            .current_dir(&wd)
+            .stdin(Stdio::null())
+            .stdout(log_file(&moto_log))
+            .stderr(log_file(&moto_log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start moto_server from {}: {e}", venv.display()));
+        h.moto = Some(moto);
+        let moto_port = wait_for(MOTO_START_TIMEOUT, || {
+            let text = fs::read_to_string(&moto_log).unwrap_or_default();
+            text.split("Running on http://127.0.0.1:")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse::<u16>().ok())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "moto did not come up within {MOTO_START_TIMEOUT:?}; log: {}",
+                moto_log.display()
+            )
+        });
+        h.moto_url = format!("http://127.0.0.1:{moto_port}");
+        wait_for(MOTO_START_TIMEOUT, || {
+            http_request("GET", &h.moto_url, "/moto-api/", None).ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "moto does not answer on {}; log: {}",
+                h.moto_url,
+                moto_log.display()
+            )
+        });
+        eprintln!(
+            "[harness {name}] moto up on {} in {:?}",
+            h.moto_url,
+            t.elapsed()
+        );
+
+        // ES double
+        let t = Instant::now();
+        let es_log = wd.join("es-double.log");
+        let es_port_file = wd.join("es.port");
+        let es = guarded(python3())
+            .arg(support.join("es_double.py"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--clusters",
+                &max_instances.to_string(),
+                "--port-file",
+            ])
+            .arg(&es_port_file)
+            .stdin(Stdio::null())
+            .stdout(log_file(&es_log))
+            .stderr(log_file(&es_log))
+            .spawn()
+            .expect("cannot start es_double.py");
+        h.es = Some(es);
+        let es_ports =
+            wait_for(ES_START_TIMEOUT, || read_ports(&es_port_file)).unwrap_or_else(|| {
+                panic!(
+                    "ES double did not come up within {ES_START_TIMEOUT:?}; log: {}",
+                    es_log.display()
+                )
+            });
+        h.es_addrs = es_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        h.es_addr = h.es_addrs[0].clone();
+        h.es_url = format!("http://{}", h.es_addr);
+        eprintln!(
+            "[harness {name}] ES double up on {:?} in {:?}",
+            h.es_addrs,
+            t.elapsed()
+        );
+
+        // VPC, subnet, security group, AMI
+        let t = Instant::now();
+        let ec2 = h.harness_ec2_client();
+        let cidr = h.subnet_cidr.clone();
+        let (vpc_id, subnet_id, sg_id, ami) = h.block_on(async move {
+            let vpc = ec2
+                .create_vpc()
+                .cidr_block("127.0.0.0/16")
+                .send()
+                .await
+                .expect("CreateVpc");
+            let vpc_id = vpc
+                .vpc()
+                .and_then(|v| v.vpc_id())
+                .expect("VpcId")
+                .to_string();
+            let subnet = ec2
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block(&cidr)
+                .send()
+                .await
+                .expect("CreateSubnet");
+            let subnet_id = subnet
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("SubnetId")
+                .to_string();
+            let sg = ec2
+                .create_security_group()
+                .group_name("rallyctl-e2e")
+                .description("rallyctl e2e tests")
+                .vpc_id(&vpc_id)
+                .send()
+                .await
+                .expect("CreateSecurityGroup");
+            let sg_id = sg.group_id().expect("GroupId").to_string();
+            let images = ec2
+                .describe_images()
+                .owners("amazon")
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("name")
+                        .values("al2023-ami-2023*-x86_64")
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("DescribeImages");
+            let mut names: Vec<(String, String)> = images
+                .images()
+                .iter()
+                .filter_map(|i| Some((i.name()?.to_string(), i.image_id()?.to_string())))
+                .collect();
+            names.sort();
+            let ami = names
+                .pop()
+                .map(|(_, id)| id)
+                .unwrap_or_else(|| "ami-12c6146b".to_string());
+            (vpc_id, subnet_id, sg_id, ami)
+        });
+        h.vpc_id = vpc_id;
+        h.subnet_id = subnet_id;
+        h.security_group_id = sg_id;
+        h.ami = ami;
+        eprintln!(
+            "[harness {name}] VPC/subnet {} ({}) in {:?}",
+            h.subnet_id,
+            h.subnet_cidr,
+            t.elapsed()
+        );
+
+        // sshd: host key, AuthorizedKeysCommand, one config and one instance per address
+        let t = Instant::now();
+        h.prepare_sshd(&support);
+        h.start_instances();
+        eprintln!(
+            "[harness {name}] {} instance(s) on {}..{} port {} in {:?}",
+            max_instances,
+            h.instance_ips[0],
+            h.instance_ips[max_instances - 1],
+            h.ssh_port,
+            t.elapsed()
+        );
+
+        h.start_watcher();
+        h
+    }
+
+    /// Environment for rallyctl (or any AWS SDK/CLI) to talk to this harness's moto.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.moto_url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", self.region.as_str()),
+            ("AWS_DEFAULT_REGION", self.region.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Applies `env()` to a command and removes AWS variables that could point it elsewhere.
+    pub fn apply_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        for k in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_ENDPOINT_URL_EC2",
+            "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.env())
+    }
+
+    /// An EC2 client for this harness's moto (for tests; the harness's own calls use another app name).
+    pub fn ec2_client(&self) -> aws_sdk_ec2::Client {
+        ec2_client(&self.moto_url, &self.region, None)
+    }
+
+    /// An EC2 Instance Connect client for this harness's moto.
+    pub fn eic_client(&self) -> aws_sdk_ec2instanceconnect::Client {
+        use aws_sdk_ec2instanceconnect::config::{BehaviorVersion, Credentials, Region};
+        let conf = aws_sdk_ec2instanceconnect::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .endpoint_url(&self.moto_url)
+            .credentials_provider(Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "rallyctl-e2e",
+            ))
+            .build();
+        aws_sdk_ec2instanceconnect::Client::from_conf(conf)
+    }
+
+    /// Runs a future on the harness's runtime from synchronous code (also from inside another runtime).
+    pub fn block_on<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        let rt = self.rt.as_ref().expect("runtime");
+        thread::scope(|s| {
+            s.spawn(move || rt.block_on(fut))
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// All instances moto knows (every state), oldest launch first.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let ec2 = self.harness_ec2_client();
+        let mut v = self.block_on(describe_all(ec2)).expect("DescribeInstances");
+        v.sort_by_key(|i| i.launch_time);
+        v
+    }
+
+    /// Instances whose state is `running`.
+    pub fn running_instances(&self) -> Vec<InstanceView> {
+        self.instances()
+            .into_iter()
+            .filter(|i| i.state == "running")
+            .collect()
+    }
+
+    /// Every SendSSHPublicKey call moto recorded, in order.
+    pub fn key_pushes(&self) -> Vec<KeyPush> {
+        self.recording()
+            .into_iter()
+            .filter(|e| {
+                header(e, "X-Amz-Target").as_deref()
+                    == Some("AWSEC2InstanceConnectService.SendSSHPublicKey")
+            })
+            .filter_map(|e| {
+                let body: serde_json::Value = serde_json::from_str(&body_text(&e)).ok()?;
+                Some(KeyPush {
+                    instance_id: body["InstanceId"].as_str()?.to_string(),
+                    os_user: body["InstanceOSUser"].as_str()?.to_string(),
+                    public_key: body["SSHPublicKey"].as_str()?.to_string(),
+                    signed_at: header(&e, "X-Amz-Date").and_then(|d| parse_amz_date(&d)),
+                    region: credential_region(&e),
+                })
+            })
+            .collect()
+    }
+
+    /// Every AWS call moto recorded, in order (the harness's own are marked `from_harness`).
+    pub fn recorded_calls(&self) -> Vec<RecordedCall> {
+        self.recording()
+            .into_iter()
+            .filter_map(|e| {
+                let from_harness =
+                    header(&e, "User-Agent").is_some_and(|ua| ua.contains(HARNESS_APP_NAME));
+                let body = body_text(&e);
+                if let Some(target) = header(&e, "X-Amz-Target") {
+                    let action = target.rsplit('.').next().unwrap_or(&target).to_string();
+                    let params = match serde_json::from_str::<serde_json::Value>(&body) {
+                        Ok(serde_json::Value::Object(m)) => m
+                            .into_iter()
+                            .map(|(k, v)| {
+                                (
+                                    k,
+                                    v.as_str()
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| v.to_string()),
+                                )
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    return Some(RecordedCall {
+                        action,
+                        params,
+                        from_harness,
+                    });
+                }
+                let params = parse_form(&body);
+                let action = params.iter().find(|(k, _)| k == "Action")?.1.clone();
+                Some(RecordedCall {
+                    action,
+                    params,
+                    from_harness,
+                })
+            })
+            .collect()
+    }
+
+    /// Documents the ES double (`es_addr`) received, as a JSON object index -> count.
+    pub fn es_docs(&self) -> serde_json::Value {
+        self.es_get(&self.es_addr, "/_test/docs")
+    }
+
+    /// Requests the ES double (`es_addr`) received, as a JSON list of {method, path, status, unhandled}.
+    pub fn es_requests(&self) -> serde_json::Value {
+        self.es_get(&self.es_addr, "/_test/requests")
+    }
+
+    /// `es_docs` of the cluster at `es_addr` (one of `es_addrs`).
+    pub fn es_docs_at(&self, es_addr: &str) -> serde_json::Value {
+        self.es_get(es_addr, "/_test/docs")
+    }
+
+    /// `es_requests` of the cluster at `es_addr` (one of `es_addrs`).
+    pub fn es_requests_at(&self, es_addr: &str) -> serde_json::Value {
+        self.es_get(es_addr, "/_test/requests")
+    }
+
+    /// Kills every process of the instance at `private_ip` (as a terminated EC2 instance would
+    /// lose them) and starts a fresh, empty instance on that address, since moto reuses addresses.
+    pub fn kill_instance_processes(&self, private_ip: &str) {
+        let mut map = self.instances.lock().unwrap();
+        let mut child = map.remove(private_ip).unwrap_or_else(|| {
+            panic!("no instance at {private_ip} (have {:?})", self.instance_ips)
+        });
+        let _ = child.kill(); // SIGKILL: unshare ignores SIGTERM
+        let _ = child.wait();
+        let fresh = self.spawn_instance(private_ip);
+        map.insert(private_ip.to_string(), fresh);
+        drop(map);
+        self.wait_instance_ready(private_ip);
+    }
+
+    /// `ssh` to the instance at `private_ip` with private key `key` (batch mode, no host key
+    /// prompts, known hosts in the harness dir); append the remote command with `.arg(...)`.
+    pub fn ssh_command(&self, key: &Path, private_ip: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-i")
+            .arg(key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.work.path().join("known_hosts").display()
+            ))
+            .arg(format!("{}@{}", self.ssh_user, private_ip))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Path of the sshd log of the instance at `private_ip`.
+    pub fn sshd_log(&self, private_ip: &str) -> PathBuf {
+        self.work.path().join(format!("sshd-{private_ip}.log"))
+    }
+
+    /// Path of the AuthorizedKeysCommand's decision log (accepted/refused keys, and why).
+    pub fn authorized_keys_log(&self) -> PathBuf {
+        self.work.path().join("authorized-keys.log")
+    }
+
+    /// Paths of every log this harness writes.
+    pub fn log_paths(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(self.work.path())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "jsonl"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    // ---- internals ------------------------------------------------------------------------
+
+    /// Host ports reachable at the same 127.0.0.1 port inside every instance: ES doubles, moto.
+    fn forwarded_ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.es_addrs.iter().map(|a| port_of(a)).collect();
+        v.push(port_of(&self.moto_url));
+        v
+    }
+
+    fn harness_ec2_client(&self) -> aws_sdk_ec2::Client {
+        ec2_client(&self.moto_url, &self.region, Some(HARNESS_APP_NAME))
+    }
+
+    fn es_get(&self, es_addr: &str, path: &str) -> serde_json::Value {
+        let body = http_request("GET", es_addr, path, None)
+            .unwrap_or_else(|e| panic!("ES double {path}: {e}"));
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("ES double {path}: bad JSON: {e}"))
+    }
+
+    fn recording(&self) -> Vec<serde_json::Value> {
+        let raw = http_request(
+            "GET",
+            &self.moto_url,
+            "/moto-api/recorder/download-recording",
+            None,
+        )
+        .unwrap_or_else(|e| panic!("moto recording: {e}"));
+        String::from_utf8_lossy(&raw)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn prepare_sshd(&mut self, support: &Path) {
+        let wd = self.work.path().to_path_buf();
+        // privilege separation directory (tmpfs: gone after reboot)
+        fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        // Only for `sshd -t`: every instance start creates its own host key (instance.py).
+        let key = wd.join("ssh_host_ed25519_key");
+        fs::create_dir_all(wd.join("host-keys")).expect("create host-keys dir");
+        run_ok(
+            Command::new("ssh-keygen")
+                .args([
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "rallyctl-e2e-host",
+                    "-f",
+                ])
+                .arg(&key),
+            "ssh-keygen (host key)",
+        );
+        // sshd insists that the AuthorizedKeysCommand and all its parent directories are
+        // root-owned and not group/world writable: a directory of our own under /run.
+        for dir in [Path::new("/run/rallyctl-e2e"), self.akc_dir.as_path()] {
+            fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+        }
+        let akc = self.akc_dir.join("authorized_keys.py");
+        fs::copy(support.join("authorized_keys.py"), &akc).expect("copy authorized_keys.py");
+        fs::set_permissions(&akc, fs::Permissions::from_mode(0o755))
+            .expect("chmod authorized_keys.py");
+        for ip in &self.instance_ips {
+            let conf = format!(
+                "# rallyctl e2e instance {ip} (harness {name}); HostKey: see instance.py\n\
+                 PidFile none\n\
+                 UsePAM no\n\
+                 PermitRootLogin prohibit-password\n\
+                 AllowUsers {user}\n\
+                 PubkeyAuthentication yes\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 AuthorizedKeysFile none\n\
+                 AuthorizedKeysCommand {akc} --moto {moto} --region {region} --server-addr {ip} --log {akc_log} %u %t %k\n\
+                 AuthorizedKeysCommandUser root\n\
+                 Subsystem sftp internal-sftp\n\
+                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost\n\
+                 PrintMotd no\n\
+                 PrintLastLog no\n\
+                 UseDNS no\n\
+                 X11Forwarding no\n\
+                 LogLevel VERBOSE\n",
+                name = self.name,
+                user = self.ssh_user,
+                akc = akc.display(),
+                moto = self.moto_url,
+                region = self.region,
+                akc_log = self.authorized_keys_log().display(),
+                proxy = INSTANCE_PROXY_PORT,
+            );
+            let path = wd.join(format!("sshd_config-{ip}"));
+            fs::write(&path, conf).expect("write sshd_config");
+            let out = Command::new("/usr/sbin/sshd")
+                .arg("-t")
+                .arg("-f")
+                .arg(&path)
+                .arg("-o")
+                .arg(format!("HostKey={}", key.display()))
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => panic!(
+                    "sshd -t rejects {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => panic!("cannot run /usr/sbin/sshd ({e}): run tests/setup-env.sh"),
+            }
+        }
+    }
+
+    fn start_instances(&mut self) {
+        // One port for all addresses: bind the first address on an ephemeral port, the others
+        // on the same port; retry with a new port if one is taken.
+        let mut last_err = String::new();
+        for _attempt in 0..10 {
+            let first = match TcpListener::bind((self.instance_ips[0].as_str(), 0)) {
+                Ok(l) => l,
+                Err(e) => panic!("cannot bind {}: {e}", self.instance_ips[0]),
+            };
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for ip in &self.instance_ips[1..] {
+                match TcpListener::bind((ip.as_str(), port)) {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => {
+                        last_err = format!("{ip}:{port}: {e}");
+                        break;
+                    }
+                }
+            }
+            if listeners.len() != self.instance_ips.len() {
+                continue;
+            }
+            self.ssh_port = port;
+            let ips = self.instance_ips.clone();
+            for (ip, l) in ips.iter().zip(listeners) {
+                let child = self.spawn_instance_with(ip, l);
+                self.instances.lock().unwrap().insert(ip.clone(), child);
+            }
+            for ip in &ips {
+                self.wait_instance_ready(ip);
+            }
+            return;
+        }
+        panic!("cannot find one free port on all instance addresses: {last_err}");
+    }
+
+    fn spawn_instance(&self, ip: &str) -> Child {
+        let listener = bind_retry(ip, self.ssh_port)
+            .unwrap_or_else(|e| panic!("cannot re-bind {ip}:{}: {e}", self.ssh_port));
+        self.spawn_instance_with(ip, listener)
+    }
+
+    fn spawn_instance_with(&self, ip: &str, listener: TcpListener) -> Child {
+        spawn_instance_process(self.work.path(), ip, listener, &self.forwarded_ports())
+            .unwrap_or_else(|e| panic!("cannot start unshare for instance {ip}: {e}"))
+    }
+
+    fn wait_instance_ready(&self, ip: &str) {
+        let wd = self.work.path();
+        let ready = wd.join(format!("instance-{ip}.ready"));
+        let log = wd.join(format!("instance-{ip}.log"));
+        if wait_for(INSTANCE_START_TIMEOUT, || ready.exists().then_some(())).is_none() {
+            panic!(
+                "instance {ip} did not come up within {INSTANCE_START_TIMEOUT:?}; log: {}",
+                log.display()
+            );
+        }
+        // The SSH banner proves sshd -i starts with this config inside the namespaces.
+        let addr = (ip, self.ssh_port)
+            .to_socket_addrs()
+            .unwrap()
+            .next()
+            .unwrap();
+        let banner = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|s| {
+            s.set_read_timeout(Some(INSTANCE_START_TIMEOUT))?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line)?;
+            Ok(line)
+        });
+        match banner {
+            Ok(line) if line.starts_with("SSH-2.0-") => {}
+            other => panic!(
+                "sshd of instance {ip}:{} does not greet ({other:?}); logs: {} {}",
+                self.ssh_port,
+                log.display(),
+                self.sshd_log(ip).display()
+            ),
+        }
+    }
+
+    /// Background thread: an instance that moto reports terminated (and no running or pending
+    /// instance holds its address) loses all its processes, like a real terminated instance.
+    fn start_watcher(&mut self) {
+        let moto_url = self.moto_url.clone();
+        let region = self.region.clone();
+        let stop = self.stop_watch.clone();
+        let instances = self.instances.clone();
+        let handle = self.rt.as_ref().unwrap().handle().clone();
+        let ssh_port = self.ssh_port;
+        let forwards = self.forwarded_ports();
+        let work = self.work.path().to_path_buf();
+        let name = self.name.clone();
+        let ips = self.instance_ips.clone();
+        let watcher = thread::Builder::new()
+            .name(format!("harness-watch-{name}"))
+            .spawn(move || {
+                let ec2 = ec2_client(&moto_url, &region, Some(HARNESS_APP_NAME));
+                // instance id -> whether we already killed its processes
+                let mut killed: HashMap<String, bool> = HashMap::new();
+                while !stop.load(Ordering::SeqCst) {
+                    thread::sleep(WATCH_INTERVAL);
+                    let Ok(all) = handle.block_on(describe_all(ec2.clone())) else {
+                        continue;
+                    };
+                    for inst in &all {
+                        let dead = matches!(
+                            inst.state.as_str(),
+                            "shutting-down" | "terminated" | "stopping" | "stopped"
+                        );
+                        let Some(ip) = inst.private_ip.clone() else {
+                            continue;
+                        };
+                        if !dead
+                            || !ips.contains(&ip)
+                            || killed.get(&inst.id).copied().unwrap_or(false)
+                        {
+                            continue;
+                        }
+                        killed.insert(inst.id.clone(), true);
+                        let reused = all.iter().any(|o| {
+                            o.id != inst.id
+                                && o.private_ip.as_deref() == Some(ip.as_str())
+                                && matches!(o.state.as_str(), "pending" | "running")
+                                && o.launch_time > inst.launch_time
+                        });
+                        if reused {
+                            // Terminated and its address relaunched within one poll: the new
+                            // instance may be in use already, so leave its processes alone.
+                            continue;
+                        }
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let mut map = instances.lock().unwrap();
+                        if let Some(mut child) = map.remove(&ip) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            eprintln!(
+                                "[harness {name}] {} ({ip}) is {}: killed its processes",
+                                inst.id, inst.state
+                            );
+                            let fresh = bind_retry(&ip, ssh_port)
+                                .and_then(|l| spawn_instance_process(&work, &ip, l, &forwards));
+                            match fresh {
+                                Ok(c) => {
+                                    map.insert(ip.clone(), c);
+                                }
+                                Err(e) => eprintln!(
+                                    "[harness {name}] could not restart instance {ip}: {e}"
+                                ),
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawn watcher");
+        self.watcher = Some(watcher);
+    }
+}
+
+/// Binds a listening socket, retrying for a few seconds (a killed instance's socket may linger).
+fn bind_retry(ip: &str, port: u16) -> std::io::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind((ip, port)) {
+            Ok(l) => return Ok(l),
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_ports(path: &Path) -> Option<Vec<u16>> {
+    let text = fs::read_to_string(path).ok()?;
+    let ports: Vec<u16> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    (!ports.is_empty()).then_some(ports)
+}
+
+fn port_of(addr_or_url: &str) -> u16 {
+    addr_or_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("address with port")
+}
+
+/// Starts one instance: `unshare --pid ... instance.py` with the listening socket as stdin.
+fn spawn_instance_process(
+    wd: &Path,
+    ip: &str,
+    listener: TcpListener,
+    forwards: &[u16],
+) -> std::io::Result<Child> {
+    let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let log = wd.join(format!("instance-{ip}.log"));
+    let ready = wd.join(format!("instance-{ip}.ready"));
+    let _ = fs::remove_file(&ready);
+    let mut cmd = guarded("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(python3())
+        .arg(support.join("instance.py"))
+        .arg("--sshd-config")
+        .arg(wd.join(format!("sshd_config-{ip}")))
+        .arg("--sshd-log")
+        .arg(wd.join(format!("sshd-{ip}.log")))
+        .arg("--host-key-dir")
+        .arg(wd.join("host-keys"));
+    for p in forwards {
+        cmd.arg("--forward").arg(p.to_string());
+    }
+    cmd.args(["--proxy-port", &INSTANCE_PROXY_PORT.to_string()])
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .stdout(log_file(&log))
+        .stderr(log_file(&log))
+        .spawn()
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop_watch.store(true, Ordering::SeqCst);
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        if let Ok(mut map) = self.instances.lock() {
+            for (_, mut child) in map.drain() {
+                let _ = child.kill(); // SIGKILL; --kill-child takes the namespace down with it
+                let _ = child.wait();
+            }
+        }
+        for child in [self.moto.take(), self.es.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        let _ = fs::remove_dir_all(&self.akc_dir);
+        if thread::panicking() {
+            self.work.disable_cleanup(true);
+            eprintln!(
+                "[harness {}] test failed; logs kept in {}:",
+                self.name,
+                self.work.path().display()
+            );
+            for p in self.log_paths() {
+                eprintln!("  {}", p.display());
+            }
+        }
+    }
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+fn ec2_client(moto_url: &str, region: &str, app_name: Option<&str>) -> aws_sdk_ec2::Client {
+    use aws_sdk_ec2::config::{AppName, BehaviorVersion, Credentials, Region};
+    let mut b = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .endpoint_url(moto_url)
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "rallyctl-e2e",
+        ));
+    if let Some(app) = app_name {
+        b = b.app_name(AppName::new(app.to_string()).expect("app name"));
+    }
+    aws_sdk_ec2::Client::from_conf(b.build())
+}
+
+async fn describe_all(ec2: aws_sdk_ec2::Client) -> Result<Vec<InstanceView>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let resp = ec2
+            .describe_instances()
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        for r in resp.reservations() {
+            for i in r.instances() {
+                out.push(InstanceView {
+                    id: i.instance_id().unwrap_or_default().to_string(),
+                    state: i
+                        .state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                    private_ip: i.private_ip_address().map(str::to_string),
+                    tags: i
+                        .tags()
+                        .iter()
+                        .filter_map(|t| {
+                            Some((
+                                t.key()?.to_string(),
+                                t.value().unwrap_or_default().to_string(),
+                            ))
+                        })
+                        .collect(),
+                    launch_time: i.launch_time().and_then(|t| SystemTime::try_from(*t).ok()),
+                    instance_type: i.instance_type().map(|t| t.as_str().to_string()),
+                    image_id: i.image_id().map(str::to_string),
+                    subnet_id: i.subnet_id().map(str::to_string),
+                    client_token: i.client_token().map(str::to_string),
+                });
+            }
+        }
+        token = resp.next_token().map(str::to_string);
+        if token.as_deref().is_none_or(str::is_empty) {
+            return Ok(out);
+        }
+    }
+}
+
+fn require_root() {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    assert_eq!(
+        uid, "0",
+        "the e2e harness needs root (PID/network namespaces, sshd); run as root"
+    );
+}
+
+fn current_user() -> String {
+    // root (require_root); kept as a function in case the harness ever runs sshd for another user
+    "root".to_string()
+}
+
+fn moto_venv(manifest: &Path) -> PathBuf {
+    let venv = std::env::var_os("RALLYCTL_MOTO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target/tools/moto-venv"));
+    if !venv.join("bin/moto_server").exists() {
+        panic!(
+            "moto venv not found at {} (no bin/moto_server): run tests/setup-env.sh",
+            venv.display()
+        );
+    }
+    venv
+}
+
+fn python3() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Claims a subnet octet X (127.0.X.0/24) no other live harness on this machine holds, by an
+/// exclusive lock on a file per octet (released by the kernel when the process dies).
+fn claim_subnet_octet(n: usize) -> (u8, File) {
+    let dir = std::env::temp_dir().join("rallyctl-e2e-subnets");
+    fs::create_dir_all(&dir).expect("create subnet lock dir");
+    let start = (std::process::id() as usize)
+        .wrapping_mul(31)
+        .wrapping_add(n * 7);
+    for k in 0..254 {
+        let octet = (1 + (start + k) % 254) as u8;
+        let path = dir.join(format!("{octet}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("open subnet lock");
+        if f.try_lock().is_ok() {
+            return (octet, f);
+        }
+    }
+    panic!("no free subnet octet in {}", dir.display());
+}
+
+/// A command for a long-lived child that gets SIGKILL when the thread that started it dies (so
+/// that a test binary killed by Ctrl-C or a crash leaves no moto, ES double or instance behind).
+/// Linux sends the parent-death signal when the spawning *thread* exits.
+fn guarded(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if Path::new("/usr/bin/setpriv").exists() {
+        let mut cmd = Command::new("/usr/bin/setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn log_file(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Minimal HTTP/1.1 client (Connection: close) for moto's and the ES double's test endpoints.
+pub fn http_request(
+    method: &str,
+    base_url: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Vec<u8>, String> {
+    let hostport = base_url.trim_start_matches("http://").trim_end_matches('/');
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{hostport}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport}: no address"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("{hostport}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let body = body.unwrap_or(&[]);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .and_then(|_| s.write_all(body))
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "malformed HTTP response".to_string())?;
+    let headers = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut payload = raw[split + 4..].to_vec();
+    let status: u16 = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        payload = dechunk(&payload);
+    }
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "{method} {path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&payload)
+        ));
+    }
+    Ok(payload)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_str = String::from_utf8_lossy(&data[..pos]);
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if size == 0 || data.len() < pos + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[pos + 2..pos + 2 + size]);
+        data = &data[(pos + 4 + size).min(data.len())..];
+    }
+    out
+}
+
+fn header(entry: &serde_json::Value, name: &str) -> Option<String> {
+    entry["headers"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.as_str().map(str::to_string))
+}
+
+fn credential_region(entry: &serde_json::Value) -> Option<String> {
+    let auth = header(entry, "Authorization")?;
+    let scope = auth.split("Credential=").nth(1)?.split(',').next()?;
+    scope.split('/').nth(2).map(str::to_string)
+}
+
+fn body_text(entry: &serde_json::Value) -> String {
+    let body = entry["body"].as_str().unwrap_or_default();
+    if entry["body_encoded"].as_bool().unwrap_or(false) {
+        String::from_utf8_lossy(&base64_decode(body)).to_string()
+    } else {
+        body.to_string()
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        })
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in s.bytes().filter_map(val) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+fn parse_form(body: &str) -> Vec<(String, String)> {
+    fn unescape(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                },
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).to_string()
+    }
+    body.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (unescape(k), unescape(v))
+        })
+        .collect()
+}
+
+/// Parses SigV4's `X-Amz-Date` (`YYYYMMDDTHHMMSSZ`, UTC).
+fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    if s.len() != 16 || &s[8..9] != "T" || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    // days from civil (Howard Hinnant)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
