@@ -83,7 +83,7 @@ fn main() {
     }
     let busy: f64 = slowest.values().sum();
     println!(
-        "apply of {} tests in 2 suites on the harness: wall {wall:.1} s",
+        "apply of {} tests in 2 suites on the harness: wall {wall:.2} s",
         2 * PER_SUITE
     );
     for step in [
@@ -105,7 +105,7 @@ fn main() {
         }
     }
     println!(
-        "  Σ slowest test per suite {busy:.1} s; orchestration overhead {:.1} %",
+        "  Σ slowest test per suite {busy:.2} s; orchestration overhead {:.2} %",
         (wall - busy) / wall * 100.0
     );
 }

@@ -83,6 +83,20 @@ fn sh_filter(value: String) -> Result<String, minijinja::Error> {
         .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
 }
 
+/// Scripts and ini files keep their last newline, and a misspelt variable is an error rather
+/// than an empty string in a shell script.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("default delimiters are valid"),
+    );
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env
+}
+
 impl Default for Renderer {
     fn default() -> Self {
         Self::new()
@@ -91,14 +105,7 @@ impl Default for Renderer {
 
 impl Renderer {
     pub fn new() -> Renderer {
-        let mut env = Environment::new();
-        env.set_syntax(
-            SyntaxConfig::builder()
-                .keep_trailing_newline(true)
-                .build()
-                .expect("default delimiters are valid"),
-        );
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let mut env = environment();
         env.add_filter("sh", sh_filter);
         for (name, source) in TEMPLATES {
             env.add_template(name, source)
@@ -190,14 +197,7 @@ impl Renderer {
     /// (metrics store host, port, user); a missing variable without a default is an error.
     pub fn rally_ini(&self, s: &Settings, secrets: Secrets) -> Result<String, TemplateError> {
         let source = self.read_cached(&s.rally_config)?;
-        let mut env = Environment::new();
-        env.set_syntax(
-            SyntaxConfig::builder()
-                .keep_trailing_newline(true)
-                .build()
-                .expect("default delimiters are valid"),
-        );
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        let mut env = environment();
         env.add_function(
             "env",
             move |name: String, default: Option<String>| match secrets {
