@@ -46,7 +46,7 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
             test.address.clone(),
             TestRecord {
                 config_hash: a.config_hash,
-                settings: serde_json::from_str(&test.settings.canonical_json()).unwrap(),
+                settings: test.settings.canonical_value(),
                 race_command: a.race_command,
                 status: Status::Completed,
                 attempt: 1,

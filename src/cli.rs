@@ -238,17 +238,7 @@ pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
         .state
         .clone()
         .unwrap_or_else(|| state::default_path(&plan.name));
-    let existing = state::load(&state_path)?;
-    let state_exists = existing.is_some();
-    let state = match existing {
-        Some(s) if s.workspace != plan.name => bail!(state::StateError::Workspace {
-            path: state_path,
-            found: s.workspace,
-            expected: plan.name.clone()
-        }),
-        Some(s) => s,
-        None => State::new(&plan.name),
-    };
+    let (state, state_exists) = state::load_or_new(&state_path, &plan.name)?;
     let renderer = Renderer::new();
     let artifacts = planner::render_all(&plan, &renderer)?;
     Ok(Loaded {
@@ -523,7 +513,7 @@ fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
         .clone()
         .unwrap_or_else(|| state::default_path(&plan.name));
     let _lock = state::Lock::acquire(&state_path, &format!("rallyctl destroy {}", path.display()))?;
-    let state = state::load_or_new(&state_path, &plan.name)?;
+    let (state, _) = state::load_or_new(&state_path, &plan.name)?;
     let regions: std::collections::HashSet<String> =
         plan.tests().map(|t| t.settings.region.clone()).collect();
     let rt = runtime()?;

@@ -30,9 +30,8 @@ use crate::state::{self, Instance, State, StateError, Status, Step, TestRecord};
 use crate::templates::{Artifacts, METRICS_PASSWORD_ENV, Renderer, Secrets};
 use crate::ui::Progress;
 
-/// How long an instance may take to answer SSH after it reads `running`.
-const SSH_READY_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long the race may stay unreachable before the test is given up.
+/// How long an instance may stay unreachable over SSH (after boot, or mid-race) before the
+/// test is given up.
 const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(600);
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(1800);
 /// One `race.sh wait` call blocks this long at most, well inside the one-hour limit of
@@ -271,7 +270,7 @@ pub async fn apply<P: Provider>(
         .iter()
         .filter(|c| c.action == Action::Terminate)
     {
-        terminate_recorded(&*ctx, &change.address).await?;
+        terminate_departed(&ctx, &change.address).await?;
     }
 
     let poller = {
@@ -384,8 +383,8 @@ pub async fn apply<P: Provider>(
     Ok(report)
 }
 
-/// Terminates the instance of a test that left the plan and records it.
-async fn terminate_recorded<P: Provider>(ctx: &Ctx<P>, address: &Address) -> anyhow::Result<()> {
+/// Terminates the test's instance if it may still run, and records that it did.
+async fn retire_instance<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), Stop> {
     let Some(instance) = ctx.state.read(|s| {
         s.tests
             .get(address)
@@ -393,15 +392,28 @@ async fn terminate_recorded<P: Provider>(ctx: &Ctx<P>, address: &Address) -> any
     }) else {
         return Ok(());
     };
-    ctx.progress.step(&address.to_string(), "terminating");
     ctx.provider
         .terminate(&instance.region, std::slice::from_ref(&instance.id))
-        .await?;
-    ctx.state.record(address, |r| {
-        if let Some(i) = &mut r.instance {
-            i.terminated_at = Some(Timestamp::now());
-        }
-    })?;
+        .await
+        .map_err(|e| {
+            failed(
+                Step::Terminating,
+                format!("cannot terminate {}: {e}", instance.id),
+            )
+        })?;
+    ctx.state.record(address, TestRecord::mark_terminated)?;
+    Ok(())
+}
+
+/// Terminates the instance of a test that left the plan.
+async fn terminate_departed<P: Provider>(ctx: &Ctx<P>, address: &Address) -> anyhow::Result<()> {
+    ctx.progress.step(&address.to_string(), "terminating");
+    match retire_instance(ctx, address).await {
+        Ok(()) => {}
+        Err(Stop::State(e)) => return Err(e.into()),
+        Err(Stop::Failed(f)) => anyhow::bail!("{address}: {}", f.error),
+        Err(Stop::Interrupted) => anyhow::bail!("{address}: interrupted"),
+    }
     ctx.progress
         .finished(address.suite(), &address.to_string(), "terminated");
     Ok(())
@@ -435,25 +447,13 @@ async fn run_test<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), St
             })?;
             // A failed test must not keep its instance: terminate it now (the watchdog is
             // only the last resort).
-            if let Some(instance) = ctx
-                .state
-                .read(|s| s.tests[address].live_instance().cloned())
-            {
-                match ctx
-                    .provider
-                    .terminate(&instance.region, std::slice::from_ref(&instance.id))
-                    .await
-                {
-                    Ok(()) => ctx.state.record(address, |r| {
-                        if let Some(i) = &mut r.instance {
-                            i.terminated_at = Some(Timestamp::now());
-                        }
-                    })?,
-                    Err(e) => ctx.progress.println(&format!(
-                        "{address}: could not terminate {} ({e}); `rallyctl destroy` will",
-                        instance.id
-                    )),
-                }
+            match retire_instance(ctx, address).await {
+                Err(Stop::Failed(not_terminated)) => ctx.progress.println(&format!(
+                    "{address}: {}; `rallyctl destroy` will terminate it",
+                    not_terminated.error
+                )),
+                Err(Stop::State(e)) => return Err(Stop::State(e)),
+                Ok(()) | Err(Stop::Interrupted) => {}
             }
             Err(Stop::Failed(f))
         }
@@ -468,23 +468,16 @@ async fn start_attempt<P: Provider>(
     artifacts: &Artifacts,
 ) -> Result<(), Stop> {
     let address = &test.address;
-    if let Some(old) = ctx.state.read(|s| {
-        s.tests
-            .get(address)
-            .and_then(|r| r.live_instance().cloned())
-    }) {
-        ctx.provider
-            .terminate(&old.region, std::slice::from_ref(&old.id))
-            .await
-            .map_err(|e| {
-                failed(
-                    Step::Launching,
-                    format!("cannot retire the previous instance: {e}"),
-                )
-            })?;
-    }
-    let settings =
-        serde_json::from_str(&test.settings.canonical_json()).expect("canonical JSON parses");
+    retire_instance(ctx, address)
+        .await
+        .map_err(|stop| match stop {
+            Stop::Failed(f) => failed(
+                Step::Launching,
+                format!("cannot retire the previous instance: {}", f.error),
+            ),
+            other => other,
+        })?;
+    let settings = test.settings.canonical_value();
     ctx.state.update(|s| {
         let previous_attempt = s.tests.get(address).map_or(0, |r| r.attempt);
         let mut record = TestRecord {
@@ -575,7 +568,16 @@ async fn steps<P: Provider>(
             known_hosts: ctx.known_hosts.clone(),
         },
     );
-    wait_for_ssh(ctx, &mut session).await?;
+    // The first connection pushes the key; sshd may take a while to answer after boot.
+    retry_connection(
+        ctx,
+        &mut session,
+        "true",
+        b"",
+        Duration::from_secs(30),
+        Step::Booting,
+    )
+    .await?;
 
     let run_dir = shell_path(&format!(
         "{}/runs/{}/{}/{}/{}",
@@ -584,7 +586,7 @@ async fn steps<P: Provider>(
         slug(&run_id),
         address.path().display(),
         record.attempt
-    ));
+    ))?;
     let mut step = start.max(Step::Installing);
     if step == Step::Installing {
         checkpoint(ctx, address, Step::Installing)?;
@@ -606,21 +608,15 @@ async fn steps<P: Provider>(
         .await
         .map_err(|e| failed(Step::Terminating, e))?;
     ctx.state.record(address, |r| {
-        if let Some(i) = &mut r.instance {
-            i.terminated_at = Some(Timestamp::now());
-        }
+        r.mark_terminated();
         r.set_status(Status::Completed);
     })?;
-    // An error rate above zero is no clean result, though the files are kept for a look.
-    if let Some(problem) = error_rate_problem(ctx, address) {
-        return Err(failed(Step::Racing, problem));
-    }
     Ok(())
 }
 
 /// `remote_dir` may be relative to the SSH user's home; quote it for the remote shell.
-fn shell_path(path: &str) -> String {
-    crate::templates::shell_quote(path).unwrap_or_else(|_| path.replace('\0', ""))
+fn shell_path(path: &str) -> Result<String, Stop> {
+    crate::templates::shell_quote(path).map_err(|e| failed(Step::Installing, e))
 }
 
 async fn launch<P: Provider>(
@@ -705,30 +701,6 @@ async fn launch<P: Provider>(
         })
     })?;
     Ok(())
-}
-
-/// Pushes the key and tries SSH until sshd answers, backing off, within [`SSH_READY_TIMEOUT`].
-async fn wait_for_ssh<P: Provider>(ctx: &Ctx<P>, session: &mut Session<'_, P>) -> Result<(), Stop> {
-    let deadline = Instant::now() + SSH_READY_TIMEOUT;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match session.exec("true", b"", Duration::from_secs(30)).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() + delay < deadline && !matches!(e, RemoteError::Push(_)) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                return Err(failed(
-                    Step::Booting,
-                    format!("SSH to {} never answered: {e}", session.target.instance_id),
-                ));
-            }
-        }
-    }
 }
 
 /// Uploads the rendered scripts, rally.ini, JSON parameters and track, then runs the install.
@@ -826,7 +798,7 @@ async fn retry_connection<P: Provider>(
     step: Step,
 ) -> Result<Vec<u8>, Stop> {
     let deadline = Instant::now() + UNREACHABLE_TIMEOUT;
-    let mut delay = Duration::from_secs(1);
+    let mut delay = Duration::from_millis(500);
     loop {
         match session.exec(command, input, timeout).await {
             Ok(out) => return Ok(out.stdout),
@@ -841,7 +813,12 @@ async fn retry_connection<P: Provider>(
                 }
                 delay = (delay * 2).min(Duration::from_secs(15));
             }
-            Err(e) => return Err(failed(step, e)),
+            Err(e) => {
+                return Err(failed(
+                    step,
+                    format!("{e} (instance {})", session.target.instance_id),
+                ));
+            }
         }
     }
 }
@@ -960,7 +937,11 @@ async fn collect<P: Provider>(
         return Err(failed(Step::Collecting, "the race left no report.csv"));
     }
     ctx.state.record(address, |r| r.results = files)?;
-    Ok(())
+    // An error rate above zero is no clean result, though the files are kept for a look.
+    match error_rate_problem(ctx, address) {
+        Some(problem) => Err(failed(Step::Racing, problem)),
+        None => Ok(()),
+    }
 }
 
 fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<Vec<state::ResultFile>> {
@@ -1131,9 +1112,7 @@ pub async fn destroy<P: Provider>(
             let Some(record) = t.address.as_ref().and_then(|a| s.tests.get_mut(a)) else {
                 continue;
             };
-            if let Some(i) = &mut record.instance {
-                i.terminated_at = Some(Timestamp::now());
-            }
+            record.mark_terminated();
             if let Status::InProgress { step } = record.status {
                 record.set_status(Status::Failed {
                     step,

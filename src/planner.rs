@@ -116,8 +116,7 @@ pub fn diff(
         let same = record.config_hash == new.config_hash;
         let diff_text = || {
             let old = comparable(&record.settings, &record.race_command);
-            let settings: serde_json::Value = serde_json::from_str(&test.settings.canonical_json())
-                .expect("canonical JSON parses");
+            let settings = test.settings.canonical_value();
             let planned = comparable(&settings, &new.race_command);
             let text = TextDiff::from_lines(&old, &planned)
                 .unified_diff()
@@ -392,7 +391,7 @@ track = "nyc_taxis"
             address,
             TestRecord {
                 config_hash: a.config_hash,
-                settings: serde_json::from_str(&test.settings.canonical_json()).unwrap(),
+                settings: test.settings.canonical_value(),
                 race_command: a.race_command,
                 status,
                 attempt: 1,

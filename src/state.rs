@@ -154,6 +154,13 @@ impl TestRecord {
         self.instance.as_ref().filter(|i| i.terminated_at.is_none())
     }
 
+    /// Records that the instance was terminated, now.
+    pub fn mark_terminated(&mut self) {
+        if let Some(i) = &mut self.instance {
+            i.terminated_at = Some(Timestamp::now());
+        }
+    }
+
     /// Moves to a new status and remembers when, for timings and the ordering checks.
     pub fn set_status(&mut self, status: Status) {
         self.history.push(Transition {
@@ -266,16 +273,16 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
         .map_err(|e| corrupt(e.to_string()))
 }
 
-/// Loads the state of `workspace` at `path`, or a new empty one.
-pub fn load_or_new(path: &Path, workspace: &str) -> Result<State, StateError> {
+/// Loads the state of `workspace` at `path`, or a new empty one; says whether it existed.
+pub fn load_or_new(path: &Path, workspace: &str) -> Result<(State, bool), StateError> {
     match load(path)? {
         Some(state) if state.workspace != workspace => Err(StateError::Workspace {
             path: path.to_owned(),
             found: state.workspace,
             expected: workspace.to_owned(),
         }),
-        Some(state) => Ok(state),
-        None => Ok(State::new(workspace)),
+        Some(state) => Ok((state, true)),
+        None => Ok((State::new(workspace), false)),
     }
 }
 

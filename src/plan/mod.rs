@@ -113,10 +113,14 @@ impl Settings {
         }
     }
 
-    /// The canonical form: what the config hash covers and what diffs show.
+    /// The canonical form, with keys sorted: what state records and diffs compare.
+    pub fn canonical_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("settings serialize to JSON")
+    }
+
+    /// [`Self::canonical_value`] as text: what the config hash covers.
     pub fn canonical_json(&self) -> String {
-        let value = serde_json::to_value(self).expect("settings serialize to JSON");
-        serde_json::to_string_pretty(&value).expect("JSON values serialize")
+        serde_json::to_string_pretty(&self.canonical_value()).expect("JSON values serialize")
     }
 }
 
