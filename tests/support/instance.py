@@ -67,6 +67,17 @@ def loopback_up():
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def accept_in_background(lsock, handle):
+    """Serves each connection accepted on lsock with handle(conn), in its own thread."""
+
+    def loop():
+        while True:
+            conn, _ = lsock.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def pump(a, b):
     """Copy bytes both ways until both directions are closed."""
     socks = [a, b]
@@ -120,12 +131,7 @@ def serve_forward(port):
             return
         pump(conn, up)
 
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    accept_in_background(lsock, handle)
 
 
 def serve_proxy(port):
@@ -167,12 +173,7 @@ def serve_proxy(port):
             return
         pump(conn, up)
 
-    def loop():
-        while True:
-            conn, _ = lsock.accept()
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
+    accept_in_background(lsock, handle)
 
 
 def reap_forever():
