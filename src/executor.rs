@@ -683,7 +683,7 @@ async fn launch<P: Provider>(
                     instance_type: s.instance_type.clone(),
                     subnet_id: s.subnet_id.clone(),
                     security_group_ids: s.security_group_ids.clone(),
-                    user_data: artifacts.user_data.clone(),
+                    user_data: artifacts.user_data.to_string(),
                     tags,
                     client_token: client_token(lineage, &test.address, record.attempt),
                 })
@@ -726,10 +726,10 @@ async fn install<P: Provider>(
     let mut files: Vec<(PathBuf, Vec<u8>, u32)> = vec![
         (
             "install.sh".into(),
-            artifacts.install.clone().into_bytes(),
+            artifacts.install.as_bytes().to_vec(),
             0o755,
         ),
-        ("race.sh".into(), artifacts.race.clone().into_bytes(), 0o755),
+        ("race.sh".into(), artifacts.race.as_bytes().to_vec(), 0o755),
         ("rally.ini".into(), rally_ini.into_bytes(), 0o600),
         (
             "track-params.json".into(),

@@ -255,22 +255,23 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
         }
     };
     // The version is checked before the schema, so a newer file is named as such rather than
-    // reported as corrupt because of fields this rallyctl does not know.
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v > u64::from(STATE_VERSION) => {
-            return Err(StateError::Newer {
-                path: path.to_owned(),
-                found: v,
-            });
-        }
-        Some(_) => {}
-        None => return Err(corrupt("no `version` number".into())),
+    // reported as corrupt because of fields this rallyctl does not know. Reading only the
+    // version skips everything else without building it.
+    #[derive(Deserialize)]
+    struct Version {
+        version: Option<serde_json::Value>,
     }
-    serde_json::from_value(value)
-        .map(Some)
-        .map_err(|e| corrupt(e.to_string()))
+    let version = serde_json::from_slice::<Version>(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    match version.version.as_ref().and_then(serde_json::Value::as_u64) {
+        Some(v) if v > u64::from(STATE_VERSION) => Err(StateError::Newer {
+            path: path.to_owned(),
+            found: v,
+        }),
+        Some(_) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string())),
+        None => Err(corrupt("no `version` number".into())),
+    }
 }
 
 /// Loads the state of `workspace` at `path`, or a new empty one; says whether it existed.

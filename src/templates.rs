@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, UndefinedBehavior, context};
@@ -35,14 +35,14 @@ pub enum TemplateError {
     Unquotable(String),
 }
 
-/// Everything rendered for one test.
+/// Everything rendered for one test. Tests that render a script alike share one copy of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifacts {
-    pub user_data: String,
-    pub install: String,
-    pub race: String,
+    pub user_data: Arc<str>,
+    pub install: Arc<str>,
+    pub race: Arc<str>,
     /// The rally.ini with environment values shown as `${NAME}`; see [`Renderer::rally_ini`].
-    pub rally_ini: String,
+    pub rally_ini: Arc<str>,
     pub track_params: String,
     pub car_params: String,
     /// `esrally race ...` as a person would read it, for plans and diffs.
@@ -61,9 +61,27 @@ pub enum Secrets {
 
 pub struct Renderer {
     env: Environment<'static>,
-    /// File contents and track digests, read once however many tests share them.
-    files: Mutex<HashMap<PathBuf, String>>,
+    /// Rendered parts by template and context: a plan of many tests renders each distinct
+    /// script once, whatever the number of tests sharing it.
+    parts: Mutex<HashMap<String, Part>>,
+    /// Track directory digests, read once however many tests share a track.
     tracks: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// A rendered text and its sha256, which is what the config hash takes in.
+#[derive(Clone)]
+struct Part {
+    text: Arc<str>,
+    digest: [u8; 32],
+}
+
+impl Part {
+    fn new(text: String) -> Part {
+        Part {
+            digest: Sha256::digest(text.as_bytes()).into(),
+            text: text.into(),
+        }
+    }
 }
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -113,19 +131,38 @@ impl Renderer {
         }
         Renderer {
             env,
-            files: Mutex::default(),
+            parts: Mutex::default(),
             tracks: Mutex::default(),
         }
     }
 
-    fn render_builtin(&self, name: &str, ctx: minijinja::Value) -> Result<String, TemplateError> {
-        self.env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .map_err(|source| TemplateError::Render {
-                name: format!("templates/{name}.j2"),
-                source,
-            })
+    /// The part cached under `key`, or `make`'s result, cached.
+    fn cached(
+        &self,
+        key: String,
+        make: impl FnOnce() -> Result<String, TemplateError>,
+    ) -> Result<Part, TemplateError> {
+        if let Some(part) = self.parts.lock().expect("renderer cache lock").get(&key) {
+            return Ok(part.clone());
+        }
+        let part = Part::new(make()?);
+        self.parts
+            .lock()
+            .expect("renderer cache lock")
+            .insert(key, part.clone());
+        Ok(part)
+    }
+
+    fn render_builtin(&self, name: &str, ctx: serde_json::Value) -> Result<Part, TemplateError> {
+        self.cached(format!("{name}\0{ctx}"), || {
+            self.env
+                .get_template(name)
+                .and_then(|t| t.render(minijinja::value::Serde(&ctx)))
+                .map_err(|source| TemplateError::Render {
+                    name: format!("templates/{name}.j2"),
+                    source,
+                })
+        })
     }
 
     pub fn render(&self, test: &Test) -> Result<Artifacts, TemplateError> {
@@ -133,59 +170,56 @@ impl Renderer {
         let minutes = s.max_runtime.as_secs().div_ceil(60);
         let user_data = self.render_builtin(
             "user_data.sh",
-            context! {
-                max_runtime_minutes => minutes,
-                max_runtime => humantime::format_duration(s.max_runtime).to_string(),
-            },
+            serde_json::json!({
+                "max_runtime_minutes": minutes,
+                "max_runtime": humantime::format_duration(s.max_runtime).to_string(),
+            }),
         )?;
         let install = self.render_builtin(
             "install.sh",
-            context! {
-                remote_dir => &s.remote_dir,
-                venv_name => venv_name(s),
-                rally_version => &s.rally_version,
-                needs_java => s.needs_java(),
-                needs_git => matches!(s.track, TrackSource::Named(_)) && !s.offline,
-            },
+            serde_json::json!({
+                "remote_dir": &s.remote_dir,
+                "venv_name": venv_name(s),
+                "rally_version": &s.rally_version,
+                "needs_java": s.needs_java(),
+                "needs_git": matches!(s.track, TrackSource::Named(_)) && !s.offline,
+            }),
         )?;
         let args = esrally_args(s);
         let race = self.render_builtin(
             "race.sh",
-            context! {
-                remote_dir => &s.remote_dir,
-                venv_name => venv_name(s),
-                esrally_args => &args,
-                track_path => matches!(s.track, TrackSource::Path(_)),
-                needs_java => s.needs_java(),
-            },
+            serde_json::json!({
+                "remote_dir": &s.remote_dir,
+                "venv_name": venv_name(s),
+                "esrally_args": &args,
+                "track_path": matches!(s.track, TrackSource::Path(_)),
+                "needs_java": s.needs_java(),
+            }),
         )?;
-        let rally_ini = self.rally_ini(s, Secrets::Placeholders)?;
+        let rally_ini = self.cached(format!("rally.ini\0{}", s.rally_config.display()), || {
+            self.rally_ini(s, Secrets::Placeholders)
+        })?;
         let track_params = params_json(&s.track_params);
         let car_params = params_json(&s.car_params);
         let race_command = race_command(s, &args)?;
 
         let mut hash = Sha256::new();
-        for part in [
-            s.canonical_json().as_str(),
-            &user_data,
-            &install,
-            &race,
-            &rally_ini,
-            &track_params,
-            &car_params,
-        ] {
-            // Length-prefixed, so no two different sequences of parts hash alike.
-            hash.update((part.len() as u64).to_le_bytes());
-            hash.update(part.as_bytes());
+        // Every part enters length-prefixed, so no two different sequences hash alike.
+        for text in [s.canonical_json().as_str(), &track_params, &car_params] {
+            hash.update((text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
+        }
+        for part in [&user_data, &install, &race, &rally_ini] {
+            hash.update(part.digest);
         }
         if let TrackSource::Path(dir) = &s.track {
             hash.update(self.track_digest(dir)?.as_bytes());
         }
         Ok(Artifacts {
-            user_data,
-            install,
-            race,
-            rally_ini,
+            user_data: user_data.text,
+            install: install.text,
+            race: race.text,
+            rally_ini: rally_ini.text,
             track_params,
             car_params,
             race_command,
@@ -196,7 +230,11 @@ impl Renderer {
     /// The test's rally.ini. `env("NAME")` and `env("NAME", "default")` read the environment
     /// (metrics store host, port, user); a missing variable without a default is an error.
     pub fn rally_ini(&self, s: &Settings, secrets: Secrets) -> Result<String, TemplateError> {
-        let source = self.read_cached(&s.rally_config)?;
+        let source =
+            std::fs::read_to_string(&s.rally_config).map_err(|source| TemplateError::Read {
+                path: s.rally_config.clone(),
+                source,
+            })?;
         let mut env = environment();
         env.add_function(
             "env",
@@ -217,19 +255,6 @@ impl Renderer {
                 name: s.rally_config.display().to_string(),
                 source,
             })
-    }
-
-    fn read_cached(&self, path: &Path) -> Result<String, TemplateError> {
-        let mut files = self.files.lock().expect("renderer cache lock");
-        if let Some(text) = files.get(path) {
-            return Ok(text.clone());
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        files.insert(path.to_owned(), text.clone());
-        Ok(text)
     }
 
     /// sha256 over a track directory's relative paths and contents, in sorted order.
