@@ -344,7 +344,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
         }
         StateCommand::Rm { address, plan } => {
             let path = state_path(g, plan.as_deref())?;
-            let _lock = state::Lock::acquire(&path, "rallyctl state rm")?;
+            let _lock = lock(&path, "rallyctl state rm")?;
             let mut state =
                 state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
             let record = state
@@ -362,6 +362,20 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// Locks the state for a command that writes it, saying so when a dead run's lock is replaced.
+fn lock(state_path: &Path, command: &str) -> Result<state::Lock> {
+    let lock = state::Lock::acquire(state_path, command)?;
+    if let Some(dead) = &lock.replaced {
+        eprintln!(
+            "note: took over the lock of `{}` (pid {}, since {}), which is no longer running",
+            dead.command,
+            dead.pid,
+            dead.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    Ok(lock)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -400,7 +414,7 @@ fn apply(
         .state
         .clone()
         .unwrap_or_else(|| state::default_path(&plan.name));
-    let _lock = state::Lock::acquire(&state_path, &format!("rallyctl apply {}", path.display()))?;
+    let _lock = lock(&state_path, &format!("rallyctl apply {}", path.display()))?;
     let l = load(plan, g)?;
     let changes = match &saved {
         Some(s) => {
@@ -512,7 +526,7 @@ fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
         .state
         .clone()
         .unwrap_or_else(|| state::default_path(&plan.name));
-    let _lock = state::Lock::acquire(&state_path, &format!("rallyctl destroy {}", path.display()))?;
+    let _lock = lock(&state_path, &format!("rallyctl destroy {}", path.display()))?;
     let (state, _) = state::load_or_new(&state_path, &plan.name)?;
     let regions: std::collections::HashSet<String> =
         plan.tests().map(|t| t.settings.region.clone()).collect();

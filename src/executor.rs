@@ -517,10 +517,8 @@ async fn steps<P: Provider>(
     start: Step,
 ) -> Result<(), Stop> {
     let address = &test.address;
-    let s = &test.settings;
     let record = ctx.state.read(|st| st.tests[address].clone());
     let run_id = record.run_id.clone().unwrap_or_else(|| ctx.run_id.clone());
-    let race_id = record.race_id.expect("attempts record a race id");
     ctx.progress.step(&address.to_string(), start.name());
 
     if start == Step::Launching {
@@ -531,7 +529,34 @@ async fn steps<P: Provider>(
         .state
         .read(|st| st.tests[address].instance.clone())
         .ok_or_else(|| failed(start, "state names no instance for this test"))?;
+    // Resumed at terminating, the instance may be gone already: only terminating is left.
+    if start < Step::Terminating {
+        on_instance(ctx, test, artifacts, &record, &instance, &run_id, start).await?;
+    }
+    ctx.provider
+        .terminate(&instance.region, std::slice::from_ref(&instance.id))
+        .await
+        .map_err(|e| failed(Step::Terminating, e))?;
+    ctx.state.record(address, |r| {
+        r.mark_terminated();
+        r.set_status(Status::Completed);
+    })?;
+    Ok(())
+}
 
+/// Booting to collecting: everything done over SSH on a running instance.
+async fn on_instance<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+    record: &TestRecord,
+    instance: &Instance,
+    run_id: &str,
+    start: Step,
+) -> Result<(), Stop> {
+    let address = &test.address;
+    let s = &test.settings;
+    let race_id = record.race_id.expect("attempts record a race id");
     // Booting (also on resume: the address and a working SSH connection are needed anyway).
     let info = ctx
         .poller
@@ -583,14 +608,14 @@ async fn steps<P: Provider>(
         "{}/runs/{}/{}/{}/{}",
         s.remote_dir,
         slug(&ctx.plan.name),
-        slug(&run_id),
+        slug(run_id),
         address.path().display(),
         record.attempt
     ))?;
     let mut step = start.max(Step::Installing);
     if step == Step::Installing {
         checkpoint(ctx, address, Step::Installing)?;
-        install(ctx, test, artifacts, &mut session, &run_dir, &run_id).await?;
+        install(ctx, test, artifacts, &mut session, &run_dir, run_id).await?;
         step = Step::Racing;
         checkpoint(ctx, address, Step::Racing)?;
     }
@@ -600,17 +625,9 @@ async fn steps<P: Provider>(
         checkpoint(ctx, address, Step::Collecting)?;
     }
     if step == Step::Collecting {
-        collect(ctx, address, &mut session, &run_dir, &run_id).await?;
+        collect(ctx, address, &mut session, &run_dir, run_id).await?;
         checkpoint(ctx, address, Step::Terminating)?;
     }
-    ctx.provider
-        .terminate(&instance.region, std::slice::from_ref(&instance.id))
-        .await
-        .map_err(|e| failed(Step::Terminating, e))?;
-    ctx.state.record(address, |r| {
-        r.mark_terminated();
-        r.set_status(Status::Completed);
-    })?;
     Ok(())
 }
 

@@ -334,6 +334,20 @@ pub struct LockHolder {
 #[derive(Debug)]
 pub struct Lock {
     path: PathBuf,
+    /// The holder of a stale lock this one replaced: a run on this host that died (killed,
+    /// crashed, machine rebooted) without removing its lock.
+    pub replaced: Option<LockHolder>,
+}
+
+/// A holder on this host whose process is gone cannot be writing state any more.
+fn holder_gone(h: &LockHolder) -> bool {
+    h.host == hostname() && !Path::new(&format!("/proc/{}", h.pid)).exists()
+}
+
+fn read_holder(lock: &Path) -> Option<LockHolder> {
+    fs::read(lock)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 impl Lock {
@@ -351,21 +365,34 @@ impl Lock {
             since: Timestamp::now(),
             command: command.to_owned(),
         };
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut file) => {
-                let body = serde_json::to_vec_pretty(&holder).expect("lock serializes");
-                file.write_all(&body)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|source| StateError::Write {
-                        path: path.clone(),
-                        source,
-                    })?;
-                Ok(Lock { path })
+        let mut replaced = None;
+        loop {
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    let body = serde_json::to_vec_pretty(&holder).expect("lock serializes");
+                    file.write_all(&body)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|source| StateError::Write {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    return Ok(Lock { path, replaced });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // Take over a dead holder's lock once; a live or foreign holder is named.
+                    match read_holder(&path) {
+                        Some(dead) if replaced.is_none() && holder_gone(&dead) => {
+                            fs::remove_file(&path).map_err(|source| StateError::Write {
+                                path: path.clone(),
+                                source,
+                            })?;
+                            replaced = Some(dead);
+                        }
+                        _ => return Err(StateError::Locked(describe_lock(&path, state_path))),
+                    }
+                }
+                Err(source) => return Err(StateError::Write { path, source }),
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                Err(StateError::Locked(describe_lock(&path, state_path)))
-            }
-            Err(source) => Err(StateError::Write { path, source }),
         }
     }
 }
@@ -384,12 +411,9 @@ fn hostname() -> String {
 
 fn describe_lock(lock: &Path, state_path: &Path) -> String {
     let unlock = format!("rallyctl force-unlock --state {}", state_path.display());
-    match fs::read(lock)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<LockHolder>(&b).ok())
-    {
+    match read_holder(lock) {
         Some(h) => {
-            let gone = h.host == hostname() && !Path::new(&format!("/proc/{}", h.pid)).exists();
+            let gone = holder_gone(&h);
             format!(
                 "state {} is locked by `{}` (pid {} on {}, since {}){}; if that run is gone, `{unlock}` clears the lock",
                 state_path.display(),
@@ -547,5 +571,31 @@ mod tests {
         assert!(force_unlock(&path).unwrap().unwrap().contains("again"));
         assert!(force_unlock(&path).unwrap().is_none());
         Lock::acquire(&path, "after force-unlock").unwrap();
+    }
+
+    #[test]
+    fn the_lock_of_a_dead_run_on_this_host_is_taken_over_and_a_foreign_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let write_holder = |pid: u32, host: &str| {
+            let h = LockHolder {
+                pid,
+                host: host.into(),
+                since: Timestamp::now(),
+                command: "rallyctl apply (killed)".into(),
+            };
+            fs::write(lock_path(&path), serde_json::to_vec(&h).unwrap()).unwrap();
+        };
+        // No Linux pid reaches u32::MAX - 1, so this holder is certainly gone.
+        write_holder(u32::MAX - 1, &hostname());
+        let lock = Lock::acquire(&path, "rallyctl apply").unwrap();
+        assert_eq!(lock.replaced.as_ref().unwrap().pid, u32::MAX - 1);
+        drop(lock);
+        // The same dead pid on another machine may be alive there: refused.
+        write_holder(u32::MAX - 1, "another-host");
+        let err = Lock::acquire(&path, "rallyctl apply")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("on another-host"), "{err}");
     }
 }

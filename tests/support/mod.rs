@@ -10,6 +10,8 @@
 //! ES double and moto, and sessions get `https_proxy` for the package index.
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod run;
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,304 @@
+//! Never lose a result, never leak an instance: apply killed at each step and run again,
+//! Ctrl-C once and twice, two applies at once, a crash between launch and record. All on the
+//! end-to-end harness (moto, sshd per instance, real esrally, the ES double).
+
+mod support;
+
+use std::time::Duration;
+
+use rallyctl::state::{Status, Step};
+use support::run::{Run, sha256_hex};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn signal(child: &std::process::Child, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} failed");
+}
+
+/// Kills apply with SIGKILL once state records `step`, applies again, and checks that the
+/// test finished on the same instance and attempt, launched nothing more, and left nothing
+/// running.
+fn resume_after_sigkill_at(step: &str) {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut first = run.spawn("first", &["apply", plan, "--auto-approve"]);
+    run.wait_for_status("s.t", step, STEP_TIMEOUT);
+    let mut race_pid = None;
+    if step == "racing" {
+        // Kill once Rally really runs on the instance (the harness's instances share this
+        // filesystem), so resuming must find that race rather than start one.
+        let r = run.record("s.t");
+        let pid_file = run.harness.remote_dir.join(format!(
+            "runs/e2e/{}/s/t/{}/race.pid",
+            r.run_id.unwrap(),
+            r.attempt
+        ));
+        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+        while !pid_file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never appeared",
+                pid_file.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        race_pid = Some((
+            pid_file.clone(),
+            std::fs::read_to_string(&pid_file).unwrap(),
+        ));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let killed_at = jiff::Timestamp::now();
+    let before = run.record("s.t");
+    assert_eq!(
+        before.status.label(),
+        step,
+        "apply moved on before SIGKILL landed"
+    );
+
+    let out = run.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("s.t will be resumed at {step}")),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("took over the lock"),
+        "the dead run's lock was not reported"
+    );
+
+    let after = run.record("s.t");
+    assert_eq!(after.status, Status::Completed);
+    assert_eq!(after.attempt, before.attempt);
+    assert_eq!(after.race_id, before.race_id);
+    if let Some(instance) = &before.instance {
+        assert_eq!(
+            after.instance.as_ref().unwrap().id,
+            instance.id,
+            "another instance was used"
+        );
+    }
+    assert_eq!(run.launches(), 1, "a second instance was launched");
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
+    assert!(after.results.iter().any(|f| f.path.ends_with("report.csv")));
+    for file in &after.results {
+        let bytes = std::fs::read(run.dir.path().join(&file.path)).unwrap();
+        assert_eq!(file.sha256, sha256_hex(&bytes), "{}", file.path.display());
+    }
+    if step == "racing" {
+        // Re-attached, not restarted: the race Rally reported began before the kill.
+        let race_json = after
+            .results
+            .iter()
+            .find(|f| f.path.ends_with("race.json"))
+            .unwrap();
+        let race: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.dir.path().join(&race_json.path)).unwrap())
+                .unwrap();
+        assert_eq!(race["race-id"], after.race_id.unwrap().to_string());
+        // Rally writes UTC without an offset; give it one to read it as an instant.
+        let stamp = format!("{}+0000", race["race-timestamp"].as_str().unwrap());
+        let started = jiff::Timestamp::strptime("%Y%m%dT%H%M%SZ%z", &stamp).unwrap();
+        let (pid_file, pid) = race_pid.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(pid_file).unwrap(),
+            pid,
+            "the race was started again"
+        );
+        assert!(
+            started < killed_at,
+            "the race started at {started}, after the kill at {killed_at}"
+        );
+    }
+}
+
+#[test]
+fn resume_after_sigkill_while_booting() {
+    resume_after_sigkill_at("booting");
+}
+
+#[test]
+fn resume_after_sigkill_while_installing() {
+    resume_after_sigkill_at("installing");
+}
+
+#[test]
+fn resume_after_sigkill_while_racing() {
+    resume_after_sigkill_at("racing");
+}
+
+#[test]
+fn resume_after_sigkill_while_collecting() {
+    resume_after_sigkill_at("collecting");
+}
+
+/// A crash between RunInstances and recording its answer leaves state at `launching` with no
+/// instance, while EC2 has one with this attempt's tags: apply adopts it instead of launching.
+#[test]
+fn an_instance_launched_but_not_recorded_is_adopted() {
+    let run = Run::new(1);
+    let plan_path = run.plan(&[("s", &[("t", "")])]);
+    let plan = rallyctl::plan::Plan::load(&plan_path).unwrap();
+    let test = plan.tests().next().unwrap();
+    let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
+    let mut state = rallyctl::state::State::new("e2e");
+    let mut record = rallyctl::state::TestRecord {
+        config_hash: artifacts.config_hash,
+        settings: test.settings.canonical_value(),
+        race_command: artifacts.race_command,
+        status: Status::Pending,
+        attempt: 1,
+        run_id: Some("20261125T000000Z-crash0".into()),
+        race_id: Some(uuid::Uuid::new_v4()),
+        instance: None,
+        results: vec![],
+        history: vec![],
+    };
+    record.set_status(Status::InProgress {
+        step: Step::Launching,
+    });
+    state.tests.insert(test.address.clone(), record);
+    rallyctl::state::save(&run.dir.path().join("state/e2e.state.json"), &mut state).unwrap();
+
+    let h = &run.harness;
+    let lineage = state.lineage.to_string();
+    let orphan = h.block_on(async {
+        let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+        h.ec2_client()
+            .run_instances()
+            .image_id(&h.ami)
+            .subnet_id(&h.subnet_id)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(
+                aws_sdk_ec2::types::TagSpecification::builder()
+                    .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                    .tags(tag("rallyctl:workspace", "e2e"))
+                    .tags(tag("rallyctl:lineage", &lineage))
+                    .tags(tag("rallyctl:test", "s.t"))
+                    .tags(tag("rallyctl:attempt", "1"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .instances()[0]
+            .instance_id()
+            .unwrap()
+            .to_owned()
+    });
+    let out = run.rallyctl(&["apply", plan_path.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("adopting {orphan}")));
+    let after = run.record("s.t");
+    assert_eq!(after.status, Status::Completed);
+    assert_eq!(after.instance.unwrap().id, orphan);
+    assert_eq!(
+        run.launches(),
+        1,
+        "rallyctl launched an instance beside the orphan"
+    );
+    assert!(h.running_instances().is_empty());
+}
+
+/// Ctrl-C once: no new test starts, the running one stops at a recorded step, apply names what
+/// still runs and how to clean it up, and exits 130. A second apply meanwhile is refused by the
+/// lock; destroy then leaves nothing running.
+#[test]
+fn ctrl_c_once_stops_cleanly_and_names_what_still_runs() {
+    let run = Run::new(2);
+    let plan = run.plan(&[("first", &[("t", "")]), ("second", &[("u", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
+    run.wait_for_status("first.t", "racing", STEP_TIMEOUT);
+
+    let second = run.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(second.status.code(), Some(1));
+    let refused = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        refused.contains(&format!(
+            "locked by `rallyctl apply {plan}` (pid {}",
+            apply.id()
+        )),
+        "{refused}"
+    );
+
+    signal(&apply, "INT");
+    let status = apply.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let (stdout, stderr) = run.printed("apply");
+    assert!(
+        stderr.contains("Interrupted: no new tests will start"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("Still running (and costing money):"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("rallyctl destroy {plan}")),
+        "{stdout}"
+    );
+    let state = run.state();
+    assert_eq!(
+        run.record("first.t").status,
+        Status::InProgress { step: Step::Racing }
+    );
+    assert!(
+        !state.tests.contains_key(&"second.u".parse().unwrap()),
+        "a new test started after Ctrl-C"
+    );
+    assert_eq!(run.harness.running_instances().len(), 1);
+
+    let out = run.rallyctl(&["destroy", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(run.harness.running_instances().is_empty());
+    match run.record("first.t").status {
+        Status::Failed { error, .. } => assert!(
+            error.contains("terminated by `rallyctl destroy`"),
+            "{error}"
+        ),
+        other => panic!("first.t is {other:?}"),
+    }
+}
+
+/// Ctrl-C twice: apply exits at once, and the state it leaves is readable.
+#[test]
+fn ctrl_c_twice_exits_at_once_with_state_readable() {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
+    run.wait_for_status("s.t", "installing", STEP_TIMEOUT);
+    signal(&apply, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&apply, "INT");
+    let started = std::time::Instant::now();
+    let status = apply.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the second Ctrl-C did not exit at once"
+    );
+    let record = run.record("s.t");
+    assert!(
+        matches!(record.status, Status::InProgress { .. }),
+        "{:?}",
+        record.status
+    );
+    let out = run.rallyctl(&["destroy", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(run.harness.running_instances().is_empty());
+}

@@ -1,0 +1,174 @@
+//! Running rallyctl against a harness: a plan written for it, the binary with its environment,
+//! and what state says afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::Harness;
+
+pub struct Run {
+    pub harness: Harness,
+    pub dir: tempfile::TempDir,
+}
+
+impl Run {
+    pub fn new(instances: usize) -> Run {
+        Run {
+            harness: Harness::start(instances),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes a plan whose suites are lists of (test name, extra TOML lines); test i races the
+    /// i-th ES double so that parallel races do not share indices.
+    pub fn plan(&self, suites: &[(&str, &[(&str, &str)])]) -> PathBuf {
+        let h = &self.harness;
+        let mut text = format!(
+            r#"version = 1
+name = "e2e"
+[defaults]
+region = "{region}"
+ami = "{ami}"
+instance_type = "m5.large"
+subnet_id = "{subnet}"
+security_group_ids = ["{sg}"]
+ssh_user = "{user}"
+ssh_port = {port}
+connect = "private_ip"
+remote_dir = "{remote}"
+rally_config = "{ini}"
+max_runtime = "30m"
+track_path = "{track}"
+offline = true
+pipeline = "benchmark-only"
+tags = {{ team = "e2e" }}
+"#,
+            region = h.region,
+            ami = h.ami,
+            subnet = h.subnet_id,
+            sg = h.security_group_id,
+            user = h.ssh_user,
+            port = h.ssh_port,
+            remote = h.remote_dir.display(),
+            ini = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("conditional_install_items/rally_csv.ini")
+                .display(),
+            track = h.track_path.display(),
+        );
+        let mut i = 0;
+        for (suite, tests) in suites {
+            text.push_str(&format!("\n[[suite]]\nname = \"{suite}\"\n"));
+            for (name, extra) in *tests {
+                let es = &h.es_addrs[i % h.es_addrs.len()];
+                i += 1;
+                text.push_str(&format!(
+                    "\n[[suite.test]]\nname = \"{name}\"\ntarget_hosts = [\"{es}\"]\n{extra}\n"
+                ));
+            }
+        }
+        let path = self.dir.path().join("e2e.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The command for rallyctl with the harness's environment, run in this run's directory.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
+        self.harness.apply_env(&mut cmd);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1");
+        cmd
+    }
+
+    pub fn rallyctl(&self, args: &[&str]) -> Output {
+        self.output(&mut self.command(args), args)
+    }
+
+    /// Runs a prepared command, echoing what it printed into the test's output.
+    pub fn output(&self, cmd: &mut Command, args: &[&str]) -> Output {
+        let out = cmd.output().unwrap();
+        eprintln!(
+            "$ rallyctl {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Starts rallyctl in the background, its output going to `name.out` and `name.err`.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> std::process::Child {
+        let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
+        let err = std::fs::File::create(self.dir.path().join(format!("{name}.err"))).unwrap();
+        self.command(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    }
+
+    /// What a background run printed so far.
+    pub fn printed(&self, name: &str) -> (String, String) {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.path().join(format!("{name}.{ext}")))
+                .unwrap_or_default()
+        };
+        (read("out"), read("err"))
+    }
+
+    /// Polls state until the test's status label is `status`; panics after `timeout`.
+    pub fn wait_for_status(&self, address: &str, status: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let address: rallyctl::address::Address = address.parse().unwrap();
+        let path = self.dir.path().join("state/e2e.state.json");
+        loop {
+            // A state file is replaced atomically, so every read sees a whole one.
+            let now = rallyctl::state::load(&path)
+                .ok()
+                .flatten()
+                .and_then(|s| s.tests.get(&address).map(|r| r.status.label()));
+            if now.as_deref() == Some(status) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{address} never reached {status} (last: {now:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    pub fn state(&self) -> rallyctl::state::State {
+        rallyctl::state::load(&self.dir.path().join("state/e2e.state.json"))
+            .unwrap()
+            .unwrap()
+    }
+
+    pub fn record(&self, address: &str) -> rallyctl::state::TestRecord {
+        self.state().tests[&address.parse().unwrap()].clone()
+    }
+
+    pub fn launches(&self) -> usize {
+        self.harness
+            .recorded_calls()
+            .iter()
+            .filter(|c| c.action == "RunInstances" && !c.from_harness)
+            .count()
+    }
+}
+
+pub fn at(record: &rallyctl::state::TestRecord, status: &str) -> jiff::Timestamp {
+    record
+        .history
+        .iter()
+        .find(|t| t.status == status)
+        .unwrap_or_else(|| panic!("no {status} in {:?}", record.history))
+        .at
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
