@@ -13,7 +13,16 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         ("ingest", &[("a", ""), ("b", "")]),
         ("search", &[("c", "")]),
     ]);
-    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    // Secrets only this run knows, to look for everywhere afterwards.
+    let aws_secret = format!("aws-secret-{}", uuid::Uuid::new_v4());
+    let metrics_password = format!("metrics-password-{}", uuid::Uuid::new_v4());
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let out = run.output(
+        run.command(&args)
+            .env("AWS_SECRET_ACCESS_KEY", &aws_secret)
+            .env("RALLYCTL_METRICS_PASSWORD", &metrics_password),
+        &args,
+    );
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -90,6 +99,76 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
             "no key push for {id}"
         );
     }
+
+    // Neither secret reached the output, state, results, known_hosts, or the instance's disk.
+    let mut places = vec![
+        ("stdout".to_owned(), out.stdout.clone()),
+        ("stderr".to_owned(), out.stderr.clone()),
+    ];
+    let run_id = run.record("ingest.a").run_id.unwrap();
+    for root in [
+        run.dir.path().to_owned(),
+        run.harness.remote_dir.join("runs/e2e").join(&run_id),
+    ] {
+        for file in files_under(&root) {
+            places.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+        }
+    }
+    assert!(
+        places.len() > 10,
+        "too few places searched: {}",
+        places.len()
+    );
+    for (place, bytes) in &places {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains(&aws_secret),
+            "the AWS secret key is in {place}"
+        );
+        assert!(
+            !text.contains(&metrics_password),
+            "the metrics password is in {place}"
+        );
+    }
+
+    // The watchdog: shutdown behaviour terminate, and user data that schedules the shutdown.
+    let h = &run.harness;
+    let (behaviour, user_data) = h.block_on(async {
+        let ec2 = h.ec2_client();
+        let attribute = |name: aws_sdk_ec2::types::InstanceAttributeName| {
+            ec2.describe_instance_attribute()
+                .instance_id(&instance_ids[0])
+                .attribute(name)
+                .send()
+        };
+        let behaviour =
+            attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+                .await
+                .unwrap()
+                .instance_initiated_shutdown_behavior()
+                .and_then(|v| v.value())
+                .map(str::to_owned);
+        let user_data = attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .await
+            .unwrap()
+            .user_data()
+            .and_then(|v| v.value())
+            .map(str::to_owned);
+        (behaviour, user_data)
+    });
+    assert_eq!(behaviour.as_deref(), Some("terminate"));
+    use base64::Engine as _;
+    let user_data = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(user_data.expect("user data"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(user_data.starts_with("#!/bin/bash\n"), "{user_data}");
+    assert!(
+        user_data.contains("\nshutdown -h +30 "),
+        "max_runtime = 30m: {user_data}"
+    );
 
     let launches = run.launches();
     let again = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
@@ -211,4 +290,20 @@ fn apply_without_a_terminal_refuses_to_ask_and_launches_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --auto-approve"));
     assert_eq!(run.launches(), 0);
+}
+
+fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
 }

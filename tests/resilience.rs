@@ -302,3 +302,97 @@ fn ctrl_c_twice_exits_at_once_with_state_readable() {
     assert_eq!(out.status.code(), Some(0));
     assert!(run.harness.running_instances().is_empty());
 }
+
+/// Polls until the race of `address` runs on its instance (the harness's instances share this
+/// filesystem) and returns its pid file.
+fn wait_for_race(run: &Run, address: &str) -> std::path::PathBuf {
+    run.wait_for_status(address, "racing", STEP_TIMEOUT);
+    let r = run.record(address);
+    let a: rallyctl::address::Address = address.parse().unwrap();
+    let pid_file = run.harness.remote_dir.join(format!(
+        "runs/e2e/{}/{}/{}/{}/race.pid",
+        r.run_id.unwrap(),
+        a.suite(),
+        a.test(),
+        r.attempt
+    ));
+    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            pid_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pid_file
+}
+
+/// SSH connections dropped mid-race: the race goes on, rallyctl reconnects and collects it.
+#[test]
+fn dropped_ssh_connections_mid_race_are_reattached() {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
+    let pid_file = wait_for_race(&run, "s.t");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let ip = run.record("s.t").instance.unwrap().address.unwrap();
+    let mut dropped = 0;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(4));
+        dropped += run.harness.drop_ssh_connections(&ip);
+    }
+    assert!(dropped > 0, "no SSH connection was open to drop");
+    assert_eq!(
+        apply.wait().unwrap().code(),
+        Some(0),
+        "{:?}",
+        run.printed("apply")
+    );
+    assert_eq!(run.record("s.t").status, Status::Completed);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        pid,
+        "the race was started again"
+    );
+    assert!(run.harness.running_instances().is_empty());
+}
+
+/// An instance terminated behind rallyctl's back mid-race: that test fails with the reason,
+/// its sibling completes, and nothing is left running.
+#[test]
+fn an_instance_terminated_outside_rallyctl_fails_only_its_test() {
+    let run = Run::new(2);
+    let plan = run.plan(&[("s", &[("victim", ""), ("sibling", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
+    wait_for_race(&run, "s.victim");
+    let victim = run.record("s.victim").instance.unwrap().id;
+    let h = &run.harness;
+    h.block_on(async {
+        h.ec2_client()
+            .terminate_instances()
+            .instance_ids(&victim)
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(apply.wait().unwrap().code(), Some(1));
+    let (stdout, _) = run.printed("apply");
+    assert!(stdout.contains("s.victim failed at racing"), "{stdout}");
+    match run.record("s.victim").status {
+        Status::Failed { step, error, .. } => {
+            assert_eq!(step, Step::Racing);
+            assert!(
+                error.contains(&format!(
+                    "instance {victim} was terminated outside rallyctl"
+                )),
+                "{error}"
+            );
+        }
+        other => panic!("s.victim is {other:?}"),
+    }
+    assert_eq!(run.record("s.sibling").status, Status::Completed);
+    assert!(h.running_instances().is_empty());
+}

@@ -580,6 +580,34 @@ impl Harness {
         cmd
     }
 
+    /// Drops every SSH connection into an instance (kills the `sshd` processes in its PID
+    /// namespace) while what the instance runs keeps running, as a network blip would.
+    /// Returns how many processes it killed.
+    pub fn drop_ssh_connections(&self, private_ip: &str) -> usize {
+        let unshare = self.instances.lock().unwrap()[private_ip].id();
+        let Ok(namespace) = fs::read_link(format!("/proc/{unshare}/ns/pid_for_children")) else {
+            return 0;
+        };
+        let mut killed = 0;
+        for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let in_instance =
+                fs::read_link(entry.path().join("ns/pid")).is_ok_and(|ns| ns == namespace);
+            // Session processes retitle themselves `sshd: root@notty` and the like.
+            let is_sshd = fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|c| c.starts_with(b"sshd") || c.starts_with(b"/usr/sbin/sshd"));
+            if in_instance && is_sshd {
+                let status = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                if status.is_ok_and(|s| s.success()) {
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
+
     /// Path of the sshd log of the instance at `private_ip`.
     pub fn sshd_log(&self, private_ip: &str) -> PathBuf {
         self.work.path().join(format!("sshd-{private_ip}.log"))
