@@ -11,12 +11,15 @@ use crate::address::Address;
 use crate::graph::Graph;
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, Options, SavedPlan};
+use crate::results::{self, Baseline, DEFAULT_NOISE_PCT, Format, Query, Workspace};
 use crate::state::{self, State};
 use crate::templates::Renderer;
 use crate::ui;
 
 /// Exit code of `plan --detailed-exitcode` when there are changes.
 pub const EXIT_CHANGES: u8 = 2;
+/// Exit code of `results --fail-on-regression` when a metric got worse past the threshold.
+pub const EXIT_REGRESSION: u8 = 3;
 /// Exit code after Ctrl-C, as shells report SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -94,6 +97,59 @@ enum Command {
     },
     /// Remove a stale state lock left by a run that died
     ForceUnlock { plan: Option<PathBuf> },
+    /// Show the latest results per test and task, list runs, compare with a baseline
+    Results(ResultsArgs),
+    /// Write a self-contained HTML report with charts of the latest results
+    Report {
+        /// The plan file; it names the workspace and so its state and results
+        plan: Option<PathBuf>,
+        /// Where to write the report (default: results/<workspace>/report.html)
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Report the results as of this run instead of the latest
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
+        /// Compare with this run (`baseline`: the recorded one, which is also the default)
+        #[arg(long, value_name = "RUN")]
+        compare: Option<Baseline>,
+        /// Changes within this many percent are "same within noise"
+        #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
+        noise: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ResultsArgs {
+    /// The plan file; it names the workspace and so its state and results
+    plan: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// List the runs of the workspace
+    #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression"])]
+    runs: bool,
+    /// Show the results as of this run (each test's newest result at or before it)
+    #[arg(long, value_name = "RUN")]
+    run: Option<String>,
+    /// Compare with this run (`baseline`: the recorded one; `latest`: the newest run)
+    #[arg(long, value_name = "RUN")]
+    compare: Option<Baseline>,
+    /// Record this run (or `latest`) as the baseline in state, then compare with it
+    #[arg(long, value_name = "RUN")]
+    baseline: Option<String>,
+    /// Changes within this many percent are "same within noise"
+    #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
+    noise: f64,
+    /// Exit 3 when any metric is worse than the baseline by more than PCT percent (or missing)
+    #[arg(long, value_name = "PCT", value_parser = percent)]
+    fail_on_regression: Option<f64>,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage (a number, 0 or more)")),
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -161,6 +217,19 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::State { command } => state_command(command, &g),
+        Command::Results(args) => results_command(args, &g),
+        Command::Report {
+            plan,
+            out,
+            run,
+            compare,
+            noise,
+        } => {
+            let ws = open_results(&g, plan.as_deref())?;
+            let path = ws.write_report(run.as_deref(), compare.as_ref(), noise, out.as_deref())?;
+            println!("Wrote the report to {}.", path.display());
+            Ok(0)
+        }
         Command::ForceUnlock { plan } => {
             let path = state_path(&g, plan.as_deref())?;
             match state::force_unlock(&path)
@@ -361,6 +430,48 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+/// The workspace whose results to read: by the state file, or by the plan's name when there is
+/// no state yet (its runs can still be listed from `results/`).
+fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
+    let path = state_path(g, plan)?;
+    let plan_name = match plan {
+        Some(plan) if !path.exists() => Some(Plan::load(plan)?.name),
+        _ => None,
+    };
+    Ok(Workspace::open(&path, plan_name.as_deref())?)
+}
+
+fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
+    let mut ws = open_results(g, args.plan.as_deref())?;
+    let format = if g.json { Format::Json } else { args.format };
+    if args.runs {
+        print!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
+        return Ok(0);
+    }
+    let mut baseline = args.compare;
+    if let Some(run) = &args.baseline {
+        let lock = lock(&ws.state_path, "rallyctl results --baseline")?;
+        let run = ws.set_baseline(run, &lock)?;
+        eprintln!("Recorded {run} as the baseline of workspace `{}`.", ws.name);
+        baseline.get_or_insert(Baseline::Recorded);
+    }
+    let shown = ws.show(&Query {
+        format,
+        run: args.run,
+        baseline,
+        noise_pct: args.noise,
+        fail_on_regression: args.fail_on_regression,
+    })?;
+    print!("{}", shown.text);
+    match shown.regressions {
+        Some(regressions) => {
+            eprint!("{regressions}");
+            Ok(EXIT_REGRESSION)
+        }
+        None => Ok(0),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod planner;
 pub mod provider;
 pub mod remote;
+pub mod results;
 pub mod state;
 pub mod templates;
 pub mod ui;

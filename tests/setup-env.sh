@@ -2,7 +2,8 @@
 # Installs what the end-to-end tests need on a Debian 12 machine (run as root).
 # Idempotent: every step is skipped when already done, so a re-run takes a second.
 #   - Debian packages: openssh-server (the test "instances"' sshd), openssh-client, python3-venv,
-#     util-linux (unshare, setpriv), procps, iproute2 (ip route in the instance namespaces), ca-certificates
+#     util-linux (unshare, setpriv), procps, iproute2 (ip route in the instance namespaces), ca-certificates,
+#     chromium (the HTML report test)
 #   - a Python venv with moto[server] at $REPO/target/tools/moto-venv (override: RALLYCTL_MOTO_VENV)
 # esrally is NOT installed here: rallyctl's own install template installs it on the "instance".
 set -euo pipefail
@@ -10,7 +11,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MOTO_VERSION="5.2.5"
 MOTO_VENV="${RALLYCTL_MOTO_VENV:-$REPO/target/tools/moto-venv}"
-APT_PACKAGES=(openssh-server openssh-client python3-venv util-linux procps iproute2 ca-certificates)
+# chromium: tests/results.rs renders the HTML report headless and checks it loads cleanly.
+APT_PACKAGES=(openssh-server openssh-client python3-venv util-linux procps iproute2 ca-certificates chromium)
 
 log() { printf '[setup-env] %s\n' "$*"; }
 

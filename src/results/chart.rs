@@ -1,0 +1,302 @@
+//! SVG charts of one test, drawn with plotters' SVG backend (no fonts or system libraries:
+//! the browser lays out the text).
+//!
+//! Each task gets its own panel: tasks differ by orders of magnitude and in unit (`docs/s`
+//! against `ops/s`), so one shared axis would flatten most of them.
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::metrics::{Metric, TaskMetrics, format_number};
+
+const PANEL: (u32, u32) = (300, 230);
+const COLUMNS: usize = 3;
+pub const BASELINE: RGBColor = RGBColor(150, 150, 150);
+pub const CONTENDER: RGBColor = RGBColor(31, 119, 180);
+
+/// A task of a test in the baseline (when comparing) and in the run shown.
+pub struct TaskPair<'a> {
+    pub task: &'a str,
+    pub baseline: Option<&'a TaskMetrics>,
+    pub contender: Option<&'a TaskMetrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw a chart: {0}")]
+pub struct ChartError(String);
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// The series drawn: the baseline only when there is one.
+fn series(with_baseline: bool) -> Vec<(&'static str, RGBColor, bool)> {
+    let mut s = vec![];
+    if with_baseline {
+        s.push(("baseline", BASELINE, true));
+    }
+    s.push(("this run", CONTENDER, false));
+    s
+}
+
+fn side<'a>(pair: &TaskPair<'a>, baseline: bool) -> Option<&'a TaskMetrics> {
+    if baseline {
+        pair.baseline
+    } else {
+        pair.contender
+    }
+}
+
+/// Draws one panel per task into an SVG document.
+fn panels(
+    pairs: &[TaskPair<'_>],
+    draw: impl Fn(&Area<'_>, &TaskPair<'_>) -> Result<(), String>,
+) -> Result<String, ChartError> {
+    let columns = pairs.len().clamp(1, COLUMNS);
+    let rows = pairs.len().div_ceil(columns).max(1);
+    let mut svg = String::new();
+    {
+        let size = (PANEL.0 * columns as u32, PANEL.1 * rows as u32);
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| ChartError(e.to_string()))?;
+        for (area, pair) in root.split_evenly((rows, columns)).iter().zip(pairs) {
+            draw(area, pair).map_err(ChartError)?;
+        }
+        root.present().map_err(|e| ChartError(e.to_string()))?;
+    }
+    Ok(svg)
+}
+
+fn axis_label(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format_number(v)
+    }
+}
+
+fn caption_font() -> TextStyle<'static> {
+    ("sans-serif", 15).into_font().into()
+}
+
+fn note(area: &Area<'_>, text: &str) -> Result<(), String> {
+    let (w, h) = area.dim_in_pixel();
+    area.draw(&Text::new(
+        text.to_owned(),
+        (w as i32 / 2, h as i32 / 2),
+        ("sans-serif", 13)
+            .into_font()
+            .color(&RGBColor(120, 120, 120))
+            .pos(Pos::new(HPos::Center, VPos::Center)),
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// Median throughput per task: a bar for the baseline and one for this run.
+pub fn throughput(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, ChartError> {
+    panels(pairs, |area, pair| {
+        let series = series(with_baseline);
+        let values: Vec<Option<f64>> = series
+            .iter()
+            .map(|(_, _, b)| Some(side(pair, *b)?.get(Metric::Throughput)?.value))
+            .collect();
+        let unit = [pair.contender, pair.baseline]
+            .iter()
+            .find_map(|t| Some(t.as_ref()?.get(Metric::Throughput)?.unit.clone()))
+            .unwrap_or_default();
+        let max = values.iter().flatten().fold(0.0_f64, |a, &b| a.max(b));
+        let caption = match unit.as_str() {
+            "" => pair.task.to_owned(),
+            unit => format!("{} ({unit})", pair.task),
+        };
+        // One segment per bar. Plotters cannot draw an axis of one segment, so a lone bar
+        // (no baseline) stands in the middle of three. Integer ranges include their end.
+        let offset = i32::from(series.len() == 1);
+        let last = series.len() as i32 - 1 + 2 * offset;
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, caption_font())
+            .margin(10)
+            .x_label_area_size(22)
+            .y_label_area_size(52)
+            .build_cartesian_2d(
+                (0..last).into_segmented(),
+                0.0..if max > 0.0 { max * 1.2 } else { 1.0 },
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .light_line_style(WHITE)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => usize::try_from(i - offset)
+                    .ok()
+                    .and_then(|i| series.get(i))
+                    .map_or(String::new(), |s| s.0.to_owned()),
+                _ => String::new(),
+            })
+            .y_label_formatter(&|y| axis_label(*y))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, ((_, color, _), value)) in series.iter().zip(&values).enumerate() {
+            let i = i as i32 + offset;
+            if let Some(v) = value {
+                let mut bar = Rectangle::new(
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *v),
+                    ],
+                    color.filled(),
+                );
+                bar.set_margin(0, 0, 18, 18);
+                chart.draw_series([bar]).map_err(|e| e.to_string())?;
+            }
+            chart
+                .draw_series([Text::new(
+                    value.map_or("none".to_owned(), format_number),
+                    (SegmentValue::CenterOf(i), value.unwrap_or(0.0)),
+                    TextStyle::from(("sans-serif", 12).into_font())
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )])
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+}
+
+/// Latency percentiles per task: a line from p50 to p99 for the baseline and for this run.
+pub fn latency(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, ChartError> {
+    panels(pairs, |area, pair| {
+        let series = series(with_baseline);
+        let points: Vec<Vec<(i32, f64)>> = series
+            .iter()
+            .map(|(_, _, b)| {
+                Metric::LATENCIES
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| Some((i as i32, side(pair, *b)?.get(*m)?.value)))
+                    .collect()
+            })
+            .collect();
+        let max = points.iter().flatten().fold(0.0_f64, |a, &(_, v)| a.max(v));
+        if points.iter().all(Vec::is_empty) {
+            area.titled(pair.task, caption_font())
+                .map_err(|e| e.to_string())?;
+            return note(area, "no latency reported");
+        }
+        let unit = [pair.contender, pair.baseline]
+            .iter()
+            .find_map(|t| Some(t.as_ref()?.get(Metric::LatencyP50)?.unit.clone()))
+            .unwrap_or_else(|| "ms".into());
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{} latency ({unit})", pair.task), caption_font())
+            .margin(10)
+            .x_label_area_size(22)
+            .y_label_area_size(52)
+            .build_cartesian_2d(
+                // Integer ranges include their end: 0..2 is the three percentiles.
+                (0..Metric::LATENCIES.len() as i32 - 1).into_segmented(),
+                0.0..if max > 0.0 { max * 1.2 } else { 1.0 },
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .light_line_style(WHITE)
+            .x_label_formatter(&|x| match x {
+                SegmentValue::CenterOf(i) => ["p50", "p90", "p99"]
+                    .get(*i as usize)
+                    .map_or(String::new(), |s| (*s).to_owned()),
+                _ => String::new(),
+            })
+            .y_label_formatter(&|y| axis_label(*y))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for ((_, color, _), points) in series.iter().zip(&points) {
+            let at = |(i, v): (i32, f64)| (SegmentValue::CenterOf(i), v);
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied().map(at),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?;
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|p| Circle::new(at(*p), 4, color.filled())),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::results::metrics::Value;
+
+    fn task(throughput: f64) -> TaskMetrics {
+        TaskMetrics {
+            task: "bulk".into(),
+            duration_s: None,
+            metrics: BTreeMap::from([(
+                Metric::Throughput,
+                Value {
+                    value: throughput,
+                    unit: "docs/s".into(),
+                },
+            )]),
+        }
+    }
+
+    /// The filled bars of a colour, as `(x, width)`.
+    fn bars(svg: &str, color: RGBColor) -> Vec<(u32, u32)> {
+        let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", color.0, color.1, color.2);
+        svg.split("<rect ")
+            .filter(|r| r.split('>').next().unwrap().contains(&fill))
+            .map(|r| {
+                let attr = |name: &str| -> u32 {
+                    let from = r.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                    r[from..].split('"').next().unwrap().parse().unwrap()
+                };
+                (attr("x"), attr("width"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_bar_and_a_pair_of_bars_are_drawn() {
+        let (base, cont) = (task(900.0), task(1000.0));
+        let alone = throughput(
+            &[TaskPair {
+                task: "bulk",
+                baseline: None,
+                contender: Some(&cont),
+            }],
+            false,
+        )
+        .unwrap();
+        assert_eq!(bars(&alone, CONTENDER).len(), 1);
+        assert!(bars(&alone, CONTENDER)[0].1 > 10, "{alone}");
+        assert!(bars(&alone, BASELINE).is_empty());
+        let pair = throughput(
+            &[TaskPair {
+                task: "bulk",
+                baseline: Some(&base),
+                contender: Some(&cont),
+            }],
+            true,
+        )
+        .unwrap();
+        let (b, c) = (bars(&pair, BASELINE), bars(&pair, CONTENDER));
+        assert_eq!((b.len(), c.len()), (1, 1), "{pair}");
+        assert!(
+            b[0].0 + b[0].1 <= c[0].0,
+            "baseline left of this run: {pair}"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! Finding a workspace's results: the latest per test (as state records them), a past run read
+//! back from `results/`, and the list of runs.
+//!
+//! A run directory holds only the tests that run re-ran (a no-op test keeps its older result),
+//! so a past run is read "as of" that run: each test's newest result at or before it. That is
+//! what the latest view would have shown right after the run, and what a baseline must be.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::ResultsError;
+use super::metrics::TaskMetrics;
+use super::parse::{self, RaceInfo};
+use crate::address::{Address, slug};
+use crate::state::{self, State, Status, TestRecord};
+
+/// A workspace's state (if any) and its `results/<workspace>/` directory.
+pub struct Workspace {
+    pub name: String,
+    pub state_path: PathBuf,
+    pub state: Option<State>,
+    /// `results/<workspace slug>`, relative to the current directory like the paths in state.
+    pub root: PathBuf,
+}
+
+/// One test's result in a view: where it came from, how the test went, and its metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    pub address: Address,
+    pub run_id: Option<String>,
+    /// From state; unknown for a result state no longer records (a later run replaced it).
+    pub status: Option<String>,
+    /// The error state recorded for a failed test.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    pub instance_type: Option<String>,
+    pub race_duration_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race: Option<RaceInfo>,
+    pub tasks: Vec<TaskMetrics>,
+    /// Collected files that could not be read, each naming the file and line.
+    pub problems: Vec<String>,
+}
+
+impl TestResult {
+    pub fn failed(&self) -> bool {
+        self.failure.is_some()
+    }
+}
+
+/// The results of every test as of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    pub workspace: String,
+    /// The newest run the view's results come from.
+    pub run: Option<String>,
+    pub tests: Vec<TestResult>,
+}
+
+/// A run found under `results/` or in state.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    /// When the apply that made the run started, from the run id.
+    pub started: Option<jiff::Timestamp>,
+    /// Tests with a results directory in this run.
+    pub tests: usize,
+    /// Tests whose current record in state is from this run, and how many of them failed.
+    pub current: usize,
+    pub failed: usize,
+    pub baseline: bool,
+}
+
+impl Workspace {
+    /// Opens the workspace of the state at `state_path`, or of `plan_name` when there is no
+    /// state yet (its runs can still be listed from `results/`).
+    pub fn open(state_path: &Path, plan_name: Option<&str>) -> Result<Workspace, ResultsError> {
+        let state = state::load(state_path)?;
+        let name = match (&state, plan_name) {
+            (Some(state), _) => state.workspace.clone(),
+            (None, Some(name)) => name.to_owned(),
+            (None, None) => {
+                return Err(ResultsError::NoState(state_path.to_owned()));
+            }
+        };
+        Ok(Workspace {
+            root: Path::new("results").join(slug(&name)),
+            name,
+            state_path: state_path.to_owned(),
+            state,
+        })
+    }
+
+    fn state(&self) -> Result<&State, ResultsError> {
+        self.state
+            .as_ref()
+            .ok_or_else(|| ResultsError::NoState(self.state_path.clone()))
+    }
+
+    pub fn baseline(&self) -> Option<&str> {
+        self.state.as_ref()?.baseline_run.as_deref()
+    }
+
+    /// Every test's latest result, as state records it.
+    pub fn latest(&self) -> Result<RunView, ResultsError> {
+        let state = self.state()?;
+        let tests: Vec<TestResult> = state
+            .tests
+            .iter()
+            .map(|(address, record)| {
+                let file = |name: &str| {
+                    record
+                        .results
+                        .iter()
+                        .find(|f| f.path.file_name().is_some_and(|n| n == name))
+                        .map(|f| f.path.clone())
+                };
+                let mut result = read_test(
+                    address,
+                    record.run_id.clone(),
+                    Some(record),
+                    Files {
+                        report: file("report.csv"),
+                        race_json: file("race.json"),
+                        race_log: file("race.log"),
+                    },
+                );
+                if record.status == Status::Completed && file("report.csv").is_none() {
+                    result
+                        .problems
+                        .push("completed, but state records no report.csv".into());
+                }
+                result
+            })
+            .collect();
+        let run = tests.iter().filter_map(|t| t.run_id.clone()).max();
+        Ok(RunView {
+            workspace: self.name.clone(),
+            run,
+            tests,
+        })
+    }
+
+    /// Every test's newest result at or before `run`, read from `results/`.
+    pub fn as_of(&self, run: &str) -> Result<RunView, ResultsError> {
+        let run = self.resolve(run)?;
+        let mut seen = BTreeSet::new();
+        let mut tests = Vec::new();
+        for dir_run in self.run_dirs()?.iter().rev().filter(|r| **r <= run) {
+            for (address, dir) in self.test_dirs(dir_run)? {
+                if !seen.insert(address.clone()) {
+                    continue;
+                }
+                let record = self
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.tests.get(&address))
+                    .filter(|r| r.run_id.as_deref() == Some(dir_run.as_str()));
+                let report = dir.join("report.csv");
+                let files = Files {
+                    report: Some(report.clone()).filter(|p| p.exists()),
+                    race_json: Some(dir.join("race.json")).filter(|p| p.exists()),
+                    race_log: Some(dir.join("race.log")),
+                };
+                let mut result = read_test(&address, Some(dir_run.clone()), record, files);
+                // A failed test says why it has no report; any other should have one.
+                if !report.exists() && !result.failed() {
+                    result
+                        .problems
+                        .push(format!("{}: no report.csv was collected", dir.display()));
+                }
+                tests.push(result);
+            }
+        }
+        tests.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(RunView {
+            workspace: self.name.clone(),
+            run: Some(run),
+            tests,
+        })
+    }
+
+    /// A run id as the user typed it, checked against the runs there are; `latest` is the
+    /// newest.
+    pub fn resolve(&self, run: &str) -> Result<String, ResultsError> {
+        let known = self.run_ids()?;
+        if run == "latest" {
+            return known
+                .last()
+                .cloned()
+                .ok_or_else(|| ResultsError::NoRuns(self.root.clone()));
+        }
+        if known.iter().any(|r| r == run) {
+            Ok(run.to_owned())
+        } else {
+            Err(ResultsError::UnknownRun {
+                run: run.to_owned(),
+                known: known.iter().rev().take(5).cloned().collect(),
+            })
+        }
+    }
+
+    /// Run ids found under `results/` or in state, oldest first (run ids sort by time).
+    fn run_ids(&self) -> Result<Vec<String>, ResultsError> {
+        let mut ids: BTreeSet<String> = self.run_dirs()?.into_iter().collect();
+        if let Some(state) = &self.state {
+            ids.extend(state.tests.values().filter_map(|r| r.run_id.clone()));
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The runs, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunSummary>, ResultsError> {
+        let records: Vec<&TestRecord> = self
+            .state
+            .as_ref()
+            .map(|s| s.tests.values().collect())
+            .unwrap_or_default();
+        self.run_ids()?
+            .into_iter()
+            .map(|run_id| {
+                let current: Vec<&&TestRecord> = records
+                    .iter()
+                    .filter(|r| r.run_id.as_deref() == Some(run_id.as_str()))
+                    .collect();
+                Ok(RunSummary {
+                    started: run_started(&run_id),
+                    tests: self.test_dirs(&run_id)?.len(),
+                    current: current.len(),
+                    failed: current
+                        .iter()
+                        .filter(|r| matches!(r.status, Status::Failed { .. }))
+                        .count(),
+                    baseline: self.baseline() == Some(run_id.as_str()),
+                    run_id,
+                })
+            })
+            .collect()
+    }
+
+    /// The run directories under the workspace's results, sorted.
+    fn run_dirs(&self) -> Result<Vec<String>, ResultsError> {
+        let mut runs = subdirectories(&self.root)?;
+        runs.sort();
+        Ok(runs)
+    }
+
+    /// The tests with a directory in a run, each with its address: the one in state whose
+    /// directory it is, else one made from the directory names (slugs are valid names).
+    fn test_dirs(&self, run: &str) -> Result<BTreeMap<Address, PathBuf>, ResultsError> {
+        let known: BTreeMap<PathBuf, &Address> = self
+            .state
+            .as_ref()
+            .map(|s| s.tests.keys().map(|a| (a.path(), a)).collect())
+            .unwrap_or_default();
+        let run_dir = self.root.join(run);
+        let mut tests = BTreeMap::new();
+        for suite in subdirectories(&run_dir)? {
+            for test in subdirectories(&run_dir.join(&suite))? {
+                let rel: PathBuf = [&suite, &test].iter().collect();
+                let address = match known.get(&rel) {
+                    Some(a) => (*a).clone(),
+                    None => match Address::new(suite.as_str(), test.as_str()) {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                };
+                tests.insert(address, run_dir.join(rel));
+            }
+        }
+        Ok(tests)
+    }
+}
+
+fn subdirectories(dir: &Path) -> Result<Vec<String>, ResultsError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(source) => {
+            return Err(ResultsError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ResultsError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// A run id starts with the UTC time its apply started (`20261125T081500Z-ab12cd`).
+fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
+    let stamp = run_id.get(..15)?;
+    let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%S", stamp).ok()?;
+    jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
+}
+
+struct Files {
+    report: Option<PathBuf>,
+    race_json: Option<PathBuf>,
+    race_log: Option<PathBuf>,
+}
+
+fn read_test(
+    address: &Address,
+    run_id: Option<String>,
+    record: Option<&TestRecord>,
+    files: Files,
+) -> TestResult {
+    let mut problems = Vec::new();
+    let mut tasks = match &files.report {
+        Some(path) => parse::report_csv(path).unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            vec![]
+        }),
+        None => vec![],
+    };
+    let race = files.race_json.as_deref().and_then(|path| {
+        parse::race_json(path)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok()
+    });
+    if let Some(race) = &race {
+        for task in &mut tasks {
+            task.duration_s = race.task_durations.get(&task.task).copied();
+        }
+    }
+    let race_duration_s = files
+        .race_log
+        .as_deref()
+        .and_then(parse::race_log_seconds)
+        .or_else(|| record.and_then(racing_seconds));
+    TestResult {
+        address: address.clone(),
+        run_id,
+        status: record.map(|r| r.status.label()),
+        failure: record.and_then(|r| match &r.status {
+            Status::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        }),
+        instance_type: record.and_then(|r| {
+            r.settings
+                .get("instance_type")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        }),
+        race_duration_s,
+        race,
+        tasks,
+        problems,
+    }
+}
+
+/// The time a test spent in the racing step, from its state history (for a race whose console
+/// log has no duration, such as one that was cut short).
+fn racing_seconds(record: &TestRecord) -> Option<u64> {
+    let racing = record.history.iter().position(|t| t.status == "racing")?;
+    let start = &record.history[racing];
+    let end = record.history[racing + 1..]
+        .iter()
+        .find(|t| t.status != "racing")?;
+    Some(end.at.duration_since(start.at).as_secs().max(0) as u64)
+}

@@ -1,0 +1,205 @@
+//! Results people can read, compare and gate on: Rally's collected reports under `results/`,
+//! summarised per test and task, compared run against run, and drawn into an HTML report.
+//!
+//! Only the files under `results/` and the state file are read; never AWS. A test whose files
+//! cannot be read is shown with its error, and never hides the other tests.
+
+pub mod chart;
+pub mod compare;
+pub mod html;
+pub mod load;
+pub mod metrics;
+pub mod parse;
+pub mod render;
+
+use std::path::{Path, PathBuf};
+
+pub use compare::{Comparison, DEFAULT_NOISE_PCT, Verdict, compare};
+pub use load::{RunView, TestResult, Workspace};
+pub use render::Format;
+
+use crate::state::{self, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("no state at {}: nothing has been applied yet, or pass the plan or --state PATH", .0.display())]
+    NoState(PathBuf),
+    #[error("no runs under {} yet", .0.display())]
+    NoRuns(PathBuf),
+    #[error("no run `{run}` in this workspace{}", known_runs(.known))]
+    UnknownRun { run: String, known: Vec<String> },
+    #[error("no baseline recorded: pass --compare RUN, or record one with --baseline RUN")]
+    NoBaseline,
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
+}
+
+fn known_runs(known: &[String]) -> String {
+    if known.is_empty() {
+        " (it has no runs yet)".into()
+    } else {
+        format!(
+            "; the latest are {} (`rallyctl results --runs` lists them all)",
+            known.join(", ")
+        )
+    }
+}
+
+/// Which baseline to compare with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// The one recorded in state with `--baseline`; written `baseline`.
+    Recorded,
+    /// A run id, or `latest`.
+    Run(String),
+}
+
+impl std::str::FromStr for Baseline {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Baseline, Self::Err> {
+        Ok(match s {
+            "baseline" => Baseline::Recorded,
+            run => Baseline::Run(run.to_owned()),
+        })
+    }
+}
+
+/// What `rallyctl results` shows.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub format: Format,
+    /// Show the results as of this run rather than the latest.
+    pub run: Option<String>,
+    pub baseline: Option<Baseline>,
+    pub noise_pct: f64,
+    /// Fail when a metric worsens by more than this many percent; compares with the recorded
+    /// baseline when no other is named.
+    pub fail_on_regression: Option<f64>,
+}
+
+/// What `rallyctl results` prints, and the regressions that fail the gate (if any).
+pub struct Shown {
+    pub text: String,
+    pub regressions: Option<String>,
+}
+
+impl Workspace {
+    /// Records `run` as the workspace's baseline; `_lock` is the state lock, which the caller
+    /// takes (and reports on) like every other command that writes state.
+    pub fn set_baseline(&mut self, run: &str, _lock: &state::Lock) -> Result<String, ResultsError> {
+        let run = self.resolve(run)?;
+        // Read again under the lock: state may have moved on since the workspace was opened.
+        let mut state = state::load(&self.state_path)?
+            .ok_or_else(|| ResultsError::NoState(self.state_path.clone()))?;
+        state.baseline_run = Some(run.clone());
+        state::save(&self.state_path, &mut state)?;
+        self.state = Some(state);
+        Ok(run)
+    }
+
+    /// The view a query shows: as of `run`, else the latest.
+    fn view(&self, run: Option<&str>) -> Result<RunView, ResultsError> {
+        match run {
+            Some(run) => self.as_of(run),
+            None => self.latest(),
+        }
+    }
+
+    /// The view of `run` (or the latest) and, when there is a baseline to compare with, the
+    /// baseline's view and the comparison.
+    fn view_and_comparison(
+        &self,
+        run: Option<&str>,
+        baseline: Option<&Baseline>,
+        noise_pct: f64,
+    ) -> Result<(RunView, Option<(RunView, Comparison)>), ResultsError> {
+        let contender = self.view(run)?;
+        let baseline_run = match baseline {
+            None => return Ok((contender, None)),
+            Some(Baseline::Run(run)) => run.as_str(),
+            Some(Baseline::Recorded) => self.baseline().ok_or(ResultsError::NoBaseline)?,
+        };
+        let base = self.as_of(baseline_run)?;
+        let comparison = compare(&base, &contender, noise_pct);
+        Ok((contender, Some((base, comparison))))
+    }
+
+    /// The results, or the comparison when the query has a baseline, in the query's format.
+    pub fn show(&self, q: &Query) -> Result<Shown, ResultsError> {
+        // The gate needs something to compare with: the recorded baseline unless one is named.
+        let baseline = q
+            .baseline
+            .clone()
+            .or_else(|| q.fail_on_regression.map(|_| Baseline::Recorded));
+        let (contender, compared) =
+            self.view_and_comparison(q.run.as_deref(), baseline.as_ref(), q.noise_pct)?;
+        let Some((_, comparison)) = compared else {
+            let mut text = render::results(&contender, q.format);
+            if let (Format::Table, Some(b)) = (q.format, self.baseline()) {
+                text.push_str(&format!(
+                    "Baseline: {b} (compare with it: `--compare baseline`).\n"
+                ));
+            }
+            return Ok(Shown {
+                text,
+                regressions: None,
+            });
+        };
+        let regressions = q.fail_on_regression.and_then(|pct| {
+            let rows = comparison.regressions(pct);
+            (!rows.is_empty()).then(|| render::regressions(&rows, pct))
+        });
+        Ok(Shown {
+            text: render::comparison(&comparison, q.format),
+            regressions,
+        })
+    }
+
+    /// Writes the HTML report of `run` (or the latest), against the given or recorded baseline
+    /// when there is one, to `out` (default `results/<workspace>/report.html`).
+    pub fn write_report(
+        &self,
+        run: Option<&str>,
+        baseline: Option<&Baseline>,
+        noise_pct: f64,
+        out: Option<&Path>,
+    ) -> Result<PathBuf, ResultsError> {
+        // Without an explicit choice the report compares with the recorded baseline, if any.
+        let baseline = baseline
+            .cloned()
+            .or_else(|| self.baseline().map(|_| Baseline::Recorded));
+        let (contender, compared) = self.view_and_comparison(run, baseline.as_ref(), noise_pct)?;
+        let html = html::report(
+            &contender,
+            compared.as_ref().map(|(b, c)| (b, c)),
+            jiff::Timestamp::now(),
+        )?;
+        let path = out
+            .map(Path::to_owned)
+            .unwrap_or_else(|| self.root.join("report.html"));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ResultsError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        std::fs::write(&path, html).map_err(|source| ResultsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+}

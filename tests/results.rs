@@ -1,0 +1,772 @@
+//! `rallyctl results` and `rallyctl report` through the real binary, on state and result trees
+//! written into a temporary directory: every table format and the JSON (insta snapshots),
+//! comparisons and the regression gate on hand-made reports, the real Rally fixtures, damaged
+//! reports, and the HTML report in headless Chromium when it is installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rallyctl::address::Address;
+use rallyctl::results::parse;
+use rallyctl::state::{self, Instance, ResultFile, State, Status, Step, TestRecord, Transition};
+
+const RUN1: &str = "20261124T081500Z-aaaaaa";
+const RUN2: &str = "20261125T081500Z-bbbbbb";
+const STATE: &str = "state/e2e.state.json";
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/rally")
+        .join(path)
+}
+
+fn at(time: &str) -> jiff::Timestamp {
+    time.parse().unwrap()
+}
+
+/// A workspace `e2e` in a temporary directory: its state and its `results/` tree.
+struct Tree {
+    dir: tempfile::TempDir,
+    state: State,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let mut state = State::new("e2e");
+        // Fixed, so JSON snapshots do not change from run to run.
+        state.lineage = uuid::Uuid::nil();
+        Tree {
+            dir: tempfile::tempdir().unwrap(),
+            state,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes a test's files into a run; returns them as state records them.
+    fn files(&self, run: &str, address: &Address, files: &[(&str, Vec<u8>)]) -> Vec<ResultFile> {
+        let dir = Path::new("results/e2e").join(run).join(address.path());
+        std::fs::create_dir_all(self.path(dir.to_str().unwrap())).unwrap();
+        files
+            .iter()
+            .map(|(name, bytes)| {
+                let rel = dir.join(name);
+                std::fs::write(self.dir.path().join(&rel), bytes).unwrap();
+                ResultFile {
+                    path: rel,
+                    sha256: "0".repeat(64),
+                    bytes: bytes.len() as u64,
+                }
+            })
+            .collect()
+    }
+
+    /// Records a test of `run` in state, the way apply leaves it.
+    fn record(&mut self, address: &Address, run: &str, status: Status, results: Vec<ResultFile>) {
+        let history = ["launching", "booting", "installing", "racing", "collecting"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Transition {
+                status: (*s).into(),
+                at: at("2026-11-25T08:15:00Z")
+                    .checked_add(jiff::SignedDuration::from_secs(60 * i as i64 + 60))
+                    .unwrap(),
+            })
+            .collect();
+        self.state.tests.insert(
+            address.clone(),
+            TestRecord {
+                config_hash: "h".into(),
+                settings: serde_json::json!({"instance_type": "m5.xlarge", "track": "tiny"}),
+                race_command: "esrally race".into(),
+                status,
+                attempt: 1,
+                run_id: Some(run.into()),
+                race_id: None,
+                instance: Some(Instance {
+                    id: "i-0123".into(),
+                    region: "us-east-1".into(),
+                    address: None,
+                    launched_at: at("2026-11-25T08:15:00Z"),
+                    terminated_at: Some(at("2026-11-25T08:25:00Z")),
+                }),
+                results,
+                history,
+            },
+        );
+    }
+
+    fn save(&mut self) {
+        state::save(&self.path(STATE), &mut self.state).unwrap();
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("rallyctl runs")
+    }
+
+    /// `rallyctl results --state STATE ARGS…`, which must exit with `code`; its stdout.
+    fn results(&self, args: &[&str], code: i32) -> String {
+        let mut all = vec!["results", "--state", STATE];
+        all.extend(args);
+        let out = self.run(&all);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn addr(suite: &str, test: &str) -> Address {
+    Address::new(suite, test).unwrap()
+}
+
+fn read(path: PathBuf) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// The files of a real Rally race, from the fixtures.
+fn rally_files(case: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let mut files = vec![(
+        "race.log",
+        read(fixture(&format!("{case}/race-console.log"))),
+    )];
+    for name in ["report.csv", "race.json", "rally.log"] {
+        let path = fixture(&format!("{case}/{name}"));
+        if path.exists() {
+            files.push((name, read(path)));
+        }
+    }
+    files
+}
+
+/// A hand-made task of a Rally CSV report.
+struct Task<'a> {
+    name: &'a str,
+    throughput: Option<(f64, &'a str)>,
+    latency: [Option<f64>; 3],
+    service_time: [Option<f64>; 3],
+    error_rate: f64,
+}
+
+fn task(name: &str, throughput: f64, p50: f64, error_rate: f64) -> Task<'_> {
+    Task {
+        name,
+        throughput: Some((throughput, "docs/s")),
+        latency: [Some(p50), Some(p50 * 2.0), None],
+        service_time: [Some(p50 * 0.9), Some(p50 * 1.8), None],
+        error_rate,
+    }
+}
+
+/// A report in Rally's CSV layout (CRLF line ends, cluster-wide rows first).
+fn report(tasks: &[Task<'_>]) -> Vec<u8> {
+    let mut rows = vec![
+        "Metric,Task,Value,Unit".to_owned(),
+        "Total Young Gen GC time,,0.0,s".to_owned(),
+    ];
+    for t in tasks {
+        if let Some((v, unit)) = t.throughput {
+            for stat in ["Min", "Mean", "Median", "Max"] {
+                rows.push(format!("{stat} Throughput,{},{v},{unit}", t.name));
+            }
+        }
+        for (kind, values) in [("latency", t.latency), ("service time", t.service_time)] {
+            for (p, v) in ["50th", "90th", "99th"].iter().zip(values) {
+                if let Some(v) = v {
+                    rows.push(format!("{p} percentile {kind},{},{v},ms", t.name));
+                }
+            }
+        }
+        rows.push(format!("error rate,{},{:.2},%", t.name, t.error_rate));
+    }
+    (rows.join("\r\n") + "\r\n").into_bytes()
+}
+
+/// Tests of every kind across two runs: run 1 raced `ingest.a` and `ingest."b (8g)"`, run 2
+/// re-raced `ingest.a` (the real success fixture), `search.errors` (the real error-rate one),
+/// `search.down` (cluster down, no report) and started `search.slow`, still racing.
+fn realistic() -> Tree {
+    let mut t = Tree::new();
+    let (a, b) = (addr("ingest", "a"), addr("ingest", "b (8g)"));
+    t.files(
+        RUN1,
+        &a,
+        &[(
+            "report.csv",
+            report(&[task("index-append", 4500.0, 4.0, 0.0)]),
+        )],
+    );
+    let files = t.files(
+        RUN1,
+        &b,
+        &[(
+            "report.csv",
+            report(&[task("index-append", 9000.0, 2.5, 0.0)]),
+        )],
+    );
+    t.record(&b, RUN1, Status::Completed, files);
+    let files = t.files(RUN2, &a, &rally_files("success"));
+    t.record(&a, RUN2, Status::Completed, files);
+    let errors = addr("search", "errors");
+    let files = t.files(RUN2, &errors, &rally_files("error-rate"));
+    t.record(
+        &errors,
+        RUN2,
+        Status::Failed {
+            step: Step::Racing,
+            error: "requests failed during the race (error rate: match-all 100%)".into(),
+            log_tail: None,
+        },
+        files,
+    );
+    let down = addr("search", "down");
+    let files = t.files(RUN2, &down, &rally_files("cluster-down"));
+    t.record(
+        &down,
+        RUN2,
+        Status::Failed {
+            step: Step::Racing,
+            error: "the race exited with 64\nTraceback ...".into(),
+            log_tail: None,
+        },
+        files,
+    );
+    let slow = addr("search", "slow");
+    t.record(
+        &slow,
+        RUN2,
+        Status::InProgress { step: Step::Racing },
+        vec![],
+    );
+    t.save();
+    t
+}
+
+#[test]
+fn latest_results_as_a_table() {
+    let t = realistic();
+    insta::assert_snapshot!(t.results(&[], 0));
+}
+
+#[test]
+fn latest_results_as_markdown() {
+    let t = realistic();
+    insta::assert_snapshot!(t.results(&["--format", "markdown"], 0));
+}
+
+#[test]
+fn latest_results_as_csv() {
+    let t = realistic();
+    let out = t.results(&["--format", "csv"], 0);
+    // Every row has every column.
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let width = reader.headers().unwrap().len();
+    assert!(reader.records().all(|r| r.unwrap().len() == width));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn latest_results_as_json() {
+    let t = realistic();
+    let out = t.results(&["--format", "json"], 0);
+    assert_eq!(out, t.results(&["--json"], 0), "--json is --format json");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    insta::assert_json_snapshot!(v);
+}
+
+#[test]
+fn a_past_run_is_read_as_of_that_run() {
+    let t = realistic();
+    let v: serde_json::Value =
+        serde_json::from_str(&t.results(&["--run", RUN1, "--json"], 0)).unwrap();
+    let tests: Vec<(&str, &str)> = v["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["address"].as_str().unwrap(),
+                t["run_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // The quoted name is found through state, though its directory is a slug.
+    assert_eq!(tests, vec![("ingest.a", RUN1), ("ingest.\"b (8g)\"", RUN1)]);
+    // Run 1's `a` was replaced in state by run 2's: its status is no longer known.
+    assert_eq!(v["tests"][0]["status"], serde_json::Value::Null);
+    assert_eq!(v["tests"][1]["status"], "completed");
+    assert_eq!(
+        v["tests"][0]["tasks"][0]["metrics"]["throughput"]["value"],
+        4500.0
+    );
+}
+
+#[test]
+fn runs_are_listed_with_their_time_and_tests() {
+    let t = realistic();
+    insta::assert_snapshot!(t.results(&["--runs"], 0));
+    let v: serde_json::Value = serde_json::from_str(&t.results(&["--runs", "--json"], 0)).unwrap();
+    assert_eq!(v["runs"][1]["run_id"], RUN2);
+    assert_eq!(v["runs"][1]["started"], "2026-11-25T08:15:00Z");
+    assert_eq!(
+        v["runs"][1]["tests"], 3,
+        "the racing test has no directory yet"
+    );
+    assert_eq!(v["runs"][1]["current"], 4);
+    assert_eq!(v["runs"][1]["failed"], 2);
+}
+
+#[test]
+fn a_damaged_report_names_file_and_line_and_hides_no_other_test() {
+    let mut t = Tree::new();
+    let good = report(&[task("bulk", 1000.0, 10.0, 0.0)]);
+    let truncated = good[..good.len() - 20].to_vec();
+    let mut garbled = String::from_utf8(good.clone()).unwrap();
+    garbled = garbled.replacen(
+        "Median Throughput,bulk,1000",
+        "Median Throughput,bulk,1O00",
+        1,
+    );
+    for (name, bytes) in [
+        ("good", good),
+        ("truncated", truncated),
+        ("garbled", garbled.into_bytes()),
+    ] {
+        let a = addr("ingest", name);
+        let files = t.files(RUN1, &a, &[("report.csv", bytes)]);
+        t.record(&a, RUN1, Status::Completed, files);
+    }
+    // A report state records but that is gone from disk.
+    let gone = addr("ingest", "gone");
+    let mut files = t.files(RUN1, &gone, &[("report.csv", vec![])]);
+    std::fs::remove_file(t.dir.path().join(&files[0].path)).unwrap();
+    files[0].bytes = 1;
+    t.record(&gone, RUN1, Status::Completed, files);
+    t.save();
+    let out = t.results(&[], 0);
+    insta::assert_snapshot!(out);
+    let dir = format!("results/e2e/{RUN1}/ingest");
+    for expect in [
+        format!(
+            "error: {dir}/truncated/report.csv:11: the file ends in the middle of this line: the report is truncated"
+        ),
+        format!(
+            "error: {dir}/garbled/report.csv:5: `1O00` is not a number (metric `Median Throughput`, task `bulk`)"
+        ),
+        format!("error: {dir}/gone/report.csv: cannot read: No such file or directory"),
+        "1000.00 docs/s".to_owned(),
+    ] {
+        assert!(out.contains(&expect), "{expect}\n{out}");
+    }
+}
+
+/// Run 1 and run 2 of one test `ingest.a`, both in state's history of runs; state records run 2.
+fn two_runs(base: &[Task<'_>], contender: &[Task<'_>]) -> Tree {
+    let mut t = Tree::new();
+    let a = addr("ingest", "a");
+    t.files(RUN1, &a, &[("report.csv", report(base))]);
+    let files = t.files(RUN2, &a, &[("report.csv", report(contender))]);
+    t.record(&a, RUN2, Status::Completed, files);
+    t.save();
+    t
+}
+
+fn comparison_case() -> Tree {
+    two_runs(
+        &[
+            task("bulk", 1000.0, 10.0, 0.0),
+            Task {
+                name: "search",
+                throughput: Some((500.0, "ops/s")),
+                latency: [Some(2.0), Some(3.0), Some(4.0)],
+                service_time: [Some(2.0), Some(3.0), Some(4.0)],
+                error_rate: 0.0,
+            },
+        ],
+        &[
+            // Throughput up 10 %: better. Latency up 20 %: worse. Service time within noise.
+            Task {
+                name: "bulk",
+                throughput: Some((1100.0, "docs/s")),
+                latency: [Some(12.0), Some(24.0), None],
+                service_time: [Some(9.2), Some(18.5), None],
+                error_rate: 0.0,
+            },
+            // Every request failed: Rally reports no throughput.
+            Task {
+                name: "search",
+                throughput: None,
+                latency: [Some(2.0), Some(3.0), Some(4.0)],
+                service_time: [Some(2.0), Some(3.0), Some(4.0)],
+                error_rate: 100.0,
+            },
+            task("scroll", 50.0, 100.0, 0.0),
+        ],
+    )
+}
+
+#[test]
+fn comparison_as_a_table() {
+    let t = comparison_case();
+    insta::assert_snapshot!(t.results(&["--compare", RUN1], 0));
+}
+
+#[test]
+fn comparison_as_markdown() {
+    let t = comparison_case();
+    insta::assert_snapshot!(t.results(&["--compare", RUN1, "--format", "markdown"], 0));
+}
+
+#[test]
+fn comparison_as_csv() {
+    let t = comparison_case();
+    insta::assert_snapshot!(t.results(&["--compare", RUN1, "--format", "csv"], 0));
+}
+
+#[test]
+fn comparison_as_json() {
+    let t = comparison_case();
+    let v: serde_json::Value =
+        serde_json::from_str(&t.results(&["--compare", RUN1, "--json"], 0)).unwrap();
+    insta::assert_json_snapshot!(v);
+}
+
+#[test]
+fn the_regression_gate_exits_3_only_past_its_threshold() {
+    let bulk = |throughput, p50| task("bulk", throughput, p50, 0.0);
+    let gate = |base: Task<'_>, contender: Vec<Task<'_>>, pct: &str| {
+        let t = two_runs(&[base], &contender);
+        let out = t.run(&[
+            "results",
+            "--state",
+            STATE,
+            "--compare",
+            RUN1,
+            "--fail-on-regression",
+            pct,
+        ]);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    // Better everywhere.
+    assert_eq!(gate(bulk(1000.0, 10.0), vec![bulk(1200.0, 8.0)], "0").0, 0);
+    // Worse within noise, and within the gate's threshold.
+    assert_eq!(gate(bulk(1000.0, 10.0), vec![bulk(980.0, 10.3)], "5").0, 0);
+    // Worse by 20 %: fails a 10 % gate, passes a 25 % one.
+    let (code, stderr) = gate(bulk(1000.0, 10.0), vec![bulk(1000.0, 12.0)], "10");
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("ingest.a bulk latency p50: 10.00 -> 12.00 ms (+20.0 %)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        gate(bulk(1000.0, 10.0), vec![bulk(1000.0, 12.0)], "25").0,
+        0
+    );
+    // A throughput that vanished.
+    let mut failed = bulk(1000.0, 10.0);
+    failed.throughput = None;
+    let (code, stderr) = gate(bulk(1000.0, 10.0), vec![failed], "50");
+    assert_eq!(code, 3);
+    assert!(
+        stderr.contains("ingest.a bulk throughput (median): missing from the contender"),
+        "{stderr}"
+    );
+    // A new task is no regression.
+    let (code, stderr) = gate(
+        bulk(1000.0, 10.0),
+        vec![bulk(1000.0, 10.0), task("new", 1.0, 1000.0, 50.0)],
+        "0",
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn the_baseline_is_recorded_in_state_and_used_by_the_gate() {
+    let t = comparison_case();
+    let out = t.run(&["results", "--state", STATE, "--fail-on-regression", "10"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no baseline recorded"),
+        "{}",
+        text(&out)
+    );
+
+    let out = t.run(&["results", "--state", STATE, "--baseline", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "no run `nope` in this workspace; the latest are {RUN2}, {RUN1}"
+        )),
+        "{}",
+        text(&out)
+    );
+
+    let serial = state::load(&t.path(STATE)).unwrap().unwrap().serial;
+    let out = t.run(&["results", "--state", STATE, "--baseline", RUN1]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("Recorded {RUN1} as the baseline"))
+    );
+    let saved = state::load(&t.path(STATE)).unwrap().unwrap();
+    assert_eq!(saved.baseline_run.as_deref(), Some(RUN1));
+    assert_eq!(saved.serial, serial + 1);
+    assert!(
+        !t.path("state/e2e.state.json.lock").exists(),
+        "lock released"
+    );
+
+    // The recorded baseline is what `--compare baseline` and the gate compare with.
+    assert_eq!(
+        t.results(&["--compare", "baseline"], 0),
+        t.results(&["--compare", RUN1], 0)
+    );
+    assert!(t.results(&[], 0).contains(&format!("Baseline: {RUN1}")));
+    let out = t.run(&["results", "--state", STATE, "--fail-on-regression", "10"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let runs = t.results(&["--runs", "--format", "csv"], 0);
+    assert!(
+        runs.contains(&format!("{RUN1},2026-11-24T08:15:00Z,1,0,0,true")),
+        "{runs}"
+    );
+
+    // `latest` names the newest run.
+    t.results(&["--baseline", "latest"], 0);
+    let saved = state::load(&t.path(STATE)).unwrap().unwrap();
+    assert_eq!(saved.baseline_run.as_deref(), Some(RUN2));
+}
+
+#[test]
+fn the_plan_names_the_state_and_the_workspace() {
+    let t = comparison_case();
+    std::fs::write(t.path("rally.ini"), "[meta]\n").unwrap();
+    std::fs::write(
+        t.path("e2e.toml"),
+        "version = 1\nname = \"e2e\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-1\"\n\
+         instance_type = \"m5.large\"\nrally_config = \"rally.ini\"\n\
+         [[suite]]\nname = \"ingest\"\n[[suite.test]]\nname = \"a\"\ntrack = \"geonames\"\n",
+    )
+    .unwrap();
+    let out = t.run(&["results", "e2e.toml", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(RUN2));
+    // Without state, the runs on disk are still listed; results need state.
+    std::fs::remove_file(t.path(STATE)).unwrap();
+    let out = t.run(&["results", "e2e.toml", "--runs", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = t.run(&["results", "e2e.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no state at state/e2e.state.json"));
+    let out = t.run(&["results"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name the plan file or pass --state"));
+}
+
+#[test]
+fn real_rally_reports_are_parsed() {
+    let tasks = parse::report_csv(&fixture("success/report.csv")).unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
+    assert_eq!(names, ["index-append", "match-all"]);
+    use rallyctl::results::metrics::Metric;
+    let append = &tasks[0];
+    assert_eq!(append.get(Metric::Throughput).unwrap().value, 5033.55);
+    assert_eq!(append.get(Metric::Throughput).unwrap().unit, "docs/s");
+    assert_eq!(append.get(Metric::LatencyP90).unwrap().value, 4.0540742);
+    assert_eq!(append.get(Metric::ServiceTimeP50).unwrap().unit, "ms");
+    assert_eq!(append.get(Metric::ErrorRate).unwrap().value, 0.0);
+    // Too few samples for a 99th percentile: Rally leaves it out, and so do we.
+    assert!(append.get(Metric::LatencyP99).is_none());
+    assert_eq!(tasks[1].get(Metric::Throughput).unwrap().unit, "ops/s");
+
+    // CSV and race.json of one race agree.
+    let race: serde_json::Value =
+        serde_json::from_slice(&read(fixture("success/race.json"))).unwrap();
+    for (task, op) in tasks
+        .iter()
+        .zip(race["results"]["op_metrics"].as_array().unwrap())
+    {
+        assert_eq!(task.task, op["task"]);
+        let median = op["throughput"]["median"].as_f64().unwrap();
+        assert!((task.get(Metric::Throughput).unwrap().value - median).abs() < 0.01);
+        assert_eq!(
+            task.get(Metric::LatencyP50).unwrap().value,
+            op["latency"]["50_0"].as_f64().unwrap()
+        );
+    }
+
+    let failed = parse::report_csv(&fixture("error-rate/report.csv")).unwrap();
+    assert_eq!(failed[1].task, "match-all");
+    assert_eq!(failed[1].get(Metric::ErrorRate).unwrap().value, 100.0);
+    assert!(failed[1].get(Metric::Throughput).is_none());
+
+    let store = parse::report_csv(&fixture("es-metrics-store-report.csv")).unwrap();
+    assert_eq!(store[0].get(Metric::Throughput).unwrap().value, 10929.87);
+
+    let info = parse::race_json(&fixture("success/race.json")).unwrap();
+    assert_eq!(info.rally_version.as_deref(), Some("2.13.0"));
+    assert_eq!(info.distribution_version.as_deref(), Some("8.15.0"));
+    assert_eq!(info.car.as_deref(), Some("external"));
+    assert_eq!(info.task_durations["index-append"], 140.633266);
+    let info = parse::race_json(&fixture("error-rate/race.json")).unwrap();
+    assert_eq!(info.task_durations["match-all"], 25.839552);
+
+    assert_eq!(
+        parse::race_log_seconds(&fixture("success/race-console.log")),
+        Some(37)
+    );
+    assert_eq!(
+        parse::race_log_seconds(&fixture("error-rate/race-console.log")),
+        Some(55)
+    );
+    assert_eq!(
+        parse::race_log_seconds(&fixture("cluster-down/race-console.log")),
+        Some(4)
+    );
+    assert_eq!(
+        parse::race_log_seconds(&fixture("cluster-down/rally.log")),
+        None
+    );
+}
+
+#[test]
+fn a_damaged_race_json_is_named_by_line_and_the_metrics_still_show() {
+    let mut t = Tree::new();
+    let a = addr("ingest", "a");
+    let json = read(fixture("success/race.json"));
+    let files = t.files(
+        RUN1,
+        &a,
+        &[
+            ("report.csv", read(fixture("success/report.csv"))),
+            ("race.json", json[..json.len() / 2].to_vec()),
+        ],
+    );
+    t.record(&a, RUN1, Status::Completed, files);
+    t.save();
+    let out = t.results(&[], 0);
+    assert!(out.contains("5033.55 docs/s"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "error: results/e2e/{RUN1}/ingest/a/race.json:84: not a Rally race.json: EOF while parsing"
+        )),
+        "{out}"
+    );
+}
+
+/// Everything a page could fetch: none may be in a self-contained report.
+fn external_references(html: &str) -> Vec<&str> {
+    [
+        "src=", "href=", "url(", "@import", "<script", "<link", "<iframe",
+    ]
+    .into_iter()
+    .filter(|needle| html.contains(needle))
+    .collect()
+}
+
+#[test]
+fn the_html_report_is_self_contained_and_renders_in_chromium() {
+    let t = realistic();
+    let out = t.run(&["results", "--state", STATE, "--baseline", RUN1]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = t.run(&["report", "--state", STATE]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Wrote the report to results/e2e/report.html.\n"
+    );
+    let html = std::fs::read_to_string(t.path("results/e2e/report.html")).unwrap();
+    assert_eq!(external_references(&html), Vec::<&str>::new());
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("compared with baseline 20261124T081500Z-aaaaaa"));
+    assert!(
+        html.contains("against baseline 20261124T081500Z-aaaaaa (noise threshold 5 %): 4 better")
+    );
+    // Two charts per test with tasks (a, b (8g), errors), each a plotters SVG.
+    assert_eq!(html.matches("<svg ").count(), 6, "{html}");
+    assert!(
+        html.contains("ingest.&quot;b (8g)&quot;"),
+        "names are escaped"
+    );
+    assert!(html.contains("Failed: the race exited with 64"));
+    assert!(html.contains("track track · car external · Elasticsearch 8.15.0 · Rally 2.13.0"));
+
+    // -o, and a report without a baseline.
+    let out = t.run(&[
+        "report",
+        "--state",
+        STATE,
+        "--compare",
+        RUN2,
+        "-o",
+        "out/r.html",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(t.path("out/r.html").is_file());
+
+    screenshot(&t.path("results/e2e/report.html"));
+}
+
+/// Renders the report in headless Chromium (when installed): it must load without console
+/// errors and paint a page. The report and its screenshot are kept in the target directory
+/// for a look.
+fn screenshot(report: &Path) {
+    let html = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.html");
+    std::fs::copy(report, &html).unwrap();
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        // CI installs it (tests/setup-env.sh): there, a missing browser is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/usr/bin/chromium is missing: run tests/setup-env.sh"
+        );
+        println!("skipped: /usr/bin/chromium is not installed (run tests/setup-env.sh)");
+        return;
+    }
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    let _ = std::fs::remove_file(&png);
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            &format!("--user-data-dir={}", profile.path().display()),
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1200,1600",
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .expect("chromium runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !stderr.contains("CONSOLE") && !stderr.contains("Uncaught"),
+        "the page logged errors:\n{stderr}"
+    );
+    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(bytes.len() > 20_000, "a blank page? {} bytes", bytes.len());
+    println!("screenshot: {}", png.display());
+}
