@@ -282,6 +282,58 @@ fn destroy_terminates_leaked_instances_found_by_tag() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("Nothing to destroy"));
 }
 
+/// With `rally_es.ini` the race sends its metrics to an Elasticsearch metrics store (here a
+/// second ES double) whose address comes from the environment; the CSV is still collected, and
+/// the metrics-store password never lands in state.
+#[test]
+fn metrics_reach_an_elasticsearch_metrics_store() {
+    // Two instances' worth of ES doubles: the first is raced against, the second stores metrics.
+    let run = Run::new(2);
+    let store = run.harness.es_addrs[1].clone();
+    let (host, port) = store.rsplit_once(':').unwrap();
+    let ini = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conditional_install_items/rally_es.ini");
+    let plan = run.plan(&[(
+        "s",
+        &[("t", &format!("rally_config = \"{}\"", ini.display()))],
+    )]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let out = run.output(
+        run.command(&args)
+            .env("RALLYCTL_METRICS_HOST", host)
+            .env("RALLYCTL_METRICS_PORT", port)
+            .env("RALLYCTL_METRICS_PASSWORD", "not-checked-by-the-double"),
+        &args,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let docs = run.harness.es_docs_at(&store);
+    let count = |prefix: &str| {
+        docs.as_object()
+            .unwrap()
+            .iter()
+            .filter(|(index, _)| index.starts_with(prefix))
+            .map(|(_, n)| n.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(
+        count("rally-metrics-") > 0,
+        "no metric documents reached the store: {docs}"
+    );
+    assert!(
+        count("rally-races-") > 0,
+        "no race document reached the store: {docs}"
+    );
+    let record = run.record("s.t");
+    assert!(
+        record
+            .results
+            .iter()
+            .any(|f| f.path.ends_with("report.csv"))
+    );
+    let state = std::fs::read_to_string(run.dir.path().join("state/e2e.state.json")).unwrap();
+    assert!(!state.contains("not-checked-by-the-double"));
+}
+
 #[test]
 fn apply_without_a_terminal_refuses_to_ask_and_launches_nothing() {
     let run = Run::new(1);
