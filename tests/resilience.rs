@@ -396,3 +396,28 @@ fn an_instance_terminated_outside_rallyctl_fails_only_its_test() {
     assert_eq!(run.record("s.sibling").status, Status::Completed);
     assert!(h.running_instances().is_empty());
 }
+
+/// An sshd that refuses connections for the first 90 s after boot is waited out, not failed.
+#[test]
+fn an_sshd_refusing_for_90_seconds_after_boot_is_waited_out() {
+    let run = Run::new(1);
+    let ip = run.harness.instance_ips[0].clone();
+    run.harness.refuse_ssh_for(&ip, Duration::from_secs(90));
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let record = run.record("s.t");
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(
+        record.instance.unwrap().address.as_deref(),
+        Some(ip.as_str())
+    );
+    // The refusal really was in the way: booting lasted until sshd let connections in.
+    let booting = support::run::at(&run.record("s.t"), "booting");
+    let installing = support::run::at(&run.record("s.t"), "installing");
+    let waited = installing.duration_since(booting).as_secs();
+    assert!(
+        waited >= 80,
+        "booting took only {waited} s, so sshd never refused"
+    );
+}

@@ -67,6 +67,15 @@ def loopback_up():
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def refusing(refuse_file):
+    """True while the harness wants this instance's sshd to look not started yet."""
+    try:
+        with open(refuse_file) as f:
+            return time.time() < float(f.read().strip())
+    except (OSError, ValueError):
+        return False
+
+
 def accept_in_background(lsock, handle):
     """Serves each connection accepted on lsock with handle(conn), in its own thread."""
 
@@ -198,6 +207,9 @@ def main():
     ap.add_argument("--forward", type=int, action="append", default=[])
     ap.add_argument("--proxy-port", type=int, default=0)
     ap.add_argument("--ready-file", required=True)
+    ap.add_argument("--refuse-file", default="",
+                    help="holds a Unix time; until then SSH connections are closed at once, "
+                         "as by an instance whose sshd is not up yet")
     args = ap.parse_args()
 
     # The listening socket on the private address comes in as stdin (host network namespace).
@@ -241,6 +253,10 @@ def main():
         try:
             conn, peer = ssh_listener.accept()
         except InterruptedError:
+            continue
+        if refusing(args.refuse_file):
+            log("refusing ssh from %s (sshd not up yet)" % (peer,))
+            conn.close()
             continue
         try:
             # sshd -i: one connection on stdin/stdout, runs inside this instance's namespaces.

@@ -580,6 +580,18 @@ impl Harness {
         cmd
     }
 
+    /// Makes the instance at `private_ip` close every SSH connection at once for `how_long`
+    /// from now, as an instance whose sshd has not started yet.
+    pub fn refuse_ssh_for(&self, private_ip: &str, how_long: Duration) {
+        let until = SystemTime::now() + how_long;
+        let secs = until.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        fs::write(
+            self.work.path().join(format!("refuse-ssh-{private_ip}")),
+            secs.to_string(),
+        )
+        .expect("write the refuse file");
+    }
+
     /// Drops every SSH connection into an instance (kills the `sshd` processes in its PID
     /// namespace) while what the instance runs keeps running, as a network blip would.
     /// Returns how many processes it killed.
@@ -952,6 +964,8 @@ fn spawn_instance_process(
         .arg(wd.join(format!("sshd_config-{ip}")))
         .arg("--sshd-log")
         .arg(wd.join(format!("sshd-{ip}.log")))
+        .arg("--refuse-file")
+        .arg(wd.join(format!("refuse-ssh-{ip}")))
         .arg("--host-key-dir")
         .arg(wd.join("host-keys"));
     for p in forwards {
