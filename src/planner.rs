@@ -76,13 +76,32 @@ fn comparable(settings: &serde_json::Value, race_command: &str) -> String {
     )
 }
 
+/// Renders every test of the plan, on all cores: a nightly plan of thousands of tests is
+/// mostly template rendering and hashing, and each test's is independent.
 pub fn render_all(
     plan: &Plan,
     renderer: &Renderer,
 ) -> Result<BTreeMap<Address, Artifacts>, TemplateError> {
-    plan.tests()
-        .map(|t| Ok((t.address.clone(), renderer.render(t)?)))
-        .collect()
+    let tests: Vec<&crate::plan::Test> = plan.tests().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = tests.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = tests
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|t| Ok((t.address.clone(), renderer.render(t)?)))
+                        .collect::<Result<Vec<_>, TemplateError>>()
+                })
+            })
+            .collect();
+        let mut all = BTreeMap::new();
+        for worker in workers {
+            all.extend(worker.join().expect("rendering does not panic")?);
+        }
+        Ok(all)
+    })
 }
 
 pub fn diff(
