@@ -1,23 +1,76 @@
 //! EC2 and EC2 Instance Connect through the AWS SDK for Rust. Credentials and region come
 //! from the standard chain; `AWS_ENDPOINT_URL` points both clients elsewhere (moto in tests).
-//! Throttling, capacity and 5xx answers are retried by the SDK's standard retry mode with
-//! exponential backoff and jitter, bounded by [`MAX_ATTEMPTS`].
+//! Throttling (`RequestLimitExceeded`) and 5xx answers are retried by the SDK's standard retry
+//! mode with exponential backoff and jitter, bounded by [`MAX_ATTEMPTS`].
+//! `InsufficientInstanceCapacity` is retried by [`Aws::launch`] itself, bounded by
+//! [`CAPACITY_ATTEMPTS`] (see there why).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ec2::error::DisplayErrorContext;
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     Filter, InstanceStateName, ResourceType, ShutdownBehavior, Tag, TagSpecification,
 };
 use base64::Engine as _;
+use rand_core::RngCore as _;
 
 use super::{InstanceInfo, InstanceState, LaunchRequest, Provider, ProviderError};
 
 /// Attempts per API call, the first included.
 pub const MAX_ATTEMPTS: u32 = 6;
+
+/// RunInstances attempts on `InsufficientInstanceCapacity`, the first included.
+pub const CAPACITY_ATTEMPTS: u32 = 4;
+/// Delay before the first capacity retry; it doubles per retry up to [`CAPACITY_MAX_DELAY`],
+/// and each delay is jittered down to half of it at random.
+const CAPACITY_BASE_DELAY: Duration = Duration::from_secs(1);
+const CAPACITY_MAX_DELAY: Duration = Duration::from_secs(8);
+const INSUFFICIENT_CAPACITY: &str = "InsufficientInstanceCapacity";
+
+/// EC2 answers `InsufficientInstanceCapacity` with HTTP 500, so the SDK's status-code classifier
+/// would retry it within one call, back to back with throttling retries. Capacity comes back on
+/// another time scale than a throttled API, so this forbids the SDK's retry for that code and
+/// [`Aws::launch`] retries it on its own, smaller bound.
+#[derive(Debug)]
+struct NoSdkRetryOnCapacity;
+
+impl ClassifyRetry for NoSdkRetryOnCapacity {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let code = match ctx.output_or_error() {
+            Some(Err(e)) => e
+                .as_operation_error()
+                .and_then(|e| e.downcast_ref::<RunInstancesError>())
+                .and_then(|e| e.code()),
+            _ => None,
+        };
+        if code == Some(INSUFFICIENT_CAPACITY) {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "no SDK retry on InsufficientInstanceCapacity"
+    }
+}
+
+/// The delay before capacity retry `retry` (1-based): base doubling, capped, jittered into
+/// [half, whole] so that many tests short of capacity at once do not retry in lockstep.
+fn capacity_delay(retry: u32) -> Duration {
+    let full = CAPACITY_BASE_DELAY
+        .saturating_mul(1 << (retry - 1).min(16))
+        .min(CAPACITY_MAX_DELAY);
+    let jitter = f64::from(rand_core::OsRng.next_u32()) / f64::from(u32::MAX);
+    full.mul_f64(0.5 + 0.5 * jitter)
+}
 
 pub struct Aws {
     base: SdkConfig,
@@ -51,6 +104,7 @@ impl Aws {
             .or_insert_with(|| {
                 let ec2 = aws_sdk_ec2::config::Builder::from(&self.base)
                     .region(Region::new(region.to_owned()))
+                    .retry_classifier(NoSdkRetryOnCapacity)
                     .build();
                 let eic = aws_sdk_ec2instanceconnect::config::Builder::from(&self.base)
                     .region(Region::new(region.to_owned()))
@@ -102,24 +156,47 @@ impl Provider for Aws {
                     .collect(),
             ))
             .build();
-        let out = self
-            .ec2(&r.region)
-            .run_instances()
-            .image_id(&r.ami)
-            .instance_type(r.instance_type.as_str().into())
-            .set_subnet_id(r.subnet_id.clone())
-            .set_security_group_ids(
-                (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
-            )
-            .min_count(1)
-            .max_count(1)
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-            .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
-            .tag_specifications(tags)
-            .client_token(&r.client_token)
-            .send()
-            .await
-            .map_err(|e| err("RunInstances", &r.region, e))?;
+        // RunInstances carries a ClientToken, so a retry cannot launch a second instance.
+        let ec2 = self.ec2(&r.region);
+        let mut attempt = 1;
+        let out = loop {
+            let result = ec2
+                .run_instances()
+                .image_id(&r.ami)
+                .instance_type(r.instance_type.as_str().into())
+                .set_subnet_id(r.subnet_id.clone())
+                .set_security_group_ids(
+                    (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
+                )
+                .min_count(1)
+                .max_count(1)
+                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
+                .tag_specifications(tags.clone())
+                .client_token(&r.client_token)
+                .send()
+                .await;
+            match result {
+                Ok(out) => break out,
+                Err(e)
+                    if e.code() == Some(INSUFFICIENT_CAPACITY) && attempt < CAPACITY_ATTEMPTS =>
+                {
+                    tokio::time::sleep(capacity_delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) if e.code() == Some(INSUFFICIENT_CAPACITY) => {
+                    return Err(ProviderError {
+                        operation: "RunInstances",
+                        region: r.region.clone(),
+                        message: format!(
+                            "{INSUFFICIENT_CAPACITY}: {} (gave up after {attempt} attempts)",
+                            e.message().unwrap_or("no message")
+                        ),
+                    });
+                }
+                Err(e) => return Err(err("RunInstances", &r.region, e)),
+            }
+        };
         out.instances()
             .first()
             .map(|i| info(&r.region, i))
@@ -228,6 +305,25 @@ impl Provider for Aws {
                 region: region.to_owned(),
                 message: format!("not accepted for {instance_id}"),
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_delays_double_are_capped_and_jittered_down_to_half() {
+        for retry in 1..=10 {
+            let full = (CAPACITY_BASE_DELAY * 2u32.pow(retry - 1)).min(CAPACITY_MAX_DELAY);
+            for _ in 0..50 {
+                let d = capacity_delay(retry);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "retry {retry}: {d:?} vs {full:?}"
+                );
+            }
         }
     }
 }
