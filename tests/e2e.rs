@@ -359,3 +359,51 @@ fn files_under(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Names and parameters holding quotes, `$(...)`, backticks, `;`, a newline and non-ASCII reach
+/// EC2 and Rally literally, and nothing in them is run by a shell.
+#[test]
+fn hostile_names_and_parameters_arrive_literally() {
+    let run = Run::new(1);
+    // Names may not hold '.', so the marker path has none; it is removed at the end.
+    let marker = format!(
+        "/tmp/pwn-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let evil = format!("it's \"$(touch {marker})\" `touch {marker}`; touch {marker}\nlast é");
+    let marker = std::path::PathBuf::from(marker);
+    let param = serde_json::to_string(&evil).unwrap();
+    let plan = run.plan(&[(
+        "s",
+        &[(
+            evil.as_str(),
+            &format!("track_params = {{ note = {param} }}"),
+        )],
+    )]);
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!marker.exists(), "a plan value was run by a shell");
+
+    let address = rallyctl::address::Address::new("s", evil.clone()).unwrap();
+    let record = run.state().tests[&address].clone();
+    assert_eq!(record.status, rallyctl::state::Status::Completed);
+    let instance = run.harness.instances().into_iter().next().unwrap();
+    assert_eq!(instance.tags["rallyctl:test"], address.to_string());
+    assert!(instance.tags["Name"].contains(&address.to_string()));
+
+    let race_json = record
+        .results
+        .iter()
+        .find(|f| f.path.ends_with("race.json"))
+        .unwrap();
+    let race: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.dir.path().join(&race_json.path)).unwrap())
+            .unwrap();
+    assert_eq!(
+        race["user-tags"]["rallyctl_test"],
+        address.to_string(),
+        "{race}"
+    );
+    assert_eq!(race["track-params"]["note"], evil, "{race}");
+    let _ = std::fs::remove_file(&marker);
+}

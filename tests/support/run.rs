@@ -61,8 +61,10 @@ tags = {{ team = "e2e" }}
             for (name, extra) in *tests {
                 let es = &h.es_addrs[i % h.es_addrs.len()];
                 i += 1;
+                // JSON string escapes are TOML basic-string escapes: any name can be written.
+                let name = serde_json::to_string(name).unwrap();
                 text.push_str(&format!(
-                    "\n[[suite.test]]\nname = \"{name}\"\ntarget_hosts = [\"{es}\"]\n{extra}\n"
+                    "\n[[suite.test]]\nname = {name}\ntarget_hosts = [\"{es}\"]\n{extra}\n"
                 ));
             }
         }
