@@ -241,32 +241,7 @@ fn destroy_terminates_leaked_instances_found_by_tag() {
     let plan = run.plan(&[("s", &[("t", "")])]);
     let h = &run.harness;
     // An instance of this workspace that state does not know, as a crashed apply leaves one.
-    let leaked = h.block_on(async {
-        h.ec2_client()
-            .run_instances()
-            .image_id(&h.ami)
-            .subnet_id(&h.subnet_id)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(
-                aws_sdk_ec2::types::TagSpecification::builder()
-                    .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                    .tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key("rallyctl:workspace")
-                            .value("e2e")
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .instances()[0]
-            .instance_id()
-            .unwrap()
-            .to_owned()
-    });
+    let leaked = h.launch_tagged(&[("rallyctl:workspace", "e2e")]);
     let out = run.rallyctl(&["destroy", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -391,14 +366,7 @@ fn hostile_names_and_parameters_arrive_literally() {
     assert_eq!(instance.tags["rallyctl:test"], address.to_string());
     assert!(instance.tags["Name"].contains(&address.to_string()));
 
-    let race_json = record
-        .results
-        .iter()
-        .find(|f| f.path.ends_with("race.json"))
-        .unwrap();
-    let race: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.dir.path().join(&race_json.path)).unwrap())
-            .unwrap();
+    let race = run.race_json(&record);
     assert_eq!(
         race["user-tags"]["rallyctl_test"],
         address.to_string(),

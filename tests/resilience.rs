@@ -33,21 +33,7 @@ fn resume_after_sigkill_at(step: &str) {
     if step == "racing" {
         // Kill once Rally really runs on the instance (the harness's instances share this
         // filesystem), so resuming must find that race rather than start one.
-        let r = run.record("s.t");
-        let pid_file = run.harness.remote_dir.join(format!(
-            "runs/e2e/{}/s/t/{}/race.pid",
-            r.run_id.unwrap(),
-            r.attempt
-        ));
-        let deadline = std::time::Instant::now() + STEP_TIMEOUT;
-        while !pid_file.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} never appeared",
-                pid_file.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let pid_file = run.wait_for_race("s.t", STEP_TIMEOUT);
         std::thread::sleep(Duration::from_secs(3));
         race_pid = Some((
             pid_file.clone(),
@@ -99,14 +85,7 @@ fn resume_after_sigkill_at(step: &str) {
     }
     if step == "racing" {
         // Re-attached, not restarted: the race Rally reported began before the kill.
-        let race_json = after
-            .results
-            .iter()
-            .find(|f| f.path.ends_with("race.json"))
-            .unwrap();
-        let race: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run.dir.path().join(&race_json.path)).unwrap())
-                .unwrap();
+        let race = run.race_json(&after);
         assert_eq!(race["race-id"], after.race_id.unwrap().to_string());
         // Rally writes UTC without an offset; give it one to read it as an instant.
         let stamp = format!("{}+0000", race["race-timestamp"].as_str().unwrap());
@@ -174,31 +153,12 @@ fn an_instance_launched_but_not_recorded_is_adopted() {
 
     let h = &run.harness;
     let lineage = state.lineage.to_string();
-    let orphan = h.block_on(async {
-        let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
-        h.ec2_client()
-            .run_instances()
-            .image_id(&h.ami)
-            .subnet_id(&h.subnet_id)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(
-                aws_sdk_ec2::types::TagSpecification::builder()
-                    .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                    .tags(tag("rallyctl:workspace", "e2e"))
-                    .tags(tag("rallyctl:lineage", &lineage))
-                    .tags(tag("rallyctl:test", "s.t"))
-                    .tags(tag("rallyctl:attempt", "1"))
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .instances()[0]
-            .instance_id()
-            .unwrap()
-            .to_owned()
-    });
+    let orphan = h.launch_tagged(&[
+        ("rallyctl:workspace", "e2e"),
+        ("rallyctl:lineage", &lineage),
+        ("rallyctl:test", "s.t"),
+        ("rallyctl:attempt", "1"),
+    ]);
     let out = run.rallyctl(&["apply", plan_path.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("adopting {orphan}")));
@@ -303,31 +263,6 @@ fn ctrl_c_twice_exits_at_once_with_state_readable() {
     assert!(run.harness.running_instances().is_empty());
 }
 
-/// Polls until the race of `address` runs on its instance (the harness's instances share this
-/// filesystem) and returns its pid file.
-fn wait_for_race(run: &Run, address: &str) -> std::path::PathBuf {
-    run.wait_for_status(address, "racing", STEP_TIMEOUT);
-    let r = run.record(address);
-    let a: rallyctl::address::Address = address.parse().unwrap();
-    let pid_file = run.harness.remote_dir.join(format!(
-        "runs/e2e/{}/{}/{}/{}/race.pid",
-        r.run_id.unwrap(),
-        a.suite(),
-        a.test(),
-        r.attempt
-    ));
-    let deadline = std::time::Instant::now() + STEP_TIMEOUT;
-    while !pid_file.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} never appeared",
-            pid_file.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    pid_file
-}
-
 /// SSH connections dropped mid-race: the race goes on, rallyctl reconnects and collects it.
 #[test]
 fn dropped_ssh_connections_mid_race_are_reattached() {
@@ -335,7 +270,7 @@ fn dropped_ssh_connections_mid_race_are_reattached() {
     let plan = run.plan(&[("s", &[("t", "")])]);
     let plan = plan.to_str().unwrap();
     let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
-    let pid_file = wait_for_race(&run, "s.t");
+    let pid_file = run.wait_for_race("s.t", STEP_TIMEOUT);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     let ip = run.record("s.t").instance.unwrap().address.unwrap();
     let mut dropped = 0;
@@ -367,7 +302,7 @@ fn an_instance_terminated_outside_rallyctl_fails_only_its_test() {
     let plan = run.plan(&[("s", &[("victim", ""), ("sibling", "")])]);
     let plan = plan.to_str().unwrap();
     let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
-    wait_for_race(&run, "s.victim");
+    run.wait_for_race("s.victim", STEP_TIMEOUT);
     let victim = run.record("s.victim").instance.unwrap().id;
     let h = &run.harness;
     h.block_on(async {

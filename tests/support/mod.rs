@@ -580,6 +580,30 @@ impl Harness {
         cmd
     }
 
+    /// Launches an instance into the harness's subnet carrying `tags`, as something other
+    /// than rallyctl (or a crashed rallyctl) would; returns its id.
+    pub fn launch_tagged(&self, tags: &[(&str, &str)]) -> String {
+        let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+        for (k, v) in tags {
+            spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+        }
+        let request = self
+            .ec2_client()
+            .run_instances()
+            .image_id(&self.ami)
+            .subnet_id(&self.subnet_id)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec.build());
+        self.block_on(async { request.send().await })
+            .expect("RunInstances")
+            .instances()[0]
+            .instance_id()
+            .expect("an instance id")
+            .to_owned()
+    }
+
     /// Makes the instance at `private_ip` close every SSH connection at once for `how_long`
     /// from now, as an instance whose sshd has not started yet.
     pub fn refuse_ssh_for(&self, private_ip: &str, how_long: Duration) {

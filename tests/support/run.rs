@@ -142,6 +142,40 @@ tags = {{ team = "e2e" }}
         }
     }
 
+    /// Polls until the race of `address` runs on its instance (the harness's instances share
+    /// this filesystem) and returns its pid file.
+    pub fn wait_for_race(&self, address: &str, timeout: std::time::Duration) -> PathBuf {
+        self.wait_for_status(address, "racing", timeout);
+        let r = self.record(address);
+        let a: rallyctl::address::Address = address.parse().unwrap();
+        let pid_file = self.harness.remote_dir.join(format!(
+            "runs/e2e/{}/{}/{}/race.pid",
+            r.run_id.unwrap(),
+            a.path().display(),
+            r.attempt
+        ));
+        let deadline = std::time::Instant::now() + timeout;
+        while !pid_file.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never appeared",
+                pid_file.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        pid_file
+    }
+
+    /// The race.json collected for a test.
+    pub fn race_json(&self, record: &rallyctl::state::TestRecord) -> serde_json::Value {
+        let file = record
+            .results
+            .iter()
+            .find(|f| f.path.ends_with("race.json"))
+            .expect("race.json recorded");
+        serde_json::from_slice(&std::fs::read(self.dir.path().join(&file.path)).unwrap()).unwrap()
+    }
+
     pub fn state(&self) -> rallyctl::state::State {
         rallyctl::state::load(&self.dir.path().join("state/e2e.state.json"))
             .unwrap()
