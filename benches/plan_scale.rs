@@ -4,6 +4,9 @@
 //!
 //!     cargo bench --bench plan_scale
 //!
+//! It also prints each phase's time and the memory in use after it, from a run of the phases
+//! one after another.
+//!
 //! Target (issue 2): under 100 ms and under 50 MB on a 2-core machine.
 
 use std::path::Path;
@@ -39,15 +42,16 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(&plan_path, text).unwrap();
     let plan = Plan::load(&plan_path).unwrap();
     let renderer = Renderer::new();
+    let mut session = renderer.session();
     let mut st = State::new("scale");
     for test in plan.tests().step_by(2) {
-        let a = renderer.render(test).unwrap();
+        let a = session.render(test).unwrap();
         st.tests.insert(
             test.address.clone(),
             TestRecord {
                 config_hash: a.config_hash,
-                settings: test.settings.canonical_value(),
-                race_command: a.race_command,
+                settings: (&test.settings).into(),
+                race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
                 status: Status::Completed,
                 attempt: 1,
                 run_id: Some("run".into()),
@@ -63,33 +67,70 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (plan_path, state_path)
 }
 
-/// What `rallyctl validate` and `rallyctl plan` do, in process.
+/// What `rallyctl plan` does (validation included), in process: the CLI's own code path.
 fn validate_and_plan(plan_path: &Path, state_path: &Path) -> (usize, usize) {
     let plan = Plan::load(plan_path).unwrap();
-    Graph::compile(&plan).unwrap();
-    let state = state::load(state_path).unwrap().unwrap();
-    let artifacts = planner::render_all(&plan, &Renderer::new()).unwrap();
-    let changes = planner::diff(&plan, &state, &artifacts, &Options::default());
+    let loaded = rallyctl::cli::load_at(plan, state_path.to_owned()).unwrap();
+    let changes = planner::diff(
+        &loaded.plan,
+        &loaded.state,
+        &loaded.artifacts,
+        &Options::default(),
+    );
     let text = planner::render(&changes);
     std::hint::black_box(text);
     (changes.changes.len(), changes.unchanged)
 }
 
-fn peak_rss_kib() -> u64 {
+/// The same work one phase at a time, each timed on its own (so without the overlap of state
+/// loading and rendering that the CLI has), with the memory in use after it: where the time
+/// and the memory go.
+fn phases(plan_path: &Path, state_path: &Path) -> Vec<(&'static str, f64, u64)> {
+    let mut out = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name, out: &mut Vec<(&'static str, f64, u64)>| {
+        let ms = clock.elapsed().as_secs_f64() * 1000.0;
+        out.push((name, ms, status_kib("VmRSS:")));
+        clock = Instant::now();
+    };
+    let plan = Plan::load(plan_path).unwrap();
+    lap("parse and validate the plan", &mut out);
+    Graph::compile(&plan).unwrap();
+    lap("compile the graph", &mut out);
+    let state = state::load(state_path).unwrap().unwrap();
+    lap("load the state", &mut out);
+    let artifacts = planner::render_all(&plan, &Renderer::new()).unwrap();
+    lap("render and hash every test", &mut out);
+    let changes = planner::diff(&plan, &state, &artifacts, &Options::default());
+    lap("diff", &mut out);
+    std::hint::black_box(planner::render(&changes));
+    lap("print the plan", &mut out);
+    out
+}
+
+/// A memory figure of this process from /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
 fn main() {
     if let (Ok(plan), Ok(state)) = (std::env::var("SCALE_PLAN"), std::env::var("SCALE_STATE")) {
+        let (plan, state) = (Path::new(&plan), Path::new(&state));
+        if std::env::var_os("SCALE_PHASES").is_some() {
+            for (name, ms, rss) in phases(plan, state) {
+                println!("{ms:.1} {rss} {name}");
+            }
+            return;
+        }
         let start = Instant::now();
-        let (changes, unchanged) = validate_and_plan(Path::new(&plan), Path::new(&state));
+        let (changes, unchanged) = validate_and_plan(plan, state);
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        println!("{ms:.1} {} {changes} {unchanged}", peak_rss_kib());
+        println!("{ms:.1} {} {changes} {unchanged}", status_kib("VmHWM:"));
         return;
     }
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -97,6 +138,14 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (plan, state) = generate(dir.path());
+    if let Some(keep) = std::env::var_os("SCALE_KEEP") {
+        // For profiling: `SCALE_KEEP=DIR` keeps the inputs, to run one phase under perf with
+        // `SCALE_PLAN=DIR/scale.toml SCALE_STATE=DIR/scale.state.json SCALE_PHASES=1`.
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep).unwrap();
+        std::fs::copy(&plan, keep.join("scale.toml")).unwrap();
+        std::fs::copy(&state, keep.join("scale.state.json")).unwrap();
+    }
     let mut times = Vec::new();
     let mut peaks = Vec::new();
     for _ in 0..RUNS {
@@ -131,4 +180,17 @@ fn main() {
         "  peak memory (VmHWM): {:.1} MiB",
         *peaks.iter().max().unwrap() as f64 / 1024.0
     );
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SCALE_PLAN", &plan)
+        .env("SCALE_STATE", &state)
+        .env("SCALE_PHASES", "1")
+        .output()
+        .unwrap();
+    println!("  one phase at a time (one run, no overlap; memory in use after each):");
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let mut f = line.splitn(3, ' ');
+        let (ms, rss, name) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        let mib = rss.parse::<f64>().unwrap() / 1024.0;
+        println!("    {ms:>7} ms  {mib:>6.1} MiB  {name}");
+    }
 }

@@ -302,14 +302,26 @@ pub struct Loaded {
 }
 
 pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
-    Graph::compile(&plan)?;
     let state_path = g
         .state
         .clone()
         .unwrap_or_else(|| state::default_path(&plan.name));
-    let (state, state_exists) = state::load_or_new(&state_path, &plan.name)?;
+    load_at(plan, state_path)
+}
+
+/// [`load`] with the state at `state_path`.
+pub fn load_at(plan: Plan, state_path: PathBuf) -> Result<Loaded> {
     let renderer = Renderer::new();
-    let artifacts = planner::render_all(&plan, &renderer)?;
+    // Reading state and rendering every test do not depend on each other, and for a plan of
+    // thousands of tests each takes a while: they overlap.
+    let (state, artifacts) = std::thread::scope(|scope| {
+        let state = scope.spawn(|| state::load_or_new(&state_path, &plan.name));
+        Graph::compile(&plan)?;
+        let artifacts = planner::render_all(&plan, &renderer);
+        let state = state.join().expect("loading state does not panic");
+        anyhow::Ok((state?, artifacts?))
+    })?;
+    let (state, state_exists) = state;
     Ok(Loaded {
         plan,
         state_path,
@@ -639,8 +651,10 @@ fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
         .unwrap_or_else(|| state::default_path(&plan.name));
     let _lock = lock(&state_path, &format!("rallyctl destroy {}", path.display()))?;
     let (state, _) = state::load_or_new(&state_path, &plan.name)?;
-    let regions: std::collections::HashSet<String> =
-        plan.tests().map(|t| t.settings.region.clone()).collect();
+    let regions: std::collections::HashSet<String> = plan
+        .tests()
+        .map(|t| t.settings.region.to_string())
+        .collect();
     let rt = runtime()?;
     let provider = rt.block_on(crate::provider::aws::Aws::from_env());
     let targets = rt.block_on(crate::executor::destroy_targets(

@@ -477,13 +477,15 @@ async fn start_attempt<P: Provider>(
             ),
             other => other,
         })?;
-    let settings = test.settings.canonical_value();
+    let settings = (&test.settings).into();
+    let race_command =
+        crate::templates::race_command(&test.settings).map_err(|e| failed(Step::Launching, e))?;
     ctx.state.update(|s| {
         let previous_attempt = s.tests.get(address).map_or(0, |r| r.attempt);
         let mut record = TestRecord {
             config_hash: artifacts.config_hash.clone(),
             settings,
-            race_command: artifacts.race_command.clone(),
+            race_command,
             status: Status::Pending,
             attempt: previous_attempt + 1,
             run_id: Some(ctx.run_id.clone()),
@@ -589,7 +591,7 @@ async fn on_instance<P: Provider>(
             instance_id: instance.id.clone(),
             host,
             port: s.ssh_port,
-            user: s.ssh_user.clone(),
+            user: s.ssh_user.to_string(),
             known_hosts: ctx.known_hosts.clone(),
         },
     );
@@ -679,7 +681,7 @@ async fn launch<P: Provider>(
                 .tags
                 .iter()
                 .filter(|(k, _)| !k.starts_with("rallyctl:"))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.to_string()))
                 .collect();
             tags.insert(TAG_WORKSPACE.into(), workspace.clone());
             tags.insert(TAG_LINEAGE.into(), lineage_s.clone());
@@ -695,11 +697,15 @@ async fn launch<P: Provider>(
             );
             ctx.provider
                 .launch(&LaunchRequest {
-                    region: s.region.clone(),
-                    ami: s.ami.clone(),
-                    instance_type: s.instance_type.clone(),
-                    subnet_id: s.subnet_id.clone(),
-                    security_group_ids: s.security_group_ids.clone(),
+                    region: s.region.to_string(),
+                    ami: s.ami.to_string(),
+                    instance_type: s.instance_type.to_string(),
+                    subnet_id: s.subnet_id.as_deref().map(str::to_owned),
+                    security_group_ids: s
+                        .security_group_ids
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect(),
                     user_data: artifacts.user_data.to_string(),
                     tags,
                     client_token: client_token(lineage, &test.address, record.attempt),
@@ -750,12 +756,12 @@ async fn install<P: Provider>(
         ("rally.ini".into(), rally_ini.into_bytes(), 0o600),
         (
             "track-params.json".into(),
-            artifacts.track_params.clone().into_bytes(),
+            crate::templates::params_json(&test.settings.track_params).into_bytes(),
             0o644,
         ),
         (
             "car-params.json".into(),
-            artifacts.car_params.clone().into_bytes(),
+            crate::templates::params_json(&test.settings.car_params).into_bytes(),
             0o644,
         ),
         ("user-tags.json".into(), user_tags.into_bytes(), 0o644),

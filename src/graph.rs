@@ -2,7 +2,7 @@
 //! node, and the next suite's tests hang off that barrier, so no test of a later suite can start
 //! before every test of the earlier one has finished.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use petgraph::Direction;
 use petgraph::dot::{Config, Dot};
@@ -35,14 +35,15 @@ pub struct Graph {
 
 impl Graph {
     pub fn compile(plan: &Plan) -> Result<Graph, GraphError> {
-        let mut dag = DiGraph::new();
-        let mut suite_of = HashMap::new();
-        let mut seen = HashMap::new();
+        let tests = plan.tests().count();
+        let mut dag = DiGraph::with_capacity(tests + plan.suites.len(), 2 * tests);
+        let mut suite_of = HashMap::with_capacity(tests);
+        let mut seen = HashSet::with_capacity(tests);
         let mut previous_barrier = None;
         for (suite_index, suite) in plan.suites.iter().enumerate() {
             let barrier = dag.add_node(Node::Barrier(suite.name.clone()));
             for test in &suite.tests {
-                if seen.insert(test.address.clone(), ()).is_some() {
+                if !seen.insert(&test.address) {
                     return Err(GraphError::Duplicate(test.address.clone()));
                 }
                 let node = dag.add_node(Node::Test(test.address.clone()));

@@ -1,7 +1,7 @@
 //! The diff of wanted results (the plan) against recorded ones (the state), rendered the way
 //! Terraform users read a plan, and saved plans that a later apply refuses once state moved on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -68,12 +68,9 @@ impl Changes {
     }
 }
 
-/// The settings and race command as one text, the thing diffs compare.
-fn comparable(settings: &serde_json::Value, race_command: &str) -> String {
-    format!(
-        "{}\n\nrace command:\n  {race_command}\n",
-        serde_json::to_string_pretty(settings).expect("JSON values serialize")
-    )
+/// The settings (pretty JSON) and race command as one text, the thing diffs compare.
+fn comparable(settings: &str, race_command: &str) -> String {
+    format!("{settings}\n\nrace command:\n  {race_command}\n")
 }
 
 /// Renders every test of the plan, on all cores: a nightly plan of thousands of tests is
@@ -90,8 +87,9 @@ pub fn render_all(
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
+                    let mut session = renderer.session();
                     part.iter()
-                        .map(|t| Ok((t.address.clone(), renderer.render(t)?)))
+                        .map(|t| Ok((t.address.clone(), session.render(t)?)))
                         .collect::<Result<Vec<_>, TemplateError>>()
                 })
             })
@@ -134,9 +132,13 @@ pub fn diff(
         };
         let same = record.config_hash == new.config_hash;
         let diff_text = || {
-            let old = comparable(&record.settings, &record.race_command);
-            let settings = test.settings.canonical_value();
-            let planned = comparable(&settings, &new.race_command);
+            let recorded = serde_json::to_string_pretty(&record.settings.value())
+                .expect("JSON values serialize");
+            let old = comparable(&recorded, &record.race_command);
+            // Rendering the test succeeded, so its words quote; a failure still reads sensibly.
+            let race_command =
+                crate::templates::race_command(&test.settings).unwrap_or_else(|e| format!("({e})"));
+            let planned = comparable(&test.settings.canonical_json(), &race_command);
             let text = TextDiff::from_lines(&old, &planned)
                 .unified_diff()
                 .context_radius(2)
@@ -187,9 +189,9 @@ pub fn diff(
             None => changes.unchanged += 1,
         }
     }
-    let planned: HashSet<&Address> = plan.tests().map(|t| &t.address).collect();
+    // Every test of the plan was rendered, so the artifacts name exactly the planned tests.
     for (address, record) in &state.tests {
-        if planned.contains(address) || !wanted(address) {
+        if artifacts.contains_key(address) || !wanted(address) {
             continue;
         }
         if let Some(instance) = record.live_instance() {
@@ -410,8 +412,8 @@ track = "nyc_taxis"
             address,
             TestRecord {
                 config_hash: a.config_hash,
-                settings: test.settings.canonical_value(),
-                race_command: a.race_command,
+                settings: (&test.settings).into(),
+                race_command: crate::templates::race_command(&test.settings).unwrap(),
                 status,
                 attempt: 1,
                 run_id: None,

@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::address::Address;
+use crate::plan::Settings;
 
 /// The state format version this rallyctl writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -126,11 +128,56 @@ pub struct Transition {
     pub at: Timestamp,
 }
 
+/// The merged settings a result was made with, kept so `plan` can show what changed.
+///
+/// Held as the JSON text the state file has, not as a tree: a state of thousands of results
+/// is loaded on every `plan`, and only a re-run's diff ever reads the settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecordedSettings(Box<RawValue>);
+
+/// How deep a record's settings sit in the state file (`{ "tests": { ADDR: { "settings"`),
+/// in the pretty printer's two-space steps.
+const SETTINGS_INDENT: &str = "      ";
+
+impl RecordedSettings {
+    /// Pretty JSON indented to its place in the state file, so a written state reads exactly as
+    /// if the whole file had been pretty-printed at once.
+    fn pretty(value: &impl Serialize) -> RecordedSettings {
+        let text = serde_json::to_string_pretty(value)
+            .expect("settings serialize to JSON")
+            .replace('\n', &format!("\n{SETTINGS_INDENT}"));
+        RecordedSettings(RawValue::from_string(text).expect("serde_json writes valid JSON"))
+    }
+
+    /// The settings as a JSON tree.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).expect("state holds only valid JSON")
+    }
+}
+
+impl From<&Settings> for RecordedSettings {
+    fn from(settings: &Settings) -> Self {
+        RecordedSettings::pretty(settings)
+    }
+}
+
+impl From<serde_json::Value> for RecordedSettings {
+    fn from(value: serde_json::Value) -> Self {
+        RecordedSettings::pretty(&value)
+    }
+}
+
+impl PartialEq for RecordedSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestRecord {
     pub config_hash: String,
-    /// The merged settings the hash covers, kept so `plan` can show what changed.
-    pub settings: serde_json::Value,
+    pub settings: RecordedSettings,
     pub race_command: String,
     #[serde(flatten)]
     pub status: Status,
@@ -254,23 +301,31 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             },
         }
     };
-    // The version is checked before the schema, so a newer file is named as such rather than
-    // reported as corrupt because of fields this rallyctl does not know. Reading only the
-    // version skips everything else without building it.
-    #[derive(Deserialize)]
-    struct Version {
-        version: Option<serde_json::Value>,
-    }
-    let version = serde_json::from_slice::<Version>(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    match version.version.as_ref().and_then(serde_json::Value::as_u64) {
-        Some(v) if v > u64::from(STATE_VERSION) => Err(StateError::Newer {
-            path: path.to_owned(),
-            found: v,
-        }),
-        Some(_) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| corrupt(e.to_string())),
-        None => Err(corrupt("no `version` number".into())),
+    // A file that does not read as this version's schema may still be a newer version's,
+    // which is named as such rather than reported as corrupt; reading only the version skips
+    // everything else without building it.
+    let version = |bytes: &[u8]| {
+        #[derive(Deserialize)]
+        struct Version {
+            version: Option<serde_json::Value>,
+        }
+        serde_json::from_slice::<Version>(bytes)
+            .ok()
+            .and_then(|v| v.version?.as_u64())
+    };
+    let newer = |found: u64| StateError::Newer {
+        path: path.to_owned(),
+        found,
+    };
+    match serde_json::from_slice::<State>(&bytes) {
+        Ok(state) if state.version > STATE_VERSION => Err(newer(u64::from(state.version))),
+        Ok(state) => Ok(Some(state)),
+        Err(e) => match version(&bytes) {
+            Some(v) if v > u64::from(STATE_VERSION) => Err(newer(v)),
+            Some(_) => Err(corrupt(e.to_string())),
+            None if e.is_syntax() || e.is_eof() => Err(corrupt(e.to_string())),
+            None => Err(corrupt("no `version` number".into())),
+        },
     }
 }
 
@@ -460,7 +515,7 @@ mod tests {
     fn record() -> TestRecord {
         TestRecord {
             config_hash: "abc".into(),
-            settings: serde_json::json!({"track": "geonames"}),
+            settings: serde_json::json!({"track": "geonames"}).into(),
             race_command: "esrally race".into(),
             status: Status::Failed {
                 step: Step::Racing,
@@ -490,6 +545,34 @@ mod tests {
         assert_eq!(load(&path).unwrap().unwrap(), state);
         let backup = load(&backup_path(&path)).unwrap().unwrap();
         assert_eq!(backup.serial, 1, "the backup holds the previous serial");
+    }
+
+    #[test]
+    fn recorded_settings_read_as_part_of_the_pretty_printed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let mut state = State::new("w");
+        let mut r = record();
+        r.settings = serde_json::json!({"tags": {"team": "perf"}, "track": "geonames"}).into();
+        state.tests.insert(Address::new("a", "b").unwrap(), r);
+        save(&path, &mut state).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let expected = r#"
+      "settings": {
+        "tags": {
+          "team": "perf"
+        },
+        "track": "geonames"
+      },
+"#;
+        assert!(text.contains(expected), "{text}");
+        // Read back, the settings are the same text and the same tree.
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(
+            loaded.tests.values().next().unwrap().settings.value()["tags"]["team"],
+            "perf"
+        );
     }
 
     #[test]

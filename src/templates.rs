@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, UndefinedBehavior, context};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::plan::{Settings, Test, TrackSource};
+use crate::plan::{Settings, SortedMap, Test, TrackSource};
 
 /// Environment variables the metrics-store rally.ini reads at apply time.
 pub const METRICS_PASSWORD_ENV: &str = "RALLYCTL_METRICS_PASSWORD";
@@ -43,10 +44,6 @@ pub struct Artifacts {
     pub race: Arc<str>,
     /// The rally.ini with environment values shown as `${NAME}`; see [`Renderer::rally_ini`].
     pub rally_ini: Arc<str>,
-    pub track_params: String,
-    pub car_params: String,
-    /// `esrally race ...` as a person would read it, for plans and diffs.
-    pub race_command: String,
     pub config_hash: String,
 }
 
@@ -61,11 +58,20 @@ pub enum Secrets {
 
 pub struct Renderer {
     env: Environment<'static>,
-    /// Rendered parts by template and context: a plan of many tests renders each distinct
-    /// script once, whatever the number of tests sharing it.
-    parts: Mutex<HashMap<String, Part>>,
     /// Track directory digests, read once however many tests share a track.
     tracks: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// Renders tests one after another, each distinct part (a script for one set of values, a
+/// rally.ini) once, whatever the number of tests sharing it. One per thread: its parts and
+/// buffers are its own, so threads rendering side by side share nothing they write.
+pub struct Session<'r> {
+    renderer: &'r Renderer,
+    /// Rendered parts by template and context.
+    parts: HashMap<Vec<u8>, Part>,
+    /// Reused buffers: the key of a part being looked up, the text being hashed.
+    key: Vec<u8>,
+    text: Vec<u8>,
 }
 
 /// A rendered text and its sha256, which is what the config hash takes in.
@@ -131,100 +137,22 @@ impl Renderer {
         }
         Renderer {
             env,
-            parts: Mutex::default(),
             tracks: Mutex::default(),
         }
     }
 
-    /// The part cached under `key`, or `make`'s result, cached.
-    fn cached(
-        &self,
-        key: String,
-        make: impl FnOnce() -> Result<String, TemplateError>,
-    ) -> Result<Part, TemplateError> {
-        if let Some(part) = self.parts.lock().expect("renderer cache lock").get(&key) {
-            return Ok(part.clone());
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            renderer: self,
+            parts: HashMap::new(),
+            key: Vec::new(),
+            text: Vec::new(),
         }
-        let part = Part::new(make()?);
-        self.parts
-            .lock()
-            .expect("renderer cache lock")
-            .insert(key, part.clone());
-        Ok(part)
     }
 
-    fn render_builtin(&self, name: &str, ctx: serde_json::Value) -> Result<Part, TemplateError> {
-        self.cached(format!("{name}\0{ctx}"), || {
-            self.env
-                .get_template(name)
-                .and_then(|t| t.render(minijinja::value::Serde(&ctx)))
-                .map_err(|source| TemplateError::Render {
-                    name: format!("templates/{name}.j2"),
-                    source,
-                })
-        })
-    }
-
+    /// Renders one test; see [`Session`] for many.
     pub fn render(&self, test: &Test) -> Result<Artifacts, TemplateError> {
-        let s = &test.settings;
-        let minutes = s.max_runtime.as_secs().div_ceil(60);
-        let user_data = self.render_builtin(
-            "user_data.sh",
-            serde_json::json!({
-                "max_runtime_minutes": minutes,
-                "max_runtime": humantime::format_duration(s.max_runtime).to_string(),
-            }),
-        )?;
-        let install = self.render_builtin(
-            "install.sh",
-            serde_json::json!({
-                "remote_dir": &s.remote_dir,
-                "venv_name": venv_name(s),
-                "rally_version": &s.rally_version,
-                "needs_java": s.needs_java(),
-                "needs_git": matches!(s.track, TrackSource::Named(_)) && !s.offline,
-            }),
-        )?;
-        let args = esrally_args(s);
-        let race = self.render_builtin(
-            "race.sh",
-            serde_json::json!({
-                "remote_dir": &s.remote_dir,
-                "venv_name": venv_name(s),
-                "esrally_args": &args,
-                "track_path": matches!(s.track, TrackSource::Path(_)),
-                "needs_java": s.needs_java(),
-            }),
-        )?;
-        let rally_ini = self.cached(format!("rally.ini\0{}", s.rally_config.display()), || {
-            self.rally_ini(s, Secrets::Placeholders)
-        })?;
-        let track_params = params_json(&s.track_params);
-        let car_params = params_json(&s.car_params);
-        let race_command = race_command(s, &args)?;
-
-        let mut hash = Sha256::new();
-        // Every part enters length-prefixed, so no two different sequences hash alike.
-        for text in [s.canonical_json().as_str(), &track_params, &car_params] {
-            hash.update((text.len() as u64).to_le_bytes());
-            hash.update(text.as_bytes());
-        }
-        for part in [&user_data, &install, &race, &rally_ini] {
-            hash.update(part.digest);
-        }
-        if let TrackSource::Path(dir) = &s.track {
-            hash.update(self.track_digest(dir)?.as_bytes());
-        }
-        Ok(Artifacts {
-            user_data: user_data.text,
-            install: install.text,
-            race: race.text,
-            rally_ini: rally_ini.text,
-            track_params,
-            car_params,
-            race_command,
-            config_hash: hex::encode(hash.finalize()),
-        })
+        self.session().render(test)
     }
 
     /// The test's rally.ini. `env("NAME")` and `env("NAME", "default")` read the environment
@@ -232,7 +160,7 @@ impl Renderer {
     pub fn rally_ini(&self, s: &Settings, secrets: Secrets) -> Result<String, TemplateError> {
         let source =
             std::fs::read_to_string(&s.rally_config).map_err(|source| TemplateError::Read {
-                path: s.rally_config.clone(),
+                path: s.rally_config.to_path_buf(),
                 source,
             })?;
         let mut env = environment();
@@ -279,6 +207,104 @@ impl Renderer {
     }
 }
 
+impl Session<'_> {
+    /// The part cached under the key that `key` writes, or `make`'s result, cached. A plan of
+    /// many tests mostly finds its parts, and finding one allocates nothing.
+    fn cached(
+        &mut self,
+        key: impl FnOnce(&mut Vec<u8>),
+        make: impl FnOnce(&Renderer) -> Result<String, TemplateError>,
+    ) -> Result<Part, TemplateError> {
+        self.key.clear();
+        key(&mut self.key);
+        if let Some(part) = self.parts.get(&self.key[..]) {
+            return Ok(part.clone());
+        }
+        let part = Part::new(make(self.renderer)?);
+        self.parts.insert(self.key.clone(), part.clone());
+        Ok(part)
+    }
+
+    /// Renders a built-in template; the context's JSON is its cache key.
+    fn render_builtin(&mut self, name: &str, ctx: &impl Serialize) -> Result<Part, TemplateError> {
+        self.cached(
+            |buf| {
+                buf.extend_from_slice(name.as_bytes());
+                buf.push(0);
+                serde_json::to_writer(buf, ctx).expect("contexts serialize");
+            },
+            |r| {
+                r.env
+                    .get_template(name)
+                    .and_then(|t| t.render(minijinja::value::Serde(ctx)))
+                    .map_err(|source| TemplateError::Render {
+                        name: format!("templates/{name}.j2"),
+                        source,
+                    })
+            },
+        )
+    }
+
+    pub fn render(&mut self, test: &Test) -> Result<Artifacts, TemplateError> {
+        let s = &test.settings;
+        let user_data = self.render_builtin(
+            "user_data.sh",
+            &UserDataContext {
+                max_runtime_minutes: s.max_runtime.as_secs().div_ceil(60),
+                max_runtime: s.max_runtime,
+            },
+        )?;
+        let install = self.render_builtin(
+            "install.sh",
+            &InstallContext {
+                remote_dir: &s.remote_dir,
+                venv_name: VenvName(&s.rally_version),
+                rally_version: &s.rally_version,
+                needs_java: s.needs_java(),
+                needs_git: matches!(s.track, TrackSource::Named(_)) && !s.offline,
+            },
+        )?;
+        let args = esrally_args(s);
+        let race = self.render_builtin(
+            "race.sh",
+            &RaceContext {
+                remote_dir: &s.remote_dir,
+                venv_name: VenvName(&s.rally_version),
+                esrally_args: &args,
+                track_path: matches!(s.track, TrackSource::Path(_)),
+                needs_java: s.needs_java(),
+            },
+        )?;
+        let rally_ini = self.cached(
+            |buf| {
+                buf.extend_from_slice(b"rally.ini\0");
+                buf.extend_from_slice(s.rally_config.as_os_str().as_encoded_bytes());
+            },
+            |r| r.rally_ini(s, Secrets::Placeholders),
+        )?;
+        let mut hash = Sha256::new();
+        // The settings' canonical JSON and the parameter files as `params_json` writes them.
+        hash_json(&mut hash, &mut self.text, s);
+        hash_json(&mut hash, &mut self.text, &s.track_params);
+        hash_json(&mut hash, &mut self.text, &s.car_params);
+        for part in [&user_data, &install, &race, &rally_ini] {
+            hash.update(part.digest);
+        }
+        if let TrackSource::Path(dir) = &s.track {
+            hash.update(self.renderer.track_digest(dir)?.as_bytes());
+        }
+        let mut hex = [0; 64];
+        hex::encode_to_slice(hash.finalize(), &mut hex).expect("64 digits hold a sha256");
+        Ok(Artifacts {
+            user_data: user_data.text,
+            install: install.text,
+            race: race.text,
+            rally_ini: rally_ini.text,
+            config_hash: String::from_utf8(hex.to_vec()).expect("hex digits are ASCII"),
+        })
+    }
+}
+
 /// Files under `dir`, relative to it, sorted; what a track upload sends.
 pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), TemplateError> {
@@ -307,20 +333,74 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
     Ok(out)
 }
 
-fn venv_name(s: &Settings) -> String {
-    let version = &s.rally_version;
-    if version
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        format!("rally-{version}")
-    } else {
-        format!("rally-{}", crate::address::slug(version))
+/// What the templates see. Each serializes to its cache key too, so everything a template reads
+/// must be in its context.
+#[derive(Serialize)]
+struct UserDataContext {
+    max_runtime_minutes: u64,
+    #[serde(serialize_with = "humantime_text")]
+    max_runtime: std::time::Duration,
+}
+
+#[derive(Serialize)]
+struct InstallContext<'a> {
+    remote_dir: &'a str,
+    venv_name: VenvName<'a>,
+    rally_version: &'a str,
+    needs_java: bool,
+    needs_git: bool,
+}
+
+#[derive(Serialize)]
+struct RaceContext<'a> {
+    remote_dir: &'a str,
+    venv_name: VenvName<'a>,
+    esrally_args: &'a [String],
+    track_path: bool,
+    needs_java: bool,
+}
+
+fn humantime_text<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+/// The venv's directory name for a Rally version: `rally-2.13.0`, slugged when the version
+/// holds characters a path should not.
+struct VenvName<'a>(&'a str);
+
+impl std::fmt::Display for VenvName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let version = self.0;
+        if version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            write!(f, "rally-{version}")
+        } else {
+            write!(f, "rally-{}", crate::address::slug(version))
+        }
     }
 }
 
-fn params_json(params: &std::collections::BTreeMap<String, serde_json::Value>) -> String {
+impl Serialize for VenvName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A test's track or car parameters as the JSON file Rally reads.
+pub fn params_json(params: &SortedMap<serde_json::Value>) -> String {
     serde_json::to_string_pretty(params).expect("JSON values serialize")
+}
+
+/// Feeds `value`'s pretty JSON (the bytes [`Settings::canonical_json`] and [`params_json`]
+/// give) into `hash`, length-prefixed so that no two different sequences hash alike; `text` is
+/// a reused buffer.
+fn hash_json(hash: &mut Sha256, text: &mut Vec<u8>, value: &impl Serialize) {
+    text.clear();
+    serde_json::to_writer_pretty(&mut *text, value).expect("JSON values serialize");
+    hash.update((text.len() as u64).to_le_bytes());
+    hash.update(&text[..]);
 }
 
 /// The `esrally race` arguments fixed by the settings. Track and car parameters go through
@@ -356,13 +436,14 @@ fn esrally_args(s: &Settings) -> Vec<String> {
     if s.offline {
         args.push("--offline".into());
     }
-    args.extend(s.rally_args.iter().cloned());
+    args.extend(s.rally_args.iter().map(|a| a.to_string()));
     args
 }
 
-fn race_command(s: &Settings, args: &[String]) -> Result<String, TemplateError> {
+/// `esrally race ...` as a person would read it, for state, plans and diffs.
+pub fn race_command(s: &Settings) -> Result<String, TemplateError> {
     let mut words = vec!["esrally".to_owned(), "race".to_owned()];
-    words.extend(args.iter().cloned());
+    words.extend(esrally_args(s));
     if matches!(s.track, TrackSource::Path(_)) {
         words.push("--track-path=<uploaded track>".into());
     }
@@ -417,7 +498,7 @@ track_params = { bulk_size = 5000 }"#,
         insta::assert_snapshot!("user_data", a.user_data);
         insta::assert_snapshot!("install_with_java", a.install);
         insta::assert_snapshot!("race", a.race);
-        insta::assert_snapshot!("race_command", a.race_command);
+        insta::assert_snapshot!("race_command", race_command(&test.settings).unwrap());
     }
 
     #[test]
@@ -470,7 +551,8 @@ track_params = { bulk_size = 5000 }"#,
         assert!(args.contains(&format!("--track={evil}")), "{args:?}");
         assert!(args.contains(&format!("--challenge={evil}")), "{args:?}");
         assert!(!Path::new("/tmp/pwned").exists());
-        let params: serde_json::Value = serde_json::from_str(&a.track_params).unwrap();
+        let params: serde_json::Value =
+            serde_json::from_str(&params_json(&test.settings.track_params)).unwrap();
         assert_eq!(params["p"], evil);
     }
 
@@ -493,13 +575,47 @@ track_params = { bulk_size = 5000 }"#,
         assert_ne!(h, r.render(&changed).unwrap().config_hash);
     }
 
+    /// The config hash takes in the settings' canonical JSON, which state has always recorded
+    /// with sorted keys: writing the struct straight out must give exactly that text, or every
+    /// recorded result would read as changed.
+    #[test]
+    fn the_canonical_form_is_the_sorted_json_tree() {
+        let plan = Plan::load(Path::new("plans/example.toml")).unwrap();
+        for test in plan.tests() {
+            let tree = serde_json::to_value(&test.settings).unwrap();
+            assert_eq!(
+                test.settings.canonical_json(),
+                serde_json::to_string_pretty(&tree).unwrap(),
+                "{}",
+                test.address
+            );
+        }
+    }
+
+    /// Every recorded result carries its config hash; a rallyctl that hashed the same test
+    /// differently would re-run them all. This hash may change only with a deliberate change
+    /// of what a test runs (a template, the settings' meaning), never with a refactoring. (This
+    /// value is also what rallyctl computed before settings were serialized straight from the
+    /// struct.)
+    #[test]
+    fn the_config_hash_of_a_fixed_test_is_pinned() {
+        let test = test_from(
+            "name = \"t\"\ntrack = \"geonames\"\ncar = \"4gheap\"\ntags = { team = \"perf\" }\ntrack_params = { bulk_size = 5000, ids = [1, 2] }",
+        );
+        let hash = Renderer::new().render(&test).unwrap().config_hash;
+        assert_eq!(
+            hash,
+            "b05034e035a1b587ae28357aaf35b7818fb9237a1f337da122ac9fc85a206f36"
+        );
+    }
+
     #[test]
     fn metrics_store_values_come_from_the_environment_only_when_applying() {
         let dir = tempfile::tempdir().unwrap();
         let ini = dir.path().join("es.ini");
         std::fs::write(&ini, "host = {{ env(\"RALLYCTL_TEST_UNSET_HOST\") }}\nport = {{ env(\"RALLYCTL_TEST_UNSET_PORT\", \"9200\") }}\n").unwrap();
         let mut test = test_from("name = \"t\"\ntrack = \"x\"");
-        test.settings.rally_config = ini;
+        test.settings.rally_config = ini.into();
         let r = Renderer::new();
         assert_eq!(
             r.rally_ini(&test.settings, Secrets::Placeholders).unwrap(),

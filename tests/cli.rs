@@ -181,7 +181,7 @@ fn state_commands_and_force_unlock() {
         test.address.clone(),
         rallyctl::state::TestRecord {
             config_hash: "h".into(),
-            settings: serde_json::json!({}),
+            settings: serde_json::json!({}).into(),
             race_command: "esrally race".into(),
             status: rallyctl::state::Status::Completed,
             attempt: 1,

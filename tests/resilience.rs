@@ -135,8 +135,8 @@ fn an_instance_launched_but_not_recorded_is_adopted() {
     let mut state = rallyctl::state::State::new("e2e");
     let mut record = rallyctl::state::TestRecord {
         config_hash: artifacts.config_hash,
-        settings: test.settings.canonical_value(),
-        race_command: artifacts.race_command,
+        settings: (&test.settings).into(),
+        race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
         status: Status::Pending,
         attempt: 1,
         run_id: Some("20261125T000000Z-crash0".into()),

@@ -79,7 +79,7 @@ impl Tree {
             address.clone(),
             TestRecord {
                 config_hash: "h".into(),
-                settings: serde_json::json!({"instance_type": "m5.xlarge", "track": "tiny"}),
+                settings: serde_json::json!({"instance_type": "m5.xlarge", "track": "tiny"}).into(),
                 race_command: "esrally race".into(),
                 status,
                 attempt: 1,

@@ -68,27 +68,43 @@ impl<'a> Sink<'a> {
         }
     }
 
-    pub fn error(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>) {
+    /// An empty sink for the same file, for validating part of it on another thread.
+    pub fn fork(&self) -> Sink<'a> {
+        Sink::new(self.file, self.text)
+    }
+
+    pub fn error(
+        &mut self,
+        span: &Range<usize>,
+        field: impl fmt::Display,
+        message: impl Into<String>,
+    ) {
         self.push(span, field, message.into(), None);
     }
 
     pub fn error_with_help(
         &mut self,
         span: &Range<usize>,
-        field: &str,
+        field: impl fmt::Display,
         message: impl Into<String>,
         help: impl Into<String>,
     ) {
         self.push(span, field, message.into(), Some(help.into()));
     }
 
-    fn push(&mut self, span: &Range<usize>, field: &str, message: String, help: Option<String>) {
+    fn push(
+        &mut self,
+        span: &Range<usize>,
+        field: impl fmt::Display,
+        message: String,
+        help: Option<String>,
+    ) {
         let (line, column) = line_column(self.text, span.start);
         self.diagnostics.push(Diagnostic {
             file: self.file.to_owned(),
             line,
             column,
-            field: field.to_owned(),
+            field: field.to_string(),
             message,
             help,
         });

@@ -1,14 +1,20 @@
 //! Validation: the spanned tree of a plan file to a typed [`Plan`], every problem collected.
+//!
+//! A plan may hold ten thousand tests, so the hot path allocates only what the [`Plan`] keeps:
+//! values stay borrowed from the tree until a test's settings are merged, and a problem's field
+//! path (`suite[3].test[7].track`) is only formatted when there is a problem to report.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::fmt;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::diag::{PlanErrors, Sink};
 use super::source::{self, Entry, Format, Kind, Node};
-use super::{Connect, PLAN_VERSION, Plan, Settings, Suite, Test, TrackSource};
+use super::{Connect, PLAN_VERSION, Plan, Settings, SortedMap, Suite, Test, Text, TrackSource};
 use crate::address::{self, Address};
 
 /// The type each settings key takes; the same keys are valid in `[defaults]` and in a test.
@@ -26,56 +32,146 @@ enum Ty {
     TrackDir,
 }
 
-const SETTINGS: &[(&str, Ty)] = &[
-    ("region", Ty::Str),
+/// Every settings key, sorted by name so that a key is found by binary search.
+const SETTINGS: [(&str, Ty); 26] = [
     ("ami", Ty::Str),
-    ("instance_type", Ty::Str),
-    ("subnet_id", Ty::Str),
-    ("security_group_ids", Ty::Strs),
-    ("ssh_user", Ty::Str),
-    ("connect", Ty::Connect),
-    ("ssh_port", Ty::Port),
-    ("rally_version", Ty::Str),
-    ("rally_config", Ty::File),
-    ("max_runtime", Ty::Duration),
-    ("remote_dir", Ty::Str),
-    ("tags", Ty::StrMap),
-    ("track", Ty::Str),
-    ("track_path", Ty::TrackDir),
-    ("challenge", Ty::Str),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
-    ("distribution_version", Ty::Str),
-    ("track_params", Ty::JsonMap),
-    ("pipeline", Ty::Str),
-    ("target_hosts", Ty::Strs),
-    ("offline", Ty::Bool),
-    ("runtime_jdk", Ty::Str),
+    ("challenge", Ty::Str),
     ("client_options", Ty::Str),
+    ("connect", Ty::Connect),
+    ("distribution_version", Ty::Str),
+    ("instance_type", Ty::Str),
+    ("max_runtime", Ty::Duration),
+    ("offline", Ty::Bool),
+    ("pipeline", Ty::Str),
     ("rally_args", Ty::Strs),
+    ("rally_config", Ty::File),
+    ("rally_version", Ty::Str),
+    ("region", Ty::Str),
+    ("remote_dir", Ty::Str),
+    ("runtime_jdk", Ty::Str),
+    ("security_group_ids", Ty::Strs),
+    ("ssh_port", Ty::Port),
+    ("ssh_user", Ty::Str),
+    ("subnet_id", Ty::Str),
+    ("tags", Ty::StrMap),
+    ("target_hosts", Ty::Strs),
+    ("track", Ty::Str),
+    ("track_params", Ty::JsonMap),
+    ("track_path", Ty::TrackDir),
 ];
+
+fn setting(key: &str) -> Option<usize> {
+    SETTINGS.binary_search_by(|(k, _)| (*k).cmp(key)).ok()
+}
+
+/// The index of a settings key, resolved at compile time (`const { at("region") }`).
+const fn at(name: &str) -> usize {
+    let mut i = 0;
+    while i < SETTINGS.len() {
+        let (k, n) = (SETTINGS[i].0.as_bytes(), name.as_bytes());
+        if k.len() == n.len() {
+            let mut j = 0;
+            while j < k.len() && k[j] == n[j] {
+                j += 1;
+            }
+            if j == k.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a settings key")
+}
 
 const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite"];
 const SUITE_KEYS: &[&str] = &["name", "parallelism", "test"];
+const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
+    let mut names = [""; SETTINGS.len()];
+    let mut i = 0;
+    while i < SETTINGS.len() {
+        names[i] = SETTINGS[i].0;
+        i += 1;
+    }
+    names
+};
 const DEFAULT_RALLY_CONFIG: &str = "conditional_install_items/rally_csv.ini";
-const REQUIRED: &[&str] = &["region", "ami", "instance_type"];
+const REQUIRED: [&str; 3] = ["region", "ami", "instance_type"];
+/// From this many tests on, suites are read on all cores.
+const PARALLEL_FROM_TESTS: usize = 512;
 /// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
 const MIN_RUNTIME: Duration = Duration::from_secs(60);
 
+/// A setting as written, checked for its type. Cloning one is cheap: a default is made once
+/// and shared by every test that inherits it.
 #[derive(Debug, Clone)]
 enum Val {
-    Str(String),
-    Strs(Vec<String>),
+    Str(Text),
+    Path(Arc<Path>),
+    Strs(Arc<[Text]>),
     Bool(bool),
     Port(u16),
     Duration(Duration),
     Connect(Connect),
-    StrMap(BTreeMap<String, String>),
-    JsonMap(BTreeMap<String, serde_json::Value>),
+    StrMap(SortedMap<Text>),
+    JsonMap(SortedMap<serde_json::Value>),
 }
 
-/// One table's settings as written, keyed by setting name.
-type Raw = BTreeMap<&'static str, Val>;
+/// One table's settings as written, indexed like [`SETTINGS`].
+type Raw = [Option<Val>; SETTINGS.len()];
+
+/// Where a value sits in the plan, e.g. `suite[0].test[1].track`: a chain on the stack,
+/// formatted only when a problem is reported.
+#[derive(Clone, Copy)]
+struct Field<'p> {
+    parent: Option<&'p Field<'p>>,
+    part: Part<'p>,
+}
+
+#[derive(Clone, Copy)]
+enum Part<'p> {
+    Root,
+    Key(&'p str),
+    Index(usize),
+}
+
+impl<'p> Field<'p> {
+    const ROOT: Field<'static> = Field {
+        parent: None,
+        part: Part::Root,
+    };
+
+    fn key<'c>(&'c self, key: &'c str) -> Field<'c> {
+        Field {
+            parent: Some(self),
+            part: Part::Key(key),
+        }
+    }
+
+    fn index(&self, index: usize) -> Field<'_> {
+        Field {
+            parent: Some(self),
+            part: Part::Index(index),
+        }
+    }
+}
+
+impl fmt::Display for Field<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(parent) = self.parent else {
+            return Ok(());
+        };
+        parent.fmt(f)?;
+        let at_root = matches!(parent.part, Part::Root);
+        match self.part {
+            Part::Root => Ok(()),
+            Part::Key(key) if at_root => f.write_str(key),
+            Part::Key(key) => write!(f, ".{key}"),
+            Part::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
 
 pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
     let text = std::fs::read(path).map_err(|e| single(path, format!("cannot read: {e}")))?;
@@ -107,7 +203,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     };
     let mut sink = Sink::new(path, text);
     let plan = match source::parse(text, format) {
-        Ok(root) => Loader { sink: &mut sink }.plan(path, &root),
+        Ok(root) => Loader {
+            sink: &mut sink,
+            format,
+        }
+        .plan(path, &root),
         Err(e) => {
             sink.error(&e.span, "", format!("syntax error: {}", e.message));
             None
@@ -126,27 +226,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
 
 struct Loader<'s, 'a> {
     sink: &'s mut Sink<'a>,
+    format: Format,
 }
 
-fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
-    }
+fn get<'n>(entries: &'n [Entry<'n>], key: &str) -> Option<&'n Entry<'n>> {
+    entries.iter().find(|e| e.key == key)
 }
 
-impl Loader<'_, '_> {
-    fn plan(&mut self, path: &Path, root: &Node) -> Option<Plan> {
-        let entries = self.table(root, "")?;
-        self.unknown_keys(entries, "", TOP_KEYS);
-        self.duplicate_keys(entries, "");
+impl<'n> Loader<'_, '_> {
+    fn plan(&mut self, path: &Path, root: &'n Node<'n>) -> Option<Plan> {
+        let top = Field::ROOT;
+        let entries = self.table(root, top)?;
+        self.unknown_keys(entries, top, TOP_KEYS);
+        self.duplicate_keys(entries, top);
 
-        let get = |key: &str| entries.iter().find(|e| e.key == key);
-        match get("version") {
-            None => self
-                .sink
-                .error(&(0..0), "version", format!("missing required key `version` (set `version = {PLAN_VERSION}`)")),
+        match get(entries, "version") {
+            None => self.sink.error(
+                &(0..0),
+                "version",
+                format!("missing required key `version` (set `version = {PLAN_VERSION}`)"),
+            ),
             Some(e) => match e.value.kind {
                 Kind::Integer(PLAN_VERSION) => {}
                 Kind::Integer(v) => self.sink.error(
@@ -155,11 +254,11 @@ impl Loader<'_, '_> {
                     format!("plan version {v} is not supported; this rallyctl reads version {PLAN_VERSION}"),
                 ),
                 ref other => {
-                    self.expected::<()>(&e.value.span, "version", "an integer", other);
+                    self.expected::<()>(&e.value.span, top.key("version"), "an integer", other);
                 }
             },
         }
-        let name = match get("name") {
+        let name = match get(entries, "name") {
             None => {
                 self.sink.error(
                     &(0..0),
@@ -168,23 +267,41 @@ impl Loader<'_, '_> {
                 );
                 None
             }
-            Some(e) => self.name(&e.value, "name"),
+            Some(e) => self.name(&e.value, top.key("name")),
         };
-        let defaults = match get("defaults") {
-            Some(e) => self.settings_table(&e.value, "defaults", &[]),
-            None => Raw::new(),
+        let defaults_field = top.key("defaults");
+        let mut defaults = match get(entries, "defaults") {
+            Some(e) => self.settings_table(&e.value, defaults_field, &[]),
+            None => empty(),
         };
-        if !defaults.contains_key("rally_config") && !Path::new(DEFAULT_RALLY_CONFIG).is_file() {
+        if defaults[const { at("rally_config") }].is_none()
+            && !Path::new(DEFAULT_RALLY_CONFIG).is_file()
+        {
             self.sink.error_with_help(
                 &(0..0),
-                "defaults.rally_config",
+                defaults_field.key("rally_config"),
                 format!("the built-in default `{DEFAULT_RALLY_CONFIG}` is not readable from the current directory"),
                 "run rallyctl from the project root, or set `rally_config` in [defaults]",
             );
         }
+        // The built-in defaults lie under `[defaults]`, made once like them.
+        for (key, value) in [
+            ("ssh_user", Val::Str("ec2-user".into())),
+            ("rally_version", Val::Str("2.13.0".into())),
+            (
+                "rally_config",
+                Val::Path(Path::new(DEFAULT_RALLY_CONFIG).into()),
+            ),
+            ("remote_dir", Val::Str("rallyctl".into())),
+            ("max_runtime", Val::Duration(Duration::from_secs(3 * 3600))),
+            ("ssh_port", Val::Port(22)),
+            ("connect", Val::Connect(Connect::PublicIp)),
+        ] {
+            defaults[setting(key).expect("built-in defaults are settings")].get_or_insert(value);
+        }
 
         let mut suites = Vec::new();
-        match get("suite") {
+        match get(entries, "suite") {
             None => self.sink.error_with_help(
                 &(0..0),
                 "suite",
@@ -192,15 +309,17 @@ impl Loader<'_, '_> {
                 "add at least one [[suite]] with a [[suite.test]]",
             ),
             Some(e) => {
-                if let Some(items) = self.array(&e.value, "suite") {
+                let suite_field = top.key("suite");
+                if let Some(items) = self.array(&e.value, suite_field) {
+                    let read = self.suites(items, suite_field, &defaults);
                     let mut seen = HashSet::new();
-                    for (i, node) in items.iter().enumerate() {
-                        let field = format!("suite[{i}]");
-                        if let Some(suite) = self.suite(node, &field, &defaults) {
+                    for (i, (node, suite)) in items.iter().zip(read).enumerate() {
+                        let field = suite_field.index(i);
+                        if let Some(suite) = suite {
                             if !seen.insert(suite.name.clone()) {
                                 self.sink.error(
                                     &node.span,
-                                    &join(&field, "name"),
+                                    field.key("name"),
                                     format!("duplicate suite name `{}`", suite.name),
                                 );
                             }
@@ -211,49 +330,104 @@ impl Loader<'_, '_> {
             }
         }
         Some(Plan {
-            name: name?,
+            name: name?.to_owned(),
             source: path.to_owned(),
             suites,
         })
     }
 
-    fn suite(&mut self, node: &Node, field: &str, defaults: &Raw) -> Option<Suite> {
+    /// Reads every suite. Suites do not depend on each other, and a large plan is mostly its
+    /// tests, so a plan of many tests is read on all cores, each part with its own sink.
+    fn suites(
+        &mut self,
+        items: &'n [Node<'n>],
+        field: Field<'_>,
+        defaults: &Raw,
+    ) -> Vec<Option<Suite>> {
+        let tests: usize = items
+            .iter()
+            .map(|suite| match &suite.kind {
+                Kind::Table(entries) => get(entries, "test").map_or(0, |t| match &t.value.kind {
+                    Kind::Array(tests) => tests.len(),
+                    _ => 0,
+                }),
+                _ => 0,
+            })
+            .sum();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if tests < PARALLEL_FROM_TESTS || threads == 1 || items.len() == 1 {
+            return (items.iter().enumerate())
+                .map(|(i, node)| self.suite(node, field.index(i), defaults))
+                .collect();
+        }
+        let chunk = items.len().div_ceil(threads);
+        let format = self.format;
+        let sink = &*self.sink;
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (items.chunks(chunk).enumerate())
+                .map(|(c, part)| {
+                    scope.spawn(move || {
+                        let mut sink = sink.fork();
+                        let mut loader = Loader {
+                            sink: &mut sink,
+                            format,
+                        };
+                        let suites: Vec<_> = (part.iter().enumerate())
+                            .map(|(i, node)| {
+                                loader.suite(node, field.index(c * chunk + i), defaults)
+                            })
+                            .collect();
+                        (suites, sink.diagnostics)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("validation does not panic"))
+                .collect()
+        });
+        let mut suites = Vec::with_capacity(items.len());
+        for (part, diagnostics) in parts {
+            suites.extend(part);
+            self.sink.diagnostics.extend(diagnostics);
+        }
+        suites
+    }
+
+    fn suite(&mut self, node: &'n Node<'n>, field: Field<'_>, defaults: &Raw) -> Option<Suite> {
         let entries = self.table(node, field)?;
         self.unknown_keys(entries, field, SUITE_KEYS);
         self.duplicate_keys(entries, field);
-        let get = |key: &str| entries.iter().find(|e| e.key == key);
-        let name = match get("name") {
-            Some(e) => self.name(&e.value, &join(field, "name")),
+        let name = match get(entries, "name") {
+            Some(e) => self.name(&e.value, field.key("name")),
             None => {
                 self.sink
                     .error(&node.span, field, "missing required key `name`");
                 None
             }
         };
-        let parallelism = get("parallelism").and_then(|e| {
-            let f = join(field, "parallelism");
+        let parallelism = get(entries, "parallelism").and_then(|e| {
+            let f = field.key("parallelism");
             match e.value.kind {
                 Kind::Integer(n) if n >= 1 => NonZeroUsize::new(usize::try_from(n).ok()?),
                 Kind::Integer(n) => {
                     self.sink
-                        .error(&e.value.span, &f, format!("must be at least 1, found {n}"));
+                        .error(&e.value.span, f, format!("must be at least 1, found {n}"));
                     None
                 }
                 ref other => {
-                    self.expected::<()>(&e.value.span, &f, "an integer", other);
+                    self.expected::<()>(&e.value.span, f, "an integer", other);
                     None
                 }
             }
         });
-        let mut tests = Vec::new();
-        let test_nodes = match get("test") {
-            Some(e) => self
-                .array(&e.value, &join(field, "test"))
-                .unwrap_or_default(),
+        let tests_field = field.key("test");
+        let test_nodes = match get(entries, "test") {
+            Some(e) => self.array(&e.value, tests_field).unwrap_or_default(),
             None => &[][..],
         };
         if test_nodes.is_empty()
-            && get("test").is_none_or(|e| matches!(e.value.kind, Kind::Array(_)))
+            && get(entries, "test").is_none_or(|e| matches!(e.value.kind, Kind::Array(_)))
         {
             self.sink.error_with_help(
                 &node.span,
@@ -262,75 +436,73 @@ impl Loader<'_, '_> {
                 "add a [[suite.test]] below it, or remove the suite",
             );
         }
-        let mut seen = HashSet::new();
+        let mut tests = Vec::with_capacity(test_nodes.len());
+        let mut seen = HashSet::with_capacity(test_nodes.len());
         for (i, test_node) in test_nodes.iter().enumerate() {
-            let test_field = format!("{field}.test[{i}]");
-            let Some(entries) = self.table(test_node, &test_field) else {
+            let test_field = tests_field.index(i);
+            let Some(entries) = self.table(test_node, test_field) else {
                 continue;
             };
-            let test_name = match entries.iter().find(|e| e.key == "name") {
-                Some(e) => self.name(&e.value, &join(&test_field, "name")),
+            let test_name = match get(entries, "name") {
+                Some(e) => self.name(&e.value, test_field.key("name")),
                 None => {
                     self.sink
-                        .error(&test_node.span, &test_field, "missing required key `name`");
+                        .error(&test_node.span, test_field, "missing required key `name`");
                     None
                 }
             };
-            let raw = self.settings_table(test_node, &test_field, &["name"]);
-            if let Some(test_name) = &test_name
-                && !seen.insert(test_name.clone())
+            let raw = self.settings_table(test_node, test_field, &["name"]);
+            if let Some(test_name) = test_name
+                && !seen.insert(test_name)
             {
                 self.sink.error(
                     &test_node.span,
-                    &join(&test_field, "name"),
+                    test_field.key("name"),
                     format!("duplicate test name `{test_name}` in this suite"),
                 );
             }
-            let settings = self.merge(defaults, raw, &test_node.span, &test_field);
+            let settings = self.merge(defaults, raw, &test_node.span, test_field);
             if let (Some(suite), Some(test), Some(settings)) = (&name, test_name, settings) {
-                let address = Address::new(suite.clone(), test).expect("names were checked");
+                let address = Address::new(*suite, test).expect("names were checked");
                 tests.push(Test { address, settings });
             }
         }
         Some(Suite {
-            name: name?,
+            name: name?.to_owned(),
             parallelism,
             tests,
         })
     }
 
     /// Reads the settings keys of one table; `extra` names keys the caller reads itself.
-    fn settings_table(&mut self, node: &Node, field: &str, extra: &[&str]) -> Raw {
-        let mut raw = Raw::new();
+    fn settings_table(&mut self, node: &'n Node<'n>, field: Field<'_>, extra: &[&str]) -> Raw {
+        let mut raw = empty();
         let Some(entries) = self.table(node, field) else {
             return raw;
         };
-        let allowed: Vec<&str> = SETTINGS
-            .iter()
-            .map(|(k, _)| *k)
-            .chain(extra.iter().copied())
-            .collect();
-        self.unknown_keys(entries, field, &allowed);
         self.duplicate_keys(entries, field);
         for entry in entries {
-            let Some(&(key, ty)) = SETTINGS.iter().find(|(k, _)| *k == entry.key) else {
-                continue;
-            };
-            if let Some(val) = self.value(&entry.value, &join(field, key), ty) {
-                raw.insert(key, val);
+            let key: &'n str = &entry.key;
+            match setting(key) {
+                Some(i) => {
+                    let (name, ty) = SETTINGS[i];
+                    raw[i] = self.value(&entry.value, field.key(name), ty);
+                }
+                None if extra.contains(&key) => {}
+                None => self.unknown_key(entry, field, &SETTINGS_NAMES, extra),
             }
         }
         raw
     }
 
-    fn value(&mut self, node: &Node, field: &str, ty: Ty) -> Option<Val> {
+    fn value(&mut self, node: &'n Node<'n>, field: Field<'_>, ty: Ty) -> Option<Val> {
         let span = &node.span;
         match ty {
-            Ty::Str => self.string(node, field).map(Val::Str),
+            Ty::Str => self.string(node, field).map(|s| Val::Str(s.into())),
             Ty::File => {
                 let path = self.string(node, field)?;
-                match std::fs::File::open(&path).and_then(|f| f.metadata()) {
-                    Ok(meta) if meta.is_file() => Some(Val::Str(path)),
+                match std::fs::File::open(path).and_then(|f| f.metadata()) {
+                    Ok(meta) if meta.is_file() => Some(Val::Path(Path::new(path).into())),
                     Ok(_) => {
                         self.sink
                             .error(span, field, format!("`{path}` is not a file"));
@@ -345,9 +517,9 @@ impl Loader<'_, '_> {
             }
             Ty::TrackDir => {
                 let path = self.string(node, field)?;
-                let track_json = Path::new(&path).join("track.json");
+                let track_json = Path::new(path).join("track.json");
                 match std::fs::File::open(&track_json) {
-                    Ok(_) => Some(Val::Str(path)),
+                    Ok(_) => Some(Val::Path(Path::new(path).into())),
                     Err(e) => {
                         self.sink.error_with_help(
                             span,
@@ -361,12 +533,12 @@ impl Loader<'_, '_> {
             }
             Ty::Strs => {
                 let items = self.array(node, field)?;
-                let strings: Vec<_> = items
+                let strings: Vec<Text> = items
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, item)| self.string(item, &format!("{field}[{i}]")))
+                    .filter_map(|(i, item)| self.string(item, field.index(i)).map(Text::from))
                     .collect();
-                (strings.len() == items.len()).then_some(Val::Strs(strings))
+                (strings.len() == items.len()).then(|| Val::Strs(strings.into()))
             }
             Ty::Bool => match node.kind {
                 Kind::Bool(b) => Some(Val::Bool(b)),
@@ -385,7 +557,7 @@ impl Loader<'_, '_> {
             },
             Ty::Duration => {
                 let text = self.string(node, field)?;
-                match humantime::parse_duration(&text) {
+                match humantime::parse_duration(text) {
                     Ok(d) if d >= MIN_RUNTIME => Some(Val::Duration(d)),
                     Ok(_) => {
                         self.sink.error(span, field, format!("`{text}` is shorter than the 1 minute the shutdown watchdog can schedule"));
@@ -404,7 +576,7 @@ impl Loader<'_, '_> {
             }
             Ty::Connect => {
                 let text = self.string(node, field)?;
-                match text.as_str() {
+                match text {
                     "public_ip" => Some(Val::Connect(Connect::PublicIp)),
                     "private_ip" => Some(Val::Connect(Connect::PrivateIp)),
                     _ => {
@@ -420,40 +592,36 @@ impl Loader<'_, '_> {
             Ty::StrMap => {
                 let entries = self.table(node, field)?;
                 self.duplicate_keys(entries, field);
-                let mut map = BTreeMap::new();
+                let mut map = Vec::with_capacity(entries.len());
                 let mut ok = true;
                 for e in entries {
-                    match self.string(&e.value, &join(field, &e.key)) {
-                        Some(v) => {
-                            map.insert(e.key.clone(), v);
-                        }
+                    match self.string(&e.value, field.key(&e.key)) {
+                        Some(v) => map.push((Text::from(&*e.key), Text::from(v))),
                         None => ok = false,
                     }
                 }
-                ok.then_some(Val::StrMap(map))
+                ok.then(|| Val::StrMap(map.into_iter().collect()))
             }
             Ty::JsonMap => {
                 let entries = self.table(node, field)?;
                 self.duplicate_keys(entries, field);
-                let mut map = BTreeMap::new();
+                let mut map = Vec::with_capacity(entries.len());
                 let mut ok = true;
                 for e in entries {
-                    match self.json(&e.value, &join(field, &e.key)) {
-                        Some(v) => {
-                            map.insert(e.key.clone(), v);
-                        }
+                    match self.json(&e.value, field.key(&e.key)) {
+                        Some(v) => map.push((Text::from(&*e.key), v)),
                         None => ok = false,
                     }
                 }
-                ok.then_some(Val::JsonMap(map))
+                ok.then(|| Val::JsonMap(map.into_iter().collect()))
             }
         }
     }
 
-    fn json(&mut self, node: &Node, field: &str) -> Option<serde_json::Value> {
+    fn json(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<serde_json::Value> {
         use serde_json::Value as J;
         Some(match &node.kind {
-            Kind::String(s) => J::String(s.clone()),
+            Kind::String(s) => J::String(s.to_string()),
             Kind::Integer(i) => J::from(*i),
             Kind::Float(f) => match serde_json::Number::from_f64(*f) {
                 Some(n) => J::Number(n),
@@ -471,13 +639,13 @@ impl Loader<'_, '_> {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, item)| self.json(item, &format!("{field}[{i}]")))
+                    .map(|(i, item)| self.json(item, field.index(i)))
                     .collect::<Option<_>>()?,
             ),
             Kind::Table(entries) => J::Object(
                 entries
                     .iter()
-                    .map(|e| Some((e.key.clone(), self.json(&e.value, &join(field, &e.key))?)))
+                    .map(|e| Some((e.key.to_string(), self.json(&e.value, field.key(&e.key))?)))
                     .collect::<Option<_>>()?,
             ),
             other @ Kind::Other(_) => {
@@ -495,24 +663,25 @@ impl Loader<'_, '_> {
     fn merge(
         &mut self,
         defaults: &Raw,
-        test: Raw,
+        mut test: Raw,
         span: &Range<usize>,
-        field: &str,
+        field: Field<'_>,
     ) -> Option<Settings> {
-        let mut merged = defaults.clone();
-        for (key, val) in test {
-            match (merged.get_mut(key), val) {
-                // Maps merge key by key so a test can add one tag without repeating the rest.
-                (Some(Val::StrMap(base)), Val::StrMap(over)) => base.extend(over),
-                (Some(Val::JsonMap(base)), Val::JsonMap(over)) => base.extend(over),
-                (_, val) => {
-                    merged.insert(key, val);
-                }
+        // The test's own value, else the default's; maps merge key by key so that a test can
+        // add one tag without repeating the rest (the test's entries come last and win).
+        let mut m: Raw = std::array::from_fn(|i| match (test[i].take(), &defaults[i]) {
+            (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
+                Some(Val::StrMap(base.overlaid(&over)))
             }
-        }
+            (Some(Val::JsonMap(over)), Some(Val::JsonMap(base))) => {
+                Some(Val::JsonMap(base.overlaid(&over)))
+            }
+            (Some(val), _) => Some(val),
+            (None, base) => base.clone(),
+        });
         let mut ok = true;
         for key in REQUIRED {
-            if !merged.contains_key(key) {
+            if m[setting(key).expect("required keys are settings")].is_none() {
                 self.sink.error(
                     span,
                     field,
@@ -521,9 +690,12 @@ impl Loader<'_, '_> {
                 ok = false;
             }
         }
-        let track = match (merged.remove("track"), merged.remove("track_path")) {
+        let track = match (
+            m[const { at("track") }].take(),
+            m[const { at("track_path") }].take(),
+        ) {
             (Some(Val::Str(name)), None) => Some(TrackSource::Named(name)),
-            (None, Some(Val::Str(path))) => Some(TrackSource::Path(PathBuf::from(path))),
+            (None, Some(Val::Path(path))) => Some(TrackSource::Path(PathBuf::from(&*path))),
             (Some(_), Some(_)) => {
                 self.sink.error(
                     span,
@@ -544,65 +716,54 @@ impl Loader<'_, '_> {
         if !ok {
             return None;
         }
-        let mut m = merged;
-        let s = |m: &mut Raw, k: &str| match m.remove(k) {
-            Some(Val::Str(s)) => Some(s),
-            _ => None,
-        };
-        let strs = |m: &mut Raw, k: &str| match m.remove(k) {
-            Some(Val::Strs(v)) => v,
-            _ => Vec::new(),
-        };
-        let json_map = |m: &mut Raw, k: &str| match m.remove(k) {
-            Some(Val::JsonMap(v)) => v,
-            _ => BTreeMap::new(),
-        };
+        let built_in = "built-in defaults are set";
         Some(Settings {
-            region: s(&mut m, "region")?,
-            ami: s(&mut m, "ami")?,
-            instance_type: s(&mut m, "instance_type")?,
-            subnet_id: s(&mut m, "subnet_id"),
-            security_group_ids: strs(&mut m, "security_group_ids"),
-            ssh_user: s(&mut m, "ssh_user").unwrap_or_else(|| "ec2-user".into()),
-            connect: match m.remove("connect") {
+            ami: text(&mut m, const { at("ami") })?,
+            car: text(&mut m, const { at("car") }),
+            car_params: json_map(&mut m, const { at("car_params") }),
+            challenge: text(&mut m, const { at("challenge") }),
+            client_options: text(&mut m, const { at("client_options") }),
+            connect: match m[const { at("connect") }] {
                 Some(Val::Connect(c)) => c,
-                _ => Connect::PublicIp,
+                _ => unreachable!("{built_in}"),
             },
-            ssh_port: match m.remove("ssh_port") {
-                Some(Val::Port(p)) => p,
-                _ => 22,
-            },
-            rally_version: s(&mut m, "rally_version").unwrap_or_else(|| "2.13.0".into()),
-            rally_config: s(&mut m, "rally_config")
-                .unwrap_or_else(|| DEFAULT_RALLY_CONFIG.into())
-                .into(),
-            max_runtime: match m.remove("max_runtime") {
+            distribution_version: text(&mut m, const { at("distribution_version") }),
+            instance_type: text(&mut m, const { at("instance_type") })?,
+            max_runtime: match m[const { at("max_runtime") }] {
                 Some(Val::Duration(d)) => d,
-                _ => Duration::from_secs(3 * 3600),
+                _ => unreachable!("{built_in}"),
             },
-            remote_dir: s(&mut m, "remote_dir").unwrap_or_else(|| "rallyctl".into()),
-            tags: match m.remove("tags") {
+            offline: matches!(m[const { at("offline") }], Some(Val::Bool(true))),
+            pipeline: text(&mut m, const { at("pipeline") }),
+            rally_args: texts(&mut m, const { at("rally_args") }),
+            rally_config: match m[const { at("rally_config") }].take() {
+                Some(Val::Path(p)) => p,
+                _ => unreachable!("{built_in}"),
+            },
+            rally_version: text(&mut m, const { at("rally_version") }).expect(built_in),
+            region: text(&mut m, const { at("region") })?,
+            remote_dir: text(&mut m, const { at("remote_dir") }).expect(built_in),
+            runtime_jdk: text(&mut m, const { at("runtime_jdk") }),
+            security_group_ids: texts(&mut m, const { at("security_group_ids") }),
+            ssh_port: match m[const { at("ssh_port") }] {
+                Some(Val::Port(p)) => p,
+                _ => unreachable!("{built_in}"),
+            },
+            ssh_user: text(&mut m, const { at("ssh_user") }).expect(built_in),
+            subnet_id: text(&mut m, const { at("subnet_id") }),
+            tags: match m[const { at("tags") }].take() {
                 Some(Val::StrMap(t)) => t,
-                _ => BTreeMap::new(),
+                _ => SortedMap::default(),
             },
+            target_hosts: texts(&mut m, const { at("target_hosts") }),
             track: track?,
-            challenge: s(&mut m, "challenge"),
-            car: s(&mut m, "car"),
-            car_params: json_map(&mut m, "car_params"),
-            distribution_version: s(&mut m, "distribution_version"),
-            track_params: json_map(&mut m, "track_params"),
-            pipeline: s(&mut m, "pipeline"),
-            target_hosts: strs(&mut m, "target_hosts"),
-            offline: matches!(m.remove("offline"), Some(Val::Bool(true))),
-            runtime_jdk: s(&mut m, "runtime_jdk"),
-            client_options: s(&mut m, "client_options"),
-            rally_args: strs(&mut m, "rally_args"),
+            track_params: json_map(&mut m, const { at("track_params") }),
         })
     }
 
-    fn name(&mut self, node: &Node, field: &str) -> Option<String> {
+    fn name(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n str> {
         let name = self.string(node, field)?;
-        match address::check_name(&name) {
+        match address::check_name(name) {
             Ok(()) => Some(name),
             Err(e) => {
                 self.sink.error(
@@ -615,21 +776,21 @@ impl Loader<'_, '_> {
         }
     }
 
-    fn string(&mut self, node: &Node, field: &str) -> Option<String> {
+    fn string(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n str> {
         match &node.kind {
-            Kind::String(s) => Some(s.clone()),
+            Kind::String(s) => Some(s),
             other => self.expected(&node.span, field, "a string", other),
         }
     }
 
-    fn table<'n>(&mut self, node: &'n Node, field: &str) -> Option<&'n [Entry]> {
+    fn table(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n [Entry<'n>]> {
         match &node.kind {
             Kind::Table(entries) => Some(entries),
             other => self.expected(&node.span, field, "a table", other),
         }
     }
 
-    fn array<'n>(&mut self, node: &'n Node, field: &str) -> Option<&'n [Node]> {
+    fn array(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n [Node<'n>]> {
         match &node.kind {
             Kind::Array(items) => Some(items),
             other => self.expected(&node.span, field, "an array", other),
@@ -639,9 +800,9 @@ impl Loader<'_, '_> {
     fn expected<T>(
         &mut self,
         span: &Range<usize>,
-        field: &str,
+        field: Field<'_>,
         want: &str,
-        found: &Kind,
+        found: &Kind<'_>,
     ) -> Option<T> {
         self.sink.error(
             span,
@@ -651,41 +812,147 @@ impl Loader<'_, '_> {
         None
     }
 
-    fn unknown_keys(&mut self, entries: &[Entry], field: &str, allowed: &[&str]) {
-        for e in entries
+    fn unknown_keys(&mut self, entries: &[Entry<'_>], field: Field<'_>, allowed: &[&str]) {
+        for e in entries.iter().filter(|e| !allowed.contains(&&*e.key)) {
+            self.unknown_key(e, field, allowed, &[]);
+        }
+    }
+
+    /// Reports a key that is none of `allowed` or `extra`, suggesting the closest.
+    fn unknown_key(&mut self, e: &Entry<'_>, field: Field<'_>, allowed: &[&str], extra: &[&str]) {
+        let suggestion = allowed
             .iter()
-            .filter(|e| !allowed.contains(&e.key.as_str()))
-        {
-            let suggestion = allowed
-                .iter()
-                .map(|k| (strsim::jaro_winkler(k, &e.key), *k))
-                .filter(|(score, _)| *score > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            let message = format!("unknown key `{}`", e.key);
-            let f = join(field, &e.key);
-            match suggestion {
-                Some((_, k)) => self.sink.error_with_help(
-                    &e.key_span,
-                    &f,
-                    message,
-                    format!("did you mean `{k}`?"),
-                ),
-                None => self.sink.error(&e.key_span, &f, message),
+            .chain(extra)
+            .map(|k| (strsim::jaro_winkler(k, &e.key), *k))
+            .filter(|(score, _)| *score > 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let message = format!("unknown key `{}`", e.key);
+        let f = field.key(&e.key);
+        match suggestion {
+            Some((_, k)) => {
+                self.sink
+                    .error_with_help(&e.key_span, f, message, format!("did you mean `{k}`?"))
             }
+            None => self.sink.error(&e.key_span, f, message),
         }
     }
 
     /// TOML refuses duplicate keys itself; JSON parsers keep the last, which would hide a typo.
-    fn duplicate_keys(&mut self, entries: &[Entry], field: &str) {
+    fn duplicate_keys(&mut self, entries: &[Entry<'_>], field: Field<'_>) {
+        if self.format != Format::Json {
+            return;
+        }
         let mut seen = HashSet::new();
         for e in entries {
-            if !seen.insert(e.key.as_str()) {
+            if !seen.insert(&*e.key) {
                 self.sink.error(
                     &e.key_span,
-                    &join(field, &e.key),
+                    field.key(&e.key),
                     format!("duplicate key `{}`", e.key),
                 );
             }
         }
+    }
+}
+
+fn empty() -> Raw {
+    std::array::from_fn(|_| None)
+}
+
+fn text(m: &mut Raw, i: usize) -> Option<Text> {
+    match m[i].take() {
+        Some(Val::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn texts(m: &mut Raw, i: usize) -> Arc<[Text]> {
+    match m[i].take() {
+        Some(Val::Strs(v)) => v,
+        _ => Arc::new([]),
+    }
+}
+
+fn json_map(m: &mut Raw, i: usize) -> SortedMap<serde_json::Value> {
+    match m[i].take() {
+        Some(Val::JsonMap(map)) => map,
+        _ => SortedMap::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_keys_are_sorted_for_binary_search() {
+        assert!(SETTINGS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(setting("region"), Some(at("region")));
+        assert_eq!(setting("regio"), None);
+    }
+
+    /// Four suites of tests, enough to be read on all cores; with `mistakes`, a wrong type in
+    /// suite 0, an unknown key in suite 2 and a fourth suite named like the first.
+    fn large_plan(mistakes: bool) -> String {
+        let mut text = String::from(
+            "version = 1\nname = \"big\"\n[defaults]\nregion = \"r\"\nami = \"a\"\ninstance_type = \"t\"\ntrack = \"x\"\nrally_config = \"Cargo.toml\"\n",
+        );
+        for suite in 0..4 {
+            let name = if mistakes && suite == 3 { 0 } else { suite };
+            text.push_str(&format!("[[suite]]\nname = \"s{name}\"\n"));
+            for test in 0..(PARALLEL_FROM_TESTS / 2) {
+                let extra = match (mistakes, suite, test) {
+                    (true, 0, 5) => "car = 4\n",
+                    (true, 2, 150) => "trak = \"y\"\n",
+                    _ => "",
+                };
+                text.push_str(&format!("[[suite.test]]\nname = \"t{test}\"\n{extra}"));
+            }
+        }
+        text
+    }
+
+    /// A plan large enough to be read on all cores reports what a small one would, in order.
+    #[test]
+    fn a_large_plan_read_on_all_cores_reports_every_problem_in_order() {
+        let errors = Plan::parse(Path::new("big.toml"), &large_plan(true)).unwrap_err();
+        let found: Vec<(&str, &str)> = errors
+            .diagnostics
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "suite[0].test[5].car",
+                    "expected a string, found an integer"
+                ),
+                ("suite[2].test[150].trak", "unknown key `trak`"),
+                ("suite[3].name", "duplicate suite name `s0`"),
+            ]
+        );
+        let lines: Vec<usize> = errors.diagnostics.iter().map(|d| d.line).collect();
+        assert!(lines.is_sorted(), "{lines:?}");
+
+        let plan = Plan::parse(Path::new("big.toml"), &large_plan(false)).unwrap();
+        let addresses: Vec<String> = plan.tests().map(|t| t.address.to_string()).collect();
+        let per_suite = PARALLEL_FROM_TESTS / 2;
+        assert_eq!(addresses.len(), 4 * per_suite);
+        for (i, address) in addresses.iter().enumerate() {
+            assert_eq!(address, &format!("s{}.t{}", i / per_suite, i % per_suite));
+        }
+    }
+
+    #[test]
+    fn field_paths_read_like_the_plan() {
+        let root = Field::ROOT;
+        let suite = root.key("suite");
+        let (first, tests) = (suite.index(0), root.key("test"));
+        let (test, params) = (first.key("test"), tests.key("track_params"));
+        assert_eq!(test.index(2).key("x").to_string(), "suite[0].test[2].x");
+        assert_eq!(params.index(1).to_string(), "test.track_params[1]");
+        assert_eq!(root.key("version").to_string(), "version");
+        assert_eq!(root.to_string(), "");
     }
 }

@@ -8,10 +8,12 @@
 pub mod diag;
 mod load;
 pub mod source;
+mod toml_doc;
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -56,43 +58,52 @@ pub enum Connect {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrackSource {
-    Named(String),
+    Named(Text),
     Path(PathBuf),
 }
 
-/// A test's fully merged settings. Its canonical JSON (sorted keys) feeds the config hash and
-/// the diffs `plan` shows, so every field that changes a result belongs here and nothing else.
+/// Text a plan's tests share: what a test inherits from `[defaults]` is held once, however many
+/// tests inherit it.
+pub type Text = Arc<str>;
+
+/// A test's fully merged settings. Its canonical JSON feeds the config hash and the diffs
+/// `plan` shows, so every field that changes a result belongs here and nothing else.
+///
+/// The fields are in alphabetical order, and every map is sorted: the canonical JSON (sorted
+/// keys, the form state has always recorded) is then simply this struct serialized, with no
+/// intermediate tree per test. Text, lists and maps are shared, so that the ten thousand tests
+/// of a large plan cost little more than what each sets itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
-    pub region: String,
-    pub ami: String,
-    pub instance_type: String,
-    pub subnet_id: Option<String>,
-    pub security_group_ids: Vec<String>,
-    pub ssh_user: String,
+    pub ami: Text,
+    pub car: Option<Text>,
+    pub car_params: SortedMap<serde_json::Value>,
+    pub challenge: Option<Text>,
+    pub client_options: Option<Text>,
     pub connect: Connect,
-    pub ssh_port: u16,
-    pub rally_version: String,
-    pub rally_config: PathBuf,
+    pub distribution_version: Option<Text>,
+    pub instance_type: Text,
     #[serde(with = "humantime_serde")]
     pub max_runtime: Duration,
+    pub offline: bool,
+    pub pipeline: Option<Text>,
+    /// Extra `esrally race` arguments, passed through as they are (each one quoted).
+    pub rally_args: Arc<[Text]>,
+    pub rally_config: Arc<Path>,
+    pub rally_version: Text,
+    pub region: Text,
     /// Where on the instance rallyctl installs Rally and keeps its runs; relative to the SSH
     /// user's home unless absolute.
-    pub remote_dir: String,
-    pub tags: BTreeMap<String, String>,
+    pub remote_dir: Text,
+    pub runtime_jdk: Option<Text>,
+    pub security_group_ids: Arc<[Text]>,
+    pub ssh_port: u16,
+    pub ssh_user: Text,
+    pub subnet_id: Option<Text>,
+    pub tags: SortedMap<Text>,
+    pub target_hosts: Arc<[Text]>,
     pub track: TrackSource,
-    pub challenge: Option<String>,
-    pub car: Option<String>,
-    pub car_params: BTreeMap<String, serde_json::Value>,
-    pub distribution_version: Option<String>,
-    pub track_params: BTreeMap<String, serde_json::Value>,
-    pub pipeline: Option<String>,
-    pub target_hosts: Vec<String>,
-    pub offline: bool,
-    pub runtime_jdk: Option<String>,
-    pub client_options: Option<String>,
-    /// Extra `esrally race` arguments, passed through as they are (each one quoted).
-    pub rally_args: Vec<String>,
+    pub track_params: SortedMap<serde_json::Value>,
 }
 
 impl Settings {
@@ -113,14 +124,89 @@ impl Settings {
         }
     }
 
-    /// The canonical form, with keys sorted: what state records and diffs compare.
-    pub fn canonical_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("settings serialize to JSON")
+    /// The canonical form, pretty JSON with sorted keys: what the config hash covers, state
+    /// records and diffs compare.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("settings serialize to JSON")
+    }
+}
+
+/// A small map kept as a slice sorted by key, serialized as a JSON object like a `BTreeMap`.
+///
+/// Every test of a plan has its tags and parameters, usually a handful of entries, mostly the
+/// same ones: a `BTreeMap` allocates room for eleven entries per test, while this is shared by
+/// every test that inherits it unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortedMap<V>(Arc<[(Text, V)]>);
+
+impl<V> Default for SortedMap<V> {
+    fn default() -> Self {
+        SortedMap(Arc::new([]))
+    }
+}
+
+impl<V> SortedMap<V> {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
-    /// [`Self::canonical_value`] as text: what the config hash covers.
-    pub fn canonical_json(&self) -> String {
-        serde_json::to_string_pretty(&self.canonical_value()).expect("JSON values serialize")
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The entries in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &V)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+}
+
+impl<V: Clone> SortedMap<V> {
+    /// This map with `over`'s entries set on top; shares this one when `over` is empty.
+    pub fn overlaid(&self, over: &SortedMap<V>) -> SortedMap<V> {
+        if over.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() {
+            return over.clone();
+        }
+        self.0.iter().chain(over.0.iter()).cloned().collect()
+    }
+}
+
+/// Entries in any order; of entries with the same key the last one counts.
+impl<V> FromIterator<(Text, V)> for SortedMap<V> {
+    fn from_iter<I: IntoIterator<Item = (Text, V)>>(iter: I) -> Self {
+        let mut entries: Vec<(Text, V)> = iter.into_iter().collect();
+        // A stable sort keeps equal keys in their given order; of each run the last value is
+        // moved into the entry that stays.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        SortedMap(entries.into())
+    }
+}
+
+impl<V: Serialize> Serialize for SortedMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for SortedMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(BTreeMap::<Text, V>::deserialize(d)?.into_iter().collect())
     }
 }
 
@@ -158,5 +244,42 @@ impl Plan {
 
     pub fn test(&self, address: &Address) -> Option<&Test> {
         self.tests().find(|t| &t.address == address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_maps_keep_the_last_value_of_a_key_and_serialize_like_btree_maps() {
+        let map: SortedMap<i64> = [("b", 1), ("a", 2), ("b", 3)]
+            .into_iter()
+            .map(|(k, v)| (Text::from(k), v))
+            .collect();
+        assert_eq!(map.iter().collect::<Vec<_>>(), [("a", &2), ("b", &3)]);
+        assert_eq!(map.get("b"), Some(&3));
+        let tree: BTreeMap<&str, i64> = [("a", 2), ("b", 3)].into();
+        for (ours, theirs) in [
+            (
+                serde_json::to_string_pretty(&map),
+                serde_json::to_string_pretty(&tree),
+            ),
+            (
+                serde_json::to_string_pretty(&SortedMap::<i64>::default()),
+                serde_json::to_string_pretty(&BTreeMap::<String, i64>::new()),
+            ),
+        ] {
+            assert_eq!(ours.unwrap(), theirs.unwrap());
+        }
+        let back: SortedMap<i64> = serde_json::from_str(r#"{"b": 3, "a": 2}"#).unwrap();
+        assert_eq!(back, map);
+        let over: SortedMap<i64> = [(Text::from("b"), 4), (Text::from("c"), 5)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            map.overlaid(&over).iter().collect::<Vec<_>>(),
+            [("a", &2), ("b", &4), ("c", &5)]
+        );
     }
 }

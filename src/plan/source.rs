@@ -1,10 +1,10 @@
 //! One spanned syntax tree for both plan formats, so validation is written once and every
 //! diagnostic can point at a line and column whether the plan came as TOML or JSON.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use jsonc_parser::ast;
-use toml::de::{DeTable, DeValue};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -12,17 +12,18 @@ pub enum Format {
     Json,
 }
 
+/// A value of the plan file; strings borrow from the file's text where they can.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub struct Node<'a> {
     pub span: Range<usize>,
-    pub kind: Kind,
+    pub kind: Kind<'a>,
 }
 
 #[derive(Debug, Clone)]
-pub enum Kind {
-    Table(Vec<Entry>),
-    Array(Vec<Node>),
-    String(String),
+pub enum Kind<'a> {
+    Table(Vec<Entry<'a>>),
+    Array(Vec<Node<'a>>),
+    String(Cow<'a, str>),
     Integer(i64),
     Float(f64),
     Bool(bool),
@@ -31,10 +32,10 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub key: String,
+pub struct Entry<'a> {
+    pub key: Cow<'a, str>,
     pub key_span: Range<usize>,
-    pub value: Node,
+    pub value: Node<'a>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-impl Kind {
+impl Kind<'_> {
     /// What a user would call this kind of value, for "expected X, found Y".
     pub fn describe(&self) -> &'static str {
         match self {
@@ -58,85 +59,14 @@ impl Kind {
     }
 }
 
-pub fn parse(text: &str, format: Format) -> Result<Node, SyntaxError> {
+pub fn parse(text: &str, format: Format) -> Result<Node<'_>, SyntaxError> {
     match format {
-        Format::Toml => parse_toml(text),
+        Format::Toml => super::toml_doc::parse(text),
         Format::Json => parse_json(text),
     }
 }
 
-fn parse_toml(text: &str) -> Result<Node, SyntaxError> {
-    let table = DeTable::parse(text).map_err(|e| SyntaxError {
-        span: e.span().unwrap_or(0..0),
-        message: e.message().trim().to_owned(),
-    })?;
-    let span = table.span();
-    toml_table(table.into_inner(), span)
-}
-
-fn toml_table(table: DeTable<'_>, span: Range<usize>) -> Result<Node, SyntaxError> {
-    let entries = table
-        .into_iter()
-        .map(|(key, value)| {
-            let key_span = key.span();
-            let value_span = value.span();
-            Ok(Entry {
-                key: key.into_inner().into_owned(),
-                key_span,
-                value: toml_value(value.into_inner(), value_span)?,
-            })
-        })
-        .collect::<Result<_, SyntaxError>>()?;
-    Ok(Node {
-        span,
-        kind: Kind::Table(entries),
-    })
-}
-
-fn toml_value(value: DeValue<'_>, span: Range<usize>) -> Result<Node, SyntaxError> {
-    let kind =
-        match value {
-            DeValue::String(s) => Kind::String(s.into_owned()),
-            DeValue::Integer(i) => Kind::Integer(toml_integer(i.as_str(), i.radix()).ok_or_else(
-                || SyntaxError {
-                    span: span.clone(),
-                    message: "integer out of range".into(),
-                },
-            )?),
-            DeValue::Float(f) => Kind::Float(f.as_str().replace('_', "").parse().map_err(
-                |_| SyntaxError {
-                    span: span.clone(),
-                    message: "malformed float".into(),
-                },
-            )?),
-            DeValue::Boolean(b) => Kind::Bool(b),
-            DeValue::Datetime(_) => Kind::Other("a datetime"),
-            DeValue::Array(items) => Kind::Array(
-                items
-                    .into_iter()
-                    .map(|item| {
-                        let item_span = item.span();
-                        toml_value(item.into_inner(), item_span)
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            DeValue::Table(table) => return toml_table(table, span),
-        };
-    Ok(Node { span, kind })
-}
-
-fn toml_integer(digits: &str, radix: u32) -> Option<i64> {
-    let cleaned = digits.replace('_', "");
-    let (negative, body) = match cleaned.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, cleaned.trim_start_matches('+')),
-    };
-    let body = if radix == 10 { body } else { body.get(2..)? };
-    let magnitude = i64::from_str_radix(body, radix).ok()?;
-    Some(if negative { -magnitude } else { magnitude })
-}
-
-fn parse_json(text: &str) -> Result<Node, SyntaxError> {
+fn parse_json(text: &str) -> Result<Node<'_>, SyntaxError> {
     let strict = jsonc_parser::ParseOptions {
         allow_comments: false,
         allow_loose_object_property_names: false,
@@ -163,9 +93,9 @@ fn parse_json(text: &str) -> Result<Node, SyntaxError> {
     }
 }
 
-fn json_value(value: ast::Value<'_>) -> Result<Node, SyntaxError> {
+fn json_value<'a>(value: ast::Value<'a>) -> Result<Node<'a>, SyntaxError> {
     let (span, kind) = match value {
-        ast::Value::StringLit(s) => (s.range, Kind::String(s.value.into_owned())),
+        ast::Value::StringLit(s) => (s.range, Kind::String(s.value)),
         ast::Value::NumberLit(n) => {
             let kind = match n.value.parse::<i64>() {
                 Ok(i) => Kind::Integer(i),
@@ -192,13 +122,13 @@ fn json_value(value: ast::Value<'_>) -> Result<Node, SyntaxError> {
                 .properties
                 .into_iter()
                 .map(|prop| {
-                    let key_span = match &prop.name {
-                        ast::ObjectPropName::String(s) => s.range.start..s.range.end,
-                        ast::ObjectPropName::Word(w) => w.range.start..w.range.end,
+                    let (key, key_span) = match prop.name {
+                        ast::ObjectPropName::String(s) => (s.value, s.range),
+                        ast::ObjectPropName::Word(w) => (Cow::Borrowed(w.value), w.range),
                     };
                     Ok(Entry {
-                        key: prop.name.into_string(),
-                        key_span,
+                        key,
+                        key_span: key_span.start..key_span.end,
                         value: json_value(prop.value)?,
                     })
                 })
@@ -216,11 +146,11 @@ fn json_value(value: ast::Value<'_>) -> Result<Node, SyntaxError> {
 mod tests {
     use super::*;
 
-    fn kinds(node: &Node) -> Vec<(String, &'static str)> {
+    fn kinds(node: &Node<'_>) -> Vec<(String, &'static str)> {
         match &node.kind {
             Kind::Table(entries) => entries
                 .iter()
-                .map(|e| (e.key.clone(), e.value.kind.describe()))
+                .map(|e| (e.key.to_string(), e.value.kind.describe()))
                 .collect(),
             _ => panic!("not a table"),
         }
@@ -240,14 +170,6 @@ mod tests {
         .unwrap();
         assert_eq!(kinds(&toml), kinds(&json));
         assert_eq!(kinds(&toml)[0], ("b".into(), "an integer"));
-    }
-
-    #[test]
-    fn toml_integers_in_every_radix() {
-        assert_eq!(toml_integer("1_000", 10), Some(1000));
-        assert_eq!(toml_integer("-42", 10), Some(-42));
-        assert_eq!(toml_integer("0xff", 16), Some(255));
-        assert_eq!(toml_integer("0b101", 2), Some(5));
     }
 
     #[test]

@@ -350,6 +350,7 @@ fn read_test(
         }),
         instance_type: record.and_then(|r| {
             r.settings
+                .value()
                 .get("instance_type")
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
