@@ -5,94 +5,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rallyctl::state::{Status, Step};
+use support::fault_proxy::FaultProxy;
 use support::run::Run;
-
-const PROXY_START_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// The fault proxy, killed on drop.
-struct FaultProxy {
-    child: Child,
-    url: String,
-}
-
-impl FaultProxy {
-    /// Starts the proxy in front of `upstream` with `--fault` rules, logging into `dir`.
-    fn start(upstream: &str, faults: &[&str], dir: &Path) -> FaultProxy {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/fault_proxy.py");
-        let python = if Path::new("/usr/bin/python3").exists() {
-            "/usr/bin/python3"
-        } else {
-            "python3"
-        };
-        let port_file = dir.join("fault_proxy.port");
-        let log = dir.join("fault_proxy.log");
-        let log_file = || std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(python);
-        cmd.arg(&script)
-            .args(["--upstream", upstream, "--port-file"])
-            .arg(&port_file);
-        for f in faults {
-            cmd.args(["--fault", f]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file())
-            .spawn()
-            .expect("start fault_proxy.py");
-        let mut proxy = FaultProxy {
-            child,
-            url: String::new(),
-        };
-        let deadline = Instant::now() + PROXY_START_TIMEOUT;
-        let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<u16>().ok())
-            {
-                break p;
-            }
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("fault proxy exited ({status}); log: {}", log.display());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fault proxy did not come up; log: {}",
-                log.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        proxy.url = format!("http://127.0.0.1:{port}");
-        proxy
-    }
-
-    /// Faults injected so far, per action.
-    fn injected(&self, action: &str) -> u64 {
-        self.report()["injected"][action].as_u64().unwrap_or(0)
-    }
-
-    /// Calls passed on to moto so far, per action.
-    fn forwarded(&self, action: &str) -> u64 {
-        self.report()["forwarded"][action].as_u64().unwrap_or(0)
-    }
-
-    fn report(&self) -> serde_json::Value {
-        let body = support::http_request("GET", &self.url, "/_faults", None).unwrap();
-        serde_json::from_slice(&body).unwrap()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `apply --auto-approve` of a one-test plan with rallyctl's AWS calls going through `proxy`.
 fn apply_through(run: &Run, proxy: &FaultProxy) -> std::process::Output {

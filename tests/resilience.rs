@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use rallyctl::state::{Status, Step};
+use support::fault_proxy::FaultProxy;
 use support::run::{Run, sha256_hex};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -27,7 +28,21 @@ fn resume_after_sigkill_at(step: &str) {
     let run = Run::new(1);
     let plan = run.plan(&[("s", &[("t", "")])]);
     let plan = plan.to_str().unwrap();
-    let mut first = run.spawn("first", &["apply", plan, "--auto-approve"]);
+    // `terminating` lasts only as long as TerminateInstances (milliseconds): the first apply's
+    // AWS calls go through a proxy that holds that call unanswered, so apply is killed inside
+    // it, before EC2 ever heard of it.
+    let proxy = (step == "terminating").then(|| {
+        FaultProxy::start(
+            &run.harness.moto_url,
+            &["TerminateInstances:hang:1"],
+            run.dir.path(),
+        )
+    });
+    let env: Vec<(&str, &str)> = proxy
+        .iter()
+        .map(|p| ("AWS_ENDPOINT_URL", p.url.as_str()))
+        .collect();
+    let mut first = run.spawn_with_env("first", &["apply", plan, "--auto-approve"], &env);
     run.wait_for_status("s.t", step, STEP_TIMEOUT);
     let mut race_pid = None;
     if step == "racing" {
@@ -40,6 +55,9 @@ fn resume_after_sigkill_at(step: &str) {
             std::fs::read_to_string(&pid_file).unwrap(),
         ));
     }
+    if let Some(proxy) = &proxy {
+        proxy.wait_held("TerminateInstances", 1, Duration::from_secs(30));
+    }
     first.kill().unwrap();
     first.wait().unwrap();
     let killed_at = jiff::Timestamp::now();
@@ -49,6 +67,17 @@ fn resume_after_sigkill_at(step: &str) {
         step,
         "apply moved on before SIGKILL landed"
     );
+    if let Some(proxy) = &proxy {
+        // Killed inside TerminateInstances: the call never reached EC2, the instance runs on.
+        assert_eq!(proxy.injected("TerminateInstances"), 1);
+        assert_eq!(proxy.forwarded("TerminateInstances"), 0);
+        let id = &before.instance.as_ref().expect("instance recorded").id;
+        let running = run.harness.running_instances();
+        assert!(
+            running.iter().any(|i| &i.id == id),
+            "{id} is not running at the kill: {running:?}"
+        );
+    }
 
     let out = run.rallyctl(&["apply", plan, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
@@ -78,6 +107,15 @@ fn resume_after_sigkill_at(step: &str) {
         run.harness.running_instances().is_empty(),
         "an instance was left running"
     );
+    // Only the second apply reached EC2 with TerminateInstances (the first was killed before
+    // it, or, at terminating, while the proxy held it).
+    let terminations = run
+        .harness
+        .recorded_calls()
+        .iter()
+        .filter(|c| c.action == "TerminateInstances" && !c.from_harness)
+        .count();
+    assert_eq!(terminations, 1, "TerminateInstances calls that reached EC2");
     assert!(after.results.iter().any(|f| f.path.ends_with("report.csv")));
     for file in &after.results {
         let bytes = std::fs::read(run.dir.path().join(&file.path)).unwrap();
@@ -121,6 +159,11 @@ fn resume_after_sigkill_while_racing() {
 #[test]
 fn resume_after_sigkill_while_collecting() {
     resume_after_sigkill_at("collecting");
+}
+
+#[test]
+fn resume_after_sigkill_while_terminating() {
+    resume_after_sigkill_at("terminating");
 }
 
 /// A crash between RunInstances and recording its answer leaves state at `launching` with no

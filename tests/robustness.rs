@@ -1,5 +1,9 @@
 //! No input makes the plan parser or the state loader panic: arbitrary bytes, and the example
 //! plans with random bytes changed, inserted or cut (closer to real mistakes than pure noise).
+//!
+//! Each property runs 2000 cases (what CI runs); `PROPTEST_CASES=N` runs N instead, since
+//! proptest (1.2 and later) lets its `PROPTEST_*` variables override the config given here. A
+//! long run: `bench/fuzz.sh`.
 
 use std::path::Path;
 

@@ -12,10 +12,15 @@ Rules, repeatable: --fault ACTION:KIND:COUNT
           InsufficientInstanceCapacity  HTTP 500 with that EC2 error code
           any other EC2 error code      HTTP 400 with that code
           an HTTP status such as 500    that status with a plain-text body
+          hang                          no answer: the call is held, never forwarded, until
+                                        the client disconnects or --hang-bound seconds pass
+                                        (then HTTP 504); a test can kill the client while a
+                                        call is in flight, e.g. TerminateInstances:hang:1
   COUNT   a number (the first COUNT calls of ACTION fail) or `always`
 
-GET /_faults answers {"injected": {action: n}, "forwarded": {action: n}} so that tests can
-assert that the faults really happened.
+GET /_faults answers {"injected": {action: n}, "forwarded": {action: n}, "held": {action: n}}
+so that tests can assert that the faults really happened: `injected` counts every faulted call,
+hung ones included (counted when the hold begins); `held` counts hung calls still being held.
 """
 
 import argparse
@@ -23,8 +28,11 @@ import http.client
 import http.server
 import json
 import os
+import select
+import socket
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 
@@ -68,6 +76,8 @@ class Rule:
 
     def answer(self):
         """(status, content type, body) of the injected error."""
+        if self.kind == "hang":
+            return 504, "text/plain", b"fault_proxy: held call timed out\n"
         if self.kind.isdigit():
             status = int(self.kind)
             return status, "text/plain", f"injected HTTP {status}\n".encode()
@@ -89,6 +99,7 @@ class State:
         self.lock = threading.Lock()
         self.injected = {}
         self.forwarded = {}
+        self.held = {}
 
     def fault_for(self, action):
         with self.lock:
@@ -99,9 +110,19 @@ class State:
             self.forwarded[action] = self.forwarded.get(action, 0) + 1
             return None
 
+    def hold(self, action, delta):
+        with self.lock:
+            self.held[action] = self.held.get(action, 0) + delta
+            if not self.held[action]:
+                del self.held[action]
+
     def report(self):
         with self.lock:
-            return {"injected": dict(self.injected), "forwarded": dict(self.forwarded)}
+            return {
+                "injected": dict(self.injected),
+                "forwarded": dict(self.forwarded),
+                "held": dict(self.held),
+            }
 
 
 def action_of(headers, body):
@@ -119,6 +140,7 @@ def action_of(headers, body):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state = None  # set in main
+    hang_bound = 600.0  # set in main
 
     def log_message(self, fmt, *args):
         sys.stderr.write("fault_proxy: " + (fmt % args) + "\n")
@@ -147,12 +169,41 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _hold(self, action):
+        """Holds a hung call: True once the client has gone, False when the bound passed."""
+        self.state.hold(action, 1)
+        try:
+            deadline = time.monotonic() + self.hang_bound
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                readable, _, _ = select.select([self.connection], [], [], min(left, 1.0))
+                if readable:
+                    # Readable with nothing to read is EOF: the client closed or died. (A client
+                    # sending more on this connection is not expected while it waits.)
+                    try:
+                        if not self.connection.recv(1, socket.MSG_PEEK):
+                            return True
+                    except OSError:
+                        return True
+                    time.sleep(0.05)
+        finally:
+            self.state.hold(action, -1)
+
     def _handle(self):
         body = self._body()
         if self.command == "GET" and self.path == "/_faults":
             return self._send(200, "application/json", json.dumps(self.state.report()).encode())
         action = action_of(self.headers, body)
         rule = self.state.fault_for(action)
+        if rule is not None and rule.kind == "hang":
+            self.log_message("holding %s (hang)", action)
+            if self._hold(action):
+                self.log_message("client gone while %s was held", action)
+                self.close_connection = True
+                return None
+            self.log_message("held %s for %ss: answering 504", action, self.hang_bound)
         if rule is not None:
             status, ctype, payload = rule.answer()
             self.log_message("injected %s %s for %s", status, rule.kind, action)
@@ -187,8 +238,16 @@ def main():
     p.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:41234")
     p.add_argument("--port-file", required=True)
     p.add_argument("--fault", action="append", default=[], metavar="ACTION:KIND:COUNT")
+    p.add_argument(
+        "--hang-bound",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a `hang` fault holds a call before answering 504 (default 600)",
+    )
     args = p.parse_args()
     Handler.state = State([Rule(f) for f in args.fault], args.upstream)
+    Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     tmp = args.port_file + ".tmp"

@@ -10,6 +10,7 @@
 //! ES double and moto, and sessions get `https_proxy` for the package index.
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod fault_proxy;
 pub mod run;
 
 use std::collections::HashMap;

@@ -101,9 +101,21 @@ tags = {{ team = "e2e" }}
 
     /// Starts rallyctl in the background, its output going to `name.out` and `name.err`.
     pub fn spawn(&self, name: &str, args: &[&str]) -> std::process::Child {
+        self.spawn_with_env(name, args, &[])
+    }
+
+    /// `spawn` with extra environment variables (set after the harness's, so they win: e.g.
+    /// `AWS_ENDPOINT_URL` of a fault proxy).
+    pub fn spawn_with_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
         let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
         let err = std::fs::File::create(self.dir.path().join(format!("{name}.err"))).unwrap();
         self.command(args)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err)
