@@ -2,8 +2,9 @@
 //!
 //! `toml`'s own spanned document (`DeTable`) keeps every token and event of the file in memory
 //! before it builds its tables: for a nightly plan of 10,000 tests that was 40 MB and half the
-//! time `rallyctl plan` had. Here the events build the tree as they arrive, and strings without
-//! escapes stay borrowed from the file's text. The rules are TOML's: a table is defined once
+//! time `rallyctl plan` had. Here the file is lexed and parsed a few thousand tokens at a time,
+//! the events build the tree as they arrive, and strings without escapes stay borrowed from the
+//! file's text. The rules are TOML's: a table is defined once
 //! (by a header, a dotted key or inline), inline tables and static arrays are closed, headers
 //! may reach through arrays of tables into their last element.
 
@@ -11,10 +12,14 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use toml_parser::decoder::{Encoding, ScalarKind};
+use toml_parser::lexer::TokenKind;
 use toml_parser::parser::{EventReceiver, RecursionGuard, ValidateWhitespace};
 use toml_parser::{ErrorSink, Expected, ParseError, Raw, Source, Span};
 
 use super::source::{Entry, Kind, Node, SyntaxError};
+
+/// How many tokens are parsed at a time, at least.
+const CHUNK_TOKENS: usize = 4096;
 
 /// Arrays and inline tables nest at most this deep; the parser recurses per level, so the bound
 /// keeps a hostile file from exhausting the stack.
@@ -22,7 +27,6 @@ const MAX_DEPTH: u32 = 80;
 
 pub fn parse(text: &str) -> Result<Node<'_>, SyntaxError> {
     let source = Source::new(text);
-    let tokens = source.lex().into_vec();
     let mut builder = Builder {
         source,
         root: Table::new(Origin::Root, 0..text.len()),
@@ -37,9 +41,35 @@ pub fn parse(text: &str) -> Result<Node<'_>, SyntaxError> {
     {
         let mut whitespace = ValidateWhitespace::new(&mut builder, source);
         let mut guard = RecursionGuard::new(&mut whitespace, MAX_DEPTH);
-        toml_parser::parser::parse_document(&tokens, &mut guard, &mut errors);
+        // The parser wants its tokens in a slice, and a whole plan's tokens are ten times its
+        // size. A newline outside any array or inline table ends a complete expression, so the
+        // document is parsed in pieces that end there, through one reused buffer.
+        let mut lexer = source.lex();
+        let mut tokens = Vec::with_capacity(CHUNK_TOKENS + 256);
+        let mut depth = 0usize;
+        loop {
+            let token = lexer.next();
+            if let Some(token) = token {
+                match token.kind() {
+                    TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
+                    TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => {
+                        depth = depth.saturating_sub(1);
+                    }
+                    _ => {}
+                }
+                let line_end = token.kind() == TokenKind::Newline;
+                tokens.push(token);
+                if !(line_end && depth == 0 && tokens.len() >= CHUNK_TOKENS) {
+                    continue;
+                }
+            }
+            toml_parser::parser::parse_document(&tokens, &mut guard, &mut errors);
+            tokens.clear();
+            if token.is_none() {
+                break;
+            }
+        }
     }
-    drop(tokens);
     // The first problem in the file, whether the parser or a TOML rule found it.
     let parse_error = errors.map(syntax_error);
     match (parse_error, builder.error) {
@@ -669,6 +699,31 @@ mod tests {
         ] {
             assert!(err(text).contains(expect), "{text:?}: {}", err(text));
         }
+    }
+
+    /// A document far longer than one piece parses as if in one go: tables, arrays spanning
+    /// lines across piece boundaries, and a mistake after many pieces.
+    #[test]
+    fn long_documents_are_parsed_in_pieces_alike() {
+        let mut text = String::new();
+        for i in 0..2000 {
+            text.push_str(&format!(
+                "[[t]]\nn = {i}\nl = [\n  {i},\n  \"x\",\n]\n# c\n"
+            ));
+        }
+        let node = parse(&text).unwrap();
+        let Kind::Table(entries) = &node.kind else {
+            panic!()
+        };
+        let Kind::Array(items) = &entries[0].value.kind else {
+            panic!()
+        };
+        assert_eq!(items.len(), 2000);
+        assert_eq!(shape(&items[1999]), r#"{n=1999,l=[1999,"x"]}"#);
+        text.push_str("z = 1\nz = 2\n");
+        assert!(err(&text).contains("duplicate key `z`"));
+        let at = text.len() - 6;
+        assert_eq!(parse(&text).unwrap_err().span.start, at);
     }
 
     #[test]
