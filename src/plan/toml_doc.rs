@@ -4,9 +4,9 @@
 //! before it builds its tables: for a nightly plan of 10,000 tests that was 40 MB and half the
 //! time `rallyctl plan` had. Here the file is lexed and parsed a few thousand tokens at a time,
 //! the events build the tree as they arrive, and strings without escapes stay borrowed from the
-//! file's text. The rules are TOML's: a table is defined once
-//! (by a header, a dotted key or inline), inline tables and static arrays are closed, headers
-//! may reach through arrays of tables into their last element.
+//! file's text. The rules are TOML's: a table is defined once (by a header, a dotted key or
+//! inline), inline tables and static arrays are closed, headers may reach through arrays of
+//! tables into their last element.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -164,6 +164,17 @@ impl<'a> Table<'a> {
         self.entries.iter().position(|e| e.key.name == name)
     }
 
+    /// The index of `key`'s entry, made an empty table of `origin` if there was none.
+    fn position_or_table(&mut self, key: &Key<'a>, origin: Origin, span: &Range<usize>) -> usize {
+        self.position(&key.name).unwrap_or_else(|| {
+            self.entries.push(TEntry {
+                key: key.clone(),
+                value: Value::Table(Table::new(origin, span.clone())),
+            });
+            self.entries.len() - 1
+        })
+    }
+
     fn into_node(self) -> Node<'a> {
         Node {
             span: self.span,
@@ -281,16 +292,7 @@ fn open_header<'a>(
     let mut steps = Vec::with_capacity(keys.len());
     let mut table = root;
     for (i, key) in parents.iter().enumerate() {
-        let index = match table.position(&key.name) {
-            Some(index) => index,
-            None => {
-                table.entries.push(TEntry {
-                    key: key.clone(),
-                    value: Value::Table(Table::new(Origin::Implicit, span.clone())),
-                });
-                table.entries.len() - 1
-            }
-        };
+        let index = table.position_or_table(key, Origin::Implicit, &span);
         table = match &mut table.entries[index].value {
             Value::Table(t) if t.origin != Origin::Inline => {
                 steps.push(Step {
@@ -396,16 +398,7 @@ fn insert<'a>(
         return Err(rule_error(value.span(), "a value needs a key".into()));
     };
     for (i, key) in parents.iter().enumerate() {
-        let index = match table.position(&key.name) {
-            Some(index) => index,
-            None => {
-                table.entries.push(TEntry {
-                    key: key.clone(),
-                    value: Value::Table(Table::new(Origin::Dotted, key.span.clone())),
-                });
-                table.entries.len() - 1
-            }
-        };
+        let index = table.position_or_table(key, Origin::Dotted, &key.span);
         table = match &mut table.entries[index].value {
             Value::Table(t) if t.origin == Origin::Dotted => t,
             _ => {
