@@ -20,7 +20,7 @@ use rallyctl::templates::Renderer;
 
 const SUITES: usize = 100;
 const TESTS_PER_SUITE: usize = 100;
-const RUNS: usize = 5;
+const RUNS: usize = 11;
 
 fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let ini = Path::new(env!("CARGO_MANIFEST_DIR")).join("conditional_install_items/rally_csv.ini");
@@ -62,15 +62,24 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
             },
         );
     }
-    let state_path = dir.join("scale.state.json");
+    // Where `rallyctl plan scale.toml` run in `dir` looks for it.
+    let state_path = dir.join(state::default_path("scale"));
     state::save(&state_path, &mut st).unwrap();
     (plan_path, state_path)
 }
 
-/// What `rallyctl plan` does (validation included), in process: the CLI's own code path.
-fn validate_and_plan(plan_path: &Path, state_path: &Path) -> (usize, usize) {
-    let plan = Plan::load(plan_path).unwrap();
-    let loaded = rallyctl::cli::load_at(plan, state_path.to_owned()).unwrap();
+/// What `rallyctl plan PLAN` does (validation included), in process: the CLI's own code path,
+/// run from the plan's directory with the state at its default path.
+fn validate_and_plan(plan_path: &Path) -> (usize, usize) {
+    std::env::set_current_dir(plan_path.parent().unwrap()).unwrap();
+    let global = rallyctl::cli::Global {
+        state: None,
+        no_color: true,
+        json: false,
+        verbose: 0,
+    };
+    let plan_file = Path::new(plan_path.file_name().unwrap());
+    let loaded = rallyctl::cli::load_file(plan_file, &global).unwrap();
     let changes = planner::diff(
         &loaded.plan,
         &loaded.state,
@@ -128,7 +137,7 @@ fn main() {
             return;
         }
         let start = Instant::now();
-        let (changes, unchanged) = validate_and_plan(plan, state);
+        let (changes, unchanged) = validate_and_plan(plan);
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         println!("{ms:.1} {} {changes} {unchanged}", status_kib("VmHWM:"));
         return;
@@ -140,11 +149,12 @@ fn main() {
     let (plan, state) = generate(dir.path());
     if let Some(keep) = std::env::var_os("SCALE_KEEP") {
         // For profiling: `SCALE_KEEP=DIR` keeps the inputs, to run one phase under perf with
-        // `SCALE_PLAN=DIR/scale.toml SCALE_STATE=DIR/scale.state.json SCALE_PHASES=1`.
+        // `SCALE_PLAN=DIR/scale.toml SCALE_STATE=DIR/state/scale.state.json SCALE_PHASES=1`.
         let keep = Path::new(&keep);
         std::fs::create_dir_all(keep).unwrap();
         std::fs::copy(&plan, keep.join("scale.toml")).unwrap();
-        std::fs::copy(&state, keep.join("scale.state.json")).unwrap();
+        std::fs::create_dir_all(keep.join("state")).unwrap();
+        std::fs::copy(&state, keep.join(state::default_path("scale"))).unwrap();
     }
     let mut times = Vec::new();
     let mut peaks = Vec::new();

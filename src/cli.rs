@@ -297,7 +297,7 @@ pub struct Loaded {
     pub state_path: PathBuf,
     pub state: State,
     pub state_exists: bool,
-    pub artifacts: std::collections::BTreeMap<Address, crate::templates::Artifacts>,
+    pub artifacts: crate::templates::ArtifactMap,
     pub renderer: Renderer,
 }
 
@@ -306,16 +306,44 @@ pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
         .state
         .clone()
         .unwrap_or_else(|| state::default_path(&plan.name));
-    load_at(plan, state_path)
+    load_at(plan, state_path, None)
 }
 
-/// [`load`] with the state at `state_path`.
-pub fn load_at(plan: Plan, state_path: PathBuf) -> Result<Loaded> {
+/// [`load`] of the plan at `path`. State is read while the plan is validated when its path is
+/// known first: from `--state`, or from the name at the top of a TOML plan.
+pub fn load_file(path: &Path, g: &Global) -> Result<Loaded> {
+    let text = Plan::read(path)?;
+    let early = (g.state.clone())
+        .or_else(|| Plan::peek_name(path, &text).map(|name| state::default_path(&name)));
+    std::thread::scope(|scope| {
+        let reading = (early.as_ref()).map(|p| (p, scope.spawn(move || state::load(p))));
+        let plan = Plan::parse(path, &text)?;
+        let state_path = (g.state.clone()).unwrap_or_else(|| state::default_path(&plan.name));
+        let read = match reading {
+            Some((p, read)) if *p == state_path => {
+                Some(read.join().expect("reading state does not panic"))
+            }
+            _ => None,
+        };
+        load_at(plan, state_path, read)
+    })
+}
+
+/// [`load`] with the state at `state_path`; `read` is what [`state::load`] gave for it, if it
+/// was read already.
+pub fn load_at(
+    plan: Plan,
+    state_path: PathBuf,
+    read: Option<Result<Option<State>, state::StateError>>,
+) -> Result<Loaded> {
     let renderer = Renderer::new();
     // Reading state and rendering every test do not depend on each other, and for a plan of
     // thousands of tests each takes a while: they overlap.
     let (state, artifacts) = std::thread::scope(|scope| {
-        let state = scope.spawn(|| state::load_or_new(&state_path, &plan.name));
+        let state = scope.spawn(|| {
+            let loaded = read.unwrap_or_else(|| state::load(&state_path))?;
+            state::of_workspace(loaded, &state_path, &plan.name)
+        });
         Graph::compile(&plan)?;
         let artifacts = planner::render_all(&plan, &renderer);
         let state = state.join().expect("loading state does not panic");
@@ -353,7 +381,7 @@ fn plan_command(
     select: &Select,
     g: &Global,
 ) -> Result<u8> {
-    let l = load(Plan::load(path)?, g)?;
+    let l = load_file(path, g)?;
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
     if g.json {

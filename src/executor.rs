@@ -27,7 +27,7 @@ use crate::provider::{
 };
 use crate::remote::{EphemeralKey, RemoteError, Session, Target, tail};
 use crate::state::{self, Instance, State, StateError, Status, Step, TestRecord};
-use crate::templates::{Artifacts, METRICS_PASSWORD_ENV, Renderer, Secrets};
+use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer, Secrets};
 use crate::ui::Progress;
 
 /// How long an instance may stay unreachable over SSH (after boot, or mid-race) before the
@@ -194,7 +194,7 @@ struct Ctx<P: Provider> {
     key: EphemeralKey,
     state: StateHandle,
     plan: Plan,
-    artifacts: BTreeMap<Address, Artifacts>,
+    artifacts: ArtifactMap,
     renderer: Renderer,
     run_id: String,
     known_hosts: PathBuf,
@@ -230,7 +230,7 @@ fn client_token(lineage: Uuid, address: &Address, attempt: u32) -> String {
 pub async fn apply<P: Provider>(
     provider: P,
     plan: Plan,
-    artifacts: BTreeMap<Address, Artifacts>,
+    artifacts: ArtifactMap,
     renderer: Renderer,
     changes: &Changes,
     state: StateHandle,

@@ -8,6 +8,7 @@ use petgraph::Direction;
 use petgraph::dot::{Config, Dot};
 use petgraph::graph::{DiGraph, NodeIndex};
 
+use crate::FastHash;
 use crate::address::Address;
 use crate::plan::Plan;
 
@@ -30,15 +31,15 @@ pub enum GraphError {
 pub struct Graph {
     dag: DiGraph<Node, ()>,
     /// Per test node, its suite's parallelism bound, if the suite sets one.
-    suite_of: HashMap<NodeIndex, usize>,
+    suite_of: HashMap<NodeIndex, usize, FastHash>,
 }
 
 impl Graph {
     pub fn compile(plan: &Plan) -> Result<Graph, GraphError> {
         let tests = plan.tests().count();
         let mut dag = DiGraph::with_capacity(tests + plan.suites.len(), 2 * tests);
-        let mut suite_of = HashMap::with_capacity(tests);
-        let mut seen = HashSet::with_capacity(tests);
+        let mut suite_of = HashMap::with_capacity_and_hasher(tests, FastHash::default());
+        let mut seen = HashSet::with_capacity_and_hasher(tests, FastHash::default());
         let mut previous_barrier = None;
         for (suite_index, suite) in plan.suites.iter().enumerate() {
             let barrier = dag.add_node(Node::Barrier(suite.name.clone()));

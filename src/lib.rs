@@ -16,3 +16,8 @@ pub mod results;
 pub mod state;
 pub mod templates;
 pub mod ui;
+
+/// The hasher of the maps every test of a plan passes through (artifacts, rendered parts, the
+/// graph): their keys come from the user's own plan, so the flooding that std's SipHash guards
+/// against is no risk, and SipHash was a noticeable share of `plan`'s time.
+pub type FastHash = foldhash::fast::RandomState;

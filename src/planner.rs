@@ -1,7 +1,6 @@
 //! The diff of wanted results (the plan) against recorded ones (the state), rendered the way
 //! Terraform users read a plan, and saved plans that a later apply refuses once state moved on.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -13,7 +12,7 @@ use uuid::Uuid;
 use crate::address::Address;
 use crate::plan::Plan;
 use crate::state::{State, Status, TestRecord};
-use crate::templates::{Artifacts, Renderer, TemplateError};
+use crate::templates::{ArtifactMap, Renderer, TemplateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,10 +74,7 @@ fn comparable(settings: &str, race_command: &str) -> String {
 
 /// Renders every test of the plan, on all cores: a nightly plan of thousands of tests is
 /// mostly template rendering and hashing, and each test's is independent.
-pub fn render_all(
-    plan: &Plan,
-    renderer: &Renderer,
-) -> Result<BTreeMap<Address, Artifacts>, TemplateError> {
+pub fn render_all(plan: &Plan, renderer: &Renderer) -> Result<ArtifactMap, TemplateError> {
     let tests: Vec<&crate::plan::Test> = plan.tests().collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = tests.len().div_ceil(threads).max(1);
@@ -94,7 +90,7 @@ pub fn render_all(
                 })
             })
             .collect();
-        let mut all = BTreeMap::new();
+        let mut all = ArtifactMap::with_capacity_and_hasher(tests.len(), Default::default());
         for worker in workers {
             all.extend(worker.join().expect("rendering does not panic")?);
         }
@@ -102,12 +98,7 @@ pub fn render_all(
     })
 }
 
-pub fn diff(
-    plan: &Plan,
-    state: &State,
-    artifacts: &BTreeMap<Address, Artifacts>,
-    options: &Options,
-) -> Changes {
+pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Options) -> Changes {
     let wanted = |a: &Address| options.targets.is_empty() || options.targets.contains(a);
     let mut changes = Changes::default();
     for test in plan.tests().filter(|t| wanted(&t.address)) {
@@ -346,7 +337,7 @@ impl SavedPlan {
         path: &Path,
         state: &State,
         state_exists: bool,
-        artifacts: &BTreeMap<Address, Artifacts>,
+        artifacts: &ArtifactMap,
     ) -> Result<(), SavedPlanError> {
         let stale = |reason: String| SavedPlanError::Stale {
             path: path.display().to_string(),

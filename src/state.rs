@@ -331,7 +331,17 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
 
 /// Loads the state of `workspace` at `path`, or a new empty one; says whether it existed.
 pub fn load_or_new(path: &Path, workspace: &str) -> Result<(State, bool), StateError> {
-    match load(path)? {
+    of_workspace(load(path)?, path, workspace)
+}
+
+/// What [`load`] read at `path`, checked to belong to `workspace`, or a new empty state; says
+/// whether one existed.
+pub fn of_workspace(
+    loaded: Option<State>,
+    path: &Path,
+    workspace: &str,
+) -> Result<(State, bool), StateError> {
+    match loaded {
         Some(state) if state.workspace != workspace => Err(StateError::Workspace {
             path: path.to_owned(),
             found: state.workspace,

@@ -15,6 +15,7 @@ use minijinja::{Environment, UndefinedBehavior, context};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::FastHash;
 use crate::plan::{Settings, SortedMap, Test, TrackSource};
 
 /// Environment variables the metrics-store rally.ini reads at apply time.
@@ -47,6 +48,9 @@ pub struct Artifacts {
     pub config_hash: String,
 }
 
+/// Every planned test's artifacts, looked up by address (never iterated, so no order is kept).
+pub type ArtifactMap = HashMap<crate::address::Address, Artifacts, FastHash>;
+
 /// How `env("NAME")` in a rally.ini renders.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Secrets {
@@ -68,7 +72,7 @@ pub struct Renderer {
 pub struct Session<'r> {
     renderer: &'r Renderer,
     /// Rendered parts by template and context.
-    parts: HashMap<Vec<u8>, Part>,
+    parts: HashMap<Vec<u8>, Part, FastHash>,
     /// Reused buffers: the key of a part being looked up, the text being hashed.
     key: Vec<u8>,
     text: Vec<u8>,
@@ -144,7 +148,7 @@ impl Renderer {
     pub fn session(&self) -> Session<'_> {
         Session {
             renderer: self,
-            parts: HashMap::new(),
+            parts: HashMap::default(),
             key: Vec::new(),
             text: Vec::new(),
         }

@@ -221,3 +221,54 @@ fn state_commands_and_force_unlock() {
     let out = rallyctl(&["state", "list", "--state", s]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
+
+/// `plan` without `--state` reads `state/<name>.state.json` below the current directory, the
+/// name read from the plan (early from the top of a TOML plan, or after validating a JSON one),
+/// and refuses a state of another workspace found there.
+#[test]
+fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = root().join("conditional_install_items/rally_csv.ini");
+    let defaults = format!(
+        "region = \"r\"\nami = \"a\"\ninstance_type = \"t\"\ntrack = \"x\"\nrally_config = {:?}",
+        ini.to_str().unwrap()
+    );
+    std::fs::write(
+        dir.path().join("p.toml"),
+        format!("version = 1\nname = \"mine\"\n[defaults]\n{defaults}\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n"),
+    )
+    .unwrap();
+    let json = serde_json::json!({
+        "version": 1,
+        "suite": [{"name": "s", "test": [{"name": "t"}]}],
+        "defaults": {"region": "r", "ami": "a", "instance_type": "t", "track": "x", "rally_config": ini},
+        "name": "mine",
+    });
+    std::fs::write(dir.path().join("p.json"), json.to_string()).unwrap();
+    let run = |plan: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+            .args(["plan", plan])
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    for plan in ["p.toml", "p.json"] {
+        let out = run(plan);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Plan: 1 to run"));
+    }
+    let state = dir.path().join("state/mine.state.json");
+    let mut other = rallyctl::state::State::new("other");
+    rallyctl::state::save(&state, &mut other).unwrap();
+    for plan in ["p.toml", "p.json"] {
+        let out = run(plan);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("belongs to workspace `other`, not `mine`"),
+            "{}",
+            text(&out)
+        );
+    }
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::diag::{PlanErrors, Sink};
 use super::source::{self, Entry, Format, Kind, Node};
 use super::{Connect, PLAN_VERSION, Plan, Settings, SortedMap, Suite, Test, Text, TrackSource};
+use crate::FastHash;
 use crate::address::{self, Address};
 
 /// The type each settings key takes; the same keys are valid in `[defaults]` and in a test.
@@ -173,9 +174,9 @@ impl fmt::Display for Field<'_> {
     }
 }
 
-pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
+pub fn read(path: &Path) -> Result<String, PlanErrors> {
     let text = std::fs::read(path).map_err(|e| single(path, format!("cannot read: {e}")))?;
-    let text = String::from_utf8(text).map_err(|e| {
+    String::from_utf8(text).map_err(|e| {
         single(
             path,
             format!(
@@ -183,8 +184,7 @@ pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
                 e.utf8_error().valid_up_to()
             ),
         )
-    })?;
-    parse(path, &text)
+    })
 }
 
 fn single(path: &Path, message: String) -> PlanErrors {
@@ -196,11 +196,16 @@ fn single(path: &Path, message: String) -> PlanErrors {
     }
 }
 
-pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
-    let format = match path.extension().and_then(|e| e.to_str()) {
+/// The format follows the extension: `.json` is JSON, anything else TOML.
+pub fn format_of(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
         Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
         _ => Format::Toml,
-    };
+    }
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
+    let format = format_of(path);
     let mut sink = Sink::new(path, text);
     let plan = match source::parse(text, format) {
         Ok(root) => Loader {
@@ -437,7 +442,7 @@ impl<'n> Loader<'_, '_> {
             );
         }
         let mut tests = Vec::with_capacity(test_nodes.len());
-        let mut seen = HashSet::with_capacity(test_nodes.len());
+        let mut seen = HashSet::with_capacity_and_hasher(test_nodes.len(), FastHash::default());
         for (i, test_node) in test_nodes.iter().enumerate() {
             let test_field = tests_field.index(i);
             let Some(entries) = self.table(test_node, test_field) else {

@@ -230,7 +230,31 @@ impl Plan {
     /// Reads and validates a plan file; the format follows the extension (`.json` is JSON,
     /// anything else TOML).
     pub fn load(path: &Path) -> Result<Plan, PlanErrors> {
-        load::load(path)
+        Plan::parse(path, &Plan::read(path)?)
+    }
+
+    /// A plan file's text, for [`Plan::parse`].
+    pub fn read(path: &Path) -> Result<String, PlanErrors> {
+        load::read(path)
+    }
+
+    /// The workspace name a TOML plan gives before its first table, read without parsing or
+    /// validating the rest, so that work needing only the name (reading the workspace's state)
+    /// can start while the plan is validated. `None` for JSON plans, or when the name is not
+    /// a plain string there; [`Plan::parse`] has the last word either way.
+    pub fn peek_name(path: &Path, text: &str) -> Option<String> {
+        if load::format_of(path) != source::Format::Toml {
+            return None;
+        }
+        match toml_doc::parse_head(text).ok()?.kind {
+            source::Kind::Table(entries) => {
+                match &entries.iter().find(|e| e.key == "name")?.value.kind {
+                    source::Kind::String(name) => Some(name.to_string()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
     }
 
     /// Validates plan text as if read from `path` (which relative paths inside do not use).

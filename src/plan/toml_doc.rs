@@ -26,6 +26,16 @@ const CHUNK_TOKENS: usize = 4096;
 const MAX_DEPTH: u32 = 80;
 
 pub fn parse(text: &str) -> Result<Node<'_>, SyntaxError> {
+    build(text, false)
+}
+
+/// The document's root table as far as its first table header: what a plan says before its
+/// `[defaults]` and suites, read at little cost whatever the rest holds.
+pub fn parse_head(text: &str) -> Result<Node<'_>, SyntaxError> {
+    build(text, true)
+}
+
+fn build(text: &str, head_only: bool) -> Result<Node<'_>, SyntaxError> {
     let source = Source::new(text);
     let mut builder = Builder {
         source,
@@ -47,9 +57,23 @@ pub fn parse(text: &str) -> Result<Node<'_>, SyntaxError> {
         let mut lexer = source.lex();
         let mut tokens = Vec::with_capacity(CHUNK_TOKENS + 256);
         let mut depth = 0usize;
+        let mut line_start = true;
         loop {
-            let token = lexer.next();
+            let mut token = lexer.next();
+            if let Some(t) = token
+                && head_only
+                && line_start
+                && depth == 0
+                && t.kind() == TokenKind::LeftSquareBracket
+            {
+                token = None;
+            }
             if let Some(token) = token {
+                line_start = match token.kind() {
+                    TokenKind::Newline => true,
+                    TokenKind::Whitespace => line_start,
+                    _ => false,
+                };
                 match token.kind() {
                     TokenKind::LeftSquareBracket | TokenKind::LeftCurlyBracket => depth += 1,
                     TokenKind::RightSquareBracket | TokenKind::RightCurlyBracket => {
@@ -717,6 +741,15 @@ mod tests {
         assert!(err(&text).contains("duplicate key `z`"));
         let at = text.len() - 6;
         assert_eq!(parse(&text).unwrap_err().span.start, at);
+    }
+
+    #[test]
+    fn the_head_is_what_stands_before_the_first_table() {
+        let text = "name = \"n\"\nl = [\n[1],\n]\n  [t]\nx = 1\n[[u]]\n";
+        assert_eq!(shape(&parse_head(text).unwrap()), r#"{name="n",l=[[1]]}"#);
+        assert_eq!(shape(&parse_head("[t]\nname = 1\n").unwrap()), "{}");
+        // Only the head is read: a mistake further down does not show.
+        assert!(parse_head("name = 1\n[t]\nx = \n").is_ok());
     }
 
     #[test]
