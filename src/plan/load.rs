@@ -1,8 +1,9 @@
 //! Validation: the spanned tree of a plan file to a typed [`Plan`], every problem collected.
 //!
 //! A plan may hold ten thousand tests, so the hot path allocates only what the [`Plan`] keeps:
-//! values stay borrowed from the tree until a test's settings are merged, and a problem's field
-//! path (`suite[3].test[7].track`) is only formatted when there is a problem to report.
+//! a value is made once where it is written (a default once for every test that inherits it),
+//! and a problem's field path (`suite[3].test[7].track`) is only formatted when there is a
+//! problem to report.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -98,7 +99,8 @@ const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
     names
 };
 const DEFAULT_RALLY_CONFIG: &str = "conditional_install_items/rally_csv.ini";
-const REQUIRED: [&str; 3] = ["region", "ami", "instance_type"];
+/// Settings every test must have, by index into [`SETTINGS`].
+const REQUIRED: [usize; 3] = [at("region"), at("ami"), at("instance_type")];
 /// From this many tests on, suites are read on all cores.
 const PARALLEL_FROM_TESTS: usize = 512;
 /// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
@@ -302,7 +304,7 @@ impl<'n> Loader<'_, '_> {
             ("ssh_port", Val::Port(22)),
             ("connect", Val::Connect(Connect::PublicIp)),
         ] {
-            defaults[setting(key).expect("built-in defaults are settings")].get_or_insert(value);
+            defaults[at(key)].get_or_insert(value);
         }
 
         let mut suites = Vec::new();
@@ -685,8 +687,9 @@ impl<'n> Loader<'_, '_> {
             (None, base) => base.clone(),
         });
         let mut ok = true;
-        for key in REQUIRED {
-            if m[setting(key).expect("required keys are settings")].is_none() {
+        for i in REQUIRED {
+            if m[i].is_none() {
+                let key = SETTINGS[i].0;
                 self.sink.error(
                     span,
                     field,

@@ -150,20 +150,9 @@ impl<V> SortedMap<V> {
         self.0.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// The entries in key order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &V)> {
         self.0.iter().map(|(k, v)| (&**k, v))
-    }
-
-    pub fn get(&self, key: &str) -> Option<&V> {
-        self.0
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| &self.0[i].1)
     }
 }
 
@@ -282,7 +271,6 @@ mod tests {
             .map(|(k, v)| (Text::from(k), v))
             .collect();
         assert_eq!(map.iter().collect::<Vec<_>>(), [("a", &2), ("b", &3)]);
-        assert_eq!(map.get("b"), Some(&3));
         let tree: BTreeMap<&str, i64> = [("a", 2), ("b", 3)].into();
         for (ours, theirs) in [
             (
