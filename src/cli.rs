@@ -27,7 +27,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[command(
     name = "rallyctl",
     version,
-    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on fresh EC2 instances"
+    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on EC2, your own hosts or this machine"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -68,7 +68,7 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
-    /// Run what the plan says: launch, install, race, collect, terminate
+    /// Run what the plan says: get a machine, install, race, collect, give the machine back
     Apply {
         /// A plan file, or a plan saved with `plan -out`
         plan: PathBuf,
@@ -81,7 +81,8 @@ enum Command {
         #[command(flatten)]
         select: Select,
     },
-    /// Terminate every instance of the workspace: those in state and leaked ones found by tag
+    /// Give back everything the workspace holds: terminate its instances (also leaked ones
+    /// found by tag), stop its races on hosts and end their leases
     Destroy {
         plan: PathBuf,
         /// Do not ask for approval
@@ -250,19 +251,24 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
         Ok(plan) => {
             Graph::compile(&plan)?;
             let tests = plan.tests().count();
+            // Each aws test launches an instance of its own; hosts and this machine are reused.
+            let instances = plan
+                .tests()
+                .filter(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
+                .count();
             if g.json {
                 println!(
                     "{}",
-                    serde_json::json!({"valid": true, "name": plan.name, "suites": plan.suites.len(), "tests": tests, "instances": tests})
+                    serde_json::json!({"valid": true, "name": plan.name, "suites": plan.suites.len(), "tests": tests, "instances": instances})
                 );
             } else {
                 println!(
-                    "{} is valid: {} suite{}, {tests} test{}, {tests} instance{}.",
+                    "{} is valid: {} suite{}, {tests} test{}, {instances} EC2 instance{}.",
                     path.display(),
                     plan.suites.len(),
                     plural(plan.suites.len()),
                     plural(tests),
-                    plural(tests)
+                    plural(instances)
                 );
             }
             Ok(0)
@@ -282,11 +288,19 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// The state path: `--state`, else the default for the plan's workspace.
+/// The state file of a workspace: `--state`, else `state/<workspace>.state.json`. Every
+/// command finds its state through here.
+fn workspace_state(g: &Global, workspace: &str) -> PathBuf {
+    g.state
+        .clone()
+        .unwrap_or_else(|| state::default_path(workspace))
+}
+
+/// The state path of a command that may be given a plan: `--state`, else the plan's workspace's.
 fn state_path(g: &Global, plan: Option<&Path>) -> Result<PathBuf> {
     match (&g.state, plan) {
         (Some(path), _) => Ok(path.clone()),
-        (None, Some(plan)) => Ok(state::default_path(&Plan::load(plan)?.name)),
+        (None, Some(plan)) => Ok(workspace_state(g, &Plan::load(plan)?.name)),
         (None, None) => bail!("name the plan file or pass --state PATH to say which state to use"),
     }
 }
@@ -302,10 +316,7 @@ pub struct Loaded {
 }
 
 pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
-    let state_path = g
-        .state
-        .clone()
-        .unwrap_or_else(|| state::default_path(&plan.name));
+    let state_path = workspace_state(g, &plan.name);
     load_at(plan, state_path, None)
 }
 
@@ -318,7 +329,7 @@ pub fn load_file(path: &Path, g: &Global) -> Result<Loaded> {
     std::thread::scope(|scope| {
         let reading = (early.as_ref()).map(|p| (p, scope.spawn(move || state::load(p))));
         let plan = Plan::parse(path, &text)?;
-        let state_path = (g.state.clone()).unwrap_or_else(|| state::default_path(&plan.name));
+        let state_path = workspace_state(g, &plan.name);
         let read = match reading {
             Some((p, read)) if *p == state_path => {
                 Some(read.join().expect("reading state does not panic"))
@@ -462,7 +473,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 .with_context(|| format!("{address} is not in {}", path.display()))?;
             state::save(&path, &mut state)?;
             println!("Removed {address} from {}.", path.display());
-            if let Some(instance) = record.live_instance() {
+            if let Some(instance) = record.live_machine() {
                 println!(
                     "Its instance {} may still be running: `rallyctl destroy` finds it by its tags.",
                     instance.id
@@ -561,10 +572,7 @@ fn apply(
         Some(s) => s.plan.clone(),
         None => Plan::load(path)?,
     };
-    let state_path = g
-        .state
-        .clone()
-        .unwrap_or_else(|| state::default_path(&plan.name));
+    let state_path = workspace_state(g, &plan.name);
     let _lock = lock(&state_path, &format!("rallyctl apply {}", path.display()))?;
     let l = load(plan, g)?;
     let changes = match &saved {
@@ -593,7 +601,8 @@ fn apply(
         }
     }
     println!();
-    let handle = crate::executor::StateHandle::new(l.state, l.state_path.clone());
+    let handle = crate::lifecycle::StateHandle::new(l.state, l.state_path.clone());
+    let state_dir = state_dir(&l.state_path);
     let rt = runtime()?;
     let report = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -611,15 +620,18 @@ fn apply(
                 }
             })
         };
-        let provider = crate::provider::aws::Aws::from_env().await;
-        let report = crate::executor::apply(
+        let provider = crate::provider::Fleet::new(state_dir, &l.plan.name);
+        let report = crate::walk::apply(
             provider,
             l.plan,
             l.artifacts,
             l.renderer,
             &changes,
             handle.clone(),
-            &crate::executor::ApplyOptions { parallelism },
+            &crate::walk::ApplyOptions {
+                parallelism,
+                results_dir: PathBuf::from("results"),
+            },
             ui::Progress::new(ui::stdout_is_tty() && !g.json),
             cancel,
         )
@@ -644,9 +656,14 @@ fn apply(
     let plan_arg = path.display();
     if report.interrupted {
         if !report.still_running.is_empty() {
-            println!("\nStill running (and costing money):");
-            for (address, id) in &report.still_running {
-                println!("  {address}  {id}");
+            let paid = (report.still_running.iter())
+                .any(|(_, m)| m.provider == crate::plan::ProviderKind::Aws);
+            println!(
+                "\nStill running{}:",
+                if paid { " (and costing money)" } else { "" }
+            );
+            for (address, machine) in &report.still_running {
+                println!("  {address}  {}", machine.id);
             }
             println!(
                 "\nResume with `rallyctl apply {plan_arg}`, or terminate them with `rallyctl destroy {plan_arg}`."
@@ -671,68 +688,63 @@ fn apply(
     Ok(0)
 }
 
+/// The directory of the state file, where per-workspace files (EC2's ephemeral key and known
+/// hosts) live beside it.
+fn state_dir(state_path: &Path) -> PathBuf {
+    state_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
 fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     let plan = Plan::load(path)?;
-    let state_path = g
-        .state
-        .clone()
-        .unwrap_or_else(|| state::default_path(&plan.name));
+    let state_path = workspace_state(g, &plan.name);
     let _lock = lock(&state_path, &format!("rallyctl destroy {}", path.display()))?;
     let (state, _) = state::load_or_new(&state_path, &plan.name)?;
-    let regions: std::collections::HashSet<String> = plan
-        .tests()
-        .map(|t| t.settings.region.to_string())
-        .collect();
+    let settings: Vec<&crate::plan::Settings> = plan.tests().map(|t| &t.settings).collect();
     let rt = runtime()?;
-    let provider = rt.block_on(crate::provider::aws::Aws::from_env());
-    let targets = rt.block_on(crate::executor::destroy_targets(
-        &provider, &state, &regions,
-    ))?;
+    let provider = crate::provider::Fleet::new(state_dir(&state_path), &plan.name);
+    let targets = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
     if targets.is_empty() {
         println!(
-            "Nothing to destroy: no instance of workspace `{}` is running.",
+            "Nothing to destroy: workspace `{}` holds no machine.",
             plan.name
         );
         return Ok(0);
     }
-    println!("rallyctl will terminate these instances:\n");
+    println!("rallyctl will give back these machines:\n");
     for t in &targets {
+        let (id, how) = (&t.machine.id, t.machine.provider.released());
         match &t.address {
-            Some(a) => println!("  {} - {}  {a}", console::style("  -").red(), t.id),
+            Some(a) => println!("  {} {id}  {a}  (to be {how})", console::style("-").red()),
             None => println!(
-                "  {} - {}  (leaked: tagged with this workspace, unknown to state)",
-                console::style("  -").red(),
-                t.id
+                "  {} {id}  (leaked: tagged with this workspace, unknown to state; to be {how})",
+                console::style("-").red(),
             ),
         }
     }
-    println!("\nDestroy: {} to terminate.", targets.len());
+    println!("\nDestroy: {} to give back.", targets.len());
     if !auto_approve {
         let yes =
-            ui::confirm("\nDo you really want to terminate them?").map_err(anyhow::Error::msg)?;
+            ui::confirm("\nDo you really want to give them back?").map_err(anyhow::Error::msg)?;
         if !yes {
             println!("Destroy cancelled.");
             return Ok(1);
         }
     }
-    let handle = crate::executor::StateHandle::new(state, state_path);
-    let remaining = rt.block_on(crate::executor::destroy(
-        &provider,
-        &handle,
-        &targets,
-        std::time::Duration::from_secs(600),
-    ))?;
-    if remaining.is_empty() {
+    let handle = crate::lifecycle::StateHandle::new(state, state_path);
+    let failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
+    if failed.is_empty() {
         println!(
-            "\nDestroy complete: {} instance{} terminated.",
+            "\nDestroy complete: {} machine{} given back.",
             targets.len(),
             plural(targets.len())
         );
         Ok(0)
     } else {
-        bail!(
-            "still not terminated after 10 minutes: {}",
-            remaining.join(", ")
-        )
+        let lines: Vec<String> = failed.iter().map(|(id, e)| format!("{id}: {e}")).collect();
+        bail!("not given back:\n  {}", lines.join("\n  "))
     }
 }

@@ -1,21 +1,26 @@
 //! rallyctl: Terraform-style plan/apply for fleets of Elasticsearch Rally benchmarks.
 //!
-//! Data flows one way (see DESIGN.md): [`plan`] → [`graph`] → [`planner`] (against [`state`]) →
-//! [`executor`] (through [`provider`], [`remote`] and [`templates`]) → [`results`], with [`ui`]
-//! and [`cli`] at the edges.
+//! Data flows one way (see ARCHITECTURE.md): [`plan`] → [`graph`] → [`planner`] (against
+//! [`state`]) → [`walk`] → [`lifecycle`] (through [`provider`], [`remote`], [`staging`],
+//! [`collect`] and [`templates`]) → [`state`] and [`results`], with [`ui`] and [`cli`] at the
+//! edges; [`destroy`] gives back what a workspace holds.
 
 pub mod address;
 pub mod cli;
-pub mod executor;
+pub mod collect;
+pub mod destroy;
 pub mod graph;
+pub mod lifecycle;
 pub mod plan;
 pub mod planner;
 pub mod provider;
 pub mod remote;
 pub mod results;
+pub mod staging;
 pub mod state;
 pub mod templates;
 pub mod ui;
+pub mod walk;
 
 /// The hasher of the maps every test of a plan passes through (artifacts, rendered parts, the
 /// graph): their keys come from the user's own plan, so the flooding that std's SipHash guards

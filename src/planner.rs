@@ -10,15 +10,18 @@ use similar::TextDiff;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::Plan;
-use crate::state::{State, Status, TestRecord};
+use crate::plan::{MachineSettings, Plan, ProviderKind};
+use crate::state::{State, Status, Step, TestRecord};
 use crate::templates::{ArtifactMap, Renderer, TemplateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// No result yet (or the last attempt did not finish): run it.
+    /// No result yet (or the last attempt failed): run a new attempt.
     Run,
+    /// An earlier apply stopped in the middle of this attempt: go on from its step, on the
+    /// machine it holds.
+    Resume { step: Step },
     /// A result exists but was made with another configuration (or `--replace` asked).
     Rerun,
     /// The test left the plan while its instance may still be running.
@@ -44,6 +47,9 @@ pub struct Change {
 pub struct Changes {
     pub changes: Vec<Change>,
     pub unchanged: usize,
+    /// How the machines will be shared, where tests will wait for one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What to consider: `targets` limits the plan to some addresses, `replace` forces re-runs.
@@ -112,7 +118,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             config_hash: Some(new.config_hash.clone()),
             diff,
             instance: record
-                .and_then(TestRecord::live_instance)
+                .and_then(TestRecord::live_machine)
                 .map(|i| i.id.clone()),
         };
         let Some(record) = record else {
@@ -156,8 +162,15 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 Some(diff_text()),
             )),
             (Status::InProgress { step }, true) if !replace => Some(change(
-                Action::Run,
+                Action::Resume { step: *step },
                 format!("will be resumed at {step} (an earlier apply stopped there)"),
+                None,
+            )),
+            (Status::InProgress { step }, true) => Some(change(
+                Action::Rerun,
+                format!(
+                    "will be run as a new attempt: replacement requested (the last one stopped at {step})"
+                ),
                 None,
             )),
             (Status::Failed { step, error, .. }, true) => Some(change(
@@ -185,7 +198,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
         if artifacts.contains_key(address) || !wanted(address) {
             continue;
         }
-        if let Some(instance) = record.live_instance() {
+        if let Some(instance) = record.live_machine() {
             changes.changes.push(Change {
                 address: address.clone(),
                 action: Action::Terminate,
@@ -199,7 +212,51 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             });
         }
     }
+    changes.notes = sharing_notes(plan, &changes);
     changes
+}
+
+/// Where the tests to run will wait for a machine: a suite's tests on this machine run one at
+/// a time, and a pool of hosts smaller than the tests of a suite makes some wait.
+fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
+    let mut notes = Vec::new();
+    for suite in &plan.suites {
+        let to_run: Vec<&crate::plan::Test> = suite
+            .tests
+            .iter()
+            .filter(|t| changes.get(&t.address).is_some())
+            .collect();
+        let local = to_run
+            .iter()
+            .filter(|t| t.settings.provider() == ProviderKind::Local)
+            .count();
+        if local > 1 && suite.parallelism.is_none() {
+            notes.push(format!(
+                "suite `{}`: its {local} tests on this machine run one at a time (two Rally races on one machine skew each other); set the suite's `parallelism` to run more at once",
+                suite.name
+            ));
+        }
+        let mut hosts: Vec<&str> = Vec::new();
+        let mut ssh = 0;
+        for t in &to_run {
+            if let MachineSettings::Ssh(s) = &t.settings.machine {
+                ssh += 1;
+                hosts.extend(s.hosts.iter().map(|h| &**h));
+            }
+        }
+        hosts.sort_unstable();
+        hosts.dedup();
+        let at_once = suite.parallelism.map_or(ssh, |p| p.get().min(ssh));
+        if at_once > hosts.len() {
+            notes.push(format!(
+                "suite `{}`: {ssh} tests share a pool of {} host{}: some wait for a free host",
+                suite.name,
+                hosts.len(),
+                if hosts.len() == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    notes
 }
 
 fn first_line(s: &str) -> &str {
@@ -222,6 +279,7 @@ pub fn render(changes: &Changes) -> String {
         for c in &changes.changes {
             let styled = match c.action {
                 Action::Run => style("  +").green(),
+                Action::Resume { .. } => style("  >").cyan(),
                 Action::Rerun => style("-/+").yellow(),
                 Action::Terminate => style("  -").red(),
             };
@@ -241,6 +299,12 @@ pub fn render(changes: &Changes) -> String {
             }
             out.push('\n');
         }
+        for note in &changes.notes {
+            let _ = writeln!(out, "Note: {note}");
+        }
+        if !changes.notes.is_empty() {
+            out.push('\n');
+        }
         if changes.unchanged > 0 {
             let _ = writeln!(
                 out,
@@ -254,10 +318,20 @@ pub fn render(changes: &Changes) -> String {
             );
         }
     }
+    let resumes = changes
+        .changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Resume { .. }))
+        .count();
     let _ = write!(
         out,
-        "Plan: {} to run, {} to re-run, {} to terminate.",
+        "Plan: {} to run, {}{} to re-run, {} to terminate.",
         changes.count(Action::Run),
+        if resumes > 0 {
+            format!("{resumes} to resume, ")
+        } else {
+            String::new()
+        },
         changes.count(Action::Rerun),
         changes.count(Action::Terminate)
     );
@@ -370,7 +444,8 @@ impl SavedPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Instance, Step};
+    use crate::plan::ProviderKind;
+    use crate::state::{Machine, Step};
 
     const PLAN: &str = r#"
 version = 1
@@ -422,6 +497,50 @@ track = "nyc_taxis"
     }
 
     #[test]
+    fn plan_says_where_tests_will_wait_for_a_machine() {
+        console::set_colors_enabled(false);
+        let p = plan(
+            r#"version = 1
+name = "pools"
+[defaults]
+track = "geonames"
+[[suite]]
+name = "here"
+[[suite.test]]
+name = "a"
+provider = "local"
+[[suite.test]]
+name = "b"
+provider = "local"
+[[suite]]
+name = "lab"
+[[suite.test]]
+name = "c"
+provider = "ssh"
+hosts = ["bench-1", "bench-2:2222"]
+[[suite.test]]
+name = "d"
+provider = "ssh"
+hosts = ["bench-1", "bench-2:2222"]
+[[suite.test]]
+name = "e"
+provider = "ssh"
+hosts = ["bench-2:2222"]
+[[suite]]
+name = "bounded"
+parallelism = 2
+[[suite.test]]
+name = "f"
+provider = "local"
+[[suite.test]]
+name = "g"
+provider = "local"
+"#,
+        );
+        insta::assert_snapshot!(plan_text(&p, &State::new("pools"), &Options::default()));
+    }
+
+    #[test]
     fn everything_new_is_run() {
         console::set_colors_enabled(false);
         insta::assert_snapshot!(plan_text(
@@ -445,10 +564,13 @@ track = "nyc_taxis"
             "ingest.nyc",
             Status::InProgress { step: Step::Racing },
         );
-        r.instance = Some(Instance {
+        r.instance = Some(Machine {
+            provider: ProviderKind::Aws,
             id: "i-0abc".into(),
-            region: "us-east-1".into(),
+            region: Some("us-east-1".into()),
             address: None,
+            lease: None,
+            run_dir: None,
             launched_at: "2026-11-25T00:00:00Z".parse().unwrap(),
             terminated_at: None,
         });
@@ -501,7 +623,23 @@ track = "nyc_taxis"
             ..Options::default()
         };
         assert!(
-            plan_text(&p, &state, &only).ends_with("Plan: 1 to run, 0 to re-run, 0 to terminate.")
+            plan_text(&p, &state, &only)
+                .ends_with("Plan: 0 to run, 1 to resume, 0 to re-run, 0 to terminate.")
+        );
+        // Replacing a test in progress is a new attempt, not a resume.
+        let replace = Options {
+            replace: vec!["ingest.nyc".parse().unwrap()],
+            ..Options::default()
+        };
+        let changes = diff(
+            &p,
+            &state,
+            &render_all(&p, &Renderer::new()).unwrap(),
+            &replace,
+        );
+        assert_eq!(
+            changes.get(&"ingest.nyc".parse().unwrap()).unwrap().action,
+            Action::Rerun
         );
     }
 

@@ -1,20 +1,16 @@
-//! Reaching an instance: an ephemeral ed25519 key, pushed with EC2 Instance Connect before each
-//! connection that needs it, and the system's OpenSSH client for commands and file transfer
-//! (tar streams over stdin and stdout).
+//! Running commands on a machine: the system's OpenSSH client for a machine over SSH, `bash`
+//! for this one. Files go both ways as tar streams over stdin and stdout. Nothing here knows
+//! where a machine came from: a provider says how to reach it ([`Endpoint`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::provider::{Provider, ProviderError};
-
-/// An Instance Connect key is honoured for 60 s; push again a little before that runs out.
-const KEY_FRESH_FOR: Duration = Duration::from_secs(45);
 const CONNECT_TIMEOUT_SECS: u32 = 10;
 
 /// One key pair for one apply; the private half lives in a 0600 file removed on drop.
@@ -23,14 +19,64 @@ pub struct EphemeralKey {
     pub public_openssh: String,
 }
 
+/// How to run commands on a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Ssh(SshEndpoint),
+    /// This machine, in the user's home directory (where an SSH session would start).
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// None: OpenSSH's own choice (`~/.ssh/config`, else the local user name).
+    pub user: Option<String>,
+    /// None: the agent and `~/.ssh/config`.
+    pub identity: Option<PathBuf>,
+    pub host_keys: HostKeys,
+}
+
+/// How a machine's host key is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeys {
+    /// Trusted on first use into `file`, filed under `alias`: for fresh cloud machines, whose
+    /// addresses are reused by later machines with other keys.
+    FirstUse { file: PathBuf, alias: String },
+    /// Checked against `file` (OpenSSH's default known_hosts when None): an unknown or changed
+    /// key is refused, never trusted.
+    Strict { file: Option<PathBuf> },
+}
+
+impl Endpoint {
+    /// The machine as messages name it.
+    pub fn name(&self) -> String {
+        match self {
+            Endpoint::Ssh(e) => e.host.clone(),
+            Endpoint::Local => "this machine".into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     #[error("cannot create the SSH key: {0}")]
     Key(String),
-    #[error(transparent)]
-    Push(#[from] ProviderError),
-    #[error("cannot run ssh: {0}")]
-    Spawn(std::io::Error),
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// The connection failed (refused, reset, timed out): the machine may answer later.
+    #[error("cannot connect to {host}: {detail}")]
+    Connection { host: String, detail: String },
+    /// The machine refused the key.
+    #[error("{host} refused the SSH key: {detail}")]
+    RefusedKey { host: String, detail: String },
+    /// The host key is unknown or changed: never retried, never trusted silently.
+    #[error("the host key of {host} is not trusted: {detail}")]
+    HostKey { host: String, detail: String },
     #[error("`{command}` on {host} failed with exit code {code:?}: {stderr}")]
     Failed {
         host: String,
@@ -44,19 +90,6 @@ pub enum RemoteError {
         command: String,
         seconds: u64,
     },
-}
-
-impl RemoteError {
-    /// ssh exits 255 when the connection itself failed (refused, reset, auth): worth retrying.
-    pub fn is_connection(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::Failed {
-                code: Some(255),
-                ..
-            } | RemoteError::Timeout { .. }
-        )
-    }
 }
 
 impl EphemeralKey {
@@ -88,139 +121,148 @@ impl EphemeralKey {
     }
 }
 
-/// Where and as whom to connect to one instance.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub region: String,
-    pub instance_id: String,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub known_hosts: PathBuf,
-}
-
-/// A connection helper for one instance that keeps its pushed key fresh.
-pub struct Session<'a, P: Provider> {
-    provider: &'a P,
-    key: &'a EphemeralKey,
-    pub target: Target,
-    pushed_at: Option<Instant>,
-}
-
+#[derive(Debug)]
 pub struct Output {
     pub stdout: Vec<u8>,
     pub stderr: String,
 }
 
-impl<'a, P: Provider> Session<'a, P> {
-    pub fn new(provider: &'a P, key: &'a EphemeralKey, target: Target) -> Self {
-        Session {
-            provider,
-            key,
-            target,
-            pushed_at: None,
-        }
-    }
-
-    async fn ensure_key(&mut self) -> Result<(), RemoteError> {
-        if self.pushed_at.is_none_or(|t| t.elapsed() > KEY_FRESH_FOR) {
-            let t = &self.target;
-            self.provider
-                .push_key(&t.region, &t.instance_id, &t.user, &self.key.public_openssh)
-                .await?;
-            self.pushed_at = Some(Instant::now());
-        }
-        Ok(())
-    }
-
-    /// Forgets the push, so the next connection pushes again (after an authentication failure).
-    pub fn expire_key(&mut self) {
-        self.pushed_at = None;
-    }
-
-    fn command(&self, remote: &str) -> Command {
-        let t = &self.target;
-        let mut cmd = Command::new("ssh");
+fn ssh_command(e: &SshEndpoint, remote: &str) -> Command {
+    let mut cmd = Command::new("ssh");
+    if let Some(identity) = &e.identity {
         cmd.arg("-i")
-            .arg(self.key.path())
-            .args(["-p", &t.port.to_string()])
-            .args(["-l", &t.user])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .args(["-o", &format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}")])
-            .args([
-                "-o",
-                "ServerAliveInterval=15",
-                "-o",
-                "ServerAliveCountMax=4",
-            ])
-            // Trust on first use, per instance: addresses get reused by later instances, so the
-            // host key is filed under the instance id, not the address.
-            .args(["-o", "StrictHostKeyChecking=accept-new"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", t.known_hosts.display()))
-            .args(["-o", &format!("HostKeyAlias={}", t.instance_id)])
-            .arg(&t.host)
-            .arg(remote)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        cmd
+            .arg(identity)
+            .args(["-o", "IdentitiesOnly=yes"]);
     }
+    if let Some(user) = &e.user {
+        cmd.args(["-l", user]);
+    }
+    cmd.args(["-p", &e.port.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(["-o", &format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}")])
+        .args([
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+        ]);
+    match &e.host_keys {
+        HostKeys::FirstUse { file, alias } => {
+            cmd.args(["-o", "StrictHostKeyChecking=accept-new"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", file.display()))
+                .args(["-o", &format!("HostKeyAlias={alias}")]);
+        }
+        HostKeys::Strict { file } => {
+            cmd.args(["-o", "StrictHostKeyChecking=yes"]);
+            if let Some(file) = file {
+                cmd.arg("-o")
+                    .arg(format!("UserKnownHostsFile={}", file.display()));
+            }
+        }
+    }
+    // `--` keeps a host that starts with a dash from reading as an option.
+    cmd.arg("--").arg(&e.host).arg(remote);
+    cmd
+}
 
-    /// Runs `remote` (a shell command line) with `input` on its stdin.
-    pub async fn exec(
-        &mut self,
-        remote: &str,
-        input: &[u8],
-        timeout: Duration,
-    ) -> Result<Output, RemoteError> {
-        self.ensure_key().await?;
-        let mut child = self.command(remote).spawn().map_err(RemoteError::Spawn)?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            // A remote command that does not read its input closes the pipe early; that is fine.
-            let _ = stdin.write_all(&input).await;
-        });
-        let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
-        writer.abort();
-        let host = self.target.host.clone();
-        let out = match waited {
-            Ok(out) => out.map_err(RemoteError::Spawn)?,
-            Err(_) => {
-                return Err(RemoteError::Timeout {
-                    host,
-                    command: remote.to_owned(),
-                    seconds: timeout.as_secs(),
-                });
+/// ssh exits 255 when the connection itself failed; its message says how.
+fn connection_error(host: &str, stderr: &str) -> RemoteError {
+    let detail = tail(stderr, 5);
+    let host = host.to_owned();
+    if stderr.contains("Host key verification failed")
+        || stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || stderr.contains("host key is known")
+    {
+        RemoteError::HostKey { host, detail }
+    } else if stderr.contains("Permission denied") {
+        RemoteError::RefusedKey { host, detail }
+    } else {
+        RemoteError::Connection { host, detail }
+    }
+}
+
+/// Runs `remote` (a shell command line) on the machine with `input` on its stdin.
+pub async fn exec(
+    endpoint: &Endpoint,
+    remote: &str,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Output, RemoteError> {
+    let (mut cmd, program) = match endpoint {
+        Endpoint::Ssh(e) => (ssh_command(e, remote), "ssh".to_owned()),
+        Endpoint::Local => {
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c").arg(remote);
+            let mut program = "bash".to_owned();
+            if let Some(home) = std::env::var_os("HOME") {
+                program = format!("bash in the home directory {}", home.to_string_lossy());
+                cmd.current_dir(home);
             }
-        };
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        if out.status.success() {
-            Ok(Output {
-                stdout: out.stdout,
-                stderr,
-            })
-        } else {
-            if out.status.code() == Some(255) {
-                self.expire_key();
-            }
-            Err(RemoteError::Failed {
+            (cmd, program)
+        }
+    };
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| RemoteError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = tokio::spawn(async move {
+        // A remote command that does not read its input closes the pipe early; that is fine.
+        let _ = stdin.write_all(&input).await;
+    });
+    let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    writer.abort();
+    let host = endpoint.name();
+    let out = match waited {
+        Ok(out) => out.map_err(|source| RemoteError::Spawn { program, source })?,
+        Err(_) => {
+            return Err(RemoteError::Timeout {
                 host,
                 command: remote.to_owned(),
-                code: out.status.code(),
-                stderr: tail(&stderr, 20),
-            })
+                seconds: timeout.as_secs(),
+            });
         }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    match out.status.code() {
+        _ if out.status.success() => Ok(Output {
+            stdout: out.stdout,
+            stderr,
+        }),
+        Some(255) if matches!(endpoint, Endpoint::Ssh(_)) => Err(connection_error(&host, &stderr)),
+        code => Err(RemoteError::Failed {
+            host,
+            command: remote.to_owned(),
+            code,
+            stderr: tail(&stderr, 20),
+        }),
     }
+}
+
+/// A command that stops every process of the run in `run_dir` (relative to the home
+/// directory unless absolute): the race's session, and whatever else names the run's report or
+/// Rally home on its command line (an Elasticsearch that Rally launched, which leaves the
+/// session). Safe to repeat, and a no-op where nothing ran.
+pub fn stop_run_command(run_dir: &str) -> Result<String, crate::templates::TemplateError> {
+    let quoted = crate::templates::shell_quote(run_dir)?;
+    Ok(format!(
+        r#"cd {quoted} 2>/dev/null || exit 0
+run_dir=$(pwd)
+if [ -s race.pid ]; then pkill -KILL -s "$(cat race.pid)" 2>/dev/null; fi
+for p in /proc/[0-9]*; do
+  pid=${{p#/proc/}}
+  [ "$pid" = "$$" ] && continue
+  cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  case "$cmd" in *"$run_dir/report.csv"*|*"$run_dir/.rally/"*) kill -KILL "$pid" 2>/dev/null;; esac
+done
+exit 0"#
+    ))
 }
 
 /// The last `lines` lines of a text.
@@ -248,6 +290,54 @@ mod tests {
         let path = key.path().to_owned();
         drop(key);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn ssh_failures_are_told_apart_by_what_ssh_says() {
+        assert!(matches!(
+            connection_error("h", "Host key verification failed."),
+            RemoteError::HostKey { .. }
+        ));
+        assert!(matches!(
+            connection_error("h", "root@h: Permission denied (publickey)."),
+            RemoteError::RefusedKey { .. }
+        ));
+        assert!(matches!(
+            connection_error("h", "ssh: connect to host h port 22: Connection refused"),
+            RemoteError::Connection { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn local_commands_run_in_the_home_directory_with_their_input() {
+        let out = exec(
+            &Endpoint::Local,
+            "cat; pwd -P",
+            b"in\n",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "in\n{}\n",
+                Path::new(&home).canonicalize().unwrap().display()
+            )
+        );
+        let failed = exec(
+            &Endpoint::Local,
+            "echo oops >&2; exit 255",
+            b"",
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            matches!(&failed, Err(RemoteError::Failed { code: Some(255), stderr, .. }) if stderr == "oops"),
+            "exit 255 of a local command is the command's, not a connection's: {failed:?}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::Settings;
+use crate::plan::{ProviderKind, Settings};
 
 /// The state format version this rallyctl writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -102,14 +102,31 @@ impl Status {
     }
 }
 
+/// The machine an attempt holds, recorded before anything runs on it. Beyond the id, only its
+/// provider reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
+pub struct Machine {
+    /// States from before there were other providers hold EC2 instances.
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// What the provider names it by: an EC2 instance id, a host of the pool, `local`.
     pub id: String,
-    pub region: String,
-    /// The address rallyctl connects to, once the instance has one.
+    /// The EC2 region of an instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The address rallyctl connects to, once the machine has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The id of the lease that holds a host of a pool for this attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// The attempt's directory on the machine, where its race runs: what release stops on a
+    /// machine that outlives the test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    /// When it was launched or leased.
     pub launched_at: Timestamp,
+    /// When it was terminated or given back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<Timestamp>,
 }
@@ -154,6 +171,12 @@ impl RecordedSettings {
     pub fn value(&self) -> serde_json::Value {
         serde_json::from_str(self.0.get()).expect("state holds only valid JSON")
     }
+
+    /// The settings as typed, for work that needs no plan (destroy); an error when they are
+    /// not settings this rallyctl can read.
+    pub fn typed(&self) -> Result<Settings, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
 }
 
 impl From<&Settings> for RecordedSettings {
@@ -181,14 +204,15 @@ pub struct TestRecord {
     pub race_command: String,
     #[serde(flatten)]
     pub status: Status,
-    /// Counts launches of this test; with the lineage it names the instance (tags, ClientToken).
+    /// Counts attempts at this test; with the lineage it names the machine (EC2 tags and
+    /// ClientToken, the lease on a host).
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub race_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<Instance>,
+    pub instance: Option<Machine>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<ResultFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -196,13 +220,13 @@ pub struct TestRecord {
 }
 
 impl TestRecord {
-    /// An instance that may still be running (and costing money).
-    pub fn live_instance(&self) -> Option<&Instance> {
+    /// A machine the test may still hold (an instance costing money, a leased host).
+    pub fn live_machine(&self) -> Option<&Machine> {
         self.instance.as_ref().filter(|i| i.terminated_at.is_none())
     }
 
-    /// Records that the instance was terminated, now.
-    pub fn mark_terminated(&mut self) {
+    /// Records that the machine was given back, now.
+    pub fn mark_released(&mut self) {
         if let Some(i) = &mut self.instance {
             i.terminated_at = Some(Timestamp::now());
         }
@@ -405,7 +429,7 @@ pub struct Lock {
 }
 
 /// A holder on this host whose process is gone cannot be writing state any more.
-fn holder_gone(h: &LockHolder) -> bool {
+pub(crate) fn holder_gone(h: &LockHolder) -> bool {
     h.host == hostname() && !Path::new(&format!("/proc/{}", h.pid)).exists()
 }
 
@@ -468,7 +492,7 @@ impl Drop for Lock {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown-host".into())

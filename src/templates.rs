@@ -16,7 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::FastHash;
-use crate::plan::{Settings, SortedMap, Test, TrackSource};
+use crate::plan::{MachineSettings, RallyConfig, Settings, SortedMap, Test, TrackSource};
 
 /// Environment variables the metrics-store rally.ini reads at apply time.
 pub const METRICS_PASSWORD_ENV: &str = "RALLYCTL_METRICS_PASSWORD";
@@ -162,11 +162,15 @@ impl Renderer {
     /// The test's rally.ini. `env("NAME")` and `env("NAME", "default")` read the environment
     /// (metrics store host, port, user); a missing variable without a default is an error.
     pub fn rally_ini(&self, s: &Settings, secrets: Secrets) -> Result<String, TemplateError> {
-        let source =
-            std::fs::read_to_string(&s.rally_config).map_err(|source| TemplateError::Read {
-                path: s.rally_config.to_path_buf(),
-                source,
-            })?;
+        let source = match &s.rally_config {
+            RallyConfig::BuiltIn => RallyConfig::BUILT_IN_TEXT.to_owned(),
+            RallyConfig::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+            }
+        };
         let mut env = environment();
         env.add_function(
             "env",
@@ -184,7 +188,7 @@ impl Renderer {
         );
         env.render_str(&source, context! {})
             .map_err(|source| TemplateError::Render {
-                name: s.rally_config.display().to_string(),
+                name: s.rally_config.path().display().to_string(),
                 source,
             })
     }
@@ -277,12 +281,22 @@ impl Session<'_> {
                 esrally_args: &args,
                 track_path: matches!(s.track, TrackSource::Path(_)),
                 needs_java: s.needs_java(),
+                // EC2's watchdog bounds the whole instance; elsewhere the race bounds itself.
+                race_timeout: match s.machine {
+                    MachineSettings::Aws(_) => None,
+                    _ => Some(s.max_runtime.as_secs()),
+                },
             },
         )?;
         let rally_ini = self.cached(
             |buf| {
                 buf.extend_from_slice(b"rally.ini\0");
-                buf.extend_from_slice(s.rally_config.as_os_str().as_encoded_bytes());
+                match &s.rally_config {
+                    RallyConfig::BuiltIn => buf.push(0),
+                    RallyConfig::File(path) => {
+                        buf.extend_from_slice(path.as_os_str().as_encoded_bytes())
+                    }
+                }
             },
             |r| r.rally_ini(s, Secrets::Placeholders),
         )?;
@@ -362,6 +376,7 @@ struct RaceContext<'a> {
     esrally_args: &'a [String],
     track_path: bool,
     needs_java: bool,
+    race_timeout: Option<u64>,
 }
 
 fn humantime_text<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -585,7 +600,13 @@ track_params = { bulk_size = 5000 }"#,
     #[test]
     fn the_canonical_form_is_the_sorted_json_tree() {
         let plan = Plan::load(Path::new("plans/example.toml")).unwrap();
-        for test in plan.tests() {
+        let every_provider = [
+            test_from(
+                "name = \"t\"\ntrack = \"x\"\nprovider = \"ssh\"\nhosts = [\"h:2\"]\nssh_key = \"k\"\nssh_known_hosts = \"kh\"\nssh_user = \"u\"",
+            ),
+            test_from("name = \"t\"\ntrack = \"x\"\nprovider = \"local\""),
+        ];
+        for test in plan.tests().chain(&every_provider) {
             let tree = serde_json::to_value(&test.settings).unwrap();
             assert_eq!(
                 test.settings.canonical_json(),
@@ -619,7 +640,7 @@ track_params = { bulk_size = 5000 }"#,
         let ini = dir.path().join("es.ini");
         std::fs::write(&ini, "host = {{ env(\"RALLYCTL_TEST_UNSET_HOST\") }}\nport = {{ env(\"RALLYCTL_TEST_UNSET_PORT\", \"9200\") }}\n").unwrap();
         let mut test = test_from("name = \"t\"\ntrack = \"x\"");
-        test.settings.rally_config = ini.into();
+        test.settings.rally_config = crate::plan::RallyConfig::File(ini.into());
         let r = Renderer::new();
         assert_eq!(
             r.rally_ini(&test.settings, Secrets::Placeholders).unwrap(),

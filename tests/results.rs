@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 
 use rallyctl::address::Address;
 use rallyctl::results::parse;
-use rallyctl::state::{self, Instance, ResultFile, State, Status, Step, TestRecord, Transition};
+use rallyctl::plan::ProviderKind;
+use rallyctl::state::{self, Machine, ResultFile, State, Status, Step, TestRecord, Transition};
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
 const RUN2: &str = "20261125T081500Z-bbbbbb";
@@ -85,10 +86,13 @@ impl Tree {
                 attempt: 1,
                 run_id: Some(run.into()),
                 race_id: None,
-                instance: Some(Instance {
+                instance: Some(Machine {
+                    provider: ProviderKind::Aws,
                     id: "i-0123".into(),
-                    region: "us-east-1".into(),
+                    region: Some("us-east-1".into()),
                     address: None,
+                    lease: None,
+                    run_dir: None,
                     launched_at: at("2026-11-25T08:15:00Z"),
                     terminated_at: Some(at("2026-11-25T08:25:00Z")),
                 }),

@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::diag::{PlanErrors, Sink};
-use super::source::{self, Entry, Format, Kind, Node};
-use super::{Connect, PLAN_VERSION, Plan, Settings, SortedMap, Suite, Test, Text, TrackSource};
+use super::source::{Entry, Format, Kind, Node};
+use super::{
+    AwsSettings, Connect, MachineSettings, PLAN_VERSION, Plan, ProviderKind, RallyConfig, Settings,
+    SortedMap, SshSettings, Suite, Test, Text, TrackSource,
+};
 use crate::FastHash;
 use crate::address::{self, Address};
 
@@ -28,6 +31,9 @@ enum Ty {
     Port,
     Duration,
     Connect,
+    Provider,
+    /// A pool of SSH hosts: at least one, none twice.
+    Hosts,
     StrMap,
     JsonMap,
     File,
@@ -35,7 +41,7 @@ enum Ty {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 26] = [
+const SETTINGS: [(&str, Ty); 30] = [
     ("ami", Ty::Str),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
@@ -43,10 +49,12 @@ const SETTINGS: [(&str, Ty); 26] = [
     ("client_options", Ty::Str),
     ("connect", Ty::Connect),
     ("distribution_version", Ty::Str),
+    ("hosts", Ty::Hosts),
     ("instance_type", Ty::Str),
     ("max_runtime", Ty::Duration),
     ("offline", Ty::Bool),
     ("pipeline", Ty::Str),
+    ("provider", Ty::Provider),
     ("rally_args", Ty::Strs),
     ("rally_config", Ty::File),
     ("rally_version", Ty::Str),
@@ -54,6 +62,8 @@ const SETTINGS: [(&str, Ty); 26] = [
     ("remote_dir", Ty::Str),
     ("runtime_jdk", Ty::Str),
     ("security_group_ids", Ty::Strs),
+    ("ssh_key", Ty::Str),
+    ("ssh_known_hosts", Ty::Str),
     ("ssh_port", Ty::Port),
     ("ssh_user", Ty::Str),
     ("subnet_id", Ty::Str),
@@ -98,9 +108,46 @@ const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
     }
     names
 };
-const DEFAULT_RALLY_CONFIG: &str = "conditional_install_items/rally_csv.ini";
-/// Settings every test must have, by index into [`SETTINGS`].
-const REQUIRED: [usize; 3] = [at("region"), at("ami"), at("instance_type")];
+/// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
+/// all of them.
+const AWS_ONLY: [usize; 7] = [
+    at("ami"),
+    at("connect"),
+    at("instance_type"),
+    at("region"),
+    at("security_group_ids"),
+    at("subnet_id"),
+    at("tags"),
+];
+const SSH_ONLY: [usize; 3] = [at("hosts"), at("ssh_key"), at("ssh_known_hosts")];
+const NOT_LOCAL: [usize; 2] = [at("ssh_port"), at("ssh_user")];
+
+/// Whether `provider` reads the setting at index `i`.
+fn applies(i: usize, provider: ProviderKind) -> bool {
+    match provider {
+        ProviderKind::Aws => !SSH_ONLY.contains(&i),
+        ProviderKind::Ssh => !AWS_ONLY.contains(&i),
+        ProviderKind::Local => {
+            !AWS_ONLY.contains(&i) && !SSH_ONLY.contains(&i) && !NOT_LOCAL.contains(&i)
+        }
+    }
+}
+
+/// Settings a test of the provider must have, by index into [`SETTINGS`].
+fn required(provider: ProviderKind) -> &'static [usize] {
+    match provider {
+        ProviderKind::Aws => &const { [at("region"), at("ami"), at("instance_type")] },
+        ProviderKind::Ssh => &const { [at("hosts")] },
+        ProviderKind::Local => &[],
+    }
+}
+
+fn provider_of(raw: &Raw) -> ProviderKind {
+    match raw[const { at("provider") }] {
+        Some(Val::Provider(p)) => p,
+        _ => ProviderKind::default(),
+    }
+}
 /// From this many tests on, suites are read on all cores.
 const PARALLEL_FROM_TESTS: usize = 512;
 /// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
@@ -117,6 +164,7 @@ enum Val {
     Port(u16),
     Duration(Duration),
     Connect(Connect),
+    Provider(ProviderKind),
     StrMap(SortedMap<Text>),
     JsonMap(SortedMap<serde_json::Value>),
 }
@@ -209,7 +257,11 @@ pub fn format_of(path: &Path) -> Format {
 pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     let format = format_of(path);
     let mut sink = Sink::new(path, text);
-    let plan = match source::parse(text, format) {
+    let tree = match format {
+        Format::Toml => super::toml_doc::parse(text),
+        Format::Json => super::json_doc::parse(text),
+    };
+    let plan = match tree {
         Ok(root) => Loader {
             sink: &mut sink,
             format,
@@ -281,28 +333,21 @@ impl<'n> Loader<'_, '_> {
             Some(e) => self.settings_table(&e.value, defaults_field, &[]),
             None => empty(),
         };
-        if defaults[const { at("rally_config") }].is_none()
-            && !Path::new(DEFAULT_RALLY_CONFIG).is_file()
-        {
-            self.sink.error_with_help(
-                &(0..0),
-                defaults_field.key("rally_config"),
-                format!("the built-in default `{DEFAULT_RALLY_CONFIG}` is not readable from the current directory"),
-                "run rallyctl from the project root, or set `rally_config` in [defaults]",
+        if let Some(e) = get(entries, "defaults") {
+            self.foreign_keys(
+                &defaults,
+                provider_of(&defaults),
+                &e.value.span,
+                defaults_field,
             );
         }
-        // The built-in defaults lie under `[defaults]`, made once like them.
+        // The built-in defaults lie under `[defaults]`, made once like them. Those of one
+        // provider (EC2's `ssh_user`, `connect`) are filled in where its settings are built.
         for (key, value) in [
-            ("ssh_user", Val::Str("ec2-user".into())),
             ("rally_version", Val::Str("2.13.0".into())),
-            (
-                "rally_config",
-                Val::Path(Path::new(DEFAULT_RALLY_CONFIG).into()),
-            ),
             ("remote_dir", Val::Str("rallyctl".into())),
             ("max_runtime", Val::Duration(Duration::from_secs(3 * 3600))),
             ("ssh_port", Val::Port(22)),
-            ("connect", Val::Connect(Connect::PublicIp)),
         ] {
             defaults[at(key)].get_or_insert(value);
         }
@@ -581,6 +626,62 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
             }
+            Ty::Provider => {
+                let text = self.string(node, field)?;
+                match text {
+                    "aws" => Some(Val::Provider(ProviderKind::Aws)),
+                    "ssh" => Some(Val::Provider(ProviderKind::Ssh)),
+                    "local" => Some(Val::Provider(ProviderKind::Local)),
+                    _ => {
+                        self.sink.error(
+                            span,
+                            field,
+                            format!(
+                                "`{text}` is not a provider; expected \"aws\", \"ssh\" or \"local\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            Ty::Hosts => {
+                let Some(Val::Strs(hosts)) = self.value(node, field, Ty::Strs) else {
+                    return None;
+                };
+                if hosts.is_empty() {
+                    self.sink.error_with_help(
+                        span,
+                        field,
+                        "the pool of hosts is empty",
+                        "name at least one host, as \"host\" or \"host:port\"",
+                    );
+                    return None;
+                }
+                let mut seen = HashSet::with_capacity(hosts.len());
+                for (i, host) in hosts.iter().enumerate() {
+                    if host.trim().is_empty()
+                        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        self.sink.error(
+                            span,
+                            field.index(i),
+                            format!("{host:?} is not a host name or address"),
+                        );
+                        return None;
+                    }
+                    if !seen.insert(host) {
+                        self.sink.error(
+                            span,
+                            field.index(i),
+                            format!(
+                                "`{host}` is in the pool twice; a host runs one test at a time"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+                Some(Val::Strs(hosts))
+            }
             Ty::Connect => {
                 let text = self.string(node, field)?;
                 match text {
@@ -674,6 +775,11 @@ impl<'n> Loader<'_, '_> {
         span: &Range<usize>,
         field: Field<'_>,
     ) -> Option<Settings> {
+        let provider = match &test[const { at("provider") }] {
+            Some(Val::Provider(p)) => *p,
+            _ => provider_of(defaults),
+        };
+        self.foreign_keys(&test, provider, span, field);
         // The test's own value, else the default's; maps merge key by key so that a test can
         // add one tag without repeating the rest (the test's entries come last and win).
         let mut m: Raw = std::array::from_fn(|i| match (test[i].take(), &defaults[i]) {
@@ -687,13 +793,13 @@ impl<'n> Loader<'_, '_> {
             (None, base) => base.clone(),
         });
         let mut ok = true;
-        for i in REQUIRED {
+        for &i in required(provider) {
             if m[i].is_none() {
                 let key = SETTINGS[i].0;
                 self.sink.error(
                     span,
                     field,
-                    format!("missing required key `{key}` (set it in the test or in [defaults])"),
+                    format!("missing required key `{key}` for provider = \"{provider}\" (set it in the test or in [defaults])"),
                 );
                 ok = false;
             }
@@ -725,18 +831,44 @@ impl<'n> Loader<'_, '_> {
             return None;
         }
         let built_in = "built-in defaults are set";
+        let ssh_port = match m[const { at("ssh_port") }] {
+            Some(Val::Port(p)) => p,
+            _ => unreachable!("{built_in}"),
+        };
+        let machine = match provider {
+            ProviderKind::Aws => MachineSettings::Aws(AwsSettings {
+                ami: text(&mut m, const { at("ami") })?,
+                connect: match m[const { at("connect") }] {
+                    Some(Val::Connect(c)) => c,
+                    _ => Connect::PublicIp,
+                },
+                instance_type: text(&mut m, const { at("instance_type") })?,
+                region: text(&mut m, const { at("region") })?,
+                security_group_ids: texts(&mut m, const { at("security_group_ids") }),
+                ssh_port,
+                ssh_user: text(&mut m, const { at("ssh_user") })
+                    .unwrap_or_else(|| "ec2-user".into()),
+                subnet_id: text(&mut m, const { at("subnet_id") }),
+                tags: match m[const { at("tags") }].take() {
+                    Some(Val::StrMap(t)) => t,
+                    _ => SortedMap::default(),
+                },
+            }),
+            ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
+                hosts: texts(&mut m, const { at("hosts") }),
+                ssh_key: text(&mut m, const { at("ssh_key") }),
+                ssh_known_hosts: text(&mut m, const { at("ssh_known_hosts") }),
+                ssh_port,
+                ssh_user: text(&mut m, const { at("ssh_user") }),
+            }),
+            ProviderKind::Local => MachineSettings::Local,
+        };
         Some(Settings {
-            ami: text(&mut m, const { at("ami") })?,
             car: text(&mut m, const { at("car") }),
             car_params: json_map(&mut m, const { at("car_params") }),
             challenge: text(&mut m, const { at("challenge") }),
             client_options: text(&mut m, const { at("client_options") }),
-            connect: match m[const { at("connect") }] {
-                Some(Val::Connect(c)) => c,
-                _ => unreachable!("{built_in}"),
-            },
             distribution_version: text(&mut m, const { at("distribution_version") }),
-            instance_type: text(&mut m, const { at("instance_type") })?,
             max_runtime: match m[const { at("max_runtime") }] {
                 Some(Val::Duration(d)) => d,
                 _ => unreachable!("{built_in}"),
@@ -745,28 +877,48 @@ impl<'n> Loader<'_, '_> {
             pipeline: text(&mut m, const { at("pipeline") }),
             rally_args: texts(&mut m, const { at("rally_args") }),
             rally_config: match m[const { at("rally_config") }].take() {
-                Some(Val::Path(p)) => p,
-                _ => unreachable!("{built_in}"),
+                Some(Val::Path(p)) => RallyConfig::File(p),
+                _ => RallyConfig::BuiltIn,
             },
             rally_version: text(&mut m, const { at("rally_version") }).expect(built_in),
-            region: text(&mut m, const { at("region") })?,
             remote_dir: text(&mut m, const { at("remote_dir") }).expect(built_in),
             runtime_jdk: text(&mut m, const { at("runtime_jdk") }),
-            security_group_ids: texts(&mut m, const { at("security_group_ids") }),
-            ssh_port: match m[const { at("ssh_port") }] {
-                Some(Val::Port(p)) => p,
-                _ => unreachable!("{built_in}"),
-            },
-            ssh_user: text(&mut m, const { at("ssh_user") }).expect(built_in),
-            subnet_id: text(&mut m, const { at("subnet_id") }),
-            tags: match m[const { at("tags") }].take() {
-                Some(Val::StrMap(t)) => t,
-                _ => SortedMap::default(),
-            },
             target_hosts: texts(&mut m, const { at("target_hosts") }),
             track: track?,
             track_params: json_map(&mut m, const { at("track_params") }),
+            machine,
         })
+    }
+
+    /// Reports the settings of one table that its provider does not read. What a test inherits
+    /// from `[defaults]` for another provider is not its own mistake, and is left out.
+    fn foreign_keys(
+        &mut self,
+        raw: &Raw,
+        provider: ProviderKind,
+        span: &Range<usize>,
+        field: Field<'_>,
+    ) {
+        for (i, value) in raw.iter().enumerate() {
+            if value.is_none() || applies(i, provider) {
+                continue;
+            }
+            let key = SETTINGS[i].0;
+            let owners: Vec<&str> = [ProviderKind::Aws, ProviderKind::Ssh]
+                .into_iter()
+                .filter(|p| applies(i, *p))
+                .map(ProviderKind::name)
+                .collect();
+            self.sink.error_with_help(
+                span,
+                field.key(key),
+                format!("`{key}` does not apply to provider = \"{provider}\""),
+                format!(
+                    "`{key}` is read by provider = \"{}\" only: remove it here, or set that provider",
+                    owners.join("\" or \"")
+                ),
+            );
+        }
     }
 
     fn name(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n str> {

@@ -6,6 +6,7 @@
 //! whole. All problems are collected and reported together ([`diag`]).
 
 pub mod diag;
+mod json_doc;
 mod load;
 pub mod source;
 mod toml_doc;
@@ -53,6 +54,45 @@ pub enum Connect {
     PrivateIp,
 }
 
+/// Where a test's machine comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// A fresh EC2 instance per test.
+    #[default]
+    Aws,
+    /// A host leased from the plan's pool of SSH hosts.
+    Ssh,
+    /// This machine.
+    Local,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Aws => "aws",
+            ProviderKind::Ssh => "ssh",
+            ProviderKind::Local => "local",
+        }
+    }
+}
+
+impl ProviderKind {
+    /// What giving a machine of this provider back does to it, as a past participle.
+    pub fn released(self) -> &'static str {
+        match self {
+            ProviderKind::Aws => "terminated",
+            ProviderKind::Ssh | ProviderKind::Local => "released",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where the track comes from: Rally's track repository by name, or a local directory that
 /// rallyctl uploads with the test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,48 +106,307 @@ pub enum TrackSource {
 /// tests inherit it.
 pub type Text = Arc<str>;
 
+/// The rally.ini template a test uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RallyConfig {
+    /// The CSV-report rally.ini compiled into rallyctl, so a plan that names none works from
+    /// any directory. Recorded under the path of its source in the repository, which is what
+    /// plans named before it was built in: their config hashes stay as they were.
+    BuiltIn,
+    File(Arc<Path>),
+}
+
+impl RallyConfig {
+    /// The path the built-in rally.ini is recorded under.
+    pub const BUILT_IN_PATH: &str = "conditional_install_items/rally_csv.ini";
+    pub const BUILT_IN_TEXT: &str = include_str!("../../conditional_install_items/rally_csv.ini");
+
+    /// The path as a plan or state shows it.
+    pub fn path(&self) -> &Path {
+        match self {
+            RallyConfig::BuiltIn => Path::new(Self::BUILT_IN_PATH),
+            RallyConfig::File(path) => path,
+        }
+    }
+}
+
+impl Serialize for RallyConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.path().serialize(s)
+    }
+}
+
+/// A saved plan names its rally.ini by path: the built-in one's path reads back as the file when
+/// there is one (the plan was made in a checkout), else as the built-in.
+impl<'de> Deserialize<'de> for RallyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let path = PathBuf::deserialize(d)?;
+        Ok(
+            if path == Path::new(Self::BUILT_IN_PATH) && !path.is_file() {
+                RallyConfig::BuiltIn
+            } else {
+                RallyConfig::File(path.into())
+            },
+        )
+    }
+}
+
 /// A test's fully merged settings. Its canonical JSON feeds the config hash and the diffs
 /// `plan` shows, so every field that changes a result belongs here and nothing else.
 ///
-/// The fields are in alphabetical order, and every map is sorted: the canonical JSON (sorted
-/// keys, the form state has always recorded) is then simply this struct serialized, with no
-/// intermediate tree per test. Text, lists and maps are shared, so that the ten thousand tests
-/// of a large plan cost little more than what each sets itself.
+/// The canonical JSON is [`FlatSettings`]: one object with sorted keys, the form state has
+/// always recorded. Keys of other providers are left out rather than written empty, so that
+/// a new provider's keys never change an older test's hash. Text, lists and maps are shared, so
+/// that the ten thousand tests of a large plan cost little more than what each sets itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "FlatSettings", try_from = "FlatSettings")]
 pub struct Settings {
-    pub ami: Text,
     pub car: Option<Text>,
     pub car_params: SortedMap<serde_json::Value>,
     pub challenge: Option<Text>,
     pub client_options: Option<Text>,
-    pub connect: Connect,
     pub distribution_version: Option<Text>,
-    pub instance_type: Text,
-    #[serde(with = "humantime_serde")]
+    /// Bounds a test's machine: EC2's watchdog shuts the instance down, elsewhere the race is
+    /// stopped and the lease lapses.
     pub max_runtime: Duration,
     pub offline: bool,
     pub pipeline: Option<Text>,
     /// Extra `esrally race` arguments, passed through as they are (each one quoted).
     pub rally_args: Arc<[Text]>,
-    pub rally_config: Arc<Path>,
+    pub rally_config: RallyConfig,
     pub rally_version: Text,
-    pub region: Text,
-    /// Where on the instance rallyctl installs Rally and keeps its runs; relative to the SSH
-    /// user's home unless absolute.
+    /// Where on the machine rallyctl installs Rally and keeps its runs; relative to the user's
+    /// home unless absolute.
     pub remote_dir: Text,
     pub runtime_jdk: Option<Text>,
+    pub target_hosts: Arc<[Text]>,
+    pub track: TrackSource,
+    pub track_params: SortedMap<serde_json::Value>,
+    /// Where the test runs, with the settings only that provider reads.
+    pub machine: MachineSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MachineSettings {
+    Aws(AwsSettings),
+    Ssh(SshSettings),
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsSettings {
+    pub ami: Text,
+    pub connect: Connect,
+    pub instance_type: Text,
+    pub region: Text,
     pub security_group_ids: Arc<[Text]>,
     pub ssh_port: u16,
     pub ssh_user: Text,
     pub subnet_id: Option<Text>,
     pub tags: SortedMap<Text>,
-    pub target_hosts: Arc<[Text]>,
-    pub track: TrackSource,
-    pub track_params: SortedMap<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshSettings {
+    /// The pool: `host` or `host:port`, each leased by one test at a time.
+    pub hosts: Arc<[Text]>,
+    /// Identity file; without one, the agent and `~/.ssh/config` apply.
+    pub ssh_key: Option<Text>,
+    /// Where host keys are checked; `~/.ssh/known_hosts` (OpenSSH's default) without one.
+    pub ssh_known_hosts: Option<Text>,
+    /// The port of hosts that name none.
+    pub ssh_port: u16,
+    /// Without one, OpenSSH's own choice (`~/.ssh/config`, else the local user name).
+    pub ssh_user: Option<Text>,
+}
+
+impl MachineSettings {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            MachineSettings::Aws(_) => ProviderKind::Aws,
+            MachineSettings::Ssh(_) => ProviderKind::Ssh,
+            MachineSettings::Local => ProviderKind::Local,
+        }
+    }
+}
+
+/// [`Settings`] as one flat object with sorted keys: the canonical JSON. Fields in alphabetical
+/// order, so serializing this struct directly gives sorted keys with no tree in between.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ami: Option<Text>,
+    car: Option<Text>,
+    car_params: SortedMap<serde_json::Value>,
+    challenge: Option<Text>,
+    client_options: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connect: Option<Connect>,
+    distribution_version: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hosts: Option<Arc<[Text]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance_type: Option<Text>,
+    #[serde(with = "humantime_serde")]
+    max_runtime: Duration,
+    offline: bool,
+    pipeline: Option<Text>,
+    #[serde(default, skip_serializing_if = "is_aws")]
+    provider: ProviderKind,
+    rally_args: Arc<[Text]>,
+    rally_config: RallyConfig,
+    rally_version: Text,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    region: Option<Text>,
+    remote_dir: Text,
+    runtime_jdk: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    security_group_ids: Option<Arc<[Text]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ssh_key: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ssh_known_hosts: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ssh_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ssh_user: Option<Text>,
+    /// Written as `null` for an aws test without a subnet, as always; absent elsewhere.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    subnet_id: Option<Option<Text>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tags: Option<SortedMap<Text>>,
+    target_hosts: Arc<[Text]>,
+    track: TrackSource,
+    track_params: SortedMap<serde_json::Value>,
+}
+
+fn is_aws(kind: &ProviderKind) -> bool {
+    *kind == ProviderKind::Aws
+}
+
+/// A key that is there, even as `null`, is `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl From<Settings> for FlatSettings {
+    fn from(s: Settings) -> FlatSettings {
+        let mut flat = FlatSettings {
+            ami: None,
+            car: s.car,
+            car_params: s.car_params,
+            challenge: s.challenge,
+            client_options: s.client_options,
+            connect: None,
+            distribution_version: s.distribution_version,
+            hosts: None,
+            instance_type: None,
+            max_runtime: s.max_runtime,
+            offline: s.offline,
+            pipeline: s.pipeline,
+            provider: s.machine.kind(),
+            rally_args: s.rally_args,
+            rally_config: s.rally_config,
+            rally_version: s.rally_version,
+            region: None,
+            remote_dir: s.remote_dir,
+            runtime_jdk: s.runtime_jdk,
+            security_group_ids: None,
+            ssh_key: None,
+            ssh_known_hosts: None,
+            ssh_port: None,
+            ssh_user: None,
+            subnet_id: None,
+            tags: None,
+            target_hosts: s.target_hosts,
+            track: s.track,
+            track_params: s.track_params,
+        };
+        match s.machine {
+            MachineSettings::Aws(a) => {
+                flat.ami = Some(a.ami);
+                flat.connect = Some(a.connect);
+                flat.instance_type = Some(a.instance_type);
+                flat.region = Some(a.region);
+                flat.security_group_ids = Some(a.security_group_ids);
+                flat.ssh_port = Some(a.ssh_port);
+                flat.ssh_user = Some(a.ssh_user);
+                flat.subnet_id = Some(a.subnet_id);
+                flat.tags = Some(a.tags);
+            }
+            MachineSettings::Ssh(h) => {
+                flat.hosts = Some(h.hosts);
+                flat.ssh_key = h.ssh_key;
+                flat.ssh_known_hosts = h.ssh_known_hosts;
+                flat.ssh_port = Some(h.ssh_port);
+                flat.ssh_user = h.ssh_user;
+            }
+            MachineSettings::Local => {}
+        }
+        flat
+    }
+}
+
+impl TryFrom<FlatSettings> for Settings {
+    type Error = String;
+
+    fn try_from(f: FlatSettings) -> Result<Settings, String> {
+        let missing = |key: &str| format!("provider {} needs `{key}`", f.provider);
+        let machine = match f.provider {
+            ProviderKind::Aws => MachineSettings::Aws(AwsSettings {
+                ami: f.ami.clone().ok_or_else(|| missing("ami"))?,
+                connect: f.connect.unwrap_or(Connect::PublicIp),
+                instance_type: f
+                    .instance_type
+                    .clone()
+                    .ok_or_else(|| missing("instance_type"))?,
+                region: f.region.clone().ok_or_else(|| missing("region"))?,
+                security_group_ids: f.security_group_ids.clone().unwrap_or_default(),
+                ssh_port: f.ssh_port.unwrap_or(22),
+                ssh_user: f.ssh_user.clone().unwrap_or_else(|| "ec2-user".into()),
+                subnet_id: f.subnet_id.clone().flatten(),
+                tags: f.tags.clone().unwrap_or_default(),
+            }),
+            ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
+                hosts: f.hosts.clone().ok_or_else(|| missing("hosts"))?,
+                ssh_key: f.ssh_key.clone(),
+                ssh_known_hosts: f.ssh_known_hosts.clone(),
+                ssh_port: f.ssh_port.unwrap_or(22),
+                ssh_user: f.ssh_user.clone(),
+            }),
+            ProviderKind::Local => MachineSettings::Local,
+        };
+        Ok(Settings {
+            car: f.car,
+            car_params: f.car_params,
+            challenge: f.challenge,
+            client_options: f.client_options,
+            distribution_version: f.distribution_version,
+            max_runtime: f.max_runtime,
+            offline: f.offline,
+            pipeline: f.pipeline,
+            rally_args: f.rally_args,
+            rally_config: f.rally_config,
+            rally_version: f.rally_version,
+            remote_dir: f.remote_dir,
+            runtime_jdk: f.runtime_jdk,
+            target_hosts: f.target_hosts,
+            track: f.track,
+            track_params: f.track_params,
+            machine,
+        })
+    }
 }
 
 impl Settings {
-    /// Rally needs a JDK on the instance only when it launches Elasticsearch itself and that
+    /// Rally needs a JDK on the machine only when it launches Elasticsearch itself and that
     /// Elasticsearch does not bring its own (bundled JDKs arrived with 7.0).
     pub fn needs_java(&self) -> bool {
         if self.pipeline.as_deref() == Some("benchmark-only") || !self.target_hosts.is_empty() {
@@ -128,6 +427,10 @@ impl Settings {
     /// records and diffs compare.
     pub fn canonical_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("settings serialize to JSON")
+    }
+
+    pub fn provider(&self) -> ProviderKind {
+        self.machine.kind()
     }
 }
 

@@ -1,13 +1,24 @@
-//! EC2 and EC2 Instance Connect through the AWS SDK for Rust. Credentials and region come
-//! from the standard chain; `AWS_ENDPOINT_URL` points both clients elsewhere (moto in tests).
+//! The `aws` provider: a fresh EC2 instance per attempt, reached over SSH with an ephemeral key
+//! pushed through EC2 Instance Connect. The only module that knows EC2.
+//!
+//! - acquire: RunInstances with the workspace's tags, shutdown behaviour `terminate`, the
+//!   watchdog in user data and a ClientToken derived from lineage, address and attempt; an
+//!   instance of the same attempt is looked up by its tags first and adopted, so a crash
+//!   between launch and record never launches twice (moto ignores ClientToken; EC2 honours it).
+//! - reach: one batched DescribeInstances poll for every instance waiting to run ([`Poller`]).
+//! - before each connection: the key is pushed again when its 60 s are nearly over.
+//!
+//! Credentials and region come from the standard chain; `AWS_ENDPOINT_URL` points both clients
+//! elsewhere (moto in tests).
 //! Throttling (`RequestLimitExceeded`) and 5xx answers are retried by the SDK's standard retry
 //! mode with exponential backoff and jitter, bounded by [`MAX_ATTEMPTS`].
 //! `InsufficientInstanceCapacity` is retried by [`Aws::launch`] itself, bounded by
 //! [`CAPACITY_ATTEMPTS`] (see there why).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -19,9 +30,32 @@ use aws_sdk_ec2::types::{
     Filter, InstanceStateName, ResourceType, ShutdownBehavior, Tag, TagSpecification,
 };
 use base64::Engine as _;
+use jiff::Timestamp;
 use rand_core::RngCore as _;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use uuid::Uuid;
 
-use super::{InstanceInfo, InstanceState, LaunchRequest, Provider, ProviderError};
+use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
+use crate::address::{Address, slug};
+use crate::plan::{AwsSettings, Connect, MachineSettings, ProviderKind, Settings};
+use crate::remote::{Endpoint, EphemeralKey, HostKeys, SshEndpoint};
+use crate::state::Machine;
+
+/// Tag keys every instance carries; destroy finds leaked instances by the first.
+pub const TAG_WORKSPACE: &str = "rallyctl:workspace";
+pub const TAG_LINEAGE: &str = "rallyctl:lineage";
+pub const TAG_TEST: &str = "rallyctl:test";
+pub const TAG_RUN: &str = "rallyctl:run";
+pub const TAG_ATTEMPT: &str = "rallyctl:attempt";
+
+/// A fresh instance's sshd may take minutes to answer, and a race may lose its connection.
+const PATIENCE: Duration = Duration::from_secs(600);
+/// An Instance Connect key is honoured for 60 s; push again a little before that runs out.
+const KEY_FRESH_FOR: Duration = Duration::from_secs(45);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long release waits for EC2 to read an instance as on its way out.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Attempts per API call, the first included.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -72,31 +106,432 @@ fn capacity_delay(retry: u32) -> Duration {
     full.mul_f64(0.5 + 0.5 * jitter)
 }
 
-pub struct Aws {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+    Stopping,
+    Stopped,
+}
+
+impl InstanceState {
+    /// Still costs money (or will again): anything not on its way out.
+    fn is_alive(self) -> bool {
+        !matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+struct InstanceInfo {
+    id: String,
+    state: InstanceState,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+}
+
+struct LaunchRequest {
+    region: String,
+    ami: String,
+    instance_type: String,
+    subnet_id: Option<String>,
+    security_group_ids: Vec<String>,
+    user_data: String,
+    tags: BTreeMap<String, String>,
+    /// Makes a retried RunInstances idempotent on EC2 (at most 64 ASCII characters).
+    client_token: String,
+}
+
+/// The EC2 API calls rallyctl makes, per region.
+struct Ec2 {
     base: SdkConfig,
     clients: Mutex<HashMap<String, (aws_sdk_ec2::Client, aws_sdk_ec2instanceconnect::Client)>>,
+}
+
+pub struct Aws {
+    ec2: Arc<Ec2>,
+    key: EphemeralKey,
+    known_hosts: PathBuf,
+    poller: Arc<Poller>,
+    polling: tokio::task::JoinHandle<()>,
+    /// When the key was last pushed to each instance.
+    pushed: Mutex<HashMap<String, Instant>>,
+}
+
+impl Drop for Aws {
+    fn drop(&mut self) {
+        self.polling.abort();
+    }
 }
 
 fn err(operation: &'static str, region: &str, e: impl std::error::Error) -> ProviderError {
     ProviderError {
         operation,
-        region: region.to_owned(),
+        target: region.to_owned(),
         message: DisplayErrorContext(e).to_string(),
     }
 }
 
+/// A ClientToken names one attempt of one test of one state, in at most 64 characters.
+fn client_token(lineage: Uuid, address: &Address, attempt: u32) -> String {
+    let digest = Sha256::digest(format!("{lineage}\n{address}\n{attempt}"));
+    hex::encode(digest)[..64].to_owned()
+}
+
+fn aws_settings(settings: &Settings) -> &AwsSettings {
+    match &settings.machine {
+        MachineSettings::Aws(a) => a,
+        _ => unreachable!("the fleet routes only aws tests here"),
+    }
+}
+
+fn region_of(machine: &Machine) -> Result<&str, ProviderError> {
+    machine.region.as_deref().ok_or_else(|| ProviderError {
+        operation: "DescribeInstances",
+        target: machine.id.clone(),
+        message: "state names no region for this instance".into(),
+    })
+}
+
 impl Aws {
-    pub async fn from_env() -> Aws {
+    /// Loads credentials and region from the standard chain; the ephemeral key and the known
+    /// hosts file of the workspace live in `state_dir`.
+    pub async fn from_env(state_dir: &Path, workspace: &str) -> Result<Aws, ProviderError> {
         let base = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .load()
             .await;
-        Aws {
+        let local = |message: String| ProviderError {
+            operation: "ssh key",
+            target: state_dir.display().to_string(),
+            message,
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| local(e.to_string()))?;
+        let key = EphemeralKey::generate(state_dir).map_err(|e| local(e.to_string()))?;
+        let ec2 = Arc::new(Ec2 {
             base,
             clients: Mutex::default(),
+        });
+        let poller = Arc::new(Poller {
+            waiting: Mutex::default(),
+        });
+        let polling = tokio::spawn({
+            let (poller, ec2) = (poller.clone(), ec2.clone());
+            async move { poller.run(&ec2).await }
+        });
+        Ok(Aws {
+            ec2,
+            key,
+            known_hosts: state_dir.join(format!("{}.known_hosts", slug(workspace))),
+            poller,
+            polling,
+            pushed: Mutex::default(),
+        })
+    }
+}
+
+impl Provider for Aws {
+    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
+        let s = aws_settings(req.settings);
+        let address = req.address.to_string();
+        let (lineage, attempt) = (req.lineage.to_string(), req.attempt.to_string());
+        // moto ignores ClientToken and a crash can fall between RunInstances and recording its
+        // answer, so an instance of this very attempt is looked up by its tags first.
+        let found = self
+            .ec2
+            .find_by_tags(
+                &s.region,
+                &[
+                    (TAG_WORKSPACE, req.workspace),
+                    (TAG_LINEAGE, lineage.as_str()),
+                    (TAG_TEST, address.as_str()),
+                    (TAG_ATTEMPT, attempt.as_str()),
+                ],
+            )
+            .await?;
+        let adopted = found.first().map(|i| i.id.clone());
+        let id = match adopted.clone() {
+            Some(existing) => existing,
+            None => {
+                let mut tags: BTreeMap<String, String> = s
+                    .tags
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("rallyctl:"))
+                    .map(|(k, v)| (k.to_owned(), v.to_string()))
+                    .collect();
+                tags.insert(TAG_WORKSPACE.into(), req.workspace.to_owned());
+                tags.insert(TAG_LINEAGE.into(), lineage.clone());
+                tags.insert(TAG_TEST.into(), address.clone());
+                tags.insert(TAG_RUN.into(), req.run_id.to_owned());
+                tags.insert(TAG_ATTEMPT.into(), attempt.clone());
+                tags.insert(
+                    "Name".into(),
+                    format!("rallyctl {} {address}", req.workspace)
+                        .chars()
+                        .take(256)
+                        .collect(),
+                );
+                self.ec2
+                    .launch(&LaunchRequest {
+                        region: s.region.to_string(),
+                        ami: s.ami.to_string(),
+                        instance_type: s.instance_type.to_string(),
+                        subnet_id: s.subnet_id.as_deref().map(str::to_owned),
+                        security_group_ids: s
+                            .security_group_ids
+                            .iter()
+                            .map(|g| g.to_string())
+                            .collect(),
+                        user_data: req.artifacts.user_data.to_string(),
+                        tags,
+                        client_token: client_token(req.lineage, req.address, req.attempt),
+                    })
+                    .await?
+                    .id
+            }
+        };
+        Ok(Acquired {
+            machine: Machine {
+                provider: ProviderKind::Aws,
+                id,
+                region: Some(s.region.to_string()),
+                address: None,
+                lease: None,
+                run_dir: None,
+                launched_at: Timestamp::now(),
+                terminated_at: None,
+            },
+            adopted: adopted.is_some(),
+        })
+    }
+
+    async fn reach(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+    ) -> Result<Reachable, ProviderError> {
+        let s = aws_settings(settings);
+        let region = region_of(machine)?;
+        let info = self
+            .poller
+            .wait_running(region, &machine.id)
+            .await
+            .map_err(|message| ProviderError {
+                operation: "DescribeInstances",
+                target: region.to_owned(),
+                message,
+            })?;
+        let host = match s.connect {
+            Connect::PublicIp => info.public_ip,
+            Connect::PrivateIp => info.private_ip,
+        }
+        .ok_or_else(|| ProviderError {
+            operation: "DescribeInstances",
+            target: region.to_owned(),
+            message: format!(
+                "instance {} has no {:?} address to connect to",
+                machine.id, s.connect
+            ),
+        })?;
+        Ok(Reachable {
+            endpoint: Endpoint::Ssh(SshEndpoint {
+                host,
+                port: s.ssh_port,
+                user: Some(s.ssh_user.to_string()),
+                identity: Some(self.key.path().to_owned()),
+                // Addresses get reused by later instances, so the host key is filed under the
+                // instance id, not the address.
+                host_keys: HostKeys::FirstUse {
+                    file: self.known_hosts.clone(),
+                    alias: machine.id.clone(),
+                },
+            }),
+            patience: PATIENCE,
+            refused_key_is_transient: true,
+        })
+    }
+
+    async fn before_connect(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+        after_failure: bool,
+    ) -> Result<(), ProviderError> {
+        let fresh = !after_failure
+            && self
+                .pushed
+                .lock()
+                .expect("key push lock")
+                .get(&machine.id)
+                .is_some_and(|t| t.elapsed() < KEY_FRESH_FOR);
+        if fresh {
+            return Ok(());
+        }
+        let user = &aws_settings(settings).ssh_user;
+        self.ec2
+            .push_key(
+                region_of(machine)?,
+                &machine.id,
+                user,
+                &self.key.public_openssh,
+            )
+            .await?;
+        self.pushed
+            .lock()
+            .expect("key push lock")
+            .insert(machine.id.clone(), Instant::now());
+        Ok(())
+    }
+
+    async fn gone(&self, machine: &Machine) -> Option<String> {
+        let region = machine.region.as_deref()?;
+        let infos = self
+            .ec2
+            .describe(region, std::slice::from_ref(&machine.id))
+            .await
+            .ok()?;
+        match infos.iter().find(|i| i.id == machine.id) {
+            Some(i) if i.state.is_alive() => None,
+            Some(i) => Some(format!(
+                "instance {} was terminated outside rallyctl (it reads {:?})",
+                machine.id, i.state
+            )),
+            None => Some(format!("instance {} no longer exists", machine.id)),
         }
     }
 
+    async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
+        let region = region_of(machine)?;
+        let ids = std::slice::from_ref(&machine.id);
+        self.ec2.terminate(region, ids).await?;
+        // Released means no longer costing money: wait until EC2 reads it on its way out.
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        loop {
+            let alive = self
+                .ec2
+                .describe(region, ids)
+                .await?
+                .iter()
+                .any(|i| i.state.is_alive());
+            if !alive {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(ProviderError {
+                    operation: "TerminateInstances",
+                    target: region.to_owned(),
+                    message: format!(
+                        "{} still reads as running after {} s",
+                        machine.id,
+                        RELEASE_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn leaked(
+        &self,
+        workspace: &str,
+        settings: &[&Settings],
+    ) -> Result<Vec<Machine>, ProviderError> {
+        let mut regions: Vec<&str> = settings.iter().map(|s| &*aws_settings(s).region).collect();
+        regions.sort();
+        regions.dedup();
+        let mut found = Vec::new();
+        for region in regions {
+            for info in self
+                .ec2
+                .find_by_tags(region, &[(TAG_WORKSPACE, workspace)])
+                .await?
+            {
+                found.push(Machine {
+                    provider: ProviderKind::Aws,
+                    id: info.id,
+                    region: Some(region.to_owned()),
+                    address: None,
+                    lease: None,
+                    run_dir: None,
+                    launched_at: Timestamp::now(),
+                    terminated_at: None,
+                });
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Waits for instances to read `running` with one DescribeInstances per region per tick for
+/// all of them, however many tests are booting.
+struct Poller {
+    waiting: Mutex<Vec<Waiter>>,
+}
+
+/// An instance someone waits on: region, id, and where to send it once running.
+struct Waiter {
+    region: String,
+    id: String,
+    reply: oneshot::Sender<Result<InstanceInfo, String>>,
+}
+
+impl Poller {
+    async fn wait_running(&self, region: &str, id: &str) -> Result<InstanceInfo, String> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().expect("poller lock").push(Waiter {
+            region: region.to_owned(),
+            id: id.to_owned(),
+            reply: tx,
+        });
+        rx.await.map_err(|_| "apply is stopping".to_owned())?
+    }
+
+    async fn run(&self, ec2: &Ec2) {
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let waiting = std::mem::take(&mut *self.waiting.lock().expect("poller lock"));
+            let mut by_region: BTreeMap<String, Vec<Waiter>> = BTreeMap::new();
+            for w in waiting {
+                by_region.entry(w.region.clone()).or_default().push(w);
+            }
+            for (region, group) in by_region {
+                let ids: Vec<String> = group.iter().map(|w| w.id.clone()).collect();
+                let answer = ec2.describe(&region, &ids).await;
+                for w in group {
+                    let found = answer
+                        .as_ref()
+                        .map(|infos| infos.iter().find(|i| i.id == w.id).cloned());
+                    match found {
+                        Ok(Some(info)) if info.state == InstanceState::Running => {
+                            let _ = w.reply.send(Ok(info));
+                        }
+                        Ok(Some(info))
+                            if !info.state.is_alive() || info.state == InstanceState::Stopped =>
+                        {
+                            let _ = w.reply.send(Err(format!(
+                                "instance {} is {:?} instead of running",
+                                w.id, info.state
+                            )));
+                        }
+                        Ok(None) => {
+                            let _ = w
+                                .reply
+                                .send(Err(format!("instance {} is not known to EC2", w.id)));
+                        }
+                        // Pending (or the call failed and was already retried): ask again next tick.
+                        _ => self.waiting.lock().expect("poller lock").push(w),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Ec2 {
     fn clients(&self, region: &str) -> (aws_sdk_ec2::Client, aws_sdk_ec2instanceconnect::Client) {
         let mut clients = self.clients.lock().expect("client cache lock");
         clients
@@ -122,7 +557,7 @@ impl Aws {
     }
 }
 
-fn info(region: &str, i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
+fn info(i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
     let state = match i.state().and_then(|s| s.name()) {
         Some(InstanceStateName::Running) => InstanceState::Running,
         Some(InstanceStateName::ShuttingDown) => InstanceState::ShuttingDown,
@@ -133,19 +568,13 @@ fn info(region: &str, i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
     };
     InstanceInfo {
         id: i.instance_id().unwrap_or_default().to_owned(),
-        region: region.to_owned(),
         state,
         public_ip: i.public_ip_address().map(str::to_owned),
         private_ip: i.private_ip_address().map(str::to_owned),
-        tags: i
-            .tags()
-            .iter()
-            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
-            .collect::<BTreeMap<_, _>>(),
     }
 }
 
-impl Provider for Aws {
+impl Ec2 {
     async fn launch(&self, r: &LaunchRequest) -> Result<InstanceInfo, ProviderError> {
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
@@ -187,7 +616,7 @@ impl Provider for Aws {
                 Err(e) if e.code() == Some(INSUFFICIENT_CAPACITY) => {
                     return Err(ProviderError {
                         operation: "RunInstances",
-                        region: r.region.clone(),
+                        target: r.region.clone(),
                         message: format!(
                             "{INSUFFICIENT_CAPACITY}: {} (gave up after {attempt} attempts)",
                             e.message().unwrap_or("no message")
@@ -199,10 +628,10 @@ impl Provider for Aws {
         };
         out.instances()
             .first()
-            .map(|i| info(&r.region, i))
+            .map(info)
             .ok_or_else(|| ProviderError {
                 operation: "RunInstances",
-                region: r.region.clone(),
+                target: r.region.clone(),
                 message: "the answer named no instance".into(),
             })
     }
@@ -223,7 +652,7 @@ impl Provider for Aws {
             .reservations()
             .iter()
             .flat_map(|r| r.instances())
-            .map(|i| info(region, i))
+            .map(info)
             .collect())
     }
 
@@ -274,7 +703,7 @@ impl Provider for Aws {
                 page.reservations()
                     .iter()
                     .flat_map(|r| r.instances())
-                    .map(|i| info(region, i)),
+                    .map(info),
             );
         }
         Ok(found)
@@ -302,7 +731,7 @@ impl Provider for Aws {
         } else {
             Err(ProviderError {
                 operation: "SendSSHPublicKey",
-                region: region.to_owned(),
+                target: region.to_owned(),
                 message: format!("not accepted for {instance_id}"),
             })
         }
@@ -312,6 +741,17 @@ impl Provider for Aws {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_tokens_are_64_characters_and_differ_per_attempt() {
+        let a = Address::new("s", "t").unwrap();
+        let l = Uuid::new_v4();
+        let t1 = client_token(l, &a, 1);
+        assert_eq!(t1.len(), 64);
+        assert!(t1.is_ascii());
+        assert_eq!(t1, client_token(l, &a, 1));
+        assert_ne!(t1, client_token(l, &a, 2));
+    }
 
     #[test]
     fn capacity_delays_double_are_capped_and_jittered_down_to_half() {

@@ -1,97 +1,234 @@
-//! Where instances come from. The executor and destroy speak only this trait, so the cloud
-//! never leaks into them; [`aws`] implements it with the AWS SDK.
+//! Where machines come from. The lifecycle speaks only the [`Provider`] trait, at its own level
+//! (get a machine, reach it, is it gone, give it back, what does a workspace still hold), so
+//! no provider's specifics leak into it: [`aws`] launches EC2 instances, [`ssh`] leases hosts
+//! of a pool, [`local`] runs on this machine, and [`Fleet`] routes each test to its own.
+//!
+//! A machine is recorded in state as a [`Machine`] before anything runs on it; only its
+//! provider reads what it holds beyond the id.
 
 pub mod aws;
+#[cfg(test)]
+pub mod fake;
+pub mod local;
+pub mod ssh;
 
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// Tag keys every instance carries; destroy finds leaked instances by the first.
-pub const TAG_WORKSPACE: &str = "rallyctl:workspace";
-pub const TAG_LINEAGE: &str = "rallyctl:lineage";
-pub const TAG_TEST: &str = "rallyctl:test";
-pub const TAG_RUN: &str = "rallyctl:run";
-pub const TAG_ATTEMPT: &str = "rallyctl:attempt";
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-#[derive(Debug, Clone)]
-pub struct LaunchRequest {
-    pub region: String,
-    pub ami: String,
-    pub instance_type: String,
-    pub subnet_id: Option<String>,
-    pub security_group_ids: Vec<String>,
-    pub user_data: String,
-    pub tags: BTreeMap<String, String>,
-    /// Makes a retried RunInstances idempotent on EC2 (at most 64 ASCII characters).
-    pub client_token: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InstanceState {
-    Pending,
-    Running,
-    ShuttingDown,
-    Terminated,
-    Stopping,
-    Stopped,
-}
-
-impl InstanceState {
-    /// Still costs money (or will again): anything not on its way out.
-    pub fn is_alive(self) -> bool {
-        !matches!(
-            self,
-            InstanceState::ShuttingDown | InstanceState::Terminated
-        )
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct InstanceInfo {
-    pub id: String,
-    pub region: String,
-    pub state: InstanceState,
-    pub public_ip: Option<String>,
-    pub private_ip: Option<String>,
-    pub tags: BTreeMap<String, String>,
-}
+use crate::address::Address;
+use crate::plan::{ProviderKind, Settings};
+use crate::remote::Endpoint;
+use crate::state::Machine;
+use crate::templates::Artifacts;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{operation} in {region}: {message}")]
+#[error("{operation} ({target}): {message}")]
 pub struct ProviderError {
+    /// What was asked: `RunInstances`, `lease`, ...
     pub operation: &'static str,
-    pub region: String,
+    /// Where: a region, a host.
+    pub target: String,
     pub message: String,
 }
 
+/// One attempt of one test asking for a machine.
+pub struct Acquire<'a> {
+    pub workspace: &'a str,
+    pub lineage: Uuid,
+    pub address: &'a Address,
+    pub attempt: u32,
+    pub run_id: &'a str,
+    pub settings: &'a Settings,
+    pub artifacts: &'a Artifacts,
+    /// Waiting for a machine (a free host, capacity) ends when this is cancelled.
+    pub cancel: &'a CancellationToken,
+    /// Told once why the attempt waits for a machine, when it does.
+    pub on_wait: &'a (dyn Fn(String) + Sync),
+}
+
+/// What [`Provider::acquire`] got.
+pub struct Acquired {
+    pub machine: Machine,
+    /// The machine was got by an earlier apply that died before recording it.
+    pub adopted: bool,
+}
+
+/// How to reach a machine that answers, and how patient to be with it.
+#[derive(Debug, Clone)]
+pub struct Reachable {
+    pub endpoint: Endpoint,
+    /// How long the machine may stay unreachable (after boot, or mid-race) before its test is
+    /// given up: a fresh instance's sshd takes a while, an existing host should just answer.
+    pub patience: Duration,
+    /// Whether a refused key may be accepted later (a pushed key that ran out), rather than
+    /// being a mistake to report at once.
+    pub refused_key_is_transient: bool,
+}
+
+/// Lifecycle-level operations on machines. Every operation is safe to repeat: a resumed apply
+/// repeats the one it was killed in.
 pub trait Provider: Send + Sync + 'static {
-    fn launch(
+    /// A machine for this attempt. A machine the attempt already got before a crash (launched
+    /// or leased, but not yet recorded) is found and returned, never a second one.
+    fn acquire(
         &self,
-        request: &LaunchRequest,
-    ) -> impl Future<Output = Result<InstanceInfo, ProviderError>> + Send;
-    /// One call for many instances: the executor batches every instance it waits on.
-    fn describe(
+        req: &Acquire<'_>,
+    ) -> impl Future<Output = Result<Acquired, ProviderError>> + Send;
+    /// Waits until the machine runs, and says how to reach it.
+    fn reach(
         &self,
-        region: &str,
-        ids: &[String],
-    ) -> impl Future<Output = Result<Vec<InstanceInfo>, ProviderError>> + Send;
-    fn terminate(
+        machine: &Machine,
+        settings: &Settings,
+    ) -> impl Future<Output = Result<Reachable, ProviderError>> + Send;
+    /// Called before every connection (EC2 pushes the key that the connection uses);
+    /// `after_failure` when the last connection failed.
+    fn before_connect(
         &self,
-        region: &str,
-        ids: &[String],
+        machine: &Machine,
+        settings: &Settings,
+        after_failure: bool,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// Instances not yet terminated that carry all of these tags.
-    fn find_by_tags(
+    /// Why the machine is no longer there, if it is not (asked when connections keep failing).
+    fn gone(&self, machine: &Machine) -> impl Future<Output = Option<String>> + Send;
+    /// Gives the machine back: terminates an instance; stops every process of the run on a
+    /// host and ends its lease. Nothing of the run costs money or holds a host afterwards.
+    fn release(
         &self,
-        region: &str,
-        tags: &[(&str, &str)],
-    ) -> impl Future<Output = Result<Vec<InstanceInfo>, ProviderError>> + Send;
-    /// Pushes an SSH public key that the instance accepts for `os_user` during 60 seconds.
-    fn push_key(
-        &self,
-        region: &str,
-        instance_id: &str,
-        os_user: &str,
-        public_key: &str,
+        machine: &Machine,
+        settings: &Settings,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// Machines the workspace holds that state does not know (launched or leased by a run that
+    /// died before recording them), looked for where `settings` point.
+    fn leaked(
+        &self,
+        workspace: &str,
+        settings: &[&Settings],
+    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
+}
+
+/// How long stopping a run's processes may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Stops every process of the machine's run, for providers whose machines outlive the test.
+async fn stop_run(endpoint: &Endpoint, machine: &Machine) -> Result<(), ProviderError> {
+    let Some(run_dir) = &machine.run_dir else {
+        return Ok(());
+    };
+    let fail = |message: String| ProviderError {
+        operation: "stop the run",
+        target: endpoint.name(),
+        message,
+    };
+    let command = crate::remote::stop_run_command(run_dir).map_err(|e| fail(e.to_string()))?;
+    crate::remote::exec(endpoint, &command, b"", STOP_TIMEOUT)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// Every provider an apply may need, each made when a test first needs it: a plan without an
+/// `aws` test never loads AWS credentials.
+pub struct Fleet {
+    state_dir: PathBuf,
+    workspace: String,
+    aws: OnceCell<aws::Aws>,
+    ssh: ssh::Ssh,
+    local: local::Local,
+}
+
+impl Fleet {
+    /// `state_dir` holds the EC2 provider's ephemeral key and known hosts file.
+    pub fn new(state_dir: PathBuf, workspace: &str) -> Fleet {
+        Fleet {
+            state_dir,
+            workspace: workspace.to_owned(),
+            aws: OnceCell::new(),
+            ssh: ssh::Ssh::default(),
+            local: local::Local,
+        }
+    }
+
+    async fn aws(&self) -> Result<&aws::Aws, ProviderError> {
+        self.aws
+            .get_or_try_init(|| aws::Aws::from_env(&self.state_dir, &self.workspace))
+            .await
+    }
+}
+
+/// Runs `$call` on the provider of `$kind`.
+macro_rules! route {
+    ($fleet:expr, $kind:expr, $p:ident => $call:expr) => {
+        match $kind {
+            ProviderKind::Aws => {
+                let $p = $fleet.aws().await?;
+                $call.await
+            }
+            ProviderKind::Ssh => {
+                let $p = &$fleet.ssh;
+                $call.await
+            }
+            ProviderKind::Local => {
+                let $p = &$fleet.local;
+                $call.await
+            }
+        }
+    };
+}
+
+impl Provider for Fleet {
+    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
+        route!(self, req.settings.provider(), p => p.acquire(req))
+    }
+
+    async fn reach(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+    ) -> Result<Reachable, ProviderError> {
+        route!(self, machine.provider, p => p.reach(machine, settings))
+    }
+
+    async fn before_connect(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+        after_failure: bool,
+    ) -> Result<(), ProviderError> {
+        route!(self, machine.provider, p => p.before_connect(machine, settings, after_failure))
+    }
+
+    async fn gone(&self, machine: &Machine) -> Option<String> {
+        let gone =
+            async { Ok::<_, ProviderError>(route!(self, machine.provider, p => p.gone(machine))) };
+        gone.await.unwrap_or(None)
+    }
+
+    async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
+        route!(self, machine.provider, p => p.release(machine, settings))
+    }
+
+    async fn leaked(
+        &self,
+        workspace: &str,
+        settings: &[&Settings],
+    ) -> Result<Vec<Machine>, ProviderError> {
+        let mut found = Vec::new();
+        for kind in [ProviderKind::Aws, ProviderKind::Ssh, ProviderKind::Local] {
+            let of_kind: Vec<&Settings> = settings
+                .iter()
+                .copied()
+                .filter(|s| s.provider() == kind)
+                .collect();
+            if of_kind.is_empty() {
+                continue;
+            }
+            found.extend(route!(self, kind, p => p.leaked(workspace, &of_kind))?);
+        }
+        Ok(found)
+    }
 }

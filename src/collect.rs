@@ -1,0 +1,121 @@
+//! Bringing a race's files home: unpacked under `results/`, each with its sha256 for state,
+//! and checked the way `results` reads them (the same CSV reader): a race whose requests
+//! failed is no clean result.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::results::metrics::Metric;
+use crate::results::parse;
+use crate::state::ResultFile;
+
+/// Unpacks a tar stream of collected files into `dir`; entries that would land outside it
+/// (`../`, absolute paths: a hostile machine) are skipped.
+pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<Vec<ResultFile>> {
+    std::fs::create_dir_all(dir)?;
+    let mut archive = tar::Archive::new(bytes);
+    let mut files = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let rel = entry.path()?.into_owned();
+        // unpack_in refuses paths that climb out of `dir`.
+        if !entry.unpack_in(dir)? {
+            continue;
+        }
+        let path = dir.join(&rel);
+        let content = std::fs::read(&path)?;
+        files.push(ResultFile {
+            path: path
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect(),
+            sha256: hex::encode(Sha256::digest(&content)),
+            bytes: content.len() as u64,
+        });
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// The collected report, or why there is none.
+pub fn report(files: &[ResultFile]) -> Result<&Path, String> {
+    files
+        .iter()
+        .find(|f| f.path.ends_with("report.csv"))
+        .map(|f| f.path.as_path())
+        .ok_or_else(|| "the race left no report.csv".to_owned())
+}
+
+/// Why the report is no clean result: a task with an error rate above zero (Rally exits 0
+/// under `--on-error=continue` however many requests failed), or a report that cannot be read.
+pub fn problem(report: &Path) -> Option<String> {
+    let tasks = match parse::report_csv(report) {
+        Ok(tasks) => tasks,
+        Err(e) => return Some(format!("the report cannot be read: {e}")),
+    };
+    let bad: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| {
+            let rate = t.metrics.get(&Metric::ErrorRate)?.value;
+            (rate > 0.0).then(|| format!("{} {rate}%", t.task))
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "requests failed during the race (error rate: {})",
+            bad.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn unpacking_refuses_paths_outside_the_results_directory() {
+        let files = vec![
+            (
+                PathBuf::from("report.csv"),
+                b"Metric,Task,Value,Unit\n".to_vec(),
+                0o644,
+            ),
+            (PathBuf::from("sub/race.log"), b"log".to_vec(), 0o644),
+        ];
+        let bundle = crate::staging::tar(&files).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack(&bundle, dir.path()).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].sha256,
+            hex::encode(Sha256::digest(b"Metric,Task,Value,Unit\n"))
+        );
+
+        let mut evil = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        // Bypasses the builder's own path check, as a hostile machine could.
+        header.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../escape.tx");
+        header.set_cksum();
+        evil.append(&header, &b"x"[..]).unwrap();
+        let evil = evil.into_inner().unwrap();
+        let inner = dir.path().join("inner");
+        let out = unpack(&evil, &inner).unwrap();
+        assert!(out.is_empty());
+        assert!(!dir.path().join("escape.tx").exists());
+    }
+
+    #[test]
+    fn an_error_rate_above_zero_is_a_problem_and_zero_is_not() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rally");
+        assert_eq!(problem(&fixtures.join("success/report.csv")), None);
+        let bad = problem(&fixtures.join("error-rate/report.csv")).unwrap();
+        assert!(bad.starts_with("requests failed during the race"), "{bad}");
+    }
+}

@@ -1,0 +1,649 @@
+//! One test's lifecycle, as one state machine with one function per step:
+//!
+//! `launching ▶ booting ▶ installing ▶ racing ▶ collecting ▶ terminating ▶ completed`
+//!
+//! ([`acquire`], [`reach`], [`install`], [`race`], [`collect`], [`release`]), or `failed` from
+//! any step. Each step is written to state before it begins, so a killed apply resumes at the
+//! step it was in: a machine already got is found again, a running race is re-attached, never
+//! restarted. Whether to resume or start a new attempt is the planner's decision
+//! ([`Action::Resume`]); the lifecycle carries it out.
+//!
+//! It speaks to machines only through the [`Provider`] trait and [`remote`]: it knows no cloud.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::address::{Address, slug};
+use crate::plan::{Plan, Test};
+use crate::planner::Action;
+use crate::provider::{Acquire, Provider, Reachable};
+use crate::remote::{self, RemoteError, tail};
+use crate::staging;
+use crate::state::{self, Machine, State, StateError, Status, Step, TestRecord};
+use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
+use crate::ui::Progress;
+
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(1800);
+/// One `race.sh wait` call blocks this long at most, well inside the one-hour limit of
+/// connections through an EC2 Instance Connect Endpoint.
+const WAIT_SLICE_SECS: u64 = 300;
+const LOG_TAIL_LINES: usize = 40;
+/// `timeout` exits 124 when the race ran out of time.
+const TIMED_OUT: &str = "124";
+
+/// The state shared by all tests of an apply; every change is persisted before it returns.
+#[derive(Clone)]
+pub struct StateHandle {
+    state: Arc<Mutex<State>>,
+    path: Arc<PathBuf>,
+}
+
+impl StateHandle {
+    pub fn new(state: State, path: PathBuf) -> Self {
+        StateHandle {
+            state: Arc::new(Mutex::new(state)),
+            path: Arc::new(path),
+        }
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.lock().expect("state lock"))
+    }
+
+    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
+        let mut state = self.state.lock().expect("state lock");
+        let r = f(&mut state);
+        state::save(&self.path, &mut state)?;
+        Ok(r)
+    }
+
+    pub fn record(
+        &self,
+        address: &Address,
+        f: impl FnOnce(&mut TestRecord),
+    ) -> Result<(), StateError> {
+        self.update(|s| {
+            if let Some(r) = s.tests.get_mut(address) {
+                f(r)
+            }
+        })
+    }
+
+    pub fn snapshot(&self) -> State {
+        self.read(Clone::clone)
+    }
+}
+
+/// A test that could not finish, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub step: Step,
+    pub error: String,
+    pub log_tail: Option<String>,
+}
+
+/// Why a test stopped short of completion.
+#[derive(Debug)]
+pub enum Stop {
+    Failed(Failure),
+    /// Ctrl-C: the test stays recorded at its step for a later apply to resume.
+    Interrupted,
+    /// Writing state failed: nothing more can be done safely.
+    State(StateError),
+}
+
+impl From<StateError> for Stop {
+    fn from(e: StateError) -> Self {
+        Stop::State(e)
+    }
+}
+
+fn failed(step: Step, error: impl ToString) -> Stop {
+    Stop::Failed(Failure {
+        step,
+        error: error.to_string(),
+        log_tail: None,
+    })
+}
+
+/// What every test of an apply shares.
+pub struct Ctx<P: Provider> {
+    pub provider: P,
+    pub state: StateHandle,
+    pub plan: Plan,
+    pub artifacts: ArtifactMap,
+    pub renderer: Renderer,
+    pub run_id: String,
+    pub results_root: PathBuf,
+    pub progress: Progress,
+    pub cancel: CancellationToken,
+}
+
+/// A machine that answers: what a step after booting runs its commands on.
+struct Conn {
+    machine: Machine,
+    reachable: Reachable,
+}
+
+/// Where a test of the plan starts, as the planner decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    NewAttempt,
+    Resume(Step),
+}
+
+impl Start {
+    /// The start of a test the planner gave `action`; none for a test that left the plan.
+    pub fn of(action: Action) -> Option<Start> {
+        match action {
+            Action::Run | Action::Rerun => Some(Start::NewAttempt),
+            Action::Resume { step } => Some(Start::Resume(step)),
+            Action::Terminate => None,
+        }
+    }
+}
+
+/// Runs `test` from `start`; the test is recorded completed or failed, or left at its step
+/// when interrupted.
+pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result<(), Stop> {
+    let address = &test.address;
+    let artifacts = &ctx.artifacts[address];
+    let start = match start {
+        Start::Resume(step) => step,
+        Start::NewAttempt => {
+            start_attempt(ctx, test, artifacts).await?;
+            Step::Launching
+        }
+    };
+    match steps(ctx, test, artifacts, start).await {
+        Ok(()) => Ok(()),
+        Err(Stop::Failed(f)) => {
+            ctx.state.record(address, |r| {
+                r.set_status(Status::Failed {
+                    step: f.step,
+                    error: f.error.clone(),
+                    log_tail: f.log_tail.clone(),
+                })
+            })?;
+            // A failed test must not keep its machine: give it back now (EC2's watchdog and a
+            // lease's expiry are only the last resort).
+            match release(ctx, test).await {
+                Err(Stop::Failed(not_released)) => ctx.progress.println(&format!(
+                    "{address}: {}; `rallyctl destroy` will release it",
+                    not_released.error
+                )),
+                Err(Stop::State(e)) => return Err(Stop::State(e)),
+                Ok(()) | Err(Stop::Interrupted) => {}
+            }
+            Err(Stop::Failed(f))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The state machine: each step runs once it is recorded, and names the next.
+async fn steps<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+    start: Step,
+) -> Result<(), Stop> {
+    let address = &test.address;
+    let record = ctx.state.read(|st| st.tests[address].clone());
+    ctx.progress.step(&address.to_string(), start.name());
+    let mut conn: Option<Conn> = None;
+    let mut step = start;
+    loop {
+        let next = match step {
+            Step::Launching => {
+                acquire(ctx, test, artifacts, &record).await?;
+                Step::Booting
+            }
+            Step::Booting => {
+                conn = Some(reach(ctx, test).await?);
+                Step::Installing
+            }
+            Step::Installing => {
+                let c = connected(ctx, test, &mut conn).await?;
+                install(ctx, test, artifacts, c).await?;
+                Step::Racing
+            }
+            Step::Racing => {
+                let c = connected(ctx, test, &mut conn).await?;
+                race(ctx, test, c, &record).await?;
+                Step::Collecting
+            }
+            Step::Collecting => {
+                let c = connected(ctx, test, &mut conn).await?;
+                collect(ctx, test, c, &record).await?;
+                Step::Terminating
+            }
+            Step::Terminating => {
+                release(ctx, test).await?;
+                ctx.state
+                    .record(address, |r| r.set_status(Status::Completed))?;
+                return Ok(());
+            }
+        };
+        checkpoint(ctx, address, next)?;
+        step = next;
+    }
+}
+
+/// Opens a new attempt: gives back the previous one's machine and records the intent to
+/// acquire one, before anything is asked of a provider.
+async fn start_attempt<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+) -> Result<(), Stop> {
+    let address = &test.address;
+    release(ctx, test).await.map_err(|stop| match stop {
+        Stop::Failed(f) => failed(
+            Step::Launching,
+            format!("cannot release the previous attempt's machine: {}", f.error),
+        ),
+        other => other,
+    })?;
+    let race_command =
+        crate::templates::race_command(&test.settings).map_err(|e| failed(Step::Launching, e))?;
+    ctx.state.update(|s| {
+        let previous_attempt = s.tests.get(address).map_or(0, |r| r.attempt);
+        let mut record = TestRecord {
+            config_hash: artifacts.config_hash.clone(),
+            settings: (&test.settings).into(),
+            race_command,
+            status: Status::Pending,
+            attempt: previous_attempt + 1,
+            run_id: Some(ctx.run_id.clone()),
+            race_id: Some(Uuid::new_v4()),
+            instance: None,
+            results: vec![],
+            history: vec![],
+        };
+        record.set_status(Status::InProgress {
+            step: Step::Launching,
+        });
+        s.tests.insert(address.clone(), record);
+    })?;
+    Ok(())
+}
+
+fn checkpoint<P: Provider>(ctx: &Ctx<P>, address: &Address, step: Step) -> Result<(), Stop> {
+    if ctx.cancel.is_cancelled() {
+        return Err(Stop::Interrupted);
+    }
+    ctx.state
+        .record(address, |r| r.set_status(Status::InProgress { step }))?;
+    ctx.progress.step(&address.to_string(), step.name());
+    Ok(())
+}
+
+/// The attempt's directory on the machine: unique per workspace, run, test and attempt, since
+/// machines (a host of a pool, this one) outlive tests.
+fn run_dir(test: &Test, workspace: &str, record: &TestRecord) -> String {
+    format!(
+        "{}/runs/{}/{}/{}/{}",
+        test.settings.remote_dir,
+        slug(workspace),
+        slug(record.run_id.as_deref().unwrap_or("run")),
+        test.address.path().display(),
+        record.attempt
+    )
+}
+
+/// Launching: a machine for this attempt, recorded with its run directory.
+async fn acquire<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+    record: &TestRecord,
+) -> Result<(), Stop> {
+    let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
+    let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
+    let acquired = ctx
+        .provider
+        .acquire(&Acquire {
+            workspace: &ctx.plan.name,
+            lineage: ctx.state.read(|s| s.lineage),
+            address: &test.address,
+            attempt: record.attempt,
+            run_id,
+            settings: &test.settings,
+            artifacts,
+            cancel: &ctx.cancel,
+            on_wait: &on_wait,
+        })
+        .await
+        .map_err(|e| {
+            if ctx.cancel.is_cancelled() {
+                Stop::Interrupted
+            } else {
+                failed(Step::Launching, e)
+            }
+        })?;
+    let mut machine = acquired.machine;
+    if acquired.adopted {
+        ctx.progress.println(&format!(
+            "{}: adopting {} launched by an earlier apply",
+            test.address, machine.id
+        ));
+    }
+    machine.run_dir = Some(run_dir(test, &ctx.plan.name, record));
+    ctx.state
+        .record(&test.address, |r| r.instance = Some(machine))?;
+    Ok(())
+}
+
+/// Booting: waits until the machine runs and answers a command.
+async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
+    let machine = ctx
+        .state
+        .read(|s| s.tests[&test.address].instance.clone())
+        .ok_or_else(|| failed(Step::Booting, "state names no machine for this test"))?;
+    let reachable = ctx
+        .provider
+        .reach(&machine, &test.settings)
+        .await
+        .map_err(|e| failed(Step::Booting, e))?;
+    if let remote::Endpoint::Ssh(e) = &reachable.endpoint {
+        let host = e.host.clone();
+        ctx.state.record(&test.address, |r| {
+            if let Some(m) = &mut r.instance {
+                m.address = Some(host);
+            }
+        })?;
+    }
+    let conn = Conn { machine, reachable };
+    // sshd may take a while to answer after boot.
+    run_on(
+        ctx,
+        test,
+        &conn,
+        "true",
+        b"",
+        Duration::from_secs(30),
+        Step::Booting,
+    )
+    .await?;
+    Ok(conn)
+}
+
+/// The connection of a resumed test, which starts past booting.
+async fn connected<'c, P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &'c mut Option<Conn>,
+) -> Result<&'c Conn, Stop> {
+    if conn.is_none() {
+        *conn = Some(reach(ctx, test).await?);
+    }
+    Ok(conn.as_ref().expect("just connected"))
+}
+
+fn quoted_run_dir(conn: &Conn, step: Step) -> Result<String, Stop> {
+    let dir = conn
+        .machine
+        .run_dir
+        .as_deref()
+        .ok_or_else(|| failed(step, "state names no run directory for this test"))?;
+    crate::templates::shell_quote(dir).map_err(|e| failed(step, e))
+}
+
+/// Installing: uploads the bundle and runs the install script.
+async fn install<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+    conn: &Conn,
+) -> Result<(), Stop> {
+    let run_dir = quoted_run_dir(conn, Step::Installing)?;
+    let record = ctx.state.read(|s| s.tests[&test.address].clone());
+    let bundle = staging::bundle(
+        &ctx.renderer,
+        test,
+        artifacts,
+        &staging::Origin {
+            workspace: &ctx.plan.name,
+            run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
+        },
+    )
+    .map_err(|e| failed(Step::Installing, e))?;
+    let upload = format!("mkdir -p {run_dir} && tar -C {run_dir} -xf -");
+    run_on(
+        ctx,
+        test,
+        conn,
+        &upload,
+        &bundle,
+        Duration::from_secs(300),
+        Step::Installing,
+    )
+    .await?;
+    match remote::exec(
+        &conn.reachable.endpoint,
+        &format!("bash {run_dir}/install.sh"),
+        b"",
+        INSTALL_TIMEOUT,
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(RemoteError::Failed { code, stderr, .. }) => Err(Stop::Failed(Failure {
+            step: Step::Installing,
+            error: format!(
+                "install.sh exited with {code:?} on {}",
+                conn.reachable.endpoint.name()
+            ),
+            log_tail: Some(stderr),
+        })),
+        Err(e) => Err(failed(Step::Installing, e)),
+    }
+}
+
+/// Racing: starts the race unless it already runs, then waits for it, reconnecting as needed.
+async fn race<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
+    record: &TestRecord,
+) -> Result<(), Stop> {
+    let run_dir = quoted_run_dir(conn, Step::Racing)?;
+    let race_id = record.race_id.expect("attempts record a race id");
+    // The metrics store's password reaches Rally through its environment, never a file.
+    let password = std::env::var(METRICS_PASSWORD_ENV).unwrap_or_default();
+    run_on(
+        ctx,
+        test,
+        conn,
+        &format!("bash {run_dir}/race.sh start {race_id}"),
+        format!("{password}\n").as_bytes(),
+        Duration::from_secs(60),
+        Step::Racing,
+    )
+    .await?;
+    let wait_command = format!("bash {run_dir}/race.sh wait {WAIT_SLICE_SECS}");
+    loop {
+        let wait = run_on(
+            ctx,
+            test,
+            conn,
+            &wait_command,
+            b"",
+            Duration::from_secs(WAIT_SLICE_SECS + 60),
+            Step::Racing,
+        );
+        let out = tokio::select! {
+            out = wait => out?,
+            _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
+        };
+        let answer = String::from_utf8_lossy(&out).trim().to_owned();
+        let error = match answer.strip_prefix("exited ") {
+            Some("0") => return Ok(()),
+            Some(TIMED_OUT) => format!(
+                "the race ran past max_runtime ({}) and was stopped",
+                humantime::format_duration(test.settings.max_runtime)
+            ),
+            Some(code) => format!("esrally exited with {code}"),
+            None if answer == "running" => continue,
+            None => format!(
+                "the race stopped without an exit code ({answer}): was {} rebooted?",
+                conn.reachable.endpoint.name()
+            ),
+        };
+        return Err(Stop::Failed(Failure {
+            step: Step::Racing,
+            error,
+            log_tail: race_log_tail(&conn.reachable.endpoint, &run_dir).await,
+        }));
+    }
+}
+
+async fn race_log_tail(endpoint: &remote::Endpoint, run_dir: &str) -> Option<String> {
+    remote::exec(
+        endpoint,
+        &format!("bash {run_dir}/race.sh tail {LOG_TAIL_LINES}"),
+        b"",
+        Duration::from_secs(60),
+    )
+    .await
+    .ok()
+    .map(|o| tail(&String::from_utf8_lossy(&o.stdout), LOG_TAIL_LINES))
+}
+
+/// Collecting: brings the report, race.json and logs home and records their sha256.
+async fn collect<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
+    record: &TestRecord,
+) -> Result<(), Stop> {
+    let run_dir = quoted_run_dir(conn, Step::Collecting)?;
+    let bytes = run_on(
+        ctx,
+        test,
+        conn,
+        &format!("bash {run_dir}/race.sh collect"),
+        b"",
+        Duration::from_secs(600),
+        Step::Collecting,
+    )
+    .await?;
+    let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
+    let dir = ctx
+        .results_root
+        .join(slug(run_id))
+        .join(test.address.path());
+    let files = crate::collect::unpack(&bytes, &dir).map_err(|e| {
+        failed(
+            Step::Collecting,
+            format!("cannot store results in {}: {e}", dir.display()),
+        )
+    })?;
+    let report = crate::collect::report(&files)
+        .map_err(|e| failed(Step::Collecting, e))?
+        .to_owned();
+    ctx.state.record(&test.address, |r| r.results = files)?;
+    // An error rate above zero is no clean result, though the files are kept for a look.
+    match crate::collect::problem(&report) {
+        Some(problem) => Err(failed(Step::Racing, problem)),
+        None => Ok(()),
+    }
+}
+
+/// Terminating: gives the test's machine back if it may still hold one, and records that.
+async fn release<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<(), Stop> {
+    let Some(machine) = ctx.state.read(|s| {
+        s.tests
+            .get(&test.address)
+            .and_then(|r| r.live_machine().cloned())
+    }) else {
+        return Ok(());
+    };
+    ctx.provider
+        .release(&machine, &test.settings)
+        .await
+        .map_err(|e| {
+            failed(
+                Step::Terminating,
+                format!("cannot release {}: {e}", machine.id),
+            )
+        })?;
+    ctx.state.record(&test.address, TestRecord::mark_released)?;
+    Ok(())
+}
+
+/// Gives back the machine of a test that left the plan, with the settings state recorded.
+pub async fn release_departed<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), Stop> {
+    let Some((machine, settings)) = ctx.state.read(|s| {
+        let r = s.tests.get(address)?;
+        Some((r.live_machine()?.clone(), r.settings.clone()))
+    }) else {
+        return Ok(());
+    };
+    let settings = settings.typed().map_err(|e| {
+        failed(
+            Step::Terminating,
+            format!("the recorded settings cannot be read: {e}"),
+        )
+    })?;
+    ctx.provider
+        .release(&machine, &settings)
+        .await
+        .map_err(|e| {
+            failed(
+                Step::Terminating,
+                format!("cannot release {}: {e}", machine.id),
+            )
+        })?;
+    ctx.state.record(address, TestRecord::mark_released)?;
+    Ok(())
+}
+
+/// Runs a command that is safe to repeat, retrying while the connection is the problem, for
+/// as long as the provider says the machine may stay unreachable.
+async fn run_on<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
+    command: &str,
+    input: &[u8],
+    timeout: Duration,
+    step: Step,
+) -> Result<Vec<u8>, Stop> {
+    let deadline = Instant::now() + conn.reachable.patience;
+    let mut delay = Duration::from_millis(500);
+    let mut after_failure = false;
+    loop {
+        ctx.provider
+            .before_connect(&conn.machine, &test.settings, after_failure)
+            .await
+            .map_err(|e| failed(step, e))?;
+        let error = match remote::exec(&conn.reachable.endpoint, command, input, timeout).await {
+            Ok(out) => return Ok(out.stdout),
+            Err(e) => e,
+        };
+        let transient = match &error {
+            RemoteError::Connection { .. } | RemoteError::Timeout { .. } => true,
+            RemoteError::RefusedKey { .. } => conn.reachable.refused_key_is_transient,
+            _ => false,
+        };
+        if !transient || Instant::now() >= deadline {
+            return Err(failed(step, format!("{error} ({})", conn.machine.id)));
+        }
+        // A connection that keeps failing may mean the machine is gone.
+        if let Some(gone) = ctx.provider.gone(&conn.machine).await {
+            return Err(failed(step, gone));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
+        }
+        delay = (delay * 2).min(Duration::from_secs(15));
+        after_failure = true;
+    }
+}

@@ -1,0 +1,79 @@
+//! The upload bundle: everything a test's run directory needs on the machine (the rendered
+//! scripts, rally.ini, Rally's parameter files and tags, a local track), as one tar stream.
+
+use std::path::{Path, PathBuf};
+
+use crate::plan::{Test, TrackSource};
+use crate::templates::{self, Artifacts, Renderer, Secrets, TemplateError};
+
+/// One file of the bundle: its path in the run directory, its bytes and mode.
+pub type File = (PathBuf, Vec<u8>, u32);
+
+/// What a test's run tags its race with, so that a result names where it came from.
+pub struct Origin<'a> {
+    pub workspace: &'a str,
+    pub run_id: &'a str,
+}
+
+/// The bundle of `test` for one run, as a tar stream. The rally.ini gets the environment's
+/// values (a metrics store's host and user); secrets never reach it.
+pub fn bundle(
+    renderer: &Renderer,
+    test: &Test,
+    artifacts: &Artifacts,
+    origin: &Origin<'_>,
+) -> Result<Vec<u8>, TemplateError> {
+    let rally_ini = renderer.rally_ini(&test.settings, Secrets::FromEnv)?;
+    let user_tags = serde_json::to_string_pretty(&serde_json::json!({
+        "rallyctl_workspace": origin.workspace,
+        "rallyctl_run": origin.run_id,
+        "rallyctl_test": test.address.to_string(),
+    }))
+    .expect("JSON serializes");
+    let mut files: Vec<File> = vec![
+        (
+            "install.sh".into(),
+            artifacts.install.as_bytes().to_vec(),
+            0o755,
+        ),
+        ("race.sh".into(), artifacts.race.as_bytes().to_vec(), 0o755),
+        ("rally.ini".into(), rally_ini.into_bytes(), 0o600),
+        (
+            "track-params.json".into(),
+            templates::params_json(&test.settings.track_params).into_bytes(),
+            0o644,
+        ),
+        (
+            "car-params.json".into(),
+            templates::params_json(&test.settings.car_params).into_bytes(),
+            0o644,
+        ),
+        ("user-tags.json".into(), user_tags.into_bytes(), 0o644),
+    ];
+    if let TrackSource::Path(dir) = &test.settings.track {
+        for rel in templates::list_files(dir)? {
+            let path = dir.join(&rel);
+            let bytes =
+                std::fs::read(&path).map_err(|source| TemplateError::Read { path, source })?;
+            files.push((Path::new("track").join(rel), bytes, 0o644));
+        }
+    }
+    tar(&files).map_err(|source| TemplateError::Read {
+        path: "upload bundle".into(),
+        source,
+    })
+}
+
+/// Files as a tar stream, with fixed times so that equal files give equal bytes.
+pub fn tar(files: &[File]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, bytes, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, path, bytes.as_slice())?;
+    }
+    builder.into_inner()
+}

@@ -1,0 +1,447 @@
+//! Scheduling an apply: the plan's DAG walked with bounded parallelism (`--parallelism`, each
+//! suite's `parallelism`), every planned test handed to the [`lifecycle`], and Ctrl-C turned
+//! into "start nothing new". It knows no provider: what a suite's bound is when the plan sets
+//! none is the one provider-aware rule, and it is asked of the plan ([`suite_bound`]).
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::address::{Address, slug};
+use crate::graph::{Graph, Node};
+use crate::lifecycle::{self, Ctx, Start, StateHandle, Stop};
+use crate::plan::{Plan, ProviderKind, Suite};
+use crate::planner::{Action, Changes};
+use crate::provider::Provider;
+use crate::state::Step;
+use crate::templates::{ArtifactMap, Renderer};
+use crate::ui::Progress;
+
+pub struct ApplyOptions {
+    pub parallelism: usize,
+    /// Where results go: `<results_dir>/<workspace>/<run>/<suite>/<test>/`.
+    pub results_dir: std::path::PathBuf,
+}
+
+/// What an apply did, for the summary and the exit code.
+pub struct ApplyReport {
+    pub completed: Vec<Address>,
+    pub failed: Vec<(Address, Step, String, Option<String>)>,
+    pub interrupted: bool,
+    /// Tests whose machine may still run (and cost money, or hold a host).
+    pub still_running: Vec<(Address, crate::state::Machine)>,
+}
+
+/// A run id sorts by time and stays unique across machines.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{}",
+        Timestamp::now().strftime("%Y%m%dT%H%M%SZ"),
+        &Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// How many of a suite's tests may run at once when it sets no `parallelism`: one at a time
+/// when any of them runs on this machine (two Rally races on one machine skew each other),
+/// else no bound below the global one.
+pub fn suite_bound(suite: &Suite) -> Option<NonZeroUsize> {
+    suite.parallelism.or_else(|| {
+        suite
+            .tests
+            .iter()
+            .any(|t| t.settings.provider() == ProviderKind::Local)
+            .then_some(NonZeroUsize::MIN)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn apply<P: Provider>(
+    provider: P,
+    plan: Plan,
+    artifacts: ArtifactMap,
+    renderer: Renderer,
+    changes: &Changes,
+    state: StateHandle,
+    options: &ApplyOptions,
+    progress: Progress,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ApplyReport> {
+    let ctx = Arc::new(Ctx {
+        provider,
+        state,
+        results_root: options.results_dir.join(slug(&plan.name)),
+        plan,
+        artifacts,
+        renderer,
+        run_id: new_run_id(),
+        progress,
+        cancel,
+    });
+    let mut report = ApplyReport {
+        completed: vec![],
+        failed: vec![],
+        interrupted: false,
+        still_running: vec![],
+    };
+
+    // Tests that left the plan go first: they cost money or hold hosts, and produce nothing.
+    for change in changes
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Terminate)
+    {
+        let shown = change.address.to_string();
+        ctx.progress.step(&shown, "terminating");
+        match lifecycle::release_departed(&ctx, &change.address).await {
+            Ok(()) => ctx
+                .progress
+                .finished(change.address.suite(), &shown, "terminated"),
+            Err(Stop::State(e)) => return Err(e.into()),
+            Err(Stop::Failed(f)) => anyhow::bail!("{shown}: {}", f.error),
+            Err(Stop::Interrupted) => anyhow::bail!("{shown}: interrupted"),
+        }
+    }
+
+    let starts: HashMap<&Address, Start> = changes
+        .changes
+        .iter()
+        .filter_map(|c| Some((&c.address, Start::of(c.action)?)))
+        .collect();
+    let graph = Graph::compile(&ctx.plan)?;
+    let global = Arc::new(Semaphore::new(options.parallelism.max(1)));
+    let suite_limits: Vec<Option<Arc<Semaphore>>> = ctx
+        .plan
+        .suites
+        .iter()
+        .map(|s| suite_bound(s).map(|n| Arc::new(Semaphore::new(n.get()))))
+        .collect();
+    let mut announced = HashSet::new();
+    let mut walk = graph.walk();
+    let mut tasks = JoinSet::new();
+    loop {
+        let mut progressed = false;
+        for node in walk.take_ready() {
+            progressed = true;
+            let (address, start) = match graph.node(node) {
+                Node::Test(address) if !ctx.cancel.is_cancelled() => match starts.get(address) {
+                    Some(start) => (address.clone(), *start),
+                    None => {
+                        walk.complete(node);
+                        continue;
+                    }
+                },
+                _ => {
+                    walk.complete(node);
+                    continue;
+                }
+            };
+            let suite_index = graph
+                .suite_index(node)
+                .expect("test nodes belong to a suite");
+            let suite = &ctx.plan.suites[suite_index];
+            if announced.insert(suite_index) {
+                let n = suite
+                    .tests
+                    .iter()
+                    .filter(|t| starts.contains_key(&t.address))
+                    .count();
+                ctx.progress.suite(&suite.name, n);
+            }
+            let ctx = ctx.clone();
+            let global = global.clone();
+            let local = suite_limits[suite_index].clone();
+            tasks.spawn(async move {
+                let _global = global.acquire_owned().await.expect("semaphore open");
+                let _local = match local {
+                    Some(s) => Some(s.acquire_owned().await.expect("semaphore open")),
+                    None => None,
+                };
+                let outcome = if ctx.cancel.is_cancelled() {
+                    Err(Stop::Interrupted)
+                } else {
+                    let test = ctx.plan.test(&address).expect("changes name planned tests");
+                    lifecycle::run(&ctx, test, start).await
+                };
+                (node, address, outcome)
+            });
+        }
+        if progressed {
+            continue;
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (node, address, outcome) = joined?;
+        walk.complete(node);
+        let suite = address.suite().to_owned();
+        let shown = address.to_string();
+        match outcome {
+            Ok(()) => {
+                ctx.progress.finished(&suite, &shown, "completed");
+                report.completed.push(address);
+            }
+            Err(Stop::Failed(f)) => {
+                ctx.progress
+                    .finished(&suite, &shown, &format!("failed at {}", f.step));
+                report.failed.push((address, f.step, f.error, f.log_tail));
+            }
+            Err(Stop::Interrupted) => {
+                ctx.progress.finished(&suite, &shown, "interrupted");
+                report.interrupted = true;
+            }
+            Err(Stop::State(e)) => return Err(e.into()),
+        }
+    }
+    report.interrupted |= ctx.cancel.is_cancelled();
+    report.still_running = ctx.state.read(|s| {
+        s.tests
+            .iter()
+            .filter_map(|(a, r)| r.live_machine().map(|m| (a.clone(), m.clone())))
+            .collect()
+    });
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::planner::{self, Options};
+    use crate::provider::fake::Fake;
+    use crate::state::{State, Status};
+
+    /// Stands in for esrally: writes a report, or fails when asked with `--fail`.
+    const FAKE_ESRALLY: &str = r#"#!/bin/bash
+for a in "$@"; do
+  case "$a" in
+    --version) echo "esrally 2.13.0"; exit 0;;
+    --report-file=*) report=${a#--report-file=};;
+    --fail) echo "boom: the cluster said no"; exit 64;;
+  esac
+done
+printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,index,0.00,%%\n' > "$report"
+"#;
+
+    /// A workspace of local tests whose machine has a fake esrally installed.
+    struct Bench {
+        dir: tempfile::TempDir,
+        plan: Plan,
+        state: State,
+    }
+
+    impl Bench {
+        fn new(suites: &str) -> Bench {
+            let dir = tempfile::tempdir().unwrap();
+            let remote = dir.path().join("remote");
+            let venv = remote.join("rally-2.13.0");
+            std::fs::create_dir_all(venv.join("bin")).unwrap();
+            std::fs::write(venv.join(".rallyctl-installed"), "2.13.0").unwrap();
+            let esrally = venv.join("bin/esrally");
+            std::fs::write(&esrally, FAKE_ESRALLY).unwrap();
+            std::fs::set_permissions(&esrally, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let text = format!(
+                "version = 1\nname = \"unit\"\n[defaults]\nprovider = \"local\"\n\
+                 remote_dir = \"{}\"\ntrack = \"tiny\"\noffline = true\n\
+                 pipeline = \"benchmark-only\"\ntarget_hosts = [\"127.0.0.1:9\"]\n{suites}",
+                remote.display()
+            );
+            let plan = Plan::parse(Path::new("unit.toml"), &text).unwrap();
+            Bench {
+                dir,
+                plan,
+                state: State::new("unit"),
+            }
+        }
+
+        fn state_path(&self) -> PathBuf {
+            self.dir.path().join("unit.state.json")
+        }
+
+        /// Plans against the bench's state and applies that plan with `fake`.
+        fn apply(&mut self, fake: Fake, options: &Options) -> (ApplyReport, Fake) {
+            let renderer = Renderer::new();
+            let artifacts = planner::render_all(&self.plan, &renderer).unwrap();
+            let changes = planner::diff(&self.plan, &self.state, &artifacts, options);
+            let handle = StateHandle::new(self.state.clone(), self.state_path());
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let apply_options = ApplyOptions {
+                parallelism: 10,
+                results_dir: self.dir.path().join("results"),
+            };
+            let report = rt
+                .block_on(apply(
+                    fake.clone(),
+                    self.plan.clone(),
+                    artifacts,
+                    renderer,
+                    &changes,
+                    handle.clone(),
+                    &apply_options,
+                    Progress::new(false),
+                    tokio_util::sync::CancellationToken::new(),
+                ))
+                .unwrap();
+            drop(rt);
+            self.state = handle.snapshot();
+            (report, fake)
+        }
+
+        fn status(&self, address: &str) -> Status {
+            self.state.tests[&address.parse().unwrap()].status.clone()
+        }
+    }
+
+    const TWO_SUITES: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+        [[suite.test]]\nname = \"t2\"\n[[suite]]\nname = \"b\"\n[[suite.test]]\nname = \"t3\"\n";
+
+    #[test]
+    fn suites_run_in_order_local_tests_one_at_a_time_and_every_machine_is_given_back() {
+        let mut bench = Bench::new(TWO_SUITES);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 3);
+        assert!(report.failed.is_empty() && !report.interrupted);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "release m-t1-1",
+                "acquire a.t2#1 -> m-t2-1",
+                "release m-t2-1",
+                "acquire b.t3#1 -> m-t3-1",
+                "release m-t3-1",
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty());
+        for t in ["a.t1", "a.t2", "b.t3"] {
+            assert_eq!(bench.status(t), Status::Completed);
+            let record = &bench.state.tests[&t.parse().unwrap()];
+            assert!(
+                record.live_machine().is_none(),
+                "{t} still holds its machine"
+            );
+            let report = crate::collect::report(&record.results).unwrap();
+            assert!(report.starts_with(bench.dir.path().join("results/unit")));
+        }
+        // Nothing left to do: a second apply plans no change.
+        let (again, fake) = bench.apply(Fake::default(), &Options::default());
+        assert!(again.completed.is_empty() && fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_machine_refused_fails_only_its_test() {
+        let mut bench = Bench::new(TWO_SUITES);
+        let fake = Fake::default();
+        fake.refuse.lock().unwrap().insert("a.t1".parse().unwrap());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.failed.len(), 1);
+        let (address, step, error, _) = &report.failed[0];
+        assert_eq!(
+            (address.to_string().as_str(), *step),
+            ("a.t1", Step::Launching)
+        );
+        assert!(error.contains("no capacity"), "{error}");
+        assert_eq!(
+            report.completed.len(),
+            2,
+            "the sibling and the next suite still run"
+        );
+        assert!(fake.held.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failing_race_is_failed_with_its_log_tail_and_its_machine_given_back() {
+        let mut bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\nrally_args = [\"--fail\"]\n",
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        let (_, step, error, tail) = &report.failed[0];
+        assert_eq!(*step, Step::Racing);
+        assert_eq!(error, "esrally exited with 64");
+        assert!(
+            tail.as_deref()
+                .unwrap_or("")
+                .contains("boom: the cluster said no")
+        );
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        assert!(matches!(
+            bench.status("a.t1"),
+            Status::Failed {
+                step: Step::Racing,
+                ..
+            }
+        ));
+        // The failed test runs again as a new attempt.
+        let (_, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(fake.calls()[0], "acquire a.t1#2 -> m-t1-2");
+    }
+
+    /// The state of a test that an apply left at `step`, still holding its machine.
+    fn stopped_at(bench: &mut Bench, address: &str, step: Step) {
+        let record = bench
+            .state
+            .tests
+            .get_mut(&address.parse().unwrap())
+            .unwrap();
+        record.status = Status::InProgress { step };
+        record.results.clear();
+        record.instance.as_mut().unwrap().terminated_at = None;
+    }
+
+    #[test]
+    fn a_test_stopped_mid_way_resumes_at_its_step_on_the_machine_it_holds() {
+        let mut bench = Bench::new("[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n");
+        bench.apply(Fake::default(), &Options::default());
+        let race_id = bench.state.tests[&"a.t1".parse().unwrap()].race_id;
+        stopped_at(&mut bench, "a.t1", Step::Collecting);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1);
+        // No new machine, no new race: collected from the one it holds, then given back.
+        assert_eq!(fake.calls(), ["release m-t1-1"]);
+        let record = &bench.state.tests[&"a.t1".parse().unwrap()];
+        assert_eq!((record.attempt, record.race_id), (1, race_id));
+        assert_eq!(record.status, Status::Completed);
+        assert!(!record.results.is_empty());
+    }
+
+    #[test]
+    fn replacing_a_test_in_progress_starts_a_new_attempt_on_a_new_machine() {
+        let mut bench = Bench::new("[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n");
+        bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        let replace = Options {
+            replace: vec!["a.t1".parse().unwrap()],
+            ..Options::default()
+        };
+        let (report, fake) = bench.apply(Fake::default(), &replace);
+        assert_eq!(report.completed.len(), 1);
+        assert_eq!(
+            fake.calls(),
+            [
+                "release m-t1-1",
+                "acquire a.t1#2 -> m-t1-2",
+                "release m-t1-2"
+            ]
+        );
+        assert_eq!(bench.state.tests[&"a.t1".parse().unwrap()].attempt, 2);
+    }
+
+    #[test]
+    fn local_suites_run_one_at_a_time_unless_the_suite_says_otherwise() {
+        let bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+             [[suite]]\nname = \"b\"\nparallelism = 3\n[[suite.test]]\nname = \"t2\"\n",
+        );
+        assert_eq!(suite_bound(&bench.plan.suites[0]), NonZeroUsize::new(1));
+        assert_eq!(suite_bound(&bench.plan.suites[1]), NonZeroUsize::new(3));
+    }
+}
