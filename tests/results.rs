@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rallyctl::address::Address;
-use rallyctl::results::parse;
 use rallyctl::plan::ProviderKind;
+use rallyctl::results::parse;
 use rallyctl::state::{self, Machine, ResultFile, State, Status, Step, TestRecord, Transition};
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
