@@ -219,6 +219,22 @@ pub struct TestRecord {
     pub history: Vec<Transition>,
 }
 
+impl Machine {
+    /// A machine just got, known so far only by its provider and id.
+    pub fn acquired(provider: ProviderKind, id: String) -> Machine {
+        Machine {
+            provider,
+            id,
+            region: None,
+            address: None,
+            lease: None,
+            run_dir: None,
+            launched_at: Timestamp::now(),
+            terminated_at: None,
+        }
+    }
+}
+
 impl TestRecord {
     /// A machine the test may still hold (an instance costing money, a leased host).
     pub fn live_machine(&self) -> Option<&Machine> {

@@ -30,7 +30,6 @@ use aws_sdk_ec2::types::{
     Filter, InstanceStateName, ResourceType, ShutdownBehavior, Tag, TagSpecification,
 };
 use base64::Engine as _;
-use jiff::Timestamp;
 use rand_core::RngCore as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -296,14 +295,8 @@ impl Provider for Aws {
         };
         Ok(Acquired {
             machine: Machine {
-                provider: ProviderKind::Aws,
-                id,
                 region: Some(s.region.to_string()),
-                address: None,
-                lease: None,
-                run_dir: None,
-                launched_at: Timestamp::now(),
-                terminated_at: None,
+                ..Machine::acquired(ProviderKind::Aws, id)
             },
             adopted: adopted.is_some(),
         })
@@ -451,14 +444,8 @@ impl Provider for Aws {
                 .await?
             {
                 found.push(Machine {
-                    provider: ProviderKind::Aws,
-                    id: info.id,
                     region: Some(region.to_owned()),
-                    address: None,
-                    lease: None,
-                    run_dir: None,
-                    launched_at: Timestamp::now(),
-                    terminated_at: None,
+                    ..Machine::acquired(ProviderKind::Aws, info.id)
                 });
             }
         }

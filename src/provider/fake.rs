@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use jiff::Timestamp;
-
 use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
 use crate::address::Address;
 use crate::plan::{ProviderKind, Settings};
@@ -61,16 +59,7 @@ impl Provider for Fake {
         self.call(format!("acquire {}#{} -> {id}", req.address, req.attempt));
         self.held.lock().unwrap().insert(id.clone());
         Ok(Acquired {
-            machine: Machine {
-                provider: ProviderKind::Local,
-                id,
-                region: None,
-                address: None,
-                lease: None,
-                run_dir: None,
-                launched_at: Timestamp::now(),
-                terminated_at: None,
-            },
+            machine: Machine::acquired(ProviderKind::Local, id),
             adopted: false,
         })
     }
@@ -87,15 +76,6 @@ impl Provider for Fake {
         })
     }
 
-    async fn before_connect(
-        &self,
-        _: &Machine,
-        _: &Settings,
-        _: bool,
-    ) -> Result<(), ProviderError> {
-        Ok(())
-    }
-
     async fn gone(&self, machine: &Machine) -> Option<String> {
         self.gone
             .lock()
@@ -109,13 +89,5 @@ impl Provider for Fake {
         super::stop_run(&Endpoint::Local, machine).await?;
         self.held.lock().unwrap().remove(&machine.id);
         Ok(())
-    }
-
-    async fn leaked(
-        &self,
-        _workspace: &str,
-        _settings: &[&Settings],
-    ) -> Result<Vec<Machine>, ProviderError> {
-        Ok(vec![])
     }
 }

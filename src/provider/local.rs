@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
-
 use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
 use crate::plan::{ProviderKind, Settings};
 use crate::remote::Endpoint;
@@ -20,16 +18,7 @@ const ID: &str = "local";
 impl Provider for Local {
     async fn acquire(&self, _req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
         Ok(Acquired {
-            machine: Machine {
-                provider: ProviderKind::Local,
-                id: ID.into(),
-                region: None,
-                address: None,
-                lease: None,
-                run_dir: None,
-                launched_at: Timestamp::now(),
-                terminated_at: None,
-            },
+            machine: Machine::acquired(ProviderKind::Local, ID.into()),
             adopted: false,
         })
     }
@@ -46,29 +35,7 @@ impl Provider for Local {
         })
     }
 
-    async fn before_connect(
-        &self,
-        _: &Machine,
-        _: &Settings,
-        _: bool,
-    ) -> Result<(), ProviderError> {
-        Ok(())
-    }
-
-    async fn gone(&self, _machine: &Machine) -> Option<String> {
-        None
-    }
-
     async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
         super::stop_run(&Endpoint::Local, machine).await
-    }
-
-    async fn leaked(
-        &self,
-        _workspace: &str,
-        _settings: &[&Settings],
-    ) -> Result<Vec<Machine>, ProviderError> {
-        // Every run directory is recorded in state before its race starts.
-        Ok(vec![])
     }
 }

@@ -86,15 +86,20 @@ pub trait Provider: Send + Sync + 'static {
         settings: &Settings,
     ) -> impl Future<Output = Result<Reachable, ProviderError>> + Send;
     /// Called before every connection (EC2 pushes the key that the connection uses);
-    /// `after_failure` when the last connection failed.
+    /// `after_failure` when the last connection failed. Nothing to do for most providers.
     fn before_connect(
         &self,
-        machine: &Machine,
-        settings: &Settings,
-        after_failure: bool,
-    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+        _machine: &Machine,
+        _settings: &Settings,
+        _after_failure: bool,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        async { Ok(()) }
+    }
     /// Why the machine is no longer there, if it is not (asked when connections keep failing).
-    fn gone(&self, machine: &Machine) -> impl Future<Output = Option<String>> + Send;
+    /// A host of a pool, or this machine, is never gone for good: it is waited for.
+    fn gone(&self, _machine: &Machine) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
     /// Gives the machine back: terminates an instance; stops every process of the run on a
     /// host and ends its lease. Nothing of the run costs money or holds a host afterwards.
     fn release(
@@ -102,13 +107,18 @@ pub trait Provider: Send + Sync + 'static {
         machine: &Machine,
         settings: &Settings,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
-    /// Machines the workspace holds that state does not know (launched or leased by a run that
-    /// died before recording them), looked for where `settings` point.
+    /// Machines the workspace holds that state does not know (launched by a run that died
+    /// before recording them), looked for where `settings` point. None for providers whose
+    /// machines outlive their tests: a run directory and a lease are recorded before a race
+    /// starts, and a lease taken by a run that died before recording it lapses, or is taken
+    /// over once its holder is gone.
     fn leaked(
         &self,
-        workspace: &str,
-        settings: &[&Settings],
-    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
+        _workspace: &str,
+        _settings: &[&Settings],
+    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send {
+        async { Ok(vec![]) }
+    }
 }
 
 /// How long stopping a run's processes may take.

@@ -209,14 +209,9 @@ impl Provider for Ssh {
                     Ok(Taken::Ours { adopted }) => {
                         return Ok(Acquired {
                             machine: Machine {
-                                provider: ProviderKind::Ssh,
-                                id: host.clone(),
-                                region: None,
-                                address: Some(host),
+                                address: Some(host.clone()),
                                 lease: Some(lease.id.clone()),
-                                run_dir: None,
-                                launched_at: Timestamp::now(),
-                                terminated_at: None,
+                                ..Machine::acquired(ProviderKind::Ssh, host)
                             },
                             adopted,
                         });
@@ -267,20 +262,6 @@ impl Provider for Ssh {
         })
     }
 
-    async fn before_connect(
-        &self,
-        _: &Machine,
-        _: &Settings,
-        _: bool,
-    ) -> Result<(), ProviderError> {
-        Ok(())
-    }
-
-    async fn gone(&self, _machine: &Machine) -> Option<String> {
-        // A host of the pool is never gone for good; an unreachable one is waited for.
-        None
-    }
-
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
         let at = endpoint(ssh_settings(settings), &machine.id);
         super::stop_run(&at, machine).await?;
@@ -299,16 +280,6 @@ impl Provider for Ssh {
         }
         self.unhold(&machine.id);
         Ok(())
-    }
-
-    async fn leaked(
-        &self,
-        _workspace: &str,
-        _settings: &[&Settings],
-    ) -> Result<Vec<Machine>, ProviderError> {
-        // A lease is recorded in state before its race starts; one taken by a run that died
-        // before recording it lapses, or is taken over once its holder is gone.
-        Ok(vec![])
     }
 }
 
