@@ -435,17 +435,14 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for (address, record) in &state.tests {
-                    let instance = record.instance.as_ref().map_or(String::new(), |i| {
-                        format!(
-                            "  {}{}",
-                            i.id,
-                            if i.terminated_at.is_some() {
-                                " (terminated)"
-                            } else {
-                                ""
-                            }
-                        )
-                    });
+                    let instance =
+                        record
+                            .instance
+                            .as_ref()
+                            .map_or(String::new(), |m| match m.terminated_at {
+                                Some(_) => format!("  {} ({})", m.id, m.provider.released()),
+                                None => format!("  {}", m.id),
+                            });
                     println!("{address}  {}{instance}", record.status.label());
                 }
             }

@@ -33,9 +33,14 @@ fn validate_accepts_the_example_plans() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("{plan} is valid: 2 suites, 6 tests, 6 instances.\n")
+            format!("{plan} is valid: 2 suites, 6 tests, 6 EC2 instances.\n")
         );
     }
+    let out = rallyctl(&["validate", "plans/local.toml"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "plans/local.toml is valid: 1 suite, 1 test, 0 EC2 instances.\n"
+    );
 }
 
 #[test]
@@ -271,4 +276,73 @@ fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
             text(&out)
         );
     }
+}
+
+#[test]
+fn validate_accepts_ssh_and_local_plans() {
+    for plan in [
+        "tests/fixtures/plans/providers-valid.toml",
+        "tests/fixtures/plans/local-valid.toml",
+    ] {
+        let out = rallyctl(&["validate", plan]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&format!("{plan} is valid: ")),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+/// EC2's settings (`ami`, `region`, `tags`, `instance_type`...) under `provider = "ssh"` or
+/// `"local"` are mistakes, each named where it is written, with a hint.
+#[test]
+fn validate_refuses_aws_settings_under_ssh_and_local() {
+    let out = rallyctl(&["validate", "tests/fixtures/plans/ssh-with-aws-keys.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["ami", "region", "tags", "instance_type"] {
+        assert!(
+            stderr.contains(&format!("`{key}`")) || stderr.contains(&format!(".{key}:")),
+            "`{key}` not named: {stderr}"
+        );
+    }
+    assert!(stderr.contains("help:"), "no hint: {stderr}");
+    insta::assert_snapshot!(text(&out));
+}
+
+/// A pool of SSH hosts must exist, be non-empty and name no host twice.
+#[test]
+fn validate_refuses_missing_empty_and_repeating_ssh_pools() {
+    let out = rallyctl(&["validate", "tests/fixtures/plans/ssh-pools.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("test[0]") && l.contains("`hosts`")),
+        "a missing pool not named: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("test[1].hosts") && l.contains("empty")),
+        "an empty pool not named: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("test[2].hosts") && l.contains("bench-1")),
+        "a repeated host not named: {stderr}"
+    );
+    // A pool that is written but wrong is that mistake, not also a missing key.
+    for test in ["test[1]", "test[2]"] {
+        assert!(
+            !stderr
+                .lines()
+                .any(|l| l.contains(&format!("{test}: missing required key `hosts`"))),
+            "{test} has `hosts`, yet it is reported missing: {stderr}"
+        );
+    }
+    insta::assert_snapshot!(text(&out));
 }

@@ -202,3 +202,140 @@ fn instance_connect_push_gates_ssh_into_an_isolated_instance() {
     );
     eprintln!("test done in {:?}", t0.elapsed());
 }
+
+/// Plain SSH hosts: a key given to `authorize_key` gets into every instance without any Instance
+/// Connect push, host keys match `known_hosts()` strictly (and follow a restart), each instance
+/// has a disk of its own at `host_dir`, and `instance_processes` sees only the instance's own.
+#[test]
+fn instances_serve_as_plain_ssh_hosts_with_known_host_keys_and_own_disks() {
+    let h = support::Harness::start(2);
+    let (a, b) = (h.instance_ips[0].clone(), h.instance_ips[1].clone());
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = support::generate_key_pair(keys.path(), "id_ed25519");
+    let (other, _) = support::generate_key_pair(keys.path(), "other");
+    assert!(public.starts_with("ssh-ed25519 "), "{public}");
+
+    // Not yet authorized, and moto has no instance there: refused.
+    let out = h.ssh_checked(&key, &a).arg("true").output().unwrap();
+    assert!(!out.status.success(), "key accepted before authorize_key");
+    h.authorize_key(&public);
+    for ip in [&a, &b] {
+        let out = h
+            .ssh_checked(&key, ip)
+            .arg(format!(
+                "echo {ip} > {}/who; cat {}/who",
+                h.host_dir.display(),
+                h.host_dir.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "authorized key refused at {ip}: {}\nsshd log: {}",
+            String::from_utf8_lossy(&out.stderr),
+            h.sshd_log(ip).display()
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), ip.as_str());
+    }
+    let out = h.ssh_checked(&other, &a).arg("true").output().unwrap();
+    assert!(!out.status.success(), "a key never authorized got in");
+
+    // Each instance wrote its own `who` at the same path; this machine sees neither there.
+    for ip in [&a, &b] {
+        let who = h.host_path(ip, &h.host_dir.join("who"));
+        assert_eq!(std::fs::read_to_string(&who).unwrap().trim(), ip.as_str());
+    }
+    assert!(
+        !h.host_dir.join("who").exists(),
+        "the private disk leaked to the host"
+    );
+
+    // Strict host key checking: the file names each instance's key; swapped keys are refused.
+    let known = std::fs::read_to_string(h.known_hosts()).unwrap();
+    assert_eq!(known.lines().count(), 2, "{known}");
+    assert!(
+        known.contains(&format!("[{a}]:{} {}", h.ssh_port, h.host_key(&a))),
+        "{known}"
+    );
+    let swapped = keys.path().join("swapped");
+    std::fs::write(
+        &swapped,
+        format!(
+            "[{a}]:{port} {kb}\n[{b}]:{port} {ka}\n",
+            port = h.ssh_port,
+            ka = h.host_key(&a),
+            kb = h.host_key(&b)
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ssh")
+        .args(["-i", key.to_str().unwrap(), "-p", &h.ssh_port.to_string()])
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+        .args(["-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", swapped.display()))
+        .arg(format!("{}@{a}", h.ssh_user))
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a wrong host key was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HOST IDENTIFICATION HAS CHANGED"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A detached process shows in its own instance only, and inside only the instance's own.
+    let marker = format!("{}", 200_000 + std::process::id() % 700_000);
+    let out = h
+        .ssh_checked(&key, &a)
+        .arg(format!(
+            "setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null &"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until("the sleep in instance a", Duration::from_secs(5), || {
+        h.instance_processes(&a)
+            .iter()
+            .any(|(_, c)| c == &format!("sleep {marker}"))
+    });
+    assert!(
+        !h.instance_processes(&b)
+            .iter()
+            .any(|(_, c)| c.contains(&marker)),
+        "instance b lists a's process"
+    );
+    let out = h
+        .ssh_checked(&key, &b)
+        .arg("ps -eo args=")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&marker));
+
+    // A restart: new host key (known_hosts follows), same disk, the process gone.
+    let before = h.host_key(&a);
+    h.kill_instance_processes(&a);
+    assert_ne!(
+        h.host_key(&a),
+        before,
+        "a restarted instance kept its host key"
+    );
+    let out = h
+        .ssh_checked(&key, &a)
+        .arg(format!("cat {}/who", h.host_dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "after a restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), a.as_str());
+    assert!(
+        !h.instance_processes(&a)
+            .iter()
+            .any(|(_, c)| c.contains(&marker))
+    );
+}

@@ -165,6 +165,9 @@ enum Val {
     Duration(Duration),
     Connect(Connect),
     Provider(ProviderKind),
+    /// Written, but wrong (and reported where it is written): the key is not missing, and the
+    /// test it reaches cannot be built.
+    Invalid,
     StrMap(SortedMap<Text>),
     JsonMap(SortedMap<serde_json::Value>),
 }
@@ -330,17 +333,9 @@ impl<'n> Loader<'_, '_> {
         };
         let defaults_field = top.key("defaults");
         let mut defaults = match get(entries, "defaults") {
-            Some(e) => self.settings_table(&e.value, defaults_field, &[]),
+            Some(e) => self.settings_table(&e.value, defaults_field, &[], ProviderKind::default()),
             None => empty(),
         };
-        if let Some(e) = get(entries, "defaults") {
-            self.foreign_keys(
-                &defaults,
-                provider_of(&defaults),
-                &e.value.span,
-                defaults_field,
-            );
-        }
         // The built-in defaults lie under `[defaults]`, made once like them. Those of one
         // provider (EC2's `ssh_user`, `connect`) are filled in where its settings are built.
         for (key, value) in [
@@ -503,7 +498,7 @@ impl<'n> Loader<'_, '_> {
                     None
                 }
             };
-            let raw = self.settings_table(test_node, test_field, &["name"]);
+            let raw = self.settings_table(test_node, test_field, &["name"], provider_of(defaults));
             if let Some(test_name) = test_name
                 && !seen.insert(test_name)
             {
@@ -526,22 +521,45 @@ impl<'n> Loader<'_, '_> {
         })
     }
 
-    /// Reads the settings keys of one table; `extra` names keys the caller reads itself.
-    fn settings_table(&mut self, node: &'n Node<'n>, field: Field<'_>, extra: &[&str]) -> Raw {
+    /// Reads the settings keys of one table; `extra` names keys the caller reads itself. Keys
+    /// that the table's provider (its own `provider`, else `inherited`) does not read are
+    /// reported where they are written. What a test inherits from `[defaults]` for another
+    /// provider is not its own mistake, and is left out.
+    fn settings_table(
+        &mut self,
+        node: &'n Node<'n>,
+        field: Field<'_>,
+        extra: &[&str],
+        inherited: ProviderKind,
+    ) -> Raw {
         let mut raw = empty();
         let Some(entries) = self.table(node, field) else {
             return raw;
         };
         self.duplicate_keys(entries, field);
+        let mut found = Vec::with_capacity(entries.len());
         for entry in entries {
             let key: &'n str = &entry.key;
             match setting(key) {
                 Some(i) => {
                     let (name, ty) = SETTINGS[i];
-                    raw[i] = self.value(&entry.value, field.key(name), ty);
+                    raw[i] = Some(
+                        self.value(&entry.value, field.key(name), ty)
+                            .unwrap_or(Val::Invalid),
+                    );
+                    found.push((i, entry));
                 }
                 None if extra.contains(&key) => {}
                 None => self.unknown_key(entry, field, &SETTINGS_NAMES, extra),
+            }
+        }
+        let provider = match raw[const { at("provider") }] {
+            Some(Val::Provider(p)) => p,
+            _ => inherited,
+        };
+        for (i, entry) in found {
+            if !applies(i, provider) {
+                self.foreign_key(entry, i, provider, field);
             }
         }
         raw
@@ -779,7 +797,6 @@ impl<'n> Loader<'_, '_> {
             Some(Val::Provider(p)) => *p,
             _ => provider_of(defaults),
         };
-        self.foreign_keys(&test, provider, span, field);
         // The test's own value, else the default's; maps merge key by key so that a test can
         // add one tag without repeating the rest (the test's entries come last and win).
         let mut m: Raw = std::array::from_fn(|i| match (test[i].take(), &defaults[i]) {
@@ -792,6 +809,10 @@ impl<'n> Loader<'_, '_> {
             (Some(val), _) => Some(val),
             (None, base) => base.clone(),
         });
+        // A provider written wrong leaves no way to tell which keys the test needs.
+        if matches!(m[const { at("provider") }], Some(Val::Invalid)) {
+            return None;
+        }
         let mut ok = true;
         for &i in required(provider) {
             if m[i].is_none() {
@@ -808,6 +829,7 @@ impl<'n> Loader<'_, '_> {
             m[const { at("track") }].take(),
             m[const { at("track_path") }].take(),
         ) {
+            (Some(Val::Invalid), _) | (_, Some(Val::Invalid)) => None,
             (Some(Val::Str(name)), None) => Some(TrackSource::Named(name)),
             (None, Some(Val::Path(path))) => Some(TrackSource::Path(PathBuf::from(&*path))),
             (Some(_), Some(_)) => {
@@ -827,7 +849,7 @@ impl<'n> Loader<'_, '_> {
                 None
             }
         };
-        if !ok {
+        if !ok || m.iter().any(|v| matches!(v, Some(Val::Invalid))) {
             return None;
         }
         let built_in = "built-in defaults are set";
@@ -890,35 +912,29 @@ impl<'n> Loader<'_, '_> {
         })
     }
 
-    /// Reports the settings of one table that its provider does not read. What a test inherits
-    /// from `[defaults]` for another provider is not its own mistake, and is left out.
-    fn foreign_keys(
+    /// Reports a setting (the `SETTINGS` index `i`) that `provider` does not read.
+    fn foreign_key(
         &mut self,
-        raw: &Raw,
+        entry: &Entry<'_>,
+        i: usize,
         provider: ProviderKind,
-        span: &Range<usize>,
         field: Field<'_>,
     ) {
-        for (i, value) in raw.iter().enumerate() {
-            if value.is_none() || applies(i, provider) {
-                continue;
-            }
-            let key = SETTINGS[i].0;
-            let owners: Vec<&str> = [ProviderKind::Aws, ProviderKind::Ssh]
-                .into_iter()
-                .filter(|p| applies(i, *p))
-                .map(ProviderKind::name)
-                .collect();
-            self.sink.error_with_help(
-                span,
-                field.key(key),
-                format!("`{key}` does not apply to provider = \"{provider}\""),
-                format!(
-                    "`{key}` is read by provider = \"{}\" only: remove it here, or set that provider",
-                    owners.join("\" or \"")
-                ),
-            );
-        }
+        let key = SETTINGS[i].0;
+        let owners: Vec<&str> = [ProviderKind::Aws, ProviderKind::Ssh]
+            .into_iter()
+            .filter(|p| applies(i, *p))
+            .map(ProviderKind::name)
+            .collect();
+        self.sink.error_with_help(
+            &entry.key_span,
+            field.key(key),
+            format!("`{key}` does not apply to provider = \"{provider}\""),
+            format!(
+                "`{key}` is read by provider = \"{}\" only: remove it here, or set that provider",
+                owners.join("\" or \"")
+            ),
+        );
     }
 
     fn name(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n str> {

@@ -5,7 +5,7 @@ Started by the Rust harness as
 
     unshare --pid --fork --kill-child --mount-proc /usr/bin/python3 instance.py \
         --sshd-config CFG --sshd-log LOG --host-key-dir DIR [--forward PORT ...] \
-        [--proxy-port 3128] --ready-file F
+        [--proxy-port 3128] [--private-dir SRC DST ...] --ready-file F
 
 with stdin = a TCP socket already listening on the instance's private address (127.0.X.N:PORT,
 bound by the harness in the host's network namespace). This process is PID 1 of a new PID
@@ -23,7 +23,12 @@ a machine of its own:
   host (the Elasticsearch test double, moto);
 * --proxy-port: an HTTP CONNECT proxy on 127.0.0.1:PORT inside the instance whose connections
   leave from the host's network namespace (pip reaches the package index through it; sshd's
-  SetEnv gives sessions https_proxy).
+  SetEnv gives sessions https_proxy);
+* each --private-dir SRC DST: DST inside the instance shows SRC (a bind mount in the instance's
+  own mount namespace, which `unshare --mount-proc` made): a disk of the instance's own, so that
+  instances that otherwise share this machine's filesystem can hold files at one path (a lease
+  file, a venv) without seeing each other's. The host sees DST unchanged (empty); SRC outlives
+  a restart of the instance at the same address, like a disk outlives a reboot.
 
 Killing the `unshare` process with SIGKILL kills this PID 1 and with it every process of the
 instance: that is what a terminated instance looks like.
@@ -206,6 +211,8 @@ def main():
                     help="where to create this instance's own SSH host key (new on every start)")
     ap.add_argument("--forward", type=int, action="append", default=[])
     ap.add_argument("--proxy-port", type=int, default=0)
+    ap.add_argument("--private-dir", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
+                    help="bind-mount SRC at DST inside the instance only")
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--refuse-file", default="",
                     help="holds a Unix time; until then SSH connections are closed at once, "
@@ -224,6 +231,15 @@ def main():
     host_key = os.path.join(args.host_key_dir, "ssh_host_ed25519_key-%s-%d" % (addr[0], time.time_ns()))
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "instance-%s" % addr[0],
                     "-f", host_key], check=True, stdin=subprocess.DEVNULL)
+
+    if args.private_dir:
+        # unshare(1) already makes the new mount namespace private; say so anyway, so that no
+        # bind mount below can ever propagate to the host's namespace.
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    for src, dst in args.private_dir:
+        os.makedirs(src, exist_ok=True)
+        os.makedirs(dst, exist_ok=True)
+        subprocess.run(["mount", "--bind", src, dst], check=True)
 
     HOST_NETNS_FD = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if LIBC.unshare(CLONE_NEWNET) != 0:
@@ -247,7 +263,8 @@ def main():
     with open(tmp, "w") as f:
         f.write("%s:%d pid=%d\n" % (addr[0], addr[1], os.getpid()))
     os.replace(tmp, args.ready_file)
-    log("ready: ssh on %s:%d, forwards %s, proxy %s" % (addr[0], addr[1], args.forward, args.proxy_port))
+    log("ready: ssh on %s:%d, forwards %s, proxy %s, private dirs %s"
+        % (addr[0], addr[1], args.forward, args.proxy_port, args.private_dir))
 
     while True:
         try:

@@ -1,7 +1,8 @@
 //! End-to-end test harness for rallyctl: real moto (EC2 + EC2 Instance Connect), one fake
 //! "EC2 instance" per private IP (its own PID and network namespace, reached through a real
-//! OpenSSH sshd that accepts only keys pushed with SendSSHPublicKey in the last 60 s), and an
-//! Elasticsearch test double. Needs root and `tests/setup-env.sh` (see that script).
+//! OpenSSH sshd that accepts only keys pushed with SendSSHPublicKey in the last 60 s, or keys a
+//! test authorizes to use the instances as plain SSH hosts), and an Elasticsearch test double.
+//! Needs root and `tests/setup-env.sh` (see that script).
 //!
 //! Layout of one harness (X = a subnet octet unique on this machine while the harness lives):
 //! moto on 127.0.0.1:<port>, VPC 127.0.0.0/16, subnet 127.0.X.0/24 (moto hands out 127.0.X.4,
@@ -11,6 +12,7 @@
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
 pub mod fault_proxy;
+pub mod providers;
 pub mod run;
 
 use std::collections::HashMap;
@@ -74,6 +76,10 @@ pub struct Harness {
     pub track_path: PathBuf,
     /// Directory instances use for installs and runs (shared by all harnesses: target/e2e/instances).
     pub remote_dir: PathBuf,
+    /// A directory every instance sees as a disk of its own (target/e2e/host-disk, a bind mount
+    /// of `host_path(ip, host_dir)` inside the instance; empty as seen from this machine): a
+    /// `remote_dir` for plain SSH hosts, whose lease files and venvs must not be shared.
+    pub host_dir: PathBuf,
     /// Private IPs that have an instance (sshd) waiting: 127.0.X.4 ..
     pub instance_ips: Vec<String>,
     /// Scratch directory of this harness: logs, sshd configs, host key, moto's recording.
@@ -162,6 +168,8 @@ impl Harness {
         let (octet, subnet_lock) = claim_subnet_octet(n);
         let remote_dir = manifest.join("target/e2e/instances");
         fs::create_dir_all(&remote_dir).expect("create target/e2e/instances");
+        let host_dir = host_disk_mount_point();
+        fs::create_dir_all(&host_dir).expect("create target/e2e/host-disk");
         let track_path = manifest.join("tests/fixtures/tracks/tiny");
         let support = manifest.join("tests/support");
 
@@ -186,6 +194,7 @@ impl Harness {
             es_addrs: Vec::new(),
             track_path,
             remote_dir,
+            host_dir,
             instance_ips: (0..max_instances)
                 .map(|i| format!("127.0.{octet}.{}", 4 + i))
                 .collect(),
@@ -581,6 +590,125 @@ impl Harness {
         cmd
     }
 
+    /// `ssh` to the host at `private_ip` as a careful SSH client would: key `key`, batch mode,
+    /// and the host key checked strictly against [`Harness::known_hosts`]. For hosts reached
+    /// with a key given to [`Harness::authorize_key`] (no Instance Connect push needed).
+    pub fn ssh_checked(&self, key: &Path, private_ip: &str) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-i")
+            .arg(key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.known_hosts().display()
+            ))
+            .arg(format!("{}@{}", self.ssh_user, private_ip))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Makes every instance of this harness accept `public_key_line` (an authorized_keys line,
+    /// e.g. the `.pub` of [`generate_key_pair`]) for `ssh_user` from now on, without any
+    /// Instance Connect push and whether or not moto has an instance there: the instances
+    /// become plain SSH hosts for that key. Keys pushed through Instance Connect keep working.
+    pub fn authorize_key(&self, public_key_line: &str) {
+        let line = public_key_line.trim();
+        assert!(
+            !line.is_empty() && !line.contains('\n'),
+            "one authorized_keys line expected, got {public_key_line:?}"
+        );
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(self.authorized_keys_file())
+            .expect("open the harness's authorized_keys");
+        writeln!(f, "{line}").expect("append to authorized_keys");
+    }
+
+    /// The authorized_keys file every instance's sshd reads (besides Instance Connect).
+    pub fn authorized_keys_file(&self) -> PathBuf {
+        self.akc_dir.join("authorized_keys")
+    }
+
+    /// The host key the instance at `private_ip` presents now (`ssh-ed25519 AAAA...`, without
+    /// comment). Every start of an instance makes a new one (instance.py): the newest wins.
+    pub fn host_key(&self, private_ip: &str) -> String {
+        let dir = self.work.path().join("host-keys");
+        let prefix = format!("ssh_host_ed25519_key-{private_ip}-");
+        let newest = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                let stamp: u128 = name
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".pub")?
+                    .parse()
+                    .ok()?;
+                Some((stamp, name))
+            })
+            .max()
+            .unwrap_or_else(|| panic!("no host key of {private_ip} in {}", dir.display()))
+            .1;
+        let text = fs::read_to_string(dir.join(&newest)).expect("read host key");
+        let mut words = text.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(kind), Some(key)) => format!("{kind} {key}"),
+            _ => panic!("{newest} is not a public key: {text:?}"),
+        }
+    }
+
+    /// A known_hosts file naming every instance's current host key as `[IP]:PORT ssh-ed25519
+    /// ...` (rewritten atomically on every call, so call it again after an instance restarted).
+    pub fn known_hosts(&self) -> PathBuf {
+        let path = self.work.path().join("known_hosts.strict");
+        let text: String = self
+            .instance_ips
+            .iter()
+            .map(|ip| format!("[{ip}]:{} {}\n", self.ssh_port, self.host_key(ip)))
+            .collect();
+        // Unique per call: two threads of a test may rewrite it at once.
+        static WRITES: AtomicUsize = AtomicUsize::new(0);
+        let tmp = self.work.path().join(format!(
+            "known_hosts.strict.{}.tmp",
+            WRITES.fetch_add(1, Ordering::SeqCst)
+        ));
+        fs::write(&tmp, text).expect("write known_hosts");
+        fs::rename(&tmp, &path).expect("rename known_hosts");
+        path
+    }
+
+    /// Where `path`, a path inside the instance at `private_ip`, is on this machine: below
+    /// [`Harness::host_dir`] that is the instance's own disk; anything else is shared as is.
+    pub fn host_path(&self, private_ip: &str, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.host_dir) {
+            Ok(rest) => private_disk(self.work.path(), private_ip).join(rest),
+            Err(_) => path.to_path_buf(),
+        }
+    }
+
+    /// Every process of the instance at `private_ip` (what `ps` inside it lists), as (pid as
+    /// seen from this machine, command line with spaces between the arguments).
+    pub fn instance_processes(&self, private_ip: &str) -> Vec<(u32, String)> {
+        let Some(namespace) = self.instance_pid_namespace(private_ip) else {
+            return Vec::new();
+        };
+        processes()
+            .into_iter()
+            .filter(|(pid, _)| {
+                fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns == namespace)
+            })
+            .collect()
+    }
+
     /// Launches an instance into the harness's subnet carrying `tags`, as something other
     /// than rallyctl (or a crashed rallyctl) would; returns its id.
     pub fn launch_tagged(&self, tags: &[(&str, &str)]) -> String {
@@ -621,8 +749,7 @@ impl Harness {
     /// namespace) while what the instance runs keeps running, as a network blip would.
     /// Returns how many processes it killed.
     pub fn drop_ssh_connections(&self, private_ip: &str) -> usize {
-        let unshare = self.instances.lock().unwrap()[private_ip].id();
-        let Ok(namespace) = fs::read_link(format!("/proc/{unshare}/ns/pid_for_children")) else {
+        let Some(namespace) = self.instance_pid_namespace(private_ip) else {
             return 0;
         };
         let mut killed = 0;
@@ -669,6 +796,12 @@ impl Harness {
     }
 
     // ---- internals ------------------------------------------------------------------------
+
+    /// The PID namespace of the instance at `private_ip` (None while it restarts).
+    fn instance_pid_namespace(&self, private_ip: &str) -> Option<PathBuf> {
+        let unshare = self.instances.lock().unwrap()[private_ip].id();
+        fs::read_link(format!("/proc/{unshare}/ns/pid_for_children")).ok()
+    }
 
     /// Host ports reachable at the same 127.0.0.1 port inside every instance: ES doubles, moto.
     fn forwarded_ports(&self) -> Vec<u16> {
@@ -734,6 +867,13 @@ impl Harness {
         fs::copy(support.join("authorized_keys.py"), &akc).expect("copy authorized_keys.py");
         fs::set_permissions(&akc, fs::Permissions::from_mode(0o755))
             .expect("chmod authorized_keys.py");
+        // Keys for plain SSH hosts (`authorize_key`); empty, it accepts nothing, and the
+        // Instance Connect command decides alone. Under the root-owned 0755 directory, so that
+        // sshd's StrictModes accepts it.
+        let akf = self.authorized_keys_file();
+        fs::write(&akf, "").expect("create authorized_keys");
+        fs::set_permissions(&akf, fs::Permissions::from_mode(0o600))
+            .expect("chmod authorized_keys");
         for ip in &self.instance_ips {
             let conf = format!(
                 "# rallyctl e2e instance {ip} (harness {name}); HostKey: see instance.py\n\
@@ -744,7 +884,7 @@ impl Harness {
                  PubkeyAuthentication yes\n\
                  PasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\n\
-                 AuthorizedKeysFile none\n\
+                 AuthorizedKeysFile {akf}\n\
                  AuthorizedKeysCommand {akc} --moto {moto} --region {region} --server-addr {ip} --log {akc_log} %u %t %k\n\
                  AuthorizedKeysCommandUser root\n\
                  Subsystem sftp internal-sftp\n\
@@ -757,6 +897,7 @@ impl Harness {
                 name = self.name,
                 user = self.ssh_user,
                 akc = akc.display(),
+                akf = akf.display(),
                 moto = self.moto_url,
                 region = self.region,
                 akc_log = self.authorized_keys_log().display(),
@@ -944,6 +1085,53 @@ impl Harness {
     }
 }
 
+/// Generates an ed25519 key pair without passphrase at `dir/name` (and `dir/name.pub`), as a
+/// user's identity file for plain SSH hosts; returns the private key's path and the public key
+/// line (for [`Harness::authorize_key`]).
+pub fn generate_key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&key)
+            .stdin(Stdio::null()),
+        "ssh-keygen (identity)",
+    );
+    let public = fs::read_to_string(format!("{}.pub", key.display())).expect("read the public key");
+    (key, public.trim().to_string())
+}
+
+/// Every process on this machine, all PID namespaces included, as (pid, command line with
+/// spaces between the arguments); kernel threads (empty command lines) left out.
+pub fn processes() -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (!args.is_empty()).then(|| (pid, args.join(" ")))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Where an instance's private disk (its [`Harness::host_dir`]) lives on this machine.
+fn private_disk(wd: &Path, ip: &str) -> PathBuf {
+    wd.join("disks").join(ip)
+}
+
+/// The path every instance sees its private disk at (the same for all: each has its own mount
+/// namespace).
+fn host_disk_mount_point() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e/host-disk")
+}
+
 /// Binds a listening socket, retrying for a few seconds (a killed instance's socket may linger).
 fn bind_retry(ip: &str, port: u16) -> std::io::Result<TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -992,7 +1180,10 @@ fn spawn_instance_process(
         .arg("--refuse-file")
         .arg(wd.join(format!("refuse-ssh-{ip}")))
         .arg("--host-key-dir")
-        .arg(wd.join("host-keys"));
+        .arg(wd.join("host-keys"))
+        .arg("--private-dir")
+        .arg(private_disk(wd, ip))
+        .arg(host_disk_mount_point());
     for p in forwards {
         cmd.arg("--forward").arg(p.to_string());
     }
@@ -1137,7 +1328,7 @@ fn moto_venv(manifest: &Path) -> PathBuf {
     venv
 }
 
-fn python3() -> &'static str {
+pub fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -1172,7 +1363,7 @@ fn claim_subnet_octet(n: usize) -> (u8, File) {
 /// A command for a long-lived child that gets SIGKILL when the thread that started it dies (so
 /// that a test binary killed by Ctrl-C or a crash leaves no moto, ES double or instance behind).
 /// Linux sends the parent-death signal when the spawning *thread* exits.
-fn guarded(program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub fn guarded(program: impl AsRef<std::ffi::OsStr>) -> Command {
     if Path::new("/usr/bin/setpriv").exists() {
         let mut cmd = Command::new("/usr/bin/setpriv");
         cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);

@@ -1,0 +1,505 @@
+//! The `local` and `ssh` providers end to end: the real binary, the real esrally installed by
+//! rallyctl's own template, the Elasticsearch test double; for ssh the harness's instances as
+//! plain SSH hosts (a key of the test's own, host keys checked strictly, a disk of their own at
+//! one path), for local this machine.
+//!
+//! All run in parallel, except that local races take turns (Rally's actor system wants
+//! 127.0.0.1:1900 of this machine's network namespace to itself); each local workspace's
+//! rallyctl runs in a PID namespace of its own (see `support::providers`), so that Rally does not
+//! see, and refuse to race beside, the Rally processes inside the instances.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rallyctl::state::Status;
+use support::Harness;
+use support::providers::{
+    APPLY_TIMEOUT, STEP_TIMEOUT, Workspace, assert_disjoint, aws_variables_of, holding_window,
+    local_races_one_at_a_time, race_window, racing_window, rally_processes, wait_child,
+};
+use support::run::at;
+
+/// A workspace name unique to this test and this process (local runs share one remote_dir).
+fn workspace(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// Every test is also checked for this: rallyctl made no AWS call at all (moto is there, but
+/// neither provider has any business with it).
+fn assert_no_aws_calls(h: &Harness) {
+    let calls: Vec<String> = h
+        .recorded_calls()
+        .into_iter()
+        .filter(|c| !c.from_harness)
+        .map(|c| c.action)
+        .collect();
+    assert!(calls.is_empty(), "rallyctl called AWS: {calls:?}");
+}
+
+/// `instance` of a state record, as the state file has it.
+fn machine_json(ws: &Workspace, address: &str) -> serde_json::Value {
+    ws.state_json()["tests"][address]["instance"].clone()
+}
+
+/// The test's ES double cluster got the tiny track's 1,000 documents exactly once: it raced
+/// there, and only once.
+fn assert_raced_once_against(h: &Harness, es: &str) {
+    let docs = h.es_docs_at(es);
+    assert_eq!(
+        docs["tiny"].as_u64(),
+        Some(1000),
+        "documents the ES double at {es} received: {docs}"
+    );
+}
+
+#[test]
+fn local_plan_of_three_tests_in_two_suites_races_offline_against_the_double() {
+    let _turn = local_races_one_at_a_time();
+    let h = Harness::start(3);
+    let ws = Workspace::local(&h, &workspace("local-three"));
+    let plan = ws.plan(&[
+        ("ingest", &[("a", ""), ("b", "")]),
+        ("search", &[("c", "")]),
+    ]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let apply = ws.spawn("apply", &args);
+    // rallyctl, and so everything it starts, has no AWS variable at all.
+    let aws = aws_variables_of(ws.rallyctl_pid(&apply));
+    assert!(aws.is_empty(), "rallyctl got AWS variables: {aws:?}");
+    ws.wait_for_race("ingest.a", STEP_TIMEOUT);
+    let run_dir = ws.run_dir("ingest.a", &ws.record("ingest.a"));
+    let race = rally_processes(Some(run_dir.to_str().unwrap()));
+    assert!(
+        !race.is_empty(),
+        "no Rally process runs in {}",
+        run_dir.display()
+    );
+    for (pid, cmdline) in race {
+        if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+            assert!(
+                !environ.split(|b| *b == 0).any(|kv| kv.starts_with(b"AWS_")),
+                "the race has AWS variables: {cmdline}"
+            );
+        }
+    }
+    let status = wait_child(apply, APPLY_TIMEOUT, "apply");
+    let (stdout, stderr) = ws.printed("apply");
+    eprintln!("{stdout}{stderr}");
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("Apply complete: 3 completed, 0 failed."),
+        "{stdout}"
+    );
+
+    let addresses = ["ingest.a", "ingest.b", "search.c"];
+    for (i, address) in addresses.iter().enumerate() {
+        ws.assert_collected(address);
+        let r = ws.record(address);
+        assert_eq!(r.attempt, 1, "{address}");
+        assert!(r.race_command.contains("--offline"), "{}", r.race_command);
+        assert!(
+            r.race_command.contains("--pipeline=benchmark-only")
+                || r.race_command.contains("--pipeline benchmark-only"),
+            "{}",
+            r.race_command
+        );
+        let machine = machine_json(&ws, address);
+        assert_eq!(machine["provider"], "local", "{address}: {machine}");
+        assert_eq!(machine["id"], "local", "{address}: {machine}");
+        // It ran where the spec says, on this machine, and Rally exited 0 there.
+        let run_dir = ws.run_dir(address, &r);
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("exit_code"))
+                .unwrap()
+                .trim(),
+            "0",
+            "{}",
+            run_dir.display()
+        );
+        assert!(run_dir.join(".rally").is_dir(), "{}", run_dir.display());
+        assert_raced_once_against(&h, &h.es_addrs[i]);
+    }
+
+    // One at a time on this machine: no two races overlapped, neither by the files race.sh
+    // wrote nor by state; the second suite began after the first had finished.
+    let records: Vec<_> = addresses.iter().map(|a| (*a, ws.record(a))).collect();
+    let races: Vec<_> = records
+        .iter()
+        .map(|(a, r)| {
+            let (start, end) = race_window(&ws.run_dir(a, r));
+            (a.to_string(), start, end)
+        })
+        .collect();
+    assert_disjoint("races on this machine", &races);
+    let racing: Vec<_> = records
+        .iter()
+        .map(|(a, r)| {
+            let (start, end) = racing_window(r);
+            (a.to_string(), start, end)
+        })
+        .collect();
+    assert_disjoint("racing windows in state", &racing);
+    let c_started = at(&ws.record("search.c"), "launching");
+    for address in ["ingest.a", "ingest.b"] {
+        assert!(
+            at(&ws.record(address), "completed") <= c_started,
+            "{address} finished after search.c began"
+        );
+    }
+
+    let left = ws.wait_no_local_rally(Duration::from_secs(30));
+    assert!(left.is_empty(), "Rally processes left running: {left:?}");
+    assert_no_aws_calls(&h);
+
+    let list = ws.rallyctl(&["state", "list", plan.to_str().unwrap()]);
+    assert_eq!(list.status.code(), Some(0));
+    let list = String::from_utf8_lossy(&list.stdout);
+    for address in addresses {
+        assert!(
+            list.lines()
+                .any(|l| l.contains(address) && l.contains("local")),
+            "{list}"
+        );
+    }
+}
+
+#[test]
+fn ssh_pool_of_two_hosts_runs_three_tests_without_overlapping_leases() {
+    let h = Harness::start(3);
+    let pool = h.instance_ips[..2].to_vec();
+    // The second host without its port: the plan's ssh_port applies to it.
+    let ws = Workspace::ssh_with(&h, &workspace("ssh-pool"), &pool, &[false, true]);
+    let plan = ws.plan(&[("s", &[("a", ""), ("b", ""), ("c", "")])]);
+    let plan = plan.to_str().unwrap();
+    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Apply complete: 3 completed, 0 failed."),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let addresses = ["s.a", "s.b", "s.c"];
+    let mut by_host: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (i, address) in addresses.iter().enumerate() {
+        ws.assert_collected(address);
+        let r = ws.record(address);
+        let machine = machine_json(&ws, address);
+        assert_eq!(machine["provider"], "ssh", "{address}: {machine}");
+        let ip = ws.ip_of(&r);
+        assert!(pool.contains(&ip), "{address} ran on {ip}, not in {pool:?}");
+        let run_dir = ws.run_dir(address, &r);
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join("exit_code"))
+                .unwrap_or_else(|e| panic!("{}: {e}", run_dir.display()))
+                .trim(),
+            "0"
+        );
+        assert_raced_once_against(&h, &h.es_addrs[i]);
+        by_host.entry(ip).or_default().push(*address);
+    }
+    assert_eq!(
+        by_host.len(),
+        2,
+        "three tests, two free hosts: both should have been used: {by_host:?}"
+    );
+    for (ip, addresses) in &by_host {
+        let records: Vec<_> = addresses.iter().map(|a| (*a, ws.record(a))).collect();
+        let races: Vec<_> = records
+            .iter()
+            .map(|(a, r)| {
+                let (start, end) = race_window(&ws.run_dir(a, r));
+                (a.to_string(), start, end)
+            })
+            .collect();
+        assert_disjoint(&format!("races on {ip}"), &races);
+        let held: Vec<_> = records
+            .iter()
+            .map(|(a, r)| {
+                let (start, end) = holding_window(r);
+                (a.to_string(), start, end)
+            })
+            .collect();
+        assert_disjoint(&format!("leases of {ip} in state"), &held);
+    }
+    for ip in &pool {
+        let left = ws.wait_no_rally_on(ip, Duration::from_secs(30));
+        assert!(left.is_empty(), "Rally left running on {ip}: {left:?}");
+        assert!(
+            !ws.lease(ip).exists(),
+            "{ip} is still leased: {}",
+            std::fs::read_to_string(ws.lease(ip)).unwrap_or_default()
+        );
+    }
+    assert_no_aws_calls(&h);
+
+    // state list shows each test's host.
+    let list = ws.rallyctl(&["state", "list", plan]);
+    assert_eq!(list.status.code(), Some(0));
+    let list = String::from_utf8_lossy(&list.stdout);
+    for address in addresses {
+        let host = ws.record(address).instance.unwrap().id;
+        assert!(
+            list.lines()
+                .any(|l| l.contains(address) && l.contains(&host)),
+            "{address} on {host}: {list}"
+        );
+    }
+}
+
+#[test]
+fn a_second_rallyctl_on_the_same_pool_never_shares_a_host() {
+    let h = Harness::start(4);
+    let pool = h.instance_ips[..2].to_vec();
+    let first = Workspace::ssh(&h, &workspace("ssh-share-a"), &pool);
+    let second = Workspace::ssh(&h, &workspace("ssh-share-b"), &pool);
+    let tests: &[(&str, &str)] = &[("x", ""), ("y", "")];
+    // Four races at most two at a time: each test its own ES double cluster.
+    let plans = [
+        first.plan_with(&[("s", tests)], 0),
+        second.plan_with(&[("s", tests)], 2),
+    ];
+    let applies: Vec<_> = [&first, &second]
+        .iter()
+        .zip(&plans)
+        .map(|(ws, plan)| {
+            ws.spawn(
+                "apply",
+                &["apply", plan.to_str().unwrap(), "--auto-approve"],
+            )
+        })
+        .collect();
+    for (ws, apply) in [&first, &second].into_iter().zip(applies) {
+        let status = wait_child(apply, APPLY_TIMEOUT, &format!("apply of {}", ws.name));
+        let (stdout, stderr) = ws.printed("apply");
+        eprintln!("[{}]\n{stdout}{stderr}", ws.name);
+        assert_eq!(status.code(), Some(0), "{}: {stdout}{stderr}", ws.name);
+    }
+
+    let mut races: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    let mut held: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for (k, ws) in [&first, &second].into_iter().enumerate() {
+        for (i, address) in ["s.x", "s.y"].into_iter().enumerate() {
+            ws.assert_collected(address);
+            let r = ws.record(address);
+            let ip = ws.ip_of(&r);
+            assert!(pool.contains(&ip), "{address} ran on {ip}");
+            let label = format!("{}:{address}", ws.name);
+            let (start, end) = race_window(&ws.run_dir(address, &r));
+            races
+                .entry(ip.clone())
+                .or_default()
+                .push((label.clone(), start, end));
+            let (start, end) = holding_window(&r);
+            held.entry(ip).or_default().push((label, start, end));
+            assert_raced_once_against(&h, &h.es_addrs[2 * k + i]);
+        }
+    }
+    eprintln!("races by host: {races:?}");
+    for (ip, windows) in &races {
+        assert_disjoint(&format!("races on {ip}"), windows);
+    }
+    for (ip, windows) in &held {
+        assert_disjoint(&format!("leases of {ip} in state"), windows);
+    }
+    for ip in &pool {
+        let left = first.wait_no_rally_on(ip, Duration::from_secs(30));
+        assert!(left.is_empty(), "Rally left running on {ip}: {left:?}");
+        assert!(!first.lease(ip).exists(), "{ip} is still leased");
+    }
+    assert_no_aws_calls(&h);
+}
+
+/// Kills apply with SIGKILL while the race runs, applies again, and checks that the test
+/// finished on the same machine and attempt, with the race it had started (same race.pid,
+/// Rally's race timestamp before the kill, the ES double written to once).
+fn resume_after_sigkill_mid_race(h: &Harness, ws: &Workspace) {
+    let plan = ws.plan(&[("s", &[("t", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut first = ws.spawn("first", &["apply", plan, "--auto-approve"]);
+    let pid_file = ws.wait_for_race("s.t", STEP_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    ws.kill(&mut first);
+    let killed_at = jiff::Timestamp::now();
+    let before = ws.record("s.t");
+    assert_eq!(
+        before.status.label(),
+        "racing",
+        "apply moved on before SIGKILL landed"
+    );
+    // The race goes on without rallyctl (and, on a host, under the dead run's lease).
+    let run_dir = ws.run_dir("s.t", &before);
+    assert!(
+        !run_dir.join("exit_code").exists(),
+        "the race ended before the kill: pick a longer one"
+    );
+    if matches!(ws.provider, support::providers::Provider::Ssh { .. }) {
+        let ip = ws.ip_of(&before);
+        assert!(ws.lease(&ip).exists(), "{ip} lost its lease at the kill");
+        assert!(!ws.rally_on(&ip).is_empty(), "the race died with rallyctl");
+    } else {
+        assert!(
+            !ws.wait_no_local_rally(Duration::ZERO).is_empty(),
+            "the race died with rallyctl"
+        );
+    }
+
+    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("s.t will be resumed at racing"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("took over the lock"),
+        "the dead run's lock was not reported"
+    );
+
+    let after = ws.record("s.t");
+    assert_eq!(after.status, Status::Completed);
+    assert_eq!(after.attempt, before.attempt);
+    assert_eq!(after.race_id, before.race_id);
+    assert_eq!(after.run_id, before.run_id);
+    assert_eq!(
+        after.instance.as_ref().unwrap().id,
+        before.instance.as_ref().unwrap().id,
+        "another machine was used"
+    );
+    ws.assert_collected("s.t");
+    // Re-attached, not restarted: the race Rally reported began before the kill.
+    let race = ws.race_json(&after);
+    let stamp = format!("{}+0000", race["race-timestamp"].as_str().unwrap());
+    let started = jiff::Timestamp::strptime("%Y%m%dT%H%M%SZ%z", &stamp).unwrap();
+    assert!(
+        started < killed_at,
+        "the race started at {started}, after the kill at {killed_at}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        pid,
+        "the race was started again"
+    );
+    assert_raced_once_against(h, &h.es_addrs[0]);
+    match ws.provider {
+        support::providers::Provider::Ssh { .. } => {
+            let ip = ws.ip_of(&after);
+            let left = ws.wait_no_rally_on(&ip, Duration::from_secs(30));
+            assert!(left.is_empty(), "Rally left running on {ip}: {left:?}");
+            assert!(!ws.lease(&ip).exists(), "{ip} is still leased");
+        }
+        support::providers::Provider::Local => {
+            let left = ws.wait_no_local_rally(Duration::from_secs(30));
+            assert!(left.is_empty(), "Rally left running: {left:?}");
+        }
+    }
+    assert_no_aws_calls(h);
+}
+
+#[test]
+fn resume_after_sigkill_mid_race_on_ssh() {
+    let h = Harness::start(1);
+    let ws = Workspace::ssh(&h, &workspace("ssh-resume"), &h.instance_ips);
+    resume_after_sigkill_mid_race(&h, &ws);
+}
+
+#[test]
+fn resume_after_sigkill_mid_race_on_local() {
+    let _turn = local_races_one_at_a_time();
+    let h = Harness::start(1);
+    let ws = Workspace::local(&h, &workspace("local-resume"));
+    resume_after_sigkill_mid_race(&h, &ws);
+}
+
+#[test]
+fn destroy_mid_race_on_ssh_leaves_nothing_running() {
+    let h = Harness::start(1);
+    let ip = h.instance_ips[0].clone();
+    let ws = Workspace::ssh(&h, &workspace("ssh-destroy"), &h.instance_ips);
+    let plan = ws.plan(&[("s", &[("t", "")])]);
+    let plan = plan.to_str().unwrap();
+    let mut apply = ws.spawn("apply", &["apply", plan, "--auto-approve"]);
+    let pid_file = ws.wait_for_race("s.t", STEP_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(3));
+    ws.kill(&mut apply);
+    let race_pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(ws.lease(&ip).exists(), "{ip} lost its lease at the kill");
+    let running = ws.rally_on(&ip);
+    assert!(!running.is_empty(), "the race died with rallyctl");
+    eprintln!(
+        "{} Rally processes on {ip} before destroy (race.pid {})",
+        running.len(),
+        race_pid.trim()
+    );
+
+    let out = ws.rallyctl(&["destroy", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let left = ws.wait_no_rally_on(&ip, Duration::from_secs(15));
+    assert!(
+        left.is_empty(),
+        "destroy left Rally running on {ip}: {left:?}"
+    );
+    let pid = race_pid.trim();
+    let ps = ws.ps_on(&ip);
+    assert!(
+        !ps.iter().any(|l| l.split_whitespace().next() == Some(pid)),
+        "the race's shell (pid {pid} on {ip}) is still there: {ps:#?}"
+    );
+    assert!(
+        !ws.lease(&ip).exists(),
+        "destroy left {ip} leased: {}",
+        std::fs::read_to_string(ws.lease(&ip)).unwrap_or_default()
+    );
+    let status = ws.record("s.t").status;
+    assert!(
+        !matches!(status, Status::InProgress { .. }),
+        "s.t is still in progress after destroy: {status:?}"
+    );
+    assert!(
+        !matches!(status, Status::Completed),
+        "a destroyed race cannot have completed"
+    );
+    // Nothing left for a second destroy either.
+    let again = ws.rallyctl(&["destroy", plan, "--auto-approve"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_no_aws_calls(&h);
+}
+
+/// Host keys are checked strictly: a host whose key the known_hosts file does not hold fails
+/// its test, naming the host, before anything runs there, and is not left leased.
+#[test]
+fn an_unknown_host_key_fails_the_test_naming_the_host() {
+    let h = Harness::start(1);
+    let ip = h.instance_ips[0].clone();
+    let ws = Workspace::ssh(&h, &workspace("ssh-unknown-key"), &h.instance_ips);
+    let plan = ws.plan(&[("s", &[("t", "")])]);
+    // The same plan, with a known_hosts file that knows no host.
+    let empty = ws.dir.path().join("known_hosts.empty");
+    std::fs::write(&empty, "").unwrap();
+    let text = std::fs::read_to_string(&plan)
+        .unwrap()
+        .replace(h.known_hosts().to_str().unwrap(), empty.to_str().unwrap());
+    assert!(text.contains(empty.to_str().unwrap()));
+    std::fs::write(&plan, text).unwrap();
+    let out = ws.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    match ws.record("s.t").status {
+        Status::Failed { step, error, .. } => {
+            assert!(error.contains(&ip), "the host is not named: {error}");
+            let lower = error.to_lowercase();
+            assert!(
+                lower.contains("host key") || lower.contains("known_hosts"),
+                "the cause is not named ({step}): {error}"
+            );
+        }
+        other => panic!("s.t is {other:?}"),
+    }
+    assert!(!ws.lease(&ip).exists(), "{ip} was left leased");
+    let runs = h.host_path(&ip, &ws.remote_dir().join("runs"));
+    assert!(
+        !runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none(),
+        "something ran on a host whose key is unknown: {}",
+        runs.display()
+    );
+    assert_no_aws_calls(&h);
+}
