@@ -16,18 +16,66 @@ use crate::state::{self, State};
 use crate::templates::Renderer;
 use crate::ui;
 
+/// Exit code of every error that is not one of the others below.
+pub const EXIT_ERROR: u8 = 1;
 /// Exit code of `plan --detailed-exitcode` when there are changes.
 pub const EXIT_CHANGES: u8 = 2;
 /// Exit code of `results --fail-on-regression` when a metric got worse past the threshold.
 pub const EXIT_REGRESSION: u8 = 3;
+/// Exit code of a command line that cannot be parsed (sysexits' EX_USAGE), apart from 2, which
+/// `plan --detailed-exitcode` gives to "changes present".
+pub const EXIT_USAGE: u8 = 64;
 /// Exit code after Ctrl-C, as shells report SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+const EXIT_CODES_HELP: &str = "Exit codes:
+  0    success (plan --detailed-exitcode: no changes)
+  1    error (the message says what and where), a failed test, a refused or cancelled apply
+  2    plan --detailed-exitcode: changes present
+  3    results --fail-on-regression: a metric got worse past the threshold, or went missing
+  64   usage error: the command line cannot be parsed
+  130  interrupted (Ctrl-C)";
+
+/// Long options that Terraform users type with one dash (`-out=FILE`, `-auto-approve`): read
+/// as their `--` forms, never as a short option followed by a value (`-o ut=FILE`).
+const TERRAFORM_SPELLINGS: &[&str] = &[
+    "auto-approve",
+    "detailed-exitcode",
+    "json",
+    "no-color",
+    "out",
+    "parallelism",
+    "replace",
+    "state",
+    "target",
+];
+
+/// The arguments with Terraform's one-dash long options turned into rallyctl's two-dash ones.
+pub fn normalize_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut options = true;
+    for arg in args {
+        if options && arg == "--" {
+            options = false;
+        }
+        let long = arg.to_str().and_then(|a| {
+            let rest = a.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            (options && TERRAFORM_SPELLINGS.contains(&name)).then(|| format!("-{a}"))
+        });
+        out.push(long.map_or(arg, Into::into));
+    }
+    out
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "rallyctl",
     version,
-    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on EC2, your own hosts or this machine"
+    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on EC2, your own hosts or this machine",
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -97,7 +145,14 @@ enum Command {
         command: StateCommand,
     },
     /// Remove a stale state lock left by a run that died
-    ForceUnlock { plan: Option<PathBuf> },
+    ForceUnlock {
+        /// The lock's ID, as the refusal to take the lock names it
+        lock_id: String,
+        plan: Option<PathBuf>,
+        /// Do not ask for confirmation, and remove a lock whose holder still runs on this host
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the latest results per test and task, list runs, compare with a baseline
     Results(ResultsArgs),
     /// Write a self-contained HTML report with charts of the latest results
@@ -181,7 +236,13 @@ enum StateCommand {
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     ui::init_colour(cli.global.no_color);
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -190,7 +251,7 @@ pub fn main() -> ExitCode {
                 Some(plan_errors) => eprintln!("{plan_errors}"),
                 None => eprintln!("{} {err:#}", console::style("error:").red().bold()),
             }
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
@@ -227,23 +288,71 @@ fn run(cli: Cli) -> Result<u8> {
             noise,
         } => {
             let ws = open_results(&g, plan.as_deref())?;
+            if let Some(out) = &out {
+                check_output(out, plan.as_deref(), &ws.state_path)?;
+            }
             let path = ws.write_report(run.as_deref(), compare.as_ref(), noise, out.as_deref())?;
             println!("Wrote the report to {}.", path.display());
             Ok(0)
         }
-        Command::ForceUnlock { plan } => {
-            let path = state_path(&g, plan.as_deref())?;
-            match state::force_unlock(&path)
-                .with_context(|| format!("cannot remove the lock of {}", path.display()))?
-            {
-                Some(holder) => {
-                    println!("Removed the lock of {} held by {holder}.", path.display())
-                }
-                None => println!("{} was not locked.", path.display()),
+        Command::ForceUnlock {
+            lock_id,
+            plan,
+            force,
+        } => force_unlock(&lock_id, plan.as_deref(), force, &g),
+    }
+}
+
+/// Removes the lock with `lock_id`, after asking; a holder still running on this host is left
+/// alone unless `force`.
+fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> Result<u8> {
+    let path = state_path(g, plan)?;
+    let read_err = || format!("cannot read the lock of {}", path.display());
+    let holder = match state::lock_state(&path).with_context(read_err)? {
+        state::LockState::Unlocked => {
+            println!("{} is not locked.", path.display());
+            return Ok(0);
+        }
+        state::LockState::Unreadable if force => "an unreadable lock".to_owned(),
+        state::LockState::Unreadable => {
+            bail!(
+                "the lock of {} names no holder: pass --force to remove it",
+                path.display()
+            )
+        }
+        state::LockState::Held(h) => {
+            if h.id != lock_id {
+                bail!(
+                    "the lock of {} has the ID {}, not {lock_id}: it is not the lock you meant",
+                    path.display(),
+                    h.id
+                );
             }
-            Ok(0)
+            if state::holder_alive_here(&h) && !force {
+                bail!(
+                    "the lock of {} is held by `{}`, pid {}, which still runs on this host: stop it, or pass --force",
+                    path.display(),
+                    h.command,
+                    h.pid
+                );
+            }
+            format!("pid {} on {} ({})", h.pid, h.host, h.command)
+        }
+    };
+    if !force {
+        let question = format!(
+            "Remove the lock of {} held by {holder}? A run that still writes this state would corrupt it.",
+            path.display()
+        );
+        if !ui::confirm(&question, "--force").map_err(anyhow::Error::msg)? {
+            println!("Force-unlock cancelled.");
+            return Ok(EXIT_ERROR);
         }
     }
+    state::remove_lock(&path)
+        .with_context(|| format!("cannot remove the lock of {}", path.display()))?;
+    println!("Removed the lock of {} held by {holder}.", path.display());
+    Ok(0)
 }
 
 fn validate(path: &Path, g: &Global) -> Result<u8> {
@@ -282,6 +391,65 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
         }
         Err(errors) => Err(errors.into()),
     }
+}
+
+/// A path as the file system would resolve it, also for a file that does not exist yet.
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (parent.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    }
+}
+
+/// Refuses an output path that would overwrite what rallyctl reads or keeps: the plan file, a
+/// state file, its backup or lock, anything in a `state/` directory.
+fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -> Result<()> {
+    let target = resolved(out);
+    let refuse = |what: String| {
+        anyhow::anyhow!(
+            "refusing to write {} over {what}; choose another output file",
+            out.display()
+        )
+    };
+    if let Some(plan) = plan
+        && resolved(plan) == target
+    {
+        return Err(refuse(format!("the plan file {}", plan.display())));
+    }
+    for dir in [state_dir(state_path), PathBuf::from(state::DEFAULT_DIR)] {
+        let dir = resolved(&dir);
+        if dir.file_name() == Some(std::ffi::OsStr::new(state::DEFAULT_DIR))
+            && target.starts_with(&dir)
+        {
+            return Err(refuse(format!(
+                "the state directory {}, which holds state files, their backups and locks",
+                dir.display()
+            )));
+        }
+    }
+    for kept in [
+        state_path.to_owned(),
+        state::backup_path(state_path),
+        state::lock_path(state_path),
+    ] {
+        if resolved(&kept) == target {
+            return Err(refuse(format!("{}", kept.display())));
+        }
+    }
+    if matches!(
+        state::load(&target),
+        Ok(Some(_)) | Err(state::StateError::Newer { .. })
+    ) {
+        return Err(refuse("a state file".into()));
+    }
+    Ok(())
 }
 
 fn plural(n: usize) -> &'static str {
@@ -401,6 +569,7 @@ fn plan_command(
         println!("{}", planner::render(&changes));
     }
     if let Some(out) = out {
+        check_output(out, Some(path), &l.state_path)?;
         SavedPlan::new(&l.plan, &l.state, l.state_exists, &changes)
             .write(out)
             .with_context(|| format!("cannot write the saved plan {}", out.display()))?;
@@ -590,8 +759,8 @@ fn apply(
         return Ok(0);
     }
     if saved.is_none() && !auto_approve {
-        let yes =
-            ui::confirm("\nDo you want to perform these actions?").map_err(anyhow::Error::msg)?;
+        let yes = ui::confirm("\nDo you want to perform these actions?", "--auto-approve")
+            .map_err(anyhow::Error::msg)?;
         if !yes {
             println!("Apply cancelled.");
             return Ok(1);
@@ -724,8 +893,8 @@ fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     }
     println!("\nDestroy: {} to give back.", targets.len());
     if !auto_approve {
-        let yes =
-            ui::confirm("\nDo you really want to give them back?").map_err(anyhow::Error::msg)?;
+        let yes = ui::confirm("\nDo you really want to give them back?", "--auto-approve")
+            .map_err(anyhow::Error::msg)?;
         if !yes {
             println!("Destroy cancelled.");
             return Ok(1);

@@ -297,9 +297,12 @@ impl State {
     }
 }
 
+/// Where states are kept unless `--state` says otherwise, below the current directory.
+pub const DEFAULT_DIR: &str = "state";
+
 /// The default state path of a workspace.
 pub fn default_path(workspace: &str) -> PathBuf {
-    Path::new("state").join(format!("{}.state.json", crate::address::slug(workspace)))
+    Path::new(DEFAULT_DIR).join(format!("{}.state.json", crate::address::slug(workspace)))
 }
 
 pub fn backup_path(path: &Path) -> PathBuf {
@@ -308,7 +311,7 @@ pub fn backup_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn lock_path(path: &Path) -> PathBuf {
+pub fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     PathBuf::from(name)
@@ -429,6 +432,10 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
 /// Who holds a workspace's lock, written into the lock file so a refusal can name them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockHolder {
+    /// What `force-unlock` must be given, so that only the lock one means is removed. Empty in
+    /// lock files of rallyctl versions before it.
+    #[serde(default)]
+    pub id: String,
     pub pid: u32,
     pub host: String,
     pub since: Timestamp,
@@ -439,6 +446,9 @@ pub struct LockHolder {
 #[derive(Debug)]
 pub struct Lock {
     path: PathBuf,
+    /// The state directory, when taking the lock made it: a command that wrote no state then
+    /// leaves no empty directory behind.
+    made_dir: Option<PathBuf>,
     /// The holder of a stale lock this one replaced: a run on this host that died (killed,
     /// crashed, machine rebooted) without removing its lock.
     pub replaced: Option<LockHolder>,
@@ -447,6 +457,11 @@ pub struct Lock {
 /// A holder on this host whose process is gone cannot be writing state any more.
 pub(crate) fn holder_gone(h: &LockHolder) -> bool {
     h.host == hostname() && !Path::new(&format!("/proc/{}", h.pid)).exists()
+}
+
+/// A holder on this host whose process still runs.
+pub fn holder_alive_here(h: &LockHolder) -> bool {
+    h.host == hostname() && Path::new(&format!("/proc/{}", h.pid)).exists()
 }
 
 fn read_holder(lock: &Path) -> Option<LockHolder> {
@@ -458,13 +473,18 @@ fn read_holder(lock: &Path) -> Option<LockHolder> {
 impl Lock {
     pub fn acquire(state_path: &Path, command: &str) -> Result<Lock, StateError> {
         let path = lock_path(state_path);
+        let mut made_dir = None;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                made_dir = Some(dir.to_owned());
+            }
             fs::create_dir_all(dir).map_err(|source| StateError::Write {
                 path: path.clone(),
                 source,
             })?;
         }
         let holder = LockHolder {
+            id: Uuid::new_v4().to_string(),
             pid: std::process::id(),
             host: hostname(),
             since: Timestamp::now(),
@@ -481,7 +501,11 @@ impl Lock {
                             path: path.clone(),
                             source,
                         })?;
-                    return Ok(Lock { path, replaced });
+                    return Ok(Lock {
+                        path,
+                        made_dir,
+                        replaced,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // Take over a dead holder's lock once; a live or foreign holder is named.
@@ -505,6 +529,10 @@ impl Lock {
 impl Drop for Lock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+        if let Some(dir) = &self.made_dir {
+            // Fails, as it should, once anything else was written there.
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
@@ -515,17 +543,22 @@ pub(crate) fn hostname() -> String {
 }
 
 fn describe_lock(lock: &Path, state_path: &Path) -> String {
-    let unlock = format!("rallyctl force-unlock --state {}", state_path.display());
     match read_holder(lock) {
         Some(h) => {
             let gone = holder_gone(&h);
+            let unlock = format!(
+                "rallyctl force-unlock {} --state {}",
+                h.id,
+                state_path.display()
+            );
             format!(
-                "state {} is locked by `{}` (pid {} on {}, since {}){}; if that run is gone, `{unlock}` clears the lock",
+                "state {} is locked by `{}` (pid {} on {}, since {}, lock ID {}){}; if that run is gone, `{unlock}` clears the lock",
                 state_path.display(),
                 h.command,
                 h.pid,
                 h.host,
                 h.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                h.id,
                 if gone {
                     ", and that process is no longer running"
                 } else {
@@ -534,28 +567,36 @@ fn describe_lock(lock: &Path, state_path: &Path) -> String {
             )
         }
         None => format!(
-            "state {} is locked ({} exists but names no holder); if no rallyctl is running, `{unlock}` clears the lock",
+            "state {} is locked ({} exists but names no holder); if no rallyctl is running, `rallyctl force-unlock --force unreadable --state {}` clears the lock",
             state_path.display(),
-            lock.display()
+            lock.display(),
+            state_path.display()
         ),
     }
 }
 
-/// Removes a workspace's lock; returns who held it, if anyone.
-pub fn force_unlock(state_path: &Path) -> io::Result<Option<String>> {
-    let path = lock_path(state_path);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            fs::remove_file(&path)?;
-            Ok(Some(
-                serde_json::from_slice::<LockHolder>(&bytes)
-                    .map(|h| format!("pid {} on {} ({})", h.pid, h.host, h.command))
-                    .unwrap_or_else(|_| "an unreadable lock".into()),
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+/// What holds a workspace's lock.
+#[derive(Debug)]
+pub enum LockState {
+    Unlocked,
+    Held(LockHolder),
+    /// A lock file that names no holder (cut short, or written by hand).
+    Unreadable,
+}
+
+pub fn lock_state(state_path: &Path) -> io::Result<LockState> {
+    match fs::read(lock_path(state_path)) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)
+            .map(LockState::Held)
+            .unwrap_or(LockState::Unreadable)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LockState::Unlocked),
         Err(e) => Err(e),
     }
+}
+
+/// Removes a workspace's lock, whoever holds it: the caller checked that it is the one meant.
+pub fn remove_lock(state_path: &Path) -> io::Result<()> {
+    fs::remove_file(lock_path(state_path))
 }
 
 #[cfg(test)]
@@ -701,8 +742,12 @@ mod tests {
         drop(lock);
         let lock = Lock::acquire(&path, "again").unwrap();
         std::mem::forget(lock);
-        assert!(force_unlock(&path).unwrap().unwrap().contains("again"));
-        assert!(force_unlock(&path).unwrap().is_none());
+        match lock_state(&path).unwrap() {
+            LockState::Held(h) => assert!(h.command == "again" && holder_alive_here(&h)),
+            other => panic!("{other:?}"),
+        }
+        remove_lock(&path).unwrap();
+        assert!(matches!(lock_state(&path).unwrap(), LockState::Unlocked));
         Lock::acquire(&path, "after force-unlock").unwrap();
     }
 

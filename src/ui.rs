@@ -16,13 +16,13 @@ pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// Asks for `yes` like terraform; refuses without a terminal to ask on.
-pub fn confirm(question: &str) -> Result<bool, String> {
+/// Asks for `yes` like terraform; refuses without a terminal to ask on, naming `skip`, the
+/// flag that proceeds without asking.
+pub fn confirm(question: &str, skip: &str) -> Result<bool, String> {
     if !std::io::stdin().is_terminal() {
-        return Err(
-            "no terminal to ask for approval on; pass --auto-approve to proceed without asking"
-                .into(),
-        );
+        return Err(format!(
+            "no terminal to ask for approval on; pass {skip} to proceed without asking"
+        ));
     }
     print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
     std::io::stdout().flush().ok();

@@ -215,12 +215,39 @@ fn state_commands_and_force_unlock() {
         text(&out)
     );
     std::mem::forget(lock);
-    let out = rallyctl(&["force-unlock", "--state", s]);
+    let lock_file = format!("{s}.lock");
+    let id = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&lock_file).unwrap())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("force-unlock {id} --state")),
+        "the refusal names the lock's ID: {}",
+        text(&out)
+    );
+    // Only the lock meant: another ID is refused.
+    let out = rallyctl(&["force-unlock", "not-the-id", "--state", s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has the ID {id}")));
+    // Its holder (this test) still runs here: refused without --force, and without a terminal
+    // to confirm on, the command says how to proceed.
+    let out = rallyctl(&["force-unlock", &id, "--state", s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still runs on this host"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::path::Path::new(&lock_file).exists());
+    let out = rallyctl(&["force-unlock", &id, "--state", s, "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("held by pid"),
         "{}",
         text(&out)
     );
+    assert!(!std::path::Path::new(&lock_file).exists());
     let out = rallyctl(&["state", "rm", "ingest.geonames-4g", "--state", s]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = rallyctl(&["state", "list", "--state", s]);
@@ -345,4 +372,230 @@ fn validate_refuses_missing_empty_and_repeating_ssh_pools() {
         );
     }
     insta::assert_snapshot!(text(&out));
+}
+
+/// rallyctl run in `dir` (plans and state relative to it).
+fn rallyctl_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("rallyctl runs")
+}
+
+/// A directory holding `plan.toml`, a copy of the example plan.
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("plans/example.toml"),
+        dir.path().join("plan.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("conditional_install_items")).unwrap();
+    std::fs::copy(
+        root().join("conditional_install_items/rally_csv.ini"),
+        dir.path().join("conditional_install_items/rally_csv.ini"),
+    )
+    .unwrap();
+    let tracks = dir.path().join("tests/fixtures/tracks");
+    std::fs::create_dir_all(&tracks).unwrap();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("tests/fixtures/tracks/tiny"))
+        .arg(&tracks)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    dir
+}
+
+/// Usage errors have an exit code of their own, apart from `plan --detailed-exitcode`'s 2 for
+/// "changes present", and `--help` lists every exit code.
+#[test]
+fn usage_errors_exit_64_and_help_lists_the_exit_codes() {
+    let out = rallyctl(&["plan", "--no-such-flag", "plans/example.toml"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let out = rallyctl(&["no-such-command"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let out = rallyctl(&[
+        "plan",
+        "--detailed-exitcode",
+        "plans/example.toml",
+        "--state",
+        "/nonexistent/x.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = rallyctl(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for code in ["0 ", "1 ", "2 ", "3 ", "64 ", "130 "] {
+        assert!(
+            help.contains(&format!("\n  {code}")),
+            "exit code {code}missing: {help}"
+        );
+    }
+}
+
+/// Terraform's one-dash long options mean what they mean to Terraform users: `-out=FILE` saves
+/// to FILE, never to a file named `ut=FILE`.
+#[test]
+fn terraform_spellings_are_read_as_long_options() {
+    let dir = workdir();
+    let d = dir.path();
+    let out = rallyctl_in(
+        d,
+        &[
+            "plan",
+            "plan.toml",
+            "-out=night.plan",
+            "-target=ingest.geonames-4g",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(d.join("night.plan").is_file());
+    assert!(!d.join("ut=night.plan").exists());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Plan: 1 to run"),
+        "-target was read: {stdout}"
+    );
+    let out = rallyctl_in(
+        d,
+        &[
+            "plan",
+            "plan.toml",
+            "-out",
+            "again.plan",
+            "-detailed-exitcode",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(d.join("again.plan").is_file());
+}
+
+/// No output flag writes over the plan being read, a state file, its backup or lock, or
+/// anything under the state directory; each refusal leaves the file as it was.
+#[test]
+fn output_flags_never_overwrite_inputs_or_state() {
+    let dir = workdir();
+    let d = dir.path();
+    let out = rallyctl_in(d, &["plan", "plan.toml", "-o", "night.plan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // A state of this workspace, and one of another elsewhere.
+    let mut st = rallyctl::state::State::new("nightly");
+    rallyctl::state::save(&d.join("state/nightly.state.json"), &mut st).unwrap();
+    rallyctl::state::save(&d.join("state/nightly.state.json"), &mut st).unwrap();
+    let mut other = rallyctl::state::State::new("other");
+    rallyctl::state::save(&d.join("other.json"), &mut other).unwrap();
+    let before: Vec<(PathBuf, Vec<u8>)> = [
+        "plan.toml",
+        "state/nightly.state.json",
+        "state/nightly.state.json.backup",
+        "other.json",
+    ]
+    .iter()
+    .map(|p| (d.join(p), std::fs::read(d.join(p)).unwrap()))
+    .collect();
+    for (args, what) in [
+        (
+            vec!["plan", "plan.toml", "-o", "plan.toml"],
+            "the plan file",
+        ),
+        (
+            vec!["plan", "plan.toml", "-o", "./state/../plan.toml"],
+            "the plan file",
+        ),
+        (
+            vec!["plan", "plan.toml", "-o", "state/nightly.state.json"],
+            "the state directory",
+        ),
+        (
+            vec!["plan", "plan.toml", "-o", "state/new.plan"],
+            "the state directory",
+        ),
+        (
+            vec!["plan", "plan.toml", "-o", "other.json"],
+            "a state file",
+        ),
+        (
+            vec![
+                "report",
+                "plan.toml",
+                "-o",
+                "state/nightly.state.json.backup",
+            ],
+            "the state directory",
+        ),
+        (
+            vec!["report", "plan.toml", "-o", "plan.toml"],
+            "the plan file",
+        ),
+        (
+            vec!["report", "plan.toml", "-o", "other.json"],
+            "a state file",
+        ),
+    ] {
+        let out = rallyctl_in(d, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("refusing to write") && stderr.contains(what),
+            "{args:?}: {stderr}"
+        );
+    }
+    for (path, bytes) in before {
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{} changed",
+            path.display()
+        );
+    }
+    assert!(!d.join("state/new.plan").exists());
+}
+
+/// An apply that is refused (no terminal to ask on) leaves nothing behind: no state, no empty
+/// state directory.
+#[test]
+fn a_refused_apply_leaves_no_state_directory() {
+    let dir = workdir();
+    let d = dir.path();
+    let out = rallyctl_in(d, &["apply", "plan.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --auto-approve"));
+    assert!(!d.join("state").exists(), "apply left a state directory");
+}
+
+/// A lock whose holder died on this host needs its ID and a confirmation; without a terminal
+/// to confirm on, the refusal says to pass --force.
+#[test]
+fn force_unlock_of_a_dead_holder_asks_first() {
+    let (dir, state) = temp_state();
+    let lock = dir.path().join("nightly.state.json.lock");
+    let holder = serde_json::json!({
+        "id": "1234", "pid": 999_999_999u32, "host": hostname(), "since": "2026-11-25T00:00:00Z",
+        "command": "rallyctl apply gone.toml"
+    });
+    std::fs::write(&lock, holder.to_string()).unwrap();
+    let s = state.to_str().unwrap();
+    let out = rallyctl(&["force-unlock", "1234", "--state", s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --force"),
+        "{}",
+        text(&out)
+    );
+    assert!(lock.exists());
+    let out = rallyctl(&["force-unlock", "1234", "--state", s, "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!lock.exists());
+}
+
+fn hostname() -> String {
+    String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned()
 }

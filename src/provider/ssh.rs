@@ -180,6 +180,7 @@ impl Provider for Ssh {
             test: req.address.to_string(),
             attempt: req.attempt,
             holder: LockHolder {
+                id: id[..32].to_owned(),
                 pid: std::process::id(),
                 host: state::hostname(),
                 since: Timestamp::now(),
