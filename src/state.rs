@@ -757,6 +757,7 @@ mod tests {
         let path = dir.path().join("w.state.json");
         let write_holder = |pid: u32, host: &str| {
             let h = LockHolder {
+                id: "dead".into(),
                 pid,
                 host: host.into(),
                 since: Timestamp::now(),
