@@ -89,6 +89,10 @@ pub struct Global {
     /// State file (default: state/<plan name>.state.json)
     #[arg(long, global = true, value_name = "PATH")]
     pub state: Option<PathBuf>,
+    /// The workspace, for commands that need no plan (destroy, state, results, report,
+    /// force-unlock): its state is state/<NAME>.state.json
+    #[arg(long, global = true, value_name = "NAME")]
+    pub workspace: Option<String>,
     /// Never colour the output (NO_COLOR in the environment does the same)
     #[arg(long, global = true)]
     pub no_color: bool,
@@ -132,7 +136,9 @@ enum Command {
     /// Give back everything the workspace holds: terminate its instances (also leaked ones
     /// found by tag), stop its races on hosts and end their leases
     Destroy {
-        plan: PathBuf,
+        /// The plan file: only its name is needed (state says what runs where); where it is
+        /// valid, leaked instances are also looked for in its regions
+        plan: Option<PathBuf>,
         /// Do not ask for approval
         #[arg(long)]
         auto_approve: bool,
@@ -272,7 +278,7 @@ fn run(cli: Cli) -> Result<u8> {
             parallelism,
             select,
         } => apply(&plan, auto_approve, usize::from(parallelism), &select, &g),
-        Command::Destroy { plan, auto_approve } => destroy(&plan, auto_approve, &g),
+        Command::Destroy { plan, auto_approve } => destroy(plan.as_deref(), auto_approve, &g),
         Command::Graph { plan } => {
             let plan = Plan::load(&plan)?;
             print!("{}", Graph::compile(&plan)?.to_dot());
@@ -306,7 +312,7 @@ fn run(cli: Cli) -> Result<u8> {
 /// Removes the lock with `lock_id`, after asking; a holder still running on this host is left
 /// alone unless `force`.
 fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> Result<u8> {
-    let path = state_path(g, plan)?;
+    let path = target(g, plan)?.state_path;
     let read_err = || format!("cannot read the lock of {}", path.display());
     let holder = match state::lock_state(&path).with_context(read_err)? {
         state::LockState::Unlocked => {
@@ -464,12 +470,48 @@ fn workspace_state(g: &Global, workspace: &str) -> PathBuf {
         .unwrap_or_else(|| state::default_path(workspace))
 }
 
-/// The state path of a command that may be given a plan: `--state`, else the plan's workspace's.
-fn state_path(g: &Global, plan: Option<&Path>) -> Result<PathBuf> {
-    match (&g.state, plan) {
-        (Some(path), _) => Ok(path.clone()),
-        (None, Some(plan)) => Ok(workspace_state(g, &Plan::load(plan)?.name)),
-        (None, None) => bail!("name the plan file or pass --state PATH to say which state to use"),
+/// The workspace of a command that needs no valid plan (destroy, state, results, force-unlock)
+/// and where its state is: `--state` and `--workspace` win; of a plan only the name is read.
+struct Target {
+    state_path: PathBuf,
+    /// The workspace named (by `--workspace` or the plan), which the state must belong to.
+    workspace: Option<String>,
+}
+
+fn target(g: &Global, plan: Option<&Path>) -> Result<Target> {
+    let workspace = match (&g.workspace, plan) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(plan)) => Some(Plan::name_of(plan)?),
+        (None, None) => None,
+    };
+    let state_path = match (&g.state, &workspace) {
+        (Some(path), _) => path.clone(),
+        (None, Some(name)) => state::default_path(name),
+        (None, None) => bail!(
+            "name the plan file or pass --state PATH (or --workspace NAME) to say which state to use"
+        ),
+    };
+    Ok(Target {
+        state_path,
+        workspace,
+    })
+}
+
+impl Target {
+    /// The state, checked to belong to the workspace named; `None` when there is none.
+    fn load(&self) -> Result<Option<State>> {
+        let loaded = state::load(&self.state_path)?;
+        match (loaded, &self.workspace) {
+            (Some(state), Some(name)) => Ok(Some(
+                state::of_workspace(Some(state), &self.state_path, name)?.0,
+            )),
+            (loaded, _) => Ok(loaded),
+        }
+    }
+
+    fn load_existing(&self) -> Result<State> {
+        self.load()?
+            .with_context(|| format!("no state at {}", self.state_path.display()))
     }
 }
 
@@ -591,10 +633,7 @@ fn plan_command(
 fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
     match command {
         StateCommand::List { plan } => {
-            let path = state_path(g, plan.as_deref())?;
-            let Some(state) = state::load(&path)? else {
-                bail!("no state at {}", path.display());
-            };
+            let state = target(g, plan.as_deref())?.load_existing()?;
             if g.json {
                 let list: Vec<_> = state
                     .tests
@@ -618,31 +657,30 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             Ok(0)
         }
         StateCommand::Show { address, plan } => {
-            let path = state_path(g, plan.as_deref())?;
-            let state =
-                state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let t = target(g, plan.as_deref())?;
+            let state = t.load_existing()?;
             let record = state
                 .tests
                 .get(&address)
-                .with_context(|| format!("{address} is not in {}", path.display()))?;
+                .with_context(|| format!("{address} is not in {}", t.state_path.display()))?;
             println!("{}", serde_json::to_string_pretty(record)?);
             Ok(0)
         }
         StateCommand::Rm { address, plan } => {
-            let path = state_path(g, plan.as_deref())?;
-            let _lock = lock(&path, "rallyctl state rm")?;
-            let mut state =
-                state::load(&path)?.with_context(|| format!("no state at {}", path.display()))?;
+            let t = target(g, plan.as_deref())?;
+            let path = &t.state_path;
+            let _lock = lock(path, "rallyctl state rm")?;
+            let mut state = t.load_existing()?;
             let record = state
                 .tests
                 .remove(&address)
                 .with_context(|| format!("{address} is not in {}", path.display()))?;
-            state::save(&path, &mut state)?;
+            state::save(path, &mut state)?;
             println!("Removed {address} from {}.", path.display());
-            if let Some(instance) = record.live_machine() {
+            if let Some(machine) = record.live_machine() {
                 println!(
-                    "Its instance {} may still be running: `rallyctl destroy` finds it by its tags.",
-                    instance.id
+                    "Its machine {} ({}) may still be running; state no longer knows it.",
+                    machine.id, machine.provider
                 );
             }
             Ok(0)
@@ -653,12 +691,11 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
 /// The workspace whose results to read: by the state file, or by the plan's name when there is
 /// no state yet (its runs can still be listed from `results/`).
 fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
-    let path = state_path(g, plan)?;
-    let plan_name = match plan {
-        Some(plan) if !path.exists() => Some(Plan::load(plan)?.name),
-        _ => None,
-    };
-    Ok(Workspace::open(&path, plan_name.as_deref())?)
+    let t = target(g, plan)?;
+    if t.state_path.exists() {
+        t.load()?;
+    }
+    Ok(Workspace::open(&t.state_path, t.workspace.as_deref())?)
 }
 
 fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
@@ -864,19 +901,47 @@ fn state_dir(state_path: &Path) -> PathBuf {
         .to_owned()
 }
 
-fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
-    let plan = Plan::load(path)?;
-    let state_path = workspace_state(g, &plan.name);
-    let _lock = lock(&state_path, &format!("rallyctl destroy {}", path.display()))?;
-    let (state, _) = state::load_or_new(&state_path, &plan.name)?;
-    let settings: Vec<&crate::plan::Settings> = plan.tests().map(|t| &t.settings).collect();
+fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u8> {
+    let t = target(g, plan_path)?;
+    let shown = plan_path.map_or(t.state_path.display().to_string(), |p| {
+        p.display().to_string()
+    });
+    let _lock = lock(&t.state_path, &format!("rallyctl destroy {shown}"))?;
+    // A valid plan also says where to look for machines state never heard of; a broken one
+    // must not keep the rest from being given back.
+    let plan = match plan_path.map(Plan::load) {
+        Some(Err(e)) => {
+            eprintln!(
+                "warning: the plan is not valid, so destroy looks only where state points:\n{e}"
+            );
+            None
+        }
+        Some(Ok(plan)) => Some(plan),
+        None => None,
+    };
+    let settings: Vec<&crate::plan::Settings> = plan
+        .iter()
+        .flat_map(|p| p.tests().map(|t| &t.settings))
+        .collect();
+    let state = match (t.load()?, &t.workspace) {
+        (Some(state), _) => state,
+        // No state, but a plan to look for leaked machines with.
+        (None, Some(name)) if plan.is_some() => State::new(name),
+        (None, _) => {
+            println!(
+                "Nothing to destroy: no state at {}.",
+                t.state_path.display()
+            );
+            return Ok(0);
+        }
+    };
     let rt = runtime()?;
-    let provider = crate::provider::Fleet::new(state_dir(&state_path), &plan.name);
+    let provider = crate::provider::Fleet::new(state_dir(&t.state_path), &state.workspace);
     let targets = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
     if targets.is_empty() {
         println!(
             "Nothing to destroy: workspace `{}` holds no machine.",
-            plan.name
+            state.workspace
         );
         return Ok(0);
     }
@@ -900,7 +965,7 @@ fn destroy(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
             return Ok(1);
         }
     }
-    let handle = crate::lifecycle::StateHandle::new(state, state_path);
+    let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());
     let failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
     if failed.is_empty() {
         println!(

@@ -20,7 +20,10 @@ use crate::plan::{ProviderKind, Settings};
 /// The state format version this rallyctl writes and reads.
 pub const STATE_VERSION: u32 = 1;
 
+/// A key this rallyctl does not know is refused, not dropped: writing the state back would lose
+/// it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
     /// Fixed when the state is created; tags every instance, so instances of another state
@@ -724,6 +727,20 @@ mod tests {
         save(&path, &mut State::new("other")).unwrap();
         let err = load_or_new(&path, "mine").unwrap_err().to_string();
         assert!(err.contains("belongs to workspace `other`"), "{err}");
+    }
+
+    #[test]
+    fn a_state_with_a_key_this_rallyctl_does_not_know_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let text = r#"{"version": 1, "lineage": "7d8a5b6e-1c1e-4d4b-9a51-8a4c7a1f0f00", "serial": 3, "workspace": "w", "tests": {}, "team_notes": "keep me"}"#;
+        fs::write(&path, text).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("team_notes") && err.contains("left untouched"),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

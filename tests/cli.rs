@@ -599,3 +599,105 @@ fn hostname() -> String {
         .trim()
         .to_owned()
 }
+
+/// Cleaning up needs only the workspace: destroy, state and results work with a plan that is
+/// broken elsewhere (an unreadable rally.ini, a missing track), from another directory, or with
+/// `--workspace` and no plan at all; a state of another workspace is refused.
+#[test]
+fn cleaning_up_needs_only_the_workspace() {
+    let dir = workdir();
+    let d = dir.path();
+    let mut st = rallyctl::state::State::new("nightly");
+    st.tests.insert(
+        "ingest.geonames-4g".parse().unwrap(),
+        rallyctl::state::TestRecord {
+            config_hash: "h".into(),
+            settings: serde_json::json!({"track": "geonames"}).into(),
+            race_command: "esrally race".into(),
+            status: rallyctl::state::Status::Completed,
+            attempt: 1,
+            run_id: None,
+            race_id: None,
+            instance: None,
+            results: vec![],
+            history: vec![],
+        },
+    );
+    rallyctl::state::save(&d.join("state/nightly.state.json"), &mut st).unwrap();
+    let plan = std::fs::read_to_string(d.join("plan.toml"))
+        .unwrap()
+        .replace(
+            "rally_config = \"conditional_install_items/rally_csv.ini\"",
+            "rally_config = \"missing.ini\"",
+        );
+    std::fs::write(d.join("broken.toml"), plan).unwrap();
+    let out = rallyctl_in(d, &["validate", "broken.toml"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the plan is broken: {}",
+        text(&out)
+    );
+
+    for args in [
+        vec!["state", "list", "broken.toml"],
+        vec!["state", "list", "--workspace", "nightly"],
+        vec!["state", "show", "ingest.geonames-4g", "broken.toml"],
+    ] {
+        let out = rallyctl_in(d, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("completed"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = rallyctl_in(d, &["destroy", "broken.toml", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Nothing to destroy"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.ini"),
+        "the broken plan is named: {}",
+        text(&out)
+    );
+    let out = rallyctl_in(d, &["destroy", "--workspace", "nightly", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = rallyctl_in(d, &["results", "broken.toml"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("missing.ini"),
+        "{}",
+        text(&out)
+    );
+
+    // From another directory, with the state named.
+    let state = d.join("state/nightly.state.json");
+    let out = rallyctl(&["state", "list", "--state", state.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // A plan of another workspace does not get to edit this one's state.
+    std::fs::write(d.join("other.toml"), "version = 1\nname = \"other\"\n").unwrap();
+    let out = rallyctl_in(
+        d,
+        &[
+            "state",
+            "rm",
+            "ingest.geonames-4g",
+            "other.toml",
+            "--state",
+            "state/nightly.state.json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("belongs to workspace `nightly`, not `other`"),
+        "{}",
+        text(&out)
+    );
+    let after = rallyctl::state::load(&state).unwrap().unwrap();
+    assert_eq!(after.tests.len(), 1, "the record is still there");
+}

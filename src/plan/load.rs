@@ -257,6 +257,52 @@ pub fn format_of(path: &Path) -> Format {
     }
 }
 
+/// The top-level `name` of a plan, checked as a workspace name; nothing else is read or
+/// checked (no template, track or other setting), so a plan broken elsewhere still names its
+/// workspace.
+pub fn name_only(path: &Path, text: &str) -> Result<String, PlanErrors> {
+    let mut sink = Sink::new(path, text);
+    let tree = match format_of(path) {
+        Format::Toml => super::toml_doc::parse(text),
+        Format::Json => super::json_doc::parse(text),
+    };
+    let name = match tree {
+        Ok(root) => {
+            let mut loader = Loader {
+                sink: &mut sink,
+                format: format_of(path),
+            };
+            match &root.kind {
+                Kind::Table(entries) => match get(entries, "name") {
+                    Some(e) => loader
+                        .name(&e.value, Field::ROOT.key("name"))
+                        .map(str::to_owned),
+                    None => {
+                        loader.sink.error(
+                            &(0..0),
+                            "name",
+                            "missing required key `name` (the workspace name)",
+                        );
+                        None
+                    }
+                },
+                other => loader.expected(&root.span, Field::ROOT, "a table", other),
+            }
+        }
+        Err(e) => {
+            sink.error(&e.span, "", format!("syntax error: {}", e.message));
+            None
+        }
+    };
+    match name {
+        Some(name) if sink.diagnostics.is_empty() => Ok(name),
+        _ => Err(PlanErrors {
+            file: path.to_owned(),
+            diagnostics: sink.diagnostics,
+        }),
+    }
+}
+
 pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     let format = format_of(path);
     let mut sink = Sink::new(path, text);

@@ -549,6 +549,13 @@ impl Plan {
         }
     }
 
+    /// The workspace the plan at `path` names, read without validating the rest: commands that
+    /// need only the workspace (destroy, state, results) work with a plan that is broken
+    /// elsewhere, or from another directory.
+    pub fn name_of(path: &Path) -> Result<String, PlanErrors> {
+        load::name_only(path, &Plan::read(path)?)
+    }
+
     /// Validates plan text as if read from `path` (which relative paths inside do not use).
     pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
         load::parse(path, text)
