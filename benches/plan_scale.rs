@@ -74,6 +74,7 @@ fn validate_and_plan(plan_path: &Path) -> (usize, usize) {
     std::env::set_current_dir(plan_path.parent().unwrap()).unwrap();
     let global = rallyctl::cli::Global {
         state: None,
+        workspace: None,
         no_color: true,
         json: false,
         verbose: 0,
