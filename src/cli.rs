@@ -776,6 +776,16 @@ fn apply(
         None => Plan::load(path)?,
     };
     let state_path = workspace_state(g, &plan.name);
+    if plan
+        .tests()
+        .any(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
+    {
+        runtime()?
+            .block_on(crate::provider::aws::check_credentials())
+            .context(
+                "apply needs AWS credentials for its aws tests; nothing was launched or written",
+            )?;
+    }
     let _lock = lock(&state_path, &format!("rallyctl apply {}", path.display()))?;
     let l = load(plan, g)?;
     let changes = match &saved {

@@ -701,3 +701,34 @@ fn cleaning_up_needs_only_the_workspace() {
     let after = rallyctl::state::load(&state).unwrap().unwrap();
     assert_eq!(after.tests.len(), 1, "the record is still there");
 }
+
+/// Without AWS credentials, an apply of aws tests says so in one line before it takes the lock
+/// or launches anything: no state, no results, no run.
+#[test]
+fn no_credentials_no_launch() {
+    let dir = workdir();
+    let d = dir.path();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
+    cmd.args(["apply", "plan.toml", "--auto-approve"])
+        .current_dir(d)
+        .env("NO_COLOR", "1")
+        // No credentials anywhere in the chain: no variables, no profile, no instance role.
+        .env("HOME", d)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", d.join("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", d.join("no-aws-credentials"));
+    for (key, _) in
+        std::env::vars().filter(|(k, _)| k.starts_with("AWS_") && k != "AWS_EC2_METADATA_DISABLED")
+    {
+        cmd.env_remove(key);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("needs AWS credentials") && stderr.contains("nothing was launched"),
+        "{stderr}"
+    );
+    assert!(!d.join("state").exists() && !d.join("results").exists());
+}

@@ -556,6 +556,34 @@ fn the_baseline_is_recorded_in_state_and_used_by_the_gate() {
     assert_eq!(saved.baseline_run.as_deref(), Some(RUN2));
 }
 
+/// A run in which no test produced a result (every test failed before its race, say for want
+/// of credentials) is never accepted as a baseline.
+#[test]
+fn a_run_without_results_is_no_baseline() {
+    let mut t = comparison_case();
+    let address: Address = "s.broken".parse().unwrap();
+    let failed = Status::Failed {
+        step: Step::Launching,
+        error: "no capacity".into(),
+        log_tail: None,
+    };
+    t.record(&address, "20261126T081500Z-cccccc", failed, vec![]);
+    t.save();
+    for run in ["20261126T081500Z-cccccc", "latest"] {
+        let out = t.run(&["results", "--state", STATE, "--baseline", run]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("produced no result"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        state::load(&t.path(STATE)).unwrap().unwrap().baseline_run,
+        None
+    );
+}
+
 #[test]
 fn the_plan_names_the_state_and_the_workspace() {
     let t = comparison_case();

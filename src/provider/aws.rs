@@ -167,11 +167,22 @@ impl Drop for Aws {
     }
 }
 
-fn err(operation: &'static str, region: &str, e: impl std::error::Error) -> ProviderError {
+/// One readable line: the service's code and message where it answered, else the first line of
+/// what went wrong (a timeout, a refused connection).
+fn err(
+    operation: &'static str,
+    region: &str,
+    e: impl std::error::Error + ProvideErrorMetadata,
+) -> ProviderError {
+    let message = match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => first_line(&DisplayErrorContext(&e).to_string()),
+    };
     ProviderError {
         operation,
         target: region.to_owned(),
-        message: DisplayErrorContext(e).to_string(),
+        message,
     }
 }
 
@@ -194,6 +205,32 @@ fn region_of(machine: &Machine) -> Result<&str, ProviderError> {
         target: machine.id.clone(),
         message: "state names no region for this instance".into(),
     })
+}
+
+/// Asks the standard chain for credentials once, before an apply writes or launches anything:
+/// without them every launch would fail, slowly and many times over.
+pub async fn check_credentials() -> Result<(), ProviderError> {
+    use aws_sdk_ec2::config::ProvideCredentials as _;
+    let fail = |message: String| ProviderError {
+        operation: "load credentials",
+        target: "the AWS credential chain (environment, profile, SSO, instance role)".into(),
+        message,
+    };
+    let config = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let chain = config
+        .credentials_provider()
+        .ok_or_else(|| fail("no credentials are configured".into()))?;
+    chain
+        .provide_credentials()
+        .await
+        .map(|_| ())
+        .map_err(|e| fail(first_line(&DisplayErrorContext(e).to_string())))
+}
+
+/// The first line of an SDK message, without the list of what it tried that follows.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    line.trim_end_matches("Attempted:").trim_end().to_owned()
 }
 
 impl Aws {

@@ -249,7 +249,7 @@ impl Workspace {
 
     /// The tests with a directory in a run, each with its address: the one in state whose
     /// directory it is, else one made from the directory names (slugs are valid names).
-    fn test_dirs(&self, run: &str) -> Result<BTreeMap<Address, PathBuf>, ResultsError> {
+    pub(super) fn test_dirs(&self, run: &str) -> Result<BTreeMap<Address, PathBuf>, ResultsError> {
         let known: BTreeMap<PathBuf, &Address> = self
             .state
             .as_ref()

@@ -32,6 +32,10 @@ pub enum ResultsError {
     UnknownRun { run: String, known: Vec<String> },
     #[error("no baseline recorded: pass --compare RUN, or record one with --baseline RUN")]
     NoBaseline,
+    #[error(
+        "run `{0}` produced no result (no test's report.csv came home): it cannot be a baseline"
+    )]
+    NoResultsIn(String),
     #[error("cannot read {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -101,6 +105,14 @@ impl Workspace {
     /// takes (and reports on) like every other command that writes state.
     pub fn set_baseline(&mut self, run: &str, _lock: &state::Lock) -> Result<String, ResultsError> {
         let run = self.resolve(run)?;
+        // A run whose every test failed before racing says nothing to compare with.
+        let produced = self
+            .test_dirs(&run)?
+            .values()
+            .any(|dir| dir.join("report.csv").is_file());
+        if !produced {
+            return Err(ResultsError::NoResultsIn(run));
+        }
         // Read again under the lock: state may have moved on since the workspace was opened.
         let mut state = state::load(&self.state_path)?
             .ok_or_else(|| ResultsError::NoState(self.state_path.clone()))?;
