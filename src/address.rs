@@ -29,6 +29,15 @@ pub enum NameError {
     Dot,
     #[error("a name is at most {MAX_NAME_LEN} characters")]
     TooLong,
+    /// Control characters and bidirectional overrides make a name read differently from what
+    /// it is, in a terminal, a log or the EC2 console.
+    #[error("a name cannot contain the control character {0:?}")]
+    Control(char),
+}
+
+/// Characters that reorder the text around them (bidirectional embeddings, overrides, isolates).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +57,8 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
         Err(NameError::Dot)
     } else if name.chars().count() > MAX_NAME_LEN {
         Err(NameError::TooLong)
+    } else if let Some(c) = name.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        Err(NameError::Control(c))
     } else {
         Ok(())
     }
@@ -181,15 +192,26 @@ mod tests {
 
     #[test]
     fn odd_names_render_quoted_and_parse_back() {
-        let a = Address::new("s", "a \"b\" $(rm -rf /);\n`x` é").unwrap();
+        let a = Address::new("s", "a \"b\" $(rm -rf /); `x` é").unwrap();
         let shown = a.to_string();
-        assert_eq!(shown, r#"s."a \"b\" $(rm -rf /);\n`x` é""#);
+        assert_eq!(shown, r#"s."a \"b\" $(rm -rf /); `x` é""#);
         assert_eq!(shown.parse::<Address>().unwrap(), a);
         assert!(
             !a.path()
                 .to_string_lossy()
-                .contains(['"', '$', '`', ';', '\n', ' '])
+                .contains(['"', '$', '`', ';', ' '])
         );
+    }
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_no_part_of_a_name() {
+        for name in ["a\nb", "nul\0", "esc\u{1b}[31m", "rtl\u{202e}gnp", "tab\t"] {
+            assert!(
+                matches!(check_name(name), Err(NameError::Control(_))),
+                "{name:?}"
+            );
+        }
+        check_name("é ü 漢字 -_").unwrap();
     }
 
     #[test]
@@ -211,9 +233,12 @@ mod tests {
         assert_eq!(slug("plain_name-1"), "plain_name-1");
     }
 
+    /// Any name `check_name` accepts: no '.', no control or bidi-control character.
+    const NAME: &str = "[^.\\p{Cc}\u{200e}\u{200f}\u{202a}-\u{202e}\u{2066}-\u{2069}]{1,20}";
+
     proptest! {
         #[test]
-        fn display_and_parse_round_trip(suite in "[^.]{1,20}", test in "[^.]{1,20}") {
+        fn display_and_parse_round_trip(suite in NAME, test in NAME) {
             let a = Address::new(suite, test).unwrap();
             prop_assert_eq!(a.to_string().parse::<Address>().unwrap(), a);
         }

@@ -560,11 +560,16 @@ fn output_flags_never_overwrite_inputs_or_state() {
 /// state directory.
 #[test]
 fn a_refused_apply_leaves_no_state_directory() {
-    let dir = workdir();
+    let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = rallyctl_in(d, &["apply", "plan.toml"]);
+    std::fs::copy(root().join("plans/local.toml"), d.join("local.toml")).unwrap();
+    let out = rallyctl_in(d, &["apply", "local.toml"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --auto-approve"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pass --auto-approve"),
+        "{}",
+        text(&out)
+    );
     assert!(!d.join("state").exists(), "apply left a state directory");
 }
 
@@ -731,4 +736,13 @@ fn no_credentials_no_launch() {
         "{stderr}"
     );
     assert!(!d.join("state").exists() && !d.join("results").exists());
+}
+
+/// What EC2 or Rally would refuse at apply is refused by validate: EC2's tag limits and
+/// rallyctl's own tags, versions, host:port, a bounded parallelism, control characters in names.
+#[test]
+fn validate_catches_what_apply_would_fail_on() {
+    let out = rallyctl(&["validate", "tests/fixtures/plans/ec2-limits.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
 }

@@ -34,7 +34,12 @@ enum Ty {
     Provider,
     /// A pool of SSH hosts: at least one, none twice.
     Hosts,
-    StrMap,
+    /// `host:port` each.
+    HostPorts,
+    /// A version of a PyPI package: `2.13.0`, `2.14.0rc1`.
+    Version,
+    /// EC2 tags: a table of strings within EC2's limits, apart from rallyctl's own.
+    Tags,
     JsonMap,
     File,
     TrackDir,
@@ -57,7 +62,7 @@ const SETTINGS: [(&str, Ty); 30] = [
     ("provider", Ty::Provider),
     ("rally_args", Ty::Strs),
     ("rally_config", Ty::File),
-    ("rally_version", Ty::Str),
+    ("rally_version", Ty::Version),
     ("region", Ty::Str),
     ("remote_dir", Ty::Str),
     ("runtime_jdk", Ty::Str),
@@ -67,8 +72,8 @@ const SETTINGS: [(&str, Ty); 30] = [
     ("ssh_port", Ty::Port),
     ("ssh_user", Ty::Str),
     ("subnet_id", Ty::Str),
-    ("tags", Ty::StrMap),
-    ("target_hosts", Ty::Strs),
+    ("tags", Ty::Tags),
+    ("target_hosts", Ty::HostPorts),
     ("track", Ty::Str),
     ("track_params", Ty::JsonMap),
     ("track_path", Ty::TrackDir),
@@ -142,12 +147,39 @@ fn required(provider: ProviderKind) -> &'static [usize] {
     }
 }
 
+/// EC2 allows 50 tags per instance, and rallyctl sets six of its own (workspace, lineage, test,
+/// run, attempt, Name).
+const MAX_USER_TAGS: usize = 44;
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+
+/// Why EC2 would refuse the tag, or rallyctl would have to drop it.
+fn tag_problem(key: &str, value: &str) -> Option<String> {
+    if key.is_empty() || key.chars().count() > MAX_TAG_KEY {
+        Some(format!("a tag key has 1 to {MAX_TAG_KEY} characters"))
+    } else if value.chars().count() > MAX_TAG_VALUE {
+        Some(format!(
+            "a tag value has at most {MAX_TAG_VALUE} characters"
+        ))
+    } else if key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
+        Some(format!(
+            "`{key}`: EC2 reserves tag keys that start with `aws:`"
+        ))
+    } else if key.starts_with("rallyctl:") || key == "Name" {
+        Some(format!("`{key}`: rallyctl sets this tag itself"))
+    } else {
+        None
+    }
+}
+
 fn provider_of(raw: &Raw) -> ProviderKind {
     match raw[const { at("provider") }] {
         Some(Val::Provider(p)) => p,
         _ => ProviderKind::default(),
     }
 }
+/// A suite's bound on tests at once; more would be a typo, not a fleet.
+const MAX_PARALLELISM: i64 = 1000;
 /// From this many tests on, suites are read on all cores.
 const PARALLEL_FROM_TESTS: usize = 512;
 /// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
@@ -502,10 +534,15 @@ impl<'n> Loader<'_, '_> {
         let parallelism = get(entries, "parallelism").and_then(|e| {
             let f = field.key("parallelism");
             match e.value.kind {
-                Kind::Integer(n) if n >= 1 => NonZeroUsize::new(usize::try_from(n).ok()?),
+                Kind::Integer(n) if (1..=MAX_PARALLELISM).contains(&n) => {
+                    NonZeroUsize::new(usize::try_from(n).ok()?)
+                }
                 Kind::Integer(n) => {
-                    self.sink
-                        .error(&e.value.span, f, format!("must be at least 1, found {n}"));
+                    self.sink.error(
+                        &e.value.span,
+                        f,
+                        format!("must be from 1 to {MAX_PARALLELISM}, found {n}"),
+                    );
                     None
                 }
                 ref other => {
@@ -761,18 +798,68 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
             }
-            Ty::StrMap => {
+            Ty::Tags => {
                 let entries = self.table(node, field)?;
                 self.duplicate_keys(entries, field);
                 let mut map = Vec::with_capacity(entries.len());
                 let mut ok = true;
                 for e in entries {
-                    match self.string(&e.value, field.key(&e.key)) {
-                        Some(v) => map.push((Text::from(&*e.key), Text::from(v))),
-                        None => ok = false,
+                    let f = field.key(&e.key);
+                    let Some(v) = self.string(&e.value, f) else {
+                        ok = false;
+                        continue;
+                    };
+                    if let Some(problem) = tag_problem(&e.key, v) {
+                        self.sink.error(&e.key_span, f, problem);
+                        ok = false;
                     }
+                    map.push((Text::from(&*e.key), Text::from(v)));
                 }
                 ok.then(|| Val::StrMap(map.into_iter().collect()))
+            }
+            Ty::HostPorts => {
+                let Some(Val::Strs(hosts)) = self.value(node, field, Ty::Strs) else {
+                    return None;
+                };
+                for (i, host) in hosts.iter().enumerate() {
+                    let ok = host.rsplit_once(':').is_some_and(|(name, port)| {
+                        !name.trim_matches(['[', ']']).is_empty()
+                            && !name.contains(char::is_whitespace)
+                            && port.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if !ok {
+                        self.sink.error_with_help(
+                            span,
+                            field.index(i),
+                            format!("`{host}` is not host:port"),
+                            "write each cluster node as \"host:port\", e.g. \"10.0.0.5:9200\"",
+                        );
+                        return None;
+                    }
+                }
+                Some(Val::Strs(hosts))
+            }
+            Ty::Version => {
+                let text = self.string(node, field)?;
+                let mut parts = text.split('.');
+                let numeric = |p: Option<&str>| {
+                    p.is_some_and(|p| !p.is_empty() && p.starts_with(|c: char| c.is_ascii_digit()))
+                };
+                let ok = numeric(parts.next())
+                    && numeric(parts.next())
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".+-".contains(c));
+                if !ok {
+                    self.sink.error_with_help(
+                        span,
+                        field,
+                        format!("`{text}` is not a version"),
+                        "write esrally's version as PyPI does, e.g. \"2.13.0\"",
+                    );
+                    return None;
+                }
+                Some(Val::Str(text.into()))
             }
             Ty::JsonMap => {
                 let entries = self.table(node, field)?;
@@ -918,6 +1005,17 @@ impl<'n> Loader<'_, '_> {
                     .unwrap_or_else(|| "ec2-user".into()),
                 subnet_id: text(&mut m, const { at("subnet_id") }),
                 tags: match m[const { at("tags") }].take() {
+                    Some(Val::StrMap(t)) if t.len() > MAX_USER_TAGS => {
+                        self.sink.error(
+                            span,
+                            field.key("tags"),
+                            format!(
+                                "{} tags with those inherited from [defaults]; EC2 allows 50 per instance, of which rallyctl sets 6: at most {MAX_USER_TAGS}",
+                                t.len()
+                            ),
+                        );
+                        return None;
+                    }
                     Some(Val::StrMap(t)) => t,
                     _ => SortedMap::default(),
                 },
@@ -991,7 +1089,7 @@ impl<'n> Loader<'_, '_> {
                 self.sink.error(
                     &node.span,
                     field,
-                    format!("`{name}` cannot form an address: {e}"),
+                    format!("`{}` cannot form an address: {e}", name.escape_debug()),
                 );
                 None
             }

@@ -293,10 +293,10 @@ impl Provider for Aws {
         let id = match adopted.clone() {
             Some(existing) => existing,
             None => {
+                // Validation keeps user tags apart from these (plan::load's `tag_problem`).
                 let mut tags: BTreeMap<String, String> = s
                     .tags
                     .iter()
-                    .filter(|(k, _)| !k.starts_with("rallyctl:"))
                     .map(|(k, v)| (k.to_owned(), v.to_string()))
                     .collect();
                 tags.insert(TAG_WORKSPACE.into(), req.workspace.to_owned());
