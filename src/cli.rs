@@ -250,14 +250,49 @@ pub fn main() -> ExitCode {
         }
     };
     ui::init_colour(cli.global.no_color);
+    if cli.global.json
+        && let Some(name) = cli.command.without_json()
+    {
+        eprintln!(
+            "{} `rallyctl {name}` has no JSON output; run it without --json",
+            console::style("error:").red().bold()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let json = cli.global.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             match err.downcast_ref::<PlanErrors>() {
+                // Asked for JSON, a broken plan is reported as `validate --json` reports it.
+                Some(plan_errors) if json => println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "diagnostics": plan_errors.diagnostics})
+                ),
                 Some(plan_errors) => eprintln!("{plan_errors}"),
                 None => eprintln!("{} {err:#}", console::style("error:").red().bold()),
             }
             ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+impl Command {
+    /// The name of a command that prints no JSON, refused with `--json` rather than ignoring it.
+    fn without_json(&self) -> Option<&'static str> {
+        match self {
+            Command::Apply { .. } => Some("apply"),
+            Command::Destroy { .. } => Some("destroy"),
+            Command::Graph { .. } => Some("graph"),
+            Command::Report { .. } => Some("report"),
+            Command::ForceUnlock { .. } => Some("force-unlock"),
+            Command::State {
+                command: StateCommand::Rm { .. },
+            } => Some("state rm"),
+            Command::Validate { .. }
+            | Command::Plan { .. }
+            | Command::Results(_)
+            | Command::State { .. } => None,
         }
     }
 }
@@ -663,7 +698,11 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 .tests
                 .get(&address)
                 .with_context(|| format!("{address} is not in {}", t.state_path.display()))?;
-            println!("{}", serde_json::to_string_pretty(record)?);
+            // The recorded settings are raw JSON indented for their place in the state file:
+            // as a tree, they indent with the rest.
+            let mut shown = serde_json::to_value(record)?;
+            shown["settings"] = record.settings.value();
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(0)
         }
         StateCommand::Rm { address, plan } => {
@@ -752,10 +791,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// A saved plan is JSON with a `format_version`; anything else is a plan file.
 fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
-    let is_saved = std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.get("format_version").is_some());
+    let is_saved = serde_json::from_slice::<serde_json::Value>(&Plan::read_bytes(path)?)
+        .is_ok_and(|v| v.get("format_version").is_some());
     Ok(if is_saved {
         Some(SavedPlan::read(path)?)
     } else {
@@ -845,7 +882,7 @@ fn apply(
                 parallelism,
                 results_dir: PathBuf::from("results"),
             },
-            ui::Progress::new(ui::stdout_is_tty() && !g.json),
+            ui::Progress::new(ui::stdout_is_tty()),
             cancel,
         )
         .await;

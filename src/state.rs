@@ -300,6 +300,27 @@ impl State {
     }
 }
 
+/// A run id sorts by time and stays unique across machines.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{}",
+        Timestamp::now().strftime("%Y%m%dT%H%M%SZ"),
+        &Uuid::new_v4().simple().to_string()[..6]
+    )
+}
+
+/// Whether `name` is a run id as [`new_run_id`] makes them: `YYYYMMDDTHHMMSSZ-xxxxxx`.
+pub fn is_run_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 23
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(|c| c.is_ascii_alphanumeric())
+}
+
 /// Where states are kept unless `--state` says otherwise, below the current directory.
 pub const DEFAULT_DIR: &str = "state";
 
@@ -727,6 +748,20 @@ mod tests {
         save(&path, &mut State::new("other")).unwrap();
         let err = load_or_new(&path, "mine").unwrap_err().to_string();
         assert!(err.contains("belongs to workspace `other`"), "{err}");
+    }
+
+    #[test]
+    fn run_ids_are_recognised_by_their_shape() {
+        assert!(is_run_id(&new_run_id()));
+        assert!(is_run_id("20261124T081500Z-aaaaaa"));
+        for not in [
+            "old",
+            "20261124T081500Z",
+            "20261124-081500Z-aaaaaa",
+            "report.html",
+        ] {
+            assert!(!is_run_id(not), "{not}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Terminal output: colour only on a TTY and never with NO_COLOR or `--no-color`, progress bars
+//! Terminal output: colour only on a TTY and never with NO_COLOR, TERM=dumb or `--no-color`, progress bars
 //! on a TTY and timestamped lines elsewhere, and the approval prompt.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -7,6 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 pub fn init_colour(no_color_flag: bool) {
     let enabled = !no_color_flag
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
         && std::io::stdout().is_terminal();
     console::set_colors_enabled(enabled);
     console::set_colors_enabled_stderr(enabled && std::io::stderr().is_terminal());

@@ -7,10 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
 use crate::address::{Address, slug};
 use crate::graph::{Graph, Node};
@@ -35,15 +33,6 @@ pub struct ApplyReport {
     pub interrupted: bool,
     /// Tests whose machine may still run (and cost money, or hold a host).
     pub still_running: Vec<(Address, crate::state::Machine)>,
-}
-
-/// A run id sorts by time and stays unique across machines.
-pub fn new_run_id() -> String {
-    format!(
-        "{}-{}",
-        Timestamp::now().strftime("%Y%m%dT%H%M%SZ"),
-        &Uuid::new_v4().simple().to_string()[..6]
-    )
 }
 
 /// How many of a suite's tests may run at once when it sets no `parallelism`: one at a time
@@ -78,7 +67,7 @@ pub async fn apply<P: Provider>(
         plan,
         artifacts,
         renderer,
-        run_id: new_run_id(),
+        run_id: crate::state::new_run_id(),
         progress,
         cancel,
     });

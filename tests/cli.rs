@@ -746,3 +746,107 @@ fn validate_catches_what_apply_would_fail_on() {
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!(text(&out));
 }
+
+/// A JSON plan with a byte-order mark reads like one without; a file over the size limit is
+/// refused before it is read whole (`/dev/zero` never ends); a saved plan given where a plan
+/// file is expected says what it is.
+#[test]
+fn plan_files_are_read_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bom = dir.path().join("bom.json");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(std::fs::read(root().join("plans/data_file.json")).unwrap());
+    std::fs::write(&bom, bytes).unwrap();
+    let out = rallyctl(&["validate", bom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = rallyctl(&["validate", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("larger than 64 MiB"),
+        "{}",
+        text(&out)
+    );
+
+    let saved = dir.path().join("night.plan");
+    let state = dir.path().join("s.json");
+    let out = rallyctl(&[
+        "plan",
+        "plans/example.toml",
+        "-o",
+        saved.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for cmd in ["validate", "graph"] {
+        let out = rallyctl(&[cmd, saved.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("a saved plan"),
+            "{cmd}: {}",
+            text(&out)
+        );
+    }
+}
+
+/// `--json` is honoured or refused, never ignored: a broken plan under `plan --json` comes out
+/// as `validate --json` gives it, and commands without JSON output refuse the flag.
+#[test]
+fn json_is_honoured_or_refused() {
+    let out = rallyctl(&["plan", "--json", "tests/fixtures/plans/broken.json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = rallyctl(&["validate", "--json", "tests/fixtures/plans/broken.json"]);
+    let validate: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan, validate);
+    assert_eq!(plan["valid"], false);
+    for args in [
+        vec!["graph", "plans/example.toml", "--json"],
+        vec!["apply", "plans/example.toml", "--json"],
+        vec!["destroy", "plans/example.toml", "--json"],
+        vec!["force-unlock", "x", "plans/example.toml", "--json"],
+    ] {
+        let out = rallyctl(&args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("has no JSON output"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+/// `state show` indents a record's settings with the rest of it.
+#[test]
+fn state_show_indents_the_settings() {
+    let (_dir, state) = temp_state();
+    let mut st = rallyctl::state::State::new("nightly");
+    st.tests.insert(
+        "ingest.geonames-4g".parse().unwrap(),
+        rallyctl::state::TestRecord {
+            config_hash: "h".into(),
+            settings: serde_json::json!({"track": "geonames", "track_params": {"bulk_size": 5000}})
+                .into(),
+            race_command: "esrally race".into(),
+            status: rallyctl::state::Status::Completed,
+            attempt: 1,
+            run_id: None,
+            race_id: None,
+            instance: None,
+            results: vec![],
+            history: vec![],
+        },
+    );
+    rallyctl::state::save(&state, &mut st).unwrap();
+    let out = rallyctl(&[
+        "state",
+        "show",
+        "ingest.geonames-4g",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\n  \"settings\": {\n    \"track\": \"geonames\",\n    \"track_params\": {\n      \"bulk_size\": 5000\n    }\n  },"), "{shown}");
+}

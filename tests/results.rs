@@ -322,6 +322,8 @@ fn a_past_run_is_read_as_of_that_run() {
 #[test]
 fn runs_are_listed_with_their_time_and_tests() {
     let t = realistic();
+    // Directories a user keeps beside the runs are not runs.
+    std::fs::create_dir_all(t.path("results/e2e/old-stuff/s/t")).unwrap();
     insta::assert_snapshot!(t.results(&["--runs"], 0));
     let v: serde_json::Value = serde_json::from_str(&t.results(&["--runs", "--json"], 0)).unwrap();
     assert_eq!(v["runs"][1]["run_id"], RUN2);

@@ -529,7 +529,12 @@ impl Plan {
         Plan::parse(path, &Plan::read(path)?)
     }
 
-    /// A plan file's text, for [`Plan::parse`].
+    /// A file's bytes as a plan file is read: bounded in size, without a byte-order mark.
+    pub fn read_bytes(path: &Path) -> Result<Vec<u8>, PlanErrors> {
+        load::read_bytes(path)
+    }
+
+    /// A plan file's text, for [`Plan::parse`]; a saved plan is refused as not being one.
     pub fn read(path: &Path) -> Result<String, PlanErrors> {
         load::read(path)
     }

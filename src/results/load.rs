@@ -243,6 +243,8 @@ impl Workspace {
     /// The run directories under the workspace's results, sorted.
     fn run_dirs(&self) -> Result<Vec<String>, ResultsError> {
         let mut runs = subdirectories(&self.root)?;
+        // Other directories a user keeps beside the runs are not runs.
+        runs.retain(|name| crate::state::is_run_id(name));
         runs.sort();
         Ok(runs)
     }
