@@ -385,9 +385,8 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
             "Remove the lock of {} held by {holder}? A run that still writes this state would corrupt it.",
             path.display()
         );
-        if !ui::confirm(&question, "--force").map_err(anyhow::Error::msg)? {
-            println!("Force-unlock cancelled.");
-            return Ok(EXIT_ERROR);
+        if let Some(code) = refused(&question, "--force", "Force-unlock")? {
+            return Ok(code);
         }
     }
     state::remove_lock(&path)
@@ -491,6 +490,18 @@ fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -> Result<()
         return Err(refuse("a state file".into()));
     }
     Ok(())
+}
+
+/// Asks before `what` acts; the exit code to end with when the answer is not yes (Ctrl-C
+/// included, so that locks are released on the way out).
+fn refused(question: &str, skip: &str, what: &str) -> Result<Option<u8>> {
+    let code = match ui::confirm(question, skip).map_err(anyhow::Error::msg)? {
+        ui::Answer::Yes => return Ok(None),
+        ui::Answer::No => EXIT_ERROR,
+        ui::Answer::Interrupted => EXIT_INTERRUPTED,
+    };
+    println!("{what} cancelled.");
+    Ok(Some(code))
 }
 
 fn plural(n: usize) -> &'static str {
@@ -843,11 +854,12 @@ fn apply(
         return Ok(0);
     }
     if saved.is_none() && !auto_approve {
-        let yes = ui::confirm("\nDo you want to perform these actions?", "--auto-approve")
-            .map_err(anyhow::Error::msg)?;
-        if !yes {
-            println!("Apply cancelled.");
-            return Ok(1);
+        if let Some(code) = refused(
+            "\nDo you want to perform these actions?",
+            "--auto-approve",
+            "Apply",
+        )? {
+            return Ok(code);
         }
     }
     println!();
@@ -1005,11 +1017,12 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
     }
     println!("\nDestroy: {} to give back.", targets.len());
     if !auto_approve {
-        let yes = ui::confirm("\nDo you really want to give them back?", "--auto-approve")
-            .map_err(anyhow::Error::msg)?;
-        if !yes {
-            println!("Destroy cancelled.");
-            return Ok(1);
+        if let Some(code) = refused(
+            "\nDo you really want to give them back?",
+            "--auto-approve",
+            "Destroy",
+        )? {
+            return Ok(code);
         }
     }
     let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());

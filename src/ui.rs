@@ -17,9 +17,18 @@ pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
 
+/// What the user answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Yes,
+    No,
+    /// Ctrl-C at the prompt: the caller unwinds (releasing its lock) and exits 130.
+    Interrupted,
+}
+
 /// Asks for `yes` like terraform; refuses without a terminal to ask on, naming `skip`, the
-/// flag that proceeds without asking.
-pub fn confirm(question: &str, skip: &str) -> Result<bool, String> {
+/// flag that proceeds without asking. Ctrl-C answers at once, without waiting for Enter.
+pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
     if !std::io::stdin().is_terminal() {
         return Err(format!(
             "no terminal to ask for approval on; pass {skip} to proceed without asking"
@@ -27,12 +36,36 @@ pub fn confirm(question: &str, skip: &str) -> Result<bool, String> {
     }
     print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
     std::io::stdout().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| format!("cannot read the answer: {e}"))?;
-    Ok(answer.trim() == "yes")
+    // The signal is caught while the answer is read, so that the caller's locks are released
+    // on the way out rather than left behind by a killed process.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot wait for the answer: {e}"))?;
+    let answer = rt.block_on(async {
+        let read = tokio::task::spawn_blocking(|| {
+            let mut answer = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut answer)
+                .map(|_| answer)
+        });
+        tokio::select! {
+            read = read => match read {
+                Ok(Ok(answer)) if answer.trim() == "yes" => Ok(Answer::Yes),
+                Ok(Ok(_)) => Ok(Answer::No),
+                Ok(Err(e)) => Err(format!("cannot read the answer: {e}")),
+                Err(e) => Err(format!("cannot read the answer: {e}")),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                println!();
+                Ok(Answer::Interrupted)
+            }
+        }
+    });
+    // The read may still be blocked on the terminal: leave it behind.
+    rt.shutdown_background();
+    answer
 }
 
 /// A timestamped line for logs when stdout is not a terminal.

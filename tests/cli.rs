@@ -850,3 +850,59 @@ fn state_show_indents_the_settings() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("\n  \"settings\": {\n    \"track\": \"geonames\",\n    \"track_params\": {\n      \"bulk_size\": 5000\n    }\n  },"), "{shown}");
 }
+
+/// Ctrl-C at the approval prompt cancels at once, without waiting for Enter: exit 130, nothing
+/// written. (`script` gives rallyctl the terminal it needs to ask on.)
+#[test]
+fn ctrl_c_at_the_approval_prompt_cancels_at_once() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().canonicalize().unwrap();
+    std::fs::copy(root().join("plans/local.toml"), d.join("local.toml")).unwrap();
+    let command = format!("{} apply local.toml", env!("CARGO_BIN_EXE_rallyctl"));
+    let mut child = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(&d)
+        .env("NO_COLOR", "1")
+        // Stdin stays open and silent: nobody presses Enter.
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("Enter a value:") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // The rallyctl below `script`: the process whose working directory is this test's.
+    let rallyctl = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == d)
+                && std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.ends_with("rallyctl"))
+        })
+        .expect("rallyctl is running");
+    let sent = Command::new("kill")
+        .args(["-INT", &rallyctl.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting for Enter after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!d.join("state").exists(), "a cancelled apply wrote state");
+}
