@@ -853,14 +853,15 @@ fn apply(
         println!("\nNothing to apply.");
         return Ok(0);
     }
-    if saved.is_none() && !auto_approve {
-        if let Some(code) = refused(
+    if saved.is_none()
+        && !auto_approve
+        && let Some(code) = refused(
             "\nDo you want to perform these actions?",
             "--auto-approve",
             "Apply",
-        )? {
-            return Ok(code);
-        }
+        )?
+    {
+        return Ok(code);
     }
     println!();
     let handle = crate::lifecycle::StateHandle::new(l.state, l.state_path.clone());
@@ -1016,14 +1017,14 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
         }
     }
     println!("\nDestroy: {} to give back.", targets.len());
-    if !auto_approve {
-        if let Some(code) = refused(
+    if !auto_approve
+        && let Some(code) = refused(
             "\nDo you really want to give them back?",
             "--auto-approve",
             "Destroy",
-        )? {
-            return Ok(code);
-        }
+        )?
+    {
+        return Ok(code);
     }
     let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());
     let failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
