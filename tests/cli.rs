@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use proptest::prelude::*;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -905,4 +907,127 @@ fn ctrl_c_at_the_approval_prompt_cancels_at_once() {
     };
     assert_eq!(status.code(), Some(130));
     assert!(!d.join("state").exists(), "a cancelled apply wrote state");
+}
+
+/// Every file below `dir`, with its bytes.
+fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().to_owned();
+                files.insert(rel, std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
+/// The words commands are made of: commands, flags with values, plan files good and bad, a
+/// saved plan, a state file where a plan is expected, outputs aimed at inputs.
+fn word() -> impl Strategy<Value = Vec<&'static str>> {
+    prop::sample::select(vec![
+        vec!["validate"],
+        vec!["plan"],
+        vec!["apply"],
+        vec!["destroy"],
+        vec!["graph"],
+        vec!["state", "list"],
+        vec!["state", "show", "ingest.geonames-4g"],
+        vec!["state", "rm", "ingest.geonames-4g"],
+        vec!["force-unlock", "some-id"],
+        vec!["results"],
+        vec!["report"],
+        vec!["plan.toml"],
+        vec!["broken.toml"],
+        vec!["other.toml"],
+        vec!["data.json"],
+        vec!["saved.plan"],
+        vec!["state/nightly.state.json"],
+        vec!["missing.toml"],
+        vec!["--json"],
+        vec!["--auto-approve"],
+        vec!["--force"],
+        vec!["--detailed-exitcode"],
+        vec!["-o", "plan.toml"],
+        vec!["-o", "out.plan"],
+        vec!["--out", "state/nightly.state.json"],
+        vec!["-out=data.json"],
+        vec!["-o", "other.json"],
+        vec!["--state", "state/nightly.state.json"],
+        vec!["--state", "other.json"],
+        vec!["--workspace", "nightly"],
+        vec!["--workspace", "other"],
+        vec!["--target", "ingest.geonames-4g"],
+        vec!["--replace", "search.http-logs"],
+        vec!["--parallelism", "0"],
+        vec!["--runs"],
+        vec!["--baseline", "latest"],
+        vec!["--compare", "latest"],
+        vec!["--format", "csv"],
+    ])
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// No command, whatever its arguments, writes or deletes a file outside `results/`,
+    /// `state/` and the output it was given.
+    #[test]
+    fn no_command_writes_outside_results_state_and_its_output(
+        words in prop::collection::vec(word(), 1..6)
+    ) {
+        let dir = workdir();
+        let d = dir.path();
+        let args: Vec<&str> = words.concat();
+        std::fs::copy(root().join("plans/data_file.json"), d.join("data.json")).unwrap();
+        std::fs::write(d.join("broken.toml"), "version = 1\nname = \"nightly\"\n[defaults]\nrally_config = \"missing.ini\"\n").unwrap();
+        std::fs::write(d.join("other.toml"), "version = 1\nname = \"other\"\n").unwrap();
+        let mut st = rallyctl::state::State::new("nightly");
+        rallyctl::state::save(&d.join("state/nightly.state.json"), &mut st).unwrap();
+        let mut other = rallyctl::state::State::new("other");
+        rallyctl::state::save(&d.join("other.json"), &mut other).unwrap();
+        let out = rallyctl_in(d, &["plan", "plan.toml", "-o", "saved.plan"]);
+        prop_assert_eq!(out.status.code(), Some(0));
+        let before = snapshot_files(d);
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
+        cmd.args(&args)
+            .current_dir(d)
+            .env("NO_COLOR", "1")
+            .env("HOME", d.join("home"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(std::process::Stdio::null());
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_") && k != "AWS_EC2_METADATA_DISABLED") {
+            cmd.env_remove(key);
+        }
+        let out = cmd.output().unwrap();
+        prop_assert!(out.status.code().is_some(), "killed by a signal: {:?}", args);
+
+        // The outputs named on the command line.
+        let mut named: Vec<PathBuf> = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            if let Some(v) = a.strip_prefix("-out=") {
+                named.push(v.into());
+            } else if (*a == "-o" || *a == "--out") && i + 1 < args.len() {
+                named.push(args[i + 1].into());
+            }
+        }
+        let after = snapshot_files(d);
+        let allowed = |p: &Path| {
+            p.starts_with("results") || p.starts_with("state") || named.iter().any(|n| n == p)
+        };
+        for (path, bytes) in &before {
+            if !allowed(path) {
+                prop_assert_eq!(after.get(path), Some(bytes), "{:?} changed {}: {}", args, path.display(), text(&out));
+            }
+        }
+        for path in after.keys() {
+            prop_assert!(allowed(path) || before.contains_key(path), "{:?} wrote {}: {}", args, path.display(), text(&out));
+        }
+    }
 }
