@@ -270,11 +270,32 @@ pub fn main() -> ExitCode {
                     serde_json::json!({"valid": false, "diagnostics": plan_errors.diagnostics})
                 ),
                 Some(plan_errors) => eprintln!("{plan_errors}"),
-                None => eprintln!("{} {err:#}", console::style("error:").red().bold()),
+                None => eprintln!(
+                    "{} {}",
+                    console::style("error:").red().bold(),
+                    describe(&err)
+                ),
             }
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// An error and its causes on one line, each said once: many errors already quote their cause
+/// (`cannot read X: Is a directory`), which the chain would otherwise repeat.
+fn describe(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 impl Command {

@@ -1053,3 +1053,13 @@ fn config_hashes_do_not_change_when_the_checkout_moves() {
     let (a, b) = (workdir(), workdir());
     assert_eq!(hash_in(a.path()), hash_in(b.path()));
 }
+
+/// An error says the operating system's reason once, not once per layer that passed it on.
+#[test]
+fn errors_say_the_os_reason_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rallyctl(&["state", "list", "--state", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
+}
