@@ -184,21 +184,8 @@ fn state_commands_and_force_unlock() {
     let mut st = rallyctl::state::State::new("nightly");
     let plan = rallyctl::plan::Plan::load(&root().join("plans/example.toml")).unwrap();
     let test = plan.tests().next().unwrap();
-    st.tests.insert(
-        test.address.clone(),
-        rallyctl::state::TestRecord {
-            config_hash: "h".into(),
-            settings: serde_json::json!({}).into(),
-            race_command: "esrally race".into(),
-            status: rallyctl::state::Status::Completed,
-            attempt: 1,
-            run_id: None,
-            race_id: None,
-            instance: None,
-            results: vec![],
-            history: vec![],
-        },
-    );
+    st.tests
+        .insert(test.address.clone(), completed(serde_json::json!({})));
     rallyctl::state::save(&state, &mut st).unwrap();
     let out = rallyctl(&["state", "list", "--state", s]);
     assert_eq!(
@@ -374,6 +361,22 @@ fn validate_refuses_missing_empty_and_repeating_ssh_pools() {
         );
     }
     insta::assert_snapshot!(text(&out));
+}
+
+/// A completed test's record, made with `settings`.
+fn completed(settings: serde_json::Value) -> rallyctl::state::TestRecord {
+    rallyctl::state::TestRecord {
+        config_hash: "h".into(),
+        settings: settings.into(),
+        race_command: "esrally race".into(),
+        status: rallyctl::state::Status::Completed,
+        attempt: 1,
+        run_id: None,
+        race_id: None,
+        instance: None,
+        results: vec![],
+        history: vec![],
+    }
 }
 
 /// rallyctl run in `dir` (plans and state relative to it).
@@ -617,18 +620,7 @@ fn cleaning_up_needs_only_the_workspace() {
     let mut st = rallyctl::state::State::new("nightly");
     st.tests.insert(
         "ingest.geonames-4g".parse().unwrap(),
-        rallyctl::state::TestRecord {
-            config_hash: "h".into(),
-            settings: serde_json::json!({"track": "geonames"}).into(),
-            race_command: "esrally race".into(),
-            status: rallyctl::state::Status::Completed,
-            attempt: 1,
-            run_id: None,
-            race_id: None,
-            instance: None,
-            results: vec![],
-            history: vec![],
-        },
+        completed(serde_json::json!({"track": "geonames"})),
     );
     rallyctl::state::save(&d.join("state/nightly.state.json"), &mut st).unwrap();
     let plan = std::fs::read_to_string(d.join("plan.toml"))
@@ -826,19 +818,7 @@ fn state_show_indents_the_settings() {
     let mut st = rallyctl::state::State::new("nightly");
     st.tests.insert(
         "ingest.geonames-4g".parse().unwrap(),
-        rallyctl::state::TestRecord {
-            config_hash: "h".into(),
-            settings: serde_json::json!({"track": "geonames", "track_params": {"bulk_size": 5000}})
-                .into(),
-            race_command: "esrally race".into(),
-            status: rallyctl::state::Status::Completed,
-            attempt: 1,
-            run_id: None,
-            race_id: None,
-            instance: None,
-            results: vec![],
-            history: vec![],
-        },
+        completed(serde_json::json!({"track": "geonames", "track_params": {"bulk_size": 5000}})),
     );
     rallyctl::state::save(&state, &mut st).unwrap();
     let out = rallyctl(&[
