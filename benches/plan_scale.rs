@@ -40,6 +40,9 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     }
     let plan_path = dir.join("scale.toml");
     std::fs::write(&plan_path, text).unwrap();
+    // From where the measured runs start: paths inside the current directory are recorded
+    // relative to it, so the recorded results must be made from there too.
+    std::env::set_current_dir(dir).unwrap();
     let plan = Plan::load(&plan_path).unwrap();
     let renderer = Renderer::new();
     let mut session = renderer.session();

@@ -219,12 +219,14 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
 /// Where the tests to run will wait for a machine: a suite's tests on this machine run one at
 /// a time, and a pool of hosts smaller than the tests of a suite makes some wait.
 fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
+    let changed: std::collections::HashSet<&Address, crate::FastHash> =
+        changes.changes.iter().map(|c| &c.address).collect();
     let mut notes = Vec::new();
     for suite in &plan.suites {
         let to_run: Vec<&crate::plan::Test> = suite
             .tests
             .iter()
-            .filter(|t| changes.get(&t.address).is_some())
+            .filter(|t| changed.contains(&t.address))
             .collect();
         let local = to_run
             .iter()
