@@ -1,244 +1,31 @@
-//! The command line: clap definitions, one function per command, exit codes. Thin: every
-//! decision lives in the modules it calls.
+//! The command line: one function per command, wiring the modules that decide (`args` has
+//! what clap reads, `workspace` where a command's state is). Thin: every decision lives in the
+//! modules it calls.
+
+mod args;
+mod workspace;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+
+pub use args::{
+    Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_USAGE, Global,
+    ResultsArgs, Select, normalize_args,
+};
+pub use workspace::{Loaded, load, load_at, load_file};
 
 use crate::address::Address;
 use crate::graph::Graph;
 use crate::plan::{Plan, PlanErrors};
-use crate::planner::{self, Options, SavedPlan};
-use crate::results::{self, Baseline, DEFAULT_NOISE_PCT, Format, Query, Workspace};
+use crate::planner::{self, SavedPlan};
+use crate::results::{self, Baseline, Format, Query, Workspace};
 use crate::state::{self, State};
-use crate::templates::Renderer;
 use crate::ui;
-
-/// Exit code of every error that is not one of the others below.
-pub const EXIT_ERROR: u8 = 1;
-/// Exit code of `plan --detailed-exitcode` when there are changes.
-pub const EXIT_CHANGES: u8 = 2;
-/// Exit code of `results --fail-on-regression` when a metric got worse past the threshold.
-pub const EXIT_REGRESSION: u8 = 3;
-/// Exit code of a command line that cannot be parsed (sysexits' EX_USAGE), apart from 2, which
-/// `plan --detailed-exitcode` gives to "changes present".
-pub const EXIT_USAGE: u8 = 64;
-/// Exit code after Ctrl-C, as shells report SIGINT.
-pub const EXIT_INTERRUPTED: u8 = 130;
-
-const EXIT_CODES_HELP: &str = "Exit codes:
-  0    success (plan --detailed-exitcode: no changes)
-  1    error (the message says what and where), a failed test, a refused or cancelled apply
-  2    plan --detailed-exitcode: changes present
-  3    results --fail-on-regression: a metric got worse past the threshold, or went missing
-  64   usage error: the command line cannot be parsed
-  130  interrupted (Ctrl-C)";
-
-/// Long options that Terraform users type with one dash (`-out=FILE`, `-auto-approve`): read
-/// as their `--` forms, never as a short option followed by a value (`-o ut=FILE`).
-const TERRAFORM_SPELLINGS: &[&str] = &[
-    "auto-approve",
-    "detailed-exitcode",
-    "json",
-    "no-color",
-    "out",
-    "parallelism",
-    "replace",
-    "state",
-    "target",
-];
-
-/// The arguments with Terraform's one-dash long options turned into rallyctl's two-dash ones.
-pub fn normalize_args(
-    args: impl IntoIterator<Item = std::ffi::OsString>,
-) -> Vec<std::ffi::OsString> {
-    let mut out = Vec::new();
-    let mut options = true;
-    for arg in args {
-        if options && arg == "--" {
-            options = false;
-        }
-        let long = arg.to_str().and_then(|a| {
-            let rest = a.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
-            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
-            (options && TERRAFORM_SPELLINGS.contains(&name)).then(|| format!("-{a}"))
-        });
-        out.push(long.map_or(arg, Into::into));
-    }
-    out
-}
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "rallyctl",
-    version,
-    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on EC2, your own hosts or this machine",
-    after_help = EXIT_CODES_HELP
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-    #[command(flatten)]
-    global: Global,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// State file (default: state/<plan name>.state.json)
-    #[arg(long, global = true, value_name = "PATH")]
-    pub state: Option<PathBuf>,
-    /// The workspace, for commands that need no plan (destroy, state, results, report,
-    /// force-unlock): its state is state/<NAME>.state.json
-    #[arg(long, global = true, value_name = "NAME")]
-    pub workspace: Option<String>,
-    /// Never colour the output (NO_COLOR in the environment does the same)
-    #[arg(long, global = true)]
-    pub no_color: bool,
-    /// Machine-readable JSON output
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// More detail in logs
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Check a plan file and report every problem with file:line:column
-    Validate { plan: PathBuf },
-    /// Show what apply would do: tests to run, re-run and terminate
-    Plan {
-        plan: PathBuf,
-        /// Save the plan to FILE for a later `apply FILE`
-        #[arg(long = "out", short = 'o', alias = "o", value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Exit 0 with no changes, 2 with changes, 1 on error
-        #[arg(long)]
-        detailed_exitcode: bool,
-        #[command(flatten)]
-        select: Select,
-    },
-    /// Run what the plan says: get a machine, install, race, collect, give the machine back
-    Apply {
-        /// A plan file, or a plan saved with `plan -out`
-        plan: PathBuf,
-        /// Do not ask for approval
-        #[arg(long)]
-        auto_approve: bool,
-        /// At most this many tests at once
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
-        parallelism: u16,
-        #[command(flatten)]
-        select: Select,
-    },
-    /// Give back everything the workspace holds: terminate its instances (also leaked ones
-    /// found by tag), stop its races on hosts and end their leases
-    Destroy {
-        /// The plan file: only its name is needed (state says what runs where); where it is
-        /// valid, leaked instances are also looked for in its regions
-        plan: Option<PathBuf>,
-        /// Do not ask for approval
-        #[arg(long)]
-        auto_approve: bool,
-    },
-    /// Print the plan's DAG in Graphviz DOT
-    Graph { plan: PathBuf },
-    /// Inspect or edit the state file
-    State {
-        #[command(subcommand)]
-        command: StateCommand,
-    },
-    /// Remove a stale state lock left by a run that died
-    ForceUnlock {
-        /// The lock's ID, as the refusal to take the lock names it
-        lock_id: String,
-        plan: Option<PathBuf>,
-        /// Do not ask for confirmation, and remove a lock whose holder still runs on this host
-        #[arg(long)]
-        force: bool,
-    },
-    /// Show the latest results per test and task, list runs, compare with a baseline
-    Results(ResultsArgs),
-    /// Write a self-contained HTML report with charts of the latest results
-    Report {
-        /// The plan file; it names the workspace and so its state and results
-        plan: Option<PathBuf>,
-        /// Where to write the report (default: results/<workspace>/report.html)
-        #[arg(long = "out", short = 'o', value_name = "FILE")]
-        out: Option<PathBuf>,
-        /// Report the results as of this run instead of the latest
-        #[arg(long, value_name = "RUN")]
-        run: Option<String>,
-        /// Compare with this run (`baseline`: the recorded one, which is also the default)
-        #[arg(long, value_name = "RUN")]
-        compare: Option<Baseline>,
-        /// Changes within this many percent are "same within noise"
-        #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
-        noise: f64,
-    },
-}
-
-#[derive(Args, Debug)]
-pub struct ResultsArgs {
-    /// The plan file; it names the workspace and so its state and results
-    plan: Option<PathBuf>,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
-    /// List the runs of the workspace
-    #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression"])]
-    runs: bool,
-    /// Show the results as of this run (each test's newest result at or before it)
-    #[arg(long, value_name = "RUN")]
-    run: Option<String>,
-    /// Compare with this run (`baseline`: the recorded one; `latest`: the newest run)
-    #[arg(long, value_name = "RUN")]
-    compare: Option<Baseline>,
-    /// Record this run (or `latest`) as the baseline in state, then compare with it
-    #[arg(long, value_name = "RUN")]
-    baseline: Option<String>,
-    /// Changes within this many percent are "same within noise"
-    #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
-    noise: f64,
-    /// Exit 3 when any metric is worse than the baseline by more than PCT percent (or missing)
-    #[arg(long, value_name = "PCT", value_parser = percent)]
-    fail_on_regression: Option<f64>,
-}
-
-fn percent(s: &str) -> Result<f64, String> {
-    match s.trim_end_matches('%').parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a percentage (a number, 0 or more)")),
-    }
-}
-
-#[derive(Args, Debug, Clone, Default)]
-pub struct Select {
-    /// Only this test (repeatable)
-    #[arg(long, value_name = "ADDR")]
-    target: Vec<Address>,
-    /// Run this test again even if its result exists (repeatable)
-    #[arg(long, value_name = "ADDR")]
-    replace: Vec<Address>,
-}
-
-#[derive(Subcommand, Debug)]
-enum StateCommand {
-    /// List the tests recorded in state with their status
-    List { plan: Option<PathBuf> },
-    /// Show one test's record
-    Show {
-        address: Address,
-        plan: Option<PathBuf>,
-    },
-    /// Forget a test (its instance, if still running, is not terminated)
-    Rm {
-        address: Address,
-        plan: Option<PathBuf>,
-    },
-}
+use args::{Command, StateCommand};
+use workspace::{check_output, lock, state_dir, target, workspace_state};
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
@@ -296,26 +83,6 @@ fn describe(err: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
-}
-
-impl Command {
-    /// The name of a command that prints no JSON, refused with `--json` rather than ignoring it.
-    fn without_json(&self) -> Option<&'static str> {
-        match self {
-            Command::Apply { .. } => Some("apply"),
-            Command::Destroy { .. } => Some("destroy"),
-            Command::Graph { .. } => Some("graph"),
-            Command::Report { .. } => Some("report"),
-            Command::ForceUnlock { .. } => Some("force-unlock"),
-            Command::State {
-                command: StateCommand::Rm { .. },
-            } => Some("state rm"),
-            Command::Validate { .. }
-            | Command::Plan { .. }
-            | Command::Results(_)
-            | Command::State { .. } => None,
-        }
-    }
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -454,65 +221,6 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
     }
 }
 
-/// A path as the file system would resolve it, also for a file that does not exist yet.
-fn resolved(path: &Path) -> PathBuf {
-    if let Ok(p) = path.canonicalize() {
-        return p;
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match (parent.canonicalize(), path.file_name()) {
-        (Ok(dir), Some(name)) => dir.join(name),
-        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
-    }
-}
-
-/// Refuses an output path that would overwrite what rallyctl reads or keeps: the plan file, a
-/// state file, its backup or lock, anything in a `state/` directory.
-fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -> Result<()> {
-    let target = resolved(out);
-    let refuse = |what: String| {
-        anyhow::anyhow!(
-            "refusing to write {} over {what}; choose another output file",
-            out.display()
-        )
-    };
-    if let Some(plan) = plan
-        && resolved(plan) == target
-    {
-        return Err(refuse(format!("the plan file {}", plan.display())));
-    }
-    for dir in [state_dir(state_path), PathBuf::from(state::DEFAULT_DIR)] {
-        let dir = resolved(&dir);
-        if dir.file_name() == Some(std::ffi::OsStr::new(state::DEFAULT_DIR))
-            && target.starts_with(&dir)
-        {
-            return Err(refuse(format!(
-                "the state directory {}, which holds state files, their backups and locks",
-                dir.display()
-            )));
-        }
-    }
-    for kept in [
-        state_path.to_owned(),
-        state::backup_path(state_path),
-        state::lock_path(state_path),
-    ] {
-        if resolved(&kept) == target {
-            return Err(refuse(format!("{}", kept.display())));
-        }
-    }
-    if matches!(
-        state::load(&target),
-        Ok(Some(_)) | Err(state::StateError::Newer { .. })
-    ) {
-        return Err(refuse("a state file".into()));
-    }
-    Ok(())
-}
-
 /// Asks before `what` acts; the exit code to end with when the answer is not yes (Ctrl-C
 /// included, so that locks are released on the way out).
 fn refused(question: &str, skip: &str, what: &str) -> Result<Option<u8>> {
@@ -527,139 +235,6 @@ fn refused(question: &str, skip: &str, what: &str) -> Result<Option<u8>> {
 
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
-}
-
-/// The state file of a workspace: `--state`, else `state/<workspace>.state.json`. Every
-/// command finds its state through here.
-fn workspace_state(g: &Global, workspace: &str) -> PathBuf {
-    g.state
-        .clone()
-        .unwrap_or_else(|| state::default_path(workspace))
-}
-
-/// The workspace of a command that needs no valid plan (destroy, state, results, force-unlock)
-/// and where its state is: `--state` and `--workspace` win; of a plan only the name is read.
-struct Target {
-    state_path: PathBuf,
-    /// The workspace named (by `--workspace` or the plan), which the state must belong to.
-    workspace: Option<String>,
-}
-
-fn target(g: &Global, plan: Option<&Path>) -> Result<Target> {
-    let workspace = match (&g.workspace, plan) {
-        (Some(name), _) => Some(name.clone()),
-        (None, Some(plan)) => Some(Plan::name_of(plan)?),
-        (None, None) => None,
-    };
-    let state_path = match (&g.state, &workspace) {
-        (Some(path), _) => path.clone(),
-        (None, Some(name)) => state::default_path(name),
-        (None, None) => bail!(
-            "name the plan file or pass --state PATH (or --workspace NAME) to say which state to use"
-        ),
-    };
-    Ok(Target {
-        state_path,
-        workspace,
-    })
-}
-
-impl Target {
-    /// The state, checked to belong to the workspace named; `None` when there is none.
-    fn load(&self) -> Result<Option<State>> {
-        let loaded = state::load(&self.state_path)?;
-        match (loaded, &self.workspace) {
-            (Some(state), Some(name)) => Ok(Some(
-                state::of_workspace(Some(state), &self.state_path, name)?.0,
-            )),
-            (loaded, _) => Ok(loaded),
-        }
-    }
-
-    fn load_existing(&self) -> Result<State> {
-        self.load()?
-            .with_context(|| format!("no state at {}", self.state_path.display()))
-    }
-}
-
-/// Loads a plan, its state (locked or not) and everything the diff needs.
-pub struct Loaded {
-    pub plan: Plan,
-    pub state_path: PathBuf,
-    pub state: State,
-    pub state_exists: bool,
-    pub artifacts: crate::templates::ArtifactMap,
-    pub renderer: Renderer,
-}
-
-pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
-    let state_path = workspace_state(g, &plan.name);
-    load_at(plan, state_path, None)
-}
-
-/// [`load`] of the plan at `path`. State is read while the plan is validated when its path is
-/// known first: from `--state`, or from the name at the top of a TOML plan.
-pub fn load_file(path: &Path, g: &Global) -> Result<Loaded> {
-    let text = Plan::read(path)?;
-    let early = (g.state.clone())
-        .or_else(|| Plan::peek_name(path, &text).map(|name| state::default_path(&name)));
-    std::thread::scope(|scope| {
-        let reading = (early.as_ref()).map(|p| (p, scope.spawn(move || state::load(p))));
-        let plan = Plan::parse(path, &text)?;
-        let state_path = workspace_state(g, &plan.name);
-        let read = match reading {
-            Some((p, read)) if *p == state_path => {
-                Some(read.join().expect("reading state does not panic"))
-            }
-            _ => None,
-        };
-        load_at(plan, state_path, read)
-    })
-}
-
-/// [`load`] with the state at `state_path`; `read` is what [`state::load`] gave for it, if it
-/// was read already.
-pub fn load_at(
-    plan: Plan,
-    state_path: PathBuf,
-    read: Option<Result<Option<State>, state::StateError>>,
-) -> Result<Loaded> {
-    let renderer = Renderer::new();
-    // Reading state and rendering every test do not depend on each other, and for a plan of
-    // thousands of tests each takes a while: they overlap.
-    let (state, artifacts) = std::thread::scope(|scope| {
-        let state = scope.spawn(|| {
-            let loaded = read.unwrap_or_else(|| state::load(&state_path))?;
-            state::of_workspace(loaded, &state_path, &plan.name)
-        });
-        Graph::compile(&plan)?;
-        let artifacts = planner::render_all(&plan, &renderer);
-        let state = state.join().expect("loading state does not panic");
-        anyhow::Ok((state?, artifacts?))
-    })?;
-    let (state, state_exists) = state;
-    Ok(Loaded {
-        plan,
-        state_path,
-        state,
-        state_exists,
-        artifacts,
-        renderer,
-    })
-}
-
-impl Select {
-    pub fn options(&self, plan: &Plan, state: &State) -> Result<Options> {
-        for address in self.target.iter().chain(&self.replace) {
-            if plan.test(address).is_none() && !state.tests.contains_key(address) {
-                bail!("{address} is neither in the plan nor in state");
-            }
-        }
-        Ok(Options {
-            targets: self.target.clone(),
-            replace: self.replace.clone(),
-        })
-    }
 }
 
 fn plan_command(
@@ -798,20 +373,6 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         }
         None => Ok(0),
     }
-}
-
-/// Locks the state for a command that writes it, saying so when a dead run's lock is replaced.
-fn lock(state_path: &Path, command: &str) -> Result<state::Lock> {
-    let lock = state::Lock::acquire(state_path, command)?;
-    if let Some(dead) = &lock.replaced {
-        eprintln!(
-            "note: took over the lock of `{}` (pid {}, since {}), which is no longer running",
-            dead.command,
-            dead.pid,
-            dead.since.strftime("%Y-%m-%d %H:%M:%S UTC")
-        );
-    }
-    Ok(lock)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -970,16 +531,6 @@ fn apply(
         );
     }
     Ok(0)
-}
-
-/// The directory of the state file, where per-workspace files (EC2's ephemeral key and known
-/// hosts) live beside it.
-fn state_dir(state_path: &Path) -> PathBuf {
-    state_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned()
 }
 
 fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u8> {

@@ -1,0 +1,275 @@
+//! The command line as clap reads it: commands, flags, exit codes, and Terraform's one-dash
+//! spellings read as long options.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::address::Address;
+use crate::plan::Plan;
+use crate::planner::Options;
+use crate::results::{Baseline, DEFAULT_NOISE_PCT, Format};
+use crate::state::State;
+
+/// Exit code of every error that is not one of the others below.
+pub const EXIT_ERROR: u8 = 1;
+
+/// Exit code of `plan --detailed-exitcode` when there are changes.
+pub const EXIT_CHANGES: u8 = 2;
+
+/// Exit code of `results --fail-on-regression` when a metric got worse past the threshold.
+pub const EXIT_REGRESSION: u8 = 3;
+
+/// Exit code of a command line that cannot be parsed (sysexits' EX_USAGE), apart from 2, which
+/// `plan --detailed-exitcode` gives to "changes present".
+pub const EXIT_USAGE: u8 = 64;
+
+/// Exit code after Ctrl-C, as shells report SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+const EXIT_CODES_HELP: &str = "Exit codes:
+  0    success (plan --detailed-exitcode: no changes)
+  1    error (the message says what and where), a failed test, a refused or cancelled apply
+  2    plan --detailed-exitcode: changes present
+  3    results --fail-on-regression: a metric got worse past the threshold, or went missing
+  64   usage error: the command line cannot be parsed
+  130  interrupted (Ctrl-C)";
+
+/// Long options that Terraform users type with one dash (`-out=FILE`, `-auto-approve`): read
+/// as their `--` forms, never as a short option followed by a value (`-o ut=FILE`).
+const TERRAFORM_SPELLINGS: &[&str] = &[
+    "auto-approve",
+    "detailed-exitcode",
+    "json",
+    "no-color",
+    "out",
+    "parallelism",
+    "replace",
+    "state",
+    "target",
+];
+
+/// The arguments with Terraform's one-dash long options turned into rallyctl's two-dash ones.
+pub fn normalize_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut options = true;
+    for arg in args {
+        if options && arg == "--" {
+            options = false;
+        }
+        let long = arg.to_str().and_then(|a| {
+            let rest = a.strip_prefix('-').filter(|r| !r.starts_with('-'))?;
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            (options && TERRAFORM_SPELLINGS.contains(&name)).then(|| format!("-{a}"))
+        });
+        out.push(long.map_or(arg, Into::into));
+    }
+    out
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rallyctl",
+    version,
+    about = "Plan and apply fleets of Elasticsearch Rally benchmarks on EC2, your own hosts or this machine",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+    #[command(flatten)]
+    pub(super) global: Global,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// State file (default: state/<plan name>.state.json)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+    /// The workspace, for commands that need no plan (destroy, state, results, report,
+    /// force-unlock): its state is state/<NAME>.state.json
+    #[arg(long, global = true, value_name = "NAME")]
+    pub workspace: Option<String>,
+    /// Never colour the output (NO_COLOR in the environment does the same)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail in logs
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Check a plan file and report every problem with file:line:column
+    Validate { plan: PathBuf },
+    /// Show what apply would do: tests to run, re-run and terminate
+    Plan {
+        plan: PathBuf,
+        /// Save the plan to FILE for a later `apply FILE`
+        #[arg(long = "out", short = 'o', alias = "o", value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Exit 0 with no changes, 2 with changes, 1 on error
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Run what the plan says: get a machine, install, race, collect, give the machine back
+    Apply {
+        /// A plan file, or a plan saved with `plan -out`
+        plan: PathBuf,
+        /// Do not ask for approval
+        #[arg(long)]
+        auto_approve: bool,
+        /// At most this many tests at once
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+        parallelism: u16,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Give back everything the workspace holds: terminate its instances (also leaked ones
+    /// found by tag), stop its races on hosts and end their leases
+    Destroy {
+        /// The plan file: only its name is needed (state says what runs where); where it is
+        /// valid, leaked instances are also looked for in its regions
+        plan: Option<PathBuf>,
+        /// Do not ask for approval
+        #[arg(long)]
+        auto_approve: bool,
+    },
+    /// Print the plan's DAG in Graphviz DOT
+    Graph { plan: PathBuf },
+    /// Inspect or edit the state file
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Remove a stale state lock left by a run that died
+    ForceUnlock {
+        /// The lock's ID, as the refusal to take the lock names it
+        lock_id: String,
+        plan: Option<PathBuf>,
+        /// Do not ask for confirmation, and remove a lock whose holder still runs on this host
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the latest results per test and task, list runs, compare with a baseline
+    Results(ResultsArgs),
+    /// Write a self-contained HTML report with charts of the latest results
+    Report {
+        /// The plan file; it names the workspace and so its state and results
+        plan: Option<PathBuf>,
+        /// Where to write the report (default: results/<workspace>/report.html)
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Report the results as of this run instead of the latest
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
+        /// Compare with this run (`baseline`: the recorded one, which is also the default)
+        #[arg(long, value_name = "RUN")]
+        compare: Option<Baseline>,
+        /// Changes within this many percent are "same within noise"
+        #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
+        noise: f64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ResultsArgs {
+    /// The plan file; it names the workspace and so its state and results
+    pub(super) plan: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub(super) format: Format,
+    /// List the runs of the workspace
+    #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression"])]
+    pub(super) runs: bool,
+    /// Show the results as of this run (each test's newest result at or before it)
+    #[arg(long, value_name = "RUN")]
+    pub(super) run: Option<String>,
+    /// Compare with this run (`baseline`: the recorded one; `latest`: the newest run)
+    #[arg(long, value_name = "RUN")]
+    pub(super) compare: Option<Baseline>,
+    /// Record this run (or `latest`) as the baseline in state, then compare with it
+    #[arg(long, value_name = "RUN")]
+    pub(super) baseline: Option<String>,
+    /// Changes within this many percent are "same within noise"
+    #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
+    pub(super) noise: f64,
+    /// Exit 3 when any metric is worse than the baseline by more than PCT percent (or missing)
+    #[arg(long, value_name = "PCT", value_parser = percent)]
+    pub(super) fail_on_regression: Option<f64>,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage (a number, 0 or more)")),
+    }
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct Select {
+    /// Only this test (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    target: Vec<Address>,
+    /// Run this test again even if its result exists (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    replace: Vec<Address>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum StateCommand {
+    /// List the tests recorded in state with their status
+    List { plan: Option<PathBuf> },
+    /// Show one test's record
+    Show {
+        address: Address,
+        plan: Option<PathBuf>,
+    },
+    /// Forget a test (its instance, if still running, is not terminated)
+    Rm {
+        address: Address,
+        plan: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// The name of a command that prints no JSON, refused with `--json` rather than ignoring it.
+    pub(super) fn without_json(&self) -> Option<&'static str> {
+        match self {
+            Command::Apply { .. } => Some("apply"),
+            Command::Destroy { .. } => Some("destroy"),
+            Command::Graph { .. } => Some("graph"),
+            Command::Report { .. } => Some("report"),
+            Command::ForceUnlock { .. } => Some("force-unlock"),
+            Command::State {
+                command: StateCommand::Rm { .. },
+            } => Some("state rm"),
+            Command::Validate { .. }
+            | Command::Plan { .. }
+            | Command::Results(_)
+            | Command::State { .. } => None,
+        }
+    }
+}
+
+impl Select {
+    pub fn options(&self, plan: &Plan, state: &State) -> Result<Options> {
+        for address in self.target.iter().chain(&self.replace) {
+            if plan.test(address).is_none() && !state.tests.contains_key(address) {
+                bail!("{address} is neither in the plan nor in state");
+            }
+        }
+        Ok(Options {
+            targets: self.target.clone(),
+            replace: self.replace.clone(),
+        })
+    }
+}
