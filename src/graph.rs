@@ -164,8 +164,8 @@ mod tests {
 version = 1
 name = "g"
 [defaults]
-region = "r"
-ami = "a"
+region = "us-east-1"
+ami = "ami-0a"
 instance_type = "t"
 track = "geonames"
 rally_config = "Cargo.toml"

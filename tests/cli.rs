@@ -251,7 +251,7 @@ fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
     let dir = tempfile::tempdir().unwrap();
     let ini = root().join("conditional_install_items/rally_csv.ini");
     let defaults = format!(
-        "region = \"r\"\nami = \"a\"\ninstance_type = \"t\"\ntrack = \"x\"\nrally_config = {:?}",
+        "region = \"us-east-1\"\nami = \"ami-0a\"\ninstance_type = \"t\"\ntrack = \"x\"\nrally_config = {:?}",
         ini.to_str().unwrap()
     );
     std::fs::write(
@@ -262,7 +262,7 @@ fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
     let json = serde_json::json!({
         "version": 1,
         "suite": [{"name": "s", "test": [{"name": "t"}]}],
-        "defaults": {"region": "r", "ami": "a", "instance_type": "t", "track": "x", "rally_config": ini},
+        "defaults": {"region": "us-east-1", "ami": "ami-0a", "instance_type": "t", "track": "x", "rally_config": ini},
         "name": "mine",
     });
     std::fs::write(dir.path().join("p.json"), json.to_string()).unwrap();

@@ -36,6 +36,12 @@ enum Ty {
     Hosts,
     /// `host:port` each.
     HostPorts,
+    /// An AWS region name: `us-east-1`.
+    Region,
+    /// An EC2 resource id with this prefix: `ami-0123abcd`.
+    AwsId(&'static str),
+    /// A list of them.
+    AwsIds(&'static str),
     /// A version of a PyPI package: `2.13.0`, `2.14.0rc1`.
     Version,
     /// EC2 tags: a table of strings within EC2's limits, apart from rallyctl's own.
@@ -47,7 +53,7 @@ enum Ty {
 
 /// Every settings key, sorted by name so that a key is found by binary search.
 const SETTINGS: [(&str, Ty); 30] = [
-    ("ami", Ty::Str),
+    ("ami", Ty::AwsId("ami")),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
     ("challenge", Ty::Str),
@@ -63,15 +69,15 @@ const SETTINGS: [(&str, Ty); 30] = [
     ("rally_args", Ty::Strs),
     ("rally_config", Ty::File),
     ("rally_version", Ty::Version),
-    ("region", Ty::Str),
+    ("region", Ty::Region),
     ("remote_dir", Ty::Str),
     ("runtime_jdk", Ty::Str),
-    ("security_group_ids", Ty::Strs),
+    ("security_group_ids", Ty::AwsIds("sg")),
     ("ssh_key", Ty::Str),
     ("ssh_known_hosts", Ty::Str),
     ("ssh_port", Ty::Port),
     ("ssh_user", Ty::Str),
-    ("subnet_id", Ty::Str),
+    ("subnet_id", Ty::AwsId("subnet")),
     ("tags", Ty::Tags),
     ("target_hosts", Ty::HostPorts),
     ("track", Ty::Str),
@@ -156,6 +162,18 @@ fn project_relative(path: &str) -> PathBuf {
         .and_then(|cwd| path.strip_prefix(cwd).ok())
         .filter(|rel| !rel.as_os_str().is_empty())
         .map_or_else(|| path.to_owned(), Path::to_owned)
+}
+
+/// An EC2 id: `prefix-` and up to 17 lowercase hex digits (8 in older ids, 17 in newer).
+fn is_aws_id(text: &str, prefix: &str) -> bool {
+    text.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hex| {
+            (1..=17).contains(&hex.len())
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
 }
 
 /// EC2 allows 50 tags per instance, and rallyctl sets six of its own (workspace, lineage, test,
@@ -891,6 +909,47 @@ impl<'n> Loader<'_, '_> {
                 }
                 Some(Val::Strs(hosts))
             }
+            Ty::Region => {
+                let text = self.string(node, field)?;
+                let parts: Vec<&str> = text.split('-').collect();
+                let ok = parts.len() >= 3
+                    && parts[0].len() == 2
+                    && parts[..parts.len() - 1]
+                        .iter()
+                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+                    && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+                    && !parts[parts.len() - 1].is_empty();
+                if !ok {
+                    self.sink.error_with_help(
+                        span,
+                        field,
+                        format!("`{text}` is not an AWS region"),
+                        "write a region name, e.g. \"us-east-1\" or \"eu-west-1\"",
+                    );
+                    return None;
+                }
+                Some(Val::Str(text.into()))
+            }
+            Ty::AwsId(prefix) => {
+                let text = self.string(node, field)?;
+                if !is_aws_id(text, prefix) {
+                    self.aws_id_error(span, field, text, prefix);
+                    return None;
+                }
+                Some(Val::Str(text.into()))
+            }
+            Ty::AwsIds(prefix) => {
+                let Some(Val::Strs(ids)) = self.value(node, field, Ty::Strs) else {
+                    return None;
+                };
+                for (i, id) in ids.iter().enumerate() {
+                    if !is_aws_id(id, prefix) {
+                        self.aws_id_error(span, field.index(i), id, prefix);
+                        return None;
+                    }
+                }
+                Some(Val::Strs(ids))
+            }
             Ty::Version => {
                 let text = self.string(node, field)?;
                 let mut parts = text.split('.');
@@ -927,6 +986,17 @@ impl<'n> Loader<'_, '_> {
                 ok.then(|| Val::JsonMap(map.into_iter().collect()))
             }
         }
+    }
+
+    fn aws_id_error(&mut self, span: &Range<usize>, field: Field<'_>, text: &str, prefix: &str) {
+        self.sink.error_with_help(
+            span,
+            field,
+            format!("`{text}` is not an EC2 {prefix} id"),
+            format!(
+                "write the id, `{prefix}-` and its hex digits, e.g. \"{prefix}-0123456789abcdef0\""
+            ),
+        );
     }
 
     fn json(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<serde_json::Value> {
@@ -1267,7 +1337,7 @@ mod tests {
     /// suite 0, an unknown key in suite 2 and a fourth suite named like the first.
     fn large_plan(mistakes: bool) -> String {
         let mut text = String::from(
-            "version = 1\nname = \"big\"\n[defaults]\nregion = \"r\"\nami = \"a\"\ninstance_type = \"t\"\ntrack = \"x\"\nrally_config = \"Cargo.toml\"\n",
+            "version = 1\nname = \"big\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\ninstance_type = \"t\"\ntrack = \"x\"\nrally_config = \"Cargo.toml\"\n",
         );
         for suite in 0..4 {
             let name = if mistakes && suite == 3 { 0 } else { suite };
