@@ -13,6 +13,17 @@ pub fn init_colour(no_color_flag: bool) {
     console::set_colors_enabled_stderr(enabled && std::io::stderr().is_terminal());
 }
 
+/// `-v`: more detail in messages (the debug form of provider errors), for the whole process.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_verbose(verbose: bool) {
+    VERBOSE.store(verbose, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }

@@ -730,6 +730,14 @@ fn no_credentials_no_launch() {
         "{stderr}"
     );
     assert!(!d.join("state").exists() && !d.join("results").exists());
+    // `-v` shows all the SDK says: what it tried.
+    let out = cmd.arg("-v").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Attempted") && stderr.lines().count() > 1,
+        "{stderr}"
+    );
 }
 
 /// What EC2 or Rally would refuse at apply is refused by validate: EC2's tag limits and

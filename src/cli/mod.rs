@@ -37,6 +37,7 @@ pub fn main() -> ExitCode {
         }
     };
     ui::init_colour(cli.global.no_color);
+    ui::set_verbose(cli.global.verbose > 0);
     if cli.global.json
         && let Some(name) = cli.command.without_json()
     {

@@ -168,13 +168,14 @@ impl Drop for Aws {
 }
 
 /// One readable line: the service's code and message where it answered, else the first line of
-/// what went wrong (a timeout, a refused connection).
+/// what went wrong (a timeout, a refused connection); under `-v`, everything the SDK says.
 fn err(
     operation: &'static str,
     region: &str,
     e: impl std::error::Error + ProvideErrorMetadata,
 ) -> ProviderError {
     let message = match (e.code(), e.message()) {
+        _ if crate::ui::verbose() => DisplayErrorContext(&e).to_string(),
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_owned(),
         _ => first_line(&DisplayErrorContext(&e).to_string()),
@@ -220,11 +221,14 @@ pub async fn check_credentials() -> Result<(), ProviderError> {
     let chain = config
         .credentials_provider()
         .ok_or_else(|| fail("no credentials are configured".into()))?;
-    chain
-        .provide_credentials()
-        .await
-        .map(|_| ())
-        .map_err(|e| fail(first_line(&DisplayErrorContext(e).to_string())))
+    chain.provide_credentials().await.map(|_| ()).map_err(|e| {
+        let full = DisplayErrorContext(e).to_string();
+        fail(if crate::ui::verbose() {
+            full
+        } else {
+            first_line(&full)
+        })
+    })
 }
 
 /// The first line of an SDK message, without the list of what it tried that follows.
