@@ -1051,3 +1051,26 @@ fn errors_say_the_os_reason_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
 }
+
+/// Colour only on a terminal that can show it: `TERM=dumb` gets none. (`script` gives rallyctl
+/// a terminal.)
+#[test]
+fn a_dumb_terminal_gets_no_colour() {
+    let plan = |term: &str| {
+        let command = format!(
+            "TERM={term} {} plan plans/example.toml --state /nonexistent/s.json",
+            env!("CARGO_BIN_EXE_rallyctl")
+        );
+        let out = Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .current_dir(root())
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script (util-linux) runs");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(plan("xterm").contains('\u{1b}'), "a terminal gets colour");
+    assert!(!plan("dumb").contains('\u{1b}'), "TERM=dumb got colour");
+}
