@@ -232,7 +232,7 @@ fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
             .iter()
             .filter(|t| t.settings.provider() == ProviderKind::Local)
             .count();
-        if local > 1 && suite.parallelism.is_none() {
+        if local > 1 && suite.bound() == Some(std::num::NonZeroUsize::MIN) {
             notes.push(format!(
                 "suite `{}`: its {local} tests on this machine run one at a time (two Rally races on one machine skew each other); set the suite's `parallelism` to run more at once",
                 suite.name

@@ -1,10 +1,9 @@
 //! Scheduling an apply: the plan's DAG walked with bounded parallelism (`--parallelism`, each
 //! suite's `parallelism`), every planned test handed to the [`lifecycle`], and Ctrl-C turned
-//! into "start nothing new". It knows no provider: what a suite's bound is when the plan sets
-//! none is the one provider-aware rule, and it is asked of the plan ([`suite_bound`]).
+//! into "start nothing new". It knows no provider: a suite's bound is the plan's to say
+//! ([`crate::plan::Suite::bound`]).
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -13,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::address::{Address, slug};
 use crate::graph::{Graph, Node};
 use crate::lifecycle::{self, Ctx, Start, StateHandle, Stop};
-use crate::plan::{Plan, ProviderKind, Suite};
+use crate::plan::Plan;
 use crate::planner::{Action, Changes};
 use crate::provider::Provider;
 use crate::state::Step;
@@ -33,19 +32,6 @@ pub struct ApplyReport {
     pub interrupted: bool,
     /// Tests whose machine may still run (and cost money, or hold a host).
     pub still_running: Vec<(Address, crate::state::Machine)>,
-}
-
-/// How many of a suite's tests may run at once when it sets no `parallelism`: one at a time
-/// when any of them runs on this machine (two Rally races on one machine skew each other),
-/// else no bound below the global one.
-pub fn suite_bound(suite: &Suite) -> Option<NonZeroUsize> {
-    suite.parallelism.or_else(|| {
-        suite
-            .tests
-            .iter()
-            .any(|t| t.settings.provider() == ProviderKind::Local)
-            .then_some(NonZeroUsize::MIN)
-    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -107,7 +93,7 @@ pub async fn apply<P: Provider>(
         .plan
         .suites
         .iter()
-        .map(|s| suite_bound(s).map(|n| Arc::new(Semaphore::new(n.get()))))
+        .map(|s| s.bound().map(|n| Arc::new(Semaphore::new(n.get()))))
         .collect();
     let mut announced = HashSet::new();
     let mut walk = graph.walk();
@@ -200,6 +186,8 @@ pub async fn apply<P: Provider>(
 mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
+
+    use std::num::NonZeroUsize;
 
     use super::*;
     use crate::planner::{self, Options};
@@ -430,7 +418,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
              [[suite]]\nname = \"b\"\nparallelism = 3\n[[suite.test]]\nname = \"t2\"\n",
         );
-        assert_eq!(suite_bound(&bench.plan.suites[0]), NonZeroUsize::new(1));
-        assert_eq!(suite_bound(&bench.plan.suites[1]), NonZeroUsize::new(3));
+        assert_eq!(bench.plan.suites[0].bound(), NonZeroUsize::new(1));
+        assert_eq!(bench.plan.suites[1].bound(), NonZeroUsize::new(3));
     }
 }

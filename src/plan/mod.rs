@@ -522,6 +522,20 @@ mod humantime_serde {
     }
 }
 
+impl Suite {
+    /// How many of the suite's tests may run at once, below `--parallelism`: its
+    /// `parallelism`, else one at a time when any of them runs on this machine (two Rally
+    /// races on one machine skew each other and share Rally's actor system), else no bound.
+    pub fn bound(&self) -> Option<NonZeroUsize> {
+        self.parallelism.or_else(|| {
+            self.tests
+                .iter()
+                .any(|t| t.settings.provider() == ProviderKind::Local)
+                .then_some(NonZeroUsize::MIN)
+        })
+    }
+}
+
 impl Plan {
     /// Reads and validates a plan file; the format follows the extension (`.json` is JSON,
     /// anything else TOML).
