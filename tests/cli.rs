@@ -1020,28 +1020,6 @@ proptest::proptest! {
     }
 }
 
-/// A moved checkout hashes its tests as before: paths inside the project (the current
-/// directory) count by their place in it, however the plan spells them.
-#[test]
-fn config_hashes_do_not_change_when_the_checkout_moves() {
-    let hash_in = |d: &Path| {
-        let plan = format!(
-            "version = 1\nname = \"moved\"\n[defaults]\nprovider = \"local\"\n\
-             rally_config = \"{ini}\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n\
-             track_path = \"{track}\"\n",
-            ini = d.join("conditional_install_items/rally_csv.ini").display(),
-            track = d.join("tests/fixtures/tracks/tiny").display(),
-        );
-        std::fs::write(d.join("moved.toml"), plan).unwrap();
-        let out = rallyctl_in(d, &["plan", "moved.toml", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["changes"][0]["config_hash"].as_str().unwrap().to_owned()
-    };
-    let (a, b) = (workdir(), workdir());
-    assert_eq!(hash_in(a.path()), hash_in(b.path()));
-}
-
 /// An error says the operating system's reason once, not once per layer that passed it on.
 #[test]
 fn errors_say_the_os_reason_once() {

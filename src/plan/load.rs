@@ -153,17 +153,6 @@ fn required(provider: ProviderKind) -> &'static [usize] {
     }
 }
 
-/// A path as settings record it: relative to the current directory (the project) when it
-/// lies inside it, so that a moved checkout hashes its tests as before.
-fn project_relative(path: &str) -> PathBuf {
-    let path = Path::new(path);
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok())
-        .filter(|rel| !rel.as_os_str().is_empty())
-        .map_or_else(|| path.to_owned(), Path::to_owned)
-}
-
 /// An EC2 id: `prefix-` and up to 17 lowercase hex digits (8 in older ids, 17 in newer).
 fn is_aws_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix)
@@ -725,7 +714,7 @@ impl<'n> Loader<'_, '_> {
             Ty::File => {
                 let path = self.string(node, field)?;
                 match std::fs::File::open(path).and_then(|f| f.metadata()) {
-                    Ok(meta) if meta.is_file() => Some(Val::Path(project_relative(path).into())),
+                    Ok(meta) if meta.is_file() => Some(Val::Path(Path::new(path).into())),
                     Ok(_) => {
                         self.sink
                             .error(span, field, format!("`{path}` is not a file"));
@@ -742,7 +731,7 @@ impl<'n> Loader<'_, '_> {
                 let path = self.string(node, field)?;
                 let track_json = Path::new(path).join("track.json");
                 match std::fs::File::open(&track_json) {
-                    Ok(_) => Some(Val::Path(project_relative(path).into())),
+                    Ok(_) => Some(Val::Path(Path::new(path).into())),
                     Err(e) => {
                         self.sink.error_with_help(
                             span,
