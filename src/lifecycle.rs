@@ -209,7 +209,7 @@ async fn steps<P: Provider>(
             }
             Step::Installing => {
                 let c = connected(ctx, test, &mut conn).await?;
-                install(ctx, test, artifacts, c).await?;
+                install(ctx, test, artifacts, c, &record).await?;
                 Step::Racing
             }
             Step::Racing => {
@@ -400,9 +400,9 @@ async fn install<P: Provider>(
     test: &Test,
     artifacts: &Artifacts,
     conn: &Conn,
+    record: &TestRecord,
 ) -> Result<(), Stop> {
     let run_dir = quoted_run_dir(conn, Step::Installing)?;
-    let record = ctx.state.read(|s| s.tests[&test.address].clone());
     let bundle = staging::bundle(
         &ctx.renderer,
         test,
