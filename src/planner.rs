@@ -390,7 +390,7 @@ impl SavedPlan {
             path: shown.clone(),
             source,
         })?;
-        let saved: SavedPlan =
+        let mut saved: SavedPlan =
             serde_json::from_slice(&bytes).map_err(|e| SavedPlanError::Invalid {
                 path: shown.clone(),
                 reason: e.to_string(),
@@ -404,6 +404,7 @@ impl SavedPlan {
                 ),
             });
         }
+        saved.plan.resolve_paths();
         Ok(saved)
     }
 
@@ -446,7 +447,7 @@ impl SavedPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::ProviderKind;
+    use crate::plan::{ProviderKind, RallyConfig, TrackSource};
     use crate::state::{Machine, Step};
 
     const PLAN: &str = r#"
@@ -670,6 +671,37 @@ provider = "local"
                 .unwrap_err()
                 .to_string()
                 .contains("is not a saved plan")
+        );
+    }
+
+    /// A saved plan reads its files from the project it was made in, whatever the current
+    /// directory when it is applied, and hashes its tests as the plan file does.
+    #[test]
+    fn a_saved_plan_reads_its_files_from_its_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(&format!(
+            "{PLAN}[[suite.test]]\nname = \"local\"\ntrack_path = \"tests/fixtures/tracks/tiny\"\n"
+        ));
+        let artifacts = render_all(&p, &Renderer::new()).unwrap();
+        let path = dir.path().join("saved.json");
+        SavedPlan::new(&p, &State::new("nightly"), false, &Default::default())
+            .write(&path)
+            .unwrap();
+        let saved = SavedPlan::read(&path).unwrap();
+        let test = saved.plan.test(&"ingest.local".parse().unwrap()).unwrap();
+        let (TrackSource::Path(track), RallyConfig::File(ini)) =
+            (&test.settings.track, &test.settings.rally_config)
+        else {
+            panic!("{:?}", test.settings);
+        };
+        for path in [track, ini] {
+            assert!(path.read().is_absolute(), "{path:?}");
+            assert!(path.recorded().is_relative(), "{path:?}");
+        }
+        assert_eq!(
+            render_all(&saved.plan, &Renderer::new()).unwrap(),
+            artifacts,
+            "the saved plan hashes as the plan file does"
         );
     }
 }

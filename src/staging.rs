@@ -51,6 +51,7 @@ pub fn bundle(
         ("user-tags.json".into(), user_tags.into_bytes(), 0o644),
     ];
     if let TrackSource::Path(dir) = &test.settings.track {
+        let dir = dir.read();
         for rel in templates::list_files(dir)? {
             let path = dir.join(&rel);
             let bytes =

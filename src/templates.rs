@@ -165,8 +165,8 @@ impl Renderer {
         let source = match &s.rally_config {
             RallyConfig::BuiltIn => RallyConfig::BUILT_IN_TEXT.to_owned(),
             RallyConfig::File(path) => {
-                std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
-                    path: path.to_path_buf(),
+                std::fs::read_to_string(path.read()).map_err(|source| TemplateError::Read {
+                    path: path.read().to_path_buf(),
                     source,
                 })?
             }
@@ -294,7 +294,7 @@ impl Session<'_> {
                 match &s.rally_config {
                     RallyConfig::BuiltIn => buf.push(0),
                     RallyConfig::File(path) => {
-                        buf.extend_from_slice(path.as_os_str().as_encoded_bytes())
+                        buf.extend_from_slice(path.read().as_os_str().as_encoded_bytes())
                     }
                 }
             },
@@ -309,7 +309,7 @@ impl Session<'_> {
             hash.update(part.digest);
         }
         if let TrackSource::Path(dir) = &s.track {
-            hash.update(self.renderer.track_digest(dir)?.as_bytes());
+            hash.update(self.renderer.track_digest(dir.read())?.as_bytes());
         }
         let mut hex = [0; 64];
         hex::encode_to_slice(hash.finalize(), &mut hex).expect("64 digits hold a sha256");
@@ -640,7 +640,8 @@ track_params = { bulk_size = 5000 }"#,
         let ini = dir.path().join("es.ini");
         std::fs::write(&ini, "host = {{ env(\"RALLYCTL_TEST_UNSET_HOST\") }}\nport = {{ env(\"RALLYCTL_TEST_UNSET_PORT\", \"9200\") }}\n").unwrap();
         let mut test = test_from("name = \"t\"\ntrack = \"x\"");
-        test.settings.rally_config = crate::plan::RallyConfig::File(ini.into());
+        test.settings.rally_config =
+            crate::plan::RallyConfig::File(crate::plan::LocalPath::locate(&ini, dir.path()));
         let r = Renderer::new();
         assert_eq!(
             r.rally_ini(&test.settings, Secrets::Placeholders).unwrap(),

@@ -1052,3 +1052,77 @@ fn a_dumb_terminal_gets_no_colour() {
     assert!(plan("xterm").contains('\u{1b}'), "a terminal gets colour");
     assert!(!plan("dumb").contains('\u{1b}'), "TERM=dumb got colour");
 }
+
+/// Config hashes follow what a test runs, not where the checkout lies or where rallyctl runs
+/// from: a path inside the project counts by its place in it, however the plan spells it.
+#[test]
+fn config_hashes_do_not_change_when_the_checkout_moves() {
+    let hash = |cwd: &Path, plan: &Path, ini: &str, track: &str| {
+        let plan_text = format!(
+            "version = 1\nname = \"moved\"\n[defaults]\nprovider = \"local\"\n\
+             rally_config = \"{ini}\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n\
+             track_path = \"{track}\"\n"
+        );
+        std::fs::write(plan, plan_text).unwrap();
+        let out = rallyctl_in(cwd, &["plan", plan.to_str().unwrap(), "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["changes"][0]["config_hash"].as_str().unwrap().to_owned()
+    };
+    let absolute = |d: &Path| {
+        let p = |rel: &str| d.join(rel).display().to_string();
+        hash(
+            d,
+            &d.join("moved.toml"),
+            &p("conditional_install_items/rally_csv.ini"),
+            &p("tests/fixtures/tracks/tiny"),
+        )
+    };
+    let (a, b) = (workdir(), workdir());
+    let first = absolute(a.path());
+    assert_eq!(absolute(b.path()), first, "a moved checkout");
+    let relative = hash(
+        b.path(),
+        &b.path().join("moved.toml"),
+        "conditional_install_items/rally_csv.ini",
+        "tests/fixtures/tracks/tiny",
+    );
+    assert_eq!(relative, first, "a relative spelling of the same files");
+    let sub = b.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let elsewhere = hash(
+        &sub,
+        &b.path().join("moved.toml"),
+        "../conditional_install_items/rally_csv.ini",
+        "../tests/fixtures/tracks/tiny",
+    );
+    assert_eq!(
+        elsewhere, first,
+        "run from another directory of the project"
+    );
+
+    // In a git checkout the project is the checkout, wherever in it the plan lies.
+    let c = workdir();
+    std::fs::create_dir(c.path().join(".git")).unwrap();
+    std::fs::create_dir(c.path().join("plans")).unwrap();
+    let p = |rel: &str| c.path().join(rel).display().to_string();
+    let in_checkout = hash(
+        c.path(),
+        &c.path().join("plans/moved.toml"),
+        &p("conditional_install_items/rally_csv.ini"),
+        &p("tests/fixtures/tracks/tiny"),
+    );
+    assert_eq!(in_checkout, first, "a plan in the checkout's plans/");
+
+    // A path outside the project is recorded whole: it is not part of what moved.
+    let outside = hash(
+        c.path(),
+        &c.path().join("plans/moved.toml"),
+        &a.path()
+            .join("conditional_install_items/rally_csv.ini")
+            .display()
+            .to_string(),
+        &p("tests/fixtures/tracks/tiny"),
+    );
+    assert_ne!(outside, first, "a rally.ini outside the project");
+}

@@ -9,15 +9,15 @@ use std::collections::HashSet;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::diag::{PlanErrors, Sink};
 use super::source::{Entry, Format, Kind, Node};
 use super::{
-    AwsSettings, Connect, MachineSettings, PLAN_VERSION, Plan, ProviderKind, RallyConfig, Settings,
-    SortedMap, SshSettings, Suite, Test, Text, TrackSource,
+    AwsSettings, Connect, LocalPath, MachineSettings, PLAN_VERSION, Plan, ProviderKind,
+    RallyConfig, Settings, SortedMap, SshSettings, Suite, Test, Text, TrackSource,
 };
 use crate::FastHash;
 use crate::address::{self, Address};
@@ -208,7 +208,7 @@ const MIN_RUNTIME: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 enum Val {
     Str(Text),
-    Path(Arc<Path>),
+    Path(LocalPath),
     Strs(Arc<[Text]>),
     Bool(bool),
     Port(u16),
@@ -362,6 +362,7 @@ pub fn name_only(path: &Path, text: &str) -> Result<String, PlanErrors> {
             let mut loader = Loader {
                 sink: &mut sink,
                 format: format_of(path),
+                root: Path::new(""),
             };
             match &root.kind {
                 Kind::Table(entries) => match get(entries, "name") {
@@ -401,12 +402,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
         Format::Toml => super::toml_doc::parse(text),
         Format::Json => super::json_doc::parse(text),
     };
+    let root = super::project_root(path);
     let plan = match tree {
-        Ok(root) => Loader {
+        Ok(tree) => Loader {
             sink: &mut sink,
             format,
+            root: &root,
         }
-        .plan(path, &root),
+        .plan(path, &tree),
         Err(e) => {
             sink.error(&e.span, "", format!("syntax error: {}", e.message));
             None
@@ -426,6 +429,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
 struct Loader<'s, 'a> {
     sink: &'s mut Sink<'a>,
     format: Format,
+    /// The project root paths are recorded relative to ([`LocalPath`]).
+    root: &'s Path,
 }
 
 fn get<'n>(entries: &'n [Entry<'n>], key: &str) -> Option<&'n Entry<'n>> {
@@ -516,6 +521,7 @@ impl<'n> Loader<'_, '_> {
         Some(Plan {
             name: name?.to_owned(),
             source: path.to_owned(),
+            root: self.root.to_owned(),
             suites,
         })
     }
@@ -546,6 +552,7 @@ impl<'n> Loader<'_, '_> {
         }
         let chunk = items.len().div_ceil(threads);
         let format = self.format;
+        let root = self.root;
         let sink = &*self.sink;
         let parts: Vec<_> = std::thread::scope(|scope| {
             let workers: Vec<_> = (items.chunks(chunk).enumerate())
@@ -555,6 +562,7 @@ impl<'n> Loader<'_, '_> {
                         let mut loader = Loader {
                             sink: &mut sink,
                             format,
+                            root,
                         };
                         let suites: Vec<_> = (part.iter().enumerate())
                             .map(|(i, node)| {
@@ -714,7 +722,9 @@ impl<'n> Loader<'_, '_> {
             Ty::File => {
                 let path = self.string(node, field)?;
                 match std::fs::File::open(path).and_then(|f| f.metadata()) {
-                    Ok(meta) if meta.is_file() => Some(Val::Path(Path::new(path).into())),
+                    Ok(meta) if meta.is_file() => {
+                        Some(Val::Path(LocalPath::locate(Path::new(path), self.root)))
+                    }
                     Ok(_) => {
                         self.sink
                             .error(span, field, format!("`{path}` is not a file"));
@@ -731,7 +741,7 @@ impl<'n> Loader<'_, '_> {
                 let path = self.string(node, field)?;
                 let track_json = Path::new(path).join("track.json");
                 match std::fs::File::open(&track_json) {
-                    Ok(_) => Some(Val::Path(Path::new(path).into())),
+                    Ok(_) => Some(Val::Path(LocalPath::locate(Path::new(path), self.root))),
                     Err(e) => {
                         self.sink.error_with_help(
                             span,
@@ -1075,7 +1085,7 @@ impl<'n> Loader<'_, '_> {
         ) {
             (Some(Val::Invalid), _) | (_, Some(Val::Invalid)) => None,
             (Some(Val::Str(name)), None) => Some(TrackSource::Named(name)),
-            (None, Some(Val::Path(path))) => Some(TrackSource::Path(PathBuf::from(&*path))),
+            (None, Some(Val::Path(path))) => Some(TrackSource::Path(path)),
             (Some(_), Some(_)) => {
                 self.sink.error(
                     span,

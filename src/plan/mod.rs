@@ -30,6 +30,11 @@ pub struct Plan {
     /// The workspace: names the state file, the results directory and the instance tags.
     pub name: String,
     pub source: PathBuf,
+    /// The project root ([`project_root`]): where the recorded form of a [`LocalPath`] is
+    /// relative to. Saved plans made before it was kept read their paths from the current
+    /// directory, as they always did.
+    #[serde(default)]
+    pub root: PathBuf,
     pub suites: Vec<Suite>,
 }
 
@@ -99,7 +104,89 @@ impl std::fmt::Display for ProviderKind {
 #[serde(rename_all = "snake_case")]
 pub enum TrackSource {
     Named(Text),
-    Path(PathBuf),
+    Path(LocalPath),
+}
+
+/// A file or directory a plan names (`rally_config`, `track_path`), held in two forms.
+///
+/// Files are read where the plan's spelling leads, from the current directory. What the
+/// settings record, and so what the config hash takes in, is the path's place in the project:
+/// relative to the project root when the path lies inside it, absolute otherwise. The project
+/// is the git checkout holding the plan file, or the plan file's directory outside a checkout.
+/// A checkout that moves, or a plan run from another directory, thus hashes its tests as before
+/// (the contents are hashed separately).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPath {
+    read: Arc<Path>,
+    recorded: Arc<Path>,
+}
+
+impl LocalPath {
+    /// `spelled` as a plan under `root` names it; `spelled` must exist.
+    pub fn locate(spelled: &Path, root: &Path) -> LocalPath {
+        let recorded = match std::fs::canonicalize(spelled) {
+            Ok(abs) => match abs.strip_prefix(root) {
+                Ok(inside) if !inside.as_os_str().is_empty() => inside.into(),
+                _ => abs.into(),
+            },
+            Err(_) => spelled.into(),
+        };
+        LocalPath {
+            read: spelled.into(),
+            recorded,
+        }
+    }
+
+    /// Where rallyctl reads the file.
+    pub fn read(&self) -> &Path {
+        &self.read
+    }
+
+    /// What settings record, state shows and the config hash takes in.
+    pub fn recorded(&self) -> &Path {
+        &self.recorded
+    }
+
+    /// A path read back from a saved plan: a relative recorded path lies under `root`.
+    fn resolve(&mut self, root: &Path) {
+        if self.recorded.is_relative() {
+            self.read = root.join(&self.recorded).into();
+        }
+    }
+}
+
+impl Serialize for LocalPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.recorded.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LocalPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let path: Arc<Path> = PathBuf::deserialize(d)?.into();
+        Ok(LocalPath {
+            read: path.clone(),
+            recorded: path,
+        })
+    }
+}
+
+/// The project root of a plan file: the nearest enclosing directory holding `.git`, else the
+/// plan file's own directory; canonical, so that it compares with canonical paths.
+pub fn project_root(plan_file: &Path) -> PathBuf {
+    let dir = match plan_file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(dir))
+            .unwrap_or_else(|_| dir.to_owned())
+    });
+    dir.ancestors()
+        .find(|d| d.join(".git").exists())
+        .unwrap_or(&dir)
+        .to_owned()
 }
 
 /// Text a plan's tests share: what a test inherits from `[defaults]` is held once, however many
@@ -113,7 +200,7 @@ pub enum RallyConfig {
     /// any directory. Recorded under the path of its source in the repository, which is what
     /// plans named before it was built in: their config hashes stay as they were.
     BuiltIn,
-    File(Arc<Path>),
+    File(LocalPath),
 }
 
 impl RallyConfig {
@@ -125,7 +212,7 @@ impl RallyConfig {
     pub fn path(&self) -> &Path {
         match self {
             RallyConfig::BuiltIn => Path::new(Self::BUILT_IN_PATH),
-            RallyConfig::File(path) => path,
+            RallyConfig::File(path) => path.recorded(),
         }
     }
 }
@@ -136,18 +223,11 @@ impl Serialize for RallyConfig {
     }
 }
 
-/// A saved plan names its rally.ini by path: the built-in one's path reads back as the file when
-/// there is one (the plan was made in a checkout), else as the built-in.
+/// A saved plan names its rally.ini by path; [`Plan::resolve_paths`] tells the built-in one
+/// from a file.
 impl<'de> Deserialize<'de> for RallyConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let path = PathBuf::deserialize(d)?;
-        Ok(
-            if path == Path::new(Self::BUILT_IN_PATH) && !path.is_file() {
-                RallyConfig::BuiltIn
-            } else {
-                RallyConfig::File(path.into())
-            },
-        )
+        LocalPath::deserialize(d).map(RallyConfig::File)
     }
 }
 
@@ -582,6 +662,27 @@ impl Plan {
     /// Validates plan text as if read from `path` (which relative paths inside do not use).
     pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
         load::parse(path, text)
+    }
+
+    /// Makes the paths of a plan read back from a saved plan readable from here: relative ones
+    /// lie under the project root. The built-in rally.ini's path reads back as the file when
+    /// the project has one (the plan was made in a checkout), else as the built-in.
+    pub fn resolve_paths(&mut self) {
+        let root = self.root.clone();
+        for test in self.suites.iter_mut().flat_map(|s| s.tests.iter_mut()) {
+            let s = &mut test.settings;
+            if let TrackSource::Path(path) = &mut s.track {
+                path.resolve(&root);
+            }
+            if let RallyConfig::File(path) = &mut s.rally_config {
+                path.resolve(&root);
+                if path.recorded() == Path::new(RallyConfig::BUILT_IN_PATH)
+                    && !path.read().is_file()
+                {
+                    s.rally_config = RallyConfig::BuiltIn;
+                }
+            }
+        }
     }
 
     pub fn tests(&self) -> impl Iterator<Item = &Test> {
