@@ -21,7 +21,7 @@ use crate::plan::{ProviderKind, Settings};
 pub const STATE_VERSION: u32 = 1;
 
 /// A key this rallyctl does not know is refused, not dropped: writing the state back would lose
-/// it.
+/// it. So is one inside a record, a machine or a result (`deny_unknown_fields` on each).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
@@ -78,7 +78,8 @@ impl std::fmt::Display for Step {
 }
 
 /// A test's lifecycle: `Pending ▶ InProgress(step) ▶ Completed`, or `Failed` from any step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Read back through [`RecordFields`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Status {
     Pending,
@@ -108,6 +109,7 @@ impl Status {
 /// The machine an attempt holds, recorded before anything runs on it. Beyond the id, only its
 /// provider reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Machine {
     /// States from before there were other providers hold EC2 instances.
     #[serde(default)]
@@ -135,6 +137,7 @@ pub struct Machine {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResultFile {
     /// Relative to the directory holding `results/`.
     pub path: PathBuf,
@@ -143,6 +146,7 @@ pub struct ResultFile {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Transition {
     pub status: String,
     pub at: Timestamp,
@@ -201,6 +205,7 @@ impl PartialEq for RecordedSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RecordFields")]
 pub struct TestRecord {
     pub config_hash: String,
     pub settings: RecordedSettings,
@@ -220,6 +225,96 @@ pub struct TestRecord {
     pub results: Vec<ResultFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
+}
+
+/// A [`TestRecord`] as the file spells it, the status's keys among the others. serde's
+/// `flatten`, which writes the status, cannot refuse unknown keys when reading; this can, and
+/// it refuses a status with keys that do not belong to it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordFields {
+    config_hash: String,
+    settings: RecordedSettings,
+    race_command: String,
+    status: StatusName,
+    #[serde(default)]
+    step: Option<Step>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    log_tail: Option<String>,
+    attempt: u32,
+    #[serde(default)]
+    run_id: Option<String>,
+    #[serde(default)]
+    race_id: Option<Uuid>,
+    #[serde(default)]
+    instance: Option<Machine>,
+    #[serde(default)]
+    results: Vec<ResultFile>,
+    #[serde(default)]
+    history: Vec<Transition>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StatusName {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl TryFrom<RecordFields> for TestRecord {
+    type Error = String;
+
+    fn try_from(r: RecordFields) -> Result<TestRecord, String> {
+        let status = match (r.status, r.step, r.error, r.log_tail) {
+            (StatusName::Pending, None, None, None) => Status::Pending,
+            (StatusName::Completed, None, None, None) => Status::Completed,
+            (StatusName::InProgress, Some(step), None, None) => Status::InProgress { step },
+            (StatusName::Failed, Some(step), Some(error), log_tail) => Status::Failed {
+                step,
+                error,
+                log_tail,
+            },
+            (name, step, error, log_tail) => {
+                let wants = match name {
+                    StatusName::Pending | StatusName::Completed => "no `step` or `error`",
+                    StatusName::InProgress => "a `step` and no `error`",
+                    StatusName::Failed => "a `step` and an `error`",
+                };
+                let has: Vec<_> = [
+                    step.map(|_| "step"),
+                    error.map(|_| "error"),
+                    log_tail.map(|_| "log_tail"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                return Err(format!(
+                    "a record's status takes {wants}, but this one has {}",
+                    if has.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        has.join(", ")
+                    }
+                ));
+            }
+        };
+        Ok(TestRecord {
+            config_hash: r.config_hash,
+            settings: r.settings,
+            race_command: r.race_command,
+            status,
+            attempt: r.attempt,
+            run_id: r.run_id,
+            race_id: r.race_id,
+            instance: r.instance,
+            results: r.results,
+            history: r.history,
+        })
+    }
 }
 
 impl Machine {
@@ -768,14 +863,53 @@ mod tests {
     fn a_state_with_a_key_this_rallyctl_does_not_know_is_refused_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.state.json");
-        let text = r#"{"version": 1, "lineage": "7d8a5b6e-1c1e-4d4b-9a51-8a4c7a1f0f00", "serial": 3, "workspace": "w", "tests": {}, "team_notes": "keep me"}"#;
-        fs::write(&path, text).unwrap();
-        let err = load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("team_notes") && err.contains("left untouched"),
-            "{err}"
-        );
-        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        let record = |extra: &str, machine: &str| {
+            format!(
+                r#"{{"version": 1, "lineage": "7d8a5b6e-1c1e-4d4b-9a51-8a4c7a1f0f00", "serial": 3, "workspace": "w", "tests": {{"s.t": {{"config_hash": "abc", "settings": {{}}, "race_command": "esrally", "status": "completed", "attempt": 1, "instance": {{"provider": "aws", "id": "i-1", "launched_at": "2026-12-01T00:00:00Z"{machine}}}, "results": [{{"path": "r.csv", "sha256": "00", "bytes": 1}}]{extra}}}}}}}"#
+            )
+        };
+        load_str(&path, &record("", "")).expect("the record as written is valid");
+        for (text, key) in [
+            (
+                r#"{"version": 1, "lineage": "7d8a5b6e-1c1e-4d4b-9a51-8a4c7a1f0f00", "serial": 3, "workspace": "w", "tests": {}, "team_notes": "keep me"}"#.to_owned(),
+                "team_notes",
+            ),
+            (record(r#", "spot_price": 0.1"#, ""), "spot_price"),
+            (record("", r#", "zone": "us-east-1a""#), "zone"),
+        ] {
+            fs::write(&path, &text).unwrap();
+            let err = load(&path).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("left untouched"), "{err}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), text);
+        }
+    }
+
+    fn load_str(path: &Path, text: &str) -> Result<Option<State>, StateError> {
+        fs::write(path, text).unwrap();
+        load(path)
+    }
+
+    /// A record's status keys must make one status: a completed test with an error, or a
+    /// failure without one, is damage, not something to guess at.
+    #[test]
+    fn a_record_whose_status_keys_do_not_fit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        for (status, wrong) in [
+            (r#""status": "completed", "error": "boom""#, "has error"),
+            (r#""status": "failed", "step": "racing""#, "has step"),
+            (r#""status": "in_progress""#, "has none"),
+            (r#""status": "pending", "log_tail": "x""#, "has log_tail"),
+        ] {
+            let text = format!(
+                r#"{{"version": 1, "lineage": "7d8a5b6e-1c1e-4d4b-9a51-8a4c7a1f0f00", "serial": 3, "workspace": "w", "tests": {{"s.t": {{"config_hash": "abc", "settings": {{}}, "race_command": "esrally", {status}, "attempt": 1}}}}}}"#
+            );
+            let err = load_str(&path, &text).unwrap_err().to_string();
+            assert!(
+                err.contains(wrong) && err.contains("left untouched"),
+                "{status}: {err}"
+            );
+        }
     }
 
     #[test]
