@@ -17,14 +17,24 @@ pub struct Target {
     settings: Settings,
 }
 
+/// A machine state names that its provider says is already gone, with why.
+pub struct Gone {
+    pub address: Address,
+    pub id: String,
+    pub why: String,
+}
+
 /// What the workspace still holds: machines of state's records that are still there, and
-/// leaked ones. `plan` is the plan's settings, where there is a plan.
+/// leaked ones; and the machines state names that are gone already. `plan` is the plan's
+/// settings, where there is a plan. A machine whose provider cannot tell whether it is still
+/// there is a target: giving it back is safe, forgetting it may leave it costing money.
 pub async fn targets<P: Provider>(
     provider: &P,
     state: &State,
     plan: &[&Settings],
-) -> anyhow::Result<Vec<Target>> {
+) -> anyhow::Result<(Vec<Target>, Vec<Gone>)> {
     let mut targets: Vec<Target> = Vec::new();
+    let mut gone = Vec::new();
     let mut hints: Vec<Settings> = plan.iter().map(|s| (*s).clone()).collect();
     for (address, record) in &state.tests {
         let Some(machine) = record.live_machine() else {
@@ -33,12 +43,17 @@ pub async fn targets<P: Provider>(
         let settings = record.settings.typed().map_err(|e| {
             anyhow::anyhow!("the recorded settings of {address} cannot be read: {e}")
         })?;
-        if provider.gone(machine).await.is_none() {
-            targets.push(Target {
+        match provider.gone(machine).await {
+            Ok(Some(why)) => gone.push(Gone {
+                address: address.clone(),
+                id: machine.id.clone(),
+                why,
+            }),
+            Ok(None) | Err(_) => targets.push(Target {
                 machine: machine.clone(),
                 address: Some(address.clone()),
                 settings: settings.clone(),
-            });
+            }),
         }
         hints.push(settings);
     }
@@ -58,7 +73,34 @@ pub async fn targets<P: Provider>(
             settings,
         });
     }
-    Ok(targets)
+    Ok((targets, gone))
+}
+
+/// Records the machines that are gone as given back, so that state stops naming them.
+pub fn forget(state: &StateHandle, gone: &[Gone]) -> anyhow::Result<()> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    state.update(|s| {
+        for g in gone {
+            if let Some(record) = s.tests.get_mut(&g.address) {
+                record.mark_released();
+                fail_in_progress(record, &g.why);
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// A test whose machine went mid-step is recorded failed, for the next apply to run again.
+fn fail_in_progress(record: &mut crate::state::TestRecord, why: &str) {
+    if let Status::InProgress { step } = record.status {
+        record.set_status(Status::Failed {
+            step,
+            error: why.to_owned(),
+            log_tail: None,
+        });
+    }
 }
 
 /// Gives every target back and records it; returns the ids of those that could not be, with
@@ -83,16 +125,13 @@ pub async fn destroy<P: Provider>(
                 continue;
             };
             record.mark_released();
-            if let Status::InProgress { step } = record.status {
-                record.set_status(Status::Failed {
-                    step,
-                    error: format!(
-                        "its machine was {} by `rallyctl destroy`",
-                        t.machine.provider.released()
-                    ),
-                    log_tail: None,
-                });
-            }
+            fail_in_progress(
+                record,
+                &format!(
+                    "its machine was {} by `rallyctl destroy`",
+                    t.machine.provider.released()
+                ),
+            );
         }
     })?;
     Ok(not_released)

@@ -345,11 +345,11 @@ async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
         .state
         .read(|s| s.tests[&test.address].instance.clone())
         .ok_or_else(|| failed(Step::Booting, "state names no machine for this test"))?;
-    let reachable = ctx
-        .provider
-        .reach(&machine, &test.settings)
-        .await
-        .map_err(|e| failed(Step::Booting, e))?;
+    // Waiting for a machine to boot can take minutes: Ctrl-C ends the wait at once.
+    let reachable = tokio::select! {
+        r = ctx.provider.reach(&machine, &test.settings) => r.map_err(|e| failed(Step::Booting, e))?,
+        _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
+    };
     if let remote::Endpoint::Ssh(e) = &reachable.endpoint {
         let host = e.host.clone();
         ctx.state.record(&test.address, |r| {
@@ -466,7 +466,10 @@ async fn race<P: Provider>(
         Step::Racing,
     )
     .await?;
-    let wait_command = format!("bash {run_dir}/race.sh wait {WAIT_SLICE_SECS}");
+    // Waits in slices short enough to notice a stall within a third of its timeout.
+    let stall = test.settings.stall_timeout;
+    let slice = (stall.as_secs() / 3).clamp(1, WAIT_SLICE_SECS);
+    let wait_command = format!("bash {run_dir}/race.sh wait {slice}");
     loop {
         let wait = run_on(
             ctx,
@@ -474,7 +477,7 @@ async fn race<P: Provider>(
             conn,
             &wait_command,
             b"",
-            Duration::from_secs(WAIT_SLICE_SECS + 60),
+            Duration::from_secs(slice + 60),
             Step::Racing,
         );
         let out = tokio::select! {
@@ -489,7 +492,13 @@ async fn race<P: Provider>(
                 humantime::format_duration(test.settings.max_runtime)
             ),
             Some(code) => format!("esrally exited with {code}"),
-            None if answer == "running" => continue,
+            None if answer == "running" => match silent_for(ctx, test, conn, &run_dir).await? {
+                Some(silent) if silent >= stall => format!(
+                    "the race stalled: neither its console nor Rally's log changed for {}, so it was stopped (stall_timeout)",
+                    humantime::format_duration(Duration::from_secs(silent.as_secs()))
+                ),
+                _ => continue,
+            },
             None => format!(
                 "the race stopped without an exit code ({answer}): was {} rebooted?",
                 conn.reachable.endpoint.name()
@@ -501,6 +510,36 @@ async fn race<P: Provider>(
             log_tail: race_log_tail(&conn.reachable.endpoint, &run_dir).await,
         }));
     }
+}
+
+/// How long since the race last wrote to its console log or to Rally's log; `None` before
+/// either exists. Asked by a command of its own rather than by race.sh, whose text is part of
+/// every test's config hash.
+async fn silent_for<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
+    run_dir: &str,
+) -> Result<Option<Duration>, Stop> {
+    let command = format!(
+        "cd {run_dir} && newest=$(stat -c %Y race.log .rally/logs/rally.log 2>/dev/null | sort -n | tail -n 1) && [ -n \"$newest\" ] && echo $(( $(date +%s) - newest )) || true"
+    );
+    let out = run_on(
+        ctx,
+        test,
+        conn,
+        &command,
+        b"",
+        Duration::from_secs(60),
+        Step::Racing,
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .map(|secs| Duration::from_secs(secs.max(0).unsigned_abs())))
 }
 
 async fn race_log_tail(endpoint: &remote::Endpoint, run_dir: &str) -> Option<String> {
@@ -635,9 +674,20 @@ async fn run_on<P: Provider>(
         if !transient || Instant::now() >= deadline {
             return Err(failed(step, format!("{error} ({})", conn.machine.id)));
         }
-        // A connection that keeps failing may mean the machine is gone.
-        if let Some(gone) = ctx.provider.gone(&conn.machine).await {
-            return Err(failed(step, gone));
+        // A connection that keeps failing may mean the machine is gone; not being able to
+        // tell is a failure of its own, never read as "still there".
+        match ctx.provider.gone(&conn.machine).await {
+            Ok(None) => {}
+            Ok(Some(gone)) => return Err(failed(step, gone)),
+            Err(e) => {
+                return Err(failed(
+                    step,
+                    format!(
+                        "{error} ({}); whether it is still there cannot be told: {e}",
+                        conn.machine.id
+                    ),
+                ));
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

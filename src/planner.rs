@@ -568,14 +568,9 @@ provider = "local"
             Status::InProgress { step: Step::Racing },
         );
         r.instance = Some(Machine {
-            provider: ProviderKind::Aws,
-            id: "i-0abc".into(),
             region: Some("us-east-1".into()),
-            address: None,
-            lease: None,
-            run_dir: None,
             launched_at: "2026-11-25T00:00:00Z".parse().unwrap(),
-            terminated_at: None,
+            ..Machine::acquired(ProviderKind::Aws, "i-0abc".into())
         });
         state.tests.insert(Address::new("old", "gone").unwrap(), r);
         let _ = a;

@@ -119,6 +119,12 @@ pub struct Machine {
     /// The EC2 region of an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The subnet and Availability Zone an instance runs in: a result's hardware can differ
+    /// from zone to zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The address rallyctl connects to, once the machine has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -324,6 +330,8 @@ impl Machine {
             provider,
             id,
             region: None,
+            subnet: None,
+            zone: None,
             address: None,
             lease: None,
             run_dir: None,
@@ -785,21 +793,74 @@ mod tests {
         );
     }
 
+    /// A save killed at any point (mid-write, between the temp file and the rename, between
+    /// the backup and the rename) leaves a state that loads, at the serial of the last save
+    /// that finished or the one being written. The saves run in a child process (this test
+    /// binary again, under `RALLYCTL_TEST_SAVE_FOREVER`) that is SIGKILLed at random moments;
+    /// the state is large enough that a save takes a while, so a save that wrote in place would
+    /// be caught half-written.
     #[test]
-    fn a_crash_between_temp_write_and_rename_leaves_the_old_state_readable() {
+    fn a_save_killed_at_any_point_leaves_a_readable_state() {
+        if let Ok(path) = std::env::var("RALLYCTL_TEST_SAVE_FOREVER") {
+            let path = Path::new(&path);
+            let mut state = load(path).unwrap().unwrap_or_else(|| State::new("w"));
+            let record = TestRecord {
+                config_hash: "abc".repeat(20),
+                settings: serde_json::json!({"params": "x".repeat(20_000)}).into(),
+                race_command: "esrally race".into(),
+                status: Status::Completed,
+                attempt: 1,
+                run_id: None,
+                race_id: None,
+                instance: None,
+                results: vec![],
+                history: vec![],
+            };
+            for i in 0..500 {
+                state
+                    .tests
+                    .insert(format!("s.t{i}").parse().unwrap(), record.clone());
+            }
+            loop {
+                save(path, &mut state).unwrap();
+                println!("saved");
+            }
+        }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.state.json");
-        let mut state = State::new("w");
-        save(&path, &mut state).unwrap();
-        // What a crash leaves behind: a half-written temp file beside the state.
-        fs::write(
-            dir.path().join(".rallyctl-state-XXXX"),
-            b"{\"version\": 1, \"lin",
-        )
-        .unwrap();
-        let loaded = load(&path).unwrap().unwrap();
-        assert_eq!(loaded.serial, 1);
-        assert_eq!(loaded.lineage, state.lineage);
+        let mut last = 0;
+        for round in 0..25u64 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "state::tests::a_save_killed_at_any_point_leaves_a_readable_state",
+                    "--exact",
+                    "--nocapture",
+                ])
+                .env("RALLYCTL_TEST_SAVE_FOREVER", &path)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Saves follow one another once the first is done: kill at some moment among them.
+            let mut lines =
+                std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+            while lines.next().unwrap().unwrap() != "saved" {}
+            std::thread::sleep(std::time::Duration::from_millis((round * 7) % 50));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            match load(&path) {
+                Ok(Some(state)) => {
+                    assert!(
+                        state.serial >= last,
+                        "serial went back: {last} then {}",
+                        state.serial
+                    );
+                    last = state.serial;
+                }
+                Ok(None) => panic!("round {round}: the state vanished after serial {last}"),
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
     }
 
     #[test]
@@ -875,7 +936,7 @@ mod tests {
                 "team_notes",
             ),
             (record(r#", "spot_price": 0.1"#, ""), "spot_price"),
-            (record("", r#", "zone": "us-east-1a""#), "zone"),
+            (record("", r#", "owner": "perf-team""#), "owner"),
         ] {
             fs::write(&path, &text).unwrap();
             let err = load(&path).unwrap_err().to_string();

@@ -194,13 +194,15 @@ mod tests {
     use crate::provider::fake::Fake;
     use crate::state::{State, Status};
 
-    /// Stands in for esrally: writes a report, or fails when asked with `--fail`.
+    /// Stands in for esrally: writes a report, fails when asked with `--fail`, hangs without a
+    /// word with `--hang` (its pid in `hung.pid` beside the report).
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
 for a in "$@"; do
   case "$a" in
     --version) echo "esrally 2.13.0"; exit 0;;
     --report-file=*) report=${a#--report-file=};;
     --fail) echo "boom: the cluster said no"; exit 64;;
+    --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
   esac
 done
 printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,index,0.00,%%\n' > "$report"
@@ -243,6 +245,16 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
 
         /// Plans against the bench's state and applies that plan with `fake`.
         fn apply(&mut self, fake: Fake, options: &Options) -> (ApplyReport, Fake) {
+            self.apply_cancelled_after(fake, options, None)
+        }
+
+        /// Like `apply`, with Ctrl-C after `after` (when given).
+        fn apply_cancelled_after(
+            &mut self,
+            fake: Fake,
+            options: &Options,
+            after: Option<std::time::Duration>,
+        ) -> (ApplyReport, Fake) {
             let renderer = Renderer::new();
             let artifacts = planner::render_all(&self.plan, &renderer).unwrap();
             let changes = planner::diff(&self.plan, &self.state, &artifacts, options);
@@ -255,6 +267,14 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 parallelism: 10,
                 results_dir: self.dir.path().join("results"),
             };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            if let Some(after) = after {
+                let cancel = cancel.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    cancel.cancel();
+                });
+            }
             let report = rt
                 .block_on(apply(
                     fake.clone(),
@@ -265,7 +285,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                     handle.clone(),
                     &apply_options,
                     Progress::new(false),
-                    tokio_util::sync::CancellationToken::new(),
+                    cancel,
                 ))
                 .unwrap();
             drop(rt);
@@ -360,6 +380,88 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         // The failed test runs again as a new attempt.
         let (_, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(fake.calls()[0], "acquire a.t1#2 -> m-t1-2");
+    }
+
+    /// A machine that stops answering is asked after: gone fails the test with why; a provider
+    /// that cannot tell fails it too, saying so, never taking "cannot tell" for "still there".
+    #[test]
+    fn a_machine_that_vanishes_or_cannot_be_asked_after_fails_its_test_with_why() {
+        let mut bench = Bench::new(TWO_SUITES);
+        let fake = Fake::default();
+        fake.gone.lock().unwrap().insert("m-t1-1".into());
+        fake.unknowable.lock().unwrap().insert("m-t2-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        let error_of = |address: &str| {
+            report
+                .failed
+                .iter()
+                .find(|f| f.0.to_string() == address)
+                .map(|f| (f.1, f.2.clone()))
+                .unwrap()
+        };
+        assert_eq!(error_of("a.t1"), (Step::Booting, "m-t1-1 is gone".into()));
+        let (step, error) = error_of("a.t2");
+        assert_eq!(step, Step::Booting);
+        assert!(
+            error.contains("cannot be told") && error.contains("the API is down"),
+            "{error}"
+        );
+        assert_eq!(report.completed.len(), 1, "the next suite still runs");
+        assert!(fake.held.lock().unwrap().is_empty());
+    }
+
+    /// Ctrl-C while a machine boots ends the wait at once: the test stops at its recorded step,
+    /// holding its machine for the next apply or destroy.
+    #[test]
+    fn ctrl_c_ends_the_wait_for_a_machine_that_never_boots() {
+        let mut bench = Bench::new("[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n");
+        let fake = Fake::default();
+        fake.boot_forever.lock().unwrap().insert("m-t1-1".into());
+        let (report, fake) = bench.apply_cancelled_after(
+            fake,
+            &Options::default(),
+            Some(std::time::Duration::from_millis(300)),
+        );
+        assert!(report.completed.is_empty() && report.failed.is_empty());
+        assert_eq!(
+            bench.status("a.t1"),
+            Status::InProgress {
+                step: Step::Booting
+            }
+        );
+        assert!(fake.held.lock().unwrap().contains("m-t1-1"));
+    }
+
+    /// A race whose logs stay silent for `stall_timeout` is failed as stalled with its log
+    /// tail, its processes are stopped and its machine given back, long before max_runtime.
+    #[test]
+    fn a_stalled_race_is_stopped_and_failed_with_its_log_tail() {
+        let mut bench = Bench::new(
+            "stall_timeout = \"2s\"\n[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+             rally_args = [\"--hang\"]\n",
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        let (_, step, error, tail) = &report.failed[0];
+        assert_eq!(*step, Step::Racing);
+        assert!(error.contains("stalled"), "{error}");
+        assert!(
+            tail.as_deref().unwrap_or("").contains("connecting"),
+            "{tail:?}"
+        );
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        let remote = bench.dir.path().join("remote");
+        let pid_file = crate::templates::list_files(&remote)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.ends_with("hung.pid"))
+            .expect("the stand-in esrally ran");
+        let pid = std::fs::read_to_string(remote.join(pid_file)).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+        // Gone, or a zombie nobody reaped: either way no longer running.
+        assert!(
+            stat.as_deref().map_or(true, |s| s.contains(") Z ")),
+            "the hung race still runs: {stat:?}"
+        );
     }
 
     /// The state of a test that an apply left at `step`, still holding its machine.

@@ -790,6 +790,24 @@ fn plan_files_are_read_within_bounds() {
             text(&out)
         );
     }
+    // A saved plan is applied as planned: selecting tests on it is refused, not ignored.
+    for flag in ["--target", "--replace"] {
+        let out = rallyctl(&[
+            "apply",
+            saved.to_str().unwrap(),
+            flag,
+            "ingest.geonames",
+            "--state",
+            state.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("belong on `rallyctl plan`"),
+            "{}",
+            text(&out)
+        );
+        assert!(!state.exists());
+    }
 }
 
 /// `--json` is honoured or refused, never ignored: a broken plan under `plan --json` comes out

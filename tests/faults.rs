@@ -88,3 +88,242 @@ fn insufficient_capacity_is_retried_within_a_bound_then_the_test_fails() {
     let instances = run.harness.instances();
     assert!(instances.is_empty(), "instances exist: {instances:?}");
 }
+
+/// EC2 answers for a while after RunInstances that the new instance does not exist: rallyctl
+/// waits for it, and the test completes.
+#[test]
+fn a_new_instance_ec2_does_not_show_yet_is_waited_for() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::start_with(
+        &run.harness.moto_url,
+        &[],
+        &["--young-not-found", "6"],
+        run.dir.path(),
+    );
+    let out = apply_through(&run, &proxy);
+    assert_eq!(out.status.code(), Some(0), "apply failed");
+    assert_eq!(run.record("s.t").status, Status::Completed);
+    assert!(
+        proxy.injected("DescribeInstances") >= 1,
+        "EC2 never hid the new instance: the test proved nothing"
+    );
+    assert_eq!(run.launches(), 1);
+    assert!(run.harness.running_instances().is_empty());
+}
+
+/// Writes the state of an apply that died last night while the plan's tests booted, the i-th
+/// test on instance `ids[i]`; returns the state's path.
+fn stopped_while_booting(
+    run: &Run,
+    plan_path: &std::path::Path,
+    ids: &[&str],
+) -> std::path::PathBuf {
+    let plan = rallyctl::plan::Plan::load(plan_path).unwrap();
+    let mut state = rallyctl::state::State::new("e2e");
+    let yesterday = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(14);
+    for (test, id) in plan.tests().zip(ids) {
+        let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
+        let mut machine =
+            rallyctl::state::Machine::acquired(rallyctl::plan::ProviderKind::Aws, id.to_string());
+        machine.region = Some(run.harness.region.clone());
+        machine.launched_at = yesterday;
+        state.tests.insert(
+            test.address.clone(),
+            rallyctl::state::TestRecord {
+                config_hash: artifacts.config_hash,
+                settings: (&test.settings).into(),
+                race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
+                status: Status::InProgress {
+                    step: Step::Booting,
+                },
+                attempt: 1,
+                run_id: Some("20261201T000000Z-night0".into()),
+                race_id: Some(uuid::Uuid::new_v4()),
+                instance: Some(machine),
+                results: vec![],
+                history: vec![],
+            },
+        );
+    }
+    let state_path = run.dir.path().join("state/e2e.state.json");
+    rallyctl::state::save(&state_path, &mut state).unwrap();
+    state_path
+}
+
+/// Instance Connect refuses keys for an instance that does not read running yet: refusals are
+/// retried while it boots and the test completes; past the boot wait the test fails saying
+/// what to check.
+#[test]
+fn instance_connect_refusals_are_retried_while_booting_then_explained() {
+    let run = Run::new(2);
+    let proxy = FaultProxy::start(
+        &run.harness.moto_url,
+        &["SendSSHPublicKey:EC2InstanceStateInvalidException:3"],
+        run.dir.path(),
+    );
+    let out = apply_through(&run, &proxy);
+    assert_eq!(out.status.code(), Some(0), "apply failed");
+    assert_eq!(run.record("s.t").status, Status::Completed);
+    assert_eq!(proxy.injected("SendSSHPublicKey"), 3);
+    drop(proxy);
+
+    // An instance launched last night that Instance Connect refuses is past its boot wait.
+    let plan_path = run.plan(&[("later", &[("v", "")])]);
+    let old = run.harness.launch_tagged(&[("night", "before")]);
+    stopped_while_booting(&run, &plan_path, &[&old]);
+    let proxy = FaultProxy::start(
+        &run.harness.moto_url,
+        &["SendSSHPublicKey:EC2InstanceStateInvalidException:always"],
+        run.dir.path(),
+    );
+    let args = ["apply", plan_path.to_str().unwrap(), "--auto-approve"];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = run.output(&mut cmd, &args);
+    assert_eq!(out.status.code(), Some(1));
+    match run.record("later.v").status {
+        Status::Failed { step, error, .. } => {
+            assert_eq!(step, Step::Booting);
+            for part in [
+                old.as_str(),
+                "EC2InstanceStateInvalidException",
+                "security group",
+            ] {
+                assert!(error.contains(part), "{part}: {error}");
+            }
+        }
+        other => panic!("later.v is {other:?}"),
+    }
+    assert_eq!(
+        proxy.injected("SendSSHPublicKey"),
+        1,
+        "retried past the boot wait"
+    );
+    assert!(run.harness.running_instances().is_empty());
+}
+
+/// A resume the morning after: state names an instance EC2 has purged since (terminated, then
+/// forgotten), beside one still running. The purged id fails nothing else: apply fails that
+/// test with why, in bounded time; destroy exits 0, records the purged one as gone and
+/// terminates the other.
+#[test]
+fn a_purged_instance_in_state_neither_hangs_apply_nor_breaks_destroy() {
+    let run = Run::new(2);
+    let plan_path = run.plan(&[("s", &[("t", ""), ("u", "")])]);
+    let h = &run.harness;
+    let (purged, live) = (
+        h.launch_tagged(&[("night", "before")]),
+        h.launch_tagged(&[("night", "before")]),
+    );
+    h.block_on(
+        h.ec2_client()
+            .terminate_instances()
+            .instance_ids(&purged)
+            .send(),
+    )
+    .unwrap();
+    let state_path = stopped_while_booting(&run, &plan_path, &[&purged, &live]);
+    let proxy = FaultProxy::start(&h.moto_url, &[], run.dir.path());
+    proxy.purge(&[&purged]);
+    let through_proxy = |args: &[&str]| {
+        let mut cmd = run.command(args);
+        cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+        run.output(&mut cmd, args)
+    };
+
+    // Apply with only the purged test to resume: it fails with why, and apply ends.
+    let out = through_proxy(&[
+        "apply",
+        plan_path.to_str().unwrap(),
+        "--auto-approve",
+        "--target",
+        "s.t",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "the purged test did not fail");
+    match run.record("s.t").status {
+        Status::Failed { step, error, .. } => {
+            assert_eq!(step, Step::Booting);
+            assert!(error.contains("no longer known to EC2"), "{error}");
+        }
+        other => panic!("s.t is {other:?}"),
+    }
+    assert!(run.record("s.t").live_machine().is_none());
+
+    // Destroy: the purged instance no longer counts, the live one is terminated.
+    let out = through_proxy(&["destroy", plan_path.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "destroy failed");
+    assert!(run.record("s.u").live_machine().is_none());
+    let running = h.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+    assert!(
+        proxy.injected("TerminateInstances") + proxy.injected("DescribeInstances") >= 1,
+        "EC2 never said it did not know the purged instance: the test proved nothing"
+    );
+
+    // The morning-after case for destroy alone: state still naming the purged instance.
+    let mut again = rallyctl::state::load(&state_path).unwrap().unwrap();
+    let record = again.tests.get_mut(&"s.t".parse().unwrap()).unwrap();
+    record.instance.as_mut().unwrap().terminated_at = None;
+    rallyctl::state::save(&state_path, &mut again).unwrap();
+    let out = through_proxy(&["destroy", plan_path.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0), "destroy failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&purged) && stdout.contains("no longer known to EC2"),
+        "{stdout}"
+    );
+    assert!(run.record("s.t").live_machine().is_none());
+}
+
+/// Capacity is per Availability Zone: with `subnet_ids`, a launch EC2 cannot place in the first
+/// subnet's zone goes to the next subnet, and state records where the instance ran.
+#[test]
+fn a_launch_short_of_capacity_in_one_zone_tries_the_next_subnet() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let cidr = if h.subnet_cidr == "127.0.250.0/24" {
+        "127.0.251.0/24"
+    } else {
+        "127.0.250.0/24"
+    };
+    let full = h
+        .block_on(
+            h.ec2_client()
+                .create_subnet()
+                .vpc_id(&h.vpc_id)
+                .cidr_block(cidr)
+                .availability_zone(format!("{}b", h.region))
+                .send(),
+        )
+        .unwrap()
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .unwrap()
+        .to_owned();
+    let proxy = FaultProxy::start(
+        &h.moto_url,
+        &[&format!(
+            "RunInstances[SubnetId={full}]:InsufficientInstanceCapacity:always"
+        )],
+        run.dir.path(),
+    );
+    let extra = format!("subnet_ids = [\"{full}\", \"{}\"]", h.subnet_id);
+    let plan = run.plan(&[("s", &[("t", &extra)])]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = run.output(&mut cmd, &args);
+    assert_eq!(out.status.code(), Some(0), "apply failed");
+    let record = run.record("s.t");
+    assert_eq!(record.status, Status::Completed);
+    assert_eq!(
+        proxy.injected("RunInstances"),
+        1,
+        "the full zone was not tried first"
+    );
+    assert_eq!(proxy.forwarded("RunInstances"), 1);
+    let machine = record.instance.unwrap();
+    assert_eq!(machine.subnet.as_deref(), Some(h.subnet_id.as_str()));
+    assert!(machine.zone.is_some_and(|z| z.starts_with(&h.region)));
+    assert!(h.running_instances().is_empty());
+}

@@ -87,14 +87,10 @@ impl Tree {
                 run_id: Some(run.into()),
                 race_id: None,
                 instance: Some(Machine {
-                    provider: ProviderKind::Aws,
-                    id: "i-0123".into(),
                     region: Some("us-east-1".into()),
-                    address: None,
-                    lease: None,
-                    run_dir: None,
                     launched_at: at("2026-11-25T08:15:00Z"),
                     terminated_at: Some(at("2026-11-25T08:25:00Z")),
+                    ..Machine::acquired(ProviderKind::Aws, "i-0123".into())
                 }),
                 results,
                 history,

@@ -261,6 +261,10 @@ impl Command {
 }
 
 impl Select {
+    pub fn is_empty(&self) -> bool {
+        self.target.is_empty() && self.replace.is_empty()
+    }
+
     pub fn options(&self, plan: &Plan, state: &State) -> Result<Options> {
         for address in self.target.iter().chain(&self.replace) {
             if plan.test(address).is_none() && !state.tests.contains_key(address) {

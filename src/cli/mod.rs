@@ -51,6 +51,10 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
+            if let Some(usage) = err.downcast_ref::<UsageError>() {
+                eprintln!("{} {usage}", console::style("error:").red().bold());
+                return ExitCode::from(EXIT_USAGE);
+            }
             match err.downcast_ref::<PlanErrors>() {
                 // Asked for JSON, a broken plan is reported as `validate --json` reports it.
                 Some(plan_errors) if json => println!(
@@ -68,6 +72,11 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// Arguments that parse but cannot go together: exit code [`EXIT_USAGE`], like a parse error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 /// An error and its causes on one line, each said once: many errors already quote their cause
 /// (`cannot read X: Is a directory`), which the chain would otherwise repeat.
@@ -402,6 +411,13 @@ fn apply(
     g: &Global,
 ) -> Result<u8> {
     let saved = read_saved(path)?;
+    if saved.is_some() && !select.is_empty() {
+        return Err(UsageError(format!(
+            "{} is a saved plan, applied exactly as it was planned: --target and --replace belong on `rallyctl plan`",
+            path.display()
+        ))
+        .into());
+    }
     let plan = match &saved {
         Some(s) => s.plan.clone(),
         None => Plan::load(path)?,
@@ -570,12 +586,19 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
     };
     let rt = runtime()?;
     let provider = crate::provider::Fleet::new(state_dir(&t.state_path), &state.workspace);
-    let targets = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
+    let (targets, gone) = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
+    let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());
+    if !gone.is_empty() {
+        println!("State names machines that are gone already; they will be recorded as such:\n");
+        for g in &gone {
+            println!("  {}  {}  ({})", g.id, g.address, g.why);
+        }
+        println!();
+    }
     if targets.is_empty() {
-        println!(
-            "Nothing to destroy: workspace `{}` holds no machine.",
-            state.workspace
-        );
+        crate::destroy::forget(&handle, &gone)?;
+        let workspace = handle.read(|s| s.workspace.clone());
+        println!("Nothing to destroy: workspace `{workspace}` holds no machine.");
         return Ok(0);
     }
     println!("rallyctl will give back these machines:\n");
@@ -599,7 +622,7 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
     {
         return Ok(code);
     }
-    let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());
+    crate::destroy::forget(&handle, &gone)?;
     let failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
     if failed.is_empty() {
         println!(

@@ -17,7 +17,7 @@ use super::diag::{PlanErrors, Sink};
 use super::source::{Entry, Format, Kind, Node};
 use super::{
     AwsSettings, Connect, LocalPath, MachineSettings, PLAN_VERSION, Plan, ProviderKind,
-    RallyConfig, Settings, SortedMap, SshSettings, Suite, Test, Text, TrackSource,
+    RallyConfig, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text, TrackSource,
 };
 use crate::FastHash;
 use crate::address::{self, Address};
@@ -29,7 +29,8 @@ enum Ty {
     Strs,
     Bool,
     Port,
-    Duration,
+    /// At least the given minimum, which the message explains.
+    Duration(Duration, &'static str),
     Connect,
     Provider,
     /// A pool of SSH hosts: at least one, none twice.
@@ -52,7 +53,7 @@ enum Ty {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 30] = [
+const SETTINGS: [(&str, Ty); 32] = [
     ("ami", Ty::AwsId("ami")),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
@@ -62,7 +63,13 @@ const SETTINGS: [(&str, Ty); 30] = [
     ("distribution_version", Ty::Str),
     ("hosts", Ty::Hosts),
     ("instance_type", Ty::Str),
-    ("max_runtime", Ty::Duration),
+    (
+        "max_runtime",
+        Ty::Duration(
+            MIN_RUNTIME,
+            "the 1 minute the shutdown watchdog can schedule",
+        ),
+    ),
     ("offline", Ty::Bool),
     ("pipeline", Ty::Str),
     ("provider", Ty::Provider),
@@ -77,7 +84,12 @@ const SETTINGS: [(&str, Ty); 30] = [
     ("ssh_known_hosts", Ty::Str),
     ("ssh_port", Ty::Port),
     ("ssh_user", Ty::Str),
+    (
+        "stall_timeout",
+        Ty::Duration(Duration::from_secs(1), "a second"),
+    ),
     ("subnet_id", Ty::AwsId("subnet")),
+    ("subnet_ids", Ty::AwsIds("subnet")),
     ("tags", Ty::Tags),
     ("target_hosts", Ty::HostPorts),
     ("track", Ty::Str),
@@ -121,14 +133,20 @@ const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
 };
 /// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
 /// all of them.
-const AWS_ONLY: [usize; 7] = [
+const AWS_ONLY: [usize; 8] = [
     at("ami"),
     at("connect"),
     at("instance_type"),
     at("region"),
     at("security_group_ids"),
     at("subnet_id"),
+    at("subnet_ids"),
     at("tags"),
+];
+/// Settings that say one thing two ways: a table that sets either inherits neither.
+const ALTERNATIVES: [[usize; 2]; 2] = [
+    [at("track"), at("track_path")],
+    [at("subnet_id"), at("subnet_ids")],
 ];
 const SSH_ONLY: [usize; 3] = [at("hosts"), at("ssh_key"), at("ssh_known_hosts")];
 const NOT_LOCAL: [usize; 2] = [at("ssh_port"), at("ssh_user")];
@@ -484,6 +502,7 @@ impl<'n> Loader<'_, '_> {
             ("rally_version", Val::Str("2.13.0".into())),
             ("remote_dir", Val::Str("rallyctl".into())),
             ("max_runtime", Val::Duration(Duration::from_secs(3 * 3600))),
+            ("stall_timeout", Val::Duration(super::DEFAULT_STALL_TIMEOUT)),
             ("ssh_port", Val::Port(22)),
         ] {
             defaults[at(key)].get_or_insert(value);
@@ -777,12 +796,13 @@ impl<'n> Loader<'_, '_> {
                 },
                 ref other => self.expected(span, field, "an integer", other),
             },
-            Ty::Duration => {
+            Ty::Duration(min, why) => {
                 let text = self.string(node, field)?;
                 match humantime::parse_duration(text) {
-                    Ok(d) if d >= MIN_RUNTIME => Some(Val::Duration(d)),
+                    Ok(d) if d >= min => Some(Val::Duration(d)),
                     Ok(_) => {
-                        self.sink.error(span, field, format!("`{text}` is shorter than the 1 minute the shutdown watchdog can schedule"));
+                        self.sink
+                            .error(span, field, format!("`{text}` is shorter than {why}"));
                         None
                     }
                     Err(e) => {
@@ -1051,9 +1071,16 @@ impl<'n> Loader<'_, '_> {
             Some(Val::Provider(p)) => *p,
             _ => provider_of(defaults),
         };
+        let not_inherited: Vec<usize> = ALTERNATIVES
+            .iter()
+            .filter(|pair| pair.iter().any(|&i| test[i].is_some()))
+            .flatten()
+            .copied()
+            .collect();
         // The test's own value, else the default's; maps merge key by key so that a test can
         // add one tag without repeating the rest (the test's entries come last and win).
         let mut m: Raw = std::array::from_fn(|i| match (test[i].take(), &defaults[i]) {
+            (None, _) if not_inherited.contains(&i) => None,
             (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
                 Some(Val::StrMap(base.overlaid(&over)))
             }
@@ -1124,7 +1151,31 @@ impl<'n> Loader<'_, '_> {
                 ssh_port,
                 ssh_user: text(&mut m, const { at("ssh_user") })
                     .unwrap_or_else(|| "ec2-user".into()),
-                subnet_id: text(&mut m, const { at("subnet_id") }),
+                subnets: match (
+                    text(&mut m, const { at("subnet_id") }),
+                    m[const { at("subnet_ids") }].take(),
+                ) {
+                    (None, None) => Subnets::Default,
+                    (Some(one), None) => Subnets::One(one),
+                    (None, Some(Val::Strs(ids))) if ids.is_empty() => {
+                        self.sink.error(
+                            span,
+                            field.key("subnet_ids"),
+                            "`subnet_ids` is empty; name at least one subnet, or leave it out for the default subnet",
+                        );
+                        return None;
+                    }
+                    (None, Some(Val::Strs(ids))) => Subnets::FirstWithCapacity(ids),
+                    (Some(_), Some(_)) => {
+                        self.sink.error(
+                            span,
+                            field,
+                            "both `subnet_id` and `subnet_ids` are set; use `subnet_ids` alone for several",
+                        );
+                        return None;
+                    }
+                    (None, Some(_)) => return None,
+                },
                 tags: match m[const { at("tags") }].take() {
                     Some(Val::StrMap(t)) if t.len() > MAX_USER_TAGS => {
                         self.sink.error(
@@ -1157,6 +1208,10 @@ impl<'n> Loader<'_, '_> {
             client_options: text(&mut m, const { at("client_options") }),
             distribution_version: text(&mut m, const { at("distribution_version") }),
             max_runtime: match m[const { at("max_runtime") }] {
+                Some(Val::Duration(d)) => d,
+                _ => unreachable!("{built_in}"),
+            },
+            stall_timeout: match m[const { at("stall_timeout") }] {
                 Some(Val::Duration(d)) => d,
                 _ => unreachable!("{built_in}"),
             },
@@ -1382,6 +1437,81 @@ mod tests {
         assert_eq!(addresses.len(), 4 * per_suite);
         for (i, address) in addresses.iter().enumerate() {
             assert_eq!(address, &format!("s{}.t{}", i / per_suite, i % per_suite));
+        }
+    }
+
+    /// A test may override any setting, the track too, in either of its spellings; a table
+    /// that names both is still refused.
+    #[test]
+    fn a_test_names_its_own_track_over_the_defaults_either_way() {
+        let plan = |defaults: &str, test: &str| {
+            Plan::parse(
+                Path::new("t.toml"),
+                &format!(
+                    "version = 1\nname = \"t\"\n[defaults]\nprovider = \"local\"\n{defaults}\n\
+                     [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n{test}\n"
+                ),
+            )
+            .map(|p| p.suites[0].tests[0].settings.track.clone())
+        };
+        let path = "track_path = \"tests/fixtures/tracks/tiny\"";
+        assert!(matches!(
+            plan("track = \"geonames\"", path),
+            Ok(TrackSource::Path(p)) if p.recorded() == Path::new("tests/fixtures/tracks/tiny")
+        ));
+        assert!(matches!(
+            plan(path, "track = \"geonames\""),
+            Ok(TrackSource::Named(n)) if &*n == "geonames"
+        ));
+        let both = plan("", &format!("track = \"geonames\"\n{path}")).unwrap_err();
+        assert!(
+            both.to_string().contains("both `track` and `track_path`"),
+            "{both}"
+        );
+    }
+
+    /// `subnet_ids` names several subnets, `subnet_id` one: a test overrides either with the
+    /// other; both in one table, or an empty list, are refused.
+    #[test]
+    fn subnets_are_one_or_several_and_a_test_overrides_either_way() {
+        let plan = |defaults: &str, test: &str| {
+            Plan::parse(
+                Path::new("t.toml"),
+                &format!(
+                    "version = 1\nname = \"t\"\n[defaults]\nregion = \"us-east-1\"\n\
+                     ami = \"ami-0123abcd\"\ninstance_type = \"m5.large\"\ntrack = \"x\"\n\
+                     {defaults}\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n{test}\n"
+                ),
+            )
+            .map(|p| match &p.suites[0].tests[0].settings.machine {
+                MachineSettings::Aws(a) => a.subnets.clone(),
+                other => panic!("{other:?}"),
+            })
+            .map_err(|e| e.to_string())
+        };
+        let (one, several) = (
+            "subnet_id = \"subnet-0a0a0a0a\"",
+            "subnet_ids = [\"subnet-0b0b0b0b\", \"subnet-0c0c0c0c\"]",
+        );
+        assert_eq!(plan("", ""), Ok(Subnets::Default));
+        assert_eq!(plan(one, ""), Ok(Subnets::One("subnet-0a0a0a0a".into())));
+        assert!(
+            matches!(plan(one, several), Ok(Subnets::FirstWithCapacity(ids)) if ids.len() == 2)
+        );
+        assert_eq!(
+            plan(several, one),
+            Ok(Subnets::One("subnet-0a0a0a0a".into()))
+        );
+        for (test, problem) in [
+            (
+                format!("{one}\n{several}"),
+                "both `subnet_id` and `subnet_ids`",
+            ),
+            ("subnet_ids = []".into(), "`subnet_ids` is empty"),
+            ("subnet_ids = [\"sg-0a0a0a0a\"]".into(), "subnet-"),
+        ] {
+            let err = plan("", &test).unwrap_err();
+            assert!(err.contains(problem), "{test}: {err}");
         }
     }
 

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::address::Address;
 pub use diag::{Diagnostic, PlanErrors};
 
+/// How long a race's logs may stay silent before it counts as stalled (`stall_timeout`).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// The plan format version this rallyctl reads.
 pub const PLAN_VERSION: i64 = 1;
 
@@ -259,6 +262,8 @@ pub struct Settings {
     /// home unless absolute.
     pub remote_dir: Text,
     pub runtime_jdk: Option<Text>,
+    /// A race whose logs stay silent this long is stalled: stopped and failed.
+    pub stall_timeout: Duration,
     pub target_hosts: Arc<[Text]>,
     pub track: TrackSource,
     pub track_params: SortedMap<serde_json::Value>,
@@ -282,8 +287,31 @@ pub struct AwsSettings {
     pub security_group_ids: Arc<[Text]>,
     pub ssh_port: u16,
     pub ssh_user: Text,
-    pub subnet_id: Option<Text>,
+    pub subnets: Subnets,
     pub tags: SortedMap<Text>,
+}
+
+/// Where an aws test's instance launches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subnets {
+    /// The region's default subnet (`subnet_id` unset).
+    Default,
+    /// `subnet_id`.
+    One(Text),
+    /// `subnet_ids`: the first, in order, with capacity for the instance. Capacity is per
+    /// Availability Zone, so subnets in different zones give a launch somewhere to go.
+    FirstWithCapacity(Arc<[Text]>),
+}
+
+impl Subnets {
+    /// The subnets to try, in order; `None` is the default subnet.
+    pub fn candidates(&self) -> Vec<Option<&str>> {
+        match self {
+            Subnets::Default => vec![None],
+            Subnets::One(id) => vec![Some(id)],
+            Subnets::FirstWithCapacity(ids) => ids.iter().map(|id| Some(&**id)).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -351,6 +379,13 @@ struct FlatSettings {
     ssh_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ssh_user: Option<Text>,
+    /// Written only when not the default, so that hashes from before it existed stay.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    stall_timeout: Option<Duration>,
     /// Written as `null` for an aws test without a subnet, as always; absent elsewhere.
     #[serde(
         default,
@@ -358,6 +393,8 @@ struct FlatSettings {
         deserialize_with = "present"
     )]
     subnet_id: Option<Option<Text>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subnet_ids: Option<Arc<[Text]>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tags: Option<SortedMap<Text>>,
     target_hosts: Arc<[Text]>,
@@ -403,7 +440,9 @@ impl From<Settings> for FlatSettings {
             ssh_known_hosts: None,
             ssh_port: None,
             ssh_user: None,
+            stall_timeout: (s.stall_timeout != DEFAULT_STALL_TIMEOUT).then_some(s.stall_timeout),
             subnet_id: None,
+            subnet_ids: None,
             tags: None,
             target_hosts: s.target_hosts,
             track: s.track,
@@ -418,7 +457,12 @@ impl From<Settings> for FlatSettings {
                 flat.security_group_ids = Some(a.security_group_ids);
                 flat.ssh_port = Some(a.ssh_port);
                 flat.ssh_user = Some(a.ssh_user);
-                flat.subnet_id = Some(a.subnet_id);
+                // Written as before `subnet_ids` existed, so that hashes stay as they were.
+                match a.subnets {
+                    Subnets::Default => flat.subnet_id = Some(None),
+                    Subnets::One(id) => flat.subnet_id = Some(Some(id)),
+                    Subnets::FirstWithCapacity(ids) => flat.subnet_ids = Some(ids),
+                }
                 flat.tags = Some(a.tags);
             }
             MachineSettings::Ssh(h) => {
@@ -451,7 +495,11 @@ impl TryFrom<FlatSettings> for Settings {
                 security_group_ids: f.security_group_ids.clone().unwrap_or_default(),
                 ssh_port: f.ssh_port.unwrap_or(22),
                 ssh_user: f.ssh_user.clone().unwrap_or_else(|| "ec2-user".into()),
-                subnet_id: f.subnet_id.clone().flatten(),
+                subnets: match (f.subnet_ids.clone(), f.subnet_id.clone().flatten()) {
+                    (Some(ids), _) => Subnets::FirstWithCapacity(ids),
+                    (None, Some(id)) => Subnets::One(id),
+                    (None, None) => Subnets::Default,
+                },
                 tags: f.tags.clone().unwrap_or_default(),
             }),
             ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
@@ -477,6 +525,7 @@ impl TryFrom<FlatSettings> for Settings {
             rally_version: f.rally_version,
             remote_dir: f.remote_dir,
             runtime_jdk: f.runtime_jdk,
+            stall_timeout: f.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT),
             target_hosts: f.target_hosts,
             track: f.track,
             track_params: f.track_params,
@@ -599,6 +648,22 @@ mod humantime_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for a duration that may be absent.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
     }
 }
 

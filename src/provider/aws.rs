@@ -55,6 +55,16 @@ const KEY_FRESH_FOR: Duration = Duration::from_secs(45);
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long release waits for EC2 to read an instance as on its way out.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a launched instance may take to read `running`, failed DescribeInstances included.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// For a while after RunInstances, EC2 may answer that the new instance does not exist (its API
+/// is eventually consistent); an instance launched longer ago than this that EC2 does not know
+/// is gone: terminated, then purged (EC2 forgets terminated instances after about an hour).
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(120);
+/// EC2's error code for an instance id it does not know.
+const NOT_FOUND: &str = "InvalidInstanceID.NotFound";
+/// Values per DescribeInstances filter that EC2 accepts.
+const FILTER_VALUES: usize = 200;
 
 /// Attempts per API call, the first included.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -66,6 +76,8 @@ pub const CAPACITY_ATTEMPTS: u32 = 4;
 const CAPACITY_BASE_DELAY: Duration = Duration::from_secs(1);
 const CAPACITY_MAX_DELAY: Duration = Duration::from_secs(8);
 const INSUFFICIENT_CAPACITY: &str = "InsufficientInstanceCapacity";
+/// EC2's answer when the instance type is not offered in the subnet's Availability Zone.
+const UNSUPPORTED: &str = "Unsupported";
 
 /// EC2 answers `InsufficientInstanceCapacity` with HTTP 500, so the SDK's status-code classifier
 /// would retry it within one call, back to back with throttling retries. Capacity comes back on
@@ -131,17 +143,21 @@ struct InstanceInfo {
     state: InstanceState,
     public_ip: Option<String>,
     private_ip: Option<String>,
+    subnet: Option<String>,
+    zone: Option<String>,
 }
 
 struct LaunchRequest {
     region: String,
     ami: String,
     instance_type: String,
-    subnet_id: Option<String>,
+    /// Tried in order while EC2 lacks capacity in their zone; `None` is the default subnet.
+    subnets: Vec<Option<String>>,
     security_group_ids: Vec<String>,
     user_data: String,
     tags: BTreeMap<String, String>,
-    /// Makes a retried RunInstances idempotent on EC2 (at most 64 ASCII characters).
+    /// Makes a retried RunInstances idempotent on EC2 (at most 64 ASCII characters); one per
+    /// subnet tried ([`subnet_token`]), since EC2 refuses a token reused with other parameters.
     client_token: String,
 }
 
@@ -187,10 +203,34 @@ fn err(
     }
 }
 
+/// Whether EC2 not knowing `machine` means it is gone for good rather than too new to show.
+fn unknown_means_gone(machine_launched_at: jiff::Timestamp) -> bool {
+    let age = jiff::Timestamp::now().duration_since(machine_launched_at);
+    age.as_secs() >= NOT_FOUND_GRACE.as_secs() as i64
+}
+
+/// Why EC2 not knowing an instance means it is gone, for the user.
+fn unknown_reason(id: &str) -> String {
+    format!(
+        "instance {id} is no longer known to EC2 (terminated and since purged, or launched under other credentials)"
+    )
+}
+
 /// A ClientToken names one attempt of one test of one state, in at most 64 characters.
 fn client_token(lineage: Uuid, address: &Address, attempt: u32) -> String {
     let digest = Sha256::digest(format!("{lineage}\n{address}\n{attempt}"));
     hex::encode(digest)[..64].to_owned()
+}
+
+/// The ClientToken of a launch into `subnet`: the attempt's own when there is one subnet to
+/// try, else one per subnet.
+fn subnet_token(token: &str, subnet: Option<&str>, subnets: &[Option<String>]) -> String {
+    match (subnets.len(), subnet) {
+        (2.., Some(subnet)) => {
+            hex::encode(Sha256::digest(format!("{token}\n{subnet}")))[..64].to_owned()
+        }
+        _ => token.to_owned(),
+    }
 }
 
 fn aws_settings(settings: &Settings) -> &AwsSettings {
@@ -293,8 +333,8 @@ impl Provider for Aws {
                 ],
             )
             .await?;
-        let adopted = found.first().map(|i| i.id.clone());
-        let id = match adopted.clone() {
+        let adopted = !found.is_empty();
+        let info = match found.into_iter().next() {
             Some(existing) => existing,
             None => {
                 // Validation keeps user tags apart from these (plan::load's `tag_problem`).
@@ -320,7 +360,12 @@ impl Provider for Aws {
                         region: s.region.to_string(),
                         ami: s.ami.to_string(),
                         instance_type: s.instance_type.to_string(),
-                        subnet_id: s.subnet_id.as_deref().map(str::to_owned),
+                        subnets: s
+                            .subnets
+                            .candidates()
+                            .into_iter()
+                            .map(|id| id.map(str::to_owned))
+                            .collect(),
                         security_group_ids: s
                             .security_group_ids
                             .iter()
@@ -331,15 +376,16 @@ impl Provider for Aws {
                         client_token: client_token(req.lineage, req.address, req.attempt),
                     })
                     .await?
-                    .id
             }
         };
         Ok(Acquired {
             machine: Machine {
                 region: Some(s.region.to_string()),
-                ..Machine::acquired(ProviderKind::Aws, id)
+                subnet: info.subnet,
+                zone: info.zone,
+                ..Machine::acquired(ProviderKind::Aws, info.id)
             },
-            adopted: adopted.is_some(),
+            adopted,
         })
     }
 
@@ -352,7 +398,7 @@ impl Provider for Aws {
         let region = region_of(machine)?;
         let info = self
             .poller
-            .wait_running(region, &machine.id)
+            .wait_running(region, &machine.id, machine.launched_at)
             .await
             .map_err(|message| ProviderError {
                 operation: "DescribeInstances",
@@ -406,14 +452,7 @@ impl Provider for Aws {
             return Ok(());
         }
         let user = &aws_settings(settings).ssh_user;
-        self.ec2
-            .push_key(
-                region_of(machine)?,
-                &machine.id,
-                user,
-                &self.key.public_openssh,
-            )
-            .await?;
+        self.push_key_within_boot(machine, user).await?;
         self.pushed
             .lock()
             .expect("key push lock")
@@ -421,29 +460,48 @@ impl Provider for Aws {
         Ok(())
     }
 
-    async fn gone(&self, machine: &Machine) -> Option<String> {
-        let region = machine.region.as_deref()?;
+    async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
+        let region = region_of(machine)?;
         let infos = self
             .ec2
             .describe(region, std::slice::from_ref(&machine.id))
-            .await
-            .ok()?;
-        match infos.iter().find(|i| i.id == machine.id) {
+            .await?;
+        Ok(match infos.iter().find(|i| i.id == machine.id) {
             Some(i) if i.state.is_alive() => None,
             Some(i) => Some(format!(
                 "instance {} was terminated outside rallyctl (it reads {:?})",
                 machine.id, i.state
             )),
-            None => Some(format!("instance {} no longer exists", machine.id)),
-        }
+            None if unknown_means_gone(machine.launched_at) => Some(unknown_reason(&machine.id)),
+            None => None,
+        })
     }
 
     async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
         let region = region_of(machine)?;
         let ids = std::slice::from_ref(&machine.id);
-        self.ec2.terminate(region, ids).await?;
-        // Released means no longer costing money: wait until EC2 reads it on its way out.
         let deadline = Instant::now() + RELEASE_TIMEOUT;
+        let timed_out = |what: &str| ProviderError {
+            operation: "TerminateInstances",
+            target: region.to_owned(),
+            message: format!(
+                "{} {what} after {} s",
+                machine.id,
+                RELEASE_TIMEOUT.as_secs()
+            ),
+        };
+        // An instance EC2 does not know yet is waited for: terminating it must not be skipped
+        // because the API lags. One it no longer knows costs nothing.
+        while !self.ec2.terminate(region, ids).await? {
+            if unknown_means_gone(machine.launched_at) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(timed_out("is still unknown to EC2"));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        // Released means no longer costing money: wait until EC2 reads it on its way out.
         loop {
             let alive = self
                 .ec2
@@ -455,15 +513,7 @@ impl Provider for Aws {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(ProviderError {
-                    operation: "TerminateInstances",
-                    target: region.to_owned(),
-                    message: format!(
-                        "{} still reads as running after {} s",
-                        machine.id,
-                        RELEASE_TIMEOUT.as_secs()
-                    ),
-                });
+                return Err(timed_out("still reads as running"));
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -494,25 +544,93 @@ impl Provider for Aws {
     }
 }
 
+impl Aws {
+    /// Pushes the key, retrying what Instance Connect refuses while an instance boots (it
+    /// reads `running` a little before Instance Connect agrees) or under load (throttling),
+    /// until [`BOOT_TIMEOUT`] after launch; then says what to check.
+    async fn push_key_within_boot(
+        &self,
+        machine: &Machine,
+        user: &str,
+    ) -> Result<(), ProviderError> {
+        let region = region_of(machine)?;
+        let boot_ends =
+            machine.launched_at + jiff::SignedDuration::from_secs(BOOT_TIMEOUT.as_secs() as i64);
+        let mut delay = POLL_INTERVAL;
+        loop {
+            let refusal = match self
+                .ec2
+                .push_key(region, &machine.id, user, &self.key.public_openssh)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(KeyPush::Refused(code, e)) => (code, e),
+                Err(KeyPush::Failed(e)) => return Err(e),
+            };
+            if jiff::Timestamp::now() >= boot_ends {
+                let (code, e) = refusal;
+                return Err(ProviderError {
+                    message: format!(
+                        "{}; EC2 Instance Connect still refuses the key for {} ({code}) {} s after launch: check that the instance runs, that its AMI has the Instance Connect agent (Amazon Linux 2023, Ubuntu 20.04 and later do), and that its security group lets SSH in from here",
+                        e.message,
+                        machine.id,
+                        BOOT_TIMEOUT.as_secs()
+                    ),
+                    ..e
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(15));
+        }
+    }
+}
+
+/// Why a key push failed: refused for now (worth asking again while the instance boots), or
+/// failed.
+enum KeyPush {
+    Refused(String, ProviderError),
+    Failed(ProviderError),
+}
+
+/// Instance Connect's answers that pass: the instance is not running yet, is briefly
+/// unavailable, the API is throttled, or (just after launch) does not know the instance yet.
+const KEY_REFUSALS: &[&str] = &[
+    "EC2InstanceStateInvalidException",
+    "EC2InstanceUnavailableException",
+    "ThrottlingException",
+    "EC2InstanceNotFoundException",
+];
+
 /// Waits for instances to read `running` with one DescribeInstances per region per tick for
-/// all of them, however many tests are booting.
+/// all of them, however many tests are booting. Every wait ends: running, gone, or past
+/// [`BOOT_TIMEOUT`]; a waiter that stopped waiting (Ctrl-C) is dropped.
 struct Poller {
     waiting: Mutex<Vec<Waiter>>,
 }
 
-/// An instance someone waits on: region, id, and where to send it once running.
+/// An instance someone waits on: where it is, when it was launched, until when to wait, and
+/// where to send it once running.
 struct Waiter {
     region: String,
     id: String,
+    launched_at: jiff::Timestamp,
+    deadline: Instant,
     reply: oneshot::Sender<Result<InstanceInfo, String>>,
 }
 
 impl Poller {
-    async fn wait_running(&self, region: &str, id: &str) -> Result<InstanceInfo, String> {
+    async fn wait_running(
+        &self,
+        region: &str,
+        id: &str,
+        launched_at: jiff::Timestamp,
+    ) -> Result<InstanceInfo, String> {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().expect("poller lock").push(Waiter {
             region: region.to_owned(),
             id: id.to_owned(),
+            launched_at,
+            deadline: Instant::now() + BOOT_TIMEOUT,
             reply: tx,
         });
         rx.await.map_err(|_| "apply is stopping".to_owned())?
@@ -523,39 +641,57 @@ impl Poller {
             tokio::time::sleep(POLL_INTERVAL).await;
             let waiting = std::mem::take(&mut *self.waiting.lock().expect("poller lock"));
             let mut by_region: BTreeMap<String, Vec<Waiter>> = BTreeMap::new();
-            for w in waiting {
+            for w in waiting.into_iter().filter(|w| !w.reply.is_closed()) {
                 by_region.entry(w.region.clone()).or_default().push(w);
             }
             for (region, group) in by_region {
                 let ids: Vec<String> = group.iter().map(|w| w.id.clone()).collect();
                 let answer = ec2.describe(&region, &ids).await;
                 for w in group {
-                    let found = answer
-                        .as_ref()
-                        .map(|infos| infos.iter().find(|i| i.id == w.id).cloned());
-                    match found {
-                        Ok(Some(info)) if info.state == InstanceState::Running => {
-                            let _ = w.reply.send(Ok(info));
+                    match settle(&w, &answer) {
+                        Some(outcome) => {
+                            let _ = w.reply.send(outcome);
                         }
-                        Ok(Some(info))
-                            if !info.state.is_alive() || info.state == InstanceState::Stopped =>
-                        {
-                            let _ = w.reply.send(Err(format!(
-                                "instance {} is {:?} instead of running",
-                                w.id, info.state
-                            )));
-                        }
-                        Ok(None) => {
-                            let _ = w
-                                .reply
-                                .send(Err(format!("instance {} is not known to EC2", w.id)));
-                        }
-                        // Pending (or the call failed and was already retried): ask again next tick.
-                        _ => self.waiting.lock().expect("poller lock").push(w),
+                        None => self.waiting.lock().expect("poller lock").push(w),
                     }
                 }
             }
         }
+    }
+}
+
+/// What a DescribeInstances answer means for one waiter: running, failed, or (`None`) ask again.
+fn settle(
+    w: &Waiter,
+    answer: &Result<Vec<InstanceInfo>, ProviderError>,
+) -> Option<Result<InstanceInfo, String>> {
+    let waited = BOOT_TIMEOUT.as_secs();
+    let overdue = Instant::now() >= w.deadline;
+    match answer
+        .as_ref()
+        .map(|infos| infos.iter().find(|i| i.id == w.id))
+    {
+        Ok(Some(info)) if info.state == InstanceState::Running => Some(Ok(info.clone())),
+        Ok(Some(info)) if !info.state.is_alive() || info.state == InstanceState::Stopped => {
+            Some(Err(format!(
+                "instance {} is {:?} instead of running",
+                w.id, info.state
+            )))
+        }
+        Ok(None) if unknown_means_gone(w.launched_at) => Some(Err(unknown_reason(&w.id))),
+        _ if !overdue => None,
+        Ok(Some(info)) => Some(Err(format!(
+            "instance {} still reads {:?} after {waited} s",
+            w.id, info.state
+        ))),
+        Ok(None) => Some(Err(format!(
+            "instance {} is still unknown to EC2 after {waited} s",
+            w.id
+        ))),
+        Err(e) => Some(Err(format!(
+            "{e} (DescribeInstances kept failing for {waited} s while {} booted)",
+            w.id
+        ))),
     }
 }
 
@@ -599,10 +735,19 @@ fn info(i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
         state,
         public_ip: i.public_ip_address().map(str::to_owned),
         private_ip: i.private_ip_address().map(str::to_owned),
+        subnet: i.subnet_id().map(str::to_owned),
+        zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_owned),
     }
 }
 
 impl Ec2 {
+    /// RunInstances in the first subnet with capacity. A round tries each subnet in order;
+    /// when every one lacks capacity the round is repeated after a delay, up to
+    /// [`CAPACITY_ATTEMPTS`] rounds. `Unsupported` (the instance type is not offered in that
+    /// zone) moves on to the next subnet but is not worth a round of its own.
     async fn launch(&self, r: &LaunchRequest) -> Result<InstanceInfo, ProviderError> {
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
@@ -613,85 +758,101 @@ impl Ec2 {
                     .collect(),
             ))
             .build();
-        // RunInstances carries a ClientToken, so a retry cannot launch a second instance.
         let ec2 = self.ec2(&r.region);
-        let mut attempt = 1;
-        let out = loop {
-            let result = ec2
-                .run_instances()
-                .image_id(&r.ami)
-                .instance_type(r.instance_type.as_str().into())
-                .set_subnet_id(r.subnet_id.clone())
-                .set_security_group_ids(
-                    (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
-                )
-                .min_count(1)
-                .max_count(1)
-                .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-                .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
-                .tag_specifications(tags.clone())
-                .client_token(&r.client_token)
-                .send()
-                .await;
-            match result {
-                Ok(out) => break out,
-                Err(e)
-                    if e.code() == Some(INSUFFICIENT_CAPACITY) && attempt < CAPACITY_ATTEMPTS =>
-                {
-                    tokio::time::sleep(capacity_delay(attempt)).await;
-                    attempt += 1;
+        let mut refusals: Vec<String> = Vec::new();
+        for round in 1..=CAPACITY_ATTEMPTS {
+            refusals.clear();
+            let mut any_capacity_shortage = false;
+            for subnet in &r.subnets {
+                let result = ec2
+                    .run_instances()
+                    .image_id(&r.ami)
+                    .instance_type(r.instance_type.as_str().into())
+                    .set_subnet_id(subnet.clone())
+                    .set_security_group_ids(
+                        (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
+                    )
+                    .min_count(1)
+                    .max_count(1)
+                    .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+                    .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
+                    .tag_specifications(tags.clone())
+                    .client_token(subnet_token(&r.client_token, subnet.as_deref(), &r.subnets))
+                    .send()
+                    .await;
+                let e =
+                    match result {
+                        Ok(out) => {
+                            return out.instances().first().map(info).ok_or_else(|| {
+                                ProviderError {
+                                    operation: "RunInstances",
+                                    target: r.region.clone(),
+                                    message: "the answer named no instance".into(),
+                                }
+                            });
+                        }
+                        Err(e) => e,
+                    };
+                let code = e.code().unwrap_or_default();
+                if code != INSUFFICIENT_CAPACITY && code != UNSUPPORTED {
+                    return Err(err("RunInstances", &r.region, e));
                 }
-                Err(e) if e.code() == Some(INSUFFICIENT_CAPACITY) => {
-                    return Err(ProviderError {
-                        operation: "RunInstances",
-                        target: r.region.clone(),
-                        message: format!(
-                            "{INSUFFICIENT_CAPACITY}: {} (gave up after {attempt} attempts)",
-                            e.message().unwrap_or("no message")
-                        ),
-                    });
-                }
-                Err(e) => return Err(err("RunInstances", &r.region, e)),
+                any_capacity_shortage |= code == INSUFFICIENT_CAPACITY;
+                let why = format!("{code}: {}", e.message().unwrap_or("no message"));
+                refusals.push(match subnet {
+                    Some(id) if r.subnets.len() > 1 => format!("{id}: {why}"),
+                    _ => why,
+                });
             }
-        };
-        out.instances()
-            .first()
-            .map(info)
-            .ok_or_else(|| ProviderError {
-                operation: "RunInstances",
-                target: r.region.clone(),
-                message: "the answer named no instance".into(),
-            })
+            if !any_capacity_shortage || round == CAPACITY_ATTEMPTS {
+                let rounds = if any_capacity_shortage {
+                    format!(" (gave up after {round} attempts)")
+                } else {
+                    String::new()
+                };
+                return Err(ProviderError {
+                    operation: "RunInstances",
+                    target: r.region.clone(),
+                    message: format!("{}{rounds}", refusals.join("; ")),
+                });
+            }
+            tokio::time::sleep(capacity_delay(round)).await;
+        }
+        unreachable!("the last round returns")
     }
 
+    /// The instances among `ids` that EC2 knows. Asked with an `instance-id` filter, not with
+    /// `InstanceIds`: then a single id EC2 does not know (a new instance it does not show yet,
+    /// one purged an hour after termination) would fail the whole call.
     async fn describe(
         &self,
         region: &str,
         ids: &[String],
     ) -> Result<Vec<InstanceInfo>, ProviderError> {
-        let out = self
-            .ec2(region)
-            .describe_instances()
-            .set_instance_ids(Some(ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| err("DescribeInstances", region, e))?;
-        Ok(out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .map(info)
-            .collect())
+        let mut found = Vec::new();
+        for chunk in ids.chunks(FILTER_VALUES) {
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            found.extend(self.describe_filtered(region, vec![filter]).await?);
+        }
+        Ok(found)
     }
 
-    async fn terminate(&self, region: &str, ids: &[String]) -> Result<(), ProviderError> {
-        self.ec2(region)
+    /// Terminates `ids`; false when EC2 does not know one of them (it names none then).
+    async fn terminate(&self, region: &str, ids: &[String]) -> Result<bool, ProviderError> {
+        match self
+            .ec2(region)
             .terminate_instances()
             .set_instance_ids(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| err("TerminateInstances", region, e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(NOT_FOUND) => Ok(false),
+            Err(e) => Err(err("TerminateInstances", region, e)),
+        }
     }
 
     async fn find_by_tags(
@@ -718,6 +879,14 @@ impl Ec2 {
                 ))
                 .build(),
         );
+        self.describe_filtered(region, filters).await
+    }
+
+    async fn describe_filtered(
+        &self,
+        region: &str,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<InstanceInfo>, ProviderError> {
         let mut pages = self
             .ec2(region)
             .describe_instances()
@@ -743,7 +912,7 @@ impl Ec2 {
         instance_id: &str,
         os_user: &str,
         public_key: &str,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<(), KeyPush> {
         let out = self
             .clients(region)
             .1
@@ -753,15 +922,23 @@ impl Ec2 {
             .ssh_public_key(public_key)
             .send()
             .await
-            .map_err(|e| err("SendSSHPublicKey", region, e))?;
+            .map_err(|e| match e.code() {
+                Some(code) if KEY_REFUSALS.contains(&code) => {
+                    KeyPush::Refused(code.to_owned(), err("SendSSHPublicKey", region, e))
+                }
+                _ => KeyPush::Failed(err("SendSSHPublicKey", region, e)),
+            })?;
         if out.success() {
             Ok(())
         } else {
-            Err(ProviderError {
-                operation: "SendSSHPublicKey",
-                target: region.to_owned(),
-                message: format!("not accepted for {instance_id}"),
-            })
+            Err(KeyPush::Refused(
+                "success=false".into(),
+                ProviderError {
+                    operation: "SendSSHPublicKey",
+                    target: region.to_owned(),
+                    message: format!("not accepted for {instance_id}"),
+                },
+            ))
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
 use crate::address::Address;
 use crate::plan::{ProviderKind, Settings};
-use crate::remote::Endpoint;
+use crate::remote::{Endpoint, HostKeys, SshEndpoint};
 use crate::state::Machine;
 
 /// Clones share one record, so a test keeps a handle while apply owns the provider.
@@ -21,8 +21,14 @@ pub struct Record {
     pub calls: Mutex<Vec<String>>,
     /// Tests whose acquire fails.
     pub refuse: Mutex<HashSet<Address>>,
-    /// Machines that are gone (terminated behind rallyctl's back).
+    /// Machines that are gone (terminated behind rallyctl's back): connections to them fail,
+    /// and `gone` says so.
     pub gone: Mutex<HashSet<String>>,
+    /// Machines that connections fail to reach, and of which the provider cannot tell whether
+    /// they are still there (its API fails).
+    pub unknowable: Mutex<HashSet<String>>,
+    /// Machines that never finish booting: reaching them waits for ever.
+    pub boot_forever: Mutex<HashSet<String>>,
     /// Machines acquired and not yet released.
     pub held: Mutex<HashSet<String>>,
 }
@@ -66,9 +72,29 @@ impl Provider for Fake {
 
     async fn reach(
         &self,
-        _machine: &Machine,
+        machine: &Machine,
         _settings: &Settings,
     ) -> Result<Reachable, ProviderError> {
+        if self.boot_forever.lock().unwrap().contains(&machine.id) {
+            std::future::pending::<()>().await;
+        }
+        let lost = |set: &Mutex<HashSet<String>>| set.lock().unwrap().contains(&machine.id);
+        if lost(&self.gone) || lost(&self.unknowable) {
+            // Nothing listens on port 1: every connection is refused, a transient failure.
+            return Ok(Reachable {
+                endpoint: Endpoint::Ssh(SshEndpoint {
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                    user: None,
+                    identity: None,
+                    host_keys: HostKeys::Strict {
+                        file: Some("/dev/null".into()),
+                    },
+                }),
+                patience: Duration::from_secs(60),
+                refused_key_is_transient: false,
+            });
+        }
         Ok(Reachable {
             endpoint: Endpoint::Local,
             patience: Duration::ZERO,
@@ -76,12 +102,20 @@ impl Provider for Fake {
         })
     }
 
-    async fn gone(&self, machine: &Machine) -> Option<String> {
-        self.gone
+    async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
+        if self.unknowable.lock().unwrap().contains(&machine.id) {
+            return Err(ProviderError {
+                operation: "describe",
+                target: "fake".into(),
+                message: "the API is down".into(),
+            });
+        }
+        Ok(self
+            .gone
             .lock()
             .unwrap()
             .contains(&machine.id)
-            .then(|| format!("{} is gone", machine.id))
+            .then(|| format!("{} is gone", machine.id)))
     }
 
     async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {

@@ -95,10 +95,14 @@ pub trait Provider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ProviderError>> + Send {
         async { Ok(()) }
     }
-    /// Why the machine is no longer there, if it is not (asked when connections keep failing).
-    /// A host of a pool, or this machine, is never gone for good: it is waited for.
-    fn gone(&self, _machine: &Machine) -> impl Future<Output = Option<String>> + Send {
-        async { None }
+    /// Why the machine is no longer there, if it is not (asked when connections keep failing);
+    /// an error when the provider cannot tell. A host of a pool, or this machine, is never gone
+    /// for good: it is waited for.
+    fn gone(
+        &self,
+        _machine: &Machine,
+    ) -> impl Future<Output = Result<Option<String>, ProviderError>> + Send {
+        async { Ok(None) }
     }
     /// Gives the machine back: terminates an instance; stops every process of the run on a
     /// host and ends its lease. Nothing of the run costs money or holds a host afterwards.
@@ -212,10 +216,8 @@ impl Provider for Fleet {
         route!(self, machine.provider, p => p.before_connect(machine, settings, after_failure))
     }
 
-    async fn gone(&self, machine: &Machine) -> Option<String> {
-        let gone =
-            async { Ok::<_, ProviderError>(route!(self, machine.provider, p => p.gone(machine))) };
-        gone.await.unwrap_or(None)
+    async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
+        route!(self, machine.provider, p => p.gone(machine))
     }
 
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {

@@ -7,8 +7,10 @@ itself with an error, chosen by the call's action: the EC2 query protocol's form
 or the operation named by `X-Amz-Target` (JSON protocol, e.g. EC2 Instance Connect).
 
 Rules, repeatable: --fault ACTION:KIND:COUNT
-  ACTION  e.g. RunInstances, DescribeInstances
-  KIND    RequestLimitExceeded          HTTP 503 with that EC2 error code
+  ACTION  e.g. RunInstances, DescribeInstances; ACTION[FIELD=VALUE] only the calls whose form
+          field FIELD is VALUE, e.g. RunInstances[SubnetId=subnet-0a1b]
+  KIND    RequestLimitExceeded          HTTP 503 with that EC2 error code (errors are XML for
+                                        EC2's query protocol, JSON for X-Amz-Target calls)
           InsufficientInstanceCapacity  HTTP 500 with that EC2 error code
           any other EC2 error code      HTTP 400 with that code
           an HTTP status such as 500    that status with a plain-text body
@@ -21,6 +23,17 @@ Rules, repeatable: --fault ACTION:KIND:COUNT
 GET /_faults answers {"injected": {action: n}, "forwarded": {action: n}, "held": {action: n}}
 so that tests can assert that the faults really happened: `injected` counts every faulted call,
 hung ones included (counted when the hold begins); `held` counts hung calls still being held.
+
+Instances EC2 does not know, as real EC2 has them and moto never does:
+  --young-not-found SECONDS  an instance is unknown for its first SECONDS after the RunInstances
+                             answer that named it (EC2's eventual consistency)
+  POST /_purge {"ids": [...]}  these instances are unknown from now on (EC2 purges terminated
+                             instances about an hour after termination)
+An unknown instance is answered as EC2 does: DescribeInstances or TerminateInstances naming it
+in `InstanceId.N` fail whole with InvalidInstanceID.NotFound (HTTP 400); DescribeInstances by
+filters leaves it out of the answer; SendSSHPublicKey answers EC2InstanceNotFoundException.
+Each such answer counts as injected for its action (a DescribeInstances answer when it left
+an instance out).
 """
 
 import argparse
@@ -33,8 +46,10 @@ import socket
 import sys
 import threading
 import time
+import re
 import urllib.parse
 import uuid
+import xml.etree.ElementTree as ET
 
 CODE_STATUS = {
     "RequestLimitExceeded": 503,
@@ -63,10 +78,16 @@ class Rule:
             self.action, self.kind, count = spec.split(":")
         except ValueError:
             raise SystemExit(f"bad --fault {spec!r}: want ACTION:KIND:COUNT")
+        self.field = None
+        m = re.fullmatch(r"(\w+)\[(\w+)=([^\]]*)\]", self.action)
+        if m:
+            self.action, self.field = m.group(1), (m.group(2), m.group(3))
         self.remaining = None if count == "always" else int(count)
 
-    def take(self):
+    def take(self, fields):
         """True if this call gets the fault (and counts it)."""
+        if self.field and fields.get(self.field[0], [None])[0] != self.field[1]:
+            return False
         if self.remaining is None:
             return True
         if self.remaining > 0:
@@ -74,8 +95,9 @@ class Rule:
             return True
         return False
 
-    def answer(self):
-        """(status, content type, body) of the injected error."""
+    def answer(self, json_protocol):
+        """(status, content type, body) of the injected error, as XML (EC2's query protocol) or
+        as JSON (`json_protocol`: EC2 Instance Connect)."""
         if self.kind == "hang":
             return 504, "text/plain", b"fault_proxy: held call timed out\n"
         if self.kind.isdigit():
@@ -83,6 +105,9 @@ class Rule:
             return status, "text/plain", f"injected HTTP {status}\n".encode()
         status = CODE_STATUS.get(self.kind, 400)
         message = MESSAGES.get(self.kind, f"Injected {self.kind}.")
+        if json_protocol:
+            payload = json.dumps({"__type": self.kind, "Message": message}).encode()
+            return status, "application/x-amz-json-1.1", payload
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>'
             f"<Response><Errors><Error><Code>{self.kind}</Code>"
@@ -92,19 +117,62 @@ class Rule:
         return status, "text/xml;charset=UTF-8", body.encode()
 
 
+def ec2_error(code, message):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Errors><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    )
+    return 400, "text/xml;charset=UTF-8", body.encode()
+
+
+def strip_instances(payload, unknown):
+    """A DescribeInstances answer without the instances in `unknown` (and reservations left
+    empty)."""
+    root = ET.fromstring(payload)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ET.register_namespace("", ns.strip("{}"))
+    for rset in root.iter(f"{ns}reservationSet"):
+        for reservation in list(rset):
+            iset = reservation.find(f"{ns}instancesSet")
+            if iset is None:
+                continue
+            for inst in list(iset):
+                if inst.findtext(f"{ns}instanceId") in unknown:
+                    iset.remove(inst)
+            if len(iset) == 0:
+                rset.remove(reservation)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 class State:
-    def __init__(self, rules, upstream):
+    def __init__(self, rules, upstream, young_not_found):
         self.rules = rules
         self.upstream = urllib.parse.urlsplit(upstream)
         self.lock = threading.Lock()
         self.injected = {}
         self.forwarded = {}
         self.held = {}
+        self.young_not_found = young_not_found
+        self.launched = {}  # instance id -> when a RunInstances answer first named it
+        self.purged = set()
 
-    def fault_for(self, action):
+    def unknown(self):
+        """The instance ids EC2 would not know right now."""
+        now = time.monotonic()
+        with self.lock:
+            young = {i for i, t in self.launched.items() if now - t < self.young_not_found}
+            return young | self.purged
+
+    def count_injected(self, action):
+        with self.lock:
+            self.injected[action] = self.injected.get(action, 0) + 1
+
+    def fault_for(self, action, fields):
         with self.lock:
             for rule in self.rules:
-                if rule.action == action and rule.take():
+                if rule.action == action and rule.take(fields):
                     self.injected[action] = self.injected.get(action, 0) + 1
                     return rule
             self.forwarded[action] = self.forwarded.get(action, 0) + 1
@@ -123,6 +191,13 @@ class State:
                 "forwarded": dict(self.forwarded),
                 "held": dict(self.held),
             }
+
+
+def form_fields(headers, body):
+    """The fields of an EC2 query-protocol call; none for other calls."""
+    if "X-Amz-Target" in headers:
+        return {}
+    return urllib.parse.parse_qs(body.decode("utf-8", "replace"))
 
 
 def action_of(headers, body):
@@ -195,8 +270,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         if self.command == "GET" and self.path == "/_faults":
             return self._send(200, "application/json", json.dumps(self.state.report()).encode())
+        if self.command == "POST" and self.path == "/_purge":
+            with self.state.lock:
+                self.state.purged.update(json.loads(body)["ids"])
+            return self._send(200, "application/json", b"{}")
         action = action_of(self.headers, body)
-        rule = self.state.fault_for(action)
+        answer = self._unknown_answer(action, body)
+        if answer is not None:
+            self.state.count_injected(action)
+            self.log_message("answered %s as EC2 does for an unknown instance", action)
+            return self._send(*answer)
+        rule = self.state.fault_for(action, form_fields(self.headers, body))
         if rule is not None and rule.kind == "hang":
             self.log_message("holding %s (hang)", action)
             if self._hold(action):
@@ -205,7 +289,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return None
             self.log_message("held %s for %ss: answering 504", action, self.hang_bound)
         if rule is not None:
-            status, ctype, payload = rule.answer()
+            status, ctype, payload = rule.answer("X-Amz-Target" in self.headers)
             self.log_message("injected %s %s for %s", status, rule.kind, action)
             return self._send(status, ctype, payload)
         up = self.state.upstream
@@ -219,6 +303,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.endheaders(body)
             resp = conn.getresponse()
             payload = resp.read()
+            payload = self._as_ec2_would(action, resp.status, payload)
             headers = [
                 (k, v)
                 for k, v in resp.getheaders()
@@ -229,6 +314,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(502, "text/plain", f"fault_proxy: upstream: {e}\n".encode())
         finally:
             conn.close()
+
+    def _unknown_answer(self, action, body):
+        """The error EC2 gives a call naming an instance it does not know, or None."""
+        unknown = self.state.unknown()
+        if not unknown:
+            return None
+        if action in ("DescribeInstances", "TerminateInstances"):
+            fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+            named = [v[0] for k, v in fields.items() if re.fullmatch(r"InstanceId\.\d+", k)]
+            missing = [i for i in named if i in unknown]
+            if missing:
+                return ec2_error(
+                    "InvalidInstanceID.NotFound",
+                    f"The instance ID '{missing[0]}' does not exist",
+                )
+        if action == "SendSSHPublicKey":
+            instance = json.loads(body or b"{}").get("InstanceId")
+            if instance in unknown:
+                payload = json.dumps(
+                    {
+                        "__type": "EC2InstanceNotFoundException",
+                        "Message": f"Instance not found: {instance}",
+                    }
+                ).encode()
+                return 400, "application/x-amz-json-1.1", payload
+        return None
+
+    def _as_ec2_would(self, action, status, payload):
+        """Remembers launches; leaves unknown instances out of DescribeInstances answers."""
+        if status != 200:
+            return payload
+        if action == "RunInstances":
+            now = time.monotonic()
+            with self.state.lock:
+                for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload):
+                    self.state.launched.setdefault(i.decode(), now)
+        elif action == "DescribeInstances":
+            unknown = self.state.unknown()
+            if unknown:
+                stripped = strip_instances(payload, unknown)
+                if stripped != payload:
+                    self.state.count_injected(action)
+                return stripped
+        return payload
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
 
@@ -245,8 +374,15 @@ def main():
         metavar="SECONDS",
         help="how long a `hang` fault holds a call before answering 504 (default 600)",
     )
+    p.add_argument(
+        "--young-not-found",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="instances are unknown for this long after RunInstances named them (default 0)",
+    )
     args = p.parse_args()
-    Handler.state = State([Rule(f) for f in args.fault], args.upstream)
+    Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

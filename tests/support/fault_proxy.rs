@@ -18,8 +18,15 @@ impl FaultProxy {
     /// Starts the proxy in front of `upstream` with `--fault` rules (`ACTION:KIND:COUNT`, see
     /// fault_proxy.py), logging into `dir`.
     pub fn start(upstream: &str, faults: &[&str], dir: &Path) -> FaultProxy {
+        FaultProxy::start_with(upstream, faults, &[], dir)
+    }
+
+    /// Like `start`, with further arguments of fault_proxy.py (`--young-not-found N`).
+    pub fn start_with(upstream: &str, faults: &[&str], args: &[&str], dir: &Path) -> FaultProxy {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/fault_proxy.py");
         let port_file = dir.join("fault_proxy.port");
+        // A proxy started earlier in `dir` left its port here: wait for this one's.
+        let _ = std::fs::remove_file(&port_file);
         let log = dir.join("fault_proxy.log");
         let mut cmd = super::guarded(super::python3());
         cmd.arg(&script)
@@ -28,6 +35,7 @@ impl FaultProxy {
         for f in faults {
             cmd.args(["--fault", f]);
         }
+        cmd.args(args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -89,6 +97,12 @@ impl FaultProxy {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// From now on EC2 does not know these instances, as after it purged them.
+    pub fn purge(&self, ids: &[&str]) {
+        let body = serde_json::json!({ "ids": ids }).to_string();
+        super::http_request("POST", &self.url, "/_purge", Some(body.as_bytes())).unwrap();
     }
 
     fn count(&self, kind: &str, action: &str) -> u64 {
