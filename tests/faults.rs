@@ -327,3 +327,91 @@ fn a_launch_short_of_capacity_in_one_zone_tries_the_next_subnet() {
     assert!(machine.zone.is_some_and(|z| z.starts_with(&h.region)));
     assert!(h.running_instances().is_empty());
 }
+
+/// `plan` checks what the plan names against the account before anything is launched, as
+/// Terraform refreshes: a missing AMI, subnet or security group, an instance type the zone
+/// does not offer, `connect = "public_ip"` on a subnet without public addresses. Each is
+/// reported at the plan file's line and column; `apply` refuses the same plan without
+/// launching; `--refresh=false` skips the check.
+#[test]
+fn plan_checks_the_plan_against_the_account_before_anything_is_launched() {
+    let run = Run::new(1);
+    let missing = "0123456789abcdef0";
+    let plan = run.plan(&[(
+        "s",
+        &[
+            ("fine", ""),
+            ("ami", &format!("ami = \"ami-{missing}\"")),
+            ("subnet", &format!("subnet_id = \"subnet-{missing}\"")),
+            ("group", &format!("security_group_ids = [\"sg-{missing}\"]")),
+            ("type", "instance_type = \"x9.huge\""),
+            ("public", "connect = \"public_ip\""),
+        ],
+    )]);
+    let plan = plan.to_str().unwrap();
+    let text = std::fs::read_to_string(plan).unwrap();
+    let line_of = |needle: &str| {
+        1 + text
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in the plan"))
+    };
+
+    let out = run.rallyctl(&["plan", plan]);
+    assert_eq!(out.status.code(), Some(1), "the account check passed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (needle, field, message) in [
+        (
+            "ami = \"ami-0123",
+            "suite[0].test[1].ami",
+            "does not exist in",
+        ),
+        (
+            "subnet_id = \"subnet-0123",
+            "suite[0].test[2].subnet_id",
+            "does not exist in",
+        ),
+        (
+            "sg-0123",
+            "suite[0].test[3].security_group_ids[0]",
+            "does not exist in",
+        ),
+        (
+            "x9.huge",
+            "suite[0].test[4].instance_type",
+            "is not offered in",
+        ),
+        (
+            "subnet_id = \"subnet",
+            "defaults.subnet_id",
+            "gives instances no public address",
+        ),
+    ] {
+        let at = format!("e2e.toml:{}:", line_of(needle));
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&at) && l.contains(field) && l.contains(message)),
+            "{field}: {message} at {at}:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.matches("e2e.toml:").count(), 5, "{stderr}");
+
+    let out = run.rallyctl(&["plan", plan, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["diagnostics"].as_array().unwrap().len(), 5);
+
+    let out = run.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        run.launches(),
+        0,
+        "apply launched despite the account check"
+    );
+    assert!(!run.dir.path().join("state").exists());
+
+    let out = run.rallyctl(&["plan", plan, "--refresh=false"]);
+    assert_eq!(out.status.code(), Some(0), "--refresh=false still checked");
+}

@@ -45,6 +45,7 @@ const TERRAFORM_SPELLINGS: &[&str] = &[
     "no-color",
     "out",
     "parallelism",
+    "refresh",
     "replace",
     "state",
     "target",
@@ -119,6 +120,8 @@ pub(super) enum Command {
         detailed_exitcode: bool,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        refresh: Refresh,
     },
     /// Run what the plan says: get a machine, install, race, collect, give the machine back
     Apply {
@@ -132,6 +135,8 @@ pub(super) enum Command {
         parallelism: u16,
         #[command(flatten)]
         select: Select,
+        #[command(flatten)]
+        refresh: Refresh,
     },
     /// Give back everything the workspace holds: terminate its instances (also leaked ones
     /// found by tag), stop its races on hosts and end their leases
@@ -222,6 +227,15 @@ pub struct Select {
     /// Run this test again even if its result exists (repeatable)
     #[arg(long, value_name = "ADDR")]
     replace: Vec<Address>,
+}
+
+/// Whether to check the plan against the providers' accounts before planning.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Refresh {
+    /// Check that the AMIs, subnets, security groups and instance types the plan names exist
+    /// in the account before planning (`--refresh=false` skips it)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub refresh: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 pub use args::{
-    Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_USAGE, Global,
+    Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_USAGE, Global, Refresh,
     ResultsArgs, Select, normalize_args,
 };
 pub use workspace::{Loaded, load, load_at, load_file};
@@ -104,13 +104,29 @@ fn run(cli: Cli) -> Result<u8> {
             out,
             detailed_exitcode,
             select,
-        } => plan_command(&plan, out.as_deref(), detailed_exitcode, &select, &g),
+            refresh,
+        } => plan_command(
+            &plan,
+            out.as_deref(),
+            detailed_exitcode,
+            &select,
+            refresh,
+            &g,
+        ),
         Command::Apply {
             plan,
             auto_approve,
             parallelism,
             select,
-        } => apply(&plan, auto_approve, usize::from(parallelism), &select, &g),
+            refresh,
+        } => apply(
+            &plan,
+            auto_approve,
+            usize::from(parallelism),
+            &select,
+            refresh,
+            &g,
+        ),
         Command::Destroy { plan, auto_approve } => destroy(plan.as_deref(), auto_approve, &g),
         Command::Graph { plan } => {
             let plan = Plan::load(&plan)?;
@@ -252,9 +268,11 @@ fn plan_command(
     out: Option<&Path>,
     detailed: bool,
     select: &Select,
+    refresh: Refresh,
     g: &Global,
 ) -> Result<u8> {
     let l = load_file(path, g)?;
+    check_account(&l.plan, refresh)?;
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
     if g.json {
@@ -392,6 +410,38 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Checks the plan against its providers' accounts (Terraform's refresh), unless
+/// `--refresh=false`: what they lack is an error at the plan file's line and column, before
+/// anything is launched or paid for. When the check itself cannot be made (no credentials, no
+/// network) planning goes on, saying so.
+fn check_account(plan: &Plan, refresh: Refresh) -> Result<()> {
+    if !refresh.refresh {
+        return Ok(());
+    }
+    let settings: Vec<&crate::plan::Settings> = plan.tests().map(|t| &t.settings).collect();
+    match runtime()?.block_on(crate::provider::preflight(&settings)) {
+        Ok(problems) if problems.is_empty() => Ok(()),
+        Ok(problems) => {
+            let findings: Vec<crate::plan::Finding<'_>> = problems
+                .iter()
+                .map(|p| crate::plan::Finding {
+                    keys: p.keys,
+                    value: &p.value,
+                    message: &p.message,
+                })
+                .collect();
+            Err(plan.locate(&findings)?.into())
+        }
+        Err(e) => {
+            eprintln!(
+                "{} could not check the plan against the AWS account ({e}); `--refresh=false` skips this check",
+                console::style("warning:").yellow().bold()
+            );
+            Ok(())
+        }
+    }
+}
+
 /// A saved plan is JSON with a `format_version`; anything else is a plan file.
 fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
     let is_saved = serde_json::from_slice::<serde_json::Value>(&Plan::read_bytes(path)?)
@@ -408,6 +458,7 @@ fn apply(
     auto_approve: bool,
     parallelism: usize,
     select: &Select,
+    refresh: Refresh,
     g: &Global,
 ) -> Result<u8> {
     let saved = read_saved(path)?;
@@ -432,6 +483,10 @@ fn apply(
             .context(
                 "apply needs AWS credentials for its aws tests; nothing was launched or written",
             )?;
+    }
+    // A saved plan was checked when it was made.
+    if saved.is_none() {
+        check_account(&plan, refresh)?;
     }
     let _lock = lock(&state_path, &format!("rallyctl apply {}", path.display()))?;
     let l = load(plan, g)?;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 pub use diag::{Diagnostic, PlanErrors};
+pub use load::Finding;
 
 /// How long a race's logs may stay silent before it counts as stalled (`stall_timeout`).
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -727,6 +728,13 @@ impl Plan {
     /// Validates plan text as if read from `path` (which relative paths inside do not use).
     pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
         load::parse(path, text)
+    }
+
+    /// Problems found outside the plan file (in a provider's account), as diagnostics where
+    /// the file writes each value ([`load::locate`]).
+    pub fn locate(&self, findings: &[Finding<'_>]) -> Result<PlanErrors, PlanErrors> {
+        let text = Plan::read(&self.source)?;
+        Ok(load::locate(&self.source, &text, findings))
     }
 
     /// Makes the paths of a plan read back from a saved plan readable from here: relative ones

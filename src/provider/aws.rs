@@ -15,7 +15,7 @@
 //! `InsufficientInstanceCapacity` is retried by [`Aws::launch`] itself, bounded by
 //! [`CAPACITY_ATTEMPTS`] (see there why).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
-    Filter, InstanceStateName, ResourceType, ShutdownBehavior, Tag, TagSpecification,
+    Filter, InstanceStateName, LocationType, ResourceType, ShutdownBehavior, Tag, TagSpecification,
 };
 use base64::Engine as _;
 use rand_core::RngCore as _;
@@ -35,9 +35,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
+use super::{Acquire, Acquired, Problem, Provider, ProviderError, Reachable};
 use crate::address::{Address, slug};
-use crate::plan::{AwsSettings, Connect, MachineSettings, ProviderKind, Settings};
+use crate::plan::{AwsSettings, Connect, MachineSettings, ProviderKind, Settings, Subnets};
 use crate::remote::{Endpoint, EphemeralKey, HostKeys, SshEndpoint};
 use crate::state::Machine;
 
@@ -941,6 +941,247 @@ impl Ec2 {
             ))
         }
     }
+}
+
+/// Checks what aws tests name against the account before anything is launched, as Terraform
+/// refreshes before it plans: AMIs, subnets and security groups exist in their region, the
+/// instance type is offered in a zone the test may launch in, and `connect = "public_ip"` has
+/// a subnet that gives instances a public address. Lookups are batched per region and by
+/// filter, so that one missing id does not hide the others.
+pub async fn preflight(settings: &[&AwsSettings]) -> Result<Vec<Problem>, ProviderError> {
+    check_credentials().await?;
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .load()
+        .await;
+    let mut by_region: BTreeMap<&str, Vec<&AwsSettings>> = BTreeMap::new();
+    for s in settings {
+        by_region.entry(&s.region).or_default().push(s);
+    }
+    let mut problems = Vec::new();
+    for (region, tests) in by_region {
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&base)
+                .region(Region::new(region.to_owned()))
+                .build(),
+        );
+        let account = Account::look_up(&ec2, region, &tests).await?;
+        for s in tests {
+            problems.extend(account.problems(region, s));
+        }
+    }
+    problems.sort_by(|a, b| (a.keys, &a.value, &a.message).cmp(&(b.keys, &b.value, &b.message)));
+    problems.dedup();
+    Ok(problems)
+}
+
+/// What one region of the account holds of what the plan names.
+struct Account {
+    images: HashSet<String>,
+    /// Subnet id: its zone and whether it gives instances a public address.
+    subnets: HashMap<String, (String, bool)>,
+    groups: HashSet<String>,
+    /// (instance type, zone or region) pairs EC2 offers.
+    offered: HashSet<(String, String)>,
+}
+
+impl Account {
+    async fn look_up(
+        ec2: &aws_sdk_ec2::Client,
+        region: &str,
+        tests: &[&AwsSettings],
+    ) -> Result<Account, ProviderError> {
+        let unique = |ids: Vec<&str>| {
+            let mut ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let mut account = Account {
+            images: HashSet::new(),
+            subnets: HashMap::new(),
+            groups: HashSet::new(),
+            offered: HashSet::new(),
+        };
+        for ids in unique(tests.iter().map(|s| &*s.ami).collect()).chunks(FILTER_VALUES) {
+            let out = ec2
+                .describe_images()
+                .filters(id_filter("image-id", ids))
+                .send()
+                .await
+                .map_err(|e| err("DescribeImages", region, e))?;
+            account.images.extend(
+                out.images()
+                    .iter()
+                    .filter_map(|i| i.image_id())
+                    .map(str::to_owned),
+            );
+        }
+        let subnet_ids = unique(
+            tests
+                .iter()
+                .flat_map(|s| s.subnets.candidates())
+                .flatten()
+                .collect(),
+        );
+        for ids in subnet_ids.chunks(FILTER_VALUES) {
+            let mut pages = ec2
+                .describe_subnets()
+                .filters(id_filter("subnet-id", ids))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                for subnet in page
+                    .map_err(|e| err("DescribeSubnets", region, e))?
+                    .subnets()
+                {
+                    if let (Some(id), Some(zone)) = (subnet.subnet_id(), subnet.availability_zone())
+                    {
+                        let public = subnet.map_public_ip_on_launch().unwrap_or(false);
+                        account
+                            .subnets
+                            .insert(id.to_owned(), (zone.to_owned(), public));
+                    }
+                }
+            }
+        }
+        let group_ids = unique(
+            tests
+                .iter()
+                .flat_map(|s| s.security_group_ids.iter().map(|g| &**g))
+                .collect(),
+        );
+        for ids in group_ids.chunks(FILTER_VALUES) {
+            let mut pages = ec2
+                .describe_security_groups()
+                .filters(id_filter("group-id", ids))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                account.groups.extend(
+                    page.map_err(|e| err("DescribeSecurityGroups", region, e))?
+                        .security_groups()
+                        .iter()
+                        .filter_map(|g| g.group_id())
+                        .map(str::to_owned),
+                );
+            }
+        }
+        let types = unique(tests.iter().map(|s| &*s.instance_type).collect());
+        let zones = unique(account.subnets.values().map(|(z, _)| z.as_str()).collect());
+        for (location_type, locations) in [
+            (LocationType::AvailabilityZone, zones),
+            (LocationType::Region, vec![region.to_owned()]),
+        ] {
+            if locations.is_empty() {
+                continue;
+            }
+            let mut pages = ec2
+                .describe_instance_type_offerings()
+                .location_type(location_type)
+                .filters(id_filter("location", &locations))
+                .filters(id_filter("instance-type", &types))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                for o in page
+                    .map_err(|e| err("DescribeInstanceTypeOfferings", region, e))?
+                    .instance_type_offerings()
+                {
+                    if let (Some(t), Some(l)) = (o.instance_type(), o.location()) {
+                        account
+                            .offered
+                            .insert((t.as_str().to_owned(), l.to_owned()));
+                    }
+                }
+            }
+        }
+        Ok(account)
+    }
+
+    fn problems(&self, region: &str, s: &AwsSettings) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let problem = |keys, value: &str, message: String| Problem {
+            keys,
+            value: value.to_owned(),
+            message,
+        };
+        if !self.images.contains(&*s.ami) {
+            out.push(problem(
+                &["ami"],
+                &s.ami,
+                format!(
+                    "AMI {} does not exist in {region}, or this account may not use it",
+                    s.ami
+                ),
+            ));
+        }
+        for g in s
+            .security_group_ids
+            .iter()
+            .filter(|g| !self.groups.contains(&***g))
+        {
+            out.push(problem(
+                &["security_group_ids"],
+                g,
+                format!("security group {g} does not exist in {region}"),
+            ));
+        }
+        let mut zones = Vec::new();
+        for id in s.subnets.candidates().into_iter().flatten() {
+            match self.subnets.get(id) {
+                None => out.push(problem(
+                    SUBNET_KEYS,
+                    id,
+                    format!("subnet {id} does not exist in {region}"),
+                )),
+                Some((zone, public)) => {
+                    zones.push(zone.as_str());
+                    if !public && s.connect == Connect::PublicIp {
+                        out.push(problem(
+                            SUBNET_KEYS,
+                            id,
+                            format!("subnet {id} gives instances no public address, but connect = \"public_ip\" (the default when unset) needs one: set connect = \"private_ip\", or use a subnet that maps public addresses"),
+                        ));
+                    }
+                }
+            }
+        }
+        let offered = |location: &str| {
+            self.offered
+                .contains(&(s.instance_type.to_string(), location.to_owned()))
+        };
+        let type_offered = match s.subnets {
+            Subnets::Default => offered(region),
+            // Missing subnets are reported above; the type is checked where the others are.
+            _ => zones.is_empty() || zones.iter().any(|z| offered(z)),
+        };
+        if !type_offered {
+            let place = if zones.is_empty() {
+                region.to_owned()
+            } else {
+                zones.join(", ")
+            };
+            out.push(problem(
+                &["instance_type"],
+                &s.instance_type,
+                format!(
+                    "instance type {} is not offered in {place}",
+                    s.instance_type
+                ),
+            ));
+        }
+        out
+    }
+}
+
+const SUBNET_KEYS: &[&str] = &["subnet_id", "subnet_ids"];
+
+fn id_filter(name: &str, values: &[String]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.to_vec()))
+        .build()
 }
 
 #[cfg(test)]

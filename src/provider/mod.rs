@@ -37,6 +37,32 @@ pub struct ProviderError {
 }
 
 /// One attempt of one test asking for a machine.
+/// A setting that names something the provider's account or hosts do not have, found before
+/// anything is launched: the plan file is searched for where `value` is written under one of
+/// `keys`, so the user sees the line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub keys: &'static [&'static str],
+    pub value: String,
+    pub message: String,
+}
+
+/// Checks the plan's tests against their providers' accounts: the aws tests against EC2
+/// ([`aws::preflight`]); ssh and local have nothing to check before leasing.
+pub async fn preflight(settings: &[&Settings]) -> Result<Vec<Problem>, ProviderError> {
+    let aws: Vec<&crate::plan::AwsSettings> = settings
+        .iter()
+        .filter_map(|s| match &s.machine {
+            crate::plan::MachineSettings::Aws(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    if aws.is_empty() {
+        return Ok(vec![]);
+    }
+    aws::preflight(&aws).await
+}
+
 pub struct Acquire<'a> {
     pub workspace: &'a str,
     pub lineage: Uuid,
