@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use rallyctl::state::{Status, Step};
 use support::fault_proxy::FaultProxy;
-use support::run::Run;
+use support::run::{Run, record_of};
 
 /// `apply --auto-approve` of a one-test plan with rallyctl's AWS calls going through `proxy`.
 fn apply_through(run: &Run, proxy: &FaultProxy) -> std::process::Output {
@@ -122,27 +122,16 @@ fn stopped_while_booting(
     let mut state = rallyctl::state::State::new("e2e");
     let yesterday = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(14);
     for (test, id) in plan.tests().zip(ids) {
-        let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
         let mut machine =
             rallyctl::state::Machine::acquired(rallyctl::plan::ProviderKind::Aws, id.to_string());
         machine.region = Some(run.harness.region.clone());
         machine.launched_at = yesterday;
+        let booting = Status::InProgress {
+            step: Step::Booting,
+        };
         state.tests.insert(
             test.address.clone(),
-            rallyctl::state::TestRecord {
-                config_hash: artifacts.config_hash,
-                settings: (&test.settings).into(),
-                race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
-                status: Status::InProgress {
-                    step: Step::Booting,
-                },
-                attempt: 1,
-                run_id: Some("20261201T000000Z-night0".into()),
-                race_id: Some(uuid::Uuid::new_v4()),
-                instance: Some(machine),
-                results: vec![],
-                history: vec![],
-            },
+            record_of(test, booting, Some(machine)),
         );
     }
     let state_path = run.dir.path().join("state/e2e.state.json");

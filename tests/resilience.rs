@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rallyctl::state::{Status, Step};
 use support::fault_proxy::FaultProxy;
-use support::run::{Run, sha256_hex};
+use support::run::{Run, record_of, sha256_hex};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -174,23 +174,11 @@ fn an_instance_launched_but_not_recorded_is_adopted() {
     let plan_path = run.plan(&[("s", &[("t", "")])]);
     let plan = rallyctl::plan::Plan::load(&plan_path).unwrap();
     let test = plan.tests().next().unwrap();
-    let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
     let mut state = rallyctl::state::State::new("e2e");
-    let mut record = rallyctl::state::TestRecord {
-        config_hash: artifacts.config_hash,
-        settings: (&test.settings).into(),
-        race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
-        status: Status::Pending,
-        attempt: 1,
-        run_id: Some("20261125T000000Z-crash0".into()),
-        race_id: Some(uuid::Uuid::new_v4()),
-        instance: None,
-        results: vec![],
-        history: vec![],
-    };
-    record.set_status(Status::InProgress {
+    let launching = Status::InProgress {
         step: Step::Launching,
-    });
+    };
+    let record = record_of(test, launching, None);
     state.tests.insert(test.address.clone(), record);
     rallyctl::state::save(&run.dir.path().join("state/e2e.state.json"), &mut state).unwrap();
 

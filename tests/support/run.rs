@@ -207,6 +207,31 @@ tags = {{ team = "e2e" }}
     }
 }
 
+/// The record an apply writes for `test` (config hash and settings as rallyctl computes them)
+/// in attempt 1 of a run of last night, at `status`, holding `instance`: for states that an
+/// apply left behind.
+pub fn record_of(
+    test: &rallyctl::plan::Test,
+    status: rallyctl::state::Status,
+    instance: Option<rallyctl::state::Machine>,
+) -> rallyctl::state::TestRecord {
+    let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
+    let mut record = rallyctl::state::TestRecord {
+        config_hash: artifacts.config_hash,
+        settings: (&test.settings).into(),
+        race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
+        status: rallyctl::state::Status::Pending,
+        attempt: 1,
+        run_id: Some("20261201T000000Z-night0".into()),
+        race_id: Some(uuid::Uuid::new_v4()),
+        instance,
+        results: vec![],
+        history: vec![],
+    };
+    record.set_status(status);
+    record
+}
+
 pub fn at(record: &rallyctl::state::TestRecord, status: &str) -> jiff::Timestamp {
     record
         .history
