@@ -950,8 +950,9 @@ impl Ec2 {
 /// filter, so that one missing id does not hide the others.
 pub async fn preflight(settings: &[&AwsSettings]) -> Result<Vec<Problem>, ProviderError> {
     check_credentials().await?;
+    // A plan should not hang on an unreachable API: fewer attempts than apply's calls.
     let base = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
         .await;
     let mut by_region: BTreeMap<&str, Vec<&AwsSettings>> = BTreeMap::new();
