@@ -264,31 +264,73 @@ fn a_purged_instance_in_state_neither_hangs_apply_nor_breaks_destroy() {
     assert!(run.record("s.t").live_machine().is_none());
 }
 
+/// A subnet of the harness's VPC in another zone than the harness's own, where no instance of
+/// the harness can run: launches there are for the fault proxy to refuse.
+fn second_subnet(h: &support::Harness) -> String {
+    let cidr = if h.subnet_cidr == "127.0.250.0/24" {
+        "127.0.251.0/24"
+    } else {
+        "127.0.250.0/24"
+    };
+    h.block_on(
+        h.ec2_client()
+            .create_subnet()
+            .vpc_id(&h.vpc_id)
+            .cidr_block(cidr)
+            .availability_zone(format!("{}b", h.region))
+            .send(),
+    )
+    .unwrap()
+    .subnet()
+    .and_then(|s| s.subnet_id())
+    .unwrap()
+    .to_owned()
+}
+
+/// An instance type no zone of the test's subnets offers (`Unsupported`) fails the test at
+/// once, naming each subnet: every subnet is tried, but waiting would not help.
+#[test]
+fn an_instance_type_no_subnet_offers_fails_at_once_naming_each_subnet() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let other = second_subnet(h);
+    let proxy = FaultProxy::start(
+        &h.moto_url,
+        &["RunInstances:Unsupported:always"],
+        run.dir.path(),
+    );
+    let extra = format!("subnet_ids = [\"{other}\", \"{}\"]", h.subnet_id);
+    let plan = run.plan(&[("s", &[("t", &extra)])]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = run.output(&mut cmd, &args);
+    assert_eq!(out.status.code(), Some(1));
+    match run.record("s.t").status {
+        Status::Failed { step, error, .. } => {
+            assert_eq!(step, Step::Launching);
+            for part in [other.as_str(), h.subnet_id.as_str(), "Unsupported"] {
+                assert!(error.contains(part), "{part}: {error}");
+            }
+            assert!(!error.contains("gave up after"), "{error}");
+        }
+        other => panic!("s.t is {other:?}"),
+    }
+    assert_eq!(
+        proxy.injected("RunInstances"),
+        2,
+        "one round over both subnets"
+    );
+    assert_eq!(run.launches(), 0);
+}
+
 /// Capacity is per Availability Zone: with `subnet_ids`, a launch EC2 cannot place in the first
 /// subnet's zone goes to the next subnet, and state records where the instance ran.
 #[test]
 fn a_launch_short_of_capacity_in_one_zone_tries_the_next_subnet() {
     let run = Run::new(1);
     let h = &run.harness;
-    let cidr = if h.subnet_cidr == "127.0.250.0/24" {
-        "127.0.251.0/24"
-    } else {
-        "127.0.250.0/24"
-    };
-    let full = h
-        .block_on(
-            h.ec2_client()
-                .create_subnet()
-                .vpc_id(&h.vpc_id)
-                .cidr_block(cidr)
-                .availability_zone(format!("{}b", h.region))
-                .send(),
-        )
-        .unwrap()
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .unwrap()
-        .to_owned();
+    let full = second_subnet(h);
     let proxy = FaultProxy::start(
         &h.moto_url,
         &[&format!(

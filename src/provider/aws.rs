@@ -1189,6 +1189,100 @@ fn id_filter(name: &str, values: &[String]) -> Filter {
 mod tests {
     use super::*;
 
+    /// A waiter for instance `i-1`, launched `age` ago, whose boot wait is over or not.
+    fn waiter(age: Duration, overdue: bool) -> Waiter {
+        let now = Instant::now();
+        Waiter {
+            region: "eu-west-1".into(),
+            id: "i-1".into(),
+            launched_at: jiff::Timestamp::now()
+                - jiff::SignedDuration::from_secs(age.as_secs() as i64),
+            deadline: if overdue {
+                now - Duration::from_secs(1)
+            } else {
+                now + BOOT_TIMEOUT
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn instance(state: InstanceState) -> InstanceInfo {
+        InstanceInfo {
+            id: "i-1".into(),
+            state,
+            public_ip: None,
+            private_ip: Some("10.0.0.1".into()),
+            subnet: None,
+            zone: None,
+        }
+    }
+
+    /// Every answer EC2 can give a booting instance ends the wait or asks again, and asking
+    /// again ends at the boot deadline: unknown past the grace window is gone, unknown while
+    /// young is asked again, failing calls are retried until the deadline and then reported.
+    #[test]
+    fn every_boot_wait_ends() {
+        let young = Duration::from_secs(5);
+        let old = NOT_FOUND_GRACE + Duration::from_secs(1);
+        let api_down = || {
+            Err(ProviderError {
+                operation: "DescribeInstances",
+                target: "eu-west-1".into(),
+                message: "RequestLimitExceeded".into(),
+            })
+        };
+        let cases: [(
+            Waiter,
+            Result<Vec<InstanceInfo>, ProviderError>,
+            Option<&str>,
+        ); 9] = [
+            (
+                waiter(young, false),
+                Ok(vec![instance(InstanceState::Running)]),
+                Some("ok"),
+            ),
+            (
+                waiter(young, false),
+                Ok(vec![instance(InstanceState::Pending)]),
+                None,
+            ),
+            (
+                waiter(young, true),
+                Ok(vec![instance(InstanceState::Pending)]),
+                Some("still reads Pending"),
+            ),
+            (
+                waiter(young, false),
+                Ok(vec![instance(InstanceState::Terminated)]),
+                Some("instead of running"),
+            ),
+            (waiter(young, false), Ok(vec![]), None),
+            (
+                waiter(young, true),
+                Ok(vec![]),
+                Some("still unknown to EC2"),
+            ),
+            (
+                waiter(old, false),
+                Ok(vec![]),
+                Some("no longer known to EC2"),
+            ),
+            (waiter(young, false), api_down(), None),
+            (waiter(young, true), api_down(), Some("kept failing")),
+        ];
+        for (w, answer, expected) in cases {
+            let outcome = settle(&w, &answer).map(|r| match r {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => e,
+            });
+            match (expected, outcome) {
+                (None, None) => {}
+                (Some(want), Some(got)) if got.contains(want) => {}
+                (want, got) => panic!("{answer:?}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
+
     #[test]
     fn client_tokens_are_64_characters_and_differ_per_attempt() {
         let a = Address::new("s", "t").unwrap();
