@@ -1217,6 +1217,14 @@ mod tests {
         }
     }
 
+    /// A waiter, what DescribeInstances answered, and what should come of it: `None` is "ask
+    /// again", else what the reply says.
+    type Case = (
+        Waiter,
+        Result<Vec<InstanceInfo>, ProviderError>,
+        Option<&'static str>,
+    );
+
     /// Every answer EC2 can give a booting instance ends the wait or asks again, and asking
     /// again ends at the boot deadline: unknown past the grace window is gone, unknown while
     /// young is asked again, failing calls are retried until the deadline and then reported.
@@ -1231,11 +1239,7 @@ mod tests {
                 message: "RequestLimitExceeded".into(),
             })
         };
-        let cases: [(
-            Waiter,
-            Result<Vec<InstanceInfo>, ProviderError>,
-            Option<&str>,
-        ); 9] = [
+        let cases: [Case; 9] = [
             (
                 waiter(young, false),
                 Ok(vec![instance(InstanceState::Running)]),
