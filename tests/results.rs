@@ -88,6 +88,7 @@ impl Tree {
                 race_id: None,
                 instance: Some(Machine {
                     region: Some("us-east-1".into()),
+                    zone: Some("us-east-1a".into()),
                     launched_at: at("2026-11-25T08:15:00Z"),
                     terminated_at: Some(at("2026-11-25T08:25:00Z")),
                     ..Machine::acquired(ProviderKind::Aws, "i-0123".into())

@@ -36,6 +36,9 @@ pub struct TestResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
     pub instance_type: Option<String>,
+    /// The Availability Zone the instance ran in (EC2's hardware differs between zones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     pub race_duration_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub race: Option<RaceInfo>,
@@ -357,6 +360,7 @@ fn read_test(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         }),
+        zone: record.and_then(|r| r.instance.as_ref()?.zone.clone()),
         race_duration_s,
         race,
         tasks,

@@ -185,7 +185,10 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
                         test.status.clone().unwrap_or_else(|| "-".into()),
                         status_tone(test),
                     ),
-                    plain(opt(test.instance_type.as_deref())),
+                    plain(match (&test.instance_type, &test.zone) {
+                        (Some(t), Some(z)) => format!("{t} in {z}"),
+                        (t, _) => opt(t.as_deref()),
+                    }),
                     plain(duration(test.race_duration_s)),
                 ]
             } else {
