@@ -236,6 +236,7 @@ mod tests {
                 status: Some("completed".into()),
                 failure: None,
                 instance_type: None,
+                zone: None,
                 race_duration_s: None,
                 race: None,
                 tasks: tasks
