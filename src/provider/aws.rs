@@ -5,15 +5,19 @@
 //!   watchdog in user data and a ClientToken derived from lineage, address and attempt; an
 //!   instance of the same attempt is looked up by its tags first and adopted, so a crash
 //!   between launch and record never launches twice (moto ignores ClientToken; EC2 honours it).
-//! - reach: one batched DescribeInstances poll for every instance waiting to run ([`Poller`]).
-//! - before each connection: the key is pushed again when its 60 s are nearly over.
+//! - reach: one batched DescribeInstances poll for every instance waiting to run ([`Poller`]),
+//!   by `instance-id` filter so that an id EC2 does not know (too new to show, or purged an hour
+//!   after termination) fails no batch; every wait ends ([`settle`]).
+//! - before each connection: the key is pushed again when its 60 s are nearly over; refusals
+//!   while the instance boots are retried ([`Aws::push_key_within_boot`]).
+//! - before planning: [`preflight`] checks what the plan names against the account.
 //!
 //! Credentials and region come from the standard chain; `AWS_ENDPOINT_URL` points both clients
 //! elsewhere (moto in tests).
 //! Throttling (`RequestLimitExceeded`) and 5xx answers are retried by the SDK's standard retry
 //! mode with exponential backoff and jitter, bounded by [`MAX_ATTEMPTS`].
-//! `InsufficientInstanceCapacity` is retried by [`Aws::launch`] itself, bounded by
-//! [`CAPACITY_ATTEMPTS`] (see there why).
+//! `InsufficientInstanceCapacity` is retried by [`Ec2::launch`] itself, across the test's
+//! subnets and then in rounds bounded by [`CAPACITY_ATTEMPTS`] (see there why).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -82,7 +86,7 @@ const UNSUPPORTED: &str = "Unsupported";
 /// EC2 answers `InsufficientInstanceCapacity` with HTTP 500, so the SDK's status-code classifier
 /// would retry it within one call, back to back with throttling retries. Capacity comes back on
 /// another time scale than a throttled API, so this forbids the SDK's retry for that code and
-/// [`Aws::launch`] retries it on its own, smaller bound.
+/// [`Ec2::launch`] retries it on its own, smaller bound.
 #[derive(Debug)]
 struct NoSdkRetryOnCapacity;
 
