@@ -446,3 +446,91 @@ fn plan_checks_the_plan_against_the_account_before_anything_is_launched() {
     let out = run.rallyctl(&["plan", plan, "--refresh=false"]);
     assert_eq!(out.status.code(), Some(0), "--refresh=false still checked");
 }
+
+/// A test that names no subnet launches into the region's default VPC: an account without one
+/// is told at plan time, where the region is written.
+#[test]
+fn a_region_without_a_default_vpc_is_reported_for_tests_without_a_subnet() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let with_subnet = run.plan(&[("s", &[("t", "")])]);
+    let text = std::fs::read_to_string(&with_subnet).unwrap();
+    let plan = run.dir.path().join("no-subnet.toml");
+    let no_subnet: String = text
+        .lines()
+        .filter(|l| !l.starts_with("subnet_id") && !l.starts_with("security_group_ids"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&plan, &no_subnet).unwrap();
+    let plan = plan.to_str().unwrap();
+    let out = run.rallyctl(&["plan", plan]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "moto's default VPC was not found"
+    );
+
+    let ec2 = h.ec2_client();
+    let is_default = aws_sdk_ec2::types::Filter::builder()
+        .name("is-default")
+        .values("true")
+        .build();
+    let vpc = h
+        .block_on(ec2.describe_vpcs().filters(is_default).send())
+        .unwrap()
+        .vpcs()[0]
+        .vpc_id()
+        .unwrap()
+        .to_owned();
+    let in_vpc = |name: &str| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .values(&vpc)
+            .build()
+    };
+    let subnets = h
+        .block_on(ec2.describe_subnets().filters(in_vpc("vpc-id")).send())
+        .unwrap();
+    for s in subnets.subnets() {
+        h.block_on(ec2.delete_subnet().subnet_id(s.subnet_id().unwrap()).send())
+            .unwrap();
+    }
+    let gateways = h
+        .block_on(
+            ec2.describe_internet_gateways()
+                .filters(in_vpc("attachment.vpc-id"))
+                .send(),
+        )
+        .unwrap();
+    for g in gateways.internet_gateways() {
+        let id = g.internet_gateway_id().unwrap();
+        h.block_on(
+            ec2.detach_internet_gateway()
+                .internet_gateway_id(id)
+                .vpc_id(&vpc)
+                .send(),
+        )
+        .unwrap();
+        h.block_on(ec2.delete_internet_gateway().internet_gateway_id(id).send())
+            .unwrap();
+    }
+    h.block_on(ec2.delete_vpc().vpc_id(&vpc).send()).unwrap();
+
+    let out = run.rallyctl(&["plan", plan]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a region without a default VPC passed"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = 1 + no_subnet
+        .lines()
+        .position(|l| l.starts_with("region"))
+        .unwrap();
+    assert!(
+        stderr.contains(&format!("no-subnet.toml:{line}:"))
+            && stderr.contains("defaults.region")
+            && stderr.contains("has no default VPC"),
+        "{stderr}"
+    );
+}

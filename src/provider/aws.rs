@@ -949,8 +949,9 @@ impl Ec2 {
 
 /// Checks what aws tests name against the account before anything is launched, as Terraform
 /// refreshes before it plans: AMIs, subnets and security groups exist in their region, the
-/// instance type is offered in a zone the test may launch in, and `connect = "public_ip"` has
-/// a subnet that gives instances a public address. Lookups are batched per region and by
+/// instance type is offered in a zone the test may launch in, `connect = "public_ip"` has a
+/// subnet that gives instances a public address, and a test without a subnet has a default
+/// VPC. Lookups are batched per region and by
 /// filter, so that one missing id does not hide the others.
 pub async fn preflight(settings: &[&AwsSettings]) -> Result<Vec<Problem>, ProviderError> {
     check_credentials().await?;
@@ -988,6 +989,9 @@ struct Account {
     groups: HashSet<String>,
     /// (instance type, zone or region) pairs EC2 offers.
     offered: HashSet<(String, String)>,
+    /// Whether the region has a default VPC, where instances without a subnet go; asked only
+    /// when a test names no subnet.
+    default_vpc: bool,
 }
 
 impl Account {
@@ -1007,7 +1011,17 @@ impl Account {
             subnets: HashMap::new(),
             groups: HashSet::new(),
             offered: HashSet::new(),
+            default_vpc: true,
         };
+        if tests.iter().any(|s| s.subnets == Subnets::Default) {
+            let out = ec2
+                .describe_vpcs()
+                .filters(id_filter("is-default", &["true".to_owned()]))
+                .send()
+                .await
+                .map_err(|e| err("DescribeVpcs", region, e))?;
+            account.default_vpc = !out.vpcs().is_empty();
+        }
         for ids in unique(tests.iter().map(|s| &*s.ami).collect()).chunks(FILTER_VALUES) {
             let out = ec2
                 .describe_images()
@@ -1156,6 +1170,13 @@ impl Account {
             self.offered
                 .contains(&(s.instance_type.to_string(), location.to_owned()))
         };
+        if s.subnets == Subnets::Default && !self.default_vpc {
+            out.push(problem(
+                &["region"],
+                region,
+                format!("{region} has no default VPC, so an instance without a subnet cannot launch: set `subnet_id` or `subnet_ids`"),
+            ));
+        }
         let type_offered = match s.subnets {
             Subnets::Default => offered(region),
             // Missing subnets are reported above; the type is checked where the others are.
