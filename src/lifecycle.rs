@@ -513,7 +513,7 @@ async fn race<P: Provider>(
 }
 
 /// How long since the race last wrote to its console log or to Rally's log; `None` before
-/// either exists. Asked by a command of its own rather than by race.sh, whose text is part of
+/// either exists. GNU `stat` on Linux, BSD `stat` on a macOS host. Asked by a command of its own rather than by race.sh, whose text is part of
 /// every test's config hash.
 async fn silent_for<P: Provider>(
     ctx: &Ctx<P>,
@@ -522,7 +522,7 @@ async fn silent_for<P: Provider>(
     run_dir: &str,
 ) -> Result<Option<Duration>, Stop> {
     let command = format!(
-        "cd {run_dir} && newest=$(stat -c %Y race.log .rally/logs/rally.log 2>/dev/null | sort -n | tail -n 1) && [ -n \"$newest\" ] && echo $(( $(date +%s) - newest )) || true"
+        "cd {run_dir} && newest=$(for f in race.log .rally/logs/rally.log; do [ -e \"$f\" ] && {{ stat -c %Y \"$f\" 2>/dev/null || stat -f %m \"$f\"; }}; done | sort -n | tail -n 1) && [ -n \"$newest\" ] && echo $(( $(date +%s) - newest )) || true"
     );
     let out = run_on(
         ctx,

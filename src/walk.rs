@@ -433,11 +433,12 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     }
 
     /// A race whose logs stay silent for `stall_timeout` is failed as stalled with its log
-    /// tail, its processes are stopped and its machine given back, long before max_runtime.
+    /// tail, its processes are stopped and its machine given back, long before max_runtime
+    /// (which would stop it after a minute with another error, should stall detection break).
     #[test]
     fn a_stalled_race_is_stopped_and_failed_with_its_log_tail() {
         let mut bench = Bench::new(
-            "stall_timeout = \"2s\"\n[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+            "stall_timeout = \"2s\"\nmax_runtime = \"1m\"\n[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
              rally_args = [\"--hang\"]\n",
         );
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
