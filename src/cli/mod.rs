@@ -434,7 +434,7 @@ fn check_account(plan: &Plan, refresh: Refresh) -> Result<()> {
         }
         Err(e) => {
             eprintln!(
-                "{} could not check the plan against the AWS account ({e}); `--refresh=false` skips this check",
+                "{} could not check the plan against the account ({e}); `--refresh=false` skips this check",
                 console::style("warning:").yellow().bold()
             );
             Ok(())
