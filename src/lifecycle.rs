@@ -254,16 +254,15 @@ async fn start_attempt<P: Provider>(
     ctx.state.update(|s| {
         let previous_attempt = s.tests.get(address).map_or(0, |r| r.attempt);
         let mut record = TestRecord {
-            config_hash: artifacts.config_hash.clone(),
-            settings: (&test.settings).into(),
-            race_command,
-            status: Status::Pending,
             attempt: previous_attempt + 1,
             run_id: Some(ctx.run_id.clone()),
             race_id: Some(Uuid::new_v4()),
-            instance: None,
-            results: vec![],
-            history: vec![],
+            ..TestRecord::new(
+                artifacts.config_hash.clone(),
+                (&test.settings).into(),
+                race_command,
+                Status::Pending,
+            )
         };
         record.set_status(Status::InProgress {
             step: Step::Launching,

@@ -479,18 +479,12 @@ track = "nyc_taxis"
         let a = Renderer::new().render(test).unwrap();
         (
             address,
-            TestRecord {
-                config_hash: a.config_hash,
-                settings: (&test.settings).into(),
-                race_command: crate::templates::race_command(&test.settings).unwrap(),
+            TestRecord::new(
+                a.config_hash,
+                (&test.settings).into(),
+                crate::templates::race_command(&test.settings).unwrap(),
                 status,
-                attempt: 1,
-                run_id: None,
-                race_id: None,
-                instance: None,
-                results: vec![],
-                history: vec![],
-            },
+            ),
         )
     }
 

@@ -342,6 +342,27 @@ impl Machine {
 }
 
 impl TestRecord {
+    /// Attempt 1 of a test at `status`, before it has a run, a race, a machine or results.
+    pub fn new(
+        config_hash: String,
+        settings: RecordedSettings,
+        race_command: String,
+        status: Status,
+    ) -> TestRecord {
+        TestRecord {
+            config_hash,
+            settings,
+            race_command,
+            status,
+            attempt: 1,
+            run_id: None,
+            race_id: None,
+            instance: None,
+            results: vec![],
+            history: vec![],
+        }
+    }
+
     /// A machine the test may still hold (an instance costing money, a leased host).
     pub fn live_machine(&self) -> Option<&Machine> {
         self.instance.as_ref().filter(|i| i.terminated_at.is_none())
@@ -731,22 +752,16 @@ mod tests {
     use super::*;
 
     fn record() -> TestRecord {
-        TestRecord {
-            config_hash: "abc".into(),
-            settings: serde_json::json!({"track": "geonames"}).into(),
-            race_command: "esrally race".into(),
-            status: Status::Failed {
+        TestRecord::new(
+            "abc".into(),
+            serde_json::json!({"track": "geonames"}).into(),
+            "esrally race".into(),
+            Status::Failed {
                 step: Step::Racing,
                 error: "race exited with 64".into(),
                 log_tail: Some("boom".into()),
             },
-            attempt: 1,
-            run_id: None,
-            race_id: None,
-            instance: None,
-            results: vec![],
-            history: vec![],
-        }
+        )
     }
 
     #[test]
@@ -804,18 +819,12 @@ mod tests {
         if let Ok(path) = std::env::var("RALLYCTL_TEST_SAVE_FOREVER") {
             let path = Path::new(&path);
             let mut state = load(path).unwrap().unwrap_or_else(|| State::new("w"));
-            let record = TestRecord {
-                config_hash: "abc".repeat(20),
-                settings: serde_json::json!({"params": "x".repeat(20_000)}).into(),
-                race_command: "esrally race".into(),
-                status: Status::Completed,
-                attempt: 1,
-                run_id: None,
-                race_id: None,
-                instance: None,
-                results: vec![],
-                history: vec![],
-            };
+            let record = TestRecord::new(
+                "abc".repeat(20),
+                serde_json::json!({"params": "x".repeat(20_000)}).into(),
+                "esrally race".into(),
+                Status::Completed,
+            );
             for i in 0..500 {
                 state
                     .tests

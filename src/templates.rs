@@ -641,7 +641,7 @@ track_params = { bulk_size = 5000 }"#,
         std::fs::write(&ini, "host = {{ env(\"RALLYCTL_TEST_UNSET_HOST\") }}\nport = {{ env(\"RALLYCTL_TEST_UNSET_PORT\", \"9200\") }}\n").unwrap();
         let mut test = test_from("name = \"t\"\ntrack = \"x\"");
         test.settings.rally_config =
-            crate::plan::RallyConfig::File(crate::plan::LocalPath::locate(&ini, dir.path()));
+            crate::plan::RallyConfig::File(crate::plan::LocalPath::in_project(&ini, dir.path()));
         let r = Renderer::new();
         assert_eq!(
             r.rally_ini(&test.settings, Secrets::Placeholders).unwrap(),

@@ -365,18 +365,12 @@ fn validate_refuses_missing_empty_and_repeating_ssh_pools() {
 
 /// A completed test's record, made with `settings`.
 fn completed(settings: serde_json::Value) -> rallyctl::state::TestRecord {
-    rallyctl::state::TestRecord {
-        config_hash: "h".into(),
-        settings: settings.into(),
-        race_command: "esrally race".into(),
-        status: rallyctl::state::Status::Completed,
-        attempt: 1,
-        run_id: None,
-        race_id: None,
-        instance: None,
-        results: vec![],
-        history: vec![],
-    }
+    rallyctl::state::TestRecord::new(
+        "h".into(),
+        settings.into(),
+        "esrally race".into(),
+        rallyctl::state::Status::Completed,
+    )
 }
 
 /// rallyctl run in `dir` (plans and state relative to it).

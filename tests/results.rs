@@ -79,13 +79,7 @@ impl Tree {
         self.state.tests.insert(
             address.clone(),
             TestRecord {
-                config_hash: "h".into(),
-                settings: serde_json::json!({"instance_type": "m5.xlarge", "track": "tiny"}).into(),
-                race_command: "esrally race".into(),
-                status,
-                attempt: 1,
                 run_id: Some(run.into()),
-                race_id: None,
                 instance: Some(Machine {
                     region: Some("us-east-1".into()),
                     zone: Some("us-east-1a".into()),
@@ -95,6 +89,12 @@ impl Tree {
                 }),
                 results,
                 history,
+                ..TestRecord::new(
+                    "h".into(),
+                    serde_json::json!({"instance_type": "m5.xlarge", "track": "tiny"}).into(),
+                    "esrally race".into(),
+                    status,
+                )
             },
         );
     }

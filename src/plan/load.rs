@@ -820,7 +820,7 @@ impl<'n> Loader<'_, '_> {
                 let path = self.string(node, field)?;
                 match std::fs::File::open(path).and_then(|f| f.metadata()) {
                     Ok(meta) if meta.is_file() => {
-                        Some(Val::Path(LocalPath::locate(Path::new(path), self.root)))
+                        Some(Val::Path(LocalPath::in_project(Path::new(path), self.root)))
                     }
                     Ok(_) => {
                         self.sink
@@ -838,7 +838,7 @@ impl<'n> Loader<'_, '_> {
                 let path = self.string(node, field)?;
                 let track_json = Path::new(path).join("track.json");
                 match std::fs::File::open(&track_json) {
-                    Ok(_) => Some(Val::Path(LocalPath::locate(Path::new(path), self.root))),
+                    Ok(_) => Some(Val::Path(LocalPath::in_project(Path::new(path), self.root))),
                     Err(e) => {
                         self.sink.error_with_help(
                             span,

@@ -127,7 +127,7 @@ pub struct LocalPath {
 
 impl LocalPath {
     /// `spelled` as a plan under `root` names it; `spelled` must exist.
-    pub fn locate(spelled: &Path, root: &Path) -> LocalPath {
+    pub fn in_project(spelled: &Path, root: &Path) -> LocalPath {
         let recorded = match std::fs::canonicalize(spelled) {
             Ok(abs) => match abs.strip_prefix(root) {
                 Ok(inside) if !inside.as_os_str().is_empty() => inside.into(),

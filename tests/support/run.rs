@@ -217,16 +217,15 @@ pub fn record_of(
 ) -> rallyctl::state::TestRecord {
     let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
     let mut record = rallyctl::state::TestRecord {
-        config_hash: artifacts.config_hash,
-        settings: (&test.settings).into(),
-        race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
-        status: rallyctl::state::Status::Pending,
-        attempt: 1,
         run_id: Some("20261201T000000Z-night0".into()),
         race_id: Some(uuid::Uuid::new_v4()),
         instance,
-        results: vec![],
-        history: vec![],
+        ..rallyctl::state::TestRecord::new(
+            artifacts.config_hash,
+            (&test.settings).into(),
+            rallyctl::templates::race_command(&test.settings).unwrap(),
+            rallyctl::state::Status::Pending,
+        )
     };
     record.set_status(status);
     record
