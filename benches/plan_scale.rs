@@ -62,6 +62,7 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
                 instance: None,
                 results: vec![],
                 history: vec![],
+                earlier: vec![],
             },
         );
     }

@@ -231,6 +231,23 @@ pub struct TestRecord {
     pub results: Vec<ResultFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
+    /// The repetitions of this configuration raced before the current one, oldest first: the
+    /// current race is repetition `earlier.len() + 1`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Repetition>,
+}
+
+/// A finished race of a test's configuration, kept as a sample when the test races again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repetition {
+    pub run_id: String,
+    pub race_id: Uuid,
+    /// The machine it raced on, and that machine's Availability Zone.
+    pub machine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub results: Vec<ResultFile>,
 }
 
 /// A [`TestRecord`] as the file spells it, the status's keys among the others. serde's
@@ -260,6 +277,8 @@ struct RecordFields {
     results: Vec<ResultFile>,
     #[serde(default)]
     history: Vec<Transition>,
+    #[serde(default)]
+    earlier: Vec<Repetition>,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +338,7 @@ impl TryFrom<RecordFields> for TestRecord {
             instance: r.instance,
             results: r.results,
             history: r.history,
+            earlier: r.earlier,
         })
     }
 }
@@ -360,7 +380,43 @@ impl TestRecord {
             instance: None,
             results: vec![],
             history: vec![],
+            earlier: vec![],
         }
+    }
+
+    /// The number of the race the record is on (1 for the first).
+    pub fn repetition(&self) -> u32 {
+        u32::try_from(self.earlier.len()).map_or(u32::MAX, |n| n.saturating_add(1))
+    }
+
+    /// How many races of the configuration finished: the earlier ones, and the current one
+    /// once the test completed.
+    pub fn finished_repetitions(&self) -> u32 {
+        self.repetition() - u32::from(self.status != Status::Completed)
+    }
+
+    /// The results of every finished race, oldest first, each with its run.
+    pub fn samples(&self) -> impl Iterator<Item = (&str, &[ResultFile])> {
+        let current = (self.status == Status::Completed)
+            .then(|| (self.run_id.as_deref().unwrap_or(""), self.results.as_slice()));
+        self.earlier
+            .iter()
+            .map(|r| (r.run_id.as_str(), r.results.as_slice()))
+            .chain(current)
+    }
+
+    /// Ends the current race as a finished repetition and opens the next in `run_id`, with a
+    /// new race id; the machine stays where it is, for the caller to reuse or replace.
+    pub fn next_repetition(&mut self, run_id: &str) {
+        self.earlier.push(Repetition {
+            run_id: self.run_id.clone().unwrap_or_default(),
+            race_id: self.race_id.unwrap_or_else(Uuid::nil),
+            machine: self.instance.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+            zone: self.instance.as_ref().and_then(|m| m.zone.clone()),
+            results: std::mem::take(&mut self.results),
+        });
+        self.run_id = Some(run_id.to_owned());
+        self.race_id = Some(Uuid::new_v4());
     }
 
     /// A machine the test may still hold (an instance costing money, a leased host).

@@ -245,10 +245,7 @@ mod tests {
             duration_s: None,
             metrics: BTreeMap::from([(
                 Metric::Throughput,
-                Value {
-                    value: throughput,
-                    unit: "docs/s".into(),
-                },
+                Value::new(throughput, "docs/s".into()),
             )]),
         }
     }

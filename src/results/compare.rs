@@ -250,10 +250,7 @@ mod tests {
                                 let unit = if *m == Metric::ErrorRate { "%" } else { "ms" };
                                 (
                                     *m,
-                                    Value {
-                                        value: *v,
-                                        unit: unit.into(),
-                                    },
+                                    Value::new(*v, unit.into()),
                                 )
                             })
                             .collect::<BTreeMap<_, _>>(),

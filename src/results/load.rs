@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ResultsError;
-use super::metrics::TaskMetrics;
+use super::metrics::{Metric, TaskMetrics, Value};
 use super::parse::{self, RaceInfo};
 use crate::address::{Address, slug};
 use crate::state::{self, State, Status, TestRecord};
@@ -39,6 +39,8 @@ pub struct TestResult {
     /// The Availability Zone the instance ran in (EC2's hardware differs between zones).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// How many races count as samples: finished, with no failed requests.
+    pub repetitions: usize,
     pub race_duration_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub race: Option<RaceInfo>,
@@ -112,31 +114,7 @@ impl Workspace {
         let tests: Vec<TestResult> = state
             .tests
             .iter()
-            .map(|(address, record)| {
-                let file = |name: &str| {
-                    record
-                        .results
-                        .iter()
-                        .find(|f| f.path.file_name().is_some_and(|n| n == name))
-                        .map(|f| f.path.clone())
-                };
-                let mut result = read_test(
-                    address,
-                    record.run_id.clone(),
-                    Some(record),
-                    Files {
-                        report: file("report.csv"),
-                        race_json: file("race.json"),
-                        race_log: file("race.log"),
-                    },
-                );
-                if record.status == Status::Completed && file("report.csv").is_none() {
-                    result
-                        .problems
-                        .push("completed, but state records no report.csv".into());
-                }
-                result
-            })
+            .map(|(address, record)| read_recorded(address, record))
             .collect();
         let run = tests.iter().filter_map(|t| t.run_id.clone()).max();
         Ok(RunView {
@@ -161,15 +139,21 @@ impl Workspace {
                     .as_ref()
                     .and_then(|s| s.tests.get(&address))
                     .filter(|r| r.run_id.as_deref() == Some(dir_run.as_str()));
-                let report = dir.join("report.csv");
-                let files = Files {
-                    report: Some(report.clone()).filter(|p| p.exists()),
-                    race_json: Some(dir.join("race.json")).filter(|p| p.exists()),
-                    race_log: Some(dir.join("race.log")),
-                };
-                let mut result = read_test(&address, Some(dir_run.clone()), record, files);
-                // A failed test says why it has no report; any other should have one.
-                if !report.exists() && !result.failed() {
+                // State knows every repetition of its current record, those of earlier runs too.
+                if let Some(record) = record {
+                    tests.push(read_recorded(&address, record));
+                    continue;
+                }
+                let races = repetition_dirs(&dir)?
+                    .into_iter()
+                    .map(|d| Files {
+                        report: Some(d.join("report.csv")).filter(|p| p.exists()),
+                        race_json: Some(d.join("race.json")).filter(|p| p.exists()),
+                        race_log: Some(d.join("race.log")),
+                    })
+                    .collect();
+                let mut result = read_test(&address, Some(dir_run.clone()), None, races);
+                if result.tasks.is_empty() && result.problems.is_empty() {
                     result
                         .problems
                         .push(format!("{}: no report.csv was collected", dir.display()));
@@ -310,40 +294,129 @@ fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
     jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
 }
 
+/// One race's files.
 struct Files {
     report: Option<PathBuf>,
     race_json: Option<PathBuf>,
     race_log: Option<PathBuf>,
 }
 
+impl Files {
+    /// The files state records for one race.
+    fn recorded(results: &[state::ResultFile]) -> Files {
+        let file = |name: &str| {
+            results
+                .iter()
+                .find(|f| f.path.file_name().is_some_and(|n| n == name))
+                .map(|f| f.path.clone())
+        };
+        Files {
+            report: file("report.csv"),
+            race_json: file("race.json"),
+            race_log: file("race.log"),
+        }
+    }
+}
+
+/// The directory a test's race `repetition` keeps its files in, under the test's directory of
+/// its run: the first race's files lie in the test's own directory, where a test that races
+/// once always had them.
+pub fn repetition_dir(test_dir: &Path, repetition: u32) -> PathBuf {
+    if repetition <= 1 {
+        test_dir.to_owned()
+    } else {
+        test_dir.join(format!("{REPETITION_PREFIX}{repetition}"))
+    }
+}
+
+const REPETITION_PREFIX: &str = "repetition-";
+
+/// The directories of the races a test ran in one run, in repetition order.
+fn repetition_dirs(test_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
+    let mut numbered: Vec<(u32, PathBuf)> = subdirectories(test_dir)?
+        .into_iter()
+        .filter_map(|name| {
+            let n = name.strip_prefix(REPETITION_PREFIX)?.parse().ok()?;
+            Some((n, test_dir.join(name)))
+        })
+        .collect();
+    numbered.sort();
+    let first = test_dir.join("report.csv").exists() || numbered.is_empty();
+    Ok(first
+        .then(|| test_dir.to_owned())
+        .into_iter()
+        .chain(numbered.into_iter().map(|(_, d)| d))
+        .collect())
+}
+
+/// A test's result as state records it: every finished repetition, or the files of the one
+/// attempt there is when none finished (a failed race's report says what went wrong).
+fn read_recorded(address: &Address, record: &TestRecord) -> TestResult {
+    let mut races: Vec<Files> = record
+        .samples()
+        .map(|(_, files)| Files::recorded(files))
+        .collect();
+    if races.is_empty() {
+        races.push(Files::recorded(&record.results));
+    }
+    let mut result = read_test(address, record.run_id.clone(), Some(record), races);
+    if record.status == Status::Completed && Files::recorded(&record.results).report.is_none() {
+        result
+            .problems
+            .push("completed, but state records no report.csv".into());
+    }
+    result
+}
+
+/// Reads a test's races and sums them up: per task and metric the mean of the races whose
+/// report is clean, each race's value kept as a sample. A report with failed requests is no
+/// sample; it is shown only when no race is clean, for what it says about the failure.
 fn read_test(
     address: &Address,
     run_id: Option<String>,
     record: Option<&TestRecord>,
-    files: Files,
+    races: Vec<Files>,
 ) -> TestResult {
     let mut problems = Vec::new();
-    let mut tasks = match &files.report {
-        Some(path) => parse::report_csv(path).unwrap_or_else(|e| {
-            problems.push(e.to_string());
-            vec![]
-        }),
-        None => vec![],
-    };
-    let race = files.race_json.as_deref().and_then(|path| {
-        parse::race_json(path)
-            .map_err(|e| problems.push(e.to_string()))
-            .ok()
-    });
-    if let Some(race) = &race {
-        for task in &mut tasks {
-            task.duration_s = race.task_durations.get(&task.task).copied();
+    let mut read: Vec<(Vec<TaskMetrics>, Option<RaceInfo>, Option<u64>)> = Vec::new();
+    for files in &races {
+        let mut tasks = match &files.report {
+            Some(path) => parse::report_csv(path).unwrap_or_else(|e| {
+                problems.push(e.to_string());
+                vec![]
+            }),
+            None => vec![],
+        };
+        let race = files.race_json.as_deref().and_then(|path| {
+            parse::race_json(path)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok()
+        });
+        if let Some(race) = &race {
+            for task in &mut tasks {
+                task.duration_s = race.task_durations.get(&task.task).copied();
+            }
         }
+        let seconds = files.race_log.as_deref().and_then(parse::race_log_seconds);
+        read.push((tasks, race, seconds));
     }
-    let race_duration_s = files
-        .race_log
-        .as_deref()
-        .and_then(parse::race_log_seconds)
+    let clean = |tasks: &[TaskMetrics]| {
+        !tasks.is_empty()
+            && tasks
+                .iter()
+                .all(|t| t.get(Metric::ErrorRate).is_none_or(|v| v.value == 0.0))
+    };
+    let counted: Vec<usize> = (0..read.len()).filter(|&i| clean(&read[i].0)).collect();
+    let shown = if counted.is_empty() {
+        read.iter().position(|r| !r.0.is_empty()).into_iter().collect()
+    } else {
+        counted.clone()
+    };
+    let tasks = combine(shown.iter().map(|&i| read[i].0.as_slice()));
+    let last = shown.last().or(read.len().checked_sub(1).as_ref()).copied();
+    let race = last.and_then(|i| read[i].1.clone());
+    let race_duration_s = last
+        .and_then(|i| read[i].2)
         .or_else(|| record.and_then(racing_seconds));
     TestResult {
         address: address.clone(),
@@ -361,11 +434,60 @@ fn read_test(
                 .map(str::to_owned)
         }),
         zone: record.and_then(|r| r.instance.as_ref()?.zone.clone()),
+        repetitions: counted.len(),
         race_duration_s,
         race,
         tasks,
         problems,
     }
+}
+
+/// The tasks of several races of one test as one: the first race's task order (Rally's
+/// schedule) then tasks only later races ran; each metric the mean of the races that report
+/// it, with every race's value as a sample once there is more than one race.
+fn combine<'a>(races: impl Iterator<Item = &'a [TaskMetrics]>) -> Vec<TaskMetrics> {
+    let races: Vec<&[TaskMetrics]> = races.collect();
+    if let [only] = races.as_slice() {
+        return only.to_vec();
+    }
+    let mut tasks: Vec<TaskMetrics> = Vec::new();
+    for race in &races {
+        for task in *race {
+            let combined = match tasks.iter_mut().find(|t| t.task == task.task) {
+                Some(t) => t,
+                None => {
+                    tasks.push(TaskMetrics {
+                        task: task.task.clone(),
+                        duration_s: None,
+                        metrics: Default::default(),
+                    });
+                    tasks.last_mut().expect("just pushed")
+                }
+            };
+            for (metric, value) in &task.metrics {
+                combined
+                    .metrics
+                    .entry(*metric)
+                    .or_insert_with(|| Value::new(0.0, value.unit.clone()))
+                    .samples
+                    .push(value.value);
+            }
+            if let Some(d) = task.duration_s {
+                combined.duration_s = Some(combined.duration_s.unwrap_or(0.0) + d);
+            }
+        }
+    }
+    for task in &mut tasks {
+        let seen = races
+            .iter()
+            .filter(|r| r.iter().any(|t| t.task == task.task && t.duration_s.is_some()))
+            .count();
+        task.duration_s = task.duration_s.map(|d| d / seen.max(1) as f64);
+        for value in task.metrics.values_mut() {
+            value.value = value.samples.iter().sum::<f64>() / value.samples.len() as f64;
+        }
+    }
+    tasks
 }
 
 /// The time a test spent in the racing step, from its state history (for a race whose console

@@ -97,11 +97,34 @@ impl Metric {
     }
 }
 
-/// A number with the unit Rally reported it in (`docs/s`, `ops/s`, `ms`, `%`).
+/// A number with the unit Rally reported it in (`docs/s`, `ops/s`, `ms`, `%`): one race's, or
+/// the mean of a test's repetitions, each of which is kept in `samples`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Value {
     pub value: f64,
     pub unit: String,
+    /// One value per repetition that counts, in the order they raced; empty for a lone race.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
+}
+
+impl Value {
+    pub fn new(value: f64, unit: String) -> Value {
+        Value {
+            value,
+            unit,
+            samples: vec![],
+        }
+    }
+
+    /// The values of every race: the samples, or the lone value.
+    pub fn races(&self) -> &[f64] {
+        if self.samples.is_empty() {
+            std::slice::from_ref(&self.value)
+        } else {
+            &self.samples
+        }
+    }
 }
 
 /// The headline metrics of one task of a race.

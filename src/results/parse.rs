@@ -120,10 +120,7 @@ fn parse_report_csv(path: &Path, bytes: &[u8]) -> Result<Vec<TaskMetrics>, FileE
         };
         tasks[index].metrics.insert(
             metric,
-            Value {
-                value: number,
-                unit: unit.to_owned(),
-            },
+            Value::new(number, unit.to_owned()),
         );
     }
     if tasks.is_empty() {
