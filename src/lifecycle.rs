@@ -3,7 +3,9 @@
 //! `launching ▶ booting ▶ installing ▶ racing ▶ collecting ▶ terminating ▶ completed`
 //!
 //! ([`acquire`], [`reach`], [`install`], [`race`], [`collect`], [`release`]), or `failed` from
-//! any step. Each step is written to state before it begins, so a killed apply resumes at the
+//! any step. A test that races more than once ([`Repeat`]) goes round again after collecting:
+//! to installing on the same machine (`repeat_on = "same"`), or through terminating to
+//! launching a fresh one; each repetition opens with one state write ([`next_repetition`]). Each step is written to state before it begins, so a killed apply resumes at the
 //! step it was in: a machine already got is found again, a running race is re-attached, never
 //! restarted. Whether to resume or start a new attempt is the planner's decision
 //! ([`Action::Resume`]); the lifecycle carries it out.
@@ -18,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::{Address, slug};
-use crate::plan::{Plan, Test};
+use crate::plan::{Plan, RepeatOn, Test};
 use crate::planner::Action;
 use crate::provider::{Acquire, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
@@ -132,7 +134,12 @@ struct Conn {
 /// Where a test of the plan starts, as the planner decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
+    /// A new attempt that keeps the races recorded for this configuration: they are samples
+    /// of it, and the attempt races only the missing repetitions.
     NewAttempt,
+    /// A new attempt whose races start over: the configuration changed, or a replacement was
+    /// asked for.
+    StartOver,
     Resume(Step),
 }
 
@@ -140,7 +147,8 @@ impl Start {
     /// The start of a test the planner gave `action`; none for a test that left the plan.
     pub fn of(action: Action) -> Option<Start> {
         match action {
-            Action::Run | Action::Rerun => Some(Start::NewAttempt),
+            Action::Run => Some(Start::NewAttempt),
+            Action::Rerun => Some(Start::StartOver),
             Action::Resume { step } => Some(Start::Resume(step)),
             Action::Terminate => None,
         }
@@ -154,8 +162,8 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
     let artifacts = &ctx.artifacts[address];
     let start = match start {
         Start::Resume(step) => step,
-        Start::NewAttempt => {
-            start_attempt(ctx, test, artifacts).await?;
+        Start::NewAttempt | Start::StartOver => {
+            start_attempt(ctx, test, artifacts, start == Start::NewAttempt).await?;
             Step::Launching
         }
     };
@@ -193,11 +201,12 @@ async fn steps<P: Provider>(
     start: Step,
 ) -> Result<(), Stop> {
     let address = &test.address;
-    let record = ctx.state.read(|st| st.tests[address].clone());
+    let mut record = ctx.state.read(|st| st.tests[address].clone());
     ctx.progress.step(&address.to_string(), start.name());
     let mut conn: Option<Conn> = None;
     let mut step = start;
     loop {
+        let more = record.repetition() < test.repeat.count.get();
         let next = match step {
             Step::Launching => {
                 acquire(ctx, test, artifacts, &record).await?;
@@ -220,10 +229,29 @@ async fn steps<P: Provider>(
             Step::Collecting => {
                 let c = connected(ctx, test, &mut conn).await?;
                 collect(ctx, test, c, &record).await?;
+                if more && test.repeat.on == RepeatOn::Same {
+                    let c = connected(ctx, test, &mut conn).await?;
+                    ctx.provider
+                        .extend(&c.machine, &test.settings, artifacts, &c.reachable.endpoint)
+                        .await
+                        .map_err(|e| failed(Step::Installing, e))?;
+                    record = next_repetition(ctx, test, Step::Installing)?;
+                    if let (Some(c), Some(m)) = (&mut conn, &record.instance) {
+                        c.machine = m.clone();
+                    }
+                    step = Step::Installing;
+                    continue;
+                }
                 Step::Terminating
             }
             Step::Terminating => {
                 release(ctx, test).await?;
+                if more {
+                    record = next_repetition(ctx, test, Step::Launching)?;
+                    conn = None;
+                    step = Step::Launching;
+                    continue;
+                }
                 ctx.state
                     .record(address, |r| r.set_status(Status::Completed))?;
                 return Ok(());
@@ -235,11 +263,13 @@ async fn steps<P: Provider>(
 }
 
 /// Opens a new attempt: gives back the previous one's machine and records the intent to
-/// acquire one, before anything is asked of a provider.
+/// acquire one, before anything is asked of a provider. With `keep`, the races the previous
+/// attempts finished stay as samples (a failed race is none).
 async fn start_attempt<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     artifacts: &Artifacts,
+    keep: bool,
 ) -> Result<(), Stop> {
     let address = &test.address;
     release(ctx, test).await.map_err(|stop| match stop {
@@ -252,11 +282,17 @@ async fn start_attempt<P: Provider>(
     let race_command =
         crate::templates::race_command(&test.settings).map_err(|e| failed(Step::Launching, e))?;
     ctx.state.update(|s| {
-        let previous_attempt = s.tests.get(address).map_or(0, |r| r.attempt);
+        let previous = s.tests.get(address);
+        let previous_attempt = previous.map_or(0, |r| r.attempt);
+        let earlier = match previous {
+            Some(r) if keep && r.config_hash == artifacts.config_hash => r.finished(),
+            _ => vec![],
+        };
         let mut record = TestRecord {
             attempt: previous_attempt + 1,
             run_id: Some(ctx.run_id.clone()),
             race_id: Some(Uuid::new_v4()),
+            earlier,
             ..TestRecord::new(
                 artifacts.config_hash.clone(),
                 (&test.settings).into(),
@@ -272,6 +308,48 @@ async fn start_attempt<P: Provider>(
     Ok(())
 }
 
+/// Ends the race just collected as a repetition and opens the next, at `step`, in one state
+/// write: on the same machine in a run directory of its own (installing), or on a fresh
+/// machine that is a new attempt's, so providers name it apart (launching).
+fn next_repetition<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    step: Step,
+) -> Result<TestRecord, Stop> {
+    if ctx.cancel.is_cancelled() {
+        return Err(Stop::Interrupted);
+    }
+    let workspace = &ctx.plan.name;
+    let record = ctx.state.update(|s| {
+        let r = s
+            .tests
+            .get_mut(&test.address)
+            .expect("a running test is recorded");
+        r.next_repetition(&ctx.run_id);
+        if step == Step::Launching {
+            r.attempt += 1;
+            r.instance = None;
+        } else {
+            let dir = run_dir(test, workspace, r);
+            if let Some(m) = &mut r.instance {
+                m.run_dir = Some(dir);
+            }
+        }
+        r.set_status(Status::InProgress { step });
+        r.clone()
+    })?;
+    ctx.progress.step(
+        &test.address.to_string(),
+        &format!(
+            "{} (repetition {} of {})",
+            step.name(),
+            record.repetition(),
+            test.repeat.count
+        ),
+    );
+    Ok(record)
+}
+
 fn checkpoint<P: Provider>(ctx: &Ctx<P>, address: &Address, step: Step) -> Result<(), Stop> {
     if ctx.cancel.is_cancelled() {
         return Err(Stop::Interrupted);
@@ -282,16 +360,19 @@ fn checkpoint<P: Provider>(ctx: &Ctx<P>, address: &Address, step: Step) -> Resul
     Ok(())
 }
 
-/// The attempt's directory on the machine: unique per workspace, run, test and attempt, since
-/// machines (a host of a pool, this one) outlive tests.
+/// The race's directory on the machine: unique per workspace, run, test, attempt and
+/// repetition, since machines (a host of a pool, this one) outlive tests.
 fn run_dir(test: &Test, workspace: &str, record: &TestRecord) -> String {
+    let race = match record.repetition() {
+        1 => record.attempt.to_string(),
+        n => format!("{}.{n}", record.attempt),
+    };
     format!(
-        "{}/runs/{}/{}/{}/{}",
+        "{}/runs/{}/{}/{}/{race}",
         test.settings.remote_dir,
         slug(workspace),
         slug(record.run_id.as_deref().unwrap_or("run")),
         test.address.path().display(),
-        record.attempt
     )
 }
 
@@ -572,10 +653,10 @@ async fn collect<P: Provider>(
     )
     .await?;
     let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
-    let dir = ctx
-        .results_root
-        .join(slug(run_id))
-        .join(test.address.path());
+    let dir = crate::results::load::repetition_dir(
+        &ctx.results_root.join(slug(run_id)).join(test.address.path()),
+        record.repetition(),
+    );
     let files = crate::collect::unpack(&bytes, &dir).map_err(|e| {
         failed(
             Step::Collecting,

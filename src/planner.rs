@@ -10,7 +10,7 @@ use similar::TextDiff;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::{MachineSettings, Plan, ProviderKind};
+use crate::plan::{MachineSettings, Plan, ProviderKind, RepeatOn};
 use crate::state::{State, Status, Step, TestRecord};
 use crate::templates::{ArtifactMap, Renderer, TemplateError};
 
@@ -122,11 +122,11 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 .map(|i| i.id.clone()),
         };
         let Some(record) = record else {
-            changes
-                .changes
-                .push(change(Action::Run, "will be run".into(), None));
+            let reason = format!("will be run{}", races(test));
+            changes.changes.push(change(Action::Run, reason, None));
             continue;
         };
+        let wanted_races = test.repeat.count.get();
         let same = record.config_hash == new.config_hash;
         let diff_text = || {
             let recorded = serde_json::to_string_pretty(&record.settings.value())
@@ -155,6 +155,17 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 "will be re-run: replacement requested".into(),
                 None,
             )),
+            (Status::Completed, true) if record.finished_repetitions() < wanted_races => {
+                Some(change(
+                    Action::Run,
+                    format!(
+                        "will race {}: {} of {wanted_races} recorded",
+                        missing(record.finished_repetitions() + 1, wanted_races),
+                        record.finished_repetitions(),
+                    ),
+                    None,
+                ))
+            }
             (Status::Completed, true) => None,
             (Status::Completed, false) => Some(change(
                 Action::Rerun,
@@ -163,7 +174,13 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             )),
             (Status::InProgress { step }, true) if !replace => Some(change(
                 Action::Resume { step: *step },
-                format!("will be resumed at {step} (an earlier apply stopped there)"),
+                match wanted_races.max(record.repetition()) {
+                    1 => format!("will be resumed at {step} (an earlier apply stopped there)"),
+                    n => format!(
+                        "will be resumed at {step} of repetition {} of {n} (an earlier apply stopped there)",
+                        record.repetition()
+                    ),
+                },
                 None,
             )),
             (Status::InProgress { step }, true) => Some(change(
@@ -176,7 +193,14 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             (Status::Failed { step, error, .. }, true) => Some(change(
                 Action::Run,
                 format!(
-                    "will be run again: the last attempt failed at {step}: {}",
+                    "will be run again{}: the last attempt failed at {step}: {}",
+                    match record.finished_repetitions() {
+                        0 => races(test),
+                        done => format!(
+                            ", {} ({done} of {wanted_races} recorded)",
+                            missing(done + 1, wanted_races)
+                        ),
+                    },
                     first_line(error)
                 ),
                 None,
@@ -259,6 +283,25 @@ fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
         }
     }
     notes
+}
+
+/// How a test with repetitions races, for the reason of a change: nothing for one race.
+fn races(test: &crate::plan::Test) -> String {
+    let n = test.repeat.count.get();
+    match test.repeat.on {
+        _ if n == 1 => String::new(),
+        RepeatOn::Same => format!(" ({n} races on one machine)"),
+        RepeatOn::Fresh => format!(" ({n} races, each on a fresh machine)"),
+    }
+}
+
+/// The repetitions from `first` to `last`, as a reason names them.
+fn missing(first: u32, last: u32) -> String {
+    if first == last {
+        format!("repetition {first}")
+    } else {
+        format!("repetitions {first} to {last}")
+    }
 }
 
 fn first_line(s: &str) -> &str {

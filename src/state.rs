@@ -405,16 +405,31 @@ impl TestRecord {
             .chain(current)
     }
 
-    /// Ends the current race as a finished repetition and opens the next in `run_id`, with a
-    /// new race id; the machine stays where it is, for the caller to reuse or replace.
-    pub fn next_repetition(&mut self, run_id: &str) {
-        self.earlier.push(Repetition {
+    /// Every finished race of this configuration, the current one included once completed:
+    /// what a new attempt keeps.
+    pub fn finished(&self) -> Vec<Repetition> {
+        let mut all = self.earlier.clone();
+        if self.status == Status::Completed {
+            all.push(self.current());
+        }
+        all
+    }
+
+    fn current(&self) -> Repetition {
+        Repetition {
             run_id: self.run_id.clone().unwrap_or_default(),
             race_id: self.race_id.unwrap_or_else(Uuid::nil),
             machine: self.instance.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
             zone: self.instance.as_ref().and_then(|m| m.zone.clone()),
-            results: std::mem::take(&mut self.results),
-        });
+            results: self.results.clone(),
+        }
+    }
+
+    /// Ends the current race as a finished repetition and opens the next in `run_id`, with a
+    /// new race id; the machine stays where it is, for the caller to reuse or replace.
+    pub fn next_repetition(&mut self, run_id: &str) {
+        self.earlier.push(self.current());
+        self.results.clear();
         self.run_id = Some(run_id.to_owned());
         self.race_id = Some(Uuid::new_v4());
     }

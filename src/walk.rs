@@ -194,14 +194,18 @@ mod tests {
     use crate::provider::fake::Fake;
     use crate::state::{State, Status};
 
-    /// Stands in for esrally: writes a report, fails when asked with `--fail`, hangs without a
-    /// word with `--hang` (its pid in `hung.pid` beside the report).
+    /// Stands in for esrally: writes a report, fails when asked with `--fail` (or
+    /// `--fail-at=N`: in the N-th race it runs), hangs without a word with `--hang` (its pid in
+    /// `hung.pid` beside the report).
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
+races="$(dirname "$0")/races"
+[ "$1" = race ] && echo $(( $(cat "$races" 2>/dev/null || echo 0) + 1 )) > "$races"
 for a in "$@"; do
   case "$a" in
     --version) echo "esrally 2.13.0"; exit 0;;
     --report-file=*) report=${a#--report-file=};;
     --fail) echo "boom: the cluster said no"; exit 64;;
+    --fail-at=*) [ "$(cat "$races")" = "${a#--fail-at=}" ] && { echo "boom"; exit 64; };;
     --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
   esac
 done
@@ -513,6 +517,154 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             ]
         );
         assert_eq!(bench.state.tests[&"a.t1".parse().unwrap()].attempt, 2);
+    }
+
+    fn record<'b>(bench: &'b Bench, address: &str) -> &'b crate::state::TestRecord {
+        &bench.state.tests[&address.parse().unwrap()]
+    }
+
+    /// The directories of a test's races on the machine, relative to the test's directory of
+    /// its run, in the order they were made.
+    fn race_dirs(bench: &Bench) -> Vec<String> {
+        let mut dirs: Vec<String> = crate::templates::list_files(&bench.dir.path().join("remote"))
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.ends_with("exit_code"))
+            .map(|p| {
+                let dir = p.parent().unwrap();
+                dir.file_name().unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    const ONE_TEST: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n";
+
+    #[test]
+    fn repetitions_on_one_machine_race_back_to_back_each_in_a_directory_of_its_own() {
+        let mut bench = Bench::new(&format!("repetitions = 3\n{ONE_TEST}"));
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        // One machine: its watchdog or lease renewed before each further race.
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "extend m-t1-1",
+                "extend m-t1-1",
+                "release m-t1-1"
+            ]
+        );
+        let r = record(&bench, "a.t1");
+        assert_eq!((r.status.clone(), r.finished_repetitions()), (Status::Completed, 3));
+        let mut race_ids: Vec<_> = r.earlier.iter().map(|e| e.race_id).collect();
+        race_ids.push(r.race_id.unwrap());
+        race_ids.dedup();
+        assert_eq!(race_ids.len(), 3, "each race has its own id");
+        assert_eq!(race_dirs(&bench), ["1", "1.2", "1.3"]);
+        let test_dir = bench
+            .dir
+            .path()
+            .join("results/unit")
+            .join(r.run_id.as_deref().unwrap())
+            .join("a/t1");
+        for dir in ["", "repetition-2", "repetition-3"] {
+            assert!(test_dir.join(dir).join("report.csv").is_file(), "{dir}");
+        }
+    }
+
+    #[test]
+    fn fresh_repetitions_each_race_on_a_machine_of_their_own() {
+        let mut bench = Bench::new(&format!(
+            "repetitions = 2\nrepeat_on = \"fresh\"\n{ONE_TEST}"
+        ));
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "release m-t1-1",
+                "acquire a.t1#2 -> m-t1-2",
+                "release m-t1-2"
+            ]
+        );
+        let r = record(&bench, "a.t1");
+        assert_eq!(r.earlier[0].machine, "m-t1-1");
+        assert_eq!(r.instance.as_ref().unwrap().id, "m-t1-2");
+        assert!(fake.held.lock().unwrap().is_empty());
+    }
+
+    /// Raising `repetitions` keeps the recorded races, whose configuration did not change, and
+    /// races the missing ones; `--replace` starts the races over.
+    #[test]
+    fn raising_repetitions_races_only_the_missing_ones() {
+        let mut bench = Bench::new(&format!("repetitions = 2\n{ONE_TEST}"));
+        bench.apply(Fake::default(), &Options::default());
+        let hash = record(&bench, "a.t1").config_hash.clone();
+        bench.plan.suites[0].tests[0].repeat.count = std::num::NonZeroU32::new(3).unwrap();
+        let renderer = Renderer::new();
+        let artifacts = planner::render_all(&bench.plan, &renderer).unwrap();
+        let changes = planner::diff(&bench.plan, &bench.state, &artifacts, &Options::default());
+        assert_eq!(changes.changes[0].action, Action::Run);
+        assert_eq!(
+            changes.changes[0].reason,
+            "will race repetition 3: 2 of 3 recorded"
+        );
+        let (_, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(
+            fake.calls(),
+            ["acquire a.t1#2 -> m-t1-2", "release m-t1-2"]
+        );
+        let r = record(&bench, "a.t1");
+        assert_eq!((r.finished_repetitions(), &r.config_hash), (3, &hash));
+        let replace = Options {
+            replace: vec!["a.t1".parse().unwrap()],
+            ..Options::default()
+        };
+        bench.apply(Fake::default(), &replace);
+        let r = record(&bench, "a.t1");
+        assert_eq!((r.finished_repetitions(), r.attempt), (3, 3));
+        assert!(r.earlier.iter().all(|e| e.machine == "m-t1-3"));
+    }
+
+    #[test]
+    fn a_failed_repetition_is_no_sample_and_the_next_apply_races_it_again() {
+        let mut bench = Bench::new(&format!(
+            "repetitions = 3\nrally_args = [\"--fail-at=2\"]\n{ONE_TEST}"
+        ));
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.failed[0].1, Step::Racing);
+        let r = record(&bench, "a.t1");
+        assert_eq!((r.earlier.len(), r.finished_repetitions()), (1, 1));
+        let renderer = Renderer::new();
+        let artifacts = planner::render_all(&bench.plan, &renderer).unwrap();
+        let changes = planner::diff(&bench.plan, &bench.state, &artifacts, &Options::default());
+        assert!(
+            changes.changes[0]
+                .reason
+                .starts_with("will be run again, repetitions 2 to 3 (1 of 3 recorded)"),
+            "{}",
+            changes.changes[0].reason
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(fake.calls()[0], "acquire a.t1#2 -> m-t1-2");
+        assert_eq!(record(&bench, "a.t1").finished_repetitions(), 3);
+    }
+
+    #[test]
+    fn a_test_stopped_in_its_last_repetition_resumes_that_repetition_only() {
+        let mut bench = Bench::new(&format!("repetitions = 3\n{ONE_TEST}"));
+        bench.apply(Fake::default(), &Options::default());
+        let race_id = record(&bench, "a.t1").race_id;
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1);
+        assert_eq!(fake.calls(), ["release m-t1-1"]);
+        let r = record(&bench, "a.t1");
+        assert_eq!((r.finished_repetitions(), r.race_id), (3, race_id));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use super::diag::{PlanErrors, Sink};
 use super::source::{Entry, Format, Kind, Node};
 use super::{
     AwsSettings, Connect, LocalPath, MachineSettings, PLAN_VERSION, Plan, ProviderKind,
-    RallyConfig, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text, TrackSource,
+    RallyConfig, RepeatOn, Repeat, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text,
+    TrackSource,
 };
 use crate::FastHash;
 use crate::address::{self, Address};
@@ -33,6 +34,9 @@ enum Ty {
     Duration(Duration, &'static str),
     Connect,
     Provider,
+    /// How many times a test races: 1 to [`MAX_REPETITIONS`].
+    Repetitions,
+    RepeatOn,
     /// A pool of SSH hosts: at least one, none twice.
     Hosts,
     /// `host:port` each.
@@ -53,7 +57,7 @@ enum Ty {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 32] = [
+const SETTINGS: [(&str, Ty); 34] = [
     ("ami", Ty::AwsId("ami")),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
@@ -78,6 +82,8 @@ const SETTINGS: [(&str, Ty); 32] = [
     ("rally_version", Ty::Version),
     ("region", Ty::Region),
     ("remote_dir", Ty::Str),
+    ("repeat_on", Ty::RepeatOn),
+    ("repetitions", Ty::Repetitions),
     ("runtime_jdk", Ty::Str),
     ("security_group_ids", Ty::AwsIds("sg")),
     ("ssh_key", Ty::Str),
@@ -214,6 +220,8 @@ fn provider_of(raw: &Raw) -> ProviderKind {
         _ => ProviderKind::default(),
     }
 }
+/// Races of one test; more would be a typo (statistics settle long before).
+const MAX_REPETITIONS: i64 = 100;
 /// A suite's bound on tests at once; more would be a typo, not a fleet.
 const MAX_PARALLELISM: i64 = 1000;
 /// From this many tests on, suites are read on all cores.
@@ -233,6 +241,8 @@ enum Val {
     Duration(Duration),
     Connect(Connect),
     Provider(ProviderKind),
+    Repetitions(NonZeroU32),
+    RepeatOn(RepeatOn),
     /// Written, but wrong (and reported where it is written): the key is not missing, and the
     /// test it reaches cannot be built.
     Invalid,
@@ -755,10 +765,15 @@ impl<'n> Loader<'_, '_> {
                     format!("duplicate test name `{test_name}` in this suite"),
                 );
             }
-            let settings = self.merge(defaults, raw, &test_node.span, test_field);
-            if let (Some(suite), Some(test), Some(settings)) = (&name, test_name, settings) {
+            let merged = self.merge(defaults, raw, &test_node.span, test_field);
+            if let (Some(suite), Some(test), Some((settings, repeat))) = (&name, test_name, merged)
+            {
                 let address = Address::new(*suite, test).expect("names were checked");
-                tests.push(Test { address, settings });
+                tests.push(Test {
+                    address,
+                    settings,
+                    repeat,
+                });
             }
         }
         Some(Suite {
@@ -949,6 +964,35 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
                 Some(Val::Strs(hosts))
+            }
+            Ty::Repetitions => match node.kind {
+                Kind::Integer(n) => match u32::try_from(n).ok().and_then(NonZeroU32::new) {
+                    Some(count) if n <= MAX_REPETITIONS => Some(Val::Repetitions(count)),
+                    _ => {
+                        self.sink.error(
+                            span,
+                            field,
+                            format!("must be from 1 to {MAX_REPETITIONS}, found {n}"),
+                        );
+                        None
+                    }
+                },
+                ref other => self.expected(span, field, "an integer", other),
+            },
+            Ty::RepeatOn => {
+                let text = self.string(node, field)?;
+                match text {
+                    "same" => Some(Val::RepeatOn(RepeatOn::Same)),
+                    "fresh" => Some(Val::RepeatOn(RepeatOn::Fresh)),
+                    _ => {
+                        self.sink.error(
+                            span,
+                            field,
+                            format!("`{text}` is not a place to repeat on; expected \"same\" (one machine, back to back) or \"fresh\" (a new machine per race)"),
+                        );
+                        None
+                    }
+                }
             }
             Ty::Connect => {
                 let text = self.string(node, field)?;
@@ -1144,7 +1188,7 @@ impl<'n> Loader<'_, '_> {
         mut test: Raw,
         span: &Range<usize>,
         field: Field<'_>,
-    ) -> Option<Settings> {
+    ) -> Option<(Settings, Repeat)> {
         let provider = match &test[const { at("provider") }] {
             Some(Val::Provider(p)) => *p,
             _ => provider_of(defaults),
@@ -1279,7 +1323,17 @@ impl<'n> Loader<'_, '_> {
             }),
             ProviderKind::Local => MachineSettings::Local,
         };
-        Some(Settings {
+        let repeat = Repeat {
+            count: match m[const { at("repetitions") }] {
+                Some(Val::Repetitions(n)) => n,
+                _ => NonZeroU32::MIN,
+            },
+            on: match m[const { at("repeat_on") }] {
+                Some(Val::RepeatOn(on)) => on,
+                _ => RepeatOn::Same,
+            },
+        };
+        let settings = Settings {
             car: text(&mut m, const { at("car") }),
             car_params: json_map(&mut m, const { at("car_params") }),
             challenge: text(&mut m, const { at("challenge") }),
@@ -1307,7 +1361,8 @@ impl<'n> Loader<'_, '_> {
             track: track?,
             track_params: json_map(&mut m, const { at("track_params") }),
             machine,
-        })
+        };
+        Some((settings, repeat))
     }
 
     /// Reports a setting (the `SETTINGS` index `i`) that `provider` does not read.

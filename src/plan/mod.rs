@@ -12,7 +12,7 @@ pub mod source;
 mod toml_doc;
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +54,37 @@ pub struct Suite {
 pub struct Test {
     pub address: Address,
     pub settings: Settings,
+    /// Saved plans from before repetitions race once.
+    #[serde(default)]
+    pub repeat: Repeat,
+}
+
+/// How many times a test races, and where. Not a setting of the race: the config hash leaves it
+/// out, so raising `repetitions` keeps the races recorded and adds the missing ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeat {
+    pub count: NonZeroU32,
+    pub on: RepeatOn,
+}
+
+impl Default for Repeat {
+    fn default() -> Self {
+        Repeat {
+            count: NonZeroU32::MIN,
+            on: RepeatOn::Same,
+        }
+    }
+}
+
+/// Where a test's repetitions race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepeatOn {
+    /// Back to back on one machine: cheap, and measures race-to-race noise.
+    Same,
+    /// Each on a machine of its own: costs a machine per race, and measures machine-to-machine
+    /// noise too.
+    Fresh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,8 +42,9 @@ use uuid::Uuid;
 use super::{Acquire, Acquired, Problem, Provider, ProviderError, Reachable};
 use crate::address::{Address, slug};
 use crate::plan::{AwsSettings, Connect, MachineSettings, ProviderKind, Settings, Subnets};
-use crate::remote::{Endpoint, EphemeralKey, HostKeys, SshEndpoint};
+use crate::remote::{self, Endpoint, EphemeralKey, HostKeys, SshEndpoint};
 use crate::state::Machine;
+use crate::templates::Artifacts;
 
 /// Tag keys every instance carries; destroy finds leaked instances by the first.
 pub const TAG_WORKSPACE: &str = "rallyctl:workspace";
@@ -479,6 +480,32 @@ impl Provider for Aws {
             None if unknown_means_gone(machine.launched_at) => Some(unknown_reason(&machine.id)),
             None => None,
         })
+    }
+
+    /// Runs the user data's watchdog again: `shutdown -h +N` replaces the shutdown it
+    /// scheduled at boot, so the instance lives `max_runtime` from now.
+    async fn extend(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+        artifacts: &Artifacts,
+        endpoint: &Endpoint,
+    ) -> Result<(), ProviderError> {
+        self.before_connect(machine, settings, false).await?;
+        let rearm = "if [ \"$(id -u)\" -eq 0 ]; then bash -s; else sudo -n bash -s; fi";
+        remote::exec(
+            endpoint,
+            rearm,
+            artifacts.user_data.as_bytes(),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| ProviderError {
+            operation: "re-arm the watchdog",
+            target: machine.id.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(())
     }
 
     async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {

@@ -118,6 +118,17 @@ impl Provider for Fake {
             .then(|| format!("{} is gone", machine.id)))
     }
 
+    async fn extend(
+        &self,
+        machine: &Machine,
+        _settings: &Settings,
+        _artifacts: &crate::templates::Artifacts,
+        _endpoint: &Endpoint,
+    ) -> Result<(), ProviderError> {
+        self.call(format!("extend {}", machine.id));
+        Ok(())
+    }
+
     async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
         self.call(format!("release {}", machine.id));
         super::stop_run(&Endpoint::Local, machine).await?;

@@ -130,6 +130,18 @@ pub trait Provider: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<String>, ProviderError>> + Send {
         async { Ok(None) }
     }
+    /// The machine takes another race of its test (`repeat_on = "same"`): what bounds its life
+    /// (EC2's watchdog, a lease's expiry) starts again from now, so that `max_runtime` bounds
+    /// each race rather than all of them. Nothing to do where each race bounds itself.
+    fn extend(
+        &self,
+        _machine: &Machine,
+        _settings: &Settings,
+        _artifacts: &Artifacts,
+        _endpoint: &Endpoint,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        async { Ok(()) }
+    }
     /// Gives the machine back: terminates an instance; stops every process of the run on a
     /// host and ends its lease. Nothing of the run costs money or holds a host afterwards.
     fn release(
@@ -244,6 +256,16 @@ impl Provider for Fleet {
 
     async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
         route!(self, machine.provider, p => p.gone(machine))
+    }
+
+    async fn extend(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+        artifacts: &Artifacts,
+        endpoint: &Endpoint,
+    ) -> Result<(), ProviderError> {
+        route!(self, machine.provider, p => p.extend(machine, settings, artifacts, endpoint))
     }
 
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {

@@ -263,6 +263,47 @@ impl Provider for Ssh {
         })
     }
 
+    /// Renews this attempt's lease for another `max_runtime`; a lease that is no longer this
+    /// attempt's (it lapsed and was taken over) is an error, never overwritten.
+    async fn extend(
+        &self,
+        machine: &Machine,
+        settings: &Settings,
+        _artifacts: &crate::templates::Artifacts,
+        endpoint: &Endpoint,
+    ) -> Result<(), ProviderError> {
+        let Some(id) = &machine.lease else {
+            return Ok(());
+        };
+        let fail = |message: String| ProviderError {
+            operation: "renew the lease",
+            target: machine.id.clone(),
+            message,
+        };
+        let path = lease_path(settings)?;
+        let out = remote::exec(endpoint, &format!("cat {path}"), b"", LEASE_TIMEOUT)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut lease: Lease = serde_json::from_slice(&out.stdout)
+            .map_err(|e| fail(format!("the lease file cannot be read: {e}")))?;
+        if &lease.id != id {
+            return Err(fail(format!(
+                "the host is leased to {} of workspace `{}` now",
+                lease.test, lease.workspace
+            )));
+        }
+        lease.expires = Timestamp::now()
+            + SignedDuration::try_from(settings.max_runtime + LEASE_GRACE)
+                .unwrap_or(SignedDuration::MAX);
+        let mut input = serde_json::to_vec(&lease).expect("leases serialize");
+        input.push(b'\n');
+        let write = format!("IFS= read -r mine && printf '%s\\n' \"$mine\" > {path}");
+        remote::exec(endpoint, &write, &input, LEASE_TIMEOUT)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
         let at = endpoint(ssh_settings(settings), &machine.id);
         super::stop_run(&at, machine).await?;

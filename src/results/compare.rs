@@ -237,6 +237,7 @@ mod tests {
                 failure: None,
                 instance_type: None,
                 zone: None,
+                repetitions: 1,
                 race_duration_s: None,
                 race: None,
                 tasks: tasks
