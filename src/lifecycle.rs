@@ -311,11 +311,7 @@ async fn start_attempt<P: Provider>(
 /// Ends the race just collected as a repetition and opens the next, at `step`, in one state
 /// write: on the same machine in a run directory of its own (installing), or on a fresh
 /// machine that is a new attempt's, so providers name it apart (launching).
-fn next_repetition<P: Provider>(
-    ctx: &Ctx<P>,
-    test: &Test,
-    step: Step,
-) -> Result<TestRecord, Stop> {
+fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result<TestRecord, Stop> {
     if ctx.cancel.is_cancelled() {
         return Err(Stop::Interrupted);
     }
@@ -654,7 +650,9 @@ async fn collect<P: Provider>(
     .await?;
     let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
     let dir = crate::results::load::repetition_dir(
-        &ctx.results_root.join(slug(run_id)).join(test.address.path()),
+        &ctx.results_root
+            .join(slug(run_id))
+            .join(test.address.path()),
         record.repetition(),
     );
     let files = crate::collect::unpack(&bytes, &dir).map_err(|e| {

@@ -557,7 +557,10 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             ]
         );
         let r = record(&bench, "a.t1");
-        assert_eq!((r.status.clone(), r.finished_repetitions()), (Status::Completed, 3));
+        assert_eq!(
+            (r.status.clone(), r.finished_repetitions()),
+            (Status::Completed, 3)
+        );
         let mut race_ids: Vec<_> = r.earlier.iter().map(|e| e.race_id).collect();
         race_ids.push(r.race_id.unwrap());
         race_ids.dedup();
@@ -613,10 +616,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             "will race repetition 3: 2 of 3 recorded"
         );
         let (_, fake) = bench.apply(Fake::default(), &Options::default());
-        assert_eq!(
-            fake.calls(),
-            ["acquire a.t1#2 -> m-t1-2", "release m-t1-2"]
-        );
+        assert_eq!(fake.calls(), ["acquire a.t1#2 -> m-t1-2", "release m-t1-2"]);
         let r = record(&bench, "a.t1");
         assert_eq!((r.finished_repetitions(), &r.config_hash), (3, &hash));
         let replace = Options {

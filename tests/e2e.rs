@@ -377,3 +377,36 @@ fn hostile_names_and_parameters_arrive_literally() {
     assert_eq!(race["track-params"]["note"], evil, "{race}");
     let _ = std::fs::remove_file(&marker);
 }
+
+/// `repetitions` on one instance: one launch, the races back to back each in a run directory
+/// of its own, the watchdog scheduled again before the second race (so `max_runtime` bounds
+/// each race, not both), and each race a sample in `results`.
+#[test]
+fn repetitions_race_back_to_back_on_one_instance_with_its_watchdog_rearmed() {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("a", "repetitions = 2")])]);
+    let plan = plan.to_str().unwrap();
+    let out = run.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(run.launches(), 1);
+    let r = run.record("s.a");
+    assert_eq!(r.status, rallyctl::state::Status::Completed);
+    let instance = r.instance.clone().unwrap();
+    assert!(instance.terminated_at.is_some());
+    assert_eq!(r.earlier.len(), 1);
+    assert_eq!(r.earlier[0].machine, instance.id);
+    assert_ne!(Some(r.earlier[0].race_id), r.race_id);
+    assert!(instance.run_dir.as_deref().unwrap().ends_with("/1.2"));
+    let ip = instance.address.unwrap();
+    let watchdog = run.harness.watchdog_calls(&ip);
+    assert_eq!(watchdog.len(), 1, "{watchdog:?}");
+    assert!(watchdog[0].contains("-h +30 "), "{watchdog:?}");
+
+    let out = run.rallyctl(&["results", plan, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let test = &view["tests"][0];
+    assert_eq!(test["repetitions"], 2, "{test}");
+    let throughput = &test["tasks"][0]["metrics"]["throughput"];
+    assert_eq!(throughput["samples"].as_array().unwrap().len(), 2, "{test}");
+}

@@ -17,7 +17,7 @@ use super::diag::{PlanErrors, Sink};
 use super::source::{Entry, Format, Kind, Node};
 use super::{
     AwsSettings, Connect, LocalPath, MachineSettings, PLAN_VERSION, Plan, ProviderKind,
-    RallyConfig, RepeatOn, Repeat, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text,
+    RallyConfig, Repeat, RepeatOn, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text,
     TrackSource,
 };
 use crate::FastHash;

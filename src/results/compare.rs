@@ -249,10 +249,7 @@ mod tests {
                             .iter()
                             .map(|(m, v)| {
                                 let unit = if *m == Metric::ErrorRate { "%" } else { "ms" };
-                                (
-                                    *m,
-                                    Value::new(*v, unit.into()),
-                                )
+                                (*m, Value::new(*v, unit.into()))
                             })
                             .collect::<BTreeMap<_, _>>(),
                     })

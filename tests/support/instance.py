@@ -39,6 +39,7 @@ import ctypes
 import fcntl
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -201,6 +202,25 @@ def reap_forever():
             pass
 
 
+def fake_shutdown(log_path, scratch, ip):
+    """EC2's watchdog is `shutdown -h +N` in the user data, run again before each further race
+    on one instance. An instance here is a process tree on the test host, whose init must never
+    hear of it: inside the instance (its own mount namespace) `shutdown` only records what it
+    was asked, as the schedule EC2 would keep. It is first in PATH (/usr/local/sbin) and stands
+    in for the real one too, should a session's PATH put that first."""
+    bindir = os.path.join(scratch, "shutdown-%s-%d" % (ip, time.time_ns()))
+    os.makedirs(bindir)
+    shim = os.path.join(bindir, "shutdown")
+    with open(shim, "w") as f:
+        f.write('#!/bin/sh\necho "$(date +%%s) $*" >> \'%s\'\n' % log_path.replace("'", ""))
+    os.chmod(shim, 0o755)
+    os.makedirs("/usr/local/sbin", exist_ok=True)
+    subprocess.run(["mount", "--bind", bindir, "/usr/local/sbin"], check=True)
+    real = shutil.which("shutdown", path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if real:
+        subprocess.run(["mount", "--bind", shim, os.path.realpath(real)], check=True)
+
+
 def main():
     global HOST_NETNS_FD
     ap = argparse.ArgumentParser()
@@ -213,6 +233,9 @@ def main():
     ap.add_argument("--proxy-port", type=int, default=0)
     ap.add_argument("--private-dir", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
                     help="bind-mount SRC at DST inside the instance only")
+    ap.add_argument("--watchdog-log", default="",
+                    help="`shutdown` inside the instance appends its arguments here, and does "
+                         "nothing else")
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--refuse-file", default="",
                     help="holds a Unix time; until then SSH connections are closed at once, "
@@ -240,6 +263,8 @@ def main():
         os.makedirs(src, exist_ok=True)
         os.makedirs(dst, exist_ok=True)
         subprocess.run(["mount", "--bind", src, dst], check=True)
+    if args.watchdog_log:
+        fake_shutdown(args.watchdog_log, args.host_key_dir, addr[0])
 
     HOST_NETNS_FD = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if LIBC.unshare(CLONE_NEWNET) != 0:

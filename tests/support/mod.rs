@@ -539,6 +539,16 @@ impl Harness {
         self.es_get(&self.es_addr, "/_test/requests")
     }
 
+    /// The watchdog shutdowns scheduled on the instance at `private_ip`, one line each:
+    /// `UNIX_TIME ARGS`.
+    pub fn watchdog_calls(&self, private_ip: &str) -> Vec<String> {
+        fs::read_to_string(watchdog_log(self.work.path(), private_ip))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `es_docs` of the cluster at `es_addr` (one of `es_addrs`).
     pub fn es_docs_at(&self, es_addr: &str) -> serde_json::Value {
         self.es_get(es_addr, "/_test/docs")
@@ -547,6 +557,15 @@ impl Harness {
     /// `es_requests` of the cluster at `es_addr` (one of `es_addrs`).
     pub fn es_requests_at(&self, es_addr: &str) -> serde_json::Value {
         self.es_get(es_addr, "/_test/requests")
+    }
+
+    /// From now on every search-type answer (`_search`, `_msearch`, `_count`) of the cluster at
+    /// `es_addr` (one of `es_addrs`) comes `ms` milliseconds late; 0 turns that off. A slower
+    /// search, and nothing else, as a regression in the code raced would show.
+    pub fn set_search_latency(&self, es_addr: &str, ms: u64) {
+        let body = serde_json::json!({ "search_ms": ms }).to_string();
+        let answer = self.es_post(es_addr, "/_test/latency", body.as_bytes());
+        assert_eq!(answer["search_ms"], ms, "ES double at {es_addr}: {answer}");
     }
 
     /// Kills every process of the instance at `private_ip` (as a terminated EC2 instance would
@@ -818,6 +837,13 @@ impl Harness {
         let body = http_request("GET", es_addr, path, None)
             .unwrap_or_else(|e| panic!("ES double {path}: {e}"));
         serde_json::from_slice(&body).unwrap_or_else(|e| panic!("ES double {path}: bad JSON: {e}"))
+    }
+
+    fn es_post(&self, es_addr: &str, path: &str, body: &[u8]) -> serde_json::Value {
+        let answer = http_request("POST", es_addr, path, Some(body))
+            .unwrap_or_else(|e| panic!("ES double {path}: {e}"));
+        serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("ES double {path}: bad JSON: {e}"))
     }
 
     fn recording(&self) -> Vec<serde_json::Value> {
@@ -1158,6 +1184,11 @@ fn port_of(addr_or_url: &str) -> u16 {
         .expect("address with port")
 }
 
+/// Where `shutdown` inside the instance at `ip` records its calls (instance.py).
+fn watchdog_log(wd: &Path, ip: &str) -> PathBuf {
+    wd.join(format!("watchdog-{ip}.log"))
+}
+
 /// Starts one instance: `unshare --pid ... instance.py` with the listening socket as stdin.
 fn spawn_instance_process(
     wd: &Path,
@@ -1188,6 +1219,8 @@ fn spawn_instance_process(
         cmd.arg("--forward").arg(p.to_string());
     }
     cmd.args(["--proxy-port", &INSTANCE_PROXY_PORT.to_string()])
+        .arg("--watchdog-log")
+        .arg(watchdog_log(wd, ip))
         .arg("--ready-file")
         .arg(&ready)
         .stdin(Stdio::from(OwnedFd::from(listener)))
