@@ -230,11 +230,6 @@ async fn steps<P: Provider>(
                 let c = connected(ctx, test, &mut conn).await?;
                 collect(ctx, test, c, &record).await?;
                 if more && test.repeat.on == RepeatOn::Same {
-                    let c = connected(ctx, test, &mut conn).await?;
-                    ctx.provider
-                        .extend(&c.machine, &test.settings, artifacts, &c.reachable.endpoint)
-                        .await
-                        .map_err(|e| failed(Step::Installing, e))?;
                     record = next_repetition(ctx, test, Step::Installing)?;
                     if let (Some(c), Some(m)) = (&mut conn, &record.instance) {
                         c.machine = m.clone();
@@ -478,6 +473,23 @@ async fn install<P: Provider>(
     conn: &Conn,
     record: &TestRecord,
 ) -> Result<(), Stop> {
+    // A machine that raced for this test before starts its bound again (a resumed apply may
+    // do so twice, which is harmless).
+    if record
+        .earlier
+        .last()
+        .is_some_and(|e| e.machine == conn.machine.id)
+    {
+        ctx.provider
+            .extend(
+                &conn.machine,
+                &test.settings,
+                artifacts,
+                &conn.reachable.endpoint,
+            )
+            .await
+            .map_err(|e| failed(Step::Installing, e))?;
+    }
     let run_dir = quoted_run_dir(conn, Step::Installing)?;
     let bundle = staging::bundle(
         &ctx.renderer,

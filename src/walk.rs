@@ -577,6 +577,35 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         }
     }
 
+    /// A machine whose bound cannot be renewed takes no further race: the test fails with why,
+    /// keeps the race it finished, and gives the machine back.
+    #[test]
+    fn a_machine_that_cannot_be_extended_takes_no_further_race() {
+        let mut bench = Bench::new(&format!("repetitions = 2\n{ONE_TEST}"));
+        let fake = Fake::default();
+        fake.refuse_extend.lock().unwrap().insert("m-t1-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        let (_, step, error, _) = &report.failed[0];
+        assert_eq!(*step, Step::Installing);
+        assert!(error.contains("cannot be re-armed"), "{error}");
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "extend m-t1-1",
+                "release m-t1-1"
+            ]
+        );
+        let r = record(&bench, "a.t1");
+        assert_eq!(r.finished().len(), 1, "the finished race is kept");
+        assert!(r.live_machine().is_none());
+        // The next apply keeps it and races the second on a new machine.
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(fake.calls(), ["acquire a.t1#2 -> m-t1-2", "release m-t1-2"]);
+        assert_eq!(record(&bench, "a.t1").finished_repetitions(), 2);
+    }
+
     #[test]
     fn fresh_repetitions_each_race_on_a_machine_of_their_own() {
         let mut bench = Bench::new(&format!(

@@ -29,6 +29,8 @@ pub struct Record {
     pub unknowable: Mutex<HashSet<String>>,
     /// Machines that never finish booting: reaching them waits for ever.
     pub boot_forever: Mutex<HashSet<String>>,
+    /// Machines whose bound cannot be renewed for another race.
+    pub refuse_extend: Mutex<HashSet<String>>,
     /// Machines acquired and not yet released.
     pub held: Mutex<HashSet<String>>,
 }
@@ -126,6 +128,13 @@ impl Provider for Fake {
         _endpoint: &Endpoint,
     ) -> Result<(), ProviderError> {
         self.call(format!("extend {}", machine.id));
+        if self.refuse_extend.lock().unwrap().contains(&machine.id) {
+            return Err(ProviderError {
+                operation: "extend",
+                target: machine.id.clone(),
+                message: "the watchdog cannot be re-armed".into(),
+            });
+        }
         Ok(())
     }
 

@@ -339,6 +339,62 @@ mod tests {
         }
     }
 
+    /// The lease of a host that races again is renewed only while it is still this attempt's.
+    #[test]
+    fn a_lease_is_renewed_only_while_it_is_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "version = 1\nname = \"w\"\n[defaults]\nprovider = \"ssh\"\nhosts = [\"h\"]\n\
+             remote_dir = \"{}\"\ntrack = \"t\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n",
+            dir.path().display()
+        );
+        let plan = crate::plan::Plan::parse(std::path::Path::new("w.toml"), &text).unwrap();
+        let settings = &plan.suites[0].tests[0].settings;
+        let artifacts = crate::templates::Renderer::new()
+            .session()
+            .render(&plan.suites[0].tests[0])
+            .unwrap();
+        let lease = |id: &str, expires: Timestamp| Lease {
+            id: id.into(),
+            workspace: "w".into(),
+            test: "s.t".into(),
+            attempt: 1,
+            holder: LockHolder {
+                id: id.into(),
+                pid: 1,
+                host: "here".into(),
+                since: Timestamp::now(),
+                command: "rallyctl apply".into(),
+            },
+            expires,
+        };
+        let file = dir.path().join("lease");
+        let write = |l: &Lease| std::fs::write(&file, serde_json::to_string(l).unwrap()).unwrap();
+        let read = || -> Lease { serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap() };
+        let machine = Machine {
+            lease: Some("ours".into()),
+            ..Machine::acquired(ProviderKind::Ssh, "h".into())
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let extend =
+            || rt.block_on(Ssh::default().extend(&machine, settings, &artifacts, &Endpoint::Local));
+
+        let soon = Timestamp::now() + SignedDuration::from_secs(5);
+        write(&lease("ours", soon));
+        extend().unwrap();
+        let renewed = read();
+        assert!(renewed.expires > soon + SignedDuration::from_secs(600));
+        assert_eq!(renewed.id, "ours");
+
+        write(&lease("theirs", soon));
+        let e = extend().unwrap_err().to_string();
+        assert!(e.contains("leased to s.t of workspace `w`"), "{e}");
+        assert_eq!(read().id, "theirs", "another's lease is left alone");
+    }
+
     #[test]
     fn hosts_name_their_port_or_take_the_default() {
         let s = settings();

@@ -506,3 +506,55 @@ fn racing_seconds(record: &TestRecord) -> Option<u64> {
         .find(|t| t.status != "racing")?;
     Some(end.at.duration_since(start.at).as_secs().max(0) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A past run's races of one test, read from its directories: a report with failed
+    /// requests is no sample; the clean ones are, each metric their mean.
+    #[test]
+    fn a_race_with_failed_requests_is_no_sample() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rally");
+        let dir = tempfile::tempdir().unwrap();
+        let run = "20261201T081500Z-abcdef";
+        let test_dir = dir.path().join(run).join("s/t");
+        let success = std::fs::read_to_string(fixtures.join("success/report.csv")).unwrap();
+        let faster = success.replace(
+            "Median Throughput,index-append,5033.55",
+            "Median Throughput,index-append,5233.55",
+        );
+        for (k, report) in [
+            (1, success.clone()),
+            (
+                2,
+                std::fs::read_to_string(fixtures.join("error-rate/report.csv")).unwrap(),
+            ),
+            (3, faster),
+        ] {
+            let race = repetition_dir(&test_dir, k);
+            std::fs::create_dir_all(&race).unwrap();
+            std::fs::write(race.join("report.csv"), report).unwrap();
+        }
+        let ws = Workspace {
+            name: "w".into(),
+            state_path: dir.path().join("w.state.json"),
+            state: None,
+            root: dir.path().to_owned(),
+        };
+        let view = ws.as_of(run).unwrap();
+        let test = &view.tests[0];
+        assert_eq!(test.repetitions, 2, "{test:?}");
+        let index = test
+            .tasks
+            .iter()
+            .find(|t| t.task == "index-append")
+            .unwrap();
+        let throughput = index.get(Metric::Throughput).unwrap();
+        assert_eq!(throughput.samples, [5033.55, 5233.55]);
+        assert!((throughput.value - 5133.55).abs() < 1e-9);
+        // Both clean races ran the search task: its error rate is a sample of zeros.
+        let search = test.tasks.iter().find(|t| t.task == "match-all").unwrap();
+        assert_eq!(search.get(Metric::ErrorRate).unwrap().races(), [0.0, 0.0]);
+    }
+}
