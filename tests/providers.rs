@@ -11,6 +11,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rallyctl::state::Status;
@@ -501,5 +502,259 @@ fn an_unknown_host_key_fails_the_test_naming_the_host() {
         "something ran on a host whose key is unknown: {}",
         runs.display()
     );
+    assert_no_aws_calls(&h);
+}
+
+/// How many races of the tiny track the ES double at `es` saw, from its request log: each race
+/// sends its 1,000 documents (in 10 bulks of 100) and then its 20 searches.
+fn races_seen_by(h: &Harness, es: &str) -> usize {
+    let requests = h.es_requests_at(es);
+    let count = |method: &str, path: &str| {
+        requests
+            .as_array()
+            .expect("a list of requests")
+            .iter()
+            .filter(|r| r["method"] == method && r["path"] == path)
+            .count()
+    };
+    let (bulks, searches) = (count("PUT", "/_bulk"), count("GET", "/tiny/_search"));
+    let docs = h.es_docs_at(es)["tiny"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        bulks == 10 * docs / 1000 && searches == 20 * docs / 1000 && docs.is_multiple_of(1000),
+        "{docs} documents in {bulks} bulks, {searches} searches: not whole races of the tiny track"
+    );
+    docs / 1000
+}
+
+/// Checks the three races of `address` in its newest run (`repetitions = 3`, `repeat_on` the
+/// default "same"): completed, two earlier repetitions and the current one all in that run and
+/// on the one host `ip`, back to back in three run directories there (`<attempt>`,
+/// `<attempt>.2`, `<attempt>.3`), Rally exiting 0 in each, and each race's report under
+/// results (`.../<test>/`, then `.../<test>/repetition-<k>/`). Returns the run.
+fn assert_three_races_on(ws: &Workspace, address: &str, ip: &str) -> String {
+    let r = ws.record(address);
+    assert_eq!(r.status, Status::Completed, "{address}: {r:?}");
+    assert_eq!(r.earlier.len(), 2, "{address}: {:?}", r.earlier);
+    assert_eq!(r.repetition(), 3);
+    let run = r.run_id.clone().expect("a run id");
+    let host = r.instance.as_ref().expect("a machine").id.clone();
+    assert_eq!(ws.ip_of(&r), ip);
+    let a: rallyctl::address::Address = address.parse().unwrap();
+    let mut races = Vec::new();
+    let mut race_ids = Vec::new();
+    for (k, (run_id, machine, results)) in r
+        .earlier
+        .iter()
+        .map(|e| (e.run_id.clone(), e.machine.clone(), e.results.clone()))
+        .chain([(run.clone(), host.clone(), r.results.clone())])
+        .enumerate()
+    {
+        let k = k + 1;
+        assert_eq!(run_id, run, "{address}: repetition {k} in another run");
+        assert_eq!(machine, host, "{address}: repetition {k} on another host");
+        let mut home = PathBuf::from("results")
+            .join(&ws.name)
+            .join(&run)
+            .join(a.path());
+        if k > 1 {
+            home = home.join(format!("repetition-{k}"));
+        }
+        let report = results
+            .iter()
+            .find(|f| f.path.ends_with("report.csv"))
+            .unwrap_or_else(|| panic!("{address}: repetition {k} has no report: {results:?}"));
+        assert_eq!(
+            report.path,
+            home.join("report.csv"),
+            "{address}: repetition {k}"
+        );
+        let csv = std::fs::read_to_string(ws.dir.path().join(&report.path))
+            .unwrap_or_else(|e| panic!("{}: {e}", report.path.display()));
+        assert!(csv.starts_with("Metric,Task,Value,Unit"), "{csv}");
+        assert!(csv.contains(",match-all,"), "{csv}");
+
+        let race = match k {
+            1 => r.attempt.to_string(),
+            k => format!("{}.{k}", r.attempt),
+        };
+        let dir = ws.harness.host_path(
+            ip,
+            &ws.remote_dir()
+                .join(format!("runs/{}/{run}", ws.name))
+                .join(a.path())
+                .join(&race),
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("exit_code"))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .trim(),
+            "0",
+            "{}",
+            dir.display()
+        );
+        let (start, end) = race_window(&dir);
+        races.push((format!("{address} repetition {k} ({race})"), start, end));
+        race_ids.push(
+            r.earlier
+                .get(k - 1)
+                .map_or(r.race_id.unwrap(), |e| e.race_id),
+        );
+    }
+    let current = r.instance.as_ref().unwrap().run_dir.clone().unwrap();
+    assert!(
+        current.ends_with(&format!("/{run}/{}/{}.3", a.path().display(), r.attempt)),
+        "the third race's run directory: {current}"
+    );
+    // Back to back: one after the other, in the order of the repetitions.
+    assert_disjoint(&format!("races on {ip}"), &races);
+    for pair in races.windows(2) {
+        assert!(pair[0].2 <= pair[1].1, "{races:?}");
+    }
+    race_ids.sort();
+    race_ids.dedup();
+    assert_eq!(race_ids.len(), 3, "three races, three race ids");
+    run
+}
+
+/// `results PLAN --compare baseline --format json --fail-on-regression`: its exit code and
+/// rows.
+fn compare_with_baseline(ws: &Workspace, plan: &str) -> (Option<i32>, Vec<serde_json::Value>) {
+    let out = ws.rallyctl(&[
+        "results",
+        plan,
+        "--compare",
+        "baseline",
+        "--format",
+        "json",
+        "--fail-on-regression",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "results --compare baseline --format json --fail-on-regression printed no JSON \
+             ({e}; exit {:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let rows = json["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `rows` in {json:#}"))
+        .clone();
+    (out.status.code(), rows)
+}
+
+/// The verdict of a row of the comparison (none when there is no such row).
+fn verdict_of<'r>(
+    rows: &'r [serde_json::Value],
+    test: &str,
+    task: &str,
+    metric: &str,
+) -> Option<&'r str> {
+    rows.iter()
+        .find(|r| r["test"] == test && r["task"] == task && r["metric"] == metric)
+        .map(|r| r["verdict"].as_str().expect("a verdict"))
+}
+
+/// Three races of one configuration make a sample, and a sample tells a real slowdown from
+/// noise: a search 40 ms slower on the cluster raced is a regression of the search task's
+/// latency and service time (not of the bulk task's throughput), and the same cluster again,
+/// back at full speed, is no regression at all. One host, its races back to back.
+#[test]
+fn repetitions_tell_a_search_slowdown_from_noise() {
+    let h = Harness::start(1);
+    let ip = h.instance_ips[0].clone();
+    let es = h.es_addrs[0].clone();
+    let ws = Workspace::ssh(&h, &workspace("ssh-repetitions"), &h.instance_ips);
+    let plan = ws.plan(&[("s", &[("t", "repetitions = 3")])]);
+    let plan = plan.to_str().unwrap();
+    let stop_racing_on_the_host = || {
+        let left = ws.wait_no_rally_on(&ip, Duration::from_secs(30));
+        assert!(left.is_empty(), "Rally left running on {ip}: {left:?}");
+        assert!(
+            !ws.lease(&ip).exists(),
+            "{ip} is still leased: {}",
+            std::fs::read_to_string(ws.lease(&ip)).unwrap_or_default()
+        );
+    };
+
+    // (a) Three races back to back on the one host.
+    let started = std::time::Instant::now();
+    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Apply complete: 1 completed, 0 failed."),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eprintln!("three races of s.t took {:?}", started.elapsed());
+    let baseline = assert_three_races_on(&ws, "s.t", &ip);
+    stop_racing_on_the_host();
+    assert_eq!(races_seen_by(&h, &es), 3);
+
+    let out = ws.rallyctl(&["results", plan, "--baseline", "latest"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(ws.state().baseline_run.as_deref(), Some(baseline.as_str()));
+
+    // (b) The cluster's searches 40 ms slower: three new races in a new run.
+    h.set_search_latency(&es, 40);
+    let out = ws.rallyctl(&["apply", plan, "--replace", "s.t", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let slower = assert_three_races_on(&ws, "s.t", &ip);
+    assert_ne!(slower, baseline, "--replace raced in the baseline's run");
+    stop_racing_on_the_host();
+    assert_eq!(races_seen_by(&h, &es), 6);
+
+    let (code, rows) = compare_with_baseline(&ws, plan);
+    let table = serde_json::to_string_pretty(&rows).unwrap();
+    for metric in ["latency_p50", "service_time_p50"] {
+        assert_eq!(
+            verdict_of(&rows, "s.t", "match-all", metric),
+            Some("regression"),
+            "{metric} of match-all: {table}"
+        );
+    }
+    for metric in ["latency_p90", "service_time_p90"] {
+        if let Some(verdict) = verdict_of(&rows, "s.t", "match-all", metric) {
+            assert_eq!(verdict, "regression", "{metric} of match-all: {table}");
+        }
+    }
+    let bulk = verdict_of(&rows, "s.t", "index-append", "throughput");
+    assert!(
+        bulk.is_some_and(|v| v != "regression"),
+        "throughput of index-append: {bulk:?}: {table}"
+    );
+    assert_eq!(
+        code,
+        Some(3),
+        "--fail-on-regression with regressions: {table}"
+    );
+
+    // (c) Back at full speed: the same configuration against itself is no regression.
+    h.set_search_latency(&es, 0);
+    let out = ws.rallyctl(&["apply", plan, "--replace", "s.t", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let again = assert_three_races_on(&ws, "s.t", &ip);
+    assert!(again != baseline && again != slower, "{again}");
+    stop_racing_on_the_host();
+    assert_eq!(races_seen_by(&h, &es), 9);
+
+    let (code, rows) = compare_with_baseline(&ws, plan);
+    let table = serde_json::to_string_pretty(&rows).unwrap();
+    let flagged: Vec<_> = rows
+        .iter()
+        .filter(|r| r["verdict"] == "regression" || r["verdict"] == "missing")
+        .collect();
+    assert!(
+        flagged.is_empty(),
+        "no change flagged as regression: {flagged:#?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| ["no_change", "inconclusive", "improvement"]
+                .contains(&r["verdict"].as_str().unwrap_or(""))),
+        "{table}"
+    );
+    assert_eq!(code, Some(0), "{table}");
     assert_no_aws_calls(&h);
 }

@@ -12,7 +12,11 @@ Every response carries `X-Elastic-Product: Elasticsearch` and a JSON body (none 
 Test endpoints (not Elasticsearch API):
   GET  /_test/requests  JSON list of {"method", "path", "status", "unhandled"} for every request
   GET  /_test/docs      JSON object index -> number of documents received (bulk and single writes)
-  POST /_test/reset     forget indices, templates, settings, requests and documents
+  POST /_test/latency   body {"search_ms": N}: from now on every search-type answer (_search,
+                        _msearch, _count) of this cluster comes N milliseconds late (0: at once);
+                        the other requests are not slowed down
+  POST /_test/reset     forget indices, templates, settings, requests and documents; search
+                        latency back to 0
 
 Usage: es_double.py --host 127.0.0.1 --port 0 --port-file FILE [--clusters N]
 Binds, writes the chosen port to FILE atomically (write to a temporary file, then rename), then
@@ -64,6 +68,7 @@ class State:
         self.settings = {"persistent": {}, "transient": {}}
         self.requests = []  # [{"method", "path", "status", "unhandled"}]
         self.docs = {}  # index -> documents received
+        self.search_ms = 0  # delay of every _search, _msearch and _count answer (/_test/latency)
         self.started = time.time()
 
 
@@ -558,7 +563,7 @@ class Handler(BaseHTTPRequestHandler):
             return None, None
 
         if first == "_test":
-            return self.route_test(m, parts[1:])
+            return self.route_test(m, parts[1:], raw)
         if first == "_cluster":
             return self.route_cluster(m, parts[1:], raw)
         if first == "_nodes":
@@ -638,7 +643,7 @@ class Handler(BaseHTTPRequestHandler):
                          "failures": []}
         return None, None
 
-    def route_test(self, m, rest):
+    def route_test(self, m, rest, raw):
         if m == "GET" and rest == ["requests"]:
             with self.state.lock:
                 return 200, list(self.state.requests)
@@ -649,6 +654,14 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.reset()
             return 200, {"acknowledged": True}
+        if m == "POST" and rest == ["latency"]:
+            ms = self._json(raw).get("search_ms")
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 600000:
+                raise ValueError("/_test/latency takes {\"search_ms\": N}, N from 0 to 600000, not %r"
+                                 % (ms,))
+            with self.state.lock:
+                self.state.search_ms = ms
+            return 200, {"acknowledged": True, "search_ms": ms}
         return None, None
 
     def route_cluster(self, m, rest, raw):
@@ -782,6 +795,10 @@ class Handler(BaseHTTPRequestHandler):
     def route_search(self, m, index, what, raw):
         if m not in ("GET", "POST"):
             return None, None
+        with self.state.lock:
+            delay_ms = self.state.search_ms
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000.0)  # outside the lock: other requests go on meanwhile
         if what == "_msearch":
             lines = [ln for ln in raw.split(b"\n") if ln.strip()]
             responses = []
