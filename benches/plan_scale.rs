@@ -63,6 +63,7 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
                 results: vec![],
                 history: vec![],
                 earlier: vec![],
+                variant: None,
             },
         );
     }

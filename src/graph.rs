@@ -15,6 +15,9 @@ use crate::plan::Plan;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Test(Address),
+    /// The variants of one plan test: they race interleaved on one machine, so they are
+    /// scheduled as one.
+    Variants(Vec<Address>),
     /// Every test of the named suite has finished.
     Barrier(String),
 }
@@ -43,11 +46,19 @@ impl Graph {
         let mut previous_barrier = None;
         for (suite_index, suite) in plan.suites.iter().enumerate() {
             let barrier = dag.add_node(Node::Barrier(suite.name.clone()));
-            for test in &suite.tests {
-                if !seen.insert(&test.address) {
-                    return Err(GraphError::Duplicate(test.address.clone()));
+            for group in suite.tests.chunk_by(|a, b| {
+                a.variant.is_some()
+                    && a.variant.as_ref().map(|v| &v.test) == b.variant.as_ref().map(|v| &v.test)
+            }) {
+                for test in group {
+                    if !seen.insert(&test.address) {
+                        return Err(GraphError::Duplicate(test.address.clone()));
+                    }
                 }
-                let node = dag.add_node(Node::Test(test.address.clone()));
+                let node = dag.add_node(match group {
+                    [test] if test.variant.is_none() => Node::Test(test.address.clone()),
+                    _ => Node::Variants(group.iter().map(|t| t.address.clone()).collect()),
+                });
                 suite_of.insert(node, suite_index);
                 if let Some(before) = previous_barrier {
                     dag.add_edge(before, node, ());
@@ -92,7 +103,8 @@ impl Graph {
         }
     }
 
-    /// Graphviz DOT: one box per test, one diamond per suite barrier.
+    /// Graphviz DOT: one box per test (a 3D box for the variants of one), one diamond per suite
+    /// barrier.
     pub fn to_dot(&self) -> String {
         let dot = Dot::with_attr_getters(
             &self.dag,
@@ -101,6 +113,13 @@ impl Graph {
             &|_, (_, node)| match node {
                 Node::Test(address) => {
                     format!("label = {} shape = box", quote(&address.to_string()))
+                }
+                Node::Variants(addresses) => {
+                    let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+                    format!(
+                        "label = {} shape = box3d",
+                        quote(&format!("{} (one machine)", names.join(" | ")))
+                    )
                 }
                 Node::Barrier(suite) => format!(
                     "label = {} shape = diamond",
@@ -199,6 +218,11 @@ name = "e"
                     .iter()
                     .map(|n| match graph.node(*n) {
                         Node::Test(address) => address.to_string(),
+                        Node::Variants(addresses) => addresses
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("+"),
                         Node::Barrier(suite) => format!("|{suite}"),
                     })
                     .collect(),
@@ -208,6 +232,19 @@ name = "e"
             }
         }
         waves
+    }
+
+    /// The variants of a test share a machine, so they are one node, beside the suite's other
+    /// tests.
+    #[test]
+    fn the_variants_of_a_test_are_scheduled_as_one() {
+        let text = PLAN.replace(
+            "[[suite.test]]\nname = \"b\"\n",
+            "[[suite.test]]\nname = \"b\"\n[[suite.test.variant]]\nname = \"x\"\ncar = \"4gheap\"\n\
+             [[suite.test.variant]]\nname = \"y\"\ncar = \"8gheap\"\n",
+        );
+        let graph = Graph::compile(&plan(&text)).unwrap();
+        assert_eq!(waves(&graph)[0], ["one.a", "one.b-x+one.b-y"]);
     }
 
     #[test]

@@ -216,19 +216,13 @@ async fn steps<P: Provider>(
                 conn = Some(reach(ctx, test).await?);
                 Step::Installing
             }
-            Step::Installing => {
+            Step::Installing | Step::Racing | Step::Collecting => {
                 let c = connected(ctx, test, &mut conn).await?;
-                install(ctx, test, artifacts, c, &record).await?;
-                Step::Racing
-            }
-            Step::Racing => {
-                let c = connected(ctx, test, &mut conn).await?;
-                race(ctx, test, c, &record).await?;
-                Step::Collecting
-            }
-            Step::Collecting => {
-                let c = connected(ctx, test, &mut conn).await?;
-                collect(ctx, test, c, &record).await?;
+                let renew = record
+                    .earlier
+                    .last()
+                    .is_some_and(|e| e.machine == c.machine.id);
+                one_race(ctx, test, artifacts, c, &record, step, renew).await?;
                 if more && test.repeat.on == RepeatOn::Same {
                     record = next_repetition(ctx, test, Step::Installing)?;
                     if let (Some(c), Some(m)) = (&mut conn, &record.instance) {
@@ -255,6 +249,333 @@ async fn steps<P: Provider>(
         checkpoint(ctx, address, next)?;
         step = next;
     }
+}
+
+/// One race on a machine that answers, from `from` (installing, racing or collecting) until it
+/// is collected, each step recorded before it runs. `renew`: the machine raced before, so its
+/// bound starts again first.
+async fn one_race<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    artifacts: &Artifacts,
+    conn: &Conn,
+    record: &TestRecord,
+    from: Step,
+    renew: bool,
+) -> Result<(), Stop> {
+    let mut step = from;
+    loop {
+        let next = match step {
+            Step::Installing => {
+                install(ctx, test, artifacts, conn, record, renew).await?;
+                Step::Racing
+            }
+            Step::Racing => {
+                race(ctx, test, conn, record).await?;
+                Step::Collecting
+            }
+            // Collecting, or a step before the machine answered: nothing else is asked here.
+            _ => return collect(ctx, test, conn, record).await,
+        };
+        checkpoint(ctx, &test.address, next)?;
+        step = next;
+    }
+}
+
+/// Runs the variants of one plan test that have work (`variants`, in plan order, each with its
+/// start) interleaved on one machine: round by round each races once, A B A B, so that all see
+/// the same hardware at nearly the same time. A variant whose race fails drops out, keeping its
+/// finished races; the others go on. The machine is got in the first one's name (or is the one
+/// a resumed variant holds) and given back once, when all are done. Returns each variant's
+/// outcome.
+pub async fn run_variants<P: Provider>(
+    ctx: &Ctx<P>,
+    variants: &[(&Test, Start)],
+) -> Vec<(Address, Result<(), Stop>)> {
+    let mut outcomes = Vec::new();
+    let resumed = variants
+        .iter()
+        .any(|(_, start)| matches!(start, Start::Resume(_)));
+    // A resumed variant's machine is the group's: a new attempt of another must not give it
+    // back, only stop holding it.
+    let group_machine = ctx.state.read(|s| {
+        variants
+            .iter()
+            .filter(|(_, start)| matches!(start, Start::Resume(_)))
+            .find_map(|(t, _)| Some(s.tests.get(&t.address)?.live_machine()?.id.clone()))
+    });
+    let mut live: Vec<&Test> = Vec::new();
+    for (test, start) in variants {
+        let opened = match start {
+            Start::Resume(_) => Ok(()),
+            Start::NewAttempt | Start::StartOver => {
+                let detach = ctx.state.record(&test.address, |r| {
+                    if r.live_machine().map(|m| &m.id) == group_machine.as_ref() {
+                        r.mark_released();
+                    }
+                });
+                match detach {
+                    Ok(()) => {
+                        let artifacts = &ctx.artifacts[&test.address];
+                        start_attempt(ctx, test, artifacts, *start == Start::NewAttempt).await
+                    }
+                    Err(e) => Err(Stop::State(e)),
+                }
+            }
+        };
+        match opened {
+            Ok(()) => live.push(test),
+            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
+        }
+    }
+    let to_race: Vec<&Test> = live
+        .iter()
+        .copied()
+        .filter(|t| !at_step(ctx, t, Step::Terminating))
+        .collect();
+    if !to_race.is_empty() {
+        match share_machine(ctx, &to_race).await {
+            Ok(reachable) => {
+                let raced = race_rounds(ctx, &to_race, reachable, resumed).await;
+                let stopped = raced
+                    .iter()
+                    .any(|(_, o)| matches!(o, Err(Stop::Interrupted | Stop::State(_))));
+                outcomes.extend(raced);
+                if stopped {
+                    return outcomes;
+                }
+            }
+            Err(Stop::Failed(f)) => {
+                for test in &to_race {
+                    let recorded = ctx.state.record(&test.address, |r| {
+                        r.set_status(Status::Failed {
+                            step: f.step,
+                            error: f.error.clone(),
+                            log_tail: f.log_tail.clone(),
+                        })
+                    });
+                    let outcome = match recorded {
+                        Ok(()) => Err(Stop::Failed(f.clone())),
+                        Err(e) => Err(Stop::State(e)),
+                    };
+                    outcomes.push((test.address.clone(), outcome));
+                }
+            }
+            // Ctrl-C, or state that cannot be written: every variant stays at its step.
+            Err(stop) => {
+                outcomes.push((to_race[0].address.clone(), Err(stop)));
+                return outcomes;
+            }
+        }
+    }
+    let done: Vec<&Test> = live
+        .iter()
+        .copied()
+        .filter(|t| at_step(ctx, t, Step::Terminating))
+        .collect();
+    let released = release_shared(ctx, &live).await;
+    for test in done {
+        let outcome = match &released {
+            Ok(()) => ctx
+                .state
+                .record(&test.address, |r| r.set_status(Status::Completed))
+                .map_err(Stop::State),
+            Err(f) => {
+                let recorded = ctx.state.record(&test.address, |r| {
+                    r.set_status(Status::Failed {
+                        step: Step::Terminating,
+                        error: f.error.clone(),
+                        log_tail: None,
+                    })
+                });
+                match recorded {
+                    Ok(()) => Err(Stop::Failed(f.clone())),
+                    Err(e) => Err(Stop::State(e)),
+                }
+            }
+        };
+        outcomes.retain(|(a, _)| a != &test.address);
+        outcomes.push((test.address.clone(), outcome));
+    }
+    if let (Err(f), false) = (
+        &released,
+        live.iter().any(|t| at_step(ctx, t, Step::Terminating)),
+    ) {
+        ctx.progress.println(&format!(
+            "{}: {}; `rallyctl destroy` will release it",
+            live[0].address, f.error
+        ));
+    }
+    outcomes
+}
+
+fn at_step<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> bool {
+    ctx.state
+        .read(|s| s.tests[&test.address].status == Status::InProgress { step })
+}
+
+/// The group's machine: the one a variant already holds, else one got in the first variant's
+/// name; recorded in every variant's record, each with a run directory of its own, then
+/// reached. Every variant is then at installing, or further on its own race.
+async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Reachable, Stop> {
+    let held = ctx.state.read(|s| {
+        group
+            .iter()
+            .find_map(|t| Some((*t, s.tests.get(&t.address)?.live_machine()?.clone())))
+    });
+    let (owner, machine) = match held {
+        Some(found) => found,
+        None => {
+            let owner = group[0];
+            let record = ctx.state.read(|s| s.tests[&owner.address].clone());
+            acquire(ctx, owner, &ctx.artifacts[&owner.address], &record).await?;
+            checkpoint(ctx, &owner.address, Step::Booting)?;
+            let machine = ctx
+                .state
+                .read(|s| s.tests[&owner.address].instance.clone())
+                .ok_or_else(|| failed(Step::Launching, "state names no machine for this test"))?;
+            (owner, machine)
+        }
+    };
+    let workspace = &ctx.plan.name;
+    ctx.state.update(|s| {
+        for test in group {
+            let Some(r) = s.tests.get_mut(&test.address) else {
+                continue;
+            };
+            if r.live_machine().is_none_or(|m| m.id != machine.id) {
+                let mut own = machine.clone();
+                own.run_dir = Some(run_dir(test, workspace, r));
+                r.instance = Some(own);
+            }
+        }
+    })?;
+    let conn = reach(ctx, owner).await?;
+    ctx.state.update(|s| {
+        for test in group {
+            if let Some(r) = s.tests.get_mut(&test.address)
+                && matches!(
+                    r.status,
+                    Status::InProgress {
+                        step: Step::Launching | Step::Booting
+                    }
+                )
+            {
+                r.set_status(Status::InProgress {
+                    step: Step::Installing,
+                });
+            }
+        }
+    })?;
+    Ok(conn.reachable)
+}
+
+/// Rounds of one race per variant until each has raced its repetitions. A race already under
+/// way on the machine (a resumed apply) goes first: one machine runs one race at a time.
+/// `renew`: the machine may have raced before the first race here.
+async fn race_rounds<P: Provider>(
+    ctx: &Ctx<P>,
+    group: &[&Test],
+    reachable: Reachable,
+    mut renew: bool,
+) -> Vec<(Address, Result<(), Stop>)> {
+    let mut outcomes = Vec::new();
+    let mut round: Vec<&Test> = group.to_vec();
+    round.sort_by_key(|t| !at_step(ctx, t, Step::Racing) && !at_step(ctx, t, Step::Collecting));
+    while !round.is_empty() {
+        let mut next_round = Vec::new();
+        for test in round {
+            let record = ctx.state.read(|s| s.tests[&test.address].clone());
+            let from = match record.status {
+                Status::InProgress {
+                    step: step @ (Step::Racing | Step::Collecting),
+                } => step,
+                _ => Step::Installing,
+            };
+            let Some(machine) = record.instance.clone() else {
+                outcomes.push((
+                    test.address.clone(),
+                    Err(failed(from, "state names no machine for this variant")),
+                ));
+                continue;
+            };
+            let conn = Conn {
+                machine,
+                reachable: reachable.clone(),
+            };
+            let artifacts = &ctx.artifacts[&test.address];
+            let raced = one_race(ctx, test, artifacts, &conn, &record, from, renew).await;
+            renew = true;
+            let outcome = match raced {
+                Ok(()) if record.repetition() < test.repeat.count.get() => {
+                    match next_repetition(ctx, test, Step::Installing) {
+                        Ok(_) => {
+                            next_round.push(test);
+                            continue;
+                        }
+                        Err(stop) => Err(stop),
+                    }
+                }
+                Ok(()) => checkpoint(ctx, &test.address, Step::Terminating),
+                Err(Stop::Failed(f)) => {
+                    // It drops out; the machine it still holds is given back with the group's.
+                    let recorded = ctx.state.record(&test.address, |r| {
+                        r.set_status(Status::Failed {
+                            step: f.step,
+                            error: f.error.clone(),
+                            log_tail: f.log_tail.clone(),
+                        })
+                    });
+                    match recorded {
+                        Ok(()) => Err(Stop::Failed(f)),
+                        Err(e) => Err(Stop::State(e)),
+                    }
+                }
+                Err(other) => Err(other),
+            };
+            let stop_all = matches!(outcome, Err(Stop::Interrupted | Stop::State(_)));
+            outcomes.push((test.address.clone(), outcome));
+            if stop_all {
+                return outcomes;
+            }
+        }
+        round = next_round;
+    }
+    outcomes
+}
+
+/// Gives the group's machine back once, when no variant races on it any more, and records
+/// that for every variant that held it.
+async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<(), Failure> {
+    let held = ctx.state.read(|s| {
+        group.iter().find_map(|t| {
+            let r = s.tests.get(&t.address)?;
+            Some((r.live_machine()?.clone(), *t))
+        })
+    });
+    let Some((machine, test)) = held else {
+        return Ok(());
+    };
+    let fail = |error: String| Failure {
+        step: Step::Terminating,
+        error,
+        log_tail: None,
+    };
+    ctx.provider
+        .release(&machine, &test.settings)
+        .await
+        .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
+    ctx.state
+        .update(|s| {
+            for t in group {
+                if let Some(r) = s.tests.get_mut(&t.address)
+                    && r.live_machine().is_some_and(|m| m.id == machine.id)
+                {
+                    r.mark_released();
+                }
+            }
+        })
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Opens a new attempt: gives back the previous one's machine and records the intent to
@@ -288,6 +609,7 @@ async fn start_attempt<P: Provider>(
             run_id: Some(ctx.run_id.clone()),
             race_id: Some(Uuid::new_v4()),
             earlier,
+            variant: test.variant.clone(),
             ..TestRecord::new(
                 artifacts.config_hash.clone(),
                 (&test.settings).into(),
@@ -472,14 +794,11 @@ async fn install<P: Provider>(
     artifacts: &Artifacts,
     conn: &Conn,
     record: &TestRecord,
+    renew: bool,
 ) -> Result<(), Stop> {
-    // A machine that raced for this test before starts its bound again (a resumed apply may
-    // do so twice, which is harmless).
-    if record
-        .earlier
-        .last()
-        .is_some_and(|e| e.machine == conn.machine.id)
-    {
+    // A machine that raced before starts its bound again (a resumed apply may do so twice,
+    // which is harmless).
+    if renew {
         ctx.provider
             .extend(
                 &conn.machine,

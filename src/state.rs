@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::{ProviderKind, Settings};
+use crate::plan::{ProviderKind, Settings, VariantOf};
 
 /// The state format version this rallyctl writes and reads.
 pub const STATE_VERSION: u32 = 1;
@@ -235,6 +235,9 @@ pub struct TestRecord {
     /// current race is repetition `earlier.len() + 1`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<Repetition>,
+    /// The plan test this is a variant of, for comparing the variants of a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<VariantOf>,
 }
 
 /// A finished race of a test's configuration, kept as a sample when the test races again.
@@ -279,6 +282,8 @@ struct RecordFields {
     history: Vec<Transition>,
     #[serde(default)]
     earlier: Vec<Repetition>,
+    #[serde(default)]
+    variant: Option<VariantOf>,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +344,7 @@ impl TryFrom<RecordFields> for TestRecord {
             results: r.results,
             history: r.history,
             earlier: r.earlier,
+            variant: r.variant,
         })
     }
 }
@@ -381,6 +387,7 @@ impl TestRecord {
             results: vec![],
             history: vec![],
             earlier: vec![],
+            variant: None,
         }
     }
 

@@ -102,19 +102,25 @@ pub async fn apply<P: Provider>(
         let mut progressed = false;
         for node in walk.take_ready() {
             progressed = true;
-            let (address, start) = match graph.node(node) {
-                Node::Test(address) if !ctx.cancel.is_cancelled() => match starts.get(address) {
-                    Some(start) => (address.clone(), *start),
-                    None => {
-                        walk.complete(node);
-                        continue;
-                    }
-                },
-                _ => {
-                    walk.complete(node);
-                    continue;
-                }
+            // The node's tests with work to do, each with its start.
+            let work: Vec<(Address, Start)> = match graph.node(node) {
+                _ if ctx.cancel.is_cancelled() => vec![],
+                Node::Test(address) => starts
+                    .get(address)
+                    .map(|s| (address.clone(), *s))
+                    .into_iter()
+                    .collect(),
+                Node::Variants(addresses) => addresses
+                    .iter()
+                    .filter_map(|a| Some((a.clone(), *starts.get(a)?)))
+                    .collect(),
+                Node::Barrier(_) => vec![],
             };
+            if work.is_empty() {
+                walk.complete(node);
+                continue;
+            }
+            let group = matches!(graph.node(node), Node::Variants(_));
             let suite_index = graph
                 .suite_index(node)
                 .expect("test nodes belong to a suite");
@@ -136,13 +142,29 @@ pub async fn apply<P: Provider>(
                     Some(s) => Some(s.acquire_owned().await.expect("semaphore open")),
                     None => None,
                 };
-                let outcome = if ctx.cancel.is_cancelled() {
-                    Err(Stop::Interrupted)
+                let tests: Vec<(&crate::plan::Test, Start)> = work
+                    .iter()
+                    .map(|(a, start)| {
+                        (
+                            ctx.plan.test(a).expect("changes name planned tests"),
+                            *start,
+                        )
+                    })
+                    .collect();
+                let outcomes = if ctx.cancel.is_cancelled() {
+                    work.iter()
+                        .map(|(a, _)| (a.clone(), Err(Stop::Interrupted)))
+                        .collect()
+                } else if group {
+                    lifecycle::run_variants(&ctx, &tests).await
                 } else {
-                    let test = ctx.plan.test(&address).expect("changes name planned tests");
-                    lifecycle::run(&ctx, test, start).await
+                    let (test, start) = tests[0];
+                    vec![(
+                        test.address.clone(),
+                        lifecycle::run(&ctx, test, start).await,
+                    )]
                 };
-                (node, address, outcome)
+                (node, outcomes)
             });
         }
         if progressed {
@@ -151,25 +173,27 @@ pub async fn apply<P: Provider>(
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (node, address, outcome) = joined?;
+        let (node, outcomes) = joined?;
         walk.complete(node);
-        let suite = address.suite().to_owned();
-        let shown = address.to_string();
-        match outcome {
-            Ok(()) => {
-                ctx.progress.finished(&suite, &shown, "completed");
-                report.completed.push(address);
+        for (address, outcome) in outcomes {
+            let suite = address.suite().to_owned();
+            let shown = address.to_string();
+            match outcome {
+                Ok(()) => {
+                    ctx.progress.finished(&suite, &shown, "completed");
+                    report.completed.push(address);
+                }
+                Err(Stop::Failed(f)) => {
+                    ctx.progress
+                        .finished(&suite, &shown, &format!("failed at {}", f.step));
+                    report.failed.push((address, f.step, f.error, f.log_tail));
+                }
+                Err(Stop::Interrupted) => {
+                    ctx.progress.finished(&suite, &shown, "interrupted");
+                    report.interrupted = true;
+                }
+                Err(Stop::State(e)) => return Err(e.into()),
             }
-            Err(Stop::Failed(f)) => {
-                ctx.progress
-                    .finished(&suite, &shown, &format!("failed at {}", f.step));
-                report.failed.push((address, f.step, f.error, f.log_tail));
-            }
-            Err(Stop::Interrupted) => {
-                ctx.progress.finished(&suite, &shown, "interrupted");
-                report.interrupted = true;
-            }
-            Err(Stop::State(e)) => return Err(e.into()),
         }
     }
     report.interrupted |= ctx.cancel.is_cancelled();
@@ -206,6 +230,7 @@ for a in "$@"; do
     --report-file=*) report=${a#--report-file=};;
     --fail) echo "boom: the cluster said no"; exit 64;;
     --fail-at=*) [ "$(cat "$races")" = "${a#--fail-at=}" ] && { echo "boom"; exit 64; };;
+    --challenge=*) echo "${a#--challenge=}" >> "$(dirname "$0")/challenges";;
     --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
   esac
 done
@@ -694,6 +719,103 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!(fake.calls(), ["release m-t1-1"]);
         let r = record(&bench, "a.t1");
         assert_eq!((r.finished_repetitions(), r.race_id), (3, race_id));
+    }
+
+    const VARIANTS: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\nrepetitions = 2\n\
+        [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
+        [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n";
+
+    /// The challenges the stand-in esrally raced, in order.
+    fn challenges(bench: &Bench) -> Vec<String> {
+        let file = bench.dir.path().join("remote/rally-2.13.0/bin/challenges");
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn variants_race_interleaved_on_one_machine() {
+        let mut bench = Bench::new(VARIANTS);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(challenges(&bench), ["cx", "cy", "cx", "cy"]);
+        // One machine, got in the first variant's name, renewed before each further race.
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1-x#1 -> m-t1-x-1",
+                "extend m-t1-x-1",
+                "extend m-t1-x-1",
+                "extend m-t1-x-1",
+                "release m-t1-x-1"
+            ]
+        );
+        for (address, variant) in [("a.t1-x", "x"), ("a.t1-y", "y")] {
+            let r = record(&bench, address);
+            assert_eq!(
+                (r.status.clone(), r.finished_repetitions()),
+                (Status::Completed, 2)
+            );
+            assert_eq!(r.variant.as_ref().unwrap().name, variant);
+            assert_eq!(r.earlier[0].machine, "m-t1-x-1");
+            assert!(r.live_machine().is_none());
+        }
+        assert_eq!(race_dirs(&bench), ["1", "1", "1.2", "1.2"]);
+        // Nothing left: a second apply plans nothing.
+        let (again, fake) = bench.apply(Fake::default(), &Options::default());
+        assert!(again.completed.is_empty() && fake.calls().is_empty());
+    }
+
+    #[test]
+    fn a_variant_whose_race_fails_drops_out_and_the_others_go_on() {
+        let mut bench = Bench::new(&VARIANTS.replace(
+            "challenge = \"cy\"",
+            "challenge = \"cy\"\nrally_args = [\"--fail-at=2\"]",
+        ));
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1);
+        assert_eq!(report.failed[0].0.to_string(), "a.t1-y");
+        assert_eq!(challenges(&bench), ["cx", "cy", "cx"]);
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-x-1");
+        assert!(fake.held.lock().unwrap().is_empty());
+        assert!(record(&bench, "a.t1-y").live_machine().is_none());
+        assert_eq!(record(&bench, "a.t1-x").finished_repetitions(), 2);
+        // The next apply races y's two on a machine of its own.
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(fake.calls()[0], "acquire a.t1-y#2 -> m-t1-y-2");
+        assert_eq!(record(&bench, "a.t1-y").finished_repetitions(), 2);
+    }
+
+    #[test]
+    fn a_group_stopped_mid_way_resumes_the_race_under_way_and_gives_the_machine_back_once() {
+        let mut bench = Bench::new(VARIANTS);
+        bench.apply(Fake::default(), &Options::default());
+        // y was collecting its last race; x had finished and waited for the machine.
+        stopped_at(&mut bench, "a.t1-y", Step::Collecting);
+        let x = bench
+            .state
+            .tests
+            .get_mut(&"a.t1-x".parse().unwrap())
+            .unwrap();
+        x.status = Status::InProgress {
+            step: Step::Terminating,
+        };
+        x.instance.as_mut().unwrap().terminated_at = None;
+        let before = challenges(&bench).len();
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(challenges(&bench).len(), before, "no race again");
+        assert_eq!(fake.calls(), ["release m-t1-x-1"]);
+        for address in ["a.t1-x", "a.t1-y"] {
+            let r = record(&bench, address);
+            assert_eq!(
+                (r.status.clone(), r.finished_repetitions()),
+                (Status::Completed, 2)
+            );
+        }
     }
 
     #[test]

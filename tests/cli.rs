@@ -60,6 +60,13 @@ fn validate_reports_every_mistake_with_its_position() {
 }
 
 #[test]
+fn validate_reports_variants_that_cannot_share_a_machine_or_differ_in_nothing() {
+    let out = rallyctl(&["validate", "tests/fixtures/plans/variant-mistakes.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+}
+
+#[test]
 fn validate_reports_json_mistakes() {
     for plan in ["broken.json", "wrong-types.json", "syntax-error.json"] {
         let out = rallyctl(&["validate", &format!("tests/fixtures/plans/{plan}")]);

@@ -5,6 +5,7 @@
 //! and a problem's field path (`suite[3].test[7].track`) is only formatted when there is a
 //! problem to report.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -18,7 +19,7 @@ use super::source::{Entry, Format, Kind, Node};
 use super::{
     AwsSettings, Connect, LocalPath, MachineSettings, PLAN_VERSION, Plan, ProviderKind,
     RallyConfig, Repeat, RepeatOn, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text,
-    TrackSource,
+    TrackSource, VariantOf,
 };
 use crate::FastHash;
 use crate::address::{self, Address};
@@ -155,6 +156,28 @@ const ALTERNATIVES: [[usize; 2]; 2] = [
     [at("subnet_id"), at("subnet_ids")],
 ];
 const SSH_ONLY: [usize; 3] = [at("hosts"), at("ssh_key"), at("ssh_known_hosts")];
+/// What makes or reaches a test's machine, bounds it, or says how often it races: the same for
+/// every variant of a test, since they share the machine.
+const MACHINE: [usize; 18] = [
+    at("ami"),
+    at("connect"),
+    at("hosts"),
+    at("instance_type"),
+    at("max_runtime"),
+    at("provider"),
+    at("region"),
+    at("remote_dir"),
+    at("repeat_on"),
+    at("repetitions"),
+    at("security_group_ids"),
+    at("ssh_key"),
+    at("ssh_known_hosts"),
+    at("ssh_port"),
+    at("ssh_user"),
+    at("subnet_id"),
+    at("subnet_ids"),
+    at("tags"),
+];
 const NOT_LOCAL: [usize; 2] = [at("ssh_port"), at("ssh_user")];
 
 /// Whether `provider` reads the setting at index `i`.
@@ -755,15 +778,54 @@ impl<'n> Loader<'_, '_> {
                     None
                 }
             };
-            let raw = self.settings_table(test_node, test_field, &["name"], provider_of(defaults));
+            let raw = self.settings_table(
+                test_node,
+                test_field,
+                &["name", "variant"],
+                provider_of(defaults),
+            );
             if let Some(test_name) = test_name
-                && !seen.insert(test_name)
+                && !seen.insert(Cow::Borrowed(test_name))
             {
                 self.sink.error(
                     &test_node.span,
                     test_field.key("name"),
                     format!("duplicate test name `{test_name}` in this suite"),
                 );
+            }
+            if let Some(variants) = get(entries, "variant") {
+                let parent = overlay(defaults, raw);
+                let read = self.variants(&variants.value, test_node, test_field, &parent);
+                if let (Some(suite), Some(test)) = (&name, test_name) {
+                    for (variant, settings, repeat) in read {
+                        let full = format!("{test}-{variant}");
+                        let Ok(address) = Address::new(*suite, full.as_str()) else {
+                            self.sink.error(
+                                &test_node.span,
+                                test_field.key("name"),
+                                format!("`{full}` (the test's name and a variant's) is longer than a name may be"),
+                            );
+                            continue;
+                        };
+                        if !seen.insert(Cow::Owned(full)) {
+                            self.sink.error(
+                                &variants.value.span,
+                                test_field.key("variant"),
+                                format!("variant `{variant}` is test `{test}-{variant}`, which the suite already has"),
+                            );
+                        }
+                        tests.push(Test {
+                            address,
+                            settings,
+                            repeat,
+                            variant: Some(VariantOf {
+                                test: test.to_owned(),
+                                name: variant,
+                            }),
+                        });
+                    }
+                }
+                continue;
             }
             let merged = self.merge(defaults, raw, &test_node.span, test_field);
             if let (Some(suite), Some(test), Some((settings, repeat))) = (&name, test_name, merged)
@@ -773,6 +835,7 @@ impl<'n> Loader<'_, '_> {
                     address,
                     settings,
                     repeat,
+                    variant: None,
                 });
             }
         }
@@ -781,6 +844,102 @@ impl<'n> Loader<'_, '_> {
             parallelism,
             tests,
         })
+    }
+
+    /// Reads a test's `[[suite.test.variant]]` tables, each a name and the settings it races
+    /// with over the test's (`parent`, already over the defaults). Variants share the test's
+    /// machine and race interleaved on it, so what makes the machine cannot differ; two
+    /// variants that race alike are a mistake.
+    fn variants(
+        &mut self,
+        node: &'n Node<'n>,
+        test_node: &'n Node<'n>,
+        test_field: Field<'_>,
+        parent: &Raw,
+    ) -> Vec<(String, Settings, Repeat)> {
+        let field = test_field.key("variant");
+        let Some(items) = self.array(node, field) else {
+            return vec![];
+        };
+        if items.len() < 2 {
+            self.sink.error_with_help(
+                &node.span,
+                field,
+                format!(
+                    "{} variant; variants are compared with each other",
+                    items.len()
+                ),
+                "name at least two, or set the settings on the test itself",
+            );
+            return vec![];
+        }
+        let provider = provider_of(parent);
+        let mut read: Vec<(String, Settings, Repeat)> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let field = field.index(i);
+            let Some(entries) = self.table(item, field) else {
+                continue;
+            };
+            let name_node = get(entries, "name").map(|e| &e.value);
+            let name = match name_node {
+                Some(node) => self.name(node, field.key("name")),
+                None => {
+                    self.sink
+                        .error(&item.span, field, "missing required key `name`");
+                    None
+                }
+            };
+            let raw = self.settings_table(item, field, &["name"], provider);
+            for entry in entries {
+                if let Some(i) = setting(&entry.key)
+                    && MACHINE.contains(&i)
+                {
+                    self.sink.error_with_help(
+                        &entry.key_span,
+                        field.key(&entry.key),
+                        format!(
+                            "`{}` cannot differ between variants: they race on one machine",
+                            entry.key
+                        ),
+                        "set it on the test, for all its variants",
+                    );
+                }
+            }
+            let merged = self.merge(parent, raw, &item.span, field);
+            let (Some(name), Some((settings, repeat))) = (name, merged) else {
+                continue;
+            };
+            if repeat.on == RepeatOn::Fresh {
+                let written = match &test_node.kind {
+                    Kind::Table(entries) => get(entries, "repeat_on").map(|e| &e.value.span),
+                    _ => None,
+                };
+                self.sink.error(
+                    written.unwrap_or(&test_node.span),
+                    test_field.key("repeat_on"),
+                    "variants race interleaved on one machine; repeat_on = \"fresh\" cannot apply to them",
+                );
+                return vec![];
+            }
+            if let Some((other, ..)) = read.iter().find(|(n, ..)| n == name) {
+                self.sink.error(
+                    name_node.map_or(&item.span, |n| &n.span),
+                    field.key("name"),
+                    format!("duplicate variant name `{other}`"),
+                );
+                continue;
+            }
+            if let Some((other, ..)) = read.iter().find(|(_, s, _)| *s == settings) {
+                self.sink.error(
+                    &item.span,
+                    field,
+                    format!("variants `{other}` and `{name}` differ in nothing"),
+                );
+                continue;
+            }
+            read.push((name.to_owned(), settings, repeat));
+        }
+        read
     }
 
     /// Reads the settings keys of one table; `extra` names keys the caller reads itself. Keys
@@ -1185,7 +1344,7 @@ impl<'n> Loader<'_, '_> {
     fn merge(
         &mut self,
         defaults: &Raw,
-        mut test: Raw,
+        test: Raw,
         span: &Range<usize>,
         field: Field<'_>,
     ) -> Option<(Settings, Repeat)> {
@@ -1193,25 +1352,7 @@ impl<'n> Loader<'_, '_> {
             Some(Val::Provider(p)) => *p,
             _ => provider_of(defaults),
         };
-        let not_inherited: Vec<usize> = ALTERNATIVES
-            .iter()
-            .filter(|pair| pair.iter().any(|&i| test[i].is_some()))
-            .flatten()
-            .copied()
-            .collect();
-        // The test's own value, else the default's; maps merge key by key so that a test can
-        // add one tag without repeating the rest (the test's entries come last and win).
-        let mut m: Raw = std::array::from_fn(|i| match (test[i].take(), &defaults[i]) {
-            (None, _) if not_inherited.contains(&i) => None,
-            (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
-                Some(Val::StrMap(base.overlaid(&over)))
-            }
-            (Some(Val::JsonMap(over)), Some(Val::JsonMap(base))) => {
-                Some(Val::JsonMap(base.overlaid(&over)))
-            }
-            (Some(val), _) => Some(val),
-            (None, base) => base.clone(),
-        });
+        let mut m = overlay(defaults, test);
         // A provider written wrong leaves no way to tell which keys the test needs.
         if matches!(m[const { at("provider") }], Some(Val::Invalid)) {
             return None;
@@ -1486,6 +1627,29 @@ impl<'n> Loader<'_, '_> {
 
 fn empty() -> Raw {
     std::array::from_fn(|_| None)
+}
+
+/// `over`'s values, else `base`'s; maps merge key by key so that a test can add one tag without
+/// repeating the rest (`over`'s entries come last and win). A table that sets one of
+/// [`ALTERNATIVES`] inherits neither.
+fn overlay(base: &Raw, mut over: Raw) -> Raw {
+    let not_inherited: Vec<usize> = ALTERNATIVES
+        .iter()
+        .filter(|pair| pair.iter().any(|&i| over[i].is_some()))
+        .flatten()
+        .copied()
+        .collect();
+    std::array::from_fn(|i| match (over[i].take(), &base[i]) {
+        (None, _) if not_inherited.contains(&i) => None,
+        (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
+            Some(Val::StrMap(base.overlaid(&over)))
+        }
+        (Some(Val::JsonMap(over)), Some(Val::JsonMap(base))) => {
+            Some(Val::JsonMap(base.overlaid(&over)))
+        }
+        (Some(val), _) => Some(val),
+        (None, base) => base.clone(),
+    })
 }
 
 fn text(m: &mut Raw, i: usize) -> Option<Text> {

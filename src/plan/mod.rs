@@ -57,6 +57,17 @@ pub struct Test {
     /// Saved plans from before repetitions race once.
     #[serde(default)]
     pub repeat: Repeat,
+    /// Set when the test is one variant of a plan's test: the variants of a test race
+    /// interleaved on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<VariantOf>,
+}
+
+/// Which plan test a variant belongs to, and its name there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantOf {
+    pub test: String,
+    pub name: String,
 }
 
 /// How many times a test races, and where. Not a setting of the race: the config hash leaves it

@@ -238,6 +238,7 @@ mod tests {
                 instance_type: None,
                 zone: None,
                 repetitions: 1,
+                variant: None,
                 race_duration_s: None,
                 race: None,
                 tasks: tasks

@@ -41,6 +41,9 @@ pub struct TestResult {
     pub zone: Option<String>,
     /// How many races count as samples: finished, with no failed requests.
     pub repetitions: usize,
+    /// The plan test this is a variant of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<crate::plan::VariantOf>,
     pub race_duration_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub race: Option<RaceInfo>,
@@ -438,6 +441,7 @@ fn read_test(
         }),
         zone: record.and_then(|r| r.instance.as_ref()?.zone.clone()),
         repetitions: counted.len(),
+        variant: record.and_then(|r| r.variant.clone()),
         race_duration_s,
         race,
         tasks,
