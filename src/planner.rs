@@ -285,13 +285,19 @@ fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
     notes
 }
 
-/// How a test with repetitions races, for the reason of a change: nothing for one race.
+/// How a test with repetitions or variants races, for the reason of a change: nothing for one
+/// race of its own.
 fn races(test: &crate::plan::Test) -> String {
     let n = test.repeat.count.get();
-    match test.repeat.on {
-        _ if n == 1 => String::new(),
-        RepeatOn::Same => format!(" ({n} races on one machine)"),
-        RepeatOn::Fresh => format!(" ({n} races, each on a fresh machine)"),
+    let races = if n == 1 { "1 race".to_owned() } else { format!("{n} races") };
+    match (&test.variant, test.repeat.on) {
+        (Some(v), _) => format!(
+            " (variant `{}` of `{}`: {races}, interleaved with the other variants on one machine)",
+            v.name, v.test
+        ),
+        (None, _) if n == 1 => String::new(),
+        (None, RepeatOn::Same) => format!(" ({races} on one machine)"),
+        (None, RepeatOn::Fresh) => format!(" ({races}, each on a fresh machine)"),
     }
 }
 

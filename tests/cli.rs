@@ -124,6 +124,20 @@ fn plan_against_an_empty_state_runs_everything_and_saves() {
     assert!(!state.exists(), "plan never writes state");
 }
 
+/// A test's repetitions and variants, as `plan` announces them.
+#[test]
+fn plan_says_how_often_and_where_each_test_races() {
+    let (_dir, state) = temp_state();
+    let out = rallyctl(&[
+        "plan",
+        "tests/fixtures/plans/local-repeated.toml",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
+}
+
 #[test]
 fn plan_json_output() {
     let (_dir, state) = temp_state();
