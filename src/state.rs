@@ -397,8 +397,12 @@ impl TestRecord {
 
     /// The results of every finished race, oldest first, each with its run.
     pub fn samples(&self) -> impl Iterator<Item = (&str, &[ResultFile])> {
-        let current = (self.status == Status::Completed)
-            .then(|| (self.run_id.as_deref().unwrap_or(""), self.results.as_slice()));
+        let current = (self.status == Status::Completed).then(|| {
+            (
+                self.run_id.as_deref().unwrap_or(""),
+                self.results.as_slice(),
+            )
+        });
         self.earlier
             .iter()
             .map(|r| (r.run_id.as_str(), r.results.as_slice()))
@@ -411,7 +415,11 @@ impl TestRecord {
         self.earlier.push(Repetition {
             run_id: self.run_id.clone().unwrap_or_default(),
             race_id: self.race_id.unwrap_or_else(Uuid::nil),
-            machine: self.instance.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+            machine: self
+                .instance
+                .as_ref()
+                .map(|m| m.id.clone())
+                .unwrap_or_default(),
             zone: self.instance.as_ref().and_then(|m| m.zone.clone()),
             results: std::mem::take(&mut self.results),
         });

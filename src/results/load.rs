@@ -408,7 +408,10 @@ fn read_test(
     };
     let counted: Vec<usize> = (0..read.len()).filter(|&i| clean(&read[i].0)).collect();
     let shown = if counted.is_empty() {
-        read.iter().position(|r| !r.0.is_empty()).into_iter().collect()
+        read.iter()
+            .position(|r| !r.0.is_empty())
+            .into_iter()
+            .collect()
     } else {
         counted.clone()
     };
@@ -480,7 +483,10 @@ fn combine<'a>(races: impl Iterator<Item = &'a [TaskMetrics]>) -> Vec<TaskMetric
     for task in &mut tasks {
         let seen = races
             .iter()
-            .filter(|r| r.iter().any(|t| t.task == task.task && t.duration_s.is_some()))
+            .filter(|r| {
+                r.iter()
+                    .any(|t| t.task == task.task && t.duration_s.is_some())
+            })
             .count();
         task.duration_s = task.duration_s.map(|d| d / seen.max(1) as f64);
         for value in task.metrics.values_mut() {

@@ -118,10 +118,9 @@ fn parse_report_csv(path: &Path, bytes: &[u8]) -> Result<Vec<TaskMetrics>, FileE
                 tasks.len() - 1
             }
         };
-        tasks[index].metrics.insert(
-            metric,
-            Value::new(number, unit.to_owned()),
-        );
+        tasks[index]
+            .metrics
+            .insert(metric, Value::new(number, unit.to_owned()));
     }
     if tasks.is_empty() {
         return Err(FileError::new(
