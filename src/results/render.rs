@@ -11,7 +11,7 @@ use comfy_table::{Cell, Color, Table, presets};
 use super::compare::{Comparison, Method, Row, Side, Verdict};
 use super::load::{RunSummary, RunView, TestResult};
 use super::metrics::{Metric, TaskMetrics, Value, format_number};
-use super::stats::{NOISY_RSD_PCT, Summary};
+use super::stats::{NOISY_RSD_PCT, Needed, Summary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -516,7 +516,8 @@ fn p_cell(row: &Row) -> String {
 
 fn verdict_cell(row: &Row) -> String {
     match row.repetitions_needed {
-        Some(n) => format!("{} (~{n} repetitions)", row.verdict.label()),
+        Some(n @ Needed::PerSide(_)) => format!("{} (~{n} repetitions)", row.verdict.label()),
+        Some(n) => format!("{} ({n} repetitions)", row.verdict.label()),
         None => row.verdict.label().to_owned(),
     }
 }
