@@ -1075,6 +1075,34 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     screenshot(&t.path("results/e2e/report.html"));
 }
 
+#[test]
+fn the_html_report_draws_repetitions_and_verdicts() {
+    let t = repeated();
+    let out = t.run(&[
+        "report",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "-o",
+        "r.html",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let html = std::fs::read_to_string(t.path("r.html")).unwrap();
+    assert_eq!(external_references(&html), Vec::<&str>::new());
+    // A dot per repetition, both sides, in the throughput and latency charts.
+    assert!(html.matches("<circle ").count() > 5 * 2 * 2, "{html}");
+    assert!(html.contains("1100.00 ±10.80 (n=5)"), "{html}");
+    for expect in [
+        "<th>verdict</th>",
+        "inconclusive (~",
+        "n = 1: a threshold, not a statistical test",
+        "4 regressions, 2 improvements",
+    ] {
+        assert!(html.contains(expect), "{expect}");
+    }
+}
+
 /// Renders the report in headless Chromium (when installed): it must load without console
 /// errors and paint a page. The report and its screenshot are kept in the target directory
 /// for a look.
