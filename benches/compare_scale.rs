@@ -70,7 +70,7 @@ fn view(run: &str, shift: f64) -> RunView {
                 })
                 .collect();
             TestResult {
-                address: Address::new(&format!("suite-{}", t / 100), &format!("test-{t}")).unwrap(),
+                address: Address::new(format!("suite-{}", t / 100), format!("test-{t}")).unwrap(),
                 run_id: Some(run.into()),
                 status: Some("completed".into()),
                 failure: None,

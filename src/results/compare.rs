@@ -456,8 +456,11 @@ mod tests {
     use super::*;
     use crate::results::parse::RaceInfo;
 
-    /// A view of one test `s.t`: per task, per metric, the value of every race.
-    fn view(run: &str, tasks: &[(&str, &[(Metric, &[f64])])]) -> RunView {
+    /// Per task, per metric, the value of every race.
+    type Races<'a> = [(&'a str, &'a [(Metric, &'a [f64])])];
+
+    /// A view of one test `s.t`.
+    fn view(run: &str, tasks: &Races<'_>) -> RunView {
         RunView {
             workspace: "w".into(),
             run: Some(run.into()),
