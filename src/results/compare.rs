@@ -254,38 +254,44 @@ pub fn compare(
         return Err(ResultsError::DifferentWorkloads(mismatches));
     }
 
+    // Rows are independent until Holm's correction, and independent again after it: each half
+    // of the work runs on the cores there are (a compare of 10,000 tests takes a second alone).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = addresses.len().div_ceil(threads).max(PARALLEL_TESTS);
+    let built: Vec<(Vec<Pending>, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = addresses
+            .chunks(per_thread)
+            .map(|chunk| {
+                let (base_index, cont_index) = (&base_index, &cont_index);
+                scope.spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut problems = Vec::new();
+                    for address in chunk {
+                        let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
+                        let cont = cont_index.get(*address).map(|&i| &contender.tests[i]);
+                        test_rows(
+                            address,
+                            base,
+                            cont,
+                            min_effect_pct,
+                            &mut pending,
+                            &mut problems,
+                        );
+                    }
+                    (pending, problems)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("building rows does not panic"))
+            .collect()
+    });
     let mut pending = Vec::new();
     let mut problems = Vec::new();
-    for address in addresses {
-        let base = base_index.get(address).map(|&i| &baseline.tests[i]);
-        let cont = cont_index.get(address).map(|&i| &contender.tests[i]);
-        for (side, test) in [("baseline", base), ("contender", cont)] {
-            for problem in test.iter().flat_map(|t| &t.problems) {
-                problems.push(format!("{side} {address}: {problem}"));
-            }
-        }
-        let base_tasks = base.map_or(&[][..], |t| &t.tasks);
-        let cont_tasks = cont.map_or(&[][..], |t| &t.tasks);
-        // The contender's task order (Rally's schedule), then tasks only the baseline ran.
-        let mut tasks: Vec<&str> = cont_tasks.iter().map(|t| t.task.as_str()).collect();
-        for t in base_tasks {
-            if !tasks.contains(&t.task.as_str()) {
-                tasks.push(&t.task);
-            }
-        }
-        for task in tasks {
-            let find = |tasks: &'_ [TaskMetrics]| tasks.iter().position(|t| t.task == task);
-            let b = find(base_tasks).map(|i| &base_tasks[i]);
-            let c = find(cont_tasks).map(|i| &cont_tasks[i]);
-            for metric in Metric::ALL {
-                let bv = b.and_then(|t| t.get(metric));
-                let cv = c.and_then(|t| t.get(metric));
-                if bv.is_none() && cv.is_none() {
-                    continue;
-                }
-                pending.push(row(address, task, metric, bv, cv, min_effect_pct));
-            }
-        }
+    for (rows, problem) in built {
+        pending.extend(rows);
+        problems.extend(problem);
     }
 
     let tested: Vec<usize> = (0..pending.len())
@@ -295,13 +301,34 @@ pub fn compare(
         .iter()
         .filter_map(|&i| pending[i].test.as_ref().map(|t| t.p_value))
         .collect();
-    let adjusted = stats::holm(&p_values, stats::ALPHA);
-    for (&i, adjusted) in tested.iter().zip(adjusted) {
-        let Pending { row, test } = &mut pending[i];
-        if let Some(test) = test {
-            decide(row, test, adjusted, min_effect_pct)?;
-        }
+    let mut levels: Vec<Option<stats::Adjusted>> = vec![None; pending.len()];
+    for (&i, adjusted) in tested.iter().zip(stats::holm(&p_values, stats::ALPHA)) {
+        levels[i] = Some(adjusted);
     }
+    let per_thread = pending
+        .len()
+        .div_ceil(threads)
+        .max(PARALLEL_TESTS * Metric::ALL.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pending
+            .chunks_mut(per_thread)
+            .zip(levels.chunks(per_thread))
+            .map(|(rows, levels)| {
+                scope.spawn(move || {
+                    let mut quantiles = stats::Quantiles::default();
+                    for (Pending { row, test }, adjusted) in rows.iter_mut().zip(levels) {
+                        if let (Some(test), Some(adjusted)) = (test, adjusted) {
+                            decide(row, test, *adjusted, min_effect_pct, &mut quantiles)?;
+                        }
+                    }
+                    Ok::<(), ResultsError>(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("deciding verdicts does not panic"))
+    })?;
     Ok(Comparison {
         workspace: contender.workspace.clone(),
         baseline_run: baseline.run.clone(),
@@ -313,6 +340,47 @@ pub fn compare(
         rows: pending.into_iter().map(|p| p.row).collect(),
         problems,
     })
+}
+
+/// Below this many tests a thread of its own is not worth starting.
+const PARALLEL_TESTS: usize = 1000;
+
+/// The rows of one test, every metric of every task either run has, and its problems.
+fn test_rows(
+    address: &Address,
+    base: Option<&TestResult>,
+    cont: Option<&TestResult>,
+    min_effect_pct: f64,
+    pending: &mut Vec<Pending>,
+    problems: &mut Vec<String>,
+) {
+    for (side, test) in [("baseline", base), ("contender", cont)] {
+        for problem in test.iter().flat_map(|t| &t.problems) {
+            problems.push(format!("{side} {address}: {problem}"));
+        }
+    }
+    let base_tasks = base.map_or(&[][..], |t| &t.tasks);
+    let cont_tasks = cont.map_or(&[][..], |t| &t.tasks);
+    // The contender's task order (Rally's schedule), then tasks only the baseline ran.
+    let mut tasks: Vec<&str> = cont_tasks.iter().map(|t| t.task.as_str()).collect();
+    for t in base_tasks {
+        if !tasks.contains(&t.task.as_str()) {
+            tasks.push(&t.task);
+        }
+    }
+    for task in tasks {
+        let find = |tasks: &'_ [TaskMetrics]| tasks.iter().position(|t| t.task == task);
+        let b = find(base_tasks).map(|i| &base_tasks[i]);
+        let c = find(cont_tasks).map(|i| &cont_tasks[i]);
+        for metric in Metric::ALL {
+            let bv = b.and_then(|t| t.get(metric));
+            let cv = c.and_then(|t| t.get(metric));
+            if bv.is_none() && cv.is_none() {
+                continue;
+            }
+            pending.push(row(address, task, metric, bv, cv, min_effect_pct));
+        }
+    }
 }
 
 /// How much worse, in percent, whichever way the metric improves: positive is worse.
@@ -396,6 +464,7 @@ fn decide(
     test: &LogRatio,
     adjusted: stats::Adjusted,
     min_effect_pct: f64,
+    quantiles: &mut stats::Quantiles,
 ) -> Result<(), ResultsError> {
     let (lo, hi) = test.interval_pct(adjusted.level)?;
     row.ci_low_pct = Some(lo);
@@ -413,7 +482,8 @@ fn decide(
     } else if w_lo >= -min_effect_pct && w_hi <= min_effect_pct {
         Verdict::NoChange
     } else {
-        row.repetitions_needed = Some(test.repetitions_needed(min_effect_pct, adjusted.level)?);
+        row.repetitions_needed =
+            Some(test.repetitions_needed(min_effect_pct, adjusted.level, quantiles)?);
         Verdict::Inconclusive
     };
     Ok(())

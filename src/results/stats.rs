@@ -170,7 +170,7 @@ pub fn t_quantile(p: f64, df: f64) -> Result<f64, StatsError> {
         }
         let step = (t.sf(x) - tail) / pdf(x);
         x += step;
-        if step.abs() <= 1e-14 * x.abs() {
+        if step.abs() <= 1e-11 * x.abs() {
             settled = true;
             break;
         }
@@ -306,6 +306,7 @@ impl LogRatio {
         &self,
         min_effect_pct: f64,
         level: f64,
+        quantiles: &mut Quantiles,
     ) -> Result<Needed, StatsError> {
         let bounds = [
             (min_effect_pct / 100.0).ln_1p(),
@@ -317,10 +318,8 @@ impl LogRatio {
             .fold(f64::INFINITY, f64::min);
         let s = self.pooled_var.sqrt();
         let at_least = (self.n.0.max(self.n.1) as u32 + 1).max(2);
-        let settles = |n: u32| -> Result<bool, StatsError> {
-            let half = t_quantile(0.5 + level / 2.0, 2.0 * f64::from(n) - 2.0)?
-                * s
-                * (2.0 / f64::from(n)).sqrt();
+        let mut settles = |n: u32| -> Result<bool, StatsError> {
+            let half = quantiles.two_sided(level, 2 * n - 2)? * s * (2.0 / f64::from(n)).sqrt();
             Ok(half < distance)
         };
         // t exceeds the normal quantile z at every df, so n >= 2 (z s / distance)^2: the search
@@ -340,6 +339,24 @@ impl LogRatio {
             n += 1;
         }
         Ok(Needed::MoreThan(MAX_REPETITIONS))
+    }
+}
+
+/// Two-sided quantiles of Student's t at whole degrees of freedom, each computed once: a
+/// compare estimates the repetitions of many rows at the one level where Holm stopped.
+#[derive(Debug, Default)]
+pub struct Quantiles(std::collections::HashMap<(u64, u32), f64>);
+
+impl Quantiles {
+    /// The quantile whose two-sided interval has confidence `level`.
+    pub fn two_sided(&mut self, level: f64, df: u32) -> Result<f64, StatsError> {
+        let key = (level.to_bits(), df);
+        if let Some(&t) = self.0.get(&key) {
+            return Ok(t);
+        }
+        let t = t_quantile(0.5 + level / 2.0, f64::from(df))?;
+        self.0.insert(key, t);
+        Ok(t)
     }
 }
 
@@ -599,16 +616,20 @@ mod tests {
     #[test]
     fn repetitions_needed_matches_scipy() {
         let r = LogRatio::welch(&[50.0, 52.0], &[49.0, 53.5]).unwrap();
-        assert_eq!(r.repetitions_needed(5.0, 0.95), Ok(Needed::PerSide(11)));
+        let mut q = Quantiles::default();
+        assert_eq!(
+            r.repetitions_needed(5.0, 0.95, &mut q),
+            Ok(Needed::PerSide(11))
+        );
         // A stricter level needs more.
-        let Ok(Needed::PerSide(n)) = r.repetitions_needed(5.0, 0.99) else {
+        let Ok(Needed::PerSide(n)) = r.repetitions_needed(5.0, 0.99, &mut q) else {
             panic!("estimable");
         };
         assert!(n > 11);
         // On the boundary itself, no number of repetitions settles it.
         let r = LogRatio::welch(&[100.0, 102.0], &[105.0, 107.1]).unwrap();
         assert_eq!(
-            r.repetitions_needed(r.change_pct(), 0.95),
+            r.repetitions_needed(r.change_pct(), 0.95, &mut q),
             Ok(Needed::MoreThan(MAX_REPETITIONS))
         );
         assert_eq!(Needed::MoreThan(100).to_string(), "> 100");
