@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::ResultsError;
 use super::load::{RunView, TestResult};
 use super::metrics::{Direction, Metric, TaskMetrics, Value};
-use super::stats::{self, LogRatio, Needed, Summary};
+use super::stats::{self, LogRatio, Needed, StatsError, Summary};
 use crate::address::Address;
 
 /// The default min effect, in percent.
@@ -258,7 +258,7 @@ pub fn compare(
     // of the work runs on the cores there are (a compare of 10,000 tests takes a second alone).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = addresses.len().div_ceil(threads).max(PARALLEL_TESTS);
-    let built: Vec<(Vec<Pending>, Vec<String>)> = std::thread::scope(|scope| {
+    let built: Vec<Result<(Vec<Pending>, Vec<String>), StatsError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = addresses
             .chunks(per_thread)
             .map(|chunk| {
@@ -276,9 +276,9 @@ pub fn compare(
                             min_effect_pct,
                             &mut pending,
                             &mut problems,
-                        );
+                        )?;
                     }
-                    (pending, problems)
+                    Ok((pending, problems))
                 })
             })
             .collect();
@@ -289,7 +289,8 @@ pub fn compare(
     });
     let mut pending = Vec::new();
     let mut problems = Vec::new();
-    for (rows, problem) in built {
+    for share in built {
+        let (rows, problem) = share?;
         pending.extend(rows);
         problems.extend(problem);
     }
@@ -353,7 +354,7 @@ fn test_rows(
     min_effect_pct: f64,
     pending: &mut Vec<Pending>,
     problems: &mut Vec<String>,
-) {
+) -> Result<(), StatsError> {
     for (side, test) in [("baseline", base), ("contender", cont)] {
         for problem in test.iter().flat_map(|t| &t.problems) {
             problems.push(format!("{side} {address}: {problem}"));
@@ -378,9 +379,10 @@ fn test_rows(
             if bv.is_none() && cv.is_none() {
                 continue;
             }
-            pending.push(row(address, task, metric, bv, cv, min_effect_pct));
+            pending.push(row(address, task, metric, bv, cv, min_effect_pct)?);
         }
     }
+    Ok(())
 }
 
 /// How much worse, in percent, whichever way the metric improves: positive is worse.
@@ -399,7 +401,7 @@ fn row(
     baseline: Option<&Value>,
     contender: Option<&Value>,
     min_effect_pct: f64,
-) -> Pending {
+) -> Result<Pending, StatsError> {
     let mut row = Row {
         test: test.clone(),
         task: task.to_owned(),
@@ -422,21 +424,28 @@ fn row(
         (Some(b), Some(c)) => (b, c),
         (Some(_), None) => {
             row.verdict = Verdict::Missing;
-            return Pending { row, test: None };
+            return Ok(Pending { row, test: None });
         }
-        _ => return Pending { row, test: None },
+        _ => return Ok(Pending { row, test: None }),
     };
     // A test where it can be computed: two races a side, every value positive.
-    if let Ok(test) = LogRatio::welch(b.races(), c.races()) {
-        row.method = Some(Method::WelchLog);
-        row.change_pct = Some(test.change_pct());
-        return Pending {
-            row,
-            test: Some(test),
-        };
+    match LogRatio::welch(b.races(), c.races()) {
+        Ok(test) => {
+            row.method = Some(Method::WelchLog);
+            row.change_pct = Some(test.change_pct());
+            return Ok(Pending {
+                row,
+                test: Some(test),
+            });
+        }
+        Err(StatsError::TooFew(..) | StatsError::NotPositive(_)) => {}
+        Err(e) => return Err(e),
     }
     row.method = Some(Method::Threshold);
     let (bm, cm) = (b.value, c.value);
+    if let Some(bad) = [bm, cm].into_iter().find(|v| !v.is_finite()) {
+        return Err(StatsError::NotFinite(bad));
+    }
     let worse = if bm != 0.0 {
         let change = (cm - bm) / bm.abs() * 100.0;
         row.change_pct = Some(change);
@@ -455,7 +464,7 @@ fn row(
     } else {
         Verdict::NoChange
     };
-    Pending { row, test: None }
+    Ok(Pending { row, test: None })
 }
 
 /// The verdict of a tested row from its interval at the Holm-adjusted level.
@@ -757,6 +766,19 @@ mod tests {
         let c = compare(&cont, &base, DEFAULT_MIN_EFFECT_PCT).unwrap();
         assert_eq!(c.rows[0].verdict, Verdict::Improvement);
         assert!(c.regressions().is_empty());
+    }
+
+    #[test]
+    fn a_value_no_race_reports_is_an_error_not_a_verdict() {
+        for races in [&[f64::NAN][..], &[10.0, f64::INFINITY]] {
+            let base = view("r1", &[("bulk", &[(Metric::LatencyP50, &[10.0, 10.0])])]);
+            let cont = view("r2", &[("bulk", &[(Metric::LatencyP50, races)])]);
+            let err = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap_err();
+            assert!(
+                matches!(err, ResultsError::Stats(StatsError::NotFinite(_))),
+                "{err}"
+            );
+        }
     }
 
     #[test]
