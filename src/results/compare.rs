@@ -258,7 +258,7 @@ pub fn compare(
     // of the work runs on the cores there are (a compare of 10,000 tests takes a second alone).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = addresses.len().div_ceil(threads).max(PARALLEL_TESTS);
-    let built: Vec<Result<(Vec<Pending>, Vec<String>), StatsError>> = std::thread::scope(|scope| {
+    let built: Vec<Result<Share, StatsError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = addresses
             .chunks(per_thread)
             .map(|chunk| {
@@ -342,6 +342,9 @@ pub fn compare(
         problems,
     })
 }
+
+/// The rows of a share of the tests, and their problems.
+type Share = (Vec<Pending>, Vec<String>);
 
 /// Below this many tests a thread of its own is not worth starting.
 const PARALLEL_TESTS: usize = 1000;
