@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 use rallyctl::address::Address;
 use rallyctl::plan::ProviderKind;
 use rallyctl::results::parse;
-use rallyctl::state::{self, Machine, ResultFile, State, Status, Step, TestRecord, Transition};
+use rallyctl::state::{
+    self, Machine, Repetition, ResultFile, State, Status, Step, TestRecord, Transition,
+};
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
 const RUN2: &str = "20261125T081500Z-bbbbbb";
@@ -48,7 +50,34 @@ impl Tree {
 
     /// Writes a test's files into a run; returns them as state records them.
     fn files(&self, run: &str, address: &Address, files: &[(&str, Vec<u8>)]) -> Vec<ResultFile> {
+        self.files_in(
+            Path::new("results/e2e").join(run).join(address.path()),
+            files,
+        )
+    }
+
+    /// Writes the files of each repetition of a test into a run, the first in the test's
+    /// directory and repetition k in `repetition-k/`; returns them as state records them.
+    fn repetitions(
+        &self,
+        run: &str,
+        address: &Address,
+        reps: &[Vec<(&str, Vec<u8>)>],
+    ) -> Vec<Vec<ResultFile>> {
         let dir = Path::new("results/e2e").join(run).join(address.path());
+        reps.iter()
+            .enumerate()
+            .map(|(k, files)| {
+                let rep = match k {
+                    0 => dir.clone(),
+                    k => dir.join(format!("repetition-{}", k + 1)),
+                };
+                self.files_in(rep, files)
+            })
+            .collect()
+    }
+
+    fn files_in(&self, dir: PathBuf, files: &[(&str, Vec<u8>)]) -> Vec<ResultFile> {
         std::fs::create_dir_all(self.path(dir.to_str().unwrap())).unwrap();
         files
             .iter()
@@ -468,7 +497,7 @@ fn the_regression_gate_exits_3_only_past_its_threshold() {
         )
     };
     // Better everywhere.
-    assert_eq!(gate(bulk(1000.0, 10.0), vec![bulk(1200.0, 8.0)], "0").0, 0);
+    assert_eq!(gate(bulk(1000.0, 10.0), vec![bulk(1200.0, 8.0)], "1").0, 0);
     // Worse within noise, and within the gate's threshold.
     assert_eq!(gate(bulk(1000.0, 10.0), vec![bulk(980.0, 10.3)], "5").0, 0);
     // Worse by 20 %: fails a 10 % gate, passes a 25 % one.
@@ -495,9 +524,302 @@ fn the_regression_gate_exits_3_only_past_its_threshold() {
     let (code, stderr) = gate(
         bulk(1000.0, 10.0),
         vec![bulk(1000.0, 10.0), task("new", 1.0, 1000.0, 50.0)],
-        "0",
+        "1",
     );
     assert_eq!(code, 0, "{stderr}");
+}
+
+/// The races of test `ingest.a` in run 1 (the baseline, on disk) and run 2 (the contender,
+/// recorded in state with its earlier repetitions): five a side. `bulk` improves its
+/// throughput and regresses its latency and service time by 20 %, `search` keeps its latency
+/// and races a noisy throughput (rsd about 15 %) up 15 %: inconclusive. `ingest.lone` raced
+/// once a side.
+fn repeated() -> Tree {
+    repeated_with(&[1.0, 1.0, 1.0, 1.0, 1.0], &[1.2, 1.2, 1.2, 1.2, 1.2])
+}
+
+/// [`repeated`] with `bulk`'s latencies of each contender race scaled by a factor.
+fn repeated_with(base_bulk: &[f64; 5], cont_bulk: &[f64; 5]) -> Tree {
+    let mut t = Tree::new();
+    let a = addr("ingest", "a");
+    let wobble = [1.0, 1.01, 0.99, 1.005, 0.995];
+    let search = [500.0, 620.0, 430.0, 560.0, 470.0];
+    let reps = |throughput: f64, latency: &[f64; 5], search_up: f64| -> Vec<Vec<(&str, Vec<u8>)>> {
+        (0..5)
+            .map(|k| {
+                let w = wobble[k];
+                vec![(
+                    "report.csv",
+                    report(&[
+                        task("bulk", throughput * w, 10.0 * w * latency[k], 0.0),
+                        Task {
+                            name: "search",
+                            throughput: Some((search[k] * search_up, "ops/s")),
+                            latency: [Some(2.0 * w), Some(3.0 * w), Some(4.0 * w)],
+                            service_time: [Some(1.9 * w), Some(2.9 * w), Some(3.9 * w)],
+                            error_rate: 0.0,
+                        },
+                    ]),
+                )]
+            })
+            .collect()
+    };
+    t.repetitions(RUN1, &a, &reps(1000.0, base_bulk, 1.0));
+    let mut files = t.repetitions(RUN2, &a, &reps(1100.0, cont_bulk, 1.15));
+    let current = files.pop().unwrap();
+    t.record(&a, RUN2, Status::Completed, current);
+    t.state.tests.get_mut(&a).unwrap().earlier = files
+        .into_iter()
+        .map(|results| Repetition {
+            run_id: RUN2.into(),
+            race_id: uuid::Uuid::nil(),
+            machine: "i-0123".into(),
+            zone: Some("us-east-1a".into()),
+            results,
+        })
+        .collect();
+    let lone = addr("ingest", "lone");
+    t.files(
+        RUN1,
+        &lone,
+        &[("report.csv", report(&[task("bulk", 1000.0, 10.0, 0.0)]))],
+    );
+    let files = t.files(
+        RUN2,
+        &lone,
+        &[("report.csv", report(&[task("bulk", 1200.0, 10.1, 0.0)]))],
+    );
+    t.record(&lone, RUN2, Status::Completed, files);
+    t.save();
+    t
+}
+
+#[test]
+fn repeated_results_as_a_table() {
+    let t = repeated();
+    let out = t.results(&[], 0);
+    // The noisy throughput is flagged; the tight one is not.
+    assert!(
+        out.contains("593.40 ±107.14 ops/s (n=5, rsd 14.5%, noisy)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1100.00 ±10.80 docs/s (n=5, rsd 0.8%)"),
+        "{out}"
+    );
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn repeated_results_as_markdown() {
+    insta::assert_snapshot!(repeated().results(&["--format", "markdown"], 0));
+}
+
+#[test]
+fn repeated_results_as_csv() {
+    let out = repeated().results(&["--format", "csv"], 0);
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let width = reader.headers().unwrap().len();
+    assert!(reader.records().all(|r| r.unwrap().len() == width));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn repeated_results_as_json() {
+    let v: serde_json::Value = serde_json::from_str(&repeated().results(&["--json"], 0)).unwrap();
+    let throughput = &v["tests"][0]["tasks"][1]["metrics"]["throughput"];
+    assert_eq!(throughput["summary"]["n"], 5);
+    assert_eq!(throughput["summary"]["noisy"], true);
+    assert_eq!(throughput["samples"].as_array().unwrap().len(), 5);
+    insta::assert_json_snapshot!(v);
+}
+
+#[test]
+fn repeated_comparison_as_a_table() {
+    let out = repeated().results(&["--compare", RUN1], 0);
+    for expect in [
+        "1 inconclusive",
+        "n = 1: a threshold, not a statistical test",
+        "Holm-corrected over 12 comparisons",
+    ] {
+        assert!(out.contains(expect), "{expect}\n{out}");
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn repeated_comparison_as_markdown() {
+    insta::assert_snapshot!(repeated().results(&["--compare", RUN1, "--format", "markdown"], 0));
+}
+
+#[test]
+fn repeated_comparison_as_csv() {
+    let out = repeated().results(&["--compare", RUN1, "--format", "csv"], 0);
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let width = reader.headers().unwrap().len();
+    assert!(reader.records().all(|r| r.unwrap().len() == width));
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn repeated_comparison_as_json() {
+    let v: serde_json::Value =
+        serde_json::from_str(&repeated().results(&["--compare", RUN1, "--json"], 0)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let verdict = |task: &str, metric: &str| {
+        let row = rows
+            .iter()
+            .find(|r| r["test"] == "ingest.a" && r["task"] == task && r["metric"] == metric)
+            .unwrap();
+        (
+            row["verdict"].as_str().unwrap().to_owned(),
+            row["method"].as_str().unwrap().to_owned(),
+        )
+    };
+    let welch = |v: &str| (v.to_owned(), "welch_log".to_owned());
+    assert_eq!(verdict("bulk", "throughput"), welch("improvement"));
+    assert_eq!(verdict("bulk", "latency_p50"), welch("regression"));
+    assert_eq!(verdict("search", "latency_p50"), welch("no_change"));
+    assert_eq!(verdict("search", "throughput"), welch("inconclusive"));
+    // Five clean races a side: error rates of zero, held against the threshold.
+    assert_eq!(
+        verdict("bulk", "error_rate"),
+        ("no_change".to_owned(), "threshold".to_owned())
+    );
+    let lone = rows.iter().find(|r| r["test"] == "ingest.lone").unwrap();
+    assert_eq!(lone["method"], "threshold");
+    assert_eq!(lone["p_value"], serde_json::Value::Null);
+    assert_eq!(v["tested"], 12);
+    insta::assert_json_snapshot!(v);
+}
+
+#[test]
+fn the_min_effect_must_lie_between_0_and_100() {
+    let t = repeated();
+    for bad in ["0", "100", "-1", "abc"] {
+        // `=`, so that `-1` is read as the flag's value.
+        let flag = format!("--min-effect={bad}");
+        let out = t.run(&["results", "--state", STATE, "--compare", RUN1, &flag]);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--min-effect"), "{stderr}");
+        assert!(stderr.contains("between 0 and 100"), "{stderr}");
+    }
+    let out = t.run(&["report", "--state", STATE, "--min-effect", "100"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    // `--noise` is the old name, still read.
+    assert_eq!(
+        t.results(&["--compare", RUN1, "--noise", "30"], 0),
+        t.results(&["--compare", RUN1, "--min-effect", "30"], 0)
+    );
+    // Two min effects that disagree are a usage error.
+    let out = t.run(&[
+        "results",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "--min-effect",
+        "3",
+        "--fail-on-regression",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name two min effects"));
+}
+
+#[test]
+fn a_regression_exits_3_and_an_inconclusive_comparison_exits_4_when_asked() {
+    let t = repeated();
+    let gate = |args: &[&str]| {
+        let mut all = vec!["results", "--state", STATE, "--compare", RUN1];
+        all.extend(args);
+        let out = t.run(&all);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, stderr) = gate(&["--fail-on-regression"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("ingest.a bulk latency p50: 10.00 -> 12.00 ms (+20.0 % ["),
+        "{stderr}"
+    );
+    // A regression is no reason to race again: 3, not 4.
+    assert_eq!(
+        gate(&["--fail-on-regression", "--fail-on-inconclusive"]).0,
+        3
+    );
+    assert_eq!(gate(&["--fail-on-inconclusive"]).0, 0);
+    // Without the regressions, what is left is the inconclusive throughput.
+    let t = repeated_with(&[1.0; 5], &[1.0; 5]);
+    let out = t.run(&[
+        "results",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "--fail-on-regression",
+        "--fail-on-inconclusive",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        stderr.contains("Inconclusive: 1 comparison neither beyond nor within ±5 %"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ingest.a search throughput (median)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("repetitions per side"), "{stderr}");
+    let out = t.run(&[
+        "results",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "--fail-on-regression",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn tests_that_raced_different_tracks_are_not_compared() {
+    let mut t = Tree::new();
+    let a = addr("ingest", "a");
+    let json = String::from_utf8(read(fixture("success/race.json"))).unwrap();
+    let csv = read(fixture("success/report.csv"));
+    t.files(
+        RUN1,
+        &a,
+        &[
+            ("report.csv", csv.clone()),
+            ("race.json", json.clone().into_bytes()),
+        ],
+    );
+    let other = json.replace("\"track\": \"track\"", "\"track\": \"geonames\"");
+    assert_ne!(other, json);
+    let files = t.files(
+        RUN2,
+        &a,
+        &[("report.csv", csv), ("race.json", other.into_bytes())],
+    );
+    t.record(&a, RUN2, Status::Completed, files);
+    t.save();
+    let out = t.run(&["results", "--state", STATE, "--compare", RUN1]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.stdout, b"", "no rows");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "cannot compare tests that raced different workloads:\n  ingest.a: the baseline \
+             raced track track, challenge (unknown), the contender track geonames, challenge \
+             (unknown)"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -726,7 +1048,7 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains("compared with baseline 20261124T081500Z-aaaaaa"));
     assert!(
-        html.contains("against baseline 20261124T081500Z-aaaaaa (noise threshold 5 %): 4 better")
+        html.contains("against baseline 20261124T081500Z-aaaaaa (min effect ±5 %): 4 improvements")
     );
     // Two charts per test with tasks (a, b (8g), errors), each a plotters SVG.
     assert_eq!(html.matches("<svg ").count(), 6, "{html}");
@@ -751,6 +1073,34 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     assert!(t.path("out/r.html").is_file());
 
     screenshot(&t.path("results/e2e/report.html"));
+}
+
+#[test]
+fn the_html_report_draws_repetitions_and_verdicts() {
+    let t = repeated();
+    let out = t.run(&[
+        "report",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "-o",
+        "r.html",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let html = std::fs::read_to_string(t.path("r.html")).unwrap();
+    assert_eq!(external_references(&html), Vec::<&str>::new());
+    // A dot per repetition, both sides, in the throughput and latency charts.
+    assert!(html.matches("<circle ").count() > 5 * 2 * 2, "{html}");
+    assert!(html.contains("1100.00 ±10.80 (n=5)"), "{html}");
+    for expect in [
+        "<th>verdict</th>",
+        "inconclusive (~",
+        "n = 1: a threshold, not a statistical test",
+        "4 regressions, 2 improvements",
+    ] {
+        assert!(html.contains(expect), "{expect}");
+    }
 }
 
 /// Renders the report in headless Chromium (when installed): it must load without console

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::address::Address;
 use crate::plan::Plan;
 use crate::planner::Options;
-use crate::results::{Baseline, DEFAULT_NOISE_PCT, Format};
+use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format};
 use crate::state::State;
 
 /// Exit code of every error that is not one of the others below.
@@ -18,8 +18,12 @@ pub const EXIT_ERROR: u8 = 1;
 /// Exit code of `plan --detailed-exitcode` when there are changes.
 pub const EXIT_CHANGES: u8 = 2;
 
-/// Exit code of `results --fail-on-regression` when a metric got worse past the threshold.
+/// Exit code of `results --fail-on-regression` when a metric regressed or went missing.
 pub const EXIT_REGRESSION: u8 = 3;
+
+/// Exit code of `results --fail-on-inconclusive` when nothing regressed but some comparison is
+/// inconclusive: a CI job can race again rather than fail.
+pub const EXIT_INCONCLUSIVE: u8 = 4;
 
 /// Exit code of a command line that cannot be parsed (sysexits' EX_USAGE), apart from 2, which
 /// `plan --detailed-exitcode` gives to "changes present".
@@ -32,7 +36,8 @@ const EXIT_CODES_HELP: &str = "Exit codes:
   0    success (plan --detailed-exitcode: no changes)
   1    error (the message says what and where), a failed test, a refused or cancelled apply
   2    plan --detailed-exitcode: changes present
-  3    results --fail-on-regression: a metric got worse past the threshold, or went missing
+  3    results --fail-on-regression: a metric regressed past the min effect, or went missing
+  4    results --fail-on-inconclusive: nothing regressed, but some comparison is inconclusive
   64   usage error: the command line cannot be parsed
   130  interrupted (Ctrl-C)";
 
@@ -179,9 +184,10 @@ pub(super) enum Command {
         /// Compare with this run (`baseline`: the recorded one, which is also the default)
         #[arg(long, value_name = "RUN")]
         compare: Option<Baseline>,
-        /// Changes within this many percent are "same within noise"
-        #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
-        noise: f64,
+        /// The smallest relative change worth a verdict, in percent
+        #[arg(long = "min-effect", alias = "noise", value_name = "PCT",
+              default_value_t = DEFAULT_MIN_EFFECT_PCT, value_parser = min_effect)]
+        min_effect: f64,
     },
 }
 
@@ -193,7 +199,7 @@ pub struct ResultsArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub(super) format: Format,
     /// List the runs of the workspace
-    #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression"])]
+    #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression", "fail_on_inconclusive"])]
     pub(super) runs: bool,
     /// Show the results as of this run (each test's newest result at or before it)
     #[arg(long, value_name = "RUN")]
@@ -204,18 +210,40 @@ pub struct ResultsArgs {
     /// Record this run (or `latest`) as the baseline in state, then compare with it
     #[arg(long, value_name = "RUN")]
     pub(super) baseline: Option<String>,
-    /// Changes within this many percent are "same within noise"
-    #[arg(long, value_name = "PCT", default_value_t = DEFAULT_NOISE_PCT, value_parser = percent)]
-    pub(super) noise: f64,
-    /// Exit 3 when any metric is worse than the baseline by more than PCT percent (or missing)
-    #[arg(long, value_name = "PCT", value_parser = percent)]
-    pub(super) fail_on_regression: Option<f64>,
+    /// The smallest relative change worth a verdict, in percent [default: 5]: a regression or
+    /// improvement needs its whole confidence interval beyond it, "no change" within it
+    #[arg(long = "min-effect", alias = "noise", value_name = "PCT", value_parser = min_effect)]
+    pub(super) min_effect: Option<f64>,
+    /// Exit 3 when a metric regressed or went missing against the baseline (the recorded one
+    /// unless --compare names another); PCT, if given, is the min effect
+    #[arg(long, value_name = "PCT", num_args = 0..=1, value_parser = min_effect)]
+    pub(super) fail_on_regression: Option<Option<f64>>,
+    /// Exit 4 when nothing regressed but some comparison is inconclusive (race again)
+    #[arg(long)]
+    pub(super) fail_on_inconclusive: bool,
 }
 
-fn percent(s: &str) -> Result<f64, String> {
+impl ResultsArgs {
+    /// The min effect: `--fail-on-regression PCT` or `--min-effect PCT` (they must agree when
+    /// both are given), else the default.
+    pub(super) fn min_effect(&self) -> Result<f64, String> {
+        match (self.min_effect, self.fail_on_regression.flatten()) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "--min-effect {a} and --fail-on-regression {b} name two min effects: give one"
+            )),
+            (a, b) => Ok(b.or(a).unwrap_or(DEFAULT_MIN_EFFECT_PCT)),
+        }
+    }
+}
+
+/// A min effect: a percentage strictly between 0 and 100 (no change is ever exactly zero, and
+/// a drop of 100 % or more leaves nothing to measure).
+fn min_effect(s: &str) -> Result<f64, String> {
     match s.trim_end_matches('%').parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a percentage (a number, 0 or more)")),
+        Ok(v) if v > 0.0 && v < 100.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a percentage between 0 and 100 (both excluded)"
+        )),
     }
 }
 

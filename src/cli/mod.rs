@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 pub use args::{
-    Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REGRESSION, EXIT_USAGE, Global, Refresh,
-    ResultsArgs, Select, normalize_args,
+    Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_REGRESSION,
+    EXIT_USAGE, Global, Refresh, ResultsArgs, Select, normalize_args,
 };
 pub use workspace::{Loaded, load, load_at, load_file};
 
@@ -21,7 +21,7 @@ use crate::address::Address;
 use crate::graph::Graph;
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
-use crate::results::{self, Baseline, Format, Query, Workspace};
+use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
 use crate::state::{self, State};
 use crate::ui;
 use args::{Command, StateCommand};
@@ -140,13 +140,14 @@ fn run(cli: Cli) -> Result<u8> {
             out,
             run,
             compare,
-            noise,
+            min_effect,
         } => {
             let ws = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
                 check_output(out, plan.as_deref(), &ws.state_path)?;
             }
-            let path = ws.write_report(run.as_deref(), compare.as_ref(), noise, out.as_deref())?;
+            let path =
+                ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
             println!("Wrote the report to {}.", path.display());
             Ok(0)
         }
@@ -373,6 +374,7 @@ fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
 }
 
 fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
+    let min_effect_pct = args.min_effect().map_err(UsageError)?;
     let mut ws = open_results(g, args.plan.as_deref())?;
     let format = if g.json { Format::Json } else { args.format };
     if args.runs {
@@ -390,14 +392,19 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         format,
         run: args.run,
         baseline,
-        noise_pct: args.noise,
-        fail_on_regression: args.fail_on_regression,
+        min_effect_pct,
+        fail_on_regression: args.fail_on_regression.is_some(),
+        fail_on_inconclusive: args.fail_on_inconclusive,
     })?;
     print!("{}", shown.text);
-    match shown.regressions {
-        Some(regressions) => {
-            eprint!("{regressions}");
+    match shown.failed {
+        Some(GateFailure::Regression(why)) => {
+            eprint!("{why}");
             Ok(EXIT_REGRESSION)
+        }
+        Some(GateFailure::Inconclusive(why)) => {
+            eprint!("{why}");
+            Ok(EXIT_INCONCLUSIVE)
         }
         None => Ok(0),
     }

@@ -3,12 +3,19 @@
 //!
 //! Each task gets its own panel: tasks differ by orders of magnitude and in unit (`docs/s`
 //! against `ops/s`), so one shared axis would flatten most of them.
+//!
+//! A side raced more than once is drawn as what it is: a dot per repetition, its mean as a
+//! line and the mean's 95 % interval as a whisker; a bar would hide the spread the verdict
+//! rests on.
 
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::{RangedCoordf64, RangedCoordi32};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::metrics::{Metric, TaskMetrics, format_number};
+use super::metrics::{Metric, TaskMetrics, Value, format_number};
+use super::stats::Summary;
 
 const PANEL: (u32, u32) = (300, 230);
 const COLUMNS: usize = 3;
@@ -93,24 +100,31 @@ fn note(area: &Area<'_>, text: &str) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// Median throughput per task: a bar for the baseline and one for this run.
+/// Median throughput per task: for the baseline and this run, a bar, or the repetitions.
 pub fn throughput(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, ChartError> {
     panels(pairs, |area, pair| {
         let series = series(with_baseline);
-        let values: Vec<Option<f64>> = series
+        let values: Vec<Option<&Value>> = series
             .iter()
-            .map(|(_, _, b)| Some(side(pair, *b)?.get(Metric::Throughput)?.value))
+            .map(|(_, _, b)| side(pair, *b)?.get(Metric::Throughput))
             .collect();
         let unit = [pair.contender, pair.baseline]
             .iter()
             .find_map(|t| Some(t.as_ref()?.get(Metric::Throughput)?.unit.clone()))
             .unwrap_or_default();
-        let max = values.iter().flatten().fold(0.0_f64, |a, &b| a.max(b));
+        let max = values
+            .iter()
+            .flatten()
+            .flat_map(|v| {
+                let top = Summary::of(v.races()).map_or(v.value, |s| s.ci_high);
+                v.races().iter().copied().chain([top])
+            })
+            .fold(0.0_f64, f64::max);
         let caption = match unit.as_str() {
             "" => pair.task.to_owned(),
             unit => format!("{} ({unit})", pair.task),
         };
-        // One segment per bar. Plotters cannot draw an axis of one segment, so a lone bar
+        // One segment per side. Plotters cannot draw an axis of one segment, so a lone side
         // (no baseline) stands in the middle of three. Integer ranges include their end.
         let offset = i32::from(series.len() == 1);
         let last = series.len() as i32 - 1 + 2 * offset;
@@ -140,21 +154,38 @@ pub fn throughput(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String,
             .map_err(|e| e.to_string())?;
         for (i, ((_, color, _), value)) in series.iter().zip(&values).enumerate() {
             let i = i as i32 + offset;
-            if let Some(v) = value {
-                let mut bar = Rectangle::new(
-                    [
-                        (SegmentValue::Exact(i), 0.0),
-                        (SegmentValue::Exact(i + 1), *v),
-                    ],
-                    color.filled(),
-                );
-                bar.set_margin(0, 0, 18, 18);
-                chart.draw_series([bar]).map_err(|e| e.to_string())?;
-            }
+            let summary = value.and_then(|v| Summary::of(v.races()));
+            let (label, top) = match (value, &summary) {
+                (Some(v), Some(s)) => {
+                    repetitions(&mut chart, i, v.races(), s, *color)?;
+                    (
+                        format!(
+                            "{} ±{} (n={})",
+                            format_number(s.mean),
+                            format_number(s.half_width()),
+                            s.n
+                        ),
+                        s.ci_high.max(s.max),
+                    )
+                }
+                (Some(v), None) => {
+                    let mut bar = Rectangle::new(
+                        [
+                            (SegmentValue::Exact(i), 0.0),
+                            (SegmentValue::Exact(i + 1), v.value),
+                        ],
+                        color.filled(),
+                    );
+                    bar.set_margin(0, 0, 18, 18);
+                    chart.draw_series([bar]).map_err(|e| e.to_string())?;
+                    (format_number(v.value), v.value)
+                }
+                (None, _) => ("none".to_owned(), 0.0),
+            };
             chart
                 .draw_series([Text::new(
-                    value.map_or("none".to_owned(), format_number),
-                    (SegmentValue::CenterOf(i), value.unwrap_or(0.0)),
+                    label,
+                    (SegmentValue::CenterOf(i), top),
                     TextStyle::from(("sans-serif", 12).into_font())
                         .pos(Pos::new(HPos::Center, VPos::Bottom)),
                 )])
@@ -164,7 +195,48 @@ pub fn throughput(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String,
     })
 }
 
-/// Latency percentiles per task: a line from p50 to p99 for the baseline and for this run.
+/// The repetitions of one side at segment `i`: a dot per race, spread across the segment so
+/// equal values stay apart, the mean as a line and its 95 % interval as a whisker.
+fn repetitions<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<SegmentedCoord<RangedCoordi32>, RangedCoordf64>>,
+    i: i32,
+    races: &[f64],
+    s: &Summary,
+    color: RGBColor,
+) -> Result<(), String> {
+    let at = |y: f64| (SegmentValue::CenterOf(i), y);
+    let spread = |k: usize| {
+        if races.len() < 2 {
+            0
+        } else {
+            (k as i32 * 36) / (races.len() as i32 - 1) - 18
+        }
+    };
+    chart
+        .draw_series(races.iter().enumerate().map(|(k, &y)| {
+            EmptyElement::at(at(y)) + Circle::new((spread(k), 0), 3, color.mix(0.6).filled())
+        }))
+        .map_err(|e| e.to_string())?;
+    let line = |y: f64, half: i32, width: u32| {
+        EmptyElement::at(at(y))
+            + PathElement::new(vec![(-half, 0), (half, 0)], color.stroke_width(width))
+    };
+    // The interval can reach below zero for a very noisy throughput; the axis starts at 0.
+    let low = s.ci_low.max(0.0);
+    chart
+        .draw_series([line(s.mean, 24, 3), line(low, 7, 2), line(s.ci_high, 7, 2)])
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series([PathElement::new(
+            vec![at(low), at(s.ci_high)],
+            color.stroke_width(2),
+        )])
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Latency percentiles per task: a line from p50 to p99 for the baseline and for this run,
+/// through the means, with the repetitions at each percentile.
 pub fn latency(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, ChartError> {
     panels(pairs, |area, pair| {
         let series = series(with_baseline);
@@ -178,7 +250,19 @@ pub fn latency(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, Ch
                     .collect()
             })
             .collect();
-        let max = points.iter().flatten().fold(0.0_f64, |a, &(_, v)| a.max(v));
+        let spread_max = series
+            .iter()
+            .filter_map(|(_, _, b)| side(pair, *b))
+            .flat_map(|t| Metric::LATENCIES.iter().filter_map(|m| t.get(*m)))
+            .filter_map(|v| {
+                let s = Summary::of(v.races())?;
+                Some(s.ci_high.max(s.max))
+            })
+            .fold(0.0_f64, f64::max);
+        let max = points
+            .iter()
+            .flatten()
+            .fold(spread_max, |a, &(_, v)| a.max(v));
         if points.iter().all(Vec::is_empty) {
             area.titled(pair.task, caption_font())
                 .map_err(|e| e.to_string())?;
@@ -212,6 +296,18 @@ pub fn latency(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, Ch
             .y_label_formatter(&|y| axis_label(*y))
             .draw()
             .map_err(|e| e.to_string())?;
+        for (_, color, baseline) in &series {
+            let Some(task) = side(pair, *baseline) else {
+                continue;
+            };
+            for (i, m) in Metric::LATENCIES.iter().enumerate() {
+                if let Some(v) = task.get(*m)
+                    && let Some(s) = Summary::of(v.races())
+                {
+                    repetitions(&mut chart, i as i32, v.races(), &s, *color)?;
+                }
+            }
+        }
         for ((_, color, _), points) in series.iter().zip(&points) {
             let at = |(i, v): (i32, f64)| (SegmentValue::CenterOf(i), v);
             chart
@@ -263,6 +359,45 @@ mod tests {
                 (attr("x"), attr("width"))
             })
             .collect()
+    }
+
+    /// The filled dots of a colour (drawn at 60 % opacity).
+    fn dots(svg: &str, color: RGBColor) -> usize {
+        let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", color.0, color.1, color.2);
+        svg.split("<circle ")
+            .skip(1)
+            .filter(|c| c.split('>').next().unwrap().contains(&fill))
+            .count()
+    }
+
+    #[test]
+    fn repetitions_are_dots_with_their_interval_not_a_bar() {
+        let mut base = task(900.0);
+        let mut cont = task(1000.0);
+        for (t, races) in [
+            (&mut base, [880.0, 900.0, 920.0]),
+            (&mut cont, [990.0, 1000.0, 1010.0]),
+        ] {
+            let v = t.metrics.get_mut(&Metric::Throughput).unwrap();
+            v.samples = races.to_vec();
+        }
+        let svg = throughput(
+            &[TaskPair {
+                task: "bulk",
+                baseline: Some(&base),
+                contender: Some(&cont),
+            }],
+            true,
+        )
+        .unwrap();
+        assert!(bars(&svg, CONTENDER).is_empty(), "{svg}");
+        assert!(bars(&svg, BASELINE).is_empty(), "{svg}");
+        assert_eq!(
+            (dots(&svg, BASELINE), dots(&svg, CONTENDER)),
+            (3, 3),
+            "{svg}"
+        );
+        assert!(svg.contains("1000.00 ±24.84 (n=3)"), "{svg}");
     }
 
     #[test]

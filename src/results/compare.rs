@@ -1,27 +1,43 @@
-//! Comparing a contender run with a baseline run, metric by metric, knowing which way is better.
+//! Comparing a contender run with a baseline run, metric by metric, knowing which way is better
+//! and how sure the difference is.
 //!
-//! Differences within the noise threshold are "same": cloud instances of one type differ by a
-//! few percent from launch to launch, so smaller changes say nothing about the code raced.
-//! A metric the baseline has and the contender lacks is "missing", and counts as a regression:
-//! Rally leaves out the throughput of a task whose every request failed, so a vanished number
-//! is as bad a sign as a worse one.
+//! With two or more repetitions on each side a comparison is a test: Welch's t on the logs
+//! gives the relative change and its confidence interval, Holm-corrected over every
+//! comparison of the compare (see [`super::stats`]). The verdict reads the whole interval
+//! against `min_effect` (the smallest change worth acting on: cloud instances of one type
+//! differ by a few percent from launch to launch):
+//!
+//! - **regression** / **improvement**: the whole interval lies beyond the min effect in the
+//!   metric's bad / good direction;
+//! - **no change**: the whole interval lies within ±min effect;
+//! - **inconclusive**: otherwise, with the repetitions per side that would likely settle it.
+//!
+//! With one race on a side there is no spread to test with: the point change is held against
+//! the min effect (method `threshold`), as is any metric with a zero among its values (no
+//! logarithm), so a rise of the error rate from zero is a regression whatever the repetitions.
+//! A metric the baseline has and the contender lacks is **missing** and counts as a
+//! regression: Rally leaves out the throughput of a task whose every request failed.
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::ResultsError;
 use super::load::{RunView, TestResult};
-use super::metrics::{Direction, Metric, TaskMetrics};
+use super::metrics::{Direction, Metric, TaskMetrics, Value};
+use super::stats::{self, LogRatio, Needed, StatsError, Summary};
 use crate::address::Address;
 
-/// The default noise threshold, in percent.
-pub const DEFAULT_NOISE_PCT: f64 = 5.0;
+/// The default min effect, in percent.
+pub const DEFAULT_MIN_EFFECT_PCT: f64 = 5.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    Better,
-    Worse,
-    /// Changed by no more than the noise threshold.
-    Same,
+    Regression,
+    Improvement,
+    NoChange,
+    Inconclusive,
     /// In the baseline, not in the contender.
     Missing,
     /// In the contender, not in the baseline.
@@ -29,10 +45,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] = [
-        Verdict::Better,
-        Verdict::Worse,
-        Verdict::Same,
+    pub const ALL: [Verdict; 6] = [
+        Verdict::Regression,
+        Verdict::Improvement,
+        Verdict::NoChange,
+        Verdict::Inconclusive,
         Verdict::Missing,
         Verdict::New,
     ];
@@ -40,9 +57,10 @@ impl Verdict {
     /// The identifier in CSV output, the same as in JSON.
     pub fn id(self) -> &'static str {
         match self {
-            Verdict::Better => "better",
-            Verdict::Worse => "worse",
-            Verdict::Same => "same",
+            Verdict::Regression => "regression",
+            Verdict::Improvement => "improvement",
+            Verdict::NoChange => "no_change",
+            Verdict::Inconclusive => "inconclusive",
             Verdict::Missing => "missing",
             Verdict::New => "new",
         }
@@ -50,11 +68,53 @@ impl Verdict {
 
     pub fn label(self) -> &'static str {
         match self {
-            Verdict::Better => "better",
-            Verdict::Worse => "worse",
-            Verdict::Same => "same within noise",
-            Verdict::Missing => "missing",
-            Verdict::New => "new",
+            Verdict::NoChange => "no change",
+            v => v.id(),
+        }
+    }
+
+    /// What fails `--fail-on-regression`.
+    pub fn fails_the_gate(self) -> bool {
+        matches!(self, Verdict::Regression | Verdict::Missing)
+    }
+}
+
+/// How a row's verdict was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Welch's t on the logs, Holm-corrected.
+    WelchLog,
+    /// The point change against the min effect: one race on a side, or a zero among the values.
+    Threshold,
+}
+
+impl Method {
+    pub fn id(self) -> &'static str {
+        match self {
+            Method::WelchLog => "welch_log",
+            Method::Threshold => "threshold",
+        }
+    }
+}
+
+/// A metric's races on one side of a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Side {
+    pub n: usize,
+    pub mean: f64,
+    /// The spread, from two races on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+impl Side {
+    fn of(value: &Value) -> Side {
+        let races = value.races();
+        Side {
+            n: races.len(),
+            mean: value.value,
+            summary: Summary::of(races),
         }
     }
 }
@@ -66,17 +126,33 @@ pub struct Row {
     pub task: String,
     pub metric: Metric,
     pub unit: String,
-    pub baseline: Option<f64>,
-    pub contender: Option<f64>,
-    /// Contender minus baseline.
-    pub diff: Option<f64>,
-    /// The difference relative to the baseline, in percent; `None` from a baseline of zero.
-    pub diff_pct: Option<f64>,
+    pub baseline: Option<Side>,
+    pub contender: Option<Side>,
+    /// The relative change in percent: of the geometric means for `welch_log`, of the means
+    /// for `threshold`; none from a baseline of zero.
+    pub change_pct: Option<f64>,
+    /// The interval of the change, at `confidence_pct` (`welch_log` only).
+    pub ci_low_pct: Option<f64>,
+    pub ci_high_pct: Option<f64>,
+    /// The confidence of the interval after Holm's correction.
+    pub confidence_pct: Option<f64>,
+    /// Holm-adjusted, against "no change".
+    pub p_value: Option<f64>,
     pub verdict: Verdict,
-    /// How much worse, in percent, whichever way the metric improves: positive is worse;
-    /// infinite for a missing metric or a rise from zero (errors where there were none).
-    #[serde(skip)]
-    pub worsening_pct: f64,
+    /// None for a missing or new metric.
+    pub method: Option<Method>,
+    /// For an inconclusive comparison: repetitions per side that would likely settle it.
+    pub repetitions_needed: Option<Needed>,
+}
+
+impl Row {
+    /// One race on either side: the verdict is a threshold, not a test.
+    pub fn single_race(&self) -> bool {
+        self.method == Some(Method::Threshold)
+            && [&self.baseline, &self.contender]
+                .iter()
+                .any(|s| s.as_ref().is_some_and(|s| s.n < 2))
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,129 +160,360 @@ pub struct Comparison {
     pub workspace: String,
     pub baseline_run: Option<String>,
     pub contender_run: Option<String>,
-    pub noise_pct: f64,
+    pub min_effect_pct: f64,
+    /// The confidence of each interval before correction.
+    pub confidence_pct: f64,
+    /// `holm`, over the `tested` rows of method `welch_log`.
+    pub correction: &'static str,
+    pub tested: usize,
     pub rows: Vec<Row>,
     /// Files of either run that could not be read, so the comparison is incomplete.
     pub problems: Vec<String>,
 }
 
-/// Compares every metric of every task of every test of the two views.
-pub fn compare<'a>(baseline: &'a RunView, contender: &'a RunView, noise_pct: f64) -> Comparison {
-    let mut rows = Vec::new();
-    let mut problems = Vec::new();
-    let mut addresses: Vec<&Address> = contender
-        .tests
-        .iter()
-        .chain(&baseline.tests)
-        .map(|t| &t.address)
-        .collect();
+/// A test whose baseline and contender raced different workloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub test: Address,
+    pub baseline: String,
+    pub contender: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: the baseline raced {}, the contender {}",
+            self.test, self.baseline, self.contender
+        )
+    }
+}
+
+fn workload(test: &TestResult) -> Option<(Option<&str>, Option<&str>)> {
+    let race = test.race.as_ref()?;
+    Some((race.track.as_deref(), race.challenge.as_deref()))
+}
+
+fn describe((track, challenge): (Option<&str>, Option<&str>)) -> String {
+    format!(
+        "track {}, challenge {}",
+        track.unwrap_or("(unknown)"),
+        challenge.unwrap_or("(unknown)")
+    )
+}
+
+/// Two workloads differ when both name a track (or a challenge) and the names differ; a
+/// report without race.json names neither, and is compared on trust.
+fn differ(a: (Option<&str>, Option<&str>), b: (Option<&str>, Option<&str>)) -> bool {
+    let named_apart =
+        |x: Option<&str>, y: Option<&str>| matches!((x, y), (Some(x), Some(y)) if x != y);
+    named_apart(a.0, b.0) || named_apart(a.1, b.1)
+}
+
+/// A row before the correction, with what its verdict still needs.
+struct Pending {
+    row: Row,
+    test: Option<LogRatio>,
+}
+
+/// Compares every metric of every task of every test of the two views. Refuses, naming each,
+/// tests whose two runs raced a different track or challenge: their numbers measure different
+/// things.
+pub fn compare(
+    baseline: &RunView,
+    contender: &RunView,
+    min_effect_pct: f64,
+) -> Result<Comparison, ResultsError> {
+    let index = |view: &'_ RunView| -> BTreeMap<Address, usize> {
+        view.tests
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.address.clone(), i))
+            .collect()
+    };
+    let (base_index, cont_index) = (index(baseline), index(contender));
+    let mut addresses: Vec<&Address> = base_index.keys().chain(cont_index.keys()).collect();
     addresses.sort();
     addresses.dedup();
-    for address in addresses {
-        let find = |tests: &'a [TestResult]| tests.iter().find(|t| &t.address == address);
-        let (base, cont) = (find(&baseline.tests), find(&contender.tests));
-        for (side, test) in [("baseline", base), ("contender", cont)] {
-            for problem in test.iter().flat_map(|t| &t.problems) {
-                problems.push(format!("{side} {address}: {problem}"));
-            }
-        }
-        let no_tasks: &[TaskMetrics] = &[];
-        let base_tasks = base.map_or(no_tasks, |t| &t.tasks);
-        let cont_tasks = cont.map_or(no_tasks, |t| &t.tasks);
-        // The contender's task order (Rally's schedule), then tasks only the baseline ran.
-        let mut tasks: Vec<&str> = cont_tasks.iter().map(|t| t.task.as_str()).collect();
-        for t in base_tasks {
-            if !tasks.contains(&t.task.as_str()) {
-                tasks.push(&t.task);
-            }
-        }
-        for task in tasks {
-            let find = |tasks: &[TaskMetrics]| tasks.iter().find(|t| t.task == task).cloned();
-            let (b, c) = (find(base_tasks), find(cont_tasks));
-            for metric in Metric::ALL {
-                let bv = b.as_ref().and_then(|t| t.get(metric));
-                let cv = c.as_ref().and_then(|t| t.get(metric));
-                let Some(unit) = cv.or(bv).map(|v| v.unit.clone()) else {
-                    continue;
-                };
-                rows.push(row(
-                    address.clone(),
-                    task.to_owned(),
-                    metric,
-                    unit,
-                    bv.map(|v| v.value),
-                    cv.map(|v| v.value),
-                    noise_pct,
-                ));
-            }
+
+    let mut mismatches = Vec::new();
+    for address in &addresses {
+        let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
+        let cont = cont_index.get(*address).map(|&i| &contender.tests[i]);
+        if let (Some(b), Some(c)) = (base.and_then(workload), cont.and_then(workload))
+            && differ(b, c)
+        {
+            mismatches.push(Mismatch {
+                test: (*address).clone(),
+                baseline: describe(b),
+                contender: describe(c),
+            });
         }
     }
-    Comparison {
+    if !mismatches.is_empty() {
+        return Err(ResultsError::DifferentWorkloads(mismatches));
+    }
+
+    // Rows are independent until Holm's correction, and independent again after it: each half
+    // of the work runs on the cores there are (a compare of 10,000 tests takes a second alone).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = addresses.len().div_ceil(threads).max(PARALLEL_TESTS);
+    let built: Vec<Result<Share, StatsError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = addresses
+            .chunks(per_thread)
+            .map(|chunk| {
+                let (base_index, cont_index) = (&base_index, &cont_index);
+                scope.spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut problems = Vec::new();
+                    for address in chunk {
+                        let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
+                        let cont = cont_index.get(*address).map(|&i| &contender.tests[i]);
+                        test_rows(
+                            address,
+                            base,
+                            cont,
+                            min_effect_pct,
+                            &mut pending,
+                            &mut problems,
+                        )?;
+                    }
+                    Ok((pending, problems))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("building rows does not panic"))
+            .collect()
+    });
+    let mut pending = Vec::new();
+    let mut problems = Vec::new();
+    for share in built {
+        let (rows, problem) = share?;
+        pending.extend(rows);
+        problems.extend(problem);
+    }
+
+    let tested: Vec<usize> = (0..pending.len())
+        .filter(|&i| pending[i].test.is_some())
+        .collect();
+    let p_values: Vec<f64> = tested
+        .iter()
+        .filter_map(|&i| pending[i].test.as_ref().map(|t| t.p_value))
+        .collect();
+    let mut levels: Vec<Option<stats::Adjusted>> = vec![None; pending.len()];
+    for (&i, adjusted) in tested.iter().zip(stats::holm(&p_values, stats::ALPHA)) {
+        levels[i] = Some(adjusted);
+    }
+    let per_thread = pending
+        .len()
+        .div_ceil(threads)
+        .max(PARALLEL_TESTS * Metric::ALL.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pending
+            .chunks_mut(per_thread)
+            .zip(levels.chunks(per_thread))
+            .map(|(rows, levels)| {
+                scope.spawn(move || {
+                    let mut quantiles = stats::Quantiles::default();
+                    for (Pending { row, test }, adjusted) in rows.iter_mut().zip(levels) {
+                        if let (Some(test), Some(adjusted)) = (test, adjusted) {
+                            decide(row, test, *adjusted, min_effect_pct, &mut quantiles)?;
+                        }
+                    }
+                    Ok::<(), ResultsError>(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("deciding verdicts does not panic"))
+    })?;
+    Ok(Comparison {
         workspace: contender.workspace.clone(),
         baseline_run: baseline.run.clone(),
         contender_run: contender.run.clone(),
-        noise_pct,
-        rows,
+        min_effect_pct,
+        confidence_pct: stats::CONFIDENCE * 100.0,
+        correction: "holm",
+        tested: tested.len(),
+        rows: pending.into_iter().map(|p| p.row).collect(),
         problems,
+    })
+}
+
+/// The rows of a share of the tests, and their problems.
+type Share = (Vec<Pending>, Vec<String>);
+
+/// Below this many tests a thread of its own is not worth starting.
+const PARALLEL_TESTS: usize = 1000;
+
+/// The rows of one test, every metric of every task either run has, and its problems.
+fn test_rows(
+    address: &Address,
+    base: Option<&TestResult>,
+    cont: Option<&TestResult>,
+    min_effect_pct: f64,
+    pending: &mut Vec<Pending>,
+    problems: &mut Vec<String>,
+) -> Result<(), StatsError> {
+    for (side, test) in [("baseline", base), ("contender", cont)] {
+        for problem in test.iter().flat_map(|t| &t.problems) {
+            problems.push(format!("{side} {address}: {problem}"));
+        }
+    }
+    let base_tasks = base.map_or(&[][..], |t| &t.tasks);
+    let cont_tasks = cont.map_or(&[][..], |t| &t.tasks);
+    // The contender's task order (Rally's schedule), then tasks only the baseline ran.
+    let mut tasks: Vec<&str> = cont_tasks.iter().map(|t| t.task.as_str()).collect();
+    for t in base_tasks {
+        if !tasks.contains(&t.task.as_str()) {
+            tasks.push(&t.task);
+        }
+    }
+    for task in tasks {
+        let find = |tasks: &'_ [TaskMetrics]| tasks.iter().position(|t| t.task == task);
+        let b = find(base_tasks).map(|i| &base_tasks[i]);
+        let c = find(cont_tasks).map(|i| &cont_tasks[i]);
+        for metric in Metric::ALL {
+            let bv = b.and_then(|t| t.get(metric));
+            let cv = c.and_then(|t| t.get(metric));
+            if bv.is_none() && cv.is_none() {
+                continue;
+            }
+            pending.push(row(address, task, metric, bv, cv, min_effect_pct)?);
+        }
+    }
+    Ok(())
+}
+
+/// How much worse, in percent, whichever way the metric improves: positive is worse.
+fn worsening(metric: Metric, change_pct: f64) -> f64 {
+    match metric.direction() {
+        Direction::HigherIsBetter => -change_pct,
+        Direction::LowerIsBetter => change_pct,
     }
 }
 
+/// A row with its verdict when no test is needed; else the test still to be corrected.
 fn row(
-    test: Address,
-    task: String,
+    test: &Address,
+    task: &str,
     metric: Metric,
-    unit: String,
-    baseline: Option<f64>,
-    contender: Option<f64>,
-    noise_pct: f64,
-) -> Row {
-    let (diff, diff_pct, verdict, worsening_pct) = match (baseline, contender) {
-        (Some(b), Some(c)) => {
-            let diff = c - b;
-            let diff_pct = if b != 0.0 {
-                Some(diff / b.abs() * 100.0)
-            } else if c == 0.0 {
-                Some(0.0)
-            } else {
-                None
-            };
-            let sign = match metric.direction() {
-                Direction::HigherIsBetter => -1.0,
-                Direction::LowerIsBetter => 1.0,
-            };
-            let worsening = diff_pct.map_or(sign * diff.signum() * f64::INFINITY, |p| sign * p);
-            let verdict = if worsening.abs() <= noise_pct {
-                Verdict::Same
-            } else if worsening > 0.0 {
-                Verdict::Worse
-            } else {
-                Verdict::Better
-            };
-            (Some(diff), diff_pct, verdict, worsening)
-        }
-        (Some(_), None) => (None, None, Verdict::Missing, f64::INFINITY),
-        _ => (None, None, Verdict::New, f64::NEG_INFINITY),
-    };
-    Row {
-        test,
-        task,
+    baseline: Option<&Value>,
+    contender: Option<&Value>,
+    min_effect_pct: f64,
+) -> Result<Pending, StatsError> {
+    let mut row = Row {
+        test: test.clone(),
+        task: task.to_owned(),
         metric,
-        unit,
-        baseline,
-        contender,
-        diff,
-        diff_pct,
-        verdict,
-        worsening_pct,
+        unit: contender
+            .or(baseline)
+            .map_or(String::new(), |v| v.unit.clone()),
+        baseline: baseline.map(Side::of),
+        contender: contender.map(Side::of),
+        change_pct: None,
+        ci_low_pct: None,
+        ci_high_pct: None,
+        confidence_pct: None,
+        p_value: None,
+        verdict: Verdict::New,
+        method: None,
+        repetitions_needed: None,
+    };
+    let (b, c) = match (baseline, contender) {
+        (Some(b), Some(c)) => (b, c),
+        (Some(_), None) => {
+            row.verdict = Verdict::Missing;
+            return Ok(Pending { row, test: None });
+        }
+        _ => return Ok(Pending { row, test: None }),
+    };
+    // A test where it can be computed: two races a side, every value positive.
+    match LogRatio::welch(b.races(), c.races()) {
+        Ok(test) => {
+            row.method = Some(Method::WelchLog);
+            row.change_pct = Some(test.change_pct());
+            return Ok(Pending {
+                row,
+                test: Some(test),
+            });
+        }
+        Err(StatsError::TooFew(..) | StatsError::NotPositive(_)) => {}
+        Err(e) => return Err(e),
     }
+    row.method = Some(Method::Threshold);
+    let (bm, cm) = (b.value, c.value);
+    if let Some(bad) = [bm, cm].into_iter().find(|v| !v.is_finite()) {
+        return Err(StatsError::NotFinite(bad));
+    }
+    let worse = if bm != 0.0 {
+        let change = (cm - bm) / bm.abs() * 100.0;
+        row.change_pct = Some(change);
+        worsening(metric, change)
+    } else if cm == 0.0 {
+        row.change_pct = Some(0.0);
+        0.0
+    } else {
+        // From zero, say errors where there were none: past any min effect.
+        worsening(metric, cm.signum() * f64::INFINITY)
+    };
+    row.verdict = if worse > min_effect_pct {
+        Verdict::Regression
+    } else if worse < -min_effect_pct {
+        Verdict::Improvement
+    } else {
+        Verdict::NoChange
+    };
+    Ok(Pending { row, test: None })
+}
+
+/// The verdict of a tested row from its interval at the Holm-adjusted level.
+fn decide(
+    row: &mut Row,
+    test: &LogRatio,
+    adjusted: stats::Adjusted,
+    min_effect_pct: f64,
+    quantiles: &mut stats::Quantiles,
+) -> Result<(), ResultsError> {
+    let (lo, hi) = test.interval_pct(adjusted.level)?;
+    row.ci_low_pct = Some(lo);
+    row.ci_high_pct = Some(hi);
+    row.confidence_pct = Some(adjusted.level * 100.0);
+    row.p_value = Some(adjusted.p_value);
+    let (w_lo, w_hi) = {
+        let (a, b) = (worsening(row.metric, lo), worsening(row.metric, hi));
+        (a.min(b), a.max(b))
+    };
+    row.verdict = if w_lo > min_effect_pct {
+        Verdict::Regression
+    } else if w_hi < -min_effect_pct {
+        Verdict::Improvement
+    } else if w_lo >= -min_effect_pct && w_hi <= min_effect_pct {
+        Verdict::NoChange
+    } else {
+        row.repetitions_needed =
+            Some(test.repetitions_needed(min_effect_pct, adjusted.level, quantiles)?);
+        Verdict::Inconclusive
+    };
+    Ok(())
 }
 
 impl Comparison {
-    /// The rows that got worse by more than `threshold_pct` percent (missing ones included).
-    pub fn regressions(&self, threshold_pct: f64) -> Vec<&Row> {
+    /// The rows that fail `--fail-on-regression`: regressions and missing metrics.
+    pub fn regressions(&self) -> Vec<&Row> {
         self.rows
             .iter()
-            .filter(|r| r.worsening_pct > threshold_pct)
+            .filter(|r| r.verdict.fails_the_gate())
+            .collect()
+    }
+
+    pub fn inconclusive(&self) -> Vec<&Row> {
+        self.rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Inconclusive)
             .collect()
     }
 
@@ -217,6 +524,11 @@ impl Comparison {
             .map(|v| (v, self.rows.iter().filter(|r| r.verdict == v).count()))
             .collect()
     }
+
+    /// How many rows held one race against a threshold.
+    pub fn single_races(&self) -> usize {
+        self.rows.iter().filter(|r| r.single_race()).count()
+    }
 }
 
 #[cfg(test)]
@@ -224,9 +536,13 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::results::metrics::Value;
+    use crate::results::parse::RaceInfo;
 
-    fn view(run: &str, tasks: &[(&str, &[(Metric, f64)])]) -> RunView {
+    /// Per task, per metric, the value of every race.
+    type Races<'a> = [(&'a str, &'a [(Metric, &'a [f64])])];
+
+    /// A view of one test `s.t`.
+    fn view(run: &str, tasks: &Races<'_>) -> RunView {
         RunView {
             workspace: "w".into(),
             run: Some(run.into()),
@@ -248,9 +564,14 @@ mod tests {
                         duration_s: None,
                         metrics: metrics
                             .iter()
-                            .map(|(m, v)| {
+                            .map(|(m, races)| {
                                 let unit = if *m == Metric::ErrorRate { "%" } else { "ms" };
-                                (*m, Value::new(*v, unit.into()))
+                                let mean = races.iter().sum::<f64>() / races.len() as f64;
+                                let mut v = Value::new(mean, unit.into());
+                                if races.len() > 1 {
+                                    v.samples = races.to_vec();
+                                }
+                                (*m, v)
                             })
                             .collect::<BTreeMap<_, _>>(),
                     })
@@ -260,31 +581,34 @@ mod tests {
         }
     }
 
-    fn verdicts(c: &Comparison) -> Vec<(String, Metric, Verdict)> {
+    fn verdicts(c: &Comparison) -> Vec<(Metric, Verdict, Option<Method>)> {
         c.rows
             .iter()
-            .map(|r| (r.task.clone(), r.metric, r.verdict))
+            .map(|r| (r.metric, r.verdict, r.method))
             .collect()
     }
 
     #[test]
-    fn csv_verdicts_are_the_json_ones() {
+    fn csv_verdicts_and_methods_are_the_json_ones() {
         for v in Verdict::ALL {
             assert_eq!(serde_json::to_value(v).unwrap(), v.id());
+        }
+        for m in [Method::WelchLog, Method::Threshold] {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.id());
         }
     }
 
     #[test]
-    fn direction_decides_better_and_worse_and_noise_decides_same() {
+    fn one_race_a_side_is_a_threshold_in_the_metrics_direction() {
         let base = view(
             "r1",
             &[(
                 "bulk",
                 &[
-                    (Metric::Throughput, 1000.0),
-                    (Metric::LatencyP50, 10.0),
-                    (Metric::LatencyP90, 20.0),
-                    (Metric::ServiceTimeP50, 10.0),
+                    (Metric::Throughput, &[1000.0]),
+                    (Metric::LatencyP50, &[10.0]),
+                    (Metric::LatencyP90, &[20.0]),
+                    (Metric::ServiceTimeP50, &[10.0]),
                 ],
             )],
         );
@@ -293,39 +617,113 @@ mod tests {
             &[(
                 "bulk",
                 &[
-                    (Metric::Throughput, 1100.0),   // +10 %: higher is better
-                    (Metric::LatencyP50, 12.0),     // +20 %: lower is better
-                    (Metric::LatencyP90, 19.5),     // -2.5 %: noise
-                    (Metric::ServiceTimeP50, 10.5), // +5 % exactly: still noise
+                    (Metric::Throughput, &[1100.0]),   // +10 %: higher is better
+                    (Metric::LatencyP50, &[12.0]),     // +20 %: lower is better
+                    (Metric::LatencyP90, &[19.5]),     // -2.5 %: within the min effect
+                    (Metric::ServiceTimeP50, &[10.5]), // +5 % exactly: still within
                 ],
             )],
         );
-        let c = compare(&base, &cont, DEFAULT_NOISE_PCT);
+        let c = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap();
+        let t = Some(Method::Threshold);
         assert_eq!(
             verdicts(&c),
             vec![
-                ("bulk".into(), Metric::Throughput, Verdict::Better),
-                ("bulk".into(), Metric::LatencyP50, Verdict::Worse),
-                ("bulk".into(), Metric::LatencyP90, Verdict::Same),
-                ("bulk".into(), Metric::ServiceTimeP50, Verdict::Same),
+                (Metric::Throughput, Verdict::Improvement, t),
+                (Metric::LatencyP50, Verdict::Regression, t),
+                (Metric::LatencyP90, Verdict::NoChange, t),
+                (Metric::ServiceTimeP50, Verdict::NoChange, t),
             ]
         );
-        assert_eq!(c.rows[1].diff, Some(2.0));
-        assert_eq!(c.rows[1].diff_pct, Some(20.0));
-        let worse = |pct| {
-            c.regressions(pct)
-                .iter()
-                .map(|r| r.metric)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(worse(15.0), vec![Metric::LatencyP50]);
-        assert_eq!(worse(25.0), vec![]);
-        // The gate does not care about the noise threshold: 5 % worse fails a 4 % gate.
-        assert_eq!(worse(4.0), vec![Metric::LatencyP50, Metric::ServiceTimeP50]);
-        // A lower throughput is worse.
-        let c = compare(&cont, &base, DEFAULT_NOISE_PCT);
-        assert_eq!(c.rows[0].verdict, Verdict::Worse);
-        assert!((c.rows[0].worsening_pct - 9.0909).abs() < 1e-3);
+        assert_eq!(c.rows[1].change_pct, Some(20.0));
+        assert_eq!((c.rows[1].p_value, c.rows[1].ci_low_pct), (None, None));
+        assert_eq!((c.tested, c.single_races()), (0, 4));
+        assert_eq!(c.regressions().len(), 1);
+        // Lower throughput is a regression.
+        let c = compare(&cont, &base, DEFAULT_MIN_EFFECT_PCT).unwrap();
+        assert_eq!(c.rows[0].verdict, Verdict::Regression);
+    }
+
+    #[test]
+    fn repetitions_are_tested_and_the_interval_decides() {
+        let base = view(
+            "r1",
+            &[(
+                "bulk",
+                &[
+                    (Metric::Throughput, &[1000.0, 1010.0, 990.0, 1005.0, 995.0]),
+                    (Metric::LatencyP50, &[10.0, 10.1, 9.9, 10.05, 9.95]),
+                    (Metric::LatencyP90, &[20.0, 20.2, 19.8, 20.1, 19.9]),
+                    (Metric::LatencyP99, &[30.0, 36.0, 25.0, 33.0, 27.0]),
+                    (Metric::ErrorRate, &[0.0, 0.0, 0.0, 0.0, 0.0]),
+                ],
+            )],
+        );
+        let cont = view(
+            "r2",
+            &[(
+                "bulk",
+                &[
+                    // About +20 % throughput, tight: an improvement.
+                    (
+                        Metric::Throughput,
+                        &[1200.0, 1210.0, 1190.0, 1205.0, 1195.0],
+                    ),
+                    // About +20 % latency, tight: a regression.
+                    (Metric::LatencyP50, &[12.0, 12.1, 11.9, 12.05, 11.95]),
+                    // Within 1 %, tight: no change.
+                    (Metric::LatencyP90, &[20.1, 20.3, 19.9, 20.2, 20.0]),
+                    // +5 % on noisy numbers: inconclusive.
+                    (Metric::LatencyP99, &[31.5, 37.8, 26.2, 34.6, 28.4]),
+                    // A rise from zero: a regression whatever the repetitions.
+                    (Metric::ErrorRate, &[0.0, 0.0, 0.5, 0.0, 0.0]),
+                ],
+            )],
+        );
+        let c = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap();
+        let (w, t) = (Some(Method::WelchLog), Some(Method::Threshold));
+        assert_eq!(
+            verdicts(&c),
+            vec![
+                (Metric::Throughput, Verdict::Improvement, w),
+                (Metric::LatencyP50, Verdict::Regression, w),
+                (Metric::LatencyP90, Verdict::NoChange, w),
+                (Metric::LatencyP99, Verdict::Inconclusive, w),
+                (Metric::ErrorRate, Verdict::Regression, t),
+            ]
+        );
+        assert_eq!(c.tested, 4);
+        assert_eq!(c.single_races(), 0, "the error rate had five races a side");
+        let p99 = &c.rows[3];
+        assert!(
+            matches!(p99.repetitions_needed, Some(Needed::PerSide(n) | Needed::MoreThan(n)) if n > 5)
+        );
+        assert!(p99.ci_low_pct.unwrap() < 0.0 && p99.ci_high_pct.unwrap() > 5.0);
+        // Holm: the smallest p gets the strictest level, 1 - 0.05/4.
+        let levels: Vec<f64> = c.rows[..4]
+            .iter()
+            .map(|r| r.confidence_pct.unwrap())
+            .collect();
+        assert!(
+            levels.iter().any(|l| (l - 98.75).abs() < 1e-9),
+            "{levels:?}"
+        );
+        assert!(c.rows[0].baseline.as_ref().unwrap().summary.is_some());
+        assert_eq!(c.inconclusive().len(), 1);
+        assert_eq!(c.regressions().len(), 2);
+    }
+
+    #[test]
+    fn one_race_against_many_is_a_threshold() {
+        let base = view("r1", &[("bulk", &[(Metric::LatencyP50, &[10.0])])]);
+        let cont = view(
+            "r2",
+            &[("bulk", &[(Metric::LatencyP50, &[10.2, 10.4, 10.3])])],
+        );
+        let c = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap();
+        assert_eq!(c.rows[0].method, Some(Method::Threshold));
+        assert_eq!(c.rows[0].verdict, Verdict::NoChange);
+        assert!(c.rows[0].single_race());
     }
 
     #[test]
@@ -334,40 +732,81 @@ mod tests {
             "r1",
             &[(
                 "search",
-                &[(Metric::Throughput, 500.0), (Metric::ErrorRate, 0.0)],
+                &[(Metric::Throughput, &[500.0]), (Metric::ErrorRate, &[0.0])],
             )],
         );
         let cont = view(
             "r2",
             &[
-                ("search", &[(Metric::ErrorRate, 0.0)]),
-                ("scroll", &[(Metric::Throughput, 20.0)]),
+                ("search", &[(Metric::ErrorRate, &[0.0])]),
+                ("scroll", &[(Metric::Throughput, &[20.0])]),
             ],
         );
-        let c = compare(&base, &cont, DEFAULT_NOISE_PCT);
+        let c = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap();
         assert_eq!(
             verdicts(&c),
             vec![
-                ("search".into(), Metric::Throughput, Verdict::Missing),
-                ("search".into(), Metric::ErrorRate, Verdict::Same),
-                ("scroll".into(), Metric::Throughput, Verdict::New),
+                (Metric::Throughput, Verdict::Missing, None),
+                (
+                    Metric::ErrorRate,
+                    Verdict::NoChange,
+                    Some(Method::Threshold)
+                ),
+                (Metric::Throughput, Verdict::New, None),
             ]
         );
-        let regressions = c.regressions(50.0);
+        let regressions = c.regressions();
         assert_eq!(regressions.len(), 1, "only the missing metric regresses");
         assert_eq!(regressions[0].verdict, Verdict::Missing);
     }
 
     #[test]
-    fn errors_where_there_were_none_are_worse_past_any_threshold() {
-        let base = view("r1", &[("bulk", &[(Metric::ErrorRate, 0.0)])]);
-        let cont = view("r2", &[("bulk", &[(Metric::ErrorRate, 0.01)])]);
-        let c = compare(&base, &cont, DEFAULT_NOISE_PCT);
-        assert_eq!(c.rows[0].verdict, Verdict::Worse);
-        assert_eq!(c.rows[0].diff_pct, None);
-        assert_eq!(c.regressions(1000.0).len(), 1);
-        let c = compare(&cont, &base, DEFAULT_NOISE_PCT);
-        assert_eq!(c.rows[0].verdict, Verdict::Better);
-        assert!(c.regressions(0.0).is_empty());
+    fn errors_where_there_were_none_are_a_regression() {
+        let base = view("r1", &[("bulk", &[(Metric::ErrorRate, &[0.0])])]);
+        let cont = view("r2", &[("bulk", &[(Metric::ErrorRate, &[0.01])])]);
+        let c = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap();
+        assert_eq!(c.rows[0].verdict, Verdict::Regression);
+        assert_eq!(c.rows[0].change_pct, None);
+        let c = compare(&cont, &base, DEFAULT_MIN_EFFECT_PCT).unwrap();
+        assert_eq!(c.rows[0].verdict, Verdict::Improvement);
+        assert!(c.regressions().is_empty());
+    }
+
+    #[test]
+    fn a_value_no_race_reports_is_an_error_not_a_verdict() {
+        for races in [&[f64::NAN][..], &[10.0, f64::INFINITY]] {
+            let base = view("r1", &[("bulk", &[(Metric::LatencyP50, &[10.0, 10.0])])]);
+            let cont = view("r2", &[("bulk", &[(Metric::LatencyP50, races)])]);
+            let err = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap_err();
+            assert!(
+                matches!(err, ResultsError::Stats(StatsError::NotFinite(_))),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn different_tracks_or_challenges_are_refused() {
+        let race = |track: &str, challenge: &str| RaceInfo {
+            track: Some(track.into()),
+            challenge: Some(challenge.into()),
+            ..RaceInfo::default()
+        };
+        let mut base = view("r1", &[("bulk", &[(Metric::LatencyP50, &[10.0])])]);
+        let mut cont = view("r2", &[("bulk", &[(Metric::LatencyP50, &[10.0])])]);
+        base.tests[0].race = Some(race("geonames", "append-no-conflicts"));
+        cont.tests[0].race = Some(race("nyc_taxis", "append-no-conflicts"));
+        let err = compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot compare tests that raced different workloads:\n  s.t: the baseline raced \
+             track geonames, challenge append-no-conflicts, the contender track nyc_taxis, \
+             challenge append-no-conflicts"
+        );
+        cont.tests[0].race = Some(race("geonames", "append-no-conflicts"));
+        assert!(compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).is_ok());
+        // A side without race.json names no workload: compared on trust.
+        cont.tests[0].race = None;
+        assert!(compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).is_ok());
     }
 }

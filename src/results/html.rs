@@ -1,5 +1,6 @@
 //! The HTML report: one self-contained file (inline CSS and SVG, no script, nothing fetched),
-//! so it can be mailed, archived as a CI artifact and opened offline.
+//! so it can be mailed, archived as a CI artifact and opened offline. Each test's comparison
+//! rows carry their verdict, interval and p; its charts show every repetition.
 
 use std::fmt::Write;
 
@@ -31,6 +32,7 @@ h1{margin-bottom:.2em}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;white-space:nowrap}
 td.long{white-space:normal;min-width:14em}
+td.lines{white-space:pre}
 th{background:#f2f2f2;white-space:normal}
 td.num{text-align:right}
 .good{color:#1a7f37;font-weight:600}
@@ -62,7 +64,10 @@ fn table(header: &[&str], rows: &[Vec<Field>]) -> String {
                 None => None,
             });
             // Numbers and names stay on one line; only prose (errors) may wrap.
-            if f.text.len() > LONG_CELL {
+            if f.text.contains('\n') {
+                // A percentile per line, as in the terminal.
+                classes.push("lines");
+            } else if f.text.len() > LONG_CELL {
                 classes.push("long");
             }
             let class = match classes.as_slice() {
@@ -123,6 +128,9 @@ pub fn report(
             "<p>{}</p>",
             esc(&render::comparison_summary(comparison))
         );
+        for note in render::comparison_notes(comparison) {
+            let _ = writeln!(out, "<p class=\"meta\">{}</p>", esc(&note));
+        }
         for p in &comparison.problems {
             let _ = writeln!(out, "<p class=\"problem\">{}</p>", esc(p));
         }

@@ -11,10 +11,11 @@ pub mod load;
 pub mod metrics;
 pub mod parse;
 pub mod render;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 
-pub use compare::{Comparison, DEFAULT_NOISE_PCT, Verdict, compare};
+pub use compare::{Comparison, DEFAULT_MIN_EFFECT_PCT, Verdict, compare};
 pub use load::{RunView, TestResult, Workspace};
 pub use render::Format;
 
@@ -48,6 +49,14 @@ pub enum ResultsError {
     },
     #[error(transparent)]
     Chart(#[from] chart::ChartError),
+    #[error("cannot compare tests that raced different workloads:{}", mismatches(.0))]
+    DifferentWorkloads(Vec<compare::Mismatch>),
+    #[error("cannot compute the statistics of a comparison: {0}")]
+    Stats(#[from] stats::StatsError),
+}
+
+fn mismatches(list: &[compare::Mismatch]) -> String {
+    list.iter().map(|m| format!("\n  {m}")).collect()
 }
 
 fn known_runs(known: &[String]) -> String {
@@ -88,16 +97,25 @@ pub struct Query {
     /// Show the results as of this run rather than the latest.
     pub run: Option<String>,
     pub baseline: Option<Baseline>,
-    pub noise_pct: f64,
-    /// Fail when a metric worsens by more than this many percent; compares with the recorded
-    /// baseline when no other is named.
-    pub fail_on_regression: Option<f64>,
+    /// The smallest relative change, in percent, that a verdict calls a change.
+    pub min_effect_pct: f64,
+    /// Gate on regressions (and missing metrics), and on inconclusive comparisons when nothing
+    /// regressed, so a CI job can race again rather than fail. A gate compares with the
+    /// recorded baseline when no other is named.
+    pub fail_on_regression: bool,
+    pub fail_on_inconclusive: bool,
 }
 
-/// What `rallyctl results` prints, and the regressions that fail the gate (if any).
+/// What `rallyctl results` prints, and why a gate fails (if one does).
 pub struct Shown {
     pub text: String,
-    pub regressions: Option<String>,
+    pub failed: Option<GateFailure>,
+}
+
+/// A failed gate and the lines that explain it.
+pub enum GateFailure {
+    Regression(String),
+    Inconclusive(String),
 }
 
 impl Workspace {
@@ -136,7 +154,7 @@ impl Workspace {
         &self,
         run: Option<&str>,
         baseline: Option<&Baseline>,
-        noise_pct: f64,
+        min_effect_pct: f64,
     ) -> Result<(RunView, Option<(RunView, Comparison)>), ResultsError> {
         let contender = self.view(run)?;
         let baseline_run = match baseline {
@@ -145,19 +163,20 @@ impl Workspace {
             Some(Baseline::Recorded) => self.baseline().ok_or(ResultsError::NoBaseline)?,
         };
         let base = self.as_of(baseline_run)?;
-        let comparison = compare(&base, &contender, noise_pct);
+        let comparison = compare(&base, &contender, min_effect_pct)?;
         Ok((contender, Some((base, comparison))))
     }
 
     /// The results, or the comparison when the query has a baseline, in the query's format.
     pub fn show(&self, q: &Query) -> Result<Shown, ResultsError> {
         // The gate needs something to compare with: the recorded baseline unless one is named.
+        let gated = q.fail_on_regression || q.fail_on_inconclusive;
         let baseline = q
             .baseline
             .clone()
-            .or_else(|| q.fail_on_regression.map(|_| Baseline::Recorded));
+            .or_else(|| gated.then_some(Baseline::Recorded));
         let (contender, compared) =
-            self.view_and_comparison(q.run.as_deref(), baseline.as_ref(), q.noise_pct)?;
+            self.view_and_comparison(q.run.as_deref(), baseline.as_ref(), q.min_effect_pct)?;
         let Some((_, comparison)) = compared else {
             let mut text = render::results(&contender, q.format);
             if let (Format::Table, Some(b)) = (q.format, self.baseline()) {
@@ -165,18 +184,27 @@ impl Workspace {
                     "Baseline: {b} (compare with it: `--compare baseline`).\n"
                 ));
             }
-            return Ok(Shown {
-                text,
-                regressions: None,
-            });
+            return Ok(Shown { text, failed: None });
         };
-        let regressions = q.fail_on_regression.and_then(|pct| {
-            let rows = comparison.regressions(pct);
-            (!rows.is_empty()).then(|| render::regressions(&rows, pct))
-        });
+        let regressions = comparison.regressions();
+        let inconclusive = comparison.inconclusive();
+        let failed = if q.fail_on_regression && !regressions.is_empty() {
+            Some(GateFailure::Regression(render::regressions(
+                &regressions,
+                q.min_effect_pct,
+            )))
+        } else if q.fail_on_inconclusive && regressions.is_empty() && !inconclusive.is_empty() {
+            // Only when nothing regressed: more repetitions cannot undo a regression.
+            Some(GateFailure::Inconclusive(render::inconclusive(
+                &inconclusive,
+                q.min_effect_pct,
+            )))
+        } else {
+            None
+        };
         Ok(Shown {
             text: render::comparison(&comparison, q.format),
-            regressions,
+            failed,
         })
     }
 
@@ -186,14 +214,15 @@ impl Workspace {
         &self,
         run: Option<&str>,
         baseline: Option<&Baseline>,
-        noise_pct: f64,
+        min_effect_pct: f64,
         out: Option<&Path>,
     ) -> Result<PathBuf, ResultsError> {
         // Without an explicit choice the report compares with the recorded baseline, if any.
         let baseline = baseline
             .cloned()
             .or_else(|| self.baseline().map(|_| Baseline::Recorded));
-        let (contender, compared) = self.view_and_comparison(run, baseline.as_ref(), noise_pct)?;
+        let (contender, compared) =
+            self.view_and_comparison(run, baseline.as_ref(), min_effect_pct)?;
         let html = html::report(
             &contender,
             compared.as_ref().map(|(b, c)| (b, c)),

@@ -2,12 +2,14 @@
 //!
 //! The table and Markdown are for people and put a test's three latency percentiles in one
 //! cell; CSV and JSON are for programs and keep one number per field, with units beside them.
+//! A metric raced two or more times reads as its mean, the half-width of its 95 % interval,
+//! the count and the relative standard deviation (`12.30 ±0.40 ms (n=5, rsd 2.1%)`); CSV and
+//! JSON give every figure of its [`Summary`] a field of its own.
 
-use comfy_table::{Cell, Color, Table, presets};
-
-use super::compare::{Comparison, Row, Verdict};
+use super::compare::{Comparison, Method, Row, Side, Verdict};
 use super::load::{RunSummary, RunView, TestResult};
-use super::metrics::{Metric, TaskMetrics, format_number};
+use super::metrics::{Metric, TaskMetrics, Value, format_number};
+use super::stats::{NOISY_RSD_PCT, Needed, Summary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -48,39 +50,93 @@ fn toned(text: impl Into<String>, tone: Option<Tone>) -> Field {
 
 /// A terminal or Markdown table. Colour only when console's switch is on (a terminal, and
 /// neither NO_COLOR nor --no-color); Markdown never.
+///
+/// Laid out here rather than by comfy-table (which `ui` uses for small tables): comfy-table
+/// measured and copied every cell several times, 0.8 s for a comparison of 200,000 rows. This
+/// draws the same style, comfy-table's `UTF8_FULL_CONDENSED` and `ASCII_MARKDOWN`: a cell is
+/// padded by a space each side, a line break in a cell starts a line of its own in the terminal
+/// and is a space in Markdown.
 fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String {
-    let mut t = Table::new();
+    let markdown = format == Format::Markdown;
     let colour = format == Format::Table && console::colors_enabled();
-    if format == Format::Markdown {
-        t.load_style(presets::ASCII_MARKDOWN);
-    } else {
-        t.load_style(presets::UTF8_FULL_CONDENSED);
+    let header: Vec<Field> = header.iter().map(|h| plain(*h)).collect();
+    let mut rows: Vec<Vec<Field>> = std::iter::once(header).chain(rows).collect();
+    if markdown {
+        for f in rows.iter_mut().flatten() {
+            // A `|` would end a Markdown cell and a line break the row.
+            f.text = f.text.replace('|', "\\|").replace('\n', " ");
+        }
     }
-    if colour {
-        t.enforce_styling();
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0; columns];
+    for row in &rows {
+        for (w, f) in widths.iter_mut().zip(row) {
+            *w = (*w).max(f.text.lines().map(width).max().unwrap_or(0));
+        }
     }
-    t.set_header(header.iter().copied());
-    for row in rows {
-        t.add_row(row.into_iter().map(|f| {
-            let text = if format == Format::Markdown {
-                // A `|` would end a Markdown cell and a line break the row.
-                f.text.replace('|', "\\|").replace('\n', " ")
-            } else {
-                f.text
-            };
-            match f.tone {
-                Some(tone) if colour => Cell::new(text).fg(match tone {
-                    Tone::Good => Color::Green,
-                    Tone::Bad => Color::Red,
-                    Tone::Pending => Color::Yellow,
-                }),
-                _ => Cell::new(text),
+    let rule = |left: &str, fill: &str, mid: &str, right: &str| -> String {
+        let parts: Vec<String> = widths.iter().map(|w| fill.repeat(w + 2)).collect();
+        format!("{left}{}{right}\n", parts.join(mid))
+    };
+    let (outer, inner) = if markdown { ("|", "|") } else { ("│", "┆") };
+    let line_bytes: usize = widths.iter().map(|w| w + 3).sum::<usize>() + 4;
+    let mut out = String::with_capacity(line_bytes * (rows.len() + 4));
+    if !markdown {
+        out.push_str(&rule("┌", "─", "┬", "┐"));
+    }
+    let mut lines: Vec<std::str::Lines<'_>> = Vec::with_capacity(columns);
+    for (i, row) in rows.iter().enumerate() {
+        let height = row
+            .iter()
+            .map(|f| f.text.lines().count())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        lines.clear();
+        lines.extend(row.iter().map(|f| f.text.lines()));
+        for _ in 0..height {
+            out.push_str(outer);
+            for (c, w) in widths.iter().enumerate() {
+                let line = lines.get_mut(c).and_then(Iterator::next).unwrap_or("");
+                out.push(' ');
+                match row.get(c).and_then(|f| f.tone) {
+                    Some(tone) if colour && !line.is_empty() => {
+                        let color = match tone {
+                            Tone::Good => console::Color::Green,
+                            Tone::Bad => console::Color::Red,
+                            Tone::Pending => console::Color::Yellow,
+                        };
+                        let styled = console::style(line).fg(color).force_styling(true);
+                        out.push_str(&styled.to_string());
+                    }
+                    _ => out.push_str(line),
+                }
+                out.extend(std::iter::repeat_n(' ', w - width(line) + 1));
+                out.push_str(if c + 1 == columns { outer } else { inner });
             }
-        }));
+            out.push('\n');
+        }
+        if i == 0 {
+            out.push_str(&if markdown {
+                rule("|", "-", "|", "|")
+            } else {
+                rule("╞", "═", "╪", "╡")
+            });
+        }
     }
-    let mut out = t.to_string();
-    out.push('\n');
+    if !markdown {
+        out.push_str(&rule("└", "─", "┴", "┘"));
+    }
     out
+}
+
+/// The columns a line takes in a terminal.
+fn width(line: &str) -> usize {
+    if line.is_ascii() {
+        line.len()
+    } else {
+        console::measure_text_width(line)
+    }
 }
 
 fn csv_writer() -> csv::Writer<Vec<u8>> {
@@ -113,22 +169,76 @@ fn duration(seconds: Option<u64>) -> String {
     seconds.map_or(String::new(), |s| format!("{}m{:02}s", s / 60, s % 60))
 }
 
-fn value_with_unit(task: &TaskMetrics, metric: Metric) -> String {
-    task.get(metric).map_or("-".into(), |v| {
-        format!("{} {}", format_number(v.value), v.unit)
+/// The spread of a metric raced two or more times.
+fn summary(v: &Value) -> Option<Summary> {
+    Summary::of(v.races())
+}
+
+/// `mean ±half-width unit (n=N, rsd R%)`, flagged when noisy; a lone race as its value.
+fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
+    let Some(s) = summary else {
+        return format!("{} {unit}", format_number(mean));
+    };
+    if s.sd == 0.0 {
+        return format!("{} {unit} (n={}, all equal)", format_number(mean), s.n);
+    }
+    let rsd = s
+        .rsd_pct
+        .map_or(String::new(), |r| format!(", rsd {r:.1}%"));
+    let noisy = if s.noisy { ", noisy" } else { "" };
+    format!(
+        "{} ±{} {unit} (n={}{rsd}{noisy})",
+        format_number(mean),
+        format_number(s.half_width()),
+        s.n
+    )
+}
+
+/// A metric's cell, and whether its repetitions are noisy.
+fn value_with_unit(task: &TaskMetrics, metric: Metric) -> (String, bool) {
+    task.get(metric).map_or(("-".into(), false), |v| {
+        let s = summary(v);
+        (
+            with_spread(v.value, &v.unit, s.as_ref()),
+            s.is_some_and(|s| s.noisy),
+        )
     })
 }
 
-/// `p50 / p90 / p99 unit`, with `-` for a percentile Rally did not report.
-fn percentiles(task: &TaskMetrics, metrics: [Metric; 3]) -> String {
-    let values: Vec<String> = metrics
+/// `p50 / p90 / p99 unit`, with `-` for a percentile Rally did not report; a line per
+/// percentile once they were raced more than once. And whether any is noisy.
+fn percentiles(task: &TaskMetrics, metrics: [Metric; 3]) -> (String, bool) {
+    let Some(unit) = metrics.iter().find_map(|m| task.get(*m)).map(|v| &v.unit) else {
+        return ("-".into(), false);
+    };
+    let repeated = metrics
         .iter()
-        .map(|m| task.get(*m).map_or("-".into(), |v| format_number(v.value)))
-        .collect();
-    match metrics.iter().find_map(|m| task.get(*m)) {
-        Some(v) => format!("{} {}", values.join(" / "), v.unit),
-        None => "-".into(),
+        .any(|m| task.get(*m).is_some_and(|v| v.races().len() > 1));
+    if !repeated {
+        let values: Vec<String> = metrics
+            .iter()
+            .map(|m| task.get(*m).map_or("-".into(), |v| format_number(v.value)))
+            .collect();
+        return (format!("{} {unit}", values.join(" / ")), false);
     }
+    let mut noisy = false;
+    let lines: Vec<String> = metrics
+        .iter()
+        .zip(["p50", "p90", "p99"])
+        .map(|(m, name)| match task.get(*m) {
+            Some(v) => {
+                let s = summary(v);
+                noisy |= s.as_ref().is_some_and(|s| s.noisy);
+                format!("{name} {}", with_spread(v.value, &v.unit, s.as_ref()))
+            }
+            None => format!("{name} -"),
+        })
+        .collect();
+    (lines.join("\n"), noisy)
+}
+
+fn noisy_tone(noisy: bool) -> Option<Tone> {
+    noisy.then_some(Tone::Pending)
 }
 
 /// Why a test has no metrics to show, when it has none and no problem says why.
@@ -145,12 +255,18 @@ fn no_metrics_note(t: &TestResult) -> Option<String> {
 /// The results of a view.
 pub fn results(view: &RunView, format: Format) -> String {
     match format {
-        Format::Json => json(view),
+        Format::Json => json(&with_summaries(view)),
         Format::Csv => results_csv(view),
         Format::Table | Format::Markdown => {
             let mut out = human_table(format, &RESULT_HEADER, result_rows(view));
             if view.tests.is_empty() {
                 out.push_str("No tests in state yet.\n");
+            }
+            if view.tests.iter().any(|t| t.repetitions > 1) {
+                out.push_str(&format!(
+                    "±: half the 95 % confidence interval of the mean over the repetitions; \
+                     noisy: rsd above {NOISY_RSD_PCT} %.\n"
+                ));
             }
             out
         }
@@ -169,6 +285,28 @@ pub const RESULT_HEADER: [&str; 10] = [
     "service time p50 / p90 / p99",
     "error rate",
 ];
+
+/// The view as JSON, each metric raced more than once with its `summary`.
+fn with_summaries(view: &RunView) -> serde_json::Value {
+    let mut out = serde_json::to_value(view).expect("results serialize to JSON");
+    let tests = out["tests"].as_array_mut().into_iter().flatten();
+    for (test, json) in view.tests.iter().zip(tests) {
+        let tasks = json["tasks"].as_array_mut().into_iter().flatten();
+        for (task, json) in test.tasks.iter().zip(tasks) {
+            for (metric, value) in &task.metrics {
+                if let (Some(s), Some(obj)) =
+                    (summary(value), json["metrics"][metric.id()].as_object_mut())
+                {
+                    obj.insert(
+                        "summary".into(),
+                        serde_json::to_value(s).expect("a summary serializes"),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
 
 /// A row per task of each test, then one per problem; the test's own columns go on its first
 /// row only, so its tasks read as a group.
@@ -198,13 +336,16 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
         for task in &test.tasks {
             let errors = task.get(Metric::ErrorRate).is_some_and(|v| v.value > 0.0);
             let mut row = lead();
+            let (throughput, noisy) = value_with_unit(task, Metric::Throughput);
+            let (latency, latency_noisy) = percentiles(task, Metric::LATENCIES);
+            let (service, service_noisy) = percentiles(task, Metric::SERVICE_TIMES);
             row.extend([
                 plain(task.task.clone()),
-                plain(value_with_unit(task, Metric::Throughput)),
-                plain(percentiles(task, Metric::LATENCIES)),
-                plain(percentiles(task, Metric::SERVICE_TIMES)),
+                toned(throughput, noisy_tone(noisy)),
+                toned(latency, noisy_tone(latency_noisy)),
+                toned(service, noisy_tone(service_noisy)),
                 toned(
-                    value_with_unit(task, Metric::ErrorRate),
+                    value_with_unit(task, Metric::ErrorRate).0,
                     errors.then_some(Tone::Bad),
                 ),
             ]);
@@ -225,21 +366,58 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
     rows
 }
 
+/// The figures of a [`Summary`] beside a value in CSV, by column suffix.
+const SUMMARY_COLUMNS: [&str; 9] = [
+    "n", "median", "sd", "rsd_pct", "min", "max", "ci_low", "ci_high", "noisy",
+];
+
+/// The [`SUMMARY_COLUMNS`] of `n` races (empty past the count for a lone race).
+fn summary_fields(n: usize, s: Option<&Summary>) -> [String; 9] {
+    match s {
+        Some(s) => [
+            s.n.to_string(),
+            s.median.to_string(),
+            s.sd.to_string(),
+            opt(s.rsd_pct),
+            s.min.to_string(),
+            s.max.to_string(),
+            s.ci_low.to_string(),
+            s.ci_high.to_string(),
+            s.noisy.to_string(),
+        ],
+        None => [
+            n.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ],
+    }
+}
+
 fn results_csv(view: &RunView) -> String {
     let mut w = csv_writer();
-    let mut header = vec![
+    let mut header: Vec<String> = [
         "test",
         "run",
         "status",
         "instance_type",
         "race_duration_s",
+        "repetitions",
         "task",
-    ];
+    ]
+    .map(String::from)
+    .to_vec();
     for m in Metric::ALL {
-        header.push(m.id());
-        header.push(unit_column(m));
+        header.push(m.id().into());
+        header.push(unit_column(m).into());
+        header.extend(SUMMARY_COLUMNS.map(|c| format!("{}_{c}", m.id())));
     }
-    header.push("problem");
+    header.push("problem".into());
     w.write_record(&header).expect("in-memory CSV");
     for test in &view.tests {
         let lead = [
@@ -248,6 +426,7 @@ fn results_csv(view: &RunView) -> String {
             opt(test.status.as_deref()),
             opt(test.instance_type.as_deref()),
             opt(test.race_duration_s),
+            test.repetitions.to_string(),
         ];
         for task in &test.tasks {
             let mut rec: Vec<String> = lead.to_vec();
@@ -256,13 +435,19 @@ fn results_csv(view: &RunView) -> String {
                 let v = task.get(m);
                 rec.push(opt(v.map(|v| v.value)));
                 rec.push(opt(v.map(|v| v.unit.as_str())));
+                match v {
+                    Some(v) => rec.extend(summary_fields(v.races().len(), summary(v).as_ref())),
+                    None => rec.extend((0..SUMMARY_COLUMNS.len()).map(|_| String::new())),
+                }
             }
             rec.push(String::new());
             w.write_record(&rec).expect("in-memory CSV");
         }
         for problem in no_metrics_note(test).iter().chain(&test.problems) {
             let mut rec: Vec<String> = lead.to_vec();
-            rec.extend((0..=Metric::ALL.len() * 2).map(|_| String::new()));
+            rec.extend(
+                (0..=Metric::ALL.len() * (2 + SUMMARY_COLUMNS.len())).map(|_| String::new()),
+            );
             rec.push(problem.clone());
             w.write_record(&rec).expect("in-memory CSV");
         }
@@ -342,26 +527,50 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
 
 fn verdict_tone(v: Verdict) -> Option<Tone> {
     match v {
-        Verdict::Better => Some(Tone::Good),
-        Verdict::Worse | Verdict::Missing => Some(Tone::Bad),
-        Verdict::Same | Verdict::New => None,
+        Verdict::Improvement => Some(Tone::Good),
+        Verdict::Regression | Verdict::Missing => Some(Tone::Bad),
+        Verdict::Inconclusive => Some(Tone::Pending),
+        Verdict::NoChange | Verdict::New => None,
     }
 }
 
-fn signed(v: f64) -> String {
-    if v > 0.0 {
-        format!("+{}", format_number(v))
+fn pct(p: f64) -> String {
+    format!("{}{p:.1}", if p > 0.0 { "+" } else { "" })
+}
+
+/// The change for people: `+9.5 % [+4.4, +14.8]` with its interval, `+20.0 %` for a threshold,
+/// `n/a (from 0)` from a baseline of zero.
+fn change(row: &Row) -> String {
+    match (row.change_pct, row.ci_low_pct, row.ci_high_pct) {
+        (Some(p), Some(lo), Some(hi)) => format!("{} % [{}, {}]", pct(p), pct(lo), pct(hi)),
+        (Some(p), _, _) => format!("{} %", pct(p)),
+        (None, _, _) if row.baseline.is_some() && row.contender.is_some() => "n/a (from 0)".into(),
+        _ => String::new(),
+    }
+}
+
+fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        "<0.001".into()
     } else {
-        format_number(v)
+        format!("{p:.3}")
     }
 }
 
-/// The percent change for people: `+12.3 %`, or `n/a` from a baseline of zero.
-fn percent(row: &Row) -> String {
-    match (row.diff_pct, row.diff) {
-        (Some(p), _) => format!("{}{p:.1} %", if p > 0.0 { "+" } else { "" }),
-        (None, Some(_)) => "n/a (from 0)".into(),
-        (None, None) => String::new(),
+/// The p column: the Holm-adjusted p of a test, or `threshold` where there was none.
+fn p_cell(row: &Row) -> String {
+    match (row.method, row.p_value) {
+        (Some(Method::WelchLog), Some(p)) => p_value(p),
+        (Some(Method::Threshold), _) => "threshold".into(),
+        _ => String::new(),
+    }
+}
+
+fn verdict_cell(row: &Row) -> String {
+    match row.repetitions_needed {
+        Some(n @ Needed::PerSide(_)) => format!("{} (~{n} repetitions)", row.verdict.label()),
+        Some(n) => format!("{} ({n} repetitions)", row.verdict.label()),
+        None => row.verdict.label().to_owned(),
     }
 }
 
@@ -371,55 +580,95 @@ pub const COMPARISON_HEADER: [&str; 8] = [
     "metric",
     "baseline",
     "contender",
-    "diff",
-    "diff %",
+    "change [95 % CI, Holm]",
+    "p (Holm)",
     "verdict",
 ];
 
 /// A row per metric; test and task once per group, as in the results table.
 pub fn comparison_rows<'a>(rows: impl IntoIterator<Item = &'a Row>) -> Vec<Vec<Field>> {
-    let mut last: Option<(&crate::address::Address, &str)> = None;
+    rows_after(None, rows)
+}
+
+/// Below this many rows a thread of its own is not worth starting.
+const PARALLEL_ROWS: usize = 20_000;
+
+/// [`comparison_rows`] of every row, a share on each core: a comparison of 10,000 tests has
+/// 200,000 rows to format.
+fn all_comparison_rows(rows: &[Row]) -> Vec<Vec<Field>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = rows.len().div_ceil(threads).max(PARALLEL_ROWS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..rows.len())
+            .step_by(per_thread)
+            .map(|start| {
+                let chunk = &rows[start..(start + per_thread).min(rows.len())];
+                let last = start.checked_sub(1).map(|i| &rows[i]);
+                scope.spawn(move || rows_after(last, chunk))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("formatting rows does not panic"))
+            .collect()
+    })
+}
+
+/// The rows that follow `last`: its test and task are not repeated.
+fn rows_after<'a>(
+    mut last: Option<&'a Row>,
+    rows: impl IntoIterator<Item = &'a Row>,
+) -> Vec<Vec<Field>> {
     rows.into_iter()
         .map(|r| {
             let test = match last {
-                Some((test, _)) if test == &r.test => String::new(),
+                Some(l) if l.test == r.test => String::new(),
                 _ => r.test.to_string(),
             };
             let task = match last {
-                Some((test, task)) if test == &r.test && task == r.task => String::new(),
+                Some(l) if l.test == r.test && l.task == r.task => String::new(),
                 _ => r.task.clone(),
             };
-            last = Some((&r.test, &r.task));
-            let with_unit = |v: Option<f64>| {
-                v.map_or("-".into(), |v| format!("{} {}", format_number(v), r.unit))
+            last = Some(r);
+            let side = |s: &Option<Side>| match s {
+                Some(s) => toned(
+                    with_spread(s.mean, &r.unit, s.summary.as_ref()),
+                    noisy_tone(s.summary.as_ref().is_some_and(|s| s.noisy)),
+                ),
+                None => plain("-"),
             };
             vec![
                 plain(test),
                 plain(task),
                 plain(r.metric.label()),
-                plain(with_unit(r.baseline)),
-                plain(with_unit(r.contender)),
-                plain(r.diff.map_or(String::new(), signed)),
-                plain(percent(r)),
-                toned(r.verdict.label(), verdict_tone(r.verdict)),
+                side(&r.baseline),
+                side(&r.contender),
+                plain(change(r)),
+                plain(p_cell(r)),
+                toned(verdict_cell(r), verdict_tone(r.verdict)),
             ]
         })
         .collect()
 }
 
-/// One line that sums a comparison up.
+fn counted(n: usize, v: Verdict) -> String {
+    let plural = n != 1 && matches!(v, Verdict::Regression | Verdict::Improvement);
+    format!("{n} {}{}", v.label(), if plural { "s" } else { "" })
+}
+
+/// One line that sums a comparison up: each verdict counted.
 pub fn comparison_summary(c: &Comparison) -> String {
     let counts: Vec<String> = c
         .counts()
         .into_iter()
         .filter(|(_, n)| *n > 0)
-        .map(|(v, n)| format!("{n} {}", v.label()))
+        .map(|(v, n)| counted(n, v))
         .collect();
     format!(
-        "{} against baseline {} (noise threshold {} %): {}.",
+        "{} against baseline {} (min effect ±{} %): {}.",
         c.contender_run.as_deref().unwrap_or("(no run)"),
         c.baseline_run.as_deref().unwrap_or("(no run)"),
-        c.noise_pct,
+        c.min_effect_pct,
         if counts.is_empty() {
             "nothing to compare".into()
         } else {
@@ -428,43 +677,108 @@ pub fn comparison_summary(c: &Comparison) -> String {
     )
 }
 
+/// What the verdicts rest on, a line each: the test and its correction, the rows that are only
+/// a threshold, what would settle the inconclusive ones.
+pub fn comparison_notes(c: &Comparison) -> Vec<String> {
+    let mut notes = Vec::new();
+    if c.tested > 0 {
+        notes.push(format!(
+            "Tested: Welch's t on the log of the values, {} % intervals of the change, \
+             Holm-corrected over {} comparison{}; a verdict needs the whole interval beyond \
+             (or within) ±{} %.",
+            c.confidence_pct,
+            c.tested,
+            if c.tested == 1 { "" } else { "s" },
+            c.min_effect_pct
+        ));
+    }
+    let single = c.single_races();
+    if single > 0 {
+        notes.push(format!(
+            "n = 1: a threshold, not a statistical test: {single} comparison{} of a single race \
+             held against ±{} % (race more repetitions for a test).",
+            if single == 1 { "" } else { "s" },
+            c.min_effect_pct
+        ));
+    }
+    if c.rows.iter().any(|r| r.verdict == Verdict::Inconclusive) {
+        notes.push(
+            "Inconclusive: neither beyond nor within the min effect; the repetitions per side \
+             shown would likely settle it (`repetitions` in the plan)."
+                .into(),
+        );
+    }
+    notes
+}
+
+/// The comparison's fields of one side in CSV.
+fn side_fields(side: Option<&Side>) -> Vec<String> {
+    let mut out = vec![opt(side.map(|s| s.n)), opt(side.map(|s| s.mean))];
+    match side {
+        Some(s) => out.extend(summary_fields(s.n, s.summary.as_ref()).into_iter().skip(1)),
+        None => out.extend((1..SUMMARY_COLUMNS.len()).map(|_| String::new())),
+    }
+    out
+}
+
 /// A comparison, with its summary line and what could not be read.
 pub fn comparison(c: &Comparison, format: Format) -> String {
     match format {
         Format::Json => json(c),
         Format::Csv => {
             let mut w = csv_writer();
-            w.write_record([
-                "test",
-                "task",
-                "metric",
-                "unit",
-                "baseline",
-                "contender",
-                "diff",
-                "diff_pct",
-                "verdict",
-            ])
-            .expect("in-memory CSV");
+            let mut header: Vec<String> = ["test", "task", "metric", "unit"]
+                .map(String::from)
+                .to_vec();
+            for side in ["baseline", "contender"] {
+                header.push(format!("{side}_n"));
+                header.push(format!("{side}_mean"));
+                header.extend(SUMMARY_COLUMNS[1..].iter().map(|c| format!("{side}_{c}")));
+            }
+            header.extend(
+                [
+                    "change_pct",
+                    "ci_low_pct",
+                    "ci_high_pct",
+                    "confidence_pct",
+                    "p_value",
+                    "verdict",
+                    "method",
+                    "repetitions_needed",
+                ]
+                .map(String::from),
+            );
+            w.write_record(&header).expect("in-memory CSV");
             for r in &c.rows {
-                w.write_record([
+                let mut rec = vec![
                     r.test.to_string(),
                     r.task.clone(),
                     r.metric.id().to_owned(),
                     r.unit.clone(),
-                    opt(r.baseline),
-                    opt(r.contender),
-                    opt(r.diff),
-                    opt(r.diff_pct),
+                ];
+                rec.extend(side_fields(r.baseline.as_ref()));
+                rec.extend(side_fields(r.contender.as_ref()));
+                rec.extend([
+                    opt(r.change_pct),
+                    opt(r.ci_low_pct),
+                    opt(r.ci_high_pct),
+                    opt(r.confidence_pct),
+                    opt(r.p_value),
                     r.verdict.id().to_owned(),
-                ])
-                .expect("in-memory CSV");
+                    opt(r.method.map(Method::id)),
+                    opt(r.repetitions_needed),
+                ]);
+                w.write_record(&rec).expect("in-memory CSV");
             }
             csv_text(w)
         }
         Format::Table | Format::Markdown => {
-            let mut out = human_table(format, &COMPARISON_HEADER, comparison_rows(&c.rows));
+            let mut out = human_table(format, &COMPARISON_HEADER, all_comparison_rows(&c.rows));
             out.push_str(&format!("\n{}\n", comparison_summary(c)));
+            for note in comparison_notes(c) {
+                out.push_str(&note);
+                out.push('\n');
+            }
             for p in &c.problems {
                 out.push_str(&format!("error: {p}\n"));
             }
@@ -473,30 +787,59 @@ pub fn comparison(c: &Comparison, format: Format) -> String {
     }
 }
 
-/// The lines that explain a failed regression gate, one per regressed metric.
-pub fn regressions(rows: &[&Row], threshold_pct: f64) -> String {
+/// `test task metric: baseline -> contender unit (change)`.
+fn explain(r: &Row) -> String {
+    let mean = |s: &Option<Side>| s.as_ref().map_or(String::new(), |s| format_number(s.mean));
+    format!(
+        "  {} {} {}: {} -> {} {} ({}{})\n",
+        r.test,
+        r.task,
+        r.metric.label(),
+        mean(&r.baseline),
+        mean(&r.contender),
+        r.unit,
+        change(r),
+        r.p_value
+            .map_or(String::new(), |p| format!(", p {}", p_value(p)))
+    )
+}
+
+/// The lines that explain a failed regression gate, one per regressed or missing metric.
+pub fn regressions(rows: &[&Row], min_effect_pct: f64) -> String {
     let mut out = format!(
-        "Regression: {} metric{} worse by more than {threshold_pct} %:\n",
+        "Regression: {} metric{} worse by more than {min_effect_pct} %, or missing:\n",
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
     );
     for r in rows {
-        let how = match r.verdict {
-            Verdict::Missing => "missing from the contender".to_owned(),
-            _ => format!(
-                "{} -> {} {} ({})",
-                opt(r.baseline.map(format_number)),
-                opt(r.contender.map(format_number)),
-                r.unit,
-                percent(r)
-            ),
-        };
-        out.push_str(&format!(
-            "  {} {} {}: {how}\n",
-            r.test,
-            r.task,
-            r.metric.label()
-        ));
+        match r.verdict {
+            Verdict::Missing => out.push_str(&format!(
+                "  {} {} {}: missing from the contender\n",
+                r.test,
+                r.task,
+                r.metric.label()
+            )),
+            _ => out.push_str(&explain(r)),
+        }
+    }
+    out
+}
+
+/// The lines that explain a failed `--fail-on-inconclusive`: what to race again, how often.
+pub fn inconclusive(rows: &[&Row], min_effect_pct: f64) -> String {
+    let mut out = format!(
+        "Inconclusive: {} comparison{} neither beyond nor within ±{min_effect_pct} %; race \
+         again with more repetitions:\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    );
+    for r in rows {
+        let line = explain(r);
+        out.push_str(line.trim_end());
+        if let Some(n) = r.repetitions_needed {
+            out.push_str(&format!(", about {n} repetitions per side"));
+        }
+        out.push('\n');
     }
     out
 }

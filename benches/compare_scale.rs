@@ -1,0 +1,181 @@
+//! `results --compare` at scale: 10,000 tests of 3 tasks with 7 metrics each (21 comparisons a
+//! test, 210,000 in all), raced 10 times on each side. Times the comparison (statistics and
+//! Holm's correction included) and its rendering as JSON and as a table, and prints peak
+//! memory. Each run is a fresh child process that builds the two views in memory first (the
+//! files are not read: that is `results`' loading, not the comparison), so the memory in use
+//! before the work is printed beside the peak.
+//!
+//!     cargo bench --bench compare_scale
+//!
+//! Target (issue 10): compare + both renderings under one second on a 2-core machine.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rallyctl::address::Address;
+use rallyctl::results::metrics::{Metric, TaskMetrics, Value};
+use rallyctl::results::render::{self, Format};
+use rallyctl::results::{RunView, TestResult, compare};
+
+const TESTS: usize = 10_000;
+const TASKS: [&str; 3] = ["index-append", "term", "range"];
+const METRICS: [Metric; 7] = [
+    Metric::Throughput,
+    Metric::LatencyP50,
+    Metric::LatencyP90,
+    Metric::LatencyP99,
+    Metric::ServiceTimeP50,
+    Metric::ServiceTimeP90,
+    Metric::ServiceTimeP99,
+];
+const REPETITIONS: usize = 10;
+const RUNS: usize = 7;
+
+/// A deterministic spread of about ±3 % around 1 (no random crate needed).
+fn wobble(seed: usize) -> f64 {
+    let x = (seed.wrapping_mul(2_654_435_761) % 10_007) as f64 / 10_007.0;
+    0.97 + 0.06 * x
+}
+
+fn view(run: &str, shift: f64) -> RunView {
+    let tests = (0..TESTS)
+        .map(|t| {
+            let tasks = TASKS
+                .iter()
+                .enumerate()
+                .map(|(k, task)| {
+                    let metrics = METRICS
+                        .iter()
+                        .enumerate()
+                        .map(|(m, metric)| {
+                            // Every seventh test's metrics move by `shift`, the rest stay.
+                            let base = 10.0 * (m + 1) as f64 * (k + 1) as f64;
+                            let level = if t % 7 == 0 { base * shift } else { base };
+                            let samples: Vec<f64> = (0..REPETITIONS)
+                                .map(|r| {
+                                    level * wobble(t * 1000 + k * 100 + m * 10 + r + run.len())
+                                })
+                                .collect();
+                            let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+                            let mut v = Value::new(mean, "ms".into());
+                            v.samples = samples;
+                            (*metric, v)
+                        })
+                        .collect::<BTreeMap<_, _>>();
+                    TaskMetrics {
+                        task: (*task).into(),
+                        duration_s: None,
+                        metrics,
+                    }
+                })
+                .collect();
+            TestResult {
+                address: Address::new(format!("suite-{}", t / 100), format!("test-{t}")).unwrap(),
+                run_id: Some(run.into()),
+                status: Some("completed".into()),
+                failure: None,
+                instance_type: Some("m5.large".into()),
+                zone: None,
+                repetitions: REPETITIONS,
+                race_duration_s: Some(600),
+                race: None,
+                tasks,
+                problems: vec![],
+            }
+        })
+        .collect();
+    RunView {
+        workspace: "scale".into(),
+        run: Some(run.into()),
+        tests,
+    }
+}
+
+/// A memory figure of this process from /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One measured run: prints `compare_ms json_ms table_ms rss_before_kib peak_kib rows`.
+fn child() {
+    let baseline = view("20261124T081500Z-aaaaaa", 1.0);
+    let contender = view("20261125T081500Z-bbbbbb", 1.08);
+    let before = status_kib("VmRSS:");
+    let start = Instant::now();
+    let c = compare(&baseline, &contender, 5.0).unwrap();
+    let compared = start.elapsed().as_secs_f64() * 1000.0;
+    let start = Instant::now();
+    let json = render::comparison(&c, Format::Json);
+    let json_ms = start.elapsed().as_secs_f64() * 1000.0;
+    drop(json);
+    let start = Instant::now();
+    let table = render::comparison(&c, Format::Table);
+    let table_ms = start.elapsed().as_secs_f64() * 1000.0;
+    std::hint::black_box(&table);
+    println!(
+        "{compared:.1} {json_ms:.1} {table_ms:.1} {before} {} {}",
+        status_kib("VmHWM:"),
+        c.rows.len()
+    );
+}
+
+fn main() {
+    if std::env::var_os("COMPARE_SCALE_CHILD").is_some() {
+        child();
+        return;
+    }
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let mut runs: Vec<Vec<f64>> = Vec::new();
+    let (mut before, mut peak, mut rows) = (0, 0, 0);
+    for _ in 0..RUNS {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("COMPARE_SCALE_CHILD", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        let f: Vec<f64> = line
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        runs.push(f[..3].to_vec());
+        before = before.max(f[3] as u64);
+        peak = peak.max(f[4] as u64);
+        rows = f[5] as usize;
+    }
+    println!(
+        "results --compare, {TESTS} tests x {} tasks x {} metrics = {rows} comparisons, {REPETITIONS} repetitions a side:",
+        TASKS.len(),
+        METRICS.len()
+    );
+    let stat = |name: &str, pick: &dyn Fn(&Vec<f64>) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "  {name:<28} median {:>7.1} ms, min {:>7.1} ms, max {:>7.1} ms over {RUNS} runs",
+            v[RUNS / 2],
+            v[0],
+            v[RUNS - 1]
+        );
+    };
+    stat("compare", &|r| r[0]);
+    stat("render json", &|r| r[1]);
+    stat("render table", &|r| r[2]);
+    stat("compare + json + table", &|r| r[0] + r[1] + r[2]);
+    println!(
+        "  memory: {:.1} MiB in use with both views built, peak (VmHWM) {:.1} MiB",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+}
