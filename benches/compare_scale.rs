@@ -77,6 +77,7 @@ fn view(run: &str, shift: f64) -> RunView {
                 instance_type: Some("m5.large".into()),
                 zone: None,
                 repetitions: REPETITIONS,
+                variant: None,
                 race_duration_s: Some(600),
                 race: None,
                 tasks,
