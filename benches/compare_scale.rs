@@ -9,6 +9,9 @@
 //!
 //! Target (issue 10): compare + both renderings under one second on a 2-core machine.
 
+mod support;
+use support::status_kib;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -90,16 +93,6 @@ fn view(run: &str, shift: f64) -> RunView {
         run: Some(run.into()),
         tests,
     }
-}
-
-/// A memory figure of this process from /proc/self/status, in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One measured run: prints `compare_ms json_ms table_ms rss_before_kib peak_kib rows`.

@@ -9,6 +9,9 @@
 //!
 //! Target (issue 2): under 100 ms and under 50 MB on a 2-core machine.
 
+mod support;
+use support::status_kib;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -121,16 +124,6 @@ fn phases(plan_path: &Path, state_path: &Path) -> Vec<(&'static str, f64, u64)> 
     std::hint::black_box(planner::render(&changes));
     lap("print the plan", &mut out);
     out
-}
-
-/// A memory figure of this process from /proc/self/status, in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn main() {

@@ -289,7 +289,11 @@ fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
 /// race of its own.
 fn races(test: &crate::plan::Test) -> String {
     let n = test.repeat.count.get();
-    let races = if n == 1 { "1 race".to_owned() } else { format!("{n} races") };
+    let races = if n == 1 {
+        "1 race".to_owned()
+    } else {
+        format!("{n} races")
+    };
     match (&test.variant, test.repeat.on) {
         (Some(v), _) => format!(
             " (variant `{}` of `{}`: {races}, interleaved with the other variants on one machine)",

@@ -214,9 +214,13 @@ pub struct ResultsArgs {
     /// improvement needs its whole confidence interval beyond it, "no change" within it
     #[arg(long = "min-effect", alias = "noise", value_name = "PCT", value_parser = min_effect)]
     pub(super) min_effect: Option<f64>,
+    /// Compare each test's variants of one run (the latest, or --run): this one against each
+    /// other
+    #[arg(long, value_name = "VARIANT", conflicts_with_all = ["compare", "baseline", "runs"])]
+    pub(super) variants: Option<String>,
     /// Exit 3 when a metric regressed or went missing against the baseline (the recorded one
-    /// unless --compare names another); PCT, if given, is the min effect
-    #[arg(long, value_name = "PCT", num_args = 0..=1, value_parser = min_effect)]
+    /// unless --compare names another); `=PCT`, if given, is the min effect
+    #[arg(long, value_name = "PCT", num_args = 0..=1, require_equals = true, value_parser = min_effect)]
     pub(super) fail_on_regression: Option<Option<f64>>,
     /// Exit 4 when nothing regressed but some comparison is inconclusive (race again)
     #[arg(long)]

@@ -375,6 +375,17 @@ fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
 
 fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
     let min_effect_pct = args.min_effect().map_err(UsageError)?;
+    // `--fail-on-regression 10`, as older rallyctl read it, leaves `10` as the plan file.
+    if let Some(plan) = args.plan.as_deref().and_then(|p| p.to_str())
+        && args.fail_on_regression.is_some()
+        && plan.trim_end_matches('%').parse::<f64>().is_ok()
+        && !Path::new(plan).exists()
+    {
+        return Err(UsageError(format!(
+            "`{plan}` is no plan file: to give the gate a min effect, write --fail-on-regression={plan}"
+        ))
+        .into());
+    }
     let mut ws = open_results(g, args.plan.as_deref())?;
     let format = if g.json { Format::Json } else { args.format };
     if args.runs {
@@ -395,6 +406,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         min_effect_pct,
         fail_on_regression: args.fail_on_regression.is_some(),
         fail_on_inconclusive: args.fail_on_inconclusive,
+        variants: args.variants,
     })?;
     print!("{}", shown.text);
     match shown.failed {

@@ -160,6 +160,10 @@ pub struct Comparison {
     pub workspace: String,
     pub baseline_run: Option<String>,
     pub contender_run: Option<String>,
+    /// Set when the variants of each test of one run are compared: the one the others are
+    /// compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_variant: Option<String>,
     pub min_effect_pct: f64,
     /// The confidence of each interval before correction.
     pub confidence_pct: f64,
@@ -334,6 +338,7 @@ pub fn compare(
         workspace: contender.workspace.clone(),
         baseline_run: baseline.run.clone(),
         contender_run: contender.run.clone(),
+        baseline_variant: None,
         min_effect_pct,
         confidence_pct: stats::CONFIDENCE * 100.0,
         correction: "holm",

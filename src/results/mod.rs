@@ -53,6 +53,16 @@ pub enum ResultsError {
     DifferentWorkloads(Vec<compare::Mismatch>),
     #[error("cannot compute the statistics of a comparison: {0}")]
     Stats(#[from] stats::StatsError),
+    #[error("no test of this view has a variant `{name}`{}", known_variants(.known))]
+    NoVariant { name: String, known: Vec<String> },
+}
+
+fn known_variants(known: &[String]) -> String {
+    if known.is_empty() {
+        " (it has no variants)".into()
+    } else {
+        format!("; its variants are {}", known.join(", "))
+    }
 }
 
 fn mismatches(list: &[compare::Mismatch]) -> String {
@@ -104,6 +114,9 @@ pub struct Query {
     /// recorded baseline when no other is named.
     pub fail_on_regression: bool,
     pub fail_on_inconclusive: bool,
+    /// Compare the variants of each test in the view instead of two runs: this one against
+    /// each other.
+    pub variants: Option<String>,
 }
 
 /// What `rallyctl results` prints, and why a gate fails (if one does).
@@ -167,8 +180,16 @@ impl Workspace {
         Ok((contender, Some((base, comparison))))
     }
 
-    /// The results, or the comparison when the query has a baseline, in the query's format.
+    /// The results, or the comparison when the query has a baseline or names a variant to
+    /// compare the others with, in the query's format.
     pub fn show(&self, q: &Query) -> Result<Shown, ResultsError> {
+        if let Some(base) = &q.variants {
+            let view = self.view(q.run.as_deref())?;
+            let (baseline, contender) = variant_views(&view, base)?;
+            let mut comparison = compare(&baseline, &contender, q.min_effect_pct)?;
+            comparison.baseline_variant = Some(base.clone());
+            return Ok(gate(comparison, q));
+        }
         // The gate needs something to compare with: the recorded baseline unless one is named.
         let gated = q.fail_on_regression || q.fail_on_inconclusive;
         let baseline = q
@@ -186,26 +207,7 @@ impl Workspace {
             }
             return Ok(Shown { text, failed: None });
         };
-        let regressions = comparison.regressions();
-        let inconclusive = comparison.inconclusive();
-        let failed = if q.fail_on_regression && !regressions.is_empty() {
-            Some(GateFailure::Regression(render::regressions(
-                &regressions,
-                q.min_effect_pct,
-            )))
-        } else if q.fail_on_inconclusive && regressions.is_empty() && !inconclusive.is_empty() {
-            // Only when nothing regressed: more repetitions cannot undo a regression.
-            Some(GateFailure::Inconclusive(render::inconclusive(
-                &inconclusive,
-                q.min_effect_pct,
-            )))
-        } else {
-            None
-        };
-        Ok(Shown {
-            text: render::comparison(&comparison, q.format),
-            failed,
-        })
+        Ok(gate(comparison, q))
     }
 
     /// Writes the HTML report of `run` (or the latest), against the given or recorded baseline
@@ -243,4 +245,72 @@ impl Workspace {
         })?;
         Ok(path)
     }
+}
+
+/// A comparison as the query shows it, and whether its gate fails.
+fn gate(comparison: Comparison, q: &Query) -> Shown {
+    let regressions = comparison.regressions();
+    let inconclusive = comparison.inconclusive();
+    let failed = if q.fail_on_regression && !regressions.is_empty() {
+        Some(GateFailure::Regression(render::regressions(
+            &regressions,
+            q.min_effect_pct,
+        )))
+    } else if q.fail_on_inconclusive && regressions.is_empty() && !inconclusive.is_empty() {
+        // Only when nothing regressed: more repetitions cannot undo a regression.
+        Some(GateFailure::Inconclusive(render::inconclusive(
+            &inconclusive,
+            q.min_effect_pct,
+        )))
+    } else {
+        None
+    };
+    Shown {
+        text: render::comparison(&comparison, q.format),
+        failed,
+    }
+}
+
+/// A view split for comparing the variants of its tests: each variant other than `base` is a
+/// contender, and the baseline holds `base`'s result under that contender's address, so that
+/// rows pair by address and one correction covers every pair of the view.
+fn variant_views(view: &RunView, base: &str) -> Result<(RunView, RunView), ResultsError> {
+    let empty = || RunView {
+        workspace: view.workspace.clone(),
+        run: view.run.clone(),
+        tests: vec![],
+    };
+    let (mut baseline, mut contender) = (empty(), empty());
+    for test in &view.tests {
+        let Some(variant) = test.variant.as_ref().filter(|v| v.name != base) else {
+            continue;
+        };
+        let of_base = view.tests.iter().find(|t| {
+            t.address.suite() == test.address.suite()
+                && t.variant
+                    .as_ref()
+                    .is_some_and(|v| v.test == variant.test && v.name == base)
+        });
+        if let Some(of_base) = of_base {
+            baseline.tests.push(TestResult {
+                address: test.address.clone(),
+                ..of_base.clone()
+            });
+            contender.tests.push(test.clone());
+        }
+    }
+    if contender.tests.is_empty() {
+        let mut known: Vec<String> = view
+            .tests
+            .iter()
+            .filter_map(|t| Some(t.variant.as_ref()?.name.clone()))
+            .collect();
+        known.sort();
+        known.dedup();
+        return Err(ResultsError::NoVariant {
+            name: base.to_owned(),
+            known,
+        });
+    }
+    Ok((baseline, contender))
 }

@@ -664,10 +664,19 @@ pub fn comparison_summary(c: &Comparison) -> String {
         .filter(|(_, n)| *n > 0)
         .map(|(v, n)| counted(n, v))
         .collect();
+    let against = match &c.baseline_variant {
+        Some(variant) => format!(
+            "{}: each variant against variant `{variant}`",
+            c.contender_run.as_deref().unwrap_or("(no run)")
+        ),
+        None => format!(
+            "{} against baseline {}",
+            c.contender_run.as_deref().unwrap_or("(no run)"),
+            c.baseline_run.as_deref().unwrap_or("(no run)")
+        ),
+    };
     format!(
-        "{} against baseline {} (min effect ±{} %): {}.",
-        c.contender_run.as_deref().unwrap_or("(no run)"),
-        c.baseline_run.as_deref().unwrap_or("(no run)"),
+        "{against} (min effect ±{} %): {}.",
         c.min_effect_pct,
         if counts.is_empty() {
             "nothing to compare".into()
