@@ -173,6 +173,12 @@ impl Tree {
     }
 }
 
+fn assert_every_row_has_every_column(csv_text: &str) {
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let width = reader.headers().unwrap().len();
+    assert!(reader.records().all(|r| r.unwrap().len() == width));
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -324,10 +330,7 @@ fn latest_results_as_markdown() {
 fn latest_results_as_csv() {
     let t = realistic();
     let out = t.results(&["--format", "csv"], 0);
-    // Every row has every column.
-    let mut reader = csv::Reader::from_reader(out.as_bytes());
-    let width = reader.headers().unwrap().len();
-    assert!(reader.records().all(|r| r.unwrap().len() == width));
+    assert_every_row_has_every_column(&out);
     insta::assert_snapshot!(out);
 }
 
@@ -628,9 +631,7 @@ fn repeated_results_as_markdown() {
 #[test]
 fn repeated_results_as_csv() {
     let out = repeated().results(&["--format", "csv"], 0);
-    let mut reader = csv::Reader::from_reader(out.as_bytes());
-    let width = reader.headers().unwrap().len();
-    assert!(reader.records().all(|r| r.unwrap().len() == width));
+    assert_every_row_has_every_column(&out);
     insta::assert_snapshot!(out);
 }
 
@@ -665,9 +666,7 @@ fn repeated_comparison_as_markdown() {
 #[test]
 fn repeated_comparison_as_csv() {
     let out = repeated().results(&["--compare", RUN1, "--format", "csv"], 0);
-    let mut reader = csv::Reader::from_reader(out.as_bytes());
-    let width = reader.headers().unwrap().len();
-    assert!(reader.records().all(|r| r.unwrap().len() == width));
+    assert_every_row_has_every_column(&out);
     insta::assert_snapshot!(out);
 }
 
