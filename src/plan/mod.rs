@@ -813,6 +813,53 @@ impl Plan {
 mod tests {
     use super::*;
 
+    /// Repetitions and variants read alike from TOML and from the older JSON shape.
+    #[test]
+    fn repetitions_and_variants_read_alike_from_toml_and_json() {
+        let toml = r#"
+version = 1
+name = "w"
+[defaults]
+provider = "local"
+track = "geonames"
+repetitions = 3
+[[suite]]
+name = "s"
+[[suite.test]]
+name = "heap"
+[[suite.test.variant]]
+name = "4g"
+car = "4gheap"
+[[suite.test.variant]]
+name = "8g"
+car = "8gheap"
+"#;
+        let json = r#"{"version": 1, "name": "w",
+            "defaults": {"provider": "local", "track": "geonames", "repetitions": 3},
+            "suite": [{"name": "s", "test": [{"name": "heap", "variant": [
+                {"name": "4g", "car": "4gheap"}, {"name": "8g", "car": "8gheap"}]}]}]}"#;
+        let toml = Plan::parse(Path::new("w.toml"), toml).unwrap();
+        let json = Plan::parse(Path::new("w.json"), json).unwrap();
+        assert_eq!(toml.suites, json.suites);
+        let tests: Vec<(String, u32, Option<&str>)> = toml
+            .tests()
+            .map(|t| {
+                (
+                    t.address.to_string(),
+                    t.repeat.count.get(),
+                    t.settings.car.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tests,
+            [
+                ("s.heap-4g".into(), 3, Some("4gheap")),
+                ("s.heap-8g".into(), 3, Some("8gheap"))
+            ]
+        );
+    }
+
     #[test]
     fn sorted_maps_keep_the_last_value_of_a_key_and_serialize_like_btree_maps() {
         let map: SortedMap<i64> = [("b", 1), ("a", 2), ("b", 3)]
