@@ -6,7 +6,6 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::results::metrics::Metric;
 use crate::results::parse;
 use crate::state::ResultFile;
 
@@ -59,10 +58,7 @@ pub fn problem(report: &Path) -> Option<String> {
     };
     let bad: Vec<String> = tasks
         .iter()
-        .filter_map(|t| {
-            let rate = t.metrics.get(&Metric::ErrorRate)?.value;
-            (rate > 0.0).then(|| format!("{} {rate}%", t.task))
-        })
+        .filter_map(|t| Some(format!("{} {}%", t.task, t.failed_requests()?)))
         .collect();
     (!bad.is_empty()).then(|| {
         format!(

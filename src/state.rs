@@ -402,17 +402,12 @@ impl TestRecord {
         self.repetition() - u32::from(self.status != Status::Completed)
     }
 
-    /// The results of every finished race, oldest first, each with its run.
-    pub fn samples(&self) -> impl Iterator<Item = (&str, &[ResultFile])> {
-        let current = (self.status == Status::Completed).then(|| {
-            (
-                self.run_id.as_deref().unwrap_or(""),
-                self.results.as_slice(),
-            )
-        });
+    /// The results of every finished race, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = &[ResultFile]> {
+        let current = (self.status == Status::Completed).then_some(self.results.as_slice());
         self.earlier
             .iter()
-            .map(|r| (r.run_id.as_str(), r.results.as_slice()))
+            .map(|r| r.results.as_slice())
             .chain(current)
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ResultsError;
-use super::metrics::{Metric, TaskMetrics, Value};
+use super::metrics::{TaskMetrics, Value};
 use super::parse::{self, RaceInfo};
 use crate::address::{Address, slug};
 use crate::state::{self, State, Status, TestRecord};
@@ -355,15 +355,13 @@ fn repetition_dirs(test_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
 /// A test's result as state records it: every finished repetition, or the files of the one
 /// attempt there is when none finished (a failed race's report says what went wrong).
 fn read_recorded(address: &Address, record: &TestRecord) -> TestResult {
-    let mut races: Vec<Files> = record
-        .samples()
-        .map(|(_, files)| Files::recorded(files))
-        .collect();
+    let mut races: Vec<Files> = record.samples().map(Files::recorded).collect();
     if races.is_empty() {
         races.push(Files::recorded(&record.results));
     }
+    let no_report = races.last().is_some_and(|f| f.report.is_none());
     let mut result = read_test(address, record.run_id.clone(), Some(record), races);
-    if record.status == Status::Completed && Files::recorded(&record.results).report.is_none() {
+    if record.status == Status::Completed && no_report {
         result
             .problems
             .push("completed, but state records no report.csv".into());
@@ -404,10 +402,7 @@ fn read_test(
         read.push((tasks, race, seconds));
     }
     let clean = |tasks: &[TaskMetrics]| {
-        !tasks.is_empty()
-            && tasks
-                .iter()
-                .all(|t| t.get(Metric::ErrorRate).is_none_or(|v| v.value == 0.0))
+        !tasks.is_empty() && tasks.iter().all(|t| t.failed_requests().is_none())
     };
     let counted: Vec<usize> = (0..read.len()).filter(|&i| clean(&read[i].0)).collect();
     let shown = if counted.is_empty() {
@@ -514,6 +509,7 @@ fn racing_seconds(record: &TestRecord) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::results::metrics::Metric;
 
     /// A past run's races of one test, read from its directories: a report with failed
     /// requests is no sample; the clean ones are, each metric their mean.

@@ -143,6 +143,14 @@ impl TaskMetrics {
     pub fn get(&self, metric: Metric) -> Option<&Value> {
         self.metrics.get(&metric)
     }
+
+    /// The task's error rate when it is anything but zero: requests failed, so the race is no
+    /// clean result (Rally exits 0 under `--on-error=continue` however many did).
+    pub fn failed_requests(&self) -> Option<f64> {
+        self.get(Metric::ErrorRate)
+            .map(|v| v.value)
+            .filter(|rate| *rate != 0.0)
+    }
 }
 
 /// A number for people: two decimals, or three significant digits below 1 so sub-millisecond
