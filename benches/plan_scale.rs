@@ -55,18 +55,13 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         st.tests.insert(
             test.address.clone(),
             TestRecord {
-                config_hash: a.config_hash,
-                settings: (&test.settings).into(),
-                race_command: rallyctl::templates::race_command(&test.settings).unwrap(),
-                status: Status::Completed,
-                attempt: 1,
                 run_id: Some("run".into()),
-                race_id: None,
-                instance: None,
-                results: vec![],
-                history: vec![],
-                earlier: vec![],
-                variant: None,
+                ..TestRecord::new(
+                    a.config_hash,
+                    (&test.settings).into(),
+                    rallyctl::templates::race_command(&test.settings).unwrap(),
+                    Status::Completed,
+                )
             },
         );
     }

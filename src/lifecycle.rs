@@ -3,10 +3,11 @@
 //! `launching ▶ booting ▶ installing ▶ racing ▶ collecting ▶ terminating ▶ completed`
 //!
 //! ([`acquire`], [`reach`], [`install`], [`race`], [`collect`], [`release`]), or `failed` from
-//! any step. A test that races more than once ([`Repeat`]) goes round again after collecting:
+//! any step. A test that races more than once ([`Repeat`](crate::plan::Repeat)) goes round again after collecting:
 //! to installing on the same machine (`repeat_on = "same"`), or through terminating to
-//! launching a fresh one; each repetition opens with one state write ([`next_repetition`]). Each step is written to state before it begins, so a killed apply resumes at the
-//! step it was in: a machine already got is found again, a running race is re-attached, never
+//! launching a fresh one; each repetition opens with one state write ([`next_repetition`]).
+//! Each step is written to state before it begins, so a killed apply resumes at the step it
+//! was in: a machine already got is found again, a running race is re-attached, never
 //! restarted. Whether to resume or start a new attempt is the planner's decision
 //! ([`Action::Resume`]); the lifecycle carries it out.
 //!
@@ -170,13 +171,7 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
     match steps(ctx, test, artifacts, start).await {
         Ok(()) => Ok(()),
         Err(Stop::Failed(f)) => {
-            ctx.state.record(address, |r| {
-                r.set_status(Status::Failed {
-                    step: f.step,
-                    error: f.error.clone(),
-                    log_tail: f.log_tail.clone(),
-                })
-            })?;
+            record_failure(ctx, address, &f)?;
             // A failed test must not keep its machine: give it back now (EC2's watchdog and a
             // lease's expiry are only the last resort).
             match release(ctx, test).await {
@@ -274,7 +269,7 @@ async fn one_race<P: Provider>(
                 race(ctx, test, conn, record).await?;
                 Step::Collecting
             }
-            // Collecting, or a step before the machine answered: nothing else is asked here.
+            // Collecting: callers start a race only at installing, racing or collecting.
             _ => return collect(ctx, test, conn, record).await,
         };
         checkpoint(ctx, &test.address, next)?;
@@ -347,18 +342,8 @@ pub async fn run_variants<P: Provider>(
             }
             Err(Stop::Failed(f)) => {
                 for test in &to_race {
-                    let recorded = ctx.state.record(&test.address, |r| {
-                        r.set_status(Status::Failed {
-                            step: f.step,
-                            error: f.error.clone(),
-                            log_tail: f.log_tail.clone(),
-                        })
-                    });
-                    let outcome = match recorded {
-                        Ok(()) => Err(Stop::Failed(f.clone())),
-                        Err(e) => Err(Stop::State(e)),
-                    };
-                    outcomes.push((test.address.clone(), outcome));
+                    let outcome = failed_as_recorded(ctx, &test.address, f.clone());
+                    outcomes.push((test.address.clone(), Err(outcome)));
                 }
             }
             // Ctrl-C, or state that cannot be written: every variant stays at its step.
@@ -380,19 +365,7 @@ pub async fn run_variants<P: Provider>(
                 .state
                 .record(&test.address, |r| r.set_status(Status::Completed))
                 .map_err(Stop::State),
-            Err(f) => {
-                let recorded = ctx.state.record(&test.address, |r| {
-                    r.set_status(Status::Failed {
-                        step: Step::Terminating,
-                        error: f.error.clone(),
-                        log_tail: None,
-                    })
-                });
-                match recorded {
-                    Ok(()) => Err(Stop::Failed(f.clone())),
-                    Err(e) => Err(Stop::State(e)),
-                }
-            }
+            Err(f) => Err(failed_as_recorded(ctx, &test.address, f.clone())),
         };
         outcomes.retain(|(a, _)| a != &test.address);
         outcomes.push((test.address.clone(), outcome));
@@ -407,6 +380,30 @@ pub async fn run_variants<P: Provider>(
         ));
     }
     outcomes
+}
+
+/// Records `f` as the test's status.
+fn record_failure<P: Provider>(
+    ctx: &Ctx<P>,
+    address: &Address,
+    f: &Failure,
+) -> Result<(), StateError> {
+    ctx.state.record(address, |r| {
+        r.set_status(Status::Failed {
+            step: f.step,
+            error: f.error.clone(),
+            log_tail: f.log_tail.clone(),
+        })
+    })
+}
+
+/// Records `f` as the test's status; the stop to report: the failure, or the state that could
+/// not be written.
+fn failed_as_recorded<P: Provider>(ctx: &Ctx<P>, address: &Address, f: Failure) -> Stop {
+    match record_failure(ctx, address, &f) {
+        Ok(()) => Stop::Failed(f),
+        Err(e) => Stop::State(e),
+    }
 }
 
 fn at_step<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> bool {
@@ -517,20 +514,8 @@ async fn race_rounds<P: Provider>(
                     }
                 }
                 Ok(()) => checkpoint(ctx, &test.address, Step::Terminating),
-                Err(Stop::Failed(f)) => {
-                    // It drops out; the machine it still holds is given back with the group's.
-                    let recorded = ctx.state.record(&test.address, |r| {
-                        r.set_status(Status::Failed {
-                            step: f.step,
-                            error: f.error.clone(),
-                            log_tail: f.log_tail.clone(),
-                        })
-                    });
-                    match recorded {
-                        Ok(()) => Err(Stop::Failed(f)),
-                        Err(e) => Err(Stop::State(e)),
-                    }
-                }
+                // It drops out; the machine it still holds is given back with the group's.
+                Err(Stop::Failed(f)) => Err(failed_as_recorded(ctx, &test.address, f)),
                 Err(other) => Err(other),
             };
             let stop_all = matches!(outcome, Err(Stop::Interrupted | Stop::State(_)));
@@ -920,8 +905,8 @@ async fn race<P: Provider>(
 }
 
 /// How long since the race last wrote to its console log or to Rally's log; `None` before
-/// either exists. GNU `stat` on Linux, BSD `stat` on a macOS host. Asked by a command of its own rather than by race.sh, whose text is part of
-/// every test's config hash.
+/// either exists. GNU `stat` on Linux, BSD `stat` on a macOS host. Asked by a command of its
+/// own rather than by race.sh, whose text is part of every test's config hash.
 async fn silent_for<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,

@@ -156,28 +156,24 @@ const ALTERNATIVES: [[usize; 2]; 2] = [
     [at("subnet_id"), at("subnet_ids")],
 ];
 const SSH_ONLY: [usize; 3] = [at("hosts"), at("ssh_key"), at("ssh_known_hosts")];
-/// What makes or reaches a test's machine, bounds it, or says how often it races: the same for
-/// every variant of a test, since they share the machine.
-const MACHINE: [usize; 18] = [
-    at("ami"),
-    at("connect"),
-    at("hosts"),
-    at("instance_type"),
+/// Beside the settings only some providers read (which make or reach a machine), what bounds a
+/// test's machine or says how often it races: none may differ between the variants of a test,
+/// since they share the machine ([`shares_machine`]).
+const PER_MACHINE: [usize; 5] = [
     at("max_runtime"),
     at("provider"),
-    at("region"),
     at("remote_dir"),
     at("repeat_on"),
     at("repetitions"),
-    at("security_group_ids"),
-    at("ssh_key"),
-    at("ssh_known_hosts"),
-    at("ssh_port"),
-    at("ssh_user"),
-    at("subnet_id"),
-    at("subnet_ids"),
-    at("tags"),
 ];
+
+/// Whether the setting at index `i` is the same for every variant of a test.
+fn shares_machine(i: usize) -> bool {
+    AWS_ONLY.contains(&i)
+        || SSH_ONLY.contains(&i)
+        || NOT_LOCAL.contains(&i)
+        || PER_MACHINE.contains(&i)
+}
 const NOT_LOCAL: [usize; 2] = [at("ssh_port"), at("ssh_user")];
 
 /// Whether `provider` reads the setting at index `i`.
@@ -892,7 +888,7 @@ impl<'n> Loader<'_, '_> {
             let raw = self.settings_table(item, field, &["name"], provider);
             for entry in entries {
                 if let Some(i) = setting(&entry.key)
-                    && MACHINE.contains(&i)
+                    && shares_machine(i)
                 {
                     self.sink.error_with_help(
                         &entry.key_span,
