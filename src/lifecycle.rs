@@ -22,11 +22,11 @@ use uuid::Uuid;
 
 use crate::address::{Address, slug};
 use crate::plan::{Plan, RepeatOn, Test};
-use crate::planner::Action;
+use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
 use crate::staging;
-use crate::state::{self, Machine, State, StateError, Status, Step, TestRecord};
+use crate::state::{self, Handover, Machine, State, StateError, Status, Step, Taken, TestRecord};
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
 
@@ -124,6 +124,8 @@ pub struct Ctx<P: Provider> {
     pub results_root: PathBuf,
     pub progress: Progress,
     pub cancel: CancellationToken,
+    /// Warm reuse, as the planner paired the tests.
+    pub handoffs: Vec<Handoff>,
 }
 
 /// A machine that answers: what a step after booting runs its commands on.
@@ -208,15 +210,22 @@ async fn steps<P: Provider>(
                 Step::Booting
             }
             Step::Booting => {
-                conn = Some(reach(ctx, test).await?);
+                let c = reach(ctx, test).await?;
+                if let Some(taken) = &c.machine.taken {
+                    scrub(ctx, test, &c, taken).await?;
+                }
+                conn = Some(c);
                 Step::Installing
             }
             Step::Installing | Step::Racing | Step::Collecting => {
                 let c = connected(ctx, test, &mut conn).await?;
-                let renew = record
-                    .earlier
-                    .last()
-                    .is_some_and(|e| e.machine == c.machine.id);
+                // A machine that raced before (an earlier repetition, or another test's race)
+                // has its bound started again for this race.
+                let renew = c.machine.taken.is_some()
+                    || record
+                        .earlier
+                        .last()
+                        .is_some_and(|e| e.machine == c.machine.id);
                 one_race(ctx, test, artifacts, c, &record, step, renew).await?;
                 if more && test.repeat.on == RepeatOn::Same {
                     record = next_repetition(ctx, test, Step::Installing)?;
@@ -229,7 +238,11 @@ async fn steps<P: Provider>(
                 Step::Terminating
             }
             Step::Terminating => {
-                release(ctx, test).await?;
+                let keep_for = ctx.handoffs.iter().find(|h| &h.from == address);
+                match keep_for {
+                    Some(h) if !more => keep(ctx, test, &h.to)?,
+                    _ => release(ctx, test).await?,
+                }
                 if more {
                     record = next_repetition(ctx, test, Step::Launching)?;
                     conn = None;
@@ -681,6 +694,9 @@ async fn acquire<P: Provider>(
     artifacts: &Artifacts,
     record: &TestRecord,
 ) -> Result<(), Stop> {
+    if take(ctx, test, record).await? {
+        return Ok(());
+    }
     let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
     let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
     let acquired = ctx
@@ -718,6 +734,124 @@ async fn acquire<P: Provider>(
 }
 
 /// Booting: waits until the machine runs and answers a command.
+/// Warm reuse, the giving side: the test's machine stays up for `to`, a test of a later suite.
+/// The record goes on holding it until `to` takes it, so a killed apply, a later plan and
+/// `destroy` all find it.
+fn keep<P: Provider>(ctx: &Ctx<P>, test: &Test, to: &Address) -> Result<(), Stop> {
+    let kept = ctx.state.update(|s| {
+        let m = s.tests.get_mut(&test.address)?.instance.as_mut()?;
+        m.terminated_at.is_none().then(|| {
+            m.handover = Some(Handover::KeptFor(to.clone()));
+            m.id.clone()
+        })
+    })?;
+    if let Some(id) = kept {
+        ctx.progress
+            .println(&format!("{}: keeps {id} for {to}", test.address));
+    }
+    Ok(())
+}
+
+/// Warm reuse, the taking side: takes the machine a test of an earlier suite kept for this
+/// one, in one state write (the giver stops holding it, this test holds it with a run
+/// directory of its own). A kept machine that is gone, or that the provider cannot tell about,
+/// is given up and a new one launched. Whether a machine was taken.
+async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Result<bool, Stop> {
+    let to = &test.address;
+    let kept = ctx.state.read(|s| {
+        s.tests.iter().find_map(|(from, r)| {
+            let m = r.live_machine()?;
+            (m.handover.as_ref() == Some(&Handover::KeptFor(to.clone())))
+                .then(|| (from.clone(), m.clone()))
+        })
+    });
+    let Some((from, machine)) = kept else {
+        return Ok(false);
+    };
+    let unusable = match ctx.provider.gone(&machine).await {
+        Ok(None) => None,
+        Ok(Some(why)) => {
+            ctx.state.record(&from, TestRecord::mark_released)?;
+            Some(why)
+        }
+        Err(e) => {
+            release_departed(ctx, &from)
+                .await
+                .map_err(|stop| match stop {
+                    Stop::Failed(f) => failed(
+                        Step::Launching,
+                        format!("cannot give up {}, kept by {from}: {}", machine.id, f.error),
+                    ),
+                    other => other,
+                })?;
+            Some(format!("cannot tell whether it is still there: {e}"))
+        }
+    };
+    if let Some(why) = unusable {
+        ctx.progress.println(&format!(
+            "{to}: {} kept by {from} is not usable ({why}); launching another",
+            machine.id
+        ));
+        return Ok(false);
+    }
+    let workspace = &ctx.plan.name;
+    ctx.state.update(|s| {
+        let at = jiff::Timestamp::now();
+        if let Some(m) = s.tests.get_mut(&from).and_then(|r| r.instance.as_mut()) {
+            m.terminated_at = Some(at);
+            m.handover = Some(Handover::TakenBy(to.clone()));
+        }
+        if let Some(r) = s.tests.get_mut(to) {
+            r.instance = Some(Machine {
+                run_dir: Some(run_dir(test, workspace, record)),
+                taken: Some(Taken {
+                    from: from.clone(),
+                    at,
+                    left: machine.run_dir.clone(),
+                }),
+                handover: None,
+                terminated_at: None,
+                ..machine.clone()
+            });
+        }
+    })?;
+    ctx.progress
+        .println(&format!("{to}: takes {} from {from}", machine.id));
+    Ok(true)
+}
+
+/// A machine taken from another test starts clean: whatever that test's race left running is
+/// stopped, and the page cache is dropped where the user may (root or passwordless sudo), so
+/// the race does not start warm. Safe to repeat after a resume.
+async fn scrub<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
+    taken: &Taken,
+) -> Result<(), Stop> {
+    let command =
+        remote::scrub_command(taken.left.as_deref()).map_err(|e| failed(Step::Booting, e))?;
+    let out = run_on(
+        ctx,
+        test,
+        conn,
+        &command,
+        b"",
+        Duration::from_secs(120),
+        Step::Booting,
+    )
+    .await?;
+    let cache = match String::from_utf8_lossy(&out).trim() {
+        remote::CACHE_DROPPED => "page cache dropped",
+        _ => "page cache kept: neither root nor passwordless sudo",
+    };
+    ctx.progress.println(&format!(
+        "{}: stopped what {} left on {}; {cache}",
+        test.address, taken.from, conn.machine.id
+    ));
+    Ok(())
+}
+
 async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
     let machine = ctx
         .state

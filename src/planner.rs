@@ -10,8 +10,8 @@ use similar::TextDiff;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::{MachineSettings, Plan, ProviderKind, RepeatOn};
-use crate::state::{State, Status, Step, TestRecord};
+use crate::plan::{MachineSettings, Plan, ProviderKind, RepeatOn, Test};
+use crate::state::{Handover, State, Status, Step, TestRecord};
 use crate::templates::{ArtifactMap, Renderer, TemplateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +24,8 @@ pub enum Action {
     Resume { step: Step },
     /// A result exists but was made with another configuration (or `--replace` asked).
     Rerun,
-    /// The test left the plan while its instance may still be running.
+    /// A machine no test will use may still be running: its test left the plan, or it was kept
+    /// for a test that has nothing to run.
     Terminate,
 }
 
@@ -50,6 +51,20 @@ pub struct Changes {
     /// How the machines will be shared, where tests will wait for one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Warm reuse: which tests hand their machine on to a test of a later suite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handoffs: Vec<Handoff>,
+}
+
+/// Warm reuse (`reuse_instances`): `from` keeps its machine after its last race for `to`, a test
+/// of a later suite that asks for the same machine, instead of giving it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub from: Address,
+    pub to: Address,
+    /// The machine `from` already keeps for `to`: an earlier apply stopped between the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
 }
 
 /// What to consider: `targets` limits the plan to some addresses, `replace` forces re-runs.
@@ -236,8 +251,97 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             });
         }
     }
+    changes.handoffs = handoffs(plan, state, &mut changes, &wanted);
     changes.notes = sharing_notes(plan, &changes);
     changes
+}
+
+/// Warm reuse, decided here once: which test hands its machine to which. A machine an earlier
+/// apply kept goes to its test if that test starts a new attempt now, else it is terminated
+/// (unless its holder runs again: a new attempt gives back what the last one held). Then each
+/// test that starts a new attempt takes the machine of a test of an earlier suite that will
+/// finish on the same machine settings: from the latest such suite, so the machine idles
+/// least, and its first such test, which under a `--parallelism` bound also starts first.
+/// One donor per taker, and a taker passes the machine on in turn. Variants keep their
+/// group's machine.
+fn handoffs(
+    plan: &Plan,
+    state: &State,
+    changes: &mut Changes,
+    wanted: &dyn Fn(&Address) -> bool,
+) -> Vec<Handoff> {
+    let action = |changes: &Changes, a: &Address| changes.get(a).map(|c| c.action);
+    let new_attempt = |action: Option<Action>| {
+        matches!(
+            action,
+            Some(
+                Action::Run
+                    | Action::Rerun
+                    | Action::Resume {
+                        step: Step::Launching
+                    }
+            )
+        )
+    };
+    let mut handoffs = Vec::new();
+    for (from, record) in &state.tests {
+        let Some(machine) = record.live_machine() else {
+            continue;
+        };
+        let Some(Handover::KeptFor(to)) = &machine.handover else {
+            continue;
+        };
+        if !(wanted(from) || wanted(to)) || changes.get(from).is_some() {
+            continue;
+        }
+        if new_attempt(action(changes, to)) {
+            handoffs.push(Handoff {
+                from: from.clone(),
+                to: to.clone(),
+                kept: Some(machine.id.clone()),
+            });
+        } else {
+            changes.changes.push(Change {
+                address: from.clone(),
+                action: Action::Terminate,
+                reason: format!(
+                    "will be terminated: instance {} was kept for `{to}`, which has nothing to run",
+                    machine.id
+                ),
+                config_hash: None,
+                diff: None,
+                instance: Some(machine.id.clone()),
+            });
+        }
+    }
+    let reuses = |t: &Test| t.reuse && t.variant.is_none();
+    let mut donors: Vec<(usize, &Test)> = Vec::new();
+    for (suite_index, suite) in plan.suites.iter().enumerate() {
+        let mut finishing = Vec::new();
+        for test in suite.tests.iter().filter(|t| reuses(t)) {
+            let Some(act) = action(changes, &test.address) else {
+                continue;
+            };
+            let takes = handoffs.iter().any(|h| h.to == test.address);
+            let alike = |d: &&(usize, &Test)| d.1.settings.machine == test.settings.machine;
+            let latest = donors.iter().rev().find(alike).map(|d| d.0);
+            if new_attempt(Some(act))
+                && !takes
+                && let Some(i) = donors.iter().position(|d| Some(d.0) == latest && alike(&d))
+            {
+                handoffs.push(Handoff {
+                    from: donors.remove(i).1.address.clone(),
+                    to: test.address.clone(),
+                    kept: None,
+                });
+            }
+            if act != Action::Terminate {
+                finishing.push((suite_index, test));
+            }
+        }
+        donors.extend(finishing);
+    }
+    handoffs
 }
 
 /// Where the tests to run will wait for a machine: a suite's tests on this machine run one at
@@ -281,6 +385,18 @@ fn sharing_notes(plan: &Plan, changes: &Changes) -> Vec<String> {
                 if hosts.len() == 1 { "" } else { "s" }
             ));
         }
+    }
+    for h in &changes.handoffs {
+        notes.push(match &h.kept {
+            Some(id) => format!(
+                "`{}` takes instance {id}, kept for it by `{}` (warm reuse)",
+                h.to, h.from
+            ),
+            None => format!(
+                "`{}` hands its instance on to `{}` (warm reuse: they ask for the same machine)",
+                h.from, h.to
+            ),
+        });
     }
     notes
 }
@@ -501,7 +617,7 @@ impl SavedPlan {
 mod tests {
     use super::*;
     use crate::plan::{ProviderKind, RallyConfig, TrackSource};
-    use crate::state::{Machine, Step};
+    use crate::state::{Handover, Machine, Step};
 
     const PLAN: &str = r#"
 version = 1
@@ -588,6 +704,115 @@ provider = "local"
 "#,
         );
         insta::assert_snapshot!(plan_text(&p, &State::new("pools"), &Options::default()));
+    }
+
+    const REUSE: &str = r#"
+version = 1
+name = "nightly"
+[defaults]
+region = "us-east-1"
+ami = "ami-0123456789abcdef0"
+instance_type = "m5.xlarge"
+track = "geonames"
+reuse_instances = true
+[[suite]]
+name = "ingest"
+[[suite.test]]
+name = "a"
+[[suite.test]]
+name = "b"
+[[suite.test]]
+name = "big"
+instance_type = "m5.4xlarge"
+[[suite]]
+name = "search"
+[[suite.test]]
+name = "c"
+[[suite.test]]
+name = "own"
+reuse_instances = false
+[[suite.test]]
+name = "big"
+instance_type = "m5.4xlarge"
+[[suite]]
+name = "late"
+reuse_instances = false
+[[suite.test]]
+name = "d"
+"#;
+
+    fn pairs(changes: &Changes) -> Vec<(String, String, Option<String>)> {
+        changes
+            .handoffs
+            .iter()
+            .map(|h| (h.from.to_string(), h.to.to_string(), h.kept.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_test_takes_the_machine_of_an_earlier_suites_test_that_asks_for_the_same_one() {
+        console::set_colors_enabled(false);
+        let p = plan(REUSE);
+        let artifacts = render_all(&p, &Renderer::new()).unwrap();
+        let changes = diff(&p, &State::new("nightly"), &artifacts, &Options::default());
+        // The first test of the latest suite, one taker each; another instance type pairs apart;
+        // `own` and the suite that says no launch their own.
+        let pair = |f: &str, t: &str| (f.to_owned(), t.to_owned(), None);
+        assert_eq!(
+            pairs(&changes),
+            [
+                pair("ingest.a", "search.c"),
+                pair("ingest.big", "search.big")
+            ]
+        );
+        insta::assert_snapshot!(render(&changes));
+    }
+
+    #[test]
+    fn a_machine_kept_by_an_earlier_apply_goes_to_its_test_or_is_terminated() {
+        console::set_colors_enabled(false);
+        let p = plan(REUSE);
+        let artifacts = render_all(&p, &Renderer::new()).unwrap();
+        let mut state = State::new("nightly");
+        for address in ["ingest.a", "ingest.b", "ingest.big"] {
+            let (a, mut r) = record_for(&p, address, Status::Completed);
+            if address == "ingest.b" {
+                r.instance = Some(Machine {
+                    handover: Some(Handover::KeptFor("search.c".parse().unwrap())),
+                    ..Machine::acquired(ProviderKind::Aws, "i-0b".into())
+                });
+            }
+            state.tests.insert(a, r);
+        }
+        let changes = diff(&p, &state, &artifacts, &Options::default());
+        assert_eq!(
+            pairs(&changes),
+            [(
+                "ingest.b".to_owned(),
+                "search.c".to_owned(),
+                Some("i-0b".to_owned())
+            )]
+        );
+        assert!(
+            render(&changes).contains(
+                "Note: `search.c` takes instance i-0b, kept for it by `ingest.b` (warm reuse)"
+            ),
+            "{}",
+            render(&changes)
+        );
+        // Once `search.c` has its result, nothing will take the machine: it is terminated.
+        let (a, r) = record_for(&p, "search.c", Status::Completed);
+        state.tests.insert(a, r);
+        let changes = diff(&p, &state, &artifacts, &Options::default());
+        assert!(pairs(&changes).iter().all(|(_, _, kept)| kept.is_none()));
+        let terminate = changes.get(&"ingest.b".parse().unwrap()).unwrap();
+        assert_eq!(
+            (terminate.action, terminate.reason.as_str()),
+            (
+                Action::Terminate,
+                "will be terminated: instance i-0b was kept for `search.c`, which has nothing to run"
+            )
+        );
     }
 
     #[test]

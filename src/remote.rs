@@ -249,6 +249,28 @@ pub async fn exec(
 /// directory unless absolute): the race's session, and whatever else names the run's report or
 /// Rally home on its command line (an Elasticsearch that Rally launched, which leaves the
 /// session). Safe to repeat, and a no-op where nothing ran.
+/// What [`scrub_command`] prints when it dropped the page cache.
+pub const CACHE_DROPPED: &str = "page cache dropped";
+
+/// Readies a machine taken from another test: stops what that test's race left (its run
+/// directory `previous`, when known), then drops the page cache if the user is root or may
+/// sudo without a password, saying so with [`CACHE_DROPPED`].
+pub fn scrub_command(previous: Option<&str>) -> Result<String, crate::templates::TemplateError> {
+    let stop = match previous {
+        Some(dir) => format!("(\n{}\n)\n", stop_run_command(dir)?),
+        None => String::new(),
+    };
+    Ok(format!(
+        r#"{stop}sync
+if [ "$(id -u)" = 0 ]; then
+  {{ echo 3 > /proc/sys/vm/drop_caches; }} 2>/dev/null && echo '{CACHE_DROPPED}'
+elif sudo -n true 2>/dev/null; then
+  echo 3 | sudo -n tee /proc/sys/vm/drop_caches >/dev/null 2>&1 && echo '{CACHE_DROPPED}'
+fi
+exit 0"#
+    ))
+}
+
 pub fn stop_run_command(run_dir: &str) -> Result<String, crate::templates::TemplateError> {
     let quoted = crate::templates::shell_quote(run_dir)?;
     Ok(format!(

@@ -137,9 +137,36 @@ pub struct Machine {
     pub run_dir: Option<String>,
     /// When it was launched or leased.
     pub launched_at: Timestamp,
-    /// When it was terminated or given back.
+    /// When this record stopped holding it: terminated, given back, or taken by another test.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<Timestamp>,
+    /// Warm reuse: the test of an earlier suite this record took the machine from, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken: Option<Taken>,
+    /// Warm reuse: the test of a later suite the machine went on to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Taken {
+    pub from: Address,
+    pub at: Timestamp,
+    /// The run directory of the test it was taken from: what stopping its leftovers looks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<String>,
+}
+
+/// A machine kept running after its test for a test of a later suite (warm reuse).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handover {
+    /// Kept for that test, idle until it starts: this record still holds it, so `destroy`
+    /// and a later plan find it here.
+    KeptFor(Address),
+    /// That test took it and holds it now.
+    TakenBy(Address),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,6 +390,8 @@ impl Machine {
             run_dir: None,
             launched_at: Timestamp::now(),
             terminated_at: None,
+            taken: None,
+            handover: None,
         }
     }
 }

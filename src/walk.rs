@@ -56,6 +56,7 @@ pub async fn apply<P: Provider>(
         run_id: crate::state::new_run_id(),
         progress,
         cancel,
+        handoffs: changes.handoffs.clone(),
     });
     let mut report = ApplyReport {
         completed: vec![],
@@ -216,11 +217,13 @@ mod tests {
     use super::*;
     use crate::planner::{self, Options};
     use crate::provider::fake::Fake;
-    use crate::state::{State, Status};
+    use crate::state::{Handover, State, Status};
 
     /// Stands in for esrally: writes a report, fails when asked with `--fail` (or
     /// `--fail-at=N`: in the N-th race it runs), hangs without a word with `--hang` (its pid in
-    /// `hung.pid` beside the report).
+    /// `hung.pid` beside the report). With `--linger` it leaves a process running that names
+    /// its report, as Rally's own would (its pid in `linger.pid`); with `--no-leftovers` it
+    /// fails while such a process of any race is still alive.
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
 races="$(dirname "$0")/races"
 [ "$1" = race ] && echo $(( $(cat "$races" 2>/dev/null || echo 0) + 1 )) > "$races"
@@ -232,8 +235,13 @@ for a in "$@"; do
     --fail-at=*) [ "$(cat "$races")" = "${a#--fail-at=}" ] && { echo "boom"; exit 64; };;
     --challenge=*) echo "${a#--challenge=}" >> "$(dirname "$0")/challenges";;
     --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
+    --linger) linger=1;;
+    --no-leftovers) for f in $(find "$(dirname "$0")/../.." -name linger.pid); do
+        case "$(ps -o stat= -p "$(cat "$f")")" in Z*|"") ;; *) echo "left over: $(ps -o pid=,stat=,args= -p "$(cat "$f")")"; exit 64;; esac
+      done;;
   esac
 done
+[ -n "$linger" ] && { bash -c 'sleep 3600; :' "$report" >/dev/null 2>&1 & echo $! > "$(dirname "$report")/linger.pid"; }
 printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,index,0.00,%%\n' > "$report"
 "#;
 
@@ -816,6 +824,110 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 (Status::Completed, 2)
             );
         }
+    }
+
+    /// Two suites, the second's test asking for the same machine as the first's (the fake
+    /// provider's machines all alike); all of them reuse.
+    fn reusing(suites: &str) -> Bench {
+        let mut bench = Bench::new(suites);
+        for suite in &mut bench.plan.suites {
+            for test in &mut suite.tests {
+                test.reuse = true;
+            }
+        }
+        bench
+    }
+
+    const HANDOFF: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+        rally_args = [\"--linger\"]\n[[suite]]\nname = \"b\"\n[[suite.test]]\nname = \"t2\"\n\
+        rally_args = [\"--no-leftovers\"]\n";
+
+    #[test]
+    fn a_machine_goes_on_to_a_later_suites_test_clean_and_is_given_back_once() {
+        let mut bench = reusing(HANDOFF);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        // One machine for both; its bound renewed for the second test's race. `t2`'s stand-in
+        // fails if `t1`'s lingering process were still there.
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "extend m-t1-1",
+                "release m-t1-1"
+            ]
+        );
+        let t1 = record(&bench, "a.t1").instance.clone().unwrap();
+        let t2 = record(&bench, "b.t2").instance.clone().unwrap();
+        assert_eq!(
+            t1.handover,
+            Some(Handover::TakenBy("b.t2".parse().unwrap()))
+        );
+        assert!(t1.terminated_at.is_some(), "t1 no longer holds it");
+        let taken = t2.taken.clone().unwrap();
+        assert_eq!(
+            (t2.id.as_str(), taken.from.to_string()),
+            ("m-t1-1", "a.t1".into())
+        );
+        assert_eq!(taken.left, t1.run_dir);
+        assert_ne!(
+            t2.run_dir, t1.run_dir,
+            "each test races in a directory of its own"
+        );
+        assert!(report.still_running.is_empty());
+    }
+
+    #[test]
+    fn a_machine_kept_when_an_apply_stopped_between_suites_is_taken_by_the_next() {
+        let mut bench = reusing(HANDOFF);
+        bench.apply(Fake::default(), &Options::default());
+        // As if killed after `t1` kept the machine and before `t2` began.
+        let t1 = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
+        let m = t1.instance.as_mut().unwrap();
+        m.terminated_at = None;
+        m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
+        bench.state.tests.remove(&"b.t2".parse().unwrap());
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        // Nothing launched: the kept machine is taken, renewed and given back once.
+        assert_eq!(fake.calls(), ["extend m-t1-1", "release m-t1-1"]);
+        assert_eq!(
+            record(&bench, "b.t2").instance.as_ref().unwrap().id,
+            "m-t1-1"
+        );
+    }
+
+    #[test]
+    fn a_kept_machine_that_is_gone_is_given_up_and_another_launched() {
+        let mut bench = reusing(HANDOFF);
+        bench.apply(Fake::default(), &Options::default());
+        let t1 = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
+        let m = t1.instance.as_mut().unwrap();
+        m.terminated_at = None;
+        m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
+        bench.state.tests.remove(&"b.t2".parse().unwrap());
+        let fake = Fake::default();
+        fake.gone.lock().unwrap().insert("m-t1-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(fake.calls(), ["acquire b.t2#1 -> m-t2-1", "release m-t2-1"]);
+        assert!(record(&bench, "a.t1").live_machine().is_none());
+    }
+
+    #[test]
+    fn a_failed_test_keeps_no_machine_and_the_later_one_launches_its_own() {
+        let mut bench = reusing(&HANDOFF.replace("--linger", "--fail"));
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!((report.completed.len(), report.failed.len()), (1, 1));
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "release m-t1-1",
+                "acquire b.t2#1 -> m-t2-1",
+                "release m-t2-1"
+            ]
+        );
     }
 
     #[test]

@@ -410,3 +410,79 @@ fn repetitions_race_back_to_back_on_one_instance_with_its_watchdog_rearmed() {
     let throughput = &test["tasks"][0]["metrics"]["throughput"];
     assert_eq!(throughput["samples"].as_array().unwrap().len(), 2, "{test}");
 }
+
+/// Warm reuse: three tests over two suites launch two instances, the second suite's test on
+/// the instance of the first suite's. apply is SIGKILLed while that instance waits between
+/// the suites; the next apply hands it on: nothing launched twice, nothing left running.
+#[test]
+fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
+    let run = Run::new(2);
+    let reuse = "reuse_instances = true";
+    let plan = run.plan(&[
+        ("ingest", &[("a", reuse), ("b", reuse)]),
+        ("search", &[("c", reuse)]),
+    ]);
+    let plan = plan.to_str().unwrap();
+    let out = run.rallyctl(&["plan", plan]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("`ingest.a` hands its instance on to `search.c`"),
+        "{stdout}"
+    );
+    // One test at a time, so `ingest.b` races while the instance `ingest.a` kept waits.
+    let mut first = run.spawn(
+        "first",
+        &["apply", plan, "--auto-approve", "--parallelism", "1"],
+    );
+    run.wait_for_status("ingest.a", "completed", std::time::Duration::from_secs(300));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let kept = run.record("ingest.a").instance.unwrap();
+    assert_eq!(
+        kept.handover,
+        Some(rallyctl::state::Handover::KeptFor(
+            "search.c".parse().unwrap()
+        ))
+    );
+    assert!(kept.terminated_at.is_none());
+    assert!(
+        run.harness
+            .running_instances()
+            .iter()
+            .any(|i| i.id == kept.id),
+        "the kept instance is not running"
+    );
+
+    let out = run.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "`search.c` takes instance {}, kept for it by `ingest.a`",
+            kept.id
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "search.c: stopped what ingest.a left on {}",
+            kept.id
+        )),
+        "{stdout}"
+    );
+    assert_eq!(run.launches(), 2, "instances launched for three tests");
+    let c = run.record("search.c");
+    assert_eq!(c.status, rallyctl::state::Status::Completed);
+    let machine = c.instance.unwrap();
+    assert_eq!(machine.id, kept.id);
+    assert_eq!(machine.taken.unwrap().from.to_string(), "ingest.a");
+    assert!(c.results.iter().any(|f| f.path.ends_with("report.csv")));
+    assert_eq!(
+        run.record("ingest.b").status,
+        rallyctl::state::Status::Completed
+    );
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
+}

@@ -22,7 +22,7 @@ use crate::graph::Graph;
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
 use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
-use crate::state::{self, State};
+use crate::state::{self, Handover, State};
 use crate::ui;
 use args::{Command, StateCommand};
 use workspace::{check_output, lock, state_dir, target, workspace_state};
@@ -314,14 +314,18 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for (address, record) in &state.tests {
-                    let instance =
-                        record
-                            .instance
-                            .as_ref()
-                            .map_or(String::new(), |m| match m.terminated_at {
-                                Some(_) => format!("  {} ({})", m.id, m.provider.released()),
-                                None => format!("  {}", m.id),
-                            });
+                    let instance = record.instance.as_ref().map_or(String::new(), |m| {
+                        match (&m.handover, m.terminated_at) {
+                            (Some(Handover::TakenBy(to)), _) => {
+                                format!("  {} (handed on to {to})", m.id)
+                            }
+                            (Some(Handover::KeptFor(to)), None) => {
+                                format!("  {} (kept for {to})", m.id)
+                            }
+                            (_, Some(_)) => format!("  {} ({})", m.id, m.provider.released()),
+                            (_, None) => format!("  {}", m.id),
+                        }
+                    });
                     println!("{address}  {}{instance}", record.status.label());
                 }
             }

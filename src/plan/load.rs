@@ -58,7 +58,7 @@ enum Ty {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 34] = [
+const SETTINGS: [(&str, Ty); 35] = [
     ("ami", Ty::AwsId("ami")),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
@@ -85,6 +85,7 @@ const SETTINGS: [(&str, Ty); 34] = [
     ("remote_dir", Ty::Str),
     ("repeat_on", Ty::RepeatOn),
     ("repetitions", Ty::Repetitions),
+    ("reuse_instances", Ty::Bool),
     ("runtime_jdk", Ty::Str),
     ("security_group_ids", Ty::AwsIds("sg")),
     ("ssh_key", Ty::Str),
@@ -128,7 +129,7 @@ const fn at(name: &str) -> usize {
 }
 
 const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite"];
-const SUITE_KEYS: &[&str] = &["name", "parallelism", "test"];
+const SUITE_KEYS: &[&str] = &["name", "parallelism", "reuse_instances", "test"];
 const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
     let mut names = [""; SETTINGS.len()];
     let mut i = 0;
@@ -140,11 +141,12 @@ const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
 };
 /// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
 /// all of them.
-const AWS_ONLY: [usize; 8] = [
+const AWS_ONLY: [usize; 9] = [
     at("ami"),
     at("connect"),
     at("instance_type"),
     at("region"),
+    at("reuse_instances"),
     at("security_group_ids"),
     at("subnet_id"),
     at("subnet_ids"),
@@ -744,6 +746,19 @@ impl<'n> Loader<'_, '_> {
                 }
             }
         });
+        // A suite's `reuse_instances` is its tests' default, over [defaults].
+        let suite_defaults;
+        let defaults = match get(entries, "reuse_instances")
+            .and_then(|e| self.value(&e.value, field.key("reuse_instances"), Ty::Bool))
+        {
+            Some(reuse @ Val::Bool(_)) => {
+                let mut own = defaults.clone();
+                own[const { at("reuse_instances") }] = Some(reuse);
+                suite_defaults = own;
+                &suite_defaults
+            }
+            _ => defaults,
+        };
         let tests_field = field.key("test");
         let test_nodes = match get(entries, "test") {
             Some(e) => self.array(&e.value, tests_field).unwrap_or_default(),
@@ -818,13 +833,15 @@ impl<'n> Loader<'_, '_> {
                                 test: test.to_owned(),
                                 name: variant,
                             }),
+                            reuse: false,
                         });
                     }
                 }
                 continue;
             }
             let merged = self.merge(defaults, raw, &test_node.span, test_field);
-            if let (Some(suite), Some(test), Some((settings, repeat))) = (&name, test_name, merged)
+            if let (Some(suite), Some(test), Some((settings, repeat, reuse))) =
+                (&name, test_name, merged)
             {
                 let address = Address::new(*suite, test).expect("names were checked");
                 tests.push(Test {
@@ -832,6 +849,7 @@ impl<'n> Loader<'_, '_> {
                     settings,
                     repeat,
                     variant: None,
+                    reuse,
                 });
             }
         }
@@ -902,7 +920,8 @@ impl<'n> Loader<'_, '_> {
                 }
             }
             let merged = self.merge(parent, raw, &item.span, field);
-            let (Some(name), Some((settings, repeat))) = (name, merged) else {
+            // Variants keep the machine of their group: they take none from another test.
+            let (Some(name), Some((settings, repeat, _))) = (name, merged) else {
                 continue;
             };
             if repeat.on == RepeatOn::Fresh {
@@ -1343,7 +1362,7 @@ impl<'n> Loader<'_, '_> {
         test: Raw,
         span: &Range<usize>,
         field: Field<'_>,
-    ) -> Option<(Settings, Repeat)> {
+    ) -> Option<(Settings, Repeat, bool)> {
         let provider = match &test[const { at("provider") }] {
             Some(Val::Provider(p)) => *p,
             _ => provider_of(defaults),
@@ -1499,7 +1518,8 @@ impl<'n> Loader<'_, '_> {
             track_params: json_map(&mut m, const { at("track_params") }),
             machine,
         };
-        Some((settings, repeat))
+        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
+        Some((settings, repeat, reuse))
     }
 
     /// Reports a setting (the `SETTINGS` index `i`) that `provider` does not read.
@@ -1731,6 +1751,39 @@ mod tests {
         for (i, address) in addresses.iter().enumerate() {
             assert_eq!(address, &format!("s{}.t{}", i / per_suite, i % per_suite));
         }
+    }
+
+    /// `reuse_instances` is read from the defaults, a suite or a test, only for aws, and is
+    /// no setting of the race: the config hash leaves it out.
+    #[test]
+    fn reuse_instances_is_inherited_by_suite_and_test_and_not_hashed() {
+        let head = "version = 1\nname = \"r\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\ninstance_type = \"t\"\ntrack = \"x\"\n";
+        let plan = Plan::parse(
+            Path::new("r.toml"),
+            &format!("{head}[[suite]]\nname = \"s\"\nreuse_instances = true\n[[suite.test]]\nname = \"on\"\n[[suite.test]]\nname = \"off\"\nreuse_instances = false\n"),
+        )
+        .unwrap();
+        let reuse: Vec<bool> = plan.tests().map(|t| t.reuse).collect();
+        assert_eq!(reuse, [true, false]);
+        let [on, off] = [0, 1].map(|i| plan.suites[0].tests[i].settings.canonical_json());
+        assert_eq!(on, off);
+
+        let errors = Plan::parse(
+            Path::new("r.toml"),
+            &format!("{head}[[suite]]\nname = \"s\"\nreuse_instances = \"yes\"\n[[suite.test]]\nname = \"t\"\n[[suite.test]]\nname = \"h\"\nprovider = \"ssh\"\nhosts = [\"b\"]\nreuse_instances = true\n"),
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = errors
+            .diagnostics
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(
+            found[0],
+            ("suite[0].reuse_instances", "expected a boolean, found a string")
+        );
+        assert_eq!(found[1].0, "suite[0].test[1].reuse_instances");
     }
 
     /// A test may override any setting, the track too, in either of its spellings; a table

@@ -61,6 +61,11 @@ pub struct Test {
     /// interleaved on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<VariantOf>,
+    /// `reuse_instances`: the machine may come from a test of an earlier suite that asked for
+    /// the same one, and may go on to a later one. Not a setting of the race: the config hash
+    /// leaves it out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reuse: bool,
 }
 
 /// Which plan test a variant belongs to, and its name there.
