@@ -72,6 +72,7 @@ fn view(run: &str, shift: f64) -> RunView {
                 failure: None,
                 instance_type: Some("m5.large".into()),
                 zone: None,
+                spot: false,
                 repetitions: REPETITIONS,
                 variant: None,
                 race_duration_s: Some(600),

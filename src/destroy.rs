@@ -47,7 +47,7 @@ pub async fn targets<P: Provider>(
             Ok(Some(why)) => gone.push(Gone {
                 address: address.clone(),
                 id: machine.id.clone(),
-                why,
+                why: why.reason,
             }),
             Ok(None) | Err(_) => targets.push(Target {
                 machine: machine.clone(),

@@ -87,6 +87,9 @@ pub struct Failure {
     pub step: Step,
     pub error: String,
     pub log_tail: Option<String>,
+    /// The machine's provider took it back (an EC2 spot interruption): [`run`] races again
+    /// on another machine; elsewhere it is a failure like any other.
+    pub reclaimed: bool,
 }
 
 /// Why a test stopped short of completion.
@@ -105,12 +108,17 @@ impl From<StateError> for Stop {
     }
 }
 
-fn failed(step: Step, error: impl ToString) -> Stop {
-    Stop::Failed(Failure {
+fn failure(step: Step, error: impl ToString) -> Failure {
+    Failure {
         step,
         error: error.to_string(),
         log_tail: None,
-    })
+        reclaimed: false,
+    }
+}
+
+fn failed(step: Step, error: impl ToString) -> Stop {
+    Stop::Failed(failure(step, error))
 }
 
 /// What every test of an apply shares.
@@ -163,14 +171,23 @@ impl Start {
 pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result<(), Stop> {
     let address = &test.address;
     let artifacts = &ctx.artifacts[address];
-    let start = match start {
+    let mut start = match start {
         Start::Resume(step) => step,
         Start::NewAttempt | Start::StartOver => {
             start_attempt(ctx, test, artifacts, start == Start::NewAttempt).await?;
             Step::Launching
         }
     };
-    match steps(ctx, test, artifacts, start).await {
+    let outcome = loop {
+        match steps(ctx, test, artifacts, start).await {
+            Err(Stop::Failed(f)) if f.reclaimed => match race_again(ctx, test, f).await {
+                Ok(()) => start = Step::Launching,
+                Err(stop) => break Err(stop),
+            },
+            outcome => break outcome,
+        }
+    };
+    match outcome {
         Ok(()) => Ok(()),
         Err(Stop::Failed(f)) => {
             record_failure(ctx, address, &f)?;
@@ -188,6 +205,44 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
         }
         Err(other) => Err(other),
     }
+}
+
+/// How many machines of one attempt may be reclaimed before the test fails: spot capacity
+/// that keeps going away is no place to benchmark.
+const MAX_RECLAIMED: u32 = 3;
+
+/// After the test's machine was reclaimed mid-way: gives it back (a reclaimed spot request
+/// may linger), and goes round again from launching, the race under way starting over on a
+/// new machine (a new attempt number, so a new launch) while the finished repetitions stay.
+async fn race_again<P: Provider>(ctx: &Ctx<P>, test: &Test, f: Failure) -> Result<(), Stop> {
+    let why = f.error;
+    let reclaimed = ctx.state.read(|s| s.tests[&test.address].reclaimed + 1);
+    if reclaimed > MAX_RECLAIMED {
+        return Err(failed(
+            f.step,
+            format!(
+                "{why}; that is {reclaimed} machines of this attempt reclaimed, so the test stops here"
+            ),
+        ));
+    }
+    release(ctx, test).await?;
+    ctx.state.update(|s| {
+        if let Some(r) = s.tests.get_mut(&test.address) {
+            r.attempt += 1;
+            r.reclaimed = reclaimed;
+            r.race_id = Some(Uuid::new_v4());
+            r.results.clear();
+            r.instance = None;
+            r.set_status(Status::InProgress {
+                step: Step::Launching,
+            });
+        }
+    })?;
+    ctx.progress.println(&format!(
+        "{}: {why}; racing again on another machine ({reclaimed} of at most {MAX_RECLAIMED} reclaimed)",
+        test.address
+    ));
+    Ok(())
 }
 
 /// The state machine: each step runs once it is recorded, and names the next.
@@ -554,11 +609,7 @@ async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<()
     let Some((machine, test)) = held else {
         return Ok(());
     };
-    let fail = |error: String| Failure {
-        step: Step::Terminating,
-        error,
-        log_tail: None,
-    };
+    let fail = |error: String| failure(Step::Terminating, error);
     ctx.provider
         .release(&machine, &test.settings)
         .await
@@ -709,6 +760,7 @@ async fn acquire<P: Provider>(
             run_id,
             settings: &test.settings,
             artifacts,
+            reclaimed: record.reclaimed,
             cancel: &ctx.cancel,
             on_wait: &on_wait,
         })
@@ -770,9 +822,9 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
     };
     let unusable = match ctx.provider.gone(&machine).await {
         Ok(None) => None,
-        Ok(Some(why)) => {
+        Ok(Some(gone)) => {
             ctx.state.record(&from, TestRecord::mark_released)?;
-            Some(why)
+            Some(gone.reason)
         }
         Err(e) => {
             release_departed(ctx, &from)
@@ -960,12 +1012,14 @@ async fn install<P: Provider>(
     {
         Ok(_) => Ok(()),
         Err(RemoteError::Failed { code, stderr, .. }) => Err(Stop::Failed(Failure {
-            step: Step::Installing,
-            error: format!(
-                "install.sh exited with {code:?} on {}",
-                conn.reachable.endpoint.name()
-            ),
             log_tail: Some(stderr),
+            ..failure(
+                Step::Installing,
+                format!(
+                    "install.sh exited with {code:?} on {}",
+                    conn.reachable.endpoint.name()
+                ),
+            )
         })),
         Err(e) => Err(failed(Step::Installing, e)),
     }
@@ -1031,9 +1085,8 @@ async fn race<P: Provider>(
             ),
         };
         return Err(Stop::Failed(Failure {
-            step: Step::Racing,
-            error,
             log_tail: race_log_tail(&conn.reachable.endpoint, &run_dir).await,
+            ..failure(Step::Racing, error)
         }));
     }
 }
@@ -1206,7 +1259,12 @@ async fn run_on<P: Provider>(
         // tell is a failure of its own, never read as "still there".
         match ctx.provider.gone(&conn.machine).await {
             Ok(None) => {}
-            Ok(Some(gone)) => return Err(failed(step, gone)),
+            Ok(Some(gone)) => {
+                return Err(Stop::Failed(Failure {
+                    reclaimed: gone.reclaimed,
+                    ..failure(step, gone.reason)
+                }));
+            }
             Err(e) => {
                 return Err(failed(
                     step,

@@ -140,6 +140,9 @@ pub struct Machine {
     /// When this record stopped holding it: terminated, given back, or taken by another test.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<Timestamp>,
+    /// An EC2 spot instance: cheaper, may be reclaimed, and its results say so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
     /// Warm reuse: the test of an earlier suite this record took the machine from, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken: Option<Taken>,
@@ -265,6 +268,14 @@ pub struct TestRecord {
     /// The plan test this is a variant of, for comparing the variants of a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<VariantOf>,
+    /// How many machines of this attempt their provider reclaimed mid-way (EC2 spot
+    /// interruptions): the race starts again on a new one, up to a bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reclaimed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A finished race of a test's configuration, kept as a sample when the test races again.
@@ -277,6 +288,9 @@ pub struct Repetition {
     pub machine: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Whether that machine was spot capacity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
     pub results: Vec<ResultFile>,
 }
 
@@ -311,6 +325,8 @@ struct RecordFields {
     earlier: Vec<Repetition>,
     #[serde(default)]
     variant: Option<VariantOf>,
+    #[serde(default)]
+    reclaimed: u32,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +388,7 @@ impl TryFrom<RecordFields> for TestRecord {
             history: r.history,
             earlier: r.earlier,
             variant: r.variant,
+            reclaimed: r.reclaimed,
         })
     }
 }
@@ -390,6 +407,7 @@ impl Machine {
             run_dir: None,
             launched_at: Timestamp::now(),
             terminated_at: None,
+            spot: false,
             taken: None,
             handover: None,
         }
@@ -417,6 +435,7 @@ impl TestRecord {
             history: vec![],
             earlier: vec![],
             variant: None,
+            reclaimed: 0,
         }
     }
 
@@ -460,6 +479,7 @@ impl TestRecord {
                 .map(|m| m.id.clone())
                 .unwrap_or_default(),
             zone: self.instance.as_ref().and_then(|m| m.zone.clone()),
+            spot: self.instance.as_ref().is_some_and(|m| m.spot),
             results: self.results.clone(),
         }
     }

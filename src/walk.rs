@@ -931,6 +931,70 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     }
 
     #[test]
+    fn a_reclaimed_machine_is_given_back_and_the_race_starts_again_on_another() {
+        let mut bench = Bench::new(&format!(
+            "repetitions = 2\nrepeat_on = \"fresh\"\n{ONE_TEST}"
+        ));
+        let fake = Fake::default();
+        // The second repetition's machine: the first race's sample must stay.
+        fake.reclaimed.lock().unwrap().insert("m-t1-2".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "release m-t1-1",
+                "acquire a.t1#2 -> m-t1-2",
+                "release m-t1-2",
+                "acquire a.t1#3 after 1 reclaimed -> m-t1-3",
+                "release m-t1-3"
+            ]
+        );
+        let r = record(&bench, "a.t1");
+        assert_eq!(
+            (r.finished_repetitions(), r.reclaimed, r.attempt),
+            (2, 1, 3)
+        );
+        assert_eq!(
+            race_dirs(&bench),
+            ["1", "3.2"],
+            "the reclaimed race ran nowhere"
+        );
+    }
+
+    #[test]
+    fn a_test_whose_machines_keep_being_reclaimed_fails_saying_so() {
+        let mut bench = Bench::new(ONE_TEST);
+        let fake = Fake::default();
+        for attempt in 1..=4 {
+            fake.reclaimed
+                .lock()
+                .unwrap()
+                .insert(format!("m-t1-{attempt}"));
+        }
+        let (report, fake) = bench.apply(fake, &Options::default());
+        let (_, step, error, _) = &report.failed[0];
+        assert_eq!(*step, Step::Booting);
+        assert!(
+            error.ends_with("that is 4 machines of this attempt reclaimed, so the test stops here"),
+            "{error}"
+        );
+        assert_eq!(
+            fake.held.lock().unwrap().len(),
+            0,
+            "every machine given back"
+        );
+        assert_eq!(
+            fake.calls()
+                .iter()
+                .filter(|c| c.starts_with("acquire"))
+                .count(),
+            4
+        );
+    }
+
+    #[test]
     fn local_suites_run_one_at_a_time_unless_the_suite_says_otherwise() {
         let bench = Bench::new(
             "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\

@@ -534,3 +534,60 @@ fn a_region_without_a_default_vpc_is_reported_for_tests_without_a_subnet() {
         "{stderr}"
     );
 }
+
+/// A spot instance EC2 reclaims mid-race: the test races again on an on-demand instance (the
+/// default `on_interruption`) and completes; the result says which machine was spot.
+#[test]
+fn a_spot_instance_reclaimed_mid_race_is_raced_again_on_demand_and_completes() {
+    let run = Run::new(2);
+    let proxy = FaultProxy::start(&run.harness.moto_url, &[], run.dir.path());
+    let plan = run.plan(&[("s", &[("t", "market = \"spot\"\nmax_price = \"0.05\"")])]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut first = run.spawn_with_env("apply", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
+    run.wait_for_race("s.t", std::time::Duration::from_secs(300));
+    let spot = run.record("s.t").instance.unwrap();
+    assert!(spot.spot, "launched on demand: {spot:?}");
+    // EC2 takes the instance back: terminated, with the spot state reason.
+    proxy.reclaim(&[&spot.id]);
+    let ec2 = run.harness.ec2_client();
+    run.harness
+        .block_on(ec2.terminate_instances().instance_ids(&spot.id).send())
+        .unwrap();
+    let status = first.wait().unwrap();
+    let (stdout, stderr) = run.printed("apply");
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("EC2 reclaimed spot instance {}", spot.id)),
+        "{stdout}"
+    );
+    let r = run.record("s.t");
+    assert_eq!(r.status, Status::Completed);
+    assert_eq!(r.reclaimed, 1);
+    let again = r.instance.clone().unwrap();
+    assert_ne!(again.id, spot.id);
+    assert!(!again.spot, "raced again on spot, not on demand");
+    assert!(r.results.iter().any(|f| f.path.ends_with("report.csv")));
+    assert_eq!(run.launches(), 2);
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
+    // The launch asked EC2 for spot capacity at the price cap.
+    let spot_launches = run
+        .harness
+        .recorded_calls()
+        .into_iter()
+        .filter(|c| c.action == "RunInstances" && !c.from_harness)
+        .filter(|c| {
+            let param = |k: &str| {
+                c.params
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            param("InstanceMarketOptions.MarketType") == Some("spot")
+                && param("InstanceMarketOptions.SpotOptions.MaxPrice") == Some("0.05")
+        })
+        .count();
+    assert_eq!(spot_launches, 1);
+}

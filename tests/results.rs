@@ -145,6 +145,7 @@ impl Tree {
                 race_id: uuid::Uuid::nil(),
                 machine: "i-0123".into(),
                 zone: Some("us-east-1a".into()),
+                spot: false,
                 results,
             })
             .collect();
@@ -279,6 +280,9 @@ fn realistic() -> Tree {
     t.record(&b, RUN1, Status::Completed, files);
     let files = t.files(RUN2, &a, &rally_files("success"));
     t.record(&a, RUN2, Status::Completed, files);
+    // Raced on spot capacity: every view says so.
+    let spot = t.state.tests.get_mut(&a).unwrap().instance.as_mut().unwrap();
+    spot.spot = true;
     let errors = addr("search", "errors");
     let files = t.files(RUN2, &errors, &rally_files("error-rate"));
     t.record(

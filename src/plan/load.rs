@@ -17,9 +17,9 @@ use std::time::Duration;
 use super::diag::{PlanErrors, Sink};
 use super::source::{Entry, Format, Kind, Node};
 use super::{
-    AwsSettings, Connect, LocalPath, MachineSettings, PLAN_VERSION, Plan, ProviderKind,
-    RallyConfig, Repeat, RepeatOn, Settings, SortedMap, SshSettings, Subnets, Suite, Test, Text,
-    TrackSource, VariantOf,
+    AwsSettings, Connect, LocalPath, MachineSettings, Market, MarketKind, PLAN_VERSION, Plan,
+    ProviderKind, RallyConfig, Repeat, RepeatOn, Settings, SortedMap, SpotOptions, SshSettings,
+    Subnets, Suite, Test, Text, TrackSource, VariantOf,
 };
 use crate::FastHash;
 use crate::address::{self, Address};
@@ -34,6 +34,10 @@ enum Ty {
     /// At least the given minimum, which the message explains.
     Duration(Duration, &'static str),
     Connect,
+    /// `on_demand` or `spot`.
+    Market,
+    /// US dollars per hour: a positive decimal, as a string or a number.
+    Price,
     Provider,
     /// How many times a test races: 1 to [`MAX_REPETITIONS`].
     Repetitions,
@@ -58,7 +62,7 @@ enum Ty {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 35] = [
+const SETTINGS: [(&str, Ty); 38] = [
     ("ami", Ty::AwsId("ami")),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
@@ -68,6 +72,8 @@ const SETTINGS: [(&str, Ty); 35] = [
     ("distribution_version", Ty::Str),
     ("hosts", Ty::Hosts),
     ("instance_type", Ty::Str),
+    ("market", Ty::Market),
+    ("max_price", Ty::Price),
     (
         "max_runtime",
         Ty::Duration(
@@ -76,6 +82,7 @@ const SETTINGS: [(&str, Ty); 35] = [
         ),
     ),
     ("offline", Ty::Bool),
+    ("on_interruption", Ty::Market),
     ("pipeline", Ty::Str),
     ("provider", Ty::Provider),
     ("rally_args", Ty::Strs),
@@ -141,10 +148,13 @@ const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
 };
 /// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
 /// all of them.
-const AWS_ONLY: [usize; 9] = [
+const AWS_ONLY: [usize; 12] = [
     at("ami"),
     at("connect"),
     at("instance_type"),
+    at("market"),
+    at("max_price"),
+    at("on_interruption"),
     at("region"),
     at("reuse_instances"),
     at("security_group_ids"),
@@ -261,6 +271,7 @@ enum Val {
     Port(u16),
     Duration(Duration),
     Connect(Connect),
+    Market(MarketKind),
     Provider(ProviderKind),
     Repetitions(NonZeroU32),
     RepeatOn(RepeatOn),
@@ -1168,6 +1179,41 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
             }
+            Ty::Market => {
+                let text = self.string(node, field)?;
+                match text {
+                    "on_demand" => Some(Val::Market(MarketKind::OnDemand)),
+                    "spot" => Some(Val::Market(MarketKind::Spot)),
+                    _ => {
+                        self.sink.error(
+                            span,
+                            field,
+                            format!("`{text}` is not a market; expected \"on_demand\" or \"spot\""),
+                        );
+                        None
+                    }
+                }
+            }
+            Ty::Price => {
+                let text = match node.kind {
+                    Kind::Float(f) => f.to_string(),
+                    Kind::Integer(n) => n.to_string(),
+                    _ => self.string(node, field)?.to_owned(),
+                };
+                match text.parse::<f64>() {
+                    Ok(p) if p.is_finite() && p > 0.0 && !text.contains(['e', 'E']) => {
+                        Some(Val::Str(text.as_str().into()))
+                    }
+                    _ => {
+                        self.sink.error(
+                            span,
+                            field,
+                            format!("`{text}` is not a price; expected US dollars per hour above 0, e.g. \"0.05\""),
+                        );
+                        None
+                    }
+                }
+            }
             Ty::Connect => {
                 let text = self.string(node, field)?;
                 match text {
@@ -1424,6 +1470,7 @@ impl<'n> Loader<'_, '_> {
                     _ => Connect::PublicIp,
                 },
                 instance_type: text(&mut m, const { at("instance_type") })?,
+                market: self.market(&mut m, span, field)?,
                 region: text(&mut m, const { at("region") })?,
                 security_group_ids: texts(&mut m, const { at("security_group_ids") }),
                 ssh_port,
@@ -1520,6 +1567,37 @@ impl<'n> Loader<'_, '_> {
         };
         let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
         Some((settings, repeat, reuse))
+    }
+
+    /// An aws test's market; `max_price` and `on_interruption` mean something only for spot.
+    fn market(&mut self, m: &mut Raw, span: &Range<usize>, field: Field<'_>) -> Option<Market> {
+        let max_price = text(m, const { at("max_price") });
+        let on_interruption = match m[const { at("on_interruption") }].take() {
+            Some(Val::Market(kind)) => Some(kind),
+            _ => None,
+        };
+        match m[const { at("market") }].take() {
+            Some(Val::Market(MarketKind::Spot)) => Some(Market::Spot(SpotOptions {
+                max_price,
+                on_interruption: on_interruption.unwrap_or(MarketKind::OnDemand),
+            })),
+            _ => {
+                for (key, set) in [
+                    ("max_price", max_price.is_some()),
+                    ("on_interruption", on_interruption.is_some()),
+                ] {
+                    if set {
+                        self.sink.error_with_help(
+                            span,
+                            field.key(key),
+                            format!("`{key}` is only read for spot instances"),
+                            "set market = \"spot\", or leave it out",
+                        );
+                    }
+                }
+                (max_price.is_none() && on_interruption.is_none()).then_some(Market::OnDemand)
+            }
+        }
     }
 
     /// Reports a setting (the `SETTINGS` index `i`) that `provider` does not read.
@@ -1781,9 +1859,64 @@ mod tests {
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(
             found[0],
-            ("suite[0].reuse_instances", "expected a boolean, found a string")
+            (
+                "suite[0].reuse_instances",
+                "expected a boolean, found a string"
+            )
         );
         assert_eq!(found[1].0, "suite[0].test[1].reuse_instances");
+    }
+
+    /// Spot is asked for with `market`; its price cap and fallback mean nothing without it.
+    /// On-demand tests hash as before spot existed.
+    #[test]
+    fn spot_settings_are_read_only_with_market_spot() {
+        let head = "version = 1\nname = \"r\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\ninstance_type = \"t\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n";
+        let plan = Plan::parse(
+            Path::new("r.toml"),
+            &format!("{head}[[suite.test]]\nname = \"spot\"\nmarket = \"spot\"\nmax_price = 0.05\non_interruption = \"spot\"\n[[suite.test]]\nname = \"plain\"\n"),
+        )
+        .unwrap();
+        let MachineSettings::Aws(spot) = &plan.suites[0].tests[0].settings.machine else {
+            panic!("an aws test")
+        };
+        assert_eq!(
+            spot.market,
+            Market::Spot(SpotOptions {
+                max_price: Some("0.05".into()),
+                on_interruption: MarketKind::Spot
+            })
+        );
+        let plain = plan.suites[0].tests[1].settings.canonical_json();
+        assert!(!plain.contains("market"), "{plain}");
+
+        let errors = Plan::parse(
+            Path::new("r.toml"),
+            &format!("{head}[[suite.test]]\nname = \"a\"\nmax_price = \"0.05\"\n[[suite.test]]\nname = \"b\"\nmarket = \"reserved\"\n[[suite.test]]\nname = \"c\"\nmarket = \"spot\"\nmax_price = \"-1\"\n"),
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = errors
+            .diagnostics
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "suite[0].test[0].max_price",
+                    "`max_price` is only read for spot instances"
+                ),
+                (
+                    "suite[0].test[1].market",
+                    "`reserved` is not a market; expected \"on_demand\" or \"spot\""
+                ),
+                (
+                    "suite[0].test[2].max_price",
+                    "`-1` is not a price; expected US dollars per hour above 0, e.g. \"0.05\""
+                ),
+            ]
+        );
     }
 
     /// A test may override any setting, the track too, in either of its spellings; a table

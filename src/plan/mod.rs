@@ -110,6 +110,29 @@ pub enum Connect {
     PrivateIp,
 }
 
+/// How an aws test's instance is bought.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Market {
+    OnDemand,
+    /// Spot capacity: cheaper, and EC2 may reclaim it mid-race.
+    Spot(SpotOptions),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpotOptions {
+    /// The most to pay per hour, in USD; without one, EC2's cap (the on-demand price).
+    pub max_price: Option<Text>,
+    /// Where the test races again when EC2 reclaims its spot instance.
+    pub on_interruption: MarketKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarketKind {
+    OnDemand,
+    Spot,
+}
+
 /// Where a test's machine comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -331,6 +354,7 @@ pub struct AwsSettings {
     pub ami: Text,
     pub connect: Connect,
     pub instance_type: Text,
+    pub market: Market,
     pub region: Text,
     pub security_group_ids: Arc<[Text]>,
     pub ssh_port: u16,
@@ -404,9 +428,17 @@ struct FlatSettings {
     hosts: Option<Arc<[Text]>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     instance_type: Option<Text>,
+    /// Written only for spot, so that on-demand tests hash as before it existed; a spot
+    /// result is one of its own (spot capacity can skew a benchmark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    market: Option<MarketKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_price: Option<Text>,
     #[serde(with = "humantime_serde")]
     max_runtime: Duration,
     offline: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_interruption: Option<MarketKind>,
     pipeline: Option<Text>,
     #[serde(default, skip_serializing_if = "is_aws")]
     provider: ProviderKind,
@@ -473,8 +505,11 @@ impl From<Settings> for FlatSettings {
             distribution_version: s.distribution_version,
             hosts: None,
             instance_type: None,
+            market: None,
+            max_price: None,
             max_runtime: s.max_runtime,
             offline: s.offline,
+            on_interruption: None,
             pipeline: s.pipeline,
             provider: s.machine.kind(),
             rally_args: s.rally_args,
@@ -501,6 +536,11 @@ impl From<Settings> for FlatSettings {
                 flat.ami = Some(a.ami);
                 flat.connect = Some(a.connect);
                 flat.instance_type = Some(a.instance_type);
+                if let Market::Spot(spot) = a.market {
+                    flat.market = Some(MarketKind::Spot);
+                    flat.max_price = spot.max_price;
+                    flat.on_interruption = Some(spot.on_interruption);
+                }
                 flat.region = Some(a.region);
                 flat.security_group_ids = Some(a.security_group_ids);
                 flat.ssh_port = Some(a.ssh_port);
@@ -539,6 +579,13 @@ impl TryFrom<FlatSettings> for Settings {
                     .instance_type
                     .clone()
                     .ok_or_else(|| missing("instance_type"))?,
+                market: match f.market {
+                    Some(MarketKind::Spot) => Market::Spot(SpotOptions {
+                        max_price: f.max_price.clone(),
+                        on_interruption: f.on_interruption.unwrap_or(MarketKind::OnDemand),
+                    }),
+                    _ => Market::OnDemand,
+                },
                 region: f.region.clone().ok_or_else(|| missing("region"))?,
                 security_group_ids: f.security_group_ids.clone().unwrap_or_default(),
                 ssh_port: f.ssh_port.unwrap_or(22),

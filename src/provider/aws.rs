@@ -31,7 +31,9 @@ use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
-    Filter, InstanceStateName, LocationType, ResourceType, ShutdownBehavior, Tag, TagSpecification,
+    Filter, InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, LocationType,
+    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification,
 };
 use base64::Engine as _;
 use rand_core::RngCore as _;
@@ -39,9 +41,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Acquire, Acquired, Problem, Provider, ProviderError, Reachable};
+use super::{Acquire, Acquired, Gone, Problem, Provider, ProviderError, Reachable};
 use crate::address::{Address, slug};
-use crate::plan::{AwsSettings, Connect, MachineSettings, ProviderKind, Settings, Subnets};
+use crate::plan::{
+    AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, Settings, Subnets,
+};
 use crate::remote::{self, Endpoint, EphemeralKey, HostKeys, SshEndpoint};
 use crate::state::Machine;
 use crate::templates::Artifacts;
@@ -150,7 +154,14 @@ struct InstanceInfo {
     private_ip: Option<String>,
     subnet: Option<String>,
     zone: Option<String>,
+    spot: bool,
+    /// EC2's code for the last state change, e.g. `Server.SpotInstanceTermination`.
+    state_reason: Option<String>,
 }
+
+/// EC2's state reason for a spot instance it reclaimed (`Server.SpotInstanceTermination`,
+/// `Server.SpotInstanceShutdown`).
+const SPOT_RECLAIMED: &str = "Server.SpotInstance";
 
 struct LaunchRequest {
     region: String,
@@ -161,6 +172,8 @@ struct LaunchRequest {
     security_group_ids: Vec<String>,
     user_data: String,
     tags: BTreeMap<String, String>,
+    /// Spot capacity, with the most to pay per hour (EC2's cap, the on-demand price, without).
+    spot: Option<Option<String>>,
     /// Makes a retried RunInstances idempotent on EC2 (at most 64 ASCII characters); one per
     /// subnet tried ([`subnet_token`]), since EC2 refuses a token reused with other parameters.
     client_token: String,
@@ -378,6 +391,14 @@ impl Provider for Aws {
                             .collect(),
                         user_data: req.artifacts.user_data.to_string(),
                         tags,
+                        spot: match &s.market {
+                            Market::Spot(o)
+                                if req.reclaimed == 0 || o.on_interruption == MarketKind::Spot =>
+                            {
+                                Some(o.max_price.as_ref().map(|p| p.to_string()))
+                            }
+                            _ => None,
+                        },
                         client_token: client_token(req.lineage, req.address, req.attempt),
                     })
                     .await?
@@ -388,6 +409,7 @@ impl Provider for Aws {
                 region: Some(s.region.to_string()),
                 subnet: info.subnet,
                 zone: info.zone,
+                spot: info.spot,
                 ..Machine::acquired(ProviderKind::Aws, info.id)
             },
             adopted,
@@ -465,7 +487,7 @@ impl Provider for Aws {
         Ok(())
     }
 
-    async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
+    async fn gone(&self, machine: &Machine) -> Result<Option<Gone>, ProviderError> {
         let region = region_of(machine)?;
         let infos = self
             .ec2
@@ -473,11 +495,19 @@ impl Provider for Aws {
             .await?;
         Ok(match infos.iter().find(|i| i.id == machine.id) {
             Some(i) if i.state.is_alive() => None,
-            Some(i) => Some(format!(
-                "instance {} was terminated outside rallyctl (it reads {:?})",
-                machine.id, i.state
-            )),
-            None if unknown_means_gone(machine.launched_at) => Some(unknown_reason(&machine.id)),
+            Some(i) => match &i.state_reason {
+                Some(code) if code.starts_with(SPOT_RECLAIMED) => Some(Gone {
+                    reason: format!("EC2 reclaimed spot instance {} ({code})", machine.id),
+                    reclaimed: true,
+                }),
+                _ => Some(Gone::vanished(format!(
+                    "instance {} was terminated outside rallyctl (it reads {:?})",
+                    machine.id, i.state
+                ))),
+            },
+            None if unknown_means_gone(machine.launched_at) => {
+                Some(Gone::vanished(unknown_reason(&machine.id)))
+            }
             None => None,
         })
     }
@@ -771,6 +801,8 @@ fn info(i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
             .placement()
             .and_then(|p| p.availability_zone())
             .map(str::to_owned),
+        spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+        state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_owned),
     }
 }
 
@@ -808,6 +840,17 @@ impl Ec2 {
                     .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
                     .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
                     .tag_specifications(tags.clone())
+                    .set_instance_market_options(r.spot.as_ref().map(|max_price| {
+                        InstanceMarketOptionsRequest::builder()
+                            .market_type(MarketType::Spot)
+                            .spot_options(
+                                SpotMarketOptions::builder()
+                                    .set_max_price(max_price.clone())
+                                    .spot_instance_type(SpotInstanceType::OneTime)
+                                    .build(),
+                            )
+                            .build()
+                    }))
                     .client_token(subnet_token(&r.client_token, subnet.as_deref(), &r.subnets))
                     .send()
                     .await;
@@ -1266,6 +1309,8 @@ mod tests {
             private_ip: Some("10.0.0.1".into()),
             subnet: None,
             zone: None,
+            spot: false,
+            state_reason: None,
         }
     }
 

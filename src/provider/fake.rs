@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
+use super::{Acquire, Acquired, Gone, Provider, ProviderError, Reachable};
 use crate::address::Address;
 use crate::plan::{ProviderKind, Settings};
 use crate::remote::{Endpoint, HostKeys, SshEndpoint};
@@ -24,6 +24,9 @@ pub struct Record {
     /// Machines that are gone (terminated behind rallyctl's back): connections to them fail,
     /// and `gone` says so.
     pub gone: Mutex<HashSet<String>>,
+    /// Machines their provider took back (spot interruptions): connections fail, and `gone`
+    /// says they were reclaimed.
+    pub reclaimed: Mutex<HashSet<String>>,
     /// Machines that connections fail to reach, and of which the provider cannot tell whether
     /// they are still there (its API fails).
     pub unknowable: Mutex<HashSet<String>>,
@@ -64,7 +67,14 @@ impl Provider for Fake {
             });
         }
         let id = format!("m-{}-{}", req.address.test(), req.attempt);
-        self.call(format!("acquire {}#{} -> {id}", req.address, req.attempt));
+        let after = match req.reclaimed {
+            0 => String::new(),
+            n => format!(" after {n} reclaimed"),
+        };
+        self.call(format!(
+            "acquire {}#{}{after} -> {id}",
+            req.address, req.attempt
+        ));
         self.held.lock().unwrap().insert(id.clone());
         Ok(Acquired {
             machine: Machine::acquired(ProviderKind::Local, id),
@@ -81,7 +91,7 @@ impl Provider for Fake {
             std::future::pending::<()>().await;
         }
         let lost = |set: &Mutex<HashSet<String>>| set.lock().unwrap().contains(&machine.id);
-        if lost(&self.gone) || lost(&self.unknowable) {
+        if lost(&self.gone) || lost(&self.unknowable) || lost(&self.reclaimed) {
             // Nothing listens on port 1: every connection is refused, a transient failure.
             return Ok(Reachable {
                 endpoint: Endpoint::Ssh(SshEndpoint {
@@ -104,7 +114,7 @@ impl Provider for Fake {
         })
     }
 
-    async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
+    async fn gone(&self, machine: &Machine) -> Result<Option<Gone>, ProviderError> {
         if self.unknowable.lock().unwrap().contains(&machine.id) {
             return Err(ProviderError {
                 operation: "describe",
@@ -112,12 +122,18 @@ impl Provider for Fake {
                 message: "the API is down".into(),
             });
         }
+        if self.reclaimed.lock().unwrap().contains(&machine.id) {
+            return Ok(Some(Gone {
+                reason: format!("{} was reclaimed", machine.id),
+                reclaimed: true,
+            }));
+        }
         Ok(self
             .gone
             .lock()
             .unwrap()
             .contains(&machine.id)
-            .then(|| format!("{} is gone", machine.id)))
+            .then(|| Gone::vanished(format!("{} is gone", machine.id))))
     }
 
     async fn extend(

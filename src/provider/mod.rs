@@ -36,7 +36,6 @@ pub struct ProviderError {
     pub message: String,
 }
 
-/// One attempt of one test asking for a machine.
 /// A setting that names something the provider's account or hosts do not have, found before
 /// anything is launched: the plan file is searched for where `value` is written under one of
 /// `keys`, so the user sees the line and column.
@@ -63,6 +62,25 @@ pub async fn preflight(settings: &[&Settings]) -> Result<Vec<Problem>, ProviderE
     aws::preflight(&aws).await
 }
 
+/// Why a machine is no longer there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    pub reason: String,
+    /// Its provider took it back (an EC2 spot interruption): no fault of the test, whose race
+    /// starts again on another machine.
+    pub reclaimed: bool,
+}
+
+impl Gone {
+    pub fn vanished(reason: String) -> Gone {
+        Gone {
+            reason,
+            reclaimed: false,
+        }
+    }
+}
+
+/// One attempt of one test asking for a machine.
 pub struct Acquire<'a> {
     pub workspace: &'a str,
     pub lineage: Uuid,
@@ -71,6 +89,9 @@ pub struct Acquire<'a> {
     pub run_id: &'a str,
     pub settings: &'a Settings,
     pub artifacts: &'a Artifacts,
+    /// How many machines of this attempt were reclaimed so far: after one, a provider may
+    /// get the next elsewhere (aws: on-demand, when the plan says so).
+    pub reclaimed: u32,
     /// Waiting for a machine (a free host, capacity) ends when this is cancelled.
     pub cancel: &'a CancellationToken,
     /// Told once why the attempt waits for a machine, when it does.
@@ -127,7 +148,7 @@ pub trait Provider: Send + Sync + 'static {
     fn gone(
         &self,
         _machine: &Machine,
-    ) -> impl Future<Output = Result<Option<String>, ProviderError>> + Send {
+    ) -> impl Future<Output = Result<Option<Gone>, ProviderError>> + Send {
         async { Ok(None) }
     }
     /// The machine takes another race of its test (`repeat_on = "same"`): what bounds its life
@@ -254,7 +275,7 @@ impl Provider for Fleet {
         route!(self, machine.provider, p => p.before_connect(machine, settings, after_failure))
     }
 
-    async fn gone(&self, machine: &Machine) -> Result<Option<String>, ProviderError> {
+    async fn gone(&self, machine: &Machine) -> Result<Option<Gone>, ProviderError> {
         route!(self, machine.provider, p => p.gone(machine))
     }
 

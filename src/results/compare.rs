@@ -558,6 +558,7 @@ mod tests {
                 failure: None,
                 instance_type: None,
                 zone: None,
+                spot: false,
                 repetitions: 1,
                 variant: None,
                 race_duration_s: None,

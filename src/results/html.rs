@@ -180,7 +180,8 @@ fn test_section<'a>(
         facts.push(format!("status {s}"));
     }
     if let Some(i) = &test.instance_type {
-        facts.push(format!("instance {i}"));
+        let spot = if test.spot { " (spot)" } else { "" };
+        facts.push(format!("instance {i}{spot}"));
     }
     if let Some(d) = test.race_duration_s {
         facts.push(format!("race took {d} s"));

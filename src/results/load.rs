@@ -39,6 +39,9 @@ pub struct TestResult {
     /// The Availability Zone the instance ran in (EC2's hardware differs between zones).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Some of its races ran on EC2 spot capacity, which can skew a benchmark.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
     /// How many races count as samples: finished, with no failed requests.
     pub repetitions: usize,
     /// The plan test this is a variant of.
@@ -435,6 +438,9 @@ fn read_test(
                 .map(str::to_owned)
         }),
         zone: record.and_then(|r| r.instance.as_ref()?.zone.clone()),
+        spot: record.is_some_and(|r| {
+            r.instance.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
+        }),
         repetitions: counted.len(),
         variant: record.and_then(|r| r.variant.clone()),
         race_duration_s,

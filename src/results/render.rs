@@ -323,10 +323,14 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
                         test.status.clone().unwrap_or_else(|| "-".into()),
                         status_tone(test),
                     ),
-                    plain(match (&test.instance_type, &test.zone) {
-                        (Some(t), Some(z)) => format!("{t} in {z}"),
-                        (t, _) => opt(t.as_deref()),
-                    }),
+                    plain(format!(
+                        "{}{}",
+                        match (&test.instance_type, &test.zone) {
+                            (Some(t), Some(z)) => format!("{t} in {z}"),
+                            (t, _) => opt(t.as_deref()),
+                        },
+                        if test.spot { ", spot" } else { "" }
+                    )),
                     plain(duration(test.race_duration_s)),
                 ]
             } else {

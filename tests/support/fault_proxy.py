@@ -27,6 +27,9 @@ hung ones included (counted when the hold begins); `held` counts hung calls stil
 Instances EC2 does not know, as real EC2 has them and moto never does:
   --young-not-found SECONDS  an instance is unknown for its first SECONDS after the RunInstances
                              answer that named it (EC2's eventual consistency)
+  POST /_reclaim {"ids": [...]}  DescribeInstances answers these instances with the state reason
+                             EC2 gives a spot instance it reclaimed (the test terminates them
+                             in moto itself)
   POST /_purge {"ids": [...]}  these instances are unknown from now on (EC2 purges terminated
                              instances about an hour after termination)
 An unknown instance is answered as EC2 does: DescribeInstances or TerminateInstances naming it
@@ -127,6 +130,28 @@ def ec2_error(code, message):
     return 400, "text/xml;charset=UTF-8", body.encode()
 
 
+SPOT_RECLAIMED = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
+
+
+def mark_reclaimed(payload, reclaimed):
+    """A DescribeInstances answer in which the instances in `reclaimed` carry EC2's state
+    reason for a reclaimed spot instance."""
+    root = ET.fromstring(payload)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ET.register_namespace("", ns.strip("{}"))
+    for inst in root.iter(f"{ns}item"):
+        if inst.findtext(f"{ns}instanceId") not in reclaimed:
+            continue
+        reason = inst.find(f"{ns}stateReason")
+        if reason is None:
+            reason = ET.SubElement(inst, f"{ns}stateReason")
+        for child in list(reason):
+            reason.remove(child)
+        for tag, text in zip(("code", "message"), SPOT_RECLAIMED):
+            ET.SubElement(reason, f"{ns}{tag}").text = text
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 def strip_instances(payload, unknown):
     """A DescribeInstances answer without the instances in `unknown` (and reservations left
     empty)."""
@@ -157,6 +182,7 @@ class State:
         self.young_not_found = young_not_found
         self.launched = {}  # instance id -> when a RunInstances answer first named it
         self.purged = set()
+        self.reclaimed = set()
 
     def unknown(self):
         """The instance ids EC2 would not know right now."""
@@ -270,6 +296,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self._body()
         if self.command == "GET" and self.path == "/_faults":
             return self._send(200, "application/json", json.dumps(self.state.report()).encode())
+        if self.command == "POST" and self.path == "/_reclaim":
+            with self.state.lock:
+                self.state.reclaimed.update(json.loads(body)["ids"])
+            return self._send(200, "application/json", b"{}")
         if self.command == "POST" and self.path == "/_purge":
             with self.state.lock:
                 self.state.purged.update(json.loads(body)["ids"])
@@ -351,6 +381,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload):
                     self.state.launched.setdefault(i.decode(), now)
         elif action == "DescribeInstances":
+            with self.state.lock:
+                reclaimed = set(self.state.reclaimed)
+            if reclaimed:
+                payload = mark_reclaimed(payload, reclaimed)
             unknown = self.state.unknown()
             if unknown:
                 stripped = strip_instances(payload, unknown)

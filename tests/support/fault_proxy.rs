@@ -99,6 +99,12 @@ impl FaultProxy {
         }
     }
 
+    /// From now on DescribeInstances says EC2 reclaimed these spot instances.
+    pub fn reclaim(&self, ids: &[&str]) {
+        let body = serde_json::json!({ "ids": ids }).to_string();
+        super::http_request("POST", &self.url, "/_reclaim", Some(body.as_bytes())).unwrap();
+    }
+
     /// From now on EC2 does not know these instances, as after it purged them.
     pub fn purge(&self, ids: &[&str]) {
         let body = serde_json::json!({ "ids": ids }).to_string();
