@@ -605,6 +605,9 @@ track_params = { bulk_size = 5000 }"#,
                 "name = \"t\"\ntrack = \"x\"\nprovider = \"ssh\"\nhosts = [\"h:2\"]\nssh_key = \"k\"\nssh_known_hosts = \"kh\"\nssh_user = \"u\"",
             ),
             test_from("name = \"t\"\ntrack = \"x\"\nprovider = \"local\""),
+            test_from(
+                "name = \"t\"\ntrack = \"x\"\nmarket = \"spot\"\nmax_price = \"0.1\"\non_interruption = \"spot\"",
+            ),
         ];
         for test in plan.tests().chain(&every_provider) {
             let tree = serde_json::to_value(&test.settings).unwrap();

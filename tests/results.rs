@@ -281,7 +281,14 @@ fn realistic() -> Tree {
     let files = t.files(RUN2, &a, &rally_files("success"));
     t.record(&a, RUN2, Status::Completed, files);
     // Raced on spot capacity: every view says so.
-    let spot = t.state.tests.get_mut(&a).unwrap().instance.as_mut().unwrap();
+    let spot = t
+        .state
+        .tests
+        .get_mut(&a)
+        .unwrap()
+        .instance
+        .as_mut()
+        .unwrap();
     spot.spot = true;
     let errors = addr("search", "errors");
     let files = t.files(RUN2, &errors, &rally_files("error-rate"));
