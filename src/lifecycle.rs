@@ -810,6 +810,10 @@ fn keep<P: Provider>(ctx: &Ctx<P>, test: &Test, to: &Address) -> Result<(), Stop
 /// is given up and a new one launched. Whether a machine was taken.
 async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Result<bool, Stop> {
     let to = &test.address;
+    // Killed between taking the machine and recording the next step: it is already ours.
+    if record.live_machine().is_some_and(|m| m.taken.is_some()) {
+        return Ok(true);
+    }
     let kept = ctx.state.read(|s| {
         s.tests.iter().find_map(|(from, r)| {
             let m = r.live_machine()?;

@@ -902,6 +902,17 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     }
 
     #[test]
+    fn a_test_killed_right_after_taking_a_machine_resumes_on_it() {
+        let mut bench = reusing(HANDOFF);
+        bench.apply(Fake::default(), &Options::default());
+        // As if killed after the take was written and before booting was.
+        stopped_at(&mut bench, "b.t2", Step::Launching);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(fake.calls(), ["extend m-t1-1", "release m-t1-1"]);
+    }
+
+    #[test]
     fn a_kept_machine_that_is_gone_is_given_up_and_another_launched() {
         let mut bench = reusing(HANDOFF);
         bench.apply(Fake::default(), &Options::default());
