@@ -881,16 +881,20 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(report.still_running.is_empty());
     }
 
-    #[test]
-    fn a_machine_kept_when_an_apply_stopped_between_suites_is_taken_by_the_next() {
-        let mut bench = reusing(HANDOFF);
-        bench.apply(Fake::default(), &Options::default());
-        // As if killed after `t1` kept the machine and before `t2` began.
+    /// As if apply was killed after `t1` kept its machine and before `t2` began.
+    fn kept_for_t2(bench: &mut Bench) {
         let t1 = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
         let m = t1.instance.as_mut().unwrap();
         m.terminated_at = None;
         m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
         bench.state.tests.remove(&"b.t2".parse().unwrap());
+    }
+
+    #[test]
+    fn a_machine_kept_when_an_apply_stopped_between_suites_is_taken_by_the_next() {
+        let mut bench = reusing(HANDOFF);
+        bench.apply(Fake::default(), &Options::default());
+        kept_for_t2(&mut bench);
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         // Nothing launched: the kept machine is taken, renewed and given back once.
@@ -916,11 +920,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     fn a_kept_machine_that_is_gone_is_given_up_and_another_launched() {
         let mut bench = reusing(HANDOFF);
         bench.apply(Fake::default(), &Options::default());
-        let t1 = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
-        let m = t1.instance.as_mut().unwrap();
-        m.terminated_at = None;
-        m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
-        bench.state.tests.remove(&"b.t2".parse().unwrap());
+        kept_for_t2(&mut bench);
         let fake = Fake::default();
         fake.gone.lock().unwrap().insert("m-t1-1".into());
         let (report, fake) = bench.apply(fake, &Options::default());

@@ -1799,15 +1799,19 @@ mod tests {
         text
     }
 
+    fn fields_and_messages(errors: &PlanErrors) -> Vec<(&str, &str)> {
+        errors
+            .diagnostics
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect()
+    }
+
     /// A plan large enough to be read on all cores reports what a small one would, in order.
     #[test]
     fn a_large_plan_read_on_all_cores_reports_every_problem_in_order() {
         let errors = Plan::parse(Path::new("big.toml"), &large_plan(true)).unwrap_err();
-        let found: Vec<(&str, &str)> = errors
-            .diagnostics
-            .iter()
-            .map(|d| (d.field.as_str(), d.message.as_str()))
-            .collect();
+        let found = fields_and_messages(&errors);
         assert_eq!(
             found,
             [
@@ -1851,11 +1855,7 @@ mod tests {
             &format!("{head}[[suite]]\nname = \"s\"\nreuse_instances = \"yes\"\n[[suite.test]]\nname = \"t\"\n[[suite.test]]\nname = \"h\"\nprovider = \"ssh\"\nhosts = [\"b\"]\nreuse_instances = true\n"),
         )
         .unwrap_err();
-        let found: Vec<(&str, &str)> = errors
-            .diagnostics
-            .iter()
-            .map(|d| (d.field.as_str(), d.message.as_str()))
-            .collect();
+        let found = fields_and_messages(&errors);
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(
             found[0],
@@ -1895,11 +1895,7 @@ mod tests {
             &format!("{head}[[suite.test]]\nname = \"a\"\nmax_price = \"0.05\"\n[[suite.test]]\nname = \"b\"\nmarket = \"reserved\"\n[[suite.test]]\nname = \"c\"\nmarket = \"spot\"\nmax_price = \"-1\"\n"),
         )
         .unwrap_err();
-        let found: Vec<(&str, &str)> = errors
-            .diagnostics
-            .iter()
-            .map(|d| (d.field.as_str(), d.message.as_str()))
-            .collect();
+        let found = fields_and_messages(&errors);
         assert_eq!(
             found,
             [
