@@ -1094,24 +1094,17 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
             }
-            Ty::Provider => {
-                let text = self.string(node, field)?;
-                match text {
-                    "aws" => Some(Val::Provider(ProviderKind::Aws)),
-                    "ssh" => Some(Val::Provider(ProviderKind::Ssh)),
-                    "local" => Some(Val::Provider(ProviderKind::Local)),
-                    _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!(
-                                "`{text}` is not a provider; expected \"aws\", \"ssh\" or \"local\""
-                            ),
-                        );
-                        None
-                    }
-                }
-            }
+            Ty::Provider => self.one_of(
+                node,
+                field,
+                &[
+                    ("aws", Val::Provider(ProviderKind::Aws)),
+                    ("ssh", Val::Provider(ProviderKind::Ssh)),
+                    ("local", Val::Provider(ProviderKind::Local)),
+                ],
+                "a provider",
+                "\"aws\", \"ssh\" or \"local\"",
+            ),
             Ty::Hosts => {
                 let Some(Val::Strs(hosts)) = self.value(node, field, Ty::Strs) else {
                     return None;
@@ -1164,36 +1157,26 @@ impl<'n> Loader<'_, '_> {
                 },
                 ref other => self.expected(span, field, "an integer", other),
             },
-            Ty::RepeatOn => {
-                let text = self.string(node, field)?;
-                match text {
-                    "same" => Some(Val::RepeatOn(RepeatOn::Same)),
-                    "fresh" => Some(Val::RepeatOn(RepeatOn::Fresh)),
-                    _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!("`{text}` is not a place to repeat on; expected \"same\" (one machine, back to back) or \"fresh\" (a new machine per race)"),
-                        );
-                        None
-                    }
-                }
-            }
-            Ty::Market => {
-                let text = self.string(node, field)?;
-                match text {
-                    "on_demand" => Some(Val::Market(MarketKind::OnDemand)),
-                    "spot" => Some(Val::Market(MarketKind::Spot)),
-                    _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!("`{text}` is not a market; expected \"on_demand\" or \"spot\""),
-                        );
-                        None
-                    }
-                }
-            }
+            Ty::RepeatOn => self.one_of(
+                node,
+                field,
+                &[
+                    ("same", Val::RepeatOn(RepeatOn::Same)),
+                    ("fresh", Val::RepeatOn(RepeatOn::Fresh)),
+                ],
+                "a place to repeat on",
+                "\"same\" (one machine, back to back) or \"fresh\" (a new machine per race)",
+            ),
+            Ty::Market => self.one_of(
+                node,
+                field,
+                &[
+                    ("on_demand", Val::Market(MarketKind::OnDemand)),
+                    ("spot", Val::Market(MarketKind::Spot)),
+                ],
+                "a market",
+                "\"on_demand\" or \"spot\"",
+            ),
             Ty::Price => {
                 let text = match node.kind {
                     Kind::Float(f) => f.to_string(),
@@ -1214,21 +1197,16 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
             }
-            Ty::Connect => {
-                let text = self.string(node, field)?;
-                match text {
-                    "public_ip" => Some(Val::Connect(Connect::PublicIp)),
-                    "private_ip" => Some(Val::Connect(Connect::PrivateIp)),
-                    _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!("`{text}` is not a connect mode; expected \"public_ip\" or \"private_ip\""),
-                        );
-                        None
-                    }
-                }
-            }
+            Ty::Connect => self.one_of(
+                node,
+                field,
+                &[
+                    ("public_ip", Val::Connect(Connect::PublicIp)),
+                    ("private_ip", Val::Connect(Connect::PrivateIp)),
+                ],
+                "a connect mode",
+                "\"public_ip\" or \"private_ip\"",
+            ),
             Ty::Tags => {
                 let entries = self.table(node, field)?;
                 self.duplicate_keys(entries, field);
@@ -1634,6 +1612,30 @@ impl<'n> Loader<'_, '_> {
                     &node.span,
                     field,
                     format!("`{}` cannot form an address: {e}", name.escape_debug()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string naming one of `choices`; anything else is reported as not `what`, with the
+    /// `expected` spellings.
+    fn one_of(
+        &mut self,
+        node: &'n Node<'n>,
+        field: Field<'_>,
+        choices: &[(&str, Val)],
+        what: &str,
+        expected: &str,
+    ) -> Option<Val> {
+        let text = self.string(node, field)?;
+        match choices.iter().find(|(name, _)| *name == text) {
+            Some((_, val)) => Some(val.clone()),
+            None => {
+                self.sink.error(
+                    &node.span,
+                    field,
+                    format!("`{text}` is not {what}; expected {expected}"),
                 );
                 None
             }
