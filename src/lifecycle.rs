@@ -124,6 +124,8 @@ pub struct Ctx<P: Provider> {
     pub results_root: PathBuf,
     pub progress: Progress,
     pub cancel: CancellationToken,
+    /// The prices machines are recorded with, looked up before the apply began.
+    pub prices: crate::cost::Prices,
 }
 
 /// A machine that answers: what a step after booting runs its commands on.
@@ -595,6 +597,8 @@ async fn start_attempt<P: Provider>(
             race_id: Some(Uuid::new_v4()),
             earlier,
             variant: test.variant.clone(),
+            // Machine time is billed whatever became of the attempt that held the machine.
+            spent: previous.map(|r| r.spent.clone()).unwrap_or_default(),
             ..TestRecord::new(
                 artifacts.config_hash.clone(),
                 (&test.settings).into(),
@@ -712,6 +716,7 @@ async fn acquire<P: Provider>(
         ));
     }
     machine.run_dir = Some(run_dir(test, &ctx.plan.name, record));
+    machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings);
     ctx.state
         .record(&test.address, |r| r.instance = Some(machine))?;
     Ok(())

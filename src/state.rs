@@ -106,9 +106,9 @@ impl Status {
     }
 }
 
-/// The machine an attempt holds, recorded before anything runs on it. Beyond the id, only its
-/// provider reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The machine an attempt holds, recorded before anything runs on it. Beyond the id and the
+/// price, only its provider reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
     /// States from before there were other providers hold EC2 instances.
@@ -140,6 +140,28 @@ pub struct Machine {
     /// When it was terminated or given back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<Timestamp>,
+    /// Its on-demand price when it was got; none for the user's own machines and where no
+    /// price was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
+}
+
+/// Machine time a record held, from the machine's launch (or lease) to the moment the record
+/// stopped holding it: what `results` bills.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spent {
+    pub run_id: String,
+    /// Only an `aws` machine is billed by the hour; the others are the user's own.
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// The machine's id: records sharing one machine (variants) each hold it, and a run's
+    /// cost counts it once.
+    pub machine: String,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +260,9 @@ pub struct TestRecord {
     /// The plan test this is a variant of, for comparing the variants of a run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<VariantOf>,
+    /// Every machine this test held, across attempts and runs, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spent: Vec<Spent>,
 }
 
 /// A finished race of a test's configuration, kept as a sample when the test races again.
@@ -284,6 +309,8 @@ struct RecordFields {
     earlier: Vec<Repetition>,
     #[serde(default)]
     variant: Option<VariantOf>,
+    #[serde(default)]
+    spent: Vec<Spent>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +372,7 @@ impl TryFrom<RecordFields> for TestRecord {
             history: r.history,
             earlier: r.earlier,
             variant: r.variant,
+            spent: r.spent,
         })
     }
 }
@@ -363,6 +391,7 @@ impl Machine {
             run_dir: None,
             launched_at: Timestamp::now(),
             terminated_at: None,
+            usd_per_hour: None,
         }
     }
 }
@@ -388,6 +417,7 @@ impl TestRecord {
             history: vec![],
             earlier: vec![],
             variant: None,
+            spent: vec![],
         }
     }
 
@@ -449,11 +479,25 @@ impl TestRecord {
         self.instance.as_ref().filter(|i| i.terminated_at.is_none())
     }
 
-    /// Records that the machine was given back, now.
+    /// Records that the machine was given back, now, and the time it was held: the one place
+    /// machine time is entered, so every way a record lets go of a machine bills it once.
     pub fn mark_released(&mut self) {
-        if let Some(i) = &mut self.instance {
-            i.terminated_at = Some(Timestamp::now());
+        let Some(i) = &mut self.instance else {
+            return;
+        };
+        if i.terminated_at.is_some() {
+            return;
         }
+        let now = Timestamp::now();
+        i.terminated_at = Some(now);
+        self.spent.push(Spent {
+            run_id: self.run_id.clone().unwrap_or_default(),
+            provider: i.provider,
+            machine: i.id.clone(),
+            from: i.launched_at,
+            to: now,
+            usd_per_hour: i.usd_per_hour,
+        });
     }
 
     /// Moves to a new status and remembers when, for timings and the ordering checks.

@@ -23,6 +23,8 @@ pub struct ApplyOptions {
     pub parallelism: usize,
     /// Where results go: `<results_dir>/<workspace>/<run>/<suite>/<test>/`.
     pub results_dir: std::path::PathBuf,
+    /// What the machines cost, recorded with each one got.
+    pub prices: crate::cost::Prices,
 }
 
 /// What an apply did, for the summary and the exit code.
@@ -56,6 +58,7 @@ pub async fn apply<P: Provider>(
         run_id: crate::state::new_run_id(),
         progress,
         cancel,
+        prices: options.prices.clone(),
     });
     let mut report = ApplyReport {
         completed: vec![],
@@ -242,7 +245,12 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         dir: tempfile::TempDir,
         plan: Plan,
         state: State,
+        prices: crate::cost::Prices,
     }
+
+    /// What the benches' aws tests cost.
+    const PRICES: &str =
+        "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\n";
 
     impl Bench {
         fn new(suites: &str) -> Bench {
@@ -261,7 +269,9 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 remote.display()
             );
             let plan = Plan::parse(Path::new("unit.toml"), &text).unwrap();
+            let file = crate::cost::PriceFile::parse(Path::new("prices.toml"), PRICES).unwrap();
             Bench {
+                prices: crate::cost::Prices::from_file(plan.tests().map(|t| &t.settings), &file),
                 dir,
                 plan,
                 state: State::new("unit"),
@@ -295,6 +305,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let apply_options = ApplyOptions {
                 parallelism: 10,
                 results_dir: self.dir.path().join("results"),
+                prices: self.prices.clone(),
             };
             let cancel = tokio_util::sync::CancellationToken::new();
             if let Some(after) = after {
@@ -332,7 +343,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
 
     #[test]
     fn suites_run_in_order_local_tests_one_at_a_time_and_every_machine_is_given_back() {
-        let mut bench = Bench::new(TWO_SUITES);
+        // The last test is an aws test (the fake serves it like the others), priced.
+        let mut bench = Bench::new(&format!(
+            "{TWO_SUITES}provider = \"aws\"\nregion = \"us-east-1\"\n\
+             ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\n"
+        ));
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 3);
         assert!(report.failed.is_empty() && !report.interrupted);
@@ -357,6 +372,18 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             );
             let report = crate::collect::report(&record.results).unwrap();
             assert!(report.starts_with(bench.dir.path().join("results/unit")));
+            // The machine time it held is billed once, at the price it was got with.
+            let [spent] = &record.spent[..] else {
+                panic!("{t}: {:?}", record.spent)
+            };
+            let machine = record.instance.as_ref().unwrap();
+            assert_eq!(Some(&spent.run_id), record.run_id.as_ref());
+            assert_eq!(
+                (&spent.machine, spent.from, Some(spent.to)),
+                (&machine.id, machine.launched_at, machine.terminated_at)
+            );
+            let price = (t == "b.t3").then_some(0.096);
+            assert_eq!((spent.usd_per_hour, machine.usd_per_hour), (price, price));
         }
         // Nothing left to do: a second apply plans no change.
         let (again, fake) = bench.apply(Fake::default(), &Options::default());

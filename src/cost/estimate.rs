@@ -1,0 +1,318 @@
+//! What the tests a plan will run may cost: per test and in total, at worst (every race runs
+//! its whole `max_runtime`: each race's bound is renewed) and as expected (each race as long
+//! as the same test's last attempt took per race, as state recorded it).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Key, Price, Priced, Prices, usd};
+use crate::address::Address;
+use crate::plan::{Plan, Test};
+use crate::planner::{Action, Changes};
+use crate::state::{State, Step, TestRecord, Transition};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub tests: Vec<TestCost>,
+    pub total: Total,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestCost {
+    pub address: Address,
+    /// The races this apply will run.
+    pub races: u32,
+    /// What is priced; none for the user's own machines.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Key>,
+    pub price: Option<Price>,
+    /// Why there is no price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_price: Option<String>,
+    pub worst_usd: Option<f64>,
+    pub expected_usd: Option<f64>,
+    /// How long one race took last time, machine time included; none: no earlier run.
+    pub last_race_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Total {
+    /// Over the tests with a price; none when no test has one.
+    pub worst_usd: Option<f64>,
+    /// Over the tests with a price and an earlier run.
+    pub expected_usd: Option<f64>,
+    /// aws tests without a price, left out of the totals.
+    pub unpriced: usize,
+    /// Priced tests without an earlier run, left out of the expected total.
+    pub without_history: usize,
+}
+
+/// The estimate of the tests `changes` will run; none when none of them runs on a machine
+/// billed by the hour.
+pub fn estimate(
+    plan: &Plan,
+    state: &State,
+    changes: &Changes,
+    prices: &Prices,
+) -> Option<Estimate> {
+    let mut sharing: HashMap<(&str, &str), u32> = HashMap::new();
+    for t in plan.tests() {
+        if let Some(v) = &t.variant {
+            *sharing.entry((t.address.suite(), &v.test)).or_default() += 1;
+        }
+    }
+    let mut tests = Vec::new();
+    for change in &changes.changes {
+        let Some(test) = plan.test(&change.address) else {
+            continue;
+        };
+        let record = state.tests.get(&change.address);
+        let Some(races) = races_to_run(change.action, test, record, change.config_hash.as_deref())
+        else {
+            continue;
+        };
+        let shared =
+            (test.variant.as_ref()).map_or(1, |v| sharing[&(test.address.suite(), &*v.test)]);
+        let last_race = record.and_then(|r| per_race(&r.history, shared));
+        let (price, no_price) = match prices.of(&test.settings) {
+            Priced::Known(p) => (Some(p.clone()), None),
+            Priced::Unknown(why) => (None, Some(why.to_owned())),
+            Priced::OwnMachine => (None, None),
+        };
+        let hourly = price.as_ref().map(|p| p.usd_per_hour);
+        tests.push(TestCost {
+            address: test.address.clone(),
+            races,
+            machine: Key::of(&test.settings),
+            worst_usd: hourly.map(|h| cost(h, test.settings.max_runtime, races)),
+            expected_usd: hourly.zip(last_race).map(|(h, d)| cost(h, d, races)),
+            last_race_secs: last_race.map(|d| d.as_secs()),
+            price,
+            no_price,
+        });
+    }
+    if tests.iter().all(|t| t.machine.is_none()) {
+        return None;
+    }
+    let sum = |f: fn(&TestCost) -> Option<f64>| {
+        let known: Vec<f64> = tests.iter().filter_map(f).collect();
+        (!known.is_empty()).then(|| known.iter().sum())
+    };
+    let total = Total {
+        worst_usd: sum(|t| t.worst_usd),
+        expected_usd: sum(|t| t.expected_usd),
+        unpriced: tests.iter().filter(|t| t.no_price.is_some()).count(),
+        without_history: (tests.iter())
+            .filter(|t| t.price.is_some() && t.last_race_secs.is_none())
+            .count(),
+    };
+    Some(Estimate { tests, total })
+}
+
+/// What `races` races of `each` cost at `usd_per_hour`.
+pub fn cost(usd_per_hour: f64, each: Duration, races: u32) -> f64 {
+    usd_per_hour * each.as_secs_f64() / 3600.0 * f64::from(races)
+}
+
+/// The races an apply runs for a test: those missing from the ones recorded for its
+/// configuration. None for a test that leaves the plan.
+fn races_to_run(
+    action: Action,
+    test: &Test,
+    record: Option<&TestRecord>,
+    config_hash: Option<&str>,
+) -> Option<u32> {
+    let wanted = test.repeat.count.get();
+    let kept = |r: &TestRecord| r.finished_repetitions();
+    match (action, record) {
+        (Action::Terminate, _) => None,
+        (Action::Rerun, _) | (Action::Run, None) => Some(wanted),
+        (Action::Run, Some(r)) if Some(&*r.config_hash) == config_hash => {
+            Some(wanted.saturating_sub(kept(r)).max(1))
+        }
+        (Action::Run, Some(_)) => Some(wanted),
+        (Action::Resume { .. }, r) => {
+            let r = r?;
+            Some(wanted.max(r.repetition()).saturating_sub(kept(r)).max(1))
+        }
+    }
+}
+
+/// How long one race of the last attempt took, from its launch to its release, its machine's
+/// boot and install included: the history's last `launching` to the `terminating` or
+/// `completed` after it, over the races between. A variant's machine raced the other variants
+/// too (`shared` in all), so its share is theirs divided among them. None without such an
+/// attempt.
+pub fn per_race(history: &[Transition], shared: u32) -> Option<Duration> {
+    let start = history
+        .iter()
+        .rposition(|t| t.status == Step::Launching.name())?;
+    let rest = &history[start + 1..];
+    let end = rest
+        .iter()
+        .position(|t| t.status == Step::Terminating.name() || t.status == "completed")?;
+    let races = rest[..end]
+        .iter()
+        .filter(|t| t.status == Step::Racing.name())
+        .count();
+    let races = u32::try_from(races).ok().filter(|&n| n > 0)?;
+    let took = rest[end].at.duration_since(history[start].at);
+    let took = Duration::try_from(took).ok()?;
+    Some(took / (races * shared.max(1)))
+}
+
+/// One aligned line per test and a total line.
+pub fn render(e: &Estimate) -> String {
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for t in &e.tests {
+        let what = t
+            .machine
+            .as_ref()
+            .map_or("own machine".into(), Key::to_string);
+        let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
+        let row = match (&t.price, &t.no_price) {
+            (Some(p), _) => [
+                t.address.to_string(),
+                what,
+                format!("{}/h", usd(p.usd_per_hour)),
+                races,
+                t.worst_usd
+                    .map_or(String::new(), |w| format!("worst {}", usd(w))),
+                match t.expected_usd {
+                    Some(x) => format!("expected {}", usd(x)),
+                    None => "expected ? (no earlier run)".into(),
+                },
+                match p.as_of {
+                    Some(d) => format!("({}, {d})", p.source),
+                    None => format!("({})", p.source),
+                },
+            ],
+            (None, Some(why)) => [
+                t.address.to_string(),
+                what,
+                "no price".into(),
+                races,
+                String::new(),
+                String::new(),
+                format!("({why})"),
+            ],
+            (None, None) => [
+                t.address.to_string(),
+                what,
+                "no price".into(),
+                races,
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+        };
+        rows.push(row);
+    }
+    let total = &e.total;
+    let mut left_out = Vec::new();
+    if total.unpriced > 0 {
+        left_out.push(format!("{} without a price", total.unpriced));
+    }
+    if total.without_history > 0 {
+        left_out.push(format!("{} without an earlier run", total.without_history));
+    }
+    rows.push([
+        "total".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        total
+            .worst_usd
+            .map_or("worst ?".into(), |w| format!("worst {}", usd(w))),
+        total
+            .expected_usd
+            .map_or("expected ?".into(), |x| format!("expected {}", usd(x))),
+        if left_out.is_empty() {
+            String::new()
+        } else {
+            format!("(not counted: {})", left_out.join(", "))
+        },
+    ]);
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::from(
+        "Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):\n",
+    );
+    for row in &rows {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(widths) {
+            if w > 0 {
+                let _ = write!(line, "  {cell:<w$}");
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(steps: &[(&str, &str)]) -> Vec<Transition> {
+        steps
+            .iter()
+            .map(|(status, at)| Transition {
+                status: (*status).into(),
+                at: at.parse().unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_worst_case_is_every_race_at_its_max_runtime() {
+        let three_hours = Duration::from_secs(3 * 3600);
+        assert!((cost(0.096, three_hours, 1) - 0.288).abs() < 1e-9);
+        assert!((cost(0.096, three_hours, 5) - 1.44).abs() < 1e-9);
+        assert_eq!(cost(0.5, Duration::ZERO, 3), 0.0);
+    }
+
+    #[test]
+    fn a_race_takes_the_last_attempts_time_over_its_races() {
+        let once = history(&[
+            ("launching", "2026-12-01T00:00:00Z"),
+            ("failed (racing)", "2026-12-01T00:01:00Z"),
+            ("launching", "2026-12-01T01:00:00Z"),
+            ("booting", "2026-12-01T01:01:00Z"),
+            ("installing", "2026-12-01T01:02:00Z"),
+            ("racing", "2026-12-01T01:05:00Z"),
+            ("collecting", "2026-12-01T01:25:00Z"),
+            ("installing", "2026-12-01T01:26:00Z"),
+            ("racing", "2026-12-01T01:27:00Z"),
+            ("collecting", "2026-12-01T01:38:00Z"),
+            ("terminating", "2026-12-01T01:40:00Z"),
+            ("completed", "2026-12-01T01:41:00Z"),
+        ]);
+        assert_eq!(per_race(&once, 1), Some(Duration::from_secs(20 * 60)));
+        // Two variants raced on that machine: half of it is this one's.
+        assert_eq!(per_race(&once, 2), Some(Duration::from_secs(10 * 60)));
+    }
+
+    #[test]
+    fn no_finished_attempt_is_no_earlier_run() {
+        assert_eq!(per_race(&[], 1), None);
+        let failed = history(&[
+            ("launching", "2026-12-01T00:00:00Z"),
+            ("racing", "2026-12-01T00:01:00Z"),
+            ("failed (racing)", "2026-12-01T00:02:00Z"),
+        ]);
+        assert_eq!(per_race(&failed, 1), None);
+        let never_raced = history(&[
+            ("launching", "2026-12-01T00:00:00Z"),
+            ("terminating", "2026-12-01T00:02:00Z"),
+        ]);
+        assert_eq!(per_race(&never_raced, 1), None);
+    }
+}
