@@ -906,6 +906,38 @@ mod tests {
     }
 
     #[test]
+    fn releasing_a_machine_bills_its_time_once() {
+        let mut r = record();
+        r.run_id = Some("run-1".into());
+        r.mark_released();
+        assert!(r.spent.is_empty(), "no machine, no time");
+        r.instance = Some(Machine {
+            usd_per_hour: Some(0.5),
+            ..Machine::acquired(ProviderKind::Aws, "i-1".into())
+        });
+        r.mark_released();
+        r.mark_released();
+        let machine = r.instance.as_ref().unwrap();
+        let [spent] = &r.spent[..] else {
+            panic!("{:?}", r.spent)
+        };
+        assert_eq!(
+            (
+                spent.run_id.as_str(),
+                spent.machine.as_str(),
+                spent.usd_per_hour
+            ),
+            ("run-1", "i-1", Some(0.5))
+        );
+        assert_eq!(
+            (spent.from, Some(spent.to)),
+            (machine.launched_at, machine.terminated_at)
+        );
+        let written = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<TestRecord>(&written).unwrap(), r);
+    }
+
+    #[test]
     fn recorded_settings_read_as_part_of_the_pretty_printed_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.state.json");

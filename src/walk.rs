@@ -34,6 +34,8 @@ pub struct ApplyReport {
     pub interrupted: bool,
     /// Tests whose machine may still run (and cost money, or hold a host).
     pub still_running: Vec<(Address, crate::state::Machine)>,
+    /// The run this apply made: what its results and machine time are filed under.
+    pub run_id: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -65,6 +67,7 @@ pub async fn apply<P: Provider>(
         failed: vec![],
         interrupted: false,
         still_running: vec![],
+        run_id: ctx.run_id.clone(),
     };
 
     // Tests that left the plan go first: they cost money or hold hosts, and produce nothing.
@@ -370,8 +373,8 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 record.live_machine().is_none(),
                 "{t} still holds its machine"
             );
-            let report = crate::collect::report(&record.results).unwrap();
-            assert!(report.starts_with(bench.dir.path().join("results/unit")));
+            let collected = crate::collect::report(&record.results).unwrap();
+            assert!(collected.starts_with(bench.dir.path().join("results/unit")));
             // The machine time it held is billed once, at the price it was got with.
             let [spent] = &record.spent[..] else {
                 panic!("{t}: {:?}", record.spent)
@@ -384,7 +387,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             );
             let price = (t == "b.t3").then_some(0.096);
             assert_eq!((spent.usd_per_hour, machine.usd_per_hour), (price, price));
+            assert_eq!(spent.run_id, report.run_id);
         }
+        // Only the aws machine is billed.
+        let bill = crate::cost::bill::of_run(&bench.state, &report.run_id).unwrap();
+        assert_eq!((bill.machines, bill.usd.is_some()), (1, true));
         // Nothing left to do: a second apply plans no change.
         let (again, fake) = bench.apply(Fake::default(), &Options::default());
         assert!(again.completed.is_empty() && fake.calls().is_empty());
@@ -433,9 +440,16 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 ..
             }
         ));
-        // The failed test runs again as a new attempt.
+        // The failed test runs again as a new attempt, which keeps the failed one's machine
+        // time: it was spent all the same.
         let (_, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(fake.calls()[0], "acquire a.t1#2 -> m-t1-2");
+        let spent: Vec<&str> = bench.state.tests[&"a.t1".parse().unwrap()]
+            .spent
+            .iter()
+            .map(|s| s.machine.as_str())
+            .collect();
+        assert_eq!(spent, ["m-t1-1", "m-t1-2"]);
     }
 
     /// A machine that stops answering is asked after: gone fails the test with why; a provider

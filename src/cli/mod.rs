@@ -633,6 +633,9 @@ fn apply(
     let state = handle.snapshot();
     let touched: Vec<Address> = changes.changes.iter().map(|c| c.address.clone()).collect();
     println!("\n{}", ui::summary_table(&state, &touched));
+    if let Some(bill) = cost::bill::of_run(&state, &report.run_id) {
+        println!("\nRun {} cost {bill}.", report.run_id);
+    }
     for (address, step, error, log_tail) in &report.failed {
         println!(
             "\n{} {address} failed at {step}: {error}",

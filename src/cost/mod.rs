@@ -1,11 +1,12 @@
 //! What tests cost: the on-demand hourly price of an instance type in a region, from a price
 //! file (`--prices`) or the AWS Price List API through a local cache ([`look_up`]); the
 //! estimate `plan` ends with ([`estimate`]); what a run cost, from the machine time state
-//! records ([`spent`]).
+//! records ([`bill`]).
 //!
 //! It never launches or touches a machine: the lifecycle only records the price it is given.
 //! A price that cannot be known is said to be unknown, with the reason, and never guessed.
 
+pub mod bill;
 pub mod cache;
 pub mod estimate;
 pub mod price_file;
