@@ -288,8 +288,10 @@ fn prices_for(
     changes: &planner::Changes,
     file: Option<&PriceFile>,
 ) -> Result<cost::Prices> {
-    let settings: Vec<&crate::plan::Settings> = (changes.changes.iter())
-        .filter_map(|c| plan.test(&c.address))
+    let to_run: std::collections::HashSet<&Address, crate::FastHash> =
+        changes.changes.iter().map(|c| &c.address).collect();
+    let settings: Vec<&crate::plan::Settings> = (plan.tests())
+        .filter(|t| to_run.contains(&t.address))
         .map(|t| &t.settings)
         .filter(|s| s.provider() == crate::plan::ProviderKind::Aws)
         .collect();

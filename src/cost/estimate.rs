@@ -59,14 +59,16 @@ pub fn estimate(
     prices: &Prices,
 ) -> Option<Estimate> {
     let mut sharing: HashMap<(&str, &str), u32> = HashMap::new();
+    let mut by_address: HashMap<&Address, &Test, crate::FastHash> = HashMap::default();
     for t in plan.tests() {
         if let Some(v) = &t.variant {
             *sharing.entry((t.address.suite(), &v.test)).or_default() += 1;
         }
+        by_address.insert(&t.address, t);
     }
     let mut tests = Vec::new();
     for change in &changes.changes {
-        let Some(test) = plan.test(&change.address) else {
+        let Some(&test) = by_address.get(&change.address) else {
             continue;
         };
         let record = state.tests.get(&change.address);
@@ -99,7 +101,7 @@ pub fn estimate(
     }
     let sum = |f: fn(&TestCost) -> Option<f64>| {
         let known: Vec<f64> = tests.iter().filter_map(f).collect();
-        (!known.is_empty()).then(|| known.iter().sum())
+        (!known.is_empty()).then(|| micro(known.iter().sum()))
     };
     let total = Total {
         worst_usd: sum(|t| t.worst_usd),
@@ -112,9 +114,14 @@ pub fn estimate(
     Some(Estimate { tests, total })
 }
 
-/// What `races` races of `each` cost at `usd_per_hour`.
+/// What `races` races of `each` cost at `usd_per_hour`, to a millionth of a dollar (JSON
+/// readers get `0.576`, not `0.5760000000000001`).
 pub fn cost(usd_per_hour: f64, each: Duration, races: u32) -> f64 {
-    usd_per_hour * each.as_secs_f64() / 3600.0 * f64::from(races)
+    micro(usd_per_hour * each.as_secs_f64() / 3600.0 * f64::from(races))
+}
+
+fn micro(usd: f64) -> f64 {
+    (usd * 1e6).round() / 1e6
 }
 
 /// The races an apply runs for a test: those missing from the ones recorded for its
@@ -277,6 +284,7 @@ mod tests {
         assert!((cost(0.096, three_hours, 1) - 0.288).abs() < 1e-9);
         assert!((cost(0.096, three_hours, 5) - 1.44).abs() < 1e-9);
         assert_eq!(cost(0.5, Duration::ZERO, 3), 0.0);
+        assert_eq!(cost(0.192, Duration::from_secs(3 * 3600), 1), 0.576);
     }
 
     #[test]
