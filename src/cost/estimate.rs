@@ -133,18 +133,18 @@ fn races_to_run(
     config_hash: Option<&str>,
 ) -> Option<u32> {
     let wanted = test.repeat.count.get();
-    let kept = |r: &TestRecord| r.finished_repetitions();
     match (action, record) {
         (Action::Terminate, _) => None,
-        (Action::Rerun, _) | (Action::Run, None) => Some(wanted),
-        (Action::Run, Some(r)) if Some(&*r.config_hash) == config_hash => {
-            Some(wanted.saturating_sub(kept(r)).max(1))
+        // The races of this configuration that finished are kept (a failed one is none).
+        (Action::Run | Action::Resume { .. }, Some(r)) if Some(&*r.config_hash) == config_hash => {
+            Some(
+                wanted
+                    .max(r.repetition())
+                    .saturating_sub(r.finished_repetitions())
+                    .max(1),
+            )
         }
-        (Action::Run, Some(_)) => Some(wanted),
-        (Action::Resume { .. }, r) => {
-            let r = r?;
-            Some(wanted.max(r.repetition()).saturating_sub(kept(r)).max(1))
-        }
+        _ => Some(wanted),
     }
 }
 
@@ -285,6 +285,65 @@ mod tests {
         assert!((cost(0.096, three_hours, 5) - 1.44).abs() < 1e-9);
         assert_eq!(cost(0.5, Duration::ZERO, 3), 0.0);
         assert_eq!(cost(0.192, Duration::from_secs(3 * 3600), 1), 0.576);
+    }
+
+    /// A test of five repetitions, and a record of it at `status` with `finished` races.
+    fn five_races(status: crate::state::Status, finished: usize) -> (Plan, TestRecord) {
+        let plan = Plan::parse(
+            std::path::Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
+             instance_type = \"m5.large\"\ntrack = \"geonames\"\nrepetitions = 5\n\
+             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n",
+        )
+        .unwrap();
+        let mut record = TestRecord::new(
+            "same".into(),
+            serde_json::json!({}).into(),
+            "esrally race".into(),
+            status,
+        );
+        record.earlier = (0..finished)
+            .map(|_| crate::state::Repetition {
+                run_id: "r".into(),
+                race_id: uuid::Uuid::nil(),
+                machine: "i-1".into(),
+                zone: None,
+                results: vec![],
+            })
+            .collect();
+        (plan, record)
+    }
+
+    #[test]
+    fn only_the_missing_races_are_counted() {
+        use crate::state::Status;
+        let races = |action, status, finished, hash: &str| {
+            let (plan, record) = five_races(status, finished);
+            let test = plan.tests().next().unwrap();
+            races_to_run(action, test, Some(&record), Some(hash))
+        };
+        // Two finished and the third completed: two to go.
+        assert_eq!(races(Action::Run, Status::Completed, 2, "same"), Some(2));
+        // A failed third: it races again, with the last two.
+        let failed = Status::Failed {
+            step: Step::Racing,
+            error: "boom".into(),
+            log_tail: None,
+        };
+        assert_eq!(races(Action::Run, failed.clone(), 2, "same"), Some(3));
+        // Another configuration, or a replacement: all five.
+        assert_eq!(races(Action::Run, failed, 2, "other"), Some(5));
+        assert_eq!(races(Action::Rerun, Status::Completed, 4, "same"), Some(5));
+        // Resumed in the fourth: it and the fifth.
+        let racing = Status::InProgress { step: Step::Racing };
+        assert_eq!(
+            races(Action::Resume { step: Step::Racing }, racing, 3, "same"),
+            Some(2)
+        );
+        assert_eq!(races(Action::Terminate, Status::Completed, 0, "same"), None);
+        let (plan, _) = five_races(Status::Completed, 0);
+        let test = plan.tests().next().unwrap();
+        assert_eq!(races_to_run(Action::Run, test, None, None), Some(5));
     }
 
     #[test]

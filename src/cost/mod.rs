@@ -82,7 +82,7 @@ pub struct Prices {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Priced<'a> {
     Known(&'a Price),
-    /// No price: why (the API could not be reached, the price file lists none).
+    /// No price: why (the API failed, the price file lists none).
     Unknown(&'a str),
     /// A host of the user's pool or this machine: nothing is billed by the hour here.
     OwnMachine,
@@ -332,6 +332,26 @@ mod tests {
             prices.known[&key("m5.xlarge")],
             Err("not in the price file p.toml".into())
         );
+    }
+
+    #[test]
+    fn a_machine_not_looked_up_or_of_ones_own_has_no_price() {
+        let plan = crate::plan::Plan::parse(
+            std::path::Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
+             instance_type = \"m5.large\"\ntrack = \"geonames\"\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"aws\"\n[[suite.test]]\nname = \"here\"\nprovider = \"local\"\n",
+        )
+        .unwrap();
+        let mut tests = plan.tests();
+        let (aws, here) = (
+            &tests.next().unwrap().settings,
+            &tests.next().unwrap().settings,
+        );
+        let none = Prices::default();
+        assert_eq!(none.of(aws), Priced::Unknown("it was not looked up"));
+        assert_eq!(none.of(here), Priced::OwnMachine);
+        assert_eq!(none.usd_per_hour(aws), None);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_sdk_pricing::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_pricing::config::http::HttpResponse;
+use aws_sdk_pricing::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_pricing::operation::get_products::GetProductsError;
 use aws_sdk_pricing::types::{Filter, FilterType};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -31,8 +33,9 @@ const PAGE_SIZE: i32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("the Price List API could not be reached: {0}")]
-    Unreachable(String),
+    /// Not reached, timed out, no credentials, refused: every way of getting no answer.
+    #[error("the Price List API failed: {0}")]
+    Failed(String),
     #[error("the Price List API answered with something unreadable: product {item}: {what}")]
     Malformed { item: usize, what: String },
 }
@@ -107,7 +110,7 @@ impl Fetch for PriceListApi {
                 .set_next_token(next_token)
                 .send()
                 .await
-                .map_err(|e| FetchError::Unreachable(describe(&e)))?;
+                .map_err(|e| FetchError::Failed(describe(&e)))?;
             documents.extend_from_slice(page.price_list());
             next_token = page.next_token().map(str::to_owned);
             if next_token.is_none() {
@@ -118,14 +121,18 @@ impl Fetch for PriceListApi {
     }
 }
 
-/// The service's code and message where it answered, else the chain of causes (a timeout, no
-/// credentials) without the SDK's dump of its internals, which `-v` shows.
-fn describe(e: &(impl std::error::Error + ProvideErrorMetadata + 'static)) -> String {
+/// The service's code and message where it answered, else the HTTP status it answered with
+/// (a server without the API) or the chain of causes (a timeout, no credentials), without the
+/// SDK's dump of its internals, which `-v` shows.
+fn describe(e: &SdkError<GetProductsError, HttpResponse>) -> String {
     if crate::ui::verbose() {
         return DisplayErrorContext(e).to_string();
     }
     if let (Some(code), Some(message)) = (e.code(), e.message()) {
         return format!("{code}: {message}");
+    }
+    if let Some(response) = e.raw_response() {
+        return format!("HTTP {}", response.status().as_u16());
     }
     let mut causes: Vec<String> = Vec::new();
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -411,17 +418,28 @@ mod tests {
         server.await.unwrap();
     }
 
+    /// A refusal, and what a server without the API answers (moto, which the end-to-end tests
+    /// point the SDK at, has no Price List API): a failure naming why, never a price.
     #[tokio::test]
-    async fn a_refusal_is_an_unreachable_api_not_a_price() {
+    async fn a_refusal_or_a_server_without_the_api_is_a_failure_not_a_price() {
         let refusal = r#"{"__type":"AccessDeniedException","message":"User is not authorized to perform: pricing:GetProducts"}"#;
-        let (client, server) = serve(vec![(400, refusal.into())]).await;
-        let api = PriceListApi::with_client(client);
-        let err = api.fetch(&m5_large()).await.unwrap_err().to_string();
-        assert!(
-            err.starts_with("the Price List API could not be reached"),
-            "{err}"
-        );
-        server.await.unwrap();
+        for (status, body, says) in [
+            (
+                400,
+                refusal,
+                "AccessDeniedException: User is not authorized",
+            ),
+            (404, "<html><title>404 Not Found</title></html>", "HTTP 404"),
+        ] {
+            let (client, server) = serve(vec![(status, body.into())]).await;
+            let api = PriceListApi::with_client(client);
+            let err = api.fetch(&m5_large()).await.unwrap_err().to_string();
+            assert!(
+                err.starts_with("the Price List API failed: ") && err.contains(says),
+                "{err}"
+            );
+            server.await.unwrap();
+        }
     }
 
     #[tokio::test]
@@ -442,7 +460,7 @@ mod tests {
         let api = PriceListApi::with_client(aws_sdk_pricing::Client::from_conf(config));
         let started = std::time::Instant::now();
         let err = api.fetch(&m5_large()).await.unwrap_err();
-        assert!(matches!(err, FetchError::Unreachable(_)), "{err}");
+        assert!(matches!(err, FetchError::Failed(_)), "{err}");
         assert!(
             started.elapsed() < OPERATION_TIMEOUT,
             "{:?}",
