@@ -385,6 +385,31 @@ fn a_past_run_is_read_as_of_that_run() {
     );
 }
 
+/// A test's cost in a past run comes from the machine time its record still holds for that
+/// run, though the record is of a later one; the run's total counts each machine once.
+#[test]
+fn a_past_run_costs_what_its_machines_held() {
+    let mut t = realistic();
+    let a = addr("ingest", "a");
+    let record = t.state.tests.get_mut(&a).unwrap();
+    let mut earlier = record.spent[0].clone();
+    earlier.run_id = RUN1.into();
+    earlier.machine = "i-run1".into();
+    // Half an hour at $0.192: $0.096.
+    earlier.to = at("2026-11-25T08:45:00Z");
+    record.spent.insert(0, earlier);
+    t.save();
+    let v: serde_json::Value =
+        serde_json::from_str(&t.results(&["--run", RUN1, "--json"], 0)).unwrap();
+    assert_eq!(v["tests"][0]["address"], "ingest.a");
+    assert_eq!(v["tests"][0]["cost"]["usd"], 0.096);
+    assert_eq!(v["tests"][0]["cost"]["machines"], 1);
+    // With `b (8g)`'s ten minutes: two machines, $0.128.
+    let run = &v["cost"];
+    assert_eq!(run["machines"], 2);
+    assert!((run["usd"].as_f64().unwrap() - 0.128).abs() < 1e-9, "{run}");
+}
+
 #[test]
 fn runs_are_listed_with_their_time_and_tests() {
     let t = realistic();
