@@ -100,6 +100,14 @@ impl Prices {
         }
     }
 
+    /// The prices `file` lists for the aws machines among `settings`.
+    pub fn from_file<'a>(
+        settings: impl IntoIterator<Item = &'a Settings>,
+        file: &PriceFile,
+    ) -> Prices {
+        from_file(settings.into_iter().filter_map(Key::of).collect(), file)
+    }
+
     /// The hourly price a machine for `settings` is recorded with.
     pub fn usd_per_hour(&self, settings: &Settings) -> Option<f64> {
         match self.of(settings) {
@@ -128,16 +136,6 @@ pub async fn look_up<'a>(
     match file {
         Some(file) => from_file(keys, file),
         None => resolve(keys, cache, today(), &PriceListApi::default()).await,
-    }
-}
-
-impl Prices {
-    /// The prices `file` lists for the aws machines among `settings`.
-    pub fn from_file<'a>(
-        settings: impl IntoIterator<Item = &'a Settings>,
-        file: &PriceFile,
-    ) -> Prices {
-        from_file(settings.into_iter().filter_map(Key::of).collect(), file)
     }
 }
 
