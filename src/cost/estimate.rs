@@ -79,7 +79,8 @@ pub fn estimate(
         let shared =
             (test.variant.as_ref()).map_or(1, |v| sharing[&(test.address.suite(), &*v.test)]);
         let last_race = record.and_then(|r| per_race(&r.history, shared));
-        let (price, no_price) = match prices.of(&test.settings) {
+        let machine = Key::of(&test.settings);
+        let (price, no_price) = match prices.at(machine.as_ref()) {
             Priced::Known(p) => (Some(p.clone()), None),
             Priced::Unknown(why) => (None, Some(why.to_owned())),
             Priced::OwnMachine => (None, None),
@@ -88,7 +89,7 @@ pub fn estimate(
         tests.push(TestCost {
             address: test.address.clone(),
             races,
-            machine: Key::of(&test.settings),
+            machine,
             worst_usd: hourly.map(|h| cost(h, test.settings.max_runtime, races)),
             expected_usd: hourly.zip(last_race).map(|(h, d)| cost(h, d, races)),
             last_race_secs: last_race.map(|d| d.as_secs()),

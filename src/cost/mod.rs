@@ -14,7 +14,8 @@ pub mod price_list;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 use jiff::civil::Date;
 use serde::Serialize;
@@ -58,8 +59,13 @@ pub struct Price {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum Source {
-    File { file: PathBuf },
-    PriceListApi { cached: bool },
+    /// Shared: a plan's every test priced from one file names it.
+    File {
+        file: Arc<Path>,
+    },
+    PriceListApi {
+        cached: bool,
+    },
 }
 
 impl std::fmt::Display for Source {
@@ -90,10 +96,15 @@ pub enum Priced<'a> {
 
 impl Prices {
     pub fn of(&self, settings: &Settings) -> Priced<'_> {
-        let Some(key) = Key::of(settings) else {
+        self.at(Key::of(settings).as_ref())
+    }
+
+    /// The price of `key`, the key of a test's machine (none: the user's own).
+    pub fn at(&self, key: Option<&Key>) -> Priced<'_> {
+        let Some(key) = key else {
             return Priced::OwnMachine;
         };
-        match self.known.get(&key) {
+        match self.known.get(key) {
             Some(Ok(price)) => Priced::Known(price),
             Some(Err(why)) => Priced::Unknown(why),
             None => Priced::Unknown("it was not looked up"),
@@ -147,7 +158,7 @@ fn from_file(keys: BTreeSet<Key>, file: &PriceFile) -> Prices {
                 Some(listed) => Ok(Price {
                     usd_per_hour: listed.usd_per_hour,
                     source: Source::File {
-                        file: file.path.clone(),
+                        file: file.path.as_path().into(),
                     },
                     as_of: listed.as_of,
                 }),
