@@ -172,52 +172,60 @@ pub fn per_race(history: &[Transition], shared: u32) -> Option<Duration> {
     Some(took / (races * shared.max(1)))
 }
 
-/// One aligned line per test and a total line.
+/// One aligned line per test and a total line; where a price came from, or why there is none,
+/// once below as a numbered note, since many tests share one.
 pub fn render(e: &Estimate) -> String {
+    let mut notes: Vec<String> = Vec::new();
+    let mut mark = |note: String| {
+        let n = match notes.iter().position(|seen| *seen == note) {
+            Some(i) => i + 1,
+            None => {
+                notes.push(note);
+                notes.len()
+            }
+        };
+        format!("[{n}]")
+    };
     let mut rows: Vec<[String; 7]> = Vec::new();
     for t in &e.tests {
-        let what = t
-            .machine
-            .as_ref()
-            .map_or("own machine".into(), Key::to_string);
+        let what = (t.machine.as_ref()).map_or("own machine".into(), Key::to_string);
         let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
-        let row = match (&t.price, &t.no_price) {
-            (Some(p), _) => [
-                t.address.to_string(),
-                what,
+        let (price, worst, expected, note) = match (&t.price, &t.no_price) {
+            (Some(p), _) => (
                 format!("{}/h", usd(p.usd_per_hour)),
-                races,
                 t.worst_usd
                     .map_or(String::new(), |w| format!("worst {}", usd(w))),
                 match t.expected_usd {
                     Some(x) => format!("expected {}", usd(x)),
                     None => "expected ? (no earlier run)".into(),
                 },
-                match p.as_of {
-                    Some(d) => format!("({}, {d})", p.source),
-                    None => format!("({})", p.source),
-                },
-            ],
-            (None, Some(why)) => [
-                t.address.to_string(),
-                what,
+                mark(match p.as_of {
+                    Some(d) => format!("{}, as of {d}", p.source),
+                    None => p.source.to_string(),
+                }),
+            ),
+            (None, Some(why)) => (
                 "no price".into(),
-                races,
                 String::new(),
                 String::new(),
-                format!("({why})"),
-            ],
-            (None, None) => [
-                t.address.to_string(),
-                what,
+                mark(format!("no price: {why}")),
+            ),
+            (None, None) => (
                 "no price".into(),
-                races,
                 String::new(),
                 String::new(),
                 String::new(),
-            ],
+            ),
         };
-        rows.push(row);
+        rows.push([
+            t.address.to_string(),
+            what,
+            price,
+            races,
+            worst,
+            expected,
+            note,
+        ]);
     }
     let total = &e.total;
     let mut left_out = Vec::new();
@@ -254,13 +262,17 @@ pub fn render(e: &Estimate) -> String {
         "Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):\n",
     );
     for row in &rows {
-        let mut line = String::new();
+        let start = out.len();
         for (cell, w) in row.iter().zip(widths) {
             if w > 0 {
-                let _ = write!(line, "  {cell:<w$}");
+                let _ = write!(out, "  {cell:<w$}");
             }
         }
-        let _ = writeln!(out, "{}", line.trim_end());
+        out.truncate(out[start..].trim_end().len() + start);
+        out.push('\n');
+    }
+    for (i, note) in notes.iter().enumerate() {
+        let _ = writeln!(out, "  [{}] {note}", i + 1);
     }
     out
 }
