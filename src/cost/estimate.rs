@@ -292,6 +292,51 @@ mod tests {
     }
 
     #[test]
+    fn prices_from_the_api_name_the_day_they_were_fetched() {
+        let test = |name: &str, price: Option<Price>, no_price: Option<&str>| TestCost {
+            address: format!("s.{name}").parse().unwrap(),
+            races: 2,
+            machine: Some(Key {
+                region: "eu-west-1".into(),
+                instance_type: "c5.large".into(),
+            }),
+            worst_usd: price.as_ref().map(|p| p.usd_per_hour * 6.0),
+            expected_usd: price.as_ref().map(|p| p.usd_per_hour),
+            last_race_secs: price.as_ref().map(|_| 1800),
+            price,
+            no_price: no_price.map(str::to_owned),
+        };
+        let fetched = |cached| Price {
+            usd_per_hour: 0.096,
+            source: super::super::Source::PriceListApi { cached },
+            as_of: Some(jiff::civil::date(2026, 11, 28)),
+        };
+        let e = Estimate {
+            tests: vec![
+                test("a", Some(fetched(true)), None),
+                test("b", Some(fetched(false)), None),
+                test("c", None, Some("the Price List API failed: HTTP 404")),
+            ],
+            total: Total {
+                worst_usd: Some(1.152),
+                expected_usd: Some(0.192),
+                unpriced: 1,
+                without_history: 0,
+            },
+        };
+        insta::assert_snapshot!(render(&e), @r"
+        Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):
+          s.a    c5.large in eu-west-1  $0.096/h  2 races  worst $0.576  expected $0.096  [1]
+          s.b    c5.large in eu-west-1  $0.096/h  2 races  worst $0.576  expected $0.096  [2]
+          s.c    c5.large in eu-west-1  no price  2 races                                 [3]
+          total                                            worst $1.15   expected $0.192  (not counted: 1 without a price)
+          [1] Price List API, cached, as of 2026-11-28
+          [2] Price List API, as of 2026-11-28
+          [3] no price: the Price List API failed: HTTP 404
+        ");
+    }
+
+    #[test]
     fn the_worst_case_is_every_race_at_its_max_runtime() {
         let three_hours = Duration::from_secs(3 * 3600);
         assert!((cost(0.096, three_hours, 1) - 0.288).abs() < 1e-9);
