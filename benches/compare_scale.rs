@@ -76,6 +76,7 @@ fn view(run: &str, shift: f64) -> RunView {
                 repetitions: REPETITIONS,
                 variant: None,
                 race_duration_s: Some(600),
+                cost: None,
                 race: None,
                 tasks,
                 problems: vec![],
@@ -85,6 +86,7 @@ fn view(run: &str, shift: f64) -> RunView {
     RunView {
         workspace: "scale".into(),
         run: Some(run.into()),
+        cost: None,
         tests,
     }
 }

@@ -1,13 +1,15 @@
 //! validate + plan at scale: a generated plan of 10,000 tests in 100 suites against a state that
-//! holds completed results for half of them. Prints wall time and peak memory of the work alone
-//! (measured in a fresh child process, so generating the inputs does not count).
+//! holds completed results for half of them, with the cost estimate from a price file (as
+//! `--prices` reads it). Prints wall time and peak memory of the work alone (measured in a
+//! fresh child process, so generating the inputs does not count).
 //!
 //!     cargo bench --bench plan_scale
 //!
 //! It also prints each phase's time and the memory in use after it, from a run of the phases
 //! one after another.
 //!
-//! Target (issue 2): under 100 ms and under 50 MB on a 2-core machine.
+//! Target (issue 2): under 100 ms and under 50 MB on a 2-core machine; with the estimate
+//! (issue 12), still under 100 ms.
 
 mod support;
 use support::status_kib;
@@ -15,6 +17,7 @@ use support::status_kib;
 use std::path::Path;
 use std::time::Instant;
 
+use rallyctl::cost::{self, PriceFile, Prices};
 use rallyctl::graph::Graph;
 use rallyctl::plan::Plan;
 use rallyctl::planner::{self, Options};
@@ -24,6 +27,19 @@ use rallyctl::templates::Renderer;
 const SUITES: usize = 100;
 const TESTS_PER_SUITE: usize = 100;
 const RUNS: usize = 11;
+/// The price file beside the plan.
+const PRICES: &str = "prices.toml";
+
+/// What `plan --prices` adds: the prices of the machines of the tests to run, and the estimate.
+fn estimate(plan: &Plan, state: &State, changes: &planner::Changes) -> cost::estimate::Estimate {
+    let file = PriceFile::load(Path::new(PRICES)).unwrap();
+    let to_run: std::collections::HashSet<_> = changes.changes.iter().map(|c| &c.address).collect();
+    let settings = plan.tests().filter(|t| to_run.contains(&t.address));
+    let prices = Prices::from_file(settings.map(|t| &t.settings), &file);
+    let e = cost::estimate::estimate(plan, state, changes, &prices).unwrap();
+    assert!(e.total.worst_usd.is_some());
+    e
+}
 
 fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let ini = Path::new(env!("CARGO_MANIFEST_DIR")).join("conditional_install_items/rally_csv.ini");
@@ -43,6 +59,11 @@ fn generate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     }
     let plan_path = dir.join("scale.toml");
     std::fs::write(&plan_path, text).unwrap();
+    std::fs::write(
+        dir.join(PRICES),
+        "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\nas_of = 2026-11-30\n",
+    )
+    .unwrap();
     // From where the measured runs start: paths inside the current directory are recorded
     // relative to it, so the recorded results must be made from there too.
     std::env::set_current_dir(dir).unwrap();
@@ -92,6 +113,8 @@ fn validate_and_plan(plan_path: &Path) -> (usize, usize) {
     );
     let text = planner::render(&changes);
     std::hint::black_box(text);
+    let e = estimate(&loaded.plan, &loaded.state, &changes);
+    std::hint::black_box(cost::estimate::render(&e));
     (changes.changes.len(), changes.unchanged)
 }
 
@@ -118,6 +141,10 @@ fn phases(plan_path: &Path, state_path: &Path) -> Vec<(&'static str, f64, u64)> 
     lap("diff", &mut out);
     std::hint::black_box(planner::render(&changes));
     lap("print the plan", &mut out);
+    let e = estimate(&plan, &state, &changes);
+    lap("estimate the cost (prices from a file)", &mut out);
+    std::hint::black_box(cost::estimate::render(&e));
+    lap("print the estimate", &mut out);
     out
 }
 

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod cli;
 pub mod collect;
+pub mod cost;
 pub mod destroy;
 pub mod graph;
 pub mod lifecycle;

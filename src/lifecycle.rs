@@ -134,6 +134,8 @@ pub struct Ctx<P: Provider> {
     pub cancel: CancellationToken,
     /// Warm reuse, as the planner paired the tests.
     pub handoffs: Vec<Handoff>,
+    /// The prices machines are recorded with, looked up before the apply began.
+    pub prices: crate::cost::Prices,
 }
 
 /// A machine that answers: what a step after booting runs its commands on.
@@ -659,6 +661,8 @@ async fn start_attempt<P: Provider>(
             race_id: Some(Uuid::new_v4()),
             earlier,
             variant: test.variant.clone(),
+            // Machine time is billed whatever became of the attempt that held the machine.
+            spent: previous.map(|r| r.spent.clone()).unwrap_or_default(),
             ..TestRecord::new(
                 artifacts.config_hash.clone(),
                 (&test.settings).into(),
@@ -780,6 +784,7 @@ async fn acquire<P: Provider>(
         ));
     }
     machine.run_dir = Some(run_dir(test, &ctx.plan.name, record));
+    machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings);
     ctx.state
         .record(&test.address, |r| r.instance = Some(machine))?;
     Ok(())
@@ -852,10 +857,14 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
     }
     let workspace = &ctx.plan.name;
     ctx.state.update(|s| {
-        let at = jiff::Timestamp::now();
-        if let Some(m) = s.tests.get_mut(&from).and_then(|r| r.instance.as_mut()) {
-            m.terminated_at = Some(at);
-            m.handover = Some(Handover::TakenBy(to.clone()));
+        let mut at = jiff::Timestamp::now();
+        if let Some(r) = s.tests.get_mut(&from) {
+            r.mark_released();
+            if let Some(m) = &mut r.instance {
+                m.handover = Some(Handover::TakenBy(to.clone()));
+                // One instant: the giver's machine time ends where the taker's begins.
+                at = m.terminated_at.unwrap_or(at);
+            }
         }
         if let Some(r) = s.tests.get_mut(to) {
             r.instance = Some(Machine {

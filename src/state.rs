@@ -106,9 +106,9 @@ impl Status {
     }
 }
 
-/// The machine an attempt holds, recorded before anything runs on it. Beyond the id, only its
-/// provider reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The machine an attempt holds, recorded before anything runs on it. Beyond the id and the
+/// price, only its provider reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
     /// States from before there were other providers hold EC2 instances.
@@ -149,6 +149,10 @@ pub struct Machine {
     /// Warm reuse: the test of a later suite the machine went on to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<Handover>,
+    /// Its on-demand price when it was got; none for the user's own machines and where no
+    /// price was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +174,24 @@ pub enum Handover {
     KeptFor(Address),
     /// That test took it and holds it now.
     TakenBy(Address),
+}
+
+/// Machine time a record held, from the machine's launch (or lease) to the moment the record
+/// stopped holding it: what `results` bills.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spent {
+    pub run_id: String,
+    /// Only an `aws` machine is billed by the hour; the others are the user's own.
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// The machine's id: records sharing one machine (variants) each hold it, and a run's
+    /// cost counts it once.
+    pub machine: String,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +294,9 @@ pub struct TestRecord {
     /// interruptions): the race starts again on a new one, up to a bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reclaimed: u32,
+    /// Every machine this test held, across attempts and runs, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spent: Vec<Spent>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -327,6 +352,8 @@ struct RecordFields {
     variant: Option<VariantOf>,
     #[serde(default)]
     reclaimed: u32,
+    #[serde(default)]
+    spent: Vec<Spent>,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +416,7 @@ impl TryFrom<RecordFields> for TestRecord {
             earlier: r.earlier,
             variant: r.variant,
             reclaimed: r.reclaimed,
+            spent: r.spent,
         })
     }
 }
@@ -410,6 +438,7 @@ impl Machine {
             spot: false,
             taken: None,
             handover: None,
+            usd_per_hour: None,
         }
     }
 }
@@ -436,6 +465,7 @@ impl TestRecord {
             earlier: vec![],
             variant: None,
             reclaimed: 0,
+            spent: vec![],
         }
     }
 
@@ -498,11 +528,27 @@ impl TestRecord {
         self.instance.as_ref().filter(|i| i.terminated_at.is_none())
     }
 
-    /// Records that the machine was given back, now.
+    /// Records that the machine was given back (or taken by another test), now, and the time
+    /// it was held, from its launch or from when this record took it: the one place machine
+    /// time is entered, so every way a record lets go of a machine bills it once. A machine
+    /// kept for a later test is billed to the keeper until taken.
     pub fn mark_released(&mut self) {
-        if let Some(i) = &mut self.instance {
-            i.terminated_at = Some(Timestamp::now());
+        let Some(i) = &mut self.instance else {
+            return;
+        };
+        if i.terminated_at.is_some() {
+            return;
         }
+        let now = Timestamp::now();
+        i.terminated_at = Some(now);
+        self.spent.push(Spent {
+            run_id: self.run_id.clone().unwrap_or_default(),
+            provider: i.provider,
+            machine: i.id.clone(),
+            from: i.taken.as_ref().map_or(i.launched_at, |t| t.at),
+            to: now,
+            usd_per_hour: i.usd_per_hour,
+        });
     }
 
     /// Moves to a new status and remembers when, for timings and the ordering checks.
@@ -908,6 +954,38 @@ mod tests {
         assert_eq!(load(&path).unwrap().unwrap(), state);
         let backup = load(&backup_path(&path)).unwrap().unwrap();
         assert_eq!(backup.serial, 1, "the backup holds the previous serial");
+    }
+
+    #[test]
+    fn releasing_a_machine_bills_its_time_once() {
+        let mut r = record();
+        r.run_id = Some("run-1".into());
+        r.mark_released();
+        assert!(r.spent.is_empty(), "no machine, no time");
+        r.instance = Some(Machine {
+            usd_per_hour: Some(0.5),
+            ..Machine::acquired(ProviderKind::Aws, "i-1".into())
+        });
+        r.mark_released();
+        r.mark_released();
+        let machine = r.instance.as_ref().unwrap();
+        let [spent] = &r.spent[..] else {
+            panic!("{:?}", r.spent)
+        };
+        assert_eq!(
+            (
+                spent.run_id.as_str(),
+                spent.machine.as_str(),
+                spent.usd_per_hour
+            ),
+            ("run-1", "i-1", Some(0.5))
+        );
+        assert_eq!(
+            (spent.from, Some(spent.to)),
+            (machine.launched_at, machine.terminated_at)
+        );
+        let written = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<TestRecord>(&written).unwrap(), r);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct ApplyOptions {
     pub parallelism: usize,
     /// Where results go: `<results_dir>/<workspace>/<run>/<suite>/<test>/`.
     pub results_dir: std::path::PathBuf,
+    /// What the machines cost, recorded with each one got.
+    pub prices: crate::cost::Prices,
 }
 
 /// What an apply did, for the summary and the exit code.
@@ -32,6 +34,8 @@ pub struct ApplyReport {
     pub interrupted: bool,
     /// Tests whose machine may still run (and cost money, or hold a host).
     pub still_running: Vec<(Address, crate::state::Machine)>,
+    /// The run this apply made: what its results and machine time are filed under.
+    pub run_id: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -57,12 +61,14 @@ pub async fn apply<P: Provider>(
         progress,
         cancel,
         handoffs: changes.handoffs.clone(),
+        prices: options.prices.clone(),
     });
     let mut report = ApplyReport {
         completed: vec![],
         failed: vec![],
         interrupted: false,
         still_running: vec![],
+        run_id: ctx.run_id.clone(),
     };
 
     // Tests that left the plan go first: they cost money or hold hosts, and produce nothing.
@@ -250,7 +256,12 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         dir: tempfile::TempDir,
         plan: Plan,
         state: State,
+        prices: crate::cost::Prices,
     }
+
+    /// What the benches' aws tests cost.
+    const PRICES: &str =
+        "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\n";
 
     impl Bench {
         fn new(suites: &str) -> Bench {
@@ -269,7 +280,9 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 remote.display()
             );
             let plan = Plan::parse(Path::new("unit.toml"), &text).unwrap();
+            let file = crate::cost::PriceFile::parse(Path::new("prices.toml"), PRICES).unwrap();
             Bench {
+                prices: crate::cost::Prices::from_file(plan.tests().map(|t| &t.settings), &file),
                 dir,
                 plan,
                 state: State::new("unit"),
@@ -303,6 +316,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let apply_options = ApplyOptions {
                 parallelism: 10,
                 results_dir: self.dir.path().join("results"),
+                prices: self.prices.clone(),
             };
             let cancel = tokio_util::sync::CancellationToken::new();
             if let Some(after) = after {
@@ -340,7 +354,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
 
     #[test]
     fn suites_run_in_order_local_tests_one_at_a_time_and_every_machine_is_given_back() {
-        let mut bench = Bench::new(TWO_SUITES);
+        // The last test is an aws test (the fake serves it like the others), priced.
+        let mut bench = Bench::new(&format!(
+            "{TWO_SUITES}provider = \"aws\"\nregion = \"us-east-1\"\n\
+             ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\n"
+        ));
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 3);
         assert!(report.failed.is_empty() && !report.interrupted);
@@ -367,9 +385,25 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 record.live_machine().is_none(),
                 "{t} still holds its machine"
             );
-            let report = crate::collect::report(&record.results).unwrap();
-            assert!(report.starts_with(bench.dir.path().join("results/unit")));
+            let collected = crate::collect::report(&record.results).unwrap();
+            assert!(collected.starts_with(bench.dir.path().join("results/unit")));
+            // The machine time it held is billed once, at the price it was got with.
+            let [spent] = &record.spent[..] else {
+                panic!("{t}: {:?}", record.spent)
+            };
+            let machine = record.instance.as_ref().unwrap();
+            assert_eq!(Some(&spent.run_id), record.run_id.as_ref());
+            assert_eq!(
+                (&spent.machine, spent.from, Some(spent.to)),
+                (&machine.id, machine.launched_at, machine.terminated_at)
+            );
+            let price = (t == "b.t3").then_some(0.096);
+            assert_eq!((spent.usd_per_hour, machine.usd_per_hour), (price, price));
+            assert_eq!(spent.run_id, report.run_id);
         }
+        // Only the aws machine is billed.
+        let bill = crate::cost::bill::of_run(&bench.state, &report.run_id).unwrap();
+        assert_eq!((bill.machines, bill.usd.is_some()), (1, true));
         // Nothing left to do: a second apply plans no change.
         let (again, fake) = bench.apply(Fake::default(), &Options::default());
         assert!(again.completed.is_empty() && fake.calls().is_empty());
@@ -418,9 +452,16 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 ..
             }
         ));
-        // The failed test runs again as a new attempt.
+        // The failed test runs again as a new attempt, which keeps the failed one's machine
+        // time: it was spent all the same.
         let (_, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(fake.calls()[0], "acquire a.t1#2 -> m-t1-2");
+        let spent: Vec<&str> = bench.state.tests[&"a.t1".parse().unwrap()]
+            .spent
+            .iter()
+            .map(|s| s.machine.as_str())
+            .collect();
+        assert_eq!(spent, ["m-t1-1", "m-t1-2"]);
     }
 
     /// A machine that stops answering is asked after: gone fails the test with why; a provider
@@ -879,6 +920,12 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             "each test races in a directory of its own"
         );
         assert!(report.still_running.is_empty());
+        // Machine time is billed once: to `t1` until the take, to `t2` from it.
+        let spent = |a: &str| record(&bench, a).spent.clone();
+        let (gave, took) = (spent("a.t1"), spent("b.t2"));
+        assert_eq!((gave.len(), took.len()), (1, 1));
+        assert_eq!((gave[0].from, gave[0].to), (t1.launched_at, taken.at));
+        assert_eq!(took[0].from, taken.at);
     }
 
     /// As if apply was killed after `t1` kept its machine and before `t2` began.

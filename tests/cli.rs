@@ -10,11 +10,20 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The price file every command here reads, as `--prices` would name it: a plan's cost is
+/// estimated without the Price List API. Relative to the checkout, so snapshots name it alike.
+const PRICES: &str = "tests/fixtures/prices/prices.toml";
+
+fn prices() -> PathBuf {
+    root().join(PRICES)
+}
+
 fn rallyctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rallyctl"))
         .args(args)
         .current_dir(root())
         .env("NO_COLOR", "1")
+        .env("RALLYCTL_PRICES", PRICES)
         .output()
         .expect("rallyctl runs")
 }
@@ -152,6 +161,108 @@ fn plan_json_output() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["changes"].as_array().unwrap().len(), 6);
     assert_eq!(v["changes"][0]["action"], "run");
+}
+
+/// A record of `address` whose last attempt ran the given steps at the given minutes after
+/// midnight: what the expected cost is read from.
+fn ran(steps: &[(&str, i64)]) -> rallyctl::state::TestRecord {
+    let mut record = completed(serde_json::json!({"car": "older"}));
+    let midnight: jiff::Timestamp = "2026-11-30T00:00:00Z".parse().unwrap();
+    record.history = steps
+        .iter()
+        .map(|(status, minute)| rallyctl::state::Transition {
+            status: (*status).into(),
+            at: midnight + jiff::SignedDuration::from_mins(*minute),
+        })
+        .collect();
+    record
+}
+
+/// The estimate `plan` ends with, per test and in total, from the price file and the last
+/// run state recorded, in text and JSON.
+#[test]
+fn plan_estimates_what_the_tests_to_run_cost() {
+    let (_dir, state_path) = temp_state();
+    let mut state = rallyctl::state::State::new("costs");
+    // Two races in 55 minutes, machine time included: 27.5 minutes a race.
+    state.tests.insert(
+        "ingest.small".parse().unwrap(),
+        ran(&[
+            ("launching", 0),
+            ("installing", 3),
+            ("racing", 5),
+            ("collecting", 25),
+            ("installing", 26),
+            ("racing", 30),
+            ("collecting", 50),
+            ("terminating", 55),
+            ("completed", 56),
+        ]),
+    );
+    // The variants shared a machine for 40 minutes: 20 minutes each.
+    state.tests.insert(
+        "ingest.heap-4g".parse().unwrap(),
+        ran(&[("launching", 0), ("racing", 5), ("terminating", 40)]),
+    );
+    rallyctl::state::save(&state_path, &mut state).unwrap();
+    let plan = |json: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "tests/fixtures/plans/costs.toml",
+            "--state",
+            state_path.to_str().unwrap(),
+        ];
+        args.extend(json);
+        let out = rallyctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = plan(&[]);
+    let estimate = &shown[shown.find("Cost estimate").unwrap()..];
+    insta::assert_snapshot!(estimate);
+    let v: serde_json::Value = serde_json::from_str(&plan(&["--json"])).unwrap();
+    insta::assert_json_snapshot!(v["cost"]);
+}
+
+/// A price file with a mistake is a usage error, named at its line, before anything else.
+#[test]
+fn a_broken_price_file_is_refused_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let prices = dir.path().join("prices.toml");
+    std::fs::write(
+        &prices,
+        "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = \"cheap\"\n",
+    )
+    .unwrap();
+    for command in ["plan", "apply"] {
+        let out = rallyctl(&[
+            command,
+            "plans/example.toml",
+            "--prices",
+            prices.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "prices.toml:4:16: price[0].usd_per_hour: expected a number, found a string"
+            ),
+            "{err}"
+        );
+    }
+    let out = rallyctl(&[
+        "plan",
+        "plans/example.toml",
+        "--prices",
+        "no/such/prices.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read the price file no/such/prices.toml"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -292,6 +403,7 @@ fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
             .args(["plan", plan])
             .current_dir(dir.path())
             .env("NO_COLOR", "1")
+            .env("RALLYCTL_PRICES", prices())
             .output()
             .unwrap()
     };
@@ -400,6 +512,7 @@ fn rallyctl_in(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
+        .env("RALLYCTL_PRICES", prices())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("rallyctl runs")
@@ -1020,6 +1133,7 @@ proptest::proptest! {
         cmd.args(&args)
             .current_dir(d)
             .env("NO_COLOR", "1")
+            .env("RALLYCTL_PRICES", prices())
             .env("HOME", d.join("home"))
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(std::process::Stdio::null());

@@ -29,6 +29,12 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         stdout.contains("Apply complete: 3 completed, 0 failed."),
         "{stdout}"
     );
+    // Priced from the harness's price file (moto has no Price List API): the estimate before,
+    // the run's cost after, each instance once.
+    assert!(
+        stdout.contains("$0.107/h") && stdout.contains("machine-hours on 3 machines."),
+        "{stdout}"
+    );
 
     let state = run.state();
     let mut instance_ids = Vec::new();
@@ -39,6 +45,14 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         assert!(
             instance.terminated_at.is_some(),
             "{address} instance not recorded terminated"
+        );
+        // Its machine time, from launch to termination, at the price it was launched with.
+        let [spent] = &r.spent[..] else {
+            panic!("{address}: {:?}", r.spent)
+        };
+        assert_eq!(
+            (spent.from, Some(spent.to), spent.usd_per_hour),
+            (instance.launched_at, instance.terminated_at, Some(0.107))
         );
         instance_ids.push(instance.id.clone());
         // The results are on disk, intact, with Rally's throughput rows.

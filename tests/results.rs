@@ -10,7 +10,7 @@ use rallyctl::address::Address;
 use rallyctl::plan::ProviderKind;
 use rallyctl::results::parse;
 use rallyctl::state::{
-    self, Machine, Repetition, ResultFile, State, Status, Step, TestRecord, Transition,
+    self, Machine, Repetition, ResultFile, Spent, State, Status, Step, TestRecord, Transition,
 };
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
@@ -105,10 +105,23 @@ impl Tree {
                     .unwrap(),
             })
             .collect();
+        // A machine of its own, billed from launch to release once it was given back.
+        let spent = (!matches!(status, Status::InProgress { .. }))
+            .then(|| Spent {
+                run_id: run.into(),
+                provider: ProviderKind::Aws,
+                machine: format!("i-{:04}", self.state.tests.len()),
+                from: at("2026-11-25T08:15:00Z"),
+                to: at("2026-11-25T08:25:00Z"),
+                usd_per_hour: Some(0.192),
+            })
+            .into_iter()
+            .collect();
         self.state.tests.insert(
             address.clone(),
             TestRecord {
                 run_id: Some(run.into()),
+                spent,
                 instance: Some(Machine {
                     region: Some("us-east-1".into()),
                     zone: Some("us-east-1a".into()),
@@ -314,6 +327,8 @@ fn realistic() -> Tree {
         },
         files,
     );
+    // Its price was not known when it was launched: its cost, and so its run's, is unknown.
+    t.state.tests.get_mut(&down).unwrap().spent[0].usd_per_hour = None;
     let slow = addr("search", "slow");
     t.record(
         &slow,
@@ -379,6 +394,31 @@ fn a_past_run_is_read_as_of_that_run() {
         v["tests"][0]["tasks"][0]["metrics"]["throughput"]["value"],
         4500.0
     );
+}
+
+/// A test's cost in a past run comes from the machine time its record still holds for that
+/// run, though the record is of a later one; the run's total counts each machine once.
+#[test]
+fn a_past_run_costs_what_its_machines_held() {
+    let mut t = realistic();
+    let a = addr("ingest", "a");
+    let record = t.state.tests.get_mut(&a).unwrap();
+    let mut earlier = record.spent[0].clone();
+    earlier.run_id = RUN1.into();
+    earlier.machine = "i-run1".into();
+    // Half an hour at $0.192: $0.096.
+    earlier.to = at("2026-11-25T08:45:00Z");
+    record.spent.insert(0, earlier);
+    t.save();
+    let v: serde_json::Value =
+        serde_json::from_str(&t.results(&["--run", RUN1, "--json"], 0)).unwrap();
+    assert_eq!(v["tests"][0]["address"], "ingest.a");
+    assert_eq!(v["tests"][0]["cost"]["usd"], 0.096);
+    assert_eq!(v["tests"][0]["cost"]["machines"], 1);
+    // With `b (8g)`'s ten minutes: two machines, $0.128.
+    let run = &v["cost"];
+    assert_eq!(run["machines"], 2);
+    assert!((run["usd"].as_f64().unwrap() - 0.128).abs() < 1e-9, "{run}");
 }
 
 #[test]
@@ -1100,6 +1140,18 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     );
     assert!(html.contains("Failed: the race exited with 64"));
     assert!(html.contains("track track · car external · Elasticsearch 8.15.0 · Rally 2.13.0"));
+    // What the run and each test cost; a test whose price was not known costs "unknown".
+    assert!(
+        html.contains(
+            "Run 20261125T081500Z-bbbbbb cost unknown for 0.50 machine-hours on 3 machines"
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains("<th>cost</th>") && html.contains("<td>$0.032</td>"),
+        "{html}"
+    );
+    assert!(html.contains("<td>unknown</td>"), "{html}");
 
     // -o, and a report without a baseline.
     let out = t.run(&[

@@ -127,6 +127,8 @@ pub(super) enum Command {
         select: Select,
         #[command(flatten)]
         refresh: Refresh,
+        #[command(flatten)]
+        prices: Prices,
     },
     /// Run what the plan says: get a machine, install, race, collect, give the machine back
     Apply {
@@ -142,6 +144,8 @@ pub(super) enum Command {
         select: Select,
         #[command(flatten)]
         refresh: Refresh,
+        #[command(flatten)]
+        prices: Prices,
     },
     /// Give back everything the workspace holds: terminate its instances (also leaked ones
     /// found by tag), stop its races on hosts and end their leases
@@ -268,6 +272,15 @@ pub struct Refresh {
     /// in the account before planning (`--refresh=false` skips it)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub refresh: bool,
+}
+
+/// Where on-demand prices come from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Prices {
+    /// Read on-demand prices from FILE (TOML `[[price]]` tables: region, instance_type,
+    /// usd_per_hour, optional as_of) instead of the AWS Price List API
+    #[arg(long = "prices", env = "RALLYCTL_PRICES", value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

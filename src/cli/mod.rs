@@ -13,11 +13,12 @@ use clap::Parser;
 
 pub use args::{
     Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_REGRESSION,
-    EXIT_USAGE, Global, Refresh, ResultsArgs, Select, normalize_args,
+    EXIT_USAGE, Global, Prices, Refresh, ResultsArgs, Select, normalize_args,
 };
 pub use workspace::{Loaded, load, load_at, load_file};
 
 use crate::address::Address;
+use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
@@ -105,12 +106,14 @@ fn run(cli: Cli) -> Result<u8> {
             detailed_exitcode,
             select,
             refresh,
+            prices,
         } => plan_command(
             &plan,
             out.as_deref(),
             detailed_exitcode,
             &select,
             refresh,
+            &prices,
             &g,
         ),
         Command::Apply {
@@ -119,12 +122,14 @@ fn run(cli: Cli) -> Result<u8> {
             parallelism,
             select,
             refresh,
+            prices,
         } => apply(
             &plan,
             auto_approve,
             usize::from(parallelism),
             &select,
             refresh,
+            &prices,
             &g,
         ),
         Command::Destroy { plan, auto_approve } => destroy(plan.as_deref(), auto_approve, &g),
@@ -264,22 +269,66 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// The price file `--prices` names, read before anything else so a broken one is refused
+/// at once, as a usage error.
+fn price_file(prices: &Prices) -> Result<Option<PriceFile>> {
+    let Some(path) = &prices.file else {
+        return Ok(None);
+    };
+    match PriceFile::load(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) => Err(UsageError(e.to_string()).into()),
+    }
+}
+
+/// The prices of the machines the tests `changes` will run get: nothing is looked up for a
+/// plan without aws tests to run.
+fn prices_for(
+    plan: &Plan,
+    changes: &planner::Changes,
+    file: Option<&PriceFile>,
+) -> Result<cost::Prices> {
+    let to_run: std::collections::HashSet<&Address, crate::FastHash> =
+        changes.changes.iter().map(|c| &c.address).collect();
+    let settings: Vec<&crate::plan::Settings> = (plan.tests())
+        .filter(|t| to_run.contains(&t.address))
+        .map(|t| &t.settings)
+        .filter(|s| s.provider() == crate::plan::ProviderKind::Aws)
+        .collect();
+    if settings.is_empty() {
+        return Ok(cost::Prices::default());
+    }
+    Ok(runtime()?.block_on(cost::look_up(settings, file, &mut cost::Cache::for_user())))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn plan_command(
     path: &Path,
     out: Option<&Path>,
     detailed: bool,
     select: &Select,
     refresh: Refresh,
+    prices: &Prices,
     g: &Global,
 ) -> Result<u8> {
+    let file = price_file(prices)?;
     let l = load_file(path, g)?;
     check_account(&l.plan, refresh)?;
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
+    let prices = prices_for(&l.plan, &changes, file.as_ref())?;
+    let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
     if g.json {
-        println!("{}", serde_json::to_string_pretty(&changes)?);
+        let mut shown = serde_json::to_value(&changes)?;
+        if let Some(e) = &estimate {
+            shown["cost"] = serde_json::to_value(e)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
         println!("{}", planner::render(&changes));
+        if let Some(e) = &estimate {
+            print!("\n{}", cost::estimate::render(e));
+        }
     }
     if let Some(out) = out {
         check_output(out, Some(path), &l.state_path)?;
@@ -476,14 +525,17 @@ fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     path: &Path,
     auto_approve: bool,
     parallelism: usize,
     select: &Select,
     refresh: Refresh,
+    prices: &Prices,
     g: &Global,
 ) -> Result<u8> {
+    let file = price_file(prices)?;
     let saved = read_saved(path)?;
     if saved.is_some() && !select.is_empty() {
         return Err(UsageError(format!(
@@ -530,6 +582,10 @@ fn apply(
         println!("\nNothing to apply.");
         return Ok(0);
     }
+    let prices = prices_for(&l.plan, &changes, file.as_ref())?;
+    if let Some(e) = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices) {
+        print!("\n{}", cost::estimate::render(&e));
+    }
     if saved.is_none()
         && !auto_approve
         && let Some(code) = refused(
@@ -571,6 +627,7 @@ fn apply(
             &crate::walk::ApplyOptions {
                 parallelism,
                 results_dir: PathBuf::from("results"),
+                prices,
             },
             ui::Progress::new(ui::stdout_is_tty()),
             cancel,
@@ -582,6 +639,9 @@ fn apply(
     let state = handle.snapshot();
     let touched: Vec<Address> = changes.changes.iter().map(|c| c.address.clone()).collect();
     println!("\n{}", ui::summary_table(&state, &touched));
+    if let Some(bill) = cost::bill::of_run(&state, &report.run_id) {
+        println!("\nRun {} cost {bill}.", report.run_id);
+    }
     for (address, step, error, log_tail) in &report.failed {
         println!(
             "\n{} {address} failed at {step}: {error}",

@@ -9,7 +9,7 @@ pub mod diag;
 mod json_doc;
 mod load;
 pub mod source;
-mod toml_doc;
+pub(crate) mod toml_doc;
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};

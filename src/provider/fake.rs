@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Acquire, Acquired, Gone, Provider, ProviderError, Reachable};
 use crate::address::Address;
-use crate::plan::{ProviderKind, Settings};
+use crate::plan::Settings;
 use crate::remote::{Endpoint, HostKeys, SshEndpoint};
 use crate::state::Machine;
 
@@ -77,7 +77,8 @@ impl Provider for Fake {
         ));
         self.held.lock().unwrap().insert(id.clone());
         Ok(Acquired {
-            machine: Machine::acquired(ProviderKind::Local, id),
+            // Of the test's own kind, as the fleet's provider would record it.
+            machine: Machine::acquired(req.settings.provider(), id),
             adopted: false,
         })
     }

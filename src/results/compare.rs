@@ -551,6 +551,7 @@ mod tests {
         RunView {
             workspace: "w".into(),
             run: Some(run.into()),
+            cost: None,
             tests: vec![TestResult {
                 address: Address::new("s", "t").unwrap(),
                 run_id: Some(run.into()),
@@ -562,6 +563,7 @@ mod tests {
                 repetitions: 1,
                 variant: None,
                 race_duration_s: None,
+                cost: None,
                 race: None,
                 tasks: tasks
                     .iter()

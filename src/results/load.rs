@@ -14,6 +14,7 @@ use super::ResultsError;
 use super::metrics::{TaskMetrics, Value};
 use super::parse::{self, RaceInfo};
 use crate::address::{Address, slug};
+use crate::cost::bill::{self, Bill};
 use crate::state::{self, State, Status, TestRecord};
 
 /// A workspace's state (if any) and its `results/<workspace>/` directory.
@@ -48,6 +49,10 @@ pub struct TestResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<crate::plan::VariantOf>,
     pub race_duration_s: Option<u64>,
+    /// The machine time it held in its run and what that cost; none on the user's own
+    /// machines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Bill>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub race: Option<RaceInfo>,
     pub tasks: Vec<TaskMetrics>,
@@ -67,6 +72,9 @@ pub struct RunView {
     pub workspace: String,
     /// The newest run the view's results come from.
     pub run: Option<String>,
+    /// What that run cost, each machine counted once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Bill>,
     pub tests: Vec<TestResult>,
 }
 
@@ -82,6 +90,8 @@ pub struct RunSummary {
     pub current: usize,
     pub failed: usize,
     pub baseline: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Bill>,
 }
 
 impl Workspace {
@@ -125,6 +135,7 @@ impl Workspace {
         let run = tests.iter().filter_map(|t| t.run_id.clone()).max();
         Ok(RunView {
             workspace: self.name.clone(),
+            cost: run.as_deref().and_then(|r| bill::of_run(state, r)),
             run,
             tests,
         })
@@ -159,6 +170,10 @@ impl Workspace {
                     })
                     .collect();
                 let mut result = read_test(&address, Some(dir_run.clone()), None, races);
+                // State's record is of a later run, and still holds the machine time of this one.
+                result.cost = (self.state.as_ref())
+                    .and_then(|s| s.tests.get(&address))
+                    .and_then(|r| bill::of_test(r, dir_run));
                 if result.tasks.is_empty() && result.problems.is_empty() {
                     result
                         .problems
@@ -170,6 +185,7 @@ impl Workspace {
         tests.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(RunView {
             workspace: self.name.clone(),
+            cost: self.state.as_ref().and_then(|s| bill::of_run(s, &run)),
             run: Some(run),
             tests,
         })
@@ -227,6 +243,7 @@ impl Workspace {
                         .filter(|r| matches!(r.status, Status::Failed { .. }))
                         .count(),
                     baseline: self.baseline() == Some(run_id.as_str()),
+                    cost: self.state.as_ref().and_then(|s| bill::of_run(s, &run_id)),
                     run_id,
                 })
             })
@@ -424,6 +441,7 @@ fn read_test(
         .or_else(|| record.and_then(racing_seconds));
     TestResult {
         address: address.clone(),
+        cost: record.and_then(|r| bill::of_test(r, run_id.as_deref()?)),
         run_id,
         status: record.map(|r| r.status.label()),
         failure: record.and_then(|r| match &r.status {

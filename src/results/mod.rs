@@ -278,6 +278,7 @@ fn variant_views(view: &RunView, base: &str) -> Result<(RunView, RunView), Resul
     let empty = || RunView {
         workspace: view.workspace.clone(),
         run: view.run.clone(),
+        cost: view.cost,
         tests: vec![],
     };
     let (mut baseline, mut contender) = (empty(), empty());

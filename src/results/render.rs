@@ -10,6 +10,7 @@ use super::compare::{Comparison, Method, Row, Side, Verdict};
 use super::load::{RunSummary, RunView, TestResult};
 use super::metrics::{Metric, TaskMetrics, Value, format_number};
 use super::stats::{NOISY_RSD_PCT, Needed, Summary};
+use crate::cost::bill::Bill;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -262,6 +263,9 @@ pub fn results(view: &RunView, format: Format) -> String {
             if view.tests.is_empty() {
                 out.push_str("No tests in state yet.\n");
             }
+            if let (Some(run), Some(bill)) = (&view.run, &view.cost) {
+                out.push_str(&format!("Run {run} cost {bill}.\n"));
+            }
             if view.tests.iter().any(|t| t.repetitions > 1) {
                 out.push_str(&format!(
                     "±: half the 95 % confidence interval of the mean over the repetitions; \
@@ -273,18 +277,25 @@ pub fn results(view: &RunView, format: Format) -> String {
     }
 }
 
-pub const RESULT_HEADER: [&str; 10] = [
+pub const RESULT_HEADER: [&str; 11] = [
     "test",
     "run",
     "status",
     "instance",
     "race",
+    "cost",
     "task",
     "throughput (median)",
     "latency p50 / p90 / p99",
     "service time p50 / p90 / p99",
     "error rate",
 ];
+
+/// What a test's machine time cost: `-` where none was billed (the user's own machine, or a
+/// state from before costs were recorded), `unknown` without a price.
+fn cost_cell(bill: Option<&Bill>) -> String {
+    bill.map_or("-".into(), Bill::usd_text)
+}
 
 /// The view as JSON, each metric raced more than once with its `summary`.
 fn with_summaries(view: &RunView) -> serde_json::Value {
@@ -332,9 +343,10 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
                         if test.spot { ", spot" } else { "" }
                     )),
                     plain(duration(test.race_duration_s)),
+                    plain(cost_cell(test.cost.as_ref())),
                 ]
             } else {
-                (0..5).map(|_| plain("")).collect()
+                (0..6).map(|_| plain("")).collect()
             }
         };
         for task in &test.tasks {
@@ -412,6 +424,8 @@ fn results_csv(view: &RunView) -> String {
         "instance_type",
         "race_duration_s",
         "repetitions",
+        "machine_hours",
+        "cost_usd",
         "task",
     ]
     .map(String::from)
@@ -431,6 +445,8 @@ fn results_csv(view: &RunView) -> String {
             opt(test.instance_type.as_deref()),
             opt(test.race_duration_s),
             test.repetitions.to_string(),
+            opt(test.cost.map(|b| b.machine_hours)),
+            opt(test.cost.and_then(|b| b.usd)),
         ];
         for task in &test.tasks {
             let mut rec: Vec<String> = lead.to_vec();
@@ -478,8 +494,17 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
         Format::Json => json(&serde_json::json!({"workspace": workspace, "runs": runs})),
         Format::Csv => {
             let mut w = csv_writer();
-            w.write_record(["run", "started", "tests", "current", "failed", "baseline"])
-                .expect("in-memory CSV");
+            w.write_record([
+                "run",
+                "started",
+                "tests",
+                "current",
+                "failed",
+                "baseline",
+                "machine_hours",
+                "cost_usd",
+            ])
+            .expect("in-memory CSV");
             for r in runs {
                 w.write_record([
                     r.run_id.clone(),
@@ -488,6 +513,8 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
                     r.current.to_string(),
                     r.failed.to_string(),
                     r.baseline.to_string(),
+                    opt(r.cost.map(|b| b.machine_hours)),
+                    opt(r.cost.and_then(|b| b.usd)),
                 ])
                 .expect("in-memory CSV");
             }
@@ -506,6 +533,7 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
                         plain(r.current.to_string()),
                         toned(r.failed.to_string(), (r.failed > 0).then_some(Tone::Bad)),
                         plain(if r.baseline { "yes" } else { "" }),
+                        plain(cost_cell(r.cost.as_ref())),
                     ]
                 })
                 .collect();
@@ -518,6 +546,7 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
                     "current in state",
                     "failed",
                     "baseline",
+                    "cost",
                 ],
                 rows,
             );

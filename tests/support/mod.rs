@@ -33,6 +33,11 @@ use tempfile::TempDir;
 /// Region the harness's moto and clients use (not us-east-1, moto's fallback, so that a missing
 /// region in rallyctl shows up as a failure).
 pub const REGION: &str = "eu-west-1";
+/// The price file every rallyctl the harness runs reads.
+pub const PRICES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/prices/prices.toml"
+);
 /// Port of the HTTP CONNECT proxy inside every instance (sessions get `https_proxy` to it).
 pub const INSTANCE_PROXY_PORT: u16 = 3128;
 /// App name the harness's own SDK calls carry in their User-Agent (to tell them apart in moto's
@@ -391,6 +396,8 @@ impl Harness {
             ("AWS_REGION", self.region.as_str()),
             ("AWS_DEFAULT_REGION", self.region.as_str()),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            // moto has no Price List API: costs come from the fixture's prices.
+            ("RALLYCTL_PRICES", PRICES),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

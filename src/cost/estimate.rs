@@ -1,0 +1,444 @@
+//! What the tests a plan will run may cost: per test and in total, at worst (every race runs
+//! its whole `max_runtime`: each race's bound is renewed) and as expected (each race as long
+//! as the same test's last attempt took per race, as state recorded it).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Key, Price, Priced, Prices, usd};
+use crate::address::Address;
+use crate::plan::{Plan, Test};
+use crate::planner::{Action, Changes};
+use crate::state::{State, Step, TestRecord, Transition};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub tests: Vec<TestCost>,
+    pub total: Total,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestCost {
+    pub address: Address,
+    /// The races this apply will run.
+    pub races: u32,
+    /// What is priced; none for the user's own machines.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Key>,
+    pub price: Option<Price>,
+    /// Why there is no price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_price: Option<String>,
+    pub worst_usd: Option<f64>,
+    pub expected_usd: Option<f64>,
+    /// How long one race took last time, machine time included; none: no earlier run.
+    pub last_race_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Total {
+    /// Over the tests with a price; none when no test has one.
+    pub worst_usd: Option<f64>,
+    /// Over the tests with a price and an earlier run.
+    pub expected_usd: Option<f64>,
+    /// aws tests without a price, left out of the totals.
+    pub unpriced: usize,
+    /// Priced tests without an earlier run, left out of the expected total.
+    pub without_history: usize,
+}
+
+/// The estimate of the tests `changes` will run; none when none of them runs on a machine
+/// billed by the hour.
+pub fn estimate(
+    plan: &Plan,
+    state: &State,
+    changes: &Changes,
+    prices: &Prices,
+) -> Option<Estimate> {
+    let mut sharing: HashMap<(&str, &str), u32> = HashMap::new();
+    let mut by_address: HashMap<&Address, &Test, crate::FastHash> = HashMap::default();
+    for t in plan.tests() {
+        if let Some(v) = &t.variant {
+            *sharing.entry((t.address.suite(), &v.test)).or_default() += 1;
+        }
+        by_address.insert(&t.address, t);
+    }
+    let mut tests = Vec::new();
+    for change in &changes.changes {
+        let Some(&test) = by_address.get(&change.address) else {
+            continue;
+        };
+        let record = state.tests.get(&change.address);
+        let Some(races) = races_to_run(change.action, test, record, change.config_hash.as_deref())
+        else {
+            continue;
+        };
+        let shared =
+            (test.variant.as_ref()).map_or(1, |v| sharing[&(test.address.suite(), &*v.test)]);
+        let last_race = record.and_then(|r| per_race(&r.history, shared));
+        let machine = Key::of(&test.settings);
+        let (price, no_price) = match prices.at(machine.as_ref()) {
+            Priced::Known(p) => (Some(p.clone()), None),
+            Priced::Unknown(why) => (None, Some(why.to_owned())),
+            Priced::OwnMachine => (None, None),
+        };
+        let hourly = price.as_ref().map(|p| p.usd_per_hour);
+        tests.push(TestCost {
+            address: test.address.clone(),
+            races,
+            machine,
+            worst_usd: hourly.map(|h| cost(h, test.settings.max_runtime, races)),
+            expected_usd: hourly.zip(last_race).map(|(h, d)| cost(h, d, races)),
+            last_race_secs: last_race.map(|d| d.as_secs()),
+            price,
+            no_price,
+        });
+    }
+    if tests.iter().all(|t| t.machine.is_none()) {
+        return None;
+    }
+    let sum = |f: fn(&TestCost) -> Option<f64>| {
+        let known: Vec<f64> = tests.iter().filter_map(f).collect();
+        (!known.is_empty()).then(|| micro(known.iter().sum()))
+    };
+    let total = Total {
+        worst_usd: sum(|t| t.worst_usd),
+        expected_usd: sum(|t| t.expected_usd),
+        unpriced: tests.iter().filter(|t| t.no_price.is_some()).count(),
+        without_history: (tests.iter())
+            .filter(|t| t.price.is_some() && t.last_race_secs.is_none())
+            .count(),
+    };
+    Some(Estimate { tests, total })
+}
+
+/// What `races` races of `each` cost at `usd_per_hour`, to a millionth of a dollar (JSON
+/// readers get `0.576`, not `0.5760000000000001`).
+pub fn cost(usd_per_hour: f64, each: Duration, races: u32) -> f64 {
+    micro(usd_per_hour * each.as_secs_f64() / 3600.0 * f64::from(races))
+}
+
+fn micro(usd: f64) -> f64 {
+    (usd * 1e6).round() / 1e6
+}
+
+/// The races an apply runs for a test: those missing from the ones recorded for its
+/// configuration. None for a test that leaves the plan.
+fn races_to_run(
+    action: Action,
+    test: &Test,
+    record: Option<&TestRecord>,
+    config_hash: Option<&str>,
+) -> Option<u32> {
+    let wanted = test.repeat.count.get();
+    match (action, record) {
+        (Action::Terminate, _) => None,
+        // The races of this configuration that finished are kept (a failed one is none).
+        (Action::Run | Action::Resume { .. }, Some(r)) if Some(&*r.config_hash) == config_hash => {
+            Some(
+                wanted
+                    .max(r.repetition())
+                    .saturating_sub(r.finished_repetitions())
+                    .max(1),
+            )
+        }
+        _ => Some(wanted),
+    }
+}
+
+/// How long one race of the last attempt took, from its launch to its release, its machine's
+/// boot and install included: the history's last `launching` to the `terminating` or
+/// `completed` after it, over the races between. A variant's machine raced the other variants
+/// too (`shared` in all), so its share is theirs divided among them. None without such an
+/// attempt.
+pub fn per_race(history: &[Transition], shared: u32) -> Option<Duration> {
+    let start = history
+        .iter()
+        .rposition(|t| t.status == Step::Launching.name())?;
+    let rest = &history[start + 1..];
+    let end = rest
+        .iter()
+        .position(|t| t.status == Step::Terminating.name() || t.status == "completed")?;
+    let races = rest[..end]
+        .iter()
+        .filter(|t| t.status == Step::Racing.name())
+        .count();
+    let races = u32::try_from(races).ok().filter(|&n| n > 0)?;
+    let took = rest[end].at.duration_since(history[start].at);
+    let took = Duration::try_from(took).ok()?;
+    Some(took / (races * shared.max(1)))
+}
+
+/// One aligned line per test and a total line; where a price came from, or why there is none,
+/// once below as a numbered note, since many tests share one.
+pub fn render(e: &Estimate) -> String {
+    let mut notes: Vec<String> = Vec::new();
+    let mut mark = |note: String| {
+        let n = match notes.iter().position(|seen| *seen == note) {
+            Some(i) => i + 1,
+            None => {
+                notes.push(note);
+                notes.len()
+            }
+        };
+        format!("[{n}]")
+    };
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for t in &e.tests {
+        let what = (t.machine.as_ref()).map_or("own machine".into(), Key::to_string);
+        let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
+        let (price, worst, expected, note) = match (&t.price, &t.no_price) {
+            (Some(p), _) => (
+                format!("{}/h", usd(p.usd_per_hour)),
+                t.worst_usd
+                    .map_or(String::new(), |w| format!("worst {}", usd(w))),
+                match t.expected_usd {
+                    Some(x) => format!("expected {}", usd(x)),
+                    None => "expected ? (no earlier run)".into(),
+                },
+                mark(match p.as_of {
+                    Some(d) => format!("{}, as of {d}", p.source),
+                    None => p.source.to_string(),
+                }),
+            ),
+            (None, Some(why)) => (
+                "no price".into(),
+                String::new(),
+                String::new(),
+                mark(format!("no price: {why}")),
+            ),
+            (None, None) => (
+                "no price".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+        };
+        rows.push([
+            t.address.to_string(),
+            what,
+            price,
+            races,
+            worst,
+            expected,
+            note,
+        ]);
+    }
+    let total = &e.total;
+    let mut left_out = Vec::new();
+    if total.unpriced > 0 {
+        left_out.push(format!("{} without a price", total.unpriced));
+    }
+    if total.without_history > 0 {
+        left_out.push(format!("{} without an earlier run", total.without_history));
+    }
+    rows.push([
+        "total".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        total
+            .worst_usd
+            .map_or("worst ?".into(), |w| format!("worst {}", usd(w))),
+        total
+            .expected_usd
+            .map_or("expected ?".into(), |x| format!("expected {}", usd(x))),
+        if left_out.is_empty() {
+            String::new()
+        } else {
+            format!("(not counted: {})", left_out.join(", "))
+        },
+    ]);
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::from(
+        "Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):\n",
+    );
+    for row in &rows {
+        let start = out.len();
+        for (cell, w) in row.iter().zip(widths) {
+            if w > 0 {
+                let _ = write!(out, "  {cell:<w$}");
+            }
+        }
+        out.truncate(out[start..].trim_end().len() + start);
+        out.push('\n');
+    }
+    for (i, note) in notes.iter().enumerate() {
+        let _ = writeln!(out, "  [{}] {note}", i + 1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(steps: &[(&str, &str)]) -> Vec<Transition> {
+        steps
+            .iter()
+            .map(|(status, at)| Transition {
+                status: (*status).into(),
+                at: at.parse().unwrap(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prices_from_the_api_name_the_day_they_were_fetched() {
+        let test = |name: &str, price: Option<Price>, no_price: Option<&str>| TestCost {
+            address: format!("s.{name}").parse().unwrap(),
+            races: 2,
+            machine: Some(Key {
+                region: "eu-west-1".into(),
+                instance_type: "c5.large".into(),
+            }),
+            worst_usd: price.as_ref().map(|p| p.usd_per_hour * 6.0),
+            expected_usd: price.as_ref().map(|p| p.usd_per_hour),
+            last_race_secs: price.as_ref().map(|_| 1800),
+            price,
+            no_price: no_price.map(str::to_owned),
+        };
+        let fetched = |cached| Price {
+            usd_per_hour: 0.096,
+            source: super::super::Source::PriceListApi { cached },
+            as_of: Some(jiff::civil::date(2026, 11, 28)),
+        };
+        let e = Estimate {
+            tests: vec![
+                test("a", Some(fetched(true)), None),
+                test("b", Some(fetched(false)), None),
+                test("c", None, Some("the Price List API failed: HTTP 404")),
+            ],
+            total: Total {
+                worst_usd: Some(1.152),
+                expected_usd: Some(0.192),
+                unpriced: 1,
+                without_history: 0,
+            },
+        };
+        insta::assert_snapshot!(render(&e), @r"
+        Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):
+          s.a    c5.large in eu-west-1  $0.096/h  2 races  worst $0.576  expected $0.096  [1]
+          s.b    c5.large in eu-west-1  $0.096/h  2 races  worst $0.576  expected $0.096  [2]
+          s.c    c5.large in eu-west-1  no price  2 races                                 [3]
+          total                                            worst $1.15   expected $0.192  (not counted: 1 without a price)
+          [1] Price List API, cached, as of 2026-11-28
+          [2] Price List API, as of 2026-11-28
+          [3] no price: the Price List API failed: HTTP 404
+        ");
+    }
+
+    #[test]
+    fn the_worst_case_is_every_race_at_its_max_runtime() {
+        let three_hours = Duration::from_secs(3 * 3600);
+        assert!((cost(0.096, three_hours, 1) - 0.288).abs() < 1e-9);
+        assert!((cost(0.096, three_hours, 5) - 1.44).abs() < 1e-9);
+        assert_eq!(cost(0.5, Duration::ZERO, 3), 0.0);
+        assert_eq!(cost(0.192, Duration::from_secs(3 * 3600), 1), 0.576);
+    }
+
+    /// A test of five repetitions, and a record of it at `status` with `finished` races.
+    fn five_races(status: crate::state::Status, finished: usize) -> (Plan, TestRecord) {
+        let plan = Plan::parse(
+            std::path::Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
+             instance_type = \"m5.large\"\ntrack = \"geonames\"\nrepetitions = 5\n\
+             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n",
+        )
+        .unwrap();
+        let mut record = TestRecord::new(
+            "same".into(),
+            serde_json::json!({}).into(),
+            "esrally race".into(),
+            status,
+        );
+        record.earlier = (0..finished)
+            .map(|_| crate::state::Repetition {
+                run_id: "r".into(),
+                race_id: uuid::Uuid::nil(),
+                machine: "i-1".into(),
+                zone: None,
+                spot: false,
+                results: vec![],
+            })
+            .collect();
+        (plan, record)
+    }
+
+    #[test]
+    fn only_the_missing_races_are_counted() {
+        use crate::state::Status;
+        let races = |action, status, finished, hash: &str| {
+            let (plan, record) = five_races(status, finished);
+            let test = plan.tests().next().unwrap();
+            races_to_run(action, test, Some(&record), Some(hash))
+        };
+        // Two finished and the third completed: two to go.
+        assert_eq!(races(Action::Run, Status::Completed, 2, "same"), Some(2));
+        // A failed third: it races again, with the last two.
+        let failed = Status::Failed {
+            step: Step::Racing,
+            error: "boom".into(),
+            log_tail: None,
+        };
+        assert_eq!(races(Action::Run, failed.clone(), 2, "same"), Some(3));
+        // Another configuration, or a replacement: all five.
+        assert_eq!(races(Action::Run, failed, 2, "other"), Some(5));
+        assert_eq!(races(Action::Rerun, Status::Completed, 4, "same"), Some(5));
+        // Resumed in the fourth: it and the fifth.
+        let racing = Status::InProgress { step: Step::Racing };
+        assert_eq!(
+            races(Action::Resume { step: Step::Racing }, racing, 3, "same"),
+            Some(2)
+        );
+        assert_eq!(races(Action::Terminate, Status::Completed, 0, "same"), None);
+        let (plan, _) = five_races(Status::Completed, 0);
+        let test = plan.tests().next().unwrap();
+        assert_eq!(races_to_run(Action::Run, test, None, None), Some(5));
+    }
+
+    #[test]
+    fn a_race_takes_the_last_attempts_time_over_its_races() {
+        let once = history(&[
+            ("launching", "2026-12-01T00:00:00Z"),
+            ("failed (racing)", "2026-12-01T00:01:00Z"),
+            ("launching", "2026-12-01T01:00:00Z"),
+            ("booting", "2026-12-01T01:01:00Z"),
+            ("installing", "2026-12-01T01:02:00Z"),
+            ("racing", "2026-12-01T01:05:00Z"),
+            ("collecting", "2026-12-01T01:25:00Z"),
+            ("installing", "2026-12-01T01:26:00Z"),
+            ("racing", "2026-12-01T01:27:00Z"),
+            ("collecting", "2026-12-01T01:38:00Z"),
+            ("terminating", "2026-12-01T01:40:00Z"),
+            ("completed", "2026-12-01T01:41:00Z"),
+        ]);
+        assert_eq!(per_race(&once, 1), Some(Duration::from_secs(20 * 60)));
+        // Two variants raced on that machine: half of it is this one's.
+        assert_eq!(per_race(&once, 2), Some(Duration::from_secs(10 * 60)));
+    }
+
+    #[test]
+    fn no_finished_attempt_is_no_earlier_run() {
+        assert_eq!(per_race(&[], 1), None);
+        let failed = history(&[
+            ("launching", "2026-12-01T00:00:00Z"),
+            ("racing", "2026-12-01T00:01:00Z"),
+            ("failed (racing)", "2026-12-01T00:02:00Z"),
+        ]);
+        assert_eq!(per_race(&failed, 1), None);
+        let never_raced = history(&[
+            ("launching", "2026-12-01T00:00:00Z"),
+            ("terminating", "2026-12-01T00:02:00Z"),
+        ]);
+        assert_eq!(per_race(&never_raced, 1), None);
+    }
+}

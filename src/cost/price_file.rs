@@ -1,0 +1,354 @@
+//! The price file a user points at with `--prices`: on-demand hourly prices by region and
+//! instance type, read instead of asking the Price List API.
+//!
+//! ```toml
+//! [[price]]
+//! region = "us-east-1"
+//! instance_type = "m5.large"
+//! usd_per_hour = 0.096
+//! as_of = 2026-11-30        # optional: when the price was read
+//! ```
+//!
+//! Read through the plan's TOML tree, so a mistake is reported at its line and column like
+//! one in a plan.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::{Path, PathBuf};
+
+use jiff::civil::Date;
+
+use super::Key;
+use crate::plan::diag::{PlanErrors, Sink};
+use crate::plan::source::{Kind, Node};
+use crate::plan::toml_doc;
+
+/// Larger than any price list of instance types a user would write by hand.
+const MAX_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PriceFileError {
+    #[error("cannot read the price file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the price file {} is larger than {} MiB", path.display(), MAX_BYTES >> 20)]
+    TooLarge { path: PathBuf },
+    #[error(transparent)]
+    Invalid(#[from] PlanErrors),
+}
+
+/// One price of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub usd_per_hour: f64,
+    pub as_of: Option<Date>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PriceFile {
+    pub path: PathBuf,
+    prices: HashMap<Key, Listed>,
+}
+
+impl PriceFile {
+    pub fn load(path: &Path) -> Result<PriceFile, PriceFileError> {
+        let read = |source| PriceFileError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        if std::fs::metadata(path).map_err(read)?.len() > MAX_BYTES {
+            return Err(PriceFileError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        PriceFile::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<PriceFile, PriceFileError> {
+        let mut sink = Sink::new(path, text);
+        let mut prices = HashMap::new();
+        match toml_doc::parse(text) {
+            Err(e) => sink.error(&e.span, "", e.message),
+            Ok(root) => read_root(&root, text, &mut sink, &mut prices),
+        }
+        if sink.diagnostics.is_empty() {
+            Ok(PriceFile {
+                path: path.to_owned(),
+                prices,
+            })
+        } else {
+            Err(PlanErrors {
+                file: path.to_owned(),
+                diagnostics: sink.diagnostics,
+            }
+            .into())
+        }
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Listed> {
+        self.prices.get(key)
+    }
+}
+
+fn read_root(root: &Node<'_>, text: &str, sink: &mut Sink<'_>, prices: &mut HashMap<Key, Listed>) {
+    let Kind::Table(entries) = &root.kind else {
+        return;
+    };
+    for entry in entries {
+        if entry.key != "price" {
+            sink.error_with_help(
+                &entry.key_span,
+                &*entry.key,
+                "unknown key",
+                "a price file holds only `[[price]]` tables",
+            );
+            continue;
+        }
+        let Kind::Array(items) = &entry.value.kind else {
+            sink.error(
+                &entry.value.span,
+                "price",
+                format!(
+                    "expected an array of tables (`[[price]]`), found {}",
+                    entry.value.kind.describe()
+                ),
+            );
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("price[{i}]");
+            if let Some((key, listed)) = read_price(item, text, &field, sink) {
+                match prices.entry(key) {
+                    Entry::Occupied(e) => {
+                        sink.error(&item.span, &field, format!("{} is priced twice", e.key()))
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(listed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One `[[price]]` table; none when it has a mistake, which is reported.
+fn read_price(
+    item: &Node<'_>,
+    text: &str,
+    field: &str,
+    sink: &mut Sink<'_>,
+) -> Option<(Key, Listed)> {
+    let Kind::Table(entries) = &item.kind else {
+        sink.error(
+            &item.span,
+            field,
+            format!("expected a table, found {}", item.kind.describe()),
+        );
+        return None;
+    };
+    let before = sink.diagnostics.len();
+    let (mut region, mut instance_type, mut usd, mut as_of) = (None, None, None, None);
+    for e in entries {
+        let at = format!("{field}.{}", e.key);
+        match (&*e.key, &e.value.kind) {
+            ("region", Kind::String(s)) => region = Some(s.to_string()),
+            ("instance_type", Kind::String(s)) => instance_type = Some(s.to_string()),
+            ("usd_per_hour", Kind::Float(v)) if v.is_finite() && *v >= 0.0 => usd = Some(*v),
+            // A whole number of dollars is a price too.
+            ("usd_per_hour", Kind::Integer(v)) if *v >= 0 => usd = Some(*v as f64),
+            ("usd_per_hour", Kind::Float(_) | Kind::Integer(_)) => sink.error(
+                &e.value.span,
+                &at,
+                "a price is a number of dollars, 0 or more",
+            ),
+            // A TOML date or a quoted one: the file's own text is the date either way.
+            ("as_of", Kind::String(_) | Kind::Other(_)) => {
+                let written = text[e.value.span.clone()].trim_matches(['"', '\'']);
+                match written.parse::<Date>() {
+                    Ok(date) => as_of = Some(date),
+                    Err(_) => sink.error(
+                        &e.value.span,
+                        &at,
+                        format!("`{written}` is no date (YYYY-MM-DD)"),
+                    ),
+                }
+            }
+            ("region" | "instance_type", other) => sink.error(
+                &e.value.span,
+                &at,
+                format!("expected a string, found {}", other.describe()),
+            ),
+            ("usd_per_hour", other) => sink.error(
+                &e.value.span,
+                &at,
+                format!("expected a number, found {}", other.describe()),
+            ),
+            ("as_of", other) => sink.error(
+                &e.value.span,
+                &at,
+                format!("expected a date, found {}", other.describe()),
+            ),
+            _ => sink.error_with_help(
+                &e.key_span,
+                &at,
+                "unknown key",
+                "a price has `region`, `instance_type`, `usd_per_hour` and optionally `as_of`",
+            ),
+        }
+    }
+    for (name, missing) in [
+        ("region", region.is_none()),
+        ("instance_type", instance_type.is_none()),
+        (
+            "usd_per_hour",
+            usd.is_none() && sink.diagnostics.len() == before,
+        ),
+    ] {
+        if missing {
+            sink.error(&item.span, field, format!("`{name}` is missing"));
+        }
+    }
+    if sink.diagnostics.len() != before {
+        return None;
+    }
+    Some((
+        Key {
+            region: region?,
+            instance_type: instance_type?,
+        },
+        Listed {
+            usd_per_hour: usd?,
+            as_of,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PriceFile, String> {
+        PriceFile::parse(Path::new("prices.toml"), text).map_err(|e| e.to_string())
+    }
+
+    fn key(region: &str, instance_type: &str) -> Key {
+        Key {
+            region: region.into(),
+            instance_type: instance_type.into(),
+        }
+    }
+
+    #[test]
+    fn prices_are_read_with_their_date() {
+        let file = parse(
+            r#"
+[[price]]
+region = "us-east-1"
+instance_type = "m5.large"
+usd_per_hour = 0.096
+as_of = 2026-11-30
+
+[[price]]
+region = "eu-west-1"
+instance_type = "m5.large"
+usd_per_hour = 1
+as_of = "2026-11-29"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.get(&key("us-east-1", "m5.large")),
+            Some(&Listed {
+                usd_per_hour: 0.096,
+                as_of: Some(jiff::civil::date(2026, 11, 30)),
+            })
+        );
+        assert_eq!(
+            file.get(&key("eu-west-1", "m5.large")).unwrap().as_of,
+            Some(jiff::civil::date(2026, 11, 29))
+        );
+        assert_eq!(file.get(&key("us-east-1", "m5.xlarge")), None);
+    }
+
+    #[test]
+    fn every_mistake_is_named_at_its_line() {
+        let err = parse(
+            r#"[[price]]
+region = "us-east-1"
+instance_type = "m5.large"
+usd_per_hour = -0.5
+
+[[price]]
+region = "us-east-1"
+usd_per_hour = "cheap"
+as_of = "yesterday"
+colour = "blue"
+
+[[price]]
+region = "us-east-1"
+instance_type = "m5.large"
+usd_per_hour = 0.1
+
+[[price]]
+region = "us-east-1"
+instance_type = "m5.large"
+usd_per_hour = 0.2
+
+[other]
+"#,
+        )
+        .unwrap_err();
+        insta::assert_snapshot!(err, @r"
+        prices.toml:4:16: price[0].usd_per_hour: a price is a number of dollars, 0 or more
+        prices.toml:8:16: price[1].usd_per_hour: expected a number, found a string
+        prices.toml:9:9: price[1].as_of: `yesterday` is no date (YYYY-MM-DD)
+        prices.toml:10:1: price[1].colour: unknown key
+          help: a price has `region`, `instance_type`, `usd_per_hour` and optionally `as_of`
+        prices.toml:6:1: price[1]: `instance_type` is missing
+        prices.toml:17:1: price[3]: m5.large in us-east-1 is priced twice
+        prices.toml:22:2: other: unknown key
+          help: a price file holds only `[[price]]` tables
+        prices.toml has 7 problems
+        ");
+    }
+
+    #[test]
+    fn syntax_errors_and_unreadable_files_are_refused() {
+        let err = parse("[[price]\nregion = \"x\"\n").unwrap_err();
+        assert!(err.starts_with("prices.toml:1:"), "{err}");
+        let err = parse("price = 3\n").unwrap_err();
+        assert!(err.contains("expected an array of tables"), "{err}");
+        let err = parse("price = [3]\n").unwrap_err();
+        assert!(
+            err.contains("price[0]: expected a table, found an integer"),
+            "{err}"
+        );
+        let err =
+            parse("[[price]]\nregion = 1\ninstance_type = \"a\"\nusd_per_hour = 1\nas_of = 3\n")
+                .unwrap_err();
+        assert!(
+            err.contains("price[0].region: expected a string, found an integer"),
+            "{err}"
+        );
+        assert!(
+            err.contains("price[0].as_of: expected a date, found an integer"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = PriceFile::load(&dir.path().join("none.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("cannot read the price file"),
+            "{err}"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_BYTES + 1)
+            .unwrap();
+        let err = PriceFile::load(&big).unwrap_err();
+        assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+    }
+}
