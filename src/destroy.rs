@@ -1,19 +1,22 @@
 //! Destroy: give back everything a workspace still holds, whatever state it is in. Machines
 //! state knows are found from their records (settings included, so no plan is needed for
 //! them); machines it never heard of (a run that died between getting and recording one) are
-//! found by their providers where the plan and state point.
+//! found by their providers where the plan and state point. Bake instances are machines
+//! like any other; baked images are given back only when asked (`destroy --images`).
 
 use crate::address::Address;
 use crate::lifecycle::StateHandle;
 use crate::plan::Settings;
 use crate::provider::Provider;
-use crate::state::{Machine, State, Status};
+use crate::state::{BakeStep, Machine, State, Status};
 
 /// A machine destroy will give back.
 pub struct Target {
     pub machine: Machine,
     /// The test it belongs to, when state knows it; none for a leaked machine.
     pub address: Option<Address>,
+    /// The bake it belongs to (its image's name), for a bake instance state knows.
+    pub bake: Option<String>,
     settings: Settings,
 }
 
@@ -52,9 +55,29 @@ pub async fn targets<P: Provider>(
             Ok(None) | Err(_) => targets.push(Target {
                 machine: machine.clone(),
                 address: Some(address.clone()),
+                bake: None,
                 settings: settings.clone(),
             }),
         }
+        hints.push(settings);
+    }
+    // A bake instance that is gone needs no giving back; releasing it again is harmless.
+    for image in &state.images {
+        let Some(machine) = image.live_machine() else {
+            continue;
+        };
+        let settings = image.settings.typed().map_err(|e| {
+            anyhow::anyhow!(
+                "the recorded settings of bake {} cannot be read: {e}",
+                image.name
+            )
+        })?;
+        targets.push(Target {
+            machine: machine.clone(),
+            address: None,
+            bake: Some(image.name.clone()),
+            settings: settings.clone(),
+        });
         hints.push(settings);
     }
     let hint_refs: Vec<&Settings> = hints.iter().collect();
@@ -70,6 +93,7 @@ pub async fn targets<P: Provider>(
         targets.push(Target {
             machine,
             address: None,
+            bake: None,
             settings,
         });
     }
@@ -121,6 +145,17 @@ pub async fn destroy<P: Provider>(
                 not_released.push((t.machine.id.clone(), e.to_string()));
                 continue;
             }
+            if let Some(image) =
+                (t.bake.as_ref()).and_then(|name| s.images.iter_mut().find(|i| &i.name == name))
+            {
+                if let Some(m) = &mut image.instance {
+                    m.terminated_at = Some(jiff::Timestamp::now());
+                }
+                if image.step != BakeStep::Available {
+                    image.error = Some("its instance was terminated by `rallyctl destroy`".into());
+                    image.set_step(BakeStep::Failed);
+                }
+            }
             let Some(record) = t.address.as_ref().and_then(|a| s.tests.get_mut(a)) else {
                 continue;
             };
@@ -135,4 +170,56 @@ pub async fn destroy<P: Provider>(
         }
     })?;
     Ok(not_released)
+}
+
+/// A baked image `destroy --images` gives back: its name in state, id, region and snapshots.
+pub struct ImageTarget {
+    pub name: String,
+    pub id: String,
+    pub region: String,
+    pub snapshot_ids: Vec<String>,
+}
+
+/// The workspace's baked images that may still be registered: every image a bake made (a
+/// failed bake's too), unless already deregistered.
+pub fn images(state: &State) -> Vec<ImageTarget> {
+    (state.images.iter())
+        .filter(|i| i.step != BakeStep::Deregistered)
+        .filter_map(|i| {
+            Some(ImageTarget {
+                name: i.name.clone(),
+                id: i.image_id.clone()?,
+                region: i.baked_for.region.clone(),
+                snapshot_ids: i.snapshot_ids.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Deregisters each image and deletes its snapshots, recording each as it goes; returns the
+/// ids of those that could not be, with why.
+pub async fn deregister(
+    fleet: &crate::provider::Fleet,
+    state: &StateHandle,
+    images: &[ImageTarget],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut not_given_back = Vec::new();
+    for target in images {
+        let given_back = match fleet.images().await {
+            Ok(aws) => {
+                aws.delete_image(&target.region, &target.id, &target.snapshot_ids)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match given_back {
+            Ok(()) => state.update(|s| {
+                if let Some(i) = s.images.iter_mut().find(|i| i.name == target.name) {
+                    i.set_step(BakeStep::Deregistered);
+                }
+            })?,
+            Err(e) => not_given_back.push((target.id.clone(), e.to_string())),
+        }
+    }
+    Ok(not_given_back)
 }

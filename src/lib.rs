@@ -3,9 +3,10 @@
 //! Data flows one way (see ARCHITECTURE.md): [`plan`] → [`graph`] → [`planner`] (against
 //! [`state`]) → [`walk`] → [`lifecycle`] (through [`provider`], [`remote`], [`staging`],
 //! [`collect`] and [`templates`]) → [`state`] and [`results`], with [`ui`] and [`cli`] at the
-//! edges; [`destroy`] gives back what a workspace holds.
+//! edges; [`destroy`] gives back what a workspace holds, [`bake`] makes images for its tests.
 
 pub mod address;
+pub mod bake;
 pub mod cli;
 pub mod collect;
 pub mod cost;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::{Address, slug};
-use crate::plan::{Plan, RepeatOn, Test};
+use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
@@ -139,9 +139,9 @@ pub struct Ctx<P: Provider> {
 }
 
 /// A machine that answers: what a step after booting runs its commands on.
-struct Conn {
-    machine: Machine,
-    reachable: Reachable,
+pub(crate) struct Conn {
+    pub(crate) machine: Machine,
+    pub(crate) reachable: Reachable,
 }
 
 /// Where a test of the plan starts, as the planner decided.
@@ -922,11 +922,7 @@ async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
         .state
         .read(|s| s.tests[&test.address].instance.clone())
         .ok_or_else(|| failed(Step::Booting, "state names no machine for this test"))?;
-    // Waiting for a machine to boot can take minutes: Ctrl-C ends the wait at once.
-    let reachable = tokio::select! {
-        r = ctx.provider.reach(&machine, &test.settings) => r.map_err(|e| failed(Step::Booting, e))?,
-        _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
-    };
+    let reachable = reachable(&ctx.provider, &ctx.cancel, &machine, &test.settings).await?;
     if let remote::Endpoint::Ssh(e) = &reachable.endpoint {
         let host = e.host.clone();
         ctx.state.record(&test.address, |r| {
@@ -936,18 +932,42 @@ async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
         })?;
     }
     let conn = Conn { machine, reachable };
-    // sshd may take a while to answer after boot.
-    run_on(
-        ctx,
-        test,
-        &conn,
+    answers(&ctx.provider, &ctx.cancel, &test.settings, &conn).await?;
+    Ok(conn)
+}
+
+/// Waits until the machine runs; Ctrl-C ends the wait at once (booting can take minutes).
+pub(crate) async fn reachable<P: Provider>(
+    provider: &P,
+    cancel: &CancellationToken,
+    machine: &Machine,
+    settings: &Settings,
+) -> Result<Reachable, Stop> {
+    tokio::select! {
+        r = provider.reach(machine, settings) => r.map_err(|e| failed(Step::Booting, e)),
+        _ = cancel.cancelled() => Err(Stop::Interrupted),
+    }
+}
+
+/// Waits until the machine answers a command: sshd may take a while after boot.
+pub(crate) async fn answers<P: Provider>(
+    provider: &P,
+    cancel: &CancellationToken,
+    settings: &Settings,
+    conn: &Conn,
+) -> Result<(), Stop> {
+    run_with(
+        provider,
+        cancel,
+        settings,
+        conn,
         "true",
         b"",
         Duration::from_secs(30),
         Step::Booting,
     )
-    .await?;
-    Ok(conn)
+    .await
+    .map(drop)
 }
 
 /// The connection of a resumed test, which starts past booting.
@@ -993,21 +1013,44 @@ async fn install<P: Provider>(
             .await
             .map_err(|e| failed(Step::Installing, e))?;
     }
-    let run_dir = quoted_run_dir(conn, Step::Installing)?;
-    let bundle = staging::bundle(
+    let said = install_on(
+        &ctx.provider,
+        &ctx.cancel,
         &ctx.renderer,
         test,
         artifacts,
+        conn,
         &staging::Origin {
             workspace: &ctx.plan.name,
             run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
         },
     )
-    .map_err(|e| failed(Step::Installing, e))?;
+    .await?;
+    for line in said {
+        ctx.progress.println(&format!("{}: {line}", test.address));
+    }
+    Ok(())
+}
+
+/// Uploads the test's bundle into the machine's run directory and runs its install script;
+/// what the script said it did (its `rallyctl:` lines: installing, or finding a baked venv).
+pub(crate) async fn install_on<P: Provider>(
+    provider: &P,
+    cancel: &CancellationToken,
+    renderer: &Renderer,
+    test: &Test,
+    artifacts: &Artifacts,
+    conn: &Conn,
+    origin: &staging::Origin<'_>,
+) -> Result<Vec<String>, Stop> {
+    let run_dir = quoted_run_dir(conn, Step::Installing)?;
+    let bundle = staging::bundle(renderer, test, artifacts, origin)
+        .map_err(|e| failed(Step::Installing, e))?;
     let upload = format!("mkdir -p {run_dir} && tar -C {run_dir} -xf -");
-    run_on(
-        ctx,
-        test,
+    run_with(
+        provider,
+        cancel,
+        &test.settings,
         conn,
         &upload,
         &bundle,
@@ -1023,7 +1066,11 @@ async fn install<P: Provider>(
     )
     .await
     {
-        Ok(_) => Ok(()),
+        Ok(out) => Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("rallyctl: "))
+            .map(str::to_owned)
+            .collect()),
         Err(RemoteError::Failed { code, stderr, .. }) => Err(Stop::Failed(Failure {
             log_tail: Some(stderr),
             ..failure(
@@ -1237,11 +1284,37 @@ pub async fn release_departed<P: Provider>(ctx: &Ctx<P>, address: &Address) -> R
     Ok(())
 }
 
-/// Runs a command that is safe to repeat, retrying while the connection is the problem, for
-/// as long as the provider says the machine may stay unreachable.
+/// [`run_with`] for a test of the apply.
 async fn run_on<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
+    conn: &Conn,
+    command: &str,
+    input: &[u8],
+    timeout: Duration,
+    step: Step,
+) -> Result<Vec<u8>, Stop> {
+    run_with(
+        &ctx.provider,
+        &ctx.cancel,
+        &test.settings,
+        conn,
+        command,
+        input,
+        timeout,
+        step,
+    )
+    .await
+}
+
+/// Runs a command that is safe to repeat, retrying while the connection is the problem, for
+/// as long as the provider says the machine may stay unreachable. Not only a test's: a bake's
+/// instance too, which has no record of its own in `state.tests`.
+#[allow(clippy::too_many_arguments)]
+async fn run_with<P: Provider>(
+    provider: &P,
+    cancel: &CancellationToken,
+    settings: &Settings,
     conn: &Conn,
     command: &str,
     input: &[u8],
@@ -1252,8 +1325,8 @@ async fn run_on<P: Provider>(
     let mut delay = Duration::from_millis(500);
     let mut after_failure = false;
     loop {
-        ctx.provider
-            .before_connect(&conn.machine, &test.settings, after_failure)
+        provider
+            .before_connect(&conn.machine, settings, after_failure)
             .await
             .map_err(|e| failed(step, e))?;
         let error = match remote::exec(&conn.reachable.endpoint, command, input, timeout).await {
@@ -1270,7 +1343,7 @@ async fn run_on<P: Provider>(
         }
         // A connection that keeps failing may mean the machine is gone; not being able to
         // tell is a failure of its own, never read as "still there".
-        match ctx.provider.gone(&conn.machine).await {
+        match provider.gone(&conn.machine).await {
             Ok(None) => {}
             Ok(Some(gone)) => {
                 return Err(Stop::Failed(Failure {
@@ -1290,7 +1363,7 @@ async fn run_on<P: Provider>(
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
+            _ = cancel.cancelled() => return Err(Stop::Interrupted),
         }
         delay = (delay * 2).min(Duration::from_secs(15));
         after_failure = true;

@@ -35,6 +35,119 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_run: Option<String>,
     pub tests: BTreeMap<Address, TestRecord>,
+    /// Images `rallyctl bake` made, or is making, for the workspace's `ami = "baked"` tests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+/// What a baked image is for: tests whose settings give the same key launch from it. The
+/// install script skips what the image has, so this is what makes that script's work.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BakeKey {
+    /// The AMI it is baked from.
+    pub base_ami: String,
+    pub region: String,
+    pub rally_version: String,
+    pub needs_java: bool,
+    pub remote_dir: String,
+}
+
+impl std::fmt::Display for BakeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}) with esrally {}{} in {}",
+            self.base_ami,
+            self.region,
+            self.rally_version,
+            if self.needs_java { " and a JDK" } else { "" },
+            self.remote_dir
+        )
+    }
+}
+
+/// Where a bake is: each step is written before it runs, like a test's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BakeStep {
+    Launching,
+    Booting,
+    Installing,
+    Imaging,
+    Terminating,
+    /// The image is there for tests to launch from.
+    Available,
+    Failed,
+    /// `destroy --images` deregistered it and deleted its snapshots.
+    Deregistered,
+}
+
+impl BakeStep {
+    pub fn name(self) -> &'static str {
+        match self {
+            BakeStep::Launching => "launching",
+            BakeStep::Booting => "booting",
+            BakeStep::Installing => "installing",
+            BakeStep::Imaging => "imaging",
+            BakeStep::Terminating => "terminating",
+            BakeStep::Available => "available",
+            BakeStep::Failed => "failed",
+            BakeStep::Deregistered => "deregistered",
+        }
+    }
+}
+
+/// One bake: the instance it launched (terminated when the bake ends, whatever happened), the
+/// image it made and that image's snapshots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub baked_for: BakeKey,
+    pub step: BakeStep,
+    /// A failed bake is baked again in a new attempt, on a new instance with other tags.
+    pub attempt: u32,
+    /// The settings of the test the instance was launched like.
+    pub settings: RecordedSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Machine>,
+    /// The name given to CreateImage: one per attempt, so a killed bake finds its image again.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
+}
+
+impl Image {
+    pub fn set_step(&mut self, step: BakeStep) {
+        self.step = step;
+        self.history.push(Transition {
+            status: step.name().to_owned(),
+            at: Timestamp::now(),
+        });
+    }
+
+    /// The bake's instance while it may still run.
+    pub fn live_machine(&self) -> Option<&Machine> {
+        self.instance.as_ref().filter(|m| m.terminated_at.is_none())
+    }
+}
+
+impl State {
+    /// The image tests of `key` launch from: the newest available one.
+    pub fn image_for(&self, key: &BakeKey) -> Option<&Image> {
+        self.images
+            .iter()
+            .rev()
+            .find(|i| &i.baked_for == key && i.step == BakeStep::Available)
+    }
 }
 
 /// The step a test is in, or was in when it failed.
@@ -596,6 +709,7 @@ impl State {
             workspace: workspace.to_owned(),
             baseline_run: None,
             tests: BTreeMap::new(),
+            images: vec![],
         }
     }
 }

@@ -270,6 +270,7 @@ impl Session<'_> {
                 rally_version: &s.rally_version,
                 needs_java: s.needs_java(),
                 needs_git: matches!(s.track, TrackSource::Named(_)) && !s.offline,
+                baked: matches!(&s.machine, MachineSettings::Aws(a) if a.base_ami.is_some()),
             },
         )?;
         let args = esrally_args(s);
@@ -367,6 +368,8 @@ struct InstallContext<'a> {
     rally_version: &'a str,
     needs_java: bool,
     needs_git: bool,
+    /// On a baked image the venv is there already: the script says so.
+    baked: bool,
 }
 
 #[derive(Serialize)]

@@ -1273,3 +1273,114 @@ fn config_hashes_do_not_change_when_the_checkout_moves() {
     );
     assert_ne!(outside, first, "a rally.ini outside the project");
 }
+
+/// A plan of two tests on an image baked from one AMI and one on an AMI id, in a directory of
+/// its own; `extra` is appended (more tests).
+fn baked_workdir(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("baked.toml"),
+        format!(
+            "version = 1\nname = \"baked\"\n\n[defaults]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\n\
+             ami = \"baked\"\nbase_ami = \"ami-0123abcd\"\ntrack = \"geonames\"\n\n\
+             [[suite]]\nname = \"ingest\"\n\n[[suite.test]]\nname = \"a\"\n\n[[suite.test]]\nname = \"b\"\n\n\
+             [[suite.test]]\nname = \"plain\"\nami = \"ami-0fedcba9\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn validate_refuses_a_base_ami_beside_an_ami_id_and_baked_without_one() {
+    let dir = baked_workdir(
+        "\n[[suite.test]]\nname = \"both\"\nami = \"ami-0fedcba9\"\nbase_ami = \"ami-0123abcd\"\n\
+         \n[[suite.test]]\nname = \"typo\"\nami = \"bakd\"\n",
+    );
+    let out = rallyctl_in(dir.path(), &["validate", "baked.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+}
+
+/// A test on a baked image that state does not have is refused before anything runs, at the
+/// plan's `base_ami`, with the command that makes the image; `bake` shows what it would
+/// launch and asks first.
+#[test]
+fn a_baked_image_state_does_not_have_is_refused_and_bake_says_what_it_makes() {
+    let dir = baked_workdir("");
+    let out = rallyctl_in(dir.path(), &["plan", "baked.toml", "--refresh=false"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("missing_baked_image", text(&out));
+    let out = rallyctl_in(dir.path(), &["bake", "baked.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("bake_asks", text(&out));
+    assert!(
+        !dir.path().join("state").exists(),
+        "a refused bake wrote state"
+    );
+}
+
+/// `plan` names the image each baked test launches from; the image id is state's, not the
+/// configuration's.
+#[test]
+fn plan_shows_the_baked_image_each_test_launches_from() {
+    let dir = baked_workdir("");
+    let plan = rallyctl::plan::Plan::load(&dir.path().join("baked.toml")).unwrap();
+    let settings = &plan.suites[0].tests[0].settings;
+    let mut state = rallyctl::state::State::new("baked");
+    let mut image = rallyctl::state::Image {
+        baked_for: rallyctl::bake::key_of(settings).unwrap(),
+        step: rallyctl::state::BakeStep::Launching,
+        attempt: 1,
+        settings: settings.into(),
+        instance: None,
+        name: "rallyctl-baked-0123456789ab-1".into(),
+        image_id: Some("ami-0ba4ed0000000001".into()),
+        snapshot_ids: vec!["snap-0123".into()],
+        created_at: Some(jiff::Timestamp::now()),
+        error: None,
+        history: vec![],
+    };
+    image.set_step(rallyctl::state::BakeStep::Available);
+    state.images.push(image);
+    let path = dir.path().join("state/baked.state.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    rallyctl::state::save(&path, &mut state).unwrap();
+    let out = rallyctl_in(dir.path(), &["plan", "baked.toml", "--refresh=false"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The price file is named by its absolute path, which is the checkout's.
+    let checkout = format!("{}/", root().display());
+    insta::with_settings!({filters => vec![(checkout.as_str(), "")]}, {
+        insta::assert_snapshot!(text(&out));
+    });
+    let out = rallyctl_in(dir.path(), &["bake", "baked.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!("bake_has_it", text(&out));
+
+    // Once every test has its result, an image given back is no problem: nothing launches.
+    for test in plan.tests() {
+        let hash = rallyctl::templates::Renderer::new()
+            .render(test)
+            .unwrap()
+            .config_hash;
+        let record = rallyctl::state::TestRecord::new(
+            hash,
+            (&test.settings).into(),
+            rallyctl::templates::race_command(&test.settings).unwrap(),
+            rallyctl::state::Status::Completed,
+        );
+        state.tests.insert(test.address.clone(), record);
+    }
+    state.images[0].set_step(rallyctl::state::BakeStep::Deregistered);
+    rallyctl::state::save(&path, &mut state).unwrap();
+    let out = rallyctl_in(
+        dir.path(),
+        &[
+            "plan",
+            "baked.toml",
+            "--refresh=false",
+            "--detailed-exitcode",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -156,6 +156,17 @@ pub(super) enum Command {
         /// Do not ask for approval
         #[arg(long)]
         auto_approve: bool,
+        /// Also deregister the workspace's baked images and delete their snapshots
+        #[arg(long)]
+        images: bool,
+    },
+    /// Make the images the plan's `ami = "baked"` tests launch from: an instance per image
+    /// installs what they need, is imaged, then terminated
+    Bake {
+        plan: PathBuf,
+        /// Do not ask for approval
+        #[arg(long)]
+        auto_approve: bool,
     },
     /// Print the plan's DAG in Graphviz DOT
     Graph { plan: PathBuf },
@@ -305,6 +316,7 @@ impl Command {
         match self {
             Command::Apply { .. } => Some("apply"),
             Command::Destroy { .. } => Some("destroy"),
+            Command::Bake { .. } => Some("bake"),
             Command::Graph { .. } => Some("graph"),
             Command::Report { .. } => Some("report"),
             Command::ForceUnlock { .. } => Some("force-unlock"),

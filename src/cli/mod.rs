@@ -132,7 +132,12 @@ fn run(cli: Cli) -> Result<u8> {
             &prices,
             &g,
         ),
-        Command::Destroy { plan, auto_approve } => destroy(plan.as_deref(), auto_approve, &g),
+        Command::Destroy {
+            plan,
+            auto_approve,
+            images,
+        } => destroy(plan.as_deref(), auto_approve, images, &g),
+        Command::Bake { plan, auto_approve } => bake(&plan, auto_approve, &g),
         Command::Graph { plan } => {
             let plan = Plan::load(&plan)?;
             print!("{}", Graph::compile(&plan)?.to_dot());
@@ -312,10 +317,12 @@ fn plan_command(
     g: &Global,
 ) -> Result<u8> {
     let file = price_file(prices)?;
-    let l = load_file(path, g)?;
+    let mut l = load_file(path, g)?;
     check_account(&l.plan, refresh)?;
+    let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
+    let images = baked_images(&l.plan, resolved, &changes)?;
     let prices = prices_for(&l.plan, &changes, file.as_ref())?;
     let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
     if g.json {
@@ -326,6 +333,9 @@ fn plan_command(
         println!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
         println!("{}", planner::render(&changes));
+        if !images.is_empty() {
+            println!("\n{}", crate::bake::render_used(&images));
+        }
         if let Some(e) = &estimate {
             print!("\n{}", cost::estimate::render(e));
         }
@@ -564,7 +574,8 @@ fn apply(
         check_account(&plan, refresh)?;
     }
     let _lock = lock(&state_path, &format!("rallyctl apply {}", path.display()))?;
-    let l = load(plan, g)?;
+    let mut l = load(plan, g)?;
+    let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let changes = match &saved {
         Some(s) => {
             s.check_fresh(path, &l.state, l.state_exists, &l.artifacts)?;
@@ -577,6 +588,7 @@ fn apply(
             &select.options(&l.plan, &l.state)?,
         ),
     };
+    baked_images(&l.plan, resolved, &changes)?;
     println!("{}", planner::render(&changes));
     if changes.is_empty() {
         println!("\nNothing to apply.");
@@ -602,20 +614,10 @@ fn apply(
     let rt = runtime()?;
     let report = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
-        let watcher = {
-            let cancel = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!(
-                        "\nInterrupted: no new tests will start; running ones stop at their next recorded step. Ctrl-C again to quit at once."
-                    );
-                    cancel.cancel();
-                }
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    std::process::exit(i32::from(EXIT_INTERRUPTED));
-                }
-            })
-        };
+        let watcher = on_ctrl_c(
+            &cancel,
+            "no new tests will start; running ones stop at their next recorded step",
+        );
         let provider = crate::provider::Fleet::new(state_dir, &l.plan.name);
         let report = crate::walk::apply(
             provider,
@@ -688,7 +690,153 @@ fn apply(
     Ok(0)
 }
 
-fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u8> {
+/// The first Ctrl-C cancels (saying what that does), the second exits at once.
+fn on_ctrl_c(
+    cancel: &tokio_util::sync::CancellationToken,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nInterrupted: {what}. Ctrl-C again to quit at once.");
+            cancel.cancel();
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+    })
+}
+
+/// The baked image each test that is to launch uses; such a test whose image state lacks is
+/// an error at the plan's `base_ami`, naming the command that makes it. A test with nothing to
+/// run needs no image (its image may have been given back since).
+fn baked_images(
+    plan: &Plan,
+    resolved: crate::bake::Resolved,
+    changes: &planner::Changes,
+) -> Result<Vec<(Address, String)>> {
+    let launches = |address: &Address| {
+        (changes.changes.iter())
+            .any(|c| &c.address == address && c.action != planner::Action::Terminate)
+    };
+    let missing: Vec<crate::bake::Missing> = (resolved.missing.into_iter())
+        .filter(|m| launches(&m.address))
+        .collect();
+    if missing.is_empty() {
+        return Ok((resolved.used.into_iter())
+            .filter(|(a, _)| launches(a))
+            .collect());
+    }
+    let messages: Vec<String> = (missing.iter())
+        .map(|m| {
+            format!(
+                "{} asks for an image baked from {}, which state does not have: run `rallyctl bake {}` first",
+                m.address,
+                m.key,
+                plan.source.display()
+            )
+        })
+        .collect();
+    let findings: Vec<crate::plan::Finding<'_>> = (missing.iter().zip(&messages))
+        .map(|(m, message)| crate::plan::Finding {
+            keys: &["base_ami"],
+            value: &m.key.base_ami,
+            message,
+        })
+        .collect();
+    Err(plan.locate(&findings)?.into())
+}
+
+fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
+    let plan = Plan::load(path)?;
+    let state_path = workspace_state(g, &plan.name);
+    let _lock = lock(&state_path, &format!("rallyctl bake {}", path.display()))?;
+    let l = load(plan, g)?;
+    let wanted = crate::bake::wanted(&l.plan, &l.state);
+    if wanted.is_empty() {
+        println!(
+            "Nothing to bake: no test of {} says ami = \"baked\".",
+            path.display()
+        );
+        return Ok(0);
+    }
+    println!("{}", crate::bake::render(&wanted));
+    let to_bake: Vec<&crate::bake::Wanted> = (wanted.iter())
+        .filter(|w| !matches!(w.action, crate::bake::Action::Have(_)))
+        .collect();
+    if to_bake.is_empty() {
+        return Ok(0);
+    }
+    if !auto_approve
+        && let Some(code) = refused(
+            "\nDo you want to bake these images?",
+            "--auto-approve",
+            "Bake",
+        )?
+    {
+        return Ok(code);
+    }
+    let rt = runtime()?;
+    rt.block_on(crate::provider::aws::check_credentials())
+        .context("bake needs AWS credentials; nothing was launched or written")?;
+    println!();
+    let handle = crate::lifecycle::StateHandle::new(l.state, l.state_path.clone());
+    let fleet = crate::provider::Fleet::new(state_dir(&l.state_path), &l.plan.name);
+    let progress = ui::Progress::new(ui::stdout_is_tty());
+    let run_id = state::new_run_id();
+    let outcomes = rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watcher = on_ctrl_c(&cancel, "the bake stops and terminates its instance");
+        let ctx = crate::bake::Ctx {
+            fleet: &fleet,
+            state: &handle,
+            plan: &l.plan,
+            artifacts: &l.artifacts,
+            renderer: &l.renderer,
+            run_id: &run_id,
+            progress: &progress,
+            cancel: &cancel,
+        };
+        let mut outcomes = Vec::new();
+        for w in to_bake {
+            outcomes.push((w, crate::bake::bake(&ctx, w).await));
+        }
+        watcher.abort();
+        outcomes
+    });
+    println!();
+    let mut failed = Vec::new();
+    let mut interrupted = false;
+    for (w, outcome) in &outcomes {
+        match outcome {
+            Ok(id) => println!("{} baked {id}: {}", console::style("✓").green(), w.key),
+            Err(e) => {
+                interrupted |= matches!(e, crate::bake::BakeError::Interrupted);
+                println!("{} {}: {e}", console::style("✗").red(), w.key);
+                failed.push(w.key.to_string());
+            }
+        }
+    }
+    if interrupted {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} bake{} failed (instances terminated): {}",
+            failed.len(),
+            plural(failed.len()),
+            failed.join("; ")
+        );
+    }
+    println!(
+        "\nBake complete: {} image{} made.",
+        outcomes.len(),
+        plural(outcomes.len())
+    );
+    Ok(0)
+}
+
+fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Global) -> Result<u8> {
     let t = target(g, plan_path)?;
     let shown = plan_path.map_or(t.state_path.display().to_string(), |p| {
         p.display().to_string()
@@ -725,6 +873,17 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
     let rt = runtime()?;
     let provider = crate::provider::Fleet::new(state_dir(&t.state_path), &state.workspace);
     let (targets, gone) = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
+    let (images, kept) = match crate::destroy::images(&state) {
+        all if images => (all, 0),
+        all => (vec![], all.len()),
+    };
+    // Snapshots cost money too: say what stays unless asked to give it back.
+    if kept > 0 {
+        println!(
+            "The workspace keeps {kept} baked image{}: `rallyctl destroy --images` gives them back.\n",
+            plural(kept)
+        );
+    }
     let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());
     if !gone.is_empty() {
         println!("State names machines that are gone already; they will be recorded as such:\n");
@@ -733,24 +892,48 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
         }
         println!();
     }
-    if targets.is_empty() {
+    if targets.is_empty() && images.is_empty() {
         crate::destroy::forget(&handle, &gone)?;
         let workspace = handle.read(|s| s.workspace.clone());
         println!("Nothing to destroy: workspace `{workspace}` holds no machine.");
         return Ok(0);
     }
-    println!("rallyctl will give back these machines:\n");
+    if !targets.is_empty() {
+        println!("rallyctl will give back these machines:\n");
+    }
     for t in &targets {
         let (id, how) = (&t.machine.id, t.machine.provider.released());
-        match &t.address {
-            Some(a) => println!("  {} {id}  {a}  (to be {how})", console::style("-").red()),
-            None => println!(
+        match (&t.address, &t.bake) {
+            (Some(a), _) => println!("  {} {id}  {a}  (to be {how})", console::style("-").red()),
+            (None, Some(bake)) => println!(
+                "  {} {id}  bake {bake}  (to be {how})",
+                console::style("-").red()
+            ),
+            (None, None) => println!(
                 "  {} {id}  (leaked: tagged with this workspace, unknown to state; to be {how})",
                 console::style("-").red(),
             ),
         }
     }
-    println!("\nDestroy: {} to give back.", targets.len());
+    if !images.is_empty() {
+        println!(
+            "{}rallyctl will deregister these baked images and delete their snapshots:\n",
+            if targets.is_empty() { "" } else { "\n" }
+        );
+    }
+    for i in &images {
+        let snapshots = match i.snapshot_ids.as_slice() {
+            [] => "no snapshot recorded".to_owned(),
+            ids => ids.join(", "),
+        };
+        println!(
+            "  {} {}  {}  ({snapshots})",
+            console::style("-").red(),
+            i.id,
+            i.name
+        );
+    }
+    println!("\nDestroy: {} to give back.", targets.len() + images.len());
     if !auto_approve
         && let Some(code) = refused(
             "\nDo you really want to give them back?",
@@ -761,10 +944,15 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, g: &Global) -> Result<u
         return Ok(code);
     }
     crate::destroy::forget(&handle, &gone)?;
-    let failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
+    let mut failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
+    failed.extend(rt.block_on(crate::destroy::deregister(&provider, &handle, &images))?);
     if failed.is_empty() {
+        let images = match images.len() {
+            0 => String::new(),
+            n => format!(", {n} image{} deregistered", plural(n)),
+        };
         println!(
-            "\nDestroy complete: {} machine{} given back.",
+            "\nDestroy complete: {} machine{} given back{images}.",
             targets.len(),
             plural(targets.len())
         );

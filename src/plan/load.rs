@@ -50,6 +50,8 @@ enum Ty {
     Region,
     /// An EC2 resource id with this prefix: `ami-0123abcd`.
     AwsId(&'static str),
+    /// An AMI id, or `"baked"` (the image `rallyctl bake` made from `base_ami`).
+    Ami,
     /// A list of them.
     AwsIds(&'static str),
     /// A version of a PyPI package: `2.13.0`, `2.14.0rc1`.
@@ -62,8 +64,9 @@ enum Ty {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 38] = [
-    ("ami", Ty::AwsId("ami")),
+const SETTINGS: [(&str, Ty); 39] = [
+    ("ami", Ty::Ami),
+    ("base_ami", Ty::AwsId("ami")),
     ("car", Ty::Str),
     ("car_params", Ty::JsonMap),
     ("challenge", Ty::Str),
@@ -148,8 +151,9 @@ const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
 };
 /// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
 /// all of them.
-const AWS_ONLY: [usize; 12] = [
+const AWS_ONLY: [usize; 13] = [
     at("ami"),
+    at("base_ami"),
     at("connect"),
     at("instance_type"),
     at("market"),
@@ -1269,6 +1273,22 @@ impl<'n> Loader<'_, '_> {
                 }
                 Some(Val::Str(text.into()))
             }
+            Ty::Ami if matches!(&node.kind, Kind::String(s) if *s == super::BAKED) => {
+                Some(Val::Str(super::BAKED.into()))
+            }
+            Ty::Ami => {
+                let text = self.string(node, field)?;
+                if !is_aws_id(text, "ami") {
+                    self.sink.error_with_help(
+                        span,
+                        field,
+                        format!("`{text}` is neither an EC2 ami id nor \"{}\"", super::BAKED),
+                        "write the id, `ami-` and its hex digits, e.g. \"ami-0123456789abcdef0\", or \"baked\" for the image `rallyctl bake` makes from `base_ami`",
+                    );
+                    return None;
+                }
+                Some(Val::Str(text.into()))
+            }
             Ty::AwsId(prefix) => {
                 let text = self.string(node, field)?;
                 if !is_aws_id(text, prefix) {
@@ -1391,6 +1411,9 @@ impl<'n> Loader<'_, '_> {
             Some(Val::Provider(p)) => *p,
             _ => provider_of(defaults),
         };
+        // A test on an AMI id of its own ignores the base AMI of [defaults]' baked image; its
+        // own `base_ami` is a mistake.
+        let own_base = test[const { at("base_ami") }].is_some();
         let mut m = overlay(defaults, test);
         // A provider written wrong leaves no way to tell which keys the test needs.
         if matches!(m[const { at("provider") }], Some(Val::Invalid)) {
@@ -1441,47 +1464,73 @@ impl<'n> Loader<'_, '_> {
             _ => unreachable!("{built_in}"),
         };
         let machine = match provider {
-            ProviderKind::Aws => MachineSettings::Aws(AwsSettings {
-                ami: text(&mut m, const { at("ami") })?,
-                connect: match m[const { at("connect") }] {
-                    Some(Val::Connect(c)) => c,
-                    _ => Connect::PublicIp,
-                },
-                instance_type: text(&mut m, const { at("instance_type") })?,
-                market: self.market(&mut m, span, field)?,
-                region: text(&mut m, const { at("region") })?,
-                security_group_ids: texts(&mut m, const { at("security_group_ids") }),
-                ssh_port,
-                ssh_user: text(&mut m, const { at("ssh_user") })
-                    .unwrap_or_else(|| "ec2-user".into()),
-                subnets: match (
-                    text(&mut m, const { at("subnet_id") }),
-                    m[const { at("subnet_ids") }].take(),
-                ) {
-                    (None, None) => Subnets::Default,
-                    (Some(one), None) => Subnets::One(one),
-                    (None, Some(Val::Strs(ids))) if ids.is_empty() => {
+            ProviderKind::Aws => MachineSettings::Aws({
+                let ami = text(&mut m, const { at("ami") })?;
+                let base_ami = text(&mut m, const { at("base_ami") });
+                let baked = &*ami == super::BAKED;
+                let base_ami = base_ami.filter(|_| baked || own_base);
+                match (baked, &base_ami) {
+                    (true, None) => {
                         self.sink.error(
+                            span,
+                            field,
+                            "`ami = \"baked\"` needs `base_ami`: the AMI `rallyctl bake` bakes the image from",
+                        );
+                        return None;
+                    }
+                    (false, Some(_)) => {
+                        self.sink.error(
+                            span,
+                            field.key("base_ami"),
+                            "`base_ami` is read only with `ami = \"baked\"`; with an AMI id, leave it out",
+                        );
+                        return None;
+                    }
+                    _ => {}
+                }
+                AwsSettings {
+                    ami,
+                    base_ami,
+                    image: None,
+                    connect: match m[const { at("connect") }] {
+                        Some(Val::Connect(c)) => c,
+                        _ => Connect::PublicIp,
+                    },
+                    instance_type: text(&mut m, const { at("instance_type") })?,
+                    market: self.market(&mut m, span, field)?,
+                    region: text(&mut m, const { at("region") })?,
+                    security_group_ids: texts(&mut m, const { at("security_group_ids") }),
+                    ssh_port,
+                    ssh_user: text(&mut m, const { at("ssh_user") })
+                        .unwrap_or_else(|| "ec2-user".into()),
+                    subnets: match (
+                        text(&mut m, const { at("subnet_id") }),
+                        m[const { at("subnet_ids") }].take(),
+                    ) {
+                        (None, None) => Subnets::Default,
+                        (Some(one), None) => Subnets::One(one),
+                        (None, Some(Val::Strs(ids))) if ids.is_empty() => {
+                            self.sink.error(
                             span,
                             field.key("subnet_ids"),
                             "`subnet_ids` is empty; name at least one subnet, or leave it out for the default subnet",
                         );
-                        return None;
-                    }
-                    (None, Some(Val::Strs(ids))) => Subnets::FirstWithCapacity(ids),
-                    (Some(_), Some(_)) => {
-                        self.sink.error(
+                            return None;
+                        }
+                        (None, Some(Val::Strs(ids))) => Subnets::FirstWithCapacity(ids),
+                        (Some(_), Some(_)) => {
+                            self.sink.error(
                             span,
                             field,
                             "both `subnet_id` and `subnet_ids` are set; use `subnet_ids` alone for several",
                         );
-                        return None;
-                    }
-                    (None, Some(_)) => return None,
-                },
-                tags: match m[const { at("tags") }].take() {
-                    Some(Val::StrMap(t)) if t.len() > MAX_USER_TAGS => {
-                        self.sink.error(
+                            return None;
+                        }
+                        (None, Some(_)) => return None,
+                    },
+                    tags: match m[const { at("tags") }].take() {
+                        Some(Val::StrMap(t)) if t.len() > MAX_USER_TAGS => {
+                            self.sink.error(
                             span,
                             field.key("tags"),
                             format!(
@@ -1489,11 +1538,12 @@ impl<'n> Loader<'_, '_> {
                                 t.len()
                             ),
                         );
-                        return None;
-                    }
-                    Some(Val::StrMap(t)) => t,
-                    _ => SortedMap::default(),
-                },
+                            return None;
+                        }
+                        Some(Val::StrMap(t)) => t,
+                        _ => SortedMap::default(),
+                    },
+                }
             }),
             ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
                 hosts: texts(&mut m, const { at("hosts") }),

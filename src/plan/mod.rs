@@ -349,9 +349,19 @@ pub enum MachineSettings {
     Local,
 }
 
+/// `ami = "baked"`: the test launches from the image `rallyctl bake` made for it.
+pub const BAKED: &str = "baked";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AwsSettings {
+    /// An AMI id, or [`BAKED`]: the image `rallyctl bake` made from `base_ami`.
     pub ami: Text,
+    /// `base_ami`: what a baked image is baked from; set only with `ami = "baked"`.
+    pub base_ami: Option<Text>,
+    /// The image to launch from when it is not `ami` itself: for `ami = "baked"` the image
+    /// state records ([`crate::bake::resolve`]), for a bake instance its base AMI. Never
+    /// recorded or hashed: a re-bake must not turn every result into a re-run.
+    pub image: Option<Text>,
     pub connect: Connect,
     pub instance_type: Text,
     pub market: Market,
@@ -361,6 +371,22 @@ pub struct AwsSettings {
     pub ssh_user: Text,
     pub subnets: Subnets,
     pub tags: SortedMap<Text>,
+}
+
+impl AwsSettings {
+    /// The AMI the plan names: `ami`, or the `base_ami` a baked image is made from.
+    pub fn named_ami(&self) -> &str {
+        self.base_ami.as_deref().unwrap_or(&self.ami)
+    }
+
+    /// The image an instance launches from; none for `ami = "baked"` before state's image is
+    /// resolved.
+    pub fn launch_ami(&self) -> Option<&str> {
+        match &self.image {
+            Some(image) => Some(image),
+            None => (&*self.ami != BAKED).then_some(&*self.ami),
+        }
+    }
 }
 
 /// Where an aws test's instance launches.
@@ -417,6 +443,8 @@ impl MachineSettings {
 struct FlatSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ami: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_ami: Option<Text>,
     car: Option<Text>,
     car_params: SortedMap<serde_json::Value>,
     challenge: Option<Text>,
@@ -497,6 +525,7 @@ impl From<Settings> for FlatSettings {
     fn from(s: Settings) -> FlatSettings {
         let mut flat = FlatSettings {
             ami: None,
+            base_ami: None,
             car: s.car,
             car_params: s.car_params,
             challenge: s.challenge,
@@ -534,6 +563,7 @@ impl From<Settings> for FlatSettings {
         match s.machine {
             MachineSettings::Aws(a) => {
                 flat.ami = Some(a.ami);
+                flat.base_ami = a.base_ami;
                 flat.connect = Some(a.connect);
                 flat.instance_type = Some(a.instance_type);
                 if let Market::Spot(spot) = a.market {
@@ -574,6 +604,8 @@ impl TryFrom<FlatSettings> for Settings {
         let machine = match f.provider {
             ProviderKind::Aws => MachineSettings::Aws(AwsSettings {
                 ami: f.ami.clone().ok_or_else(|| missing("ami"))?,
+                base_ami: f.base_ami.clone(),
+                image: None,
                 connect: f.connect.unwrap_or(Connect::PublicIp),
                 instance_type: f
                     .instance_type

@@ -335,6 +335,14 @@ impl Aws {
 impl Provider for Aws {
     async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
         let s = aws_settings(req.settings);
+        let ami = s.launch_ami().ok_or_else(|| ProviderError {
+            operation: "RunInstances",
+            target: s.region.to_string(),
+            message: format!(
+                "state records no image baked from {} for this test: run `rallyctl bake`",
+                s.named_ami()
+            ),
+        })?;
         let address = req.address.to_string();
         let (lineage, attempt) = (req.lineage.to_string(), req.attempt.to_string());
         // moto ignores ClientToken and a crash can fall between RunInstances and recording its
@@ -376,7 +384,7 @@ impl Provider for Aws {
                 self.ec2
                     .launch(&LaunchRequest {
                         region: s.region.to_string(),
-                        ami: s.ami.to_string(),
+                        ami: ami.to_owned(),
                         instance_type: s.instance_type.to_string(),
                         subnets: s
                             .subnets
@@ -643,6 +651,147 @@ impl Aws {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(15));
         }
+    }
+}
+
+/// An image as EC2 has it.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    /// `pending`, `available`, `failed`, ...
+    pub state: String,
+    pub snapshot_ids: Vec<String>,
+}
+
+/// How long a new image may take to read `available`: EC2 snapshots the instance's volumes,
+/// minutes for a small root volume.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(3600);
+const IMAGE_POLL: Duration = Duration::from_secs(5);
+
+/// Baked images (`rallyctl bake`): made from a bake instance, found again by name, given back
+/// with their snapshots. Only the bake and `destroy --images` ask for these.
+impl Aws {
+    /// CreateImage of `machine`, named `name` (unique per account and region, so a killed bake
+    /// finds the image it asked for instead of making a second one) and tagged with the
+    /// workspace; the image id.
+    pub async fn create_image(
+        &self,
+        machine: &Machine,
+        name: &str,
+        workspace: &str,
+    ) -> Result<String, ProviderError> {
+        let region = region_of(machine)?;
+        let ec2 = self.ec2.ec2(region);
+        let named = ec2
+            .describe_images()
+            .owners("self")
+            .filters(id_filter("name", &[name.to_owned()]))
+            .send()
+            .await
+            .map_err(|e| err("DescribeImages", region, e))?;
+        if let Some(id) = named.images().iter().find_map(|i| i.image_id()) {
+            return Ok(id.to_owned());
+        }
+        // moto refuses snapshot tags (NotImplemented); the image's tags say whose it is.
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Image)
+            .tags(Tag::builder().key(TAG_WORKSPACE).value(workspace).build())
+            .tags(Tag::builder().key("Name").value(name).build())
+            .build();
+        let out = ec2
+            .create_image()
+            .instance_id(&machine.id)
+            .name(name)
+            .description("rallyctl bake: Python and esrally installed for its tests")
+            .tag_specifications(tags)
+            .send()
+            .await
+            .map_err(|e| err("CreateImage", region, e))?;
+        out.image_id()
+            .map(str::to_owned)
+            .ok_or_else(|| ProviderError {
+                operation: "CreateImage",
+                target: region.to_owned(),
+                message: "the answer named no image".into(),
+            })
+    }
+
+    /// The image, if EC2 knows it.
+    pub async fn image(&self, region: &str, id: &str) -> Result<Option<ImageInfo>, ProviderError> {
+        let out = self
+            .ec2
+            .ec2(region)
+            .describe_images()
+            .filters(id_filter("image-id", &[id.to_owned()]))
+            .send()
+            .await
+            .map_err(|e| err("DescribeImages", region, e))?;
+        Ok(out
+            .images()
+            .iter()
+            .find(|i| i.image_id() == Some(id))
+            .map(|i| ImageInfo {
+                id: id.to_owned(),
+                state: i.state().map_or("unknown", |s| s.as_str()).to_owned(),
+                snapshot_ids: i
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|b| b.ebs()?.snapshot_id())
+                    .map(str::to_owned)
+                    .collect(),
+            }))
+    }
+
+    /// Waits until the image is `available`, at most [`IMAGE_TIMEOUT`].
+    pub async fn wait_image(&self, region: &str, id: &str) -> Result<ImageInfo, ProviderError> {
+        let deadline = Instant::now() + IMAGE_TIMEOUT;
+        loop {
+            let fail = |message: String| ProviderError {
+                operation: "DescribeImages",
+                target: region.to_owned(),
+                message,
+            };
+            match self.image(region, id).await? {
+                Some(i) if i.state == "available" => return Ok(i),
+                Some(i) if i.state != "pending" => {
+                    return Err(fail(format!(
+                        "image {id} is {} instead of available",
+                        i.state
+                    )));
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(fail(format!(
+                        "image {id} is not available after {} s",
+                        IMAGE_TIMEOUT.as_secs()
+                    )));
+                }
+                _ => tokio::time::sleep(IMAGE_POLL).await,
+            }
+        }
+    }
+
+    /// DeregisterImage, then DeleteSnapshot of each of its snapshots (they outlive the image
+    /// and cost money). An image or snapshot EC2 no longer knows is given back already.
+    pub async fn delete_image(
+        &self,
+        region: &str,
+        id: &str,
+        snapshot_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        let ec2 = self.ec2.ec2(region);
+        match ec2.deregister_image().image_id(id).send().await {
+            Ok(_) => {}
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidAMIID")) => {}
+            Err(e) => return Err(err("DeregisterImage", region, e)),
+        }
+        for snapshot in snapshot_ids {
+            match ec2.delete_snapshot().snapshot_id(snapshot).send().await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("InvalidSnapshot.NotFound") => {}
+                Err(e) => return Err(err("DeleteSnapshot", region, e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1092,7 +1241,7 @@ impl Account {
                 .map_err(|e| err("DescribeVpcs", region, e))?;
             account.default_vpc = !out.vpcs().is_empty();
         }
-        for ids in unique(tests.iter().map(|s| &*s.ami).collect()).chunks(FILTER_VALUES) {
+        for ids in unique(tests.iter().map(|s| s.named_ami()).collect()).chunks(FILTER_VALUES) {
             let out = ec2
                 .describe_images()
                 .filters(id_filter("image-id", ids))
@@ -1195,14 +1344,16 @@ impl Account {
             value: value.to_owned(),
             message,
         };
-        if !self.images.contains(&*s.ami) {
+        let ami = s.named_ami();
+        if !self.images.contains(ami) {
             out.push(problem(
-                &["ami"],
-                &s.ami,
-                format!(
-                    "AMI {} does not exist in {region}, or this account may not use it",
-                    s.ami
-                ),
+                if s.base_ami.is_some() {
+                    &["base_ami"]
+                } else {
+                    &["ami"]
+                },
+                ami,
+                format!("AMI {ami} does not exist in {region}, or this account may not use it"),
             ));
         }
         for g in s

@@ -226,6 +226,11 @@ impl Fleet {
         }
     }
 
+    /// The EC2 provider, for what only it does: baked images.
+    pub async fn images(&self) -> Result<&aws::Aws, ProviderError> {
+        self.aws().await
+    }
+
     async fn aws(&self) -> Result<&aws::Aws, ProviderError> {
         self.aws
             .get_or_try_init(|| aws::Aws::from_env(&self.state_dir, &self.workspace))

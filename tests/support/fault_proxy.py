@@ -37,6 +37,16 @@ in `InstanceId.N` fail whole with InvalidInstanceID.NotFound (HTTP 400); Describ
 filters leaves it out of the answer; SendSSHPublicKey answers EC2InstanceNotFoundException.
 Each such answer counts as injected for its action (a DescribeInstances answer when it left
 an instance out).
+
+Disks that follow images, as EC2's root volumes do (the harness's instances share this
+machine's filesystem, each with a private directory DISKS/<private ip> that it sees at the
+harness's `host_dir`):
+  --disks DISKS --images IMAGES  before a RunInstances answer reaches the client, each launched
+                             instance's disk is emptied, then filled with a copy of
+                             IMAGES/<ImageId> when that image was made by CreateImage; before
+                             a CreateImage answer does, the instance's disk is copied to
+                             IMAGES/<new image id>. A plain AMI so starts empty, an image made
+                             from an instance starts with what that instance had installed.
 """
 
 import argparse
@@ -50,6 +60,8 @@ import sys
 import threading
 import time
 import re
+import shutil
+import subprocess
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
@@ -172,7 +184,10 @@ def strip_instances(payload, unknown):
 
 
 class State:
-    def __init__(self, rules, upstream, young_not_found):
+    def __init__(self, rules, upstream, young_not_found, disks=None, images=None):
+        self.disks = disks
+        self.images = images
+        self.ip_of = {}  # instance id -> private IP, from RunInstances answers
         self.rules = rules
         self.upstream = urllib.parse.urlsplit(upstream)
         self.lock = threading.Lock()
@@ -333,7 +348,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.endheaders(body)
             resp = conn.getresponse()
             payload = resp.read()
-            payload = self._as_ec2_would(action, resp.status, payload)
+            payload = self._as_ec2_would(action, resp.status, payload, body)
             headers = [
                 (k, v)
                 for k, v in resp.getheaders()
@@ -371,10 +386,51 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return 400, "application/x-amz-json-1.1", payload
         return None
 
-    def _as_ec2_would(self, action, status, payload):
+    def _follow_disks(self, action, fields, payload):
+        """--disks: a launched instance's disk starts empty or as its image's; CreateImage
+        copies the instance's disk as the image's."""
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        if action == "RunInstances":
+            image = os.path.join(self.state.images, fields.get("ImageId", [""])[0])
+            for inst in root.iter(f"{ns}instancesSet"):
+                for item in inst:
+                    ip = item.findtext(f"{ns}privateIpAddress")
+                    with self.state.lock:
+                        self.state.ip_of[item.findtext(f"{ns}instanceId")] = ip
+                    disk = os.path.join(self.state.disks, ip)
+                    os.makedirs(disk, exist_ok=True)
+                    # Emptied in place: the running instance bind-mounts this very directory.
+                    for entry in os.listdir(disk):
+                        path = os.path.join(disk, entry)
+                        if os.path.isdir(path) and not os.path.islink(path):
+                            shutil.rmtree(path)
+                        else:
+                            os.remove(path)
+                    if os.path.isdir(image):
+                        subprocess.run(["cp", "-a", image + "/.", disk], check=True)
+                    self.log_message("disk of %s (%s) starts as %s", ip,
+                                     item.findtext(f"{ns}instanceId"),
+                                     image if os.path.isdir(image) else "empty")
+        elif action == "CreateImage":
+            instance = fields.get("InstanceId", [""])[0]
+            with self.state.lock:
+                ip = self.state.ip_of.get(instance)
+            image_id = root.findtext(f"{ns}imageId")
+            if ip and image_id:
+                target = os.path.join(self.state.images, image_id)
+                os.makedirs(target, exist_ok=True)
+                subprocess.run(["cp", "-a", os.path.join(self.state.disks, ip) + "/.", target],
+                               check=True)
+                self.log_message("image %s holds a copy of the disk of %s (%s)", image_id,
+                                 instance, ip)
+
+    def _as_ec2_would(self, action, status, payload, body):
         """Remembers launches; leaves unknown instances out of DescribeInstances answers."""
         if status != 200:
             return payload
+        if self.state.disks and action in ("RunInstances", "CreateImage"):
+            self._follow_disks(action, form_fields(self.headers, body), payload)
         if action == "RunInstances":
             now = time.monotonic()
             with self.state.lock:
@@ -415,8 +471,11 @@ def main():
         metavar="SECONDS",
         help="instances are unknown for this long after RunInstances named them (default 0)",
     )
+    p.add_argument("--disks", help="the instances' private disks, one directory per private IP")
+    p.add_argument("--images", help="where images made by CreateImage keep their disk copies")
     args = p.parse_args()
-    Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found)
+    Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
+                          args.disks, args.images)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -68,6 +68,25 @@ impl FaultProxy {
         proxy
     }
 
+    /// Like `start`, in front of `h`'s moto, with disks that follow images (`--disks`): each
+    /// launched instance's disk (what it sees at `h.host_dir`) starts empty, or as a copy of
+    /// the disk of the instance an image was made from. Tests whose `remote_dir` is
+    /// `h.host_dir` so install into a disk of the instance's own, as on EC2.
+    pub fn with_disks(h: &super::Harness, faults: &[&str]) -> FaultProxy {
+        let (disks, images) = (h.work.path().join("disks"), h.work.path().join("images"));
+        FaultProxy::start_with(
+            &h.moto_url,
+            faults,
+            &[
+                "--disks",
+                disks.to_str().unwrap(),
+                "--images",
+                images.to_str().unwrap(),
+            ],
+            h.work.path(),
+        )
+    }
+
     /// Faults injected so far, per action (a `hang` counts once its hold begins).
     pub fn injected(&self, action: &str) -> u64 {
         self.count("injected", action)

@@ -1,0 +1,362 @@
+//! Baked images end to end on the harness: `bake` makes an image in moto from an instance that
+//! installed esrally, tests with `ami = "baked"` launch from it and skip installing, and
+//! `destroy --images` gives it back. The instances install into a disk of their own
+//! (`remote_dir` = the harness's `host_dir`) that the fault proxy empties at launch, or fills
+//! with the disk of the instance the image was made from, so a skipped install proves the image
+//! carried the venv.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use rallyctl::state::{BakeStep, Image, Status};
+use support::fault_proxy::FaultProxy;
+use support::run::{Run, at};
+
+/// A one-suite plan of `tests` that each ask for an image baked from the harness's AMI.
+fn baked_plan(run: &Run, tests: &[&str]) -> PathBuf {
+    let h = &run.harness;
+    let extra = format!(
+        "ami = \"baked\"\nbase_ami = \"{}\"\nremote_dir = \"{}\"",
+        h.ami,
+        h.host_dir.display()
+    );
+    let tests: Vec<(&str, &str)> = tests.iter().map(|t| (*t, extra.as_str())).collect();
+    run.plan(&[("s", &tests)])
+}
+
+/// rallyctl with its AWS calls going through `proxy`.
+fn through(run: &Run, proxy: &FaultProxy, args: &[&str]) -> Output {
+    let mut cmd = run.command(args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    run.output(&mut cmd, args)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn seconds(from: jiff::Timestamp, to: jiff::Timestamp) -> f64 {
+    to.duration_since(from).as_secs_f64()
+}
+
+/// How long a bake's install took, from its history.
+fn bake_install(image: &Image) -> f64 {
+    let at = |name: &str| {
+        image
+            .history
+            .iter()
+            .find(|t| t.status == name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", image.history))
+            .at
+    };
+    seconds(at("installing"), at("imaging"))
+}
+
+#[test]
+fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_back() {
+    let run = Run::new(3);
+    let proxy = FaultProxy::with_disks(&run.harness, &[]);
+    let plan = baked_plan(&run, &["a", "b"]);
+    let plan_arg = plan.to_str().unwrap();
+
+    // Before the bake, apply refuses the tests, saying what to run.
+    let out = through(&run, &proxy, &["apply", plan_arg, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    let refusal = text(&out);
+    assert!(
+        refusal.contains("s.a asks for an image baked from"),
+        "{refusal}"
+    );
+    assert!(
+        refusal.contains(&format!("run `rallyctl bake {plan_arg}` first")),
+        "{refusal}"
+    );
+    assert_eq!(run.launches(), 0);
+
+    let out = through(&run, &proxy, &["bake", plan_arg, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let baked = text(&out);
+    // The bake instance's disk started empty: it really installed.
+    assert!(baked.contains("rallyctl: installing esrally"), "{baked}");
+    let state = run.state();
+    assert_eq!(state.images.len(), 1, "{:?}", state.images);
+    let image = &state.images[0];
+    assert_eq!(image.step, BakeStep::Available);
+    let image_id = image.image_id.clone().unwrap();
+    assert!(image.created_at.is_some());
+    let bake_instance = image.instance.clone().unwrap();
+    assert!(bake_instance.terminated_at.is_some(), "{image:?}");
+    assert_eq!(image.baked_for.base_ami, run.harness.ami);
+    let h = &run.harness;
+    let registered = h.block_on(async {
+        h.ec2_client()
+            .describe_images()
+            .image_ids(&image_id)
+            .send()
+            .await
+            .unwrap()
+    });
+    let registered = &registered.images()[0];
+    assert_eq!(registered.state().unwrap().as_str(), "available");
+    assert_eq!(
+        image.snapshot_ids,
+        registered
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs()?.snapshot_id().map(str::to_owned))
+            .collect::<Vec<_>>()
+    );
+    assert!(!image.snapshot_ids.is_empty());
+    let bake_in_moto = (h.instances().into_iter())
+        .find(|i| i.id == bake_instance.id)
+        .unwrap();
+    assert!(
+        matches!(bake_in_moto.state.as_str(), "terminated" | "shutting-down"),
+        "{bake_in_moto:?}"
+    );
+
+    // plan shows the image each test launches from.
+    let out = through(&run, &proxy, &["plan", plan_arg]);
+    assert_eq!(out.status.code(), Some(0));
+    let planned = text(&out);
+    assert!(
+        planned.contains(&format!("s.a  {image_id}"))
+            && planned.contains(&format!("s.b  {image_id}")),
+        "{planned}"
+    );
+
+    let out = through(&run, &proxy, &["apply", plan_arg, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    let applied = text(&out);
+    assert!(!applied.contains("installing esrally"), "{applied}");
+    let verified = "is in ".to_owned();
+    let bake_took = bake_install(image);
+    for address in ["s.a", "s.b"] {
+        assert!(
+            applied.contains(&format!("{address}: rallyctl: esrally 2.13.0 {verified}"))
+                && applied.contains("(baked image): nothing to install"),
+            "{applied}"
+        );
+        let r = run.record(address);
+        assert_eq!(r.status, Status::Completed, "{address}");
+        let instance = r.instance.clone().unwrap();
+        let launched = (h.instances().into_iter())
+            .find(|i| i.id == instance.id)
+            .unwrap();
+        assert_eq!(launched.image_id.as_deref(), Some(image_id.as_str()));
+        let took = seconds(at(&r, "installing"), at(&r, "racing"));
+        eprintln!("{address}: installing took {took:.1} s; the bake's install {bake_took:.1} s");
+        assert!(
+            took * 3.0 < bake_took,
+            "{address} installed for {took:.1} s, the bake for {bake_took:.1} s"
+        );
+    }
+    // The resolved image id is not part of the configuration: the results stay current.
+    let out = through(&run, &proxy, &["plan", plan_arg, "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Without --images the image stays, and destroy says so.
+    let out = through(&run, &proxy, &["destroy", plan_arg, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("keeps 1 baked image: `rallyctl destroy --images` gives them back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run.state().images[0].step, BakeStep::Available);
+
+    let out = through(
+        &run,
+        &proxy,
+        &["destroy", plan_arg, "--images", "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("1 image deregistered"),
+        "{}",
+        text(&out)
+    );
+    let left = h.block_on(async {
+        h.ec2_client()
+            .describe_images()
+            .owners("self")
+            .send()
+            .await
+            .unwrap()
+    });
+    assert!(
+        left.images()
+            .iter()
+            .all(|i| i.image_id() != Some(&image_id)),
+        "{left:?}"
+    );
+    let snapshots = h.block_on(async {
+        h.ec2_client()
+            .describe_snapshots()
+            .owner_ids("self")
+            .send()
+            .await
+            .unwrap()
+    });
+    for id in &image.snapshot_ids {
+        assert!(
+            snapshots
+                .snapshots()
+                .iter()
+                .all(|s| s.snapshot_id() != Some(id)),
+            "{id} was not deleted"
+        );
+    }
+    assert_eq!(run.state().images[0].step, BakeStep::Deregistered);
+}
+
+#[test]
+fn a_bake_whose_create_image_fails_terminates_its_instance() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::with_disks(&run.harness, &["CreateImage:InvalidParameterValue:1"]);
+    let plan = baked_plan(&run, &["a"]);
+    let out = through(
+        &run,
+        &proxy,
+        &["bake", plan.to_str().unwrap(), "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("CreateImage"), "{}", text(&out));
+    assert_eq!(proxy.injected("CreateImage"), 1);
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Failed);
+    assert!(image.error.unwrap().contains("InvalidParameterValue"));
+    assert!(image.image_id.is_none());
+    let instance = image.instance.unwrap();
+    assert!(instance.terminated_at.is_some());
+    let running = run.harness.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+}
+
+/// Starts `bake` in the background and waits until it records its instance installing.
+fn bake_until_installing(
+    run: &Run,
+    proxy: &FaultProxy,
+    plan: &std::path::Path,
+) -> (std::process::Child, rallyctl::state::Machine) {
+    let mut bake = run.spawn_with_env(
+        "bake",
+        &["bake", plan.to_str().unwrap(), "--auto-approve"],
+        &[("AWS_ENDPOINT_URL", &proxy.url)],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let installing = loop {
+        let state = rallyctl::state::load(&run.dir.path().join("state/e2e.state.json"))
+            .ok()
+            .flatten();
+        let installing = state.and_then(|s| {
+            let i = s.images.first()?;
+            (i.step == BakeStep::Installing).then(|| i.instance.clone())?
+        });
+        if installing.is_some() || std::time::Instant::now() >= deadline {
+            break installing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    match installing {
+        Some(machine) => (bake, machine),
+        None => {
+            let _ = bake.kill();
+            let _ = bake.wait();
+            panic!(
+                "the bake never got to installing: {:?}",
+                run.printed("bake")
+            )
+        }
+    }
+}
+
+#[test]
+fn a_killed_bake_leaves_an_instance_that_destroy_finds_and_terminates() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::with_disks(&run.harness, &[]);
+    let plan = baked_plan(&run, &["a"]);
+    let (mut bake, instance) = bake_until_installing(&run, &proxy, &plan);
+    bake.kill().unwrap();
+    bake.wait().unwrap();
+
+    let out = through(
+        &run,
+        &proxy,
+        &["destroy", plan.to_str().unwrap(), "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains(&format!("{}  bake rallyctl-e2e-", instance.id)),
+        "{}",
+        text(&out)
+    );
+    let running = run.harness.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Failed);
+    assert!(image.instance.unwrap().terminated_at.is_some());
+}
+
+#[test]
+fn a_killed_bake_run_again_goes_on_on_its_instance_without_launching_another() {
+    let run = Run::new(2);
+    let proxy = FaultProxy::with_disks(&run.harness, &[]);
+    let plan = baked_plan(&run, &["a"]);
+    let (mut bake, instance) = bake_until_installing(&run, &proxy, &plan);
+    bake.kill().unwrap();
+    bake.wait().unwrap();
+
+    let out = through(
+        &run,
+        &proxy,
+        &["bake", plan.to_str().unwrap(), "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("resumes at installing"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(run.launches(), 1, "a resumed bake launched again");
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Available);
+    assert_eq!(image.attempt, 1);
+    let machine = image.instance.unwrap();
+    assert_eq!(machine.id, instance.id);
+    assert!(machine.terminated_at.is_some());
+    let running = run.harness.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+}
+
+#[test]
+fn ctrl_c_stops_a_bake_and_terminates_its_instance() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::with_disks(&run.harness, &[]);
+    let plan = baked_plan(&run, &["a"]);
+    let (mut bake, _) = bake_until_installing(&run, &proxy, &plan);
+    let pid = bake.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = bake.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{:?}", run.printed("bake"));
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Failed);
+    assert_eq!(image.error.as_deref(), Some("interrupted"));
+    assert!(image.image_id.is_none());
+    assert!(image.instance.unwrap().terminated_at.is_some());
+    let running = run.harness.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+}
