@@ -1,11 +1,22 @@
-//! apply on the end-to-end harness (moto, sshd per instance, real esrally, ES double): a plan of
-//! 8 tests in 2 suites. Prints apply's wall time, the median time of each step, and the
-//! orchestration overhead = (wall − Σ over suites of the suite's slowest test, launch to
-//! terminate) / wall. Needs root and `tests/setup-env.sh`.
+//! apply on the end-to-end harness (moto, sshd per instance, real esrally, ES double). Needs
+//! root and `tests/setup-env.sh`.
 //!
-//!     cargo bench --bench apply_overhead
+//!     cargo bench --bench apply_overhead              # both figures
+//!     cargo bench --bench apply_overhead -- overhead  # or one of them
+//!     cargo bench --bench apply_overhead -- billed
 //!
-//! Target (issue 3): overhead ≤ 5 %.
+//! `overhead` (issue 3): 8 tests in 2 suites; apply's wall time, the median time of each step,
+//! and the orchestration overhead = (wall − Σ over suites of the suite's slowest test, launch
+//! to terminate) / wall. Target: ≤ 5 %.
+//!
+//! `billed` (issue 12): one plan of 3 tests in 2 suites, applied three ways: fresh instances,
+//! warm reuse (`reuse_instances`), and warm reuse on a baked image (`rallyctl bake` first, not
+//! counted). Each instance installs into a disk of its own that the fault proxy empties at
+//! launch or fills from its image, so an install costs what it would on a fresh instance.
+//! Prints per way the instances launched, billed instance-seconds per test (state's machine
+//! time: each machine once, launch to termination) against the mean race, and apply's wall
+//! time against Σ over suites of the slowest race. Targets with a baked image and reuse:
+//! billed per test ≤ race + 15 s, wall ≤ Σ slowest race + 15 s.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -14,56 +25,65 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use rallyctl::state::{State, TestRecord};
+use support::fault_proxy::FaultProxy;
+use support::run::Run;
+
 const PER_SUITE: usize = 4;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let h = support::Harness::start(2 * PER_SUITE);
-    let dir = tempfile::tempdir().unwrap();
-    let mut text = format!(
-        "version = 1\nname = \"bench\"\n[defaults]\nregion = \"{}\"\nami = \"{}\"\ninstance_type = \"m5.large\"\nsubnet_id = \"{}\"\nssh_user = \"{}\"\nssh_port = {}\nconnect = \"private_ip\"\nremote_dir = \"{}\"\nrally_config = \"{}\"\ntrack_path = \"{}\"\noffline = true\npipeline = \"benchmark-only\"\n",
-        h.region,
-        h.ami,
-        h.subnet_id,
-        h.ssh_user,
-        h.ssh_port,
-        h.remote_dir.display(),
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("conditional_install_items/rally_csv.ini")
-            .display(),
-        h.track_path.display()
-    );
-    for s in 0..2 {
-        text.push_str(&format!("\n[[suite]]\nname = \"s{s}\"\n"));
-        for t in 0..PER_SUITE {
-            let es = &h.es_addrs[t % h.es_addrs.len()];
-            text.push_str(&format!(
-                "\n[[suite.test]]\nname = \"t{t}\"\ntarget_hosts = [\"{es}\"]\n"
-            ));
-        }
+    let only = |name: &str| {
+        !args.iter().any(|a| a == "overhead" || a == "billed") || args.iter().any(|a| a == name)
+    };
+    if only("overhead") {
+        overhead();
     }
-    let plan = dir.path().join("bench.toml");
-    std::fs::write(&plan, text).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rallyctl"));
-    h.apply_env(&mut cmd);
+    if only("billed") {
+        billed();
+    }
+}
+
+/// Seconds from the transition to `status` to the next one; none if never there.
+fn step_secs(record: &TestRecord, status: &str) -> Option<f64> {
+    let i = record.history.iter().position(|t| t.status == status)?;
+    let next = record.history.get(i + 1)?;
+    Some(next.at.duration_since(record.history[i].at).as_secs_f64())
+}
+
+/// `apply --auto-approve` of `plan` in `run`, with `env`; its wall time and the state after.
+fn apply(run: &Run, plan: &Path, env: &[(&str, &str)], extra: &[&str]) -> (f64, State) {
+    let mut args = vec!["apply", plan.to_str().unwrap(), "--auto-approve"];
+    args.extend(extra);
+    let mut cmd = run.command(&args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let start = Instant::now();
-    let out = cmd
-        .args(["apply", plan.to_str().unwrap(), "--auto-approve"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = run.output(&mut cmd, &args);
     let wall = start.elapsed().as_secs_f64();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (wall, run.state())
+}
 
-    let state = rallyctl::state::load(&dir.path().join("state/bench.state.json"))
-        .unwrap()
-        .unwrap();
+fn overhead() {
+    let run = Run::new(2 * PER_SUITE);
+    let tests: Vec<(String, String)> = (0..PER_SUITE)
+        .map(|t| (format!("t{t}"), String::new()))
+        .collect();
+    let tests: Vec<(&str, &str)> = tests
+        .iter()
+        .map(|(n, e)| (n.as_str(), e.as_str()))
+        .collect();
+    let plan = run.plan(&[("s0", &tests), ("s1", &tests)]);
+    let (wall, state) = apply(&run, &plan, &[], &[]);
     let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut slowest: BTreeMap<String, f64> = BTreeMap::new();
     for (address, record) in &state.tests {
@@ -83,7 +103,7 @@ fn main() {
     }
     let busy: f64 = slowest.values().sum();
     println!(
-        "apply of {} tests in 2 suites on the harness: wall {wall:.2} s",
+        "overhead: apply of {} tests in 2 suites on the harness: wall {wall:.2} s",
         2 * PER_SUITE
     );
     for step in [
@@ -108,4 +128,73 @@ fn main() {
         "  Σ slowest test per suite {busy:.2} s; orchestration overhead {:.2} %",
         (wall - busy) / wall * 100.0
     );
+}
+
+fn billed() {
+    println!(
+        "billed: 3 tests in 2 suites (ingest: a, b; search: c), each instance on a disk of its own"
+    );
+    println!(
+        "  {:<16} {:>9} {:>10} {:>12} {:>10} {:>8} {:>14}",
+        "way", "launched", "install s", "billed s/test", "race s", "wall s", "Σ slowest race"
+    );
+    for way in ["fresh", "reuse", "baked + reuse"] {
+        let run = Run::new(3);
+        let proxy = FaultProxy::with_disks(&run.harness, &[]);
+        let env = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
+        let h = &run.harness;
+        let mut extra = format!("remote_dir = \"{}\"", h.host_dir.display());
+        if way.contains("reuse") {
+            extra.push_str("\nreuse_instances = true");
+        }
+        if way.contains("baked") {
+            extra.push_str(&format!("\nami = \"baked\"\nbase_ami = \"{}\"", h.ami));
+        }
+        let plan = run.plan(&[
+            ("ingest", &[("a", &extra), ("b", &extra)]),
+            ("search", &[("c", &extra)]),
+        ]);
+        if way.contains("baked") {
+            let args = ["bake", plan.to_str().unwrap(), "--auto-approve"];
+            let mut cmd = run.command(&args);
+            cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+            let out = run.output(&mut cmd, &args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let launched_before = run.launches();
+        let (wall, state) = apply(&run, &plan, &env, &[]);
+        let run_id = state.tests.values().find_map(|r| r.run_id.clone()).unwrap();
+        let billed = rallyctl::cost::bill::of_run(&state, &run_id).expect("aws machines billed");
+        let n = state.tests.len() as f64;
+        let races: Vec<f64> = state
+            .tests
+            .values()
+            .filter_map(|r| step_secs(r, "racing"))
+            .collect();
+        let installs: Vec<f64> = state
+            .tests
+            .values()
+            .filter_map(|r| step_secs(r, "installing"))
+            .collect();
+        let mut slowest: BTreeMap<&str, f64> = BTreeMap::new();
+        for (address, record) in &state.tests {
+            let race = step_secs(record, "racing").unwrap_or_default();
+            let e = slowest.entry(address.suite()).or_default();
+            *e = e.max(race);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "  {way:<16} {:>9} {:>10.1} {:>12.1} {:>10.1} {:>8.1} {:>14.1}",
+            run.launches() - launched_before,
+            mean(&installs),
+            billed.machine_hours * 3600.0 / n,
+            mean(&races),
+            wall,
+            slowest.values().sum::<f64>()
+        );
+    }
 }

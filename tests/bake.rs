@@ -240,6 +240,20 @@ fn a_bake_whose_create_image_fails_terminates_its_instance() {
     assert!(running.is_empty(), "left running: {running:?}");
 }
 
+/// A one-test bake on a harness of `instances`, SIGKILLed once it records its instance
+/// installing: the run, its proxy, the plan and that instance.
+fn killed_while_installing(
+    instances: usize,
+) -> (Run, FaultProxy, PathBuf, rallyctl::state::Machine) {
+    let run = Run::new(instances);
+    let proxy = FaultProxy::with_disks(&run.harness, &[]);
+    let plan = baked_plan(&run, &["a"]);
+    let (mut bake, instance) = bake_until_installing(&run, &proxy, &plan);
+    bake.kill().unwrap();
+    bake.wait().unwrap();
+    (run, proxy, plan, instance)
+}
+
 /// Starts `bake` in the background and waits until it records its instance installing.
 fn bake_until_installing(
     run: &Run,
@@ -280,12 +294,7 @@ fn bake_until_installing(
 
 #[test]
 fn a_killed_bake_leaves_an_instance_that_destroy_finds_and_terminates() {
-    let run = Run::new(1);
-    let proxy = FaultProxy::with_disks(&run.harness, &[]);
-    let plan = baked_plan(&run, &["a"]);
-    let (mut bake, instance) = bake_until_installing(&run, &proxy, &plan);
-    bake.kill().unwrap();
-    bake.wait().unwrap();
+    let (run, proxy, plan, instance) = killed_while_installing(1);
 
     let out = through(
         &run,
@@ -307,12 +316,7 @@ fn a_killed_bake_leaves_an_instance_that_destroy_finds_and_terminates() {
 
 #[test]
 fn a_killed_bake_run_again_goes_on_on_its_instance_without_launching_another() {
-    let run = Run::new(2);
-    let proxy = FaultProxy::with_disks(&run.harness, &[]);
-    let plan = baked_plan(&run, &["a"]);
-    let (mut bake, instance) = bake_until_installing(&run, &proxy, &plan);
-    bake.kill().unwrap();
-    bake.wait().unwrap();
+    let (run, proxy, plan, instance) = killed_while_installing(2);
 
     let out = through(
         &run,

@@ -320,17 +320,7 @@ mod tests {
             }
             requests
         });
-        let config = aws_sdk_pricing::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new(ENDPOINT_REGION))
-            .credentials_provider(aws_sdk_pricing::config::Credentials::new(
-                "AKIDTEST", "secret", None, None, "test",
-            ))
-            .endpoint_url(url)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts())
-            .build();
-        (aws_sdk_pricing::Client::from_conf(config), server)
+        (client_at(url), server)
     }
 
     async fn read_request(socket: &mut tokio::net::TcpStream) -> String {
@@ -442,11 +432,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_closed_port_fails_fast() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        drop(listener);
+    /// The real client, as rallyctl configures it, asking `url`.
+    fn client_at(url: String) -> aws_sdk_pricing::Client {
         let config = aws_sdk_pricing::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(aws_config::Region::new(ENDPOINT_REGION))
@@ -457,7 +444,15 @@ mod tests {
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts())
             .build();
-        let api = PriceListApi::with_client(aws_sdk_pricing::Client::from_conf(config));
+        aws_sdk_pricing::Client::from_conf(config)
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_fast() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let api = PriceListApi::with_client(client_at(url));
         let started = std::time::Instant::now();
         let err = api.fetch(&m5_large()).await.unwrap_err();
         assert!(matches!(err, FetchError::Failed(_)), "{err}");
