@@ -466,10 +466,45 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
             .any(|i| i.id == kept.id),
         "the kept instance is not running"
     );
+    // Something `ingest.a`'s race left running on the kept instance, as Rally's own would: it
+    // names that race's run directory.
+    let ip = kept.address.clone().unwrap();
+    let left = format!("{}/report.csv", kept.run_dir.clone().unwrap());
+    let (key, public) = support::generate_key_pair(run.dir.path(), "leftover");
+    run.harness.authorize_key(&public);
+    let started = run
+        .harness
+        .ssh_command(&key, &ip)
+        .arg(format!(
+            "setsid nohup bash -c 'sleep 600; :' {left} >/dev/null 2>&1 </dev/null &"
+        ))
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let leftovers = || {
+        run.harness
+            .instance_processes(&ip)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(&left))
+            .count()
+    };
+    assert_eq!(leftovers(), 1, "{:?}", run.harness.instance_processes(&ip));
 
-    let out = run.rallyctl(&["apply", plan, "--auto-approve"]);
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut second = run.spawn("second", &["apply", plan, "--auto-approve"]);
+    // Booting on the taken instance stops what the previous test left, before installing.
+    run.wait_for_status(
+        "search.c",
+        "installing",
+        std::time::Duration::from_secs(300),
+    );
+    assert_eq!(
+        leftovers(),
+        0,
+        "a process of ingest.a's race survived into search.c's: {:?}",
+        run.harness.instance_processes(&ip)
+    );
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    let (stdout, _) = run.printed("second");
     assert!(
         stdout.contains(&format!(
             "`search.c` takes instance {}, kept for it by `ingest.a`",
