@@ -271,18 +271,35 @@ exit 0"#
     ))
 }
 
+/// Stops every process of the run in `run_dir`: the race's session, anything naming the run
+/// directory (Rally's report, its `.rally` home: the actor system, the Elasticsearch it
+/// launched), and every descendant of those, which may name nothing. All are found before any
+/// is killed, since a killed parent's children move to init.
 pub fn stop_run_command(run_dir: &str) -> Result<String, crate::templates::TemplateError> {
     let quoted = crate::templates::shell_quote(run_dir)?;
     Ok(format!(
         r#"cd {quoted} 2>/dev/null || exit 0
 run_dir=$(pwd)
 if [ -s race.pid ]; then pkill -KILL -s "$(cat race.pid)" 2>/dev/null; fi
+stop=" "
 for p in /proc/[0-9]*; do
   pid=${{p#/proc/}}
   [ "$pid" = "$$" ] && continue
   cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
-  case "$cmd" in *"$run_dir/report.csv"*|*"$run_dir/.rally/"*) kill -KILL "$pid" 2>/dev/null;; esac
+  case "$cmd" in *"$run_dir/report.csv"*|*"$run_dir/.rally/"*) stop="$stop$pid ";; esac
 done
+while [ "$stop" != " " ]; do
+  more=" "
+  for p in /proc/[0-9]*; do
+    pid=${{p#/proc/}}
+    case "$stop$more" in *" $pid "*) continue;; esac
+    ppid=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d' ' -f2)
+    case "$stop" in *" $ppid "*) more="$more$pid ";; esac
+  done
+  [ "$more" = " " ] && break
+  stop="$stop${{more# }}"
+done
+[ "$stop" != " " ] && kill -KILL $stop 2>/dev/null
 exit 0"#
     ))
 }

@@ -228,8 +228,9 @@ mod tests {
     /// Stands in for esrally: writes a report, fails when asked with `--fail` (or
     /// `--fail-at=N`: in the N-th race it runs), hangs without a word with `--hang` (its pid in
     /// `hung.pid` beside the report). With `--linger` it leaves a process running that names
-    /// its report, as Rally's own would (its pid in `linger.pid`); with `--no-leftovers` it
-    /// fails while such a process of any race is still alive.
+    /// its report, as Rally's own would, and a child of it that names nothing, both outside
+    /// the race's session (their pids in `linger.pid`, `linger.child`); with `--no-leftovers`
+    /// it fails while such a process of any race is still alive.
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
 races="$(dirname "$0")/races"
 [ "$1" = race ] && echo $(( $(cat "$races" 2>/dev/null || echo 0) + 1 )) > "$races"
@@ -242,12 +243,12 @@ for a in "$@"; do
     --challenge=*) echo "${a#--challenge=}" >> "$(dirname "$0")/challenges";;
     --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
     --linger) linger=1;;
-    --no-leftovers) for f in $(find "$(dirname "$0")/../.." -name linger.pid); do
+    --no-leftovers) for f in $(find "$(dirname "$0")/../.." -name 'linger.*'); do
         case "$(ps -o stat= -p "$(cat "$f")")" in Z*|"") ;; *) echo "left over: $(ps -o pid=,stat=,args= -p "$(cat "$f")")"; exit 64;; esac
       done;;
   esac
 done
-[ -n "$linger" ] && { bash -c 'sleep 3600; :' "$report" >/dev/null 2>&1 & echo $! > "$(dirname "$report")/linger.pid"; }
+[ -n "$linger" ] && { setsid bash -c 'sleep 3600 & echo $! > "$0"; wait' "$(dirname "$report")/linger.child" "$report" >/dev/null 2>&1 & echo $! > "$(dirname "$report")/linger.pid"; }
 printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,index,0.00,%%\n' > "$report"
 "#;
 

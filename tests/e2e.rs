@@ -466,8 +466,8 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
             .any(|i| i.id == kept.id),
         "the kept instance is not running"
     );
-    // Something `ingest.a`'s race left running on the kept instance, as Rally's own would: it
-    // names that race's run directory.
+    // Something `ingest.a`'s race left running on the kept instance, as Rally's own would: a
+    // process that names that race's run directory, and its child that names nothing.
     let ip = kept.address.clone().unwrap();
     let left = format!("{}/report.csv", kept.run_dir.clone().unwrap());
     let (key, public) = support::generate_key_pair(run.dir.path(), "leftover");
@@ -485,10 +485,14 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
         run.harness
             .instance_processes(&ip)
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains(&left))
+            .filter(|(_, cmd)| cmd.contains(&left) || cmd.trim() == "sleep 600")
             .count()
     };
-    assert_eq!(leftovers(), 1, "{:?}", run.harness.instance_processes(&ip));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while leftovers() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(leftovers(), 2, "{:?}", run.harness.instance_processes(&ip));
 
     let mut second = run.spawn("second", &["apply", plan, "--auto-approve"]);
     // Booting on the taken instance stops what the previous test left, before installing.

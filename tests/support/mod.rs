@@ -1197,6 +1197,31 @@ fn watchdog_log(wd: &Path, ip: &str) -> PathBuf {
 }
 
 /// Starts one instance: `unshare --pid ... instance.py` with the listening socket as stdin.
+/// Where pyenv is set up for root (as on this machine's image), every SSH session's login
+/// shell runs `pyenv rehash`, which locks `shims/.pyenv-shim`. A session killed inside it (an
+/// instance killed as a terminated EC2 instance would be) leaves the lock behind, and every
+/// later session anywhere on the machine then waits 60 s per rehash: every e2e test hangs at
+/// booting. So each instance gets a copy of the shims of its own, without the lock, as its
+/// `shims` directory: a lock left there dies with the instance.
+fn private_pyenv_shims(wd: &Path, ip: &str) -> std::io::Result<Option<(PathBuf, PathBuf)>> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
+    let Some(shims) = root.map(|r| r.join("shims")).filter(|s| s.is_dir()) else {
+        return Ok(None);
+    };
+    let copy = wd.join(format!("pyenv-shims-{ip}"));
+    let _ = fs::remove_dir_all(&copy);
+    fs::create_dir_all(&copy)?;
+    for entry in fs::read_dir(&shims)? {
+        let entry = entry?;
+        if entry.file_name() != ".pyenv-shim" && entry.file_type()?.is_file() {
+            fs::copy(entry.path(), copy.join(entry.file_name()))?;
+        }
+    }
+    Ok(Some((copy, shims)))
+}
+
 fn spawn_instance_process(
     wd: &Path,
     ip: &str,
@@ -1222,6 +1247,9 @@ fn spawn_instance_process(
         .arg("--private-dir")
         .arg(private_disk(wd, ip))
         .arg(host_disk_mount_point());
+    if let Some((copy, shims)) = private_pyenv_shims(wd, ip)? {
+        cmd.arg("--private-dir").arg(copy).arg(shims);
+    }
     for p in forwards {
         cmd.arg("--forward").arg(p.to_string());
     }
