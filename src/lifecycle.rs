@@ -819,11 +819,12 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
     if record.live_machine().is_some_and(|m| m.taken.is_some()) {
         return Ok(true);
     }
-    let kept = ctx.state.read(|s| {
-        s.tests.iter().find_map(|(from, r)| {
-            let m = r.live_machine()?;
+    // The giver is the planner's; it has kept the machine unless its test failed.
+    let kept = ctx.handoffs.iter().find(|h| &h.to == to).and_then(|h| {
+        ctx.state.read(|s| {
+            let m = s.tests.get(&h.from)?.live_machine()?;
             (m.handover.as_ref() == Some(&Handover::KeptFor(to.clone())))
-                .then(|| (from.clone(), m.clone()))
+                .then(|| (h.from.clone(), m.clone()))
         })
     });
     let Some((from, machine)) = kept else {

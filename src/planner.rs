@@ -1,6 +1,7 @@
 //! The diff of wanted results (the plan) against recorded ones (the state), rendered the way
 //! Terraform users read a plan, and saved plans that a later apply refuses once state moved on.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -251,7 +252,9 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             });
         }
     }
-    changes.handoffs = handoffs(plan, state, &mut changes, &wanted);
+    let (handoffs, terminate) = handoffs(plan, state, &changes, &wanted);
+    changes.handoffs = handoffs;
+    changes.changes.extend(terminate);
     changes.notes = sharing_notes(plan, &changes);
     changes
 }
@@ -267,11 +270,16 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
 fn handoffs(
     plan: &Plan,
     state: &State,
-    changes: &mut Changes,
+    changes: &Changes,
     wanted: &dyn Fn(&Address) -> bool,
-) -> Vec<Handoff> {
-    let action = |changes: &Changes, a: &Address| changes.get(a).map(|c| c.action);
-    let new_attempt = |action: Option<Action>| {
+) -> (Vec<Handoff>, Vec<Change>) {
+    // Looked up once per test: a scan of the changes per test is quadratic in a large plan.
+    let actions: HashMap<&Address, Action, crate::FastHash> = changes
+        .changes
+        .iter()
+        .map(|c| (&c.address, c.action))
+        .collect();
+    let new_attempt = |action: Option<&Action>| {
         matches!(
             action,
             Some(
@@ -284,6 +292,7 @@ fn handoffs(
         )
     };
     let mut handoffs = Vec::new();
+    let mut terminate = Vec::new();
     for (from, record) in &state.tests {
         let Some(machine) = record.live_machine() else {
             continue;
@@ -291,17 +300,17 @@ fn handoffs(
         let Some(Handover::KeptFor(to)) = &machine.handover else {
             continue;
         };
-        if !(wanted(from) || wanted(to)) || changes.get(from).is_some() {
+        if !(wanted(from) || wanted(to)) || actions.contains_key(from) {
             continue;
         }
-        if new_attempt(action(changes, to)) {
+        if new_attempt(actions.get(to)) {
             handoffs.push(Handoff {
                 from: from.clone(),
                 to: to.clone(),
                 kept: Some(machine.id.clone()),
             });
         } else {
-            changes.changes.push(Change {
+            terminate.push(Change {
                 address: from.clone(),
                 action: Action::Terminate,
                 reason: format!(
@@ -314,34 +323,53 @@ fn handoffs(
             });
         }
     }
-    let reuses = |t: &Test| t.reuse && t.variant.is_none();
-    let mut donors: Vec<(usize, &Test)> = Vec::new();
+    let takes_kept: HashSet<Address, crate::FastHash> =
+        handoffs.iter().map(|h| h.to.clone()).collect();
+    // Tests that will finish with a machine to hand on, in plan order, one pool per machine
+    // settings (a plan names few), each with its suite's index.
+    let mut pools: Vec<(&MachineSettings, Vec<(usize, &Test)>)> = Vec::new();
     for (suite_index, suite) in plan.suites.iter().enumerate() {
         let mut finishing = Vec::new();
-        for test in suite.tests.iter().filter(|t| reuses(t)) {
-            let Some(act) = action(changes, &test.address) else {
+        for test in suite
+            .tests
+            .iter()
+            .filter(|t| t.reuse && t.variant.is_none())
+        {
+            let Some(act) = actions.get(&test.address) else {
                 continue;
             };
-            let takes = handoffs.iter().any(|h| h.to == test.address);
-            let alike = |d: &&(usize, &Test)| d.1.settings.machine == test.settings.machine;
-            let latest = donors.iter().rev().find(alike).map(|d| d.0);
             if new_attempt(Some(act))
-                && !takes
-                && let Some(i) = donors.iter().position(|d| Some(d.0) == latest && alike(&d))
+                && !takes_kept.contains(&test.address)
+                && let Some((_, pool)) = pools
+                    .iter_mut()
+                    .find(|(machine, _)| **machine == test.settings.machine)
+                && let Some(&(latest, _)) = pool.last()
             {
+                let i = pool
+                    .iter()
+                    .position(|(suite, _)| *suite == latest)
+                    .expect("the last donor is in its pool");
                 handoffs.push(Handoff {
-                    from: donors.remove(i).1.address.clone(),
+                    from: pool.remove(i).1.address.clone(),
                     to: test.address.clone(),
                     kept: None,
                 });
             }
-            if act != Action::Terminate {
+            if *act != Action::Terminate {
                 finishing.push((suite_index, test));
             }
         }
-        donors.extend(finishing);
+        for (suite_index, test) in finishing {
+            match pools
+                .iter_mut()
+                .find(|(machine, _)| **machine == test.settings.machine)
+            {
+                Some((_, pool)) => pool.push((suite_index, test)),
+                None => pools.push((&test.settings.machine, vec![(suite_index, test)])),
+            }
+        }
     }
-    handoffs
+    (handoffs, terminate)
 }
 
 /// Where the tests to run will wait for a machine: a suite's tests on this machine run one at
