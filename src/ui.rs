@@ -45,15 +45,19 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
             "no terminal to ask for approval on; pass {skip} to proceed without asking"
         ));
     }
-    print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
-    std::io::stdout().flush().ok();
     // The signal is caught while the answer is read, so that the caller's locks are released
-    // on the way out rather than left behind by a killed process.
+    // on the way out rather than left behind by a killed process. The handler is in place
+    // before the prompt shows: a Ctrl-C the moment it appears would otherwise kill the process.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot wait for the answer: {e}"))?;
     let answer = rt.block_on(async {
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|e| format!("cannot wait for the answer: {e}"))?;
+        print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+        std::io::stdout().flush().ok();
         let read = tokio::task::spawn_blocking(|| {
             let mut answer = String::new();
             std::io::stdin()
@@ -68,7 +72,7 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
                 Ok(Err(e)) => Err(format!("cannot read the answer: {e}")),
                 Err(e) => Err(format!("cannot read the answer: {e}")),
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 println!();
                 Ok(Answer::Interrupted)
             }
