@@ -99,6 +99,7 @@ fn validate_and_plan(plan_path: &Path) -> (usize, usize) {
     let global = rallyctl::cli::Global {
         state: None,
         workspace: None,
+        backend: None,
         no_color: true,
         json: false,
         verbose: 0,

@@ -6,11 +6,13 @@
 //! edges; [`destroy`] gives back what a workspace holds, [`bake`] makes images for its tests.
 
 pub mod address;
+pub mod backend;
 pub mod bake;
 pub mod cli;
 pub mod collect;
 pub mod cost;
 pub mod destroy;
+pub mod dirs;
 pub mod graph;
 pub mod lifecycle;
 pub mod plan;

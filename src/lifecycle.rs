@@ -21,12 +21,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::{Address, slug};
+use crate::backend::Backend;
 use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
 use crate::staging;
-use crate::state::{self, Handover, Machine, State, StateError, Status, Step, Taken, TestRecord};
+use crate::state::{
+    Handover, Machine, ResultFile, State, StateError, Status, Step, Taken, TestRecord,
+};
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
 
@@ -42,14 +45,14 @@ const TIMED_OUT: &str = "124";
 #[derive(Clone)]
 pub struct StateHandle {
     state: Arc<Mutex<State>>,
-    path: Arc<PathBuf>,
+    backend: Arc<Backend>,
 }
 
 impl StateHandle {
-    pub fn new(state: State, path: PathBuf) -> Self {
+    pub fn new(state: State, backend: Backend) -> Self {
         StateHandle {
             state: Arc::new(Mutex::new(state)),
-            path: Arc::new(path),
+            backend: Arc::new(backend),
         }
     }
 
@@ -60,8 +63,16 @@ impl StateHandle {
     pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
         let mut state = self.state.lock().expect("state lock");
         let r = f(&mut state);
-        state::save(&self.path, &mut state)?;
+        self.backend.save(&mut state)?;
         Ok(r)
+    }
+
+    /// Keeps collected files where the backend keeps results (see [`Backend::publish`]).
+    pub async fn publish(&self, files: Vec<ResultFile>) -> Result<(), StateError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || backend.publish(&files))
+            .await
+            .expect("publishing does not panic")
     }
 
     pub fn record(
@@ -1228,6 +1239,11 @@ async fn collect<P: Provider>(
     let report = crate::collect::report(&files)
         .map_err(|e| failed(Step::Collecting, e))?
         .to_owned();
+    // Published before state names them: results state records are where it says.
+    ctx.state
+        .publish(files.clone())
+        .await
+        .map_err(|e| failed(Step::Collecting, e))?;
     ctx.state.record(&test.address, |r| r.results = files)?;
     // An error rate above zero is no clean result, though the files are kept for a look.
     match crate::collect::problem(&report) {

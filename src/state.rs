@@ -698,6 +698,18 @@ pub enum StateError {
     Write { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Locked(String),
+    #[error("cannot reach state {location}: {message}")]
+    Remote { location: String, message: String },
+    #[error(
+        "state {location} was written by another rallyctl since this one read it (its serial is now {}); this command wrote nothing more and stops. Was its lock force-unlocked? `rallyctl plan` shows where things stand",
+        serial.map_or("unknown".to_owned(), |s| s.to_string())
+    )]
+    Overwritten {
+        location: String,
+        serial: Option<u64>,
+    },
+    #[error("{location} is refused: {reason}; it was left untouched")]
+    Damaged { location: String, reason: String },
 }
 
 impl State {
@@ -767,20 +779,31 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             });
         }
     };
-    let corrupt = |reason: String| {
+    parse(&bytes, path, || {
         let backup = backup_path(path);
-        StateError::Corrupt {
-            path: path.to_owned(),
-            reason,
-            backup_hint: if backup.is_file() {
-                format!(
-                    " The previous serial is in {}: inspect both, and copy the backup over the state file to go back to it.",
-                    backup.display()
-                )
-            } else {
-                String::new()
-            },
+        if backup.is_file() {
+            format!(
+                " The previous serial is in {}: inspect both, and copy the backup over the state file to go back to it.",
+                backup.display()
+            )
+        } else {
+            String::new()
         }
+    })
+    .map(Some)
+}
+
+/// A state as read from `location` (a file or an object); `backup_hint` says where the
+/// previous serial is, for the message when it is not valid.
+pub fn parse(
+    bytes: &[u8],
+    location: &Path,
+    backup_hint: impl FnOnce() -> String,
+) -> Result<State, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        path: location.to_owned(),
+        reason,
+        backup_hint: backup_hint(),
     };
     // A file that does not read as this version's schema may still be a newer version's,
     // which is named as such rather than reported as corrupt; reading only the version skips
@@ -795,13 +818,13 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             .and_then(|v| v.version?.as_u64())
     };
     let newer = |found: u64| StateError::Newer {
-        path: path.to_owned(),
+        path: location.to_owned(),
         found,
     };
-    match serde_json::from_slice::<State>(&bytes) {
+    match serde_json::from_slice::<State>(bytes) {
         Ok(state) if state.version > STATE_VERSION => Err(newer(u64::from(state.version))),
-        Ok(state) => Ok(Some(state)),
-        Err(e) => match version(&bytes) {
+        Ok(state) => Ok(state),
+        Err(e) => match version(bytes) {
             Some(v) if v > u64::from(STATE_VERSION) => Err(newer(v)),
             Some(_) => Err(corrupt(e.to_string())),
             None if e.is_syntax() || e.is_eof() => Err(corrupt(e.to_string())),
@@ -878,6 +901,45 @@ pub struct LockHolder {
     pub host: String,
     pub since: Timestamp,
     pub command: String,
+    /// Who ran it, and where: a lock in S3 may be held from any machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl LockHolder {
+    /// This process, running `command`, with a new lock ID.
+    pub fn new(command: &str) -> LockHolder {
+        LockHolder {
+            id: Uuid::new_v4().to_string(),
+            pid: std::process::id(),
+            host: hostname(),
+            since: Timestamp::now(),
+            command: command.to_owned(),
+            user: std::env::var("USER").ok().filter(|u| !u.is_empty()),
+            dir: std::env::current_dir().ok(),
+        }
+    }
+
+    /// `` `rallyctl apply p.toml` (ann on host-1, pid 42, in /work, since ..., lock ID ...) ``
+    pub fn describe(&self) -> String {
+        let who = match &self.user {
+            Some(user) => format!("{user} on {}", self.host),
+            None => self.host.clone(),
+        };
+        let dir = self
+            .dir
+            .as_ref()
+            .map_or(String::new(), |d| format!(", in {}", d.display()));
+        format!(
+            "`{}` ({who}, pid {}{dir}, since {}, lock ID {})",
+            self.command,
+            self.pid,
+            self.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            self.id
+        )
+    }
 }
 
 /// Held while a command may write state; removes the lock file when dropped.
@@ -921,13 +983,7 @@ impl Lock {
                 source,
             })?;
         }
-        let holder = LockHolder {
-            id: Uuid::new_v4().to_string(),
-            pid: std::process::id(),
-            host: hostname(),
-            since: Timestamp::now(),
-            command: command.to_owned(),
-        };
+        let holder = LockHolder::new(command);
         let mut replaced = None;
         loop {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
@@ -1340,6 +1396,8 @@ mod tests {
                 host: host.into(),
                 since: Timestamp::now(),
                 command: "rallyctl apply (killed)".into(),
+                user: None,
+                dir: None,
             };
             fs::write(lock_path(&path), serde_json::to_vec(&h).unwrap()).unwrap();
         };

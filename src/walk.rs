@@ -309,7 +309,10 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let renderer = Renderer::new();
             let artifacts = planner::render_all(&self.plan, &renderer).unwrap();
             let changes = planner::diff(&self.plan, &self.state, &artifacts, options);
-            let handle = StateHandle::new(self.state.clone(), self.state_path());
+            let handle = StateHandle::new(
+                self.state.clone(),
+                crate::backend::Backend::Local(self.state_path()),
+            );
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -99,6 +99,10 @@ pub struct Global {
     /// force-unlock): its state is state/<NAME>.state.json
     #[arg(long, global = true, value_name = "NAME")]
     pub workspace: Option<String>,
+    /// Where state and results live: s3://BUCKET/PREFIX, or local (this directory); wins over
+    /// the plan's [backend]
+    #[arg(long, global = true, value_name = "URL", env = "RALLYCTL_BACKEND", value_parser = parse_backend)]
+    pub backend: Option<BackendArg>,
     /// Never colour the output (NO_COLOR in the environment does the same)
     #[arg(long, global = true)]
     pub no_color: bool,
@@ -108,6 +112,20 @@ pub struct Global {
     /// More detail in logs
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// `--backend`: local files, or an S3 bucket and prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendArg {
+    Local,
+    S3(crate::plan::S3Config),
+}
+
+fn parse_backend(text: &str) -> Result<BackendArg, String> {
+    match text {
+        "local" => Ok(BackendArg::Local),
+        url => crate::plan::S3Config::from_url(url).map(BackendArg::S3),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,6 +326,20 @@ pub(super) enum StateCommand {
         address: Address,
         plan: Option<PathBuf>,
     },
+    /// Copy the local state (and results) of a workspace to its S3 backend
+    Push {
+        plan: Option<PathBuf>,
+        /// Replace a remote state of a higher serial (never one of another lineage)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy a workspace's state (and results) from its S3 backend to this directory
+    Pull {
+        plan: Option<PathBuf>,
+        /// Replace a local state of a higher serial (never one of another lineage)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Command {
@@ -323,6 +355,12 @@ impl Command {
             Command::State {
                 command: StateCommand::Rm { .. },
             } => Some("state rm"),
+            Command::State {
+                command: StateCommand::Push { .. },
+            } => Some("state push"),
+            Command::State {
+                command: StateCommand::Pull { .. },
+            } => Some("state pull"),
             Command::Validate { .. }
             | Command::Plan { .. }
             | Command::Results(_)

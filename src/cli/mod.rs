@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 pub use args::{
-    Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_REGRESSION,
-    EXIT_USAGE, Global, Prices, Refresh, ResultsArgs, Select, normalize_args,
+    BackendArg, Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED,
+    EXIT_REGRESSION, EXIT_USAGE, Global, Prices, Refresh, ResultsArgs, Select, normalize_args,
 };
 pub use workspace::{Loaded, load, load_at, load_file};
 
@@ -26,7 +26,7 @@ use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
 use crate::state::{self, Handover, State};
 use crate::ui;
 use args::{Command, StateCommand};
-use workspace::{check_output, lock, state_dir, target, workspace_state};
+use workspace::{check_output, lock, plan_backend, target};
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
@@ -154,7 +154,7 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let ws = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
-                check_output(out, plan.as_deref(), &ws.state_path)?;
+                check_output(out, plan.as_deref(), &ws.backend)?;
             }
             let path =
                 ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
@@ -172,32 +172,32 @@ fn run(cli: Cli) -> Result<u8> {
 /// Removes the lock with `lock_id`, after asking; a holder still running on this host is left
 /// alone unless `force`.
 fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> Result<u8> {
-    let path = target(g, plan)?.state_path;
-    let read_err = || format!("cannot read the lock of {}", path.display());
-    let holder = match state::lock_state(&path).with_context(read_err)? {
+    let backend = target(g, plan)?.backend;
+    let location = backend.location();
+    let holder = match backend.lock_state()? {
         state::LockState::Unlocked => {
-            println!("{} is not locked.", path.display());
+            println!("{} is not locked.", location);
             return Ok(0);
         }
         state::LockState::Unreadable if force => "an unreadable lock".to_owned(),
         state::LockState::Unreadable => {
             bail!(
                 "the lock of {} names no holder: pass --force to remove it",
-                path.display()
+                location
             )
         }
         state::LockState::Held(h) => {
             if h.id != lock_id {
                 bail!(
                     "the lock of {} has the ID {}, not {lock_id}: it is not the lock you meant",
-                    path.display(),
+                    location,
                     h.id
                 );
             }
             if state::holder_alive_here(&h) && !force {
                 bail!(
                     "the lock of {} is held by `{}`, pid {}, which still runs on this host: stop it, or pass --force",
-                    path.display(),
+                    location,
                     h.command,
                     h.pid
                 );
@@ -208,15 +208,16 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
     if !force {
         let question = format!(
             "Remove the lock of {} held by {holder}? A run that still writes this state would corrupt it.",
-            path.display()
+            location
         );
         if let Some(code) = refused(&question, "--force", "Force-unlock")? {
             return Ok(code);
         }
     }
-    state::remove_lock(&path)
-        .with_context(|| format!("cannot remove the lock of {}", path.display()))?;
-    println!("Removed the lock of {} held by {holder}.", path.display());
+    backend
+        .remove_lock()
+        .with_context(|| format!("cannot remove the lock of {location}"))?;
+    println!("Removed the lock of {} held by {holder}.", location);
     Ok(0)
 }
 
@@ -341,7 +342,7 @@ fn plan_command(
         }
     }
     if let Some(out) = out {
-        check_output(out, Some(path), &l.state_path)?;
+        check_output(out, Some(path), &l.backend)?;
         SavedPlan::new(&l.plan, &l.state, l.state_exists, &changes)
             .write(out)
             .with_context(|| format!("cannot write the saved plan {}", out.display()))?;
@@ -396,7 +397,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             let record = state
                 .tests
                 .get(&address)
-                .with_context(|| format!("{address} is not in {}", t.state_path.display()))?;
+                .with_context(|| format!("{address} is not in {}", t.backend.location()))?;
             // The recorded settings are raw JSON indented for their place in the state file:
             // as a tree, they indent with the rest.
             let mut shown = serde_json::to_value(record)?;
@@ -406,15 +407,14 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
         }
         StateCommand::Rm { address, plan } => {
             let t = target(g, plan.as_deref())?;
-            let path = &t.state_path;
-            let _lock = lock(path, "rallyctl state rm")?;
+            let _lock = lock(&t.backend, "rallyctl state rm")?;
             let mut state = t.load_existing()?;
             let record = state
                 .tests
                 .remove(&address)
-                .with_context(|| format!("{address} is not in {}", path.display()))?;
-            state::save(path, &mut state)?;
-            println!("Removed {address} from {}.", path.display());
+                .with_context(|| format!("{address} is not in {}", t.backend.location()))?;
+            t.backend.save(&mut state)?;
+            println!("Removed {address} from {}.", t.backend.location());
             if let Some(machine) = record.live_machine() {
                 println!(
                     "Its machine {} ({}) may still be running; state no longer knows it.",
@@ -423,17 +423,72 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             }
             Ok(0)
         }
+        StateCommand::Push { plan, force } => copy_state(plan.as_deref(), force, true, g),
+        StateCommand::Pull { plan, force } => copy_state(plan.as_deref(), force, false, g),
     }
+}
+
+/// `state push` (`up`) and `state pull`: between the local state of a workspace (`--state`,
+/// or the default path) and its S3 backend (`--backend`, or the plan's), both locked.
+fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<u8> {
+    let (from_plan, plan_backend) = match plan {
+        Some(p) => {
+            let (name, backend) = Plan::head_of(p)?;
+            (Some(name), backend)
+        }
+        None => (None, None),
+    };
+    let Some(workspace) = g.workspace.clone().or(from_plan) else {
+        bail!("name the plan file or pass --workspace NAME to say which workspace to copy");
+    };
+    let config = match (&g.backend, plan_backend) {
+        (Some(BackendArg::S3(config)), _) => config.clone(),
+        (Some(BackendArg::Local), _) => {
+            return Err(UsageError(
+                "state push and pull copy between this directory and S3: --backend local names no S3 backend".into(),
+            )
+            .into());
+        }
+        (None, Some(config)) => config,
+        (None, None) => bail!(
+            "workspace `{workspace}` has no S3 backend: pass --backend s3://BUCKET/PREFIX, or set [backend] in the plan"
+        ),
+    };
+    let named = match plan {
+        Some(p) => p.display().to_string(),
+        None => format!("--backend {} --workspace {workspace}", config.url()),
+    };
+    let local = crate::backend::Backend::Local(
+        g.state
+            .clone()
+            .unwrap_or_else(|| state::default_path(&workspace)),
+    );
+    let remote = crate::backend::Backend::s3(&config, &workspace, named)?;
+    let (from, to, verb) = if up {
+        (&local, &remote, "push")
+    } else {
+        (&remote, &local, "pull")
+    };
+    let _from = lock(from, &format!("rallyctl state {verb}"))?;
+    let _to = lock(to, &format!("rallyctl state {verb}"))?;
+    let copied = crate::backend::copy(from, to, &workspace, force)?;
+    println!(
+        "Copied workspace `{workspace}` (serial {}, {} result file{}) from {} to {}.",
+        copied.serial,
+        copied.files,
+        plural(copied.files),
+        from.location(),
+        to.location()
+    );
+    Ok(0)
 }
 
 /// The workspace whose results to read: by the state file, or by the plan's name when there is
 /// no state yet (its runs can still be listed from `results/`).
 fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
     let t = target(g, plan)?;
-    if t.state_path.exists() {
-        t.load()?;
-    }
-    Ok(Workspace::open(&t.state_path, t.workspace.as_deref())?)
+    let state = t.load()?;
+    Ok(Workspace::open(t.backend, state, t.workspace.as_deref())?)
 }
 
 fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
@@ -457,7 +512,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
     }
     let mut baseline = args.compare;
     if let Some(run) = &args.baseline {
-        let lock = lock(&ws.state_path, "rallyctl results --baseline")?;
+        let lock = lock(&ws.backend, "rallyctl results --baseline")?;
         let run = ws.set_baseline(run, &lock)?;
         eprintln!("Recorded {run} as the baseline of workspace `{}`.", ws.name);
         baseline.get_or_insert(Baseline::Recorded);
@@ -558,7 +613,7 @@ fn apply(
         Some(s) => s.plan.clone(),
         None => Plan::load(path)?,
     };
-    let state_path = workspace_state(g, &plan.name);
+    let backend = plan_backend(&plan, g)?;
     if plan
         .tests()
         .any(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
@@ -573,8 +628,8 @@ fn apply(
     if saved.is_none() {
         check_account(&plan, refresh)?;
     }
-    let _lock = lock(&state_path, &format!("rallyctl apply {}", path.display()))?;
-    let mut l = load(plan, g)?;
+    let _lock = lock(&backend, &format!("rallyctl apply {}", path.display()))?;
+    let mut l = load_at(plan, backend, None)?;
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let changes = match &saved {
         Some(s) => {
@@ -609,8 +664,8 @@ fn apply(
         return Ok(code);
     }
     println!();
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.state_path.clone());
-    let state_dir = state_dir(&l.state_path);
+    let state_dir = l.backend.local_dir();
+    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
     let rt = runtime()?;
     let report = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -749,9 +804,9 @@ fn baked_images(
 
 fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     let plan = Plan::load(path)?;
-    let state_path = workspace_state(g, &plan.name);
-    let _lock = lock(&state_path, &format!("rallyctl bake {}", path.display()))?;
-    let l = load(plan, g)?;
+    let backend = plan_backend(&plan, g)?;
+    let _lock = lock(&backend, &format!("rallyctl bake {}", path.display()))?;
+    let l = load_at(plan, backend, None)?;
     let wanted = crate::bake::wanted(&l.plan, &l.state);
     if wanted.is_empty() {
         println!(
@@ -780,8 +835,8 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     rt.block_on(crate::provider::aws::check_credentials())
         .context("bake needs AWS credentials; nothing was launched or written")?;
     println!();
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.state_path.clone());
-    let fleet = crate::provider::Fleet::new(state_dir(&l.state_path), &l.plan.name);
+    let fleet = crate::provider::Fleet::new(l.backend.local_dir(), &l.plan.name);
+    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
     let progress = ui::Progress::new(ui::stdout_is_tty());
     let run_id = state::new_run_id();
     let outcomes = rt.block_on(async {
@@ -838,10 +893,8 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
 
 fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Global) -> Result<u8> {
     let t = target(g, plan_path)?;
-    let shown = plan_path.map_or(t.state_path.display().to_string(), |p| {
-        p.display().to_string()
-    });
-    let _lock = lock(&t.state_path, &format!("rallyctl destroy {shown}"))?;
+    let shown = plan_path.map_or(t.backend.location(), |p| p.display().to_string());
+    let _lock = lock(&t.backend, &format!("rallyctl destroy {shown}"))?;
     // A valid plan also says where to look for machines state never heard of; a broken one
     // must not keep the rest from being given back.
     let plan = match plan_path.map(Plan::load) {
@@ -863,15 +916,12 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
         // No state, but a plan to look for leaked machines with.
         (None, Some(name)) if plan.is_some() => State::new(name),
         (None, _) => {
-            println!(
-                "Nothing to destroy: no state at {}.",
-                t.state_path.display()
-            );
+            println!("Nothing to destroy: no state at {}.", t.backend.location());
             return Ok(0);
         }
     };
     let rt = runtime()?;
-    let provider = crate::provider::Fleet::new(state_dir(&t.state_path), &state.workspace);
+    let provider = crate::provider::Fleet::new(t.backend.local_dir(), &state.workspace);
     let (targets, gone) = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
     let (images, kept) = match crate::destroy::images(&state) {
         all if images => (all, 0),
@@ -884,7 +934,7 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
             plural(kept)
         );
     }
-    let handle = crate::lifecycle::StateHandle::new(state, t.state_path.clone());
+    let handle = crate::lifecycle::StateHandle::new(state, t.backend);
     if !gone.is_empty() {
         println!("State names machines that are gone already; they will be recorded as such:\n");
         for g in &gone {

@@ -6,55 +6,84 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::Global;
+use super::{BackendArg, Global, UsageError};
+use crate::backend::{Backend, Lock};
 use crate::graph::Graph;
-use crate::plan::Plan;
+use crate::plan::{Plan, S3Config};
 use crate::planner;
 use crate::state::{self, State};
 use crate::templates::Renderer;
 
-/// The state file of a workspace: `--state`, else `state/<workspace>.state.json`. Every
-/// command finds its state through here.
-pub(super) fn workspace_state(g: &Global, workspace: &str) -> PathBuf {
-    g.state
-        .clone()
-        .unwrap_or_else(|| state::default_path(workspace))
+/// The backend of the workspace `workspace`: `--state` (a local file) or `--backend` on the
+/// command line, else the plan's `[backend]` (`plan` is the plan file, named in hints), else
+/// `state/<workspace>.state.json`. Every command finds its state through here.
+pub(super) fn backend_of(
+    g: &Global,
+    workspace: &str,
+    plan_backend: Option<&S3Config>,
+    plan: Option<&Path>,
+) -> Result<Backend> {
+    let s3 = match (&g.state, &g.backend) {
+        (Some(_), Some(BackendArg::S3(_))) => {
+            return Err(UsageError(
+                "--state names a local state file and --backend an S3 one: pass one of them".into(),
+            )
+            .into());
+        }
+        (Some(path), _) => return Ok(Backend::Local(path.clone())),
+        (None, Some(BackendArg::Local)) => None,
+        (None, Some(BackendArg::S3(config))) => Some((config, None)),
+        (None, None) => plan_backend.map(|c| (c, plan)),
+    };
+    match s3 {
+        None => Ok(Backend::Local(state::default_path(workspace))),
+        Some((config, plan)) => {
+            let named = match plan {
+                Some(plan) => plan.display().to_string(),
+                None => format!("--backend {} --workspace {workspace}", config.url()),
+            };
+            Ok(Backend::s3(config, workspace, named)?)
+        }
+    }
 }
 
 /// The workspace of a command that needs no valid plan (destroy, state, results, force-unlock)
-/// and where its state is: `--state` and `--workspace` win; of a plan only the name is read.
+/// and where its state is: `--state`, `--backend` and `--workspace` win; of a plan only the
+/// name and the backend are read.
 pub(super) struct Target {
-    pub(super) state_path: PathBuf,
+    pub(super) backend: Backend,
     /// The workspace named (by `--workspace` or the plan), which the state must belong to.
     pub(super) workspace: Option<String>,
 }
 
 pub(super) fn target(g: &Global, plan: Option<&Path>) -> Result<Target> {
-    let workspace = match (&g.workspace, plan) {
-        (Some(name), _) => Some(name.clone()),
-        (None, Some(plan)) => Some(Plan::name_of(plan)?),
-        (None, None) => None,
+    let (from_plan, plan_backend) = match plan {
+        Some(plan) => {
+            let (name, backend) = Plan::head_of(plan)?;
+            (Some(name), backend)
+        }
+        None => (None, None),
     };
-    let state_path = match (&g.state, &workspace) {
-        (Some(path), _) => path.clone(),
-        (None, Some(name)) => state::default_path(name),
-        (None, None) => bail!(
+    let workspace = g.workspace.clone().or(from_plan);
+    let backend = match (&g.state, &workspace) {
+        (Some(path), _) if !matches!(g.backend, Some(BackendArg::S3(_))) => {
+            Backend::Local(path.clone())
+        }
+        (_, Some(name)) => backend_of(g, name, plan_backend.as_ref(), plan)?,
+        (_, None) => bail!(
             "name the plan file or pass --state PATH (or --workspace NAME) to say which state to use"
         ),
     };
-    Ok(Target {
-        state_path,
-        workspace,
-    })
+    Ok(Target { backend, workspace })
 }
 
 impl Target {
     /// The state, checked to belong to the workspace named; `None` when there is none.
     pub(super) fn load(&self) -> Result<Option<State>> {
-        let loaded = state::load(&self.state_path)?;
+        let loaded = self.backend.load()?;
         match (loaded, &self.workspace) {
             (Some(state), Some(name)) => Ok(Some(
-                state::of_workspace(Some(state), &self.state_path, name)?.0,
+                state::of_workspace(Some(state), Path::new(&self.backend.location()), name)?.0,
             )),
             (loaded, _) => Ok(loaded),
         }
@@ -62,7 +91,7 @@ impl Target {
 
     pub(super) fn load_existing(&self) -> Result<State> {
         self.load()?
-            .with_context(|| format!("no state at {}", self.state_path.display()))
+            .with_context(|| format!("no state at {}", self.backend.location()))
     }
 }
 
@@ -83,7 +112,7 @@ fn resolved(path: &Path) -> PathBuf {
 
 /// Refuses an output path that would overwrite what rallyctl reads or keeps: the plan file, a
 /// state file, its backup or lock, anything in a `state/` directory.
-pub(super) fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -> Result<()> {
+pub(super) fn check_output(out: &Path, plan: Option<&Path>, backend: &Backend) -> Result<()> {
     let target = resolved(out);
     let refuse = |what: String| {
         anyhow::anyhow!(
@@ -96,7 +125,7 @@ pub(super) fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -
     {
         return Err(refuse(format!("the plan file {}", plan.display())));
     }
-    for dir in [state_dir(state_path), PathBuf::from(state::DEFAULT_DIR)] {
+    for dir in [backend.local_dir(), PathBuf::from(state::DEFAULT_DIR)] {
         let dir = resolved(&dir);
         if dir.file_name() == Some(std::ffi::OsStr::new(state::DEFAULT_DIR))
             && target.starts_with(&dir)
@@ -107,11 +136,14 @@ pub(super) fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -
             )));
         }
     }
-    for kept in [
-        state_path.to_owned(),
-        state::backup_path(state_path),
-        state::lock_path(state_path),
-    ] {
+    let kept = (backend.local_path()).map(|state_path| {
+        [
+            state_path.to_owned(),
+            state::backup_path(state_path),
+            state::lock_path(state_path),
+        ]
+    });
+    for kept in kept.into_iter().flatten() {
         if resolved(&kept) == target {
             return Err(refuse(format!("{}", kept.display())));
         }
@@ -125,20 +157,10 @@ pub(super) fn check_output(out: &Path, plan: Option<&Path>, state_path: &Path) -
     Ok(())
 }
 
-/// The directory of the state file, where per-workspace files (EC2's ephemeral key and known
-/// hosts) live beside it.
-pub(super) fn state_dir(state_path: &Path) -> PathBuf {
-    state_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned()
-}
-
 /// Locks the state for a command that writes it, saying so when a dead run's lock is replaced.
-pub(super) fn lock(state_path: &Path, command: &str) -> Result<state::Lock> {
-    let lock = state::Lock::acquire(state_path, command)?;
-    if let Some(dead) = &lock.replaced {
+pub(super) fn lock(backend: &Backend, command: &str) -> Result<Lock> {
+    let lock = backend.lock(command)?;
+    if let Some(dead) = lock.replaced() {
         eprintln!(
             "note: took over the lock of `{}` (pid {}, since {}), which is no longer running",
             dead.command,
@@ -152,43 +174,51 @@ pub(super) fn lock(state_path: &Path, command: &str) -> Result<state::Lock> {
 /// Loads a plan, its state (locked or not) and everything the diff needs.
 pub struct Loaded {
     pub plan: Plan,
-    pub state_path: PathBuf,
+    pub backend: Backend,
     pub state: State,
     pub state_exists: bool,
     pub artifacts: crate::templates::ArtifactMap,
     pub renderer: Renderer,
 }
 
-pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
-    let state_path = workspace_state(g, &plan.name);
-    load_at(plan, state_path, None)
+/// The backend of a valid plan's workspace.
+pub fn plan_backend(plan: &Plan, g: &Global) -> Result<Backend> {
+    backend_of(g, &plan.name, plan.backend.as_ref(), Some(&plan.source))
 }
 
-/// [`load`] of the plan at `path`. State is read while the plan is validated when its path is
-/// known first: from `--state`, or from the name at the top of a TOML plan.
+pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
+    let backend = plan_backend(&plan, g)?;
+    load_at(plan, backend, None)
+}
+
+/// [`load`] of the plan at `path`. A local state is read while the plan is validated when its
+/// path is known first: from `--state`, or from the name at the top of a TOML plan.
 pub fn load_file(path: &Path, g: &Global) -> Result<Loaded> {
     let text = Plan::read(path)?;
-    let early = (g.state.clone())
-        .or_else(|| Plan::peek_name(path, &text).map(|name| state::default_path(&name)));
+    let early = (g.state.clone()).or_else(|| {
+        (g.backend.is_none())
+            .then(|| Plan::peek_name(path, &text).map(|name| state::default_path(&name)))
+            .flatten()
+    });
     std::thread::scope(|scope| {
         let reading = (early.as_ref()).map(|p| (p, scope.spawn(move || state::load(p))));
         let plan = Plan::parse(path, &text)?;
-        let state_path = workspace_state(g, &plan.name);
-        let read = match reading {
-            Some((p, read)) if *p == state_path => {
+        let backend = plan_backend(&plan, g)?;
+        let read = match (reading, backend.local_path()) {
+            (Some((p, read)), Some(local)) if p == local => {
                 Some(read.join().expect("reading state does not panic"))
             }
             _ => None,
         };
-        load_at(plan, state_path, read)
+        load_at(plan, backend, read)
     })
 }
 
-/// [`load`] with the state at `state_path`; `read` is what [`state::load`] gave for it, if it
+/// [`load`] with the state of `backend`; `read` is what [`state::load`] gave for it, if it
 /// was read already.
 pub fn load_at(
     plan: Plan,
-    state_path: PathBuf,
+    backend: Backend,
     read: Option<Result<Option<State>, state::StateError>>,
 ) -> Result<Loaded> {
     let renderer = Renderer::new();
@@ -196,8 +226,8 @@ pub fn load_at(
     // thousands of tests each takes a while: they overlap.
     let (state, artifacts) = std::thread::scope(|scope| {
         let state = scope.spawn(|| {
-            let loaded = read.unwrap_or_else(|| state::load(&state_path))?;
-            state::of_workspace(loaded, &state_path, &plan.name)
+            let loaded = read.unwrap_or_else(|| backend.load())?;
+            state::of_workspace(loaded, Path::new(&backend.location()), &plan.name)
         });
         Graph::compile(&plan)?;
         let artifacts = planner::render_all(&plan, &renderer);
@@ -207,7 +237,7 @@ pub fn load_at(
     let (state, state_exists) = state;
     Ok(Loaded {
         plan,
-        state_path,
+        backend,
         state,
         state_exists,
         artifacts,

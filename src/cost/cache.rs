@@ -49,14 +49,7 @@ struct StoredEntry {
 impl Cache {
     /// The user's cache: `$XDG_CACHE_HOME/rallyctl`, else `$HOME/.cache/rallyctl`.
     pub fn for_user() -> Cache {
-        let dir = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|d| !d.is_empty())
-                    .map(|h| PathBuf::from(h).join(".cache"))
-            });
+        let dir = crate::dirs::user_cache();
         match dir {
             Some(dir) => Cache::at(&dir.join("rallyctl")),
             None => Cache::default(),

@@ -138,7 +138,10 @@ const fn at(name: &str) -> usize {
     panic!("not a settings key")
 }
 
-const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite"];
+const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite", "backend"];
+const S3_KEYS: &[&str] = &[
+    "bucket", "prefix", "region", "endpoint", "profile", "role_arn",
+];
 const SUITE_KEYS: &[&str] = &["name", "parallelism", "reuse_instances", "test"];
 const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
     let mut names = [""; SETTINGS.len()];
@@ -490,10 +493,10 @@ pub fn locate(path: &Path, text: &str, findings: &[Finding<'_>]) -> PlanErrors {
     }
 }
 
-/// The top-level `name` of a plan, checked as a workspace name; nothing else is read or
-/// checked (no template, track or other setting), so a plan broken elsewhere still names its
-/// workspace.
-pub fn name_only(path: &Path, text: &str) -> Result<String, PlanErrors> {
+/// The top-level `name` of a plan, checked as a workspace name, and its `[backend]`; nothing
+/// else is read or checked (no template, track or other setting), so a plan broken elsewhere
+/// still names its workspace and where it lives.
+pub fn head(path: &Path, text: &str) -> Result<(String, Option<super::S3Config>), PlanErrors> {
     let mut sink = Sink::new(path, text);
     let tree = match format_of(path) {
         Format::Toml => super::toml_doc::parse(text),
@@ -507,19 +510,23 @@ pub fn name_only(path: &Path, text: &str) -> Result<String, PlanErrors> {
                 root: Path::new(""),
             };
             match &root.kind {
-                Kind::Table(entries) => match get(entries, "name") {
-                    Some(e) => loader
-                        .name(&e.value, Field::ROOT.key("name"))
-                        .map(str::to_owned),
-                    None => {
-                        loader.sink.error(
-                            &(0..0),
-                            "name",
-                            "missing required key `name` (the workspace name)",
-                        );
-                        None
+                Kind::Table(entries) => {
+                    let backend = get(entries, "backend")
+                        .and_then(|e| loader.backend(&e.value, Field::ROOT.key("backend")));
+                    match get(entries, "name") {
+                        Some(e) => loader
+                            .name(&e.value, Field::ROOT.key("name"))
+                            .map(|n| (n.to_owned(), backend)),
+                        None => {
+                            loader.sink.error(
+                                &(0..0),
+                                "name",
+                                "missing required key `name` (the workspace name)",
+                            );
+                            None
+                        }
                     }
-                },
+                }
                 other => loader.expected(&root.span, Field::ROOT, "a table", other),
             }
         }
@@ -661,11 +668,94 @@ impl<'n> Loader<'_, '_> {
                 }
             }
         }
+        let backend = match get(entries, "backend") {
+            Some(e) => Some(self.backend(&e.value, top.key("backend"))?),
+            None => None,
+        };
         Some(Plan {
             name: name?.to_owned(),
             source: path.to_owned(),
             root: self.root.to_owned(),
             suites,
+            backend,
+        })
+    }
+
+    /// `[backend]`: `s3 = { bucket = ..., prefix = ..., ... }`, the only store there is.
+    fn backend(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<super::S3Config> {
+        let entries = self.table(node, field)?;
+        self.unknown_keys(entries, field, &["s3"]);
+        self.duplicate_keys(entries, field);
+        let Some(s3) = get(entries, "s3") else {
+            self.sink.error_with_help(
+                &node.span,
+                field,
+                "the backend names no store",
+                "set s3 = { bucket = \"...\", prefix = \"...\" }, or remove [backend] to keep state and results in this directory",
+            );
+            return None;
+        };
+        let field = field.key("s3");
+        let keys = self.table(&s3.value, field)?;
+        self.unknown_keys(keys, field, S3_KEYS);
+        self.duplicate_keys(keys, field);
+        let value = |loader: &mut Self, key: &str| -> Option<(&'n str, Range<usize>)> {
+            let e = get(keys, key)?;
+            let text = loader.string(&e.value, field.key(key))?;
+            Some((text, e.value.span.clone()))
+        };
+        let bucket = value(self, "bucket");
+        let check = |loader: &mut Self, key: &str, problem: Option<String>, span| {
+            if let Some(problem) = problem {
+                loader.sink.error(&span, field.key(key), problem);
+            }
+        };
+        let bucket = match bucket {
+            Some((b, span)) => {
+                check(self, "bucket", super::check_bucket(b).err(), span);
+                b
+            }
+            None => {
+                self.sink.error(
+                    &s3.value.span,
+                    field.key("bucket"),
+                    "missing required key `bucket` (the S3 bucket state and results are kept in)",
+                );
+                ""
+            }
+        };
+        let prefix = value(self, "prefix").map_or("", |(p, _)| p.trim_matches('/'));
+        let optional = |loader: &mut Self, key: &str, rule: fn(&str) -> Option<String>| {
+            let (text, span) = value(loader, key)?;
+            match rule(text) {
+                Some(problem) => {
+                    check(loader, key, Some(problem), span);
+                    None
+                }
+                None => Some(text.to_owned()),
+            }
+        };
+        let region = optional(self, "region", |r| {
+            r.is_empty().then(|| "the region is empty".to_owned())
+        });
+        let endpoint = optional(self, "endpoint", |e| {
+            (!e.starts_with("http://") && !e.starts_with("https://"))
+                .then(|| format!("`{e}` is no endpoint URL: expected http:// or https://"))
+        });
+        let profile = optional(self, "profile", |p| {
+            p.is_empty().then(|| "the profile is empty".to_owned())
+        });
+        let role_arn = optional(self, "role_arn", |r| {
+            (!r.starts_with("arn:"))
+                .then(|| format!("`{r}` is no role ARN: expected arn:aws:iam::ACCOUNT:role/NAME"))
+        });
+        Some(super::S3Config {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            region,
+            endpoint,
+            profile,
+            role_arn,
         })
     }
 

@@ -40,6 +40,70 @@ pub struct Plan {
     #[serde(default)]
     pub root: PathBuf,
     pub suites: Vec<Suite>,
+    /// `[backend]`: where the workspace's state and results live; local files when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<S3Config>,
+}
+
+/// `[backend] s3 = {...}`: a bucket, and a prefix in it, holding a workspace's state and
+/// results; its own region, endpoint (S3-compatible stores), profile or role when they differ
+/// from the instances'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the bucket's top.
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+impl S3Config {
+    /// `s3://bucket/prefix`, as `--backend` takes it; the rest from the standard chain.
+    pub fn from_url(url: &str) -> Result<S3Config, String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            format!("`{url}` is no backend: expected s3://BUCKET/PREFIX or local")
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        check_bucket(bucket)?;
+        Ok(S3Config {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            region: None,
+            endpoint: None,
+            profile: None,
+            role_arn: None,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        match self.prefix.as_str() {
+            "" => format!("s3://{}", self.bucket),
+            p => format!("s3://{}/{p}", self.bucket),
+        }
+    }
+}
+
+/// S3's rules for bucket names, as far as a typo would break them.
+pub(crate) fn check_bucket(bucket: &str) -> Result<(), String> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{bucket}` is no S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -848,7 +912,12 @@ impl Plan {
     /// need only the workspace (destroy, state, results) work with a plan that is broken
     /// elsewhere, or from another directory.
     pub fn name_of(path: &Path) -> Result<String, PlanErrors> {
-        load::name_only(path, &Plan::read(path)?)
+        Ok(Plan::head_of(path)?.0)
+    }
+
+    /// A plan's name and `[backend]`, read as [`Plan::name_of`] reads the name.
+    pub fn head_of(path: &Path) -> Result<(String, Option<S3Config>), PlanErrors> {
+        load::head(path, &Plan::read(path)?)
     }
 
     /// Validates plan text as if read from `path` (which relative paths inside do not use).

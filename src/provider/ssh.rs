@@ -181,10 +181,7 @@ impl Provider for Ssh {
             attempt: req.attempt,
             holder: LockHolder {
                 id: id[..32].to_owned(),
-                pid: std::process::id(),
-                host: state::hostname(),
-                since: Timestamp::now(),
-                command: "rallyctl apply".into(),
+                ..LockHolder::new("rallyctl apply")
             },
             expires: Timestamp::now()
                 + SignedDuration::try_from(req.settings.max_runtime + LEASE_GRACE)
@@ -365,6 +362,8 @@ mod tests {
                 host: "here".into(),
                 since: Timestamp::now(),
                 command: "rallyctl apply".into(),
+                user: None,
+                dir: None,
             },
             expires,
         };

@@ -14,16 +14,19 @@ use super::ResultsError;
 use super::metrics::{TaskMetrics, Value};
 use super::parse::{self, RaceInfo};
 use crate::address::{Address, slug};
+use crate::backend::{Backend, ResultsBase};
 use crate::cost::bill::{self, Bill};
 use crate::state::{self, State, Status, TestRecord};
 
 /// A workspace's state (if any) and its `results/<workspace>/` directory.
 pub struct Workspace {
     pub name: String,
-    pub state_path: PathBuf,
+    pub backend: Backend,
     pub state: Option<State>,
-    /// `results/<workspace slug>`, relative to the current directory like the paths in state.
+    /// `results/<workspace slug>` below [`ResultsBase::dir`], where the paths in state are
+    /// relative to.
     pub root: PathBuf,
+    base: ResultsBase,
 }
 
 /// One test's result in a view: where it came from, how the test went, and its metrics.
@@ -95,29 +98,34 @@ pub struct RunSummary {
 }
 
 impl Workspace {
-    /// Opens the workspace of the state at `state_path`, or of `plan_name` when there is no
-    /// state yet (its runs can still be listed from `results/`).
-    pub fn open(state_path: &Path, plan_name: Option<&str>) -> Result<Workspace, ResultsError> {
-        let state = state::load(state_path)?;
+    /// Opens the workspace of `state` (as `backend` gave it), or of `plan_name` when there
+    /// is no state yet (its runs can still be listed from `results/`).
+    pub fn open(
+        backend: Backend,
+        state: Option<State>,
+        plan_name: Option<&str>,
+    ) -> Result<Workspace, ResultsError> {
         let name = match (&state, plan_name) {
             (Some(state), _) => state.workspace.clone(),
             (None, Some(name)) => name.to_owned(),
             (None, None) => {
-                return Err(ResultsError::NoState(state_path.to_owned()));
+                return Err(ResultsError::NoState(backend.location()));
             }
         };
+        let base = backend.results_base(state.as_ref())?;
         Ok(Workspace {
-            root: Path::new("results").join(slug(&name)),
+            root: base.dir.join("results").join(slug(&name)),
             name,
-            state_path: state_path.to_owned(),
+            backend,
             state,
+            base,
         })
     }
 
     fn state(&self) -> Result<&State, ResultsError> {
         self.state
             .as_ref()
-            .ok_or_else(|| ResultsError::NoState(self.state_path.clone()))
+            .ok_or_else(|| ResultsError::NoState(self.backend.location()))
     }
 
     pub fn baseline(&self) -> Option<&str> {
@@ -130,7 +138,7 @@ impl Workspace {
         let tests: Vec<TestResult> = state
             .tests
             .iter()
-            .map(|(address, record)| read_recorded(address, record))
+            .map(|(address, record)| read_recorded(address, record, &self.base.dir))
             .collect();
         let run = tests.iter().filter_map(|t| t.run_id.clone()).max();
         Ok(RunView {
@@ -158,7 +166,7 @@ impl Workspace {
                     .filter(|r| r.run_id.as_deref() == Some(dir_run.as_str()));
                 // State knows every repetition of its current record, those of earlier runs too.
                 if let Some(record) = record {
-                    tests.push(read_recorded(&address, record));
+                    tests.push(read_recorded(&address, record, &self.base.dir));
                     continue;
                 }
                 let races = repetition_dirs(&dir)?
@@ -325,13 +333,13 @@ struct Files {
 }
 
 impl Files {
-    /// The files state records for one race.
-    fn recorded(results: &[state::ResultFile]) -> Files {
+    /// The files state records for one race, below `base`.
+    fn recorded(results: &[state::ResultFile], base: &Path) -> Files {
         let file = |name: &str| {
             results
                 .iter()
                 .find(|f| f.path.file_name().is_some_and(|n| n == name))
-                .map(|f| f.path.clone())
+                .map(|f| base.join(&f.path))
         };
         Files {
             report: file("report.csv"),
@@ -374,10 +382,13 @@ fn repetition_dirs(test_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
 
 /// A test's result as state records it: every finished repetition, or the files of the one
 /// attempt there is when none finished (a failed race's report says what went wrong).
-fn read_recorded(address: &Address, record: &TestRecord) -> TestResult {
-    let mut races: Vec<Files> = record.samples().map(Files::recorded).collect();
+fn read_recorded(address: &Address, record: &TestRecord, base: &Path) -> TestResult {
+    let mut races: Vec<Files> = record
+        .samples()
+        .map(|files| Files::recorded(files, base))
+        .collect();
     if races.is_empty() {
-        races.push(Files::recorded(&record.results));
+        races.push(Files::recorded(&record.results, base));
     }
     let no_report = races.last().is_some_and(|f| f.report.is_none());
     let mut result = read_test(address, record.run_id.clone(), Some(record), races);
@@ -562,9 +573,10 @@ mod tests {
         }
         let ws = Workspace {
             name: "w".into(),
-            state_path: dir.path().join("w.state.json"),
+            backend: Backend::Local(dir.path().join("w.state.json")),
             state: None,
             root: dir.path().to_owned(),
+            base: Backend::Local(PathBuf::new()).results_base(None).unwrap(),
         };
         let view = ws.as_of(run).unwrap();
         let test = &view.tests[0];

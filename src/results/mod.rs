@@ -19,14 +19,14 @@ pub use compare::{Comparison, DEFAULT_MIN_EFFECT_PCT, Verdict, compare};
 pub use load::{RunView, TestResult, Workspace};
 pub use render::Format;
 
-use crate::state::{self, StateError};
+use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("no state at {}: nothing has been applied yet, or pass the plan or --state PATH", .0.display())]
-    NoState(PathBuf),
+    #[error("no state at {0}: nothing has been applied yet, or pass the plan or --state PATH")]
+    NoState(String),
     #[error("no runs under {} yet", .0.display())]
     NoRuns(PathBuf),
     #[error("no run `{run}` in this workspace{}", known_runs(.known))]
@@ -134,7 +134,11 @@ pub enum GateFailure {
 impl Workspace {
     /// Records `run` as the workspace's baseline; `_lock` is the state lock, which the caller
     /// takes (and reports on) like every other command that writes state.
-    pub fn set_baseline(&mut self, run: &str, _lock: &state::Lock) -> Result<String, ResultsError> {
+    pub fn set_baseline(
+        &mut self,
+        run: &str,
+        _lock: &crate::backend::Lock,
+    ) -> Result<String, ResultsError> {
         let run = self.resolve(run)?;
         // A run whose every test failed before racing says nothing to compare with.
         let produced = self
@@ -145,10 +149,10 @@ impl Workspace {
             return Err(ResultsError::NoResultsIn(run));
         }
         // Read again under the lock: state may have moved on since the workspace was opened.
-        let mut state = state::load(&self.state_path)?
-            .ok_or_else(|| ResultsError::NoState(self.state_path.clone()))?;
+        let mut state =
+            (self.backend.load()?).ok_or_else(|| ResultsError::NoState(self.backend.location()))?;
         state.baseline_run = Some(run.clone());
-        state::save(&self.state_path, &mut state)?;
+        self.backend.save(&mut state)?;
         self.state = Some(state);
         Ok(run)
     }
@@ -232,7 +236,13 @@ impl Workspace {
         )?;
         let path = out
             .map(Path::to_owned)
-            .unwrap_or_else(|| self.root.join("report.html"));
+            // Beside the workspace's results in this directory, also when they were read from
+            // a remote backend's cache.
+            .unwrap_or_else(|| {
+                Path::new("results")
+                    .join(crate::address::slug(&self.name))
+                    .join("report.html")
+            });
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| ResultsError::Write {
                 path: path.clone(),

@@ -1,0 +1,304 @@
+//! Where a workspace's state and results live: files under `state/` and `results/` (the
+//! default), or an S3 bucket shared by a team and its CI runners (`[backend] s3 = {...}` or
+//! `--backend s3://bucket/prefix`).
+//!
+//! Every command reaches state through a [`Backend`]: load, save, lock, and the results
+//! files. The S3 backend ([`remote`]) locks the way Terraform's S3 backend does since 1.10 (a
+//! lock object created only if absent), writes state only over the version it read (so a
+//! writer whose lock was broken cannot overwrite a newer serial), and keeps results in the
+//! bucket beside it, read back through a local cache keyed by checksum ([`cache`]).
+
+pub mod cache;
+pub mod objects;
+pub mod remote;
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::plan::S3Config;
+use crate::state::{self, LockState, ResultFile, State, StateError};
+
+/// A workspace's state and results, local or in S3.
+pub enum Backend {
+    /// The state file at this path; results under `results/` in the current directory.
+    Local(PathBuf),
+    S3(remote::Remote),
+}
+
+/// Held while a command may write state; gives the lock back when dropped.
+pub enum Lock {
+    Local(state::Lock),
+    S3(remote::RemoteLock),
+}
+
+impl Lock {
+    /// The holder of a stale lock this one replaced (local only: a remote lock is never taken
+    /// over without `force-unlock`).
+    pub fn replaced(&self) -> Option<&state::LockHolder> {
+        match self {
+            Lock::Local(l) => l.replaced.as_ref(),
+            Lock::S3(_) => None,
+        }
+    }
+}
+
+impl Backend {
+    /// The S3 backend of `workspace` at `config`; `named` is how a command line names this
+    /// workspace (`PLAN`, or `--backend URL --workspace NAME`), for the hints in messages.
+    pub fn s3(config: &S3Config, workspace: &str, named: String) -> Result<Backend, StateError> {
+        let objects = s3::S3::connect(config).map_err(|e| StateError::Remote {
+            location: config.url(),
+            message: e.to_string(),
+        })?;
+        Ok(Backend::S3(remote::Remote::new(
+            Arc::new(objects),
+            &config.prefix,
+            workspace,
+            named,
+        )))
+    }
+
+    /// Where the state is, for messages: a path, or `s3://bucket/key`.
+    pub fn location(&self) -> String {
+        match self {
+            Backend::Local(path) => path.display().to_string(),
+            Backend::S3(r) => r.state_url(),
+        }
+    }
+
+    /// The state file, when it is a local one.
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Backend::Local(path) => Some(path),
+            Backend::S3(_) => None,
+        }
+    }
+
+    /// Where per-workspace files of this machine go (EC2's ephemeral key and known hosts):
+    /// beside a local state file, else `state/`.
+    pub fn local_dir(&self) -> PathBuf {
+        match self {
+            Backend::Local(path) => path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned(),
+            Backend::S3(_) => PathBuf::from(state::DEFAULT_DIR),
+        }
+    }
+
+    /// The state; `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<State>, StateError> {
+        match self {
+            Backend::Local(path) => state::load(path),
+            Backend::S3(r) => r.load(),
+        }
+    }
+
+    /// Writes `state` with the next serial.
+    pub fn save(&self, state: &mut State) -> Result<(), StateError> {
+        match self {
+            Backend::Local(path) => state::save(path, state),
+            Backend::S3(r) => r.save(state),
+        }
+    }
+
+    pub fn lock(&self, command: &str) -> Result<Lock, StateError> {
+        match self {
+            Backend::Local(path) => state::Lock::acquire(path, command).map(Lock::Local),
+            Backend::S3(r) => r.lock(command).map(Lock::S3),
+        }
+    }
+
+    pub fn lock_state(&self) -> Result<LockState, StateError> {
+        match self {
+            Backend::Local(path) => state::lock_state(path).map_err(|source| StateError::Read {
+                path: state::lock_path(path),
+                source,
+            }),
+            Backend::S3(r) => r.lock_state(),
+        }
+    }
+
+    /// Removes the lock, whoever holds it: the caller checked that it is the one meant.
+    pub fn remove_lock(&self) -> Result<(), StateError> {
+        match self {
+            Backend::Local(path) => {
+                let lock = state::lock_path(path);
+                std::fs::remove_file(&lock)
+                    .map_err(|source| StateError::Write { path: lock, source })
+            }
+            Backend::S3(r) => r.remove_lock(),
+        }
+    }
+
+    /// Keeps collected files where every machine with access finds them: uploaded beside the
+    /// state, each checked against its sha256 once stored. Local files stay where they are.
+    pub fn publish(&self, files: &[ResultFile]) -> Result<(), StateError> {
+        match self {
+            Backend::Local(_) => Ok(()),
+            Backend::S3(r) => r.publish(Path::new(""), files),
+        }
+    }
+
+    /// The directory the paths of results in state are relative to, with the workspace's
+    /// results under its `results/`: the current directory, or for S3 a tree of cached
+    /// downloads made for this command (kept until the returned guard is dropped).
+    pub fn results_base(&self, state: Option<&State>) -> Result<ResultsBase, StateError> {
+        match self {
+            Backend::Local(_) => Ok(ResultsBase {
+                dir: PathBuf::new(),
+                _tree: None,
+            }),
+            Backend::S3(r) => r.results_base(state),
+        }
+    }
+}
+
+/// What [`copy`] moved.
+#[derive(Debug)]
+pub struct Copied {
+    pub serial: u64,
+    pub files: usize,
+}
+
+/// Copies a workspace's state and results from one backend to another (`state push` and
+/// `state pull`). A state of another lineage at `to` is never replaced; one of a higher serial
+/// only when `force`. Results go first, so the state copied never names a file `to` lacks.
+pub fn copy(
+    from: &Backend,
+    to: &Backend,
+    workspace: &str,
+    force: bool,
+) -> Result<Copied, StateError> {
+    let of_workspace = |loaded, backend: &Backend| {
+        state::of_workspace(loaded, Path::new(&backend.location()), workspace)
+    };
+    let (mut state, exists) = of_workspace(from.load()?, from)?;
+    if !exists {
+        return Err(StateError::Damaged {
+            location: from.location(),
+            reason: "there is no state to copy".into(),
+        });
+    }
+    let (there, there_exists) = of_workspace(to.load()?, to)?;
+    if there_exists {
+        if there.lineage != state.lineage {
+            return Err(StateError::Damaged {
+                location: to.location(),
+                reason: format!(
+                    "it holds a state of another lineage ({}, not {}): another history of workspace `{workspace}`, which a copy would lose",
+                    there.lineage, state.lineage
+                ),
+            });
+        }
+        if there.serial > state.serial && !force {
+            return Err(StateError::Damaged {
+                location: to.location(),
+                reason: format!(
+                    "it holds serial {}, newer than the {} being copied: copy the other way first, or pass --force to replace it",
+                    there.serial, state.serial
+                ),
+            });
+        }
+    }
+    let base = from.results_base(Some(&state))?;
+    let results = base
+        .dir
+        .join("results")
+        .join(crate::address::slug(workspace));
+    let mut files = Vec::new();
+    for path in files_below(&results).map_err(|source| StateError::Read {
+        path: results.clone(),
+        source,
+    })? {
+        let bytes = std::fs::read(&path).map_err(|source| StateError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        files.push(ResultFile {
+            path: path
+                .strip_prefix(&base.dir)
+                .expect("found below the base")
+                .to_owned(),
+            sha256: objects::sha256_hex(&bytes),
+            bytes: bytes.len() as u64,
+        });
+    }
+    match to {
+        Backend::S3(r) => r.publish(&base.dir, &files)?,
+        Backend::Local(_) => receive(&base.dir, &files)?,
+    }
+    state.serial = state.serial.max(there.serial);
+    to.save(&mut state)?;
+    Ok(Copied {
+        serial: state.serial,
+        files: files.len(),
+    })
+}
+
+/// Every file below `dir`, none when it does not exist.
+fn files_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Copies `files` from below `base` to the same paths here; a file here with other bytes is
+/// user data, never overwritten.
+fn receive(base: &Path, files: &[ResultFile]) -> Result<(), StateError> {
+    for file in files {
+        let write = |source| StateError::Write {
+            path: file.path.clone(),
+            source,
+        };
+        match std::fs::read(&file.path) {
+            Ok(bytes) if objects::sha256_hex(&bytes) == file.sha256 => continue,
+            Ok(_) => {
+                return Err(StateError::Damaged {
+                    location: file.path.display().to_string(),
+                    reason: "a file of other bytes is already here".into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(write(source)),
+        }
+        if let Some(dir) = file.path.parent() {
+            std::fs::create_dir_all(dir).map_err(write)?;
+        }
+        std::fs::copy(base.join(&file.path), &file.path).map_err(write)?;
+    }
+    Ok(())
+}
+
+/// See [`Backend::results_base`].
+pub struct ResultsBase {
+    pub dir: PathBuf,
+    _tree: Option<tempfile::TempDir>,
+}
+
+impl ResultsBase {
+    pub(crate) fn tree(tree: tempfile::TempDir) -> ResultsBase {
+        ResultsBase {
+            dir: tree.path().to_owned(),
+            _tree: Some(tree),
+        }
+    }
+}
