@@ -1384,3 +1384,96 @@ fn plan_shows_the_baked_image_each_test_launches_from() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Every mistake in a `[backend]` block, at its line; a `--backend` that is no URL, or one
+/// beside `--state`, is a usage error.
+#[test]
+fn backend_mistakes_are_refused_at_their_place() {
+    let dir = workdir();
+    let plan = std::fs::read_to_string(dir.path().join("plan.toml")).unwrap();
+    let broken = format!(
+        "{plan}\n[backend]\ns3 = {{ bucket = \"Perf_State\", prefx = \"a\", endpoint = \"localhost:9000\", role_arn = \"admin\", region = \"\" }}\n"
+    );
+    std::fs::write(dir.path().join("plan.toml"), broken).unwrap();
+    let out = rallyctl_in(dir.path(), &["validate", "plan.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("backend_block_mistakes", text(&out));
+
+    std::fs::write(
+        dir.path().join("plan.toml"),
+        format!("{plan}\n[backend]\nlocal = true\n"),
+    )
+    .unwrap();
+    let out = rallyctl_in(dir.path(), &["validate", "plan.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("backend_without_a_store", text(&out));
+
+    std::fs::write(dir.path().join("plan.toml"), &plan).unwrap();
+    for (args, says) in [
+        (
+            &["plan", "plan.toml", "--backend", "bucket/prefix"][..],
+            "`bucket/prefix` is no backend: expected s3://BUCKET/PREFIX or local",
+        ),
+        (
+            &["plan", "plan.toml", "--backend", "s3://A/b"],
+            "`A` is no S3 bucket name",
+        ),
+        (
+            &[
+                "plan",
+                "plan.toml",
+                "--backend",
+                "s3://perf/b",
+                "--state",
+                "s.json",
+            ],
+            "--state names a local state file and --backend an S3 one: pass one of them",
+        ),
+        (
+            &["state", "push", "plan.toml", "--backend", "local"],
+            "--backend local names no S3 backend",
+        ),
+    ] {
+        let out = rallyctl_in(dir.path(), args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
+    let out = rallyctl_in(dir.path(), &["state", "pull", "plan.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains(
+            "has no S3 backend: pass --backend s3://BUCKET/PREFIX, or set [backend] in the plan"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("state").exists());
+}
+
+/// A store that cannot be reached is named, with what went wrong, and nothing is written.
+#[test]
+fn an_unreachable_backend_is_named_and_nothing_is_written() {
+    let dir = workdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+        .args(["plan", "plan.toml", "--backend", "s3://perf-state/nightly"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env("RALLYCTL_PRICES", prices())
+        // A port nothing listens on: refused at once.
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let shown = text(&out);
+    assert!(
+        shown.contains("error: cannot reach state s3://perf-state/nightly/nightly.state.json: "),
+        "{shown}"
+    );
+    assert!(shown.contains("Connection refused"), "{shown}");
+    assert!(!dir.path().join("state").exists());
+}

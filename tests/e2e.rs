@@ -2,6 +2,7 @@
 //! per "instance", the real esrally installed by rallyctl's own template, and the Elasticsearch
 //! test double. Each test has its own harness (own moto, own subnet), so they run in parallel.
 
+mod s3;
 mod support;
 
 use support::run::{Run, at, sha256_hex};

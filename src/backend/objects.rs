@@ -75,6 +75,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub struct Memory {
     objects: std::sync::Mutex<std::collections::BTreeMap<String, Object>>,
     versions: std::sync::atomic::AtomicU64,
+    /// The next this many writes answer 409, as S3 does while another conditional write to
+    /// the key is under way.
+    pub conflicts: std::sync::atomic::AtomicUsize,
+    /// The next write stores other bytes than it was given, as a faulty store or network would.
+    pub damage_next: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -117,6 +122,16 @@ impl Objects for Memory {
         sha256: &str,
         cond: Cond,
     ) -> Result<String, ObjectError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let conflicts = self.conflicts.load(Relaxed);
+        if conflicts > 0 {
+            self.conflicts.store(conflicts - 1, Relaxed);
+            return Err(ObjectError::Conflict);
+        }
+        let mut bytes = bytes;
+        if self.damage_next.swap(false, Relaxed) {
+            bytes.push(b'!');
+        }
         let mut objects = self.objects.lock().unwrap();
         let held = objects.get(key).map(|o| o.etag.as_str());
         let allowed = match (&cond, held) {

@@ -424,6 +424,45 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_under_way_elsewhere_is_waited_for_briefly_then_refused() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let store = Arc::new(Memory::default());
+        let (a, b) = two(&store);
+        store.conflicts.store(1, Relaxed);
+        drop(a.lock("one 409, then free").unwrap());
+        store.conflicts.store(3, Relaxed);
+        let Err(StateError::Locked(refusal)) = b.lock("409 every time") else {
+            panic!("locked though every write conflicted");
+        };
+        assert!(
+            refusal.ends_with("is being locked by another rallyctl right now; try again"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_state_write_that_meets_another_under_way_stops() {
+        let store = Arc::new(Memory::default());
+        let (a, _) = two(&store);
+        let mut state = State::new("w");
+        a.save(&mut state).unwrap();
+        store
+            .conflicts
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        let err = a.save(&mut state).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::Overwritten {
+                    serial: Some(1),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn a_lock_force_unlocked_and_taken_by_another_is_left_to_its_new_holder() {
         let store = Arc::new(Memory::default());
         let (a, b) = two(&store);
@@ -612,6 +651,27 @@ mod tests {
             panic!("a foreign file was used");
         };
         assert!(err.to_string().contains("carries no sha256"), "{err}");
+    }
+
+    #[test]
+    fn an_upload_that_arrives_damaged_is_an_error() {
+        let store = Arc::new(Memory::default());
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = two(&store);
+        let a = a.with_cache(&dir.path().join("cache"));
+        let file = collected(dir.path(), REPORT, b"report");
+        store
+            .damage_next
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = a.publish(dir.path(), &[file]).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "uploaded to s3://test-bucket/team/nightly/{REPORT}, which holds sha256 {} instead of {}",
+                sha256_hex(b"report!"),
+                sha256_hex(b"report")
+            )),
+            "{err}"
+        );
     }
 
     #[test]
