@@ -75,7 +75,14 @@ fn wait<T: Send + 'static>(
 async fn client(config: &S3Config) -> Result<Client, ObjectError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(profile) = &config.profile {
-        loader = loader.profile_name(profile);
+        // The profile's own credentials: the default chain would take AWS_ACCESS_KEY_ID from
+        // the environment first, which are the instances' account's.
+        let credentials = aws_config::profile::ProfileFileCredentialsProvider::builder()
+            .profile_name(profile)
+            .build();
+        loader = loader
+            .profile_name(profile)
+            .credentials_provider(credentials);
     }
     if let Some(region) = &config.region {
         loader = loader.region(aws_config::Region::new(region.clone()));

@@ -428,3 +428,56 @@ fn damaged_or_foreign_objects_in_the_prefix_are_refused_and_left_alone() {
         keys(h, PREFIX)
     );
 }
+
+/// The backend may live in another account: its own profile, and a role assumed from it, sign
+/// its requests, while the instances keep the standard chain.
+#[test]
+fn a_backend_in_another_account_is_reached_through_its_profile_and_role() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let plan = plan_in_s3(&run, &[("t", "")], &[]);
+    let role = "arn:aws:iam::123456789012:role/perf-state-writer";
+    let text_of = std::fs::read_to_string(&plan).unwrap().replace(
+        &format!("region = \"{}\" }}", h.region),
+        &format!(
+            "region = \"{}\", profile = \"state\", role_arn = \"{role}\" }}",
+            h.region
+        ),
+    );
+    std::fs::write(&plan, text_of).unwrap();
+    let config = run.dir.path().join("aws-config");
+    std::fs::write(
+        &config,
+        "[profile state]\naws_access_key_id = STATEPROFILEKEY\naws_secret_access_key = secret\n",
+    )
+    .unwrap();
+    let args = ["plan", "e2e.toml"];
+    let out = run.output(
+        run.command(&args)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", run.dir.path().join("none")),
+        &args,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let calls: Vec<_> = h
+        .recorded_calls()
+        .into_iter()
+        .filter(|c| !c.from_harness)
+        .collect();
+    let assumed: Vec<_> = calls.iter().filter(|c| c.action == "AssumeRole").collect();
+    assert_eq!(assumed.len(), 1, "{calls:?}");
+    assert!(
+        assumed[0].params.contains(&("RoleArn".into(), role.into())),
+        "{:?}",
+        assumed[0]
+    );
+    assert_eq!(assumed[0].access_key.as_deref(), Some("STATEPROFILEKEY"));
+    // The EC2 checks of the plan still go out with the standard chain's key.
+    assert!(
+        calls
+            .iter()
+            .filter(|c| c.action.starts_with("Describe"))
+            .all(|c| c.access_key.as_deref() == Some("testing")),
+        "{calls:?}"
+    );
+}

@@ -149,6 +149,8 @@ pub struct RecordedCall {
     pub params: Vec<(String, String)>,
     /// True for calls the harness made itself (setup and its watcher).
     pub from_harness: bool,
+    /// The access key id the request was signed with.
+    pub access_key: Option<String>,
 }
 
 impl Harness {
@@ -503,6 +505,10 @@ impl Harness {
                 let from_harness =
                     header(&e, "User-Agent").is_some_and(|ua| ua.contains(HARNESS_APP_NAME));
                 let body = body_text(&e);
+                let access_key = header(&e, "Authorization").and_then(|a| {
+                    let at = a.find("Credential=")? + "Credential=".len();
+                    Some(a[at..].split('/').next()?.to_owned())
+                });
                 if let Some(target) = header(&e, "X-Amz-Target") {
                     let action = target.rsplit('.').next().unwrap_or(&target).to_string();
                     let params = match serde_json::from_str::<serde_json::Value>(&body) {
@@ -523,6 +529,7 @@ impl Harness {
                         action,
                         params,
                         from_harness,
+                        access_key,
                     });
                 }
                 let params = parse_form(&body);
@@ -531,6 +538,7 @@ impl Harness {
                     action,
                     params,
                     from_harness,
+                    access_key,
                 })
             })
             .collect()
