@@ -710,6 +710,8 @@ pub enum StateError {
     },
     #[error("{location} is refused: {reason}; it was left untouched")]
     Damaged { location: String, reason: String },
+    #[error("no state at {0}: nothing to copy")]
+    NothingToCopy(String),
 }
 
 impl State {

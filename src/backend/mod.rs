@@ -67,6 +67,16 @@ impl Backend {
         }
     }
 
+    /// Where the workspace's results are, for messages: `results/<workspace>`, or its
+    /// `s3://` address.
+    pub fn results_location(&self, workspace: &str) -> String {
+        let rel = Path::new("results").join(crate::address::slug(workspace));
+        match self {
+            Backend::Local(_) => rel.display().to_string(),
+            Backend::S3(r) => r.url_of(&rel),
+        }
+    }
+
     /// The state file, when it is a local one.
     pub fn local_path(&self) -> Option<&Path> {
         match self {
@@ -177,10 +187,7 @@ pub fn copy(
     };
     let (mut state, exists) = of_workspace(from.load()?, from)?;
     if !exists {
-        return Err(StateError::Damaged {
-            location: from.location(),
-            reason: "there is no state to copy".into(),
-        });
+        return Err(StateError::NothingToCopy(from.location()));
     }
     let (there, there_exists) = of_workspace(to.load()?, to)?;
     if there_exists {
@@ -300,5 +307,87 @@ impl ResultsBase {
             dir: tree.path().to_owned(),
             _tree: Some(tree),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::objects::{Memory, Objects};
+    use super::*;
+
+    fn s3(store: &Arc<Memory>, prefix: &str, cache: &Path) -> Backend {
+        Backend::S3(
+            remote::Remote::new(store.clone(), prefix, "w", "plan.toml".into()).with_cache(cache),
+        )
+    }
+
+    /// A state in `at` of `lineage`'s history at `serial`, holding one collected file.
+    fn seeded(at: &Backend, lineage: uuid::Uuid, serial: u64, dir: &Path) -> ResultFile {
+        let rel = "results/w/20261202T100000Z-abcdef/s/t/report.csv";
+        std::fs::create_dir_all(dir.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(dir.join(rel), b"Metric,Task,Value,Unit\n").unwrap();
+        let file = ResultFile {
+            path: rel.into(),
+            sha256: objects::sha256_hex(b"Metric,Task,Value,Unit\n"),
+            bytes: 23,
+        };
+        let Backend::S3(r) = at else { unreachable!() };
+        r.publish(dir, std::slice::from_ref(&file)).unwrap();
+        let mut state = State::new("w");
+        state.lineage = lineage;
+        state.serial = serial - 1;
+        assert!(at.load().unwrap().is_none());
+        at.save(&mut state).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_copy_brings_state_and_results_and_never_replaces_another_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from_store, to_store) = (Arc::new(Memory::default()), Arc::new(Memory::default()));
+        let from = s3(&from_store, "a", &dir.path().join("cache-a"));
+        let to = s3(&to_store, "b", &dir.path().join("cache-b"));
+        let lineage = uuid::Uuid::new_v4();
+        let file = seeded(&from, lineage, 5, dir.path());
+
+        let copied = copy(&from, &to, "w", false).unwrap();
+        assert_eq!((copied.serial, copied.files), (6, 1));
+        assert_eq!(to.load().unwrap().unwrap().lineage, lineage);
+        let there = to_store.get(&format!("b/{}", file.path.display())).unwrap();
+        assert_eq!(there.unwrap().sha256.as_deref(), Some(&*file.sha256));
+
+        // The other end moved on: only --force replaces it, and never with another history.
+        let mut newer = to.load().unwrap().unwrap();
+        newer.serial = 41;
+        to.save(&mut newer).unwrap();
+        let err = copy(&from, &to, "w", false).unwrap_err().to_string();
+        assert!(
+            err.contains("it holds serial 42, newer than the 5 being copied"),
+            "{err}"
+        );
+        assert_eq!(copy(&from, &to, "w", true).unwrap().serial, 43);
+
+        let other = s3(
+            &Arc::new(Memory::default()),
+            "c",
+            &dir.path().join("cache-c"),
+        );
+        seeded(&other, uuid::Uuid::new_v4(), 1, dir.path());
+        let before = to.load().unwrap().unwrap();
+        let err = copy(&other, &to, "w", true).unwrap_err().to_string();
+        assert!(err.contains("of another lineage"), "{err}");
+        assert_eq!(to.load().unwrap().unwrap(), before);
+    }
+
+    #[test]
+    fn nothing_to_copy_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = s3(&Arc::new(Memory::default()), "a", dir.path());
+        let to = s3(&Arc::new(Memory::default()), "b", dir.path());
+        let err = copy(&from, &to, "w", false).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no state at s3://test-bucket/a/w.state.json: nothing to copy"
+        );
     }
 }

@@ -223,6 +223,11 @@ impl Remote {
             .map_err(|e| self.remote_err(&key, e))
     }
 
+    /// The address of `path` (relative, as in state) below the prefix.
+    pub fn url_of(&self, path: &Path) -> String {
+        self.objects.url(&self.result_key(path).unwrap_or_default())
+    }
+
     /// The key of a collected file: its path in state (`results/...`) below the prefix.
     fn result_key(&self, path: &Path) -> Option<String> {
         let parts: Option<Vec<&str>> = path

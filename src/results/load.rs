@@ -207,7 +207,7 @@ impl Workspace {
             return known
                 .last()
                 .cloned()
-                .ok_or_else(|| ResultsError::NoRuns(self.root.clone()));
+                .ok_or_else(|| ResultsError::NoRuns(self.backend.results_location(&self.name)));
         }
         if known.iter().any(|r| r == run) {
             Ok(run.to_owned())

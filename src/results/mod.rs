@@ -27,8 +27,8 @@ pub enum ResultsError {
     State(#[from] StateError),
     #[error("no state at {0}: nothing has been applied yet, or pass the plan or --state PATH")]
     NoState(String),
-    #[error("no runs under {} yet", .0.display())]
-    NoRuns(PathBuf),
+    #[error("no runs under {0} yet")]
+    NoRuns(String),
     #[error("no run `{run}` in this workspace{}", known_runs(.known))]
     UnknownRun { run: String, known: Vec<String> },
     #[error("no baseline recorded: pass --compare RUN, or record one with --baseline RUN")]

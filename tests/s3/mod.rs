@@ -480,4 +480,29 @@ fn a_backend_in_another_account_is_reached_through_its_profile_and_role() {
             .all(|c| c.access_key.as_deref() == Some("testing")),
         "{calls:?}"
     );
+
+    // An S3-compatible store named in the block alone, without AWS_ENDPOINT_URL: reached
+    // path-style (`perf-state.127.0.0.1` resolves nowhere, nor does AWS's S3 from here).
+    let with_endpoint = std::fs::read_to_string(&plan).unwrap().replace(
+        "profile = \"state\"",
+        &format!("profile = \"state\", endpoint = \"{}\"", h.moto_url),
+    );
+    std::fs::write(&plan, with_endpoint).unwrap();
+    let args = ["plan", "e2e.toml", "--refresh=false"];
+    let out = run.output(
+        run.command(&args)
+            .env_remove("AWS_ENDPOINT_URL")
+            // The role is assumed where the chain says STS is.
+            .env("AWS_ENDPOINT_URL_STS", &h.moto_url)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", run.dir.path().join("none")),
+        &args,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let assumed = h
+        .recorded_calls()
+        .into_iter()
+        .filter(|c| c.action == "AssumeRole")
+        .count();
+    assert_eq!(assumed, 2, "the role was not assumed through the endpoint");
 }
