@@ -150,6 +150,12 @@ fn phases(plan_path: &Path, state_path: &Path) -> Vec<(&'static str, f64, u64)> 
 }
 
 fn main() {
+    // The inputs alone, for measurements of other kinds (bench/s3_backend.sh).
+    if let Some(dir) = std::env::var_os("SCALE_WRITE_TO") {
+        let (plan, state) = generate(Path::new(&dir));
+        println!("{} {}", plan.display(), state.display());
+        return;
+    }
     if let (Ok(plan), Ok(state)) = (std::env::var("SCALE_PLAN"), std::env::var("SCALE_STATE")) {
         let (plan, state) = (Path::new(&plan), Path::new(&state));
         if std::env::var_os("SCALE_PHASES").is_some() {
