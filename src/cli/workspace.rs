@@ -235,6 +235,15 @@ pub fn load_at(
         anyhow::Ok((state?, artifacts?))
     })?;
     let (state, state_exists) = state;
+    let here = state::default_path(&plan.name);
+    if !state_exists && backend.local_path().is_none() && here.is_file() {
+        eprintln!(
+            "note: the workspace's state is {}, which holds none yet, while {} is here: `rallyctl state push {}` moves it there",
+            backend.location(),
+            here.display(),
+            plan.source.display()
+        );
+    }
     Ok(Loaded {
         plan,
         backend,

@@ -427,6 +427,37 @@ fn damaged_or_foreign_objects_in_the_prefix_are_refused_and_left_alone() {
         "objects were added: {:?}",
         keys(h, PREFIX)
     );
+
+    // A state left in this directory is not silently passed over for an empty one in S3.
+    let client = s3(h);
+    h.block_on(async move {
+        client
+            .delete_object()
+            .bucket(BUCKET)
+            .key(STATE_KEY)
+            .send()
+            .await
+    })
+    .expect("DeleteObject");
+    std::fs::create_dir_all(run.dir.path().join("state")).unwrap();
+    std::fs::write(
+        run.dir.path().join("state/e2e.state.json"),
+        serde_json::to_vec(&State::new("e2e")).unwrap(),
+    )
+    .unwrap();
+    let out = rallyctl_in(
+        &run,
+        run.dir.path(),
+        &["plan", "e2e.toml", "--refresh=false"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "note: the workspace's state is s3://{BUCKET}/{STATE_KEY}, which holds none yet, while state/e2e.state.json is here: `rallyctl state push e2e.toml` moves it there"
+        )),
+        "{}",
+        text(&out)
+    );
 }
 
 /// The backend may live in another account: its own profile, and a role assumed from it, sign
