@@ -57,6 +57,9 @@ pub trait Objects: Send + Sync {
     /// The sha256 the store holds for the object, read back after a write: the store's own
     /// checksum where it keeps one, else the hash of the bytes it serves.
     fn stored_sha256(&self, key: &str) -> Result<Option<String>, ObjectError>;
+    /// Copies the object at `from`, only while it is version `if_match`, to `to` (inside the
+    /// store: nothing is uploaded).
+    fn copy(&self, from: &str, to: &str, if_match: &str) -> Result<(), ObjectError>;
     fn delete(&self, key: &str) -> Result<(), ObjectError>;
     /// Every key below `prefix`, in key order.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, ObjectError>;
@@ -80,6 +83,8 @@ pub struct Memory {
     pub conflicts: std::sync::atomic::AtomicUsize,
     /// The next write stores other bytes than it was given, as a faulty store or network would.
     pub damage_next: std::sync::atomic::AtomicBool,
+    /// Copies fail, as on a store that does not implement CopyObject.
+    pub no_copies: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -156,6 +161,22 @@ impl Objects for Memory {
 
     fn stored_sha256(&self, key: &str) -> Result<Option<String>, ObjectError> {
         Ok(self.get(key)?.map(|o| sha256_hex(&o.bytes)))
+    }
+
+    fn copy(&self, from: &str, to: &str, if_match: &str) -> Result<(), ObjectError> {
+        if self.no_copies.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ObjectError::Other("NotImplemented".into()));
+        }
+        let source = self.get(from)?.filter(|o| o.etag == if_match);
+        let Some(source) = source else {
+            return Err(ObjectError::PreconditionFailed);
+        };
+        let etag = self.next_etag();
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(to.to_owned(), Object { etag, ..source });
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<(), ObjectError> {

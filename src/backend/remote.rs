@@ -30,14 +30,9 @@ pub struct Remote {
     named: String,
     /// Where downloaded results are kept ([`Cache`]).
     cache: PathBuf,
-    /// The version of the state object this process read or wrote last, and its bytes (the
-    /// backup of the next write). `None` before a read, or when there was no state.
-    seen: Mutex<Option<Seen>>,
-}
-
-struct Seen {
-    etag: String,
-    bytes: Vec<u8>,
+    /// The version (ETag) of the state object this process read or wrote last: the next write
+    /// goes only over it. `None` before a read, or when there was no state.
+    seen: Mutex<Option<String>>,
 }
 
 impl Remote {
@@ -94,47 +89,49 @@ impl Remote {
                 " The previous serial may be in {backup}: inspect both, and copy the backup over the state object to go back to it."
             )
         })?;
-        *self.seen.lock().expect("seen") = Some(Seen {
-            etag: object.etag,
-            bytes: object.bytes,
-        });
+        *self.seen.lock().expect("seen") = Some(object.etag);
         Ok(Some(state))
     }
 
-    /// Writes `state` over the version last seen, or where there is none; then keeps the
-    /// version it replaced as the backup.
+    /// Writes `state` over the version last seen, or where there is none, first keeping that
+    /// version as the backup. The backup is copied inside the store, so a write uploads the
+    /// state once; the copy is conditional too, so a state written by another since is found
+    /// before anything is uploaded.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
         let mut seen = self.seen.lock().expect("seen");
+        let overwritten = || StateError::Overwritten {
+            location: self.state_url(),
+            serial: self.serial_now(),
+        };
+        if let Some(etag) = &*seen {
+            let backup = format!("{}.backup", self.state_key);
+            match self.objects.copy(&self.state_key, &backup, etag) {
+                Ok(()) => {}
+                Err(ObjectError::PreconditionFailed | ObjectError::Conflict) => {
+                    return Err(overwritten());
+                }
+                // A missing backup costs only the way back to the serial before, which is
+                // said rather than failing the command.
+                Err(e) => eprintln!(
+                    "warning: the state's backup {} was not kept: {e}",
+                    self.objects.url(&backup)
+                ),
+            }
+        }
         state.serial += 1;
         let mut json = serde_json::to_vec_pretty(state).expect("state serializes");
         json.push(b'\n');
         let cond = match &*seen {
-            Some(s) => Cond::Matches(s.etag.clone()),
+            Some(etag) => Cond::Matches(etag.clone()),
             None => Cond::Absent,
         };
         let sha = sha256_hex(&json);
-        let etag = match self.objects.put(&self.state_key, json.clone(), &sha, cond) {
-            Ok(etag) => etag,
+        match self.objects.put(&self.state_key, json, &sha, cond) {
+            Ok(etag) => *seen = Some(etag),
             Err(ObjectError::PreconditionFailed | ObjectError::Conflict) => {
-                return Err(StateError::Overwritten {
-                    location: self.state_url(),
-                    serial: self.serial_now(),
-                });
+                return Err(overwritten());
             }
             Err(e) => return Err(self.remote_err(&self.state_key, e)),
-        };
-        let previous = seen.replace(Seen { etag, bytes: json });
-        if let Some(previous) = previous {
-            let key = format!("{}.backup", self.state_key);
-            let sha = sha256_hex(&previous.bytes);
-            // The state is written; a missing backup costs only the way back to the serial
-            // before, which is said rather than failing the command.
-            if let Err(e) = self.objects.put(&key, previous.bytes, &sha, Cond::Any) {
-                eprintln!(
-                    "warning: state was written, but not its backup {}: {e}",
-                    self.objects.url(&key)
-                );
-            }
         }
         Ok(())
     }
@@ -549,6 +546,20 @@ mod tests {
             .unwrap();
         let backup: State = serde_json::from_slice(&backup.bytes).unwrap();
         assert_eq!((backup.serial, state.serial), (1, 2));
+    }
+
+    #[test]
+    fn a_backup_the_store_cannot_copy_does_not_stop_the_write() {
+        let store = Arc::new(Memory::default());
+        let (a, _) = two(&store);
+        let mut state = State::new("w");
+        a.save(&mut state).unwrap();
+        store
+            .no_copies
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        a.save(&mut state).unwrap();
+        assert_eq!(a.load().unwrap().unwrap().serial, 2);
+        assert!(!store.keys().iter().any(|k| k.ends_with(".backup")));
     }
 
     #[test]

@@ -109,6 +109,18 @@ async fn client(config: &S3Config) -> Result<Client, ObjectError> {
     Ok(Client::from_conf(s3.build()))
 }
 
+/// A key as `x-amz-copy-source` wants it: URL-encoded, its `/` kept.
+fn encode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// 412 and 409 by their codes (the SDK models neither), anything else with its message.
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
@@ -219,6 +231,17 @@ impl Objects for S3 {
             // A store that keeps no checksum: hash what it serves.
             Some(_) => Ok(self.get(key)?.map(|o| sha256_hex(&o.bytes))),
         }
+    }
+
+    fn copy(&self, from: &str, to: &str, if_match: &str) -> Result<(), ObjectError> {
+        let request = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to)
+            .copy_source(format!("{}/{}", self.bucket, encode_key(from)))
+            .copy_source_if_match(if_match);
+        self.run(async move { request.send().await.map(|_| ()).map_err(classify) })
     }
 
     fn delete(&self, key: &str) -> Result<(), ObjectError> {
