@@ -3,8 +3,8 @@
 # network latency: these are rallyctl's own overheads plus loopback HTTP):
 #   - `plan` of 10,000 tests against a state of 5,000 results, state local vs in S3;
 #   - one state write (`results --baseline`: lock, read, write, give back), local vs S3;
-#   - `results --run` over 500 tests' files read from S3: a cold cache (every file downloaded
-#     and checked) vs a warm one (nothing downloaded).
+#   - `results --run` over 500 tests' files: local, and read from S3 with a cold cache (every
+#     file downloaded and checked) and a warm one (nothing downloaded).
 # Needs tests/setup-env.sh's moto venv and a release build (it runs `cargo bench` to build).
 #
 #   bash bench/s3_backend.sh [RUNS]
@@ -76,6 +76,7 @@ time_it "plan, state local" "$bin" plan scale.toml --refresh=false --prices pric
 time_it "plan, state in S3" "$bin" plan scale.toml --refresh=false --prices prices.toml --backend "$s3"
 time_it "one state write (results --baseline), local" "$bin" results scale.toml --baseline "$run" --backend local
 time_it "one state write (results --baseline), in S3" "$bin" results scale.toml --baseline "$run" --backend "$s3"
+time_it "results --run of 500 tests, local" "$bin" results scale.toml --run "$run" --backend local
 time_it "results --run of 500 tests from S3, warm cache" "$bin" results scale.toml --run "$run" --backend "$s3"
 time_it "results --run of 500 tests from S3, cold cache" \
     sh -c "rm -rf '$work/cache/rallyctl/results'; exec '$bin' results scale.toml --run '$run' --backend '$s3'"
