@@ -2,7 +2,7 @@
 # What keeping a workspace in S3 costs and saves, against a local moto server (so without S3's
 # network latency: these are rallyctl's own overheads plus loopback HTTP):
 #   - `plan` of 10,000 tests against a state of 5,000 results, state local vs in S3;
-#   - one state write (`results --baseline`: lock, read, write, give back), local vs S3;
+#   - one state write (`state rm`: lock, read, write, give back), local vs S3;
 #   - `results --run` over 500 tests' files: local, and read from S3 with a cold cache (every
 #     file downloaded and checked) and a warm one (nothing downloaded).
 # Needs tests/setup-env.sh's moto venv and a release build (it runs `cargo bench` to build).
@@ -74,8 +74,17 @@ time_it() {
 
 time_it "plan, state local" "$bin" plan scale.toml --refresh=false --prices prices.toml --backend local
 time_it "plan, state in S3" "$bin" plan scale.toml --refresh=false --prices prices.toml --backend "$s3"
-time_it "one state write (results --baseline), local" "$bin" results scale.toml --baseline "$run" --backend local
-time_it "one state write (results --baseline), in S3" "$bin" results scale.toml --baseline "$run" --backend "$s3"
+# `state rm` of a different recorded test each time (the state holds every other test of each
+# suite): lock, read, one write, give back.
+echo 0 >"$work/removed"
+forget() {
+    cat <<SH
+n=\$(cat '$work/removed'); echo \$((n + 1)) >'$work/removed'
+exec '$bin' state rm suite-\$((n % 100)).test-\$((n / 100 * 2)) scale.toml --backend '$1'
+SH
+}
+time_it "one state write (state rm), local" sh -c "$(forget local)"
+time_it "one state write (state rm), in S3" sh -c "$(forget "$s3")"
 time_it "results --run of 500 tests, local" "$bin" results scale.toml --run "$run" --backend local
 time_it "results --run of 500 tests from S3, warm cache" "$bin" results scale.toml --run "$run" --backend "$s3"
 time_it "results --run of 500 tests from S3, cold cache" \
