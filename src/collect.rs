@@ -4,8 +4,6 @@
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::results::parse;
 use crate::state::ResultFile;
 
@@ -27,14 +25,11 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<Vec<ResultFile>> {
         }
         let path = dir.join(&rel);
         let content = std::fs::read(&path)?;
-        files.push(ResultFile {
-            path: path
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect(),
-            sha256: hex::encode(Sha256::digest(&content)),
-            bytes: content.len() as u64,
-        });
+        let path = path
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        files.push(ResultFile::of(path, &content));
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
@@ -89,7 +84,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(
             out[0].sha256,
-            hex::encode(Sha256::digest(b"Metric,Task,Value,Unit\n"))
+            crate::state::sha256_hex(b"Metric,Task,Value,Unit\n")
         );
 
         let mut evil = tar::Builder::new(Vec::new());

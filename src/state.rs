@@ -316,6 +316,30 @@ pub struct ResultFile {
     pub bytes: u64,
 }
 
+impl ResultFile {
+    /// The record of a collected file at `path` holding `content`.
+    pub fn of(path: PathBuf, content: &[u8]) -> ResultFile {
+        ResultFile {
+            path,
+            sha256: sha256_hex(content),
+            bytes: content.len() as u64,
+        }
+    }
+}
+
+/// The checksum state records a file by, and checks it against wherever it is kept.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The directory a state (or any) file lies in: `.` for a bare file name.
+pub fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Transition {
@@ -866,10 +890,7 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
         source,
     };
     state.serial += 1;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = dir_of(path);
     fs::create_dir_all(dir).map_err(write_err)?;
     let mut json = serde_json::to_vec_pretty(state).expect("state serializes");
     json.push(b'\n');

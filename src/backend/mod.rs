@@ -89,11 +89,7 @@ impl Backend {
     /// beside a local state file, else `state/`.
     pub fn local_dir(&self) -> PathBuf {
         match self {
-            Backend::Local(path) => path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_owned(),
+            Backend::Local(path) => state::dir_of(path).to_owned(),
             Backend::S3(_) => PathBuf::from(state::DEFAULT_DIR),
         }
     }
@@ -134,11 +130,10 @@ impl Backend {
     /// Removes the lock, whoever holds it: the caller checked that it is the one meant.
     pub fn remove_lock(&self) -> Result<(), StateError> {
         match self {
-            Backend::Local(path) => {
-                let lock = state::lock_path(path);
-                std::fs::remove_file(&lock)
-                    .map_err(|source| StateError::Write { path: lock, source })
-            }
+            Backend::Local(path) => state::remove_lock(path).map_err(|source| StateError::Write {
+                path: state::lock_path(path),
+                source,
+            }),
             Backend::S3(r) => r.remove_lock(),
         }
     }
@@ -224,14 +219,8 @@ pub fn copy(
             path: path.clone(),
             source,
         })?;
-        files.push(ResultFile {
-            path: path
-                .strip_prefix(&base.dir)
-                .expect("found below the base")
-                .to_owned(),
-            sha256: objects::sha256_hex(&bytes),
-            bytes: bytes.len() as u64,
-        });
+        let rel = path.strip_prefix(&base.dir).expect("found below the base");
+        files.push(ResultFile::of(rel.to_owned(), &bytes));
     }
     match to {
         Backend::S3(r) => r.publish(&base.dir, &files)?,
@@ -277,7 +266,7 @@ fn receive(base: &Path, files: &[ResultFile]) -> Result<(), StateError> {
             source,
         };
         match std::fs::read(&file.path) {
-            Ok(bytes) if objects::sha256_hex(&bytes) == file.sha256 => continue,
+            Ok(bytes) if state::sha256_hex(&bytes) == file.sha256 => continue,
             Ok(_) => {
                 return Err(StateError::Damaged {
                     location: file.path.display().to_string(),
@@ -326,11 +315,7 @@ mod tests {
         let rel = "results/w/20261202T100000Z-abcdef/s/t/report.csv";
         std::fs::create_dir_all(dir.join(rel).parent().unwrap()).unwrap();
         std::fs::write(dir.join(rel), b"Metric,Task,Value,Unit\n").unwrap();
-        let file = ResultFile {
-            path: rel.into(),
-            sha256: objects::sha256_hex(b"Metric,Task,Value,Unit\n"),
-            bytes: 23,
-        };
+        let file = ResultFile::of(rel.into(), b"Metric,Task,Value,Unit\n");
         let Backend::S3(r) = at else { unreachable!() };
         r.publish(dir, std::slice::from_ref(&file)).unwrap();
         let mut state = State::new("w");

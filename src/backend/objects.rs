@@ -3,6 +3,9 @@
 //! one is S3 ([`super::s3`]); [`Memory`] keeps the same rules in memory for fast tests of the
 //! lock and compare-and-swap logic above it.
 
+#[cfg(test)]
+use crate::state::sha256_hex;
+
 /// What a write requires of the object already at its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cond {
@@ -65,11 +68,6 @@ pub trait Objects: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, ObjectError>;
     /// The object's address for messages: `s3://bucket/key`.
     fn url(&self, key: &str) -> String;
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// S3's conditional-write rules over a map, for tests of what is built on them.

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use super::ResultsBase;
 use super::cache::Cache;
-use super::objects::{Cond, ObjectError, Objects, sha256_hex};
+use super::objects::{Cond, ObjectError, Objects};
 use crate::address::slug;
-use crate::state::{self, LockHolder, LockState, ResultFile, State, StateError};
+use crate::state::{self, LockHolder, LockState, ResultFile, State, StateError, sha256_hex};
 
 pub struct Remote {
     objects: Arc<dyn Objects>,
@@ -583,11 +583,7 @@ mod tests {
         let path = base.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
-        ResultFile {
-            path: rel.into(),
-            sha256: sha256_hex(bytes),
-            bytes: bytes.len() as u64,
-        }
+        ResultFile::of(rel.into(), bytes)
     }
 
     const REPORT: &str = "results/w/20261202T100000Z-abcdef/s/t/report.csv";

@@ -14,8 +14,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 use base64::Engine;
 
-use super::objects::{Cond, Listed, Object, ObjectError, Objects, sha256_hex};
+use super::objects::{Cond, Listed, Object, ObjectError, Objects};
 use crate::plan::S3Config;
+use crate::state::sha256_hex;
 
 /// The metadata key holding a file's sha256, readable by any S3-compatible store.
 const SHA256_META: &str = "sha256";

@@ -26,7 +26,7 @@ use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
 use crate::state::{self, Handover, State};
 use crate::ui;
 use args::{Command, StateCommand};
-use workspace::{check_output, lock, plan_backend, target};
+use workspace::{check_output, lock, named_workspace, plan_backend, s3_backend, target};
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
@@ -431,39 +431,29 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
 /// `state push` (`up`) and `state pull`: between the local state of a workspace (`--state`,
 /// or the default path) and its S3 backend (`--backend`, or the plan's), both locked.
 fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<u8> {
-    let (from_plan, plan_backend) = match plan {
-        Some(p) => {
-            let (name, backend) = Plan::head_of(p)?;
-            (Some(name), backend)
-        }
-        None => (None, None),
-    };
-    let Some(workspace) = g.workspace.clone().or(from_plan) else {
+    let (workspace, plan_backend) = named_workspace(g, plan)?;
+    let Some(workspace) = workspace else {
         bail!("name the plan file or pass --workspace NAME to say which workspace to copy");
     };
-    let config = match (&g.backend, plan_backend) {
-        (Some(BackendArg::S3(config)), _) => config.clone(),
+    let (config, plan) = match (&g.backend, plan_backend) {
+        (Some(BackendArg::S3(config)), _) => (config.clone(), None),
         (Some(BackendArg::Local), _) => {
             return Err(UsageError(
                 "state push and pull copy between this directory and S3: --backend local names no S3 backend".into(),
             )
             .into());
         }
-        (None, Some(config)) => config,
+        (None, Some(config)) => (config, plan),
         (None, None) => bail!(
             "workspace `{workspace}` has no S3 backend: pass --backend s3://BUCKET/PREFIX, or set [backend] in the plan"
         ),
-    };
-    let named = match plan {
-        Some(p) => p.display().to_string(),
-        None => format!("--backend {} --workspace {workspace}", config.url()),
     };
     let local = crate::backend::Backend::Local(
         g.state
             .clone()
             .unwrap_or_else(|| state::default_path(&workspace)),
     );
-    let remote = crate::backend::Backend::s3(&config, &workspace, named)?;
+    let remote = s3_backend(&config, &workspace, plan)?;
     let (from, to, verb) = if up {
         (&local, &remote, "push")
     } else {

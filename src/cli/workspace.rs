@@ -16,10 +16,11 @@ use crate::templates::Renderer;
 
 /// The backend of the workspace `workspace`: `--state` (a local file) or `--backend` on the
 /// command line, else the plan's `[backend]` (`plan` is the plan file, named in hints), else
-/// `state/<workspace>.state.json`. Every command finds its state through here.
+/// `state/<workspace>.state.json`. Every command finds its state through here; only `--state`
+/// needs no workspace name.
 pub(super) fn backend_of(
     g: &Global,
-    workspace: &str,
+    workspace: Option<&str>,
     plan_backend: Option<&S3Config>,
     plan: Option<&Path>,
 ) -> Result<Backend> {
@@ -35,21 +36,49 @@ pub(super) fn backend_of(
         (None, Some(BackendArg::S3(config))) => Some((config, None)),
         (None, None) => plan_backend.map(|c| (c, plan)),
     };
+    let Some(workspace) = workspace else {
+        bail!(
+            "name the plan file or pass --state PATH (or --workspace NAME) to say which state to use"
+        );
+    };
     match s3 {
         None => Ok(Backend::Local(state::default_path(workspace))),
-        Some((config, plan)) => {
-            let named = match plan {
-                Some(plan) => plan.display().to_string(),
-                None => format!("--backend {} --workspace {workspace}", config.url()),
-            };
-            Ok(Backend::s3(config, workspace, named)?)
-        }
+        Some((config, plan)) => s3_backend(config, workspace, plan),
     }
 }
 
+/// The S3 backend at `config`, with hints that name it as the command line did: by the plan
+/// file, else by `--backend` and `--workspace`.
+pub(super) fn s3_backend(
+    config: &S3Config,
+    workspace: &str,
+    plan: Option<&Path>,
+) -> Result<Backend> {
+    let named = match plan {
+        Some(plan) => plan.display().to_string(),
+        None => format!("--backend {} --workspace {workspace}", config.url()),
+    };
+    Ok(Backend::s3(config, workspace, named)?)
+}
+
+/// The workspace a command names (`--workspace`, else the plan's name), and the plan's
+/// `[backend]`; of a plan only these are read, so a plan broken elsewhere still names them.
+pub(super) fn named_workspace(
+    g: &Global,
+    plan: Option<&Path>,
+) -> Result<(Option<String>, Option<S3Config>)> {
+    let (from_plan, backend) = match plan {
+        Some(plan) => {
+            let (name, backend) = Plan::head_of(plan)?;
+            (Some(name), backend)
+        }
+        None => (None, None),
+    };
+    Ok((g.workspace.clone().or(from_plan), backend))
+}
+
 /// The workspace of a command that needs no valid plan (destroy, state, results, force-unlock)
-/// and where its state is: `--state`, `--backend` and `--workspace` win; of a plan only the
-/// name and the backend are read.
+/// and where its state is: `--state`, `--backend` and `--workspace` win over the plan.
 pub(super) struct Target {
     pub(super) backend: Backend,
     /// The workspace named (by `--workspace` or the plan), which the state must belong to.
@@ -57,23 +86,8 @@ pub(super) struct Target {
 }
 
 pub(super) fn target(g: &Global, plan: Option<&Path>) -> Result<Target> {
-    let (from_plan, plan_backend) = match plan {
-        Some(plan) => {
-            let (name, backend) = Plan::head_of(plan)?;
-            (Some(name), backend)
-        }
-        None => (None, None),
-    };
-    let workspace = g.workspace.clone().or(from_plan);
-    let backend = match (&g.state, &workspace) {
-        (Some(path), _) if !matches!(g.backend, Some(BackendArg::S3(_))) => {
-            Backend::Local(path.clone())
-        }
-        (_, Some(name)) => backend_of(g, name, plan_backend.as_ref(), plan)?,
-        (_, None) => bail!(
-            "name the plan file or pass --state PATH (or --workspace NAME) to say which state to use"
-        ),
-    };
+    let (workspace, plan_backend) = named_workspace(g, plan)?;
+    let backend = backend_of(g, workspace.as_deref(), plan_backend.as_ref(), plan)?;
     Ok(Target { backend, workspace })
 }
 
@@ -183,7 +197,12 @@ pub struct Loaded {
 
 /// The backend of a valid plan's workspace.
 pub fn plan_backend(plan: &Plan, g: &Global) -> Result<Backend> {
-    backend_of(g, &plan.name, plan.backend.as_ref(), Some(&plan.source))
+    backend_of(
+        g,
+        Some(&plan.name),
+        plan.backend.as_ref(),
+        Some(&plan.source),
+    )
 }
 
 pub fn load(plan: Plan, g: &Global) -> Result<Loaded> {
