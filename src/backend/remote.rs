@@ -53,6 +53,7 @@ impl Remote {
     }
 
     /// This remote with its downloads cached in `dir`.
+    #[cfg(test)]
     pub fn with_cache(self, dir: &Path) -> Remote {
         Remote {
             cache: dir.to_owned(),
