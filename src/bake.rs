@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{Address, slug};
 use crate::lifecycle::{self, StateHandle, Stop};
 use crate::plan::{MachineSettings, Plan, Settings, Test};
-use crate::provider::{Acquire, Fleet, Provider, ProviderError};
+use crate::provider::{Acquire, Fleet, Provider};
 use crate::state::{BakeKey, BakeStep, Image, Machine, State};
 use crate::templates::{ArtifactMap, Renderer};
 use crate::ui::Progress;
@@ -280,7 +280,7 @@ fn failed(step: BakeStep) -> impl Fn(Stop) -> BakeError {
     }
 }
 
-fn provider_failed(step: BakeStep) -> impl Fn(ProviderError) -> BakeError {
+fn provider_failed<E: std::fmt::Display>(step: BakeStep) -> impl Fn(E) -> BakeError {
     move |e| BakeError::Failed {
         step: step.name(),
         message: e.to_string(),

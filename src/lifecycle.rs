@@ -24,11 +24,12 @@ use crate::address::{Address, slug};
 use crate::backend::Backend;
 use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
-use crate::provider::{Acquire, Provider, Reachable};
+use crate::provider::{Acquire, AcquireError, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
 use crate::staging;
 use crate::state::{
-    Handover, Machine, ResultFile, State, StateError, Status, Step, Taken, TestRecord,
+    Handover, Machine, RecordedSettings, ResultFile, State, StateError, Status, Step, Taken,
+    TestRecord,
 };
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
@@ -192,7 +193,11 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
         }
     };
     let outcome = loop {
-        match steps(ctx, test, artifacts, start).await {
+        let outcome = match steps(ctx, test, artifacts, start).await {
+            Err(Stop::Failed(f)) => Err(Stop::Failed(reclaimed_first(ctx, address, f).await)),
+            outcome => outcome,
+        };
+        match outcome {
             Err(Stop::Failed(f)) if f.reclaimed => match race_again(ctx, test, f).await {
                 Ok(()) => start = Step::Launching,
                 Err(stop) => break Err(stop),
@@ -206,7 +211,7 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
             record_failure(ctx, address, &f)?;
             // A failed test must not keep its machine: give it back now (EC2's watchdog and a
             // lease's expiry are only the last resort).
-            match release(ctx, test).await {
+            match release(ctx, &test.address).await {
                 Err(Stop::Failed(not_released)) => ctx.progress.println(&format!(
                     "{address}: {}; `rallyctl destroy` will release it",
                     not_released.error
@@ -217,6 +222,34 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
             Err(Stop::Failed(f))
         }
         Err(other) => Err(other),
+    }
+}
+
+/// A step that failed on spot capacity may have failed because EC2 took the machine back: the
+/// shutdown kills the race (exit 143) or the install, and a machine reclaimed while booting
+/// never runs. So the provider is asked first, and a reclaimed machine is raced again as
+/// anywhere else; a provider that cannot tell leaves the failure as it was.
+async fn reclaimed_first<P: Provider>(ctx: &Ctx<P>, address: &Address, f: Failure) -> Failure {
+    if f.reclaimed {
+        return f;
+    }
+    let spot = ctx.state.read(|s| {
+        s.tests
+            .get(address)?
+            .live_machine()
+            .filter(|m| m.spot)
+            .cloned()
+    });
+    let Some(machine) = spot else {
+        return f;
+    };
+    match ctx.provider.gone(&machine).await {
+        Ok(Some(gone)) if gone.reclaimed => Failure {
+            error: format!("{} ({} failed: {})", gone.reason, f.step.name(), f.error),
+            reclaimed: true,
+            ..f
+        },
+        _ => f,
     }
 }
 
@@ -238,7 +271,7 @@ async fn race_again<P: Provider>(ctx: &Ctx<P>, test: &Test, f: Failure) -> Resul
             ),
         ));
     }
-    release(ctx, test).await?;
+    release(ctx, &test.address).await?;
     ctx.state.update(|s| {
         if let Some(r) = s.tests.get_mut(&test.address) {
             r.attempt += 1;
@@ -275,6 +308,8 @@ async fn steps<P: Provider>(
         let next = match step {
             Step::Launching => {
                 acquire(ctx, test, artifacts, &record).await?;
+                // A spent launch may have opened a new attempt.
+                record = ctx.state.read(|st| st.tests[address].clone());
                 Step::Booting
             }
             Step::Booting => {
@@ -309,7 +344,7 @@ async fn steps<P: Provider>(
                 let keep_for = ctx.handoffs.iter().find(|h| &h.from == address);
                 match keep_for {
                     Some(h) if !more => keep(ctx, test, &h.to)?,
-                    _ => release(ctx, test).await?,
+                    _ => release(ctx, &test.address).await?,
                 }
                 if more {
                     record = next_repetition(ctx, test, Step::Launching)?;
@@ -616,15 +651,16 @@ async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<()
     let held = ctx.state.read(|s| {
         group.iter().find_map(|t| {
             let r = s.tests.get(&t.address)?;
-            Some((r.live_machine()?.clone(), *t))
+            Some((r.live_machine()?.clone(), r.settings.clone()))
         })
     });
-    let Some((machine, test)) = held else {
+    let Some((machine, settings)) = held else {
         return Ok(());
     };
     let fail = |error: String| failure(Step::Terminating, error);
+    let settings = recorded(&settings, Step::Terminating)?;
     ctx.provider
-        .release(&machine, &test.settings)
+        .release(&machine, &settings)
         .await
         .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
     ctx.state
@@ -650,13 +686,15 @@ async fn start_attempt<P: Provider>(
     keep: bool,
 ) -> Result<(), Stop> {
     let address = &test.address;
-    release(ctx, test).await.map_err(|stop| match stop {
-        Stop::Failed(f) => failed(
-            Step::Launching,
-            format!("cannot release the previous attempt's machine: {}", f.error),
-        ),
-        other => other,
-    })?;
+    release(ctx, &test.address)
+        .await
+        .map_err(|stop| match stop {
+            Stop::Failed(f) => failed(
+                Step::Launching,
+                format!("cannot release the previous attempt's machine: {}", f.error),
+            ),
+            other => other,
+        })?;
     let race_command =
         crate::templates::race_command(&test.settings).map_err(|e| failed(Step::Launching, e))?;
     ctx.state.update(|s| {
@@ -765,28 +803,47 @@ async fn acquire<P: Provider>(
     }
     let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
     let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
-    let acquired = ctx
-        .provider
-        .acquire(&Acquire {
-            workspace: &ctx.plan.name,
-            lineage: ctx.state.read(|s| s.lineage),
-            address: &test.address,
-            attempt: record.attempt,
-            run_id,
-            settings: &test.settings,
-            artifacts,
-            reclaimed: record.reclaimed,
-            cancel: &ctx.cancel,
-            on_wait: &on_wait,
-        })
-        .await
-        .map_err(|e| {
-            if ctx.cancel.is_cancelled() {
-                Stop::Interrupted
-            } else {
-                failed(Step::Launching, e)
+    let mut record = record.clone();
+    let mut spent = 0;
+    let acquired = loop {
+        let asked = ctx
+            .provider
+            .acquire(&Acquire {
+                workspace: &ctx.plan.name,
+                lineage: ctx.state.read(|s| s.lineage),
+                address: &test.address,
+                attempt: record.attempt,
+                run_id,
+                settings: &test.settings,
+                artifacts,
+                reclaimed: record.reclaimed,
+                cancel: &ctx.cancel,
+                on_wait: &on_wait,
+            })
+            .await;
+        match asked {
+            Ok(acquired) => break acquired,
+            Err(_) if ctx.cancel.is_cancelled() => return Err(Stop::Interrupted),
+            // Only a crash between asking and recording spends an attempt, so a second spent
+            // one in a row means the provider keeps answering so: a failure, not a loop.
+            Err(AcquireError::Spent(why)) if spent == 0 => {
+                spent += 1;
+                record = ctx
+                    .state
+                    .update(|s| {
+                        let r = s.tests.get_mut(&test.address)?;
+                        r.attempt += 1;
+                        Some(r.clone())
+                    })?
+                    .ok_or_else(|| failed(Step::Launching, "state holds no record of this test"))?;
+                ctx.progress.println(&format!(
+                    "{}: {why}; launching again as attempt {}",
+                    test.address, record.attempt
+                ));
             }
-        })?;
+            Err(e) => return Err(failed(Step::Launching, e)),
+        }
+    };
     let mut machine = acquired.machine;
     if acquired.adopted {
         ctx.progress.println(&format!(
@@ -794,7 +851,7 @@ async fn acquire<P: Provider>(
             test.address, machine.id
         ));
     }
-    machine.run_dir = Some(run_dir(test, &ctx.plan.name, record));
+    machine.run_dir = Some(run_dir(test, &ctx.plan.name, &record));
     machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings);
     ctx.state
         .record(&test.address, |r| r.instance = Some(machine))?;
@@ -820,6 +877,11 @@ fn keep<P: Provider>(ctx: &Ctx<P>, test: &Test, to: &Address) -> Result<(), Stop
     Ok(())
 }
 
+/// How long before a kept machine ends itself (EC2's watchdog) it is no longer taken: EC2
+/// refuses logins five minutes before a scheduled shutdown, and the taker needs a few more to
+/// reach it and renew that bound when it installs.
+const TAKE_MARGIN: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
+
 /// Warm reuse, the taking side: takes the machine a test of an earlier suite kept for this
 /// one, in one state write (the giver stops holding it, this test holds it with a run
 /// directory of its own). A kept machine that is gone, or that the provider cannot tell about,
@@ -841,24 +903,32 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
     let Some((from, machine)) = kept else {
         return Ok(false);
     };
-    let unusable = match ctx.provider.gone(&machine).await {
-        Ok(None) => None,
-        Ok(Some(gone)) => {
-            ctx.state.record(&from, TestRecord::mark_released)?;
-            Some(gone.reason)
+    let give_up = async || {
+        release(ctx, &from).await.map_err(|stop| match stop {
+            Stop::Failed(f) => failed(
+                Step::Launching,
+                format!("cannot give up {}, kept by {from}: {}", machine.id, f.error),
+            ),
+            other => other,
+        })
+    };
+    let soon = jiff::Timestamp::now() + TAKE_MARGIN;
+    let unusable = match machine.expires_at.filter(|at| *at < soon) {
+        Some(at) => {
+            give_up().await?;
+            Some(format!("it ends itself at {at}, too soon to race on it"))
         }
-        Err(e) => {
-            release_departed(ctx, &from)
-                .await
-                .map_err(|stop| match stop {
-                    Stop::Failed(f) => failed(
-                        Step::Launching,
-                        format!("cannot give up {}, kept by {from}: {}", machine.id, f.error),
-                    ),
-                    other => other,
-                })?;
-            Some(format!("cannot tell whether it is still there: {e}"))
-        }
+        None => match ctx.provider.gone(&machine).await {
+            Ok(None) => None,
+            Ok(Some(gone)) => {
+                ctx.state.record(&from, TestRecord::mark_released)?;
+                Some(gone.reason)
+            }
+            Err(e) => {
+                give_up().await?;
+                Some(format!("cannot tell whether it is still there: {e}"))
+            }
+        },
     };
     if let Some(why) = unusable {
         ctx.progress.println(&format!(
@@ -1015,7 +1085,8 @@ async fn install<P: Provider>(
     // A machine that raced before starts its bound again (a resumed apply may do so twice,
     // which is harmless).
     if renew {
-        ctx.provider
+        let expires_at = ctx
+            .provider
             .extend(
                 &conn.machine,
                 &test.settings,
@@ -1024,6 +1095,11 @@ async fn install<P: Provider>(
             )
             .await
             .map_err(|e| failed(Step::Installing, e))?;
+        ctx.state.record(&test.address, |r| {
+            if let Some(m) = &mut r.instance {
+                m.expires_at = expires_at;
+            }
+        })?;
     }
     let said = install_on(
         &ctx.provider,
@@ -1252,42 +1328,18 @@ async fn collect<P: Provider>(
     }
 }
 
-/// Terminating: gives the test's machine back if it may still hold one, and records that.
-async fn release<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<(), Stop> {
-    let Some(machine) = ctx.state.read(|s| {
-        s.tests
-            .get(&test.address)
-            .and_then(|r| r.live_machine().cloned())
-    }) else {
-        return Ok(());
-    };
-    ctx.provider
-        .release(&machine, &test.settings)
-        .await
-        .map_err(|e| {
-            failed(
-                Step::Terminating,
-                format!("cannot release {}: {e}", machine.id),
-            )
-        })?;
-    ctx.state.record(&test.address, TestRecord::mark_released)?;
-    Ok(())
-}
-
-/// Gives back the machine of a test that left the plan, with the settings state recorded.
-pub async fn release_departed<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), Stop> {
+/// Gives back the machine a test's record holds, if it may still hold one, and records that.
+/// Always with the settings the record was made with, which the machine was got with: the
+/// plan may have changed since (another region, remote directory or provider), and a machine
+/// is released where it is, not where the plan would now put it.
+pub async fn release<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), Stop> {
     let Some((machine, settings)) = ctx.state.read(|s| {
         let r = s.tests.get(address)?;
         Some((r.live_machine()?.clone(), r.settings.clone()))
     }) else {
         return Ok(());
     };
-    let settings = settings.typed().map_err(|e| {
-        failed(
-            Step::Terminating,
-            format!("the recorded settings cannot be read: {e}"),
-        )
-    })?;
+    let settings = recorded(&settings, Step::Terminating).map_err(Stop::Failed)?;
     ctx.provider
         .release(&machine, &settings)
         .await
@@ -1299,6 +1351,13 @@ pub async fn release_departed<P: Provider>(ctx: &Ctx<P>, address: &Address) -> R
         })?;
     ctx.state.record(address, TestRecord::mark_released)?;
     Ok(())
+}
+
+/// The settings a record was made with, as typed.
+fn recorded(settings: &RecordedSettings, step: Step) -> Result<Settings, Failure> {
+    settings
+        .typed()
+        .map_err(|e| failure(step, format!("the recorded settings cannot be read: {e}")))
 }
 
 /// [`run_with`] for a test of the apply.

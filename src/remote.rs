@@ -257,7 +257,7 @@ pub const CACHE_DROPPED: &str = "page cache dropped";
 /// sudo without a password, saying so with [`CACHE_DROPPED`].
 pub fn scrub_command(previous: Option<&str>) -> Result<String, crate::templates::TemplateError> {
     let stop = match previous {
-        Some(dir) => format!("(\n{}\n)\n", stop_run_command(dir)?),
+        Some(dir) => format!("(\n{}\n) || exit $?\n", stop_run_command(dir, STOP_WAIT)?),
         None => String::new(),
     };
     Ok(format!(
@@ -274,18 +274,27 @@ exit 0"#
 /// Stops every process of the run in `run_dir`: the race's session, anything naming the run
 /// directory (Rally's report, its `.rally` home: the actor system, the Elasticsearch it
 /// launched), and every descendant of those, which may name nothing. All are found before any
-/// is killed, since a killed parent's children move to init.
-pub fn stop_run_command(run_dir: &str) -> Result<String, crate::templates::TemplateError> {
+/// is killed, since a killed parent's children move to init. It ends when they are gone, not
+/// merely killed: until init reaps them they stay zombies, and Rally counts a zombie named
+/// `esrally` as a Rally process still running, so the next race on the machine would refuse
+/// to start. Those still there after `wait` (whole seconds) are named, and the command fails.
+pub fn stop_run_command(
+    run_dir: &str,
+    wait: Duration,
+) -> Result<String, crate::templates::TemplateError> {
     let quoted = crate::templates::shell_quote(run_dir)?;
     Ok(format!(
         r#"cd {quoted} 2>/dev/null || exit 0
 run_dir=$(pwd)
-if [ -s race.pid ]; then pkill -KILL -s "$(cat race.pid)" 2>/dev/null; fi
 stop=" "
+if [ -s race.pid ]; then
+  for pid in $(pgrep -s "$(cat race.pid)" 2>/dev/null); do stop="$stop$pid "; done
+fi
 for p in /proc/[0-9]*; do
   pid=${{p#/proc/}}
   [ "$pid" = "$$" ] && continue
-  cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  case "$stop" in *" $pid "*) continue;; esac
+  cmd=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
   case "$cmd" in *"$run_dir/report.csv"*|*"$run_dir/.rally/"*) stop="$stop$pid ";; esac
 done
 while [ "$stop" != " " ]; do
@@ -299,10 +308,24 @@ while [ "$stop" != " " ]; do
   [ "$more" = " " ] && break
   stop="$stop${{more# }}"
 done
-[ "$stop" != " " ] && kill -KILL $stop 2>/dev/null
-exit 0"#
+[ "$stop" = " " ] && exit 0
+kill -KILL $stop 2>/dev/null
+left=$stop
+for _ in $(seq {tenths}); do
+  left=$(for pid in $left; do [ -e "/proc/$pid" ] && echo "$pid"; done)
+  [ -z "$left" ] && exit 0
+  sleep 0.1
+done
+echo "processes of the race still there {secs} s after they were killed:" \
+  $(for pid in $left; do echo "$pid ($(cat "/proc/$pid/comm" 2>/dev/null))"; done) >&2
+exit 3"#,
+        secs = wait.as_secs(),
+        tenths = wait.as_secs() * 10
     ))
 }
+
+/// How long stopping a run waits for its killed processes to be gone.
+pub const STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// The last `lines` lines of a text.
 pub fn tail(text: &str, lines: usize) -> String {
@@ -313,6 +336,87 @@ pub fn tail(text: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process of the race (it names the report), called `esrally`, whose parent is no
+    /// process of the race and never reaps it: killed, it stays a zombie, which Rally counts as
+    /// a Rally process running. Its pid and its parent.
+    fn unreaped_race_process(dir: &Path, run: &Path) -> (u32, std::process::Child) {
+        let esrally = dir.join("esrally");
+        std::os::unix::fs::symlink("/usr/bin/python3", &esrally).unwrap();
+        let report = run.join("report.csv");
+        let mut parent = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#""$0" -c 'import time; time.sleep(600)' "$1" & exec sleep 600"#)
+            .arg(&esrally)
+            .arg(&report)
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            let child = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+                let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmd)
+                    .contains(report.to_str().unwrap())
+                    .then_some(pid)
+            });
+            if let Some(pid) = child {
+                return (pid, parent);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = parent.kill();
+        let _ = parent.wait();
+        panic!("the race process did not start");
+    }
+
+    fn stop(run: &Path, wait: Duration) -> std::process::Output {
+        let command = stop_run_command(run.to_str().unwrap(), wait).unwrap();
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(command)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn stopping_a_run_ends_when_its_processes_are_gone_and_names_those_that_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        let (pid, mut parent) = unreaped_race_process(dir.path(), &run);
+        let out = stop(&run, Duration::from_secs(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "processes of the race still there 1 s after they were killed: {pid} (esrally)"
+            )
+        );
+        parent.kill().unwrap();
+        parent.wait().unwrap();
+        // Reaped a moment after it was killed: stopping waits for that rather than ending
+        // while it is there.
+        std::fs::remove_file(dir.path().join("esrally")).unwrap();
+        let (pid, mut parent) = unreaped_race_process(dir.path(), &run);
+        let reaper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            parent.kill().unwrap();
+            parent.wait().unwrap();
+        });
+        let out = stop(&run, Duration::from_secs(20));
+        reaper.join().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "stopping ended while {pid} was still there"
+        );
+    }
 
     #[test]
     fn ephemeral_keys_are_private_ed25519_files_removed_on_drop() {

@@ -250,6 +250,10 @@ pub struct Machine {
     pub run_dir: Option<String>,
     /// When it was launched or leased.
     pub launched_at: Timestamp,
+    /// When the machine ends itself unless renewed first (EC2's watchdog, a lease's expiry),
+    /// as its provider said at launch or at its last renewal; none where nothing ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
     /// When this record stopped holding it: terminated, given back, or taken by another test.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminated_at: Option<Timestamp>,
@@ -571,6 +575,7 @@ impl Machine {
             lease: None,
             run_dir: None,
             launched_at: Timestamp::now(),
+            expires_at: None,
             terminated_at: None,
             spot: false,
             taken: None,

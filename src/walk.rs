@@ -79,7 +79,7 @@ pub async fn apply<P: Provider>(
     {
         let shown = change.address.to_string();
         ctx.progress.step(&shown, "terminating");
-        match lifecycle::release_departed(&ctx, &change.address).await {
+        match lifecycle::release(&ctx, &change.address).await {
             Ok(()) => ctx
                 .progress
                 .finished(change.address.suite(), &shown, "terminated"),
@@ -228,9 +228,10 @@ mod tests {
     /// Stands in for esrally: writes a report, fails when asked with `--fail` (or
     /// `--fail-at=N`: in the N-th race it runs), hangs without a word with `--hang` (its pid in
     /// `hung.pid` beside the report). With `--linger` it leaves a process running that names
-    /// its report, as Rally's own would, and a child of it that names nothing, both outside
-    /// the race's session (their pids in `linger.pid`, `linger.child`); with `--no-leftovers`
-    /// it fails while such a process of any race is still alive.
+    /// its report, as Rally's own would, and a child of it that names nothing but is called
+    /// `esrally`, both outside the race's session (their pids in `linger.pid`,
+    /// `linger.child`); with `--no-leftovers` it fails while such a process of any race is
+    /// still there, a zombie too, as Rally counts one.
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
 races="$(dirname "$0")/races"
 [ "$1" = race ] && echo $(( $(cat "$races" 2>/dev/null || echo 0) + 1 )) > "$races"
@@ -244,11 +245,11 @@ for a in "$@"; do
     --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
     --linger) linger=1;;
     --no-leftovers) for f in $(find "$(dirname "$0")/../.." -name 'linger.*'); do
-        case "$(ps -o stat= -p "$(cat "$f")")" in Z*|"") ;; *) echo "left over: $(ps -o pid=,stat=,args= -p "$(cat "$f")")"; exit 64;; esac
+        case "$(ps -o stat= -p "$(cat "$f")")" in "") ;; *) echo "left over: $(ps -o pid=,stat=,comm= -p "$(cat "$f")")"; exit 64;; esac
       done;;
   esac
 done
-[ -n "$linger" ] && { setsid bash -c 'sleep 3600 & echo $! > "$0"; wait' "$(dirname "$report")/linger.child" "$report" >/dev/null 2>&1 & echo $! > "$(dirname "$report")/linger.pid"; }
+[ -n "$linger" ] && { d=$(dirname "$report"); ln -sf "$(command -v sleep)" "$d/esrally"; setsid bash -c '"$1" 3600 & echo $! > "$0"; wait' "$d/linger.child" "$d/esrally" "$report" >/dev/null 2>&1 & echo $! > "$d/linger.pid"; }
 printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,index,0.00,%%\n' > "$report"
 "#;
 
@@ -274,13 +275,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let esrally = venv.join("bin/esrally");
             std::fs::write(&esrally, FAKE_ESRALLY).unwrap();
             std::fs::set_permissions(&esrally, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let text = format!(
-                "version = 1\nname = \"unit\"\n[defaults]\nprovider = \"local\"\n\
-                 remote_dir = \"{}\"\ntrack = \"tiny\"\noffline = true\n\
-                 pipeline = \"benchmark-only\"\ntarget_hosts = [\"127.0.0.1:9\"]\n{suites}",
-                remote.display()
-            );
-            let plan = Plan::parse(Path::new("unit.toml"), &text).unwrap();
+            let plan = Bench::plan(&remote, suites);
             let file = crate::cost::PriceFile::parse(Path::new("prices.toml"), PRICES).unwrap();
             Bench {
                 prices: crate::cost::Prices::from_file(plan.tests().map(|t| &t.settings), &file),
@@ -288,6 +283,16 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 plan,
                 state: State::new("unit"),
             }
+        }
+
+        fn plan(remote: &Path, suites: &str) -> Plan {
+            let text = format!(
+                "version = 1\nname = \"unit\"\n[defaults]\nprovider = \"local\"\n\
+                 remote_dir = \"{}\"\ntrack = \"tiny\"\noffline = true\n\
+                 pipeline = \"benchmark-only\"\ntarget_hosts = [\"127.0.0.1:9\"]\n{suites}",
+                remote.display()
+            );
+            Plan::parse(Path::new("unit.toml"), &text).unwrap()
         }
 
         fn state_path(&self) -> PathBuf {
@@ -599,6 +604,35 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             ]
         );
         assert_eq!(bench.state.tests[&"a.t1".parse().unwrap()].attempt, 2);
+    }
+
+    #[test]
+    fn a_machine_is_given_back_with_the_settings_it_was_got_with_after_the_plan_changed() {
+        let mut bench = Bench::new(ONE_TEST);
+        let (_, fake) = bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        // Rally moves to another directory: a new attempt, which first gives back the machine
+        // the one under way holds, where that one's race runs.
+        let moved = bench.dir.path().join("moved");
+        std::fs::create_dir(&moved).unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(bench.dir.path().join("remote/rally-2.13.0"))
+            .arg(&moved)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        bench.plan = Bench::plan(&moved, ONE_TEST);
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls()[2..],
+            [
+                "release m-t1-1",
+                "acquire a.t1#2 -> m-t1-2",
+                "release m-t1-2"
+            ]
+        );
     }
 
     fn record<'b>(bench: &'b Bench, address: &str) -> &'b crate::state::TestRecord {
@@ -968,6 +1002,24 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     }
 
     #[test]
+    fn a_kept_machine_too_near_its_watchdog_is_given_back_and_another_launched() {
+        // Its watchdog ends it ten minutes after launch: too soon for the taker.
+        let mut bench = reusing(&format!("max_runtime = \"10m\"\n{HANDOFF}"));
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "release m-t1-1",
+                "acquire b.t2#1 -> m-t2-1",
+                "release m-t2-1"
+            ]
+        );
+        assert!(report.still_running.is_empty());
+    }
+
+    #[test]
     fn a_kept_machine_that_is_gone_is_given_up_and_another_launched() {
         let mut bench = reusing(HANDOFF);
         bench.apply(Fake::default(), &Options::default());
@@ -1026,6 +1078,72 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             race_dirs(&bench),
             ["1", "3.2"],
             "the reclaimed race ran nowhere"
+        );
+    }
+
+    #[test]
+    fn a_spot_machine_whose_race_fails_because_it_is_being_reclaimed_races_again() {
+        let mut bench = Bench::new(&format!("rally_args = [\"--fail-at=1\"]\n{ONE_TEST}"));
+        let fake = Fake::default();
+        fake.spot.lock().unwrap().insert("m-t1-1".into());
+        // The interruption's shutdown kills the race while the machine still answers.
+        fake.being_reclaimed.lock().unwrap().insert("m-t1-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 -> m-t1-1",
+                "release m-t1-1",
+                "acquire a.t1#2 after 1 reclaimed -> m-t1-2",
+                "release m-t1-2"
+            ]
+        );
+        assert_eq!(record(&bench, "a.t1").reclaimed, 1);
+    }
+
+    #[test]
+    fn an_on_demand_machine_whose_race_fails_is_not_asked_about_and_fails() {
+        let mut bench = Bench::new(&format!("rally_args = [\"--fail-at=1\"]\n{ONE_TEST}"));
+        let fake = Fake::default();
+        fake.being_reclaimed.lock().unwrap().insert("m-t1-1".into());
+        let (report, _) = bench.apply(fake, &Options::default());
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(record(&bench, "a.t1").reclaimed, 0);
+    }
+
+    #[test]
+    fn a_launch_that_finds_its_attempts_machine_dead_launches_again_as_a_new_attempt() {
+        let mut bench = Bench::new(ONE_TEST);
+        let fake = Fake::default();
+        fake.spent.lock().unwrap().insert("m-t1-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1#1 spent",
+                "acquire a.t1#2 -> m-t1-2",
+                "release m-t1-2"
+            ]
+        );
+        assert_eq!(race_dirs(&bench), ["2"], "the race runs as attempt 2");
+    }
+
+    #[test]
+    fn a_launch_spent_twice_in_a_row_fails_instead_of_launching_for_ever() {
+        let mut bench = Bench::new(ONE_TEST);
+        let fake = Fake::default();
+        fake.spent
+            .lock()
+            .unwrap()
+            .extend(["m-t1-1".into(), "m-t1-2".into()]);
+        let (report, fake) = bench.apply(fake, &Options::default());
+        let (_, step, error, _) = &report.failed[0];
+        assert_eq!((*step, error.as_str()), (Step::Launching, "m-t1-2 is dead"));
+        assert_eq!(
+            fake.calls(),
+            ["acquire a.t1#1 spent", "acquire a.t1#2 spent"]
         );
     }
 

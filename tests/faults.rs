@@ -591,3 +591,160 @@ fn a_spot_instance_reclaimed_mid_race_is_raced_again_on_demand_and_completes() {
         .count();
     assert_eq!(spot_launches, 1);
 }
+
+/// Killed after EC2 launched its instance but before it heard so, an apply leaves nothing in
+/// state; the instance then dies (a user, EC2). The next apply launches again with the same
+/// ClientToken, and EC2 answers with that instance, terminated (for a day after it ended):
+/// that attempt is spent, and a new one launches and races.
+#[test]
+fn a_launch_whose_instance_died_before_any_apply_recorded_it_opens_a_new_attempt() {
+    let run = Run::new(2);
+    let proxy = FaultProxy::start(
+        &run.harness.moto_url,
+        &["RunInstances:lost:1"],
+        run.dir.path(),
+    );
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut first = run.spawn_with_env("first", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
+    proxy.wait_held("RunInstances", 1, std::time::Duration::from_secs(120));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        run.record("s.t").instance.is_none(),
+        "the launch was recorded"
+    );
+    let launched = run.harness.running_instances();
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    let dead = &launched[0].id;
+    let ec2 = run.harness.ec2_client();
+    run.harness
+        .block_on(ec2.terminate_instances().instance_ids(dead).send())
+        .unwrap();
+
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = run.output(&mut cmd, &args);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    assert!(
+        printed.contains(&format!(
+            "s.t: {dead} that this attempt launched before reads Terminated; launching again as attempt 2"
+        )),
+        "{printed}"
+    );
+    let r = run.record("s.t");
+    assert_eq!((r.status.clone(), r.attempt), (Status::Completed, 2));
+    assert_ne!(&r.instance.unwrap().id, dead);
+    // The repeated launch was answered from its token (injected), not made again.
+    assert_eq!(proxy.injected("RunInstances"), 2);
+    assert_eq!(run.launches(), 2);
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
+}
+
+/// EC2 refuses spot capacity at launch (`SpotMaxPriceTooLow`): a test whose
+/// `on_interruption` is on demand launches on demand at once and completes; one that must stay
+/// on spot fails at launching with EC2's words, and nothing is launched for it.
+#[test]
+fn a_spot_launch_refused_falls_back_on_demand_only_where_the_plan_says_so() {
+    let run = Run::new(2);
+    let proxy = FaultProxy::start(
+        &run.harness.moto_url,
+        &["RunInstances[InstanceMarketOptions.MarketType=spot]:SpotMaxPriceTooLow:always"],
+        run.dir.path(),
+    );
+    let plan = run.plan(&[(
+        "s",
+        &[
+            ("t", "market = \"spot\"\nmax_price = \"0.001\""),
+            (
+                "u",
+                "market = \"spot\"\nmax_price = \"0.001\"\non_interruption = \"spot\"",
+            ),
+        ],
+    )]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = run.output(&mut cmd, &args);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains("s.t: no spot capacity (SpotMaxPriceTooLow: "),
+        "{printed}"
+    );
+    let t = run.record("s.t");
+    assert_eq!(t.status, Status::Completed);
+    assert!(!t.instance.unwrap().spot, "t raced on spot");
+    match run.record("s.u").status {
+        Status::Failed { step, error, .. } => {
+            assert_eq!(step, Step::Launching);
+            assert!(error.contains("SpotMaxPriceTooLow"), "{error}");
+        }
+        other => panic!("u is {other:?}"),
+    }
+    assert_eq!(proxy.injected("RunInstances"), 2);
+    assert_eq!(run.launches(), 1, "only t's on-demand launch reached EC2");
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
+}
+
+/// EC2 reclaims a spot instance while its race runs: the shutdown kills the race (SIGTERM,
+/// exit 143) while the instance still answers, so the race fails as any race could. Asked
+/// first, EC2 says it reclaimed the instance: the test races again on demand and completes.
+#[test]
+fn a_spot_race_killed_by_the_reclaim_shutdown_is_raced_again_on_demand() {
+    let run = Run::new(2);
+    let proxy = FaultProxy::start(&run.harness.moto_url, &[], run.dir.path());
+    let plan = run.plan(&[("s", &[("t", "market = \"spot\"")])]);
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut first = run.spawn_with_env("apply", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
+    run.wait_for_race("s.t", std::time::Duration::from_secs(300));
+    let spot = run.record("s.t").instance.unwrap();
+    assert!(spot.spot, "launched on demand: {spot:?}");
+    proxy.reclaim(&[&spot.id]);
+    let ip = spot.address.clone().expect("the instance's address");
+    let rally: Vec<u32> = run
+        .harness
+        .instance_processes(&ip)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("esrally"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(!rally.is_empty(), "no esrally on {ip}");
+    for pid in rally {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let status = first.wait().unwrap();
+    let (stdout, stderr) = run.printed("apply");
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("EC2 reclaimed spot instance {}", spot.id)),
+        "{stdout}"
+    );
+    let r = run.record("s.t");
+    assert_eq!((r.status.clone(), r.reclaimed), (Status::Completed, 1));
+    let again = r.instance.clone().unwrap();
+    assert_ne!(again.id, spot.id);
+    assert!(!again.spot, "raced again on spot, not on demand");
+    assert_eq!(run.launches(), 2);
+    assert!(
+        run.harness.running_instances().is_empty(),
+        "an instance was left running"
+    );
+}

@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Acquire, Acquired, Gone, Problem, Provider, ProviderError, Reachable};
+use super::{Acquire, AcquireError, Acquired, Gone, Problem, Provider, ProviderError, Reachable};
 use crate::address::{Address, slug};
 use crate::plan::{
     AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, Settings, Subnets,
@@ -174,10 +174,23 @@ struct LaunchRequest {
     tags: BTreeMap<String, String>,
     /// Spot capacity, with the most to pay per hour (EC2's cap, the on-demand price, without).
     spot: Option<Option<String>>,
+    /// When EC2 refuses spot capacity at launch (`SPOT_REFUSALS`), launch on demand instead,
+    /// as `on_interruption = "on_demand"` says for a reclaimed one.
+    on_demand_after_spot: bool,
     /// Makes a retried RunInstances idempotent on EC2 (at most 64 ASCII characters); one per
     /// subnet tried ([`subnet_token`]), since EC2 refuses a token reused with other parameters.
     client_token: String,
 }
+
+/// What EC2 answers a spot launch that gets no spot capacity: the price cap is below the spot
+/// price, the account's spot limit is reached, or there is none in the zone.
+const SPOT_REFUSALS: [&str; 3] = [
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    INSUFFICIENT_CAPACITY,
+];
+/// EC2's answer to a ClientToken used before with other parameters.
+const TOKEN_MISMATCH: &str = "IdempotentParameterMismatch";
 
 /// The EC2 API calls rallyctl makes, per region.
 struct Ec2 {
@@ -249,6 +262,14 @@ fn subnet_token(token: &str, subnet: Option<&str>, subnets: &[Option<String>]) -
         }
         _ => token.to_owned(),
     }
+}
+
+/// When the watchdog armed at `armed` shuts the instance down.
+fn watchdog_after(armed: jiff::Timestamp, settings: &Settings) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(settings.max_runtime)
+        .ok()
+        .and_then(|d| armed.checked_add(d).ok())
+        .unwrap_or(jiff::Timestamp::MAX)
 }
 
 fn aws_settings(settings: &Settings) -> &AwsSettings {
@@ -333,7 +354,7 @@ impl Aws {
 }
 
 impl Provider for Aws {
-    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
+    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
         let s = aws_settings(req.settings);
         let ami = s.launch_ami().ok_or_else(|| ProviderError {
             operation: "RunInstances",
@@ -382,38 +403,58 @@ impl Provider for Aws {
                         .collect(),
                 );
                 self.ec2
-                    .launch(&LaunchRequest {
-                        region: s.region.to_string(),
-                        ami: ami.to_owned(),
-                        instance_type: s.instance_type.to_string(),
-                        subnets: s
-                            .subnets
-                            .candidates()
-                            .into_iter()
-                            .map(|id| id.map(str::to_owned))
-                            .collect(),
-                        security_group_ids: s
-                            .security_group_ids
-                            .iter()
-                            .map(|g| g.to_string())
-                            .collect(),
-                        user_data: req.artifacts.user_data.to_string(),
-                        tags,
-                        spot: match &s.market {
-                            Market::Spot(o)
-                                if req.reclaimed == 0 || o.on_interruption == MarketKind::Spot =>
-                            {
-                                Some(o.max_price.as_ref().map(|p| p.to_string()))
-                            }
-                            _ => None,
+                    .launch(
+                        &LaunchRequest {
+                            region: s.region.to_string(),
+                            ami: ami.to_owned(),
+                            instance_type: s.instance_type.to_string(),
+                            subnets: s
+                                .subnets
+                                .candidates()
+                                .into_iter()
+                                .map(|id| id.map(str::to_owned))
+                                .collect(),
+                            security_group_ids: s
+                                .security_group_ids
+                                .iter()
+                                .map(|g| g.to_string())
+                                .collect(),
+                            user_data: req.artifacts.user_data.to_string(),
+                            tags,
+                            spot: match &s.market {
+                                Market::Spot(o)
+                                    if req.reclaimed == 0
+                                        || o.on_interruption == MarketKind::Spot =>
+                                {
+                                    Some(o.max_price.as_ref().map(|p| p.to_string()))
+                                }
+                                _ => None,
+                            },
+                            on_demand_after_spot: matches!(
+                                &s.market,
+                                Market::Spot(o) if o.on_interruption == MarketKind::OnDemand
+                            ),
+                            client_token: client_token(req.lineage, req.address, req.attempt),
                         },
-                        client_token: client_token(req.lineage, req.address, req.attempt),
-                    })
+                        req.on_wait,
+                    )
                     .await?
             }
         };
+        // EC2 answers a launch repeated with a ClientToken (an apply killed before it recorded
+        // the answer) with the instance it made then, even terminated.
+        if !info.state.is_alive() {
+            return Err(AcquireError::Spent(format!(
+                "{} that this attempt launched before reads {:?}",
+                info.id, info.state
+            )));
+        }
+        let launched_at = jiff::Timestamp::now();
         Ok(Acquired {
             machine: Machine {
+                // Armed at boot, which is after this: the watchdog fires no earlier.
+                expires_at: Some(watchdog_after(launched_at, req.settings)),
+                launched_at,
                 region: Some(s.region.to_string()),
                 subnet: info.subnet,
                 zone: info.zone,
@@ -528,8 +569,9 @@ impl Provider for Aws {
         settings: &Settings,
         artifacts: &Artifacts,
         endpoint: &Endpoint,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<jiff::Timestamp>, ProviderError> {
         self.before_connect(machine, settings, false).await?;
+        let expires = watchdog_after(jiff::Timestamp::now(), settings);
         let rearm = "if [ \"$(id -u)\" -eq 0 ]; then bash -s; else sudo -n bash -s; fi";
         remote::exec(
             endpoint,
@@ -543,7 +585,7 @@ impl Provider for Aws {
             target: machine.id.clone(),
             message: e.to_string(),
         })?;
-        Ok(())
+        Ok(Some(expires))
     }
 
     async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
@@ -955,12 +997,59 @@ fn info(i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
     }
 }
 
+/// One RunInstances of `r` into `subnet`, on spot capacity at `spot`'s price cap when given.
+fn run_instances(
+    ec2: &aws_sdk_ec2::Client,
+    r: &LaunchRequest,
+    tags: &TagSpecification,
+    subnet: &Option<String>,
+    spot: Option<&Option<String>>,
+) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
+    let token = subnet_token(&r.client_token, subnet.as_deref(), &r.subnets);
+    let token = match (&r.spot, spot) {
+        // On demand after a refused spot launch is another request: EC2 must not take it for
+        // a repeat of that one.
+        (Some(_), None) => {
+            hex::encode(Sha256::digest(format!("{token}\non-demand")))[..64].to_owned()
+        }
+        _ => token,
+    };
+    ec2.run_instances()
+        .image_id(&r.ami)
+        .instance_type(r.instance_type.as_str().into())
+        .set_subnet_id(subnet.clone())
+        .set_security_group_ids(
+            (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
+        )
+        .min_count(1)
+        .max_count(1)
+        .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+        .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
+        .tag_specifications(tags.clone())
+        .set_instance_market_options(spot.map(|max_price| {
+            InstanceMarketOptionsRequest::builder()
+                .market_type(MarketType::Spot)
+                .spot_options(
+                    SpotMarketOptions::builder()
+                        .set_max_price(max_price.clone())
+                        .spot_instance_type(SpotInstanceType::OneTime)
+                        .build(),
+                )
+                .build()
+        }))
+        .client_token(token)
+}
+
 impl Ec2 {
     /// RunInstances in the first subnet with capacity. A round tries each subnet in order;
     /// when every one lacks capacity the round is repeated after a delay, up to
     /// [`CAPACITY_ATTEMPTS`] rounds. `Unsupported` (the instance type is not offered in that
     /// zone) moves on to the next subnet but is not worth a round of its own.
-    async fn launch(&self, r: &LaunchRequest) -> Result<InstanceInfo, ProviderError> {
+    async fn launch(
+        &self,
+        r: &LaunchRequest,
+        tell: &(dyn Fn(String) + Sync),
+    ) -> Result<InstanceInfo, AcquireError> {
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .set_tags(Some(
@@ -972,53 +1061,48 @@ impl Ec2 {
             .build();
         let ec2 = self.ec2(&r.region);
         let mut refusals: Vec<String> = Vec::new();
+        let mut spot = r.spot.clone();
         for round in 1..=CAPACITY_ATTEMPTS {
             refusals.clear();
             let mut any_capacity_shortage = false;
             for subnet in &r.subnets {
-                let result = ec2
-                    .run_instances()
-                    .image_id(&r.ami)
-                    .instance_type(r.instance_type.as_str().into())
-                    .set_subnet_id(subnet.clone())
-                    .set_security_group_ids(
-                        (!r.security_group_ids.is_empty()).then(|| r.security_group_ids.clone()),
-                    )
-                    .min_count(1)
-                    .max_count(1)
-                    .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-                    .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
-                    .tag_specifications(tags.clone())
-                    .set_instance_market_options(r.spot.as_ref().map(|max_price| {
-                        InstanceMarketOptionsRequest::builder()
-                            .market_type(MarketType::Spot)
-                            .spot_options(
-                                SpotMarketOptions::builder()
-                                    .set_max_price(max_price.clone())
-                                    .spot_instance_type(SpotInstanceType::OneTime)
-                                    .build(),
-                            )
-                            .build()
-                    }))
-                    .client_token(subnet_token(&r.client_token, subnet.as_deref(), &r.subnets))
+                let mut result = run_instances(&ec2, r, &tags, subnet, spot.as_ref())
                     .send()
                     .await;
-                let e =
-                    match result {
-                        Ok(out) => {
-                            return out.instances().first().map(info).ok_or_else(|| {
-                                ProviderError {
-                                    operation: "RunInstances",
-                                    target: r.region.clone(),
-                                    message: "the answer named no instance".into(),
-                                }
-                            });
-                        }
-                        Err(e) => e,
-                    };
+                if let Err(e) = &result
+                    && spot.is_some()
+                    && r.on_demand_after_spot
+                    && SPOT_REFUSALS.contains(&e.code().unwrap_or_default())
+                {
+                    tell(format!(
+                        "no spot capacity ({}: {}); launching on demand",
+                        e.code().unwrap_or_default(),
+                        e.message().unwrap_or("no message")
+                    ));
+                    spot = None;
+                    result = run_instances(&ec2, r, &tags, subnet, None).send().await;
+                }
+                let e = match result {
+                    Ok(out) => {
+                        return out.instances().first().map(info).ok_or_else(|| {
+                            ProviderError {
+                                operation: "RunInstances",
+                                target: r.region.clone(),
+                                message: "the answer named no instance".into(),
+                            }
+                            .into()
+                        });
+                    }
+                    Err(e) => e,
+                };
                 let code = e.code().unwrap_or_default();
+                if code == TOKEN_MISMATCH {
+                    return Err(AcquireError::Spent(format!(
+                        "this attempt launched before with other parameters ({code})"
+                    )));
+                }
                 if code != INSUFFICIENT_CAPACITY && code != UNSUPPORTED {
-                    return Err(err("RunInstances", &r.region, e));
+                    return Err(err("RunInstances", &r.region, e).into());
                 }
                 any_capacity_shortage |= code == INSUFFICIENT_CAPACITY;
                 let why = format!("{code}: {}", e.message().unwrap_or("no message"));
@@ -1037,7 +1121,8 @@ impl Ec2 {
                     operation: "RunInstances",
                     target: r.region.clone(),
                     message: format!("{}{rounds}", refusals.join("; ")),
-                });
+                }
+                .into());
             }
             tokio::time::sleep(capacity_delay(round)).await;
         }

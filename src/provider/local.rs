@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
+use super::{Acquire, AcquireError, Acquired, Provider, ProviderError, Reachable};
 use crate::plan::{ProviderKind, Settings};
 use crate::remote::Endpoint;
 use crate::state::Machine;
@@ -16,7 +16,7 @@ pub struct Local;
 const ID: &str = "local";
 
 impl Provider for Local {
-    async fn acquire(&self, _req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
+    async fn acquire(&self, _req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
         Ok(Acquired {
             machine: Machine::acquired(ProviderKind::Local, ID.into()),
             adopted: false,

@@ -98,6 +98,19 @@ pub struct Acquire<'a> {
     pub on_wait: &'a (dyn Fn(String) + Sync),
 }
 
+/// Why [`Provider::acquire`] got no machine.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// What this attempt got before is no longer alive, and asking again under the attempt's
+    /// name would only answer that (EC2 answers a repeated ClientToken with the instance it
+    /// launched first, for at least a day after that one terminated): a new attempt must be
+    /// opened. The reason, for the user.
+    #[error("{0}")]
+    Spent(String),
+}
+
 /// What [`Provider::acquire`] got.
 pub struct Acquired {
     pub machine: Machine,
@@ -125,7 +138,7 @@ pub trait Provider: Send + Sync + 'static {
     fn acquire(
         &self,
         req: &Acquire<'_>,
-    ) -> impl Future<Output = Result<Acquired, ProviderError>> + Send;
+    ) -> impl Future<Output = Result<Acquired, AcquireError>> + Send;
     /// Waits until the machine runs, and says how to reach it.
     fn reach(
         &self,
@@ -153,15 +166,16 @@ pub trait Provider: Send + Sync + 'static {
     }
     /// The machine takes another race of its test (`repeat_on = "same"`): what bounds its life
     /// (EC2's watchdog, a lease's expiry) starts again from now, so that `max_runtime` bounds
-    /// each race rather than all of them. Nothing to do where each race bounds itself.
+    /// each race rather than all of them. Its new [`Machine::expires_at`]; nothing to do, and
+    /// none, where each race bounds itself.
     fn extend(
         &self,
         _machine: &Machine,
         _settings: &Settings,
         _artifacts: &Artifacts,
         _endpoint: &Endpoint,
-    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
-        async { Ok(()) }
+    ) -> impl Future<Output = Result<Option<jiff::Timestamp>, ProviderError>> + Send {
+        async { Ok(None) }
     }
     /// Gives the machine back: terminates an instance; stops every process of the run on a
     /// host and ends its lease. Nothing of the run costs money or holds a host afterwards.
@@ -197,7 +211,8 @@ async fn stop_run(endpoint: &Endpoint, machine: &Machine) -> Result<(), Provider
         target: endpoint.name(),
         message,
     };
-    let command = crate::remote::stop_run_command(run_dir).map_err(|e| fail(e.to_string()))?;
+    let command = crate::remote::stop_run_command(run_dir, crate::remote::STOP_WAIT)
+        .map_err(|e| fail(e.to_string()))?;
     crate::remote::exec(endpoint, &command, b"", STOP_TIMEOUT)
         .await
         .map_err(|e| fail(e.to_string()))?;
@@ -259,7 +274,7 @@ macro_rules! route {
 }
 
 impl Provider for Fleet {
-    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
+    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
         route!(self, req.settings.provider(), p => p.acquire(req))
     }
 
@@ -290,7 +305,7 @@ impl Provider for Fleet {
         settings: &Settings,
         artifacts: &Artifacts,
         endpoint: &Endpoint,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<jiff::Timestamp>, ProviderError> {
         route!(self, machine.provider, p => p.extend(machine, settings, artifacts, endpoint))
     }
 

@@ -16,7 +16,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Acquire, Acquired, Provider, ProviderError, Reachable};
+use super::{Acquire, AcquireError, Acquired, Provider, ProviderError, Reachable};
 use crate::plan::{MachineSettings, ProviderKind, Settings, SshSettings};
 use crate::remote::{self, Endpoint, HostKeys, SshEndpoint};
 use crate::state::{self, LockHolder, Machine};
@@ -168,7 +168,7 @@ impl Ssh {
 }
 
 impl Provider for Ssh {
-    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, ProviderError> {
+    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
         let s = ssh_settings(req.settings);
         let id = hex::encode(Sha256::digest(format!(
             "{}\n{}\n{}",
@@ -209,6 +209,7 @@ impl Provider for Ssh {
                             machine: Machine {
                                 address: Some(host.clone()),
                                 lease: Some(lease.id.clone()),
+                                expires_at: Some(lease.expires),
                                 ..Machine::acquired(ProviderKind::Ssh, host)
                             },
                             adopted,
@@ -220,7 +221,7 @@ impl Provider for Ssh {
                     }
                     Err(e) => {
                         self.unhold(&host);
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
             }
@@ -237,7 +238,8 @@ impl Provider for Ssh {
                         operation: "lease",
                         target: s.hosts.join(", "),
                         message: "interrupted while waiting for a free host".into(),
-                    });
+                    }
+                    .into());
                 }
             }
         }
@@ -268,9 +270,9 @@ impl Provider for Ssh {
         settings: &Settings,
         _artifacts: &crate::templates::Artifacts,
         endpoint: &Endpoint,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<Timestamp>, ProviderError> {
         let Some(id) = &machine.lease else {
-            return Ok(());
+            return Ok(None);
         };
         let fail = |message: String| ProviderError {
             operation: "renew the lease",
@@ -298,7 +300,7 @@ impl Provider for Ssh {
         remote::exec(endpoint, &write, &input, LEASE_TIMEOUT)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        Ok(())
+        Ok(Some(lease.expires))
     }
 
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {

@@ -18,18 +18,27 @@ Rules, repeatable: --fault ACTION:KIND:COUNT
                                         the client disconnects or --hang-bound seconds pass
                                         (then HTTP 504); a test can kill the client while a
                                         call is in flight, e.g. TerminateInstances:hang:1
+          lost                          the call is forwarded and done, but its answer is
+                                        held, never sent, until the client disconnects or
+                                        --hang-bound seconds pass: a client killed then never
+                                        learns what it made (e.g. RunInstances:lost:1)
   COUNT   a number (the first COUNT calls of ACTION fail) or `always`
 
 GET /_faults answers {"injected": {action: n}, "forwarded": {action: n}, "held": {action: n}}
 so that tests can assert that the faults really happened: `injected` counts every faulted call,
 hung ones included (counted when the hold begins); `held` counts hung calls still being held.
 
+ClientToken, which EC2 honours and moto ignores: a RunInstances whose ClientToken an earlier
+successful one carried is answered with that one's instances in their state now (terminated
+ones too, as EC2 does for at least a day), without launching; with other parameters it fails
+with IdempotentParameterMismatch (HTTP 400).
+
 Instances EC2 does not know, as real EC2 has them and moto never does:
   --young-not-found SECONDS  an instance is unknown for its first SECONDS after the RunInstances
                              answer that named it (EC2's eventual consistency)
   POST /_reclaim {"ids": [...]}  DescribeInstances answers these instances with the state reason
-                             EC2 gives a spot instance it reclaimed (the test terminates them
-                             in moto itself)
+                             EC2 gives a spot instance it reclaimed, shutting down while moto
+                             still runs them (the test terminates them in moto itself)
   POST /_purge {"ids": [...]}  these instances are unknown from now on (EC2 purges terminated
                              instances about an hour after termination)
 An unknown instance is answered as EC2 does: DescribeInstances or TerminateInstances naming it
@@ -94,7 +103,7 @@ class Rule:
         except ValueError:
             raise SystemExit(f"bad --fault {spec!r}: want ACTION:KIND:COUNT")
         self.field = None
-        m = re.fullmatch(r"(\w+)\[(\w+)=([^\]]*)\]", self.action)
+        m = re.fullmatch(r"(\w+)\[([\w.]+)=([^\]]*)\]", self.action)
         if m:
             self.action, self.field = m.group(1), (m.group(2), m.group(3))
         self.remaining = None if count == "always" else int(count)
@@ -147,13 +156,19 @@ SPOT_RECLAIMED = ("Server.SpotInstanceTermination", "Server.SpotInstanceTerminat
 
 def mark_reclaimed(payload, reclaimed):
     """A DescribeInstances answer in which the instances in `reclaimed` carry EC2's state
-    reason for a reclaimed spot instance."""
+    reason for a reclaimed spot instance, and read `shutting-down` while moto still has them
+    running: EC2 shuts a reclaimed instance down, killing what runs on it, before it reads
+    terminated."""
     root = ET.fromstring(payload)
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     ET.register_namespace("", ns.strip("{}"))
     for inst in root.iter(f"{ns}item"):
         if inst.findtext(f"{ns}instanceId") not in reclaimed:
             continue
+        state = inst.find(f"{ns}instanceState")
+        if state is not None and state.findtext(f"{ns}name") in ("pending", "running"):
+            state.find(f"{ns}code").text = "32"
+            state.find(f"{ns}name").text = "shutting-down"
         reason = inst.find(f"{ns}stateReason")
         if reason is None:
             reason = ET.SubElement(inst, f"{ns}stateReason")
@@ -198,6 +213,7 @@ class State:
         self.launched = {}  # instance id -> when a RunInstances answer first named it
         self.purged = set()
         self.reclaimed = set()
+        self.tokens = {}  # ClientToken -> (the other parameters, the RunInstances answer)
 
     def unknown(self):
         """The instance ids EC2 would not know right now."""
@@ -325,7 +341,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.state.count_injected(action)
             self.log_message("answered %s as EC2 does for an unknown instance", action)
             return self._send(*answer)
-        rule = self.state.fault_for(action, form_fields(self.headers, body))
+        fields = form_fields(self.headers, body)
+        if action == "RunInstances" and fields.get("ClientToken"):
+            answer = self._repeated_launch(fields, body)
+            if answer is not None:
+                self.state.count_injected(action)
+                return self._send(*answer)
+        rule = self.state.fault_for(action, fields)
         if rule is not None and rule.kind == "hang":
             self.log_message("holding %s (hang)", action)
             if self._hold(action):
@@ -333,10 +355,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return None
             self.log_message("held %s for %ss: answering 504", action, self.hang_bound)
+        if rule is not None and rule.kind == "lost":
+            status, ctype, payload, headers = self._forward(action, body)
+            self.log_message("did %s (HTTP %s), holding its answer (lost)", action, status)
+            if self._hold(action):
+                self.close_connection = True
+                return None
+            return self._send(status, ctype, payload, headers)
         if rule is not None:
             status, ctype, payload = rule.answer("X-Amz-Target" in self.headers)
             self.log_message("injected %s %s for %s", status, rule.kind, action)
             return self._send(status, ctype, payload)
+        return self._send(*self._forward(action, body))
+
+    def _forward(self, action, body):
+        """The upstream's answer to this call, as EC2 would have given it."""
         up = self.state.upstream
         conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
         try:
@@ -354,11 +387,55 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 for k, v in resp.getheaders()
                 if k.lower() not in HOP_BY_HOP and k.lower() != "content-type"
             ]
-            self._send(resp.status, resp.getheader("Content-Type"), payload, headers)
+            return resp.status, resp.getheader("Content-Type"), payload, headers
         except OSError as e:
-            self._send(502, "text/plain", f"fault_proxy: upstream: {e}\n".encode())
+            return 502, "text/plain", f"fault_proxy: upstream: {e}\n".encode(), []
         finally:
             conn.close()
+
+    def _repeated_launch(self, fields, body):
+        """EC2's answer to a RunInstances whose ClientToken was used before, or None."""
+        token = fields["ClientToken"][0]
+        params = sorted((k, v) for k, v in fields.items() if k != "ClientToken")
+        with self.state.lock:
+            earlier = self.state.tokens.get(token)
+        if earlier is None:
+            return None
+        if earlier[0] != params:
+            self.log_message("RunInstances repeats ClientToken %s with other parameters", token)
+            return ec2_error(
+                "IdempotentParameterMismatch",
+                f"Arguments on this idempotent request are inconsistent with arguments used in "
+                f"previous request(s) with token {token}.",
+            )
+        payload = earlier[1]
+        ids = [i.decode() for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload)]
+        described = urllib.parse.urlencode(
+            [("Action", "DescribeInstances"), ("Version", fields.get("Version", ["2016-11-15"])[0])]
+            + [(f"InstanceId.{n}", i) for n, i in enumerate(ids, 1)]
+        ).encode()
+        status, _, now, _ = self._forward("DescribeInstances", described)
+        if status != 200:
+            return None
+        states = {}
+        root = ET.fromstring(now)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for item in root.iter(f"{ns}item"):
+            state = item.find(f"{ns}instanceState")
+            if item.findtext(f"{ns}instanceId") and state is not None:
+                states[item.findtext(f"{ns}instanceId")] = state
+        root = ET.fromstring(payload)
+        ET.register_namespace("", ns.strip("{}"))
+        for item in root.iter(f"{ns}item"):
+            old = item.find(f"{ns}instanceState")
+            new = states.get(item.findtext(f"{ns}instanceId"))
+            if old is not None and new is not None:
+                for child in list(old):
+                    old.remove(child)
+                for child in new:
+                    old.append(child)
+        self.log_message("RunInstances repeats ClientToken %s: answered with %s", token, ids)
+        return 200, "text/xml;charset=UTF-8", ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def _unknown_answer(self, action, body):
         """The error EC2 gives a call naming an instance it does not know, or None."""
@@ -433,6 +510,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._follow_disks(action, form_fields(self.headers, body), payload)
         if action == "RunInstances":
             now = time.monotonic()
+            fields = form_fields(self.headers, body)
+            if fields.get("ClientToken"):
+                params = sorted((k, v) for k, v in fields.items() if k != "ClientToken")
+                with self.state.lock:
+                    self.state.tokens[fields["ClientToken"][0]] = (params, payload)
             with self.state.lock:
                 for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload):
                     self.state.launched.setdefault(i.decode(), now)
