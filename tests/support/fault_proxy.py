@@ -47,6 +47,15 @@ harness's `host_dir`):
                              a CreateImage answer does, the instance's disk is copied to
                              IMAGES/<new image id>. A plain AMI so starts empty, an image made
                              from an instance starts with what that instance had installed.
+
+CreateImage as EC2 has it, where moto differs:
+  Snapshot tag specifications (`TagSpecification.N.ResourceType=snapshot`), which moto refuses
+  (HTTP 500), are taken out of the call moto gets and applied to the new image's snapshots with
+  CreateTags before the answer reaches the client, as EC2 tags them when it makes them.
+  --image-state STATE[:CODE]  images made by CreateImage read STATE (e.g. `pending`, `failed`)
+                             in DescribeImages answers, with the state reason CODE if given;
+                             with CODE `Client.InstanceTerminated` the image's instance is
+                             terminated (in moto) before the CreateImage answer reaches the client
 """
 
 import argparse
@@ -183,8 +192,34 @@ def strip_instances(payload, unknown):
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
+def without_snapshot_tags(body):
+    """A CreateImage body without its snapshot tag specifications, and their (key, value)s."""
+    fields = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    specs = {}
+    for k, v in fields:
+        m = re.fullmatch(r"TagSpecification\.(\d+)\.ResourceType", k)
+        if m and v == "snapshot":
+            specs[m.group(1)] = []
+    if not specs:
+        return body, []
+    kept, tags = [], {}
+    for k, v in fields:
+        m = re.fullmatch(r"TagSpecification\.(\d+)\.(.*)", k)
+        if m and m.group(1) in specs:
+            t = re.fullmatch(r"Tag\.(\d+)\.(Key|Value)", m.group(2))
+            if t:
+                tags.setdefault((m.group(1), t.group(1)), {})[t.group(2)] = v
+            continue
+        kept.append((k, v))
+    pairs = [(t["Key"], t.get("Value", "")) for _, t in sorted(tags.items())]
+    return urllib.parse.urlencode(kept).encode(), pairs
+
+
 class State:
-    def __init__(self, rules, upstream, young_not_found, disks=None, images=None):
+    def __init__(self, rules, upstream, young_not_found, disks=None, images=None,
+                 image_state=None):
+        self.image_state = image_state.split(":", 1) + [None] if image_state else None
+        self.made_images = set()  # image ids CreateImage answered
         self.disks = disks
         self.images = images
         self.ip_of = {}  # instance id -> private IP, from RunInstances answers
@@ -337,6 +372,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status, ctype, payload = rule.answer("X-Amz-Target" in self.headers)
             self.log_message("injected %s %s for %s", status, rule.kind, action)
             return self._send(status, ctype, payload)
+        snapshot_tags = []
+        if action == "CreateImage":
+            body, snapshot_tags = without_snapshot_tags(body)
         up = self.state.upstream
         conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
         try:
@@ -348,6 +386,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.endheaders(body)
             resp = conn.getresponse()
             payload = resp.read()
+            if action == "CreateImage" and resp.status == 200:
+                self._made_image(payload, form_fields(self.headers, body), snapshot_tags)
             payload = self._as_ec2_would(action, resp.status, payload, body)
             headers = [
                 (k, v)
@@ -385,6 +425,76 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 ).encode()
                 return 400, "application/x-amz-json-1.1", payload
         return None
+
+    def _upstream(self, fields):
+        """An EC2 call of the proxy's own to moto, signed (moto does not check) as the call
+        being answered, so that it lands in the same region; its answer's XML root."""
+        body = urllib.parse.urlencode(fields, doseq=True).encode()
+        up = self.state.upstream
+        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
+        try:
+            conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)
+            for k, v in self.headers.items():
+                if k.lower() not in HOP_BY_HOP and not k.lower().startswith("amz-sdk"):
+                    conn.putheader(k, v)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            payload = resp.read()
+            if resp.status != 200:
+                raise RuntimeError("%s answered %s: %s" % (fields["Action"], resp.status, payload))
+            return ET.fromstring(payload)
+        finally:
+            conn.close()
+
+    def _made_image(self, payload, fields, snapshot_tags):
+        """After CreateImage: tags its snapshots as EC2 would have, terminates its instance
+        for --image-state ...:Client.InstanceTerminated."""
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        image_id = root.findtext(f"{ns}imageId")
+        with self.state.lock:
+            self.state.made_images.add(image_id)
+        if snapshot_tags:
+            described = self._upstream({"Action": "DescribeImages", "Version": "2016-11-15",
+                                        "ImageId.1": image_id})
+            dns = described.tag[: described.tag.index("}") + 1] if described.tag.startswith("{") else ""
+            snapshots = [e.text for e in described.iter(f"{dns}snapshotId") if e.text]
+            call = {"Action": "CreateTags", "Version": "2016-11-15"}
+            for n, snap in enumerate(snapshots, 1):
+                call[f"ResourceId.{n}"] = snap
+            for n, (k, v) in enumerate(snapshot_tags, 1):
+                call[f"Tag.{n}.Key"], call[f"Tag.{n}.Value"] = k, v
+            if snapshots:
+                self._upstream(call)
+            self.log_message("tagged snapshots %s of %s as EC2 would", snapshots, image_id)
+        if self.state.image_state and self.state.image_state[1] == "Client.InstanceTerminated":
+            instance = fields.get("InstanceId", [""])[0]
+            self._upstream({"Action": "TerminateInstances", "Version": "2016-11-15",
+                            "InstanceId.1": instance})
+            self.log_message("terminated %s while it was imaged", instance)
+
+    def _image_state(self, payload):
+        """--image-state: the images CreateImage made read that state (and reason)."""
+        state, code = self.state.image_state[0], self.state.image_state[1]
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        ET.register_namespace("", ns.strip("{}"))
+        with self.state.lock:
+            made = set(self.state.made_images)
+        for item in root.iter(f"{ns}item"):
+            if item.findtext(f"{ns}imageId") not in made:
+                continue
+            item.find(f"{ns}imageState").text = state
+            if code:
+                reason = item.find(f"{ns}stateReason")
+                if reason is None:
+                    reason = ET.SubElement(item, f"{ns}stateReason")
+                for child in list(reason):
+                    reason.remove(child)
+                ET.SubElement(reason, f"{ns}code").text = code
+                ET.SubElement(reason, f"{ns}message").text = code + ": injected by fault_proxy"
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def _follow_disks(self, action, fields, payload):
         """--disks: a launched instance's disk starts empty or as its image's; CreateImage
@@ -431,6 +541,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return payload
         if self.state.disks and action in ("RunInstances", "CreateImage"):
             self._follow_disks(action, form_fields(self.headers, body), payload)
+        if action == "DescribeImages" and self.state.image_state:
+            payload = self._image_state(payload)
         if action == "RunInstances":
             now = time.monotonic()
             with self.state.lock:
@@ -473,9 +585,11 @@ def main():
     )
     p.add_argument("--disks", help="the instances' private disks, one directory per private IP")
     p.add_argument("--images", help="where images made by CreateImage keep their disk copies")
+    p.add_argument("--image-state", metavar="STATE[:CODE]",
+                   help="images made by CreateImage read STATE, with state reason CODE")
     args = p.parse_args()
     Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
-                          args.disks, args.images)
+                          args.disks, args.images, args.image_state)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
