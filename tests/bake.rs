@@ -566,3 +566,55 @@ fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state()
     let running = run.harness.running_instances();
     assert!(running.is_empty(), "left running: {running:?}");
 }
+
+/// CreateImage reboots the bake instance, and a reboot forgets the shutdown its user data
+/// scheduled: the instance schedules it again at boot, for the same deadline.
+#[test]
+fn a_bake_instance_rebooted_for_its_image_keeps_its_watchdog_deadline() {
+    let run = Run::new(1);
+    let boot = support::boot_dir(run.harness.work.path());
+    let proxy = FaultProxy::with_disks_and(&run.harness, &[], &["--boot", boot.to_str().unwrap()]);
+    let plan = baked_plan(&run, &["a"]);
+    let out = through(
+        &run,
+        &proxy,
+        &["bake", plan.to_str().unwrap(), "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let image = run.state().images[0].clone();
+    let id = image.instance.unwrap().id;
+    let ip = (run.harness.instances().into_iter())
+        .find(|i| i.id == id)
+        .and_then(|i| i.private_ip)
+        .unwrap();
+    let imaging = (image.history.iter())
+        .find(|t| t.status == "imaging")
+        .unwrap()
+        .at
+        .as_second();
+    // `UNIX_TIME -h +MINUTES message`, one line per `shutdown` the instance ran.
+    let calls: Vec<(i64, i64)> = (run.harness.watchdog_calls(&ip).iter())
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let at = words.next().unwrap().parse().unwrap();
+            assert_eq!(words.next(), Some("-h"), "{line}");
+            let minutes = words.next().unwrap().strip_prefix('+').unwrap();
+            (at, minutes.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "armed at first boot, again after the reboot: {calls:?}"
+    );
+    let (booted, minutes) = calls[0];
+    assert_eq!(minutes, 30, "max_runtime = 30m");
+    let deadline = booted + 30 * 60;
+    let (rebooted, left) = calls[1];
+    assert!(rebooted >= imaging, "{calls:?}, imaging at {imaging}");
+    let fires = rebooted + left * 60;
+    assert!(
+        fires <= deadline + 2 && fires > deadline - 60,
+        "after the reboot the shutdown is at {fires}, the deadline {deadline}"
+    );
+}

@@ -521,7 +521,8 @@ impl Provider for Aws {
     }
 
     /// Runs the user data's watchdog again: `shutdown -h +N` replaces the shutdown it
-    /// scheduled at boot, so the instance lives `max_runtime` from now.
+    /// scheduled at boot and the deadline a reboot schedules it for again moves with it, so
+    /// the instance lives `max_runtime` from now.
     async fn extend(
         &self,
         machine: &Machine,

@@ -56,9 +56,17 @@ CreateImage as EC2 has it, where moto differs:
                              in DescribeImages answers, with the state reason CODE if given;
                              with CODE `Client.InstanceTerminated` the image's instance is
                              terminated (in moto) before the CreateImage answer reaches the client
+
+Boots, as cloud-init has them (the harness's instances run no cloud-init of their own):
+  --boot DIR                 after a RunInstances answer, each launched instance runs its user
+                             data (instance.py: DIR/<private ip>/user-data); CreateImage without
+                             NoReboot reboots the instance as EC2 does: before its answer reaches
+                             the client, the instance runs cloud-init's per-boot scripts
+                             (DIR/<private ip>/reboot, done when reboot.done appears)
 """
 
 import argparse
+import base64
 import http.client
 import http.server
 import json
@@ -217,7 +225,8 @@ def without_snapshot_tags(body):
 
 class State:
     def __init__(self, rules, upstream, young_not_found, disks=None, images=None,
-                 image_state=None):
+                 image_state=None, boot=None):
+        self.boot = boot
         self.image_state = image_state.split(":", 1) + [None] if image_state else None
         self.made_images = set()  # image ids CreateImage answered
         self.disks = disks
@@ -468,11 +477,49 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if snapshots:
                 self._upstream(call)
             self.log_message("tagged snapshots %s of %s as EC2 would", snapshots, image_id)
+        if self.state.boot and fields.get("NoReboot", ["false"])[0] != "true":
+            self._reboot(fields.get("InstanceId", [""])[0])
         if self.state.image_state and self.state.image_state[1] == "Client.InstanceTerminated":
             instance = fields.get("InstanceId", [""])[0]
             self._upstream({"Action": "TerminateInstances", "Version": "2016-11-15",
                             "InstanceId.1": instance})
             self.log_message("terminated %s while it was imaged", instance)
+
+    def _first_boot(self, fields, payload):
+        """--boot: each launched instance runs the call's user data."""
+        user_data = base64.b64decode(fields.get("UserData", [""])[0])
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for item in root.iter(f"{ns}item"):
+            ip, instance = item.findtext(f"{ns}privateIpAddress"), item.findtext(f"{ns}instanceId")
+            if not ip or not instance:
+                continue
+            with self.state.lock:
+                self.state.ip_of[instance] = ip
+            requests = os.path.join(self.state.boot, ip)
+            os.makedirs(requests, exist_ok=True)
+            with open(os.path.join(requests, "user-data.tmp"), "wb") as f:
+                f.write(user_data)
+            os.replace(os.path.join(requests, "user-data.tmp"), os.path.join(requests, "user-data"))
+            self.log_message("%s (%s) boots with its user data", instance, ip)
+
+    def _reboot(self, instance):
+        """--boot: the instance reboots for CreateImage; it has once this returns."""
+        with self.state.lock:
+            ip = self.state.ip_of.get(instance)
+        if not ip:
+            return
+        requests = os.path.join(self.state.boot, ip)
+        done = os.path.join(requests, "reboot.done")
+        with open(os.path.join(requests, "reboot"), "w"):
+            pass
+        deadline = time.monotonic() + 30
+        while not os.path.exists(done):
+            if time.monotonic() > deadline:
+                raise RuntimeError("instance %s (%s) did not reboot within 30 s" % (instance, ip))
+            time.sleep(0.05)
+        os.remove(done)
+        self.log_message("rebooted %s (%s) for CreateImage", instance, ip)
 
     def _image_state(self, payload):
         """--image-state: the images CreateImage made read that state (and reason)."""
@@ -543,6 +590,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._follow_disks(action, form_fields(self.headers, body), payload)
         if action == "DescribeImages" and self.state.image_state:
             payload = self._image_state(payload)
+        if action == "RunInstances" and self.state.boot:
+            self._first_boot(form_fields(self.headers, body), payload)
         if action == "RunInstances":
             now = time.monotonic()
             with self.state.lock:
@@ -587,9 +636,11 @@ def main():
     p.add_argument("--images", help="where images made by CreateImage keep their disk copies")
     p.add_argument("--image-state", metavar="STATE[:CODE]",
                    help="images made by CreateImage read STATE, with state reason CODE")
+    p.add_argument("--boot", metavar="DIR",
+                   help="instances run their user data at launch and reboot for CreateImage")
     args = p.parse_args()
     Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
-                          args.disks, args.images, args.image_state)
+                          args.disks, args.images, args.image_state, args.boot)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

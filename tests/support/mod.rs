@@ -1199,6 +1199,12 @@ fn port_of(addr_or_url: &str) -> u16 {
         .expect("address with port")
 }
 
+/// Where instances keep their private /var/lib/cloud and hear of their boots (instance.py
+/// `--boot-dir`, fault_proxy.py `--boot`).
+pub fn boot_dir(wd: &Path) -> PathBuf {
+    wd.join("boot")
+}
+
 /// Where `shutdown` inside the instance at `ip` records its calls (instance.py).
 fn watchdog_log(wd: &Path, ip: &str) -> PathBuf {
     wd.join(format!("watchdog-{ip}.log"))
@@ -1264,6 +1270,8 @@ fn spawn_instance_process(
     cmd.args(["--proxy-port", &INSTANCE_PROXY_PORT.to_string()])
         .arg("--watchdog-log")
         .arg(watchdog_log(wd, ip))
+        .arg("--boot-dir")
+        .arg(boot_dir(wd))
         .arg("--ready-file")
         .arg(&ready)
         .stdin(Stdio::from(OwnedFd::from(listener)))
