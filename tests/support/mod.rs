@@ -564,6 +564,32 @@ impl Harness {
             .collect()
     }
 
+    /// The watchdog deadlines (Unix times) the user data left in the private /var/lib/cloud
+    /// of each start of the instance at `private_ip`: what a reboot schedules the shutdown for.
+    pub fn watchdog_deadlines(&self, private_ip: &str) -> Vec<i64> {
+        let prefix = format!("cloud-{private_ip}-");
+        let mut found = Vec::new();
+        for entry in fs::read_dir(boot_dir(self.work.path()))
+            .into_iter()
+            .flatten()
+        {
+            let dir = entry.unwrap().path();
+            if !dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+            {
+                continue;
+            }
+            let file = dir.join("instance/rallyctl-watchdog-deadline");
+            if let Ok(text) = fs::read_to_string(file) {
+                found.push(text.trim().parse().expect("a Unix time"));
+            }
+        }
+        found
+    }
+
     /// `es_docs` of the cluster at `es_addr` (one of `es_addrs`).
     pub fn es_docs_at(&self, es_addr: &str) -> serde_json::Value {
         self.es_get(es_addr, "/_test/docs")
