@@ -496,11 +496,16 @@ fn an_image_failed_as_its_instance_terminated_leaves_nothing_after_destroy_image
 }
 
 /// Ctrl-C while the image is pending: the bake has recorded its snapshots by then. With the
-/// state lost, `destroy --images` still finds the image and its snapshots by their tags.
+/// state lost, `destroy --images` still finds the image and its snapshots by their tags, and
+/// a snapshot it could not delete once its image was deregistered by the tag alone.
 #[test]
 fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state() {
     let run = Run::new(1);
-    let proxy = FaultProxy::with_disks_and(&run.harness, &[], &["--image-state", "pending"]);
+    let proxy = FaultProxy::with_disks_and(
+        &run.harness,
+        &["DeleteSnapshot:IncorrectState:1"],
+        &["--image-state", "pending"],
+    );
     let plan = baked_plan(&run, &["a"]);
     let plan_arg = plan.to_str().unwrap();
     let (mut bake, _) = bake_until_installing(&run, &proxy, &plan);
@@ -549,15 +554,23 @@ fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state()
             std::fs::remove_file(path).unwrap();
         }
     }
-    let out = through(
-        &run,
-        &proxy,
-        &["destroy", plan_arg, "--images", "--auto-approve"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let destroy = ["destroy", plan_arg, "--images", "--auto-approve"];
+    let out = through(&run, &proxy, &destroy);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
             "{image_id}  (tagged with this workspace, unknown to state"
+        )) && text(&out).contains("IncorrectState"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tagged(&run), (vec![], made.clone()));
+    let out = through(&run, &proxy, &destroy);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "{}  (snapshots tagged with this workspace, of no image left)",
+            made.join(", ")
         )),
         "{}",
         text(&out)
