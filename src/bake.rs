@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{Address, slug};
 use crate::lifecycle::{self, StateHandle, Stop};
 use crate::plan::{MachineSettings, Plan, Settings, Test};
+use crate::provider::aws::ImageWait;
 use crate::provider::{Acquire, Fleet, Provider};
 use crate::state::{BakeKey, BakeStep, Image, Machine, State};
 use crate::templates::{ArtifactMap, Renderer};
@@ -405,7 +406,8 @@ async fn install(ctx: &Ctx<'_>, like: &Test, conn: &lifecycle::Conn) -> Result<(
 }
 
 /// Imaging: CreateImage (found again by name after a crash), recorded, then waited for until
-/// available; Ctrl-C ends the wait.
+/// available; Ctrl-C ends the wait. Its snapshots are recorded as soon as the image names
+/// them, so that `destroy --images` deletes them whatever ends the wait.
 async fn imaging(ctx: &Ctx<'_>, index: usize) -> Result<String, BakeError> {
     let image = ctx.state.read(|s| s.images[index].clone());
     let machine = image
@@ -424,13 +426,28 @@ async fn imaging(ctx: &Ctx<'_>, index: usize) -> Result<String, BakeError> {
     ctx.state
         .update(|s| s.images[index].image_id = Some(id.clone()))?;
     let region = &image.baked_for.region;
-    let info = tokio::select! {
-        info = aws.wait_image(region, &id) => info.map_err(provider_failed(BakeStep::Imaging))?,
-        _ = ctx.cancel.cancelled() => return Err(BakeError::Interrupted),
-    };
+    let since = std::time::Instant::now();
+    let mut known = image.snapshot_ids;
+    loop {
+        let seen = tokio::select! {
+            seen = aws.wait_image(region, &id, &known, since) => seen.map_err(provider_failed(BakeStep::Imaging))?,
+            _ = ctx.cancel.cancelled() => return Err(BakeError::Interrupted),
+        };
+        match seen {
+            ImageWait::Snapshots(ids) => {
+                for snapshot in ids {
+                    if !known.contains(&snapshot) {
+                        known.push(snapshot);
+                    }
+                }
+                ctx.state
+                    .update(|s| s.images[index].snapshot_ids = known.clone())?;
+            }
+            ImageWait::Available(_) => break,
+        }
+    }
     ctx.state.update(|s| {
         let i = &mut s.images[index];
-        i.snapshot_ids = info.snapshot_ids;
         i.created_at = Some(jiff::Timestamp::now());
         i.set_step(BakeStep::Terminating);
     })?;

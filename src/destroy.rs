@@ -172,32 +172,106 @@ pub async fn destroy<P: Provider>(
     Ok(not_released)
 }
 
-/// A baked image `destroy --images` gives back: its name in state, id, region and snapshots.
+/// A baked image `destroy --images` gives back, or snapshots whose image is gone already.
 pub struct ImageTarget {
-    pub name: String,
-    pub id: String,
+    /// Its bake's image name in state; none for what only the workspace tag names.
+    pub name: Option<String>,
+    /// None for snapshots alone.
+    pub id: Option<String>,
     pub region: String,
     pub snapshot_ids: Vec<String>,
 }
 
-/// The workspace's baked images that may still be registered: every image a bake made (a
-/// failed bake's too), unless already deregistered.
-pub fn images(state: &State) -> Vec<ImageTarget> {
-    (state.images.iter())
-        .filter(|i| i.step != BakeStep::Deregistered)
-        .filter_map(|i| {
-            Some(ImageTarget {
-                name: i.name.clone(),
-                id: i.image_id.clone()?,
-                region: i.baked_for.region.clone(),
-                snapshot_ids: i.snapshot_ids.clone(),
-            })
-        })
-        .collect()
+/// State's baked images that may still be registered: every image a bake made (a failed
+/// bake's too), unless already deregistered.
+fn recorded(state: &State) -> impl Iterator<Item = &crate::state::Image> {
+    (state.images.iter()).filter(|i| i.step != BakeStep::Deregistered && i.image_id.is_some())
 }
 
-/// Deregisters each image and deletes its snapshots, recording each as it goes; returns the
-/// ids of those that could not be, with why.
+/// How many baked images state names that `destroy` without `--images` keeps.
+pub fn kept(state: &State) -> usize {
+    recorded(state).count()
+}
+
+/// Everything bakes made that may still cost money: state's images, and in each region that
+/// state's images or the plan's aws tests point to, the images and snapshots tagged with the
+/// workspace (a bake killed before it recorded them, a state lost). Tagged snapshots of no
+/// image found are targets of their own.
+pub async fn images(
+    fleet: &crate::provider::Fleet,
+    state: &State,
+    plan: &[&Settings],
+) -> Result<Vec<ImageTarget>, crate::provider::ProviderError> {
+    let mut targets: Vec<ImageTarget> = recorded(state)
+        .map(|i| ImageTarget {
+            name: Some(i.name.clone()),
+            id: i.image_id.clone(),
+            region: i.baked_for.region.clone(),
+            snapshot_ids: i.snapshot_ids.clone(),
+        })
+        .collect();
+    let mut regions: Vec<String> = (state.images.iter())
+        .map(|i| i.baked_for.region.clone())
+        .chain(plan.iter().filter_map(|s| match &s.machine {
+            crate::plan::MachineSettings::Aws(a) => Some(a.region.to_string()),
+            _ => None,
+        }))
+        .collect();
+    regions.sort();
+    regions.dedup();
+    if regions.is_empty() {
+        return Ok(targets);
+    }
+    let aws = fleet.images().await?;
+    for region in regions {
+        let (tagged, snapshots) = aws.tagged_images(&region, &state.workspace).await?;
+        for image in tagged {
+            let at = targets
+                .iter()
+                .position(|t| t.id.as_deref() == Some(&image.id) && t.region == region);
+            let target = match at {
+                Some(at) => &mut targets[at],
+                None => {
+                    let name = (state.images.iter())
+                        .find(|i| i.name == image.name)
+                        .map(|i| i.name.clone());
+                    targets.push(ImageTarget {
+                        name,
+                        id: Some(image.id),
+                        region: region.clone(),
+                        snapshot_ids: vec![],
+                    });
+                    targets.last_mut().expect("just pushed")
+                }
+            };
+            add_new(&mut target.snapshot_ids, image.snapshot_ids);
+        }
+        let orphans: Vec<String> = (snapshots.into_iter())
+            .filter(|s| !(targets.iter()).any(|t| t.region == region && t.snapshot_ids.contains(s)))
+            .collect();
+        if !orphans.is_empty() {
+            targets.push(ImageTarget {
+                name: None,
+                id: None,
+                region,
+                snapshot_ids: orphans,
+            });
+        }
+    }
+    Ok(targets)
+}
+
+fn add_new(to: &mut Vec<String>, ids: Vec<String>) {
+    for id in ids {
+        if !to.contains(&id) {
+            to.push(id);
+        }
+    }
+}
+
+/// Deregisters each image and deletes its snapshots, recording each as it goes: the image's
+/// snapshots as EC2 names them are recorded before it is deregistered (afterwards nothing
+/// names them). Returns the ids of those that could not be given back, with why.
 pub async fn deregister(
     fleet: &crate::provider::Fleet,
     state: &StateHandle,
@@ -205,20 +279,46 @@ pub async fn deregister(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let mut not_given_back = Vec::new();
     for target in images {
-        let given_back = match fleet.images().await {
-            Ok(aws) => {
-                aws.delete_image(&target.region, &target.id, &target.snapshot_ids)
-                    .await
+        let shown = (target.id.clone()).unwrap_or_else(|| target.snapshot_ids.join(", "));
+        let aws = match fleet.images().await {
+            Ok(aws) => aws,
+            Err(e) => {
+                not_given_back.push((shown, e.to_string()));
+                continue;
             }
-            Err(e) => Err(e),
         };
-        match given_back {
+        let mut snapshots = target.snapshot_ids.clone();
+        if let Some(id) = &target.id {
+            match aws.image(&target.region, id).await {
+                Ok(info) => add_new(
+                    &mut snapshots,
+                    info.map(|i| i.snapshot_ids).unwrap_or_default(),
+                ),
+                Err(e) => {
+                    not_given_back.push((shown, e.to_string()));
+                    continue;
+                }
+            }
+        }
+        let in_state = |s: &mut State| {
+            let name = target.name.as_ref()?;
+            s.images.iter_mut().position(|i| &i.name == name)
+        };
+        state.update(|s| {
+            if let Some(at) = in_state(s) {
+                add_new(&mut s.images[at].snapshot_ids, snapshots.clone());
+            }
+        })?;
+        match aws
+            .delete_image(&target.region, target.id.as_deref(), &snapshots)
+            .await
+        {
             Ok(()) => state.update(|s| {
-                if let Some(i) = s.images.iter_mut().find(|i| i.name == target.name) {
-                    i.set_step(BakeStep::Deregistered);
+                if let Some(at) = in_state(s) {
+                    s.images[at].set_step(BakeStep::Deregistered);
                 }
             })?,
-            Err(e) => not_given_back.push((target.id.clone(), e.to_string())),
+            Err(e) => not_given_back.push((shown, e.to_string())),
         }
     }
     Ok(not_given_back)

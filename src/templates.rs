@@ -96,6 +96,10 @@ impl Part {
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("user_data.sh", include_str!("../templates/user_data.sh.j2")),
+    (
+        "watchdog_reboot.sh",
+        include_str!("../templates/watchdog_reboot.sh.j2"),
+    ),
     ("install.sh", include_str!("../templates/install.sh.j2")),
     ("race.sh", include_str!("../templates/race.sh.j2")),
 ];
@@ -255,12 +259,21 @@ impl Session<'_> {
 
     pub fn render(&mut self, test: &Test) -> Result<Artifacts, TemplateError> {
         let s = &test.settings;
-        let user_data = self.render_builtin(
-            "user_data.sh",
-            &UserDataContext {
-                max_runtime_minutes: s.max_runtime.as_secs().div_ceil(60),
-                max_runtime: s.max_runtime,
+        let watchdog_ctx = UserDataContext {
+            max_runtime_minutes: s.max_runtime.as_secs().div_ceil(60),
+            max_runtime: s.max_runtime,
+        };
+        // The user data is the watchdog as first written, which the config hash takes in, then
+        // what makes it survive a reboot, which changes no result and so is left out of the
+        // hash: adding it kept every recorded result current.
+        let watchdog = self.render_builtin("user_data.sh", &watchdog_ctx)?;
+        let reboot = self.render_builtin("watchdog_reboot.sh", &watchdog_ctx)?;
+        let user_data = self.cached(
+            |buf| {
+                buf.extend_from_slice(b"user data\0");
+                serde_json::to_writer(buf, &watchdog_ctx).expect("contexts serialize");
             },
+            |_| Ok(format!("{}{}", watchdog.text, reboot.text)),
         )?;
         let install = self.render_builtin(
             "install.sh",
@@ -306,7 +319,7 @@ impl Session<'_> {
         hash_json(&mut hash, &mut self.text, s);
         hash_json(&mut hash, &mut self.text, &s.track_params);
         hash_json(&mut hash, &mut self.text, &s.car_params);
-        for part in [&user_data, &install, &race, &rally_ini] {
+        for part in [&watchdog, &install, &race, &rally_ini] {
             hash.update(part.digest);
         }
         if let TrackSource::Path(dir) = &s.track {

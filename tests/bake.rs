@@ -364,3 +364,270 @@ fn ctrl_c_stops_a_bake_and_terminates_its_instance() {
     let running = run.harness.running_instances();
     assert!(running.is_empty(), "left running: {running:?}");
 }
+
+/// The snapshots EC2 (moto) names in `image_id`'s block device mappings.
+fn snapshots_of(run: &Run, image_id: &str) -> Vec<String> {
+    let h = &run.harness;
+    let out = h.block_on(async {
+        h.ec2_client()
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .unwrap()
+    });
+    (out.images().iter())
+        .flat_map(|i| i.block_device_mappings())
+        .filter_map(|b| b.ebs()?.snapshot_id().map(str::to_owned))
+        .collect()
+}
+
+/// The images and snapshots carrying the workspace's tag (`rallyctl:workspace = e2e`).
+fn tagged(run: &Run) -> (Vec<String>, Vec<String>) {
+    let h = &run.harness;
+    h.block_on(async {
+        let ec2 = h.ec2_client();
+        let tag = aws_sdk_ec2::types::Filter::builder()
+            .name("tag:rallyctl:workspace")
+            .values("e2e")
+            .build();
+        let images = ec2
+            .describe_images()
+            .owners("self")
+            .filters(tag.clone())
+            .send()
+            .await
+            .unwrap();
+        let snapshots = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(tag)
+            .send()
+            .await
+            .unwrap();
+        (
+            (images.images().iter())
+                .filter_map(|i| i.image_id().map(str::to_owned))
+                .collect(),
+            (snapshots.snapshots().iter())
+                .filter_map(|s| s.snapshot_id().map(str::to_owned))
+                .collect(),
+        )
+    })
+}
+
+/// Nothing of `image_id` and `snapshots` is left in EC2 (moto).
+fn assert_all_gone(run: &Run, image_id: &str, snapshots: &[String]) {
+    let h = &run.harness;
+    let (images, left) = h.block_on(async {
+        let ec2 = h.ec2_client();
+        let images = ec2.describe_images().owners("self").send().await.unwrap();
+        let left = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .send()
+            .await
+            .unwrap();
+        (images, left)
+    });
+    assert!(
+        images
+            .images()
+            .iter()
+            .all(|i| i.image_id() != Some(image_id)),
+        "{image_id} is still registered"
+    );
+    for id in snapshots {
+        assert!(
+            left.snapshots()
+                .iter()
+                .all(|s| s.snapshot_id() != Some(id.as_str())),
+            "{id} was not deleted"
+        );
+    }
+    assert_eq!(tagged(run), (vec![], vec![]), "tagged leftovers");
+}
+
+/// EC2 fails an image whose instance is terminated while it is imaged: the bake records its
+/// snapshots, already tagged, and `destroy --images` deletes them, asking again while EC2
+/// still holds one in use by the image just deregistered.
+#[test]
+fn an_image_failed_as_its_instance_terminated_leaves_nothing_after_destroy_images() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::with_disks_and(
+        &run.harness,
+        &["DeleteSnapshot:InvalidSnapshot.InUse:1"],
+        &["--image-state", "failed:Client.InstanceTerminated"],
+    );
+    let plan = baked_plan(&run, &["a"]);
+    let plan_arg = plan.to_str().unwrap();
+    let out = through(&run, &proxy, &["bake", plan_arg, "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("is failed instead of available (Client.InstanceTerminated"),
+        "{}",
+        text(&out)
+    );
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Failed);
+    let image_id = image.image_id.clone().unwrap();
+    let made = snapshots_of(&run, &image_id);
+    assert!(!made.is_empty());
+    assert_eq!(image.snapshot_ids, made);
+    assert_eq!(tagged(&run), (vec![image_id.clone()], made.clone()));
+    assert!(image.instance.unwrap().terminated_at.is_some());
+
+    let out = through(
+        &run,
+        &proxy,
+        &["destroy", plan_arg, "--images", "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 image deregistered"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(proxy.injected("DeleteSnapshot"), 1);
+    assert_all_gone(&run, &image_id, &made);
+    assert_eq!(run.state().images[0].step, BakeStep::Deregistered);
+    let running = run.harness.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+}
+
+/// Ctrl-C while the image is pending: the bake has recorded its snapshots by then. With the
+/// state lost, `destroy --images` still finds the image and its snapshots by their tags, and
+/// a snapshot it could not delete once its image was deregistered by the tag alone.
+#[test]
+fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::with_disks_and(
+        &run.harness,
+        &["DeleteSnapshot:IncorrectState:1"],
+        &["--image-state", "pending"],
+    );
+    let plan = baked_plan(&run, &["a"]);
+    let plan_arg = plan.to_str().unwrap();
+    let (mut bake, _) = bake_until_installing(&run, &proxy, &plan);
+    // Imaging, with the image made; a few polls of the pending image later, Ctrl-C.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let image_id = loop {
+        let state = rallyctl::state::load(&run.dir.path().join("state/e2e.state.json"))
+            .ok()
+            .flatten();
+        if let Some(id) = state.and_then(|s| s.images.first()?.image_id.clone()) {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            run.printed("bake")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(8));
+    let pid = bake.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = bake.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{:?}", run.printed("bake"));
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Failed);
+    let made = snapshots_of(&run, &image_id);
+    assert!(!made.is_empty());
+    assert_eq!(image.snapshot_ids, made);
+
+    // The state is lost: the plan alone says where to look.
+    for entry in std::fs::read_dir(run.dir.path().join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("e2e.state.json")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let destroy = ["destroy", plan_arg, "--images", "--auto-approve"];
+    let out = through(&run, &proxy, &destroy);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "{image_id}  (tagged with this workspace, unknown to state"
+        )) && text(&out).contains("IncorrectState"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tagged(&run), (vec![], made.clone()));
+    let out = through(&run, &proxy, &destroy);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "{}  (snapshots tagged with this workspace, of no image left)",
+            made.join(", ")
+        )),
+        "{}",
+        text(&out)
+    );
+    assert_all_gone(&run, &image_id, &made);
+    let running = run.harness.running_instances();
+    assert!(running.is_empty(), "left running: {running:?}");
+}
+
+/// CreateImage reboots the bake instance, and a reboot forgets the shutdown its user data
+/// scheduled: the instance schedules it again at boot, for the same deadline.
+#[test]
+fn a_bake_instance_rebooted_for_its_image_keeps_its_watchdog_deadline() {
+    let run = Run::new(1);
+    let boot = support::boot_dir(run.harness.work.path());
+    let proxy = FaultProxy::with_disks_and(&run.harness, &[], &["--boot", boot.to_str().unwrap()]);
+    let plan = baked_plan(&run, &["a"]);
+    let out = through(
+        &run,
+        &proxy,
+        &["bake", plan.to_str().unwrap(), "--auto-approve"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let image = run.state().images[0].clone();
+    let id = image.instance.unwrap().id;
+    let ip = (run.harness.instances().into_iter())
+        .find(|i| i.id == id)
+        .and_then(|i| i.private_ip)
+        .unwrap();
+    let imaging = (image.history.iter())
+        .find(|t| t.status == "imaging")
+        .unwrap()
+        .at
+        .as_second();
+    // `UNIX_TIME -h +MINUTES message`, one line per `shutdown` the instance ran.
+    let calls: Vec<(i64, i64)> = (run.harness.watchdog_calls(&ip).iter())
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let at = words.next().unwrap().parse().unwrap();
+            assert_eq!(words.next(), Some("-h"), "{line}");
+            let minutes = words.next().unwrap().strip_prefix('+').unwrap();
+            (at, minutes.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "armed at first boot, again after the reboot: {calls:?}"
+    );
+    let (booted, minutes) = calls[0];
+    assert_eq!(minutes, 30, "max_runtime = 30m");
+    let deadline = booted + 30 * 60;
+    let (rebooted, left) = calls[1];
+    assert!(rebooted >= imaging, "{calls:?}, imaging at {imaging}");
+    let fires = rebooted + left * 60;
+    assert!(
+        fires <= deadline + 2 && fires > deadline - 60,
+        "after the reboot the shutdown is at {fires}, the deadline {deadline}"
+    );
+}

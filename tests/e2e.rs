@@ -416,6 +416,14 @@ fn repetitions_race_back_to_back_on_one_instance_with_its_watchdog_rearmed() {
     let watchdog = run.harness.watchdog_calls(&ip);
     assert_eq!(watchdog.len(), 1, "{watchdog:?}");
     assert!(watchdog[0].contains("-h +30 "), "{watchdog:?}");
+    // Re-armed, the deadline a reboot schedules the shutdown for moved with it.
+    let rearmed: i64 = watchdog[0].split(' ').next().unwrap().parse().unwrap();
+    let deadlines = run.harness.watchdog_deadlines(&ip);
+    assert_eq!(deadlines.len(), 1, "{deadlines:?}");
+    assert!(
+        (rearmed + 30 * 60..=rearmed + 30 * 60 + 1).contains(&deadlines[0]),
+        "re-armed at {rearmed}, deadline {deadlines:?}"
+    );
 
     let out = run.rallyctl(&["results", plan, "--format", "json"]);
     assert_eq!(out.status.code(), Some(0));

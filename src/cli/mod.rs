@@ -913,9 +913,11 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
     let rt = runtime()?;
     let provider = crate::provider::Fleet::new(t.backend.local_dir(), &state.workspace);
     let (targets, gone) = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
-    let (images, kept) = match crate::destroy::images(&state) {
-        all if images => (all, 0),
-        all => (vec![], all.len()),
+    let (images, kept) = if images {
+        let found = rt.block_on(crate::destroy::images(&provider, &state, &settings))?;
+        (found, 0)
+    } else {
+        (vec![], crate::destroy::kept(&state))
     };
     // Snapshots cost money too: say what stays unless asked to give it back.
     if kept > 0 {
@@ -966,12 +968,16 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
             [] => "no snapshot recorded".to_owned(),
             ids => ids.join(", "),
         };
-        println!(
-            "  {} {}  {}  ({snapshots})",
-            console::style("-").red(),
-            i.id,
-            i.name
-        );
+        let minus = console::style("-").red();
+        match (&i.id, &i.name) {
+            (Some(id), Some(name)) => println!("  {minus} {id}  {name}  ({snapshots})"),
+            (Some(id), None) => println!(
+                "  {minus} {id}  (tagged with this workspace, unknown to state; {snapshots})"
+            ),
+            (None, _) => println!(
+                "  {minus} {snapshots}  (snapshots tagged with this workspace, of no image left)"
+            ),
+        }
     }
     println!("\nDestroy: {} to give back.", targets.len() + images.len());
     if !auto_approve
@@ -987,7 +993,7 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
     let mut failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
     failed.extend(rt.block_on(crate::destroy::deregister(&provider, &handle, &images))?);
     if failed.is_empty() {
-        let images = match images.len() {
+        let images = match images.iter().filter(|i| i.id.is_some()).count() {
             0 => String::new(),
             n => format!(", {n} image{} deregistered", plural(n)),
         };

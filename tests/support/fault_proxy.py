@@ -56,9 +56,26 @@ harness's `host_dir`):
                              a CreateImage answer does, the instance's disk is copied to
                              IMAGES/<new image id>. A plain AMI so starts empty, an image made
                              from an instance starts with what that instance had installed.
+
+CreateImage as EC2 has it, where moto differs:
+  Snapshot tag specifications (`TagSpecification.N.ResourceType=snapshot`), which moto refuses
+  (HTTP 500), are taken out of the call moto gets and applied to the new image's snapshots with
+  CreateTags before the answer reaches the client, as EC2 tags them when it makes them.
+  --image-state STATE[:CODE]  images made by CreateImage read STATE (e.g. `pending`, `failed`)
+                             in DescribeImages answers, with the state reason CODE if given;
+                             with CODE `Client.InstanceTerminated` the image's instance is
+                             terminated (in moto) before the CreateImage answer reaches the client
+
+Boots, as cloud-init has them (the harness's instances run no cloud-init of their own):
+  --boot DIR                 after a RunInstances answer, each launched instance runs its user
+                             data (instance.py: DIR/<private ip>/user-data); CreateImage without
+                             NoReboot reboots the instance as EC2 does: before its answer reaches
+                             the client, the instance runs cloud-init's per-boot scripts
+                             (DIR/<private ip>/reboot, done when reboot.done appears)
 """
 
 import argparse
+import base64
 import http.client
 import http.server
 import json
@@ -198,8 +215,35 @@ def strip_instances(payload, unknown):
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
+def without_snapshot_tags(body):
+    """A CreateImage body without its snapshot tag specifications, and their (key, value)s."""
+    fields = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    specs = {}
+    for k, v in fields:
+        m = re.fullmatch(r"TagSpecification\.(\d+)\.ResourceType", k)
+        if m and v == "snapshot":
+            specs[m.group(1)] = []
+    if not specs:
+        return body, []
+    kept, tags = [], {}
+    for k, v in fields:
+        m = re.fullmatch(r"TagSpecification\.(\d+)\.(.*)", k)
+        if m and m.group(1) in specs:
+            t = re.fullmatch(r"Tag\.(\d+)\.(Key|Value)", m.group(2))
+            if t:
+                tags.setdefault((m.group(1), t.group(1)), {})[t.group(2)] = v
+            continue
+        kept.append((k, v))
+    pairs = [(t["Key"], t.get("Value", "")) for _, t in sorted(tags.items())]
+    return urllib.parse.urlencode(kept).encode(), pairs
+
+
 class State:
-    def __init__(self, rules, upstream, young_not_found, disks=None, images=None):
+    def __init__(self, rules, upstream, young_not_found, disks=None, images=None,
+                 image_state=None, boot=None):
+        self.boot = boot
+        self.image_state = image_state.split(":", 1) + [None] if image_state else None
+        self.made_images = set()  # image ids CreateImage answered
         self.disks = disks
         self.images = images
         self.ip_of = {}  # instance id -> private IP, from RunInstances answers
@@ -370,6 +414,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self, action, body):
         """The upstream's answer to this call, as EC2 would have given it."""
+        snapshot_tags = []
+        if action == "CreateImage":
+            body, snapshot_tags = without_snapshot_tags(body)
         up = self.state.upstream
         conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
         try:
@@ -381,6 +428,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.endheaders(body)
             resp = conn.getresponse()
             payload = resp.read()
+            if action == "CreateImage" and resp.status == 200:
+                self._made_image(payload, form_fields(self.headers, body), snapshot_tags)
             payload = self._as_ec2_would(action, resp.status, payload, body)
             headers = [
                 (k, v)
@@ -463,6 +512,114 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return 400, "application/x-amz-json-1.1", payload
         return None
 
+    def _upstream(self, fields):
+        """An EC2 call of the proxy's own to moto, signed (moto does not check) as the call
+        being answered, so that it lands in the same region; its answer's XML root."""
+        body = urllib.parse.urlencode(fields, doseq=True).encode()
+        up = self.state.upstream
+        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
+        try:
+            conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)
+            for k, v in self.headers.items():
+                if k.lower() not in HOP_BY_HOP and not k.lower().startswith("amz-sdk"):
+                    conn.putheader(k, v)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            payload = resp.read()
+            if resp.status != 200:
+                raise RuntimeError("%s answered %s: %s" % (fields["Action"], resp.status, payload))
+            return ET.fromstring(payload)
+        finally:
+            conn.close()
+
+    def _made_image(self, payload, fields, snapshot_tags):
+        """After CreateImage: tags its snapshots as EC2 would have, terminates its instance
+        for --image-state ...:Client.InstanceTerminated."""
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        image_id = root.findtext(f"{ns}imageId")
+        with self.state.lock:
+            self.state.made_images.add(image_id)
+        if snapshot_tags:
+            described = self._upstream({"Action": "DescribeImages", "Version": "2016-11-15",
+                                        "ImageId.1": image_id})
+            dns = described.tag[: described.tag.index("}") + 1] if described.tag.startswith("{") else ""
+            snapshots = [e.text for e in described.iter(f"{dns}snapshotId") if e.text]
+            call = {"Action": "CreateTags", "Version": "2016-11-15"}
+            for n, snap in enumerate(snapshots, 1):
+                call[f"ResourceId.{n}"] = snap
+            for n, (k, v) in enumerate(snapshot_tags, 1):
+                call[f"Tag.{n}.Key"], call[f"Tag.{n}.Value"] = k, v
+            if snapshots:
+                self._upstream(call)
+            self.log_message("tagged snapshots %s of %s as EC2 would", snapshots, image_id)
+        if self.state.boot and fields.get("NoReboot", ["false"])[0] != "true":
+            self._reboot(fields.get("InstanceId", [""])[0])
+        if self.state.image_state and self.state.image_state[1] == "Client.InstanceTerminated":
+            instance = fields.get("InstanceId", [""])[0]
+            self._upstream({"Action": "TerminateInstances", "Version": "2016-11-15",
+                            "InstanceId.1": instance})
+            self.log_message("terminated %s while it was imaged", instance)
+
+    def _first_boot(self, fields, payload):
+        """--boot: each launched instance runs the call's user data."""
+        user_data = base64.b64decode(fields.get("UserData", [""])[0])
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        for item in root.iter(f"{ns}item"):
+            ip, instance = item.findtext(f"{ns}privateIpAddress"), item.findtext(f"{ns}instanceId")
+            if not ip or not instance:
+                continue
+            with self.state.lock:
+                self.state.ip_of[instance] = ip
+            requests = os.path.join(self.state.boot, ip)
+            os.makedirs(requests, exist_ok=True)
+            with open(os.path.join(requests, "user-data.tmp"), "wb") as f:
+                f.write(user_data)
+            os.replace(os.path.join(requests, "user-data.tmp"), os.path.join(requests, "user-data"))
+            self.log_message("%s (%s) boots with its user data", instance, ip)
+
+    def _reboot(self, instance):
+        """--boot: the instance reboots for CreateImage; it has once this returns."""
+        with self.state.lock:
+            ip = self.state.ip_of.get(instance)
+        if not ip:
+            return
+        requests = os.path.join(self.state.boot, ip)
+        done = os.path.join(requests, "reboot.done")
+        with open(os.path.join(requests, "reboot"), "w"):
+            pass
+        deadline = time.monotonic() + 30
+        while not os.path.exists(done):
+            if time.monotonic() > deadline:
+                raise RuntimeError("instance %s (%s) did not reboot within 30 s" % (instance, ip))
+            time.sleep(0.05)
+        os.remove(done)
+        self.log_message("rebooted %s (%s) for CreateImage", instance, ip)
+
+    def _image_state(self, payload):
+        """--image-state: the images CreateImage made read that state (and reason)."""
+        state, code = self.state.image_state[0], self.state.image_state[1]
+        root = ET.fromstring(payload)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        ET.register_namespace("", ns.strip("{}"))
+        with self.state.lock:
+            made = set(self.state.made_images)
+        for item in root.iter(f"{ns}item"):
+            if item.findtext(f"{ns}imageId") not in made:
+                continue
+            item.find(f"{ns}imageState").text = state
+            if code:
+                reason = item.find(f"{ns}stateReason")
+                if reason is None:
+                    reason = ET.SubElement(item, f"{ns}stateReason")
+                for child in list(reason):
+                    reason.remove(child)
+                ET.SubElement(reason, f"{ns}code").text = code
+                ET.SubElement(reason, f"{ns}message").text = code + ": injected by fault_proxy"
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
     def _follow_disks(self, action, fields, payload):
         """--disks: a launched instance's disk starts empty or as its image's; CreateImage
         copies the instance's disk as the image's."""
@@ -508,6 +665,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return payload
         if self.state.disks and action in ("RunInstances", "CreateImage"):
             self._follow_disks(action, form_fields(self.headers, body), payload)
+        if action == "DescribeImages" and self.state.image_state:
+            payload = self._image_state(payload)
+        if action == "RunInstances" and self.state.boot:
+            self._first_boot(form_fields(self.headers, body), payload)
         if action == "RunInstances":
             now = time.monotonic()
             fields = form_fields(self.headers, body)
@@ -555,9 +716,13 @@ def main():
     )
     p.add_argument("--disks", help="the instances' private disks, one directory per private IP")
     p.add_argument("--images", help="where images made by CreateImage keep their disk copies")
+    p.add_argument("--image-state", metavar="STATE[:CODE]",
+                   help="images made by CreateImage read STATE, with state reason CODE")
+    p.add_argument("--boot", metavar="DIR",
+                   help="instances run their user data at launch and reboot for CreateImage")
     args = p.parse_args()
     Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
-                          args.disks, args.images)
+                          args.disks, args.images, args.image_state, args.boot)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -73,18 +73,20 @@ impl FaultProxy {
     /// the disk of the instance an image was made from. Tests whose `remote_dir` is
     /// `h.host_dir` so install into a disk of the instance's own, as on EC2.
     pub fn with_disks(h: &super::Harness, faults: &[&str]) -> FaultProxy {
+        FaultProxy::with_disks_and(h, faults, &[])
+    }
+
+    /// Like `with_disks`, with further arguments of fault_proxy.py (`--image-state failed`).
+    pub fn with_disks_and(h: &super::Harness, faults: &[&str], args: &[&str]) -> FaultProxy {
         let (disks, images) = (h.work.path().join("disks"), h.work.path().join("images"));
-        FaultProxy::start_with(
-            &h.moto_url,
-            faults,
-            &[
-                "--disks",
-                disks.to_str().unwrap(),
-                "--images",
-                images.to_str().unwrap(),
-            ],
-            h.work.path(),
-        )
+        let mut all = vec![
+            "--disks",
+            disks.to_str().unwrap(),
+            "--images",
+            images.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        FaultProxy::start_with(&h.moto_url, faults, &all, h.work.path())
     }
 
     /// Faults injected so far, per action (a `hang` counts once its hold begins).

@@ -221,6 +221,41 @@ def fake_shutdown(log_path, scratch, ip):
         subprocess.run(["mount", "--bind", shim, os.path.realpath(real)], check=True)
 
 
+def private_cloud_dir(boot_dir, ip):
+    """/var/lib/cloud of this instance start alone: what its user data writes there (the
+    watchdog's deadline, cloud-init's per-boot scripts) is its own, as on an instance's disk."""
+    cloud = os.path.join(boot_dir, "cloud-%s-%d" % (ip, time.time_ns()))
+    os.makedirs(cloud)
+    os.makedirs("/var/lib/cloud", exist_ok=True)
+    subprocess.run(["mount", "--bind", cloud, "/var/lib/cloud"], check=True)
+
+
+def serve_boots(requests):
+    """cloud-init's part of a boot, when the fault proxy (`--boot`) asks for it in `requests`:
+    `user-data` is run once, as cloud-init runs an instance's user data at its first boot;
+    `reboot` runs cloud-init's per-boot scripts, as at every later boot, then `reboot.done`
+    says so."""
+    os.makedirs(requests, exist_ok=True)
+    user_data = os.path.join(requests, "user-data")
+    reboot = os.path.join(requests, "reboot")
+    per_boot = "/var/lib/cloud/scripts/per-boot"
+    while True:
+        if os.path.exists(user_data):
+            os.replace(user_data, user_data + ".ran")
+            r = subprocess.run(["bash", user_data + ".ran"], capture_output=True, text=True)
+            log("user data ran (exit %d): %s%s" % (r.returncode, r.stdout, r.stderr))
+        if os.path.exists(reboot):
+            os.remove(reboot)
+            scripts = sorted(os.listdir(per_boot)) if os.path.isdir(per_boot) else []
+            for name in scripts:
+                r = subprocess.run([os.path.join(per_boot, name)], capture_output=True, text=True)
+                log("per-boot %s ran (exit %d): %s%s" % (name, r.returncode, r.stdout, r.stderr))
+            log("rebooted: ran the per-boot scripts %s" % scripts)
+            with open(reboot + ".done", "w"):
+                pass
+        time.sleep(0.1)
+
+
 def main():
     global HOST_NETNS_FD
     ap = argparse.ArgumentParser()
@@ -236,6 +271,9 @@ def main():
     ap.add_argument("--watchdog-log", default="",
                     help="`shutdown` inside the instance appends its arguments here, and does "
                          "nothing else")
+    ap.add_argument("--boot-dir", default="",
+                    help="this instance's /var/lib/cloud is private, under here; the fault "
+                         "proxy's `--boot` asks for its user data and reboots in BOOT_DIR/<ip>")
     ap.add_argument("--ready-file", required=True)
     ap.add_argument("--refuse-file", default="",
                     help="holds a Unix time; until then SSH connections are closed at once, "
@@ -265,6 +303,8 @@ def main():
         subprocess.run(["mount", "--bind", src, dst], check=True)
     if args.watchdog_log:
         fake_shutdown(args.watchdog_log, args.host_key_dir, addr[0])
+    if args.boot_dir:
+        private_cloud_dir(args.boot_dir, addr[0])
 
     HOST_NETNS_FD = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if LIBC.unshare(CLONE_NEWNET) != 0:
@@ -283,6 +323,9 @@ def main():
     # SIGCHLD must not be ignored (sshd and the sessions wait for their children).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     threading.Thread(target=reap_forever, daemon=True).start()
+    if args.boot_dir:
+        threading.Thread(target=serve_boots, args=(os.path.join(args.boot_dir, addr[0]),),
+                         daemon=True).start()
 
     tmp = args.ready_file + ".tmp"
     with open(tmp, "w") as f:

@@ -564,6 +564,32 @@ impl Harness {
             .collect()
     }
 
+    /// The watchdog deadlines (Unix times) the user data left in the private /var/lib/cloud
+    /// of each start of the instance at `private_ip`: what a reboot schedules the shutdown for.
+    pub fn watchdog_deadlines(&self, private_ip: &str) -> Vec<i64> {
+        let prefix = format!("cloud-{private_ip}-");
+        let mut found = Vec::new();
+        for entry in fs::read_dir(boot_dir(self.work.path()))
+            .into_iter()
+            .flatten()
+        {
+            let dir = entry.unwrap().path();
+            if !dir
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+            {
+                continue;
+            }
+            let file = dir.join("instance/rallyctl-watchdog-deadline");
+            if let Ok(text) = fs::read_to_string(file) {
+                found.push(text.trim().parse().expect("a Unix time"));
+            }
+        }
+        found
+    }
+
     /// `es_docs` of the cluster at `es_addr` (one of `es_addrs`).
     pub fn es_docs_at(&self, es_addr: &str) -> serde_json::Value {
         self.es_get(es_addr, "/_test/docs")
@@ -1199,6 +1225,12 @@ fn port_of(addr_or_url: &str) -> u16 {
         .expect("address with port")
 }
 
+/// Where instances keep their private /var/lib/cloud and hear of their boots (instance.py
+/// `--boot-dir`, fault_proxy.py `--boot`).
+pub fn boot_dir(wd: &Path) -> PathBuf {
+    wd.join("boot")
+}
+
 /// Where `shutdown` inside the instance at `ip` records its calls (instance.py).
 fn watchdog_log(wd: &Path, ip: &str) -> PathBuf {
     wd.join(format!("watchdog-{ip}.log"))
@@ -1264,6 +1296,8 @@ fn spawn_instance_process(
     cmd.args(["--proxy-port", &INSTANCE_PROXY_PORT.to_string()])
         .arg("--watchdog-log")
         .arg(watchdog_log(wd, ip))
+        .arg("--boot-dir")
+        .arg(boot_dir(wd))
         .arg("--ready-file")
         .arg(&ready)
         .stdin(Stdio::from(OwnedFd::from(listener)))
