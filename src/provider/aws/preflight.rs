@@ -47,14 +47,14 @@ pub async fn preflight(settings: &[&AwsSettings]) -> Result<Preflight, ProviderE
         let account = Account::look_up(&ec2, region, &tests).await?;
         let mut launches = BTreeMap::new();
         for s in tests {
-            let found = account.problems(region, s);
+            let wrong = account.problems(region, s);
             // A launch already known to fail would only fail its dry run again.
-            if found.is_empty() {
+            if wrong.is_empty() {
                 for launch in account.launches(region, s) {
                     launches.entry(launch.key()).or_insert((launch, s));
                 }
             }
-            problems.extend(found);
+            problems.extend(wrong);
         }
         for (launch, s) in launches.into_values() {
             problems.extend(dry_run(&base, &ec2, &launch, s).await?);
