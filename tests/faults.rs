@@ -538,6 +538,17 @@ fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
     cmd.env("AWS_ENDPOINT_URL", &undecoded.url);
     assert_eq!(run.output(&mut cmd, &args).status.code(), Some(1));
     assert_eq!(run.launches(), 0, "apply launched a refused launch");
+    drop(undecoded);
+
+    // A parameter EC2 refuses is said as EC2 says it.
+    let invalid = FaultProxy::start(
+        moto,
+        &["RunInstances/DryRun:InvalidParameterCombination:always"],
+        run.dir.path(),
+    );
+    let out = plan_through(&run, &invalid, &plan);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("dry_run_refused_parameter", placed(&run, &out.stderr));
 }
 
 /// An arm64 AMI on an x86_64 instance type fails at launch on EC2 (moto launches it), after
@@ -632,6 +643,15 @@ fn plan_warns_when_the_vcpu_quota_cannot_hold_what_a_suite_runs_at_once() {
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("warning:"),
         "warned although --parallelism 2 fits"
+    );
+
+    // Without the quota (moto knows none of EC2's), the plan says it was not checked.
+    let out = run.rallyctl(&["plan", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("L-1216C47A) was not checked: GetServiceQuota"),
+        "{stderr}"
     );
 }
 
