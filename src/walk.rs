@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::address::{Address, slug};
 use crate::graph::{Graph, Node};
 use crate::lifecycle::{self, Ctx, Start, StateHandle, Stop};
-use crate::plan::Plan;
+use crate::plan::{Plan, Test};
 use crate::planner::{Action, Changes};
 use crate::provider::Provider;
 use crate::state::Step;
@@ -211,6 +211,49 @@ pub async fn apply<P: Provider>(
             .collect()
     });
     Ok(report)
+}
+
+/// The most of something the walk may hold at once under `parallelism` (EC2's vCPUs, say),
+/// each test holding `takes` of it while it runs, and the suite where that peak is: suites run
+/// one after another, and within one at most `parallelism` (and the suite's bound) of its
+/// nodes at once, the heaviest in the worst case; a test's variants share one machine, so
+/// they are one node. `None` for a plan without suites.
+pub fn peak(plan: &Plan, parallelism: usize, takes: impl Fn(&Test) -> u64) -> Option<(u64, &str)> {
+    plan.suites
+        .iter()
+        .map(|suite| {
+            let mut nodes: HashMap<String, u64> = HashMap::new();
+            for t in &suite.tests {
+                let node = match &t.variant {
+                    Some(v) => format!("variants of {}", v.test),
+                    None => format!("test {}", t.address),
+                };
+                let held = nodes.entry(node).or_default();
+                *held = (*held).max(takes(t));
+            }
+            let mut held: Vec<u64> = nodes.into_values().collect();
+            held.sort_unstable_by(|a, b| b.cmp(a));
+            let at_once = suite
+                .bound()
+                .map_or(parallelism, |b| b.get().min(parallelism))
+                .max(1);
+            (held.iter().take(at_once).sum(), suite.name.as_str())
+        })
+        .max_by_key(|(held, _)| *held)
+}
+
+/// The largest `--parallelism` up to `parallelism` whose [`peak`] stays within `room`; `None`
+/// when even one test at a time would not.
+pub fn fitting_parallelism(
+    plan: &Plan,
+    parallelism: usize,
+    room: u64,
+    takes: impl Fn(&Test) -> u64,
+) -> Option<usize> {
+    let widest = plan.suites.iter().map(|s| s.tests.len()).max().unwrap_or(1);
+    (1..=parallelism.min(widest))
+        .rev()
+        .find(|&p| peak(plan, p, &takes).is_none_or(|(held, _)| held <= room))
 }
 
 #[cfg(test)]
@@ -1176,6 +1219,38 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 .count(),
             4
         );
+    }
+
+    /// The peak is the heaviest tests a suite may run together (the suite's bound and
+    /// `--parallelism` both count; variants are one machine), and the parallelism that fits
+    /// is the largest whose peak stays within the room.
+    #[test]
+    fn the_peak_is_the_heaviest_tests_a_suite_runs_together() {
+        let bench = Bench::new(
+            "[[suite]]\nname = \"a\"\nparallelism = 3\n\
+             [[suite.test]]\nname = \"t8\"\n[[suite.test]]\nname = \"t2\"\n\
+             [[suite.test]]\nname = \"t4\"\n[[suite.test]]\nname = \"u2\"\n\
+             [[suite]]\nname = \"b\"\nparallelism = 2\n\
+             [[suite.test]]\nname = \"v4\"\n\
+             [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
+             [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n\
+             [[suite.test]]\nname = \"w5\"\n",
+        );
+        let takes = |t: &crate::plan::Test| {
+            let name = t
+                .variant
+                .as_ref()
+                .map_or(t.address.test(), |v| v.test.as_str());
+            name[1..].parse::<u64>().unwrap()
+        };
+        let plan = &bench.plan;
+        assert_eq!(peak(plan, 10, takes), Some((14, "a")));
+        assert_eq!(peak(plan, 2, takes), Some((12, "a")));
+        assert_eq!(peak(plan, 1, takes), Some((8, "a")));
+        assert_eq!(fitting_parallelism(plan, 10, 14, takes), Some(4));
+        assert_eq!(fitting_parallelism(plan, 10, 13, takes), Some(2));
+        assert_eq!(fitting_parallelism(plan, 10, 8, takes), Some(1));
+        assert_eq!(fitting_parallelism(plan, 10, 7, takes), None);
     }
 
     #[test]

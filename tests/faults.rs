@@ -447,6 +447,239 @@ fn plan_checks_the_plan_against_the_account_before_anything_is_launched() {
     assert_eq!(out.status.code(), Some(0), "--refresh=false still checked");
 }
 
+/// `plan` of `plan` with rallyctl's AWS calls going through `proxy`.
+fn plan_through(run: &Run, proxy: &FaultProxy, plan: &std::path::Path) -> std::process::Output {
+    let args = ["plan", plan.to_str().unwrap()];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    run.output(&mut cmd, &args)
+}
+
+/// The lines of `stderr` that place a problem in the plan file, with what differs per run
+/// (ids, the run's directory) written as placeholders, for a snapshot.
+fn placed(run: &Run, stderr: &[u8]) -> String {
+    let h = &run.harness;
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains("e2e.toml:"))
+        .map(|l| {
+            l.replace(run.dir.path().to_str().unwrap(), "[dir]")
+                .replace(&h.ami, "[ami]")
+                .replace(&h.subnet_id, "[subnet]")
+                .replace(&h.region, "[region]")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Before anything is paid for, `plan` makes each distinct launch as a dry run (RunInstances
+/// with `DryRun`): two tests that launch alike are one dry run; a launch this identity may not
+/// make is reported at the AMI's line with the reason decoded through STS, or, where the
+/// identity may not decode it either, with the command that does.
+#[test]
+fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
+    let run = Run::new(1);
+    let plan = run.plan(&[("s", &[("a", ""), ("b", "")])]);
+    let moto = &run.harness.moto_url;
+
+    let allowed = FaultProxy::start(moto, &[], run.dir.path());
+    let out = plan_through(&run, &allowed, &plan);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a launch moto takes was refused"
+    );
+    assert_eq!(
+        allowed.forwarded("RunInstances/DryRun"),
+        1,
+        "not one dry run for the two alike launches"
+    );
+    assert_eq!(run.launches(), 0, "the dry run launched");
+    drop(allowed);
+
+    let decoded = serde_json::json!({
+        "allowed": false,
+        "explicitDeny": false,
+        "matchedStatements": {"items": []},
+        "failures": {"items": []},
+        "context": {
+            "principal": {"id": "AIDAEXAMPLE", "arn": "arn:aws:iam::123456789012:user/ci"},
+            "action": "ec2:RunInstances",
+            "resource": "arn:aws:ec2:eu-west-1:123456789012:instance/*",
+            "conditions": {"items": []}
+        }
+    })
+    .to_string();
+    let refused = FaultProxy::start_with(
+        moto,
+        &["RunInstances/DryRun:UnauthorizedOperation:always"],
+        &["--decoded", &decoded],
+        run.dir.path(),
+    );
+    let out = plan_through(&run, &refused, &plan);
+    assert_eq!(out.status.code(), Some(1), "the refused launch passed");
+    assert_eq!(refused.injected("RunInstances/DryRun"), 1);
+    assert_eq!(refused.injected("DecodeAuthorizationMessage"), 1);
+    insta::assert_snapshot!("dry_run_refused_decoded", placed(&run, &out.stderr));
+    drop(refused);
+
+    // The same identity may not decode the reason either (moto has no DecodeAuthorizationMessage).
+    let undecoded = FaultProxy::start(
+        moto,
+        &["RunInstances/DryRun:UnauthorizedOperation:always"],
+        run.dir.path(),
+    );
+    let out = plan_through(&run, &undecoded, &plan);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("dry_run_refused_encoded", placed(&run, &out.stderr));
+
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &undecoded.url);
+    assert_eq!(run.output(&mut cmd, &args).status.code(), Some(1));
+    assert_eq!(run.launches(), 0, "apply launched a refused launch");
+    drop(undecoded);
+
+    // A parameter EC2 refuses is said as EC2 says it.
+    let invalid = FaultProxy::start(
+        moto,
+        &["RunInstances/DryRun:InvalidParameterCombination:always"],
+        run.dir.path(),
+    );
+    let out = plan_through(&run, &invalid, &plan);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("dry_run_refused_parameter", placed(&run, &out.stderr));
+}
+
+/// An arm64 AMI on an x86_64 instance type fails at launch on EC2 (moto launches it), after
+/// the suites before it were paid for: `plan` compares the AMI's architecture with what the
+/// instance type runs and says so at the instance type's line; a matching pair passes.
+#[test]
+fn plan_refuses_an_ami_built_for_another_architecture_than_the_instance_type() {
+    let run = Run::new(1);
+    let arm = "ami-0e9271c829888680e"; // moto's al2022 arm64 image
+    let plan = run.plan(&[(
+        "s",
+        &[
+            ("x86", ""),
+            (
+                "graviton",
+                &format!("ami = \"{arm}\"\ninstance_type = \"m6g.large\""),
+            ),
+            (
+                "mixed",
+                &format!("ami = \"{arm}\"\ninstance_type = \"c5.large\""),
+            ),
+        ],
+    )]);
+    let out = run.rallyctl(&["plan", plan.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the arm64 AMI on c5.large passed"
+    );
+    insta::assert_snapshot!(placed(&run, &out.stderr));
+}
+
+/// EC2 leaves a deprecated AMI out of DescribeImages unless asked with `IncludeDeprecated`,
+/// yet launches it: a plan pinned to a deprecated public AMI is not refused as missing.
+#[test]
+fn a_pinned_deprecated_ami_is_not_refused_as_missing() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::start_with(
+        &run.harness.moto_url,
+        &[],
+        &["--deprecated", &run.harness.ami],
+        run.dir.path(),
+    );
+    let plan = run.plan(&[("s", &[("t", "")])]);
+    let out = plan_through(&run, &proxy, &plan);
+    assert_eq!(out.status.code(), Some(0), "the deprecated AMI was refused");
+    assert!(proxy.forwarded("DescribeImages") >= 1);
+}
+
+/// `plan` compares the vCPUs a suite may run at once with what the account's running
+/// On-Demand vCPU quota (Service Quotas L-1216C47A, served by the proxy: moto knows only VPC
+/// quotas) leaves beside the instances already running, and warns with the `--parallelism`
+/// that fits; under that parallelism it says nothing.
+#[test]
+fn plan_warns_when_the_vcpu_quota_cannot_hold_what_a_suite_runs_at_once() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    // Someone else's instance holds a vCPU of the quota (moto's default type, m1.small).
+    h.launch_tagged(&[("owner", "someone-else")]);
+    let proxy = FaultProxy::start_with(
+        &h.moto_url,
+        &[],
+        &["--quota", "ec2:L-1216C47A:6"],
+        run.dir.path(),
+    );
+    // Four m5.large (2 vCPUs each) and a spot test, which counts against another quota.
+    let plan = run.plan(&[(
+        "s",
+        &[
+            ("a", ""),
+            ("b", ""),
+            ("c", ""),
+            ("d", ""),
+            ("spot", "market = \"spot\""),
+        ],
+    )]);
+    let out = plan_through(&run, &proxy, &plan);
+    assert_eq!(out.status.code(), Some(0), "a warning failed the plan");
+    assert_eq!(proxy.injected("GetServiceQuota"), 1);
+    let warnings: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .map(|l| l.replace(&h.region, "[region]"))
+        .collect();
+    insta::assert_snapshot!(warnings.join("\n"));
+
+    let args = ["plan", plan.to_str().unwrap(), "--parallelism", "2"];
+    let mut cmd = run.command(&args);
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = run.output(&mut cmd, &args);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning:"),
+        "warned although --parallelism 2 fits"
+    );
+
+    // Without the quota (moto knows none of EC2's), the plan says it was not checked.
+    let out = run.rallyctl(&["plan", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("L-1216C47A) was not checked: GetServiceQuota"),
+        "{stderr}"
+    );
+}
+
+/// `VcpuLimitExceeded` at launch stays so until instances end or the quota is raised: the test
+/// fails at once, naming the quota (EC2's message does not), without retrying.
+#[test]
+fn a_launch_over_the_vcpu_quota_fails_at_once_naming_the_quota() {
+    let run = Run::new(1);
+    let proxy = FaultProxy::start(
+        &run.harness.moto_url,
+        &["RunInstances:VcpuLimitExceeded:always"],
+        run.dir.path(),
+    );
+    let out = apply_through(&run, &proxy);
+    assert_eq!(out.status.code(), Some(1), "apply did not fail cleanly");
+    let Status::Failed { step, error, .. } = run.record("s.t").status else {
+        panic!("s.t did not fail");
+    };
+    assert_eq!(step, Step::Launching);
+    insta::assert_snapshot!(error.replace(&run.harness.region, "[region]"));
+    assert_eq!(
+        proxy.injected("RunInstances"),
+        1,
+        "VcpuLimitExceeded was retried"
+    );
+    assert_eq!(run.launches(), 0);
+}
+
 /// A test that names no subnet launches into the region's default VPC: an account without one
 /// is told at plan time, where the region is written.
 #[test]
@@ -577,7 +810,7 @@ fn a_spot_instance_reclaimed_mid_race_is_raced_again_on_demand_and_completes() {
         .harness
         .recorded_calls()
         .into_iter()
-        .filter(|c| c.action == "RunInstances" && !c.from_harness)
+        .filter(|c| c.is_launch())
         .filter(|c| {
             let param = |k: &str| {
                 c.params

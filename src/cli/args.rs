@@ -141,6 +141,9 @@ pub(super) enum Command {
         /// Exit 0 with no changes, 2 with changes, 1 on error
         #[arg(long)]
         detailed_exitcode: bool,
+        /// The `--parallelism` apply will run with, to check against the account's vCPU quota
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+        parallelism: u16,
         #[command(flatten)]
         select: Select,
         #[command(flatten)]

@@ -5,6 +5,7 @@
 mod args;
 mod workspace;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
+use crate::provider::Limit;
 use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
 use crate::state::{self, Handover, State};
 use crate::ui;
@@ -104,6 +106,7 @@ fn run(cli: Cli) -> Result<u8> {
             plan,
             out,
             detailed_exitcode,
+            parallelism,
             select,
             refresh,
             prices,
@@ -111,6 +114,7 @@ fn run(cli: Cli) -> Result<u8> {
             &plan,
             out.as_deref(),
             detailed_exitcode,
+            usize::from(parallelism),
             &select,
             refresh,
             &prices,
@@ -312,6 +316,7 @@ fn plan_command(
     path: &Path,
     out: Option<&Path>,
     detailed: bool,
+    parallelism: usize,
     select: &Select,
     refresh: Refresh,
     prices: &Prices,
@@ -319,10 +324,11 @@ fn plan_command(
 ) -> Result<u8> {
     let file = price_file(prices)?;
     let mut l = load_file(path, g)?;
-    check_account(&l.plan, refresh)?;
+    let limits = check_account(&l.plan, refresh)?;
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
+    warn_limits(&l.plan, &changes, &limits, parallelism);
     let images = baked_images(&l.plan, resolved, &changes)?;
     let prices = prices_for(&l.plan, &changes, file.as_ref())?;
     let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
@@ -540,16 +546,35 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Checks the plan against its providers' accounts (Terraform's refresh), unless
 /// `--refresh=false`: what they lack is an error at the plan file's line and column, before
 /// anything is launched or paid for. When the check itself cannot be made (no credentials, no
-/// network) planning goes on, saying so.
-fn check_account(plan: &Plan, refresh: Refresh) -> Result<()> {
+/// network) planning goes on, saying so. The caps on what may run at once (EC2's vCPU quota)
+/// come back for [`warn_limits`], each with what every test takes of it.
+fn check_account(plan: &Plan, refresh: Refresh) -> Result<Vec<(Limit, HashMap<Address, u64>)>> {
     if !refresh.refresh {
-        return Ok(());
+        return Ok(vec![]);
     }
     let settings: Vec<&crate::plan::Settings> = plan.tests().map(|t| &t.settings).collect();
+    let warning = console::style("warning:").yellow().bold();
     match runtime()?.block_on(crate::provider::preflight(&settings)) {
-        Ok(problems) if problems.is_empty() => Ok(()),
-        Ok(problems) => {
-            let findings: Vec<crate::plan::Finding<'_>> = problems
+        Ok(found) if found.problems.is_empty() => {
+            for why in &found.unchecked {
+                eprintln!("{warning} {why}");
+            }
+            Ok(found
+                .limits
+                .into_iter()
+                .map(|limit| {
+                    let takes = plan
+                        .tests()
+                        .zip(&limit.takes)
+                        .map(|(t, &n)| (t.address.clone(), n))
+                        .collect();
+                    (limit, takes)
+                })
+                .collect())
+        }
+        Ok(found) => {
+            let findings: Vec<crate::plan::Finding<'_>> = found
+                .problems
                 .iter()
                 .map(|p| crate::plan::Finding {
                     keys: p.keys,
@@ -561,11 +586,47 @@ fn check_account(plan: &Plan, refresh: Refresh) -> Result<()> {
         }
         Err(e) => {
             eprintln!(
-                "{} could not check the plan against the account ({e}); `--refresh=false` skips this check",
-                console::style("warning:").yellow().bold()
+                "{warning} could not check the plan against the account ({e}); `--refresh=false` skips this check"
             );
-            Ok(())
+            Ok(vec![])
         }
+    }
+}
+
+/// Warns when the tests that `changes` runs may hold more at once than a cap of the account
+/// leaves (EC2's running On-Demand vCPU quota), naming the `--parallelism` that fits: beyond
+/// the cap, launches fail.
+fn warn_limits(
+    plan: &Plan,
+    changes: &planner::Changes,
+    limits: &[(Limit, HashMap<Address, u64>)],
+    parallelism: usize,
+) {
+    let to_run: HashSet<&Address> = changes.changes.iter().map(|c| &c.address).collect();
+    for (limit, takes) in limits {
+        let takes = |t: &crate::plan::Test| match to_run.contains(&t.address) {
+            true => takes.get(&t.address).copied().unwrap_or(0),
+            false => 0,
+        };
+        let room = limit.quota.saturating_sub(limit.in_use);
+        let Some((peak, suite)) = crate::walk::peak(plan, parallelism, takes) else {
+            continue;
+        };
+        if peak <= room {
+            continue;
+        }
+        let fits = match crate::walk::fitting_parallelism(plan, parallelism, room, takes) {
+            Some(p) => format!("`--parallelism {p}` fits"),
+            None => "not even one test at a time fits: ask for a higher quota".to_owned(),
+        };
+        eprintln!(
+            "{} suite `{suite}` may run {peak} {unit} at once under --parallelism {parallelism}, but {} is {} with {} in use, {room} free: {fits}; launches beyond it fail",
+            console::style("warning:").yellow().bold(),
+            limit.name,
+            limit.quota,
+            limit.in_use,
+            unit = limit.unit,
+        );
     }
 }
 
@@ -615,9 +676,10 @@ fn apply(
             )?;
     }
     // A saved plan was checked when it was made.
-    if saved.is_none() {
-        check_account(&plan, refresh)?;
-    }
+    let limits = match &saved {
+        None => check_account(&plan, refresh)?,
+        Some(_) => vec![],
+    };
     let _lock = lock(&backend, &format!("rallyctl apply {}", path.display()))?;
     let mut l = load_at(plan, backend, None)?;
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
@@ -634,6 +696,7 @@ fn apply(
         ),
     };
     baked_images(&l.plan, resolved, &changes)?;
+    warn_limits(&l.plan, &changes, &limits, parallelism);
     println!("{}", planner::render(&changes));
     if changes.is_empty() {
         println!("\nNothing to apply.");

@@ -19,7 +19,7 @@
 //! `InsufficientInstanceCapacity` is retried by [`Ec2::launch`] itself, across the test's
 //! subnets and then in rounds bounded by [`CAPACITY_ATTEMPTS`] (see there why).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,9 +31,8 @@ use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
-    Filter, InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, LocationType,
-    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
-    TagSpecification,
+    Filter, InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, MarketType,
+    ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use base64::Engine as _;
 use rand_core::RngCore as _;
@@ -41,14 +40,17 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Acquire, AcquireError, Acquired, Gone, Problem, Provider, ProviderError, Reachable};
+use super::{Acquire, AcquireError, Acquired, Gone, Provider, ProviderError, Reachable};
 use crate::address::{Address, slug};
 use crate::plan::{
-    AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, Settings, Subnets,
+    AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, Settings,
 };
 use crate::remote::{self, Endpoint, EphemeralKey, HostKeys, SshEndpoint};
 use crate::state::Machine;
 use crate::templates::Artifacts;
+
+mod preflight;
+pub use preflight::preflight;
 
 /// Tag keys every instance carries; destroy finds leaked instances by the first.
 pub const TAG_WORKSPACE: &str = "rallyctl:workspace";
@@ -87,6 +89,28 @@ const CAPACITY_MAX_DELAY: Duration = Duration::from_secs(8);
 const INSUFFICIENT_CAPACITY: &str = "InsufficientInstanceCapacity";
 /// EC2's answer when the instance type is not offered in the subnet's Availability Zone.
 const UNSUPPORTED: &str = "Unsupported";
+/// EC2's answer when the account's running On-Demand vCPUs of the type's family would exceed
+/// its quota: it stays so until instances end or the quota is raised, so it is not retried.
+const VCPU_LIMIT_EXCEEDED: &str = "VcpuLimitExceeded";
+
+/// `VcpuLimitExceeded` with the quota named, which EC2's message does not.
+fn vcpu_limit_exceeded(r: &LaunchRequest, e: ProviderError) -> ProviderError {
+    let quota = if preflight::is_standard(&r.instance_type) {
+        preflight::STANDARD_QUOTA_NAME.to_owned()
+    } else {
+        format!(
+            "Running On-Demand vCPU quota of {}'s instance family (Service Quotas, service ec2)",
+            r.instance_type
+        )
+    };
+    ProviderError {
+        message: format!(
+            "{}; the account's {} in {} is used up: ask for more there, or run fewer tests at once (--parallelism; plan warns when the quota cannot hold them)",
+            e.message, quota, r.region
+        ),
+        ..e
+    }
+}
 
 /// EC2 answers `InsufficientInstanceCapacity` with HTTP 500, so the SDK's status-code classifier
 /// would retry it within one call, back to back with throttling retries. Capacity comes back on
@@ -1109,23 +1133,24 @@ fn info(i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
     }
 }
 
-/// One RunInstances of `r` into `subnet`, on spot capacity at `spot`'s price cap when given.
-fn run_instances(
+/// RunInstances of `r` into `subnet`, on spot capacity at `spot`'s price cap when given, as
+/// launching and its dry run at plan time both ask it; the ClientToken is the launch's to add
+/// ([`launch_token`]; a dry run must not spend it).
+fn run_request(
     ec2: &aws_sdk_ec2::Client,
     r: &LaunchRequest,
-    tags: &TagSpecification,
     subnet: &Option<String>,
     spot: Option<&Option<String>>,
 ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
-    let token = subnet_token(&r.client_token, subnet.as_deref(), &r.subnets);
-    let token = match (&r.spot, spot) {
-        // On demand after a refused spot launch is another request: EC2 must not take it for
-        // a repeat of that one.
-        (Some(_), None) => {
-            hex::encode(Sha256::digest(format!("{token}\non-demand")))[..64].to_owned()
-        }
-        _ => token,
-    };
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .set_tags(Some(
+            r.tags
+                .iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect(),
+        ))
+        .build();
     ec2.run_instances()
         .image_id(&r.ami)
         .instance_type(r.instance_type.as_str().into())
@@ -1137,7 +1162,7 @@ fn run_instances(
         .max_count(1)
         .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
         .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
-        .tag_specifications(tags.clone())
+        .tag_specifications(tags)
         .set_instance_market_options(spot.map(|max_price| {
             InstanceMarketOptionsRequest::builder()
                 .market_type(MarketType::Spot)
@@ -1149,7 +1174,17 @@ fn run_instances(
                 )
                 .build()
         }))
-        .client_token(token)
+}
+
+/// The ClientToken of launching `r` into `subnet`; `on_demand_after_spot` when launching on
+/// demand because EC2 refused the spot launch: another request, which EC2 must not take for a
+/// repeat of that one.
+fn launch_token(r: &LaunchRequest, subnet: &Option<String>, on_demand_after_spot: bool) -> String {
+    let token = subnet_token(&r.client_token, subnet.as_deref(), &r.subnets);
+    match on_demand_after_spot {
+        true => hex::encode(Sha256::digest(format!("{token}\non-demand")))[..64].to_owned(),
+        false => token,
+    }
 }
 
 impl Ec2 {
@@ -1162,15 +1197,6 @@ impl Ec2 {
         r: &LaunchRequest,
         tell: &(dyn Fn(String) + Sync),
     ) -> Result<InstanceInfo, AcquireError> {
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::Instance)
-            .set_tags(Some(
-                r.tags
-                    .iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build();
         let ec2 = self.ec2(&r.region);
         let mut refusals: Vec<String> = Vec::new();
         let mut spot = r.spot.clone();
@@ -1178,7 +1204,8 @@ impl Ec2 {
             refusals.clear();
             let mut any_capacity_shortage = false;
             for subnet in &r.subnets {
-                let mut result = run_instances(&ec2, r, &tags, subnet, spot.as_ref())
+                let mut result = run_request(&ec2, r, subnet, spot.as_ref())
+                    .client_token(launch_token(r, subnet, false))
                     .send()
                     .await;
                 if let Err(e) = &result
@@ -1192,7 +1219,10 @@ impl Ec2 {
                         e.message().unwrap_or("no message")
                     ));
                     spot = None;
-                    result = run_instances(&ec2, r, &tags, subnet, None).send().await;
+                    result = run_request(&ec2, r, subnet, None)
+                        .client_token(launch_token(r, subnet, true))
+                        .send()
+                        .await;
                 }
                 let e = match result {
                     Ok(out) => {
@@ -1212,6 +1242,9 @@ impl Ec2 {
                     return Err(AcquireError::Spent(format!(
                         "this attempt launched before with other parameters ({code})"
                     )));
+                }
+                if code == VCPU_LIMIT_EXCEEDED {
+                    return Err(vcpu_limit_exceeded(r, err("RunInstances", &r.region, e)).into());
                 }
                 if code != INSUFFICIENT_CAPACITY && code != UNSUPPORTED {
                     return Err(err("RunInstances", &r.region, e).into());
@@ -1362,264 +1395,6 @@ impl Ec2 {
         }
     }
 }
-
-/// Checks what aws tests name against the account before anything is launched, as Terraform
-/// refreshes before it plans: AMIs, subnets and security groups exist in their region, the
-/// instance type is offered in a zone the test may launch in, `connect = "public_ip"` has a
-/// subnet that gives instances a public address, and a test without a subnet has a default
-/// VPC. Lookups are batched per region and by
-/// filter, so that one missing id does not hide the others.
-pub async fn preflight(settings: &[&AwsSettings]) -> Result<Vec<Problem>, ProviderError> {
-    check_credentials().await?;
-    // A plan should not hang on an unreachable API: fewer attempts than apply's calls.
-    let base = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await;
-    let mut by_region: BTreeMap<&str, Vec<&AwsSettings>> = BTreeMap::new();
-    for s in settings {
-        by_region.entry(&s.region).or_default().push(s);
-    }
-    let mut problems = Vec::new();
-    for (region, tests) in by_region {
-        let ec2 = aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&base)
-                .region(Region::new(region.to_owned()))
-                .build(),
-        );
-        let account = Account::look_up(&ec2, region, &tests).await?;
-        for s in tests {
-            problems.extend(account.problems(region, s));
-        }
-    }
-    problems.sort_by(|a, b| (a.keys, &a.value, &a.message).cmp(&(b.keys, &b.value, &b.message)));
-    problems.dedup();
-    Ok(problems)
-}
-
-/// What one region of the account holds of what the plan names.
-struct Account {
-    images: HashSet<String>,
-    /// Subnet id: its zone and whether it gives instances a public address.
-    subnets: HashMap<String, (String, bool)>,
-    groups: HashSet<String>,
-    /// (instance type, zone or region) pairs EC2 offers.
-    offered: HashSet<(String, String)>,
-    /// Whether the region has a default VPC, where instances without a subnet go; asked only
-    /// when a test names no subnet.
-    default_vpc: bool,
-}
-
-impl Account {
-    async fn look_up(
-        ec2: &aws_sdk_ec2::Client,
-        region: &str,
-        tests: &[&AwsSettings],
-    ) -> Result<Account, ProviderError> {
-        let unique = |ids: Vec<&str>| {
-            let mut ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
-            ids.sort();
-            ids.dedup();
-            ids
-        };
-        let mut account = Account {
-            images: HashSet::new(),
-            subnets: HashMap::new(),
-            groups: HashSet::new(),
-            offered: HashSet::new(),
-            default_vpc: true,
-        };
-        if tests.iter().any(|s| s.subnets == Subnets::Default) {
-            let out = ec2
-                .describe_vpcs()
-                .filters(id_filter("is-default", &["true".to_owned()]))
-                .send()
-                .await
-                .map_err(|e| err("DescribeVpcs", region, e))?;
-            account.default_vpc = !out.vpcs().is_empty();
-        }
-        for ids in unique(tests.iter().map(|s| s.named_ami()).collect()).chunks(FILTER_VALUES) {
-            let out = ec2
-                .describe_images()
-                .filters(id_filter("image-id", ids))
-                .send()
-                .await
-                .map_err(|e| err("DescribeImages", region, e))?;
-            account.images.extend(
-                out.images()
-                    .iter()
-                    .filter_map(|i| i.image_id())
-                    .map(str::to_owned),
-            );
-        }
-        let subnet_ids = unique(
-            tests
-                .iter()
-                .flat_map(|s| s.subnets.candidates())
-                .flatten()
-                .collect(),
-        );
-        for ids in subnet_ids.chunks(FILTER_VALUES) {
-            let mut pages = ec2
-                .describe_subnets()
-                .filters(id_filter("subnet-id", ids))
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                for subnet in page
-                    .map_err(|e| err("DescribeSubnets", region, e))?
-                    .subnets()
-                {
-                    if let (Some(id), Some(zone)) = (subnet.subnet_id(), subnet.availability_zone())
-                    {
-                        let public = subnet.map_public_ip_on_launch().unwrap_or(false);
-                        account
-                            .subnets
-                            .insert(id.to_owned(), (zone.to_owned(), public));
-                    }
-                }
-            }
-        }
-        let group_ids = unique(
-            tests
-                .iter()
-                .flat_map(|s| s.security_group_ids.iter().map(|g| &**g))
-                .collect(),
-        );
-        for ids in group_ids.chunks(FILTER_VALUES) {
-            let mut pages = ec2
-                .describe_security_groups()
-                .filters(id_filter("group-id", ids))
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                account.groups.extend(
-                    page.map_err(|e| err("DescribeSecurityGroups", region, e))?
-                        .security_groups()
-                        .iter()
-                        .filter_map(|g| g.group_id())
-                        .map(str::to_owned),
-                );
-            }
-        }
-        let types = unique(tests.iter().map(|s| &*s.instance_type).collect());
-        let zones = unique(account.subnets.values().map(|(z, _)| z.as_str()).collect());
-        for (location_type, locations) in [
-            (LocationType::AvailabilityZone, zones),
-            (LocationType::Region, vec![region.to_owned()]),
-        ] {
-            if locations.is_empty() {
-                continue;
-            }
-            let mut pages = ec2
-                .describe_instance_type_offerings()
-                .location_type(location_type)
-                .filters(id_filter("location", &locations))
-                .filters(id_filter("instance-type", &types))
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                for o in page
-                    .map_err(|e| err("DescribeInstanceTypeOfferings", region, e))?
-                    .instance_type_offerings()
-                {
-                    if let (Some(t), Some(l)) = (o.instance_type(), o.location()) {
-                        account
-                            .offered
-                            .insert((t.as_str().to_owned(), l.to_owned()));
-                    }
-                }
-            }
-        }
-        Ok(account)
-    }
-
-    fn problems(&self, region: &str, s: &AwsSettings) -> Vec<Problem> {
-        let mut out = Vec::new();
-        let problem = |keys, value: &str, message: String| Problem {
-            keys,
-            value: value.to_owned(),
-            message,
-        };
-        let ami = s.named_ami();
-        if !self.images.contains(ami) {
-            out.push(problem(
-                if s.base_ami.is_some() {
-                    &["base_ami"]
-                } else {
-                    &["ami"]
-                },
-                ami,
-                format!("AMI {ami} does not exist in {region}, or this account may not use it"),
-            ));
-        }
-        for g in s
-            .security_group_ids
-            .iter()
-            .filter(|g| !self.groups.contains(&***g))
-        {
-            out.push(problem(
-                &["security_group_ids"],
-                g,
-                format!("security group {g} does not exist in {region}"),
-            ));
-        }
-        let mut zones = Vec::new();
-        for id in s.subnets.candidates().into_iter().flatten() {
-            match self.subnets.get(id) {
-                None => out.push(problem(
-                    SUBNET_KEYS,
-                    id,
-                    format!("subnet {id} does not exist in {region}"),
-                )),
-                Some((zone, public)) => {
-                    zones.push(zone.as_str());
-                    if !public && s.connect == Connect::PublicIp {
-                        out.push(problem(
-                            SUBNET_KEYS,
-                            id,
-                            format!("subnet {id} gives instances no public address, but connect = \"public_ip\" (the default when unset) needs one: set connect = \"private_ip\", or use a subnet that maps public addresses"),
-                        ));
-                    }
-                }
-            }
-        }
-        let offered = |location: &str| {
-            self.offered
-                .contains(&(s.instance_type.to_string(), location.to_owned()))
-        };
-        if s.subnets == Subnets::Default && !self.default_vpc {
-            out.push(problem(
-                &["region"],
-                region,
-                format!("{region} has no default VPC, so an instance without a subnet cannot launch: set `subnet_id` or `subnet_ids`"),
-            ));
-        }
-        let type_offered = match s.subnets {
-            Subnets::Default => offered(region),
-            // Missing subnets are reported above; the type is checked where the others are.
-            _ => zones.is_empty() || zones.iter().any(|z| offered(z)),
-        };
-        if !type_offered {
-            let place = if zones.is_empty() {
-                region.to_owned()
-            } else {
-                zones.join(", ")
-            };
-            out.push(problem(
-                &["instance_type"],
-                &s.instance_type,
-                format!(
-                    "instance type {} is not offered in {place}",
-                    s.instance_type
-                ),
-            ));
-        }
-        out
-    }
-}
-
-const SUBNET_KEYS: &[&str] = &["subnet_id", "subnet_ids"];
 
 fn id_filter(name: &str, values: &[String]) -> Filter {
     Filter::builder()

@@ -46,20 +46,55 @@ pub struct Problem {
     pub message: String,
 }
 
+/// What [`preflight`] found: problems that stop the plan, caps on what its machines may hold at
+/// once, and checks that could not be made.
+#[derive(Debug, Default)]
+pub struct Preflight {
+    pub problems: Vec<Problem>,
+    pub limits: Vec<Limit>,
+    /// What was not checked, and why: said to the user, never read as passed.
+    pub unchecked: Vec<String>,
+}
+
+/// A cap on what machines hold at once in one place (EC2: a region's running On-Demand vCPU
+/// quota), shared with whatever else runs there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// What is capped, for the user.
+    pub name: String,
+    /// What it counts, plural: `vCPUs`.
+    pub unit: &'static str,
+    pub quota: u64,
+    /// Held already, by machines of the account that this plan did not start too.
+    pub in_use: u64,
+    /// What the machine of each of the settings [`preflight`] was given takes of it, in their
+    /// order; 0 for those it does not cap.
+    pub takes: Vec<u64>,
+}
+
 /// Checks the plan's tests against their providers' accounts: the aws tests against EC2
 /// ([`aws::preflight`]); ssh and local have nothing to check before leasing.
-pub async fn preflight(settings: &[&Settings]) -> Result<Vec<Problem>, ProviderError> {
-    let aws: Vec<&crate::plan::AwsSettings> = settings
+pub async fn preflight(settings: &[&Settings]) -> Result<Preflight, ProviderError> {
+    let (at, aws): (Vec<usize>, Vec<&crate::plan::AwsSettings>) = settings
         .iter()
-        .filter_map(|s| match &s.machine {
-            crate::plan::MachineSettings::Aws(a) => Some(a),
+        .enumerate()
+        .filter_map(|(i, s)| match &s.machine {
+            crate::plan::MachineSettings::Aws(a) => Some((i, a)),
             _ => None,
         })
-        .collect();
+        .unzip();
     if aws.is_empty() {
-        return Ok(vec![]);
+        return Ok(Preflight::default());
     }
-    aws::preflight(&aws).await
+    let mut found = aws::preflight(&aws).await?;
+    for limit in &mut found.limits {
+        let mut takes = vec![0; settings.len()];
+        for (&i, &t) in at.iter().zip(&limit.takes) {
+            takes[i] = t;
+        }
+        limit.takes = takes;
+    }
+    Ok(found)
 }
 
 /// Why a machine is no longer there.

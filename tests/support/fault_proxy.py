@@ -8,7 +8,9 @@ or the operation named by `X-Amz-Target` (JSON protocol, e.g. EC2 Instance Conne
 
 Rules, repeatable: --fault ACTION:KIND:COUNT
   ACTION  e.g. RunInstances, DescribeInstances; ACTION[FIELD=VALUE] only the calls whose form
-          field FIELD is VALUE, e.g. RunInstances[SubnetId=subnet-0a1b]
+          field FIELD is VALUE, e.g. RunInstances[SubnetId=subnet-0a1b]; a call with
+          DryRun=true is the action ACTION/DryRun (RunInstances/DryRun), counted apart and
+          faulted only by rules that name it, so a launch's faults leave its dry run alone
   KIND    RequestLimitExceeded          HTTP 503 with that EC2 error code (errors are XML for
                                         EC2's query protocol, JSON for X-Amz-Target calls)
           InsufficientInstanceCapacity  HTTP 500 with that EC2 error code
@@ -23,6 +25,9 @@ Rules, repeatable: --fault ACTION:KIND:COUNT
                                         --hang-bound seconds pass: a client killed then never
                                         learns what it made (e.g. RunInstances:lost:1)
   COUNT   a number (the first COUNT calls of ACTION fail) or `always`
+  UnauthorizedOperation answers as EC2 does, its message ending in an encoded reason, and
+  VcpuLimitExceeded with EC2's own message (which names no quota), e.g.
+  RunInstances/DryRun:UnauthorizedOperation:always, RunInstances:VcpuLimitExceeded:always
 
 GET /_faults answers {"injected": {action: n}, "forwarded": {action: n}, "held": {action: n}}
 so that tests can assert that the faults really happened: `injected` counts every faulted call,
@@ -46,6 +51,16 @@ in `InstanceId.N` fail whole with InvalidInstanceID.NotFound (HTTP 400); Describ
 filters leaves it out of the answer; SendSSHPublicKey answers EC2InstanceNotFoundException.
 Each such answer counts as injected for its action (a DescribeInstances answer when it left
 an instance out).
+
+What moto does not do as AWS does, answered by the proxy:
+  --deprecated AMI           (repeatable) DescribeImages leaves AMI out of its answer unless
+                             the call says IncludeDeprecated=true, as EC2 does with a
+                             deprecated image; RunInstances still launches it
+  --quota SERVICE:CODE:VALUE (repeatable) Service Quotas' GetServiceQuota of that quota
+                             answers VALUE (moto knows only some VPC quotas)
+  --decoded TEXT             STS DecodeAuthorizationMessage answers TEXT as the decoded
+                             message; without it, AccessDenied (moto does not implement it),
+                             as for an identity without sts:DecodeAuthorizationMessage
 
 Disks that follow images, as EC2's root volumes do (the harness's instances share this
 machine's filesystem, each with a private directory DISKS/<private ip> that it sees at the
@@ -96,7 +111,15 @@ CODE_STATUS = {
     "RequestLimitExceeded": 503,
     "InsufficientInstanceCapacity": 500,
 }
+# What an encoded authorization failure message looks like (opaque to the client).
+ENCODED_REASON = "ZW5jb2RlZC1yZWFzb24tZm9yLXJhbGx5Y3Rs"
 MESSAGES = {
+    "UnauthorizedOperation": "You are not authorized to perform this operation. "
+    "Encoded authorization failure message: " + ENCODED_REASON,
+    "VcpuLimitExceeded": "You have requested more vCPU capacity than your current vCPU "
+    "limit of 32 allows for the instance bucket that the specified instance type belongs "
+    "to. Please visit http://aws.amazon.com/contact-us/ec2-request to request an "
+    "adjustment to this limit.",
     "RequestLimitExceeded": "Request limit exceeded.",
     "InsufficientInstanceCapacity": "We currently do not have sufficient capacity in the "
     "Availability Zone you requested.",
@@ -236,14 +259,65 @@ def without_snapshot_tags(body):
         kept.append((k, v))
     pairs = [(t["Key"], t.get("Value", "")) for _, t in sorted(tags.items())]
     return urllib.parse.urlencode(kept).encode(), pairs
+def strip_images(payload, hidden):
+    """A DescribeImages answer without the images in `hidden`."""
+    root = ET.fromstring(payload)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ET.register_namespace("", ns.strip("{}"))
+    for iset in root.iter(f"{ns}imagesSet"):
+        for image in list(iset):
+            if image.findtext(f"{ns}imageId") in hidden:
+                iset.remove(image)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def service_quota(spec, service, code):
+    """GetServiceQuota's answer for the --quota SERVICE:CODE:VALUE that matches, or None."""
+    for q in spec:
+        s, c, value = q.split(":")
+        if (s, c) == (service, code):
+            return json.dumps(
+                {
+                    "Quota": {
+                        "ServiceCode": s,
+                        "QuotaCode": c,
+                        "QuotaName": f"quota {c}",
+                        "Value": float(value),
+                        "Unit": "None",
+                        "Adjustable": True,
+                        "GlobalQuota": False,
+                    }
+                }
+            ).encode()
+    return None
+
+
+def sts_answer(decoded):
+    """(status, content type, body) of DecodeAuthorizationMessage, in STS's XML."""
+    ns = "https://sts.amazonaws.com/doc/2011-06-15/"
+    if decoded is None:
+        body = (
+            f'<ErrorResponse xmlns="{ns}"><Error><Type>Sender</Type><Code>AccessDenied</Code>'
+            "<Message>User is not authorized to perform: sts:DecodeAuthorizationMessage"
+            f"</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+        )
+        return 403, "text/xml", body.encode()
+    root = ET.Element("DecodeAuthorizationMessageResponse", xmlns=ns)
+    ET.SubElement(ET.SubElement(root, "DecodeAuthorizationMessageResult"),
+                  "DecodedMessage").text = decoded
+    ET.SubElement(ET.SubElement(root, "ResponseMetadata"), "RequestId").text = str(uuid.uuid4())
+    return 200, "text/xml", ET.tostring(root, encoding="utf-8")
 
 
 class State:
     def __init__(self, rules, upstream, young_not_found, disks=None, images=None,
-                 image_state=None, boot=None):
+                 image_state=None, boot=None, deprecated=(), quotas=(), decoded=None):
         self.boot = boot
         self.image_state = image_state.split(":", 1) + [None] if image_state else None
         self.made_images = set()  # image ids CreateImage answered
+        self.deprecated = set(deprecated)
+        self.quotas = list(quotas)
+        self.decoded = decoded
         self.disks = disks
         self.images = images
         self.ip_of = {}  # instance id -> private IP, from RunInstances answers
@@ -309,6 +383,8 @@ def action_of(headers, body):
     if "x-www-form-urlencoded" in ctype or body.startswith(b"Action="):
         fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         if fields.get("Action"):
+            if fields.get("DryRun", ["false"])[0] == "true":
+                return fields["Action"][0] + "/DryRun"
             return fields["Action"][0]
     return "?"
 
@@ -384,6 +460,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if answer is not None:
             self.state.count_injected(action)
             self.log_message("answered %s as EC2 does for an unknown instance", action)
+            return self._send(*answer)
+        answer = self._answered_here(action, body)
+        if answer is not None:
+            self.state.count_injected(action)
+            self.log_message("answered %s as AWS does", action)
             return self._send(*answer)
         fields = form_fields(self.headers, body)
         if action == "RunInstances" and fields.get("ClientToken"):
@@ -619,6 +700,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 ET.SubElement(reason, f"{ns}code").text = code
                 ET.SubElement(reason, f"{ns}message").text = code + ": injected by fault_proxy"
         return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    def _answered_here(self, action, body):
+        """What the proxy answers itself where moto would not answer as AWS does, or None."""
+        if action == "GetServiceQuota":
+            ask = json.loads(body or b"{}")
+            quota = service_quota(self.state.quotas, ask.get("ServiceCode"), ask.get("QuotaCode"))
+            if quota is not None:
+                return 200, "application/x-amz-json-1.1", quota
+        if action == "DecodeAuthorizationMessage":
+            return sts_answer(self.state.decoded)
+        return None
 
     def _follow_disks(self, action, fields, payload):
         """--disks: a launched instance's disk starts empty or as its image's; CreateImage
@@ -669,6 +760,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             payload = self._image_state(payload)
         if action == "RunInstances" and self.state.boot:
             self._first_boot(form_fields(self.headers, body), payload)
+        if action == "DescribeImages" and self.state.deprecated:
+            fields = form_fields(self.headers, body)
+            if fields.get("IncludeDeprecated", ["false"])[0] != "true":
+                stripped = strip_images(payload, self.state.deprecated)
+                if stripped != payload:
+                    self.state.count_injected(action)
+                return stripped
         if action == "RunInstances":
             now = time.monotonic()
             fields = form_fields(self.headers, body)
@@ -720,9 +818,15 @@ def main():
                    help="images made by CreateImage read STATE, with state reason CODE")
     p.add_argument("--boot", metavar="DIR",
                    help="instances run their user data at launch and reboot for CreateImage")
+    p.add_argument("--deprecated", action="append", default=[], metavar="AMI",
+                   help="DescribeImages hides AMI unless IncludeDeprecated=true")
+    p.add_argument("--quota", action="append", default=[], metavar="SERVICE:CODE:VALUE",
+                   help="GetServiceQuota of SERVICE's CODE answers VALUE")
+    p.add_argument("--decoded", help="DecodeAuthorizationMessage answers this decoded message")
     args = p.parse_args()
     Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
-                          args.disks, args.images, args.image_state, args.boot)
+                          args.disks, args.images, image_state=args.image_state, boot=args.boot,
+                          deprecated=args.deprecated, quotas=args.quota, decoded=args.decoded)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -153,6 +153,18 @@ pub struct RecordedCall {
     pub access_key: Option<String>,
 }
 
+impl RecordedCall {
+    /// RunInstances made by rallyctl that launches (not a plan's dry run).
+    pub fn is_launch(&self) -> bool {
+        self.action == "RunInstances"
+            && !self.from_harness
+            && !self
+                .params
+                .iter()
+                .any(|(k, v)| k == "DryRun" && v == "true")
+    }
+}
+
 impl Harness {
     /// Starts moto, the VPC/subnet/security group, `max_instances` instances and the ES double
     /// (one cluster per instance); panics (naming what failed and its log) if any does not come

@@ -198,11 +198,12 @@ tags = {{ team = "e2e" }}
         self.state().tests[&address.parse().unwrap()].clone()
     }
 
+    /// RunInstances calls rallyctl made to launch (its plan-time dry runs aside).
     pub fn launches(&self) -> usize {
         self.harness
             .recorded_calls()
             .iter()
-            .filter(|c| c.action == "RunInstances" && !c.from_harness)
+            .filter(|c| c.is_launch())
             .count()
     }
 }
