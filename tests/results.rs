@@ -664,11 +664,11 @@ fn repeated_results_as_a_table() {
     let out = t.results(&[], 0);
     // The noisy throughput is flagged; the tight one is not.
     assert!(
-        out.contains("593.40 ±107.14 ops/s (n=5, rsd 14.5%, noisy)"),
+        out.contains("593.40 [492.08, 703.73] ops/s (n=5, rsd 14.5%, noisy)"),
         "{out}"
     );
     assert!(
-        out.contains("1100.00 ±10.80 docs/s (n=5, rsd 0.8%)"),
+        out.contains("1100.00 [1089.23, 1110.82] docs/s (n=5, rsd 0.8%)"),
         "{out}"
     );
     insta::assert_snapshot!(out);
@@ -1186,7 +1186,7 @@ fn the_html_report_draws_repetitions_and_verdicts() {
     assert_eq!(external_references(&html), Vec::<&str>::new());
     // A dot per repetition, both sides, in the throughput and latency charts.
     assert!(html.matches("<circle ").count() > 5 * 2 * 2, "{html}");
-    assert!(html.contains("1100.00 ±10.80 (n=5)"), "{html}");
+    assert!(html.contains("1100.00 [1089.23, 1110.82] (n=5)"), "{html}");
     for expect in [
         "<th>verdict</th>",
         "inconclusive (~",

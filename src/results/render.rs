@@ -175,7 +175,8 @@ fn summary(v: &Value) -> Option<Summary> {
     Summary::of(v.races())
 }
 
-/// `mean ±half-width unit (n=N, rsd R%)`, flagged when noisy; a lone race as its value.
+/// `mean [ci low, ci high] unit (n=N, rsd R%)`, flagged when noisy; a lone race as its value.
+/// The interval, not a `±`: on the log scale it is not symmetric about the mean.
 fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
     let Some(s) = summary else {
         return format!("{} {unit}", format_number(mean));
@@ -188,9 +189,10 @@ fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
         .map_or(String::new(), |r| format!(", rsd {r:.1}%"));
     let noisy = if s.noisy { ", noisy" } else { "" };
     format!(
-        "{} ±{} {unit} (n={}{rsd}{noisy})",
+        "{} [{}, {}] {unit} (n={}{rsd}{noisy})",
         format_number(mean),
-        format_number(s.half_width()),
+        format_number(s.ci_low),
+        format_number(s.ci_high),
         s.n
     )
 }
