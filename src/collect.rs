@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::results::parse;
-use crate::state::ResultFile;
+use crate::state::{ResultFile, TestRecord};
 
 /// Unpacks a tar stream of collected files into `dir`; entries that would land outside it
 /// (`../`, absolute paths: a hostile machine) are skipped.
@@ -33,6 +33,17 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<Vec<ResultFile>> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// Writes `rallyctl.json` beside a race's files: the configuration the race ran (the
+/// record's config hash, settings, race command and inputs), so that a comparison with this
+/// run knows its workload and what changed once state has moved on to another configuration.
+pub fn describe(dir: &Path, record: &TestRecord) -> std::io::Result<ResultFile> {
+    let bytes = serde_json::to_vec_pretty(&parse::Configuration::of(record))
+        .map_err(std::io::Error::other)?;
+    let path = dir.join(parse::CONFIGURATION_FILE);
+    std::fs::write(&path, &bytes)?;
+    Ok(ResultFile::of(path, &bytes))
 }
 
 /// The collected report, or why there is none.

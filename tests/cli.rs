@@ -287,6 +287,32 @@ fn plan_refuses_a_corrupt_state_and_leaves_it_alone() {
     );
 }
 
+/// Variants race interleaved on one machine: the test's own name selects them all, for
+/// `--target` and for `--replace`.
+#[test]
+fn the_name_of_a_test_with_variants_selects_all_its_variants() {
+    let (_dir, state) = temp_state();
+    for flag in ["--target", "--replace"] {
+        let out = rallyctl(&[
+            "plan",
+            "tests/fixtures/plans/local-repeated.toml",
+            "--state",
+            state.to_str().unwrap(),
+            flag,
+            "s.heap",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("+ s.heap-4g") && stdout.contains("+ s.heap-8g"),
+            "{flag}: {stdout}"
+        );
+        if flag == "--target" {
+            assert!(!stdout.contains("s.five"), "{stdout}");
+        }
+    }
+}
+
 #[test]
 fn an_unknown_target_is_refused() {
     let (_dir, state) = temp_state();

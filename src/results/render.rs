@@ -752,7 +752,30 @@ pub fn comparison_notes(c: &Comparison) -> Vec<String> {
                 .into(),
         );
     }
+    for unpaired in &c.unpaired {
+        notes.push(format!(
+            "Not interleaved, compared as --allow-unpaired asks: {unpaired}."
+        ));
+    }
     notes
+}
+
+/// Each test whose configuration changed between the two sides, with what changed: the
+/// verdicts above measure that change.
+pub fn configuration_changes(c: &Comparison) -> Vec<(String, String)> {
+    c.configuration_changes
+        .iter()
+        .map(|change| {
+            (
+                format!(
+                    "{}: the configuration changed between the two sides (the verdicts measure \
+                     this change):",
+                    change.test
+                ),
+                change.diff.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The comparison's fields of one side in CSV.
@@ -822,6 +845,12 @@ pub fn comparison(c: &Comparison, format: Format) -> String {
             for note in comparison_notes(c) {
                 out.push_str(&note);
                 out.push('\n');
+            }
+            for (title, diff) in configuration_changes(c) {
+                out.push_str(&format!("\n{title}\n"));
+                for line in diff.lines() {
+                    out.push_str(&format!("  {line}\n"));
+                }
             }
             for p in &c.problems {
                 out.push_str(&format!("error: {p}\n"));
