@@ -1233,7 +1233,7 @@ async fn collect<P: Provider>(
     );
     let files = crate::collect::unpack(&bytes, &dir)
         .and_then(|mut files| {
-            files.push(crate::collect::describe(&dir, record)?);
+            crate::collect::describe(&dir, record, &mut files)?;
             Ok(files)
         })
         .map_err(|e| {

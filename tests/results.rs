@@ -1026,6 +1026,28 @@ fn a_comparison_across_a_configuration_change_says_what_changed() {
     );
 }
 
+/// A damaged `rallyctl.json` is named with its line, and the races are compared on what
+/// race.json says, as before rallyctl kept it.
+#[test]
+fn a_damaged_configuration_is_named_and_race_json_decides() {
+    let same = "a".repeat(64);
+    let t = two_configurations(
+        &configuration("tracks/small", &same, "m5.large"),
+        &configuration("tracks/small", &same, "m5.large"),
+    );
+    let path = t.path(&format!("results/e2e/{RUN1}/ingest/a/rallyctl.json"));
+    std::fs::write(&path, "{\n  \"config_hash\": 3\n}\n").unwrap();
+    let out = t.results(&["--compare", RUN1], 0);
+    assert!(
+        out.contains(&format!(
+            "error: baseline ingest.a: results/e2e/{RUN1}/ingest/a/rallyctl.json:2: not a \
+             configuration rallyctl wrote"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("regression"), "{out}");
+}
+
 #[test]
 fn the_baseline_is_recorded_in_state_and_used_by_the_gate() {
     let t = comparison_case();
