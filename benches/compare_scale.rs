@@ -80,6 +80,8 @@ fn view(run: &str, shift: f64) -> RunView {
                 race: None,
                 tasks,
                 problems: vec![],
+                configuration: None,
+                raced_on: vec![],
             }
         })
         .collect();

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::results::parse;
-use crate::state::ResultFile;
+use crate::state::{ResultFile, TestRecord};
 
 /// Unpacks a tar stream of collected files into `dir`; entries that would land outside it
 /// (`../`, absolute paths: a hostile machine) are skipped.
@@ -33,6 +33,25 @@ pub fn unpack(bytes: &[u8], dir: &Path) -> std::io::Result<Vec<ResultFile>> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// Writes `rallyctl.json` beside a race's files: the configuration the race ran (the
+/// record's config hash, settings, race command and inputs), so that a comparison with this
+/// run knows its workload and what changed once state has moved on to another configuration.
+/// It takes the place of a file of that name the machine sent, in `files` too.
+pub fn describe(
+    dir: &Path,
+    record: &TestRecord,
+    files: &mut Vec<ResultFile>,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(&parse::Configuration::of(record))
+        .map_err(std::io::Error::other)?;
+    let path = dir.join(parse::CONFIGURATION_FILE);
+    std::fs::write(&path, &bytes)?;
+    let file = ResultFile::of(path, &bytes);
+    files.retain(|f| f.path != file.path);
+    files.push(file);
+    Ok(())
 }
 
 /// The collected report, or why there is none.
@@ -100,6 +119,35 @@ mod tests {
         let out = unpack(&evil, &inner).unwrap();
         assert!(out.is_empty());
         assert!(!dir.path().join("escape.tx").exists());
+    }
+
+    /// The configuration beside a race's files is the record's, whatever the machine sent
+    /// under that name.
+    #[test]
+    fn the_configuration_beside_the_files_is_the_records() {
+        let sent = vec![
+            (PathBuf::from("./report.csv"), b"x".to_vec(), 0o644),
+            (PathBuf::from("./rallyctl.json"), b"{}".to_vec(), 0o644),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = unpack(&crate::staging::tar(&sent).unwrap(), dir.path()).unwrap();
+        let mut record = TestRecord::new(
+            "abc".into(),
+            serde_json::json!({"track": {"named": "geonames"}}).into(),
+            "esrally race".into(),
+            crate::state::Status::Completed,
+        );
+        record.inputs.insert("race.sh".into(), "00".into());
+        describe(dir.path(), &record, &mut files).unwrap();
+        let described: Vec<_> = files
+            .iter()
+            .filter(|f| f.path.ends_with(parse::CONFIGURATION_FILE))
+            .collect();
+        assert_eq!(described.len(), 1, "{files:?}");
+        let read = parse::configuration(&described[0].path).unwrap();
+        assert_eq!(read, parse::Configuration::of(&record));
+        let bytes = std::fs::read(&described[0].path).unwrap();
+        assert_eq!(described[0].sha256, crate::state::sha256_hex(&bytes));
     }
 
     #[test]

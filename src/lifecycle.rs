@@ -712,6 +712,7 @@ async fn start_attempt<P: Provider>(
             variant: test.variant.clone(),
             // Machine time is billed whatever became of the attempt that held the machine.
             spent: previous.map(|r| r.spent.clone()).unwrap_or_default(),
+            inputs: artifacts.inputs(&test.settings),
             ..TestRecord::new(
                 artifacts.config_hash.clone(),
                 (&test.settings).into(),
@@ -1306,12 +1307,17 @@ async fn collect<P: Provider>(
             .join(test.address.path()),
         record.repetition(),
     );
-    let files = crate::collect::unpack(&bytes, &dir).map_err(|e| {
-        failed(
-            Step::Collecting,
-            format!("cannot store results in {}: {e}", dir.display()),
-        )
-    })?;
+    let files = crate::collect::unpack(&bytes, &dir)
+        .and_then(|mut files| {
+            crate::collect::describe(&dir, record, &mut files)?;
+            Ok(files)
+        })
+        .map_err(|e| {
+            failed(
+                Step::Collecting,
+                format!("cannot store results in {}: {e}", dir.display()),
+            )
+        })?;
     let report = crate::collect::report(&files)
         .map_err(|e| failed(Step::Collecting, e))?
         .to_owned();

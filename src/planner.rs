@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::address::Address;
 use crate::plan::{MachineSettings, Plan, ProviderKind, RepeatOn, Test};
 use crate::state::{Handover, State, Status, Step, TestRecord};
-use crate::templates::{ArtifactMap, Renderer, TemplateError};
+use crate::templates::{ArtifactMap, Inputs, Renderer, TemplateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,6 +94,57 @@ fn comparable(settings: &str, race_command: &str) -> String {
     format!("{settings}\n\nrace command:\n  {race_command}\n")
 }
 
+/// A configuration as a diff reads it: its settings as pretty JSON, its race command, and the
+/// sha256 of each file its config hash took in (none in a record from before they were kept).
+pub struct Described<'a> {
+    /// What the diff's header calls it.
+    pub label: &'a str,
+    pub settings: &'a str,
+    pub race_command: &'a str,
+    pub inputs: &'a Inputs,
+}
+
+/// What changed from `old` to `new`: the unified diff of their settings and race commands;
+/// when those read alike, the files (templates, rally.ini, track files) whose content changed,
+/// appeared or went, or a generic line when `old` has no record of its files.
+pub fn config_diff(old: &Described<'_>, new: &Described<'_>) -> String {
+    let (before, after) = (
+        comparable(old.settings, old.race_command),
+        comparable(new.settings, new.race_command),
+    );
+    let text = TextDiff::from_lines(&before, &after)
+        .unified_diff()
+        .context_radius(2)
+        .header(old.label, new.label)
+        .to_string();
+    if !text.is_empty() {
+        return text;
+    }
+    if old.inputs.is_empty() {
+        return "(settings are unchanged; a template, the rally.ini or a track file changed)\n"
+            .to_owned();
+    }
+    let mut changed = String::new();
+    let names: std::collections::BTreeSet<&String> =
+        old.inputs.keys().chain(new.inputs.keys()).collect();
+    for name in names {
+        let what = match (old.inputs.get(name), new.inputs.get(name)) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(_), Some(_)) => "changed",
+            (Some(_), None) => "removed",
+            (None, _) => "added",
+        };
+        let _ = writeln!(changed, "  {what}: {name}");
+    }
+    if changed.is_empty() {
+        // The files and settings alike, yet another hash: what rallyctl renders changed.
+        "(settings and files are unchanged; this rallyctl hashes the configuration differently)\n"
+            .to_owned()
+    } else {
+        format!("(settings are unchanged; files changed)\n{changed}")
+    }
+}
+
 /// Renders every test of the plan, on all cores: a nightly plan of thousands of tests is
 /// mostly template rendering and hashing, and each test's is independent.
 pub fn render_all(plan: &Plan, renderer: &Renderer) -> Result<ArtifactMap, TemplateError> {
@@ -147,23 +198,23 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
         let diff_text = || {
             let recorded = serde_json::to_string_pretty(&record.settings.value())
                 .expect("JSON values serialize");
-            let old = comparable(&recorded, &record.race_command);
             // Rendering the test succeeded, so its words quote; a failure still reads sensibly.
             let race_command =
                 crate::templates::race_command(&test.settings).unwrap_or_else(|e| format!("({e})"));
-            let planned = comparable(&test.settings.canonical_json(), &race_command);
-            let text = TextDiff::from_lines(&old, &planned)
-                .unified_diff()
-                .context_radius(2)
-                .header("recorded", "planned")
-                .to_string();
-            // Identical text with a different hash: a template, rally.ini or track file changed.
-            if text.is_empty() {
-                "(settings are unchanged; a template, the rally.ini or a track file changed)\n"
-                    .to_owned()
-            } else {
-                text
-            }
+            config_diff(
+                &Described {
+                    label: "recorded",
+                    settings: &recorded,
+                    race_command: &record.race_command,
+                    inputs: &record.inputs,
+                },
+                &Described {
+                    label: "planned",
+                    settings: &test.settings.canonical_json(),
+                    race_command: &race_command,
+                    inputs: &new.inputs(&test.settings),
+                },
+            )
         };
         let entry = match (&record.status, same) {
             (Status::Completed, true) if replace => Some(change(

@@ -409,6 +409,11 @@ pub struct TestRecord {
     pub config_hash: String,
     pub settings: RecordedSettings,
     pub race_command: String,
+    /// The sha256 of each file the config hash took in besides the settings
+    /// ([`crate::templates::Artifacts::inputs`]), so that `plan` names the one that changed;
+    /// empty in a record from before they were kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
     #[serde(flatten)]
     pub status: Status,
     /// Counts attempts at this test; with the lineage it names the machine (EC2 tags and
@@ -469,6 +474,8 @@ struct RecordFields {
     config_hash: String,
     settings: RecordedSettings,
     race_command: String,
+    #[serde(default)]
+    inputs: BTreeMap<String, String>,
     status: StatusName,
     #[serde(default)]
     step: Option<Step>,
@@ -547,6 +554,7 @@ impl TryFrom<RecordFields> for TestRecord {
             config_hash: r.config_hash,
             settings: r.settings,
             race_command: r.race_command,
+            inputs: r.inputs,
             status,
             attempt: r.attempt,
             run_id: r.run_id,
@@ -597,6 +605,7 @@ impl TestRecord {
             config_hash,
             settings,
             race_command,
+            inputs: BTreeMap::new(),
             status,
             attempt: 1,
             run_id: None,
@@ -620,15 +629,6 @@ impl TestRecord {
     /// once the test completed.
     pub fn finished_repetitions(&self) -> u32 {
         self.repetition() - u32::from(self.status != Status::Completed)
-    }
-
-    /// The results of every finished race, oldest first.
-    pub fn samples(&self) -> impl Iterator<Item = &[ResultFile]> {
-        let current = (self.status == Status::Completed).then_some(self.results.as_slice());
-        self.earlier
-            .iter()
-            .map(|r| r.results.as_slice())
-            .chain(current)
     }
 
     /// Every finished race of this configuration, the current one included once completed:

@@ -6,7 +6,7 @@
 //! to run (run id, race id) are passed to the scripts as arguments instead, and secrets come from
 //! the environment only when applying, never into the hash, a plan or state.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -46,7 +46,49 @@ pub struct Artifacts {
     /// The rally.ini with environment values shown as `${NAME}`; see [`Renderer::rally_ini`].
     pub rally_ini: Arc<str>,
     pub config_hash: String,
+    /// The sha256 of each rendered part, in the order of [`RENDERED`].
+    digests: [[u8; 32]; 4],
+    /// A local track's files.
+    track: Option<Arc<TrackFiles>>,
 }
+
+/// The rendered parts by the name they have in a run directory, in the order the config hash
+/// takes them in.
+const RENDERED: [&str; 4] = ["user_data.sh", "install.sh", "race.sh", "rally.ini"];
+
+/// A local track directory: each file's path in it and the sha256 of its content, sorted by
+/// path, and the digest over them that the config hash takes in.
+#[derive(Debug, PartialEq)]
+struct TrackFiles {
+    files: Vec<(String, [u8; 32])>,
+    digest: String,
+}
+
+impl Artifacts {
+    /// Every file the config hash takes in besides the settings, each by its sha256, named as
+    /// `plan` names a changed one: the rendered scripts, the rally.ini under the path of its
+    /// source, and the local track's files under the track's path.
+    pub fn inputs(&self, s: &Settings) -> Inputs {
+        let mut inputs = Inputs::new();
+        for (name, digest) in RENDERED.iter().zip(&self.digests) {
+            let name = match *name {
+                "rally.ini" => format!("rally.ini ({})", s.rally_config.path().display()),
+                name => name.to_owned(),
+            };
+            inputs.insert(name, hex::encode(digest));
+        }
+        if let (Some(track), TrackSource::Path(dir)) = (&self.track, &s.track) {
+            for (file, digest) in &track.files {
+                let name = dir.recorded().join(file).display().to_string();
+                inputs.insert(name, hex::encode(digest));
+            }
+        }
+        inputs
+    }
+}
+
+/// What [`Artifacts::inputs`] gives: file name to sha256 in hex.
+pub type Inputs = BTreeMap<String, String>;
 
 /// Every planned test's artifacts, looked up by address (never iterated, so no order is kept).
 pub type ArtifactMap = HashMap<crate::address::Address, Artifacts, FastHash>;
@@ -62,8 +104,8 @@ pub enum Secrets {
 
 pub struct Renderer {
     env: Environment<'static>,
-    /// Track directory digests, read once however many tests share a track.
-    tracks: Mutex<HashMap<PathBuf, String>>,
+    /// Track directories, read once however many tests share a track.
+    tracks: Mutex<HashMap<PathBuf, Arc<TrackFiles>>>,
 }
 
 /// Renders tests one after another, each distinct part (a script for one set of values, a
@@ -197,25 +239,33 @@ impl Renderer {
             })
     }
 
-    /// sha256 over a track directory's relative paths and contents, in sorted order.
-    fn track_digest(&self, dir: &Path) -> Result<String, TemplateError> {
+    /// A track directory's files with their sha256, and the sha256 over their relative paths
+    /// and contents in sorted order.
+    fn track_files(&self, dir: &Path) -> Result<Arc<TrackFiles>, TemplateError> {
         let mut tracks = self.tracks.lock().expect("renderer cache lock");
-        if let Some(d) = tracks.get(dir) {
-            return Ok(d.clone());
+        if let Some(t) = tracks.get(dir) {
+            return Ok(t.clone());
         }
         let mut hash = Sha256::new();
+        let mut files = Vec::new();
         for file in list_files(dir)? {
             let bytes = std::fs::read(dir.join(&file)).map_err(|source| TemplateError::Read {
                 path: dir.join(&file),
                 source,
             })?;
-            hash.update(file.to_string_lossy().as_bytes());
+            let name = file.to_string_lossy();
+            let digest: [u8; 32] = Sha256::digest(&bytes).into();
+            hash.update(name.as_bytes());
             hash.update([0]);
-            hash.update(Sha256::digest(&bytes));
+            hash.update(digest);
+            files.push((name.into_owned(), digest));
         }
-        let digest = hex::encode(hash.finalize());
-        tracks.insert(dir.to_owned(), digest.clone());
-        Ok(digest)
+        let track = Arc::new(TrackFiles {
+            files,
+            digest: hex::encode(hash.finalize()),
+        });
+        tracks.insert(dir.to_owned(), track.clone());
+        Ok(track)
     }
 }
 
@@ -322,9 +372,14 @@ impl Session<'_> {
         for part in [&watchdog, &install, &race, &rally_ini] {
             hash.update(part.digest);
         }
-        if let TrackSource::Path(dir) = &s.track {
-            hash.update(self.renderer.track_digest(dir.read())?.as_bytes());
-        }
+        let track = match &s.track {
+            TrackSource::Path(dir) => {
+                let track = self.renderer.track_files(dir.read())?;
+                hash.update(track.digest.as_bytes());
+                Some(track)
+            }
+            TrackSource::Named(_) => None,
+        };
         let mut hex = [0; 64];
         hex::encode_to_slice(hash.finalize(), &mut hex).expect("64 digits hold a sha256");
         Ok(Artifacts {
@@ -333,6 +388,13 @@ impl Session<'_> {
             race: race.text,
             rally_ini: rally_ini.text,
             config_hash: String::from_utf8(hex.to_vec()).expect("hex digits are ASCII"),
+            digests: [
+                user_data.digest,
+                install.digest,
+                race.digest,
+                rally_ini.digest,
+            ],
+            track,
         })
     }
 }

@@ -794,6 +794,17 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         let mut bench = Bench::new(&format!("repetitions = 2\n{ONE_TEST}"));
         bench.apply(Fake::default(), &Options::default());
         let hash = record(&bench, "a.t1").config_hash.clone();
+        // The record keeps the sha256 of what its hash took in, and each race's configuration
+        // lies beside its files, for a comparison once state has moved on.
+        let r = record(&bench, "a.t1");
+        assert!(r.inputs.contains_key("race.sh"), "{:?}", r.inputs);
+        let described: Vec<_> = (r.earlier.iter().map(|e| &e.results))
+            .chain([&r.results])
+            .filter_map(|files| files.iter().find(|f| f.path.ends_with("rallyctl.json")))
+            .collect();
+        assert_eq!(described.len(), 2, "one per race: {r:?}");
+        let read = crate::results::parse::configuration(&described[1].path).unwrap();
+        assert_eq!((&read.config_hash, &read.inputs), (&hash, &r.inputs));
         bench.plan.suites[0].tests[0].repeat.count = std::num::NonZeroU32::new(3).unwrap();
         let renderer = Renderer::new();
         let artifacts = planner::render_all(&bench.plan, &renderer).unwrap();

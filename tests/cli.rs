@@ -287,6 +287,32 @@ fn plan_refuses_a_corrupt_state_and_leaves_it_alone() {
     );
 }
 
+/// Variants race interleaved on one machine: the test's own name selects them all, for
+/// `--target` and for `--replace`.
+#[test]
+fn the_name_of_a_test_with_variants_selects_all_its_variants() {
+    let (_dir, state) = temp_state();
+    for flag in ["--target", "--replace"] {
+        let out = rallyctl(&[
+            "plan",
+            "tests/fixtures/plans/local-repeated.toml",
+            "--state",
+            state.to_str().unwrap(),
+            flag,
+            "s.heap",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("+ s.heap-4g") && stdout.contains("+ s.heap-8g"),
+            "{flag}: {stdout}"
+        );
+        if flag == "--target" {
+            assert!(!stdout.contains("s.five"), "{stdout}");
+        }
+    }
+}
+
 #[test]
 fn an_unknown_target_is_refused() {
     let (_dir, state) = temp_state();
@@ -1272,6 +1298,67 @@ fn config_hashes_do_not_change_when_the_checkout_moves() {
         &p("tests/fixtures/tracks/tiny"),
     );
     assert_ne!(outside, first, "a rally.ini outside the project");
+}
+
+/// A changed track file re-runs the tests of that track, and `plan` names the file (and any
+/// other file whose content changed, appeared or went). A record from before rallyctl kept the
+/// files' hashes says what it said before.
+#[test]
+fn plan_names_the_files_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let track = dir.path().join("track");
+    std::fs::create_dir_all(track.join("operations")).unwrap();
+    std::fs::write(track.join("track.json"), r#"{"version": 2}"#).unwrap();
+    std::fs::write(track.join("operations/default.json"), "[]").unwrap();
+    std::fs::write(
+        dir.path().join("tracked.toml"),
+        format!(
+            "version = 1\nname = \"tracked\"\n[defaults]\nprovider = \"local\"\n\
+             track_path = \"{}\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"new\"\n\
+             [[suite.test]]\nname = \"old\"\n",
+            track.display()
+        ),
+    )
+    .unwrap();
+    // State as an apply of this plan leaves it; `s.old` recorded before inputs were kept.
+    let plan = rallyctl::plan::Plan::load(&dir.path().join("tracked.toml")).unwrap();
+    let renderer = rallyctl::templates::Renderer::new();
+    let artifacts = rallyctl::planner::render_all(&plan, &renderer).unwrap();
+    let mut state = rallyctl::state::State::new("tracked");
+    for test in plan.tests() {
+        let made = &artifacts[&test.address];
+        let mut record = rallyctl::state::TestRecord::new(
+            made.config_hash.clone(),
+            (&test.settings).into(),
+            rallyctl::templates::race_command(&test.settings).unwrap(),
+            rallyctl::state::Status::Completed,
+        );
+        if test.address.test() == "new" {
+            record.inputs = made.inputs(&test.settings);
+        }
+        state.tests.insert(test.address.clone(), record);
+    }
+    let state_path = dir.path().join("tracked.state.json");
+    rallyctl::state::save(&state_path, &mut state).unwrap();
+    let out = rallyctl_in(
+        dir.path(),
+        &["plan", "tracked.toml", "--state", "tracked.state.json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("No changes"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::write(track.join("operations/default.json"), "[{}]").unwrap();
+    std::fs::write(track.join("challenges.json"), "[]").unwrap();
+    let out = rallyctl_in(
+        dir.path(),
+        &["plan", "tracked.toml", "--state", "tracked.state.json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
 }
 
 /// A plan of two tests on an image baked from one AMI and one on an AMI id, in a directory of

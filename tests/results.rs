@@ -664,11 +664,11 @@ fn repeated_results_as_a_table() {
     let out = t.results(&[], 0);
     // The noisy throughput is flagged; the tight one is not.
     assert!(
-        out.contains("593.40 ±107.14 ops/s (n=5, rsd 14.5%, noisy)"),
+        out.contains("593.40 [492.08, 703.73] ops/s (n=5, rsd 14.5%, noisy)"),
         "{out}"
     );
     assert!(
-        out.contains("1100.00 ±10.80 docs/s (n=5, rsd 0.8%)"),
+        out.contains("1100.00 [1089.23, 1110.82] docs/s (n=5, rsd 0.8%)"),
         "{out}"
     );
     insta::assert_snapshot!(out);
@@ -889,11 +889,163 @@ fn tests_that_raced_different_tracks_are_not_compared() {
     assert!(
         stderr.contains(
             "cannot compare tests that raced different workloads:\n  ingest.a: the baseline \
-             raced track track, challenge (unknown), the contender track geonames, challenge \
-             (unknown)"
+             raced track track, the contender track geonames"
         ),
         "{stderr}"
     );
+}
+
+/// A configuration as rallyctl records it, of a local track at `track` whose `track.json`
+/// has the sha256 `content`, on `instance_type`.
+fn configuration(track: &str, content: &str, instance_type: &str) -> parse::Configuration {
+    parse::Configuration {
+        config_hash: format!("{track}-{content}-{instance_type}"),
+        settings: serde_json::json!({
+            "instance_type": instance_type,
+            "track": {"path": track},
+            "track_params": {"bulk_size": 100},
+        }),
+        race_command: "esrally race --track-params=track-params.json --track-path=<uploaded track>"
+            .into(),
+        inputs: [
+            ("race.sh".to_owned(), "1".repeat(64)),
+            (format!("{track}/track.json"), content.to_owned()),
+            (format!("{track}/documents.json"), "2".repeat(64)),
+        ]
+        .into(),
+    }
+}
+
+/// `ingest.a` in run 1 with `base` beside its files, in run 2 recorded in state with
+/// `contender`; both race.json name the uploaded track `track`, as Rally does, and run 2's
+/// search latency is 20 % higher.
+fn two_configurations(base: &parse::Configuration, contender: &parse::Configuration) -> Tree {
+    let mut t = Tree::new();
+    let a = addr("ingest", "a");
+    let json = read(fixture("success/race.json"));
+    let described = |c: &parse::Configuration| serde_json::to_vec_pretty(c).unwrap();
+    t.files(
+        RUN1,
+        &a,
+        &[
+            ("report.csv", report(&[task("bulk", 1000.0, 10.0, 0.0)])),
+            ("race.json", json.clone()),
+            ("rallyctl.json", described(base)),
+        ],
+    );
+    let files = t.files(
+        RUN2,
+        &a,
+        &[
+            ("report.csv", report(&[task("bulk", 1000.0, 12.0, 0.0)])),
+            ("race.json", json),
+            ("rallyctl.json", described(contender)),
+        ],
+    );
+    t.record(&a, RUN2, Status::Completed, files);
+    let record = t.state.tests.get_mut(&a).unwrap();
+    record.config_hash = contender.config_hash.clone();
+    record.settings = contender.settings.clone().into();
+    record.race_command = contender.race_command.clone();
+    record.inputs = contender.inputs.clone();
+    t.save();
+    t
+}
+
+/// Rally names every uploaded track `track`: two different local tracks, or one whose files
+/// changed, compared as like-for-like ("regressions", exit 3). They are refused, naming what
+/// differs.
+#[test]
+fn different_local_tracks_are_not_compared() {
+    let (one, two) = ("a".repeat(64), "b".repeat(64));
+    for (base, contender, expect) in [
+        (
+            configuration("tracks/small", &one, "m5.large"),
+            configuration("tracks/large", &one, "m5.large"),
+            "ingest.a: the baseline raced track tracks/small, the contender track tracks/large",
+        ),
+        (
+            configuration("tracks/small", &one, "m5.large"),
+            configuration("tracks/small", &two, "m5.large"),
+            "ingest.a: track tracks/small has other content (files that differ: track.json)",
+        ),
+    ] {
+        let t = two_configurations(&base, &contender);
+        let out = t.run(&[
+            "results",
+            "--state",
+            STATE,
+            "--compare",
+            RUN1,
+            "--fail-on-regression",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.stdout, b"", "no rows");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "cannot compare tests that raced different workloads:\n  {expect}"
+            )),
+            "{stderr}"
+        );
+    }
+    // Other track params are another workload too.
+    let mut params = configuration("tracks/small", &one, "m5.large");
+    params.settings["track_params"] = serde_json::json!({"bulk_size": 5000});
+    let t = two_configurations(&configuration("tracks/small", &one, "m5.large"), &params);
+    let out = t.run(&["results", "--state", STATE, "--compare", RUN1]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            r#"the baseline raced track params {"bulk_size":100}, the contender track params {"bulk_size":5000}"#
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The same workload on another configuration is compared, and the comparison says what
+/// changed beside its verdicts: the settings' diff, as `plan` shows it.
+#[test]
+fn a_comparison_across_a_configuration_change_says_what_changed() {
+    let same = "a".repeat(64);
+    let t = two_configurations(
+        &configuration("tracks/small", &same, "m5.large"),
+        &configuration("tracks/small", &same, "m5.xlarge"),
+    );
+    let out = t.results(&["--compare", RUN1], 0);
+    assert!(out.contains("regression"), "{out}");
+    insta::assert_snapshot!(out);
+    let v: serde_json::Value =
+        serde_json::from_str(&t.results(&["--compare", RUN1, "--json"], 0)).unwrap();
+    let diff = v["configuration_changes"][0]["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("-  \"instance_type\": \"m5.large\"")
+            && diff.contains("+  \"instance_type\": \"m5.xlarge\""),
+        "{diff}"
+    );
+}
+
+/// A damaged `rallyctl.json` is named with its line, and the races are compared on what
+/// race.json says, as before rallyctl kept it.
+#[test]
+fn a_damaged_configuration_is_named_and_race_json_decides() {
+    let same = "a".repeat(64);
+    let t = two_configurations(
+        &configuration("tracks/small", &same, "m5.large"),
+        &configuration("tracks/small", &same, "m5.large"),
+    );
+    let path = t.path(&format!("results/e2e/{RUN1}/ingest/a/rallyctl.json"));
+    std::fs::write(&path, "{\n  \"config_hash\": 3\n}\n").unwrap();
+    let out = t.results(&["--compare", RUN1], 0);
+    assert!(
+        out.contains(&format!(
+            "error: baseline ingest.a: results/e2e/{RUN1}/ingest/a/rallyctl.json:2: not a \
+             configuration rallyctl wrote"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("regression"), "{out}");
 }
 
 #[test]
@@ -1186,7 +1338,7 @@ fn the_html_report_draws_repetitions_and_verdicts() {
     assert_eq!(external_references(&html), Vec::<&str>::new());
     // A dot per repetition, both sides, in the throughput and latency charts.
     assert!(html.matches("<circle ").count() > 5 * 2 * 2, "{html}");
-    assert!(html.contains("1100.00 ±10.80 (n=5)"), "{html}");
+    assert!(html.contains("1100.00 [1089.23, 1110.82] (n=5)"), "{html}");
     for expect in [
         "<th>verdict</th>",
         "inconclusive (~",
@@ -1318,4 +1470,54 @@ fn a_variant_no_test_has_is_refused_naming_those_there_are() {
         "{}",
         text(&out)
     );
+}
+
+/// The variants of `variants()`, but `8g` re-raced alone by a later apply (its race in
+/// `4g`'s run had failed): in another run, on another machine.
+fn variants_raced_apart() -> Tree {
+    let mut t = variants();
+    let record = t.state.tests.get_mut(&addr("ingest", "heap-8g")).unwrap();
+    record.run_id = Some(RUN3.into());
+    record.instance.as_mut().unwrap().id = "i-0999".into();
+    for earlier in &mut record.earlier {
+        earlier.run_id = RUN3.into();
+        earlier.machine = "i-0999".into();
+    }
+    t.save();
+    t
+}
+
+const RUN3: &str = "20261126T081500Z-cccccc";
+
+/// Interleaving is the point of variants: variants raced apart are not compared, unless
+/// `--allow-unpaired` says so, and then the output says which were not interleaved.
+#[test]
+fn variants_not_raced_interleaved_are_not_compared_unless_allowed() {
+    let t = variants_raced_apart();
+    let out = t.run(&["results", "--state", STATE, "--variants", "4g"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.stdout, b"", "no rows");
+    assert!(
+        text(&out).contains(
+            "cannot compare variants whose races were not interleaved (on one machine, in one \
+             run):\n  ingest.heap-8g raced in run 20261126T081500Z-cccccc on i-0999, variant \
+             `4g` in run 20261125T081500Z-bbbbbb on i-0123"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = t.results(&["--variants", "4g", "--allow-unpaired"], 0);
+    assert!(
+        out.contains(
+            "Not interleaved, compared as --allow-unpaired asks: ingest.heap-8g raced in run"
+        ),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&t.results(&["--variants", "4g", "--allow-unpaired", "--json"], 0))
+            .unwrap();
+    assert_eq!(v["unpaired"].as_array().unwrap().len(), 1, "{v}");
+    // Without --variants the flag means nothing: refused.
+    let out = t.run(&["results", "--state", STATE, "--allow-unpaired"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
 }

@@ -254,6 +254,10 @@ pub struct ResultsArgs {
     /// other
     #[arg(long, value_name = "VARIANT", conflicts_with_all = ["compare", "baseline", "runs"])]
     pub(super) variants: Option<String>,
+    /// With --variants: compare variants whose races were not interleaved (one re-raced alone,
+    /// in another run or on another machine); the output says which
+    #[arg(long, requires = "variants")]
+    pub(super) allow_unpaired: bool,
     /// Exit 3 when a metric regressed or went missing against the baseline (the recorded one
     /// unless --compare names another); `=PCT`, if given, is the min effect
     #[arg(long, value_name = "PCT", num_args = 0..=1, require_equals = true, value_parser = min_effect)]
@@ -378,14 +382,45 @@ impl Select {
     }
 
     pub fn options(&self, plan: &Plan, state: &State) -> Result<Options> {
-        for address in self.target.iter().chain(&self.replace) {
-            if plan.test(address).is_none() && !state.tests.contains_key(address) {
-                bail!("{address} is neither in the plan nor in state");
+        let expand = |addresses: &[Address]| -> Result<Vec<Address>> {
+            let mut out = Vec::new();
+            for address in addresses {
+                let selected = select(address, plan, state);
+                if selected.is_empty() {
+                    bail!("{address} is neither in the plan nor in state");
+                }
+                out.extend(selected);
             }
-        }
+            Ok(out)
+        };
         Ok(Options {
-            targets: self.target.clone(),
-            replace: self.replace.clone(),
+            targets: expand(&self.target)?,
+            replace: expand(&self.replace)?,
         })
     }
+}
+
+/// The tests an address selects: the test of that address, or, given the name of a test with
+/// variants (`suite.heap` for `suite.heap-4g` and `suite.heap-8g`), all its variants, in the
+/// plan or in state. Variants race interleaved on one machine, so they are selected together.
+fn select(address: &Address, plan: &Plan, state: &State) -> Vec<Address> {
+    if plan.test(address).is_some() || state.tests.contains_key(address) {
+        return vec![address.clone()];
+    }
+    let of_test = |a: &Address, variant: Option<&crate::plan::VariantOf>| {
+        a.suite() == address.suite() && variant.is_some_and(|v| v.test == address.test())
+    };
+    let mut variants: Vec<Address> = plan
+        .tests()
+        .filter(|t| of_test(&t.address, t.variant.as_ref()))
+        .map(|t| t.address.clone())
+        .chain(
+            (state.tests.iter())
+                .filter(|(a, r)| of_test(a, r.variant.as_ref()))
+                .map(|(a, _)| a.clone()),
+        )
+        .collect();
+    variants.sort();
+    variants.dedup();
+    variants
 }

@@ -521,6 +521,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         fail_on_regression: args.fail_on_regression.is_some(),
         fail_on_inconclusive: args.fail_on_inconclusive,
         variants: args.variants,
+        allow_unpaired: args.allow_unpaired,
     })?;
     print!("{}", shown.text);
     match shown.failed {

@@ -5,7 +5,7 @@
 //! against `ops/s`), so one shared axis would flatten most of them.
 //!
 //! A side raced more than once is drawn as what it is: a dot per repetition, its mean as a
-//! line and the mean's 95 % interval as a whisker; a bar would hide the spread the verdict
+//! line and its 95 % interval ([`Summary`]) as a whisker; a bar would hide the spread the verdict
 //! rests on.
 
 use plotters::coord::Shift;
@@ -160,9 +160,10 @@ pub fn throughput(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String,
                     repetitions(&mut chart, i, v.races(), s, *color)?;
                     (
                         format!(
-                            "{} ±{} (n={})",
+                            "{} [{}, {}] (n={})",
                             format_number(s.mean),
-                            format_number(s.half_width()),
+                            format_number(s.ci_low),
+                            format_number(s.ci_high),
                             s.n
                         ),
                         s.ci_high.max(s.max),
@@ -196,7 +197,8 @@ pub fn throughput(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String,
 }
 
 /// The repetitions of one side at segment `i`: a dot per race, spread across the segment so
-/// equal values stay apart, the mean as a line and its 95 % interval as a whisker.
+/// equal values stay apart, the mean as a line and its 95 % interval as a whisker, whole: on
+/// the logs it never reaches below the axis.
 fn repetitions<DB: DrawingBackend>(
     chart: &mut ChartContext<'_, DB, Cartesian2d<SegmentedCoord<RangedCoordi32>, RangedCoordf64>>,
     i: i32,
@@ -221,14 +223,16 @@ fn repetitions<DB: DrawingBackend>(
         EmptyElement::at(at(y))
             + PathElement::new(vec![(-half, 0), (half, 0)], color.stroke_width(width))
     };
-    // The interval can reach below zero for a very noisy throughput; the axis starts at 0.
-    let low = s.ci_low.max(0.0);
     chart
-        .draw_series([line(s.mean, 24, 3), line(low, 7, 2), line(s.ci_high, 7, 2)])
+        .draw_series([
+            line(s.mean, 24, 3),
+            line(s.ci_low, 7, 2),
+            line(s.ci_high, 7, 2),
+        ])
         .map_err(|e| e.to_string())?;
     chart
         .draw_series([PathElement::new(
-            vec![at(low), at(s.ci_high)],
+            vec![at(s.ci_low), at(s.ci_high)],
             color.stroke_width(2),
         )])
         .map_err(|e| e.to_string())?;
@@ -397,7 +401,67 @@ mod tests {
             (3, 3),
             "{svg}"
         );
-        assert!(svg.contains("1000.00 ±24.84 (n=3)"), "{svg}");
+        assert!(svg.contains("1000.00 [975.43, 1025.12] (n=3)"), "{svg}");
+    }
+
+    /// The `(x1, y1, x2, y2)` of the two-point lines of a colour: whiskers and their caps.
+    fn lines(svg: &str, color: RGBColor) -> Vec<(i32, i32, i32, i32)> {
+        let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", color.0, color.1, color.2);
+        svg.split("<polyline ")
+            .skip(1)
+            .filter(|l| l.split('>').next().unwrap().contains(&stroke))
+            .filter_map(|l| {
+                let from = l.find("points=\"").unwrap() + 8;
+                let n: Vec<i32> = l[from..]
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().unwrap())
+                    .collect();
+                (n.len() == 4).then(|| (n[0], n[1], n[2], n[3]))
+            })
+            .collect()
+    }
+
+    /// A noisy side whose interval of the mean reaches below zero: its interval on the logs
+    /// does not, so the whisker is drawn whole, from cap to cap, above the zero line (it was
+    /// cut off at zero). The label's interval is scipy 1.17.1's on the logs of the races,
+    /// `exp(stats.t.interval(0.95, 2, loc=l.mean(), scale=stats.sem(l)))` = (2.5966, 109.586).
+    #[test]
+    fn a_noisy_sides_whisker_is_drawn_whole() {
+        let mut cont = task(20.67);
+        cont.metrics.get_mut(&Metric::Throughput).unwrap().samples = vec![10.0, 40.0, 12.0];
+        let svg = throughput(
+            &[TaskPair {
+                task: "bulk",
+                baseline: None,
+                contender: Some(&cont),
+            }],
+            false,
+        )
+        .unwrap();
+        let zero_line = svg
+            .split("<line ")
+            .skip(1)
+            .filter(|l| l.contains("stroke=\"#000000\""))
+            .map(|l| {
+                let from = l.find(" y1=\"").unwrap() + 5;
+                l[from..].split('"').next().unwrap().parse::<i32>().unwrap()
+            })
+            .max()
+            .unwrap();
+        let all = lines(&svg, CONTENDER);
+        let whisker = all.iter().find(|l| l.0 == l.2).expect("a vertical whisker");
+        let cap_at = |y: i32| all.iter().any(|l| l.0 != l.2 && l.1 == y && l.3 == y);
+        let (bottom, top) = (whisker.1.max(whisker.3), whisker.1.min(whisker.3));
+        assert!(cap_at(bottom) && cap_at(top), "{all:?}");
+        assert!(
+            bottom < zero_line,
+            "{bottom} reaches the zero line {zero_line}: {svg}"
+        );
+        assert!(svg.contains("20.67 [2.60, 109.59] (n=3)"), "{svg}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use serde::Serialize;
 use super::ResultsError;
 use super::load::{RunView, TestResult};
 use super::metrics::{Direction, Metric, TaskMetrics, Value};
+use super::parse::{Configuration, RaceInfo};
 use super::stats::{self, LogRatio, Needed, StatsError, Summary};
 use crate::address::Address;
 
@@ -171,47 +172,191 @@ pub struct Comparison {
     pub correction: &'static str,
     pub tested: usize,
     pub rows: Vec<Row>,
+    /// Tests whose two sides ran the same workload with another configuration, and what
+    /// changed: the verdicts measure that change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub configuration_changes: Vec<ConfigurationChange>,
+    /// Variants compared although their races were not interleaved (`--allow-unpaired`), each
+    /// saying where the two raced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unpaired: Vec<String>,
     /// Files of either run that could not be read, so the comparison is incomplete.
     pub problems: Vec<String>,
 }
 
-/// A test whose baseline and contender raced different workloads.
+/// A test whose baseline and contender ran different configurations of one workload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigurationChange {
+    pub test: Address,
+    /// As `plan` shows a re-run's: a unified diff of the settings and race command, or the
+    /// files whose content changed.
+    pub diff: String,
+}
+
+/// A test whose baseline and contender raced different workloads, and each way they differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
     pub test: Address,
-    pub baseline: String,
-    pub contender: String,
+    pub differences: Vec<String>,
 }
 
 impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: the baseline raced {}, the contender {}",
-            self.test, self.baseline, self.contender
-        )
+        write!(f, "{}: {}", self.test, self.differences.join("; "))
     }
 }
 
-fn workload(test: &TestResult) -> Option<(Option<&str>, Option<&str>)> {
-    let race = test.race.as_ref()?;
-    Some((race.track.as_deref(), race.challenge.as_deref()))
+/// What a test raced: its track by name and content, its challenge and its track parameters.
+/// From the configuration rallyctl recorded when a side has one, else from Rally's race.json
+/// (which names every uploaded track `track`, so two local tracks tell apart only by the
+/// former).
+struct Workload {
+    track: Option<String>,
+    /// A local track's files by path in the track, each with its sha256; none for a track of
+    /// Rally's repository or when unknown.
+    track_files: Option<BTreeMap<String, String>>,
+    challenge: Option<String>,
+    /// An object, empty when there are none.
+    track_params: serde_json::Value,
 }
 
-fn describe((track, challenge): (Option<&str>, Option<&str>)) -> String {
-    format!(
-        "track {}, challenge {}",
-        track.unwrap_or("(unknown)"),
-        challenge.unwrap_or("(unknown)")
-    )
+impl Workload {
+    fn configured(c: &Configuration) -> Workload {
+        let s = &c.settings;
+        let track = &s["track"];
+        let (name, path) = match (
+            track.as_str(),
+            track["named"].as_str(),
+            track["path"].as_str(),
+        ) {
+            (Some(name), ..) | (_, Some(name), _) => (Some(name.to_owned()), None),
+            (.., Some(path)) => (Some(path.to_owned()), Some(path)),
+            _ => (None, None),
+        };
+        let track_files = path.filter(|_| !c.inputs.is_empty()).map(|path| {
+            let prefix = format!("{path}/");
+            c.inputs
+                .iter()
+                .filter_map(|(name, sha)| {
+                    Some((name.strip_prefix(&prefix)?.to_owned(), sha.clone()))
+                })
+                .collect()
+        });
+        Workload {
+            track: name,
+            track_files,
+            challenge: s["challenge"].as_str().map(str::to_owned),
+            track_params: params(s.get("track_params")),
+        }
+    }
+
+    fn raced(race: &RaceInfo) -> Workload {
+        Workload {
+            track: race.track.clone(),
+            track_files: None,
+            challenge: race.challenge.clone(),
+            track_params: params(race.track_params.as_ref()),
+        }
+    }
 }
 
-/// Two workloads differ when both name a track (or a challenge) and the names differ; a
-/// report without race.json names neither, and is compared on trust.
-fn differ(a: (Option<&str>, Option<&str>), b: (Option<&str>, Option<&str>)) -> bool {
-    let named_apart =
-        |x: Option<&str>, y: Option<&str>| matches!((x, y), (Some(x), Some(y)) if x != y);
-    named_apart(a.0, b.0) || named_apart(a.1, b.1)
+/// Track parameters as an object, `{}` for none (Rally leaves them out of race.json then).
+fn params(value: Option<&serde_json::Value>) -> serde_json::Value {
+    match value {
+        Some(v) if !v.is_null() => v.clone(),
+        _ => serde_json::json!({}),
+    }
+}
+
+/// How the workloads of a test's two sides differ. Both sides' recorded configurations are
+/// compared in full; where either lacks one (results collected before rallyctl kept it), their
+/// race.json files are, and a name only one of them gives is taken on trust.
+fn workload_differences(base: &TestResult, cont: &TestResult) -> Vec<String> {
+    let (b, c, recorded) = match (&base.configuration, &cont.configuration) {
+        (Some(b), Some(c)) => (Workload::configured(b), Workload::configured(c), true),
+        _ => match (&base.race, &cont.race) {
+            (Some(b), Some(c)) => (Workload::raced(b), Workload::raced(c), false),
+            _ => return vec![],
+        },
+    };
+    let apart = |x: &Option<String>, y: &Option<String>| {
+        if recorded {
+            x != y
+        } else {
+            matches!((x, y), (Some(x), Some(y)) if x != y)
+        }
+    };
+    let name = |x: &Option<String>, default: &str| x.clone().unwrap_or_else(|| default.into());
+    let mut out = Vec::new();
+    if apart(&b.track, &c.track) {
+        out.push(format!(
+            "the baseline raced track {}, the contender track {}",
+            name(&b.track, "(unknown)"),
+            name(&c.track, "(unknown)")
+        ));
+    } else if let (Some(bf), Some(cf)) = (&b.track_files, &c.track_files)
+        && bf != cf
+    {
+        let files: std::collections::BTreeSet<&String> = bf.keys().chain(cf.keys()).collect();
+        let differing: Vec<&str> = files
+            .into_iter()
+            .filter(|f| bf.get(*f) != cf.get(*f))
+            .map(String::as_str)
+            .collect();
+        out.push(format!(
+            "track {} has other content (files that differ: {})",
+            name(&b.track, "(unknown)"),
+            differing.join(", ")
+        ));
+    }
+    if apart(&b.challenge, &c.challenge) {
+        out.push(format!(
+            "the baseline raced challenge {}, the contender challenge {}",
+            name(&b.challenge, "(the track's default)"),
+            name(&c.challenge, "(the track's default)")
+        ));
+    }
+    if b.track_params != c.track_params {
+        out.push(format!(
+            "the baseline raced track params {}, the contender track params {}",
+            b.track_params, c.track_params
+        ));
+    }
+    out
+}
+
+/// What changed between the configurations of a test's two sides, when both are known and
+/// differ.
+fn configuration_change(
+    address: &Address,
+    base: &TestResult,
+    cont: &TestResult,
+) -> Option<ConfigurationChange> {
+    let (b, c) = (base.configuration.as_ref()?, cont.configuration.as_ref()?);
+    if b.config_hash == c.config_hash {
+        return None;
+    }
+    let pretty =
+        |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
+    let (bs, cs) = (pretty(&b.settings), pretty(&c.settings));
+    let diff = crate::planner::config_diff(
+        &crate::planner::Described {
+            label: "baseline",
+            settings: &bs,
+            race_command: &b.race_command,
+            inputs: &b.inputs,
+        },
+        &crate::planner::Described {
+            label: "contender",
+            settings: &cs,
+            race_command: &c.race_command,
+            inputs: &c.inputs,
+        },
+    );
+    Some(ConfigurationChange {
+        test: address.clone(),
+        diff,
+    })
 }
 
 /// A row before the correction, with what its verdict still needs.
@@ -220,13 +365,33 @@ struct Pending {
     test: Option<LogRatio>,
 }
 
-/// Compares every metric of every task of every test of the two views. Refuses, naming each,
-/// tests whose two runs raced a different track or challenge: their numbers measure different
-/// things.
+/// Compares every metric of every task of every test of the two views. Refuses, naming each
+/// and how, tests whose two runs raced a different workload (track by name and content,
+/// challenge, track params): their numbers measure different things. Tests whose
+/// configuration changed otherwise are compared, and the comparison says what changed.
 pub fn compare(
     baseline: &RunView,
     contender: &RunView,
     min_effect_pct: f64,
+) -> Result<Comparison, ResultsError> {
+    compare_views(baseline, contender, min_effect_pct, true)
+}
+
+/// [`compare`] for the variants of tests: they may differ in anything, their workload too,
+/// since the plan says so; the comparison says how.
+pub fn compare_variants(
+    baseline: &RunView,
+    contender: &RunView,
+    min_effect_pct: f64,
+) -> Result<Comparison, ResultsError> {
+    compare_views(baseline, contender, min_effect_pct, false)
+}
+
+fn compare_views(
+    baseline: &RunView,
+    contender: &RunView,
+    min_effect_pct: f64,
+    same_workload: bool,
 ) -> Result<Comparison, ResultsError> {
     let index = |view: &'_ RunView| -> BTreeMap<Address, usize> {
         view.tests
@@ -241,16 +406,24 @@ pub fn compare(
     addresses.dedup();
 
     let mut mismatches = Vec::new();
+    let mut configuration_changes = Vec::new();
     for address in &addresses {
         let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
         let cont = cont_index.get(*address).map(|&i| &contender.tests[i]);
-        if let (Some(b), Some(c)) = (base.and_then(workload), cont.and_then(workload))
-            && differ(b, c)
-        {
+        let (Some(b), Some(c)) = (base, cont) else {
+            continue;
+        };
+        let differences = if same_workload {
+            workload_differences(b, c)
+        } else {
+            vec![]
+        };
+        if differences.is_empty() {
+            configuration_changes.extend(configuration_change(address, b, c));
+        } else {
             mismatches.push(Mismatch {
                 test: (*address).clone(),
-                baseline: describe(b),
-                contender: describe(c),
+                differences,
             });
         }
     }
@@ -344,6 +517,8 @@ pub fn compare(
         correction: "holm",
         tested: tested.len(),
         rows: pending.into_iter().map(|p| p.row).collect(),
+        configuration_changes,
+        unpaired: vec![],
         problems,
     })
 }
@@ -585,6 +760,8 @@ mod tests {
                     })
                     .collect(),
                 problems: vec![],
+                configuration: None,
+                raced_on: vec![],
             }],
         }
     }
@@ -808,8 +985,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot compare tests that raced different workloads:\n  s.t: the baseline raced \
-             track geonames, challenge append-no-conflicts, the contender track nyc_taxis, \
-             challenge append-no-conflicts"
+             track geonames, the contender track nyc_taxis"
         );
         cont.tests[0].race = Some(race("geonames", "append-no-conflicts"));
         assert!(compare(&base, &cont, DEFAULT_MIN_EFFECT_PCT).is_ok());

@@ -135,6 +135,9 @@ pub fn report(
         for note in render::comparison_notes(comparison) {
             let _ = writeln!(out, "<p class=\"meta\">{}</p>", esc(&note));
         }
+        for (title, diff) in render::configuration_changes(comparison) {
+            let _ = writeln!(out, "<p>{}</p>\n<pre>{}</pre>", esc(&title), esc(&diff));
+        }
         for p in &comparison.problems {
             let _ = writeln!(out, "<p class=\"problem\">{}</p>", esc(p));
         }

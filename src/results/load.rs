@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::ResultsError;
 use super::metrics::{TaskMetrics, Value};
-use super::parse::{self, RaceInfo};
+use super::parse::{self, Configuration, RaceInfo};
 use crate::address::{Address, slug};
 use crate::backend::{Backend, ResultsBase};
 use crate::cost::bill::{self, Bill};
@@ -61,6 +61,32 @@ pub struct TestResult {
     pub tasks: Vec<TaskMetrics>,
     /// Collected files that could not be read, each naming the file and line.
     pub problems: Vec<String>,
+    /// The configuration its races ran: state's record, else the `rallyctl.json` beside the
+    /// races (none for races collected before rallyctl wrote it).
+    #[serde(skip)]
+    pub configuration: Option<Configuration>,
+    /// Where each counted race ran, in order: what tells variants raced interleaved (on one
+    /// machine, in one run) from variants raced apart.
+    #[serde(skip)]
+    pub raced_on: Vec<RacedOn>,
+}
+
+/// The run a race belongs to and the machine it ran on, when known.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RacedOn {
+    pub run: Option<String>,
+    pub machine: Option<String>,
+}
+
+impl std::fmt::Display for RacedOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "run {} on {}",
+            self.run.as_deref().unwrap_or("(unknown)"),
+            self.machine.as_deref().unwrap_or("a machine not recorded")
+        )
+    }
 }
 
 impl TestResult {
@@ -175,6 +201,12 @@ impl Workspace {
                         report: Some(d.join("report.csv")).filter(|p| p.exists()),
                         race_json: Some(d.join("race.json")).filter(|p| p.exists()),
                         race_log: Some(d.join("race.log")),
+                        configuration: Some(d.join(parse::CONFIGURATION_FILE))
+                            .filter(|p| p.exists()),
+                        raced_on: RacedOn {
+                            run: Some(dir_run.clone()),
+                            machine: None,
+                        },
                     })
                     .collect();
                 let mut result = read_test(&address, Some(dir_run.clone()), None, races);
@@ -325,16 +357,18 @@ fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
     jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()
 }
 
-/// One race's files.
+/// One race's files, and where it ran.
 struct Files {
     report: Option<PathBuf>,
     race_json: Option<PathBuf>,
     race_log: Option<PathBuf>,
+    configuration: Option<PathBuf>,
+    raced_on: RacedOn,
 }
 
 impl Files {
     /// The files state records for one race, below `base`.
-    fn recorded(results: &[state::ResultFile], base: &Path) -> Files {
+    fn recorded(results: &[state::ResultFile], base: &Path, raced_on: RacedOn) -> Files {
         let file = |name: &str| {
             results
                 .iter()
@@ -345,6 +379,8 @@ impl Files {
             report: file("report.csv"),
             race_json: file("race.json"),
             race_log: file("race.log"),
+            configuration: file(parse::CONFIGURATION_FILE),
+            raced_on,
         }
     }
 }
@@ -383,12 +419,23 @@ fn repetition_dirs(test_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
 /// A test's result as state records it: every finished repetition, or the files of the one
 /// attempt there is when none finished (a failed race's report says what went wrong).
 fn read_recorded(address: &Address, record: &TestRecord, base: &Path) -> TestResult {
+    let current = RacedOn {
+        run: record.run_id.clone(),
+        machine: record.instance.as_ref().map(|m| m.id.clone()),
+    };
     let mut races: Vec<Files> = record
-        .samples()
-        .map(|files| Files::recorded(files, base))
+        .earlier
+        .iter()
+        .map(|r| {
+            let on = RacedOn {
+                run: Some(r.run_id.clone()),
+                machine: Some(r.machine.clone()),
+            };
+            Files::recorded(&r.results, base, on)
+        })
         .collect();
-    if races.is_empty() {
-        races.push(Files::recorded(&record.results, base));
+    if record.status == Status::Completed || races.is_empty() {
+        races.push(Files::recorded(&record.results, base, current));
     }
     let no_report = races.last().is_some_and(|f| f.report.is_none());
     let mut result = read_test(address, record.run_id.clone(), Some(record), races);
@@ -447,6 +494,16 @@ fn read_test(
     let tasks = combine(shown.iter().map(|&i| read[i].0.as_slice()));
     let last = shown.last().or(read.len().checked_sub(1).as_ref()).copied();
     let race = last.and_then(|i| read[i].1.clone());
+    let configuration = match record {
+        Some(r) => Some(Configuration::of(r)),
+        None => last
+            .and_then(|i| races[i].configuration.as_deref())
+            .and_then(|path| {
+                parse::configuration(path)
+                    .map_err(|e| problems.push(e.to_string()))
+                    .ok()
+            }),
+    };
     let race_duration_s = last
         .and_then(|i| read[i].2)
         .or_else(|| record.and_then(racing_seconds));
@@ -471,6 +528,8 @@ fn read_test(
             r.instance.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
         }),
         repetitions: counted.len(),
+        raced_on: counted.iter().map(|&i| races[i].raced_on.clone()).collect(),
+        configuration,
         variant: record.and_then(|r| r.variant.clone()),
         race_duration_s,
         race,

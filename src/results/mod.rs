@@ -53,6 +53,13 @@ pub enum ResultsError {
     DifferentWorkloads(Vec<compare::Mismatch>),
     #[error("cannot compute the statistics of a comparison: {0}")]
     Stats(#[from] stats::StatsError),
+    #[error(
+        "cannot compare variants whose races were not interleaved (on one machine, in one run):{}\n\
+         race the test again with `--replace SUITE.TEST` (all its variants), or pass \
+         --allow-unpaired to compare them anyway",
+        lines(.0)
+    )]
+    Unpaired(Vec<String>),
     #[error("no test of this view has a variant `{name}`{}", known_variants(.known))]
     NoVariant { name: String, known: Vec<String> },
 }
@@ -67,6 +74,10 @@ fn known_variants(known: &[String]) -> String {
 
 fn mismatches(list: &[compare::Mismatch]) -> String {
     list.iter().map(|m| format!("\n  {m}")).collect()
+}
+
+fn lines(list: &[String]) -> String {
+    list.iter().map(|l| format!("\n  {l}")).collect()
 }
 
 fn known_runs(known: &[String]) -> String {
@@ -117,6 +128,8 @@ pub struct Query {
     /// Compare the variants of each test in the view instead of two runs: this one against
     /// each other.
     pub variants: Option<String>,
+    /// Compare variants whose races were not interleaved, saying so.
+    pub allow_unpaired: bool,
 }
 
 /// What `rallyctl results` prints, and why a gate fails (if one does).
@@ -190,8 +203,14 @@ impl Workspace {
         if let Some(base) = &q.variants {
             let view = self.view(q.run.as_deref())?;
             let (baseline, contender) = variant_views(&view, base)?;
-            let mut comparison = compare(&baseline, &contender, q.min_effect_pct)?;
+            let unpaired = unpaired(&baseline, &contender, base);
+            if !unpaired.is_empty() && !q.allow_unpaired {
+                return Err(ResultsError::Unpaired(unpaired));
+            }
+            let mut comparison =
+                compare::compare_variants(&baseline, &contender, q.min_effect_pct)?;
             comparison.baseline_variant = Some(base.clone());
+            comparison.unpaired = unpaired;
             return Ok(gate(comparison, q));
         }
         // The gate needs something to compare with: the recorded baseline unless one is named.
@@ -324,4 +343,39 @@ fn variant_views(view: &RunView, base: &str) -> Result<(RunView, RunView), Resul
         });
     }
     Ok((baseline, contender))
+}
+
+/// The variant pairs of a variants comparison whose races were not interleaved, each saying
+/// where the two raced. Variants are paired when each raced in the same runs on the same
+/// machines as the one they are compared with: raced apart (one of them re-raced alone after a
+/// failure, or replaced alone) they measure the machine and the hour as much as the change.
+fn unpaired(baseline: &RunView, contender: &RunView, base: &str) -> Vec<String> {
+    let places = |t: &TestResult| {
+        let mut on = t.raced_on.clone();
+        on.sort();
+        on.dedup();
+        on
+    };
+    let list = |on: &[load::RacedOn]| {
+        on.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    baseline
+        .tests
+        .iter()
+        .zip(&contender.tests)
+        .filter_map(|(b, c)| {
+            let (bo, co) = (places(b), places(c));
+            (bo != co).then(|| {
+                format!(
+                    "{} raced in {}, variant `{base}` in {}",
+                    c.address,
+                    list(&co),
+                    list(&bo)
+                )
+            })
+        })
+        .collect()
 }

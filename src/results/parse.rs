@@ -154,6 +154,9 @@ pub struct RaceInfo {
     pub track: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub challenge: Option<String>,
+    /// Rally leaves them out when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_params: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub car: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,6 +173,7 @@ struct RaceJson {
     race_id: Option<String>,
     track: Option<String>,
     challenge: Option<String>,
+    track_params: Option<serde_json::Value>,
     /// A list of car names (`["4gheap", "ea"]`); older Rallies wrote one string.
     car: Option<serde_json::Value>,
     cluster: Option<Cluster>,
@@ -221,6 +225,7 @@ pub fn race_json(path: &Path) -> Result<RaceInfo, FileError> {
         race_id: race.race_id,
         track: race.track,
         challenge: race.challenge,
+        track_params: race.track_params,
         car,
         distribution_version: race.cluster.and_then(|c| c.distribution_version),
         task_durations: race
@@ -232,6 +237,46 @@ pub fn race_json(path: &Path) -> Result<RaceInfo, FileError> {
                     .collect()
             })
             .unwrap_or_default(),
+    })
+}
+
+/// The name of the file rallyctl writes beside each race's files ([`Configuration`]).
+pub const CONFIGURATION_FILE: &str = "rallyctl.json";
+
+/// The configuration a race ran, as its test's record in state had it: kept beside the race's
+/// files, because state forgets it once the test runs with another configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub config_hash: String,
+    pub settings: serde_json::Value,
+    pub race_command: String,
+    /// What [`crate::state::TestRecord::inputs`] holds.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
+impl Configuration {
+    /// The configuration a test's record holds.
+    pub fn of(record: &crate::state::TestRecord) -> Configuration {
+        Configuration {
+            config_hash: record.config_hash.clone(),
+            settings: record.settings.value(),
+            race_command: record.race_command.clone(),
+            inputs: record.inputs.clone(),
+        }
+    }
+}
+
+/// Reads a race's [`CONFIGURATION_FILE`].
+pub fn configuration(path: &Path) -> Result<Configuration, FileError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| FileError::new(path, None, format!("cannot read: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        FileError::new(
+            path,
+            Some(e.line() as u64),
+            format!("not a configuration rallyctl wrote: {e}"),
+        )
     })
 }
 

@@ -175,7 +175,8 @@ fn summary(v: &Value) -> Option<Summary> {
     Summary::of(v.races())
 }
 
-/// `mean ±half-width unit (n=N, rsd R%)`, flagged when noisy; a lone race as its value.
+/// `mean [ci low, ci high] unit (n=N, rsd R%)`, flagged when noisy; a lone race as its value.
+/// The interval, not a `±`: on the log scale it is not symmetric about the mean.
 fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
     let Some(s) = summary else {
         return format!("{} {unit}", format_number(mean));
@@ -188,9 +189,10 @@ fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
         .map_or(String::new(), |r| format!(", rsd {r:.1}%"));
     let noisy = if s.noisy { ", noisy" } else { "" };
     format!(
-        "{} ±{} {unit} (n={}{rsd}{noisy})",
+        "{} [{}, {}] {unit} (n={}{rsd}{noisy})",
         format_number(mean),
-        format_number(s.half_width()),
+        format_number(s.ci_low),
+        format_number(s.ci_high),
         s.n
     )
 }
@@ -750,7 +752,30 @@ pub fn comparison_notes(c: &Comparison) -> Vec<String> {
                 .into(),
         );
     }
+    for unpaired in &c.unpaired {
+        notes.push(format!(
+            "Not interleaved, compared as --allow-unpaired asks: {unpaired}."
+        ));
+    }
     notes
+}
+
+/// Each test whose configuration changed between the two sides, with what changed: the
+/// verdicts above measure that change.
+pub fn configuration_changes(c: &Comparison) -> Vec<(String, String)> {
+    c.configuration_changes
+        .iter()
+        .map(|change| {
+            (
+                format!(
+                    "{}: the configuration changed between the two sides (the verdicts measure \
+                     this change):",
+                    change.test
+                ),
+                change.diff.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The comparison's fields of one side in CSV.
@@ -820,6 +845,12 @@ pub fn comparison(c: &Comparison, format: Format) -> String {
             for note in comparison_notes(c) {
                 out.push_str(&note);
                 out.push('\n');
+            }
+            for (title, diff) in configuration_changes(c) {
+                out.push_str(&format!("\n{title}\n"));
+                for line in diff.lines() {
+                    out.push_str(&format!("  {line}\n"));
+                }
             }
             for p in &c.problems {
                 out.push_str(&format!("error: {p}\n"));

@@ -60,9 +60,10 @@ pub struct Summary {
     pub rsd_pct: Option<f64>,
     pub min: f64,
     pub max: f64,
-    /// The 95 % confidence interval of the mean (Student's t).
+    /// The 95 % confidence interval (Student's t) of the typical value, on [`Summary::scale`].
     pub ci_low: f64,
     pub ci_high: f64,
+    pub scale: Scale,
     /// The relative standard deviation exceeds [`NOISY_RSD_PCT`].
     pub noisy: bool,
 }
@@ -83,7 +84,25 @@ impl Summary {
         } else {
             (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
         };
-        let half = summary_t(n - 1) * sd / (n as f64).sqrt();
+        let t = summary_t(n - 1);
+        let root_n = (n as f64).sqrt();
+        // Rally's metrics are positive and skewed: an interval of the mean reaches below zero
+        // for a noisy latency, one of the mean log never does, and it is the scale the
+        // comparison tests on. A zero among the values has no log: its interval is the mean's,
+        // cut at zero when no value is below it.
+        let (ci_low, ci_high, scale) = if sorted[0] > 0.0 {
+            let (mean_log, var_log) = mean_var(samples.iter().map(|v| v.ln()));
+            let half = t * var_log.sqrt() / root_n;
+            ((mean_log - half).exp(), (mean_log + half).exp(), Scale::Log)
+        } else {
+            let half = t * sd / root_n;
+            let floor = if sorted[0] >= 0.0 {
+                0.0
+            } else {
+                f64::NEG_INFINITY
+            };
+            ((mean - half).max(floor), mean + half, Scale::Linear)
+        };
         let rsd_pct = (mean != 0.0).then(|| sd / mean.abs() * 100.0);
         Some(Summary {
             n,
@@ -93,16 +112,22 @@ impl Summary {
             rsd_pct,
             min: sorted[0],
             max: sorted[n - 1],
-            ci_low: mean - half,
-            ci_high: mean + half,
+            ci_low,
+            ci_high,
+            scale,
             noisy: rsd_pct.is_some_and(|r| r > NOISY_RSD_PCT),
         })
     }
+}
 
-    /// Half the width of the confidence interval: the `±` people read.
-    pub fn half_width(&self) -> f64 {
-        (self.ci_high - self.ci_low) / 2.0
-    }
+/// What a [`Summary`]'s interval is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scale {
+    /// Of the geometric mean, computed on the logs: every value was positive.
+    Log,
+    /// Of the mean, not below zero unless a value is.
+    Linear,
 }
 
 /// The two-sided [`CONFIDENCE`] quantile of Student's t at `df` >= 1 degrees of freedom, from a
@@ -480,8 +505,9 @@ mod tests {
         assert_eq!(t_quantile(f64::NAN, 3.0).map_err(|_| ()), Err(()));
     }
 
-    /// Reference: scipy 1.17.1 on [10.1, 9.8, 10.4, 10.0, 9.7]: `x.std(ddof=1)`,
-    /// `stats.t.interval(0.95, 4, loc=x.mean(), scale=stats.sem(x))` = (9.65996, 10.34004).
+    /// Reference: scipy 1.17.1 on [10.1, 9.8, 10.4, 10.0, 9.7]: `x.std(ddof=1)`, and with
+    /// `l = log(x)`, `exp(stats.t.interval(0.95, 4, loc=l.mean(), scale=stats.sem(l)))` =
+    /// (9.66429, 10.34121).
     #[test]
     fn a_summary_matches_scipy() {
         let s = Summary::of(&[10.1, 9.8, 10.4, 10.0, 9.7]).unwrap();
@@ -490,8 +516,9 @@ mod tests {
         assert_close!(s.median, 10.0, 1e-12);
         assert_close!(s.sd, 0.2738612787525832, 1e-12);
         assert_close!(s.rsd_pct.unwrap(), 2.738612787525832, 1e-10);
-        assert_close!(s.ci_low, 9.659956309670871, 1e-9);
-        assert_close!(s.ci_high, 10.340043690329129, 1e-9);
+        assert_close!(s.ci_low, 9.664287462933952, 1e-9);
+        assert_close!(s.ci_high, 10.34120552906856, 1e-9);
+        assert_eq!(s.scale, Scale::Log);
         assert_eq!((s.min, s.max), (9.7, 10.4));
         assert!(!s.noisy);
         // By hand: mean 2.5, median (2 + 3) / 2, sd of [1, 2, 3, 4] = √(5/3) = 1.29, rsd 51.6 %.
@@ -505,6 +532,26 @@ mod tests {
             (zeros.rsd_pct, zeros.noisy, zeros.ci_high),
             (None, false, 0.0)
         );
+    }
+
+    /// A noisy latency's interval of the mean reaches below zero (scipy 1.17.1 on
+    /// [0.4, 2.9, 0.6]: (-2.15107, 4.75107)); on the logs it stays positive, as scipy gives
+    /// it: `exp(stats.t.interval(0.95, 2, loc=l.mean(), scale=stats.sem(l)))` =
+    /// (0.0658436, 11.9278).
+    #[test]
+    fn intervals_of_positive_values_stay_positive() {
+        let s = Summary::of(&[0.4, 2.9, 0.6]).unwrap();
+        assert_eq!(s.scale, Scale::Log);
+        assert_close!(s.ci_low, 0.06584355254027141, 1e-9);
+        assert_close!(s.ci_high, 11.927778662129809, 1e-7);
+        // A zero has no log: the mean's interval (scipy: (-5.50442, 8.83775)), cut at zero,
+        // which no value is below.
+        let s = Summary::of(&[0.0, 0.0, 5.0]).unwrap();
+        assert_eq!(s.scale, Scale::Linear);
+        assert_eq!(s.ci_low, 0.0);
+        assert_close!(s.ci_high, 8.837754549582437, 1e-9);
+        let s = Summary::of(&[-1.0, 0.0, 1.0]).unwrap();
+        assert!(s.ci_low < -1.0, "{s:?}");
     }
 
     /// Reference: scipy 1.17.1, `stats.ttest_ind(log(c), log(b), equal_var=False)` with
