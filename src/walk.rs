@@ -449,7 +449,8 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 (&spent.machine, spent.from, Some(spent.to)),
                 (&machine.id, machine.launched_at, machine.terminated_at)
             );
-            let price = (t == "b.t3").then_some(0.096);
+            // The instance and the public IPv4 address it is reached by.
+            let price = (t == "b.t3").then_some(0.096 + crate::cost::PUBLIC_IPV4_USD_PER_HOUR);
             assert_eq!((spent.usd_per_hour, machine.usd_per_hour), (price, price));
             assert_eq!(spent.run_id, report.run_id);
         }

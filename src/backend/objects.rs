@@ -25,6 +25,10 @@ pub enum ObjectError {
     /// Another conditional write to the key was under way (HTTP 409).
     #[error("another conditional write to the object was under way")]
     Conflict,
+    /// The store does not implement the request as made (HTTP 501): e.g. a conditional
+    /// delete on a store that keeps S3's older API.
+    #[error("the store does not implement it: {0}")]
+    NotImplemented(String),
     #[error("{0}")]
     Other(String),
 }
@@ -63,7 +67,9 @@ pub trait Objects: Send + Sync {
     /// Copies the object at `from`, only while it is version `if_match`, to `to` (inside the
     /// store: nothing is uploaded).
     fn copy(&self, from: &str, to: &str, if_match: &str) -> Result<(), ObjectError>;
-    fn delete(&self, key: &str) -> Result<(), ObjectError>;
+    /// Deletes the object; with `if_match`, only while it is that version (a missing object
+    /// then is [`ObjectError::PreconditionFailed`] too: it is not that version).
+    fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), ObjectError>;
     /// Every key below `prefix`, in key order.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, ObjectError>;
     /// The object's address for messages: `s3://bucket/key`.
@@ -83,6 +89,10 @@ pub struct Memory {
     pub damage_next: std::sync::atomic::AtomicBool,
     /// Copies fail, as on a store that does not implement CopyObject.
     pub no_copies: std::sync::atomic::AtomicBool,
+    /// Conditional deletes answer 501, as on a store that keeps S3's older API.
+    pub no_conditional_deletes: std::sync::atomic::AtomicBool,
+    /// Just before the next delete of this key, another writer puts these bytes there.
+    pub before_delete: std::sync::Mutex<Option<(String, Vec<u8>)>>,
 }
 
 #[cfg(test)]
@@ -177,8 +187,28 @@ impl Objects for Memory {
         Ok(())
     }
 
-    fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.objects.lock().unwrap().remove(key);
+    fn delete(&self, key: &str, if_match: Option<&str>) -> Result<(), ObjectError> {
+        let planted = self
+            .before_delete
+            .lock()
+            .unwrap()
+            .take_if(|(k, _)| k == key);
+        if let Some((key, bytes)) = planted {
+            self.plant(&key, &bytes);
+        }
+        let mut objects = self.objects.lock().unwrap();
+        if let Some(want) = if_match {
+            if self
+                .no_conditional_deletes
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(ObjectError::NotImplemented("If-Match".into()));
+            }
+            if objects.get(key).is_none_or(|o| o.etag != want) {
+                return Err(ObjectError::PreconditionFailed);
+            }
+        }
+        objects.remove(key);
         Ok(())
     }
 

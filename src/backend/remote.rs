@@ -154,11 +154,12 @@ impl Remote {
         // 409: another rallyctl's create of the lock is under way; it wins or fails soon.
         for pause in [200, 800, 0] {
             match (self.objects).put(&key, body.clone(), &sha, Cond::Absent) {
-                Ok(_) => {
+                Ok(etag) => {
                     return Ok(RemoteLock {
                         objects: self.objects.clone(),
                         key,
                         id: holder.id,
+                        etag,
                         named: self.named.clone(),
                     });
                 }
@@ -217,7 +218,7 @@ impl Remote {
     pub fn remove_lock(&self) -> Result<(), StateError> {
         let key = self.lock_key();
         self.objects
-            .delete(&key)
+            .delete(&key, None)
             .map_err(|e| self.remote_err(&key, e))
     }
 
@@ -353,38 +354,55 @@ pub struct RemoteLock {
     objects: Arc<dyn Objects>,
     key: String,
     id: String,
+    /// The version this command created: the delete goes only over it.
+    etag: String,
     named: String,
 }
 
 impl Drop for RemoteLock {
     fn drop(&mut self) {
+        if let Err(warning) = self.give_back() {
+            eprintln!("warning: {warning}");
+        }
+    }
+}
+
+impl RemoteLock {
+    /// Deletes the lock only while it is the version this command created, so that a lock
+    /// force-unlocked and taken by another since is left to its new holder. A store without
+    /// conditional deletes gets a check instead: the lock is read and deleted if it names this
+    /// command, with a window between the two (ARCHITECTURE.md, "The S3 backend").
+    fn give_back(&self) -> Result<(), String> {
         let url = self.objects.url(&self.key);
-        let holder = match self.objects.get(&self.key) {
-            Ok(Some(o)) => serde_json::from_slice::<LockHolder>(&o.bytes).ok(),
-            Ok(None) => return,
-            Err(e) => {
-                eprintln!(
-                    "warning: cannot give back the lock {url} ({e}); `rallyctl force-unlock {} {}` clears it",
-                    self.id, self.named
-                );
-                return;
-            }
+        let failed = |e: ObjectError| {
+            format!(
+                "cannot give back the lock {url} ({e}); `rallyctl force-unlock {} {}` clears it",
+                self.id, self.named
+            )
+        };
+        let conditional = match self.objects.delete(&self.key, Some(&self.etag)) {
+            Ok(()) => return Ok(()),
+            Err(ObjectError::PreconditionFailed) => true,
+            Err(ObjectError::NotImplemented(_)) => false,
+            Err(e) => return Err(failed(e)),
+        };
+        let holder = match self.objects.get(&self.key).map_err(failed)? {
+            // Force-unlocked, and taken by nobody since.
+            None => return Ok(()),
+            Some(o) => serde_json::from_slice::<LockHolder>(&o.bytes).ok(),
         };
         match holder {
-            Some(h) if h.id == self.id => {
-                if let Err(e) = self.objects.delete(&self.key) {
-                    eprintln!(
-                        "warning: cannot give back the lock {url} ({e}); `rallyctl force-unlock {} {}` clears it",
-                        self.id, self.named
-                    );
-                }
+            Some(h) if h.id == self.id && !conditional => {
+                self.objects.delete(&self.key, None).map_err(failed)
             }
-            // Force-unlocked and taken since: it is someone else's now.
-            Some(h) => eprintln!(
-                "warning: the lock {url} is no longer this command's (it was force-unlocked; now held by {}); left as it is",
+            Some(h) if h.id != self.id => Err(format!(
+                "the lock {url} is no longer this command's (it was force-unlocked; now held by {}); left as it is",
                 h.describe()
-            ),
-            None => eprintln!("warning: the lock {url} names no holder now; left as it is"),
+            )),
+            Some(_) => Err(format!(
+                "the lock {url} was rewritten since this command took it; left as it is"
+            )),
+            None => Err(format!("the lock {url} names no holder now; left as it is")),
         }
     }
 }
@@ -474,6 +492,38 @@ mod tests {
         let second = b.lock("second").unwrap();
         drop(first);
         let LockState::Held(h) = b.lock_state().unwrap() else {
+            panic!("the second holder lost its lock");
+        };
+        assert_eq!(h.id, second.id);
+    }
+
+    /// Another rallyctl force-unlocks and takes the lock between this one's last look at it and
+    /// its release: the release must leave the new holder's lock.
+    #[test]
+    fn a_lock_taken_by_another_just_before_the_release_is_left_to_it() {
+        let store = Arc::new(Memory::default());
+        let (a, b) = two(&store);
+        let first = a.lock("first").unwrap();
+        let theirs = serde_json::to_vec(&LockHolder::new("second")).unwrap();
+        *store.before_delete.lock().unwrap() =
+            Some(("team/nightly/w.state.json.lock".into(), theirs.clone()));
+        drop(first);
+        let kept = store.get("team/nightly/w.state.json.lock").unwrap();
+        assert_eq!(kept.map(|o| o.bytes), Some(theirs));
+        // Where the store refuses conditional deletes, the release checks the holder first.
+        store
+            .delete("team/nightly/w.state.json.lock", None)
+            .unwrap();
+        store
+            .no_conditional_deletes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(b.lock("mine").unwrap());
+        assert_eq!(store.keys(), Vec::<String>::new());
+        let held = b.lock("mine").unwrap();
+        a.remove_lock().unwrap();
+        let second = a.lock("second").unwrap();
+        drop(held);
+        let LockState::Held(h) = a.lock_state().unwrap() else {
             panic!("the second holder lost its lock");
         };
         assert_eq!(h.id, second.id);

@@ -1,6 +1,8 @@
 //! What a run cost, from the machine time state records ([`crate::state::Spent`]): a test's
 //! share is its own entries, a run's total each machine it used once, from its earliest
-//! entry's start to its latest entry's end. Only `aws` machines are billed by the hour.
+//! entry's start to its latest entry's end, a minute at least (EC2 bills Linux instances per
+//! second with a 60-second minimum). Only `aws` machines are billed by the hour; the price
+//! each entry carries is all its machine was charged an hour (its public IPv4 address too).
 
 use std::collections::BTreeMap;
 
@@ -81,7 +83,8 @@ fn sum<'a>(
     let mut bill: Option<Bill> = None;
     let mut ids: Vec<&str> = Vec::new();
     for (id, from, to, price) in entries {
-        let hours = to.duration_since(from).as_secs_f64().max(0.0) / 3600.0;
+        let secs = to.duration_since(from).as_secs_f64();
+        let hours = secs.max(super::MINIMUM_BILLED.as_secs_f64()) / 3600.0;
         let b = bill.get_or_insert(Bill {
             machine_hours: 0.0,
             usd: Some(0.0),
@@ -154,6 +157,57 @@ mod tests {
         assert_eq!((run.machine_hours, run.machines), (2.5, 3));
         assert!((run.usd.unwrap() - 0.35).abs() < 1e-9);
         assert_eq!(of_run(&state, "r3"), None);
+    }
+
+    #[test]
+    fn a_machine_is_billed_a_minute_at_least() {
+        let mut state = State::new("w");
+        let mut brief = spent("r1", "i-1", "00:00", "00:00", Some(0.36));
+        brief.to = brief.from + jiff::SignedDuration::from_secs(10);
+        state
+            .tests
+            .insert("s.a".parse().unwrap(), record(vec![brief]));
+        let run = of_run(&state, "r1").unwrap();
+        assert!((run.machine_hours - 60.0 / 3600.0).abs() < 1e-12);
+        assert!((run.usd.unwrap() - 0.006).abs() < 1e-12, "{run:?}");
+        let test = of_test(&state.tests[&"s.a".parse().unwrap()], "r1").unwrap();
+        assert_eq!(test, run);
+    }
+
+    /// The price recorded with a machine is all it is charged an hour: an instance that
+    /// connects by a public address pays for that address too.
+    #[test]
+    fn a_public_ipv4_address_is_billed_with_its_machine() {
+        let plan = crate::plan::Plan::parse(
+            std::path::Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
+             instance_type = \"m5.large\"\ntrack = \"geonames\"\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"public\"\n\
+             [[suite.test]]\nname = \"private\"\nconnect = \"private_ip\"\n",
+        )
+        .unwrap();
+        let file = super::super::PriceFile::parse(
+            std::path::Path::new("prices.toml"),
+            "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\n",
+        )
+        .unwrap();
+        let prices = super::super::Prices::from_file(plan.tests().map(|t| &t.settings), &file);
+        let mut tests = plan.tests();
+        let (public, private) = (tests.next().unwrap(), tests.next().unwrap());
+        let mut state = State::new("w");
+        for (test, machine) in [(public, "i-1"), (private, "i-2")] {
+            let price = prices.usd_per_hour(&test.settings);
+            state.tests.insert(
+                test.address.clone(),
+                record(vec![spent("r1", machine, "00:00", "01:00", price)]),
+            );
+        }
+        let bill = |name: &str| {
+            let r = &state.tests[&format!("s.{name}").parse().unwrap()];
+            of_test(r, "r1").unwrap().usd.unwrap()
+        };
+        assert!((bill("public") - 0.101).abs() < 1e-12);
+        assert!((bill("private") - 0.096).abs() < 1e-12);
     }
 
     #[test]

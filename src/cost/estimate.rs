@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Key, Price, Priced, Prices, usd};
+use super::{Hourly, Key, MINIMUM_BILLED, PUBLIC_IPV4_USD_PER_HOUR, Price, Priced, Prices, usd};
 use crate::address::Address;
 use crate::plan::{Plan, Test};
 use crate::planner::{Action, Changes};
@@ -28,7 +28,11 @@ pub struct TestCost {
     /// What is priced; none for the user's own machines.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Key>,
-    pub price: Option<Price>,
+    /// The instance type's on-demand price; `"own machine"` for the user's own.
+    pub price: Listed,
+    /// All the machine is charged an hour (a spot test: at most), public IPv4 address included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hourly: Option<Hourly>,
     /// Why there is no price.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_price: Option<String>,
@@ -36,6 +40,25 @@ pub struct TestCost {
     pub expected_usd: Option<f64>,
     /// How long one race took last time, machine time included; none: no earlier run.
     pub last_race_secs: Option<u64>,
+}
+
+/// An instance type's listed price, none known, or the user's own machine (in JSON the
+/// string `"own machine"`, not a null price).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listed {
+    Known(Price),
+    Unknown,
+    OwnMachine,
+}
+
+impl Serialize for Listed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Listed::Known(p) => p.serialize(s),
+            Listed::Unknown => s.serialize_none(),
+            Listed::OwnMachine => s.serialize_str("own machine"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -81,20 +104,23 @@ pub fn estimate(
         let last_race = record.and_then(|r| per_race(&r.history, shared));
         let machine = Key::of(&test.settings);
         let (price, no_price) = match prices.at(machine.as_ref()) {
-            Priced::Known(p) => (Some(p.clone()), None),
-            Priced::Unknown(why) => (None, Some(why.to_owned())),
-            Priced::OwnMachine => (None, None),
+            Priced::Known(p) => (Listed::Known(p.clone()), None),
+            Priced::Unknown(why) => (Listed::Unknown, Some(why.to_owned())),
+            Priced::OwnMachine => (Listed::OwnMachine, None),
         };
-        let hourly = price.as_ref().map(|p| p.usd_per_hour);
+        let hourly = prices.hourly(&test.settings);
+        let usd = hourly.map(|h| h.total());
         tests.push(TestCost {
             address: test.address.clone(),
             races,
             machine,
-            worst_usd: hourly.map(|h| cost(h, test.settings.max_runtime, races)),
-            expected_usd: hourly.zip(last_race).map(|(h, d)| cost(h, d, races)),
+            worst_usd: usd.map(|h| cost(h, test.settings.max_runtime, races)),
+            expected_usd: usd.zip(last_race).map(|(h, d)| cost(h, d, races)),
             last_race_secs: last_race.map(|d| d.as_secs()),
             price,
-            no_price,
+            // A spot test priced by its max_price has no on-demand price to stand for.
+            no_price: no_price.filter(|_| hourly.is_none()),
+            hourly,
         });
     }
     if tests.iter().all(|t| t.machine.is_none()) {
@@ -109,16 +135,17 @@ pub fn estimate(
         expected_usd: sum(|t| t.expected_usd),
         unpriced: tests.iter().filter(|t| t.no_price.is_some()).count(),
         without_history: (tests.iter())
-            .filter(|t| t.price.is_some() && t.last_race_secs.is_none())
+            .filter(|t| t.hourly.is_some() && t.last_race_secs.is_none())
             .count(),
     };
     Some(Estimate { tests, total })
 }
 
-/// What `races` races of `each` cost at `usd_per_hour`, to a millionth of a dollar (JSON
-/// readers get `0.576`, not `0.5760000000000001`).
+/// What `races` races of `each` cost at `usd_per_hour`, billed per second and a minute at
+/// least, to a millionth of a dollar (JSON readers get `0.576`, not `0.5760000000000001`).
 pub fn cost(usd_per_hour: f64, each: Duration, races: u32) -> f64 {
-    micro(usd_per_hour * each.as_secs_f64() / 3600.0 * f64::from(races))
+    let secs = (each.as_secs_f64() * f64::from(races)).max(MINIMUM_BILLED.as_secs_f64());
+    micro(usd_per_hour * secs / 3600.0)
 }
 
 fn micro(usd: f64) -> f64 {
@@ -190,27 +217,50 @@ pub fn render(e: &Estimate) -> String {
     for t in &e.tests {
         let what = (t.machine.as_ref()).map_or("own machine".into(), Key::to_string);
         let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
-        let (price, worst, expected, note) = match (&t.price, &t.no_price) {
-            (Some(p), _) => (
-                format!("{}/h", usd(p.usd_per_hour)),
-                t.worst_usd
-                    .map_or(String::new(), |w| format!("worst {}", usd(w))),
-                match t.expected_usd {
-                    Some(x) => format!("expected {}", usd(x)),
-                    None => "expected ? (no earlier run)".into(),
-                },
-                mark(match p.as_of {
-                    Some(d) => format!("{}, as of {d}", p.source),
-                    None => p.source.to_string(),
-                }),
-            ),
-            (None, Some(why)) => (
+        let (price, worst, expected, note) = match (&t.hourly, &t.price, &t.no_price) {
+            (Some(h), listed, _) => {
+                let mut note = match listed {
+                    Listed::Known(p) => mark(match p.as_of {
+                        Some(d) => format!("{}, as of {d}", p.source),
+                        None => p.source.to_string(),
+                    }),
+                    Listed::Unknown | Listed::OwnMachine => String::new(),
+                };
+                if h.spot {
+                    note.push_str(&mark(
+                        "spot: at most its max_price, else the on-demand price (EC2's cap)".into(),
+                    ));
+                }
+                if h.public_ipv4_usd > 0.0 {
+                    note.push_str(&mark(format!(
+                        "with a public IPv4 address, {}/h",
+                        usd(PUBLIC_IPV4_USD_PER_HOUR)
+                    )));
+                }
+                (
+                    format!("{}{}/h", if h.spot { "spot " } else { "" }, usd(h.total())),
+                    t.worst_usd
+                        .map_or(String::new(), |w| format!("worst {}", usd(w))),
+                    match t.expected_usd {
+                        Some(x) => format!("expected {}", usd(x)),
+                        None => "expected ? (no earlier run)".into(),
+                    },
+                    note,
+                )
+            }
+            (None, _, Some(why)) => (
                 "no price".into(),
                 String::new(),
                 String::new(),
                 mark(format!("no price: {why}")),
             ),
-            (None, None) => (
+            (None, Listed::OwnMachine, None) => (
+                "not billed".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+            (None, _, None) => (
                 "no price".into(),
                 String::new(),
                 String::new(),
@@ -259,7 +309,7 @@ pub fn render(e: &Estimate) -> String {
         }
     }
     let mut out = String::from(
-        "Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):\n",
+        "Cost estimate, USD billed per second, a minute at least (worst: every race runs its max_runtime; expected: as long as last time):\n",
     );
     for row in &rows {
         let start = out.len();
@@ -303,7 +353,12 @@ mod tests {
             worst_usd: price.as_ref().map(|p| p.usd_per_hour * 6.0),
             expected_usd: price.as_ref().map(|p| p.usd_per_hour),
             last_race_secs: price.as_ref().map(|_| 1800),
-            price,
+            hourly: price.as_ref().map(|p| Hourly {
+                instance_usd: p.usd_per_hour,
+                spot: name == "b",
+                public_ipv4_usd: if name == "a" { 0.0 } else { 0.005 },
+            }),
+            price: price.map_or(Listed::Unknown, Listed::Known),
             no_price: no_price.map(str::to_owned),
         };
         let fetched = |cached| Price {
@@ -311,11 +366,14 @@ mod tests {
             source: super::super::Source::PriceListApi { cached },
             as_of: Some(jiff::civil::date(2026, 11, 28)),
         };
+        let mut own = test("d", None, None);
+        (own.machine, own.price) = (None, Listed::OwnMachine);
         let e = Estimate {
             tests: vec![
                 test("a", Some(fetched(true)), None),
                 test("b", Some(fetched(false)), None),
                 test("c", None, Some("the Price List API failed: HTTP 404")),
+                own,
             ],
             total: Total {
                 worst_usd: Some(1.152),
@@ -325,14 +383,17 @@ mod tests {
             },
         };
         insta::assert_snapshot!(render(&e), @r"
-        Cost estimate, on-demand USD (worst: every race runs its max_runtime; expected: as long as last time):
-          s.a    c5.large in eu-west-1  $0.096/h  2 races  worst $0.576  expected $0.096  [1]
-          s.b    c5.large in eu-west-1  $0.096/h  2 races  worst $0.576  expected $0.096  [2]
-          s.c    c5.large in eu-west-1  no price  2 races                                 [3]
-          total                                            worst $1.15   expected $0.192  (not counted: 1 without a price)
+        Cost estimate, USD billed per second, a minute at least (worst: every race runs its max_runtime; expected: as long as last time):
+          s.a    c5.large in eu-west-1  $0.096/h       2 races  worst $0.576  expected $0.096  [1]
+          s.b    c5.large in eu-west-1  spot $0.101/h  2 races  worst $0.576  expected $0.096  [2][3][4]
+          s.c    c5.large in eu-west-1  no price       2 races                                 [5]
+          s.d    own machine            not billed     2 races
+          total                                                 worst $1.15   expected $0.192  (not counted: 1 without a price)
           [1] Price List API, cached, as of 2026-11-28
           [2] Price List API, as of 2026-11-28
-          [3] no price: the Price List API failed: HTTP 404
+          [3] spot: at most its max_price, else the on-demand price (EC2's cap)
+          [4] with a public IPv4 address, $0.005/h
+          [5] no price: the Price List API failed: HTTP 404
         ");
     }
 
@@ -341,7 +402,10 @@ mod tests {
         let three_hours = Duration::from_secs(3 * 3600);
         assert!((cost(0.096, three_hours, 1) - 0.288).abs() < 1e-9);
         assert!((cost(0.096, three_hours, 5) - 1.44).abs() < 1e-9);
-        assert_eq!(cost(0.5, Duration::ZERO, 3), 0.0);
+        // Per second, and a minute at least.
+        assert_eq!(cost(0.36, Duration::ZERO, 3), 0.006);
+        assert_eq!(cost(0.36, Duration::from_secs(20), 3), 0.006);
+        assert_eq!(cost(0.36, Duration::from_secs(30), 3), 0.009);
         assert_eq!(cost(0.192, Duration::from_secs(3 * 3600), 1), 0.576);
     }
 

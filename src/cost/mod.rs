@@ -20,7 +20,7 @@ use std::sync::Arc;
 use jiff::civil::Date;
 use serde::Serialize;
 
-use crate::plan::{MachineSettings, Settings};
+use crate::plan::{Connect, MachineSettings, Market, Settings};
 pub use cache::Cache;
 pub use price_file::{PriceFile, PriceFileError};
 pub use price_list::PriceListApi;
@@ -78,6 +78,31 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// What a public IPv4 address costs an hour, in every commercial region (Amazon VPC pricing,
+/// since February 2024), whether the instance is running or not.
+pub const PUBLIC_IPV4_USD_PER_HOUR: f64 = 0.005;
+
+/// Linux instances, on-demand and spot, bill per second with this minimum per launch.
+pub const MINIMUM_BILLED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a test's machine is charged an hour: its instance, and its public IPv4 address when
+/// the test connects by one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Hourly {
+    /// The on-demand price, or for a spot test the most it pays: its `max_price`, else the
+    /// on-demand price (EC2's cap).
+    pub instance_usd: f64,
+    pub spot: bool,
+    /// [`PUBLIC_IPV4_USD_PER_HOUR`] with `connect = "public_ip"`, else 0.
+    pub public_ipv4_usd: f64,
+}
+
+impl Hourly {
+    pub fn total(&self) -> f64 {
+        self.instance_usd + self.public_ipv4_usd
+    }
+}
+
 /// The prices of an apply or a plan, looked up once for every instance type it names.
 #[derive(Debug, Clone, Default)]
 pub struct Prices {
@@ -119,12 +144,37 @@ impl Prices {
         from_file(settings.into_iter().filter_map(Key::of).collect(), file)
     }
 
-    /// The hourly price a machine for `settings` is recorded with.
-    pub fn usd_per_hour(&self, settings: &Settings) -> Option<f64> {
-        match self.of(settings) {
+    /// What a machine for `settings` is charged an hour; none for the user's own machines,
+    /// or when its instance has no known price.
+    pub fn hourly(&self, settings: &Settings) -> Option<Hourly> {
+        let MachineSettings::Aws(aws) = &settings.machine else {
+            return None;
+        };
+        let on_demand = match self.of(settings) {
             Priced::Known(p) => Some(p.usd_per_hour),
             Priced::Unknown(_) | Priced::OwnMachine => None,
-        }
+        };
+        let (instance_usd, spot) = match &aws.market {
+            Market::OnDemand => (on_demand?, false),
+            Market::Spot(options) => {
+                let max = (options.max_price.as_deref()).and_then(|m| m.parse::<f64>().ok());
+                (max.or(on_demand)?, true)
+            }
+        };
+        let public_ipv4_usd = match aws.connect {
+            Connect::PublicIp => PUBLIC_IPV4_USD_PER_HOUR,
+            Connect::PrivateIp => 0.0,
+        };
+        Some(Hourly {
+            instance_usd,
+            spot,
+            public_ipv4_usd,
+        })
+    }
+
+    /// The hourly price a machine for `settings` is recorded with: all it is charged an hour.
+    pub fn usd_per_hour(&self, settings: &Settings) -> Option<f64> {
+        self.hourly(settings).map(|h| h.total())
     }
 }
 

@@ -10,6 +10,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use rallyctl::state::{State, Status, TestRecord};
 
 use crate::support::Harness;
+use crate::support::fault_proxy::FaultProxy;
 use crate::support::run::Run;
 
 const BUCKET: &str = "perf-state";
@@ -536,4 +537,149 @@ fn a_backend_in_another_account_is_reached_through_its_profile_and_role() {
         .filter(|c| c.action == "AssumeRole")
         .count();
     assert_eq!(assumed, 2, "the role was not assumed through the endpoint");
+}
+
+/// The run's plan with its backend reached through a fault proxy in front of moto's S3 (as an
+/// S3-compatible store: `endpoint` in the block), in `region`; a local state of the workspace
+/// with one collected file, for `state push`.
+fn behind_proxy(run: &Run, proxy_args: &[&str], region: &str) -> FaultProxy {
+    let h = &run.harness;
+    let plan = plan_in_s3(run, &[("t", "")], &[]);
+    let proxy = FaultProxy::start_with(&h.moto_url, &[], proxy_args, h.work.path());
+    let text = std::fs::read_to_string(&plan).unwrap().replace(
+        &format!("region = \"{}\" }}", h.region),
+        &format!("region = \"{region}\", endpoint = \"{}\" }}", proxy.url),
+    );
+    std::fs::write(&plan, text).unwrap();
+    let dir = run.dir.path();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(
+        dir.join("state/e2e.state.json"),
+        serde_json::to_vec(&State::new("e2e")).unwrap(),
+    )
+    .unwrap();
+    let report = dir.join("results/e2e/20261202T100000Z-abcdef/s/t/report.csv");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    std::fs::write(&report, "Metric,Task,Value,Unit\n").unwrap();
+    proxy
+}
+
+/// rallyctl in the run's directory.
+fn offline(run: &Run, args: &[&str]) -> Output {
+    rallyctl_in(run, run.dir.path(), args)
+}
+
+/// Without s3:ListBucket, S3 answers 403 for a missing object: the first load of a workspace
+/// names the permission instead of failing with S3's bare "Access Denied"; a state there that
+/// the caller may not read names s3:GetObject.
+#[test]
+fn a_refused_read_names_the_permission_that_lacks() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let proxy = behind_proxy(&run, &["--s3-without-list-bucket"], &h.region);
+    let lacks_list =
+        "the caller lacks s3:ListBucket on arn:aws:s3:::perf-state, which the S3 backend needs";
+    for args in [
+        &["plan", "e2e.toml", "--refresh=false"][..],
+        &["state", "push", "e2e.toml"],
+    ] {
+        let out = offline(&run, args);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("cannot reach state s3://{BUCKET}/{STATE_KEY}: "))
+                && text(&out).contains(lacks_list),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(proxy.injected("GetObject") >= 2, "{:?}", proxy.report());
+    assert!(get(h, STATE_KEY).is_none());
+    drop(proxy);
+
+    // With s3:ListBucket, a state the caller may not read is named with s3:GetObject.
+    put(
+        h,
+        STATE_KEY,
+        &serde_json::to_vec(&State::new("e2e")).unwrap(),
+    );
+    let proxy = FaultProxy::start(
+        &h.moto_url,
+        &["GetObject:AccessDenied:always"],
+        h.work.path(),
+    );
+    let plan = run.dir.path().join("e2e.toml");
+    let old = std::fs::read_to_string(&plan).unwrap();
+    let at = old.find("endpoint = \"").unwrap() + "endpoint = \"".len();
+    let end = at + old[at..].find('"').unwrap();
+    std::fs::write(&plan, format!("{}{}{}", &old[..at], proxy.url, &old[end..])).unwrap();
+    let out = offline(&run, &["plan", "e2e.toml", "--refresh=false"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "AccessDenied: Access Denied: the caller lacks s3:GetObject on arn:aws:s3:::{BUCKET}/{STATE_KEY}"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A bucket in another region than the backend block says: S3 answers 301 with the bucket's
+/// region, which the SDK does not follow; rallyctl does, once, and says so.
+#[test]
+fn a_bucket_in_another_region_is_found() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let proxy = behind_proxy(&run, &["--s3-bucket-region", &h.region], "ap-southeast-2");
+    let push = offline(&run, &["state", "push", "e2e.toml"]);
+    assert_eq!(push.status.code(), Some(0), "{}", text(&push));
+    assert!(
+        text(&push).contains(&format!(
+            "note: bucket {BUCKET} is in {}, not ap-southeast-2: reached there (`region = \"{}\"` in the backend block saves the detour)",
+            h.region, h.region
+        )),
+        "{}",
+        text(&push)
+    );
+    assert_eq!(
+        text(&push).matches("note: bucket").count(),
+        1,
+        "{}",
+        text(&push)
+    );
+    assert_eq!(proxy.injected("PutObject"), 1, "{:?}", proxy.report());
+    assert_eq!(remote_state(h).unwrap().serial, 1);
+}
+
+/// An S3-compatible store that refuses S3's flexible checksums gets none it does not require;
+/// what it keeps is still checked, by reading it back. The lock is given back only while it is
+/// the version this command made (moto honours If-Match on DeleteObject, as S3 does).
+#[test]
+fn a_store_without_checksums_is_written_and_read_back_and_the_lock_released_conditionally() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let proxy = behind_proxy(&run, &["--s3-refuse-checksums"], &h.region);
+    let push = offline(&run, &["state", "push", "e2e.toml"]);
+    assert_eq!(push.status.code(), Some(0), "{}", text(&push));
+    assert_eq!(proxy.injected("PutObject"), 0, "{:?}", proxy.report());
+    let report = format!("{PREFIX}/results/e2e/20261202T100000Z-abcdef/s/t/report.csv");
+    assert_eq!(get(h, &report).unwrap(), b"Metric,Task,Value,Unit\n");
+    let calls = proxy.s3_calls();
+    let put = calls
+        .iter()
+        .position(|(op, key, _)| op == "PutObject" && *key == report);
+    let read_back = calls
+        .iter()
+        .rposition(|(op, key, _)| op == "GetObject" && *key == report);
+    assert!(put.is_some() && read_back > put, "{calls:?}");
+    let lock = format!("{STATE_KEY}.lock");
+    let releases: Vec<_> = calls
+        .iter()
+        .filter(|(op, key, _)| op == "DeleteObject" && *key == lock)
+        .collect();
+    assert!(
+        !releases.is_empty() && releases.iter().all(|(_, _, if_match)| *if_match),
+        "{calls:?}"
+    );
+    assert!(get(h, &lock).is_none(), "lock left");
+    assert_eq!(remote_state(h).unwrap().serial, 1);
 }

@@ -62,6 +62,21 @@ What moto does not do as AWS does, answered by the proxy:
                              message; without it, AccessDenied (moto does not implement it),
                              as for an identity without sts:DecodeAuthorizationMessage
 
+S3's REST calls (path-style, as S3-compatible stores are reached) are named by their operation
+(GetObject, HeadObject, PutObject, CopyObject, DeleteObject, ListObjectsV2, HeadBucket, ...), so
+--fault rules take them too (their errors are S3's XML, e.g. DeleteObject:NotImplemented:1);
+S3's own answers where moto is kinder:
+  --s3-without-list-bucket   the caller lacks s3:ListBucket: ListObjects(V2) and HeadBucket
+                             answer 403 AccessDenied, and so does a GetObject or HeadObject of a
+                             missing key (moto's 404), as S3 does for such a caller
+  --s3-bucket-region REGION  every bucket is in REGION: a call signed for another region
+                             answers 301 PermanentRedirect with `x-amz-bucket-region: REGION`
+  --s3-refuse-checksums      a store that keeps S3's older API: a call carrying any flexible
+                             checksum header (x-amz-checksum-*, x-amz-sdk-checksum-algorithm,
+                             a trailer) answers 501 NotImplemented
+Each counts as injected for its operation. GET /_faults also lists every S3 call under "s3":
+{"action", "key", "if_match": bool} in order.
+
 Disks that follow images, as EC2's root volumes do (the harness's instances share this
 machine's filesystem, each with a private directory DISKS/<private ip> that it sees at the
 harness's `host_dir`):
@@ -110,6 +125,9 @@ import xml.etree.ElementTree as ET
 CODE_STATUS = {
     "RequestLimitExceeded": 503,
     "InsufficientInstanceCapacity": 500,
+    "AccessDenied": 403,
+    "NotImplemented": 501,
+    "PermanentRedirect": 301,
 }
 # What an encoded authorization failure message looks like (opaque to the client).
 ENCODED_REASON = "ZW5jb2RlZC1yZWFzb24tZm9yLXJhbGx5Y3Rs"
@@ -123,6 +141,7 @@ MESSAGES = {
     "RequestLimitExceeded": "Request limit exceeded.",
     "InsufficientInstanceCapacity": "We currently do not have sufficient capacity in the "
     "Availability Zone you requested.",
+    "AccessDenied": "Access Denied",
 }
 HOP_BY_HOP = {
     "connection",
@@ -159,9 +178,9 @@ class Rule:
             return True
         return False
 
-    def answer(self, json_protocol):
-        """(status, content type, body) of the injected error, as XML (EC2's query protocol) or
-        as JSON (`json_protocol`: EC2 Instance Connect)."""
+    def answer(self, json_protocol, s3=False):
+        """(status, content type, body) of the injected error, as XML (EC2's query protocol, or
+        S3's with `s3`) or as JSON (`json_protocol`: EC2 Instance Connect)."""
         if self.kind == "hang":
             return 504, "text/plain", b"fault_proxy: held call timed out\n"
         if self.kind.isdigit():
@@ -169,6 +188,8 @@ class Rule:
             return status, "text/plain", f"injected HTTP {status}\n".encode()
         status = CODE_STATUS.get(self.kind, 400)
         message = MESSAGES.get(self.kind, f"Injected {self.kind}.")
+        if s3:
+            return s3_error(status, self.kind, message)
         if json_protocol:
             payload = json.dumps({"__type": self.kind, "Message": message}).encode()
             return status, "application/x-amz-json-1.1", payload
@@ -189,6 +210,58 @@ def ec2_error(code, message):
         f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
     )
     return 400, "text/xml;charset=UTF-8", body.encode()
+
+
+def s3_error(status, code, message, extra=""):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{extra}"
+        f"<RequestId>{uuid.uuid4().hex[:16].upper()}</RequestId></Error>"
+    )
+    return status, "application/xml", body.encode()
+
+
+def s3_action(method, url, headers):
+    """The S3 operation of a path-style REST call, with its key; None for other calls (EC2's
+    query protocol and JSON calls post to `/`)."""
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.unquote(parts.path)
+    if method == "POST" and path == "/" or path.startswith("/_") or path.startswith("/moto-api"):
+        return None
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    bucket, _, key = path.lstrip("/").partition("/")
+    if not bucket:
+        return ("ListBuckets", "") if method == "GET" else None
+    if not key:
+        if method == "HEAD":
+            return "HeadBucket", ""
+        if method == "GET" and "location" in query:
+            return "GetBucketLocation", ""
+        if method == "GET":
+            return ("ListObjectsV2" if query.get("list-type") == ["2"] else "ListObjects"), ""
+        if method == "POST" and "delete" in query:
+            return "DeleteObjects", ""
+        return {"PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(method, "?"), ""
+    if method == "PUT" and "x-amz-copy-source" in {k.lower() for k in headers.keys()}:
+        return "CopyObject", key
+    names = {"GET": "GetObject", "HEAD": "HeadObject", "PUT": "PutObject", "DELETE": "DeleteObject"}
+    return names.get(method, "?"), key
+
+
+def signed_region(headers):
+    """The region an AWS SigV4 request was signed for."""
+    m = re.search(r"Credential=[^/]+/\d+/([^/]+)/", headers.get("Authorization", ""))
+    return m.group(1) if m else None
+
+
+def carries_checksum(headers):
+    for k, v in headers.items():
+        k = k.lower()
+        if k.startswith("x-amz-checksum-") or k in ("x-amz-sdk-checksum-algorithm", "x-amz-trailer"):
+            return k
+        if k == "content-encoding" and "aws-chunked" in v:
+            return k
+    return None
 
 
 SPOT_RECLAIMED = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
@@ -311,13 +384,15 @@ def sts_answer(decoded):
 
 class State:
     def __init__(self, rules, upstream, young_not_found, disks=None, images=None,
-                 image_state=None, boot=None, deprecated=(), quotas=(), decoded=None):
+                 image_state=None, boot=None, deprecated=(), quotas=(), decoded=None, s3=None):
         self.boot = boot
         self.image_state = image_state.split(":", 1) + [None] if image_state else None
         self.made_images = set()  # image ids CreateImage answered
         self.deprecated = set(deprecated)
         self.quotas = list(quotas)
         self.decoded = decoded
+        self.s3 = s3  # the S3 options (--s3-*)
+        self.s3_calls = []
         self.disks = disks
         self.images = images
         self.ip_of = {}  # instance id -> private IP, from RunInstances answers
@@ -365,6 +440,7 @@ class State:
                 "injected": dict(self.injected),
                 "forwarded": dict(self.forwarded),
                 "held": dict(self.held),
+                "s3": list(self.s3_calls),
             }
 
 
@@ -455,7 +531,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.purged.update(json.loads(body)["ids"])
             return self._send(200, "application/json", b"{}")
-        action = action_of(self.headers, body)
+        s3 = s3_action(self.command, self.path, self.headers)
+        action = s3[0] if s3 else action_of(self.headers, body)
+        if s3:
+            with self.state.lock:
+                self.state.s3_calls.append(
+                    {"action": action, "key": s3[1], "if_match": "If-Match" in self.headers}
+                )
+            answer = self._s3_answer(action)
+            if answer is not None:
+                self.state.count_injected(action)
+                self.log_message("answered %s as S3 does: %s", action, answer[0])
+                return self._send(*answer)
         answer = self._unknown_answer(action, body)
         if answer is not None:
             self.state.count_injected(action)
@@ -488,7 +575,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return None
             return self._send(status, ctype, payload, headers)
         if rule is not None:
-            status, ctype, payload = rule.answer("X-Amz-Target" in self.headers)
+            status, ctype, payload = rule.answer("X-Amz-Target" in self.headers, s3 is not None)
             self.log_message("injected %s %s for %s", status, rule.kind, action)
             return self._send(status, ctype, payload)
         return self._send(*self._forward(action, body))
@@ -517,6 +604,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 for k, v in resp.getheaders()
                 if k.lower() not in HOP_BY_HOP and k.lower() != "content-type"
             ]
+            if (
+                self.state.s3
+                and self.state.s3["without_list_bucket"]
+                and action in ("GetObject", "HeadObject")
+                and resp.status == 404
+                and s3_action(self.command, self.path, self.headers)
+            ):
+                self.state.count_injected(action)
+                self.log_message("answered %s of a missing key as S3 does without ListBucket", action)
+                return (*s3_error(403, "AccessDenied", "Access Denied"), [])
             return resp.status, resp.getheader("Content-Type"), payload, headers
         except OSError as e:
             return 502, "text/plain", f"fault_proxy: upstream: {e}\n".encode(), []
@@ -566,6 +663,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     old.append(child)
         self.log_message("RunInstances repeats ClientToken %s: answered with %s", token, ids)
         return 200, "text/xml;charset=UTF-8", ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+    def _s3_answer(self, action):
+        """S3's own answer to a call where moto would answer otherwise (--s3-*), or None."""
+        opts = self.state.s3
+        region = opts["bucket_region"]
+        signed = signed_region(self.headers)
+        if region and signed and signed != region:
+            status, ctype, body = s3_error(
+                301,
+                "PermanentRedirect",
+                "The bucket you are attempting to access must be addressed using the specified"
+                " endpoint. Please send all future requests to this endpoint.",
+                f"<Endpoint>s3.{region}.amazonaws.com</Endpoint>",
+            )
+            return status, ctype, body, [("x-amz-bucket-region", region)]
+        if opts["refuse_checksums"]:
+            header = carries_checksum(self.headers)
+            if header:
+                return s3_error(
+                    501, "NotImplemented", f"Header '{header}' is not implemented"
+                )
+        if opts["without_list_bucket"] and action in ("ListObjectsV2", "ListObjects", "HeadBucket"):
+            status, ctype, body = s3_error(403, "AccessDenied", "Access Denied")
+            return status, ctype, body, [("x-amz-bucket-region", region or signed or "")]
+        return None
 
     def _unknown_answer(self, action, body):
         """The error EC2 gives a call naming an instance it does not know, or None."""
@@ -823,10 +945,19 @@ def main():
     p.add_argument("--quota", action="append", default=[], metavar="SERVICE:CODE:VALUE",
                    help="GetServiceQuota of SERVICE's CODE answers VALUE")
     p.add_argument("--decoded", help="DecodeAuthorizationMessage answers this decoded message")
+    p.add_argument("--s3-without-list-bucket", action="store_true")
+    p.add_argument("--s3-bucket-region", metavar="REGION")
+    p.add_argument("--s3-refuse-checksums", action="store_true")
     args = p.parse_args()
+    s3 = {
+        "without_list_bucket": args.s3_without_list_bucket,
+        "bucket_region": args.s3_bucket_region,
+        "refuse_checksums": args.s3_refuse_checksums,
+    }
     Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
                           args.disks, args.images, image_state=args.image_state, boot=args.boot,
-                          deprecated=args.deprecated, quotas=args.quota, decoded=args.decoded)
+                          deprecated=args.deprecated, quotas=args.quota, decoded=args.decoded,
+                          s3=s3)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

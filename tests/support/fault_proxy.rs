@@ -132,6 +132,22 @@ impl FaultProxy {
         super::http_request("POST", &self.url, "/_purge", Some(body.as_bytes())).unwrap();
     }
 
+    /// Every S3 call so far, in order: `(operation, key, whether it carried If-Match)`.
+    pub fn s3_calls(&self) -> Vec<(String, String, bool)> {
+        let report = self.report();
+        let calls = report["s3"].as_array().cloned().unwrap_or_default();
+        calls
+            .iter()
+            .map(|c| {
+                (
+                    c["action"].as_str().unwrap_or_default().to_owned(),
+                    c["key"].as_str().unwrap_or_default().to_owned(),
+                    c["if_match"].as_bool().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     fn count(&self, kind: &str, action: &str) -> u64 {
         self.report()[kind][action].as_u64().unwrap_or(0)
     }
