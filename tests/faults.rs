@@ -768,42 +768,55 @@ fn a_region_without_a_default_vpc_is_reported_for_tests_without_a_subnet() {
     );
 }
 
-/// A spot instance EC2 reclaims mid-race: the test races again on an on-demand instance (the
-/// default `on_interruption`) and completes; the result says which machine was spot.
-#[test]
-fn a_spot_instance_reclaimed_mid_race_is_raced_again_on_demand_and_completes() {
+/// A spot test (`spot`: its settings) whose instance EC2 reclaims mid-race, as `reclaim` does
+/// it: the test races again on an on-demand instance (the default `on_interruption`) and
+/// completes; the result says which machine was spot. The run, for more checks.
+fn a_reclaimed_spot_race_is_raced_again_on_demand(
+    spot: &str,
+    reclaim: impl FnOnce(&Run, &rallyctl::state::Machine),
+) -> Run {
     let run = Run::new(2);
     let proxy = FaultProxy::start(&run.harness.moto_url, &[], run.dir.path());
-    let plan = run.plan(&[("s", &[("t", "market = \"spot\"\nmax_price = \"0.05\"")])]);
+    let plan = run.plan(&[("s", &[("t", spot)])]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
     let mut first = run.spawn_with_env("apply", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
     run.wait_for_race("s.t", std::time::Duration::from_secs(300));
-    let spot = run.record("s.t").instance.unwrap();
-    assert!(spot.spot, "launched on demand: {spot:?}");
-    // EC2 takes the instance back: terminated, with the spot state reason.
-    proxy.reclaim(&[&spot.id]);
-    let ec2 = run.harness.ec2_client();
-    run.harness
-        .block_on(ec2.terminate_instances().instance_ids(&spot.id).send())
-        .unwrap();
+    let machine = run.record("s.t").instance.unwrap();
+    assert!(machine.spot, "launched on demand: {machine:?}");
+    proxy.reclaim(&[&machine.id]);
+    reclaim(&run, &machine);
     let status = first.wait().unwrap();
     let (stdout, stderr) = run.printed("apply");
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains(&format!("EC2 reclaimed spot instance {}", spot.id)),
+        stdout.contains(&format!("EC2 reclaimed spot instance {}", machine.id)),
         "{stdout}"
     );
     let r = run.record("s.t");
-    assert_eq!(r.status, Status::Completed);
-    assert_eq!(r.reclaimed, 1);
+    assert_eq!((r.status.clone(), r.reclaimed), (Status::Completed, 1));
     let again = r.instance.clone().unwrap();
-    assert_ne!(again.id, spot.id);
+    assert_ne!(again.id, machine.id);
     assert!(!again.spot, "raced again on spot, not on demand");
     assert!(r.results.iter().any(|f| f.path.ends_with("report.csv")));
     assert_eq!(run.launches(), 2);
     assert!(
         run.harness.running_instances().is_empty(),
         "an instance was left running"
+    );
+    run
+}
+
+/// EC2 takes the instance back: terminated, with the spot state reason; the race is lost.
+#[test]
+fn a_spot_instance_reclaimed_mid_race_is_raced_again_on_demand_and_completes() {
+    let run = a_reclaimed_spot_race_is_raced_again_on_demand(
+        "market = \"spot\"\nmax_price = \"0.05\"",
+        |run, spot| {
+            let ec2 = run.harness.ec2_client();
+            run.harness
+                .block_on(ec2.terminate_instances().instance_ids(&spot.id).send())
+                .unwrap();
+        },
     );
     // The launch asked EC2 for spot capacity at the price cap.
     let spot_launches = run
@@ -940,44 +953,20 @@ fn a_spot_launch_refused_falls_back_on_demand_only_where_the_plan_says_so() {
 /// first, EC2 says it reclaimed the instance: the test races again on demand and completes.
 #[test]
 fn a_spot_race_killed_by_the_reclaim_shutdown_is_raced_again_on_demand() {
-    let run = Run::new(2);
-    let proxy = FaultProxy::start(&run.harness.moto_url, &[], run.dir.path());
-    let plan = run.plan(&[("s", &[("t", "market = \"spot\"")])]);
-    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
-    let mut first = run.spawn_with_env("apply", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
-    run.wait_for_race("s.t", std::time::Duration::from_secs(300));
-    let spot = run.record("s.t").instance.unwrap();
-    assert!(spot.spot, "launched on demand: {spot:?}");
-    proxy.reclaim(&[&spot.id]);
-    let ip = spot.address.clone().expect("the instance's address");
-    let rally: Vec<u32> = run
-        .harness
-        .instance_processes(&ip)
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains("esrally"))
-        .map(|(pid, _)| pid)
-        .collect();
-    assert!(!rally.is_empty(), "no esrally on {ip}");
-    for pid in rally {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let status = first.wait().unwrap();
-    let (stdout, stderr) = run.printed("apply");
-    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains(&format!("EC2 reclaimed spot instance {}", spot.id)),
-        "{stdout}"
-    );
-    let r = run.record("s.t");
-    assert_eq!((r.status.clone(), r.reclaimed), (Status::Completed, 1));
-    let again = r.instance.clone().unwrap();
-    assert_ne!(again.id, spot.id);
-    assert!(!again.spot, "raced again on spot, not on demand");
-    assert_eq!(run.launches(), 2);
-    assert!(
-        run.harness.running_instances().is_empty(),
-        "an instance was left running"
-    );
+    a_reclaimed_spot_race_is_raced_again_on_demand("market = \"spot\"", |run, spot| {
+        let ip = spot.address.clone().expect("the instance's address");
+        let rally: Vec<u32> = run
+            .harness
+            .instance_processes(&ip)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("esrally"))
+            .map(|(pid, _)| pid)
+            .collect();
+        assert!(!rally.is_empty(), "no esrally on {ip}");
+        for pid in rally {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    });
 }
