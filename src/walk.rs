@@ -320,8 +320,20 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             std::fs::set_permissions(&esrally, std::fs::Permissions::from_mode(0o755)).unwrap();
             let plan = Bench::plan(&remote, suites);
             let file = crate::cost::PriceFile::parse(Path::new("prices.toml"), PRICES).unwrap();
+            let root = crate::cost::Storage {
+                volume: crate::cost::RootVolume {
+                    gib: 8,
+                    volume_type: "gp3".into(),
+                },
+                usd_per_gb_month: 0.08,
+                source: crate::cost::Source::File {
+                    file: Path::new("prices.toml").into(),
+                },
+                as_of: None,
+            };
             Bench {
-                prices: crate::cost::Prices::from_file(plan.tests().map(|t| &t.settings), &file),
+                prices: crate::cost::Prices::from_file(plan.tests().map(|t| &t.settings), &file)
+                    .with_root_volume(plan.tests().map(|t| &t.settings), &root),
                 dir,
                 plan,
                 state: State::new("unit"),
@@ -449,8 +461,9 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 (&spent.machine, spent.from, Some(spent.to)),
                 (&machine.id, machine.launched_at, machine.terminated_at)
             );
-            // The instance and the public IPv4 address it is reached by.
-            let price = (t == "b.t3").then_some(0.096 + crate::cost::PUBLIC_IPV4_USD_PER_HOUR);
+            // The instance, the public IPv4 address it is reached by, its root volume.
+            let price = (t == "b.t3")
+                .then_some(0.096 + crate::cost::PUBLIC_IPV4_USD_PER_HOUR + 8.0 * 0.08 / 730.0);
             assert_eq!((spent.usd_per_hour, machine.usd_per_hour), (price, price));
             assert_eq!(spent.run_id, report.run_id);
         }

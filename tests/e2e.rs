@@ -31,9 +31,13 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         "{stdout}"
     );
     // Priced from the harness's price file (moto has no Price List API): the estimate before,
-    // the run's cost after, each instance once.
+    // the run's cost after, each instance once; the root volume moto's images name (15 GiB of
+    // `standard`) at its GB-month price, by the hour.
+    let hourly = 0.107 + 15.0 * 0.055 / 730.0;
     assert!(
-        stdout.contains("$0.107/h") && stdout.contains("machine-hours on 3 machines."),
+        stdout.contains("$0.108/h")
+            && stdout.contains("with its root volume, 15 GiB standard at $0.055/GB-month")
+            && stdout.contains("machine-hours on 3 machines."),
         "{stdout}"
     );
 
@@ -53,7 +57,7 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         };
         assert_eq!(
             (spent.from, Some(spent.to), spent.usd_per_hour),
-            (instance.launched_at, instance.terminated_at, Some(0.107))
+            (instance.launched_at, instance.terminated_at, Some(hourly))
         );
         instance_ids.push(instance.id.clone());
         // The results are on disk, intact, with Rally's throughput rows.

@@ -598,6 +598,65 @@ fn a_pinned_deprecated_ami_is_not_refused_as_missing() {
     assert!(proxy.forwarded("DescribeImages") >= 1);
 }
 
+/// `plan` prices each machine's root volume from its image's root block device mapping (moto's
+/// images: 15 GiB of `standard`, which the harness's price file prices at $0.055 a GB-month)
+/// and a spot test at its spot price now (moto's stub: $0.00001), its cap kept as the worst;
+/// where EC2 has no spot history of the instance type (the proxy answers as EC2 does) the test
+/// is expected at its cap, and the plan says why.
+#[test]
+fn plan_prices_root_volumes_and_spot_prices_now_from_ec2() {
+    let run = Run::new(1);
+    let plan = run.plan(&[(
+        "s",
+        &[
+            ("spot", "market = \"spot\"\nmax_price = \"0.05\""),
+            ("od", ""),
+        ],
+    )]);
+    let path = plan.to_str().unwrap();
+    let out = run.rallyctl(&["plan", path, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let test = |name: &str| {
+        json["cost"]["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["address"] == format!("s.{name}"))
+            .unwrap_or_else(|| panic!("s.{name} not in {json}"))
+            .clone()
+    };
+    let (spot, od) = (test("spot"), test("od"));
+    assert_eq!(spot["hourly"]["spot_now_usd"], 0.00001, "{spot}");
+    assert_eq!(spot["hourly"]["instance_usd"], 0.05, "{spot}");
+    for t in [&spot, &od] {
+        assert_eq!(t["root_volume"]["gib"], 15, "{t}");
+        assert_eq!(t["root_volume"]["volume_type"], "standard", "{t}");
+        assert_eq!(t["root_volume"]["usd_per_gb_month"], 0.055, "{t}");
+        assert_eq!(t["hourly"]["root_volume_usd"], 15.0 * 0.055 / 730.0, "{t}");
+    }
+
+    let proxy = FaultProxy::start_with(
+        &run.harness.moto_url,
+        &[],
+        &["--no-spot-history"],
+        run.dir.path(),
+    );
+    let out = plan_through(&run, &proxy, &plan);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("its price now is not known: EC2 has no spot price history of it"),
+        "{stdout}"
+    );
+    assert!(proxy.injected("DescribeSpotPriceHistory") >= 1);
+}
+
 /// `plan` compares the vCPUs a suite may run at once with what the account's running
 /// On-Demand vCPU quota (Service Quotas L-1216C47A, served by the proxy: moto knows only VPC
 /// quotas) leaves beside the instances already running, and warns with the `--parallelism`

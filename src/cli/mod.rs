@@ -292,11 +292,13 @@ fn price_file(prices: &Prices) -> Result<Option<PriceFile>> {
 }
 
 /// The prices of the machines the tests `changes` will run get: nothing is looked up for a
-/// plan without aws tests to run.
+/// plan without aws tests to run. EC2 is asked what only it tells (root volumes, spot prices
+/// now) unless `ec2` says why not.
 fn prices_for(
     plan: &Plan,
     changes: &planner::Changes,
     file: Option<&PriceFile>,
+    ec2: Result<(), &str>,
 ) -> Result<cost::Prices> {
     let to_run: std::collections::HashSet<&Address, crate::FastHash> =
         changes.changes.iter().map(|c| &c.address).collect();
@@ -308,7 +310,14 @@ fn prices_for(
     if settings.is_empty() {
         return Ok(cost::Prices::default());
     }
-    Ok(runtime()?.block_on(cost::look_up(settings, file, &mut cost::Cache::for_user())))
+    Ok(runtime()?.block_on(async {
+        let facts = match ec2 {
+            Ok(()) => Some(crate::provider::aws::CostFacts::from_env().await),
+            Err(_) => None,
+        };
+        let ec2 = facts.as_ref().ok_or_else(|| ec2.err().unwrap_or_default());
+        cost::look_up(settings, file, &mut cost::Cache::for_user(), ec2).await
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -324,13 +333,13 @@ fn plan_command(
 ) -> Result<u8> {
     let file = price_file(prices)?;
     let mut l = load_file(path, g)?;
-    let limits = check_account(&l.plan, refresh)?;
+    let (limits, reached) = check_account(&l.plan, refresh)?;
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let options = select.options(&l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
     warn_limits(&l.plan, &changes, &limits, parallelism);
     let images = baked_images(&l.plan, resolved, &changes)?;
-    let prices = prices_for(&l.plan, &changes, file.as_ref())?;
+    let prices = prices_for(&l.plan, &changes, file.as_ref(), reached)?;
     let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
     if g.json {
         let mut shown = serde_json::to_value(&changes)?;
@@ -549,9 +558,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// anything is launched or paid for. When the check itself cannot be made (no credentials, no
 /// network) planning goes on, saying so. The caps on what may run at once (EC2's vCPU quota)
 /// come back for [`warn_limits`], each with what every test takes of it.
-fn check_account(plan: &Plan, refresh: Refresh) -> Result<Vec<(Limit, HashMap<Address, u64>)>> {
+/// The account's caps, each with what each test takes of it.
+type Limits = Vec<(Limit, HashMap<Address, u64>)>;
+
+/// The account's caps, and whether EC2 answered (else why it is not asked again).
+fn check_account(plan: &Plan, refresh: Refresh) -> Result<(Limits, Result<(), &'static str>)> {
     if !refresh.refresh {
-        return Ok(vec![]);
+        return Ok((vec![], Err("EC2 was not asked (--refresh=false)")));
     }
     let settings: Vec<&crate::plan::Settings> = plan.tests().map(|t| &t.settings).collect();
     let warning = console::style("warning:").yellow().bold();
@@ -560,9 +573,7 @@ fn check_account(plan: &Plan, refresh: Refresh) -> Result<Vec<(Limit, HashMap<Ad
             for why in &found.unchecked {
                 eprintln!("{warning} {why}");
             }
-            Ok(found
-                .limits
-                .into_iter()
+            let limits = (found.limits.into_iter())
                 .map(|limit| {
                     let takes = plan
                         .tests()
@@ -571,7 +582,8 @@ fn check_account(plan: &Plan, refresh: Refresh) -> Result<Vec<(Limit, HashMap<Ad
                         .collect();
                     (limit, takes)
                 })
-                .collect())
+                .collect();
+            Ok((limits, Ok(())))
         }
         Ok(found) => {
             let findings: Vec<crate::plan::Finding<'_>> = found
@@ -589,7 +601,7 @@ fn check_account(plan: &Plan, refresh: Refresh) -> Result<Vec<(Limit, HashMap<Ad
             eprintln!(
                 "{warning} could not check the plan against the account ({e}); `--refresh=false` skips this check"
             );
-            Ok(vec![])
+            Ok((vec![], Err("EC2 could not be reached")))
         }
     }
 }
@@ -678,7 +690,7 @@ fn apply(
     }
     // A saved plan was checked when it was made.
     let limits = match &saved {
-        None => check_account(&plan, refresh)?,
+        None => check_account(&plan, refresh)?.0,
         Some(_) => vec![],
     };
     let _lock = lock(&backend, &format!("rallyctl apply {}", path.display()))?;
@@ -703,7 +715,8 @@ fn apply(
         println!("\nNothing to apply.");
         return Ok(0);
     }
-    let prices = prices_for(&l.plan, &changes, file.as_ref())?;
+    // Apply reaches EC2 whatever `--refresh` says: the price it records needs the root volume.
+    let prices = prices_for(&l.plan, &changes, file.as_ref(), Ok(()))?;
     if let Some(e) = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices) {
         print!("\n{}", cost::estimate::render(&e));
     }

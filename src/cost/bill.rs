@@ -175,9 +175,10 @@ mod tests {
     }
 
     /// The price recorded with a machine is all it is charged an hour: an instance that
-    /// connects by a public address pays for that address too.
-    #[test]
-    fn a_public_ipv4_address_is_billed_with_its_machine() {
+    /// connects by a public address pays for that address too, and every instance for its root
+    /// volume (here 8 GiB of gp3 at $0.08 a GB-month, $0.000877 an hour).
+    #[tokio::test]
+    async fn a_public_ipv4_address_and_the_root_volume_are_billed_with_their_machine() {
         let plan = crate::plan::Plan::parse(
             std::path::Path::new("p.toml"),
             "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
@@ -188,10 +189,16 @@ mod tests {
         .unwrap();
         let file = super::super::PriceFile::parse(
             std::path::Path::new("prices.toml"),
-            "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\n",
+            "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\n\
+             [[ebs]]\nregion = \"us-east-1\"\nvolume_type = \"gp3\"\nusd_per_gb_month = 0.08\n",
         )
         .unwrap();
-        let prices = super::super::Prices::from_file(plan.tests().map(|t| &t.settings), &file);
+        let ec2 = super::super::tests::Answers {
+            volumes: [("ami-12345678", super::super::tests::gib(8, "gp3"))].into(),
+            spot: Default::default(),
+            asked: Default::default(),
+        };
+        let prices = super::super::tests::priced(&plan, &file, &ec2).await;
         let mut tests = plan.tests();
         let (public, private) = (tests.next().unwrap(), tests.next().unwrap());
         let mut state = State::new("w");
@@ -206,8 +213,9 @@ mod tests {
             let r = &state.tests[&format!("s.{name}").parse().unwrap()];
             of_test(r, "r1").unwrap().usd.unwrap()
         };
-        assert!((bill("public") - 0.101).abs() < 1e-12);
-        assert!((bill("private") - 0.096).abs() < 1e-12);
+        let root = 8.0 * 0.08 / 730.0;
+        assert!((bill("public") - (0.101 + root)).abs() < 1e-12);
+        assert!((bill("private") - (0.096 + root)).abs() < 1e-12);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Hourly, Key, MINIMUM_BILLED, PUBLIC_IPV4_USD_PER_HOUR, Price, Priced, Prices, usd};
+use super::{
+    Hourly, Key, MINIMUM_BILLED, PUBLIC_IPV4_USD_PER_HOUR, Price, Priced, Prices, Storage, usd,
+};
 use crate::address::Address;
 use crate::plan::{Plan, Test};
 use crate::planner::{Action, Changes};
@@ -30,12 +32,22 @@ pub struct TestCost {
     pub machine: Option<Key>,
     /// The instance type's on-demand price; `"own machine"` for the user's own.
     pub price: Listed,
-    /// All the machine is charged an hour (a spot test: at most), public IPv4 address included.
+    /// All the machine is charged an hour (a spot test: at most, and as expected now), public
+    /// IPv4 address and root volume included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hourly: Option<Hourly>,
     /// Why there is no price.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_price: Option<String>,
+    /// The machine's root volume and its price per GB-month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<Storage>,
+    /// Why the root volume is not counted (its size or its price is not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_root_volume: Option<String>,
+    /// Why a spot test's price now is not known: it is expected at its cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_spot_now: Option<String>,
     pub worst_usd: Option<f64>,
     pub expected_usd: Option<f64>,
     /// How long one race took last time, machine time included; none: no earlier run.
@@ -71,6 +83,8 @@ pub struct Total {
     pub unpriced: usize,
     /// Priced tests without an earlier run, left out of the expected total.
     pub without_history: usize,
+    /// Priced tests whose root volume is not counted in their figures.
+    pub without_root_volume: usize,
 }
 
 /// The estimate of the tests `changes` will run; none when none of them runs on a machine
@@ -109,17 +123,26 @@ pub fn estimate(
             Priced::OwnMachine => (Listed::OwnMachine, None),
         };
         let hourly = prices.hourly(&test.settings);
-        let usd = hourly.map(|h| h.total());
+        let (root_volume, no_root_volume) = match prices.storage(&test.settings) {
+            Some(Ok(s)) => (Some(s.clone()), None),
+            Some(Err(why)) => (None, Some(why.to_owned())),
+            None => (None, None),
+        };
         tests.push(TestCost {
             address: test.address.clone(),
             races,
             machine,
-            worst_usd: usd.map(|h| cost(h, test.settings.max_runtime, races)),
-            expected_usd: usd.zip(last_race).map(|(h, d)| cost(h, d, races)),
+            worst_usd: hourly.map(|h| cost(h.total(), test.settings.max_runtime, races)),
+            expected_usd: hourly
+                .zip(last_race)
+                .map(|(h, d)| cost(h.expected(), d, races)),
             last_race_secs: last_race.map(|d| d.as_secs()),
             price,
             // A spot test priced by its max_price has no on-demand price to stand for.
             no_price: no_price.filter(|_| hourly.is_none()),
+            root_volume,
+            no_root_volume: no_root_volume.filter(|_| hourly.is_some()),
+            no_spot_now: prices.no_spot_now(&test.settings).map(str::to_owned),
             hourly,
         });
     }
@@ -137,6 +160,7 @@ pub fn estimate(
         without_history: (tests.iter())
             .filter(|t| t.hourly.is_some() && t.last_race_secs.is_none())
             .count(),
+        without_root_volume: tests.iter().filter(|t| t.no_root_volume.is_some()).count(),
     };
     Some(Estimate { tests, total })
 }
@@ -227,9 +251,10 @@ pub fn render(e: &Estimate) -> String {
                     Listed::Unknown | Listed::OwnMachine => String::new(),
                 };
                 if h.spot {
-                    note.push_str(&mark(
-                        "spot: at most its max_price, else the on-demand price (EC2's cap)".into(),
-                    ));
+                    note.push_str(&mark(match &t.no_spot_now {
+                        None => "spot: expected at its price now (DescribeSpotPriceHistory, the region's cheapest zone), worst at its max_price, else the on-demand price (EC2's cap)".into(),
+                        Some(why) => format!("spot: at most its max_price, else the on-demand price (EC2's cap), and expected so: its price now is not known: {why}"),
+                    }));
                 }
                 if h.public_ipv4_usd > 0.0 {
                     note.push_str(&mark(format!(
@@ -237,8 +262,29 @@ pub fn render(e: &Estimate) -> String {
                         usd(PUBLIC_IPV4_USD_PER_HOUR)
                     )));
                 }
+                match (&t.root_volume, &t.no_root_volume) {
+                    (Some(v), _) => note.push_str(&mark(format!(
+                        "with its root volume, {} GiB {} at ${}/GB-month ({}{})",
+                        v.volume.gib,
+                        v.volume.volume_type,
+                        v.usd_per_gb_month,
+                        v.source,
+                        v.as_of.map_or(String::new(), |d| format!(", as of {d}"))
+                    ))),
+                    (None, Some(why)) => {
+                        note.push_str(&mark(format!("root volume not counted: {why}")))
+                    }
+                    (None, None) => {}
+                }
+                let price = match h.spot_now_usd {
+                    Some(_) => {
+                        format!("spot {}/h, at most {}/h", usd(h.expected()), usd(h.total()))
+                    }
+                    None if h.spot => format!("spot {}/h", usd(h.total())),
+                    None => format!("{}/h", usd(h.total())),
+                };
                 (
-                    format!("{}{}/h", if h.spot { "spot " } else { "" }, usd(h.total())),
+                    price,
                     t.worst_usd
                         .map_or(String::new(), |w| format!("worst {}", usd(w))),
                     match t.expected_usd {
@@ -284,6 +330,10 @@ pub fn render(e: &Estimate) -> String {
     }
     if total.without_history > 0 {
         left_out.push(format!("{} without an earlier run", total.without_history));
+    }
+    if total.without_root_volume > 0 {
+        let n = total.without_root_volume;
+        left_out.push(format!("{n} root volume{}", if n == 1 { "" } else { "s" }));
     }
     rows.push([
         "total".into(),
@@ -356,10 +406,15 @@ mod tests {
             hourly: price.as_ref().map(|p| Hourly {
                 instance_usd: p.usd_per_hour,
                 spot: name == "b",
+                spot_now_usd: None,
                 public_ipv4_usd: if name == "a" { 0.0 } else { 0.005 },
+                root_volume_usd: None,
             }),
             price: price.map_or(Listed::Unknown, Listed::Known),
             no_price: no_price.map(str::to_owned),
+            root_volume: None,
+            no_root_volume: None,
+            no_spot_now: (name == "b").then(|| "EC2 was not asked (--refresh=false)".into()),
         };
         let fetched = |cached| Price {
             usd_per_hour: 0.096,
@@ -380,6 +435,7 @@ mod tests {
                 expected_usd: Some(0.192),
                 unpriced: 1,
                 without_history: 0,
+                without_root_volume: 0,
             },
         };
         insta::assert_snapshot!(render(&e), @r"
@@ -391,10 +447,46 @@ mod tests {
           total                                                 worst $1.15   expected $0.192  (not counted: 1 without a price)
           [1] Price List API, cached, as of 2026-11-28
           [2] Price List API, as of 2026-11-28
-          [3] spot: at most its max_price, else the on-demand price (EC2's cap)
+          [3] spot: at most its max_price, else the on-demand price (EC2's cap), and expected so: its price now is not known: EC2 was not asked (--refresh=false)
           [4] with a public IPv4 address, $0.005/h
           [5] no price: the Price List API failed: HTTP 404
         ");
+    }
+
+    /// What `plan` shows of tests/fixtures/plans/costs.toml when EC2 names each machine's root
+    /// volume and the spot price now, priced by the tests' price file: text and JSON.
+    #[tokio::test]
+    async fn root_volumes_and_spot_prices_now_are_in_the_estimate() {
+        use super::super::tests::{Answers, gib, priced};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let plan = Plan::load(&root.join("tests/fixtures/plans/costs.toml")).unwrap();
+        let file = super::super::PriceFile::parse(
+            std::path::Path::new("prices.toml"),
+            &std::fs::read_to_string(root.join("tests/fixtures/prices/prices.toml")).unwrap(),
+        )
+        .unwrap();
+        let ec2 = Answers {
+            volumes: [("ami-0123456789abcdef0", gib(30, "gp3"))].into(),
+            spot: [("m5.large", 0.0391)].into(),
+            asked: Default::default(),
+        };
+        let prices = priced(&plan, &file, &ec2).await;
+        let changes = Changes {
+            changes: (plan.tests())
+                .map(|t| crate::planner::Change {
+                    address: t.address.clone(),
+                    action: Action::Run,
+                    reason: "new".into(),
+                    config_hash: None,
+                    diff: None,
+                    instance: None,
+                })
+                .collect(),
+            ..Changes::default()
+        };
+        let e = estimate(&plan, &State::new("costs"), &changes, &prices).unwrap();
+        insta::assert_snapshot!(render(&e));
+        insta::assert_json_snapshot!(e);
     }
 
     #[test]

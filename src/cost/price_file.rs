@@ -1,5 +1,6 @@
 //! The price file a user points at with `--prices`: on-demand hourly prices by region and
-//! instance type, read instead of asking the Price List API.
+//! instance type, and EBS prices per GB-month by region and volume type (what a machine's root
+//! volume costs), read instead of asking the Price List API.
 //!
 //! ```toml
 //! [[price]]
@@ -7,6 +8,11 @@
 //! instance_type = "m5.large"
 //! usd_per_hour = 0.096
 //! as_of = 2026-11-30        # optional: when the price was read
+//!
+//! [[ebs]]
+//! region = "us-east-1"
+//! volume_type = "gp3"
+//! usd_per_gb_month = 0.08
 //! ```
 //!
 //! Read through the plan's TOML tree, so a mistake is reported at its line and column like
@@ -39,10 +45,10 @@ pub enum PriceFileError {
     Invalid(#[from] PlanErrors),
 }
 
-/// One price of the file.
+/// One price of the file: dollars an hour (`[[price]]`) or per GB-month (`[[ebs]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listed {
-    pub usd_per_hour: f64,
+    pub usd: f64,
     pub as_of: Option<Date>,
 }
 
@@ -50,7 +56,28 @@ pub struct Listed {
 pub struct PriceFile {
     pub path: PathBuf,
     prices: HashMap<Key, Listed>,
+    /// By region and volume type.
+    storage: HashMap<(String, String), Listed>,
 }
+
+/// What a kind of table of the file names its entries by and prices them in.
+struct Shape {
+    table: &'static str,
+    names: [&'static str; 2],
+    amount: &'static str,
+}
+
+const PRICE: Shape = Shape {
+    table: "price",
+    names: ["region", "instance_type"],
+    amount: "usd_per_hour",
+};
+
+const EBS: Shape = Shape {
+    table: "ebs",
+    names: ["region", "volume_type"],
+    amount: "usd_per_gb_month",
+};
 
 impl PriceFile {
     pub fn load(path: &Path) -> Result<PriceFile, PriceFileError> {
@@ -69,15 +96,30 @@ impl PriceFile {
 
     pub fn parse(path: &Path, text: &str) -> Result<PriceFile, PriceFileError> {
         let mut sink = Sink::new(path, text);
-        let mut prices = HashMap::new();
+        let mut read = HashMap::new();
         match toml_doc::parse(text) {
             Err(e) => sink.error(&e.span, "", e.message),
-            Ok(root) => read_root(&root, text, &mut sink, &mut prices),
+            Ok(root) => read_root(&root, text, &mut sink, &mut read),
         }
         if sink.diagnostics.is_empty() {
+            let mut prices = HashMap::new();
+            let mut storage = HashMap::new();
+            for ((table, [region, name]), listed) in read {
+                match table {
+                    "price" => prices.insert(
+                        Key {
+                            region,
+                            instance_type: name,
+                        },
+                        listed,
+                    ),
+                    _ => storage.insert((region, name), listed),
+                };
+            }
             Ok(PriceFile {
                 path: path.to_owned(),
                 prices,
+                storage,
             })
         } else {
             Err(PlanErrors {
@@ -91,39 +133,54 @@ impl PriceFile {
     pub fn get(&self, key: &Key) -> Option<&Listed> {
         self.prices.get(key)
     }
+
+    /// The GB-month price of an EBS volume of `volume_type` in `region`.
+    pub fn storage(&self, region: &str, volume_type: &str) -> Option<&Listed> {
+        self.storage
+            .get(&(region.to_owned(), volume_type.to_owned()))
+    }
 }
 
-fn read_root(root: &Node<'_>, text: &str, sink: &mut Sink<'_>, prices: &mut HashMap<Key, Listed>) {
+/// An entry as read: its table and the two names it is keyed by.
+type Read = HashMap<(&'static str, [String; 2]), Listed>;
+
+fn read_root(root: &Node<'_>, text: &str, sink: &mut Sink<'_>, read: &mut Read) {
     let Kind::Table(entries) = &root.kind else {
         return;
     };
     for entry in entries {
-        if entry.key != "price" {
+        let Some(shape) = [&PRICE, &EBS].into_iter().find(|s| entry.key == s.table) else {
             sink.error_with_help(
                 &entry.key_span,
                 &*entry.key,
                 "unknown key",
-                "a price file holds only `[[price]]` tables",
+                "a price file holds only `[[price]]` and `[[ebs]]` tables",
             );
             continue;
-        }
+        };
         let Kind::Array(items) = &entry.value.kind else {
             sink.error(
                 &entry.value.span,
-                "price",
+                shape.table,
                 format!(
-                    "expected an array of tables (`[[price]]`), found {}",
+                    "expected an array of tables (`[[{}]]`), found {}",
+                    shape.table,
                     entry.value.kind.describe()
                 ),
             );
             continue;
         };
         for (i, item) in items.iter().enumerate() {
-            let field = format!("price[{i}]");
-            if let Some((key, listed)) = read_price(item, text, &field, sink) {
-                match prices.entry(key) {
+            let field = format!("{}[{i}]", shape.table);
+            if let Some((names, listed)) = read_price(shape, item, text, &field, sink) {
+                match read.entry((shape.table, names)) {
                     Entry::Occupied(e) => {
-                        sink.error(&item.span, &field, format!("{} is priced twice", e.key()))
+                        let [region, name] = &e.key().1;
+                        sink.error(
+                            &item.span,
+                            &field,
+                            format!("{name} in {region} is priced twice"),
+                        )
                     }
                     Entry::Vacant(e) => {
                         e.insert(listed);
@@ -134,13 +191,15 @@ fn read_root(root: &Node<'_>, text: &str, sink: &mut Sink<'_>, prices: &mut Hash
     }
 }
 
-/// One `[[price]]` table; none when it has a mistake, which is reported.
+/// One `[[price]]` or `[[ebs]]` table, as `shape` says; none when it has a mistake, which is
+/// reported.
 fn read_price(
+    shape: &Shape,
     item: &Node<'_>,
     text: &str,
     field: &str,
     sink: &mut Sink<'_>,
-) -> Option<(Key, Listed)> {
+) -> Option<([String; 2], Listed)> {
     let Kind::Table(entries) = &item.kind else {
         sink.error(
             &item.span,
@@ -150,16 +209,21 @@ fn read_price(
         return None;
     };
     let before = sink.diagnostics.len();
-    let (mut region, mut instance_type, mut usd, mut as_of) = (None, None, None, None);
+    let [first, second] = shape.names;
+    let (mut names, mut usd, mut as_of): ([Option<String>; 2], _, _) = ([None, None], None, None);
     for e in entries {
         let at = format!("{field}.{}", e.key);
-        match (&*e.key, &e.value.kind) {
-            ("region", Kind::String(s)) => region = Some(s.to_string()),
-            ("instance_type", Kind::String(s)) => instance_type = Some(s.to_string()),
-            ("usd_per_hour", Kind::Float(v)) if v.is_finite() && *v >= 0.0 => usd = Some(*v),
+        let key = &*e.key;
+        let named = shape.names.iter().position(|n| *n == key);
+        let amount = key == shape.amount;
+        match (key, &e.value.kind) {
+            (_, Kind::String(s)) if named.is_some() => {
+                names[named.expect("a name")] = Some(s.to_string())
+            }
+            (_, Kind::Float(v)) if amount && v.is_finite() && *v >= 0.0 => usd = Some(*v),
             // A whole number of dollars is a price too.
-            ("usd_per_hour", Kind::Integer(v)) if *v >= 0 => usd = Some(*v as f64),
-            ("usd_per_hour", Kind::Float(_) | Kind::Integer(_)) => sink.error(
+            (_, Kind::Integer(v)) if amount && *v >= 0 => usd = Some(*v as f64),
+            (_, Kind::Float(_) | Kind::Integer(_)) if amount => sink.error(
                 &e.value.span,
                 &at,
                 "a price is a number of dollars, 0 or more",
@@ -176,12 +240,12 @@ fn read_price(
                     ),
                 }
             }
-            ("region" | "instance_type", other) => sink.error(
+            (_, other) if named.is_some() => sink.error(
                 &e.value.span,
                 &at,
                 format!("expected a string, found {}", other.describe()),
             ),
-            ("usd_per_hour", other) => sink.error(
+            (_, other) if amount => sink.error(
                 &e.value.span,
                 &at,
                 format!("expected a number, found {}", other.describe()),
@@ -195,15 +259,22 @@ fn read_price(
                 &e.key_span,
                 &at,
                 "unknown key",
-                "a price has `region`, `instance_type`, `usd_per_hour` and optionally `as_of`",
+                format!(
+                    "{} has `{first}`, `{second}`, `{}` and optionally `as_of`",
+                    match shape.table {
+                        "price" => "a price",
+                        _ => "an EBS price",
+                    },
+                    shape.amount
+                ),
             ),
         }
     }
     for (name, missing) in [
-        ("region", region.is_none()),
-        ("instance_type", instance_type.is_none()),
+        (first, names[0].is_none()),
+        (second, names[1].is_none()),
         (
-            "usd_per_hour",
+            shape.amount,
             usd.is_none() && sink.diagnostics.len() == before,
         ),
     ] {
@@ -214,16 +285,8 @@ fn read_price(
     if sink.diagnostics.len() != before {
         return None;
     }
-    Some((
-        Key {
-            region: region?,
-            instance_type: instance_type?,
-        },
-        Listed {
-            usd_per_hour: usd?,
-            as_of,
-        },
-    ))
+    let [region, name] = names;
+    Some(([region?, name?], Listed { usd: usd?, as_of }))
 }
 
 #[cfg(test)]
@@ -262,7 +325,7 @@ as_of = "2026-11-29"
         assert_eq!(
             file.get(&key("us-east-1", "m5.large")),
             Some(&Listed {
-                usd_per_hour: 0.096,
+                usd: 0.096,
                 as_of: Some(jiff::civil::date(2026, 11, 30)),
             })
         );
@@ -310,7 +373,7 @@ usd_per_hour = 0.2
         prices.toml:6:1: price[1]: `instance_type` is missing
         prices.toml:17:1: price[3]: m5.large in us-east-1 is priced twice
         prices.toml:22:2: other: unknown key
-          help: a price file holds only `[[price]]` tables
+          help: a price file holds only `[[price]]` and `[[ebs]]` tables
         prices.toml has 7 problems
         ");
     }

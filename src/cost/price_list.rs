@@ -1,5 +1,5 @@
 //! The AWS Price List API (`GetProducts`, served from us-east-1): the on-demand hourly price
-//! of a Linux instance type in a region.
+//! of a Linux instance type in a region, and the GB-month price of an EBS volume type there.
 //!
 //! Every answer is a list of JSON documents, one per product, in the format of the price list
 //! files ("Reading the service price list file for an AWS service" in the AWS Billing user
@@ -78,19 +78,19 @@ pub fn timeouts() -> TimeoutConfig {
         .build()
 }
 
+fn term(field: &str, value: &str) -> Filter {
+    Filter::builder()
+        .r#type(FilterType::TermMatch)
+        .field(field)
+        .value(value)
+        .build()
+        .expect("type, field and value are set")
+}
+
 impl Fetch for PriceListApi {
     type Error = FetchError;
 
     async fn fetch(&self, key: &Key) -> Result<Option<f64>, FetchError> {
-        let client = self.client().await;
-        let term = |field: &str, value: &str| {
-            Filter::builder()
-                .r#type(FilterType::TermMatch)
-                .field(field)
-                .value(value)
-                .build()
-                .expect("type, field and value are set")
-        };
         let filters = vec![
             term("instanceType", &key.instance_type),
             term("regionCode", &key.region),
@@ -99,6 +99,27 @@ impl Fetch for PriceListApi {
             term("preInstalledSw", "NA"),
             term("capacitystatus", "Used"),
         ];
+        on_demand_price(&self.products(filters).await?, "Hrs")
+    }
+
+    async fn fetch_storage(
+        &self,
+        region: &str,
+        volume_type: &str,
+    ) -> Result<Option<f64>, FetchError> {
+        let filters = vec![
+            term("productFamily", "Storage"),
+            term("volumeApiName", volume_type),
+            term("regionCode", region),
+        ];
+        on_demand_price(&self.products(filters).await?, "GB-Mo")
+    }
+}
+
+impl PriceListApi {
+    /// Every page of AmazonEC2's products that `filters` leave.
+    async fn products(&self, filters: Vec<Filter>) -> Result<Vec<String>, FetchError> {
+        let client = self.client().await;
         let mut documents = Vec::new();
         let mut next_token = None;
         loop {
@@ -117,7 +138,7 @@ impl Fetch for PriceListApi {
                 break;
             }
         }
-        on_demand_price(&documents)
+        Ok(documents)
     }
 }
 
@@ -171,10 +192,10 @@ struct Dimension {
     price_per_unit: std::collections::BTreeMap<String, String>,
 }
 
-/// The hourly USD price among `documents`; none when they list none. Where several products or
-/// dimensions remain after the filters, the highest hourly price is taken: the same on every
-/// call, and an estimate that errs towards paying more than thought.
-pub fn on_demand_price(documents: &[String]) -> Result<Option<f64>, FetchError> {
+/// The USD price per `unit` (`Hrs`, `GB-Mo`) among `documents`; none when they list none.
+/// Where several products or dimensions remain after the filters, the highest price is taken:
+/// the same on every call, and an estimate that errs towards paying more than thought.
+pub fn on_demand_price(documents: &[String], unit: &str) -> Result<Option<f64>, FetchError> {
     let mut highest: Option<f64> = None;
     for (item, document) in documents.iter().enumerate() {
         let malformed = |what: String| FetchError::Malformed { item, what };
@@ -182,7 +203,7 @@ pub fn on_demand_price(documents: &[String]) -> Result<Option<f64>, FetchError> 
             serde_json::from_str(document).map_err(|e| malformed(e.to_string()))?;
         for (offer, o) in &product.terms.on_demand {
             for (rate, d) in &o.price_dimensions {
-                if d.unit != "Hrs" {
+                if d.unit != unit {
                     continue;
                 }
                 let text = d.price_per_unit.get("USD").ok_or_else(|| {
@@ -400,6 +421,90 @@ mod tests {
         assert_eq!(second["NextToken"], "page-2");
     }
 
+    /// A gp3 volume's product as `aws pricing get-products --service-code AmazonEC2 --filters
+    /// Type=TERM_MATCH,Field=productFamily,Value=Storage Type=TERM_MATCH,Field=volumeApiName,
+    /// Value=gp3 ...` lists it: priced per GB-month, beside the IOPS and throughput products
+    /// of other families that the filters leave out.
+    fn gp3_product(region: &str, usd: &str) -> String {
+        serde_json::json!({
+            "product": {
+                "productFamily": "Storage",
+                "attributes": {
+                    "maxThroughputvolume": "1000 MiB/s",
+                    "volumeType": "General Purpose",
+                    "maxIopsvolume": "16000",
+                    "usagetype": "EBS:VolumeUsage.gp3",
+                    "locationType": "AWS Region",
+                    "maxVolumeSize": "16 TiB",
+                    "storageMedia": "SSD-backed",
+                    "regionCode": region,
+                    "servicecode": "AmazonEC2",
+                    "volumeApiName": "gp3",
+                    "location": "US East (N. Virginia)",
+                    "servicename": "Amazon Elastic Compute Cloud",
+                    "operation": ""
+                },
+                "sku": "7U7TWP44UP36AT3R"
+            },
+            "serviceCode": "AmazonEC2",
+            "terms": {
+                "OnDemand": {
+                    "7U7TWP44UP36AT3R.JRTCKXETXF": {
+                        "priceDimensions": {
+                            "7U7TWP44UP36AT3R.JRTCKXETXF.6YS6EN2CT7": {
+                                "unit": "GB-Mo",
+                                "endRange": "Inf",
+                                "description": "$0.08 per GB-month of General Purpose (gp3) provisioned storage - US East (N. Virginia)",
+                                "appliesTo": [],
+                                "rateCode": "7U7TWP44UP36AT3R.JRTCKXETXF.6YS6EN2CT7",
+                                "beginRange": "0",
+                                "pricePerUnit": {"USD": usd}
+                            }
+                        },
+                        "sku": "7U7TWP44UP36AT3R",
+                        "effectiveDate": "2026-11-01T00:00:00Z",
+                        "offerTermCode": "JRTCKXETXF",
+                        "termAttributes": {}
+                    }
+                }
+            },
+            "version": "20261127204519",
+            "publicationDate": "2026-11-27T20:45:19Z"
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_ebs_volume_type_is_priced_per_gb_month_with_its_filters() {
+        let (client, server) = serve(vec![(
+            200,
+            answer(&[gp3_product("eu-west-1", "0.0880000000")], None),
+        )])
+        .await;
+        let api = PriceListApi::with_client(client);
+        assert_eq!(
+            api.fetch_storage("eu-west-1", "gp3").await.unwrap(),
+            Some(0.088)
+        );
+        let requests = server.await.unwrap();
+        let asked: serde_json::Value = serde_json::from_str(&requests[0]).unwrap();
+        assert_eq!(asked["ServiceCode"], "AmazonEC2");
+        let filters: Vec<(&str, &str)> = (asked["Filters"].as_array().unwrap().iter())
+            .map(|f| (f["Field"].as_str().unwrap(), f["Value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                ("productFamily", "Storage"),
+                ("volumeApiName", "gp3"),
+                ("regionCode", "eu-west-1")
+            ]
+        );
+        // An instance's hourly price is no GB-month price.
+        let hourly = [product("m5.large", "eu-west-1", "0.107", "Hrs")];
+        assert_eq!(on_demand_price(&hourly, "GB-Mo").unwrap(), None);
+    }
+
     #[tokio::test]
     async fn an_empty_price_list_is_no_price() {
         let (client, server) = serve(vec![(200, answer(&[], None))]).await;
@@ -471,24 +576,27 @@ mod tests {
             // Not an hourly rate: left out.
             product("m5.large", "us-east-1", "5.0000000000", "Quantity"),
         ];
-        assert_eq!(on_demand_price(&documents).unwrap(), Some(0.101));
+        assert_eq!(on_demand_price(&documents, "Hrs").unwrap(), Some(0.101));
         let mut reversed = documents.clone();
         reversed.reverse();
-        assert_eq!(on_demand_price(&reversed).unwrap(), Some(0.101));
+        assert_eq!(on_demand_price(&reversed, "Hrs").unwrap(), Some(0.101));
     }
 
     #[test]
     fn malformed_documents_are_named() {
-        let err = on_demand_price(&["{not json".into()])
+        let err = on_demand_price(&["{not json".into()], "Hrs")
             .unwrap_err()
             .to_string();
         assert!(err.contains("product 0: key must be a string"), "{err}");
         let no_terms = serde_json::json!({"product": {}}).to_string();
-        let err = on_demand_price(&[product("m5.large", "us-east-1", "0.1", "Hrs"), no_terms])
-            .unwrap_err()
-            .to_string();
+        let err = on_demand_price(
+            &[product("m5.large", "us-east-1", "0.1", "Hrs"), no_terms],
+            "Hrs",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("product 1: missing field `terms`"), "{err}");
-        let err = on_demand_price(&[product("m5.large", "us-east-1", "free", "Hrs")])
+        let err = on_demand_price(&[product("m5.large", "us-east-1", "free", "Hrs")], "Hrs")
             .unwrap_err()
             .to_string();
         assert!(
@@ -498,7 +606,7 @@ mod tests {
             "{err}"
         );
         let euro = product("m5.large", "us-east-1", "0.1", "Hrs").replace("\"USD\"", "\"EUR\"");
-        let err = on_demand_price(&[euro]).unwrap_err().to_string();
+        let err = on_demand_price(&[euro], "Hrs").unwrap_err().to_string();
         assert!(err.contains("has no USD price"), "{err}");
     }
 }

@@ -50,7 +50,7 @@ use crate::state::Machine;
 use crate::templates::Artifacts;
 
 mod preflight;
-pub use preflight::preflight;
+pub use preflight::{CostFacts, preflight};
 
 /// Tag keys every instance carries; destroy finds leaked instances by the first.
 pub const TAG_WORKSPACE: &str = "rallyctl:workspace";

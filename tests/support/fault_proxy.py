@@ -58,6 +58,9 @@ What moto does not do as AWS does, answered by the proxy:
                              deprecated image; RunInstances still launches it
   --quota SERVICE:CODE:VALUE (repeatable) Service Quotas' GetServiceQuota of that quota
                              answers VALUE (moto knows only some VPC quotas)
+  --no-spot-history          DescribeSpotPriceHistory answers no prices, as EC2 does for an
+                             instance type without spot history in the region (moto's stub
+                             always names one)
   --decoded TEXT             STS DecodeAuthorizationMessage answers TEXT as the decoded
                              message; without it, AccessDenied (moto does not implement it),
                              as for an identity without sts:DecodeAuthorizationMessage
@@ -344,6 +347,17 @@ def strip_images(payload, hidden):
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
+def strip_set(payload, name):
+    """An EC2 answer whose list `name` is empty."""
+    root = ET.fromstring(payload)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    ET.register_namespace("", ns.strip("{}"))
+    for items in root.iter(f"{ns}{name}"):
+        for item in list(items):
+            items.remove(item)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 def service_quota(spec, service, code):
     """GetServiceQuota's answer for the --quota SERVICE:CODE:VALUE that matches, or None."""
     for q in spec:
@@ -384,11 +398,13 @@ def sts_answer(decoded):
 
 class State:
     def __init__(self, rules, upstream, young_not_found, disks=None, images=None,
-                 image_state=None, boot=None, deprecated=(), quotas=(), decoded=None, s3=None):
+                 image_state=None, boot=None, deprecated=(), quotas=(), decoded=None, s3=None,
+                 no_spot_history=False):
         self.boot = boot
         self.image_state = image_state.split(":", 1) + [None] if image_state else None
         self.made_images = set()  # image ids CreateImage answered
         self.deprecated = set(deprecated)
+        self.no_spot_history = no_spot_history
         self.quotas = list(quotas)
         self.decoded = decoded
         self.s3 = s3  # the S3 options (--s3-*)
@@ -882,6 +898,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             payload = self._image_state(payload)
         if action == "RunInstances" and self.state.boot:
             self._first_boot(form_fields(self.headers, body), payload)
+        if action == "DescribeSpotPriceHistory" and self.state.no_spot_history:
+            self.state.count_injected(action)
+            return strip_set(payload, "spotPriceHistorySet")
         if action == "DescribeImages" and self.state.deprecated:
             fields = form_fields(self.headers, body)
             if fields.get("IncludeDeprecated", ["false"])[0] != "true":
@@ -944,6 +963,8 @@ def main():
                    help="DescribeImages hides AMI unless IncludeDeprecated=true")
     p.add_argument("--quota", action="append", default=[], metavar="SERVICE:CODE:VALUE",
                    help="GetServiceQuota of SERVICE's CODE answers VALUE")
+    p.add_argument("--no-spot-history", action="store_true",
+                   help="DescribeSpotPriceHistory answers no prices")
     p.add_argument("--decoded", help="DecodeAuthorizationMessage answers this decoded message")
     p.add_argument("--s3-without-list-bucket", action="store_true")
     p.add_argument("--s3-bucket-region", metavar="REGION")
@@ -957,7 +978,7 @@ def main():
     Handler.state = State([Rule(f) for f in args.fault], args.upstream, args.young_not_found,
                           args.disks, args.images, image_state=args.image_state, boot=args.boot,
                           deprecated=args.deprecated, quotas=args.quota, decoded=args.decoded,
-                          s3=s3)
+                          s3=s3, no_spot_history=args.no_spot_history)
     Handler.hang_bound = args.hang_bound
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
