@@ -853,7 +853,7 @@ async fn acquire<P: Provider>(
         ));
     }
     machine.run_dir = Some(run_dir(test, &ctx.plan.name, &record));
-    machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings);
+    machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings, machine.spot);
     ctx.state
         .record(&test.address, |r| r.instance = Some(machine))?;
     Ok(())

@@ -203,7 +203,7 @@ mod tests {
         let (public, private) = (tests.next().unwrap(), tests.next().unwrap());
         let mut state = State::new("w");
         for (test, machine) in [(public, "i-1"), (private, "i-2")] {
-            let price = prices.usd_per_hour(&test.settings);
+            let price = prices.usd_per_hour(&test.settings, false);
             state.tests.insert(
                 test.address.clone(),
                 record(vec![spent("r1", machine, "00:00", "01:00", price)]),

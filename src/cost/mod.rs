@@ -264,12 +264,22 @@ impl Prices {
         })
     }
 
-    /// The hourly price a machine for `settings` is recorded with: all it is charged an hour,
-    /// a spot test's at its cap; unknown when a part of it is (its root volume).
-    pub fn usd_per_hour(&self, settings: &Settings) -> Option<f64> {
-        self.hourly(settings)
-            .filter(|h| h.root_volume_usd.is_some())
-            .map(|h| h.total())
+    /// The hourly price a machine for `settings` is recorded with, as it came up: all it is
+    /// charged an hour; on spot capacity (`spot`) at the spot price now where EC2 named one,
+    /// else at its cap; a spot test's machine that came up on demand (EC2 refused spot
+    /// capacity, or reclaimed it before) at the on-demand price. Unknown when a part of it is
+    /// (its root volume).
+    pub fn usd_per_hour(&self, settings: &Settings, spot: bool) -> Option<f64> {
+        let hourly = self.hourly(settings)?;
+        let rest = hourly.public_ipv4_usd + hourly.root_volume_usd?;
+        match (hourly.spot, spot) {
+            (true, true) => Some(hourly.expected()),
+            (true, false) => match self.of(settings) {
+                Priced::Known(p) => Some(p.usd_per_hour + rest),
+                Priced::Unknown(_) | Priced::OwnMachine => None,
+            },
+            (false, _) => Some(hourly.total()),
+        }
     }
 }
 
@@ -698,7 +708,7 @@ mod tests {
         // 100 GiB at $0.08 a GB-month of 730 hours: $0.010959 an hour, with the instance's.
         let hourly = prices.hourly(gp3).unwrap();
         assert_eq!(hourly.root_volume_usd, Some(100.0 * 0.08 / 730.0));
-        assert!((prices.usd_per_hour(gp3).unwrap() - 0.106959).abs() < 1e-6);
+        assert!((prices.usd_per_hour(gp3, false).unwrap() - 0.106959).abs() < 1e-6);
         // A volume type or an image the sources do not price: not counted, and the price the
         // machine is recorded with is unknown, never the instance's alone.
         assert_eq!(
@@ -706,12 +716,12 @@ mod tests {
             Some(Err("io2 in us-east-1 is not in the price file p.toml"))
         );
         assert_eq!(prices.hourly(io2).unwrap().root_volume_usd, None);
-        assert_eq!(prices.usd_per_hour(io2), None);
+        assert_eq!(prices.usd_per_hour(io2, false), None);
         assert_eq!(
             prices.storage(none),
             Some(Err("ami-00000000 names no EBS root volume"))
         );
-        assert_eq!(prices.usd_per_hour(none), None);
+        assert_eq!(prices.usd_per_hour(none, false), None);
         // No spot test: no spot price asked.
         assert_eq!(
             *ec2.asked.borrow(),
@@ -761,8 +771,11 @@ mod tests {
             prices.no_spot_now(settings[3]),
             Some("EC2 has no spot price history of it")
         );
-        // The recorded price is the cap, the bill's worst case.
-        assert_eq!(prices.usd_per_hour(settings[0]), Some(0.05 + root));
+        // A machine is recorded as it came up: on spot at the price now, on demand (spot
+        // refused or reclaimed) at the on-demand price, not at the spot cap.
+        assert_eq!(prices.usd_per_hour(settings[0], true), Some(0.0391 + root));
+        assert_eq!(prices.usd_per_hour(settings[0], false), Some(0.096 + root));
+        assert_eq!(prices.usd_per_hour(settings[3], true), Some(0.04 + root));
         // One question per image and per instance type.
         assert_eq!(
             *ec2.asked.borrow(),
@@ -814,7 +827,7 @@ mod tests {
             prices.no_spot_now(settings[0]),
             Some("EC2 was not asked (--refresh=false)")
         );
-        assert_eq!(prices.usd_per_hour(settings[1]), None);
+        assert_eq!(prices.usd_per_hour(settings[1], true), None);
     }
 
     fn key(instance_type: &str) -> Key {
@@ -920,7 +933,7 @@ mod tests {
         let none = Prices::default();
         assert_eq!(none.of(aws), Priced::Unknown("it was not looked up"));
         assert_eq!(none.of(here), Priced::OwnMachine);
-        assert_eq!(none.usd_per_hour(aws), None);
+        assert_eq!(none.usd_per_hour(aws, false), None);
     }
 
     #[test]
