@@ -335,6 +335,8 @@ def without_snapshot_tags(body):
         kept.append((k, v))
     pairs = [(t["Key"], t.get("Value", "")) for _, t in sorted(tags.items())]
     return urllib.parse.urlencode(kept).encode(), pairs
+
+
 def strip_images(payload, hidden):
     """A DescribeImages answer without the images in `hidden`."""
     root = ET.fromstring(payload)
