@@ -517,6 +517,76 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!(spent, ["m-t1-1", "m-t1-2"]);
     }
 
+    /// A failed race's logs are brought home under `results/` before its machine goes, why it
+    /// failed beside them, and state's failure names where they are.
+    #[test]
+    fn a_failed_races_logs_are_brought_home_and_its_failure_names_them() {
+        let mut bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\nrally_args = [\"--fail\"]\n",
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        let dir = (bench.dir.path().join("results/unit"))
+            .join(&report.run_id)
+            .join("a/t1");
+        let Status::Failed { logs, .. } = bench.status("a.t1") else {
+            panic!("{:?}", bench.status("a.t1"));
+        };
+        assert_eq!(logs.as_deref(), Some(dir.as_path()));
+        let log = std::fs::read_to_string(dir.join("race.log")).unwrap();
+        assert!(log.contains("boom: the cluster said no"), "{log}");
+        let why = crate::results::parse::race_failure(&dir.join("failure.json")).unwrap();
+        assert_eq!(
+            (why.step, why.error.as_str()),
+            (Step::Racing, "esrally exited with 64")
+        );
+        let kept: Vec<_> = (record(&bench, "a.t1").results.iter())
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            kept.iter().any(|f| f == "race.log") && kept.iter().any(|f| f == "failure.json"),
+            "{kept:?}"
+        );
+    }
+
+    /// A machine gone mid-race cannot give its logs: that is said, why the race failed is
+    /// still kept under `results/`, and the machine is still given back.
+    #[test]
+    fn a_machine_gone_mid_race_gives_no_logs_and_is_given_back_all_the_same() {
+        let mut bench = Bench::new(&format!("rally_args = [\"--hang\"]\n{ONE_TEST}"));
+        let fake = Fake::default();
+        // Once the race runs, its machine goes, and the race with it.
+        let remote = bench.dir.path().join("remote");
+        let goes = fake.clone();
+        std::thread::spawn(move || {
+            for _ in 0..600 {
+                let hung = crate::templates::list_files(&remote)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|p| p.ends_with("hung.pid"));
+                if let Some(pid) = hung.and_then(|p| std::fs::read_to_string(remote.join(p)).ok()) {
+                    goes.gone.lock().unwrap().insert("m-t1-1".into());
+                    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.failed[0].1, Step::Racing, "{:?}", report.failed);
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        let Status::Failed { logs, error, .. } = bench.status("a.t1") else {
+            panic!("{:?}", bench.status("a.t1"));
+        };
+        assert_eq!(logs, None);
+        let dir = (bench.dir.path().join("results/unit"))
+            .join(&report.run_id)
+            .join("a/t1");
+        let why = crate::results::parse::race_failure(&dir.join("failure.json")).unwrap();
+        assert_eq!(why.error, error);
+        assert!(!dir.join("race.log").exists());
+    }
+
     /// A machine that stops answering is asked after: gone fails the test with why; a provider
     /// that cannot tell fails it too, saying so, never taking "cannot tell" for "still there".
     #[test]

@@ -227,6 +227,7 @@ fn a_failing_race_is_reported_with_its_log_and_its_sibling_completes() {
             step,
             error,
             log_tail,
+            ..
         } => {
             assert_eq!(step, rallyctl::state::Step::Racing);
             assert!(error.contains("64"), "{error}");
