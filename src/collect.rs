@@ -81,6 +81,24 @@ fn write_beside(
     Ok(())
 }
 
+/// Copies a finished race's files into `dir`, its directory in another run than the one it
+/// raced in; a race's files lie side by side, so each keeps its name.
+pub fn copy_race(files: &[ResultFile], dir: &Path) -> std::io::Result<Vec<ResultFile>> {
+    std::fs::create_dir_all(dir)?;
+    let mut copied = Vec::with_capacity(files.len());
+    for file in files {
+        let name = file.path.file_name().ok_or_else(|| {
+            std::io::Error::other(format!("{} names no file", file.path.display()))
+        })?;
+        let content = std::fs::read(&file.path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.path.display())))?;
+        let path = dir.join(name);
+        std::fs::write(&path, &content)?;
+        copied.push(ResultFile::of(path, &content));
+    }
+    Ok(copied)
+}
+
 /// The collected report, or why there is none.
 pub fn report(files: &[ResultFile]) -> Result<&Path, String> {
     files

@@ -28,8 +28,8 @@ use crate::provider::{Acquire, AcquireError, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
 use crate::staging;
 use crate::state::{
-    Handover, Machine, RecordedSettings, ResultFile, State, StateError, Status, Step, Taken,
-    TestRecord,
+    Handover, Machine, RecordedSettings, Repetition, ResultFile, State, StateError, Status, Step,
+    Taken, TestRecord,
 };
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
@@ -702,13 +702,14 @@ async fn start_attempt<P: Provider>(
         })?;
     let race_command =
         crate::templates::race_command(&test.settings).map_err(|e| failed(Step::Launching, e))?;
+    let kept = ctx.state.read(|s| match s.tests.get(address) {
+        Some(r) if keep && r.config_hash == artifacts.config_hash => r.finished(),
+        _ => vec![],
+    });
+    let earlier = into_this_run(ctx, test, kept).await?;
     ctx.state.update(|s| {
         let previous = s.tests.get(address);
         let previous_attempt = previous.map_or(0, |r| r.attempt);
-        let earlier = match previous {
-            Some(r) if keep && r.config_hash == artifacts.config_hash => r.finished(),
-            _ => vec![],
-        };
         let mut record = TestRecord {
             attempt: previous_attempt + 1,
             run_id: Some(ctx.run_id.clone()),
@@ -733,6 +734,44 @@ async fn start_attempt<P: Provider>(
     Ok(())
 }
 
+/// The races a new attempt keeps, their files copied into this run's directory of the test,
+/// each where its repetition goes: the races of one result live in the run that records it,
+/// so that run shows the whole result once state has moved on. A race whose files cannot be
+/// copied is listed where it raced, which is said.
+async fn into_this_run<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    races: Vec<Repetition>,
+) -> Result<Vec<Repetition>, Stop> {
+    let test_dir = ctx
+        .results_root
+        .join(slug(&ctx.run_id))
+        .join(test.address.path());
+    let mut kept = Vec::with_capacity(races.len());
+    for (k, mut race) in (1..).zip(races) {
+        if race.run_id != ctx.run_id {
+            let dir = crate::results::load::repetition_dir(&test_dir, k);
+            match crate::collect::copy_race(&race.results, &dir) {
+                Ok(files) => {
+                    ctx.state
+                        .publish(files.clone())
+                        .await
+                        .map_err(|e| failed(Step::Launching, e))?;
+                    race.results = files;
+                }
+                Err(e) => ctx.progress.println(&format!(
+                    "{}: repetition {k} stays in run {}, as its files cannot be copied into {}: {e}",
+                    test.address,
+                    race.run_id,
+                    dir.display()
+                )),
+            }
+        }
+        kept.push(race);
+    }
+    Ok(kept)
+}
+
 /// Ends the race just collected as a repetition and opens the next, at `step`, in one state
 /// write: on the same machine in a run directory of its own (installing), or on a fresh
 /// machine that is a new attempt's, so providers name it apart (launching).
@@ -746,7 +785,7 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
             .tests
             .get_mut(&test.address)
             .expect("a running test is recorded");
-        r.next_repetition(&ctx.run_id);
+        r.next_repetition();
         if step == Step::Launching {
             r.attempt += 1;
             r.instance = None;

@@ -663,12 +663,13 @@ impl TestRecord {
         }
     }
 
-    /// Ends the current race as a finished repetition and opens the next in `run_id`, with a
-    /// new race id; the machine stays where it is, for the caller to reuse or replace.
-    pub fn next_repetition(&mut self, run_id: &str) {
+    /// Ends the current race as a finished repetition and opens the next, with a new race id,
+    /// in the same run, though a later apply resumed the attempt: the races of one result live
+    /// in the run that records it. The machine stays where it is, for the caller to reuse or
+    /// replace.
+    pub fn next_repetition(&mut self) {
         self.earlier.push(self.current());
         self.results.clear();
-        self.run_id = Some(run_id.to_owned());
         self.race_id = Some(Uuid::new_v4());
     }
 

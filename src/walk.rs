@@ -937,6 +937,95 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!((r.finished_repetitions(), r.race_id), (3, race_id));
     }
 
+    /// Every file of a test's result as state records it, relative to the workspace's
+    /// results: each race's, earlier ones first.
+    fn result_files(bench: &Bench, address: &str) -> Vec<PathBuf> {
+        let r = record(bench, address);
+        let root = bench.dir.path().join("results/unit");
+        (r.earlier.iter().map(|e| &e.results))
+            .chain([&r.results])
+            .flatten()
+            .map(|f| f.path.strip_prefix(&root).unwrap().to_owned())
+            .collect()
+    }
+
+    /// A test stopped in its second race of three and resumed by a later apply: the races of
+    /// its result all live in the run that began it, which records it.
+    #[test]
+    fn a_test_resumed_by_a_later_apply_keeps_its_races_in_the_run_that_began_them() {
+        let mut bench = Bench::new(&format!("repetitions = 3\n{ONE_TEST}"));
+        let (first, _) = bench.apply(Fake::default(), &Options::default());
+        // Back to the second race under way, as the first apply left it when killed.
+        let r = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
+        r.race_id = Some(r.earlier[1].race_id);
+        r.earlier.truncate(1);
+        let machine = r.instance.as_mut().unwrap();
+        machine.run_dir = Some(machine.run_dir.as_ref().unwrap().replace("/1.3", "/1.2"));
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        let run_dir = bench.dir.path().join("results/unit").join(&first.run_id);
+        for k in ["repetition-2", "repetition-3"] {
+            std::fs::remove_dir_all(run_dir.join("a/t1").join(k)).unwrap();
+        }
+        let (second, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(second.completed.len(), 1, "{:?}", second.failed);
+        let r = record(&bench, "a.t1");
+        assert_eq!(r.finished_repetitions(), 3);
+        assert_eq!(r.run_id.as_deref(), Some(first.run_id.as_str()));
+        let files = result_files(&bench, "a.t1");
+        assert!(
+            files.iter().all(|f| f.starts_with(&first.run_id)),
+            "{files:?}"
+        );
+        for k in ["", "repetition-2", "repetition-3"] {
+            assert!(
+                run_dir.join("a/t1").join(k).join("report.csv").is_file(),
+                "{k}"
+            );
+        }
+        let second_dir = bench.dir.path().join("results/unit").join(&second.run_id);
+        assert!(
+            !second_dir.exists(),
+            "the resuming run holds none of its races"
+        );
+    }
+
+    /// A test whose second race failed races it again in a later apply as a new attempt,
+    /// keeping the first: that first race's files are copied into the later run, which
+    /// records the result, so that run holds all its races; where it raced keeps them too.
+    #[test]
+    fn a_new_attempt_keeps_its_earlier_races_in_the_run_that_records_it() {
+        let mut bench = Bench::new(&format!(
+            "repetitions = 3\nrally_args = [\"--fail-at=2\"]\n{ONE_TEST}"
+        ));
+        let (first, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(first.failed.len(), 1);
+        let (second, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(second.completed.len(), 1, "{:?}", second.failed);
+        let r = record(&bench, "a.t1");
+        assert_eq!(r.finished_repetitions(), 3);
+        assert_eq!(r.run_id.as_deref(), Some(second.run_id.as_str()));
+        assert_eq!(r.earlier[0].run_id, first.run_id, "where it raced");
+        let files = result_files(&bench, "a.t1");
+        assert!(
+            files.iter().all(|f| f.starts_with(&second.run_id)),
+            "{files:?}"
+        );
+        let results = bench.dir.path().join("results/unit");
+        for k in ["", "repetition-2", "repetition-3"] {
+            let report = results.join(&second.run_id).join("a/t1").join(k);
+            assert!(report.join("report.csv").is_file(), "{k}");
+        }
+        let first_dir = results.join(&first.run_id).join("a/t1");
+        assert!(first_dir.join("report.csv").is_file());
+        let copied = &r.earlier[0].results;
+        let original = std::fs::read(first_dir.join("report.csv")).unwrap();
+        let report = copied
+            .iter()
+            .find(|f| f.path.ends_with("report.csv"))
+            .unwrap();
+        assert_eq!(report.sha256, crate::state::sha256_hex(&original));
+    }
+
     const VARIANTS: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\nrepetitions = 2\n\
         [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
         [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n";
