@@ -636,7 +636,13 @@ async fn race_rounds<P: Provider>(
                 }
                 Ok(()) => checkpoint(ctx, &test.address, Step::Terminating),
                 // It drops out; the machine it still holds is given back with the group's.
-                Err(Stop::Failed(f)) => Err(failed_as_recorded(ctx, &test.address, f)),
+                Err(Stop::Failed(mut f)) => match keep_failure(ctx, test, &f).await {
+                    Ok(logs) => {
+                        f.logs = logs;
+                        Err(failed_as_recorded(ctx, &test.address, f))
+                    }
+                    Err(stop) => Err(stop),
+                },
                 Err(other) => Err(other),
             };
             let stop_all = matches!(outcome, Err(Stop::Interrupted | Stop::State(_)));

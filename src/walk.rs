@@ -1087,6 +1087,15 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(fake.held.lock().unwrap().is_empty());
         assert!(record(&bench, "a.t1-y").live_machine().is_none());
         assert_eq!(record(&bench, "a.t1-x").finished_repetitions(), 2);
+        // Its logs were brought home from the machine the others went on racing on.
+        let Status::Failed {
+            logs: Some(logs), ..
+        } = bench.status("a.t1-y")
+        else {
+            panic!("{:?}", bench.status("a.t1-y"));
+        };
+        let log = std::fs::read_to_string(logs.join("race.log")).unwrap();
+        assert!(log.contains("boom"), "{log}");
         // The next apply races y's two on a machine of its own.
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
