@@ -70,6 +70,7 @@ fn view(run: &str, shift: f64) -> RunView {
                 run_id: Some(run.into()),
                 status: Some("completed".into()),
                 failure: None,
+                logs: None,
                 instance_type: Some("m5.large".into()),
                 zone: None,
                 spot: false,

@@ -44,14 +44,59 @@ pub fn describe(
     record: &TestRecord,
     files: &mut Vec<ResultFile>,
 ) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(&parse::Configuration::of(record))
-        .map_err(std::io::Error::other)?;
-    let path = dir.join(parse::CONFIGURATION_FILE);
+    write_beside(
+        dir,
+        parse::CONFIGURATION_FILE,
+        &parse::Configuration::of(record),
+        files,
+    )
+}
+
+/// Writes [`parse::FAILURE_FILE`] beside a failed race's files (or where they would have been,
+/// when none could be brought home): why it failed, for a look at the run once state has moved
+/// on.
+pub fn describe_failure(
+    dir: &Path,
+    failure: &parse::RaceFailure,
+    files: &mut Vec<ResultFile>,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_beside(dir, parse::FAILURE_FILE, failure, files)
+}
+
+/// Writes `value` as JSON to `dir/name`, taking the place of a file of that name the machine
+/// sent, in `files` too.
+fn write_beside(
+    dir: &Path,
+    name: &str,
+    value: &impl serde::Serialize,
+    files: &mut Vec<ResultFile>,
+) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    let path = dir.join(name);
     std::fs::write(&path, &bytes)?;
     let file = ResultFile::of(path, &bytes);
     files.retain(|f| f.path != file.path);
     files.push(file);
     Ok(())
+}
+
+/// Copies a finished race's files into `dir`, its directory in another run than the one it
+/// raced in; a race's files lie side by side, so each keeps its name.
+pub fn copy_race(files: &[ResultFile], dir: &Path) -> std::io::Result<Vec<ResultFile>> {
+    std::fs::create_dir_all(dir)?;
+    let mut copied = Vec::with_capacity(files.len());
+    for file in files {
+        let name = file.path.file_name().ok_or_else(|| {
+            std::io::Error::other(format!("{} names no file", file.path.display()))
+        })?;
+        let content = std::fs::read(&file.path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.path.display())))?;
+        let path = dir.join(name);
+        std::fs::write(&path, &content)?;
+        copied.push(ResultFile::of(path, &content));
+    }
+    Ok(copied)
 }
 
 /// The collected report, or why there is none.

@@ -123,6 +123,7 @@ fn fail_in_progress(record: &mut crate::state::TestRecord, why: &str) {
             step,
             error: why.to_owned(),
             log_tail: None,
+            logs: None,
         });
     }
 }

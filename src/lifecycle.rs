@@ -28,8 +28,8 @@ use crate::provider::{Acquire, AcquireError, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
 use crate::staging;
 use crate::state::{
-    Handover, Machine, RecordedSettings, ResultFile, State, StateError, Status, Step, Taken,
-    TestRecord,
+    Handover, Machine, RecordedSettings, Repetition, ResultFile, State, StateError, Status, Step,
+    Taken, TestRecord,
 };
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
@@ -102,6 +102,8 @@ pub struct Failure {
     /// The machine's provider took it back (an EC2 spot interruption): [`run`] races again
     /// on another machine; elsewhere it is a failure like any other.
     pub reclaimed: bool,
+    /// Where the failed race's logs were brought home to.
+    pub logs: Option<PathBuf>,
 }
 
 /// Why a test stopped short of completion.
@@ -126,6 +128,7 @@ fn failure(step: Step, error: impl ToString) -> Failure {
         error: error.to_string(),
         log_tail: None,
         reclaimed: false,
+        logs: None,
     }
 }
 
@@ -207,7 +210,8 @@ pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result
     };
     match outcome {
         Ok(()) => Ok(()),
-        Err(Stop::Failed(f)) => {
+        Err(Stop::Failed(mut f)) => {
+            f.logs = keep_failure(ctx, test, &f).await?;
             record_failure(ctx, address, &f)?;
             // A failed test must not keep its machine: give it back now (EC2's watchdog and a
             // lease's expiry are only the last resort).
@@ -509,6 +513,7 @@ fn record_failure<P: Provider>(
             step: f.step,
             error: f.error.clone(),
             log_tail: f.log_tail.clone(),
+            logs: f.logs.clone(),
         })
     })
 }
@@ -631,7 +636,13 @@ async fn race_rounds<P: Provider>(
                 }
                 Ok(()) => checkpoint(ctx, &test.address, Step::Terminating),
                 // It drops out; the machine it still holds is given back with the group's.
-                Err(Stop::Failed(f)) => Err(failed_as_recorded(ctx, &test.address, f)),
+                Err(Stop::Failed(mut f)) => match keep_failure(ctx, test, &f).await {
+                    Ok(logs) => {
+                        f.logs = logs;
+                        Err(failed_as_recorded(ctx, &test.address, f))
+                    }
+                    Err(stop) => Err(stop),
+                },
                 Err(other) => Err(other),
             };
             let stop_all = matches!(outcome, Err(Stop::Interrupted | Stop::State(_)));
@@ -697,13 +708,14 @@ async fn start_attempt<P: Provider>(
         })?;
     let race_command =
         crate::templates::race_command(&test.settings).map_err(|e| failed(Step::Launching, e))?;
+    let kept = ctx.state.read(|s| match s.tests.get(address) {
+        Some(r) if keep && r.config_hash == artifacts.config_hash => r.finished(),
+        _ => vec![],
+    });
+    let earlier = into_this_run(ctx, test, kept).await?;
     ctx.state.update(|s| {
         let previous = s.tests.get(address);
         let previous_attempt = previous.map_or(0, |r| r.attempt);
-        let earlier = match previous {
-            Some(r) if keep && r.config_hash == artifacts.config_hash => r.finished(),
-            _ => vec![],
-        };
         let mut record = TestRecord {
             attempt: previous_attempt + 1,
             run_id: Some(ctx.run_id.clone()),
@@ -728,6 +740,44 @@ async fn start_attempt<P: Provider>(
     Ok(())
 }
 
+/// The races a new attempt keeps, their files copied into this run's directory of the test,
+/// each where its repetition goes: the races of one result live in the run that records it,
+/// so that run shows the whole result once state has moved on. A race whose files cannot be
+/// copied is listed where it raced, which is said.
+async fn into_this_run<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    races: Vec<Repetition>,
+) -> Result<Vec<Repetition>, Stop> {
+    let test_dir = ctx
+        .results_root
+        .join(slug(&ctx.run_id))
+        .join(test.address.path());
+    let mut kept = Vec::with_capacity(races.len());
+    for (k, mut race) in (1..).zip(races) {
+        if race.run_id != ctx.run_id {
+            let dir = crate::results::load::repetition_dir(&test_dir, k);
+            match crate::collect::copy_race(&race.results, &dir) {
+                Ok(files) => {
+                    ctx.state
+                        .publish(files.clone())
+                        .await
+                        .map_err(|e| failed(Step::Launching, e))?;
+                    race.results = files;
+                }
+                Err(e) => ctx.progress.println(&format!(
+                    "{}: repetition {k} stays in run {}, as its files cannot be copied into {}: {e}",
+                    test.address,
+                    race.run_id,
+                    dir.display()
+                )),
+            }
+        }
+        kept.push(race);
+    }
+    Ok(kept)
+}
+
 /// Ends the race just collected as a repetition and opens the next, at `step`, in one state
 /// write: on the same machine in a run directory of its own (installing), or on a fresh
 /// machine that is a new attempt's, so providers name it apart (launching).
@@ -741,7 +791,7 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
             .tests
             .get_mut(&test.address)
             .expect("a running test is recorded");
-        r.next_repetition(&ctx.run_id);
+        r.next_repetition();
         if step == Step::Launching {
             r.attempt += 1;
             r.instance = None;
@@ -1289,35 +1339,7 @@ async fn collect<P: Provider>(
     conn: &Conn,
     record: &TestRecord,
 ) -> Result<(), Stop> {
-    let run_dir = quoted_run_dir(conn, Step::Collecting)?;
-    let bytes = run_on(
-        ctx,
-        test,
-        conn,
-        &format!("bash {run_dir}/race.sh collect"),
-        b"",
-        Duration::from_secs(600),
-        Step::Collecting,
-    )
-    .await?;
-    let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
-    let dir = crate::results::load::repetition_dir(
-        &ctx.results_root
-            .join(slug(run_id))
-            .join(test.address.path()),
-        record.repetition(),
-    );
-    let files = crate::collect::unpack(&bytes, &dir)
-        .and_then(|mut files| {
-            crate::collect::describe(&dir, record, &mut files)?;
-            Ok(files)
-        })
-        .map_err(|e| {
-            failed(
-                Step::Collecting,
-                format!("cannot store results in {}: {e}", dir.display()),
-            )
-        })?;
+    let files = bring_home(ctx, test, conn, record).await?;
     let report = crate::collect::report(&files)
         .map_err(|e| failed(Step::Collecting, e))?
         .to_owned();
@@ -1332,6 +1354,126 @@ async fn collect<P: Provider>(
         Some(problem) => Err(failed(Step::Racing, problem)),
         None => Ok(()),
     }
+}
+
+/// Where the race under way of `record` keeps its files: `<run>/<suite>/<test>/` under the
+/// workspace's results, in a directory of its own from the second repetition on.
+fn results_dir<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> PathBuf {
+    let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
+    crate::results::load::repetition_dir(
+        &ctx.results_root
+            .join(slug(run_id))
+            .join(test.address.path()),
+        record.repetition(),
+    )
+}
+
+/// Brings the race's report, race.json and logs home into its [`results_dir`], its
+/// configuration beside them.
+async fn bring_home<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
+    record: &TestRecord,
+) -> Result<Vec<ResultFile>, Stop> {
+    let run_dir = quoted_run_dir(conn, Step::Collecting)?;
+    let bytes = run_on(
+        ctx,
+        test,
+        conn,
+        &format!("bash {run_dir}/race.sh collect"),
+        b"",
+        Duration::from_secs(600),
+        Step::Collecting,
+    )
+    .await?;
+    let dir = results_dir(ctx, test, record);
+    crate::collect::unpack(&bytes, &dir)
+        .and_then(|mut files| {
+            crate::collect::describe(&dir, record, &mut files)?;
+            Ok(files)
+        })
+        .map_err(|e| {
+            failed(
+                Step::Collecting,
+                format!("cannot store results in {}: {e}", dir.display()),
+            )
+        })
+}
+
+/// How long bringing a failed race's logs home may take before the machine is released
+/// without them.
+const FAILED_LOGS_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Before a failed test's machine goes: brings a failed race's logs home (they say why it
+/// failed) and writes why beside them, where the race's results would have been, for
+/// `results` to show once state has moved on; returns where the logs are. Best effort: a
+/// machine that is gone cannot give its logs, which is said, and neither that nor a file that
+/// cannot be written stops the failure from being recorded or the machine from being released.
+async fn keep_failure<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    f: &Failure,
+) -> Result<Option<PathBuf>, Stop> {
+    let address = &test.address;
+    let Some(record) = ctx.state.read(|s| s.tests.get(address).cloned()) else {
+        return Ok(None);
+    };
+    let mut files = Vec::new();
+    let raced = matches!(f.step, Step::Racing | Step::Collecting);
+    if raced && !ctx.cancel.is_cancelled() {
+        let fetched = async {
+            let conn = reach(ctx, test).await?;
+            bring_home(ctx, test, &conn, &record).await
+        };
+        let why = match tokio::time::timeout(FAILED_LOGS_TIMEOUT, fetched).await {
+            Ok(Ok(got)) => {
+                files = got;
+                None
+            }
+            Ok(Err(Stop::State(e))) => return Err(Stop::State(e)),
+            Ok(Err(Stop::Failed(not))) => Some(not.error),
+            Ok(Err(Stop::Interrupted)) => Some("interrupted".to_owned()),
+            Err(_) => Some(format!(
+                "they did not come within {}",
+                humantime::format_duration(FAILED_LOGS_TIMEOUT)
+            )),
+        };
+        if let Some(why) = why {
+            ctx.progress.println(&format!(
+                "{address}: the failed race's logs cannot be brought home: {why}"
+            ));
+        }
+    }
+    let brought = !files.is_empty();
+    let dir = results_dir(ctx, test, &record);
+    let failure = crate::results::parse::RaceFailure {
+        step: f.step,
+        error: f.error.clone(),
+    };
+    let kept = crate::collect::describe_failure(&dir, &failure, &mut files)
+        .map_err(|e| format!("cannot write to {}: {e}", dir.display()));
+    let published = match kept {
+        Ok(()) => ctx
+            .state
+            .publish(files.clone())
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = published {
+        ctx.progress
+            .println(&format!("{address}: why it failed is not kept: {e}"));
+        return Ok(brought.then_some(dir));
+    }
+    ctx.state.record(address, |r| r.results = files)?;
+    if brought {
+        ctx.progress.println(&format!(
+            "{address}: the failed race's logs are in {}",
+            dir.display()
+        ));
+    }
+    Ok(brought.then_some(dir))
 }
 
 /// Gives back the machine a test's record holds, if it may still hold one, and records that.

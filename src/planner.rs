@@ -961,6 +961,7 @@ name = "d"
                 step: Step::Installing,
                 error: "pip failed\nmore".into(),
                 log_tail: None,
+                logs: None,
             },
         );
         state.tests.insert(a, r);

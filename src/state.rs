@@ -205,6 +205,9 @@ pub enum Status {
         error: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         log_tail: Option<String>,
+        /// Where the failed race's logs were brought home to, under `results/`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logs: Option<PathBuf>,
     },
 }
 
@@ -483,6 +486,8 @@ struct RecordFields {
     error: Option<String>,
     #[serde(default)]
     log_tail: Option<String>,
+    #[serde(default)]
+    logs: Option<PathBuf>,
     attempt: u32,
     #[serde(default)]
     run_id: Option<String>,
@@ -517,16 +522,17 @@ impl TryFrom<RecordFields> for TestRecord {
     type Error = String;
 
     fn try_from(r: RecordFields) -> Result<TestRecord, String> {
-        let status = match (r.status, r.step, r.error, r.log_tail) {
-            (StatusName::Pending, None, None, None) => Status::Pending,
-            (StatusName::Completed, None, None, None) => Status::Completed,
-            (StatusName::InProgress, Some(step), None, None) => Status::InProgress { step },
-            (StatusName::Failed, Some(step), Some(error), log_tail) => Status::Failed {
+        let status = match (r.status, r.step, r.error, r.log_tail, r.logs) {
+            (StatusName::Pending, None, None, None, None) => Status::Pending,
+            (StatusName::Completed, None, None, None, None) => Status::Completed,
+            (StatusName::InProgress, Some(step), None, None, None) => Status::InProgress { step },
+            (StatusName::Failed, Some(step), Some(error), log_tail, logs) => Status::Failed {
                 step,
                 error,
                 log_tail,
+                logs,
             },
-            (name, step, error, log_tail) => {
+            (name, step, error, log_tail, logs) => {
                 let wants = match name {
                     StatusName::Pending | StatusName::Completed => "no `step` or `error`",
                     StatusName::InProgress => "a `step` and no `error`",
@@ -536,6 +542,7 @@ impl TryFrom<RecordFields> for TestRecord {
                     step.map(|_| "step"),
                     error.map(|_| "error"),
                     log_tail.map(|_| "log_tail"),
+                    logs.map(|_| "logs"),
                 ]
                 .into_iter()
                 .flatten()
@@ -656,12 +663,13 @@ impl TestRecord {
         }
     }
 
-    /// Ends the current race as a finished repetition and opens the next in `run_id`, with a
-    /// new race id; the machine stays where it is, for the caller to reuse or replace.
-    pub fn next_repetition(&mut self, run_id: &str) {
+    /// Ends the current race as a finished repetition and opens the next, with a new race id,
+    /// in the same run, though a later apply resumed the attempt: the races of one result live
+    /// in the run that records it. The machine stays where it is, for the caller to reuse or
+    /// replace.
+    pub fn next_repetition(&mut self) {
         self.earlier.push(self.current());
         self.results.clear();
-        self.run_id = Some(run_id.to_owned());
         self.race_id = Some(Uuid::new_v4());
     }
 
@@ -1134,6 +1142,7 @@ mod tests {
                 step: Step::Racing,
                 error: "race exited with 64".into(),
                 log_tail: Some("boom".into()),
+                logs: Some("results/w/run/b/a".into()),
             },
         )
     }

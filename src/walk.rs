@@ -530,6 +530,76 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!(spent, ["m-t1-1", "m-t1-2"]);
     }
 
+    /// A failed race's logs are brought home under `results/` before its machine goes, why it
+    /// failed beside them, and state's failure names where they are.
+    #[test]
+    fn a_failed_races_logs_are_brought_home_and_its_failure_names_them() {
+        let mut bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\nrally_args = [\"--fail\"]\n",
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        let dir = (bench.dir.path().join("results/unit"))
+            .join(&report.run_id)
+            .join("a/t1");
+        let Status::Failed { logs, .. } = bench.status("a.t1") else {
+            panic!("{:?}", bench.status("a.t1"));
+        };
+        assert_eq!(logs.as_deref(), Some(dir.as_path()));
+        let log = std::fs::read_to_string(dir.join("race.log")).unwrap();
+        assert!(log.contains("boom: the cluster said no"), "{log}");
+        let why = crate::results::parse::race_failure(&dir.join("failure.json")).unwrap();
+        assert_eq!(
+            (why.step, why.error.as_str()),
+            (Step::Racing, "esrally exited with 64")
+        );
+        let kept: Vec<_> = (record(&bench, "a.t1").results.iter())
+            .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            kept.iter().any(|f| f == "race.log") && kept.iter().any(|f| f == "failure.json"),
+            "{kept:?}"
+        );
+    }
+
+    /// A machine gone mid-race cannot give its logs: that is said, why the race failed is
+    /// still kept under `results/`, and the machine is still given back.
+    #[test]
+    fn a_machine_gone_mid_race_gives_no_logs_and_is_given_back_all_the_same() {
+        let mut bench = Bench::new(&format!("rally_args = [\"--hang\"]\n{ONE_TEST}"));
+        let fake = Fake::default();
+        // Once the race runs, its machine goes, and the race with it.
+        let remote = bench.dir.path().join("remote");
+        let goes = fake.clone();
+        std::thread::spawn(move || {
+            for _ in 0..600 {
+                let hung = crate::templates::list_files(&remote)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|p| p.ends_with("hung.pid"));
+                if let Some(pid) = hung.and_then(|p| std::fs::read_to_string(remote.join(p)).ok()) {
+                    goes.gone.lock().unwrap().insert("m-t1-1".into());
+                    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.failed[0].1, Step::Racing, "{:?}", report.failed);
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        let Status::Failed { logs, error, .. } = bench.status("a.t1") else {
+            panic!("{:?}", bench.status("a.t1"));
+        };
+        assert_eq!(logs, None);
+        let dir = (bench.dir.path().join("results/unit"))
+            .join(&report.run_id)
+            .join("a/t1");
+        let why = crate::results::parse::race_failure(&dir.join("failure.json")).unwrap();
+        assert_eq!(why.error, error);
+        assert!(!dir.join("race.log").exists());
+    }
+
     /// A machine that stops answering is asked after: gone fails the test with why; a provider
     /// that cannot tell fails it too, saying so, never taking "cannot tell" for "still there".
     #[test]
@@ -880,6 +950,95 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!((r.finished_repetitions(), r.race_id), (3, race_id));
     }
 
+    /// Every file of a test's result as state records it, relative to the workspace's
+    /// results: each race's, earlier ones first.
+    fn result_files(bench: &Bench, address: &str) -> Vec<PathBuf> {
+        let r = record(bench, address);
+        let root = bench.dir.path().join("results/unit");
+        (r.earlier.iter().map(|e| &e.results))
+            .chain([&r.results])
+            .flatten()
+            .map(|f| f.path.strip_prefix(&root).unwrap().to_owned())
+            .collect()
+    }
+
+    /// A test stopped in its second race of three and resumed by a later apply: the races of
+    /// its result all live in the run that began it, which records it.
+    #[test]
+    fn a_test_resumed_by_a_later_apply_keeps_its_races_in_the_run_that_began_them() {
+        let mut bench = Bench::new(&format!("repetitions = 3\n{ONE_TEST}"));
+        let (first, _) = bench.apply(Fake::default(), &Options::default());
+        // Back to the second race under way, as the first apply left it when killed.
+        let r = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
+        r.race_id = Some(r.earlier[1].race_id);
+        r.earlier.truncate(1);
+        let machine = r.instance.as_mut().unwrap();
+        machine.run_dir = Some(machine.run_dir.as_ref().unwrap().replace("/1.3", "/1.2"));
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        let run_dir = bench.dir.path().join("results/unit").join(&first.run_id);
+        for k in ["repetition-2", "repetition-3"] {
+            std::fs::remove_dir_all(run_dir.join("a/t1").join(k)).unwrap();
+        }
+        let (second, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(second.completed.len(), 1, "{:?}", second.failed);
+        let r = record(&bench, "a.t1");
+        assert_eq!(r.finished_repetitions(), 3);
+        assert_eq!(r.run_id.as_deref(), Some(first.run_id.as_str()));
+        let files = result_files(&bench, "a.t1");
+        assert!(
+            files.iter().all(|f| f.starts_with(&first.run_id)),
+            "{files:?}"
+        );
+        for k in ["", "repetition-2", "repetition-3"] {
+            assert!(
+                run_dir.join("a/t1").join(k).join("report.csv").is_file(),
+                "{k}"
+            );
+        }
+        let second_dir = bench.dir.path().join("results/unit").join(&second.run_id);
+        assert!(
+            !second_dir.exists(),
+            "the resuming run holds none of its races"
+        );
+    }
+
+    /// A test whose second race failed races it again in a later apply as a new attempt,
+    /// keeping the first: that first race's files are copied into the later run, which
+    /// records the result, so that run holds all its races; where it raced keeps them too.
+    #[test]
+    fn a_new_attempt_keeps_its_earlier_races_in_the_run_that_records_it() {
+        let mut bench = Bench::new(&format!(
+            "repetitions = 3\nrally_args = [\"--fail-at=2\"]\n{ONE_TEST}"
+        ));
+        let (first, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(first.failed.len(), 1);
+        let (second, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(second.completed.len(), 1, "{:?}", second.failed);
+        let r = record(&bench, "a.t1");
+        assert_eq!(r.finished_repetitions(), 3);
+        assert_eq!(r.run_id.as_deref(), Some(second.run_id.as_str()));
+        assert_eq!(r.earlier[0].run_id, first.run_id, "where it raced");
+        let files = result_files(&bench, "a.t1");
+        assert!(
+            files.iter().all(|f| f.starts_with(&second.run_id)),
+            "{files:?}"
+        );
+        let results = bench.dir.path().join("results/unit");
+        for k in ["", "repetition-2", "repetition-3"] {
+            let report = results.join(&second.run_id).join("a/t1").join(k);
+            assert!(report.join("report.csv").is_file(), "{k}");
+        }
+        let first_dir = results.join(&first.run_id).join("a/t1");
+        assert!(first_dir.join("report.csv").is_file());
+        let copied = &r.earlier[0].results;
+        let original = std::fs::read(first_dir.join("report.csv")).unwrap();
+        let report = copied
+            .iter()
+            .find(|f| f.path.ends_with("report.csv"))
+            .unwrap();
+        assert_eq!(report.sha256, crate::state::sha256_hex(&original));
+    }
+
     const VARIANTS: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\nrepetitions = 2\n\
         [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
         [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n";
@@ -941,6 +1100,15 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(fake.held.lock().unwrap().is_empty());
         assert!(record(&bench, "a.t1-y").live_machine().is_none());
         assert_eq!(record(&bench, "a.t1-x").finished_repetitions(), 2);
+        // Its logs were brought home from the machine the others went on racing on.
+        let Status::Failed {
+            logs: Some(logs), ..
+        } = bench.status("a.t1-y")
+        else {
+            panic!("{:?}", bench.status("a.t1-y"));
+        };
+        let log = std::fs::read_to_string(logs.join("race.log")).unwrap();
+        assert!(log.contains("boom"), "{log}");
         // The next apply races y's two on a machine of its own.
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);

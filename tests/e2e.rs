@@ -231,6 +231,7 @@ fn a_failing_race_is_reported_with_its_log_and_its_sibling_completes() {
             step,
             error,
             log_tail,
+            logs,
         } => {
             assert_eq!(step, rallyctl::state::Step::Racing);
             assert!(error.contains("64"), "{error}");
@@ -238,6 +239,11 @@ fn a_failing_race_is_reported_with_its_log_and_its_sibling_completes() {
                 log_tail.unwrap().contains("no-such-challenge"),
                 "the log tail does not show the cause"
             );
+            // Its logs came home before the instance was terminated, why beside them.
+            let logs = run.dir.path().join(logs.expect("state names the logs"));
+            let race_log = std::fs::read_to_string(logs.join("race.log")).unwrap();
+            assert!(race_log.contains("no-such-challenge"), "{race_log}");
+            assert!(logs.join("failure.json").is_file());
         }
         other => panic!("s.bad is {other:?}"),
     }

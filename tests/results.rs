@@ -312,6 +312,7 @@ fn realistic() -> Tree {
             step: Step::Racing,
             error: "requests failed during the race (error rate: match-all 100%)".into(),
             log_tail: None,
+            logs: None,
         },
         files,
     );
@@ -324,6 +325,7 @@ fn realistic() -> Tree {
             step: Step::Racing,
             error: "the race exited with 64\nTraceback ...".into(),
             log_tail: None,
+            logs: None,
         },
         files,
     );
@@ -393,6 +395,63 @@ fn a_past_run_is_read_as_of_that_run() {
     assert_eq!(
         v["tests"][0]["tasks"][0]["metrics"]["throughput"]["value"],
         4500.0
+    );
+}
+
+/// A failed race's logs are named wherever its failure is shown, and a run whose failed test
+/// ran again later still lists that failure, read from beside the logs under `results/`.
+#[test]
+fn failed_runs_are_listed_with_their_failures_and_where_their_logs_are() {
+    let mut t = Tree::new();
+    let why = |step: &str, error: &str| {
+        serde_json::to_vec(&serde_json::json!({"step": step, "error": error})).unwrap()
+    };
+    let a = addr("ingest", "a");
+    // Run 1: `a` failed racing; the next run raced it again, so state forgot the failure.
+    t.files(
+        RUN1,
+        &a,
+        &[
+            ("race.log", b"boom: the cluster said no\n".to_vec()),
+            (
+                "failure.json",
+                why("racing", "esrally exited with 64\nTraceback"),
+            ),
+        ],
+    );
+    let files = t.files(RUN2, &a, &rally_files("success"));
+    t.record(&a, RUN2, Status::Completed, files);
+    // Run 2: `b` stalled; state names its logs.
+    let b = addr("ingest", "b");
+    let stalled = "the race stalled: neither its console nor Rally's log changed for 10m";
+    let logs = t.files(
+        RUN2,
+        &b,
+        &[
+            ("race.log", b"connecting\n".to_vec()),
+            ("failure.json", why("racing", stalled)),
+        ],
+    );
+    t.record(
+        &b,
+        RUN2,
+        Status::Failed {
+            step: Step::Racing,
+            error: stalled.into(),
+            log_tail: None,
+            logs: Some(Path::new("results/e2e").join(RUN2).join(b.path())),
+        },
+        logs,
+    );
+    t.save();
+    insta::assert_snapshot!("runs_with_failures", t.results(&["--runs"], 0));
+    insta::assert_snapshot!("a_failed_run", t.results(&["--run", RUN1], 0));
+    insta::assert_snapshot!("latest_with_a_failure", t.results(&[], 0));
+    let v: serde_json::Value = serde_json::from_str(&t.results(&["--runs", "--json"], 0)).unwrap();
+    assert_eq!(v["runs"][0]["failed"], 1);
+    assert_eq!(
+        v["runs"][0]["failures"][0],
+        serde_json::json!({"address": "ingest.a", "step": "racing", "error": "esrally exited with 64"})
     );
 }
 
@@ -1121,6 +1180,7 @@ fn a_run_without_results_is_no_baseline() {
         step: Step::Launching,
         error: "no capacity".into(),
         log_tail: None,
+        logs: None,
     };
     t.record(&address, "20261126T081500Z-cccccc", failed, vec![]);
     t.save();

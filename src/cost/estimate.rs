@@ -544,6 +544,7 @@ mod tests {
             step: Step::Racing,
             error: "boom".into(),
             log_tail: None,
+            logs: None,
         };
         assert_eq!(races(Action::Run, failed.clone(), 2, "same"), Some(3));
         // Another configuration, or a replacement: all five.

@@ -732,6 +732,7 @@ mod tests {
                 run_id: Some(run.into()),
                 status: Some("completed".into()),
                 failure: None,
+                logs: None,
                 instance_type: None,
                 zone: None,
                 spot: false,

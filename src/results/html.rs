@@ -211,6 +211,13 @@ fn test_section<'a>(
     if let Some(error) = &test.failure {
         let _ = writeln!(out, "<p class=\"problem\">Failed: {}</p>", esc(error));
     }
+    if let Some(logs) = &test.logs {
+        let _ = writeln!(
+            out,
+            "<p class=\"meta\">Its logs: {}</p>",
+            esc(&logs.display().to_string())
+        );
+    }
     for p in &test.problems {
         let _ = writeln!(out, "<p class=\"problem\">{}</p>", esc(p));
     }

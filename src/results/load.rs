@@ -39,6 +39,9 @@ pub struct TestResult {
     /// The error state recorded for a failed test.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Where the failed race's logs were brought home to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<PathBuf>,
     pub instance_type: Option<String>,
     /// The Availability Zone the instance ran in (EC2's hardware differs between zones).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,12 +118,25 @@ pub struct RunSummary {
     pub started: Option<jiff::Timestamp>,
     /// Tests with a results directory in this run.
     pub tests: usize,
-    /// Tests whose current record in state is from this run, and how many of them failed.
+    /// Tests whose current record in state is from this run.
     pub current: usize,
+    /// How many tests failed in this run: [`RunSummary::failures`] counted.
     pub failed: usize,
+    /// The tests that failed in this run, as state records them or, once state moved on, as
+    /// the failure file beside their logs says.
+    pub failures: Vec<RunFailure>,
     pub baseline: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<Bill>,
+}
+
+/// A test that failed in a run: at which step, and the error's first line.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFailure {
+    pub address: Address,
+    /// None when the failure file cannot be read (the error says why).
+    pub step: Option<state::Step>,
+    pub error: String,
 }
 
 impl Workspace {
@@ -195,7 +211,9 @@ impl Workspace {
                     tests.push(read_recorded(&address, record, &self.base.dir));
                     continue;
                 }
-                let races = repetition_dirs(&dir)?
+                let dirs = repetition_dirs(&dir)?;
+                let failure = failure_in(&dirs);
+                let races = dirs
                     .into_iter()
                     .map(|d| Files {
                         report: Some(d.join("report.csv")).filter(|p| p.exists()),
@@ -210,11 +228,20 @@ impl Workspace {
                     })
                     .collect();
                 let mut result = read_test(&address, Some(dir_run.clone()), None, races);
+                match failure {
+                    Some((Ok(failed), logs)) => {
+                        result.status = Some(format!("failed ({})", failed.step));
+                        result.failure = Some(failed.error);
+                        result.logs = logs;
+                    }
+                    Some((Err(e), _)) => result.problems.push(e.to_string()),
+                    None => {}
+                }
                 // State's record is of a later run, and still holds the machine time of this one.
                 result.cost = (self.state.as_ref())
                     .and_then(|s| s.tests.get(&address))
                     .and_then(|r| bill::of_test(r, dir_run));
-                if result.tasks.is_empty() && result.problems.is_empty() {
+                if result.tasks.is_empty() && result.problems.is_empty() && !result.failed() {
                     result
                         .problems
                         .push(format!("{}: no report.csv was collected", dir.display()));
@@ -274,14 +301,55 @@ impl Workspace {
                     .iter()
                     .filter(|r| r.run_id.as_deref() == Some(run_id.as_str()))
                     .collect();
+                let mut failures: BTreeMap<Address, RunFailure> = BTreeMap::new();
+                for (address, dir) in self.test_dirs(&run_id)? {
+                    let (step, error) = match failure_in(&repetition_dirs(&dir)?) {
+                        None => continue,
+                        Some((Ok(f), _)) => (Some(f.step), f.error),
+                        Some((Err(e), _)) => (None, e.to_string()),
+                    };
+                    failures.insert(
+                        address.clone(),
+                        RunFailure {
+                            address,
+                            step,
+                            error,
+                        },
+                    );
+                }
+                // State's word on the tests it still records from this run comes last, and wins.
+                let recorded = self.state.iter().flat_map(|s| &s.tests);
+                for (address, record) in recorded {
+                    if record.run_id.as_deref() != Some(run_id.as_str()) {
+                        continue;
+                    }
+                    match &record.status {
+                        Status::Failed { step, error, .. } => {
+                            let error = error.clone();
+                            failures.insert(
+                                address.clone(),
+                                RunFailure {
+                                    address: address.clone(),
+                                    step: Some(*step),
+                                    error,
+                                },
+                            );
+                        }
+                        _ => {
+                            failures.remove(address);
+                        }
+                    }
+                }
+                let mut failures: Vec<RunFailure> = failures.into_values().collect();
+                for f in &mut failures {
+                    f.error = f.error.lines().next().unwrap_or_default().to_owned();
+                }
                 Ok(RunSummary {
                     started: run_started(&run_id),
                     tests: self.test_dirs(&run_id)?.len(),
                     current: current.len(),
-                    failed: current
-                        .iter()
-                        .filter(|r| matches!(r.status, Status::Failed { .. }))
-                        .count(),
+                    failed: failures.len(),
+                    failures,
                     baseline: self.baseline() == Some(run_id.as_str()),
                     cost: self.state.as_ref().and_then(|s| bill::of_run(s, &run_id)),
                     run_id,
@@ -416,6 +484,26 @@ fn repetition_dirs(test_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
         .collect())
 }
 
+/// The failure rallyctl wrote beside the last of a test's races in a run that has one, and
+/// where its logs are when any were brought home.
+#[allow(clippy::type_complexity)]
+fn failure_in(
+    dirs: &[PathBuf],
+) -> Option<(
+    Result<parse::RaceFailure, parse::FileError>,
+    Option<PathBuf>,
+)> {
+    dirs.iter().rev().find_map(|d| {
+        let path = d.join(parse::FAILURE_FILE);
+        let failure = path.exists().then(|| parse::race_failure(&path))?;
+        let logs = ["race.log", "rally.log"]
+            .iter()
+            .any(|f| d.join(f).exists())
+            .then(|| d.clone());
+        Some((failure, logs))
+    })
+}
+
 /// A test's result as state records it: every finished repetition, or the files of the one
 /// attempt there is when none finished (a failed race's report says what went wrong).
 fn read_recorded(address: &Address, record: &TestRecord, base: &Path) -> TestResult {
@@ -514,6 +602,10 @@ fn read_test(
         status: record.map(|r| r.status.label()),
         failure: record.and_then(|r| match &r.status {
             Status::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        }),
+        logs: record.and_then(|r| match &r.status {
+            Status::Failed { logs, .. } => logs.clone(),
             _ => None,
         }),
         instance_type: record.and_then(|r| {

@@ -280,6 +280,30 @@ pub fn configuration(path: &Path) -> Result<Configuration, FileError> {
     })
 }
 
+/// The file rallyctl writes beside a failed race's logs, under `results/`: why the race
+/// failed, which a run's listing and a past run's view read once state has moved on.
+pub const FAILURE_FILE: &str = "failure.json";
+
+/// What [`FAILURE_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaceFailure {
+    pub step: crate::state::Step,
+    pub error: String,
+}
+
+/// Reads a race's [`FAILURE_FILE`].
+pub fn race_failure(path: &Path) -> Result<RaceFailure, FileError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| FileError::new(path, None, format!("cannot read: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        FileError::new(
+            path,
+            Some(e.line() as u64),
+            format!("not a failure rallyctl wrote: {e}"),
+        )
+    })
+}
+
 /// How long the race took by Rally's own count: the `[INFO] SUCCESS (took 37 seconds)` (or
 /// `FAILURE`) line esrally ends its console output with. `None` when the log has no such line.
 pub fn race_log_seconds(path: &Path) -> Option<u64> {

@@ -369,11 +369,14 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
             ]);
             rows.push(row);
         }
-        let notes = no_metrics_note(test).into_iter().map(|n| (n, None)).chain(
-            test.problems
-                .iter()
-                .map(|p| (format!("error: {p}"), Some(Tone::Bad))),
-        );
+        let logs = (test.logs.as_ref()).map(|l| (format!("logs: {}", l.display()), None));
+        let notes = (no_metrics_note(test).into_iter().map(|n| (n, None)))
+            .chain(logs)
+            .chain(
+                test.problems
+                    .iter()
+                    .map(|p| (format!("error: {p}"), Some(Tone::Bad))),
+            );
         for (note, tone) in notes {
             let mut row = lead();
             row.push(toned(note, tone));
@@ -554,6 +557,13 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
             );
             if runs.is_empty() {
                 out.push_str(&format!("No runs of workspace `{workspace}` yet.\n"));
+            }
+            for r in runs.iter().filter(|r| !r.failures.is_empty()) {
+                out.push_str(&format!("Failed in {}:\n", r.run_id));
+                for f in &r.failures {
+                    let step = f.step.map_or("?".to_owned(), |s| s.to_string());
+                    out.push_str(&format!("  {} at {step}: {}\n", f.address, f.error));
+                }
             }
             out
         }
