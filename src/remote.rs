@@ -354,10 +354,12 @@ mod tests {
         for _ in 0..100 {
             let child = std::fs::read_dir("/proc").unwrap().find_map(|e| {
                 let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                // By its name too: until it execs, its parent's command line names the report.
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                String::from_utf8_lossy(&cmd)
-                    .contains(report.to_str().unwrap())
-                    .then_some(pid)
+                (comm.trim() == "esrally"
+                    && String::from_utf8_lossy(&cmd).contains(report.to_str().unwrap()))
+                .then_some(pid)
             });
             if let Some(pid) = child {
                 return (pid, parent);
