@@ -507,7 +507,8 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
             .filter(|(_, cmd)| cmd.contains(&left) || cmd.trim() == "sleep 600")
             .count()
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // A bound on the harness, not a figure: a loaded machine has taken over 10 s to show both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while leftovers() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
