@@ -269,13 +269,18 @@ impl Configuration {
 
 /// Reads a race's [`CONFIGURATION_FILE`].
 pub fn configuration(path: &Path) -> Result<Configuration, FileError> {
+    written(path, "configuration")
+}
+
+/// A JSON file rallyctl wrote beside a race's files, read back; `what` names it in the error.
+fn written<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, FileError> {
     let bytes =
         std::fs::read(path).map_err(|e| FileError::new(path, None, format!("cannot read: {e}")))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         FileError::new(
             path,
             Some(e.line() as u64),
-            format!("not a configuration rallyctl wrote: {e}"),
+            format!("not a {what} rallyctl wrote: {e}"),
         )
     })
 }
@@ -293,15 +298,7 @@ pub struct RaceFailure {
 
 /// Reads a race's [`FAILURE_FILE`].
 pub fn race_failure(path: &Path) -> Result<RaceFailure, FileError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| FileError::new(path, None, format!("cannot read: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        FileError::new(
-            path,
-            Some(e.line() as u64),
-            format!("not a failure rallyctl wrote: {e}"),
-        )
-    })
+    written(path, "failure")
 }
 
 /// How long the race took by Rally's own count: the `[INFO] SUCCESS (took 37 seconds)` (or
