@@ -11,10 +11,14 @@ use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use super::diag::{PlanErrors, Sink};
+use super::settings::{
+    self, ALTERNATIVES, Decl, MAX_REPETITIONS, SETTINGS, Ty, applies, at, required, setting,
+    shares_machine,
+};
 use super::source::{Entry, Format, Kind, Node};
 use super::{
     AwsSettings, Connect, LocalPath, MachineSettings, Market, MarketKind, PLAN_VERSION, Plan,
@@ -24,197 +28,10 @@ use super::{
 use crate::FastHash;
 use crate::address::{self, Address};
 
-/// The type each settings key takes; the same keys are valid in `[defaults]` and in a test.
-#[derive(Clone, Copy, PartialEq)]
-enum Ty {
-    Str,
-    Strs,
-    Bool,
-    Port,
-    /// At least the given minimum, which the message explains.
-    Duration(Duration, &'static str),
-    Connect,
-    /// `on_demand` or `spot`.
-    Market,
-    /// US dollars per hour: a positive decimal, as a string or a number.
-    Price,
-    Provider,
-    /// How many times a test races: 1 to [`MAX_REPETITIONS`].
-    Repetitions,
-    RepeatOn,
-    /// A pool of SSH hosts: at least one, none twice.
-    Hosts,
-    /// `host:port` each.
-    HostPorts,
-    /// An AWS region name: `us-east-1`.
-    Region,
-    /// An EC2 resource id with this prefix: `ami-0123abcd`.
-    AwsId(&'static str),
-    /// An AMI id, or `"baked"` (the image `rallyctl bake` made from `base_ami`).
-    Ami,
-    /// A list of them.
-    AwsIds(&'static str),
-    /// A version of a PyPI package: `2.13.0`, `2.14.0rc1`.
-    Version,
-    /// EC2 tags: a table of strings within EC2's limits, apart from rallyctl's own.
-    Tags,
-    JsonMap,
-    File,
-    TrackDir,
-}
-
-/// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 39] = [
-    ("ami", Ty::Ami),
-    ("base_ami", Ty::AwsId("ami")),
-    ("car", Ty::Str),
-    ("car_params", Ty::JsonMap),
-    ("challenge", Ty::Str),
-    ("client_options", Ty::Str),
-    ("connect", Ty::Connect),
-    ("distribution_version", Ty::Str),
-    ("hosts", Ty::Hosts),
-    ("instance_type", Ty::Str),
-    ("market", Ty::Market),
-    ("max_price", Ty::Price),
-    (
-        "max_runtime",
-        Ty::Duration(
-            MIN_RUNTIME,
-            "the 1 minute the shutdown watchdog can schedule",
-        ),
-    ),
-    ("offline", Ty::Bool),
-    ("on_interruption", Ty::Market),
-    ("pipeline", Ty::Str),
-    ("provider", Ty::Provider),
-    ("rally_args", Ty::Strs),
-    ("rally_config", Ty::File),
-    ("rally_version", Ty::Version),
-    ("region", Ty::Region),
-    ("remote_dir", Ty::Str),
-    ("repeat_on", Ty::RepeatOn),
-    ("repetitions", Ty::Repetitions),
-    ("reuse_instances", Ty::Bool),
-    ("runtime_jdk", Ty::Str),
-    ("security_group_ids", Ty::AwsIds("sg")),
-    ("ssh_key", Ty::Str),
-    ("ssh_known_hosts", Ty::Str),
-    ("ssh_port", Ty::Port),
-    ("ssh_user", Ty::Str),
-    (
-        "stall_timeout",
-        Ty::Duration(Duration::from_secs(1), "a second"),
-    ),
-    ("subnet_id", Ty::AwsId("subnet")),
-    ("subnet_ids", Ty::AwsIds("subnet")),
-    ("tags", Ty::Tags),
-    ("target_hosts", Ty::HostPorts),
-    ("track", Ty::Str),
-    ("track_params", Ty::JsonMap),
-    ("track_path", Ty::TrackDir),
-];
-
-fn setting(key: &str) -> Option<usize> {
-    SETTINGS.binary_search_by(|(k, _)| (*k).cmp(key)).ok()
-}
-
-/// The index of a settings key, resolved at compile time (`const { at("region") }`).
-const fn at(name: &str) -> usize {
-    let mut i = 0;
-    while i < SETTINGS.len() {
-        let (k, n) = (SETTINGS[i].0.as_bytes(), name.as_bytes());
-        if k.len() == n.len() {
-            let mut j = 0;
-            while j < k.len() && k[j] == n[j] {
-                j += 1;
-            }
-            if j == k.len() {
-                return i;
-            }
-        }
-        i += 1;
-    }
-    panic!("not a settings key")
-}
-
 const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite", "backend"];
 const S3_KEYS: &[&str] = &[
     "bucket", "prefix", "region", "endpoint", "profile", "role_arn",
 ];
-const SUITE_KEYS: &[&str] = &["name", "parallelism", "reuse_instances", "test"];
-const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
-    let mut names = [""; SETTINGS.len()];
-    let mut i = 0;
-    while i < SETTINGS.len() {
-        names[i] = SETTINGS[i].0;
-        i += 1;
-    }
-    names
-};
-/// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
-/// all of them.
-const AWS_ONLY: [usize; 13] = [
-    at("ami"),
-    at("base_ami"),
-    at("connect"),
-    at("instance_type"),
-    at("market"),
-    at("max_price"),
-    at("on_interruption"),
-    at("region"),
-    at("reuse_instances"),
-    at("security_group_ids"),
-    at("subnet_id"),
-    at("subnet_ids"),
-    at("tags"),
-];
-/// Settings that say one thing two ways: a table that sets either inherits neither.
-const ALTERNATIVES: [[usize; 2]; 2] = [
-    [at("track"), at("track_path")],
-    [at("subnet_id"), at("subnet_ids")],
-];
-const SSH_ONLY: [usize; 3] = [at("hosts"), at("ssh_key"), at("ssh_known_hosts")];
-/// Beside the settings only some providers read (which make or reach a machine), what bounds a
-/// test's machine or says how often it races: none may differ between the variants of a test,
-/// since they share the machine ([`shares_machine`]).
-const PER_MACHINE: [usize; 5] = [
-    at("max_runtime"),
-    at("provider"),
-    at("remote_dir"),
-    at("repeat_on"),
-    at("repetitions"),
-];
-
-/// Whether the setting at index `i` is the same for every variant of a test.
-fn shares_machine(i: usize) -> bool {
-    AWS_ONLY.contains(&i)
-        || SSH_ONLY.contains(&i)
-        || NOT_LOCAL.contains(&i)
-        || PER_MACHINE.contains(&i)
-}
-const NOT_LOCAL: [usize; 2] = [at("ssh_port"), at("ssh_user")];
-
-/// Whether `provider` reads the setting at index `i`.
-fn applies(i: usize, provider: ProviderKind) -> bool {
-    match provider {
-        ProviderKind::Aws => !SSH_ONLY.contains(&i),
-        ProviderKind::Ssh => !AWS_ONLY.contains(&i),
-        ProviderKind::Local => {
-            !AWS_ONLY.contains(&i) && !SSH_ONLY.contains(&i) && !NOT_LOCAL.contains(&i)
-        }
-    }
-}
-
-/// Settings a test of the provider must have, by index into [`SETTINGS`].
-fn required(provider: ProviderKind) -> &'static [usize] {
-    match provider {
-        ProviderKind::Aws => &const { [at("region"), at("ami"), at("instance_type")] },
-        ProviderKind::Ssh => &const { [at("hosts")] },
-        ProviderKind::Local => &[],
-    }
-}
-
 /// An EC2 id: `prefix-` and up to 17 lowercase hex digits (8 in older ids, 17 in newer).
 fn is_aws_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix)
@@ -258,14 +75,10 @@ fn provider_of(raw: &Raw) -> ProviderKind {
         _ => ProviderKind::default(),
     }
 }
-/// Races of one test; more would be a typo (statistics settle long before).
-const MAX_REPETITIONS: i64 = 100;
 /// A suite's bound on tests at once; more would be a typo, not a fleet.
 const MAX_PARALLELISM: i64 = 1000;
 /// From this many tests on, suites are read on all cores.
 const PARALLEL_FROM_TESTS: usize = 512;
-/// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
-const MIN_RUNTIME: Duration = Duration::from_secs(60);
 
 /// A setting as written, checked for its type. Cloning one is cheap: a default is made once
 /// and shared by every test that inherits it.
@@ -623,21 +436,10 @@ impl<'n> Loader<'_, '_> {
             Some(e) => self.name(&e.value, top.key("name")),
         };
         let defaults_field = top.key("defaults");
-        let mut defaults = match get(entries, "defaults") {
+        let defaults = match get(entries, "defaults") {
             Some(e) => self.settings_table(&e.value, defaults_field, &[], ProviderKind::default()),
             None => empty(),
         };
-        // The built-in defaults lie under `[defaults]`, made once like them. Those of one
-        // provider (EC2's `ssh_user`, `connect`) are filled in where its settings are built.
-        for (key, value) in [
-            ("rally_version", Val::Str("2.13.0".into())),
-            ("remote_dir", Val::Str("rallyctl".into())),
-            ("max_runtime", Val::Duration(Duration::from_secs(3 * 3600))),
-            ("stall_timeout", Val::Duration(super::DEFAULT_STALL_TIMEOUT)),
-            ("ssh_port", Val::Port(22)),
-        ] {
-            defaults[at(key)].get_or_insert(value);
-        }
 
         let mut suites = Vec::new();
         match get(entries, "suite") {
@@ -821,7 +623,7 @@ impl<'n> Loader<'_, '_> {
 
     fn suite(&mut self, node: &'n Node<'n>, field: Field<'_>, defaults: &Raw) -> Option<Suite> {
         let entries = self.table(node, field)?;
-        self.unknown_keys(entries, field, SUITE_KEYS);
+        self.unknown_keys(entries, field, &settings::suite_keys());
         self.duplicate_keys(entries, field);
         let name = match get(entries, "name") {
             Some(e) => self.name(&e.value, field.key("name")),
@@ -1083,7 +885,7 @@ impl<'n> Loader<'_, '_> {
             let key: &'n str = &entry.key;
             match setting(key) {
                 Some(i) => {
-                    let (name, ty) = SETTINGS[i];
+                    let Decl { name, ty, .. } = SETTINGS[i];
                     raw[i] = Some(
                         self.value(&entry.value, field.key(name), ty)
                             .unwrap_or(Val::Invalid),
@@ -1091,7 +893,7 @@ impl<'n> Loader<'_, '_> {
                     found.push((i, entry));
                 }
                 None if extra.contains(&key) => {}
-                None => self.unknown_key(entry, field, &SETTINGS_NAMES, extra),
+                None => self.unknown_key(entry, field, &settings::NAMES, extra),
             }
         }
         let provider = match raw[const { at("provider") }] {
@@ -1510,9 +1312,9 @@ impl<'n> Loader<'_, '_> {
             return None;
         }
         let mut ok = true;
-        for &i in required(provider) {
+        for i in required(provider) {
             if m[i].is_none() {
-                let key = SETTINGS[i].0;
+                let key = SETTINGS[i].name;
                 self.sink.error(
                     span,
                     field,
@@ -1548,10 +1350,9 @@ impl<'n> Loader<'_, '_> {
         if !ok || m.iter().any(|v| matches!(v, Some(Val::Invalid))) {
             return None;
         }
-        let built_in = "built-in defaults are set";
         let ssh_port = match m[const { at("ssh_port") }] {
             Some(Val::Port(p)) => p,
-            _ => unreachable!("{built_in}"),
+            _ => settings::SSH_PORT,
         };
         let machine = match provider {
             ProviderKind::Aws => MachineSettings::Aws({
@@ -1592,7 +1393,7 @@ impl<'n> Loader<'_, '_> {
                     security_group_ids: texts(&mut m, const { at("security_group_ids") }),
                     ssh_port,
                     ssh_user: text(&mut m, const { at("ssh_user") })
-                        .unwrap_or_else(|| "ec2-user".into()),
+                        .unwrap_or_else(|| BUILT_IN.aws_ssh_user.clone()),
                     subnets: match (
                         text(&mut m, const { at("subnet_id") }),
                         m[const { at("subnet_ids") }].take(),
@@ -1662,11 +1463,11 @@ impl<'n> Loader<'_, '_> {
             distribution_version: text(&mut m, const { at("distribution_version") }),
             max_runtime: match m[const { at("max_runtime") }] {
                 Some(Val::Duration(d)) => d,
-                _ => unreachable!("{built_in}"),
+                _ => settings::MAX_RUNTIME,
             },
             stall_timeout: match m[const { at("stall_timeout") }] {
                 Some(Val::Duration(d)) => d,
-                _ => unreachable!("{built_in}"),
+                _ => settings::STALL_TIMEOUT,
             },
             offline: matches!(m[const { at("offline") }], Some(Val::Bool(true))),
             pipeline: text(&mut m, const { at("pipeline") }),
@@ -1675,8 +1476,10 @@ impl<'n> Loader<'_, '_> {
                 Some(Val::Path(p)) => RallyConfig::File(p),
                 _ => RallyConfig::BuiltIn,
             },
-            rally_version: text(&mut m, const { at("rally_version") }).expect(built_in),
-            remote_dir: text(&mut m, const { at("remote_dir") }).expect(built_in),
+            rally_version: text(&mut m, const { at("rally_version") })
+                .unwrap_or_else(|| BUILT_IN.rally_version.clone()),
+            remote_dir: text(&mut m, const { at("remote_dir") })
+                .unwrap_or_else(|| BUILT_IN.remote_dir.clone()),
             runtime_jdk: text(&mut m, const { at("runtime_jdk") }),
             target_hosts: texts(&mut m, const { at("target_hosts") }),
             track: track?,
@@ -1726,7 +1529,7 @@ impl<'n> Loader<'_, '_> {
         provider: ProviderKind,
         field: Field<'_>,
     ) {
-        let key = SETTINGS[i].0;
+        let key = SETTINGS[i].name;
         let owners: Vec<&str> = [ProviderKind::Aws, ProviderKind::Ssh]
             .into_iter()
             .filter(|p| applies(i, *p))
@@ -1861,6 +1664,19 @@ impl<'n> Loader<'_, '_> {
     }
 }
 
+/// The built-in defaults that are text, made once: every test that takes one shares it.
+struct BuiltIn {
+    rally_version: Text,
+    remote_dir: Text,
+    aws_ssh_user: Text,
+}
+
+static BUILT_IN: LazyLock<BuiltIn> = LazyLock::new(|| BuiltIn {
+    rally_version: settings::RALLY_VERSION.into(),
+    remote_dir: settings::REMOTE_DIR.into(),
+    aws_ssh_user: settings::AWS_SSH_USER.into(),
+});
+
 fn empty() -> Raw {
     std::array::from_fn(|_| None)
 }
@@ -1912,13 +1728,6 @@ fn json_map(m: &mut Raw, i: usize) -> SortedMap<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_keys_are_sorted_for_binary_search() {
-        assert!(SETTINGS.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(setting("region"), Some(at("region")));
-        assert_eq!(setting("regio"), None);
-    }
 
     /// Four suites of tests, enough to be read on all cores; with `mistakes`, a wrong type in
     /// suite 0, an unknown key in suite 2 and a fourth suite named like the first.

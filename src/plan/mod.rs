@@ -8,6 +8,7 @@
 pub mod diag;
 mod json_doc;
 mod load;
+pub mod settings;
 pub mod source;
 pub(crate) mod toml_doc;
 
@@ -22,9 +23,6 @@ use serde::{Deserialize, Serialize};
 use crate::address::Address;
 pub use diag::{Diagnostic, PlanErrors};
 pub use load::Finding;
-
-/// How long a race's logs may stay silent before it counts as stalled (`stall_timeout`).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The plan format version this rallyctl reads.
 pub const PLAN_VERSION: i64 = 1;
@@ -616,7 +614,7 @@ impl From<Settings> for FlatSettings {
             ssh_known_hosts: None,
             ssh_port: None,
             ssh_user: None,
-            stall_timeout: (s.stall_timeout != DEFAULT_STALL_TIMEOUT).then_some(s.stall_timeout),
+            stall_timeout: (s.stall_timeout != settings::STALL_TIMEOUT).then_some(s.stall_timeout),
             subnet_id: None,
             subnet_ids: None,
             tags: None,
@@ -684,8 +682,11 @@ impl TryFrom<FlatSettings> for Settings {
                 },
                 region: f.region.clone().ok_or_else(|| missing("region"))?,
                 security_group_ids: f.security_group_ids.clone().unwrap_or_default(),
-                ssh_port: f.ssh_port.unwrap_or(22),
-                ssh_user: f.ssh_user.clone().unwrap_or_else(|| "ec2-user".into()),
+                ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
+                ssh_user: f
+                    .ssh_user
+                    .clone()
+                    .unwrap_or_else(|| settings::AWS_SSH_USER.into()),
                 subnets: match (f.subnet_ids.clone(), f.subnet_id.clone().flatten()) {
                     (Some(ids), _) => Subnets::FirstWithCapacity(ids),
                     (None, Some(id)) => Subnets::One(id),
@@ -697,7 +698,7 @@ impl TryFrom<FlatSettings> for Settings {
                 hosts: f.hosts.clone().ok_or_else(|| missing("hosts"))?,
                 ssh_key: f.ssh_key.clone(),
                 ssh_known_hosts: f.ssh_known_hosts.clone(),
-                ssh_port: f.ssh_port.unwrap_or(22),
+                ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
                 ssh_user: f.ssh_user.clone(),
             }),
             ProviderKind::Local => MachineSettings::Local,
@@ -716,7 +717,7 @@ impl TryFrom<FlatSettings> for Settings {
             rally_version: f.rally_version,
             remote_dir: f.remote_dir,
             runtime_jdk: f.runtime_jdk,
-            stall_timeout: f.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT),
+            stall_timeout: f.stall_timeout.unwrap_or(settings::STALL_TIMEOUT),
             target_hosts: f.target_hosts,
             track: f.track,
             track_params: f.track_params,
