@@ -554,4 +554,15 @@ mod tests {
             .collect();
         assert_eq!(written, declared);
     }
+
+    /// The README's table of settings is [`reference_table`]; this prints the table to paste.
+    #[test]
+    fn the_readme_lists_the_settings_as_declared() {
+        let readme = std::fs::read_to_string("README.md").unwrap();
+        let expected = reference_table();
+        assert!(
+            readme.contains(&expected),
+            "README.md's table of settings differs from the declarations in src/plan/settings.rs; replace it with:\n\n{expected}"
+        );
+    }
 }
