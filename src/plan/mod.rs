@@ -6,11 +6,15 @@
 //! whole. All problems are collected and reported together ([`diag`]).
 
 pub mod diag;
+mod document;
 mod json_doc;
 mod load;
+mod locate;
+mod merge;
 pub mod settings;
 pub mod source;
 pub(crate) mod toml_doc;
+mod values;
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -22,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 pub use diag::{Diagnostic, PlanErrors};
-pub use load::Finding;
+pub use locate::Finding;
 
 /// The plan format version this rallyctl reads.
 pub const PLAN_VERSION: i64 = 1;
@@ -882,12 +886,12 @@ impl Plan {
 
     /// A file's bytes as a plan file is read: bounded in size, without a byte-order mark.
     pub fn read_bytes(path: &Path) -> Result<Vec<u8>, PlanErrors> {
-        load::read_bytes(path)
+        document::read_bytes(path)
     }
 
     /// A plan file's text, for [`Plan::parse`]; a saved plan is refused as not being one.
     pub fn read(path: &Path) -> Result<String, PlanErrors> {
-        load::read(path)
+        document::read(path)
     }
 
     /// The workspace name a TOML plan gives before its first table, read without parsing or
@@ -895,7 +899,7 @@ impl Plan {
     /// can start while the plan is validated. `None` for JSON plans, or when the name is not
     /// a plain string there; [`Plan::parse`] has the last word either way.
     pub fn peek_name(path: &Path, text: &str) -> Option<String> {
-        if load::format_of(path) != source::Format::Toml {
+        if document::format_of(path) != source::Format::Toml {
             return None;
         }
         match toml_doc::parse_head(text).ok()?.kind {
@@ -927,10 +931,10 @@ impl Plan {
     }
 
     /// Problems found outside the plan file (in a provider's account), as diagnostics where
-    /// the file writes each value ([`load::locate`]).
+    /// the file writes each value ([`locate::locate`]).
     pub fn locate(&self, findings: &[Finding<'_>]) -> Result<PlanErrors, PlanErrors> {
         let text = Plan::read(&self.source)?;
-        Ok(load::locate(&self.source, &text, findings))
+        Ok(locate::locate(&self.source, &text, findings))
     }
 
     /// Makes the paths of a plan read back from a saved plan readable from here: relative ones
