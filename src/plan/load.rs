@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::diag::{PlanErrors, Sink};
 use super::document::format_of;
-use super::merge::{empty, overlay, provider_of};
+use super::merge::{empty, overlay, provider_of, sets_timeouts};
 use super::settings::{self, Decl, SETTINGS, Ty, applies, at, setting, shares_machine};
 use super::source::{Entry, Format, Kind, Node};
 use super::values::{Raw, Val};
@@ -158,7 +158,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     // Position order reads like a compiler's output, whichever pass found each problem.
     sink.diagnostics.sort_by_key(|d| (d.line, d.column));
     match plan {
-        Some(plan) if sink.diagnostics.is_empty() => Ok(plan),
+        Some(mut plan) if sink.diagnostics.is_empty() => {
+            sink.warnings.sort_by_key(|d| (d.line, d.column));
+            plan.warnings = sink.warnings;
+            Ok(plan)
+        }
         _ => Err(PlanErrors {
             file: path.to_owned(),
             diagnostics: sink.diagnostics,
@@ -215,7 +219,12 @@ impl<'n> Loader<'_, '_> {
         };
         let defaults_field = top.key("defaults");
         let defaults = match get(entries, "defaults") {
-            Some(e) => self.settings_table(&e.value, defaults_field, &[], ProviderKind::default()),
+            Some(e) => {
+                let defaults =
+                    self.settings_table(&e.value, defaults_field, &[], ProviderKind::default());
+                self.stall_check(&empty(), true, &defaults, &e.value.span, defaults_field);
+                defaults
+            }
             None => empty(),
         };
 
@@ -258,6 +267,7 @@ impl<'n> Loader<'_, '_> {
             root: self.root.to_owned(),
             suites,
             backend,
+            warnings: Vec::new(),
         })
     }
 
@@ -382,7 +392,7 @@ impl<'n> Loader<'_, '_> {
                                 loader.suite(node, field.index(c * chunk + i), defaults)
                             })
                             .collect();
-                        (suites, sink.diagnostics)
+                        (suites, sink.diagnostics, sink.warnings)
                     })
                 })
                 .collect();
@@ -392,9 +402,10 @@ impl<'n> Loader<'_, '_> {
                 .collect()
         });
         let mut suites = Vec::with_capacity(items.len());
-        for (part, diagnostics) in parts {
+        for (part, diagnostics, warnings) in parts {
             suites.extend(part);
             self.sink.diagnostics.extend(diagnostics);
+            self.sink.warnings.extend(warnings);
         }
         suites
     }
@@ -490,7 +501,9 @@ impl<'n> Loader<'_, '_> {
                 );
             }
             if let Some(variants) = get(entries, "variant") {
+                let own = sets_timeouts(&raw);
                 let parent = overlay(defaults, raw);
+                self.stall_check(defaults, own, &parent, &test_node.span, test_field);
                 let read = self.variants(&variants.value, test_node, test_field, &parent);
                 if let (Some(suite), Some(test)) = (&name, test_name) {
                     for (variant, settings, repeat) in read {

@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use super::load::{Field, Loader};
 use super::settings::{self, ALTERNATIVES, SETTINGS, at, required};
@@ -36,7 +37,9 @@ impl Loader<'_, '_> {
         // A test on an AMI id of its own ignores the base AMI of [defaults]' baked image; its
         // own `base_ami` is a mistake.
         let own_base = test[const { at("base_ami") }].is_some();
+        let own = sets_timeouts(&test);
         let mut m = overlay(defaults, test);
+        self.stall_check(defaults, own, &m, span, field);
         // A provider written wrong leaves no way to tell which keys the test needs.
         if matches!(m[const { at("provider") }], Some(Val::Invalid)) {
             return None;
@@ -191,14 +194,8 @@ impl Loader<'_, '_> {
             challenge: text(&mut m, const { at("challenge") }),
             client_options: text(&mut m, const { at("client_options") }),
             distribution_version: text(&mut m, const { at("distribution_version") }),
-            max_runtime: match m[const { at("max_runtime") }] {
-                Some(Val::Duration(d)) => d,
-                _ => settings::MAX_RUNTIME,
-            },
-            stall_timeout: match m[const { at("stall_timeout") }] {
-                Some(Val::Duration(d)) => d,
-                _ => settings::STALL_TIMEOUT,
-            },
+            max_runtime: max_runtime(&m),
+            stall_timeout: stall_timeout(&m),
             offline: matches!(m[const { at("offline") }], Some(Val::Bool(true))),
             pipeline: text(&mut m, const { at("pipeline") }),
             rally_args: texts(&mut m, const { at("rally_args") }),
@@ -248,6 +245,52 @@ impl Loader<'_, '_> {
                 }
                 (max_price.is_none() && on_interruption.is_none()).then_some(Market::OnDemand)
             }
+        }
+    }
+}
+
+fn max_runtime(raw: &Raw) -> Duration {
+    match raw[const { at("max_runtime") }] {
+        Some(Val::Duration(d)) => d,
+        _ => settings::MAX_RUNTIME,
+    }
+}
+
+fn stall_timeout(raw: &Raw) -> Duration {
+    match raw[const { at("stall_timeout") }] {
+        Some(Val::Duration(d)) => d,
+        _ => settings::STALL_TIMEOUT,
+    }
+}
+
+/// Whether a table sets `stall_timeout` or `max_runtime` itself.
+pub(super) fn sets_timeouts(own: &Raw) -> bool {
+    own[const { at("stall_timeout") }].is_some() || own[const { at("max_runtime") }].is_some()
+}
+
+impl Loader<'_, '_> {
+    /// Warns when the settings of a table (`merged`, over `base`) let a race's machine run out
+    /// before a silent race would count as stalled: where the table brings it about (it sets
+    /// either itself, `own`), not again in every table that inherits it.
+    pub(super) fn stall_check(
+        &mut self,
+        base: &Raw,
+        own: bool,
+        merged: &Raw,
+        span: &Range<usize>,
+        field: Field<'_>,
+    ) {
+        let outlasts = |raw: &Raw| stall_timeout(raw) >= max_runtime(raw);
+        if outlasts(merged) && (own || !outlasts(base)) {
+            self.sink.warning(
+                span,
+                field,
+                format!(
+                    "`stall_timeout` ({}) is not shorter than `max_runtime` ({}): a race that falls silent runs until its machine's time is up, and is never stopped as stalled",
+                    humantime::format_duration(stall_timeout(merged)),
+                    humantime::format_duration(max_runtime(merged)),
+                ),
+            );
         }
     }
 }

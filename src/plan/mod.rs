@@ -45,6 +45,9 @@ pub struct Plan {
     /// `[backend]`: where the workspace's state and results live; local files when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<S3Config>,
+    /// What the plan allows but likely does not mean, for `validate` and `plan` to show.
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// `[backend] s3 = {...}`: a bucket, and a prefix in it, holding a workspace's state and

@@ -21,6 +21,8 @@ pub(super) enum Ty {
     Connect,
     /// `on_demand` or `spot`.
     Market,
+    /// Where a test races again after EC2 reclaimed its spot instance: `on_demand` or `spot`.
+    Fallback,
     /// US dollars per hour: a positive decimal, as a string or a number.
     Price,
     Provider,
@@ -256,7 +258,7 @@ pub(super) const SETTINGS: [Decl; 39] = [
     decl("offline", Ty::Bool, "`--offline`").default(Default::Shown("false")),
     decl(
         "on_interruption",
-        Ty::Market,
+        Ty::Fallback,
         "spot only: where a test whose spot instance EC2 reclaimed races again: `on_demand` (a fallback to on-demand capacity) or `spot` (spot again, no fallback)",
     )
     .read_by(Readers::AWS)

@@ -138,6 +138,21 @@ impl<'n> Loader<'_, '_> {
                 ref other => self.expected(span, field, "an integer", other),
             },
             Ty::Duration(min, why) => {
+                const HOW: &str = "write a duration as a string of numbers with their units, e.g. \"90m\", \"2h\" or \"1h30m\"";
+                let number = match node.kind {
+                    Kind::Integer(n) => Some(n.to_string()),
+                    Kind::Float(f) => Some(f.to_string()),
+                    _ => None,
+                };
+                if let Some(number) = number {
+                    self.sink.error_with_help(
+                        span,
+                        field,
+                        format!("{number} is not a duration: it has no unit"),
+                        HOW,
+                    );
+                    return None;
+                }
                 let text = self.string(node, field)?;
                 match humantime::parse_duration(text) {
                     Ok(d) if d >= min => Some(Val::Duration(d)),
@@ -146,12 +161,12 @@ impl<'n> Loader<'_, '_> {
                             .error(span, field, format!("`{text}` is shorter than {why}"));
                         None
                     }
-                    Err(e) => {
+                    Err(_) => {
                         self.sink.error_with_help(
                             span,
                             field,
-                            format!("`{text}` is not a duration: {e}"),
-                            "write durations like \"90m\", \"3h\" or \"1h 30m\"",
+                            format!("`{text}` is not a duration"),
+                            HOW,
                         );
                         None
                     }
@@ -240,6 +255,34 @@ impl<'n> Loader<'_, '_> {
                 "a market",
                 "\"on_demand\" or \"spot\"",
             ),
+            Ty::Fallback => {
+                let text = self.string(node, field)?;
+                match text {
+                    "on_demand" => Some(Val::Market(MarketKind::OnDemand)),
+                    "spot" => Some(Val::Market(MarketKind::Spot)),
+                    // EC2's interruption behaviours: what EC2 does with the instance, not where
+                    // the test goes.
+                    "terminate" | "stop" | "hibernate" => {
+                        self.sink.error_with_help(
+                            span,
+                            field,
+                            format!("`{text}` is not a fallback: it is what EC2 does with a reclaimed instance, and rallyctl's one-time spot requests are always terminated"),
+                            "say where the test races again after its spot instance is reclaimed: \"on_demand\" (on-demand capacity) or \"spot\" (a spot instance again)",
+                        );
+                        None
+                    }
+                    _ => {
+                        self.sink.error(
+                            span,
+                            field,
+                            format!(
+                                "`{text}` is not a fallback; expected \"on_demand\" or \"spot\""
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
             Ty::Price => {
                 let text = match node.kind {
                     Kind::Float(f) => f.to_string(),
