@@ -252,8 +252,8 @@ pub enum TrackSource {
 
 /// A file or directory a plan names (`rally_config`, `track_path`), held in two forms.
 ///
-/// Files are read where the plan's spelling leads, from the current directory. What the
-/// settings record, and so what the config hash takes in, is the path's place in the project:
+/// Files are read where the plan's spelling leads from the plan file's directory (or, for a
+/// plan written when that was the rule, from the current directory). What the settings record, and so what the config hash takes in, is the path's place in the project:
 /// relative to the project root when the path lies inside it, absolute otherwise. The project
 /// is the git checkout holding the plan file, or the plan file's directory outside a checkout.
 /// A checkout that moves, or a plan run from another directory, thus hashes its tests as before
@@ -928,7 +928,7 @@ impl Plan {
         load::head(path, &Plan::read(path)?)
     }
 
-    /// Validates plan text as if read from `path` (which relative paths inside do not use).
+    /// Validates plan text as if read from `path`: relative paths inside are read beside it.
     pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
         load::parse(path, text)
     }
