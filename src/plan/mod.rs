@@ -172,9 +172,11 @@ pub enum RepeatOn {
     Fresh,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How rallyctl reaches an aws instance; by default its public address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Connect {
+    #[default]
     PublicIp,
     PrivateIp,
 }
@@ -195,9 +197,11 @@ pub struct SpotOptions {
     pub on_interruption: MarketKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How an instance is bought, and where a reclaimed spot test races again; by default on demand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MarketKind {
+    #[default]
     OnDemand,
     Spot,
 }
@@ -675,7 +679,7 @@ impl TryFrom<FlatSettings> for Settings {
                 ami: f.ami.clone().ok_or_else(|| missing("ami"))?,
                 base_ami: f.base_ami.clone(),
                 image: None,
-                connect: f.connect.unwrap_or(Connect::PublicIp),
+                connect: f.connect.unwrap_or_default(),
                 instance_type: f
                     .instance_type
                     .clone()
@@ -683,7 +687,7 @@ impl TryFrom<FlatSettings> for Settings {
                 market: match f.market {
                     Some(MarketKind::Spot) => Market::Spot(SpotOptions {
                         max_price: f.max_price.clone(),
-                        on_interruption: f.on_interruption.unwrap_or(MarketKind::OnDemand),
+                        on_interruption: f.on_interruption.unwrap_or_default(),
                     }),
                     _ => Market::OnDemand,
                 },

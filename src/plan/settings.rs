@@ -531,6 +531,32 @@ mod tests {
         }
     }
 
+    /// The defaults the README shows by name are those of the types the code falls back to.
+    #[test]
+    fn defaults_shown_by_name_are_the_types_own() {
+        use super::super::{Connect, MarketKind, Repeat};
+        let shown = |name: &str| match SETTINGS[setting(name).unwrap()].default {
+            Default::Shown(text) => text,
+            _ => panic!("{name} shows no default"),
+        };
+        let json = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or(v.to_string());
+        for (name, default) in [
+            ("connect", json(serde_json::json!(Connect::default()))),
+            ("market", json(serde_json::json!(MarketKind::default()))),
+            (
+                "on_interruption",
+                json(serde_json::json!(MarketKind::default())),
+            ),
+            ("provider", json(serde_json::json!(ProviderKind::default()))),
+            ("repeat_on", json(serde_json::json!(Repeat::default().on))),
+            ("repetitions", Repeat::default().count.to_string()),
+            ("offline", false.to_string()),
+            ("reuse_instances", false.to_string()),
+        ] {
+            assert_eq!(shown(name), default, "{name}");
+        }
+    }
+
     /// The hashed settings are the keys of the canonical JSON (a track path is recorded under
     /// `track`), as a plan that sets every setting shows.
     #[test]
