@@ -363,7 +363,7 @@ pub(super) const SETTINGS: [Decl; 39] = [
     decl(
         "stall_timeout",
         Ty::Duration(Duration::from_secs(1), "a second"),
-        "a race whose console and Rally log both stay silent this long is stalled: stopped, failed with its log tail, its machine given back",
+        "a race whose console and Rally log both stay silent this long is stalled: stopped, failed with its log tail, its machine given back; one not shorter than `max_runtime` is warned about (the machine's time would run out first)",
     )
     .default(Default::Duration(STALL_TIMEOUT)),
     decl(
