@@ -24,6 +24,29 @@ pub fn verbose() -> bool {
     VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Writing to stdout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Its reader went away (`rallyctl plan BIG.toml | head -1`): the command ends quietly, as
+    /// ripgrep does, since nobody reads what it would say.
+    #[error("stdout was closed")]
+    Closed,
+    #[error("cannot write to stdout: {0}")]
+    Io(std::io::Error),
+}
+
+/// Writes to stdout, the one way commands print: a closed pipe is an error to end on, never
+/// the panic of `print!`.
+pub fn out(text: std::fmt::Arguments<'_>) -> Result<(), OutputError> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(text)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => OutputError::Closed,
+            _ => OutputError::Io(e),
+        })
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
@@ -83,9 +106,13 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
     answer
 }
 
-/// A timestamped line for logs when stdout is not a terminal.
+/// A timestamped line for logs when stdout is not a terminal. A closed stdout loses the line
+/// but stops nothing: the tests running go on to give their machines back.
 pub fn log_line(message: &str) {
-    println!("{} {message}", jiff::Timestamp::now().strftime("%H:%M:%S"));
+    let _ = out(format_args!(
+        "{} {message}\n",
+        jiff::Timestamp::now().strftime("%H:%M:%S")
+    ));
 }
 
 /// Live progress of an apply: a spinner line per running test and a bar per suite on a

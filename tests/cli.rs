@@ -1564,3 +1564,36 @@ fn an_unreachable_backend_is_named_and_nothing_is_written() {
     assert!(shown.contains("Connection refused"), "{shown}");
     assert!(!dir.path().join("state").exists());
 }
+
+/// A reader that goes away early (`rallyctl plan BIG.toml | head -1`) ends rallyctl quietly, as
+/// it ends ripgrep: no panic, no message.
+#[test]
+fn a_closed_stdout_ends_plan_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = "version = 1\nname = \"big\"\n[defaults]\nprovider = \"local\"\nrally_version = \"2.13.0\"\ndistribution_version = \"8.15.0\"\n\n[[suite]]\nname = \"s\"\n".to_owned();
+    for t in 0..3000 {
+        plan.push_str(&format!(
+            "\n[[suite.test]]\nname = \"t{t}\"\ntrack = \"geonames\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("big.toml"), plan).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+        .args(["plan", "big.toml"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(!first.is_empty(), "plan printed nothing");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -2,6 +2,24 @@
 //! what clap reads, `workspace` where a command's state is). Thin: every decision lives in the
 //! modules it calls.
 
+/// `println!` through [`ui::out`]: a closed stdout ends the command (quietly, in `main`)
+/// instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::ui::out(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::ui::out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` through [`ui::out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::ui::out(format_args!($($arg)*))?
+    };
+}
+
 mod args;
 mod workspace;
 
@@ -53,6 +71,14 @@ pub fn main() -> ExitCode {
     let json = cli.global.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        Err(err)
+            if matches!(
+                err.downcast_ref::<ui::OutputError>(),
+                Some(ui::OutputError::Closed)
+            ) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             if let Some(usage) = err.downcast_ref::<UsageError>() {
                 eprintln!("{} {usage}", console::style("error:").red().bold());
@@ -60,10 +86,12 @@ pub fn main() -> ExitCode {
             }
             match err.downcast_ref::<PlanErrors>() {
                 // Asked for JSON, a broken plan is reported as `validate --json` reports it.
-                Some(plan_errors) if json => println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "diagnostics": plan_errors.diagnostics})
-                ),
+                Some(plan_errors) if json => {
+                    let _ = ui::out(format_args!(
+                        "{}\n",
+                        serde_json::json!({"valid": false, "diagnostics": plan_errors.diagnostics})
+                    ));
+                }
                 Some(plan_errors) => eprintln!("{plan_errors}"),
                 None => eprintln!(
                     "{} {}",
@@ -144,7 +172,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Bake { plan, auto_approve } => bake(&plan, auto_approve, &g),
         Command::Graph { plan } => {
             let plan = Plan::load(&plan)?;
-            print!("{}", Graph::compile(&plan)?.to_dot());
+            out!("{}", Graph::compile(&plan)?.to_dot());
             Ok(0)
         }
         Command::State { command } => state_command(command, &g),
@@ -162,7 +190,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let path =
                 ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
-            println!("Wrote the report to {}.", path.display());
+            outln!("Wrote the report to {}.", path.display());
             Ok(0)
         }
         Command::ForceUnlock {
@@ -180,7 +208,7 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
     let location = backend.location();
     let holder = match backend.lock_state()? {
         state::LockState::Unlocked => {
-            println!("{} is not locked.", location);
+            outln!("{} is not locked.", location);
             return Ok(0);
         }
         state::LockState::Unreadable if force => "an unreadable lock".to_owned(),
@@ -221,7 +249,7 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
     backend
         .remove_lock()
         .with_context(|| format!("cannot remove the lock of {location}"))?;
-    println!("Removed the lock of {} held by {holder}.", location);
+    outln!("Removed the lock of {} held by {holder}.", location);
     Ok(0)
 }
 
@@ -236,12 +264,12 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
                 .filter(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
                 .count();
             if g.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"valid": true, "name": plan.name, "suites": plan.suites.len(), "tests": tests, "instances": instances})
                 );
             } else {
-                println!(
+                outln!(
                     "{} is valid: {} suite{}, {tests} test{}, {instances} EC2 instance{}.",
                     path.display(),
                     plan.suites.len(),
@@ -253,7 +281,7 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
             Ok(0)
         }
         Err(errors) if g.json => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"valid": false, "diagnostics": errors.diagnostics})
             );
@@ -271,7 +299,7 @@ fn refused(question: &str, skip: &str, what: &str) -> Result<Option<u8>> {
         ui::Answer::No => EXIT_ERROR,
         ui::Answer::Interrupted => EXIT_INTERRUPTED,
     };
-    println!("{what} cancelled.");
+    outln!("{what} cancelled.");
     Ok(Some(code))
 }
 
@@ -346,14 +374,14 @@ fn plan_command(
         if let Some(e) = &estimate {
             shown["cost"] = serde_json::to_value(e)?;
         }
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        outln!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
-        println!("{}", planner::render(&changes));
+        outln!("{}", planner::render(&changes));
         if !images.is_empty() {
-            println!("\n{}", crate::bake::render_used(&images));
+            outln!("\n{}", crate::bake::render_used(&images));
         }
         if let Some(e) = &estimate {
-            print!("\n{}", cost::estimate::render(e));
+            out!("\n{}", cost::estimate::render(e));
         }
     }
     if let Some(out) = out {
@@ -362,7 +390,7 @@ fn plan_command(
             .write(out)
             .with_context(|| format!("cannot write the saved plan {}", out.display()))?;
         if !g.json {
-            println!(
+            outln!(
                 "\nSaved the plan to {}. Apply exactly it with: rallyctl apply {}",
                 out.display(),
                 out.display()
@@ -386,7 +414,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                     .iter()
                     .map(|(a, r)| serde_json::json!({"address": a, "status": r.status.label(), "instance": r.instance.as_ref().map(|i| &i.id)}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for (address, record) in &state.tests {
                     let instance = record.instance.as_ref().map_or(String::new(), |m| {
@@ -401,7 +429,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                             (_, None) => format!("  {}", m.id),
                         }
                     });
-                    println!("{address}  {}{instance}", record.status.label());
+                    outln!("{address}  {}{instance}", record.status.label());
                 }
             }
             Ok(0)
@@ -417,7 +445,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             // as a tree, they indent with the rest.
             let mut shown = serde_json::to_value(record)?;
             shown["settings"] = record.settings.value();
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            outln!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(0)
         }
         StateCommand::Rm { address, plan } => {
@@ -429,11 +457,12 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 .remove(&address)
                 .with_context(|| format!("{address} is not in {}", t.backend.location()))?;
             t.backend.save(&mut state)?;
-            println!("Removed {address} from {}.", t.backend.location());
+            outln!("Removed {address} from {}.", t.backend.location());
             if let Some(machine) = record.live_machine() {
-                println!(
+                outln!(
                     "Its machine {} ({}) may still be running; state no longer knows it.",
-                    machine.id, machine.provider
+                    machine.id,
+                    machine.provider
                 );
             }
             Ok(0)
@@ -477,7 +506,7 @@ fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<
     let _from = lock(from, &format!("rallyctl state {verb}"))?;
     let _to = lock(to, &format!("rallyctl state {verb}"))?;
     let copied = crate::backend::copy(from, to, &workspace, force)?;
-    println!(
+    outln!(
         "Copied workspace `{workspace}` (serial {}, {} result file{}) from {} to {}.",
         copied.serial,
         copied.files,
@@ -512,7 +541,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
     let mut ws = open_results(g, args.plan.as_deref())?;
     let format = if g.json { Format::Json } else { args.format };
     if args.runs {
-        print!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
+        out!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
         return Ok(0);
     }
     let mut baseline = args.compare;
@@ -532,7 +561,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         variants: args.variants,
         allow_unpaired: args.allow_unpaired,
     })?;
-    print!("{}", shown.text);
+    out!("{}", shown.text);
     match shown.failed {
         Some(GateFailure::Regression(why)) => {
             eprint!("{why}");
@@ -710,15 +739,15 @@ fn apply(
     };
     baked_images(&l.plan, resolved, &changes)?;
     warn_limits(&l.plan, &changes, &limits, parallelism);
-    println!("{}", planner::render(&changes));
+    outln!("{}", planner::render(&changes));
     if changes.is_empty() {
-        println!("\nNothing to apply.");
+        outln!("\nNothing to apply.");
         return Ok(0);
     }
     // Apply reaches EC2 whatever `--refresh` says: the price it records needs the root volume.
     let prices = prices_for(&l.plan, &changes, file.as_ref(), Ok(()))?;
     if let Some(e) = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices) {
-        print!("\n{}", cost::estimate::render(&e));
+        out!("\n{}", cost::estimate::render(&e));
     }
     if saved.is_none()
         && !auto_approve
@@ -730,7 +759,7 @@ fn apply(
     {
         return Ok(code);
     }
-    println!();
+    outln!();
     let state_dir = l.backend.local_dir();
     let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
     let rt = runtime()?;
@@ -762,18 +791,18 @@ fn apply(
     })?;
     let state = handle.snapshot();
     let touched: Vec<Address> = changes.changes.iter().map(|c| c.address.clone()).collect();
-    println!("\n{}", ui::summary_table(&state, &touched));
+    outln!("\n{}", ui::summary_table(&state, &touched));
     if let Some(bill) = cost::bill::of_run(&state, &report.run_id) {
-        println!("\nRun {} cost {bill}.", report.run_id);
+        outln!("\nRun {} cost {bill}.", report.run_id);
     }
     for (address, step, error, log_tail) in &report.failed {
-        println!(
+        outln!(
             "\n{} {address} failed at {step}: {error}",
             console::style("✗").red()
         );
         if let Some(tail) = log_tail {
             for line in tail.lines() {
-                println!("    {line}");
+                outln!("    {line}");
             }
         }
     }
@@ -782,20 +811,20 @@ fn apply(
         if !report.still_running.is_empty() {
             let paid = (report.still_running.iter())
                 .any(|(_, m)| m.provider == crate::plan::ProviderKind::Aws);
-            println!(
+            outln!(
                 "\nStill running{}:",
                 if paid { " (and costing money)" } else { "" }
             );
             for (address, machine) in &report.still_running {
-                println!("  {address}  {}", machine.id);
+                outln!("  {address}  {}", machine.id);
             }
-            println!(
+            outln!(
                 "\nResume with `rallyctl apply {plan_arg}`, or terminate them with `rallyctl destroy {plan_arg}`."
             );
         }
         return Ok(EXIT_INTERRUPTED);
     }
-    println!(
+    outln!(
         "\nApply complete: {} completed, {} failed.",
         report.completed.len(),
         report.failed.len()
@@ -876,13 +905,13 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     let l = load_at(plan, backend, None)?;
     let wanted = crate::bake::wanted(&l.plan, &l.state);
     if wanted.is_empty() {
-        println!(
+        outln!(
             "Nothing to bake: no test of {} says ami = \"baked\".",
             path.display()
         );
         return Ok(0);
     }
-    println!("{}", crate::bake::render(&wanted));
+    outln!("{}", crate::bake::render(&wanted));
     let to_bake: Vec<&crate::bake::Wanted> = (wanted.iter())
         .filter(|w| !matches!(w.action, crate::bake::Action::Have(_)))
         .collect();
@@ -901,7 +930,7 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     let rt = runtime()?;
     rt.block_on(crate::provider::aws::check_credentials())
         .context("bake needs AWS credentials; nothing was launched or written")?;
-    println!();
+    outln!();
     let fleet = crate::provider::Fleet::new(l.backend.local_dir(), &l.plan.name);
     let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
     let progress = ui::Progress::new(ui::stdout_is_tty());
@@ -926,15 +955,15 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
         watcher.abort();
         outcomes
     });
-    println!();
+    outln!();
     let mut failed = Vec::new();
     let mut interrupted = false;
     for (w, outcome) in &outcomes {
         match outcome {
-            Ok(id) => println!("{} baked {id}: {}", console::style("✓").green(), w.key),
+            Ok(id) => outln!("{} baked {id}: {}", console::style("✓").green(), w.key),
             Err(e) => {
                 interrupted |= matches!(e, crate::bake::BakeError::Interrupted);
-                println!("{} {}: {e}", console::style("✗").red(), w.key);
+                outln!("{} {}: {e}", console::style("✗").red(), w.key);
                 failed.push(w.key.to_string());
             }
         }
@@ -950,7 +979,7 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
             failed.join("; ")
         );
     }
-    println!(
+    outln!(
         "\nBake complete: {} image{} made.",
         outcomes.len(),
         plural(outcomes.len())
@@ -983,7 +1012,7 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
         // No state, but a plan to look for leaked machines with.
         (None, Some(name)) if plan.is_some() => State::new(name),
         (None, _) => {
-            println!("Nothing to destroy: no state at {}.", t.backend.location());
+            outln!("Nothing to destroy: no state at {}.", t.backend.location());
             return Ok(0);
         }
     };
@@ -998,44 +1027,44 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
     };
     // Snapshots cost money too: say what stays unless asked to give it back.
     if kept > 0 {
-        println!(
+        outln!(
             "The workspace keeps {kept} baked image{}: `rallyctl destroy --images` gives them back.\n",
             plural(kept)
         );
     }
     let handle = crate::lifecycle::StateHandle::new(state, t.backend);
     if !gone.is_empty() {
-        println!("State names machines that are gone already; they will be recorded as such:\n");
+        outln!("State names machines that are gone already; they will be recorded as such:\n");
         for g in &gone {
-            println!("  {}  {}  ({})", g.id, g.address, g.why);
+            outln!("  {}  {}  ({})", g.id, g.address, g.why);
         }
-        println!();
+        outln!();
     }
     if targets.is_empty() && images.is_empty() {
         crate::destroy::forget(&handle, &gone)?;
         let workspace = handle.read(|s| s.workspace.clone());
-        println!("Nothing to destroy: workspace `{workspace}` holds no machine.");
+        outln!("Nothing to destroy: workspace `{workspace}` holds no machine.");
         return Ok(0);
     }
     if !targets.is_empty() {
-        println!("rallyctl will give back these machines:\n");
+        outln!("rallyctl will give back these machines:\n");
     }
     for t in &targets {
         let (id, how) = (&t.machine.id, t.machine.provider.released());
         match (&t.address, &t.bake) {
-            (Some(a), _) => println!("  {} {id}  {a}  (to be {how})", console::style("-").red()),
-            (None, Some(bake)) => println!(
+            (Some(a), _) => outln!("  {} {id}  {a}  (to be {how})", console::style("-").red()),
+            (None, Some(bake)) => outln!(
                 "  {} {id}  bake {bake}  (to be {how})",
                 console::style("-").red()
             ),
-            (None, None) => println!(
+            (None, None) => outln!(
                 "  {} {id}  (leaked: tagged with this workspace, unknown to state; to be {how})",
                 console::style("-").red(),
             ),
         }
     }
     if !images.is_empty() {
-        println!(
+        outln!(
             "{}rallyctl will deregister these baked images and delete their snapshots:\n",
             if targets.is_empty() { "" } else { "\n" }
         );
@@ -1047,16 +1076,16 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
         };
         let minus = console::style("-").red();
         match (&i.id, &i.name) {
-            (Some(id), Some(name)) => println!("  {minus} {id}  {name}  ({snapshots})"),
-            (Some(id), None) => println!(
+            (Some(id), Some(name)) => outln!("  {minus} {id}  {name}  ({snapshots})"),
+            (Some(id), None) => outln!(
                 "  {minus} {id}  (tagged with this workspace, unknown to state; {snapshots})"
             ),
-            (None, _) => println!(
+            (None, _) => outln!(
                 "  {minus} {snapshots}  (snapshots tagged with this workspace, of no image left)"
             ),
         }
     }
-    println!("\nDestroy: {} to give back.", targets.len() + images.len());
+    outln!("\nDestroy: {} to give back.", targets.len() + images.len());
     if !auto_approve
         && let Some(code) = refused(
             "\nDo you really want to give them back?",
@@ -1074,7 +1103,7 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
             0 => String::new(),
             n => format!(", {n} image{} deregistered", plural(n)),
         };
-        println!(
+        outln!(
             "\nDestroy complete: {} machine{} given back{images}.",
             targets.len(),
             plural(targets.len())
