@@ -47,6 +47,11 @@ pub fn out(text: std::fmt::Arguments<'_>) -> Result<(), OutputError> {
         })
 }
 
+/// A warning on stderr, in the style of every warning rallyctl gives.
+pub fn warn(message: &str) {
+    eprintln!("{} {message}", console::style("warning:").yellow().bold());
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
@@ -62,7 +67,7 @@ pub enum Answer {
 
 /// Asks for `yes` like terraform; refuses without a terminal to ask on, naming `skip`, the
 /// flag that proceeds without asking. Ctrl-C answers at once, without waiting for Enter.
-pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
+pub fn confirm(rt: &tokio::runtime::Runtime, question: &str, skip: &str) -> Result<Answer, String> {
     if !std::io::stdin().is_terminal() {
         return Err(format!(
             "no terminal to ask for approval on; pass {skip} to proceed without asking"
@@ -71,22 +76,23 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
     // The signal is caught while the answer is read, so that the caller's locks are released
     // on the way out rather than left behind by a killed process. The handler is in place
     // before the prompt shows: a Ctrl-C the moment it appears would otherwise kill the process.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot wait for the answer: {e}"))?;
-    let answer = rt.block_on(async {
+    rt.block_on(async {
         let mut interrupt =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
                 .map_err(|e| format!("cannot wait for the answer: {e}"))?;
         print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
         std::io::stdout().flush().ok();
-        let read = tokio::task::spawn_blocking(|| {
+        // A thread of its own, not the runtime's blocking pool: after Ctrl-C the read may
+        // still block on the terminal, and is left behind.
+        let (tx, read) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
             let mut answer = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut answer)
-                .map(|_| answer)
+            let _ = tx.send(
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut answer)
+                    .map(|_| answer),
+            );
         });
         tokio::select! {
             read = read => match read {
@@ -100,10 +106,7 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
                 Ok(Answer::Interrupted)
             }
         }
-    });
-    // The read may still be blocked on the terminal: leave it behind.
-    rt.shutdown_background();
-    answer
+    })
 }
 
 /// A timestamped line for logs when stdout is not a terminal. A closed stdout loses the line

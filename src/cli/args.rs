@@ -3,14 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::address::Address;
-use crate::plan::Plan;
-use crate::planner::Options;
 use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format};
-use crate::state::State;
 
 /// Exit code of every error that is not one of the others below.
 pub const EXIT_ERROR: u8 = 1;
@@ -295,10 +291,10 @@ fn min_effect(s: &str) -> Result<f64, String> {
 pub struct Select {
     /// Only this test (repeatable)
     #[arg(long, value_name = "ADDR")]
-    target: Vec<Address>,
+    pub target: Vec<Address>,
     /// Run this test again even if its result exists (repeatable)
     #[arg(long, value_name = "ADDR")]
-    replace: Vec<Address>,
+    pub replace: Vec<Address>,
 }
 
 /// Whether to check the plan against the providers' accounts before planning.
@@ -380,47 +376,4 @@ impl Select {
     pub fn is_empty(&self) -> bool {
         self.target.is_empty() && self.replace.is_empty()
     }
-
-    pub fn options(&self, plan: &Plan, state: &State) -> Result<Options> {
-        let expand = |addresses: &[Address]| -> Result<Vec<Address>> {
-            let mut out = Vec::new();
-            for address in addresses {
-                let selected = select(address, plan, state);
-                if selected.is_empty() {
-                    bail!("{address} is neither in the plan nor in state");
-                }
-                out.extend(selected);
-            }
-            Ok(out)
-        };
-        Ok(Options {
-            targets: expand(&self.target)?,
-            replace: expand(&self.replace)?,
-        })
-    }
-}
-
-/// The tests an address selects: the test of that address, or, given the name of a test with
-/// variants (`suite.heap` for `suite.heap-4g` and `suite.heap-8g`), all its variants, in the
-/// plan or in state. Variants race interleaved on one machine, so they are selected together.
-fn select(address: &Address, plan: &Plan, state: &State) -> Vec<Address> {
-    if plan.test(address).is_some() || state.tests.contains_key(address) {
-        return vec![address.clone()];
-    }
-    let of_test = |a: &Address, variant: Option<&crate::plan::VariantOf>| {
-        a.suite() == address.suite() && variant.is_some_and(|v| v.test == address.test())
-    };
-    let mut variants: Vec<Address> = plan
-        .tests()
-        .filter(|t| of_test(&t.address, t.variant.as_ref()))
-        .map(|t| t.address.clone())
-        .chain(
-            (state.tests.iter())
-                .filter(|(a, r)| of_test(a, r.variant.as_ref()))
-                .map(|(a, _)| a.clone()),
-        )
-        .collect();
-    variants.sort();
-    variants.dedup();
-    variants
 }
