@@ -52,6 +52,21 @@ pub fn warn(message: &str) {
     eprintln!("{} {message}", console::style("warning:").yellow().bold());
 }
 
+/// A message without the Rust debug dump of its error that the AWS SDK appends in parentheses
+/// (`... permissions. (ProviderError(ProviderError { source: ... }))`): what a user reads
+/// ends before it; `-v` shows it all.
+pub fn without_debug_dump(text: &str) -> &str {
+    let dump = text.match_indices(" (").map(|(at, _)| at).find(|&at| {
+        let rest = &text[at + 2..];
+        let name = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        rest.starts_with(|c: char| c.is_ascii_uppercase())
+            && (rest[name..].starts_with('(') || rest[name..].starts_with(" {"))
+    });
+    dump.map_or(text, |at| &text[..at])
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
@@ -245,4 +260,17 @@ pub fn summary_table(state: &crate::state::State, addresses: &[crate::address::A
         ]);
     }
     table.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The credential warning as this machine gave it (IMDS answering 403): one line that ends
+    /// where the SDK's debug dump begins.
+    #[test]
+    fn the_sdks_debug_dump_is_left_out() {
+        let sdk = r#"an error occurred while loading credentials: failed to load IMDS session token: service error: request forbidden: IMDS is disabled or the caller has insufficient permissions. (ProviderError(ProviderError { source: FailedToLoadToken(FailedToLoadToken { source: ServiceError(ServiceError { source: TokenError { kind: Forbidden }, raw: Response { status: StatusCode(403), headers: {"server": "keryx"} } }) }) }))"#;
+        insta::assert_snapshot!(super::without_debug_dump(sdk), @"an error occurred while loading credentials: failed to load IMDS session token: service error: request forbidden: IMDS is disabled or the caller has insufficient permissions.");
+        let plain = "load credentials (the AWS credential chain (environment, profile, SSO, instance role)): no credentials";
+        assert_eq!(super::without_debug_dump(plain), plain);
+    }
 }

@@ -376,7 +376,12 @@ fn state_commands_and_force_unlock() {
     // Only the lock meant: another ID is refused.
     let out = rallyctl(&["force-unlock", "not-the-id", "--state", s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has the ID {id}")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the lock you meant"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&id),
+        "a wrong ID is not answered with the right one: {}",
+        text(&out)
+    );
     // Its holder (this test) still runs here: refused without --force, and without a terminal
     // to confirm on, the command says how to proceed.
     let out = rallyctl(&["force-unlock", &id, "--state", s]);
@@ -1596,4 +1601,74 @@ fn a_closed_stdout_ends_plan_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// A workspace this directory knows to live in S3 (`state/<name>.backend`, written when a
+/// command reached it there) is not silently started afresh here by a command that names no
+/// backend; `--backend local` starts one on purpose.
+#[test]
+fn a_workspace_remembered_in_s3_is_not_started_afresh_here() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    std::fs::write(
+        d.join("state/nightly.backend"),
+        "s3://perf-state/rallyctl\n",
+    )
+    .unwrap();
+    let out = rallyctl_in(d, &["plan", "plan.toml", "--refresh=false"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    insta::assert_snapshot!(text(&out));
+    let out = rallyctl_in(
+        d,
+        &["plan", "plan.toml", "--refresh=false", "--backend", "local"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// `plan` while a live run holds the workspace's lock says who holds it, rather than announcing
+/// a resume of the tests that run is running.
+#[test]
+fn plan_says_who_holds_the_lock() {
+    let dir = workdir();
+    let d = dir.path();
+    let state = d.join("state/nightly.state.json");
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    let lock = rallyctl::state::Lock::acquire(&state, "rallyctl apply plan.toml").unwrap();
+    let out = rallyctl_in(d, &["plan", "plan.toml", "--refresh=false"]);
+    drop(lock);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default();
+    insta::with_settings!({filters => vec![
+        (r"pid \d+ on [^,]+", "pid PID on HOST"),
+        (r"since [0-9-]+ [0-9:]+ UTC", "since TIME"),
+        (r"\S*state/nightly\.state\.json", "STATE"),
+    ]}, {
+        insta::assert_snapshot!(first);
+    });
+}
+
+/// `--fail-on-regression 10`, where clap reads `10` as an argument of its own, suggests the
+/// spelling that works, wherever the plan file is on the line.
+#[test]
+fn fail_on_regression_with_a_space_suggests_the_equals_sign() {
+    for args in [
+        &[
+            "results",
+            "--fail-on-regression",
+            "10",
+            "plans/example.toml",
+        ][..],
+        &[
+            "results",
+            "plans/example.toml",
+            "--fail-on-regression",
+            "10",
+        ][..],
+    ] {
+        let out = rallyctl(args);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
+    }
 }

@@ -276,6 +276,18 @@ impl ResultsArgs {
     }
 }
 
+/// `--fail-on-regression 10`, where clap read `10` as an argument of its own (the flag takes
+/// its value only as `--fail-on-regression=10`): the spelling that works.
+pub(super) fn equals_hint(args: &[std::ffi::OsString]) -> Option<String> {
+    let value = (args.windows(2))
+        .find(|w| w[0] == "--fail-on-regression")
+        .and_then(|w| w[1].to_str())
+        .filter(|v| min_effect(v).is_ok())?;
+    Some(format!(
+        "the gate's min effect is given with `=`: write --fail-on-regression={value}"
+    ))
+}
+
 /// A min effect: a percentage strictly between 0 and 100 (no change is ever exactly zero, and
 /// a drop of 100 % or more leaves nothing to measure).
 fn min_effect(s: &str) -> Result<f64, String> {

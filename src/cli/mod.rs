@@ -50,10 +50,14 @@ use workspace::{Target, check_output, named_workspace, plan_backend, s3_backend,
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+    let args = normalize_args(std::env::args_os());
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if let Some(hint) = (e.use_stderr()).then(|| args::equals_hint(&args)).flatten() {
+                eprintln!("\n{} {hint}", console::style("tip:").green().bold());
+            }
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
@@ -253,10 +257,10 @@ fn force_unlock(
         }
         state::LockState::Held(h) => {
             if h.id != lock_id {
+                // Its ID is not said: it would let a mistyped ID remove a lock its holder
+                // still needs, while the refusal that named the lock has it already.
                 bail!(
-                    "the lock of {} has the ID {}, not {lock_id}: it is not the lock you meant",
-                    location,
-                    h.id
+                    "the lock of {location} has another ID than {lock_id}: it is not the lock you meant (the ID is the one the refusal to take the lock named)"
                 );
             }
             if state::holder_alive_here(&h) && !force {
@@ -356,6 +360,19 @@ fn plan_command(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Re
     let file = price_file(args.prices)?;
     let mut l = load_file(path, g)?;
     let report = ops::plan::plan(rt, &mut l, &args.options(file.as_ref()))?;
+    if !g.json {
+        say_backend(&l.backend)?;
+    }
+    if let (Some(h), false) = (&report.locked_by, g.json) {
+        outln!(
+            "`{}` (pid {} on {}, since {}) holds the lock of {} and may be running now: the tests it runs are in its hands, not waiting for a resume. Plan again when it is done.\n",
+            h.command,
+            h.pid,
+            h.host,
+            h.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            l.backend.location()
+        );
+    }
     if g.json {
         let mut shown = serde_json::to_value(&report.changes)?;
         if let Some(e) = &report.estimate {
@@ -389,6 +406,27 @@ fn plan_command(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Re
     } else {
         0
     })
+}
+
+/// The first line of `plan` and `apply` when the workspace is not in this directory.
+fn say_backend(backend: &crate::backend::Backend) -> Result<()> {
+    if backend.local_path().is_none() {
+        outln!("Workspace state: {}\n", backend.location());
+    }
+    Ok(())
+}
+
+/// The arguments that reach the same workspace as this command did, for hints: the plan file
+/// and the `--backend` or `--state` given with it.
+fn reaching(plan: &Path, g: &Global) -> String {
+    let mut args = plan.display().to_string();
+    match (&g.backend, &g.state) {
+        (Some(BackendArg::S3(config)), _) => args.push_str(&format!(" --backend {}", config.url())),
+        (Some(BackendArg::Local), _) => args.push_str(" --backend local"),
+        (None, Some(state)) => args.push_str(&format!(" --state {}", state.display())),
+        (None, None) => {}
+    }
+    args
 }
 
 /// What `plan` and `apply` read beyond the plan file.
@@ -600,7 +638,10 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
     };
     let backend = plan_backend(&plan, g)?;
     let options = args.options(file.as_ref());
+    let (workspace, plan_backend) = (plan.name.clone(), plan.backend.clone());
     let prepared = ops::apply::prepare(rt, path, plan, saved.as_ref(), backend, &options)?;
+    workspace::remember_backend(g, plan_backend.as_ref(), &workspace);
+    say_backend(prepared.backend())?;
     outln!("{}", planner::render(&prepared.changes));
     if prepared.changes.is_empty() {
         outln!("\nNothing to apply.");
@@ -640,7 +681,7 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
             }
         }
     }
-    let plan_arg = path.display();
+    let plan_arg = reaching(path, g);
     if report.interrupted {
         if !report.still_running.is_empty() {
             let paid = (report.still_running.iter())
@@ -887,6 +928,41 @@ mod tests {
             [
                 std::path::Path::new("src/backend/s3.rs"),
                 std::path::Path::new("src/cli/mod.rs")
+            ]
+        );
+    }
+
+    fn global(backend: Option<super::BackendArg>, state: Option<&str>) -> super::Global {
+        super::Global {
+            state: state.map(Into::into),
+            workspace: None,
+            backend,
+            no_color: true,
+            json: false,
+            verbose: 0,
+        }
+    }
+
+    /// Hints name the workspace as the command line reached it: `--backend` or `--state`
+    /// included, so that the command they give reaches the same state.
+    #[test]
+    fn hints_reach_the_same_workspace() {
+        let plan = std::path::Path::new("plans/example.toml");
+        let s3 = crate::plan::S3Config::from_url("s3://perf-state/rallyctl").unwrap();
+        let reached = [
+            global(None, None),
+            global(Some(super::BackendArg::S3(s3)), None),
+            global(Some(super::BackendArg::Local), None),
+            global(None, Some("elsewhere/n.json")),
+        ]
+        .map(|g| super::reaching(plan, &g));
+        assert_eq!(
+            reached,
+            [
+                "plans/example.toml",
+                "plans/example.toml --backend s3://perf-state/rallyctl",
+                "plans/example.toml --backend local",
+                "plans/example.toml --state elsewhere/n.json",
             ]
         );
     }

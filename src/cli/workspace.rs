@@ -40,8 +40,54 @@ pub(super) fn backend_of(
         );
     };
     match s3 {
-        None => Ok(Backend::Local(state::default_path(workspace))),
+        None => {
+            let local = state::default_path(workspace);
+            let remembered = std::fs::read_to_string(remembered_path(workspace)).ok();
+            if let Some(url) = remembered.filter(|_| g.backend.is_none() && !local.exists()) {
+                let url = url.trim();
+                return Err(UsageError(format!(
+                    "workspace `{workspace}` lives in {url} ({} remembers the backend it last used), but nothing here names it: pass --backend {url}, or --backend local to start a new workspace in this directory",
+                    remembered_path(workspace).display()
+                ))
+                .into());
+            }
+            Ok(Backend::Local(local))
+        }
         Some((config, plan)) => s3_backend(config, workspace, plan),
+    }
+}
+
+/// Where this directory remembers the S3 backend a workspace used last, as `terraform init`
+/// does: `state/<workspace>.backend`, its URL.
+fn remembered_path(workspace: &str) -> PathBuf {
+    Path::new(state::DEFAULT_DIR).join(format!("{}.backend", crate::address::slug(workspace)))
+}
+
+/// Remembers the S3 backend a command reached `workspace` in (`--backend`, else the plan's
+/// `[backend]`; nothing for a local one), once it was read from, so that a command that names
+/// no backend later is not silently given an empty local workspace. A directory that cannot
+/// hold the note loses only the reminder, which is said.
+pub(super) fn remember_backend(g: &Global, plan_backend: Option<&S3Config>, workspace: &str) {
+    let config = match (&g.state, &g.backend) {
+        (None, Some(BackendArg::S3(config))) => config,
+        (None, None) => match plan_backend {
+            Some(config) => config,
+            None => return,
+        },
+        _ => return,
+    };
+    let path = remembered_path(workspace);
+    let url = config.url();
+    if std::fs::read_to_string(&path).is_ok_and(|known| known.trim() == url) {
+        return;
+    }
+    let written = std::fs::create_dir_all(state::DEFAULT_DIR)
+        .and_then(|()| std::fs::write(&path, format!("{url}\n")));
+    if let Err(e) = written {
+        crate::ui::warn(&format!(
+            "cannot remember the workspace's backend in {}: {e}",
+            path.display()
+        ));
     }
 }
 
@@ -209,6 +255,8 @@ pub fn load_file(path: &Path, g: &Global) -> Result<Loaded> {
             }
             _ => None,
         };
-        load_at(plan, backend, read)
+        let loaded = load_at(plan, backend, read)?;
+        remember_backend(g, loaded.plan.backend.as_ref(), &loaded.plan.name);
+        Ok(loaded)
     })
 }

@@ -26,6 +26,13 @@ pub struct Prepared {
     _lock: Lock,
 }
 
+impl Prepared {
+    /// Where the workspace's state is.
+    pub fn backend(&self) -> &Backend {
+        &self.loaded.backend
+    }
+}
+
 /// Checks credentials and the account, locks `backend`, and finds the changes: a saved plan's,
 /// refused when state moved since it was made, or the diff of `plan` against state.
 pub fn prepare(

@@ -13,7 +13,7 @@ use crate::cost::{self, PriceFile};
 use crate::plan::{Plan, ProviderKind, Settings};
 use crate::planner::{self, Changes, Options, SavedPlan};
 use crate::provider::Limit;
-use crate::state::State;
+use crate::state::{self, LockHolder, LockState, State};
 use crate::ui;
 
 /// What `plan` found: the changes, the baked image each test that launches uses, the estimate.
@@ -21,6 +21,9 @@ pub struct PlanReport {
     pub changes: Changes,
     pub images: Vec<(Address, String)>,
     pub estimate: Option<cost::estimate::Estimate>,
+    /// Who holds the workspace's lock, when a run that may still be going does: the tests it
+    /// runs are in its hands, whatever the diff says of them.
+    pub locked_by: Option<LockHolder>,
 }
 
 /// What the command line asks of `plan` and `apply` beyond the plan itself.
@@ -47,10 +50,18 @@ pub fn plan(rt: &Runtime, l: &mut Loaded, o: &PlanOptions<'_>) -> Result<PlanRep
     let images = baked_images(&l.plan, resolved, &changes)?;
     let prices = prices_for(rt, &l.plan, &changes, o.prices, reached)?;
     let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
+    let locked_by = match l.backend.lock_state()? {
+        // A holder that died here left the lock for the next run to take over.
+        LockState::Held(h) if h.host != state::hostname() || state::holder_alive_here(&h) => {
+            Some(h)
+        }
+        LockState::Held(_) | LockState::Unlocked | LockState::Unreadable => None,
+    };
     Ok(PlanReport {
         changes,
         images,
         estimate,
+        locked_by,
     })
 }
 
