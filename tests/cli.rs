@@ -1672,3 +1672,72 @@ fn fail_on_regression_with_a_space_suggests_the_equals_sign() {
         insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
     }
 }
+
+/// Each command's `--help` lists only the global flags it reads (no `--json` where it is
+/// refused, no `--state` where no state is read) and describes every positional argument.
+#[test]
+fn each_commands_help_shows_what_it_takes() {
+    let everywhere = ["--no-color", "--verbose", "--help"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["validate"], &["--json"]),
+        (&["plan"], &["--state", "--backend", "--json"]),
+        (&["apply"], &["--state", "--backend"]),
+        (&["bake"], &["--state", "--backend"]),
+        (&["graph"], &[]),
+        (&["destroy"], &["--state", "--workspace", "--backend"]),
+        (
+            &["results"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
+        (&["report"], &["--state", "--workspace", "--backend"]),
+        (&["force-unlock"], &["--state", "--workspace", "--backend"]),
+        (
+            &["state", "list"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
+        (
+            &["state", "show"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
+        (&["state", "rm"], &["--state", "--workspace", "--backend"]),
+        (&["state", "push"], &["--state", "--workspace", "--backend"]),
+        (&["state", "pull"], &["--state", "--workspace", "--backend"]),
+    ];
+    let global = ["--state", "--workspace", "--backend", "--json"];
+    for (command, takes) in cases {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = rallyctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let (arguments, options) = help.split_once("\nOptions:\n").unwrap();
+        let shown: Vec<&str> = (options.lines())
+            .filter_map(|l| {
+                l.trim_start()
+                    .split([' ', ','])
+                    .find(|w| w.starts_with("--"))
+            })
+            .filter(|flag| global.contains(flag))
+            .collect();
+        let mut wanted: Vec<&str> = global.into_iter().filter(|f| takes.contains(f)).collect();
+        let mut seen = shown.clone();
+        seen.sort();
+        wanted.sort();
+        assert_eq!(seen, wanted, "rallyctl {}:\n{help}", command.join(" "));
+        for flag in everywhere {
+            assert!(options.contains(flag), "{flag} on {command:?}:\n{help}");
+        }
+        if let Some((_, positionals)) = arguments.split_once("\nArguments:\n") {
+            for line in positionals
+                .lines()
+                .filter(|l| l.trim_start().starts_with(['<', '[']))
+            {
+                let described = line.trim().split_once("  ").map(|(_, d)| d.trim());
+                assert!(
+                    described.is_some_and(|d| !d.is_empty()),
+                    "an argument without a description on {command:?}: {line}"
+                );
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::address::Address;
 use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format};
@@ -72,6 +72,52 @@ pub fn normalize_args(
     out
 }
 
+/// The global flags a command has no use for, hidden from its `--help`: `--json` where it is
+/// refused ([`Command::without_json`]), where the state is (`--state`, `--workspace`,
+/// `--backend`) where no state is read, `--workspace` where the plan names the workspace.
+const UNUSED: &[(&str, &[&str])] = &[
+    ("validate", &["state", "workspace", "backend"]),
+    ("graph", &["state", "workspace", "backend", "json"]),
+    ("plan", &["workspace"]),
+    ("apply", &["workspace", "json"]),
+    ("bake", &["workspace", "json"]),
+    ("destroy", &["json"]),
+    ("report", &["json"]),
+    ("force-unlock", &["json"]),
+    ("state rm", &["json"]),
+    ("state push", &["json"]),
+    ("state pull", &["json"]),
+];
+
+/// Parses the command line as [`Cli`] does, with each command's `--help` showing only the
+/// global flags it reads.
+pub fn parse(args: &[std::ffi::OsString]) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::command();
+    let global: Vec<clap::Arg> = cli.get_arguments().cloned().collect();
+    hide_unused(&mut cli, "", &global);
+    let mut matches = cli.try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
+/// Gives each command in [`UNUSED`] hidden copies of the global flags it does not read: clap
+/// then propagates the global ones only where no flag of that name is.
+fn hide_unused(command: &mut clap::Command, path: &str, global: &[clap::Arg]) {
+    for sub in command.get_subcommands_mut() {
+        let name = match path {
+            "" => sub.get_name().to_owned(),
+            path => format!("{path} {}", sub.get_name()),
+        };
+        hide_unused(sub, &name, global);
+        let unused = UNUSED.iter().find(|(n, _)| *n == name);
+        for id in unused.map_or(&[][..], |(_, ids)| ids) {
+            let arg = (global.iter())
+                .find(|a| a.get_id() == id)
+                .expect("UNUSED names global flags");
+            *sub = std::mem::take(sub).arg(arg.clone().hide(true));
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rallyctl",
@@ -127,9 +173,13 @@ fn parse_backend(text: &str) -> Result<BackendArg, String> {
 #[derive(Subcommand, Debug)]
 pub(super) enum Command {
     /// Check a plan file and report every problem with file:line:column
-    Validate { plan: PathBuf },
+    Validate {
+        /// The plan file (TOML, or JSON)
+        plan: PathBuf,
+    },
     /// Show what apply would do: tests to run, re-run and terminate
     Plan {
+        /// The plan file (TOML, or JSON)
         plan: PathBuf,
         /// Save the plan to FILE for a later `apply FILE`
         #[arg(long = "out", short = 'o', alias = "o", value_name = "FILE")]
@@ -180,13 +230,17 @@ pub(super) enum Command {
     /// Make the images the plan's `ami = "baked"` tests launch from: an instance per image
     /// installs what they need, is imaged, then terminated
     Bake {
+        /// The plan file whose `ami = "baked"` tests need the images
         plan: PathBuf,
         /// Do not ask for approval
         #[arg(long)]
         auto_approve: bool,
     },
     /// Print the plan's DAG in Graphviz DOT
-    Graph { plan: PathBuf },
+    Graph {
+        /// The plan file (TOML, or JSON)
+        plan: PathBuf,
+    },
     /// Inspect or edit the state file
     State {
         #[command(subcommand)]
@@ -196,6 +250,7 @@ pub(super) enum Command {
     ForceUnlock {
         /// The lock's ID, as the refusal to take the lock names it
         lock_id: String,
+        /// The plan file; it names the workspace whose lock it is (else --workspace or --state)
         plan: Option<PathBuf>,
         /// Do not ask for confirmation, and remove a lock whose holder still runs on this host
         #[arg(long)]
@@ -330,19 +385,27 @@ pub struct Prices {
 #[derive(Subcommand, Debug)]
 pub(super) enum StateCommand {
     /// List the tests recorded in state with their status
-    List { plan: Option<PathBuf> },
+    List {
+        /// The plan file; it names the workspace (else --workspace or --state)
+        plan: Option<PathBuf>,
+    },
     /// Show one test's record
     Show {
+        /// The test's address: SUITE.TEST
         address: Address,
+        /// The plan file; it names the workspace (else --workspace or --state)
         plan: Option<PathBuf>,
     },
     /// Forget a test (its instance, if still running, is not terminated)
     Rm {
+        /// The test's address: SUITE.TEST
         address: Address,
+        /// The plan file; it names the workspace (else --workspace or --state)
         plan: Option<PathBuf>,
     },
     /// Copy the local state (and results) of a workspace to its S3 backend
     Push {
+        /// The plan file; it names the workspace and its [backend] (else --workspace, --backend)
         plan: Option<PathBuf>,
         /// Replace a remote state of a higher serial (never one of another lineage)
         #[arg(long)]
@@ -350,6 +413,7 @@ pub(super) enum StateCommand {
     },
     /// Copy a workspace's state (and results) from its S3 backend to this directory
     Pull {
+        /// The plan file; it names the workspace and its [backend] (else --workspace, --backend)
         plan: Option<PathBuf>,
         /// Replace a local state of a higher serial (never one of another lineage)
         #[arg(long)]

@@ -27,7 +27,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use tokio::runtime::Runtime;
 
 pub use crate::ops::{Loaded, load_at};
@@ -51,7 +50,7 @@ use workspace::{Target, check_output, named_workspace, plan_backend, s3_backend,
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let args = normalize_args(std::env::args_os());
-    let cli = match Cli::try_parse_from(&args) {
+    let cli = match args::parse(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
