@@ -53,12 +53,12 @@ pub fn load_at(
     })?;
     let (state, state_exists) = state;
     let here = state::default_path(&plan.name);
-    if !state_exists && backend.local_path().is_none() && here.is_file() {
+    if let (false, Backend::S3(remote), true) = (state_exists, &backend, here.is_file()) {
         eprintln!(
             "note: the workspace's state is {}, which holds none yet, while {} is here: `rallyctl state push {}` moves it there",
             backend.location(),
             here.display(),
-            plan.source.display()
+            remote.named()
         );
     }
     Ok(Loaded {
