@@ -59,7 +59,7 @@ pub fn expand<'t, 'n>(
             });
             continue;
         };
-        let field = Place(format!("{field}[{index}].matrix"));
+        let field = Place(format!("{field}[{index}].matrix"), 0);
         let Kind::Table(entries) = &node.kind else {
             unreachable!("a test with a matrix is a table")
         };
@@ -178,8 +178,8 @@ pub fn dedup(diagnostics: &mut Vec<Diagnostic>, from: usize) {
     }
 }
 
-/// A field path formatted once, for the diagnostics of one matrix.
-struct Place(String);
+/// A field path formatted once, for the diagnostics of one matrix, and the index it ends with.
+struct Place(String, usize);
 
 impl fmt::Display for Place {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,11 +189,11 @@ impl fmt::Display for Place {
 
 impl Place {
     fn key(&self, key: &str) -> Place {
-        Place(format!("{}.{key}", self.0))
+        Place(format!("{}.{key}", self.0), 0)
     }
 
     fn index(&self, i: usize) -> Place {
-        Place(format!("{}[{i}]", self.0))
+        Place(format!("{}[{i}]", self.0), i)
     }
 }
 
@@ -207,6 +207,8 @@ struct Axis<'a, 'n> {
 /// axis, the axis and the index of the equal value there (`None`: no value of the axis is).
 struct Extra<'a, 'n> {
     entry: &'a Node<'n>,
+    /// Its place in its list.
+    index: usize,
     values: Vec<Value<'a, 'n>>,
     on: Vec<(usize, Option<usize>)>,
 }
@@ -362,6 +364,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
         }
         let mut extra = Extra {
             entry: item,
+            index: field.1,
             values: Vec::with_capacity(entries.len()),
             on: Vec::new(),
         };
@@ -425,7 +428,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
             sink.error_with_help(
                 &node.span,
                 field,
-                format!("{what}; a matrix makes at most {MAX_COMBINATIONS} tests"),
+                what,
                 "split it into several tests, or exclude what you do not need",
             );
             None
@@ -436,7 +439,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
                 return too_many(
                     sink,
                     format!(
-                        "its axes make {} combinations",
+                        "its axes make {} combinations; a matrix makes at most {MAX_COMBINATIONS} tests",
                         product.map_or("more than 2^64".into(), |n| n.to_string())
                     ),
                 );
@@ -458,7 +461,9 @@ impl<'a, 'n> Matrix<'a, 'n> {
                     if kept.len() == MAX_COMBINATIONS {
                         return too_many(
                             sink,
-                            format!("it makes more than {MAX_COMBINATIONS} tests"),
+                            format!(
+                                "the matrix makes more than {MAX_COMBINATIONS} tests, the most one matrix may make"
+                            ),
                         );
                     }
                     kept.push(Combination {
@@ -486,7 +491,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
             if !m {
                 sink.error_with_help(
                     &x.entry.span,
-                    field.key("exclude"),
+                    field.key("exclude").index(x.index),
                     "this exclude entry matches no combination",
                     "each value it names must be one of its axis' values",
                 );
@@ -523,7 +528,12 @@ impl<'a, 'n> Matrix<'a, 'n> {
             }
             if !added {
                 if kept.len() == MAX_COMBINATIONS {
-                    return too_many(sink, format!("it makes more than {MAX_COMBINATIONS} tests"));
+                    return too_many(
+                        sink,
+                        format!(
+                            "the matrix makes more than {MAX_COMBINATIONS} tests, the most one matrix may make"
+                        ),
+                    );
                 }
                 // In the axes' order, as the other combinations name them.
                 let mut values = include.values.clone();
@@ -933,7 +943,7 @@ mod tests {
                 "{t}car = [\"a\", \"b\"]\nexclude = [{{ car = \"c\" }}, {{ car = \"a\" }}, {{ name = \"a\" }}]\n"
             )),
             [
-                "14:12 suite[0].test[0].matrix.exclude: this exclude entry matches no combination",
+                "14:12 suite[0].test[0].matrix.exclude[0]: this exclude entry matches no combination",
                 "14:44 suite[0].test[0].matrix.exclude[2].name: `name` is not an axis of this matrix, so no combination has it to exclude",
             ]
         );
@@ -958,7 +968,7 @@ mod tests {
                 axis(100)
             )),
             [
-                "12:1 suite[0].test[0].matrix: it makes more than 10000 tests; a matrix makes at most 10000 tests"
+                "12:1 suite[0].test[0].matrix: the matrix makes more than 10000 tests, the most one matrix may make"
             ]
         );
         // A mistake every combination shares is reported once, and a matrix that cannot be
@@ -976,6 +986,59 @@ mod tests {
                 "12:7 suite[0].test[0].car: expected a string, found an integer",
                 "13:10 suite[0].test[0].matrix: expected a table, found an integer",
             ]
+        );
+    }
+
+    /// The other ways a matrix is written wrong, each said where it is.
+    #[test]
+    fn malformed_matrices_are_refused_where_written() {
+        let t = "[[suite.test]]\nname = \"t\"\n[suite.test.matrix]\n";
+        let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+        for (matrix, problem) in [
+            ("", "12:1 suite[0].test[0].matrix: the matrix has no axes"),
+            (
+                "car = \"a\"",
+                "13:7 suite[0].test[0].matrix.car: expected an array, found a string",
+            ),
+            (
+                "car = [\"a\"]\ninclude = 1",
+                "14:11 suite[0].test[0].matrix.include: expected an array of tables, found an integer",
+            ),
+            (
+                "car = [\"a\"]\ninclude = [1]",
+                "14:12 suite[0].test[0].matrix.include[0]: expected a table, found an integer",
+            ),
+            (
+                "car = [\"a\"]\ninclude = [{}]",
+                "14:12 suite[0].test[0].matrix.include[0]: an empty include entry adds nothing",
+            ),
+            (
+                "car = [\"a\"]\nexclude = [{}]",
+                "14:12 suite[0].test[0].matrix.exclude[0]: an empty exclude entry would exclude every combination",
+            ),
+            (
+                "car = [\"a\"]\ninclude = [{ cars = \"b\" }]",
+                "14:14 suite[0].test[0].matrix.include[0].cars: `cars` is not a setting",
+            ),
+            (
+                &format!(
+                    "ssh_port = [{}]\nrepetitions = [{}]",
+                    many.join(", "),
+                    many.join(", ")
+                ),
+                "12:1 suite[0].test[0].matrix: its axes make 1002001 combinations; a matrix makes at most 10000 tests",
+            ),
+        ] {
+            let found = problems(&format!("{t}{matrix}\n"));
+            assert!(found.contains(&problem.to_owned()), "{matrix}: {found:?}");
+        }
+        let json = r#"{"version": 1, "name": "m", "defaults": {"track": "x", "provider": "local"}, "suite": [{"name": "s", "test": [{"name": "t", "matrix": {"car": ["a"], "car": ["b"]}}]}]}"#;
+        let errors = Plan::parse(Path::new("m.json"), json).unwrap_err();
+        assert!(
+            errors
+                .to_string()
+                .contains("matrix.car: duplicate key `car`"),
+            "{errors}"
         );
     }
 
