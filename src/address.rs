@@ -239,6 +239,36 @@ mod tests {
         );
     }
 
+    /// A matrix's combination holds its values' dots in the test part: printed bare, read
+    /// back as printed, its results directory named as it is; a suite still has none.
+    #[test]
+    fn a_combinations_dots_need_no_quoting() {
+        let a = Address::new("ingest", "index-m5.large-8.14.0").unwrap();
+        assert_eq!(a.to_string(), "ingest.index-m5.large-8.14.0");
+        assert_eq!(
+            "ingest.index-m5.large-8.14.0".parse::<Address>().unwrap(),
+            a
+        );
+        assert_eq!(
+            a.path(),
+            std::path::Path::new("ingest/index-m5.large-8.14.0")
+        );
+        assert_eq!(Address::new("s", ".."), Err(NameError::LeadingDot));
+        assert_eq!(Address::new("a.b", "t"), Err(NameError::Dot));
+        let odd = Address::new("s", "x.y z").unwrap();
+        assert_eq!(odd.to_string().parse::<Address>().unwrap(), odd);
+        assert!(!odd.path().to_string_lossy().contains(' '));
+        let test: Address = "ingest.index".parse().unwrap();
+        assert!(test.selects(&a, ["index"]));
+        assert!(!test.selects(&a, ["other"]));
+        assert!(
+            !"search.index"
+                .parse::<Address>()
+                .unwrap()
+                .selects(&a, ["index"])
+        );
+    }
+
     #[test]
     fn control_characters_and_bidi_overrides_are_no_part_of_a_name() {
         for name in ["a\nb", "nul\0", "esc\u{1b}[31m", "rtl\u{202e}gnp", "tab\t"] {

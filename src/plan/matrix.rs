@@ -165,6 +165,34 @@ pub fn expand<'t, 'n>(
     out
 }
 
+/// The tables of a test's matrix that hold settings' values (its axes, as arrays, and its
+/// `include` entries), for problems found in the account to be placed where a value is written.
+pub fn settings_tables<'t, 'n>(
+    test: &'t [Entry<'n>],
+    field: &str,
+    tables: &mut Vec<(String, &'t [Entry<'n>])>,
+) {
+    let Some(Kind::Table(matrix)) = test
+        .iter()
+        .find(|e| e.key == "matrix")
+        .map(|e| &e.value.kind)
+    else {
+        return;
+    };
+    tables.push((format!("{field}.matrix"), matrix));
+    if let Some(Kind::Array(include)) = matrix
+        .iter()
+        .find(|e| e.key == "include")
+        .map(|e| &e.value.kind)
+    {
+        for (k, entry) in include.iter().enumerate() {
+            if let Kind::Table(entry) = &entry.kind {
+                tables.push((format!("{field}.matrix.include[{k}]"), entry));
+            }
+        }
+    }
+}
+
 /// Drops the diagnostics from `from` on that repeat one before them: each combination of a
 /// matrix is read whole, so a mistake in the test's own table, or in a value several
 /// combinations share, is found once per combination.
@@ -1039,6 +1067,31 @@ mod tests {
                 .to_string()
                 .contains("matrix.car: duplicate key `car`"),
             "{errors}"
+        );
+    }
+
+    /// A value the account does not have (found by `plan`'s check) is placed in the matrix,
+    /// in an axis or an include entry, as anywhere else in the plan.
+    #[test]
+    fn problems_found_in_the_account_are_placed_in_the_matrix() {
+        let text = format!(
+            "{HEAD}[[suite.test]]\nname = \"t\"\n[suite.test.matrix]\ninstance_type = [\"m5.large\", \"x9.huge\"]\ninclude = [{{ instance_type = \"x9.huge\", car = \"a\" }}]\n"
+        );
+        let findings = [crate::plan::load::Finding {
+            keys: &["instance_type"],
+            value: "x9.huge",
+            message: "not offered",
+        }];
+        let errors = crate::plan::load::locate(Path::new("m.toml"), &text, &findings);
+        let found: Vec<String> = (errors.diagnostics.iter())
+            .map(|d| format!("{}:{} {}", d.line, d.column, d.field))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "13:30 suite[0].test[0].matrix.instance_type[1]",
+                "14:30 suite[0].test[0].matrix.include[0].instance_type",
+            ]
         );
     }
 
