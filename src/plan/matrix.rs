@@ -46,11 +46,13 @@ pub fn expand<'t, 'n>(
 ) -> Vec<Expanded<'t, 'n>> {
     let mut out = Vec::with_capacity(tests.len());
     for (index, node) in tests.iter().enumerate() {
-        let matrix = match &node.kind {
-            Kind::Table(entries) => entries.iter().position(|e| e.key == "matrix"),
+        let with_matrix = match &node.kind {
+            Kind::Table(entries) => {
+                (entries.iter().position(|e| e.key == "matrix")).map(|at| (entries, at))
+            }
             _ => None,
         };
-        let Some(at) = matrix else {
+        let Some((entries, at)) = with_matrix else {
             out.push(Expanded {
                 index,
                 node: Cow::Borrowed(node),
@@ -60,9 +62,6 @@ pub fn expand<'t, 'n>(
             continue;
         };
         let field = Place(format!("{field}[{index}].matrix"), 0);
-        let Kind::Table(entries) = &node.kind else {
-            unreachable!("a test with a matrix is a table")
-        };
         let mut test = entries.clone();
         let matrix = test.remove(at);
         let base = match entries
@@ -73,6 +72,7 @@ pub fn expand<'t, 'n>(
             Some(Kind::String(name)) => Some(&**name),
             _ => None,
         };
+        let reported = sink.diagnostics.len();
         let read = Matrix::read(&matrix.value, &field, settings, sink);
         let combinations = read
             .as_ref()
@@ -146,6 +146,16 @@ pub fn expand<'t, 'n>(
                             format!("{} more combinations {what}", n - 1),
                         );
                     }
+                }
+            }
+            Some(Some(_)) => {
+                if sink.diagnostics.len() == reported {
+                    sink.error_with_help(
+                        &matrix.value.span,
+                        &field,
+                        "`exclude` leaves no combination: the matrix makes no test",
+                        "exclude fewer, or remove the test",
+                    );
                 }
             }
             // Too many: the test is left out, the count said.
@@ -283,6 +293,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
             include: Vec::new(),
             exclude: Vec::new(),
         };
+        let reported = sink.diagnostics.len();
         let mut seen = HashSet::new();
         let mut entry_lists = Vec::new();
         for e in entries {
@@ -352,7 +363,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
             }
         }
         if matrix.axes.is_empty() && matrix.include.is_empty() {
-            if seen.is_empty() {
+            if sink.diagnostics.len() == reported {
                 sink.error_with_help(
                     &node.span,
                     field,
@@ -475,6 +486,8 @@ impl<'a, 'n> Matrix<'a, 'n> {
         };
         let mut matched = vec![false; self.exclude.len()];
         let mut kept: Vec<Combination<'a, 'n>> = Vec::new();
+        // Each original combination's value index per axis, which the includes match.
+        let mut indices: Vec<Vec<usize>> = Vec::new();
         if !self.axes.is_empty() {
             let mut picked = vec![0; self.axes.len()];
             for _ in 0..product {
@@ -494,6 +507,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
                             ),
                         );
                     }
+                    indices.push(picked.clone());
                     kept.push(Combination {
                         values: (self.axes.iter().zip(&picked))
                             .map(|(a, &v)| Value {
@@ -525,20 +539,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
                 );
             }
         }
-        // Kept combinations and their value indices, read again for the includes.
         let originals = kept.len();
-        let indices: Vec<Vec<usize>> = kept
-            .iter()
-            .map(|c| {
-                (self.axes.iter().zip(&c.values))
-                    .map(|(a, v)| {
-                        (a.values.iter())
-                            .position(|n| std::ptr::eq(n, v.value))
-                            .expect("the value is the axis'")
-                    })
-                    .collect()
-            })
-            .collect();
         for include in &self.include {
             let mut added = false;
             for (c, picked) in kept[..originals].iter_mut().zip(&indices) {
@@ -1024,6 +1025,14 @@ mod tests {
         let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
         for (matrix, problem) in [
             ("", "12:1 suite[0].test[0].matrix: the matrix has no axes"),
+            (
+                "exclude = []",
+                "12:1 suite[0].test[0].matrix: the matrix has no axes",
+            ),
+            (
+                "car = [\"a\"]\nexclude = [{ car = \"a\" }]",
+                "12:1 suite[0].test[0].matrix: `exclude` leaves no combination: the matrix makes no test",
+            ),
             (
                 "car = \"a\"",
                 "13:7 suite[0].test[0].matrix.car: expected an array, found a string",
