@@ -203,9 +203,9 @@ pub fn settings_tables<'t, 'n>(
     }
 }
 
-/// Drops the diagnostics from `from` on that repeat one before them: each combination of a
-/// matrix is read whole, so a mistake in the test's own table, or in a value several
-/// combinations share, is found once per combination.
+/// Drops the diagnostics (or warnings) from `from` on that repeat one before them: each
+/// combination of a matrix is read whole, so a mistake in the test's own table, or in a value
+/// several combinations share, is found once per combination.
 pub fn dedup(diagnostics: &mut Vec<Diagnostic>, from: usize) {
     let tail = diagnostics.split_off(from);
     let mut seen = HashSet::with_capacity(tail.len());
@@ -1086,12 +1086,12 @@ mod tests {
         let text = format!(
             "{HEAD}[[suite.test]]\nname = \"t\"\n[suite.test.matrix]\ninstance_type = [\"m5.large\", \"x9.huge\"]\ninclude = [{{ instance_type = \"x9.huge\", car = \"a\" }}]\n"
         );
-        let findings = [crate::plan::load::Finding {
+        let findings = [crate::plan::Finding {
             keys: &["instance_type"],
             value: "x9.huge",
             message: "not offered",
         }];
-        let errors = crate::plan::load::locate(Path::new("m.toml"), &text, &findings);
+        let errors = crate::plan::locate::locate(Path::new("m.toml"), &text, &findings);
         let found: Vec<String> = (errors.diagnostics.iter())
             .map(|d| format!("{}:{} {}", d.line, d.column, d.field))
             .collect();
@@ -1102,6 +1102,17 @@ mod tests {
                 "14:30 suite[0].test[0].matrix.include[0].instance_type",
             ]
         );
+    }
+
+    /// What the test's own table brings about is said once, not once per combination.
+    #[test]
+    fn a_warning_of_the_test_is_said_once() {
+        let plan = parse(
+            "[[suite.test]]\nname = \"t\"\nmax_runtime = \"10m\"\nstall_timeout = \"1h\"\n[suite.test.matrix]\ncar = [\"a\", \"b\", \"c\"]\n",
+        )
+        .unwrap();
+        assert_eq!(plan.tests().count(), 3);
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
     }
 
     /// 10,000 combinations are read in about the time 10,000 tests written out are.
