@@ -99,6 +99,7 @@ pub fn head(path: &Path, text: &str) -> Result<(String, Option<super::S3Config>)
                 sink: &mut sink,
                 format: format_of(path),
                 root: Path::new(""),
+                dir: Path::new(""),
             };
             match &root.kind {
                 Kind::Table(entries) => {
@@ -148,6 +149,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
             sink: &mut sink,
             format,
             root: &root,
+            dir: path.parent().unwrap_or(Path::new("")),
         }
         .plan(path, &tree),
         Err(e) => {
@@ -175,6 +177,8 @@ pub(super) struct Loader<'s, 'a> {
     pub(super) format: Format,
     /// The project root paths are recorded relative to ([`LocalPath`]).
     pub(super) root: &'s Path,
+    /// The plan file's directory, which relative paths in it are read from.
+    pub(super) dir: &'s Path,
 }
 
 pub(super) fn get<'n>(entries: &'n [Entry<'n>], key: &str) -> Option<&'n Entry<'n>> {
@@ -375,7 +379,7 @@ impl<'n> Loader<'_, '_> {
         }
         let chunk = items.len().div_ceil(threads);
         let format = self.format;
-        let root = self.root;
+        let (root, dir) = (self.root, self.dir);
         let sink = &*self.sink;
         let parts: Vec<_> = std::thread::scope(|scope| {
             let workers: Vec<_> = (items.chunks(chunk).enumerate())
@@ -386,6 +390,7 @@ impl<'n> Loader<'_, '_> {
                             sink: &mut sink,
                             format,
                             root,
+                            dir,
                         };
                         let suites: Vec<_> = (part.iter().enumerate())
                             .map(|(i, node)| {

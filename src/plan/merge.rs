@@ -118,7 +118,7 @@ impl Loader<'_, '_> {
                     image: None,
                     connect: match m[const { at("connect") }] {
                         Some(Val::Connect(c)) => c,
-                        _ => Connect::PublicIp,
+                        _ => Connect::default(),
                     },
                     instance_type: text(&mut m, const { at("instance_type") })?,
                     market: self.market(&mut m, span, field)?,
@@ -227,7 +227,7 @@ impl Loader<'_, '_> {
         match m[const { at("market") }].take() {
             Some(Val::Market(MarketKind::Spot)) => Some(Market::Spot(SpotOptions {
                 max_price,
-                on_interruption: on_interruption.unwrap_or(MarketKind::OnDemand),
+                on_interruption: on_interruption.unwrap_or_default(),
             })),
             _ => {
                 for (key, set) in [

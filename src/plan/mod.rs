@@ -188,9 +188,11 @@ pub enum RepeatOn {
     Fresh,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How rallyctl reaches an aws instance; by default its public address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Connect {
+    #[default]
     PublicIp,
     PrivateIp,
 }
@@ -211,9 +213,11 @@ pub struct SpotOptions {
     pub on_interruption: MarketKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How an instance is bought, and where a reclaimed spot test races again; by default on demand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MarketKind {
+    #[default]
     OnDemand,
     Spot,
 }
@@ -268,8 +272,8 @@ pub enum TrackSource {
 
 /// A file or directory a plan names (`rally_config`, `track_path`), held in two forms.
 ///
-/// Files are read where the plan's spelling leads, from the current directory. What the
-/// settings record, and so what the config hash takes in, is the path's place in the project:
+/// Files are read where the plan's spelling leads from the plan file's directory (or, for a
+/// plan written when that was the rule, from the current directory). What the settings record, and so what the config hash takes in, is the path's place in the project:
 /// relative to the project root when the path lies inside it, absolute otherwise. The project
 /// is the git checkout holding the plan file, or the plan file's directory outside a checkout.
 /// A checkout that moves, or a plan run from another directory, thus hashes its tests as before
@@ -691,7 +695,7 @@ impl TryFrom<FlatSettings> for Settings {
                 ami: f.ami.clone().ok_or_else(|| missing("ami"))?,
                 base_ami: f.base_ami.clone(),
                 image: None,
-                connect: f.connect.unwrap_or(Connect::PublicIp),
+                connect: f.connect.unwrap_or_default(),
                 instance_type: f
                     .instance_type
                     .clone()
@@ -699,7 +703,7 @@ impl TryFrom<FlatSettings> for Settings {
                 market: match f.market {
                     Some(MarketKind::Spot) => Market::Spot(SpotOptions {
                         max_price: f.max_price.clone(),
-                        on_interruption: f.on_interruption.unwrap_or(MarketKind::OnDemand),
+                        on_interruption: f.on_interruption.unwrap_or_default(),
                     }),
                     _ => Market::OnDemand,
                 },
@@ -944,7 +948,7 @@ impl Plan {
         load::head(path, &Plan::read(path)?)
     }
 
-    /// Validates plan text as if read from `path` (which relative paths inside do not use).
+    /// Validates plan text as if read from `path`: relative paths inside are read beside it.
     pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
         load::parse(path, text)
     }

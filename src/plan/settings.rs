@@ -363,7 +363,7 @@ pub(super) const SETTINGS: [Decl; 39] = [
     decl(
         "stall_timeout",
         Ty::Duration(Duration::from_secs(1), "a second"),
-        "a race whose console and Rally log both stay silent this long is stalled: stopped, failed with its log tail, its machine given back",
+        "a race whose console and Rally log both stay silent this long is stalled: stopped, failed with its log tail, its machine given back; one not shorter than `max_runtime` is warned about (the machine's time would run out first)",
     )
     .default(Default::Duration(STALL_TIMEOUT)),
     decl(
@@ -528,6 +528,32 @@ mod tests {
             if d.required {
                 assert!(matches!(d.default, Default::None), "{}", d.name);
             }
+        }
+    }
+
+    /// The defaults the README shows by name are those of the types the code falls back to.
+    #[test]
+    fn defaults_shown_by_name_are_the_types_own() {
+        use super::super::{Connect, MarketKind, Repeat};
+        let shown = |name: &str| match SETTINGS[setting(name).unwrap()].default {
+            Default::Shown(text) => text,
+            _ => panic!("{name} shows no default"),
+        };
+        let json = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or(v.to_string());
+        for (name, default) in [
+            ("connect", json(serde_json::json!(Connect::default()))),
+            ("market", json(serde_json::json!(MarketKind::default()))),
+            (
+                "on_interruption",
+                json(serde_json::json!(MarketKind::default())),
+            ),
+            ("provider", json(serde_json::json!(ProviderKind::default()))),
+            ("repeat_on", json(serde_json::json!(Repeat::default().on))),
+            ("repetitions", Repeat::default().count.to_string()),
+            ("offline", false.to_string()),
+            ("reuse_instances", false.to_string()),
+        ] {
+            assert_eq!(shown(name), default, "{name}");
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,19 @@ use super::source::{Kind, Node};
 use super::{Connect, LocalPath, MarketKind, ProviderKind, RepeatOn, SortedMap, Text};
 
 /// An EC2 id: `prefix-` and up to 17 lowercase hex digits (8 in older ids, 17 in newer).
+/// `to` as a path from `from`; both canonical.
+fn relative(to: &Path, from: &Path) -> PathBuf {
+    let common = (to.components().zip(from.components()))
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut path = PathBuf::new();
+    for _ in common..from.components().count() {
+        path.push("..");
+    }
+    path.extend(to.components().skip(common));
+    path
+}
+
 pub(super) fn is_aws_id(text: &str, prefix: &str) -> bool {
     text.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('-'))
@@ -81,37 +94,25 @@ impl<'n> Loader<'_, '_> {
             Ty::Str => self.string(node, field).map(|s| Val::Str(s.into())),
             Ty::File => {
                 let path = self.string(node, field)?;
-                match std::fs::File::open(path).and_then(|f| f.metadata()) {
-                    Ok(meta) if meta.is_file() => {
-                        Some(Val::Path(LocalPath::in_project(Path::new(path), self.root)))
-                    }
-                    Ok(_) => {
-                        self.sink
-                            .error(span, field, format!("`{path}` is not a file"));
-                        None
-                    }
-                    Err(e) => {
-                        self.sink
-                            .error(span, field, format!("cannot read `{path}`: {e}"));
-                        None
-                    }
-                }
+                let file = |p: &Path| match std::fs::File::open(p).and_then(|f| f.metadata()) {
+                    Ok(meta) if meta.is_file() => Ok(()),
+                    Ok(_) => Err(format!("`{}` is not a file", p.display())),
+                    Err(e) => Err(format!("cannot read `{}`: {e}", p.display())),
+                };
+                self.local_path(span, field, path, file, None)
+                    .map(Val::Path)
             }
             Ty::TrackDir => {
                 let path = self.string(node, field)?;
-                let track_json = Path::new(path).join("track.json");
-                match std::fs::File::open(&track_json) {
-                    Ok(_) => Some(Val::Path(LocalPath::in_project(Path::new(path), self.root))),
-                    Err(e) => {
-                        self.sink.error_with_help(
-                            span,
-                            field,
-                            format!("cannot read `{}`: {e}", track_json.display()),
-                            "track_path names a local Rally track directory holding track.json",
-                        );
-                        None
-                    }
-                }
+                let track = |p: &Path| {
+                    let track_json = p.join("track.json");
+                    std::fs::File::open(&track_json)
+                        .map(drop)
+                        .map_err(|e| format!("cannot read `{}`: {e}", track_json.display()))
+                };
+                let help = "track_path names a local Rally track directory holding track.json";
+                self.local_path(span, field, path, track, Some(help))
+                    .map(Val::Path)
             }
             Ty::Strs => {
                 let items = self.array(node, field)?;
@@ -499,6 +500,55 @@ impl<'n> Loader<'_, '_> {
                 );
             }
         })
+    }
+
+    /// A relative path a plan names is read beside the plan file. Plans written when paths
+    /// were read from the current directory keep working: a path found only there is read
+    /// from there, with a warning giving the spelling that works from the plan's directory.
+    /// `check` says why a candidate will not do; an error names every place looked.
+    fn local_path(
+        &mut self,
+        span: &Range<usize>,
+        field: Field<'_>,
+        spelled: &str,
+        check: impl Fn(&Path) -> Result<(), String>,
+        help: Option<&str>,
+    ) -> Option<LocalPath> {
+        let beside = self.dir.join(spelled);
+        let problem = match check(&beside) {
+            Ok(()) => return Some(LocalPath::in_project(&beside, self.root)),
+            Err(problem) => problem,
+        };
+        let here = Path::new(".").canonicalize().ok();
+        let elsewhere = Path::new(spelled).is_relative()
+            && self.dir.canonicalize().ok() != here
+            && !self.dir.as_os_str().is_empty();
+        let message = if !elsewhere {
+            problem
+        } else if let Err(there) = check(Path::new(spelled)) {
+            format!(
+                "`{spelled}` is found neither beside the plan nor from the current directory: {problem}; {there}"
+            )
+        } else {
+            let works = match (Path::new(spelled).canonicalize(), self.dir.canonicalize()) {
+                (Ok(file), Ok(dir)) => relative(&file, &dir).display().to_string(),
+                _ => spelled.to_owned(),
+            };
+            self.sink.warning(
+                span,
+                field,
+                format!(
+                    "`{spelled}` is found only from the current directory; relative paths are read from the plan's directory ({}): write \"{works}\", which works from any directory",
+                    self.dir.display()
+                ),
+            );
+            return Some(LocalPath::in_project(Path::new(spelled), self.root));
+        };
+        match help {
+            Some(help) => self.sink.error_with_help(span, field, message, help),
+            None => self.sink.error(span, field, message),
+        }
+        None
     }
 
     /// A string naming one of `choices`; anything else is reported as not `what`, with the
