@@ -27,6 +27,8 @@ pub enum NameError {
     Empty,
     #[error("a name cannot contain '.', which separates suite and test in an address")]
     Dot,
+    #[error("a test's name cannot start with '.'")]
+    LeadingDot,
     #[error("a name is at most {MAX_NAME_LEN} characters")]
     TooLong,
     /// Control characters and bidirectional overrides make a name read differently from what
@@ -64,9 +66,28 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     }
 }
 
+/// Checks the test part of an address: a name, or the name of a matrix's test, which holds its
+/// values (`index-m5.large-8.14.0`). The suite comes first in an address and holds no '.', so
+/// the first '.' ends it and a test's own dots are unambiguous; a leading one would make
+/// `.` or `..` of its results directory.
+pub fn check_test_name(name: &str) -> Result<(), NameError> {
+    match name.strip_prefix('.') {
+        Some(_) => Err(NameError::LeadingDot),
+        // Dots aside, the rules are a name's: checked with the dots taken out.
+        None => check_name(&name.replace('.', "-")),
+    }
+}
+
 fn is_plain(name: &str) -> bool {
     name.chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Plain for the test part of an address: a plain word, dots allowed. No name written before
+/// matrices holds a dot, so every existing address and results directory reads as it did.
+fn is_plain_test(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
 }
 
 /// A file-system-safe form of a name: itself when plain, else its plain characters and a short
@@ -90,8 +111,8 @@ pub fn slug(name: &str) -> String {
     format!("{kept}-{}", &hex::encode(digest)[..8])
 }
 
-fn fmt_name(name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    if is_plain(name) {
+fn fmt_name(name: &str, plain: bool, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if plain {
         f.write_str(name)
     } else {
         // serde_json's string escaping is exactly the quoting that `FromStr` undoes.
@@ -103,7 +124,7 @@ impl Address {
     pub fn new(suite: impl Into<String>, test: impl Into<String>) -> Result<Self, NameError> {
         let (suite, test) = (suite.into(), test.into());
         check_name(&suite)?;
-        check_name(&test)?;
+        check_test_name(&test)?;
         Ok(Address { suite, test })
     }
 
@@ -117,20 +138,33 @@ impl Address {
 
     /// Relative path `suite/test` with both parts slugged, for results and remote directories.
     pub fn path(&self) -> std::path::PathBuf {
-        [slug(&self.suite), slug(&self.test)].iter().collect()
+        let test = if is_plain_test(&self.test) {
+            self.test.clone()
+        } else {
+            slug(&self.test)
+        };
+        [slug(&self.suite), test].iter().collect()
+    }
+
+    /// Whether this address, read as `--target` or `--replace` names it, selects the test at
+    /// `other` whose plan test groups it under `groups` (the test a variant belongs to, the
+    /// test whose matrix made it): the name of a test selects all of its variants and
+    /// combinations.
+    pub fn selects<'g>(&self, other: &Address, groups: impl IntoIterator<Item = &'g str>) -> bool {
+        self == other || (self.suite == other.suite && groups.into_iter().any(|g| g == self.test))
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_name(&self.suite, f)?;
+        fmt_name(&self.suite, is_plain(&self.suite), f)?;
         f.write_str(".")?;
-        fmt_name(&self.test, f)
+        fmt_name(&self.test, is_plain_test(&self.test), f)
     }
 }
 
 /// Reads one name from the front of `s`: a plain word, or a JSON string. Returns it and the rest.
-fn take_name(s: &str) -> Result<(String, &str), String> {
+fn take_name(s: &str, dots: bool) -> Result<(String, &str), String> {
     if s.starts_with('"') {
         let mut stream = serde_json::Deserializer::from_str(s).into_iter::<String>();
         match stream.next() {
@@ -139,7 +173,9 @@ fn take_name(s: &str) -> Result<(String, &str), String> {
         }
     } else {
         let end = s
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || dots && c == '.')
+            })
             .unwrap_or(s.len());
         Ok((s[..end].to_owned(), &s[end..]))
     }
@@ -153,11 +189,11 @@ impl FromStr for Address {
             input: input.to_owned(),
             reason,
         };
-        let (suite, rest) = take_name(input).map_err(err)?;
+        let (suite, rest) = take_name(input, false).map_err(err)?;
         let rest = rest
             .strip_prefix('.')
             .ok_or_else(|| err("missing '.' between suite and test".into()))?;
-        let (test, rest) = take_name(rest).map_err(err)?;
+        let (test, rest) = take_name(rest, true).map_err(err)?;
         if !rest.is_empty() {
             return Err(err(format!("unexpected `{rest}` after the test name")));
         }
@@ -203,6 +239,36 @@ mod tests {
         );
     }
 
+    /// A matrix's combination holds its values' dots in the test part: printed bare, read
+    /// back as printed, its results directory named as it is; a suite still has none.
+    #[test]
+    fn a_combinations_dots_need_no_quoting() {
+        let a = Address::new("ingest", "index-m5.large-8.14.0").unwrap();
+        assert_eq!(a.to_string(), "ingest.index-m5.large-8.14.0");
+        assert_eq!(
+            "ingest.index-m5.large-8.14.0".parse::<Address>().unwrap(),
+            a
+        );
+        assert_eq!(
+            a.path(),
+            std::path::Path::new("ingest/index-m5.large-8.14.0")
+        );
+        assert_eq!(Address::new("s", ".."), Err(NameError::LeadingDot));
+        assert_eq!(Address::new("a.b", "t"), Err(NameError::Dot));
+        let odd = Address::new("s", "x.y z").unwrap();
+        assert_eq!(odd.to_string().parse::<Address>().unwrap(), odd);
+        assert!(!odd.path().to_string_lossy().contains(' '));
+        let test: Address = "ingest.index".parse().unwrap();
+        assert!(test.selects(&a, ["index"]));
+        assert!(!test.selects(&a, ["other"]));
+        assert!(
+            !"search.index"
+                .parse::<Address>()
+                .unwrap()
+                .selects(&a, ["index"])
+        );
+    }
+
     #[test]
     fn control_characters_and_bidi_overrides_are_no_part_of_a_name() {
         for name in ["a\nb", "nul\0", "esc\u{1b}[31m", "rtl\u{202e}gnp", "tab\t"] {
@@ -218,7 +284,8 @@ mod tests {
     fn bad_addresses_are_refused_with_a_reason() {
         for (input, reason) in [
             ("nodot", "missing '.'"),
-            ("a.b.c", "unexpected `.c`"),
+            ("a.b c", "unexpected ` c`"),
+            ("a..b", "cannot start with '.'"),
             (".b", "cannot be empty"),
             ("a.\"open", "unterminated"),
         ] {

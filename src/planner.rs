@@ -11,7 +11,7 @@ use similar::TextDiff;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::{MachineSettings, Plan, ProviderKind, RepeatOn, Test};
+use crate::plan::{MachineSettings, MatrixOf, Plan, ProviderKind, RepeatOn, Test};
 use crate::state::{Handover, State, Status, Step, TestRecord};
 use crate::templates::{ArtifactMap, Inputs, Renderer, TemplateError};
 
@@ -43,6 +43,9 @@ pub struct Change {
     pub diff: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// The matrix the test is a combination of, which `render` groups it under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixOf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
             instance: record
                 .and_then(TestRecord::live_machine)
                 .map(|i| i.id.clone()),
+            matrix: test.matrix.clone(),
         };
         let Some(record) = record else {
             let reason = format!("will be run{}", races(test));
@@ -300,6 +304,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 config_hash: None,
                 diff: None,
                 instance: Some(instance.id.clone()),
+                matrix: None,
             });
         }
     }
@@ -371,6 +376,7 @@ fn handoffs(
                 config_hash: None,
                 diff: None,
                 instance: Some(machine.id.clone()),
+                matrix: None,
             });
         }
     }
@@ -526,15 +532,45 @@ pub fn render(changes: &Changes) -> String {
         );
     } else {
         out.push_str("rallyctl will perform the following actions:\n\n");
-        for c in &changes.changes {
+        // The matrix test whose combinations are being listed, under a line of its own.
+        let mut group = None;
+        for (k, c) in changes.changes.iter().enumerate() {
+            let of = |c: &Change| {
+                (c.matrix.as_ref()).map(|m| (c.address.suite().to_owned(), m.test.clone()))
+            };
+            let key = of(c);
+            if let (Some((suite, test)), Some(m)) = (&key, &c.matrix)
+                && key != group
+            {
+                let listed = (changes.changes[k..].iter())
+                    .take_while(|d| of(d) == key)
+                    .count();
+                let test = Address::new(suite.as_str(), test.as_str())
+                    .map_or_else(|_| format!("{suite}.{test}"), |a| a.to_string());
+                let _ = writeln!(
+                    out,
+                    "  # {test}: a matrix of {} combination{}, {listed} test{} below\n",
+                    m.combinations,
+                    if m.combinations == 1 { "" } else { "s" },
+                    if listed == 1 { "" } else { "s" },
+                );
+            }
+            group = key;
+            let indent = if c.matrix.is_some() { "    " } else { "" };
             let styled = match c.action {
                 Action::Run => style("  +").green(),
                 Action::Resume { .. } => style("  >").cyan(),
                 Action::Rerun => style("-/+").yellow(),
                 Action::Terminate => style("  -").red(),
             };
-            let _ = writeln!(out, "  # {} {}", c.address, c.reason);
-            let _ = writeln!(out, "{styled} {}", style(&c.address).bold());
+            let _ = writeln!(out, "{indent}  # {} {}", c.address, c.reason);
+            if let Some(m) = &c.matrix {
+                let values: Vec<String> = (m.values.iter())
+                    .map(|(key, value)| format!("{key} = {value}"))
+                    .collect();
+                let _ = writeln!(out, "{indent}  #   {}", values.join(", "));
+            }
+            let _ = writeln!(out, "{indent}{styled} {}", style(&c.address).bold());
             if let Some(diff) = &c.diff {
                 for line in diff.lines() {
                     let line_styled = if line.starts_with('+') && !line.starts_with("+++") {
@@ -544,7 +580,7 @@ pub fn render(changes: &Changes) -> String {
                     } else {
                         style(line).dim()
                     };
-                    let _ = writeln!(out, "      {line_styled}");
+                    let _ = writeln!(out, "{indent}      {line_styled}");
                 }
             }
             out.push('\n');
@@ -759,6 +795,33 @@ track = "nyc_taxis"
     fn plan_text(p: &Plan, state: &State, options: &Options) -> String {
         let artifacts = render_all(p, &Renderer::new()).unwrap();
         render(&diff(p, state, &artifacts, options))
+    }
+
+    /// A value added to an axis adds combinations, each named by its values: the ones
+    /// recorded keep their address and hash, so only the new ones run; `plan` lists them under
+    /// their test.
+    #[test]
+    fn a_value_added_to_an_axis_runs_only_the_new_combinations() {
+        console::set_colors_enabled(false);
+        let matrix = |versions: &str| {
+            plan(&format!(
+                "version = 1\nname = \"nightly\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+                 instance_type = \"m5.large\"\ntrack = \"geonames\"\n[[suite]]\nname = \"s\"\n\
+                 [[suite.test]]\nname = \"index\"\n[suite.test.matrix]\n\
+                 instance_type = [\"m5.large\", \"c5.large\"]\ndistribution_version = [{versions}]\n"
+            ))
+        };
+        let old = matrix("\"8.14.0\", \"8.15.0\"");
+        let mut state = State::new("nightly");
+        for test in old.tests() {
+            let (a, r) = record_for(&old, &test.address.to_string(), Status::Completed);
+            state.tests.insert(a, r);
+        }
+        let new = matrix("\"8.14.0\", \"8.15.0\", \"8.16.0\"");
+        let artifacts = render_all(&new, &Renderer::new()).unwrap();
+        let changes = diff(&new, &state, &artifacts, &Options::default());
+        assert_eq!(changes.unchanged, 4);
+        insta::assert_snapshot!(render(&changes));
     }
 
     #[test]

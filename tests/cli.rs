@@ -1848,3 +1848,70 @@ fn each_commands_help_shows_what_it_takes() {
         }
     }
 }
+
+/// A test matrix: `validate` counts its combinations as tests, `plan` lists them under their
+/// test with the values each sets.
+#[test]
+fn plan_groups_a_matrix_under_its_test() {
+    let plan = "tests/fixtures/plans/matrix.toml";
+    let out = rallyctl(&["validate", plan]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!("matrix_validate", String::from_utf8_lossy(&out.stdout));
+    let (_dir, state) = temp_state();
+    let out = rallyctl(&[
+        "plan",
+        plan,
+        "--state",
+        state.to_str().unwrap(),
+        "--refresh=false",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!("matrix_plan", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Each mistake a matrix can hold, at the file, line and column of what is wrong.
+#[test]
+fn validate_reports_matrix_mistakes_at_their_values() {
+    let out = rallyctl(&["validate", "tests/fixtures/matrix/mistakes.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
+}
+
+/// A combination's address is pasted back as printed, with no quoting; the test's name
+/// selects all its combinations, for `--target` and for `--replace`.
+#[test]
+fn the_name_of_a_test_with_a_matrix_selects_all_its_combinations() {
+    let (_dir, state) = temp_state();
+    let plan = |flag: &str, address: &str| {
+        let out = rallyctl(&[
+            "plan",
+            "tests/fixtures/plans/matrix.toml",
+            "--state",
+            state.to_str().unwrap(),
+            "--refresh=false",
+            flag,
+            address,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // An address that selects nothing is refused, so `--replace` taking it is the check.
+    for flag in ["--target", "--replace"] {
+        let stdout = plan(flag, "ingest.index");
+        assert!(
+            stdout.contains("+ ingest.index-r5.large-8.15.0"),
+            "{flag}: {stdout}"
+        );
+    }
+    let stdout = plan("--target", "ingest.index");
+    assert!(
+        stdout.contains("Plan: 7 to run") && !stdout.contains("ingest.search"),
+        "{stdout}"
+    );
+    let one = plan("--target", "ingest.index-c5.large-8.15.0-bulk_size-5000");
+    assert!(
+        one.contains("+ ingest.index-c5.large-8.15.0-bulk_size-5000")
+            && one.contains("Plan: 1 to run"),
+        "{one}"
+    );
+}

@@ -40,8 +40,69 @@ fn mutate(base: &str, edits: &[(usize, u8, u8)]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// A value an axis, include or exclude entry may hold: right, of another type, or a table.
+fn matrix_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "\"a\"",
+            "\"b.c\"",
+            "\"8.15.0\"",
+            "\"\"",
+            "\"x y\"",
+            "\"\\n\""
+        ])
+        .prop_map(String::from),
+        any::<i8>().prop_map(|n| n.to_string()),
+        Just("true".to_owned()),
+        Just("{ bulk_size = 1 }".to_owned()),
+        Just("{}".to_owned()),
+        Just("[]".to_owned()),
+    ]
+}
+
+/// A matrix of random axes (settings, not settings, `include`, `exclude`), values and entries.
+fn matrix() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec![
+        "car",
+        "challenge",
+        "track_params",
+        "instance_type",
+        "repetitions",
+        "name",
+        "variant",
+        "carr",
+    ]);
+    let entry = || {
+        prop::collection::vec((key.clone(), matrix_value()), 0..3).prop_map(|kv| {
+            let pairs: Vec<String> = kv.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{ {} }}", pairs.join(", "))
+        })
+    };
+    let axis = (key.clone(), prop::collection::vec(matrix_value(), 0..4))
+        .prop_map(|(k, vs)| format!("{k} = [{}]\n", vs.join(", ")));
+    (
+        prop::collection::vec(axis, 0..4),
+        prop::collection::vec(entry(), 0..3),
+        prop::collection::vec(entry(), 0..3),
+    )
+        .prop_map(|(axes, include, exclude)| {
+            format!(
+                "version = 1\nname = \"m\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\ninstance_type = \"t\"\ntrack = \"x\"\n\
+                 [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\ntrack_params = {{ clients = 2 }}\n[suite.test.matrix]\n{}include = [{}]\nexclude = [{}]\n",
+                axes.concat(),
+                include.join(", "),
+                exclude.join(", ")
+            )
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_matrices_never_panic(text in matrix()) {
+        parse_both(&text);
+    }
 
     #[test]
     fn arbitrary_text_never_panics_the_plan_parser(text in "\\PC{0,400}") {

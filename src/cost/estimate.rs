@@ -480,6 +480,7 @@ mod tests {
                     config_hash: None,
                     diff: None,
                     instance: None,
+                    matrix: None,
                 })
                 .collect(),
             ..Changes::default()

@@ -93,20 +93,22 @@ pub fn selection(
 /// The tests an address selects: the test of that address, or, given the name of a test with
 /// variants (`suite.heap` for `suite.heap-4g` and `suite.heap-8g`), all its variants, in the
 /// plan or in state. Variants race interleaved on one machine, so they are selected together.
+/// The name of a test with a matrix selects its combinations in the plan.
 fn select(address: &Address, plan: &Plan, state: &State) -> Vec<Address> {
     if plan.test(address).is_some() || state.tests.contains_key(address) {
         return vec![address.clone()];
     }
-    let of_test = |a: &Address, variant: Option<&crate::plan::VariantOf>| {
-        a.suite() == address.suite() && variant.is_some_and(|v| v.test == address.test())
-    };
     let mut variants: Vec<Address> = plan
         .tests()
-        .filter(|t| of_test(&t.address, t.variant.as_ref()))
+        .filter(|t| {
+            let variant = t.variant.as_ref().map(|v| v.test.as_str());
+            let matrix = t.matrix.as_ref().map(|m| m.test.as_str());
+            address.selects(&t.address, variant.into_iter().chain(matrix))
+        })
         .map(|t| t.address.clone())
         .chain(
             (state.tests.iter())
-                .filter(|(a, r)| of_test(a, r.variant.as_ref()))
+                .filter(|(a, r)| address.selects(a, r.variant.as_ref().map(|v| v.test.as_str())))
                 .map(|(a, _)| a.clone()),
         )
         .collect();

@@ -476,9 +476,12 @@ impl<'n> Loader<'_, '_> {
             );
         }
         let mut tests = Vec::with_capacity(test_nodes.len());
-        let mut seen = HashSet::with_capacity_and_hasher(test_nodes.len(), FastHash::default());
-        for (i, test_node) in test_nodes.iter().enumerate() {
-            let test_field = tests_field.index(i);
+        let (reported, warned) = (self.sink.diagnostics.len(), self.sink.warnings.len());
+        let expanded = super::matrix::expand(test_nodes, &tests_field, &settings::NAMES, self.sink);
+        let mut seen = HashSet::with_capacity_and_hasher(expanded.len(), FastHash::default());
+        for expansion in &expanded {
+            let (test_node, matrix) = (&*expansion.node, &expansion.matrix);
+            let test_field = tests_field.index(expansion.index);
             let Some(entries) = self.table(test_node, test_field) else {
                 continue;
             };
@@ -489,7 +492,8 @@ impl<'n> Loader<'_, '_> {
                         .error(&test_node.span, test_field, "missing required key `name`");
                     None
                 }
-            };
+            }
+            .map(|name| expansion.name.as_deref().unwrap_or(name));
             let raw = self.settings_table(
                 test_node,
                 test_field,
@@ -536,6 +540,7 @@ impl<'n> Loader<'_, '_> {
                                 test: test.to_owned(),
                                 name: variant,
                             }),
+                            matrix: matrix.clone(),
                             reuse: false,
                         });
                     }
@@ -552,10 +557,13 @@ impl<'n> Loader<'_, '_> {
                     settings,
                     repeat,
                     variant: None,
+                    matrix: matrix.clone(),
                     reuse,
                 });
             }
         }
+        super::matrix::dedup(&mut self.sink.diagnostics, reported);
+        super::matrix::dedup(&mut self.sink.warnings, warned);
         Some(Suite {
             name: name?.to_owned(),
             parallelism,
@@ -792,16 +800,12 @@ impl<'n> Loader<'_, '_> {
 
     /// Reports a key that is none of `allowed` or `extra`, suggesting the closest.
     fn unknown_key(&mut self, e: &Entry<'_>, field: Field<'_>, allowed: &[&str], extra: &[&str]) {
-        let suggestion = allowed
-            .iter()
-            .chain(extra)
-            .map(|k| (strsim::jaro_winkler(k, &e.key), *k))
-            .filter(|(score, _)| *score > 0.8)
-            .max_by(|a, b| a.0.total_cmp(&b.0));
+        let candidates: Vec<&str> = allowed.iter().chain(extra).copied().collect();
+        let suggestion = super::diag::closest(&e.key, &candidates);
         let message = format!("unknown key `{}`", e.key);
         let f = field.key(&e.key);
         match suggestion {
-            Some((_, k)) => {
+            Some(k) => {
                 self.sink
                     .error_with_help(&e.key_span, f, message, format!("did you mean `{k}`?"))
             }

@@ -49,6 +49,11 @@ pub fn locate(path: &Path, text: &str, findings: &[Finding<'_>]) -> PlanErrors {
             for (j, test) in tests.iter().enumerate() {
                 if let Kind::Table(t) = &test.kind {
                     tables.push((format!("suite[{i}].test[{j}]"), t));
+                    super::matrix::settings_tables(
+                        t,
+                        &format!("suite[{i}].test[{j}]"),
+                        &mut tables,
+                    );
                 }
             }
         }

@@ -10,6 +10,7 @@ mod document;
 mod json_doc;
 mod load;
 mod locate;
+mod matrix;
 mod merge;
 pub mod settings;
 pub mod source;
@@ -130,6 +131,9 @@ pub struct Test {
     /// interleaved on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<VariantOf>,
+    /// Set when the test is one combination of a plan test's `matrix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixOf>,
     /// `reuse_instances`: the machine may come from a test of an earlier suite that asked for
     /// the same one, and may go on to a later one. Not a setting of the race: the config hash
     /// leaves it out.
@@ -142,6 +146,18 @@ pub struct Test {
 pub struct VariantOf {
     pub test: String,
     pub name: String,
+}
+
+/// Which plan test's matrix made a test, and with what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatrixOf {
+    /// The plan test's name, which selects all its combinations.
+    pub test: String,
+    /// Each setting the combination sets and its value as written (`"m5.large"`,
+    /// `{ bulk_size = 1000 }`), in the matrix's order.
+    pub values: Vec<(String, String)>,
+    /// How many combinations the matrix has.
+    pub combinations: usize,
 }
 
 /// How many times a test races, and where. Not a setting of the race: the config hash leaves it
