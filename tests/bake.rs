@@ -12,6 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use rallyctl::state::{BakeStep, Image, Status};
+use support::context::text;
 use support::fault_proxy::FaultProxy;
 use support::run::{Run, at};
 
@@ -32,14 +33,6 @@ fn through(run: &Run, proxy: &FaultProxy, args: &[&str]) -> Output {
     let mut cmd = run.command(args);
     cmd.env("AWS_ENDPOINT_URL", &proxy.url);
     run.output(&mut cmd, args)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn seconds(from: jiff::Timestamp, to: jiff::Timestamp) -> f64 {

@@ -11,6 +11,7 @@
 //! ES double and moto, and sessions get `https_proxy` for the package index.
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod context;
 pub mod fault_proxy;
 pub mod providers;
 pub mod run;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::Harness;
+use super::{Harness, context};
 
 pub struct Run {
     pub harness: Harness,
@@ -75,11 +75,8 @@ tags = {{ team = "e2e" }}
 
     /// The command for rallyctl with the harness's environment, run in this run's directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
+        let mut cmd = context::command(self.dir.path(), args);
         self.harness.apply_env(&mut cmd);
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1");
         cmd
     }
 
@@ -134,24 +131,16 @@ tags = {{ team = "e2e" }}
 
     /// Polls state until the test's status label is `status`; panics after `timeout`.
     pub fn wait_for_status(&self, address: &str, status: &str, timeout: std::time::Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        let address: rallyctl::address::Address = address.parse().unwrap();
         let path = self.dir.path().join("state/e2e.state.json");
-        loop {
+        context::wait_for_status(
+            &path.display().to_string(),
+            address,
+            status,
+            timeout,
+            std::time::Duration::from_millis(10),
             // A state file is replaced atomically, so every read sees a whole one.
-            let now = rallyctl::state::load(&path)
-                .ok()
-                .flatten()
-                .and_then(|s| s.tests.get(&address).map(|r| r.status.label()));
-            if now.as_deref() == Some(status) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{address} never reached {status} (last: {now:?})"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+            || rallyctl::state::load(&path).ok().flatten(),
+        );
     }
 
     /// Polls until the race of `address` runs on its instance (the harness's instances share
