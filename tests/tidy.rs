@@ -211,15 +211,7 @@ fn token_outside(src: &Source, token: &str, allowed: &[&str], why: &'static str)
     if !in_module(&src.path, "src") || allowed.iter().any(|m| in_module(&src.path, m)) {
         return Vec::new();
     }
-    token_lines(src, token)
-        .into_iter()
-        .map(|line| Violation {
-            path: src.path.clone(),
-            line,
-            found: token.to_owned(),
-            why,
-        })
-        .collect()
+    every_line_with(src, token, why)
 }
 
 fn ec2_only_in_the_aws_provider(src: &Source) -> Vec<Violation> {
@@ -271,16 +263,7 @@ fn plan_reads_no_state_and_no_network(src: &Source) -> Vec<Violation> {
         why,
     );
     if in_module(&src.path, "src/plan") {
-        found.extend(
-            token_lines(src, "aws_sdk_")
-                .into_iter()
-                .map(|line| Violation {
-                    path: src.path.clone(),
-                    line,
-                    found: "aws_sdk_".into(),
-                    why,
-                }),
-        );
+        found.extend(every_line_with(src, "aws_sdk_", why));
     }
     found
 }
