@@ -90,3 +90,13 @@ pub fn wait_for_status(
         std::thread::sleep(poll);
     }
 }
+
+/// The race.json collected for a test, in the directory its results were collected under.
+pub fn race_json(dir: &Path, record: &rallyctl::state::TestRecord) -> serde_json::Value {
+    let file = record
+        .results
+        .iter()
+        .find(|f| f.path.ends_with("race.json"))
+        .expect("race.json recorded");
+    serde_json::from_slice(&std::fs::read(dir.join(&file.path)).unwrap()).unwrap()
+}

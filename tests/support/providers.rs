@@ -548,12 +548,7 @@ impl<'h> Workspace<'h> {
 
     /// The collected race.json of a test.
     pub fn race_json(&self, record: &TestRecord) -> serde_json::Value {
-        let file = record
-            .results
-            .iter()
-            .find(|f| f.path.ends_with("race.json"))
-            .expect("race.json recorded");
-        serde_json::from_slice(&std::fs::read(self.dir.path().join(&file.path)).unwrap()).unwrap()
+        context::race_json(self.dir.path(), record)
     }
 
     /// Checks what every completed test must have: the collected files where the spec puts

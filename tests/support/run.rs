@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::fault_proxy::FaultProxy;
 use super::{Harness, context};
 
 pub struct Run {
@@ -96,6 +97,31 @@ tags = {{ team = "e2e" }}
         out
     }
 
+    /// A fault proxy in front of this run's moto with `--fault` rules `faults`, logging here.
+    pub fn proxy(&self, faults: &[&str]) -> FaultProxy {
+        self.proxy_with(faults, &[])
+    }
+
+    /// [`Run::proxy`] with further arguments of fault_proxy.py (`--young-not-found N`).
+    pub fn proxy_with(&self, faults: &[&str], args: &[&str]) -> FaultProxy {
+        FaultProxy::start_with(&self.harness.moto_url, faults, args, self.dir.path())
+    }
+
+    /// rallyctl with its AWS calls going through `proxy` (a fault proxy in front of moto).
+    pub fn through(&self, proxy: &FaultProxy, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+        self.output(&mut cmd, args)
+    }
+
+    /// The step the test at `address` failed at, and why; panics when it did not fail.
+    pub fn failure(&self, address: &str) -> (rallyctl::state::Step, String) {
+        match self.record(address).status {
+            rallyctl::state::Status::Failed { step, error, .. } => (step, error),
+            other => panic!("{address} is {other:?}, not failed"),
+        }
+    }
+
     /// Starts rallyctl in the background, its output going to `name.out` and `name.err`.
     pub fn spawn(&self, name: &str, args: &[&str]) -> std::process::Child {
         self.spawn_with_env(name, args, &[])
@@ -169,12 +195,7 @@ tags = {{ team = "e2e" }}
 
     /// The race.json collected for a test.
     pub fn race_json(&self, record: &rallyctl::state::TestRecord) -> serde_json::Value {
-        let file = record
-            .results
-            .iter()
-            .find(|f| f.path.ends_with("race.json"))
-            .expect("race.json recorded");
-        serde_json::from_slice(&std::fs::read(self.dir.path().join(&file.path)).unwrap()).unwrap()
+        context::race_json(self.dir.path(), record)
     }
 
     pub fn state(&self) -> rallyctl::state::State {
