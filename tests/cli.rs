@@ -40,6 +40,113 @@ fn validate_reports_every_mistake_with_its_position() {
     insta::assert_snapshot!(text(&out));
 }
 
+/// A duration without a unit, or in words, says what a duration looks like; EC2's interruption
+/// behaviours written as `on_interruption` are told apart from a fallback.
+#[test]
+fn validate_says_what_a_duration_and_a_spot_fallback_look_like() {
+    let out = rallyctl(&[
+        "validate",
+        "tests/fixtures/messages/duration-and-fallback-mistakes.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+}
+
+/// A stall timeout the machine's time runs out before is a warning where the plan brings it
+/// about, from `validate` and `plan` alike; the plan stays valid.
+#[test]
+fn a_stall_timeout_not_shorter_than_max_runtime_is_a_warning() {
+    let plan = "tests/fixtures/messages/stall-outlasts-runtime.toml";
+    let out = rallyctl(&["validate", plan]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!(text(&out));
+    let (_dir, state) = temp_state();
+    let planned = rallyctl(&["plan", plan, "--state", state.to_str().unwrap()]);
+    assert_eq!(planned.status.code(), Some(0), "{}", text(&planned));
+    let stderr = String::from_utf8_lossy(&planned.stderr);
+    assert_eq!(stderr, String::from_utf8_lossy(&out.stderr));
+}
+
+/// A local plan in `dir/sub/plan.toml` naming `rally_config` and `track_path` as given.
+fn plan_in_sub(dir: &Path, rally_config: &str, track_path: &str) {
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(
+        dir.join("sub/plan.toml"),
+        format!(
+            "version = 1\nname = \"paths\"\n[defaults]\nprovider = \"local\"\noffline = true\n\
+             pipeline = \"benchmark-only\"\ntarget_hosts = [\"127.0.0.1:9200\"]\n\
+             rally_config = \"{rally_config}\"\ntrack_path = \"{track_path}\"\n\
+             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// A rally.ini and a track directory at `dir/at`.
+fn ini_and_track(dir: &Path) {
+    std::fs::create_dir_all(dir.join("track")).unwrap();
+    std::fs::write(dir.join("track/track.json"), "{}").unwrap();
+    std::fs::write(dir.join("rally.ini"), "[meta]\n").unwrap();
+}
+
+/// Relative paths are read beside the plan file, whichever directory rallyctl runs in.
+#[test]
+fn relative_paths_in_a_plan_are_read_beside_it_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    plan_in_sub(dir.path(), "rally.ini", "track");
+    ini_and_track(&dir.path().join("sub"));
+    let out = rallyctl_in(dir.path(), &["validate", "sub/plan.toml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// A plan written when paths were read from the current directory still reads them from
+/// there, with a warning giving the spelling that works from the plan's directory; the
+/// recorded paths, and so the config hashes, are those of the new spelling.
+#[test]
+fn a_path_found_only_from_the_current_directory_is_read_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    plan_in_sub(dir.path(), "rally.ini", "track");
+    ini_and_track(dir.path());
+    let (_state_dir, state) = temp_state();
+    let saved = |out: &str| {
+        let out = dir.path().join(out);
+        let run = rallyctl_in(
+            dir.path(),
+            &[
+                "plan",
+                "sub/plan.toml",
+                "--state",
+                state.to_str().unwrap(),
+                "-o",
+            ]
+            .into_iter()
+            .chain([out.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        );
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        (String::from_utf8_lossy(&run.stderr).into_owned(), saved)
+    };
+    let (warnings, old) = saved("old.plan");
+    insta::assert_snapshot!(warnings);
+    plan_in_sub(dir.path(), "../rally.ini", "../track");
+    let (none, new) = saved("new.plan");
+    assert_eq!(none, "");
+    assert_eq!(old["plan"]["suites"], new["plan"]["suites"]);
+}
+
+/// A path found nowhere is an error that names both places looked.
+#[test]
+fn a_path_found_nowhere_names_both_places_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    plan_in_sub(dir.path(), "missing.ini", "no/track");
+    let out = rallyctl_in(dir.path(), &["validate", "sub/plan.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+}
+
 #[test]
 fn validate_reports_variants_that_cannot_share_a_machine_or_differ_in_nothing() {
     let out = rallyctl(&["validate", "tests/fixtures/plans/variant-mistakes.toml"]);
@@ -495,14 +602,12 @@ fn completed(settings: serde_json::Value) -> rallyctl::state::TestRecord {
     )
 }
 
-/// A directory holding `plan.toml`, a copy of the example plan.
+/// A directory holding `plan.toml`, a copy of the example plan, and the files it names: the
+/// plan lies at the top, where `plans/example.toml` reaches up for them.
 fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        root().join("plans/example.toml"),
-        dir.path().join("plan.toml"),
-    )
-    .unwrap();
+    let example = std::fs::read_to_string(root().join("plans/example.toml")).unwrap();
+    std::fs::write(dir.path().join("plan.toml"), example.replace("\"../", "\"")).unwrap();
     std::fs::create_dir_all(dir.path().join("conditional_install_items")).unwrap();
     std::fs::copy(
         root().join("conditional_install_items/rally_csv.ini"),
@@ -860,7 +965,9 @@ fn plan_files_are_read_within_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let bom = dir.path().join("bom.json");
     let mut bytes = b"\xEF\xBB\xBF".to_vec();
-    bytes.extend(std::fs::read(root().join("plans/data_file.json")).unwrap());
+    let json = std::fs::read_to_string(root().join("plans/data_file.json")).unwrap();
+    // Its paths, spelled from plans/, are read from the current directory from here.
+    bytes.extend(json.replace("\"../", "\"").bytes());
     std::fs::write(&bom, bytes).unwrap();
     let out = rallyctl(&["validate", bom.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
