@@ -20,6 +20,22 @@ pub struct Target {
     settings: Settings,
 }
 
+/// What destroy could not give back, and why.
+#[derive(Debug)]
+pub struct NotGivenBack {
+    /// The machine's id, the image's, or (for snapshots without an image) the snapshots'.
+    pub id: String,
+    pub kind: Holding,
+    pub error: String,
+}
+
+/// The kind of thing destroy gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    Machine,
+    Image,
+}
+
 /// A machine state names that its provider says is already gone, with why.
 pub struct Gone {
     pub address: Address,
@@ -128,13 +144,12 @@ fn fail_in_progress(record: &mut crate::state::TestRecord, why: &str) {
     }
 }
 
-/// Gives every target back and records it; returns the ids of those that could not be, with
-/// why. A test destroyed mid-step is recorded failed, for the next apply to run again.
+/// Gives every target back and records it; returns those that could not be, with why. A test destroyed mid-step is recorded failed, for the next apply to run again.
 pub async fn destroy<P: Provider>(
     provider: &P,
     state: &StateHandle,
     targets: &[Target],
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<NotGivenBack>> {
     let mut not_released = Vec::new();
     let mut released = Vec::with_capacity(targets.len());
     for t in targets {
@@ -143,7 +158,11 @@ pub async fn destroy<P: Provider>(
     state.update(|s| {
         for (t, result) in released {
             if let Err(e) = result {
-                not_released.push((t.machine.id.clone(), e.to_string()));
+                not_released.push(NotGivenBack {
+                    id: t.machine.id.clone(),
+                    kind: Holding::Machine,
+                    error: e.to_string(),
+                });
                 continue;
             }
             if let Some(image) =
@@ -272,19 +291,24 @@ fn add_new(to: &mut Vec<String>, ids: Vec<String>) {
 
 /// Deregisters each image and deletes its snapshots, recording each as it goes: the image's
 /// snapshots as EC2 names them are recorded before it is deregistered (afterwards nothing
-/// names them). Returns the ids of those that could not be given back, with why.
+/// names them). Returns those that could not be given back, with why.
 pub async fn deregister(
     fleet: &crate::provider::Fleet,
     state: &StateHandle,
     images: &[ImageTarget],
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<NotGivenBack>> {
     let mut not_given_back = Vec::new();
+    let failed = |id: &String, e: &dyn std::fmt::Display| NotGivenBack {
+        id: id.clone(),
+        kind: Holding::Image,
+        error: e.to_string(),
+    };
     for target in images {
         let shown = (target.id.clone()).unwrap_or_else(|| target.snapshot_ids.join(", "));
         let aws = match fleet.images().await {
             Ok(aws) => aws,
             Err(e) => {
-                not_given_back.push((shown, e.to_string()));
+                not_given_back.push(failed(&shown, &e));
                 continue;
             }
         };
@@ -296,7 +320,7 @@ pub async fn deregister(
                     info.map(|i| i.snapshot_ids).unwrap_or_default(),
                 ),
                 Err(e) => {
-                    not_given_back.push((shown, e.to_string()));
+                    not_given_back.push(failed(&shown, &e));
                     continue;
                 }
             }
@@ -319,7 +343,7 @@ pub async fn deregister(
                     s.images[at].set_step(BakeStep::Deregistered);
                 }
             })?,
-            Err(e) => not_given_back.push((shown, e.to_string())),
+            Err(e) => not_given_back.push(failed(&shown, &e)),
         }
     }
     Ok(not_given_back)

@@ -15,6 +15,7 @@ pub mod destroy;
 pub mod dirs;
 pub mod graph;
 pub mod lifecycle;
+pub mod ops;
 pub mod plan;
 pub mod planner;
 pub mod provider;

@@ -600,6 +600,23 @@ pub struct SavedPlan {
     pub state_lineage: Option<Uuid>,
     pub state_serial: u64,
     pub changes: Changes,
+    /// What of the state the plan was computed from ([`state_digest`]): a write that changes
+    /// nothing of it (recording a baseline) leaves the saved plan fresh. None in saved plans
+    /// of rallyctl versions before it, which only the serial checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_digest: Option<String>,
+}
+
+/// The sha256 of the state as a plan is computed from it: everything but its serial and
+/// recorded baseline, which no diff reads.
+fn state_digest(state: &State) -> String {
+    use sha2::Digest as _;
+    let mut shown = serde_json::to_value(state).expect("states serialize");
+    if let Some(fields) = shown.as_object_mut() {
+        fields.remove("serial");
+        fields.remove("baseline_run");
+    }
+    hex::encode(sha2::Sha256::digest(shown.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -623,6 +640,7 @@ impl SavedPlan {
             state_lineage: state_exists.then_some(state.lineage),
             state_serial: if state_exists { state.serial } else { 0 },
             changes: changes.clone(),
+            state_digest: state_exists.then(|| state_digest(state)),
         }
     }
 
@@ -672,7 +690,9 @@ impl SavedPlan {
             state_exists.then_some(state.lineage),
             if state_exists { state.serial } else { 0 },
         );
-        if now != (self.state_lineage, self.state_serial) {
+        let unchanged = (self.state_digest.as_ref())
+            .is_some_and(|d| self.state_lineage == now.0 && d == &state_digest(state));
+        if now != (self.state_lineage, self.state_serial) && !unchanged {
             return Err(stale(format!(
                 "the state changed since it was planned (serial {} then, {} now)",
                 self.state_serial, now.1
@@ -1049,6 +1069,42 @@ name = "d"
             render_all(&saved.plan, &Renderer::new()).unwrap(),
             artifacts,
             "the saved plan hashes as the plan file does"
+        );
+    }
+
+    /// Recording a baseline writes state (a new serial) but changes nothing a plan is computed
+    /// from: a saved plan stays fresh; any change to a test's record makes it stale.
+    #[test]
+    fn recording_a_baseline_leaves_a_saved_plan_fresh() {
+        let mut state = State::new("w");
+        state.serial = 3;
+        let plan: Plan = crate::plan::Plan::parse(
+            Path::new("p.toml"),
+            "version = 1\nname = \"w\"\n[defaults]\nprovider = \"local\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\ntrack = \"geonames\"\n",
+        )
+        .unwrap();
+        let changes = Changes::default();
+        let saved = SavedPlan::new(&plan, &state, true, &changes);
+        let artifacts = ArtifactMap::default();
+        state.baseline_run = Some("run-1".into());
+        state.serial += 1;
+        saved
+            .check_fresh(Path::new("saved"), &state, true, &artifacts)
+            .unwrap();
+        state.tests.insert(
+            "s.t".parse().unwrap(),
+            crate::state::TestRecord::new(
+                "h".into(),
+                serde_json::json!({}).into(),
+                "esrally race".into(),
+                crate::state::Status::Completed,
+            ),
+        );
+        state.serial += 1;
+        assert!(
+            saved
+                .check_fresh(Path::new("saved"), &state, true, &artifacts)
+                .is_err()
         );
     }
 }

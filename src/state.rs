@@ -1066,7 +1066,7 @@ impl Drop for Lock {
     }
 }
 
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown-host".into())

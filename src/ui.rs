@@ -24,6 +24,49 @@ pub fn verbose() -> bool {
     VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Writing to stdout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Its reader went away (`rallyctl plan BIG.toml | head -1`): the command ends quietly, as
+    /// ripgrep does, since nobody reads what it would say.
+    #[error("stdout was closed")]
+    Closed,
+    #[error("cannot write to stdout: {0}")]
+    Io(std::io::Error),
+}
+
+/// Writes to stdout, the one way commands print: a closed pipe is an error to end on, never
+/// the panic of `print!`.
+pub fn out(text: std::fmt::Arguments<'_>) -> Result<(), OutputError> {
+    std::io::stdout()
+        .lock()
+        .write_fmt(text)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => OutputError::Closed,
+            _ => OutputError::Io(e),
+        })
+}
+
+/// A warning on stderr, in the style of every warning rallyctl gives.
+pub fn warn(message: &str) {
+    eprintln!("{} {message}", console::style("warning:").yellow().bold());
+}
+
+/// A message without the Rust debug dump of its error that the AWS SDK appends in parentheses
+/// (`... permissions. (ProviderError(ProviderError { source: ... }))`): what a user reads
+/// ends before it; `-v` shows it all.
+pub fn without_debug_dump(text: &str) -> &str {
+    let dump = text.match_indices(" (").map(|(at, _)| at).find(|&at| {
+        let rest = &text[at + 2..];
+        let name = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        rest.starts_with(|c: char| c.is_ascii_uppercase())
+            && (rest[name..].starts_with('(') || rest[name..].starts_with(" {"))
+    });
+    dump.map_or(text, |at| &text[..at])
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
@@ -39,7 +82,7 @@ pub enum Answer {
 
 /// Asks for `yes` like terraform; refuses without a terminal to ask on, naming `skip`, the
 /// flag that proceeds without asking. Ctrl-C answers at once, without waiting for Enter.
-pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
+pub fn confirm(rt: &tokio::runtime::Runtime, question: &str, skip: &str) -> Result<Answer, String> {
     if !std::io::stdin().is_terminal() {
         return Err(format!(
             "no terminal to ask for approval on; pass {skip} to proceed without asking"
@@ -48,22 +91,23 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
     // The signal is caught while the answer is read, so that the caller's locks are released
     // on the way out rather than left behind by a killed process. The handler is in place
     // before the prompt shows: a Ctrl-C the moment it appears would otherwise kill the process.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot wait for the answer: {e}"))?;
-    let answer = rt.block_on(async {
+    rt.block_on(async {
         let mut interrupt =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
                 .map_err(|e| format!("cannot wait for the answer: {e}"))?;
         print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
         std::io::stdout().flush().ok();
-        let read = tokio::task::spawn_blocking(|| {
+        // A thread of its own, not the runtime's blocking pool: after Ctrl-C the read may
+        // still block on the terminal, and is left behind.
+        let (tx, read) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
             let mut answer = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut answer)
-                .map(|_| answer)
+            let _ = tx.send(
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut answer)
+                    .map(|_| answer),
+            );
         });
         tokio::select! {
             read = read => match read {
@@ -77,15 +121,16 @@ pub fn confirm(question: &str, skip: &str) -> Result<Answer, String> {
                 Ok(Answer::Interrupted)
             }
         }
-    });
-    // The read may still be blocked on the terminal: leave it behind.
-    rt.shutdown_background();
-    answer
+    })
 }
 
-/// A timestamped line for logs when stdout is not a terminal.
+/// A timestamped line for logs when stdout is not a terminal. A closed stdout loses the line
+/// but stops nothing: the tests running go on to give their machines back.
 pub fn log_line(message: &str) {
-    println!("{} {message}", jiff::Timestamp::now().strftime("%H:%M:%S"));
+    let _ = out(format_args!(
+        "{} {message}\n",
+        jiff::Timestamp::now().strftime("%H:%M:%S")
+    ));
 }
 
 /// Live progress of an apply: a spinner line per running test and a bar per suite on a
@@ -215,4 +260,17 @@ pub fn summary_table(state: &crate::state::State, addresses: &[crate::address::A
         ]);
     }
     table.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The credential warning as this machine gave it (IMDS answering 403): one line that ends
+    /// where the SDK's debug dump begins.
+    #[test]
+    fn the_sdks_debug_dump_is_left_out() {
+        let sdk = r#"an error occurred while loading credentials: failed to load IMDS session token: service error: request forbidden: IMDS is disabled or the caller has insufficient permissions. (ProviderError(ProviderError { source: FailedToLoadToken(FailedToLoadToken { source: ServiceError(ServiceError { source: TokenError { kind: Forbidden }, raw: Response { status: StatusCode(403), headers: {"server": "keryx"} } }) }) }))"#;
+        insta::assert_snapshot!(super::without_debug_dump(sdk), @"an error occurred while loading credentials: failed to load IMDS session token: service error: request forbidden: IMDS is disabled or the caller has insufficient permissions.");
+        let plain = "load credentials (the AWS credential chain (environment, profile, SSO, instance role)): no credentials";
+        assert_eq!(super::without_debug_dump(plain), plain);
+    }
 }

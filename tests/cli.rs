@@ -455,7 +455,12 @@ fn state_commands_and_force_unlock() {
     // Only the lock meant: another ID is refused.
     let out = rallyctl(&["force-unlock", "not-the-id", "--state", s]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has the ID {id}")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the lock you meant"));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&id),
+        "a wrong ID is not answered with the right one: {}",
+        text(&out)
+    );
     // Its holder (this test) still runs here: refused without --force, and without a terminal
     // to confirm on, the command says how to proceed.
     let out = rallyctl(&["force-unlock", &id, "--state", s]);
@@ -1613,4 +1618,176 @@ fn an_unreachable_backend_is_named_and_nothing_is_written() {
     );
     assert!(shown.contains("Connection refused"), "{shown}");
     assert!(!dir.path().join("state").exists());
+}
+
+/// A reader that goes away early (`rallyctl plan BIG.toml | head -1`) ends rallyctl quietly, as
+/// it ends ripgrep: no panic, no message.
+#[test]
+fn a_closed_stdout_ends_plan_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plan = "version = 1\nname = \"big\"\n[defaults]\nprovider = \"local\"\nrally_version = \"2.13.0\"\ndistribution_version = \"8.15.0\"\n\n[[suite]]\nname = \"s\"\n".to_owned();
+    for t in 0..3000 {
+        plan.push_str(&format!(
+            "\n[[suite.test]]\nname = \"t{t}\"\ntrack = \"geonames\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("big.toml"), plan).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+        .args(["plan", "big.toml"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(!first.is_empty(), "plan printed nothing");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// A workspace this directory knows to live in S3 (`state/<name>.backend`, written when a
+/// command reached it there) is not silently started afresh here by a command that names no
+/// backend; `--backend local` starts one on purpose.
+#[test]
+fn a_workspace_remembered_in_s3_is_not_started_afresh_here() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    std::fs::write(
+        d.join("state/nightly.backend"),
+        "s3://perf-state/rallyctl\n",
+    )
+    .unwrap();
+    let out = rallyctl_in(d, &["plan", "plan.toml", "--refresh=false"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    insta::assert_snapshot!(text(&out));
+    let out = rallyctl_in(
+        d,
+        &["plan", "plan.toml", "--refresh=false", "--backend", "local"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// `plan` while a live run holds the workspace's lock says who holds it, rather than announcing
+/// a resume of the tests that run is running.
+#[test]
+fn plan_says_who_holds_the_lock() {
+    let dir = workdir();
+    let d = dir.path();
+    let state = d.join("state/nightly.state.json");
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    let lock = rallyctl::state::Lock::acquire(&state, "rallyctl apply plan.toml").unwrap();
+    let out = rallyctl_in(d, &["plan", "plan.toml", "--refresh=false"]);
+    drop(lock);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default();
+    insta::with_settings!({filters => vec![
+        (r"pid \d+ on [^,]+", "pid PID on HOST"),
+        (r"since [0-9-]+ [0-9:]+ UTC", "since TIME"),
+        (r"\S*state/nightly\.state\.json", "STATE"),
+    ]}, {
+        insta::assert_snapshot!(first);
+    });
+}
+
+/// `--fail-on-regression 10`, where clap reads `10` as an argument of its own, suggests the
+/// spelling that works, wherever the plan file is on the line.
+#[test]
+fn fail_on_regression_with_a_space_suggests_the_equals_sign() {
+    for args in [
+        &[
+            "results",
+            "--fail-on-regression",
+            "10",
+            "plans/example.toml",
+        ][..],
+        &[
+            "results",
+            "plans/example.toml",
+            "--fail-on-regression",
+            "10",
+        ][..],
+    ] {
+        let out = rallyctl(args);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Each command's `--help` lists only the global flags it reads (no `--json` where it is
+/// refused, no `--state` where no state is read) and describes every positional argument.
+#[test]
+fn each_commands_help_shows_what_it_takes() {
+    let everywhere = ["--no-color", "--verbose", "--help"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["validate"], &["--json"]),
+        (&["plan"], &["--state", "--backend", "--json"]),
+        (&["apply"], &["--state", "--backend"]),
+        (&["bake"], &["--state", "--backend"]),
+        (&["graph"], &[]),
+        (&["destroy"], &["--state", "--workspace", "--backend"]),
+        (
+            &["results"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
+        (&["report"], &["--state", "--workspace", "--backend"]),
+        (&["force-unlock"], &["--state", "--workspace", "--backend"]),
+        (
+            &["state", "list"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
+        (
+            &["state", "show"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
+        (&["state", "rm"], &["--state", "--workspace", "--backend"]),
+        (&["state", "push"], &["--state", "--workspace", "--backend"]),
+        (&["state", "pull"], &["--state", "--workspace", "--backend"]),
+    ];
+    let global = ["--state", "--workspace", "--backend", "--json"];
+    for (command, takes) in cases {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = rallyctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let (arguments, options) = help.split_once("\nOptions:\n").unwrap();
+        let shown: Vec<&str> = (options.lines())
+            .filter_map(|l| {
+                l.trim_start()
+                    .split([' ', ','])
+                    .find(|w| w.starts_with("--"))
+            })
+            .filter(|flag| global.contains(flag))
+            .collect();
+        let mut wanted: Vec<&str> = global.into_iter().filter(|f| takes.contains(f)).collect();
+        let mut seen = shown.clone();
+        seen.sort();
+        wanted.sort();
+        assert_eq!(seen, wanted, "rallyctl {}:\n{help}", command.join(" "));
+        for flag in everywhere {
+            assert!(options.contains(flag), "{flag} on {command:?}:\n{help}");
+        }
+        if let Some((_, positionals)) = arguments.split_once("\nArguments:\n") {
+            for line in positionals
+                .lines()
+                .filter(|l| l.trim_start().starts_with(['<', '[']))
+            {
+                let described = line.trim().split_once("  ").map(|(_, d)| d.trim());
+                assert!(
+                    described.is_some_and(|d| !d.is_empty()),
+                    "an argument without a description on {command:?}: {line}"
+                );
+            }
+        }
+    }
 }

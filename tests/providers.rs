@@ -806,3 +806,31 @@ fn repetitions_tell_a_search_slowdown_from_noise() {
     assert_eq!(out.status.code(), Some(0), "{table}");
     assert_no_aws_calls(&h);
 }
+
+/// What a user reads of `apply` and `destroy` on this machine, as snapshots (times and the
+/// workspace's name filtered): the plan, the progress lines, the summary, and a
+/// destroy that finds nothing left to give back.
+#[test]
+fn apply_and_destroy_output_on_local() {
+    let _turn = local_races_one_at_a_time();
+    let h = Harness::start(1);
+    let name = workspace("local-output");
+    let ws = Workspace::local(&h, &name);
+    let plan = ws.plan(&[("smoke", &[("a", "")])]);
+    let plan = plan.to_str().unwrap();
+    let filters = vec![
+        // What the install script says depends on whether an earlier test left the venv.
+        (r"(?m)^.*: rallyctl: .*\n", ""),
+        (r"\d\d:\d\d:\d\d ", "HH:MM:SS "),
+        (r"\d+m\d\ds", "MmSSs"),
+        (name.as_str(), "WORKSPACE"),
+    ];
+    let apply = ws.rallyctl(&["apply", plan, "--auto-approve"]);
+    assert_eq!(apply.status.code(), Some(0), "{apply:?}");
+    let destroy = ws.rallyctl(&["destroy", plan, "--auto-approve"]);
+    assert_eq!(destroy.status.code(), Some(0), "{destroy:?}");
+    insta::with_settings!({filters => filters}, {
+        insta::assert_snapshot!("apply_on_local", String::from_utf8_lossy(&apply.stdout));
+        insta::assert_snapshot!("destroy_on_local", String::from_utf8_lossy(&destroy.stdout));
+    });
+}

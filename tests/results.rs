@@ -1644,3 +1644,21 @@ fn variants_not_raced_interleaved_are_not_compared_unless_allowed() {
     let out = t.run(&["results", "--state", STATE, "--allow-unpaired"]);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
 }
+
+/// `results --state PATH` reads the results of that state's workspace, wherever it is run
+/// from: beside the state's `state/` directory.
+#[test]
+fn results_of_a_state_elsewhere_are_read_beside_it() {
+    let t = realistic();
+    let here = t.results(&["--runs"], 0);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let state = t.path(STATE);
+    let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+        .args(["results", "--runs", "--state", state.to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), here);
+}

@@ -152,12 +152,29 @@ impl Backend {
     /// downloads made for this command (kept until the returned guard is dropped).
     pub fn results_base(&self, state: Option<&State>) -> Result<ResultsBase, StateError> {
         match self {
-            Backend::Local(_) => Ok(ResultsBase {
-                dir: PathBuf::new(),
+            Backend::Local(path) => Ok(ResultsBase {
+                dir: local_results_base(path),
                 _tree: None,
             }),
             Backend::S3(r) => r.results_base(state),
         }
+    }
+}
+
+/// Where the results of the local state at `path` are: beside its `state/` directory when
+/// that holds a `results/` (a project's layout, so `results --state PATH` run from elsewhere
+/// reads that workspace's results), else under the current directory, where apply writes them.
+fn local_results_base(path: &Path) -> PathBuf {
+    let dir = state::dir_of(path);
+    match dir.parent() {
+        Some(project)
+            if dir.file_name() == Some(std::ffi::OsStr::new(state::DEFAULT_DIR))
+                && !project.as_os_str().is_empty()
+                && project.join("results").is_dir() =>
+        {
+            project.to_owned()
+        }
+        _ => PathBuf::new(),
     }
 }
 

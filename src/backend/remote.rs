@@ -61,6 +61,12 @@ impl Remote {
         }
     }
 
+    /// How a command line names this workspace (`PLAN`, or `--backend URL --workspace NAME`),
+    /// for hints.
+    pub fn named(&self) -> &str {
+        &self.named
+    }
+
     pub fn state_url(&self) -> String {
         self.objects.url(&self.state_key)
     }

@@ -3,14 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::address::Address;
-use crate::plan::Plan;
-use crate::planner::Options;
 use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format};
-use crate::state::State;
 
 /// Exit code of every error that is not one of the others below.
 pub const EXIT_ERROR: u8 = 1;
@@ -76,6 +72,52 @@ pub fn normalize_args(
     out
 }
 
+/// The global flags a command has no use for, hidden from its `--help`: `--json` where it is
+/// refused ([`Command::without_json`]), where the state is (`--state`, `--workspace`,
+/// `--backend`) where no state is read, `--workspace` where the plan names the workspace.
+const UNUSED: &[(&str, &[&str])] = &[
+    ("validate", &["state", "workspace", "backend"]),
+    ("graph", &["state", "workspace", "backend", "json"]),
+    ("plan", &["workspace"]),
+    ("apply", &["workspace", "json"]),
+    ("bake", &["workspace", "json"]),
+    ("destroy", &["json"]),
+    ("report", &["json"]),
+    ("force-unlock", &["json"]),
+    ("state rm", &["json"]),
+    ("state push", &["json"]),
+    ("state pull", &["json"]),
+];
+
+/// Parses the command line as [`Cli`] does, with each command's `--help` showing only the
+/// global flags it reads.
+pub fn parse(args: &[std::ffi::OsString]) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::command();
+    let global: Vec<clap::Arg> = cli.get_arguments().cloned().collect();
+    hide_unused(&mut cli, "", &global);
+    let mut matches = cli.try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
+/// Gives each command in [`UNUSED`] hidden copies of the global flags it does not read: clap
+/// then propagates the global ones only where no flag of that name is.
+fn hide_unused(command: &mut clap::Command, path: &str, global: &[clap::Arg]) {
+    for sub in command.get_subcommands_mut() {
+        let name = match path {
+            "" => sub.get_name().to_owned(),
+            path => format!("{path} {}", sub.get_name()),
+        };
+        hide_unused(sub, &name, global);
+        let unused = UNUSED.iter().find(|(n, _)| *n == name);
+        for id in unused.map_or(&[][..], |(_, ids)| ids) {
+            let arg = (global.iter())
+                .find(|a| a.get_id() == id)
+                .expect("UNUSED names global flags");
+            *sub = std::mem::take(sub).arg(arg.clone().hide(true));
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rallyctl",
@@ -131,9 +173,13 @@ fn parse_backend(text: &str) -> Result<BackendArg, String> {
 #[derive(Subcommand, Debug)]
 pub(super) enum Command {
     /// Check a plan file and report every problem with file:line:column
-    Validate { plan: PathBuf },
+    Validate {
+        /// The plan file (TOML, or JSON)
+        plan: PathBuf,
+    },
     /// Show what apply would do: tests to run, re-run and terminate
     Plan {
+        /// The plan file (TOML, or JSON)
         plan: PathBuf,
         /// Save the plan to FILE for a later `apply FILE`
         #[arg(long = "out", short = 'o', alias = "o", value_name = "FILE")]
@@ -184,13 +230,17 @@ pub(super) enum Command {
     /// Make the images the plan's `ami = "baked"` tests launch from: an instance per image
     /// installs what they need, is imaged, then terminated
     Bake {
+        /// The plan file whose `ami = "baked"` tests need the images
         plan: PathBuf,
         /// Do not ask for approval
         #[arg(long)]
         auto_approve: bool,
     },
     /// Print the plan's DAG in Graphviz DOT
-    Graph { plan: PathBuf },
+    Graph {
+        /// The plan file (TOML, or JSON)
+        plan: PathBuf,
+    },
     /// Inspect or edit the state file
     State {
         #[command(subcommand)]
@@ -200,6 +250,7 @@ pub(super) enum Command {
     ForceUnlock {
         /// The lock's ID, as the refusal to take the lock names it
         lock_id: String,
+        /// The plan file; it names the workspace whose lock it is (else --workspace or --state)
         plan: Option<PathBuf>,
         /// Do not ask for confirmation, and remove a lock whose holder still runs on this host
         #[arg(long)]
@@ -280,6 +331,18 @@ impl ResultsArgs {
     }
 }
 
+/// `--fail-on-regression 10`, where clap read `10` as an argument of its own (the flag takes
+/// its value only as `--fail-on-regression=10`): the spelling that works.
+pub(super) fn equals_hint(args: &[std::ffi::OsString]) -> Option<String> {
+    let value = (args.windows(2))
+        .find(|w| w[0] == "--fail-on-regression")
+        .and_then(|w| w[1].to_str())
+        .filter(|v| min_effect(v).is_ok())?;
+    Some(format!(
+        "the gate's min effect is given with `=`: write --fail-on-regression={value}"
+    ))
+}
+
 /// A min effect: a percentage strictly between 0 and 100 (no change is ever exactly zero, and
 /// a drop of 100 % or more leaves nothing to measure).
 fn min_effect(s: &str) -> Result<f64, String> {
@@ -295,10 +358,10 @@ fn min_effect(s: &str) -> Result<f64, String> {
 pub struct Select {
     /// Only this test (repeatable)
     #[arg(long, value_name = "ADDR")]
-    target: Vec<Address>,
+    pub target: Vec<Address>,
     /// Run this test again even if its result exists (repeatable)
     #[arg(long, value_name = "ADDR")]
-    replace: Vec<Address>,
+    pub replace: Vec<Address>,
 }
 
 /// Whether to check the plan against the providers' accounts before planning.
@@ -322,19 +385,27 @@ pub struct Prices {
 #[derive(Subcommand, Debug)]
 pub(super) enum StateCommand {
     /// List the tests recorded in state with their status
-    List { plan: Option<PathBuf> },
+    List {
+        /// The plan file; it names the workspace (else --workspace or --state)
+        plan: Option<PathBuf>,
+    },
     /// Show one test's record
     Show {
+        /// The test's address: SUITE.TEST
         address: Address,
+        /// The plan file; it names the workspace (else --workspace or --state)
         plan: Option<PathBuf>,
     },
     /// Forget a test (its instance, if still running, is not terminated)
     Rm {
+        /// The test's address: SUITE.TEST
         address: Address,
+        /// The plan file; it names the workspace (else --workspace or --state)
         plan: Option<PathBuf>,
     },
     /// Copy the local state (and results) of a workspace to its S3 backend
     Push {
+        /// The plan file; it names the workspace and its [backend] (else --workspace, --backend)
         plan: Option<PathBuf>,
         /// Replace a remote state of a higher serial (never one of another lineage)
         #[arg(long)]
@@ -342,6 +413,7 @@ pub(super) enum StateCommand {
     },
     /// Copy a workspace's state (and results) from its S3 backend to this directory
     Pull {
+        /// The plan file; it names the workspace and its [backend] (else --workspace, --backend)
         plan: Option<PathBuf>,
         /// Replace a local state of a higher serial (never one of another lineage)
         #[arg(long)]
@@ -380,47 +452,4 @@ impl Select {
     pub fn is_empty(&self) -> bool {
         self.target.is_empty() && self.replace.is_empty()
     }
-
-    pub fn options(&self, plan: &Plan, state: &State) -> Result<Options> {
-        let expand = |addresses: &[Address]| -> Result<Vec<Address>> {
-            let mut out = Vec::new();
-            for address in addresses {
-                let selected = select(address, plan, state);
-                if selected.is_empty() {
-                    bail!("{address} is neither in the plan nor in state");
-                }
-                out.extend(selected);
-            }
-            Ok(out)
-        };
-        Ok(Options {
-            targets: expand(&self.target)?,
-            replace: expand(&self.replace)?,
-        })
-    }
-}
-
-/// The tests an address selects: the test of that address, or, given the name of a test with
-/// variants (`suite.heap` for `suite.heap-4g` and `suite.heap-8g`), all its variants, in the
-/// plan or in state. Variants race interleaved on one machine, so they are selected together.
-fn select(address: &Address, plan: &Plan, state: &State) -> Vec<Address> {
-    if plan.test(address).is_some() || state.tests.contains_key(address) {
-        return vec![address.clone()];
-    }
-    let of_test = |a: &Address, variant: Option<&crate::plan::VariantOf>| {
-        a.suite() == address.suite() && variant.is_some_and(|v| v.test == address.test())
-    };
-    let mut variants: Vec<Address> = plan
-        .tests()
-        .filter(|t| of_test(&t.address, t.variant.as_ref()))
-        .map(|t| t.address.clone())
-        .chain(
-            (state.tests.iter())
-                .filter(|(a, r)| of_test(a, r.variant.as_ref()))
-                .map(|(a, _)| a.clone()),
-        )
-        .collect();
-    variants.sort();
-    variants.dedup();
-    variants
 }

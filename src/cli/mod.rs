@@ -2,40 +2,61 @@
 //! what clap reads, `workspace` where a command's state is). Thin: every decision lives in the
 //! modules it calls.
 
+/// `println!` through [`ui::out`]: a closed stdout ends the command (quietly, in `main`)
+/// instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::ui::out(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::ui::out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` through [`ui::out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::ui::out(format_args!($($arg)*))?
+    };
+}
+
 mod args;
 mod workspace;
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use tokio::runtime::Runtime;
 
+pub use crate::ops::{Loaded, load_at};
 pub use args::{
     BackendArg, Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED,
     EXIT_REGRESSION, EXIT_USAGE, Global, Prices, Refresh, ResultsArgs, Select, normalize_args,
 };
-pub use workspace::{Loaded, load, load_at, load_file};
+pub use workspace::{load, load_file};
 
-use crate::address::Address;
 use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
+use crate::ops::{self, lock};
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
-use crate::provider::Limit;
 use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
-use crate::state::{self, Handover, State};
+use crate::state::{self, Handover};
 use crate::ui;
 use args::{Command, StateCommand};
-use workspace::{check_output, lock, named_workspace, plan_backend, s3_backend, target};
+use workspace::{Target, check_output, named_workspace, plan_backend, s3_backend, target};
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+    let args = normalize_args(std::env::args_os());
+    let cli = match args::parse(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if let Some(hint) = (e.use_stderr()).then(|| args::equals_hint(&args)).flatten() {
+                eprintln!("\n{} {hint}", console::style("tip:").green().bold());
+            }
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
@@ -51,8 +72,34 @@ pub fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let json = cli.global.json;
-    match run(cli) {
+    // The one async runtime of the process: every command that waits on the network or on
+    // machines runs on it.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!(
+                "{} cannot start the async runtime: {e}",
+                console::style("error:").red().bold()
+            );
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let result = run(cli, &rt);
+    // Whatever the command left running (a task past its use) is not waited for.
+    rt.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code),
+        Err(err)
+            if matches!(
+                err.downcast_ref::<ui::OutputError>(),
+                Some(ui::OutputError::Closed)
+            ) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             if let Some(usage) = err.downcast_ref::<UsageError>() {
                 eprintln!("{} {usage}", console::style("error:").red().bold());
@@ -60,10 +107,12 @@ pub fn main() -> ExitCode {
             }
             match err.downcast_ref::<PlanErrors>() {
                 // Asked for JSON, a broken plan is reported as `validate --json` reports it.
-                Some(plan_errors) if json => println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "diagnostics": plan_errors.diagnostics})
-                ),
+                Some(plan_errors) if json => {
+                    let _ = ui::out(format_args!(
+                        "{}\n",
+                        serde_json::json!({"valid": false, "diagnostics": plan_errors.diagnostics})
+                    ));
+                }
                 Some(plan_errors) => eprintln!("{plan_errors}"),
                 None => eprintln!(
                     "{} {}",
@@ -98,7 +147,7 @@ fn describe(err: &anyhow::Error) -> String {
     out
 }
 
-fn run(cli: Cli) -> Result<u8> {
+fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
     let g = cli.global;
     match cli.command {
         Command::Validate { plan } => validate(&plan, &g),
@@ -112,13 +161,17 @@ fn run(cli: Cli) -> Result<u8> {
             prices,
         } => plan_command(
             &plan,
-            out.as_deref(),
-            detailed_exitcode,
-            usize::from(parallelism),
-            &select,
-            refresh,
-            &prices,
+            PlanArgs {
+                out: out.as_deref(),
+                detailed: detailed_exitcode,
+                auto_approve: false,
+                parallelism: usize::from(parallelism),
+                select: &select,
+                refresh,
+                prices: &prices,
+            },
             &g,
+            rt,
         ),
         Command::Apply {
             plan,
@@ -129,22 +182,27 @@ fn run(cli: Cli) -> Result<u8> {
             prices,
         } => apply(
             &plan,
-            auto_approve,
-            usize::from(parallelism),
-            &select,
-            refresh,
-            &prices,
+            PlanArgs {
+                out: None,
+                detailed: false,
+                auto_approve,
+                parallelism: usize::from(parallelism),
+                select: &select,
+                refresh,
+                prices: &prices,
+            },
             &g,
+            rt,
         ),
         Command::Destroy {
             plan,
             auto_approve,
             images,
-        } => destroy(plan.as_deref(), auto_approve, images, &g),
-        Command::Bake { plan, auto_approve } => bake(&plan, auto_approve, &g),
+        } => destroy(plan.as_deref(), auto_approve, images, &g, rt),
+        Command::Bake { plan, auto_approve } => bake(&plan, auto_approve, &g, rt),
         Command::Graph { plan } => {
             let plan = Plan::load(&plan)?;
-            print!("{}", Graph::compile(&plan)?.to_dot());
+            out!("{}", Graph::compile(&plan)?.to_dot());
             Ok(0)
         }
         Command::State { command } => state_command(command, &g),
@@ -162,25 +220,31 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let path =
                 ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
-            println!("Wrote the report to {}.", path.display());
+            outln!("Wrote the report to {}.", path.display());
             Ok(0)
         }
         Command::ForceUnlock {
             lock_id,
             plan,
             force,
-        } => force_unlock(&lock_id, plan.as_deref(), force, &g),
+        } => force_unlock(&lock_id, plan.as_deref(), force, &g, rt),
     }
 }
 
 /// Removes the lock with `lock_id`, after asking; a holder still running on this host is left
 /// alone unless `force`.
-fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> Result<u8> {
+fn force_unlock(
+    lock_id: &str,
+    plan: Option<&Path>,
+    force: bool,
+    g: &Global,
+    rt: &Runtime,
+) -> Result<u8> {
     let backend = target(g, plan)?.backend;
     let location = backend.location();
     let holder = match backend.lock_state()? {
         state::LockState::Unlocked => {
-            println!("{} is not locked.", location);
+            outln!("{} is not locked.", location);
             return Ok(0);
         }
         state::LockState::Unreadable if force => "an unreadable lock".to_owned(),
@@ -192,10 +256,10 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
         }
         state::LockState::Held(h) => {
             if h.id != lock_id {
+                // Its ID is not said: it would let a mistyped ID remove a lock its holder
+                // still needs, while the refusal that named the lock has it already.
                 bail!(
-                    "the lock of {} has the ID {}, not {lock_id}: it is not the lock you meant",
-                    location,
-                    h.id
+                    "the lock of {location} has another ID than {lock_id}: it is not the lock you meant (the ID is the one the refusal to take the lock named)"
                 );
             }
             if state::holder_alive_here(&h) && !force {
@@ -214,21 +278,21 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
             "Remove the lock of {} held by {holder}? A run that still writes this state would corrupt it.",
             location
         );
-        if let Some(code) = refused(&question, "--force", "Force-unlock")? {
+        if let Some(code) = refused(rt, &question, "--force", "Force-unlock")? {
             return Ok(code);
         }
     }
     backend
         .remove_lock()
         .with_context(|| format!("cannot remove the lock of {location}"))?;
-    println!("Removed the lock of {} held by {holder}.", location);
+    outln!("Removed the lock of {} held by {holder}.", location);
     Ok(0)
 }
 
 /// What the plan allows but likely does not mean, on stderr; nothing fails for it.
 fn warn_plan(plan: &Plan) {
     for w in &plan.warnings {
-        eprintln!("{} {w}", console::style("warning:").yellow().bold());
+        crate::ui::warn(&w.to_string());
     }
 }
 
@@ -244,12 +308,12 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
                 .filter(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
                 .count();
             if g.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"valid": true, "name": plan.name, "suites": plan.suites.len(), "tests": tests, "instances": instances})
                 );
             } else {
-                println!(
+                outln!(
                     "{} is valid: {} suite{}, {tests} test{}, {instances} EC2 instance{}.",
                     path.display(),
                     plan.suites.len(),
@@ -261,7 +325,7 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
             Ok(0)
         }
         Err(errors) if g.json => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"valid": false, "diagnostics": errors.diagnostics})
             );
@@ -273,13 +337,13 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
 
 /// Asks before `what` acts; the exit code to end with when the answer is not yes (Ctrl-C
 /// included, so that locks are released on the way out).
-fn refused(question: &str, skip: &str, what: &str) -> Result<Option<u8>> {
-    let code = match ui::confirm(question, skip).map_err(anyhow::Error::msg)? {
+fn refused(rt: &Runtime, question: &str, skip: &str, what: &str) -> Result<Option<u8>> {
+    let code = match ui::confirm(rt, question, skip).map_err(anyhow::Error::msg)? {
         ui::Answer::Yes => return Ok(None),
         ui::Answer::No => EXIT_ERROR,
         ui::Answer::Interrupted => EXIT_INTERRUPTED,
     };
-    println!("{what} cancelled.");
+    outln!("{what} cancelled.");
     Ok(Some(code))
 }
 
@@ -299,90 +363,101 @@ fn price_file(prices: &Prices) -> Result<Option<PriceFile>> {
     }
 }
 
-/// The prices of the machines the tests `changes` will run get: nothing is looked up for a
-/// plan without aws tests to run. EC2 is asked what only it tells (root volumes, spot prices
-/// now) unless `ec2` says why not.
-fn prices_for(
-    plan: &Plan,
-    changes: &planner::Changes,
-    file: Option<&PriceFile>,
-    ec2: Result<(), &str>,
-) -> Result<cost::Prices> {
-    let to_run: std::collections::HashSet<&Address, crate::FastHash> =
-        changes.changes.iter().map(|c| &c.address).collect();
-    let settings: Vec<&crate::plan::Settings> = (plan.tests())
-        .filter(|t| to_run.contains(&t.address))
-        .map(|t| &t.settings)
-        .filter(|s| s.provider() == crate::plan::ProviderKind::Aws)
-        .collect();
-    if settings.is_empty() {
-        return Ok(cost::Prices::default());
-    }
-    Ok(runtime()?.block_on(async {
-        let facts = match ec2 {
-            Ok(()) => Some(crate::provider::aws::CostFacts::from_env().await),
-            Err(_) => None,
-        };
-        let ec2 = facts.as_ref().ok_or_else(|| ec2.err().unwrap_or_default());
-        cost::look_up(settings, file, &mut cost::Cache::for_user(), ec2).await
-    }))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_command(
-    path: &Path,
-    out: Option<&Path>,
-    detailed: bool,
-    parallelism: usize,
-    select: &Select,
-    refresh: Refresh,
-    prices: &Prices,
-    g: &Global,
-) -> Result<u8> {
-    let file = price_file(prices)?;
+fn plan_command(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8> {
+    let file = price_file(args.prices)?;
     let mut l = load_file(path, g)?;
     warn_plan(&l.plan);
-    let (limits, reached) = check_account(&l.plan, refresh)?;
-    let resolved = crate::bake::resolve(&mut l.plan, &l.state);
-    let options = select.options(&l.plan, &l.state)?;
-    let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
-    warn_limits(&l.plan, &changes, &limits, parallelism);
-    let images = baked_images(&l.plan, resolved, &changes)?;
-    let prices = prices_for(&l.plan, &changes, file.as_ref(), reached)?;
-    let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
+    let report = ops::plan::plan(rt, &mut l, &args.options(file.as_ref()))?;
+    if !g.json {
+        say_backend(&l.backend)?;
+    }
+    if let (Some(h), false) = (&report.locked_by, g.json) {
+        outln!(
+            "`{}` (pid {} on {}, since {}) holds the lock of {} and may be running now: the tests it runs are in its hands, not waiting for a resume. Plan again when it is done.\n",
+            h.command,
+            h.pid,
+            h.host,
+            h.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            l.backend.location()
+        );
+    }
     if g.json {
-        let mut shown = serde_json::to_value(&changes)?;
-        if let Some(e) = &estimate {
+        let mut shown = serde_json::to_value(&report.changes)?;
+        if let Some(e) = &report.estimate {
             shown["cost"] = serde_json::to_value(e)?;
         }
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        outln!("{}", serde_json::to_string_pretty(&shown)?);
     } else {
-        println!("{}", planner::render(&changes));
-        if !images.is_empty() {
-            println!("\n{}", crate::bake::render_used(&images));
+        outln!("{}", planner::render(&report.changes));
+        if !report.images.is_empty() {
+            outln!("\n{}", crate::bake::render_used(&report.images));
         }
-        if let Some(e) = &estimate {
-            print!("\n{}", cost::estimate::render(e));
+        if let Some(e) = &report.estimate {
+            out!("\n{}", cost::estimate::render(e));
         }
     }
-    if let Some(out) = out {
+    if let Some(out) = args.out {
         check_output(out, Some(path), &l.backend)?;
-        SavedPlan::new(&l.plan, &l.state, l.state_exists, &changes)
+        SavedPlan::new(&l.plan, &l.state, l.state_exists, &report.changes)
             .write(out)
             .with_context(|| format!("cannot write the saved plan {}", out.display()))?;
         if !g.json {
-            println!(
+            outln!(
                 "\nSaved the plan to {}. Apply exactly it with: rallyctl apply {}",
                 out.display(),
                 out.display()
             );
         }
     }
-    Ok(if detailed && !changes.is_empty() {
+    Ok(if args.detailed && !report.changes.is_empty() {
         EXIT_CHANGES
     } else {
         0
     })
+}
+
+/// The first line of `plan` and `apply` when the workspace is not in this directory.
+fn say_backend(backend: &crate::backend::Backend) -> Result<()> {
+    if backend.local_path().is_none() {
+        outln!("Workspace state: {}\n", backend.location());
+    }
+    Ok(())
+}
+
+/// The arguments that reach the same workspace as this command did, for hints: the plan file
+/// and the `--backend` or `--state` given with it.
+fn reaching(plan: &Path, g: &Global) -> String {
+    let mut args = plan.display().to_string();
+    match (&g.backend, &g.state) {
+        (Some(BackendArg::S3(config)), _) => args.push_str(&format!(" --backend {}", config.url())),
+        (Some(BackendArg::Local), _) => args.push_str(" --backend local"),
+        (None, Some(state)) => args.push_str(&format!(" --state {}", state.display())),
+        (None, None) => {}
+    }
+    args
+}
+
+/// What `plan` and `apply` read beyond the plan file.
+struct PlanArgs<'a> {
+    out: Option<&'a Path>,
+    detailed: bool,
+    auto_approve: bool,
+    parallelism: usize,
+    select: &'a Select,
+    refresh: Refresh,
+    prices: &'a Prices,
+}
+
+impl PlanArgs<'_> {
+    fn options<'a>(&'a self, prices: Option<&'a PriceFile>) -> ops::plan::PlanOptions<'a> {
+        ops::plan::PlanOptions {
+            target: &self.select.target,
+            replace: &self.select.replace,
+            parallelism: self.parallelism,
+            refresh: self.refresh.refresh,
+            prices,
+        }
+    }
 }
 
 fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
@@ -395,7 +470,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                     .iter()
                     .map(|(a, r)| serde_json::json!({"address": a, "status": r.status.label(), "instance": r.instance.as_ref().map(|i| &i.id)}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for (address, record) in &state.tests {
                     let instance = record.instance.as_ref().map_or(String::new(), |m| {
@@ -410,7 +485,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                             (_, None) => format!("  {}", m.id),
                         }
                     });
-                    println!("{address}  {}{instance}", record.status.label());
+                    outln!("{address}  {}{instance}", record.status.label());
                 }
             }
             Ok(0)
@@ -426,7 +501,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
             // as a tree, they indent with the rest.
             let mut shown = serde_json::to_value(record)?;
             shown["settings"] = record.settings.value();
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            outln!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(0)
         }
         StateCommand::Rm { address, plan } => {
@@ -438,11 +513,12 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 .remove(&address)
                 .with_context(|| format!("{address} is not in {}", t.backend.location()))?;
             t.backend.save(&mut state)?;
-            println!("Removed {address} from {}.", t.backend.location());
+            outln!("Removed {address} from {}.", t.backend.location());
             if let Some(machine) = record.live_machine() {
-                println!(
+                outln!(
                     "Its machine {} ({}) may still be running; state no longer knows it.",
-                    machine.id, machine.provider
+                    machine.id,
+                    machine.provider
                 );
             }
             Ok(0)
@@ -486,7 +562,7 @@ fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<
     let _from = lock(from, &format!("rallyctl state {verb}"))?;
     let _to = lock(to, &format!("rallyctl state {verb}"))?;
     let copied = crate::backend::copy(from, to, &workspace, force)?;
-    println!(
+    outln!(
         "Copied workspace `{workspace}` (serial {}, {} result file{}) from {} to {}.",
         copied.serial,
         copied.files,
@@ -502,7 +578,7 @@ fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<
 fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
     let t = target(g, plan)?;
     let state = t.load()?;
-    Ok(Workspace::open(t.backend, state, t.workspace.as_deref())?)
+    ops::results::open(t.backend, state, t.workspace.as_deref())
 }
 
 fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
@@ -521,13 +597,12 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
     let mut ws = open_results(g, args.plan.as_deref())?;
     let format = if g.json { Format::Json } else { args.format };
     if args.runs {
-        print!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
+        out!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
         return Ok(0);
     }
     let mut baseline = args.compare;
     if let Some(run) = &args.baseline {
-        let lock = lock(&ws.backend, "rallyctl results --baseline")?;
-        let run = ws.set_baseline(run, &lock)?;
+        let run = ops::results::record_baseline(&mut ws, run)?;
         eprintln!("Recorded {run} as the baseline of workspace `{}`.", ws.name);
         baseline.get_or_insert(Baseline::Recorded);
     }
@@ -541,7 +616,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         variants: args.variants,
         allow_unpaired: args.allow_unpaired,
     })?;
-    print!("{}", shown.text);
+    out!("{}", shown.text);
     match shown.failed {
         Some(GateFailure::Regression(why)) => {
             eprint!("{why}");
@@ -555,127 +630,10 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-/// Checks the plan against its providers' accounts (Terraform's refresh), unless
-/// `--refresh=false`: what they lack is an error at the plan file's line and column, before
-/// anything is launched or paid for. When the check itself cannot be made (no credentials, no
-/// network) planning goes on, saying so. The caps on what may run at once (EC2's vCPU quota)
-/// come back for [`warn_limits`], each with what every test takes of it.
-/// The account's caps, each with what each test takes of it.
-type Limits = Vec<(Limit, HashMap<Address, u64>)>;
-
-/// The account's caps, and whether EC2 answered (else why it is not asked again).
-fn check_account(plan: &Plan, refresh: Refresh) -> Result<(Limits, Result<(), &'static str>)> {
-    if !refresh.refresh {
-        return Ok((vec![], Err("EC2 was not asked (--refresh=false)")));
-    }
-    let settings: Vec<&crate::plan::Settings> = plan.tests().map(|t| &t.settings).collect();
-    let warning = console::style("warning:").yellow().bold();
-    match runtime()?.block_on(crate::provider::preflight(&settings)) {
-        Ok(found) if found.problems.is_empty() => {
-            for why in &found.unchecked {
-                eprintln!("{warning} {why}");
-            }
-            let limits = (found.limits.into_iter())
-                .map(|limit| {
-                    let takes = plan
-                        .tests()
-                        .zip(&limit.takes)
-                        .map(|(t, &n)| (t.address.clone(), n))
-                        .collect();
-                    (limit, takes)
-                })
-                .collect();
-            Ok((limits, Ok(())))
-        }
-        Ok(found) => {
-            let findings: Vec<crate::plan::Finding<'_>> = found
-                .problems
-                .iter()
-                .map(|p| crate::plan::Finding {
-                    keys: p.keys,
-                    value: &p.value,
-                    message: &p.message,
-                })
-                .collect();
-            Err(plan.locate(&findings)?.into())
-        }
-        Err(e) => {
-            eprintln!(
-                "{warning} could not check the plan against the account ({e}); `--refresh=false` skips this check"
-            );
-            Ok((vec![], Err("EC2 could not be reached")))
-        }
-    }
-}
-
-/// Warns when the tests that `changes` runs may hold more at once than a cap of the account
-/// leaves (EC2's running On-Demand vCPU quota), naming the `--parallelism` that fits: beyond
-/// the cap, launches fail.
-fn warn_limits(
-    plan: &Plan,
-    changes: &planner::Changes,
-    limits: &[(Limit, HashMap<Address, u64>)],
-    parallelism: usize,
-) {
-    let to_run: HashSet<&Address> = changes.changes.iter().map(|c| &c.address).collect();
-    for (limit, takes) in limits {
-        let takes = |t: &crate::plan::Test| match to_run.contains(&t.address) {
-            true => takes.get(&t.address).copied().unwrap_or(0),
-            false => 0,
-        };
-        let room = limit.quota.saturating_sub(limit.in_use);
-        let Some((peak, suite)) = crate::walk::peak(plan, parallelism, takes) else {
-            continue;
-        };
-        if peak <= room {
-            continue;
-        }
-        let fits = match crate::walk::fitting_parallelism(plan, parallelism, room, takes) {
-            Some(p) => format!("`--parallelism {p}` fits"),
-            None => "not even one test at a time fits: ask for a higher quota".to_owned(),
-        };
-        eprintln!(
-            "{} suite `{suite}` may run {peak} {unit} at once under --parallelism {parallelism}, but {} is {} with {} in use, {room} free: {fits}; launches beyond it fail",
-            console::style("warning:").yellow().bold(),
-            limit.name,
-            limit.quota,
-            limit.in_use,
-            unit = limit.unit,
-        );
-    }
-}
-
-/// A saved plan is JSON with a `format_version`; anything else is a plan file.
-fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
-    let is_saved = serde_json::from_slice::<serde_json::Value>(&Plan::read_bytes(path)?)
-        .is_ok_and(|v| v.get("format_version").is_some());
-    Ok(if is_saved {
-        Some(SavedPlan::read(path)?)
-    } else {
-        None
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    path: &Path,
-    auto_approve: bool,
-    parallelism: usize,
-    select: &Select,
-    refresh: Refresh,
-    prices: &Prices,
-    g: &Global,
-) -> Result<u8> {
-    let file = price_file(prices)?;
-    let saved = read_saved(path)?;
-    if saved.is_some() && !select.is_empty() {
+fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8> {
+    let file = price_file(args.prices)?;
+    let saved = ops::plan::read_saved(path)?;
+    if saved.is_some() && !args.select.is_empty() {
         return Err(UsageError(format!(
             "{} is a saved plan, applied exactly as it was planned: --target and --replace belong on `rallyctl plan`",
             path.display()
@@ -687,51 +645,23 @@ fn apply(
         None => Plan::load(path)?,
     };
     let backend = plan_backend(&plan, g)?;
-    if plan
-        .tests()
-        .any(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
-    {
-        runtime()?
-            .block_on(crate::provider::aws::check_credentials())
-            .context(
-                "apply needs AWS credentials for its aws tests; nothing was launched or written",
-            )?;
-    }
-    // A saved plan was checked when it was made.
-    let limits = match &saved {
-        None => check_account(&plan, refresh)?.0,
-        Some(_) => vec![],
-    };
-    let _lock = lock(&backend, &format!("rallyctl apply {}", path.display()))?;
-    let mut l = load_at(plan, backend, None)?;
-    let resolved = crate::bake::resolve(&mut l.plan, &l.state);
-    let changes = match &saved {
-        Some(s) => {
-            s.check_fresh(path, &l.state, l.state_exists, &l.artifacts)?;
-            s.changes.clone()
-        }
-        None => planner::diff(
-            &l.plan,
-            &l.state,
-            &l.artifacts,
-            &select.options(&l.plan, &l.state)?,
-        ),
-    };
-    baked_images(&l.plan, resolved, &changes)?;
-    warn_limits(&l.plan, &changes, &limits, parallelism);
-    println!("{}", planner::render(&changes));
-    if changes.is_empty() {
-        println!("\nNothing to apply.");
+    let options = args.options(file.as_ref());
+    let (workspace, plan_backend) = (plan.name.clone(), plan.backend.clone());
+    let prepared = ops::apply::prepare(rt, path, plan, saved.as_ref(), backend, &options)?;
+    workspace::remember_backend(g, plan_backend.as_ref(), &workspace);
+    say_backend(prepared.backend())?;
+    outln!("{}", planner::render(&prepared.changes));
+    if prepared.changes.is_empty() {
+        outln!("\nNothing to apply.");
         return Ok(0);
     }
-    // Apply reaches EC2 whatever `--refresh` says: the price it records needs the root volume.
-    let prices = prices_for(&l.plan, &changes, file.as_ref(), Ok(()))?;
-    if let Some(e) = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices) {
-        print!("\n{}", cost::estimate::render(&e));
+    if let Some(e) = &prepared.estimate {
+        out!("\n{}", cost::estimate::render(e));
     }
     if saved.is_none()
-        && !auto_approve
+        && !args.auto_approve
         && let Some(code) = refused(
+            rt,
             "\nDo you want to perform these actions?",
             "--auto-approve",
             "Apply",
@@ -739,78 +669,55 @@ fn apply(
     {
         return Ok(code);
     }
-    println!();
-    let state_dir = l.backend.local_dir();
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
-    let rt = runtime()?;
-    let report = rt.block_on(async {
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let watcher = on_ctrl_c(
-            &cancel,
-            "no new tests will start; running ones stop at their next recorded step",
-        );
-        let provider = crate::provider::Fleet::new(state_dir, &l.plan.name);
-        let report = crate::walk::apply(
-            provider,
-            l.plan,
-            l.artifacts,
-            l.renderer,
-            &changes,
-            handle.clone(),
-            &crate::walk::ApplyOptions {
-                parallelism,
-                results_dir: PathBuf::from("results"),
-                prices,
-            },
-            ui::Progress::new(ui::stdout_is_tty()),
-            cancel,
-        )
-        .await;
-        watcher.abort();
-        report
-    })?;
-    let state = handle.snapshot();
-    let touched: Vec<Address> = changes.changes.iter().map(|c| c.address.clone()).collect();
-    println!("\n{}", ui::summary_table(&state, &touched));
-    if let Some(bill) = cost::bill::of_run(&state, &report.run_id) {
-        println!("\nRun {} cost {bill}.", report.run_id);
+    outln!();
+    let report = ops::apply::run(rt, prepared, args.parallelism)?;
+    outln!("\n{}", ui::summary_table(&report.state, &report.touched));
+    if let Some(bill) = &report.bill {
+        outln!("\nRun {} cost {bill}.", report.run_id);
     }
-    for (address, step, error, log_tail) in &report.failed {
-        println!(
-            "\n{} {address} failed at {step}: {error}",
-            console::style("✗").red()
+    for f in &report.failed {
+        outln!(
+            "\n{} {} failed at {}: {}",
+            console::style("✗").red(),
+            f.address,
+            f.step,
+            f.error
         );
-        if let Some(tail) = log_tail {
+        if let Some(tail) = &f.log_tail {
             for line in tail.lines() {
-                println!("    {line}");
+                outln!("    {line}");
             }
         }
     }
-    let plan_arg = path.display();
+    let plan_arg = reaching(path, g);
     if report.interrupted {
         if !report.still_running.is_empty() {
             let paid = (report.still_running.iter())
-                .any(|(_, m)| m.provider == crate::plan::ProviderKind::Aws);
-            println!(
+                .any(|s| s.machine.provider == crate::plan::ProviderKind::Aws);
+            outln!(
                 "\nStill running{}:",
                 if paid { " (and costing money)" } else { "" }
             );
-            for (address, machine) in &report.still_running {
-                println!("  {address}  {}", machine.id);
+            for s in &report.still_running {
+                outln!("  {}  {}", s.address, s.machine.id);
             }
-            println!(
+            outln!(
                 "\nResume with `rallyctl apply {plan_arg}`, or terminate them with `rallyctl destroy {plan_arg}`."
             );
         }
         return Ok(EXIT_INTERRUPTED);
     }
-    println!(
+    outln!(
         "\nApply complete: {} completed, {} failed.",
         report.completed.len(),
         report.failed.len()
     );
     if !report.failed.is_empty() {
-        let names: Vec<String> = report.failed.iter().map(|f| f.0.to_string()).collect();
+        let names: Vec<String> = report
+            .failed
+            .iter()
+            .map(|f| f.address.to_string())
+            .collect();
         bail!(
             "{} test{} failed: {}",
             names.len(),
@@ -821,85 +728,24 @@ fn apply(
     Ok(0)
 }
 
-/// The first Ctrl-C cancels (saying what that does), the second exits at once.
-fn on_ctrl_c(
-    cancel: &tokio_util::sync::CancellationToken,
-    what: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nInterrupted: {what}. Ctrl-C again to quit at once.");
-            cancel.cancel();
-        }
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        }
-    })
-}
-
-/// The baked image each test that is to launch uses; such a test whose image state lacks is
-/// an error at the plan's `base_ami`, naming the command that makes it. A test with nothing to
-/// run needs no image (its image may have been given back since).
-fn baked_images(
-    plan: &Plan,
-    resolved: crate::bake::Resolved,
-    changes: &planner::Changes,
-) -> Result<Vec<(Address, String)>> {
-    let launches = |address: &Address| {
-        (changes.changes.iter())
-            .any(|c| &c.address == address && c.action != planner::Action::Terminate)
-    };
-    let missing: Vec<crate::bake::Missing> = (resolved.missing.into_iter())
-        .filter(|m| launches(&m.address))
-        .collect();
-    if missing.is_empty() {
-        return Ok((resolved.used.into_iter())
-            .filter(|(a, _)| launches(a))
-            .collect());
-    }
-    let messages: Vec<String> = (missing.iter())
-        .map(|m| {
-            format!(
-                "{} asks for an image baked from {}, which state does not have: run `rallyctl bake {}` first",
-                m.address,
-                m.key,
-                plan.source.display()
-            )
-        })
-        .collect();
-    let findings: Vec<crate::plan::Finding<'_>> = (missing.iter().zip(&messages))
-        .map(|(m, message)| crate::plan::Finding {
-            keys: &["base_ami"],
-            value: &m.key.base_ami,
-            message,
-        })
-        .collect();
-    Err(plan.locate(&findings)?.into())
-}
-
-fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
+fn bake(path: &Path, auto_approve: bool, g: &Global, rt: &Runtime) -> Result<u8> {
     let plan = Plan::load(path)?;
     let backend = plan_backend(&plan, g)?;
-    let _lock = lock(&backend, &format!("rallyctl bake {}", path.display()))?;
-    let l = load_at(plan, backend, None)?;
-    let wanted = crate::bake::wanted(&l.plan, &l.state);
-    if wanted.is_empty() {
-        println!(
+    let prepared = ops::bake::prepare(path, plan, backend)?;
+    if prepared.wanted.is_empty() {
+        outln!(
             "Nothing to bake: no test of {} says ami = \"baked\".",
             path.display()
         );
         return Ok(0);
     }
-    println!("{}", crate::bake::render(&wanted));
-    let to_bake: Vec<&crate::bake::Wanted> = (wanted.iter())
-        .filter(|w| !matches!(w.action, crate::bake::Action::Have(_)))
-        .collect();
-    if to_bake.is_empty() {
+    outln!("{}", crate::bake::render(&prepared.wanted));
+    if !prepared.to_bake() {
         return Ok(0);
     }
     if !auto_approve
         && let Some(code) = refused(
+            rt,
             "\nDo you want to bake these images?",
             "--auto-approve",
             "Bake",
@@ -907,44 +753,18 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
     {
         return Ok(code);
     }
-    let rt = runtime()?;
-    rt.block_on(crate::provider::aws::check_credentials())
-        .context("bake needs AWS credentials; nothing was launched or written")?;
-    println!();
-    let fleet = crate::provider::Fleet::new(l.backend.local_dir(), &l.plan.name);
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
-    let progress = ui::Progress::new(ui::stdout_is_tty());
-    let run_id = state::new_run_id();
-    let outcomes = rt.block_on(async {
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let watcher = on_ctrl_c(&cancel, "the bake stops and terminates its instance");
-        let ctx = crate::bake::Ctx {
-            fleet: &fleet,
-            state: &handle,
-            plan: &l.plan,
-            artifacts: &l.artifacts,
-            renderer: &l.renderer,
-            run_id: &run_id,
-            progress: &progress,
-            cancel: &cancel,
-        };
-        let mut outcomes = Vec::new();
-        for w in to_bake {
-            outcomes.push((w, crate::bake::bake(&ctx, w).await));
-        }
-        watcher.abort();
-        outcomes
-    });
-    println!();
+    outln!();
+    let baked = ops::bake::run(rt, prepared)?;
+    outln!();
     let mut failed = Vec::new();
     let mut interrupted = false;
-    for (w, outcome) in &outcomes {
-        match outcome {
-            Ok(id) => println!("{} baked {id}: {}", console::style("✓").green(), w.key),
+    for b in &baked {
+        match &b.outcome {
+            Ok(id) => outln!("{} baked {id}: {}", console::style("✓").green(), b.key),
             Err(e) => {
                 interrupted |= matches!(e, crate::bake::BakeError::Interrupted);
-                println!("{} {}: {e}", console::style("✗").red(), w.key);
-                failed.push(w.key.to_string());
+                outln!("{} {}: {e}", console::style("✗").red(), b.key);
+                failed.push(b.key.to_string());
             }
         }
     }
@@ -959,115 +779,100 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
             failed.join("; ")
         );
     }
-    println!(
+    outln!(
         "\nBake complete: {} image{} made.",
-        outcomes.len(),
-        plural(outcomes.len())
+        baked.len(),
+        plural(baked.len())
     );
     Ok(0)
 }
 
-fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Global) -> Result<u8> {
-    let t = target(g, plan_path)?;
-    let shown = plan_path.map_or(t.backend.location(), |p| p.display().to_string());
-    let _lock = lock(&t.backend, &format!("rallyctl destroy {shown}"))?;
-    // A valid plan also says where to look for machines state never heard of; a broken one
-    // must not keep the rest from being given back.
-    let plan = match plan_path.map(Plan::load) {
-        Some(Err(e)) => {
-            eprintln!(
-                "warning: the plan is not valid, so destroy looks only where state points:\n{e}"
-            );
-            None
-        }
-        Some(Ok(plan)) => Some(plan),
-        None => None,
-    };
-    let settings: Vec<&crate::plan::Settings> = plan
-        .iter()
-        .flat_map(|p| p.tests().map(|t| &t.settings))
-        .collect();
-    let state = match (t.load()?, &t.workspace) {
-        (Some(state), _) => state,
-        // No state, but a plan to look for leaked machines with.
-        (None, Some(name)) if plan.is_some() => State::new(name),
-        (None, _) => {
-            println!("Nothing to destroy: no state at {}.", t.backend.location());
-            return Ok(0);
-        }
-    };
-    let rt = runtime()?;
-    let provider = crate::provider::Fleet::new(t.backend.local_dir(), &state.workspace);
-    let (targets, gone) = rt.block_on(crate::destroy::targets(&provider, &state, &settings))?;
-    let (images, kept) = if images {
-        let found = rt.block_on(crate::destroy::images(&provider, &state, &settings))?;
-        (found, 0)
-    } else {
-        (vec![], crate::destroy::kept(&state))
+fn destroy(
+    plan_path: Option<&Path>,
+    auto_approve: bool,
+    images: bool,
+    g: &Global,
+    rt: &Runtime,
+) -> Result<u8> {
+    let Target { backend, workspace } = target(g, plan_path)?;
+    let location = backend.location();
+    let shown = plan_path.map_or(location.clone(), |p| p.display().to_string());
+    let found = ops::destroy::survey(
+        rt,
+        backend,
+        workspace.as_deref(),
+        |b| workspace::load_checked(b, workspace.as_deref()),
+        plan_path,
+        images,
+        &format!("rallyctl destroy {shown}"),
+    )?;
+    let Some(found) = found else {
+        outln!("Nothing to destroy: no state at {location}.");
+        return Ok(0);
     };
     // Snapshots cost money too: say what stays unless asked to give it back.
-    if kept > 0 {
-        println!(
-            "The workspace keeps {kept} baked image{}: `rallyctl destroy --images` gives them back.\n",
-            plural(kept)
+    if found.kept > 0 {
+        outln!(
+            "The workspace keeps {} baked image{}: `rallyctl destroy --images` gives them back.\n",
+            found.kept,
+            plural(found.kept)
         );
     }
-    let handle = crate::lifecycle::StateHandle::new(state, t.backend);
-    if !gone.is_empty() {
-        println!("State names machines that are gone already; they will be recorded as such:\n");
-        for g in &gone {
-            println!("  {}  {}  ({})", g.id, g.address, g.why);
+    if !found.gone.is_empty() {
+        outln!("State names machines that are gone already; they will be recorded as such:\n");
+        for g in &found.gone {
+            outln!("  {}  {}  ({})", g.id, g.address, g.why);
         }
-        println!();
+        outln!();
     }
-    if targets.is_empty() && images.is_empty() {
-        crate::destroy::forget(&handle, &gone)?;
-        let workspace = handle.read(|s| s.workspace.clone());
-        println!("Nothing to destroy: workspace `{workspace}` holds no machine.");
+    if found.is_empty() {
+        let workspace = found.workspace.clone();
+        ops::destroy::give_back(rt, found)?;
+        outln!("Nothing to destroy: workspace `{workspace}` holds no machine.");
         return Ok(0);
     }
-    if !targets.is_empty() {
-        println!("rallyctl will give back these machines:\n");
+    if !found.targets.is_empty() {
+        outln!("rallyctl will give back these machines:\n");
     }
-    for t in &targets {
+    let minus = console::style("-").red();
+    for t in &found.targets {
         let (id, how) = (&t.machine.id, t.machine.provider.released());
         match (&t.address, &t.bake) {
-            (Some(a), _) => println!("  {} {id}  {a}  (to be {how})", console::style("-").red()),
-            (None, Some(bake)) => println!(
-                "  {} {id}  bake {bake}  (to be {how})",
-                console::style("-").red()
-            ),
-            (None, None) => println!(
-                "  {} {id}  (leaked: tagged with this workspace, unknown to state; to be {how})",
-                console::style("-").red(),
+            (Some(a), _) => outln!("  {minus} {id}  {a}  (to be {how})"),
+            (None, Some(bake)) => outln!("  {minus} {id}  bake {bake}  (to be {how})"),
+            (None, None) => outln!(
+                "  {minus} {id}  (leaked: tagged with this workspace, unknown to state; to be {how})"
             ),
         }
     }
-    if !images.is_empty() {
-        println!(
+    if !found.images.is_empty() {
+        outln!(
             "{}rallyctl will deregister these baked images and delete their snapshots:\n",
-            if targets.is_empty() { "" } else { "\n" }
+            if found.targets.is_empty() { "" } else { "\n" }
         );
     }
-    for i in &images {
+    for i in &found.images {
         let snapshots = match i.snapshot_ids.as_slice() {
             [] => "no snapshot recorded".to_owned(),
             ids => ids.join(", "),
         };
-        let minus = console::style("-").red();
         match (&i.id, &i.name) {
-            (Some(id), Some(name)) => println!("  {minus} {id}  {name}  ({snapshots})"),
-            (Some(id), None) => println!(
+            (Some(id), Some(name)) => outln!("  {minus} {id}  {name}  ({snapshots})"),
+            (Some(id), None) => outln!(
                 "  {minus} {id}  (tagged with this workspace, unknown to state; {snapshots})"
             ),
-            (None, _) => println!(
+            (None, _) => outln!(
                 "  {minus} {snapshots}  (snapshots tagged with this workspace, of no image left)"
             ),
         }
     }
-    println!("\nDestroy: {} to give back.", targets.len() + images.len());
+    outln!(
+        "\nDestroy: {} to give back.",
+        found.targets.len() + found.images.len()
+    );
     if !auto_approve
         && let Some(code) = refused(
+            rt,
             "\nDo you really want to give them back?",
             "--auto-approve",
             "Destroy",
@@ -1075,22 +880,98 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
     {
         return Ok(code);
     }
-    crate::destroy::forget(&handle, &gone)?;
-    let mut failed = rt.block_on(crate::destroy::destroy(&provider, &handle, &targets))?;
-    failed.extend(rt.block_on(crate::destroy::deregister(&provider, &handle, &images))?);
-    if failed.is_empty() {
-        let images = match images.iter().filter(|i| i.id.is_some()).count() {
+    let report = ops::destroy::give_back(rt, found)?;
+    if report.not_given_back.is_empty() {
+        let images = match report.images {
             0 => String::new(),
             n => format!(", {n} image{} deregistered", plural(n)),
         };
-        println!(
+        outln!(
             "\nDestroy complete: {} machine{} given back{images}.",
-            targets.len(),
-            plural(targets.len())
+            report.machines,
+            plural(report.machines)
         );
         Ok(0)
     } else {
-        let lines: Vec<String> = failed.iter().map(|(id, e)| format!("{id}: {e}")).collect();
+        let lines: Vec<String> = (report.not_given_back.iter())
+            .map(|f| format!("{}: {}", f.id, f.error))
+            .collect();
         bail!("not given back:\n  {}", lines.join("\n  "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// One async runtime per process, built in `main` and handed to every command: no command
+    /// or module builds one of its own, except the S3 client's (its blocking calls come from
+    /// inside the walk's tasks, where the process's runtime cannot be blocked on).
+    #[test]
+    fn the_process_has_one_async_runtime() {
+        let mut built = Vec::new();
+        let mut dirs = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for _ in code.matches("runtime::Builder::new_") {
+                    built.push(
+                        path.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                            .unwrap()
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        built.sort();
+        assert_eq!(
+            built,
+            [
+                std::path::Path::new("src/backend/s3.rs"),
+                std::path::Path::new("src/cli/mod.rs")
+            ]
+        );
+    }
+
+    fn global(backend: Option<super::BackendArg>, state: Option<&str>) -> super::Global {
+        super::Global {
+            state: state.map(Into::into),
+            workspace: None,
+            backend,
+            no_color: true,
+            json: false,
+            verbose: 0,
+        }
+    }
+
+    /// Hints name the workspace as the command line reached it: `--backend` or `--state`
+    /// included, so that the command they give reaches the same state.
+    #[test]
+    fn hints_reach_the_same_workspace() {
+        let plan = std::path::Path::new("plans/example.toml");
+        let s3 = crate::plan::S3Config::from_url("s3://perf-state/rallyctl").unwrap();
+        let reached = [
+            global(None, None),
+            global(Some(super::BackendArg::S3(s3)), None),
+            global(Some(super::BackendArg::Local), None),
+            global(None, Some("elsewhere/n.json")),
+        ]
+        .map(|g| super::reaching(plan, &g));
+        assert_eq!(
+            reached,
+            [
+                "plans/example.toml",
+                "plans/example.toml --backend s3://perf-state/rallyctl",
+                "plans/example.toml --backend local",
+                "plans/example.toml --state elsewhere/n.json",
+            ]
+        );
     }
 }

@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::{BackendArg, Global, UsageError};
-use crate::backend::{Backend, Lock};
-use crate::graph::Graph;
+use crate::backend::Backend;
+use crate::ops::{Loaded, load_at};
 use crate::plan::{Plan, S3Config};
-use crate::planner;
 use crate::state::{self, State};
-use crate::templates::Renderer;
 
 /// The backend of the workspace `workspace`: `--state` (a local file) or `--backend` on the
 /// command line, else the plan's `[backend]` (`plan` is the plan file, named in hints), else
@@ -42,8 +40,54 @@ pub(super) fn backend_of(
         );
     };
     match s3 {
-        None => Ok(Backend::Local(state::default_path(workspace))),
+        None => {
+            let local = state::default_path(workspace);
+            let remembered = std::fs::read_to_string(remembered_path(workspace)).ok();
+            if let Some(url) = remembered.filter(|_| g.backend.is_none() && !local.exists()) {
+                let url = url.trim();
+                return Err(UsageError(format!(
+                    "workspace `{workspace}` lives in {url} ({} remembers the backend it last used), but nothing here names it: pass --backend {url}, or --backend local to start a new workspace in this directory",
+                    remembered_path(workspace).display()
+                ))
+                .into());
+            }
+            Ok(Backend::Local(local))
+        }
         Some((config, plan)) => s3_backend(config, workspace, plan),
+    }
+}
+
+/// Where this directory remembers the S3 backend a workspace used last, as `terraform init`
+/// does: `state/<workspace>.backend`, its URL.
+fn remembered_path(workspace: &str) -> PathBuf {
+    Path::new(state::DEFAULT_DIR).join(format!("{}.backend", crate::address::slug(workspace)))
+}
+
+/// Remembers the S3 backend a command reached `workspace` in (`--backend`, else the plan's
+/// `[backend]`; nothing for a local one), once it was read from, so that a command that names
+/// no backend later is not silently given an empty local workspace. A directory that cannot
+/// hold the note loses only the reminder, which is said.
+pub(super) fn remember_backend(g: &Global, plan_backend: Option<&S3Config>, workspace: &str) {
+    let config = match (&g.state, &g.backend) {
+        (None, Some(BackendArg::S3(config))) => config,
+        (None, None) => match plan_backend {
+            Some(config) => config,
+            None => return,
+        },
+        _ => return,
+    };
+    let path = remembered_path(workspace);
+    let url = config.url();
+    if std::fs::read_to_string(&path).is_ok_and(|known| known.trim() == url) {
+        return;
+    }
+    let written = std::fs::create_dir_all(state::DEFAULT_DIR)
+        .and_then(|()| std::fs::write(&path, format!("{url}\n")));
+    if let Err(e) = written {
+        crate::ui::warn(&format!(
+            "cannot remember the workspace's backend in {}: {e}",
+            path.display()
+        ));
     }
 }
 
@@ -91,16 +135,22 @@ pub(super) fn target(g: &Global, plan: Option<&Path>) -> Result<Target> {
     Ok(Target { backend, workspace })
 }
 
+/// The state of `backend`, checked to belong to `workspace` when one is named; `None` when
+/// there is none.
+pub(super) fn load_checked(backend: &Backend, workspace: Option<&str>) -> Result<Option<State>> {
+    let loaded = backend.load()?;
+    match (loaded, workspace) {
+        (Some(state), Some(name)) => Ok(Some(
+            state::of_workspace(Some(state), Path::new(&backend.location()), name)?.0,
+        )),
+        (loaded, _) => Ok(loaded),
+    }
+}
+
 impl Target {
     /// The state, checked to belong to the workspace named; `None` when there is none.
     pub(super) fn load(&self) -> Result<Option<State>> {
-        let loaded = self.backend.load()?;
-        match (loaded, &self.workspace) {
-            (Some(state), Some(name)) => Ok(Some(
-                state::of_workspace(Some(state), Path::new(&self.backend.location()), name)?.0,
-            )),
-            (loaded, _) => Ok(loaded),
-        }
+        load_checked(&self.backend, self.workspace.as_deref())
     }
 
     pub(super) fn load_existing(&self) -> Result<State> {
@@ -171,30 +221,6 @@ pub(super) fn check_output(out: &Path, plan: Option<&Path>, backend: &Backend) -
     Ok(())
 }
 
-/// Locks the state for a command that writes it, saying so when a dead run's lock is replaced.
-pub(super) fn lock(backend: &Backend, command: &str) -> Result<Lock> {
-    let lock = backend.lock(command)?;
-    if let Some(dead) = lock.replaced() {
-        eprintln!(
-            "note: took over the lock of `{}` (pid {}, since {}), which is no longer running",
-            dead.command,
-            dead.pid,
-            dead.since.strftime("%Y-%m-%d %H:%M:%S UTC")
-        );
-    }
-    Ok(lock)
-}
-
-/// Loads a plan, its state (locked or not) and everything the diff needs.
-pub struct Loaded {
-    pub plan: Plan,
-    pub backend: Backend,
-    pub state: State,
-    pub state_exists: bool,
-    pub artifacts: crate::templates::ArtifactMap,
-    pub renderer: Renderer,
-}
-
 /// The backend of a valid plan's workspace.
 pub fn plan_backend(plan: &Plan, g: &Global) -> Result<Backend> {
     backend_of(
@@ -229,46 +255,8 @@ pub fn load_file(path: &Path, g: &Global) -> Result<Loaded> {
             }
             _ => None,
         };
-        load_at(plan, backend, read)
-    })
-}
-
-/// [`load`] with the state of `backend`; `read` is what [`state::load`] gave for it, if it
-/// was read already.
-pub fn load_at(
-    plan: Plan,
-    backend: Backend,
-    read: Option<Result<Option<State>, state::StateError>>,
-) -> Result<Loaded> {
-    let renderer = Renderer::new();
-    // Reading state and rendering every test do not depend on each other, and for a plan of
-    // thousands of tests each takes a while: they overlap.
-    let (state, artifacts) = std::thread::scope(|scope| {
-        let state = scope.spawn(|| {
-            let loaded = read.unwrap_or_else(|| backend.load())?;
-            state::of_workspace(loaded, Path::new(&backend.location()), &plan.name)
-        });
-        Graph::compile(&plan)?;
-        let artifacts = planner::render_all(&plan, &renderer);
-        let state = state.join().expect("loading state does not panic");
-        anyhow::Ok((state?, artifacts?))
-    })?;
-    let (state, state_exists) = state;
-    let here = state::default_path(&plan.name);
-    if !state_exists && backend.local_path().is_none() && here.is_file() {
-        eprintln!(
-            "note: the workspace's state is {}, which holds none yet, while {} is here: `rallyctl state push {}` moves it there",
-            backend.location(),
-            here.display(),
-            plan.source.display()
-        );
-    }
-    Ok(Loaded {
-        plan,
-        backend,
-        state,
-        state_exists,
-        artifacts,
-        renderer,
+        let loaded = load_at(plan, backend, read)?;
+        remember_backend(g, loaded.plan.backend.as_ref(), &loaded.plan.name);
+        Ok(loaded)
     })
 }

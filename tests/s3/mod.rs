@@ -672,3 +672,40 @@ fn a_store_without_checksums_is_written_and_read_back_and_the_lock_released_cond
     assert!(get(h, &lock).is_none(), "lock left");
     assert_eq!(remote_state(h).unwrap().serial, 1);
 }
+
+/// `plan` names the S3 state on its first line, and the directory remembers the backend: the
+/// same plan without its `[backend]` is refused here, naming it, rather than started afresh as
+/// an empty local workspace.
+#[test]
+fn plan_names_the_s3_backend_and_the_directory_remembers_it() {
+    let run = Run::new(1);
+    let plan = plan_in_s3(&run, &[("t", "")], &[]);
+    let out = rallyctl_in(
+        &run,
+        run.dir.path(),
+        &["plan", "e2e.toml", "--refresh=false"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().next(),
+        Some(format!("Workspace state: s3://{BUCKET}/{STATE_KEY}").as_str()),
+        "{}",
+        text(&out)
+    );
+    let text_of_plan = std::fs::read_to_string(&plan).unwrap();
+    let (without, _) = text_of_plan.split_once("\n[backend]").unwrap();
+    std::fs::write(&plan, without).unwrap();
+    let out = rallyctl_in(
+        &run,
+        run.dir.path(),
+        &["plan", "e2e.toml", "--refresh=false"],
+    );
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("workspace `e2e` lives in s3://{BUCKET}/")),
+        "{}",
+        text(&out)
+    );
+    assert!(!run.dir.path().join("state/e2e.state.json").exists());
+}

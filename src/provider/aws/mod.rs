@@ -173,7 +173,7 @@ pub async fn check_credentials() -> Result<(), ProviderError> {
 
 /// The first line of an SDK message, without the list of what it tried that follows.
 fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or("");
+    let line = crate::ui::without_debug_dump(text.lines().next().unwrap_or(""));
     line.trim_end_matches("Attempted:").trim_end().to_owned()
 }
 

@@ -1,0 +1,188 @@
+//! `apply`: what a plan (or a saved plan) says to do, made: the account checked, state locked,
+//! the changes found and priced ([`prepare`]), then walked ([`run`]) once the user agreed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use tokio::runtime::Runtime;
+
+use super::plan::{PlanOptions, baked_images, check_account, prices_for, selection, warn_limits};
+use super::{Loaded, load_at, lock};
+use crate::address::Address;
+use crate::backend::{Backend, Lock};
+use crate::cost;
+use crate::plan::{Plan, ProviderKind};
+use crate::planner::{self, Changes, SavedPlan};
+use crate::state::{Machine, State, Step};
+use crate::ui;
+
+/// An apply ready to run: its changes and their estimate, shown before the user agrees, and
+/// the state it holds locked until [`run`] ends.
+pub struct Prepared {
+    pub changes: Changes,
+    pub estimate: Option<cost::estimate::Estimate>,
+    loaded: Loaded,
+    prices: cost::Prices,
+    _lock: Lock,
+}
+
+impl Prepared {
+    /// Where the workspace's state is.
+    pub fn backend(&self) -> &Backend {
+        &self.loaded.backend
+    }
+}
+
+/// Checks credentials and the account, locks `backend`, and finds the changes: a saved plan's,
+/// refused when state moved since it was made, or the diff of `plan` against state.
+pub fn prepare(
+    rt: &Runtime,
+    path: &Path,
+    plan: Plan,
+    saved: Option<&SavedPlan>,
+    backend: Backend,
+    o: &PlanOptions<'_>,
+) -> Result<Prepared> {
+    if plan
+        .tests()
+        .any(|t| t.settings.provider() == ProviderKind::Aws)
+    {
+        rt.block_on(crate::provider::aws::check_credentials())
+            .context(
+                "apply needs AWS credentials for its aws tests; nothing was launched or written",
+            )?;
+    }
+    // A saved plan was checked when it was made.
+    let limits = match saved {
+        None => check_account(rt, &plan, o.refresh)?.0,
+        Some(_) => vec![],
+    };
+    let lock = lock(&backend, &format!("rallyctl apply {}", path.display()))?;
+    let mut l = load_at(plan, backend, None)?;
+    let resolved = crate::bake::resolve(&mut l.plan, &l.state);
+    let changes = match saved {
+        Some(s) => {
+            s.check_fresh(path, &l.state, l.state_exists, &l.artifacts)?;
+            s.changes.clone()
+        }
+        None => planner::diff(
+            &l.plan,
+            &l.state,
+            &l.artifacts,
+            &selection(o.target, o.replace, &l.plan, &l.state)?,
+        ),
+    };
+    baked_images(&l.plan, resolved, &changes)?;
+    warn_limits(&l.plan, &changes, &limits, o.parallelism);
+    let (prices, estimate) = match changes.is_empty() {
+        true => (cost::Prices::default(), None),
+        false => {
+            // Apply reaches EC2 whatever `--refresh` says: the price it records needs the
+            // root volume.
+            let prices = prices_for(rt, &l.plan, &changes, o.prices, Ok(()))?;
+            let estimate = cost::estimate::estimate(&l.plan, &l.state, &changes, &prices);
+            (prices, estimate)
+        }
+    };
+    Ok(Prepared {
+        changes,
+        estimate,
+        loaded: l,
+        prices,
+        _lock: lock,
+    })
+}
+
+/// What an apply did.
+pub struct ApplyReport {
+    /// The run it made: what its results and machine time are filed under.
+    pub run_id: String,
+    /// State as the apply left it.
+    pub state: State,
+    /// The tests it was to change, in the plan's order.
+    pub touched: Vec<Address>,
+    /// What the run's machines cost, when it is known.
+    pub bill: Option<cost::bill::Bill>,
+    pub completed: Vec<Address>,
+    pub failed: Vec<TestFailure>,
+    /// Ctrl-C stopped it: tests that had not started were left for the next apply.
+    pub interrupted: bool,
+    /// After an interruption, tests whose machine may still run (and cost money, or hold a
+    /// host).
+    pub still_running: Vec<StillRunning>,
+}
+
+/// A test that failed, and where.
+pub struct TestFailure {
+    pub address: Address,
+    /// The step it failed at: the kind of failure.
+    pub step: Step,
+    pub error: String,
+    /// The end of the log of a race that failed.
+    pub log_tail: Option<String>,
+}
+
+/// A test whose machine an interrupted apply left running.
+pub struct StillRunning {
+    pub address: Address,
+    pub machine: Machine,
+}
+
+/// Walks the changes `p` holds; Ctrl-C starts nothing new.
+pub fn run(rt: &Runtime, p: Prepared, parallelism: usize) -> Result<ApplyReport> {
+    let Prepared {
+        changes,
+        loaded: l,
+        prices,
+        _lock,
+        ..
+    } = p;
+    let state_dir = l.backend.local_dir();
+    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
+    let report = rt.block_on(async {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let watcher = super::on_ctrl_c(
+            &cancel,
+            "no new tests will start; running ones stop at their next recorded step",
+        );
+        let provider = crate::provider::Fleet::new(state_dir, &l.plan.name);
+        let report = crate::walk::apply(
+            provider,
+            l.plan,
+            l.artifacts,
+            l.renderer,
+            &changes,
+            handle.clone(),
+            &crate::walk::ApplyOptions {
+                parallelism,
+                results_dir: PathBuf::from("results"),
+                prices,
+            },
+            ui::Progress::new(ui::stdout_is_tty()),
+            cancel,
+        )
+        .await;
+        watcher.abort();
+        report
+    })?;
+    let state = handle.snapshot();
+    Ok(ApplyReport {
+        bill: cost::bill::of_run(&state, &report.run_id),
+        state,
+        touched: changes.changes.iter().map(|c| c.address.clone()).collect(),
+        run_id: report.run_id,
+        completed: report.completed,
+        failed: (report.failed.into_iter())
+            .map(|(address, step, error, log_tail)| TestFailure {
+                address,
+                step,
+                error,
+                log_tail,
+            })
+            .collect(),
+        interrupted: report.interrupted,
+        still_running: (report.still_running.into_iter())
+            .map(|(address, machine)| StillRunning { address, machine })
+            .collect(),
+    })
+}
