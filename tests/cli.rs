@@ -1632,10 +1632,7 @@ fn a_closed_stdout_ends_plan_quietly() {
         ));
     }
     std::fs::write(dir.path().join("big.toml"), plan).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(["plan", "big.toml"])
-        .current_dir(dir.path())
-        .env("NO_COLOR", "1")
+    let mut child = command(dir.path(), &["plan", "big.toml"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1653,12 +1653,12 @@ fn results_of_a_state_elsewhere_are_read_beside_it() {
     let here = t.results(&["--runs"], 0);
     let elsewhere = tempfile::tempdir().unwrap();
     let state = t.path(STATE);
-    let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(["results", "--runs", "--state", state.to_str().unwrap()])
-        .current_dir(elsewhere.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = command(
+        elsewhere.path(),
+        &["results", "--runs", "--state", state.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), here);
 }
