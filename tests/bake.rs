@@ -8,10 +8,10 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use rallyctl::state::{BakeStep, Image, Status};
+use support::context::text;
 use support::fault_proxy::FaultProxy;
 use support::run::{Run, at};
 
@@ -27,19 +27,21 @@ fn baked_plan(run: &Run, tests: &[&str]) -> PathBuf {
     run.plan(&[("s", &tests)])
 }
 
-/// rallyctl with its AWS calls going through `proxy`.
-fn through(run: &Run, proxy: &FaultProxy, args: &[&str]) -> Output {
-    let mut cmd = run.command(args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    run.output(&mut cmd, args)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// Ctrl-C to a running bake: it exits 130 and leaves its image failed, which this returns.
+fn interrupt(run: &Run, bake: &mut std::process::Child) -> Image {
+    let pid = bake.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = bake.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{:?}", run.printed("bake"));
+    let image = run.state().images[0].clone();
+    assert_eq!(image.step, BakeStep::Failed);
+    image
 }
 
 fn seconds(from: jiff::Timestamp, to: jiff::Timestamp) -> f64 {
@@ -67,7 +69,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
     let plan_arg = plan.to_str().unwrap();
 
     // Before the bake, apply refuses the tests, saying what to run.
-    let out = through(&run, &proxy, &["apply", plan_arg, "--auto-approve"]);
+    let out = run.through(&proxy, &["apply", plan_arg, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     let refusal = text(&out);
     assert!(
@@ -80,7 +82,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
     );
     assert_eq!(run.launches(), 0);
 
-    let out = through(&run, &proxy, &["bake", plan_arg, "--auto-approve"]);
+    let out = run.through(&proxy, &["bake", plan_arg, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     let baked = text(&out);
     // The bake instance's disk started empty: it really installed.
@@ -123,7 +125,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
     );
 
     // plan shows the image each test launches from.
-    let out = through(&run, &proxy, &["plan", plan_arg]);
+    let out = run.through(&proxy, &["plan", plan_arg]);
     assert_eq!(out.status.code(), Some(0));
     let planned = text(&out);
     assert!(
@@ -132,7 +134,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
         "{planned}"
     );
 
-    let out = through(&run, &proxy, &["apply", plan_arg, "--auto-approve"]);
+    let out = run.through(&proxy, &["apply", plan_arg, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     let applied = text(&out);
     assert!(!applied.contains("installing esrally"), "{applied}");
@@ -159,11 +161,11 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
         );
     }
     // The resolved image id is not part of the configuration: the results stay current.
-    let out = through(&run, &proxy, &["plan", plan_arg, "--detailed-exitcode"]);
+    let out = run.through(&proxy, &["plan", plan_arg, "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // Without --images the image stays, and destroy says so.
-    let out = through(&run, &proxy, &["destroy", plan_arg, "--auto-approve"]);
+    let out = run.through(&proxy, &["destroy", plan_arg, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         text(&out).contains("keeps 1 baked image: `rallyctl destroy --images` gives them back"),
@@ -172,11 +174,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
     );
     assert_eq!(run.state().images[0].step, BakeStep::Available);
 
-    let out = through(
-        &run,
-        &proxy,
-        &["destroy", plan_arg, "--images", "--auto-approve"],
-    );
+    let out = run.through(&proxy, &["destroy", plan_arg, "--images", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         text(&out).contains("1 image deregistered"),
@@ -222,11 +220,7 @@ fn a_bake_whose_create_image_fails_terminates_its_instance() {
     let run = Run::new(1);
     let proxy = FaultProxy::with_disks(&run.harness, &["CreateImage:InvalidParameterValue:1"]);
     let plan = baked_plan(&run, &["a"]);
-    let out = through(
-        &run,
-        &proxy,
-        &["bake", plan.to_str().unwrap(), "--auto-approve"],
-    );
+    let out = run.through(&proxy, &["bake", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("CreateImage"), "{}", text(&out));
     assert_eq!(proxy.injected("CreateImage"), 1);
@@ -296,8 +290,7 @@ fn bake_until_installing(
 fn a_killed_bake_leaves_an_instance_that_destroy_finds_and_terminates() {
     let (run, proxy, plan, instance) = killed_while_installing(1);
 
-    let out = through(
-        &run,
+    let out = run.through(
         &proxy,
         &["destroy", plan.to_str().unwrap(), "--auto-approve"],
     );
@@ -318,11 +311,7 @@ fn a_killed_bake_leaves_an_instance_that_destroy_finds_and_terminates() {
 fn a_killed_bake_run_again_goes_on_on_its_instance_without_launching_another() {
     let (run, proxy, plan, instance) = killed_while_installing(2);
 
-    let out = through(
-        &run,
-        &proxy,
-        &["bake", plan.to_str().unwrap(), "--auto-approve"],
-    );
+    let out = run.through(&proxy, &["bake", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         text(&out).contains("resumes at installing"),
@@ -346,18 +335,7 @@ fn ctrl_c_stops_a_bake_and_terminates_its_instance() {
     let proxy = FaultProxy::with_disks(&run.harness, &[]);
     let plan = baked_plan(&run, &["a"]);
     let (mut bake, _) = bake_until_installing(&run, &proxy, &plan);
-    let pid = bake.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = bake.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{:?}", run.printed("bake"));
-    let image = run.state().images[0].clone();
-    assert_eq!(image.step, BakeStep::Failed);
+    let image = interrupt(&run, &mut bake);
     assert_eq!(image.error.as_deref(), Some("interrupted"));
     assert!(image.image_id.is_none());
     assert!(image.instance.unwrap().terminated_at.is_some());
@@ -461,7 +439,7 @@ fn an_image_failed_as_its_instance_terminated_leaves_nothing_after_destroy_image
     );
     let plan = baked_plan(&run, &["a"]);
     let plan_arg = plan.to_str().unwrap();
-    let out = through(&run, &proxy, &["bake", plan_arg, "--auto-approve"]);
+    let out = run.through(&proxy, &["bake", plan_arg, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("is failed instead of available (Client.InstanceTerminated"),
@@ -477,11 +455,7 @@ fn an_image_failed_as_its_instance_terminated_leaves_nothing_after_destroy_image
     assert_eq!(tagged(&run), (vec![image_id.clone()], made.clone()));
     assert!(image.instance.unwrap().terminated_at.is_some());
 
-    let out = through(
-        &run,
-        &proxy,
-        &["destroy", plan_arg, "--images", "--auto-approve"],
-    );
+    let out = run.through(&proxy, &["destroy", plan_arg, "--images", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("1 image deregistered"),
@@ -526,18 +500,7 @@ fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state()
         std::thread::sleep(Duration::from_millis(200));
     };
     std::thread::sleep(Duration::from_secs(8));
-    let pid = bake.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = bake.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{:?}", run.printed("bake"));
-    let image = run.state().images[0].clone();
-    assert_eq!(image.step, BakeStep::Failed);
+    let image = interrupt(&run, &mut bake);
     let made = snapshots_of(&run, &image_id);
     assert!(!made.is_empty());
     assert_eq!(image.snapshot_ids, made);
@@ -555,7 +518,7 @@ fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state()
         }
     }
     let destroy = ["destroy", plan_arg, "--images", "--auto-approve"];
-    let out = through(&run, &proxy, &destroy);
+    let out = run.through(&proxy, &destroy);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
@@ -565,7 +528,7 @@ fn ctrl_c_while_imaging_leaves_nothing_after_destroy_images_even_without_state()
         text(&out)
     );
     assert_eq!(tagged(&run), (vec![], made.clone()));
-    let out = through(&run, &proxy, &destroy);
+    let out = run.through(&proxy, &destroy);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
@@ -588,11 +551,7 @@ fn a_bake_instance_rebooted_for_its_image_keeps_its_watchdog_deadline() {
     let boot = support::boot_dir(run.harness.work.path());
     let proxy = FaultProxy::with_disks_and(&run.harness, &[], &["--boot", boot.to_str().unwrap()]);
     let plan = baked_plan(&run, &["a"]);
-    let out = through(
-        &run,
-        &proxy,
-        &["bake", plan.to_str().unwrap(), "--auto-approve"],
-    );
+    let out = run.through(&proxy, &["bake", plan.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let image = run.state().images[0].clone();
     let id = image.instance.unwrap().id;

@@ -1,41 +1,13 @@
 //! The commands a user runs without AWS, through the real binary, with snapshots of what they
 //! read: validation messages, plans, the DOT graph, state commands.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use proptest::prelude::*;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The price file every command here reads, as `--prices` would name it: a plan's cost is
-/// estimated without the Price List API. Relative to the checkout, so snapshots name it alike.
-const PRICES: &str = "tests/fixtures/prices/prices.toml";
-
-fn prices() -> PathBuf {
-    root().join(PRICES)
-}
-
-fn rallyctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(args)
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .env("RALLYCTL_PRICES", PRICES)
-        .output()
-        .expect("rallyctl runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use support::context::{BIN, command, prices, rallyctl, rallyctl_in, root, text};
 
 #[test]
 fn validate_accepts_the_example_plans() {
@@ -536,17 +508,8 @@ fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
         "name": "mine",
     });
     std::fs::write(dir.path().join("p.json"), json.to_string()).unwrap();
-    let run = |plan: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-            .args(["plan", plan])
-            .current_dir(dir.path())
-            .env("NO_COLOR", "1")
-            .env("RALLYCTL_PRICES", prices())
-            .output()
-            .unwrap()
-    };
     for plan in ["p.toml", "p.json"] {
-        let out = run(plan);
+        let out = rallyctl_in(dir.path(), &["plan", plan]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert!(String::from_utf8_lossy(&out.stdout).contains("Plan: 1 to run"));
     }
@@ -554,7 +517,7 @@ fn plan_reads_the_state_named_after_the_plan_and_checks_its_workspace() {
     let mut other = rallyctl::state::State::new("other");
     rallyctl::state::save(&state, &mut other).unwrap();
     for plan in ["p.toml", "p.json"] {
-        let out = run(plan);
+        let out = rallyctl_in(dir.path(), &["plan", plan]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(
             String::from_utf8_lossy(&out.stderr)
@@ -642,18 +605,6 @@ fn completed(settings: serde_json::Value) -> rallyctl::state::TestRecord {
         "esrally race".into(),
         rallyctl::state::Status::Completed,
     )
-}
-
-/// rallyctl run in `dir` (plans and state relative to it).
-fn rallyctl_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env("RALLYCTL_PRICES", prices())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("rallyctl runs")
 }
 
 /// A directory holding `plan.toml`, a copy of the example plan, and the files it names: the
@@ -971,10 +922,8 @@ fn cleaning_up_needs_only_the_workspace() {
 fn no_credentials_no_launch() {
     let dir = workdir();
     let d = dir.path();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
-    cmd.args(["apply", "plan.toml", "--auto-approve"])
-        .current_dir(d)
-        .env("NO_COLOR", "1")
+    let mut cmd = command(d, &["apply", "plan.toml", "--auto-approve"]);
+    cmd
         // No credentials anywhere in the chain: no variables, no profile, no instance role.
         .env("HOME", d)
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -1133,7 +1082,7 @@ fn ctrl_c_at_the_approval_prompt_cancels_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().canonicalize().unwrap();
     std::fs::copy(root().join("plans/local.toml"), d.join("local.toml")).unwrap();
-    let command = format!("{} apply local.toml", env!("CARGO_BIN_EXE_rallyctl"));
+    let command = format!("{BIN} apply local.toml");
     let mut child = Command::new("script")
         .args(["-qefc", &command, "/dev/null"])
         .current_dir(&d)
@@ -1267,14 +1216,10 @@ proptest::proptest! {
         prop_assert_eq!(out.status.code(), Some(0));
         let before = snapshot_files(d);
 
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
-        cmd.args(&args)
-            .current_dir(d)
-            .env("NO_COLOR", "1")
-            .env("RALLYCTL_PRICES", prices())
+        let mut cmd = command(d, &args);
+        cmd.env("RALLYCTL_PRICES", prices())
             .env("HOME", d.join("home"))
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(std::process::Stdio::null());
+            .env("AWS_EC2_METADATA_DISABLED", "true");
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_") && k != "AWS_EC2_METADATA_DISABLED") {
             cmd.env_remove(key);
         }
@@ -1320,10 +1265,8 @@ fn errors_say_the_os_reason_once() {
 #[test]
 fn a_dumb_terminal_gets_no_colour() {
     let plan = |term: &str| {
-        let command = format!(
-            "TERM={term} {} plan plans/example.toml --state /nonexistent/s.json",
-            env!("CARGO_BIN_EXE_rallyctl")
-        );
+        let command =
+            format!("TERM={term} {BIN} plan plans/example.toml --state /nonexistent/s.json");
         let out = Command::new("script")
             .args(["-qefc", &command, "/dev/null"])
             .current_dir(root())
@@ -1653,20 +1596,20 @@ fn backend_mistakes_are_refused_at_their_place() {
 #[test]
 fn an_unreachable_backend_is_named_and_nothing_is_written() {
     let dir = workdir();
-    let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(["plan", "plan.toml", "--backend", "s3://perf-state/nightly"])
-        .current_dir(dir.path())
-        .env("NO_COLOR", "1")
-        .env("RALLYCTL_PRICES", prices())
-        // A port nothing listens on: refused at once.
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "eu-west-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .output()
-        .unwrap();
+    let out = command(
+        dir.path(),
+        &["plan", "plan.toml", "--backend", "s3://perf-state/nightly"],
+    )
+    .env("RALLYCTL_PRICES", prices())
+    // A port nothing listens on: refused at once.
+    .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    .env("AWS_ACCESS_KEY_ID", "testing")
+    .env("AWS_SECRET_ACCESS_KEY", "testing")
+    .env("AWS_REGION", "eu-west-1")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("AWS_MAX_ATTEMPTS", "1")
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let shown = text(&out);
     assert!(
@@ -1689,10 +1632,7 @@ fn a_closed_stdout_ends_plan_quietly() {
         ));
     }
     std::fs::write(dir.path().join("big.toml"), plan).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(["plan", "big.toml"])
-        .current_dir(dir.path())
-        .env("NO_COLOR", "1")
+    let mut child = command(dir.path(), &["plan", "big.toml"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -8,6 +8,7 @@ mod support;
 use std::time::Instant;
 
 use rallyctl::state::{Status, Step};
+use support::context::text;
 use support::fault_proxy::FaultProxy;
 use support::run::{Run, record_of};
 
@@ -15,10 +16,8 @@ use support::run::{Run, record_of};
 fn apply_through(run: &Run, proxy: &FaultProxy) -> std::process::Output {
     let plan = run.plan(&[("s", &[("t", "")])]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
     let started = Instant::now();
-    let out = run.output(&mut cmd, &args);
+    let out = run.through(proxy, &args);
     eprintln!("apply took {:?}", started.elapsed());
     out
 }
@@ -26,14 +25,10 @@ fn apply_through(run: &Run, proxy: &FaultProxy) -> std::process::Output {
 #[test]
 fn throttling_and_5xx_are_retried_and_the_test_completes() {
     let run = Run::new(1);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &[
-            "RunInstances:RequestLimitExceeded:2",
-            "DescribeInstances:500:3",
-        ],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&[
+        "RunInstances:RequestLimitExceeded:2",
+        "DescribeInstances:500:3",
+    ]);
 
     let out = apply_through(&run, &proxy);
     assert_eq!(out.status.code(), Some(0), "apply failed");
@@ -59,22 +54,14 @@ fn throttling_and_5xx_are_retried_and_the_test_completes() {
 #[test]
 fn insufficient_capacity_is_retried_within_a_bound_then_the_test_fails() {
     let run = Run::new(1);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &["RunInstances:InsufficientInstanceCapacity:always"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&["RunInstances:InsufficientInstanceCapacity:always"]);
 
     let out = apply_through(&run, &proxy);
     assert_eq!(out.status.code(), Some(1), "apply did not fail cleanly");
-    match run.record("s.t").status {
-        Status::Failed { step, error, .. } => {
-            assert_eq!(step, Step::Launching);
-            assert!(error.contains("InsufficientInstanceCapacity"), "{error}");
-            assert!(error.contains("attempts"), "{error}");
-        }
-        other => panic!("s.t is {other:?}, not failed at launching"),
-    }
+    let (step, error) = run.failure("s.t");
+    assert_eq!(step, Step::Launching);
+    assert!(error.contains("InsufficientInstanceCapacity"), "{error}");
+    assert!(error.contains("attempts"), "{error}");
 
     // Retried, within rallyctl's bound, and no call ever reached moto.
     let injected = proxy.injected("RunInstances");
@@ -94,12 +81,7 @@ fn insufficient_capacity_is_retried_within_a_bound_then_the_test_fails() {
 #[test]
 fn a_new_instance_ec2_does_not_show_yet_is_waited_for() {
     let run = Run::new(1);
-    let proxy = FaultProxy::start_with(
-        &run.harness.moto_url,
-        &[],
-        &["--young-not-found", "6"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy_with(&[], &["--young-not-found", "6"]);
     let out = apply_through(&run, &proxy);
     assert_eq!(out.status.code(), Some(0), "apply failed");
     assert_eq!(run.record("s.t").status, Status::Completed);
@@ -145,11 +127,7 @@ fn stopped_while_booting(
 #[test]
 fn instance_connect_refusals_are_retried_while_booting_then_explained() {
     let run = Run::new(2);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &["SendSSHPublicKey:EC2InstanceStateInvalidException:3"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&["SendSSHPublicKey:EC2InstanceStateInvalidException:3"]);
     let out = apply_through(&run, &proxy);
     assert_eq!(out.status.code(), Some(0), "apply failed");
     assert_eq!(run.record("s.t").status, Status::Completed);
@@ -160,28 +138,18 @@ fn instance_connect_refusals_are_retried_while_booting_then_explained() {
     let plan_path = run.plan(&[("later", &[("v", "")])]);
     let old = run.harness.launch_tagged(&[("night", "before")]);
     stopped_while_booting(&run, &plan_path, &[&old]);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &["SendSSHPublicKey:EC2InstanceStateInvalidException:always"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&["SendSSHPublicKey:EC2InstanceStateInvalidException:always"]);
     let args = ["apply", plan_path.to_str().unwrap(), "--auto-approve"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = run.output(&mut cmd, &args);
+    let out = run.through(&proxy, &args);
     assert_eq!(out.status.code(), Some(1));
-    match run.record("later.v").status {
-        Status::Failed { step, error, .. } => {
-            assert_eq!(step, Step::Booting);
-            for part in [
-                old.as_str(),
-                "EC2InstanceStateInvalidException",
-                "security group",
-            ] {
-                assert!(error.contains(part), "{part}: {error}");
-            }
-        }
-        other => panic!("later.v is {other:?}"),
+    let (step, error) = run.failure("later.v");
+    assert_eq!(step, Step::Booting);
+    for part in [
+        old.as_str(),
+        "EC2InstanceStateInvalidException",
+        "security group",
+    ] {
+        assert!(error.contains(part), "{part}: {error}");
     }
     assert_eq!(
         proxy.injected("SendSSHPublicKey"),
@@ -212,34 +180,31 @@ fn a_purged_instance_in_state_neither_hangs_apply_nor_breaks_destroy() {
     )
     .unwrap();
     let state_path = stopped_while_booting(&run, &plan_path, &[&purged, &live]);
-    let proxy = FaultProxy::start(&h.moto_url, &[], run.dir.path());
+    let proxy = run.proxy(&[]);
     proxy.purge(&[&purged]);
-    let through_proxy = |args: &[&str]| {
-        let mut cmd = run.command(args);
-        cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-        run.output(&mut cmd, args)
-    };
 
     // Apply with only the purged test to resume: it fails with why, and apply ends.
-    let out = through_proxy(&[
-        "apply",
-        plan_path.to_str().unwrap(),
-        "--auto-approve",
-        "--target",
-        "s.t",
-    ]);
+    let out = run.through(
+        &proxy,
+        &[
+            "apply",
+            plan_path.to_str().unwrap(),
+            "--auto-approve",
+            "--target",
+            "s.t",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "the purged test did not fail");
-    match run.record("s.t").status {
-        Status::Failed { step, error, .. } => {
-            assert_eq!(step, Step::Booting);
-            assert!(error.contains("no longer known to EC2"), "{error}");
-        }
-        other => panic!("s.t is {other:?}"),
-    }
+    let (step, error) = run.failure("s.t");
+    assert_eq!(step, Step::Booting);
+    assert!(error.contains("no longer known to EC2"), "{error}");
     assert!(run.record("s.t").live_machine().is_none());
 
     // Destroy: the purged instance no longer counts, the live one is terminated.
-    let out = through_proxy(&["destroy", plan_path.to_str().unwrap(), "--auto-approve"]);
+    let out = run.through(
+        &proxy,
+        &["destroy", plan_path.to_str().unwrap(), "--auto-approve"],
+    );
     assert_eq!(out.status.code(), Some(0), "destroy failed");
     assert!(run.record("s.u").live_machine().is_none());
     let running = h.running_instances();
@@ -254,7 +219,10 @@ fn a_purged_instance_in_state_neither_hangs_apply_nor_breaks_destroy() {
     let record = again.tests.get_mut(&"s.t".parse().unwrap()).unwrap();
     record.instance.as_mut().unwrap().terminated_at = None;
     rallyctl::state::save(&state_path, &mut again).unwrap();
-    let out = through_proxy(&["destroy", plan_path.to_str().unwrap(), "--auto-approve"]);
+    let out = run.through(
+        &proxy,
+        &["destroy", plan_path.to_str().unwrap(), "--auto-approve"],
+    );
     assert_eq!(out.status.code(), Some(0), "destroy failed");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -294,28 +262,18 @@ fn an_instance_type_no_subnet_offers_fails_at_once_naming_each_subnet() {
     let run = Run::new(1);
     let h = &run.harness;
     let other = second_subnet(h);
-    let proxy = FaultProxy::start(
-        &h.moto_url,
-        &["RunInstances:Unsupported:always"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&["RunInstances:Unsupported:always"]);
     let extra = format!("subnet_ids = [\"{other}\", \"{}\"]", h.subnet_id);
     let plan = run.plan(&[("s", &[("t", &extra)])]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = run.output(&mut cmd, &args);
+    let out = run.through(&proxy, &args);
     assert_eq!(out.status.code(), Some(1));
-    match run.record("s.t").status {
-        Status::Failed { step, error, .. } => {
-            assert_eq!(step, Step::Launching);
-            for part in [other.as_str(), h.subnet_id.as_str(), "Unsupported"] {
-                assert!(error.contains(part), "{part}: {error}");
-            }
-            assert!(!error.contains("gave up after"), "{error}");
-        }
-        other => panic!("s.t is {other:?}"),
+    let (step, error) = run.failure("s.t");
+    assert_eq!(step, Step::Launching);
+    for part in [other.as_str(), h.subnet_id.as_str(), "Unsupported"] {
+        assert!(error.contains(part), "{part}: {error}");
     }
+    assert!(!error.contains("gave up after"), "{error}");
     assert_eq!(
         proxy.injected("RunInstances"),
         2,
@@ -331,19 +289,13 @@ fn a_launch_short_of_capacity_in_one_zone_tries_the_next_subnet() {
     let run = Run::new(1);
     let h = &run.harness;
     let full = second_subnet(h);
-    let proxy = FaultProxy::start(
-        &h.moto_url,
-        &[&format!(
-            "RunInstances[SubnetId={full}]:InsufficientInstanceCapacity:always"
-        )],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&[&format!(
+        "RunInstances[SubnetId={full}]:InsufficientInstanceCapacity:always"
+    )]);
     let extra = format!("subnet_ids = [\"{full}\", \"{}\"]", h.subnet_id);
     let plan = run.plan(&[("s", &[("t", &extra)])]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = run.output(&mut cmd, &args);
+    let out = run.through(&proxy, &args);
     assert_eq!(out.status.code(), Some(0), "apply failed");
     let record = run.record("s.t");
     assert_eq!(record.status, Status::Completed);
@@ -449,10 +401,7 @@ fn plan_checks_the_plan_against_the_account_before_anything_is_launched() {
 
 /// `plan` of `plan` with rallyctl's AWS calls going through `proxy`.
 fn plan_through(run: &Run, proxy: &FaultProxy, plan: &std::path::Path) -> std::process::Output {
-    let args = ["plan", plan.to_str().unwrap()];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    run.output(&mut cmd, &args)
+    run.through(proxy, &["plan", plan.to_str().unwrap()])
 }
 
 /// The lines of `stderr` that place a problem in the plan file, with what differs per run
@@ -480,9 +429,8 @@ fn placed(run: &Run, stderr: &[u8]) -> String {
 fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
     let run = Run::new(1);
     let plan = run.plan(&[("s", &[("a", ""), ("b", "")])]);
-    let moto = &run.harness.moto_url;
 
-    let allowed = FaultProxy::start(moto, &[], run.dir.path());
+    let allowed = run.proxy(&[]);
     let out = plan_through(&run, &allowed, &plan);
     assert_eq!(
         out.status.code(),
@@ -510,11 +458,9 @@ fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
         }
     })
     .to_string();
-    let refused = FaultProxy::start_with(
-        moto,
+    let refused = run.proxy_with(
         &["RunInstances/DryRun:UnauthorizedOperation:always"],
         &["--decoded", &decoded],
-        run.dir.path(),
     );
     let out = plan_through(&run, &refused, &plan);
     assert_eq!(out.status.code(), Some(1), "the refused launch passed");
@@ -524,28 +470,18 @@ fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
     drop(refused);
 
     // The same identity may not decode the reason either (moto has no DecodeAuthorizationMessage).
-    let undecoded = FaultProxy::start(
-        moto,
-        &["RunInstances/DryRun:UnauthorizedOperation:always"],
-        run.dir.path(),
-    );
+    let undecoded = run.proxy(&["RunInstances/DryRun:UnauthorizedOperation:always"]);
     let out = plan_through(&run, &undecoded, &plan);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("dry_run_refused_encoded", placed(&run, &out.stderr));
 
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &undecoded.url);
-    assert_eq!(run.output(&mut cmd, &args).status.code(), Some(1));
+    assert_eq!(run.through(&undecoded, &args).status.code(), Some(1));
     assert_eq!(run.launches(), 0, "apply launched a refused launch");
     drop(undecoded);
 
     // A parameter EC2 refuses is said as EC2 says it.
-    let invalid = FaultProxy::start(
-        moto,
-        &["RunInstances/DryRun:InvalidParameterCombination:always"],
-        run.dir.path(),
-    );
+    let invalid = run.proxy(&["RunInstances/DryRun:InvalidParameterCombination:always"]);
     let out = plan_through(&run, &invalid, &plan);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("dry_run_refused_parameter", placed(&run, &out.stderr));
@@ -586,12 +522,7 @@ fn plan_refuses_an_ami_built_for_another_architecture_than_the_instance_type() {
 #[test]
 fn a_pinned_deprecated_ami_is_not_refused_as_missing() {
     let run = Run::new(1);
-    let proxy = FaultProxy::start_with(
-        &run.harness.moto_url,
-        &[],
-        &["--deprecated", &run.harness.ami],
-        run.dir.path(),
-    );
+    let proxy = run.proxy_with(&[], &["--deprecated", &run.harness.ami]);
     let plan = run.plan(&[("s", &[("t", "")])]);
     let out = plan_through(&run, &proxy, &plan);
     assert_eq!(out.status.code(), Some(0), "the deprecated AMI was refused");
@@ -641,12 +572,7 @@ fn plan_prices_root_volumes_and_spot_prices_now_from_ec2() {
         assert_eq!(t["hourly"]["root_volume_usd"], 15.0 * 0.055 / 730.0, "{t}");
     }
 
-    let proxy = FaultProxy::start_with(
-        &run.harness.moto_url,
-        &[],
-        &["--no-spot-history"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy_with(&[], &["--no-spot-history"]);
     let out = plan_through(&run, &proxy, &plan);
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -667,12 +593,7 @@ fn plan_warns_when_the_vcpu_quota_cannot_hold_what_a_suite_runs_at_once() {
     let h = &run.harness;
     // Someone else's instance holds a vCPU of the quota (moto's default type, m1.small).
     h.launch_tagged(&[("owner", "someone-else")]);
-    let proxy = FaultProxy::start_with(
-        &h.moto_url,
-        &[],
-        &["--quota", "ec2:L-1216C47A:6"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy_with(&[], &["--quota", "ec2:L-1216C47A:6"]);
     // Four m5.large (2 vCPUs each) and a spot test, which counts against another quota.
     let plan = run.plan(&[(
         "s",
@@ -695,9 +616,7 @@ fn plan_warns_when_the_vcpu_quota_cannot_hold_what_a_suite_runs_at_once() {
     insta::assert_snapshot!(warnings.join("\n"));
 
     let args = ["plan", plan.to_str().unwrap(), "--parallelism", "2"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = run.output(&mut cmd, &args);
+    let out = run.through(&proxy, &args);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("warning:"),
@@ -719,16 +638,10 @@ fn plan_warns_when_the_vcpu_quota_cannot_hold_what_a_suite_runs_at_once() {
 #[test]
 fn a_launch_over_the_vcpu_quota_fails_at_once_naming_the_quota() {
     let run = Run::new(1);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &["RunInstances:VcpuLimitExceeded:always"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&["RunInstances:VcpuLimitExceeded:always"]);
     let out = apply_through(&run, &proxy);
     assert_eq!(out.status.code(), Some(1), "apply did not fail cleanly");
-    let Status::Failed { step, error, .. } = run.record("s.t").status else {
-        panic!("s.t did not fail");
-    };
+    let (step, error) = run.failure("s.t");
     assert_eq!(step, Step::Launching);
     insta::assert_snapshot!(error.replace(&run.harness.region, "[region]"));
     assert_eq!(
@@ -835,7 +748,7 @@ fn a_reclaimed_spot_race_is_raced_again_on_demand(
     reclaim: impl FnOnce(&Run, &rallyctl::state::Machine),
 ) -> Run {
     let run = Run::new(2);
-    let proxy = FaultProxy::start(&run.harness.moto_url, &[], run.dir.path());
+    let proxy = run.proxy(&[]);
     let plan = run.plan(&[("s", &[("t", spot)])]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
     let mut first = run.spawn_with_env("apply", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
@@ -904,11 +817,7 @@ fn a_spot_instance_reclaimed_mid_race_is_raced_again_on_demand_and_completes() {
 #[test]
 fn a_launch_whose_instance_died_before_any_apply_recorded_it_opens_a_new_attempt() {
     let run = Run::new(2);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &["RunInstances:lost:1"],
-        run.dir.path(),
-    );
+    let proxy = run.proxy(&["RunInstances:lost:1"]);
     let plan = run.plan(&[("s", &[("t", "")])]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
     let mut first = run.spawn_with_env("first", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
@@ -927,14 +836,8 @@ fn a_launch_whose_instance_died_before_any_apply_recorded_it_opens_a_new_attempt
         .block_on(ec2.terminate_instances().instance_ids(dead).send())
         .unwrap();
 
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = run.output(&mut cmd, &args);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run.through(&proxy, &args);
+    let printed = text(&out);
     assert_eq!(out.status.code(), Some(0), "{printed}");
     assert!(
         printed.contains(&format!(
@@ -960,11 +863,8 @@ fn a_launch_whose_instance_died_before_any_apply_recorded_it_opens_a_new_attempt
 #[test]
 fn a_spot_launch_refused_falls_back_on_demand_only_where_the_plan_says_so() {
     let run = Run::new(2);
-    let proxy = FaultProxy::start(
-        &run.harness.moto_url,
-        &["RunInstances[InstanceMarketOptions.MarketType=spot]:SpotMaxPriceTooLow:always"],
-        run.dir.path(),
-    );
+    let proxy = run
+        .proxy(&["RunInstances[InstanceMarketOptions.MarketType=spot]:SpotMaxPriceTooLow:always"]);
     let plan = run.plan(&[(
         "s",
         &[
@@ -976,14 +876,8 @@ fn a_spot_launch_refused_falls_back_on_demand_only_where_the_plan_says_so() {
         ],
     )]);
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
-    let mut cmd = run.command(&args);
-    cmd.env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = run.output(&mut cmd, &args);
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run.through(&proxy, &args);
+    let printed = text(&out);
     assert_eq!(out.status.code(), Some(1), "{printed}");
     assert!(
         printed.contains("s.t: no spot capacity (SpotMaxPriceTooLow: "),
@@ -992,13 +886,9 @@ fn a_spot_launch_refused_falls_back_on_demand_only_where_the_plan_says_so() {
     let t = run.record("s.t");
     assert_eq!(t.status, Status::Completed);
     assert!(!t.instance.unwrap().spot, "t raced on spot");
-    match run.record("s.u").status {
-        Status::Failed { step, error, .. } => {
-            assert_eq!(step, Step::Launching);
-            assert!(error.contains("SpotMaxPriceTooLow"), "{error}");
-        }
-        other => panic!("u is {other:?}"),
-    }
+    let (step, error) = run.failure("s.u");
+    assert_eq!(step, Step::Launching);
+    assert!(error.contains("SpotMaxPriceTooLow"), "{error}");
     assert_eq!(proxy.injected("RunInstances"), 2);
     assert_eq!(run.launches(), 1, "only t's on-demand launch reached EC2");
     assert!(

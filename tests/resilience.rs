@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use rallyctl::state::{Status, Step};
-use support::fault_proxy::FaultProxy;
 use support::run::{Run, record_of, sha256_hex};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -31,13 +30,7 @@ fn resume_after_sigkill_at(step: &str) {
     // `terminating` lasts only as long as TerminateInstances (milliseconds): the first apply's
     // AWS calls go through a proxy that holds that call unanswered, so apply is killed inside
     // it, before EC2 ever heard of it.
-    let proxy = (step == "terminating").then(|| {
-        FaultProxy::start(
-            &run.harness.moto_url,
-            &["TerminateInstances:hang:1"],
-            run.dir.path(),
-        )
-    });
+    let proxy = (step == "terminating").then(|| run.proxy(&["TerminateInstances:hang:1"]));
     let env: Vec<(&str, &str)> = proxy
         .iter()
         .map(|p| ("AWS_ENDPOINT_URL", p.url.as_str()))
@@ -256,13 +249,11 @@ fn ctrl_c_once_stops_cleanly_and_names_what_still_runs() {
     let out = run.rallyctl(&["destroy", plan, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(run.harness.running_instances().is_empty());
-    match run.record("first.t").status {
-        Status::Failed { error, .. } => assert!(
-            error.contains("terminated by `rallyctl destroy`"),
-            "{error}"
-        ),
-        other => panic!("first.t is {other:?}"),
-    }
+    let (_, error) = run.failure("first.t");
+    assert!(
+        error.contains("terminated by `rallyctl destroy`"),
+        "{error}"
+    );
 }
 
 /// Ctrl-C twice: apply exits at once, and the state it leaves is readable.
@@ -347,18 +338,14 @@ fn an_instance_terminated_outside_rallyctl_fails_only_its_test() {
     assert_eq!(apply.wait().unwrap().code(), Some(1));
     let (stdout, _) = run.printed("apply");
     assert!(stdout.contains("s.victim failed at racing"), "{stdout}");
-    match run.record("s.victim").status {
-        Status::Failed { step, error, .. } => {
-            assert_eq!(step, Step::Racing);
-            assert!(
-                error.contains(&format!(
-                    "instance {victim} was terminated outside rallyctl"
-                )),
-                "{error}"
-            );
-        }
-        other => panic!("s.victim is {other:?}"),
-    }
+    let (step, error) = run.failure("s.victim");
+    assert_eq!(step, Step::Racing);
+    assert!(
+        error.contains(&format!(
+            "instance {victim} was terminated outside rallyctl"
+        )),
+        "{error}"
+    );
     assert_eq!(run.record("s.sibling").status, Status::Completed);
     assert!(h.running_instances().is_empty());
 }

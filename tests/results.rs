@@ -3,6 +3,8 @@
 //! comparisons and the regression gate on hand-made reports, the real Rally fixtures, damaged
 //! reports, and the HTML report in headless Chromium when it is installed.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -12,6 +14,7 @@ use rallyctl::results::parse;
 use rallyctl::state::{
     self, Machine, Repetition, ResultFile, Spent, State, Status, Step, TestRecord, Transition,
 };
+use support::context::{command, text};
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
 const RUN2: &str = "20261125T081500Z-bbbbbb";
@@ -169,11 +172,7 @@ impl Tree {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("COLUMNS")
+        command(self.dir.path(), args)
             .output()
             .expect("rallyctl runs")
     }
@@ -192,15 +191,6 @@ fn assert_every_row_has_every_column(csv_text: &str) {
     let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
     let width = reader.headers().unwrap().len();
     assert!(reader.records().all(|r| r.unwrap().len() == width));
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit: {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn addr(suite: &str, test: &str) -> Address {
@@ -358,10 +348,7 @@ fn results_and_comparisons_fit_a_100_column_terminal() {
         &["results", "--state", STATE, "--baseline", RUN1],
         &["results", "--state", STATE, "--runs"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-            .args(args)
-            .current_dir(t.dir.path())
-            .env("NO_COLOR", "1")
+        let out = command(t.dir.path(), args)
             .env("COLUMNS", "100")
             .output()
             .unwrap();
@@ -1666,12 +1653,12 @@ fn results_of_a_state_elsewhere_are_read_beside_it() {
     let here = t.results(&["--runs"], 0);
     let elsewhere = tempfile::tempdir().unwrap();
     let state = t.path(STATE);
-    let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
-        .args(["results", "--runs", "--state", state.to_str().unwrap()])
-        .current_dir(elsewhere.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = command(
+        elsewhere.path(),
+        &["results", "--runs", "--state", state.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), here);
 }

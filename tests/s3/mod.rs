@@ -4,12 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use rallyctl::state::{State, Status, TestRecord};
 
 use crate::support::Harness;
+use crate::support::context::{text, wait_for_status};
 use crate::support::fault_proxy::FaultProxy;
 use crate::support::run::Run;
 
@@ -120,31 +121,19 @@ fn remote_record(h: &Harness, address: &str) -> Option<TestRecord> {
 }
 
 fn wait_for_remote_status(h: &Harness, address: &str, status: &str) {
-    let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        let now = remote_record(h, address).map(|r| r.status.label());
-        if now.as_deref() == Some(status) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{address} never reached {status} in S3 (last: {now:?})"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_status(
+        "S3",
+        address,
+        status,
+        STEP_TIMEOUT,
+        Duration::from_millis(100),
+        || remote_state(h),
+    );
 }
 
 /// rallyctl in `dir` with the harness's environment.
 fn rallyctl_in(run: &Run, dir: &Path, args: &[&str]) -> Output {
     run.output(run.command(args).current_dir(dir), args)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The lock ID a refusal names.

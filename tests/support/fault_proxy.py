@@ -270,14 +270,31 @@ def carries_checksum(headers):
 SPOT_RECLAIMED = ("Server.SpotInstanceTermination", "Server.SpotInstanceTermination: Spot instance termination")
 
 
+def namespace(root):
+    """The namespace of an EC2 XML answer as ElementTree spells it in tag names: `{uri}`, or
+    nothing."""
+    return root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+
+
+def parsed(payload):
+    """An EC2 XML answer and its namespace, which stays the default one when it is
+    serialized again."""
+    root = ET.fromstring(payload)
+    ns = namespace(root)
+    ET.register_namespace("", ns.strip("{}"))
+    return root, ns
+
+
+def serialized(root):
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 def mark_reclaimed(payload, reclaimed):
     """A DescribeInstances answer in which the instances in `reclaimed` carry EC2's state
     reason for a reclaimed spot instance, and read `shutting-down` while moto still has them
     running: EC2 shuts a reclaimed instance down, killing what runs on it, before it reads
     terminated."""
-    root = ET.fromstring(payload)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    ET.register_namespace("", ns.strip("{}"))
+    root, ns = parsed(payload)
     for inst in root.iter(f"{ns}item"):
         if inst.findtext(f"{ns}instanceId") not in reclaimed:
             continue
@@ -292,15 +309,13 @@ def mark_reclaimed(payload, reclaimed):
             reason.remove(child)
         for tag, text in zip(("code", "message"), SPOT_RECLAIMED):
             ET.SubElement(reason, f"{ns}{tag}").text = text
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return serialized(root)
 
 
 def strip_instances(payload, unknown):
     """A DescribeInstances answer without the instances in `unknown` (and reservations left
     empty)."""
-    root = ET.fromstring(payload)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    ET.register_namespace("", ns.strip("{}"))
+    root, ns = parsed(payload)
     for rset in root.iter(f"{ns}reservationSet"):
         for reservation in list(rset):
             iset = reservation.find(f"{ns}instancesSet")
@@ -311,7 +326,7 @@ def strip_instances(payload, unknown):
                     iset.remove(inst)
             if len(iset) == 0:
                 rset.remove(reservation)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return serialized(root)
 
 
 def without_snapshot_tags(body):
@@ -339,25 +354,21 @@ def without_snapshot_tags(body):
 
 def strip_images(payload, hidden):
     """A DescribeImages answer without the images in `hidden`."""
-    root = ET.fromstring(payload)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    ET.register_namespace("", ns.strip("{}"))
+    root, ns = parsed(payload)
     for iset in root.iter(f"{ns}imagesSet"):
         for image in list(iset):
             if image.findtext(f"{ns}imageId") in hidden:
                 iset.remove(image)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return serialized(root)
 
 
 def strip_set(payload, name):
     """An EC2 answer whose list `name` is empty."""
-    root = ET.fromstring(payload)
-    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    ET.register_namespace("", ns.strip("{}"))
+    root, ns = parsed(payload)
     for items in root.iter(f"{ns}{name}"):
         for item in list(items):
             items.remove(item)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return serialized(root)
 
 
 def service_quota(spec, service, code):
@@ -663,14 +674,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status != 200:
             return None
         states = {}
-        root = ET.fromstring(now)
-        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        root, ns = parsed(now)
         for item in root.iter(f"{ns}item"):
             state = item.find(f"{ns}instanceState")
             if item.findtext(f"{ns}instanceId") and state is not None:
                 states[item.findtext(f"{ns}instanceId")] = state
         root = ET.fromstring(payload)
-        ET.register_namespace("", ns.strip("{}"))
         for item in root.iter(f"{ns}item"):
             old = item.find(f"{ns}instanceState")
             new = states.get(item.findtext(f"{ns}instanceId"))
@@ -680,7 +689,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 for child in new:
                     old.append(child)
         self.log_message("RunInstances repeats ClientToken %s: answered with %s", token, ids)
-        return 200, "text/xml;charset=UTF-8", ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return 200, "text/xml;charset=UTF-8", serialized(root)
 
     def _s3_answer(self, action):
         """S3's own answer to a call where moto would answer otherwise (--s3-*), or None."""
@@ -757,15 +766,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _made_image(self, payload, fields, snapshot_tags):
         """After CreateImage: tags its snapshots as EC2 would have, terminates its instance
         for --image-state ...:Client.InstanceTerminated."""
-        root = ET.fromstring(payload)
-        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        root, ns = parsed(payload)
         image_id = root.findtext(f"{ns}imageId")
         with self.state.lock:
             self.state.made_images.add(image_id)
         if snapshot_tags:
             described = self._upstream({"Action": "DescribeImages", "Version": "2016-11-15",
                                         "ImageId.1": image_id})
-            dns = described.tag[: described.tag.index("}") + 1] if described.tag.startswith("{") else ""
+            dns = namespace(described)
             snapshots = [e.text for e in described.iter(f"{dns}snapshotId") if e.text]
             call = {"Action": "CreateTags", "Version": "2016-11-15"}
             for n, snap in enumerate(snapshots, 1):
@@ -786,8 +794,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _first_boot(self, fields, payload):
         """--boot: each launched instance runs the call's user data."""
         user_data = base64.b64decode(fields.get("UserData", [""])[0])
-        root = ET.fromstring(payload)
-        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        root, ns = parsed(payload)
         for item in root.iter(f"{ns}item"):
             ip, instance = item.findtext(f"{ns}privateIpAddress"), item.findtext(f"{ns}instanceId")
             if not ip or not instance:
@@ -822,9 +829,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _image_state(self, payload):
         """--image-state: the images CreateImage made read that state (and reason)."""
         state, code = self.state.image_state[0], self.state.image_state[1]
-        root = ET.fromstring(payload)
-        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-        ET.register_namespace("", ns.strip("{}"))
+        root, ns = parsed(payload)
         with self.state.lock:
             made = set(self.state.made_images)
         for item in root.iter(f"{ns}item"):
@@ -839,7 +844,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     reason.remove(child)
                 ET.SubElement(reason, f"{ns}code").text = code
                 ET.SubElement(reason, f"{ns}message").text = code + ": injected by fault_proxy"
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return serialized(root)
     def _answered_here(self, action, body):
         """What the proxy answers itself where moto would not answer as AWS does, or None."""
         if action == "GetServiceQuota":
@@ -854,8 +859,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _follow_disks(self, action, fields, payload):
         """--disks: a launched instance's disk starts empty or as its image's; CreateImage
         copies the instance's disk as the image's."""
-        root = ET.fromstring(payload)
-        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        root, ns = parsed(payload)
         if action == "RunInstances":
             image = os.path.join(self.state.images, fields.get("ImageId", [""])[0])
             for inst in root.iter(f"{ns}instancesSet"):

@@ -11,6 +11,7 @@
 //! ES double and moto, and sessions get `https_proxy` for the package index.
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod context;
 pub mod fault_proxy;
 pub mod providers;
 pub mod run;
@@ -639,51 +640,28 @@ impl Harness {
     /// `ssh` to the instance at `private_ip` with private key `key` (batch mode, no host key
     /// prompts, known hosts in the harness dir); append the remote command with `.arg(...)`.
     pub fn ssh_command(&self, key: &Path, private_ip: &str) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.arg("-i")
-            .arg(key)
-            .args(["-p", &self.ssh_port.to_string()])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.work.path().join("known_hosts").display()
-            ))
-            .arg(format!("{}@{}", self.ssh_user, private_ip))
-            .stdin(Stdio::null());
-        cmd
+        self.ssh(key, private_ip, "no", &self.work.path().join("known_hosts"))
     }
 
     /// `ssh` to the host at `private_ip` as a careful SSH client would: key `key`, batch mode,
     /// and the host key checked strictly against [`Harness::known_hosts`]. For hosts reached
     /// with a key given to [`Harness::authorize_key`] (no Instance Connect push needed).
     pub fn ssh_checked(&self, key: &Path, private_ip: &str) -> Command {
+        self.ssh(key, private_ip, "yes", &self.known_hosts())
+    }
+
+    /// `ssh` in batch mode with `key` only, checking host keys in `known_hosts` as
+    /// `StrictHostKeyChecking=strict` says.
+    fn ssh(&self, key: &Path, private_ip: &str, strict: &str, known_hosts: &Path) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.arg("-i")
             .arg(key)
             .args(["-p", &self.ssh_port.to_string()])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-            ])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o"])
+            .arg(format!("StrictHostKeyChecking={strict}"))
             .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
             .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                self.known_hosts().display()
-            ))
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
             .arg(format!("{}@{}", self.ssh_user, private_ip))
             .stdin(Stdio::null());
         cmd

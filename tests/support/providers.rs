@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rallyctl::address::Address;
 use rallyctl::state::{State, Status, TestRecord};
 
-use super::{Harness, generate_key_pair, guarded, processes, python3};
+use super::{Harness, context, generate_key_pair, guarded, processes, python3};
 
 /// How long any one step of a test may take (an install of esrally into a fresh venv included).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -301,20 +301,20 @@ impl<'h> Workspace<'h> {
     /// rallyctl in this workspace's directory, without a single AWS variable in its
     /// environment (nothing of ssh or local may need one).
     pub fn command(&self, args: &[&str]) -> Command {
-        let rallyctl = Path::new(env!("CARGO_BIN_EXE_rallyctl"));
-        let mut cmd = match &self.machine {
-            Some(machine) => machine.command(self.dir.path(), rallyctl),
-            None => Command::new(rallyctl),
-        };
+        let rallyctl = Path::new(context::BIN);
+        let mut cmd = context::run_as(
+            match &self.machine {
+                Some(machine) => machine.command(self.dir.path(), rallyctl),
+                None => Command::new(rallyctl),
+            },
+            self.dir.path(),
+            args,
+        );
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("AWS_") {
                 cmd.env_remove(k);
             }
         }
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
         cmd
     }
 
@@ -423,24 +423,15 @@ impl<'h> Workspace<'h> {
 
     /// Polls state until the test's status label is `status`; panics after `timeout`.
     pub fn wait_for_status(&self, address: &str, status: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let address: Address = address.parse().unwrap();
-        loop {
+        context::wait_for_status(
+            &self.state_path().display().to_string(),
+            address,
+            status,
+            timeout,
+            Duration::from_millis(10),
             // A state file is replaced atomically, so every read sees a whole one.
-            let now = rallyctl::state::load(&self.state_path())
-                .ok()
-                .flatten()
-                .and_then(|s| s.tests.get(&address).map(|r| r.status.label()));
-            if now.as_deref() == Some(status) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "[{}] {address} never reached {status} (last: {now:?})",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            || rallyctl::state::load(&self.state_path()).ok().flatten(),
+        );
     }
 
     /// The harness instance a test ran (runs) on: its `instance.id` is the host as the pool
@@ -557,12 +548,7 @@ impl<'h> Workspace<'h> {
 
     /// The collected race.json of a test.
     pub fn race_json(&self, record: &TestRecord) -> serde_json::Value {
-        let file = record
-            .results
-            .iter()
-            .find(|f| f.path.ends_with("race.json"))
-            .expect("race.json recorded");
-        serde_json::from_slice(&std::fs::read(self.dir.path().join(&file.path)).unwrap()).unwrap()
+        context::race_json(self.dir.path(), record)
     }
 
     /// Checks what every completed test must have: the collected files where the spec puts

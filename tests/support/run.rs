@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::Harness;
+use super::fault_proxy::FaultProxy;
+use super::{Harness, context};
 
 pub struct Run {
     pub harness: Harness,
@@ -75,11 +76,8 @@ tags = {{ team = "e2e" }}
 
     /// The command for rallyctl with the harness's environment, run in this run's directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rallyctl"));
+        let mut cmd = context::command(self.dir.path(), args);
         self.harness.apply_env(&mut cmd);
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1");
         cmd
     }
 
@@ -97,6 +95,31 @@ tags = {{ team = "e2e" }}
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// A fault proxy in front of this run's moto with `--fault` rules `faults`, logging here.
+    pub fn proxy(&self, faults: &[&str]) -> FaultProxy {
+        self.proxy_with(faults, &[])
+    }
+
+    /// [`Run::proxy`] with further arguments of fault_proxy.py (`--young-not-found N`).
+    pub fn proxy_with(&self, faults: &[&str], args: &[&str]) -> FaultProxy {
+        FaultProxy::start_with(&self.harness.moto_url, faults, args, self.dir.path())
+    }
+
+    /// rallyctl with its AWS calls going through `proxy` (a fault proxy in front of moto).
+    pub fn through(&self, proxy: &FaultProxy, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.env("AWS_ENDPOINT_URL", &proxy.url);
+        self.output(&mut cmd, args)
+    }
+
+    /// The step the test at `address` failed at, and why; panics when it did not fail.
+    pub fn failure(&self, address: &str) -> (rallyctl::state::Step, String) {
+        match self.record(address).status {
+            rallyctl::state::Status::Failed { step, error, .. } => (step, error),
+            other => panic!("{address} is {other:?}, not failed"),
+        }
     }
 
     /// Starts rallyctl in the background, its output going to `name.out` and `name.err`.
@@ -134,24 +157,16 @@ tags = {{ team = "e2e" }}
 
     /// Polls state until the test's status label is `status`; panics after `timeout`.
     pub fn wait_for_status(&self, address: &str, status: &str, timeout: std::time::Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        let address: rallyctl::address::Address = address.parse().unwrap();
         let path = self.dir.path().join("state/e2e.state.json");
-        loop {
+        context::wait_for_status(
+            &path.display().to_string(),
+            address,
+            status,
+            timeout,
+            std::time::Duration::from_millis(10),
             // A state file is replaced atomically, so every read sees a whole one.
-            let now = rallyctl::state::load(&path)
-                .ok()
-                .flatten()
-                .and_then(|s| s.tests.get(&address).map(|r| r.status.label()));
-            if now.as_deref() == Some(status) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{address} never reached {status} (last: {now:?})"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+            || rallyctl::state::load(&path).ok().flatten(),
+        );
     }
 
     /// Polls until the race of `address` runs on its instance (the harness's instances share
@@ -180,12 +195,7 @@ tags = {{ team = "e2e" }}
 
     /// The race.json collected for a test.
     pub fn race_json(&self, record: &rallyctl::state::TestRecord) -> serde_json::Value {
-        let file = record
-            .results
-            .iter()
-            .find(|f| f.path.ends_with("race.json"))
-            .expect("race.json recorded");
-        serde_json::from_slice(&std::fs::read(self.dir.path().join(&file.path)).unwrap()).unwrap()
+        context::race_json(self.dir.path(), record)
     }
 
     pub fn state(&self) -> rallyctl::state::State {
