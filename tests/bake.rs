@@ -87,6 +87,20 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
     let baked = text(&out);
     // The bake instance's disk started empty: it really installed.
     assert!(baked.contains("rallyctl: installing esrally"), "{baked}");
+    // What a user reads of `bake`, ids, times and the harness's paths filtered.
+    let filters = vec![
+        (r"(?m)^.*: rallyctl: .*\n", ""),
+        (r"\bi-[0-9a-f]+", "i-ID"),
+        (r"\bami-[0-9a-f]+", "ami-ID"),
+        (r"\bsnap-[0-9a-f]+", "snap-ID"),
+        (r"\d\d:\d\d:\d\d ", "HH:MM:SS "),
+        (r"\d+m\d\ds", "MmSSs"),
+        (r"\d+(\.\d+)? ?s\b", "Ns"),
+        (r"/[^ \n]*/", "PATH/"),
+    ];
+    insta::with_settings!({filters => filters}, {
+        insta::assert_snapshot!("bake_output", String::from_utf8_lossy(&out.stdout));
+    });
     let state = run.state();
     assert_eq!(state.images.len(), 1, "{:?}", state.images);
     let image = &state.images[0];
