@@ -24,6 +24,17 @@ pub fn verbose() -> bool {
     VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The tail of a failed race's log as shown: Rally colours its console output, and its
+/// escape codes are noise in a file or a CI log, so they stay only where colour is shown
+/// (`colour`: console's switch for stdout, see [`init_colour`]).
+pub fn log_tail(tail: &str, colour: bool) -> std::borrow::Cow<'_, str> {
+    if colour {
+        tail.into()
+    } else {
+        console::strip_ansi_codes(tail)
+    }
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
@@ -215,4 +226,17 @@ pub fn summary_table(state: &crate::state::State, addresses: &[crate::address::A
         ]);
     }
     table.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rally_colours_leave_log_tails_shown_without_colour() {
+        let tail = "\x1b[1m[ERROR]\x1b[0m Cannot race. \x1b[31mError in race\x1b[0m\n\x1b[0;32mdone\x1b[0m";
+        assert_eq!(
+            super::log_tail(tail, false),
+            "[ERROR] Cannot race. Error in race\ndone"
+        );
+        assert_eq!(super::log_tail(tail, true), tail);
+    }
 }

@@ -772,7 +772,7 @@ fn apply(
             console::style("✗").red()
         );
         if let Some(tail) = log_tail {
-            for line in tail.lines() {
+            for line in ui::log_tail(tail, console::colors_enabled()).lines() {
                 println!("    {line}");
             }
         }
