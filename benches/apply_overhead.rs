@@ -4,6 +4,7 @@
 //!     cargo bench --bench apply_overhead              # both figures
 //!     cargo bench --bench apply_overhead -- overhead  # or one of them
 //!     cargo bench --bench apply_overhead -- billed
+//!     cargo bench --bench apply_overhead -- billed baked  # one way of billed (fresh, reuse, baked)
 //!
 //! `overhead` (issue 3): 8 tests in 2 suites; apply's wall time, the median time of each step,
 //! and the orchestration overhead = (wall − Σ over suites of the suite's slowest test, launch
@@ -15,8 +16,10 @@
 //! launch or fills from its image, so an install costs what it would on a fresh instance.
 //! Prints per way the instances launched, billed instance-seconds per test (state's machine
 //! time: each machine once, launch to termination) against the mean race, and apply's wall
-//! time against Σ over suites of the slowest race. Targets with a baked image and reuse:
-//! billed per test ≤ race + 15 s, wall ≤ Σ slowest race + 15 s.
+//! time against Σ over suites of the slowest race, and what apply adds to those races,
+//! (wall − Σ slowest race) / wall, with each test's steps and their seconds. Targets with a
+//! baked image and reuse: billed per test ≤ race + 15 s, wall ≤ Σ slowest race + 15 s, and
+//! (issue 21) at most 2 % added.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -43,7 +46,17 @@ fn main() {
         overhead();
     }
     if only("billed") {
-        billed();
+        let ways: Vec<&str> = ["fresh", "reuse", "baked + reuse"]
+            .into_iter()
+            .filter(|way| {
+                let first = way.split(' ').next().unwrap();
+                !args
+                    .iter()
+                    .any(|a| ["fresh", "reuse", "baked"].contains(&a.as_str()))
+                    || args.iter().any(|a| a == first)
+            })
+            .collect();
+        billed(&ways);
     }
 }
 
@@ -130,15 +143,22 @@ fn overhead() {
     );
 }
 
-fn billed() {
+fn billed(ways: &[&str]) {
     println!(
         "billed: 3 tests in 2 suites (ingest: a, b; search: c), each instance on a disk of its own"
     );
     println!(
-        "  {:<16} {:>9} {:>10} {:>12} {:>10} {:>8} {:>14}",
-        "way", "launched", "install s", "billed s/test", "race s", "wall s", "Σ slowest race"
+        "  {:<16} {:>9} {:>10} {:>12} {:>10} {:>8} {:>14} {:>10}",
+        "way",
+        "launched",
+        "install s",
+        "billed s/test",
+        "race s",
+        "wall s",
+        "Σ slowest race",
+        "overhead"
     );
-    for way in ["fresh", "reuse", "baked + reuse"] {
+    for &way in ways {
         let run = Run::new(3);
         let proxy = FaultProxy::with_disks(&run.harness, &[]);
         let env = [("AWS_ENDPOINT_URL", proxy.url.as_str())];
@@ -187,14 +207,28 @@ fn billed() {
             *e = e.max(race);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let busy = slowest.values().sum::<f64>();
         println!(
-            "  {way:<16} {:>9} {:>10.1} {:>12.1} {:>10.1} {:>8.1} {:>14.1}",
+            "  {way:<16} {:>9} {:>10.1} {:>12.1} {:>10.1} {:>8.1} {:>14.1} {:>9.1}%",
             run.launches() - launched_before,
             mean(&installs),
             billed.machine_hours * 3600.0 / n,
             mean(&races),
             wall,
-            slowest.values().sum::<f64>()
+            busy,
+            (wall - busy) / wall * 100.0
         );
+        // Where the rest goes: each test's steps in order, and the seconds each took.
+        for (address, record) in &state.tests {
+            let steps: Vec<String> = record
+                .history
+                .windows(2)
+                .map(|p| {
+                    let secs = p[1].at.duration_since(p[0].at).as_secs_f64();
+                    format!("{} {secs:.2}", p[0].status)
+                })
+                .collect();
+            println!("    {address}: {}", steps.join(", "));
+        }
     }
 }

@@ -1,17 +1,31 @@
 //! Running commands on a machine: the system's OpenSSH client for a machine over SSH, `bash`
 //! for this one. Files go both ways as tar streams over stdin and stdout. Nothing here knows
 //! where a machine came from: a provider says how to reach it ([`Endpoint`]).
+//!
+//! Every command to one SSH endpoint goes through one connection (OpenSSH's `ControlMaster`):
+//! the first command opens it in the background, the others ride on it, and [`close`] ends it
+//! when the machine is given back. A handshake costs a key exchange and a login, which on a
+//! distant machine are several network round trips per command.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 const CONNECT_TIMEOUT_SECS: u32 = 10;
+
+/// How long a machine's connection outlives its last command: enough to carry a kept machine
+/// from one step or test to the next, short enough that the connections of a killed apply do
+/// not linger (a race's wait holds its connection busy, so it is never idle that long).
+const CONTROL_PERSIST_SECS: u32 = 120;
 
 /// One key pair for one apply; the private half lives in a 0600 file removed on drop.
 pub struct EphemeralKey {
@@ -63,6 +77,9 @@ impl Endpoint {
 pub enum RemoteError {
     #[error("cannot create the SSH key: {0}")]
     Key(String),
+    /// The directory of the connections' control sockets cannot be made private to this user.
+    #[error("cannot use {} for SSH control sockets: {detail}", dir.display())]
+    ControlDir { dir: PathBuf, detail: String },
     #[error("cannot run {program}: {source}")]
     Spawn {
         program: String,
@@ -127,8 +144,71 @@ pub struct Output {
     pub stderr: String,
 }
 
-fn ssh_command(e: &SshEndpoint, remote: &str) -> Command {
+/// The directory of the control sockets: only this user may enter it (a socket there lets
+/// anyone who reaches it run commands as the remote user), and its path is short, since a
+/// socket's path must fit in about 104 bytes. `$XDG_RUNTIME_DIR/rallyctl` when that is short,
+/// else `/tmp/rallyctl-<uid>`. One per user, not per apply: a resumed apply finds the sockets
+/// a killed one left.
+fn control_dir() -> Result<&'static Path, RemoteError> {
+    static DIR: OnceLock<Result<PathBuf, (PathBuf, String)>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("rallyctl"))
+            .filter(|d| d.is_absolute() && d.as_os_str().len() <= 48)
+            .unwrap_or_else(|| {
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let uid = unsafe { libc::geteuid() };
+                PathBuf::from(format!("/tmp/rallyctl-{uid}"))
+            });
+        private_dir(&dir)
+            .map(|()| dir.clone())
+            .map_err(|e| (dir, e))
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+    .map_err(|(dir, detail)| RemoteError::ControlDir {
+        dir: dir.clone(),
+        detail: detail.clone(),
+    })
+}
+
+/// Makes `dir` (mode 0700) or checks that the one there is this user's alone: in /tmp another
+/// user may have made it first.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "it must be a directory of user {uid} that no one else may enter (owner {}, mode {:o}); remove it",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The control socket of `e`'s connection: one per destination, login and key, so that a
+/// machine that took over an address (host keys filed under another alias) or another
+/// apply's key never rides on a connection made for something else.
+pub fn control_path(e: &SshEndpoint) -> Result<PathBuf, RemoteError> {
+    let digest = Sha256::digest(format!("{e:?}").as_bytes());
+    Ok(control_dir()?.join(hex::encode(&digest[..8])))
+}
+
+fn ssh_command(e: &SshEndpoint, remote: &str) -> Result<Command, RemoteError> {
     let mut cmd = Command::new("ssh");
+    // A socket left by a killed apply, with no master behind it, is removed by ssh, which
+    // then opens a new master in its place.
+    cmd.args(["-o", "ControlMaster=auto"])
+        .arg("-o")
+        .arg(format!("ControlPath={}", control_path(e)?.display()))
+        .args(["-o", &format!("ControlPersist={CONTROL_PERSIST_SECS}")]);
     if let Some(identity) = &e.identity {
         cmd.arg("-i")
             .arg(identity)
@@ -163,7 +243,32 @@ fn ssh_command(e: &SshEndpoint, remote: &str) -> Command {
     }
     // `--` keeps a host that starts with a dash from reading as an option.
     cmd.arg("--").arg(&e.host).arg(remote);
-    cmd
+    Ok(cmd)
+}
+
+/// Ends the connection to `endpoint`, if one is open: for when the machine is given back.
+/// At worst (the master does not answer) it ends by itself after [`CONTROL_PERSIST_SECS`].
+pub async fn close(endpoint: &Endpoint) {
+    let Endpoint::Ssh(e) = endpoint else {
+        return;
+    };
+    let Ok(path) = control_path(e) else {
+        return;
+    };
+    if !path.exists() {
+        return;
+    }
+    let mut exit = Command::new("ssh");
+    exit.arg("-o")
+        .arg(format!("ControlPath={}", path.display()))
+        .args(["-o", "LogLevel=QUIET", "-O", "exit", "--"])
+        .arg(&e.host)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // Best effort by design: a master that does not answer ends by itself when idle.
+    let _ = tokio::time::timeout(Duration::from_secs(10), exit.status()).await;
 }
 
 /// ssh exits 255 when the connection itself failed; its message says how.
@@ -190,7 +295,7 @@ pub async fn exec(
     timeout: Duration,
 ) -> Result<Output, RemoteError> {
     let (mut cmd, program) = match endpoint {
-        Endpoint::Ssh(e) => (ssh_command(e, remote), "ssh".to_owned()),
+        Endpoint::Ssh(e) => (ssh_command(e, remote)?, "ssh".to_owned()),
         Endpoint::Local => {
             let mut cmd = Command::new("bash");
             cmd.arg("-c").arg(remote);

@@ -67,6 +67,17 @@ pub fn without_debug_dump(text: &str) -> &str {
     dump.map_or(text, |at| &text[..at])
 }
 
+/// The tail of a failed race's log as shown: Rally colours its console output, and its
+/// escape codes are noise in a file or a CI log, so they stay only where colour is shown
+/// (`colour`: console's switch for stdout, see [`init_colour`]).
+pub fn log_tail(tail: &str, colour: bool) -> std::borrow::Cow<'_, str> {
+    if colour {
+        tail.into()
+    } else {
+        console::strip_ansi_codes(tail)
+    }
+}
+
 pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
@@ -272,5 +283,15 @@ mod tests {
         insta::assert_snapshot!(super::without_debug_dump(sdk), @"an error occurred while loading credentials: failed to load IMDS session token: service error: request forbidden: IMDS is disabled or the caller has insufficient permissions.");
         let plain = "load credentials (the AWS credential chain (environment, profile, SSO, instance role)): no credentials";
         assert_eq!(super::without_debug_dump(plain), plain);
+    }
+
+    #[test]
+    fn rally_colours_leave_log_tails_shown_without_colour() {
+        let tail = "\x1b[1m[ERROR]\x1b[0m Cannot race. \x1b[31mError in race\x1b[0m\n\x1b[0;32mdone\x1b[0m";
+        assert_eq!(
+            super::log_tail(tail, false),
+            "[ERROR] Cannot race. Error in race\ndone"
+        );
+        assert_eq!(super::log_tail(tail, true), tail);
     }
 }

@@ -339,3 +339,94 @@ fn instances_serve_as_plain_ssh_hosts_with_known_host_keys_and_own_disks() {
             .any(|(_, c)| c.contains(&marker))
     );
 }
+
+/// Every command to one machine rides on one SSH connection (a ControlMaster), which `close`
+/// ends; a master killed with its socket left behind (a killed apply) breaks no command.
+#[test]
+fn remote_commands_to_one_machine_share_one_ssh_connection() {
+    use rallyctl::remote::{self, Endpoint, HostKeys, SshEndpoint};
+    let h = support::Harness::start(1);
+    let ip = h.instance_ips[0].clone();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = support::generate_key_pair(keys.path(), "id_ed25519");
+    h.authorize_key(&public);
+    let endpoint = Endpoint::Ssh(SshEndpoint {
+        host: ip.clone(),
+        port: h.ssh_port,
+        user: Some(h.ssh_user.clone()),
+        identity: Some(key.clone()),
+        host_keys: HostKeys::Strict {
+            file: Some(h.known_hosts()),
+        },
+    });
+    // sshd runs once per connection (inetd mode) and logs each login.
+    let logins = || {
+        std::fs::read_to_string(h.sshd_log(&ip))
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let run = |n: usize| {
+        rt.block_on(async {
+            for i in 0..n {
+                let out = remote::exec(
+                    &endpoint,
+                    "cat",
+                    i.to_string().as_bytes(),
+                    Duration::from_secs(30),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}\nsshd log: {}", h.sshd_log(&ip).display()));
+                assert_eq!(String::from_utf8_lossy(&out.stdout), i.to_string());
+            }
+        })
+    };
+    let before = logins();
+    run(5);
+    assert_eq!(logins() - before, 1, "5 commands, one connection");
+
+    // Killed, the master leaves its socket: the next command opens a new connection in its place.
+    let Endpoint::Ssh(ssh) = &endpoint else {
+        unreachable!()
+    };
+    let socket = remote::control_path(ssh).unwrap();
+    assert!(socket.exists());
+    // The master names itself by its socket (`ssh: PATH [mux]`).
+    let masters = || {
+        let key = socket.to_str().unwrap();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let state =
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                String::from_utf8_lossy(&cmd).contains(key) && !state.contains(") Z ")
+            })
+            .collect::<Vec<_>>()
+    };
+    let master = masters();
+    assert_eq!(master.len(), 1, "one master: {master:?}");
+    let st = Command::new("kill")
+        .args(["-KILL", &master[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_until("the master to die", Duration::from_secs(10), || {
+        masters().is_empty()
+    });
+    assert!(socket.exists(), "a killed master leaves its socket");
+    run(3);
+    assert_eq!(
+        logins() - before,
+        2,
+        "a new connection after the stale socket"
+    );
+
+    // Closed when the machine is given back: nothing of it is left running.
+    rt.block_on(remote::close(&endpoint));
+    wait_until("the master to exit", Duration::from_secs(10), || {
+        masters().is_empty() && !socket.exists()
+    });
+}

@@ -684,7 +684,7 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
             f.error
         );
         if let Some(tail) = &f.log_tail {
-            for line in tail.lines() {
+            for line in ui::log_tail(tail, console::colors_enabled()).lines() {
                 outln!("    {line}");
             }
         }

@@ -101,6 +101,16 @@ impl PriceFile {
             Err(e) => sink.error(&e.span, "", e.message),
             Ok(root) => read_root(&root, text, &mut sink, &mut read),
         }
+        // An empty file would leave every instance unpriced, which reads like a mistake in
+        // each plan rather than in the file.
+        if sink.diagnostics.is_empty() && read.is_empty() {
+            sink.error_with_help(
+                &(0..0),
+                "",
+                "the price file prices nothing",
+                "write a `[[price]]` table per region and instance type (and `[[ebs]]` for root volumes)",
+            );
+        }
         if sink.diagnostics.is_empty() {
             let mut prices = HashMap::new();
             let mut storage = HashMap::new();
@@ -218,6 +228,9 @@ fn read_price(
         let amount = key == shape.amount;
         match (key, &e.value.kind) {
             (_, Kind::String(s)) if named.is_some() => {
+                if let Some((message, help)) = misnamed(key, s) {
+                    sink.error_with_help(&e.value.span, &at, message, help);
+                }
                 names[named.expect("a name")] = Some(s.to_string())
             }
             (_, Kind::Float(v)) if amount && v.is_finite() && *v >= 0.0 => usd = Some(*v),
@@ -232,6 +245,13 @@ fn read_price(
             ("as_of", Kind::String(_) | Kind::Other(_)) => {
                 let written = text[e.value.span.clone()].trim_matches(['"', '\'']);
                 match written.parse::<Date>() {
+                    // Past tomorrow in UTC, a day not yet here anywhere on Earth: a typo,
+                    // and the price's age would read as negative.
+                    Ok(date) if Some(date) > super::today().tomorrow().ok() => sink.error(
+                        &e.value.span,
+                        &at,
+                        format!("{date} is in the future: `as_of` is the day the price was read"),
+                    ),
                     Ok(date) => as_of = Some(date),
                     Err(_) => sink.error(
                         &e.value.span,
@@ -287,6 +307,45 @@ fn read_price(
     }
     let [region, name] = names;
     Some(([region?, name?], Listed { usd: usd?, as_of }))
+}
+
+/// What is wrong with `value` as the `key` an entry is named by, if anything.
+fn misnamed(key: &str, value: &str) -> Option<(String, &'static str)> {
+    match key {
+        "region" if !is_region(value) => Some((
+            format!("`{value}` is not an AWS region"),
+            "write a region name, e.g. \"us-east-1\" or \"eu-west-1\"",
+        )),
+        "instance_type" if !is_instance_type(value) => Some((
+            format!("`{value}` is not an instance type"),
+            "write family.size, e.g. \"m5.large\" or \"c6gd.2xlarge\"",
+        )),
+        _ => None,
+    }
+}
+
+/// An AWS region name as plans accept it: `us-east-1`, `us-gov-west-1`.
+fn is_region(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    let (last, words) = parts.split_last().expect("split yields one part at least");
+    parts.len() >= 3
+        && parts[0].len() == 2
+        && words
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && !last.is_empty()
+        && last.chars().all(|c| c.is_ascii_digit())
+}
+
+/// An EC2 instance type's shape, `family.size`: `m5.large`, `u-6tb1.metal`, `c7i.metal-48xl`.
+fn is_instance_type(text: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    text.split_once('.')
+        .is_some_and(|(family, size)| part(family) && part(size))
 }
 
 #[cfg(test)]
@@ -413,5 +472,71 @@ usd_per_hour = 0.2
             .unwrap();
         let err = PriceFile::load(&big).unwrap_err();
         assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+    }
+    #[test]
+    fn regions_instance_types_and_dates_are_checked_like_a_plan() {
+        let err = parse(
+            r#"[[price]]
+region = "us-est"
+instance_type = "m5large"
+usd_per_hour = 0.1
+as_of = 2999-01-01
+
+[[price]]
+region = "eu-west-1"
+instance_type = "M5.large"
+usd_per_hour = 0.1
+
+[[ebs]]
+region = "useast1"
+volume_type = "gp3"
+usd_per_gb_month = 0.08
+"#,
+        )
+        .unwrap_err();
+        insta::assert_snapshot!(err, @r#"
+        prices.toml:2:10: price[0].region: `us-est` is not an AWS region
+          help: write a region name, e.g. "us-east-1" or "eu-west-1"
+        prices.toml:3:17: price[0].instance_type: `m5large` is not an instance type
+          help: write family.size, e.g. "m5.large" or "c6gd.2xlarge"
+        prices.toml:5:9: price[0].as_of: 2999-01-01 is in the future: `as_of` is the day the price was read
+        prices.toml:9:17: price[1].instance_type: `M5.large` is not an instance type
+          help: write family.size, e.g. "m5.large" or "c6gd.2xlarge"
+        prices.toml:13:10: ebs[0].region: `useast1` is not an AWS region
+          help: write a region name, e.g. "us-east-1" or "eu-west-1"
+        prices.toml has 5 problems
+        "#);
+        for good in ["us-east-1", "us-gov-west-1", "ap-southeast-4"] {
+            assert!(is_region(good), "{good}");
+        }
+        for good in [
+            "m5.large",
+            "u-6tb1.metal",
+            "c7i.metal-48xl",
+            "mac2-m2pro.metal",
+        ] {
+            assert!(is_instance_type(good), "{good}");
+        }
+        let today = super::super::today();
+        let file = parse(&format!(
+            "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.1\nas_of = {today}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            file.get(&key("us-east-1", "m5.large")).unwrap().as_of,
+            Some(today)
+        );
+    }
+
+    #[test]
+    fn an_empty_price_file_is_refused() {
+        insta::assert_snapshot!(parse("").unwrap_err(), @r"
+        prices.toml:1:1: the price file prices nothing
+          help: write a `[[price]]` table per region and instance type (and `[[ebs]]` for root volumes)
+        prices.toml has 1 problem
+        ");
+        for text in ["# prices to come\n", "price = []\n"] {
+            assert_eq!(parse(text).unwrap_err(), parse("").unwrap_err(), "{text}");
+        }
     }
 }

@@ -319,6 +319,7 @@ impl Provider for Ssh {
                     message: e.to_string(),
                 })?;
         }
+        remote::close(&at).await;
         self.unhold(&machine.id);
         Ok(())
     }

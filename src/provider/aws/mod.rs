@@ -353,18 +353,7 @@ impl Provider for Aws {
             ),
         })?;
         Ok(Reachable {
-            endpoint: Endpoint::Ssh(SshEndpoint {
-                host,
-                port: s.ssh_port,
-                user: Some(s.ssh_user.to_string()),
-                identity: Some(self.key.path().to_owned()),
-                // Addresses get reused by later instances, so the host key is filed under the
-                // instance id, not the address.
-                host_keys: HostKeys::FirstUse {
-                    file: self.known_hosts.clone(),
-                    alias: machine.id.clone(),
-                },
-            }),
+            endpoint: self.endpoint(machine, s, host),
             patience: PATIENCE,
             refused_key_is_transient: true,
         })
@@ -448,8 +437,11 @@ impl Provider for Aws {
         Ok(Some(expires))
     }
 
-    async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
+    async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
         let region = region_of(machine)?;
+        if let Some(host) = &machine.address {
+            remote::close(&self.endpoint(machine, aws_settings(settings), host.clone())).await;
+        }
         let ids = std::slice::from_ref(&machine.id);
         let deadline = Instant::now() + RELEASE_TIMEOUT;
         let timed_out = |what: &str| ProviderError {
@@ -516,6 +508,22 @@ impl Provider for Aws {
 }
 
 impl Aws {
+    /// How to reach `machine` at `host`, its address.
+    fn endpoint(&self, machine: &Machine, s: &AwsSettings, host: String) -> Endpoint {
+        Endpoint::Ssh(SshEndpoint {
+            host,
+            port: s.ssh_port,
+            user: Some(s.ssh_user.to_string()),
+            identity: Some(self.key.path().to_owned()),
+            // Addresses get reused by later instances, so the host key is filed under the
+            // instance id, not the address.
+            host_keys: HostKeys::FirstUse {
+                file: self.known_hosts.clone(),
+                alias: machine.id.clone(),
+            },
+        })
+    }
+
     /// Pushes the key, retrying what Instance Connect refuses while an instance boots (it
     /// reads `running` a little before Instance Connect agrees) or under load (throttling),
     /// until [`BOOT_TIMEOUT`] after launch; then says what to check.
