@@ -735,6 +735,10 @@ pub enum StateError {
     Write { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Locked(String),
+    #[error(
+        "state holds no record of test `{address}`, which this apply runs: was the state changed behind rallyctl's back?"
+    )]
+    Missing { address: Address },
     #[error("cannot reach state {location}: {message}")]
     Remote { location: String, message: String },
     #[error(

@@ -127,7 +127,6 @@ pub async fn apply<P: Provider>(
                 walk.complete(node);
                 continue;
             }
-            let group = matches!(graph.node(node), Node::Variants(_));
             let suite_index = graph
                 .suite_index(node)
                 .expect("test nodes belong to a suite");
@@ -162,14 +161,8 @@ pub async fn apply<P: Provider>(
                     work.iter()
                         .map(|(a, _)| (a.clone(), Err(Stop::Interrupted)))
                         .collect()
-                } else if group {
-                    lifecycle::run_variants(&ctx, &tests).await
                 } else {
-                    let (test, start) = tests[0];
-                    vec![(
-                        test.address.clone(),
-                        lifecycle::run(&ctx, test, start).await,
-                    )]
+                    lifecycle::run(&ctx, &tests).await
                 };
                 (node, outcomes)
             });
@@ -1336,6 +1329,54 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             ]
         );
         assert_eq!(record(&bench, "a.t1").reclaimed, 1);
+    }
+
+    #[test]
+    fn a_spot_variant_group_whose_machine_is_reclaimed_mid_round_finishes_on_a_new_one() {
+        // y's first race (the second of the round) dies as the spot machine is reclaimed.
+        let mut bench = Bench::new(&VARIANTS.replace(
+            "challenge = \"cy\"",
+            "challenge = \"cy\"\nrally_args = [\"--fail-at=2\"]",
+        ));
+        let fake = Fake::default();
+        fake.spot.lock().unwrap().insert("m-t1-x-1".into());
+        fake.being_reclaimed
+            .lock()
+            .unwrap()
+            .insert("m-t1-x-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        // x keeps its first race; what was left of the group races on a new machine.
+        assert_eq!(challenges(&bench), ["cx", "cy", "cx", "cy", "cy"]);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1-x#1 -> m-t1-x-1",
+                "extend m-t1-x-1",
+                "release m-t1-x-1",
+                "acquire a.t1-x#2 after 1 reclaimed -> m-t1-x-2",
+                "extend m-t1-x-2",
+                "extend m-t1-x-2",
+                "release m-t1-x-2"
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty());
+        for address in ["a.t1-x", "a.t1-y"] {
+            let r = record(&bench, address);
+            assert_eq!(
+                (r.status.clone(), r.finished_repetitions(), r.reclaimed),
+                (Status::Completed, 2, 1)
+            );
+            assert!(r.live_machine().is_none());
+        }
+        let x = record(&bench, "a.t1-x");
+        assert_eq!(
+            x.earlier
+                .iter()
+                .map(|e| e.machine.as_str())
+                .collect::<Vec<_>>(),
+            ["m-t1-x-1"]
+        );
     }
 
     #[test]
