@@ -551,6 +551,12 @@ fn record_of<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<TestRecord,
     ctx.state.test(address).map_err(Stop::State)
 }
 
+fn missing(address: &Address) -> Stop {
+    Stop::State(StateError::Missing {
+        address: address.clone(),
+    })
+}
+
 /// The group's machine: the one a member already holds past launching (or took from another
 /// test), else one got in the first member's name; recorded in every member's record, each
 /// with a run directory of its own, then reached, and scrubbed when it was taken. Every
@@ -874,24 +880,24 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
         return Err(Stop::Interrupted);
     }
     let workspace = &ctx.plan.name;
-    let record = ctx.state.update(|s| {
-        let r = s
-            .tests
-            .get_mut(&test.address)
-            .expect("a running test is recorded");
-        r.next_repetition();
-        if step == Step::Launching {
-            r.attempt += 1;
-            r.instance = None;
-        } else {
-            let dir = run_dir(test, workspace, r);
-            if let Some(m) = &mut r.instance {
-                m.run_dir = Some(dir);
+    let record = ctx
+        .state
+        .update(|s| {
+            let r = s.tests.get_mut(&test.address)?;
+            r.next_repetition();
+            if step == Step::Launching {
+                r.attempt += 1;
+                r.instance = None;
+            } else {
+                let dir = run_dir(test, workspace, r);
+                if let Some(m) = &mut r.instance {
+                    m.run_dir = Some(dir);
+                }
             }
-        }
-        r.set_status(Status::InProgress { step });
-        r.clone()
-    })?;
+            r.set_status(Status::InProgress { step });
+            Some(r.clone())
+        })?
+        .ok_or_else(|| missing(&test.address))?;
     ctx.progress.step(
         &test.address.to_string(),
         &format!(
@@ -974,7 +980,7 @@ async fn acquire<P: Provider>(
                         r.attempt += 1;
                         Some(r.clone())
                     })?
-                    .ok_or_else(|| failed(Step::Launching, "state holds no record of this test"))?;
+                    .ok_or_else(|| missing(&test.address))?;
                 ctx.progress.println(&format!(
                     "{}: {why}; launching again as attempt {}",
                     test.address, record.attempt
@@ -1307,7 +1313,9 @@ async fn race<P: Provider>(
     record: &TestRecord,
 ) -> Result<(), Stop> {
     let run_dir = quoted_run_dir(conn, Step::Racing)?;
-    let race_id = record.race_id.expect("attempts record a race id");
+    let race_id = record
+        .race_id
+        .ok_or_else(|| failed(Step::Racing, "state names no race id for this attempt"))?;
     // The metrics store's password reaches Rally through its environment, never a file.
     let password = std::env::var(METRICS_PASSWORD_ENV).unwrap_or_default();
     run_on(

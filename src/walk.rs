@@ -359,9 +359,25 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             options: &Options,
             after: Option<std::time::Duration>,
         ) -> (ApplyReport, Fake) {
+            let changes = self.changes(options);
+            let report = self.apply_changes(fake.clone(), &changes, after).unwrap();
+            (report, fake)
+        }
+
+        fn changes(&self, options: &Options) -> planner::Changes {
+            let artifacts = planner::render_all(&self.plan, &Renderer::new()).unwrap();
+            planner::diff(&self.plan, &self.state, &artifacts, options)
+        }
+
+        /// Applies `changes` to the bench's state with `fake`, with Ctrl-C after `after`.
+        fn apply_changes(
+            &mut self,
+            fake: Fake,
+            changes: &planner::Changes,
+            after: Option<std::time::Duration>,
+        ) -> anyhow::Result<ApplyReport> {
             let renderer = Renderer::new();
             let artifacts = planner::render_all(&self.plan, &renderer).unwrap();
-            let changes = planner::diff(&self.plan, &self.state, &artifacts, options);
             let handle = StateHandle::new(
                 self.state.clone(),
                 crate::backend::Backend::Local(self.state_path()),
@@ -383,22 +399,20 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                     cancel.cancel();
                 });
             }
-            let report = rt
-                .block_on(apply(
-                    fake.clone(),
-                    self.plan.clone(),
-                    artifacts,
-                    renderer,
-                    &changes,
-                    handle.clone(),
-                    &apply_options,
-                    Progress::new(false),
-                    cancel,
-                ))
-                .unwrap();
+            let report = rt.block_on(apply(
+                fake,
+                self.plan.clone(),
+                artifacts,
+                renderer,
+                changes,
+                handle.clone(),
+                &apply_options,
+                Progress::new(false),
+                cancel,
+            ));
             drop(rt);
             self.state = handle.snapshot();
-            (report, fake)
+            report
         }
 
         fn status(&self, address: &str) -> Status {
@@ -702,6 +716,22 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!((record.attempt, record.race_id), (1, race_id));
         assert_eq!(record.status, Status::Completed);
         assert!(!record.results.is_empty());
+    }
+
+    #[test]
+    fn a_test_whose_record_left_state_behind_the_applys_back_is_an_error_naming_it() {
+        let mut bench = Bench::new(ONE_TEST);
+        bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        let changes = bench.changes(&Options::default());
+        bench.state.tests.remove(&"a.t1".parse().unwrap());
+        let Err(error) = bench.apply_changes(Fake::default(), &changes, None) else {
+            panic!("the apply went on without the record");
+        };
+        assert_eq!(
+            error.to_string(),
+            "state holds no record of test `a.t1`, which this apply runs: was the state changed behind rallyctl's back?"
+        );
     }
 
     #[test]
