@@ -15,22 +15,20 @@
 //! It speaks to machines only through the [`Provider`] trait and [`remote`]: it knows no cloud.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::{Address, slug};
-use crate::backend::Backend;
 use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, AcquireError, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
 use crate::staging;
 use crate::state::{
-    Handover, Machine, RecordedSettings, Repetition, ResultFile, State, StateError, Status, Step,
-    Taken, TestRecord,
+    Handover, Machine, RecordedSettings, Repetition, ResultFile, StateError, StateHandle, Status,
+    Step, Taken, TestRecord,
 };
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
@@ -42,64 +40,6 @@ const WAIT_SLICE_SECS: u64 = 300;
 const LOG_TAIL_LINES: usize = 40;
 /// `timeout` exits 124 when the race ran out of time.
 const TIMED_OUT: &str = "124";
-
-/// The state shared by all tests of an apply; every change is persisted before it returns.
-#[derive(Clone)]
-pub struct StateHandle {
-    state: Arc<Mutex<State>>,
-    backend: Arc<Backend>,
-}
-
-impl StateHandle {
-    pub fn new(state: State, backend: Backend) -> Self {
-        StateHandle {
-            state: Arc::new(Mutex::new(state)),
-            backend: Arc::new(backend),
-        }
-    }
-
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.lock().expect("state lock"))
-    }
-
-    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
-        let mut state = self.state.lock().expect("state lock");
-        let r = f(&mut state);
-        self.backend.save(&mut state)?;
-        Ok(r)
-    }
-
-    /// Keeps collected files where the backend keeps results (see [`Backend::publish`]).
-    pub async fn publish(&self, files: Vec<ResultFile>) -> Result<(), StateError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || backend.publish(&files))
-            .await
-            .expect("publishing does not panic")
-    }
-
-    pub fn record(
-        &self,
-        address: &Address,
-        f: impl FnOnce(&mut TestRecord),
-    ) -> Result<(), StateError> {
-        self.update(|s| s.tests.get_mut(address).map(f))?
-            .ok_or_else(|| StateError::Missing {
-                address: address.clone(),
-            })
-    }
-
-    /// The record of a test, which the caller knows state holds.
-    pub fn test(&self, address: &Address) -> Result<TestRecord, StateError> {
-        self.read(|s| s.tests.get(address).cloned())
-            .ok_or_else(|| StateError::Missing {
-                address: address.clone(),
-            })
-    }
-
-    pub fn snapshot(&self) -> State {
-        self.read(Clone::clone)
-    }
-}
 
 /// A test that could not finish, and where.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,10 +11,11 @@ use tokio::task::JoinSet;
 
 use crate::address::{Address, slug};
 use crate::graph::{Graph, Node};
-use crate::lifecycle::{self, Ctx, Start, StateHandle, Stop};
+use crate::lifecycle::{self, Ctx, Start, Stop};
 use crate::plan::{Plan, Test};
 use crate::planner::{Action, Changes};
 use crate::provider::Provider;
+use crate::state::StateHandle;
 use crate::state::Step;
 use crate::templates::{ArtifactMap, Renderer};
 use crate::ui::Progress;

@@ -732,7 +732,7 @@ fn apply(
     }
     println!();
     let state_dir = l.backend.local_dir();
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
+    let handle = crate::state::StateHandle::new(l.state, l.backend);
     let rt = runtime()?;
     let report = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -903,7 +903,7 @@ fn bake(path: &Path, auto_approve: bool, g: &Global) -> Result<u8> {
         .context("bake needs AWS credentials; nothing was launched or written")?;
     println!();
     let fleet = crate::provider::Fleet::new(l.backend.local_dir(), &l.plan.name);
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
+    let handle = crate::state::StateHandle::new(l.state, l.backend);
     let progress = ui::Progress::new(ui::stdout_is_tty());
     let run_id = state::new_run_id();
     let outcomes = rt.block_on(async {
@@ -1003,7 +1003,7 @@ fn destroy(plan_path: Option<&Path>, auto_approve: bool, images: bool, g: &Globa
             plural(kept)
         );
     }
-    let handle = crate::lifecycle::StateHandle::new(state, t.backend);
+    let handle = crate::state::StateHandle::new(state, t.backend);
     if !gone.is_empty() {
         println!("State names machines that are gone already; they will be recorded as such:\n");
         for g in &gone {
