@@ -25,6 +25,7 @@ use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, AcquireError, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
+use crate::results::layout;
 use crate::staging;
 use crate::state::{
     Handover, Machine, RecordedSettings, Repetition, ResultFile, StateError, StateHandle, Status,
@@ -783,14 +784,11 @@ async fn into_this_run<P: Provider>(
     test: &Test,
     races: Vec<Repetition>,
 ) -> Result<Vec<Repetition>, Stop> {
-    let test_dir = ctx
-        .results_root
-        .join(slug(&ctx.run_id))
-        .join(test.address.path());
+    let test_dir = layout::test(&ctx.results_root, &ctx.run_id, &test.address);
     let mut kept = Vec::with_capacity(races.len());
     for (k, mut race) in (1..).zip(races) {
         if race.run_id != ctx.run_id {
-            let dir = crate::results::load::repetition_dir(&test_dir, k);
+            let dir = layout::repetition(&test_dir, k);
             match crate::collect::copy_race(&race.results, &dir) {
                 Ok(files) => {
                     ctx.state
@@ -1383,10 +1381,8 @@ async fn collect<P: Provider>(
 /// workspace's results, in a directory of its own from the second repetition on.
 fn results_dir<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> PathBuf {
     let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
-    crate::results::load::repetition_dir(
-        &ctx.results_root
-            .join(slug(run_id))
-            .join(test.address.path()),
+    layout::repetition(
+        &layout::test(&ctx.results_root, run_id, &test.address),
         record.repetition(),
     )
 }

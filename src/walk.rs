@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::address::{Address, slug};
+use crate::address::Address;
 use crate::graph::{Graph, Node};
 use crate::lifecycle::{self, Ctx, Start, Stop};
 use crate::plan::{Plan, Test};
@@ -22,8 +22,8 @@ use crate::ui::Progress;
 
 pub struct ApplyOptions {
     pub parallelism: usize,
-    /// Where results go: `<results_dir>/<workspace>/<run>/<suite>/<test>/`.
-    pub results_dir: std::path::PathBuf,
+    /// The directory whose `results/` tree results go into (see [`crate::results::layout`]).
+    pub results_base: std::path::PathBuf,
     /// What the machines cost, recorded with each one got.
     pub prices: crate::cost::Prices,
 }
@@ -54,7 +54,7 @@ pub async fn apply<P: Provider>(
     let ctx = Arc::new(Ctx {
         provider,
         state,
-        results_root: options.results_dir.join(slug(&plan.name)),
+        results_root: crate::results::layout::workspace(&options.results_base, &plan.name),
         plan,
         artifacts,
         renderer,
@@ -389,7 +389,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 .unwrap();
             let apply_options = ApplyOptions {
                 parallelism: 10,
-                results_dir: self.dir.path().join("results"),
+                results_base: self.dir.path().to_owned(),
                 prices: self.prices.clone(),
             };
             let cancel = tokio_util::sync::CancellationToken::new();
@@ -978,7 +978,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// results: each race's, earlier ones first.
     fn result_files(bench: &Bench, address: &str) -> Vec<PathBuf> {
         let r = record(bench, address);
-        let root = bench.dir.path().join("results/unit");
+        let root = crate::results::layout::workspace(bench.dir.path(), "unit");
         (r.earlier.iter().map(|e| &e.results))
             .chain([&r.results])
             .flatten()

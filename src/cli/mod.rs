@@ -750,7 +750,7 @@ fn apply(
             handle.clone(),
             &crate::walk::ApplyOptions {
                 parallelism,
-                results_dir: PathBuf::from("results"),
+                results_base: PathBuf::new(),
                 prices,
             },
             ui::Progress::new(ui::stdout_is_tty()),
