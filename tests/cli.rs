@@ -68,6 +68,33 @@ fn validate_reports_every_mistake_with_its_position() {
     insta::assert_snapshot!(text(&out));
 }
 
+/// A duration without a unit, or in words, says what a duration looks like; EC2's interruption
+/// behaviours written as `on_interruption` are told apart from a fallback.
+#[test]
+fn validate_says_what_a_duration_and_a_spot_fallback_look_like() {
+    let out = rallyctl(&[
+        "validate",
+        "tests/fixtures/messages/duration-and-fallback-mistakes.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+}
+
+/// A stall timeout the machine's time runs out before is a warning where the plan brings it
+/// about, from `validate` and `plan` alike; the plan stays valid.
+#[test]
+fn a_stall_timeout_not_shorter_than_max_runtime_is_a_warning() {
+    let plan = "tests/fixtures/messages/stall-outlasts-runtime.toml";
+    let out = rallyctl(&["validate", plan]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    insta::assert_snapshot!(text(&out));
+    let (_dir, state) = temp_state();
+    let planned = rallyctl(&["plan", plan, "--state", state.to_str().unwrap()]);
+    assert_eq!(planned.status.code(), Some(0), "{}", text(&planned));
+    let stderr = String::from_utf8_lossy(&planned.stderr);
+    assert_eq!(stderr, String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn validate_reports_variants_that_cannot_share_a_machine_or_differ_in_nothing() {
     let out = rallyctl(&["validate", "tests/fixtures/plans/variant-mistakes.toml"]);

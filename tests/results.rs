@@ -173,6 +173,7 @@ impl Tree {
             .args(args)
             .current_dir(self.dir.path())
             .env("NO_COLOR", "1")
+            .env_remove("COLUMNS")
             .output()
             .expect("rallyctl runs")
     }
@@ -346,6 +347,40 @@ fn realistic() -> Tree {
 fn latest_results_as_a_table() {
     let t = realistic();
     insta::assert_snapshot!(t.results(&[], 0));
+}
+
+/// A 100-column terminal (`COLUMNS` stands in for one): the widest columns wrap, every line fits.
+#[test]
+fn results_and_comparisons_fit_a_100_column_terminal() {
+    let t = realistic();
+    for args in [
+        &["results", "--state", STATE][..],
+        &["results", "--state", STATE, "--baseline", RUN1],
+        &["results", "--state", STATE, "--runs"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rallyctl"))
+            .args(args)
+            .current_dir(t.dir.path())
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        for line in stdout
+            .lines()
+            .filter(|l| l.starts_with(['│', '┌', '╞', '└']))
+        {
+            assert!(
+                line.chars().count() <= 100,
+                "{args:?}: {} columns:\n{stdout}",
+                line.chars().count()
+            );
+        }
+        if args.len() == 3 {
+            insta::assert_snapshot!(stdout);
+        }
+    }
 }
 
 #[test]
@@ -1456,6 +1491,47 @@ fn screenshot(report: &Path) {
     assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
     assert!(bytes.len() > 20_000, "a blank page? {} bytes", bytes.len());
     println!("screenshot: {}", png.display());
+
+    // Every table fits the page at the screenshot's width: a copy of the report with a script
+    // that writes down each table's overflow, read back from the DOM Chromium dumps.
+    let measured = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-measured.html");
+    let script = "<script>document.body.insertAdjacentHTML('beforeend', '<pre id=overflow>' + \
+                  [...document.querySelectorAll('.wide')].map(e => e.scrollWidth - e.clientWidth).join(',') \
+                  + '</pre>')</script>";
+    let report = std::fs::read_to_string(&html).unwrap();
+    std::fs::write(
+        &measured,
+        report.replace("</body>", &format!("{script}</body>")),
+    )
+    .unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--window-size=1200,1600",
+            "--dump-dom",
+            &format!("file://{}", measured.display()),
+        ])
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let overflow = dom
+        .split_once("<pre id=\"overflow\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .unwrap_or_else(|| panic!("the script did not run: {}", text(&out)))
+        .0;
+    assert!(
+        overflow
+            .split(',')
+            .all(|px| px.parse::<i64>().unwrap() <= 0),
+        "tables wider than a 1200-pixel page by {overflow} pixels"
+    );
 }
 
 /// Two variants of `ingest.heap` raced interleaved in one run, five races each: `8g`'s bulk

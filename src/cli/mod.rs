@@ -225,9 +225,17 @@ fn force_unlock(lock_id: &str, plan: Option<&Path>, force: bool, g: &Global) -> 
     Ok(0)
 }
 
+/// What the plan allows but likely does not mean, on stderr; nothing fails for it.
+fn warn_plan(plan: &Plan) {
+    for w in &plan.warnings {
+        eprintln!("{} {w}", console::style("warning:").yellow().bold());
+    }
+}
+
 fn validate(path: &Path, g: &Global) -> Result<u8> {
     match Plan::load(path) {
         Ok(plan) => {
+            warn_plan(&plan);
             Graph::compile(&plan)?;
             let tests = plan.tests().count();
             // Each aws test launches an instance of its own; hosts and this machine are reused.
@@ -333,6 +341,7 @@ fn plan_command(
 ) -> Result<u8> {
     let file = price_file(prices)?;
     let mut l = load_file(path, g)?;
+    warn_plan(&l.plan);
     let (limits, reached) = check_account(&l.plan, refresh)?;
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let options = select.options(&l.plan, &l.state)?;

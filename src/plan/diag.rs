@@ -57,6 +57,8 @@ pub struct Sink<'a> {
     file: &'a Path,
     text: &'a str,
     pub diagnostics: Vec<Diagnostic>,
+    /// What is allowed but likely not meant: shown by `validate` and `plan`, failing nothing.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Sink<'a> {
@@ -65,6 +67,7 @@ impl<'a> Sink<'a> {
             file,
             text,
             diagnostics: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -92,6 +95,16 @@ impl<'a> Sink<'a> {
         self.push(span, field, message.into(), Some(help.into()));
     }
 
+    pub fn warning(
+        &mut self,
+        span: &Range<usize>,
+        field: impl fmt::Display,
+        message: impl Into<String>,
+    ) {
+        let warning = self.diagnostic(span, field, message.into(), None);
+        self.warnings.push(warning);
+    }
+
     fn push(
         &mut self,
         span: &Range<usize>,
@@ -99,15 +112,26 @@ impl<'a> Sink<'a> {
         message: String,
         help: Option<String>,
     ) {
+        let error = self.diagnostic(span, field, message, help);
+        self.diagnostics.push(error);
+    }
+
+    fn diagnostic(
+        &self,
+        span: &Range<usize>,
+        field: impl fmt::Display,
+        message: String,
+        help: Option<String>,
+    ) -> Diagnostic {
         let (line, column) = line_column(self.text, span.start);
-        self.diagnostics.push(Diagnostic {
+        Diagnostic {
             file: self.file.to_owned(),
             line,
             column,
             field: field.to_string(),
             message,
             help,
-        });
+        }
     }
 }
 

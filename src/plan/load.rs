@@ -8,294 +8,34 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use super::diag::{PlanErrors, Sink};
+use super::document::format_of;
+use super::merge::{empty, overlay, provider_of, sets_timeouts};
+use super::settings::{self, Decl, SETTINGS, Ty, applies, at, setting, shares_machine};
 use super::source::{Entry, Format, Kind, Node};
-use super::{
-    AwsSettings, Connect, LocalPath, MachineSettings, Market, MarketKind, PLAN_VERSION, Plan,
-    ProviderKind, RallyConfig, Repeat, RepeatOn, Settings, SortedMap, SpotOptions, SshSettings,
-    Subnets, Suite, Test, Text, TrackSource, VariantOf,
-};
+use super::values::{Raw, Val};
+use super::{PLAN_VERSION, Plan, ProviderKind, Repeat, RepeatOn, Settings, Suite, Test, VariantOf};
 use crate::FastHash;
 use crate::address::{self, Address};
-
-/// The type each settings key takes; the same keys are valid in `[defaults]` and in a test.
-#[derive(Clone, Copy, PartialEq)]
-enum Ty {
-    Str,
-    Strs,
-    Bool,
-    Port,
-    /// At least the given minimum, which the message explains.
-    Duration(Duration, &'static str),
-    Connect,
-    /// `on_demand` or `spot`.
-    Market,
-    /// US dollars per hour: a positive decimal, as a string or a number.
-    Price,
-    Provider,
-    /// How many times a test races: 1 to [`MAX_REPETITIONS`].
-    Repetitions,
-    RepeatOn,
-    /// A pool of SSH hosts: at least one, none twice.
-    Hosts,
-    /// `host:port` each.
-    HostPorts,
-    /// An AWS region name: `us-east-1`.
-    Region,
-    /// An EC2 resource id with this prefix: `ami-0123abcd`.
-    AwsId(&'static str),
-    /// An AMI id, or `"baked"` (the image `rallyctl bake` made from `base_ami`).
-    Ami,
-    /// A list of them.
-    AwsIds(&'static str),
-    /// A version of a PyPI package: `2.13.0`, `2.14.0rc1`.
-    Version,
-    /// EC2 tags: a table of strings within EC2's limits, apart from rallyctl's own.
-    Tags,
-    JsonMap,
-    File,
-    TrackDir,
-}
-
-/// Every settings key, sorted by name so that a key is found by binary search.
-const SETTINGS: [(&str, Ty); 39] = [
-    ("ami", Ty::Ami),
-    ("base_ami", Ty::AwsId("ami")),
-    ("car", Ty::Str),
-    ("car_params", Ty::JsonMap),
-    ("challenge", Ty::Str),
-    ("client_options", Ty::Str),
-    ("connect", Ty::Connect),
-    ("distribution_version", Ty::Str),
-    ("hosts", Ty::Hosts),
-    ("instance_type", Ty::Str),
-    ("market", Ty::Market),
-    ("max_price", Ty::Price),
-    (
-        "max_runtime",
-        Ty::Duration(
-            MIN_RUNTIME,
-            "the 1 minute the shutdown watchdog can schedule",
-        ),
-    ),
-    ("offline", Ty::Bool),
-    ("on_interruption", Ty::Market),
-    ("pipeline", Ty::Str),
-    ("provider", Ty::Provider),
-    ("rally_args", Ty::Strs),
-    ("rally_config", Ty::File),
-    ("rally_version", Ty::Version),
-    ("region", Ty::Region),
-    ("remote_dir", Ty::Str),
-    ("repeat_on", Ty::RepeatOn),
-    ("repetitions", Ty::Repetitions),
-    ("reuse_instances", Ty::Bool),
-    ("runtime_jdk", Ty::Str),
-    ("security_group_ids", Ty::AwsIds("sg")),
-    ("ssh_key", Ty::Str),
-    ("ssh_known_hosts", Ty::Str),
-    ("ssh_port", Ty::Port),
-    ("ssh_user", Ty::Str),
-    (
-        "stall_timeout",
-        Ty::Duration(Duration::from_secs(1), "a second"),
-    ),
-    ("subnet_id", Ty::AwsId("subnet")),
-    ("subnet_ids", Ty::AwsIds("subnet")),
-    ("tags", Ty::Tags),
-    ("target_hosts", Ty::HostPorts),
-    ("track", Ty::Str),
-    ("track_params", Ty::JsonMap),
-    ("track_path", Ty::TrackDir),
-];
-
-fn setting(key: &str) -> Option<usize> {
-    SETTINGS.binary_search_by(|(k, _)| (*k).cmp(key)).ok()
-}
-
-/// The index of a settings key, resolved at compile time (`const { at("region") }`).
-const fn at(name: &str) -> usize {
-    let mut i = 0;
-    while i < SETTINGS.len() {
-        let (k, n) = (SETTINGS[i].0.as_bytes(), name.as_bytes());
-        if k.len() == n.len() {
-            let mut j = 0;
-            while j < k.len() && k[j] == n[j] {
-                j += 1;
-            }
-            if j == k.len() {
-                return i;
-            }
-        }
-        i += 1;
-    }
-    panic!("not a settings key")
-}
 
 const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite", "backend"];
 const S3_KEYS: &[&str] = &[
     "bucket", "prefix", "region", "endpoint", "profile", "role_arn",
 ];
-const SUITE_KEYS: &[&str] = &["name", "parallelism", "reuse_instances", "test"];
-const SETTINGS_NAMES: [&str; SETTINGS.len()] = {
-    let mut names = [""; SETTINGS.len()];
-    let mut i = 0;
-    while i < SETTINGS.len() {
-        names[i] = SETTINGS[i].0;
-        i += 1;
-    }
-    names
-};
-/// Settings only some providers read, by index into [`SETTINGS`]; every other setting is for
-/// all of them.
-const AWS_ONLY: [usize; 13] = [
-    at("ami"),
-    at("base_ami"),
-    at("connect"),
-    at("instance_type"),
-    at("market"),
-    at("max_price"),
-    at("on_interruption"),
-    at("region"),
-    at("reuse_instances"),
-    at("security_group_ids"),
-    at("subnet_id"),
-    at("subnet_ids"),
-    at("tags"),
-];
-/// Settings that say one thing two ways: a table that sets either inherits neither.
-const ALTERNATIVES: [[usize; 2]; 2] = [
-    [at("track"), at("track_path")],
-    [at("subnet_id"), at("subnet_ids")],
-];
-const SSH_ONLY: [usize; 3] = [at("hosts"), at("ssh_key"), at("ssh_known_hosts")];
-/// Beside the settings only some providers read (which make or reach a machine), what bounds a
-/// test's machine or says how often it races: none may differ between the variants of a test,
-/// since they share the machine ([`shares_machine`]).
-const PER_MACHINE: [usize; 5] = [
-    at("max_runtime"),
-    at("provider"),
-    at("remote_dir"),
-    at("repeat_on"),
-    at("repetitions"),
-];
 
-/// Whether the setting at index `i` is the same for every variant of a test.
-fn shares_machine(i: usize) -> bool {
-    AWS_ONLY.contains(&i)
-        || SSH_ONLY.contains(&i)
-        || NOT_LOCAL.contains(&i)
-        || PER_MACHINE.contains(&i)
-}
-const NOT_LOCAL: [usize; 2] = [at("ssh_port"), at("ssh_user")];
-
-/// Whether `provider` reads the setting at index `i`.
-fn applies(i: usize, provider: ProviderKind) -> bool {
-    match provider {
-        ProviderKind::Aws => !SSH_ONLY.contains(&i),
-        ProviderKind::Ssh => !AWS_ONLY.contains(&i),
-        ProviderKind::Local => {
-            !AWS_ONLY.contains(&i) && !SSH_ONLY.contains(&i) && !NOT_LOCAL.contains(&i)
-        }
-    }
-}
-
-/// Settings a test of the provider must have, by index into [`SETTINGS`].
-fn required(provider: ProviderKind) -> &'static [usize] {
-    match provider {
-        ProviderKind::Aws => &const { [at("region"), at("ami"), at("instance_type")] },
-        ProviderKind::Ssh => &const { [at("hosts")] },
-        ProviderKind::Local => &[],
-    }
-}
-
-/// An EC2 id: `prefix-` and up to 17 lowercase hex digits (8 in older ids, 17 in newer).
-fn is_aws_id(text: &str, prefix: &str) -> bool {
-    text.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|hex| {
-            (1..=17).contains(&hex.len())
-                && hex
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-        })
-}
-
-/// EC2 allows 50 tags per instance, and rallyctl sets six of its own (workspace, lineage, test,
-/// run, attempt, Name).
-const MAX_USER_TAGS: usize = 44;
-const MAX_TAG_KEY: usize = 128;
-const MAX_TAG_VALUE: usize = 256;
-
-/// Why EC2 would refuse the tag, or rallyctl would have to drop it.
-fn tag_problem(key: &str, value: &str) -> Option<String> {
-    if key.is_empty() || key.chars().count() > MAX_TAG_KEY {
-        Some(format!("a tag key has 1 to {MAX_TAG_KEY} characters"))
-    } else if value.chars().count() > MAX_TAG_VALUE {
-        Some(format!(
-            "a tag value has at most {MAX_TAG_VALUE} characters"
-        ))
-    } else if key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
-        Some(format!(
-            "`{key}`: EC2 reserves tag keys that start with `aws:`"
-        ))
-    } else if key.starts_with("rallyctl:") || key == "Name" {
-        Some(format!("`{key}`: rallyctl sets this tag itself"))
-    } else {
-        None
-    }
-}
-
-fn provider_of(raw: &Raw) -> ProviderKind {
-    match raw[const { at("provider") }] {
-        Some(Val::Provider(p)) => p,
-        _ => ProviderKind::default(),
-    }
-}
-/// Races of one test; more would be a typo (statistics settle long before).
-const MAX_REPETITIONS: i64 = 100;
 /// A suite's bound on tests at once; more would be a typo, not a fleet.
 const MAX_PARALLELISM: i64 = 1000;
 /// From this many tests on, suites are read on all cores.
 const PARALLEL_FROM_TESTS: usize = 512;
-/// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
-const MIN_RUNTIME: Duration = Duration::from_secs(60);
-
-/// A setting as written, checked for its type. Cloning one is cheap: a default is made once
-/// and shared by every test that inherits it.
-#[derive(Debug, Clone)]
-enum Val {
-    Str(Text),
-    Path(LocalPath),
-    Strs(Arc<[Text]>),
-    Bool(bool),
-    Port(u16),
-    Duration(Duration),
-    Connect(Connect),
-    Market(MarketKind),
-    Provider(ProviderKind),
-    Repetitions(NonZeroU32),
-    RepeatOn(RepeatOn),
-    /// Written, but wrong (and reported where it is written): the key is not missing, and the
-    /// test it reaches cannot be built.
-    Invalid,
-    StrMap(SortedMap<Text>),
-    JsonMap(SortedMap<serde_json::Value>),
-}
-
-/// One table's settings as written, indexed like [`SETTINGS`].
-type Raw = [Option<Val>; SETTINGS.len()];
 
 /// Where a value sits in the plan, e.g. `suite[0].test[1].track`: a chain on the stack,
 /// formatted only when a problem is reported.
 #[derive(Clone, Copy)]
-struct Field<'p> {
+pub(super) struct Field<'p> {
     parent: Option<&'p Field<'p>>,
     part: Part<'p>,
 }
@@ -308,19 +48,19 @@ enum Part<'p> {
 }
 
 impl<'p> Field<'p> {
-    const ROOT: Field<'static> = Field {
+    pub(super) const ROOT: Field<'static> = Field {
         parent: None,
         part: Part::Root,
     };
 
-    fn key<'c>(&'c self, key: &'c str) -> Field<'c> {
+    pub(super) fn key<'c>(&'c self, key: &'c str) -> Field<'c> {
         Field {
             parent: Some(self),
             part: Part::Key(key),
         }
     }
 
-    fn index(&self, index: usize) -> Field<'_> {
+    pub(super) fn index(&self, index: usize) -> Field<'_> {
         Field {
             parent: Some(self),
             part: Part::Index(index),
@@ -341,155 +81,6 @@ impl fmt::Display for Field<'_> {
             Part::Key(key) => write!(f, ".{key}"),
             Part::Index(i) => write!(f, "[{i}]"),
         }
-    }
-}
-
-/// A plan larger than this is a mistake (a device, a log), not a fleet: a plan of 10,000
-/// tests is about 1.3 MiB.
-pub const MAX_PLAN_BYTES: u64 = 64 << 20;
-
-/// A saved plan (`plan -out`) is JSON with a `format_version` near its start.
-fn looks_saved(text: &str) -> bool {
-    text.trim_start().starts_with('{')
-        && text.contains("\"format_version\"")
-        && serde_json::from_str::<serde_json::Value>(text)
-            .is_ok_and(|v| v.get("format_version").is_some())
-}
-
-pub fn read(path: &Path) -> Result<String, PlanErrors> {
-    let text = String::from_utf8(read_bytes(path)?).map_err(|e| {
-        single(
-            path,
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
-    if looks_saved(&text) {
-        return Err(single(
-            path,
-            "a saved plan (written by `rallyctl plan -out`), not a plan file: `rallyctl apply` takes it as it is".into(),
-        ));
-    }
-    Ok(text)
-}
-
-/// A plan file's bytes, at most [`MAX_PLAN_BYTES`], without a byte-order mark.
-pub fn read_bytes(path: &Path) -> Result<Vec<u8>, PlanErrors> {
-    use std::io::Read as _;
-    let cannot = |e: std::io::Error| single(path, format!("cannot read: {e}"));
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let mut text = Vec::new();
-    // Read at most one byte past the limit, so that `/dev/zero` is refused, not read forever.
-    file.take(MAX_PLAN_BYTES + 1)
-        .read_to_end(&mut text)
-        .map_err(cannot)?;
-    if text.len() as u64 > MAX_PLAN_BYTES {
-        return Err(single(
-            path,
-            format!("larger than {} MiB: not a plan file", MAX_PLAN_BYTES >> 20),
-        ));
-    }
-    // A byte-order mark (editors on Windows write one) is no part of the plan.
-    if text.starts_with(b"\xEF\xBB\xBF") {
-        text.drain(..3);
-    }
-    Ok(text)
-}
-
-fn single(path: &Path, message: String) -> PlanErrors {
-    let mut sink = Sink::new(path, "");
-    sink.error(&(0..0), "", message);
-    PlanErrors {
-        file: path.to_owned(),
-        diagnostics: sink.diagnostics,
-    }
-}
-
-/// The format follows the extension: `.json` is JSON, anything else TOML.
-pub fn format_of(path: &Path) -> Format {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
-        _ => Format::Toml,
-    }
-}
-
-/// Something found wrong with a setting after the plan was read (its value does not exist in
-/// the account): the keys it may be written under, the value, and what is wrong.
-pub struct Finding<'a> {
-    pub keys: &'a [&'a str],
-    pub value: &'a str,
-    pub message: &'a str,
-}
-
-/// Diagnostics for `findings`, each where the plan file writes its value under one of its keys
-/// (in `[defaults]` or a test; every place it is written), so that a problem found in the
-/// account reads like one found in the file. A value written nowhere (inherited from a
-/// built-in default) is reported at the top of the file.
-pub fn locate(path: &Path, text: &str, findings: &[Finding<'_>]) -> PlanErrors {
-    let mut sink = Sink::new(path, text);
-    let tree = match format_of(path) {
-        Format::Toml => super::toml_doc::parse(text),
-        Format::Json => super::json_doc::parse(text),
-    };
-    let mut tables: Vec<(String, &[Entry<'_>])> = Vec::new();
-    if let Ok(Node {
-        kind: Kind::Table(top),
-        ..
-    }) = &tree
-    {
-        if let Some(Kind::Table(d)) = get(top, "defaults").map(|e| &e.value.kind) {
-            tables.push(("defaults".into(), d));
-        }
-        let suites = match get(top, "suite").map(|e| &e.value.kind) {
-            Some(Kind::Array(suites)) => &suites[..],
-            _ => &[],
-        };
-        for (i, suite) in suites.iter().enumerate() {
-            let Kind::Table(suite) = &suite.kind else {
-                continue;
-            };
-            let Some(Kind::Array(tests)) = get(suite, "test").map(|e| &e.value.kind) else {
-                continue;
-            };
-            for (j, test) in tests.iter().enumerate() {
-                if let Kind::Table(t) = &test.kind {
-                    tables.push((format!("suite[{i}].test[{j}]"), t));
-                }
-            }
-        }
-    }
-    for f in findings {
-        let mut found = false;
-        for (table, entries) in &tables {
-            for e in entries.iter().filter(|e| f.keys.contains(&&*e.key)) {
-                let at = match &e.value.kind {
-                    Kind::String(v) if v == f.value => Some((e.value.span.clone(), None)),
-                    Kind::Array(items) => items.iter().enumerate().find_map(|(n, item)| {
-                        matches!(&item.kind, Kind::String(v) if v == f.value)
-                            .then(|| (item.span.clone(), Some(n)))
-                    }),
-                    _ => None,
-                };
-                if let Some((span, index)) = at {
-                    let field = match index {
-                        Some(n) => format!("{table}.{}[{n}]", e.key),
-                        None => format!("{table}.{}", e.key),
-                    };
-                    sink.error(&span, field, f.message);
-                    found = true;
-                }
-            }
-        }
-        if !found {
-            sink.error(&(0..0), f.keys[0], f.message);
-        }
-    }
-    sink.diagnostics.sort_by_key(|d| (d.line, d.column));
-    PlanErrors {
-        file: path.to_owned(),
-        diagnostics: sink.diagnostics,
     }
 }
 
@@ -567,7 +158,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     // Position order reads like a compiler's output, whichever pass found each problem.
     sink.diagnostics.sort_by_key(|d| (d.line, d.column));
     match plan {
-        Some(plan) if sink.diagnostics.is_empty() => Ok(plan),
+        Some(mut plan) if sink.diagnostics.is_empty() => {
+            sink.warnings.sort_by_key(|d| (d.line, d.column));
+            plan.warnings = sink.warnings;
+            Ok(plan)
+        }
         _ => Err(PlanErrors {
             file: path.to_owned(),
             diagnostics: sink.diagnostics,
@@ -575,14 +170,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Plan, PlanErrors> {
     }
 }
 
-struct Loader<'s, 'a> {
-    sink: &'s mut Sink<'a>,
-    format: Format,
+pub(super) struct Loader<'s, 'a> {
+    pub(super) sink: &'s mut Sink<'a>,
+    pub(super) format: Format,
     /// The project root paths are recorded relative to ([`LocalPath`]).
-    root: &'s Path,
+    pub(super) root: &'s Path,
 }
 
-fn get<'n>(entries: &'n [Entry<'n>], key: &str) -> Option<&'n Entry<'n>> {
+pub(super) fn get<'n>(entries: &'n [Entry<'n>], key: &str) -> Option<&'n Entry<'n>> {
     entries.iter().find(|e| e.key == key)
 }
 
@@ -623,21 +218,15 @@ impl<'n> Loader<'_, '_> {
             Some(e) => self.name(&e.value, top.key("name")),
         };
         let defaults_field = top.key("defaults");
-        let mut defaults = match get(entries, "defaults") {
-            Some(e) => self.settings_table(&e.value, defaults_field, &[], ProviderKind::default()),
+        let defaults = match get(entries, "defaults") {
+            Some(e) => {
+                let defaults =
+                    self.settings_table(&e.value, defaults_field, &[], ProviderKind::default());
+                self.stall_check(&empty(), true, &defaults, &e.value.span, defaults_field);
+                defaults
+            }
             None => empty(),
         };
-        // The built-in defaults lie under `[defaults]`, made once like them. Those of one
-        // provider (EC2's `ssh_user`, `connect`) are filled in where its settings are built.
-        for (key, value) in [
-            ("rally_version", Val::Str("2.13.0".into())),
-            ("remote_dir", Val::Str("rallyctl".into())),
-            ("max_runtime", Val::Duration(Duration::from_secs(3 * 3600))),
-            ("stall_timeout", Val::Duration(super::DEFAULT_STALL_TIMEOUT)),
-            ("ssh_port", Val::Port(22)),
-        ] {
-            defaults[at(key)].get_or_insert(value);
-        }
 
         let mut suites = Vec::new();
         match get(entries, "suite") {
@@ -678,6 +267,7 @@ impl<'n> Loader<'_, '_> {
             root: self.root.to_owned(),
             suites,
             backend,
+            warnings: Vec::new(),
         })
     }
 
@@ -802,7 +392,7 @@ impl<'n> Loader<'_, '_> {
                                 loader.suite(node, field.index(c * chunk + i), defaults)
                             })
                             .collect();
-                        (suites, sink.diagnostics)
+                        (suites, sink.diagnostics, sink.warnings)
                     })
                 })
                 .collect();
@@ -812,16 +402,17 @@ impl<'n> Loader<'_, '_> {
                 .collect()
         });
         let mut suites = Vec::with_capacity(items.len());
-        for (part, diagnostics) in parts {
+        for (part, diagnostics, warnings) in parts {
             suites.extend(part);
             self.sink.diagnostics.extend(diagnostics);
+            self.sink.warnings.extend(warnings);
         }
         suites
     }
 
     fn suite(&mut self, node: &'n Node<'n>, field: Field<'_>, defaults: &Raw) -> Option<Suite> {
         let entries = self.table(node, field)?;
-        self.unknown_keys(entries, field, SUITE_KEYS);
+        self.unknown_keys(entries, field, &settings::suite_keys());
         self.duplicate_keys(entries, field);
         let name = match get(entries, "name") {
             Some(e) => self.name(&e.value, field.key("name")),
@@ -910,7 +501,9 @@ impl<'n> Loader<'_, '_> {
                 );
             }
             if let Some(variants) = get(entries, "variant") {
+                let own = sets_timeouts(&raw);
                 let parent = overlay(defaults, raw);
+                self.stall_check(defaults, own, &parent, &test_node.span, test_field);
                 let read = self.variants(&variants.value, test_node, test_field, &parent);
                 if let (Some(suite), Some(test)) = (&name, test_name) {
                     for (variant, settings, repeat) in read {
@@ -1083,7 +676,7 @@ impl<'n> Loader<'_, '_> {
             let key: &'n str = &entry.key;
             match setting(key) {
                 Some(i) => {
-                    let (name, ty) = SETTINGS[i];
+                    let Decl { name, ty, .. } = SETTINGS[i];
                     raw[i] = Some(
                         self.value(&entry.value, field.key(name), ty)
                             .unwrap_or(Val::Invalid),
@@ -1091,7 +684,7 @@ impl<'n> Loader<'_, '_> {
                     found.push((i, entry));
                 }
                 None if extra.contains(&key) => {}
-                None => self.unknown_key(entry, field, &SETTINGS_NAMES, extra),
+                None => self.unknown_key(entry, field, &settings::NAMES, extra),
             }
         }
         let provider = match raw[const { at("provider") }] {
@@ -1106,618 +699,6 @@ impl<'n> Loader<'_, '_> {
         raw
     }
 
-    fn value(&mut self, node: &'n Node<'n>, field: Field<'_>, ty: Ty) -> Option<Val> {
-        let span = &node.span;
-        match ty {
-            Ty::Str => self.string(node, field).map(|s| Val::Str(s.into())),
-            Ty::File => {
-                let path = self.string(node, field)?;
-                match std::fs::File::open(path).and_then(|f| f.metadata()) {
-                    Ok(meta) if meta.is_file() => {
-                        Some(Val::Path(LocalPath::in_project(Path::new(path), self.root)))
-                    }
-                    Ok(_) => {
-                        self.sink
-                            .error(span, field, format!("`{path}` is not a file"));
-                        None
-                    }
-                    Err(e) => {
-                        self.sink
-                            .error(span, field, format!("cannot read `{path}`: {e}"));
-                        None
-                    }
-                }
-            }
-            Ty::TrackDir => {
-                let path = self.string(node, field)?;
-                let track_json = Path::new(path).join("track.json");
-                match std::fs::File::open(&track_json) {
-                    Ok(_) => Some(Val::Path(LocalPath::in_project(Path::new(path), self.root))),
-                    Err(e) => {
-                        self.sink.error_with_help(
-                            span,
-                            field,
-                            format!("cannot read `{}`: {e}", track_json.display()),
-                            "track_path names a local Rally track directory holding track.json",
-                        );
-                        None
-                    }
-                }
-            }
-            Ty::Strs => {
-                let items = self.array(node, field)?;
-                let strings: Vec<Text> = items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, item)| self.string(item, field.index(i)).map(Text::from))
-                    .collect();
-                (strings.len() == items.len()).then(|| Val::Strs(strings.into()))
-            }
-            Ty::Bool => match node.kind {
-                Kind::Bool(b) => Some(Val::Bool(b)),
-                ref other => self.expected(span, field, "a boolean", other),
-            },
-            Ty::Port => match node.kind {
-                Kind::Integer(n) => match u16::try_from(n) {
-                    Ok(port) if port > 0 => Some(Val::Port(port)),
-                    _ => {
-                        self.sink
-                            .error(span, field, format!("{n} is not a TCP port (1-65535)"));
-                        None
-                    }
-                },
-                ref other => self.expected(span, field, "an integer", other),
-            },
-            Ty::Duration(min, why) => {
-                let text = self.string(node, field)?;
-                match humantime::parse_duration(text) {
-                    Ok(d) if d >= min => Some(Val::Duration(d)),
-                    Ok(_) => {
-                        self.sink
-                            .error(span, field, format!("`{text}` is shorter than {why}"));
-                        None
-                    }
-                    Err(e) => {
-                        self.sink.error_with_help(
-                            span,
-                            field,
-                            format!("`{text}` is not a duration: {e}"),
-                            "write durations like \"90m\", \"3h\" or \"1h 30m\"",
-                        );
-                        None
-                    }
-                }
-            }
-            Ty::Provider => self.one_of(
-                node,
-                field,
-                &[
-                    ("aws", Val::Provider(ProviderKind::Aws)),
-                    ("ssh", Val::Provider(ProviderKind::Ssh)),
-                    ("local", Val::Provider(ProviderKind::Local)),
-                ],
-                "a provider",
-                "\"aws\", \"ssh\" or \"local\"",
-            ),
-            Ty::Hosts => {
-                let Some(Val::Strs(hosts)) = self.value(node, field, Ty::Strs) else {
-                    return None;
-                };
-                if hosts.is_empty() {
-                    self.sink.error_with_help(
-                        span,
-                        field,
-                        "the pool of hosts is empty",
-                        "name at least one host, as \"host\" or \"host:port\"",
-                    );
-                    return None;
-                }
-                let mut seen = HashSet::with_capacity(hosts.len());
-                for (i, host) in hosts.iter().enumerate() {
-                    if host.trim().is_empty()
-                        || host.chars().any(|c| c.is_whitespace() || c.is_control())
-                    {
-                        self.sink.error(
-                            span,
-                            field.index(i),
-                            format!("{host:?} is not a host name or address"),
-                        );
-                        return None;
-                    }
-                    if !seen.insert(host) {
-                        self.sink.error(
-                            span,
-                            field.index(i),
-                            format!(
-                                "`{host}` is in the pool twice; a host runs one test at a time"
-                            ),
-                        );
-                        return None;
-                    }
-                }
-                Some(Val::Strs(hosts))
-            }
-            Ty::Repetitions => match node.kind {
-                Kind::Integer(n) => match u32::try_from(n).ok().and_then(NonZeroU32::new) {
-                    Some(count) if n <= MAX_REPETITIONS => Some(Val::Repetitions(count)),
-                    _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!("must be from 1 to {MAX_REPETITIONS}, found {n}"),
-                        );
-                        None
-                    }
-                },
-                ref other => self.expected(span, field, "an integer", other),
-            },
-            Ty::RepeatOn => self.one_of(
-                node,
-                field,
-                &[
-                    ("same", Val::RepeatOn(RepeatOn::Same)),
-                    ("fresh", Val::RepeatOn(RepeatOn::Fresh)),
-                ],
-                "a place to repeat on",
-                "\"same\" (one machine, back to back) or \"fresh\" (a new machine per race)",
-            ),
-            Ty::Market => self.one_of(
-                node,
-                field,
-                &[
-                    ("on_demand", Val::Market(MarketKind::OnDemand)),
-                    ("spot", Val::Market(MarketKind::Spot)),
-                ],
-                "a market",
-                "\"on_demand\" or \"spot\"",
-            ),
-            Ty::Price => {
-                let text = match node.kind {
-                    Kind::Float(f) => f.to_string(),
-                    Kind::Integer(n) => n.to_string(),
-                    _ => self.string(node, field)?.to_owned(),
-                };
-                match text.parse::<f64>() {
-                    Ok(p) if p.is_finite() && p > 0.0 && !text.contains(['e', 'E']) => {
-                        Some(Val::Str(text.as_str().into()))
-                    }
-                    _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!("`{text}` is not a price; expected US dollars per hour above 0, e.g. \"0.05\""),
-                        );
-                        None
-                    }
-                }
-            }
-            Ty::Connect => self.one_of(
-                node,
-                field,
-                &[
-                    ("public_ip", Val::Connect(Connect::PublicIp)),
-                    ("private_ip", Val::Connect(Connect::PrivateIp)),
-                ],
-                "a connect mode",
-                "\"public_ip\" or \"private_ip\"",
-            ),
-            Ty::Tags => {
-                let entries = self.table(node, field)?;
-                self.duplicate_keys(entries, field);
-                let mut map = Vec::with_capacity(entries.len());
-                let mut ok = true;
-                for e in entries {
-                    let f = field.key(&e.key);
-                    let Some(v) = self.string(&e.value, f) else {
-                        ok = false;
-                        continue;
-                    };
-                    if let Some(problem) = tag_problem(&e.key, v) {
-                        self.sink.error(&e.key_span, f, problem);
-                        ok = false;
-                    }
-                    map.push((Text::from(&*e.key), Text::from(v)));
-                }
-                ok.then(|| Val::StrMap(map.into_iter().collect()))
-            }
-            Ty::HostPorts => {
-                let Some(Val::Strs(hosts)) = self.value(node, field, Ty::Strs) else {
-                    return None;
-                };
-                for (i, host) in hosts.iter().enumerate() {
-                    let ok = host.rsplit_once(':').is_some_and(|(name, port)| {
-                        !name.trim_matches(['[', ']']).is_empty()
-                            && !name.contains(char::is_whitespace)
-                            && port.parse::<u16>().is_ok_and(|p| p > 0)
-                    });
-                    if !ok {
-                        self.sink.error_with_help(
-                            span,
-                            field.index(i),
-                            format!("`{host}` is not host:port"),
-                            "write each cluster node as \"host:port\", e.g. \"10.0.0.5:9200\"",
-                        );
-                        return None;
-                    }
-                }
-                Some(Val::Strs(hosts))
-            }
-            Ty::Region => {
-                let text = self.string(node, field)?;
-                let parts: Vec<&str> = text.split('-').collect();
-                let ok = parts.len() >= 3
-                    && parts[0].len() == 2
-                    && parts[..parts.len() - 1]
-                        .iter()
-                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
-                    && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
-                    && !parts[parts.len() - 1].is_empty();
-                if !ok {
-                    self.sink.error_with_help(
-                        span,
-                        field,
-                        format!("`{text}` is not an AWS region"),
-                        "write a region name, e.g. \"us-east-1\" or \"eu-west-1\"",
-                    );
-                    return None;
-                }
-                Some(Val::Str(text.into()))
-            }
-            Ty::Ami if matches!(&node.kind, Kind::String(s) if *s == super::BAKED) => {
-                Some(Val::Str(super::BAKED.into()))
-            }
-            Ty::Ami => {
-                let text = self.string(node, field)?;
-                if !is_aws_id(text, "ami") {
-                    self.sink.error_with_help(
-                        span,
-                        field,
-                        format!("`{text}` is neither an EC2 ami id nor \"{}\"", super::BAKED),
-                        "write the id, `ami-` and its hex digits, e.g. \"ami-0123456789abcdef0\", or \"baked\" for the image `rallyctl bake` makes from `base_ami`",
-                    );
-                    return None;
-                }
-                Some(Val::Str(text.into()))
-            }
-            Ty::AwsId(prefix) => {
-                let text = self.string(node, field)?;
-                if !is_aws_id(text, prefix) {
-                    self.aws_id_error(span, field, text, prefix);
-                    return None;
-                }
-                Some(Val::Str(text.into()))
-            }
-            Ty::AwsIds(prefix) => {
-                let Some(Val::Strs(ids)) = self.value(node, field, Ty::Strs) else {
-                    return None;
-                };
-                for (i, id) in ids.iter().enumerate() {
-                    if !is_aws_id(id, prefix) {
-                        self.aws_id_error(span, field.index(i), id, prefix);
-                        return None;
-                    }
-                }
-                Some(Val::Strs(ids))
-            }
-            Ty::Version => {
-                let text = self.string(node, field)?;
-                let mut parts = text.split('.');
-                let numeric = |p: Option<&str>| {
-                    p.is_some_and(|p| !p.is_empty() && p.starts_with(|c: char| c.is_ascii_digit()))
-                };
-                let ok = numeric(parts.next())
-                    && numeric(parts.next())
-                    && text
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || ".+-".contains(c));
-                if !ok {
-                    self.sink.error_with_help(
-                        span,
-                        field,
-                        format!("`{text}` is not a version"),
-                        "write esrally's version as PyPI does, e.g. \"2.13.0\"",
-                    );
-                    return None;
-                }
-                Some(Val::Str(text.into()))
-            }
-            Ty::JsonMap => {
-                let entries = self.table(node, field)?;
-                self.duplicate_keys(entries, field);
-                let mut map = Vec::with_capacity(entries.len());
-                let mut ok = true;
-                for e in entries {
-                    match self.json(&e.value, field.key(&e.key)) {
-                        Some(v) => map.push((Text::from(&*e.key), v)),
-                        None => ok = false,
-                    }
-                }
-                ok.then(|| Val::JsonMap(map.into_iter().collect()))
-            }
-        }
-    }
-
-    fn aws_id_error(&mut self, span: &Range<usize>, field: Field<'_>, text: &str, prefix: &str) {
-        self.sink.error_with_help(
-            span,
-            field,
-            format!("`{text}` is not an EC2 {prefix} id"),
-            format!(
-                "write the id, `{prefix}-` and its hex digits, e.g. \"{prefix}-0123456789abcdef0\""
-            ),
-        );
-    }
-
-    fn json(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<serde_json::Value> {
-        use serde_json::Value as J;
-        Some(match &node.kind {
-            Kind::String(s) => J::String(s.to_string()),
-            Kind::Integer(i) => J::from(*i),
-            Kind::Float(f) => match serde_json::Number::from_f64(*f) {
-                Some(n) => J::Number(n),
-                None => {
-                    self.sink.error(
-                        &node.span,
-                        field,
-                        format!("{f} cannot be passed to Rally as JSON"),
-                    );
-                    return None;
-                }
-            },
-            Kind::Bool(b) => J::Bool(*b),
-            Kind::Array(items) => J::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| self.json(item, field.index(i)))
-                    .collect::<Option<_>>()?,
-            ),
-            Kind::Table(entries) => J::Object(
-                entries
-                    .iter()
-                    .map(|e| Some((e.key.to_string(), self.json(&e.value, field.key(&e.key))?)))
-                    .collect::<Option<_>>()?,
-            ),
-            other @ Kind::Other(_) => {
-                return self.expected(
-                    &node.span,
-                    field,
-                    "a string, number, boolean, array or table",
-                    other,
-                );
-            }
-        })
-    }
-
-    /// Merges a test's settings over the defaults and built-ins and checks the result as a whole.
-    fn merge(
-        &mut self,
-        defaults: &Raw,
-        test: Raw,
-        span: &Range<usize>,
-        field: Field<'_>,
-    ) -> Option<(Settings, Repeat, bool)> {
-        let provider = match &test[const { at("provider") }] {
-            Some(Val::Provider(p)) => *p,
-            _ => provider_of(defaults),
-        };
-        // A test on an AMI id of its own ignores the base AMI of [defaults]' baked image; its
-        // own `base_ami` is a mistake.
-        let own_base = test[const { at("base_ami") }].is_some();
-        let mut m = overlay(defaults, test);
-        // A provider written wrong leaves no way to tell which keys the test needs.
-        if matches!(m[const { at("provider") }], Some(Val::Invalid)) {
-            return None;
-        }
-        let mut ok = true;
-        for &i in required(provider) {
-            if m[i].is_none() {
-                let key = SETTINGS[i].0;
-                self.sink.error(
-                    span,
-                    field,
-                    format!("missing required key `{key}` for provider = \"{provider}\" (set it in the test or in [defaults])"),
-                );
-                ok = false;
-            }
-        }
-        let track = match (
-            m[const { at("track") }].take(),
-            m[const { at("track_path") }].take(),
-        ) {
-            (Some(Val::Invalid), _) | (_, Some(Val::Invalid)) => None,
-            (Some(Val::Str(name)), None) => Some(TrackSource::Named(name)),
-            (None, Some(Val::Path(path))) => Some(TrackSource::Path(path)),
-            (Some(_), Some(_)) => {
-                self.sink.error(
-                    span,
-                    field,
-                    "both `track` and `track_path` are set; a test races one track",
-                );
-                None
-            }
-            _ => {
-                self.sink.error(
-                    span,
-                    field,
-                    "missing `track` (a track name) or `track_path` (a local track directory)",
-                );
-                None
-            }
-        };
-        if !ok || m.iter().any(|v| matches!(v, Some(Val::Invalid))) {
-            return None;
-        }
-        let built_in = "built-in defaults are set";
-        let ssh_port = match m[const { at("ssh_port") }] {
-            Some(Val::Port(p)) => p,
-            _ => unreachable!("{built_in}"),
-        };
-        let machine = match provider {
-            ProviderKind::Aws => MachineSettings::Aws({
-                let ami = text(&mut m, const { at("ami") })?;
-                let base_ami = text(&mut m, const { at("base_ami") });
-                let baked = &*ami == super::BAKED;
-                let base_ami = base_ami.filter(|_| baked || own_base);
-                match (baked, &base_ami) {
-                    (true, None) => {
-                        self.sink.error(
-                            span,
-                            field,
-                            "`ami = \"baked\"` needs `base_ami`: the AMI `rallyctl bake` bakes the image from",
-                        );
-                        return None;
-                    }
-                    (false, Some(_)) => {
-                        self.sink.error(
-                            span,
-                            field.key("base_ami"),
-                            "`base_ami` is read only with `ami = \"baked\"`; with an AMI id, leave it out",
-                        );
-                        return None;
-                    }
-                    _ => {}
-                }
-                AwsSettings {
-                    ami,
-                    base_ami,
-                    image: None,
-                    connect: match m[const { at("connect") }] {
-                        Some(Val::Connect(c)) => c,
-                        _ => Connect::PublicIp,
-                    },
-                    instance_type: text(&mut m, const { at("instance_type") })?,
-                    market: self.market(&mut m, span, field)?,
-                    region: text(&mut m, const { at("region") })?,
-                    security_group_ids: texts(&mut m, const { at("security_group_ids") }),
-                    ssh_port,
-                    ssh_user: text(&mut m, const { at("ssh_user") })
-                        .unwrap_or_else(|| "ec2-user".into()),
-                    subnets: match (
-                        text(&mut m, const { at("subnet_id") }),
-                        m[const { at("subnet_ids") }].take(),
-                    ) {
-                        (None, None) => Subnets::Default,
-                        (Some(one), None) => Subnets::One(one),
-                        (None, Some(Val::Strs(ids))) if ids.is_empty() => {
-                            self.sink.error(
-                            span,
-                            field.key("subnet_ids"),
-                            "`subnet_ids` is empty; name at least one subnet, or leave it out for the default subnet",
-                        );
-                            return None;
-                        }
-                        (None, Some(Val::Strs(ids))) => Subnets::FirstWithCapacity(ids),
-                        (Some(_), Some(_)) => {
-                            self.sink.error(
-                            span,
-                            field,
-                            "both `subnet_id` and `subnet_ids` are set; use `subnet_ids` alone for several",
-                        );
-                            return None;
-                        }
-                        (None, Some(_)) => return None,
-                    },
-                    tags: match m[const { at("tags") }].take() {
-                        Some(Val::StrMap(t)) if t.len() > MAX_USER_TAGS => {
-                            self.sink.error(
-                            span,
-                            field.key("tags"),
-                            format!(
-                                "{} tags with those inherited from [defaults]; EC2 allows 50 per instance, of which rallyctl sets 6: at most {MAX_USER_TAGS}",
-                                t.len()
-                            ),
-                        );
-                            return None;
-                        }
-                        Some(Val::StrMap(t)) => t,
-                        _ => SortedMap::default(),
-                    },
-                }
-            }),
-            ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
-                hosts: texts(&mut m, const { at("hosts") }),
-                ssh_key: text(&mut m, const { at("ssh_key") }),
-                ssh_known_hosts: text(&mut m, const { at("ssh_known_hosts") }),
-                ssh_port,
-                ssh_user: text(&mut m, const { at("ssh_user") }),
-            }),
-            ProviderKind::Local => MachineSettings::Local,
-        };
-        let repeat = Repeat {
-            count: match m[const { at("repetitions") }] {
-                Some(Val::Repetitions(n)) => n,
-                _ => NonZeroU32::MIN,
-            },
-            on: match m[const { at("repeat_on") }] {
-                Some(Val::RepeatOn(on)) => on,
-                _ => RepeatOn::Same,
-            },
-        };
-        let settings = Settings {
-            car: text(&mut m, const { at("car") }),
-            car_params: json_map(&mut m, const { at("car_params") }),
-            challenge: text(&mut m, const { at("challenge") }),
-            client_options: text(&mut m, const { at("client_options") }),
-            distribution_version: text(&mut m, const { at("distribution_version") }),
-            max_runtime: match m[const { at("max_runtime") }] {
-                Some(Val::Duration(d)) => d,
-                _ => unreachable!("{built_in}"),
-            },
-            stall_timeout: match m[const { at("stall_timeout") }] {
-                Some(Val::Duration(d)) => d,
-                _ => unreachable!("{built_in}"),
-            },
-            offline: matches!(m[const { at("offline") }], Some(Val::Bool(true))),
-            pipeline: text(&mut m, const { at("pipeline") }),
-            rally_args: texts(&mut m, const { at("rally_args") }),
-            rally_config: match m[const { at("rally_config") }].take() {
-                Some(Val::Path(p)) => RallyConfig::File(p),
-                _ => RallyConfig::BuiltIn,
-            },
-            rally_version: text(&mut m, const { at("rally_version") }).expect(built_in),
-            remote_dir: text(&mut m, const { at("remote_dir") }).expect(built_in),
-            runtime_jdk: text(&mut m, const { at("runtime_jdk") }),
-            target_hosts: texts(&mut m, const { at("target_hosts") }),
-            track: track?,
-            track_params: json_map(&mut m, const { at("track_params") }),
-            machine,
-        };
-        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
-        Some((settings, repeat, reuse))
-    }
-
-    /// An aws test's market; `max_price` and `on_interruption` mean something only for spot.
-    fn market(&mut self, m: &mut Raw, span: &Range<usize>, field: Field<'_>) -> Option<Market> {
-        let max_price = text(m, const { at("max_price") });
-        let on_interruption = match m[const { at("on_interruption") }].take() {
-            Some(Val::Market(kind)) => Some(kind),
-            _ => None,
-        };
-        match m[const { at("market") }].take() {
-            Some(Val::Market(MarketKind::Spot)) => Some(Market::Spot(SpotOptions {
-                max_price,
-                on_interruption: on_interruption.unwrap_or(MarketKind::OnDemand),
-            })),
-            _ => {
-                for (key, set) in [
-                    ("max_price", max_price.is_some()),
-                    ("on_interruption", on_interruption.is_some()),
-                ] {
-                    if set {
-                        self.sink.error_with_help(
-                            span,
-                            field.key(key),
-                            format!("`{key}` is only read for spot instances"),
-                            "set market = \"spot\", or leave it out",
-                        );
-                    }
-                }
-                (max_price.is_none() && on_interruption.is_none()).then_some(Market::OnDemand)
-            }
-        }
-    }
-
     /// Reports a setting (the `SETTINGS` index `i`) that `provider` does not read.
     fn foreign_key(
         &mut self,
@@ -1726,7 +707,7 @@ impl<'n> Loader<'_, '_> {
         provider: ProviderKind,
         field: Field<'_>,
     ) {
-        let key = SETTINGS[i].0;
+        let key = SETTINGS[i].name;
         let owners: Vec<&str> = [ProviderKind::Aws, ProviderKind::Ssh]
             .into_iter()
             .filter(|p| applies(i, *p))
@@ -1758,52 +739,32 @@ impl<'n> Loader<'_, '_> {
         }
     }
 
-    /// A string naming one of `choices`; anything else is reported as not `what`, with the
-    /// `expected` spellings.
-    fn one_of(
-        &mut self,
-        node: &'n Node<'n>,
-        field: Field<'_>,
-        choices: &[(&str, Val)],
-        what: &str,
-        expected: &str,
-    ) -> Option<Val> {
-        let text = self.string(node, field)?;
-        match choices.iter().find(|(name, _)| *name == text) {
-            Some((_, val)) => Some(val.clone()),
-            None => {
-                self.sink.error(
-                    &node.span,
-                    field,
-                    format!("`{text}` is not {what}; expected {expected}"),
-                );
-                None
-            }
-        }
-    }
-
-    fn string(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n str> {
+    pub(super) fn string(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n str> {
         match &node.kind {
             Kind::String(s) => Some(s),
             other => self.expected(&node.span, field, "a string", other),
         }
     }
 
-    fn table(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n [Entry<'n>]> {
+    pub(super) fn table(
+        &mut self,
+        node: &'n Node<'n>,
+        field: Field<'_>,
+    ) -> Option<&'n [Entry<'n>]> {
         match &node.kind {
             Kind::Table(entries) => Some(entries),
             other => self.expected(&node.span, field, "a table", other),
         }
     }
 
-    fn array(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n [Node<'n>]> {
+    pub(super) fn array(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n [Node<'n>]> {
         match &node.kind {
             Kind::Array(items) => Some(items),
             other => self.expected(&node.span, field, "an array", other),
         }
     }
 
-    fn expected<T>(
+    pub(super) fn expected<T>(
         &mut self,
         span: &Range<usize>,
         field: Field<'_>,
@@ -1844,7 +805,7 @@ impl<'n> Loader<'_, '_> {
     }
 
     /// TOML refuses duplicate keys itself; JSON parsers keep the last, which would hide a typo.
-    fn duplicate_keys(&mut self, entries: &[Entry<'_>], field: Field<'_>) {
+    pub(super) fn duplicate_keys(&mut self, entries: &[Entry<'_>], field: Field<'_>) {
         if self.format != Format::Json {
             return;
         }
@@ -1861,64 +822,10 @@ impl<'n> Loader<'_, '_> {
     }
 }
 
-fn empty() -> Raw {
-    std::array::from_fn(|_| None)
-}
-
-/// `over`'s values, else `base`'s; maps merge key by key so that a test can add one tag without
-/// repeating the rest (`over`'s entries come last and win). A table that sets one of
-/// [`ALTERNATIVES`] inherits neither.
-fn overlay(base: &Raw, mut over: Raw) -> Raw {
-    let not_inherited: Vec<usize> = ALTERNATIVES
-        .iter()
-        .filter(|pair| pair.iter().any(|&i| over[i].is_some()))
-        .flatten()
-        .copied()
-        .collect();
-    std::array::from_fn(|i| match (over[i].take(), &base[i]) {
-        (None, _) if not_inherited.contains(&i) => None,
-        (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
-            Some(Val::StrMap(base.overlaid(&over)))
-        }
-        (Some(Val::JsonMap(over)), Some(Val::JsonMap(base))) => {
-            Some(Val::JsonMap(base.overlaid(&over)))
-        }
-        (Some(val), _) => Some(val),
-        (None, base) => base.clone(),
-    })
-}
-
-fn text(m: &mut Raw, i: usize) -> Option<Text> {
-    match m[i].take() {
-        Some(Val::Str(s)) => Some(s),
-        _ => None,
-    }
-}
-
-fn texts(m: &mut Raw, i: usize) -> Arc<[Text]> {
-    match m[i].take() {
-        Some(Val::Strs(v)) => v,
-        _ => Arc::new([]),
-    }
-}
-
-fn json_map(m: &mut Raw, i: usize) -> SortedMap<serde_json::Value> {
-    match m[i].take() {
-        Some(Val::JsonMap(map)) => map,
-        _ => SortedMap::default(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::{MachineSettings, Market, MarketKind, SpotOptions, Subnets, TrackSource};
     use super::*;
-
-    #[test]
-    fn settings_keys_are_sorted_for_binary_search() {
-        assert!(SETTINGS.windows(2).all(|w| w[0].0 < w[1].0));
-        assert_eq!(setting("region"), Some(at("region")));
-        assert_eq!(setting("regio"), None);
-    }
 
     /// Four suites of tests, enough to be read on all cores; with `mistakes`, a wrong type in
     /// suite 0, an unknown key in suite 2 and a fourth suite named like the first.

@@ -6,10 +6,15 @@
 //! whole. All problems are collected and reported together ([`diag`]).
 
 pub mod diag;
+mod document;
 mod json_doc;
 mod load;
+mod locate;
+mod merge;
+pub mod settings;
 pub mod source;
 pub(crate) mod toml_doc;
+mod values;
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -21,10 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 pub use diag::{Diagnostic, PlanErrors};
-pub use load::Finding;
-
-/// How long a race's logs may stay silent before it counts as stalled (`stall_timeout`).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub use locate::Finding;
 
 /// The plan format version this rallyctl reads.
 pub const PLAN_VERSION: i64 = 1;
@@ -43,6 +45,9 @@ pub struct Plan {
     /// `[backend]`: where the workspace's state and results live; local files when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<S3Config>,
+    /// What the plan allows but likely does not mean, for `validate` and `plan` to show.
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// `[backend] s3 = {...}`: a bucket, and a prefix in it, holding a workspace's state and
@@ -616,7 +621,7 @@ impl From<Settings> for FlatSettings {
             ssh_known_hosts: None,
             ssh_port: None,
             ssh_user: None,
-            stall_timeout: (s.stall_timeout != DEFAULT_STALL_TIMEOUT).then_some(s.stall_timeout),
+            stall_timeout: (s.stall_timeout != settings::STALL_TIMEOUT).then_some(s.stall_timeout),
             subnet_id: None,
             subnet_ids: None,
             tags: None,
@@ -684,8 +689,11 @@ impl TryFrom<FlatSettings> for Settings {
                 },
                 region: f.region.clone().ok_or_else(|| missing("region"))?,
                 security_group_ids: f.security_group_ids.clone().unwrap_or_default(),
-                ssh_port: f.ssh_port.unwrap_or(22),
-                ssh_user: f.ssh_user.clone().unwrap_or_else(|| "ec2-user".into()),
+                ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
+                ssh_user: f
+                    .ssh_user
+                    .clone()
+                    .unwrap_or_else(|| settings::AWS_SSH_USER.into()),
                 subnets: match (f.subnet_ids.clone(), f.subnet_id.clone().flatten()) {
                     (Some(ids), _) => Subnets::FirstWithCapacity(ids),
                     (None, Some(id)) => Subnets::One(id),
@@ -697,7 +705,7 @@ impl TryFrom<FlatSettings> for Settings {
                 hosts: f.hosts.clone().ok_or_else(|| missing("hosts"))?,
                 ssh_key: f.ssh_key.clone(),
                 ssh_known_hosts: f.ssh_known_hosts.clone(),
-                ssh_port: f.ssh_port.unwrap_or(22),
+                ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
                 ssh_user: f.ssh_user.clone(),
             }),
             ProviderKind::Local => MachineSettings::Local,
@@ -716,7 +724,7 @@ impl TryFrom<FlatSettings> for Settings {
             rally_version: f.rally_version,
             remote_dir: f.remote_dir,
             runtime_jdk: f.runtime_jdk,
-            stall_timeout: f.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT),
+            stall_timeout: f.stall_timeout.unwrap_or(settings::STALL_TIMEOUT),
             target_hosts: f.target_hosts,
             track: f.track,
             track_params: f.track_params,
@@ -881,12 +889,12 @@ impl Plan {
 
     /// A file's bytes as a plan file is read: bounded in size, without a byte-order mark.
     pub fn read_bytes(path: &Path) -> Result<Vec<u8>, PlanErrors> {
-        load::read_bytes(path)
+        document::read_bytes(path)
     }
 
     /// A plan file's text, for [`Plan::parse`]; a saved plan is refused as not being one.
     pub fn read(path: &Path) -> Result<String, PlanErrors> {
-        load::read(path)
+        document::read(path)
     }
 
     /// The workspace name a TOML plan gives before its first table, read without parsing or
@@ -894,7 +902,7 @@ impl Plan {
     /// can start while the plan is validated. `None` for JSON plans, or when the name is not
     /// a plain string there; [`Plan::parse`] has the last word either way.
     pub fn peek_name(path: &Path, text: &str) -> Option<String> {
-        if load::format_of(path) != source::Format::Toml {
+        if document::format_of(path) != source::Format::Toml {
             return None;
         }
         match toml_doc::parse_head(text).ok()?.kind {
@@ -926,10 +934,10 @@ impl Plan {
     }
 
     /// Problems found outside the plan file (in a provider's account), as diagnostics where
-    /// the file writes each value ([`load::locate`]).
+    /// the file writes each value ([`locate::locate`]).
     pub fn locate(&self, findings: &[Finding<'_>]) -> Result<PlanErrors, PlanErrors> {
         let text = Plan::read(&self.source)?;
-        Ok(load::locate(&self.source, &text, findings))
+        Ok(locate::locate(&self.source, &text, findings))
     }
 
     /// Makes the paths of a plan read back from a saved plan readable from here: relative ones

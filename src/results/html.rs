@@ -30,8 +30,8 @@ h1{margin-bottom:.2em}
 .meta{color:#555}
 .wide{overflow-x:auto}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;white-space:nowrap}
-td.long{white-space:normal;min-width:14em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+td.long{min-width:10em;overflow-wrap:anywhere}
 td.lines{white-space:pre}
 th{background:#f2f2f2;white-space:normal}
 td.num{text-align:right}
@@ -63,7 +63,7 @@ fn table(header: &[&str], rows: &[Vec<Field>]) -> String {
                 Some(Tone::Pending) => Some("pending"),
                 None => None,
             });
-            // Numbers and names stay on one line; only prose (errors) may wrap.
+            // Cells wrap at spaces where the page is too narrow; ids and numbers hold none.
             if f.text.contains('\n') {
                 // A percentile per line, as in the terminal.
                 classes.push("lines");

@@ -69,11 +69,9 @@ fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String
         }
     }
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0; columns];
-    for row in &rows {
-        for (w, f) in widths.iter_mut().zip(row) {
-            *w = (*w).max(f.text.lines().map(width).max().unwrap_or(0));
-        }
+    let mut widths = column_widths(&rows);
+    if !markdown && let Some(limit) = terminal_width() {
+        fit(&mut rows, &mut widths, limit);
     }
     let rule = |left: &str, fill: &str, mid: &str, right: &str| -> String {
         let parts: Vec<String> = widths.iter().map(|w| fill.repeat(w + 2)).collect();
@@ -127,6 +125,165 @@ fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String
     }
     if !markdown {
         out.push_str(&rule("└", "─", "┴", "┘"));
+    }
+    out
+}
+
+/// The widest line of each column's cells.
+fn column_widths(rows: &[Vec<Field>]) -> Vec<usize> {
+    let mut widths = vec![0; rows.iter().map(Vec::len).max().unwrap_or(0)];
+    for row in rows {
+        for (w, f) in widths.iter_mut().zip(row) {
+            *w = (*w).max(f.text.lines().map(width).max().unwrap_or(0));
+        }
+    }
+    widths
+}
+
+/// The columns a line of a terminal table of these rows takes: `│` + ` cell ┆` per column.
+fn line_width(widths: &[usize]) -> usize {
+    widths.iter().map(|w| w + 3).sum::<usize>() + 1
+}
+
+/// [`human_table`], in the narrow layout ([`folded`]) when the terminal is too narrow for the
+/// table laid out whole.
+fn narrowing_table(
+    format: Format,
+    header: &[&str],
+    rows: Vec<Vec<Field>>,
+    facts: std::ops::Range<usize>,
+) -> String {
+    match terminal_width() {
+        Some(limit) if format == Format::Table && line_width(&column_widths(&rows)) > limit => {
+            let (header, rows) = folded(header, rows, facts);
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            human_table(format, &header, rows)
+        }
+        _ => human_table(format, header, rows),
+    }
+}
+
+/// The narrow layout: the cells of `facts` written under the first column's, one a line (empty
+/// ones left out), so a table keeps its measurements side by side in fewer columns.
+fn folded(
+    header: &[&str],
+    rows: Vec<Vec<Field>>,
+    facts: std::ops::Range<usize>,
+) -> (Vec<String>, Vec<Vec<Field>>) {
+    let stack = |cells: Vec<&str>| {
+        cells
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut head = vec![stack(
+        std::iter::once(header[0])
+            .chain(header[facts.clone()].iter().copied())
+            .collect(),
+    )];
+    head.extend(header[facts.end..].iter().map(|h| (*h).to_owned()));
+    let rows = rows
+        .into_iter()
+        .map(|mut row| {
+            let rest = row.split_off(facts.end.min(row.len()));
+            let facts: Vec<Field> = row.drain(facts.start.min(row.len())..).collect();
+            let first = row.into_iter().next().unwrap_or_else(|| plain(""));
+            let text = stack(
+                std::iter::once(first.text.as_str())
+                    .chain(facts.iter().map(|f| f.text.as_str()))
+                    .collect(),
+            );
+            // The status's tone (failed, racing) is the one worth keeping on the stacked cell.
+            let tone = first.tone.or(facts.iter().find_map(|f| f.tone));
+            std::iter::once(toned(text, tone)).chain(rest).collect()
+        })
+        .collect();
+    (head, rows)
+}
+
+/// The width a terminal table must fit in: the terminal's when stdout is one, else `COLUMNS`
+/// when set (as `ls` reads it); none when written to a pipe or file without it, so programs
+/// reading the table get whole cells.
+fn terminal_width() -> Option<usize> {
+    let term = console::Term::stdout();
+    if term.is_term() {
+        return Some(usize::from(term.size().1));
+    }
+    std::env::var("COLUMNS").ok()?.trim().parse().ok()
+}
+
+/// A column is never wrapped narrower than this: a table wider than its terminal even so is
+/// better than one word a line.
+const MIN_COLUMN: usize = 8;
+
+/// Narrows the widest columns, wrapping their cells at spaces, until a table line fits in
+/// `limit` columns: first no narrower than a column's longest word, then, if it must, down to
+/// [`MIN_COLUMN`], cutting words.
+fn fit(rows: &mut [Vec<Field>], widths: &mut [usize], limit: usize) {
+    let natural = widths.to_vec();
+    let mut words = vec![0; widths.len()];
+    for row in rows.iter() {
+        for (w, f) in words.iter_mut().zip(row) {
+            *w = (*w).max(f.text.split([' ', '\n']).map(width).max().unwrap_or(0));
+        }
+    }
+    for floor in [words, vec![MIN_COLUMN; widths.len()]] {
+        while line_width(widths) > limit {
+            let Some((widest, _)) = widths
+                .iter()
+                .enumerate()
+                .filter(|(c, w)| **w > floor[*c].max(MIN_COLUMN))
+                .max_by_key(|(c, w)| (**w, std::cmp::Reverse(*c)))
+            else {
+                break;
+            };
+            widths[widest] -= 1;
+        }
+    }
+    for (c, (w, n)) in widths.iter().zip(&natural).enumerate() {
+        if w < n {
+            for row in rows.iter_mut() {
+                if let Some(f) = row.get_mut(c) {
+                    f.text = wrap(&f.text, *w);
+                }
+            }
+        }
+    }
+}
+
+/// `text`'s lines broken at spaces so that none is wider than `columns`.
+fn wrap(text: &str, columns: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, line) in text.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut used = 0;
+        for word in line.split(' ') {
+            let mut word = word;
+            if used > 0 && used + 1 + width(word) <= columns {
+                out.push(' ');
+                used += 1;
+            } else if used > 0 {
+                out.push('\n');
+                used = 0;
+            }
+            while width(word) > columns {
+                let cut = word
+                    .char_indices()
+                    .map(|(at, _)| at)
+                    .take_while(|at| width(&word[..*at]) <= columns)
+                    .last()
+                    .filter(|at| *at > 0)
+                    .unwrap_or_else(|| word.chars().next().map_or(word.len(), char::len_utf8));
+                out.push_str(&word[..cut]);
+                out.push('\n');
+                word = &word[cut..];
+            }
+            out.push_str(word);
+            used += width(word);
+        }
     }
     out
 }
@@ -261,7 +418,7 @@ pub fn results(view: &RunView, format: Format) -> String {
         Format::Json => json(&with_summaries(view)),
         Format::Csv => results_csv(view),
         Format::Table | Format::Markdown => {
-            let mut out = human_table(format, &RESULT_HEADER, result_rows(view));
+            let mut out = narrowing_table(format, &RESULT_HEADER, result_rows(view), TEST_FACTS);
             if view.tests.is_empty() {
                 out.push_str("No tests in state yet.\n");
             }
@@ -278,6 +435,10 @@ pub fn results(view: &RunView, format: Format) -> String {
         }
     }
 }
+
+/// The columns of [`RESULT_HEADER`] that say what a test's race was rather than what it
+/// measured: in a terminal too narrow for the table they move under the test's name.
+const TEST_FACTS: std::ops::Range<usize> = 1..6;
 
 pub const RESULT_HEADER: [&str; 11] = [
     "test",
@@ -850,7 +1011,9 @@ pub fn comparison(c: &Comparison, format: Format) -> String {
             csv_text(w)
         }
         Format::Table | Format::Markdown => {
-            let mut out = human_table(format, &COMPARISON_HEADER, all_comparison_rows(&c.rows));
+            // Narrow: a task under its test.
+            let rows = all_comparison_rows(&c.rows);
+            let mut out = narrowing_table(format, &COMPARISON_HEADER, rows, 1..2);
             out.push_str(&format!("\n{}\n", comparison_summary(c)));
             for note in comparison_notes(c) {
                 out.push_str(&note);
@@ -925,4 +1088,44 @@ pub fn inconclusive(rows: &[&Row], min_effect_pct: f64) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapping_breaks_at_spaces_and_cuts_only_words_wider_than_the_column() {
+        assert_eq!(wrap("a bb ccc dddd", 6), "a bb\nccc\ndddd");
+        assert_eq!(
+            wrap("results/e2e/run/ingest/report.csv:5", 12),
+            "results/e2e/\nrun/ingest/r\neport.csv:5"
+        );
+        assert_eq!(wrap("one\ntwo three", 9), "one\ntwo three");
+        assert_eq!(wrap("µs µs µs", 5), "µs µs\nµs");
+    }
+
+    #[test]
+    fn a_table_wider_than_its_terminal_wraps_its_widest_columns_to_fit() {
+        let long = "error: results/e2e/20261124T081500Z-aaaaaa/ingest/garbled/report.csv:5: `1O00` is not a number";
+        let rows = vec![vec![
+            plain("ingest.garbled"),
+            plain("completed"),
+            plain(long),
+        ]];
+        let mut wrapped = rows.clone();
+        let mut widths = vec![14, 9, width(long)];
+        fit(&mut wrapped, &mut widths, 60);
+        assert_eq!(widths.iter().map(|w| w + 3).sum::<usize>() + 1, 60);
+        assert!(wrapped[0][2].text.lines().all(|l| width(l) <= widths[2]));
+        assert_eq!(
+            wrapped[0][0].text, "ingest.garbled",
+            "a narrow column stays whole"
+        );
+        // Too narrow for every column's minimum: columns stop at MIN_COLUMN, cells stay readable.
+        let mut widths = vec![14, 9, width(long)];
+        let mut rows = rows;
+        fit(&mut rows, &mut widths, 10);
+        assert_eq!(widths, vec![MIN_COLUMN, 9, MIN_COLUMN]);
+    }
 }

@@ -9,9 +9,10 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{InstanceType, LocationType};
 
+use super::instances::{LaunchRequest, run_request};
 use super::{
-    FILTER_VALUES, LaunchRequest, TAG_ATTEMPT, TAG_LINEAGE, TAG_RUN, TAG_TEST, TAG_WORKSPACE,
-    check_credentials, err, id_filter, run_request,
+    FILTER_VALUES, TAG_ATTEMPT, TAG_LINEAGE, TAG_RUN, TAG_TEST, TAG_WORKSPACE, check_credentials,
+    err, id_filter,
 };
 use crate::cost::{DEFAULT_VOLUME_TYPE, RootVolume};
 use crate::plan::{AwsSettings, Connect, Market, Subnets};

@@ -1,0 +1,357 @@
+//! Inheritance: a test's settings over `[defaults]` (and a suite's), the built-in defaults
+//! applied, and the typed [`Settings`] built and checked as a whole.
+
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use super::load::{Field, Loader};
+use super::settings::{self, ALTERNATIVES, SETTINGS, at, required};
+use super::values::{MAX_USER_TAGS, Raw, Val};
+use super::{
+    AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, RallyConfig, Repeat,
+    RepeatOn, Settings, SortedMap, SpotOptions, SshSettings, Subnets, Text, TrackSource,
+};
+
+pub(super) fn provider_of(raw: &Raw) -> ProviderKind {
+    match raw[const { at("provider") }] {
+        Some(Val::Provider(p)) => p,
+        _ => ProviderKind::default(),
+    }
+}
+
+impl Loader<'_, '_> {
+    /// Merges a test's settings over the defaults and built-ins and checks the result as a whole.
+    pub(super) fn merge(
+        &mut self,
+        defaults: &Raw,
+        test: Raw,
+        span: &Range<usize>,
+        field: Field<'_>,
+    ) -> Option<(Settings, Repeat, bool)> {
+        let provider = match &test[const { at("provider") }] {
+            Some(Val::Provider(p)) => *p,
+            _ => provider_of(defaults),
+        };
+        // A test on an AMI id of its own ignores the base AMI of [defaults]' baked image; its
+        // own `base_ami` is a mistake.
+        let own_base = test[const { at("base_ami") }].is_some();
+        let own = sets_timeouts(&test);
+        let mut m = overlay(defaults, test);
+        self.stall_check(defaults, own, &m, span, field);
+        // A provider written wrong leaves no way to tell which keys the test needs.
+        if matches!(m[const { at("provider") }], Some(Val::Invalid)) {
+            return None;
+        }
+        let mut ok = true;
+        for i in required(provider) {
+            if m[i].is_none() {
+                let key = SETTINGS[i].name;
+                self.sink.error(
+                    span,
+                    field,
+                    format!("missing required key `{key}` for provider = \"{provider}\" (set it in the test or in [defaults])"),
+                );
+                ok = false;
+            }
+        }
+        let track = match (
+            m[const { at("track") }].take(),
+            m[const { at("track_path") }].take(),
+        ) {
+            (Some(Val::Invalid), _) | (_, Some(Val::Invalid)) => None,
+            (Some(Val::Str(name)), None) => Some(TrackSource::Named(name)),
+            (None, Some(Val::Path(path))) => Some(TrackSource::Path(path)),
+            (Some(_), Some(_)) => {
+                self.sink.error(
+                    span,
+                    field,
+                    "both `track` and `track_path` are set; a test races one track",
+                );
+                None
+            }
+            _ => {
+                self.sink.error(
+                    span,
+                    field,
+                    "missing `track` (a track name) or `track_path` (a local track directory)",
+                );
+                None
+            }
+        };
+        if !ok || m.iter().any(|v| matches!(v, Some(Val::Invalid))) {
+            return None;
+        }
+        let ssh_port = match m[const { at("ssh_port") }] {
+            Some(Val::Port(p)) => p,
+            _ => settings::SSH_PORT,
+        };
+        let machine = match provider {
+            ProviderKind::Aws => MachineSettings::Aws({
+                let ami = text(&mut m, const { at("ami") })?;
+                let base_ami = text(&mut m, const { at("base_ami") });
+                let baked = &*ami == super::BAKED;
+                let base_ami = base_ami.filter(|_| baked || own_base);
+                match (baked, &base_ami) {
+                    (true, None) => {
+                        self.sink.error(
+                            span,
+                            field,
+                            "`ami = \"baked\"` needs `base_ami`: the AMI `rallyctl bake` bakes the image from",
+                        );
+                        return None;
+                    }
+                    (false, Some(_)) => {
+                        self.sink.error(
+                            span,
+                            field.key("base_ami"),
+                            "`base_ami` is read only with `ami = \"baked\"`; with an AMI id, leave it out",
+                        );
+                        return None;
+                    }
+                    _ => {}
+                }
+                AwsSettings {
+                    ami,
+                    base_ami,
+                    image: None,
+                    connect: match m[const { at("connect") }] {
+                        Some(Val::Connect(c)) => c,
+                        _ => Connect::PublicIp,
+                    },
+                    instance_type: text(&mut m, const { at("instance_type") })?,
+                    market: self.market(&mut m, span, field)?,
+                    region: text(&mut m, const { at("region") })?,
+                    security_group_ids: texts(&mut m, const { at("security_group_ids") }),
+                    ssh_port,
+                    ssh_user: text(&mut m, const { at("ssh_user") })
+                        .unwrap_or_else(|| BUILT_IN.aws_ssh_user.clone()),
+                    subnets: match (
+                        text(&mut m, const { at("subnet_id") }),
+                        m[const { at("subnet_ids") }].take(),
+                    ) {
+                        (None, None) => Subnets::Default,
+                        (Some(one), None) => Subnets::One(one),
+                        (None, Some(Val::Strs(ids))) if ids.is_empty() => {
+                            self.sink.error(
+                            span,
+                            field.key("subnet_ids"),
+                            "`subnet_ids` is empty; name at least one subnet, or leave it out for the default subnet",
+                        );
+                            return None;
+                        }
+                        (None, Some(Val::Strs(ids))) => Subnets::FirstWithCapacity(ids),
+                        (Some(_), Some(_)) => {
+                            self.sink.error(
+                            span,
+                            field,
+                            "both `subnet_id` and `subnet_ids` are set; use `subnet_ids` alone for several",
+                        );
+                            return None;
+                        }
+                        (None, Some(_)) => return None,
+                    },
+                    tags: match m[const { at("tags") }].take() {
+                        Some(Val::StrMap(t)) if t.len() > MAX_USER_TAGS => {
+                            self.sink.error(
+                            span,
+                            field.key("tags"),
+                            format!(
+                                "{} tags with those inherited from [defaults]; EC2 allows 50 per instance, of which rallyctl sets 6: at most {MAX_USER_TAGS}",
+                                t.len()
+                            ),
+                        );
+                            return None;
+                        }
+                        Some(Val::StrMap(t)) => t,
+                        _ => SortedMap::default(),
+                    },
+                }
+            }),
+            ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
+                hosts: texts(&mut m, const { at("hosts") }),
+                ssh_key: text(&mut m, const { at("ssh_key") }),
+                ssh_known_hosts: text(&mut m, const { at("ssh_known_hosts") }),
+                ssh_port,
+                ssh_user: text(&mut m, const { at("ssh_user") }),
+            }),
+            ProviderKind::Local => MachineSettings::Local,
+        };
+        let repeat = Repeat {
+            count: match m[const { at("repetitions") }] {
+                Some(Val::Repetitions(n)) => n,
+                _ => NonZeroU32::MIN,
+            },
+            on: match m[const { at("repeat_on") }] {
+                Some(Val::RepeatOn(on)) => on,
+                _ => RepeatOn::Same,
+            },
+        };
+        let settings = Settings {
+            car: text(&mut m, const { at("car") }),
+            car_params: json_map(&mut m, const { at("car_params") }),
+            challenge: text(&mut m, const { at("challenge") }),
+            client_options: text(&mut m, const { at("client_options") }),
+            distribution_version: text(&mut m, const { at("distribution_version") }),
+            max_runtime: max_runtime(&m),
+            stall_timeout: stall_timeout(&m),
+            offline: matches!(m[const { at("offline") }], Some(Val::Bool(true))),
+            pipeline: text(&mut m, const { at("pipeline") }),
+            rally_args: texts(&mut m, const { at("rally_args") }),
+            rally_config: match m[const { at("rally_config") }].take() {
+                Some(Val::Path(p)) => RallyConfig::File(p),
+                _ => RallyConfig::BuiltIn,
+            },
+            rally_version: text(&mut m, const { at("rally_version") })
+                .unwrap_or_else(|| BUILT_IN.rally_version.clone()),
+            remote_dir: text(&mut m, const { at("remote_dir") })
+                .unwrap_or_else(|| BUILT_IN.remote_dir.clone()),
+            runtime_jdk: text(&mut m, const { at("runtime_jdk") }),
+            target_hosts: texts(&mut m, const { at("target_hosts") }),
+            track: track?,
+            track_params: json_map(&mut m, const { at("track_params") }),
+            machine,
+        };
+        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
+        Some((settings, repeat, reuse))
+    }
+
+    /// An aws test's market; `max_price` and `on_interruption` mean something only for spot.
+    fn market(&mut self, m: &mut Raw, span: &Range<usize>, field: Field<'_>) -> Option<Market> {
+        let max_price = text(m, const { at("max_price") });
+        let on_interruption = match m[const { at("on_interruption") }].take() {
+            Some(Val::Market(kind)) => Some(kind),
+            _ => None,
+        };
+        match m[const { at("market") }].take() {
+            Some(Val::Market(MarketKind::Spot)) => Some(Market::Spot(SpotOptions {
+                max_price,
+                on_interruption: on_interruption.unwrap_or(MarketKind::OnDemand),
+            })),
+            _ => {
+                for (key, set) in [
+                    ("max_price", max_price.is_some()),
+                    ("on_interruption", on_interruption.is_some()),
+                ] {
+                    if set {
+                        self.sink.error_with_help(
+                            span,
+                            field.key(key),
+                            format!("`{key}` is only read for spot instances"),
+                            "set market = \"spot\", or leave it out",
+                        );
+                    }
+                }
+                (max_price.is_none() && on_interruption.is_none()).then_some(Market::OnDemand)
+            }
+        }
+    }
+}
+
+fn max_runtime(raw: &Raw) -> Duration {
+    match raw[const { at("max_runtime") }] {
+        Some(Val::Duration(d)) => d,
+        _ => settings::MAX_RUNTIME,
+    }
+}
+
+fn stall_timeout(raw: &Raw) -> Duration {
+    match raw[const { at("stall_timeout") }] {
+        Some(Val::Duration(d)) => d,
+        _ => settings::STALL_TIMEOUT,
+    }
+}
+
+/// Whether a table sets `stall_timeout` or `max_runtime` itself.
+pub(super) fn sets_timeouts(own: &Raw) -> bool {
+    own[const { at("stall_timeout") }].is_some() || own[const { at("max_runtime") }].is_some()
+}
+
+impl Loader<'_, '_> {
+    /// Warns when the settings of a table (`merged`, over `base`) let a race's machine run out
+    /// before a silent race would count as stalled: where the table brings it about (it sets
+    /// either itself, `own`), not again in every table that inherits it.
+    pub(super) fn stall_check(
+        &mut self,
+        base: &Raw,
+        own: bool,
+        merged: &Raw,
+        span: &Range<usize>,
+        field: Field<'_>,
+    ) {
+        let outlasts = |raw: &Raw| stall_timeout(raw) >= max_runtime(raw);
+        if outlasts(merged) && (own || !outlasts(base)) {
+            self.sink.warning(
+                span,
+                field,
+                format!(
+                    "`stall_timeout` ({}) is not shorter than `max_runtime` ({}): a race that falls silent runs until its machine's time is up, and is never stopped as stalled",
+                    humantime::format_duration(stall_timeout(merged)),
+                    humantime::format_duration(max_runtime(merged)),
+                ),
+            );
+        }
+    }
+}
+
+/// The built-in defaults that are text, made once: every test that takes one shares it.
+struct BuiltIn {
+    rally_version: Text,
+    remote_dir: Text,
+    aws_ssh_user: Text,
+}
+
+static BUILT_IN: LazyLock<BuiltIn> = LazyLock::new(|| BuiltIn {
+    rally_version: settings::RALLY_VERSION.into(),
+    remote_dir: settings::REMOTE_DIR.into(),
+    aws_ssh_user: settings::AWS_SSH_USER.into(),
+});
+
+pub(super) fn empty() -> Raw {
+    std::array::from_fn(|_| None)
+}
+
+/// `over`'s values, else `base`'s; maps merge key by key so that a test can add one tag without
+/// repeating the rest (`over`'s entries come last and win). A table that sets one of
+/// [`ALTERNATIVES`] inherits neither.
+pub(super) fn overlay(base: &Raw, mut over: Raw) -> Raw {
+    let not_inherited: Vec<usize> = ALTERNATIVES
+        .iter()
+        .filter(|pair| pair.iter().any(|&i| over[i].is_some()))
+        .flatten()
+        .copied()
+        .collect();
+    std::array::from_fn(|i| match (over[i].take(), &base[i]) {
+        (None, _) if not_inherited.contains(&i) => None,
+        (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
+            Some(Val::StrMap(base.overlaid(&over)))
+        }
+        (Some(Val::JsonMap(over)), Some(Val::JsonMap(base))) => {
+            Some(Val::JsonMap(base.overlaid(&over)))
+        }
+        (Some(val), _) => Some(val),
+        (None, base) => base.clone(),
+    })
+}
+
+fn text(m: &mut Raw, i: usize) -> Option<Text> {
+    match m[i].take() {
+        Some(Val::Str(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn texts(m: &mut Raw, i: usize) -> Arc<[Text]> {
+    match m[i].take() {
+        Some(Val::Strs(v)) => v,
+        _ => Arc::new([]),
+    }
+}
+
+fn json_map(m: &mut Raw, i: usize) -> SortedMap<serde_json::Value> {
+    match m[i].take() {
+        Some(Val::JsonMap(map)) => map,
+        _ => SortedMap::default(),
+    }
+}
