@@ -466,7 +466,7 @@ async fn release(ctx: &Ctx<'_>, index: usize, settings: &Settings) -> Result<(),
         .map_err(provider_failed(BakeStep::Terminating))?;
     ctx.state.update(|s| {
         if let Some(m) = &mut s.images[index].instance {
-            m.terminated_at = Some(jiff::Timestamp::now());
+            m.released_at = Some(jiff::Timestamp::now());
         }
     })?;
     Ok(())

@@ -150,7 +150,7 @@ pub async fn destroy<P: Provider>(
                 (t.bake.as_ref()).and_then(|name| s.images.iter_mut().find(|i| &i.name == name))
             {
                 if let Some(m) = &mut image.instance {
-                    m.terminated_at = Some(jiff::Timestamp::now());
+                    m.released_at = Some(jiff::Timestamp::now());
                 }
                 if image.step != BakeStep::Available {
                     image.error = Some("its instance was terminated by `rallyctl destroy`".into());

@@ -409,7 +409,7 @@ async fn race_again<P: Provider>(
                 r.reclaimed = reclaimed;
                 r.race_id = Some(Uuid::new_v4());
                 r.results.clear();
-                r.instance = None;
+                r.machine = None;
                 r.set_status(Status::InProgress {
                     step: Step::Launching,
                 });
@@ -524,7 +524,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             acquire(ctx, owner, &ctx.artifacts[&owner.address], &record).await?;
             checkpoint(ctx, &owner.address, Step::Booting)?;
             let machine = record_of(ctx, &owner.address)?
-                .instance
+                .machine
                 .ok_or_else(|| failed(Step::Launching, "state names no machine for this test"))?;
             (owner, machine)
         }
@@ -538,7 +538,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             if r.live_machine().is_none_or(|m| m.id != machine.id) {
                 let mut own = machine.clone();
                 own.run_dir = Some(run_dir(test, workspace, r));
-                r.instance = Some(own);
+                r.machine = Some(own);
             }
         }
     })?;
@@ -596,7 +596,7 @@ async fn race_rounds<'t, P: Provider>(
                 } => step,
                 _ => Step::Installing,
             };
-            let Some(machine) = record.instance.clone() else {
+            let Some(machine) = record.machine.clone() else {
                 let f = failure(from, "state names no machine for this test");
                 outcomes.push((test.address.clone(), Err(drop_out(ctx, test, f).await)));
                 continue;
@@ -666,7 +666,7 @@ fn raced_before<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> bool {
             let Some(r) = s.tests.get(&t.address) else {
                 return false;
             };
-            let Some(m) = &r.instance else {
+            let Some(m) = &r.machine else {
                 return false;
             };
             m.taken.is_some()
@@ -825,10 +825,10 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
             r.next_repetition();
             if step == Step::Launching {
                 r.attempt += 1;
-                r.instance = None;
+                r.machine = None;
             } else {
                 let dir = run_dir(test, workspace, r);
-                if let Some(m) = &mut r.instance {
+                if let Some(m) = &mut r.machine {
                     m.run_dir = Some(dir);
                 }
             }
@@ -937,7 +937,7 @@ async fn acquire<P: Provider>(
     machine.run_dir = Some(run_dir(test, &ctx.plan.name, &record));
     machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings, machine.spot);
     ctx.state
-        .record(&test.address, |r| r.instance = Some(machine))?;
+        .record(&test.address, |r| r.machine = Some(machine))?;
     Ok(())
 }
 
@@ -947,8 +947,8 @@ async fn acquire<P: Provider>(
 /// `destroy` all find it.
 fn keep<P: Provider>(ctx: &Ctx<P>, test: &Test, to: &Address) -> Result<(), Stop> {
     let kept = ctx.state.update(|s| {
-        let m = s.tests.get_mut(&test.address)?.instance.as_mut()?;
-        m.terminated_at.is_none().then(|| {
+        let m = s.tests.get_mut(&test.address)?.machine.as_mut()?;
+        m.released_at.is_none().then(|| {
             m.handover = Some(Handover::KeptFor(to.clone()));
             m.id.clone()
         })
@@ -1025,14 +1025,14 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
         let mut at = jiff::Timestamp::now();
         if let Some(r) = s.tests.get_mut(&from) {
             r.mark_released();
-            if let Some(m) = &mut r.instance {
+            if let Some(m) = &mut r.machine {
                 m.handover = Some(Handover::TakenBy(to.clone()));
                 // One instant: the giver's machine time ends where the taker's begins.
-                at = m.terminated_at.unwrap_or(at);
+                at = m.released_at.unwrap_or(at);
             }
         }
         if let Some(r) = s.tests.get_mut(to) {
-            r.instance = Some(Machine {
+            r.machine = Some(Machine {
                 run_dir: Some(run_dir(test, workspace, record)),
                 taken: Some(Taken {
                     from: from.clone(),
@@ -1040,7 +1040,7 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
                     left: machine.run_dir.clone(),
                 }),
                 handover: None,
-                terminated_at: None,
+                released_at: None,
                 ..machine.clone()
             });
         }
@@ -1084,13 +1084,13 @@ async fn scrub<P: Provider>(
 
 async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
     let machine = record_of(ctx, &test.address)?
-        .instance
+        .machine
         .ok_or_else(|| failed(Step::Booting, "state names no machine for this test"))?;
     let reachable = reachable(&ctx.provider, &ctx.cancel, &machine, &test.settings).await?;
     if let remote::Endpoint::Ssh(e) = &reachable.endpoint {
         let host = e.host.clone();
         ctx.state.record(&test.address, |r| {
-            if let Some(m) = &mut r.instance {
+            if let Some(m) = &mut r.machine {
                 m.address = Some(host);
             }
         })?;
@@ -1166,7 +1166,7 @@ async fn install<P: Provider>(
             .await
             .map_err(|e| failed(Step::Installing, e))?;
         ctx.state.record(&test.address, |r| {
-            if let Some(m) = &mut r.instance {
+            if let Some(m) = &mut r.machine {
                 m.expires_at = expires_at;
             }
         })?;

@@ -463,11 +463,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let [spent] = &record.spent[..] else {
                 panic!("{t}: {:?}", record.spent)
             };
-            let machine = record.instance.as_ref().unwrap();
+            let machine = record.machine.as_ref().unwrap();
             assert_eq!(Some(&spent.run_id), record.run_id.as_ref());
             assert_eq!(
                 (&spent.machine, spent.from, Some(spent.to)),
-                (&machine.id, machine.launched_at, machine.terminated_at)
+                (&machine.id, machine.launched_at, machine.released_at)
             );
             // The instance, the public IPv4 address it is reached by, its root volume.
             let price = (t == "b.t3")
@@ -700,7 +700,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             .unwrap();
         record.status = Status::InProgress { step };
         record.results.clear();
-        record.instance.as_mut().unwrap().terminated_at = None;
+        record.machine.as_mut().unwrap().released_at = None;
     }
 
     #[test]
@@ -891,7 +891,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         );
         let r = record(&bench, "a.t1");
         assert_eq!(r.earlier[0].machine, "m-t1-1");
-        assert_eq!(r.instance.as_ref().unwrap().id, "m-t1-2");
+        assert_eq!(r.machine.as_ref().unwrap().id, "m-t1-2");
         assert!(fake.held.lock().unwrap().is_empty());
     }
 
@@ -996,7 +996,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         let r = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
         r.race_id = Some(r.earlier[1].race_id);
         r.earlier.truncate(1);
-        let machine = r.instance.as_mut().unwrap();
+        let machine = r.machine.as_mut().unwrap();
         machine.run_dir = Some(machine.run_dir.as_ref().unwrap().replace("/1.3", "/1.2"));
         stopped_at(&mut bench, "a.t1", Step::Racing);
         let run_dir = bench.dir.path().join("results/unit").join(&first.run_id);
@@ -1154,7 +1154,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         x.status = Status::InProgress {
             step: Step::Terminating,
         };
-        x.instance.as_mut().unwrap().terminated_at = None;
+        x.machine.as_mut().unwrap().released_at = None;
         let before = challenges(&bench).len();
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
@@ -1200,13 +1200,13 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 "release m-t1-1"
             ]
         );
-        let t1 = record(&bench, "a.t1").instance.clone().unwrap();
-        let t2 = record(&bench, "b.t2").instance.clone().unwrap();
+        let t1 = record(&bench, "a.t1").machine.clone().unwrap();
+        let t2 = record(&bench, "b.t2").machine.clone().unwrap();
         assert_eq!(
             t1.handover,
             Some(Handover::TakenBy("b.t2".parse().unwrap()))
         );
-        assert!(t1.terminated_at.is_some(), "t1 no longer holds it");
+        assert!(t1.released_at.is_some(), "t1 no longer holds it");
         let taken = t2.taken.clone().unwrap();
         assert_eq!(
             (t2.id.as_str(), taken.from.to_string()),
@@ -1229,8 +1229,8 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// As if apply was killed after `t1` kept its machine and before `t2` began.
     fn kept_for_t2(bench: &mut Bench) {
         let t1 = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
-        let m = t1.instance.as_mut().unwrap();
-        m.terminated_at = None;
+        let m = t1.machine.as_mut().unwrap();
+        m.released_at = None;
         m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
         bench.state.tests.remove(&"b.t2".parse().unwrap());
     }
@@ -1245,7 +1245,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         // Nothing launched: the kept machine is taken, renewed and given back once.
         assert_eq!(fake.calls(), ["extend m-t1-1", "release m-t1-1"]);
         assert_eq!(
-            record(&bench, "b.t2").instance.as_ref().unwrap().id,
+            record(&bench, "b.t2").machine.as_ref().unwrap().id,
             "m-t1-1"
         );
     }

@@ -497,7 +497,7 @@ fn failure_in(
 fn read_recorded(address: &Address, record: &TestRecord, base: &Path) -> TestResult {
     let current = RacedOn {
         run: record.run_id.clone(),
-        machine: record.instance.as_ref().map(|m| m.id.clone()),
+        machine: record.machine.as_ref().map(|m| m.id.clone()),
     };
     let mut races: Vec<Files> = record
         .earlier
@@ -603,9 +603,9 @@ fn read_test(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         }),
-        zone: record.and_then(|r| r.instance.as_ref()?.zone.clone()),
+        zone: record.and_then(|r| r.machine.as_ref()?.zone.clone()),
         spot: record.is_some_and(|r| {
-            r.instance.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
+            r.machine.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
         }),
         repetitions: counted.len(),
         raced_on: counted.iter().map(|&i| races[i].raced_on.clone()).collect(),
