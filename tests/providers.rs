@@ -39,7 +39,7 @@ fn assert_no_aws_calls(h: &Harness) {
     assert!(calls.is_empty(), "rallyctl called AWS: {calls:?}");
 }
 
-/// `instance` of a state record, as the state file has it.
+/// `machine` of a state record, as the state file has it.
 fn machine_json(ws: &Workspace, address: &str) -> serde_json::Value {
     ws.state_json()["tests"][address]["machine"].clone()
 }
