@@ -13,10 +13,11 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, slug};
-use crate::lifecycle::{self, StateHandle, Stop};
+use crate::lifecycle::{self, Stop};
 use crate::plan::{MachineSettings, Plan, Settings, Test};
 use crate::provider::aws::ImageWait;
 use crate::provider::{Acquire, Fleet, Provider};
+use crate::state::StateHandle;
 use crate::state::{BakeKey, BakeStep, Image, Machine, State};
 use crate::templates::{ArtifactMap, Renderer};
 use crate::ui::Progress;
@@ -465,7 +466,7 @@ async fn release(ctx: &Ctx<'_>, index: usize, settings: &Settings) -> Result<(),
         .map_err(provider_failed(BakeStep::Terminating))?;
     ctx.state.update(|s| {
         if let Some(m) = &mut s.images[index].instance {
-            m.terminated_at = Some(jiff::Timestamp::now());
+            m.released_at = Some(jiff::Timestamp::now());
         }
     })?;
     Ok(())

@@ -5,9 +5,9 @@
 //! like any other; baked images are given back only when asked (`destroy --images`).
 
 use crate::address::Address;
-use crate::lifecycle::StateHandle;
 use crate::plan::Settings;
 use crate::provider::Provider;
+use crate::state::StateHandle;
 use crate::state::{BakeStep, Machine, State, Status};
 
 /// A machine destroy will give back.
@@ -169,7 +169,7 @@ pub async fn destroy<P: Provider>(
                 (t.bake.as_ref()).and_then(|name| s.images.iter_mut().find(|i| &i.name == name))
             {
                 if let Some(m) = &mut image.instance {
-                    m.terminated_at = Some(jiff::Timestamp::now());
+                    m.released_at = Some(jiff::Timestamp::now());
                 }
                 if image.step != BakeStep::Available {
                     image.error = Some("its instance was terminated by `rallyctl destroy`".into());

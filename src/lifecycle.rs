@@ -1,4 +1,5 @@
-//! One test's lifecycle, as one state machine with one function per step:
+//! The lifecycle of one test, or of the variants of one sharing a machine (a single test is a
+//! group of one), as one state machine with one function per step:
 //!
 //! `launching ▶ booting ▶ installing ▶ racing ▶ collecting ▶ terminating ▶ completed`
 //!
@@ -14,22 +15,21 @@
 //! It speaks to machines only through the [`Provider`] trait and [`remote`]: it knows no cloud.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::{Address, slug};
-use crate::backend::Backend;
 use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, AcquireError, Provider, Reachable};
 use crate::remote::{self, RemoteError, tail};
+use crate::results::layout;
 use crate::staging;
 use crate::state::{
-    Handover, Machine, RecordedSettings, Repetition, ResultFile, State, StateError, Status, Step,
-    Taken, TestRecord,
+    Handover, Machine, RecordedSettings, Repetition, ResultFile, StateError, StateHandle, Status,
+    Step, Taken, TestRecord,
 };
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;
@@ -41,57 +41,6 @@ const WAIT_SLICE_SECS: u64 = 300;
 const LOG_TAIL_LINES: usize = 40;
 /// `timeout` exits 124 when the race ran out of time.
 const TIMED_OUT: &str = "124";
-
-/// The state shared by all tests of an apply; every change is persisted before it returns.
-#[derive(Clone)]
-pub struct StateHandle {
-    state: Arc<Mutex<State>>,
-    backend: Arc<Backend>,
-}
-
-impl StateHandle {
-    pub fn new(state: State, backend: Backend) -> Self {
-        StateHandle {
-            state: Arc::new(Mutex::new(state)),
-            backend: Arc::new(backend),
-        }
-    }
-
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.lock().expect("state lock"))
-    }
-
-    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
-        let mut state = self.state.lock().expect("state lock");
-        let r = f(&mut state);
-        self.backend.save(&mut state)?;
-        Ok(r)
-    }
-
-    /// Keeps collected files where the backend keeps results (see [`Backend::publish`]).
-    pub async fn publish(&self, files: Vec<ResultFile>) -> Result<(), StateError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || backend.publish(&files))
-            .await
-            .expect("publishing does not panic")
-    }
-
-    pub fn record(
-        &self,
-        address: &Address,
-        f: impl FnOnce(&mut TestRecord),
-    ) -> Result<(), StateError> {
-        self.update(|s| {
-            if let Some(r) = s.tests.get_mut(address) {
-                f(r)
-            }
-        })
-    }
-
-    pub fn snapshot(&self) -> State {
-        self.read(Clone::clone)
-    }
-}
 
 /// A test that could not finish, and where.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,66 +132,230 @@ impl Start {
     }
 }
 
-/// Runs `test` from `start`; the test is recorded completed or failed, or left at its step
-/// when interrupted.
-pub async fn run<P: Provider>(ctx: &Ctx<P>, test: &Test, start: Start) -> Result<(), Stop> {
-    let address = &test.address;
-    let artifacts = &ctx.artifacts[address];
-    let mut start = match start {
-        Start::Resume(step) => step,
-        Start::NewAttempt | Start::StartOver => {
-            start_attempt(ctx, test, artifacts, start == Start::NewAttempt).await?;
-            Step::Launching
-        }
-    };
-    let outcome = loop {
-        let outcome = match steps(ctx, test, artifacts, start).await {
-            Err(Stop::Failed(f)) => Err(Stop::Failed(reclaimed_first(ctx, address, f).await)),
-            outcome => outcome,
-        };
-        match outcome {
-            Err(Stop::Failed(f)) if f.reclaimed => match race_again(ctx, test, f).await {
-                Ok(()) => start = Step::Launching,
-                Err(stop) => break Err(stop),
-            },
-            outcome => break outcome,
-        }
-    };
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(Stop::Failed(mut f)) => {
-            f.logs = keep_failure(ctx, test, &f).await?;
-            record_failure(ctx, address, &f)?;
-            // A failed test must not keep its machine: give it back now (EC2's watchdog and a
-            // lease's expiry are only the last resort).
-            match release(ctx, &test.address).await {
-                Err(Stop::Failed(not_released)) => ctx.progress.println(&format!(
-                    "{address}: {}; `rallyctl destroy` will release it",
-                    not_released.error
-                )),
-                Err(Stop::State(e)) => return Err(Stop::State(e)),
-                Ok(()) | Err(Stop::Interrupted) => {}
+/// Runs one test of the plan, or the variants of one, from the start the planner gave each
+/// (`group`, in plan order): one state machine for both, a single test being a group of one.
+/// The group shares one machine, got in its first member's name (or the one a resumed member
+/// holds); round by round each member races once, A B A B, so that all see the same hardware
+/// at nearly the same time, and the machine is given back once, when all are done (a single
+/// test's may be kept for a later suite's instead). A member whose race fails drops out,
+/// keeping its finished races; the others go on. A machine its provider reclaimed is given
+/// back and the members that have races left go round again on a new one ([`race_again`]).
+/// With `repeat_on = "fresh"` each round ends with the machine given back and the next one
+/// races on a fresh machine. Each member is recorded completed or failed, or left at its
+/// step when interrupted; returns each one's outcome.
+pub async fn run<P: Provider>(
+    ctx: &Ctx<P>,
+    group: &[(&Test, Start)],
+) -> Vec<(Address, Result<(), Stop>)> {
+    let mut outcomes = Vec::new();
+    let live = open_attempts(ctx, group, &mut outcomes).await;
+    let mut racing = Vec::new();
+    for test in live.iter().copied() {
+        match record_of(ctx, &test.address) {
+            // A member stopped between its last fresh machine and the next one.
+            Ok(r)
+                if r.status
+                    == (Status::InProgress {
+                        step: Step::Terminating,
+                    }) =>
+            {
+                if r.repetition() < test.repeat.count.get() {
+                    racing.extend(to_fresh(ctx, &live, &[test], &mut outcomes).await);
+                }
             }
-            Err(Stop::Failed(f))
+            Ok(_) => racing.push(test),
+            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
         }
-        Err(other) => Err(other),
+    }
+    while !racing.is_empty() {
+        let rounds = match share_machine(ctx, &racing).await {
+            Ok(reachable) => race_rounds(ctx, &racing, reachable, &mut outcomes).await,
+            Err(stop) => Rounds::Lost(stop, racing.clone()),
+        };
+        racing = match rounds {
+            Rounds::Done => vec![],
+            Rounds::Fresh(more) => to_fresh(ctx, &live, &more, &mut outcomes).await,
+            Rounds::Lost(Stop::Failed(f), unfinished) => {
+                let f = reclaimed_first(ctx, &unfinished, f).await;
+                let again = match f.reclaimed {
+                    true => race_again(ctx, &live, &unfinished, f).await,
+                    false => Err(Stop::Failed(f)),
+                };
+                match again {
+                    Ok(()) => unfinished,
+                    Err(Stop::Failed(f)) => {
+                        for test in unfinished {
+                            let outcome = drop_out(ctx, test, f.clone()).await;
+                            outcomes.push((test.address.clone(), Err(outcome)));
+                        }
+                        vec![]
+                    }
+                    Err(stop) => {
+                        outcomes.push((unfinished[0].address.clone(), Err(stop)));
+                        return outcomes;
+                    }
+                }
+            }
+            // Ctrl-C, or state that cannot be written: every member stays at its step.
+            Rounds::Lost(stop, unfinished) => {
+                outcomes.push((unfinished[0].address.clone(), Err(stop)));
+                return outcomes;
+            }
+            Rounds::Stopped => return outcomes,
+        };
+    }
+    let done: Vec<&Test> = live
+        .iter()
+        .copied()
+        .filter(|t| at_step(ctx, t, Step::Terminating))
+        .collect();
+    let given_back = match give_back(ctx, &live, &done).await {
+        Ok(()) => Ok(()),
+        Err(Stop::Failed(f)) => Err(f),
+        // State that cannot be written: every member stays at its step.
+        Err(stop) => {
+            if let Some(test) = live.first() {
+                outcomes.push((test.address.clone(), Err(stop)));
+            }
+            return outcomes;
+        }
+    };
+    for test in &done {
+        let outcome = match &given_back {
+            Ok(()) => ctx
+                .state
+                .record(&test.address, |r| r.set_status(Status::Completed))
+                .map_err(Stop::State),
+            Err(f) => Err(failed_as_recorded(ctx, &test.address, f.clone())),
+        };
+        outcomes.push((test.address.clone(), outcome));
+    }
+    if let (Err(f), true, Some(test)) = (&given_back, done.is_empty(), live.first()) {
+        ctx.progress.println(&format!(
+            "{}: {}; `rallyctl destroy` will release it",
+            test.address, f.error
+        ));
+    }
+    outcomes
+}
+
+/// Opens the new attempts of `group` (a resumed member goes on with its own); the members
+/// that go on, in order. A resumed member's machine is the group's: a new attempt of another
+/// must not give it back, only stop holding it.
+async fn open_attempts<'t, P: Provider>(
+    ctx: &Ctx<P>,
+    group: &[(&'t Test, Start)],
+    outcomes: &mut Vec<(Address, Result<(), Stop>)>,
+) -> Vec<&'t Test> {
+    let group_machine = ctx.state.read(|s| {
+        group
+            .iter()
+            .filter(|(_, start)| matches!(start, Start::Resume(_)))
+            .find_map(|(t, _)| Some(s.tests.get(&t.address)?.live_machine()?.id.clone()))
+    });
+    let mut live = Vec::new();
+    for (test, start) in group {
+        let opened = match start {
+            Start::Resume(step) => {
+                ctx.progress.step(&test.address.to_string(), step.name());
+                Ok(())
+            }
+            Start::NewAttempt | Start::StartOver => {
+                let detach = ctx.state.update(|s| {
+                    if let Some(r) = s.tests.get_mut(&test.address)
+                        && r.live_machine().map(|m| &m.id) == group_machine.as_ref()
+                    {
+                        r.mark_released();
+                    }
+                });
+                match detach {
+                    Ok(()) => {
+                        let artifacts = &ctx.artifacts[&test.address];
+                        start_attempt(ctx, test, artifacts, *start == Start::NewAttempt).await
+                    }
+                    Err(e) => Err(Stop::State(e)),
+                }
+            }
+        };
+        match opened {
+            Ok(()) => live.push(*test),
+            Err(Stop::Failed(f)) => {
+                outcomes.push((test.address.clone(), Err(drop_out(ctx, test, f).await)))
+            }
+            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
+        }
+    }
+    live
+}
+
+/// How rounds on one machine ended.
+enum Rounds<'t> {
+    /// Every member raced its repetitions, or dropped out.
+    Done,
+    /// These members race their next repetition on a fresh machine (`repeat_on = "fresh"`).
+    Fresh(Vec<&'t Test>),
+    /// The machine failed the group (getting or reaching it, or a race on a machine that may
+    /// have been reclaimed): these members had races left.
+    Lost(Stop, Vec<&'t Test>),
+    /// Ctrl-C, or state that cannot be written: the outcome says which.
+    Stopped,
+}
+
+/// A member that cannot go on: a failed race's logs are brought home, and the failure is
+/// recorded; its machine is given back with the group's. The stop to report.
+async fn drop_out<P: Provider>(ctx: &Ctx<P>, test: &Test, mut f: Failure) -> Stop {
+    match keep_failure(ctx, test, &f).await {
+        Ok(logs) => {
+            f.logs = logs;
+            failed_as_recorded(ctx, &test.address, f)
+        }
+        Err(stop) => stop,
     }
 }
 
-/// A step that failed on spot capacity may have failed because EC2 took the machine back: the
-/// shutdown kills the race (exit 143) or the install, and a machine reclaimed while booting
-/// never runs. So the provider is asked first, and a reclaimed machine is raced again as
-/// anywhere else; a provider that cannot tell leaves the failure as it was.
-async fn reclaimed_first<P: Provider>(ctx: &Ctx<P>, address: &Address, f: Failure) -> Failure {
+/// Gives back the machine of the round just raced, and opens each of `more`'s next
+/// repetition at launching (a new attempt's, so providers name the machine apart). The
+/// members that go on.
+async fn to_fresh<'t, P: Provider>(
+    ctx: &Ctx<P>,
+    live: &[&Test],
+    more: &[&'t Test],
+    outcomes: &mut Vec<(Address, Result<(), Stop>)>,
+) -> Vec<&'t Test> {
+    let released = release_shared(ctx, live).await;
+    let mut going_on = Vec::new();
+    for test in more {
+        let opened = match &released {
+            Ok(()) => next_repetition(ctx, test, Step::Launching).map(drop),
+            Err(f) => Err(Stop::Failed(f.clone())),
+        };
+        match opened {
+            Ok(()) => going_on.push(*test),
+            Err(Stop::Failed(f)) => {
+                outcomes.push((test.address.clone(), Err(drop_out(ctx, test, f).await)))
+            }
+            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
+        }
+    }
+    going_on
+}
+
+/// A failed step may have failed because the provider took the machine back: the shutdown
+/// kills the race (exit 143) or the install, and a machine reclaimed while booting never runs.
+/// So the provider is asked about a spot machine first, and a reclaimed machine is raced again
+/// as anywhere else; a provider that cannot tell leaves the failure as it was.
+async fn reclaimed_first<P: Provider>(ctx: &Ctx<P>, group: &[&Test], f: Failure) -> Failure {
     if f.reclaimed {
         return f;
     }
     let spot = ctx.state.read(|s| {
-        s.tests
-            .get(address)?
-            .live_machine()
-            .filter(|m| m.spot)
-            .cloned()
+        group.iter().find_map(|t| {
+            s.tests
+                .get(&t.address)?
+                .live_machine()
+                .filter(|m| m.spot)
+                .cloned()
+        })
     });
     let Some(machine) = spot else {
         return f;
@@ -261,12 +374,25 @@ async fn reclaimed_first<P: Provider>(ctx: &Ctx<P>, address: &Address, f: Failur
 /// that keeps going away is no place to benchmark.
 const MAX_RECLAIMED: u32 = 3;
 
-/// After the test's machine was reclaimed mid-way: gives it back (a reclaimed spot request
-/// may linger), and goes round again from launching, the race under way starting over on a
-/// new machine (a new attempt number, so a new launch) while the finished repetitions stay.
-async fn race_again<P: Provider>(ctx: &Ctx<P>, test: &Test, f: Failure) -> Result<(), Stop> {
+/// After the group's machine was reclaimed mid-way: gives it back (a reclaimed spot request
+/// may linger), and sends the members with races left (`unfinished`) round again from
+/// launching, each race under way starting over on a new machine (a new attempt number, so a
+/// new launch) while the finished repetitions stay.
+async fn race_again<P: Provider>(
+    ctx: &Ctx<P>,
+    live: &[&Test],
+    unfinished: &[&Test],
+    f: Failure,
+) -> Result<(), Stop> {
     let why = f.error;
-    let reclaimed = ctx.state.read(|s| s.tests[&test.address].reclaimed + 1);
+    let reclaimed = ctx.state.read(|s| {
+        unfinished
+            .iter()
+            .filter_map(|t| s.tests.get(&t.address))
+            .map(|r| r.reclaimed)
+            .max()
+            .unwrap_or(0)
+    }) + 1;
     if reclaimed > MAX_RECLAIMED {
         return Err(failed(
             f.step,
@@ -275,95 +401,26 @@ async fn race_again<P: Provider>(ctx: &Ctx<P>, test: &Test, f: Failure) -> Resul
             ),
         ));
     }
-    release(ctx, &test.address).await?;
+    release_shared(ctx, live).await.map_err(Stop::Failed)?;
     ctx.state.update(|s| {
-        if let Some(r) = s.tests.get_mut(&test.address) {
-            r.attempt += 1;
-            r.reclaimed = reclaimed;
-            r.race_id = Some(Uuid::new_v4());
-            r.results.clear();
-            r.instance = None;
-            r.set_status(Status::InProgress {
-                step: Step::Launching,
-            });
+        for test in unfinished {
+            if let Some(r) = s.tests.get_mut(&test.address) {
+                r.attempt += 1;
+                r.reclaimed = reclaimed;
+                r.race_id = Some(Uuid::new_v4());
+                r.results.clear();
+                r.machine = None;
+                r.set_status(Status::InProgress {
+                    step: Step::Launching,
+                });
+            }
         }
     })?;
     ctx.progress.println(&format!(
         "{}: {why}; racing again on another machine ({reclaimed} of at most {MAX_RECLAIMED} reclaimed)",
-        test.address
+        unfinished[0].address
     ));
     Ok(())
-}
-
-/// The state machine: each step runs once it is recorded, and names the next.
-async fn steps<P: Provider>(
-    ctx: &Ctx<P>,
-    test: &Test,
-    artifacts: &Artifacts,
-    start: Step,
-) -> Result<(), Stop> {
-    let address = &test.address;
-    let mut record = ctx.state.read(|st| st.tests[address].clone());
-    ctx.progress.step(&address.to_string(), start.name());
-    let mut conn: Option<Conn> = None;
-    let mut step = start;
-    loop {
-        let more = record.repetition() < test.repeat.count.get();
-        let next = match step {
-            Step::Launching => {
-                acquire(ctx, test, artifacts, &record).await?;
-                // A spent launch may have opened a new attempt.
-                record = ctx.state.read(|st| st.tests[address].clone());
-                Step::Booting
-            }
-            Step::Booting => {
-                let c = reach(ctx, test).await?;
-                if let Some(taken) = &c.machine.taken {
-                    scrub(ctx, test, &c, taken).await?;
-                }
-                conn = Some(c);
-                Step::Installing
-            }
-            Step::Installing | Step::Racing | Step::Collecting => {
-                let c = connected(ctx, test, &mut conn).await?;
-                // A machine that raced before (an earlier repetition, or another test's race)
-                // has its bound started again for this race.
-                let renew = c.machine.taken.is_some()
-                    || record
-                        .earlier
-                        .last()
-                        .is_some_and(|e| e.machine == c.machine.id);
-                one_race(ctx, test, artifacts, c, &record, step, renew).await?;
-                if more && test.repeat.on == RepeatOn::Same {
-                    record = next_repetition(ctx, test, Step::Installing)?;
-                    if let (Some(c), Some(m)) = (&mut conn, &record.instance) {
-                        c.machine = m.clone();
-                    }
-                    step = Step::Installing;
-                    continue;
-                }
-                Step::Terminating
-            }
-            Step::Terminating => {
-                let keep_for = ctx.handoffs.iter().find(|h| &h.from == address);
-                match keep_for {
-                    Some(h) if !more => keep(ctx, test, &h.to)?,
-                    _ => release(ctx, &test.address).await?,
-                }
-                if more {
-                    record = next_repetition(ctx, test, Step::Launching)?;
-                    conn = None;
-                    step = Step::Launching;
-                    continue;
-                }
-                ctx.state
-                    .record(address, |r| r.set_status(Status::Completed))?;
-                return Ok(());
-            }
-        };
-        checkpoint(ctx, address, next)?;
-        step = next;
-    }
 }
 
 /// One race on a machine that answers, from `from` (installing, racing or collecting) until it
@@ -397,111 +454,6 @@ async fn one_race<P: Provider>(
     }
 }
 
-/// Runs the variants of one plan test that have work (`variants`, in plan order, each with its
-/// start) interleaved on one machine: round by round each races once, A B A B, so that all see
-/// the same hardware at nearly the same time. A variant whose race fails drops out, keeping its
-/// finished races; the others go on. The machine is got in the first one's name (or is the one
-/// a resumed variant holds) and given back once, when all are done. Returns each variant's
-/// outcome.
-pub async fn run_variants<P: Provider>(
-    ctx: &Ctx<P>,
-    variants: &[(&Test, Start)],
-) -> Vec<(Address, Result<(), Stop>)> {
-    let mut outcomes = Vec::new();
-    let resumed = variants
-        .iter()
-        .any(|(_, start)| matches!(start, Start::Resume(_)));
-    // A resumed variant's machine is the group's: a new attempt of another must not give it
-    // back, only stop holding it.
-    let group_machine = ctx.state.read(|s| {
-        variants
-            .iter()
-            .filter(|(_, start)| matches!(start, Start::Resume(_)))
-            .find_map(|(t, _)| Some(s.tests.get(&t.address)?.live_machine()?.id.clone()))
-    });
-    let mut live: Vec<&Test> = Vec::new();
-    for (test, start) in variants {
-        let opened = match start {
-            Start::Resume(_) => Ok(()),
-            Start::NewAttempt | Start::StartOver => {
-                let detach = ctx.state.record(&test.address, |r| {
-                    if r.live_machine().map(|m| &m.id) == group_machine.as_ref() {
-                        r.mark_released();
-                    }
-                });
-                match detach {
-                    Ok(()) => {
-                        let artifacts = &ctx.artifacts[&test.address];
-                        start_attempt(ctx, test, artifacts, *start == Start::NewAttempt).await
-                    }
-                    Err(e) => Err(Stop::State(e)),
-                }
-            }
-        };
-        match opened {
-            Ok(()) => live.push(test),
-            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
-        }
-    }
-    let to_race: Vec<&Test> = live
-        .iter()
-        .copied()
-        .filter(|t| !at_step(ctx, t, Step::Terminating))
-        .collect();
-    if !to_race.is_empty() {
-        match share_machine(ctx, &to_race).await {
-            Ok(reachable) => {
-                let raced = race_rounds(ctx, &to_race, reachable, resumed).await;
-                let stopped = raced
-                    .iter()
-                    .any(|(_, o)| matches!(o, Err(Stop::Interrupted | Stop::State(_))));
-                outcomes.extend(raced);
-                if stopped {
-                    return outcomes;
-                }
-            }
-            Err(Stop::Failed(f)) => {
-                for test in &to_race {
-                    let outcome = failed_as_recorded(ctx, &test.address, f.clone());
-                    outcomes.push((test.address.clone(), Err(outcome)));
-                }
-            }
-            // Ctrl-C, or state that cannot be written: every variant stays at its step.
-            Err(stop) => {
-                outcomes.push((to_race[0].address.clone(), Err(stop)));
-                return outcomes;
-            }
-        }
-    }
-    let done: Vec<&Test> = live
-        .iter()
-        .copied()
-        .filter(|t| at_step(ctx, t, Step::Terminating))
-        .collect();
-    let released = release_shared(ctx, &live).await;
-    for test in done {
-        let outcome = match &released {
-            Ok(()) => ctx
-                .state
-                .record(&test.address, |r| r.set_status(Status::Completed))
-                .map_err(Stop::State),
-            Err(f) => Err(failed_as_recorded(ctx, &test.address, f.clone())),
-        };
-        outcomes.retain(|(a, _)| a != &test.address);
-        outcomes.push((test.address.clone(), outcome));
-    }
-    if let (Err(f), false) = (
-        &released,
-        live.iter().any(|t| at_step(ctx, t, Step::Terminating)),
-    ) {
-        ctx.progress.println(&format!(
-            "{}: {}; `rallyctl destroy` will release it",
-            live[0].address, f.error
-        ));
-    }
-    outcomes
-}
-
 /// Records `f` as the test's status.
 fn record_failure<P: Provider>(
     ctx: &Ctx<P>,
@@ -528,29 +480,51 @@ fn failed_as_recorded<P: Provider>(ctx: &Ctx<P>, address: &Address, f: Failure) 
 }
 
 fn at_step<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> bool {
-    ctx.state
-        .read(|s| s.tests[&test.address].status == Status::InProgress { step })
+    ctx.state.read(|s| {
+        s.tests
+            .get(&test.address)
+            .is_some_and(|r| r.status == Status::InProgress { step })
+    })
 }
 
-/// The group's machine: the one a variant already holds, else one got in the first variant's
-/// name; recorded in every variant's record, each with a run directory of its own, then
-/// reached. Every variant is then at installing, or further on its own race.
+/// The record of a test this apply runs: a missing one is state changed behind rallyctl's back.
+fn record_of<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<TestRecord, Stop> {
+    ctx.state.test(address).map_err(Stop::State)
+}
+
+fn missing(address: &Address) -> Stop {
+    Stop::State(StateError::Missing {
+        address: address.clone(),
+    })
+}
+
+/// The group's machine: the one a member already holds past launching (or took from another
+/// test), else one got in the first member's name; recorded in every member's record, each
+/// with a run directory of its own, then reached, and scrubbed when it was taken. Every
+/// member is then at installing, or further on its own race.
 async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Reachable, Stop> {
     let held = ctx.state.read(|s| {
-        group
-            .iter()
-            .find_map(|t| Some((*t, s.tests.get(&t.address)?.live_machine()?.clone())))
+        group.iter().find_map(|t| {
+            let r = s.tests.get(&t.address)?;
+            let m = r.live_machine()?;
+            // At launching, a machine not taken may be one the attempt got and found dead:
+            // asking the provider again finds it, or says the attempt is spent.
+            let past = r.status
+                != Status::InProgress {
+                    step: Step::Launching,
+                };
+            (past || m.taken.is_some()).then(|| (*t, m.clone()))
+        })
     });
     let (owner, machine) = match held {
         Some(found) => found,
         None => {
             let owner = group[0];
-            let record = ctx.state.read(|s| s.tests[&owner.address].clone());
+            let record = record_of(ctx, &owner.address)?;
             acquire(ctx, owner, &ctx.artifacts[&owner.address], &record).await?;
             checkpoint(ctx, &owner.address, Step::Booting)?;
-            let machine = ctx
-                .state
-                .read(|s| s.tests[&owner.address].instance.clone())
+            let machine = record_of(ctx, &owner.address)?
+                .machine
                 .ok_or_else(|| failed(Step::Launching, "state names no machine for this test"))?;
             (owner, machine)
         }
@@ -564,57 +538,67 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             if r.live_machine().is_none_or(|m| m.id != machine.id) {
                 let mut own = machine.clone();
                 own.run_dir = Some(run_dir(test, workspace, r));
-                r.instance = Some(own);
+                r.machine = Some(own);
             }
         }
     })?;
     let conn = reach(ctx, owner).await?;
-    ctx.state.update(|s| {
-        for test in group {
-            if let Some(r) = s.tests.get_mut(&test.address)
-                && matches!(
+    let booting = |t: &Test| {
+        ctx.state.read(|s| {
+            s.tests.get(&t.address).is_some_and(|r| {
+                matches!(
                     r.status,
                     Status::InProgress {
                         step: Step::Launching | Step::Booting
                     }
                 )
-            {
-                r.set_status(Status::InProgress {
-                    step: Step::Installing,
-                });
-            }
-        }
-    })?;
+            })
+        })
+    };
+    if let Some(taken) = &conn.machine.taken
+        && group.iter().any(|t| booting(t))
+    {
+        scrub(ctx, owner, &conn, taken).await?;
+    }
+    for test in group.iter().filter(|t| booting(t)) {
+        checkpoint(ctx, &test.address, Step::Installing)?;
+    }
     Ok(conn.reachable)
 }
 
-/// Rounds of one race per variant until each has raced its repetitions. A race already under
-/// way on the machine (a resumed apply) goes first: one machine runs one race at a time.
-/// `renew`: the machine may have raced before the first race here.
-async fn race_rounds<P: Provider>(
+/// Rounds of one race per member until each has raced its repetitions, on the machine
+/// `reachable` reaches. A race already under way on the machine (a resumed apply) goes first:
+/// one machine runs one race at a time. Members that drop out have their outcome in
+/// `outcomes`.
+async fn race_rounds<'t, P: Provider>(
     ctx: &Ctx<P>,
-    group: &[&Test],
+    group: &[&'t Test],
     reachable: Reachable,
-    mut renew: bool,
-) -> Vec<(Address, Result<(), Stop>)> {
-    let mut outcomes = Vec::new();
+    outcomes: &mut Vec<(Address, Result<(), Stop>)>,
+) -> Rounds<'t> {
     let mut round: Vec<&Test> = group.to_vec();
     round.sort_by_key(|t| !at_step(ctx, t, Step::Racing) && !at_step(ctx, t, Step::Collecting));
+    let mut renew = raced_before(ctx, group);
+    let mut fresh = Vec::new();
     while !round.is_empty() {
         let mut next_round = Vec::new();
-        for test in round {
-            let record = ctx.state.read(|s| s.tests[&test.address].clone());
+        for (i, test) in round.iter().copied().enumerate() {
+            let record = match record_of(ctx, &test.address) {
+                Ok(r) => r,
+                Err(stop) => {
+                    outcomes.push((test.address.clone(), Err(stop)));
+                    return Rounds::Stopped;
+                }
+            };
             let from = match record.status {
                 Status::InProgress {
                     step: step @ (Step::Racing | Step::Collecting),
                 } => step,
                 _ => Step::Installing,
             };
-            let Some(machine) = record.instance.clone() else {
-                outcomes.push((
-                    test.address.clone(),
-                    Err(failed(from, "state names no machine for this variant")),
-                ));
+            let Some(machine) = record.machine.clone() else {
+                let f = failure(from, "state names no machine for this test");
+                outcomes.push((test.address.clone(), Err(drop_out(ctx, test, f).await)));
                 continue;
             };
             let conn = Conn {
@@ -624,8 +608,9 @@ async fn race_rounds<P: Provider>(
             let artifacts = &ctx.artifacts[&test.address];
             let raced = one_race(ctx, test, artifacts, &conn, &record, from, renew).await;
             renew = true;
+            let more = record.repetition() < test.repeat.count.get();
             let outcome = match raced {
-                Ok(()) if record.repetition() < test.repeat.count.get() => {
+                Ok(()) if more && test.repeat.on == RepeatOn::Same => {
                     match next_repetition(ctx, test, Step::Installing) {
                         Ok(_) => {
                             next_round.push(test);
@@ -634,30 +619,80 @@ async fn race_rounds<P: Provider>(
                         Err(stop) => Err(stop),
                     }
                 }
-                Ok(()) => checkpoint(ctx, &test.address, Step::Terminating),
-                // It drops out; the machine it still holds is given back with the group's.
-                Err(Stop::Failed(mut f)) => match keep_failure(ctx, test, &f).await {
-                    Ok(logs) => {
-                        f.logs = logs;
-                        Err(failed_as_recorded(ctx, &test.address, f))
+                Ok(()) => match checkpoint(ctx, &test.address, Step::Terminating) {
+                    Ok(()) if more => {
+                        fresh.push(test);
+                        continue;
                     }
+                    Ok(()) => continue,
                     Err(stop) => Err(stop),
                 },
+                Err(Stop::Failed(f)) => {
+                    let f = reclaimed_first(ctx, &[test], f).await;
+                    if f.reclaimed {
+                        // The machine is gone for every member with races left.
+                        let mut unfinished = vec![test];
+                        unfinished.extend(&round[i + 1..]);
+                        unfinished.extend(next_round);
+                        unfinished.extend(fresh);
+                        // In the group's order, as the next machine's rounds go.
+                        unfinished
+                            .sort_by_key(|u| group.iter().position(|g| g.address == u.address));
+                        return Rounds::Lost(Stop::Failed(f), unfinished);
+                    }
+                    Err(drop_out(ctx, test, f).await)
+                }
                 Err(other) => Err(other),
             };
             let stop_all = matches!(outcome, Err(Stop::Interrupted | Stop::State(_)));
             outcomes.push((test.address.clone(), outcome));
             if stop_all {
-                return outcomes;
+                return Rounds::Stopped;
             }
         }
         round = next_round;
     }
-    outcomes
+    match fresh.is_empty() {
+        true => Rounds::Done,
+        false => Rounds::Fresh(fresh),
+    }
 }
 
-/// Gives the group's machine back once, when no variant races on it any more, and records
-/// that for every variant that held it.
+/// Whether the group's machine raced before the first race of these rounds: it was taken from
+/// another test, or a member's earlier race or finished one ran on it.
+fn raced_before<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> bool {
+    ctx.state.read(|s| {
+        group.iter().any(|t| {
+            let Some(r) = s.tests.get(&t.address) else {
+                return false;
+            };
+            let Some(m) = &r.machine else {
+                return false;
+            };
+            m.taken.is_some()
+                || r.earlier.last().is_some_and(|e| e.machine == m.id)
+                || r.status
+                    == Status::InProgress {
+                        step: Step::Terminating,
+                    }
+        })
+    })
+}
+
+/// After the last round: a single test whose machine a later suite's test takes keeps it for
+/// that test (warm reuse); else the group's machine is given back once.
+async fn give_back<P: Provider>(ctx: &Ctx<P>, live: &[&Test], done: &[&Test]) -> Result<(), Stop> {
+    // The planner pairs no variant with another test: a group keeps its machine to itself.
+    if let ([test], [_]) = (live, done)
+        && let Some(h) = ctx.handoffs.iter().find(|h| h.from == test.address)
+    {
+        return keep(ctx, test, &h.to);
+    }
+    release_shared(ctx, live).await.map_err(Stop::Failed)
+}
+
+/// Gives the group's machine back once, when no member races on it any more, and records
+/// that for every member that held it.
 async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<(), Failure> {
     let held = ctx.state.read(|s| {
         group.iter().find_map(|t| {
@@ -749,14 +784,11 @@ async fn into_this_run<P: Provider>(
     test: &Test,
     races: Vec<Repetition>,
 ) -> Result<Vec<Repetition>, Stop> {
-    let test_dir = ctx
-        .results_root
-        .join(slug(&ctx.run_id))
-        .join(test.address.path());
+    let test_dir = layout::test(&ctx.results_root, &ctx.run_id, &test.address);
     let mut kept = Vec::with_capacity(races.len());
     for (k, mut race) in (1..).zip(races) {
         if race.run_id != ctx.run_id {
-            let dir = crate::results::load::repetition_dir(&test_dir, k);
+            let dir = layout::repetition(&test_dir, k);
             match crate::collect::copy_race(&race.results, &dir) {
                 Ok(files) => {
                     ctx.state
@@ -786,24 +818,24 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
         return Err(Stop::Interrupted);
     }
     let workspace = &ctx.plan.name;
-    let record = ctx.state.update(|s| {
-        let r = s
-            .tests
-            .get_mut(&test.address)
-            .expect("a running test is recorded");
-        r.next_repetition();
-        if step == Step::Launching {
-            r.attempt += 1;
-            r.instance = None;
-        } else {
-            let dir = run_dir(test, workspace, r);
-            if let Some(m) = &mut r.instance {
-                m.run_dir = Some(dir);
+    let record = ctx
+        .state
+        .update(|s| {
+            let r = s.tests.get_mut(&test.address)?;
+            r.next_repetition();
+            if step == Step::Launching {
+                r.attempt += 1;
+                r.machine = None;
+            } else {
+                let dir = run_dir(test, workspace, r);
+                if let Some(m) = &mut r.machine {
+                    m.run_dir = Some(dir);
+                }
             }
-        }
-        r.set_status(Status::InProgress { step });
-        r.clone()
-    })?;
+            r.set_status(Status::InProgress { step });
+            Some(r.clone())
+        })?
+        .ok_or_else(|| missing(&test.address))?;
     ctx.progress.step(
         &test.address.to_string(),
         &format!(
@@ -886,7 +918,7 @@ async fn acquire<P: Provider>(
                         r.attempt += 1;
                         Some(r.clone())
                     })?
-                    .ok_or_else(|| failed(Step::Launching, "state holds no record of this test"))?;
+                    .ok_or_else(|| missing(&test.address))?;
                 ctx.progress.println(&format!(
                     "{}: {why}; launching again as attempt {}",
                     test.address, record.attempt
@@ -905,7 +937,7 @@ async fn acquire<P: Provider>(
     machine.run_dir = Some(run_dir(test, &ctx.plan.name, &record));
     machine.usd_per_hour = ctx.prices.usd_per_hour(&test.settings, machine.spot);
     ctx.state
-        .record(&test.address, |r| r.instance = Some(machine))?;
+        .record(&test.address, |r| r.machine = Some(machine))?;
     Ok(())
 }
 
@@ -915,8 +947,8 @@ async fn acquire<P: Provider>(
 /// `destroy` all find it.
 fn keep<P: Provider>(ctx: &Ctx<P>, test: &Test, to: &Address) -> Result<(), Stop> {
     let kept = ctx.state.update(|s| {
-        let m = s.tests.get_mut(&test.address)?.instance.as_mut()?;
-        m.terminated_at.is_none().then(|| {
+        let m = s.tests.get_mut(&test.address)?.machine.as_mut()?;
+        m.released_at.is_none().then(|| {
             m.handover = Some(Handover::KeptFor(to.clone()));
             m.id.clone()
         })
@@ -993,14 +1025,14 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
         let mut at = jiff::Timestamp::now();
         if let Some(r) = s.tests.get_mut(&from) {
             r.mark_released();
-            if let Some(m) = &mut r.instance {
+            if let Some(m) = &mut r.machine {
                 m.handover = Some(Handover::TakenBy(to.clone()));
                 // One instant: the giver's machine time ends where the taker's begins.
-                at = m.terminated_at.unwrap_or(at);
+                at = m.released_at.unwrap_or(at);
             }
         }
         if let Some(r) = s.tests.get_mut(to) {
-            r.instance = Some(Machine {
+            r.machine = Some(Machine {
                 run_dir: Some(run_dir(test, workspace, record)),
                 taken: Some(Taken {
                     from: from.clone(),
@@ -1008,7 +1040,7 @@ async fn take<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Re
                     left: machine.run_dir.clone(),
                 }),
                 handover: None,
-                terminated_at: None,
+                released_at: None,
                 ..machine.clone()
             });
         }
@@ -1051,15 +1083,14 @@ async fn scrub<P: Provider>(
 }
 
 async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
-    let machine = ctx
-        .state
-        .read(|s| s.tests[&test.address].instance.clone())
+    let machine = record_of(ctx, &test.address)?
+        .machine
         .ok_or_else(|| failed(Step::Booting, "state names no machine for this test"))?;
     let reachable = reachable(&ctx.provider, &ctx.cancel, &machine, &test.settings).await?;
     if let remote::Endpoint::Ssh(e) = &reachable.endpoint {
         let host = e.host.clone();
         ctx.state.record(&test.address, |r| {
-            if let Some(m) = &mut r.instance {
+            if let Some(m) = &mut r.machine {
                 m.address = Some(host);
             }
         })?;
@@ -1103,18 +1134,6 @@ pub(crate) async fn answers<P: Provider>(
     .map(drop)
 }
 
-/// The connection of a resumed test, which starts past booting.
-async fn connected<'c, P: Provider>(
-    ctx: &Ctx<P>,
-    test: &Test,
-    conn: &'c mut Option<Conn>,
-) -> Result<&'c Conn, Stop> {
-    if conn.is_none() {
-        *conn = Some(reach(ctx, test).await?);
-    }
-    Ok(conn.as_ref().expect("just connected"))
-}
-
 fn quoted_run_dir(conn: &Conn, step: Step) -> Result<String, Stop> {
     let dir = conn
         .machine
@@ -1147,7 +1166,7 @@ async fn install<P: Provider>(
             .await
             .map_err(|e| failed(Step::Installing, e))?;
         ctx.state.record(&test.address, |r| {
-            if let Some(m) = &mut r.instance {
+            if let Some(m) = &mut r.machine {
                 m.expires_at = expires_at;
             }
         })?;
@@ -1232,7 +1251,9 @@ async fn race<P: Provider>(
     record: &TestRecord,
 ) -> Result<(), Stop> {
     let run_dir = quoted_run_dir(conn, Step::Racing)?;
-    let race_id = record.race_id.expect("attempts record a race id");
+    let race_id = record
+        .race_id
+        .ok_or_else(|| failed(Step::Racing, "state names no race id for this attempt"))?;
     // The metrics store's password reaches Rally through its environment, never a file.
     let password = std::env::var(METRICS_PASSWORD_ENV).unwrap_or_default();
     run_on(
@@ -1360,10 +1381,8 @@ async fn collect<P: Provider>(
 /// workspace's results, in a directory of its own from the second repetition on.
 fn results_dir<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> PathBuf {
     let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
-    crate::results::load::repetition_dir(
-        &ctx.results_root
-            .join(slug(run_id))
-            .join(test.address.path()),
+    layout::repetition(
+        &layout::test(&ctx.results_root, run_id, &test.address),
         record.repetition(),
     )
 }

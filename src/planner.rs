@@ -939,7 +939,7 @@ name = "d"
         for address in ["ingest.a", "ingest.b", "ingest.big"] {
             let (a, mut r) = record_for(&p, address, Status::Completed);
             if address == "ingest.b" {
-                r.instance = Some(Machine {
+                r.machine = Some(Machine {
                     handover: Some(Handover::KeptFor("search.c".parse().unwrap())),
                     ..Machine::acquired(ProviderKind::Aws, "i-0b".into())
                 });
@@ -1001,7 +1001,7 @@ name = "d"
             "ingest.nyc",
             Status::InProgress { step: Step::Racing },
         );
-        r.instance = Some(Machine {
+        r.machine = Some(Machine {
             region: Some("us-east-1".into()),
             launched_at: "2026-11-25T00:00:00Z".parse().unwrap(),
             ..Machine::acquired(ProviderKind::Aws, "i-0abc".into())

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -15,10 +16,14 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::address::Address;
+use crate::backend::Backend;
 use crate::plan::{ProviderKind, Settings, VariantOf};
 
-/// The state format version this rallyctl writes and reads.
-pub const STATE_VERSION: u32 = 1;
+/// The state format version this rallyctl writes and reads. Version 2 names a record's
+/// machine `machine` and when it stopped holding it `released_at` (`instance`, `terminated_at`
+/// in version 1, which is read as well): a rallyctl that reads only version 1 refuses it
+/// rather than missing the machines it names.
+pub const STATE_VERSION: u32 = 2;
 
 /// A key this rallyctl does not know is refused, not dropped: writing the state back would lose
 /// it. So is one inside a record, a machine or a result (`deny_unknown_fields` on each).
@@ -136,7 +141,7 @@ impl Image {
 
     /// The bake's instance while it may still run.
     pub fn live_machine(&self) -> Option<&Machine> {
-        self.instance.as_ref().filter(|m| m.terminated_at.is_none())
+        self.instance.as_ref().filter(|m| m.released_at.is_none())
     }
 }
 
@@ -258,8 +263,12 @@ pub struct Machine {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
     /// When this record stopped holding it: terminated, given back, or taken by another test.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminated_at: Option<Timestamp>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "terminated_at"
+    )]
+    pub released_at: Option<Timestamp>,
     /// An EC2 spot instance: cheaper, may be reclaimed, and its results say so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spot: bool,
@@ -426,8 +435,8 @@ pub struct TestRecord {
     pub run_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub race_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<Machine>,
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "instance")]
+    pub machine: Option<Machine>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<ResultFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -493,8 +502,8 @@ struct RecordFields {
     run_id: Option<String>,
     #[serde(default)]
     race_id: Option<Uuid>,
-    #[serde(default)]
-    instance: Option<Machine>,
+    #[serde(default, alias = "instance")]
+    machine: Option<Machine>,
     #[serde(default)]
     results: Vec<ResultFile>,
     #[serde(default)]
@@ -566,7 +575,7 @@ impl TryFrom<RecordFields> for TestRecord {
             attempt: r.attempt,
             run_id: r.run_id,
             race_id: r.race_id,
-            instance: r.instance,
+            machine: r.machine,
             results: r.results,
             history: r.history,
             earlier: r.earlier,
@@ -591,7 +600,7 @@ impl Machine {
             run_dir: None,
             launched_at: Timestamp::now(),
             expires_at: None,
-            terminated_at: None,
+            released_at: None,
             spot: false,
             taken: None,
             handover: None,
@@ -617,7 +626,7 @@ impl TestRecord {
             attempt: 1,
             run_id: None,
             race_id: None,
-            instance: None,
+            machine: None,
             results: vec![],
             history: vec![],
             earlier: vec![],
@@ -653,12 +662,12 @@ impl TestRecord {
             run_id: self.run_id.clone().unwrap_or_default(),
             race_id: self.race_id.unwrap_or_else(Uuid::nil),
             machine: self
-                .instance
+                .machine
                 .as_ref()
                 .map(|m| m.id.clone())
                 .unwrap_or_default(),
-            zone: self.instance.as_ref().and_then(|m| m.zone.clone()),
-            spot: self.instance.as_ref().is_some_and(|m| m.spot),
+            zone: self.machine.as_ref().and_then(|m| m.zone.clone()),
+            spot: self.machine.as_ref().is_some_and(|m| m.spot),
             results: self.results.clone(),
         }
     }
@@ -675,7 +684,7 @@ impl TestRecord {
 
     /// A machine the test may still hold (an instance costing money, a leased host).
     pub fn live_machine(&self) -> Option<&Machine> {
-        self.instance.as_ref().filter(|i| i.terminated_at.is_none())
+        self.machine.as_ref().filter(|i| i.released_at.is_none())
     }
 
     /// Records that the machine was given back (or taken by another test), now, and the time
@@ -683,14 +692,14 @@ impl TestRecord {
     /// time is entered, so every way a record lets go of a machine bills it once. A machine
     /// kept for a later test is billed to the keeper until taken.
     pub fn mark_released(&mut self) {
-        let Some(i) = &mut self.instance else {
+        let Some(i) = &mut self.machine else {
             return;
         };
-        if i.terminated_at.is_some() {
+        if i.released_at.is_some() {
             return;
         }
         let now = Timestamp::now();
-        i.terminated_at = Some(now);
+        i.released_at = Some(now);
         self.spent.push(Spent {
             run_id: self.run_id.clone().unwrap_or_default(),
             provider: i.provider,
@@ -735,6 +744,10 @@ pub enum StateError {
     Write { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Locked(String),
+    #[error(
+        "state holds no record of test `{address}`, which this apply runs: was the state changed behind rallyctl's back?"
+    )]
+    Missing { address: Address },
     #[error("cannot reach state {location}: {message}")]
     Remote { location: String, message: String },
     #[error(
@@ -862,7 +875,11 @@ pub fn parse(
     };
     match serde_json::from_slice::<State>(bytes) {
         Ok(state) if state.version > STATE_VERSION => Err(newer(u64::from(state.version))),
-        Ok(state) => Ok(state),
+        // An older version is read into this one's model (see STATE_VERSION), and written as it.
+        Ok(state) => Ok(State {
+            version: STATE_VERSION,
+            ..state
+        }),
         Err(e) => match version(bytes) {
             Some(v) if v > u64::from(STATE_VERSION) => Err(newer(v)),
             Some(_) => Err(corrupt(e.to_string())),
@@ -1129,6 +1146,64 @@ pub fn remove_lock(state_path: &Path) -> io::Result<()> {
     fs::remove_file(lock_path(state_path))
 }
 
+/// The state shared by all tests of an apply; every change is persisted before it returns.
+#[derive(Clone)]
+pub struct StateHandle {
+    state: Arc<Mutex<State>>,
+    backend: Arc<Backend>,
+}
+
+impl StateHandle {
+    pub fn new(state: State, backend: Backend) -> Self {
+        StateHandle {
+            state: Arc::new(Mutex::new(state)),
+            backend: Arc::new(backend),
+        }
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.lock().expect("state lock"))
+    }
+
+    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
+        let mut state = self.state.lock().expect("state lock");
+        let r = f(&mut state);
+        self.backend.save(&mut state)?;
+        Ok(r)
+    }
+
+    /// Keeps collected files where the backend keeps results (see [`Backend::publish`]).
+    pub async fn publish(&self, files: Vec<ResultFile>) -> Result<(), StateError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || backend.publish(&files))
+            .await
+            .expect("publishing does not panic")
+    }
+
+    pub fn record(
+        &self,
+        address: &Address,
+        f: impl FnOnce(&mut TestRecord),
+    ) -> Result<(), StateError> {
+        self.update(|s| s.tests.get_mut(address).map(f))?
+            .ok_or_else(|| StateError::Missing {
+                address: address.clone(),
+            })
+    }
+
+    /// The record of a test, which the caller knows state holds.
+    pub fn test(&self, address: &Address) -> Result<TestRecord, StateError> {
+        self.read(|s| s.tests.get(address).cloned())
+            .ok_or_else(|| StateError::Missing {
+                address: address.clone(),
+            })
+    }
+
+    pub fn snapshot(&self) -> State {
+        self.read(Clone::clone)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1169,13 +1244,13 @@ mod tests {
         r.run_id = Some("run-1".into());
         r.mark_released();
         assert!(r.spent.is_empty(), "no machine, no time");
-        r.instance = Some(Machine {
+        r.machine = Some(Machine {
             usd_per_hour: Some(0.5),
             ..Machine::acquired(ProviderKind::Aws, "i-1".into())
         });
         r.mark_released();
         r.mark_released();
-        let machine = r.instance.as_ref().unwrap();
+        let machine = r.machine.as_ref().unwrap();
         let [spent] = &r.spent[..] else {
             panic!("{:?}", r.spent)
         };
@@ -1189,7 +1264,7 @@ mod tests {
         );
         assert_eq!(
             (spent.from, Some(spent.to)),
-            (machine.launched_at, machine.terminated_at)
+            (machine.launched_at, machine.released_at)
         );
         let written = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<TestRecord>(&written).unwrap(), r);
@@ -1299,7 +1374,7 @@ mod tests {
             (good[..good.len() / 2].to_owned(), "is not valid"),
             ("not json".to_owned(), "is not valid"),
             (
-                good.replace("\"version\": 1", "\"version\": 9"),
+                good.replace("\"version\": 2", "\"version\": 9"),
                 "newer rallyctl (state version 9",
             ),
             ("{\"serial\": 3}".to_owned(), "no `version`"),
@@ -1342,6 +1417,35 @@ mod tests {
         ] {
             assert!(!is_run_id(not), "{not}");
         }
+    }
+
+    #[test]
+    fn a_version_1_state_names_its_machines_in_ec2_words_and_is_read_and_written_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.state.json");
+        let old = r#"{"version": 1, "lineage": "7d8a5b6e-1c1e-4d4b-9a51-8a4c7a1f0f00", "serial": 3, "workspace": "w", "tests": {"s.t": {"config_hash": "abc", "settings": {}, "race_command": "esrally", "status": "completed", "attempt": 1, "instance": {"provider": "aws", "id": "i-1", "launched_at": "2026-12-01T00:00:00Z", "terminated_at": "2026-12-01T01:00:00Z"}}}}"#;
+        fs::write(&path, old).unwrap();
+        let mut state = load(&path).unwrap().expect("the state file is there");
+        let machine = state.tests[&"s.t".parse().unwrap()]
+            .machine
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (machine.id.as_str(), machine.released_at),
+            ("i-1", Some("2026-12-01T01:00:00Z".parse().unwrap()))
+        );
+        assert_eq!(state.version, STATE_VERSION);
+        save(&path, &mut state).unwrap();
+        let written = fs::read_to_string(&path).unwrap();
+        assert!(
+            written.contains("\"version\": 2")
+                && written.contains("\"machine\"")
+                && written.contains("\"released_at\"")
+                && !written.contains("instance")
+                && !written.contains("terminated_at"),
+            "{written}"
+        );
+        assert_eq!(load(&path).unwrap().unwrap().tests, state.tests);
     }
 
     #[test]

@@ -265,7 +265,7 @@ pub fn summary_table(state: &crate::state::State, addresses: &[crate::address::A
         table.add_row([
             address.to_string(),
             r.status.label(),
-            r.instance.as_ref().map_or(String::new(), |i| i.id.clone()),
+            r.machine.as_ref().map_or(String::new(), |i| i.id.clone()),
             took,
             detail,
         ]);

@@ -9,20 +9,21 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::address::{Address, slug};
+use crate::address::Address;
 use crate::graph::{Graph, Node};
-use crate::lifecycle::{self, Ctx, Start, StateHandle, Stop};
+use crate::lifecycle::{self, Ctx, Start, Stop};
 use crate::plan::{Plan, Test};
 use crate::planner::{Action, Changes};
 use crate::provider::Provider;
+use crate::state::StateHandle;
 use crate::state::Step;
 use crate::templates::{ArtifactMap, Renderer};
 use crate::ui::Progress;
 
 pub struct ApplyOptions {
     pub parallelism: usize,
-    /// Where results go: `<results_dir>/<workspace>/<run>/<suite>/<test>/`.
-    pub results_dir: std::path::PathBuf,
+    /// The directory whose `results/` tree results go into (see [`crate::results::layout`]).
+    pub results_base: std::path::PathBuf,
     /// What the machines cost, recorded with each one got.
     pub prices: crate::cost::Prices,
 }
@@ -53,7 +54,7 @@ pub async fn apply<P: Provider>(
     let ctx = Arc::new(Ctx {
         provider,
         state,
-        results_root: options.results_dir.join(slug(&plan.name)),
+        results_root: crate::results::layout::workspace(&options.results_base, &plan.name),
         plan,
         artifacts,
         renderer,
@@ -127,7 +128,6 @@ pub async fn apply<P: Provider>(
                 walk.complete(node);
                 continue;
             }
-            let group = matches!(graph.node(node), Node::Variants(_));
             let suite_index = graph
                 .suite_index(node)
                 .expect("test nodes belong to a suite");
@@ -162,14 +162,8 @@ pub async fn apply<P: Provider>(
                     work.iter()
                         .map(|(a, _)| (a.clone(), Err(Stop::Interrupted)))
                         .collect()
-                } else if group {
-                    lifecycle::run_variants(&ctx, &tests).await
                 } else {
-                    let (test, start) = tests[0];
-                    vec![(
-                        test.address.clone(),
-                        lifecycle::run(&ctx, test, start).await,
-                    )]
+                    lifecycle::run(&ctx, &tests).await
                 };
                 (node, outcomes)
             });
@@ -366,9 +360,25 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             options: &Options,
             after: Option<std::time::Duration>,
         ) -> (ApplyReport, Fake) {
+            let changes = self.changes(options);
+            let report = self.apply_changes(fake.clone(), &changes, after).unwrap();
+            (report, fake)
+        }
+
+        fn changes(&self, options: &Options) -> planner::Changes {
+            let artifacts = planner::render_all(&self.plan, &Renderer::new()).unwrap();
+            planner::diff(&self.plan, &self.state, &artifacts, options)
+        }
+
+        /// Applies `changes` to the bench's state with `fake`, with Ctrl-C after `after`.
+        fn apply_changes(
+            &mut self,
+            fake: Fake,
+            changes: &planner::Changes,
+            after: Option<std::time::Duration>,
+        ) -> anyhow::Result<ApplyReport> {
             let renderer = Renderer::new();
             let artifacts = planner::render_all(&self.plan, &renderer).unwrap();
-            let changes = planner::diff(&self.plan, &self.state, &artifacts, options);
             let handle = StateHandle::new(
                 self.state.clone(),
                 crate::backend::Backend::Local(self.state_path()),
@@ -379,7 +389,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 .unwrap();
             let apply_options = ApplyOptions {
                 parallelism: 10,
-                results_dir: self.dir.path().join("results"),
+                results_base: self.dir.path().to_owned(),
                 prices: self.prices.clone(),
             };
             let cancel = tokio_util::sync::CancellationToken::new();
@@ -390,22 +400,20 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                     cancel.cancel();
                 });
             }
-            let report = rt
-                .block_on(apply(
-                    fake.clone(),
-                    self.plan.clone(),
-                    artifacts,
-                    renderer,
-                    &changes,
-                    handle.clone(),
-                    &apply_options,
-                    Progress::new(false),
-                    cancel,
-                ))
-                .unwrap();
+            let report = rt.block_on(apply(
+                fake,
+                self.plan.clone(),
+                artifacts,
+                renderer,
+                changes,
+                handle.clone(),
+                &apply_options,
+                Progress::new(false),
+                cancel,
+            ));
             drop(rt);
             self.state = handle.snapshot();
-            (report, fake)
+            report
         }
 
         fn status(&self, address: &str) -> Status {
@@ -455,11 +463,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let [spent] = &record.spent[..] else {
                 panic!("{t}: {:?}", record.spent)
             };
-            let machine = record.instance.as_ref().unwrap();
+            let machine = record.machine.as_ref().unwrap();
             assert_eq!(Some(&spent.run_id), record.run_id.as_ref());
             assert_eq!(
                 (&spent.machine, spent.from, Some(spent.to)),
-                (&machine.id, machine.launched_at, machine.terminated_at)
+                (&machine.id, machine.launched_at, machine.released_at)
             );
             // The instance, the public IPv4 address it is reached by, its root volume.
             let price = (t == "b.t3")
@@ -692,7 +700,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             .unwrap();
         record.status = Status::InProgress { step };
         record.results.clear();
-        record.instance.as_mut().unwrap().terminated_at = None;
+        record.machine.as_mut().unwrap().released_at = None;
     }
 
     #[test]
@@ -709,6 +717,22 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!((record.attempt, record.race_id), (1, race_id));
         assert_eq!(record.status, Status::Completed);
         assert!(!record.results.is_empty());
+    }
+
+    #[test]
+    fn a_test_whose_record_left_state_behind_the_applys_back_is_an_error_naming_it() {
+        let mut bench = Bench::new(ONE_TEST);
+        bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        let changes = bench.changes(&Options::default());
+        bench.state.tests.remove(&"a.t1".parse().unwrap());
+        let Err(error) = bench.apply_changes(Fake::default(), &changes, None) else {
+            panic!("the apply went on without the record");
+        };
+        assert_eq!(
+            error.to_string(),
+            "state holds no record of test `a.t1`, which this apply runs: was the state changed behind rallyctl's back?"
+        );
     }
 
     #[test]
@@ -867,7 +891,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         );
         let r = record(&bench, "a.t1");
         assert_eq!(r.earlier[0].machine, "m-t1-1");
-        assert_eq!(r.instance.as_ref().unwrap().id, "m-t1-2");
+        assert_eq!(r.machine.as_ref().unwrap().id, "m-t1-2");
         assert!(fake.held.lock().unwrap().is_empty());
     }
 
@@ -954,7 +978,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// results: each race's, earlier ones first.
     fn result_files(bench: &Bench, address: &str) -> Vec<PathBuf> {
         let r = record(bench, address);
-        let root = bench.dir.path().join("results/unit");
+        let root = crate::results::layout::workspace(bench.dir.path(), "unit");
         (r.earlier.iter().map(|e| &e.results))
             .chain([&r.results])
             .flatten()
@@ -972,7 +996,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         let r = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
         r.race_id = Some(r.earlier[1].race_id);
         r.earlier.truncate(1);
-        let machine = r.instance.as_mut().unwrap();
+        let machine = r.machine.as_mut().unwrap();
         machine.run_dir = Some(machine.run_dir.as_ref().unwrap().replace("/1.3", "/1.2"));
         stopped_at(&mut bench, "a.t1", Step::Racing);
         let run_dir = bench.dir.path().join("results/unit").join(&first.run_id);
@@ -1130,7 +1154,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         x.status = Status::InProgress {
             step: Step::Terminating,
         };
-        x.instance.as_mut().unwrap().terminated_at = None;
+        x.machine.as_mut().unwrap().released_at = None;
         let before = challenges(&bench).len();
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
@@ -1176,13 +1200,13 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 "release m-t1-1"
             ]
         );
-        let t1 = record(&bench, "a.t1").instance.clone().unwrap();
-        let t2 = record(&bench, "b.t2").instance.clone().unwrap();
+        let t1 = record(&bench, "a.t1").machine.clone().unwrap();
+        let t2 = record(&bench, "b.t2").machine.clone().unwrap();
         assert_eq!(
             t1.handover,
             Some(Handover::TakenBy("b.t2".parse().unwrap()))
         );
-        assert!(t1.terminated_at.is_some(), "t1 no longer holds it");
+        assert!(t1.released_at.is_some(), "t1 no longer holds it");
         let taken = t2.taken.clone().unwrap();
         assert_eq!(
             (t2.id.as_str(), taken.from.to_string()),
@@ -1205,8 +1229,8 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// As if apply was killed after `t1` kept its machine and before `t2` began.
     fn kept_for_t2(bench: &mut Bench) {
         let t1 = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
-        let m = t1.instance.as_mut().unwrap();
-        m.terminated_at = None;
+        let m = t1.machine.as_mut().unwrap();
+        m.released_at = None;
         m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
         bench.state.tests.remove(&"b.t2".parse().unwrap());
     }
@@ -1221,7 +1245,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         // Nothing launched: the kept machine is taken, renewed and given back once.
         assert_eq!(fake.calls(), ["extend m-t1-1", "release m-t1-1"]);
         assert_eq!(
-            record(&bench, "b.t2").instance.as_ref().unwrap().id,
+            record(&bench, "b.t2").machine.as_ref().unwrap().id,
             "m-t1-1"
         );
     }
@@ -1336,6 +1360,54 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             ]
         );
         assert_eq!(record(&bench, "a.t1").reclaimed, 1);
+    }
+
+    #[test]
+    fn a_spot_variant_group_whose_machine_is_reclaimed_mid_round_finishes_on_a_new_one() {
+        // y's first race (the second of the round) dies as the spot machine is reclaimed.
+        let mut bench = Bench::new(&VARIANTS.replace(
+            "challenge = \"cy\"",
+            "challenge = \"cy\"\nrally_args = [\"--fail-at=2\"]",
+        ));
+        let fake = Fake::default();
+        fake.spot.lock().unwrap().insert("m-t1-x-1".into());
+        fake.being_reclaimed
+            .lock()
+            .unwrap()
+            .insert("m-t1-x-1".into());
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        // x keeps its first race; what was left of the group races on a new machine.
+        assert_eq!(challenges(&bench), ["cx", "cy", "cx", "cy", "cy"]);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1-x#1 -> m-t1-x-1",
+                "extend m-t1-x-1",
+                "release m-t1-x-1",
+                "acquire a.t1-x#2 after 1 reclaimed -> m-t1-x-2",
+                "extend m-t1-x-2",
+                "extend m-t1-x-2",
+                "release m-t1-x-2"
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty());
+        for address in ["a.t1-x", "a.t1-y"] {
+            let r = record(&bench, address);
+            assert_eq!(
+                (r.status.clone(), r.finished_repetitions(), r.reclaimed),
+                (Status::Completed, 2, 1)
+            );
+            assert!(r.live_machine().is_none());
+        }
+        let x = record(&bench, "a.t1-x");
+        assert_eq!(
+            x.earlier
+                .iter()
+                .map(|e| e.machine.as_str())
+                .collect::<Vec<_>>(),
+            ["m-t1-x-1"]
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
     let image_id = image.image_id.clone().unwrap();
     assert!(image.created_at.is_some());
     let bake_instance = image.instance.clone().unwrap();
-    assert!(bake_instance.terminated_at.is_some(), "{image:?}");
+    assert!(bake_instance.released_at.is_some(), "{image:?}");
     assert_eq!(image.baked_for.base_ami, run.harness.ami);
     let h = &run.harness;
     let registered = h.block_on(async {
@@ -162,7 +162,7 @@ fn a_baked_image_is_made_then_its_tests_skip_installing_and_destroy_gives_it_bac
         );
         let r = run.record(address);
         assert_eq!(r.status, Status::Completed, "{address}");
-        let instance = r.instance.clone().unwrap();
+        let instance = r.machine.clone().unwrap();
         let launched = (h.instances().into_iter())
             .find(|i| i.id == instance.id)
             .unwrap();
@@ -243,7 +243,7 @@ fn a_bake_whose_create_image_fails_terminates_its_instance() {
     assert!(image.error.unwrap().contains("InvalidParameterValue"));
     assert!(image.image_id.is_none());
     let instance = image.instance.unwrap();
-    assert!(instance.terminated_at.is_some());
+    assert!(instance.released_at.is_some());
     let running = run.harness.running_instances();
     assert!(running.is_empty(), "left running: {running:?}");
 }
@@ -318,7 +318,7 @@ fn a_killed_bake_leaves_an_instance_that_destroy_finds_and_terminates() {
     assert!(running.is_empty(), "left running: {running:?}");
     let image = run.state().images[0].clone();
     assert_eq!(image.step, BakeStep::Failed);
-    assert!(image.instance.unwrap().terminated_at.is_some());
+    assert!(image.instance.unwrap().released_at.is_some());
 }
 
 #[test]
@@ -338,7 +338,7 @@ fn a_killed_bake_run_again_goes_on_on_its_instance_without_launching_another() {
     assert_eq!(image.attempt, 1);
     let machine = image.instance.unwrap();
     assert_eq!(machine.id, instance.id);
-    assert!(machine.terminated_at.is_some());
+    assert!(machine.released_at.is_some());
     let running = run.harness.running_instances();
     assert!(running.is_empty(), "left running: {running:?}");
 }
@@ -352,7 +352,7 @@ fn ctrl_c_stops_a_bake_and_terminates_its_instance() {
     let image = interrupt(&run, &mut bake);
     assert_eq!(image.error.as_deref(), Some("interrupted"));
     assert!(image.image_id.is_none());
-    assert!(image.instance.unwrap().terminated_at.is_some());
+    assert!(image.instance.unwrap().released_at.is_some());
     let running = run.harness.running_instances();
     assert!(running.is_empty(), "left running: {running:?}");
 }
@@ -467,7 +467,7 @@ fn an_image_failed_as_its_instance_terminated_leaves_nothing_after_destroy_image
     assert!(!made.is_empty());
     assert_eq!(image.snapshot_ids, made);
     assert_eq!(tagged(&run), (vec![image_id.clone()], made.clone()));
-    assert!(image.instance.unwrap().terminated_at.is_some());
+    assert!(image.instance.unwrap().released_at.is_some());
 
     let out = run.through(&proxy, &["destroy", plan_arg, "--images", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -46,9 +46,9 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
     for address in ["ingest.a", "ingest.b", "search.c"] {
         let r = run.record(address);
         assert_eq!(r.status, rallyctl::state::Status::Completed, "{address}");
-        let instance = r.instance.clone().unwrap();
+        let instance = r.machine.clone().unwrap();
         assert!(
-            instance.terminated_at.is_some(),
+            instance.released_at.is_some(),
             "{address} instance not recorded terminated"
         );
         // Its machine time, from launch to termination, at the price it was launched with.
@@ -57,7 +57,7 @@ fn two_suites_complete_in_order_and_a_second_apply_does_nothing() {
         };
         assert_eq!(
             (spent.from, Some(spent.to), spent.usd_per_hour),
-            (instance.launched_at, instance.terminated_at, Some(hourly))
+            (instance.launched_at, instance.released_at, Some(hourly))
         );
         instance_ids.push(instance.id.clone());
         // The results are on disk, intact, with Rally's throughput rows.
@@ -247,13 +247,7 @@ fn a_failing_race_is_reported_with_its_log_and_its_sibling_completes() {
         }
         other => panic!("s.bad is {other:?}"),
     }
-    assert!(
-        run.record("s.bad")
-            .instance
-            .unwrap()
-            .terminated_at
-            .is_some()
-    );
+    assert!(run.record("s.bad").machine.unwrap().released_at.is_some());
     assert!(
         run.harness.running_instances().is_empty(),
         "an instance was left running"
@@ -416,8 +410,8 @@ fn repetitions_race_back_to_back_on_one_instance_with_its_watchdog_rearmed() {
     assert_eq!(run.launches(), 1);
     let r = run.record("s.a");
     assert_eq!(r.status, rallyctl::state::Status::Completed);
-    let instance = r.instance.clone().unwrap();
-    assert!(instance.terminated_at.is_some());
+    let instance = r.machine.clone().unwrap();
+    assert!(instance.released_at.is_some());
     assert_eq!(r.earlier.len(), 1);
     assert_eq!(r.earlier[0].machine, instance.id);
     assert_ne!(Some(r.earlier[0].race_id), r.race_id);
@@ -470,14 +464,14 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
     run.wait_for_status("ingest.a", "completed", std::time::Duration::from_secs(300));
     first.kill().unwrap();
     first.wait().unwrap();
-    let kept = run.record("ingest.a").instance.unwrap();
+    let kept = run.record("ingest.a").machine.unwrap();
     assert_eq!(
         kept.handover,
         Some(rallyctl::state::Handover::KeptFor(
             "search.c".parse().unwrap()
         ))
     );
-    assert!(kept.terminated_at.is_none());
+    assert!(kept.released_at.is_none());
     assert!(
         run.harness
             .running_instances()
@@ -546,7 +540,7 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
     assert_eq!(run.launches(), 2, "instances launched for three tests");
     let c = run.record("search.c");
     assert_eq!(c.status, rallyctl::state::Status::Completed);
-    let machine = c.instance.unwrap();
+    let machine = c.machine.unwrap();
     assert_eq!(machine.id, kept.id);
     assert_eq!(machine.taken.unwrap().from.to_string(), "ingest.a");
     assert!(c.results.iter().any(|f| f.path.ends_with("report.csv")));

@@ -217,7 +217,7 @@ fn a_purged_instance_in_state_neither_hangs_apply_nor_breaks_destroy() {
     // The morning-after case for destroy alone: state still naming the purged instance.
     let mut again = rallyctl::state::load(&state_path).unwrap().unwrap();
     let record = again.tests.get_mut(&"s.t".parse().unwrap()).unwrap();
-    record.instance.as_mut().unwrap().terminated_at = None;
+    record.machine.as_mut().unwrap().released_at = None;
     rallyctl::state::save(&state_path, &mut again).unwrap();
     let out = run.through(
         &proxy,
@@ -305,7 +305,7 @@ fn a_launch_short_of_capacity_in_one_zone_tries_the_next_subnet() {
         "the full zone was not tried first"
     );
     assert_eq!(proxy.forwarded("RunInstances"), 1);
-    let machine = record.instance.unwrap();
+    let machine = record.machine.unwrap();
     assert_eq!(machine.subnet.as_deref(), Some(h.subnet_id.as_str()));
     assert!(machine.zone.is_some_and(|z| z.starts_with(&h.region)));
     assert!(h.running_instances().is_empty());
@@ -753,7 +753,7 @@ fn a_reclaimed_spot_race_is_raced_again_on_demand(
     let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
     let mut first = run.spawn_with_env("apply", &args, &[("AWS_ENDPOINT_URL", &proxy.url)]);
     run.wait_for_race("s.t", std::time::Duration::from_secs(300));
-    let machine = run.record("s.t").instance.unwrap();
+    let machine = run.record("s.t").machine.unwrap();
     assert!(machine.spot, "launched on demand: {machine:?}");
     proxy.reclaim(&[&machine.id]);
     reclaim(&run, &machine);
@@ -766,7 +766,7 @@ fn a_reclaimed_spot_race_is_raced_again_on_demand(
     );
     let r = run.record("s.t");
     assert_eq!((r.status.clone(), r.reclaimed), (Status::Completed, 1));
-    let again = r.instance.clone().unwrap();
+    let again = r.machine.clone().unwrap();
     assert_ne!(again.id, machine.id);
     assert!(!again.spot, "raced again on spot, not on demand");
     assert!(r.results.iter().any(|f| f.path.ends_with("report.csv")));
@@ -825,7 +825,7 @@ fn a_launch_whose_instance_died_before_any_apply_recorded_it_opens_a_new_attempt
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(
-        run.record("s.t").instance.is_none(),
+        run.record("s.t").machine.is_none(),
         "the launch was recorded"
     );
     let launched = run.harness.running_instances();
@@ -847,7 +847,7 @@ fn a_launch_whose_instance_died_before_any_apply_recorded_it_opens_a_new_attempt
     );
     let r = run.record("s.t");
     assert_eq!((r.status.clone(), r.attempt), (Status::Completed, 2));
-    assert_ne!(&r.instance.unwrap().id, dead);
+    assert_ne!(&r.machine.unwrap().id, dead);
     // The repeated launch was answered from its token (injected), not made again.
     assert_eq!(proxy.injected("RunInstances"), 2);
     assert_eq!(run.launches(), 2);
@@ -885,7 +885,7 @@ fn a_spot_launch_refused_falls_back_on_demand_only_where_the_plan_says_so() {
     );
     let t = run.record("s.t");
     assert_eq!(t.status, Status::Completed);
-    assert!(!t.instance.unwrap().spot, "t raced on spot");
+    assert!(!t.machine.unwrap().spot, "t raced on spot");
     let (step, error) = run.failure("s.u");
     assert_eq!(step, Step::Launching);
     assert!(error.contains("SpotMaxPriceTooLow"), "{error}");

@@ -39,9 +39,9 @@ fn assert_no_aws_calls(h: &Harness) {
     assert!(calls.is_empty(), "rallyctl called AWS: {calls:?}");
 }
 
-/// `instance` of a state record, as the state file has it.
+/// `machine` of a state record, as the state file has it.
 fn machine_json(ws: &Workspace, address: &str) -> serde_json::Value {
-    ws.state_json()["tests"][address]["instance"].clone()
+    ws.state_json()["tests"][address]["machine"].clone()
 }
 
 /// The test's ES double cluster got the tiny track's 1,000 documents exactly once: it raced
@@ -241,7 +241,7 @@ fn ssh_pool_of_two_hosts_runs_three_tests_without_overlapping_leases() {
     assert_eq!(list.status.code(), Some(0));
     let list = String::from_utf8_lossy(&list.stdout);
     for address in addresses {
-        let host = ws.record(address).instance.unwrap().id;
+        let host = ws.record(address).machine.unwrap().id;
         assert!(
             list.lines()
                 .any(|l| l.contains(address) && l.contains(&host)),
@@ -363,8 +363,8 @@ fn resume_after_sigkill_mid_race(h: &Harness, ws: &Workspace) {
     assert_eq!(after.race_id, before.race_id);
     assert_eq!(after.run_id, before.run_id);
     assert_eq!(
-        after.instance.as_ref().unwrap().id,
-        before.instance.as_ref().unwrap().id,
+        after.machine.as_ref().unwrap().id,
+        before.machine.as_ref().unwrap().id,
         "another machine was used"
     );
     ws.assert_collected("s.t");
@@ -537,7 +537,7 @@ fn assert_three_races_on(ws: &Workspace, address: &str, ip: &str) -> String {
     assert_eq!(r.earlier.len(), 2, "{address}: {:?}", r.earlier);
     assert_eq!(r.repetition(), 3);
     let run = r.run_id.clone().expect("a run id");
-    let host = r.instance.as_ref().expect("a machine").id.clone();
+    let host = r.machine.as_ref().expect("a machine").id.clone();
     assert_eq!(ws.ip_of(&r), ip);
     let a: rallyctl::address::Address = address.parse().unwrap();
     let mut races = Vec::new();
@@ -600,7 +600,7 @@ fn assert_three_races_on(ws: &Workspace, address: &str, ip: &str) -> String {
                 .map_or(r.race_id.unwrap(), |e| e.race_id),
         );
     }
-    let current = r.instance.as_ref().unwrap().run_dir.clone().unwrap();
+    let current = r.machine.as_ref().unwrap().run_dir.clone().unwrap();
     assert!(
         current.ends_with(&format!("/{run}/{}/{}.3", a.path().display(), r.attempt)),
         "the third race's run directory: {current}"
@@ -765,7 +765,7 @@ fn repetitions_tell_a_search_slowdown_from_noise() {
         );
         assert_eq!(
             r.earlier[0].machine,
-            r.instance.as_ref().unwrap().id,
+            r.machine.as_ref().unwrap().id,
             "one host"
         );
         let first = ws.run_dir(&address, &r);

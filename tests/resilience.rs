@@ -64,7 +64,7 @@ fn resume_after_sigkill_at(step: &str) {
         // Killed inside TerminateInstances: the call never reached EC2, the instance runs on.
         assert_eq!(proxy.injected("TerminateInstances"), 1);
         assert_eq!(proxy.forwarded("TerminateInstances"), 0);
-        let id = &before.instance.as_ref().expect("instance recorded").id;
+        let id = &before.machine.as_ref().expect("instance recorded").id;
         let running = run.harness.running_instances();
         assert!(
             running.iter().any(|i| &i.id == id),
@@ -88,9 +88,9 @@ fn resume_after_sigkill_at(step: &str) {
     assert_eq!(after.status, Status::Completed);
     assert_eq!(after.attempt, before.attempt);
     assert_eq!(after.race_id, before.race_id);
-    if let Some(instance) = &before.instance {
+    if let Some(instance) = &before.machine {
         assert_eq!(
-            after.instance.as_ref().unwrap().id,
+            after.machine.as_ref().unwrap().id,
             instance.id,
             "another instance was used"
         );
@@ -188,7 +188,7 @@ fn an_instance_launched_but_not_recorded_is_adopted() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("adopting {orphan}")));
     let after = run.record("s.t");
     assert_eq!(after.status, Status::Completed);
-    assert_eq!(after.instance.unwrap().id, orphan);
+    assert_eq!(after.machine.unwrap().id, orphan);
     assert_eq!(
         run.launches(),
         1,
@@ -294,7 +294,7 @@ fn dropped_ssh_connections_mid_race_are_reattached() {
     let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
     let pid_file = run.wait_for_race("s.t", STEP_TIMEOUT);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
-    let ip = run.record("s.t").instance.unwrap().address.unwrap();
+    let ip = run.record("s.t").machine.unwrap().address.unwrap();
     let mut dropped = 0;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_secs(4));
@@ -325,7 +325,7 @@ fn an_instance_terminated_outside_rallyctl_fails_only_its_test() {
     let plan = plan.to_str().unwrap();
     let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
     run.wait_for_race("s.victim", STEP_TIMEOUT);
-    let victim = run.record("s.victim").instance.unwrap().id;
+    let victim = run.record("s.victim").machine.unwrap().id;
     let h = &run.harness;
     h.block_on(async {
         h.ec2_client()
@@ -362,7 +362,7 @@ fn an_sshd_refusing_for_90_seconds_after_boot_is_waited_out() {
     let record = run.record("s.t");
     assert_eq!(record.status, Status::Completed);
     assert_eq!(
-        record.instance.unwrap().address.as_deref(),
+        record.machine.unwrap().address.as_deref(),
         Some(ip.as_str())
     );
     // The refusal really was in the way: booting lasted until sshd let connections in.

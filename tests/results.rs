@@ -125,11 +125,11 @@ impl Tree {
             TestRecord {
                 run_id: Some(run.into()),
                 spent,
-                instance: Some(Machine {
+                machine: Some(Machine {
                     region: Some("us-east-1".into()),
                     zone: Some("us-east-1a".into()),
                     launched_at: at("2026-11-25T08:15:00Z"),
-                    terminated_at: Some(at("2026-11-25T08:25:00Z")),
+                    released_at: Some(at("2026-11-25T08:25:00Z")),
                     ..Machine::acquired(ProviderKind::Aws, "i-0123".into())
                 }),
                 results,
@@ -285,14 +285,7 @@ fn realistic() -> Tree {
     let files = t.files(RUN2, &a, &rally_files("success"));
     t.record(&a, RUN2, Status::Completed, files);
     // Raced on spot capacity: every view says so.
-    let spot = t
-        .state
-        .tests
-        .get_mut(&a)
-        .unwrap()
-        .instance
-        .as_mut()
-        .unwrap();
+    let spot = t.state.tests.get_mut(&a).unwrap().machine.as_mut().unwrap();
     spot.spot = true;
     let errors = addr("search", "errors");
     let files = t.files(RUN2, &errors, &rally_files("error-rate"));
@@ -1601,7 +1594,7 @@ fn variants_raced_apart() -> Tree {
     let mut t = variants();
     let record = t.state.tests.get_mut(&addr("ingest", "heap-8g")).unwrap();
     record.run_id = Some(RUN3.into());
-    record.instance.as_mut().unwrap().id = "i-0999".into();
+    record.machine.as_mut().unwrap().id = "i-0999".into();
     for earlier in &mut record.earlier {
         earlier.run_id = RUN3.into();
         earlier.machine = "i-0999".into();

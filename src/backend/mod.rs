@@ -70,7 +70,7 @@ impl Backend {
     /// Where the workspace's results are, for messages: `results/<workspace>`, or its
     /// `s3://` address.
     pub fn results_location(&self, workspace: &str) -> String {
-        let rel = Path::new("results").join(crate::address::slug(workspace));
+        let rel = crate::results::layout::workspace(Path::new(""), workspace);
         match self {
             Backend::Local(_) => rel.display().to_string(),
             Backend::S3(r) => r.url_of(&rel),
@@ -223,10 +223,7 @@ pub fn copy(
         }
     }
     let base = from.results_base(Some(&state))?;
-    let results = base
-        .dir
-        .join("results")
-        .join(crate::address::slug(workspace));
+    let results = crate::results::layout::workspace(&base.dir, workspace);
     let mut files = Vec::new();
     for path in files_below(&results).map_err(|source| StateError::Read {
         path: results.clone(),

@@ -295,7 +295,8 @@ impl Remote {
             .flatten()
             .map(|f| (f.path.clone(), f.sha256.as_str()))
             .collect();
-        let below = format!("{}results/{}/", self.prefix, slug(&self.workspace));
+        let workspace = crate::results::layout::workspace(Path::new(""), &self.workspace);
+        let below = format!("{}/", self.result_key(&workspace).unwrap_or_default());
         let listed = (self.objects.list(&below)).map_err(|e| self.remote_err(&below, e))?;
         let mut cache = Cache::open(&self.cache);
         let tree = cache.tree().map_err(|source| StateError::Write {

@@ -468,13 +468,13 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 let list: Vec<_> = state
                     .tests
                     .iter()
-                    .map(|(a, r)| serde_json::json!({"address": a, "status": r.status.label(), "instance": r.instance.as_ref().map(|i| &i.id)}))
+                    .map(|(a, r)| serde_json::json!({"address": a, "status": r.status.label(), "instance": r.machine.as_ref().map(|i| &i.id)}))
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 for (address, record) in &state.tests {
-                    let instance = record.instance.as_ref().map_or(String::new(), |m| {
-                        match (&m.handover, m.terminated_at) {
+                    let instance = record.machine.as_ref().map_or(String::new(), |m| {
+                        match (&m.handover, m.released_at) {
                             (Some(Handover::TakenBy(to)), _) => {
                                 format!("  {} (handed on to {to})", m.id)
                             }

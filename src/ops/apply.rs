@@ -138,7 +138,7 @@ pub fn run(rt: &Runtime, p: Prepared, parallelism: usize) -> Result<ApplyReport>
         ..
     } = p;
     let state_dir = l.backend.local_dir();
-    let handle = crate::lifecycle::StateHandle::new(l.state, l.backend);
+    let handle = crate::state::StateHandle::new(l.state, l.backend);
     let report = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
         let watcher = super::on_ctrl_c(
@@ -155,7 +155,7 @@ pub fn run(rt: &Runtime, p: Prepared, parallelism: usize) -> Result<ApplyReport>
             handle.clone(),
             &crate::walk::ApplyOptions {
                 parallelism,
-                results_dir: PathBuf::from("results"),
+                results_base: PathBuf::new(),
                 prices,
             },
             ui::Progress::new(ui::stdout_is_tty()),

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use super::{Acquire, AcquireError, Acquired, Provider, ProviderError, Reachable};
-use crate::plan::{ProviderKind, Settings};
+use super::{Acquire, AcquireError, Acquired, Machines, ProviderError, Reachable, Spec};
+use crate::plan::ProviderKind;
 use crate::remote::Endpoint;
 use crate::state::Machine;
 
@@ -15,8 +15,11 @@ pub struct Local;
 /// What state names this machine.
 const ID: &str = "local";
 
-impl Provider for Local {
-    async fn acquire(&self, _req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
+impl Machines for Local {
+    /// This machine has no settings of its own.
+    type Own = ();
+
+    async fn acquire(&self, _req: &Acquire<'_, Spec<'_, ()>>) -> Result<Acquired, AcquireError> {
         Ok(Acquired {
             machine: Machine::acquired(ProviderKind::Local, ID.into()),
             adopted: false,
@@ -26,7 +29,7 @@ impl Provider for Local {
     async fn reach(
         &self,
         _machine: &Machine,
-        _settings: &Settings,
+        _spec: Spec<'_, ()>,
     ) -> Result<Reachable, ProviderError> {
         Ok(Reachable {
             endpoint: Endpoint::Local,
@@ -35,7 +38,7 @@ impl Provider for Local {
         })
     }
 
-    async fn release(&self, machine: &Machine, _settings: &Settings) -> Result<(), ProviderError> {
+    async fn release(&self, machine: &Machine, _spec: Spec<'_, ()>) -> Result<(), ProviderError> {
         super::stop_run(&Endpoint::Local, machine).await
     }
 }

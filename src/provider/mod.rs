@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::plan::{ProviderKind, Settings};
+use crate::plan::{MachineSettings, ProviderKind, Settings};
 use crate::remote::Endpoint;
 use crate::state::Machine;
 use crate::templates::Artifacts;
@@ -115,14 +115,15 @@ impl Gone {
     }
 }
 
-/// One attempt of one test asking for a machine.
-pub struct Acquire<'a> {
+/// One attempt of one test asking for a machine, with `settings` the test's: the plan's
+/// [`Settings`] as the lifecycle has them, a [`Spec`] as [`Fleet`] hands them to a provider.
+pub struct Acquire<'a, S = &'a Settings> {
     pub workspace: &'a str,
     pub lineage: Uuid,
     pub address: &'a Address,
     pub attempt: u32,
     pub run_id: &'a str,
-    pub settings: &'a Settings,
+    pub settings: S,
     pub artifacts: &'a Artifacts,
     /// How many machines of this attempt were reclaimed so far: after one, a provider may
     /// get the next elsewhere (aws: on-demand, when the plan says so).
@@ -131,6 +132,54 @@ pub struct Acquire<'a> {
     pub cancel: &'a CancellationToken,
     /// Told once why the attempt waits for a machine, when it does.
     pub on_wait: &'a (dyn Fn(String) + Sync),
+}
+
+impl<'a, S> Acquire<'a, S> {
+    /// The same request, with the settings as `T`.
+    fn with<T>(&self, settings: T) -> Acquire<'a, T> {
+        Acquire {
+            workspace: self.workspace,
+            lineage: self.lineage,
+            address: self.address,
+            attempt: self.attempt,
+            run_id: self.run_id,
+            settings,
+            artifacts: self.artifacts,
+            reclaimed: self.reclaimed,
+            cancel: self.cancel,
+            on_wait: self.on_wait,
+        }
+    }
+}
+
+/// What one provider reads of the settings of the machine it is asked about: its own (`S`,
+/// such as [`AwsSettings`](crate::plan::AwsSettings)), and what bounds and places a machine on
+/// any provider.
+#[derive(Debug)]
+pub struct Spec<'a, S> {
+    pub own: &'a S,
+    /// How long a race may hold the machine: EC2's watchdog, a lease's expiry.
+    pub max_runtime: Duration,
+    /// Where on the machine rallyctl keeps its runs (and a host of a pool its lease).
+    pub remote_dir: &'a str,
+}
+
+impl<S> Clone for Spec<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Spec<'_, S> {}
+
+impl<'a, S> Spec<'a, S> {
+    fn of(settings: &'a Settings, own: &'a S) -> Spec<'a, S> {
+        Spec {
+            own,
+            max_runtime: settings.max_runtime,
+            remote_dir: &settings.remote_dir,
+        }
+    }
 }
 
 /// Why [`Provider::acquire`] got no machine.
@@ -233,6 +282,66 @@ pub trait Provider: Send + Sync + 'static {
     }
 }
 
+/// One provider's machines: [`Provider`]'s operations, each given the settings of the machine
+/// it is asked about as this provider types them ([`Spec`] of `Own`); [`Fleet`] routes each
+/// machine to its provider with its own.
+pub trait Machines: Send + Sync + 'static {
+    /// The settings only this provider reads.
+    type Own: Sync;
+
+    /// See [`Provider::acquire`].
+    fn acquire(
+        &self,
+        req: &Acquire<'_, Spec<'_, Self::Own>>,
+    ) -> impl Future<Output = Result<Acquired, AcquireError>> + Send;
+    /// See [`Provider::reach`].
+    fn reach(
+        &self,
+        machine: &Machine,
+        spec: Spec<'_, Self::Own>,
+    ) -> impl Future<Output = Result<Reachable, ProviderError>> + Send;
+    /// See [`Provider::before_connect`].
+    fn before_connect(
+        &self,
+        _machine: &Machine,
+        _spec: Spec<'_, Self::Own>,
+        _after_failure: bool,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        async { Ok(()) }
+    }
+    /// See [`Provider::gone`].
+    fn gone(
+        &self,
+        _machine: &Machine,
+    ) -> impl Future<Output = Result<Option<Gone>, ProviderError>> + Send {
+        async { Ok(None) }
+    }
+    /// See [`Provider::extend`].
+    fn extend(
+        &self,
+        _machine: &Machine,
+        _spec: Spec<'_, Self::Own>,
+        _artifacts: &Artifacts,
+        _endpoint: &Endpoint,
+    ) -> impl Future<Output = Result<Option<jiff::Timestamp>, ProviderError>> + Send {
+        async { Ok(None) }
+    }
+    /// See [`Provider::release`].
+    fn release(
+        &self,
+        machine: &Machine,
+        spec: Spec<'_, Self::Own>,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// See [`Provider::leaked`].
+    fn leaked(
+        &self,
+        _workspace: &str,
+        _specs: &[Spec<'_, Self::Own>],
+    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send {
+        async { Ok(vec![]) }
+    }
+}
+
 /// How long stopping a run's processes may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -308,9 +417,62 @@ macro_rules! route {
     };
 }
 
+/// Runs `$call` on the provider `$settings` name, `$spec` being those settings as it types
+/// them.
+macro_rules! route_with {
+    ($fleet:expr, $settings:expr, $p:ident, $spec:ident => $call:expr) => {
+        match &$settings.machine {
+            MachineSettings::Aws(own) => {
+                let $p = $fleet.aws().await?;
+                let $spec = Spec::of($settings, own);
+                $call.await
+            }
+            MachineSettings::Ssh(own) => {
+                let $p = &$fleet.ssh;
+                let $spec = Spec::of($settings, own);
+                $call.await
+            }
+            MachineSettings::Local => {
+                let $p = &$fleet.local;
+                let $spec = Spec::of($settings, &());
+                $call.await
+            }
+        }
+    };
+}
+
+/// A machine is asked about with the settings it was got with, which name its provider: a
+/// record whose machine and settings disagree is refused rather than sent to the wrong one.
+fn same_provider(machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
+    let named = settings.provider();
+    if machine.provider == named {
+        return Ok(());
+    }
+    Err(ProviderError {
+        operation: "route",
+        target: machine.id.clone(),
+        message: format!(
+            "it is from provider `{}`, but it is asked about with settings for provider `{}`",
+            machine.provider.name(),
+            named.name()
+        ),
+    })
+}
+
+/// The machines `settings` name, for the provider whose own are `S`.
+fn specs_of<'a, S>(
+    settings: &[&'a Settings],
+    own: impl Fn(&'a MachineSettings) -> Option<&'a S>,
+) -> Vec<Spec<'a, S>> {
+    settings
+        .iter()
+        .filter_map(|s| Some(Spec::of(s, own(&s.machine)?)))
+        .collect()
+}
+
 impl Provider for Fleet {
     async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
-        route!(self, req.settings.provider(), p => p.acquire(req))
+        route_with!(self, req.settings, p, spec => p.acquire(&req.with(spec)))
     }
 
     async fn reach(
@@ -318,7 +480,8 @@ impl Provider for Fleet {
         machine: &Machine,
         settings: &Settings,
     ) -> Result<Reachable, ProviderError> {
-        route!(self, machine.provider, p => p.reach(machine, settings))
+        same_provider(machine, settings)?;
+        route_with!(self, settings, p, spec => p.reach(machine, spec))
     }
 
     async fn before_connect(
@@ -327,7 +490,8 @@ impl Provider for Fleet {
         settings: &Settings,
         after_failure: bool,
     ) -> Result<(), ProviderError> {
-        route!(self, machine.provider, p => p.before_connect(machine, settings, after_failure))
+        same_provider(machine, settings)?;
+        route_with!(self, settings, p, spec => p.before_connect(machine, spec, after_failure))
     }
 
     async fn gone(&self, machine: &Machine) -> Result<Option<Gone>, ProviderError> {
@@ -341,11 +505,13 @@ impl Provider for Fleet {
         artifacts: &Artifacts,
         endpoint: &Endpoint,
     ) -> Result<Option<jiff::Timestamp>, ProviderError> {
-        route!(self, machine.provider, p => p.extend(machine, settings, artifacts, endpoint))
+        same_provider(machine, settings)?;
+        route_with!(self, settings, p, spec => p.extend(machine, spec, artifacts, endpoint))
     }
 
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
-        route!(self, machine.provider, p => p.release(machine, settings))
+        same_provider(machine, settings)?;
+        route_with!(self, settings, p, spec => p.release(machine, spec))
     }
 
     async fn leaked(
@@ -354,17 +520,51 @@ impl Provider for Fleet {
         settings: &[&Settings],
     ) -> Result<Vec<Machine>, ProviderError> {
         let mut found = Vec::new();
-        for kind in [ProviderKind::Aws, ProviderKind::Ssh, ProviderKind::Local] {
-            let of_kind: Vec<&Settings> = settings
-                .iter()
-                .copied()
-                .filter(|s| s.provider() == kind)
-                .collect();
-            if of_kind.is_empty() {
-                continue;
-            }
-            found.extend(route!(self, kind, p => p.leaked(workspace, &of_kind))?);
+        let aws = specs_of(settings, |m| match m {
+            MachineSettings::Aws(a) => Some(a),
+            _ => None,
+        });
+        if !aws.is_empty() {
+            found.extend(self.aws().await?.leaked(workspace, &aws).await?);
+        }
+        let ssh = specs_of(settings, |m| match m {
+            MachineSettings::Ssh(s) => Some(s),
+            _ => None,
+        });
+        if !ssh.is_empty() {
+            found.extend(self.ssh.leaked(workspace, &ssh).await?);
+        }
+        let local = specs_of(settings, |m| {
+            matches!(m, MachineSettings::Local).then_some(&())
+        });
+        if !local.is_empty() {
+            found.extend(self.local.leaked(workspace, &local).await?);
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_asked_about_with_another_providers_settings_is_refused_not_routed() {
+        let text = "version = 1\nname = \"w\"\n[defaults]\nprovider = \"local\"\ntrack = \"t\"\n\
+                    [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n";
+        let plan = crate::plan::Plan::parse(std::path::Path::new("w.toml"), text).unwrap();
+        let local = &plan.suites[0].tests[0].settings;
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = Fleet::new(dir.path().to_owned(), "w");
+        let host = Machine::acquired(ProviderKind::Ssh, "h".into());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = rt.block_on(fleet.release(&host, local)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "route (h): it is from provider `ssh`, but it is asked about with settings for provider `local`"
+        );
     }
 }

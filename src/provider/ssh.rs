@@ -16,8 +16,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Acquire, AcquireError, Acquired, Provider, ProviderError, Reachable};
-use crate::plan::{MachineSettings, ProviderKind, Settings, SshSettings};
+use super::{Acquire, AcquireError, Acquired, Machines, ProviderError, Reachable, Spec};
+use crate::plan::{ProviderKind, SshSettings};
 use crate::remote::{self, Endpoint, HostKeys, SshEndpoint};
 use crate::state::{self, LockHolder, Machine};
 use crate::templates::shell_quote;
@@ -49,13 +49,6 @@ struct Lease {
     expires: Timestamp,
 }
 
-fn ssh_settings(settings: &Settings) -> &SshSettings {
-    match &settings.machine {
-        MachineSettings::Ssh(s) => s,
-        _ => unreachable!("the fleet routes only ssh tests here"),
-    }
-}
-
 /// Where to reach `host` (`name` or `name:port`, a bracketed IPv6 address with a port).
 fn endpoint(s: &SshSettings, host: &str) -> Endpoint {
     let (name, port) = match host.rsplit_once(':') {
@@ -78,8 +71,8 @@ fn endpoint(s: &SshSettings, host: &str) -> Endpoint {
     })
 }
 
-fn lease_path(settings: &Settings) -> Result<String, ProviderError> {
-    shell_quote(&format!("{}/lease", settings.remote_dir)).map_err(|e| ProviderError {
+fn lease_path(spec: Spec<'_, SshSettings>) -> Result<String, ProviderError> {
+    shell_quote(&format!("{}/lease", spec.remote_dir)).map_err(|e| ProviderError {
         operation: "lease",
         target: "remote_dir".into(),
         message: e.to_string(),
@@ -96,12 +89,11 @@ impl Ssh {
     /// Tries to lease `host` for the attempt, over SSH.
     async fn try_lease(
         &self,
-        req: &Acquire<'_>,
+        req: &Acquire<'_, Spec<'_, SshSettings>>,
         host: &str,
         lease: &Lease,
     ) -> Result<Taken, ProviderError> {
-        let s = ssh_settings(req.settings);
-        let at = endpoint(s, host);
+        let at = endpoint(req.settings.own, host);
         let fail = |message: String| ProviderError {
             operation: "lease",
             target: host.to_owned(),
@@ -167,9 +159,14 @@ impl Ssh {
     }
 }
 
-impl Provider for Ssh {
-    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
-        let s = ssh_settings(req.settings);
+impl Machines for Ssh {
+    type Own = SshSettings;
+
+    async fn acquire(
+        &self,
+        req: &Acquire<'_, Spec<'_, SshSettings>>,
+    ) -> Result<Acquired, AcquireError> {
+        let s = req.settings.own;
         let id = hex::encode(Sha256::digest(format!(
             "{}\n{}\n{}",
             req.lineage, req.address, req.attempt
@@ -248,7 +245,7 @@ impl Provider for Ssh {
     async fn reach(
         &self,
         machine: &Machine,
-        settings: &Settings,
+        spec: Spec<'_, SshSettings>,
     ) -> Result<Reachable, ProviderError> {
         // A resumed apply holds the host again in this process, so no other test of it takes it.
         self.held
@@ -256,7 +253,7 @@ impl Provider for Ssh {
             .expect("pool lock")
             .insert(machine.id.clone());
         Ok(Reachable {
-            endpoint: endpoint(ssh_settings(settings), &machine.id),
+            endpoint: endpoint(spec.own, &machine.id),
             patience: PATIENCE,
             refused_key_is_transient: false,
         })
@@ -267,7 +264,7 @@ impl Provider for Ssh {
     async fn extend(
         &self,
         machine: &Machine,
-        settings: &Settings,
+        spec: Spec<'_, SshSettings>,
         _artifacts: &crate::templates::Artifacts,
         endpoint: &Endpoint,
     ) -> Result<Option<Timestamp>, ProviderError> {
@@ -279,7 +276,7 @@ impl Provider for Ssh {
             target: machine.id.clone(),
             message,
         };
-        let path = lease_path(settings)?;
+        let path = lease_path(spec)?;
         let out = remote::exec(endpoint, &format!("cat {path}"), b"", LEASE_TIMEOUT)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -292,7 +289,7 @@ impl Provider for Ssh {
             )));
         }
         lease.expires = Timestamp::now()
-            + SignedDuration::try_from(settings.max_runtime + LEASE_GRACE)
+            + SignedDuration::try_from(spec.max_runtime + LEASE_GRACE)
                 .unwrap_or(SignedDuration::MAX);
         let mut input = serde_json::to_vec(&lease).expect("leases serialize");
         input.push(b'\n');
@@ -303,11 +300,15 @@ impl Provider for Ssh {
         Ok(Some(lease.expires))
     }
 
-    async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
-        let at = endpoint(ssh_settings(settings), &machine.id);
+    async fn release(
+        &self,
+        machine: &Machine,
+        spec: Spec<'_, SshSettings>,
+    ) -> Result<(), ProviderError> {
+        let at = endpoint(spec.own, &machine.id);
         super::stop_run(&at, machine).await?;
         if let Some(id) = &machine.lease {
-            let path = lease_path(settings)?;
+            let path = lease_path(spec)?;
             let id = shell_quote(&format!("\"id\":\"{id}\"")).expect("hex quotes");
             // Only this attempt's lease: the host may be another's by now.
             let command = format!("if grep -qF {id} {path} 2>/dev/null; then rm -f {path}; fi");
@@ -350,6 +351,10 @@ mod tests {
         );
         let plan = crate::plan::Plan::parse(std::path::Path::new("w.toml"), &text).unwrap();
         let settings = &plan.suites[0].tests[0].settings;
+        let crate::plan::MachineSettings::Ssh(own) = &settings.machine else {
+            panic!("an ssh test has ssh settings");
+        };
+        let spec = Spec::of(settings, own);
         let artifacts = crate::templates::Renderer::new()
             .session()
             .render(&plan.suites[0].tests[0])
@@ -382,7 +387,7 @@ mod tests {
             .build()
             .unwrap();
         let extend =
-            || rt.block_on(Ssh::default().extend(&machine, settings, &artifacts, &Endpoint::Local));
+            || rt.block_on(Ssh::default().extend(&machine, spec, &artifacts, &Endpoint::Local));
 
         let soon = Timestamp::now() + SignedDuration::from_secs(5);
         write(&lease("ours", soon));

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::ResultsError;
+use super::layout;
 use super::metrics::{TaskMetrics, Value};
 use super::parse::{self, Configuration, RaceInfo};
-use crate::address::{Address, slug};
+use crate::address::Address;
 use crate::backend::{Backend, ResultsBase};
 use crate::cost::bill::{self, Bill};
 use crate::state::{self, State, Status, TestRecord};
@@ -156,7 +157,7 @@ impl Workspace {
         };
         let base = backend.results_base(state.as_ref())?;
         Ok(Workspace {
-            root: base.dir.join("results").join(slug(&name)),
+            root: layout::workspace(&base.dir, &name),
             name,
             backend,
             state,
@@ -375,7 +376,7 @@ impl Workspace {
             .as_ref()
             .map(|s| s.tests.keys().map(|a| (a.path(), a)).collect())
             .unwrap_or_default();
-        let run_dir = self.root.join(run);
+        let run_dir = layout::run(&self.root, run);
         let mut tests = BTreeMap::new();
         for suite in subdirectories(&run_dir)? {
             for test in subdirectories(&run_dir.join(&suite))? {
@@ -453,25 +454,12 @@ impl Files {
     }
 }
 
-/// The directory a test's race `repetition` keeps its files in, under the test's directory of
-/// its run: the first race's files lie in the test's own directory, where a test that races
-/// once always had them.
-pub fn repetition_dir(test_dir: &Path, repetition: u32) -> PathBuf {
-    if repetition <= 1 {
-        test_dir.to_owned()
-    } else {
-        test_dir.join(format!("{REPETITION_PREFIX}{repetition}"))
-    }
-}
-
-const REPETITION_PREFIX: &str = "repetition-";
-
 /// The directories of the races a test ran in one run, in repetition order.
 fn repetition_dirs(test_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
     let mut numbered: Vec<(u32, PathBuf)> = subdirectories(test_dir)?
         .into_iter()
         .filter_map(|name| {
-            let n = name.strip_prefix(REPETITION_PREFIX)?.parse().ok()?;
+            let n = layout::repetition_of(&name)?;
             Some((n, test_dir.join(name)))
         })
         .collect();
@@ -509,7 +497,7 @@ fn failure_in(
 fn read_recorded(address: &Address, record: &TestRecord, base: &Path) -> TestResult {
     let current = RacedOn {
         run: record.run_id.clone(),
-        machine: record.instance.as_ref().map(|m| m.id.clone()),
+        machine: record.machine.as_ref().map(|m| m.id.clone()),
     };
     let mut races: Vec<Files> = record
         .earlier
@@ -615,9 +603,9 @@ fn read_test(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         }),
-        zone: record.and_then(|r| r.instance.as_ref()?.zone.clone()),
+        zone: record.and_then(|r| r.machine.as_ref()?.zone.clone()),
         spot: record.is_some_and(|r| {
-            r.instance.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
+            r.machine.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
         }),
         repetitions: counted.len(),
         raced_on: counted.iter().map(|&i| races[i].raced_on.clone()).collect(),
@@ -718,7 +706,7 @@ mod tests {
             ),
             (3, faster),
         ] {
-            let race = repetition_dir(&test_dir, k);
+            let race = layout::repetition(&test_dir, k);
             std::fs::create_dir_all(&race).unwrap();
             std::fs::write(race.join("report.csv"), report).unwrap();
         }

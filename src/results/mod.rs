@@ -7,6 +7,7 @@
 pub mod chart;
 pub mod compare;
 pub mod html;
+pub mod layout;
 pub mod load;
 pub mod metrics;
 pub mod parse;
@@ -257,11 +258,7 @@ impl Workspace {
             .map(Path::to_owned)
             // Beside the workspace's results in this directory, also when they were read from
             // a remote backend's cache.
-            .unwrap_or_else(|| {
-                Path::new("results")
-                    .join(crate::address::slug(&self.name))
-                    .join("report.html")
-            });
+            .unwrap_or_else(|| layout::workspace(Path::new(""), &self.name).join("report.html"));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| ResultsError::Write {
                 path: path.clone(),

@@ -437,7 +437,7 @@ impl<'h> Workspace<'h> {
     /// The harness instance a test ran (runs) on: its `instance.id` is the host as the pool
     /// names it (`IP` or `IP:PORT`).
     pub fn ip_of(&self, record: &TestRecord) -> String {
-        let machine = record.instance.as_ref().expect("a machine recorded");
+        let machine = record.machine.as_ref().expect("a machine recorded");
         let ip = host_ip(&machine.id);
         assert!(
             self.harness.instance_ips.contains(&ip),

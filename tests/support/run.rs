@@ -230,7 +230,7 @@ pub fn record_of(
     let mut record = rallyctl::state::TestRecord {
         run_id: Some("20261201T000000Z-night0".into()),
         race_id: Some(uuid::Uuid::new_v4()),
-        instance,
+        machine: instance,
         ..rallyctl::state::TestRecord::new(
             artifacts.config_hash,
             (&test.settings).into(),

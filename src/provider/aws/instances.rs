@@ -25,7 +25,6 @@ use super::{
     unknown_reason,
 };
 use crate::address::Address;
-use crate::plan::Settings;
 use crate::provider::{AcquireError, ProviderError};
 
 /// RunInstances attempts on `InsufficientInstanceCapacity`, the first included.
@@ -184,8 +183,8 @@ fn subnet_token(token: &str, subnet: Option<&str>, subnets: &[Option<String>]) -
 }
 
 /// When the watchdog armed at `armed` shuts the instance down.
-pub(super) fn watchdog_after(armed: jiff::Timestamp, settings: &Settings) -> jiff::Timestamp {
-    jiff::SignedDuration::try_from(settings.max_runtime)
+pub(super) fn watchdog_after(armed: jiff::Timestamp, max_runtime: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(max_runtime)
         .ok()
         .and_then(|d| armed.checked_add(d).ok())
         .unwrap_or(jiff::Timestamp::MAX)

@@ -33,11 +33,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::Filter;
 
-use super::{Acquire, AcquireError, Acquired, Gone, Provider, ProviderError, Reachable};
+use super::{Acquire, AcquireError, Acquired, Gone, Machines, ProviderError, Reachable, Spec};
 use crate::address::slug;
-use crate::plan::{
-    AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, Settings,
-};
+use crate::plan::{AwsSettings, Connect, Market, MarketKind, ProviderKind};
 use crate::remote::{self, Endpoint, EphemeralKey, HostKeys, SshEndpoint};
 use crate::state::Machine;
 use crate::templates::Artifacts;
@@ -133,13 +131,6 @@ fn unknown_reason(id: &str) -> String {
     )
 }
 
-fn aws_settings(settings: &Settings) -> &AwsSettings {
-    match &settings.machine {
-        MachineSettings::Aws(a) => a,
-        _ => unreachable!("the fleet routes only aws tests here"),
-    }
-}
-
 fn region_of(machine: &Machine) -> Result<&str, ProviderError> {
     machine.region.as_deref().ok_or_else(|| ProviderError {
         operation: "DescribeInstances",
@@ -212,9 +203,14 @@ impl Aws {
     }
 }
 
-impl Provider for Aws {
-    async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
-        let s = aws_settings(req.settings);
+impl Machines for Aws {
+    type Own = AwsSettings;
+
+    async fn acquire(
+        &self,
+        req: &Acquire<'_, Spec<'_, AwsSettings>>,
+    ) -> Result<Acquired, AcquireError> {
+        let s = req.settings.own;
         let ami = s.launch_ami().ok_or_else(|| ProviderError {
             operation: "RunInstances",
             target: s.region.to_string(),
@@ -312,7 +308,7 @@ impl Provider for Aws {
         Ok(Acquired {
             machine: Machine {
                 // Armed at boot, which is after this: the watchdog fires no earlier.
-                expires_at: Some(watchdog_after(launched_at, req.settings)),
+                expires_at: Some(watchdog_after(launched_at, req.settings.max_runtime)),
                 launched_at,
                 region: Some(s.region.to_string()),
                 subnet: info.subnet,
@@ -327,9 +323,9 @@ impl Provider for Aws {
     async fn reach(
         &self,
         machine: &Machine,
-        settings: &Settings,
+        spec: Spec<'_, AwsSettings>,
     ) -> Result<Reachable, ProviderError> {
-        let s = aws_settings(settings);
+        let s = spec.own;
         let region = region_of(machine)?;
         let info = self
             .poller
@@ -362,7 +358,7 @@ impl Provider for Aws {
     async fn before_connect(
         &self,
         machine: &Machine,
-        settings: &Settings,
+        spec: Spec<'_, AwsSettings>,
         after_failure: bool,
     ) -> Result<(), ProviderError> {
         let fresh = !after_failure
@@ -375,7 +371,7 @@ impl Provider for Aws {
         if fresh {
             return Ok(());
         }
-        let user = &aws_settings(settings).ssh_user;
+        let user = &spec.own.ssh_user;
         self.push_key_within_boot(machine, user).await?;
         self.pushed
             .lock()
@@ -415,12 +411,12 @@ impl Provider for Aws {
     async fn extend(
         &self,
         machine: &Machine,
-        settings: &Settings,
+        spec: Spec<'_, AwsSettings>,
         artifacts: &Artifacts,
         endpoint: &Endpoint,
     ) -> Result<Option<jiff::Timestamp>, ProviderError> {
-        self.before_connect(machine, settings, false).await?;
-        let expires = watchdog_after(jiff::Timestamp::now(), settings);
+        self.before_connect(machine, spec, false).await?;
+        let expires = watchdog_after(jiff::Timestamp::now(), spec.max_runtime);
         let rearm = "if [ \"$(id -u)\" -eq 0 ]; then bash -s; else sudo -n bash -s; fi";
         remote::exec(
             endpoint,
@@ -437,10 +433,14 @@ impl Provider for Aws {
         Ok(Some(expires))
     }
 
-    async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
+    async fn release(
+        &self,
+        machine: &Machine,
+        spec: Spec<'_, AwsSettings>,
+    ) -> Result<(), ProviderError> {
         let region = region_of(machine)?;
         if let Some(host) = &machine.address {
-            remote::close(&self.endpoint(machine, aws_settings(settings), host.clone())).await;
+            remote::close(&self.endpoint(machine, spec.own, host.clone())).await;
         }
         let ids = std::slice::from_ref(&machine.id);
         let deadline = Instant::now() + RELEASE_TIMEOUT;
@@ -485,9 +485,9 @@ impl Provider for Aws {
     async fn leaked(
         &self,
         workspace: &str,
-        settings: &[&Settings],
+        specs: &[Spec<'_, AwsSettings>],
     ) -> Result<Vec<Machine>, ProviderError> {
-        let mut regions: Vec<&str> = settings.iter().map(|s| &*aws_settings(s).region).collect();
+        let mut regions: Vec<&str> = specs.iter().map(|s| &*s.own.region).collect();
         regions.sort();
         regions.dedup();
         let mut found = Vec::new();
