@@ -1443,24 +1443,33 @@ fn screenshot(report: &Path) {
     let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
     let _ = std::fs::remove_file(&png);
     let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+    // Headless, on its own profile, in a 1200 × 1600 window, with what else it is asked.
+    let browse = |page: &Path, asked: &[&str]| {
+        Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                &format!("--user-data-dir={}", profile.path().display()),
+                "--window-size=1200,1600",
+            ])
+            .args(asked)
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .expect("chromium runs")
+    };
+    let out = browse(
+        &html,
+        &[
             "--enable-logging=stderr",
             "--v=0",
-            &format!("--user-data-dir={}", profile.path().display()),
             &format!("--screenshot={}", png.display()),
-            "--window-size=1200,1600",
-            &format!("file://{}", html.display()),
-        ])
-        .output()
-        .expect("chromium runs");
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -1484,22 +1493,7 @@ fn screenshot(report: &Path) {
         report.replace("</body>", &format!("{script}</body>")),
     )
     .unwrap();
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--window-size=1200,1600",
-            "--dump-dom",
-            &format!("file://{}", measured.display()),
-        ])
-        .output()
-        .expect("chromium runs");
+    let out = browse(&measured, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&out.stdout);
     let overflow = dom
         .split_once("<pre id=\"overflow\">")
