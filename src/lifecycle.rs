@@ -521,6 +521,9 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
         None => {
             let owner = group[0];
             let record = record_of(ctx, &owner.address)?;
+            // The attempt was recorded at launching when it opened; this is where it launches.
+            ctx.progress
+                .step(&owner.address.to_string(), Step::Launching.name());
             acquire(ctx, owner, &ctx.artifacts[&owner.address], &record).await?;
             checkpoint(ctx, &owner.address, Step::Booting)?;
             let machine = record_of(ctx, &owner.address)?
