@@ -360,14 +360,24 @@ pub const CACHE_DROPPED: &str = "page cache dropped";
 /// Readies a machine taken from another test: stops what that test's race left (its run
 /// directory `previous`, when known), then drops the page cache if the user is root or may
 /// sudo without a password, saying so with [`CACHE_DROPPED`].
+///
+/// No machine-wide `sync`: it waited for every dirty page of the machine (seconds on a busy
+/// one), and nothing the scrub promises needs that. Stopping is done by `kill`, and the page
+/// cache's clean pages (what the next race reads: the Rally install, the distribution, the
+/// track's data) drop without a flush. Only the previous race's own files are flushed, as
+/// their dirty pages would neither drop nor stay out of the next race's way, written back
+/// while it runs. `sync FILE...` (coreutils 8.24) where it is there, else the old `sync`.
 pub fn scrub_command(previous: Option<&str>) -> Result<String, crate::templates::TemplateError> {
     let stop = match previous {
-        Some(dir) => format!("(\n{}\n) || exit $?\n", stop_run_command(dir, STOP_WAIT)?),
+        Some(dir) => format!(
+            "(\n{}\n) || exit $?\nfind {} -xdev -type f -exec sync -- {{}} + 2>/dev/null\n",
+            stop_run_command(dir, STOP_WAIT)?,
+            crate::templates::shell_quote(dir)?
+        ),
         None => String::new(),
     };
     Ok(format!(
-        r#"{stop}sync
-if [ "$(id -u)" = 0 ]; then
+        r#"{stop}if [ "$(id -u)" = 0 ]; then
   {{ echo 3 > /proc/sys/vm/drop_caches; }} 2>/dev/null && echo '{CACHE_DROPPED}'
 elif sudo -n true 2>/dev/null; then
   echo 3 | sudo -n tee /proc/sys/vm/drop_caches >/dev/null 2>&1 && echo '{CACHE_DROPPED}'
