@@ -393,6 +393,8 @@ exit 0"#
 /// merely killed: until init reaps them they stay zombies, and Rally counts a zombie named
 /// `esrally` as a Rally process still running, so the next race on the machine would refuse
 /// to start. Those still there after `wait` (whole seconds) are named, and the command fails.
+/// Without a process started per process of the machine (one `grep` reads every command
+/// line; a parent is read with the shell's own `read`): on a busy machine that was seconds.
 pub fn stop_run_command(
     run_dir: &str,
     wait: Duration,
@@ -405,19 +407,23 @@ stop=" "
 if [ -s race.pid ]; then
   for pid in $(pgrep -s "$(cat race.pid)" 2>/dev/null); do stop="$stop$pid "; done
 fi
-for p in /proc/[0-9]*; do
-  pid=${{p#/proc/}}
+# The patterns come on grep's stdin: on its command line they would find grep itself.
+for f in $(printf '%s\n' "$run_dir/report.csv" "$run_dir/.rally/" | grep -lsaF -f - /proc/[0-9]*/cmdline); do
+  pid=${{f#/proc/}}
+  pid=${{pid%/cmdline}}
   [ "$pid" = "$$" ] && continue
   case "$stop" in *" $pid "*) continue;; esac
-  cmd=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
-  case "$cmd" in *"$run_dir/report.csv"*|*"$run_dir/.rally/"*) stop="$stop$pid ";; esac
+  stop="$stop$pid "
 done
 while [ "$stop" != " " ]; do
   more=" "
   for p in /proc/[0-9]*; do
     pid=${{p#/proc/}}
     case "$stop$more" in *" $pid "*) continue;; esac
-    ppid=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d' ' -f2)
+    read -r stat 2>/dev/null < "$p/stat" || continue
+    ppid=${{stat##*) }}
+    ppid=${{ppid#* }}
+    ppid=${{ppid%% *}}
     case "$stop" in *" $ppid "*) more="$more$pid ";; esac
   done
   [ "$more" = " " ] && break
