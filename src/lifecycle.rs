@@ -545,7 +545,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             }
         }
     })?;
-    let conn = reach(ctx, owner).await?;
+    let conn = connect(ctx, owner).await?;
     let booting = |t: &Test| {
         ctx.state.read(|s| {
             s.tests.get(&t.address).is_some_and(|r| {
@@ -558,10 +558,11 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             })
         })
     };
-    if let Some(taken) = &conn.machine.taken
-        && group.iter().any(|t| booting(t))
-    {
-        scrub(ctx, owner, &conn, taken).await?;
+    // One round trip, not two: a kept machine's scrub, safe to repeat and retried like the
+    // probe, tells that the machine answers as well as the probe would.
+    match &conn.machine.taken {
+        Some(taken) if group.iter().any(|t| booting(t)) => scrub(ctx, owner, &conn, taken).await?,
+        _ => answers(&ctx.provider, &ctx.cancel, &owner.settings, &conn).await?,
     }
     for test in group.iter().filter(|t| booting(t)) {
         checkpoint(ctx, &test.address, Step::Installing)?;
@@ -944,7 +945,6 @@ async fn acquire<P: Provider>(
     Ok(())
 }
 
-/// Booting: waits until the machine runs and answers a command.
 /// Warm reuse, the giving side: the test's machine stays up for `to`, a test of a later suite.
 /// The record goes on holding it until `to` takes it, so a killed apply, a later plan and
 /// `destroy` all find it.
@@ -1085,7 +1085,16 @@ async fn scrub<P: Provider>(
     Ok(())
 }
 
+/// Booting: waits until the machine runs and answers a command.
 async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
+    let conn = connect(ctx, test).await?;
+    answers(&ctx.provider, &ctx.cancel, &test.settings, &conn).await?;
+    Ok(conn)
+}
+
+/// Waits until the machine runs and records its address; what it answers is the caller's to
+/// ask, by the first command it runs there.
+async fn connect<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
     let machine = record_of(ctx, &test.address)?
         .machine
         .ok_or_else(|| failed(Step::Booting, "state names no machine for this test"))?;
@@ -1098,9 +1107,7 @@ async fn reach<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<Conn, Stop> {
             }
         })?;
     }
-    let conn = Conn { machine, reachable };
-    answers(&ctx.provider, &ctx.cancel, &test.settings, &conn).await?;
-    Ok(conn)
+    Ok(Conn { machine, reachable })
 }
 
 /// Waits until the machine runs; Ctrl-C ends the wait at once (booting can take minutes).
@@ -1207,44 +1214,51 @@ pub(crate) async fn install_on<P: Provider>(
     let run_dir = quoted_run_dir(conn, Step::Installing)?;
     let bundle = staging::bundle(renderer, test, artifacts, origin)
         .map_err(|e| failed(Step::Installing, e))?;
-    let upload = format!("mkdir -p {run_dir} && tar -C {run_dir} -xf -");
-    run_with(
+    // One round trip for the upload and the script: both are safe to repeat (a resumed
+    // apply does both again), and no state is written between them. A failed unpack says so
+    // last, to be told from the script's own failure.
+    let install = format!(
+        "{{ mkdir -p {run_dir} && tar -C {run_dir} -xf -; }} || {{ echo '{UNPACK_FAILED}' >&2; exit 1; }}\nbash {run_dir}/install.sh < /dev/null"
+    );
+    let step = Step::Installing;
+    let ran = attempt(
         provider,
         cancel,
         &test.settings,
         conn,
-        &upload,
+        &install,
         &bundle,
-        Duration::from_secs(300),
-        Step::Installing,
-    )
-    .await?;
-    match remote::exec(
-        &conn.reachable.endpoint,
-        &format!("bash {run_dir}/install.sh"),
-        b"",
         INSTALL_TIMEOUT,
+        step,
     )
-    .await
-    {
-        Ok(out) => Ok(String::from_utf8_lossy(&out.stdout)
+    .await;
+    match ran {
+        Ok(out) => Ok(String::from_utf8_lossy(&out)
             .lines()
             .filter(|l| l.starts_with("rallyctl: "))
             .map(str::to_owned)
             .collect()),
-        Err(RemoteError::Failed { code, stderr, .. }) => Err(Stop::Failed(Failure {
-            log_tail: Some(stderr),
-            ..failure(
-                Step::Installing,
-                format!(
-                    "install.sh exited with {code:?} on {}",
-                    conn.reachable.endpoint.name()
-                ),
-            )
-        })),
-        Err(e) => Err(failed(Step::Installing, e)),
+        Err(Attempt::Stop(stop)) => Err(stop),
+        Err(Attempt::Refused(RemoteError::Failed { code, stderr, .. }))
+            if stderr.lines().last() != Some(UNPACK_FAILED) =>
+        {
+            Err(Stop::Failed(Failure {
+                log_tail: Some(stderr),
+                ..failure(
+                    Step::Installing,
+                    format!(
+                        "install.sh exited with {code:?} on {}",
+                        conn.reachable.endpoint.name()
+                    ),
+                )
+            }))
+        }
+        Err(Attempt::Refused(e)) => Err(refused(step, conn, e)),
     }
 }
+
+/// What the install command says last when the bundle could not be unpacked.
+const UNPACK_FAILED: &str = "rallyctl: cannot unpack the bundle";
 
 /// Racing: starts the race unless it already runs, then waits for it, reconnecting as needed.
 async fn race<P: Provider>(
@@ -1259,35 +1273,41 @@ async fn race<P: Provider>(
         .ok_or_else(|| failed(Step::Racing, "state names no race id for this attempt"))?;
     // The metrics store's password reaches Rally through its environment, never a file.
     let password = std::env::var(METRICS_PASSWORD_ENV).unwrap_or_default();
-    run_on(
-        ctx,
-        test,
-        conn,
-        &format!("bash {run_dir}/race.sh start {race_id}"),
-        format!("{password}\n").as_bytes(),
-        Duration::from_secs(60),
-        Step::Racing,
-    )
-    .await?;
     // Waits in slices short enough to notice a stall within a third of its timeout.
     let stall = test.settings.stall_timeout;
     let slice = (stall.as_secs() / 3).clamp(1, WAIT_SLICE_SECS);
     let wait_command = format!("bash {run_dir}/race.sh wait {slice}");
+    // The start and the first wait in one round trip: starting is safe to repeat (a race that
+    // runs is left alone), and nothing is recorded between the two. The wait's answer is the
+    // last line.
+    let mut next = Some((
+        format!("bash {run_dir}/race.sh start {race_id} && {wait_command}"),
+        format!("{password}\n"),
+        Duration::from_secs(60),
+    ));
     loop {
+        let (command, input, starting) = next
+            .take()
+            .unwrap_or_else(|| (wait_command.clone(), String::new(), Duration::ZERO));
         let wait = run_on(
             ctx,
             test,
             conn,
-            &wait_command,
-            b"",
-            Duration::from_secs(slice + 60),
+            &command,
+            input.as_bytes(),
+            Duration::from_secs(slice + 60) + starting,
             Step::Racing,
         );
         let out = tokio::select! {
             out = wait => out?,
             _ = ctx.cancel.cancelled() => return Err(Stop::Interrupted),
         };
-        let answer = String::from_utf8_lossy(&out).trim().to_owned();
+        let answer = String::from_utf8_lossy(&out)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         let error = match answer.strip_prefix("exited ") {
             Some("0") => return Ok(()),
             Some(TIMED_OUT) => format!(
@@ -1567,6 +1587,40 @@ async fn run_with<P: Provider>(
     timeout: Duration,
     step: Step,
 ) -> Result<Vec<u8>, Stop> {
+    attempt(
+        provider, cancel, settings, conn, command, input, timeout, step,
+    )
+    .await
+    .map_err(|a| match a {
+        Attempt::Stop(stop) => stop,
+        Attempt::Refused(e) => refused(step, conn, e),
+    })
+}
+
+/// How [`attempt`] ended short of an answer.
+enum Attempt {
+    Stop(Stop),
+    /// The machine answered with an error that retrying would not change: the caller's to tell.
+    Refused(RemoteError),
+}
+
+fn refused(step: Step, conn: &Conn, error: RemoteError) -> Stop {
+    failed(step, format!("{error} ({})", conn.machine.id))
+}
+
+/// [`run_with`], with the error that ended the retries left to the caller.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<P: Provider>(
+    provider: &P,
+    cancel: &CancellationToken,
+    settings: &Settings,
+    conn: &Conn,
+    command: &str,
+    input: &[u8],
+    timeout: Duration,
+    step: Step,
+) -> Result<Vec<u8>, Attempt> {
+    let stop = |s: Stop| Attempt::Stop(s);
     let deadline = Instant::now() + conn.reachable.patience;
     let mut delay = Duration::from_millis(500);
     let mut after_failure = false;
@@ -1574,7 +1628,7 @@ async fn run_with<P: Provider>(
         provider
             .before_connect(&conn.machine, settings, after_failure)
             .await
-            .map_err(|e| failed(step, e))?;
+            .map_err(|e| stop(failed(step, e)))?;
         let error = match remote::exec(&conn.reachable.endpoint, command, input, timeout).await {
             Ok(out) => return Ok(out.stdout),
             Err(e) => e,
@@ -1585,31 +1639,31 @@ async fn run_with<P: Provider>(
             _ => false,
         };
         if !transient || Instant::now() >= deadline {
-            return Err(failed(step, format!("{error} ({})", conn.machine.id)));
+            return Err(Attempt::Refused(error));
         }
         // A connection that keeps failing may mean the machine is gone; not being able to
         // tell is a failure of its own, never read as "still there".
         match provider.gone(&conn.machine).await {
             Ok(None) => {}
             Ok(Some(gone)) => {
-                return Err(Stop::Failed(Failure {
+                return Err(stop(Stop::Failed(Failure {
                     reclaimed: gone.reclaimed,
                     ..failure(step, gone.reason)
-                }));
+                })));
             }
             Err(e) => {
-                return Err(failed(
+                return Err(stop(failed(
                     step,
                     format!(
                         "{error} ({}); whether it is still there cannot be told: {e}",
                         conn.machine.id
                     ),
-                ));
+                )));
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = cancel.cancelled() => return Err(Stop::Interrupted),
+            _ = cancel.cancelled() => return Err(stop(Stop::Interrupted)),
         }
         delay = (delay * 2).min(Duration::from_secs(15));
         after_failure = true;

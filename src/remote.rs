@@ -360,14 +360,24 @@ pub const CACHE_DROPPED: &str = "page cache dropped";
 /// Readies a machine taken from another test: stops what that test's race left (its run
 /// directory `previous`, when known), then drops the page cache if the user is root or may
 /// sudo without a password, saying so with [`CACHE_DROPPED`].
+///
+/// No machine-wide `sync`: it waited for every dirty page of the machine (seconds on a busy
+/// one), and nothing the scrub promises needs that. Stopping is done by `kill`, and the page
+/// cache's clean pages (what the next race reads: the Rally install, the distribution, the
+/// track's data) drop without a flush. Only the previous race's own files are flushed, as
+/// their dirty pages would neither drop nor stay out of the next race's way, written back
+/// while it runs. `sync FILE...` (coreutils 8.24) where it is there, else the old `sync`.
 pub fn scrub_command(previous: Option<&str>) -> Result<String, crate::templates::TemplateError> {
     let stop = match previous {
-        Some(dir) => format!("(\n{}\n) || exit $?\n", stop_run_command(dir, STOP_WAIT)?),
+        Some(dir) => format!(
+            "(\n{}\n) || exit $?\nfind {} -xdev -type f -exec sync -- {{}} + 2>/dev/null\n",
+            stop_run_command(dir, STOP_WAIT)?,
+            crate::templates::shell_quote(dir)?
+        ),
         None => String::new(),
     };
     Ok(format!(
-        r#"{stop}sync
-if [ "$(id -u)" = 0 ]; then
+        r#"{stop}if [ "$(id -u)" = 0 ]; then
   {{ echo 3 > /proc/sys/vm/drop_caches; }} 2>/dev/null && echo '{CACHE_DROPPED}'
 elif sudo -n true 2>/dev/null; then
   echo 3 | sudo -n tee /proc/sys/vm/drop_caches >/dev/null 2>&1 && echo '{CACHE_DROPPED}'
@@ -383,6 +393,8 @@ exit 0"#
 /// merely killed: until init reaps them they stay zombies, and Rally counts a zombie named
 /// `esrally` as a Rally process still running, so the next race on the machine would refuse
 /// to start. Those still there after `wait` (whole seconds) are named, and the command fails.
+/// Without a process started per process of the machine (one `grep` reads every command
+/// line; a parent is read with the shell's own `read`): on a busy machine that was seconds.
 pub fn stop_run_command(
     run_dir: &str,
     wait: Duration,
@@ -395,19 +407,23 @@ stop=" "
 if [ -s race.pid ]; then
   for pid in $(pgrep -s "$(cat race.pid)" 2>/dev/null); do stop="$stop$pid "; done
 fi
-for p in /proc/[0-9]*; do
-  pid=${{p#/proc/}}
+# The patterns come on grep's stdin: on its command line they would find grep itself.
+for f in $(printf '%s\n' "$run_dir/report.csv" "$run_dir/.rally/" | grep -lsaF -f - /proc/[0-9]*/cmdline); do
+  pid=${{f#/proc/}}
+  pid=${{pid%/cmdline}}
   [ "$pid" = "$$" ] && continue
   case "$stop" in *" $pid "*) continue;; esac
-  cmd=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
-  case "$cmd" in *"$run_dir/report.csv"*|*"$run_dir/.rally/"*) stop="$stop$pid ";; esac
+  stop="$stop$pid "
 done
 while [ "$stop" != " " ]; do
   more=" "
   for p in /proc/[0-9]*; do
     pid=${{p#/proc/}}
     case "$stop$more" in *" $pid "*) continue;; esac
-    ppid=$(sed 's/.*) //' "$p/stat" 2>/dev/null | cut -d' ' -f2)
+    read -r stat 2>/dev/null < "$p/stat" || continue
+    ppid=${{stat##*) }}
+    ppid=${{ppid#* }}
+    ppid=${{ppid%% *}}
     case "$stop" in *" $ppid "*) more="$more$pid ";; esac
   done
   [ "$more" = " " ] && break

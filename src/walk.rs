@@ -504,6 +504,34 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(fake.held.lock().unwrap().is_empty());
     }
 
+    /// The upload and install.sh run as one command; which of them failed is still told.
+    #[test]
+    fn a_bundle_that_cannot_be_unpacked_is_told_from_a_failing_install_script() {
+        const ONE: &str = "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t\"\n";
+        // No run directory can be made under a file.
+        let mut bench = Bench::new(ONE);
+        std::fs::write(bench.dir.path().join("remote/runs"), "").unwrap();
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        let (_, step, error, _) = &report.failed[0];
+        assert_eq!(*step, Step::Installing);
+        assert!(
+            error.contains("Not a directory")
+                && error.ends_with("cannot unpack the bundle (m-t-1)"),
+            "{error}"
+        );
+        // install.sh cannot open its lock.
+        let mut bench = Bench::new(ONE);
+        std::fs::create_dir(bench.dir.path().join("remote/install.lock")).unwrap();
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        let (_, step, error, tail) = &report.failed[0];
+        assert_eq!(*step, Step::Installing);
+        assert_eq!(error, "install.sh exited with Some(1) on this machine");
+        assert!(
+            tail.as_deref().unwrap_or("").contains("Is a directory"),
+            "{tail:?}"
+        );
+    }
+
     #[test]
     fn a_failing_race_is_failed_with_its_log_tail_and_its_machine_given_back() {
         let mut bench = Bench::new(
@@ -1233,6 +1261,31 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         m.released_at = None;
         m.handover = Some(Handover::KeptFor("b.t2".parse().unwrap()));
         bench.state.tests.remove(&"b.t2".parse().unwrap());
+    }
+
+    /// Each remote command is a round trip, which on a distant machine costs far more than
+    /// the command: a test runs four on its machine, the bench's having Rally already there
+    /// as a baked image has (a probe that it answers, the upload with install.sh, the race's
+    /// start with its first wait, the collect). A kept machine's taker runs its scrub in place
+    /// of the probe, and has its bound renewed (the provider's `extend`).
+    #[test]
+    fn a_test_costs_four_round_trips_on_its_machine_a_taker_too() {
+        let mut bench = Bench::new("[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t\"\n");
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(*fake.connects.lock().unwrap(), ["m-t-1"; 4]);
+
+        let mut bench = reusing(HANDOFF);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(*fake.connects.lock().unwrap(), ["m-t1-1"; 4 + 4]);
+        assert_eq!(
+            fake.calls()
+                .iter()
+                .filter(|c| c.starts_with("extend"))
+                .count(),
+            1
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Record {
     pub boot_forever: Mutex<HashSet<String>>,
     /// Machines whose bound cannot be renewed for another race.
     pub refuse_extend: Mutex<HashSet<String>>,
+    /// The machine of every connection the lifecycle made (each remote command is one), in
+    /// order: what the round trips a test costs are counted by.
+    pub connects: Mutex<Vec<String>>,
     /// Machines acquired and not yet released.
     pub held: Mutex<HashSet<String>>,
     /// What each machine was got with (its provider's settings and remote directory): it is
@@ -153,6 +156,16 @@ impl Provider for Fake {
             patience: Duration::ZERO,
             refused_key_is_transient: false,
         })
+    }
+
+    async fn before_connect(
+        &self,
+        machine: &Machine,
+        _settings: &Settings,
+        _after_failure: bool,
+    ) -> Result<(), ProviderError> {
+        self.connects.lock().unwrap().push(machine.id.clone());
+        Ok(())
     }
 
     async fn gone(&self, machine: &Machine) -> Result<Option<Gone>, ProviderError> {
