@@ -197,10 +197,12 @@ fn measure(matrix: bool) {
     let (plan, state) = generate(dir.path(), matrix);
     if let (Some(keep), false) = (std::env::var_os("SCALE_KEEP"), matrix) {
         // For profiling: `SCALE_KEEP=DIR` keeps the inputs, to run one phase under perf with
-        // `SCALE_PLAN=DIR/scale.toml SCALE_STATE=DIR/state/scale.state.json SCALE_PHASES=1`.
+        // `SCALE_PLAN=DIR/scale.toml SCALE_STATE=DIR/state/scale.state.json SCALE_PHASES=1`,
+        // which read the price file beside the plan.
         let keep = Path::new(&keep);
         std::fs::create_dir_all(keep).unwrap();
         std::fs::copy(&plan, keep.join("scale.toml")).unwrap();
+        std::fs::copy(dir.path().join(PRICES), keep.join(PRICES)).unwrap();
         std::fs::create_dir_all(keep.join("state")).unwrap();
         std::fs::copy(&state, keep.join(state::default_path("scale"))).unwrap();
     }

@@ -74,6 +74,8 @@ pub fn check_test_name(name: &str) -> Result<(), NameError> {
     match name.strip_prefix('.') {
         Some(_) => Err(NameError::LeadingDot),
         // Dots aside, the rules are a name's: checked with the dots taken out.
+        // Most names hold none: copying each of a large plan's names was a cost of loading it.
+        None if !name.contains('.') => check_name(name),
         None => check_name(&name.replace('.', "-")),
     }
 }

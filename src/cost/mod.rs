@@ -218,6 +218,10 @@ impl Prices {
 
     /// Why a spot test's price now is not known; none when it is, or for other tests.
     pub fn no_spot_now(&self, settings: &Settings) -> Option<&str> {
+        // Asked of every test a plan runs: most ask no spot price, and making the key allocates.
+        if self.spot_now.is_empty() {
+            return None;
+        }
         let key = Key::of(settings)?;
         match self.spot_now.get(&key) {
             Some(Err(why)) => Some(why),
@@ -243,10 +247,10 @@ impl Prices {
             }
         };
         // EC2 never charges a spot instance more than its cap.
-        let spot_now_usd = (Key::of(settings).and_then(|k| self.spot_now.get(&k)))
+        let spot_now_usd = (spot.then(|| Key::of(settings)).flatten())
+            .and_then(|k| self.spot_now.get(&k))
             .and_then(|p| p.as_ref().ok())
-            .map(|&now| now.min(instance_usd))
-            .filter(|_| spot);
+            .map(|&now| now.min(instance_usd));
         let public_ipv4_usd = match aws.connect {
             Connect::PublicIp => PUBLIC_IPV4_USD_PER_HOUR,
             Connect::PrivateIp => 0.0,
