@@ -13,11 +13,11 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::{Address, slug};
+use crate::backend::StateHandle;
 use crate::lifecycle::{self, Stop};
 use crate::plan::{MachineSettings, Plan, Settings, Test};
 use crate::provider::aws::ImageWait;
 use crate::provider::{Acquire, Fleet, Provider};
-use crate::state::StateHandle;
 use crate::state::{BakeKey, BakeStep, Image, Machine, State};
 use crate::templates::{ArtifactMap, Renderer};
 use crate::ui::Progress;

@@ -5,9 +5,9 @@
 //! like any other; baked images are given back only when asked (`destroy --images`).
 
 use crate::address::Address;
+use crate::backend::StateHandle;
 use crate::plan::Settings;
 use crate::provider::Provider;
-use crate::state::StateHandle;
 use crate::state::{BakeStep, Machine, State, Status};
 
 /// A machine destroy will give back.

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::address::{Address, slug};
+use crate::backend::StateHandle;
 use crate::plan::{Plan, RepeatOn, Settings, Test};
 use crate::planner::{Action, Handoff};
 use crate::provider::{Acquire, AcquireError, Provider, Reachable};
@@ -28,8 +29,8 @@ use crate::remote::{self, RemoteError, tail};
 use crate::results::layout;
 use crate::staging;
 use crate::state::{
-    Handover, Machine, RecordedSettings, Repetition, ResultFile, StateError, StateHandle, Status,
-    Step, Taken, TestRecord,
+    Handover, Machine, RecordedSettings, Repetition, ResultFile, StateError, Status, Step, Taken,
+    TestRecord,
 };
 use crate::templates::{ArtifactMap, Artifacts, METRICS_PASSWORD_ENV, Renderer};
 use crate::ui::Progress;

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -16,7 +15,6 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::address::Address;
-use crate::backend::Backend;
 use crate::plan::{ProviderKind, Settings, VariantOf};
 
 /// The state format version this rallyctl writes and reads. Version 2 names a record's
@@ -1144,64 +1142,6 @@ pub fn lock_state(state_path: &Path) -> io::Result<LockState> {
 /// Removes a workspace's lock, whoever holds it: the caller checked that it is the one meant.
 pub fn remove_lock(state_path: &Path) -> io::Result<()> {
     fs::remove_file(lock_path(state_path))
-}
-
-/// The state shared by all tests of an apply; every change is persisted before it returns.
-#[derive(Clone)]
-pub struct StateHandle {
-    state: Arc<Mutex<State>>,
-    backend: Arc<Backend>,
-}
-
-impl StateHandle {
-    pub fn new(state: State, backend: Backend) -> Self {
-        StateHandle {
-            state: Arc::new(Mutex::new(state)),
-            backend: Arc::new(backend),
-        }
-    }
-
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.lock().expect("state lock"))
-    }
-
-    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
-        let mut state = self.state.lock().expect("state lock");
-        let r = f(&mut state);
-        self.backend.save(&mut state)?;
-        Ok(r)
-    }
-
-    /// Keeps collected files where the backend keeps results (see [`Backend::publish`]).
-    pub async fn publish(&self, files: Vec<ResultFile>) -> Result<(), StateError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || backend.publish(&files))
-            .await
-            .expect("publishing does not panic")
-    }
-
-    pub fn record(
-        &self,
-        address: &Address,
-        f: impl FnOnce(&mut TestRecord),
-    ) -> Result<(), StateError> {
-        self.update(|s| s.tests.get_mut(address).map(f))?
-            .ok_or_else(|| StateError::Missing {
-                address: address.clone(),
-            })
-    }
-
-    /// The record of a test, which the caller knows state holds.
-    pub fn test(&self, address: &Address) -> Result<TestRecord, StateError> {
-        self.read(|s| s.tests.get(address).cloned())
-            .ok_or_else(|| StateError::Missing {
-                address: address.clone(),
-            })
-    }
-
-    pub fn snapshot(&self) -> State {
-        self.read(Clone::clone)
-    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::address::Address;
+use crate::backend::StateHandle;
 use crate::graph::{Graph, Node};
 use crate::lifecycle::{self, Ctx, Start, Stop};
 use crate::plan::{Plan, Test};
 use crate::planner::{Action, Changes};
 use crate::provider::Provider;
-use crate::state::StateHandle;
 use crate::state::Step;
 use crate::templates::{ArtifactMap, Renderer};
 use crate::ui::Progress;

@@ -43,6 +43,7 @@ const RULES: &[Rule] = &[
     walk_and_lifecycle_name_no_provider,
     templates_see_no_provider_types,
     remote_knows_no_provider,
+    state_knows_not_where_it_is_kept,
     no_ignored_tests,
     no_dbg,
 ];
@@ -287,6 +288,20 @@ fn templates_see_no_provider_types(src: &Source) -> Vec<Violation> {
         &["src/templates"],
         &["crate::provider"],
         "templates never see a provider's types (ARCHITECTURE.md)",
+    )
+}
+
+fn state_knows_not_where_it_is_kept(src: &Source) -> Vec<Violation> {
+    forbidden_paths(
+        src,
+        &["src/state"],
+        &[
+            "crate::backend",
+            "crate::lifecycle",
+            "crate::walk",
+            "crate::ops",
+        ],
+        "state is the model the backends keep: it may not know them, nor who writes it (ARCHITECTURE.md)",
     )
 }
 
@@ -535,4 +550,22 @@ fn ignored_tests_and_dbg_are_caught() {
         [format!("1: {IGNORE}")]
     );
     assert_eq!(check(no_dbg, "src/walk.rs", &text), [format!("3: {DBG}")]);
+}
+
+#[test]
+fn state_knowing_its_backend_is_caught() {
+    let found = check(
+        state_knows_not_where_it_is_kept,
+        "src/state.rs",
+        "use crate::address::Address;\nuse crate::backend::Backend;\n",
+    );
+    assert_eq!(found, ["2: crate::backend::Backend"]);
+    assert!(
+        check(
+            state_knows_not_where_it_is_kept,
+            "src/backend/handle.rs",
+            "use crate::backend::Backend;\n"
+        )
+        .is_empty()
+    );
 }

@@ -9,9 +9,12 @@
 //! bucket beside it, read back through a local cache keyed by checksum ([`cache`]).
 
 pub mod cache;
+mod handle;
 pub mod objects;
 pub mod remote;
 pub mod s3;
+
+pub use handle::StateHandle;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

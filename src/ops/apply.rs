@@ -138,7 +138,7 @@ pub fn run(rt: &Runtime, p: Prepared, parallelism: usize) -> Result<ApplyReport>
         ..
     } = p;
     let state_dir = l.backend.local_dir();
-    let handle = crate::state::StateHandle::new(l.state, l.backend);
+    let handle = crate::backend::StateHandle::new(l.state, l.backend);
     let report = rt.block_on(async {
         let cancel = tokio_util::sync::CancellationToken::new();
         let watcher = super::on_ctrl_c(

@@ -52,7 +52,7 @@ pub fn run(rt: &Runtime, p: Prepared) -> Result<Vec<Baked>> {
         .context("bake needs AWS credentials; nothing was launched or written")?;
     let l = p.loaded;
     let fleet = crate::provider::Fleet::new(l.backend.local_dir(), &l.plan.name);
-    let handle = crate::state::StateHandle::new(l.state, l.backend);
+    let handle = crate::backend::StateHandle::new(l.state, l.backend);
     let progress = ui::Progress::new(ui::stdout_is_tty());
     let run_id = state::new_run_id();
     Ok(rt.block_on(async {

@@ -7,12 +7,12 @@ use anyhow::Result;
 use tokio::runtime::Runtime;
 
 use super::lock;
+use crate::backend::StateHandle;
 use crate::backend::{Backend, Lock};
 use crate::destroy::{Gone, ImageTarget, NotGivenBack, Target};
 use crate::plan::Plan;
 use crate::provider::Fleet;
 use crate::state::State;
-use crate::state::StateHandle;
 
 /// What `destroy` would give back, with the workspace's state locked.
 pub struct Found {
