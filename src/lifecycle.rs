@@ -278,15 +278,28 @@ async fn open_attempts<'t, P: Provider>(
                 }
             }
         };
-        match opened {
-            Ok(()) => live.push(*test),
-            Err(Stop::Failed(f)) => {
-                outcomes.push((test.address.clone(), Err(drop_out(ctx, test, f).await)))
-            }
-            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
+        if admitted(ctx, test, opened, outcomes).await {
+            live.push(*test);
         }
     }
     live
+}
+
+/// Whether a member whose attempt or repetition was just `opened` goes on; one that cannot
+/// has its outcome entered (a failure dropping it out of the group, as [`drop_out`] records).
+async fn admitted<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    opened: Result<(), Stop>,
+    outcomes: &mut Vec<(Address, Result<(), Stop>)>,
+) -> bool {
+    let stop = match opened {
+        Ok(()) => return true,
+        Err(Stop::Failed(f)) => drop_out(ctx, test, f).await,
+        Err(stop) => stop,
+    };
+    outcomes.push((test.address.clone(), Err(stop)));
+    false
 }
 
 /// How rounds on one machine ended.
@@ -330,12 +343,8 @@ async fn to_fresh<'t, P: Provider>(
             Ok(()) => next_repetition(ctx, test, Step::Launching).map(drop),
             Err(f) => Err(Stop::Failed(f.clone())),
         };
-        match opened {
-            Ok(()) => going_on.push(*test),
-            Err(Stop::Failed(f)) => {
-                outcomes.push((test.address.clone(), Err(drop_out(ctx, test, f).await)))
-            }
-            Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
+        if admitted(ctx, test, opened, outcomes).await {
+            going_on.push(*test);
         }
     }
     going_on
