@@ -210,14 +210,7 @@ fn read_price(
     field: &str,
     sink: &mut Sink<'_>,
 ) -> Option<([String; 2], Listed)> {
-    let Kind::Table(entries) = &item.kind else {
-        sink.error(
-            &item.span,
-            field,
-            format!("expected a table, found {}", item.kind.describe()),
-        );
-        return None;
-    };
+    let entries = sink.table(item, field)?;
     let before = sink.diagnostics.len();
     let [first, second] = shape.names;
     let (mut names, mut usd, mut as_of): ([Option<String>; 2], _, _) = ([None, None], None, None);

@@ -5,6 +5,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::source::{Entry, Kind, Node};
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
     pub file: PathBuf,
@@ -83,6 +85,22 @@ impl<'a> Sink<'a> {
         message: impl Into<String>,
     ) {
         self.push(span, field, message.into(), None);
+    }
+
+    /// A table's entries; any other value is reported as what it is.
+    pub fn table<'t, 'n>(
+        &mut self,
+        node: &'t Node<'n>,
+        field: impl fmt::Display,
+    ) -> Option<&'t [Entry<'n>]> {
+        match &node.kind {
+            Kind::Table(entries) => Some(entries),
+            other => {
+                let message = format!("expected a table, found {}", other.describe());
+                self.error(&node.span, field, message);
+                None
+            }
+        }
     }
 
     pub fn error_with_help(

@@ -764,10 +764,7 @@ impl<'n> Loader<'_, '_> {
         node: &'n Node<'n>,
         field: Field<'_>,
     ) -> Option<&'n [Entry<'n>]> {
-        match &node.kind {
-            Kind::Table(entries) => Some(entries),
-            other => self.expected(&node.span, field, "a table", other),
-        }
+        self.sink.table(node, field)
     }
 
     pub(super) fn array(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<&'n [Node<'n>]> {

@@ -280,14 +280,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
         settings: &[&str],
         sink: &mut Sink<'_>,
     ) -> Option<Matrix<'a, 'n>> {
-        let Kind::Table(entries) = &node.kind else {
-            sink.error(
-                &node.span,
-                field,
-                format!("expected a table, found {}", node.kind.describe()),
-            );
-            return None;
-        };
+        let entries = sink.table(node, field)?;
         let mut matrix = Matrix {
             axes: Vec::new(),
             include: Vec::new(),
@@ -385,14 +378,7 @@ impl<'a, 'n> Matrix<'a, 'n> {
         settings: &[&str],
         sink: &mut Sink<'_>,
     ) -> Option<Extra<'a, 'n>> {
-        let Kind::Table(entries) = &item.kind else {
-            sink.error(
-                &item.span,
-                field,
-                format!("expected a table, found {}", item.kind.describe()),
-            );
-            return None;
-        };
+        let entries = sink.table(item, field)?;
         if entries.is_empty() {
             let what = match exclude {
                 true => "an empty exclude entry would exclude every combination",
