@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::{Address, slug};
 use crate::backend::StateHandle;
 use crate::lifecycle::{self, Stop};
-use crate::plan::{MachineSettings, Plan, Settings, Test};
+use crate::plan::{LaunchImage, MachineSettings, Plan, Settings, Test};
 use crate::provider::aws::ImageWait;
 use crate::provider::{Acquire, Fleet, Provider};
 use crate::state::{BakeKey, BakeStep, Image, Machine, State};
@@ -62,9 +62,15 @@ pub fn resolve(plan: &mut Plan, state: &State) -> Resolved {
         let MachineSettings::Aws(a) = &mut test.settings.machine else {
             continue;
         };
-        match state.image_for(&key).and_then(|i| i.image_id.clone()) {
+        let image = state.image_for(&key);
+        match image.and_then(|i| i.image_id.clone()) {
             Some(id) => {
-                a.image = Some(id.as_str().into());
+                a.image = Some(LaunchImage {
+                    id: id.as_str().into(),
+                    installed: image
+                        .and_then(|i| i.instance.as_ref()?.installed.as_deref())
+                        .map(Into::into),
+                });
                 resolved.used.push((test.address.clone(), id));
             }
             None => resolved.missing.push(Missing {
@@ -223,7 +229,10 @@ pub async fn bake(ctx: &Ctx<'_>, w: &Wanted) -> Result<String, BakeError> {
 fn launch_like(test: &Test) -> Test {
     let mut like = test.clone();
     if let MachineSettings::Aws(a) = &mut like.settings.machine {
-        a.image = a.base_ami.clone();
+        a.image = a.base_ami.clone().map(|id| LaunchImage {
+            id,
+            installed: None,
+        });
     }
     like
 }
@@ -328,8 +337,16 @@ async fn steps(ctx: &Ctx<'_>, index: usize, like: &Test) -> Result<String, BakeE
                 ctx.state
                     .update(|s| s.images[index].set_step(BakeStep::Installing))?;
                 install(ctx, like, &conn).await?;
-                ctx.state
-                    .update(|s| s.images[index].set_step(BakeStep::Imaging))?;
+                // The image holds what the script installed: a test launched from it whose
+                // script is this one does not run it again.
+                let digest = ctx.artifacts[&like.address].install_digest();
+                ctx.state.update(|s| {
+                    let i = &mut s.images[index];
+                    if let Some(m) = &mut i.instance {
+                        m.installed = Some(digest);
+                    }
+                    i.set_step(BakeStep::Imaging);
+                })?;
                 BakeStep::Imaging
             }
             BakeStep::Imaging => return imaging(ctx, index).await,

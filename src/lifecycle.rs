@@ -1204,14 +1204,24 @@ async fn install<P: Provider>(
         },
     )
     .await?;
+    let digest = artifacts.install_digest();
+    if conn.machine.installed.as_ref() != Some(&digest) {
+        ctx.state.record(&test.address, |r| {
+            if let Some(m) = &mut r.machine {
+                m.installed = Some(digest);
+            }
+        })?;
+    }
     for line in said {
         ctx.progress.println(&format!("{}: {line}", test.address));
     }
     Ok(())
 }
 
-/// Uploads the test's bundle into the machine's run directory and runs its install script;
-/// what the script said it did (its `rallyctl:` lines: installing, or finding a baked venv).
+/// Uploads the test's bundle into the machine's run directory and runs its install script
+/// unless this very script ran to its end there already; what the script said it did (its
+/// `rallyctl:` lines: installing, or finding a baked venv). The caller records the script as
+/// run: a test's machine in its record, a bake's in its image.
 pub(crate) async fn install_on<P: Provider>(
     provider: &P,
     cancel: &CancellationToken,
@@ -1227,8 +1237,14 @@ pub(crate) async fn install_on<P: Provider>(
     // One round trip for the upload and the script: both are safe to repeat (a resumed
     // apply does both again), and no state is written between them. A failed unpack says so
     // last, to be told from the script's own failure.
+    let installed = conn.machine.installed.as_ref() == Some(&artifacts.install_digest());
+    let script = if installed {
+        String::new()
+    } else {
+        format!("\nbash {run_dir}/install.sh < /dev/null")
+    };
     let install = format!(
-        "{{ mkdir -p {run_dir} && tar -C {run_dir} -xf -; }} || {{ echo '{UNPACK_FAILED}' >&2; exit 1; }}\nbash {run_dir}/install.sh < /dev/null"
+        "{{ mkdir -p {run_dir} && tar -C {run_dir} -xf -; }} || {{ echo '{UNPACK_FAILED}' >&2; exit 1; }}{script}"
     );
     let step = Step::Installing;
     let ran = attempt(
@@ -1243,6 +1259,10 @@ pub(crate) async fn install_on<P: Provider>(
     )
     .await;
     match ran {
+        Ok(_) if installed => Ok(vec![format!(
+            "rallyctl: this install.sh ran on {} already: nothing to install",
+            conn.machine.id
+        )]),
         Ok(out) => Ok(String::from_utf8_lossy(&out)
             .lines()
             .filter(|l| l.starts_with("rallyctl: "))

@@ -280,6 +280,11 @@ pub struct Machine {
     /// price was known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usd_per_hour: Option<f64>,
+    /// The sha256 of the install script that last ran to its end here (the one baked into
+    /// its image, or a test's before it was kept): a test whose script is the same does not
+    /// run it again, which on a kept machine or a baked image costs a second per test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -603,6 +608,7 @@ impl Machine {
             taken: None,
             handover: None,
             usd_per_hour: None,
+            installed: None,
         }
     }
 }

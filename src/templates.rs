@@ -65,6 +65,12 @@ struct TrackFiles {
 }
 
 impl Artifacts {
+    /// The sha256 of the install script, as [`crate::state::Machine::installed`] records it.
+    pub fn install_digest(&self) -> String {
+        let at = RENDERED.iter().position(|n| *n == "install.sh");
+        hex::encode(self.digests[at.expect("install.sh is rendered")])
+    }
+
     /// Every file the config hash takes in besides the settings, each by its sha256, named as
     /// `plan` names a changed one: the rendered scripts, the rally.ini under the path of its
     /// source, and the local track's files under the track's path.

@@ -274,7 +274,7 @@ races="$(dirname "$0")/races"
 [ "$1" = race ] && echo $(( $(cat "$races" 2>/dev/null || echo 0) + 1 )) > "$races"
 for a in "$@"; do
   case "$a" in
-    --version) echo "esrally 2.13.0"; exit 0;;
+    --version) echo >> "$(dirname "$0")/installs"; echo "esrally 2.13.0"; exit 0;;
     --report-file=*) report=${a#--report-file=};;
     --fail) echo "boom: the cluster said no"; exit 64;;
     --fail-at=*) [ "$(cat "$races")" = "${a#--fail-at=}" ] && { echo "boom"; exit 64; };;
@@ -1286,6 +1286,38 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 .count(),
             1
         );
+    }
+
+    /// How often install.sh ran: it ends with `esrally --version`.
+    fn installs(bench: &Bench) -> usize {
+        let file = bench.dir.path().join("remote/rally-2.13.0/bin/installs");
+        std::fs::read_to_string(file).map_or(0, |s| s.lines().count())
+    }
+
+    #[test]
+    fn a_taker_whose_install_script_ran_on_the_kept_machine_does_not_run_it_again() {
+        let mut bench = reusing(HANDOFF);
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(installs(&bench), 1);
+        let t1 = record(&bench, "a.t1").machine.clone().unwrap();
+        let t2 = record(&bench, "b.t2").machine.clone().unwrap();
+        assert_eq!(t2.id, t1.id);
+        assert!(t2.installed.is_some());
+        assert_eq!(t2.installed, t1.installed);
+
+        // A script of its own (git checked for a track that is cloned): it runs.
+        let mut bench = reusing(&HANDOFF.replace(
+            "rally_args = [\"--no-leftovers\"]",
+            "rally_args = [\"--no-leftovers\"]\noffline = false",
+        ));
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        let t1 = record(&bench, "a.t1").machine.clone().unwrap();
+        let t2 = record(&bench, "b.t2").machine.clone().unwrap();
+        assert_eq!(t2.id, t1.id, "the machine is still taken");
+        assert_eq!(installs(&bench), 2);
+        assert_ne!(t2.installed, t1.installed);
     }
 
     #[test]

@@ -450,7 +450,7 @@ pub struct AwsSettings {
     /// The image to launch from when it is not `ami` itself: for `ami = "baked"` the image
     /// state records ([`crate::bake::resolve`]), for a bake instance its base AMI. Never
     /// recorded or hashed: a re-bake must not turn every result into a re-run.
-    pub image: Option<Text>,
+    pub image: Option<LaunchImage>,
     pub connect: Connect,
     pub instance_type: Text,
     pub market: Market,
@@ -460,6 +460,15 @@ pub struct AwsSettings {
     pub ssh_user: Text,
     pub subnets: Subnets,
     pub tags: SortedMap<Text>,
+}
+
+/// An image resolved from state for a launch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchImage {
+    pub id: Text,
+    /// The sha256 of the install script that ran on the instance it was baked from, where
+    /// state recorded it: see [`crate::state::Machine::installed`].
+    pub installed: Option<Text>,
 }
 
 impl AwsSettings {
@@ -472,7 +481,7 @@ impl AwsSettings {
     /// resolved.
     pub fn launch_ami(&self) -> Option<&str> {
         match &self.image {
-            Some(image) => Some(image),
+            Some(image) => Some(&image.id),
             None => (&*self.ami != BAKED).then_some(&*self.ami),
         }
     }

@@ -314,6 +314,9 @@ impl Machines for Aws {
                 subnet: info.subnet,
                 zone: info.zone,
                 spot: info.spot,
+                installed: (s.image.as_ref())
+                    .and_then(|i| i.installed.as_deref())
+                    .map(str::to_owned),
                 ..Machine::acquired(ProviderKind::Aws, info.id)
             },
             adopted,
