@@ -52,6 +52,23 @@ fn validate_says_what_a_duration_and_a_spot_fallback_look_like() {
     insta::assert_snapshot!(text(&out));
 }
 
+/// Clusters written wrong: nodes and load drivers out of range, unknown cluster keys with the
+/// closest one, a cluster beside what races an existing one, drivers without a cluster or on
+/// this machine, keys of another provider, ssh pools too small for one test: all at once.
+#[test]
+fn validate_reports_cluster_mistakes_at_their_place() {
+    let out = rallyctl(&["validate", "tests/fixtures/messages/cluster-mistakes.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+    let out = rallyctl(&["validate", "tests/fixtures/plans/clusters.toml"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tests/fixtures/plans/clusters.toml is valid: 4 suites, 6 tests, 16 EC2 instances.\n",
+        "{}",
+        text(&out)
+    );
+}
+
 /// A stall timeout the machine's time runs out before is a warning where the plan brings it
 /// about, from `validate` and `plan` alike; the plan stays valid.
 #[test]
