@@ -810,6 +810,36 @@ fn a_refused_apply_leaves_no_state_directory() {
     assert!(!d.join("state").exists(), "apply left a state directory");
 }
 
+/// A test with a cluster is planned, but `apply` refuses it before it acquires anything:
+/// this version does not stand clusters up yet.
+#[test]
+fn apply_refuses_a_cluster_before_acquiring_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("c.toml"),
+        "version = 1\nname = \"c\"\n[defaults]\nprovider = \"local\"\ntrack = \"geonames\"\n\
+         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"nodes\"\ncluster = { nodes = 2 }\n",
+    )
+    .unwrap();
+    let planned = rallyctl_in(d, &["plan", "c.toml"]);
+    assert_eq!(planned.status.code(), Some(0), "{}", text(&planned));
+    let out = rallyctl_in(d, &["apply", "c.toml", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("s.nodes has a `cluster`: clusters are planned but not yet applied by this version of rallyctl; nothing was acquired"),
+        "{stderr}"
+    );
+    let state = rallyctl::state::load(&d.join("state/c.state.json")).unwrap();
+    assert!(
+        state.is_none_or(|s| s.tests.is_empty()),
+        "apply recorded a test it refused"
+    );
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
+    assert!(!home.join("rallyctl/runs/c").exists(), "apply made a run directory");
+}
+
 /// A lock whose holder died on this host needs its ID and a confirmation; without a terminal
 /// to confirm on, the refusal says to pass --force.
 #[test]
