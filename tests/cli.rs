@@ -320,6 +320,45 @@ fn plan_estimates_what_the_tests_to_run_cost() {
     insta::assert_json_snapshot!(v["cost"]);
 }
 
+/// `plan` shows the machines of each test with a cluster in its block, and prices them all:
+/// nodes × their instance type and load drivers × the test's, each with its public IPv4
+/// address; tests without a cluster read as before.
+#[test]
+fn plan_shows_each_clusters_machines_and_prices_them_all() {
+    let (_dir, state) = temp_state();
+    let plan = |json: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "tests/fixtures/plans/clusters.toml",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        args.extend(json);
+        let out = rallyctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    insta::assert_snapshot!(plan(&[]));
+    let v: serde_json::Value = serde_json::from_str(&plan(&["--json"])).unwrap();
+    let three = &v["cost"]["tests"][0];
+    assert_eq!(three["address"], "aws.three");
+    // 3 × m5.xlarge at $0.192 and 2 × m5.large at $0.096, each with a public IPv4 address
+    // ($0.005), for the 2 hours of max_runtime.
+    let hourly = 3.0 * (0.192 + 0.005) + 2.0 * (0.096 + 0.005);
+    assert!(
+        (three["worst_usd"].as_f64().unwrap() - hourly * 2.0).abs() < 1e-6,
+        "{three}"
+    );
+    assert_eq!(
+        three["cluster"],
+        serde_json::json!({"nodes": 3, "node_instance_type": "m5.xlarge", "load_drivers": 2})
+    );
+    assert_eq!(
+        v["changes"][0]["cluster"],
+        "3 × m5.xlarge, 2 load drivers × m5.large"
+    );
+}
+
 /// A price file with a mistake is a usage error, named at its line, before anything else.
 #[test]
 fn a_broken_price_file_is_refused_at_its_line() {
@@ -837,7 +876,10 @@ fn apply_refuses_a_cluster_before_acquiring_anything() {
         "apply recorded a test it refused"
     );
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
-    assert!(!home.join("rallyctl/runs/c").exists(), "apply made a run directory");
+    assert!(
+        !home.join("rallyctl/runs/c").exists(),
+        "apply made a run directory"
+    );
 }
 
 /// A lock whose holder died on this host needs its ID and a confirmation; without a terminal

@@ -833,6 +833,52 @@ impl Settings {
         self.machine.kind()
     }
 
+    /// A test with a cluster's machines, as `plan` shows them: `3 × r6i.xlarge, 2 load
+    /// drivers × c5.large`; none for a test of one machine.
+    pub fn topology(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let (nodes, drivers) = (c.nodes.get(), self.load_drivers.get());
+        let plural = |n: u32, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        Some(match &self.machine {
+            MachineSettings::Aws(a) => format!(
+                "{nodes} × {}, {} × {}",
+                c.instance_type.as_deref().unwrap_or(&a.instance_type),
+                plural(drivers, "load driver"),
+                a.instance_type
+            ),
+            MachineSettings::Ssh(_) if c.hosts.is_empty() => format!(
+                "{} and {}, a host each from `hosts`",
+                plural(nodes, "node"),
+                plural(drivers, "load driver")
+            ),
+            MachineSettings::Ssh(_) => format!(
+                "{}, a host each from `cluster.hosts`, {} from `hosts`",
+                plural(nodes, "node"),
+                plural(drivers, "load driver")
+            ),
+            MachineSettings::Local => format!(
+                "{}, processes on this machine, which drives the load",
+                plural(nodes, "node")
+            ),
+        })
+    }
+
+    /// The aws settings a cluster's nodes launch with: the test's, of the nodes' instance
+    /// type; none without a cluster, or off aws.
+    pub fn node_aws(&self) -> Option<AwsSettings> {
+        let (MachineSettings::Aws(aws), Some(cluster)) = (&self.machine, &self.cluster) else {
+            return None;
+        };
+        Some(AwsSettings {
+            instance_type: (cluster.instance_type.clone())
+                .unwrap_or_else(|| aws.instance_type.clone()),
+            ..aws.clone()
+        })
+    }
+
     /// How many machines the test takes from its provider at once: its own, or its cluster's
     /// nodes and its load drivers.
     pub fn machines(&self) -> u32 {
