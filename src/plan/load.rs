@@ -1108,7 +1108,7 @@ mod tests {
             Path::new("c.toml"),
             "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
              instance_type = \"c5.large\"\ntrack = \"x\"\ncluster = { nodes = 3, car = \"4gheap\", car_params = { heap = \"4g\" } }\n\
-             [[suite]]\nname = \"s\"\nload_drivers = 2\ncluster = { instance_type = \"r6i.xlarge\" }\n\
+             reuse_instances = true\n[[suite]]\nname = \"s\"\nload_drivers = 2\ncluster = { instance_type = \"r6i.xlarge\" }\n\
              [[suite.test]]\nname = \"inherits\"\n\
              [[suite.test]]\nname = \"five\"\ncluster = { nodes = 5, car_params = { gc = \"g1\" } }\nload_drivers = 1\n\
              [[suite]]\nname = \"plain\"\n[[suite.test]]\nname = \"own\"\ncluster = { nodes = 1 }\n\
@@ -1121,6 +1121,7 @@ mod tests {
         assert_eq!(cluster(0).instance_type.as_deref(), Some("r6i.xlarge"));
         assert_eq!(tests[0].settings.load_drivers.get(), 2);
         assert_eq!(tests[0].settings.machines(), 5);
+        assert!(!tests[0].reuse, "a cluster is handed on by no warm reuse");
         assert_eq!(cluster(1).nodes.get(), 5);
         assert_eq!(cluster(1).car.as_deref(), Some("4gheap"));
         let params: Vec<&str> = cluster(1).car_params.iter().map(|(k, _)| k).collect();

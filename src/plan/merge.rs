@@ -217,7 +217,9 @@ impl Loader<'_, '_> {
             load_drivers,
             machine,
         };
-        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
+        // Warm reuse hands on one machine; a cluster's are not handed on (yet).
+        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)))
+            && settings.cluster.is_none();
         Some((settings, repeat, reuse))
     }
 
