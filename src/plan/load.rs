@@ -553,7 +553,7 @@ impl<'n> Loader<'_, '_> {
                 }
                 continue;
             }
-            let merged = self.merge(defaults, raw, &test_node.span, test_field);
+            let merged = self.merge(defaults, raw, &test_node.span, entries, test_field);
             if let (Some(suite), Some(test), Some((settings, repeat, reuse))) =
                 (&name, test_name, merged)
             {
@@ -636,7 +636,7 @@ impl<'n> Loader<'_, '_> {
                     );
                 }
             }
-            let merged = self.merge(parent, raw, &item.span, field);
+            let merged = self.merge(parent, raw, &item.span, entries, field);
             // Variants keep the machine of their group: they take none from another test.
             let (Some(name), Some((settings, repeat, _))) = (name, merged) else {
                 continue;

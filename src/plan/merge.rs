@@ -6,8 +6,9 @@ use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use super::load::{Field, Loader};
+use super::load::{Field, Loader, get};
 use super::settings::{self, ALTERNATIVES, SETTINGS, at, cluster_at, required};
+use super::source::Entry;
 use super::values::{MAX_USER_TAGS, Raw, Val};
 use super::{
     AwsSettings, Cluster, Connect, MachineSettings, Market, MarketKind, ProviderKind, RallyConfig,
@@ -23,11 +24,13 @@ pub(super) fn provider_of(raw: &Raw) -> ProviderKind {
 
 impl Loader<'_, '_> {
     /// Merges a test's settings over the defaults and built-ins and checks the result as a whole.
+    /// `span` is the test's table, `entries` its entries.
     pub(super) fn merge(
         &mut self,
         defaults: &Raw,
         test: Raw,
         span: &Range<usize>,
+        entries: &[Entry<'_>],
         field: Field<'_>,
     ) -> Option<(Settings, Repeat, bool)> {
         let provider = match &test[const { at("provider") }] {
@@ -80,7 +83,7 @@ impl Loader<'_, '_> {
                 None
             }
         };
-        let cluster = self.cluster(&mut m, provider, span, field);
+        let cluster = self.cluster(&mut m, provider, span, entries, field);
         if !ok || m.iter().any(|v| matches!(v, Some(Val::Invalid))) {
             return None;
         }
@@ -224,14 +227,18 @@ impl Loader<'_, '_> {
     }
 
     /// A test's `cluster` and `load_drivers`, checked against what else it says; every
-    /// problem is reported before none is returned.
+    /// problem is reported before none is returned, where the test writes the key it is
+    /// about (else at the test, which inherits it).
     fn cluster(
         &mut self,
         m: &mut Raw,
         provider: ProviderKind,
         span: &Range<usize>,
+        entries: &[Entry<'_>],
         field: Field<'_>,
     ) -> Option<(Option<Cluster>, NonZeroU32)> {
+        let at_key = |key: &str| get(entries, key).map_or(span.clone(), |e| e.key_span.clone());
+        let (cluster_span, drivers_span) = (at_key("cluster"), at_key("load_drivers"));
         let drivers = match m[const { at("load_drivers") }].take() {
             Some(Val::Count(n)) => n,
             _ => Settings::LOAD_DRIVERS,
@@ -242,7 +249,7 @@ impl Loader<'_, '_> {
             Some(_) => return None,
             None if drivers > Settings::LOAD_DRIVERS => {
                 self.sink.error_with_help(
-                    span,
+                    &drivers_span,
                     field.key("load_drivers"),
                     "`load_drivers` is read only with `cluster`: a test without one is one machine, which drives the load itself",
                     "set `cluster = { nodes = ... }`, or leave `load_drivers` out",
@@ -255,7 +262,7 @@ impl Loader<'_, '_> {
         let mut ok = true;
         if matches!(&m[const { at("pipeline") }], Some(Val::Str(p)) if &**p == "benchmark-only") {
             self.sink.error_with_help(
-                span,
+                &cluster_span,
                 at_cluster,
                 "`cluster` with pipeline = \"benchmark-only\": rallyctl stands the cluster up itself, while benchmark-only races one that already runs",
                 "leave out `pipeline`, or `cluster` to race a cluster of your own through `target_hosts`",
@@ -264,7 +271,7 @@ impl Loader<'_, '_> {
         }
         if matches!(&m[const { at("target_hosts") }], Some(Val::Strs(h)) if !h.is_empty()) {
             self.sink.error_with_help(
-                span,
+                &cluster_span,
                 at_cluster,
                 "`cluster` with `target_hosts`: rallyctl stands the cluster up and races its nodes, while `target_hosts` names a cluster that already runs",
                 "leave out one of them",
@@ -273,7 +280,7 @@ impl Loader<'_, '_> {
         }
         if provider == ProviderKind::Local && drivers > Settings::LOAD_DRIVERS {
             self.sink.error_with_help(
-                span,
+                &drivers_span,
                 field.key("load_drivers"),
                 format!("provider = \"local\" has one load driver, this machine (its nodes run as processes beside it), not {drivers}"),
                 "leave `load_drivers` out, or race on provider = \"aws\" or \"ssh\"",
@@ -289,7 +296,7 @@ impl Loader<'_, '_> {
             Some(Val::Count(n)) => *n,
             _ => {
                 self.sink.error_with_help(
-                    span,
+                    &cluster_span,
                     at_cluster.key("nodes"),
                     "`cluster` has no `nodes`",
                     "say how many Elasticsearch nodes to stand up, 1 to 100: cluster = { nodes = 3 }",
@@ -314,9 +321,9 @@ impl Loader<'_, '_> {
             ProviderKind::Ssh | ProviderKind::Local => None,
         };
         if provider == ProviderKind::Ssh
-            && let Some(Val::Strs(own)) = &m[const { at("hosts") }]
+            && let Some(Val::Strs(pool)) = &m[const { at("hosts") }]
         {
-            ok &= self.pool_holds(own, &hosts, nodes, drivers, span, at_cluster);
+            ok &= self.pool_holds(pool, &hosts, nodes, drivers, &cluster_span, at_cluster);
         }
         let map = |i: usize| match key(i) {
             Some(Val::JsonMap(map)) => map.clone(),
