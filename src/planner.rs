@@ -46,6 +46,9 @@ pub struct Change {
     /// The matrix the test is a combination of, which `render` groups it under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<MatrixOf>,
+    /// The machines of a test with a cluster ([`crate::plan::Settings::topology`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -191,6 +194,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 .and_then(TestRecord::live_machine)
                 .map(|i| i.id.clone()),
             matrix: test.matrix.clone(),
+            cluster: test.settings.topology(),
         };
         let Some(record) = record else {
             let reason = format!("will be run{}", races(test));
@@ -305,6 +309,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 diff: None,
                 instance: Some(instance.id.clone()),
                 matrix: None,
+                cluster: None,
             });
         }
     }
@@ -377,6 +382,7 @@ fn handoffs(
                 diff: None,
                 instance: Some(machine.id.clone()),
                 matrix: None,
+                cluster: None,
             });
         }
     }
@@ -569,6 +575,9 @@ pub fn render(changes: &Changes) -> String {
                     .map(|(key, value)| format!("{key} = {value}"))
                     .collect();
                 let _ = writeln!(out, "{indent}  #   {}", values.join(", "));
+            }
+            if let Some(cluster) = &c.cluster {
+                let _ = writeln!(out, "{indent}  #   cluster: {cluster}");
             }
             let _ = writeln!(out, "{indent}{styled} {}", style(&c.address).bold());
             if let Some(diff) = &c.diff {

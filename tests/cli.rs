@@ -52,6 +52,23 @@ fn validate_says_what_a_duration_and_a_spot_fallback_look_like() {
     insta::assert_snapshot!(text(&out));
 }
 
+/// Clusters written wrong: nodes and load drivers out of range, unknown cluster keys with the
+/// closest one, a cluster beside what races an existing one, drivers without a cluster or on
+/// this machine, keys of another provider, ssh pools too small for one test: all at once.
+#[test]
+fn validate_reports_cluster_mistakes_at_their_place() {
+    let out = rallyctl(&["validate", "tests/fixtures/messages/cluster-mistakes.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(text(&out));
+    let out = rallyctl(&["validate", "tests/fixtures/plans/clusters.toml"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "tests/fixtures/plans/clusters.toml is valid: 4 suites, 6 tests, 16 EC2 instances.\n",
+        "{}",
+        text(&out)
+    );
+}
+
 /// A stall timeout the machine's time runs out before is a warning where the plan brings it
 /// about, from `validate` and `plan` alike; the plan stays valid.
 #[test]
@@ -301,6 +318,45 @@ fn plan_estimates_what_the_tests_to_run_cost() {
     insta::assert_snapshot!(estimate);
     let v: serde_json::Value = serde_json::from_str(&plan(&["--json"])).unwrap();
     insta::assert_json_snapshot!(v["cost"]);
+}
+
+/// `plan` shows the machines of each test with a cluster in its block, and prices them all:
+/// nodes × their instance type and load drivers × the test's, each with its public IPv4
+/// address; tests without a cluster read as before.
+#[test]
+fn plan_shows_each_clusters_machines_and_prices_them_all() {
+    let (_dir, state) = temp_state();
+    let plan = |json: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "tests/fixtures/plans/clusters.toml",
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        args.extend(json);
+        let out = rallyctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    insta::assert_snapshot!(plan(&[]));
+    let v: serde_json::Value = serde_json::from_str(&plan(&["--json"])).unwrap();
+    let three = &v["cost"]["tests"][0];
+    assert_eq!(three["address"], "aws.three");
+    // 3 × m5.xlarge at $0.192 and 2 × m5.large at $0.096, each with a public IPv4 address
+    // ($0.005), for the 2 hours of max_runtime.
+    let hourly = 3.0 * (0.192 + 0.005) + 2.0 * (0.096 + 0.005);
+    assert!(
+        (three["worst_usd"].as_f64().unwrap() - hourly * 2.0).abs() < 1e-6,
+        "{three}"
+    );
+    assert_eq!(
+        three["cluster"],
+        serde_json::json!({"nodes": 3, "node_instance_type": "m5.xlarge", "load_drivers": 2})
+    );
+    assert_eq!(
+        v["changes"][0]["cluster"],
+        "3 × m5.xlarge, 2 load drivers × m5.large"
+    );
 }
 
 /// A price file with a mistake is a usage error, named at its line, before anything else.
@@ -791,6 +847,39 @@ fn a_refused_apply_leaves_no_state_directory() {
         text(&out)
     );
     assert!(!d.join("state").exists(), "apply left a state directory");
+}
+
+/// A test with a cluster is planned, but `apply` refuses it before it acquires anything:
+/// this version does not stand clusters up yet.
+#[test]
+fn apply_refuses_a_cluster_before_acquiring_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("c.toml"),
+        "version = 1\nname = \"c\"\n[defaults]\nprovider = \"local\"\ntrack = \"geonames\"\n\
+         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"nodes\"\ncluster = { nodes = 2 }\n",
+    )
+    .unwrap();
+    let planned = rallyctl_in(d, &["plan", "c.toml"]);
+    assert_eq!(planned.status.code(), Some(0), "{}", text(&planned));
+    let out = rallyctl_in(d, &["apply", "c.toml", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("s.nodes has a `cluster`: clusters are planned but not yet applied by this version of rallyctl; nothing was acquired"),
+        "{stderr}"
+    );
+    let state = rallyctl::state::load(&d.join("state/c.state.json")).unwrap();
+    assert!(
+        state.is_none_or(|s| s.tests.is_empty()),
+        "apply recorded a test it refused"
+    );
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap();
+    assert!(
+        !home.join("rallyctl/runs/c").exists(),
+        "apply made a run directory"
+    );
 }
 
 /// A lock whose holder died on this host needs its ID and a confirmation; without a terminal

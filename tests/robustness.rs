@@ -55,6 +55,7 @@ fn matrix_value() -> impl Strategy<Value = String> {
         any::<i8>().prop_map(|n| n.to_string()),
         Just("true".to_owned()),
         Just("{ bulk_size = 1 }".to_owned()),
+        Just("{ nodes = 2, hosts = [\"a\"] }".to_owned()),
         Just("{}".to_owned()),
         Just("[]".to_owned()),
     ]
@@ -68,6 +69,8 @@ fn matrix() -> impl Strategy<Value = String> {
         "track_params",
         "instance_type",
         "repetitions",
+        "cluster",
+        "load_drivers",
         "name",
         "variant",
         "carr",

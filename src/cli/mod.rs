@@ -302,11 +302,13 @@ fn validate(path: &Path, g: &Global) -> Result<u8> {
             warn_plan(&plan);
             Graph::compile(&plan)?;
             let tests = plan.tests().count();
-            // Each aws test launches an instance of its own; hosts and this machine are reused.
-            let instances = plan
+            // Each aws test launches instances of its own (a cluster's nodes and load drivers);
+            // hosts and this machine are reused.
+            let instances: usize = plan
                 .tests()
                 .filter(|t| t.settings.provider() == crate::plan::ProviderKind::Aws)
-                .count();
+                .map(|t| t.settings.machines() as usize)
+                .sum();
             if g.json {
                 outln!(
                     "{}",

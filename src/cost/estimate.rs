@@ -30,6 +30,10 @@ pub struct TestCost {
     /// What is priced; none for the user's own machines.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub machine: Option<Key>,
+    /// A test with a cluster on aws: its nodes and load drivers, which `hourly` and the
+    /// figures count together (`machine` is the load drivers').
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Topology>,
     /// The instance type's on-demand price; `"own machine"` for the user's own.
     pub price: Listed,
     /// All the machine is charged an hour (a spot test: at most, and as expected now), public
@@ -52,6 +56,14 @@ pub struct TestCost {
     pub expected_usd: Option<f64>,
     /// How long one race took last time, machine time included; none: no earlier run.
     pub last_race_secs: Option<u64>,
+}
+
+/// The machines of a test with a cluster on aws.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Topology {
+    pub nodes: u32,
+    pub node_instance_type: String,
+    pub load_drivers: u32,
 }
 
 /// An instance type's listed price, none known, or the user's own machine (in JSON the
@@ -117,12 +129,28 @@ pub fn estimate(
             (test.variant.as_ref()).map_or(1, |v| sharing[&(test.address.suite(), &*v.test)]);
         let last_race = record.and_then(|r| per_race(&r.history, shared));
         let machine = Key::of(&test.settings);
-        let (price, no_price) = match prices.at(machine.as_ref()) {
+        let (price, mut no_price) = match prices.at(machine.as_ref()) {
             Priced::Known(p) => (Listed::Known(p.clone()), None),
             Priced::Unknown(why) => (Listed::Unknown, Some(why.to_owned())),
             Priced::OwnMachine => (Listed::OwnMachine, None),
         };
-        let hourly = prices.hourly(&test.settings);
+        let cluster = (test.settings.cluster.as_ref())
+            .zip(test.settings.node_aws())
+            .map(|(c, nodes)| {
+                let key = Key {
+                    region: nodes.region.to_string(),
+                    instance_type: nodes.instance_type.to_string(),
+                };
+                if let (None, Priced::Unknown(why)) = (&no_price, prices.at(Some(&key))) {
+                    no_price = Some(format!("{} (the nodes): {why}", key.instance_type));
+                }
+                Topology {
+                    nodes: c.nodes.get(),
+                    node_instance_type: key.instance_type,
+                    load_drivers: test.settings.load_drivers.get(),
+                }
+            });
+        let hourly = prices.hourly_all(&test.settings);
         let (root_volume, no_root_volume) = match prices.storage(&test.settings) {
             Some(Ok(s)) => (Some(s.clone()), None),
             Some(Err(why)) => (None, Some(why.to_owned())),
@@ -132,6 +160,7 @@ pub fn estimate(
             address: test.address.clone(),
             races,
             machine,
+            cluster,
             worst_usd: hourly.map(|h| cost(h.total(), test.settings.max_runtime, races)),
             expected_usd: hourly
                 .zip(last_race)
@@ -239,7 +268,14 @@ pub fn render(e: &Estimate) -> String {
     };
     let mut rows: Vec<[String; 7]> = Vec::new();
     for t in &e.tests {
-        let what = (t.machine.as_ref()).map_or("own machine".into(), Key::to_string);
+        let what = match (&t.machine, &t.cluster) {
+            (None, _) => "own machine".into(),
+            (Some(key), None) => key.to_string(),
+            (Some(key), Some(c)) => format!(
+                "{} × {} + {} × {key}",
+                c.nodes, c.node_instance_type, c.load_drivers
+            ),
+        };
         let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
         let (price, worst, expected, note) = match (&t.hourly, &t.price, &t.no_price) {
             (Some(h), listed, _) => {
@@ -400,6 +436,7 @@ mod tests {
                 region: "eu-west-1".into(),
                 instance_type: "c5.large".into(),
             }),
+            cluster: None,
             worst_usd: price.as_ref().map(|p| p.usd_per_hour * 6.0),
             expected_usd: price.as_ref().map(|p| p.usd_per_hour),
             last_race_secs: price.as_ref().map(|_| 1800),
@@ -481,6 +518,7 @@ mod tests {
                     diff: None,
                     instance: None,
                     matrix: None,
+                    cluster: None,
                 })
                 .collect(),
             ..Changes::default()

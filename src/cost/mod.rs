@@ -42,6 +42,14 @@ impl Key {
             MachineSettings::Ssh(_) | MachineSettings::Local => None,
         }
     }
+
+    /// The keys of every machine a test launches: its own (its load drivers') and its
+    /// cluster's nodes'.
+    fn all_of(settings: &Settings) -> impl Iterator<Item = Key> {
+        Key::of(settings)
+            .into_iter()
+            .chain(settings.node_aws().map(|a| key_of(&a)))
+    }
 }
 
 /// A known price and where it came from.
@@ -135,6 +143,35 @@ pub struct Hourly {
 }
 
 impl Hourly {
+    /// What `n` such machines are charged together.
+    fn times(self, n: u32) -> Hourly {
+        let n = f64::from(n);
+        Hourly {
+            instance_usd: self.instance_usd * n,
+            spot: self.spot,
+            spot_now_usd: self.spot_now_usd.map(|usd| usd * n),
+            public_ipv4_usd: self.public_ipv4_usd * n,
+            root_volume_usd: self.root_volume_usd.map(|usd| usd * n),
+        }
+    }
+
+    /// What these machines and `other` are charged together; a root volume not known of
+    /// either is not known of both (it is never counted as 0).
+    fn plus(self, other: Hourly) -> Hourly {
+        let now = |h: &Hourly| h.spot_now_usd.unwrap_or(h.instance_usd);
+        Hourly {
+            instance_usd: self.instance_usd + other.instance_usd,
+            spot: self.spot || other.spot,
+            spot_now_usd: (self.spot_now_usd.is_some() || other.spot_now_usd.is_some())
+                .then(|| now(&self) + now(&other)),
+            public_ipv4_usd: self.public_ipv4_usd + other.public_ipv4_usd,
+            root_volume_usd: self
+                .root_volume_usd
+                .zip(other.root_volume_usd)
+                .map(|(a, b)| a + b),
+        }
+    }
+
     /// At most, of what is known: a spot test at its cap.
     pub fn total(&self) -> f64 {
         self.instance_usd + self.public_ipv4_usd + self.root_volume_usd.unwrap_or(0.0)
@@ -201,7 +238,7 @@ impl Prices {
         settings: impl IntoIterator<Item = &'a Settings>,
         file: &PriceFile,
     ) -> Prices {
-        from_file(settings.into_iter().filter_map(Key::of).collect(), file)
+        from_file(settings.into_iter().flat_map(Key::all_of).collect(), file)
     }
 
     /// The root volume of a machine for `settings` with its price; none for the user's own.
@@ -235,7 +272,25 @@ impl Prices {
         let MachineSettings::Aws(aws) = &settings.machine else {
             return None;
         };
-        let on_demand = match self.of(settings) {
+        self.hourly_of(aws)
+    }
+
+    /// What every machine of a test is charged an hour together: its load drivers and its
+    /// cluster's nodes; none when one of them has no known price.
+    pub fn hourly_all(&self, settings: &Settings) -> Option<Hourly> {
+        let one = self.hourly(settings)?;
+        match (&settings.cluster, settings.node_aws()) {
+            (Some(cluster), Some(nodes)) => {
+                let nodes = self.hourly_of(&nodes)?.times(cluster.nodes.get());
+                Some(one.times(settings.load_drivers.get()).plus(nodes))
+            }
+            _ => Some(one),
+        }
+    }
+
+    fn hourly_of(&self, aws: &AwsSettings) -> Option<Hourly> {
+        let key = key_of(aws);
+        let on_demand = match self.at(Some(&key)) {
             Priced::Known(p) => Some(p.usd_per_hour),
             Priced::Unknown(_) | Priced::OwnMachine => None,
         };
@@ -247,15 +302,15 @@ impl Prices {
             }
         };
         // EC2 never charges a spot instance more than its cap.
-        let spot_now_usd = (spot.then(|| Key::of(settings)).flatten())
-            .and_then(|k| self.spot_now.get(&k))
+        let spot_now_usd = (spot.then_some(&key))
+            .and_then(|k| self.spot_now.get(k))
             .and_then(|p| p.as_ref().ok())
             .map(|&now| now.min(instance_usd));
         let public_ipv4_usd = match aws.connect {
             Connect::PublicIp => PUBLIC_IPV4_USD_PER_HOUR,
             Connect::PrivateIp => 0.0,
         };
-        let root_volume_usd = match self.storage(settings) {
+        let root_volume_usd = match self.storage.get(&storage_key(aws)) {
             Some(Ok(s)) => Some(s.usd_per_hour()),
             _ => None,
         };
@@ -345,11 +400,14 @@ pub async fn look_up<'a>(
     cache: &mut Cache,
     ec2: Result<&impl Ec2, &str>,
 ) -> Prices {
-    let aws: Vec<&AwsSettings> = (settings.into_iter())
+    let settings: Vec<&Settings> = settings.into_iter().collect();
+    let nodes: Vec<AwsSettings> = settings.iter().filter_map(|s| s.node_aws()).collect();
+    let aws: Vec<&AwsSettings> = (settings.iter())
         .filter_map(|s| match &s.machine {
             MachineSettings::Aws(a) => Some(a),
             MachineSettings::Ssh(_) | MachineSettings::Local => None,
         })
+        .chain(&nodes)
         .collect();
     let keys: BTreeSet<Key> = aws.iter().map(|a| key_of(a)).collect();
     let api = PriceListApi::default();
@@ -642,6 +700,41 @@ mod tests {
             gib,
             volume_type: volume_type.into(),
         }))
+    }
+
+    /// A test with a cluster is priced as all its machines together: each node at the nodes'
+    /// type, each load driver at the test's, every one with its public IPv4 address and root
+    /// volume; a nodes' type without a price leaves the whole unknown, never partly counted.
+    #[tokio::test]
+    async fn a_cluster_is_priced_as_all_its_machines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let plan =
+            crate::plan::Plan::load(&root.join("tests/fixtures/plans/clusters.toml")).unwrap();
+        let file = PriceFile::parse(
+            Path::new("prices.toml"),
+            &std::fs::read_to_string(root.join("tests/fixtures/prices/prices.toml")).unwrap(),
+        )
+        .unwrap();
+        let ec2 = Answers {
+            volumes: [("ami-0123456789abcdef0", gib(30, "gp3"))].into(),
+            spot: HashMap::new(),
+            asked: RefCell::default(),
+        };
+        let prices = priced(&plan, &file, &ec2).await;
+        let tests: Vec<&Settings> = plan.tests().map(|t| &t.settings).collect();
+        let volume = 30.0 * 0.08 / HOURS_PER_MONTH;
+        let machine = |usd: f64| usd + PUBLIC_IPV4_USD_PER_HOUR + volume;
+        let three = prices.hourly_all(tests[0]).unwrap();
+        let all = 3.0 * machine(0.192) + 2.0 * machine(0.096);
+        assert!((three.total() - all).abs() < 1e-9, "{three:?}");
+        assert!((three.root_volume_usd.unwrap() - 5.0 * volume).abs() < 1e-9);
+        // One machine's price, as acquire records it, is the load driver's alone.
+        assert!((prices.hourly(tests[0]).unwrap().total() - machine(0.096)).abs() < 1e-9);
+        let metal = tests[2];
+        assert!(prices.hourly(metal).is_some());
+        assert_eq!(prices.hourly_all(metal), None);
+        // Without a cluster, all its machines are its one.
+        assert_eq!(prices.hourly_all(tests[3]), prices.hourly(tests[3]));
     }
 
     /// The prices of `plan`'s tests: from `file`, and from `ec2` what only EC2 tells.

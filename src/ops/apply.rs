@@ -72,6 +72,7 @@ pub fn prepare(
             &selection(o.target, o.replace, &l.plan, &l.state)?,
         ),
     };
+    refuse_clusters(&l.plan, &changes)?;
     baked_images(&l.plan, resolved, &changes)?;
     warn_limits(&l.plan, &changes, &limits, o.parallelism);
     let (prices, estimate) = match changes.is_empty() {
@@ -91,6 +92,25 @@ pub fn prepare(
         prices,
         _lock: lock,
     })
+}
+
+/// Until the lifecycle stands clusters up, a test with one to run is refused before anything
+/// is acquired: raced as one machine it would be a result of another configuration.
+fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
+    let clustered: Vec<String> = (changes.changes.iter())
+        .filter(|c| c.action != planner::Action::Terminate)
+        .filter(|c| (plan.test(&c.address)).is_some_and(|t| t.settings.cluster.is_some()))
+        .map(|c| c.address.to_string())
+        .collect();
+    if clustered.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} {} a `cluster`: clusters are planned but not yet applied by this version of rallyctl; nothing was acquired. Leave out `cluster`, or the test{} with --target",
+        clustered.join(", "),
+        if clustered.len() == 1 { "has" } else { "have" },
+        if clustered.len() == 1 { "" } else { "s" },
+    )
 }
 
 /// What an apply did.

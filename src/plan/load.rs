@@ -15,7 +15,9 @@ use std::path::Path;
 use super::diag::{PlanErrors, Sink};
 use super::document::format_of;
 use super::merge::{empty, overlay, provider_of, sets_timeouts};
-use super::settings::{self, Decl, SETTINGS, Ty, applies, at, setting, shares_machine};
+use super::settings::{
+    self, CLUSTER_KEYS, Decl, SETTINGS, Written, applies, at, setting, shares_machine,
+};
 use super::source::{Entry, Format, Kind, Node};
 use super::values::{Raw, Val};
 use super::{PLAN_VERSION, Plan, ProviderKind, Repeat, RepeatOn, Settings, Suite, Test, VariantOf};
@@ -447,18 +449,22 @@ impl<'n> Loader<'_, '_> {
                 }
             }
         });
-        // A suite's `reuse_instances` is its tests' default, over [defaults].
-        let suite_defaults;
-        let defaults = match get(entries, "reuse_instances")
-            .and_then(|e| self.value(&e.value, field.key("reuse_instances"), Ty::Bool))
-        {
-            Some(reuse @ Val::Bool(_)) => {
-                let mut own = defaults.clone();
-                own[const { at("reuse_instances") }] = Some(reuse);
-                suite_defaults = own;
-                &suite_defaults
+        // The settings a suite sets are its tests' defaults, over [defaults]; a value written
+        // wrong is reported here, once, and its tests inherit [defaults]'.
+        let mut own = empty();
+        for (i, d) in SETTINGS.iter().enumerate() {
+            if d.written == Written::SuiteToo
+                && let Some(e) = get(entries, d.name)
+            {
+                own[i] = self.value(&e.value, field.key(d.name), d.ty);
             }
-            _ => defaults,
+        }
+        let suite_defaults;
+        let defaults = if own.iter().all(Option::is_none) {
+            defaults
+        } else {
+            suite_defaults = overlay(defaults, own);
+            &suite_defaults
         };
         let tests_field = field.key("test");
         let test_nodes = match get(entries, "test") {
@@ -547,7 +553,7 @@ impl<'n> Loader<'_, '_> {
                 }
                 continue;
             }
-            let merged = self.merge(defaults, raw, &test_node.span, test_field);
+            let merged = self.merge(defaults, raw, &test_node.span, entries, test_field);
             if let (Some(suite), Some(test), Some((settings, repeat, reuse))) =
                 (&name, test_name, merged)
             {
@@ -630,7 +636,7 @@ impl<'n> Loader<'_, '_> {
                     );
                 }
             }
-            let merged = self.merge(parent, raw, &item.span, field);
+            let merged = self.merge(parent, raw, &item.span, entries, field);
             // Variants keep the machine of their group: they take none from another test.
             let (Some(name), Some((settings, repeat, _))) = (name, merged) else {
                 continue;
@@ -707,9 +713,49 @@ impl<'n> Loader<'_, '_> {
         for (i, entry) in found {
             if !applies(i, provider) {
                 self.foreign_key(entry, i, provider, field);
+            } else if i == const { at("cluster") }
+                && let Kind::Table(keys) = &entry.value.kind
+            {
+                self.foreign_cluster_keys(keys, provider, field.key("cluster"));
             }
         }
         raw
+    }
+
+    /// Reports the keys of a `cluster` table that `provider` does not read, saying what its
+    /// nodes are instead.
+    fn foreign_cluster_keys(
+        &mut self,
+        keys: &[Entry<'_>],
+        provider: ProviderKind,
+        field: Field<'_>,
+    ) {
+        for e in keys {
+            let Some(&(key, _, readers)) = CLUSTER_KEYS.iter().find(|k| k.0 == e.key) else {
+                continue;
+            };
+            if readers.reads(provider) {
+                continue;
+            }
+            let nodes = match provider {
+                ProviderKind::Aws => "its nodes are EC2 instances of `cluster.instance_type`",
+                ProviderKind::Ssh => {
+                    "its nodes are hosts leased from `cluster.hosts`, else from `hosts`"
+                }
+                ProviderKind::Local => "its nodes are processes on this machine",
+            };
+            let owner = if readers.reads(ProviderKind::Aws) {
+                "aws"
+            } else {
+                "ssh"
+            };
+            self.sink.error_with_help(
+                &e.key_span,
+                field.key(key),
+                format!("`cluster.{key}` does not apply to provider = \"{provider}\": {nodes}"),
+                format!("`cluster.{key}` is read by provider = \"{owner}\" only: remove it here, or set that provider"),
+            );
+        }
     }
 
     /// Reports a setting (the `SETTINGS` index `i`) that `provider` does not read.
@@ -796,7 +842,13 @@ impl<'n> Loader<'_, '_> {
     }
 
     /// Reports a key that is none of `allowed` or `extra`, suggesting the closest.
-    fn unknown_key(&mut self, e: &Entry<'_>, field: Field<'_>, allowed: &[&str], extra: &[&str]) {
+    pub(super) fn unknown_key(
+        &mut self,
+        e: &Entry<'_>,
+        field: Field<'_>,
+        allowed: &[&str],
+        extra: &[&str],
+    ) {
         let candidates: Vec<&str> = allowed.iter().chain(extra).copied().collect();
         let suggestion = super::diag::closest(&e.key, &candidates);
         let message = format!("unknown key `{}`", e.key);
@@ -830,6 +882,7 @@ impl<'n> Loader<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Settings;
     use super::super::{MachineSettings, Market, MarketKind, SpotOptions, Subnets, TrackSource};
     use super::*;
 
@@ -1043,6 +1096,116 @@ mod tests {
             let err = plan("", &test).unwrap_err();
             assert!(err.contains(problem), "{test}: {err}");
         }
+    }
+
+    /// A cluster is a typed setting of `[defaults]`, a suite or a test, a test's table merged
+    /// key by key over the one it inherits; its nodes' instance type is the test's unless it
+    /// names one; it reaches the canonical JSON only when set, and `load_drivers = 1` hashes as
+    /// if unset.
+    #[test]
+    fn a_cluster_is_inherited_key_by_key_and_hashed_only_when_set() {
+        let plan = Plan::parse(
+            Path::new("c.toml"),
+            "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ncluster = { nodes = 3, car = \"4gheap\", car_params = { heap = \"4g\" } }\n\
+             reuse_instances = true\n[[suite]]\nname = \"s\"\nload_drivers = 2\ncluster = { instance_type = \"r6i.xlarge\" }\n\
+             [[suite.test]]\nname = \"inherits\"\n\
+             [[suite.test]]\nname = \"five\"\ncluster = { nodes = 5, car_params = { gc = \"g1\" } }\nload_drivers = 1\n\
+             [[suite]]\nname = \"plain\"\n[[suite.test]]\nname = \"own\"\ncluster = { nodes = 1 }\n\
+             [[suite.test]]\nname = \"one\"\ncluster = { nodes = 1 }\nload_drivers = 1\n",
+        )
+        .unwrap();
+        let tests: Vec<&Test> = plan.tests().collect();
+        let cluster = |i: usize| tests[i].settings.cluster.as_ref().unwrap();
+        assert_eq!(cluster(0).nodes.get(), 3);
+        assert_eq!(cluster(0).instance_type.as_deref(), Some("r6i.xlarge"));
+        assert_eq!(tests[0].settings.load_drivers.get(), 2);
+        assert_eq!(tests[0].settings.machines(), 5);
+        assert!(!tests[0].reuse, "a cluster is handed on by no warm reuse");
+        assert_eq!(cluster(1).nodes.get(), 5);
+        assert_eq!(cluster(1).car.as_deref(), Some("4gheap"));
+        let params: Vec<&str> = cluster(1).car_params.iter().map(|(k, _)| k).collect();
+        assert_eq!(params, ["gc", "heap"]);
+        assert_eq!(tests[1].settings.load_drivers.get(), 1);
+        // Without one of its own, the nodes are of the test's instance type.
+        assert_eq!(cluster(2).instance_type.as_deref(), Some("c5.large"));
+        let json = |i: usize| tests[i].settings.canonical_json();
+        assert!(json(0).contains("\"load_drivers\": 2"), "{}", json(0));
+        assert_eq!(json(2), json(3), "load_drivers = 1 hashes as unset");
+        assert!(!json(2).contains("load_drivers"), "{}", json(2));
+        // The canonical JSON reads back as the settings it was made from.
+        let back: Settings = serde_json::from_str(&json(1)).unwrap();
+        assert_eq!(back.cluster, tests[1].settings.cluster);
+        assert_eq!(back.load_drivers, tests[1].settings.load_drivers);
+
+        let without = Plan::parse(
+            Path::new("c.toml"),
+            "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\nload_drivers = 1\n",
+        )
+        .unwrap();
+        let plain = without.suites[0].tests[0].settings.canonical_json();
+        assert!(
+            !plain.contains("cluster") && !plain.contains("load_drivers"),
+            "{plain}"
+        );
+        assert_ne!(plain, json(2));
+    }
+
+    /// `cluster` and `load_drivers` are settings, so a matrix takes them as axes, a cluster
+    /// axis merged over the test's table as any table-valued axis is.
+    #[test]
+    fn a_matrix_takes_clusters_and_load_drivers_as_axes() {
+        let plan = Plan::parse(
+            Path::new("m.toml"),
+            "version = 1\nname = \"m\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"t\"\ncluster = { nodes = 1, instance_type = \"r6i.xlarge\" }\n\
+             [suite.test.matrix]\ncluster = [{ nodes = 1 }, { nodes = 3 }]\nload_drivers = [1, 2]\n",
+        )
+        .unwrap();
+        let topologies: Vec<(u32, &str, u32)> = plan
+            .tests()
+            .map(|t| {
+                let c = t.settings.cluster.as_ref().unwrap();
+                (
+                    c.nodes.get(),
+                    c.instance_type.as_deref().unwrap(),
+                    t.settings.load_drivers.get(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            topologies,
+            [
+                (1, "r6i.xlarge", 1),
+                (1, "r6i.xlarge", 2),
+                (3, "r6i.xlarge", 1),
+                (3, "r6i.xlarge", 2)
+            ]
+        );
+    }
+
+    /// An ssh test's cluster takes its nodes from `cluster.hosts` and its drivers from `hosts`;
+    /// what a test inherits for another provider is left out, not its mistake.
+    #[test]
+    fn an_ssh_cluster_leases_its_nodes_from_its_own_pool() {
+        let plan = Plan::parse(
+            Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nprovider = \"ssh\"\nhosts = [\"d1\", \"d2\"]\ntrack = \"x\"\n\
+             cluster = { nodes = 2, hosts = [\"n1\", \"n2\"] }\nload_drivers = 2\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"leased\"\n\
+             [[suite.test]]\nname = \"here\"\nprovider = \"local\"\nload_drivers = 1\n",
+        )
+        .unwrap();
+        let [leased, here] = [0, 1].map(|i| &plan.suites[0].tests[i].settings);
+        let hosts: Vec<&str> = (leased.cluster.as_ref().unwrap().hosts.iter())
+            .map(|h| &**h)
+            .collect();
+        assert_eq!(hosts, ["n1", "n2"]);
+        let local = here.cluster.as_ref().unwrap();
+        assert!(local.hosts.is_empty() && local.instance_type.is_none());
+        assert_eq!(here.machines(), 3);
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use super::load::{Field, Loader};
-use super::settings::{self, ALTERNATIVES, SETTINGS, at, required};
+use super::load::{Field, Loader, get};
+use super::settings::{self, ALTERNATIVES, SETTINGS, at, cluster_at, required};
+use super::source::Entry;
 use super::values::{MAX_USER_TAGS, Raw, Val};
 use super::{
-    AwsSettings, Connect, MachineSettings, Market, MarketKind, ProviderKind, RallyConfig, Repeat,
-    RepeatOn, Settings, SortedMap, SpotOptions, SshSettings, Subnets, Text, TrackSource,
+    AwsSettings, Cluster, Connect, MachineSettings, Market, MarketKind, ProviderKind, RallyConfig,
+    Repeat, RepeatOn, Settings, SortedMap, SpotOptions, SshSettings, Subnets, Text, TrackSource,
 };
 
 pub(super) fn provider_of(raw: &Raw) -> ProviderKind {
@@ -23,11 +24,13 @@ pub(super) fn provider_of(raw: &Raw) -> ProviderKind {
 
 impl Loader<'_, '_> {
     /// Merges a test's settings over the defaults and built-ins and checks the result as a whole.
+    /// `span` is the test's table, `entries` its entries.
     pub(super) fn merge(
         &mut self,
         defaults: &Raw,
         test: Raw,
         span: &Range<usize>,
+        entries: &[Entry<'_>],
         field: Field<'_>,
     ) -> Option<(Settings, Repeat, bool)> {
         let provider = match &test[const { at("provider") }] {
@@ -80,9 +83,11 @@ impl Loader<'_, '_> {
                 None
             }
         };
+        let cluster = self.cluster(&mut m, provider, span, entries, field);
         if !ok || m.iter().any(|v| matches!(v, Some(Val::Invalid))) {
             return None;
         }
+        let (cluster, load_drivers) = cluster?;
         let ssh_port = match m[const { at("ssh_port") }] {
             Some(Val::Port(p)) => p,
             _ => settings::SSH_PORT,
@@ -180,7 +185,7 @@ impl Loader<'_, '_> {
         };
         let repeat = Repeat {
             count: match m[const { at("repetitions") }] {
-                Some(Val::Repetitions(n)) => n,
+                Some(Val::Count(n)) => n,
                 _ => NonZeroU32::MIN,
             },
             on: match m[const { at("repeat_on") }] {
@@ -211,10 +216,190 @@ impl Loader<'_, '_> {
             target_hosts: texts(&mut m, const { at("target_hosts") }),
             track: track?,
             track_params: json_map(&mut m, const { at("track_params") }),
+            cluster,
+            load_drivers,
             machine,
         };
-        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
+        // Warm reuse hands on one machine; a cluster's are not handed on (yet).
+        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)))
+            && settings.cluster.is_none();
         Some((settings, repeat, reuse))
+    }
+
+    /// A test's `cluster` and `load_drivers`, checked against what else it says; every
+    /// problem is reported before none is returned, where the test writes the key it is
+    /// about (else at the test, which inherits it).
+    fn cluster(
+        &mut self,
+        m: &mut Raw,
+        provider: ProviderKind,
+        span: &Range<usize>,
+        entries: &[Entry<'_>],
+        field: Field<'_>,
+    ) -> Option<(Option<Cluster>, NonZeroU32)> {
+        let at_key = |key: &str| get(entries, key).map_or(span.clone(), |e| e.key_span.clone());
+        let (cluster_span, drivers_span) = (at_key("cluster"), at_key("load_drivers"));
+        let drivers = match m[const { at("load_drivers") }].take() {
+            Some(Val::Count(n)) => n,
+            _ => Settings::LOAD_DRIVERS,
+        };
+        let raw = match m[const { at("cluster") }].take() {
+            Some(Val::Cluster(raw)) => raw,
+            // Written wrong: reported where it is written.
+            Some(_) => return None,
+            None if drivers > Settings::LOAD_DRIVERS => {
+                self.sink.error_with_help(
+                    &drivers_span,
+                    field.key("load_drivers"),
+                    "`load_drivers` is read only with `cluster`: a test without one is one machine, which drives the load itself",
+                    "set `cluster = { nodes = ... }`, or leave `load_drivers` out",
+                );
+                return None;
+            }
+            None => return Some((None, drivers)),
+        };
+        let at_cluster = field.key("cluster");
+        let mut ok = true;
+        if matches!(&m[const { at("pipeline") }], Some(Val::Str(p)) if &**p == "benchmark-only") {
+            self.sink.error_with_help(
+                &cluster_span,
+                at_cluster,
+                "`cluster` with pipeline = \"benchmark-only\": rallyctl stands the cluster up itself, while benchmark-only races one that already runs",
+                "leave out `pipeline`, or `cluster` to race a cluster of your own through `target_hosts`",
+            );
+            ok = false;
+        }
+        if matches!(&m[const { at("target_hosts") }], Some(Val::Strs(h)) if !h.is_empty()) {
+            self.sink.error_with_help(
+                &cluster_span,
+                at_cluster,
+                "`cluster` with `target_hosts`: rallyctl stands the cluster up and races its nodes, while `target_hosts` names a cluster that already runs",
+                "leave out one of them",
+            );
+            ok = false;
+        }
+        if provider == ProviderKind::Local && drivers > Settings::LOAD_DRIVERS {
+            self.sink.error_with_help(
+                &drivers_span,
+                field.key("load_drivers"),
+                format!("provider = \"local\" has one load driver, this machine (its nodes run as processes beside it), not {drivers}"),
+                "leave `load_drivers` out, or race on provider = \"aws\" or \"ssh\"",
+            );
+            ok = false;
+        }
+        let key = |i: usize| &raw[i];
+        let text = |i: usize| match key(i) {
+            Some(Val::Str(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let nodes = match key(const { cluster_at("nodes") }) {
+            Some(Val::Count(n)) => *n,
+            _ => {
+                self.sink.error_with_help(
+                    &cluster_span,
+                    at_cluster.key("nodes"),
+                    "`cluster` has no `nodes`",
+                    "say how many Elasticsearch nodes to stand up, 1 to 100: cluster = { nodes = 3 }",
+                );
+                ok = false;
+                NonZeroU32::MIN
+            }
+        };
+        // What a table inherits for another provider is not its mistake: it is left out (its
+        // own is reported where written).
+        let hosts = match (provider, key(const { cluster_at("hosts") })) {
+            (ProviderKind::Ssh, Some(Val::Strs(hosts))) => hosts.clone(),
+            _ => NO_TEXTS.clone(),
+        };
+        let instance_type = match provider {
+            ProviderKind::Aws => text(const { cluster_at("instance_type") }).or_else(|| {
+                match &m[const { at("instance_type") }] {
+                    Some(Val::Str(t)) => Some(t.clone()),
+                    _ => None,
+                }
+            }),
+            ProviderKind::Ssh | ProviderKind::Local => None,
+        };
+        if provider == ProviderKind::Ssh
+            && let Some(Val::Strs(pool)) = &m[const { at("hosts") }]
+        {
+            ok &= self.pool_holds(pool, &hosts, nodes, drivers, &cluster_span, at_cluster);
+        }
+        let map = |i: usize| match key(i) {
+            Some(Val::JsonMap(map)) => map.clone(),
+            _ => NO_JSON.clone(),
+        };
+        let cluster = Cluster {
+            car: text(const { cluster_at("car") }),
+            car_params: map(const { cluster_at("car_params") }),
+            distribution_repository: text(const { cluster_at("distribution_repository") }),
+            distribution_version: text(const { cluster_at("distribution_version") }),
+            hosts,
+            instance_type,
+            nodes,
+            plugin_params: map(const { cluster_at("plugin_params") }),
+            plugins: match key(const { cluster_at("plugins") }) {
+                Some(Val::Strs(p)) => p.clone(),
+                _ => NO_TEXTS.clone(),
+            },
+            runtime_jdk: text(const { cluster_at("runtime_jdk") }),
+        };
+        ok.then_some((Some(cluster), drivers))
+    }
+
+    /// Whether an ssh test's pools hold its nodes and load drivers at once, each on a host of
+    /// its own: the nodes are leased from `cluster.hosts` (`nodes_pool`, else the test's
+    /// `hosts`), the drivers from `hosts`. A pool too small for one test is an error, not a
+    /// warning: the pool is what the plan names, so no wait would ever make room (a pool
+    /// shared by tests that run at once only makes them wait, as a single-host test does).
+    fn pool_holds(
+        &mut self,
+        hosts: &[Text],
+        nodes_pool: &[Text],
+        nodes: NonZeroU32,
+        drivers: NonZeroU32,
+        span: &Range<usize>,
+        field: Field<'_>,
+    ) -> bool {
+        let (nodes, drivers) = (nodes.get() as usize, drivers.get() as usize);
+        let (node_hosts, named) = match nodes_pool {
+            [] => (hosts, "`hosts`"),
+            own => (own, "`cluster.hosts`"),
+        };
+        let both: std::collections::HashSet<&Text> = hosts.iter().chain(node_hosts).collect();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let short = if node_hosts.len() < nodes {
+            Some(format!(
+                "the cluster's {nodes} node{} need a host each, and {named} has {}",
+                plural(nodes),
+                node_hosts.len()
+            ))
+        } else if hosts.len() < drivers {
+            Some(format!(
+                "the test's {drivers} load driver{} need a host each, and `hosts` has {}",
+                plural(drivers),
+                hosts.len()
+            ))
+        } else if both.len() < nodes + drivers {
+            Some(format!(
+                "the test needs {} hosts at once ({nodes} node{} and {drivers} load driver{}, each on a host of its own), and its pool has {}",
+                nodes + drivers,
+                plural(nodes),
+                plural(drivers),
+                both.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(short) = &short {
+            self.sink.error_with_help(
+                span,
+                field,
+                format!("{short}: the test could never run"),
+                "add hosts to the pool (`cluster.hosts` for the nodes, `hosts` for the load drivers), or ask for fewer nodes or load drivers",
+            );
+        }
+        short.is_none()
     }
 
     /// An aws test's market; `max_price` and `on_interruption` mean something only for spot.
@@ -322,17 +507,30 @@ pub(super) fn overlay(base: &Raw, mut over: Raw) -> Raw {
         .flatten()
         .copied()
         .collect();
-    std::array::from_fn(|i| match (over[i].take(), &base[i]) {
-        (None, _) if not_inherited.contains(&i) => None,
+    std::array::from_fn(|i| match over[i].take() {
+        None if not_inherited.contains(&i) => None,
+        over => overlaid(&base[i], over),
+    })
+}
+
+/// One value over another: maps and clusters key by key, anything else in its place.
+fn overlaid(base: &Option<Val>, over: Option<Val>) -> Option<Val> {
+    match (over, base) {
         (Some(Val::StrMap(over)), Some(Val::StrMap(base))) => {
             Some(Val::StrMap(base.overlaid(&over)))
         }
         (Some(Val::JsonMap(over)), Some(Val::JsonMap(base))) => {
             Some(Val::JsonMap(base.overlaid(&over)))
         }
+        (Some(Val::Cluster(over)), Some(Val::Cluster(base))) => {
+            let mut over = Arc::unwrap_or_clone(over);
+            Some(Val::Cluster(Arc::new(std::array::from_fn(|i| {
+                overlaid(&base[i], over[i].take())
+            }))))
+        }
         (Some(val), _) => Some(val),
         (None, base) => base.clone(),
-    })
+    }
 }
 
 fn text(m: &mut Raw, i: usize) -> Option<Text> {

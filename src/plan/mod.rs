@@ -427,8 +427,47 @@ pub struct Settings {
     pub target_hosts: Arc<[Text]>,
     pub track: TrackSource,
     pub track_params: SortedMap<serde_json::Value>,
+    /// Elasticsearch nodes of the test's own, apart from its load drivers; none: the test is
+    /// one machine, as before clusters existed.
+    pub cluster: Option<Cluster>,
+    /// With a cluster, the machines that drive the load (the test's own machine settings).
+    pub load_drivers: NonZeroU32,
     /// Where the test runs, with the settings only that provider reads.
     pub machine: MachineSettings,
+}
+
+/// `cluster`: the Elasticsearch nodes rallyctl stands up for a test, with what `esrally
+/// install` takes for each. Serialized with sorted keys and without what is unset, as a key
+/// of the canonical JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub car: Option<Text>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub car_params: SortedMap<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution_repository: Option<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution_version: Option<Text>,
+    /// `ssh`: the pool the nodes are leased from; empty: the test's own `hosts`.
+    #[serde(default, skip_serializing_if = "no_texts")]
+    pub hosts: Arc<[Text]>,
+    /// `aws`: the nodes' instance type (the test's own when the plan names none); none for
+    /// other providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<Text>,
+    pub nodes: NonZeroU32,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub plugin_params: SortedMap<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "no_texts")]
+    pub plugins: Arc<[Text]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_jdk: Option<Text>,
+}
+
+fn no_texts(texts: &Arc<[Text]>) -> bool {
+    texts.is_empty()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -547,6 +586,9 @@ struct FlatSettings {
     car_params: SortedMap<serde_json::Value>,
     challenge: Option<Text>,
     client_options: Option<Text>,
+    /// Written only for a test with a cluster, so that tests without one hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<Cluster>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     connect: Option<Connect>,
     distribution_version: Option<Text>,
@@ -554,6 +596,9 @@ struct FlatSettings {
     hosts: Option<Arc<[Text]>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     instance_type: Option<Text>,
+    /// Written only when not the default (1), so that `load_drivers = 1` hashes as unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    load_drivers: Option<NonZeroU32>,
     /// Written only for spot, so that on-demand tests hash as before it existed; a spot
     /// result is one of its own (spot capacity can skew a benchmark).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -628,10 +673,12 @@ impl From<Settings> for FlatSettings {
             car_params: s.car_params,
             challenge: s.challenge,
             client_options: s.client_options,
+            cluster: s.cluster,
             connect: None,
             distribution_version: s.distribution_version,
             hosts: None,
             instance_type: None,
+            load_drivers: (s.load_drivers != Settings::LOAD_DRIVERS).then_some(s.load_drivers),
             market: None,
             max_price: None,
             max_runtime: s.max_runtime,
@@ -757,12 +804,17 @@ impl TryFrom<FlatSettings> for Settings {
             target_hosts: f.target_hosts,
             track: f.track,
             track_params: f.track_params,
+            cluster: f.cluster,
+            load_drivers: f.load_drivers.unwrap_or(Settings::LOAD_DRIVERS),
             machine,
         })
     }
 }
 
 impl Settings {
+    /// `load_drivers` when a plan names none.
+    pub const LOAD_DRIVERS: NonZeroU32 = NonZeroU32::MIN;
+
     /// Rally needs a JDK on the machine only when it launches Elasticsearch itself and that
     /// Elasticsearch does not bring its own (bundled JDKs arrived with 7.0).
     pub fn needs_java(&self) -> bool {
@@ -788,6 +840,61 @@ impl Settings {
 
     pub fn provider(&self) -> ProviderKind {
         self.machine.kind()
+    }
+
+    /// A test with a cluster's machines, as `plan` shows them: `3 × r6i.xlarge, 2 load
+    /// drivers × c5.large`; none for a test of one machine.
+    pub fn topology(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let (nodes, drivers) = (c.nodes.get(), self.load_drivers.get());
+        let plural = |n: u32, what: &str| match n {
+            1 => format!("1 {what}"),
+            n => format!("{n} {what}s"),
+        };
+        Some(match &self.machine {
+            MachineSettings::Aws(a) => format!(
+                "{nodes} × {}, {} × {}",
+                c.instance_type.as_deref().unwrap_or(&a.instance_type),
+                plural(drivers, "load driver"),
+                a.instance_type
+            ),
+            MachineSettings::Ssh(_) if c.hosts.is_empty() => format!(
+                "{} and {}, a host each from `hosts`",
+                plural(nodes, "node"),
+                plural(drivers, "load driver")
+            ),
+            MachineSettings::Ssh(_) => format!(
+                "{}, a host each from `cluster.hosts`, {} from `hosts`",
+                plural(nodes, "node"),
+                plural(drivers, "load driver")
+            ),
+            MachineSettings::Local => format!(
+                "{}, processes on this machine, which drives the load",
+                plural(nodes, "node")
+            ),
+        })
+    }
+
+    /// The aws settings a cluster's nodes launch with: the test's, of the nodes' instance
+    /// type; none without a cluster, or off aws.
+    pub fn node_aws(&self) -> Option<AwsSettings> {
+        let (MachineSettings::Aws(aws), Some(cluster)) = (&self.machine, &self.cluster) else {
+            return None;
+        };
+        Some(AwsSettings {
+            instance_type: (cluster.instance_type.clone())
+                .unwrap_or_else(|| aws.instance_type.clone()),
+            ..aws.clone()
+        })
+    }
+
+    /// How many machines the test takes from its provider at once: its own, or its cluster's
+    /// nodes and its load drivers.
+    pub fn machines(&self) -> u32 {
+        match &self.cluster {
+            None => 1,
+            Some(c) => c.nodes.get() + self.load_drivers.get(),
+        }
     }
 }
 

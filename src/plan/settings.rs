@@ -26,8 +26,10 @@ pub(super) enum Ty {
     /// US dollars per hour: a positive decimal, as a string or a number.
     Price,
     Provider,
-    /// How many times a test races: 1 to [`MAX_REPETITIONS`].
-    Repetitions,
+    /// A count from 1 to the given maximum (`repetitions`, `load_drivers`, a cluster's `nodes`).
+    Count(i64),
+    /// `cluster`: a table of [`CLUSTER_KEYS`].
+    Cluster,
     RepeatOn,
     /// A pool of SSH hosts: at least one, none twice.
     Hosts,
@@ -146,6 +148,8 @@ pub const AWS_SSH_USER: &str = "ec2-user";
 
 /// Races of one test; more would be a typo (statistics settle long before).
 pub(super) const MAX_REPETITIONS: i64 = 100;
+/// Machines of one role in one test (a cluster's nodes, its load drivers); more would be a typo.
+pub(super) const MAX_MACHINES: i64 = 100;
 /// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
 pub(super) const MIN_RUNTIME: Duration = Duration::from_secs(60);
 
@@ -192,7 +196,7 @@ impl Decl {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-pub(super) const SETTINGS: [Decl; 39] = [
+pub(super) const SETTINGS: [Decl; 41] = [
     decl(
         "ami",
         Ty::Ami,
@@ -214,6 +218,14 @@ pub(super) const SETTINGS: [Decl; 39] = [
     ),
     decl("challenge", Ty::Str, "passed to `esrally race`"),
     decl("client_options", Ty::Str, "passed to `esrally race`"),
+    Decl {
+        written: Written::SuiteToo,
+        ..decl(
+            "cluster",
+            Ty::Cluster,
+            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `plugins`, `plugin_params`, `distribution_version`, `distribution_repository`, `runtime_jdk`, `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Not yet applied by this version: `apply` refuses such a test",
+        )
+    },
     decl(
         "connect",
         Ty::Connect,
@@ -232,6 +244,15 @@ pub(super) const SETTINGS: [Decl; 39] = [
     decl("instance_type", Ty::Str, "required; the EC2 instance type")
         .read_by(Readers::AWS)
         .required(),
+    Decl {
+        written: Written::SuiteToo,
+        ..decl(
+            "load_drivers",
+            Ty::Count(MAX_MACHINES),
+            "with `cluster`: how many machines drive the load, 1 to 100, each of the test's own `instance_type`; `local`: 1 (this machine). `1` hashes as if unset",
+        )
+        .default(Default::Shown("1"))
+    },
     decl(
         "market",
         Ty::Market,
@@ -310,7 +331,7 @@ pub(super) const SETTINGS: [Decl; 39] = [
     .not_hashed(),
     decl(
         "repetitions",
-        Ty::Repetitions,
+        Ty::Count(MAX_REPETITIONS),
         "how many times the test races, 1 to 100: each race is a sample, and `results` shows their mean, spread and 95 % interval. Not part of the config hash: raising it keeps the races recorded and races the missing ones",
     )
     .per_machine()
@@ -321,7 +342,7 @@ pub(super) const SETTINGS: [Decl; 39] = [
         ..decl(
             "reuse_instances",
             Ty::Bool,
-            "warm reuse: when the test finishes, its instance may go on to a test of a later suite that asks for the same machine (every aws setting alike: AMI, instance type, region, subnets, security groups, tags, SSH user and port) instead of being terminated and another launched. `plan` says which tests hand on to which. Not part of the config hash. Variants keep their group's machine",
+            "warm reuse: when the test finishes, its instance may go on to a test of a later suite that asks for the same machine (every aws setting alike: AMI, instance type, region, subnets, security groups, tags, SSH user and port) instead of being terminated and another launched. `plan` says which tests hand on to which. Not part of the config hash. Variants keep their group's machine; a test with a `cluster` takes and hands on none (yet)",
         )
         .read_by(Readers::AWS)
         .default(Default::Shown("false"))
@@ -402,6 +423,55 @@ pub(super) const SETTINGS: [Decl; 39] = [
     ),
 ];
 
+/// The keys of a `cluster` table, sorted, with their types and the providers that read them.
+pub(super) const CLUSTER_KEYS: [(&str, Ty, Readers); 10] = [
+    ("car", Ty::Str, Readers::ALL),
+    ("car_params", Ty::JsonMap, Readers::ALL),
+    ("distribution_repository", Ty::Str, Readers::ALL),
+    ("distribution_version", Ty::Str, Readers::ALL),
+    ("hosts", Ty::Hosts, Readers::SSH),
+    ("instance_type", Ty::Str, Readers::AWS),
+    ("nodes", Ty::Count(MAX_MACHINES), Readers::ALL),
+    ("plugin_params", Ty::JsonMap, Readers::ALL),
+    ("plugins", Ty::Strs, Readers::ALL),
+    ("runtime_jdk", Ty::Str, Readers::ALL),
+];
+
+/// The names of [`CLUSTER_KEYS`], for suggestions.
+pub(super) const CLUSTER_NAMES: [&str; CLUSTER_KEYS.len()] = {
+    let mut names = [""; CLUSTER_KEYS.len()];
+    let mut i = 0;
+    while i < CLUSTER_KEYS.len() {
+        names[i] = CLUSTER_KEYS[i].0;
+        i += 1;
+    }
+    names
+};
+
+/// The index of a cluster key, resolved at compile time.
+pub(super) const fn cluster_at(name: &str) -> usize {
+    let mut i = 0;
+    while i < CLUSTER_KEYS.len() {
+        if same(CLUSTER_KEYS[i].0, name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not a cluster key")
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut j = 0;
+    while j < a.len() && a[j] == b[j] {
+        j += 1;
+    }
+    j == a.len()
+}
+
 /// Settings that say one thing two ways: a table that sets either inherits neither.
 pub(super) const ALTERNATIVES: [[usize; 2]; 2] = [
     [at("track"), at("track_path")],
@@ -428,15 +498,8 @@ pub(super) fn setting(key: &str) -> Option<usize> {
 pub(super) const fn at(name: &str) -> usize {
     let mut i = 0;
     while i < SETTINGS.len() {
-        let (k, n) = (SETTINGS[i].name.as_bytes(), name.as_bytes());
-        if k.len() == n.len() {
-            let mut j = 0;
-            while j < k.len() && k[j] == n[j] {
-                j += 1;
-            }
-            if j == k.len() {
-                return i;
-            }
+        if same(SETTINGS[i].name, name) {
+            return i;
         }
         i += 1;
     }
@@ -512,6 +575,7 @@ mod tests {
     #[test]
     fn settings_keys_are_sorted_for_binary_search() {
         assert!(SETTINGS.windows(2).all(|w| w[0].name < w[1].name));
+        assert!(CLUSTER_KEYS.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(setting("region"), Some(at("region")));
         assert_eq!(setting("regio"), None);
     }
@@ -550,6 +614,10 @@ mod tests {
             ("provider", json(serde_json::json!(ProviderKind::default()))),
             ("repeat_on", json(serde_json::json!(Repeat::default().on))),
             ("repetitions", Repeat::default().count.to_string()),
+            (
+                "load_drivers",
+                super::super::Settings::LOAD_DRIVERS.to_string(),
+            ),
             ("offline", false.to_string()),
             ("reuse_instances", false.to_string()),
         ] {

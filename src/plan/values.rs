@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::load::{Field, Loader};
-use super::settings::{MAX_REPETITIONS, SETTINGS, Ty};
+use super::settings::{CLUSTER_KEYS, CLUSTER_NAMES, SETTINGS, Ty};
 use super::source::{Kind, Node};
 use super::{Connect, LocalPath, MarketKind, ProviderKind, RepeatOn, SortedMap, Text};
 
@@ -75,7 +75,10 @@ pub(super) enum Val {
     Connect(Connect),
     Market(MarketKind),
     Provider(ProviderKind),
-    Repetitions(NonZeroU32),
+    Count(NonZeroU32),
+    /// A `cluster` table as written, indexed like [`CLUSTER_KEYS`]: a test's table merges
+    /// over the one it inherits, so `nodes` may come from either.
+    Cluster(Arc<ClusterRaw>),
     RepeatOn(RepeatOn),
     /// Written, but wrong (and reported where it is written): the key is not missing, and the
     /// test it reaches cannot be built.
@@ -86,6 +89,9 @@ pub(super) enum Val {
 
 /// One table's settings as written, indexed like [`SETTINGS`].
 pub(super) type Raw = [Option<Val>; SETTINGS.len()];
+
+/// One `cluster` table's keys as written, indexed like [`CLUSTER_KEYS`].
+pub(super) type ClusterRaw = [Option<Val>; CLUSTER_KEYS.len()];
 
 impl<'n> Loader<'_, '_> {
     pub(super) fn value(&mut self, node: &'n Node<'n>, field: Field<'_>, ty: Ty) -> Option<Val> {
@@ -222,20 +228,37 @@ impl<'n> Loader<'_, '_> {
                 }
                 Some(Val::Strs(hosts))
             }
-            Ty::Repetitions => match node.kind {
+            Ty::Count(max) => match node.kind {
                 Kind::Integer(n) => match u32::try_from(n).ok().and_then(NonZeroU32::new) {
-                    Some(count) if n <= MAX_REPETITIONS => Some(Val::Repetitions(count)),
+                    Some(count) if n <= max => Some(Val::Count(count)),
                     _ => {
-                        self.sink.error(
-                            span,
-                            field,
-                            format!("must be from 1 to {MAX_REPETITIONS}, found {n}"),
-                        );
+                        self.sink
+                            .error(span, field, format!("must be from 1 to {max}, found {n}"));
                         None
                     }
                 },
                 ref other => self.expected(span, field, "an integer", other),
             },
+            Ty::Cluster => {
+                let entries = self.table(node, field)?;
+                self.duplicate_keys(entries, field);
+                let mut raw: ClusterRaw = std::array::from_fn(|_| None);
+                let mut ok = true;
+                for e in entries {
+                    match CLUSTER_NAMES.iter().position(|k| *k == e.key) {
+                        Some(i) => {
+                            let (name, ty, _) = CLUSTER_KEYS[i];
+                            raw[i] = self.value(&e.value, field.key(name), ty);
+                            ok &= raw[i].is_some();
+                        }
+                        None => {
+                            self.unknown_key(e, field, &CLUSTER_NAMES, &[]);
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then(|| Val::Cluster(Arc::new(raw)))
+            }
             Ty::RepeatOn => self.one_of(
                 node,
                 field,
