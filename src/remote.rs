@@ -246,27 +246,41 @@ fn ssh_command(e: &SshEndpoint, remote: &str) -> Result<Command, RemoteError> {
     Ok(cmd)
 }
 
-/// Ends the connection to `endpoint`, if one is open: for when the machine is given back.
-/// At worst (the master does not answer) it ends by itself after [`CONTROL_PERSIST_SECS`].
-pub async fn close(endpoint: &Endpoint) {
+/// Asks the master of `endpoint`'s connection to do `op` (`ssh -O`); none where there is no
+/// socket, so no master.
+fn control(endpoint: &Endpoint, op: &str) -> Option<Command> {
     let Endpoint::Ssh(e) = endpoint else {
-        return;
+        return None;
     };
-    let Ok(path) = control_path(e) else {
-        return;
-    };
-    if !path.exists() {
-        return;
-    }
-    let mut exit = Command::new("ssh");
-    exit.arg("-o")
+    let path = control_path(e).ok().filter(|p| p.exists())?;
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-o")
         .arg(format!("ControlPath={}", path.display()))
-        .args(["-o", "LogLevel=QUIET", "-O", "exit", "--"])
+        .args(["-o", "LogLevel=QUIET", "-O", op, "--"])
         .arg(&e.host)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    Some(cmd)
+}
+
+/// Whether a connection to `endpoint` is open, so that a command rides on it without logging
+/// in again (and needs no fresh Instance Connect key).
+pub async fn multiplexed(endpoint: &Endpoint) -> bool {
+    let Some(mut check) = control(endpoint, "check") else {
+        return false;
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), check.status()).await;
+    matches!(answer, Ok(Ok(status)) if status.success())
+}
+
+/// Ends the connection to `endpoint`, if one is open: for when the machine is given back.
+/// At worst (the master does not answer) it ends by itself after [`CONTROL_PERSIST_SECS`].
+pub async fn close(endpoint: &Endpoint) {
+    let Some(mut exit) = control(endpoint, "exit") else {
+        return;
+    };
     // Best effort by design: a master that does not answer ends by itself when idle.
     let _ = tokio::time::timeout(Duration::from_secs(10), exit.status()).await;
 }

@@ -5,6 +5,7 @@
 mod s3;
 mod support;
 
+use support::context::text;
 use support::run::{Run, at, sha256_hex};
 
 #[test]
@@ -551,5 +552,37 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
     assert!(
         run.harness.running_instances().is_empty(),
         "an instance was left running"
+    );
+}
+
+/// Warm reuse, the steady way: one instance for two suites' tests is driven over the one
+/// connection its first key opened (the taker's steps come long after that key went stale),
+/// and the taker does not run the install script its giver ran there.
+#[test]
+fn a_kept_instance_serves_its_taker_over_one_connection_without_installing_again() {
+    let run = Run::new(1);
+    let reuse = "reuse_instances = true";
+    let plan = run.plan(&[("ingest", &[("a", reuse)]), ("search", &[("c", reuse)])]);
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    let printed = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    assert_eq!(run.launches(), 1, "{printed}");
+    let c = run.record("search.c").machine.unwrap();
+    assert_eq!(
+        c.installed,
+        run.record("ingest.a").machine.unwrap().installed
+    );
+    assert!(
+        printed.contains(&format!(
+            "search.c: rallyctl: this install.sh ran on {} already: nothing to install",
+            c.id
+        )),
+        "{printed}"
+    );
+    let pushes = run.harness.key_pushes();
+    assert_eq!(
+        pushes.iter().filter(|p| p.instance_id == c.id).count(),
+        1,
+        "{pushes:?}"
     );
 }

@@ -374,6 +374,15 @@ impl Machines for Aws {
         if fresh {
             return Ok(());
         }
+        // A command that rides on the open connection logs in no more: no key to push (one
+        // API call per step of a long race otherwise). Should the connection end before the
+        // command, the login is refused, and the retry comes back here after a failure.
+        if let Some(host) = machine.address.as_ref().filter(|_| !after_failure) {
+            let endpoint = self.endpoint(machine, spec.own, host.clone());
+            if remote::multiplexed(&endpoint).await {
+                return Ok(());
+            }
+        }
         let user = &spec.own.ssh_user;
         self.push_key_within_boot(machine, user).await?;
         self.pushed
