@@ -8,7 +8,7 @@ mod support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use support::Harness;
 use support::cluster::{ES_DOUBLE_TEAM, as_node_user};
@@ -102,18 +102,20 @@ fn connected_instances_reach_one_another_at_their_private_ips_on_any_port() {
     );
 }
 
-#[test]
-fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
-    let started = Instant::now();
-    let run = Run {
-        harness: Harness::start_connected(4),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let h = &run.harness;
-    let key = authorized_key(h);
-    let (nodes, driver) = (&h.instance_ips[..3], &h.instance_ips[3]);
+/// A cluster of the ES double started with esrally on some of a harness's instances.
+struct Cluster {
+    nodes: Vec<String>,
+    names: Vec<String>,
+    homes: Vec<PathBuf>,
+    ids: Vec<String>,
+    /// Each node's HTTP address, as `--target-hosts` names them.
+    targets: Vec<String>,
+}
 
-    // esrally as rallyctl installs it: its own install.sh for a test of this harness.
+/// esrally as rallyctl installs it (its own install.sh for a test of this harness) on every
+/// instance of `run`; returns the esrally executable.
+fn install_esrally(run: &Run, key: &Path) -> PathBuf {
+    let h = &run.harness;
     let plan = rallyctl::plan::Plan::load(&run.plan(&[("s", &[("t", "")])])).unwrap();
     let test = plan.tests().next().unwrap();
     let install = rallyctl::templates::Renderer::new()
@@ -121,11 +123,14 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
         .unwrap()
         .install;
     for ip in &h.instance_ips {
-        on(h, &key, ip, &install);
+        on(h, key, ip, &install);
     }
-    let esrally = h.remote_dir.join("rally-2.13.0/bin/esrally");
-    eprintln!("esrally installed after {:?}", started.elapsed());
+    h.remote_dir.join("rally-2.13.0/bin/esrally")
+}
 
+/// `esrally install` (car 4gheap) and `esrally start` of one node per instance of `nodes`,
+/// all at once, as rallyctl will; returns once every node sees the whole cluster green.
+fn start_cluster(h: &Harness, key: &Path, esrally: &Path, nodes: &[String]) -> Cluster {
     let names: Vec<String> = (0..nodes.len()).map(|i| format!("node-{i}")).collect();
     let seeds: Vec<String> = nodes
         .iter()
@@ -143,7 +148,7 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
         let user = as_node_user(&homes[i]);
         on(
             h,
-            &key,
+            key,
             ip,
             &format!(
                 "{user} {esrally} install --quiet --offline --distribution-version={ES_VERSION} \
@@ -162,98 +167,43 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
             ),
         );
     });
-    eprintln!("3 nodes started after {:?}", started.elapsed());
-
-    // Every node sees the whole cluster, from the driver's side of the network.
     let targets: Vec<String> = nodes.iter().map(|ip| format!("{ip}:{HTTP_PORT}")).collect();
-    for target in &targets {
-        let health: serde_json::Value =
-            serde_json::from_slice(&h.http_get_in(driver, target, "/_cluster/health").unwrap())
-                .unwrap();
-        assert_eq!(health["number_of_nodes"], 3, "{target}: {health}");
-        assert_eq!(health["status"], "green", "{target}: {health}");
-        assert_eq!(health["cluster_name"], "bench", "{target}: {health}");
-        let listed: serde_json::Value =
-            serde_json::from_slice(&h.http_get_in(driver, target, "/_nodes").unwrap()).unwrap();
-        let mut listed: Vec<&str> = listed["nodes"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|n| n["name"].as_str().unwrap())
-            .collect();
-        listed.sort();
-        assert_eq!(listed, names, "{target} lists every node");
-    }
-    let info: serde_json::Value = serde_json::from_slice(
-        &h.http_get_in(driver, &targets[0], "/_nodes/node-0")
-            .unwrap(),
-    )
-    .unwrap();
-    let heaps: Vec<u64> = info["nodes"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n["jvm"]["mem"]["heap_max_in_bytes"].as_u64().unwrap())
-        .collect();
-    assert!(
-        heaps.iter().all(|b| *b == 4 << 30),
-        "the car 4gheap made every node's heap 4 GiB: {heaps:?}"
-    );
-
-    // The race, from the fourth instance, against all three nodes.
-    let driver_home = h.host_dir.join("driver");
-    on(
-        h,
-        &key,
-        driver,
-        &format!(
-            "RALLY_HOME={home} {esrally} race --pipeline=benchmark-only --offline \
-             --target-hosts={targets} --track-path={track} --race-id={race} \
-             --kill-running-processes --report-format=csv --report-file={home}/report.csv",
-            home = driver_home.display(),
-            esrally = esrally.display(),
-            targets = targets.join(","),
-            track = h.track_path.display(),
-            race = uuid::Uuid::new_v4(),
-        ),
-    );
-    eprintln!("race done after {:?}", started.elapsed());
+    // Like Elasticsearch's, the double's nodes find one another within moments of starting.
+    let deadline = Instant::now() + Duration::from_secs(10);
     for (ip, target) in nodes.iter().zip(&targets) {
-        let served = h.es_node_requests(ip, target);
-        let served = served.as_array().unwrap();
-        let from_driver = |path: &str| {
-            served
-                .iter()
-                .filter(|r| r["client"] == driver.as_str() && r["path"] == path)
-                .count()
-        };
-        assert!(
-            from_driver("/_bulk") > 0 && from_driver("/tiny/_search") > 0,
-            "{target} served bulks and searches from the driver {driver}: {served:?}"
-        );
-        assert!(
-            served.iter().all(|r| r["unhandled"] == false),
-            "{target}: {served:?}"
-        );
+        loop {
+            let health = get_json(h, ip, target, "/_cluster/health");
+            if health["status"] == "green" {
+                assert_eq!(health["number_of_nodes"], nodes.len(), "{target}: {health}");
+                assert_eq!(health["cluster_name"], "bench", "{target}: {health}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{target} never green: {health}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    // The data went to one cluster: the tiny track's 1,000 documents, once.
-    let docs: serde_json::Value =
-        serde_json::from_slice(&h.http_get_in(driver, &targets[0], "/_test/docs").unwrap())
-            .unwrap();
-    assert_eq!(docs["tiny"], 1000, "{docs}");
+    Cluster {
+        nodes: nodes.to_vec(),
+        names,
+        homes,
+        ids,
+        targets,
+    }
+}
 
-    // Stopped by installation id, nothing of a node is left, and its logs are in the log path
-    // Rally gave it.
-    thread_each(nodes, |i, ip| {
+/// `esrally stop` of every node by its installation id, all at once; then no process of a node
+/// is left, and each node's log and GC log are in the log path Rally gave it.
+fn stop_cluster(h: &Harness, key: &Path, esrally: &Path, c: &Cluster) {
+    thread_each(&c.nodes, |i, ip| {
         on(
             h,
-            &key,
+            key,
             ip,
             &format!(
                 "{} {} stop --quiet --offline --installation-id={}",
-                as_node_user(&homes[i]),
+                as_node_user(&c.homes[i]),
                 esrally.display(),
-                ids[i]
+                c.ids[i]
             ),
         );
         let left: Vec<_> = h
@@ -262,17 +212,226 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
             .filter(|(_, cmd)| cmd.contains("es_double.py"))
             .collect();
         assert!(left.is_empty(), "{ip}: node processes left: {left:?}");
-    });
-    for (i, ip) in nodes.iter().enumerate() {
-        let install = homes[i].join(".rally/benchmarks/races").join(&ids[i]);
-        let logs = h.host_path(ip, &install.join(&names[i]).join("logs/server"));
+        let install = c.homes[i].join(".rally/benchmarks/races").join(&c.ids[i]);
+        let logs = h.host_path(ip, &install.join(&c.names[i]).join("logs/server"));
         let found = find_files(&logs, &["bench.log", "gc.log"]);
         assert_eq!(
             found.len(),
             2,
-            "{ip}: a node log and a GC log under {logs:?}: {found:?}"
+            "{ip}: a node log and a GC log in {logs:?}: {found:?}"
+        );
+    });
+}
+
+/// GET `path` of the node at `target` from the instance at `from`, as JSON.
+fn get_json(h: &Harness, from: &str, target: &str, path: &str) -> serde_json::Value {
+    let body = h
+        .http_get_in(from, target, path)
+        .unwrap_or_else(|e| panic!("{target}{path}: {e}"));
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{target}{path}: {e}"))
+}
+
+/// The requests each node of `c` served, as (method, path, client) per node.
+fn served(h: &Harness, c: &Cluster) -> Vec<Vec<(String, String, String)>> {
+    c.nodes
+        .iter()
+        .zip(&c.targets)
+        .map(|(ip, target)| {
+            let all = h.es_node_requests(ip, target);
+            let all = all.as_array().unwrap();
+            assert!(
+                all.iter().all(|r| r["unhandled"] == false),
+                "{target}: {all:?}"
+            );
+            all.iter()
+                .map(|r| {
+                    let field = |k: &str| r[k].as_str().unwrap().to_owned();
+                    (field("method"), field("path"), field("client"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Does `requests` hold a bulk and a search of the tiny track sent from `client`?
+fn bulks_and_searches_from(requests: &[(String, String, String)], client: &str) -> bool {
+    let from = |path: &str| requests.iter().any(|(_, p, c)| p == path && c == client);
+    from("/_bulk") && from("/tiny/_search")
+}
+
+#[test]
+fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
+    let started = Instant::now();
+    let run = Run {
+        harness: Harness::start_connected(4),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let h = &run.harness;
+    let key = authorized_key(h);
+    let driver = &h.instance_ips[3];
+    let esrally = install_esrally(&run, &key);
+    eprintln!("esrally installed after {:?}", started.elapsed());
+    let cluster = start_cluster(h, &key, &esrally, &h.instance_ips[..3]);
+    eprintln!("3 nodes started after {:?}", started.elapsed());
+
+    // Every node lists the whole cluster, and the car's heap.
+    for target in &cluster.targets {
+        let listed = get_json(h, driver, target, "/_nodes");
+        let mut names: Vec<&str> = listed["nodes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, cluster.names, "{target} lists every node");
+        let heaps: Vec<&serde_json::Value> = listed["nodes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| &n["jvm"]["mem"]["heap_max_in_bytes"])
+            .collect();
+        assert!(
+            heaps.iter().all(|b| **b == 4u64 << 30),
+            "the car 4gheap made every node's heap 4 GiB: {heaps:?}"
         );
     }
+
+    // The race, from the fourth instance, against all three nodes.
+    let home = h.host_dir.join("driver");
+    on(
+        h,
+        &key,
+        driver,
+        &format!(
+            "RALLY_HOME={home} {esrally} race --pipeline=benchmark-only --offline \
+             --target-hosts={targets} --track-path={track} --race-id={race} \
+             --kill-running-processes --report-format=csv --report-file={home}/report.csv",
+            home = home.display(),
+            esrally = esrally.display(),
+            targets = cluster.targets.join(","),
+            track = h.track_path.display(),
+            race = uuid::Uuid::new_v4(),
+        ),
+    );
+    eprintln!("race done after {:?}", started.elapsed());
+    for (requests, target) in served(h, &cluster).iter().zip(&cluster.targets) {
+        assert!(
+            bulks_and_searches_from(requests, driver),
+            "{target} served bulks and searches from the driver {driver}: {requests:?}"
+        );
+    }
+    // The data went to one cluster: the tiny track's 1,000 documents, once.
+    let docs = get_json(h, driver, &cluster.targets[1], "/_test/docs");
+    assert_eq!(docs["tiny"], 1000, "{docs}");
+
+    stop_cluster(h, &key, &esrally, &cluster);
+    eprintln!("all done after {:?}", started.elapsed());
+}
+
+#[test]
+fn two_load_drivers_under_esrallyd_each_send_load_to_every_node() {
+    let started = Instant::now();
+    let run = Run {
+        harness: Harness::start_connected(5),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let h = &run.harness;
+    let key = authorized_key(h);
+    let drivers = &h.instance_ips[3..];
+    let esrally = install_esrally(&run, &key);
+    let cluster = start_cluster(h, &key, &esrally, &h.instance_ips[..3]);
+    eprintln!("3 nodes started after {:?}", started.elapsed());
+
+    // The tiny track with two clients per task: Rally spreads clients evenly over the load
+    // driver hosts, so each driver gets one.
+    let track = h.work.path().join("tiny-two-clients");
+    std::fs::create_dir_all(&track).unwrap();
+    let spec = std::fs::read_to_string(h.track_path.join("track.json")).unwrap();
+    assert_eq!(spec.matches("\"clients\": 1").count(), 2, "{spec}");
+    std::fs::write(
+        track.join("track.json"),
+        spec.replace("\"clients\": 1", "\"clients\": 2"),
+    )
+    .unwrap();
+    std::fs::copy(
+        h.track_path.join("documents.json"),
+        track.join("documents.json"),
+    )
+    .unwrap();
+
+    // esrallyd on the coordinator first, then on the other driver; the race on the coordinator.
+    let coordinator = &drivers[0];
+    let esrallyd = esrally.with_file_name("esrallyd");
+    let home = |ip: &str| h.host_dir.join(format!("driver-{ip}"));
+    for ip in drivers {
+        on(
+            h,
+            &key,
+            ip,
+            &format!(
+                "RALLY_HOME={home} {esrallyd} start --node-ip={ip} --coordinator-ip={coordinator} \
+                 >{home}.esrallyd.log 2>&1 </dev/null; status=$?; cat {home}.esrallyd.log; exit $status",
+                home = home(ip).display(),
+                esrallyd = esrallyd.display(),
+            ),
+        );
+    }
+    on(
+        h,
+        &key,
+        coordinator,
+        &format!(
+            "RALLY_HOME={home} {esrally} race --pipeline=benchmark-only --offline \
+             --target-hosts={targets} --load-driver-hosts={drivers} --track-path={track} \
+             --race-id={race} --report-format=csv --report-file={home}/report.csv",
+            home = home(coordinator).display(),
+            esrally = esrally.display(),
+            targets = cluster.targets.join(","),
+            drivers = drivers.join(","),
+            track = track.display(),
+            race = uuid::Uuid::new_v4(),
+        ),
+    );
+    eprintln!("race done after {:?}", started.elapsed());
+    let served = served(h, &cluster);
+    for driver in drivers {
+        assert!(
+            served
+                .iter()
+                .flatten()
+                .any(|(_, p, c)| p == "/_bulk" && c == driver),
+            "the driver {driver} sent bulks: {served:?}"
+        );
+    }
+    for (requests, target) in served.iter().zip(&cluster.targets) {
+        assert!(
+            drivers.iter().any(|d| bulks_and_searches_from(requests, d)),
+            "{target} served bulks and searches: {requests:?}"
+        );
+    }
+    let docs = get_json(h, coordinator, &cluster.targets[0], "/_test/docs");
+    assert_eq!(docs["tiny"], 1000, "{docs}");
+
+    for ip in drivers {
+        on(
+            h,
+            &key,
+            ip,
+            &format!(
+                "RALLY_HOME={home} {esrallyd} stop",
+                home = home(ip).display(),
+                esrallyd = esrallyd.display()
+            ),
+        );
+        let left: Vec<_> = h
+            .instance_processes(ip)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("esrally"))
+            .collect();
+        assert!(left.is_empty(), "{ip}: Rally processes left: {left:?}");
+    }
+    stop_cluster(h, &key, &esrally, &cluster);
     eprintln!("all done after {:?}", started.elapsed());
 }
 
