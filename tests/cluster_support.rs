@@ -128,6 +128,52 @@ fn install_esrally(run: &Run, key: &Path) -> PathBuf {
     h.remote_dir.join("rally-2.13.0/bin/esrally")
 }
 
+/// One node as esrally manages it.
+struct Node<'a> {
+    esrally: &'a Path,
+    home: &'a Path,
+    ip: &'a str,
+    name: &'a str,
+    id: &'a str,
+}
+
+impl Node<'_> {
+    /// `esrally install` of the node (car 4gheap) in a cluster of the nodes named `masters`
+    /// at the transport addresses `seeds` (both comma-separated), as its own user.
+    fn install(&self, masters: &str, seeds: &str) -> String {
+        format!(
+            "{user} {esrally} install --quiet --offline --distribution-version={ES_VERSION} \
+             --team-path={ES_DOUBLE_TEAM} --car=4gheap --runtime-jdk=bundled \
+             --node-name={name} --network-host={ip} --http-port={HTTP_PORT} \
+             --master-nodes={masters} --seed-hosts={seeds} --cluster-name=bench \
+             --installation-id={id}",
+            user = as_node_user(self.home),
+            esrally = self.esrally.display(),
+            name = self.name,
+            ip = self.ip,
+            id = self.id,
+        )
+    }
+
+    /// `esrally start` of the installed node.
+    fn start(&self) -> String {
+        format!(
+            "{user} {esrally} start --quiet --offline --installation-id={id} --race-id={race} \
+             --runtime-jdk=bundled",
+            user = as_node_user(self.home),
+            esrally = self.esrally.display(),
+            id = self.id,
+            race = uuid::Uuid::new_v4(),
+        )
+    }
+
+    /// Where the node logs, on this machine.
+    fn log_dir(&self, h: &Harness) -> PathBuf {
+        let install = self.home.join(".rally/benchmarks/races").join(self.id);
+        h.host_path(self.ip, &install.join(self.name).join("logs/server"))
+    }
+}
+
 /// `esrally install` (car 4gheap) and `esrally start` of one node per instance of `nodes`,
 /// all at once, as rallyctl will; returns once every node sees the whole cluster green.
 fn start_cluster(h: &Harness, key: &Path, esrally: &Path, nodes: &[String]) -> Cluster {
@@ -145,27 +191,15 @@ fn start_cluster(h: &Harness, key: &Path, esrally: &Path, nodes: &[String]) -> C
         h.put_es_double_distribution(ip, home, ES_VERSION);
     }
     thread_each(nodes, |i, ip| {
-        let user = as_node_user(&homes[i]);
-        on(
-            h,
-            key,
+        let node = Node {
+            esrally,
+            home: &homes[i],
             ip,
-            &format!(
-                "{user} {esrally} install --quiet --offline --distribution-version={ES_VERSION} \
-                 --team-path={ES_DOUBLE_TEAM} --car=4gheap --runtime-jdk=bundled \
-                 --node-name={name} --network-host={ip} --http-port={HTTP_PORT} \
-                 --master-nodes={masters} --seed-hosts={seeds} --cluster-name=bench \
-                 --installation-id={id}\n\
-                 {user} {esrally} start --quiet --offline --installation-id={id} \
-                 --race-id={race} --runtime-jdk=bundled",
-                esrally = esrally.display(),
-                name = names[i],
-                masters = names.join(","),
-                seeds = seeds.join(","),
-                id = ids[i],
-                race = uuid::Uuid::new_v4(),
-            ),
-        );
+            name: &names[i],
+            id: &ids[i],
+        };
+        let install = node.install(&names.join(","), &seeds.join(","));
+        on(h, key, ip, &format!("{install}\n{}", node.start()));
     });
     let targets: Vec<String> = nodes.iter().map(|ip| format!("{ip}:{HTTP_PORT}")).collect();
     // Like Elasticsearch's, the double's nodes find one another within moments of starting.
@@ -212,8 +246,14 @@ fn stop_cluster(h: &Harness, key: &Path, esrally: &Path, c: &Cluster) {
             .filter(|(_, cmd)| cmd.contains("es_double.py"))
             .collect();
         assert!(left.is_empty(), "{ip}: node processes left: {left:?}");
-        let install = c.homes[i].join(".rally/benchmarks/races").join(&c.ids[i]);
-        let logs = h.host_path(ip, &install.join(&c.names[i]).join("logs/server"));
+        let node = Node {
+            esrally,
+            home: &c.homes[i],
+            ip,
+            name: &c.names[i],
+            id: &c.ids[i],
+        };
+        let logs = node.log_dir(h);
         let found = find_files(&logs, &["bench.log", "gc.log"]);
         assert_eq!(
             found.len(),
@@ -433,6 +473,53 @@ fn two_load_drivers_under_esrallyd_each_send_load_to_every_node() {
     }
     stop_cluster(h, &key, &esrally, &cluster);
     eprintln!("all done after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_node_that_cannot_listen_fails_esrally_start_and_its_log_says_why() {
+    let run = Run {
+        harness: Harness::start(1),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let h = &run.harness;
+    let key = authorized_key(h);
+    let esrally = install_esrally(&run, &key);
+    let ip = &h.instance_ips[0];
+    let home = h.host_dir.join("node-0");
+    let id = uuid::Uuid::new_v4().to_string();
+    let node = Node {
+        esrally: &esrally,
+        home: &home,
+        ip,
+        name: "node-0",
+        id: &id,
+    };
+    h.put_es_double_distribution(ip, &home, ES_VERSION);
+    let printed = on(
+        h,
+        &key,
+        ip,
+        &format!(
+            "nohup python3 -c 'import socket, time; s = socket.create_server((\"{ip}\", {HTTP_PORT})); \
+             time.sleep(600)' >/dev/null 2>&1 &\nsleep 0.5\n{install}\n\
+             if {start}; then exit 1; else echo \"start failed: $?\"; fi",
+            install = node.install("node-0", &format!("{ip}:{TRANSPORT_PORT}")),
+            start = node.start(),
+        ),
+    );
+    assert!(printed.contains("start failed: 64"), "{printed}");
+    let log = std::fs::read_to_string(node.log_dir(h).join("bench.log")).unwrap();
+    assert!(
+        log.contains(&format!("node node-0 cannot listen on {ip}:{HTTP_PORT}"))
+            && log.contains("Address already in use"),
+        "{log}"
+    );
+    let left: Vec<_> = h
+        .instance_processes(ip)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("es_double.py"))
+        .collect();
+    assert!(left.is_empty(), "node processes left: {left:?}");
 }
 
 /// Runs `f(index, ip)` for every ip at once, each in its own thread.

@@ -37,7 +37,8 @@ node serves the data from (index, bulk, search, settings, `/_test/docs`, `/_test
 node forwards them to the master's transport port). `/_test/requests` and `/_test/reset` are
 each node's own: which requests it answered, and from where. It logs to path.logs
 (`<cluster.name>.log`, and a `gc.log`) and writes the pid file once both ports listen; SIGTERM
-stops it.
+stops it. With --daemonize it exits 0 once the node serves in a child of its own session, or 1
+when the node cannot listen (the reason in its log and on stderr).
 """
 
 import argparse
@@ -1060,10 +1061,19 @@ def heap_bytes(jvm_options):
     return 1 << 30
 
 
-def serve_node(config_path, pid_file, version):
+def write_pid_file(path, pid):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write("%d" % pid)
+    os.replace(tmp, path)
+
+
+def serve_node(config_path, pid_file, version, daemonize):
     """One node of a cluster of several processes, started as Elasticsearch's `bin/elasticsearch`
     would be: settings from the rendered elasticsearch.yml, log and GC log in `path.logs`,
-    the pid file written once both ports listen."""
+    the pid file written once both ports listen. `daemonize` (`-d`): the node goes on in a
+    child of its own session and this process exits 0, or 1 when the node cannot start, its
+    reason in the node's log and on stderr."""
     conf = read_node_config(config_path)
     host = conf.get("network.host", "127.0.0.1")
     http_port = int(conf.get("http.port", 9200))
@@ -1089,10 +1099,27 @@ def serve_node(config_path, pid_file, version):
               heap_bytes=heap_bytes(os.path.join(os.path.dirname(config_path), "jvm.options")))
     cluster = Cluster(me, seeds)
     state = State()
-    http_srv = Server((host, http_port), state, me, cluster)
-    transport_srv = Server((host, transport_port), state, me, cluster, record=False)
-    # From here on (both ports bound) the node logs where Elasticsearch would.
     log = open(os.path.join(logs, cluster_name + ".log"), "a", buffering=1)
+    try:
+        http_srv = Server((host, http_port), state, me, cluster)
+        transport_srv = Server((host, transport_port), state, me, cluster, record=False)
+    except OSError as e:
+        msg = "node %s cannot listen on %s:%d and %d: %s\n" % (name, host, http_port,
+                                                               transport_port, e)
+        log.write(msg)
+        sys.stderr.write(msg)
+        sys.exit(1)
+    if daemonize:
+        child = os.fork()
+        if child:
+            write_pid_file(pid_file, child)
+            os._exit(0)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+    else:
+        write_pid_file(pid_file, os.getpid())
     os.dup2(log.fileno(), 2)
     sys.stderr = log
 
@@ -1105,10 +1132,6 @@ def serve_node(config_path, pid_file, version):
     signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=cluster.watch, daemon=True).start()
     threading.Thread(target=transport_srv.serve_forever, daemon=True).start()
-    tmp = "%s.tmp.%d" % (pid_file, os.getpid())
-    with open(tmp, "w") as f:
-        f.write("%d" % os.getpid())
-    os.replace(tmp, pid_file)
     sys.stderr.write("node %s of cluster %s: http %s:%d, transport %s:%d, seed hosts %s\n"
                      % (name, cluster_name, host, http_port, host, transport_port, seeds))
     http_srv.serve_forever()
@@ -1126,9 +1149,11 @@ def main():
                     help="serve as one node of a cluster, as this elasticsearch.yml says")
     ap.add_argument("--pid-file", help="with --node-config: where to write the pid once serving")
     ap.add_argument("--version", help="with --node-config: the Elasticsearch version to claim")
+    ap.add_argument("--daemonize", action="store_true",
+                    help="with --node-config: exit once the node serves, which goes on detached")
     args = ap.parse_args()
     if args.node_config:
-        serve_node(args.node_config, args.pid_file, args.version)
+        serve_node(args.node_config, args.pid_file, args.version, args.daemonize)
         return
     servers = [Server((args.host, args.port if k == 0 else 0)) for k in range(max(args.clusters, 1))]
     ports = [srv.server_address[1] for srv in servers]
