@@ -54,34 +54,40 @@ fn authorized_key(h: &Harness) -> PathBuf {
     key
 }
 
+/// The address the instance at `to` sees a TCP connection from `from` come from, on Rally's
+/// actor-system port of its private address.
+fn caller_seen_by(h: &Harness, key: &Path, from: &str, to: &str) -> String {
+    on(
+        h,
+        key,
+        to,
+        &format!(
+            "nohup python3 -c 'import socket; s = socket.create_server((\"{to}\", 1900)); \
+             c, peer = s.accept(); c.sendall(peer[0].encode())' >/dev/null 2>&1 &\nsleep 0.5"
+        ),
+    );
+    on(
+        h,
+        key,
+        from,
+        &format!(
+            "python3 -c 'import socket; print(socket.create_connection((\"{to}\", 1900), 5).recv(64).decode())'"
+        ),
+    )
+    .trim()
+    .to_owned()
+}
+
 #[test]
 fn connected_instances_reach_one_another_at_their_private_ips_on_any_port() {
     let h = Harness::start_connected(2);
     let key = authorized_key(&h);
     let (a, b) = (&h.instance_ips[0], &h.instance_ips[1]);
-    // A listener on b's private address, on Rally's actor-system port, that tells who called.
-    on(
-        &h,
-        &key,
-        b,
-        &format!(
-            "nohup python3 -c 'import socket; s = socket.create_server((\"{b}\", 1900)); \
-             c, peer = s.accept(); c.sendall(peer[0].encode())' >/dev/null 2>&1 &\nsleep 0.5"
-        ),
-    );
-    let seen = on(
-        &h,
-        &key,
-        a,
-        &format!(
-            "python3 -c 'import socket; print(socket.create_connection((\"{b}\", 1900), 5).recv(64).decode())'"
-        ),
-    );
-    assert_eq!(
-        seen.trim(),
-        a.as_str(),
-        "b saw the call come from a's private IP"
-    );
+    assert_eq!(caller_seen_by(&h, &key, a, b), *a);
+    // An instance started again at its address (a terminated one's successor) is on the
+    // bridge again: its predecessor's veth pair gave way.
+    h.kill_instance_processes(b);
+    assert_eq!(caller_seen_by(&h, &key, a, b), *a);
     // What every instance had before is still there: the relay to the ES double on 127.0.0.1,
     // and no other instance's 1900 on 127.0.0.1 (each has its own loopback).
     let es = on(
@@ -335,6 +341,22 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
             heaps.iter().all(|b| **b == 4u64 << 30),
             "the car 4gheap made every node's heap 4 GiB: {heaps:?}"
         );
+        let cat = get_json(h, driver, target, "/_cat/nodes?format=json");
+        let masters: Vec<&serde_json::Value> = cat
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["master"] == "*")
+            .map(|n| &n["name"])
+            .collect();
+        assert_eq!(
+            masters,
+            ["node-0"],
+            "{target}: one master, the first seed host: {cat}"
+        );
+        let me = get_json(h, driver, target, "/");
+        assert_eq!(me["cluster_name"], "bench", "{target}: {me}");
+        assert_eq!(me["version"]["number"], ES_VERSION, "{target}: {me}");
     }
 
     // The race, from the fourth instance, against all three nodes.

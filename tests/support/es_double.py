@@ -651,10 +651,10 @@ class Handler(BaseHTTPRequestHandler):
         if first in ("_refresh", "_flush", "_forcemerge", "_cache"):
             return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
         if first == "_cat" and parts[1:] == ["nodes"] and m == "GET":
-            master = self.server.master()
+            master = self.server.master_id()
             return 200, [{"ip": nd.host, "name": nd.name, "node.role": "dim",
-                          "master": "*" if nd.transport_port == master[1] and nd.host == master[0]
-                          else "-"} for nd in self.server.members()]
+                          "master": "*" if nd.id == master else "-"}
+                         for nd in self.server.members()]
         if first == "_cat":
             return 200, []
         if first == "_internal" and parts[1:] == ["node"] and m == "GET":

@@ -122,6 +122,11 @@ def join_bridge(ip):
     subprocess.run(["ip", "route", "del", "127.0.0.0/8", "dev", "lo", "table", "local"],
                    check=True)
     subprocess.run(["ip", "link", "set", inner, "name", "eth0"], check=True)
+    # A MAC address of the private IP's own: the other instances' ARP caches stay right for a
+    # successor at this address (a random one would leave them sending to the old one for
+    # many seconds).
+    mac = "02:00:%02x:%02x:%02x:%02x" % tuple(int(o) for o in ip.split("."))
+    subprocess.run(["ip", "link", "set", "eth0", "address", mac], check=True)
     with open("/proc/sys/net/ipv4/conf/eth0/route_localnet", "w") as f:
         f.write("1")
     subprocess.run(["ip", "addr", "add", ip + "/24", "dev", "eth0"], check=True)
