@@ -372,7 +372,7 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
             home = home.display(),
             esrally = esrally.display(),
             targets = cluster.targets.join(","),
-            track = h.track_path.display(),
+            track = tiny_track(h, 1).display(),
             race = uuid::Uuid::new_v4(),
         ),
     );
@@ -405,22 +405,9 @@ fn two_load_drivers_under_esrallyd_each_send_load_to_every_node() {
     let cluster = start_cluster(h, &key, &esrally, &h.instance_ips[..3]);
     eprintln!("3 nodes started after {:?}", started.elapsed());
 
-    // The tiny track with two clients per task: Rally spreads clients evenly over the load
-    // driver hosts, so each driver gets one.
-    let track = h.work.path().join("tiny-two-clients");
-    std::fs::create_dir_all(&track).unwrap();
-    let spec = std::fs::read_to_string(h.track_path.join("track.json")).unwrap();
-    assert_eq!(spec.matches("\"clients\": 1").count(), 2, "{spec}");
-    std::fs::write(
-        track.join("track.json"),
-        spec.replace("\"clients\": 1", "\"clients\": 2"),
-    )
-    .unwrap();
-    std::fs::copy(
-        h.track_path.join("documents.json"),
-        track.join("documents.json"),
-    )
-    .unwrap();
+    // Two clients per task: Rally spreads clients evenly over the load driver hosts, so each
+    // driver gets one.
+    let track = tiny_track(h, 2);
 
     // esrallyd on the coordinator first, then on the other driver; the race on the coordinator.
     let coordinator = &drivers[0];
@@ -542,6 +529,24 @@ fn a_node_that_cannot_listen_fails_esrally_start_and_its_log_says_why() {
         .filter(|(_, cmd)| cmd.contains("es_double.py"))
         .collect();
     assert!(left.is_empty(), "node processes left: {left:?}");
+}
+
+/// A copy of the tiny track with `clients` clients per task, in the harness's work directory:
+/// Rally writes an offset file next to the corpus of the track it races, and in the fixture
+/// directory that file would change the config hash of every plan naming it.
+fn tiny_track(h: &Harness, clients: usize) -> PathBuf {
+    let track = h.work.path().join(format!("tiny-{clients}-clients"));
+    std::fs::create_dir_all(&track).unwrap();
+    let spec = std::fs::read_to_string(h.track_path.join("track.json")).unwrap();
+    assert_eq!(spec.matches("\"clients\": 1").count(), 2, "{spec}");
+    let spec = spec.replace("\"clients\": 1", &format!("\"clients\": {clients}"));
+    std::fs::write(track.join("track.json"), spec).unwrap();
+    std::fs::copy(
+        h.track_path.join("documents.json"),
+        track.join("documents.json"),
+    )
+    .unwrap();
+    track
 }
 
 /// Runs `f(index, ip)` for every ip at once, each in its own thread.
