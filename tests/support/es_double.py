@@ -10,7 +10,8 @@ writes, searches for previous races).
 Every response carries `X-Elastic-Product: Elasticsearch` and a JSON body (none for HEAD).
 
 Test endpoints (not Elasticsearch API):
-  GET  /_test/requests  JSON list of {"method", "path", "status", "unhandled"} for every request
+  GET  /_test/requests  JSON list of {"method", "path", "status", "unhandled", "client"} for every
+                        request ("client": the address it came from)
   GET  /_test/docs      JSON object index -> number of documents received (bulk and single writes)
   POST /_test/latency   body {"search_ms": N}: from now on every search-type answer (_search,
                         _msearch, _count) of this cluster comes N milliseconds late (0: at once);
@@ -24,12 +25,28 @@ serves until killed. With --clusters N it serves N independent clusters (own ind
 records) on N ports, written one per line: races that run at the same time against one cluster
 share its indices, and one race's delete-index makes the other's searches fail. Unknown requests answer 404 (GET/HEAD) or 400 (others) with an Elasticsearch
 style error and are marked "unhandled" in /_test/requests so that tests can spot them.
+
+Usage as one node of a cluster of several processes (what `bin/elasticsearch` of the double's
+distribution archive runs, tests/support/es_double_node.sh):
+    es_double.py --node-config config/elasticsearch.yml --pid-file FILE --version 8.15.0
+It serves HTTP on the yml's network.host:http.port as node.name of cluster.name, and answers
+other nodes on transport.port. The discovery.seed_hosts (IP:transport port) that answer there
+are the cluster's members (`/`, `/_cluster/health` with number_of_nodes and green once every
+seed host is up, `/_nodes`, `/_cat/nodes`); the first seed host is the master, whose state every
+node serves the data from (index, bulk, search, settings, `/_test/docs`, `/_test/latency`: a
+node forwards them to the master's transport port). `/_test/requests` and `/_test/reset` are
+each node's own: which requests it answered, and from where. It logs to path.logs
+(`<cluster.name>.log`, and a `gc.log`) and writes the pid file once both ports listen; SIGTERM
+stops it. With --daemonize it exits 0 once the node serves in a child of its own session, or 1
+when the node cannot listen (the reason in its log and on stderr).
 """
 
 import argparse
 import fnmatch
+import http.client
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -53,6 +70,9 @@ CLUSTER_NAME = "es-double"
 CLUSTER_UUID = "c0ffee00-0000-4000-8000-00000000e5d0"
 NODE_ID = "esdoubleNode0000000000"
 NODE_NAME = "es-double-0"
+# Marks an answer to a request the double does not handle, so that a node that forwarded the
+# request records it as unhandled too.
+UNHANDLED_HEADER = "X-Es-Double-Unhandled"
 
 
 class State:
@@ -115,26 +135,51 @@ def shard_stats(docs):
     }
 
 
-def node_info(state):
+class Node:
+    """Who a server answers as: the one node of a cluster of its own (--clusters), or one node
+    of a cluster of several processes (--node-config)."""
+
+    def __init__(self, name=NODE_NAME, node_id=NODE_ID, host="127.0.0.1", http_port=9200,
+                 transport_port=9300, cluster_name=CLUSTER_NAME, cluster_uuid=CLUSTER_UUID,
+                 heap_bytes=1073741824):
+        self.name = name
+        self.id = node_id
+        self.host = host
+        self.http_port = http_port
+        self.transport_port = transport_port
+        self.cluster_name = cluster_name
+        self.cluster_uuid = cluster_uuid
+        self.heap_bytes = heap_bytes
+
+    def to_json(self):
+        return dict(self.__dict__)
+
+    @staticmethod
+    def from_json(d):
+        return Node(d["name"], d["id"], d["host"], d["http_port"], d["transport_port"],
+                    d["cluster_name"], d["cluster_uuid"], d["heap_bytes"])
+
+
+def node_info(state, me):
     return {
-        "name": NODE_NAME,
-        "transport_address": "127.0.0.1:9300",
-        "host": "127.0.0.1",
-        "ip": "127.0.0.1",
+        "name": me.name,
+        "transport_address": "%s:%d" % (me.host, me.transport_port),
+        "host": me.host,
+        "ip": me.host,
         "version": VERSION["number"],
         "build_flavor": VERSION["build_flavor"],
         "build_type": VERSION["build_type"],
         "build_hash": VERSION["build_hash"],
         "roles": ["data", "ingest", "master"],
         "attributes": {},
-        "settings": {"node": {"name": NODE_NAME}, "cluster": {"name": CLUSTER_NAME}},
+        "settings": {"node": {"name": me.name}, "cluster": {"name": me.cluster_name}},
         "os": {"name": "Linux", "pretty_name": "Debian GNU/Linux 12 (bookworm)", "arch": "amd64",
                "version": "6.1.0", "available_processors": 2, "allocated_processors": 2},
         "process": {"refresh_interval_in_millis": 1000, "id": 1, "mlockall": False},
         "jvm": {"pid": 1, "version": "21.0.2", "vm_name": "OpenJDK 64-Bit Server VM",
                 "vm_version": "21.0.2+13-58", "vm_vendor": "Oracle Corporation",
                 "start_time_in_millis": int(state.started * 1000),
-                "mem": {"heap_init_in_bytes": 1073741824, "heap_max_in_bytes": 1073741824},
+                "mem": {"heap_init_in_bytes": me.heap_bytes, "heap_max_in_bytes": me.heap_bytes},
                 "gc_collectors": ["G1 Young Generation", "G1 Concurrent GC", "G1 Old Generation"],
                 "memory_pools": ["CodeHeap 'non-nmethods'", "Metaspace", "G1 Eden Space",
                                  "G1 Old Gen", "G1 Survivor Space"],
@@ -145,17 +190,17 @@ def node_info(state):
     }
 
 
-def node_stats(state):
+def node_stats(state, me):
     with state.lock:
         total_docs = sum(i["docs"] for i in state.indices.values())
     pool = {"used_in_bytes": 1 << 20, "max_in_bytes": 1 << 30, "peak_used_in_bytes": 2 << 20,
             "peak_max_in_bytes": 1 << 30}
     return {
         "timestamp": now_ms(),
-        "name": NODE_NAME,
-        "transport_address": "127.0.0.1:9300",
-        "host": "127.0.0.1",
-        "ip": "127.0.0.1:9300",
+        "name": me.name,
+        "transport_address": "%s:%d" % (me.host, me.transport_port),
+        "host": me.host,
+        "ip": "%s:%d" % (me.host, me.transport_port),
         "roles": ["data", "ingest", "master"],
         "attributes": {},
         "indices": shard_stats(total_docs),
@@ -494,21 +539,26 @@ class Handler(BaseHTTPRequestHandler):
         return raw
 
     def _send(self, status, body, unhandled=False):
-        payload = b"" if body is None else json.dumps(body).encode()
+        self._send_payload(status, b"" if body is None else json.dumps(body).encode(), unhandled)
+
+    def _send_payload(self, status, payload, unhandled):
         self.send_response(status)
         self.send_header("X-Elastic-Product", "Elasticsearch")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        if unhandled:
+            self.send_header(UNHANDLED_HEADER, "true")
         # Headers and body in one write: two small writes trip Nagle + delayed ACK (~40 ms each).
         if self.command != "HEAD":
             self._headers_buffer.append(b"\r\n" + payload)
             self.flush_headers()
         else:
             self.end_headers()
-        if not self.path.startswith("/_test/"):
+        if self.server.record and not self.path.startswith("/_test/"):
             with self.state.lock:
                 self.state.requests.append({"method": self.command, "path": self.path, "status": status,
-                                       "unhandled": unhandled})
+                                            "unhandled": unhandled,
+                                            "client": self.client_address[0]})
 
     def do_GET(self):
         self._dispatch()
@@ -530,6 +580,10 @@ class Handler(BaseHTTPRequestHandler):
         self.query = parse_qs(url.query)
         parts = [p for p in url.path.split("/") if p]
         raw = self._body() if self.command in ("PUT", "POST", "DELETE", "GET") else b""
+        master = self.server.master()
+        if master and not is_node_local(parts):
+            self._forward(master, raw)
+            return
         try:
             status, body = self.route(self.command, parts, raw)
         except ValueError as e:
@@ -545,6 +599,23 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(status, body)
 
+    def _forward(self, master, raw):
+        """Serve a request of the cluster's data from the master node's state, as its
+        transport port answers it."""
+        conn = http.client.HTTPConnection(master[0], master[1], timeout=120)
+        try:
+            conn.request(self.command, self.path, body=raw,
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            payload = resp.read()
+            self._send_payload(resp.status, payload,
+                               resp.getheader(UNHANDLED_HEADER) == "true")
+        except OSError as e:
+            self._send(503, error_body(503, "master_not_discovered_exception",
+                                       "master %s:%d: %s" % (master[0], master[1], e)))
+        finally:
+            conn.close()
+
     def _json(self, raw):
         if not raw.strip():
             return {}
@@ -557,8 +628,9 @@ class Handler(BaseHTTPRequestHandler):
 
         if n == 0:
             if m in ("GET", "HEAD"):
-                return 200, {"name": NODE_NAME, "cluster_name": CLUSTER_NAME,
-                             "cluster_uuid": CLUSTER_UUID, "version": VERSION,
+                me = self.server.node
+                return 200, {"name": me.name, "cluster_name": me.cluster_name,
+                             "cluster_uuid": me.cluster_uuid, "version": VERSION,
                              "tagline": "You Know, for Search"}
             return None, None
 
@@ -578,12 +650,20 @@ class Handler(BaseHTTPRequestHandler):
             return self.route_search(m, "", first, raw)
         if first in ("_refresh", "_flush", "_forcemerge", "_cache"):
             return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
+        if first == "_cat" and parts[1:] == ["nodes"] and m == "GET":
+            master = self.server.master_id()
+            return 200, [{"ip": nd.host, "name": nd.name, "node.role": "dim",
+                          "master": "*" if nd.id == master else "-"}
+                         for nd in self.server.members()]
         if first == "_cat":
             return 200, []
+        if first == "_internal" and parts[1:] == ["node"] and m == "GET":
+            return 200, self.server.node.to_json()
         if first == "_tasks":
             return 200, {"nodes": {}}
         if first == "_license":
-            return 200, {"license": {"status": "active", "type": "basic", "uid": CLUSTER_UUID}}
+            return 200, {"license": {"status": "active", "type": "basic",
+                                     "uid": self.server.node.cluster_uuid}}
         if first == "_xpack":
             return 200, {"features": {}, "license": {"status": "active", "type": "basic"}}
         if first == "_ingest":
@@ -669,8 +749,11 @@ class Handler(BaseHTTPRequestHandler):
         if what == "health" and m == "GET":
             with self.state.lock:
                 n_idx = len(self.state.indices)
-            return 200, {"cluster_name": CLUSTER_NAME, "status": "green", "timed_out": False,
-                         "number_of_nodes": 1, "number_of_data_nodes": 1,
+            nodes = len(self.server.members())
+            status = "green" if nodes >= self.server.expected_nodes() else "yellow"
+            return 200, {"cluster_name": self.server.node.cluster_name, "status": status,
+                         "timed_out": False, "number_of_nodes": nodes,
+                         "number_of_data_nodes": nodes,
                          "active_primary_shards": n_idx, "active_shards": n_idx,
                          "relocating_shards": 0, "initializing_shards": 0, "unassigned_shards": 0,
                          "delayed_unassigned_shards": 0, "number_of_pending_tasks": 0,
@@ -698,12 +781,16 @@ class Handler(BaseHTTPRequestHandler):
         if what == "state" and m == "GET":
             with self.state.lock:
                 names = list(self.state.indices)
-            return 200, {"cluster_name": CLUSTER_NAME, "cluster_uuid": CLUSTER_UUID,
-                         "master_node": NODE_ID, "metadata": {"indices": {n: {} for n in names}},
-                         "nodes": {NODE_ID: {"name": NODE_NAME}}}
+            me = self.server.node
+            return 200, {"cluster_name": me.cluster_name, "cluster_uuid": me.cluster_uuid,
+                         "master_node": self.server.master_id(),
+                         "metadata": {"indices": {n: {} for n in names}},
+                         "nodes": {nd.id: {"name": nd.name} for nd in self.server.members()}}
         if what == "stats" and m == "GET":
-            return 200, {"cluster_name": CLUSTER_NAME, "cluster_uuid": CLUSTER_UUID,
-                         "status": "green", "nodes": {"count": {"total": 1}}, "indices": {}}
+            me = self.server.node
+            return 200, {"cluster_name": me.cluster_name, "cluster_uuid": me.cluster_uuid,
+                         "status": "green", "nodes": {"count": {"total": len(self.server.members())}},
+                         "indices": {}}
         if what == "pending_tasks" and m == "GET":
             return 200, {"tasks": []}
         return None, None
@@ -716,12 +803,14 @@ class Handler(BaseHTTPRequestHandler):
         is_stats = "stats" in rest
         if "hot_threads" in rest:
             return 200, {}
-        header = {"_nodes": {"total": 1, "successful": 1, "failed": 0}, "cluster_name": CLUSTER_NAME}
+        members = self.server.members()
+        header = {"_nodes": {"total": len(members), "successful": len(members), "failed": 0},
+                  "cluster_name": self.server.node.cluster_name}
         if is_stats:
-            return 200, {**header, "nodes": {NODE_ID: node_stats(self.state)}}
+            return 200, {**header, "nodes": {nd.id: node_stats(self.state, nd) for nd in members}}
         if "usage" in rest:
-            return 200, {**header, "nodes": {NODE_ID: {"rest_actions": {}}}}
-        return 200, {**header, "nodes": {NODE_ID: node_info(self.state)}}
+            return 200, {**header, "nodes": {nd.id: {"rest_actions": {}} for nd in members}}
+        return 200, {**header, "nodes": {nd.id: node_info(self.state, nd) for nd in members}}
 
     def route_template(self, m, kind_name, rest, raw):
         store = self.state.templates[kind_name]
@@ -843,21 +932,209 @@ class Handler(BaseHTTPRequestHandler):
                      "status": "open", "primaries": shard_stats(docs), "total": shard_stats(docs)}
             if level == "shards":
                 entry["shards"] = {"0": [{"routing": {"state": "STARTED", "primary": True,
-                                                      "node": NODE_ID}, **shard_stats(docs)}]}
+                                                      "node": self.server.node.id},
+                                          **shard_stats(docs)}]}
             indices[nm] = entry
         return {"_shards": {"total": len(per), "successful": len(per), "failed": 0},
                 "_all": {"primaries": shard_stats(total), "total": shard_stats(total)},
                 "indices": indices}
 
 
+def is_node_local(parts):
+    """Requests a node answers itself; every other one is about the cluster's data, which the
+    master node holds."""
+    first = parts[0] if parts else ""
+    return (not parts or first in ("_nodes", "_cat", "_internal")
+            or parts[:2] in (["_cluster", "health"], ["_test", "requests"], ["_test", "reset"]))
+
+
 class Server(ThreadingHTTPServer):
+    """One cluster of its own (`cluster` None), or the HTTP or transport port of one node of a
+    cluster of several processes."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, addr):
+    def __init__(self, addr, state=None, node=None, cluster=None, record=True):
         super().__init__(addr, Handler)
-        self.state = State()
+        self.state = state or State()
+        self.node = node or Node()
+        self.cluster = cluster
+        # A transport port serves other nodes: what it answers was recorded where it was asked.
+        self.record = record
+
+    def members(self):
+        return self.cluster.members() if self.cluster else [self.node]
+
+    def expected_nodes(self):
+        return self.cluster.expected() if self.cluster else 1
+
+    def master(self):
+        """(host, transport port) of the master node when that is another node, else None."""
+        return self.cluster.master() if self.cluster and self.record else None
+
+    def master_id(self):
+        if not self.cluster:
+            return self.node.id
+        host, port = self.cluster.master_addr()
+        for nd in self.members():
+            if (nd.host, nd.transport_port) == (host, port):
+                return nd.id
+        return None
+
+
+class Cluster:
+    """A node's view of its cluster: the seed hosts (`discovery.seed_hosts`, transport
+    addresses) that answer on their transport port are its members; the first seed host is the
+    master, whose state every node serves the cluster's data from."""
+
+    def __init__(self, me, seeds):
+        self.me = me
+        self.seeds = seeds or [(me.host, me.transport_port)]
+        self.lock = threading.Lock()
+        self.peers = {}  # (host, transport port) -> Node, of the seeds that answer
+
+    def expected(self):
+        return len(self.seeds)
+
+    def master_addr(self):
+        return self.seeds[0]
+
+    def master(self):
+        addr = self.master_addr()
+        return None if addr == (self.me.host, self.me.transport_port) else addr
+
+    def members(self):
+        with self.lock:
+            others = list(self.peers.values())
+        return sorted([self.me] + others, key=lambda nd: nd.name)
+
+    def watch(self):
+        while True:
+            for addr in self.seeds:
+                if addr == (self.me.host, self.me.transport_port):
+                    continue
+                try:
+                    conn = http.client.HTTPConnection(addr[0], addr[1], timeout=1)
+                    conn.request("GET", "/_internal/node")
+                    peer = Node.from_json(json.loads(conn.getresponse().read()))
+                    conn.close()
+                except (OSError, ValueError, KeyError):
+                    peer = None
+                with self.lock:
+                    if peer:
+                        self.peers[addr] = peer
+                    else:
+                        self.peers.pop(addr, None)
+            time.sleep(0.3)
+
+
+def read_node_config(path):
+    """The flat `key: value` lines of an elasticsearch.yml as Rally renders it from the team's
+    template; flow lists (`["a","b"]`, `['a']`) become Python lists."""
+    conf = {}
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if ":" not in line:
+                continue
+            key, value = (x.strip() for x in line.split(":", 1))
+            if value.startswith("[") and value.endswith("]"):
+                conf[key] = [v.strip().strip("'\"") for v in value[1:-1].split(",") if v.strip()]
+            else:
+                conf[key] = value.strip("'\"")
+    return conf
+
+
+def heap_bytes(jvm_options):
+    """-Xmx of the car's jvm.options (what `heap_size` made of it), 1 GiB without one."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    try:
+        with open(jvm_options) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("-Xmx") and line[-1].lower() in units:
+                    return int(line[4:-1]) * units[line[-1].lower()]
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def write_pid_file(path, pid):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write("%d" % pid)
+    os.replace(tmp, path)
+
+
+def serve_node(config_path, pid_file, version, daemonize):
+    """One node of a cluster of several processes, started as Elasticsearch's `bin/elasticsearch`
+    would be: settings from the rendered elasticsearch.yml, log and GC log in `path.logs`,
+    the pid file written once both ports listen. `daemonize` (`-d`): the node goes on in a
+    child of its own session and this process exits 0, or 1 when the node cannot start, its
+    reason in the node's log and on stderr."""
+    conf = read_node_config(config_path)
+    host = conf.get("network.host", "127.0.0.1")
+    http_port = int(conf.get("http.port", 9200))
+    transport_port = int(conf.get("transport.port", http_port + 100))
+    cluster_name = conf.get("cluster.name", CLUSTER_NAME)
+    name = conf.get("node.name", "node-%s-%d" % (host, http_port))
+    seeds = []
+    for seed in conf.get("discovery.seed_hosts", []):
+        seed_host, _, seed_port = seed.rpartition(":") if ":" in seed else (seed, "", "")
+        seeds.append((seed_host, int(seed_port) if seed_port else transport_port))
+    logs = conf.get("path.logs", ".")
+    os.makedirs(logs, exist_ok=True)
+    for data in conf.get("path.data", []):
+        os.makedirs(data, exist_ok=True)
+    gc_log = os.path.join(logs, "gc.log")
+    with open(gc_log, "a") as f:
+        f.write("[0.004s][info][gc] Using G1\n[0.005s][info][gc,init] Version: 21.0.2+13-58\n")
+    if version:
+        VERSION["number"] = version
+    me = Node(name=name, node_id=uuid.uuid5(uuid.NAMESPACE_DNS, name).hex[:22], host=host,
+              http_port=http_port, transport_port=transport_port, cluster_name=cluster_name,
+              cluster_uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, "cluster " + cluster_name)),
+              heap_bytes=heap_bytes(os.path.join(os.path.dirname(config_path), "jvm.options")))
+    cluster = Cluster(me, seeds)
+    state = State()
+    log = open(os.path.join(logs, cluster_name + ".log"), "a", buffering=1)
+    try:
+        http_srv = Server((host, http_port), state, me, cluster)
+        transport_srv = Server((host, transport_port), state, me, cluster, record=False)
+    except OSError as e:
+        msg = "node %s cannot listen on %s:%d and %d: %s\n" % (name, host, http_port,
+                                                               transport_port, e)
+        log.write(msg)
+        sys.stderr.write(msg)
+        sys.exit(1)
+    if daemonize:
+        child = os.fork()
+        if child:
+            write_pid_file(pid_file, child)
+            os._exit(0)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+    else:
+        write_pid_file(pid_file, os.getpid())
+    os.dup2(log.fileno(), 2)
+    sys.stderr = log
+
+    def stop(signum, _frame):
+        with open(gc_log, "a") as f:
+            f.write("[%.3fs][info][gc] Stopping\n" % (time.time() - state.started))
+        sys.stderr.write("node %s stopped by signal %d\n" % (name, signum))
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=cluster.watch, daemon=True).start()
+    threading.Thread(target=transport_srv.serve_forever, daemon=True).start()
+    sys.stderr.write("node %s of cluster %s: http %s:%d, transport %s:%d, seed hosts %s\n"
+                     % (name, cluster_name, host, http_port, host, transport_port, seeds))
+    http_srv.serve_forever()
 
 
 def main():
@@ -868,7 +1145,16 @@ def main():
     ap.add_argument("--clusters", type=int, default=1,
                     help="number of independent clusters to serve, one port each")
     ap.add_argument("--port-file", help="write the bound port(s) here, one per line, atomically")
+    ap.add_argument("--node-config",
+                    help="serve as one node of a cluster, as this elasticsearch.yml says")
+    ap.add_argument("--pid-file", help="with --node-config: where to write the pid once serving")
+    ap.add_argument("--version", help="with --node-config: the Elasticsearch version to claim")
+    ap.add_argument("--daemonize", action="store_true",
+                    help="with --node-config: exit once the node serves, which goes on detached")
     args = ap.parse_args()
+    if args.node_config:
+        serve_node(args.node_config, args.pid_file, args.version, args.daemonize)
+        return
     servers = [Server((args.host, args.port if k == 0 else 0)) for k in range(max(args.clusters, 1))]
     ports = [srv.server_address[1] for srv in servers]
     if args.port_file:

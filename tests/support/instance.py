@@ -21,6 +21,9 @@ a machine of its own:
   local address, exactly like on EC2; every start of an instance creates a new host key;
 * each --forward PORT: 127.0.0.1:PORT inside the instance is relayed to 127.0.0.1:PORT of the
   host (the Elasticsearch test double, moto);
+* --bridge BRIDGE: the instance is also on a bridge of the host (a veth pair, its end `eth0`
+  inside holding the private address), so that instances of one harness reach one another at
+  their private addresses on any port, as instances of one VPC subnet do;
 * --proxy-port: an HTTP CONNECT proxy on 127.0.0.1:PORT inside the instance whose connections
   leave from the host's network namespace (pip reaches the package index through it; sshd's
   SetEnv gives sessions https_proxy);
@@ -71,6 +74,63 @@ def loopback_up():
         ifr = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, ifr))[1]
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def in_host_netns(fn):
+    """Runs fn() in a thread that entered the host's network namespace (what it starts too)."""
+    failure = []
+
+    def run():
+        try:
+            enter_host_netns()
+            fn()
+        except (OSError, subprocess.CalledProcessError) as e:
+            failure.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if failure:
+        raise failure[0]
+
+
+def veth_names(ip):
+    """Host-side and (until moved and renamed) instance-side names of an instance's veth pair:
+    unique per address on this machine, and within the 15 characters Linux allows."""
+    _, _, x, n = ip.split(".")
+    return "rce%s-%s" % (x, n), "rce%si%s" % (x, n)
+
+
+def create_veth(bridge, ip):
+    """The pair, both ends still in the host's namespace, the host end on `bridge`. A pair of
+    a killed instance at this address vanishes with its namespace, maybe not yet: drop it."""
+    host_end, inner = veth_names(ip)
+    subprocess.run(["ip", "link", "del", host_end], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", inner],
+                   check=True)
+    subprocess.run(["ip", "link", "set", host_end, "master", bridge, "up"], check=True)
+
+
+def join_bridge(ip):
+    """Moves the instance end of the pair into this (new) namespace as eth0 with the private
+    address. 127.0.0.0/8 is loopback: the kernel routes all of it to lo and drops it as martian
+    on any other device, so the /8 local route goes (127.0.0.1 stays local) and eth0 gets
+    route_localnet, which lets it carry and answer ARP for 127.x addresses."""
+    _, inner = veth_names(ip)
+    pid = str(os.getpid())
+    in_host_netns(lambda: subprocess.run(["ip", "link", "set", inner, "netns", pid], check=True))
+    subprocess.run(["ip", "route", "del", "127.0.0.0/8", "dev", "lo", "table", "local"],
+                   check=True)
+    subprocess.run(["ip", "link", "set", inner, "name", "eth0"], check=True)
+    # A MAC address of the private IP's own: the other instances' ARP caches stay right for a
+    # successor at this address (a random one would leave them sending to the old one for
+    # many seconds).
+    mac = "02:00:%02x:%02x:%02x:%02x" % tuple(int(o) for o in ip.split("."))
+    subprocess.run(["ip", "link", "set", "eth0", "address", mac], check=True)
+    with open("/proc/sys/net/ipv4/conf/eth0/route_localnet", "w") as f:
+        f.write("1")
+    subprocess.run(["ip", "addr", "add", ip + "/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "link", "set", "eth0", "up"], check=True)
 
 
 def refusing(refuse_file):
@@ -266,6 +326,8 @@ def main():
                     help="where to create this instance's own SSH host key (new on every start)")
     ap.add_argument("--forward", type=int, action="append", default=[])
     ap.add_argument("--proxy-port", type=int, default=0)
+    ap.add_argument("--bridge", default="",
+                    help="reach the other instances on this host bridge at their private IPs")
     ap.add_argument("--private-dir", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
                     help="bind-mount SRC at DST inside the instance only")
     ap.add_argument("--watchdog-log", default="",
@@ -306,6 +368,8 @@ def main():
     if args.boot_dir:
         private_cloud_dir(args.boot_dir, addr[0])
 
+    if args.bridge:
+        create_veth(args.bridge, addr[0])
     HOST_NETNS_FD = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if LIBC.unshare(CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -316,6 +380,8 @@ def main():
     # external socket address") in a namespace without any route. Traffic that really leaves
     # lo goes nowhere, like an instance without internet; pip uses the CONNECT proxy below.
     subprocess.run(["ip", "route", "add", "default", "dev", "lo", "src", "127.0.0.1"], check=True)
+    if args.bridge:
+        join_bridge(addr[0])
     for port in args.forward:
         serve_forward(port)
     if args.proxy_port:
@@ -331,8 +397,8 @@ def main():
     with open(tmp, "w") as f:
         f.write("%s:%d pid=%d\n" % (addr[0], addr[1], os.getpid()))
     os.replace(tmp, args.ready_file)
-    log("ready: ssh on %s:%d, forwards %s, proxy %s, private dirs %s"
-        % (addr[0], addr[1], args.forward, args.proxy_port, args.private_dir))
+    log("ready: ssh on %s:%d, forwards %s, proxy %s, private dirs %s, bridge %s"
+        % (addr[0], addr[1], args.forward, args.proxy_port, args.private_dir, args.bridge or "-"))
 
     while True:
         try:

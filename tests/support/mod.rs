@@ -11,6 +11,7 @@
 //! ES double and moto, and sessions get `https_proxy` for the package index.
 #![allow(dead_code)] // every test binary uses a different part of the harness
 
+pub mod cluster;
 pub mod context;
 pub mod fault_proxy;
 pub mod providers;
@@ -96,6 +97,8 @@ pub struct Harness {
     moto: Option<Child>,
     es: Option<Child>,
     instances: Arc<Mutex<HashMap<String, Child>>>,
+    /// The host bridge connecting the instances (`start_connected`), None when each has only `lo`.
+    bridge: Option<String>,
     akc_dir: PathBuf,
     rt: Option<tokio::runtime::Runtime>,
     stop_watch: Arc<AtomicBool>,
@@ -171,6 +174,17 @@ impl Harness {
     /// (one cluster per instance); panics (naming what failed and its log) if any does not come
     /// up in time. Its processes die with the calling thread: keep the harness in that thread.
     pub fn start(max_instances: usize) -> Harness {
+        Harness::start_with(max_instances, false)
+    }
+
+    /// [`Harness::start`] with instances that reach one another at their private IPs on any
+    /// port, as instances of one subnet do (a host bridge, a veth pair per instance): for
+    /// Elasticsearch nodes and Rally's load drivers on separate instances.
+    pub fn start_connected(max_instances: usize) -> Harness {
+        Harness::start_with(max_instances, true)
+    }
+
+    fn start_with(max_instances: usize, connected: bool) -> Harness {
         assert!(
             (1..=200).contains(&max_instances),
             "max_instances must be 1..=200"
@@ -225,6 +239,7 @@ impl Harness {
             moto: None,
             es: None,
             instances: Arc::new(Mutex::new(HashMap::new())),
+            bridge: connected.then(|| format!("rcebr{octet}")),
             akc_dir: PathBuf::from("/run/rallyctl-e2e").join(&name),
             rt: Some(rt),
             stop_watch: Arc::new(AtomicBool::new(false)),
@@ -388,6 +403,9 @@ impl Harness {
         // sshd: host key, AuthorizedKeysCommand, one config and one instance per address
         let t = Instant::now();
         h.prepare_sshd(&support);
+        if let Some(bridge) = &h.bridge {
+            create_bridge(bridge);
+        }
         h.start_instances();
         eprintln!(
             "[harness {name}] {} instance(s) on {}..{} port {} in {:?}",
@@ -1025,8 +1043,15 @@ impl Harness {
     }
 
     fn spawn_instance_with(&self, ip: &str, listener: TcpListener) -> Child {
-        spawn_instance_process(self.work.path(), ip, listener, &self.forwarded_ports())
-            .unwrap_or_else(|e| panic!("cannot start unshare for instance {ip}: {e}"))
+        let bridge = self.bridge.as_deref();
+        spawn_instance_process(
+            self.work.path(),
+            ip,
+            listener,
+            &self.forwarded_ports(),
+            bridge,
+        )
+        .unwrap_or_else(|e| panic!("cannot start unshare for instance {ip}: {e}"))
     }
 
     fn wait_instance_ready(&self, ip: &str) {
@@ -1072,6 +1097,7 @@ impl Harness {
         let handle = self.rt.as_ref().unwrap().handle().clone();
         let ssh_port = self.ssh_port;
         let forwards = self.forwarded_ports();
+        let bridge = self.bridge.clone();
         let work = self.work.path().to_path_buf();
         let name = self.name.clone();
         let ips = self.instance_ips.clone();
@@ -1123,8 +1149,9 @@ impl Harness {
                                 "[harness {name}] {} ({ip}) is {}: killed its processes",
                                 inst.id, inst.state
                             );
-                            let fresh = bind_retry(&ip, ssh_port)
-                                .and_then(|l| spawn_instance_process(&work, &ip, l, &forwards));
+                            let fresh = bind_retry(&ip, ssh_port).and_then(|l| {
+                                spawn_instance_process(&work, &ip, l, &forwards, bridge.as_deref())
+                            });
                             match fresh {
                                 Ok(c) => {
                                     map.insert(ip.clone(), c);
@@ -1187,6 +1214,23 @@ fn private_disk(wd: &Path, ip: &str) -> PathBuf {
 /// namespace).
 fn host_disk_mount_point() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e/host-disk")
+}
+
+/// A host bridge for connected instances (`ip link`), replacing one a killed harness that held
+/// the same subnet octet left behind.
+fn create_bridge(name: &str) {
+    let _ = Command::new("ip")
+        .args(["link", "del", name])
+        .stderr(Stdio::null())
+        .status();
+    run_ok(
+        Command::new("ip").args(["link", "add", name, "type", "bridge"]),
+        "ip link add (bridge)",
+    );
+    run_ok(
+        Command::new("ip").args(["link", "set", name, "up"]),
+        "ip link set up (bridge)",
+    );
 }
 
 /// Binds a listening socket, retrying for a few seconds (a killed instance's socket may linger).
@@ -1257,6 +1301,7 @@ fn spawn_instance_process(
     ip: &str,
     listener: TcpListener,
     forwards: &[u16],
+    bridge: Option<&str>,
 ) -> std::io::Result<Child> {
     let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support");
     let log = wd.join(format!("instance-{ip}.log"));
@@ -1283,6 +1328,9 @@ fn spawn_instance_process(
     for p in forwards {
         cmd.arg("--forward").arg(p.to_string());
     }
+    if let Some(bridge) = bridge {
+        cmd.args(["--bridge", bridge]);
+    }
     cmd.args(["--proxy-port", &INSTANCE_PROXY_PORT.to_string()])
         .arg("--watchdog-log")
         .arg(watchdog_log(wd, ip))
@@ -1307,6 +1355,10 @@ impl Drop for Harness {
                 let _ = child.kill(); // SIGKILL; --kill-child takes the namespace down with it
                 let _ = child.wait();
             }
+        }
+        if let Some(bridge) = &self.bridge {
+            // The instances' veth pairs went with their network namespaces.
+            let _ = Command::new("ip").args(["link", "del", bridge]).status();
         }
         for child in [self.moto.take(), self.es.take()].into_iter().flatten() {
             let mut child = child;

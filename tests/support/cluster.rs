@@ -1,0 +1,118 @@
+//! Elasticsearch clusters of the ES double on connected instances ([`Harness::start_connected`]):
+//! the double packaged as a distribution that `esrally install` takes offline, the team
+//! directory with its cars, and a look at each node from inside the instances' network.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+
+use super::{Harness, http_request, run_ok};
+
+/// The team directory (`esrally install --team-path`) with the double's cars `defaults` and
+/// `4gheap`; see its README.
+pub const ES_DOUBLE_TEAM: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/es-double-team");
+
+/// What goes before a command, in a shell on an instance, to run it as an unprivileged user
+/// with `rally_home` as its home and Rally's: `esrally start` refuses to launch Elasticsearch
+/// as root. The user (`nobody`) keeps root's access to files (`CAP_DAC_OVERRIDE`), because
+/// the venvs here are made by root's Python, which lives under the 0700 `/root`; on a real
+/// machine that user would own its venv.
+pub fn as_node_user(rally_home: &Path) -> String {
+    let home = rally_home.display();
+    format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+dac_override \
+         --ambient-caps=+dac_override env HOME={home} RALLY_HOME={home}"
+    )
+}
+
+impl Harness {
+    /// Puts the ES double's distribution archive for `version` into Rally's distribution cache
+    /// of the Rally home `rally_home` (a path inside the instance at `ip`, e.g. under
+    /// [`Harness::host_dir`]), where `esrally install --distribution-version=<version>` with the
+    /// [`ES_DOUBLE_TEAM`] finds it and downloads nothing. Returns the archive's path inside the
+    /// instance. Its `bin/elasticsearch` starts the double as one node (es_double_node.sh).
+    pub fn put_es_double_distribution(
+        &self,
+        ip: &str,
+        rally_home: &Path,
+        version: &str,
+    ) -> PathBuf {
+        let name = format!("elasticsearch-{version}-linux-x86_64.tar.gz");
+        let archive = self.work.path().join(&name);
+        if !archive.exists() {
+            self.pack_es_double(&archive, version);
+        }
+        let cache = rally_home.join(".rally/benchmarks/distributions");
+        let on_disk = self.host_path(ip, &cache);
+        fs::create_dir_all(&on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
+        fs::copy(&archive, on_disk.join(&name)).expect("copy the distribution archive");
+        cache.join(name)
+    }
+
+    fn pack_es_double(&self, archive: &Path, version: &str) {
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+        let staging = self.work.path().join(format!("es-double-dist-{version}"));
+        let home = staging.join(format!("elasticsearch-{version}"));
+        for dir in ["bin", "lib", "config"] {
+            fs::create_dir_all(home.join(dir)).expect("create the distribution's directories");
+        }
+        // The distribution's own config, which Rally replaces with the car's.
+        File::create(home.join("config/elasticsearch.yml")).expect("write config");
+        fs::copy(
+            support.join("es_double_node.sh"),
+            home.join("bin/elasticsearch"),
+        )
+        .expect("copy bin/elasticsearch");
+        fs::copy(support.join("es_double.py"), home.join("lib/es_double.py"))
+            .expect("copy es_double.py");
+        fs::write(home.join("lib/version"), version).expect("write the version");
+        let tmp = archive.with_extension("tmp");
+        run_ok(
+            Command::new("tar")
+                .arg("-czf")
+                .arg(&tmp)
+                .arg("-C")
+                .arg(&staging)
+                .arg(format!("elasticsearch-{version}")),
+            "tar (ES double distribution)",
+        );
+        fs::rename(&tmp, archive).expect("rename the distribution archive");
+    }
+
+    /// GET `path` of `addr` (`IP:PORT`) from inside the network namespace of the instance at
+    /// `ip`: an ES double node listens on its instance's private address there, which from
+    /// this machine is its own loopback.
+    pub fn http_get_in(&self, ip: &str, addr: &str, path: &str) -> Result<Vec<u8>, String> {
+        let pid = self
+            .instance_processes(ip)
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains("instance.py"))
+            .map(|(pid, _)| pid)
+            .ok_or_else(|| format!("no instance at {ip}"))?;
+        let netns = File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+        thread::scope(|s| {
+            s.spawn(|| {
+                use std::os::fd::AsRawFd;
+                // setns moves this thread only; it ends with the scope.
+                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("setns: {}", std::io::Error::last_os_error()));
+                }
+                http_request("GET", addr, path, None)
+            })
+            .join()
+            .expect("the thread in the instance's network")
+        })
+    }
+
+    /// Every request the ES double node at `addr` (`IP:PORT`, its HTTP port on the instance
+    /// at `ip`) answered: method, path, status, unhandled and `client`, the address that sent
+    /// it (a load driver's private IP).
+    pub fn es_node_requests(&self, ip: &str, addr: &str) -> serde_json::Value {
+        let body = self
+            .http_get_in(ip, addr, "/_test/requests")
+            .unwrap_or_else(|e| panic!("ES double node {addr}: {e}"));
+        serde_json::from_slice(&body).unwrap_or_else(|e| panic!("ES double node {addr}: {e}"))
+    }
+}
