@@ -397,8 +397,9 @@ fn variant_completions<'a>(plan: &'a Plan, state: &State) -> GroupCompletions<'a
     groups
 }
 
-/// Whether the completed result in `record` is older than the test's `results_valid_for` at
-/// `now`, measured from when state recorded it completed (for a variant, its group's oldest).
+/// Why the completed result in `record` is stale, if it is older than the test's
+/// `results_valid_for` at `now`: measured from when state recorded it completed, the time the
+/// result came to exist (for a variant, its group's oldest).
 fn expired(
     test: &Test,
     record: &TestRecord,
