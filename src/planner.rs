@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use console::style;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 use uuid::Uuid;
@@ -49,6 +50,20 @@ pub struct Change {
     /// The machines of a test with a cluster ([`crate::plan::Settings::topology`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// Why a re-run whose configuration is unchanged races again: its result is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<Expired>,
+}
+
+/// A completed result older than its test's `results_valid_for` at [`Options::now`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expired {
+    /// When state recorded it completed (a variant: the oldest of its group); none when state
+    /// kept no history, so the result cannot be shown to be fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Timestamp>,
+    /// The window, as `plan` writes it: `"20h"`.
+    pub results_valid_for: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,10 +90,24 @@ pub struct Handoff {
 }
 
 /// What to consider: `targets` limits the plan to some addresses, `replace` forces re-runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     pub targets: Vec<Address>,
     pub replace: Vec<Address>,
+    /// The time results' ages are taken at (`results_valid_for`): the diff reads no clock, so
+    /// the same state plans alike whenever a test runs it.
+    pub now: Timestamp,
+}
+
+impl Default for Options {
+    /// Everything, nothing replaced, at the clock's time.
+    fn default() -> Self {
+        Options {
+            targets: vec![],
+            replace: vec![],
+            now: Timestamp::now(),
+        }
+    }
 }
 
 impl Changes {
@@ -180,6 +209,7 @@ pub fn render_all(plan: &Plan, renderer: &Renderer) -> Result<ArtifactMap, Templ
 pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Options) -> Changes {
     let wanted = |a: &Address| options.targets.is_empty() || options.targets.contains(a);
     let mut changes = Changes::default();
+    let groups = variant_completions(plan, state);
     for test in plan.tests().filter(|t| wanted(&t.address)) {
         let new = &artifacts[&test.address];
         let record = state.tests.get(&test.address);
@@ -195,6 +225,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 .map(|i| i.id.clone()),
             matrix: test.matrix.clone(),
             cluster: test.settings.topology(),
+            expired: None,
         };
         let Some(record) = record else {
             let reason = format!("will be run{}", races(test));
@@ -224,12 +255,34 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 },
             )
         };
+        // A stale result races all its repetitions again: samples of one result are of an age.
+        let mut stale = (record.status == Status::Completed && same)
+            .then(|| expired(test, record, &groups, options.now))
+            .flatten()
+            .map(|expired| {
+                let reason = match expired.completed_at {
+                    Some(at) => format!(
+                        "will be re-run: result of {} is older than results_valid_for = \"{}\"",
+                        at.strftime("%Y-%m-%d %H:%M UTC"),
+                        expired.results_valid_for
+                    ),
+                    None => format!(
+                        "will be re-run: state holds no time its result completed at, so it cannot be newer than results_valid_for = \"{}\"",
+                        expired.results_valid_for
+                    ),
+                };
+                Change {
+                    expired: Some(expired),
+                    ..change(Action::Rerun, reason, None)
+                }
+            });
         let entry = match (&record.status, same) {
             (Status::Completed, true) if replace => Some(change(
                 Action::Rerun,
                 "will be re-run: replacement requested".into(),
                 None,
             )),
+            (Status::Completed, true) if stale.is_some() => stale.take(),
             (Status::Completed, true) if record.finished_repetitions() < wanted_races => {
                 Some(change(
                     Action::Run,
@@ -310,6 +363,7 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                 instance: Some(instance.id.clone()),
                 matrix: None,
                 cluster: None,
+                expired: None,
             });
         }
     }
@@ -318,6 +372,57 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
     changes.changes.extend(terminate);
     changes.notes = sharing_notes(plan, &changes);
     changes
+}
+
+/// When the results of each variant group completed, keyed by suite and plan test: the oldest
+/// of its members' (none if one's time is not recorded). The variants of a test race
+/// interleaved and are compared with each other, so they expire together.
+type GroupCompletions<'a> = HashMap<(&'a str, &'a str), Option<Timestamp>, crate::FastHash>;
+
+fn variant_completions<'a>(plan: &'a Plan, state: &State) -> GroupCompletions<'a> {
+    let mut groups = GroupCompletions::default();
+    for test in plan.tests().filter(|t| t.repeat.valid_for.is_some()) {
+        let (Some(variant), Some(record)) = (&test.variant, state.tests.get(&test.address)) else {
+            continue;
+        };
+        if record.status != Status::Completed {
+            continue;
+        }
+        let at = record.completed_at();
+        groups
+            .entry((test.address.suite(), variant.test.as_str()))
+            .and_modify(|oldest| *oldest = oldest.zip(at).map(|(a, b)| a.min(b)))
+            .or_insert(at);
+    }
+    groups
+}
+
+/// Why the completed result in `record` is stale, if it is older than the test's
+/// `results_valid_for` at `now`: measured from when state recorded it completed, the time the
+/// result came to exist (for a variant, its group's oldest).
+fn expired(
+    test: &Test,
+    record: &TestRecord,
+    groups: &GroupCompletions<'_>,
+    now: Timestamp,
+) -> Option<Expired> {
+    let valid_for = test.repeat.valid_for?;
+    let completed_at = match &test.variant {
+        Some(v) => groups
+            .get(&(test.address.suite(), v.test.as_str()))
+            .copied()
+            .flatten(),
+        None => record.completed_at(),
+    };
+    let fresh = completed_at.is_some_and(|at| {
+        // A window beyond what a signed duration holds never ends.
+        (SignedDuration::try_from(valid_for).ok())
+            .is_none_or(|window| now.duration_since(at) <= window)
+    });
+    (!fresh).then(|| Expired {
+        completed_at,
+        results_valid_for: humantime::format_duration(valid_for).to_string(),
+    })
 }
 
 /// Warm reuse, decided here once: which test hands its machine to which. A machine an earlier
@@ -383,6 +488,7 @@ fn handoffs(
                 instance: Some(machine.id.clone()),
                 matrix: None,
                 cluster: None,
+                expired: None,
             });
         }
     }
@@ -1141,6 +1247,177 @@ name = "d"
             render_all(&saved.plan, &Renderer::new()).unwrap(),
             artifacts,
             "the saved plan hashes as the plan file does"
+        );
+    }
+
+    /// `PLAN` with `results_valid_for` (when given) in its defaults, and a state where both
+    /// tests completed at 2026-12-05 02:10 UTC.
+    fn nightly(valid_for: Option<&str>) -> (Plan, State) {
+        let line = valid_for.map_or(String::new(), |v| format!("results_valid_for = \"{v}\"\n"));
+        let p = plan(&PLAN.replace("[defaults]\n", &format!("[defaults]\n{line}")));
+        let mut state = State::new("nightly");
+        for address in ["ingest.geonames", "ingest.nyc"] {
+            let (a, mut r) = record_for(&p, address, Status::Completed);
+            r.history = vec![crate::state::Transition {
+                status: "completed".into(),
+                at: "2026-12-05T02:10:00Z".parse().unwrap(),
+            }];
+            state.tests.insert(a, r);
+        }
+        (p, state)
+    }
+
+    fn at(now: &str) -> Options {
+        Options {
+            now: now.parse().unwrap(),
+            ..Options::default()
+        }
+    }
+
+    fn diff_at(p: &Plan, state: &State, now: &str) -> Changes {
+        diff(
+            p,
+            state,
+            &render_all(p, &Renderer::new()).unwrap(),
+            &at(now),
+        )
+    }
+
+    /// A result within its window is current; past it, the test is re-run with the reason, as
+    /// every re-run is counted and rendered.
+    #[test]
+    fn a_result_older_than_results_valid_for_is_re_run() {
+        console::set_colors_enabled(false);
+        let (p, state) = nightly(Some("20h"));
+        let fresh = diff_at(&p, &state, "2026-12-05T22:10:00Z");
+        assert_eq!((fresh.is_empty(), fresh.unchanged), (true, 2));
+        let stale = diff_at(&p, &state, "2026-12-05T22:11:00Z");
+        let change = &stale.changes[0];
+        assert_eq!(
+            (
+                change.action,
+                change.reason.as_str(),
+                change.diff.as_deref()
+            ),
+            (
+                Action::Rerun,
+                "will be re-run: result of 2026-12-05 02:10 UTC is older than results_valid_for = \"20h\"",
+                None
+            )
+        );
+        let json = serde_json::to_value(change).unwrap();
+        assert_eq!(
+            json["expired"],
+            serde_json::json!({"completed_at": "2026-12-05T02:10:00Z", "results_valid_for": "20h"})
+        );
+        insta::assert_snapshot!(render(&stale));
+    }
+
+    /// Without the setting a result is current whenever the plan is made; the setting is no
+    /// part of the config hash, so changing its value re-runs only what it makes stale.
+    #[test]
+    fn results_valid_for_changes_no_hash_and_unset_never_expires() {
+        let (p, state) = nightly(None);
+        let forever = diff_at(&p, &state, "2126-12-05T00:00:00Z");
+        assert_eq!((forever.is_empty(), forever.unchanged), (true, 2));
+        let hashes = |p: &Plan| {
+            let a = render_all(p, &Renderer::new()).unwrap();
+            let mut h: Vec<String> = a.values().map(|a| a.config_hash.clone()).collect();
+            h.sort();
+            h
+        };
+        for value in ["20h", "7d"] {
+            let (q, _) = nightly(Some(value));
+            assert_eq!(hashes(&q), hashes(&p), "{value}");
+        }
+        // Recorded under 20h, planned under 7d a day and a half later: still fresh.
+        let (week, _) = nightly(Some("7d"));
+        assert!(diff_at(&week, &state, "2026-12-06T14:00:00Z").is_empty());
+        let (day, _) = nightly(Some("20h"));
+        assert_eq!(
+            diff_at(&day, &state, "2026-12-06T14:00:00Z").count(Action::Rerun),
+            2
+        );
+    }
+
+    /// A stale result races all its repetitions again rather than adding to old ones; a test
+    /// replaced says so, not that it is stale; a record with no completion time cannot be
+    /// shown fresh.
+    #[test]
+    fn a_stale_result_starts_its_repetitions_over() {
+        let (mut p, mut state) = nightly(Some("1h"));
+        p.suites[0].tests[0].repeat.count = std::num::NonZeroU32::new(3).unwrap();
+        let c = diff_at(&p, &state, "2026-12-05T02:30:00Z");
+        assert_eq!(
+            (c.changes[0].action, c.changes[0].reason.as_str()),
+            (Action::Run, "will race repetitions 2 to 3: 1 of 3 recorded")
+        );
+        let c = diff_at(&p, &state, "2026-12-05T03:30:00Z");
+        assert_eq!(c.count(Action::Rerun), 2);
+        assert!(c.changes[0].expired.is_some());
+        let replace = Options {
+            replace: vec!["ingest.nyc".parse().unwrap()],
+            ..at("2026-12-05T03:30:00Z")
+        };
+        let c = diff(
+            &p,
+            &state,
+            &render_all(&p, &Renderer::new()).unwrap(),
+            &replace,
+        );
+        let nyc = c.get(&"ingest.nyc".parse().unwrap()).unwrap();
+        assert_eq!(
+            (nyc.reason.as_str(), &nyc.expired),
+            ("will be re-run: replacement requested", &None)
+        );
+        state
+            .tests
+            .get_mut(&"ingest.nyc".parse().unwrap())
+            .unwrap()
+            .history
+            .clear();
+        let c = diff_at(&p, &state, "2026-12-05T02:30:00Z");
+        let nyc = c.get(&"ingest.nyc".parse().unwrap()).unwrap();
+        assert_eq!(
+            (nyc.action, nyc.reason.as_str()),
+            (
+                Action::Rerun,
+                "will be re-run: state holds no time its result completed at, so it cannot be newer than results_valid_for = \"1h\""
+            )
+        );
+    }
+
+    /// The variants of a test race interleaved and are compared with each other, so they
+    /// expire together, from the oldest of their results.
+    #[test]
+    fn the_variants_of_a_test_expire_together() {
+        let p = plan(&PLAN.replace(
+            "car = \"4gheap\"\n",
+            "results_valid_for = \"20h\"\n[[suite.test.variant]]\nname = \"a\"\ncar = \"4gheap\"\n[[suite.test.variant]]\nname = \"b\"\ncar = \"8gheap\"\n",
+        ));
+        let mut state = State::new("nightly");
+        for (address, at) in [
+            ("ingest.geonames-a", "2026-12-05T02:10:00Z"),
+            ("ingest.geonames-b", "2026-12-05T02:40:00Z"),
+        ] {
+            let (a, mut r) = record_for(&p, address, Status::Completed);
+            r.history = vec![crate::state::Transition {
+                status: "completed".into(),
+                at: at.parse().unwrap(),
+            }];
+            state.tests.insert(a, r);
+        }
+        let c = diff_at(&p, &state, "2026-12-05T22:20:00Z");
+        let rerun: Vec<String> = (c.changes.iter())
+            .filter(|c| c.action == Action::Rerun)
+            .map(|c| format!("{} {}", c.address, c.reason))
+            .collect();
+        assert_eq!(
+            rerun,
+            [
+                "ingest.geonames-a will be re-run: result of 2026-12-05 02:10 UTC is older than results_valid_for = \"20h\"",
+                "ingest.geonames-b will be re-run: result of 2026-12-05 02:10 UTC is older than results_valid_for = \"20h\""
+            ]
         );
     }
 

@@ -686,6 +686,18 @@ impl TestRecord {
         self.race_id = Some(Uuid::new_v4());
     }
 
+    /// When the record last became completed: its result, every repetition raced. None for a
+    /// record that is not completed, or whose history was not kept.
+    pub fn completed_at(&self) -> Option<Timestamp> {
+        if self.status != Status::Completed {
+            return None;
+        }
+        let label = Status::Completed.label();
+        (self.history.iter().rev())
+            .find(|t| t.status == label)
+            .map(|t| t.at)
+    }
+
     /// A machine the test may still hold (an instance costing money, a leased host).
     pub fn live_machine(&self) -> Option<&Machine> {
         self.machine.as_ref().filter(|i| i.released_at.is_none())

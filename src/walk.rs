@@ -964,6 +964,33 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(r.earlier.iter().all(|e| e.machine == "m-t1-3"));
     }
 
+    /// A nightly apply of an unchanged plan races a result older than `results_valid_for`
+    /// again, as a new attempt in a new run with all its repetitions; a fresh one is left alone.
+    #[test]
+    fn a_stale_result_is_raced_again_as_a_new_attempt() {
+        let mut bench = Bench::new(&format!(
+            "results_valid_for = \"1h\"\nrepetitions = 2\n{ONE_TEST}"
+        ));
+        bench.apply(Fake::default(), &Options::default());
+        let first = record(&bench, "a.t1").clone();
+        let completed = first.completed_at().unwrap();
+        let after = |minutes: i64| Options {
+            now: completed + jiff::SignedDuration::from_mins(minutes),
+            ..Options::default()
+        };
+        let (report, fake) = bench.apply(Fake::default(), &after(59));
+        assert!(report.completed.is_empty(), "{:?}", report.completed);
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+        let (report, fake) = bench.apply(Fake::default(), &after(61));
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(fake.calls()[0], "acquire a.t1#2 -> m-t1-2");
+        let r = record(&bench, "a.t1");
+        assert_eq!((r.attempt, r.finished_repetitions()), (2, 2));
+        assert!(r.earlier.iter().all(|e| e.machine == "m-t1-2"), "{r:?}");
+        assert_ne!(r.run_id, first.run_id);
+        assert!(r.completed_at().unwrap() > completed);
+    }
+
     #[test]
     fn a_failed_repetition_is_no_sample_and_the_next_apply_races_it_again() {
         let mut bench = Bench::new(&format!(

@@ -1944,3 +1944,70 @@ fn the_name_of_a_test_with_a_matrix_selects_all_its_combinations() {
         "{one}"
     );
 }
+
+/// `results_valid_for` written wrong, at the file, line and column of each value.
+#[test]
+fn validate_reports_results_valid_for_mistakes_at_their_values() {
+    let out = rallyctl(&[
+        "validate",
+        "tests/fixtures/messages/results-valid-for-mistakes.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    insta::assert_snapshot!(text(&out));
+}
+
+/// A result older than its test's `results_valid_for` is to be re-run, in text (a change for
+/// `--detailed-exitcode`) and in JSON; one within its window, or of a test without the
+/// setting, is current.
+#[test]
+fn plan_re_runs_a_result_older_than_results_valid_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("nightly.toml");
+    std::fs::write(
+        &plan,
+        "version = 1\nname = \"nightly\"\n[defaults]\nprovider = \"local\"\ntrack = \"geonames\"\n\
+         [[suite]]\nname = \"s\"\nresults_valid_for = \"20h\"\n[[suite.test]]\nname = \"stale\"\n\
+         [[suite.test]]\nname = \"fresh\"\nresults_valid_for = \"1000years\"\n\
+         [[suite]]\nname = \"kept\"\n[[suite.test]]\nname = \"forever\"\n",
+    )
+    .unwrap();
+    let loaded = rallyctl::plan::Plan::load(&plan).unwrap();
+    let artifacts =
+        rallyctl::planner::render_all(&loaded, &rallyctl::templates::Renderer::new()).unwrap();
+    let mut state = rallyctl::state::State::new("nightly");
+    for test in loaded.tests() {
+        let mut record = rallyctl::state::TestRecord::new(
+            artifacts[&test.address].config_hash.clone(),
+            (&test.settings).into(),
+            rallyctl::templates::race_command(&test.settings).unwrap(),
+            rallyctl::state::Status::Completed,
+        );
+        record.history = vec![rallyctl::state::Transition {
+            status: "completed".into(),
+            at: "2026-12-05T02:10:00Z".parse().unwrap(),
+        }];
+        state.tests.insert(test.address.clone(), record);
+    }
+    rallyctl::state::save(&dir.path().join("nightly.state.json"), &mut state).unwrap();
+    let args = ["plan", "nightly.toml", "--state", "nightly.state.json"];
+    let out = rallyctl_in(dir.path(), &[&args[..], &["--detailed-exitcode"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    insta::assert_snapshot!(text(&out));
+    let out = rallyctl_in(dir.path(), &[&args[..], &["--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &changes[0]["address"],
+            &changes[0]["action"],
+            &changes[0]["expired"]
+        ),
+        (
+            &serde_json::json!("s.stale"),
+            &serde_json::json!("rerun"),
+            &serde_json::json!({"completed_at": "2026-12-05T02:10:00Z", "results_valid_for": "20h"})
+        )
+    );
+}

@@ -519,6 +519,7 @@ mod tests {
                     instance: None,
                     matrix: None,
                     cluster: None,
+                    expired: None,
                 })
                 .collect(),
             ..Changes::default()

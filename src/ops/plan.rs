@@ -87,6 +87,7 @@ pub fn selection(
     Ok(Options {
         targets: expand(target)?,
         replace: expand(replace)?,
+        now: jiff::Timestamp::now(),
     })
 }
 

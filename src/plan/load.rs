@@ -975,6 +975,49 @@ mod tests {
         assert_eq!(found[1].0, "suite[0].test[1].reuse_instances");
     }
 
+    /// `results_valid_for` is inherited from the defaults and a suite, overridden by a test,
+    /// shared by a test's variants, and may be a matrix axis; no test hashes it.
+    #[test]
+    fn results_valid_for_is_inherited_and_an_axis_and_not_hashed() {
+        let plan = Plan::parse(
+            Path::new("r.toml"),
+            "version = 1\nname = \"r\"\n[defaults]\nprovider = \"local\"\ntrack = \"x\"\nresults_valid_for = \"7d\"\n\
+             [[suite]]\nname = \"s\"\nresults_valid_for = \"20h\"\n[[suite.test]]\nname = \"suite\"\n\
+             [[suite.test]]\nname = \"own\"\nresults_valid_for = \"90m\"\n\
+             [[suite.test]]\nname = \"v\"\n[[suite.test.variant]]\nname = \"a\"\ncar = \"a\"\n[[suite.test.variant]]\nname = \"b\"\ncar = \"b\"\n\
+             [[suite.test]]\nname = \"m\"\n[suite.test.matrix]\nresults_valid_for = [\"1h\", \"2h\"]\n\
+             [[suite]]\nname = \"d\"\n[[suite.test]]\nname = \"defaults\"\n",
+        )
+        .unwrap();
+        let read: Vec<(String, Option<u64>)> = plan
+            .tests()
+            .map(|t| {
+                (
+                    t.address.to_string(),
+                    t.repeat.valid_for.map(|d| d.as_secs() / 60),
+                )
+            })
+            .collect();
+        let expected = [
+            ("s.suite", 1200),
+            ("s.own", 90),
+            ("s.v-a", 1200),
+            ("s.v-b", 1200),
+            ("s.m-1h", 60),
+            ("s.m-2h", 120),
+            ("d.defaults", 7 * 1440),
+        ]
+        .map(|(a, minutes)| (a.to_owned(), Some(minutes)));
+        assert_eq!(read, expected);
+        let json = |name: &str| {
+            let t = plan.test(&name.parse().unwrap()).unwrap();
+            t.settings.canonical_json()
+        };
+        for name in ["s.own", "s.m-1h", "s.m-2h", "d.defaults"] {
+            assert_eq!(json(name), json("s.suite"), "{name}");
+        }
+    }
+
     /// Spot is asked for with `market`; its price cap and fallback mean nothing without it.
     /// On-demand tests hash as before spot existed.
     #[test]

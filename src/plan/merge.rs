@@ -192,6 +192,10 @@ impl Loader<'_, '_> {
                 Some(Val::RepeatOn(on)) => on,
                 _ => RepeatOn::Same,
             },
+            valid_for: match m[const { at("results_valid_for") }] {
+                Some(Val::Duration(d)) => Some(d),
+                _ => None,
+            },
         };
         let settings = Settings {
             car: text(&mut m, const { at("car") }),

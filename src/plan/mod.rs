@@ -160,12 +160,16 @@ pub struct MatrixOf {
     pub combinations: usize,
 }
 
-/// How many times a test races, and where. Not a setting of the race: the config hash leaves it
-/// out, so raising `repetitions` keeps the races recorded and adds the missing ones.
+/// How many times a test races, where, and how long its result holds. Not a setting of the
+/// race: the config hash leaves it out, so raising `repetitions` keeps the races recorded and
+/// adds the missing ones, and an old result is the same configuration, only stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repeat {
     pub count: NonZeroU32,
     pub on: RepeatOn,
+    /// `results_valid_for`: a completed result older than this is raced again; none, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for: Option<Duration>,
 }
 
 impl Default for Repeat {
@@ -173,6 +177,7 @@ impl Default for Repeat {
         Repeat {
             count: NonZeroU32::MIN,
             on: RepeatOn::Same,
+            valid_for: None,
         }
     }
 }

@@ -152,6 +152,8 @@ pub(super) const MAX_REPETITIONS: i64 = 100;
 pub(super) const MAX_MACHINES: i64 = 100;
 /// `shutdown -h +N` counts whole minutes, so a shorter watchdog cannot be scheduled.
 pub(super) const MIN_RUNTIME: Duration = Duration::from_secs(60);
+/// Below a minute a result is stale by the next command that reads it: a slip for `m` or `h`.
+pub(super) const MIN_VALID_FOR: Duration = Duration::from_secs(60);
 
 const fn decl(name: &'static str, ty: Ty, doc: &'static str) -> Decl {
     Decl {
@@ -196,7 +198,7 @@ impl Decl {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-pub(super) const SETTINGS: [Decl; 41] = [
+pub(super) const SETTINGS: [Decl; 42] = [
     decl(
         "ami",
         Ty::Ami,
@@ -337,6 +339,15 @@ pub(super) const SETTINGS: [Decl; 41] = [
     .per_machine()
     .default(Default::Shown("1"))
     .not_hashed(),
+    Decl {
+        written: Written::SuiteToo,
+        ..decl(
+            "results_valid_for",
+            Ty::Duration(MIN_VALID_FOR, "a minute"),
+            "a completed result older than this, counted from when state recorded it completed, is stale: `plan` shows the test as to re-run and `apply` races it again, all its repetitions (a test's variants expire together, from the oldest). E.g. `\"20h\"` for a nightly plan (see \"Nightly runs\"). Not part of the config hash: changing it re-runs only what the new value makes stale. Unset: a result stays current",
+        )
+        .not_hashed()
+    },
     Decl {
         written: Written::SuiteToo,
         ..decl(
