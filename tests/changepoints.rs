@@ -216,3 +216,61 @@ fn change_points_are_the_ones_otava_finds() {
     );
     println!("{compared} series compared with Otava, all agree");
 }
+
+/// Random series (1 to 5 pieces of up to 120 points, levels and ramps, 0 to 5 % noise) at
+/// settings that take every branch of Otava's: windows from 5 to 80 points, thresholds whose
+/// first pass is ten times, twice and once `max_pvalue`, minimum magnitudes.
+#[test]
+fn random_series_at_every_kind_of_setting_agree_with_otava() {
+    // A 64-bit LCG (Knuth's MMIX constants): the specs only need to vary.
+    let mut state: u64 = 12345;
+    let mut below = |m: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % m
+    };
+    let (mut found, mut compared) = (Vec::new(), 0);
+    for (window_len, max_pvalue, min_magnitude) in [
+        (5, 0.1, 0.0),
+        (10, 0.01, 0.0),
+        (30, 0.001, 0.02),
+        (80, 0.0001, 0.0),
+        (50, 0.3, 0.0),
+        (20, 0.6, 0.01),
+    ] {
+        let specs: Vec<Spec> = (0..40)
+            .map(|_| {
+                let pieces: Vec<_> = (0..1 + below(5))
+                    .map(|_| {
+                        let n = below(120) as usize;
+                        let from = 50.0 + below(100) as f64;
+                        let to = if below(3) == 0 {
+                            50.0 + below(100) as f64
+                        } else {
+                            from
+                        };
+                        (n, from, to)
+                    })
+                    .collect();
+                let noise = [0.0, 0.005, 0.02, 0.05][below(4) as usize];
+                ramp(below(1_000_000), noise, &pieces)
+            })
+            .collect();
+        let settings = Settings {
+            window_len,
+            max_pvalue,
+            min_magnitude,
+        };
+        let (more, n) = disagreements(settings, &specs);
+        found.extend(more);
+        compared += n;
+    }
+    assert!(
+        found.is_empty(),
+        "{} of {compared} series disagree:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+    println!("{compared} random series compared with Otava, all agree");
+}
