@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::results::stats::t_two_sided_p;
 
 /// The settings of a search. [`Default`] is Otava's (window 50, no minimum magnitude) but for
-/// `max_pvalue`: Otava's 0.001 finds a change in about 6 % of 100-point series of pure
+/// `max_pvalue`: Otava's 0.001 finds a change in about 6.5 % of 100-point series of pure
 /// Gaussian noise (26 of 400 measured on Otava itself), where a nightly history should raise
 /// a false alarm in at most one of twenty; 0.0001 finds one in under 1 % and still finds a
 /// step of 10 % under 3 % noise at once.
@@ -40,10 +40,11 @@ use crate::results::stats::t_two_sided_p;
 pub struct Settings {
     /// Points per window of the split pass (at least 2).
     pub window_len: usize,
-    /// A change is kept when its t-test's p-value is below this (in (0, 1]).
+    /// A change is kept when its t-test's p-value is below this (in (0, 1]) ...
     pub max_pvalue: f64,
-    /// ... or when its relative magnitude (the larger of after/before - 1 and before/after - 1,
-    /// in absolute value) is above this (a fraction, 0.05 for 5 %).
+    /// ... and its relative magnitude (the larger of after/before - 1 and before/after - 1, in
+    /// absolute value) above this (a fraction, 0.05 for 5 %). Both, as Otava's code does,
+    /// where its docstring says either.
     pub min_magnitude: f64,
 }
 
