@@ -10,7 +10,7 @@
 //! Target (issue 10): compare + both renderings under one second on a 2-core machine.
 
 mod support;
-use support::status_kib;
+use support::{status_kib, wobble};
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -26,12 +26,6 @@ const TASKS: [&str; 3] = ["index-append", "term", "range"];
 const METRICS: &[Metric] = Metric::ALL.split_last().unwrap().1;
 const REPETITIONS: usize = 10;
 const RUNS: usize = 7;
-
-/// A deterministic spread of about ±3 % around 1 (no random crate needed).
-fn wobble(seed: usize) -> f64 {
-    let x = (seed.wrapping_mul(2_654_435_761) % 10_007) as f64 / 10_007.0;
-    0.97 + 0.06 * x
-}
 
 fn view(run: &str, shift: f64) -> RunView {
     let tests = (0..TESTS)

@@ -14,6 +14,7 @@ pub mod cost;
 pub mod destroy;
 pub mod dirs;
 pub mod graph;
+pub mod history;
 pub mod lifecycle;
 pub mod ops;
 pub mod plan;

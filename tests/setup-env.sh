@@ -5,12 +5,16 @@
 #     util-linux (unshare, setpriv), procps, iproute2 (ip route in the instance namespaces), ca-certificates,
 #     chromium (the HTML report test)
 #   - a Python venv with moto[server] at $REPO/target/tools/moto-venv (override: RALLYCTL_MOTO_VENV)
+#   - a Python venv with apache-otava (the change-point peer of tests/changepoints.rs) at
+#     $REPO/target/tools/otava-venv (override: RALLYCTL_OTAVA_VENV)
 # esrally is NOT installed here: rallyctl's own install template installs it on the "instance".
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MOTO_VERSION="5.2.5"
 MOTO_VENV="${RALLYCTL_MOTO_VENV:-$REPO/target/tools/moto-venv}"
+OTAVA_VERSION="0.8.0"
+OTAVA_VENV="${RALLYCTL_OTAVA_VENV:-$REPO/target/tools/otava-venv}"
 # chromium: tests/results.rs renders the HTML report headless and checks it loads cleanly.
 APT_PACKAGES=(openssh-server openssh-client python3-venv util-linux procps iproute2 ca-certificates chromium)
 
@@ -71,6 +75,22 @@ else
     "$MOTO_VENV/bin/python" -c 'import moto, boto3; print("moto", moto.__version__)'
     touch "$marker"
     log "moto venv ready in $(($(date +%s) - start)) s"
+fi
+
+# --- Otava venv ----------------------------------------------------------------------------
+marker="$OTAVA_VENV/.rallyctl-otava-$OTAVA_VERSION"
+if [ -f "$marker" ] && "$OTAVA_VENV/bin/python" -c 'import otava.analysis' 2>/dev/null; then
+    log "apache-otava $OTAVA_VERSION venv present: $OTAVA_VENV"
+else
+    log "creating apache-otava venv at $OTAVA_VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
+    rm -rf "$OTAVA_VENV"
+    mkdir -p "$(dirname "$OTAVA_VENV")"
+    start=$(date +%s)
+    "$PYTHON" -m venv "$OTAVA_VENV"
+    "$OTAVA_VENV/bin/pip" install --quiet --disable-pip-version-check "apache-otava==$OTAVA_VERSION"
+    "$OTAVA_VENV/bin/python" -c 'import otava.analysis; print("apache-otava imports")'
+    touch "$marker"
+    log "apache-otava venv ready in $(($(date +%s) - start)) s"
 fi
 
 log "done"

@@ -44,6 +44,7 @@ const RULES: &[Rule] = &[
     templates_see_no_provider_types,
     remote_knows_no_provider,
     state_knows_not_where_it_is_kept,
+    change_points_are_pure_computation,
     no_ignored_tests,
     no_dbg,
 ];
@@ -314,6 +315,28 @@ fn remote_knows_no_provider(src: &Source) -> Vec<Violation> {
     )
 }
 
+fn change_points_are_pure_computation(src: &Source) -> Vec<Violation> {
+    forbidden_paths(
+        src,
+        &["src/history/changepoints"],
+        &[
+            "crate::state",
+            "crate::backend",
+            "crate::provider",
+            "crate::remote",
+            "crate::lifecycle",
+            "crate::walk",
+            "crate::ops",
+            "crate::cli",
+            "std::fs",
+            "std::net",
+            "std::process",
+            "tokio",
+        ],
+        "change points are pure computation on a series: no state, provider, lifecycle, CLI or I/O (ARCHITECTURE.md)",
+    )
+}
+
 fn every_line_with(src: &Source, token: &str, why: &'static str) -> Vec<Violation> {
     token_lines(src, token)
         .into_iter()
@@ -565,6 +588,31 @@ fn state_knowing_its_backend_is_caught() {
             state_knows_not_where_it_is_kept,
             "src/backend/handle.rs",
             "use crate::backend::Backend;\n"
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn change_points_reaching_beyond_computation_are_caught() {
+    let text = "use crate::results::stats::t_two_sided_p;\nuse crate::state::State;\nuse std::fs::File;\nfn f() { crate::cli::run(); }\n";
+    assert_eq!(
+        check(
+            change_points_are_pure_computation,
+            "src/history/changepoints.rs",
+            text
+        ),
+        [
+            "2: crate::state::State",
+            "3: std::fs::File",
+            "4: crate::cli::run"
+        ]
+    );
+    assert!(
+        check(
+            change_points_are_pure_computation,
+            "src/history/mod.rs",
+            text
         )
         .is_empty()
     );

@@ -1468,12 +1468,30 @@ fn current_user() -> String {
 }
 
 fn moto_venv(manifest: &Path) -> PathBuf {
-    let venv = std::env::var_os("RALLYCTL_MOTO_VENV")
+    tool_venv(
+        manifest,
+        "RALLYCTL_MOTO_VENV",
+        "moto-venv",
+        "bin/moto_server",
+    )
+}
+
+/// Apache Otava's venv (the change-point peer): `RALLYCTL_OTAVA_VENV`, else where
+/// `tests/setup-env.sh` makes it.
+pub fn otava_venv() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tool_venv(manifest, "RALLYCTL_OTAVA_VENV", "otava-venv", "bin/python")
+}
+
+/// A venv `tests/setup-env.sh` makes under `target/tools/<dir>`, or where `var` says, holding
+/// `probe`.
+fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
+    let venv = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target/tools/moto-venv"));
-    if !venv.join("bin/moto_server").exists() {
+        .unwrap_or_else(|| manifest.join("target/tools").join(dir));
+    if !venv.join(probe).exists() {
         panic!(
-            "moto venv not found at {} (no bin/moto_server): run tests/setup-env.sh",
+            "{dir} not found at {} (no {probe}): run tests/setup-env.sh",
             venv.display()
         );
     }

@@ -1,0 +1,4 @@
+//! A metric's history across runs. For now its change points (`changepoints`), which
+//! `history` will be built on.
+
+pub mod changepoints;
