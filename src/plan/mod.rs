@@ -1235,4 +1235,34 @@ car = "8gheap"
             [("a", &2), ("b", &4), ("c", &5)]
         );
     }
+
+    /// A cluster's nodes are reached on HTTP and transport; Rally's actor ports join them only
+    /// with several load drivers; a test of one machine needs none.
+    #[test]
+    fn a_clusters_machines_reach_one_another_on_its_ports() {
+        let plan = Plan::parse(
+            Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"one\"\n\
+             [[suite.test]]\nname = \"driver\"\ncluster = { nodes = 3 }\n\
+             [[suite.test]]\nname = \"drivers\"\ncluster = { nodes = 3 }\nload_drivers = 2\n",
+        )
+        .unwrap();
+        let ports: Vec<Vec<(u16, u16)>> = (plan.tests())
+            .map(|t| {
+                (t.settings.cluster_ports().iter())
+                    .map(|p| (*p.range.start(), *p.range.end()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                vec![],
+                vec![(9200, 9200), (9300, 9300)],
+                vec![(9200, 9200), (9300, 9300), (1900, 1900), (32768, 60999)],
+            ]
+        );
+    }
 }
