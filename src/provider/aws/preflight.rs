@@ -556,7 +556,7 @@ impl Account {
         for g in &groups {
             rules.extend(self.groups.get(*g)?);
         }
-        // Every subnet the machines may launch in; unknown: only rules from anywhere count.
+        // Every subnet the machines may launch in; unknown: of CIDR rules, only 0.0.0.0/0 counts.
         let subnets: Option<Vec<&str>> = (s.subnets.candidates().into_iter())
             .map(|subnet| match subnet {
                 Some(id) => self.cidrs.get(id).map(|c| &**c),
