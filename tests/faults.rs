@@ -416,6 +416,7 @@ fn placed(run: &Run, stderr: &[u8]) -> String {
                 .replace(&h.ami, "[ami]")
                 .replace(&h.subnet_id, "[subnet]")
                 .replace(&h.region, "[region]")
+                .replace(&h.security_group_id, "[sg]")
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -918,4 +919,58 @@ fn a_spot_race_killed_by_the_reclaim_shutdown_is_raced_again_on_demand() {
                 .status();
         }
     });
+}
+
+/// A cluster's machines reach one another through the test's security groups: `plan` checks
+/// that they are let in on Elasticsearch's HTTP and transport ports and, with more than one
+/// load driver, on Rally's actor ports, and names the rule to add where they are not. A test
+/// of one machine is not checked: the harness's group has no inbound rule at all.
+#[test]
+fn plan_checks_that_a_clusters_security_groups_let_its_machines_reach_one_another() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    let written = run.plan(&[(
+        "s",
+        &[
+            ("single", ""),
+            ("cluster", "cluster = { nodes = 3 }\nload_drivers = 2"),
+        ],
+    )]);
+    // A cluster races nodes of its own, not `target_hosts` with `benchmark-only`.
+    let lines: String = std::fs::read_to_string(&written)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("target_hosts") && !l.starts_with("pipeline"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&written, lines).unwrap();
+    let plan = written.to_str().unwrap();
+
+    let out = run.rallyctl(&["plan", plan]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    insta::assert_snapshot!("cluster_security_group_closed", placed(&run, &out.stderr));
+
+    let ec2 = h.ec2_client();
+    let sg = &h.security_group_id;
+    for (from, to) in [(1900, 1900), (9200, 9300), (32768, 60999)] {
+        let rule = aws_sdk_ec2::types::IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(from)
+            .to_port(to)
+            .user_id_group_pairs(
+                aws_sdk_ec2::types::UserIdGroupPair::builder()
+                    .group_id(sg)
+                    .build(),
+            )
+            .build();
+        h.block_on(
+            ec2.authorize_security_group_ingress()
+                .group_id(sg)
+                .ip_permissions(rule)
+                .send(),
+        )
+        .unwrap();
+    }
+    let out = run.rallyctl(&["plan", plan]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

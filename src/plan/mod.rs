@@ -471,6 +471,29 @@ pub struct Cluster {
     pub runtime_jdk: Option<Text>,
 }
 
+/// The ports a cluster's machines reach one another on, in one place: what rallyctl passes to
+/// `esrally install` and what `plan` asks of the test's security groups.
+impl Cluster {
+    /// Elasticsearch's HTTP port on each node (`esrally install --http-port`): the usual 9200,
+    /// not Rally's default 39200, which only keeps clear of a node already on the machine; a
+    /// node here has its machine to itself, and groups that allow Elasticsearch allow 9200.
+    pub const HTTP_PORT: u16 = 9200;
+    /// Rally makes a node's transport port its HTTP port + 100.
+    pub const TRANSPORT_PORT: u16 = Cluster::HTTP_PORT + 100;
+    /// Rally's actor system (`esrallyd`) on each load driver.
+    pub const ACTOR_PORT: u16 = 1900;
+    /// The actors `esrallyd` starts listen on ports the kernel hands out: Linux's default
+    /// `ip_local_port_range`.
+    pub const ACTOR_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+}
+
+/// TCP ports a test's machines must reach one another on, with what listens there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    pub range: std::ops::RangeInclusive<u16>,
+    pub what: &'static str,
+}
+
 fn no_texts(texts: &Arc<[Text]>) -> bool {
     texts.is_empty()
 }
@@ -893,6 +916,31 @@ impl Settings {
         })
     }
 
+    /// What a test's machines must reach one another on: a cluster's nodes serve HTTP to the
+    /// load drivers and talk transport among themselves; more than one load driver adds
+    /// Rally's actor system between the drivers. Nothing for a test of one machine.
+    pub fn cluster_ports(&self) -> Vec<Ports> {
+        if self.cluster.is_none() {
+            return vec![];
+        }
+        let one = |port: u16, what| Ports {
+            range: port..=port,
+            what,
+        };
+        let mut ports = vec![
+            one(Cluster::HTTP_PORT, "Elasticsearch HTTP"),
+            one(Cluster::TRANSPORT_PORT, "Elasticsearch transport"),
+        ];
+        if self.load_drivers.get() > 1 {
+            ports.push(one(Cluster::ACTOR_PORT, "Rally's actor system"));
+            ports.push(Ports {
+                range: Cluster::ACTOR_PORTS,
+                what: "esrallyd's actors",
+            });
+        }
+        ports
+    }
+
     /// How many machines the test takes from its provider at once: its own, or its cluster's
     /// nodes and its load drivers.
     pub fn machines(&self) -> u32 {
@@ -1190,6 +1238,36 @@ car = "8gheap"
         assert_eq!(
             map.overlaid(&over).iter().collect::<Vec<_>>(),
             [("a", &2), ("b", &4), ("c", &5)]
+        );
+    }
+
+    /// A cluster's nodes are reached on HTTP and transport; Rally's actor ports join them only
+    /// with several load drivers; a test of one machine needs none.
+    #[test]
+    fn a_clusters_machines_reach_one_another_on_its_ports() {
+        let plan = Plan::parse(
+            Path::new("p.toml"),
+            "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"one\"\n\
+             [[suite.test]]\nname = \"driver\"\ncluster = { nodes = 3 }\n\
+             [[suite.test]]\nname = \"drivers\"\ncluster = { nodes = 3 }\nload_drivers = 2\n",
+        )
+        .unwrap();
+        let ports: Vec<Vec<(u16, u16)>> = (plan.tests())
+            .map(|t| {
+                (t.settings.cluster_ports().iter())
+                    .map(|p| (*p.range.start(), *p.range.end()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                vec![],
+                vec![(9200, 9200), (9300, 9300)],
+                vec![(9200, 9200), (9300, 9300), (1900, 1900), (32768, 60999)],
+            ]
         );
     }
 }

@@ -75,11 +75,17 @@ pub struct Limit {
 /// Checks the plan's tests against their providers' accounts: the aws tests against EC2
 /// ([`aws::preflight`]); ssh and local have nothing to check before leasing.
 pub async fn preflight(settings: &[&Settings]) -> Result<Preflight, ProviderError> {
-    let (at, aws): (Vec<usize>, Vec<&crate::plan::AwsSettings>) = settings
+    let (at, aws): (Vec<usize>, Vec<aws::Checked<'_>>) = settings
         .iter()
         .enumerate()
         .filter_map(|(i, s)| match &s.machine {
-            crate::plan::MachineSettings::Aws(a) => Some((i, a)),
+            crate::plan::MachineSettings::Aws(a) => Some((
+                i,
+                aws::Checked {
+                    settings: a,
+                    ports: s.cluster_ports(),
+                },
+            )),
             _ => None,
         })
         .unzip();

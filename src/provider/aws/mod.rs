@@ -49,7 +49,7 @@ use instances::{
     KeyPush, LaunchRequest, NoSdkRetryOnCapacity, Poller, SPOT_RECLAIMED, client_token,
     watchdog_after,
 };
-pub use preflight::{CostFacts, preflight};
+pub use preflight::{Checked, CostFacts, preflight};
 
 /// Tag keys every instance carries; destroy finds leaked instances by the first.
 pub const TAG_WORKSPACE: &str = "rallyctl:workspace";

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{InstanceType, LocationType};
+use aws_sdk_ec2::types::{InstanceType, IpPermission, LocationType};
 
 use super::instances::{LaunchRequest, run_request};
 use super::{
@@ -15,28 +15,36 @@ use super::{
     err, id_filter,
 };
 use crate::cost::{DEFAULT_VOLUME_TYPE, RootVolume};
-use crate::plan::{AwsSettings, Connect, Market, Subnets};
+use crate::plan::{AwsSettings, Connect, Market, Ports, Subnets};
 use crate::provider::{Limit, Preflight, Problem, ProviderError};
+
+/// One aws test as the preflight checks it: its settings, and the ports its machines must reach
+/// one another on (a cluster's; none for a test of one machine).
+pub struct Checked<'a> {
+    pub settings: &'a AwsSettings,
+    pub ports: Vec<Ports>,
+}
 
 /// Checks what aws tests name against the account before anything is launched, as Terraform
 /// refreshes before it plans: AMIs, subnets and security groups exist in their region, the
 /// instance type is offered in a zone the test may launch in, `connect = "public_ip"` has a
 /// subnet that gives instances a public address, and a test without a subnet has a default
 /// VPC; the AMI's architecture is one the instance type runs; and a dry run of each distinct
-/// launch (RunInstances with `DryRun`) says EC2 would take it, permissions included. Lookups
+/// launch (RunInstances with `DryRun`) says EC2 would take it, permissions included; a
+/// cluster's security groups let its machines reach one another on its ports. Lookups
 /// are batched per region and by filter, so that one missing id does not hide the others.
 /// Each region's running On-Demand vCPU quota comes back as a [`Limit`], with the vCPUs each
 /// test's instance takes of it.
-pub async fn preflight(settings: &[&AwsSettings]) -> Result<Preflight, ProviderError> {
+pub async fn preflight(checked: &[Checked<'_>]) -> Result<Preflight, ProviderError> {
     check_credentials().await?;
     // A plan should not hang on an unreachable API: fewer attempts than apply's calls.
     let base = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
         .await;
-    let mut by_region: BTreeMap<&str, Vec<&AwsSettings>> = BTreeMap::new();
-    for s in settings {
-        by_region.entry(&s.region).or_default().push(s);
+    let mut by_region: BTreeMap<&str, Vec<&Checked<'_>>> = BTreeMap::new();
+    for c in checked {
+        by_region.entry(&c.settings.region).or_default().push(c);
     }
     let mut found = Preflight::default();
     let problems = &mut found.problems;
@@ -46,9 +54,13 @@ pub async fn preflight(settings: &[&AwsSettings]) -> Result<Preflight, ProviderE
                 .region(Region::new(region.to_owned()))
                 .build(),
         );
-        let account = Account::look_up(&ec2, region, &tests).await?;
+        let settings: Vec<&AwsSettings> = tests.iter().map(|c| c.settings).collect();
+        let account = Account::look_up(&ec2, region, &settings).await?;
         let mut launches = BTreeMap::new();
-        for s in tests {
+        for c in tests {
+            let s = c.settings;
+            // Not a launch EC2 refuses: its dry run is made all the same.
+            problems.extend(account.unreachable(s, &c.ports));
             let wrong = account.problems(region, s);
             // A launch already known to fail would only fail its dry run again.
             if wrong.is_empty() {
@@ -61,10 +73,10 @@ pub async fn preflight(settings: &[&AwsSettings]) -> Result<Preflight, ProviderE
         for (launch, s) in launches.into_values() {
             problems.extend(dry_run(&base, &ec2, &launch, s).await?);
         }
-        let takes: Vec<u64> = settings
+        let takes: Vec<u64> = checked
             .iter()
-            .map(|s| match &*s.region == region {
-                true => account.standard_vcpus(s),
+            .map(|c| match &*c.settings.region == region {
+                true => account.standard_vcpus(c.settings),
                 false => 0,
             })
             .collect();
@@ -280,12 +292,17 @@ struct Account {
     types: HashMap<String, TypeInfo>,
     /// Subnet id: its zone and whether it gives instances a public address.
     subnets: HashMap<String, (String, bool)>,
-    groups: HashSet<String>,
+    /// Subnet id: its IPv4 CIDR block.
+    cidrs: HashMap<String, String>,
+    /// Security group id: its inbound rules.
+    groups: HashMap<String, Vec<IpPermission>>,
     /// (instance type, zone or region) pairs EC2 offers.
     offered: HashSet<(String, String)>,
     /// Whether the region has a default VPC, where instances without a subnet go; asked only
     /// when a test names no subnet.
     default_vpc: bool,
+    /// The default VPC's IPv4 CIDR block, which holds its default subnets.
+    default_vpc_cidr: Option<String>,
 }
 
 impl Account {
@@ -304,9 +321,11 @@ impl Account {
             images: HashMap::new(),
             types: HashMap::new(),
             subnets: HashMap::new(),
-            groups: HashSet::new(),
+            cidrs: HashMap::new(),
+            groups: HashMap::new(),
             offered: HashSet::new(),
             default_vpc: true,
+            default_vpc_cidr: None,
         };
         if tests.iter().any(|s| s.subnets == Subnets::Default) {
             let out = ec2
@@ -316,6 +335,9 @@ impl Account {
                 .await
                 .map_err(|e| err("DescribeVpcs", region, e))?;
             account.default_vpc = !out.vpcs().is_empty();
+            account.default_vpc_cidr = (out.vpcs().first())
+                .and_then(|v| v.cidr_block())
+                .map(str::to_owned);
         }
         for ids in unique(tests.iter().map(|s| s.named_ami()).collect()).chunks(FILTER_VALUES) {
             let out = ec2
@@ -354,6 +376,9 @@ impl Account {
                     if let (Some(id), Some(zone)) = (subnet.subnet_id(), subnet.availability_zone())
                     {
                         let public = subnet.map_public_ip_on_launch().unwrap_or(false);
+                        if let Some(cidr) = subnet.cidr_block() {
+                            account.cidrs.insert(id.to_owned(), cidr.to_owned());
+                        }
                         account
                             .subnets
                             .insert(id.to_owned(), (zone.to_owned(), public));
@@ -378,8 +403,9 @@ impl Account {
                     page.map_err(|e| err("DescribeSecurityGroups", region, e))?
                         .security_groups()
                         .iter()
-                        .filter_map(|g| g.group_id())
-                        .map(str::to_owned),
+                        .filter_map(|g| {
+                            Some((g.group_id()?.to_owned(), g.ip_permissions().to_vec()))
+                        }),
                 );
             }
         }
@@ -441,7 +467,7 @@ impl Account {
         for g in s
             .security_group_ids
             .iter()
-            .filter(|g| !self.groups.contains(&***g))
+            .filter(|g| !self.groups.contains_key(&***g))
         {
             out.push(problem(
                 &["security_group_ids"],
@@ -517,6 +543,57 @@ impl Account {
         out
     }
 
+    /// The `ports` that `s`'s security groups do not let its machines reach one another on, as
+    /// a problem naming the rule to add. Not checked: a test that names no group (its VPC's
+    /// default group, which lets its members in unless edited) or a group that does not exist
+    /// (reported as such).
+    fn unreachable(&self, s: &AwsSettings, ports: &[Ports]) -> Option<Problem> {
+        let groups: Vec<&str> = s.security_group_ids.iter().map(|g| &**g).collect();
+        if ports.is_empty() || groups.is_empty() {
+            return None;
+        }
+        let mut rules = Vec::new();
+        for g in &groups {
+            rules.extend(self.groups.get(*g)?);
+        }
+        // Every subnet the machines may launch in; unknown: of CIDR rules, only 0.0.0.0/0 counts.
+        let subnets: Option<Vec<&str>> = (s.subnets.candidates().into_iter())
+            .map(|subnet| match subnet {
+                Some(id) => self.cidrs.get(id).map(|c| &**c),
+                None => self.default_vpc_cidr.as_deref(),
+            })
+            .collect();
+        let missing = missing_ports(&rules, &groups, subnets.as_deref(), ports);
+        if missing.is_empty() {
+            return None;
+        }
+        let tcp = |p: &Ports| match (p.range.start(), p.range.end()) {
+            (a, b) if a == b => format!("TCP {a}"),
+            (a, b) => format!("TCP {a}-{b}"),
+        };
+        let first = groups[0];
+        Some(Problem {
+            keys: &["security_group_ids"],
+            value: first.to_owned(),
+            message: format!(
+                "a cluster's machines must reach one another, but security group{} {} {} not let them in on {}: add an inbound rule to {first}: {} from {first} itself",
+                if groups.len() == 1 { "" } else { "s" },
+                groups.join(", "),
+                if groups.len() == 1 { "does" } else { "do" },
+                missing
+                    .iter()
+                    .map(|p| format!("{} ({})", tcp(p), p.what))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                missing
+                    .iter()
+                    .map(|p| tcp(p))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        })
+    }
+
     /// The vCPUs the test's instance takes of [`STANDARD_QUOTA`]: none for spot (a quota of its
     /// own; a fall back to on-demand after a reclaim is not counted) or another family.
     fn standard_vcpus(&self, s: &AwsSettings) -> u64 {
@@ -579,6 +656,65 @@ impl Account {
 }
 
 const SUBNET_KEYS: &[&str] = &["subnet_id", "subnet_ids"];
+
+/// The `ports` that none of `rules` (the inbound rules of a test's security groups) opens to
+/// the test's own machines for TCP: a rule counts from one of `groups` (the machines carry
+/// them all), from a CIDR block holding every one of `subnets` (the CIDR blocks the machines
+/// may launch in; unknown: `None`), or from anywhere; a range counts when rules cover all of it.
+fn missing_ports<'p>(
+    rules: &[&IpPermission],
+    groups: &[&str],
+    subnets: Option<&[&str]>,
+    ports: &'p [Ports],
+) -> Vec<&'p Ports> {
+    let from_us = |r: &IpPermission| {
+        (r.user_id_group_pairs().iter()).any(|p| p.group_id().is_some_and(|g| groups.contains(&g)))
+            || (r.ip_ranges().iter())
+                .filter_map(|ip| ip.cidr_ip())
+                .any(|cidr| {
+                    cidr_holds(cidr, "0.0.0.0/0")
+                        || subnets
+                            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| cidr_holds(cidr, s)))
+                })
+    };
+    let mut open: Vec<(u32, u32)> = (rules.iter())
+        .filter(|r| from_us(r))
+        .filter_map(|r| match r.ip_protocol()? {
+            "-1" => Some((0, u32::from(u16::MAX))),
+            "tcp" | "6" => Some((
+                u32::try_from(r.from_port()?).ok()?,
+                u32::try_from(r.to_port()?).ok()?,
+            )),
+            _ => None,
+        })
+        .collect();
+    open.sort_unstable();
+    let covered = |p: &Ports| {
+        let (mut next, end) = (u32::from(*p.range.start()), u32::from(*p.range.end()));
+        for &(from, to) in &open {
+            if from <= next && to >= next {
+                next = to + 1;
+            }
+        }
+        next > end
+    };
+    ports.iter().filter(|p| !covered(p)).collect()
+}
+
+/// Whether the IPv4 CIDR block `outer` holds all of `inner`; anything unreadable holds nothing.
+fn cidr_holds(outer: &str, inner: &str) -> bool {
+    let parse = |cidr: &str| -> Option<(u32, u32)> {
+        let (ip, len) = cidr.split_once('/')?;
+        let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+        let len: u32 = len.parse().ok().filter(|&l| l <= 32)?;
+        Some((u32::from(ip), len))
+    };
+    let (Some((outer, o_len)), Some((inner, i_len))) = (parse(outer), parse(inner)) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - o_len).unwrap_or(0);
+    o_len <= i_len && outer & mask == inner & mask
+}
 
 /// Instance types per DescribeInstanceTypes call that EC2 accepts.
 const TYPES_PER_CALL: usize = 100;
@@ -794,6 +930,99 @@ mod tests {
         ] {
             assert!(!is_standard(t), "{t}");
         }
+    }
+
+    #[test]
+    fn a_cluster_port_is_open_from_the_group_itself_a_cidr_holding_the_subnets_or_anywhere() {
+        use aws_sdk_ec2::types::{IpRange, UserIdGroupPair};
+        let rule = |protocol: &str, from: i32, to: i32| {
+            IpPermission::builder()
+                .ip_protocol(protocol)
+                .from_port(from)
+                .to_port(to)
+        };
+        let from_group = |r: aws_sdk_ec2::types::builders::IpPermissionBuilder, g: &str| {
+            r.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).build())
+                .build()
+        };
+        let from_cidr = |r: aws_sdk_ec2::types::builders::IpPermissionBuilder, c: &str| {
+            r.ip_ranges(IpRange::builder().cidr_ip(c).build()).build()
+        };
+        let ports = [
+            Ports {
+                range: 9200..=9200,
+                what: "http",
+            },
+            Ports {
+                range: 1900..=1900,
+                what: "actor",
+            },
+            Ports {
+                range: crate::plan::Cluster::ACTOR_PORTS,
+                what: "actors",
+            },
+        ];
+        let groups = ["sg-a", "sg-b"];
+        let subnets = ["10.0.1.0/24", "10.0.2.0/24"];
+        let missing = |rules: &[IpPermission], subnets: Option<&[&str]>| -> Vec<&str> {
+            let rules: Vec<&IpPermission> = rules.iter().collect();
+            (missing_ports(&rules, &groups, subnets, &ports).iter())
+                .map(|p| p.what)
+                .collect()
+        };
+        let all = vec!["http", "actor", "actors"];
+        let known = Some(&subnets[..]);
+
+        assert_eq!(missing(&[], known), all);
+        // All traffic from the group itself (the default group's rule), from the other group.
+        assert!(missing(&[from_group(rule("-1", -1, -1), "sg-a")], known).is_empty());
+        assert!(missing(&[from_group(rule("-1", -1, -1), "sg-b")], known).is_empty());
+        assert_eq!(
+            missing(&[from_group(rule("-1", -1, -1), "sg-other")], known),
+            all
+        );
+        // Ranges: each port's whole range must be open, across rules.
+        let tcp_self = |from, to| from_group(rule("tcp", from, to), "sg-a");
+        assert_eq!(
+            missing(&[tcp_self(9200, 9300), tcp_self(1900, 1900)], known),
+            ["actors"]
+        );
+        assert_eq!(
+            missing(&[tcp_self(9200, 9200), tcp_self(32768, 50000)], known),
+            ["actor", "actors"]
+        );
+        assert!(
+            missing(
+                &[
+                    tcp_self(1900, 1900),
+                    tcp_self(9200, 9200),
+                    tcp_self(40000, 60999),
+                    tcp_self(32768, 40000),
+                ],
+                known
+            )
+            .is_empty()
+        );
+        assert!(missing(&[from_group(rule("6", 1024, 65535), "sg-a")], known).is_empty());
+        // UDP opens nothing a cluster uses.
+        assert_eq!(
+            missing(&[from_group(rule("udp", 0, 65535), "sg-a")], known),
+            all
+        );
+        // A CIDR block counts when it holds every subnet the machines may launch in.
+        let cidr = |c| from_cidr(rule("tcp", 1024, 65535), c);
+        assert!(missing(&[cidr("10.0.0.0/16")], known).is_empty());
+        assert_eq!(missing(&[cidr("10.0.1.0/24")], known), all);
+        assert_eq!(missing(&[cidr("10.1.0.0/16")], known), all);
+        assert_eq!(missing(&[cidr("10.0.0.0/16")], None), all);
+        // From anywhere holds every subnet, known or not.
+        assert!(missing(&[cidr("0.0.0.0/0")], None).is_empty());
+        assert!(missing(&[from_cidr(rule("-1", -1, -1), "0.0.0.0/0")], known).is_empty());
+
+        assert!(cidr_holds("127.0.0.0/16", "127.0.7.0/24"));
+        assert!(!cidr_holds("127.0.7.0/24", "127.0.0.0/16"));
+        assert!(cidr_holds("10.0.1.0/24", "10.0.1.0/24"));
+        assert!(!cidr_holds("not a cidr", "10.0.1.0/24"));
     }
 
     #[test]
