@@ -32,12 +32,14 @@ use tokio::runtime::Runtime;
 pub use crate::ops::{Loaded, load_at};
 pub use args::{
     BackendArg, Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED,
-    EXIT_REGRESSION, EXIT_USAGE, Global, Prices, Refresh, ResultsArgs, Select, normalize_args,
+    EXIT_REGRESSION, EXIT_USAGE, Global, HistoryArgs, Prices, Refresh, ResultsArgs, Select,
+    normalize_args,
 };
 pub use workspace::{load, load_file};
 
 use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
+use crate::history::{self, changepoints::Settings, series::Filter};
 use crate::ops::{self, lock};
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
@@ -207,6 +209,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         }
         Command::State { command } => state_command(command, &g),
         Command::Results(args) => results_command(args, &g),
+        Command::History(args) => history_command(args, &g),
         Command::Report {
             plan,
             out,
@@ -630,6 +633,29 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         }
         None => Ok(0),
     }
+}
+
+fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
+    let ws = open_results(g, args.plan.as_deref())?;
+    let history = ops::history::history(
+        &ws,
+        &ops::history::Query {
+            filter: Filter {
+                tests: args.test,
+                tasks: args.task,
+                metrics: args.metric,
+            },
+            settings: Settings {
+                max_pvalue: args.max_pvalue,
+                min_magnitude: args.min_magnitude,
+                ..Settings::default()
+            },
+            all: args.all,
+        },
+    )?;
+    let format = if g.json { Format::Json } else { args.format };
+    out!("{}", history::render::history(&history, format));
+    Ok(0)
 }
 
 fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8> {

@@ -14,6 +14,8 @@ use crate::cost::bill::Bill;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// `text` too: `history` writes lines, not a table.
+    #[value(alias = "text")]
     Table,
     Csv,
     Json,
@@ -35,7 +37,7 @@ pub struct Field {
     pub tone: Option<Tone>,
 }
 
-fn plain(text: impl Into<String>) -> Field {
+pub(crate) fn plain(text: impl Into<String>) -> Field {
     Field {
         text: text.into(),
         tone: None,
@@ -57,7 +59,7 @@ fn toned(text: impl Into<String>, tone: Option<Tone>) -> Field {
 /// draws the same style, comfy-table's `UTF8_FULL_CONDENSED` and `ASCII_MARKDOWN`: a cell is
 /// padded by a space each side, a line break in a cell starts a line of its own in the terminal
 /// and is a space in Markdown.
-fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String {
+pub(crate) fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String {
     let markdown = format == Format::Markdown;
     let colour = format == Format::Table && console::colors_enabled();
     let header: Vec<Field> = header.iter().map(|h| plain(*h)).collect();
@@ -297,20 +299,20 @@ fn width(line: &str) -> usize {
     }
 }
 
-fn csv_writer() -> csv::Writer<Vec<u8>> {
+pub(crate) fn csv_writer() -> csv::Writer<Vec<u8>> {
     csv::Writer::from_writer(Vec::new())
 }
 
-fn csv_text(w: csv::Writer<Vec<u8>>) -> String {
+pub(crate) fn csv_text(w: csv::Writer<Vec<u8>>) -> String {
     String::from_utf8(w.into_inner().expect("writing to memory cannot fail"))
         .expect("CSV of UTF-8 strings is UTF-8")
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
+pub(crate) fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("results serialize to JSON") + "\n"
 }
 
@@ -740,7 +742,7 @@ fn verdict_tone(v: Verdict) -> Option<Tone> {
     }
 }
 
-fn pct(p: f64) -> String {
+pub(crate) fn pct(p: f64) -> String {
     format!("{}{p:.1}", if p > 0.0 { "+" } else { "" })
 }
 
