@@ -1873,3 +1873,52 @@ fn history_without_state_or_runs_says_so() {
         text(&out)
     );
 }
+
+/// A night whose race had failed requests measured nothing: no point. A night whose report is
+/// damaged is no point either, and a warning names the file and line; the rest of the series,
+/// and its change, still show.
+#[test]
+fn history_skips_failed_and_damaged_races_naming_the_damage() {
+    let t = nightly();
+    let night = |n: u32, test: &str| {
+        t.path(&format!(
+            "results/e2e/202611{n:02}T020000Z-n{n:05}/{test}/report.csv"
+        ))
+    };
+    std::fs::write(
+        night(5, "search/q"),
+        report(&[task("query", 50.0, 10.0, 5.0)]),
+    )
+    .unwrap();
+    std::fs::write(
+        night(10, "ingest/a"),
+        "Metric,Task,Value,Unit\r\nMedian Throughput,bulk,fast,docs/s\r\n",
+    )
+    .unwrap();
+    let out = t.run(&["history", "--state", STATE, "--json", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ingest.a in run 20261110T020000Z-n00010: ")
+            && stderr.contains("20261110T020000Z-n00010/ingest/a/report.csv:2: `fast`"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in v["series"].as_array().unwrap() {
+        let runs: Vec<&str> = (s["points"].as_array().unwrap().iter())
+            .map(|p| p["run"].as_str().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 29, "{s}");
+        let skipped = match s["test"].as_str().unwrap() {
+            "ingest.a" => "20261110T020000Z-n00010",
+            _ => "20261105T020000Z-n00005",
+        };
+        assert!(!runs.contains(&skipped), "{s}");
+    }
+    let throughput = &v["series"][0];
+    assert_eq!(throughput["metric"], "throughput");
+    assert_eq!(
+        throughput["changes"][0]["first_after"],
+        "20261115T020000Z-n00015"
+    );
+}
