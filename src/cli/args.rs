@@ -139,7 +139,7 @@ pub struct Global {
     /// State file (default: state/<plan name>.state.json)
     #[arg(long, global = true, value_name = "PATH")]
     pub state: Option<PathBuf>,
-    /// The workspace, for commands that need no plan (destroy, state, results, report,
+    /// The workspace, for commands that need no plan (destroy, state, results, history, report,
     /// force-unlock): its state is state/<NAME>.state.json
     #[arg(long, global = true, value_name = "NAME")]
     pub workspace: Option<String>,

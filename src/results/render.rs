@@ -14,7 +14,7 @@ use crate::cost::bill::Bill;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// `text` too: `history` writes lines, not a table.
+    // `text` too: what `history` writes is lines, not a table.
     #[value(alias = "text")]
     Table,
     Csv,
