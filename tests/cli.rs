@@ -1825,6 +1825,10 @@ fn each_commands_help_shows_what_it_takes() {
             &["results"],
             &["--state", "--workspace", "--backend", "--json"],
         ),
+        (
+            &["history"],
+            &["--state", "--workspace", "--backend", "--json"],
+        ),
         (&["report"], &["--state", "--workspace", "--backend"]),
         (&["force-unlock"], &["--state", "--workspace", "--backend"]),
         (
@@ -1839,6 +1843,16 @@ fn each_commands_help_shows_what_it_takes() {
         (&["state", "push"], &["--state", "--workspace", "--backend"]),
         (&["state", "pull"], &["--state", "--workspace", "--backend"]),
     ];
+    // Every command is here: a new one is not forgotten.
+    let top = String::from_utf8_lossy(&rallyctl(&["--help"]).stdout).into_owned();
+    let commands = top.split_once("Commands:\n").unwrap().1;
+    for line in commands.lines().take_while(|l| l.starts_with("  ")) {
+        let name = line.split_whitespace().next().unwrap();
+        assert!(
+            name == "help" || cases.iter().any(|(c, _)| c[0] == name),
+            "`{name}` has no case here"
+        );
+    }
     let global = ["--state", "--workspace", "--backend", "--json"];
     for (command, takes) in cases {
         let mut args = command.to_vec();
