@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -15,10 +16,12 @@ use sha2::{Digest, Sha256};
 /// The longest name accepted; EC2 tag values allow 256 characters and `Name` holds two names.
 pub const MAX_NAME_LEN: usize = 100;
 
+/// The names are shared, not owned: an address is copied into every map and report about its
+/// test (artifacts, changes, the estimate), and a suite's tests share its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Address {
-    suite: String,
-    test: String,
+    suite: Arc<str>,
+    test: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,7 +126,7 @@ fn fmt_name(name: &str, plain: bool, f: &mut fmt::Formatter<'_>) -> fmt::Result 
 }
 
 impl Address {
-    pub fn new(suite: impl Into<String>, test: impl Into<String>) -> Result<Self, NameError> {
+    pub fn new(suite: impl Into<Arc<str>>, test: impl Into<Arc<str>>) -> Result<Self, NameError> {
         let (suite, test) = (suite.into(), test.into());
         check_name(&suite)?;
         check_test_name(&test)?;
@@ -141,7 +144,7 @@ impl Address {
     /// Relative path `suite/test` with both parts slugged, for results and remote directories.
     pub fn path(&self) -> std::path::PathBuf {
         let test = if is_plain_test(&self.test) {
-            self.test.clone()
+            self.test.to_string()
         } else {
             slug(&self.test)
         };
@@ -153,7 +156,7 @@ impl Address {
     /// test whose matrix made it): the name of a test selects all of its variants and
     /// combinations.
     pub fn selects<'g>(&self, other: &Address, groups: impl IntoIterator<Item = &'g str>) -> bool {
-        self == other || (self.suite == other.suite && groups.into_iter().any(|g| g == self.test))
+        self == other || (self.suite == other.suite && groups.into_iter().any(|g| g == &*self.test))
     }
 }
 

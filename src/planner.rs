@@ -186,19 +186,23 @@ pub fn render_all(plan: &Plan, renderer: &Renderer) -> Result<ArtifactMap, Templ
     let tests: Vec<&crate::plan::Test> = plan.tests().collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = tests.len().div_ceil(threads).max(1);
+    let render = |part: &[&crate::plan::Test]| {
+        let mut session = renderer.session();
+        part.iter()
+            .map(|t| Ok((t.address.clone(), session.render(t)?)))
+            .collect::<Result<Vec<_>, TemplateError>>()
+    };
     std::thread::scope(|scope| {
-        let workers: Vec<_> = tests
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut session = renderer.session();
-                    part.iter()
-                        .map(|t| Ok((t.address.clone(), session.render(t)?)))
-                        .collect::<Result<Vec<_>, TemplateError>>()
-                })
-            })
+        let mut parts = tests.chunks(chunk);
+        let first = parts.next().unwrap_or_default();
+        let workers: Vec<_> = parts
+            .map(|part| scope.spawn(move || render(part)))
             .collect();
+        // The calling thread renders the first part: a thread fewer, and what it makes takes
+        // the memory the plan's syntax tree left free in its allocator arena, where a new
+        // thread's arena would grow.
         let mut all = ArtifactMap::with_capacity_and_hasher(tests.len(), Default::default());
+        all.extend(render(first)?);
         for worker in workers {
             all.extend(worker.join().expect("rendering does not panic")?);
         }

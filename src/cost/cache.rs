@@ -67,8 +67,8 @@ impl Cache {
                     .into_iter()
                     .map(|e| {
                         let key = Key {
-                            region: e.region,
-                            instance_type: e.instance_type,
+                            region: e.region.into(),
+                            instance_type: e.instance_type.into(),
                         };
                         (key, e.entry)
                     })
@@ -110,8 +110,8 @@ impl Cache {
         let stored = Stored {
             prices: (self.entries.iter())
                 .map(|(k, e)| StoredEntry {
-                    region: k.region.clone(),
-                    instance_type: k.instance_type.clone(),
+                    region: k.region.to_string(),
+                    instance_type: k.instance_type.to_string(),
                     entry: e.clone(),
                 })
                 .collect(),

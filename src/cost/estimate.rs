@@ -138,15 +138,15 @@ pub fn estimate(
             .zip(test.settings.node_aws())
             .map(|(c, nodes)| {
                 let key = Key {
-                    region: nodes.region.to_string(),
-                    instance_type: nodes.instance_type.to_string(),
+                    region: nodes.region.clone(),
+                    instance_type: nodes.instance_type.clone(),
                 };
                 if let (None, Priced::Unknown(why)) = (&no_price, prices.at(Some(&key))) {
                     no_price = Some(format!("{} (the nodes): {why}", key.instance_type));
                 }
                 Topology {
                     nodes: c.nodes.get(),
-                    node_instance_type: key.instance_type,
+                    node_instance_type: key.instance_type.to_string(),
                     load_drivers: test.settings.load_drivers.get(),
                 }
             });
@@ -267,87 +267,27 @@ pub fn render(e: &Estimate) -> String {
         format!("[{n}]")
     };
     let mut rows: Vec<[String; 7]> = Vec::new();
+    // Neighbouring tests mostly share a machine and its price, so the cells and notes that
+    // say so are written once per run of them rather than once per test.
+    let mut last: Option<(MachineOf<'_>, [String; 3])> = None;
     for t in &e.tests {
-        let what = match (&t.machine, &t.cluster) {
-            (None, _) => "own machine".into(),
-            (Some(key), None) => key.to_string(),
-            (Some(key), Some(c)) => format!(
-                "{} × {} + {} × {key}",
-                c.nodes, c.node_instance_type, c.load_drivers
-            ),
+        let of = machine_of(t);
+        let cells = match &mut last {
+            Some((seen, cells)) if *seen == of => cells,
+            slot => &mut slot.insert((of, machine_cells(t, &mut mark))).1,
         };
+        let [what, price, note] = cells.clone();
         let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
-        let (price, worst, expected, note) = match (&t.hourly, &t.price, &t.no_price) {
-            (Some(h), listed, _) => {
-                let mut note = match listed {
-                    Listed::Known(p) => mark(match p.as_of {
-                        Some(d) => format!("{}, as of {d}", p.source),
-                        None => p.source.to_string(),
-                    }),
-                    Listed::Unknown | Listed::OwnMachine => String::new(),
-                };
-                if h.spot {
-                    note.push_str(&mark(match &t.no_spot_now {
-                        None => "spot: expected at its price now (DescribeSpotPriceHistory, the region's cheapest zone), worst at its max_price, else the on-demand price (EC2's cap)".into(),
-                        Some(why) => format!("spot: at most its max_price, else the on-demand price (EC2's cap), and expected so: its price now is not known: {why}"),
-                    }));
-                }
-                if h.public_ipv4_usd > 0.0 {
-                    note.push_str(&mark(format!(
-                        "with a public IPv4 address, {}/h",
-                        usd(PUBLIC_IPV4_USD_PER_HOUR)
-                    )));
-                }
-                match (&t.root_volume, &t.no_root_volume) {
-                    (Some(v), _) => note.push_str(&mark(format!(
-                        "with its root volume, {} GiB {} at ${}/GB-month ({}{})",
-                        v.volume.gib,
-                        v.volume.volume_type,
-                        v.usd_per_gb_month,
-                        v.source,
-                        v.as_of.map_or(String::new(), |d| format!(", as of {d}"))
-                    ))),
-                    (None, Some(why)) => {
-                        note.push_str(&mark(format!("root volume not counted: {why}")))
-                    }
-                    (None, None) => {}
-                }
-                let price = match h.spot_now_usd {
-                    Some(_) => {
-                        format!("spot {}/h, at most {}/h", usd(h.expected()), usd(h.total()))
-                    }
-                    None if h.spot => format!("spot {}/h", usd(h.total())),
-                    None => format!("{}/h", usd(h.total())),
-                };
-                (
-                    price,
-                    t.worst_usd
-                        .map_or(String::new(), |w| format!("worst {}", usd(w))),
-                    match t.expected_usd {
-                        Some(x) => format!("expected {}", usd(x)),
-                        None => "expected ? (no earlier run)".into(),
-                    },
-                    note,
-                )
-            }
-            (None, _, Some(why)) => (
-                "no price".into(),
-                String::new(),
-                String::new(),
-                mark(format!("no price: {why}")),
+        let (worst, expected) = match &t.hourly {
+            Some(_) => (
+                t.worst_usd
+                    .map_or(String::new(), |w| format!("worst {}", usd(w))),
+                match t.expected_usd {
+                    Some(x) => format!("expected {}", usd(x)),
+                    None => "expected ? (no earlier run)".into(),
+                },
             ),
-            (None, Listed::OwnMachine, None) => (
-                "not billed".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ),
-            (None, _, None) => (
-                "no price".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ),
+            None => (String::new(), String::new()),
         };
         rows.push([
             t.address.to_string(),
@@ -411,6 +351,91 @@ pub fn render(e: &Estimate) -> String {
         let _ = writeln!(out, "  [{}] {note}", i + 1);
     }
     out
+}
+
+/// What a test's machine and price cells and its note are made of.
+type MachineOf<'e> = (
+    Option<&'e Key>,
+    Option<&'e Topology>,
+    &'e Listed,
+    Option<&'e Hourly>,
+    Option<&'e str>,
+    Option<&'e str>,
+    Option<&'e Storage>,
+    Option<&'e str>,
+);
+
+fn machine_of(t: &TestCost) -> MachineOf<'_> {
+    (
+        t.machine.as_ref(),
+        t.cluster.as_ref(),
+        &t.price,
+        t.hourly.as_ref(),
+        t.no_price.as_deref(),
+        t.no_spot_now.as_deref(),
+        t.root_volume.as_ref(),
+        t.no_root_volume.as_deref(),
+    )
+}
+
+/// A test's machine, its price an hour, and the marks of the notes that say where the price
+/// came from (`mark` numbers a note, once for all the tests it is about).
+fn machine_cells(t: &TestCost, mark: &mut impl FnMut(String) -> String) -> [String; 3] {
+    let what = match (&t.machine, &t.cluster) {
+        (None, _) => "own machine".into(),
+        (Some(key), None) => key.to_string(),
+        (Some(key), Some(c)) => format!(
+            "{} × {} + {} × {key}",
+            c.nodes, c.node_instance_type, c.load_drivers
+        ),
+    };
+    let (price, note) = match (&t.hourly, &t.price, &t.no_price) {
+        (Some(h), listed, _) => {
+            let mut note = match listed {
+                Listed::Known(p) => mark(match p.as_of {
+                    Some(d) => format!("{}, as of {d}", p.source),
+                    None => p.source.to_string(),
+                }),
+                Listed::Unknown | Listed::OwnMachine => String::new(),
+            };
+            if h.spot {
+                note.push_str(&mark(match &t.no_spot_now {
+                    None => "spot: expected at its price now (DescribeSpotPriceHistory, the region's cheapest zone), worst at its max_price, else the on-demand price (EC2's cap)".into(),
+                    Some(why) => format!("spot: at most its max_price, else the on-demand price (EC2's cap), and expected so: its price now is not known: {why}"),
+                }));
+            }
+            if h.public_ipv4_usd > 0.0 {
+                note.push_str(&mark(format!(
+                    "with a public IPv4 address, {}/h",
+                    usd(PUBLIC_IPV4_USD_PER_HOUR)
+                )));
+            }
+            match (&t.root_volume, &t.no_root_volume) {
+                (Some(v), _) => note.push_str(&mark(format!(
+                    "with its root volume, {} GiB {} at ${}/GB-month ({}{})",
+                    v.volume.gib,
+                    v.volume.volume_type,
+                    v.usd_per_gb_month,
+                    v.source,
+                    v.as_of.map_or(String::new(), |d| format!(", as of {d}"))
+                ))),
+                (None, Some(why)) => {
+                    note.push_str(&mark(format!("root volume not counted: {why}")))
+                }
+                (None, None) => {}
+            }
+            let price = match h.spot_now_usd {
+                Some(_) => format!("spot {}/h, at most {}/h", usd(h.expected()), usd(h.total())),
+                None if h.spot => format!("spot {}/h", usd(h.total())),
+                None => format!("{}/h", usd(h.total())),
+            };
+            (price, note)
+        }
+        (None, _, Some(why)) => ("no price".into(), mark(format!("no price: {why}"))),
+        (None, Listed::OwnMachine, None) => ("not billed".into(), String::new()),
+        (None, _, None) => ("no price".into(), String::new()),
+    };
+    [what, price, note]
 }
 
 #[cfg(test)]

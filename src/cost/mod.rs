@@ -22,16 +22,17 @@ use std::sync::Arc;
 use jiff::civil::Date;
 use serde::Serialize;
 
-use crate::plan::{AwsSettings, Connect, MachineSettings, Market, Settings};
+use crate::plan::{AwsSettings, Connect, MachineSettings, Market, Settings, Text};
 pub use cache::Cache;
 pub use price_file::{PriceFile, PriceFileError};
 pub use price_list::PriceListApi;
 
-/// What is priced: an instance type in a region.
+/// What is priced: an instance type in a region. Shares the text of the settings it is taken
+/// from, as every test of a large plan asks for its key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Key {
-    pub region: String,
-    pub instance_type: String,
+    pub region: Text,
+    pub instance_type: Text,
 }
 
 impl Key {
@@ -433,8 +434,8 @@ type GbMonth = Result<(f64, Source, Option<Date>), String>;
 
 fn key_of(aws: &AwsSettings) -> Key {
     Key {
-        region: aws.region.to_string(),
-        instance_type: aws.instance_type.to_string(),
+        region: aws.region.clone(),
+        instance_type: aws.instance_type.clone(),
     }
 }
 
@@ -658,8 +659,8 @@ mod tests {
         type Error = String;
 
         async fn fetch(&self, key: &Key) -> Result<Option<f64>, String> {
-            self.asked.borrow_mut().push(key.instance_type.clone());
-            self.answers[&key.instance_type].clone()
+            self.asked.borrow_mut().push(key.instance_type.to_string());
+            self.answers[&*key.instance_type].clone()
         }
 
         async fn fetch_storage(
@@ -690,7 +691,7 @@ mod tests {
         }
 
         async fn spot_price(&self, key: &Key) -> Result<Option<f64>, String> {
-            self.asked.borrow_mut().push(key.instance_type.clone());
+            self.asked.borrow_mut().push(key.instance_type.to_string());
             Ok(self.spot.get(&*key.instance_type).copied())
         }
     }

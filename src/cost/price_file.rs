@@ -118,8 +118,8 @@ impl PriceFile {
                 match table {
                     "price" => prices.insert(
                         Key {
-                            region,
-                            instance_type: name,
+                            region: region.into(),
+                            instance_type: name.into(),
                         },
                         listed,
                     ),

@@ -20,7 +20,9 @@ use super::settings::{
 };
 use super::source::{Entry, Format, Kind, Node};
 use super::values::{Raw, Val};
-use super::{PLAN_VERSION, Plan, ProviderKind, Repeat, RepeatOn, Settings, Suite, Test, VariantOf};
+use super::{
+    PLAN_VERSION, Plan, ProviderKind, Repeat, RepeatOn, Settings, Suite, Test, Text, VariantOf,
+};
 use crate::FastHash;
 use crate::address::{self, Address};
 
@@ -429,6 +431,8 @@ impl<'n> Loader<'_, '_> {
                 None
             }
         };
+        // The suite's tests share its name in their addresses.
+        let suite_name = name.map(Text::from);
         let parallelism = get(entries, "parallelism").and_then(|e| {
             let f = field.key("parallelism");
             match e.value.kind {
@@ -520,10 +524,10 @@ impl<'n> Loader<'_, '_> {
                 let parent = overlay(defaults, raw);
                 self.stall_check(defaults, own, &parent, &test_node.span, test_field);
                 let read = self.variants(&variants.value, test_node, test_field, &parent);
-                if let (Some(suite), Some(test)) = (&name, test_name) {
+                if let (Some(suite), Some(test)) = (&suite_name, test_name) {
                     for (variant, settings, repeat) in read {
                         let full = format!("{test}-{variant}");
-                        let Ok(address) = Address::new(*suite, full.as_str()) else {
+                        let Ok(address) = Address::new(suite.clone(), full.as_str()) else {
                             self.sink.error(
                                 &test_node.span,
                                 test_field.key("name"),
@@ -555,9 +559,9 @@ impl<'n> Loader<'_, '_> {
             }
             let merged = self.merge(defaults, raw, &test_node.span, entries, test_field);
             if let (Some(suite), Some(test), Some((settings, repeat, reuse))) =
-                (&name, test_name, merged)
+                (&suite_name, test_name, merged)
             {
-                let address = Address::new(*suite, test).expect("names were checked");
+                let address = Address::new(suite.clone(), test).expect("names were checked");
                 tests.push(Test {
                     address,
                     settings,

@@ -150,7 +150,7 @@ impl crate::cost::Ec2 for CostFacts {
         let mut pages = self
             .ec2(&key.region)
             .describe_spot_price_history()
-            .instance_types(InstanceType::from(key.instance_type.as_str()))
+            .instance_types(InstanceType::from(&*key.instance_type))
             .product_descriptions("Linux/UNIX")
             .start_time(aws_sdk_ec2::primitives::DateTime::from(
                 std::time::SystemTime::now(),
