@@ -7,6 +7,7 @@
 pub mod chart;
 pub mod compare;
 pub mod html;
+pub mod junit;
 pub mod layout;
 pub mod load;
 pub mod metrics;
@@ -137,6 +138,8 @@ pub struct Query {
 pub struct Shown {
     pub text: String,
     pub failed: Option<GateFailure>,
+    /// The comparison shown, when there was one (for the CI step summary).
+    pub comparison: Option<Comparison>,
 }
 
 /// A failed gate and the lines that explain it.
@@ -229,7 +232,11 @@ impl Workspace {
                     "Baseline: {b} (compare with it: `--compare baseline`).\n"
                 ));
             }
-            return Ok(Shown { text, failed: None });
+            return Ok(Shown {
+                text,
+                failed: None,
+                comparison: None,
+            });
         };
         Ok(gate(comparison, q))
     }
@@ -294,6 +301,7 @@ fn gate(comparison: Comparison, q: &Query) -> Shown {
     Shown {
         text: render::comparison(&comparison, q.format),
         failed,
+        comparison: Some(comparison),
     }
 }
 
