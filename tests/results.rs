@@ -1654,8 +1654,9 @@ fn results_of_a_state_elsewhere_are_read_beside_it() {
 /// (none when it passed).
 type JunitCase = (String, String, Option<(String, String)>);
 
-/// `xml` read back by a strict XML parser (Python's expat), with its counts checked.
-fn junit_cases(xml: &str) -> Vec<JunitCase> {
+/// `xml` read back by a strict XML parser (Python's expat), with its counts checked: its test
+/// cases and its suite's `system-out`.
+fn junit_cases(xml: &str) -> (Vec<JunitCase>, String) {
     use std::io::Write;
     let script = "import sys, json, xml.etree.ElementTree as E\n\
                   root = E.parse(sys.stdin.buffer).getroot()\n\
@@ -1669,7 +1670,8 @@ fn junit_cases(xml: &str) -> Vec<JunitCase> {
                   \x20   for key in ['tests', 'failures', 'errors', 'skipped']:\n\
                   \x20       assert suite.get(key) == root.get(key), key\n\
                   \x20   assert int(suite.get('tests')) == len(out)\n\
-                  json.dump(out, sys.stdout)\n";
+                  said = root.find('testsuite/system-out')\n\
+                  json.dump([out, '' if said is None else said.text], sys.stdout)\n";
     let mut child = Command::new("python3")
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
@@ -1723,7 +1725,8 @@ fn comparison_as_junit() {
         ],
     );
     let xml = t.results(&["--compare", RUN1, "--format", "junit"], 0);
-    let cases = junit_cases(&xml);
+    let (cases, said) = junit_cases(&xml);
+    assert!(said.starts_with("n = 1: a threshold"), "{said}");
     let verdict = |name: &str| {
         cases
             .iter()
@@ -1759,7 +1762,7 @@ fn comparison_as_junit() {
     insta::assert_snapshot!(xml);
     // Tested rows carry their interval and p; an inconclusive one is skipped with what would
     // settle it.
-    let cases = junit_cases(&repeated().results(&["--compare", RUN1, "--format", "junit"], 0));
+    let (cases, _) = junit_cases(&repeated().results(&["--compare", RUN1, "--format", "junit"], 0));
     let message = |name: &str| {
         let case = cases.iter().find(|(c, n, _)| c == "ingest.a" && n == name);
         case.and_then(|c| c.2.clone()).unwrap_or_default()
@@ -1855,5 +1858,24 @@ fn a_comparison_appends_its_summary_to_the_github_step_summary() {
         ),
         "{}",
         text(&out)
+    );
+}
+
+/// A comparison across a configuration change says so in its JUnit report too (the suite's
+/// `system-out`), with the diff's quotes and line breaks read back intact.
+#[test]
+fn a_junit_comparison_across_a_configuration_change_says_what_changed() {
+    let same = "a".repeat(64);
+    let t = two_configurations(
+        &configuration("tracks/small", &same, "m5.large"),
+        &configuration("tracks/small", &same, "m5.xlarge"),
+    );
+    let (cases, said) = junit_cases(&t.results(&["--compare", RUN1, "--format", "junit"], 0));
+    assert!(!cases.is_empty());
+    assert!(
+        said.contains("the configuration changed between the two sides")
+            && said.contains("\n-  \"instance_type\": \"m5.large\"")
+            && said.contains("\n+  \"instance_type\": \"m5.xlarge\""),
+        "{said}"
     );
 }

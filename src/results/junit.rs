@@ -165,6 +165,18 @@ pub fn comparison(c: &Comparison) -> String {
             escape(problem)
         ));
     }
+    // What the table prints below its rows: what the verdicts rest on, and configuration
+    // changes the verdicts measure.
+    let mut said = super::render::comparison_notes(c);
+    for (title, diff) in super::render::configuration_changes(c) {
+        said.push(format!("{title}\n{diff}"));
+    }
+    if !said.is_empty() {
+        out.push_str(&format!(
+            "    <system-out>{}</system-out>\n",
+            escape(&said.join("\n"))
+        ));
+    }
     out.push_str("  </testsuite>\n</testsuites>\n");
     out
 }
