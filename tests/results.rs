@@ -1650,6 +1650,279 @@ fn results_of_a_state_elsewhere_are_read_beside_it() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), here);
 }
 
+/// Thirty nightly runs, 1 to 30 November, of `ingest.a` and `search.q`, with a little noise:
+/// `ingest.a`'s bulk throughput steps up 20 % from night 15 and its p50 latency up 30 % from
+/// night 22, the night its configuration changed; `search.q` holds steady. Each run's files
+/// carry their configuration; state records the last run, as apply leaves it, where `ingest.a`
+/// raced three times.
+fn nightly() -> Tree {
+    let mut t = Tree::new();
+    let (a, q) = (addr("ingest", "a"), addr("search", "q"));
+    let noise = [0.0, 1.5, -1.0, 0.5, -2.0, 1.0, -0.5];
+    let describe = |hash: &str| {
+        let c = parse::Configuration {
+            config_hash: hash.into(),
+            settings: serde_json::json!({"instance_type": "m5.xlarge", "track": "tiny"}),
+            race_command: "esrally race".into(),
+            inputs: Default::default(),
+        };
+        serde_json::to_vec_pretty(&c).unwrap()
+    };
+    let steady = |name, level: f64, w: f64| Task {
+        name,
+        throughput: Some((level * w, "docs/s")),
+        latency: [Some(10.0 * w), Some(20.0 * w), None],
+        service_time: [Some(9.0 * w), Some(18.0 * w), None],
+        error_rate: 0.0,
+    };
+    for night in 1..=30 {
+        let run = format!("202611{night:02}T020000Z-n{night:05}");
+        let w = 1.0 + noise[night % noise.len()] / 100.0;
+        let hash = if night < 22 { "h1" } else { "h2" };
+        let bulk = |spread: f64| {
+            let mut bulk = steady("bulk", if night < 15 { 1000.0 } else { 1200.0 }, w * spread);
+            bulk.latency[0] = Some(if night < 22 { 10.0 } else { 13.0 } * w * spread);
+            vec![
+                ("report.csv", report(&[bulk])),
+                ("rallyctl.json", describe(hash)),
+            ]
+        };
+        // The last night raced three times: its point is their median, their spread kept.
+        let reps: Vec<_> = match night {
+            30 => [1.0, 1.05, 0.97].map(bulk).into(),
+            _ => vec![bulk(1.0)],
+        };
+        let files = t.repetitions(&run, &a, &reps);
+        let searched = t.files(
+            &run,
+            &q,
+            &[
+                ("report.csv", report(&[steady("query", 50.0, w)])),
+                ("rallyctl.json", describe("q1")),
+            ],
+        );
+        if night == 30 {
+            t.record_repetitions(&a, &run, files);
+            t.state.tests.get_mut(&a).unwrap().config_hash = hash.into();
+            t.record(&q, &run, Status::Completed, searched);
+            t.state.tests.get_mut(&q).unwrap().config_hash = "q1".into();
+        }
+    }
+    t.save();
+    t
+}
+
+impl Tree {
+    /// `rallyctl history --state STATE ARGS…`, which must exit with `code`; its stdout.
+    fn history(&self, args: &[&str], code: i32) -> String {
+        let mut all = vec!["history", "--state", STATE];
+        all.extend(args);
+        let out = self.run(&all);
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// The two steps are found at the nights they came in, the throughput's an improvement, the
+/// latency's a regression that came with a configuration change; the steady series are left
+/// out, and every line fits 100 columns.
+#[test]
+fn history_finds_each_step_at_its_run_with_its_verdict() {
+    let t = nightly();
+    let out = t.history(&[], 0);
+    assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
+    insta::assert_snapshot!(out);
+    let v: serde_json::Value = serde_json::from_str(&t.history(&["--json"], 0)).unwrap();
+    let series = v["series"].as_array().unwrap();
+    let changes: Vec<(&str, &str, &str, &str, bool)> = series
+        .iter()
+        .flat_map(|s| {
+            s["changes"].as_array().unwrap().iter().map(move |c| {
+                (
+                    s["metric"].as_str().unwrap(),
+                    c["last_before"].as_str().unwrap(),
+                    c["first_after"].as_str().unwrap(),
+                    c["verdict"].as_str().unwrap(),
+                    c["configuration_changed"].as_bool().unwrap(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                "throughput",
+                "20261114T020000Z-n00014",
+                "20261115T020000Z-n00015",
+                "improvement",
+                false
+            ),
+            (
+                "latency_p50",
+                "20261121T020000Z-n00021",
+                "20261122T020000Z-n00022",
+                "regression",
+                true
+            ),
+        ]
+    );
+    insta::assert_json_snapshot!(v);
+}
+
+/// `--test`, `--task` and `--metric` take exact names, repeated or comma-separated; `--all`
+/// shows the series without a change; a test or task no run raced is refused, naming those
+/// there are, and a metric rallyctl does not know is a usage error.
+#[test]
+fn history_filters_by_test_task_and_metric() {
+    let t = nightly();
+    let v: serde_json::Value = serde_json::from_str(&t.history(
+        &[
+            "--json",
+            "--all",
+            "--test",
+            "ingest.a",
+            "--metric",
+            "throughput,latency_p90",
+        ],
+        0,
+    ))
+    .unwrap();
+    let shown: Vec<(&str, &str)> = (v["series"].as_array().unwrap().iter())
+        .map(|s| (s["test"].as_str().unwrap(), s["metric"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("ingest.a", "throughput"), ("ingest.a", "latency_p90")]
+    );
+    assert_eq!(v["series"][0]["points"].as_array().unwrap().len(), 30);
+    let out = t.history(&["--task", "query", "--metric", "latency_p50", "--all"], 0);
+    assert!(
+        out.contains("search.q · query · latency p50: 30 runs"),
+        "{out}"
+    );
+    assert!(!out.contains("ingest.a"), "{out}");
+    // Filtered to the steady test alone, nothing changed.
+    let out = t.history(&["--test", "search.q"], 0);
+    assert!(out.contains("30 runs, 6 series, 0 with a change"), "{out}");
+    assert!(!out.contains('▲') && !out.contains('▼'), "{out}");
+    let out = t.run(&["history", "--state", STATE, "--test", "ingest.b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no run raced test `ingest.b` with results; the tests with a history are ingest.a, search.q"),
+        "{}",
+        text(&out)
+    );
+    let out = t.run(&["history", "--state", STATE, "--task", "bulk,nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no run raced task `nope`"),
+        "{}",
+        text(&out)
+    );
+    let out = t.run(&["history", "--state", STATE, "--metric", "speed"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("`speed` is no metric"),
+        "{}",
+        text(&out)
+    );
+    // A stricter p-value or a larger magnitude than the step finds nothing.
+    let out = t.history(&["--min-magnitude", "0.5"], 0);
+    assert!(out.contains("0 with a change"), "{out}");
+    let out = t.run(&["history", "--state", STATE, "--max-pvalue", "0"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+}
+
+/// The CSV has a row per point with the change at the first run after it; Markdown a row per
+/// series.
+#[test]
+fn history_as_csv_and_markdown() {
+    let t = nightly();
+    let out = t.history(&["--format", "csv"], 0);
+    assert_every_row_has_every_column(&out);
+    assert_eq!(out.lines().count(), 1 + 2 * 30, "{out}");
+    assert!(
+        out.lines().any(|l| l
+            .starts_with("ingest.a,bulk,throughput,docs/s,20261115T020000Z-n00015,")
+            && l.contains(",improvement,")),
+        "{out}"
+    );
+    insta::assert_snapshot!(t.history(&["--format", "markdown"], 0));
+}
+
+/// No state where `--state` points, and no plan to name the workspace: said plainly, exit 1.
+/// A workspace with state but no run yet: said too.
+#[test]
+fn history_without_state_or_runs_says_so() {
+    let t = Tree::new();
+    let out = t.run(&["history", "--state", "state/none.state.json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no state at state/none.state.json"),
+        "{}",
+        text(&out)
+    );
+    let mut t = Tree::new();
+    t.save();
+    let out = t.run(&["history", "--state", STATE]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no runs under results/e2e yet"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A night whose race had failed requests measured nothing: no point. A night whose report is
+/// damaged is no point either, and a warning names the file and line; the rest of the series,
+/// and its change, still show.
+#[test]
+fn history_skips_failed_and_damaged_races_naming_the_damage() {
+    let t = nightly();
+    let night = |n: u32, test: &str| {
+        t.path(&format!(
+            "results/e2e/202611{n:02}T020000Z-n{n:05}/{test}/report.csv"
+        ))
+    };
+    std::fs::write(
+        night(5, "search/q"),
+        report(&[task("query", 50.0, 10.0, 5.0)]),
+    )
+    .unwrap();
+    std::fs::write(
+        night(10, "ingest/a"),
+        "Metric,Task,Value,Unit\r\nMedian Throughput,bulk,fast,docs/s\r\n",
+    )
+    .unwrap();
+    let out = t.run(&["history", "--state", STATE, "--json", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ingest.a in run 20261110T020000Z-n00010: ")
+            && stderr.contains("20261110T020000Z-n00010/ingest/a/report.csv:2: `fast`"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in v["series"].as_array().unwrap() {
+        let runs: Vec<&str> = (s["points"].as_array().unwrap().iter())
+            .map(|p| p["run"].as_str().unwrap())
+            .collect();
+        assert_eq!(runs.len(), 29, "{s}");
+        let skipped = match s["test"].as_str().unwrap() {
+            "ingest.a" => "20261110T020000Z-n00010",
+            _ => "20261105T020000Z-n00005",
+        };
+        assert!(!runs.contains(&skipped), "{s}");
+    }
+    let throughput = &v["series"][0];
+    assert_eq!(throughput["metric"], "throughput");
+    assert_eq!(
+        throughput["changes"][0]["first_after"],
+        "20261115T020000Z-n00015"
+    );
+}
+
 /// A JUnit test case read back: class name, name, and the tag and message of what it holds
 /// (none when it passed).
 type JunitCase = (String, String, Option<(String, String)>);

@@ -318,7 +318,11 @@ fn remote_knows_no_provider(src: &Source) -> Vec<Violation> {
 fn change_points_are_pure_computation(src: &Source) -> Vec<Violation> {
     forbidden_paths(
         src,
-        &["src/history/changepoints"],
+        &[
+            "src/history/changepoints",
+            "src/history/series",
+            "src/history/render",
+        ],
         &[
             "crate::state",
             "crate::backend",

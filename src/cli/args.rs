@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::address::Address;
-use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format};
+use crate::history::changepoints::Settings;
+use crate::results::metrics::Metric;
+use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format, Output};
 
 /// Exit code of every error that is not one of the others below.
 pub const EXIT_ERROR: u8 = 1;
@@ -137,7 +139,7 @@ pub struct Global {
     /// State file (default: state/<plan name>.state.json)
     #[arg(long, global = true, value_name = "PATH")]
     pub state: Option<PathBuf>,
-    /// The workspace, for commands that need no plan (destroy, state, results, report,
+    /// The workspace, for commands that need no plan (destroy, state, results, history, report,
     /// force-unlock): its state is state/<NAME>.state.json
     #[arg(long, global = true, value_name = "NAME")]
     pub workspace: Option<String>,
@@ -258,6 +260,9 @@ pub(super) enum Command {
     },
     /// Show the latest results per test and task, list runs, compare with a baseline
     Results(ResultsArgs),
+    /// Show each test's, task's and metric's series over the runs that raced it, and where
+    /// its level changed
+    History(HistoryArgs),
     /// Write a self-contained HTML report with charts of the latest results
     Report {
         /// The plan file; it names the workspace and so its state and results
@@ -282,9 +287,9 @@ pub(super) enum Command {
 pub struct ResultsArgs {
     /// The plan file; it names the workspace and so its state and results
     pub(super) plan: Option<PathBuf>,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub(super) format: Format,
+    /// Output format (`junit`: a comparison's verdicts as JUnit XML)
+    #[arg(long, value_enum, default_value_t = Output::Text(Format::Table))]
+    pub(super) format: Output,
     /// List the runs of the workspace
     #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression", "fail_on_inconclusive"])]
     pub(super) runs: bool,
@@ -316,6 +321,61 @@ pub struct ResultsArgs {
     /// Exit 4 when nothing regressed but some comparison is inconclusive (race again)
     #[arg(long)]
     pub(super) fail_on_inconclusive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// The plan file; it names the workspace and so its state and results
+    pub(super) plan: Option<PathBuf>,
+    /// Output format (`text` is `table`)
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub(super) format: Format,
+    /// Only this test, SUITE.TEST (repeatable, or a comma-separated list)
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub(super) test: Vec<Address>,
+    /// Only this task (repeatable, or a comma-separated list)
+    #[arg(long, value_name = "TASK", value_delimiter = ',')]
+    pub(super) task: Vec<String>,
+    /// Only this metric: throughput, latency_p50, ..., error_rate (repeatable, or a
+    /// comma-separated list)
+    #[arg(long, value_name = "METRIC", value_delimiter = ',', value_parser = metric)]
+    pub(super) metric: Vec<Metric>,
+    /// A change counts when its t-test's p-value is below this
+    #[arg(long, value_name = "P", default_value_t = Settings::default().max_pvalue,
+          value_parser = max_pvalue)]
+    pub(super) max_pvalue: f64,
+    /// ... and its relative magnitude above this fraction (0.05 for 5 %)
+    #[arg(long, value_name = "FRACTION", default_value_t = Settings::default().min_magnitude,
+          value_parser = min_magnitude)]
+    pub(super) min_magnitude: f64,
+    /// Also show the series without a change
+    #[arg(long)]
+    pub(super) all: bool,
+}
+
+fn metric(s: &str) -> Result<Metric, String> {
+    (Metric::ALL.into_iter())
+        .find(|m| m.id() == s)
+        .ok_or_else(|| {
+            let ids: Vec<&str> = Metric::ALL.iter().map(|m| m.id()).collect();
+            format!("`{s}` is no metric; the metrics are {}", ids.join(", "))
+        })
+}
+
+fn max_pvalue(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!("`{s}` is not a p-value above 0 and at most 1")),
+    }
+}
+
+fn min_magnitude(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m >= 0.0 && m.is_finite() => Ok(m),
+        _ => Err(format!(
+            "`{s}` is not a fraction of 0 or more (0.05 for 5 %)"
+        )),
+    }
 }
 
 impl ResultsArgs {
@@ -443,6 +503,7 @@ impl Command {
             Command::Validate { .. }
             | Command::Plan { .. }
             | Command::Results(_)
+            | Command::History(_)
             | Command::State { .. } => None,
         }
     }

@@ -32,16 +32,18 @@ use tokio::runtime::Runtime;
 pub use crate::ops::{Loaded, load_at};
 pub use args::{
     BackendArg, Cli, EXIT_CHANGES, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED,
-    EXIT_REGRESSION, EXIT_USAGE, Global, Prices, Refresh, ResultsArgs, Select, normalize_args,
+    EXIT_REGRESSION, EXIT_USAGE, Global, HistoryArgs, Prices, Refresh, ResultsArgs, Select,
+    normalize_args,
 };
 pub use workspace::{load, load_file};
 
 use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
+use crate::history::{self, changepoints::Settings, series::Filter};
 use crate::ops::{self, lock};
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
-use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
+use crate::results::{self, Baseline, Format, GateFailure, Output, Query, Workspace};
 use crate::state::{self, Handover};
 use crate::ui;
 use args::{Command, StateCommand};
@@ -207,6 +209,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         }
         Command::State { command } => state_command(command, &g),
         Command::Results(args) => results_command(args, &g),
+        Command::History(args) => history_command(args, &g),
         Command::Report {
             plan,
             out,
@@ -596,17 +599,26 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         ))
         .into());
     }
-    let format = if g.json { Format::Json } else { args.format };
+    let output = if g.json {
+        Output::Text(Format::Json)
+    } else {
+        args.format
+    };
     let compares = args.compare.is_some()
         || args.baseline.is_some()
         || args.variants.is_some()
         || args.fail_on_regression.is_some()
         || args.fail_on_inconclusive;
-    if format == Format::Junit && (args.runs || !compares) {
-        return Err(UsageError(results::render::JUNIT_ONLY_COMPARES.into()).into());
+    // Refused before anything is read: a usage mistake.
+    let refused = || UsageError(results::ResultsError::JunitWithoutComparison.to_string());
+    if output == Output::Junit && !compares {
+        return Err(refused().into());
     }
     let mut ws = open_results(g, args.plan.as_deref())?;
     if args.runs {
+        let Output::Text(format) = output else {
+            return Err(refused().into());
+        };
         out!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
         return Ok(0);
     }
@@ -617,7 +629,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         baseline.get_or_insert(Baseline::Recorded);
     }
     let shown = ws.show(&Query {
-        format,
+        format: output,
         run: args.run,
         baseline,
         min_effect_pct,
@@ -641,6 +653,29 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         }
         None => Ok(0),
     }
+}
+
+fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
+    let ws = open_results(g, args.plan.as_deref())?;
+    let history = ops::history::history(
+        &ws,
+        &ops::history::Query {
+            filter: Filter {
+                tests: args.test,
+                tasks: args.task,
+                metrics: args.metric,
+            },
+            settings: Settings {
+                max_pvalue: args.max_pvalue,
+                min_magnitude: args.min_magnitude,
+                ..Settings::default()
+            },
+            all: args.all,
+        },
+    )?;
+    let format = if g.json { Format::Json } else { args.format };
+    out!("{}", history::render::history(&history, format));
+    Ok(0)
 }
 
 fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8> {

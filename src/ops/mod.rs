@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod bake;
 pub mod destroy;
+pub mod history;
 pub mod plan;
 pub mod results;
 

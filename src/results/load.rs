@@ -202,52 +202,7 @@ impl Workspace {
                 if !seen.insert(address.clone()) {
                     continue;
                 }
-                let record = self
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.tests.get(&address))
-                    .filter(|r| r.run_id.as_deref() == Some(dir_run.as_str()));
-                // State knows every repetition of its current record, those of earlier runs too.
-                if let Some(record) = record {
-                    tests.push(read_recorded(&address, record, &self.base.dir));
-                    continue;
-                }
-                let dirs = repetition_dirs(&dir)?;
-                let failure = failure_in(&dirs);
-                let races = dirs
-                    .into_iter()
-                    .map(|d| Files {
-                        report: Some(d.join("report.csv")).filter(|p| p.exists()),
-                        race_json: Some(d.join("race.json")).filter(|p| p.exists()),
-                        race_log: Some(d.join("race.log")),
-                        configuration: Some(d.join(parse::CONFIGURATION_FILE))
-                            .filter(|p| p.exists()),
-                        raced_on: RacedOn {
-                            run: Some(dir_run.clone()),
-                            machine: None,
-                        },
-                    })
-                    .collect();
-                let mut result = read_test(&address, Some(dir_run.clone()), None, races);
-                match failure {
-                    Some((Ok(failed), logs)) => {
-                        result.status = Some(format!("failed ({})", failed.step));
-                        result.failure = Some(failed.error);
-                        result.logs = logs;
-                    }
-                    Some((Err(e), _)) => result.problems.push(e.to_string()),
-                    None => {}
-                }
-                // State's record is of a later run, and still holds the machine time of this one.
-                result.cost = (self.state.as_ref())
-                    .and_then(|s| s.tests.get(&address))
-                    .and_then(|r| bill::of_test(r, dir_run));
-                if result.tasks.is_empty() && result.problems.is_empty() && !result.failed() {
-                    result
-                        .problems
-                        .push(format!("{}: no report.csv was collected", dir.display()));
-                }
-                tests.push(result);
+                tests.push(self.read_in(dir_run, &address, &dir)?);
             }
         }
         tests.sort_by(|a, b| a.address.cmp(&b.address));
@@ -257,6 +212,68 @@ impl Workspace {
             run: Some(run),
             tests,
         })
+    }
+
+    /// A test's result in the run `dir_run`, whose directory `dir` holds its races: state's
+    /// record when it is of that run, else what the directory holds.
+    fn read_in(
+        &self,
+        dir_run: &str,
+        address: &Address,
+        dir: &Path,
+    ) -> Result<TestResult, ResultsError> {
+        let record = self
+            .state
+            .as_ref()
+            .and_then(|s| s.tests.get(address))
+            .filter(|r| r.run_id.as_deref() == Some(dir_run));
+        // State knows every repetition of its current record, those of earlier runs too.
+        if let Some(record) = record {
+            return Ok(read_recorded(address, record, &self.base.dir));
+        }
+        let dirs = repetition_dirs(dir)?;
+        let failure = failure_in(&dirs);
+        let races = dirs
+            .into_iter()
+            .map(|d| Files {
+                report: Some(d.join("report.csv")).filter(|p| p.exists()),
+                race_json: Some(d.join("race.json")).filter(|p| p.exists()),
+                race_log: Some(d.join("race.log")),
+                configuration: Some(d.join(parse::CONFIGURATION_FILE)).filter(|p| p.exists()),
+                raced_on: RacedOn {
+                    run: Some(dir_run.to_owned()),
+                    machine: None,
+                },
+            })
+            .collect();
+        let mut result = read_test(address, Some(dir_run.to_owned()), None, races);
+        match failure {
+            Some((Ok(failed), logs)) => {
+                result.status = Some(format!("failed ({})", failed.step));
+                result.failure = Some(failed.error);
+                result.logs = logs;
+            }
+            Some((Err(e), _)) => result.problems.push(e.to_string()),
+            None => {}
+        }
+        // State's record is of a later run, and still holds the machine time of this one.
+        result.cost = (self.state.as_ref())
+            .and_then(|s| s.tests.get(address))
+            .and_then(|r| bill::of_test(r, dir_run));
+        if result.tasks.is_empty() && result.problems.is_empty() && !result.failed() {
+            result
+                .problems
+                .push(format!("{}: no report.csv was collected", dir.display()));
+        }
+        Ok(result)
+    }
+
+    /// The results of the tests that raced in `run`, one per test with a directory in it: what
+    /// a history takes from each run, where `as_of` also counts older runs' results.
+    pub fn raced_in(&self, run: &str) -> Result<Vec<TestResult>, ResultsError> {
+        (self.test_dirs(run)?.iter())
+            .map(|(address, dir)| self.read_in(run, address, dir))
+            .collect()
     }
 
     /// A run id as the user typed it, checked against the runs there are; `latest` is the
@@ -360,7 +377,7 @@ impl Workspace {
     }
 
     /// The run directories under the workspace's results, sorted.
-    fn run_dirs(&self) -> Result<Vec<String>, ResultsError> {
+    pub fn run_dirs(&self) -> Result<Vec<String>, ResultsError> {
         let mut runs = subdirectories(&self.root)?;
         // Other directories a user keeps beside the runs are not runs.
         runs.retain(|name| crate::state::is_run_id(name));
@@ -420,7 +437,7 @@ fn subdirectories(dir: &Path) -> Result<Vec<String>, ResultsError> {
 }
 
 /// A run id starts with the UTC time its apply started (`20261125T081500Z-ab12cd`).
-fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
+pub fn run_started(run_id: &str) -> Option<jiff::Timestamp> {
     let stamp = run_id.get(..15)?;
     let civil = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%S", stamp).ok()?;
     jiff::tz::TimeZone::UTC.to_timestamp(civil).ok()

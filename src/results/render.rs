@@ -15,12 +15,38 @@ use crate::cost::bill::Bill;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    // `text` too: what `history` writes is lines, not a table.
+    #[value(alias = "text")]
     Table,
     Csv,
     Json,
     Markdown,
-    /// JUnit XML: a comparison's format only (`results --compare`), refused elsewhere.
+}
+
+/// What `results` writes: a [`Format`], or JUnit XML, which only a comparison has (its verdicts
+/// pass or fail; a view or a list of runs has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text(Format),
     Junit,
+}
+
+impl clap::ValueEnum for Output {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::LazyLock<Vec<Output>> = std::sync::LazyLock::new(|| {
+            (Format::value_variants().iter().copied().map(Output::Text))
+                .chain([Output::Junit])
+                .collect()
+        });
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Output::Text(format) => format.to_possible_value(),
+            Output::Junit => Some(clap::builder::PossibleValue::new("junit")),
+        }
+    }
 }
 
 /// How a cell should stand out: coloured in a terminal, classed in HTML.
@@ -38,7 +64,7 @@ pub struct Field {
     pub tone: Option<Tone>,
 }
 
-fn plain(text: impl Into<String>) -> Field {
+pub(crate) fn plain(text: impl Into<String>) -> Field {
     Field {
         text: text.into(),
         tone: None,
@@ -60,7 +86,7 @@ fn toned(text: impl Into<String>, tone: Option<Tone>) -> Field {
 /// draws the same style, comfy-table's `UTF8_FULL_CONDENSED` and `ASCII_MARKDOWN`: a cell is
 /// padded by a space each side, a line break in a cell starts a line of its own in the terminal
 /// and is a space in Markdown.
-fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String {
+pub(crate) fn human_table(format: Format, header: &[&str], rows: Vec<Vec<Field>>) -> String {
     let markdown = format == Format::Markdown;
     let colour = format == Format::Table && console::colors_enabled();
     let header: Vec<Field> = header.iter().map(|h| plain(*h)).collect();
@@ -300,20 +326,20 @@ fn width(line: &str) -> usize {
     }
 }
 
-fn csv_writer() -> csv::Writer<Vec<u8>> {
+pub(crate) fn csv_writer() -> csv::Writer<Vec<u8>> {
     csv::Writer::from_writer(Vec::new())
 }
 
-fn csv_text(w: csv::Writer<Vec<u8>>) -> String {
+pub(crate) fn csv_text(w: csv::Writer<Vec<u8>>) -> String {
     String::from_utf8(w.into_inner().expect("writing to memory cannot fail"))
         .expect("CSV of UTF-8 strings is UTF-8")
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
+pub(crate) fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("results serialize to JSON") + "\n"
 }
 
@@ -415,17 +441,11 @@ fn no_metrics_note(t: &TestResult) -> Option<String> {
     })
 }
 
-/// Why `--format junit` is refused without a comparison: a view or a list of runs has no
-/// verdicts to pass or fail. The CLI refuses it before reading anything.
-pub const JUNIT_ONLY_COMPARES: &str = "--format junit writes a comparison's verdicts: pass \
-     --compare RUN (or --baseline, --variants, --fail-on-regression)";
-
 /// The results of a view.
 pub fn results(view: &RunView, format: Format) -> String {
     match format {
         Format::Json => json(&with_summaries(view)),
         Format::Csv => results_csv(view),
-        Format::Junit => unreachable!("{JUNIT_ONLY_COMPARES}"),
         Format::Table | Format::Markdown => {
             let mut out = narrowing_table(format, &RESULT_HEADER, result_rows(view), TEST_FACTS);
             if view.tests.is_empty() {
@@ -695,7 +715,6 @@ pub fn runs(workspace: &str, runs: &[RunSummary], format: Format) -> String {
             }
             csv_text(w)
         }
-        Format::Junit => unreachable!("{JUNIT_ONLY_COMPARES}"),
         Format::Table | Format::Markdown => {
             let rows = runs
                 .iter()
@@ -750,7 +769,7 @@ fn verdict_tone(v: Verdict) -> Option<Tone> {
     }
 }
 
-fn pct(p: f64) -> String {
+pub(crate) fn pct(p: f64) -> String {
     format!("{}{p:.1}", if p > 0.0 { "+" } else { "" })
 }
 
@@ -1015,7 +1034,6 @@ fn side_fields(side: Option<&Side>) -> Vec<String> {
 pub fn comparison(c: &Comparison, format: Format) -> String {
     match format {
         Format::Json => json(c),
-        Format::Junit => super::junit::comparison(c),
         Format::Csv => {
             let mut w = csv_writer();
             let mut header: Vec<String> = ["test", "task", "metric", "unit"]

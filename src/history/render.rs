@@ -1,0 +1,147 @@
+//! A history as text: a line per series for people, a table in Markdown, one row per point in
+//! CSV, the whole of it in JSON.
+
+use super::series::{Change, History, Series, Verdict};
+use crate::results::metrics::format_number;
+use crate::results::render::{Format, csv_text, csv_writer, human_table, json, opt, pct, plain};
+
+pub fn history(h: &History, format: Format) -> String {
+    match format {
+        Format::Json => json(h),
+        Format::Csv => points_csv(h),
+        Format::Markdown => {
+            let rows = (h.series.iter())
+                .map(|s| {
+                    let changes: Vec<String> = s.changes.iter().map(change).collect();
+                    vec![
+                        plain(s.test.to_string()),
+                        plain(&s.task),
+                        plain(s.metric.label()),
+                        plain(s.points.len().to_string()),
+                        plain(last(s)),
+                        plain(changes.join("; ")),
+                    ]
+                })
+                .collect();
+            let header = ["test", "task", "metric", "runs", "last", "changes"];
+            format!("{}\n{}", heading(h), human_table(format, &header, rows))
+        }
+        Format::Table => {
+            let mut out = heading(h);
+            for s in &h.series {
+                out.push_str(&format!(
+                    "\n{} · {} · {}: {} run{}, last {}\n",
+                    s.test,
+                    s.task,
+                    s.metric.label(),
+                    s.points.len(),
+                    if s.points.len() == 1 { "" } else { "s" },
+                    last(s)
+                ));
+                for c in &s.changes {
+                    let line = change(c);
+                    let styled = match c.verdict {
+                        Verdict::Regression => console::style(line).red(),
+                        Verdict::Improvement => console::style(line).green(),
+                    };
+                    out.push_str(&format!("  {styled}\n"));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// What was searched, and how much changed.
+fn heading(h: &History) -> String {
+    let changed = h.series.iter().filter(|s| !s.changes.is_empty()).count();
+    let mut out = format!(
+        "History of workspace `{}`: {} run{}, {} series, {changed} with a change \
+         (p < {}, magnitude > {} %).\n",
+        h.workspace,
+        h.runs,
+        if h.runs == 1 { "" } else { "s" },
+        h.series_searched,
+        h.max_pvalue,
+        h.min_magnitude * 100.0
+    );
+    if h.series.len() < h.series_searched {
+        out.push_str("Series without a change are left out: --all shows them.\n");
+    }
+    out
+}
+
+fn last(s: &Series) -> String {
+    s.points.last().map_or_else(String::new, |p| {
+        format!("{} {}", format_number(p.value), s.unit)
+    })
+}
+
+/// `▲ +12.3 % improvement at run R (p=3.1e-9)`: the arrow says which way the value went.
+fn change(c: &Change) -> String {
+    let arrow = if c.mean_after > c.mean_before {
+        "▲"
+    } else {
+        "▼"
+    };
+    let size = c
+        .relative_change
+        .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0)));
+    let verdict = c.verdict.label();
+    let configuration = if c.configuration_changed {
+        ", configuration changed"
+    } else {
+        ""
+    };
+    format!(
+        "{arrow} {size} {verdict} at run {} (p={:.1e}){configuration}",
+        c.first_after, c.p_value
+    )
+}
+
+/// One row per point of each series; the change columns filled at the first run after one.
+fn points_csv(h: &History) -> String {
+    let mut w = csv_writer();
+    let header = [
+        "test",
+        "task",
+        "metric",
+        "unit",
+        "run",
+        "time",
+        "value",
+        "min",
+        "max",
+        "repetitions",
+        "config_hash",
+        "change",
+        "relative_change",
+        "p_value",
+        "configuration_changed",
+    ];
+    w.write_record(header).expect("writing to memory");
+    for s in &h.series {
+        for (i, p) in s.points.iter().enumerate() {
+            let c = s.changes.iter().find(|c| c.index == i);
+            w.write_record([
+                s.test.to_string(),
+                s.task.clone(),
+                s.metric.id().to_owned(),
+                s.unit.clone(),
+                p.run.clone(),
+                opt(p.time),
+                p.value.to_string(),
+                p.min.to_string(),
+                p.max.to_string(),
+                p.repetitions.to_string(),
+                opt(p.config_hash.as_deref()),
+                opt(c.map(|c| c.verdict.label())),
+                opt(c.and_then(|c| c.relative_change)),
+                opt(c.map(|c| c.p_value)),
+                opt(c.map(|c| c.configuration_changed)),
+            ])
+            .expect("writing to memory");
+        }
+    }
+    csv_text(w)
+}

@@ -1,0 +1,88 @@
+//! `history`: every run's results read back, each test's, task's and metric's series over the
+//! runs that raced it, and its change points.
+
+use anyhow::{Result, bail};
+
+use crate::history::changepoints::Settings;
+use crate::history::series::{self, Filter, History, Raced};
+use crate::results::load::run_started;
+use crate::results::{ResultsError, Workspace};
+use crate::ui;
+
+/// What `rallyctl history` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub filter: Filter,
+    pub settings: Settings,
+    /// Also the series without a change.
+    pub all: bool,
+}
+
+pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
+    let runs = ws.run_dirs()?;
+    if runs.is_empty() {
+        return Err(ResultsError::NoRuns(ws.backend.results_location(&ws.name)).into());
+    }
+    let mut raced = Vec::new();
+    for run in &runs {
+        for test in ws.raced_in(run)? {
+            for problem in &test.problems {
+                ui::warn(&format!("{} in run {run}: {problem}", test.address));
+            }
+            // A failed race, or one with failed requests, measured nothing to put in a series.
+            if test.repetitions == 0 {
+                continue;
+            }
+            raced.push(Raced {
+                time: run_started(run),
+                run: run.clone(),
+                config_hash: test.configuration.map(|c| c.config_hash),
+                test: test.address,
+                tasks: test.tasks,
+            });
+        }
+    }
+    unknown_filters(&raced, &q.filter)?;
+    let mut series = series::build(&raced, &q.filter, &q.settings)?;
+    let series_searched = series.len();
+    if !q.all {
+        series.retain(|s| !s.changes.is_empty());
+    }
+    Ok(History {
+        workspace: ws.name.clone(),
+        runs: runs.len(),
+        max_pvalue: q.settings.max_pvalue,
+        min_magnitude: q.settings.min_magnitude,
+        series_searched,
+        series,
+    })
+}
+
+/// A test or task the filters name that no run raced: a typo would otherwise show nothing.
+fn unknown_filters(raced: &[Raced], filter: &Filter) -> Result<()> {
+    let mut tests: Vec<String> = raced.iter().map(|r| r.test.to_string()).collect();
+    let mut tasks: Vec<&str> = (raced.iter())
+        .flat_map(|r| r.tasks.iter().map(|t| t.task.as_str()))
+        .collect();
+    tests.sort();
+    tests.dedup();
+    tasks.sort();
+    tasks.dedup();
+    if let Some(t) = filter
+        .tests
+        .iter()
+        .find(|t| !tests.contains(&t.to_string()))
+    {
+        bail!(
+            "no run raced test `{t}` with results; the tests with a history are {}",
+            tests.join(", ")
+        );
+    }
+    if let Some(t) = filter.tasks.iter().find(|t| !tasks.contains(&t.as_str())) {
+        bail!(
+            "no run raced task `{t}` with results; the tasks with a history are {}",
+            tasks.join(", ")
+        );
+    }
+    Ok(())
+}
