@@ -52,6 +52,29 @@ pub fn warn(message: &str) {
     eprintln!("{} {message}", console::style("warning:").yellow().bold());
 }
 
+/// Appends `markdown` to the file `GITHUB_STEP_SUMMARY` names, when it names one: the job's
+/// summary page in GitHub Actions. Appended, never truncated, since the job's earlier steps
+/// wrote there too; a file that cannot be written is warned about and fails nothing, since the
+/// summary only repeats what the command printed.
+pub fn step_summary(markdown: &str) {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let path = std::path::PathBuf::from(path);
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        // A line break first: what an earlier step wrote may not end its line.
+        .and_then(|mut f| write!(f, "\n{markdown}"));
+    if let Err(e) = appended {
+        warn(&format!(
+            "cannot append the step summary to {} (GITHUB_STEP_SUMMARY): {e}",
+            path.display()
+        ));
+    }
+}
+
 /// A message without the Rust debug dump of its error that the AWS SDK appends in parentheses
 /// (`... permissions. (ProviderError(ProviderError { source: ... }))`): what a user reads
 /// ends before it; `-v` shows it all.

@@ -2025,3 +2025,38 @@ fn plan_re_runs_a_result_older_than_results_valid_for() {
         )
     );
 }
+
+/// With `GITHUB_STEP_SUMMARY` naming a file, `apply` appends its Markdown summary there after
+/// what the job's earlier steps wrote: the counts and each failure with its step and reason
+/// (here a local test whose `remote_dir` cannot exist, failing at installing at once).
+#[test]
+fn apply_appends_its_summary_to_the_github_step_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("plan.toml"),
+        "version = 1\nname = \"summary\"\n[defaults]\nprovider = \"local\"\n\
+         rally_version = \"2.13.0\"\nremote_dir = \"/dev/null/rallyctl\"\n\
+         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"a\"\ntrack = \"geonames\"\n",
+    )
+    .unwrap();
+    let summary = d.join("step-summary.md");
+    std::fs::write(&summary, "## Earlier step\nkept").unwrap();
+    let out = command(d, &["apply", "plan.toml", "--auto-approve"])
+        .env("RALLYCTL_PRICES", prices())
+        // mkdir's quotes in the reason are the locale's.
+        .env("LC_ALL", "C")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let written = std::fs::read_to_string(&summary).unwrap();
+    assert!(written.starts_with("## Earlier step\nkept\n"), "{written}");
+    assert!(
+        written.contains("0 completed, 1 failed.") && written.contains("| s.a  | installing |"),
+        "{written}"
+    );
+    insta::with_settings!({filters => vec![(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "RUN")]}, {
+        insta::assert_snapshot!(written);
+    });
+}

@@ -1922,3 +1922,233 @@ fn history_skips_failed_and_damaged_races_naming_the_damage() {
         "20261115T020000Z-n00015"
     );
 }
+
+/// A JUnit test case read back: class name, name, and the tag and message of what it holds
+/// (none when it passed).
+type JunitCase = (String, String, Option<(String, String)>);
+
+/// `xml` read back by a strict XML parser (Python's expat), with its counts checked: its test
+/// cases and its suite's `system-out`.
+fn junit_cases(xml: &str) -> (Vec<JunitCase>, String) {
+    use std::io::Write;
+    let script = "import sys, json, xml.etree.ElementTree as E\n\
+                  root = E.parse(sys.stdin.buffer).getroot()\n\
+                  assert root.tag == 'testsuites', root.tag\n\
+                  out = []\n\
+                  for suite in root:\n\
+                  \x20   assert suite.tag == 'testsuite', suite.tag\n\
+                  \x20   for case in suite.iter('testcase'):\n\
+                  \x20       inner = [[c.tag, c.get('message')] for c in case]\n\
+                  \x20       out.append([case.get('classname'), case.get('name'), inner[0] if inner else None])\n\
+                  \x20   for key in ['tests', 'failures', 'errors', 'skipped']:\n\
+                  \x20       assert suite.get(key) == root.get(key), key\n\
+                  \x20   assert int(suite.get('tests')) == len(out)\n\
+                  said = root.find('testsuite/system-out')\n\
+                  json.dump([out, '' if said is None else said.text], sys.stdout)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not valid JUnit XML: {}\n{xml}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `--format junit`: a test case per test, task and metric that a strict XML parser reads
+/// back, with a task name that needs escaping; a regression and a missing metric fail with
+/// their numbers, improvements and no change pass, a new metric is skipped with why.
+#[test]
+fn comparison_as_junit() {
+    let odd = "odd <&'>\u{1}";
+    let failing = Task {
+        name: "search",
+        throughput: None,
+        latency: [Some(2.0), Some(3.0), Some(4.0)],
+        service_time: [Some(2.0), Some(3.0), Some(4.0)],
+        error_rate: 100.0,
+    };
+    let t = two_runs(
+        &[
+            task("bulk", 1000.0, 10.0, 0.0),
+            Task {
+                throughput: Some((500.0, "ops/s")),
+                error_rate: 0.0,
+                ..failing
+            },
+            task(odd, 10.0, 1.0, 0.0),
+        ],
+        &[
+            task("bulk", 1100.0, 20.0, 0.0),
+            failing,
+            task(odd, 10.0, 1.0, 0.0),
+            task("scroll", 50.0, 100.0, 0.0),
+        ],
+    );
+    let xml = t.results(&["--compare", RUN1, "--format", "junit"], 0);
+    let (cases, said) = junit_cases(&xml);
+    assert!(said.starts_with("n = 1: a threshold"), "{said}");
+    let verdict = |name: &str| {
+        cases
+            .iter()
+            .find(|(class, n, _)| class == "ingest.a" && n == name)
+            .unwrap_or_else(|| panic!("no case {name}: {xml}"))
+            .2
+            .clone()
+    };
+    assert_eq!(
+        verdict("bulk / throughput (median)"),
+        None,
+        "an improvement passes"
+    );
+    assert_eq!(
+        verdict("bulk / latency p50"),
+        Some((
+            "failure".into(),
+            "regression: baseline 10.00 ms, contender 20.00 ms, change +100.0 %, threshold ±5 % \
+             (no statistical test)"
+                .into()
+        ))
+    );
+    assert_eq!(
+        verdict("odd <&'>\u{fffd} / latency p50"),
+        None,
+        "the escaped name reads back"
+    );
+    let (tag, why) = verdict("scroll / throughput (median)").unwrap();
+    assert_eq!(
+        (tag.as_str(), why.starts_with("new: not in the baseline")),
+        ("skipped", true)
+    );
+    insta::assert_snapshot!(xml);
+    // Tested rows carry their interval and p; an inconclusive one is skipped with what would
+    // settle it.
+    let (cases, _) = junit_cases(&repeated().results(&["--compare", RUN1, "--format", "junit"], 0));
+    let message = |name: &str| {
+        let case = cases.iter().find(|(c, n, _)| c == "ingest.a" && n == name);
+        case.and_then(|c| c.2.clone()).unwrap_or_default()
+    };
+    assert_eq!(
+        message("bulk / latency p50"),
+        (
+            "failure".into(),
+            "regression: baseline 10.00 [9.90, 10.10] ms (n=5, rsd 0.8%), contender 12.00 \
+             [11.88, 12.12] ms (n=5, rsd 0.8%), change +20.0 % [+17.7, +22.4], p <0.001 \
+             (Welch's t on logs, Holm), min effect ±5 %"
+                .into()
+        )
+    );
+    let (tag, why) = message("search / throughput (median)");
+    assert!(
+        tag == "skipped" && why.ends_with("about 39 repetitions per side would settle it"),
+        "{tag}: {why}"
+    );
+    // A gate failing still writes the whole report.
+    let gated = t.run(&[
+        "results",
+        "--state",
+        STATE,
+        "--fail-on-regression",
+        "--compare",
+        RUN1,
+        "--format",
+        "junit",
+    ]);
+    assert_eq!(gated.status.code(), Some(3), "{}", text(&gated));
+    assert_eq!(String::from_utf8(gated.stdout).unwrap(), xml);
+}
+
+/// JUnit holds verdicts: without a comparison (results of a run, the list of runs) it is
+/// refused as a usage error before anything is read.
+#[test]
+fn junit_without_a_comparison_is_refused() {
+    let t = comparison_case();
+    for args in [&["--format", "junit"][..], &["--runs", "--format", "junit"]] {
+        let mut all = vec!["results", "--state", STATE];
+        all.extend(args);
+        let out = t.run(&all);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("--format junit writes a comparison's verdicts: pass --compare RUN"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+/// With `GITHUB_STEP_SUMMARY` naming a file, a comparison appends its Markdown summary there,
+/// verdicts first, and keeps what the job's earlier steps wrote; a file that cannot be written
+/// is warned about, naming it, and changes neither the output nor the exit code.
+#[test]
+fn a_comparison_appends_its_summary_to_the_github_step_summary() {
+    let t = repeated();
+    let summary = t.path("step-summary.md");
+    std::fs::write(&summary, "## Earlier step\nkept").unwrap();
+    let args = ["results", "--state", STATE, "--compare", RUN1];
+    let quiet = t.run(&args);
+    let out = command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout, "stdout is the same");
+    let written = std::fs::read_to_string(&summary).unwrap();
+    assert!(written.starts_with("## Earlier step\nkept\n"), "{written}");
+    insta::assert_snapshot!(written);
+    // Appended again, not rewritten.
+    command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    let twice = std::fs::read_to_string(&summary).unwrap();
+    assert_eq!(
+        twice,
+        format!("{written}{}", &written["## Earlier step\nkept".len()..])
+    );
+
+    let out = command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", "/dev/null/summary.md")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot append the step summary to /dev/null/summary.md (GITHUB_STEP_SUMMARY)"
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A comparison across a configuration change says so in its JUnit report too (the suite's
+/// `system-out`), with the diff's quotes and line breaks read back intact.
+#[test]
+fn a_junit_comparison_across_a_configuration_change_says_what_changed() {
+    let same = "a".repeat(64);
+    let t = two_configurations(
+        &configuration("tracks/small", &same, "m5.large"),
+        &configuration("tracks/small", &same, "m5.xlarge"),
+    );
+    let (cases, said) = junit_cases(&t.results(&["--compare", RUN1, "--format", "junit"], 0));
+    assert!(!cases.is_empty());
+    assert!(
+        said.contains("the configuration changed between the two sides")
+            && said.contains("\n-  \"instance_type\": \"m5.large\"")
+            && said.contains("\n+  \"instance_type\": \"m5.xlarge\""),
+        "{said}"
+    );
+}

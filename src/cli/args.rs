@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use crate::address::Address;
 use crate::history::changepoints::Settings;
 use crate::results::metrics::Metric;
-use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format};
+use crate::results::{Baseline, DEFAULT_MIN_EFFECT_PCT, Format, Output};
 
 /// Exit code of every error that is not one of the others below.
 pub const EXIT_ERROR: u8 = 1;
@@ -287,9 +287,9 @@ pub(super) enum Command {
 pub struct ResultsArgs {
     /// The plan file; it names the workspace and so its state and results
     pub(super) plan: Option<PathBuf>,
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub(super) format: Format,
+    /// Output format (`junit`: a comparison's verdicts as JUnit XML)
+    #[arg(long, value_enum, default_value_t = Output::Text(Format::Table))]
+    pub(super) format: Output,
     /// List the runs of the workspace
     #[arg(long, conflicts_with_all = ["run", "compare", "baseline", "fail_on_regression", "fail_on_inconclusive"])]
     pub(super) runs: bool,

@@ -43,7 +43,7 @@ use crate::history::{self, changepoints::Settings, series::Filter};
 use crate::ops::{self, lock};
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
-use crate::results::{self, Baseline, Format, GateFailure, Query, Workspace};
+use crate::results::{self, Baseline, Format, GateFailure, Output, Query, Workspace};
 use crate::state::{self, Handover};
 use crate::ui;
 use args::{Command, StateCommand};
@@ -599,9 +599,26 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         ))
         .into());
     }
+    let output = if g.json {
+        Output::Text(Format::Json)
+    } else {
+        args.format
+    };
+    let compares = args.compare.is_some()
+        || args.baseline.is_some()
+        || args.variants.is_some()
+        || args.fail_on_regression.is_some()
+        || args.fail_on_inconclusive;
+    // Refused before anything is read: a usage mistake.
+    let refused = || UsageError(results::ResultsError::JunitWithoutComparison.to_string());
+    if output == Output::Junit && !compares {
+        return Err(refused().into());
+    }
     let mut ws = open_results(g, args.plan.as_deref())?;
-    let format = if g.json { Format::Json } else { args.format };
     if args.runs {
+        let Output::Text(format) = output else {
+            return Err(refused().into());
+        };
         out!("{}", results::render::runs(&ws.name, &ws.runs()?, format));
         return Ok(0);
     }
@@ -612,7 +629,7 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         baseline.get_or_insert(Baseline::Recorded);
     }
     let shown = ws.show(&Query {
-        format,
+        format: output,
         run: args.run,
         baseline,
         min_effect_pct,
@@ -622,6 +639,9 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
         allow_unpaired: args.allow_unpaired,
     })?;
     out!("{}", shown.text);
+    if let Some(c) = &shown.comparison {
+        ui::step_summary(&results::render::step_summary(c));
+    }
     match shown.failed {
         Some(GateFailure::Regression(why)) => {
             eprint!("{why}");
@@ -699,6 +719,7 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
     }
     outln!();
     let report = ops::apply::run(rt, prepared, args.parallelism)?;
+    ui::step_summary(&apply_summary(&workspace, &report));
     outln!("\n{}", ui::summary_table(&report.state, &report.touched));
     if let Some(bill) = &report.bill {
         outln!("\nRun {} cost {bill}.", report.run_id);
@@ -754,6 +775,33 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
         );
     }
     Ok(0)
+}
+
+/// An apply as a CI job's summary in Markdown: the counts, what it cost, and each failure with
+/// the step it failed at and why.
+fn apply_summary(workspace: &str, report: &ops::apply::ApplyReport) -> String {
+    let mut out = format!(
+        "### rallyctl apply: `{workspace}`, run {}\n\n{} completed, {} failed{}.\n",
+        report.run_id,
+        report.completed.len(),
+        report.failed.len(),
+        if report.interrupted {
+            "; interrupted (apply again to resume)"
+        } else {
+            ""
+        }
+    );
+    if let Some(bill) = &report.bill {
+        out.push_str(&format!("\nRun {} cost {bill}.\n", report.run_id));
+    }
+    if !report.failed.is_empty() {
+        let rows = (report.failed.iter())
+            .map(|f| vec![f.address.to_string(), f.step.to_string(), f.error.clone()])
+            .collect();
+        let table = results::render::markdown_table(&["test", "failed at", "reason"], rows);
+        out.push_str(&format!("\n#### Failed\n\n{table}"));
+    }
+    out
 }
 
 fn bake(path: &Path, auto_approve: bool, g: &Global, rt: &Runtime) -> Result<u8> {

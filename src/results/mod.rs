@@ -7,6 +7,7 @@
 pub mod chart;
 pub mod compare;
 pub mod html;
+pub mod junit;
 pub mod layout;
 pub mod load;
 pub mod metrics;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use compare::{Comparison, DEFAULT_MIN_EFFECT_PCT, Verdict, compare};
 pub use load::{RunView, TestResult, Workspace};
-pub use render::Format;
+pub use render::{Format, Output};
 
 use crate::state::StateError;
 
@@ -61,6 +62,11 @@ pub enum ResultsError {
         lines(.0)
     )]
     Unpaired(Vec<String>),
+    #[error(
+        "--format junit writes a comparison's verdicts: pass --compare RUN (or --baseline, \
+         --variants, --fail-on-regression)"
+    )]
+    JunitWithoutComparison,
     #[error("no test of this view has a variant `{name}`{}", known_variants(.known))]
     NoVariant { name: String, known: Vec<String> },
 }
@@ -115,7 +121,7 @@ impl std::str::FromStr for Baseline {
 /// What `rallyctl results` shows.
 #[derive(Debug, Clone)]
 pub struct Query {
-    pub format: Format,
+    pub format: Output,
     /// Show the results as of this run rather than the latest.
     pub run: Option<String>,
     pub baseline: Option<Baseline>,
@@ -137,6 +143,8 @@ pub struct Query {
 pub struct Shown {
     pub text: String,
     pub failed: Option<GateFailure>,
+    /// The comparison shown, when there was one (for the CI step summary).
+    pub comparison: Option<Comparison>,
 }
 
 /// A failed gate and the lines that explain it.
@@ -223,13 +231,20 @@ impl Workspace {
         let (contender, compared) =
             self.view_and_comparison(q.run.as_deref(), baseline.as_ref(), q.min_effect_pct)?;
         let Some((_, comparison)) = compared else {
-            let mut text = render::results(&contender, q.format);
-            if let (Format::Table, Some(b)) = (q.format, self.baseline()) {
+            let Output::Text(format) = q.format else {
+                return Err(ResultsError::JunitWithoutComparison);
+            };
+            let mut text = render::results(&contender, format);
+            if let (Format::Table, Some(b)) = (format, self.baseline()) {
                 text.push_str(&format!(
                     "Baseline: {b} (compare with it: `--compare baseline`).\n"
                 ));
             }
-            return Ok(Shown { text, failed: None });
+            return Ok(Shown {
+                text,
+                failed: None,
+                comparison: None,
+            });
         };
         Ok(gate(comparison, q))
     }
@@ -292,8 +307,12 @@ fn gate(comparison: Comparison, q: &Query) -> Shown {
         None
     };
     Shown {
-        text: render::comparison(&comparison, q.format),
+        text: match q.format {
+            Output::Text(format) => render::comparison(&comparison, format),
+            Output::Junit => junit::comparison(&comparison),
+        },
         failed,
+        comparison: Some(comparison),
     }
 }
 

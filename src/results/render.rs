@@ -1,4 +1,5 @@
-//! Results, comparisons and run lists as text: a terminal table, CSV, JSON or Markdown.
+//! Results, comparisons and run lists as text: a terminal table, CSV, JSON or Markdown (and a
+//! comparison as JUnit XML, [`super::junit`]).
 //!
 //! The table and Markdown are for people and put a test's three latency percentiles in one
 //! cell; CSV and JSON are for programs and keep one number per field, with units beside them.
@@ -20,6 +21,32 @@ pub enum Format {
     Csv,
     Json,
     Markdown,
+}
+
+/// What `results` writes: a [`Format`], or JUnit XML, which only a comparison has (its verdicts
+/// pass or fail; a view or a list of runs has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text(Format),
+    Junit,
+}
+
+impl clap::ValueEnum for Output {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::LazyLock<Vec<Output>> = std::sync::LazyLock::new(|| {
+            (Format::value_variants().iter().copied().map(Output::Text))
+                .chain([Output::Junit])
+                .collect()
+        });
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Output::Text(format) => format.to_possible_value(),
+            Output::Junit => Some(clap::builder::PossibleValue::new("junit")),
+        }
+    }
 }
 
 /// How a cell should stand out: coloured in a terminal, classed in HTML.
@@ -336,7 +363,7 @@ fn summary(v: &Value) -> Option<Summary> {
 
 /// `mean [ci low, ci high] unit (n=N, rsd R%)`, flagged when noisy; a lone race as its value.
 /// The interval, not a `±`: on the log scale it is not symmetric about the mean.
-fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
+pub(super) fn with_spread(mean: f64, unit: &str, summary: Option<&Summary>) -> String {
     let Some(s) = summary else {
         return format!("{} {unit}", format_number(mean));
     };
@@ -748,7 +775,7 @@ pub(crate) fn pct(p: f64) -> String {
 
 /// The change for people: `+9.5 % [+4.4, +14.8]` with its interval, `+20.0 %` for a threshold,
 /// `n/a (from 0)` from a baseline of zero.
-fn change(row: &Row) -> String {
+pub(super) fn change(row: &Row) -> String {
     match (row.change_pct, row.ci_low_pct, row.ci_high_pct) {
         (Some(p), Some(lo), Some(hi)) => format!("{} % [{}, {}]", pct(p), pct(lo), pct(hi)),
         (Some(p), _, _) => format!("{} %", pct(p)),
@@ -757,7 +784,7 @@ fn change(row: &Row) -> String {
     }
 }
 
-fn p_value(p: f64) -> String {
+pub(super) fn p_value(p: f64) -> String {
     if p < 0.001 {
         "<0.001".into()
     } else {
@@ -949,6 +976,48 @@ pub fn configuration_changes(c: &Comparison) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// A Markdown table of plain cells, for summaries that are not a comparison's rows.
+pub fn markdown_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let rows = rows
+        .into_iter()
+        .map(|r| r.into_iter().map(plain).collect())
+        .collect();
+    human_table(Format::Markdown, header, rows)
+}
+
+/// A comparison as a CI job's summary (GitHub's step summary) in Markdown, verdicts first: the
+/// regressions (missing metrics among them), then the improvements, then the rest counted.
+pub fn step_summary(c: &Comparison) -> String {
+    let mut out = format!("### rallyctl results: `{}`\n\n", c.workspace);
+    out.push_str(&format!("{}\n", comparison_summary(c)));
+    let sections = [
+        ("Regressions", c.regressions()),
+        (
+            "Improvements",
+            (c.rows.iter())
+                .filter(|r| r.verdict == Verdict::Improvement)
+                .collect(),
+        ),
+    ];
+    for (title, rows) in sections {
+        if !rows.is_empty() {
+            let table = human_table(Format::Markdown, &COMPARISON_HEADER, comparison_rows(rows));
+            out.push_str(&format!("\n#### {title}\n\n{table}"));
+        }
+    }
+    let rest: Vec<String> = (c.counts().into_iter())
+        .filter(|(v, n)| *n > 0 && !v.fails_the_gate() && *v != Verdict::Improvement)
+        .map(|(v, n)| counted(n, v))
+        .collect();
+    if !rest.is_empty() {
+        out.push_str(&format!("\nThe rest: {}.\n", rest.join(", ")));
+    }
+    for p in &c.problems {
+        out.push_str(&format!("\n**error:** {p}\n"));
+    }
+    out
 }
 
 /// The comparison's fields of one side in CSV.

@@ -26,12 +26,13 @@ pub fn prices() -> PathBuf {
 
 /// `cmd` (rallyctl, or what runs it elsewhere) with `args` in `dir`, without colours and at
 /// the default table width whatever the terminal running the tests says (as snapshots read
-/// it), and with nothing to read on stdin.
+/// it), without the CI job's step summary to append to, and with nothing to read on stdin.
 pub fn run_as(mut cmd: Command, dir: &Path, args: &[&str]) -> Command {
     cmd.args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env_remove("COLUMNS")
+        .env_remove("GITHUB_STEP_SUMMARY")
         .stdin(Stdio::null());
     cmd
 }
