@@ -1277,11 +1277,25 @@ pub(crate) async fn install_on<P: Provider>(
                 ..failure(
                     Step::Installing,
                     format!(
-                        "install.sh exited with {code:?} on {}",
+                        "install.sh failed with {} on {}",
+                        remote::exit_of(code),
                         conn.reachable.endpoint.name()
                     ),
                 )
             }))
+        }
+        Err(Attempt::Refused(RemoteError::Failed { stderr, .. })) => {
+            let why: Vec<&str> = stderr.lines().filter(|l| *l != UNPACK_FAILED).collect();
+            Err(failed(
+                step,
+                format!(
+                    "cannot unpack the bundle into {} on {} ({}): {}",
+                    conn.machine.run_dir.as_deref().unwrap_or_default(),
+                    conn.reachable.endpoint.name(),
+                    conn.machine.id,
+                    why.join("\n").trim()
+                ),
+            ))
         }
         Err(Attempt::Refused(e)) => Err(refused(step, conn, e)),
     }

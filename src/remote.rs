@@ -94,7 +94,7 @@ pub enum RemoteError {
     /// The host key is unknown or changed: never retried, never trusted silently.
     #[error("the host key of {host} is not trusted: {detail}")]
     HostKey { host: String, detail: String },
-    #[error("`{command}` on {host} failed with exit code {code:?}: {stderr}")]
+    #[error("`{command}` on {host} failed with {}: {stderr}", exit_of(*code))]
     Failed {
         host: String,
         command: String,
@@ -461,6 +461,14 @@ exit 3"#,
 
 /// How long stopping a run waits for its killed processes to be gone.
 pub const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// How a command ended that did not succeed: its exit code, or the signal that killed it.
+pub fn exit_of(code: Option<i32>) -> String {
+    match code {
+        Some(code) => format!("exit code {code}"),
+        None => "a signal (no exit code)".into(),
+    }
+}
 
 /// The last `lines` lines of a text.
 pub fn tail(text: &str, lines: usize) -> String {

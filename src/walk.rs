@@ -515,8 +515,9 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         let (_, step, error, _) = &report.failed[0];
         assert_eq!(*step, Step::Installing);
         assert!(
-            error.contains("Not a directory")
-                && error.ends_with("cannot unpack the bundle (m-t-1)"),
+            error.starts_with("cannot unpack the bundle into ")
+                && error.contains(" on this machine (m-t-1): ")
+                && error.contains("Not a directory"),
             "{error}"
         );
         // install.sh cannot open its lock.
@@ -525,7 +526,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         let (report, _) = bench.apply(Fake::default(), &Options::default());
         let (_, step, error, tail) = &report.failed[0];
         assert_eq!(*step, Step::Installing);
-        assert_eq!(error, "install.sh exited with Some(1) on this machine");
+        assert_eq!(error, "install.sh failed with exit code 1 on this machine");
         assert!(
             tail.as_deref().unwrap_or("").contains("Is a directory"),
             "{tail:?}"
