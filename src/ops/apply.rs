@@ -11,6 +11,7 @@ use super::{Loaded, load_at, lock};
 use crate::address::Address;
 use crate::backend::{Backend, Lock};
 use crate::cost;
+use crate::notify::{self, Failure, Kind, Message};
 use crate::plan::{Plan, ProviderKind};
 use crate::planner::{self, Changes, SavedPlan};
 use crate::state::{Machine, State, Step};
@@ -140,6 +141,47 @@ pub struct TestFailure {
     pub error: String,
     /// The end of the log of a race that failed.
     pub log_tail: Option<String>,
+}
+
+impl ApplyReport {
+    /// The webhook's message about an apply some test of which failed; none when none did.
+    pub fn notification(&self, workspace: &str) -> Option<Message> {
+        if self.failed.is_empty() {
+            return None;
+        }
+        let mut text = format!(
+            "rallyctl apply of workspace `{workspace}` (run {}): {} failed, {} completed.",
+            self.run_id,
+            self.failed.len(),
+            self.completed.len()
+        );
+        for f in self.failed.iter().take(notify::TEXT_ROWS) {
+            text.push_str(&format!(
+                "\n• {} failed at {}: {}",
+                f.address, f.step, f.error
+            ));
+        }
+        if self.failed.len() > notify::TEXT_ROWS {
+            text.push_str(&format!(
+                "\n… and {} more",
+                self.failed.len() - notify::TEXT_ROWS
+            ));
+        }
+        Some(Message {
+            text,
+            kind: Kind::ApplyFailed,
+            workspace: workspace.to_string(),
+            run_id: Some(self.run_id.clone()),
+            verdicts: Vec::new(),
+            failures: (self.failed.iter())
+                .map(|f| Failure {
+                    test: f.address.to_string(),
+                    step: f.step.to_string(),
+                    error: f.error.clone(),
+                })
+                .collect(),
+        })
+    }
 }
 
 /// A test whose machine an interrupted apply left running.
