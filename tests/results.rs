@@ -2284,3 +2284,47 @@ fn an_unreachable_webhook_is_warned_about_and_changes_no_exit_code() {
         "{stderr}"
     );
 }
+
+/// A `--notify` value that is no http(s) URL, or an https webhook on a machine without root
+/// certificates, is a warning that names no secret; output and exit code stay those of the
+/// command.
+#[test]
+fn a_webhook_that_cannot_be_used_is_warned_about_and_changes_no_exit_code() {
+    let t = repeated();
+    let out = notified(&t, &[], "ftp://127.0.0.1/s3cr3t-t0ken");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot notify the webhook: the notify URL is no http:// or https:// URL with a host"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    let hook = Webhook::answering(&[200]);
+    let https = hook.url.replacen("http://", "https://", 1);
+    let args = [
+        "results",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "--fail-on-regression",
+    ];
+    let out = command(t.dir.path(), &args)
+        .env("RALLYCTL_NOTIFY_URL", &https)
+        .env("SSL_CERT_FILE", "/dev/null")
+        .env("SSL_CERT_DIR", t.path("no-certificates"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t-t0ken"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot notify the webhook: cannot load the system's root certificates for 127.0.0.1: "
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(hook.received().is_empty());
+}
