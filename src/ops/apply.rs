@@ -248,3 +248,45 @@ pub fn run(rt: &Runtime, p: Prepared, parallelism: usize) -> Result<ApplyReport>
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(failed: usize) -> ApplyReport {
+        ApplyReport {
+            run_id: "RUN".into(),
+            state: State::new("w"),
+            touched: Vec::new(),
+            bill: None,
+            completed: vec![Address::new("s", "ok").unwrap()],
+            failed: (0..failed)
+                .map(|i| TestFailure {
+                    address: Address::new("s", format!("t{i}")).unwrap(),
+                    step: Step::Installing,
+                    error: format!("error {i}"),
+                    log_tail: None,
+                })
+                .collect(),
+            interrupted: false,
+            still_running: Vec::new(),
+        }
+    }
+
+    /// An apply without failures tells the webhook nothing; one with many names the first few in
+    /// `text` and counts the rest, while `failures` holds them all.
+    #[test]
+    fn the_webhook_hears_of_failed_applies_only_and_in_a_few_lines() {
+        assert!(report(0).notification("w").is_none());
+        let m = report(notify::TEXT_ROWS + 2).notification("w").unwrap();
+        assert_eq!(m.failures.len(), notify::TEXT_ROWS + 2);
+        assert_eq!(
+            m.text.lines().count(),
+            1 + notify::TEXT_ROWS + 1,
+            "{}",
+            m.text
+        );
+        assert!(m.text.starts_with("rallyctl apply of workspace `w` (run RUN): 7 failed, 1 completed.\n• s.t0 failed at installing: error 0\n"), "{}", m.text);
+        assert!(m.text.ends_with("\n… and 2 more"), "{}", m.text);
+    }
+}
