@@ -2328,3 +2328,35 @@ fn a_webhook_that_cannot_be_used_is_warned_about_and_changes_no_exit_code() {
     );
     assert!(hook.received().is_empty());
 }
+
+/// A message names the first five regressions in `text` and counts the rest; `verdicts` holds
+/// them all.
+#[test]
+fn a_webhook_message_names_the_top_regressions_and_counts_the_rest() {
+    let slower = |name| Task {
+        name,
+        throughput: Some((1000.0, "docs/s")),
+        latency: [Some(10.0), Some(20.0), Some(30.0)],
+        service_time: [Some(10.0), Some(20.0), Some(30.0)],
+        error_rate: 0.0,
+    };
+    let mut doubled = [slower("bulk"), slower("search")];
+    for t in &mut doubled {
+        t.latency = t.latency.map(|l| l.map(|v| v * 2.0));
+        t.service_time = t.service_time.map(|l| l.map(|v| v * 2.0));
+    }
+    let t = two_runs(&[slower("bulk"), slower("search")], &doubled);
+    let hook = Webhook::answering(&[200]);
+    assert_eq!(notified(&t, &[], &hook.url).status.code(), Some(0));
+    let body: serde_json::Value = serde_json::from_str(&hook.received()[0].body).unwrap();
+    let regressed = body["verdicts"].as_array().unwrap().len();
+    assert_eq!(regressed, 12);
+    let message = body["text"].as_str().unwrap();
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 5 + 1, "{message}");
+    assert!(
+        lines[1].starts_with("Regression: 12 metrics worse"),
+        "{message}"
+    );
+    assert_eq!(lines[7], "… and 7 more");
+}
