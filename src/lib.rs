@@ -16,6 +16,7 @@ pub mod dirs;
 pub mod graph;
 pub mod history;
 pub mod lifecycle;
+pub mod notify;
 pub mod ops;
 pub mod plan;
 pub mod planner;

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use proptest::prelude::*;
 use support::context::{BIN, command, prices, rallyctl, rallyctl_in, root, text};
+use support::webhook::Webhook;
 
 #[test]
 fn validate_accepts_the_example_plans() {
@@ -2059,4 +2060,52 @@ fn apply_appends_its_summary_to_the_github_step_summary() {
     insta::with_settings!({filters => vec![(r"\d{8}T\d{6}Z-[0-9a-f]{6}", "RUN")]}, {
         insta::assert_snapshot!(written);
     });
+}
+
+/// An apply some test of which failed POSTs that to the `--notify` webhook (the URL from the
+/// environment, as a CI secret): the workspace, the run, each failure with its step and reason,
+/// in `text` and structured; the exit code is the failed apply's, the URL printed nowhere.
+#[test]
+fn a_failed_apply_is_posted_to_the_notify_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("plan.toml"),
+        "version = 1\nname = \"notified\"\n[defaults]\nprovider = \"local\"\n\
+         rally_version = \"2.13.0\"\nremote_dir = \"/dev/null/rallyctl\"\n\
+         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"a\"\ntrack = \"geonames\"\n",
+    )
+    .unwrap();
+    let hook = Webhook::answering(&[200]);
+    let out = command(d, &["apply", "plan.toml", "--auto-approve"])
+        .env("RALLYCTL_PRICES", prices())
+        .env("RALLYCTL_NOTIFY_URL", &hook.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t-t0ken"), "{}", text(&out));
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{}", text(&out));
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["kind"], "apply_failed");
+    assert_eq!(body["workspace"], "notified");
+    let run = body["run_id"].as_str().unwrap();
+    let message = body["text"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "rallyctl apply of workspace `notified` (run {run}): 1 failed, 0 completed.\n• s.a failed at installing: "
+        )),
+        "{message}"
+    );
+    let failures = body["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0]["test"], "s.a");
+    assert_eq!(failures[0]["step"], "installing");
+    assert!(
+        failures[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/dev/null/rallyctl")
+    );
+    assert!(body.get("verdicts").is_none(), "{body}");
 }

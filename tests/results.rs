@@ -15,6 +15,7 @@ use rallyctl::state::{
     self, Machine, Repetition, ResultFile, Spent, State, Status, Step, TestRecord, Transition,
 };
 use support::context::{command, text};
+use support::webhook::{Webhook, unreachable_url};
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
 const RUN2: &str = "20261125T081500Z-bbbbbb";
@@ -2151,4 +2152,211 @@ fn a_junit_comparison_across_a_configuration_change_says_what_changed() {
             && said.contains("\n+  \"instance_type\": \"m5.xlarge\""),
         "{said}"
     );
+}
+
+/// `rallyctl results ARGS --notify URL` against the webhook; its output.
+fn notified(t: &Tree, args: &[&str], url: &str) -> Output {
+    let mut all = vec!["results", "--state", STATE, "--compare", RUN1];
+    all.extend(args);
+    all.extend(["--notify", url]);
+    let out = t.run(&all);
+    let printed = text(&out);
+    assert!(
+        !printed.contains("s3cr3t-t0ken"),
+        "the URL's secret is printed: {printed}"
+    );
+    out
+}
+
+/// A comparison that found a regression POSTs it to the `--notify` webhook: Slack's `text`
+/// naming the workspace, the count and the top regressions with their numbers, and the
+/// regressed rows as structured verdicts; the gate's failure is its own kind, the URL may come
+/// from the environment, and it is printed nowhere. Nothing regressed: nothing is sent.
+#[test]
+fn a_regression_is_posted_to_the_notify_webhook_and_its_url_printed_nowhere() {
+    let t = repeated();
+    let quiet = t.run(&["results", "--state", STATE, "--compare", RUN1]);
+    let hook = Webhook::answering(&[200]);
+    let out = notified(&t, &[], &hook.url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        received[0].request_line,
+        "POST /services/T000/B000/s3cr3t-t0ken HTTP/1.1"
+    );
+    assert_eq!(
+        received[0].content_type.as_deref(),
+        Some("application/json")
+    );
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["kind"], "regression");
+    assert_eq!(body["workspace"], "e2e");
+    assert_eq!(body["run_id"], RUN2);
+    let message = body["text"].as_str().unwrap();
+    assert!(
+        message.starts_with("rallyctl regression in workspace `e2e`: ")
+            && message.contains("\ningest.a bulk latency p50: 10.00 -> 12.00 ms (+20.0 %"),
+        "{message}"
+    );
+    let verdicts = body["verdicts"].as_array().unwrap();
+    assert!(!verdicts.is_empty());
+    for v in verdicts {
+        assert!(
+            ["regression", "missing"].contains(&v["verdict"].as_str().unwrap()),
+            "{v}"
+        );
+        assert!(v["test"].is_string() && v["task"].is_string() && v["metric"].is_string());
+    }
+    assert!(body.get("failures").is_none(), "{body}");
+
+    let hook = Webhook::answering(&[200]);
+    let out = command(
+        t.dir.path(),
+        &[
+            "results",
+            "--state",
+            STATE,
+            "--compare",
+            RUN1,
+            "--fail-on-regression",
+        ],
+    )
+    .env("RALLYCTL_NOTIFY_URL", &hook.url)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t-t0ken"), "{}", text(&out));
+    let body: serde_json::Value = serde_json::from_str(&hook.received()[0].body).unwrap();
+    assert_eq!(body["kind"], "gate_failed");
+
+    let better = |throughput, p50| task("bulk", throughput, p50, 0.0);
+    let t = two_runs(&[better(1000.0, 10.0)], &[better(1200.0, 8.0)]);
+    let hook = Webhook::answering(&[200]);
+    assert_eq!(notified(&t, &[], &hook.url).status.code(), Some(0));
+    assert!(hook.received().is_empty(), "{:?}", hook.received());
+}
+
+/// A webhook answering 500 is tried again after a backoff, and takes the message the third time.
+#[test]
+fn a_webhook_answering_500_is_retried_until_it_takes_the_message() {
+    let t = repeated();
+    let hook = Webhook::answering(&[500, 500, 200]);
+    let out = notified(&t, &[], &hook.url);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let received = hook.received();
+    assert_eq!(received.len(), 3);
+    assert!(received.iter().all(|r| r.body == received[0].body));
+}
+
+/// A webhook refusing the message (400) is not tried again: a warning naming its host only,
+/// and the exit code the comparison gives without it.
+#[test]
+fn a_webhook_refusing_the_message_is_warned_about_once_and_changes_no_exit_code() {
+    let t = repeated();
+    let hook = Webhook::answering(&[400]);
+    let out = notified(&t, &["--fail-on-regression"], &hook.url);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(hook.received().len(), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("warning: cannot notify the webhook: 127.0.0.1 answered HTTP 400"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A webhook nobody listens at is tried three times and warned about, naming its host only;
+/// the command's output and exit code are those it gives without `--notify`.
+#[test]
+fn an_unreachable_webhook_is_warned_about_and_changes_no_exit_code() {
+    let t = repeated();
+    let quiet = t.run(&["results", "--state", STATE, "--compare", RUN1]);
+    let out = notified(&t, &[], &unreachable_url());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: cannot notify the webhook: cannot reach 127.0.0.1: "),
+        "{stderr}"
+    );
+}
+
+/// A `--notify` value that is no http(s) URL, or an https webhook on a machine without root
+/// certificates, is a warning that names no secret; output and exit code stay those of the
+/// command.
+#[test]
+fn a_webhook_that_cannot_be_used_is_warned_about_and_changes_no_exit_code() {
+    let t = repeated();
+    let out = notified(&t, &[], "ftp://127.0.0.1/s3cr3t-t0ken");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot notify the webhook: the notify URL is no http:// or https:// URL with a host"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    let hook = Webhook::answering(&[200]);
+    let https = hook.url.replacen("http://", "https://", 1);
+    let args = [
+        "results",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "--fail-on-regression",
+    ];
+    let out = command(t.dir.path(), &args)
+        .env("RALLYCTL_NOTIFY_URL", &https)
+        .env("SSL_CERT_FILE", "/dev/null")
+        .env("SSL_CERT_DIR", t.path("no-certificates"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(!text(&out).contains("s3cr3t-t0ken"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot notify the webhook: cannot load the system's root certificates for 127.0.0.1: "
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(hook.received().is_empty());
+}
+
+/// A message names the first five regressions in `text` and counts the rest; `verdicts` holds
+/// them all.
+#[test]
+fn a_webhook_message_names_the_top_regressions_and_counts_the_rest() {
+    let slower = |name| Task {
+        name,
+        throughput: Some((1000.0, "docs/s")),
+        latency: [Some(10.0), Some(20.0), Some(30.0)],
+        service_time: [Some(10.0), Some(20.0), Some(30.0)],
+        error_rate: 0.0,
+    };
+    let mut doubled = [slower("bulk"), slower("search")];
+    for t in &mut doubled {
+        t.latency = t.latency.map(|l| l.map(|v| v * 2.0));
+        t.service_time = t.service_time.map(|l| l.map(|v| v * 2.0));
+    }
+    let t = two_runs(&[slower("bulk"), slower("search")], &doubled);
+    let hook = Webhook::answering(&[200]);
+    assert_eq!(notified(&t, &[], &hook.url).status.code(), Some(0));
+    let body: serde_json::Value = serde_json::from_str(&hook.received()[0].body).unwrap();
+    let regressed = body["verdicts"].as_array().unwrap().len();
+    assert_eq!(regressed, 12);
+    let message = body["text"].as_str().unwrap();
+    let lines: Vec<&str> = message.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 5 + 1, "{message}");
+    assert!(
+        lines[1].starts_with("Regression: 12 metrics worse"),
+        "{message}"
+    );
+    assert_eq!(lines[7], "… and 7 more");
 }

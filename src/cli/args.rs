@@ -215,6 +215,8 @@ pub(super) enum Command {
         refresh: Refresh,
         #[command(flatten)]
         prices: Prices,
+        #[command(flatten)]
+        notify: Notify,
     },
     /// Give back everything the workspace holds: terminate its instances (also leaked ones
     /// found by tag), stop its races on hosts and end their leases
@@ -321,6 +323,8 @@ pub struct ResultsArgs {
     /// Exit 4 when nothing regressed but some comparison is inconclusive (race again)
     #[arg(long)]
     pub(super) fail_on_inconclusive: bool,
+    #[command(flatten)]
+    pub(super) notify: Notify,
 }
 
 #[derive(Args, Debug)]
@@ -431,6 +435,21 @@ pub struct Refresh {
     /// in the account before planning (`--refresh=false` skips it)
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub refresh: bool,
+}
+
+/// The webhook told of regressions and failed applies. Its URL holds a secret token, so it is
+/// best given through the environment (a CI secret), and clap never shows its value.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Notify {
+    /// POST a JSON message (Slack-compatible `text` plus the verdicts or failures) to this
+    /// webhook on a regression or a failed test; it never changes the exit code
+    #[arg(
+        long = "notify",
+        env = "RALLYCTL_NOTIFY_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
 }
 
 /// Where on-demand prices come from.

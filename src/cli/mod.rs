@@ -40,6 +40,7 @@ pub use workspace::{load, load_file};
 use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
 use crate::history::{self, changepoints::Settings, series::Filter};
+use crate::notify::Message;
 use crate::ops::{self, lock};
 use crate::plan::{Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
@@ -182,6 +183,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             select,
             refresh,
             prices,
+            notify,
         } => apply(
             &plan,
             PlanArgs {
@@ -193,6 +195,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
                 refresh,
                 prices: &prices,
             },
+            notify.url.as_deref(),
             &g,
             rt,
         ),
@@ -208,7 +211,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             Ok(0)
         }
         Command::State { command } => state_command(command, &g),
-        Command::Results(args) => results_command(args, &g),
+        Command::Results(args) => results_command(args, &g, rt),
         Command::History(args) => history_command(args, &g),
         Command::Report {
             plan,
@@ -586,7 +589,7 @@ fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
     ops::results::open(t.backend, state, t.workspace.as_deref())
 }
 
-fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
+fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
     let min_effect_pct = args.min_effect().map_err(UsageError)?;
     // `--fail-on-regression 10`, as older rallyctl read it, leaves `10` as the plan file.
     if let Some(plan) = args.plan.as_deref().and_then(|p| p.to_str())
@@ -641,6 +644,10 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
     out!("{}", shown.text);
     if let Some(c) = &shown.comparison {
         ui::step_summary(&results::render::step_summary(c));
+        let gate_failed = matches!(shown.failed, Some(GateFailure::Regression(_)));
+        notify(rt, args.notify.url.as_deref(), || {
+            ops::results::notification(c, gate_failed)
+        });
     }
     match shown.failed {
         Some(GateFailure::Regression(why)) => {
@@ -678,7 +685,13 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
     Ok(0)
 }
 
-fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8> {
+fn apply(
+    path: &Path,
+    args: PlanArgs<'_>,
+    notify_url: Option<&str>,
+    g: &Global,
+    rt: &Runtime,
+) -> Result<u8> {
     let file = price_file(args.prices)?;
     let saved = ops::plan::read_saved(path)?;
     if saved.is_some() && !args.select.is_empty() {
@@ -720,6 +733,7 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
     outln!();
     let report = ops::apply::run(rt, prepared, args.parallelism)?;
     ui::step_summary(&apply_summary(&workspace, &report));
+    notify(rt, notify_url, || report.notification(&workspace));
     outln!("\n{}", ui::summary_table(&report.state, &report.touched));
     if let Some(bill) = &report.bill {
         outln!("\nRun {} cost {bill}.", report.run_id);
@@ -779,6 +793,16 @@ fn apply(path: &Path, args: PlanArgs<'_>, g: &Global, rt: &Runtime) -> Result<u8
 
 /// An apply as a CI job's summary in Markdown: the counts, what it cost, and each failure with
 /// the step it failed at and why.
+/// Tells the webhook, when one is given and there is something to tell. A failure to deliver is
+/// a warning only: the command's own outcome is what CI acts on.
+fn notify(rt: &Runtime, url: Option<&str>, message: impl FnOnce() -> Option<Message>) {
+    let Some(url) = url else { return };
+    let Some(message) = message() else { return };
+    if let Err(e) = rt.block_on(crate::notify::send(url, &message)) {
+        ui::warn(&format!("cannot notify the webhook: {e}"));
+    }
+}
+
 fn apply_summary(workspace: &str, report: &ops::apply::ApplyReport) -> String {
     let mut out = format!(
         "### rallyctl apply: `{workspace}`, run {}\n\n{} completed, {} failed{}.\n",

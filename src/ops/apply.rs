@@ -11,6 +11,7 @@ use super::{Loaded, load_at, lock};
 use crate::address::Address;
 use crate::backend::{Backend, Lock};
 use crate::cost;
+use crate::notify::{self, Failure, Kind, Message};
 use crate::plan::{Plan, ProviderKind};
 use crate::planner::{self, Changes, SavedPlan};
 use crate::state::{Machine, State, Step};
@@ -142,6 +143,47 @@ pub struct TestFailure {
     pub log_tail: Option<String>,
 }
 
+impl ApplyReport {
+    /// The webhook's message about an apply some test of which failed; none when none did.
+    pub fn notification(&self, workspace: &str) -> Option<Message> {
+        if self.failed.is_empty() {
+            return None;
+        }
+        let mut text = format!(
+            "rallyctl apply of workspace `{workspace}` (run {}): {} failed, {} completed.",
+            self.run_id,
+            self.failed.len(),
+            self.completed.len()
+        );
+        for f in self.failed.iter().take(notify::TEXT_ROWS) {
+            text.push_str(&format!(
+                "\n• {} failed at {}: {}",
+                f.address, f.step, f.error
+            ));
+        }
+        if self.failed.len() > notify::TEXT_ROWS {
+            text.push_str(&format!(
+                "\n… and {} more",
+                self.failed.len() - notify::TEXT_ROWS
+            ));
+        }
+        Some(Message {
+            text,
+            kind: Kind::ApplyFailed,
+            workspace: workspace.to_string(),
+            run_id: Some(self.run_id.clone()),
+            verdicts: Vec::new(),
+            failures: (self.failed.iter())
+                .map(|f| Failure {
+                    test: f.address.to_string(),
+                    step: f.step.to_string(),
+                    error: f.error.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
 /// A test whose machine an interrupted apply left running.
 pub struct StillRunning {
     pub address: Address,
@@ -205,4 +247,46 @@ pub fn run(rt: &Runtime, p: Prepared, parallelism: usize) -> Result<ApplyReport>
             .map(|(address, machine)| StillRunning { address, machine })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(failed: usize) -> ApplyReport {
+        ApplyReport {
+            run_id: "RUN".into(),
+            state: State::new("w"),
+            touched: Vec::new(),
+            bill: None,
+            completed: vec![Address::new("s", "ok").unwrap()],
+            failed: (0..failed)
+                .map(|i| TestFailure {
+                    address: Address::new("s", format!("t{i}")).unwrap(),
+                    step: Step::Installing,
+                    error: format!("error {i}"),
+                    log_tail: None,
+                })
+                .collect(),
+            interrupted: false,
+            still_running: Vec::new(),
+        }
+    }
+
+    /// An apply without failures tells the webhook nothing; one with many names the first few in
+    /// `text` and counts the rest, while `failures` holds them all.
+    #[test]
+    fn the_webhook_hears_of_failed_applies_only_and_in_a_few_lines() {
+        assert!(report(0).notification("w").is_none());
+        let m = report(notify::TEXT_ROWS + 2).notification("w").unwrap();
+        assert_eq!(m.failures.len(), notify::TEXT_ROWS + 2);
+        assert_eq!(
+            m.text.lines().count(),
+            1 + notify::TEXT_ROWS + 1,
+            "{}",
+            m.text
+        );
+        assert!(m.text.starts_with("rallyctl apply of workspace `w` (run RUN): 7 failed, 1 completed.\n• s.t0 failed at installing: error 0\n"), "{}", m.text);
+        assert!(m.text.ends_with("\n… and 2 more"), "{}", m.text);
+    }
 }

@@ -16,6 +16,7 @@ pub mod context;
 pub mod fault_proxy;
 pub mod providers;
 pub mod run;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
