@@ -1923,8 +1923,8 @@ fn history_skips_failed_and_damaged_races_naming_the_damage() {
     );
 }
 
-/// A JUnit test case read back: class name, name, and the tag and message of what it holds
-/// (none when it passed).
+/// A JUnit test case read back: class name, name, and the tag and message (the text of a
+/// `system-out`) of what it holds first (none when it passed).
 type JunitCase = (String, String, Option<(String, String)>);
 
 /// `xml` read back by a strict XML parser (Python's expat), with its counts checked: its test
@@ -1938,7 +1938,7 @@ fn junit_cases(xml: &str) -> (Vec<JunitCase>, String) {
                   for suite in root:\n\
                   \x20   assert suite.tag == 'testsuite', suite.tag\n\
                   \x20   for case in suite.iter('testcase'):\n\
-                  \x20       inner = [[c.tag, c.get('message')] for c in case]\n\
+                  \x20       inner = [[c.tag, c.text if c.tag == 'system-out' else c.get('message')] for c in case]\n\
                   \x20       out.append([case.get('classname'), case.get('name'), inner[0] if inner else None])\n\
                   \x20   for key in ['tests', 'failures', 'errors', 'skipped']:\n\
                   \x20       assert suite.get(key) == root.get(key), key\n\
@@ -2151,4 +2151,42 @@ fn a_junit_comparison_across_a_configuration_change_says_what_changed() {
             && said.contains("\n+  \"instance_type\": \"m5.xlarge\""),
         "{said}"
     );
+}
+
+/// `history --format junit`: a test case per test, task and metric, every series listed; the
+/// latency step is a failure with its numbers and the configuration change in its message,
+/// the throughput step passes with its numbers said.
+#[test]
+fn history_as_junit() {
+    let t = nightly();
+    let xml = t.history(&["--format", "junit"], 0);
+    let (cases, _) = junit_cases(&xml);
+    assert_eq!(cases.len(), 2 * 6, "{xml}");
+    let held = |classname: &str, name: &str| {
+        (cases.iter())
+            .find(|(c, n, _)| c == classname && n == name)
+            .unwrap_or_else(|| panic!("no case {classname} {name} in {xml}"))
+            .2
+            .clone()
+    };
+    let (tag, message) = held("ingest.a", "bulk / latency p50").unwrap();
+    assert_eq!(tag, "failure");
+    assert!(
+        message.starts_with(
+            "regression at run 20261122T020000Z-n00022 (last before: 20261121T020000Z-n00021): "
+        ) && message.contains("over 21 runs before")
+            && message.contains("over 9 runs after")
+            && message.ends_with(", configuration changed"),
+        "{message}"
+    );
+    let (tag, said) = held("ingest.a", "bulk / throughput (median)").unwrap();
+    assert_eq!(tag, "system-out");
+    assert!(
+        said.starts_with("improvement at run 20261115T020000Z-n00015") && said.contains("+20.0 %"),
+        "{said}"
+    );
+    assert_eq!(held("search.q", "query / throughput (median)"), None);
+    let failures = (cases.iter()).filter(|c| matches!(&c.2, Some((t, _)) if t == "failure"));
+    assert_eq!(failures.count(), 1, "{xml}");
+    insta::assert_snapshot!(xml);
 }

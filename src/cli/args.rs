@@ -327,9 +327,10 @@ pub struct ResultsArgs {
 pub struct HistoryArgs {
     /// The plan file; it names the workspace and so its state and results
     pub(super) plan: Option<PathBuf>,
-    /// Output format (`text` is `table`)
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub(super) format: Format,
+    /// Output format (`text` is `table`; `junit`: a test case per series, a regression a
+    /// failure)
+    #[arg(long, value_enum, default_value_t = Output::Text(Format::Table))]
+    pub(super) format: Output,
     /// Only this test, SUITE.TEST (repeatable, or a comma-separated list)
     #[arg(long, value_name = "ADDR", value_delimiter = ',')]
     pub(super) test: Vec<Address>,

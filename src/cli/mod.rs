@@ -656,6 +656,11 @@ fn results_command(args: ResultsArgs, g: &Global) -> Result<u8> {
 }
 
 fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
+    let output = if g.json {
+        Output::Text(Format::Json)
+    } else {
+        args.format
+    };
     let ws = open_results(g, args.plan.as_deref())?;
     let history = ops::history::history(
         &ws,
@@ -670,11 +675,14 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
                 min_magnitude: args.min_magnitude,
                 ..Settings::default()
             },
-            all: args.all,
+            // A CI system lists every test case, passed or not.
+            all: args.all || output == Output::Junit,
         },
     )?;
-    let format = if g.json { Format::Json } else { args.format };
-    out!("{}", history::render::history(&history, format));
+    match output {
+        Output::Text(format) => out!("{}", history::render::history(&history, format)),
+        Output::Junit => out!("{}", history::render::junit(&history)),
+    }
     Ok(0)
 }
 

@@ -2,6 +2,7 @@
 //! CSV, the whole of it in JSON.
 
 use super::series::{Change, History, Series, Verdict};
+use crate::results::junit::{self, Case, Outcome, Suite, Tag};
 use crate::results::metrics::format_number;
 use crate::results::render::{Format, csv_text, csv_writer, human_table, json, opt, pct, plain};
 
@@ -144,4 +145,76 @@ fn points_csv(h: &History) -> String {
         }
     }
     csv_text(w)
+}
+
+/// How many runs the level before a change and the level after it rest on: from the change
+/// before (or the first run) to the change after (or the last run).
+fn runs_around(s: &Series, i: usize) -> (usize, usize) {
+    let c = &s.changes[i];
+    let from = i.checked_sub(1).map_or(0, |p| s.changes[p].index);
+    let to = s.changes.get(i + 1).map_or(s.points.len(), |n| n.index);
+    (c.index - from, to - c.index)
+}
+
+/// The numbers behind a change on one line, as a CI system shows a failure's message.
+fn numbers(s: &Series, i: usize) -> String {
+    let c = &s.changes[i];
+    let (before, after) = runs_around(s, i);
+    let mut out = format!(
+        "{} at run {} (last before: {}): mean {} {unit} over {before} run{} before, {} {unit} \
+         over {after} run{} after, change {}, p={:.1e}",
+        c.verdict.label(),
+        c.first_after,
+        c.last_before,
+        format_number(c.mean_before),
+        if before == 1 { "" } else { "s" },
+        format_number(c.mean_after),
+        if after == 1 { "" } else { "s" },
+        c.relative_change
+            .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0))),
+        c.p_value,
+        unit = s.unit,
+    );
+    if c.configuration_changed {
+        out.push_str(", configuration changed");
+    }
+    out
+}
+
+/// The history as JUnit XML: a test case per test, task and metric; a series with a
+/// regression fails with its numbers, an improvement passes with its numbers said.
+pub fn junit(h: &History) -> String {
+    let cases = (h.series.iter())
+        .map(|s| {
+            let said = |verdict| {
+                let lines: Vec<String> = (0..s.changes.len())
+                    .filter(|&i| s.changes[i].verdict == verdict)
+                    .map(|i| numbers(s, i))
+                    .collect();
+                Some(lines.join("\n")).filter(|l| !l.is_empty())
+            };
+            Case {
+                classname: s.test.to_string(),
+                name: format!("{} / {}", s.task, s.metric.label()),
+                outcome: said(Verdict::Regression).map(|message| Outcome {
+                    tag: Tag::Failure,
+                    kind: Verdict::Regression.label().into(),
+                    message,
+                }),
+                out: said(Verdict::Improvement),
+            }
+        })
+        .collect();
+    junit::document(&Suite {
+        tool: "rallyctl history",
+        name: heading(h).lines().next().unwrap_or_default().to_owned(),
+        properties: vec![
+            ("workspace", Some(h.workspace.clone())),
+            ("runs", Some(h.runs.to_string())),
+            ("max_pvalue", Some(h.max_pvalue.to_string())),
+            ("min_magnitude", Some(h.min_magnitude.to_string())),
+        ],
+        cases,
+        out: vec![],
+    })
 }
