@@ -2190,3 +2190,48 @@ fn history_as_junit() {
     assert_eq!(failures.count(), 1, "{xml}");
     insta::assert_snapshot!(xml);
 }
+
+/// With `GITHUB_STEP_SUMMARY` naming a file, `history` appends its Markdown summary there
+/// (regressions, then improvements, then the series without a change counted) and keeps what
+/// the job's earlier steps wrote; a file that cannot be written is warned about and changes
+/// neither the output nor the exit code.
+#[test]
+fn history_appends_its_summary_to_the_github_step_summary() {
+    let t = nightly();
+    let summary = t.path("step-summary.md");
+    std::fs::write(&summary, "## Earlier step\nkept").unwrap();
+    let args = ["history", "--state", STATE];
+    let quiet = t.run(&args);
+    let out = command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout, "stdout is the same");
+    let written = std::fs::read_to_string(&summary).unwrap();
+    assert!(written.starts_with("## Earlier step\nkept\n"), "{written}");
+    let (regressions, improvements) = (
+        written.find("#### Regressions").unwrap(),
+        written.find("#### Improvements").unwrap(),
+    );
+    assert!(regressions < improvements, "{written}");
+    assert!(
+        written.ends_with("\n10 series without a change.\n"),
+        "{written}"
+    );
+    insta::assert_snapshot!(written);
+
+    let out = command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", "/dev/null/summary.md")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot append the step summary to /dev/null/summary.md (GITHUB_STEP_SUMMARY)"
+        ),
+        "{}",
+        text(&out)
+    );
+}

@@ -683,6 +683,7 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
         Output::Text(format) => out!("{}", history::render::history(&history, format)),
         Output::Junit => out!("{}", history::render::junit(&history)),
     }
+    ui::step_summary(&history::render::step_summary(&history));
     Ok(0)
 }
 

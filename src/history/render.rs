@@ -4,7 +4,9 @@
 use super::series::{Change, History, Series, Verdict};
 use crate::results::junit::{self, Case, Outcome, Suite, Tag};
 use crate::results::metrics::format_number;
-use crate::results::render::{Format, csv_text, csv_writer, human_table, json, opt, pct, plain};
+use crate::results::render::{
+    Format, csv_text, csv_writer, human_table, json, markdown_table, opt, pct, plain,
+};
 
 pub fn history(h: &History, format: Format) -> String {
     match format {
@@ -217,4 +219,39 @@ pub fn junit(h: &History) -> String {
         cases,
         out: vec![],
     })
+}
+
+/// The history as a CI job's summary (GitHub's step summary) in Markdown: the regressions
+/// first, then the improvements, then how many series did not change.
+pub fn step_summary(h: &History) -> String {
+    let mut out = format!("### rallyctl history: `{}`\n\n", h.workspace);
+    out.push_str(heading(h).lines().next().unwrap_or_default());
+    out.push('\n');
+    for (title, verdict) in [
+        ("Regressions", Verdict::Regression),
+        ("Improvements", Verdict::Improvement),
+    ] {
+        let rows: Vec<Vec<String>> = (h.series.iter())
+            .flat_map(|s| {
+                (s.changes.iter())
+                    .filter(move |c| c.verdict == verdict)
+                    .map(move |c| {
+                        vec![
+                            s.test.to_string(),
+                            s.task.clone(),
+                            s.metric.label().to_owned(),
+                            change(c),
+                        ]
+                    })
+            })
+            .collect();
+        if !rows.is_empty() {
+            let table = markdown_table(&["test", "task", "metric", "change"], rows);
+            out.push_str(&format!("\n#### {title}\n\n{table}"));
+        }
+    }
+    let changed = h.series.iter().filter(|s| !s.changes.is_empty()).count();
+    let steady = h.series_searched - changed;
+    out.push_str(&format!("\n{steady} series without a change.\n"));
+    out
 }
