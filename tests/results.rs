@@ -2235,3 +2235,77 @@ fn history_appends_its_summary_to_the_github_step_summary() {
         text(&out)
     );
 }
+
+/// `--since` and `--until` keep the runs that started in the window, both ends included: a
+/// date from its start or through its end, an RFC 3339 date-time to the second, a span back
+/// from now; a change outside the window is not found. A value that is none of these, or a
+/// window that ends before it starts, is a usage error naming the flag; a window no run
+/// started in says how many runs there are.
+#[test]
+fn history_keeps_the_runs_of_a_time_window() {
+    let t = nightly();
+    let runs = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--json", "--all", "--metric", "throughput"];
+        all.extend(args);
+        let v: serde_json::Value = serde_json::from_str(&t.history(&all, 0)).unwrap();
+        (v["series"][0]["points"].as_array().unwrap().iter())
+            .map(|p| p["run"].as_str().unwrap()[6..8].to_owned())
+            .collect()
+    };
+    let nights =
+        |from: u32, to: u32| -> Vec<String> { (from..=to).map(|n| format!("{n:02}")).collect() };
+    assert_eq!(
+        runs(&["--since", "2026-11-10", "--until", "2026-11-20"]),
+        nights(10, 20)
+    );
+    assert_eq!(runs(&["--since", "2026-11-10T02:00:01Z"]), nights(11, 30));
+    assert_eq!(
+        runs(&["--until", "2026-11-20T03:00:00+01:00"]),
+        nights(1, 20)
+    );
+    assert_eq!(runs(&["--since", "36500d"]), nights(1, 30));
+    // From night 16 the throughput is level: only the latency's change is left.
+    let out = t.history(&["--since", "2026-11-16"], 0);
+    assert!(out.contains("15 runs, 12 series, 1 with a change"), "{out}");
+    assert!(out.contains("at run 20261122T020000Z-n00022"), "{out}");
+
+    for (flag, value) in [
+        ("--since", "yesterday"),
+        ("--until", "2026-11-31"),
+        ("--since", "30x"),
+    ] {
+        let out = t.run(&["history", "--state", STATE, flag, value]);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("invalid value '{value}' for '{flag} <DATE>'")),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = t.run(&[
+        "history",
+        "--state",
+        STATE,
+        "--since",
+        "2026-11-20",
+        "--until",
+        "2026-11-10",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "--since 2026-11-20T00:00:00Z is after --until 2026-11-10T23:59:59.999999999Z"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = t.run(&["history", "--state", STATE, "--since", "2026-12-01"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "none of the 30 runs started between --since 2026-12-01T00:00:00Z and --until -"
+        ),
+        "{}",
+        text(&out)
+    );
+}

@@ -661,6 +661,14 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
     } else {
         args.format
     };
+    if let (Some(since), Some(until)) = (args.since, args.until)
+        && since > until
+    {
+        return Err(UsageError(format!(
+            "--since {since} is after --until {until}: no run can lie between them"
+        ))
+        .into());
+    }
     let ws = open_results(g, args.plan.as_deref())?;
     let history = ops::history::history(
         &ws,
@@ -677,6 +685,8 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
             },
             // A CI system lists every test case, passed or not.
             all: args.all || output == Output::Junit,
+            since: args.since,
+            until: args.until,
         },
     )?;
     match output {
