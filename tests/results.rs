@@ -2309,3 +2309,99 @@ fn history_keeps_the_runs_of_a_time_window() {
         text(&out)
     );
 }
+
+/// Each point carries Rally's and Elasticsearch's version and revision from its run's
+/// race.json (in JSON and CSV; absent without one), and a change whose first run raced another
+/// Elasticsearch than the run before says which, as the throughput step of night 15 does here.
+#[test]
+fn history_points_carry_the_versions_race_json_names() {
+    let t = nightly();
+    let race: serde_json::Value =
+        serde_json::from_slice(&read(fixture("success/race.json"))).unwrap();
+    for night in 1..30 {
+        let mut race = race.clone();
+        let (version, revision) = if night < 15 {
+            ("8.15.0", "a".repeat(40))
+        } else {
+            ("8.16.0", "b".repeat(40))
+        };
+        race["rally-revision"] = "c0ffee".into();
+        race["cluster"]["distribution-version"] = version.into();
+        race["cluster"]["revision"] = revision.into();
+        std::fs::write(
+            t.path(&format!(
+                "results/e2e/202611{night:02}T020000Z-n{night:05}/ingest/a/race.json"
+            )),
+            serde_json::to_vec(&race).unwrap(),
+        )
+        .unwrap();
+    }
+    let v: serde_json::Value = serde_json::from_str(&t.history(
+        &[
+            "--json",
+            "--test",
+            "ingest.a",
+            "--metric",
+            "throughput,latency_p50",
+        ],
+        0,
+    ))
+    .unwrap();
+    let [throughput, latency] = v["series"].as_array().unwrap().as_slice() else {
+        panic!("{v}")
+    };
+    let point = &throughput["points"][0];
+    assert_eq!(
+        (
+            &point["rally_version"],
+            &point["rally_revision"],
+            &point["elasticsearch_version"],
+            &point["elasticsearch_revision"]
+        ),
+        (
+            &"2.13.0".into(),
+            &"c0ffee".into(),
+            &"8.15.0".into(),
+            &serde_json::Value::from("a".repeat(40))
+        )
+    );
+    assert_eq!(throughput["points"][14]["elasticsearch_version"], "8.16.0");
+    assert_eq!(
+        throughput["changes"][0]["elasticsearch_changed"],
+        serde_json::json!({"before": "8.15.0 (aaaaaaaaaaaa)", "after": "8.16.0 (bbbbbbbbbbbb)"})
+    );
+    assert!(
+        latency["changes"][0].get("elasticsearch_changed").is_none(),
+        "{latency}"
+    );
+
+    let csv = t.history(&["--format", "csv", "--test", "ingest.a"], 0);
+    assert_every_row_has_every_column(&csv);
+    assert!(
+        csv.lines().next().unwrap().contains(
+            ",config_hash,rally_version,rally_revision,elasticsearch_version,\
+             elasticsearch_revision,"
+        ),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l
+            .starts_with("ingest.a,bulk,throughput,docs/s,20261115T020000Z-n00015,")
+            && l.contains(",2.13.0,c0ffee,8.16.0,")
+            && l.ends_with(",8.15.0 (aaaaaaaaaaaa) → 8.16.0 (bbbbbbbbbbbb)")),
+        "{csv}"
+    );
+    let (cases, _) = junit_cases(&t.history(&["--format", "junit"], 0));
+    let said = (cases.iter())
+        .find(|c| c.1 == "bulk / throughput (median)")
+        .and_then(|c| c.2.clone())
+        .unwrap()
+        .1;
+    assert!(
+        said.ends_with(", Elasticsearch 8.15.0 (aaaaaaaaaaaa) → 8.16.0 (bbbbbbbbbbbb)"),
+        "{said}"
+    );
+    let out = t.history(&["--test", "ingest.a"], 0);
+    assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
+    insta::assert_snapshot!(out);
+}

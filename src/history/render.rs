@@ -15,7 +15,9 @@ pub fn history(h: &History, format: Format) -> String {
         Format::Markdown => {
             let rows = (h.series.iter())
                 .map(|s| {
-                    let changes: Vec<String> = s.changes.iter().map(change).collect();
+                    let changes: Vec<String> = (s.changes.iter())
+                        .map(|c| format!("{}{}", change(c), elasticsearch(c)))
+                        .collect();
                     vec![
                         plain(s.test.to_string()),
                         plain(&s.task),
@@ -48,6 +50,13 @@ pub fn history(h: &History, format: Format) -> String {
                         Verdict::Improvement => console::style(line).green(),
                     };
                     out.push_str(&format!("  {styled}\n"));
+                    // On a line of its own: two versions with their commits fill one.
+                    if let Some(e) = &c.elasticsearch_changed {
+                        out.push_str(&format!(
+                            "    with Elasticsearch {} → {}\n",
+                            e.before, e.after
+                        ));
+                    }
                 }
             }
             out
@@ -117,10 +126,15 @@ fn points_csv(h: &History) -> String {
         "max",
         "repetitions",
         "config_hash",
+        "rally_version",
+        "rally_revision",
+        "elasticsearch_version",
+        "elasticsearch_revision",
         "change",
         "relative_change",
         "p_value",
         "configuration_changed",
+        "elasticsearch_changed",
     ];
     w.write_record(header).expect("writing to memory");
     for s in &h.series {
@@ -138,10 +152,17 @@ fn points_csv(h: &History) -> String {
                 p.max.to_string(),
                 p.repetitions.to_string(),
                 opt(p.config_hash.as_deref()),
+                opt(p.versions.rally_version.as_deref()),
+                opt(p.versions.rally_revision.as_deref()),
+                opt(p.versions.elasticsearch_version.as_deref()),
+                opt(p.versions.elasticsearch_revision.as_deref()),
                 opt(c.map(|c| c.verdict.label())),
                 opt(c.and_then(|c| c.relative_change)),
                 opt(c.map(|c| c.p_value)),
                 opt(c.map(|c| c.configuration_changed)),
+                opt(c
+                    .and_then(|c| c.elasticsearch_changed.as_ref())
+                    .map(|e| format!("{} → {}", e.before, e.after))),
             ])
             .expect("writing to memory");
         }
@@ -180,7 +201,17 @@ fn numbers(s: &Series, i: usize) -> String {
     if c.configuration_changed {
         out.push_str(", configuration changed");
     }
+    out.push_str(&elasticsearch(c));
     out
+}
+
+/// `, Elasticsearch 8.15.0 → 8.16.0` when the change came with another Elasticsearch.
+fn elasticsearch(c: &Change) -> String {
+    c.elasticsearch_changed
+        .as_ref()
+        .map_or_else(String::new, |e| {
+            format!(", Elasticsearch {} → {}", e.before, e.after)
+        })
 }
 
 /// The history as JUnit XML: a test case per test, task and metric; a series with a
@@ -240,7 +271,7 @@ pub fn step_summary(h: &History) -> String {
                             s.test.to_string(),
                             s.task.clone(),
                             s.metric.label().to_owned(),
-                            change(c),
+                            format!("{}{}", change(c), elasticsearch(c)),
                         ]
                     })
             })

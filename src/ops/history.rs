@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 
 use crate::history::changepoints::Settings;
-use crate::history::series::{self, Filter, History, Raced};
+use crate::history::series::{self, Filter, History, Raced, Versions};
 use crate::results::load::run_started;
 use crate::results::{ResultsError, Workspace};
 use crate::ui;
@@ -55,6 +55,15 @@ pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
                 time: run_started(run),
                 run: run.clone(),
                 config_hash: test.configuration.map(|c| c.config_hash),
+                versions: test
+                    .race
+                    .map(|r| Versions {
+                        rally_version: r.rally_version,
+                        rally_revision: r.rally_revision,
+                        elasticsearch_version: r.distribution_version,
+                        elasticsearch_revision: r.distribution_revision,
+                    })
+                    .unwrap_or_default(),
                 test: test.address,
                 tasks: test.tasks,
             });
