@@ -1924,8 +1924,8 @@ fn history_skips_failed_and_damaged_races_naming_the_damage() {
     );
 }
 
-/// A JUnit test case read back: class name, name, and the tag and message of what it holds
-/// (none when it passed).
+/// A JUnit test case read back: class name, name, and the tag and message (the text of a
+/// `system-out`) of what it holds first (none when it passed).
 type JunitCase = (String, String, Option<(String, String)>);
 
 /// `xml` read back by a strict XML parser (Python's expat), with its counts checked: its test
@@ -1939,7 +1939,7 @@ fn junit_cases(xml: &str) -> (Vec<JunitCase>, String) {
                   for suite in root:\n\
                   \x20   assert suite.tag == 'testsuite', suite.tag\n\
                   \x20   for case in suite.iter('testcase'):\n\
-                  \x20       inner = [[c.tag, c.get('message')] for c in case]\n\
+                  \x20       inner = [[c.tag, c.text if c.tag == 'system-out' else c.get('message')] for c in case]\n\
                   \x20       out.append([case.get('classname'), case.get('name'), inner[0] if inner else None])\n\
                   \x20   for key in ['tests', 'failures', 'errors', 'skipped']:\n\
                   \x20       assert suite.get(key) == root.get(key), key\n\
@@ -2359,4 +2359,257 @@ fn a_webhook_message_names_the_top_regressions_and_counts_the_rest() {
         "{message}"
     );
     assert_eq!(lines[7], "… and 7 more");
+}
+
+/// `history --format junit`: a test case per test, task and metric, every series listed; the
+/// latency step is a failure with its numbers and the configuration change in its message,
+/// the throughput step passes with its numbers said.
+#[test]
+fn history_as_junit() {
+    let t = nightly();
+    let xml = t.history(&["--format", "junit"], 0);
+    let (cases, _) = junit_cases(&xml);
+    assert_eq!(cases.len(), 2 * 6, "{xml}");
+    let held = |classname: &str, name: &str| {
+        (cases.iter())
+            .find(|(c, n, _)| c == classname && n == name)
+            .unwrap_or_else(|| panic!("no case {classname} {name} in {xml}"))
+            .2
+            .clone()
+    };
+    let (tag, message) = held("ingest.a", "bulk / latency p50").unwrap();
+    assert_eq!(tag, "failure");
+    assert!(
+        message.starts_with(
+            "regression at run 20261122T020000Z-n00022 (last before: 20261121T020000Z-n00021): "
+        ) && message.contains("over 21 runs before")
+            && message.contains("over 9 runs after")
+            && message.ends_with(", configuration changed"),
+        "{message}"
+    );
+    let (tag, said) = held("ingest.a", "bulk / throughput (median)").unwrap();
+    assert_eq!(tag, "system-out");
+    assert!(
+        said.starts_with("improvement at run 20261115T020000Z-n00015") && said.contains("+20.0 %"),
+        "{said}"
+    );
+    assert_eq!(held("search.q", "query / throughput (median)"), None);
+    let failures = (cases.iter()).filter(|c| matches!(&c.2, Some((t, _)) if t == "failure"));
+    assert_eq!(failures.count(), 1, "{xml}");
+    insta::assert_snapshot!(xml);
+}
+
+/// With `GITHUB_STEP_SUMMARY` naming a file, `history` appends its Markdown summary there
+/// (regressions, then improvements, then the series without a change counted) and keeps what
+/// the job's earlier steps wrote; a file that cannot be written is warned about and changes
+/// neither the output nor the exit code.
+#[test]
+fn history_appends_its_summary_to_the_github_step_summary() {
+    let t = nightly();
+    let summary = t.path("step-summary.md");
+    std::fs::write(&summary, "## Earlier step\nkept").unwrap();
+    let args = ["history", "--state", STATE];
+    let quiet = t.run(&args);
+    let out = command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout, "stdout is the same");
+    let written = std::fs::read_to_string(&summary).unwrap();
+    assert!(written.starts_with("## Earlier step\nkept\n"), "{written}");
+    let (regressions, improvements) = (
+        written.find("#### Regressions").unwrap(),
+        written.find("#### Improvements").unwrap(),
+    );
+    assert!(regressions < improvements, "{written}");
+    assert!(
+        written.ends_with("\n10 series without a change.\n"),
+        "{written}"
+    );
+    insta::assert_snapshot!(written);
+
+    let out = command(t.dir.path(), &args)
+        .env("GITHUB_STEP_SUMMARY", "/dev/null/summary.md")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot append the step summary to /dev/null/summary.md (GITHUB_STEP_SUMMARY)"
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `--since` and `--until` keep the runs that started in the window, both ends included: a
+/// date from its start or through its end, an RFC 3339 date-time to the second, a span back
+/// from now; a change outside the window is not found. A value that is none of these, or a
+/// window that ends before it starts, is a usage error naming the flag; a window no run
+/// started in says how many runs there are.
+#[test]
+fn history_keeps_the_runs_of_a_time_window() {
+    let t = nightly();
+    let runs = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--json", "--all", "--metric", "throughput"];
+        all.extend(args);
+        let v: serde_json::Value = serde_json::from_str(&t.history(&all, 0)).unwrap();
+        (v["series"][0]["points"].as_array().unwrap().iter())
+            .map(|p| p["run"].as_str().unwrap()[6..8].to_owned())
+            .collect()
+    };
+    let nights =
+        |from: u32, to: u32| -> Vec<String> { (from..=to).map(|n| format!("{n:02}")).collect() };
+    assert_eq!(
+        runs(&["--since", "2026-11-10", "--until", "2026-11-20"]),
+        nights(10, 20)
+    );
+    assert_eq!(runs(&["--since", "2026-11-10T02:00:01Z"]), nights(11, 30));
+    assert_eq!(
+        runs(&["--until", "2026-11-20T03:00:00+01:00"]),
+        nights(1, 20)
+    );
+    assert_eq!(runs(&["--since", "36500d"]), nights(1, 30));
+    // From night 16 the throughput is level: only the latency's change is left.
+    let out = t.history(&["--since", "2026-11-16"], 0);
+    assert!(out.contains("15 runs, 12 series, 1 with a change"), "{out}");
+    assert!(out.contains("at run 20261122T020000Z-n00022"), "{out}");
+
+    for (flag, value) in [
+        ("--since", "yesterday"),
+        ("--until", "2026-11-31"),
+        ("--since", "30x"),
+    ] {
+        let out = t.run(&["history", "--state", STATE, flag, value]);
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("invalid value '{value}' for '{flag} <DATE>'")),
+            "{}",
+            text(&out)
+        );
+    }
+    let out = t.run(&[
+        "history",
+        "--state",
+        STATE,
+        "--since",
+        "2026-11-20",
+        "--until",
+        "2026-11-10",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "--since 2026-11-20T00:00:00Z is after --until 2026-11-10T23:59:59.999999999Z"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = t.run(&["history", "--state", STATE, "--since", "2026-12-01"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "none of the 30 runs started between --since 2026-12-01T00:00:00Z and --until -"
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Each point carries Rally's and Elasticsearch's version and revision from its run's
+/// race.json (in JSON and CSV; absent without one), and a change whose first run raced another
+/// Elasticsearch than the run before says which, as the throughput step of night 15 does here.
+#[test]
+fn history_points_carry_the_versions_race_json_names() {
+    let t = nightly();
+    let race: serde_json::Value =
+        serde_json::from_slice(&read(fixture("success/race.json"))).unwrap();
+    for night in 1..30 {
+        let mut race = race.clone();
+        let (version, revision) = if night < 15 {
+            ("8.15.0", "a".repeat(40))
+        } else {
+            ("8.16.0", "b".repeat(40))
+        };
+        race["rally-revision"] = "c0ffee".into();
+        race["cluster"]["distribution-version"] = version.into();
+        race["cluster"]["revision"] = revision.into();
+        std::fs::write(
+            t.path(&format!(
+                "results/e2e/202611{night:02}T020000Z-n{night:05}/ingest/a/race.json"
+            )),
+            serde_json::to_vec(&race).unwrap(),
+        )
+        .unwrap();
+    }
+    let v: serde_json::Value = serde_json::from_str(&t.history(
+        &[
+            "--json",
+            "--test",
+            "ingest.a",
+            "--metric",
+            "throughput,latency_p50",
+        ],
+        0,
+    ))
+    .unwrap();
+    let [throughput, latency] = v["series"].as_array().unwrap().as_slice() else {
+        panic!("{v}")
+    };
+    let point = &throughput["points"][0];
+    assert_eq!(
+        (
+            &point["rally_version"],
+            &point["rally_revision"],
+            &point["elasticsearch_version"],
+            &point["elasticsearch_revision"]
+        ),
+        (
+            &"2.13.0".into(),
+            &"c0ffee".into(),
+            &"8.15.0".into(),
+            &serde_json::Value::from("a".repeat(40))
+        )
+    );
+    assert_eq!(throughput["points"][14]["elasticsearch_version"], "8.16.0");
+    assert_eq!(
+        throughput["changes"][0]["elasticsearch_changed"],
+        serde_json::json!({"before": "8.15.0 (aaaaaaaaaaaa)", "after": "8.16.0 (bbbbbbbbbbbb)"})
+    );
+    assert!(
+        latency["changes"][0].get("elasticsearch_changed").is_none(),
+        "{latency}"
+    );
+
+    let csv = t.history(&["--format", "csv", "--test", "ingest.a"], 0);
+    assert_every_row_has_every_column(&csv);
+    assert!(
+        csv.lines().next().unwrap().contains(
+            ",config_hash,rally_version,rally_revision,elasticsearch_version,\
+             elasticsearch_revision,"
+        ),
+        "{csv}"
+    );
+    assert!(
+        csv.lines().any(|l| l
+            .starts_with("ingest.a,bulk,throughput,docs/s,20261115T020000Z-n00015,")
+            && l.contains(",2.13.0,c0ffee,8.16.0,")
+            && l.ends_with(",8.15.0 (aaaaaaaaaaaa) → 8.16.0 (bbbbbbbbbbbb)")),
+        "{csv}"
+    );
+    let (cases, _) = junit_cases(&t.history(&["--format", "junit"], 0));
+    let said = (cases.iter())
+        .find(|c| c.1 == "bulk / throughput (median)")
+        .and_then(|c| c.2.clone())
+        .unwrap()
+        .1;
+    assert!(
+        said.ends_with(", Elasticsearch 8.15.0 (aaaaaaaaaaaa) → 8.16.0 (bbbbbbbbbbbb)"),
+        "{said}"
+    );
+    let out = t.history(&["--test", "ingest.a"], 0);
+    assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
+    insta::assert_snapshot!(out);
 }

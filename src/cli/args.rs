@@ -331,9 +331,10 @@ pub struct ResultsArgs {
 pub struct HistoryArgs {
     /// The plan file; it names the workspace and so its state and results
     pub(super) plan: Option<PathBuf>,
-    /// Output format (`text` is `table`)
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub(super) format: Format,
+    /// Output format (`text` is `table`; `junit`: a test case per series, a regression a
+    /// failure)
+    #[arg(long, value_enum, default_value_t = Output::Text(Format::Table))]
+    pub(super) format: Output,
     /// Only this test, SUITE.TEST (repeatable, or a comma-separated list)
     #[arg(long, value_name = "ADDR", value_delimiter = ',')]
     pub(super) test: Vec<Address>,
@@ -355,6 +356,49 @@ pub struct HistoryArgs {
     /// Also show the series without a change
     #[arg(long)]
     pub(super) all: bool,
+    /// Only runs that started at or after this: a date (2026-11-01, from its start), an RFC
+    /// 3339 date-time or a span back from now (30d, 12h)
+    #[arg(long, value_name = "DATE", value_parser = since)]
+    pub(super) since: Option<jiff::Timestamp>,
+    /// Only runs that started at or before this: a date (through its end), an RFC 3339
+    /// date-time or a span back from now
+    #[arg(long, value_name = "DATE", value_parser = until)]
+    pub(super) until: Option<jiff::Timestamp>,
+}
+
+fn since(s: &str) -> Result<jiff::Timestamp, String> {
+    instant(s, false)
+}
+
+fn until(s: &str) -> Result<jiff::Timestamp, String> {
+    instant(s, true)
+}
+
+/// A point in time in UTC; a date is its first instant, or its last with `end_of_day`.
+fn instant(s: &str, end_of_day: bool) -> Result<jiff::Timestamp, String> {
+    use jiff::tz::TimeZone;
+    let utc = |d: jiff::civil::Date| TimeZone::UTC.to_timestamp(d.into());
+    let parsed = if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        Ok(t)
+    } else if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        if end_of_day {
+            d.tomorrow()
+                .and_then(utc)
+                .and_then(|t| t.checked_sub(jiff::SignedDuration::from_nanos(1)))
+        } else {
+            utc(d)
+        }
+    } else if let Ok(span) = s.parse::<jiff::Span>() {
+        (jiff::Timestamp::now().to_zoned_datetime(TimeZone::UTC))
+            .checked_sub(span)
+            .map(|z| z.timestamp())
+    } else {
+        return Err(format!(
+            "`{s}` is no date (2026-11-30), RFC 3339 date-time (2026-11-30T02:00:00Z) or span \
+             back from now (30d, 12h)"
+        ));
+    };
+    parsed.map_err(|e| format!("`{s}`: {e}"))
 }
 
 fn metric(s: &str) -> Result<Metric, String> {

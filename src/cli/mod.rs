@@ -663,6 +663,19 @@ fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
 }
 
 fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
+    let output = if g.json {
+        Output::Text(Format::Json)
+    } else {
+        args.format
+    };
+    if let (Some(since), Some(until)) = (args.since, args.until)
+        && since > until
+    {
+        return Err(UsageError(format!(
+            "--since {since} is after --until {until}: no run can lie between them"
+        ))
+        .into());
+    }
     let ws = open_results(g, args.plan.as_deref())?;
     let history = ops::history::history(
         &ws,
@@ -677,11 +690,17 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
                 min_magnitude: args.min_magnitude,
                 ..Settings::default()
             },
-            all: args.all,
+            // A CI system lists every test case, passed or not.
+            all: args.all || output == Output::Junit,
+            since: args.since,
+            until: args.until,
         },
     )?;
-    let format = if g.json { Format::Json } else { args.format };
-    out!("{}", history::render::history(&history, format));
+    match output {
+        Output::Text(format) => out!("{}", history::render::history(&history, format)),
+        Output::Junit => out!("{}", history::render::junit(&history)),
+    }
+    ui::step_summary(&history::render::step_summary(&history));
     Ok(0)
 }
 

@@ -2,8 +2,11 @@
 //! CSV, the whole of it in JSON.
 
 use super::series::{Change, History, Series, Verdict};
+use crate::results::junit::{self, Case, Outcome, Suite, Tag};
 use crate::results::metrics::format_number;
-use crate::results::render::{Format, csv_text, csv_writer, human_table, json, opt, pct, plain};
+use crate::results::render::{
+    Format, csv_text, csv_writer, human_table, json, markdown_table, opt, pct, plain,
+};
 
 pub fn history(h: &History, format: Format) -> String {
     match format {
@@ -12,7 +15,9 @@ pub fn history(h: &History, format: Format) -> String {
         Format::Markdown => {
             let rows = (h.series.iter())
                 .map(|s| {
-                    let changes: Vec<String> = s.changes.iter().map(change).collect();
+                    let changes: Vec<String> = (s.changes.iter())
+                        .map(|c| format!("{}{}", change(c), elasticsearch(c)))
+                        .collect();
                     vec![
                         plain(s.test.to_string()),
                         plain(&s.task),
@@ -45,6 +50,13 @@ pub fn history(h: &History, format: Format) -> String {
                         Verdict::Improvement => console::style(line).green(),
                     };
                     out.push_str(&format!("  {styled}\n"));
+                    // On a line of its own: two versions with their commits fill one.
+                    if let Some(e) = &c.elasticsearch_changed {
+                        out.push_str(&format!(
+                            "    with Elasticsearch {} → {}\n",
+                            e.before, e.after
+                        ));
+                    }
                 }
             }
             out
@@ -114,10 +126,15 @@ fn points_csv(h: &History) -> String {
         "max",
         "repetitions",
         "config_hash",
+        "rally_version",
+        "rally_revision",
+        "elasticsearch_version",
+        "elasticsearch_revision",
         "change",
         "relative_change",
         "p_value",
         "configuration_changed",
+        "elasticsearch_changed",
     ];
     w.write_record(header).expect("writing to memory");
     for s in &h.series {
@@ -135,13 +152,137 @@ fn points_csv(h: &History) -> String {
                 p.max.to_string(),
                 p.repetitions.to_string(),
                 opt(p.config_hash.as_deref()),
+                opt(p.versions.rally_version.as_deref()),
+                opt(p.versions.rally_revision.as_deref()),
+                opt(p.versions.elasticsearch_version.as_deref()),
+                opt(p.versions.elasticsearch_revision.as_deref()),
                 opt(c.map(|c| c.verdict.label())),
                 opt(c.and_then(|c| c.relative_change)),
                 opt(c.map(|c| c.p_value)),
                 opt(c.map(|c| c.configuration_changed)),
+                opt(c
+                    .and_then(|c| c.elasticsearch_changed.as_ref())
+                    .map(|e| format!("{} → {}", e.before, e.after))),
             ])
             .expect("writing to memory");
         }
     }
     csv_text(w)
+}
+
+/// How many runs the level before a change and the level after it rest on: from the change
+/// before (or the first run) to the change after (or the last run).
+fn runs_around(s: &Series, i: usize) -> (usize, usize) {
+    let c = &s.changes[i];
+    let from = i.checked_sub(1).map_or(0, |p| s.changes[p].index);
+    let to = s.changes.get(i + 1).map_or(s.points.len(), |n| n.index);
+    (c.index - from, to - c.index)
+}
+
+/// The numbers behind a change on one line, as a CI system shows a failure's message.
+fn numbers(s: &Series, i: usize) -> String {
+    let c = &s.changes[i];
+    let (before, after) = runs_around(s, i);
+    let mut out = format!(
+        "{} at run {} (last before: {}): mean {} {unit} over {before} run{} before, {} {unit} \
+         over {after} run{} after, change {}, p={:.1e}",
+        c.verdict.label(),
+        c.first_after,
+        c.last_before,
+        format_number(c.mean_before),
+        if before == 1 { "" } else { "s" },
+        format_number(c.mean_after),
+        if after == 1 { "" } else { "s" },
+        c.relative_change
+            .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0))),
+        c.p_value,
+        unit = s.unit,
+    );
+    if c.configuration_changed {
+        out.push_str(", configuration changed");
+    }
+    out.push_str(&elasticsearch(c));
+    out
+}
+
+/// `, Elasticsearch 8.15.0 → 8.16.0` when the change came with another Elasticsearch.
+fn elasticsearch(c: &Change) -> String {
+    c.elasticsearch_changed
+        .as_ref()
+        .map_or_else(String::new, |e| {
+            format!(", Elasticsearch {} → {}", e.before, e.after)
+        })
+}
+
+/// The history as JUnit XML: a test case per test, task and metric; a series with a
+/// regression fails with its numbers, an improvement passes with its numbers said.
+pub fn junit(h: &History) -> String {
+    let cases = (h.series.iter())
+        .map(|s| {
+            let said = |verdict| {
+                let lines: Vec<String> = (0..s.changes.len())
+                    .filter(|&i| s.changes[i].verdict == verdict)
+                    .map(|i| numbers(s, i))
+                    .collect();
+                Some(lines.join("\n")).filter(|l| !l.is_empty())
+            };
+            Case {
+                classname: s.test.to_string(),
+                name: format!("{} / {}", s.task, s.metric.label()),
+                outcome: said(Verdict::Regression).map(|message| Outcome {
+                    tag: Tag::Failure,
+                    kind: Verdict::Regression.label().into(),
+                    message,
+                }),
+                out: said(Verdict::Improvement),
+            }
+        })
+        .collect();
+    junit::document(&Suite {
+        tool: "rallyctl history",
+        name: heading(h).lines().next().unwrap_or_default().to_owned(),
+        properties: vec![
+            ("workspace", Some(h.workspace.clone())),
+            ("runs", Some(h.runs.to_string())),
+            ("max_pvalue", Some(h.max_pvalue.to_string())),
+            ("min_magnitude", Some(h.min_magnitude.to_string())),
+        ],
+        cases,
+        out: vec![],
+    })
+}
+
+/// The history as a CI job's summary (GitHub's step summary) in Markdown: the regressions
+/// first, then the improvements, then how many series did not change.
+pub fn step_summary(h: &History) -> String {
+    let mut out = format!("### rallyctl history: `{}`\n\n", h.workspace);
+    out.push_str(heading(h).lines().next().unwrap_or_default());
+    out.push('\n');
+    for (title, verdict) in [
+        ("Regressions", Verdict::Regression),
+        ("Improvements", Verdict::Improvement),
+    ] {
+        let rows: Vec<Vec<String>> = (h.series.iter())
+            .flat_map(|s| {
+                (s.changes.iter())
+                    .filter(move |c| c.verdict == verdict)
+                    .map(move |c| {
+                        vec![
+                            s.test.to_string(),
+                            s.task.clone(),
+                            s.metric.label().to_owned(),
+                            format!("{}{}", change(c), elasticsearch(c)),
+                        ]
+                    })
+            })
+            .collect();
+        if !rows.is_empty() {
+            let table = markdown_table(&["test", "task", "metric", "change"], rows);
+            out.push_str(&format!("\n#### {title}\n\n{table}"));
+        }
+    }
+    let changed = h.series.iter().filter(|s| !s.changes.is_empty()).count();
+    let steady = h.series_searched - changed;
+    out.push_str(&format!("\n{steady} series without a change.\n"));
+    out
 }

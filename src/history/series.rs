@@ -19,6 +19,7 @@ pub struct Raced {
     pub run: String,
     pub time: Option<jiff::Timestamp>,
     pub config_hash: Option<String>,
+    pub versions: Versions,
     /// Each metric's value per counted repetition.
     pub tasks: Vec<TaskMetrics>,
 }
@@ -39,6 +40,38 @@ impl Filter {
     }
 }
 
+/// What raced, as the run's race.json says: absent without one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Versions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rally_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rally_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elasticsearch_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elasticsearch_revision: Option<String>,
+}
+
+impl Versions {
+    /// Elasticsearch as a change names it: its version, and its commit when known, since
+    /// nightly snapshot builds share a version.
+    fn elasticsearch(&self) -> Option<String> {
+        let version = self.elasticsearch_version.as_deref()?;
+        Some(match &self.elasticsearch_revision {
+            Some(r) => format!("{version} ({})", r.chars().take(12).collect::<String>()),
+            None => version.to_owned(),
+        })
+    }
+}
+
+/// Elasticsearch before a change and after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionChange {
+    pub before: String,
+    pub after: String,
+}
+
 /// One run's point of a series.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Point {
@@ -51,6 +84,8 @@ pub struct Point {
     pub max: f64,
     pub repetitions: usize,
     pub config_hash: Option<String>,
+    #[serde(flatten)]
+    pub versions: Versions,
 }
 
 /// Which way a change went for the metric.
@@ -86,6 +121,9 @@ pub struct Change {
     /// The first run after the change raced another configuration than the run before it:
     /// the change may be the configuration's, not the software's.
     pub configuration_changed: bool,
+    /// The first run after the change raced another Elasticsearch than the run before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elasticsearch_changed: Option<VersionChange>,
 }
 
 /// A test's, task's and metric's values over the runs that raced it, oldest first.
@@ -150,6 +188,7 @@ pub fn build(
                     max,
                     repetitions: races.len(),
                     config_hash: r.config_hash.clone(),
+                    versions: r.versions.clone(),
                 });
             }
         }
@@ -187,6 +226,13 @@ fn change(c: &ChangePoint, points: &[Point], metric: Metric) -> Change {
             (&before.config_hash, &after.config_hash),
             (Some(b), Some(a)) if a != b
         ),
+        elasticsearch_changed: match (
+            before.versions.elasticsearch(),
+            after.versions.elasticsearch(),
+        ) {
+            (Some(before), Some(after)) if before != after => Some(VersionChange { before, after }),
+            _ => None,
+        },
     }
 }
 
@@ -204,6 +250,7 @@ mod tests {
             run: format!("run-{run:02}"),
             time: None,
             config_hash: Some(hash.into()),
+            versions: Versions::default(),
             tasks: vec![TaskMetrics {
                 task: "bulk".into(),
                 duration_s: None,

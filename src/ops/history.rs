@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 
 use crate::history::changepoints::Settings;
-use crate::history::series::{self, Filter, History, Raced};
+use crate::history::series::{self, Filter, History, Raced, Versions};
 use crate::results::load::run_started;
 use crate::results::{ResultsError, Workspace};
 use crate::ui;
@@ -16,12 +16,30 @@ pub struct Query {
     pub settings: Settings,
     /// Also the series without a change.
     pub all: bool,
+    /// Only the runs that started in this window (both ends included).
+    pub since: Option<jiff::Timestamp>,
+    pub until: Option<jiff::Timestamp>,
 }
 
 pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
-    let runs = ws.run_dirs()?;
+    let mut runs = ws.run_dirs()?;
     if runs.is_empty() {
         return Err(ResultsError::NoRuns(ws.backend.results_location(&ws.name)).into());
+    }
+    let all_runs = runs.len();
+    // A run whose start its id does not tell lies in no window.
+    runs.retain(|run| {
+        (q.since.is_none() && q.until.is_none())
+            || run_started(run)
+                .is_some_and(|t| q.since.is_none_or(|s| t >= s) && q.until.is_none_or(|u| t <= u))
+    });
+    if runs.is_empty() {
+        let bound = |t: Option<jiff::Timestamp>| t.map_or("-".into(), |t| t.to_string());
+        bail!(
+            "none of the {all_runs} runs started between --since {} and --until {}",
+            bound(q.since),
+            bound(q.until)
+        );
     }
     let mut raced = Vec::new();
     for run in &runs {
@@ -37,6 +55,15 @@ pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
                 time: run_started(run),
                 run: run.clone(),
                 config_hash: test.configuration.map(|c| c.config_hash),
+                versions: test
+                    .race
+                    .map(|r| Versions {
+                        rally_version: r.rally_version,
+                        rally_revision: r.rally_revision,
+                        elasticsearch_version: r.distribution_version,
+                        elasticsearch_revision: r.distribution_revision,
+                    })
+                    .unwrap_or_default(),
                 test: test.address,
                 tasks: test.tasks,
             });

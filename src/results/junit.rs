@@ -2,7 +2,8 @@
 //! metric (class name the test's address, name `task / metric`). A regression, or a metric the
 //! contender lost, is a failure whose message carries the numbers; an improvement or no change
 //! passes; a metric that could not be judged (inconclusive, new) is skipped with why; a file
-//! that could not be read is an error.
+//! that could not be read is an error. `history` writes its change points by the same
+//! [`document`].
 
 use super::compare::{Comparison, Method, Row, Side, Verdict};
 use super::render::{change, p_value, with_spread};
@@ -70,19 +71,17 @@ fn numbers(row: &Row, min_effect_pct: f64) -> String {
 }
 
 /// What a test case holds: nothing when it passed.
-fn outcome(row: &Row, min_effect_pct: f64) -> Option<String> {
-    let element = |tag: &str, message: String| {
-        format!(
-            "      <{tag} type=\"{}\" message=\"{}\"/>\n",
-            row.verdict.id(),
-            escape(&message)
-        )
+fn outcome(row: &Row, min_effect_pct: f64) -> Option<Outcome> {
+    let element = |tag, message| Outcome {
+        tag,
+        kind: row.verdict.id().to_owned(),
+        message,
     };
     match row.verdict {
         Verdict::Improvement | Verdict::NoChange => None,
-        Verdict::Regression => Some(element("failure", numbers(row, min_effect_pct))),
+        Verdict::Regression => Some(element(Tag::Failure, numbers(row, min_effect_pct))),
         Verdict::Missing => Some(element(
-            "failure",
+            Tag::Failure,
             format!(
                 "missing: baseline {}, not in the contender (Rally leaves out the throughput of \
                  a task whose every request failed); counts as a regression",
@@ -90,7 +89,7 @@ fn outcome(row: &Row, min_effect_pct: f64) -> Option<String> {
             ),
         )),
         Verdict::Inconclusive => Some(element(
-            "skipped",
+            Tag::Skipped,
             format!(
                 "{}; neither beyond nor within the min effect{}",
                 numbers(row, min_effect_pct),
@@ -100,7 +99,7 @@ fn outcome(row: &Row, min_effect_pct: f64) -> Option<String> {
             ),
         )),
         Verdict::New => Some(element(
-            "skipped",
+            Tag::Skipped,
             format!(
                 "new: not in the baseline, nothing to compare with (contender {})",
                 side(row.contender.as_ref(), &row.unit)
@@ -111,70 +110,153 @@ fn outcome(row: &Row, min_effect_pct: f64) -> Option<String> {
 
 /// The comparison as a JUnit XML document: one suite, the workspace's comparison.
 pub fn comparison(c: &Comparison) -> String {
-    let failures = c.regressions().len();
-    let skipped = (c.rows.iter())
-        .filter(|r| matches!(r.verdict, Verdict::Inconclusive | Verdict::New))
-        .count();
-    let errors = c.problems.len();
-    let tests = c.rows.len() + errors;
-    let name = escape(&format!(
-        "{}: {}",
-        c.workspace,
-        super::render::comparison_summary(c)
-    ));
-    let counts = format!(
-        "tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\""
-    );
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <testsuites name=\"rallyctl results\" {counts}>\n  \
-         <testsuite name=\"{name}\" {counts}>\n    <properties>\n"
-    );
-    let properties = [
-        ("workspace", Some(c.workspace.clone())),
-        ("baseline_run", c.baseline_run.clone()),
-        ("contender_run", c.contender_run.clone()),
-        ("baseline_variant", c.baseline_variant.clone()),
-        ("min_effect_pct", Some(c.min_effect_pct.to_string())),
-    ];
-    for (key, value) in properties {
-        if let Some(value) = value {
-            out.push_str(&format!(
-                "      <property name=\"{key}\" value=\"{}\"/>\n",
-                escape(&value)
-            ));
-        }
-    }
-    out.push_str("    </properties>\n");
-    for row in &c.rows {
-        let open = format!(
-            "    <testcase classname=\"{}\" name=\"{}\"",
-            escape(&row.test.to_string()),
-            escape(&format!("{} / {}", row.task, row.metric.label()))
-        );
-        match outcome(row, c.min_effect_pct) {
-            None => out.push_str(&format!("{open}/>\n")),
-            Some(inner) => out.push_str(&format!("{open}>\n{inner}    </testcase>\n")),
-        }
-    }
-    for problem in &c.problems {
-        out.push_str(&format!(
-            "    <testcase classname=\"{}\" name=\"reading results\">\n      \
-             <error type=\"unreadable\" message=\"{}\"/>\n    </testcase>\n",
-            escape(&c.workspace),
-            escape(problem)
-        ));
-    }
+    let mut cases: Vec<Case> = (c.rows.iter())
+        .map(|row| Case {
+            classname: row.test.to_string(),
+            name: format!("{} / {}", row.task, row.metric.label()),
+            outcome: outcome(row, c.min_effect_pct),
+            out: None,
+        })
+        .collect();
+    cases.extend(c.problems.iter().map(|problem| Case {
+        classname: c.workspace.clone(),
+        name: "reading results".into(),
+        outcome: Some(Outcome {
+            tag: Tag::Error,
+            kind: "unreadable".into(),
+            message: problem.clone(),
+        }),
+        out: None,
+    }));
     // What the table prints below its rows: what the verdicts rest on, and configuration
     // changes the verdicts measure.
     let mut said = super::render::comparison_notes(c);
     for (title, diff) in super::render::configuration_changes(c) {
         said.push(format!("{title}\n{diff}"));
     }
-    if !said.is_empty() {
+    document(&Suite {
+        tool: "rallyctl results",
+        name: format!("{}: {}", c.workspace, super::render::comparison_summary(c)),
+        properties: vec![
+            ("workspace", Some(c.workspace.clone())),
+            ("baseline_run", c.baseline_run.clone()),
+            ("contender_run", c.contender_run.clone()),
+            ("baseline_variant", c.baseline_variant.clone()),
+            ("min_effect_pct", Some(c.min_effect_pct.to_string())),
+        ],
+        cases,
+        out: said,
+    })
+}
+
+/// What a test case that did not simply pass holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    Failure,
+    Error,
+    Skipped,
+}
+
+impl Tag {
+    fn name(self) -> &'static str {
+        match self {
+            Tag::Failure => "failure",
+            Tag::Error => "error",
+            Tag::Skipped => "skipped",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub tag: Tag,
+    /// The `type` attribute: what kind of failure, error or skip.
+    pub kind: String,
+    /// The numbers behind it, on the `message` attribute, which every CI system shows.
+    pub message: String,
+}
+
+pub struct Case {
+    pub classname: String,
+    pub name: String,
+    /// None when it passed.
+    pub outcome: Option<Outcome>,
+    /// What the case has to say even when it passed (its `system-out`).
+    pub out: Option<String>,
+}
+
+/// A document of one suite, whatever rallyctl command judged its cases.
+pub struct Suite {
+    /// The command, the `testsuites` name.
+    pub tool: &'static str,
+    pub name: String,
+    /// Left out when none.
+    pub properties: Vec<(&'static str, Option<String>)>,
+    pub cases: Vec<Case>,
+    /// The suite's `system-out`, a paragraph each; left out when empty.
+    pub out: Vec<String>,
+}
+
+/// A suite as a JUnit XML document, its counts taken from its cases.
+pub fn document(suite: &Suite) -> String {
+    let count = |tag| {
+        (suite.cases.iter())
+            .filter(|c| c.outcome.as_ref().is_some_and(|o| o.tag == tag))
+            .count()
+    };
+    let counts = format!(
+        "tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\"",
+        suite.cases.len(),
+        count(Tag::Failure),
+        count(Tag::Error),
+        count(Tag::Skipped)
+    );
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuites name=\"{}\" {counts}>\n  \
+         <testsuite name=\"{}\" {counts}>\n    <properties>\n",
+        escape(suite.tool),
+        escape(&suite.name)
+    );
+    for (key, value) in &suite.properties {
+        if let Some(value) = value {
+            out.push_str(&format!(
+                "      <property name=\"{key}\" value=\"{}\"/>\n",
+                escape(value)
+            ));
+        }
+    }
+    out.push_str("    </properties>\n");
+    for case in &suite.cases {
+        let open = format!(
+            "    <testcase classname=\"{}\" name=\"{}\"",
+            escape(&case.classname),
+            escape(&case.name)
+        );
+        if case.outcome.is_none() && case.out.is_none() {
+            out.push_str(&format!("{open}/>\n"));
+            continue;
+        }
+        out.push_str(&format!("{open}>\n"));
+        if let Some(o) = &case.outcome {
+            out.push_str(&format!(
+                "      <{} type=\"{}\" message=\"{}\"/>\n",
+                o.tag.name(),
+                escape(&o.kind),
+                escape(&o.message)
+            ));
+        }
+        if let Some(said) = &case.out {
+            out.push_str(&format!(
+                "      <system-out>{}</system-out>\n",
+                escape(said)
+            ));
+        }
+        out.push_str("    </testcase>\n");
+    }
+    if !suite.out.is_empty() {
         out.push_str(&format!(
             "    <system-out>{}</system-out>\n",
-            escape(&said.join("\n"))
+            escape(&suite.out.join("\n"))
         ));
     }
     out.push_str("  </testsuite>\n</testsuites>\n");

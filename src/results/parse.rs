@@ -161,6 +161,12 @@ pub struct RaceInfo {
     pub car: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distribution_version: Option<String>,
+    /// Rally's and Elasticsearch's commits, which `history` shows per point; kept out of
+    /// `results`' JSON, whose shape scripts read.
+    #[serde(skip)]
+    pub rally_revision: Option<String>,
+    #[serde(skip)]
+    pub distribution_revision: Option<String>,
     /// Seconds each task ran, by task name.
     #[serde(skip)]
     pub task_durations: BTreeMap<String, f64>,
@@ -170,6 +176,7 @@ pub struct RaceInfo {
 #[serde(rename_all = "kebab-case")]
 struct RaceJson {
     rally_version: Option<String>,
+    rally_revision: Option<String>,
     race_id: Option<String>,
     track: Option<String>,
     challenge: Option<String>,
@@ -184,6 +191,7 @@ struct RaceJson {
 #[serde(rename_all = "kebab-case")]
 struct Cluster {
     distribution_version: Option<String>,
+    revision: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -227,7 +235,12 @@ pub fn race_json(path: &Path) -> Result<RaceInfo, FileError> {
         challenge: race.challenge,
         track_params: race.track_params,
         car,
-        distribution_version: race.cluster.and_then(|c| c.distribution_version),
+        rally_revision: race.rally_revision,
+        distribution_version: race
+            .cluster
+            .as_ref()
+            .and_then(|c| c.distribution_version.clone()),
+        distribution_revision: race.cluster.and_then(|c| c.revision),
         task_durations: race
             .results
             .map(|r| {
