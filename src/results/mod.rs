@@ -10,6 +10,7 @@ pub mod html;
 pub mod junit;
 pub mod layout;
 pub mod load;
+mod markup;
 pub mod metrics;
 pub mod parse;
 pub mod render;
