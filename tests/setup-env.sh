@@ -58,39 +58,31 @@ if [ ! -d /run/sshd ]; then
     chmod 755 /run/sshd
 fi
 
-# --- moto venv -----------------------------------------------------------------------------
+# --- Python venvs: moto, Apache Otava --------------------------------------------------------
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
-marker="$MOTO_VENV/.rallyctl-moto-$MOTO_VERSION"
-if [ -f "$marker" ] && [ -x "$MOTO_VENV/bin/moto_server" ] \
-    && "$MOTO_VENV/bin/python" -c 'import moto, boto3' 2>/dev/null; then
-    log "moto $MOTO_VERSION venv present: $MOTO_VENV"
-else
-    log "creating moto venv at $MOTO_VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
-    rm -rf "$MOTO_VENV"
-    mkdir -p "$(dirname "$MOTO_VENV")"
+# venv DIR REQUIREMENT IMPORTS: a venv of its own at DIR holding REQUIREMENT, made again unless
+# its marker says so and IMPORTS import there. Kept apart: installed together, pip resolves
+# esrally and moto down to old versions.
+venv() {
+    local dir=$1 requirement=$2 imports=$3
+    local marker="$dir/.rallyctl-${requirement//[^A-Za-z0-9.]/-}"
+    if [ -f "$marker" ] && "$dir/bin/python" -c "import $imports" 2>/dev/null; then
+        log "$requirement venv present: $dir"
+        return
+    fi
+    log "creating a venv for $requirement at $dir with $PYTHON ($("$PYTHON" --version 2>&1))"
+    rm -rf "$dir"
+    mkdir -p "$(dirname "$dir")"
+    local start
     start=$(date +%s)
-    "$PYTHON" -m venv "$MOTO_VENV"
-    "$MOTO_VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
-    "$MOTO_VENV/bin/python" -c 'import moto, boto3; print("moto", moto.__version__)'
+    "$PYTHON" -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "$requirement"
+    "$dir/bin/python" -c "import $imports"
     touch "$marker"
-    log "moto venv ready in $(($(date +%s) - start)) s"
-fi
-
-# --- Otava venv ----------------------------------------------------------------------------
-marker="$OTAVA_VENV/.rallyctl-otava-$OTAVA_VERSION"
-if [ -f "$marker" ] && "$OTAVA_VENV/bin/python" -c 'import otava.analysis' 2>/dev/null; then
-    log "apache-otava $OTAVA_VERSION venv present: $OTAVA_VENV"
-else
-    log "creating apache-otava venv at $OTAVA_VENV with $PYTHON ($("$PYTHON" --version 2>&1))"
-    rm -rf "$OTAVA_VENV"
-    mkdir -p "$(dirname "$OTAVA_VENV")"
-    start=$(date +%s)
-    "$PYTHON" -m venv "$OTAVA_VENV"
-    "$OTAVA_VENV/bin/pip" install --quiet --disable-pip-version-check "apache-otava==$OTAVA_VERSION"
-    "$OTAVA_VENV/bin/python" -c 'import otava.analysis; print("apache-otava imports")'
-    touch "$marker"
-    log "apache-otava venv ready in $(($(date +%s) - start)) s"
-fi
+    log "$requirement venv ready in $(($(date +%s) - start)) s"
+}
+venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION" "moto, boto3"
+venv "$OTAVA_VENV" "apache-otava==$OTAVA_VERSION" "otava.analysis"
 
 log "done"
