@@ -2120,19 +2120,7 @@ fn a_comparison_appends_its_summary_to_the_github_step_summary() {
         format!("{written}{}", &written["## Earlier step\nkept".len()..])
     );
 
-    let out = command(t.dir.path(), &args)
-        .env("GITHUB_STEP_SUMMARY", "/dev/null/summary.md")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(out.stdout, quiet.stdout);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(
-            "warning: cannot append the step summary to /dev/null/summary.md (GITHUB_STEP_SUMMARY)"
-        ),
-        "{}",
-        text(&out)
-    );
+    an_unwritable_step_summary_is_warned_about(t.dir.path(), &args, &quiet.stdout);
 }
 
 /// A comparison across a configuration change says so in its JUnit report too (the suite's
@@ -2429,19 +2417,7 @@ fn history_appends_its_summary_to_the_github_step_summary() {
     );
     insta::assert_snapshot!(written);
 
-    let out = command(t.dir.path(), &args)
-        .env("GITHUB_STEP_SUMMARY", "/dev/null/summary.md")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(out.stdout, quiet.stdout);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(
-            "warning: cannot append the step summary to /dev/null/summary.md (GITHUB_STEP_SUMMARY)"
-        ),
-        "{}",
-        text(&out)
-    );
+    an_unwritable_step_summary_is_warned_about(t.dir.path(), &args, &quiet.stdout);
 }
 
 /// `--since` and `--until` keep the runs that started in the window, both ends included: a
@@ -2612,4 +2588,22 @@ fn history_points_carry_the_versions_race_json_names() {
     let out = t.history(&["--test", "ingest.a"], 0);
     assert!(out.lines().all(|l| l.chars().count() <= 100), "{out}");
     insta::assert_snapshot!(out);
+}
+
+/// `args` run with a step summary that cannot be written: a warning naming it, and the same
+/// output and exit code (0) as without one.
+fn an_unwritable_step_summary_is_warned_about(dir: &Path, args: &[&str], quiet: &[u8]) {
+    let out = command(dir, args)
+        .env("GITHUB_STEP_SUMMARY", "/dev/null/summary.md")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: cannot append the step summary to /dev/null/summary.md (GITHUB_STEP_SUMMARY)"
+        ),
+        "{}",
+        text(&out)
+    );
 }
