@@ -18,6 +18,7 @@ pub mod history;
 pub mod lifecycle;
 pub mod notify;
 pub mod ops;
+pub mod parallel;
 pub mod plan;
 pub mod planner;
 pub mod provider;

@@ -41,9 +41,12 @@ pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
             bound(q.until)
         );
     }
+    // A year of nightly runs is tens of thousands of files: the runs are read on every core,
+    // then taken in run order.
+    let read = crate::parallel::map(&runs, 1, |run| ws.raced_in(run));
     let mut raced = Vec::new();
-    for run in &runs {
-        for test in ws.raced_in(run)? {
+    for (run, tests) in runs.iter().zip(read) {
+        for test in tests? {
             for problem in &test.problems {
                 ui::warn(&format!("{} in run {run}: {problem}", test.address));
             }

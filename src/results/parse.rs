@@ -4,7 +4,9 @@
 //! Every problem names the file and, where there is one, the line, so a user can open the file
 //! at the spot; a problem with one test's files never stops the others from being read.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::{Cursor, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -54,10 +56,44 @@ fn parse_report_csv(path: &Path, bytes: &[u8]) -> Result<Vec<TaskMetrics>, FileE
             "the file ends in the middle of this line: the report is truncated".into(),
         ));
     }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
+    CSV_READER.with_borrow_mut(|reader| {
+        let data = reader.get_mut().get_mut();
+        data.clear();
+        data.extend_from_slice(bytes);
+        // Back to a fresh reader's state: the start, line 1, no record read.
+        reader
+            .seek_raw(SeekFrom::Start(0), csv::Position::new())
+            .map_err(|e| FileError::new(path, None, format!("cannot read: {e}")))?;
+        let tasks = read_report_csv(path, bytes, reader);
+        reader.get_mut().get_mut().clear();
+        tasks
+    })
+}
+
+thread_local! {
+    /// A CSV reader per thread, handed each report in turn: making one builds its state
+    /// machine, which took as long as reading a whole report (and `history` reads thousands).
+    static CSV_READER: RefCell<csv::Reader<Cursor<Vec<u8>>>> = RefCell::new({
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(Cursor::new(Vec::new()));
+        // Seeking reads the header row first: done here, on no data, so that it never
+        // happens to a report.
+        reader
+            .seek_raw(SeekFrom::Start(0), csv::Position::new())
+            .expect("an empty reader in memory seeks");
+        reader
+    });
+}
+
+/// Rally's CSV report `bytes`, which `reader` has just been given.
+fn read_report_csv(
+    path: &Path,
+    bytes: &[u8],
+    reader: &mut csv::Reader<Cursor<Vec<u8>>>,
+) -> Result<Vec<TaskMetrics>, FileError> {
+    let err = |line: u64, reason: String| FileError::new(path, Some(line), reason);
     let mut tasks: Vec<TaskMetrics> = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(|e| {
@@ -66,14 +102,18 @@ fn parse_report_csv(path: &Path, bytes: &[u8]) -> Result<Vec<TaskMetrics>, FileE
                 .map_or(i as u64 + 1, |p| line_at(bytes, p.byte()));
             err(line, format!("not a CSV row: {e}"))
         })?;
-        let line = record
-            .position()
-            .map_or(i as u64 + 1, |p| line_at(bytes, p.byte()));
+        // Counted only for an error: counting every row's line from the file's start made
+        // reading a report quadratic in its rows.
+        let line = || {
+            record
+                .position()
+                .map_or(i as u64 + 1, |p| line_at(bytes, p.byte()))
+        };
         let fields: Vec<&str> = record.iter().collect();
         if i == 0 {
             if fields != CSV_HEADER {
                 return Err(err(
-                    line,
+                    line(),
                     format!(
                         "expected the header `{}` of Rally's CSV report, found `{}`",
                         CSV_HEADER.join(","),
@@ -85,7 +125,7 @@ fn parse_report_csv(path: &Path, bytes: &[u8]) -> Result<Vec<TaskMetrics>, FileE
         }
         let [name, task, value, unit] = fields[..] else {
             return Err(err(
-                line,
+                line(),
                 format!(
                     "expected 4 fields ({}), found {}",
                     CSV_HEADER.join(","),
@@ -100,7 +140,7 @@ fn parse_report_csv(path: &Path, bytes: &[u8]) -> Result<Vec<TaskMetrics>, FileE
         }
         let number: f64 = value.parse().map_err(|_| {
             err(
-                line,
+                line(),
                 format!("`{value}` is not a number (metric `{name}`, task `{task}`)"),
             )
         })?;
