@@ -8,9 +8,10 @@
 //! revision of its own.
 //!
 //! Each measured run is a fresh child process that times `ops::history::history` at the
-//! default settings (every run read back, every series searched) and prints its peak memory.
-//! The files were just written, so they are read from the page cache: a warm cache, as for a
-//! second `history` in a row.
+//! default settings (every run read back, every series searched), wall and CPU time, and
+//! prints its peak memory. The files were just written, so they are read from the page cache:
+//! a warm cache, as for a second `history` in a row. On a busy machine the wall time says
+//! more about the other processes than about `history`; its CPU time much less so.
 //!
 //!     cargo bench --bench history_scale
 //!

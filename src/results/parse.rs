@@ -95,13 +95,20 @@ fn read_report_csv(
 ) -> Result<Vec<TaskMetrics>, FileError> {
     let err = |line: u64, reason: String| FileError::new(path, Some(line), reason);
     let mut tasks: Vec<TaskMetrics> = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| {
-            let line = e
-                .position()
-                .map_or(i as u64 + 1, |p| line_at(bytes, p.byte()));
-            err(line, format!("not a CSV row: {e}"))
-        })?;
+    // One record read into again and again: a report has a hundred rows, and a year of
+    // nightly history thousands of reports.
+    let mut record = csv::StringRecord::new();
+    for i in 0usize.. {
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let line = e
+                    .position()
+                    .map_or(i as u64 + 1, |p| line_at(bytes, p.byte()));
+                return Err(err(line, format!("not a CSV row: {e}")));
+            }
+        }
         // Counted only for an error: counting every row's line from the file's start made
         // reading a report quadratic in its rows.
         let line = || {
@@ -109,30 +116,30 @@ fn read_report_csv(
                 .position()
                 .map_or(i as u64 + 1, |p| line_at(bytes, p.byte()))
         };
-        let fields: Vec<&str> = record.iter().collect();
         if i == 0 {
-            if fields != CSV_HEADER {
+            if record.iter().ne(CSV_HEADER) {
                 return Err(err(
                     line(),
                     format!(
                         "expected the header `{}` of Rally's CSV report, found `{}`",
                         CSV_HEADER.join(","),
-                        fields.join(",")
+                        record.iter().collect::<Vec<_>>().join(",")
                     ),
                 ));
             }
             continue;
         }
-        let [name, task, value, unit] = fields[..] else {
+        if record.len() != CSV_HEADER.len() {
             return Err(err(
                 line(),
                 format!(
                     "expected 4 fields ({}), found {}",
                     CSV_HEADER.join(","),
-                    fields.len()
+                    record.len()
                 ),
             ));
-        };
+        }
+        let (name, task, value, unit) = (&record[0], &record[1], &record[2], &record[3]);
         // Cluster-wide rows (GC, merges, store size) have no task and an empty value at times;
         // a value that is there must be a number in any row, or the file is damaged.
         if value.is_empty() {
