@@ -425,6 +425,26 @@ mod tests {
         }
     }
 
+    /// One CSV reader serves every report its thread reads: a report whose damage stopped
+    /// the reading part-way leaves nothing behind for the next one.
+    #[test]
+    fn a_damaged_report_leaves_nothing_for_the_next() {
+        let path = Path::new("r/report.csv");
+        for damaged in [
+            &b"Metric,Task,Value,Unit\r\nerror rate,a\xff,0,%\r\nerror rate,b,0,%\r\n"[..],
+            b"Metric,Task,Value,Unit\r\nerror rate,a,x,%\r\nerror rate,b,0,%\r\n",
+        ] {
+            assert_eq!(parse_report_csv(path, damaged).unwrap_err().line, Some(2));
+            let tasks = parse("Metric,Task,Value,Unit\r\nMedian Throughput,c,5,ops/s\r\n").unwrap();
+            assert_eq!(tasks.len(), 1);
+            assert_eq!(tasks[0].task, "c");
+            assert_eq!(tasks[0].get(Metric::Throughput).unwrap().value, 5.0);
+            let err = parse("Metric,Task,Value,Unit\r\nerror rate,d,0,%\r\nerror rate,d,y,%\r\n")
+                .unwrap_err();
+            assert!(err.starts_with("r/report.csv:3: `y`"), "{err}");
+        }
+    }
+
     #[test]
     fn lines_are_counted_right_with_rallys_crlf_line_ends() {
         let err = parse("Metric,Task,Value,Unit\r\nerror rate,a,0,%\r\nerror rate,b,x,%\r\n")
