@@ -2273,6 +2273,94 @@ fn an_unreachable_webhook_is_warned_about_and_changes_no_exit_code() {
     );
 }
 
+/// `history --notify`: the morning after night 22 (the history up to it) its latency step is
+/// new and POSTed, in `text` naming test, task, metric, the runs before and after, the size
+/// and the verdict, and structured; each later morning it is old news and nothing is sent,
+/// nor for the throughput step of night 15. The output is that without `--notify`, and the
+/// URL (also from the environment) is printed nowhere.
+#[test]
+fn a_new_change_point_is_posted_to_the_notify_webhook_once() {
+    let t = nightly();
+    let morning = |night: u32, url: &str| -> Output {
+        let until = format!("2026-11-{night:02}");
+        let out = command(
+            t.dir.path(),
+            &["history", "--state", STATE, "--until", &until],
+        )
+        .env("RALLYCTL_NOTIFY_URL", url)
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(!text(&out).contains("s3cr3t-t0ken"), "{}", text(&out));
+        out
+    };
+    let hook = Webhook::answering(&[200]);
+    let out = morning(22, &hook.url);
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        t.history(&["--until", "2026-11-22"], 0)
+    );
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["kind"], "change_point");
+    assert_eq!(body["workspace"], "e2e");
+    assert_eq!(body["run_id"], "20261122T020000Z-n00022");
+    let changes = body["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{body:#}");
+    let c = &changes[0];
+    for (field, value) in [
+        ("test", "ingest.a"),
+        ("task", "bulk"),
+        ("metric", "latency_p50"),
+        ("unit", "ms"),
+        ("last_before", "20261121T020000Z-n00021"),
+        ("first_after", "20261122T020000Z-n00022"),
+        ("verdict", "regression"),
+    ] {
+        assert_eq!(c[field], value, "{field}: {c:#}");
+    }
+    assert_eq!(
+        (c["runs_before"].as_u64(), c["runs_after"].as_u64()),
+        (Some(21), Some(1))
+    );
+    assert_eq!(c["configuration_changed"], true);
+    assert!(c["relative_change"].as_f64().unwrap() > 0.25, "{c:#}");
+    assert!(c["p_value"].as_f64().unwrap() < 1e-4, "{c:#}");
+    assert!(body.get("verdicts").is_none() && body.get("failures").is_none());
+    insta::assert_snapshot!(body["text"].as_str().unwrap());
+
+    for night in [23, 30] {
+        let hook = Webhook::answering(&[200]);
+        let out = morning(night, &hook.url);
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+        assert!(
+            hook.received().is_empty(),
+            "night {night}: {:?}",
+            hook.received()
+        );
+    }
+}
+
+/// A webhook down when `history` has a new change point to tell: a warning naming its host
+/// only, and the output and exit code `history` gives without `--notify`.
+#[test]
+fn a_change_point_for_an_unreachable_webhook_is_warned_about_and_changes_no_exit_code() {
+    let t = nightly();
+    let args = ["history", "--state", STATE, "--until", "2026-11-22"];
+    let quiet = t.run(&args);
+    let out = t.run(&[&args[..], &["--notify", &unreachable_url()]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: cannot notify the webhook: cannot reach 127.0.0.1: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t-t0ken"), "{stderr}");
+}
+
 /// A `--notify` value that is no http(s) URL, or an https webhook on a machine without root
 /// certificates, is a warning that names no secret; output and exit code stay those of the
 /// command.
