@@ -1,12 +1,14 @@
 //! `history`: every run's results read back, each test's, task's and metric's series over the
 //! runs that raced it, and its change points.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 
 use crate::history::changepoints::Settings;
 use crate::history::series::{self, Filter, History, Raced, Versions};
 use crate::results::load::run_started;
-use crate::results::{ResultsError, Workspace};
+use crate::results::{ResultsError, Workspace, html, write_page};
 use crate::ui;
 
 /// What `rallyctl history` shows.
@@ -83,6 +85,24 @@ pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
         series_searched,
         series,
     })
+}
+
+/// Writes the trends page of every series over the runs up to `until` (all without) to
+/// `path`, with `history`'s default thresholds, when there are two runs or more to draw; how
+/// many there were.
+pub fn write_trends(ws: &Workspace, until: Option<jiff::Timestamp>, path: &Path) -> Result<usize> {
+    let h = history(
+        ws,
+        &Query {
+            all: true,
+            until,
+            ..Query::default()
+        },
+    )?;
+    if h.runs > 1 {
+        write_page(path, &html::trends(&h, jiff::Timestamp::now())?)?;
+    }
+    Ok(h.runs)
 }
 
 /// A test or task the filters name that no run raced: a typo would otherwise show nothing.
