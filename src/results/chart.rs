@@ -694,13 +694,34 @@ mod tests {
             "{x} halfway in {xs:?}"
         );
         assert!(svg.contains("-20.0 % regression"), "{svg}");
-        assert!(
-            svg.contains("stroke-dasharray") || svg.matches("<polyline").count() > 4,
-            "{svg}"
-        );
-        assert!(
-            svg.contains("11-07 02:00") || svg.contains("11-06 02:00"),
-            "{svg}"
-        );
+        // The two levels' means, dashed, each on its side of the change.
+        let dashes = lines(&svg, LEVEL);
+        let mut levels: Vec<i32> = dashes.iter().map(|l| l.1).collect();
+        levels.dedup();
+        let [before, after] = levels.as_slice() else {
+            panic!("two levels: {dashes:?}")
+        };
+        assert!(before < after, "the level before is higher: {dashes:?}");
+        for (x1, y, x2, _) in dashes {
+            assert!(
+                (y == *before) == (x2 < *x),
+                "{x1}..{x2} at {y}, change at {x}"
+            );
+        }
+        // The runs' start times under the axis.
+        for night in ["11-01 02:00", "11-07 02:00", "11-11 02:00"] {
+            assert!(svg.contains(night), "{night}: {svg}");
+        }
+    }
+
+    /// A series with no point (none is built so, but the chart is handed plain data) says so
+    /// rather than drawing an axis from infinity.
+    #[test]
+    fn a_trend_without_points_says_so() {
+        let mut s = crate::results::html::tests::history().series.remove(0);
+        s.points.clear();
+        s.changes.clear();
+        let svg = trend(&s).unwrap();
+        assert!(svg.contains("no runs"), "{svg}");
     }
 }
