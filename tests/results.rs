@@ -1395,7 +1395,14 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(t.path("out/r.html").is_file());
 
-    screenshot(&t.path("results/e2e/report.html"));
+    screenshot(&t.path("results/e2e/report.html"), "report");
+    // Two runs: no change yet, and a series of one point (a task raced in one run only).
+    let trends = std::fs::read_to_string(t.path("results/e2e/trends.html")).unwrap();
+    assert!(
+        trends.contains("<p>No series changed its level.</p>"),
+        "{trends}"
+    );
+    screenshot(&t.path("results/e2e/trends.html"), "trends-of-two-runs");
 }
 
 #[test]
@@ -1428,9 +1435,8 @@ fn the_html_report_draws_repetitions_and_verdicts() {
 
 /// Renders a page of the report in headless Chromium (when installed): it must load without
 /// console errors and paint a page. The page and its screenshot are kept in the target
-/// directory for a look, by the page's file name.
-fn screenshot(report: &Path) {
-    let name = report.file_stem().unwrap().to_str().unwrap();
+/// directory for a look, as `name`.html and `name`.png.
+fn screenshot(report: &Path, name: &str) {
     let html = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.html"));
     std::fs::copy(report, &html).unwrap();
     let chromium = Path::new("/usr/bin/chromium");
@@ -1484,8 +1490,8 @@ fn screenshot(report: &Path) {
     assert!(bytes.len() > 20_000, "a blank page? {} bytes", bytes.len());
     println!("screenshot: {}", png.display());
 
-    // Every table fits the page at the screenshot's width: a copy of the report with a script
-    // that writes down each table's overflow, read back from the DOM Chromium dumps.
+    // Every table (if any) fits the page at the screenshot's width: a copy of the report with a
+    // script that writes down each table's overflow, read back from the DOM Chromium dumps.
     let measured = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-measured.html"));
     let script = "<script>document.body.insertAdjacentHTML('beforeend', '<pre id=overflow>' + \
                   [...document.querySelectorAll('.wide')].map(e => e.scrollWidth - e.clientWidth).join(',') \
@@ -1506,6 +1512,7 @@ fn screenshot(report: &Path) {
     assert!(
         overflow
             .split(',')
+            .filter(|px| !px.is_empty())
             .all(|px| px.parse::<i64>().unwrap() <= 0),
         "tables wider than a 1200-pixel page by {overflow} pixels"
     );
@@ -1566,7 +1573,7 @@ fn the_trends_page_shows_the_changes_first_and_renders_in_chromium() {
     let charts = html.matches("<svg ").count();
     assert_eq!(charts, 12, "{html}");
     assert!(html.contains("+20.0 % improvement") && html.contains("+30.1 % regression"));
-    screenshot(&t.path("results/e2e/trends.html"));
+    screenshot(&t.path("results/e2e/trends.html"), "trends");
 
     let out = t.run(&[
         "report",

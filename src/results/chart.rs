@@ -356,16 +356,18 @@ pub fn trend(s: &Series) -> Result<String, ChartError> {
     Ok(svg)
 }
 
-/// Where a run stands on the x axis: its start (UTC) when its id tells it, else its place.
+/// Where a run stands on the x axis: its start (UTC) when its id tells it, else its place;
+/// nothing between runs.
 fn run_label(s: &Series, x: f64) -> String {
-    if x.fract() != 0.0 || x < 0.0 {
+    let i = x.round();
+    if (x - i).abs() > 1e-9 || i < 0.0 {
         return String::new();
     }
     s.points
-        .get(x as usize)
+        .get(i as usize)
         .map_or(String::new(), |p| match p.time {
             Some(t) => t.strftime("%m-%d %H:%M").to_string(),
-            None => format!("run {}", x as usize + 1),
+            None => format!("run {}", i as usize + 1),
         })
 }
 
@@ -395,19 +397,20 @@ fn draw_trend(area: &Area<'_>, s: &Series) -> Result<(), String> {
         lo - pad
     };
     let top = hi + pad + span * 0.25;
-    let last = s.points.len() as f64 - 0.5;
+    let n = s.points.len();
     let mut chart = ChartBuilder::on(area)
         .caption(caption, caption_font())
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(56)
-        .build_cartesian_2d(-0.5..last, bottom..top)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, bottom..top)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .light_line_style(WHITE)
-        .x_labels(6)
+        // No more ticks than runs, so that they fall on runs (whole numbers), not between.
+        .x_labels(n.clamp(1, 6))
         .x_label_formatter(&|x| run_label(s, *x))
         .x_desc("run start (UTC)")
         .y_label_formatter(&|y| axis_label(*y))
@@ -415,7 +418,6 @@ fn draw_trend(area: &Area<'_>, s: &Series) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut levels = vec![];
     if s.changes.is_empty() {
-        let n = s.points.len();
         levels.push((
             0..n,
             s.points.iter().map(|p| p.value).sum::<f64>() / n as f64,
