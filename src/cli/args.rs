@@ -265,7 +265,8 @@ pub(super) enum Command {
     /// Show each test's, task's and metric's series over the runs that raced it, and where
     /// its level changed
     History(HistoryArgs),
-    /// Write a self-contained HTML report with charts of the latest results
+    /// Write a self-contained HTML report with charts of the latest results, and beside it a
+    /// trends page (trends.html) when there are two runs or more
     Report {
         /// The plan file; it names the workspace and so its state and results
         plan: Option<PathBuf>,

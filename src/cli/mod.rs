@@ -50,6 +50,9 @@ use crate::ui;
 use args::{Command, StateCommand};
 use workspace::{Target, check_output, named_workspace, plan_backend, s3_backend, target};
 
+/// The report's page of trends, beside it.
+const TRENDS: &str = "trends.html";
+
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let args = normalize_args(std::env::args_os());
@@ -223,10 +226,28 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             let ws = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
                 check_output(out, plan.as_deref(), &ws.backend)?;
+                if out.file_name() == Some(TRENDS.as_ref()) {
+                    return Err(UsageError(format!(
+                        "the report's trends page is written beside it as {TRENDS}: name the \
+                         report otherwise than {}",
+                        out.display()
+                    ))
+                    .into());
+                }
             }
             let path =
                 ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
             outln!("Wrote the report to {}.", path.display());
+            // One run has no trend to draw.
+            if ws.run_dirs()?.len() > 1 {
+                let trends = path.with_file_name(TRENDS);
+                check_output(&trends, plan.as_deref(), &ws.backend)?;
+                let until = run.as_deref().and_then(results::load::run_started);
+                let runs = ops::history::write_trends(&ws, until, &trends)?;
+                if runs > 1 {
+                    outln!("Wrote its trends over {runs} runs to {}.", trends.display());
+                }
+            }
             Ok(0)
         }
         Command::ForceUnlock {

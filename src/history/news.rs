@@ -5,7 +5,6 @@
 
 use serde::Serialize;
 
-use super::render::runs_around;
 use super::series::{Change, Series};
 use crate::address::Address;
 use crate::results::metrics::Metric;
@@ -36,7 +35,7 @@ pub fn news(now: &[Series], before: &[Series]) -> Vec<NewChange> {
             if known.iter().any(|k| k.first_after == c.first_after) {
                 continue;
             }
-            let (runs_before, runs_after) = runs_around(s, i);
+            let (runs_before, runs_after) = s.runs_around(i);
             found.push(NewChange {
                 test: s.test.clone(),
                 task: s.task.clone(),

@@ -66,7 +66,7 @@ pub fn history(h: &History, format: Format) -> String {
 }
 
 /// What was searched, and how much changed.
-fn heading(h: &History) -> String {
+pub(crate) fn heading(h: &History) -> String {
     let changed = h.series.iter().filter(|s| !s.changes.is_empty()).count();
     let mut out = format!(
         "History of workspace `{}`: {} run{}, {} series, {changed} with a change \
@@ -97,9 +97,7 @@ fn change(c: &Change) -> String {
     } else {
         "▼"
     };
-    let size = c
-        .relative_change
-        .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0)));
+    let size = change_size(c);
     let verdict = c.verdict.label();
     let configuration = if c.configuration_changed {
         ", configuration changed"
@@ -110,6 +108,12 @@ fn change(c: &Change) -> String {
         "{arrow} {size} {verdict} at run {} (p={:.1e}){configuration}",
         c.first_after, c.p_value
     )
+}
+
+/// A change's relative size, `+12.3 %`, or `from 0`.
+pub(crate) fn change_size(c: &Change) -> String {
+    c.relative_change
+        .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0)))
 }
 
 /// One row per point of each series; the change columns filled at the first run after one.
@@ -171,15 +175,6 @@ fn points_csv(h: &History) -> String {
     csv_text(w)
 }
 
-/// How many runs the level before a change and the level after it rest on: from the change
-/// before (or the first run) to the change after (or the last run).
-pub(super) fn runs_around(s: &Series, i: usize) -> (usize, usize) {
-    let c = &s.changes[i];
-    let from = i.checked_sub(1).map_or(0, |p| s.changes[p].index);
-    let to = s.changes.get(i + 1).map_or(s.points.len(), |n| n.index);
-    (c.index - from, to - c.index)
-}
-
 /// The numbers behind a change on one line, as a CI system shows a failure's message:
 /// `around` is how many runs the levels before and after it rest on.
 fn numbers(c: &Change, unit: &str, (before, after): (usize, usize)) -> String {
@@ -193,8 +188,7 @@ fn numbers(c: &Change, unit: &str, (before, after): (usize, usize)) -> String {
         if before == 1 { "" } else { "s" },
         format_number(c.mean_after),
         if after == 1 { "" } else { "s" },
-        c.relative_change
-            .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0))),
+        change_size(c),
         c.p_value,
     );
     if c.configuration_changed {
@@ -232,7 +226,7 @@ pub fn junit(h: &History) -> String {
             let said = |verdict| {
                 let lines: Vec<String> = (0..s.changes.len())
                     .filter(|&i| s.changes[i].verdict == verdict)
-                    .map(|i| numbers(&s.changes[i], &s.unit, runs_around(s, i)))
+                    .map(|i| numbers(&s.changes[i], &s.unit, s.runs_around(i)))
                     .collect();
                 Some(lines.join("\n")).filter(|l| !l.is_empty())
             };

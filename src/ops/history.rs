@@ -1,6 +1,8 @@
 //! `history`: every run's results read back, each test's, task's and metric's series over the
 //! runs that raced it, and its change points.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 
 use crate::history::changepoints::Settings;
@@ -9,7 +11,7 @@ use crate::history::render;
 use crate::history::series::{self, Filter, History, Raced, Series, Versions};
 use crate::notify::{self, Kind, Message};
 use crate::results::load::run_started;
-use crate::results::{ResultsError, Workspace};
+use crate::results::{ResultsError, Workspace, html, write_page};
 use crate::ui;
 
 /// What `rallyctl history` shows.
@@ -149,6 +151,24 @@ fn shown(ws: &Workspace, q: &Query, runs: usize, mut series: Vec<Series>) -> His
         series_searched,
         series,
     }
+}
+
+/// Writes the trends page of every series over the runs up to `until` (all without) to
+/// `path`, with `history`'s default thresholds, when there are two runs or more to draw; how
+/// many there were.
+pub fn write_trends(ws: &Workspace, until: Option<jiff::Timestamp>, path: &Path) -> Result<usize> {
+    let h = history(
+        ws,
+        &Query {
+            all: true,
+            until,
+            ..Query::default()
+        },
+    )?;
+    if h.runs > 1 {
+        write_page(path, &html::trends(&h, jiff::Timestamp::now())?)?;
+    }
+    Ok(h.runs)
 }
 
 /// A test or task the filters name that no run raced: a typo would otherwise show nothing.
