@@ -1,6 +1,6 @@
 //! The webhook CI is told on: a JSON POST with Slack's `text` and the structured details, sent
-//! after a regression or a failed apply. The URL carries the webhook's secret token, so nothing
-//! here prints it: errors and warnings name its host only.
+//! after a regression, a failed apply or a new change point. The URL carries the webhook's
+//! secret token, so nothing here prints it: errors and warnings name its host only.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
+use crate::history::news::NewChange;
 use crate::results::compare::Row;
 
 /// Tries per message, and the wait before the second (doubled before each later one): a
@@ -30,6 +31,8 @@ pub enum Kind {
     GateFailed,
     /// Some test of an apply failed.
     ApplyFailed,
+    /// `history`, or an apply's run, brought a new change point.
+    ChangePoint,
 }
 
 /// A test an apply could not finish.
@@ -51,6 +54,8 @@ pub struct Message {
     pub verdicts: Vec<Row>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<Failure>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<NewChange>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,7 @@ use support::providers::{
     local_races_one_at_a_time, race_window, racing_window, rally_processes, wait_child,
 };
 use support::run::at;
+use support::webhook::Webhook;
 
 /// A workspace name unique to this test and this process (local runs share one remote_dir).
 fn workspace(test: &str) -> String {
@@ -804,6 +805,150 @@ fn repetitions_tell_a_search_slowdown_from_noise() {
         "the same workload against itself: {table}"
     );
     assert_eq!(out.status.code(), Some(0), "{table}");
+    assert_no_aws_calls(&h);
+}
+
+/// How much slower the double answers searches from the night it "regressed": far beyond the
+/// jitter of a sub-millisecond search on a loaded machine (a few milliseconds at worst), so
+/// that a p50 latency series of three nights before and one or two after is significant at
+/// the default p < 0.0001 (Student's t with 2 or 3 degrees of freedom needs t above 100 or 28:
+/// 500 ms over 4.3 ms or 19.5 ms of pooled spread), without a longer race than it takes.
+const SLOWED_SEARCH_MS: u64 = 500;
+
+/// A nightly job on this machine: the same plan applied five times, each raced again
+/// (`--replace`, as an expired `results_valid_for` would on real nights: it takes no less than a
+/// minute, and the planner's clock is the real one), and the cluster raced is slowed from the
+/// fourth night on. After the night it can first be seen (the fourth, or the fifth when
+/// one night after is not yet significant), apply's `--notify` POSTs the change once, naming
+/// the search task's p50 latency at the fourth night's run; `history` finds it there as a
+/// regression and its JUnit names it as a failure. Three nights before and two after are the
+/// fewest Otava's t-test takes as significant with room to spare (see [`SLOWED_SEARCH_MS`]).
+#[test]
+fn nightly_applies_find_the_night_the_cluster_slowed_and_tell_the_webhook() {
+    let _turn = local_races_one_at_a_time();
+    let h = Harness::start(1);
+    let es = h.es_addrs[0].clone();
+    let ws = Workspace::local(&h, &workspace("local-nightly"));
+    let plan = ws.plan(&[("nightly", &[("t", "")])]);
+    let plan = plan.to_str().unwrap();
+    let hook = Webhook::answering(&[200]);
+    let (mut runs, mut told_by_night) = (Vec::new(), Vec::new());
+    for night in 1..=5 {
+        h.set_search_latency(&es, if night <= 3 { 0 } else { SLOWED_SEARCH_MS });
+        let out = ws.rallyctl(&[
+            "apply",
+            plan,
+            "--replace",
+            "nightly.t",
+            "--auto-approve",
+            "--notify",
+            &hook.url,
+        ]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "night {night}: {stdout}{stderr}"
+        );
+        assert!(
+            stdout.contains("Apply complete: 1 completed, 0 failed."),
+            "night {night}: {stdout}"
+        );
+        assert!(
+            !stderr.contains("cannot look for new change points")
+                && !stderr.contains("cannot notify")
+                && !format!("{stdout}{stderr}").contains("s3cr3t-t0ken"),
+            "night {night}: {stderr}"
+        );
+        runs.push(
+            ws.record("nightly.t")
+                .run_id
+                .expect("a completed test's run"),
+        );
+        told_by_night.push(hook.received().len());
+    }
+    eprintln!("messages the webhook had after each night: {told_by_night:?}");
+    assert_eq!(told_by_night[2], 0, "nothing to tell before the slowdown");
+    let mut distinct = runs.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        5,
+        "each night raced in a run of its own: {runs:?}"
+    );
+    assert_eq!(races_seen_by(&h, &es), 5);
+    let slowed_at = &runs[3];
+
+    // The webhook: told of the search latency's change once, at the fourth night's run.
+    let received = hook.received();
+    let bodies: Vec<serde_json::Value> = (received.iter())
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    assert!(
+        bodies.iter().all(|b| b["kind"] == "change_point"),
+        "{bodies:#?}"
+    );
+    let told: Vec<&serde_json::Value> = (bodies.iter())
+        .flat_map(|b| b["changes"].as_array().unwrap())
+        .filter(|c| c["task"] == "match-all" && c["metric"] == "latency_p50")
+        .collect();
+    let [c] = told.as_slice() else {
+        panic!("the search latency's change, told once: {bodies:#?}")
+    };
+    assert_eq!(c["test"], "nightly.t");
+    assert_eq!(c["first_after"], slowed_at.as_str(), "{c:#}");
+    assert_eq!(c["last_before"], runs[2].as_str(), "{c:#}");
+    assert_eq!(c["verdict"], "regression", "{c:#}");
+    assert_eq!(c["runs_before"], 3, "{c:#}");
+    let message = (bodies.iter())
+        .find(|b| b["changes"].as_array().unwrap().iter().any(|x| x == *c))
+        .unwrap();
+    let text = message["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "• nightly.t · match-all · latency p50: regression at run {slowed_at}"
+        )),
+        "{text}"
+    );
+
+    // `history`: the change at the fourth night, a regression.
+    let out = ws.rallyctl(&[
+        "history",
+        plan,
+        "--json",
+        "--task",
+        "match-all",
+        "--metric",
+        "latency_p50",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runs"], 5, "{v:#}");
+    let changes = v["series"][0]["changes"].as_array().expect("a change");
+    let [change] = changes.as_slice() else {
+        panic!("{v:#}")
+    };
+    assert_eq!(change["first_after"], slowed_at.as_str(), "{v:#}");
+    assert_eq!(change["verdict"], "regression", "{v:#}");
+    let after = change["mean_after"].as_f64().unwrap();
+    assert!(after >= SLOWED_SEARCH_MS as f64, "{v:#}");
+
+    // Its JUnit: the search latency's test case fails naming the night.
+    let out = ws.rallyctl(&["history", plan, "--format", "junit"]);
+    assert_eq!(out.status.code(), Some(0));
+    let xml = String::from_utf8(out.stdout).unwrap();
+    let case = xml
+        .split("<testcase ")
+        .find(|c| c.contains("classname=\"nightly.t\" name=\"match-all / latency p50\""))
+        .unwrap_or_else(|| panic!("no test case of the search latency: {xml}"));
+    let case = case.split("</testcase>").next().unwrap();
+    assert!(
+        case.contains("<failure ") && case.contains(&format!("regression at run {slowed_at}")),
+        "{case}"
+    );
     assert_no_aws_calls(&h);
 }
 

@@ -1351,7 +1351,8 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "Wrote the report to results/e2e/report.html.\n"
+        "Wrote the report to results/e2e/report.html.\n\
+         Wrote its trends over 2 runs to results/e2e/trends.html.\n"
     );
     let html = std::fs::read_to_string(t.path("results/e2e/report.html")).unwrap();
     assert_eq!(external_references(&html), Vec::<&str>::new());
@@ -1394,7 +1395,14 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(t.path("out/r.html").is_file());
 
-    screenshot(&t.path("results/e2e/report.html"));
+    screenshot(&t.path("results/e2e/report.html"), "report");
+    // Two runs: no change yet, and a series of one point (a task raced in one run only).
+    let trends = std::fs::read_to_string(t.path("results/e2e/trends.html")).unwrap();
+    assert!(
+        trends.contains("<p>No series changed its level.</p>"),
+        "{trends}"
+    );
+    screenshot(&t.path("results/e2e/trends.html"), "trends-of-two-runs");
 }
 
 #[test]
@@ -1425,11 +1433,11 @@ fn the_html_report_draws_repetitions_and_verdicts() {
     }
 }
 
-/// Renders the report in headless Chromium (when installed): it must load without console
-/// errors and paint a page. The report and its screenshot are kept in the target directory
-/// for a look.
-fn screenshot(report: &Path) {
-    let html = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.html");
+/// Renders a page of the report in headless Chromium (when installed): it must load without
+/// console errors and paint a page. The page and its screenshot are kept in the target
+/// directory for a look, as `name`.html and `name`.png.
+fn screenshot(report: &Path, name: &str) {
+    let html = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.html"));
     std::fs::copy(report, &html).unwrap();
     let chromium = Path::new("/usr/bin/chromium");
     if !chromium.exists() {
@@ -1441,7 +1449,7 @@ fn screenshot(report: &Path) {
         println!("skipped: /usr/bin/chromium is not installed (run tests/setup-env.sh)");
         return;
     }
-    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.png"));
     let _ = std::fs::remove_file(&png);
     let profile = tempfile::tempdir().unwrap();
     // Headless, on its own profile, in a 1200 × 1600 window, with what else it is asked.
@@ -1482,9 +1490,9 @@ fn screenshot(report: &Path) {
     assert!(bytes.len() > 20_000, "a blank page? {} bytes", bytes.len());
     println!("screenshot: {}", png.display());
 
-    // Every table fits the page at the screenshot's width: a copy of the report with a script
-    // that writes down each table's overflow, read back from the DOM Chromium dumps.
-    let measured = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-measured.html");
+    // Every table (if any) fits the page at the screenshot's width: a copy of the report with a
+    // script that writes down each table's overflow, read back from the DOM Chromium dumps.
+    let measured = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-measured.html"));
     let script = "<script>document.body.insertAdjacentHTML('beforeend', '<pre id=overflow>' + \
                   [...document.querySelectorAll('.wide')].map(e => e.scrollWidth - e.clientWidth).join(',') \
                   + '</pre>')</script>";
@@ -1504,9 +1512,110 @@ fn screenshot(report: &Path) {
     assert!(
         overflow
             .split(',')
+            .filter(|px| !px.is_empty())
             .all(|px| px.parse::<i64>().unwrap() <= 0),
         "tables wider than a 1200-pixel page by {overflow} pixels"
     );
+}
+
+/// Beside the report of a workspace with more than one run, its trends page: the changes
+/// first, in a table, then a chart per test, task and metric with its changes marked;
+/// self-contained, it renders in Chromium with every table fitting the page. A report as of an
+/// earlier run draws the runs up to it.
+#[test]
+fn the_trends_page_shows_the_changes_first_and_renders_in_chromium() {
+    let t = nightly();
+    let out = t.run(&["report", "--state", STATE]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Wrote the report to results/e2e/report.html.\n\
+         Wrote its trends over 30 runs to results/e2e/trends.html.\n"
+    );
+    let html = std::fs::read_to_string(t.path("results/e2e/trends.html")).unwrap();
+    assert_eq!(external_references(&html), Vec::<&str>::new());
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    let table = html.find("<table>").expect("a table of the changes");
+    assert!(
+        table < html.find("<svg ").unwrap(),
+        "the changes come first"
+    );
+    // The regression first, then the improvement, each between the runs around it.
+    let rows: Vec<&str> = html[table..]
+        .split("</table>")
+        .next()
+        .unwrap()
+        .split("<tr>")
+        .skip(2)
+        .collect();
+    assert_eq!(rows.len(), 2, "{html}");
+    for (row, expect) in rows.iter().zip([
+        [
+            "<td>ingest.a</td><td>bulk</td><td>latency p50</td>",
+            "<td>20261121T020000Z-n00021</td><td>20261122T020000Z-n00022</td>",
+            "<td class=\"bad\">regression</td>",
+            "configuration changed",
+        ],
+        [
+            "<td>ingest.a</td><td>bulk</td><td>throughput (median)</td>",
+            "<td>20261114T020000Z-n00014</td><td>20261115T020000Z-n00015</td>",
+            "<td class=\"good\">improvement</td>",
+            "<td>p=",
+        ],
+    ]) {
+        for e in expect {
+            assert!(row.contains(e), "{e} in {row}");
+        }
+    }
+    assert!(rows[1].contains("<td>+20.0 % ["), "{}", rows[1]);
+    // A chart per series: ingest.a's bulk and search.q's query, throughput, p50 and p90
+    // latency, p50 and p90 service time and error rate each.
+    let charts = html.matches("<svg ").count();
+    assert_eq!(charts, 12, "{html}");
+    assert!(html.contains("+20.0 % improvement") && html.contains("+30.1 % regression"));
+    screenshot(&t.path("results/e2e/trends.html"), "trends");
+
+    let out = t.run(&[
+        "report",
+        "--state",
+        STATE,
+        "--run",
+        "20261110T020000Z-n00010",
+        "-o",
+        "old/r.html",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("Wrote its trends over 10 runs to old/trends.html."));
+    let html = std::fs::read_to_string(t.path("old/trends.html")).unwrap();
+    assert!(
+        html.contains("<p>No series changed its level.</p>"),
+        "{html}"
+    );
+}
+
+/// The trends page cannot be written (a directory stands at its place): the report is, the
+/// error names the page's path and the command fails; a report named like the trends page
+/// is refused before anything is written.
+#[test]
+fn an_unwritable_trends_page_is_an_error_naming_it() {
+    let t = nightly();
+    std::fs::create_dir_all(t.path("out/trends.html")).unwrap();
+    let out = t.run(&["report", "--state", STATE, "-o", "out/r.html"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(t.path("out/r.html").is_file());
+    assert!(
+        text(&out).contains("error: cannot write out/trends.html: Is a directory"),
+        "{}",
+        text(&out)
+    );
+    let out = t.run(&["report", "--state", STATE, "-o", "elsewhere/trends.html"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        text(&out).contains("the report's trends page is written beside it as trends.html: name the report otherwise than elsewhere/trends.html"),
+        "{}",
+        text(&out)
+    );
+    assert!(!t.path("elsewhere").exists());
 }
 
 /// Two variants of `ingest.heap` raced interleaved in one run, five races each: `8g`'s bulk
@@ -2271,6 +2380,94 @@ fn an_unreachable_webhook_is_warned_about_and_changes_no_exit_code() {
         stderr.contains("warning: cannot notify the webhook: cannot reach 127.0.0.1: "),
         "{stderr}"
     );
+}
+
+/// `history --notify`: the morning after night 22 (the history up to it) its latency step is
+/// new and POSTed, in `text` naming test, task, metric, the runs before and after, the size
+/// and the verdict, and structured; each later morning it is old news and nothing is sent,
+/// nor for the throughput step of night 15. The output is that without `--notify`, and the
+/// URL (also from the environment) is printed nowhere.
+#[test]
+fn a_new_change_point_is_posted_to_the_notify_webhook_once() {
+    let t = nightly();
+    let morning = |night: u32, url: &str| -> Output {
+        let until = format!("2026-11-{night:02}");
+        let out = command(
+            t.dir.path(),
+            &["history", "--state", STATE, "--until", &until],
+        )
+        .env("RALLYCTL_NOTIFY_URL", url)
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(!text(&out).contains("s3cr3t-t0ken"), "{}", text(&out));
+        out
+    };
+    let hook = Webhook::answering(&[200]);
+    let out = morning(22, &hook.url);
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        t.history(&["--until", "2026-11-22"], 0)
+    );
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["kind"], "change_point");
+    assert_eq!(body["workspace"], "e2e");
+    assert_eq!(body["run_id"], "20261122T020000Z-n00022");
+    let changes = body["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{body:#}");
+    let c = &changes[0];
+    for (field, value) in [
+        ("test", "ingest.a"),
+        ("task", "bulk"),
+        ("metric", "latency_p50"),
+        ("unit", "ms"),
+        ("last_before", "20261121T020000Z-n00021"),
+        ("first_after", "20261122T020000Z-n00022"),
+        ("verdict", "regression"),
+    ] {
+        assert_eq!(c[field], value, "{field}: {c:#}");
+    }
+    assert_eq!(
+        (c["runs_before"].as_u64(), c["runs_after"].as_u64()),
+        (Some(21), Some(1))
+    );
+    assert_eq!(c["configuration_changed"], true);
+    assert!(c["relative_change"].as_f64().unwrap() > 0.25, "{c:#}");
+    assert!(c["p_value"].as_f64().unwrap() < 1e-4, "{c:#}");
+    assert!(body.get("verdicts").is_none() && body.get("failures").is_none());
+    insta::assert_snapshot!(body["text"].as_str().unwrap());
+
+    for night in [23, 30] {
+        let hook = Webhook::answering(&[200]);
+        let out = morning(night, &hook.url);
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+        assert!(
+            hook.received().is_empty(),
+            "night {night}: {:?}",
+            hook.received()
+        );
+    }
+}
+
+/// A webhook down when `history` has a new change point to tell: a warning naming its host
+/// only, and the output and exit code `history` gives without `--notify`.
+#[test]
+fn a_change_point_for_an_unreachable_webhook_is_warned_about_and_changes_no_exit_code() {
+    let t = nightly();
+    let args = ["history", "--state", STATE, "--until", "2026-11-22"];
+    let quiet = t.run(&args);
+    let out = t.run(&[&args[..], &["--notify", &unreachable_url()]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.stdout, quiet.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: cannot notify the webhook: cannot reach 127.0.0.1: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t-t0ken"), "{stderr}");
 }
 
 /// A `--notify` value that is no http(s) URL, or an https webhook on a machine without root

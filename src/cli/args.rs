@@ -265,7 +265,8 @@ pub(super) enum Command {
     /// Show each test's, task's and metric's series over the runs that raced it, and where
     /// its level changed
     History(HistoryArgs),
-    /// Write a self-contained HTML report with charts of the latest results
+    /// Write a self-contained HTML report with charts of the latest results, and beside it a
+    /// trends page (trends.html) when there are two runs or more
     Report {
         /// The plan file; it names the workspace and so its state and results
         plan: Option<PathBuf>,
@@ -364,6 +365,8 @@ pub struct HistoryArgs {
     /// date-time or a span back from now
     #[arg(long, value_name = "DATE", value_parser = until)]
     pub(super) until: Option<jiff::Timestamp>,
+    #[command(flatten)]
+    pub(super) notify: Notify,
 }
 
 fn since(s: &str) -> Result<jiff::Timestamp, String> {
@@ -485,8 +488,9 @@ pub struct Refresh {
 /// best given through the environment (a CI secret), and clap never shows its value.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Notify {
-    /// POST a JSON message (Slack-compatible `text` plus the verdicts or failures) to this
-    /// webhook on a regression or a failed test; it never changes the exit code
+    /// POST a JSON message (Slack-compatible `text` plus the verdicts, failures or changes) to
+    /// this webhook on a regression, a failed test or a new change point; it never changes the
+    /// exit code
     #[arg(
         long = "notify",
         env = "RALLYCTL_NOTIFY_URL",

@@ -50,6 +50,9 @@ use crate::ui;
 use args::{Command, StateCommand};
 use workspace::{Target, check_output, named_workspace, plan_backend, s3_backend, target};
 
+/// The report's page of trends, beside it.
+const TRENDS: &str = "trends.html";
+
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let args = normalize_args(std::env::args_os());
@@ -212,7 +215,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
         }
         Command::State { command } => state_command(command, &g),
         Command::Results(args) => results_command(args, &g, rt),
-        Command::History(args) => history_command(args, &g),
+        Command::History(args) => history_command(args, &g, rt),
         Command::Report {
             plan,
             out,
@@ -223,10 +226,28 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             let ws = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
                 check_output(out, plan.as_deref(), &ws.backend)?;
+                if out.file_name() == Some(TRENDS.as_ref()) {
+                    return Err(UsageError(format!(
+                        "the report's trends page is written beside it as {TRENDS}: name the \
+                         report otherwise than {}",
+                        out.display()
+                    ))
+                    .into());
+                }
             }
             let path =
                 ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
             outln!("Wrote the report to {}.", path.display());
+            // One run has no trend to draw.
+            if ws.run_dirs()?.len() > 1 {
+                let trends = path.with_file_name(TRENDS);
+                check_output(&trends, plan.as_deref(), &ws.backend)?;
+                let until = run.as_deref().and_then(results::load::run_started);
+                let runs = ops::history::write_trends(&ws, until, &trends)?;
+                if runs > 1 {
+                    outln!("Wrote its trends over {runs} runs to {}.", trends.display());
+                }
+            }
             Ok(0)
         }
         Command::ForceUnlock {
@@ -662,7 +683,7 @@ fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
     }
 }
 
-fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
+fn history_command(args: HistoryArgs, g: &Global, rt: &Runtime) -> Result<u8> {
     let output = if g.json {
         Output::Text(Format::Json)
     } else {
@@ -677,30 +698,40 @@ fn history_command(args: HistoryArgs, g: &Global) -> Result<u8> {
         .into());
     }
     let ws = open_results(g, args.plan.as_deref())?;
-    let history = ops::history::history(
-        &ws,
-        &ops::history::Query {
-            filter: Filter {
-                tests: args.test,
-                tasks: args.task,
-                metrics: args.metric,
-            },
-            settings: Settings {
-                max_pvalue: args.max_pvalue,
-                min_magnitude: args.min_magnitude,
-                ..Settings::default()
-            },
-            // A CI system lists every test case, passed or not.
-            all: args.all || output == Output::Junit,
-            since: args.since,
-            until: args.until,
+    let query = ops::history::Query {
+        filter: Filter {
+            tests: args.test,
+            tasks: args.task,
+            metrics: args.metric,
         },
-    )?;
+        settings: Settings {
+            max_pvalue: args.max_pvalue,
+            min_magnitude: args.min_magnitude,
+            ..Settings::default()
+        },
+        // A CI system lists every test case, passed or not.
+        all: args.all || output == Output::Junit,
+        since: args.since,
+        until: args.until,
+    };
+    // Searching again without the newest run costs a second search: only for the webhook.
+    let (history, news) = match &args.notify.url {
+        Some(_) => {
+            let (history, news) = ops::history::history_and_news(&ws, &query)?;
+            (history, Some(news))
+        }
+        None => (ops::history::history(&ws, &query)?, None),
+    };
     match output {
         Output::Text(format) => out!("{}", history::render::history(&history, format)),
         Output::Junit => out!("{}", history::render::junit(&history)),
     }
     ui::step_summary(&history::render::step_summary(&history));
+    if let Some(news) = &news {
+        notify(rt, args.notify.url.as_deref(), || {
+            ops::history::notification(&ws.name, news)
+        });
+    }
     Ok(0)
 }
 
@@ -727,6 +758,8 @@ fn apply(
     let backend = plan_backend(&plan, g)?;
     let options = args.options(file.as_ref());
     let (workspace, plan_backend) = (plan.name.clone(), plan.backend.clone());
+    // The workspace's results are read again after the run for its change points.
+    let notified_plan = notify_url.map(|_| plan.clone());
     let prepared = ops::apply::prepare(rt, path, plan, saved.as_ref(), backend, &options)?;
     workspace::remember_backend(g, plan_backend.as_ref(), &workspace);
     say_backend(prepared.backend())?;
@@ -753,6 +786,17 @@ fn apply(
     let report = ops::apply::run(rt, prepared, args.parallelism)?;
     ui::step_summary(&apply_summary(&workspace, &report));
     notify(rt, notify_url, || report.notification(&workspace));
+    if let Some(plan) = &notified_plan {
+        notify(rt, notify_url, || {
+            let found = workspace::plan_backend(plan, g)
+                .and_then(|backend| report.change_notification(backend, &workspace));
+            // The run's results are in: not knowing their history fails nothing.
+            found.unwrap_or_else(|e| {
+                ui::warn(&format!("cannot look for new change points: {e:#}"));
+                None
+            })
+        });
+    }
     outln!("\n{}", ui::summary_table(&report.state, &report.touched));
     if let Some(bill) = &report.bill {
         outln!("\nRun {} cost {bill}.", report.run_id);

@@ -1,6 +1,7 @@
 //! A history as text: a line per series for people, a table in Markdown, one row per point in
 //! CSV, the whole of it in JSON.
 
+use super::news::NewChange;
 use super::series::{Change, History, Series, Verdict};
 use crate::results::junit::{self, Case, Outcome, Suite, Tag};
 use crate::results::metrics::format_number;
@@ -65,7 +66,7 @@ pub fn history(h: &History, format: Format) -> String {
 }
 
 /// What was searched, and how much changed.
-fn heading(h: &History) -> String {
+pub(crate) fn heading(h: &History) -> String {
     let changed = h.series.iter().filter(|s| !s.changes.is_empty()).count();
     let mut out = format!(
         "History of workspace `{}`: {} run{}, {} series, {changed} with a change \
@@ -96,9 +97,7 @@ fn change(c: &Change) -> String {
     } else {
         "▼"
     };
-    let size = c
-        .relative_change
-        .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0)));
+    let size = change_size(c);
     let verdict = c.verdict.label();
     let configuration = if c.configuration_changed {
         ", configuration changed"
@@ -109,6 +108,12 @@ fn change(c: &Change) -> String {
         "{arrow} {size} {verdict} at run {} (p={:.1e}){configuration}",
         c.first_after, c.p_value
     )
+}
+
+/// A change's relative size, `+12.3 %`, or `from 0`.
+pub(crate) fn change_size(c: &Change) -> String {
+    c.relative_change
+        .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0)))
 }
 
 /// One row per point of each series; the change columns filled at the first run after one.
@@ -170,19 +175,9 @@ fn points_csv(h: &History) -> String {
     csv_text(w)
 }
 
-/// How many runs the level before a change and the level after it rest on: from the change
-/// before (or the first run) to the change after (or the last run).
-fn runs_around(s: &Series, i: usize) -> (usize, usize) {
-    let c = &s.changes[i];
-    let from = i.checked_sub(1).map_or(0, |p| s.changes[p].index);
-    let to = s.changes.get(i + 1).map_or(s.points.len(), |n| n.index);
-    (c.index - from, to - c.index)
-}
-
-/// The numbers behind a change on one line, as a CI system shows a failure's message.
-fn numbers(s: &Series, i: usize) -> String {
-    let c = &s.changes[i];
-    let (before, after) = runs_around(s, i);
+/// The numbers behind a change on one line, as a CI system shows a failure's message:
+/// `around` is how many runs the levels before and after it rest on.
+fn numbers(c: &Change, unit: &str, (before, after): (usize, usize)) -> String {
     let mut out = format!(
         "{} at run {} (last before: {}): mean {} {unit} over {before} run{} before, {} {unit} \
          over {after} run{} after, change {}, p={:.1e}",
@@ -193,16 +188,25 @@ fn numbers(s: &Series, i: usize) -> String {
         if before == 1 { "" } else { "s" },
         format_number(c.mean_after),
         if after == 1 { "" } else { "s" },
-        c.relative_change
-            .map_or_else(|| "from 0".into(), |r| format!("{} %", pct(r * 100.0))),
+        change_size(c),
         c.p_value,
-        unit = s.unit,
     );
     if c.configuration_changed {
         out.push_str(", configuration changed");
     }
     out.push_str(&elasticsearch(c));
     out
+}
+
+/// A new change point on one line of a chat message: its series, then its numbers.
+pub fn new_change(n: &NewChange) -> String {
+    format!(
+        "{} · {} · {}: {}",
+        n.test,
+        n.task,
+        n.metric.label(),
+        numbers(&n.change, &n.unit, (n.runs_before, n.runs_after))
+    )
 }
 
 /// `, Elasticsearch 8.15.0 → 8.16.0` when the change came with another Elasticsearch.
@@ -222,7 +226,7 @@ pub fn junit(h: &History) -> String {
             let said = |verdict| {
                 let lines: Vec<String> = (0..s.changes.len())
                     .filter(|&i| s.changes[i].verdict == verdict)
-                    .map(|i| numbers(s, i))
+                    .map(|i| numbers(&s.changes[i], &s.unit, s.runs_around(i)))
                     .collect();
                 Some(lines.join("\n")).filter(|l| !l.is_empty())
             };

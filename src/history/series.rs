@@ -5,13 +5,14 @@
 //! run raced ([`Raced`]), in run order.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::Serialize;
 
 use super::changepoints::{self, ChangePoint, ChangePointError, Settings};
 use crate::address::Address;
 use crate::results::metrics::{Direction, Metric, TaskMetrics};
-use crate::results::stats::Summary;
+use crate::results::stats::{LogRatio, Summary};
 
 /// One test's result in one run.
 pub struct Raced {
@@ -83,6 +84,10 @@ pub struct Point {
     pub min: f64,
     pub max: f64,
     pub repetitions: usize,
+    /// Each counted repetition's value, which the trends page draws; the other outputs give
+    /// their count, min and max.
+    #[serde(skip)]
+    pub races: Vec<f64>,
     pub config_hash: Option<String>,
     #[serde(flatten)]
     pub versions: Versions,
@@ -135,6 +140,35 @@ pub struct Series {
     pub unit: String,
     pub points: Vec<Point>,
     pub changes: Vec<Change>,
+}
+
+impl Series {
+    /// The points the level before change `i` and the level after it rest on: from the change
+    /// before (or the first run) to the change after (or the last run).
+    pub fn levels(&self, i: usize) -> (Range<usize>, Range<usize>) {
+        let c = &self.changes[i];
+        let from = i.checked_sub(1).map_or(0, |p| self.changes[p].index);
+        let to = (self.changes.get(i + 1)).map_or(self.points.len(), |n| n.index);
+        (from..c.index, c.index..to)
+    }
+
+    /// How many runs the levels before and after change `i` rest on.
+    pub fn runs_around(&self, i: usize) -> (usize, usize) {
+        let (before, after) = self.levels(i);
+        (before.len(), after.len())
+    }
+
+    /// The 95 % interval of change `i` in percent: Welch's t on the logs of the points of the
+    /// two levels, as a comparison's interval is; none below two points a side or at a value
+    /// of 0.
+    pub fn interval_pct(&self, i: usize) -> Option<(f64, f64)> {
+        let (before, after) = self.levels(i);
+        let values =
+            |r: Range<usize>| -> Vec<f64> { self.points[r].iter().map(|p| p.value).collect() };
+        LogRatio::welch(&values(before), &values(after))
+            .and_then(|r| r.interval_pct(0.95))
+            .ok()
+    }
 }
 
 /// A workspace's history as `rallyctl history` shows it.
@@ -208,6 +242,7 @@ fn test_series(
                     min,
                     max,
                     repetitions: races.len(),
+                    races: races.to_vec(),
                     config_hash: r.config_hash.clone(),
                     versions: r.versions.clone(),
                 });

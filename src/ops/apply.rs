@@ -11,6 +11,7 @@ use super::{Loaded, load_at, lock};
 use crate::address::Address;
 use crate::backend::{Backend, Lock};
 use crate::cost;
+use crate::history::series::Filter;
 use crate::notify::{self, Failure, Kind, Message};
 use crate::plan::{Plan, ProviderKind};
 use crate::planner::{self, Changes, SavedPlan};
@@ -180,7 +181,30 @@ impl ApplyReport {
                     error: f.error.clone(),
                 })
                 .collect(),
+            changes: Vec::new(),
         })
+    }
+
+    /// The webhook's message about the change points this apply's run brought to the series of
+    /// the tests it completed; none when it brought none. `backend` is the workspace's.
+    pub fn change_notification(
+        &self,
+        backend: Backend,
+        workspace: &str,
+    ) -> Result<Option<Message>> {
+        if self.completed.is_empty() {
+            return Ok(None);
+        }
+        let ws = super::results::open(backend, Some(self.state.clone()), Some(workspace))?;
+        let q = super::history::Query {
+            filter: Filter {
+                tests: self.completed.clone(),
+                ..Filter::default()
+            },
+            ..super::history::Query::default()
+        };
+        let (_, news) = super::history::history_and_news(&ws, &q)?;
+        Ok(super::history::notification(workspace, &news))
     }
 }
 
@@ -288,5 +312,26 @@ mod tests {
         );
         assert!(m.text.starts_with("rallyctl apply of workspace `w` (run RUN): 7 failed, 1 completed.\n• s.t0 failed at installing: error 0\n"), "{}", m.text);
         assert!(m.text.ends_with("\n… and 2 more"), "{}", m.text);
+    }
+
+    /// An apply that completed nothing reads no history; one whose history cannot be read
+    /// (here: no run has results) is an error for the caller to warn about, never a message.
+    #[test]
+    fn change_points_are_looked_for_only_after_a_completed_test_and_a_history_failure_is_an_error()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::create_dir_all(dir.path().join("results")).unwrap();
+        let backend = || Backend::Local(dir.path().join("state/w.state.json"));
+        let mut nothing = report(1);
+        nothing.completed.clear();
+        assert!(
+            nothing
+                .change_notification(backend(), "w")
+                .unwrap()
+                .is_none()
+        );
+        let e = report(0).change_notification(backend(), "w").unwrap_err();
+        assert!(e.to_string().contains("results"), "{e:#}");
     }
 }

@@ -1,12 +1,17 @@
 //! `history`: every run's results read back, each test's, task's and metric's series over the
 //! runs that raced it, and its change points.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 
 use crate::history::changepoints::Settings;
-use crate::history::series::{self, Filter, History, Raced, Versions};
+use crate::history::news::{self, NewChange};
+use crate::history::render;
+use crate::history::series::{self, Filter, History, Raced, Series, Versions};
+use crate::notify::{self, Kind, Message};
 use crate::results::load::run_started;
-use crate::results::{ResultsError, Workspace};
+use crate::results::{ResultsError, Workspace, html, write_page};
 use crate::ui;
 
 /// What `rallyctl history` shows.
@@ -22,6 +27,64 @@ pub struct Query {
 }
 
 pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
+    let (runs, raced) = read(ws, q)?;
+    let series = series::build(&raced, &q.filter, &q.settings)?;
+    Ok(shown(ws, q, runs.len(), series))
+}
+
+/// [`history`], and the change points its newest run brought ([`news`]): the series searched
+/// again without that run.
+pub fn history_and_news(ws: &Workspace, q: &Query) -> Result<(History, News)> {
+    let (runs, raced) = read(ws, q)?;
+    let series = series::build(&raced, &q.filter, &q.settings)?;
+    let newest = runs.last().expect("read refuses a history without runs");
+    // `raced` is in run order: the newest run's results come last.
+    let before = raced.partition_point(|r| &r.run != newest);
+    let earlier = series::build(&raced[..before], &q.filter, &q.settings)?;
+    let news = News {
+        run: newest.clone(),
+        changes: news::news(&series, &earlier),
+    };
+    Ok((shown(ws, q, runs.len(), series), news))
+}
+
+/// The change points a history's newest run brought.
+pub struct News {
+    /// The newest run.
+    pub run: String,
+    pub changes: Vec<NewChange>,
+}
+
+/// The webhook's message about the change points `news` holds; none when it holds none.
+pub fn notification(workspace: &str, news: &News) -> Option<Message> {
+    let n = news.changes.len();
+    if n == 0 {
+        return None;
+    }
+    let mut text = format!(
+        "rallyctl found {n} new change point{} in workspace `{workspace}` (run {}):",
+        if n == 1 { "" } else { "s" },
+        news.run
+    );
+    for c in news.changes.iter().take(notify::TEXT_ROWS) {
+        text.push_str(&format!("\n• {}", render::new_change(c)));
+    }
+    if n > notify::TEXT_ROWS {
+        text.push_str(&format!("\n… and {} more", n - notify::TEXT_ROWS));
+    }
+    Some(Message {
+        text,
+        kind: Kind::ChangePoint,
+        workspace: workspace.to_owned(),
+        run_id: Some(news.run.clone()),
+        verdicts: Vec::new(),
+        failures: Vec::new(),
+        changes: news.changes.clone(),
+    })
+}
+
+/// What each run raced, in run order, of the runs in `q`'s window.
+fn read(ws: &Workspace, q: &Query) -> Result<(Vec<String>, Vec<Raced>)> {
     let mut runs = ws.run_dirs()?;
     if runs.is_empty() {
         return Err(ResultsError::NoRuns(ws.backend.results_location(&ws.name)).into());
@@ -73,19 +136,42 @@ pub fn history(ws: &Workspace, q: &Query) -> Result<History> {
         }
     }
     unknown_filters(&raced, &q.filter)?;
-    let mut series = series::build(&raced, &q.filter, &q.settings)?;
+    Ok((runs, raced))
+}
+
+/// The history of `runs` runs as `q` shows it: without the series that did not change, unless
+/// all are asked for.
+fn shown(ws: &Workspace, q: &Query, runs: usize, mut series: Vec<Series>) -> History {
     let series_searched = series.len();
     if !q.all {
         series.retain(|s| !s.changes.is_empty());
     }
-    Ok(History {
+    History {
         workspace: ws.name.clone(),
-        runs: runs.len(),
+        runs,
         max_pvalue: q.settings.max_pvalue,
         min_magnitude: q.settings.min_magnitude,
         series_searched,
         series,
-    })
+    }
+}
+
+/// Writes the trends page of every series over the runs up to `until` (all without) to
+/// `path`, with `history`'s default thresholds, when there are two runs or more to draw; how
+/// many there were.
+pub fn write_trends(ws: &Workspace, until: Option<jiff::Timestamp>, path: &Path) -> Result<usize> {
+    let h = history(
+        ws,
+        &Query {
+            all: true,
+            until,
+            ..Query::default()
+        },
+    )?;
+    if h.runs > 1 {
+        write_page(path, &html::trends(&h, jiff::Timestamp::now())?)?;
+    }
+    Ok(h.runs)
 }
 
 /// A test or task the filters name that no run raced: a typo would otherwise show nothing.

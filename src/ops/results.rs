@@ -57,5 +57,6 @@ pub fn notification(c: &Comparison, gate_failed: bool) -> Option<Message> {
         run_id: c.contender_run.clone(),
         verdicts: regressed.into_iter().cloned().collect(),
         failures: Vec::new(),
+        changes: Vec::new(),
     })
 }

@@ -16,6 +16,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::metrics::{Metric, TaskMetrics, Value, format_number};
 use super::stats::Summary;
+use crate::history::render::change_size;
+use crate::history::series::{Series, Verdict};
 
 const PANEL: (u32, u32) = (300, 230);
 const COLUMNS: usize = 3;
@@ -332,6 +334,160 @@ pub fn latency(pairs: &[TaskPair<'_>], with_baseline: bool) -> Result<String, Ch
     })
 }
 
+// Two side by side on a page 1200 pixels wide.
+const TREND: (u32, u32) = (540, 280);
+/// The HTML report's colours for a regression (`.bad`) and an improvement (`.good`).
+pub const REGRESSION: RGBColor = RGBColor(198, 40, 40);
+pub const IMPROVEMENT: RGBColor = RGBColor(26, 127, 55);
+const LEVEL: RGBColor = RGBColor(120, 120, 120);
+
+/// A series over its runs, oldest left: a line through each run's point (the median of its
+/// repetitions), a dot per repetition, each level between changes as a dashed line at its
+/// mean, and each change a vertical line between the last run before it and the first after,
+/// labelled with its size and verdict in the verdict's colour.
+pub fn trend(s: &Series) -> Result<String, ChartError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, TREND).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| ChartError(e.to_string()))?;
+        draw_trend(&root, s).map_err(ChartError)?;
+        root.present().map_err(|e| ChartError(e.to_string()))?;
+    }
+    Ok(svg)
+}
+
+/// Where a run stands on the x axis: its start (UTC) when its id tells it, else its place;
+/// nothing between runs.
+fn run_label(s: &Series, x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() > 1e-9 || i < 0.0 {
+        return String::new();
+    }
+    s.points
+        .get(i as usize)
+        .map_or(String::new(), |p| match p.time {
+            Some(t) => t.strftime("%m-%d %H:%M").to_string(),
+            None => format!("run {}", i as usize + 1),
+        })
+}
+
+fn draw_trend(area: &Area<'_>, s: &Series) -> Result<(), String> {
+    let caption = match s.unit.as_str() {
+        "" => format!("{} · {}", s.task, s.metric.label()),
+        unit => format!("{} · {}, {unit}", s.task, s.metric.label()),
+    };
+    let values = (s.points.iter()).flat_map(|p| p.races.iter().copied().chain([p.value]));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !lo.is_finite() {
+        area.titled(&caption, caption_font())
+            .map_err(|e| e.to_string())?;
+        return note(area, "no runs");
+    }
+    // The axis spans a tenth of the level at least, so that a percent of noise does not look
+    // like a change; room above for the changes' labels.
+    let level = hi.abs().max(lo.abs());
+    let span = (hi - lo).max(level * 0.1);
+    let span = if span > 0.0 { span } else { 1.0 };
+    let pad = (span - (hi - lo)) / 2.0 + span * 0.1;
+    let bottom = if lo >= 0.0 {
+        (lo - pad).max(0.0)
+    } else {
+        lo - pad
+    };
+    let top = hi + pad + span * 0.25;
+    let n = s.points.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, caption_font())
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, bottom..top)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(WHITE)
+        // No more ticks than runs, so that they fall on runs (whole numbers), not between.
+        .x_labels(n.clamp(1, 6))
+        .x_label_formatter(&|x| run_label(s, *x))
+        .x_desc("run start (UTC)")
+        .y_label_formatter(&|y| axis_label(*y))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let mut levels = vec![];
+    if s.changes.is_empty() {
+        levels.push((
+            0..n,
+            s.points.iter().map(|p| p.value).sum::<f64>() / n as f64,
+        ));
+    }
+    for (i, c) in s.changes.iter().enumerate() {
+        let (before, after) = s.levels(i);
+        if i == 0 {
+            levels.push((before, c.mean_before));
+        }
+        levels.push((after, c.mean_after));
+    }
+    for (runs, mean) in levels {
+        chart
+            .draw_series(DashedLineSeries::new(
+                [
+                    (runs.start as f64 - 0.3, mean),
+                    (runs.end as f64 - 0.7, mean),
+                ],
+                6,
+                4,
+                LEVEL.stroke_width(1),
+            ))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .draw_series(LineSeries::new(
+            (s.points.iter().enumerate()).map(|(i, p)| (i as f64, p.value)),
+            CONTENDER.stroke_width(2),
+        ))
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(s.points.iter().enumerate().flat_map(|(i, p)| {
+            (p.races.iter())
+                .map(move |&y| Circle::new((i as f64, y), 3, CONTENDER.mix(0.5).filled()))
+        }))
+        .map_err(|e| e.to_string())?;
+    for (i, c) in s.changes.iter().enumerate() {
+        let color = match c.verdict {
+            Verdict::Regression => REGRESSION,
+            Verdict::Improvement => IMPROVEMENT,
+        };
+        let x = c.index as f64 - 0.5;
+        chart
+            .draw_series([PathElement::new(
+                vec![(x, bottom), (x, top)],
+                color.stroke_width(2),
+            )])
+            .map_err(|e| e.to_string())?;
+        // Each label on its own line from the top, on the side with room for it.
+        let right = c.index as f64 <= s.points.len() as f64 / 2.0;
+        let (dx, h) = if right {
+            (5, HPos::Left)
+        } else {
+            (-5, HPos::Right)
+        };
+        chart
+            .draw_series([EmptyElement::at((x, top))
+                + Text::new(
+                    format!("{} {}", change_size(c), c.verdict.label()),
+                    (dx, 4 + 16 * i as i32),
+                    TextStyle::from(("sans-serif", 13).into_font())
+                        .color(&color)
+                        .pos(Pos::new(h, VPos::Top)),
+                )])
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -494,5 +650,80 @@ mod tests {
             b[0].0 + b[0].1 <= c[0].0,
             "baseline left of this run: {pair}"
         );
+    }
+
+    /// A series drops at night 7 of 12: a dot per repetition, the line through the nights, the
+    /// two levels dashed, and the change a vertical line in the regression's colour between
+    /// nights 6 and 7, labelled with its size.
+    #[test]
+    fn a_trend_marks_its_change_between_the_runs_around_it() {
+        let h = crate::results::html::tests::history();
+        let s = (h.series.iter())
+            .find(|s| s.metric == Metric::Throughput)
+            .unwrap();
+        let [c] = s.changes.as_slice() else {
+            panic!("{s:?}")
+        };
+        assert_eq!(c.index, 6);
+        let svg = trend(s).unwrap();
+        assert_eq!(dots(&svg, CONTENDER), 36, "{svg}");
+        let marks: Vec<_> = (lines(&svg, REGRESSION).into_iter())
+            .filter(|l| l.0 == l.2)
+            .collect();
+        let [(x, ..)] = marks.as_slice() else {
+            panic!("one vertical line: {marks:?}")
+        };
+        // Halfway between the points of nights 6 and 7 (the line's 6th and 7th vertices).
+        let line = svg
+            .split("<polyline ")
+            .skip(1)
+            .find(|l| {
+                l.split('>').next().unwrap().contains("stroke-width=\"2\"") && l.contains("#1F77B4")
+            })
+            .unwrap();
+        let xs: Vec<i32> = line[line.find("points=\"").unwrap() + 8..]
+            .split('"')
+            .next()
+            .unwrap()
+            .split(' ')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(xs.len(), 12);
+        assert!(xs[5] < *x && *x < xs[6], "{x} between {xs:?}");
+        assert!(
+            (x - (xs[5] + xs[6]) / 2).abs() <= 1,
+            "{x} halfway in {xs:?}"
+        );
+        assert!(svg.contains("-20.0 % regression"), "{svg}");
+        // The two levels' means, dashed, each on its side of the change.
+        let dashes = lines(&svg, LEVEL);
+        let mut levels: Vec<i32> = dashes.iter().map(|l| l.1).collect();
+        levels.dedup();
+        let [before, after] = levels.as_slice() else {
+            panic!("two levels: {dashes:?}")
+        };
+        assert!(before < after, "the level before is higher: {dashes:?}");
+        for (x1, y, x2, _) in dashes {
+            assert!(
+                (y == *before) == (x2 < *x),
+                "{x1}..{x2} at {y}, change at {x}"
+            );
+        }
+        // The runs' start times under the axis.
+        for night in ["11-01 02:00", "11-07 02:00", "11-11 02:00"] {
+            assert!(svg.contains(night), "{night}: {svg}");
+        }
+    }
+
+    /// A series with no point (none is built so, but the chart is handed plain data) says so
+    /// rather than drawing an axis from infinity.
+    #[test]
+    fn a_trend_without_points_says_so() {
+        let mut s = crate::results::html::tests::history().series.remove(0);
+        s.points.clear();
+        s.changes.clear();
+        let svg = trend(&s).unwrap();
+        assert!(svg.contains("no runs"), "{svg}");
     }
 }

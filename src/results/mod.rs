@@ -275,18 +275,21 @@ impl Workspace {
             // Beside the workspace's results in this directory, also when they were read from
             // a remote backend's cache.
             .unwrap_or_else(|| layout::workspace(Path::new(""), &self.name).join("report.html"));
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| ResultsError::Write {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        std::fs::write(&path, html).map_err(|source| ResultsError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        write_page(&path, &html)?;
         Ok(path)
     }
+}
+
+/// Writes a page of the HTML report to `path`, making its directory.
+pub fn write_page(path: &Path, html: &str) -> Result<(), ResultsError> {
+    let failed = |source| ResultsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    std::fs::write(path, html).map_err(failed)
 }
 
 /// A comparison as the query shows it, and whether its gate fails.
