@@ -121,9 +121,11 @@ pub struct Session<'r> {
     renderer: &'r Renderer,
     /// Rendered parts by template and context.
     parts: HashMap<Vec<u8>, Part, FastHash>,
-    /// Reused buffers: the key of a part being looked up, the text being hashed.
+    /// Reused buffers: the key of a part being looked up, the text being hashed, a context's
+    /// JSON.
     key: Vec<u8>,
     text: Vec<u8>,
+    context: Vec<u8>,
 }
 
 /// A rendered text and its sha256, which is what the config hash takes in.
@@ -203,6 +205,7 @@ impl Renderer {
             parts: HashMap::default(),
             key: Vec::new(),
             text: Vec::new(),
+            context: Vec::new(),
         }
     }
 
@@ -293,13 +296,36 @@ impl Session<'_> {
         Ok(part)
     }
 
+    /// The context's JSON, in the session's buffer, which the caller gives back
+    /// (`self.context = json`) when done with it.
+    fn context_json(&mut self, ctx: &impl Serialize) -> Vec<u8> {
+        let mut json = std::mem::take(&mut self.context);
+        json.clear();
+        serde_json::to_writer(&mut json, ctx).expect("contexts serialize");
+        json
+    }
+
     /// Renders a built-in template; the context's JSON is its cache key.
     fn render_builtin(&mut self, name: &str, ctx: &impl Serialize) -> Result<Part, TemplateError> {
+        let json = self.context_json(ctx);
+        let part = self.render_builtin_keyed(name, ctx, &json)?;
+        self.context = json;
+        Ok(part)
+    }
+
+    /// [`Session::render_builtin`] with the context's JSON written already, for a context
+    /// that several parts of a test share.
+    fn render_builtin_keyed(
+        &mut self,
+        name: &str,
+        ctx: &impl Serialize,
+        json: &[u8],
+    ) -> Result<Part, TemplateError> {
         self.cached(
             |buf| {
                 buf.extend_from_slice(name.as_bytes());
                 buf.push(0);
-                serde_json::to_writer(buf, ctx).expect("contexts serialize");
+                buf.extend_from_slice(json);
             },
             |r| {
                 r.env
@@ -322,15 +348,19 @@ impl Session<'_> {
         // The user data is the watchdog as first written, which the config hash takes in, then
         // what makes it survive a reboot, which changes no result and so is left out of the
         // hash: adding it kept every recorded result current.
-        let watchdog = self.render_builtin("user_data.sh", &watchdog_ctx)?;
-        let reboot = self.render_builtin("watchdog_reboot.sh", &watchdog_ctx)?;
+        // Its JSON keys three parts: written once (each is a duration's text and more).
+        let json = self.context_json(&watchdog_ctx);
+        let watchdog = self.render_builtin_keyed("user_data.sh", &watchdog_ctx, &json)?;
+        let reboot = self.render_builtin_keyed("watchdog_reboot.sh", &watchdog_ctx, &json)?;
         let user_data = self.cached(
             |buf| {
                 buf.extend_from_slice(b"user data\0");
-                serde_json::to_writer(buf, &watchdog_ctx).expect("contexts serialize");
+                buf.extend_from_slice(&json);
             },
             |_| Ok(format!("{}{}", watchdog.text, reboot.text)),
         )?;
+        // Kept for the next context (an error above only costs the buffer).
+        self.context = json;
         let install = self.render_builtin(
             "install.sh",
             &InstallContext {
