@@ -341,7 +341,10 @@ pub fn render(e: &Estimate) -> String {
         let start = out.len();
         for (cell, w) in row.iter().zip(widths) {
             if w > 0 {
-                let _ = write!(out, "  {cell:<w$}");
+                // As `{cell:<w$}` pads, without the formatting machinery: thousands of rows.
+                out.push_str("  ");
+                out.push_str(cell);
+                out.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
             }
         }
         out.truncate(out[start..].trim_end().len() + start);
