@@ -131,7 +131,7 @@ pub struct Test {
     /// Set when the test is one variant of a plan's test: the variants of a test race
     /// interleaved on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<VariantOf>,
+    pub variant: Option<Box<VariantOf>>,
     /// Set when the test is one combination of a plan test's `matrix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<MatrixOf>,
@@ -434,7 +434,7 @@ pub struct Settings {
     pub track_params: SortedMap<serde_json::Value>,
     /// Elasticsearch nodes of the test's own, apart from its load drivers; none: the test is
     /// one machine, as before clusters existed.
-    pub cluster: Option<Cluster>,
+    pub cluster: Option<Box<Cluster>>,
     /// With a cluster, the machines that drive the load (the test's own machine settings).
     pub load_drivers: NonZeroU32,
     /// Where the test runs, with the settings only that provider reads.
@@ -619,7 +619,7 @@ struct FlatSettings<'a> {
     client_options: Option<Cow<'a, Text>>,
     /// Written only for a test with a cluster, so that tests without one hash as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    cluster: Option<Cow<'a, Cluster>>,
+    cluster: Option<Cow<'a, Box<Cluster>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     connect: Option<Connect>,
     distribution_version: Option<Cow<'a, Text>>,
@@ -1188,6 +1188,16 @@ mod tests {
     use super::*;
 
     /// Repetitions and variants read alike from TOML and from the older JSON shape.
+    /// A plan holds thousands of tests, moved and cloned while it loads and dropped at the
+    /// end: what few tests set (a cluster, a variant) is boxed, so that it costs every other
+    /// test a pointer, not its room. A field that grows a test past this is boxed too, or the
+    /// bound is raised with `plan_scale`'s figures before and after.
+    #[test]
+    fn a_test_keeps_what_few_tests_set_in_a_box() {
+        assert!(std::mem::size_of::<Settings>() <= 504);
+        assert!(std::mem::size_of::<Test>() <= 632);
+    }
+
     #[test]
     fn repetitions_and_variants_read_alike_from_toml_and_json() {
         let toml = r#"
