@@ -195,11 +195,13 @@ fn main() {
 fn measure(matrix: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (plan, state) = generate(dir.path(), matrix);
-    if let (Some(keep), false) = (std::env::var_os("SCALE_KEEP"), matrix) {
-        // For profiling: `SCALE_KEEP=DIR` keeps the inputs, to run one phase under perf with
+    if let Some(keep) = std::env::var_os("SCALE_KEEP") {
+        // For profiling: `SCALE_KEEP=DIR` keeps the inputs (the matrices' in `DIR/matrix`), to
+        // run one phase under perf with
         // `SCALE_PLAN=DIR/scale.toml SCALE_STATE=DIR/state/scale.state.json SCALE_PHASES=1`,
         // which read the price file beside the plan.
-        let keep = Path::new(&keep);
+        let keep = Path::new(&keep).join(if matrix { "matrix" } else { "" });
+        let keep = keep.as_path();
         std::fs::create_dir_all(keep).unwrap();
         std::fs::copy(&plan, keep.join("scale.toml")).unwrap();
         std::fs::copy(dir.path().join(PRICES), keep.join(PRICES)).unwrap();

@@ -770,7 +770,7 @@ async fn start_attempt<P: Provider>(
             run_id: Some(ctx.run_id.clone()),
             race_id: Some(Uuid::new_v4()),
             earlier,
-            variant: test.variant.clone(),
+            variant: test.variant.as_deref().cloned(),
             // Machine time is billed whatever became of the attempt that held the machine.
             spent: previous.map(|r| r.spent.clone()).unwrap_or_default(),
             inputs: artifacts.inputs(&test.settings),

@@ -33,10 +33,14 @@ pub fn bundle(
     let mut files: Vec<File> = vec![
         (
             "install.sh".into(),
-            artifacts.install.as_bytes().to_vec(),
+            artifacts.install().as_bytes().to_vec(),
             0o755,
         ),
-        ("race.sh".into(), artifacts.race.as_bytes().to_vec(), 0o755),
+        (
+            "race.sh".into(),
+            artifacts.race().as_bytes().to_vec(),
+            0o755,
+        ),
         ("rally.ini".into(), rally_ini.into_bytes(), 0o600),
         (
             "track-params.json".into(),

@@ -24,9 +24,10 @@ use crate::plan::{ProviderKind, Settings, VariantOf};
 pub const STATE_VERSION: u32 = 2;
 
 /// A key this rallyctl does not know is refused, not dropped: writing the state back would lose
-/// it. So is one inside a record, a machine or a result (`deny_unknown_fields` on each).
+/// it. So is one inside a record, a machine or a result (`deny_unknown_fields` on each). Read
+/// as a [`StateFile`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "StateFile")]
 pub struct State {
     pub version: u32,
     /// Fixed when the state is created; tags every instance, so instances of another state
@@ -37,23 +38,54 @@ pub struct State {
     pub workspace: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_run: Option<String>,
-    #[serde(deserialize_with = "records_at_once")]
     pub tests: BTreeMap<Address, TestRecord>,
     /// Images `rallyctl bake` made, or is making, for the workspace's `ami = "baked"` tests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
 }
 
-/// A state's records read, then built into the map at once: its nodes come out full, where
-/// inserting the file's (sorted) records one by one leaves each about half empty, which for
-/// thousands of tests is megabytes. Of two records with one address the last counts, as
-/// inserting does.
-fn records_at_once<'de, D: serde::Deserializer<'de>>(
+/// A [`State`] as its file spells it, with its records in the file's order: [`load`] lets go
+/// of the file's text (megabytes, for thousands of results) before it puts them in the map,
+/// rather than holding both at once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    lineage: Uuid,
+    serial: u64,
+    workspace: String,
+    #[serde(default)]
+    baseline_run: Option<String>,
+    #[serde(deserialize_with = "records_in_order")]
+    tests: Vec<(Address, TestRecord)>,
+    #[serde(default)]
+    images: Vec<Image>,
+}
+
+/// The records are built into the map at once: its nodes come out full, where inserting the
+/// file's (sorted) records one by one leaves each about half empty, which for thousands of
+/// tests is megabytes. Of two records with one address the last counts, as inserting does.
+impl From<StateFile> for State {
+    fn from(f: StateFile) -> State {
+        State {
+            version: f.version,
+            lineage: f.lineage,
+            serial: f.serial,
+            workspace: f.workspace,
+            baseline_run: f.baseline_run,
+            tests: f.tests.into_iter().collect(),
+            images: f.images,
+        }
+    }
+}
+
+/// A state's records as the file lists them.
+fn records_in_order<'de, D: serde::Deserializer<'de>>(
     d: D,
-) -> Result<BTreeMap<Address, TestRecord>, D::Error> {
+) -> Result<Vec<(Address, TestRecord)>, D::Error> {
     struct Records;
     impl<'de> serde::de::Visitor<'de> for Records {
-        type Value = BTreeMap<Address, TestRecord>;
+        type Value = Vec<(Address, TestRecord)>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a map of test records by address")
@@ -67,7 +99,7 @@ fn records_at_once<'de, D: serde::Deserializer<'de>>(
             while let Some(record) = m.next_entry()? {
                 records.push(record);
             }
-            Ok(records.into_iter().collect())
+            Ok(records)
         }
     }
     d.deserialize_map(Records)
@@ -877,7 +909,7 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             });
         }
     };
-    parse(&bytes, path, || {
+    let hint = || {
         let backup = backup_path(path);
         if backup.is_file() {
             format!(
@@ -887,8 +919,30 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
         } else {
             String::new()
         }
+    };
+    match serde_json::from_slice::<StateFile>(&bytes) {
+        Ok(file) => {
+            drop(bytes);
+            current(file.into(), path).map(Some)
+        }
+        // What is wrong is told as `parse` tells it.
+        Err(_) => parse(&bytes, path, hint).map(Some),
+    }
+}
+
+/// A state read as this version's model: refused if a newer version wrote it, else of this
+/// version (an older one is read into this one's model, see STATE_VERSION, and written as it).
+fn current(state: State, location: &Path) -> Result<State, StateError> {
+    if state.version > STATE_VERSION {
+        return Err(StateError::Newer {
+            path: location.to_owned(),
+            found: u64::from(state.version),
+        });
+    }
+    Ok(State {
+        version: STATE_VERSION,
+        ..state
     })
-    .map(Some)
 }
 
 /// A state as read from `location` (a file or an object); `backup_hint` says where the
@@ -920,12 +974,7 @@ pub fn parse(
         found,
     };
     match serde_json::from_slice::<State>(bytes) {
-        Ok(state) if state.version > STATE_VERSION => Err(newer(u64::from(state.version))),
-        // An older version is read into this one's model (see STATE_VERSION), and written as it.
-        Ok(state) => Ok(State {
-            version: STATE_VERSION,
-            ..state
-        }),
+        Ok(state) => current(state, location),
         Err(e) => match version(bytes) {
             Some(v) if v > u64::from(STATE_VERSION) => Err(newer(v)),
             Some(_) => Err(corrupt(e.to_string())),

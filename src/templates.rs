@@ -37,17 +37,13 @@ pub enum TemplateError {
     Unquotable(String),
 }
 
-/// Everything rendered for one test. Tests that render a script alike share one copy of it.
+/// Everything rendered for one test. Tests that render a part alike share one copy of it,
+/// text and sha256: a plan's thousands of artifacts each hold four pointers to them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Artifacts {
-    pub user_data: Arc<str>,
-    pub install: Arc<str>,
-    pub race: Arc<str>,
-    /// The rally.ini with environment values shown as `${NAME}`; see [`Renderer::rally_ini`].
-    pub rally_ini: Arc<str>,
+    /// In the order of [`RENDERED`].
+    parts: [Arc<Part>; 4],
     pub config_hash: String,
-    /// The sha256 of each rendered part, in the order of [`RENDERED`].
-    digests: [[u8; 32]; 4],
     /// A local track's files.
     track: Option<Arc<TrackFiles>>,
 }
@@ -65,10 +61,26 @@ struct TrackFiles {
 }
 
 impl Artifacts {
+    pub fn user_data(&self) -> &str {
+        &self.parts[0].text
+    }
+
+    pub fn install(&self) -> &str {
+        &self.parts[1].text
+    }
+
+    pub fn race(&self) -> &str {
+        &self.parts[2].text
+    }
+
+    /// The rally.ini with environment values shown as `${NAME}`; see [`Renderer::rally_ini`].
+    pub fn rally_ini(&self) -> &str {
+        &self.parts[3].text
+    }
+
     /// The sha256 of the install script, as [`crate::state::Machine::installed`] records it.
     pub fn install_digest(&self) -> String {
-        let at = RENDERED.iter().position(|n| *n == "install.sh");
-        hex::encode(self.digests[at.expect("install.sh is rendered")])
+        hex::encode(self.parts[1].digest)
     }
 
     /// Every file the config hash takes in besides the settings, each by its sha256, named as
@@ -76,7 +88,8 @@ impl Artifacts {
     /// source, and the local track's files under the track's path.
     pub fn inputs(&self, s: &Settings) -> Inputs {
         let mut inputs = Inputs::new();
-        for (name, digest) in RENDERED.iter().zip(&self.digests) {
+        for (name, part) in RENDERED.iter().zip(&self.parts) {
+            let digest = part.digest;
             let name = match *name {
                 "rally.ini" => format!("rally.ini ({})", s.rally_config.path().display()),
                 name => name.to_owned(),
@@ -120,25 +133,27 @@ pub struct Renderer {
 pub struct Session<'r> {
     renderer: &'r Renderer,
     /// Rendered parts by template and context.
-    parts: HashMap<Vec<u8>, Part, FastHash>,
-    /// Reused buffers: the key of a part being looked up, the text being hashed.
+    parts: HashMap<Vec<u8>, Arc<Part>, FastHash>,
+    /// Reused buffers: the key of a part being looked up, the text being hashed, a context's
+    /// JSON.
     key: Vec<u8>,
     text: Vec<u8>,
+    context: Vec<u8>,
 }
 
 /// A rendered text and its sha256, which is what the config hash takes in.
-#[derive(Clone)]
+#[derive(Debug, PartialEq)]
 struct Part {
-    text: Arc<str>,
+    text: Box<str>,
     digest: [u8; 32],
 }
 
 impl Part {
-    fn new(text: String) -> Part {
-        Part {
+    fn new(text: String) -> Arc<Part> {
+        Arc::new(Part {
             digest: Sha256::digest(text.as_bytes()).into(),
             text: text.into(),
-        }
+        })
     }
 }
 
@@ -203,6 +218,7 @@ impl Renderer {
             parts: HashMap::default(),
             key: Vec::new(),
             text: Vec::new(),
+            context: Vec::new(),
         }
     }
 
@@ -282,7 +298,7 @@ impl Session<'_> {
         &mut self,
         key: impl FnOnce(&mut Vec<u8>),
         make: impl FnOnce(&Renderer) -> Result<String, TemplateError>,
-    ) -> Result<Part, TemplateError> {
+    ) -> Result<Arc<Part>, TemplateError> {
         self.key.clear();
         key(&mut self.key);
         if let Some(part) = self.parts.get(&self.key[..]) {
@@ -293,13 +309,40 @@ impl Session<'_> {
         Ok(part)
     }
 
+    /// The context's JSON, in the session's buffer, which the caller gives back
+    /// (`self.context = json`) when done with it.
+    fn context_json(&mut self, ctx: &impl Serialize) -> Vec<u8> {
+        let mut json = std::mem::take(&mut self.context);
+        json.clear();
+        serde_json::to_writer(&mut json, ctx).expect("contexts serialize");
+        json
+    }
+
     /// Renders a built-in template; the context's JSON is its cache key.
-    fn render_builtin(&mut self, name: &str, ctx: &impl Serialize) -> Result<Part, TemplateError> {
+    fn render_builtin(
+        &mut self,
+        name: &str,
+        ctx: &impl Serialize,
+    ) -> Result<Arc<Part>, TemplateError> {
+        let json = self.context_json(ctx);
+        let part = self.render_builtin_keyed(name, ctx, &json)?;
+        self.context = json;
+        Ok(part)
+    }
+
+    /// [`Session::render_builtin`] with the context's JSON written already, for a context
+    /// that several parts of a test share.
+    fn render_builtin_keyed(
+        &mut self,
+        name: &str,
+        ctx: &impl Serialize,
+        json: &[u8],
+    ) -> Result<Arc<Part>, TemplateError> {
         self.cached(
             |buf| {
                 buf.extend_from_slice(name.as_bytes());
                 buf.push(0);
-                serde_json::to_writer(buf, ctx).expect("contexts serialize");
+                buf.extend_from_slice(json);
             },
             |r| {
                 r.env
@@ -322,15 +365,19 @@ impl Session<'_> {
         // The user data is the watchdog as first written, which the config hash takes in, then
         // what makes it survive a reboot, which changes no result and so is left out of the
         // hash: adding it kept every recorded result current.
-        let watchdog = self.render_builtin("user_data.sh", &watchdog_ctx)?;
-        let reboot = self.render_builtin("watchdog_reboot.sh", &watchdog_ctx)?;
+        // Its JSON keys three parts: written once (each is a duration's text and more).
+        let json = self.context_json(&watchdog_ctx);
+        let watchdog = self.render_builtin_keyed("user_data.sh", &watchdog_ctx, &json)?;
+        let reboot = self.render_builtin_keyed("watchdog_reboot.sh", &watchdog_ctx, &json)?;
         let user_data = self.cached(
             |buf| {
                 buf.extend_from_slice(b"user data\0");
-                serde_json::to_writer(buf, &watchdog_ctx).expect("contexts serialize");
+                buf.extend_from_slice(&json);
             },
             |_| Ok(format!("{}{}", watchdog.text, reboot.text)),
         )?;
+        // Kept for the next context (an error above only costs the buffer).
+        self.context = json;
         let install = self.render_builtin(
             "install.sh",
             &InstallContext {
@@ -389,17 +436,8 @@ impl Session<'_> {
         let mut hex = [0; 64];
         hex::encode_to_slice(hash.finalize(), &mut hex).expect("64 digits hold a sha256");
         Ok(Artifacts {
-            user_data: user_data.text,
-            install: install.text,
-            race: race.text,
-            rally_ini: rally_ini.text,
+            parts: [user_data, install, race, rally_ini],
             config_hash: String::from_utf8(hex.to_vec()).expect("hex digits are ASCII"),
-            digests: [
-                user_data.digest,
-                install.digest,
-                race.digest,
-                rally_ini.digest,
-            ],
             track,
         })
     }
@@ -598,9 +636,9 @@ distribution_version = "6.8.0"
 track_params = { bulk_size = 5000 }"#,
         );
         let a = Renderer::new().render(&test).unwrap();
-        insta::assert_snapshot!("user_data", a.user_data);
-        insta::assert_snapshot!("install_with_java", a.install);
-        insta::assert_snapshot!("race", a.race);
+        insta::assert_snapshot!("user_data", a.user_data());
+        insta::assert_snapshot!("install_with_java", a.install());
+        insta::assert_snapshot!("race", a.race());
         insta::assert_snapshot!("race_command", race_command(&test.settings).unwrap());
     }
 
@@ -616,9 +654,20 @@ track_params = { bulk_size = 5000 }"#,
             (r#"runtime_jdk = "17""#, true),
         ] {
             let test = test_from(&format!("name = \"t\"\ntrack = \"x\"\n{extra}"));
-            let install = Renderer::new().render(&test).unwrap().install;
-            assert_eq!(install.contains("installing a JDK"), java, "{extra}");
+            let artifacts = Renderer::new().render(&test).unwrap();
+            assert_eq!(
+                artifacts.install().contains("installing a JDK"),
+                java,
+                "{extra}"
+            );
         }
+    }
+
+    /// A plan's map of artifacts holds one per test: the parts they share stay shared, text
+    /// and sha256 behind one pointer each, so that an entry is a few words.
+    #[test]
+    fn artifacts_point_at_their_shared_parts() {
+        assert!(std::mem::size_of::<Artifacts>() <= 64);
     }
 
     #[test]
@@ -632,7 +681,7 @@ track_params = { bulk_size = 5000 }"#,
         let a = Renderer::new().render(&test).unwrap();
         // Run the rendered argument list through a real shell that only prints its arguments.
         let script = a
-            .race
+            .race()
             .split("args=(race")
             .nth(1)
             .unwrap()

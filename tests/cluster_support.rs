@@ -124,12 +124,9 @@ fn install_esrally(run: &Run, key: &Path) -> PathBuf {
     let h = &run.harness;
     let plan = rallyctl::plan::Plan::load(&run.plan(&[("s", &[("t", "")])])).unwrap();
     let test = plan.tests().next().unwrap();
-    let install = rallyctl::templates::Renderer::new()
-        .render(test)
-        .unwrap()
-        .install;
+    let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
     for ip in &h.instance_ips {
-        on(h, key, ip, &install);
+        on(h, key, ip, artifacts.install());
     }
     h.remote_dir.join("rally-2.13.0/bin/esrally")
 }

@@ -266,38 +266,38 @@ pub fn render(e: &Estimate) -> String {
         };
         format!("[{n}]")
     };
-    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut cells = Cells::default();
     // Neighbouring tests mostly share a machine and its price, so the cells and notes that
     // say so are written once per run of them rather than once per test.
     let mut last: Option<(MachineOf<'_>, [String; 3])> = None;
     for t in &e.tests {
         let of = machine_of(t);
-        let cells = match &mut last {
+        let [what, price, note] = match &mut last {
             Some((seen, cells)) if *seen == of => cells,
             slot => &mut slot.insert((of, machine_cells(t, &mut mark))).1,
         };
-        let [what, price, note] = cells.clone();
-        let races = format!("{} race{}", t.races, if t.races == 1 { "" } else { "s" });
-        let (worst, expected) = match &t.hourly {
-            Some(_) => (
-                t.worst_usd
-                    .map_or(String::new(), |w| format!("worst {}", usd(w))),
+        cells.write(format_args!("{}", t.address));
+        cells.push(what);
+        cells.push(price);
+        let plural = if t.races == 1 { "" } else { "s" };
+        cells.write(format_args!("{} race{plural}", t.races));
+        match &t.hourly {
+            Some(_) => {
+                match t.worst_usd {
+                    Some(w) => cells.write(format_args!("worst {}", usd(w))),
+                    None => cells.push(""),
+                }
                 match t.expected_usd {
-                    Some(x) => format!("expected {}", usd(x)),
-                    None => "expected ? (no earlier run)".into(),
-                },
-            ),
-            None => (String::new(), String::new()),
-        };
-        rows.push([
-            t.address.to_string(),
-            what,
-            price,
-            races,
-            worst,
-            expected,
-            note,
-        ]);
+                    Some(x) => cells.write(format_args!("expected {}", usd(x))),
+                    None => cells.push("expected ? (no earlier run)"),
+                }
+            }
+            None => {
+                cells.push("");
+                cells.push("");
+            }
+        }
+        cells.push(note);
     }
     let total = &e.total;
     let mut left_out = Vec::new();
@@ -311,37 +311,40 @@ pub fn render(e: &Estimate) -> String {
         let n = total.without_root_volume;
         left_out.push(format!("{n} root volume{}", if n == 1 { "" } else { "s" }));
     }
-    rows.push([
-        "total".into(),
-        String::new(),
-        String::new(),
-        String::new(),
-        total
-            .worst_usd
-            .map_or("worst ?".into(), |w| format!("worst {}", usd(w))),
-        total
-            .expected_usd
-            .map_or("expected ?".into(), |x| format!("expected {}", usd(x))),
-        if left_out.is_empty() {
-            String::new()
-        } else {
-            format!("(not counted: {})", left_out.join(", "))
-        },
-    ]);
-    let mut widths = [0usize; 7];
-    for row in &rows {
+    for cell in ["total", "", "", ""] {
+        cells.push(cell);
+    }
+    match total.worst_usd {
+        Some(w) => cells.write(format_args!("worst {}", usd(w))),
+        None => cells.push("worst ?"),
+    }
+    match total.expected_usd {
+        Some(x) => cells.write(format_args!("expected {}", usd(x))),
+        None => cells.push("expected ?"),
+    }
+    if left_out.is_empty() {
+        cells.push("");
+    } else {
+        cells.write(format_args!("(not counted: {})", left_out.join(", ")));
+    }
+    let mut widths = [0usize; ROW];
+    for row in cells.rows() {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut out = String::from(
-        "Cost estimate, USD billed per second, a minute at least (worst: every race runs its max_runtime; expected: as long as last time):\n",
-    );
-    for row in &rows {
+    let heading = "Cost estimate, USD billed per second, a minute at least (worst: every race runs its max_runtime; expected: as long as last time):\n";
+    let line: usize = widths.iter().filter(|w| **w > 0).map(|w| w + 2).sum();
+    let mut out = String::with_capacity(heading.len() + cells.ends.len() / ROW * (line + 1));
+    out.push_str(heading);
+    for row in cells.rows() {
         let start = out.len();
-        for (cell, w) in row.iter().zip(widths) {
+        for (cell, w) in row.into_iter().zip(widths) {
             if w > 0 {
-                let _ = write!(out, "  {cell:<w$}");
+                // As `{cell:<w$}` pads, without the formatting machinery: thousands of rows.
+                out.push_str("  ");
+                out.push_str(cell);
+                out.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
             }
         }
         out.truncate(out[start..].trim_end().len() + start);
@@ -351,6 +354,39 @@ pub fn render(e: &Estimate) -> String {
         let _ = writeln!(out, "  [{}] {note}", i + 1);
     }
     out
+}
+
+/// Cells in a row of the estimate's table.
+const ROW: usize = 7;
+
+/// The estimate table's cells, [`ROW`] a row, one after another in one text: a row for each of
+/// thousands of tests costs no allocation of its own.
+#[derive(Default)]
+struct Cells {
+    text: String,
+    /// Where each cell ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Cells {
+    fn push(&mut self, cell: &str) {
+        self.text.push_str(cell);
+        self.ends.push(self.text.len());
+    }
+
+    fn write(&mut self, cell: std::fmt::Arguments<'_>) {
+        let _ = self.text.write_fmt(cell);
+        self.ends.push(self.text.len());
+    }
+
+    /// The rows, each of its [`ROW`] cells (every row pushes that many).
+    fn rows(&self) -> impl Iterator<Item = [&str; ROW]> {
+        let cell = |i: usize| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.text[start..self.ends[i]]
+        };
+        (0..self.ends.len() / ROW).map(move |r| std::array::from_fn(|c| cell(r * ROW + c)))
+    }
 }
 
 /// What a test's machine and price cells and its note are made of.

@@ -546,10 +546,10 @@ impl<'n> Loader<'_, '_> {
                             address,
                             settings,
                             repeat,
-                            variant: Some(VariantOf {
+                            variant: Some(Box::new(VariantOf {
                                 test: test.to_owned(),
                                 name: variant,
-                            }),
+                            })),
                             matrix: matrix.clone(),
                             reuse: false,
                         });

@@ -220,7 +220,7 @@ impl Loader<'_, '_> {
             target_hosts: texts(&mut m, const { at("target_hosts") }),
             track: track?,
             track_params: json_map(&mut m, const { at("track_params") }),
-            cluster,
+            cluster: cluster.map(Box::new),
             load_drivers,
             machine,
         };

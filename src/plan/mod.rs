@@ -17,6 +17,7 @@ pub mod source;
 pub(crate) mod toml_doc;
 mod values;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -130,7 +131,7 @@ pub struct Test {
     /// Set when the test is one variant of a plan's test: the variants of a test race
     /// interleaved on one machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<VariantOf>,
+    pub variant: Option<Box<VariantOf>>,
     /// Set when the test is one combination of a plan test's `matrix`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matrix: Option<MatrixOf>,
@@ -406,8 +407,7 @@ impl<'de> Deserialize<'de> for RallyConfig {
 /// always recorded. Keys of other providers are left out rather than written empty, so that
 /// a new provider's keys never change an older test's hash. Text, lists and maps are shared, so
 /// that the ten thousand tests of a large plan cost little more than what each sets itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(into = "FlatSettings", try_from = "FlatSettings")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub car: Option<Text>,
     pub car_params: SortedMap<serde_json::Value>,
@@ -434,7 +434,7 @@ pub struct Settings {
     pub track_params: SortedMap<serde_json::Value>,
     /// Elasticsearch nodes of the test's own, apart from its load drivers; none: the test is
     /// one machine, as before clusters existed.
-    pub cluster: Option<Cluster>,
+    pub cluster: Option<Box<Cluster>>,
     /// With a cluster, the machines that drive the load (the test's own machine settings).
     pub load_drivers: NonZeroU32,
     /// Where the test runs, with the settings only that provider reads.
@@ -603,27 +603,30 @@ impl MachineSettings {
 
 /// [`Settings`] as one flat object with sorted keys: the canonical JSON. Fields in alphabetical
 /// order, so serializing this struct directly gives sorted keys with no tree in between.
+///
+/// Serializing borrows every field from the settings (`Cow::Borrowed`): hashing a plan's ten
+/// thousand tests clones nothing; reading owns them (`Cow::Owned`).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FlatSettings {
+struct FlatSettings<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ami: Option<Text>,
+    ami: Option<Cow<'a, Text>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    base_ami: Option<Text>,
-    car: Option<Text>,
-    car_params: SortedMap<serde_json::Value>,
-    challenge: Option<Text>,
-    client_options: Option<Text>,
+    base_ami: Option<Cow<'a, Text>>,
+    car: Option<Cow<'a, Text>>,
+    car_params: Cow<'a, SortedMap<serde_json::Value>>,
+    challenge: Option<Cow<'a, Text>>,
+    client_options: Option<Cow<'a, Text>>,
     /// Written only for a test with a cluster, so that tests without one hash as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    cluster: Option<Cluster>,
+    cluster: Option<Cow<'a, Box<Cluster>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     connect: Option<Connect>,
-    distribution_version: Option<Text>,
+    distribution_version: Option<Cow<'a, Text>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    hosts: Option<Arc<[Text]>>,
+    hosts: Option<Cow<'a, Arc<[Text]>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    instance_type: Option<Text>,
+    instance_type: Option<Cow<'a, Text>>,
     /// Written only when not the default (1), so that `load_drivers = 1` hashes as unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     load_drivers: Option<NonZeroU32>,
@@ -632,32 +635,32 @@ struct FlatSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     market: Option<MarketKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_price: Option<Text>,
+    max_price: Option<Cow<'a, Text>>,
     #[serde(with = "humantime_serde")]
     max_runtime: Duration,
     offline: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on_interruption: Option<MarketKind>,
-    pipeline: Option<Text>,
+    pipeline: Option<Cow<'a, Text>>,
     #[serde(default, skip_serializing_if = "is_aws")]
     provider: ProviderKind,
-    rally_args: Arc<[Text]>,
-    rally_config: RallyConfig,
-    rally_version: Text,
+    rally_args: Cow<'a, Arc<[Text]>>,
+    rally_config: Cow<'a, RallyConfig>,
+    rally_version: Cow<'a, Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    region: Option<Text>,
-    remote_dir: Text,
-    runtime_jdk: Option<Text>,
+    region: Option<Cow<'a, Text>>,
+    remote_dir: Cow<'a, Text>,
+    runtime_jdk: Option<Cow<'a, Text>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    security_group_ids: Option<Arc<[Text]>>,
+    security_group_ids: Option<Cow<'a, Arc<[Text]>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ssh_key: Option<Text>,
+    ssh_key: Option<Cow<'a, Text>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ssh_known_hosts: Option<Text>,
+    ssh_known_hosts: Option<Cow<'a, Text>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ssh_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ssh_user: Option<Text>,
+    ssh_user: Option<Cow<'a, Text>>,
     /// Written only when not the default, so that hashes from before it existed stay.
     #[serde(
         default,
@@ -671,14 +674,14 @@ struct FlatSettings {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    subnet_id: Option<Option<Text>>,
+    subnet_id: Option<Option<Cow<'a, Text>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    subnet_ids: Option<Arc<[Text]>>,
+    subnet_ids: Option<Cow<'a, Arc<[Text]>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    tags: Option<SortedMap<Text>>,
-    target_hosts: Arc<[Text]>,
-    track: TrackSource,
-    track_params: SortedMap<serde_json::Value>,
+    tags: Option<Cow<'a, SortedMap<Text>>>,
+    target_hosts: Cow<'a, Arc<[Text]>>,
+    track: Cow<'a, TrackSource>,
+    track_params: Cow<'a, SortedMap<serde_json::Value>>,
 }
 
 fn is_aws(kind: &ProviderKind) -> bool {
@@ -692,18 +695,45 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(d).map(Some)
 }
 
-impl From<Settings> for FlatSettings {
-    fn from(s: Settings) -> FlatSettings {
+/// A field borrowed for serializing.
+fn lent<T: Clone>(value: &T) -> Cow<'_, T> {
+    Cow::Borrowed(value)
+}
+
+/// An optional field borrowed for serializing.
+fn lent_some<T: Clone>(value: &Option<T>) -> Option<Cow<'_, T>> {
+    value.as_ref().map(Cow::Borrowed)
+}
+
+/// A field read back, owned.
+fn kept<T: Clone>(value: Option<Cow<'_, T>>) -> Option<T> {
+    value.map(Cow::into_owned)
+}
+
+impl Serialize for Settings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FlatSettings::from(self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Settings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Settings::try_from(FlatSettings::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'a> From<&'a Settings> for FlatSettings<'a> {
+    fn from(s: &'a Settings) -> FlatSettings<'a> {
         let mut flat = FlatSettings {
             ami: None,
             base_ami: None,
-            car: s.car,
-            car_params: s.car_params,
-            challenge: s.challenge,
-            client_options: s.client_options,
-            cluster: s.cluster,
+            car: lent_some(&s.car),
+            car_params: lent(&s.car_params),
+            challenge: lent_some(&s.challenge),
+            client_options: lent_some(&s.client_options),
+            cluster: lent_some(&s.cluster),
             connect: None,
-            distribution_version: s.distribution_version,
+            distribution_version: lent_some(&s.distribution_version),
             hosts: None,
             instance_type: None,
             load_drivers: (s.load_drivers != Settings::LOAD_DRIVERS).then_some(s.load_drivers),
@@ -712,14 +742,14 @@ impl From<Settings> for FlatSettings {
             max_runtime: s.max_runtime,
             offline: s.offline,
             on_interruption: None,
-            pipeline: s.pipeline,
+            pipeline: lent_some(&s.pipeline),
             provider: s.machine.kind(),
-            rally_args: s.rally_args,
-            rally_config: s.rally_config,
-            rally_version: s.rally_version,
+            rally_args: lent(&s.rally_args),
+            rally_config: lent(&s.rally_config),
+            rally_version: lent(&s.rally_version),
             region: None,
-            remote_dir: s.remote_dir,
-            runtime_jdk: s.runtime_jdk,
+            remote_dir: lent(&s.remote_dir),
+            runtime_jdk: lent_some(&s.runtime_jdk),
             security_group_ids: None,
             ssh_key: None,
             ssh_known_hosts: None,
@@ -729,39 +759,39 @@ impl From<Settings> for FlatSettings {
             subnet_id: None,
             subnet_ids: None,
             tags: None,
-            target_hosts: s.target_hosts,
-            track: s.track,
-            track_params: s.track_params,
+            target_hosts: lent(&s.target_hosts),
+            track: lent(&s.track),
+            track_params: lent(&s.track_params),
         };
-        match s.machine {
+        match &s.machine {
             MachineSettings::Aws(a) => {
-                flat.ami = Some(a.ami);
-                flat.base_ami = a.base_ami;
+                flat.ami = Some(lent(&a.ami));
+                flat.base_ami = lent_some(&a.base_ami);
                 flat.connect = Some(a.connect);
-                flat.instance_type = Some(a.instance_type);
-                if let Market::Spot(spot) = a.market {
+                flat.instance_type = Some(lent(&a.instance_type));
+                if let Market::Spot(spot) = &a.market {
                     flat.market = Some(MarketKind::Spot);
-                    flat.max_price = spot.max_price;
+                    flat.max_price = lent_some(&spot.max_price);
                     flat.on_interruption = Some(spot.on_interruption);
                 }
-                flat.region = Some(a.region);
-                flat.security_group_ids = Some(a.security_group_ids);
+                flat.region = Some(lent(&a.region));
+                flat.security_group_ids = Some(lent(&a.security_group_ids));
                 flat.ssh_port = Some(a.ssh_port);
-                flat.ssh_user = Some(a.ssh_user);
+                flat.ssh_user = Some(lent(&a.ssh_user));
                 // Written as before `subnet_ids` existed, so that hashes stay as they were.
-                match a.subnets {
+                match &a.subnets {
                     Subnets::Default => flat.subnet_id = Some(None),
-                    Subnets::One(id) => flat.subnet_id = Some(Some(id)),
-                    Subnets::FirstWithCapacity(ids) => flat.subnet_ids = Some(ids),
+                    Subnets::One(id) => flat.subnet_id = Some(Some(lent(id))),
+                    Subnets::FirstWithCapacity(ids) => flat.subnet_ids = Some(lent(ids)),
                 }
-                flat.tags = Some(a.tags);
+                flat.tags = Some(lent(&a.tags));
             }
             MachineSettings::Ssh(h) => {
-                flat.hosts = Some(h.hosts);
-                flat.ssh_key = h.ssh_key;
-                flat.ssh_known_hosts = h.ssh_known_hosts;
+                flat.hosts = Some(lent(&h.hosts));
+                flat.ssh_key = lent_some(&h.ssh_key);
+                flat.ssh_known_hosts = lent_some(&h.ssh_known_hosts);
                 flat.ssh_port = Some(h.ssh_port);
-                flat.ssh_user = h.ssh_user;
+                flat.ssh_user = lent_some(&h.ssh_user);
             }
             MachineSettings::Local => {}
         }
@@ -769,70 +799,64 @@ impl From<Settings> for FlatSettings {
     }
 }
 
-impl TryFrom<FlatSettings> for Settings {
+impl TryFrom<FlatSettings<'_>> for Settings {
     type Error = String;
 
-    fn try_from(f: FlatSettings) -> Result<Settings, String> {
+    fn try_from(f: FlatSettings<'_>) -> Result<Settings, String> {
         let missing = |key: &str| format!("provider {} needs `{key}`", f.provider);
         let machine = match f.provider {
             ProviderKind::Aws => MachineSettings::Aws(AwsSettings {
-                ami: f.ami.clone().ok_or_else(|| missing("ami"))?,
-                base_ami: f.base_ami.clone(),
+                ami: kept(f.ami).ok_or_else(|| missing("ami"))?,
+                base_ami: kept(f.base_ami),
                 image: None,
                 connect: f.connect.unwrap_or_default(),
-                instance_type: f
-                    .instance_type
-                    .clone()
-                    .ok_or_else(|| missing("instance_type"))?,
+                instance_type: kept(f.instance_type).ok_or_else(|| missing("instance_type"))?,
                 market: match f.market {
                     Some(MarketKind::Spot) => Market::Spot(SpotOptions {
-                        max_price: f.max_price.clone(),
+                        max_price: kept(f.max_price),
                         on_interruption: f.on_interruption.unwrap_or_default(),
                     }),
                     _ => Market::OnDemand,
                 },
-                region: f.region.clone().ok_or_else(|| missing("region"))?,
-                security_group_ids: f.security_group_ids.clone().unwrap_or_default(),
+                region: kept(f.region).ok_or_else(|| missing("region"))?,
+                security_group_ids: kept(f.security_group_ids).unwrap_or_default(),
                 ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
-                ssh_user: f
-                    .ssh_user
-                    .clone()
-                    .unwrap_or_else(|| settings::AWS_SSH_USER.into()),
-                subnets: match (f.subnet_ids.clone(), f.subnet_id.clone().flatten()) {
+                ssh_user: kept(f.ssh_user).unwrap_or_else(|| settings::AWS_SSH_USER.into()),
+                subnets: match (kept(f.subnet_ids), f.subnet_id.flatten()) {
                     (Some(ids), _) => Subnets::FirstWithCapacity(ids),
-                    (None, Some(id)) => Subnets::One(id),
+                    (None, Some(id)) => Subnets::One(id.into_owned()),
                     (None, None) => Subnets::Default,
                 },
-                tags: f.tags.clone().unwrap_or_default(),
+                tags: kept(f.tags).unwrap_or_default(),
             }),
             ProviderKind::Ssh => MachineSettings::Ssh(SshSettings {
-                hosts: f.hosts.clone().ok_or_else(|| missing("hosts"))?,
-                ssh_key: f.ssh_key.clone(),
-                ssh_known_hosts: f.ssh_known_hosts.clone(),
+                hosts: kept(f.hosts).ok_or_else(|| missing("hosts"))?,
+                ssh_key: kept(f.ssh_key),
+                ssh_known_hosts: kept(f.ssh_known_hosts),
                 ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
-                ssh_user: f.ssh_user.clone(),
+                ssh_user: kept(f.ssh_user),
             }),
             ProviderKind::Local => MachineSettings::Local,
         };
         Ok(Settings {
-            car: f.car,
-            car_params: f.car_params,
-            challenge: f.challenge,
-            client_options: f.client_options,
-            distribution_version: f.distribution_version,
+            car: kept(f.car),
+            car_params: f.car_params.into_owned(),
+            challenge: kept(f.challenge),
+            client_options: kept(f.client_options),
+            distribution_version: kept(f.distribution_version),
             max_runtime: f.max_runtime,
             offline: f.offline,
-            pipeline: f.pipeline,
-            rally_args: f.rally_args,
-            rally_config: f.rally_config,
-            rally_version: f.rally_version,
-            remote_dir: f.remote_dir,
-            runtime_jdk: f.runtime_jdk,
+            pipeline: kept(f.pipeline),
+            rally_args: f.rally_args.into_owned(),
+            rally_config: f.rally_config.into_owned(),
+            rally_version: f.rally_version.into_owned(),
+            remote_dir: f.remote_dir.into_owned(),
+            runtime_jdk: kept(f.runtime_jdk),
             stall_timeout: f.stall_timeout.unwrap_or(settings::STALL_TIMEOUT),
-            target_hosts: f.target_hosts,
-            track: f.track,
-            track_params: f.track_params,
-            cluster: f.cluster,
+            target_hosts: f.target_hosts.into_owned(),
+            track: f.track.into_owned(),
+            track_params: f.track_params.into_owned(),
+            cluster: kept(f.cluster),
             load_drivers: f.load_drivers.unwrap_or(Settings::LOAD_DRIVERS),
             machine,
         })
@@ -1164,6 +1188,16 @@ mod tests {
     use super::*;
 
     /// Repetitions and variants read alike from TOML and from the older JSON shape.
+    /// A plan holds thousands of tests, moved and cloned while it loads and dropped at the
+    /// end: what few tests set (a cluster, a variant) is boxed, so that it costs every other
+    /// test a pointer, not its room. A field that grows a test past this is boxed too, or the
+    /// bound is raised with `plan_scale`'s figures before and after.
+    #[test]
+    fn a_test_keeps_what_few_tests_set_in_a_box() {
+        assert!(std::mem::size_of::<Settings>() <= 504);
+        assert!(std::mem::size_of::<Test>() <= 632);
+    }
+
     #[test]
     fn repetitions_and_variants_read_alike_from_toml_and_json() {
         let toml = r#"

@@ -274,7 +274,7 @@ impl Machines for Aws {
                                 .iter()
                                 .map(|g| g.to_string())
                                 .collect(),
-                            user_data: req.artifacts.user_data.to_string(),
+                            user_data: req.artifacts.user_data().to_owned(),
                             tags,
                             spot: match &s.market {
                                 Market::Spot(o)
@@ -433,7 +433,7 @@ impl Machines for Aws {
         remote::exec(
             endpoint,
             rearm,
-            artifacts.user_data.as_bytes(),
+            artifacts.user_data().as_bytes(),
             Duration::from_secs(60),
         )
         .await
