@@ -15,7 +15,11 @@
 //! It speaks to machines only through the [`Provider`] trait and [`remote`]: it knows no cloud.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: the simulation (`tests/simulation.rs`) pauses it, and a retry's
+// deadline must pass in its time.
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
