@@ -710,34 +710,38 @@ async fn give_back<P: Provider>(ctx: &Ctx<P>, live: &[&Test], done: &[&Test]) ->
 }
 
 /// Gives the group's machine back once, when no member races on it any more, and records
-/// that for every member that held it.
+/// that for every member that held it. Every machine a member still holds: a member resumed
+/// past its races keeps the one the group had while a new attempt of another got its own
+/// (simulation seed 336 left that one running).
 async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<(), Failure> {
-    let held = ctx.state.read(|s| {
-        group.iter().find_map(|t| {
-            let r = s.tests.get(&t.address)?;
-            Some((r.live_machine()?.clone(), r.settings.clone()))
-        })
-    });
-    let Some((machine, settings)) = held else {
-        return Ok(());
-    };
-    let fail = |error: String| failure(Step::Terminating, error);
-    let settings = recorded(&settings, Step::Terminating)?;
-    ctx.provider
-        .release(&machine, &settings)
-        .await
-        .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
-    ctx.state
-        .update(|s| {
-            for t in group {
-                if let Some(r) = s.tests.get_mut(&t.address)
-                    && r.live_machine().is_some_and(|m| m.id == machine.id)
-                {
-                    r.mark_released();
+    loop {
+        let held = ctx.state.read(|s| {
+            group.iter().find_map(|t| {
+                let r = s.tests.get(&t.address)?;
+                Some((r.live_machine()?.clone(), r.settings.clone()))
+            })
+        });
+        let Some((machine, settings)) = held else {
+            return Ok(());
+        };
+        let fail = |error: String| failure(Step::Terminating, error);
+        let settings = recorded(&settings, Step::Terminating)?;
+        ctx.provider
+            .release(&machine, &settings)
+            .await
+            .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
+        ctx.state
+            .update(|s| {
+                for t in group {
+                    if let Some(r) = s.tests.get_mut(&t.address)
+                        && r.live_machine().is_some_and(|m| m.id == machine.id)
+                    {
+                        r.mark_released();
+                    }
                 }
-            }
-        })
-        .map_err(|e| fail(e.to_string()))
+            })
+            .map_err(|e| fail(e.to_string()))?;
+    }
 }
 
 /// Opens a new attempt: gives back the previous one's machine and records the intent to
