@@ -1368,10 +1368,13 @@ async fn race<P: Provider>(
             ),
             Some(code) => format!("esrally exited with {code}"),
             None if answer == "running" => match silent_for(ctx, test, conn, &run_dir).await? {
-                Some(silent) if silent >= stall => format!(
-                    "the race stalled: neither its console nor Rally's log changed for {}, so it was stopped (stall_timeout)",
-                    humantime::format_duration(Duration::from_secs(silent.as_secs()))
-                ),
+                // A deliberate bug the simulation must find (tests/simulation.rs).
+                Some(silent) if silent >= stall && !cfg!(feature = "sim-bug-ignore-stalls") => {
+                    format!(
+                        "the race stalled: neither its console nor Rally's log changed for {}, so it was stopped (stall_timeout)",
+                        humantime::format_duration(Duration::from_secs(silent.as_secs()))
+                    )
+                }
                 _ => continue,
             },
             None => format!(
