@@ -138,6 +138,12 @@ pub fn state_write(path: &Path) -> Result<(), StateError> {
     let mut inner = world.lock();
     inner.count("state write");
     if !inner.reached() {
+        if inner.fault("disk full", 3, &path.display().to_string()) {
+            return Err(StateError::Write {
+                path: path.to_owned(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
         return Ok(());
     }
     let lands = inner.write_lands;
@@ -228,6 +234,11 @@ impl World {
         self.lock().rng.below(n)
     }
 
+    /// Whether faults are on.
+    pub fn chaotic(&self) -> bool {
+        self.lock().chaos
+    }
+
     /// Faults on or off.
     pub fn set_chaos(&self, on: bool) {
         self.lock().chaos = on;
@@ -260,6 +271,11 @@ impl World {
     pub fn revive(&self) {
         self.lock().crash_in = None;
         self.0.died.send_replace(false);
+    }
+
+    /// Counts one event of `kind` the driver brought about (a Ctrl-C).
+    pub fn count(&self, kind: &str) {
+        self.lock().count(kind);
     }
 
     pub fn note(&self, event: impl Into<String>) {
@@ -308,6 +324,12 @@ impl World {
     /// Whether the provider refuses this launch (capacity, quota): a seed's fault.
     pub fn refuses_launch(&self, what: &str) -> bool {
         self.lock().fault("launch refused", 100, what)
+    }
+
+    /// Whether the provider refuses to give this machine back, this time.
+    pub fn refuses_release(&self, id: &str) -> bool {
+        self.lock()
+            .fault("release fails", 30, &format!("release {id}"))
     }
 
     /// Whether this launch gets spot capacity.

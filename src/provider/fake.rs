@@ -305,6 +305,19 @@ impl Provider for Fake {
                 message: "asked with other settings than it was got with".into(),
             });
         }
+        #[cfg(feature = "simulation")]
+        if self
+            .world
+            .as_ref()
+            .is_some_and(|w| w.refuses_release(&machine.id))
+        {
+            self.call(format!("release {} refused", machine.id));
+            return Err(ProviderError {
+                operation: "release",
+                target: machine.id.clone(),
+                message: "the API is throttling".into(),
+            });
+        }
         self.call(format!("release {}", machine.id));
         // A machine that is gone has no run to stop; a simulated one goes with its disk.
         if !(self.is_simulated() && self.lost(&machine.id)) {
