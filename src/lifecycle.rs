@@ -712,7 +712,7 @@ async fn give_back<P: Provider>(ctx: &Ctx<P>, live: &[&Test], done: &[&Test]) ->
 /// Gives the group's machine back once, when no member races on it any more, and records
 /// that for every member that held it. Every machine a member still holds: a member resumed
 /// past its races keeps the one the group had while a new attempt of another got its own
-/// (simulation seed 336 left that one running).
+/// (`tests/simulation.rs` found one left running).
 async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<(), Failure> {
     loop {
         let held = ctx.state.read(|s| {
@@ -726,21 +726,32 @@ async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<()
         };
         let fail = |error: String| failure(Step::Terminating, error);
         let settings = recorded(&settings, Step::Terminating)?;
+        let mark_released = || {
+            ctx.state
+                .update(|s| {
+                    for t in group {
+                        if let Some(r) = s.tests.get_mut(&t.address)
+                            && r.live_machine().is_some_and(|m| m.id == machine.id)
+                        {
+                            r.mark_released();
+                        }
+                    }
+                })
+                .map_err(|e| fail(e.to_string()))
+        };
+        // A deliberate bug the simulation must find (tests/simulation.rs): state says the
+        // machine is given back before it is.
+        let recorded_first = cfg!(feature = "sim-bug-record-release-first");
+        if recorded_first {
+            mark_released()?;
+        }
         ctx.provider
             .release(&machine, &settings)
             .await
             .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
-        ctx.state
-            .update(|s| {
-                for t in group {
-                    if let Some(r) = s.tests.get_mut(&t.address)
-                        && r.live_machine().is_some_and(|m| m.id == machine.id)
-                    {
-                        r.mark_released();
-                    }
-                }
-            })
-            .map_err(|e| fail(e.to_string()))?;
+        if !recorded_first {
+            mark_released()?;
+        }
     }
 }
 
