@@ -69,12 +69,29 @@ const CRASH_WITHIN: u64 = 80;
 /// No apply may take longer in simulated time: a wait without an end fails the seed.
 const APPLY_BOUND: Duration = Duration::from_secs(48 * 3600);
 
-fn plan() -> Plan {
-    let mut plan = Plan::parse(Path::new("sim.toml"), PLAN).expect("the simulation's plan");
-    for test in plan.suites.iter_mut().flat_map(|s| s.tests.iter_mut()) {
-        test.reuse = true;
-    }
-    plan
+/// The plan, and the same edited as a user may between applies: a setting of the race changed
+/// (a new configuration: its tests start over) and a repetition more; each rendered. Not yet
+/// where machines are (region, `remote_dir`): a machine a killed apply launched and never
+/// recorded is then out of `destroy`'s sight (seed 143 with such an edit), a defect left for
+/// the next slice.
+fn plans() -> Vec<(Plan, ArtifactMap)> {
+    let edited = PLAN
+        .replace(
+            "stall_timeout = \"10m\"",
+            "stall_timeout = \"10m\"\ntrack_params = { bulk_size = 500 }",
+        )
+        .replace("repetitions = 2", "repetitions = 3");
+    [PLAN, edited.as_str()]
+        .into_iter()
+        .map(|text| {
+            let mut plan = Plan::parse(Path::new("sim.toml"), text).expect("the simulation's plan");
+            for test in plan.suites.iter_mut().flat_map(|s| s.tests.iter_mut()) {
+                test.reuse = true;
+            }
+            let artifacts = planner::render_all(&plan, &Renderer::new()).expect("it renders");
+            (plan, artifacts)
+        })
+        .collect()
 }
 
 /// How one apply of a seed ended.
@@ -90,12 +107,21 @@ enum Ended {
 struct Seed<'a> {
     world: World,
     fake: Fake,
-    plan: &'a Plan,
-    artifacts: &'a ArtifactMap,
+    plans: &'a [(Plan, ArtifactMap)],
+    /// Which of them the user applies now.
+    current: std::cell::Cell<usize>,
     dir: tempfile::TempDir,
 }
 
 impl Seed<'_> {
+    fn plan(&self) -> &Plan {
+        &self.plans[self.current.get()].0
+    }
+
+    fn artifacts(&self) -> &ArtifactMap {
+        &self.plans[self.current.get()].1
+    }
+
     fn state_path(&self) -> std::path::PathBuf {
         self.dir.path().join("sim.state.json")
     }
@@ -110,7 +136,7 @@ impl Seed<'_> {
     }
 
     fn changes(&self, state: &State) -> planner::Changes {
-        planner::diff(self.plan, state, self.artifacts, &Options::default())
+        planner::diff(self.plan(), state, self.artifacts(), &Options::default())
     }
 
     /// Plans and applies as `rallyctl apply` would, until it ends or the process dies; Ctrl-C
@@ -135,8 +161,8 @@ impl Seed<'_> {
         }
         let apply = walk::apply(
             self.fake.clone(),
-            self.plan.clone(),
-            self.artifacts.clone(),
+            self.plan().clone(),
+            self.artifacts().clone(),
             Renderer::new(),
             &changes,
             handle,
@@ -174,6 +200,12 @@ impl Seed<'_> {
             let crash = (world.below(10) < 8).then(|| 1 + world.below(CRASH_WITHIN));
             let write_lands = world.below(2) == 0;
             world.crash_at(crash, write_lands);
+            if world.below(4) == 0 {
+                let to = (self.current.get() + 1) % self.plans.len();
+                self.current.set(to);
+                world.count("plan edit");
+                world.note(format!("the plan is edited: now plan {to}"));
+            }
             let ctrl_c = (world.below(5) == 0).then(|| Duration::from_secs(world.below(3 * 3600)));
             world.note(format!(
                 "apply {i} (stormy), dies at crash point {crash:?}, Ctrl-C after {ctrl_c:?}"
@@ -233,18 +265,24 @@ impl Seed<'_> {
     /// state says with the recorded sha256, machine time entered once per machine and record
     /// and never negative, and no machine left running.
     fn check_complete(&self, state: &State) -> Result<(), String> {
-        for test in self.plan.tests() {
+        for test in self.plan().tests() {
             let r = state
                 .tests
                 .get(&test.address)
                 .ok_or_else(|| format!("{} has no record", test.address))?;
             let wanted = test.repeat.count.get();
-            if r.finished_repetitions() != wanted {
+            // More when the count was lowered since: they stay samples.
+            if r.finished_repetitions() < wanted {
                 return Err(format!(
                     "{} finished {} repetitions of {wanted}",
                     test.address,
                     r.finished_repetitions()
                 ));
+            }
+            let races: std::collections::HashSet<_> =
+                r.finished().iter().map(|race| race.race_id).collect();
+            if races.len() != r.finished().len() {
+                return Err(format!("{}: a race counted twice", test.address));
             }
             for race in r.finished() {
                 if !race.results.iter().any(|f| f.path.ends_with("report.csv")) {
@@ -278,8 +316,17 @@ impl Seed<'_> {
                 return Err(format!("{} still holds {}", test.address, m.id));
             }
         }
+        // A machine a dead process got and never recorded may run on until `destroy`'s sweep
+        // (as EC2's tags find it); one state knows must not.
+        let known: std::collections::HashSet<&str> = (state.tests.values())
+            .flat_map(|r| {
+                let current = r.machine.iter().map(|m| m.id.as_str());
+                let billed = r.spent.iter().map(|s| s.machine.as_str());
+                current.chain(billed)
+            })
+            .collect();
         let alive: Vec<String> = (self.fake.held.lock().unwrap().iter())
-            .filter(|id| !self.fake.lost(id))
+            .filter(|id| !self.fake.lost(id) && known.contains(id.as_str()))
             .cloned()
             .collect();
         if !alive.is_empty() {
@@ -292,7 +339,7 @@ impl Seed<'_> {
 
     async fn destroy(&self, state: State) -> Result<(), String> {
         self.world.note("destroy");
-        let settings: Vec<_> = self.plan.tests().map(|t| &t.settings).collect();
+        let settings: Vec<_> = self.plan().tests().map(|t| &t.settings).collect();
         let (targets, gone) = rallyctl::destroy::targets(&self.fake, &state, &settings)
             .await
             .map_err(|e| format!("destroy: {e:#}"))?;
@@ -332,13 +379,13 @@ fn scratch() -> tempfile::TempDir {
 }
 
 /// Runs one seed; its events when it fails.
-fn run_seed(seed: u64, plan: &Plan, artifacts: &ArtifactMap) -> (World, Result<(), String>) {
+fn run_seed(seed: u64, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
     let world = World::new(seed);
     let run = Seed {
         fake: world.fake(),
         world: world.clone(),
-        plan,
-        artifacts,
+        plans,
+        current: std::cell::Cell::new(0),
         dir: scratch(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -389,12 +436,11 @@ mod as_it_is {
     fn every_seed_resumes_to_a_complete_plan_and_gives_every_machine_back() {
         let seeds = env_u64("RALLYCTL_SIM_SEEDS", DEFAULT_SEEDS);
         let start = env_u64("RALLYCTL_SIM_START", 0);
-        let plan = plan();
-        let artifacts = planner::render_all(&plan, &Renderer::new()).expect("the plan renders");
+        let plans = plans();
         let began = std::time::Instant::now();
         let mut counts = std::collections::BTreeMap::new();
         for seed in start..start + seeds {
-            let (world, outcome) = run_seed(seed, &plan, &artifacts);
+            let (world, outcome) = run_seed(seed, &plans);
             if let Err(why) = outcome {
                 panic!("{}", failed(seed, &world, &why));
             }
@@ -424,6 +470,7 @@ mod as_it_is {
             "disk full",
             "release fails",
             "ctrl-c",
+            "plan edit",
         ] {
             if seeds >= DEFAULT_SEEDS {
                 assert!(
@@ -436,19 +483,18 @@ mod as_it_is {
 
     /// Seeds that find a defect once fixed, each run on its own so that it stays found
     /// whatever the default range covers. A seed's story changes with the simulation (each new
-    /// fault draws from the seed too), so each defect also has a test of its own, and these
-    /// are searched for again when the simulation changes:
-    /// - a variant group whose members held two machines gave back only one
+    /// fault or edit draws from the seed too), so each defect also has a test of its own, and
+    /// these are searched for again when the simulation changes:
+    /// - 99: a variant group whose members held two machines gave back only one
     ///   (`lifecycle::release_shared`; `walk::tests::a_group_whose_failed_member_races_again_
-    ///   gives_back_every_machine_its_members_hold`): first found at seed 336, now at 2781.
-    const DEFECT_SEEDS: &[u64] = &[2781];
+    ///   gives_back_every_machine_its_members_hold`; first found at seed 336).
+    const DEFECT_SEEDS: &[u64] = &[99];
 
     #[test]
     fn seeds_that_found_defects_pass() {
-        let plan = plan();
-        let artifacts = planner::render_all(&plan, &Renderer::new()).expect("the plan renders");
+        let plans = plans();
         for &seed in DEFECT_SEEDS {
-            let (world, outcome) = run_seed(seed, &plan, &artifacts);
+            let (world, outcome) = run_seed(seed, &plans);
             if let Err(why) = outcome {
                 panic!("{}", failed(seed, &world, &why));
             }
@@ -469,14 +515,8 @@ mod with_a_bug {
 
     /// The first seed that fails, and why.
     fn first_failure() -> Option<(u64, String)> {
-        let plan = plan();
-        let artifacts = planner::render_all(&plan, &Renderer::new()).expect("the plan renders");
-        (0..BUG_SEEDS).find_map(|seed| {
-            run_seed(seed, &plan, &artifacts)
-                .1
-                .err()
-                .map(|why| (seed, why))
-        })
+        let plans = plans();
+        (0..BUG_SEEDS).find_map(|seed| run_seed(seed, &plans).1.err().map(|why| (seed, why)))
     }
 
     /// `--features sim-bug-ignore-stalls`: a race whose logs went silent is waited on for ever.

@@ -160,10 +160,16 @@ impl Provider for Fake {
             }
             .into());
         }
-        // As EC2 answers a ClientToken of a terminated instance: the attempt is spent.
+        // As EC2 answers a ClientToken of a terminated instance (gone, reclaimed, or given
+        // back): the attempt is spent.
+        let released = || {
+            self.got_with.lock().unwrap().contains_key(&id)
+                && !self.held.lock().unwrap().contains(&id)
+        };
         let dead = self.is_simulated()
             && (self.gone.lock().unwrap().contains(&id)
-                || self.reclaimed.lock().unwrap().contains(&id));
+                || self.reclaimed.lock().unwrap().contains(&id)
+                || released());
         if dead || self.spent.lock().unwrap().contains(&id) {
             self.call(format!("acquire {}#{} spent", req.address, req.attempt));
             return Err(AcquireError::Spent(format!("{id} is dead")));
@@ -331,8 +337,9 @@ impl Provider for Fake {
         Ok(())
     }
 
-    /// Every machine it holds where `settings` point, as EC2 finds a workspace's instances by
-    /// their tags: one a dead apply got and never recorded too.
+    /// Every machine it holds where `settings` point (their provider's own settings: an EC2
+    /// region), as EC2 finds a workspace's instances by their tags: one a dead apply got and
+    /// never recorded too.
     async fn leaked(
         &self,
         _workspace: &str,
@@ -344,9 +351,9 @@ impl Provider for Fake {
         let mut found: Vec<Machine> = held
             .iter()
             .filter_map(|id| {
-                let kind = got_with.get(id)?.0.kind();
-                (settings.iter().any(|s| s.provider() == kind))
-                    .then(|| Machine::acquired(kind, id.clone()))
+                let (machine, _) = got_with.get(id)?;
+                (settings.iter().any(|s| &s.machine == machine))
+                    .then(|| Machine::acquired(machine.kind(), id.clone()))
             })
             .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
