@@ -546,6 +546,19 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             (owner, machine)
         }
     };
+    // A member may still hold another machine: one resumed at launching holds the machine
+    // its group got before, in the name of a member that has since opened a new attempt. It
+    // is given back before the group's machine is recorded in its place, or state would lose
+    // it while it runs (found by tests/simulation.rs).
+    let stale: Vec<&Test> = ctx.state.read(|s| {
+        (group.iter().copied())
+            .filter(|t| {
+                (s.tests.get(&t.address).and_then(|r| r.live_machine()))
+                    .is_some_and(|m| m.id != machine.id)
+            })
+            .collect()
+    });
+    release_shared(ctx, &stale).await.map_err(Stop::Failed)?;
     let workspace = &ctx.plan.name;
     ctx.state.update(|s| {
         for test in group {
