@@ -1268,6 +1268,49 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         }
     }
 
+    #[test]
+    fn a_group_gives_back_the_machine_a_resumed_member_held_before_getting_another() {
+        // Found by the simulation (tests/simulation.rs, seed 1469): x failed and y was at
+        // launching, both holding the machine got in x's name, when the apply was killed; x's
+        // new attempt got a machine of its own, recorded in y's place of the first.
+        let mut bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+             [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
+             [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n",
+        );
+        bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1-y", Step::Launching);
+        let x = bench
+            .state
+            .tests
+            .get_mut(&"a.t1-x".parse().unwrap())
+            .unwrap();
+        x.status = Status::Failed {
+            step: Step::Racing,
+            error: "boom".into(),
+            log_tail: None,
+            logs: None,
+        };
+        x.machine.as_mut().unwrap().released_at = None;
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1-x#2 -> m-t1-x-2",
+                "release m-t1-x-1",
+                "extend m-t1-x-2",
+                "release m-t1-x-2"
+            ]
+        );
+        for address in ["a.t1-x", "a.t1-y"] {
+            assert!(
+                record(&bench, address).live_machine().is_none(),
+                "{address}"
+            );
+        }
+    }
+
     /// Two suites, the second's test asking for the same machine as the first's (the fake
     /// provider's machines all alike); all of them reuse.
     fn reusing(suites: &str) -> Bench {
