@@ -490,7 +490,9 @@ mod as_it_is {
     ///   gives_back_every_machine_its_members_hold`; first found at seed 336).
     /// - 1469: a variant resumed at launching still held the machine its group got in the
     ///   name of a member that failed since; that member's new attempt got another, and state
-    ///   recorded it in place of the first, which ran on unknown (`lifecycle::share_machine`).
+    ///   recorded it in place of the first, which ran on unknown (`lifecycle::share_machine`;
+    ///   `walk::tests::a_group_gives_back_the_machine_a_resumed_member_held_before_getting_
+    ///   another`).
     const DEFECT_SEEDS: &[u64] = &[99, 1469];
 
     #[test]
