@@ -24,6 +24,8 @@ pub mod planner;
 pub mod provider;
 pub mod remote;
 pub mod results;
+#[cfg(feature = "simulation")]
+pub mod sim;
 pub mod staging;
 pub mod state;
 pub mod templates;

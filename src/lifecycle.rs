@@ -15,7 +15,11 @@
 //! It speaks to machines only through the [`Provider`] trait and [`remote`]: it knows no cloud.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: the simulation (`tests/simulation.rs`) pauses it, and a retry's
+// deadline must pass in its time.
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -542,6 +546,19 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             (owner, machine)
         }
     };
+    // A member may still hold another machine: one resumed at launching holds the machine
+    // its group got before, in the name of a member that has since opened a new attempt. It
+    // is given back before the group's machine is recorded in its place, or state would lose
+    // it while it runs (found by tests/simulation.rs).
+    let stale: Vec<&Test> = ctx.state.read(|s| {
+        (group.iter().copied())
+            .filter(|t| {
+                (s.tests.get(&t.address).and_then(|r| r.live_machine()))
+                    .is_some_and(|m| m.id != machine.id)
+            })
+            .collect()
+    });
+    release_shared(ctx, &stale).await.map_err(Stop::Failed)?;
     let workspace = &ctx.plan.name;
     ctx.state.update(|s| {
         for test in group {
@@ -706,34 +723,49 @@ async fn give_back<P: Provider>(ctx: &Ctx<P>, live: &[&Test], done: &[&Test]) ->
 }
 
 /// Gives the group's machine back once, when no member races on it any more, and records
-/// that for every member that held it.
+/// that for every member that held it. Every machine a member still holds: a member resumed
+/// past its races keeps the one the group had while a new attempt of another got its own
+/// (`tests/simulation.rs` found one left running).
 async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<(), Failure> {
-    let held = ctx.state.read(|s| {
-        group.iter().find_map(|t| {
-            let r = s.tests.get(&t.address)?;
-            Some((r.live_machine()?.clone(), r.settings.clone()))
-        })
-    });
-    let Some((machine, settings)) = held else {
-        return Ok(());
-    };
-    let fail = |error: String| failure(Step::Terminating, error);
-    let settings = recorded(&settings, Step::Terminating)?;
-    ctx.provider
-        .release(&machine, &settings)
-        .await
-        .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
-    ctx.state
-        .update(|s| {
-            for t in group {
-                if let Some(r) = s.tests.get_mut(&t.address)
-                    && r.live_machine().is_some_and(|m| m.id == machine.id)
-                {
-                    r.mark_released();
-                }
-            }
-        })
-        .map_err(|e| fail(e.to_string()))
+    loop {
+        let held = ctx.state.read(|s| {
+            group.iter().find_map(|t| {
+                let r = s.tests.get(&t.address)?;
+                Some((r.live_machine()?.clone(), r.settings.clone()))
+            })
+        });
+        let Some((machine, settings)) = held else {
+            return Ok(());
+        };
+        let fail = |error: String| failure(Step::Terminating, error);
+        let settings = recorded(&settings, Step::Terminating)?;
+        let mark_released = || {
+            ctx.state
+                .update(|s| {
+                    for t in group {
+                        if let Some(r) = s.tests.get_mut(&t.address)
+                            && r.live_machine().is_some_and(|m| m.id == machine.id)
+                        {
+                            r.mark_released();
+                        }
+                    }
+                })
+                .map_err(|e| fail(e.to_string()))
+        };
+        // A deliberate bug the simulation must find (tests/simulation.rs): state says the
+        // machine is given back before it is.
+        let recorded_first = cfg!(feature = "sim-bug-record-release-first");
+        if recorded_first {
+            mark_released()?;
+        }
+        ctx.provider
+            .release(&machine, &settings)
+            .await
+            .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
+        if !recorded_first {
+            mark_released()?;
+        }
+    }
 }
 
 /// Opens a new attempt: gives back the previous one's machine and records the intent to
@@ -1360,10 +1392,13 @@ async fn race<P: Provider>(
             ),
             Some(code) => format!("esrally exited with {code}"),
             None if answer == "running" => match silent_for(ctx, test, conn, &run_dir).await? {
-                Some(silent) if silent >= stall => format!(
-                    "the race stalled: neither its console nor Rally's log changed for {}, so it was stopped (stall_timeout)",
-                    humantime::format_duration(Duration::from_secs(silent.as_secs()))
-                ),
+                // A deliberate bug the simulation must find (tests/simulation.rs).
+                Some(silent) if silent >= stall && !cfg!(feature = "sim-bug-ignore-stalls") => {
+                    format!(
+                        "the race stalled: neither its console nor Rally's log changed for {}, so it was stopped (stall_timeout)",
+                        humantime::format_duration(Duration::from_secs(silent.as_secs()))
+                    )
+                }
                 _ => continue,
             },
             None => format!(

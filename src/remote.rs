@@ -39,6 +39,9 @@ pub enum Endpoint {
     Ssh(SshEndpoint),
     /// This machine, in the user's home directory (where an SSH session would start).
     Local,
+    /// A simulated machine (`tests/simulation.rs`), which answers in process.
+    #[cfg(feature = "simulation")]
+    Sim(crate::sim::Host),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +72,8 @@ impl Endpoint {
         match self {
             Endpoint::Ssh(e) => e.host.clone(),
             Endpoint::Local => "this machine".into(),
+            #[cfg(feature = "simulation")]
+            Endpoint::Sim(host) => host.name(),
         }
     }
 }
@@ -320,6 +325,8 @@ pub async fn exec(
             }
             (cmd, program)
         }
+        #[cfg(feature = "simulation")]
+        Endpoint::Sim(host) => return host.exec(remote, input, timeout).await,
     };
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())

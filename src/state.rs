@@ -1014,6 +1014,8 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
         path: path.to_owned(),
         source,
     };
+    #[cfg(feature = "simulation")]
+    crate::sim::state_write(path)?;
     state.serial += 1;
     let dir = dir_of(path);
     fs::create_dir_all(dir).map_err(write_err)?;

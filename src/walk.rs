@@ -1225,6 +1225,92 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         }
     }
 
+    #[test]
+    fn a_group_whose_failed_member_races_again_gives_back_every_machine_its_members_hold() {
+        // Found by the simulation (tests/simulation.rs, seed 336): x done, y failed, both
+        // still holding the group's machine when the apply was killed; y's new attempt got a
+        // machine of its own, and only the group's was given back.
+        let mut bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+             [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
+             [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n\
+             rally_args = [\"--fail-at=2\"]\n",
+        );
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.failed.len(), 1, "y's race is the second");
+        for address in ["a.t1-x", "a.t1-y"] {
+            let r = bench
+                .state
+                .tests
+                .get_mut(&address.parse().unwrap())
+                .unwrap();
+            r.machine.as_mut().unwrap().released_at = None;
+        }
+        stopped_at(&mut bench, "a.t1-x", Step::Terminating);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        let mut calls = fake.calls();
+        calls.sort();
+        assert_eq!(
+            calls,
+            [
+                "acquire a.t1-y#2 -> m-t1-y-2",
+                "release m-t1-x-1",
+                "release m-t1-y-2"
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty());
+        for address in ["a.t1-x", "a.t1-y"] {
+            assert!(
+                record(&bench, address).live_machine().is_none(),
+                "{address}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_gives_back_the_machine_a_resumed_member_held_before_getting_another() {
+        // Found by the simulation (tests/simulation.rs, seed 1469): x failed and y was at
+        // launching, both holding the machine got in x's name, when the apply was killed; x's
+        // new attempt got a machine of its own, recorded in y's place of the first.
+        let mut bench = Bench::new(
+            "[[suite]]\nname = \"a\"\n[[suite.test]]\nname = \"t1\"\n\
+             [[suite.test.variant]]\nname = \"x\"\nchallenge = \"cx\"\n\
+             [[suite.test.variant]]\nname = \"y\"\nchallenge = \"cy\"\n",
+        );
+        bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1-y", Step::Launching);
+        let x = bench
+            .state
+            .tests
+            .get_mut(&"a.t1-x".parse().unwrap())
+            .unwrap();
+        x.status = Status::Failed {
+            step: Step::Racing,
+            error: "boom".into(),
+            log_tail: None,
+            logs: None,
+        };
+        x.machine.as_mut().unwrap().released_at = None;
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire a.t1-x#2 -> m-t1-x-2",
+                "release m-t1-x-1",
+                "extend m-t1-x-2",
+                "release m-t1-x-2"
+            ]
+        );
+        for address in ["a.t1-x", "a.t1-y"] {
+            assert!(
+                record(&bench, address).live_machine().is_none(),
+                "{address}"
+            );
+        }
+    }
+
     /// Two suites, the second's test asking for the same machine as the first's (the fake
     /// provider's machines all alike); all of them reuse.
     fn reusing(suites: &str) -> Bench {

@@ -1,5 +1,7 @@
 //! An in-process provider for the walk's and the lifecycle's unit tests: its machines are
-//! directories of this machine (reached like `local`), and a test can make it fail.
+//! directories of this machine (reached like `local`), and a test can make it fail. Made by
+//! [`World::fake`](crate::sim::World::fake) (feature `simulation`), its machines are a
+//! simulation's instead, and its calls that simulation's crash points and faults.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -51,6 +53,9 @@ pub struct Record {
     /// given back with the same, whatever the plan says by then, or a real provider would
     /// release it in the wrong place. Tests that take or share it may differ in the rest.
     got_with: Mutex<HashMap<String, MachinePart>>,
+    /// The simulation whose machines these are.
+    #[cfg(feature = "simulation")]
+    world: Option<crate::sim::World>,
 }
 
 impl std::ops::Deref for Fake {
@@ -58,6 +63,53 @@ impl std::ops::Deref for Fake {
 
     fn deref(&self) -> &Record {
         &self.0
+    }
+}
+
+impl Fake {
+    #[cfg(feature = "simulation")]
+    pub fn simulated(world: crate::sim::World) -> Fake {
+        Fake(std::sync::Arc::new(Record {
+            world: Some(world),
+            ..Record::default()
+        }))
+    }
+
+    #[cfg(feature = "simulation")]
+    pub fn world(&self) -> Option<&crate::sim::World> {
+        self.world.as_ref()
+    }
+
+    /// A crash point of the simulation, if there is one: it never returns when the simulated
+    /// process dies at it.
+    async fn point(&self, _what: impl FnOnce() -> String) {
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world {
+            world.point(&_what()).await;
+        }
+    }
+
+    fn is_simulated(&self) -> bool {
+        #[cfg(feature = "simulation")]
+        return self.world.is_some();
+        #[cfg(not(feature = "simulation"))]
+        false
+    }
+
+    /// How the machine `id` is reached: this machine, or the simulation's.
+    fn endpoint(&self, _id: &str) -> Endpoint {
+        #[cfg(feature = "simulation")]
+        if self.world.is_some() {
+            return Endpoint::Sim(crate::sim::Host::new(self, _id));
+        }
+        Endpoint::Local
+    }
+
+    /// Whether connections to the machine fail: it is gone, reclaimed, or cannot be asked
+    /// about.
+    pub fn lost(&self, id: &str) -> bool {
+        let lost = |set: &Mutex<HashSet<String>>| set.lock().unwrap().contains(id);
+        lost(&self.gone) || lost(&self.unknowable) || lost(&self.reclaimed)
     }
 }
 
@@ -88,7 +140,18 @@ fn machine_part(settings: &Settings) -> MachinePart {
 
 impl Provider for Fake {
     async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
-        if self.refuse.lock().unwrap().contains(req.address) {
+        let what = || format!("acquire {}#{}", req.address, req.attempt);
+        self.point(what).await;
+        let id = format!("m-{}-{}", req.address.test(), req.attempt);
+        // EC2 answers a ClientToken it launched with before with that instance: no capacity
+        // is asked for again.
+        #[cfg(feature = "simulation")]
+        let refused = self.world.as_ref().is_some_and(|w| {
+            !self.got_with.lock().unwrap().contains_key(&id) && w.refuses_launch(&what())
+        });
+        #[cfg(not(feature = "simulation"))]
+        let refused = false;
+        if refused || self.refuse.lock().unwrap().contains(req.address) {
             self.call(format!("acquire {}#{} refused", req.address, req.attempt));
             return Err(ProviderError {
                 operation: "acquire",
@@ -97,8 +160,17 @@ impl Provider for Fake {
             }
             .into());
         }
-        let id = format!("m-{}-{}", req.address.test(), req.attempt);
-        if self.spent.lock().unwrap().contains(&id) {
+        // As EC2 answers a ClientToken of a terminated instance (gone, reclaimed, or given
+        // back): the attempt is spent.
+        let released = || {
+            self.got_with.lock().unwrap().contains_key(&id)
+                && !self.held.lock().unwrap().contains(&id)
+        };
+        let dead = self.is_simulated()
+            && (self.gone.lock().unwrap().contains(&id)
+                || self.reclaimed.lock().unwrap().contains(&id)
+                || released());
+        if dead || self.spent.lock().unwrap().contains(&id) {
             self.call(format!("acquire {}#{} spent", req.address, req.attempt));
             return Err(AcquireError::Spent(format!("{id} is dead")));
         }
@@ -110,6 +182,13 @@ impl Provider for Fake {
             "acquire {}#{}{after} -> {id}",
             req.address, req.attempt
         ));
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world
+            && !self.got_with.lock().unwrap().contains_key(&id)
+            && world.spot()
+        {
+            self.spot.lock().unwrap().insert(id.clone());
+        }
         self.held.lock().unwrap().insert(id.clone());
         self.got_with
             .lock()
@@ -131,11 +210,21 @@ impl Provider for Fake {
         machine: &Machine,
         _settings: &Settings,
     ) -> Result<Reachable, ProviderError> {
+        self.point(|| format!("reach {}", machine.id)).await;
         if self.boot_forever.lock().unwrap().contains(&machine.id) {
             std::future::pending::<()>().await;
         }
-        let lost = |set: &Mutex<HashSet<String>>| set.lock().unwrap().contains(&machine.id);
-        if lost(&self.gone) || lost(&self.unknowable) || lost(&self.reclaimed) {
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world {
+            tokio::time::sleep(world.boot_time()).await;
+            // A lost machine's connections fail as it says (`sim::Host`).
+            return Ok(Reachable {
+                endpoint: self.endpoint(&machine.id),
+                patience: crate::sim::World::PATIENCE,
+                refused_key_is_transient: false,
+            });
+        }
+        if self.lost(&machine.id) {
             // Nothing listens on port 1: every connection is refused, a transient failure.
             return Ok(Reachable {
                 endpoint: Endpoint::Ssh(SshEndpoint {
@@ -152,7 +241,7 @@ impl Provider for Fake {
             });
         }
         Ok(Reachable {
-            endpoint: Endpoint::Local,
+            endpoint: self.endpoint(&machine.id),
             patience: Duration::ZERO,
             refused_key_is_transient: false,
         })
@@ -169,6 +258,7 @@ impl Provider for Fake {
     }
 
     async fn gone(&self, machine: &Machine) -> Result<Option<Gone>, ProviderError> {
+        self.point(|| format!("gone? {}", machine.id)).await;
         if self.unknowable.lock().unwrap().contains(&machine.id) {
             return Err(ProviderError {
                 operation: "describe",
@@ -198,6 +288,7 @@ impl Provider for Fake {
         _artifacts: &crate::templates::Artifacts,
         _endpoint: &Endpoint,
     ) -> Result<Option<jiff::Timestamp>, ProviderError> {
+        self.point(|| format!("extend {}", machine.id)).await;
         self.call(format!("extend {}", machine.id));
         if self.refuse_extend.lock().unwrap().contains(&machine.id) {
             return Err(ProviderError {
@@ -210,6 +301,7 @@ impl Provider for Fake {
     }
 
     async fn release(&self, machine: &Machine, settings: &Settings) -> Result<(), ProviderError> {
+        self.point(|| format!("release {}", machine.id)).await;
         let got_with = self.got_with.lock().unwrap().get(&machine.id).cloned();
         if got_with.is_some_and(|got| got != machine_part(settings)) {
             self.call(format!("release {} with other settings", machine.id));
@@ -219,9 +311,52 @@ impl Provider for Fake {
                 message: "asked with other settings than it was got with".into(),
             });
         }
+        #[cfg(feature = "simulation")]
+        if self
+            .world
+            .as_ref()
+            .is_some_and(|w| w.refuses_release(&machine.id))
+        {
+            self.call(format!("release {} refused", machine.id));
+            return Err(ProviderError {
+                operation: "release",
+                target: machine.id.clone(),
+                message: "the API is throttling".into(),
+            });
+        }
         self.call(format!("release {}", machine.id));
-        super::stop_run(&Endpoint::Local, machine).await?;
+        // A machine that is gone has no run to stop; a simulated one goes with its disk.
+        if !(self.is_simulated() && self.lost(&machine.id)) {
+            super::stop_run(&self.endpoint(&machine.id), machine).await?;
+        }
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world {
+            world.terminate(&machine.id);
+        }
         self.held.lock().unwrap().remove(&machine.id);
         Ok(())
+    }
+
+    /// Every machine it holds where `settings` point (their provider's own settings: an EC2
+    /// region), as EC2 finds a workspace's instances by their tags: one a dead apply got and
+    /// never recorded too.
+    async fn leaked(
+        &self,
+        _workspace: &str,
+        settings: &[&Settings],
+    ) -> Result<Vec<Machine>, ProviderError> {
+        self.point(|| "leaked".into()).await;
+        let got_with = self.got_with.lock().unwrap();
+        let held = self.held.lock().unwrap();
+        let mut found: Vec<Machine> = held
+            .iter()
+            .filter_map(|id| {
+                let (machine, _) = got_with.get(id)?;
+                (settings.iter().any(|s| &s.machine == machine))
+                    .then(|| Machine::acquired(machine.kind(), id.clone()))
+            })
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
     }
 }

@@ -7,7 +7,7 @@
 //! provider reads what it holds beyond the id.
 
 pub mod aws;
-#[cfg(test)]
+#[cfg(any(test, feature = "simulation"))]
 pub mod fake;
 pub mod local;
 pub mod ssh;

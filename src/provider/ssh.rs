@@ -407,7 +407,7 @@ mod tests {
         let s = settings();
         let at = |h| match endpoint(&s, h) {
             Endpoint::Ssh(e) => (e.host, e.port),
-            Endpoint::Local => unreachable!(),
+            _ => unreachable!(),
         };
         assert_eq!(at("bench-1.lab"), ("bench-1.lab".into(), 22));
         assert_eq!(at("10.0.0.7:2222"), ("10.0.0.7".into(), 2222));
