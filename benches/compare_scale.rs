@@ -122,20 +122,7 @@ fn main() {
     let mut runs: Vec<Vec<f64>> = Vec::new();
     let (mut before, mut peak, mut rows) = (0, 0, 0);
     for _ in 0..RUNS {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("COMPARE_SCALE_CHILD", "1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
-        let f: Vec<f64> = line
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let f = support::child_figures(&[("COMPARE_SCALE_CHILD", "1".as_ref())]);
         runs.push(f[..3].to_vec());
         before = before.max(f[3] as u64);
         peak = peak.max(f[4] as u64);

@@ -242,20 +242,7 @@ fn main() {
     let (mut times, mut cpu) = (Vec::new(), Vec::new());
     let (mut peak, mut searched, mut changed) = (0, 0, 0);
     for _ in 0..MEASURED {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("HISTORY_SCALE_CHILD", dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let f: Vec<f64> = String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let f = support::child_figures(&[("HISTORY_SCALE_CHILD", dir.as_os_str())]);
         times.push(f[0]);
         cpu.push(f[1]);
         peak = peak.max(f[2] as u64);
