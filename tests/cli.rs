@@ -8,7 +8,7 @@ use std::process::Command;
 
 use proptest::prelude::*;
 use support::context::{BIN, command, prices, rallyctl, rallyctl_in, root, text};
-use support::webhook::Webhook;
+use support::webhook::{Webhook, run_with_urls};
 
 #[test]
 fn validate_accepts_the_example_plans() {
@@ -1682,6 +1682,52 @@ fn backend_mistakes_are_refused_at_their_place() {
     assert!(!dir.path().join("state").exists());
 }
 
+/// Every mistake in a `[notify]` block, at its line, in TOML and JSON: a literal URL (which is
+/// refused and never repeated: it holds the webhook's secret), an unknown key, a value that
+/// names no environment variable, no variable at all. `results` and `history`, which read only
+/// the plan's head, refuse it too.
+#[test]
+fn notify_block_mistakes_are_refused_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let validate = |file: &str| {
+        let out = rallyctl_in(d, &["validate", file]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(!text(&out).contains("s3cr3t"), "{}", text(&out));
+        text(&out)
+    };
+    let mut said = String::new();
+    for extra in [
+        "[notify]\nurl = \"https://hooks.example.com/T0/s3cr3t\"\nurl_env = \"TEAM-HOOK\"\nchannel = \"#perf\"\nurl_evn = \"X\"\n",
+        "[notify]\nurl = \"https://hooks.example.com/T0/s3cr3t\"\n",
+        "[notify]\n",
+        "[notify]\nurl_env = \"\"\n",
+        "[notify]\nurl_env = 7\n",
+    ] {
+        failing_local_plan(d, extra);
+        said.push_str(&validate("plan.toml"));
+    }
+    let json = r#"{"version": 1, "name": "notified",
+  "defaults": {"provider": "local", "rally_version": "2.13.0"},
+  "suite": [{"name": "s", "test": [{"name": "a", "track": "geonames"}]}],
+  "notify": {"url_env": "https://hooks.example.com/T0/s3cr3t", "url_env": "1HOOK"}
+}
+"#;
+    std::fs::write(d.join("plan.json"), json).unwrap();
+    said.push_str(&validate("plan.json"));
+    insta::assert_snapshot!("notify_block_mistakes", said);
+
+    for args in [&["results", "plan.json"][..], &["history", "plan.json"]] {
+        let out = rallyctl_in(d, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("plan.json:4:25: notify.url_env: this is a URL"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+}
+
 /// A store that cannot be reached is named, with what went wrong, and nothing is written.
 #[test]
 fn an_unreachable_backend_is_named_and_nothing_is_written() {
@@ -2069,13 +2115,7 @@ fn apply_appends_its_summary_to_the_github_step_summary() {
 fn a_failed_apply_is_posted_to_the_notify_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(
-        d.join("plan.toml"),
-        "version = 1\nname = \"notified\"\n[defaults]\nprovider = \"local\"\n\
-         rally_version = \"2.13.0\"\nremote_dir = \"/dev/null/rallyctl\"\n\
-         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"a\"\ntrack = \"geonames\"\n",
-    )
-    .unwrap();
+    failing_local_plan(d, "");
     let hook = Webhook::answering(&[200]);
     let out = command(d, &["apply", "plan.toml", "--auto-approve"])
         .env("RALLYCTL_PRICES", prices())
@@ -2108,4 +2148,79 @@ fn a_failed_apply_is_posted_to_the_notify_webhook() {
             .contains("/dev/null/rallyctl")
     );
     assert!(body.get("verdicts").is_none(), "{body}");
+}
+
+/// `plan.toml` in `dir`: workspace `notified`, one local test that fails at once (its remote
+/// directory cannot be made), and `extra` at the end.
+fn failing_local_plan(dir: &Path, extra: &str) {
+    std::fs::write(
+        dir.join("plan.toml"),
+        format!(
+            "version = 1\nname = \"notified\"\n[defaults]\nprovider = \"local\"\n\
+             rally_version = \"2.13.0\"\nremote_dir = \"/dev/null/rallyctl\"\n\
+             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"a\"\ntrack = \"geonames\"\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+/// A plan's `[notify] url_env` names the variable the webhook URL is read from: a saved plan
+/// keeps that name, never the URL; its apply POSTs to the URL the variable holds without any
+/// `--notify`, but `RALLYCTL_NOTIFY_URL` wins over it. The variable unset or empty: a warning
+/// naming it, nothing sent, the failed apply's exit code.
+#[test]
+fn an_apply_tells_the_webhook_whose_variable_the_plan_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    failing_local_plan(d, "[notify]\nurl_env = \"TEAM_HOOK\"\n");
+    let run = |args: &[&str], team_hook: Option<&str>, notify_url: Option<&str>| {
+        let mut cmd = command(d, args);
+        cmd.env("RALLYCTL_PRICES", prices());
+        let urls = [
+            ("TEAM_HOOK", team_hook),
+            ("RALLYCTL_NOTIFY_URL", notify_url),
+        ];
+        run_with_urls(cmd, &urls)
+    };
+    let hook = Webhook::answering(&[200]);
+    let out = run(
+        &["plan", "plan.toml", "--out", "saved.plan"],
+        Some(&hook.url),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let saved = std::fs::read_to_string(d.join("saved.plan")).unwrap();
+    assert!(
+        saved.contains("TEAM_HOOK") && !saved.contains("s3cr3t-t0ken"),
+        "{saved}"
+    );
+
+    let out = run(&["apply", "saved.plan"], Some(&hook.url), None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{}", text(&out));
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["kind"], "apply_failed");
+    assert_eq!(body["workspace"], "notified");
+
+    let (named, given) = (Webhook::answering(&[200]), Webhook::answering(&[200]));
+    let apply = ["apply", "plan.toml", "--auto-approve"];
+    let out = run(&apply, Some(&named.url), Some(&given.url));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(given.received().len(), 1, "{}", text(&out));
+    assert!(named.received().is_empty(), "{:?}", named.received());
+
+    for team_hook in [None, Some("")] {
+        let out = run(&apply, team_hook, None);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "warning: the plan's [notify] url_env names `TEAM_HOOK`, which is unset or empty: no webhook is told"
+            ),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(named.received().len(), 0);
 }

@@ -15,7 +15,7 @@ use rallyctl::state::{
     self, Machine, Repetition, ResultFile, Spent, State, Status, Step, TestRecord, Transition,
 };
 use support::context::{command, text};
-use support::webhook::{Webhook, unreachable_url};
+use support::webhook::{Webhook, run_with_urls, unreachable_url};
 
 const RUN1: &str = "20261124T081500Z-aaaaaa";
 const RUN2: &str = "20261125T081500Z-bbbbbb";
@@ -2450,6 +2450,119 @@ fn a_new_change_point_is_posted_to_the_notify_webhook_once() {
             hook.received()
         );
     }
+}
+
+/// `e2e.toml` in the tree: workspace `e2e`, its `[notify]` naming `TEAM_HOOK`; `results` and
+/// `history` read only a plan's head, so it needs nothing else.
+fn plan_naming_team_hook(t: &Tree) {
+    std::fs::write(
+        t.path("e2e.toml"),
+        "version = 1\nname = \"e2e\"\n[notify]\nurl_env = \"TEAM_HOOK\"\n",
+    )
+    .unwrap();
+}
+
+/// `rallyctl ARGS` in the tree with `TEAM_HOOK` and `RALLYCTL_NOTIFY_URL` as given.
+fn run_hooked(
+    t: &Tree,
+    args: &[&str],
+    team_hook: Option<&str>,
+    notify_url: Option<&str>,
+) -> Output {
+    let urls = [
+        ("TEAM_HOOK", team_hook),
+        ("RALLYCTL_NOTIFY_URL", notify_url),
+    ];
+    run_with_urls(command(t.dir.path(), args), &urls)
+}
+
+const TEAM_HOOK_UNSET: &str = "warning: the plan's [notify] url_env names `TEAM_HOOK`, which is unset or empty: no webhook is told\n";
+
+/// `results --compare` of a plan whose `[notify] url_env` names `TEAM_HOOK` POSTs the
+/// regression to the URL that variable holds, with no `--notify`; `--notify`, then
+/// `RALLYCTL_NOTIFY_URL`, win over it. Unset or empty, it is warned about by name and nothing
+/// is sent, the output and exit code those without a webhook; `results` without a comparison
+/// tells nobody, so says nothing of it.
+#[test]
+fn a_comparison_tells_the_webhook_whose_variable_the_plan_names() {
+    let t = repeated();
+    plan_naming_team_hook(&t);
+    let quiet = t.run(&["results", "--state", STATE, "--compare", RUN1]);
+    let compare = |extra: &[&str], team_hook, notify_url| {
+        let args = [
+            &["results", "e2e.toml", "--state", STATE, "--compare", RUN1],
+            extra,
+        ]
+        .concat();
+        let out = run_hooked(&t, &args, team_hook, notify_url);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(out.stdout, quiet.stdout);
+        out
+    };
+    let named = Webhook::answering(&[200]);
+    let out = compare(&[], Some(&named.url), None);
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let received = named.received();
+    assert_eq!(received.len(), 1, "{}", text(&out));
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(
+        (&body["kind"], &body["workspace"]),
+        (&"regression".into(), &"e2e".into())
+    );
+
+    let hooks = [(); 3].map(|()| Webhook::answering(&[200]));
+    let [named, from_env, given] = &hooks;
+    compare(
+        &["--notify", &given.url],
+        Some(&named.url),
+        Some(&from_env.url),
+    );
+    compare(&[], Some(&named.url), Some(&from_env.url));
+    let counts = hooks.each_ref().map(|h| h.received().len());
+    assert_eq!(
+        counts,
+        [0, 1, 1],
+        "plan's variable, RALLYCTL_NOTIFY_URL, --notify"
+    );
+
+    for team_hook in [None, Some("")] {
+        let out = compare(&[], team_hook, None);
+        assert_eq!(String::from_utf8_lossy(&out.stderr), TEAM_HOOK_UNSET);
+    }
+    let out = run_hooked(&t, &["results", "e2e.toml", "--state", STATE], None, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+}
+
+/// `history` of a plan whose `[notify] url_env` names `TEAM_HOOK` POSTs the morning's new
+/// change point to the URL that variable holds, with no `--notify`; unset, it is warned about
+/// by name and the output is the same.
+#[test]
+fn history_tells_the_webhook_whose_variable_the_plan_names() {
+    let t = nightly();
+    plan_naming_team_hook(&t);
+    let args = [
+        "history",
+        "e2e.toml",
+        "--state",
+        STATE,
+        "--until",
+        "2026-11-22",
+    ];
+    let hook = Webhook::answering(&[200]);
+    let out = run_hooked(&t, &args, Some(&hook.url), None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{}", text(&out));
+    let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
+    assert_eq!(body["kind"], "change_point");
+    assert_eq!(body["run_id"], "20261122T020000Z-n00022");
+
+    let unset = run_hooked(&t, &args, None, None);
+    assert_eq!(unset.status.code(), Some(0), "{}", text(&unset));
+    assert_eq!(unset.stdout, out.stdout);
+    assert_eq!(String::from_utf8_lossy(&unset.stderr), TEAM_HOOK_UNSET);
 }
 
 /// A webhook down when `history` has a new change point to tell: a warning naming its host

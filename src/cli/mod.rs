@@ -42,7 +42,7 @@ use crate::graph::Graph;
 use crate::history::{self, changepoints::Settings, series::Filter};
 use crate::notify::Message;
 use crate::ops::{self, lock};
-use crate::plan::{Plan, PlanErrors};
+use crate::plan::{NotifyConfig, Plan, PlanErrors};
 use crate::planner::{self, SavedPlan};
 use crate::results::{self, Baseline, Format, GateFailure, Output, Query, Workspace};
 use crate::state::{self, Handover};
@@ -223,7 +223,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             compare,
             min_effect,
         } => {
-            let ws = open_results(&g, plan.as_deref())?;
+            let (ws, _) = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
                 check_output(out, plan.as_deref(), &ws.backend)?;
                 if out.file_name() == Some(TRENDS.as_ref()) {
@@ -560,7 +560,8 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
 /// `state push` (`up`) and `state pull`: between the local state of a workspace (`--state`,
 /// or the default path) and its S3 backend (`--backend`, or the plan's), both locked.
 fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<u8> {
-    let (workspace, plan_backend) = named_workspace(g, plan)?;
+    let (workspace, head) = named_workspace(g, plan)?;
+    let plan_backend = head.and_then(|h| h.backend);
     let Some(workspace) = workspace else {
         bail!("name the plan file or pass --workspace NAME to say which workspace to copy");
     };
@@ -604,10 +605,11 @@ fn copy_state(plan: Option<&Path>, force: bool, up: bool, g: &Global) -> Result<
 
 /// The workspace whose results to read: by the state file, or by the plan's name when there is
 /// no state yet (its runs can still be listed from `results/`).
-fn open_results(g: &Global, plan: Option<&Path>) -> Result<Workspace> {
+fn open_results(g: &Global, plan: Option<&Path>) -> Result<(Workspace, Option<NotifyConfig>)> {
     let t = target(g, plan)?;
     let state = t.load()?;
-    ops::results::open(t.backend, state, t.workspace.as_deref())
+    let ws = ops::results::open(t.backend, state, t.workspace.as_deref())?;
+    Ok((ws, t.notify))
 }
 
 fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
@@ -638,7 +640,7 @@ fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
     if output == Output::Junit && !compares {
         return Err(refused().into());
     }
-    let mut ws = open_results(g, args.plan.as_deref())?;
+    let (mut ws, plan_notify) = open_results(g, args.plan.as_deref())?;
     if args.runs {
         let Output::Text(format) = output else {
             return Err(refused().into());
@@ -666,7 +668,8 @@ fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
     if let Some(c) = &shown.comparison {
         ui::step_summary(&results::render::step_summary(c));
         let gate_failed = matches!(shown.failed, Some(GateFailure::Regression(_)));
-        notify(rt, args.notify.url.as_deref(), || {
+        let url = notify_url(args.notify.url.as_deref(), plan_notify.as_ref());
+        notify(rt, url.as_deref(), || {
             ops::results::notification(c, gate_failed)
         });
     }
@@ -697,7 +700,8 @@ fn history_command(args: HistoryArgs, g: &Global, rt: &Runtime) -> Result<u8> {
         ))
         .into());
     }
-    let ws = open_results(g, args.plan.as_deref())?;
+    let (ws, plan_notify) = open_results(g, args.plan.as_deref())?;
+    let url = notify_url(args.notify.url.as_deref(), plan_notify.as_ref());
     let query = ops::history::Query {
         filter: Filter {
             tests: args.test,
@@ -715,7 +719,7 @@ fn history_command(args: HistoryArgs, g: &Global, rt: &Runtime) -> Result<u8> {
         until: args.until,
     };
     // Searching again without the newest run costs a second search: only for the webhook.
-    let (history, news) = match &args.notify.url {
+    let (history, news) = match &url {
         Some(_) => {
             let (history, news) = ops::history::history_and_news(&ws, &query)?;
             (history, Some(news))
@@ -728,7 +732,7 @@ fn history_command(args: HistoryArgs, g: &Global, rt: &Runtime) -> Result<u8> {
     }
     ui::step_summary(&history::render::step_summary(&history));
     if let Some(news) = &news {
-        notify(rt, args.notify.url.as_deref(), || {
+        notify(rt, url.as_deref(), || {
             ops::history::notification(&ws.name, news)
         });
     }
@@ -738,7 +742,7 @@ fn history_command(args: HistoryArgs, g: &Global, rt: &Runtime) -> Result<u8> {
 fn apply(
     path: &Path,
     args: PlanArgs<'_>,
-    notify_url: Option<&str>,
+    given_url: Option<&str>,
     g: &Global,
     rt: &Runtime,
 ) -> Result<u8> {
@@ -758,6 +762,8 @@ fn apply(
     let backend = plan_backend(&plan, g)?;
     let options = args.options(file.as_ref());
     let (workspace, plan_backend) = (plan.name.clone(), plan.backend.clone());
+    let url = notify_url(given_url, plan.notify.as_ref());
+    let notify_url = url.as_deref();
     // The workspace's results are read again after the run for its change points.
     let notified_plan = notify_url.map(|_| plan.clone());
     let prepared = ops::apply::prepare(rt, path, plan, saved.as_ref(), backend, &options)?;
@@ -856,6 +862,25 @@ fn apply(
 
 /// An apply as a CI job's summary in Markdown: the counts, what it cost, and each failure with
 /// the step it failed at and why.
+/// The webhook to tell: `--notify`, else `RALLYCTL_NOTIFY_URL` (clap reads both, in that
+/// order), else the variable the plan's `[notify] url_env` names. That variable unset or empty
+/// is a warning naming it, never a value: nothing is sent, and the command's outcome is its own.
+fn notify_url(given: Option<&str>, plan: Option<&NotifyConfig>) -> Option<String> {
+    if let Some(url) = given {
+        return Some(url.to_owned());
+    }
+    let var = &plan?.url_env;
+    let problem = match std::env::var(var) {
+        Ok(url) if !url.is_empty() => return Some(url),
+        Ok(_) | Err(std::env::VarError::NotPresent) => "unset or empty",
+        Err(std::env::VarError::NotUnicode(_)) => "no UTF-8 text",
+    };
+    ui::warn(&format!(
+        "the plan's [notify] url_env names `{var}`, which is {problem}: no webhook is told"
+    ));
+    None
+}
+
 /// Tells the webhook, when one is given and there is something to tell. A failure to deliver is
 /// a warning only: the command's own outcome is what CI acts on.
 fn notify(rt: &Runtime, url: Option<&str>, message: impl FnOnce() -> Option<Message>) {
@@ -957,7 +982,9 @@ fn destroy(
     g: &Global,
     rt: &Runtime,
 ) -> Result<u8> {
-    let Target { backend, workspace } = target(g, plan_path)?;
+    let Target {
+        backend, workspace, ..
+    } = target(g, plan_path)?;
     let location = backend.location();
     let shown = plan_path.map_or(location.clone(), |p| p.display().to_string());
     let found = ops::destroy::survey(

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::{BackendArg, Global, UsageError};
 use crate::backend::Backend;
 use crate::ops::{Loaded, load_at};
-use crate::plan::{Plan, S3Config};
+use crate::plan::{Head, NotifyConfig, Plan, S3Config};
 use crate::state::{self, State};
 
 /// The backend of the workspace `workspace`: `--state` (a local file) or `--backend` on the
@@ -105,20 +105,16 @@ pub(super) fn s3_backend(
     Ok(Backend::s3(config, workspace, named)?)
 }
 
-/// The workspace a command names (`--workspace`, else the plan's name), and the plan's
-/// `[backend]`; of a plan only these are read, so a plan broken elsewhere still names them.
+/// The workspace a command names (`--workspace`, else the plan's name), and the plan's head
+/// (`[backend]`, `[notify]`); of a plan only these are read, so a plan broken elsewhere still
+/// names them.
 pub(super) fn named_workspace(
     g: &Global,
     plan: Option<&Path>,
-) -> Result<(Option<String>, Option<S3Config>)> {
-    let (from_plan, backend) = match plan {
-        Some(plan) => {
-            let (name, backend) = Plan::head_of(plan)?;
-            (Some(name), backend)
-        }
-        None => (None, None),
-    };
-    Ok((g.workspace.clone().or(from_plan), backend))
+) -> Result<(Option<String>, Option<Head>)> {
+    let head = plan.map(Plan::head_of).transpose()?;
+    let from_plan = head.as_ref().map(|h| h.name.clone());
+    Ok((g.workspace.clone().or(from_plan), head))
 }
 
 /// The workspace of a command that needs no valid plan (destroy, state, results, force-unlock)
@@ -127,12 +123,19 @@ pub(super) struct Target {
     pub(super) backend: Backend,
     /// The workspace named (by `--workspace` or the plan), which the state must belong to.
     pub(super) workspace: Option<String>,
+    /// The plan's `[notify]`, for the commands that tell a webhook.
+    pub(super) notify: Option<NotifyConfig>,
 }
 
 pub(super) fn target(g: &Global, plan: Option<&Path>) -> Result<Target> {
-    let (workspace, plan_backend) = named_workspace(g, plan)?;
+    let (workspace, head) = named_workspace(g, plan)?;
+    let (plan_backend, notify) = head.map_or((None, None), |h| (h.backend, h.notify));
     let backend = backend_of(g, workspace.as_deref(), plan_backend.as_ref(), plan)?;
-    Ok(Target { backend, workspace })
+    Ok(Target {
+        backend,
+        workspace,
+        notify,
+    })
 }
 
 /// The state of `backend`, checked to belong to `workspace` when one is named; `None` when

@@ -26,10 +26,36 @@ use super::{
 use crate::FastHash;
 use crate::address::{self, Address};
 
-const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite", "backend"];
+const TOP_KEYS: &[&str] = &["version", "name", "defaults", "suite", "backend", "notify"];
 const S3_KEYS: &[&str] = &[
     "bucket", "prefix", "region", "endpoint", "profile", "role_arn",
 ];
+
+const NAME_THE_VARIABLE: &str = "name the environment variable that holds the URL instead";
+
+/// Why `name` cannot name an environment variable (`[A-Za-z_][A-Za-z0-9_]*`); a URL put there
+/// is not repeated, as it holds a secret.
+fn env_var_problem(name: &str) -> Option<String> {
+    let mut bytes = name.bytes();
+    let valid = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        None
+    } else if name.contains("://") {
+        Some(format!(
+            "this is a URL, not the name of an environment variable, and a plan is committed and copied into state: {NAME_THE_VARIABLE}"
+        ))
+    } else if name.is_empty() {
+        Some("the environment variable's name is empty".to_owned())
+    } else {
+        Some(format!(
+            "`{}` is no environment variable name: letters, digits and underscores, not starting with a digit",
+            name.escape_debug()
+        ))
+    }
+}
 
 /// A suite's bound on tests at once; more would be a typo, not a fleet.
 const MAX_PARALLELISM: i64 = 1000;
@@ -88,10 +114,10 @@ impl fmt::Display for Field<'_> {
     }
 }
 
-/// The top-level `name` of a plan, checked as a workspace name, and its `[backend]`; nothing
-/// else is read or checked (no template, track or other setting), so a plan broken elsewhere
-/// still names its workspace and where it lives.
-pub fn head(path: &Path, text: &str) -> Result<(String, Option<super::S3Config>), PlanErrors> {
+/// The top-level `name` of a plan, checked as a workspace name, its `[backend]` and `[notify]`;
+/// nothing else is read or checked (no template, track or other setting), so a plan broken
+/// elsewhere still names its workspace, where it lives and whom it tells.
+pub fn head(path: &Path, text: &str) -> Result<super::Head, PlanErrors> {
     let mut sink = Sink::new(path, text);
     let tree = match format_of(path) {
         Format::Toml => super::toml_doc::parse(text),
@@ -109,10 +135,12 @@ pub fn head(path: &Path, text: &str) -> Result<(String, Option<super::S3Config>)
                 Kind::Table(entries) => {
                     let backend = get(entries, "backend")
                         .and_then(|e| loader.backend(&e.value, Field::ROOT.key("backend")));
+                    let notify = get(entries, "notify")
+                        .and_then(|e| loader.notify(&e.value, Field::ROOT.key("notify")));
                     match get(entries, "name") {
                         Some(e) => loader
                             .name(&e.value, Field::ROOT.key("name"))
-                            .map(|n| (n.to_owned(), backend)),
+                            .map(|n| (n.to_owned(), backend, notify)),
                         None => {
                             loader.sink.error(
                                 &(0..0),
@@ -132,7 +160,11 @@ pub fn head(path: &Path, text: &str) -> Result<(String, Option<super::S3Config>)
         }
     };
     match name {
-        Some(name) if sink.diagnostics.is_empty() => Ok(name),
+        Some((name, backend, notify)) if sink.diagnostics.is_empty() => Ok(super::Head {
+            name,
+            backend,
+            notify,
+        }),
         _ => Err(PlanErrors {
             file: path.to_owned(),
             diagnostics: sink.diagnostics,
@@ -269,14 +301,59 @@ impl<'n> Loader<'_, '_> {
             Some(e) => Some(self.backend(&e.value, top.key("backend"))?),
             None => None,
         };
+        // A broken `[notify]` is in the sink, which fails the plan.
+        let notify = get(entries, "notify").and_then(|e| self.notify(&e.value, top.key("notify")));
         Some(Plan {
             name: name?.to_owned(),
             source: path.to_owned(),
             root: self.root.to_owned(),
             suites,
             backend,
+            notify,
             warnings: Vec::new(),
         })
+    }
+
+    /// `[notify]`: `url_env = "VAR"`, the environment variable holding the webhook URL. The URL
+    /// itself is refused, and never repeated in a message: it holds the webhook's secret token.
+    fn notify(&mut self, node: &'n Node<'n>, field: Field<'_>) -> Option<super::NotifyConfig> {
+        let entries = self.table(node, field)?;
+        self.duplicate_keys(entries, field);
+        for e in entries.iter().filter(|e| e.key != "url_env") {
+            if e.key == "url" {
+                self.sink.error_with_help(
+                    &e.key_span,
+                    field.key("url"),
+                    format!("a webhook URL holds its secret token, and a plan is committed and copied into state: {NAME_THE_VARIABLE}"),
+                    "set url_env = \"VAR\", and VAR to the URL where rallyctl runs (a CI secret)",
+                );
+            } else {
+                self.unknown_key(e, field, &["url_env"], &[]);
+            }
+        }
+        let Some(e) = get(entries, "url_env") else {
+            // A `url` was told to be a variable's name instead.
+            if get(entries, "url").is_none() {
+                self.sink.error_with_help(
+                    &node.span,
+                    field,
+                    "[notify] names no environment variable",
+                    "set url_env = \"VAR\", VAR holding the webhook URL where rallyctl runs, or remove [notify]",
+                );
+            }
+            return None;
+        };
+        let field = field.key("url_env");
+        let name = self.string(&e.value, field)?;
+        match env_var_problem(name) {
+            Some(problem) => {
+                self.sink.error(&e.value.span, field, problem);
+                None
+            }
+            None => Some(super::NotifyConfig {
+                url_env: name.to_owned(),
+            }),
+        }
     }
 
     /// `[backend]`: `s3 = { bucket = ..., prefix = ..., ... }`, the only store there is.

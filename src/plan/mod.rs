@@ -47,9 +47,28 @@ pub struct Plan {
     /// `[backend]`: where the workspace's state and results live; local files when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<S3Config>,
+    /// `[notify]`: which environment variable holds the webhook URL. Only its name is kept: a
+    /// plan is committed and copied into saved plans, and the URL holds the webhook's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyConfig>,
     /// What the plan allows but likely does not mean, for `validate` and `plan` to show.
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,
+}
+
+/// `[notify] url_env = "VAR"`: the environment variable the webhook URL is read from when the
+/// command line gives none (the CLI decides which URL is used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyConfig {
+    pub url_env: String,
+}
+
+/// What commands that need no valid plan read of one: its name, `[backend]` and `[notify]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub name: String,
+    pub backend: Option<S3Config>,
+    pub notify: Option<NotifyConfig>,
 }
 
 /// `[backend] s3 = {...}`: a bucket, and a prefix in it, holding a workspace's state and
@@ -1133,11 +1152,11 @@ impl Plan {
     /// need only the workspace (destroy, state, results) work with a plan that is broken
     /// elsewhere, or from another directory.
     pub fn name_of(path: &Path) -> Result<String, PlanErrors> {
-        Ok(Plan::head_of(path)?.0)
+        Ok(Plan::head_of(path)?.name)
     }
 
-    /// A plan's name and `[backend]`, read as [`Plan::name_of`] reads the name.
-    pub fn head_of(path: &Path) -> Result<(String, Option<S3Config>), PlanErrors> {
+    /// A plan's name, `[backend]` and `[notify]`, read as [`Plan::name_of`] reads the name.
+    pub fn head_of(path: &Path) -> Result<Head, PlanErrors> {
         load::head(path, &Plan::read(path)?)
     }
 

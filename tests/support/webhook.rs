@@ -89,3 +89,24 @@ pub fn unreachable_url() -> String {
         .port();
     format!("http://127.0.0.1:{port}/services/T000/B000/s3cr3t-t0ken")
 }
+
+/// `cmd` run with each of `urls`' variables set to its URL or, for `None`, unset (whatever the
+/// environment running the tests holds); its output, checked to print no webhook's secret.
+pub fn run_with_urls(
+    mut cmd: std::process::Command,
+    urls: &[(&str, Option<&str>)],
+) -> std::process::Output {
+    for (var, url) in urls {
+        match url {
+            Some(url) => cmd.env(var, url),
+            None => cmd.env_remove(var),
+        };
+    }
+    let out = cmd.output().expect("rallyctl runs");
+    let printed = super::context::text(&out);
+    assert!(
+        !printed.contains("s3cr3t"),
+        "a secret is printed: {printed}"
+    );
+    out
+}
