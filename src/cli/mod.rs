@@ -860,8 +860,6 @@ fn apply(
     Ok(0)
 }
 
-/// An apply as a CI job's summary in Markdown: the counts, what it cost, and each failure with
-/// the step it failed at and why.
 /// The webhook to tell: `--notify`, else `RALLYCTL_NOTIFY_URL` (clap reads both, in that
 /// order), else the variable the plan's `[notify] url_env` names. That variable unset or empty
 /// is a warning naming it, never a value: nothing is sent, and the command's outcome is its own.
@@ -891,6 +889,8 @@ fn notify(rt: &Runtime, url: Option<&str>, message: impl FnOnce() -> Option<Mess
     }
 }
 
+/// An apply as a CI job's summary in Markdown: the counts, what it cost, and each failure with
+/// the step it failed at and why.
 fn apply_summary(workspace: &str, report: &ops::apply::ApplyReport) -> String {
     let mut out = format!(
         "### rallyctl apply: `{workspace}`, run {}\n\n{} completed, {} failed{}.\n",
