@@ -45,6 +45,7 @@ const RULES: &[Rule] = &[
     remote_knows_no_provider,
     state_knows_not_where_it_is_kept,
     change_points_are_pure_computation,
+    the_simulation_stays_in_its_seams,
     no_ignored_tests,
     no_dbg,
 ];
@@ -341,6 +342,15 @@ fn change_points_are_pure_computation(src: &Source) -> Vec<Violation> {
     )
 }
 
+fn the_simulation_stays_in_its_seams(src: &Source) -> Vec<Violation> {
+    token_outside(
+        src,
+        "crate::sim",
+        &["src/sim", "src/provider/fake", "src/remote", "src/state"],
+        "the simulation is reached only by the fake provider, remote's one arm and state::save's crash point (ARCHITECTURE.md)",
+    )
+}
+
 fn every_line_with(src: &Source, token: &str, why: &'static str) -> Vec<Violation> {
     token_lines(src, token)
         .into_iter()
@@ -616,6 +626,23 @@ fn change_points_reaching_beyond_computation_are_caught() {
         check(
             change_points_are_pure_computation,
             "src/history/mod.rs",
+            text
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn the_simulation_reached_from_the_lifecycle_is_caught() {
+    let text = "fn f() { crate::sim::state_write(p); }\n";
+    assert_eq!(
+        check(the_simulation_stays_in_its_seams, "src/lifecycle.rs", text),
+        ["1: crate::sim"]
+    );
+    assert!(
+        check(
+            the_simulation_stays_in_its_seams,
+            "src/provider/fake.rs",
             text
         )
         .is_empty()
