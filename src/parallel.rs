@@ -4,20 +4,35 @@
 /// `f` of each item, the items cut into one share per core, but into no share of fewer than
 /// `min_share` items (a thread is not worth starting for less); the answers in the items' order.
 pub fn map<T: Sync, R: Send>(items: &[T], min_share: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    shares(items, min_share, |_, share| {
+        share.iter().map(&f).collect::<Vec<R>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `f` of each share of the items (its first item's index, and the share), the items cut as
+/// [`map`] cuts them: for work that keeps something of its own across a share's items, or
+/// reads the item before it; the answers in the shares' order.
+pub fn shares<T: Sync, R: Send>(
+    items: &[T],
+    min_share: usize,
+    f: impl Fn(usize, &[T]) -> R + Sync,
+) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let share = items.len().div_ceil(threads).max(min_share).max(1);
     if share >= items.len() {
-        return items.iter().map(f).collect();
+        return vec![f(0, items)];
     }
     let f = &f;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(share)
-            .map(|chunk| scope.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
+        let handles: Vec<_> = (items.chunks(share).enumerate())
+            .map(|(i, chunk)| scope.spawn(move || f(i * share, chunk)))
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("the work shared out does not panic"))
+            .map(|h| h.join().expect("the work shared out does not panic"))
             .collect()
     })
 }
@@ -37,5 +52,21 @@ mod tests {
             );
         }
         assert!(map(&[] as &[usize], 1, |i| *i).is_empty());
+    }
+
+    /// Each share is told where it starts: together they are the items, in order.
+    #[test]
+    fn shares_know_where_they_start() {
+        let items: Vec<usize> = (0..1000).collect();
+        for min_share in [0, 1, 7, 999, 1000, 5000] {
+            let shares = shares(&items, min_share, |start, share| (start, share.to_vec()));
+            let mut next = 0;
+            for (start, share) in &shares {
+                assert_eq!(*start, next);
+                assert_eq!(share[..], items[next..next + share.len()]);
+                next += share.len();
+            }
+            assert_eq!(next, items.len());
+        }
     }
 }

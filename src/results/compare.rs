@@ -433,37 +433,24 @@ fn compare_views(
 
     // Rows are independent until Holm's correction, and independent again after it: each half
     // of the work runs on the cores there are (a compare of 10,000 tests takes a second alone).
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = addresses.len().div_ceil(threads).max(PARALLEL_TESTS);
-    let built: Vec<Result<Share, StatsError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = addresses
-            .chunks(per_thread)
-            .map(|chunk| {
-                let (base_index, cont_index) = (&base_index, &cont_index);
-                scope.spawn(move || {
-                    let mut pending = Vec::new();
-                    let mut problems = Vec::new();
-                    for address in chunk {
-                        let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
-                        let cont = cont_index.get(*address).map(|&i| &contender.tests[i]);
-                        test_rows(
-                            address,
-                            base,
-                            cont,
-                            min_effect_pct,
-                            &mut pending,
-                            &mut problems,
-                        )?;
-                    }
-                    Ok((pending, problems))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("building rows does not panic"))
-            .collect()
-    });
+    let built: Vec<Result<Share, StatsError>> =
+        crate::parallel::shares(&addresses, PARALLEL_TESTS, |_, share| {
+            let mut pending = Vec::new();
+            let mut problems = Vec::new();
+            for address in share {
+                let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
+                let cont = cont_index.get(*address).map(|&i| &contender.tests[i]);
+                test_rows(
+                    address,
+                    base,
+                    cont,
+                    min_effect_pct,
+                    &mut pending,
+                    &mut problems,
+                )?;
+            }
+            Ok((pending, problems))
+        });
     let mut pending = Vec::new();
     let mut problems = Vec::new();
     for share in built {
@@ -483,6 +470,7 @@ fn compare_views(
     for (&i, adjusted) in tested.iter().zip(stats::holm(&p_values, stats::ALPHA)) {
         levels[i] = Some(adjusted);
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_thread = pending
         .len()
         .div_ceil(threads)

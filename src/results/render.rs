@@ -831,22 +831,12 @@ const PARALLEL_ROWS: usize = 20_000;
 /// [`comparison_rows`] of every row, a share on each core: a comparison of 10,000 tests has
 /// 200,000 rows to format.
 fn all_comparison_rows(rows: &[Row]) -> Vec<Vec<Field>> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = rows.len().div_ceil(threads).max(PARALLEL_ROWS);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..rows.len())
-            .step_by(per_thread)
-            .map(|start| {
-                let chunk = &rows[start..(start + per_thread).min(rows.len())];
-                let last = start.checked_sub(1).map(|i| &rows[i]);
-                scope.spawn(move || rows_after(last, chunk))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("formatting rows does not panic"))
-            .collect()
+    crate::parallel::shares(rows, PARALLEL_ROWS, |start, share| {
+        rows_after(start.checked_sub(1).map(|i| &rows[i]), share)
     })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The rows that follow `last`: its test and task are not repeated.
