@@ -764,8 +764,9 @@ fn apply(
     let (workspace, plan_backend) = (plan.name.clone(), plan.backend.clone());
     let url = notify_url(given_url, plan.notify.as_ref());
     let notify_url = url.as_deref();
-    // The workspace's results are read again after the run for its change points.
-    let notified_plan = notify_url.map(|_| plan.clone());
+    // The workspace's results are read again after the run for its change points, from the
+    // backend the plan names: its source is all of the plan that takes beyond what is kept.
+    let notified_source = notify_url.map(|_| plan.source.clone());
     let prepared = ops::apply::prepare(rt, path, plan, saved.as_ref(), backend, &options)?;
     workspace::remember_backend(g, plan_backend.as_ref(), &workspace);
     say_backend(prepared.backend())?;
@@ -792,10 +793,11 @@ fn apply(
     let report = ops::apply::run(rt, prepared, args.parallelism)?;
     ui::step_summary(&apply_summary(&workspace, &report));
     notify(rt, notify_url, || report.notification(&workspace));
-    if let Some(plan) = &notified_plan {
+    if let Some(source) = &notified_source {
         notify(rt, notify_url, || {
-            let found = workspace::plan_backend(plan, g)
-                .and_then(|backend| report.change_notification(backend, &workspace));
+            let found =
+                workspace::backend_of(g, Some(&workspace), plan_backend.as_ref(), Some(source))
+                    .and_then(|backend| report.change_notification(backend, &workspace));
             // The run's results are in: not knowing their history fails nothing.
             found.unwrap_or_else(|e| {
                 ui::warn(&format!("cannot look for new change points: {e:#}"));
