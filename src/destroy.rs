@@ -8,7 +8,7 @@ use crate::address::Address;
 use crate::backend::StateHandle;
 use crate::plan::Settings;
 use crate::provider::Provider;
-use crate::state::{BakeStep, Machine, State, Status};
+use crate::state::{BakeStep, Machine, RecordedSettings, State, Status};
 
 /// A machine destroy will give back.
 pub struct Target {
@@ -55,13 +55,24 @@ pub async fn targets<P: Provider>(
     let mut targets: Vec<Target> = Vec::new();
     let mut gone = Vec::new();
     let mut hints: Vec<Settings> = plan.iter().map(|s| (*s).clone()).collect();
+    let typed = |address: &Address, settings: &RecordedSettings| {
+        settings
+            .typed()
+            .map_err(|e| anyhow::anyhow!("the recorded settings of {address} cannot be read: {e}"))
+    };
     for (address, record) in &state.tests {
+        // Where an attempt may have got a machine state does not name: a test that left the
+        // plan, or settings the plan no longer has.
+        for asked in &record.asked_elsewhere {
+            hints.push(typed(address, asked)?);
+        }
+        if record.stopped_getting_a_machine() {
+            hints.push(typed(address, &record.settings)?);
+        }
         let Some(machine) = record.live_machine() else {
             continue;
         };
-        let settings = record.settings.typed().map_err(|e| {
-            anyhow::anyhow!("the recorded settings of {address} cannot be read: {e}")
-        })?;
+        let settings = typed(address, &record.settings)?;
         match provider.gone(machine).await {
             Ok(Some(why)) => gone.push(Gone {
                 address: address.clone(),
@@ -97,20 +108,15 @@ pub async fn targets<P: Provider>(
         hints.push(settings);
     }
     let hint_refs: Vec<&Settings> = hints.iter().collect();
-    for machine in provider.leaked(&state.workspace, &hint_refs).await? {
-        if targets.iter().any(|t| t.machine.id == machine.id) {
+    for found in provider.leaked(&state.workspace, &hint_refs).await? {
+        if targets.iter().any(|t| t.machine.id == found.machine.id) {
             continue;
         }
-        let settings = hints
-            .iter()
-            .find(|s| s.provider() == machine.provider)
-            .expect("a provider finds machines only where settings point")
-            .clone();
         targets.push(Target {
-            machine,
+            machine: found.machine,
             address: None,
             bake: None,
-            settings,
+            settings: hint_refs[found.found_by].clone(),
         });
     }
     Ok((targets, gone))

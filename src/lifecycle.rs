@@ -805,6 +805,9 @@ async fn start_attempt<P: Provider>(
             variant: test.variant.as_deref().cloned(),
             // Machine time is billed whatever became of the attempt that held the machine.
             spent: previous.map(|r| r.spent.clone()).unwrap_or_default(),
+            asked_elsewhere: previous
+                .map(|r| r.asked_elsewhere.clone())
+                .unwrap_or_default(),
             inputs: artifacts.inputs(&test.settings),
             ..TestRecord::new(
                 artifacts.config_hash.clone(),
@@ -813,6 +816,9 @@ async fn start_attempt<P: Provider>(
                 Status::Pending,
             )
         };
+        if let Some(previous) = previous.filter(|r| r.stopped_getting_a_machine()) {
+            record.asked_with(previous.settings.clone());
+        }
         record.set_status(Status::InProgress {
             step: Step::Launching,
         });

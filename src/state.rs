@@ -520,6 +520,12 @@ pub struct TestRecord {
     /// Every machine this test held, across attempts and runs, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spent: Vec<Spent>,
+    /// Settings an earlier attempt of this test asked its provider for a machine with, where
+    /// it stopped before state named what it got: a killed apply, then a plan that moved the
+    /// test (another region) or dropped it. That machine may run there still, so `destroy`
+    /// looks there too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub asked_elsewhere: Vec<RecordedSettings>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -581,6 +587,8 @@ struct RecordFields {
     reclaimed: u32,
     #[serde(default)]
     spent: Vec<Spent>,
+    #[serde(default)]
+    asked_elsewhere: Vec<RecordedSettings>,
 }
 
 #[derive(Deserialize)]
@@ -647,6 +655,7 @@ impl TryFrom<RecordFields> for TestRecord {
             variant: r.variant,
             reclaimed: r.reclaimed,
             spent: r.spent,
+            asked_elsewhere: r.asked_elsewhere,
         })
     }
 }
@@ -699,6 +708,29 @@ impl TestRecord {
             variant: None,
             reclaimed: 0,
             spent: vec![],
+            asked_elsewhere: vec![],
+        }
+    }
+
+    /// Whether its attempt stopped while getting a machine: its provider may have handed one
+    /// out that state does not name.
+    pub fn stopped_getting_a_machine(&self) -> bool {
+        matches!(
+            self.status,
+            Status::InProgress {
+                step: Step::Launching
+            } | Status::Failed {
+                step: Step::Launching,
+                ..
+            }
+        )
+    }
+
+    /// Keeps `settings`, which an attempt of this test got a machine with and which state may
+    /// not name that machine by, for `destroy` to look where they point.
+    pub fn asked_with(&mut self, settings: RecordedSettings) {
+        if settings != self.settings && !self.asked_elsewhere.contains(&settings) {
+            self.asked_elsewhere.push(settings);
         }
     }
 

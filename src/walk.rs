@@ -786,13 +786,8 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!(bench.state.tests[&"a.t1".parse().unwrap()].attempt, 2);
     }
 
-    #[test]
-    fn a_machine_is_given_back_with_the_settings_it_was_got_with_after_the_plan_changed() {
-        let mut bench = Bench::new(ONE_TEST);
-        let (_, fake) = bench.apply(Fake::default(), &Options::default());
-        stopped_at(&mut bench, "a.t1", Step::Racing);
-        // Rally moves to another directory: a new attempt, which first gives back the machine
-        // the one under way holds, where that one's race runs.
+    /// Another `remote_dir` for the bench's plan (a new configuration), with its Rally.
+    fn moved_rally(bench: &Bench) -> PathBuf {
         let moved = bench.dir.path().join("moved");
         std::fs::create_dir(&moved).unwrap();
         let copied = std::process::Command::new("cp")
@@ -802,7 +797,17 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             .status()
             .unwrap();
         assert!(copied.success());
-        bench.plan = Bench::plan(&moved, ONE_TEST);
+        moved
+    }
+
+    #[test]
+    fn a_machine_is_given_back_with_the_settings_it_was_got_with_after_the_plan_changed() {
+        let mut bench = Bench::new(ONE_TEST);
+        let (_, fake) = bench.apply(Fake::default(), &Options::default());
+        stopped_at(&mut bench, "a.t1", Step::Racing);
+        // Rally moves to another directory: a new attempt, which first gives back the machine
+        // the one under way holds, where that one's race runs.
+        bench.plan = Bench::plan(&moved_rally(&bench), ONE_TEST);
         let (report, fake) = bench.apply(fake, &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         assert_eq!(
@@ -813,6 +818,43 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 "release m-t1-2"
             ]
         );
+    }
+
+    /// Seed 143 of the simulation: an apply killed after its provider handed out a machine and
+    /// before state named it, then a plan that runs the test elsewhere. Its new attempt asks
+    /// there; `destroy` must still look where the first asked, and give that machine back with
+    /// the settings it was got with.
+    #[test]
+    fn destroy_finds_a_machine_an_earlier_attempt_got_where_the_plan_no_longer_points() {
+        let mut bench = Bench::new(ONE_TEST);
+        let (_, fake) = bench.apply(Fake::default(), &Options::default());
+        // As the dead apply left it: the machine held, state at launching without it.
+        fake.held.lock().unwrap().insert("m-t1-1".into());
+        let r = bench.state.tests.get_mut(&"a.t1".parse().unwrap()).unwrap();
+        r.machine = None;
+        r.results.clear();
+        r.set_status(Status::InProgress {
+            step: Step::Launching,
+        });
+        bench.plan = Bench::plan(&moved_rally(&bench), ONE_TEST);
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(record(&bench, "a.t1").asked_elsewhere.len(), 1);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let settings: Vec<_> = bench.plan.tests().map(|t| &t.settings).collect();
+        let (targets, _) = rt
+            .block_on(crate::destroy::targets(&fake, &bench.state, &settings))
+            .unwrap();
+        let handle = StateHandle::new(
+            bench.state.clone(),
+            crate::backend::Backend::Local(bench.state_path()),
+        );
+        let kept = rt
+            .block_on(crate::destroy::destroy(&fake, &handle, &targets))
+            .unwrap();
+        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
+        assert!(fake.held.lock().unwrap().is_empty());
     }
 
     fn record<'b>(bench: &'b Bench, address: &str) -> &'b crate::state::TestRecord {

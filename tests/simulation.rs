@@ -69,19 +69,21 @@ const CRASH_WITHIN: u64 = 80;
 /// No apply may take longer in simulated time: a wait without an end fails the seed.
 const APPLY_BOUND: Duration = Duration::from_secs(48 * 3600);
 
-/// The plan, and the same edited as a user may between applies: a setting of the race changed
-/// (a new configuration: its tests start over) and a repetition more; each rendered. Not yet
-/// where machines are (region, `remote_dir`): a machine a killed apply launched and never
-/// recorded is then out of `destroy`'s sight (seed 143 with such an edit), a defect left for
-/// the next slice.
+/// The plan, and the same edited as a user may between applies, each rendered: a setting of
+/// the race changed (a new configuration: its tests start over) with a repetition more; and
+/// where machines run moved (region and `remote_dir`, which the config hash leaves out, so a
+/// test killed while getting its machine resumes elsewhere).
 fn plans() -> Vec<(Plan, ArtifactMap)> {
-    let edited = PLAN
+    let race = PLAN
         .replace(
             "stall_timeout = \"10m\"",
             "stall_timeout = \"10m\"\ntrack_params = { bulk_size = 500 }",
         )
         .replace("repetitions = 2", "repetitions = 3");
-    [PLAN, edited.as_str()]
+    let moved = PLAN
+        .replace("us-east-1", "eu-west-1")
+        .replace("remote_dir = \"rallyctl\"", "remote_dir = \"rallyctl-2\"");
+    [PLAN, race.as_str(), moved.as_str()]
         .into_iter()
         .map(|text| {
             let mut plan = Plan::parse(Path::new("sim.toml"), text).expect("the simulation's plan");
@@ -201,7 +203,8 @@ impl Seed<'_> {
             let write_lands = world.below(2) == 0;
             world.crash_at(crash, write_lands);
             if world.below(4) == 0 {
-                let to = (self.current.get() + 1) % self.plans.len();
+                let others = self.plans.len() as u64 - 1;
+                let to = (self.current.get() + 1 + world.below(others) as usize) % self.plans.len();
                 self.current.set(to);
                 world.count("plan edit");
                 world.note(format!("the plan is edited: now plan {to}"));
@@ -493,7 +496,12 @@ mod as_it_is {
     ///   recorded it in place of the first, which ran on unknown (`lifecycle::share_machine`;
     ///   `walk::tests::a_group_gives_back_the_machine_a_resumed_member_held_before_getting_
     ///   another`).
-    const DEFECT_SEEDS: &[u64] = &[99, 1469];
+    /// - 143: an apply killed after its provider handed out a machine and before state named
+    ///   it, then a plan that moved the test (another `remote_dir` or region: a new attempt,
+    ///   asking elsewhere); `destroy` looked only where the plan and the new attempt point, and
+    ///   the first machine ran on (`TestRecord::asked_elsewhere`; `walk::tests::destroy_finds_
+    ///   a_machine_an_earlier_attempt_got_where_the_plan_no_longer_points`).
+    const DEFECT_SEEDS: &[u64] = &[99, 143, 1469];
 
     #[test]
     fn seeds_that_found_defects_pass() {

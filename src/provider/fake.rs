@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Acquire, AcquireError, Acquired, Gone, Provider, ProviderError, Reachable};
+use super::{Acquire, AcquireError, Acquired, Gone, Leaked, Provider, ProviderError, Reachable};
 use crate::address::Address;
 use crate::plan::{MachineSettings, Settings};
 use crate::remote::{Endpoint, HostKeys, SshEndpoint};
@@ -105,6 +105,22 @@ impl Fake {
         Endpoint::Local
     }
 
+    /// The machine an attempt's launch names (EC2's ClientToken): the one launched with it
+    /// before where these settings point, else a new one: a token is EC2's per region, so an
+    /// attempt asked for again elsewhere gets another machine while the first runs on.
+    fn instance_for(&self, token: String, at: &MachinePart) -> String {
+        let got_with = self.got_with.lock().unwrap();
+        let elsewhere = |id: &String| got_with.get(id).is_some_and(|got| got != at);
+        let mut id = token.clone();
+        for n in 2.. {
+            if !elsewhere(&id) {
+                break;
+            }
+            id = format!("{token}@{n}");
+        }
+        id
+    }
+
     /// Whether connections to the machine fail: it is gone, reclaimed, or cannot be asked
     /// about.
     pub fn lost(&self, id: &str) -> bool {
@@ -142,7 +158,10 @@ impl Provider for Fake {
     async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
         let what = || format!("acquire {}#{}", req.address, req.attempt);
         self.point(what).await;
-        let id = format!("m-{}-{}", req.address.test(), req.attempt);
+        let id = self.instance_for(
+            format!("m-{}-{}", req.address.test(), req.attempt),
+            &machine_part(req.settings),
+        );
         // EC2 answers a ClientToken it launched with before with that instance: no capacity
         // is asked for again.
         #[cfg(feature = "simulation")]
@@ -344,19 +363,23 @@ impl Provider for Fake {
         &self,
         _workspace: &str,
         settings: &[&Settings],
-    ) -> Result<Vec<Machine>, ProviderError> {
+    ) -> Result<Vec<Leaked>, ProviderError> {
         self.point(|| "leaked".into()).await;
         let got_with = self.got_with.lock().unwrap();
         let held = self.held.lock().unwrap();
-        let mut found: Vec<Machine> = held
+        let parts: Vec<MachinePart> = settings.iter().map(|s| machine_part(s)).collect();
+        let mut found: Vec<Leaked> = held
             .iter()
             .filter_map(|id| {
-                let (machine, _) = got_with.get(id)?;
-                (settings.iter().any(|s| &s.machine == machine))
-                    .then(|| Machine::acquired(machine.kind(), id.clone()))
+                let got = got_with.get(id)?;
+                let found_by = parts.iter().position(|p| p == got)?;
+                Some(Leaked {
+                    machine: Machine::acquired(got.0.kind(), id.clone()),
+                    found_by,
+                })
             })
             .collect();
-        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.sort_by(|a, b| a.machine.id.cmp(&b.machine.id));
         Ok(found)
     }
 }

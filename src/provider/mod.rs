@@ -283,9 +283,18 @@ pub trait Provider: Send + Sync + 'static {
         &self,
         _workspace: &str,
         _settings: &[&Settings],
-    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Leaked>, ProviderError>> + Send {
         async { Ok(vec![]) }
     }
+}
+
+/// A machine [`Provider::leaked`] found, with the settings (an index into those it was
+/// given) that pointed where it was: it is given back with them, as a machine is released
+/// with the settings it was got with.
+#[derive(Debug)]
+pub struct Leaked {
+    pub machine: Machine,
+    pub found_by: usize,
 }
 
 /// One provider's machines: [`Provider`]'s operations, each given the settings of the machine
@@ -343,7 +352,7 @@ pub trait Machines: Send + Sync + 'static {
         &self,
         _workspace: &str,
         _specs: &[Spec<'_, Self::Own>],
-    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send {
+    ) -> impl Future<Output = Result<Vec<Leaked>, ProviderError>> + Send {
         async { Ok(vec![]) }
     }
 }
@@ -469,11 +478,12 @@ fn same_provider(machine: &Machine, settings: &Settings) -> Result<(), ProviderE
 fn specs_of<'a, S>(
     settings: &[&'a Settings],
     own: impl Fn(&'a MachineSettings) -> Option<&'a S>,
-) -> Vec<Spec<'a, S>> {
+) -> (Vec<Spec<'a, S>>, Vec<usize>) {
     settings
         .iter()
-        .filter_map(|s| Some(Spec::of(s, own(&s.machine)?)))
-        .collect()
+        .enumerate()
+        .filter_map(|(i, s)| Some((Spec::of(s, own(&s.machine)?), i)))
+        .unzip()
 }
 
 impl Provider for Fleet {
@@ -524,27 +534,39 @@ impl Provider for Fleet {
         &self,
         workspace: &str,
         settings: &[&Settings],
-    ) -> Result<Vec<Machine>, ProviderError> {
+    ) -> Result<Vec<Leaked>, ProviderError> {
+        // Each provider's finds point into its own specs; `index` maps them back to `settings`.
+        let back = |found: Vec<Leaked>, index: &[usize]| -> Vec<Leaked> {
+            (found.into_iter())
+                .map(|l| Leaked {
+                    found_by: index[l.found_by],
+                    ..l
+                })
+                .collect()
+        };
         let mut found = Vec::new();
-        let aws = specs_of(settings, |m| match m {
+        let (aws, index) = specs_of(settings, |m| match m {
             MachineSettings::Aws(a) => Some(a),
             _ => None,
         });
         if !aws.is_empty() {
-            found.extend(self.aws().await?.leaked(workspace, &aws).await?);
+            found.extend(back(
+                self.aws().await?.leaked(workspace, &aws).await?,
+                &index,
+            ));
         }
-        let ssh = specs_of(settings, |m| match m {
+        let (ssh, index) = specs_of(settings, |m| match m {
             MachineSettings::Ssh(s) => Some(s),
             _ => None,
         });
         if !ssh.is_empty() {
-            found.extend(self.ssh.leaked(workspace, &ssh).await?);
+            found.extend(back(self.ssh.leaked(workspace, &ssh).await?, &index));
         }
-        let local = specs_of(settings, |m| {
+        let (local, index) = specs_of(settings, |m| {
             matches!(m, MachineSettings::Local).then_some(&())
         });
         if !local.is_empty() {
-            found.extend(self.local.leaked(workspace, &local).await?);
+            found.extend(back(self.local.leaked(workspace, &local).await?, &index));
         }
         Ok(found)
     }

@@ -33,7 +33,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::types::Filter;
 
-use super::{Acquire, AcquireError, Acquired, Gone, Machines, ProviderError, Reachable, Spec};
+use super::{
+    Acquire, AcquireError, Acquired, Gone, Leaked, Machines, ProviderError, Reachable, Spec,
+};
 use crate::address::slug;
 use crate::plan::{AwsSettings, Connect, Market, MarketKind, ProviderKind};
 use crate::remote::{self, Endpoint, EphemeralKey, HostKeys, SshEndpoint};
@@ -498,20 +500,26 @@ impl Machines for Aws {
         &self,
         workspace: &str,
         specs: &[Spec<'_, AwsSettings>],
-    ) -> Result<Vec<Machine>, ProviderError> {
-        let mut regions: Vec<&str> = specs.iter().map(|s| &*s.own.region).collect();
+    ) -> Result<Vec<Leaked>, ProviderError> {
+        // One search per region, its finds given back with the first settings pointing there.
+        let mut regions: Vec<(&str, usize)> = (specs.iter().enumerate())
+            .map(|(i, s)| (&*s.own.region, i))
+            .collect();
         regions.sort();
-        regions.dedup();
+        regions.dedup_by_key(|(region, _)| *region);
         let mut found = Vec::new();
-        for region in regions {
+        for (region, found_by) in regions {
             for info in self
                 .ec2
                 .find_by_tags(region, &[(TAG_WORKSPACE, workspace)])
                 .await?
             {
-                found.push(Machine {
-                    region: Some(region.to_owned()),
-                    ..Machine::acquired(ProviderKind::Aws, info.id)
+                found.push(Leaked {
+                    machine: Machine {
+                        region: Some(region.to_owned()),
+                        ..Machine::acquired(ProviderKind::Aws, info.id)
+                    },
+                    found_by,
                 });
             }
         }
