@@ -66,6 +66,7 @@ fn view(run: &str, shift: f64) -> RunView {
                 failure: None,
                 logs: None,
                 instance_type: Some("m5.large".into()),
+                topology: None,
                 zone: None,
                 spot: false,
                 repetitions: REPETITIONS,

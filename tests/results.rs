@@ -1101,6 +1101,90 @@ fn a_comparison_across_a_configuration_change_says_what_changed() {
     );
 }
 
+/// The configuration rallyctl records for `ingest.a` of an aws plan with a cluster of
+/// `nodes` nodes, as `apply` writes it beside the races.
+fn cluster_configuration(nodes: u32) -> parse::Configuration {
+    let text = format!(
+        "version = 1\nname = \"e2e\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
+         ami = \"ami-12345678\"\ninstance_type = \"c5.large\"\ntrack = \"tiny\"\n\
+         [[suite]]\nname = \"ingest\"\n[[suite.test]]\nname = \"a\"\n\
+         cluster = {{ nodes = {nodes}, instance_type = \"r6i.xlarge\" }}\nload_drivers = 2\n"
+    );
+    let plan = rallyctl::plan::Plan::parse(Path::new("e2e.toml"), &text).unwrap();
+    let test = plan.tests().next().unwrap();
+    parse::Configuration {
+        config_hash: format!("cluster-of-{nodes}"),
+        settings: serde_json::from_str(&test.settings.canonical_json()).unwrap(),
+        race_command: "esrally race --pipeline=benchmark-only".into(),
+        inputs: Default::default(),
+    }
+}
+
+/// Results show the cluster a test raced on; runs on different clusters are not compared
+/// unless asked (their numbers measure the change of machines), and then the comparison says
+/// what changed.
+#[test]
+fn results_on_another_cluster_are_compared_only_when_asked() {
+    let t = two_configurations(&cluster_configuration(3), &cluster_configuration(5));
+    let out = t.results(&[], 0);
+    assert!(
+        out.contains("5 × r6i.xlarge, 2 load drivers × c5.large"),
+        "{out}"
+    );
+    insta::assert_snapshot!("results_on_a_cluster", out);
+    let csv = t.results(&["--format", "csv"], 0);
+    assert!(
+        csv.contains(",c5.large,\"5 × r6i.xlarge, 2 load drivers × c5.large\","),
+        "{csv}"
+    );
+    let out = t.run(&["results", "--state", STATE, "--compare", RUN1]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.stdout, b"", "no rows");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "cannot compare tests that raced on different machines:\n  ingest.a: the baseline \
+             raced on a cluster of 3 × r6i.xlarge, 2 load drivers × c5.large, the contender on a \
+             cluster of 5 × r6i.xlarge, 2 load drivers × c5.large\ntheir numbers measure the \
+             change of cluster; pass --allow-topology-change to compare them anyway"
+        ),
+        "{stderr}"
+    );
+    let out = t.results(&["--compare", RUN1, "--allow-topology-change"], 0);
+    assert!(out.contains("regression"), "{out}");
+    insta::assert_snapshot!("a_comparison_across_clusters", out);
+    assert!(
+        out.contains("-    \"nodes\": 3,") || out.contains("-    \"nodes\": 3"),
+        "{out}"
+    );
+    let out = t.run(&["report", "--state", STATE, "--compare", RUN1]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = t.run(&[
+        "report",
+        "--state",
+        STATE,
+        "--compare",
+        RUN1,
+        "--allow-topology-change",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A cluster its configuration names but rallyctl cannot read is a problem named with the
+/// test, not a result shown as if on one machine.
+#[test]
+fn a_cluster_that_cannot_be_read_is_named() {
+    let mut damaged = cluster_configuration(3);
+    damaged.settings["cluster"] = serde_json::json!("three nodes");
+    let t = two_configurations(&damaged, &cluster_configuration(3));
+    let out = t.run(&["results", "--state", STATE, "--run", RUN1]);
+    assert!(
+        text(&out).contains("ingest.a: cannot read the cluster it raced:"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A damaged `rallyctl.json` is named with its line, and the races are compared on what
 /// race.json says, as before rallyctl kept it.
 #[test]

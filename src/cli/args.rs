@@ -283,6 +283,9 @@ pub(super) enum Command {
         #[arg(long = "min-effect", alias = "noise", value_name = "PCT",
               default_value_t = DEFAULT_MIN_EFFECT_PCT, value_parser = min_effect)]
         min_effect: f64,
+        /// Compare tests whose cluster differs between the two runs, as `results` does
+        #[arg(long)]
+        allow_topology_change: bool,
     },
 }
 
@@ -317,6 +320,11 @@ pub struct ResultsArgs {
     /// in another run or on another machine); the output says which
     #[arg(long, requires = "variants")]
     pub(super) allow_unpaired: bool,
+    /// Compare tests whose cluster differs between the two runs (its nodes, their instance
+    /// type, the load drivers), or that raced on a cluster in one run only: the numbers then
+    /// measure the change of machines
+    #[arg(long, conflicts_with = "variants")]
+    pub(super) allow_topology_change: bool,
     /// Exit 3 when a metric regressed or went missing against the baseline (the recorded one
     /// unless --compare names another); `=PCT`, if given, is the min effect
     #[arg(long, value_name = "PCT", num_args = 0..=1, require_equals = true, value_parser = min_effect)]

@@ -222,6 +222,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             run,
             compare,
             min_effect,
+            allow_topology_change,
         } => {
             let (ws, _) = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
@@ -235,8 +236,16 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
                     .into());
                 }
             }
-            let path =
-                ws.write_report(run.as_deref(), compare.as_ref(), min_effect, out.as_deref())?;
+            let allow = results::compare::Allow {
+                topology_change: allow_topology_change,
+            };
+            let path = ws.write_report(
+                run.as_deref(),
+                compare.as_ref(),
+                min_effect,
+                allow,
+                out.as_deref(),
+            )?;
             outln!("Wrote the report to {}.", path.display());
             // One run has no trend to draw.
             if ws.run_dirs()?.len() > 1 {
@@ -663,6 +672,7 @@ fn results_command(args: ResultsArgs, g: &Global, rt: &Runtime) -> Result<u8> {
         fail_on_inconclusive: args.fail_on_inconclusive,
         variants: args.variants,
         allow_unpaired: args.allow_unpaired,
+        allow_topology_change: args.allow_topology_change,
     })?;
     out!("{}", shown.text);
     if let Some(c) = &shown.comparison {

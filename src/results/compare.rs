@@ -325,6 +325,25 @@ fn workload_differences(base: &TestResult, cont: &TestResult) -> Vec<String> {
     out
 }
 
+/// How a test's two sides raced on different machines, when both configurations are known:
+/// another cluster, or a cluster on one side only.
+fn topology_change(base: &TestResult, cont: &TestResult) -> Option<String> {
+    base.configuration.as_ref()?;
+    cont.configuration.as_ref()?;
+    if base.topology == cont.topology {
+        return None;
+    }
+    let on = |t: &Option<String>| match t {
+        Some(t) => format!("a cluster of {t}"),
+        None => "one machine".to_owned(),
+    };
+    Some(format!(
+        "the baseline raced on {}, the contender on {}",
+        on(&base.topology),
+        on(&cont.topology)
+    ))
+}
+
 /// What changed between the configurations of a test's two sides, when both are known and
 /// differ.
 fn configuration_change(
@@ -374,7 +393,26 @@ pub fn compare(
     contender: &RunView,
     min_effect_pct: f64,
 ) -> Result<Comparison, ResultsError> {
-    compare_views(baseline, contender, min_effect_pct, true)
+    compare_runs(baseline, contender, min_effect_pct, Allow::default())
+}
+
+/// What a comparison of two runs lets through that it refuses otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allow {
+    /// Tests whose cluster differs between the runs (its nodes, their type, the load
+    /// drivers), or that raced on a cluster in one run and on one machine in the other: their
+    /// numbers measure that change (`--allow-topology-change`).
+    pub topology_change: bool,
+}
+
+/// [`compare`], letting through what `allow` says.
+pub fn compare_runs(
+    baseline: &RunView,
+    contender: &RunView,
+    min_effect_pct: f64,
+    allow: Allow,
+) -> Result<Comparison, ResultsError> {
+    compare_views(baseline, contender, min_effect_pct, Some(allow))
 }
 
 /// [`compare`] for the variants of tests: they may differ in anything, their workload too,
@@ -384,14 +422,16 @@ pub fn compare_variants(
     contender: &RunView,
     min_effect_pct: f64,
 ) -> Result<Comparison, ResultsError> {
-    compare_views(baseline, contender, min_effect_pct, false)
+    compare_views(baseline, contender, min_effect_pct, None)
 }
 
+/// Compares two views: two runs when `runs` says what they may differ in besides the
+/// configuration, variants of one run (which may differ in anything) when none.
 fn compare_views(
     baseline: &RunView,
     contender: &RunView,
     min_effect_pct: f64,
-    same_workload: bool,
+    runs: Option<Allow>,
 ) -> Result<Comparison, ResultsError> {
     let index = |view: &'_ RunView| -> BTreeMap<Address, usize> {
         view.tests
@@ -406,6 +446,7 @@ fn compare_views(
     addresses.dedup();
 
     let mut mismatches = Vec::new();
+    let mut other_clusters = Vec::new();
     let mut configuration_changes = Vec::new();
     for address in &addresses {
         let base = base_index.get(*address).map(|&i| &baseline.tests[i]);
@@ -413,22 +454,31 @@ fn compare_views(
         let (Some(b), Some(c)) = (base, cont) else {
             continue;
         };
-        let differences = if same_workload {
-            workload_differences(b, c)
-        } else {
-            vec![]
-        };
-        if differences.is_empty() {
+        let Some(allow) = runs else {
             configuration_changes.extend(configuration_change(address, b, c));
-        } else {
+            continue;
+        };
+        let differences = workload_differences(b, c);
+        if !differences.is_empty() {
             mismatches.push(Mismatch {
                 test: (*address).clone(),
                 differences,
             });
+            continue;
+        }
+        match topology_change(b, c).filter(|_| !allow.topology_change) {
+            Some(change) => other_clusters.push(Mismatch {
+                test: (*address).clone(),
+                differences: vec![change],
+            }),
+            None => configuration_changes.extend(configuration_change(address, b, c)),
         }
     }
     if !mismatches.is_empty() {
         return Err(ResultsError::DifferentWorkloads(mismatches));
+    }
+    if !other_clusters.is_empty() {
+        return Err(ResultsError::DifferentTopologies(other_clusters));
     }
 
     // Rows are independent until Holm's correction, and independent again after it: each half
@@ -722,6 +772,7 @@ mod tests {
                 failure: None,
                 logs: None,
                 instance_type: None,
+                topology: None,
                 zone: None,
                 spot: false,
                 repetitions: 1,

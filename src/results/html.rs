@@ -198,9 +198,11 @@ fn test_section<'a>(
     if let Some(s) = &test.status {
         facts.push(format!("status {s}"));
     }
-    if let Some(i) = &test.instance_type {
-        let spot = if test.spot { " (spot)" } else { "" };
-        facts.push(format!("instance {i}{spot}"));
+    let spot = if test.spot { " (spot)" } else { "" };
+    match (&test.topology, &test.instance_type) {
+        (Some(cluster), _) => facts.push(format!("cluster {cluster}{spot}")),
+        (None, Some(i)) => facts.push(format!("instance {i}{spot}")),
+        (None, None) => {}
     }
     if let Some(d) = test.race_duration_s {
         facts.push(format!("race took {d} s"));

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::ResultsError;
 use super::layout;
@@ -44,6 +44,10 @@ pub struct TestResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs: Option<PathBuf>,
     pub instance_type: Option<String>,
+    /// A cluster test's machines, as `plan` shows them (`3 × r6i.xlarge, 2 load drivers ×
+    /// c5.large`), from the configuration it raced; none for a test of one machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
     /// The Availability Zone the instance ran in (EC2's hardware differs between zones).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
@@ -597,6 +601,13 @@ fn read_test(
                     .ok()
             }),
     };
+    let topology = (configuration.as_ref())
+        .and_then(|c| {
+            topology(c)
+                .map_err(|e| problems.push(format!("{address}: {e}")))
+                .ok()
+        })
+        .flatten();
     let race_duration_s = last
         .and_then(|i| read[i].2)
         .or_else(|| record.and_then(racing_seconds));
@@ -620,6 +631,7 @@ fn read_test(
                 .and_then(|v| v.as_str())
                 .map(str::to_owned)
         }),
+        topology,
         zone: record.and_then(|r| r.machine.as_ref()?.zone.clone()),
         spot: record.is_some_and(|r| {
             r.machine.as_ref().is_some_and(|m| m.spot) || r.earlier.iter().any(|e| e.spot)
@@ -633,6 +645,16 @@ fn read_test(
         tasks,
         problems,
     }
+}
+
+/// The cluster a configuration raced, as `plan` shows it; none for a test of one machine.
+fn topology(c: &Configuration) -> Result<Option<String>, String> {
+    if c.settings.get("cluster").is_none() {
+        return Ok(None);
+    }
+    let settings = crate::plan::Settings::deserialize(&c.settings)
+        .map_err(|e| format!("cannot read the cluster it raced: {e}"))?;
+    Ok(settings.topology())
 }
 
 /// The tasks of several races of one test as one: the first race's task order (Rally's

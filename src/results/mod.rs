@@ -54,6 +54,13 @@ pub enum ResultsError {
     Chart(#[from] chart::ChartError),
     #[error("cannot compare tests that raced different workloads:{}", mismatches(.0))]
     DifferentWorkloads(Vec<compare::Mismatch>),
+    #[error(
+        "cannot compare tests that raced on different machines:{}\n\
+         their numbers measure the change of cluster; pass --allow-topology-change to compare \
+         them anyway",
+        mismatches(.0)
+    )]
+    DifferentTopologies(Vec<compare::Mismatch>),
     #[error("cannot compute the statistics of a comparison: {0}")]
     Stats(#[from] stats::StatsError),
     #[error(
@@ -138,6 +145,8 @@ pub struct Query {
     pub variants: Option<String>,
     /// Compare variants whose races were not interleaved, saying so.
     pub allow_unpaired: bool,
+    /// Compare tests whose cluster differs between the two runs.
+    pub allow_topology_change: bool,
 }
 
 /// What `rallyctl results` prints, and why a gate fails (if one does).
@@ -195,6 +204,7 @@ impl Workspace {
         run: Option<&str>,
         baseline: Option<&Baseline>,
         min_effect_pct: f64,
+        allow: compare::Allow,
     ) -> Result<(RunView, Option<(RunView, Comparison)>), ResultsError> {
         let contender = self.view(run)?;
         let baseline_run = match baseline {
@@ -203,7 +213,7 @@ impl Workspace {
             Some(Baseline::Recorded) => self.baseline().ok_or(ResultsError::NoBaseline)?,
         };
         let base = self.as_of(baseline_run)?;
-        let comparison = compare(&base, &contender, min_effect_pct)?;
+        let comparison = compare::compare_runs(&base, &contender, min_effect_pct, allow)?;
         Ok((contender, Some((base, comparison))))
     }
 
@@ -229,8 +239,11 @@ impl Workspace {
             .baseline
             .clone()
             .or_else(|| gated.then_some(Baseline::Recorded));
+        let allow = compare::Allow {
+            topology_change: q.allow_topology_change,
+        };
         let (contender, compared) =
-            self.view_and_comparison(q.run.as_deref(), baseline.as_ref(), q.min_effect_pct)?;
+            self.view_and_comparison(q.run.as_deref(), baseline.as_ref(), q.min_effect_pct, allow)?;
         let Some((_, comparison)) = compared else {
             let Output::Text(format) = q.format else {
                 return Err(ResultsError::JunitWithoutComparison);
@@ -257,6 +270,7 @@ impl Workspace {
         run: Option<&str>,
         baseline: Option<&Baseline>,
         min_effect_pct: f64,
+        allow: compare::Allow,
         out: Option<&Path>,
     ) -> Result<PathBuf, ResultsError> {
         // Without an explicit choice the report compares with the recorded baseline, if any.
@@ -264,7 +278,7 @@ impl Workspace {
             .cloned()
             .or_else(|| self.baseline().map(|_| Baseline::Recorded));
         let (contender, compared) =
-            self.view_and_comparison(run, baseline.as_ref(), min_effect_pct)?;
+            self.view_and_comparison(run, baseline.as_ref(), min_effect_pct, allow)?;
         let html = html::report(
             &contender,
             compared.as_ref().map(|(b, c)| (b, c)),

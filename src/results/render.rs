@@ -528,9 +528,10 @@ pub fn result_rows(view: &RunView) -> Vec<Vec<Field>> {
                     ),
                     plain(format!(
                         "{}{}",
-                        match (&test.instance_type, &test.zone) {
-                            (Some(t), Some(z)) => format!("{t} in {z}"),
-                            (t, _) => opt(t.as_deref()),
+                        match (&test.topology, &test.instance_type, &test.zone) {
+                            (Some(cluster), ..) => cluster.clone(),
+                            (None, Some(t), Some(z)) => format!("{t} in {z}"),
+                            (None, t, _) => opt(t.as_deref()),
                         },
                         if test.spot { ", spot" } else { "" }
                     )),
@@ -617,6 +618,7 @@ fn results_csv(view: &RunView) -> String {
         "run",
         "status",
         "instance_type",
+        "topology",
         "race_duration_s",
         "repetitions",
         "machine_hours",
@@ -638,6 +640,7 @@ fn results_csv(view: &RunView) -> String {
             opt(test.run_id.as_deref()),
             opt(test.status.as_deref()),
             opt(test.instance_type.as_deref()),
+            opt(test.topology.as_deref()),
             opt(test.race_duration_s),
             test.repetitions.to_string(),
             opt(test.cost.map(|b| b.machine_hours)),
