@@ -186,6 +186,18 @@ impl Tree {
         assert_eq!(out.status.code(), Some(code), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     }
+
+    /// `results --compare RUN1` with `more`, which must refuse (exit 1, no rows) saying
+    /// `said`.
+    fn compare_refused(&self, more: &[&str], said: &str) {
+        let mut all = vec!["results", "--state", STATE, "--compare", RUN1];
+        all.extend(more);
+        let out = self.run(&all);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert_eq!(out.stdout, b"", "no rows");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+    }
 }
 
 fn assert_every_row_has_every_column(csv_text: &str) {
@@ -957,16 +969,10 @@ fn tests_that_raced_different_tracks_are_not_compared() {
     );
     t.record(&a, RUN2, Status::Completed, files);
     t.save();
-    let out = t.run(&["results", "--state", STATE, "--compare", RUN1]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_eq!(out.stdout, b"", "no rows");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(
-            "cannot compare tests that raced different workloads:\n  ingest.a: the baseline \
-             raced track track, the contender track geonames"
-        ),
-        "{stderr}"
+    t.compare_refused(
+        &[],
+        "cannot compare tests that raced different workloads:\n  ingest.a: the baseline raced \
+         track track, the contender track geonames",
     );
 }
 
@@ -1046,22 +1052,9 @@ fn different_local_tracks_are_not_compared() {
         ),
     ] {
         let t = two_configurations(&base, &contender);
-        let out = t.run(&[
-            "results",
-            "--state",
-            STATE,
-            "--compare",
-            RUN1,
-            "--fail-on-regression",
-        ]);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        assert_eq!(out.stdout, b"", "no rows");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!(
-                "cannot compare tests that raced different workloads:\n  {expect}"
-            )),
-            "{stderr}"
+        t.compare_refused(
+            &["--fail-on-regression"],
+            &format!("cannot compare tests that raced different workloads:\n  {expect}"),
         );
     }
     // Other track params are another workload too.
@@ -1137,36 +1130,26 @@ fn results_on_another_cluster_are_compared_only_when_asked() {
         csv.contains(",c5.large,\"5 × r6i.xlarge, 2 load drivers × c5.large\","),
         "{csv}"
     );
-    let out = t.run(&["results", "--state", STATE, "--compare", RUN1]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_eq!(out.stdout, b"", "no rows");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(
-            "cannot compare tests that raced on different machines:\n  ingest.a: the baseline \
-             raced on a cluster of 3 × r6i.xlarge, 2 load drivers × c5.large, the contender on a \
-             cluster of 5 × r6i.xlarge, 2 load drivers × c5.large\ntheir numbers measure the \
-             change of cluster; pass --allow-topology-change to compare them anyway"
-        ),
-        "{stderr}"
+    t.compare_refused(
+        &[],
+        "cannot compare tests that raced on different machines:\n  ingest.a: the baseline raced \
+         on a cluster of 3 × r6i.xlarge, 2 load drivers × c5.large, the contender on a cluster \
+         of 5 × r6i.xlarge, 2 load drivers × c5.large\ntheir numbers measure the change of \
+         cluster; pass --allow-topology-change to compare them anyway",
     );
     let out = t.results(&["--compare", RUN1, "--allow-topology-change"], 0);
     assert!(out.contains("regression"), "{out}");
     insta::assert_snapshot!("a_comparison_across_clusters", out);
-    assert!(
-        out.contains("-    \"nodes\": 3,") || out.contains("-    \"nodes\": 3"),
-        "{out}"
-    );
-    let out = t.run(&["report", "--state", STATE, "--compare", RUN1]);
+    // The report compares as `results` does.
+    let report = ["report", "--state", STATE, "--compare", RUN1];
+    let out = t.run(&report);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let out = t.run(&[
-        "report",
-        "--state",
-        STATE,
-        "--compare",
-        RUN1,
-        "--allow-topology-change",
-    ]);
+    assert!(
+        text(&out).contains("--allow-topology-change"),
+        "{}",
+        text(&out)
+    );
+    let out = t.run(&[&report[..], &["--allow-topology-change"]].concat());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
