@@ -873,10 +873,12 @@ fn apply(
 }
 
 /// The webhook to tell: `--notify`, else `RALLYCTL_NOTIFY_URL` (clap reads both, in that
-/// order), else the variable the plan's `[notify] url_env` names. That variable unset or empty
-/// is a warning naming it, never a value: nothing is sent, and the command's outcome is its own.
+/// order), else the variable the plan's `[notify] url_env` names. An empty one is none given:
+/// CI expands a secret it may not read (a fork's job) to nothing. The plan's variable unset or
+/// empty is a warning naming it, never a value: nothing is sent, and the command's outcome is
+/// its own.
 fn notify_url(given: Option<&str>, plan: Option<&NotifyConfig>) -> Option<String> {
-    if let Some(url) = given {
+    if let Some(url) = given.filter(|url| !url.is_empty()) {
         return Some(url.to_owned());
     }
     let var = &plan?.url_env;
