@@ -1642,6 +1642,17 @@ fn the_trends_page_shows_the_changes_first_and_renders_in_chromium() {
     assert!(html.contains("+20.0 % improvement") && html.contains("+30.1 % regression"));
     screenshot(&t.path("results/e2e/trends.html"), "trends");
 
+    // The thresholds are history's: only the regression is over 25 %.
+    let out = t.run(&["report", "--state", STATE, "--min-magnitude", "0.25"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let html = std::fs::read_to_string(t.path("results/e2e/trends.html")).unwrap();
+    assert!(
+        html.contains("+30.1 % regression") && !html.contains("+20.0 % improvement"),
+        "{html}"
+    );
+    let out = t.run(&["report", "--state", STATE, "--max-pvalue", "2"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+
     let out = t.run(&[
         "report",
         "--state",

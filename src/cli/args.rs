@@ -286,6 +286,9 @@ pub(super) enum Command {
         /// Compare tests whose cluster differs between the two runs, as `results` does
         #[arg(long)]
         allow_topology_change: bool,
+        /// The change points of the trends page, as `history` finds them
+        #[command(flatten)]
+        thresholds: Thresholds,
     },
 }
 
@@ -354,14 +357,8 @@ pub struct HistoryArgs {
     /// comma-separated list)
     #[arg(long, value_name = "METRIC", value_delimiter = ',', value_parser = metric)]
     pub(super) metric: Vec<Metric>,
-    /// A change counts when its t-test's p-value is below this
-    #[arg(long, value_name = "P", default_value_t = Settings::default().max_pvalue,
-          value_parser = max_pvalue)]
-    pub(super) max_pvalue: f64,
-    /// ... and its relative magnitude above this fraction (0.05 for 5 %)
-    #[arg(long, value_name = "FRACTION", default_value_t = Settings::default().min_magnitude,
-          value_parser = min_magnitude)]
-    pub(super) min_magnitude: f64,
+    #[command(flatten)]
+    pub(super) thresholds: Thresholds,
     /// Also show the series without a change
     #[arg(long)]
     pub(super) all: bool,
@@ -506,6 +503,30 @@ pub struct Notify {
         value_name = "URL"
     )]
     pub url: Option<String>,
+}
+
+/// When a change in a metric's history counts as a change point (`history`, the report's
+/// trends page).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// A change counts when its t-test's p-value is below this
+    #[arg(long, value_name = "P", default_value_t = Settings::default().max_pvalue,
+          value_parser = max_pvalue)]
+    pub(super) max_pvalue: f64,
+    /// ... and its relative magnitude above this fraction (0.05 for 5 %)
+    #[arg(long, value_name = "FRACTION", default_value_t = Settings::default().min_magnitude,
+          value_parser = min_magnitude)]
+    pub(super) min_magnitude: f64,
+}
+
+impl From<Thresholds> for Settings {
+    fn from(t: Thresholds) -> Settings {
+        Settings {
+            max_pvalue: t.max_pvalue,
+            min_magnitude: t.min_magnitude,
+            ..Settings::default()
+        }
+    }
 }
 
 /// Where on-demand prices come from.

@@ -39,7 +39,7 @@ pub use workspace::{load, load_file};
 
 use crate::cost::{self, PriceFile};
 use crate::graph::Graph;
-use crate::history::{self, changepoints::Settings, series::Filter};
+use crate::history::{self, series::Filter};
 use crate::notify::Message;
 use crate::ops::{self, lock};
 use crate::plan::{NotifyConfig, Plan, PlanErrors};
@@ -223,6 +223,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
             compare,
             min_effect,
             allow_topology_change,
+            thresholds,
         } => {
             let (ws, _) = open_results(&g, plan.as_deref())?;
             if let Some(out) = &out {
@@ -252,7 +253,7 @@ fn run(cli: Cli, rt: &Runtime) -> Result<u8> {
                 let trends = path.with_file_name(TRENDS);
                 check_output(&trends, plan.as_deref(), &ws.backend)?;
                 let until = run.as_deref().and_then(results::load::run_started);
-                let runs = ops::history::write_trends(&ws, until, &trends)?;
+                let runs = ops::history::write_trends(&ws, until, thresholds.into(), &trends)?;
                 if runs > 1 {
                     outln!("Wrote its trends over {runs} runs to {}.", trends.display());
                 }
@@ -718,11 +719,7 @@ fn history_command(args: HistoryArgs, g: &Global, rt: &Runtime) -> Result<u8> {
             tasks: args.task,
             metrics: args.metric,
         },
-        settings: Settings {
-            max_pvalue: args.max_pvalue,
-            min_magnitude: args.min_magnitude,
-            ..Settings::default()
-        },
+        settings: args.thresholds.into(),
         // A CI system lists every test case, passed or not.
         all: args.all || output == Output::Junit,
         since: args.since,

@@ -157,14 +157,20 @@ fn shown(ws: &Workspace, q: &Query, runs: usize, mut series: Vec<Series>) -> His
 }
 
 /// Writes the trends page of every series over the runs up to `until` (all without) to
-/// `path`, with `history`'s default thresholds, when there are two runs or more to draw; how
-/// many there were.
-pub fn write_trends(ws: &Workspace, until: Option<jiff::Timestamp>, path: &Path) -> Result<usize> {
+/// `path`, its change points found with `settings`, when there are two runs or more to draw;
+/// how many there were.
+pub fn write_trends(
+    ws: &Workspace,
+    until: Option<jiff::Timestamp>,
+    settings: Settings,
+    path: &Path,
+) -> Result<usize> {
     let h = history(
         ws,
         &Query {
             all: true,
             until,
+            settings,
             ..Query::default()
         },
     )?;
