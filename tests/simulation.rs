@@ -394,12 +394,7 @@ fn scratch() -> tempfile::TempDir {
     .expect("a temporary directory")
 }
 
-/// Runs one seed; its events when it fails.
-fn run_seed(seed: u64, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
-    run_world(World::new(seed), plans)
-}
-
-/// Runs one seed's world, whatever bug its rallyctl has.
+/// Runs one seed's world, whatever bug its rallyctl has; its events when it fails.
 fn run_world(world: World, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
     let run = Seed {
         fake: world.fake(),
@@ -424,8 +419,8 @@ fn run_world(world: World, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), 
     (world, outcome)
 }
 
-/// The simulation of rallyctl as it is (`run_seed`'s worlds have no deliberate bug, and no
-/// `sim-bug-*` feature plants one): it must pass every seed.
+/// The simulation of rallyctl as it is (its worlds have no deliberate bug, and no `sim-bug-*`
+/// feature plants one): it must pass every seed.
 #[cfg(not(any(
     feature = "sim-bug-ignore-stalls",
     feature = "sim-bug-record-release-first",
@@ -435,6 +430,11 @@ fn run_world(world: World, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), 
 )))]
 mod as_it_is {
     use super::*;
+
+    /// Runs one seed of rallyctl as it is.
+    fn run_seed(seed: u64, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
+        run_world(World::new(seed), plans)
+    }
 
     /// What a failed seed says: why, how to run it alone, and what led there.
     fn failed(seed: u64, world: &World, why: &str) -> String {
