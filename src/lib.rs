@@ -26,6 +26,16 @@ pub mod remote;
 pub mod results;
 #[cfg(feature = "simulation")]
 pub mod sim;
+/// A real build has no simulation, and no deliberate bug: each site is a plain `false`.
+#[cfg(not(feature = "simulation"))]
+mod sim {
+    macro_rules! bug {
+        ($bug:ident) => {
+            false
+        };
+    }
+    pub(crate) use bug;
+}
 pub mod staging;
 pub mod state;
 pub mod templates;

@@ -754,7 +754,7 @@ async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<()
         };
         // A deliberate bug the simulation must find (tests/simulation.rs): state says the
         // machine is given back before it is.
-        let recorded_first = cfg!(feature = "sim-bug-record-release-first");
+        let recorded_first = crate::sim::bug!(RecordReleaseFirst);
         if recorded_first {
             mark_released()?;
         }
@@ -879,6 +879,15 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
                 r.attempt += 1;
                 r.machine = None;
             } else {
+                // A deliberate bug the simulation must find (tests/simulation.rs): the
+                // machine's time so far is entered as each repetition on it ends, and again
+                // when it goes.
+                if crate::sim::bug!(EnterTimeTwice) {
+                    r.mark_released();
+                    if let Some(m) = &mut r.machine {
+                        m.released_at = None;
+                    }
+                }
                 let dir = run_dir(test, workspace, r);
                 if let Some(m) = &mut r.machine {
                     m.run_dir = Some(dir);
@@ -1399,7 +1408,7 @@ async fn race<P: Provider>(
             Some(code) => format!("esrally exited with {code}"),
             None if answer == "running" => match silent_for(ctx, test, conn, &run_dir).await? {
                 // A deliberate bug the simulation must find (tests/simulation.rs).
-                Some(silent) if silent >= stall && !cfg!(feature = "sim-bug-ignore-stalls") => {
+                Some(silent) if silent >= stall && !crate::sim::bug!(IgnoreStalls) => {
                     format!(
                         "the race stalled: neither its console nor Rally's log changed for {}, so it was stopped (stall_timeout)",
                         humantime::format_duration(Duration::from_secs(silent.as_secs()))
@@ -1614,7 +1623,14 @@ pub async fn release<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(),
     }) else {
         return Ok(());
     };
-    let settings = recorded(&settings, Step::Terminating).map_err(Stop::Failed)?;
+    let mut settings = recorded(&settings, Step::Terminating).map_err(Stop::Failed)?;
+    // A deliberate bug the simulation must find (tests/simulation.rs): the machine is given
+    // back where the plan now points, not where it was got.
+    if crate::sim::bug!(ReleaseWherePlanned)
+        && let Some(test) = ctx.plan.test(address)
+    {
+        settings = test.settings.clone();
+    }
     ctx.provider
         .release(&machine, &settings)
         .await

@@ -280,6 +280,11 @@ pub fn diff(plan: &Plan, state: &State, artifacts: &ArtifactMap, options: &Optio
                     ..change(Action::Rerun, reason, None)
                 }
             });
+        // A deliberate bug the simulation must find (tests/simulation.rs): a test stopped under
+        // a configuration changed since is resumed, its races of the old one.
+        let same = same
+            || (matches!(record.status, Status::InProgress { .. })
+                && crate::sim::bug!(ResumeChangedConfig));
         let entry = match (&record.status, same) {
             (Status::Completed, true) if replace => Some(change(
                 Action::Rerun,

@@ -38,6 +38,8 @@ pub struct World(Arc<Shared>);
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// The deliberate bug this world's rallyctl has, besides any its cargo feature plants.
+    bug: Option<Bug>,
     /// True once the process died: the driver drops the apply on it.
     died: tokio::sync::watch::Sender<bool>,
 }
@@ -117,10 +119,69 @@ impl Rng {
 }
 
 thread_local! {
-    /// The world whose process writes state on this thread (the simulation runs each seed on
-    /// a current-thread runtime), for [`state_write`].
+    /// The world whose process runs on this thread (the simulation runs each seed on a
+    /// current-thread runtime), for [`state_write`] and [`Bug::is_on`].
     static CURRENT: RefCell<Option<World>> = const { RefCell::new(None) };
 }
+
+/// The deliberate bugs the simulation must find (`tests/simulation.rs`), each planted at a real
+/// site of rallyctl's code that asks [`bug!`] whether it is on: in every world when its cargo
+/// feature `sim-bug-*` is, else only in a world made [`World::with_bug`], so one build checks
+/// them all. A build without the simulation has none: its `bug!` is `false` (`lib.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// `sim-bug-ignore-stalls`: a race whose logs went silent is waited on for ever.
+    IgnoreStalls,
+    /// `sim-bug-record-release-first`: state says a group's machine is given back before the
+    /// provider is asked to.
+    RecordReleaseFirst,
+    /// `sim-bug-enter-time-twice`: a machine's time so far is entered as each repetition on
+    /// it ends, and again when it goes.
+    EnterTimeTwice,
+    /// `sim-bug-release-where-planned`: a machine is given back with the settings the plan
+    /// has now, not those it was got with.
+    ReleaseWherePlanned,
+    /// `sim-bug-resume-changed-config`: the planner resumes a test stopped under a
+    /// configuration the plan has changed since, instead of starting it over.
+    ResumeChangedConfig,
+}
+
+impl Bug {
+    /// Every one, for the simulation to look for each.
+    pub const ALL: [Bug; 5] = [
+        Bug::IgnoreStalls,
+        Bug::RecordReleaseFirst,
+        Bug::EnterTimeTwice,
+        Bug::ReleaseWherePlanned,
+        Bug::ResumeChangedConfig,
+    ];
+
+    /// Whether its cargo feature plants it in every world.
+    pub const fn planted(self) -> bool {
+        match self {
+            Bug::IgnoreStalls => cfg!(feature = "sim-bug-ignore-stalls"),
+            Bug::RecordReleaseFirst => cfg!(feature = "sim-bug-record-release-first"),
+            Bug::EnterTimeTwice => cfg!(feature = "sim-bug-enter-time-twice"),
+            Bug::ReleaseWherePlanned => cfg!(feature = "sim-bug-release-where-planned"),
+            Bug::ResumeChangedConfig => cfg!(feature = "sim-bug-resume-changed-config"),
+        }
+    }
+
+    /// Whether it is on here: planted, or on in the world whose process runs on this thread.
+    pub fn is_on(self) -> bool {
+        self.planted()
+            || CURRENT.with(|c| c.borrow().as_ref().is_some_and(|w| w.0.bug == Some(self)))
+    }
+}
+
+/// `crate::sim::bug!(Name)`: whether the deliberate [`Bug::Name`](Bug) is on; the one way
+/// rallyctl's code reaches the simulation's bugs (`tests/tidy.rs`).
+macro_rules! bug {
+    ($bug:ident) => {
+        $crate::sim::Bug::$bug.is_on()
+    };
+}
+pub(crate) use bug;
 
 /// Called by `state::save` before each write: a crash point. `Err` when the process is dead
 /// (nothing it writes lands) or dies before this write.
@@ -199,7 +260,17 @@ impl Inner {
 
 impl World {
     pub fn new(seed: u64) -> World {
+        World::made(seed, None)
+    }
+
+    /// A world whose rallyctl has the deliberate `bug`, for the simulation to find.
+    pub fn with_bug(seed: u64, bug: Bug) -> World {
+        World::made(seed, Some(bug))
+    }
+
+    fn made(seed: u64, bug: Option<Bug>) -> World {
         World(Arc::new(Shared {
+            bug,
             inner: Mutex::new(Inner {
                 rng: Rng::new(seed),
                 chaos: true,

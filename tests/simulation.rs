@@ -10,6 +10,11 @@
 //! `destroy`. After it: every state the dead processes left loads, every machine the provider
 //! handed out is given back, each with the settings it was got with, and no simulated machine
 //! was sent a command it does not know.
+//!
+//! It must be able to fail: rallyctl keeps deliberate bugs at real sites (`rallyctl::sim::Bug`),
+//! off unless a seed's world is made with one or its `sim-bug-*` cargo feature plants it, and
+//! `every_deliberate_bug_is_found_within_the_bound` requires each to be found, by what it
+//! causes, within [`BUG_SEEDS`] seeds.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +23,7 @@ use rallyctl::backend::{Backend, StateHandle};
 use rallyctl::plan::Plan;
 use rallyctl::planner::{self, Options};
 use rallyctl::provider::fake::Fake;
-use rallyctl::sim::World;
+use rallyctl::sim::{Bug, World};
 use rallyctl::state::{self, State};
 use rallyctl::templates::{ArtifactMap, Renderer};
 use rallyctl::ui::Progress;
@@ -228,6 +233,8 @@ impl Seed<'_> {
         // The provider's API answers again: a machine it could not tell about is found.
         self.fake.unknowable.lock().unwrap().clear();
         let mut done = false;
+        // Why the last calm apply left the plan undone: what to look at when none completes it.
+        let mut undone = String::new();
         for i in 1..=CALM {
             world.note(format!("apply {i} (calm)"));
             let report = match self.apply(None).await? {
@@ -244,9 +251,15 @@ impl Seed<'_> {
                 done = true;
                 break;
             }
+            undone = (report.failed.iter())
+                .map(|(test, step, error, _)| format!("{test} failed {}: {error}", step.name()))
+                .collect::<Vec<_>>()
+                .join("; ");
         }
         if !done {
-            return Err(format!("{CALM} calm applies did not complete the plan"));
+            return Err(format!(
+                "{CALM} calm applies did not complete the plan; the last left: {undone}"
+            ));
         }
         let state = self.state()?;
         self.check_complete(&state)?;
@@ -381,9 +394,8 @@ fn scratch() -> tempfile::TempDir {
     .expect("a temporary directory")
 }
 
-/// Runs one seed; its events when it fails.
-fn run_seed(seed: u64, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
-    let world = World::new(seed);
+/// Runs one seed's world, whatever bug its rallyctl has; its events when it fails.
+fn run_world(world: World, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
     let run = Seed {
         fake: world.fake(),
         world: world.clone(),
@@ -407,13 +419,22 @@ fn run_seed(seed: u64, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), Stri
     (world, outcome)
 }
 
-/// The simulation of rallyctl as it is: it must pass every seed.
+/// The simulation of rallyctl as it is (its worlds have no deliberate bug, and no `sim-bug-*`
+/// feature plants one): it must pass every seed.
 #[cfg(not(any(
     feature = "sim-bug-ignore-stalls",
-    feature = "sim-bug-record-release-first"
+    feature = "sim-bug-record-release-first",
+    feature = "sim-bug-enter-time-twice",
+    feature = "sim-bug-release-where-planned",
+    feature = "sim-bug-resume-changed-config",
 )))]
 mod as_it_is {
     use super::*;
+
+    /// Runs one seed of rallyctl as it is.
+    fn run_seed(seed: u64, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), String>) {
+        run_world(World::new(seed), plans)
+    }
 
     /// What a failed seed says: why, how to run it alone, and what led there.
     fn failed(seed: u64, world: &World, why: &str) -> String {
@@ -515,50 +536,67 @@ mod as_it_is {
     }
 }
 
-/// The simulation of rallyctl with a deliberate bug (a `sim-bug-*` feature): it must find it.
-#[cfg(any(
-    feature = "sim-bug-ignore-stalls",
-    feature = "sim-bug-record-release-first"
-))]
-mod with_a_bug {
-    use super::*;
-
-    /// The seeds within which the simulation must find a deliberate bug.
-    const BUG_SEEDS: u64 = 100;
-
-    /// The first seed that fails, and why.
-    fn first_failure() -> Option<(u64, String)> {
-        let plans = plans();
-        (0..BUG_SEEDS).find_map(|seed| run_seed(seed, &plans).1.err().map(|why| (seed, why)))
+/// What the simulation says first when rallyctl has `bug`: how it must find it.
+fn symptom(bug: Bug) -> &'static str {
+    match bug {
+        Bug::IgnoreStalls => "an apply did not end within",
+        Bug::RecordReleaseFirst => "machines running after a complete apply",
+        Bug::EnterTimeTwice => "machine time of",
+        Bug::ReleaseWherePlanned => "asked with other settings than it was got with",
+        Bug::ResumeChangedConfig => "a plan after a complete apply has changes",
     }
+}
 
-    /// `--features sim-bug-ignore-stalls`: a race whose logs went silent is waited on for ever.
-    #[cfg(feature = "sim-bug-ignore-stalls")]
-    #[test]
-    fn the_simulation_finds_a_stall_waited_on_for_ever() {
-        let (seed, why) = first_failure().unwrap_or_else(|| {
-            panic!("{BUG_SEEDS} seeds did not find the stall waited on for ever")
-        });
-        assert!(
-            why.starts_with("an apply did not end within"),
-            "seed {seed}: {why}"
-        );
-        eprintln!("found at seed {seed}");
-    }
+/// The seeds within which the simulation must find each deliberate bug.
+const BUG_SEEDS: u64 = 200;
 
-    /// `--features sim-bug-record-release-first`: state says a machine is given back before
-    /// the provider is asked; a process that dies between, or a release refused, leaves it
-    /// running unknown to state.
-    #[cfg(feature = "sim-bug-record-release-first")]
-    #[test]
-    fn the_simulation_finds_a_release_recorded_before_it_is_done() {
-        let (seed, why) = first_failure().unwrap_or_else(|| {
-            panic!("{BUG_SEEDS} seeds did not find the release recorded before it was done")
-        });
-        assert!(
-            why.starts_with("machines running after a complete apply"),
-            "seed {seed}: {why}"
-        );
-        eprintln!("found at seed {seed}");
+/// The first of [`BUG_SEEDS`] seeds whose world `world` makes that fails, and why.
+fn first_failure(world: impl Fn(u64) -> World) -> Option<(u64, String)> {
+    let plans = plans();
+    (0..BUG_SEEDS).find_map(|seed| {
+        run_world(world(seed), &plans)
+            .1
+            .err()
+            .map(|why| (seed, why))
+    })
+}
+
+/// Whether the simulation finds `bug` in the worlds `world` makes: at which seed, or why not.
+fn finds(bug: Bug, world: impl Fn(u64) -> World) -> Result<u64, String> {
+    let (seed, why) =
+        first_failure(world).ok_or_else(|| format!("{BUG_SEEDS} seeds did not find {bug:?}"))?;
+    let first = why.lines().next().unwrap_or_default();
+    match first.contains(symptom(bug)) {
+        true => Ok(seed),
+        false => Err(format!(
+            "seed {seed} failed, but not as {bug:?} makes it fail ({:?}): {why}",
+            symptom(bug)
+        )),
     }
+}
+
+/// Every deliberate bug, switched on in one seed's world at a time: the simulation must find
+/// each, by what it causes, or it proves nothing. A bug planted by its `sim-bug-*` feature is
+/// in every world, so then only the planted ones are looked for, in worlds as they are.
+#[test]
+fn every_deliberate_bug_is_found_within_the_bound() {
+    let began = std::time::Instant::now();
+    let planted = Bug::ALL.into_iter().any(Bug::planted);
+    let mut missed = vec![];
+    for bug in Bug::ALL {
+        let found = match (planted, bug.planted()) {
+            (false, _) => finds(bug, |seed| World::with_bug(seed, bug)),
+            (true, true) => finds(bug, World::new),
+            (true, false) => continue,
+        };
+        match found {
+            Ok(seed) => eprintln!("{bug:?} found at seed {seed}"),
+            Err(why) => missed.push(why),
+        }
+    }
+    eprintln!(
+        "deliberate bugs looked for in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    assert!(missed.is_empty(), "{}", missed.join("\n\n"));
 }
