@@ -496,6 +496,33 @@ mod as_it_is {
         Ok(total)
     }
 
+    /// The bench's table (`RALLYCTL_SIM_REPORT=1`, bench/simulation.sh): the rate, and how
+    /// often each kind of fault, crash point and plan edit came up, in all and per seed.
+    fn report(
+        start: u64,
+        seeds: u64,
+        took: std::time::Duration,
+        counts: &BTreeMap<String, u64>,
+    ) -> String {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut table = format!(
+            "seeds {start}..{}: {seeds} in {:.1} s on {threads} threads, {:.1} seeds/s\n{:<22} {:>12} {:>10}\n",
+            start + seeds,
+            took.as_secs_f64(),
+            seeds as f64 / took.as_secs_f64(),
+            "event",
+            "count",
+            "per seed"
+        );
+        for (kind, n) in counts {
+            table += &format!(
+                "{kind:<22} {n:>12} {:>10.2}\n",
+                *n as f64 / seeds.max(1) as f64
+            );
+        }
+        table
+    }
+
     #[test]
     fn every_seed_resumes_to_a_complete_plan_and_gives_every_machine_back() {
         let seeds = env_u64("RALLYCTL_SIM_SEEDS", DEFAULT_SEEDS);
@@ -509,6 +536,9 @@ mod as_it_is {
             took.as_secs_f64(),
             seeds as f64 / took.as_secs_f64()
         );
+        if std::env::var("RALLYCTL_SIM_REPORT").is_ok_and(|v| !v.is_empty() && v != "0") {
+            eprintln!("{}", report(start, seeds, took, &counts));
+        }
         // A simulation whose faults and crashes never come up proves nothing.
         for kind in [
             "state write",
