@@ -1042,6 +1042,13 @@ pub fn of_workspace(
 /// Writes `state` with the next serial: temp file, fsync, keep the old file as the backup,
 /// rename over. A crash at any point leaves either the old or the new state in place.
 pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
+    save_with(path, state, &mut Written::default())
+}
+
+/// [`save`], for a writer that saves the same state again and again (an apply, at every step):
+/// `written` keeps what the records were written as, so that only records that changed since
+/// are serialized again.
+pub fn save_with(path: &Path, state: &mut State, written: &mut Written) -> Result<(), StateError> {
     let write_err = |source| StateError::Write {
         path: path.to_owned(),
         source,
@@ -1051,8 +1058,7 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
     state.serial += 1;
     let dir = dir_of(path);
     fs::create_dir_all(dir).map_err(write_err)?;
-    let mut json = serde_json::to_vec_pretty(state).expect("state serializes");
-    json.push(b'\n');
+    let json = to_json(state, written);
     let mut temp = tempfile::Builder::new()
         .prefix(".rallyctl-state-")
         .tempfile_in(dir)
@@ -1070,6 +1076,82 @@ pub fn save(path: &Path, state: &mut State) -> Result<(), StateError> {
         .and_then(|d| d.sync_all())
         .map_err(write_err)?;
     Ok(())
+}
+
+/// The records of a state as a state file last had them, each with its text: a record equal
+/// to the one kept is written as the text kept. Pretty-printing a record costs far more than
+/// comparing it, and a step of an apply changes one record of many.
+#[derive(Default)]
+pub struct Written(BTreeMap<Address, (TestRecord, Box<RawValue>)>);
+
+/// The state file's bytes: `state` pretty-printed, and a newline. Byte for byte what
+/// `serde_json::to_vec_pretty` writes, the records' text taken from `written` where they did
+/// not change (and kept there for the next write).
+pub fn to_json(state: &mut State, written: &mut Written) -> Vec<u8> {
+    written
+        .0
+        .retain(|address, _| state.tests.contains_key(address));
+    for (address, record) in &state.tests {
+        if written
+            .0
+            .get(address)
+            .is_none_or(|(kept, _)| kept != record)
+        {
+            let text = record_text(address, record);
+            written.0.insert(address.clone(), (record.clone(), text));
+        }
+    }
+    // The rest of the state, its records left out for the while: a map printed empty, `{}`.
+    let tests = std::mem::take(&mut state.tests);
+    let skeleton = serde_json::to_vec_pretty(&*state).expect("state serializes");
+    state.tests = tests;
+    // A line that starts with this is the top-level key: within strings, newlines are escaped.
+    let at = b"\n  \"tests\": {}";
+    let empty = (skeleton.windows(at.len()))
+        .position(|w| w == at)
+        .expect("a state's file has its tests")
+        + at.len()
+        - 2;
+    let mut json = Vec::with_capacity(
+        skeleton.len()
+            + written
+                .0
+                .values()
+                .map(|(_, t)| t.get().len() + 64)
+                .sum::<usize>(),
+    );
+    json.extend_from_slice(&skeleton[..empty]);
+    // As the pretty printer writes a map two levels down.
+    json.push(b'{');
+    for (i, (address, (_, text))) in written.0.iter().enumerate() {
+        json.extend_from_slice(if i == 0 { b"\n    " } else { b",\n    " });
+        serde_json::to_writer(&mut json, address).expect("an address serializes");
+        json.extend_from_slice(b": ");
+        json.extend_from_slice(text.get().as_bytes());
+    }
+    json.extend_from_slice(if written.0.is_empty() { b"}" } else { b"\n  }" });
+    json.extend_from_slice(&skeleton[empty + 2..]);
+    json.push(b'\n');
+    json
+}
+
+/// A record's text as it stands in a state file: pretty-printed where the file's records are,
+/// two levels down, which is where the pretty printer puts it in a map under `tests`.
+fn record_text(address: &Address, record: &TestRecord) -> Box<RawValue> {
+    #[derive(Serialize)]
+    struct One<'a> {
+        tests: BTreeMap<&'a Address, &'a TestRecord>,
+    }
+    let one = One {
+        tests: BTreeMap::from([(address, record)]),
+    };
+    let text = serde_json::to_string_pretty(&one).expect("a record serializes");
+    let key = serde_json::to_string(address).expect("an address serializes");
+    let head = format!("{{\n  \"tests\": {{\n    {key}: ");
+    let text = (text.strip_prefix(&head))
+        .and_then(|t| t.strip_suffix("\n  }\n}"))
+        .expect("one record under `tests`, as printed");
+    RawValue::from_string(text.to_owned()).expect("serde_json writes valid JSON")
 }
 
 /// Who holds a workspace's lock, written into the lock file so a refusal can name them.
@@ -1360,6 +1442,77 @@ mod tests {
         );
         let written = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<TestRecord>(&written).unwrap(), r);
+    }
+
+    /// A state written through [`Written`] is byte for byte the pretty printer's whole file,
+    /// write after write, as records change in place, come and go; each write is checked
+    /// against a fresh print of the state as it is then.
+    #[test]
+    fn a_write_that_keeps_unchanged_records_text_is_the_whole_file_pretty_printed() {
+        let pretty = |state: &State| {
+            let mut json = serde_json::to_vec_pretty(state).unwrap();
+            json.push(b'\n');
+            String::from_utf8(json).unwrap()
+        };
+        let mut written = Written::default();
+        let mut state = State::new("w");
+        let mut check = |state: &mut State, step: &str| {
+            let expected = pretty(state);
+            let got = String::from_utf8(to_json(state, &mut written)).unwrap();
+            assert_eq!(got, expected, "after {step}");
+        };
+        check(&mut state, "nothing");
+        let a = Address::new("a", "b").unwrap();
+        let c = Address::new("c", "d").unwrap();
+        let e = Address::new("a", "e").unwrap();
+        state.tests.insert(a.clone(), record());
+        check(&mut state, "a record");
+        let mut other = record();
+        other.settings = serde_json::json!({"tags": {}, "track": "nyc_taxis"}).into();
+        other.set_status(Status::Pending);
+        state.tests.insert(c.clone(), other);
+        state.tests.insert(e.clone(), record());
+        state.baseline_run = Some("run \"1\"\n".into());
+        check(&mut state, "two more records");
+        // A change deep in one record, with what must be escaped.
+        let r = state.tests.get_mut(&c).unwrap();
+        r.set_status(Status::Failed {
+            step: Step::Racing,
+            error: "exit \"64\"\tno\u{1}\n\u{e9}t\u{e9}".into(),
+            log_tail: Some("line 1\nline 2\\".into()),
+            logs: None,
+        });
+        check(&mut state, "a record changed");
+        state.tests.get_mut(&a).unwrap().attempt += 1;
+        check(&mut state, "another changed");
+        state.tests.remove(&e);
+        check(&mut state, "a record gone");
+        state.tests.insert(e.clone(), record());
+        state.tests.get_mut(&e).unwrap().race_command = "esrally race --x".into();
+        check(&mut state, "a record back, changed");
+        state.serial += 1;
+        state.images.push(Image {
+            baked_for: BakeKey {
+                base_ami: "ami-1".into(),
+                region: "us-east-1".into(),
+                rally_version: "2.13.0".into(),
+                needs_java: true,
+                remote_dir: "rallyctl".into(),
+            },
+            step: BakeStep::Launching,
+            attempt: 1,
+            settings: serde_json::json!({"track": "geonames"}).into(),
+            instance: None,
+            name: "rallyctl-bake \"tests\": {}".into(),
+            image_id: None,
+            snapshot_ids: vec![],
+            created_at: None,
+            error: None,
+            history: vec![],
+        });
+        check(&mut state, "an image after the tests");
+        state.tests.clear();
+        check(&mut state, "every record gone");
     }
 
     #[test]

@@ -429,6 +429,10 @@ fn run_world(world: World, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), 
     feature = "sim-bug-resume-changed-config",
 )))]
 mod as_it_is {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
 
     /// Runs one seed of rallyctl as it is.
@@ -453,8 +457,92 @@ mod as_it_is {
         }
     }
 
-    /// Seeds run by default: sized to stay well within CI's minute on a busy 2-core machine.
-    const DEFAULT_SEEDS: u64 = 300;
+    /// Seeds run by default: the 2,000, sized to stay within CI's minute on a 2-core
+    /// machine.
+    const DEFAULT_SEEDS: u64 = 2000;
+
+    /// Runs `seeds` seeds from `start` on every core, one seed at a time per thread (a seed's
+    /// world is entered on the thread that runs it); the events each kind of fault and crash
+    /// point came up, summed, or the report of the first seed that fails. Seeds are handed out
+    /// in order and none after a failing one is started, so every seed before the reported one
+    /// has passed: the same seed is reported on any number of cores.
+    fn run_seeds(
+        start: u64,
+        seeds: u64,
+        plans: &[(Plan, ArtifactMap)],
+    ) -> Result<BTreeMap<String, u64>, String> {
+        let end = start.saturating_add(seeds);
+        let next = AtomicU64::new(start);
+        let first_failed = AtomicU64::new(u64::MAX);
+        let failures = Mutex::new(BTreeMap::new());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let counts: Vec<BTreeMap<String, u64>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut counts = BTreeMap::new();
+                        loop {
+                            let seed = next.fetch_add(1, Ordering::SeqCst);
+                            if seed >= end || seed > first_failed.load(Ordering::SeqCst) {
+                                return counts;
+                            }
+                            let (world, outcome) = run_seed(seed, plans);
+                            match outcome {
+                                Ok(()) => {
+                                    for (kind, n) in world.counts() {
+                                        *counts.entry(kind).or_insert(0u64) += n;
+                                    }
+                                }
+                                Err(why) => {
+                                    first_failed.fetch_min(seed, Ordering::SeqCst);
+                                    let report = failed(seed, &world, &why);
+                                    failures.lock().unwrap().insert(seed, report);
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            (workers.into_iter())
+                .map(|w| w.join().expect("a seed's thread does not panic"))
+                .collect()
+        });
+        if let Some((_, report)) = failures.into_inner().unwrap().pop_first() {
+            return Err(report);
+        }
+        let mut total = BTreeMap::new();
+        for (kind, n) in counts.into_iter().flatten() {
+            *total.entry(kind).or_insert(0) += n;
+        }
+        Ok(total)
+    }
+
+    /// The bench's table (`RALLYCTL_SIM_REPORT=1`, bench/simulation.sh): the rate, and how
+    /// often each kind of fault, crash point and plan edit came up, in all and per seed.
+    fn report(
+        start: u64,
+        seeds: u64,
+        took: std::time::Duration,
+        counts: &BTreeMap<String, u64>,
+    ) -> String {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut table = format!(
+            "seeds {start}..{}: {seeds} in {:.1} s on {threads} threads, {:.1} seeds/s\n{:<22} {:>12} {:>10}\n",
+            start + seeds,
+            took.as_secs_f64(),
+            seeds as f64 / took.as_secs_f64(),
+            "event",
+            "count",
+            "per seed"
+        );
+        for (kind, n) in counts {
+            table += &format!(
+                "{kind:<22} {n:>12} {:>10.2}\n",
+                *n as f64 / seeds.max(1) as f64
+            );
+        }
+        table
+    }
 
     #[test]
     fn every_seed_resumes_to_a_complete_plan_and_gives_every_machine_back() {
@@ -462,22 +550,16 @@ mod as_it_is {
         let start = env_u64("RALLYCTL_SIM_START", 0);
         let plans = plans();
         let began = std::time::Instant::now();
-        let mut counts = std::collections::BTreeMap::new();
-        for seed in start..start + seeds {
-            let (world, outcome) = run_seed(seed, &plans);
-            if let Err(why) = outcome {
-                panic!("{}", failed(seed, &world, &why));
-            }
-            for (kind, n) in world.counts() {
-                *counts.entry(kind).or_insert(0u64) += n;
-            }
-        }
+        let counts = run_seeds(start, seeds, &plans).unwrap_or_else(|report| panic!("{report}"));
         let took = began.elapsed();
         eprintln!(
             "{seeds} seeds in {:.1} s ({:.0} seeds/s); events covered: {counts:?}",
             took.as_secs_f64(),
             seeds as f64 / took.as_secs_f64()
         );
+        if std::env::var("RALLYCTL_SIM_REPORT").is_ok_and(|v| !v.is_empty() && v != "0") {
+            eprintln!("{}", report(start, seeds, took, &counts));
+        }
         // A simulation whose faults and crashes never come up proves nothing.
         for kind in [
             "state write",

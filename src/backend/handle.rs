@@ -6,31 +6,32 @@ use std::sync::{Arc, Mutex};
 
 use super::Backend;
 use crate::address::Address;
-use crate::state::{ResultFile, State, StateError, TestRecord};
+use crate::state::{ResultFile, State, StateError, TestRecord, Written};
 
 /// The state shared by all tests of an apply; every change is persisted before it returns.
 #[derive(Clone)]
 pub struct StateHandle {
-    state: Arc<Mutex<State>>,
+    /// With what its last write wrote, so that a step's write serializes only what it changed.
+    state: Arc<Mutex<(State, Written)>>,
     backend: Arc<Backend>,
 }
 
 impl StateHandle {
     pub fn new(state: State, backend: Backend) -> Self {
         StateHandle {
-            state: Arc::new(Mutex::new(state)),
+            state: Arc::new(Mutex::new((state, Written::default()))),
             backend: Arc::new(backend),
         }
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.lock().expect("state lock"))
+        f(&self.state.lock().expect("state lock").0)
     }
 
     pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> Result<R, StateError> {
-        let mut state = self.state.lock().expect("state lock");
-        let r = f(&mut state);
-        self.backend.save(&mut state)?;
+        let (state, written) = &mut *self.state.lock().expect("state lock");
+        let r = f(state);
+        self.backend.save_with(state, written)?;
         Ok(r)
     }
 

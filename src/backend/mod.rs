@@ -107,9 +107,19 @@ impl Backend {
 
     /// Writes `state` with the next serial.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
+        self.save_with(state, &mut state::Written::default())
+    }
+
+    /// [`save`](Self::save) for a writer that saves the same state again and again: only the
+    /// records that changed since `written` are serialized.
+    pub fn save_with(
+        &self,
+        state: &mut State,
+        written: &mut state::Written,
+    ) -> Result<(), StateError> {
         match self {
-            Backend::Local(path) => state::save(path, state),
-            Backend::S3(r) => r.save(state),
+            Backend::Local(path) => state::save_with(path, state, written),
+            Backend::S3(r) => r.save_with(state, written),
         }
     }
 

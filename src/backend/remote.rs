@@ -18,7 +18,9 @@ use super::ResultsBase;
 use super::cache::Cache;
 use super::objects::{Cond, ObjectError, Objects};
 use crate::address::slug;
-use crate::state::{self, LockHolder, LockState, ResultFile, State, StateError, sha256_hex};
+use crate::state::{
+    self, LockHolder, LockState, ResultFile, State, StateError, Written, sha256_hex,
+};
 
 pub struct Remote {
     objects: Arc<dyn Objects>,
@@ -105,6 +107,11 @@ impl Remote {
     /// state once; the copy is conditional too, so a state written by another since is found
     /// before anything is uploaded.
     pub fn save(&self, state: &mut State) -> Result<(), StateError> {
+        self.save_with(state, &mut Written::default())
+    }
+
+    /// [`save`](Self::save), serializing only the records that changed since `written`.
+    pub fn save_with(&self, state: &mut State, written: &mut Written) -> Result<(), StateError> {
         let mut seen = self.seen.lock().expect("seen");
         let overwritten = || StateError::Overwritten {
             location: self.state_url(),
@@ -126,8 +133,7 @@ impl Remote {
             }
         }
         state.serial += 1;
-        let mut json = serde_json::to_vec_pretty(state).expect("state serializes");
-        json.push(b'\n');
+        let json = state::to_json(state, written);
         let cond = match &*seen {
             Some(etag) => Cond::Matches(etag.clone()),
             None => Cond::Absent,
