@@ -25,7 +25,8 @@ use rallyctl::ui::Progress;
 use rallyctl::walk::{self, ApplyOptions, ApplyReport};
 
 /// Two suites: a plain test, one that races twice on its machine, and a test of two variants
-/// sharing one; every machine may go on to a later suite's test (warm reuse).
+/// sharing one, racing twice each (interleaved); every machine may go on to a later suite's
+/// test (warm reuse). A machine ends itself `max_runtime` after it was got or renewed.
 const PLAN: &str = r#"version = 1
 name = "sim"
 [defaults]
@@ -39,6 +40,7 @@ offline = true
 pipeline = "benchmark-only"
 target_hosts = ["127.0.0.1:9"]
 stall_timeout = "10m"
+max_runtime = "2h"
 [[suite]]
 name = "a"
 [[suite.test]]
@@ -50,6 +52,7 @@ repetitions = 2
 name = "b"
 [[suite.test]]
 name = "t3"
+repetitions = 2
 [[suite.test.variant]]
 name = "x"
 challenge = "cx"
@@ -58,8 +61,10 @@ name = "y"
 challenge = "cy"
 "#;
 
-/// What the simulated disk says when it is full (ENOSPC).
-const DISK_FULL: &str = "No space left on device";
+/// Why a stormy apply may stop with an error: the simulated disk filled up under a state
+/// write (ENOSPC); a test that left the plan could not be given back (a release refused, or
+/// Ctrl-C under it), which stops the apply before anything races.
+const RIGHT_TO_STOP: [&str; 3] = ["No space left on device", "cannot release", ": interrupted"];
 
 /// Stormy applies per seed, at most; calm ones until everything is done, at most.
 const STORMY: u64 = 3;
@@ -70,9 +75,10 @@ const CRASH_WITHIN: u64 = 80;
 const APPLY_BOUND: Duration = Duration::from_secs(48 * 3600);
 
 /// The plan, and the same edited as a user may between applies, each rendered: a setting of
-/// the race changed (a new configuration: its tests start over) with a repetition more; and
+/// the race changed (a new configuration: its tests start over) with a repetition more;
 /// where machines run moved (region and `remote_dir`, which the config hash leaves out, so a
-/// test killed while getting its machine resumes elsewhere).
+/// test killed while getting its machine resumes elsewhere); a test added; a test removed
+/// (its record, maybe holding a machine, left to the planner); a variant added to the group.
 fn plans() -> Vec<(Plan, ArtifactMap)> {
     let race = PLAN
         .replace(
@@ -83,7 +89,13 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
     let moved = PLAN
         .replace("us-east-1", "eu-west-1")
         .replace("remote_dir = \"rallyctl\"", "remote_dir = \"rallyctl-2\"");
-    [PLAN, race.as_str(), moved.as_str()]
+    let added = PLAN.replace(
+        "[[suite]]\nname = \"b\"",
+        "[[suite.test]]\nname = \"t4\"\n[[suite]]\nname = \"b\"",
+    );
+    let removed = PLAN.replace("[[suite.test]]\nname = \"t1\"\n", "");
+    let variant = format!("{PLAN}[[suite.test.variant]]\nname = \"z\"\nchallenge = \"cz\"\n");
+    [PLAN, &race, &moved, &added, &removed, &variant]
         .into_iter()
         .map(|text| {
             let mut plan = Plan::parse(Path::new("sim.toml"), text).expect("the simulation's plan");
@@ -95,6 +107,16 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
         })
         .collect()
 }
+
+/// What each of [`plans`] is, as the plan a user edits to.
+const EDITS: [&str; 6] = [
+    "back to the first",
+    "race setting",
+    "machines moved",
+    "test added",
+    "test removed",
+    "variant added",
+];
 
 /// How one apply of a seed ended.
 enum Ended {
@@ -137,15 +159,93 @@ impl Seed<'_> {
         }
     }
 
-    fn changes(&self, state: &State) -> planner::Changes {
-        planner::diff(self.plan(), state, self.artifacts(), &Options::default())
+    fn changes(&self, state: &State, options: &Options) -> planner::Changes {
+        planner::diff(self.plan(), state, self.artifacts(), options)
+    }
+
+    /// What the user may pass a stormy apply: `--target` or `--replace` of one of the plan's
+    /// tests (a variant alone among them), or neither.
+    fn options(&self) -> Options {
+        let world = &self.world;
+        let mut options = Options::default();
+        let roll = world.below(12);
+        if roll < 2 {
+            let tests: Vec<_> = self.plan().tests().map(|t| t.address.clone()).collect();
+            let test = tests[world.below(tests.len() as u64) as usize].clone();
+            let (flag, into) = match roll {
+                0 => ("--target", &mut options.targets),
+                _ => ("--replace", &mut options.replace),
+            };
+            world.count(flag);
+            world.note(format!("{flag} {test}"));
+            into.push(test);
+        }
+        options
+    }
+
+    /// Every machine state names as live is held by one record, or by the records of one
+    /// variant group, which share it. Checked where each process ends, dead or not: a crash
+    /// point is any moment of an apply.
+    fn check_held_once(&self) -> Result<(), String> {
+        let state = self.state()?;
+        let mut holders: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
+        for (address, r) in &state.tests {
+            if let Some(m) = r.live_machine() {
+                let group = r
+                    .variant
+                    .as_ref()
+                    .map(|v| (address.suite(), v.test.as_str()));
+                holders
+                    .entry(m.id.as_str())
+                    .or_default()
+                    .push((address, group));
+            }
+        }
+        for (id, held_by) in holders {
+            let groups: std::collections::HashSet<_> = held_by.iter().map(|(_, g)| *g).collect();
+            if held_by.len() > 1 && (groups.len() > 1 || groups.contains(&None)) {
+                let by: Vec<String> = held_by.iter().map(|(a, _)| a.to_string()).collect();
+                return Err(format!("{id} is held by more than one record: {by:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The races a variant group started on one machine in one process take turns: no
+    /// variant races twice in a row while another of its group races later there.
+    fn check_interleaved(&self) -> Result<(), String> {
+        let starts = self.world.take_starts();
+        let variants: Vec<(String, &str)> = (self.plan().tests())
+            .filter_map(|t| {
+                let v = t.variant.as_ref()?;
+                Some((format!("/{}/", t.address.path().display()), v.test.as_str()))
+            })
+            .collect();
+        let mut on: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+        for (machine, dir) in &starts {
+            if let Some((path, group)) = variants.iter().find(|(p, _)| dir.contains(p.as_str())) {
+                on.entry((machine.as_str(), group)).or_default().push(path);
+            }
+        }
+        for ((machine, group), order) in on {
+            let twice = order.windows(2).position(|w| w[0] == w[1]);
+            if let Some(at) = twice
+                && order[at + 1..].iter().any(|v| *v != order[at])
+            {
+                self.world.count("variants not interleaved");
+                return Err(format!(
+                    "the variants of {group} raced out of turn on {machine}: {order:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Plans and applies as `rallyctl apply` would, until it ends or the process dies; Ctrl-C
     /// after `ctrl_c` of simulated time, when given.
-    async fn apply(&self, ctrl_c: Option<Duration>) -> Result<Ended, String> {
+    async fn apply(&self, ctrl_c: Option<Duration>, options: &Options) -> Result<Ended, String> {
         let state = self.state()?;
-        let changes = self.changes(&state);
+        let changes = self.changes(&state, options);
         let handle = StateHandle::new(state, Backend::Local(self.state_path()));
         let options = ApplyOptions {
             parallelism: 4,
@@ -178,17 +278,24 @@ impl Seed<'_> {
             () = self.world.died() => None,
             ended = bounded => Some(ended),
         };
+        self.check_interleaved()?;
         if self.world.dead() {
             self.world.revive();
+            self.check_held_once()?;
             return Ok(Ended::Died);
         }
+        self.check_held_once()?;
         match ended.expect("only a death ends the select otherwise") {
             Err(_) => Err(format!(
                 "an apply did not end within {}",
                 humantime::format_duration(APPLY_BOUND)
             )),
-            // The disk filled up under a state write: the apply stops, as it must.
-            Ok(Err(e)) if self.world.chaotic() && format!("{e:#}").contains(DISK_FULL) => {
+            Ok(Err(e))
+                if self.world.chaotic()
+                    && RIGHT_TO_STOP
+                        .iter()
+                        .any(|why| format!("{e:#}").contains(why)) =>
+            {
                 Ok(Ended::Failed(format!("{e:#}")))
             }
             Ok(Err(e)) => Err(format!("apply failed: {e:#}")),
@@ -206,14 +313,15 @@ impl Seed<'_> {
                 let others = self.plans.len() as u64 - 1;
                 let to = (self.current.get() + 1 + world.below(others) as usize) % self.plans.len();
                 self.current.set(to);
-                world.count("plan edit");
-                world.note(format!("the plan is edited: now plan {to}"));
+                world.count(&format!("plan edit: {}", EDITS[to]));
+                world.note(format!("the plan is edited: {}", EDITS[to]));
             }
             let ctrl_c = (world.below(5) == 0).then(|| Duration::from_secs(world.below(3 * 3600)));
             world.note(format!(
                 "apply {i} (stormy), dies at crash point {crash:?}, Ctrl-C after {ctrl_c:?}"
             ));
-            match self.apply(ctrl_c).await? {
+            let options = self.options();
+            match self.apply(ctrl_c, &options).await? {
                 Ended::Died => world.note("died"),
                 Ended::Failed(why) => world.note(format!("failed: {why}")),
                 Ended::Done(report) => world.note(format!(
@@ -230,7 +338,7 @@ impl Seed<'_> {
         let mut done = false;
         for i in 1..=CALM {
             world.note(format!("apply {i} (calm)"));
-            let report = match self.apply(None).await? {
+            let report = match self.apply(None, &Options::default()).await? {
                 Ended::Done(report) => report,
                 Ended::Died => return Err("a calm apply died".into()),
                 Ended::Failed(why) => return Err(format!("a calm apply failed: {why}")),
@@ -250,7 +358,7 @@ impl Seed<'_> {
         }
         let state = self.state()?;
         self.check_complete(&state)?;
-        let again = self.changes(&state);
+        let again = self.changes(&state, &Options::default());
         if !again.changes.is_empty() {
             return Err(format!(
                 "a plan after a complete apply has changes: {:?}",
@@ -462,18 +570,32 @@ mod as_it_is {
             "state write",
             "acquire",
             "command",
-            "launch refused",
+            "launch refused (capacity)",
+            "launch refused (throttling)",
+            "launch refused (quota)",
+            "launch waits for capacity",
+            "instance unknown",
+            "purged id",
             "ssh refused",
             "ssh dropped",
             "machine gone",
             "spot reclaimed",
             "race fails",
             "race stalls",
+            "race overruns max_runtime",
+            "watchdog ends a machine",
             "crash",
             "disk full",
             "release fails",
             "ctrl-c",
-            "plan edit",
+            "plan edit: back to the first",
+            "plan edit: race setting",
+            "plan edit: machines moved",
+            "plan edit: test added",
+            "plan edit: test removed",
+            "plan edit: variant added",
+            "--target",
+            "--replace",
         ] {
             if seeds >= DEFAULT_SEEDS {
                 assert!(
