@@ -623,7 +623,12 @@ mod as_it_is {
     ///   asking elsewhere); `destroy` looked only where the plan and the new attempt point, and
     ///   the first machine ran on (`TestRecord::asked_elsewhere`; `walk::tests::destroy_finds_
     ///   a_machine_an_earlier_attempt_got_where_the_plan_no_longer_points`).
-    const DEFECT_SEEDS: &[u64] = &[99, 143, 1469];
+    /// - 490: a variant raced alone (`--target`) on its group's machine, which was reclaimed
+    ///   under it; the other variant's record still named that machine, the group shared it
+    ///   back, and the first variant's record billed its time twice, as two overlapping spans
+    ///   (`TestRecord::mark_released`; `state::tests::a_machine_recorded_again_after_its_
+    ///   release_is_billed_one_span`).
+    const DEFECT_SEEDS: &[u64] = &[99, 143, 490, 1469];
 
     #[test]
     fn seeds_that_found_defects_pass() {
