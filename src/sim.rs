@@ -35,8 +35,6 @@ const FAILED_CONSOLE: &[u8] =
 /// How long EC2 keeps a new instance unknown before the aws provider takes that for gone
 /// (`aws::NOT_FOUND_GRACE`).
 const NOT_FOUND_GRACE: Duration = Duration::from_secs(120);
-/// How long EC2 still knows a terminated instance.
-const PURGED_AFTER: Duration = Duration::from_secs(3600);
 /// A race that runs past this (the plan's `max_runtime` in the simulation) outlives its
 /// machine's watchdog.
 const OVERRUN: Duration = Duration::from_secs(2 * 3600);
@@ -79,11 +77,14 @@ struct Inner {
     launched: HashMap<String, (Instant, Instant)>,
     /// When each machine's watchdog shuts it down (`max_runtime` after launch or renewal).
     watchdog: HashMap<String, Instant>,
-    /// When each machine terminated (given back, or ended by its watchdog): an hour on, EC2
-    /// forgets its id.
+    /// When EC2 forgets each terminated machine's id (given back, or ended by its watchdog):
+    /// within an hour of its end.
     terminated: HashMap<String, Instant>,
     /// Every race start, in order: the machine, and the run directory.
     starts: Vec<(String, String)>,
+    /// Every silence the lifecycle was told of (its stall check): the run directory, and how
+    /// long the race's logs had been silent.
+    silences: Vec<(String, Duration)>,
 }
 
 /// What is in one run directory of a machine.
@@ -203,6 +204,15 @@ impl Inner {
         *self.counts.entry(what.to_owned()).or_default() += 1;
     }
 
+    /// The machine terminated: EC2 forgets its id within the hour (once, at its first end).
+    fn forget(&mut self, id: &str) {
+        if !self.terminated.contains_key(id) {
+            let after = self.rng.secs(60, 3600);
+            self.terminated
+                .insert(id.to_owned(), Instant::now() + after);
+        }
+    }
+
     /// Passes one crash point; true when the process dies at it.
     fn reached(&mut self) -> bool {
         match &mut self.crash_in {
@@ -241,6 +251,7 @@ impl World {
                 watchdog: HashMap::new(),
                 terminated: HashMap::new(),
                 starts: vec![],
+                silences: vec![],
             }),
             died: tokio::sync::watch::Sender::new(false),
         }))
@@ -428,10 +439,10 @@ impl World {
         Some((shown, at + NOT_FOUND_GRACE))
     }
 
-    /// Whether the machine terminated long enough ago that EC2 forgot its id.
+    /// Whether EC2 forgot the terminated machine's id.
     pub fn purged(&self, id: &str) -> bool {
         let mut inner = self.lock();
-        let purged = (inner.terminated.get(id)).is_some_and(|at| at.elapsed() >= PURGED_AFTER);
+        let purged = (inner.terminated.get(id)).is_some_and(|at| *at <= Instant::now());
         if purged {
             inner.count("purged id");
         }
@@ -449,8 +460,13 @@ impl World {
         if !inner.terminated.contains_key(id) {
             inner.count("watchdog ends a machine");
             inner.event(format!("{id}'s watchdog shuts it down"));
-            inner.terminated.insert(id.to_owned(), Instant::now());
+            inner.forget(id);
         }
+    }
+
+    /// The silences told since the last call: the run directory, and how long.
+    pub fn take_silences(&self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut self.lock().silences)
     }
 
     /// The races started since the last call: the machine and the run directory of each.
@@ -478,10 +494,7 @@ impl World {
     pub fn terminate(&self, id: &str) {
         let mut inner = self.lock();
         inner.disks.remove(id);
-        inner
-            .terminated
-            .entry(id.to_owned())
-            .or_insert_with(Instant::now);
+        inner.forget(id);
     }
 
     /// How long a machine stays unreachable before rallyctl gives up on it (as aws says).
@@ -621,9 +634,18 @@ impl Host {
             }
         };
         // The command ran, but its answer was lost with the connection.
-        if world.lock().fault("ssh dropped", 20, &what) {
+        let mut inner = world.lock();
+        if inner.fault("ssh dropped", 20, &what) {
             return Err(refused("Connection reset by peer"));
         }
+        if let Some(rest) = command.strip_prefix("cd ")
+            && command.contains("newest=")
+            && let Ok(secs) = String::from_utf8_lossy(&answer).trim().parse()
+        {
+            let dir = word(rest).unwrap_or_default();
+            inner.silences.push((dir, Duration::from_secs(secs)));
+        }
+        drop(inner);
         Ok(Output {
             stdout: answer,
             stderr: String::new(),

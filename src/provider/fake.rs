@@ -212,6 +212,10 @@ impl Provider for Fake {
             && (self.gone.lock().unwrap().contains(&id)
                 || self.reclaimed.lock().unwrap().contains(&id)
                 || released());
+        // EC2 answers the token with its instance, terminated, whether or not it has forgotten
+        // the id by now (the tag lookup before the launch no longer finds it): the same answer.
+        #[cfg(feature = "simulation")]
+        let dead = self.world.as_ref().is_some_and(|w| w.purged(&id)) || dead;
         if dead || self.spent.lock().unwrap().contains(&id) {
             self.call(format!("acquire {}#{} spent", req.address, req.attempt));
             return Err(AcquireError::Spent(format!("{id} is dead")));
