@@ -32,6 +32,22 @@ const RALLY_LOG: &[u8] = include_bytes!("../tests/fixtures/rally/success/rally.l
 const FAILED_CONSOLE: &[u8] =
     include_bytes!("../tests/fixtures/rally/cluster-down/race-console.log");
 
+/// How long EC2 keeps a new instance unknown before the aws provider takes that for gone
+/// (`aws::NOT_FOUND_GRACE`).
+const NOT_FOUND_GRACE: Duration = Duration::from_secs(120);
+/// A race that runs past this (the plan's `max_runtime` in the simulation) outlives its
+/// machine's watchdog.
+const OVERRUN: Duration = Duration::from_secs(2 * 3600);
+
+/// How the provider answers a launch ([`World::launch`]).
+pub enum Launch {
+    Now,
+    /// After waiting for capacity this long.
+    After(Duration),
+    /// Refused after this long, with EC2's code and message.
+    Refused(Duration, &'static str),
+}
+
 /// One seed's world: the machines, the faults and the crash to come. Clones share it.
 #[derive(Clone)]
 pub struct World(Arc<Shared>);
@@ -58,6 +74,19 @@ struct Inner {
     disks: HashMap<String, HashMap<String, Run>>,
     /// Commands no arm of [`Host::exec`] understood: the simulation fails on any.
     unknown: Vec<String>,
+    /// When each machine was launched, and when EC2 shows it (eventual consistency: a new
+    /// instance is unknown to DescribeInstances for a while).
+    launched: HashMap<String, (Instant, Instant)>,
+    /// When each machine's watchdog shuts it down (`max_runtime` after launch or renewal).
+    watchdog: HashMap<String, Instant>,
+    /// When EC2 forgets each terminated machine's id (given back, or ended by its watchdog):
+    /// within an hour of its end.
+    terminated: HashMap<String, Instant>,
+    /// Every race start, in order: the machine, and the run directory.
+    starts: Vec<(String, String)>,
+    /// Every silence the lifecycle was told of (its stall check): the run directory, and how
+    /// long the race's logs had been silent.
+    silences: Vec<(String, Duration)>,
 }
 
 /// What is in one run directory of a machine.
@@ -236,6 +265,15 @@ impl Inner {
         *self.counts.entry(what.to_owned()).or_default() += 1;
     }
 
+    /// The machine terminated: EC2 forgets its id within the hour (once, at its first end).
+    fn forget(&mut self, id: &str) {
+        if !self.terminated.contains_key(id) {
+            let after = self.rng.secs(60, 3600);
+            self.terminated
+                .insert(id.to_owned(), Instant::now() + after);
+        }
+    }
+
     /// Passes one crash point; true when the process dies at it.
     fn reached(&mut self) -> bool {
         match &mut self.crash_in {
@@ -280,6 +318,11 @@ impl World {
                 counts: BTreeMap::new(),
                 disks: HashMap::new(),
                 unknown: vec![],
+                launched: HashMap::new(),
+                watchdog: HashMap::new(),
+                terminated: HashMap::new(),
+                starts: vec![],
+                silences: vec![],
             }),
             died: tokio::sync::watch::Sender::new(false),
         }))
@@ -392,9 +435,114 @@ impl World {
         }
     }
 
-    /// Whether the provider refuses this launch (capacity, quota): a seed's fault.
-    pub fn refuses_launch(&self, what: &str) -> bool {
-        self.lock().fault("launch refused", 100, what)
+    /// How EC2 answers this launch, as the aws provider passes it on: at once, after waiting
+    /// out a capacity shortage, or refused after its retries (capacity: four rounds of
+    /// `InsufficientInstanceCapacity`; throttling: the SDK's six attempts; quota:
+    /// `VcpuLimitExceeded`, never retried).
+    pub fn launch(&self, what: &str) -> Launch {
+        let mut inner = self.lock();
+        if inner.fault("launch refused (capacity)", 40, what) {
+            let after = inner.rng.secs(4, 8);
+            return Launch::Refused(
+                after,
+                "InsufficientInstanceCapacity: We currently do not have sufficient m5.large capacity in the Availability Zone you requested (gave up after 4 attempts)",
+            );
+        }
+        if inner.fault("launch refused (throttling)", 30, what) {
+            let after = inner.rng.secs(5, 60);
+            return Launch::Refused(after, "RequestLimitExceeded: Request limit exceeded.");
+        }
+        if inner.fault("launch refused (quota)", 20, what) {
+            return Launch::Refused(
+                Duration::ZERO,
+                "VcpuLimitExceeded: You have requested more vCPU capacity than your current vCPU limit of 32 allows",
+            );
+        }
+        if inner.fault("launch waits for capacity", 30, what) {
+            return Launch::After(inner.rng.secs(1, 7));
+        }
+        Launch::Now
+    }
+
+    /// A machine was launched: its watchdog is armed, and EC2 may not show it for a while.
+    pub fn launched(&self, id: &str, max_runtime: Duration) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let unseen = match inner.fault("instance unknown", 60, &format!("launch {id}")) {
+            // Mostly seconds; past NOT_FOUND_GRACE rarely, when the aws provider takes the
+            // instance for gone although it boots.
+            true if inner.rng.chance(100) => inner.rng.secs(121, 400),
+            true => inner.rng.secs(2, 60),
+            false => Duration::ZERO,
+        };
+        inner.launched.insert(id.to_owned(), (now, now + unseen));
+        inner.watchdog.insert(id.to_owned(), now + max_runtime);
+    }
+
+    /// The machine's watchdog starts again (`Provider::extend`).
+    pub fn rearm(&self, id: &str, max_runtime: Duration) {
+        self.lock()
+            .watchdog
+            .insert(id.to_owned(), Instant::now() + max_runtime);
+    }
+
+    /// How long until the machine's watchdog shuts it down (zero: it did).
+    pub fn watchdog_left(&self, id: &str) -> Duration {
+        let at = self.lock().watchdog.get(id).copied();
+        at.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Whether EC2 does not show the machine (yet): `Some(true)` when it has not for longer
+    /// than the aws provider's grace, which then takes it for gone.
+    pub fn unseen(&self, id: &str) -> Option<bool> {
+        let inner = self.lock();
+        let (at, shown) = *inner.launched.get(id)?;
+        let now = Instant::now();
+        (now < shown).then(|| now >= at + NOT_FOUND_GRACE)
+    }
+
+    /// When EC2 shows the machine, and when the aws provider stops waiting for it to.
+    pub fn shown_at(&self, id: &str) -> Option<(Instant, Instant)> {
+        let inner = self.lock();
+        let (at, shown) = *inner.launched.get(id)?;
+        Some((shown, at + NOT_FOUND_GRACE))
+    }
+
+    /// Whether EC2 forgot the terminated machine's id.
+    pub fn purged(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        let purged = (inner.terminated.get(id)).is_some_and(|at| *at <= Instant::now());
+        if purged {
+            inner.count("purged id");
+        }
+        purged
+    }
+
+    /// Whether the machine terminated (given back, or ended by its watchdog).
+    pub fn terminated(&self, id: &str) -> bool {
+        self.lock().terminated.contains_key(id)
+    }
+
+    /// The machine's watchdog shut it down (once counted).
+    pub fn watchdog_fired(&self, id: &str) {
+        let mut inner = self.lock();
+        if !inner.terminated.contains_key(id) {
+            inner.count("watchdog ends a machine");
+            inner.event(format!("{id}'s watchdog shuts it down"));
+            inner.forget(id);
+        }
+    }
+
+    /// The silences told since the last call: the run directory, and how long.
+    pub fn take_silences(&self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut self.lock().silences)
+    }
+
+    /// The races started since the last call: the machine and the run directory of each.
+    pub fn take_starts(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.lock().starts)
     }
 
     /// Whether the provider refuses to give this machine back, this time.
@@ -415,7 +563,9 @@ impl World {
 
     /// The provider gave the machine back: its disk goes with it.
     pub fn terminate(&self, id: &str) {
-        self.lock().disks.remove(id);
+        let mut inner = self.lock();
+        inner.disks.remove(id);
+        inner.forget(id);
     }
 
     /// How long a machine stays unreachable before rallyctl gives up on it (as aws says).
@@ -537,8 +687,15 @@ impl Host {
                 return Err(refused("Connection timed out"));
             }
         }
-        let answer = match tokio::time::timeout(timeout, self.answer(command, input)).await {
+        // The machine's watchdog may shut it down under the command.
+        let watchdog = world.watchdog_left(&self.id);
+        let bound = timeout.min(watchdog);
+        let answer = match tokio::time::timeout(bound, self.answer(command, input)).await {
             Ok(answer) => answer?,
+            Err(_) if watchdog <= timeout => {
+                self.fake.lost(&self.id);
+                return Err(refused("Connection reset by peer"));
+            }
             Err(_) => {
                 return Err(RemoteError::Timeout {
                     host: self.name(),
@@ -548,9 +705,18 @@ impl Host {
             }
         };
         // The command ran, but its answer was lost with the connection.
-        if world.lock().fault("ssh dropped", 20, &what) {
+        let mut inner = world.lock();
+        if inner.fault("ssh dropped", 20, &what) {
             return Err(refused("Connection reset by peer"));
         }
+        if let Some(rest) = command.strip_prefix("cd ")
+            && command.contains("newest=")
+            && let Ok(secs) = String::from_utf8_lossy(&answer).trim().parse()
+        {
+            let dir = word(rest).unwrap_or_default();
+            inner.silences.push((dir, Duration::from_secs(secs)));
+        }
+        drop(inner);
         Ok(Output {
             stdout: answer,
             stderr: String::new(),
@@ -699,6 +865,7 @@ impl Host {
         let ending = match roll {
             0..8 => Ending::Exit(64, rng.secs(4, 600)),
             8..14 => Ending::Stall(rng.secs(10, 900)),
+            14..17 => Ending::Exit(0, OVERRUN + rng.secs(60, 7200)),
             _ => Ending::Exit(0, rng.secs(300, 3600)),
         };
         run.race = Some(Race {
@@ -707,12 +874,14 @@ impl Host {
             killed: None,
         });
         let kind = match ending {
+            Ending::Exit(0, after) if after > OVERRUN => "race overruns max_runtime",
             Ending::Exit(0, _) => "race ok",
             Ending::Exit(..) => "race fails",
             Ending::Stall(_) => "race stalls",
         };
         inner.count(kind);
         inner.event(format!("{kind}: {what} ({ending:?})"));
+        inner.starts.push((self.id.clone(), dir.to_owned()));
         Ok(b"rallyctl: race started\n".to_vec())
     }
 

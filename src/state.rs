@@ -810,11 +810,24 @@ impl TestRecord {
         }
         let now = Timestamp::now();
         i.released_at = Some(now);
+        let run_id = self.run_id.clone().unwrap_or_default();
+        let from = i.taken.as_ref().map_or(i.launched_at, |t| t.at);
+        // The same holding let go of again: a variant given back its group's machine after it
+        // saw that machine end, by a member whose record still named it (tests/simulation.rs
+        // seed 490). Its time is the one span, to the last release, not two overlapping ones.
+        let again = (self.spent.iter_mut())
+            .find(|s| s.run_id == run_id && s.machine == i.id && s.from == from);
+        // A deliberate bug the simulation must find (tests/simulation.rs): the span is
+        // entered again beside the one there (with `next_repetition`'s site, at each race).
+        if let Some(spent) = again.filter(|_| !crate::sim::bug!(EnterTimeTwice)) {
+            spent.to = spent.to.max(now);
+            return;
+        }
         self.spent.push(Spent {
-            run_id: self.run_id.clone().unwrap_or_default(),
+            run_id,
             provider: i.provider,
             machine: i.id.clone(),
-            from: i.taken.as_ref().map_or(i.launched_at, |t| t.at),
+            from,
             to: now,
             usd_per_hour: i.usd_per_hour,
         });
@@ -1410,6 +1423,32 @@ mod tests {
         let read = parse(json.as_bytes(), Path::new("w"), String::new).unwrap();
         assert_eq!(read.tests[&Address::new("s", "t7").unwrap()].attempt, 7);
         assert_eq!(read, state);
+    }
+
+    #[test]
+    fn a_machine_recorded_again_after_its_release_is_billed_one_span() {
+        let mut r = record();
+        r.run_id = Some("run-1".into());
+        let machine = Machine::acquired(ProviderKind::Aws, "i-1".into());
+        r.machine = Some(machine.clone());
+        r.mark_released();
+        let first = r.spent[0].to;
+        // A member of its variant group still names it live and shares it back.
+        r.machine = Some(machine.clone());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        r.mark_released();
+        let [spent] = &r.spent[..] else {
+            panic!("billed twice: {:?}", r.spent)
+        };
+        assert_eq!(spent.from, machine.launched_at);
+        assert!(spent.to > first, "{spent:?}");
+        // Another machine, or the same one in another run, is a span of its own.
+        r.machine = Some(Machine::acquired(ProviderKind::Aws, "i-2".into()));
+        r.mark_released();
+        r.run_id = Some("run-2".into());
+        r.machine = Some(machine);
+        r.mark_released();
+        assert_eq!(r.spent.len(), 3, "{:?}", r.spent);
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub fn log_line(message: &str) {
 /// terminal; plain timestamped lines otherwise (CI logs, pipes).
 pub struct Progress {
     bars: Option<Bars>,
+    /// Whether lines are printed where there are no bars: not for an apply nobody watches.
+    lines: bool,
 }
 
 struct Bars {
@@ -187,6 +189,22 @@ impl Progress {
                 tests: Default::default(),
                 suites: Default::default(),
             }),
+            lines: true,
+        }
+    }
+
+    /// Progress nobody watches: the simulation's thousands of applies (its lines would go
+    /// around the test harness's capture, straight to the terminal).
+    pub fn hidden() -> Progress {
+        Progress {
+            bars: None,
+            lines: false,
+        }
+    }
+
+    fn line(&self, line: &str) {
+        if self.lines {
+            log_line(line);
         }
     }
 
@@ -208,7 +226,7 @@ impl Progress {
                     .expect("progress lock")
                     .insert(name.to_owned(), bar);
             }
-            None => log_line(&format!(
+            None => self.line(&format!(
                 "suite {name}: {tests} test{} to run",
                 if tests == 1 { "" } else { "s" }
             )),
@@ -233,7 +251,7 @@ impl Progress {
                 });
                 bar.set_message(step.to_owned());
             }
-            None => log_line(&format!("{test}: {step}")),
+            None => self.line(&format!("{test}: {step}")),
         }
     }
 
@@ -247,7 +265,7 @@ impl Progress {
                     bar.inc(1);
                 }
             }
-            None => log_line(&format!("{test}: {outcome}")),
+            None => self.line(&format!("{test}: {outcome}")),
         }
     }
 
@@ -257,7 +275,7 @@ impl Progress {
             Some(b) => {
                 let _ = b.multi.println(line);
             }
-            None => log_line(line),
+            None => self.line(line),
         }
     }
 }

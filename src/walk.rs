@@ -408,7 +408,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 changes,
                 handle.clone(),
                 &apply_options,
-                Progress::new(false),
+                Progress::hidden(),
                 cancel,
             ));
             drop(rt);

@@ -7,9 +7,10 @@
 //! A seed: up to three applies in stormy weather (faults on), each killed at a crash point the
 //! seed picks (its future dropped: state on disk, the provider's machines and their disks
 //! survive); then calm applies until one completes, a plan that must find nothing to do, and
-//! `destroy`. After it: every state the dead processes left loads, every machine the provider
-//! handed out is given back, each with the settings it was got with, and no simulated machine
-//! was sent a command it does not know.
+//! `destroy`. After every apply, dead or not: the state loads, every machine it names as live
+//! is held by one record (or one variant group's), and a group's variants raced in turn. After
+//! `destroy`: every machine the provider handed out is given back, each with the settings it
+//! was got with, and no simulated machine was sent a command it does not know.
 //!
 //! It must be able to fail: rallyctl keeps deliberate bugs at real sites (`rallyctl::sim::Bug`),
 //! off unless a seed's world is made with one or its `sim-bug-*` cargo feature plants it, and
@@ -30,7 +31,8 @@ use rallyctl::ui::Progress;
 use rallyctl::walk::{self, ApplyOptions, ApplyReport};
 
 /// Two suites: a plain test, one that races twice on its machine, and a test of two variants
-/// sharing one; every machine may go on to a later suite's test (warm reuse).
+/// sharing one, racing twice each (interleaved); every machine may go on to a later suite's
+/// test (warm reuse). A machine ends itself `max_runtime` after it was got or renewed.
 const PLAN: &str = r#"version = 1
 name = "sim"
 [defaults]
@@ -44,6 +46,7 @@ offline = true
 pipeline = "benchmark-only"
 target_hosts = ["127.0.0.1:9"]
 stall_timeout = "10m"
+max_runtime = "2h"
 [[suite]]
 name = "a"
 [[suite.test]]
@@ -55,6 +58,7 @@ repetitions = 2
 name = "b"
 [[suite.test]]
 name = "t3"
+repetitions = 2
 [[suite.test.variant]]
 name = "x"
 challenge = "cx"
@@ -63,8 +67,10 @@ name = "y"
 challenge = "cy"
 "#;
 
-/// What the simulated disk says when it is full (ENOSPC).
-const DISK_FULL: &str = "No space left on device";
+/// Why a stormy apply may stop with an error: the simulated disk filled up under a state
+/// write (ENOSPC); a test that left the plan could not be given back (a release refused, or
+/// Ctrl-C under it), which stops the apply before anything races.
+const RIGHT_TO_STOP: [&str; 3] = ["No space left on device", "cannot release", ": interrupted"];
 
 /// Stormy applies per seed, at most; calm ones until everything is done, at most.
 const STORMY: u64 = 3;
@@ -75,9 +81,10 @@ const CRASH_WITHIN: u64 = 80;
 const APPLY_BOUND: Duration = Duration::from_secs(48 * 3600);
 
 /// The plan, and the same edited as a user may between applies, each rendered: a setting of
-/// the race changed (a new configuration: its tests start over) with a repetition more; and
+/// the race changed (a new configuration: its tests start over) with a repetition more;
 /// where machines run moved (region and `remote_dir`, which the config hash leaves out, so a
-/// test killed while getting its machine resumes elsewhere).
+/// test killed while getting its machine resumes elsewhere); a test added; a test removed
+/// (its record, maybe holding a machine, left to the planner); a variant added to the group.
 fn plans() -> Vec<(Plan, ArtifactMap)> {
     let race = PLAN
         .replace(
@@ -88,7 +95,13 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
     let moved = PLAN
         .replace("us-east-1", "eu-west-1")
         .replace("remote_dir = \"rallyctl\"", "remote_dir = \"rallyctl-2\"");
-    [PLAN, race.as_str(), moved.as_str()]
+    let added = PLAN.replace(
+        "[[suite]]\nname = \"b\"",
+        "[[suite.test]]\nname = \"t4\"\n[[suite]]\nname = \"b\"",
+    );
+    let removed = PLAN.replace("[[suite.test]]\nname = \"t1\"\n", "");
+    let variant = format!("{PLAN}[[suite.test.variant]]\nname = \"z\"\nchallenge = \"cz\"\n");
+    [PLAN, &race, &moved, &added, &removed, &variant]
         .into_iter()
         .map(|text| {
             let mut plan = Plan::parse(Path::new("sim.toml"), text).expect("the simulation's plan");
@@ -100,6 +113,16 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
         })
         .collect()
 }
+
+/// What each of [`plans`] is, as the plan a user edits to.
+const EDITS: [&str; 6] = [
+    "back to the first",
+    "race setting",
+    "machines moved",
+    "test added",
+    "test removed",
+    "variant added",
+];
 
 /// How one apply of a seed ended.
 enum Ended {
@@ -142,15 +165,109 @@ impl Seed<'_> {
         }
     }
 
-    fn changes(&self, state: &State) -> planner::Changes {
-        planner::diff(self.plan(), state, self.artifacts(), &Options::default())
+    fn changes(&self, state: &State, options: &Options) -> planner::Changes {
+        planner::diff(self.plan(), state, self.artifacts(), options)
+    }
+
+    /// What the user may pass a stormy apply: `--target` or `--replace` of one of the plan's
+    /// tests (a variant alone among them), or neither.
+    fn options(&self) -> Options {
+        let world = &self.world;
+        let mut options = Options::default();
+        let roll = world.below(12);
+        if roll < 2 {
+            let tests: Vec<_> = self.plan().tests().map(|t| t.address.clone()).collect();
+            let test = tests[world.below(tests.len() as u64) as usize].clone();
+            let (flag, into) = match roll {
+                0 => ("--target", &mut options.targets),
+                _ => ("--replace", &mut options.replace),
+            };
+            world.count(flag);
+            world.note(format!("{flag} {test}"));
+            into.push(test);
+        }
+        options
+    }
+
+    /// Every machine state names as live is held by one record, or by the records of one
+    /// variant group, which share it. Checked where each process ends, dead or not: a crash
+    /// point is any moment of an apply.
+    fn check_held_once(&self) -> Result<(), String> {
+        let state = self.state()?;
+        let mut holders: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
+        for (address, r) in &state.tests {
+            if let Some(m) = r.live_machine() {
+                let group = r
+                    .variant
+                    .as_ref()
+                    .map(|v| (address.suite(), v.test.as_str()));
+                holders
+                    .entry(m.id.as_str())
+                    .or_default()
+                    .push((address, group));
+            }
+        }
+        for (id, held_by) in holders {
+            let groups: std::collections::HashSet<_> = held_by.iter().map(|(_, g)| *g).collect();
+            if held_by.len() > 1 && (groups.len() > 1 || groups.contains(&None)) {
+                let by: Vec<String> = held_by.iter().map(|(a, _)| a.to_string()).collect();
+                return Err(format!("{id} is held by more than one record: {by:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A race found silent past its `stall_timeout` is stopped: one process is told so at most
+    /// once per race, else it watched a stalled race on (until its machine's watchdog).
+    fn check_stalls_stopped(&self) -> Result<(), String> {
+        let stall = self.plan().tests().map(|t| t.settings.stall_timeout).min();
+        let mut told = std::collections::HashSet::new();
+        for (dir, silent) in self.world.take_silences() {
+            if stall.is_some_and(|stall| silent >= stall) && !told.insert(dir.clone()) {
+                return Err(format!(
+                    "the race in {dir} stalled ({} silent) and was watched on",
+                    humantime::format_duration(silent)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The races a variant group started on one machine in one process take turns: no
+    /// variant races twice in a row while another of its group races later there.
+    fn check_interleaved(&self) -> Result<(), String> {
+        let starts = self.world.take_starts();
+        let variants: Vec<(String, &str)> = (self.plan().tests())
+            .filter_map(|t| {
+                let v = t.variant.as_ref()?;
+                Some((format!("/{}/", t.address.path().display()), v.test.as_str()))
+            })
+            .collect();
+        let mut on: std::collections::BTreeMap<(&str, &str), Vec<&str>> = Default::default();
+        for (machine, dir) in &starts {
+            if let Some((path, group)) = variants.iter().find(|(p, _)| dir.contains(p.as_str())) {
+                on.entry((machine.as_str(), group)).or_default().push(path);
+            }
+        }
+        for ((machine, group), order) in on {
+            let twice = order.windows(2).position(|w| w[0] == w[1]);
+            if let Some(at) = twice
+                && order[at + 1..].iter().any(|v| *v != order[at])
+            {
+                self.world.count("variants not interleaved");
+                return Err(format!(
+                    "the variants of {group} raced out of turn on {machine}: {order:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Plans and applies as `rallyctl apply` would, until it ends or the process dies; Ctrl-C
     /// after `ctrl_c` of simulated time, when given.
-    async fn apply(&self, ctrl_c: Option<Duration>) -> Result<Ended, String> {
+    async fn apply(&self, ctrl_c: Option<Duration>, options: &Options) -> Result<Ended, String> {
         let state = self.state()?;
-        let changes = self.changes(&state);
+        let changes = self.changes(&state, options);
         let handle = StateHandle::new(state, Backend::Local(self.state_path()));
         let options = ApplyOptions {
             parallelism: 4,
@@ -174,7 +291,7 @@ impl Seed<'_> {
             &changes,
             handle,
             &options,
-            Progress::new(false),
+            Progress::hidden(),
             cancel,
         );
         let bounded = tokio::time::timeout(APPLY_BOUND, apply);
@@ -183,17 +300,25 @@ impl Seed<'_> {
             () = self.world.died() => None,
             ended = bounded => Some(ended),
         };
+        self.check_interleaved()?;
+        self.check_stalls_stopped()?;
         if self.world.dead() {
             self.world.revive();
+            self.check_held_once()?;
             return Ok(Ended::Died);
         }
+        self.check_held_once()?;
         match ended.expect("only a death ends the select otherwise") {
             Err(_) => Err(format!(
                 "an apply did not end within {}",
                 humantime::format_duration(APPLY_BOUND)
             )),
-            // The disk filled up under a state write: the apply stops, as it must.
-            Ok(Err(e)) if self.world.chaotic() && format!("{e:#}").contains(DISK_FULL) => {
+            Ok(Err(e))
+                if self.world.chaotic()
+                    && RIGHT_TO_STOP
+                        .iter()
+                        .any(|why| format!("{e:#}").contains(why)) =>
+            {
                 Ok(Ended::Failed(format!("{e:#}")))
             }
             Ok(Err(e)) => Err(format!("apply failed: {e:#}")),
@@ -204,6 +329,14 @@ impl Seed<'_> {
     async fn run(&self) -> Result<(), String> {
         let world = &self.world;
         for i in 1..=1 + world.below(STORMY) {
+            // The user comes back to it later: what the last process left runs on meanwhile
+            // (races end, watchdogs fire, EC2 forgets what terminated).
+            if i > 1 && world.below(2) == 0 {
+                let later = Duration::from_secs(60 + world.below(3 * 3600));
+                world.count("time passes");
+                world.note(format!("{} pass", humantime::format_duration(later)));
+                tokio::time::sleep(later).await;
+            }
             let crash = (world.below(10) < 8).then(|| 1 + world.below(CRASH_WITHIN));
             let write_lands = world.below(2) == 0;
             world.crash_at(crash, write_lands);
@@ -211,14 +344,15 @@ impl Seed<'_> {
                 let others = self.plans.len() as u64 - 1;
                 let to = (self.current.get() + 1 + world.below(others) as usize) % self.plans.len();
                 self.current.set(to);
-                world.count("plan edit");
-                world.note(format!("the plan is edited: now plan {to}"));
+                world.count(&format!("plan edit: {}", EDITS[to]));
+                world.note(format!("the plan is edited: {}", EDITS[to]));
             }
             let ctrl_c = (world.below(5) == 0).then(|| Duration::from_secs(world.below(3 * 3600)));
             world.note(format!(
                 "apply {i} (stormy), dies at crash point {crash:?}, Ctrl-C after {ctrl_c:?}"
             ));
-            match self.apply(ctrl_c).await? {
+            let options = self.options();
+            match self.apply(ctrl_c, &options).await? {
                 Ended::Died => world.note("died"),
                 Ended::Failed(why) => world.note(format!("failed: {why}")),
                 Ended::Done(report) => world.note(format!(
@@ -237,7 +371,7 @@ impl Seed<'_> {
         let mut undone = String::new();
         for i in 1..=CALM {
             world.note(format!("apply {i} (calm)"));
-            let report = match self.apply(None).await? {
+            let report = match self.apply(None, &Options::default()).await? {
                 Ended::Done(report) => report,
                 Ended::Died => return Err("a calm apply died".into()),
                 Ended::Failed(why) => return Err(format!("a calm apply failed: {why}")),
@@ -263,7 +397,7 @@ impl Seed<'_> {
         }
         let state = self.state()?;
         self.check_complete(&state)?;
-        let again = self.changes(&state);
+        let again = self.changes(&state, &Options::default());
         if !again.changes.is_empty() {
             return Err(format!(
                 "a plan after a complete apply has changes: {:?}",
@@ -565,18 +699,32 @@ mod as_it_is {
             "state write",
             "acquire",
             "command",
-            "launch refused",
+            "launch refused (capacity)",
+            "launch refused (throttling)",
+            "launch refused (quota)",
+            "launch waits for capacity",
+            "instance unknown",
+            "purged id",
             "ssh refused",
             "ssh dropped",
             "machine gone",
             "spot reclaimed",
             "race fails",
             "race stalls",
+            "race overruns max_runtime",
+            "watchdog ends a machine",
             "crash",
             "disk full",
             "release fails",
             "ctrl-c",
-            "plan edit",
+            "time passes",
+            "plan edit: race setting",
+            "plan edit: machines moved",
+            "plan edit: test added",
+            "plan edit: test removed",
+            "plan edit: variant added",
+            "--target",
+            "--replace",
         ] {
             if seeds >= DEFAULT_SEEDS {
                 assert!(
@@ -604,7 +752,12 @@ mod as_it_is {
     ///   asking elsewhere); `destroy` looked only where the plan and the new attempt point, and
     ///   the first machine ran on (`TestRecord::asked_elsewhere`; `walk::tests::destroy_finds_
     ///   a_machine_an_earlier_attempt_got_where_the_plan_no_longer_points`).
-    const DEFECT_SEEDS: &[u64] = &[99, 143, 1469];
+    /// - 490: a variant raced alone (`--target`) on its group's machine, which was reclaimed
+    ///   under it; the other variant's record still named that machine, the group shared it
+    ///   back, and the first variant's record billed its time twice, as two overlapping spans
+    ///   (`TestRecord::mark_released`; `state::tests::a_machine_recorded_again_after_its_
+    ///   release_is_billed_one_span`).
+    const DEFECT_SEEDS: &[u64] = &[99, 143, 490, 1469];
 
     #[test]
     fn seeds_that_found_defects_pass() {
@@ -618,14 +771,24 @@ mod as_it_is {
     }
 }
 
-/// What the simulation says first when rallyctl has `bug`: how it must find it.
-fn symptom(bug: Bug) -> &'static str {
+/// What the simulation says first when rallyctl has `bug` (any of these): how it must find it.
+fn symptom(bug: Bug) -> &'static [&'static str] {
     match bug {
-        Bug::IgnoreStalls => "an apply did not end within",
-        Bug::RecordReleaseFirst => "machines running after a complete apply",
-        Bug::EnterTimeTwice => "machine time of",
-        Bug::ReleaseWherePlanned => "asked with other settings than it was got with",
-        Bug::ResumeChangedConfig => "a plan after a complete apply has changes",
+        // Its machine's watchdog ends the race at `max_runtime`, as EC2's would: the stall is
+        // found watched on past its `stall_timeout`, or an apply that never ends.
+        Bug::IgnoreStalls => &["and was watched on", "an apply did not end within"],
+        // Found running before destroy, or after it where no sweep looks (the plan moved).
+        Bug::RecordReleaseFirst => &[
+            "machines running after a complete apply",
+            "machines still held after destroy",
+        ],
+        Bug::EnterTimeTwice => &["machine time of"],
+        Bug::ReleaseWherePlanned => &["asked with other settings than it was got with"],
+        // Or its machine, got with the plan's settings, is given back with the record's.
+        Bug::ResumeChangedConfig => &[
+            "a plan after a complete apply has changes",
+            "asked with other settings than it was got with",
+        ],
     }
 }
 
@@ -648,7 +811,7 @@ fn finds(bug: Bug, world: impl Fn(u64) -> World) -> Result<u64, String> {
     let (seed, why) =
         first_failure(world).ok_or_else(|| format!("{BUG_SEEDS} seeds did not find {bug:?}"))?;
     let first = why.lines().next().unwrap_or_default();
-    match first.contains(symptom(bug)) {
+    match symptom(bug).iter().any(|s| first.contains(s)) {
         true => Ok(seed),
         false => Err(format!(
             "seed {seed} failed, but not as {bug:?} makes it fail ({:?}): {why}",

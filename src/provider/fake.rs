@@ -125,6 +125,18 @@ impl Fake {
     /// about.
     pub fn lost(&self, id: &str) -> bool {
         let lost = |set: &Mutex<HashSet<String>>| set.lock().unwrap().contains(id);
+        // A simulated machine given back answers no more, and one whose watchdog shut it
+        // down is gone (terminated outside rallyctl, as EC2 says).
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world {
+            if world.watchdog_left(id).is_zero() && !world.terminated(id) {
+                world.watchdog_fired(id);
+                self.gone.lock().unwrap().insert(id.to_owned());
+            }
+            if world.terminated(id) {
+                return true;
+            }
+        }
         lost(&self.gone) || lost(&self.unknowable) || lost(&self.reclaimed)
     }
 }
@@ -164,18 +176,29 @@ impl Provider for Fake {
         );
         // EC2 answers a ClientToken it launched with before with that instance: no capacity
         // is asked for again.
+        let mut refused = None;
         #[cfg(feature = "simulation")]
-        let refused = self.world.as_ref().is_some_and(|w| {
-            !self.got_with.lock().unwrap().contains_key(&id) && w.refuses_launch(&what())
-        });
-        #[cfg(not(feature = "simulation"))]
-        let refused = false;
-        if refused || self.refuse.lock().unwrap().contains(req.address) {
+        if let Some(world) = &self.world
+            && !self.got_with.lock().unwrap().contains_key(&id)
+        {
+            match world.launch(&what()) {
+                crate::sim::Launch::Now => {}
+                crate::sim::Launch::After(wait) => tokio::time::sleep(wait).await,
+                crate::sim::Launch::Refused(after, answer) => {
+                    tokio::time::sleep(after).await;
+                    refused = Some(answer);
+                }
+            }
+        }
+        if self.refuse.lock().unwrap().contains(req.address) {
+            refused = Some("no capacity");
+        }
+        if let Some(message) = refused {
             self.call(format!("acquire {}#{} refused", req.address, req.attempt));
             return Err(ProviderError {
                 operation: "acquire",
                 target: "fake".into(),
-                message: "no capacity".into(),
+                message: message.into(),
             }
             .into());
         }
@@ -189,6 +212,10 @@ impl Provider for Fake {
             && (self.gone.lock().unwrap().contains(&id)
                 || self.reclaimed.lock().unwrap().contains(&id)
                 || released());
+        // EC2 answers the token with its instance, terminated, whether or not it has forgotten
+        // the id by now (the tag lookup before the launch no longer finds it): the same answer.
+        #[cfg(feature = "simulation")]
+        let dead = self.world.as_ref().is_some_and(|w| w.purged(&id)) || dead;
         if dead || self.spent.lock().unwrap().contains(&id) {
             self.call(format!("acquire {}#{} spent", req.address, req.attempt));
             return Err(AcquireError::Spent(format!("{id} is dead")));
@@ -204,9 +231,11 @@ impl Provider for Fake {
         #[cfg(feature = "simulation")]
         if let Some(world) = &self.world
             && !self.got_with.lock().unwrap().contains_key(&id)
-            && world.spot()
         {
-            self.spot.lock().unwrap().insert(id.clone());
+            world.launched(&id, req.settings.max_runtime);
+            if world.spot() {
+                self.spot.lock().unwrap().insert(id.clone());
+            }
         }
         self.held.lock().unwrap().insert(id.clone());
         self.got_with
@@ -235,6 +264,23 @@ impl Provider for Fake {
         }
         #[cfg(feature = "simulation")]
         if let Some(world) = &self.world {
+            // As the aws provider's poller: an instance EC2 does not show yet is waited for,
+            // until its grace is over.
+            if let Some((shown, grace)) = world.shown_at(&machine.id) {
+                let now = tokio::time::Instant::now();
+                if shown > grace && now < shown {
+                    tokio::time::sleep_until(grace.max(now)).await;
+                    return Err(ProviderError {
+                        operation: "DescribeInstances",
+                        target: "fake".into(),
+                        message: format!(
+                            "instance {} is no longer known to EC2 (terminated and since purged, or launched under other credentials)",
+                            machine.id
+                        ),
+                    });
+                }
+                tokio::time::sleep_until(shown.max(now)).await;
+            }
             tokio::time::sleep(world.boot_time()).await;
             // A lost machine's connections fail as it says (`sim::Host`).
             return Ok(Reachable {
@@ -285,6 +331,34 @@ impl Provider for Fake {
                 message: "the API is down".into(),
             });
         }
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world {
+            // As the aws provider reads DescribeInstances: an id it does not show is alive
+            // while young (too new to show), gone past its grace (purged an hour after it
+            // terminated, or never shown).
+            match world.unseen(&machine.id) {
+                Some(false) => return Ok(None),
+                Some(true) => {
+                    return Ok(Some(Gone::vanished(format!(
+                        "instance {} is no longer known to EC2",
+                        machine.id
+                    ))));
+                }
+                None => {}
+            }
+            if world.purged(&machine.id) {
+                return Ok(Some(Gone::vanished(format!(
+                    "instance {} is no longer known to EC2 (purged)",
+                    machine.id
+                ))));
+            }
+            if self.lost(&machine.id) && !self.reclaimed.lock().unwrap().contains(&machine.id) {
+                return Ok(Some(Gone::vanished(format!(
+                    "instance {} was terminated outside rallyctl",
+                    machine.id
+                ))));
+            }
+        }
         let reclaimed = |set: &Mutex<HashSet<String>>| set.lock().unwrap().contains(&machine.id);
         if reclaimed(&self.reclaimed) || reclaimed(&self.being_reclaimed) {
             return Ok(Some(Gone {
@@ -309,12 +383,18 @@ impl Provider for Fake {
     ) -> Result<Option<jiff::Timestamp>, ProviderError> {
         self.point(|| format!("extend {}", machine.id)).await;
         self.call(format!("extend {}", machine.id));
-        if self.refuse_extend.lock().unwrap().contains(&machine.id) {
+        // Re-arming the watchdog is a command on the machine: a lost one cannot take it.
+        let lost = self.is_simulated() && self.lost(&machine.id);
+        if lost || self.refuse_extend.lock().unwrap().contains(&machine.id) {
             return Err(ProviderError {
                 operation: "extend",
                 target: machine.id.clone(),
                 message: "the watchdog cannot be re-armed".into(),
             });
+        }
+        #[cfg(feature = "simulation")]
+        if let Some(world) = &self.world {
+            world.rearm(&machine.id, settings.max_runtime);
         }
         Ok(Some(watchdog(settings)))
     }
