@@ -8,8 +8,8 @@
 #
 # The debug build is CI's, so its rate is what CI's seeds cost. The test binary is built once
 # and run directly, so the wall time holds no compiling. A failing seed stops the run: its report
-# (why, its events, the command that runs it alone) is printed and the script exits 1. What
-# rallyctl itself prints while the seeds run (progress lines) goes to a log file, named at the end.
+# (why, its events, the command that runs it alone) is printed and the script exits 1. The test
+# harness's own lines go to a log file, named at the end.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,5 +46,5 @@ RALLYCTL_SIM_SEEDS=$seeds RALLYCTL_SIM_START=$start RALLYCTL_SIM_REPORT=1 "$bin"
     --nocapture 2>&1 >"$log" | grep -v '^[0-9]* seeds in ' || status=$?
 ms=$(($(now_ms) - t))
 echo "wall (with the binary's start): $(secs "$ms") s, $((seeds * 1000 / (ms > 0 ? ms : 1))) seeds/s"
-echo "rallyctl's own output: $log"
+echo "the test harness's output: $log"
 exit "$status"
