@@ -101,7 +101,13 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
     );
     let removed = PLAN.replace("[[suite.test]]\nname = \"t1\"\n", "");
     let variant = format!("{PLAN}[[suite.test.variant]]\nname = \"z\"\nchallenge = \"cz\"\n");
-    [PLAN, &race, &moved, &added, &removed, &variant]
+    // The fake's machines are EC2's whatever the provider (spot, watchdog): what changes for
+    // rallyctl is where they are, recorded per machine and compared at every release.
+    let provider = PLAN.replace(
+        "provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\ninstance_type = \"m5.large\"\n",
+        "provider = \"local\"\n",
+    );
+    [PLAN, &race, &moved, &added, &removed, &variant, &provider]
         .into_iter()
         .map(|text| {
             let mut plan = Plan::parse(Path::new("sim.toml"), text).expect("the simulation's plan");
@@ -115,13 +121,14 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
 }
 
 /// What each of [`plans`] is, as the plan a user edits to.
-const EDITS: [&str; 6] = [
+const EDITS: [&str; 7] = [
     "back to the first",
     "race setting",
     "machines moved",
     "test added",
     "test removed",
     "variant added",
+    "provider changed",
 ];
 
 /// How one apply of a seed ended.
@@ -723,6 +730,7 @@ mod as_it_is {
             "plan edit: test added",
             "plan edit: test removed",
             "plan edit: variant added",
+            "plan edit: provider changed",
             "--target",
             "--replace",
         ] {
