@@ -550,7 +550,16 @@ fn run_world(world: World, plans: &[(Plan, ArtifactMap)]) -> (World, Result<(), 
         .build()
         .expect("a runtime");
     let _entered = world.enter();
-    let outcome = rt.block_on(run.run()).map_err(|why| {
+    // A panic anywhere in rallyctl fails the seed like a broken invariant: named with its seed
+    // and events, not as a thread that died.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run.run())));
+    let ran = ran.unwrap_or_else(|panic| {
+        let what = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(format!("rallyctl panicked: {what}"))
+    });
+    let outcome = ran.map_err(|why| {
         let state = std::fs::read_to_string(run.state_path()).unwrap_or_default();
         format!(
             "{why}\nprovider calls:\n  {}\nstate:\n{state}",
