@@ -34,12 +34,24 @@ fn root() -> PathBuf {
 /// Operation (snake case, as the SDK's client method) to the crates that have it, read from
 /// each SDK crate's `src/operation/` as `cargo metadata` locates it.
 fn sdk_operations() -> BTreeMap<String, Vec<&'static str>> {
+    // Only this platform's packages: a fresh machine's build fetched no others (Windows-only
+    // crates of the lock file), and the check runs offline.
+    let version = std::process::Command::new(env!("CARGO"))
+        .arg("-vV")
+        .output()
+        .expect("cargo -vV");
+    let version = String::from_utf8_lossy(&version.stdout);
+    let host = (version.lines())
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("cargo -vV names the host");
     let out = std::process::Command::new(env!("CARGO"))
         .args([
             "metadata",
             "--format-version",
             "1",
             "--offline",
+            "--filter-platform",
+            host,
             "--manifest-path",
         ])
         .arg(root().join("Cargo.toml"))
