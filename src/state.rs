@@ -713,17 +713,18 @@ impl TestRecord {
     }
 
     /// Whether its attempt stopped while getting a machine: its provider may have handed one
-    /// out that state does not name.
+    /// out that state does not name. That is at launching, and at any step of an attempt
+    /// that holds none: one whose machine was reclaimed gets the next before it records it
+    /// (simulation seed 68390).
     pub fn stopped_getting_a_machine(&self) -> bool {
-        matches!(
-            self.status,
-            Status::InProgress {
-                step: Step::Launching
-            } | Status::Failed {
+        match self.status {
+            Status::InProgress { .. } => self.live_machine().is_none(),
+            Status::Failed {
                 step: Step::Launching,
                 ..
-            }
-        )
+            } => true,
+            Status::Pending | Status::Completed | Status::Failed { .. } => false,
+        }
     }
 
     /// Keeps `settings`, which an attempt of this test got a machine with and which state may
@@ -1481,6 +1482,50 @@ mod tests {
         );
         let written = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<TestRecord>(&written).unwrap(), r);
+    }
+
+    /// Seed 68390 of the simulation: an attempt whose machine was reclaimed asks for the next
+    /// mid-step, before state names it; so does one at launching, and one that failed there.
+    #[test]
+    fn an_attempt_without_a_machine_at_any_step_may_have_got_one_unnamed() {
+        let mut r = record();
+        r.machine = Some(Machine::acquired(ProviderKind::Aws, "i-1".into()));
+        for (status, live, may) in [
+            (Status::InProgress { step: Step::Racing }, true, false),
+            (Status::InProgress { step: Step::Racing }, false, true),
+            (
+                Status::InProgress {
+                    step: Step::Launching,
+                },
+                false,
+                true,
+            ),
+            (Status::Completed, false, false),
+            (Status::Pending, false, false),
+        ] {
+            r.status = status.clone();
+            let m = r.machine.as_mut().unwrap();
+            m.released_at = (!live).then(Timestamp::now);
+            assert_eq!(
+                r.stopped_getting_a_machine(),
+                may,
+                "{status:?}, live {live}"
+            );
+        }
+        r.status = Status::Failed {
+            step: Step::Launching,
+            error: "no capacity".into(),
+            log_tail: None,
+            logs: None,
+        };
+        assert!(r.stopped_getting_a_machine());
+        r.status = Status::Failed {
+            step: Step::Racing,
+            error: "esrally exited with 64".into(),
+            log_tail: None,
+            logs: None,
+        };
+        assert!(!r.stopped_getting_a_machine());
     }
 
     /// A state written through [`Written`] is byte for byte the pretty printer's whole file,
