@@ -378,6 +378,7 @@ async fn acquire(ctx: &Ctx<'_>, image: &Image, like: &Test) -> Result<Machine, B
     let acquired = ctx
         .fleet
         .acquire(&Acquire {
+            member: None,
             workspace: &ctx.plan.name,
             lineage: ctx.state.read(|s| s.lineage),
             address: &address,

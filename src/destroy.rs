@@ -54,7 +54,17 @@ pub async fn targets<P: Provider>(
 ) -> anyhow::Result<(Vec<Target>, Vec<Gone>)> {
     let mut targets: Vec<Target> = Vec::new();
     let mut gone = Vec::new();
-    let mut hints: Vec<Settings> = plan.iter().map(|s| (*s).clone()).collect();
+    let mut hints: Vec<Settings> = Vec::new();
+    // Where a test's machines may be: a cluster's nodes were got with settings of their own.
+    let mut hint = |settings: &Settings| {
+        if settings.cluster.is_some() {
+            hints.push(settings.for_nodes());
+        }
+        hints.push(settings.clone());
+    };
+    for settings in plan {
+        hint(settings);
+    }
     let typed = |address: &Address, settings: &RecordedSettings| {
         settings
             .typed()
@@ -64,29 +74,35 @@ pub async fn targets<P: Provider>(
         // Where an attempt may have got a machine state does not name: a test that left the
         // plan, or settings the plan no longer has.
         for asked in &record.asked_elsewhere {
-            hints.push(typed(address, asked)?);
+            hint(&typed(address, asked)?);
         }
         if record.stopped_getting_a_machine() {
-            hints.push(typed(address, &record.settings)?);
+            hint(&typed(address, &record.settings)?);
         }
-        let Some(machine) = record.live_machine() else {
+        if record.live_machine().is_none() && record.members.is_empty() {
             continue;
-        };
-        let settings = typed(address, &record.settings)?;
-        match provider.gone(machine).await {
-            Ok(Some(why)) => gone.push(Gone {
-                address: address.clone(),
-                id: machine.id.clone(),
-                why: why.reason,
-            }),
-            Ok(None) | Err(_) => targets.push(Target {
-                machine: machine.clone(),
-                address: Some(address.clone()),
-                bake: None,
-                settings: settings.clone(),
-            }),
         }
-        hints.push(settings);
+        let settings = typed(address, &record.settings)?;
+        for (machine, role) in record.live_machines() {
+            match provider.gone(machine).await {
+                Ok(Some(why)) => gone.push(Gone {
+                    address: address.clone(),
+                    id: machine.id.clone(),
+                    why: why.reason,
+                }),
+                Ok(None) | Err(_) => targets.push(Target {
+                    machine: machine.clone(),
+                    address: Some(address.clone()),
+                    bake: None,
+                    // A cluster's nodes are given back as they were got.
+                    settings: match role {
+                        None => settings.clone(),
+                        Some(_) => settings.for_nodes(),
+                    },
+                }),
+            }
+        }
+        hint(&settings);
     }
     // A bake instance that is gone needs no giving back; releasing it again is harmless.
     for image in &state.images {
@@ -130,7 +146,7 @@ pub fn forget(state: &StateHandle, gone: &[Gone]) -> anyhow::Result<()> {
     state.update(|s| {
         for g in gone {
             if let Some(record) = s.tests.get_mut(&g.address) {
-                record.mark_released();
+                record.mark_machine_released(&g.id);
                 fail_in_progress(record, &g.why);
             }
         }
@@ -185,7 +201,7 @@ pub async fn destroy<P: Provider>(
             let Some(record) = t.address.as_ref().and_then(|a| s.tests.get_mut(a)) else {
                 continue;
             };
-            record.mark_released();
+            record.mark_machine_released(&t.machine.id);
             fail_in_progress(
                 record,
                 &format!(

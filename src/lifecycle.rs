@@ -14,6 +14,8 @@
 //!
 //! It speaks to machines only through the [`Provider`] trait and [`remote`]: it knows no cloud.
 
+mod cluster;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -362,26 +364,28 @@ async fn reclaimed_first<P: Provider>(ctx: &Ctx<P>, group: &[&Test], f: Failure)
     if f.reclaimed {
         return f;
     }
-    let spot = ctx.state.read(|s| {
-        group.iter().find_map(|t| {
-            s.tests
-                .get(&t.address)?
-                .live_machine()
-                .filter(|m| m.spot)
-                .cloned()
-        })
+    // A cluster's node too: the race on the test's machine fails when a node goes.
+    let mut spot: Vec<Machine> = ctx.state.read(|s| {
+        (group.iter().filter_map(|t| s.tests.get(&t.address)))
+            .flat_map(|r| r.live_machines())
+            .filter(|(m, _)| m.spot)
+            .map(|(m, _)| m.clone())
+            .collect()
     });
-    let Some(machine) = spot else {
-        return f;
-    };
-    match ctx.provider.gone(&machine).await {
-        Ok(Some(gone)) if gone.reclaimed => Failure {
-            error: format!("{} ({} failed: {})", gone.reason, f.step.name(), f.error),
-            reclaimed: true,
-            ..f
-        },
-        _ => f,
+    // Variants share their machine: it is asked about once.
+    spot.dedup_by(|a, b| a.id == b.id);
+    for machine in spot {
+        if let Ok(Some(gone)) = ctx.provider.gone(&machine).await
+            && gone.reclaimed
+        {
+            return Failure {
+                error: format!("{} ({} failed: {})", gone.reason, f.step.name(), f.error),
+                reclaimed: true,
+                ..f
+            };
+        }
     }
+    f
 }
 
 /// How many machines of one attempt may be reclaimed before the test fails: spot capacity
@@ -424,6 +428,7 @@ async fn race_again<P: Provider>(
                 r.race_id = Some(Uuid::new_v4());
                 r.results.clear();
                 r.machine = None;
+                r.members.clear();
                 r.set_status(Status::InProgress {
                     step: Step::Launching,
                 });
@@ -539,6 +544,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             ctx.progress
                 .step(&owner.address.to_string(), Step::Launching.name());
             acquire(ctx, owner, &ctx.artifacts[&owner.address], &record).await?;
+            cluster::acquire_nodes(ctx, owner).await?;
             checkpoint(ctx, &owner.address, Step::Booting)?;
             let machine = record_of(ctx, &owner.address)?
                 .machine
@@ -592,6 +598,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
         _ => answers(&ctx.provider, &ctx.cancel, &owner.settings, &conn).await?,
     }
     for test in group.iter().filter(|t| booting(t)) {
+        cluster::boot_nodes(ctx, test).await?;
         checkpoint(ctx, &test.address, Step::Installing)?;
     }
     Ok(conn.reachable)
@@ -727,6 +734,16 @@ async fn give_back<P: Provider>(ctx: &Ctx<P>, live: &[&Test], done: &[&Test]) ->
 /// past its races keeps the one the group had while a new attempt of another got its own
 /// (`tests/simulation.rs` found one left running).
 async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<(), Failure> {
+    for test in group {
+        let settings = ctx.state.read(|s| {
+            let r = s.tests.get(&test.address)?;
+            (r.members.iter().any(|m| m.machine.released_at.is_none())).then(|| r.settings.clone())
+        });
+        if let Some(settings) = settings {
+            let settings = recorded(&settings, Step::Terminating)?;
+            cluster::release_nodes(ctx, &test.address, &settings).await?;
+        }
+    }
     loop {
         let held = ctx.state.read(|s| {
             group.iter().find_map(|t| {
@@ -878,6 +895,7 @@ fn next_repetition<P: Provider>(ctx: &Ctx<P>, test: &Test, step: Step) -> Result
             if step == Step::Launching {
                 r.attempt += 1;
                 r.machine = None;
+                r.members.clear();
             } else {
                 // A deliberate bug the simulation must find (tests/simulation.rs): the
                 // machine's time so far is entered as each repetition on it ends, and again
@@ -963,6 +981,7 @@ async fn acquire<P: Provider>(
                 reclaimed: record.reclaimed,
                 cancel: &ctx.cancel,
                 on_wait: &on_wait,
+                member: None,
             })
             .await;
         match asked {
@@ -1262,7 +1281,7 @@ async fn install<P: Provider>(
     for line in said {
         ctx.progress.println(&format!("{}: {line}", test.address));
     }
-    Ok(())
+    cluster::start_nodes(ctx, test, artifacts, renew).await
 }
 
 /// Uploads the test's bundle into the machine's run directory and runs its install script
@@ -1371,8 +1390,15 @@ async fn race<P: Provider>(
     // The start and the first wait in one round trip: starting is safe to repeat (a race that
     // runs is left alone), and nothing is recorded between the two. The wait's answer is the
     // last line.
+    let targets = match cluster::race_targets(test, record)? {
+        Some(hosts) => format!(
+            " {}",
+            crate::templates::shell_quote(&hosts).map_err(|e| failed(Step::Racing, e))?
+        ),
+        None => String::new(),
+    };
     let mut next = Some((
-        format!("bash {run_dir}/race.sh start {race_id} && {wait_command}"),
+        format!("bash {run_dir}/race.sh start {race_id}{targets} && {wait_command}"),
         format!("{password}\n"),
         Duration::from_secs(60),
     ));
@@ -1477,7 +1503,9 @@ async fn collect<P: Provider>(
     conn: &Conn,
     record: &TestRecord,
 ) -> Result<(), Stop> {
-    let files = bring_home(ctx, test, conn, record).await?;
+    let nodes = cluster::stop_nodes(ctx, test, record).await?;
+    let mut files = bring_home(ctx, test, conn, record).await?;
+    files.extend(nodes);
     let report = crate::collect::report(&files)
         .map_err(|e| failed(Step::Collecting, e))?
         .to_owned();
@@ -1617,13 +1645,23 @@ async fn keep_failure<P: Provider>(
 /// plan may have changed since (another region, remote directory or provider), and a machine
 /// is released where it is, not where the plan would now put it.
 pub async fn release<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), Stop> {
-    let Some((machine, settings)) = ctx.state.read(|s| {
+    let Some(settings) = ctx.state.read(|s| {
         let r = s.tests.get(address)?;
-        Some((r.live_machine()?.clone(), r.settings.clone()))
+        r.live_machines().next()?;
+        Some(r.settings.clone())
     }) else {
         return Ok(());
     };
     let mut settings = recorded(&settings, Step::Terminating).map_err(Stop::Failed)?;
+    cluster::release_nodes(ctx, address, &settings)
+        .await
+        .map_err(Stop::Failed)?;
+    let Some(machine) = ctx
+        .state
+        .read(|s| s.tests.get(address)?.live_machine().cloned())
+    else {
+        return Ok(());
+    };
     // A deliberate bug the simulation must find (tests/simulation.rs): the machine is given
     // back where the plan now points, not where it was got.
     if crate::sim::bug!(ReleaseWherePlanned)

@@ -95,6 +95,8 @@ struct Run {
     /// The bundle was unpacked (its file names).
     files: Vec<String>,
     race: Option<Race>,
+    /// A cluster's node runs here (`node.sh start`), under this installation id.
+    node: Option<String>,
 }
 
 struct Race {
@@ -608,6 +610,14 @@ fn word(text: &str) -> Option<String> {
     shlex::split(&text[..end])?.into_iter().next()
 }
 
+/// The run directory a `bash DIR/node.sh ACTION ARGS...` names, with its words after it.
+fn node_sh(command: &str) -> Option<(String, Vec<String>)> {
+    let rest = command.strip_prefix("bash ")?;
+    let at = rest.find("/node.sh ")?;
+    let dir = word(&rest[..at])?;
+    Some((dir, shlex::split(&rest[at + "/node.sh ".len()..])?))
+}
+
 /// The run directory a `bash DIR/race.sh ACTION` names, with the rest of the command.
 fn race_sh(command: &str) -> Option<(String, &str, &str)> {
     let rest = command.strip_prefix("bash ")?;
@@ -750,6 +760,9 @@ impl Host {
                 "collect" => self.collect(&dir, command),
                 _ => Err(self.failed(command, 2, "usage: race.sh start | wait | tail | collect")),
             };
+        }
+        if let Some((dir, args)) = node_sh(command) {
+            return self.node(command, &dir, &args).await;
         }
         if let Some(at) = command.find("tar -C ") {
             return self
@@ -969,12 +982,81 @@ impl Host {
             .map_err(|e| self.failed(command, 1, &e.to_string()))
     }
 
-    /// `stop_run_command`: the race in `dir` is killed (never writing its exit code).
+    /// `stop_run_command`: the race in `dir` is killed (never writing its exit code), and the
+    /// node whose Rally home it is.
     fn stop(&self, dir: &str) {
         self.with_run(dir, |run, _| {
             if let Some(race) = &mut run.race {
                 race.killed.get_or_insert_with(Instant::now);
             }
+            run.node = None;
         });
+    }
+
+    /// `node.sh start NAME IP MASTERS SEEDS INSTALLATION_ID RACE_ID`, `stop INSTALLATION_ID`,
+    /// `collect INSTALLATION_ID NAME`, as a cluster's node machine runs them.
+    async fn node(
+        &self,
+        command: &str,
+        dir: &str,
+        args: &[String],
+    ) -> Result<Vec<u8>, RemoteError> {
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        match words[..] {
+            ["start", name, _, _, _, id, _] => {
+                let what = format!("{} {name} {dir}", self.id);
+                let took = {
+                    let world = self.world().clone();
+                    let mut inner = world.lock();
+                    let Inner { disks, rng, .. } = &mut *inner;
+                    let run = (disks.get_mut(&self.id).and_then(|d| d.get_mut(dir)))
+                        .filter(|r| !r.files.is_empty());
+                    let Some(run) = run else {
+                        return Err(self.failed(
+                            command,
+                            127,
+                            &format!("bash: {dir}/node.sh: No such file or directory"),
+                        ));
+                    };
+                    if run.node.as_deref() == Some(id) {
+                        return Ok(b"rallyctl: the node runs already\n".to_vec());
+                    }
+                    let took = rng.secs(5, 60);
+                    if inner.fault("node fails to start", 20, &what) {
+                        return Err(self.failed(
+                            command,
+                            64,
+                            &format!("[ERROR] node {name} cannot listen: Address already in use"),
+                        ));
+                    }
+                    inner.count("node started");
+                    inner.event(format!("node started: {what}"));
+                    took
+                };
+                tokio::time::sleep(took).await;
+                self.with_run(dir, |run, _| run.node = Some(id.to_owned()));
+                Ok(b"rallyctl: node started\n".to_vec())
+            }
+            ["stop", _] => {
+                self.with_run(dir, |run, _| run.node = None);
+                Ok(vec![])
+            }
+            ["collect", _, _] => {
+                let mut tar = tar::Builder::new(Vec::new());
+                for name in ["logs/server/bench.log", "logs/server/gc.log"] {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_size(4);
+                    header.set_mode(0o644);
+                    tar.append_data(&mut header, name, &b"log\n"[..])
+                        .map_err(|e| self.failed(command, 1, &e.to_string()))?;
+                }
+                tar.into_inner()
+                    .map_err(|e| self.failed(command, 1, &e.to_string()))
+            }
+            _ => {
+                self.world().lock().unknown.push(command.to_owned());
+                Err(self.failed(command, 2, "sim: node.sh does not take that"))
+            }
+        }
     }
 }

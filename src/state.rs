@@ -502,6 +502,10 @@ pub struct TestRecord {
     pub race_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "instance")]
     pub machine: Option<Machine>,
+    /// A cluster test's other machines, each recorded with its role before anything runs on
+    /// it; `machine` is the one it races from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<ResultFile>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -548,6 +552,35 @@ pub struct Repetition {
     pub results: Vec<ResultFile>,
 }
 
+/// A machine of a cluster test besides the one it races from, with its role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub role: Role,
+    pub machine: Machine,
+    /// Where the test's other machines reach it (EC2: its private address), once reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
+}
+
+/// What a machine of a cluster test is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Role {
+    /// Elasticsearch node `index` of the test's cluster, installed by Rally under
+    /// `installation_id`: chosen when the machine is recorded, so that a resumed apply finds
+    /// the node it installed instead of installing another.
+    Node { index: u32, installation_id: Uuid },
+}
+
+impl Role {
+    /// What node `index` of a cluster is called: on its machine, in results, and in what
+    /// providers name its machine by.
+    pub fn node_name(index: u32) -> String {
+        format!("node-{index}")
+    }
+}
+
 /// A [`TestRecord`] as the file spells it, the status's keys among the others. serde's
 /// `flatten`, which writes the status, cannot refuse unknown keys when reading; this can, and
 /// it refuses a status with keys that do not belong to it.
@@ -575,6 +608,8 @@ struct RecordFields {
     race_id: Option<Uuid>,
     #[serde(default, alias = "instance")]
     machine: Option<Machine>,
+    #[serde(default)]
+    members: Vec<Member>,
     #[serde(default)]
     results: Vec<ResultFile>,
     #[serde(default)]
@@ -649,6 +684,7 @@ impl TryFrom<RecordFields> for TestRecord {
             run_id: r.run_id,
             race_id: r.race_id,
             machine: r.machine,
+            members: r.members,
             results: r.results,
             history: r.history,
             earlier: r.earlier,
@@ -702,6 +738,7 @@ impl TestRecord {
             run_id: None,
             race_id: None,
             machine: None,
+            members: vec![],
             results: vec![],
             history: vec![],
             earlier: vec![],
@@ -718,6 +755,10 @@ impl TestRecord {
     /// (simulation seed 68390).
     pub fn stopped_getting_a_machine(&self) -> bool {
         match self.status {
+            // A cluster's other machines are got at launching once the first is recorded.
+            Status::InProgress {
+                step: Step::Launching,
+            } => true,
             Status::InProgress { .. } => self.live_machine().is_none(),
             Status::Failed {
                 step: Step::Launching,
@@ -798,12 +839,36 @@ impl TestRecord {
         self.machine.as_ref().filter(|i| i.released_at.is_none())
     }
 
-    /// Records that the machine was given back (or taken by another test), now, and the time
-    /// it was held, from its launch or from when this record took it: the one place machine
-    /// time is entered, so every way a record lets go of a machine bills it once. A machine
-    /// kept for a later test is billed to the keeper until taken.
+    /// Every machine the record holds: the one it races from (role none), then a cluster's
+    /// others with their roles.
+    pub fn live_machines(&self) -> impl Iterator<Item = (&Machine, Option<Role>)> {
+        let members = (self.members.iter())
+            .filter(|m| m.machine.released_at.is_none())
+            .map(|m| (&m.machine, Some(m.role)));
+        self.live_machine()
+            .map(|m| (m, None))
+            .into_iter()
+            .chain(members)
+    }
+
+    /// Records that every machine the record holds was given back (or taken by another
+    /// test), now, and the time each was held, from its launch or from when this record took
+    /// it: the one place machine time is entered, so every way a record lets go of a machine
+    /// bills it once. A machine kept for a later test is billed to the keeper until taken.
     pub fn mark_released(&mut self) {
-        let Some(i) = &mut self.machine else {
+        let ids: Vec<String> = self.live_machines().map(|(m, _)| m.id.clone()).collect();
+        for id in ids {
+            self.mark_machine_released(&id);
+        }
+    }
+
+    /// [`TestRecord::mark_released`] of the one machine `id` of those the record holds.
+    pub fn mark_machine_released(&mut self, id: &str) {
+        let run_id = self.run_id.clone().unwrap_or_default();
+        let spent = &mut self.spent;
+        let primary = self.machine.iter_mut();
+        let members = self.members.iter_mut().map(|m| &mut m.machine);
+        let Some(i) = primary.chain(members).find(|m| m.id == id) else {
             return;
         };
         if i.released_at.is_some() {
@@ -811,20 +876,19 @@ impl TestRecord {
         }
         let now = Timestamp::now();
         i.released_at = Some(now);
-        let run_id = self.run_id.clone().unwrap_or_default();
         let from = i.taken.as_ref().map_or(i.launched_at, |t| t.at);
         // The same holding let go of again: a variant given back its group's machine after it
         // saw that machine end, by a member whose record still named it (tests/simulation.rs
         // seed 490). Its time is the one span, to the last release, not two overlapping ones.
-        let again = (self.spent.iter_mut())
-            .find(|s| s.run_id == run_id && s.machine == i.id && s.from == from);
+        let again =
+            (spent.iter_mut()).find(|s| s.run_id == run_id && s.machine == i.id && s.from == from);
         // A deliberate bug the simulation must find (tests/simulation.rs): the span is
         // entered again beside the one there (with `next_repetition`'s site, at each race).
         if let Some(spent) = again.filter(|_| !crate::sim::bug!(EnterTimeTwice)) {
             spent.to = spent.to.max(now);
             return;
         }
-        self.spent.push(Spent {
+        spent.push(Spent {
             run_id,
             provider: i.provider,
             machine: i.id.clone(),
@@ -1452,6 +1516,50 @@ mod tests {
         assert_eq!(r.spent.len(), 3, "{:?}", r.spent);
     }
 
+    /// A cluster test's nodes are recorded with their roles beside the machine it races
+    /// from; each is given back and billed on its own, and a state from before clusters reads.
+    #[test]
+    fn a_clusters_machines_are_recorded_with_their_roles_and_each_billed_once() {
+        let mut r = record();
+        r.run_id = Some("run-1".into());
+        r.machine = Some(Machine::acquired(ProviderKind::Aws, "i-driver".into()));
+        for index in 0..2 {
+            r.members.push(Member {
+                role: Role::Node {
+                    index,
+                    installation_id: Uuid::new_v4(),
+                },
+                machine: Machine::acquired(ProviderKind::Aws, format!("i-node-{index}")),
+                peer_address: Some(format!("10.0.0.{index}")),
+            });
+        }
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            text.contains(r#""role":{"node":{"index":1,"installation_id":"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<TestRecord>(&text).unwrap(), r);
+        let held = |r: &TestRecord| -> Vec<(String, Option<Role>)> {
+            (r.live_machines().map(|(m, role)| (m.id.clone(), role))).collect()
+        };
+        assert_eq!(held(&r)[0], ("i-driver".into(), None));
+        assert_eq!(held(&r)[2].1, Some(r.members[1].role));
+        r.mark_machine_released("i-node-1");
+        let ids: Vec<String> = held(&r).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["i-driver", "i-node-0"]);
+        assert_eq!(r.spent.len(), 1, "{:?}", r.spent);
+        r.mark_released();
+        r.mark_released();
+        assert!(held(&r).is_empty());
+        let billed: Vec<&str> = r.spent.iter().map(|s| s.machine.as_str()).collect();
+        assert_eq!(billed, ["i-node-1", "i-driver", "i-node-0"]);
+        // A record of one machine is written, and read, as before clusters.
+        let single = serde_json::to_string(&record()).unwrap();
+        assert!(!single.contains("members"), "{single}");
+        let read: TestRecord = serde_json::from_str(&single).unwrap();
+        assert!(read.members.is_empty());
+    }
+
     #[test]
     fn releasing_a_machine_bills_its_time_once() {
         let mut r = record();
@@ -1498,6 +1606,14 @@ mod tests {
                     step: Step::Launching,
                 },
                 false,
+                true,
+            ),
+            // A cluster test gets its nodes at launching once its own machine is recorded.
+            (
+                Status::InProgress {
+                    step: Step::Launching,
+                },
+                true,
                 true,
             ),
             (Status::Completed, false, false),

@@ -201,7 +201,7 @@ pub async fn apply<P: Provider>(
     report.still_running = ctx.state.read(|s| {
         s.tests
             .iter()
-            .filter_map(|(a, r)| r.live_machine().map(|m| (a.clone(), m.clone())))
+            .flat_map(|(a, r)| r.live_machines().map(|(m, _)| (a.clone(), m.clone())))
             .collect()
     });
     Ok(report)

@@ -850,8 +850,8 @@ fn a_refused_apply_leaves_no_state_directory() {
     assert!(!d.join("state").exists(), "apply left a state directory");
 }
 
-/// A test with a cluster is planned, but `apply` refuses it before it acquires anything:
-/// this version does not stand clusters up yet.
+/// A cluster this version does not stand up yet (nodes as processes of this machine) is
+/// planned, but `apply` refuses it before it acquires anything.
 #[test]
 fn apply_refuses_a_cluster_before_acquiring_anything() {
     let dir = tempfile::tempdir().unwrap();
@@ -868,7 +868,7 @@ fn apply_refuses_a_cluster_before_acquiring_anything() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("s.nodes has a `cluster`: clusters are planned but not yet applied by this version of rallyctl; nothing was acquired"),
+        stderr.contains("s.nodes (a cluster with its nodes on the local provider): not yet applied by this version of rallyctl, which races a cluster of nodes from one load driver on aws or ssh; nothing was acquired"),
         "{stderr}"
     );
     let state = rallyctl::state::load(&d.join("state/c.state.json")).unwrap();

@@ -30,9 +30,10 @@ use rallyctl::templates::{ArtifactMap, Renderer};
 use rallyctl::ui::Progress;
 use rallyctl::walk::{self, ApplyOptions, ApplyReport};
 
-/// Two suites: a plain test, one that races twice on its machine, and a test of two variants
-/// sharing one, racing twice each (interleaved); every machine may go on to a later suite's
-/// test (warm reuse). A machine ends itself `max_runtime` after it was got or renewed.
+/// Two suites: a plain test, one that races twice on its machine, a cluster of two nodes
+/// racing twice from its own machine, and a test of two variants sharing one, racing twice
+/// each (interleaved); every machine but a cluster's may go on to a later suite's test (warm
+/// reuse). A machine ends itself `max_runtime` after it was got or renewed.
 const PLAN: &str = r#"version = 1
 name = "sim"
 [defaults]
@@ -43,8 +44,6 @@ instance_type = "m5.large"
 remote_dir = "rallyctl"
 track = "tiny"
 offline = true
-pipeline = "benchmark-only"
-target_hosts = ["127.0.0.1:9"]
 stall_timeout = "10m"
 max_runtime = "2h"
 [[suite]]
@@ -54,6 +53,10 @@ name = "t1"
 [[suite.test]]
 name = "t2"
 repetitions = 2
+[[suite.test]]
+name = "t5"
+repetitions = 2
+cluster = { nodes = 2, instance_type = "r5.large" }
 [[suite]]
 name = "b"
 [[suite.test]]
@@ -103,16 +106,18 @@ fn plans() -> Vec<(Plan, ArtifactMap)> {
     let variant = format!("{PLAN}[[suite.test.variant]]\nname = \"z\"\nchallenge = \"cz\"\n");
     // The fake's machines are EC2's whatever the provider (spot, watchdog): what changes for
     // rallyctl is where they are, recorded per machine and compared at every release.
-    let provider = PLAN.replace(
-        "provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\ninstance_type = \"m5.large\"\n",
-        "provider = \"local\"\n",
-    );
+    let provider = PLAN
+        .replace(
+            "provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\ninstance_type = \"m5.large\"\n",
+            "provider = \"local\"\n",
+        )
+        .replace(", instance_type = \"r5.large\"", "");
     [PLAN, &race, &moved, &added, &removed, &variant, &provider]
         .into_iter()
         .map(|text| {
             let mut plan = Plan::parse(Path::new("sim.toml"), text).expect("the simulation's plan");
             for test in plan.suites.iter_mut().flat_map(|s| s.tests.iter_mut()) {
-                test.reuse = true;
+                test.reuse = test.settings.cluster.is_none();
             }
             let artifacts = planner::render_all(&plan, &Renderer::new()).expect("it renders");
             (plan, artifacts)
@@ -203,7 +208,7 @@ impl Seed<'_> {
         let state = self.state()?;
         let mut holders: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
         for (address, r) in &state.tests {
-            if let Some(m) = r.live_machine() {
+            for (m, _) in r.live_machines() {
                 let group = r
                     .variant
                     .as_ref()
@@ -469,7 +474,7 @@ impl Seed<'_> {
                     ));
                 }
             }
-            if let Some(m) = r.live_machine() {
+            if let Some((m, _)) = r.live_machines().next() {
                 return Err(format!("{} still holds {}", test.address, m.id));
             }
         }
@@ -477,7 +482,8 @@ impl Seed<'_> {
         // (as EC2's tags find it); one state knows must not.
         let known: std::collections::HashSet<&str> = (state.tests.values())
             .flat_map(|r| {
-                let current = r.machine.iter().map(|m| m.id.as_str());
+                let members = r.members.iter().map(|m| &m.machine);
+                let current = r.machine.iter().chain(members).map(|m| m.id.as_str());
                 let billed = r.spent.iter().map(|s| s.machine.as_str());
                 current.chain(billed)
             })
@@ -728,6 +734,8 @@ mod as_it_is {
             "race fails",
             "race stalls",
             "race overruns max_runtime",
+            "node started",
+            "node fails to start",
             "watchdog ends a machine",
             "crash",
             "disk full",
@@ -800,10 +808,13 @@ fn symptom(bug: Bug) -> &'static [&'static str] {
         // Its machine's watchdog ends the race at `max_runtime`, as EC2's would: the stall is
         // found watched on past its `stall_timeout`, or an apply that never ends.
         Bug::IgnoreStalls => &["and was watched on", "an apply did not end within"],
-        // Found running before destroy, or after it where no sweep looks (the plan moved).
+        // Found running before destroy, or after it where no sweep looks (the plan moved); or
+        // found again by its attempt (a cluster test's launch, asked again after a release
+        // failed) and its time entered a second time.
         Bug::RecordReleaseFirst => &[
             "machines running after a complete apply",
             "machines still held after destroy",
+            "machine time of",
         ],
         Bug::EnterTimeTwice => &["machine time of"],
         Bug::ReleaseWherePlanned => &["asked with other settings than it was got with"],

@@ -553,7 +553,7 @@ fn state_command(command: StateCommand, g: &Global) -> Result<u8> {
                 .with_context(|| format!("{address} is not in {}", t.backend.location()))?;
             t.backend.save(&mut state)?;
             outln!("Removed {address} from {}.", t.backend.location());
-            if let Some(machine) = record.live_machine() {
+            for (machine, _) in record.live_machines() {
                 outln!(
                     "Its machine {} ({}) may still be running; state no longer knows it.",
                     machine.id,

@@ -96,22 +96,36 @@ pub fn prepare(
     })
 }
 
-/// Until the lifecycle stands clusters up, a test with one to run is refused before anything
-/// is acquired: raced as one machine it would be a result of another configuration.
+/// The cluster tests this version does not stand up yet are refused before anything is
+/// acquired (raced otherwise, each would be a result of another configuration): more than one
+/// load driver (`esrallyd`), nodes as processes of this machine, and variants of a cluster test.
 fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
-    let clustered: Vec<String> = (changes.changes.iter())
+    let refused: Vec<String> = (changes.changes.iter())
         .filter(|c| c.action != planner::Action::Terminate)
-        .filter(|c| (plan.test(&c.address)).is_some_and(|t| t.settings.cluster.is_some()))
-        .map(|c| c.address.to_string())
+        .filter_map(|c| {
+            let test = plan.test(&c.address)?;
+            let s = &test.settings;
+            s.cluster.as_ref()?;
+            let why = if s.load_drivers.get() > 1 {
+                "more than one load driver"
+            } else if s.provider() == crate::plan::ProviderKind::Local {
+                "its nodes on the local provider"
+            } else if test.variant.is_some() {
+                "variants"
+            } else {
+                return None;
+            };
+            Some(format!("{} (a cluster with {why})", c.address))
+        })
         .collect();
-    if clustered.is_empty() {
+    if refused.is_empty() {
         return Ok(());
     }
     anyhow::bail!(
-        "{} {} a `cluster`: clusters are planned but not yet applied by this version of rallyctl; nothing was acquired. Leave out `cluster`, or the test{} with --target",
-        clustered.join(", "),
-        if clustered.len() == 1 { "has" } else { "have" },
-        if clustered.len() == 1 { "" } else { "s" },
+        "{}: not yet applied by this version of rallyctl, which races a cluster of nodes from one load driver on aws or ssh; nothing was acquired. Change the test{}, or leave {} out with --target",
+        refused.join(", "),
+        if refused.len() == 1 { "" } else { "s" },
+        if refused.len() == 1 { "it" } else { "them" },
     )
 }
 

@@ -959,6 +959,29 @@ impl Settings {
         })
     }
 
+    /// The settings a cluster's nodes are got, reached and given back with: the test's, of
+    /// the nodes' instance type (aws) or from the nodes' pool when `cluster.hosts` names one
+    /// (ssh). The test's own without a cluster.
+    pub fn for_nodes(&self) -> Settings {
+        let machine = match (&self.machine, &self.cluster) {
+            (MachineSettings::Aws(_), Some(_)) => self.node_aws().map(MachineSettings::Aws),
+            (MachineSettings::Ssh(ssh), Some(c)) if !c.hosts.is_empty() => {
+                Some(MachineSettings::Ssh(SshSettings {
+                    hosts: c.hosts.clone(),
+                    ..ssh.clone()
+                }))
+            }
+            _ => None,
+        };
+        match machine {
+            Some(machine) => Settings {
+                machine,
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
+
     /// What a test's machines must reach one another on: a cluster's nodes serve HTTP to the
     /// load drivers and talk transport among themselves; more than one load driver adds
     /// Rally's actor system between the drivers. Nothing for a test of one machine.

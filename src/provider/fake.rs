@@ -49,6 +49,8 @@ pub struct Record {
     pub connects: Mutex<Vec<String>>,
     /// Machines acquired and not yet released.
     pub held: Mutex<HashSet<String>>,
+    /// Where each machine is reached by the others of its test ([`Fake::peer_address`]).
+    peers: Mutex<HashMap<String, String>>,
     /// What each machine was got with (its provider's settings and remote directory): it is
     /// given back with the same, whatever the plan says by then, or a real provider would
     /// release it in the wrong place. Tests that take or share it may differ in the rest.
@@ -97,6 +99,19 @@ impl Fake {
     }
 
     /// How the machine `id` is reached: this machine, or the simulation's.
+    /// Where the machines of one test reach the machine `id`: an address of the loopback of
+    /// its own (Linux routes all of 127.0.0.0/8 there), so that a cluster's nodes, all on this
+    /// machine, each listen on their port, in whichever test of the process.
+    fn peer_address(&self, id: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let mut peers = self.peers.lock().unwrap();
+        let address = peers.entry(id.to_owned()).or_insert_with(|| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("127.0.{}.{}", 1 + n / 250, 1 + n % 250)
+        });
+        address.clone()
+    }
+
     fn endpoint(&self, _id: &str) -> Endpoint {
         #[cfg(feature = "simulation")]
         if self.world.is_some() {
@@ -168,10 +183,11 @@ fn machine_part(settings: &Settings) -> MachinePart {
 
 impl Provider for Fake {
     async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
-        let what = || format!("acquire {}#{}", req.address, req.attempt);
+        let member = req.member.map(|m| format!("-{m}")).unwrap_or_default();
+        let what = || format!("acquire {}#{}{member}", req.address, req.attempt);
         self.point(what).await;
         let id = self.instance_for(
-            format!("m-{}-{}", req.address.test(), req.attempt),
+            format!("m-{}-{}{member}", req.address.test(), req.attempt),
             &machine_part(req.settings),
         );
         // EC2 answers a ClientToken it launched with before with that instance: no capacity
@@ -284,6 +300,7 @@ impl Provider for Fake {
             tokio::time::sleep(world.boot_time()).await;
             // A lost machine's connections fail as it says (`sim::Host`).
             return Ok(Reachable {
+                peer_address: Some(self.peer_address(&machine.id)),
                 endpoint: self.endpoint(&machine.id),
                 patience: crate::sim::World::PATIENCE,
                 refused_key_is_transient: false,
@@ -292,6 +309,7 @@ impl Provider for Fake {
         if self.lost(&machine.id) {
             // Nothing listens on port 1: every connection is refused, a transient failure.
             return Ok(Reachable {
+                peer_address: Some(self.peer_address(&machine.id)),
                 endpoint: Endpoint::Ssh(SshEndpoint {
                     host: "127.0.0.1".into(),
                     port: 1,
@@ -306,6 +324,7 @@ impl Provider for Fake {
             });
         }
         Ok(Reachable {
+            peer_address: Some(self.peer_address(&machine.id)),
             endpoint: self.endpoint(&machine.id),
             patience: Duration::ZERO,
             refused_key_is_transient: false,

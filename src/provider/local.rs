@@ -32,6 +32,7 @@ impl Machines for Local {
         _spec: Spec<'_, ()>,
     ) -> Result<Reachable, ProviderError> {
         Ok(Reachable {
+            peer_address: Some("127.0.0.1".into()),
             endpoint: Endpoint::Local,
             patience: Duration::ZERO,
             refused_key_is_transient: false,

@@ -138,6 +138,9 @@ pub struct Acquire<'a, S = &'a Settings> {
     pub cancel: &'a CancellationToken,
     /// Told once why the attempt waits for a machine, when it does.
     pub on_wait: &'a (dyn Fn(String) + Sync),
+    /// A cluster's machine other than the one the test races from (`node-0`): the attempt
+    /// gets one machine per member, each named apart (EC2's ClientToken and tags, a lease).
+    pub member: Option<&'a str>,
 }
 
 impl<'a, S> Acquire<'a, S> {
@@ -154,6 +157,7 @@ impl<'a, S> Acquire<'a, S> {
             reclaimed: self.reclaimed,
             cancel: self.cancel,
             on_wait: self.on_wait,
+            member: self.member,
         }
     }
 }
@@ -212,6 +216,9 @@ pub struct Acquired {
 #[derive(Debug, Clone)]
 pub struct Reachable {
     pub endpoint: Endpoint,
+    /// Where the machines of the same test reach it (EC2: its private address; a host of a
+    /// pool: its name; this machine: the loopback); none where its provider cannot say.
+    pub peer_address: Option<String>,
     /// How long the machine may stay unreachable (after boot, or mid-race) before its test is
     /// given up: a fresh instance's sshd takes a while, an existing host should just answer.
     pub patience: Duration,

@@ -49,20 +49,25 @@ struct Lease {
     expires: Timestamp,
 }
 
-/// Where to reach `host` (`name` or `name:port`, a bracketed IPv6 address with a port).
-fn endpoint(s: &SshSettings, host: &str) -> Endpoint {
-    let (name, port) = match host.rsplit_once(':') {
+/// `host` of the pool without its port: `name`, `name:port`, a bracketed IPv6 address with a port.
+fn split_port(host: &str) -> (&str, Option<u16>) {
+    match host.rsplit_once(':') {
         Some((name, port)) if !name.contains(':') || name.ends_with(']') => {
             match port.parse::<u16>() {
-                Ok(port) => (name.trim_matches(['[', ']']), port),
-                Err(_) => (host, s.ssh_port),
+                Ok(port) => (name.trim_matches(['[', ']']), Some(port)),
+                Err(_) => (host, None),
             }
         }
-        _ => (host, s.ssh_port),
-    };
+        _ => (host, None),
+    }
+}
+
+/// Where to reach `host` (`name` or `name:port`, a bracketed IPv6 address with a port).
+fn endpoint(s: &SshSettings, host: &str) -> Endpoint {
+    let (name, port) = split_port(host);
     Endpoint::Ssh(SshEndpoint {
         host: name.to_owned(),
-        port,
+        port: port.unwrap_or(s.ssh_port),
         user: s.ssh_user.as_deref().map(str::to_owned),
         identity: s.ssh_key.as_deref().map(Into::into),
         host_keys: HostKeys::Strict {
@@ -167,8 +172,9 @@ impl Machines for Ssh {
         req: &Acquire<'_, Spec<'_, SshSettings>>,
     ) -> Result<Acquired, AcquireError> {
         let s = req.settings.own;
+        let member = req.member.map(|m| format!("\n{m}")).unwrap_or_default();
         let id = hex::encode(Sha256::digest(format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}{member}",
             req.lineage, req.address, req.attempt
         )));
         let lease = Lease {
@@ -253,6 +259,7 @@ impl Machines for Ssh {
             .expect("pool lock")
             .insert(machine.id.clone());
         Ok(Reachable {
+            peer_address: Some(split_port(&machine.id).0.to_owned()),
             endpoint: endpoint(spec.own, &machine.id),
             patience: PATIENCE,
             refused_key_is_transient: false,

@@ -128,6 +128,9 @@ pub(super) struct InstanceInfo {
     pub(super) spot: bool,
     /// EC2's code for the last state change, e.g. `Server.SpotInstanceTermination`.
     pub(super) state_reason: Option<String>,
+    /// The cluster member it was launched as ([`super::TAG_MEMBER`]); none for the machine a
+    /// test races from.
+    pub(super) member: Option<String>,
 }
 
 /// EC2's state reason for a spot instance it reclaimed (`Server.SpotInstanceTermination`,
@@ -166,8 +169,16 @@ const TOKEN_MISMATCH: &str = "IdempotentParameterMismatch";
 const NOT_FOUND: &str = "InvalidInstanceID.NotFound";
 
 /// A ClientToken names one attempt of one test of one state, in at most 64 characters.
-pub(super) fn client_token(lineage: Uuid, address: &Address, attempt: u32) -> String {
-    let digest = Sha256::digest(format!("{lineage}\n{address}\n{attempt}"));
+pub(super) fn client_token(
+    lineage: Uuid,
+    address: &Address,
+    attempt: u32,
+    member: Option<&str>,
+) -> String {
+    let digest = match member {
+        None => Sha256::digest(format!("{lineage}\n{address}\n{attempt}")),
+        Some(member) => Sha256::digest(format!("{lineage}\n{address}\n{attempt}\n{member}")),
+    };
     hex::encode(digest)[..64].to_owned()
 }
 
@@ -337,6 +348,10 @@ fn info(i: &aws_sdk_ec2::types::Instance) -> InstanceInfo {
             .map(str::to_owned),
         spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
         state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_owned),
+        member: (i.tags().iter())
+            .find(|t| t.key() == Some(super::TAG_MEMBER))
+            .and_then(|t| t.value())
+            .map(str::to_owned),
     }
 }
 
@@ -639,6 +654,7 @@ mod tests {
             zone: None,
             spot: false,
             state_reason: None,
+            member: None,
         }
     }
 
@@ -716,11 +732,11 @@ mod tests {
     fn client_tokens_are_64_characters_and_differ_per_attempt() {
         let a = Address::new("s", "t").unwrap();
         let l = Uuid::new_v4();
-        let t1 = client_token(l, &a, 1);
+        let t1 = client_token(l, &a, 1, None);
         assert_eq!(t1.len(), 64);
         assert!(t1.is_ascii());
-        assert_eq!(t1, client_token(l, &a, 1));
-        assert_ne!(t1, client_token(l, &a, 2));
+        assert_eq!(t1, client_token(l, &a, 1, None));
+        assert_ne!(t1, client_token(l, &a, 2, None));
     }
 
     #[test]

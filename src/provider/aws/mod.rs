@@ -59,6 +59,8 @@ pub const TAG_LINEAGE: &str = "rallyctl:lineage";
 pub const TAG_TEST: &str = "rallyctl:test";
 pub const TAG_RUN: &str = "rallyctl:run";
 pub const TAG_ATTEMPT: &str = "rallyctl:attempt";
+/// A cluster's machine other than the one its test races from (`node-0`).
+pub const TAG_MEMBER: &str = "rallyctl:member";
 
 /// A fresh instance's sshd may take minutes to answer, and a race may lose its connection.
 const PATIENCE: Duration = Duration::from_secs(600);
@@ -225,18 +227,18 @@ impl Machines for Aws {
         let (lineage, attempt) = (req.lineage.to_string(), req.attempt.to_string());
         // moto ignores ClientToken and a crash can fall between RunInstances and recording its
         // answer, so an instance of this very attempt is looked up by its tags first.
-        let found = self
-            .ec2
-            .find_by_tags(
-                &s.region,
-                &[
-                    (TAG_WORKSPACE, req.workspace),
-                    (TAG_LINEAGE, lineage.as_str()),
-                    (TAG_TEST, address.as_str()),
-                    (TAG_ATTEMPT, attempt.as_str()),
-                ],
-            )
-            .await?;
+        let mut by = vec![
+            (TAG_WORKSPACE, req.workspace),
+            (TAG_LINEAGE, lineage.as_str()),
+            (TAG_TEST, address.as_str()),
+            (TAG_ATTEMPT, attempt.as_str()),
+        ];
+        by.extend(req.member.map(|m| (TAG_MEMBER, m)));
+        // The machine a cluster test races from carries no member tag, which no filter can
+        // ask for: its members are told apart here.
+        let found: Vec<_> = (self.ec2.find_by_tags(&s.region, &by).await?.into_iter())
+            .filter(|i| i.member.as_deref() == req.member)
+            .collect();
         let adopted = !found.is_empty();
         let info = match found.into_iter().next() {
             Some(existing) => existing,
@@ -252,9 +254,13 @@ impl Machines for Aws {
                 tags.insert(TAG_TEST.into(), address.clone());
                 tags.insert(TAG_RUN.into(), req.run_id.to_owned());
                 tags.insert(TAG_ATTEMPT.into(), attempt.clone());
+                if let Some(member) = req.member {
+                    tags.insert(TAG_MEMBER.into(), member.to_owned());
+                }
+                let member = req.member.map(|m| format!(" {m}")).unwrap_or_default();
                 tags.insert(
                     "Name".into(),
-                    format!("rallyctl {} {address}", req.workspace)
+                    format!("rallyctl {} {address}{member}", req.workspace)
                         .chars()
                         .take(256)
                         .collect(),
@@ -291,7 +297,12 @@ impl Machines for Aws {
                                 &s.market,
                                 Market::Spot(o) if o.on_interruption == MarketKind::OnDemand
                             ),
-                            client_token: client_token(req.lineage, req.address, req.attempt),
+                            client_token: client_token(
+                                req.lineage,
+                                req.address,
+                                req.attempt,
+                                req.member,
+                            ),
                         },
                         req.on_wait,
                     )
@@ -343,7 +354,7 @@ impl Machines for Aws {
             })?;
         let host = match s.connect {
             Connect::PublicIp => info.public_ip,
-            Connect::PrivateIp => info.private_ip,
+            Connect::PrivateIp => info.private_ip.clone(),
         }
         .ok_or_else(|| ProviderError {
             operation: "DescribeInstances",
@@ -354,6 +365,7 @@ impl Machines for Aws {
             ),
         })?;
         Ok(Reachable {
+            peer_address: info.private_ip,
             endpoint: self.endpoint(machine, s, host),
             patience: PATIENCE,
             refused_key_is_transient: true,
