@@ -269,7 +269,51 @@ mod tests {
     /// `esrally`, both outside the race's session (their pids in `linger.pid`,
     /// `linger.child`); with `--no-leftovers` it fails while such a process of any race is
     /// still there, a zombie too, as Rally counts one.
+    ///
+    /// For a cluster's nodes (`node.sh`): `install` records the installation (`--car=fails`:
+    /// it fails), `start` runs a process naming the installation that answers HTTP on the
+    /// node's address and port 9200 with its name, `stop` ends what `start` recorded; each
+    /// counted in `node-installs`, `node-starts` beside it. A race notes its target hosts;
+    /// with `--until-released` it says it is `racing` beside it and runs until `released` is.
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
+here="$(dirname "$0")"
+for a in "$@"; do
+  case "$a" in
+    --installation-id=*) id=${a#*=};;
+    --node-name=*) name=${a#*=};;
+    --network-host=*) ip=${a#*=};;
+    --target-hosts=*) echo "${a#*=}" >> "$here/targets";;
+  esac
+done
+root="$RALLY_HOME/.rally/benchmarks/races/$id"
+case "$1" in
+  install)
+    echo >> "$here/node-installs"
+    for a in "$@"; do [ "$a" = --car=fails ] && { echo "boom: no such car" >&2; exit 64; }; done
+    mkdir -p "$root/dist" "$root/$name/logs/server"
+    printf '{"binary-path": "%s", "name": "%s", "ip": "%s"}' "$root/dist" "$name" "$ip" > "$root/node-config.json"
+    exit 0;;
+  start)
+    echo >> "$here/node-starts"
+    read -r name ip < <(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); print(c["name"], c["ip"])' "$root/node-config.json")
+    setsid nohup python3 -c '
+import http.server, json, sys
+root, ip, name = sys.argv[1:]
+class Node(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"name": name}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer((ip, 9200), Node).serve_forever()
+' "$root/" "$ip" "$name" >> "$root/$name/logs/server/bench.log" 2>&1 < /dev/null &
+    touch "$root/node"
+    exit 0;;
+  stop)
+    rm -f "$root/node"
+    exit 0;;
+esac
 races="$(dirname "$0")/races"
 [ "$1" = race ] && echo $(( $(cat "$races" 2>/dev/null || echo 0) + 1 )) > "$races"
 for a in "$@"; do
@@ -280,6 +324,7 @@ for a in "$@"; do
     --fail-at=*) [ "$(cat "$races")" = "${a#--fail-at=}" ] && { echo "boom"; exit 64; };;
     --challenge=*) echo "${a#--challenge=}" >> "$(dirname "$0")/challenges";;
     --hang) echo "connecting"; echo $$ > "$(dirname "$report")/hung.pid"; exec sleep 3600;;
+    --until-released) touch "$here/racing"; until [ -e "$here/released" ]; do sleep 0.1; done;;
     --linger) linger=1;;
     --no-leftovers) for f in $(find "$(dirname "$0")/../.." -name 'linger.*'); do
         case "$(ps -o stat= -p "$(cat "$f")")" in "") ;; *) echo "left over: $(ps -o pid=,stat=,comm= -p "$(cat "$f")")"; exit 64;; esac
@@ -302,8 +347,17 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     const PRICES: &str =
         "[[price]]\nregion = \"us-east-1\"\ninstance_type = \"m5.large\"\nusd_per_hour = 0.096\n";
 
+    /// What the bench's tests race by default: a cluster that runs already.
+    const BENCHMARK_ONLY: &str =
+        "pipeline = \"benchmark-only\"\ntarget_hosts = [\"127.0.0.1:9\"]\n";
+
     impl Bench {
         fn new(suites: &str) -> Bench {
+            Bench::with(BENCHMARK_ONLY, suites)
+        }
+
+        /// A bench whose `[defaults]` end with `defaults`.
+        fn with(defaults: &str, suites: &str) -> Bench {
             let dir = tempfile::tempdir().unwrap();
             let remote = dir.path().join("remote");
             let venv = remote.join("rally-2.13.0");
@@ -312,7 +366,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let esrally = venv.join("bin/esrally");
             std::fs::write(&esrally, FAKE_ESRALLY).unwrap();
             std::fs::set_permissions(&esrally, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let plan = Bench::plan(&remote, suites);
+            let plan = Bench::plan(&remote, defaults, suites);
             let file = crate::cost::PriceFile::parse(Path::new("prices.toml"), PRICES).unwrap();
             let root = crate::cost::Storage {
                 volume: crate::cost::RootVolume {
@@ -334,11 +388,10 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             }
         }
 
-        fn plan(remote: &Path, suites: &str) -> Plan {
+        fn plan(remote: &Path, defaults: &str, suites: &str) -> Plan {
             let text = format!(
                 "version = 1\nname = \"unit\"\n[defaults]\nprovider = \"local\"\n\
-                 remote_dir = \"{}\"\ntrack = \"tiny\"\noffline = true\n\
-                 pipeline = \"benchmark-only\"\ntarget_hosts = [\"127.0.0.1:9\"]\n{suites}",
+                 remote_dir = \"{}\"\ntrack = \"tiny\"\noffline = true\n{defaults}{suites}",
                 remote.display()
             );
             Plan::parse(Path::new("unit.toml"), &text).unwrap()
@@ -360,8 +413,23 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             options: &Options,
             after: Option<std::time::Duration>,
         ) -> (ApplyReport, Fake) {
+            let at = after.map(|after| std::time::Instant::now() + after);
+            self.apply_cancelled_when(fake, options, move || {
+                at.is_some_and(|at| std::time::Instant::now() >= at)
+            })
+        }
+
+        /// Like `apply`, with Ctrl-C as soon as `when` says so (asked every 50 ms).
+        fn apply_cancelled_when(
+            &mut self,
+            fake: Fake,
+            options: &Options,
+            when: impl Fn() -> bool + Send + 'static,
+        ) -> (ApplyReport, Fake) {
             let changes = self.changes(options);
-            let report = self.apply_changes(fake.clone(), &changes, after).unwrap();
+            let report = self
+                .apply_changes(fake.clone(), &changes, Some(Box::new(when)))
+                .unwrap();
             (report, fake)
         }
 
@@ -370,12 +438,13 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             planner::diff(&self.plan, &self.state, &artifacts, options)
         }
 
-        /// Applies `changes` to the bench's state with `fake`, with Ctrl-C after `after`.
+        /// Applies `changes` to the bench's state with `fake`, with Ctrl-C once `when` says so.
+        #[allow(clippy::type_complexity)]
         fn apply_changes(
             &mut self,
             fake: Fake,
             changes: &planner::Changes,
-            after: Option<std::time::Duration>,
+            when: Option<Box<dyn Fn() -> bool + Send>>,
         ) -> anyhow::Result<ApplyReport> {
             let renderer = Renderer::new();
             let artifacts = planner::render_all(&self.plan, &renderer).unwrap();
@@ -393,10 +462,12 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
                 prices: self.prices.clone(),
             };
             let cancel = tokio_util::sync::CancellationToken::new();
-            if let Some(after) = after {
+            if let Some(when) = when {
                 let cancel = cancel.clone();
                 rt.spawn(async move {
-                    tokio::time::sleep(after).await;
+                    while !when() {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                     cancel.cancel();
                 });
             }
@@ -807,7 +878,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         stopped_at(&mut bench, "a.t1", Step::Racing);
         // Rally moves to another directory: a new attempt, which first gives back the machine
         // the one under way holds, where that one's race runs.
-        bench.plan = Bench::plan(&moved_rally(&bench), ONE_TEST);
+        bench.plan = Bench::plan(&moved_rally(&bench), BENCHMARK_ONLY, ONE_TEST);
         let (report, fake) = bench.apply(fake, &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         assert_eq!(
@@ -836,7 +907,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         r.set_status(Status::InProgress {
             step: Step::Launching,
         });
-        bench.plan = Bench::plan(&moved_rally(&bench), ONE_TEST);
+        bench.plan = Bench::plan(&moved_rally(&bench), BENCHMARK_ONLY, ONE_TEST);
         let (report, fake) = bench.apply(fake, &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         assert_eq!(record(&bench, "a.t1").asked_elsewhere.len(), 1);
@@ -1767,5 +1838,143 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         );
         assert_eq!(bench.plan.suites[0].bound(), NonZeroUsize::new(1));
         assert_eq!(bench.plan.suites[1].bound(), NonZeroUsize::new(3));
+    }
+
+    /// A cluster test as the fake serves it (as EC2 would: a machine per node, each named
+    /// apart): two nodes of their own instance type, raced twice on the same machines.
+    const AWS: &str = "provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
+        instance_type = \"m5.large\"\n";
+    const CLUSTER: &str = "[[suite]]\nname = \"c\"\n[[suite.test]]\nname = \"t\"\n\
+        repetitions = 2\ncluster = { nodes = 2, instance_type = \"r5.large\" }\n";
+
+    /// The lines of what the stand-in esrally noted in `name` beside it.
+    fn noted(bench: &Bench, name: &str) -> Vec<String> {
+        let file = bench.dir.path().join("remote/rally-2.13.0/bin").join(name);
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// Processes of this machine naming an installation of a node under `dir`.
+    fn node_processes(dir: &Path) -> Vec<String> {
+        let needle = format!("{}/", dir.display());
+        (std::fs::read_dir("/proc").unwrap().flatten())
+            .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&needle) && c.contains("benchmarks/races/"))
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_test_races_its_own_nodes_and_gives_every_machine_back() {
+        let mut bench = Bench::with(AWS, CLUSTER);
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        // Its own machine first, then one per node, each named apart; nodes given back first.
+        assert_eq!(
+            fake.calls(),
+            [
+                "acquire c.t#1 -> m-t-1",
+                "acquire c.t#1 -> m-t-1-node-0",
+                "acquire c.t#1 -> m-t-1-node-1",
+                "release m-t-1-node-0",
+                "release m-t-1-node-1",
+                "release m-t-1",
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty());
+        let r = record(&bench, "c.t");
+        let roles: Vec<String> = (r.members.iter())
+            .map(|m| match m.role {
+                crate::state::Role::Node { index, .. } => format!("node-{index} {}", m.machine.id),
+            })
+            .collect();
+        assert_eq!(roles, ["node-0 m-t-1-node-0", "node-1 m-t-1-node-1"]);
+        assert!(r.live_machines().next().is_none());
+        let billed: Vec<&str> = r.spent.iter().map(|s| s.machine.as_str()).collect();
+        assert_eq!(billed, ["m-t-1-node-0", "m-t-1-node-1", "m-t-1"]);
+        // Both races went to every node, at the address each was reached at.
+        let peers: Vec<String> = (r.members.iter())
+            .map(|m| format!("{}:9200", m.peer_address.as_deref().unwrap()))
+            .collect();
+        assert_eq!(noted(&bench, "targets"), [peers.join(","), peers.join(",")]);
+        // Each node installed once, started for each race, stopped after it: nothing left.
+        assert_eq!(noted(&bench, "node-installs").len(), 2);
+        assert_eq!(noted(&bench, "node-starts").len(), 4);
+        assert!(
+            node_processes(bench.dir.path()).is_empty(),
+            "{:?}",
+            node_processes(bench.dir.path())
+        );
+        // Each race's results hold each node's log, with its sha256 in state.
+        for race in r.finished() {
+            for node in ["node-0", "node-1"] {
+                let log = format!("nodes/{node}/logs/server/bench.log");
+                assert!(
+                    race.results.iter().any(|f| f.path.ends_with(&log)),
+                    "{node}: {:?}",
+                    race.results
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_that_does_not_start_fails_its_test_with_its_log_and_gives_everything_back() {
+        let mut bench = Bench::with(
+            AWS,
+            &CLUSTER.replace("instance_type = \"r5.large\"", "car = \"fails\""),
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        let [(address, step, error, tail)] = &report.failed[..] else {
+            panic!("{:?}", report.failed)
+        };
+        assert_eq!(
+            (address.to_string().as_str(), *step),
+            ("c.t", Step::Installing)
+        );
+        assert!(
+            error.contains("did not start on") && error.contains("m-t-1-node-"),
+            "{error}"
+        );
+        let tail = tail.as_deref().unwrap_or_default();
+        assert!(tail.contains("boom: no such car"), "{tail}");
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert!(record(&bench, "c.t").live_machines().next().is_none());
+        assert!(node_processes(bench.dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_race_stopped_by_ctrl_c_resumes_on_the_nodes_it_started() {
+        let mut bench = Bench::with(
+            AWS,
+            &CLUSTER.replace("repetitions = 2\n", "rally_args = [\"--until-released\"]\n"),
+        );
+        let bin = bench.dir.path().join("remote/rally-2.13.0/bin");
+        let racing = bin.join("racing");
+        let (report, fake) =
+            bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
+                racing.exists()
+            });
+        assert!(report.interrupted, "{:?}", report.failed);
+        assert_eq!(
+            bench.status("c.t"),
+            Status::InProgress { step: Step::Racing }
+        );
+        assert_eq!(noted(&bench, "node-starts").len(), 2);
+        // The race runs on while nothing watches it, and ends.
+        std::fs::write(bin.join("released"), "").unwrap();
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        // The same machines, the nodes neither installed nor started again.
+        let acquired = fake
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("acquire"))
+            .count();
+        assert_eq!(acquired, 3, "{:?}", fake.calls());
+        assert_eq!(noted(&bench, "node-installs").len(), 2);
+        assert_eq!(noted(&bench, "node-starts").len(), 2);
+        assert!(fake.held.lock().unwrap().is_empty());
+        assert!(node_processes(bench.dir.path()).is_empty());
     }
 }

@@ -311,6 +311,37 @@ mod tests {
         }
     }
 
+    /// A cluster this version races (nodes from one load driver on aws or ssh) is let through;
+    /// more load drivers, nodes on `local` and variants are refused, each test named with why.
+    #[test]
+    fn clusters_not_yet_raced_are_refused_by_name_with_why() {
+        let text = "version = 1\nname = \"c\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
+            ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\ntrack = \"t\"\ncluster = { nodes = 2 }\n\
+            [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"raced\"\n\
+            [[suite.test]]\nname = \"drivers\"\nload_drivers = 2\n\
+            [[suite.test]]\nname = \"here\"\nprovider = \"local\"\ncluster = { nodes = 1 }\n\
+            [[suite.test]]\nname = \"ab\"\n[[suite.test.variant]]\nname = \"a\"\nchallenge = \"x\"\n\
+            [[suite.test.variant]]\nname = \"b\"\nchallenge = \"y\"\n";
+        let plan = Plan::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let artifacts = planner::render_all(&plan, &crate::templates::Renderer::new()).unwrap();
+        let state = State::new("c");
+        let changes = planner::diff(&plan, &state, &artifacts, &planner::Options::default());
+        let error = refuse_clusters(&plan, &changes).unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "s.drivers (a cluster with more than one load driver), s.here (a cluster with its nodes on the local provider), s.ab-a (a cluster with variants), s.ab-b (a cluster with variants): not yet applied"
+            ),
+            "{error}"
+        );
+        let raced = planner::Changes {
+            changes: (changes.changes.into_iter())
+                .filter(|c| c.address.test() == "raced")
+                .collect(),
+            ..planner::Changes::default()
+        };
+        refuse_clusters(&plan, &raced).unwrap();
+    }
+
     /// An apply without failures tells the webhook nothing; one with many names the first few in
     /// `text` and counts the rest, while `failures` holds them all.
     #[test]
