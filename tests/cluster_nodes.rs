@@ -431,3 +431,138 @@ fn a_node_that_cannot_start_fails_node_sh_start_with_its_log_last_on_stderr() {
         ),
     );
 }
+
+/// Signals the node processes of the instance at `ip` (pids as this machine sees them).
+fn signal_nodes(h: &Harness, ip: &str, signal: &str) {
+    for pid in node_pids(h, ip) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// What a killed apply, a dead node or a broken `esrally stop` leaves behind, `node.sh` gets
+/// past when asked again: an install that found no distribution fails with Rally's log last;
+/// a node that died is started again; a node left running with no record of its start (a
+/// killed `esrally start`) and not answering is ended and started again; a stop whose
+/// `esrally stop` fails still leaves no process.
+#[test]
+fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
+    let h = Harness::start_connected(1);
+    let dir = tempfile::tempdir().unwrap();
+    let key = authorized_key(&h);
+    let r = render(&h, dir.path(), 1);
+    let ip = &h.instance_ips[0];
+    install(&h, &key, ip, &r);
+    let names = ["node-0".to_owned()];
+    let ids = [uuid::Uuid::new_v4().to_string()];
+    let start = start_command(&r, &h.instance_ips, &names, &ids, 0);
+    let root = h.host_path(
+        ip,
+        &nodes_home(&r).join(".rally/benchmarks/races").join(&ids[0]),
+    );
+
+    // Offline, with no distribution in Rally's cache: the install fails, Rally's log says why.
+    let out = run_on(&h, &key, ip, &start, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rallyctl: esrally install failed with exit code"),
+        "{stderr}"
+    );
+    let tail = &stderr[stderr.find("the node's log ends:").unwrap()..];
+    assert!(
+        tail.contains(&format!("elasticsearch-{ES_VERSION}")),
+        "Rally's log names the distribution it missed: {tail}"
+    );
+
+    h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+    on(&h, &key, ip, &start);
+    let first = node_pids(&h, ip);
+    assert_eq!(first.len(), 1);
+
+    // The node died: started again, under the same installation.
+    signal_nodes(&h, ip, "KILL");
+    assert!(
+        root.join("node").exists(),
+        "esrally's record of the start is left"
+    );
+    let printed = on(&h, &key, ip, &start);
+    assert!(printed.contains("is installed already"), "{printed}");
+    assert!(printed.contains("node node-0 started"), "{printed}");
+    let second = node_pids(&h, ip);
+    assert!(second.len() == 1 && second != first, "{first:?} {second:?}");
+
+    // Running, not answering, and no record of its start: ended, and a node started again.
+    std::fs::remove_file(root.join("node")).unwrap();
+    signal_nodes(&h, ip, "STOP");
+    let printed = on(&h, &key, ip, &start);
+    assert!(printed.contains("node node-0 started"), "{printed}");
+    let third = node_pids(&h, ip);
+    assert!(
+        third.len() == 1 && !third.contains(&second[0]),
+        "{second:?} {third:?}"
+    );
+
+    // Started, running, and never answering: a failure once the wait is over, the node's
+    // log last.
+    signal_nodes(&h, ip, "STOP");
+    let out = run_on(
+        &h,
+        &key,
+        ip,
+        &format!("RALLYCTL_NODE_START_TIMEOUT=3 {start}"),
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "rallyctl: node node-0 answering on {ip}:{} within 3s failed",
+            Cluster::HTTP_PORT
+        )),
+        "{stderr}"
+    );
+    let tail = &stderr[stderr.find("the node's log ends:").unwrap()..];
+    assert!(
+        tail.contains("node node-0 of cluster rally-benchmark"),
+        "the node's log last: {stderr}"
+    );
+    // A node that dies while `node.sh start` waits for it fails the start at once.
+    let waiting = h
+        .ssh_checked(&key, ip)
+        .arg(&start)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    signal_nodes(&h, ip, "KILL");
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("rallyctl: node node-0 failed"), "{stderr}");
+    on(&h, &key, ip, &start);
+    let third = node_pids(&h, ip);
+
+    // esrally stop cannot read its record: the node is ended all the same, and again.
+    std::fs::write(root.join("node"), b"not a pickle").unwrap();
+    let stop = as_node(
+        &r,
+        NodeCommand::Stop {
+            installation_id: &ids[0],
+        },
+    );
+    assert_eq!(third.len(), 1);
+    for _ in 0..2 {
+        let out = run_on(&h, &key, ip, &stop, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("esrally stop failed"), "{stderr}");
+        assert!(node_pids(&h, ip).is_empty(), "no node process is left");
+    }
+}
