@@ -54,6 +54,9 @@ pub fn bundle(
         ),
         ("user-tags.json".into(), user_tags.into_bytes(), 0o644),
     ];
+    if let Some(node) = artifacts.node() {
+        files.push(("node.sh".into(), node.as_bytes().to_vec(), 0o755));
+    }
     if let TrackSource::Path(dir) = &test.settings.track {
         let dir = dir.read();
         for rel in templates::list_files(dir)? {
@@ -81,4 +84,47 @@ pub fn tar(files: &[File]) -> std::io::Result<Vec<u8>> {
         builder.append_data(&mut header, path, bytes.as_slice())?;
     }
     builder.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Plan;
+
+    fn names(cluster: &str) -> Vec<(String, u32)> {
+        let text = format!(
+            "version = 1\nname = \"w\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-1\"\n\
+             instance_type = \"m5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"t\"\n{cluster}\n"
+        );
+        let plan = Plan::parse(Path::new("t.toml"), &text).unwrap();
+        let test = plan.tests().next().unwrap();
+        let renderer = Renderer::new();
+        let artifacts = renderer.render(test).unwrap();
+        let origin = Origin {
+            workspace: "w",
+            run_id: "r",
+        };
+        let bundle = bundle(&renderer, test, &artifacts, &origin).unwrap();
+        tar::Archive::new(&bundle[..])
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                (name, e.header().mode().unwrap())
+            })
+            .collect()
+    }
+
+    /// Every machine of a cluster test gets one bundle, node.sh in it; other tests' bundles
+    /// are as they were.
+    #[test]
+    fn only_a_cluster_tests_bundle_carries_node_sh() {
+        let with = names("cluster = { nodes = 2 }");
+        assert!(with.contains(&("node.sh".to_owned(), 0o755)), "{with:?}");
+        let without = names("");
+        assert!(without.iter().all(|(n, _)| n != "node.sh"), "{without:?}");
+        assert_eq!(with.len(), without.len() + 1);
+    }
 }

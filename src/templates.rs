@@ -16,7 +16,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::FastHash;
-use crate::plan::{MachineSettings, RallyConfig, Settings, SortedMap, Test, TrackSource};
+use crate::plan::{
+    Cluster, MachineSettings, RallyConfig, Settings, SortedMap, Test, Text, TrackSource,
+};
 
 /// Environment variables the metrics-store rally.ini reads at apply time.
 pub const METRICS_PASSWORD_ENV: &str = "RALLYCTL_METRICS_PASSWORD";
@@ -44,8 +46,15 @@ pub struct Artifacts {
     /// In the order of [`RENDERED`].
     parts: [Arc<Part>; 4],
     pub config_hash: String,
-    /// A local track's files.
+    /// What only some tests have, behind one pointer that most leave empty.
+    extra: Option<Arc<Extra>>,
+}
+
+/// A test's parts beyond [`RENDERED`]: a local track's files, a cluster's `node.sh`.
+#[derive(Debug, PartialEq)]
+struct Extra {
     track: Option<Arc<TrackFiles>>,
+    node: Option<Arc<Part>>,
 }
 
 /// The rendered parts by the name they have in a run directory, in the order the config hash
@@ -78,6 +87,13 @@ impl Artifacts {
         &self.parts[3].text
     }
 
+    /// `node.sh`, which manages one Elasticsearch node of the test's cluster (see
+    /// [`NodeCommand`]); only a test with a cluster has one, and its bundle carries it.
+    pub fn node(&self) -> Option<&str> {
+        let node = self.extra.as_ref()?.node.as_ref()?;
+        Some(&node.text)
+    }
+
     /// The sha256 of the install script, as [`crate::state::Machine::installed`] records it.
     pub fn install_digest(&self) -> String {
         hex::encode(self.parts[1].digest)
@@ -96,7 +112,13 @@ impl Artifacts {
             };
             inputs.insert(name, hex::encode(digest));
         }
-        if let (Some(track), TrackSource::Path(dir)) = (&self.track, &s.track) {
+        let extra = self.extra.as_deref();
+        if let Some(node) = extra.and_then(|e| e.node.as_ref()) {
+            inputs.insert("node.sh".to_owned(), hex::encode(node.digest));
+        }
+        if let (Some(track), TrackSource::Path(dir)) =
+            (extra.and_then(|e| e.track.as_ref()), &s.track)
+        {
             for (file, digest) in &track.files {
                 let name = dir.recorded().join(file).display().to_string();
                 inputs.insert(name, hex::encode(digest));
@@ -134,6 +156,8 @@ pub struct Session<'r> {
     renderer: &'r Renderer,
     /// Rendered parts by template and context.
     parts: HashMap<Vec<u8>, Arc<Part>, FastHash>,
+    /// Extras by the parts they point at, so that tests of one track share one.
+    extras: HashMap<[usize; 2], Arc<Extra>, FastHash>,
     /// Reused buffers: the key of a part being looked up, the text being hashed, a context's
     /// JSON.
     key: Vec<u8>,
@@ -165,6 +189,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("install.sh", include_str!("../templates/install.sh.j2")),
     ("race.sh", include_str!("../templates/race.sh.j2")),
+    ("node.sh", include_str!("../templates/node.sh.j2")),
 ];
 
 pub fn shell_quote(value: &str) -> Result<String, TemplateError> {
@@ -216,6 +241,7 @@ impl Renderer {
         Session {
             renderer: self,
             parts: HashMap::default(),
+            extras: HashMap::default(),
             key: Vec::new(),
             text: Vec::new(),
             context: Vec::new(),
@@ -385,7 +411,11 @@ impl Session<'_> {
                 venv_name: VenvName(&s.rally_version),
                 rally_version: &s.rally_version,
                 needs_java: s.needs_java(),
-                needs_git: matches!(s.track, TrackSource::Named(_)) && !s.offline,
+                // Rally clones its track repository, and a cluster's nodes its team repository
+                // unless the plan names a team directory.
+                needs_git: !s.offline
+                    && (matches!(s.track, TrackSource::Named(_))
+                        || s.cluster.as_ref().is_some_and(|c| c.team_path.is_none())),
                 baked: matches!(&s.machine, MachineSettings::Aws(a) if a.base_ami.is_some()),
             },
         )?;
@@ -397,14 +427,35 @@ impl Session<'_> {
                 venv_name: VenvName(&s.rally_version),
                 esrally_args: &args,
                 track_path: matches!(s.track, TrackSource::Path(_)),
-                needs_java: s.needs_java(),
+                // A cluster's load drivers race it over HTTP, with no JDK of their own.
+                needs_java: s.needs_java() && s.cluster.is_none(),
                 // EC2's watchdog bounds the whole instance; elsewhere the race bounds itself.
                 race_timeout: match s.machine {
                     MachineSettings::Aws(_) => None,
                     _ => Some(s.max_runtime.as_secs()),
                 },
+                cluster: s.cluster.is_some(),
             },
         )?;
+        let node = match &s.cluster {
+            Some(cluster) => Some(self.render_builtin(
+                "node.sh",
+                &NodeContext {
+                    remote_dir: &s.remote_dir,
+                    venv_name: VenvName(&s.rally_version),
+                    install_args: &node_install_args(cluster),
+                    start_args: &node_runtime_jdk(cluster),
+                    team_path: cluster.team_path.as_deref(),
+                    offline: s.offline,
+                    needs_java: cluster.needs_java(),
+                    http_port: Cluster::HTTP_PORT,
+                    cluster_name: NODE_CLUSTER_NAME,
+                    start_timeout: NODE_START_TIMEOUT.as_secs(),
+                    tail_lines: NODE_LOG_TAIL_LINES,
+                },
+            )?),
+            None => None,
+        };
         let rally_ini = self.cached(
             |buf| {
                 buf.extend_from_slice(b"rally.ini\0");
@@ -433,13 +484,38 @@ impl Session<'_> {
             }
             TrackSource::Named(_) => None,
         };
+        // After everything a test without a cluster hashes, so that its hash stays as it was.
+        if let Some(node) = &node {
+            hash.update(node.digest);
+        }
+        let extra = self.extra(track, node);
         let mut hex = [0; 64];
         hex::encode_to_slice(hash.finalize(), &mut hex).expect("64 digits hold a sha256");
         Ok(Artifacts {
             parts: [user_data, install, race, rally_ini],
             config_hash: String::from_utf8(hex.to_vec()).expect("hex digits are ASCII"),
-            track,
+            extra,
         })
+    }
+
+    /// The one [`Extra`] of these parts, or none when there are none.
+    fn extra(
+        &mut self,
+        track: Option<Arc<TrackFiles>>,
+        node: Option<Arc<Part>>,
+    ) -> Option<Arc<Extra>> {
+        if track.is_none() && node.is_none() {
+            return None;
+        }
+        let key = [
+            track.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize),
+            node.as_ref().map_or(0, |n| Arc::as_ptr(n) as usize),
+        ];
+        let extra = self
+            .extras
+            .entry(key)
+            .or_insert_with(|| Arc::new(Extra { track, node }));
+        Some(extra.clone())
     }
 }
 
@@ -499,6 +575,25 @@ struct RaceContext<'a> {
     track_path: bool,
     needs_java: bool,
     race_timeout: Option<u64>,
+    /// The test races a cluster of its own, whose addresses `race.sh start` is given.
+    cluster: bool,
+}
+
+#[derive(Serialize)]
+struct NodeContext<'a> {
+    remote_dir: &'a str,
+    venv_name: VenvName<'a>,
+    /// `esrally install` arguments fixed by the plan.
+    install_args: &'a [String],
+    /// `esrally start` arguments fixed by the plan.
+    start_args: &'a [String],
+    team_path: Option<&'a str>,
+    offline: bool,
+    needs_java: bool,
+    http_port: u16,
+    cluster_name: &'a str,
+    start_timeout: u64,
+    tail_lines: u32,
 }
 
 fn humantime_text<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -547,18 +642,31 @@ fn hash_json(hash: &mut Sha256, text: &mut Vec<u8>, value: &impl Serialize) {
 /// The `esrally race` arguments fixed by the settings. Track and car parameters go through
 /// JSON files beside the script, so Rally receives them exactly as written, with no shell or
 /// comma-splitting in between.
+///
+/// A test with a cluster races it as one that already runs (`--pipeline=benchmark-only`,
+/// its nodes' addresses given to `race.sh start`): what makes the nodes (car, distribution,
+/// JDK) went to `node.sh` instead.
 fn esrally_args(s: &Settings) -> Vec<String> {
     let mut args = Vec::new();
     if let TrackSource::Named(track) = &s.track {
         args.push(format!("--track={track}"));
     }
+    let own_nodes = s.cluster.is_some();
+    let node_side = |value: &Option<Text>| if own_nodes { None } else { value.clone() };
     let optional = [
-        ("--challenge", &s.challenge),
-        ("--car", &s.car),
-        ("--distribution-version", &s.distribution_version),
-        ("--pipeline", &s.pipeline),
-        ("--runtime-jdk", &s.runtime_jdk),
-        ("--client-options", &s.client_options),
+        ("--challenge", s.challenge.clone()),
+        ("--car", node_side(&s.car)),
+        ("--distribution-version", node_side(&s.distribution_version)),
+        (
+            "--pipeline",
+            if own_nodes {
+                Some("benchmark-only".into())
+            } else {
+                s.pipeline.clone()
+            },
+        ),
+        ("--runtime-jdk", node_side(&s.runtime_jdk)),
+        ("--client-options", s.client_options.clone()),
     ];
     for (flag, value) in optional {
         if let Some(v) = value {
@@ -571,7 +679,7 @@ fn esrally_args(s: &Settings) -> Vec<String> {
     if !s.track_params.is_empty() {
         args.push("--track-params=track-params.json".into());
     }
-    if !s.car_params.is_empty() {
+    if !s.car_params.is_empty() && !own_nodes {
         args.push("--car-params=car-params.json".into());
     }
     if s.offline {
@@ -588,11 +696,173 @@ pub fn race_command(s: &Settings) -> Result<String, TemplateError> {
     if matches!(s.track, TrackSource::Path(_)) {
         words.push("--track-path=<uploaded track>".into());
     }
+    if s.cluster.is_some() {
+        words.push("--target-hosts=<the cluster's nodes>".into());
+    }
     let quoted: Vec<String> = words
         .iter()
         .map(|w| shell_quote(w))
         .collect::<Result<_, _>>()?;
     Ok(quoted.join(" "))
+}
+
+/// The name of every cluster `node.sh` makes: Rally's own default, so a node logs to
+/// `rally-benchmark.log`.
+const NODE_CLUSTER_NAME: &str = "rally-benchmark";
+/// How long `node.sh start` waits for a started node to answer HTTP.
+const NODE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The lines of the node's log a failed `node.sh start` ends its stderr with.
+const NODE_LOG_TAIL_LINES: u32 = 40;
+
+/// The `esrally install` arguments a cluster's keys fix, each node's alike. Parameters go as
+/// JSON, which Rally reads as such, with no comma-splitting in between.
+fn node_install_args(c: &Cluster) -> Vec<String> {
+    let mut args = Vec::new();
+    let optional = [
+        ("--car", &c.car),
+        ("--distribution-version", &c.distribution_version),
+        ("--distribution-repository", &c.distribution_repository),
+    ];
+    for (flag, value) in optional {
+        if let Some(v) = value {
+            args.push(format!("{flag}={v}"));
+        }
+    }
+    if !c.car_params.is_empty() {
+        args.push(format!("--car-params={}", compact_json(&c.car_params)));
+    }
+    if !c.plugins.is_empty() {
+        args.push(format!("--elasticsearch-plugins={}", c.plugins.join(",")));
+    }
+    if !c.plugin_params.is_empty() {
+        args.push(format!(
+            "--plugin-params={}",
+            compact_json(&c.plugin_params)
+        ));
+    }
+    args.extend(node_runtime_jdk(c));
+    args.push(format!("--http-port={}", Cluster::HTTP_PORT));
+    args.push(format!("--cluster-name={NODE_CLUSTER_NAME}"));
+    args
+}
+
+/// `--runtime-jdk`, which both `esrally install` and `start` resolve a JDK by: the cluster's,
+/// else the one its distribution bundles when rallyctl installs none (Rally would otherwise
+/// look for one on the machine).
+fn node_runtime_jdk(c: &Cluster) -> Vec<String> {
+    match (&c.runtime_jdk, c.needs_java()) {
+        (Some(jdk), _) => vec![format!("--runtime-jdk={jdk}")],
+        (None, false) => vec!["--runtime-jdk=bundled".to_owned()],
+        (None, true) => Vec::new(),
+    }
+}
+
+fn compact_json(params: &SortedMap<serde_json::Value>) -> String {
+    serde_json::to_string(params).expect("JSON values serialize")
+}
+
+/// What the lifecycle asks `node.sh` of a test's run directory (see `templates/node.sh.j2`).
+/// Each is safe to repeat.
+#[derive(Debug, Clone, Copy)]
+pub enum NodeCommand<'a> {
+    /// Installs (once per installation id) and starts the node `name` at `ip`, one of the
+    /// cluster whose master-eligible nodes are `masters` (names) and whose nodes are at
+    /// `seed_ips`; exits 0 once it answers HTTP, else not 0 with the node's log's tail last on
+    /// stderr.
+    Start {
+        name: &'a str,
+        ip: &'a str,
+        masters: &'a [&'a str],
+        seed_ips: &'a [&'a str],
+        installation_id: &'a str,
+        race_id: &'a str,
+    },
+    /// Stops it: exits 0 once no process of it is left, also when none ever ran.
+    Stop { installation_id: &'a str },
+    /// A tar stream on stdout: the node's `logs/` (its log, its GC log) and `telemetry/`.
+    Collect {
+        installation_id: &'a str,
+        name: &'a str,
+    },
+    /// The last `lines` of the node's log.
+    Tail {
+        installation_id: &'a str,
+        name: &'a str,
+        lines: u32,
+    },
+}
+
+impl NodeCommand<'_> {
+    /// The command line that runs this in `run_dir`, every word shell-quoted.
+    pub fn line(&self, run_dir: &str) -> Result<String, TemplateError> {
+        let script = format!("{run_dir}/node.sh");
+        let mut words: Vec<String> = vec!["bash".into(), script];
+        match *self {
+            NodeCommand::Start {
+                name,
+                ip,
+                masters,
+                seed_ips,
+                installation_id,
+                race_id,
+            } => {
+                let seeds: Vec<String> = seed_ips
+                    .iter()
+                    .map(|ip| host_port(ip, Cluster::TRANSPORT_PORT))
+                    .collect();
+                words.extend(
+                    [
+                        "start",
+                        name,
+                        ip,
+                        &masters.join(","),
+                        &seeds.join(","),
+                        installation_id,
+                        race_id,
+                    ]
+                    .map(str::to_owned),
+                );
+            }
+            NodeCommand::Stop { installation_id } => {
+                words.extend(["stop", installation_id].map(str::to_owned))
+            }
+            NodeCommand::Collect {
+                installation_id,
+                name,
+            } => words.extend(["collect", installation_id, name].map(str::to_owned)),
+            NodeCommand::Tail {
+                installation_id,
+                name,
+                lines,
+            } => {
+                words.extend(["tail", installation_id, name, &lines.to_string()].map(str::to_owned))
+            }
+        }
+        let quoted: Vec<String> = words
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Result<_, _>>()?;
+        Ok(quoted.join(" "))
+    }
+}
+
+/// The cluster's nodes as `race.sh start` takes them (its third argument): their HTTP
+/// addresses, comma-separated.
+pub fn cluster_target_hosts(ips: &[&str]) -> String {
+    let hosts: Vec<String> = ips
+        .iter()
+        .map(|ip| host_port(ip, Cluster::HTTP_PORT))
+        .collect();
+    hosts.join(",")
+}
+
+/// `ip:port`, an IPv6 address in brackets.
+fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
 }
 
 #[cfg(test)]
@@ -710,6 +980,273 @@ track_params = { bulk_size = 5000 }"#,
 
     fn toml_str(s: &str) -> String {
         serde_json::to_string(s).unwrap()
+    }
+
+    /// A test with a cluster of its own: one of the hash corpus's keys, beside race settings
+    /// that belong to the nodes.
+    fn cluster_test(cluster: &str, extra: &str) -> Test {
+        test_from(&format!(
+            "name = \"t\"\ntrack = \"geonames\"\ncar = \"8gheap\"\ncar_params = {{ a = 1 }}\n\
+             distribution_version = \"8.14.0\"\nruntime_jdk = \"17\"\n\
+             cluster = {{ nodes = 3, car = \"4gheap\", car_params = {{ heap = \"4g\" }}, \
+             plugins = [\"analysis-icu\", \"repository-s3\"], plugin_params = {{ icu = true }}, \
+             distribution_version = \"8.15.0\", distribution_repository = \"release\"{cluster} }}\n{extra}"
+        ))
+    }
+
+    /// A cluster's nodes get what makes Elasticsearch, the race gets the rest and the nodes'
+    /// addresses as an argument; `race_command` says so.
+    #[test]
+    fn a_cluster_test_renders_node_sh_and_races_its_nodes() {
+        let test = cluster_test(", team_path = \"rally-teams\"", "");
+        let a = Renderer::new().render(&test).unwrap();
+        insta::assert_snapshot!("node", a.node().unwrap());
+        insta::assert_snapshot!("race_cluster", a.race());
+        insta::assert_snapshot!(
+            "race_command_cluster",
+            race_command(&test.settings).unwrap()
+        );
+        assert!(a.inputs(&test.settings).contains_key("node.sh"));
+        assert!(
+            !a.install().contains("installing a JDK"),
+            "the JDK is bundled"
+        );
+        // The node's plan values reach esrally as single words, whatever they hold.
+        let start = a.node().unwrap().split("install=(install").nth(1).unwrap();
+        let words = start.split("\n    )").next().unwrap();
+        let printed = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "flags=(); name=N ip=I masters=M seeds=S id=D team_path=T\n\
+                 args=({words}\n); printf '%s\\0' \"${{args[@]}}\""
+            ))
+            .output()
+            .unwrap();
+        let args: Vec<String> = String::from_utf8(printed.stdout)
+            .unwrap()
+            .split_terminator('\0')
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--car=4gheap",
+                "--distribution-version=8.15.0",
+                "--distribution-repository=release",
+                "--car-params={\"heap\":\"4g\"}",
+                "--elasticsearch-plugins=analysis-icu,repository-s3",
+                "--plugin-params={\"icu\":true}",
+                "--runtime-jdk=bundled",
+                "--http-port=9200",
+                "--cluster-name=rally-benchmark",
+                "--team-path=T",
+                "--node-name=N",
+                "--network-host=I",
+                "--master-nodes=M",
+                "--seed-hosts=S",
+                "--installation-id=D",
+            ]
+        );
+        // Without a team directory, Rally clones its team repository unless offline.
+        let git = |cluster: &str, extra: &str| {
+            let test = test_from(&format!(
+                "name = \"t\"\ntrack_path = \"tests/fixtures/tracks/tiny\"\n\
+                 cluster = {{ nodes = 1{cluster} }}\n{extra}"
+            ));
+            let a = Renderer::new().render(&test).unwrap();
+            a.install().contains("installing git")
+        };
+        assert!(git("", ""));
+        assert!(!git(", team_path = \"/teams\"", ""));
+        assert!(!git("", "offline = true"));
+        let offline = Renderer::new()
+            .render(&cluster_test("", "offline = true"))
+            .unwrap();
+        assert!(
+            offline
+                .node()
+                .unwrap()
+                .contains("flags=(--quiet --offline)")
+        );
+    }
+
+    /// A JDK is installed where a node needs one, and the node is pointed at it rather than
+    /// at the one its distribution bundles.
+    #[test]
+    fn a_node_runs_on_the_bundled_jdk_unless_it_needs_another() {
+        for (cluster, java, jdk) in [
+            (
+                r#"distribution_version = "8.15.0""#,
+                false,
+                "--runtime-jdk=bundled",
+            ),
+            (r#"distribution_version = "6.8.0""#, true, ""),
+            (r#"runtime_jdk = "17""#, true, "--runtime-jdk=17"),
+        ] {
+            let test = test_from(&format!(
+                "name = \"t\"\ntrack = \"x\"\ncluster = {{ nodes = 1, {cluster} }}"
+            ));
+            let a = Renderer::new().render(&test).unwrap();
+            let node = a.node().unwrap();
+            assert_eq!(a.install().contains("installing a JDK"), java, "{cluster}");
+            assert_eq!(node.contains("export JAVA_HOME"), java, "{cluster}");
+            assert!(
+                !a.race().contains("JAVA_HOME"),
+                "{cluster}: the driver needs none"
+            );
+            assert_eq!(node.contains("--runtime-jdk"), !jdk.is_empty(), "{cluster}");
+            assert!(node.contains(jdk), "{cluster}");
+        }
+    }
+
+    /// Only a test with a cluster has node.sh, and its hash takes node.sh in: a changed
+    /// cluster key is a re-run.
+    #[test]
+    fn only_a_cluster_test_has_node_sh_and_hashes_it() {
+        let r = Renderer::new();
+        let mut r = r.session();
+        let plain = r.render(&test_from("name = \"t\"\ntrack = \"x\"")).unwrap();
+        assert!(plain.node().is_none());
+        assert!(
+            !plain
+                .inputs(&test_from("name = \"t\"\ntrack = \"x\"").settings)
+                .contains_key("node.sh")
+        );
+        let one = r.render(&cluster_test("", "")).unwrap();
+        let mut other = cluster_test("", "");
+        other.settings.cluster.as_mut().unwrap().car = Some("16gheap".into());
+        let other = r.render(&other).unwrap();
+        assert_ne!(one.node(), other.node());
+        assert_ne!(one.config_hash, other.config_hash);
+        assert_eq!(one.race(), other.race());
+        // Two tests of one cluster share its node.sh.
+        let again = r.render(&cluster_test("", "")).unwrap();
+        assert!(Arc::ptr_eq(
+            one.extra.as_ref().unwrap(),
+            again.extra.as_ref().unwrap()
+        ));
+    }
+
+    #[test]
+    fn node_commands_are_quoted_for_the_shell() {
+        let dir = "/home/ec2-user/rally run's";
+        let start = NodeCommand::Start {
+            name: "node-0",
+            ip: "10.0.0.1",
+            masters: &["node-0", "node-1"],
+            seed_ips: &["10.0.0.1", "fd00::2"],
+            installation_id: "i-1",
+            race_id: "r $(x)",
+        };
+        assert_eq!(
+            start.line(dir).unwrap(),
+            "bash \"/home/ec2-user/rally run's/node.sh\" start node-0 10.0.0.1 'node-0,node-1' \
+             '10.0.0.1:9300,[fd00::2]:9300' i-1 'r $(x)'"
+        );
+        assert_eq!(
+            NodeCommand::Stop {
+                installation_id: "i-1"
+            }
+            .line("/r")
+            .unwrap(),
+            "bash /r/node.sh stop i-1"
+        );
+        assert_eq!(
+            NodeCommand::Collect {
+                installation_id: "i-1",
+                name: "node-0"
+            }
+            .line("/r")
+            .unwrap(),
+            "bash /r/node.sh collect i-1 node-0"
+        );
+        assert_eq!(
+            NodeCommand::Tail {
+                installation_id: "i-1",
+                name: "node-0",
+                lines: 40
+            }
+            .line("/r")
+            .unwrap(),
+            "bash /r/node.sh tail i-1 node-0 40"
+        );
+        assert!(
+            NodeCommand::Stop {
+                installation_id: "i\0"
+            }
+            .line("/r")
+            .is_err()
+        );
+        assert_eq!(
+            cluster_target_hosts(&["10.0.0.1", "10.0.0.2"]),
+            "10.0.0.1:9200,10.0.0.2:9200"
+        );
+    }
+
+    /// What node.sh does without esrally: refuse what it cannot use, and answer a stop, a
+    /// collect and a tail of a node that was never installed as a resumed apply needs.
+    #[test]
+    fn node_sh_refuses_bad_arguments_and_stops_a_node_never_installed() {
+        let home = tempfile::tempdir().unwrap();
+        let remote = home.path().join("rally");
+        std::fs::create_dir(&remote).unwrap();
+        let mut test = cluster_test("", "");
+        test.settings.remote_dir = remote.to_str().unwrap().into();
+        let a = Renderer::new().render(&test).unwrap();
+        let script = home.path().join("node.sh");
+        std::fs::write(&script, a.node().unwrap()).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .args(args)
+                .env("HOME", home.path())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                out.stdout,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, _, err) = run(&["start", "n", "10.0.0.1"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("usage: node.sh start NAME"), "{err}");
+        let (code, _, err) = run(&["start", "../n", "ip", "m", "s", "id", "race"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("node name '../n' cannot name a directory"),
+            "{err}"
+        );
+        let (code, _, err) = run(&["stop", ".."]);
+        assert_eq!(code, Some(2), "{err}");
+        let (code, _, err) = run(&["bogus"]);
+        assert_eq!(code, Some(2), "{err}");
+        let (code, out, err) = run(&["stop", "never"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(String::from_utf8_lossy(&out).contains("never installed"));
+        let (code, out, err) = run(&["collect", "never", "node-0"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(tar::Archive::new(&out[..]).entries().unwrap().count(), 0);
+        let (code, out, err) = run(&["tail", "never", "node-0", "5"]);
+        assert_eq!((code, out.len()), (Some(0), 0), "{err}");
+        assert!(remote.join("nodes").is_dir(), "the nodes' Rally home");
+    }
+
+    /// A cluster test's race needs its nodes' addresses.
+    #[test]
+    fn a_cluster_race_refuses_to_start_without_its_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Renderer::new().render(&cluster_test("", "")).unwrap();
+        let script = dir.path().join("race.sh");
+        std::fs::write(&script, a.race()).unwrap();
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .args(["start", "race-1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("TARGET_HOSTS"));
+        assert!(!dir.path().join("race.id").exists(), "nothing started");
     }
 
     #[test]

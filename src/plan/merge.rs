@@ -329,6 +329,16 @@ impl Loader<'_, '_> {
         {
             ok &= self.pool_holds(pool, &hosts, nodes, drivers, &cluster_span, at_cluster);
         }
+        let team_path = text(const { cluster_at("team_path") });
+        if team_path.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            self.sink.error_with_help(
+                &cluster_span,
+                at_cluster.key("team_path"),
+                "`team_path` is empty",
+                "name the directory of Rally's cars on the node machines, or leave `team_path` out for Rally's team repository",
+            );
+            ok = false;
+        }
         let map = |i: usize| match key(i) {
             Some(Val::JsonMap(map)) => map.clone(),
             _ => NO_JSON.clone(),
@@ -347,6 +357,7 @@ impl Loader<'_, '_> {
                 _ => NO_TEXTS.clone(),
             },
             runtime_jdk: text(const { cluster_at("runtime_jdk") }),
+            team_path,
         };
         ok.then_some((Some(cluster), drivers))
     }

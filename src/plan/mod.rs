@@ -488,6 +488,11 @@ pub struct Cluster {
     pub plugins: Arc<[Text]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_jdk: Option<Text>,
+    /// A directory of Rally's cars on the node machines (`esrally install --team-path`),
+    /// relative to the user's home unless absolute; none: Rally's team repository, which it
+    /// clones from the internet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_path: Option<Text>,
 }
 
 /// The ports a cluster's machines reach one another on, in one place: what rallyctl passes to
@@ -504,6 +509,25 @@ impl Cluster {
     /// The actors `esrallyd` starts listen on ports the kernel hands out: Linux's default
     /// `ip_local_port_range`.
     pub const ACTOR_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
+}
+
+impl Cluster {
+    /// Whether the nodes need a JDK on their machines: one is named, or the distribution
+    /// bundles none (before 7.0). Otherwise a node runs on the JDK its distribution bundles.
+    pub fn needs_java(&self) -> bool {
+        match self.runtime_jdk.as_deref() {
+            Some("bundled") => false,
+            Some(_) => true,
+            None => bundles_no_jdk(self.distribution_version.as_deref()),
+        }
+    }
+}
+
+/// Whether an Elasticsearch of this version comes without a JDK: before 7.0.
+fn bundles_no_jdk(version: Option<&str>) -> bool {
+    version
+        .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
+        .is_some_and(|major| major < 7)
 }
 
 /// TCP ports a test's machines must reach one another on, with what listens there.
@@ -889,17 +913,17 @@ impl Settings {
     /// Rally needs a JDK on the machine only when it launches Elasticsearch itself and that
     /// Elasticsearch does not bring its own (bundled JDKs arrived with 7.0).
     pub fn needs_java(&self) -> bool {
+        // The load drivers of a cluster race it over HTTP: only its nodes run Elasticsearch.
+        if let Some(cluster) = &self.cluster {
+            return cluster.needs_java();
+        }
         if self.pipeline.as_deref() == Some("benchmark-only") || !self.target_hosts.is_empty() {
             return false;
         }
         match self.runtime_jdk.as_deref() {
             Some("bundled") => false,
             Some(_) => true,
-            None => self
-                .distribution_version
-                .as_deref()
-                .and_then(|v| v.split('.').next()?.parse::<u32>().ok())
-                .is_some_and(|major| major < 7),
+            None => bundles_no_jdk(self.distribution_version.as_deref()),
         }
     }
 

@@ -225,7 +225,7 @@ pub(super) const SETTINGS: [Decl; 42] = [
         ..decl(
             "cluster",
             Ty::Cluster,
-            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `plugins`, `plugin_params`, `distribution_version`, `distribution_repository`, `runtime_jdk`, `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Not yet applied by this version: `apply` refuses such a test",
+            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `plugins`, `plugin_params`, `distribution_version`, `distribution_repository`, `runtime_jdk`, `team_path` (a directory of Rally cars on the node machines, relative to the user's home unless absolute, for `esrally install --team-path`; else Rally's team repository, from the internet), `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Not yet applied by this version: `apply` refuses such a test",
         )
     },
     decl(
@@ -435,7 +435,7 @@ pub(super) const SETTINGS: [Decl; 42] = [
 ];
 
 /// The keys of a `cluster` table, sorted, with their types and the providers that read them.
-pub(super) const CLUSTER_KEYS: [(&str, Ty, Readers); 10] = [
+pub(super) const CLUSTER_KEYS: [(&str, Ty, Readers); 11] = [
     ("car", Ty::Str, Readers::ALL),
     ("car_params", Ty::JsonMap, Readers::ALL),
     ("distribution_repository", Ty::Str, Readers::ALL),
@@ -446,6 +446,7 @@ pub(super) const CLUSTER_KEYS: [(&str, Ty, Readers); 10] = [
     ("plugin_params", Ty::JsonMap, Readers::ALL),
     ("plugins", Ty::Strs, Readers::ALL),
     ("runtime_jdk", Ty::Str, Readers::ALL),
+    ("team_path", Ty::Str, Readers::ALL),
 ];
 
 /// The names of [`CLUSTER_KEYS`], for suggestions.

@@ -1,0 +1,568 @@
+//! rallyctl's own `node.sh` and `race.sh` of a test with a cluster, rendered from its templates
+//! and run as the lifecycle will run them: on connected harness instances, with the real
+//! esrally installing, starting and stopping the ES double as nodes of one cluster, offline.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rallyctl::plan::{Cluster, Plan};
+use rallyctl::templates::{NodeCommand, Renderer, cluster_target_hosts};
+use support::Harness;
+use support::cluster::{ES_DOUBLE_TEAM, as_node_user};
+
+const ES_VERSION: &str = "8.15.0";
+
+/// Runs `command` with bash on the instance at `ip` with `input` on its stdin.
+fn run_on(h: &Harness, key: &Path, ip: &str, command: &str, input: &[u8]) -> Output {
+    let mut child = h
+        .ssh_checked(key, ip)
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// [`run_on`] that must succeed; returns its stdout.
+fn on(h: &Harness, key: &Path, ip: &str, command: &str) -> String {
+    let out = run_on(h, key, ip, command, b"");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("[{ip}] $ {command}\n{stdout}{stderr}");
+    assert!(out.status.success(), "on {ip}: {command}\nfailed: {stderr}");
+    stdout.into_owned()
+}
+
+/// One test with a cluster of `nodes` nodes, rendered for the harness: its instances' own disks
+/// as `remote_dir` (the nodes' Rally home is per machine), the double's team, offline.
+struct Rendered {
+    bundle: Vec<u8>,
+    remote_dir: PathBuf,
+    run_dir: String,
+}
+
+fn render(h: &Harness, dir: &Path, nodes: u32) -> Rendered {
+    let plan = dir.join("nodes.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"version = 1
+name = "nodes"
+[defaults]
+region = "{region}"
+ami = "{ami}"
+instance_type = "m5.large"
+subnet_id = "{subnet}"
+security_group_ids = ["{sg}"]
+ssh_user = "{user}"
+ssh_port = {port}
+connect = "private_ip"
+remote_dir = "{remote}"
+rally_config = "{ini}"
+max_runtime = "30m"
+track_path = "{track}"
+offline = true
+cluster = {{ nodes = {nodes}, car = "4gheap", distribution_version = "{ES_VERSION}", team_path = "{team}" }}
+[[suite]]
+name = "s"
+[[suite.test]]
+name = "t"
+"#,
+            region = h.region,
+            ami = h.ami,
+            subnet = h.subnet_id,
+            sg = h.security_group_id,
+            user = h.ssh_user,
+            port = h.ssh_port,
+            remote = h.host_dir.display(),
+            ini = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("conditional_install_items/rally_csv.ini")
+                .display(),
+            track = h.track_path.display(),
+            team = ES_DOUBLE_TEAM,
+        ),
+    )
+    .unwrap();
+    let plan = Plan::load(&plan).unwrap();
+    let test = plan.tests().next().unwrap();
+    let renderer = Renderer::new();
+    let artifacts = renderer.render(test).unwrap();
+    assert!(artifacts.node().is_some(), "a cluster test has node.sh");
+    let origin = rallyctl::staging::Origin {
+        workspace: "nodes",
+        run_id: "run-1",
+    };
+    let bundle = rallyctl::staging::bundle(&renderer, test, &artifacts, &origin).unwrap();
+    Rendered {
+        bundle,
+        remote_dir: h.host_dir.clone(),
+        run_dir: h.host_dir.join("runs/t-1").display().to_string(),
+    }
+}
+
+/// What the lifecycle's installing does on each machine: the bundle into the run directory,
+/// then install.sh.
+fn install(h: &Harness, key: &Path, ip: &str, r: &Rendered) {
+    let out = run_on(
+        h,
+        key,
+        ip,
+        &format!("mkdir -p {0} && tar -xf - -C {0}", r.run_dir),
+        &r.bundle,
+    );
+    assert!(out.status.success(), "{out:?}");
+    on(
+        h,
+        key,
+        ip,
+        &format!("bash {}/install.sh < /dev/null", r.run_dir),
+    );
+}
+
+/// The nodes' Rally home on each machine, as node.sh makes it.
+fn nodes_home(r: &Rendered) -> PathBuf {
+    r.remote_dir.join("nodes")
+}
+
+/// `node.sh start` of node `i` of `ips`, as the node user (esrally refuses to start
+/// Elasticsearch as root, and the harness logs in as root).
+fn start_command(
+    r: &Rendered,
+    ips: &[String],
+    names: &[String],
+    ids: &[String],
+    i: usize,
+) -> String {
+    let masters: Vec<&str> = names.iter().map(String::as_str).collect();
+    let seeds: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let line = NodeCommand::Start {
+        name: &names[i],
+        ip: &ips[i],
+        masters: &masters,
+        seed_ips: &seeds,
+        installation_id: &ids[i],
+        race_id: "race-1",
+    }
+    .line(&r.run_dir)
+    .unwrap();
+    format!("{} {line}", as_node_user(&nodes_home(r)))
+}
+
+fn as_node(r: &Rendered, command: NodeCommand<'_>) -> String {
+    format!(
+        "{} {}",
+        as_node_user(&nodes_home(r)),
+        command.line(&r.run_dir).unwrap()
+    )
+}
+
+/// The pids of the ES double nodes on the instance at `ip`.
+fn node_pids(h: &Harness, ip: &str) -> Vec<u32> {
+    h.instance_processes(ip)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("es_double.py"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn get_json(h: &Harness, from: &str, target: &str, path: &str) -> serde_json::Value {
+    let body = h
+        .http_get_in(from, target, path)
+        .unwrap_or_else(|e| panic!("{target}{path}: {e}"));
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{target}{path}: {e}"))
+}
+
+/// Runs `f(index, ip)` for every ip at once, each in its own thread.
+fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| s.spawn(move || f(i, ip)))
+            .collect();
+        for handle in handles {
+            handle
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+    });
+}
+
+fn authorized_key(h: &Harness) -> PathBuf {
+    let (key, public) = support::generate_key_pair(h.work.path(), "cluster-nodes");
+    h.authorize_key(&public);
+    key
+}
+
+/// The names in a tar stream.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    tar::Archive::new(bytes)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+#[test]
+fn node_sh_stands_up_a_three_node_cluster_that_race_sh_races_and_stops_it() {
+    let started = Instant::now();
+    let h = Harness::start_connected(4);
+    let dir = tempfile::tempdir().unwrap();
+    let key = authorized_key(&h);
+    let r = render(&h, dir.path(), 3);
+    let (nodes, driver) = (&h.instance_ips[..3], &h.instance_ips[3]);
+    thread_each(&h.instance_ips, |_, ip| install(&h, &key, ip, &r));
+    eprintln!("installed after {:?}", started.elapsed());
+    for ip in nodes {
+        h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+    }
+    let names: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    thread_each(nodes, |i, ip| {
+        let printed = on(&h, &key, ip, &start_command(&r, nodes, &names, &ids, i));
+        assert!(
+            printed.contains(&format!("node {} started", names[i])),
+            "{printed}"
+        );
+    });
+    eprintln!("3 nodes started after {:?}", started.elapsed());
+    let ips: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let targets = cluster_target_hosts(&ips);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (ip, target) in nodes.iter().zip(targets.split(',')) {
+        loop {
+            let health = get_json(&h, driver, target, "/_cluster/health");
+            if health["status"] == "green" {
+                assert_eq!(health["number_of_nodes"], 3, "{target}: {health}");
+                assert_eq!(health["cluster_name"], "rally-benchmark", "{ip}: {health}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{target} never green: {health}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let me = get_json(&h, driver, target, "/_nodes");
+        let heaps: Vec<&serde_json::Value> = me["nodes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| &n["jvm"]["mem"]["heap_max_in_bytes"])
+            .collect();
+        assert!(
+            heaps.iter().all(|b| **b == 4u64 << 30),
+            "car 4gheap: {heaps:?}"
+        );
+    }
+
+    // Started again (a resumed apply): neither installed nor started twice.
+    let install_record = h.host_path(
+        &nodes[0],
+        &nodes_home(&r)
+            .join(".rally/benchmarks/races")
+            .join(&ids[0])
+            .join("node-config.json"),
+    );
+    let installed_at = std::fs::metadata(&install_record)
+        .unwrap()
+        .modified()
+        .unwrap();
+    let pids = node_pids(&h, &nodes[0]);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    let again = on(
+        &h,
+        &key,
+        &nodes[0],
+        &start_command(&r, nodes, &names, &ids, 0),
+    );
+    assert!(again.contains("is installed already"), "{again}");
+    assert!(again.contains("answers on"), "{again}");
+    assert_eq!(
+        std::fs::metadata(&install_record)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        installed_at
+    );
+    assert_eq!(node_pids(&h, &nodes[0]), pids, "the same node runs");
+
+    // The race, from the driver, against the three nodes given to race.sh.
+    let race = run_on(
+        &h,
+        &key,
+        driver,
+        &format!(
+            "bash {run}/race.sh start race-1 {targets} && bash {run}/race.sh wait 300",
+            run = r.run_dir
+        ),
+        b"\n",
+    );
+    let printed = String::from_utf8_lossy(&race.stdout);
+    if !printed.contains("exited 0") {
+        let log = on(
+            &h,
+            &key,
+            driver,
+            &format!("bash {}/race.sh tail 60", r.run_dir),
+        );
+        panic!(
+            "the race: {printed} {}\n{log}",
+            String::from_utf8_lossy(&race.stderr)
+        );
+    }
+    eprintln!("raced after {:?}", started.elapsed());
+    for (ip, target) in nodes.iter().zip(targets.split(',')) {
+        let requests = h.es_node_requests(ip, target);
+        let bulks_from_driver = requests
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["path"] == "/_bulk" && q["client"] == driver.as_str());
+        assert!(
+            bulks_from_driver,
+            "{target} served the driver's bulks: {requests}"
+        );
+    }
+    let docs = get_json(
+        &h,
+        driver,
+        &format!("{}:{}", nodes[1], Cluster::HTTP_PORT),
+        "/_test/docs",
+    );
+    assert_eq!(docs["tiny"], 1000, "{docs}");
+
+    thread_each(nodes, |i, ip| {
+        let stop = as_node(
+            &r,
+            NodeCommand::Stop {
+                installation_id: &ids[i],
+            },
+        );
+        on(&h, &key, ip, &stop);
+        assert!(node_pids(&h, ip).is_empty(), "{ip}: a node process is left");
+        // Stopped again (a resumed apply): nothing to do, and no failure.
+        let printed = on(&h, &key, ip, &stop);
+        assert!(printed.contains("stopped"), "{printed}");
+        let collect = NodeCommand::Collect {
+            installation_id: &ids[i],
+            name: &names[i],
+        };
+        let out = run_on(&h, &key, ip, &collect.line(&r.run_dir).unwrap(), b"");
+        assert!(out.status.success(), "{out:?}");
+        let files = tar_names(&out.stdout);
+        for log in ["logs/server/rally-benchmark.log", "logs/server/gc.log"] {
+            assert!(
+                files.iter().any(|f| f.trim_start_matches("./") == log),
+                "{ip}: {log} in {files:?}"
+            );
+        }
+    });
+    eprintln!("all done after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_node_that_cannot_start_fails_node_sh_start_with_its_log_last_on_stderr() {
+    let h = Harness::start_connected(1);
+    let dir = tempfile::tempdir().unwrap();
+    let key = authorized_key(&h);
+    let r = render(&h, dir.path(), 1);
+    let ip = &h.instance_ips[0];
+    install(&h, &key, ip, &r);
+    h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+    let port = Cluster::HTTP_PORT;
+    on(
+        &h,
+        &key,
+        ip,
+        &format!(
+            "nohup python3 -c 'import socket, time; s = socket.create_server((\"{ip}\", {port})); \
+             time.sleep(600)' >/dev/null 2>&1 & sleep 0.5"
+        ),
+    );
+    let names = ["node-0".to_owned()];
+    let ids = [uuid::Uuid::new_v4().to_string()];
+    let out = run_on(
+        &h,
+        &key,
+        ip,
+        &start_command(&r, &h.instance_ips, &names, &ids, 0),
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        stderr.contains("rallyctl: esrally start failed with exit code 64; the node's log ends:"),
+        "{stderr}"
+    );
+    assert!(
+        last.contains(&format!("node node-0 cannot listen on {ip}:{port}"))
+            && last.contains("Address already in use"),
+        "the node's log last: {stderr}"
+    );
+    assert!(node_pids(&h, ip).is_empty(), "no node process is left");
+    let tail = NodeCommand::Tail {
+        installation_id: &ids[0],
+        name: "node-0",
+        lines: 5,
+    };
+    let printed = on(&h, &key, ip, &tail.line(&r.run_dir).unwrap());
+    assert!(printed.contains("Address already in use"), "{printed}");
+    // Nothing runs: stopping is a success that does nothing.
+    on(
+        &h,
+        &key,
+        ip,
+        &as_node(
+            &r,
+            NodeCommand::Stop {
+                installation_id: &ids[0],
+            },
+        ),
+    );
+}
+
+/// Signals the node processes of the instance at `ip` (pids as this machine sees them).
+fn signal_nodes(h: &Harness, ip: &str, signal: &str) {
+    for pid in node_pids(h, ip) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+}
+
+/// What a killed apply, a dead node or a broken `esrally stop` leaves behind, `node.sh` gets
+/// past when asked again: an install that found no distribution fails with Rally's log last;
+/// a node that died is started again; a node left running with no record of its start (a
+/// killed `esrally start`) and not answering is ended and started again; a stop whose
+/// `esrally stop` fails still leaves no process.
+#[test]
+fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
+    let h = Harness::start_connected(1);
+    let dir = tempfile::tempdir().unwrap();
+    let key = authorized_key(&h);
+    let r = render(&h, dir.path(), 1);
+    let ip = &h.instance_ips[0];
+    install(&h, &key, ip, &r);
+    let names = ["node-0".to_owned()];
+    let ids = [uuid::Uuid::new_v4().to_string()];
+    let start = start_command(&r, &h.instance_ips, &names, &ids, 0);
+    let root = h.host_path(
+        ip,
+        &nodes_home(&r).join(".rally/benchmarks/races").join(&ids[0]),
+    );
+
+    // Offline, with no distribution in Rally's cache: the install fails, Rally's log says why.
+    let out = run_on(&h, &key, ip, &start, b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rallyctl: esrally install failed with exit code"),
+        "{stderr}"
+    );
+    let tail = &stderr[stderr.find("the node's log ends:").unwrap()..];
+    assert!(
+        tail.contains(&format!("elasticsearch-{ES_VERSION}")),
+        "Rally's log names the distribution it missed: {tail}"
+    );
+
+    h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+    on(&h, &key, ip, &start);
+    let first = node_pids(&h, ip);
+    assert_eq!(first.len(), 1);
+
+    // The node died: started again, under the same installation.
+    signal_nodes(&h, ip, "KILL");
+    assert!(
+        root.join("node").exists(),
+        "esrally's record of the start is left"
+    );
+    let printed = on(&h, &key, ip, &start);
+    assert!(printed.contains("is installed already"), "{printed}");
+    assert!(printed.contains("node node-0 started"), "{printed}");
+    let second = node_pids(&h, ip);
+    assert!(second.len() == 1 && second != first, "{first:?} {second:?}");
+
+    // Running, not answering, and no record of its start: ended, and a node started again.
+    std::fs::remove_file(root.join("node")).unwrap();
+    signal_nodes(&h, ip, "STOP");
+    let printed = on(&h, &key, ip, &start);
+    assert!(printed.contains("node node-0 started"), "{printed}");
+    let third = node_pids(&h, ip);
+    assert!(
+        third.len() == 1 && !third.contains(&second[0]),
+        "{second:?} {third:?}"
+    );
+
+    // Started, running, and never answering: a failure once the wait is over, the node's
+    // log last.
+    signal_nodes(&h, ip, "STOP");
+    let out = run_on(
+        &h,
+        &key,
+        ip,
+        &format!("RALLYCTL_NODE_START_TIMEOUT=3 {start}"),
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "rallyctl: node node-0 answering on {ip}:{} within 3s failed",
+            Cluster::HTTP_PORT
+        )),
+        "{stderr}"
+    );
+    let tail = &stderr[stderr.find("the node's log ends:").unwrap()..];
+    assert!(
+        tail.contains("node node-0 of cluster rally-benchmark"),
+        "the node's log last: {stderr}"
+    );
+    // A node that dies while `node.sh start` waits for it fails the start at once.
+    let waiting = h
+        .ssh_checked(&key, ip)
+        .arg(&start)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    signal_nodes(&h, ip, "KILL");
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("rallyctl: node node-0 failed"), "{stderr}");
+    on(&h, &key, ip, &start);
+    let third = node_pids(&h, ip);
+
+    // esrally stop cannot read its record: the node is ended all the same, and again.
+    std::fs::write(root.join("node"), b"not a pickle").unwrap();
+    let stop = as_node(
+        &r,
+        NodeCommand::Stop {
+            installation_id: &ids[0],
+        },
+    );
+    assert_eq!(third.len(), 1);
+    for _ in 0..2 {
+        let out = run_on(&h, &key, ip, &stop, b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("esrally stop failed"), "{stderr}");
+        assert!(node_pids(&h, ip).is_empty(), "no node process is left");
+    }
+}
