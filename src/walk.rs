@@ -272,7 +272,8 @@ mod tests {
     ///
     /// For a cluster's nodes (`node.sh`): `install` records the installation (`--car=fails`:
     /// it fails), `start` runs a process naming the installation that answers HTTP on the
-    /// node's address and port 9200 with its name, `stop` ends what `start` recorded; each
+    /// node's address and port 9200 with its name, `stop` wipes the installation, as Rally's
+    /// does (node.sh ends the process); each
     /// counted in `node-installs`, `node-starts` beside it. A race notes its target hosts;
     /// with `--until-released` it says it is `racing` beside it and runs until `released` is.
     const FAKE_ESRALLY: &str = r#"#!/bin/bash
@@ -311,7 +312,7 @@ http.server.HTTPServer((ip, 9200), Node).serve_forever()
     touch "$root/node"
     exit 0;;
   stop)
-    rm -f "$root/node"
+    rm -rf "$root/node" "$root/dist"
     exit 0;;
 esac
 races="$(dirname "$0")/races"
@@ -1842,10 +1843,10 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
 
     /// A cluster test as the fake serves it (as EC2 would: a machine per node, each named
     /// apart): two nodes of their own instance type, raced twice on the same machines.
-    const AWS: &str = "provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
-        instance_type = \"m5.large\"\n";
     const CLUSTER: &str = "[[suite]]\nname = \"c\"\n[[suite.test]]\nname = \"t\"\n\
-        repetitions = 2\ncluster = { nodes = 2, instance_type = \"r5.large\" }\n";
+        repetitions = 2\ncluster = { nodes = 2, instance_type = \"r5.large\" }\n\
+        provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
+        instance_type = \"m5.large\"\n";
 
     /// The lines of what the stand-in esrally noted in `name` beside it.
     fn noted(bench: &Bench, name: &str) -> Vec<String> {
@@ -1866,16 +1867,20 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
 
     #[test]
     fn a_cluster_test_races_its_own_nodes_and_gives_every_machine_back() {
-        let mut bench = Bench::with(AWS, CLUSTER);
+        let mut bench = Bench::with("", CLUSTER);
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
-        // Its own machine first, then one per node, each named apart; nodes given back first.
+        // Its own machine first, then one per node, each named apart; each renewed for the
+        // second race; nodes given back first.
         assert_eq!(
             fake.calls(),
             [
                 "acquire c.t#1 -> m-t-1",
                 "acquire c.t#1 -> m-t-1-node-0",
                 "acquire c.t#1 -> m-t-1-node-1",
+                "extend m-t-1",
+                "extend m-t-1-node-0",
+                "extend m-t-1-node-1",
                 "release m-t-1-node-0",
                 "release m-t-1-node-1",
                 "release m-t-1",
@@ -1897,8 +1902,9 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             .map(|m| format!("{}:9200", m.peer_address.as_deref().unwrap()))
             .collect();
         assert_eq!(noted(&bench, "targets"), [peers.join(","), peers.join(",")]);
-        // Each node installed once, started for each race, stopped after it: nothing left.
-        assert_eq!(noted(&bench, "node-installs").len(), 2);
+        // Each node installed and started for each race (Rally's stop wipes its installation),
+        // stopped after it: nothing left.
+        assert_eq!(noted(&bench, "node-installs").len(), 4);
         assert_eq!(noted(&bench, "node-starts").len(), 4);
         assert!(
             node_processes(bench.dir.path()).is_empty(),
@@ -1921,7 +1927,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     #[test]
     fn a_node_that_does_not_start_fails_its_test_with_its_log_and_gives_everything_back() {
         let mut bench = Bench::with(
-            AWS,
+            "",
             &CLUSTER.replace("instance_type = \"r5.large\"", "car = \"fails\""),
         );
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
@@ -1946,7 +1952,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     #[test]
     fn a_cluster_race_stopped_by_ctrl_c_resumes_on_the_nodes_it_started() {
         let mut bench = Bench::with(
-            AWS,
+            "",
             &CLUSTER.replace("repetitions = 2\n", "rally_args = [\"--until-released\"]\n"),
         );
         let bin = bench.dir.path().join("remote/rally-2.13.0/bin");
@@ -1976,5 +1982,51 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert_eq!(noted(&bench, "node-starts").len(), 2);
         assert!(fake.held.lock().unwrap().is_empty());
         assert!(node_processes(bench.dir.path()).is_empty());
+    }
+
+    /// `destroy` mid-race gives back every machine of a cluster test, and giving a node back
+    /// ends the Elasticsearch it runs (its Rally home is the run directory that releasing a
+    /// host stops) though `esrally stop` never ran.
+    #[test]
+    fn destroy_mid_race_gives_back_every_machine_of_a_cluster_and_ends_its_nodes() {
+        let mut bench = Bench::with(
+            "",
+            &CLUSTER.replace("repetitions = 2\n", "rally_args = [\"--until-released\"]\n"),
+        );
+        let bin = bench.dir.path().join("remote/rally-2.13.0/bin");
+        let racing = bin.join("racing");
+        let (_, fake) =
+            bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
+                racing.exists()
+            });
+        assert_eq!(fake.held.lock().unwrap().len(), 3);
+        assert_eq!(node_processes(bench.dir.path()).len(), 2);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let settings: Vec<_> = bench.plan.tests().map(|t| &t.settings).collect();
+        let (targets, _) = rt
+            .block_on(crate::destroy::targets(&fake, &bench.state, &settings))
+            .unwrap();
+        let handle = StateHandle::new(
+            bench.state.clone(),
+            crate::backend::Backend::Local(bench.state_path()),
+        );
+        let kept = rt
+            .block_on(crate::destroy::destroy(&fake, &handle, &targets))
+            .unwrap();
+        assert!(kept.is_empty(), "{kept:?}");
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert!(
+            handle
+                .snapshot()
+                .tests
+                .values()
+                .all(|r| r.live_machines().next().is_none())
+        );
+        assert!(
+            node_processes(bench.dir.path()).is_empty(),
+            "{:?}",
+            node_processes(bench.dir.path())
+        );
+        std::fs::write(bin.join("released"), "").unwrap();
     }
 }

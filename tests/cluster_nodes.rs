@@ -130,9 +130,14 @@ fn install(h: &Harness, key: &Path, ip: &str, r: &Rendered) {
     );
 }
 
-/// The nodes' Rally home on each machine, as node.sh makes it.
+/// The node's Rally home on each machine, as node.sh makes it: its run directory.
 fn nodes_home(r: &Rendered) -> PathBuf {
-    r.remote_dir.join("nodes")
+    PathBuf::from(&r.run_dir)
+}
+
+/// Where node.sh finds distributions on each machine: shared by its runs.
+fn distributions(r: &Rendered) -> PathBuf {
+    r.remote_dir.join("distributions")
 }
 
 /// `node.sh start` of node `i` of `ips`, as the node user (esrally refuses to start
@@ -226,7 +231,7 @@ fn node_sh_stands_up_a_three_node_cluster_that_race_sh_races_and_stops_it() {
     thread_each(&h.instance_ips, |_, ip| install(&h, &key, ip, &r));
     eprintln!("installed after {:?}", started.elapsed());
     for ip in nodes {
-        h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+        h.put_es_double_distribution_in(ip, &distributions(&r), ES_VERSION);
     }
     let names: Vec<String> = (0..3).map(|i| format!("node-{i}")).collect();
     let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
@@ -378,7 +383,7 @@ fn a_node_that_cannot_start_fails_node_sh_start_with_its_log_last_on_stderr() {
     let r = render(&h, dir.path(), 1);
     let ip = &h.instance_ips[0];
     install(&h, &key, ip, &r);
-    h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+    h.put_es_double_distribution_in(ip, &distributions(&r), ES_VERSION);
     let port = Cluster::HTTP_PORT;
     on(
         &h,
@@ -479,7 +484,7 @@ fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
         "Rally's log names the distribution it missed: {tail}"
     );
 
-    h.put_es_double_distribution(ip, &nodes_home(&r), ES_VERSION);
+    h.put_es_double_distribution_in(ip, &distributions(&r), ES_VERSION);
     on(&h, &key, ip, &start);
     let first = node_pids(&h, ip);
     assert_eq!(first.len(), 1);

@@ -21,7 +21,7 @@ use crate::plan::{Cluster, Settings, Test};
 use crate::provider::{Acquire, Provider};
 use crate::remote::{self, RemoteError, tail};
 use crate::state::{Member, ResultFile, Role, Step, TestRecord};
-use crate::templates::{Artifacts, shell_quote};
+use crate::templates::{Artifacts, NodeCommand, cluster_target_hosts};
 
 /// How long a node may take to be installed and started: `esrally install` may download the
 /// distribution first.
@@ -202,21 +202,16 @@ fn peers(record: &TestRecord, cluster: &Cluster, step: Step) -> Result<Vec<Strin
         .collect()
 }
 
-/// Each node's `ADDRESS:PORT`, in node order.
-fn at_port(peers: &[String], port: u16) -> String {
-    let all: Vec<String> = peers.iter().map(|p| format!("{p}:{port}")).collect();
-    all.join(",")
-}
-
 /// The third argument of `race.sh start` for a cluster test: every node's HTTP address; none
 /// for a test of one machine.
 pub(super) fn race_targets(test: &Test, record: &TestRecord) -> Result<Option<String>, Stop> {
     match &test.settings.cluster {
         None => Ok(None),
-        Some(cluster) => Ok(Some(at_port(
-            &peers(record, cluster, Step::Racing)?,
-            Cluster::HTTP_PORT,
-        ))),
+        Some(cluster) => {
+            let peers = peers(record, cluster, Step::Racing)?;
+            let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
+            Ok(Some(cluster_target_hosts(&peers)))
+        }
     }
 }
 
@@ -236,19 +231,22 @@ pub(super) async fn start_nodes<P: Provider>(
     let step = Step::Installing;
     let nodes = reach_nodes(ctx, test, step).await?;
     let record = record_of(ctx, &test.address)?;
-    let masters: Vec<String> = (0..cluster.nodes.get()).map(Role::node_name).collect();
-    let masters = masters.join(",");
-    let seeds = at_port(&peers(&record, cluster, step)?, Cluster::TRANSPORT_PORT);
+    let names: Vec<String> = (0..cluster.nodes.get()).map(Role::node_name).collect();
+    let masters: Vec<&str> = names.iter().map(String::as_str).collect();
+    let peers = peers(&record, cluster, step)?;
+    let seeds: Vec<&str> = peers.iter().map(String::as_str).collect();
     let race_id = record
         .race_id
-        .ok_or_else(|| failed(step, "state names no race id for this attempt"))?;
+        .ok_or_else(|| failed(step, "state names no race id for this attempt"))?
+        .to_string();
     let settings = test.settings.for_nodes();
     let origin = crate::staging::Origin {
         workspace: &ctx.plan.name,
         run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
     };
     let started = all(nodes.iter().map(|node| {
-        let (settings, origin, masters, seeds) = (&settings, &origin, &masters, &seeds);
+        let (settings, origin, masters, seeds, race_id) =
+            (&settings, &origin, &masters, &seeds, &race_id);
         async move {
             if renew {
                 let expires_at = ctx
@@ -285,25 +283,16 @@ pub(super) async fn start_nodes<P: Provider>(
                     m.machine.installed = Some(digest);
                 }
             })?;
-            let peer = node
-                .conn
-                .reachable
-                .peer_address
-                .as_deref()
-                .unwrap_or_default();
-            let start = node_sh(
-                &node.conn,
-                step,
-                &[
-                    "start",
-                    &node.name(),
-                    peer,
-                    masters,
-                    seeds,
-                    &node.installation_id.to_string(),
-                    &race_id.to_string(),
-                ],
-            )?;
+            let (name, id) = (node.name(), node.installation_id.to_string());
+            let start = NodeCommand::Start {
+                name: &name,
+                ip: seeds[node.index as usize],
+                masters,
+                seed_ips: seeds,
+                installation_id: &id,
+                race_id,
+            };
+            let start = node_sh(node, start, step)?;
             node_command(
                 ctx,
                 settings,
@@ -338,8 +327,11 @@ pub(super) async fn stop_nodes<P: Provider>(
     let collected = all(nodes.iter().map(|node| {
         let (settings, dir) = (&settings, &dir);
         async move {
-            let id = node.installation_id.to_string();
-            let stop = node_sh(&node.conn, step, &["stop", &id])?;
+            let (name, id) = (node.name(), node.installation_id.to_string());
+            let stop = NodeCommand::Stop {
+                installation_id: &id,
+            };
+            let stop = node_sh(node, stop, step)?;
             node_command(
                 ctx,
                 settings,
@@ -350,7 +342,11 @@ pub(super) async fn stop_nodes<P: Provider>(
                 "did not stop",
             )
             .await?;
-            let collect = node_sh(&node.conn, step, &["collect", &id, &node.name()])?;
+            let collect = NodeCommand::Collect {
+                installation_id: &id,
+                name: &name,
+            };
+            let collect = node_sh(node, collect, step)?;
             let bytes = run_with(
                 &ctx.provider,
                 &ctx.cancel,
@@ -383,14 +379,15 @@ pub(super) async fn stop_nodes<P: Provider>(
     Ok(files)
 }
 
-/// `bash <run dir>/node.sh ARGS...` on the node, each argument quoted.
-fn node_sh(conn: &Conn, step: Step, args: &[&str]) -> Result<String, Stop> {
-    let run_dir = super::quoted_run_dir(conn, step)?;
-    let mut words = vec![format!("bash {run_dir}/node.sh")];
-    for arg in args {
-        words.push(shell_quote(arg).map_err(|e| failed(step, e))?);
-    }
-    Ok(words.join(" "))
+/// The line that runs `command` on `node`, in its run directory.
+fn node_sh(node: &Node, command: NodeCommand<'_>, step: Step) -> Result<String, Stop> {
+    let run_dir = (node.conn.machine.run_dir.as_deref()).ok_or_else(|| {
+        failed(
+            step,
+            format!("state names no run directory for {}", node.name()),
+        )
+    })?;
+    command.line(run_dir).map_err(|e| failed(step, e))
 }
 
 /// Runs one of `node.sh`'s commands on `node`; a failure names the node and carries the

@@ -39,13 +39,20 @@ impl Harness {
         rally_home: &Path,
         version: &str,
     ) -> PathBuf {
+        let cache = rally_home.join(".rally/benchmarks/distributions");
+        self.put_es_double_distribution_in(ip, &cache, version)
+    }
+
+    /// [`Harness::put_es_double_distribution`] into the distribution cache `cache` (a path
+    /// inside the instance at `ip`), such as the one node.sh shares between the runs of a
+    /// machine (`<remote_dir>/distributions`).
+    pub fn put_es_double_distribution_in(&self, ip: &str, cache: &Path, version: &str) -> PathBuf {
         let name = format!("elasticsearch-{version}-linux-x86_64.tar.gz");
         let archive = self.work.path().join(&name);
         if !archive.exists() {
             self.pack_es_double(&archive, version);
         }
-        let cache = rally_home.join(".rally/benchmarks/distributions");
-        let on_disk = self.host_path(ip, &cache);
+        let on_disk = self.host_path(ip, cache);
         fs::create_dir_all(&on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
         fs::copy(&archive, on_disk.join(&name)).expect("copy the distribution archive");
         cache.join(name)
