@@ -3,6 +3,7 @@
 //! directory with its cars, and a look at each node from inside the instances' network.
 
 use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -33,6 +34,8 @@ impl Harness {
     /// [`Harness::host_dir`]), where `esrally install --distribution-version=<version>` with the
     /// [`ES_DOUBLE_TEAM`] finds it and downloads nothing. Returns the archive's path inside the
     /// instance. Its `bin/elasticsearch` starts the double as one node (es_double_node.sh).
+    /// What it creates belongs to whoever owns the deepest directory of the path that exists
+    /// already: in [`Harness::node_home`] the node user, who must write beside it.
     pub fn put_es_double_distribution(
         &self,
         ip: &str,
@@ -46,8 +49,23 @@ impl Harness {
         }
         let cache = rally_home.join(".rally/benchmarks/distributions");
         let on_disk = self.host_path(ip, &cache);
+        let owner = on_disk
+            .ancestors()
+            .find_map(|dir| fs::metadata(dir).ok())
+            .expect("/ exists");
+        let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
         fs::create_dir_all(&on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
-        fs::copy(&archive, on_disk.join(&name)).expect("copy the distribution archive");
+        let existed = (owner.dev(), owner.ino());
+        for dir in on_disk.ancestors() {
+            let made = fs::metadata(dir).expect("just made");
+            if (made.dev(), made.ino()) == existed {
+                break;
+            }
+            chown(dir, uid, gid).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+        let file = on_disk.join(&name);
+        fs::copy(&archive, &file).expect("copy the distribution archive");
+        chown(&file, uid, gid).expect("chown the distribution archive");
         cache.join(name)
     }
 
