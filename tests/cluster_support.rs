@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::Harness;
 use support::cluster::{ES_DOUBLE_TEAM, as_node_user};
 use support::run::Run;
+use support::{Harness, NODE_USER};
 
 const ES_VERSION: &str = "8.15.0";
 const HTTP_PORT: u16 = 39200;
@@ -22,8 +22,13 @@ const TRANSPORT_PORT: u16 = HTTP_PORT + 100;
 /// Runs `script` with bash on the instance at `ip` (a plain SSH host for `key`), echoing what it
 /// printed; panics when it fails.
 fn on(h: &Harness, key: &Path, ip: &str, script: &str) -> String {
+    on_as(h, &h.ssh_user, key, ip, script)
+}
+
+/// [`on`], logged in as `user`.
+fn on_as(h: &Harness, user: &str, key: &Path, ip: &str, script: &str) -> String {
     let mut child = h
-        .ssh_checked(key, ip)
+        .ssh_checked_as(user, key, ip)
         .arg("bash -s")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -42,8 +47,11 @@ fn on(h: &Harness, key: &Path, ip: &str, script: &str) -> String {
         String::from_utf8_lossy(&out.stderr),
     );
     let first_line = script.lines().next().unwrap_or_default();
-    eprintln!("[{ip}] $ {first_line} ...\n{stdout}{stderr}");
-    assert!(out.status.success(), "on {ip}: {script}\nfailed: {stderr}");
+    eprintln!("[{user}@{ip}] $ {first_line} ...\n{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "on {user}@{ip}: {script}\nfailed: {stderr}"
+    );
     stdout.into_owned()
 }
 
@@ -122,13 +130,22 @@ struct Cluster {
 /// instance of `run`; returns the esrally executable.
 fn install_esrally(run: &Run, key: &Path) -> PathBuf {
     let h = &run.harness;
-    let plan = rallyctl::plan::Plan::load(&run.plan(&[("s", &[("t", "")])])).unwrap();
+    let install = install_script(run, "");
+    for ip in &h.instance_ips {
+        on(h, key, ip, &install);
+    }
+    h.remote_dir.join(VENV).join("bin/esrally")
+}
+
+/// The venv rallyctl's install.sh makes in `remote_dir`.
+const VENV: &str = "rally-2.13.0";
+
+/// rallyctl's install.sh for a test of `run`'s plan with the further settings `extra`.
+fn install_script(run: &Run, extra: &str) -> String {
+    let plan = rallyctl::plan::Plan::load(&run.plan(&[("s", &[("t", extra)])])).unwrap();
     let test = plan.tests().next().unwrap();
     let artifacts = rallyctl::templates::Renderer::new().render(test).unwrap();
-    for ip in &h.instance_ips {
-        on(h, key, ip, artifacts.install());
-    }
-    h.remote_dir.join("rally-2.13.0/bin/esrally")
+    artifacts.install().to_owned()
 }
 
 /// One node as esrally manages it.
@@ -138,6 +155,9 @@ struct Node<'a> {
     ip: &'a str,
     name: &'a str,
     id: &'a str,
+    /// What goes before `esrally` in the shell on the instance: `as_node_user(home)` in
+    /// root's, nothing in the node user's own.
+    runs_as: String,
 }
 
 impl Node<'_> {
@@ -145,12 +165,12 @@ impl Node<'_> {
     /// at the transport addresses `seeds` (both comma-separated), as its own user.
     fn install(&self, masters: &str, seeds: &str) -> String {
         format!(
-            "{user} {esrally} install --quiet --offline --distribution-version={ES_VERSION} \
+            "{runs_as} {esrally} install --quiet --offline --distribution-version={ES_VERSION} \
              --team-path={ES_DOUBLE_TEAM} --car=4gheap --runtime-jdk=bundled \
              --node-name={name} --network-host={ip} --http-port={HTTP_PORT} \
              --master-nodes={masters} --seed-hosts={seeds} --cluster-name=bench \
              --installation-id={id}",
-            user = as_node_user(self.home),
+            runs_as = self.runs_as,
             esrally = self.esrally.display(),
             name = self.name,
             ip = self.ip,
@@ -161,12 +181,22 @@ impl Node<'_> {
     /// `esrally start` of the installed node.
     fn start(&self) -> String {
         format!(
-            "{user} {esrally} start --quiet --offline --installation-id={id} --race-id={race} \
+            "{runs_as} {esrally} start --quiet --offline --installation-id={id} --race-id={race} \
              --runtime-jdk=bundled",
-            user = as_node_user(self.home),
+            runs_as = self.runs_as,
             esrally = self.esrally.display(),
             id = self.id,
             race = uuid::Uuid::new_v4(),
+        )
+    }
+
+    /// `esrally stop` of the node.
+    fn stop(&self) -> String {
+        format!(
+            "{runs_as} {esrally} stop --quiet --offline --installation-id={id}",
+            runs_as = self.runs_as,
+            esrally = self.esrally.display(),
+            id = self.id,
         )
     }
 
@@ -200,6 +230,7 @@ fn start_cluster(h: &Harness, key: &Path, esrally: &Path, nodes: &[String]) -> C
             ip,
             name: &names[i],
             id: &ids[i],
+            runs_as: as_node_user(&homes[i]),
         };
         let install = node.install(&names.join(","), &seeds.join(","));
         on(h, key, ip, &format!("{install}\n{}", node.start()));
@@ -232,30 +263,16 @@ fn start_cluster(h: &Harness, key: &Path, esrally: &Path, nodes: &[String]) -> C
 /// is left, and each node's log and GC log are in the log path Rally gave it.
 fn stop_cluster(h: &Harness, key: &Path, esrally: &Path, c: &Cluster) {
     thread_each(&c.nodes, |i, ip| {
-        on(
-            h,
-            key,
-            ip,
-            &format!(
-                "{} {} stop --quiet --offline --installation-id={}",
-                as_node_user(&c.homes[i]),
-                esrally.display(),
-                c.ids[i]
-            ),
-        );
-        let left: Vec<_> = h
-            .instance_processes(ip)
-            .into_iter()
-            .filter(|(_, cmd)| cmd.contains("es_double.py"))
-            .collect();
-        assert!(left.is_empty(), "{ip}: node processes left: {left:?}");
         let node = Node {
             esrally,
             home: &c.homes[i],
             ip,
             name: &c.names[i],
             id: &c.ids[i],
+            runs_as: as_node_user(&c.homes[i]),
         };
+        on(h, key, ip, &node.stop());
+        assert_no_node_left(h, ip);
         let logs = node.log_dir(h);
         let found = find_files(&logs, &["bench.log", "gc.log"]);
         assert_eq!(
@@ -264,6 +281,20 @@ fn stop_cluster(h: &Harness, key: &Path, esrally: &Path, c: &Cluster) {
             "{ip}: a node log and a GC log in {logs:?}: {found:?}"
         );
     });
+}
+
+/// No process of a node of the double is left on the instance at `ip`.
+fn assert_no_node_left(h: &Harness, ip: &str) {
+    let left = node_processes(h, ip);
+    assert!(left.is_empty(), "{ip}: node processes left: {left:?}");
+}
+
+/// The processes of nodes of the double on the instance at `ip`.
+fn node_processes(h: &Harness, ip: &str) -> Vec<(u32, String)> {
+    h.instance_processes(ip)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("es_double.py"))
+        .collect()
 }
 
 /// GET `path` of the node at `target` from the instance at `from`, as JSON.
@@ -499,6 +530,7 @@ fn a_node_that_cannot_listen_fails_esrally_start_and_its_log_says_why() {
         ip,
         name: "node-0",
         id: &id,
+        runs_as: as_node_user(&home),
     };
     h.put_es_double_distribution(ip, &home, ES_VERSION);
     let printed = on(
@@ -520,12 +552,111 @@ fn a_node_that_cannot_listen_fails_esrally_start_and_its_log_says_why() {
             && log.contains("Address already in use"),
         "{log}"
     );
-    let left: Vec<_> = h
-        .instance_processes(ip)
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains("es_double.py"))
-        .collect();
-    assert!(left.is_empty(), "node processes left: {left:?}");
+    assert_no_node_left(h, ip);
+}
+
+/// Logged in as the node user with plain ssh, as rallyctl will log in to a node: rallyctl's
+/// install.sh installs esrally into that user's own home, esrally installs and starts a node of
+/// the double, which runs as that user and answers the other instance on the bridge, and stops
+/// it; root's start of the same node is refused by Rally.
+#[test]
+fn the_node_user_runs_a_node_with_esrally_that_root_may_not_start() {
+    let started = Instant::now();
+    let run = Run {
+        harness: Harness::start_connected(2),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let h = &run.harness;
+    let key = authorized_key(h);
+    let (ip, other) = (&h.instance_ips[0], &h.instance_ips[1]);
+    let home = &h.node_home;
+    // esrally unpacks Elasticsearch with tarfile's extraction filter (Python >= 3.11.4).
+    let me = on_as(
+        h,
+        NODE_USER,
+        &key,
+        ip,
+        "id -un; echo \"$HOME\"; touch ~/mine; python3 -c 'import tarfile; tarfile.data_filter'",
+    );
+    assert_eq!(me, format!("{NODE_USER}\n{}\n", home.display()));
+    assert!(h.host_path(ip, &home.join("mine")).exists());
+    assert!(
+        !h.host_path(other, &home.join("mine")).exists(),
+        "each instance has a home of its own"
+    );
+
+    let install = install_script(
+        &run,
+        &format!("ssh_user = \"{NODE_USER}\"\nremote_dir = \"rallyctl\""),
+    );
+    on_as(h, NODE_USER, &key, ip, &install);
+    let esrally = home.join("rallyctl").join(VENV).join("bin/esrally");
+    eprintln!("esrally installed after {:?}", started.elapsed());
+
+    h.put_es_double_distribution(ip, home, ES_VERSION);
+    let id = uuid::Uuid::new_v4().to_string();
+    let node = Node {
+        esrally: &esrally,
+        home,
+        ip,
+        name: "node-0",
+        id: &id,
+        runs_as: String::new(),
+    };
+    let seed = format!("{ip}:{TRANSPORT_PORT}");
+    on_as(
+        h,
+        NODE_USER,
+        &key,
+        ip,
+        &format!("{}\n{}", node.install("node-0", &seed), node.start()),
+    );
+    let uid = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let running = node_processes(h, ip);
+    let node_uid = on_as(h, NODE_USER, &key, ip, "id -u");
+    assert!(
+        !running.is_empty() && running.iter().all(|(pid, _)| uid(*pid) == node_uid.trim()),
+        "the node runs as {NODE_USER} (uid {node_uid}): {running:?}"
+    );
+    let answer = on_as(
+        h,
+        NODE_USER,
+        &key,
+        other,
+        &format!(
+            "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://{ip}:{HTTP_PORT}/\").read().decode())'"
+        ),
+    );
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["name"], "node-0", "{answer}");
+    assert_eq!(answer["version"]["number"], ES_VERSION, "{answer}");
+
+    on_as(h, NODE_USER, &key, ip, &node.stop());
+    assert_no_node_left(h, ip);
+
+    let as_root = Node {
+        runs_as: format!("env HOME={}", home.display()),
+        ..node
+    };
+    let refused = on(
+        h,
+        &key,
+        ip,
+        &format!(
+            "if {} 2>&1; then exit 1; else echo \"start failed: $?\"; fi",
+            as_root.start()
+        ),
+    );
+    assert!(
+        refused.contains("Cannot launch Elasticsearch as root") && refused.contains("start failed"),
+        "{refused}"
+    );
+    assert_no_node_left(h, ip);
+    eprintln!("all done after {:?}", started.elapsed());
 }
 
 /// A copy of the tiny track with `clients` clients per task, in the harness's work directory:

@@ -430,3 +430,52 @@ fn remote_commands_to_one_machine_share_one_ssh_connection() {
         masters().is_empty() && !socket.exists()
     });
 }
+
+/// The node user (`NODE_USER`: `esrally start` refuses root) gets into an instance with a key
+/// pushed for it through Instance Connect, into a home of the instance's own, as root does with
+/// a key pushed for root; the push lets in no other user.
+#[test]
+fn instance_connect_lets_in_the_node_user_with_a_key_pushed_for_it() {
+    let h = support::Harness::start(1);
+    let id = h.launch_tagged(&[("rallyctl:test", "node-user")]);
+    wait_until("instance running", Duration::from_secs(10), || {
+        h.running_instances().iter().any(|i| i.id == id)
+    });
+    let ip = h.instance_ips[0].clone();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("pushed");
+    let public = keygen(&key);
+    h.block_on(async {
+        h.eic_client()
+            .send_ssh_public_key()
+            .instance_id(&id)
+            .instance_os_user(support::NODE_USER)
+            .ssh_public_key(public.trim())
+            .send()
+            .await
+            .expect("SendSSHPublicKey")
+    });
+    let login = |user: &str| {
+        h.ssh_checked_as(user, &key, &ip)
+            .arg("id -un; echo \"$HOME\"")
+            .output()
+            .unwrap()
+    };
+    let node = login(support::NODE_USER);
+    assert!(
+        node.status.success(),
+        "{}\nAuthorizedKeysCommand log: {}",
+        String::from_utf8_lossy(&node.stderr),
+        std::fs::read_to_string(h.authorized_keys_log()).unwrap_or_default()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&node.stdout),
+        format!("{}\n{}\n", support::NODE_USER, h.node_home.display())
+    );
+    assert!(
+        !login(&h.ssh_user).status.success(),
+        "a key pushed for {} let in {}",
+        support::NODE_USER,
+        h.ssh_user
+    );
+}

@@ -3,7 +3,8 @@
 # Idempotent: every step is skipped when already done, so a re-run takes a second.
 #   - Debian packages: openssh-server (the test "instances"' sshd), openssh-client, python3-venv,
 #     util-linux (unshare, setpriv), procps, iproute2 (ip route in the instance namespaces), ca-certificates,
-#     chromium (the HTML report test)
+#     chromium (the HTML report test), acl (setfacl)
+#   - the user `rally` (home /home/rally), whom the instances let in besides root
 #   - a Python venv with moto[server] at $REPO/target/tools/moto-venv (override: RALLYCTL_MOTO_VENV)
 #   - a Python venv with apache-otava (the change-point peer of tests/changepoints.rs) at
 #     $REPO/target/tools/otava-venv (override: RALLYCTL_OTAVA_VENV)
@@ -16,7 +17,8 @@ MOTO_VENV="${RALLYCTL_MOTO_VENV:-$REPO/target/tools/moto-venv}"
 OTAVA_VERSION="0.8.0"
 OTAVA_VENV="${RALLYCTL_OTAVA_VENV:-$REPO/target/tools/otava-venv}"
 # chromium: tests/results.rs renders the HTML report headless and checks it loads cleanly.
-APT_PACKAGES=(openssh-server openssh-client python3-venv util-linux procps iproute2 ca-certificates chromium)
+# acl: setfacl, which lets the instances' user reach root's Python (below).
+APT_PACKAGES=(openssh-server openssh-client python3-venv util-linux procps iproute2 ca-certificates chromium acl)
 
 log() { printf '[setup-env] %s\n' "$*"; }
 
@@ -57,6 +59,29 @@ if [ ! -d /run/sshd ]; then
     mkdir -p /run/sshd
     chmod 755 /run/sshd
 fi
+
+# --- the instances' unprivileged user ---------------------------------------------------------
+# `esrally start` and Elasticsearch refuse to run as root, so the harness's instances also let in
+# this user (tests/support/mod.rs NODE_USER), as rallyctl logs in to an Elasticsearch node. Its
+# home here is only a mount point: every instance shows a directory of its own there.
+NODE_USER=rally
+NODE_HOME=/home/rally
+if ! getent passwd "$NODE_USER" >/dev/null; then
+    log "creating the user $NODE_USER (home $NODE_HOME)"
+    useradd --system --user-group --no-create-home --home-dir "$NODE_HOME" --shell /bin/bash \
+        "$NODE_USER"
+fi
+mkdir -p "$(getent passwd "$NODE_USER" | cut -d: -f6)"
+# useradd locks the password ("!"); sshd without PAM (the instances' config) refuses a locked
+# account even a key login. "*" matches no password and is not a lock.
+if [ "$(getent shadow "$NODE_USER" | cut -d: -f2)" != "*" ]; then
+    usermod -p '*' "$NODE_USER"
+fi
+# The harness puts root's python3 first on that user's PATH: esrally unpacks Elasticsearch with
+# tarfile's extraction filter (Python >= 3.11.4), which Debian 12's /usr/bin/python3 (3.11.2)
+# lacks. Where root's Python is pyenv's under the 0700 /root, the user may pass through /root
+# (no more: it lists nothing there).
+setfacl -m "u:$NODE_USER:x" /root
 
 # --- Python venvs: moto, Apache Otava --------------------------------------------------------
 PYTHON=/usr/bin/python3

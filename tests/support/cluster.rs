@@ -3,6 +3,7 @@
 //! directory with its cars, and a look at each node from inside the instances' network.
 
 use std::fs::{self, File};
+use std::os::unix::fs::{MetadataExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -45,7 +46,9 @@ impl Harness {
 
     /// [`Harness::put_es_double_distribution`] into the distribution cache `cache` (a path
     /// inside the instance at `ip`), such as the one node.sh shares between the runs of a
-    /// machine (`<remote_dir>/distributions`).
+    /// machine (`<remote_dir>/distributions`). What it creates belongs to whoever owns the
+    /// deepest directory of the path that exists already: in [`Harness::node_home`] the node
+    /// user, who must write beside it.
     pub fn put_es_double_distribution_in(&self, ip: &str, cache: &Path, version: &str) -> PathBuf {
         let name = format!("elasticsearch-{version}-linux-x86_64.tar.gz");
         let archive = self.work.path().join(&name);
@@ -53,8 +56,23 @@ impl Harness {
             self.pack_es_double(&archive, version);
         }
         let on_disk = self.host_path(ip, cache);
+        let owner = on_disk
+            .ancestors()
+            .find_map(|dir| fs::metadata(dir).ok())
+            .expect("/ exists");
+        let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
         fs::create_dir_all(&on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
-        fs::copy(&archive, on_disk.join(&name)).expect("copy the distribution archive");
+        let existed = (owner.dev(), owner.ino());
+        for dir in on_disk.ancestors() {
+            let made = fs::metadata(dir).expect("just made");
+            if (made.dev(), made.ino()) == existed {
+                break;
+            }
+            chown(dir, uid, gid).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+        let file = on_disk.join(&name);
+        fs::copy(&archive, &file).expect("copy the distribution archive");
+        chown(&file, uid, gid).expect("chown the distribution archive");
         cache.join(name)
     }
 

@@ -41,6 +41,10 @@ pub const PRICES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/prices/prices.toml"
 );
+/// The unprivileged user every instance lets in besides root, as the harness's keys and
+/// Instance Connect say (`tests/setup-env.sh` creates it): `esrally start` and Elasticsearch
+/// refuse to run as root. Its home is a directory of each instance's own ([`Harness::node_home`]).
+pub const NODE_USER: &str = "rally";
 /// Port of the HTTP CONNECT proxy inside every instance (sessions get `https_proxy` to it).
 pub const INSTANCE_PROXY_PORT: u16 = 3128;
 /// App name the harness's own SDK calls carry in their User-Agent (to tell them apart in moto's
@@ -73,6 +77,10 @@ pub struct Harness {
     pub ssh_port: u16,
     /// OS user to log in as (the current user, root).
     pub ssh_user: String,
+    /// [`NODE_USER`]'s home inside every instance (what /etc/passwd says, /home/rally): each
+    /// instance shows a directory of its own there, owned by that user ([`Harness::host_path`]
+    /// maps it), which outlives a restart of the instance like its `host_dir`.
+    pub node_home: PathBuf,
     /// The ES double as `127.0.0.1:PORT` (same address inside the instances); = `es_addrs[0]`.
     pub es_addr: String,
     /// The ES double as `http://127.0.0.1:PORT`.
@@ -94,6 +102,7 @@ pub struct Harness {
     pub work: TempDir,
     name: String,
     octet: u8,
+    node: NodeUser,
     _subnet_lock: File,
     moto: Option<Child>,
     es: Option<Child>,
@@ -201,6 +210,7 @@ impl Harness {
             .expect("create harness work dir");
         let wd = work.path().to_path_buf();
         let (octet, subnet_lock) = claim_subnet_octet(n);
+        let node = NodeUser::get();
         let remote_dir = manifest.join("target/e2e/instances");
         fs::create_dir_all(&remote_dir).expect("create target/e2e/instances");
         let host_dir = host_disk_mount_point();
@@ -224,6 +234,7 @@ impl Harness {
             ami: String::new(),
             ssh_port: 0,
             ssh_user: current_user(),
+            node_home: node.home.clone(),
             es_addr: String::new(),
             es_url: String::new(),
             es_addrs: Vec::new(),
@@ -236,6 +247,7 @@ impl Harness {
             work,
             name: name.clone(),
             octet,
+            node,
             _subnet_lock: subnet_lock,
             moto: None,
             es: None,
@@ -659,19 +671,32 @@ impl Harness {
     /// `ssh` to the instance at `private_ip` with private key `key` (batch mode, no host key
     /// prompts, known hosts in the harness dir); append the remote command with `.arg(...)`.
     pub fn ssh_command(&self, key: &Path, private_ip: &str) -> Command {
-        self.ssh(key, private_ip, "no", &self.work.path().join("known_hosts"))
+        let known_hosts = self.work.path().join("known_hosts");
+        self.ssh_as(&self.ssh_user, key, private_ip, "no", &known_hosts)
     }
 
     /// `ssh` to the host at `private_ip` as a careful SSH client would: key `key`, batch mode,
     /// and the host key checked strictly against [`Harness::known_hosts`]. For hosts reached
     /// with a key given to [`Harness::authorize_key`] (no Instance Connect push needed).
     pub fn ssh_checked(&self, key: &Path, private_ip: &str) -> Command {
-        self.ssh(key, private_ip, "yes", &self.known_hosts())
+        self.ssh_checked_as(&self.ssh_user, key, private_ip)
     }
 
-    /// `ssh` in batch mode with `key` only, checking host keys in `known_hosts` as
+    /// [`Harness::ssh_checked`] logging in as `user` (root or [`NODE_USER`]).
+    pub fn ssh_checked_as(&self, user: &str, key: &Path, private_ip: &str) -> Command {
+        self.ssh_as(user, key, private_ip, "yes", &self.known_hosts())
+    }
+
+    /// `ssh` as `user` in batch mode with `key` only, checking host keys in `known_hosts` as
     /// `StrictHostKeyChecking=strict` says.
-    fn ssh(&self, key: &Path, private_ip: &str, strict: &str, known_hosts: &Path) -> Command {
+    fn ssh_as(
+        &self,
+        user: &str,
+        key: &Path,
+        private_ip: &str,
+        strict: &str,
+        known_hosts: &Path,
+    ) -> Command {
         let mut cmd = Command::new("ssh");
         cmd.arg("-i")
             .arg(key)
@@ -681,13 +706,13 @@ impl Harness {
             .args(["-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-            .arg(format!("{}@{}", self.ssh_user, private_ip))
+            .arg(format!("{user}@{private_ip}"))
             .stdin(Stdio::null());
         cmd
     }
 
     /// Makes every instance of this harness accept `public_key_line` (an authorized_keys line,
-    /// e.g. the `.pub` of [`generate_key_pair`]) for `ssh_user` from now on, without any
+    /// e.g. the `.pub` of [`generate_key_pair`]) for `ssh_user` and [`NODE_USER`] from now on, without any
     /// Instance Connect push and whether or not moto has an instance there: the instances
     /// become plain SSH hosts for that key. Keys pushed through Instance Connect keep working.
     pub fn authorize_key(&self, public_key_line: &str) {
@@ -757,10 +782,15 @@ impl Harness {
 
     /// Where `path`, a path inside the instance at `private_ip`, is on this machine: below
     /// [`Harness::host_dir`] that is the instance's own disk; anything else is shared as is.
+    /// So is [`Harness::node_home`], the node user's home there.
     pub fn host_path(&self, private_ip: &str, path: &Path) -> PathBuf {
-        match path.strip_prefix(&self.host_dir) {
-            Ok(rest) => private_disk(self.work.path(), private_ip).join(rest),
-            Err(_) => path.to_path_buf(),
+        let wd = self.work.path();
+        if let Ok(rest) = path.strip_prefix(&self.host_dir) {
+            private_disk(wd, private_ip).join(rest)
+        } else if let Ok(rest) = path.strip_prefix(&self.node_home) {
+            node_home_disk(wd, private_ip).join(rest)
+        } else {
+            path.to_path_buf()
         }
     }
 
@@ -943,12 +973,13 @@ impl Harness {
         fs::copy(support.join("authorized_keys.py"), &akc).expect("copy authorized_keys.py");
         fs::set_permissions(&akc, fs::Permissions::from_mode(0o755))
             .expect("chmod authorized_keys.py");
-        // Keys for plain SSH hosts (`authorize_key`); empty, it accepts nothing, and the
-        // Instance Connect command decides alone. Under the root-owned 0755 directory, so that
-        // sshd's StrictModes accepts it.
+        // Keys for plain SSH hosts (`authorize_key`), of root and NODE_USER alike; empty, it
+        // accepts nothing, and the Instance Connect command decides alone. Under the root-owned
+        // 0755 directory, so that sshd's StrictModes accepts it; readable by all, since sshd
+        // reads it as the user logging in.
         let akf = self.authorized_keys_file();
         fs::write(&akf, "").expect("create authorized_keys");
-        fs::set_permissions(&akf, fs::Permissions::from_mode(0o600))
+        fs::set_permissions(&akf, fs::Permissions::from_mode(0o644))
             .expect("chmod authorized_keys");
         for ip in &self.instance_ips {
             let conf = format!(
@@ -956,7 +987,7 @@ impl Harness {
                  PidFile none\n\
                  UsePAM no\n\
                  PermitRootLogin prohibit-password\n\
-                 AllowUsers {user}\n\
+                 AllowUsers {user} {node_user}\n\
                  PubkeyAuthentication yes\n\
                  PasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\n\
@@ -972,6 +1003,7 @@ impl Harness {
                  LogLevel VERBOSE\n",
                 name = self.name,
                 user = self.ssh_user,
+                node_user = NODE_USER,
                 akc = akc.display(),
                 akf = akf.display(),
                 moto = self.moto_url,
@@ -1051,6 +1083,7 @@ impl Harness {
             listener,
             &self.forwarded_ports(),
             bridge,
+            &self.node,
         )
         .unwrap_or_else(|e| panic!("cannot start unshare for instance {ip}: {e}"))
     }
@@ -1099,6 +1132,7 @@ impl Harness {
         let ssh_port = self.ssh_port;
         let forwards = self.forwarded_ports();
         let bridge = self.bridge.clone();
+        let node = self.node.clone();
         let work = self.work.path().to_path_buf();
         let name = self.name.clone();
         let ips = self.instance_ips.clone();
@@ -1151,7 +1185,14 @@ impl Harness {
                                 inst.id, inst.state
                             );
                             let fresh = bind_retry(&ip, ssh_port).and_then(|l| {
-                                spawn_instance_process(&work, &ip, l, &forwards, bridge.as_deref())
+                                spawn_instance_process(
+                                    &work,
+                                    &ip,
+                                    l,
+                                    &forwards,
+                                    bridge.as_deref(),
+                                    &node,
+                                )
                             });
                             match fresh {
                                 Ok(c) => {
@@ -1209,6 +1250,80 @@ pub fn processes() -> Vec<(u32, String)> {
 /// Where an instance's private disk (its [`Harness::host_dir`]) lives on this machine.
 fn private_disk(wd: &Path, ip: &str) -> PathBuf {
     wd.join("disks").join(ip)
+}
+
+/// Where the [`NODE_USER`]'s home inside the instance at `ip` lives on this machine.
+fn node_home_disk(wd: &Path, ip: &str) -> PathBuf {
+    wd.join("homes").join(ip)
+}
+
+/// [`NODE_USER`] as /etc/passwd has it, and the Python its sessions get.
+#[derive(Clone)]
+struct NodeUser {
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+    /// The directory of root's `python3`, first on the user's PATH.
+    python_bin: PathBuf,
+}
+
+impl NodeUser {
+    /// Panics naming the script that creates the user when there is none.
+    fn get() -> NodeUser {
+        let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+        let fields = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() == 7 && f[0] == NODE_USER)
+            .unwrap_or_else(|| {
+                panic!("no user {NODE_USER} on this machine: run tests/setup-env.sh")
+            });
+        let id = |i: usize| -> u32 {
+            fields[i]
+                .parse()
+                .unwrap_or_else(|_| panic!("/etc/passwd: {fields:?}"))
+        };
+        // Root's sessions on an instance run pyenv's Python where root's shell sets it up:
+        // esrally unpacks Elasticsearch with tarfile's extraction filter (Python >= 3.11.4),
+        // which Debian 12's /usr/bin/python3 (3.11.2) lacks, so the node user gets root's too
+        // (tests/setup-env.sh lets it through /root).
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys; print(os.path.dirname(sys.executable))",
+            ])
+            .output()
+            .expect("run python3");
+        assert!(out.status.success(), "python3: {out:?}");
+        NodeUser {
+            uid: id(2),
+            gid: id(3),
+            home: PathBuf::from(fields[5]),
+            python_bin: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        }
+    }
+
+    /// Makes the home of the instance whose it is at `dir` on this machine, unless it exists
+    /// (it outlives a restart of the instance), with a `.bashrc` that puts `python_bin` first on
+    /// the PATH, as root's puts pyenv's there; ssh's commands run with it.
+    fn make_home(&self, dir: &Path) -> std::io::Result<()> {
+        if dir.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(dir)?;
+        let bashrc = dir.join(".bashrc");
+        fs::write(
+            &bashrc,
+            format!(
+                "# rallyctl e2e harness: root's Python for Rally\nexport PATH={}:\"$PATH\"\n",
+                self.python_bin.display()
+            ),
+        )?;
+        for path in [dir, &bashrc] {
+            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))?;
+        }
+        Ok(())
+    }
 }
 
 /// The path every instance sees its private disk at (the same for all: each has its own mount
@@ -1303,8 +1418,11 @@ fn spawn_instance_process(
     listener: TcpListener,
     forwards: &[u16],
     bridge: Option<&str>,
+    node: &NodeUser,
 ) -> std::io::Result<Child> {
     let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let home = node_home_disk(wd, ip);
+    node.make_home(&home)?;
     let log = wd.join(format!("instance-{ip}.log"));
     let ready = wd.join(format!("instance-{ip}.ready"));
     let _ = fs::remove_file(&ready);
@@ -1322,7 +1440,10 @@ fn spawn_instance_process(
         .arg(wd.join("host-keys"))
         .arg("--private-dir")
         .arg(private_disk(wd, ip))
-        .arg(host_disk_mount_point());
+        .arg(host_disk_mount_point())
+        .arg("--private-dir")
+        .arg(home)
+        .arg(&node.home);
     if let Some((copy, shims)) = private_pyenv_shims(wd, ip)? {
         cmd.arg("--private-dir").arg(copy).arg(shims);
     }
