@@ -1,6 +1,7 @@
 //! rallyctl's own `node.sh` and `race.sh` of a test with a cluster, rendered from its templates
-//! and run as the lifecycle will run them: on connected harness instances, with the real
-//! esrally installing, starting and stopping the ES double as nodes of one cluster, offline.
+//! and run as the lifecycle runs them: on connected harness instances, with the real esrally
+//! installing, starting and stopping the ES double as nodes of one cluster, offline; and
+//! `rallyctl apply` of a cluster test on an ssh pool of such instances.
 
 mod support;
 
@@ -569,5 +570,113 @@ fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
         assert!(out.status.success(), "{stderr}");
         assert!(stderr.contains("esrally stop failed"), "{stderr}");
         assert!(node_pids(&h, ip).is_empty(), "no node process is left");
+    }
+}
+
+/// `rallyctl apply` of a test with a cluster of three nodes on an ssh pool, logged in as the
+/// unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it leases the driver and
+/// one host per node, stands the cluster up with the real esrally, races it from the driver,
+/// brings each node's logs home and gives every host back with nothing left running.
+#[test]
+fn apply_races_a_three_node_cluster_on_an_ssh_pool_and_gives_every_host_back() {
+    use support::providers::Workspace;
+
+    let h = Harness::start_connected(4);
+    let (nodes, driver) = (&h.instance_ips[..3], &h.instance_ips[3]);
+    let ws = Workspace::ssh(&h, "cluster-ssh", std::slice::from_ref(driver));
+    for ip in nodes {
+        let cache = h.node_home.join("rallyctl/distributions");
+        h.put_es_double_distribution_in(ip, &cache, ES_VERSION);
+    }
+    let toml_str = |s: &str| serde_json::to_string(s).unwrap();
+    let hosts = |ips: &[String]| {
+        let all: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("{ip}:{}", h.ssh_port))
+            .collect();
+        serde_json::to_string(&all).unwrap()
+    };
+    let plan = ws.dir.path().join("cluster-ssh.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version = 1\nname = \"cluster-ssh\"\n[defaults]\nprovider = \"ssh\"\nhosts = {driver}\n\
+             ssh_user = {user}\nssh_port = {port}\nssh_key = {key}\nssh_known_hosts = {known}\n\
+             remote_dir = \"rallyctl\"\nrally_config = {ini}\nmax_runtime = \"30m\"\n\
+             track_path = {track}\noffline = true\n\
+             cluster = {{ nodes = 3, car = \"4gheap\", distribution_version = \"{ES_VERSION}\", \
+             team_path = {team}, hosts = {nodes} }}\n\
+             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"c\"\n",
+            driver = hosts(std::slice::from_ref(driver)),
+            user = toml_str(support::NODE_USER),
+            port = h.ssh_port,
+            key = toml_str(ws.key.to_str().unwrap()),
+            known = toml_str(h.known_hosts().to_str().unwrap()),
+            ini = toml_str(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("conditional_install_items/rally_csv.ini")
+                    .to_str()
+                    .unwrap()
+            ),
+            track = toml_str(h.track_path.to_str().unwrap()),
+            team = toml_str(ES_DOUBLE_TEAM),
+            nodes = hosts(nodes),
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = ws.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    eprintln!("apply took {:?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("Apply complete: 1 completed, 0 failed."),
+        "{stdout}"
+    );
+    ws.assert_collected("s.c");
+
+    let r = ws.record("s.c");
+    let leased: Vec<String> = (r.members.iter())
+        .map(|m| m.machine.id.clone())
+        .chain(r.machine.iter().map(|m| m.id.clone()))
+        .collect();
+    let mut wanted: Vec<String> = hosts(&h.instance_ips)
+        .trim_matches(['[', ']'])
+        .split(',')
+        .map(|s| s.trim_matches('"').to_owned())
+        .collect();
+    wanted.sort();
+    let mut got = leased.clone();
+    got.sort();
+    assert_eq!(got, wanted, "the driver and a host per node");
+    assert!(r.live_machines().next().is_none(), "{r:?}");
+    assert_eq!(r.spent.len(), 4, "every host billed: {:?}", r.spent);
+
+    // Each node's log came home, and says it served the driver's bulks and searches.
+    for i in 0..3 {
+        let log = format!("nodes/node-{i}/logs/server/rally-benchmark.log");
+        let file = (r.results.iter())
+            .find(|f| f.path.ends_with(&log))
+            .unwrap_or_else(|| panic!("{log} not recorded: {:?}", r.results));
+        let text = std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap();
+        for request in [" /_bulk ", " /tiny/_search "] {
+            let from = format!("{driver} - ");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&from) && l.contains(request)),
+                "node-{i} logged no {request} from the driver {driver}:\n{text}"
+            );
+        }
+        let gc = format!("nodes/node-{i}/logs/server/gc.log");
+        assert!(r.results.iter().any(|f| f.path.ends_with(&gc)), "{gc}");
+    }
+
+    // Nothing of the race or the cluster is left, and no host is leased.
+    for ip in &h.instance_ips {
+        let left: Vec<_> = (h.instance_processes(ip).into_iter())
+            .filter(|(_, cmd)| cmd.contains("es_double") || cmd.contains("esrally"))
+            .collect();
+        assert!(left.is_empty(), "{ip}: left running: {left:?}");
+        assert!(!ws.lease(ip).exists(), "{ip} is still leased");
     }
 }

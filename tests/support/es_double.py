@@ -516,7 +516,7 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):  # quiet; the record is at /_test/requests
-        if os.environ.get("ES_DOUBLE_VERBOSE"):
+        if self.server.log_requests or os.environ.get("ES_DOUBLE_VERBOSE"):
             sys.stderr.write("%s - %s\n" % (self.address_string(), fmt % args))
 
     # --- plumbing ------------------------------------------------------------------------
@@ -963,6 +963,10 @@ class Server(ThreadingHTTPServer):
         self.cluster = cluster
         # A transport port serves other nodes: what it answers was recorded where it was asked.
         self.record = record
+        # A node's HTTP port logs each request (client, request line, status) to the node's
+        # log, as an access log would: what it served is seen in its collected log once the
+        # node is gone.
+        self.log_requests = cluster is not None and record
 
     def members(self):
         return self.cluster.members() if self.cluster else [self.node]
