@@ -575,18 +575,21 @@ fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
 
 /// `rallyctl apply` of a test with a cluster of three nodes on an ssh pool, logged in as the
 /// unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it leases the driver and
-/// one host per node, stands the cluster up with the real esrally, races it from the driver,
+/// one host per node, stands the cluster up with the real esrally and races it from the
+/// driver; killed (SIGKILL) mid-race, the next apply re-attaches to that race on those nodes,
 /// brings each node's logs home and gives every host back with nothing left running.
 #[test]
-fn apply_races_a_three_node_cluster_on_an_ssh_pool_and_gives_every_host_back() {
+fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_back() {
     use support::providers::Workspace;
 
     let h = Harness::start_connected(4);
     let (nodes, driver) = (&h.instance_ips[..3], &h.instance_ips[3]);
-    let ws = Workspace::ssh(&h, "cluster-ssh", std::slice::from_ref(driver));
+    let mut ws = Workspace::ssh(&h, "cluster-ssh", std::slice::from_ref(driver));
+    // In the node user's home, which is each instance's own.
+    let remote = h.node_home.join("rallyctl");
+    ws.remote = Some(remote.clone());
     for ip in nodes {
-        let cache = h.node_home.join("rallyctl/distributions");
-        h.put_es_double_distribution_in(ip, &cache, ES_VERSION);
+        h.put_es_double_distribution_in(ip, &remote.join("distributions"), ES_VERSION);
     }
     let toml_str = |s: &str| serde_json::to_string(s).unwrap();
     let hosts = |ips: &[String]| {
@@ -602,7 +605,7 @@ fn apply_races_a_three_node_cluster_on_an_ssh_pool_and_gives_every_host_back() {
         format!(
             "version = 1\nname = \"cluster-ssh\"\n[defaults]\nprovider = \"ssh\"\nhosts = {driver}\n\
              ssh_user = {user}\nssh_port = {port}\nssh_key = {key}\nssh_known_hosts = {known}\n\
-             remote_dir = \"rallyctl\"\nrally_config = {ini}\nmax_runtime = \"30m\"\n\
+             remote_dir = {remote}\nrally_config = {ini}\nmax_runtime = \"30m\"\n\
              track_path = {track}\noffline = true\n\
              cluster = {{ nodes = 3, car = \"4gheap\", distribution_version = \"{ES_VERSION}\", \
              team_path = {team}, hosts = {nodes} }}\n\
@@ -612,6 +615,7 @@ fn apply_races_a_three_node_cluster_on_an_ssh_pool_and_gives_every_host_back() {
             port = h.ssh_port,
             key = toml_str(ws.key.to_str().unwrap()),
             known = toml_str(h.known_hosts().to_str().unwrap()),
+            remote = toml_str(remote.to_str().unwrap()),
             ini = toml_str(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("conditional_install_items/rally_csv.ini")
@@ -624,16 +628,60 @@ fn apply_races_a_three_node_cluster_on_an_ssh_pool_and_gives_every_host_back() {
         ),
     )
     .unwrap();
+    let plan = plan.to_str().unwrap();
+
+    // Killed mid-race: the nodes and the race run on without rallyctl.
     let started = Instant::now();
-    let out = ws.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
-    eprintln!("apply took {:?}", started.elapsed());
+    let mut first = ws.spawn("first", &["apply", plan, "--auto-approve"]);
+    let pid_file = ws.wait_for_race("s.c", Duration::from_secs(900));
+    eprintln!("the race began {:?} after apply did", started.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    ws.kill(&mut first);
+    let before = ws.record("s.c");
+    assert_eq!(
+        before.status.label(),
+        "racing",
+        "apply moved on before SIGKILL landed"
+    );
+    assert_eq!(before.members.len(), 3, "{before:?}");
+    for ip in nodes {
+        let running = h
+            .instance_processes(ip)
+            .into_iter()
+            .any(|(_, c)| c.contains("es_double"));
+        assert!(running, "{ip}: the node died with rallyctl");
+    }
+
+    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("s.c will be resumed at racing"), "{stdout}");
     assert!(
         stdout.contains("Apply complete: 1 completed, 0 failed."),
         "{stdout}"
     );
     ws.assert_collected("s.c");
+    let after = ws.record("s.c");
+    // The same race on the same machines and nodes: re-attached, not started again.
+    assert_eq!(after.race_id, before.race_id);
+    assert_eq!(
+        after
+            .members
+            .iter()
+            .map(|m| (&m.role, &m.machine.id))
+            .collect::<Vec<_>>(),
+        before
+            .members
+            .iter()
+            .map(|m| (&m.role, &m.machine.id))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        pid,
+        "the race was started again"
+    );
 
     let r = ws.record("s.c");
     let leased: Vec<String> = (r.members.iter())
@@ -678,5 +726,141 @@ fn apply_races_a_three_node_cluster_on_an_ssh_pool_and_gives_every_host_back() {
             .collect();
         assert!(left.is_empty(), "{ip}: left running: {left:?}");
         assert!(!ws.lease(ip).exists(), "{ip} is still leased");
+    }
+}
+
+/// `rallyctl apply` of a test with a cluster of three nodes on aws (moto, through EC2 Instance
+/// Connect as the node user): four instances launched, the nodes of their own instance type
+/// and tagged with their role, the cluster raced from the driver, each node's logs brought
+/// home, every instance terminated and billed.
+#[test]
+fn a_three_node_cluster_on_aws_launches_an_instance_per_node_and_terminates_them_all() {
+    let run = support::run::Run {
+        harness: Harness::start_connected(4),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let h = &run.harness;
+    // The nodes reach one another through the test's security group, as `plan` checks.
+    let ec2 = h.ec2_client();
+    let rule = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(i32::from(Cluster::HTTP_PORT))
+        .to_port(i32::from(Cluster::TRANSPORT_PORT))
+        .user_id_group_pairs(
+            aws_sdk_ec2::types::UserIdGroupPair::builder()
+                .group_id(&h.security_group_id)
+                .build(),
+        )
+        .build();
+    h.block_on(
+        ec2.authorize_security_group_ingress()
+            .group_id(&h.security_group_id)
+            .ip_permissions(rule)
+            .send(),
+    )
+    .unwrap();
+    // Which instance becomes which is EC2's to say: every one has the distribution.
+    let remote = h.node_home.join("rallyctl");
+    for ip in &h.instance_ips {
+        h.put_es_double_distribution_in(ip, &remote.join("distributions"), ES_VERSION);
+    }
+    let plan = run.dir.path().join("cluster-aws.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"version = 1
+name = "cluster-aws"
+[defaults]
+region = "{region}"
+ami = "{ami}"
+instance_type = "m5.large"
+subnet_id = "{subnet}"
+security_group_ids = ["{sg}"]
+ssh_user = "{user}"
+ssh_port = {port}
+connect = "private_ip"
+remote_dir = "{remote}"
+rally_config = "{ini}"
+max_runtime = "30m"
+track_path = "{track}"
+offline = true
+cluster = {{ nodes = 3, instance_type = "r5.large", car = "4gheap", distribution_version = "{ES_VERSION}", team_path = "{team}" }}
+[[suite]]
+name = "s"
+[[suite.test]]
+name = "c"
+"#,
+            region = h.region,
+            ami = h.ami,
+            subnet = h.subnet_id,
+            sg = h.security_group_id,
+            user = support::NODE_USER,
+            port = h.ssh_port,
+            remote = remote.display(),
+            ini = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("conditional_install_items/rally_csv.ini")
+                .display(),
+            track = h.track_path.display(),
+            team = ES_DOUBLE_TEAM,
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    eprintln!("apply took {:?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("Apply complete: 1 completed, 0 failed."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("machine-hours on 4 machines."), "{stdout}");
+
+    // Four instances: the driver, and a node each of the nodes' type, tagged with its role.
+    let instances = h.instances();
+    assert_eq!(instances.len(), 4, "{instances:?}");
+    let mut members: Vec<(Option<&str>, Option<&str>)> = (instances.iter())
+        .map(|i| {
+            let member = i.tags.get("rallyctl:member").map(String::as_str);
+            (member, i.instance_type.as_deref())
+        })
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [
+            (None, Some("m5.large")),
+            (Some("node-0"), Some("r5.large")),
+            (Some("node-1"), Some("r5.large")),
+            (Some("node-2"), Some("r5.large")),
+        ]
+    );
+    assert!(
+        instances.iter().all(|i| i.state == "terminated"),
+        "{instances:?}"
+    );
+    let r = run.record("s.c");
+    assert!(r.live_machines().next().is_none(), "{r:?}");
+    assert_eq!(r.spent.len(), 4, "every instance billed: {:?}", r.spent);
+    // Each node was reached by the others at its private address.
+    for m in &r.members {
+        let peer = m.peer_address.as_deref().unwrap_or_default();
+        assert!(h.instance_ips.iter().any(|ip| ip == peer), "{m:?}");
+    }
+    for i in 0..3 {
+        for name in ["rally-benchmark.log", "gc.log"] {
+            let log = format!("nodes/node-{i}/logs/server/{name}");
+            assert!(
+                r.results.iter().any(|f| f.path.ends_with(&log)),
+                "{log} not recorded: {:?}",
+                r.results
+            );
+        }
+    }
+    for ip in &h.instance_ips {
+        let left: Vec<_> = (h.instance_processes(ip).into_iter())
+            .filter(|(_, cmd)| cmd.contains("es_double") || cmd.contains("esrally"))
+            .collect();
+        assert!(left.is_empty(), "{ip}: left running: {left:?}");
     }
 }

@@ -160,6 +160,9 @@ pub struct Workspace<'h> {
     pub key: PathBuf,
     /// local: the PID namespace every rallyctl of the workspace runs in.
     pub machine: Option<LocalMachine>,
+    /// The plan's `remote_dir` when a test writes a plan of its own with another one (as the
+    /// machine sees it); else the harness's, as [`Workspace::plan`] writes it.
+    pub remote: Option<PathBuf>,
 }
 
 impl<'h> Workspace<'h> {
@@ -212,11 +215,15 @@ impl<'h> Workspace<'h> {
             provider,
             key,
             machine,
+            remote: None,
         }
     }
 
     /// `remote_dir` of the plan, as the machine sees it.
     pub fn remote_dir(&self) -> PathBuf {
+        if let Some(remote) = &self.remote {
+            return remote.clone();
+        }
         match self.provider {
             Provider::Local => self.harness.remote_dir.join("local"),
             Provider::Ssh { .. } => self.harness.host_dir.clone(),
