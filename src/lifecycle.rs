@@ -778,7 +778,7 @@ async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<()
         ctx.provider
             .release(&machine, &settings)
             .await
-            .map_err(|e| fail(format!("cannot release {}: {e}", machine.id)))?;
+            .map_err(|e| not_released(&machine, e))?;
         if !recorded_first {
             mark_released()?;
         }
@@ -1677,14 +1677,17 @@ pub async fn release<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(),
     ctx.provider
         .release(&machine, &settings)
         .await
-        .map_err(|e| {
-            failed(
-                Step::Terminating,
-                format!("cannot release {}: {e}", machine.id),
-            )
-        })?;
+        .map_err(|e| Stop::Failed(not_released(&machine, e)))?;
     ctx.state.record(address, TestRecord::mark_released)?;
     Ok(())
+}
+
+/// Why terminating failed: the provider did not give `machine` back.
+fn not_released(machine: &Machine, e: crate::provider::ProviderError) -> Failure {
+    failure(
+        Step::Terminating,
+        format!("cannot release {}: {e}", machine.id),
+    )
 }
 
 /// The settings a record was made with, as typed.

@@ -1229,7 +1229,10 @@ track_params = { bulk_size = 5000 }"#,
         assert_eq!(tar::Archive::new(&out[..]).entries().unwrap().count(), 0);
         let (code, out, err) = run(&["tail", "never", "node-0", "5"]);
         assert_eq!((code, out.len()), (Some(0), 0), "{err}");
-        assert!(remote.join("nodes").is_dir(), "the nodes' Rally home");
+        // Its Rally home is its run directory, whose distributions are the machine's.
+        let cache = home.path().join(".rally/benchmarks/distributions");
+        assert_eq!(std::fs::read_link(&cache).unwrap(), remote.join("distributions"));
+        assert!(cache.is_dir(), "{}", cache.display());
     }
 
     /// A cluster test's race needs its nodes' addresses.

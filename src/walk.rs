@@ -1949,18 +1949,29 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(node_processes(bench.dir.path()).is_empty());
     }
 
-    #[test]
-    fn a_cluster_race_stopped_by_ctrl_c_resumes_on_the_nodes_it_started() {
+    /// The cluster test applied until its race runs (`--until-released`), then Ctrl-C.
+    fn cluster_stopped_mid_race() -> (Bench, ApplyReport, Fake) {
         let mut bench = Bench::with(
             "",
             &CLUSTER.replace("repetitions = 2\n", "rally_args = [\"--until-released\"]\n"),
         );
-        let bin = bench.dir.path().join("remote/rally-2.13.0/bin");
-        let racing = bin.join("racing");
+        let racing = bench.dir.path().join("remote/rally-2.13.0/bin/racing");
         let (report, fake) =
             bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
                 racing.exists()
             });
+        (bench, report, fake)
+    }
+
+    /// Lets a race of `--until-released` end.
+    fn release_race(bench: &Bench) {
+        let released = bench.dir.path().join("remote/rally-2.13.0/bin/released");
+        std::fs::write(released, "").unwrap();
+    }
+
+    #[test]
+    fn a_cluster_race_stopped_by_ctrl_c_resumes_on_the_nodes_it_started() {
+        let (mut bench, report, fake) = cluster_stopped_mid_race();
         assert!(report.interrupted, "{:?}", report.failed);
         assert_eq!(
             bench.status("c.t"),
@@ -1968,7 +1979,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         );
         assert_eq!(noted(&bench, "node-starts").len(), 2);
         // The race runs on while nothing watches it, and ends.
-        std::fs::write(bin.join("released"), "").unwrap();
+        release_race(&bench);
         let (report, fake) = bench.apply(fake, &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         // The same machines, the nodes neither installed nor started again.
@@ -1989,16 +2000,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// host stops) though `esrally stop` never ran.
     #[test]
     fn destroy_mid_race_gives_back_every_machine_of_a_cluster_and_ends_its_nodes() {
-        let mut bench = Bench::with(
-            "",
-            &CLUSTER.replace("repetitions = 2\n", "rally_args = [\"--until-released\"]\n"),
-        );
-        let bin = bench.dir.path().join("remote/rally-2.13.0/bin");
-        let racing = bin.join("racing");
-        let (_, fake) =
-            bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
-                racing.exists()
-            });
+        let (bench, _, fake) = cluster_stopped_mid_race();
         assert_eq!(fake.held.lock().unwrap().len(), 3);
         assert_eq!(node_processes(bench.dir.path()).len(), 2);
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -2027,6 +2029,6 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             "{:?}",
             node_processes(bench.dir.path())
         );
-        std::fs::write(bin.join("released"), "").unwrap();
+        release_race(&bench);
     }
 }

@@ -573,6 +573,22 @@ fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
     }
 }
 
+/// Makes a plan the harness wrote (`Run::plan`, `Workspace::plan`) one of cluster tests: no
+/// `pipeline` or `target_hosts` (rallyctl stands the cluster up), logged in as the node user
+/// ([`support::NODE_USER`]: Elasticsearch refuses root) with `remote_dir` in its home.
+fn as_cluster_plan(plan: &Path, remote_dir: &Path) {
+    let text = std::fs::read_to_string(plan).unwrap();
+    let lines: String = (text.lines())
+        .filter(|l| !l.starts_with("target_hosts") && !l.starts_with("pipeline"))
+        .map(|l| match l.split(" = ").next() {
+            Some("ssh_user") => format!("ssh_user = \"{}\"\n", support::NODE_USER),
+            Some("remote_dir") => format!("remote_dir = {:?}\n", remote_dir.display().to_string()),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(plan, lines).unwrap();
+}
+
 /// `rallyctl apply` of a test with a cluster of three nodes on an ssh pool, logged in as the
 /// unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it leases the driver and
 /// one host per node, stands the cluster up with the real esrally and races it from the
@@ -591,43 +607,16 @@ fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_b
     for ip in nodes {
         h.put_es_double_distribution_in(ip, &remote.join("distributions"), ES_VERSION);
     }
-    let toml_str = |s: &str| serde_json::to_string(s).unwrap();
-    let hosts = |ips: &[String]| {
-        let all: Vec<String> = ips
-            .iter()
-            .map(|ip| format!("{ip}:{}", h.ssh_port))
-            .collect();
-        serde_json::to_string(&all).unwrap()
-    };
-    let plan = ws.dir.path().join("cluster-ssh.toml");
-    std::fs::write(
-        &plan,
-        format!(
-            "version = 1\nname = \"cluster-ssh\"\n[defaults]\nprovider = \"ssh\"\nhosts = {driver}\n\
-             ssh_user = {user}\nssh_port = {port}\nssh_key = {key}\nssh_known_hosts = {known}\n\
-             remote_dir = {remote}\nrally_config = {ini}\nmax_runtime = \"30m\"\n\
-             track_path = {track}\noffline = true\n\
-             cluster = {{ nodes = 3, car = \"4gheap\", distribution_version = \"{ES_VERSION}\", \
-             team_path = {team}, hosts = {nodes} }}\n\
-             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"c\"\n",
-            driver = hosts(std::slice::from_ref(driver)),
-            user = toml_str(support::NODE_USER),
-            port = h.ssh_port,
-            key = toml_str(ws.key.to_str().unwrap()),
-            known = toml_str(h.known_hosts().to_str().unwrap()),
-            remote = toml_str(remote.to_str().unwrap()),
-            ini = toml_str(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("conditional_install_items/rally_csv.ini")
-                    .to_str()
-                    .unwrap()
-            ),
-            track = toml_str(h.track_path.to_str().unwrap()),
-            team = toml_str(ES_DOUBLE_TEAM),
-            nodes = hosts(nodes),
-        ),
-    )
-    .unwrap();
+    let hosts: Vec<String> = (nodes.iter())
+        .map(|ip| format!("{ip}:{}", h.ssh_port))
+        .collect();
+    let cluster = format!(
+        "cluster = {{ nodes = 3, car = \"4gheap\", distribution_version = \"{ES_VERSION}\", \
+         team_path = \"{ES_DOUBLE_TEAM}\", hosts = {} }}",
+        serde_json::to_string(&hosts).unwrap()
+    );
+    let plan = ws.plan(&[("s", &[("c", &cluster)])]);
+    as_cluster_plan(&plan, &remote);
     let plan = plan.to_str().unwrap();
 
     // Killed mid-race: the nodes and the race run on without rallyctl.
@@ -684,19 +673,15 @@ fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_b
     );
 
     let r = ws.record("s.c");
-    let leased: Vec<String> = (r.members.iter())
-        .map(|m| m.machine.id.clone())
-        .chain(r.machine.iter().map(|m| m.id.clone()))
+    // The driver from `hosts`, a node from each host of `cluster.hosts`.
+    let mut leased: Vec<String> = (r.members.iter())
+        .map(|m| support::providers::host_ip(&m.machine.id))
         .collect();
-    let mut wanted: Vec<String> = hosts(&h.instance_ips)
-        .trim_matches(['[', ']'])
-        .split(',')
-        .map(|s| s.trim_matches('"').to_owned())
-        .collect();
+    leased.sort();
+    let mut wanted = nodes.to_vec();
     wanted.sort();
-    let mut got = leased.clone();
-    got.sort();
-    assert_eq!(got, wanted, "the driver and a host per node");
+    assert_eq!(leased, wanted, "{r:?}");
+    assert_eq!(ws.ip_of(&r), *driver);
     assert!(r.live_machines().next().is_none(), "{r:?}");
     assert_eq!(r.spent.len(), 4, "every host billed: {:?}", r.spent);
 
@@ -764,47 +749,12 @@ fn a_three_node_cluster_on_aws_launches_an_instance_per_node_and_terminates_them
     for ip in &h.instance_ips {
         h.put_es_double_distribution_in(ip, &remote.join("distributions"), ES_VERSION);
     }
-    let plan = run.dir.path().join("cluster-aws.toml");
-    std::fs::write(
-        &plan,
-        format!(
-            r#"version = 1
-name = "cluster-aws"
-[defaults]
-region = "{region}"
-ami = "{ami}"
-instance_type = "m5.large"
-subnet_id = "{subnet}"
-security_group_ids = ["{sg}"]
-ssh_user = "{user}"
-ssh_port = {port}
-connect = "private_ip"
-remote_dir = "{remote}"
-rally_config = "{ini}"
-max_runtime = "30m"
-track_path = "{track}"
-offline = true
-cluster = {{ nodes = 3, instance_type = "r5.large", car = "4gheap", distribution_version = "{ES_VERSION}", team_path = "{team}" }}
-[[suite]]
-name = "s"
-[[suite.test]]
-name = "c"
-"#,
-            region = h.region,
-            ami = h.ami,
-            subnet = h.subnet_id,
-            sg = h.security_group_id,
-            user = support::NODE_USER,
-            port = h.ssh_port,
-            remote = remote.display(),
-            ini = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("conditional_install_items/rally_csv.ini")
-                .display(),
-            track = h.track_path.display(),
-            team = ES_DOUBLE_TEAM,
-        ),
-    )
-    .unwrap();
+    let cluster = format!(
+        "cluster = {{ nodes = 3, instance_type = \"r5.large\", car = \"4gheap\", \
+         distribution_version = \"{ES_VERSION}\", team_path = \"{ES_DOUBLE_TEAM}\" }}"
+    );
+    let plan = run.plan(&[("s", &[("c", &cluster)])]);
+    as_cluster_plan(&plan, &remote);
     let started = Instant::now();
     let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
     eprintln!("apply took {:?}", started.elapsed());

@@ -461,12 +461,7 @@ pub(super) async fn release_nodes<P: Provider>(
         ctx.provider
             .release(&machine, &settings)
             .await
-            .map_err(|e| {
-                failure(
-                    Step::Terminating,
-                    format!("cannot release {}: {e}", machine.id),
-                )
-            })?;
+            .map_err(|e| super::not_released(&machine, e))?;
         ctx.state
             .record(address, |r| r.mark_machine_released(&machine.id))
             .map_err(|e| failure(Step::Terminating, e))?;
