@@ -1231,7 +1231,10 @@ track_params = { bulk_size = 5000 }"#,
         assert_eq!((code, out.len()), (Some(0), 0), "{err}");
         // Its Rally home is its run directory, whose distributions are the machine's.
         let cache = home.path().join(".rally/benchmarks/distributions");
-        assert_eq!(std::fs::read_link(&cache).unwrap(), remote.join("distributions"));
+        assert_eq!(
+            std::fs::read_link(&cache).unwrap(),
+            remote.join("distributions")
+        );
         assert!(cache.is_dir(), "{}", cache.display());
     }
 
