@@ -543,7 +543,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             // The attempt was recorded at launching when it opened; this is where it launches.
             ctx.progress
                 .step(&owner.address.to_string(), Step::Launching.name());
-            acquire(ctx, owner, &ctx.artifacts[&owner.address], &record).await?;
+            acquire(ctx, owner, &record).await?;
             cluster::acquire_nodes(ctx, owner).await?;
             checkpoint(ctx, &owner.address, Step::Booting)?;
             let machine = record_of(ctx, &owner.address)?
@@ -954,37 +954,14 @@ fn run_dir(test: &Test, workspace: &str, record: &TestRecord) -> String {
 }
 
 /// Launching: a machine for this attempt, recorded with its run directory.
-async fn acquire<P: Provider>(
-    ctx: &Ctx<P>,
-    test: &Test,
-    artifacts: &Artifacts,
-    record: &TestRecord,
-) -> Result<(), Stop> {
+async fn acquire<P: Provider>(ctx: &Ctx<P>, test: &Test, record: &TestRecord) -> Result<(), Stop> {
     if take(ctx, test, record).await? {
         return Ok(());
     }
-    let run_id = record.run_id.as_deref().unwrap_or(&ctx.run_id);
-    let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
     let mut record = record.clone();
     let mut spent = 0;
     let acquired = loop {
-        let asked = ctx
-            .provider
-            .acquire(&Acquire {
-                workspace: &ctx.plan.name,
-                lineage: ctx.state.read(|s| s.lineage),
-                address: &test.address,
-                attempt: record.attempt,
-                run_id,
-                settings: &test.settings,
-                artifacts,
-                reclaimed: record.reclaimed,
-                cancel: &ctx.cancel,
-                on_wait: &on_wait,
-                member: None,
-            })
-            .await;
-        match asked {
+        match ask(ctx, test, &record, &test.settings, None).await {
             Ok(acquired) => break acquired,
             Err(_) if ctx.cancel.is_cancelled() => return Err(Stop::Interrupted),
             // Only a crash between asking and recording spends an attempt, so a second spent
@@ -1019,6 +996,33 @@ async fn acquire<P: Provider>(
     ctx.state
         .record(&test.address, |r| r.machine = Some(machine))?;
     Ok(())
+}
+
+/// Asks the provider for a machine of `record`'s attempt of `test`, of `settings`: the test's
+/// own, or (`member`) one of its cluster's, which the provider names apart.
+async fn ask<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    record: &TestRecord,
+    settings: &Settings,
+    member: Option<&str>,
+) -> Result<crate::provider::Acquired, AcquireError> {
+    let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
+    ctx.provider
+        .acquire(&Acquire {
+            workspace: &ctx.plan.name,
+            lineage: ctx.state.read(|s| s.lineage),
+            address: &test.address,
+            attempt: record.attempt,
+            run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
+            settings,
+            artifacts: &ctx.artifacts[&test.address],
+            reclaimed: record.reclaimed,
+            cancel: &ctx.cancel,
+            on_wait: &on_wait,
+            member,
+        })
+        .await
 }
 
 /// Warm reuse, the giving side: the test's machine stays up for `to`, a test of a later suite.

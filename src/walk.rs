@@ -488,6 +488,25 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             report
         }
 
+        /// `rallyctl destroy` of the bench's workspace where its plan points, with `fake`;
+        /// it must give everything back. State as it left it.
+        fn destroy(&mut self, fake: &Fake) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let settings: Vec<_> = self.plan.tests().map(|t| &t.settings).collect();
+            let (targets, _) = rt
+                .block_on(crate::destroy::targets(fake, &self.state, &settings))
+                .unwrap();
+            let handle = StateHandle::new(
+                self.state.clone(),
+                crate::backend::Backend::Local(self.state_path()),
+            );
+            let kept = rt
+                .block_on(crate::destroy::destroy(fake, &handle, &targets))
+                .unwrap();
+            assert!(kept.is_empty(), "{kept:?}");
+            self.state = handle.snapshot();
+        }
+
         fn status(&self, address: &str) -> Status {
             self.state.tests[&address.parse().unwrap()].status.clone()
         }
@@ -912,19 +931,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         let (report, fake) = bench.apply(fake, &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         assert_eq!(record(&bench, "a.t1").asked_elsewhere.len(), 1);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let settings: Vec<_> = bench.plan.tests().map(|t| &t.settings).collect();
-        let (targets, _) = rt
-            .block_on(crate::destroy::targets(&fake, &bench.state, &settings))
-            .unwrap();
-        let handle = StateHandle::new(
-            bench.state.clone(),
-            crate::backend::Backend::Local(bench.state_path()),
-        );
-        let kept = rt
-            .block_on(crate::destroy::destroy(&fake, &handle, &targets))
-            .unwrap();
-        assert!(kept.is_empty(), "{kept:?}");
+        bench.destroy(&fake);
         assert_eq!(fake.calls().last().unwrap(), "release m-t1-1");
         assert!(fake.held.lock().unwrap().is_empty());
     }
@@ -2000,30 +2007,12 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// host stops) though `esrally stop` never ran.
     #[test]
     fn destroy_mid_race_gives_back_every_machine_of_a_cluster_and_ends_its_nodes() {
-        let (bench, _, fake) = cluster_stopped_mid_race();
+        let (mut bench, _, fake) = cluster_stopped_mid_race();
         assert_eq!(fake.held.lock().unwrap().len(), 3);
         assert_eq!(node_processes(bench.dir.path()).len(), 2);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let settings: Vec<_> = bench.plan.tests().map(|t| &t.settings).collect();
-        let (targets, _) = rt
-            .block_on(crate::destroy::targets(&fake, &bench.state, &settings))
-            .unwrap();
-        let handle = StateHandle::new(
-            bench.state.clone(),
-            crate::backend::Backend::Local(bench.state_path()),
-        );
-        let kept = rt
-            .block_on(crate::destroy::destroy(&fake, &handle, &targets))
-            .unwrap();
-        assert!(kept.is_empty(), "{kept:?}");
+        bench.destroy(&fake);
         assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
-        assert!(
-            handle
-                .snapshot()
-                .tests
-                .values()
-                .all(|r| r.live_machines().next().is_none())
-        );
+        assert!((bench.state.tests.values()).all(|r| r.live_machines().next().is_none()));
         assert!(
             node_processes(bench.dir.path()).is_empty(),
             "{:?}",

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::address::Address;
 use crate::plan::{Cluster, Settings, Test};
-use crate::provider::{Acquire, Provider};
+use crate::provider::Provider;
 use crate::remote::{self, RemoteError, tail};
 use crate::state::{Member, ResultFile, Role, Step, TestRecord};
 use crate::templates::{Artifacts, NodeCommand, cluster_target_hosts};
@@ -52,8 +52,6 @@ pub(super) async fn acquire_nodes<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Res
         return Ok(());
     };
     let settings = test.settings.for_nodes();
-    let artifacts = &ctx.artifacts[&test.address];
-    let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
     for index in 0..cluster.nodes.get() {
         let record = record_of(ctx, &test.address)?;
         if node_member(&record, index).is_some() {
@@ -63,22 +61,7 @@ pub(super) async fn acquire_nodes<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Res
         let run_dir = (record.machine.as_ref())
             .and_then(|m| m.run_dir.as_deref())
             .ok_or_else(|| failed(Step::Launching, "state names no machine for this test"))?;
-        let asked = ctx
-            .provider
-            .acquire(&Acquire {
-                workspace: &ctx.plan.name,
-                lineage: ctx.state.read(|s| s.lineage),
-                address: &test.address,
-                attempt: record.attempt,
-                run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
-                settings: &settings,
-                artifacts,
-                reclaimed: record.reclaimed,
-                cancel: &ctx.cancel,
-                on_wait: &on_wait,
-                member: Some(&name),
-            })
-            .await;
+        let asked = super::ask(ctx, test, &record, &settings, Some(&name)).await;
         let acquired = match asked {
             Ok(acquired) => acquired,
             Err(_) if ctx.cancel.is_cancelled() => return Err(Stop::Interrupted),
