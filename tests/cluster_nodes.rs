@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rallyctl::plan::{Cluster, Plan};
 use rallyctl::templates::{NodeCommand, Renderer, cluster_target_hosts};
 use support::Harness;
-use support::cluster::{ES_DOUBLE_TEAM, as_node_user};
+use support::cluster::{ES_DOUBLE_TEAM, as_node_user, thread_each};
 
 const ES_VERSION: &str = "8.15.0";
 
@@ -187,23 +187,6 @@ fn get_json(h: &Harness, from: &str, target: &str, path: &str) -> serde_json::Va
         .http_get_in(from, target, path)
         .unwrap_or_else(|e| panic!("{target}{path}: {e}"));
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{target}{path}: {e}"))
-}
-
-/// Runs `f(index, ip)` for every ip at once, each in its own thread.
-fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| s.spawn(move || f(i, ip)))
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        }
-    });
 }
 
 fn authorized_key(h: &Harness) -> PathBuf {

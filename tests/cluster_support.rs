@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::cluster::{ES_DOUBLE_TEAM, as_node_user};
+use support::cluster::{ES_DOUBLE_TEAM, as_node_user, thread_each};
 use support::run::Run;
 use support::{Harness, NODE_USER};
 
@@ -675,23 +675,6 @@ fn tiny_track(h: &Harness, clients: usize) -> PathBuf {
     )
     .unwrap();
     track
-}
-
-/// Runs `f(index, ip)` for every ip at once, each in its own thread.
-fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| s.spawn(move || f(i, ip)))
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-        }
-    });
 }
 
 /// Files under `dir` named one of `names`.

@@ -28,6 +28,23 @@ pub fn as_node_user(rally_home: &Path) -> String {
     )
 }
 
+/// Runs `f(index, ip)` for every ip at once, each in its own thread.
+pub fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| s.spawn(move || f(i, ip)))
+            .collect();
+        for handle in handles {
+            handle
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+    });
+}
+
 impl Harness {
     /// Puts the ES double's distribution archive for `version` into Rally's distribution cache
     /// of the Rally home `rally_home` (a path inside the instance at `ip`, e.g. under
