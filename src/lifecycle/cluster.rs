@@ -242,11 +242,8 @@ pub(super) async fn start_nodes<P: Provider>(
                     )
                     .await
                     .map_err(|e| failed(step, format!("{}: {e}", node.name())))?;
-                let id = node.conn.machine.id.clone();
-                ctx.state.record(&test.address, |r| {
-                    if let Some(m) = r.members.iter_mut().find(|m| m.machine.id == id) {
-                        m.machine.expires_at = expires_at;
-                    }
+                record_member(ctx, &test.address, &node.conn.machine.id, |m| {
+                    m.machine.expires_at = expires_at
                 })?;
             }
             super::install_on(
@@ -260,11 +257,8 @@ pub(super) async fn start_nodes<P: Provider>(
             )
             .await?;
             let digest = artifacts.install_digest();
-            let id = node.conn.machine.id.clone();
-            ctx.state.record(&test.address, |r| {
-                if let Some(m) = r.members.iter_mut().find(|m| m.machine.id == id) {
-                    m.machine.installed = Some(digest);
-                }
+            record_member(ctx, &test.address, &node.conn.machine.id, |m| {
+                m.machine.installed = Some(digest)
             })?;
             let (name, id) = (node.name(), node.installation_id.to_string());
             let start = NodeCommand::Start {
@@ -289,7 +283,7 @@ pub(super) async fn start_nodes<P: Provider>(
         }
     }))
     .await;
-    first_failure(started)
+    started.into_iter().collect()
 }
 
 /// Collecting, before the race's own files: stops every node at once (`esrally stop`, which
@@ -417,9 +411,19 @@ async fn node_command<P: Provider>(
     }
 }
 
-/// The first failure among the nodes' outcomes, else success.
-fn first_failure(outcomes: Vec<Result<(), Stop>>) -> Result<(), Stop> {
-    outcomes.into_iter().collect()
+/// Changes the member of the record of `address` whose machine is `id`.
+fn record_member<P: Provider>(
+    ctx: &Ctx<P>,
+    address: &Address,
+    id: &str,
+    f: impl FnOnce(&mut Member),
+) -> Result<(), Stop> {
+    ctx.state.record(address, |r| {
+        if let Some(m) = r.members.iter_mut().find(|m| m.machine.id == id) {
+            f(m);
+        }
+    })?;
+    Ok(())
 }
 
 /// Gives back every node the record of `address` holds, each with the settings the record
