@@ -13,11 +13,12 @@ Test endpoints (not Elasticsearch API):
   GET  /_test/requests  JSON list of {"method", "path", "status", "unhandled", "client"} for every
                         request ("client": the address it came from)
   GET  /_test/docs      JSON object index -> number of documents received (bulk and single writes)
-  POST /_test/latency   body {"search_ms": N}: from now on every search-type answer (_search,
-                        _msearch, _count) of this cluster comes N milliseconds late (0: at once);
-                        the other requests are not slowed down
-  POST /_test/reset     forget indices, templates, settings, requests and documents; search
-                        latency back to 0
+  POST /_test/latency   body {"search_ms": N} and/or {"bulk_ms": M}: from now on every search-type
+                        answer (_search, _msearch, _count) of this cluster comes N milliseconds
+                        late, every _bulk answer M (0: at once); the other requests are not
+                        slowed down
+  POST /_test/reset     forget indices, templates, settings, requests and documents;
+                        latencies back to 0
 
 Usage: es_double.py --host 127.0.0.1 --port 0 --port-file FILE [--clusters N]
 Binds, writes the chosen port to FILE atomically (write to a temporary file, then rename), then
@@ -89,6 +90,7 @@ class State:
         self.requests = []  # [{"method", "path", "status", "unhandled"}]
         self.docs = {}  # index -> documents received
         self.search_ms = 0  # delay of every _search, _msearch and _count answer (/_test/latency)
+        self.bulk_ms = 0  # delay of every _bulk answer (/_test/latency)
         self.started = time.time()
 
 
@@ -735,13 +737,18 @@ class Handler(BaseHTTPRequestHandler):
                 self.state.reset()
             return 200, {"acknowledged": True}
         if m == "POST" and rest == ["latency"]:
-            ms = self._json(raw).get("search_ms")
-            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 600000:
-                raise ValueError("/_test/latency takes {\"search_ms\": N}, N from 0 to 600000, not %r"
-                                 % (ms,))
+            body = self._json(raw)
+            delays = {k: body[k] for k in ("search_ms", "bulk_ms") if k in body}
+            for k, ms in delays.items():
+                if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms <= 600000:
+                    raise ValueError("/_test/latency: %s takes N from 0 to 600000, not %r" % (k, ms))
+            if not delays:
+                raise ValueError("/_test/latency takes {\"search_ms\": N} and/or {\"bulk_ms\": M}, not %r"
+                                 % (body,))
             with self.state.lock:
-                self.state.search_ms = ms
-            return 200, {"acknowledged": True, "search_ms": ms}
+                for k, ms in delays.items():
+                    setattr(self.state, k, ms)
+            return 200, {"acknowledged": True, **delays}
         return None, None
 
     def route_cluster(self, m, rest, raw):
@@ -913,6 +920,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def bulk(self, raw, default_index):
         start = time.perf_counter()
+        with self.state.lock:
+            delay_ms = self.state.bulk_ms
+        if delay_ms > 0:
+            time.sleep(delay_ms / 1000.0)  # outside the lock, as a search's delay
         items, counts, sources = parse_bulk(raw, default_index)
         with self.state.lock:
             for idx, c in counts.items():

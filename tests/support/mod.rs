@@ -648,9 +648,20 @@ impl Harness {
     /// `es_addr` (one of `es_addrs`) comes `ms` milliseconds late; 0 turns that off. A slower
     /// search, and nothing else, as a regression in the code raced would show.
     pub fn set_search_latency(&self, es_addr: &str, ms: u64) {
-        let body = serde_json::json!({ "search_ms": ms }).to_string();
+        self.set_latency(es_addr, "search_ms", ms);
+    }
+
+    /// From now on every `_bulk` answer of the cluster at `es_addr` comes `ms` milliseconds late.
+    /// A floor well above a loaded machine's scheduling jitter (about a millisecond) makes bulk
+    /// latencies as steady between races as a real cluster's, whose bulks take tens of them.
+    pub fn set_bulk_latency(&self, es_addr: &str, ms: u64) {
+        self.set_latency(es_addr, "bulk_ms", ms);
+    }
+
+    fn set_latency(&self, es_addr: &str, which: &str, ms: u64) {
+        let body = serde_json::json!({ which: ms }).to_string();
         let answer = self.es_post(es_addr, "/_test/latency", body.as_bytes());
-        assert_eq!(answer["search_ms"], ms, "ES double at {es_addr}: {answer}");
+        assert_eq!(answer[which], ms, "ES double at {es_addr}: {answer}");
     }
 
     /// Kills every process of the instance at `private_ip` (as a terminated EC2 instance would
