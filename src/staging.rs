@@ -94,8 +94,8 @@ mod tests {
     fn names(cluster: &str) -> Vec<(String, u32)> {
         let text = format!(
             "version = 1\nname = \"w\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-1\"\n\
-             instance_type = \"m5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
-             [[suite.test]]\nname = \"t\"\n{cluster}\n"
+             instance_type = \"m5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\n\
+             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\n{cluster}\n"
         );
         let plan = Plan::parse(Path::new("t.toml"), &text).unwrap();
         let test = plan.tests().next().unwrap();

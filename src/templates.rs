@@ -990,7 +990,8 @@ track_params = { bulk_size = 5000 }"#,
              distribution_version = \"8.14.0\"\nruntime_jdk = \"17\"\n\
              cluster = {{ nodes = 3, car = \"4gheap\", car_params = {{ heap = \"4g\" }}, \
              plugins = [\"analysis-icu\", \"repository-s3\"], plugin_params = {{ icu = true }}, \
-             distribution_version = \"8.15.0\", distribution_repository = \"release\"{cluster} }}\n{extra}"
+             distribution_version = \"8.15.0\", distribution_repository = \"release\", \
+             runtime_jdk = \"bundled\"{cluster} }}\n{extra}"
         ))
     }
 
@@ -1051,7 +1052,7 @@ track_params = { bulk_size = 5000 }"#,
         let git = |cluster: &str, extra: &str| {
             let test = test_from(&format!(
                 "name = \"t\"\ntrack_path = \"tests/fixtures/tracks/tiny\"\n\
-                 cluster = {{ nodes = 1{cluster} }}\n{extra}"
+                 cluster = {{ nodes = 1, distribution_version = \"8.15.0\"{cluster} }}\n{extra}"
             ));
             let a = Renderer::new().render(&test).unwrap();
             a.install().contains("installing git")
@@ -1084,7 +1085,8 @@ track_params = { bulk_size = 5000 }"#,
             (r#"runtime_jdk = "17""#, true, "--runtime-jdk=17"),
         ] {
             let test = test_from(&format!(
-                "name = \"t\"\ntrack = \"x\"\ncluster = {{ nodes = 1, {cluster} }}"
+                "name = \"t\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\n\
+                 cluster = {{ nodes = 1, {cluster} }}"
             ));
             let a = Renderer::new().render(&test).unwrap();
             let node = a.node().unwrap();

@@ -1851,7 +1851,8 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
     /// A cluster test as the fake serves it (as EC2 would: a machine per node, each named
     /// apart): two nodes of their own instance type, raced twice on the same machines.
     const CLUSTER: &str = "[[suite]]\nname = \"c\"\n[[suite.test]]\nname = \"t\"\n\
-        repetitions = 2\ncluster = { nodes = 2, instance_type = \"r5.large\" }\n\
+        repetitions = 2\ncluster = { nodes = 2, instance_type = \"r5.large\", \
+        distribution_version = \"8.15.0\" }\n\
         provider = \"aws\"\nregion = \"us-east-1\"\nami = \"ami-12345678\"\n\
         instance_type = \"m5.large\"\n";
 

@@ -56,11 +56,16 @@ fn validate_says_what_a_duration_and_a_spot_fallback_look_like() {
 /// Clusters written wrong: nodes and load drivers out of range, unknown cluster keys with the
 /// closest one, a cluster beside what races an existing one, drivers without a cluster or on
 /// this machine, keys of another provider, ssh pools too small for one test: all at once.
+/// Nodes without a release to install (neither the cluster nor the test names one) are
+/// reported at the cluster.
 #[test]
 fn validate_reports_cluster_mistakes_at_their_place() {
     let out = rallyctl(&["validate", "tests/fixtures/messages/cluster-mistakes.toml"]);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!(text(&out));
+    let out = rallyctl(&["validate", "tests/fixtures/messages/cluster-release.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("cluster_without_a_release", text(&out));
     let out = rallyctl(&["validate", "tests/fixtures/plans/clusters.toml"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -859,7 +864,7 @@ fn apply_refuses_a_cluster_before_acquiring_anything() {
     std::fs::write(
         d.join("c.toml"),
         "version = 1\nname = \"c\"\n[defaults]\nprovider = \"local\"\ntrack = \"geonames\"\n\
-         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"nodes\"\ncluster = { nodes = 2 }\n",
+         [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"nodes\"\ncluster = { nodes = 2, distribution_version = \"8.15.0\" }\n",
     )
     .unwrap();
     let planned = rallyctl_in(d, &["plan", "c.toml"]);

@@ -933,7 +933,10 @@ fn plan_checks_that_a_clusters_security_groups_let_its_machines_reach_one_anothe
         "s",
         &[
             ("single", ""),
-            ("cluster", "cluster = { nodes = 3 }\nload_drivers = 2"),
+            (
+                "cluster",
+                "cluster = { nodes = 3, distribution_version = \"8.15.0\" }\nload_drivers = 2",
+            ),
         ],
     )]);
     // A cluster races nodes of its own, not `target_hosts` with `benchmark-only`.

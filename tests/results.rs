@@ -1101,7 +1101,8 @@ fn cluster_configuration(nodes: u32) -> parse::Configuration {
         "version = 1\nname = \"e2e\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
          ami = \"ami-12345678\"\ninstance_type = \"c5.large\"\ntrack = \"tiny\"\n\
          [[suite]]\nname = \"ingest\"\n[[suite.test]]\nname = \"a\"\n\
-         cluster = {{ nodes = {nodes}, instance_type = \"r6i.xlarge\" }}\nload_drivers = 2\n"
+         cluster = {{ nodes = {nodes}, instance_type = \"r6i.xlarge\", distribution_version = \"8.15.0\" }}\n\
+         load_drivers = 2\n"
     );
     let plan = rallyctl::plan::Plan::parse(Path::new("e2e.toml"), &text).unwrap();
     let test = plan.tests().next().unwrap();

@@ -56,7 +56,7 @@ repetitions = 2
 [[suite.test]]
 name = "t5"
 repetitions = 2
-cluster = { nodes = 2, instance_type = "r5.large" }
+cluster = { nodes = 2, instance_type = "r5.large", distribution_version = "8.15.0" }
 [[suite]]
 name = "b"
 [[suite.test]]

@@ -317,6 +317,7 @@ mod tests {
     fn clusters_not_yet_raced_are_refused_by_name_with_why() {
         let text = "version = 1\nname = \"c\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
             ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\ntrack = \"t\"\ncluster = { nodes = 2 }\n\
+            distribution_version = \"8.15.0\"\n\
             [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"raced\"\n\
             [[suite.test]]\nname = \"drivers\"\nload_drivers = 2\n\
             [[suite.test]]\nname = \"here\"\nprovider = \"local\"\ncluster = { nodes = 1 }\n\

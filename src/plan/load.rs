@@ -1231,7 +1231,7 @@ mod tests {
         let plan = Plan::parse(
             Path::new("c.toml"),
             "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
-             instance_type = \"c5.large\"\ntrack = \"x\"\ncluster = { nodes = 3, car = \"4gheap\", car_params = { heap = \"4g\" } }\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\ncluster = { nodes = 3, car = \"4gheap\", car_params = { heap = \"4g\" } }\n\
              reuse_instances = true\n[[suite]]\nname = \"s\"\nload_drivers = 2\ncluster = { instance_type = \"r6i.xlarge\" }\n\
              [[suite.test]]\nname = \"inherits\"\n\
              [[suite.test]]\nname = \"five\"\ncluster = { nodes = 5, car_params = { gc = \"g1\" } }\nload_drivers = 1\n\
@@ -1265,7 +1265,7 @@ mod tests {
         let without = Plan::parse(
             Path::new("c.toml"),
             "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
-             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\nload_drivers = 1\n",
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\n[[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"t\"\nload_drivers = 1\n",
         )
         .unwrap();
         let plain = without.suites[0].tests[0].settings.canonical_json();
@@ -1276,6 +1276,39 @@ mod tests {
         assert_ne!(plain, json(2));
     }
 
+    /// A cluster's nodes are the test's Elasticsearch: the test's car, car parameters, release
+    /// and JDK are theirs where the cluster names none, the cluster's own win where it does;
+    /// so a release written once in `[defaults]` serves clusters too.
+    #[test]
+    fn a_cluster_takes_what_makes_elasticsearch_from_its_test_unless_it_says_its_own() {
+        let plan = Plan::parse(
+            Path::new("c.toml"),
+            "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.14.0\"\n\
+             car = \"8gheap\"\ncar_params = { heap = \"8g\" }\nruntime_jdk = \"17\"\n\
+             [[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"inherits\"\ncluster = { nodes = 2 }\n\
+             [[suite.test]]\nname = \"own\"\ncluster = { nodes = 2, car = \"4gheap\", \
+             car_params = { gc = \"g1\" }, distribution_version = \"8.15.0\", runtime_jdk = \"bundled\" }\n",
+        )
+        .unwrap();
+        let made = |i: usize| {
+            let c = plan.suites[0].tests[i].settings.cluster.as_deref().unwrap();
+            let params: Vec<&str> = c.car_params.iter().map(|(k, _)| k).collect();
+            (
+                c.car.as_deref().unwrap().to_owned(),
+                params.join(","),
+                c.distribution_version.as_deref().unwrap().to_owned(),
+                c.runtime_jdk.as_deref().unwrap().to_owned(),
+            )
+        };
+        let tuple = |car: &str, params: &str, version: &str, jdk: &str| {
+            (car.into(), params.into(), version.into(), jdk.into())
+        };
+        assert_eq!(made(0), tuple("8gheap", "heap", "8.14.0", "17"));
+        assert_eq!(made(1), tuple("4gheap", "gc", "8.15.0", "bundled"));
+    }
+
     /// `cluster` and `load_drivers` are settings, so a matrix takes them as axes, a cluster
     /// axis merged over the test's table as any table-valued axis is.
     #[test]
@@ -1283,7 +1316,7 @@ mod tests {
         let plan = Plan::parse(
             Path::new("m.toml"),
             "version = 1\nname = \"m\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
-             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\n[[suite]]\nname = \"s\"\n\
              [[suite.test]]\nname = \"t\"\ncluster = { nodes = 1, instance_type = \"r6i.xlarge\" }\n\
              [suite.test.matrix]\ncluster = [{ nodes = 1 }, { nodes = 3 }]\nload_drivers = [1, 2]\n",
         )
@@ -1316,7 +1349,7 @@ mod tests {
     fn an_ssh_cluster_leases_its_nodes_from_its_own_pool() {
         let plan = Plan::parse(
             Path::new("p.toml"),
-            "version = 1\nname = \"p\"\n[defaults]\nprovider = \"ssh\"\nhosts = [\"d1\", \"d2\"]\ntrack = \"x\"\n\
+            "version = 1\nname = \"p\"\n[defaults]\nprovider = \"ssh\"\nhosts = [\"d1\", \"d2\"]\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\n\
              cluster = { nodes = 2, hosts = [\"n1\", \"n2\"] }\nload_drivers = 2\n[[suite]]\nname = \"s\"\n\
              [[suite.test]]\nname = \"leased\"\n\
              [[suite.test]]\nname = \"here\"\nprovider = \"local\"\nload_drivers = 1\n",

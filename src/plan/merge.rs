@@ -343,11 +343,39 @@ impl Loader<'_, '_> {
             Some(Val::JsonMap(map)) => map.clone(),
             _ => NO_JSON.clone(),
         };
+        // The nodes are the test's Elasticsearch: what the test says of it (its car, the
+        // car's parameters, the distribution, the JDK) is theirs where the cluster says nothing,
+        // so that a version set once in `[defaults]` holds for clusters too.
+        let the_tests = |i: usize| match &m[i] {
+            Some(Val::Str(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let own_or_the_tests = |own: usize, tests: usize| text(own).or_else(|| the_tests(tests));
+        let distribution_version = own_or_the_tests(
+            const { cluster_at("distribution_version") },
+            const { at("distribution_version") },
+        );
+        if distribution_version.is_none() {
+            self.sink.error_with_help(
+                &cluster_span,
+                at_cluster.key("distribution_version"),
+                "`cluster` names no `distribution_version`, nor does the test: `esrally install` would build Elasticsearch from source, which its nodes are not set up for",
+                "name the nodes' release: cluster = { nodes = 3, distribution_version = \"8.15.0\" }, or `distribution_version` for the test or in `[defaults]`",
+            );
+            ok = false;
+        }
+        let car_params = match (
+            key(const { cluster_at("car_params") }),
+            &m[const { at("car_params") }],
+        ) {
+            (Some(Val::JsonMap(own)), _) | (None, Some(Val::JsonMap(own))) => own.clone(),
+            _ => NO_JSON.clone(),
+        };
         let cluster = Cluster {
-            car: text(const { cluster_at("car") }),
-            car_params: map(const { cluster_at("car_params") }),
+            car: own_or_the_tests(const { cluster_at("car") }, const { at("car") }),
+            car_params,
             distribution_repository: text(const { cluster_at("distribution_repository") }),
-            distribution_version: text(const { cluster_at("distribution_version") }),
+            distribution_version,
             hosts,
             instance_type,
             nodes,
@@ -356,7 +384,10 @@ impl Loader<'_, '_> {
                 Some(Val::Strs(p)) => p.clone(),
                 _ => NO_TEXTS.clone(),
             },
-            runtime_jdk: text(const { cluster_at("runtime_jdk") }),
+            runtime_jdk: own_or_the_tests(
+                const { cluster_at("runtime_jdk") },
+                const { at("runtime_jdk") },
+            ),
             team_path,
         };
         ok.then_some((Some(cluster), drivers))

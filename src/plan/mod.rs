@@ -1348,7 +1348,7 @@ car = "8gheap"
         let plan = Plan::parse(
             Path::new("p.toml"),
             "version = 1\nname = \"p\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
-             instance_type = \"c5.large\"\ntrack = \"x\"\n[[suite]]\nname = \"s\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\n[[suite]]\nname = \"s\"\n\
              [[suite.test]]\nname = \"one\"\n\
              [[suite.test]]\nname = \"driver\"\ncluster = { nodes = 3 }\n\
              [[suite.test]]\nname = \"drivers\"\ncluster = { nodes = 3 }\nload_drivers = 2\n",

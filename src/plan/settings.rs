@@ -212,11 +212,15 @@ pub(super) const SETTINGS: [Decl; 42] = [
         "with `ami = \"baked\"` (required then): the AMI the image is baked from. A test with an AMI id of its own ignores the one of `[defaults]`; writing both in one test is an error",
     )
     .read_by(Readers::AWS),
-    decl("car", Ty::Str, "passed to `esrally race`"),
+    decl(
+        "car",
+        Ty::Str,
+        "passed to `esrally race`; with `cluster`, the nodes' unless the cluster names its own",
+    ),
     decl(
         "car_params",
         Ty::JsonMap,
-        "a table passed to Rally as a JSON file, exactly as written; merged key by key",
+        "a table passed to Rally as a JSON file, exactly as written; merged key by key; with `cluster`, the nodes' unless the cluster has its own",
     ),
     decl("challenge", Ty::Str, "passed to `esrally race`"),
     decl("client_options", Ty::Str, "passed to `esrally race`"),
@@ -225,7 +229,7 @@ pub(super) const SETTINGS: [Decl; 42] = [
         ..decl(
             "cluster",
             Ty::Cluster,
-            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `plugins`, `plugin_params`, `distribution_version`, `distribution_repository`, `runtime_jdk`, `team_path` (a directory of Rally cars on the node machines, relative to the user's home unless absolute, for `esrally install --team-path`; else Rally's team repository, from the internet), `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Raced from one load driver on `aws` or `ssh`; `apply` refuses the rest for now (see \"Clusters\")",
+            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `distribution_version` and `runtime_jdk` (each the test's own where the cluster names none; a release is required), `plugins`, `plugin_params`, `distribution_repository`, `team_path` (a directory of Rally cars on the node machines, relative to the user's home unless absolute, for `esrally install --team-path`; else Rally's team repository, from the internet), `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Raced from one load driver on `aws` or `ssh`; `apply` refuses the rest for now (see \"Clusters\")",
         )
     },
     decl(
@@ -235,7 +239,11 @@ pub(super) const SETTINGS: [Decl; 42] = [
     )
     .read_by(Readers::AWS)
     .default(Default::Shown("public_ip")),
-    decl("distribution_version", Ty::Str, "passed to `esrally race`"),
+    decl(
+        "distribution_version",
+        Ty::Str,
+        "passed to `esrally race`; with `cluster`, the release its nodes install unless the cluster names its own (one of the two is required)",
+    ),
     decl(
         "hosts",
         Ty::Hosts,
@@ -359,7 +367,11 @@ pub(super) const SETTINGS: [Decl; 42] = [
         .default(Default::Shown("false"))
         .not_hashed()
     },
-    decl("runtime_jdk", Ty::Str, "passed to `esrally race`"),
+    decl(
+        "runtime_jdk",
+        Ty::Str,
+        "passed to `esrally race`; with `cluster`, the nodes' unless the cluster names its own",
+    ),
     decl(
         "security_group_ids",
         Ty::AwsIds("sg"),
