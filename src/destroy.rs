@@ -94,10 +94,10 @@ pub async fn targets<P: Provider>(
                     machine: machine.clone(),
                     address: Some(address.clone()),
                     bake: None,
-                    // A cluster's nodes are given back as they were got.
+                    // A cluster's machines are given back as they were got.
                     settings: match role {
                         None => settings.clone(),
-                        Some(_) => settings.for_nodes(),
+                        Some(role) => role.settings(&settings),
                     },
                 }),
             }

@@ -544,7 +544,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             ctx.progress
                 .step(&owner.address.to_string(), Step::Launching.name());
             acquire(ctx, owner, &record).await?;
-            cluster::acquire_nodes(ctx, owner).await?;
+            cluster::acquire_members(ctx, owner).await?;
             checkpoint(ctx, &owner.address, Step::Booting)?;
             let machine = record_of(ctx, &owner.address)?
                 .machine
@@ -598,7 +598,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
         _ => answers(&ctx.provider, &ctx.cancel, &owner.settings, &conn).await?,
     }
     for test in group.iter().filter(|t| booting(t)) {
-        cluster::boot_nodes(ctx, test).await?;
+        cluster::boot_members(ctx, test).await?;
         checkpoint(ctx, &test.address, Step::Installing)?;
     }
     Ok(conn.reachable)
@@ -741,7 +741,7 @@ async fn release_shared<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<()
         });
         if let Some(settings) = settings {
             let settings = recorded(&settings, Step::Terminating)?;
-            cluster::release_nodes(ctx, &test.address, &settings).await?;
+            cluster::release_members(ctx, &test.address, &settings).await?;
         }
     }
     loop {
@@ -1265,8 +1265,8 @@ async fn install<P: Provider>(
         workspace: &ctx.plan.name,
         run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
     };
-    // A cluster's nodes are readied meanwhile: the first request comes sooner.
-    let (said, nodes) = tokio::join!(
+    // A cluster's other machines are readied meanwhile: the first request comes sooner.
+    let (said, members) = tokio::join!(
         install_on(
             &ctx.provider,
             &ctx.cancel,
@@ -1276,7 +1276,7 @@ async fn install<P: Provider>(
             conn,
             &origin
         ),
-        cluster::start_nodes(ctx, test, artifacts, renew)
+        cluster::start_members(ctx, test, artifacts, renew)
     );
     let said = said?;
     let digest = artifacts.install_digest();
@@ -1290,7 +1290,8 @@ async fn install<P: Provider>(
     for line in said {
         ctx.progress.println(&format!("{}: {line}", test.address));
     }
-    nodes
+    members?;
+    cluster::start_daemons(ctx, test, conn).await
 }
 
 /// Uploads the test's bundle into the machine's run directory and runs its install script
@@ -1399,13 +1400,7 @@ async fn race<P: Provider>(
     // The start and the first wait in one round trip: starting is safe to repeat (a race that
     // runs is left alone), and nothing is recorded between the two. The wait's answer is the
     // last line.
-    let targets = match cluster::race_targets(test, record)? {
-        Some(hosts) => format!(
-            " {}",
-            crate::templates::shell_quote(&hosts).map_err(|e| failed(Step::Racing, e))?
-        ),
-        None => String::new(),
-    };
+    let targets = cluster::race_args(test, record, conn)?;
     let mut next = Some((
         format!("bash {run_dir}/race.sh start {race_id}{targets} && {wait_command}"),
         format!("{password}\n"),
@@ -1512,7 +1507,7 @@ async fn collect<P: Provider>(
     conn: &Conn,
     record: &TestRecord,
 ) -> Result<(), Stop> {
-    let nodes = cluster::stop_nodes(ctx, test, record).await?;
+    let nodes = cluster::stop_members(ctx, test, conn, record).await?;
     let mut files = bring_home(ctx, test, conn, record).await?;
     files.extend(nodes);
     let report = crate::collect::report(&files)
@@ -1662,7 +1657,7 @@ pub async fn release<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(),
         return Ok(());
     };
     let mut settings = recorded(&settings, Step::Terminating).map_err(Stop::Failed)?;
-    cluster::release_nodes(ctx, address, &settings)
+    cluster::release_members(ctx, address, &settings)
         .await
         .map_err(Stop::Failed)?;
     let Some(machine) = ctx

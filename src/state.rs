@@ -571,6 +571,9 @@ pub enum Role {
     /// `installation_id`: chosen when the machine is recorded, so that a resumed apply finds
     /// the node it installed instead of installing another.
     Node { index: u32, installation_id: Uuid },
+    /// Load driver `index` under Rally's daemon (`esrallyd`), from 1: the test's own machine,
+    /// which coordinates the race, is the first.
+    Driver { index: u32 },
 }
 
 impl Role {
@@ -578,6 +581,27 @@ impl Role {
     /// providers name its machine by.
     pub fn node_name(index: u32) -> String {
         format!("node-{index}")
+    }
+
+    /// What load driver `index` is called, as [`Role::node_name`].
+    pub fn driver_name(index: u32) -> String {
+        format!("driver-{index}")
+    }
+
+    pub fn name(&self) -> String {
+        match *self {
+            Role::Node { index, .. } => Role::node_name(index),
+            Role::Driver { index } => Role::driver_name(index),
+        }
+    }
+
+    /// The settings a machine of this role is got, reached and given back with, of those of
+    /// its test: a node's are [`Settings::for_nodes`], a load driver's the test's own.
+    pub fn settings(&self, test: &Settings) -> Settings {
+        match self {
+            Role::Node { .. } => test.for_nodes(),
+            Role::Driver { .. } => test.clone(),
+        }
     }
 }
 

@@ -435,6 +435,7 @@ impl Session<'_> {
                     _ => Some(s.max_runtime.as_secs()),
                 },
                 cluster: s.cluster.is_some(),
+                load_drivers: s.several_load_drivers(),
             },
         )?;
         let node = match &s.cluster {
@@ -577,6 +578,8 @@ struct RaceContext<'a> {
     race_timeout: Option<u64>,
     /// The test races a cluster of its own, whose addresses `race.sh start` is given.
     cluster: bool,
+    /// The race runs from more than one load driver, each under Rally's daemon.
+    load_drivers: bool,
 }
 
 #[derive(Serialize)]
@@ -698,6 +701,9 @@ pub fn race_command(s: &Settings) -> Result<String, TemplateError> {
     }
     if s.cluster.is_some() {
         words.push("--target-hosts=<the cluster's nodes>".into());
+    }
+    if s.several_load_drivers() {
+        words.push("--load-driver-hosts=<the load drivers>".into());
     }
     let quoted: Vec<String> = words
         .iter()

@@ -284,6 +284,7 @@ for a in "$@"; do
     --node-name=*) name=${a#*=};;
     --network-host=*) ip=${a#*=};;
     --target-hosts=*) echo "${a#*=}" >> "$here/targets";;
+    --load-driver-hosts=*) echo "${a#*=}" >> "$here/load-drivers";;
   esac
 done
 root="$RALLY_HOME/.rally/benchmarks/races/$id"
@@ -336,6 +337,37 @@ done
 printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,index,0.00,%%\n' > "$report"
 "#;
 
+    /// Rally's daemon as the benches have it (`esrallyd` beside the stand-in esrally): `start`
+    /// notes its arguments in `daemons` beside it and leaves a process running under the name
+    /// it was started by, as an actor system does (race.sh starts it through a link in the
+    /// run's Rally home); `status` says whether that runs; `stop` ends it and notes so. While
+    /// `daemon-fails` lies beside it, a daemon of a machine other than the coordinator does
+    /// not start.
+    const FAKE_ESRALLYD: &str = r#"#!/bin/bash
+here="$(dirname "$(readlink -f "$0")")"
+pid="$RALLY_HOME/.rally/daemon.pid"
+running() { [ -s "$pid" ] && kill -0 "$(cat "$pid")" 2>/dev/null; }
+case "$1" in
+  status) if running; then echo Running; else echo Stopped; fi;;
+  start)
+    running && { echo "An actor system appears to be already running." >&2; exit 64; }
+    if [ -e "$here/daemon-fails" ] && [ "${2#*=}" != "${3#*=}" ]; then
+      echo "[ERROR] Cannot start actor system: [Errno 98] Address already in use"
+      exit 64
+    fi
+    shift
+    echo "start $*" >> "$here/daemons"
+    setsid nohup "$0" serve < /dev/null > /dev/null 2>&1 &
+    echo $! > "$pid";;
+  serve) while sleep 1; do :; done;;
+  stop)
+    running || { echo "Actor system is not running." >&2; exit 1; }
+    kill "$(cat "$pid")"
+    rm -f "$pid"
+    echo stop >> "$here/daemons";;
+esac
+"#;
+
     /// A workspace of local tests whose machine has a fake esrally installed.
     struct Bench {
         dir: tempfile::TempDir,
@@ -364,9 +396,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             let venv = remote.join("rally-2.13.0");
             std::fs::create_dir_all(venv.join("bin")).unwrap();
             std::fs::write(venv.join(".rallyctl-installed"), "2.13.0").unwrap();
-            let esrally = venv.join("bin/esrally");
-            std::fs::write(&esrally, FAKE_ESRALLY).unwrap();
-            std::fs::set_permissions(&esrally, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for (name, script) in [("esrally", FAKE_ESRALLY), ("esrallyd", FAKE_ESRALLYD)] {
+                let path = venv.join("bin").join(name);
+                std::fs::write(&path, script).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
             let plan = Bench::plan(&remote, defaults, suites);
             let file = crate::cost::PriceFile::parse(Path::new("prices.toml"), PRICES).unwrap();
             let root = crate::cost::Storage {
@@ -1863,14 +1897,24 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         text.lines().map(str::to_owned).collect()
     }
 
-    /// Processes of this machine naming an installation of a node under `dir`.
-    fn node_processes(dir: &Path) -> Vec<String> {
+    /// Processes of this machine whose command line names a path under `dir` and `marker`.
+    fn processes_under(dir: &Path, marker: &str) -> Vec<String> {
         let needle = format!("{}/", dir.display());
         (std::fs::read_dir("/proc").unwrap().flatten())
             .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(&needle) && c.contains("benchmarks/races/"))
+            .filter(|c| c.contains(&needle) && c.contains(marker))
             .collect()
+    }
+
+    /// Processes of this machine naming an installation of a node under `dir`.
+    fn node_processes(dir: &Path) -> Vec<String> {
+        processes_under(dir, "benchmarks/races/")
+    }
+
+    /// Processes of this machine that Rally's daemon left under `dir`.
+    fn daemon_processes(dir: &Path) -> Vec<String> {
+        processes_under(dir, ".rally/esrallyd")
     }
 
     #[test]
@@ -1897,9 +1941,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(fake.held.lock().unwrap().is_empty());
         let r = record(&bench, "c.t");
         let roles: Vec<String> = (r.members.iter())
-            .map(|m| match m.role {
-                crate::state::Role::Node { index, .. } => format!("node-{index} {}", m.machine.id),
-            })
+            .map(|m| format!("{} {}", m.role.name(), m.machine.id))
             .collect();
         assert_eq!(roles, ["node-0 m-t-1-node-0", "node-1 m-t-1-node-1"]);
         assert!(r.live_machines().next().is_none());
@@ -1932,12 +1974,109 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         }
     }
 
+    /// With three load drivers the test gets two machines more, which get Rally; before each
+    /// race Rally's daemon starts on the test's own machine, which coordinates, then on the
+    /// others; the race names all three; after it every daemon stops.
+    #[test]
+    fn a_cluster_test_races_from_every_load_driver_and_gives_every_machine_back() {
+        let mut bench = Bench::with(
+            "",
+            &CLUSTER.replace("repetitions = 2\n", "repetitions = 2\nload_drivers = 3\n"),
+        );
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        let calls = fake.calls();
+        let acquired: Vec<&str> = (calls.iter())
+            .filter_map(|c| c.strip_prefix("acquire c.t#1 -> "))
+            .collect();
+        assert_eq!(
+            acquired,
+            [
+                "m-t-1",
+                "m-t-1-node-0",
+                "m-t-1-node-1",
+                "m-t-1-driver-1",
+                "m-t-1-driver-2"
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        let r = record(&bench, "c.t");
+        let billed: Vec<&str> = r.spent.iter().map(|s| s.machine.as_str()).collect();
+        assert_eq!(billed.len(), 5, "{billed:?}");
+        let peer = |name: &str| {
+            let m = (r.members.iter()).find(|m| m.role.name() == name).unwrap();
+            m.peer_address.clone().unwrap()
+        };
+        let daemons = noted(&bench, "daemons");
+        assert_eq!(
+            daemons.len(),
+            12,
+            "3 started and 3 stopped per race: {daemons:?}"
+        );
+        let mut hosts = Vec::new();
+        for race in daemons.chunks(6) {
+            // The coordinator's first, at its own address.
+            let coordinator = (race[0].strip_prefix("start --node-ip="))
+                .and_then(|rest| rest.split_once(" --coordinator-ip="))
+                .filter(|(own, coordinator)| own == coordinator)
+                .map(|(own, _)| own.to_owned())
+                .unwrap_or_else(|| panic!("{daemons:?}"));
+            let mut others: Vec<&str> = race[1..3].iter().map(String::as_str).collect();
+            others.sort();
+            let mut expected: Vec<String> = ["driver-1", "driver-2"]
+                .map(|d| format!("start --node-ip={} --coordinator-ip={coordinator}", peer(d)))
+                .into();
+            expected.sort();
+            assert_eq!(others, expected, "{daemons:?}");
+            assert_eq!(race[3..], ["stop", "stop", "stop"], "{daemons:?}");
+            hosts.push(format!(
+                "{coordinator},{},{}",
+                peer("driver-1"),
+                peer("driver-2")
+            ));
+        }
+        assert_eq!(noted(&bench, "load-drivers"), hosts);
+        assert!(daemon_processes(bench.dir.path()).is_empty());
+        assert!(node_processes(bench.dir.path()).is_empty());
+    }
+
+    /// A load driver whose daemon does not start fails the test at installing with what the
+    /// daemon said, and every machine is given back with nothing of Rally left running.
+    #[test]
+    fn a_daemon_that_does_not_start_fails_its_test_with_its_words_and_gives_everything_back() {
+        let mut bench = Bench::with(
+            "",
+            &CLUSTER.replace("repetitions = 2\n", "load_drivers = 2\n"),
+        );
+        let bin = bench.dir.path().join("remote/rally-2.13.0/bin");
+        std::fs::write(bin.join("daemon-fails"), "").unwrap();
+        let (error, tail) = failed_at_installing(&mut bench);
+        assert!(
+            error.starts_with("Rally's daemon (esrallyd) of driver-1 did not start on ")
+                && error.contains("(m-t-1-driver-1): race.sh exited with exit code 1"),
+            "{error}"
+        );
+        assert!(tail.contains("Address already in use"), "{tail}");
+    }
+
     #[test]
     fn a_node_that_does_not_start_fails_its_test_with_its_log_and_gives_everything_back() {
         let mut bench = Bench::with(
             "",
             &CLUSTER.replace("instance_type = \"r5.large\"", "car = \"fails\""),
         );
+        let (error, tail) = failed_at_installing(&mut bench);
+        assert!(
+            error.contains("did not start on") && error.contains("m-t-1-node-"),
+            "{error}"
+        );
+        assert!(tail.contains("boom: no such car"), "{tail}");
+    }
+
+    /// Applies the bench's cluster test, which must fail at installing; what it failed with
+    /// (error, log tail), once every machine of it is checked given back with nothing of a
+    /// node or a daemon left running.
+    fn failed_at_installing(bench: &mut Bench) -> (String, String) {
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         let [(address, step, error, tail)] = &report.failed[..] else {
             panic!("{:?}", report.failed)
@@ -1946,22 +2085,22 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             (address.to_string().as_str(), *step),
             ("c.t", Step::Installing)
         );
-        assert!(
-            error.contains("did not start on") && error.contains("m-t-1-node-"),
-            "{error}"
-        );
-        let tail = tail.as_deref().unwrap_or_default();
-        assert!(tail.contains("boom: no such car"), "{tail}");
         assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
-        assert!(record(&bench, "c.t").live_machines().next().is_none());
+        assert!(record(bench, "c.t").live_machines().next().is_none());
+        assert!(daemon_processes(bench.dir.path()).is_empty());
         assert!(node_processes(bench.dir.path()).is_empty());
+        (error.clone(), tail.clone().unwrap_or_default())
     }
 
-    /// The cluster test applied until its race runs (`--until-released`), then Ctrl-C.
-    fn cluster_stopped_mid_race() -> (Bench, ApplyReport, Fake) {
+    /// The cluster test, with `extra` settings, applied until its race runs
+    /// (`--until-released`), then Ctrl-C.
+    fn cluster_stopped_mid_race(extra: &str) -> (Bench, ApplyReport, Fake) {
         let mut bench = Bench::with(
             "",
-            &CLUSTER.replace("repetitions = 2\n", "rally_args = [\"--until-released\"]\n"),
+            &CLUSTER.replace(
+                "repetitions = 2\n",
+                &format!("rally_args = [\"--until-released\"]\n{extra}"),
+            ),
         );
         let racing = bench.dir.path().join("remote/rally-2.13.0/bin/racing");
         let (report, fake) =
@@ -1979,7 +2118,7 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
 
     #[test]
     fn a_cluster_race_stopped_by_ctrl_c_resumes_on_the_nodes_it_started() {
-        let (mut bench, report, fake) = cluster_stopped_mid_race();
+        let (mut bench, report, fake) = cluster_stopped_mid_race("");
         assert!(report.interrupted, "{:?}", report.failed);
         assert_eq!(
             bench.status("c.t"),
@@ -2003,14 +2142,16 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
         assert!(node_processes(bench.dir.path()).is_empty());
     }
 
-    /// `destroy` mid-race gives back every machine of a cluster test, and giving a node back
-    /// ends the Elasticsearch it runs (its Rally home is the run directory that releasing a
-    /// host stops) though `esrally stop` never ran.
+    /// `destroy` mid-race gives back every machine of a cluster test, and giving a node or a
+    /// load driver back ends the Elasticsearch or the daemon it runs (its Rally home is the
+    /// run directory that releasing a host stops) though `esrally stop` or `esrallyd stop`
+    /// never ran.
     #[test]
     fn destroy_mid_race_gives_back_every_machine_of_a_cluster_and_ends_its_nodes() {
-        let (mut bench, _, fake) = cluster_stopped_mid_race();
-        assert_eq!(fake.held.lock().unwrap().len(), 3);
+        let (mut bench, _, fake) = cluster_stopped_mid_race("load_drivers = 2\n");
+        assert_eq!(fake.held.lock().unwrap().len(), 4);
         assert_eq!(node_processes(bench.dir.path()).len(), 2);
+        assert_eq!(daemon_processes(bench.dir.path()).len(), 2);
         bench.destroy(&fake);
         assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
         assert!((bench.state.tests.values()).all(|r| r.live_machines().next().is_none()));
@@ -2018,6 +2159,11 @@ printf 'Metric,Task,Value,Unit\nMedian Throughput,index,100,docs/s\nerror rate,i
             node_processes(bench.dir.path()).is_empty(),
             "{:?}",
             node_processes(bench.dir.path())
+        );
+        assert!(
+            daemon_processes(bench.dir.path()).is_empty(),
+            "{:?}",
+            daemon_processes(bench.dir.path())
         );
         release_race(&bench);
     }

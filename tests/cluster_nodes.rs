@@ -559,37 +559,60 @@ fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
 /// Whether a command line is a node's (it runs from its installation in a Rally home) or
 /// Rally's; not the harness's own ES double, which an instance may list too.
 fn is_node_or_rally(cmd: &str) -> bool {
-    cmd.contains("/.rally/benchmarks/races/") || cmd.contains("bin/esrally")
+    cmd.contains("/.rally/benchmarks/races/")
+        || cmd.contains("bin/esrally")
+        || cmd.contains(".rally/esrallyd")
 }
 
 /// Makes a plan the harness wrote (`Run::plan`, `Workspace::plan`) one of cluster tests: no
 /// `pipeline` or `target_hosts` (rallyctl stands the cluster up), logged in as the node user
 /// ([`support::NODE_USER`]: Elasticsearch refuses root) with `remote_dir` in its home.
 fn as_cluster_plan(plan: &Path, remote_dir: &Path) {
+    edit_plan(plan, |key| match key {
+        "target_hosts" | "pipeline" => Some(String::new()),
+        "ssh_user" => Some(format!("ssh_user = \"{}\"\n", support::NODE_USER)),
+        "remote_dir" => Some(format!(
+            "remote_dir = {:?}\n",
+            remote_dir.display().to_string()
+        )),
+        _ => None,
+    });
+}
+
+/// Rewrites the lines of a plan the harness wrote whose keys `replace` answers for.
+fn edit_plan(plan: &Path, replace: impl Fn(&str) -> Option<String>) {
     let text = std::fs::read_to_string(plan).unwrap();
     let lines: String = (text.lines())
-        .filter(|l| !l.starts_with("target_hosts") && !l.starts_with("pipeline"))
-        .map(|l| match l.split(" = ").next() {
-            Some("ssh_user") => format!("ssh_user = \"{}\"\n", support::NODE_USER),
-            Some("remote_dir") => format!("remote_dir = {:?}\n", remote_dir.display().to_string()),
-            _ => format!("{l}\n"),
+        .map(|l| {
+            let key = l.split(" = ").next().unwrap_or_default();
+            replace(key).unwrap_or_else(|| format!("{l}\n"))
         })
         .collect();
     std::fs::write(plan, lines).unwrap();
 }
 
-/// `rallyctl apply` of a test with a cluster of three nodes on an ssh pool, logged in as the
-/// unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it leases the driver and
-/// one host per node, stands the cluster up with the real esrally and races it from the
-/// driver; killed (SIGKILL) mid-race, the next apply re-attaches to that race on those nodes,
-/// brings each node's logs home and gives every host back with nothing left running.
+/// Races the plan's tests from a copy of the tiny track with a client per load driver.
+fn one_client_per_driver(h: &Harness, plan: &Path, drivers: usize) {
+    let track = h.tiny_track(drivers);
+    edit_plan(plan, |key| {
+        (key == "track_path").then(|| format!("track_path = {:?}\n", track.display().to_string()))
+    });
+}
+
+/// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on ssh pools,
+/// logged in as the unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it
+/// leases both drivers and one host per node, stands the cluster up with the real esrally,
+/// starts Rally's daemon on both drivers and races the cluster from both; killed (SIGKILL)
+/// mid-race, the next apply re-attaches to that race on those machines, brings each node's
+/// logs home and gives every host back with nothing left running.
 #[test]
-fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_back() {
+fn a_cluster_of_three_nodes_and_two_drivers_on_ssh_pools_races_resumes_after_a_kill_and_is_given_back()
+ {
     use support::providers::Workspace;
 
-    let h = Harness::start_connected(4);
-    let (nodes, driver) = (&h.instance_ips[..3], &h.instance_ips[3]);
-    let mut ws = Workspace::ssh(&h, "cluster-ssh", std::slice::from_ref(driver));
+    let h = Harness::start_connected(5);
+    let (nodes, drivers) = (&h.instance_ips[..3], &h.instance_ips[3..]);
+    let mut ws = Workspace::ssh(&h, "cluster-ssh", drivers);
     // In the node user's home, which is each instance's own.
     let remote = h.node_home.join("rallyctl");
     ws.remote = Some(remote.clone());
@@ -604,11 +627,13 @@ fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_b
          team_path = \"{ES_DOUBLE_TEAM}\", hosts = {} }}",
         serde_json::to_string(&hosts).unwrap()
     );
-    let plan = ws.plan(&[("s", &[("c", &cluster)])]);
+    let test = format!("{cluster}\nload_drivers = 2");
+    let plan = ws.plan(&[("s", &[("c", &test)])]);
     as_cluster_plan(&plan, &remote);
+    one_client_per_driver(&h, &plan, 2);
     let plan = plan.to_str().unwrap();
 
-    // Killed mid-race: the nodes and the race run on without rallyctl.
+    // Killed mid-race: the nodes, the daemons and the race run on without rallyctl.
     let started = Instant::now();
     let mut first = ws.spawn("first", &["apply", plan, "--auto-approve"]);
     let pid_file = ws.wait_for_race("s.c", Duration::from_secs(900));
@@ -622,13 +647,18 @@ fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_b
         "racing",
         "apply moved on before SIGKILL landed"
     );
-    assert_eq!(before.members.len(), 3, "{before:?}");
+    assert_eq!(before.members.len(), 4, "{before:?}");
     for ip in nodes {
         let running = h
             .instance_processes(ip)
             .into_iter()
             .any(|(_, c)| c.contains("/.rally/benchmarks/races/"));
         assert!(running, "{ip}: the node died with rallyctl");
+    }
+    for ip in drivers {
+        let running =
+            (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains(".rally/esrallyd"));
+        assert!(running, "{ip}: Rally's daemon died with rallyctl");
     }
 
     let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
@@ -662,19 +692,21 @@ fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_b
     );
 
     let r = ws.record("s.c");
-    // The driver from `hosts`, a node from each host of `cluster.hosts`.
-    let mut leased: Vec<String> = (r.members.iter())
-        .map(|m| support::providers::host_ip(&m.machine.id))
+    // Both drivers from `hosts`, a node from each host of `cluster.hosts`: 5 machines.
+    let mut leased: Vec<String> = (r.machine.iter().chain(r.members.iter().map(|m| &m.machine)))
+        .map(|m| support::providers::host_ip(&m.id))
         .collect();
     leased.sort();
-    let mut wanted = nodes.to_vec();
-    wanted.sort();
-    assert_eq!(leased, wanted, "{r:?}");
-    assert_eq!(ws.ip_of(&r), *driver);
+    let mut every = h.instance_ips.clone();
+    every.sort();
+    assert_eq!(leased, every, "{r:?}");
+    assert!(drivers.contains(&ws.ip_of(&r)));
     assert!(r.live_machines().next().is_none(), "{r:?}");
-    assert_eq!(r.spent.len(), 4, "every host billed: {:?}", r.spent);
+    assert_eq!(r.spent.len(), 5, "every host billed: {:?}", r.spent);
 
-    // Each node's log came home, and says it served the driver's bulks and searches.
+    // Each node's log came home, and says it served bulks and searches; each driver sent
+    // load.
+    let mut senders = std::collections::BTreeSet::new();
     for i in 0..3 {
         let log = format!("nodes/node-{i}/logs/server/rally-benchmark.log");
         let file = (r.results.iter())
@@ -682,54 +714,101 @@ fn a_three_node_cluster_on_an_ssh_pool_races_resumes_after_a_kill_and_is_given_b
             .unwrap_or_else(|| panic!("{log} not recorded: {:?}", r.results));
         let text = std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap();
         for request in [" /_bulk ", " /tiny/_search "] {
-            let from = format!("{driver} - ");
+            let from: Vec<&str> = (text.lines())
+                .filter(|l| l.contains(request))
+                .filter_map(|l| l.split(" - ").next())
+                .filter(|ip| drivers.iter().any(|d| d == ip))
+                .collect();
             assert!(
-                text.lines()
-                    .any(|l| l.starts_with(&from) && l.contains(request)),
-                "node-{i} logged no {request} from the driver {driver}:\n{text}"
+                !from.is_empty(),
+                "node-{i} logged no {request} from a driver:\n{text}"
             );
+            senders.extend(from.into_iter().map(str::to_owned));
         }
         let gc = format!("nodes/node-{i}/logs/server/gc.log");
         assert!(r.results.iter().any(|f| f.path.ends_with(&gc)), "{gc}");
     }
+    assert_eq!(
+        senders.into_iter().collect::<Vec<_>>(),
+        drivers,
+        "each driver sent load"
+    );
 
     // Nothing of the race or the cluster is left, and no host is leased.
-    for ip in &h.instance_ips {
-        let left: Vec<_> = (h.instance_processes(ip).into_iter())
-            .filter(|(_, cmd)| is_node_or_rally(cmd))
-            .collect();
-        assert!(left.is_empty(), "{ip}: left running: {left:?}");
-        assert!(!ws.lease(ip).exists(), "{ip} is still leased");
+    let nothing_left = || {
+        for ip in &h.instance_ips {
+            let left: Vec<_> = (h.instance_processes(ip).into_iter())
+                .filter(|(_, cmd)| is_node_or_rally(cmd))
+                .collect();
+            assert!(left.is_empty(), "{ip}: left running: {left:?}");
+            assert!(!ws.lease(ip).exists(), "{ip} is still leased");
+        }
+    };
+    nothing_left();
+
+    // Raced again and destroyed mid-race: giving the hosts back to their pools ends the
+    // nodes, the daemons and the race, though no `esrally stop` or `esrallyd stop` ran.
+    let mut again = ws.spawn(
+        "again",
+        &["apply", plan, "--replace", "s.c", "--auto-approve"],
+    );
+    ws.wait_for_race("s.c", Duration::from_secs(900));
+    ws.kill(&mut again);
+    for ip in drivers {
+        let running =
+            (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains(".rally/esrallyd"));
+        assert!(running, "{ip}: no daemon of the second race");
     }
+    let out = ws.rallyctl(&["destroy", plan, "--auto-approve"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = ws.record("s.c");
+    assert!(r.live_machines().next().is_none(), "{r:?}");
+    assert_eq!(r.members.len(), 4, "{r:?}");
+    nothing_left();
 }
 
-/// `rallyctl apply` of a test with a cluster of three nodes on aws (moto, through EC2 Instance
-/// Connect as the node user): four instances launched, the nodes of their own instance type
-/// and tagged with their role, the cluster raced from the driver, each node's logs brought
-/// home, every instance terminated and billed.
+/// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on aws (moto,
+/// through EC2 Instance Connect as the node user): five instances launched, the nodes of their
+/// own instance type, each member tagged with its role, the cluster raced from both drivers
+/// under Rally's daemon. Killed (SIGKILL) mid-race, then `destroy`: all five terminated and
+/// billed, nothing left running.
 #[test]
-fn a_three_node_cluster_on_aws_launches_an_instance_per_node_and_terminates_them_all() {
+fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_whole() {
     let run = support::run::Run {
-        harness: Harness::start_connected(4),
+        harness: Harness::start_connected(5),
         dir: tempfile::tempdir().unwrap(),
     };
     let h = &run.harness;
-    // The nodes reach one another through the test's security group, as `plan` checks.
+    // The machines reach one another through the test's security group, as `plan` checks:
+    // Elasticsearch's ports, and Rally's actor system between the drivers.
     let ec2 = h.ec2_client();
-    let rule = aws_sdk_ec2::types::IpPermission::builder()
-        .ip_protocol("tcp")
-        .from_port(i32::from(Cluster::HTTP_PORT))
-        .to_port(i32::from(Cluster::TRANSPORT_PORT))
-        .user_id_group_pairs(
-            aws_sdk_ec2::types::UserIdGroupPair::builder()
-                .group_id(&h.security_group_id)
-                .build(),
-        )
-        .build();
+    let within_group = |ports: std::ops::RangeInclusive<u16>| {
+        aws_sdk_ec2::types::IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(i32::from(*ports.start()))
+            .to_port(i32::from(*ports.end()))
+            .user_id_group_pairs(
+                aws_sdk_ec2::types::UserIdGroupPair::builder()
+                    .group_id(&h.security_group_id)
+                    .build(),
+            )
+            .build()
+    };
+    let rules = [
+        Cluster::HTTP_PORT..=Cluster::TRANSPORT_PORT,
+        Cluster::ACTOR_PORT..=Cluster::ACTOR_PORT,
+        Cluster::ACTOR_PORTS,
+    ]
+    .map(within_group);
     h.block_on(
         ec2.authorize_security_group_ingress()
             .group_id(&h.security_group_id)
-            .ip_permissions(rule)
+            .set_ip_permissions(Some(rules.into()))
             .send(),
     )
     .unwrap();
@@ -740,24 +819,48 @@ fn a_three_node_cluster_on_aws_launches_an_instance_per_node_and_terminates_them
     }
     let cluster = format!(
         "cluster = {{ nodes = 3, instance_type = \"r5.large\", car = \"4gheap\", \
-         distribution_version = \"{ES_VERSION}\", team_path = \"{ES_DOUBLE_TEAM}\" }}"
+         distribution_version = \"{ES_VERSION}\", team_path = \"{ES_DOUBLE_TEAM}\" }}\n\
+         load_drivers = 2"
     );
     let plan = run.plan(&[("s", &[("c", &cluster)])]);
     as_cluster_plan(&plan, &remote);
+    one_client_per_driver(h, &plan, 2);
+    let plan = plan.to_str().unwrap();
     let started = Instant::now();
-    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
-    eprintln!("apply took {:?}", started.elapsed());
+    let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
+    run.wait_for_status("s.c", "racing", Duration::from_secs(900));
+    let racing = |ip: &String| {
+        (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains("bin/esrally race"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !h.instance_ips.iter().any(racing) {
+        assert!(
+            Instant::now() < deadline,
+            "no race began: {:?}",
+            run.printed("apply")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the race began {:?} after apply did", started.elapsed());
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    let r = run.record("s.c");
+    assert_eq!(r.status.label(), "racing", "{r:?}");
+    let daemons = (h.instance_ips.iter())
+        .filter(|ip| {
+            (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains(".rally/esrallyd"))
+        })
+        .count();
+    assert_eq!(daemons, 2, "a daemon on each driver");
+
+    let out = run.rallyctl(&["destroy", plan, "--auto-approve"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("Apply complete: 1 completed, 0 failed."),
-        "{stdout}"
-    );
-    assert!(stdout.contains("machine-hours on 4 machines."), "{stdout}");
 
-    // Four instances: the driver, and a node each of the nodes' type, tagged with its role.
+    // Five instances: the drivers, and a node each of the nodes' type, tagged with its role.
     let instances = h.instances();
-    assert_eq!(instances.len(), 4, "{instances:?}");
+    assert_eq!(instances.len(), 5, "{instances:?}");
+    assert_eq!(run.launches(), 5);
     let mut members: Vec<(Option<&str>, Option<&str>)> = (instances.iter())
         .map(|i| {
             let member = i.tags.get("rallyctl:member").map(String::as_str);
@@ -769,6 +872,7 @@ fn a_three_node_cluster_on_aws_launches_an_instance_per_node_and_terminates_them
         members,
         [
             (None, Some("m5.large")),
+            (Some("driver-1"), Some("m5.large")),
             (Some("node-0"), Some("r5.large")),
             (Some("node-1"), Some("r5.large")),
             (Some("node-2"), Some("r5.large")),
@@ -780,26 +884,25 @@ fn a_three_node_cluster_on_aws_launches_an_instance_per_node_and_terminates_them
     );
     let r = run.record("s.c");
     assert!(r.live_machines().next().is_none(), "{r:?}");
-    assert_eq!(r.spent.len(), 4, "every instance billed: {:?}", r.spent);
-    // Each node was reached by the others at its private address.
+    assert_eq!(r.spent.len(), 5, "every instance billed: {:?}", r.spent);
+    // Each member was reached by the others at its private address.
     for m in &r.members {
         let peer = m.peer_address.as_deref().unwrap_or_default();
         assert!(h.instance_ips.iter().any(|ip| ip == peer), "{m:?}");
     }
-    for i in 0..3 {
-        for name in ["rally-benchmark.log", "gc.log"] {
-            let log = format!("nodes/node-{i}/logs/server/{name}");
-            assert!(
-                r.results.iter().any(|f| f.path.ends_with(&log)),
-                "{log} not recorded: {:?}",
-                r.results
-            );
-        }
-    }
+    // A terminated instance's processes end with it (the harness ends them when it sees the
+    // termination, as EC2 would at once).
+    let deadline = Instant::now() + Duration::from_secs(30);
     for ip in &h.instance_ips {
-        let left: Vec<_> = (h.instance_processes(ip).into_iter())
-            .filter(|(_, cmd)| is_node_or_rally(cmd))
-            .collect();
-        assert!(left.is_empty(), "{ip}: left running: {left:?}");
+        loop {
+            let left: Vec<_> = (h.instance_processes(ip).into_iter())
+                .filter(|(_, cmd)| is_node_or_rally(cmd))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{ip}: left running: {left:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }

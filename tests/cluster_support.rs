@@ -400,7 +400,7 @@ fn esrally_installs_races_and_stops_a_three_node_cluster_of_the_double() {
             home = home.display(),
             esrally = esrally.display(),
             targets = cluster.targets.join(","),
-            track = tiny_track(h, 1).display(),
+            track = h.tiny_track(1).display(),
             race = uuid::Uuid::new_v4(),
         ),
     );
@@ -435,7 +435,7 @@ fn two_load_drivers_under_esrallyd_each_send_load_to_every_node() {
 
     // Two clients per task: Rally spreads clients evenly over the load driver hosts, so each
     // driver gets one.
-    let track = tiny_track(h, 2);
+    let track = h.tiny_track(2);
 
     // esrallyd on the coordinator first, then on the other driver; the race on the coordinator.
     let coordinator = &drivers[0];
@@ -657,24 +657,6 @@ fn the_node_user_runs_a_node_with_esrally_that_root_may_not_start() {
     );
     assert_no_node_left(h, ip);
     eprintln!("all done after {:?}", started.elapsed());
-}
-
-/// A copy of the tiny track with `clients` clients per task, in the harness's work directory:
-/// Rally writes an offset file next to the corpus of the track it races, and in the fixture
-/// directory that file would change the config hash of every plan naming it.
-fn tiny_track(h: &Harness, clients: usize) -> PathBuf {
-    let track = h.work.path().join(format!("tiny-{clients}-clients"));
-    std::fs::create_dir_all(&track).unwrap();
-    let spec = std::fs::read_to_string(h.track_path.join("track.json")).unwrap();
-    assert_eq!(spec.matches("\"clients\": 1").count(), 2, "{spec}");
-    let spec = spec.replace("\"clients\": 1", &format!("\"clients\": {clients}"));
-    std::fs::write(track.join("track.json"), spec).unwrap();
-    std::fs::copy(
-        h.track_path.join("documents.json"),
-        track.join("documents.json"),
-    )
-    .unwrap();
-    track
 }
 
 /// Files under `dir` named one of `names`.

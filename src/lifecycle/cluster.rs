@@ -1,10 +1,13 @@
-//! A cluster test's machines besides the one it races from: its Elasticsearch nodes. Each is
-//! got and recorded with its role at launching, reached at booting, installed and started
-//! with Rally's own node management before each race (`node.sh start`: `esrally install`
-//! under the installation id state recorded, then `esrally start`), stopped after it
-//! (`esrally stop`, which writes the node's telemetry) with its logs brought home, and given
-//! back with the test's own machine. The race itself runs on the test's machine against every
-//! node (`race.sh start RACE_ID TARGET_HOSTS`).
+//! A cluster test's machines besides the one it races from: its Elasticsearch nodes and its
+//! other load drivers. Each is got and recorded with its role at launching and reached at
+//! booting. Before each race every node is installed and started with Rally's own node
+//! management (`node.sh start`: `esrally install` under the installation id state recorded,
+//! then `esrally start`) while every other load driver gets Rally; with more than one load
+//! driver, Rally's daemon (`esrallyd`) then starts on the test's machine, which coordinates,
+//! and on each other driver. The race runs on the test's machine against every node
+//! (`race.sh start RACE_ID TARGET_HOSTS [LOAD_DRIVER_HOSTS]`). After it each node is stopped
+//! (`esrally stop`, which writes the node's telemetry) with its logs brought home, and the
+//! daemons stop; everything is given back with the test's own machine.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,50 +20,106 @@ use super::{
     Conn, Ctx, Failure, Stop, answers, failed, failure, reachable, record_of, results_dir, run_with,
 };
 use crate::address::Address;
-use crate::plan::{Cluster, Settings, Test};
+use crate::plan::{Settings, Test};
 use crate::provider::Provider;
 use crate::remote::{self, RemoteError, tail};
 use crate::state::{Member, ResultFile, Role, Step, TestRecord};
-use crate::templates::{Artifacts, NodeCommand, cluster_target_hosts};
+use crate::templates::{Artifacts, NodeCommand, cluster_target_hosts, shell_quote};
 
 /// How long a node may take to be installed and started: `esrally install` may download the
 /// distribution first.
 const START_TIMEOUT: Duration = Duration::from_secs(1800);
 /// How long stopping a node and bringing its logs home may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long Rally's daemon may take to start or stop.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(120);
 const LOG_TAIL_LINES: usize = 40;
 
-/// A node of the test's cluster that answers.
-struct Node {
-    index: u32,
-    installation_id: Uuid,
-    conn: Conn,
+/// A machine a cluster test holds besides its own, named before it is got: node `i`, or load
+/// driver `i` (from 1).
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Node(u32),
+    Driver(u32),
 }
 
-impl Node {
-    fn name(&self) -> String {
-        Role::node_name(self.index)
+impl Slot {
+    fn name(self) -> String {
+        match self {
+            Slot::Node(index) => Role::node_name(index),
+            Slot::Driver(index) => Role::driver_name(index),
+        }
+    }
+
+    fn holds(self, role: &Role) -> bool {
+        match (self, *role) {
+            (Slot::Node(i), Role::Node { index, .. })
+            | (Slot::Driver(i), Role::Driver { index }) => i == index,
+            _ => false,
+        }
+    }
+
+    /// The role a machine got for this slot is recorded with: a node's installation id is
+    /// chosen with it.
+    fn role(self) -> Role {
+        match self {
+            Slot::Node(index) => Role::Node {
+                index,
+                installation_id: Uuid::new_v4(),
+            },
+            Slot::Driver(index) => Role::Driver { index },
+        }
     }
 }
 
-/// Launching, once the machine the test races from is recorded: a machine for every node the
-/// attempt does not hold yet, each recorded with its role as soon as it is got and before
-/// anything runs on it. A node got before a crash is found again by its provider (the
-/// member's name is part of what names the launch), never got twice.
-pub(super) async fn acquire_nodes<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<(), Stop> {
+/// The machines the test holds besides its own: its nodes, then its load drivers but the
+/// first, the test's own machine.
+fn slots(test: &Test) -> Vec<Slot> {
     let Some(cluster) = &test.settings.cluster else {
-        return Ok(());
+        return vec![];
     };
-    let settings = test.settings.for_nodes();
-    for index in 0..cluster.nodes.get() {
+    let nodes = (0..cluster.nodes.get()).map(Slot::Node);
+    let drivers = (1..test.settings.load_drivers.get()).map(Slot::Driver);
+    nodes.chain(drivers).collect()
+}
+
+/// The record's member in `slot`, if it holds one.
+fn member(record: &TestRecord, slot: Slot) -> Option<&Member> {
+    (record.members.iter())
+        .filter(|m| m.machine.released_at.is_none())
+        .find(|m| slot.holds(&m.role))
+}
+
+/// A member of the test's cluster that answers.
+struct Held {
+    role: Role,
+    conn: Conn,
+    /// What it was got with: [`Role::settings`].
+    settings: Settings,
+}
+
+impl Held {
+    fn name(&self) -> String {
+        self.role.name()
+    }
+}
+
+/// Launching, once the machine the test races from is recorded: a machine for every member
+/// the attempt does not hold yet, each recorded with its role as soon as it is got and before
+/// anything runs on it. A member got before a crash is found again by its provider (its name
+/// is part of what names the launch), never got twice.
+pub(super) async fn acquire_members<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<(), Stop> {
+    for slot in slots(test) {
         let record = record_of(ctx, &test.address)?;
-        if node_member(&record, index).is_some() {
+        if member(&record, slot).is_some() {
             continue;
         }
-        let name = Role::node_name(index);
+        let name = slot.name();
         let run_dir = (record.machine.as_ref())
             .and_then(|m| m.run_dir.as_deref())
             .ok_or_else(|| failed(Step::Launching, "state names no machine for this test"))?;
+        let role = slot.role();
+        let settings = role.settings(&test.settings);
         let asked = super::ask(ctx, test, &record, &settings, Some(&name)).await;
         let acquired = match asked {
             Ok(acquired) => acquired,
@@ -74,16 +133,14 @@ pub(super) async fn acquire_nodes<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Res
                 test.address, machine.id
             ));
         }
-        // The node's own directory: its Rally home, so that stopping the run there (a
-        // released host of a pool) stops the Elasticsearch it launched.
+        // The member's own directory, below the test's: its Rally home, so that stopping the
+        // run there (a released host of a pool) stops the Elasticsearch or the daemon it
+        // started.
         machine.run_dir = Some(format!("{run_dir}/{name}"));
         machine.usd_per_hour = ctx.prices.usd_per_hour(&settings, machine.spot);
         ctx.state.record(&test.address, |r| {
             r.members.push(Member {
-                role: Role::Node {
-                    index,
-                    installation_id: Uuid::new_v4(),
-                },
+                role,
                 machine,
                 peer_address: None,
             })
@@ -92,63 +149,46 @@ pub(super) async fn acquire_nodes<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Res
     Ok(())
 }
 
-/// The record's member that is node `index`, if it holds one.
-fn node_member(record: &TestRecord, index: u32) -> Option<&Member> {
-    (record.members.iter())
-        .filter(|m| m.machine.released_at.is_none())
-        .find(|m| matches!(m.role, Role::Node { index: i, .. } if i == index))
-}
-
-/// Booting (and before every later step that needs them): waits until each node runs and
+/// Booting (and before every later step that needs them): waits until each member runs and
 /// answers, all at once, and records where the test's other machines reach it.
-async fn reach_nodes<P: Provider>(
+async fn reach_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     step: Step,
-) -> Result<Vec<Node>, Stop> {
-    let Some(cluster) = &test.settings.cluster else {
+) -> Result<Vec<Held>, Stop> {
+    let slots = slots(test);
+    if slots.is_empty() {
         return Ok(vec![]);
-    };
-    let record = record_of(ctx, &test.address)?;
-    let settings = test.settings.for_nodes();
-    let mut members = Vec::new();
-    for index in 0..cluster.nodes.get() {
-        let member = node_member(&record, index).ok_or_else(|| {
-            failed(
-                step,
-                format!("state names no machine for {}", Role::node_name(index)),
-            )
-        })?;
-        members.push(member.clone());
     }
-    let reached = all(members.into_iter().map(|member| {
-        let settings = &settings;
-        async move {
-            let reachable =
-                reachable(&ctx.provider, &ctx.cancel, &member.machine, settings).await?;
-            let conn = Conn {
-                machine: member.machine,
-                reachable,
-            };
-            answers(&ctx.provider, &ctx.cancel, settings, &conn).await?;
-            let Role::Node {
-                index,
-                installation_id,
-            } = member.role;
-            Ok::<_, Stop>(Node {
-                index,
-                installation_id,
-                conn,
-            })
-        }
+    let record = record_of(ctx, &test.address)?;
+    let members: Vec<Member> = (slots.into_iter())
+        .map(|slot| {
+            member(&record, slot)
+                .cloned()
+                .ok_or_else(|| failed(step, format!("state names no machine for {}", slot.name())))
+        })
+        .collect::<Result<_, _>>()?;
+    let reached = all(members.into_iter().map(|member| async move {
+        let settings = member.role.settings(&test.settings);
+        let reachable = reachable(&ctx.provider, &ctx.cancel, &member.machine, &settings).await?;
+        let conn = Conn {
+            machine: member.machine,
+            reachable,
+        };
+        answers(&ctx.provider, &ctx.cancel, &settings, &conn).await?;
+        Ok::<_, Stop>(Held {
+            role: member.role,
+            conn,
+            settings,
+        })
     }))
     .await;
-    let nodes: Vec<Node> = reached.into_iter().collect::<Result<_, _>>()?;
-    let peers: Vec<(String, Option<String>)> = (nodes.iter())
-        .map(|n| {
+    let held: Vec<Held> = reached.into_iter().collect::<Result<_, _>>()?;
+    let peers: Vec<(String, Option<String>)> = (held.iter())
+        .map(|h| {
             (
-                n.conn.machine.id.clone(),
-                n.conn.reachable.peer_address.clone(),
+                h.conn.machine.id.clone(),
+                h.conn.reachable.peer_address.clone(),
             )
         })
         .collect();
@@ -159,25 +199,30 @@ async fn reach_nodes<P: Provider>(
             }
         }
     })?;
-    Ok(nodes)
+    Ok(held)
 }
 
-/// Booting: the test's nodes run and answer, and state knows where they are reached.
-pub(super) async fn boot_nodes<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<(), Stop> {
-    reach_nodes(ctx, test, Step::Booting).await.map(drop)
+/// Booting: the test's members run and answer, and state knows where they are reached.
+pub(super) async fn boot_members<P: Provider>(ctx: &Ctx<P>, test: &Test) -> Result<(), Stop> {
+    reach_members(ctx, test, Step::Booting).await.map(drop)
 }
 
-/// Where the test's other machines reach each node, in node order.
-fn peers(record: &TestRecord, cluster: &Cluster, step: Step) -> Result<Vec<String>, Stop> {
-    (0..cluster.nodes.get())
-        .map(|index| {
-            let peer = node_member(record, index).and_then(|m| m.peer_address.clone());
+/// Where the test's other machines reach the members of one kind, in slot order.
+fn peers(
+    test: &Test,
+    record: &TestRecord,
+    kind: fn(&Slot) -> bool,
+    step: Step,
+) -> Result<Vec<String>, Stop> {
+    (slots(test).into_iter().filter(kind))
+        .map(|slot| {
+            let peer = member(record, slot).and_then(|m| m.peer_address.clone());
             peer.ok_or_else(|| {
                 failed(
                     step,
                     format!(
                         "state names no address the other machines reach {} at",
-                        Role::node_name(index)
+                        slot.name()
                     ),
                 )
             })
@@ -185,64 +230,95 @@ fn peers(record: &TestRecord, cluster: &Cluster, step: Step) -> Result<Vec<Strin
         .collect()
 }
 
-/// The third argument of `race.sh start` for a cluster test: every node's HTTP address; none
-/// for a test of one machine.
-pub(super) fn race_targets(test: &Test, record: &TestRecord) -> Result<Option<String>, Stop> {
-    match &test.settings.cluster {
-        None => Ok(None),
-        Some(cluster) => {
-            let peers = peers(record, cluster, Step::Racing)?;
-            let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
-            Ok(Some(cluster_target_hosts(&peers)))
-        }
-    }
+fn is_node(slot: &Slot) -> bool {
+    matches!(slot, Slot::Node(_))
 }
 
-/// Installing, after the test's own machine: on every node at once, the bundle and Rally
-/// (`install.sh`), then `node.sh start`, which installs the node unless its installation id
-/// is installed already and starts it unless it answers. `renew`: the nodes raced before, so
-/// their bounds start again first, as the test's machine's did.
-pub(super) async fn start_nodes<P: Provider>(
+fn is_driver(slot: &Slot) -> bool {
+    matches!(slot, Slot::Driver(_))
+}
+
+/// Where the other machines reach the test's own, which coordinates the load drivers.
+fn coordinator_peer(conn: &Conn, step: Step) -> Result<&str, Stop> {
+    (conn.reachable.peer_address.as_deref()).ok_or_else(|| {
+        failed(
+            step,
+            format!(
+                "the provider names no address the other machines reach {} at",
+                conn.machine.id
+            ),
+        )
+    })
+}
+
+/// What `race.sh start` takes after the race id: for a cluster test every node's HTTP
+/// address, then with more than one load driver every driver's address, the test's own
+/// machine (`conn`) first; nothing for a test of one machine. Shell-quoted, each after a space.
+pub(super) fn race_args(test: &Test, record: &TestRecord, conn: &Conn) -> Result<String, Stop> {
+    let step = Step::Racing;
+    let mut args = Vec::new();
+    if test.settings.cluster.is_some() {
+        let nodes = peers(test, record, is_node, step)?;
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        args.push(cluster_target_hosts(&nodes));
+    }
+    if test.settings.several_load_drivers() {
+        let mut drivers = vec![coordinator_peer(conn, step)?.to_owned()];
+        drivers.extend(peers(test, record, is_driver, step)?);
+        args.push(drivers.join(","));
+    }
+    let quoted: Vec<String> = (args.iter())
+        .map(|a| shell_quote(a).map(|q| format!(" {q}")))
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(step, e))?;
+    Ok(quoted.concat())
+}
+
+/// Installing, after the test's own machine: on every member at once, the bundle and Rally
+/// (`install.sh`); on a node then `node.sh start`, which installs the node unless its
+/// installation id is installed already and starts it unless it answers. `renew`: the
+/// members raced before, so their bounds start again first, as the test's machine's did.
+pub(super) async fn start_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     artifacts: &Artifacts,
     renew: bool,
 ) -> Result<(), Stop> {
-    let Some(cluster) = &test.settings.cluster else {
+    if test.settings.cluster.is_none() {
         return Ok(());
-    };
+    }
     let step = Step::Installing;
-    let nodes = reach_nodes(ctx, test, step).await?;
+    let held = reach_members(ctx, test, step).await?;
     let record = record_of(ctx, &test.address)?;
-    let names: Vec<String> = (0..cluster.nodes.get()).map(Role::node_name).collect();
-    let masters: Vec<&str> = names.iter().map(String::as_str).collect();
-    let peers = peers(&record, cluster, step)?;
-    let seeds: Vec<&str> = peers.iter().map(String::as_str).collect();
+    let masters: Vec<String> = (slots(test).into_iter().filter(is_node))
+        .map(Slot::name)
+        .collect();
+    let masters: Vec<&str> = masters.iter().map(String::as_str).collect();
+    let seeds = peers(test, &record, is_node, step)?;
+    let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
     let race_id = record
         .race_id
         .ok_or_else(|| failed(step, "state names no race id for this attempt"))?
         .to_string();
-    let settings = test.settings.for_nodes();
     let origin = crate::staging::Origin {
         workspace: &ctx.plan.name,
         run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
     };
-    let started = all(nodes.iter().map(|node| {
-        let (settings, origin, masters, seeds, race_id) =
-            (&settings, &origin, &masters, &seeds, &race_id);
+    let started = all(held.iter().map(|member| {
+        let (origin, masters, seeds, race_id) = (&origin, &masters, &seeds, &race_id);
         async move {
             if renew {
                 let expires_at = ctx
                     .provider
                     .extend(
-                        &node.conn.machine,
-                        settings,
+                        &member.conn.machine,
+                        &member.settings,
                         artifacts,
-                        &node.conn.reachable.endpoint,
+                        &member.conn.reachable.endpoint,
                     )
                     .await
-                    .map_err(|e| failed(step, format!("{}: {e}", node.name())))?;
-                record_member(ctx, &test.address, &node.conn.machine.id, |m| {
+                    .map_err(|e| failed(step, format!("{}: {e}", member.name())))?;
+                record_member(ctx, &test.address, &member.conn.machine.id, |m| {
                     m.machine.expires_at = expires_at
                 })?;
             }
@@ -252,98 +328,173 @@ pub(super) async fn start_nodes<P: Provider>(
                 &ctx.renderer,
                 test,
                 artifacts,
-                &node.conn,
+                &member.conn,
                 origin,
             )
             .await?;
             let digest = artifacts.install_digest();
-            record_member(ctx, &test.address, &node.conn.machine.id, |m| {
+            record_member(ctx, &test.address, &member.conn.machine.id, |m| {
                 m.machine.installed = Some(digest)
             })?;
-            let (name, id) = (node.name(), node.installation_id.to_string());
+            let Role::Node {
+                index,
+                installation_id,
+            } = member.role
+            else {
+                return Ok(());
+            };
+            let (name, id) = (member.name(), installation_id.to_string());
             let start = NodeCommand::Start {
                 name: &name,
-                ip: seeds[node.index as usize],
+                ip: seeds[index as usize],
                 masters,
                 seed_ips: seeds,
                 installation_id: &id,
                 race_id,
             };
-            let start = node_sh(node, start, step)?;
-            node_command(
-                ctx,
-                settings,
-                node,
-                &start,
-                START_TIMEOUT,
-                step,
-                "did not start",
-            )
-            .await
+            let start = node_sh(member, start, step)?;
+            node_command(ctx, member, &start, START_TIMEOUT, step, "did not start").await
         }
     }))
     .await;
     started.into_iter().collect()
 }
 
-/// Collecting, before the race's own files: stops every node at once (`esrally stop`, which
-/// writes the node's telemetry) and brings its logs home into `nodes/<node>/` of the race's
-/// results; their files, sha256 included.
-pub(super) async fn stop_nodes<P: Provider>(
+/// Installing, once every machine has Rally: with more than one load driver, Rally's daemon
+/// on the test's own machine (`conn`), which coordinates, then on every other driver at once,
+/// each unless it runs.
+pub(super) async fn start_daemons<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
+    conn: &Conn,
+) -> Result<(), Stop> {
+    if !test.settings.several_load_drivers() {
+        return Ok(());
+    }
+    let step = Step::Installing;
+    let coordinator = coordinator_peer(conn, step)?.to_owned();
+    let start = |own: &str| -> Result<String, Stop> {
+        let ips = [own, &coordinator].map(shell_quote);
+        match ips {
+            [Ok(own), Ok(coordinator)] => Ok(format!("daemon start {own} {coordinator}")),
+            [Err(e), _] | [_, Err(e)] => Err(failed(step, e)),
+        }
+    };
+    let own = &start(&coordinator)?;
+    daemon(ctx, &test.settings, conn, "the test's machine", own, step).await?;
+    let held = reach_members(ctx, test, step).await?;
+    let drivers = (held.iter()).filter(|h| matches!(h.role, Role::Driver { .. }));
+    let started = all(drivers.map(|driver| async {
+        let command = start(coordinator_peer(&driver.conn, step)?)?;
+        daemon(
+            ctx,
+            &driver.settings,
+            &driver.conn,
+            &driver.name(),
+            &command,
+            step,
+        )
+        .await
+    }))
+    .await;
+    started.into_iter().collect()
+}
+
+/// Runs `race.sh daemon ...` (`args`) on a load driver (`who`); a failure names the driver
+/// and ends with what the daemon said.
+async fn daemon<P: Provider>(
+    ctx: &Ctx<P>,
+    settings: &Settings,
+    conn: &Conn,
+    who: &str,
+    args: &str,
+    step: Step,
+) -> Result<(), Stop> {
+    let run_dir = super::quoted_run_dir(conn, step)?;
+    let command = format!("bash {run_dir}/race.sh {args}");
+    let ran = super::attempt(
+        &ctx.provider,
+        &ctx.cancel,
+        settings,
+        conn,
+        &command,
+        b"",
+        DAEMON_TIMEOUT,
+        step,
+    )
+    .await;
+    let what = match args.split(' ').nth(1) {
+        Some("start") => "did not start",
+        _ => "did not stop",
+    };
+    let what = format!("Rally's daemon (esrallyd) of {who} {what}");
+    refused_with_tail(ran, step, conn, &what, "race.sh")
+}
+
+/// Collecting, before the race's own files: stops every node at once (`esrally stop`, which
+/// writes the node's telemetry) and brings its logs home into `nodes/<node>/` of the race's
+/// results, then stops the load drivers' daemons, the test's own machine's (`conn`) last;
+/// the nodes' files, sha256 included.
+pub(super) async fn stop_members<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    conn: &Conn,
     record: &TestRecord,
 ) -> Result<Vec<ResultFile>, Stop> {
     if test.settings.cluster.is_none() {
         return Ok(vec![]);
     }
     let step = Step::Collecting;
-    let nodes = reach_nodes(ctx, test, step).await?;
-    let settings = test.settings.for_nodes();
+    let held = reach_members(ctx, test, step).await?;
     let dir = results_dir(ctx, test, record).join("nodes");
-    let collected = all(nodes.iter().map(|node| {
-        let (settings, dir) = (&settings, &dir);
+    let collected = all(held.iter().map(|member| {
+        let dir = &dir;
         async move {
-            let (name, id) = (node.name(), node.installation_id.to_string());
+            let installation_id = match member.role {
+                Role::Node {
+                    installation_id, ..
+                } => installation_id,
+                Role::Driver { .. } => {
+                    let stop = "daemon stop";
+                    daemon(
+                        ctx,
+                        &member.settings,
+                        &member.conn,
+                        &member.name(),
+                        stop,
+                        step,
+                    )
+                    .await?;
+                    return Ok(vec![]);
+                }
+            };
+            let (name, id) = (member.name(), installation_id.to_string());
             let stop = NodeCommand::Stop {
                 installation_id: &id,
             };
-            let stop = node_sh(node, stop, step)?;
-            node_command(
-                ctx,
-                settings,
-                node,
-                &stop,
-                STOP_TIMEOUT,
-                step,
-                "did not stop",
-            )
-            .await?;
+            let stop = node_sh(member, stop, step)?;
+            node_command(ctx, member, &stop, STOP_TIMEOUT, step, "did not stop").await?;
             let collect = NodeCommand::Collect {
                 installation_id: &id,
                 name: &name,
             };
-            let collect = node_sh(node, collect, step)?;
+            let collect = node_sh(member, collect, step)?;
             let bytes = run_with(
                 &ctx.provider,
                 &ctx.cancel,
-                settings,
-                &node.conn,
+                &member.settings,
+                &member.conn,
                 &collect,
                 b"",
                 STOP_TIMEOUT,
                 step,
             )
             .await?;
-            let into = dir.join(node.name());
+            let into = dir.join(&name);
             crate::collect::unpack(&bytes, &into).map_err(|e| {
                 failed(
                     step,
-                    format!(
-                        "cannot store {}'s logs in {}: {e}",
-                        node.name(),
-                        into.display()
-                    ),
+                    format!("cannot store {name}'s logs in {}: {e}", into.display()),
                 )
             })
         }
@@ -353,11 +504,22 @@ pub(super) async fn stop_nodes<P: Provider>(
     for got in collected {
         files.extend(got?);
     }
+    if test.settings.several_load_drivers() {
+        daemon(
+            ctx,
+            &test.settings,
+            conn,
+            "the test's machine",
+            "daemon stop",
+            step,
+        )
+        .await?;
+    }
     Ok(files)
 }
 
 /// The line that runs `command` on `node`, in its run directory.
-fn node_sh(node: &Node, command: NodeCommand<'_>, step: Step) -> Result<String, Stop> {
+fn node_sh(node: &Held, command: NodeCommand<'_>, step: Step) -> Result<String, Stop> {
     let run_dir = (node.conn.machine.run_dir.as_deref()).ok_or_else(|| {
         failed(
             step,
@@ -371,8 +533,7 @@ fn node_sh(node: &Node, command: NodeCommand<'_>, step: Step) -> Result<String, 
 /// tail of what the script said (it ends with the node's log).
 async fn node_command<P: Provider>(
     ctx: &Ctx<P>,
-    settings: &Settings,
-    node: &Node,
+    node: &Held,
     command: &str,
     timeout: Duration,
     step: Step,
@@ -381,7 +542,7 @@ async fn node_command<P: Provider>(
     let ran = super::attempt(
         &ctx.provider,
         &ctx.cancel,
-        settings,
+        &node.settings,
         &node.conn,
         command,
         b"",
@@ -389,6 +550,20 @@ async fn node_command<P: Provider>(
         step,
     )
     .await;
+    let what = format!("{} {what}", node.name());
+    refused_with_tail(ran, step, &node.conn, &what, "node.sh")
+}
+
+/// A script's outcome as the lifecycle takes it: a `script` that failed is named with what
+/// went wrong (`what`) and the machine, and its failure ends with the tail of what the script
+/// said on stderr.
+fn refused_with_tail(
+    ran: Result<Vec<u8>, super::Attempt>,
+    step: Step,
+    conn: &Conn,
+    what: &str,
+    script: &str,
+) -> Result<(), Stop> {
     match ran {
         Ok(_) => Ok(()),
         Err(super::Attempt::Stop(stop)) => Err(stop),
@@ -398,16 +573,15 @@ async fn node_command<P: Provider>(
                 ..failure(
                     step,
                     format!(
-                        "{} {what} on {} ({}): node.sh exited with {}",
-                        node.name(),
-                        node.conn.reachable.endpoint.name(),
-                        node.conn.machine.id,
+                        "{what} on {} ({}): {script} exited with {}",
+                        conn.reachable.endpoint.name(),
+                        conn.machine.id,
                         remote::exit_of(code)
                     ),
                 )
             }))
         }
-        Err(super::Attempt::Refused(e)) => Err(super::refused(step, &node.conn, e)),
+        Err(super::Attempt::Refused(e)) => Err(super::refused(step, conn, e)),
     }
 }
 
@@ -426,9 +600,9 @@ fn record_member<P: Provider>(
     Ok(())
 }
 
-/// Gives back every node the record of `address` holds, each with the settings the record
-/// was made with (of the nodes: [`Settings::for_nodes`]), recording each as it goes.
-pub(super) async fn release_nodes<P: Provider>(
+/// Gives back every member the record of `address` holds, each with the settings it was
+/// got with ([`Role::settings`] of the test's recorded `settings`), recording each as it goes.
+pub(super) async fn release_members<P: Provider>(
     ctx: &Ctx<P>,
     address: &Address,
     settings: &Settings,
@@ -436,17 +610,12 @@ pub(super) async fn release_nodes<P: Provider>(
     let held: Vec<_> = ctx.state.read(|s| {
         (s.tests.get(address).into_iter())
             .flat_map(|r| r.live_machines())
-            .filter(|(_, role)| role.is_some())
-            .map(|(m, _)| m.clone())
+            .filter_map(|(m, role)| Some((m.clone(), role?)))
             .collect()
     });
-    if held.is_empty() {
-        return Ok(());
-    }
-    let settings = settings.for_nodes();
-    for machine in held {
+    for (machine, role) in held {
         ctx.provider
-            .release(&machine, &settings)
+            .release(&machine, &role.settings(settings))
             .await
             .map_err(|e| super::not_released(&machine, e))?;
         ctx.state

@@ -97,8 +97,8 @@ pub fn prepare(
 }
 
 /// The cluster tests this version does not stand up yet are refused before anything is
-/// acquired (raced otherwise, each would be a result of another configuration): more than one
-/// load driver (`esrallyd`), nodes as processes of this machine, and variants of a cluster test.
+/// acquired (raced otherwise, each would be a result of another configuration): nodes as
+/// processes of this machine, and variants of a cluster test.
 fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
     let refused: Vec<String> = (changes.changes.iter())
         .filter(|c| c.action != planner::Action::Terminate)
@@ -106,9 +106,7 @@ fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
             let test = plan.test(&c.address)?;
             let s = &test.settings;
             s.cluster.as_ref()?;
-            let why = if s.load_drivers.get() > 1 {
-                "more than one load driver"
-            } else if s.provider() == crate::plan::ProviderKind::Local {
+            let why = if s.provider() == crate::plan::ProviderKind::Local {
                 "its nodes on the local provider"
             } else if test.variant.is_some() {
                 "variants"
@@ -122,7 +120,7 @@ fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
         return Ok(());
     }
     anyhow::bail!(
-        "{}: not yet applied by this version of rallyctl, which races a cluster of nodes from one load driver on aws or ssh; nothing was acquired. Change the test{}, or leave {} out with --target",
+        "{}: not yet applied by this version of rallyctl, which races a cluster of nodes and load drivers on aws or ssh, without variants; nothing was acquired. Change the test{}, or leave {} out with --target",
         refused.join(", "),
         if refused.len() == 1 { "" } else { "s" },
         if refused.len() == 1 { "it" } else { "them" },
@@ -311,8 +309,8 @@ mod tests {
         }
     }
 
-    /// A cluster this version races (nodes from one load driver on aws or ssh) is let through;
-    /// more load drivers, nodes on `local` and variants are refused, each test named with why.
+    /// A cluster this version races (nodes and load drivers on aws or ssh) is let through;
+    /// nodes on `local` and variants are refused, each test named with why.
     #[test]
     fn clusters_not_yet_raced_are_refused_by_name_with_why() {
         let text = "version = 1\nname = \"c\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
@@ -330,13 +328,13 @@ mod tests {
         let error = refuse_clusters(&plan, &changes).unwrap_err().to_string();
         assert!(
             error.starts_with(
-                "s.drivers (a cluster with more than one load driver), s.here (a cluster with its nodes on the local provider), s.ab-a (a cluster with variants), s.ab-b (a cluster with variants): not yet applied"
+                "s.here (a cluster with its nodes on the local provider), s.ab-a (a cluster with variants), s.ab-b (a cluster with variants): not yet applied"
             ),
             "{error}"
         );
         let raced = planner::Changes {
             changes: (changes.changes.into_iter())
-                .filter(|c| c.address.test() == "raced")
+                .filter(|c| ["raced", "drivers"].contains(&c.address.test()))
                 .collect(),
             ..planner::Changes::default()
         };

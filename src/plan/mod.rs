@@ -983,6 +983,12 @@ impl Settings {
         })
     }
 
+    /// Whether the test races from more than one load driver: its own machine and others,
+    /// each under Rally's daemon.
+    pub fn several_load_drivers(&self) -> bool {
+        self.cluster.is_some() && self.load_drivers > Settings::LOAD_DRIVERS
+    }
+
     /// The settings a cluster's nodes are got, reached and given back with: the test's, of
     /// the nodes' instance type (aws) or from the nodes' pool when `cluster.hosts` names one
     /// (ssh). The test's own without a cluster.

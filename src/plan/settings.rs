@@ -229,7 +229,7 @@ pub(super) const SETTINGS: [Decl; 42] = [
         ..decl(
             "cluster",
             Ty::Cluster,
-            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `distribution_version` and `runtime_jdk` (each the test's own where the cluster names none; a release is required), `plugins`, `plugin_params`, `distribution_repository`, `team_path` (a directory of Rally cars on the node machines, relative to the user's home unless absolute, for `esrally install --team-path`; else Rally's team repository, from the internet), `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Raced from one load driver on `aws` or `ssh`; `apply` refuses the rest for now (see \"Clusters\")",
+            "Elasticsearch nodes of the test's own, apart from its load drivers (see \"Clusters\"): `nodes` (1 to 100, required), `instance_type` (`aws`: the nodes' type, else the test's), `car`, `car_params`, `distribution_version` and `runtime_jdk` (each the test's own where the cluster names none; a release is required), `plugins`, `plugin_params`, `distribution_repository`, `team_path` (a directory of Rally cars on the node machines, relative to the user's home unless absolute, for `esrally install --team-path`; else Rally's team repository, from the internet), `hosts` (`ssh`: the pool the nodes are leased from, else the test's `hosts`); `local`: the nodes are processes on this machine. A test's or suite's table is merged key by key over the one it inherits. Not with `target_hosts` or `pipeline = \"benchmark-only\"`. Raced on `aws` or `ssh`, its nodes and load drivers each on a machine of its own; `apply` refuses the rest for now (see \"Clusters\")",
         )
     },
     decl(
@@ -259,7 +259,7 @@ pub(super) const SETTINGS: [Decl; 42] = [
         ..decl(
             "load_drivers",
             Ty::Count(MAX_MACHINES),
-            "with `cluster`: how many machines drive the load, 1 to 100, each of the test's own `instance_type`; `local`: 1 (this machine). `1` hashes as if unset",
+            "with `cluster`: how many machines drive the load, 1 to 100, each of the test's own `instance_type`, more than one raced under Rally's daemon (`esrallyd`, port 1900) with `--load-driver-hosts`; `local`: 1 (this machine). `1` hashes as if unset",
         )
         .default(Default::Shown("1"))
     },

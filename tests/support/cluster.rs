@@ -46,6 +46,26 @@ pub fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
 }
 
 impl Harness {
+    /// A copy of the tiny track with `clients` clients per task, in the harness's work
+    /// directory: Rally spreads a task's clients over its load driver hosts, so with one per
+    /// driver each sends load. Rally writes an offset file next to the corpus of the track it
+    /// races, and in the fixture directory that file would change the config hash of every
+    /// plan naming it.
+    pub fn tiny_track(&self, clients: usize) -> PathBuf {
+        let track = self.work.path().join(format!("tiny-{clients}-clients"));
+        fs::create_dir_all(&track).unwrap();
+        let spec = fs::read_to_string(self.track_path.join("track.json")).unwrap();
+        assert_eq!(spec.matches("\"clients\": 1").count(), 2, "{spec}");
+        let spec = spec.replace("\"clients\": 1", &format!("\"clients\": {clients}"));
+        fs::write(track.join("track.json"), spec).unwrap();
+        fs::copy(
+            self.track_path.join("documents.json"),
+            track.join("documents.json"),
+        )
+        .unwrap();
+        track
+    }
+
     /// Puts the ES double's distribution archive for `version` into Rally's distribution cache
     /// of the Rally home `rally_home` (a path inside the instance at `ip`, e.g. under
     /// [`Harness::host_dir`]), where `esrally install --distribution-version=<version>` with the
