@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use rallyctl::plan::{Cluster, Plan};
 use rallyctl::templates::{NodeCommand, Renderer, cluster_target_hosts};
 use support::Harness;
-use support::cluster::{ES_DOUBLE_TEAM, as_node_user, thread_each};
+use support::cluster::{
+    ES_DOUBLE_TEAM, as_cluster_plan, as_node_user, one_client_per_driver, thread_each,
+};
 
 const ES_VERSION: &str = "8.15.0";
 
@@ -564,41 +566,6 @@ fn is_node_or_rally(cmd: &str) -> bool {
         || cmd.contains(".rally/esrallyd")
 }
 
-/// Makes a plan the harness wrote (`Run::plan`, `Workspace::plan`) one of cluster tests: no
-/// `pipeline` or `target_hosts` (rallyctl stands the cluster up), logged in as the node user
-/// ([`support::NODE_USER`]: Elasticsearch refuses root) with `remote_dir` in its home.
-fn as_cluster_plan(plan: &Path, remote_dir: &Path) {
-    edit_plan(plan, |key| match key {
-        "target_hosts" | "pipeline" => Some(String::new()),
-        "ssh_user" => Some(format!("ssh_user = \"{}\"\n", support::NODE_USER)),
-        "remote_dir" => Some(format!(
-            "remote_dir = {:?}\n",
-            remote_dir.display().to_string()
-        )),
-        _ => None,
-    });
-}
-
-/// Rewrites the lines of a plan the harness wrote whose keys `replace` answers for.
-fn edit_plan(plan: &Path, replace: impl Fn(&str) -> Option<String>) {
-    let text = std::fs::read_to_string(plan).unwrap();
-    let lines: String = (text.lines())
-        .map(|l| {
-            let key = l.split(" = ").next().unwrap_or_default();
-            replace(key).unwrap_or_else(|| format!("{l}\n"))
-        })
-        .collect();
-    std::fs::write(plan, lines).unwrap();
-}
-
-/// Races the plan's tests from a copy of the tiny track with a client per load driver.
-fn one_client_per_driver(h: &Harness, plan: &Path, drivers: usize) {
-    let track = h.tiny_track(drivers);
-    edit_plan(plan, |key| {
-        (key == "track_path").then(|| format!("track_path = {:?}\n", track.display().to_string()))
-    });
-}
-
 /// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on ssh pools,
 /// logged in as the unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it
 /// leases both drivers and one host per node, stands the cluster up with the real esrally,
@@ -784,34 +751,7 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
         dir: tempfile::tempdir().unwrap(),
     };
     let h = &run.harness;
-    // The machines reach one another through the test's security group, as `plan` checks:
-    // Elasticsearch's ports, and Rally's actor system between the drivers.
-    let ec2 = h.ec2_client();
-    let within_group = |ports: std::ops::RangeInclusive<u16>| {
-        aws_sdk_ec2::types::IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(i32::from(*ports.start()))
-            .to_port(i32::from(*ports.end()))
-            .user_id_group_pairs(
-                aws_sdk_ec2::types::UserIdGroupPair::builder()
-                    .group_id(&h.security_group_id)
-                    .build(),
-            )
-            .build()
-    };
-    let rules = [
-        Cluster::HTTP_PORT..=Cluster::TRANSPORT_PORT,
-        Cluster::ACTOR_PORT..=Cluster::ACTOR_PORT,
-        Cluster::ACTOR_PORTS,
-    ]
-    .map(within_group);
-    h.block_on(
-        ec2.authorize_security_group_ingress()
-            .group_id(&h.security_group_id)
-            .set_ip_permissions(Some(rules.into()))
-            .send(),
-    )
-    .unwrap();
+    h.allow_cluster_ports();
     // Which instance becomes which is EC2's to say: every one has the distribution.
     let remote = h.node_home.join("rallyctl");
     for ip in &h.instance_ips {

@@ -45,7 +45,75 @@ pub fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
     });
 }
 
+/// Makes a plan the harness wrote (`Run::plan`, `Workspace::plan`) one of cluster tests: no
+/// `pipeline` or `target_hosts` (rallyctl stands the cluster up), logged in as the node user
+/// ([`super::NODE_USER`]: Elasticsearch refuses root) with `remote_dir` in its home.
+pub fn as_cluster_plan(plan: &Path, remote_dir: &Path) {
+    edit_plan(plan, |key| match key {
+        "target_hosts" | "pipeline" => Some(String::new()),
+        "ssh_user" => Some(format!("ssh_user = \"{}\"\n", super::NODE_USER)),
+        "remote_dir" => Some(format!(
+            "remote_dir = {:?}\n",
+            remote_dir.display().to_string()
+        )),
+        _ => None,
+    });
+}
+
+/// Rewrites the lines of a plan the harness wrote whose keys `replace` answers for.
+pub fn edit_plan(plan: &Path, replace: impl Fn(&str) -> Option<String>) {
+    let text = fs::read_to_string(plan).unwrap();
+    let lines: String = (text.lines())
+        .map(|l| {
+            let key = l.split(" = ").next().unwrap_or_default();
+            replace(key).unwrap_or_else(|| format!("{l}\n"))
+        })
+        .collect();
+    fs::write(plan, lines).unwrap();
+}
+
+/// Races the plan's tests from a copy of the tiny track with a client per load driver.
+pub fn one_client_per_driver(h: &Harness, plan: &Path, drivers: usize) {
+    let track = h.tiny_track(drivers);
+    edit_plan(plan, |key| {
+        (key == "track_path").then(|| format!("track_path = {:?}\n", track.display().to_string()))
+    });
+}
+
 impl Harness {
+    /// Lets the machines of the harness's security group reach one another as a cluster
+    /// test's must (what `plan` checks): Elasticsearch's HTTP and transport ports, and Rally's
+    /// actor system between load drivers.
+    pub fn allow_cluster_ports(&self) {
+        use rallyctl::plan::Cluster;
+        let within_group = |ports: std::ops::RangeInclusive<u16>| {
+            aws_sdk_ec2::types::IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(i32::from(*ports.start()))
+                .to_port(i32::from(*ports.end()))
+                .user_id_group_pairs(
+                    aws_sdk_ec2::types::UserIdGroupPair::builder()
+                        .group_id(&self.security_group_id)
+                        .build(),
+                )
+                .build()
+        };
+        let rules = [
+            Cluster::HTTP_PORT..=Cluster::TRANSPORT_PORT,
+            Cluster::ACTOR_PORT..=Cluster::ACTOR_PORT,
+            Cluster::ACTOR_PORTS,
+        ]
+        .map(within_group);
+        self.block_on(
+            self.ec2_client()
+                .authorize_security_group_ingress()
+                .group_id(&self.security_group_id)
+                .set_ip_permissions(Some(rules.into()))
+                .send(),
+        )
+        .unwrap();
+    }
+
     /// A copy of the tiny track with `clients` clients per task, in the harness's work
     /// directory: Rally spreads a task's clients over its load driver hosts, so with one per
     /// driver each sends load. Rally writes an offset file next to the corpus of the track it
