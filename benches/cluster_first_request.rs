@@ -8,20 +8,19 @@
 //! The baseline is a test of one machine racing a cluster that already runs
 //! (`pipeline = "benchmark-only"`): what a cluster test adds is getting its other machines,
 //! putting Rally on them, installing and starting its nodes and, with more than one load
-//! driver, Rally's daemons. Per topology: seconds from apply's start to Rally's first task
-//! (`Running index-append` in the race's log, polled every 50 ms: the first bulk follows at
-//! once), the steps before it as state recorded them (launching, booting, installing), and
-//! apply's wall time.
+//! driver, Rally's daemons. Per topology: seconds from apply's start to the first task's start
+//! (a worker on the coordinator logs `executing tasks: ['index-append']`, with the time, in
+//! the rally.log that comes home; its first bulk follows at once), the steps before it as
+//! state recorded them (launching, booting, installing), and apply's wall time.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rallyctl::state::TestRecord;
 use support::Harness;
-use support::cluster::{ES_DOUBLE_TEAM, as_cluster_plan, one_client_per_driver};
+use support::cluster::{ES_DOUBLE_TEAM, as_cluster_plan, as_node_user_plan, one_client_per_driver};
 use support::run::Run;
 
 const ES_VERSION: &str = "8.15.0";
@@ -67,11 +66,14 @@ fn measure(nodes: usize, drivers: usize) -> Measured {
         dir: tempfile::tempdir().unwrap(),
     };
     let h = &run.harness;
+    // Every topology installs Rally afresh, in the node user's home of each instance.
+    let remote = h.node_home.join("rallyctl");
     let plan = if nodes == 0 {
-        run.plan(&[("s", &[("t", "")])])
+        let plan = run.plan(&[("s", &[("t", "")])]);
+        as_node_user_plan(&plan, &remote);
+        plan
     } else {
         h.allow_cluster_ports();
-        let remote = h.node_home.join("rallyctl");
         for ip in &h.instance_ips {
             h.put_es_double_distribution_in(ip, &remote.join("distributions"), ES_VERSION);
         }
@@ -84,36 +86,22 @@ fn measure(nodes: usize, drivers: usize) -> Measured {
         one_client_per_driver(h, &plan, drivers);
         plan
     };
-    let started = Instant::now();
-    let mut apply = run.spawn(
-        "apply",
-        &["apply", plan.to_str().unwrap(), "--auto-approve"],
+    let started = jiff::Timestamp::now();
+    let wall = Instant::now();
+    let out = run.rallyctl(&["apply", plan.to_str().unwrap(), "--auto-approve"]);
+    let wall = wall.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
-    let mut race_log = None;
-    let first_request = loop {
-        if let Some(status) = apply.try_wait().unwrap() {
-            panic!(
-                "apply ended ({status}) before its race's first task: {:?}",
-                run.printed("apply")
-            );
-        }
-        if race_log.is_none() {
-            race_log = racing_log(&run);
-        }
-        let began = race_log.as_ref().is_some_and(|log| {
-            std::fs::read_to_string(log).is_ok_and(|text| text.contains("Running index-append"))
-        });
-        if began {
-            break started.elapsed().as_secs_f64();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let status = apply.wait().unwrap();
-    let wall = started.elapsed().as_secs_f64();
-    assert!(status.success(), "{:?}", run.printed("apply"));
     let r = run.record("s.t");
+    let log = (r.results.iter())
+        .find(|f| f.path.ends_with("rally.log"))
+        .unwrap_or_else(|| panic!("no rally.log collected: {:?}", r.results));
+    let log = std::fs::read_to_string(run.dir.path().join(&log.path)).unwrap();
     Measured {
-        first_request,
+        first_request: first_task_at(&log).duration_since(started).as_secs_f64(),
         launching: step_secs(&r, "launching"),
         booting: step_secs(&r, "booting"),
         installing: step_secs(&r, "installing"),
@@ -121,18 +109,18 @@ fn measure(nodes: usize, drivers: usize) -> Measured {
     }
 }
 
-/// The race log of `s.t`, as this machine sees its coordinator's disk, once state says it
-/// races.
-fn racing_log(run: &Run) -> Option<PathBuf> {
-    let state = rallyctl::state::load(&run.dir.path().join("state/e2e.state.json")).ok()??;
-    let r = state.tests.get(&"s.t".parse().unwrap())?;
-    if r.status.label() != "racing" {
-        return None;
-    }
-    let machine = r.machine.as_ref()?;
-    let dir = PathBuf::from(machine.run_dir.as_deref()?);
-    let ip = machine.address.as_deref()?;
-    Some(run.harness.host_path(ip, &dir.join("race.log")))
+/// When a worker of the coordinator began the first task, as Rally's log says (its lines
+/// begin with the time in UTC, `2026-12-07 00:22:33,849`): the first bulk is sent at once.
+fn first_task_at(log: &str) -> jiff::Timestamp {
+    let line = (log.lines())
+        .find(|l| l.contains("executing tasks: ['index-append']"))
+        .unwrap_or_else(|| panic!("no worker began index-append:\n{log}"));
+    let mut words = line.split_whitespace();
+    let (date, time) = (words.next().unwrap(), words.next().unwrap());
+    // Milliseconds as Python's logging writes them, unpadded: `00:34:36,45` is 45 ms.
+    let (hms, ms) = time.split_once(',').unwrap();
+    let ms: u32 = ms.parse().unwrap();
+    format!("{date}T{hms}.{ms:03}Z").parse().unwrap()
 }
 
 /// Seconds from the first transition to `status` to the next one.

@@ -47,10 +47,18 @@ pub fn thread_each(ips: &[String], f: impl Fn(usize, &String) + Sync) {
 
 /// Makes a plan the harness wrote (`Run::plan`, `Workspace::plan`) one of cluster tests: no
 /// `pipeline` or `target_hosts` (rallyctl stands the cluster up), logged in as the node user
-/// ([`super::NODE_USER`]: Elasticsearch refuses root) with `remote_dir` in its home.
+/// ([`as_node_user_plan`]).
 pub fn as_cluster_plan(plan: &Path, remote_dir: &Path) {
+    as_node_user_plan(plan, remote_dir);
+    edit_plan(plan, |key| {
+        matches!(key, "target_hosts" | "pipeline").then(String::new)
+    });
+}
+
+/// Makes a plan the harness wrote log in as the node user ([`super::NODE_USER`]:
+/// Elasticsearch refuses root) with `remote_dir` in its home.
+pub fn as_node_user_plan(plan: &Path, remote_dir: &Path) {
     edit_plan(plan, |key| match key {
-        "target_hosts" | "pipeline" => Some(String::new()),
         "ssh_user" => Some(format!("ssh_user = \"{}\"\n", super::NODE_USER)),
         "remote_dir" => Some(format!(
             "remote_dir = {:?}\n",
