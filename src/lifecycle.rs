@@ -1290,8 +1290,7 @@ async fn install<P: Provider>(
     for line in said {
         ctx.progress.println(&format!("{}: {line}", test.address));
     }
-    members?;
-    cluster::start_daemons(ctx, test, conn).await
+    cluster::start_daemons(ctx, test, conn, &members?).await
 }
 
 /// Uploads the test's bundle into the machine's run directory and runs its install script

@@ -91,7 +91,7 @@ fn member(record: &TestRecord, slot: Slot) -> Option<&Member> {
 }
 
 /// A member of the test's cluster that answers.
-struct Held {
+pub(super) struct Held {
     role: Role,
     conn: Conn,
     /// What it was got with: [`Role::settings`].
@@ -278,14 +278,15 @@ pub(super) fn race_args(test: &Test, record: &TestRecord, conn: &Conn) -> Result
 /// (`install.sh`); on a node then `node.sh start`, which installs the node unless its
 /// installation id is installed already and starts it unless it answers. `renew`: the
 /// members raced before, so their bounds start again first, as the test's machine's did.
+/// The members it readied, for the daemons to start on.
 pub(super) async fn start_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     artifacts: &Artifacts,
     renew: bool,
-) -> Result<(), Stop> {
+) -> Result<Vec<Held>, Stop> {
     if test.settings.cluster.is_none() {
-        return Ok(());
+        return Ok(vec![]);
     }
     let step = Step::Installing;
     let held = reach_members(ctx, test, step).await?;
@@ -357,41 +358,41 @@ pub(super) async fn start_members<P: Provider>(
         }
     }))
     .await;
-    started.into_iter().collect()
+    started.into_iter().collect::<Result<(), Stop>>()?;
+    Ok(held)
 }
 
 /// Installing, once every machine has Rally: with more than one load driver, Rally's daemon
-/// on the test's own machine (`conn`), which coordinates, then on every other driver at once,
-/// each unless it runs.
+/// on the test's own machine (`conn`), which coordinates, then on every other driver of
+/// `members` at once, each unless it runs.
 pub(super) async fn start_daemons<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     conn: &Conn,
+    members: &[Held],
 ) -> Result<(), Stop> {
     if !test.settings.several_load_drivers() {
         return Ok(());
     }
     let step = Step::Installing;
-    let coordinator = coordinator_peer(conn, step)?.to_owned();
-    let start = |own: &str| -> Result<String, Stop> {
-        let ips = [own, &coordinator].map(shell_quote);
-        match ips {
-            [Ok(own), Ok(coordinator)] => Ok(format!("daemon start {own} {coordinator}")),
-            [Err(e), _] | [_, Err(e)] => Err(failed(step, e)),
-        }
+    let coordinator = coordinator_peer(conn, step)?;
+    let own = Daemon::Start {
+        own: coordinator,
+        coordinator,
     };
-    let own = &start(&coordinator)?;
     daemon(ctx, &test.settings, conn, "the test's machine", own, step).await?;
-    let held = reach_members(ctx, test, step).await?;
-    let drivers = (held.iter()).filter(|h| matches!(h.role, Role::Driver { .. }));
+    let drivers = (members.iter()).filter(|h| matches!(h.role, Role::Driver { .. }));
     let started = all(drivers.map(|driver| async {
-        let command = start(coordinator_peer(&driver.conn, step)?)?;
+        let start = Daemon::Start {
+            own: coordinator_peer(&driver.conn, step)?,
+            coordinator,
+        };
         daemon(
             ctx,
             &driver.settings,
             &driver.conn,
             &driver.name(),
-            &command,
+            start,
             step,
         )
         .await
@@ -400,18 +401,35 @@ pub(super) async fn start_daemons<P: Provider>(
     started.into_iter().collect()
 }
 
-/// Runs `race.sh daemon ...` (`args`) on a load driver (`who`); a failure names the driver
-/// and ends with what the daemon said.
+/// What `race.sh daemon` is asked of a load driver.
+#[derive(Clone, Copy)]
+enum Daemon<'a> {
+    /// Start it unless it runs: the driver's own address and the coordinator's.
+    Start { own: &'a str, coordinator: &'a str },
+    /// Stop it unless it is stopped.
+    Stop,
+}
+
+/// Runs `race.sh daemon ...` on a load driver (`who`); a failure names the driver and ends
+/// with what the daemon said.
 async fn daemon<P: Provider>(
     ctx: &Ctx<P>,
     settings: &Settings,
     conn: &Conn,
     who: &str,
-    args: &str,
+    asked: Daemon<'_>,
     step: Step,
 ) -> Result<(), Stop> {
     let run_dir = super::quoted_run_dir(conn, step)?;
-    let command = format!("bash {run_dir}/race.sh {args}");
+    let (args, what) = match asked {
+        Daemon::Start { own, coordinator } => {
+            let own = shell_quote(own).map_err(|e| failed(step, e))?;
+            let coordinator = shell_quote(coordinator).map_err(|e| failed(step, e))?;
+            (format!("start {own} {coordinator}"), "did not start")
+        }
+        Daemon::Stop => ("stop".to_owned(), "did not stop"),
+    };
+    let command = format!("bash {run_dir}/race.sh daemon {args}");
     let ran = super::attempt(
         &ctx.provider,
         &ctx.cancel,
@@ -423,10 +441,6 @@ async fn daemon<P: Provider>(
         step,
     )
     .await;
-    let what = match args.split(' ').nth(1) {
-        Some("start") => "did not start",
-        _ => "did not stop",
-    };
     let what = format!("Rally's daemon (esrallyd) of {who} {what}");
     refused_with_tail(ran, step, conn, &what, "race.sh")
 }
@@ -455,13 +469,12 @@ pub(super) async fn stop_members<P: Provider>(
                     installation_id, ..
                 } => installation_id,
                 Role::Driver { .. } => {
-                    let stop = "daemon stop";
                     daemon(
                         ctx,
                         &member.settings,
                         &member.conn,
                         &member.name(),
-                        stop,
+                        Daemon::Stop,
                         step,
                     )
                     .await?;
@@ -510,7 +523,7 @@ pub(super) async fn stop_members<P: Provider>(
             &test.settings,
             conn,
             "the test's machine",
-            "daemon stop",
+            Daemon::Stop,
             step,
         )
         .await?;
