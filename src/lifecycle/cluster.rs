@@ -445,10 +445,10 @@ async fn daemon<P: Provider>(
     refused_with_tail(ran, step, conn, &what, "race.sh")
 }
 
-/// Collecting, before the race's own files: stops every node at once (`esrally stop`, which
+/// Collecting, before the race's own files: at once, stops every node (`esrally stop`, which
 /// writes the node's telemetry) and brings its logs home into `nodes/<node>/` of the race's
-/// results, then stops the load drivers' daemons, the test's own machine's (`conn`) last;
-/// the nodes' files, sha256 included.
+/// results, and stops every other load driver's daemon; then the daemon of the test's own
+/// machine (`conn`), which coordinated them. The nodes' files, sha256 included.
 pub(super) async fn stop_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
