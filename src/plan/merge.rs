@@ -315,13 +315,17 @@ impl Loader<'_, '_> {
             (ProviderKind::Ssh, Some(Val::Strs(hosts))) => hosts.clone(),
             _ => NO_TEXTS.clone(),
         };
+        // What the cluster names, else what the test does.
+        let the_tests = |i: usize| match &m[i] {
+            Some(Val::Str(t)) => Some(t.clone()),
+            _ => None,
+        };
+        let own_or_the_tests = |own: usize, tests: usize| text(own).or_else(|| the_tests(tests));
         let instance_type = match provider {
-            ProviderKind::Aws => text(const { cluster_at("instance_type") }).or_else(|| {
-                match &m[const { at("instance_type") }] {
-                    Some(Val::Str(t)) => Some(t.clone()),
-                    _ => None,
-                }
-            }),
+            ProviderKind::Aws => own_or_the_tests(
+                const { cluster_at("instance_type") },
+                const { at("instance_type") },
+            ),
             ProviderKind::Ssh | ProviderKind::Local => None,
         };
         if provider == ProviderKind::Ssh
@@ -346,11 +350,6 @@ impl Loader<'_, '_> {
         // The nodes are the test's Elasticsearch: what the test says of it (its car, the
         // car's parameters, the distribution, the JDK) is theirs where the cluster says nothing,
         // so that a version set once in `[defaults]` holds for clusters too.
-        let the_tests = |i: usize| match &m[i] {
-            Some(Val::Str(t)) => Some(t.clone()),
-            _ => None,
-        };
-        let own_or_the_tests = |own: usize, tests: usize| text(own).or_else(|| the_tests(tests));
         let distribution_version = own_or_the_tests(
             const { cluster_at("distribution_version") },
             const { at("distribution_version") },
