@@ -174,9 +174,23 @@ pub async fn run<P: Provider>(
             Err(stop) => outcomes.push((test.address.clone(), Err(stop))),
         }
     }
+    // Variants resumed at installing on their group's cluster may have started their nodes
+    // before the apply stopped: the member that races first would find their ports taken.
+    // They are ended once the cluster answers; each member's turn starts its own again.
+    let mut waiting: Vec<&Test> = (group.iter())
+        .filter(|(t, start)| {
+            group.len() > 1
+                && t.settings.cluster.is_some()
+                && *start == Start::Resume(Step::Installing)
+        })
+        .map(|(t, _)| *t)
+        .collect();
     while !racing.is_empty() {
         let rounds = match share_machine(ctx, &racing).await {
-            Ok(reachable) => race_rounds(ctx, &racing, reachable, &mut outcomes).await,
+            Ok(reachable) => match stop_waiting(ctx, &mut waiting).await {
+                Ok(()) => race_rounds(ctx, &racing, reachable, &mut outcomes).await,
+                Err(stop) => Rounds::Lost(stop, racing.clone()),
+            },
             Err(stop) => Rounds::Lost(stop, racing.clone()),
         };
         racing = match rounds {
@@ -246,6 +260,23 @@ pub async fn run<P: Provider>(
     outcomes
 }
 
+/// Ends what the `waiting` members left running on their cluster, once. Best effort: a node
+/// that cannot be stopped is said, and makes the start of another on its machine fail (never
+/// race it); Ctrl-C or state that cannot be written stops the group.
+async fn stop_waiting<P: Provider>(ctx: &Ctx<P>, waiting: &mut Vec<&Test>) -> Result<(), Stop> {
+    for test in waiting.drain(..) {
+        match end_runs(ctx, &test.address).await {
+            Ok(()) => {}
+            Err(Stop::Failed(f)) => ctx.progress.println(&format!(
+                "{}: the nodes it started before cannot be stopped: {}",
+                test.address, f.error
+            )),
+            Err(stop) => return Err(stop),
+        }
+    }
+    Ok(())
+}
+
 /// Opens the new attempts of `group` (a resumed member goes on with its own); the members
 /// that go on, in order. A resumed member's machine is the group's: a new attempt of another
 /// must not give it back, only stop holding it.
@@ -268,19 +299,12 @@ async fn open_attempts<'t, P: Provider>(
                 Ok(())
             }
             Start::NewAttempt | Start::StartOver => {
-                let detach = ctx.state.update(|s| {
-                    if let Some(r) = s.tests.get_mut(&test.address)
-                        && r.live_machine().map(|m| &m.id) == group_machine.as_ref()
-                    {
-                        r.mark_released();
-                    }
-                });
-                match detach {
+                match detach(ctx, test, group_machine.as_deref()).await {
                     Ok(()) => {
                         let artifacts = &ctx.artifacts[&test.address];
                         start_attempt(ctx, test, artifacts, *start == Start::NewAttempt).await
                     }
-                    Err(e) => Err(Stop::State(e)),
+                    Err(stop) => Err(stop),
                 }
             }
         };
@@ -289,6 +313,74 @@ async fn open_attempts<'t, P: Provider>(
         }
     }
     live
+}
+
+/// A member about to open a new attempt stops holding the group's machine (`group_machine`,
+/// which a resumed member races on) without giving it back. What its earlier attempt may have
+/// left running there is ended first: a race would run beside the group's next one, and a
+/// cluster's nodes would hold the ports it needs; once let go of, no record would name them.
+async fn detach<P: Provider>(
+    ctx: &Ctx<P>,
+    test: &Test,
+    group_machine: Option<&str>,
+) -> Result<(), Stop> {
+    let shares = ctx.state.read(|s| {
+        (s.tests.get(&test.address))
+            .and_then(|r| r.live_machine())
+            .is_some_and(|m| Some(m.id.as_str()) == group_machine)
+    });
+    if !shares {
+        return Ok(());
+    }
+    end_runs(ctx, &test.address)
+        .await
+        .map_err(|stop| match stop {
+            Stop::Failed(f) => failed(
+                Step::Launching,
+                format!(
+                    "what its earlier attempt runs on the group's machines cannot be stopped: {}",
+                    f.error
+                ),
+            ),
+            other => other,
+        })?;
+    ctx.state.record(&test.address, TestRecord::mark_released)?;
+    Ok(())
+}
+
+/// Ends every process the attempt of `address` runs on the machines its record holds (its
+/// race; a cluster's nodes and daemons): each names its run directory there. The machines
+/// are not given back.
+async fn end_runs<P: Provider>(ctx: &Ctx<P>, address: &Address) -> Result<(), Stop> {
+    let step = Step::Launching;
+    let record = record_of(ctx, address)?;
+    let settings = recorded(&record.settings, step).map_err(Stop::Failed)?;
+    for (machine, role) in record.live_machines() {
+        let Some(run_dir) = &machine.run_dir else {
+            continue;
+        };
+        let settings = role.map_or_else(|| settings.clone(), |role| role.settings(&settings));
+        let reachable = reachable(&ctx.provider, &ctx.cancel, machine, &settings).await?;
+        let conn = Conn {
+            machine: machine.clone(),
+            reachable,
+        };
+        let command =
+            remote::stop_run_command(run_dir, remote::STOP_WAIT).map_err(|e| failed(step, e))?;
+        let timeout = remote::STOP_WAIT + Duration::from_secs(60);
+        run_with(
+            &ctx.provider,
+            &ctx.cancel,
+            &settings,
+            &conn,
+            &command,
+            b"",
+            timeout,
+            step,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Whether a member whose attempt or repetition was just `opened` goes on; one that cannot
@@ -565,6 +657,31 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
             .collect()
     });
     release_shared(ctx, &stale).await.map_err(Stop::Failed)?;
+    // A variant of the group left out of this apply (`--target`) may still run something on
+    // its machines: its race, a cluster's nodes. Two races on one machine measure neither,
+    // and its nodes hold the ports the group's need: what it runs is ended, and said.
+    let outsiders: Vec<Address> = ctx.state.read(|s| {
+        (s.tests.iter())
+            .filter(|(address, r)| {
+                !group.iter().any(|t| &t.address == *address)
+                    && r.live_machine().is_some_and(|m| m.id == machine.id)
+                    && matches!(
+                        r.status,
+                        Status::InProgress {
+                            step: Step::Installing | Step::Racing | Step::Collecting
+                        }
+                    )
+            })
+            .map(|(address, _)| address.clone())
+            .collect()
+    });
+    for address in outsiders {
+        end_runs(ctx, &address).await?;
+        ctx.progress.println(&format!(
+            "{address}: what it ran on {} was ended: left out of this apply, it shares that machine with {}",
+            machine.id, owner.address
+        ));
+    }
     let workspace = &ctx.plan.name;
     ctx.state.update(|s| {
         for test in group {
@@ -577,6 +694,7 @@ async fn share_machine<P: Provider>(ctx: &Ctx<P>, group: &[&Test]) -> Result<Rea
                 r.machine = Some(own);
             }
         }
+        cluster::share_members(s, &owner.address, group);
     })?;
     let conn = connect(ctx, owner).await?;
     let booting = |t: &Test| {
@@ -1506,7 +1624,8 @@ async fn collect<P: Provider>(
     conn: &Conn,
     record: &TestRecord,
 ) -> Result<(), Stop> {
-    let nodes = cluster::stop_members(ctx, test, conn, record).await?;
+    let logs = results_dir(ctx, test, record).join("nodes");
+    let nodes = cluster::stop_members(ctx, test, conn, Some(&logs)).await?;
     let mut files = bring_home(ctx, test, conn, record).await?;
     files.extend(nodes);
     let report = crate::collect::report(&files)
@@ -1573,7 +1692,8 @@ async fn bring_home<P: Provider>(
 const FAILED_LOGS_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Before a failed test's machine goes: brings a failed race's logs home (they say why it
-/// failed) and writes why beside them, where the race's results would have been, for
+/// failed), stops a cluster's nodes and daemons bringing the nodes' logs home too, and writes
+/// why beside them, where the race's results would have been, for
 /// `results` to show once state has moved on; returns where the logs are. Best effort: a
 /// machine that is gone cannot give its logs, which is said, and neither that nor a file that
 /// cannot be written stops the failure from being recorded or the machine from being released.
@@ -1588,28 +1708,44 @@ async fn keep_failure<P: Provider>(
     };
     let mut files = Vec::new();
     let raced = matches!(f.step, Step::Racing | Step::Collecting);
-    if raced && !ctx.cancel.is_cancelled() {
+    // A cluster's nodes and daemons may run from installing on. They are stopped, so that the
+    // group's next variant finds their ports free (not one of them answering in its place),
+    // and their logs come home with the race's.
+    let members_run = test.settings.cluster.is_some() && (raced || f.step == Step::Installing);
+    if (raced || members_run) && !ctx.cancel.is_cancelled() {
+        const RACE: &str = "the failed race's logs cannot be brought home";
+        const MEMBERS: &str = "the cluster's nodes cannot be stopped, nor their logs brought home";
         let fetched = async {
             let conn = reach(ctx, test).await?;
-            bring_home(ctx, test, &conn, &record).await
+            let race = match raced {
+                true => bring_home(ctx, test, &conn, &record).await,
+                false => Ok(vec![]),
+            };
+            let logs = results_dir(ctx, test, &record).join("nodes");
+            let members = cluster::stop_members(ctx, test, &conn, Some(&logs)).await;
+            Ok::<_, Stop>(vec![(RACE, race), (MEMBERS, members)])
         };
-        let why = match tokio::time::timeout(FAILED_LOGS_TIMEOUT, fetched).await {
-            Ok(Ok(got)) => {
-                files = got;
-                None
+        let first = if raced { RACE } else { MEMBERS };
+        let fetched = match tokio::time::timeout(FAILED_LOGS_TIMEOUT, fetched).await {
+            Ok(Ok(each)) => each,
+            Ok(Err(stop)) => vec![(first, Err(stop))],
+            Err(_) => {
+                let within = humantime::format_duration(FAILED_LOGS_TIMEOUT);
+                let late = failed(f.step, format!("they did not come within {within}"));
+                vec![(first, Err(late))]
             }
-            Ok(Err(Stop::State(e))) => return Err(Stop::State(e)),
-            Ok(Err(Stop::Failed(not))) => Some(not.error),
-            Ok(Err(Stop::Interrupted)) => Some("interrupted".to_owned()),
-            Err(_) => Some(format!(
-                "they did not come within {}",
-                humantime::format_duration(FAILED_LOGS_TIMEOUT)
-            )),
         };
-        if let Some(why) = why {
-            ctx.progress.println(&format!(
-                "{address}: the failed race's logs cannot be brought home: {why}"
-            ));
+        for (what, got) in fetched {
+            let why = match got {
+                Ok(got) => {
+                    files.extend(got);
+                    continue;
+                }
+                Err(Stop::State(e)) => return Err(Stop::State(e)),
+                Err(Stop::Failed(not)) => not.error,
+                Err(Stop::Interrupted) => "interrupted".to_owned(),
+            };
+            ctx.progress.println(&format!("{address}: {what}: {why}"));
         }
     }
     let brought = !files.is_empty();

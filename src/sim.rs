@@ -74,6 +74,9 @@ struct Inner {
     disks: HashMap<String, HashMap<String, Run>>,
     /// Commands no arm of [`Host::exec`] understood: the simulation fails on any.
     unknown: Vec<String>,
+    /// Nodes asked to start on a machine where another run directory's node holds the port
+    /// (a variant's left running under the next one's): the simulation fails on any.
+    clashes: Vec<String>,
     /// When each machine was launched, and when EC2 shows it (eventual consistency: a new
     /// instance is unknown to DescribeInstances for a while).
     launched: HashMap<String, (Instant, Instant)>,
@@ -320,6 +323,7 @@ impl World {
                 counts: BTreeMap::new(),
                 disks: HashMap::new(),
                 unknown: vec![],
+                clashes: vec![],
                 launched: HashMap::new(),
                 watchdog: HashMap::new(),
                 terminated: HashMap::new(),
@@ -411,6 +415,11 @@ impl World {
     /// Commands no simulated machine understood.
     pub fn unknown_commands(&self) -> Vec<String> {
         self.lock().unknown.clone()
+    }
+
+    /// Nodes started where another run directory's node held the port.
+    pub fn clashes(&self) -> Vec<String> {
+        self.lock().clashes.clone()
     }
 
     /// A crash point: never returns once the process is dead or dies here, so nothing a dead
@@ -1008,7 +1017,22 @@ impl Host {
                 let took = {
                     let world = self.world().clone();
                     let mut inner = world.lock();
-                    let Inner { disks, rng, .. } = &mut *inner;
+                    let Inner {
+                        disks,
+                        rng,
+                        clashes,
+                        ..
+                    } = &mut *inner;
+                    let holder = (disks.get(&self.id).into_iter().flatten())
+                        .find(|(other, run)| other.as_str() != dir && run.node.is_some());
+                    if let Some((other, _)) = holder {
+                        clashes.push(format!("{what}: the node of {other} runs"));
+                        return Err(self.failed(
+                            command,
+                            64,
+                            &format!("[ERROR] node {name} cannot listen: Address already in use"),
+                        ));
+                    }
                     let run = (disks.get_mut(&self.id).and_then(|d| d.get_mut(dir)))
                         .filter(|r| !r.files.is_empty());
                     let Some(run) = run else {

@@ -892,12 +892,12 @@ impl TestRecord {
         let spent = &mut self.spent;
         let primary = self.machine.iter_mut();
         let members = self.members.iter_mut().map(|m| &mut m.machine);
-        let Some(i) = primary.chain(members).find(|m| m.id == id) else {
+        // The live holding of `id`: a record may also name it released before (a variant
+        // that let go of its group's cluster and was given it again).
+        let Some(i) = (primary.chain(members)).find(|m| m.id == id && m.released_at.is_none())
+        else {
             return;
         };
-        if i.released_at.is_some() {
-            return;
-        }
         let now = Timestamp::now();
         i.released_at = Some(now);
         let from = i.taken.as_ref().map_or(i.launched_at, |t| t.at);
@@ -1538,6 +1538,31 @@ mod tests {
         r.machine = Some(machine);
         r.mark_released();
         assert_eq!(r.spent.len(), 3, "{:?}", r.spent);
+    }
+
+    /// A variant that let go of its group's cluster and was given it again names a node twice:
+    /// released once, held now. Giving it back releases the one it holds, billed as one span
+    /// (simulation seed 4164 found it held after the group gave everything back).
+    #[test]
+    fn a_member_held_again_after_its_release_is_released_and_billed_once() {
+        let mut r = record();
+        r.run_id = Some("run-1".into());
+        let machine = Machine::acquired(ProviderKind::Aws, "i-node".into());
+        let node = |installation_id| Member {
+            role: Role::Node {
+                index: 0,
+                installation_id,
+            },
+            machine: machine.clone(),
+            peer_address: None,
+        };
+        r.members.push(node(Uuid::new_v4()));
+        r.mark_released();
+        r.members.push(node(Uuid::new_v4()));
+        assert_eq!(r.live_machines().count(), 1);
+        r.mark_machine_released("i-node");
+        assert_eq!(r.live_machines().count(), 0, "{:?}", r.members);
+        assert_eq!(r.spent.len(), 1, "{:?}", r.spent);
     }
 
     /// A cluster test's nodes are recorded with their roles beside the machine it races

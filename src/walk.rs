@@ -271,7 +271,8 @@ mod tests {
     /// still there, a zombie too, as Rally counts one.
     ///
     /// For a cluster's nodes (`node.sh`): `install` records the installation (`--car=fails`:
-    /// it fails), `start` runs a process naming the installation that answers HTTP on the
+    /// it fails; `--car=stranger`: a process named `stranger` beside it answers as the node
+    /// first; `--car=slow`: its start takes two seconds), `start` runs a process naming the installation that answers HTTP on the
     /// node's address and port 9200 with its name, `stop` wipes the installation, as Rally's
     /// does (node.sh ends the process); each
     /// counted in `node-installs`, `node-starts` beside it. A race notes its target hosts;
@@ -288,19 +289,11 @@ for a in "$@"; do
   esac
 done
 root="$RALLY_HOME/.rally/benchmarks/races/$id"
-case "$1" in
-  install)
-    echo >> "$here/node-installs"
-    for a in "$@"; do [ "$a" = --car=fails ] && { echo "boom: no such car" >&2; exit 64; }; done
-    mkdir -p "$root/dist" "$root/$name/logs/server"
-    printf '{"binary-path": "%s", "name": "%s", "ip": "%s"}' "$root/dist" "$name" "$ip" > "$root/node-config.json"
-    exit 0;;
-  start)
-    echo >> "$here/node-starts"
-    read -r name ip < <(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); print(c["name"], c["ip"])' "$root/node-config.json")
-    setsid nohup python3 -c '
+# Answers HTTP on IP:9200 with NAME, as a node does, in a process whose command line names TAG.
+serve() {
+  setsid nohup python3 -c '
 import http.server, json, sys
-root, ip, name = sys.argv[1:]
+tag, ip, name = sys.argv[1:]
 class Node(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = json.dumps({"name": name}).encode()
@@ -309,7 +302,30 @@ class Node(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 http.server.HTTPServer((ip, 9200), Node).serve_forever()
-' "$root/" "$ip" "$name" >> "$root/$name/logs/server/bench.log" 2>&1 < /dev/null &
+' "$@" < /dev/null &
+}
+case "$1" in
+  install)
+    echo >> "$here/node-installs"
+    for a in "$@"; do
+      case "$a" in
+        --car=fails) echo "boom: no such car" >&2; exit 64;;
+        # A node that takes two seconds to answer HTTP once started.
+        --car=slow) echo slow > "$root.slow";;
+        # Another node answering where this one is to start, as one left running would.
+        --car=stranger)
+          serve "$here/stranger" "$ip" "$name" > /dev/null 2>&1
+          until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://$ip:9200/" 2>/dev/null; do sleep 0.05; done;;
+      esac
+    done
+    mkdir -p "$root/dist" "$root/$name/logs/server"
+    printf '{"binary-path": "%s", "name": "%s", "ip": "%s"}' "$root/dist" "$name" "$ip" > "$root/node-config.json"
+    exit 0;;
+  start)
+    echo >> "$here/node-starts"
+    read -r name ip < <(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); print(c["name"], c["ip"])' "$root/node-config.json")
+    [ -e "$root.slow" ] && sleep 2
+    serve "$root/" "$ip" "$name" >> "$root/$name/logs/server/bench.log" 2>&1
     touch "$root/node"
     exit 0;;
   stop)
@@ -1985,18 +2001,14 @@ esac
         );
         let (report, fake) = bench.apply(Fake::default(), &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
-        let calls = fake.calls();
-        let acquired: Vec<&str> = (calls.iter())
-            .filter_map(|c| c.strip_prefix("acquire c.t#1 -> "))
-            .collect();
         assert_eq!(
-            acquired,
+            acquired(&fake),
             [
-                "m-t-1",
-                "m-t-1-node-0",
-                "m-t-1-node-1",
-                "m-t-1-driver-1",
-                "m-t-1-driver-2"
+                "c.t#1 -> m-t-1",
+                "c.t#1 -> m-t-1-node-0",
+                "c.t#1 -> m-t-1-node-1",
+                "c.t#1 -> m-t-1-driver-1",
+                "c.t#1 -> m-t-1-driver-2"
             ]
         );
         assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
@@ -2102,12 +2114,23 @@ esac
                 &format!("rally_args = [\"--until-released\"]\n{extra}"),
             ),
         );
-        let racing = bench.dir.path().join("remote/rally-2.13.0/bin/racing");
-        let (report, fake) =
-            bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
-                racing.exists()
-            });
+        let (report, fake) = until_racing(&mut bench);
         (bench, report, fake)
+    }
+
+    /// Applies the bench until a race of `--until-released` runs, then Ctrl-C.
+    fn until_racing(bench: &mut Bench) -> (ApplyReport, Fake) {
+        let racing = bench.dir.path().join("remote/rally-2.13.0/bin/racing");
+        bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
+            racing.exists()
+        })
+    }
+
+    /// The machines the fake was asked for, each `<attempt> -> <machine>`.
+    fn acquired(fake: &Fake) -> Vec<String> {
+        (fake.calls().iter())
+            .filter_map(|c| c.strip_prefix("acquire ").map(str::to_owned))
+            .collect()
     }
 
     /// Lets a race of `--until-released` end.
@@ -2130,12 +2153,7 @@ esac
         let (report, fake) = bench.apply(fake, &Options::default());
         assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
         // The same machines, the nodes neither installed nor started again.
-        let acquired = fake
-            .calls()
-            .iter()
-            .filter(|c| c.starts_with("acquire"))
-            .count();
-        assert_eq!(acquired, 3, "{:?}", fake.calls());
+        assert_eq!(acquired(&fake).len(), 3, "{:?}", fake.calls());
         assert_eq!(noted(&bench, "node-installs").len(), 2);
         assert_eq!(noted(&bench, "node-starts").len(), 2);
         assert!(fake.held.lock().unwrap().is_empty());
@@ -2166,5 +2184,199 @@ esac
             daemon_processes(bench.dir.path())
         );
         release_race(&bench);
+    }
+
+    /// The cluster test with two variants, `a` and `b`, each with `a` and `b` after its name.
+    fn cluster_variants(a: &str, b: &str) -> Bench {
+        Bench::with(
+            "",
+            &format!(
+                "{CLUSTER}[[suite.test.variant]]\nname = \"a\"\nchallenge = \"x\"\n{a}\
+                 [[suite.test.variant]]\nname = \"b\"\nchallenge = \"y\"\n{b}"
+            ),
+        )
+    }
+
+    /// The variants of a cluster test race on one cluster, interleaved: its machines are got
+    /// once, and each variant installs, starts and stops nodes of its own on them for each of
+    /// its races.
+    #[test]
+    fn the_variants_of_a_cluster_test_race_on_one_cluster_with_nodes_of_their_own() {
+        let mut bench = cluster_variants("", "");
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert_eq!(
+            acquired(&fake),
+            [
+                "c.t-a#1 -> m-t-a-1",
+                "c.t-a#1 -> m-t-a-1-node-0",
+                "c.t-a#1 -> m-t-a-1-node-1"
+            ]
+        );
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert_eq!(noted(&bench, "challenges"), ["x", "y", "x", "y"]);
+        let (a, b) = (record(&bench, "c.t-a"), record(&bench, "c.t-b"));
+        let machines = |r: &crate::state::TestRecord| -> Vec<String> {
+            (r.members.iter())
+                .map(|m| format!("{} {}", m.role.name(), m.machine.id))
+                .collect()
+        };
+        assert_eq!(
+            machines(a),
+            ["node-0 m-t-a-1-node-0", "node-1 m-t-a-1-node-1"]
+        );
+        assert_eq!(machines(a), machines(b));
+        for (ours, theirs) in a.members.iter().zip(&b.members) {
+            assert_ne!(ours.machine.run_dir, theirs.machine.run_dir);
+            assert_ne!(
+                ours.role, theirs.role,
+                "one installation id for two variants"
+            );
+            assert_eq!(ours.peer_address, theirs.peer_address);
+        }
+        // Every race went to both nodes, each installed and started for it and stopped after.
+        let peers: Vec<String> = (a.members.iter())
+            .map(|m| format!("{}:9200", m.peer_address.as_deref().unwrap()))
+            .collect();
+        assert_eq!(noted(&bench, "targets"), vec![peers.join(","); 4]);
+        assert_eq!(noted(&bench, "node-installs").len(), 8);
+        assert_eq!(noted(&bench, "node-starts").len(), 8);
+        assert!(node_processes(bench.dir.path()).is_empty());
+        // The run pays for each of the three machines once.
+        let bill = crate::cost::bill::of_run(&bench.state, a.run_id.as_deref().unwrap()).unwrap();
+        assert_eq!(bill.machines, 3);
+    }
+
+    /// A variant whose race fails has its nodes stopped, their logs kept with its failure,
+    /// before the other starts its own on the same machines and races to the end.
+    #[test]
+    fn a_failed_cluster_variants_nodes_are_stopped_before_the_next_variant_starts_its_own() {
+        let mut bench = cluster_variants("rally_args = [\"--fail\"]\n", "");
+        let (report, fake) = bench.apply(Fake::default(), &Options::default());
+        let failed: Vec<String> = (report.failed.iter())
+            .map(|(address, step, ..)| format!("{address} {step:?}"))
+            .collect();
+        assert_eq!(failed, ["c.t-a Racing"]);
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert!(node_processes(bench.dir.path()).is_empty());
+        // a raced once, b twice; the nodes were started once per race.
+        assert_eq!(noted(&bench, "node-starts").len(), 6);
+        let kept = &record(&bench, "c.t-a").results;
+        for node in ["node-0", "node-1"] {
+            let log = format!("nodes/{node}/logs/server/bench.log");
+            assert!(kept.iter().any(|f| f.path.ends_with(&log)), "{kept:?}");
+        }
+    }
+
+    /// A variant left out of an apply by `--target` while its race ran on the group's cluster:
+    /// the variant raced alone ends its race and its nodes first (they would hold the ports its
+    /// own need, and two races on one machine measure neither), then races on the same machines.
+    #[test]
+    fn a_variant_raced_alone_ends_what_the_other_left_running_on_their_cluster() {
+        let mut bench = cluster_variants("rally_args = [\"--until-released\"]\n", "");
+        let (report, fake) = until_racing(&mut bench);
+        assert!(report.interrupted, "{:?}", report.failed);
+        assert_eq!(node_processes(bench.dir.path()).len(), 2);
+        let alone = Options {
+            targets: vec!["c.t-b".parse().unwrap()],
+            ..Options::default()
+        };
+        let (report, fake) = bench.apply(fake, &alone);
+        assert_eq!(report.completed.len(), 1, "{:?}", report.failed);
+        assert_eq!(acquired(&fake).len(), 3, "{:?}", fake.calls());
+        assert!(
+            processes_under(bench.dir.path(), "--until-released").is_empty(),
+            "the race of c.t-a runs on"
+        );
+        assert!(node_processes(bench.dir.path()).is_empty());
+        assert_eq!(noted(&bench, "challenges"), ["x", "y", "y"]);
+    }
+
+    /// A variant whose configuration changed while its race ran on the group's cluster, the
+    /// other variant resumed: its new attempt ends what the earlier one runs there (the race,
+    /// its nodes) before the group races on, on the same machines.
+    #[test]
+    fn a_variant_starting_over_on_its_groups_cluster_ends_what_its_earlier_attempt_runs() {
+        let mut bench = cluster_variants("rally_args = [\"--until-released\"]\n", "");
+        let (report, fake) = until_racing(&mut bench);
+        assert!(report.interrupted, "{:?}", report.failed);
+        let remote = bench.dir.path().join("remote");
+        bench.plan = Bench::plan(
+            &remote,
+            "",
+            &format!(
+                "{CLUSTER}[[suite.test.variant]]\nname = \"a\"\nchallenge = \"x2\"\n\
+                 [[suite.test.variant]]\nname = \"b\"\nchallenge = \"y\"\n"
+            ),
+        );
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert!(
+            processes_under(bench.dir.path(), "--until-released").is_empty(),
+            "the earlier race of c.t-a runs on"
+        );
+        assert!(node_processes(bench.dir.path()).is_empty());
+        assert_eq!(noted(&bench, "challenges"), ["x", "x2", "y", "x2", "y"]);
+    }
+
+    /// A variant resumed at installing whose nodes had started before Ctrl-C, and the other
+    /// variant's turn first (its second race): the waiting variant's nodes are ended before the
+    /// other starts its own, and each races its repetitions (simulation seed 141).
+    #[test]
+    fn a_resumed_cluster_variants_started_nodes_are_ended_before_the_other_starts_its_own() {
+        let mut bench = cluster_variants("", "car = \"slow\"\n");
+        let starts = bench.dir.path().join("remote/rally-2.13.0/bin/node-starts");
+        // Once b's nodes started for its first race, while they are not answering yet.
+        let (report, fake) =
+            bench.apply_cancelled_when(Fake::default(), &Options::default(), move || {
+                std::fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() == 4)
+            });
+        assert!(report.interrupted, "{:?}", report.failed);
+        assert_eq!(
+            (bench.status("c.t-a"), bench.status("c.t-b")),
+            (
+                Status::InProgress {
+                    step: Step::Installing
+                },
+                Status::InProgress {
+                    step: Step::Installing
+                }
+            )
+        );
+        assert_eq!(node_processes(bench.dir.path()).len(), 2);
+        let (report, fake) = bench.apply(fake, &Options::default());
+        assert_eq!(report.completed.len(), 2, "{:?}", report.failed);
+        assert!(fake.held.lock().unwrap().is_empty(), "{:?}", fake.calls());
+        assert_eq!(noted(&bench, "challenges"), ["x", "x", "y", "y"]);
+        assert!(node_processes(bench.dir.path()).is_empty());
+    }
+
+    /// A node answering where a node of the test is to start, but not of its installation
+    /// (another variant's left running), fails the test: it is never raced against.
+    #[test]
+    fn a_node_of_another_installation_where_a_node_is_to_start_fails_the_test() {
+        let mut bench = Bench::with(
+            "",
+            &CLUSTER.replace("instance_type = \"r5.large\"", "car = \"stranger\""),
+        );
+        let (report, _) = bench.apply(Fake::default(), &Options::default());
+        let stranger = bench.dir.path().join("remote/rally-2.13.0/bin/stranger");
+        let strangers = processes_under(bench.dir.path(), "/bin/stranger ");
+        let _ = std::process::Command::new("pkill")
+            .arg("-f")
+            .arg(&stranger)
+            .status();
+        assert_eq!(strangers.len(), 2, "one per node: {strangers:?}");
+        let [(_, step, error, tail)] = &report.failed[..] else {
+            panic!("{:?}", report.failed)
+        };
+        assert_eq!(*step, Step::Installing);
+        assert!(error.contains("did not start on"), "{error}");
+        let tail = tail.as_deref().unwrap_or_default();
+        assert!(tail.contains("that is not installation"), "{tail}");
+        assert_eq!(noted(&bench, "node-starts"), Vec::<String>::new());
+        assert!(noted(&bench, "targets").is_empty());
     }
 }

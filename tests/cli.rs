@@ -873,7 +873,7 @@ fn apply_refuses_a_cluster_before_acquiring_anything() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("s.nodes (a cluster with its nodes on the local provider): not yet applied by this version of rallyctl, which races a cluster of nodes and load drivers on aws or ssh, without variants; nothing was acquired"),
+        stderr.contains("s.nodes: a cluster with its nodes on the local provider is not yet applied by this version of rallyctl, which races clusters on aws or ssh; nothing was acquired"),
         "{stderr}"
     );
     let state = rallyctl::state::load(&d.join("state/c.state.json")).unwrap();

@@ -566,6 +566,17 @@ fn is_node_or_rally(cmd: &str) -> bool {
         || cmd.contains(".rally/esrallyd")
 }
 
+/// Nothing of a race or a cluster runs on any instance of `h`, and none is leased in `ws`.
+fn assert_nothing_left(h: &Harness, ws: &support::providers::Workspace) {
+    for ip in &h.instance_ips {
+        let left: Vec<_> = (h.instance_processes(ip).into_iter())
+            .filter(|(_, cmd)| is_node_or_rally(cmd))
+            .collect();
+        assert!(left.is_empty(), "{ip}: left running: {left:?}");
+        assert!(!ws.lease(ip).exists(), "{ip} is still leased");
+    }
+}
+
 /// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on ssh pools,
 /// logged in as the unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it
 /// leases both drivers and one host per node, stands the cluster up with the real esrally,
@@ -701,17 +712,7 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_ssh_pools_races_resumes_after_a_k
         "each driver sent load"
     );
 
-    // Nothing of the race or the cluster is left, and no host is leased.
-    let nothing_left = || {
-        for ip in &h.instance_ips {
-            let left: Vec<_> = (h.instance_processes(ip).into_iter())
-                .filter(|(_, cmd)| is_node_or_rally(cmd))
-                .collect();
-            assert!(left.is_empty(), "{ip}: left running: {left:?}");
-            assert!(!ws.lease(ip).exists(), "{ip} is still leased");
-        }
-    };
-    nothing_left();
+    assert_nothing_left(&h, &ws);
 
     // Raced again and destroyed mid-race: giving the hosts back to their pools ends the
     // nodes, the daemons and the race, though no `esrally stop` or `esrallyd stop` ran.
@@ -736,7 +737,75 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_ssh_pools_races_resumes_after_a_k
     let r = ws.record("s.c");
     assert!(r.live_machines().next().is_none(), "{r:?}");
     assert_eq!(r.members.len(), 4, "{r:?}");
-    nothing_left();
+    assert_nothing_left(&h, &ws);
+}
+
+/// The variants of a cluster test on ssh pools race on one cluster, its node host and its
+/// load driver leased once: each variant installs a node of its own on that host with the real
+/// esrally (its own car, installation and Rally home), races it, and stops it before the
+/// next starts its own; each variant's node log comes home with its results, and nothing is
+/// left running or leased.
+#[test]
+fn the_variants_of_a_cluster_test_on_ssh_race_in_turn_on_one_cluster_with_nodes_of_their_own() {
+    use support::providers::Workspace;
+
+    let h = Harness::start_connected(2);
+    let (node, driver) = (&h.instance_ips[0], &h.instance_ips[1]);
+    let mut ws = Workspace::ssh(&h, "cluster-variants", std::slice::from_ref(driver));
+    let remote = h.node_home.join("rallyctl");
+    ws.remote = Some(remote.clone());
+    h.put_es_double_distribution_in(node, &remote.join("distributions"), ES_VERSION);
+    let test = format!(
+        "cluster = {{ nodes = 1, distribution_version = \"{ES_VERSION}\", \
+         team_path = \"{ES_DOUBLE_TEAM}\", hosts = [\"{node}:{}\"] }}\n\
+         [[suite.test.variant]]\nname = \"a\"\ncar = \"defaults\"\n\
+         [[suite.test.variant]]\nname = \"b\"\ncar = \"4gheap\"",
+        h.ssh_port
+    );
+    let plan = ws.plan(&[("s", &[("c", &test)])]);
+    as_cluster_plan(&plan, &remote);
+    let plan = plan.to_str().unwrap();
+
+    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("Apply complete: 2 completed, 0 failed."),
+        "{stdout}"
+    );
+    let (a, b) = (ws.record("s.c-a"), ws.record("s.c-b"));
+    for (name, r) in [("a", &a), ("b", &b)] {
+        ws.assert_collected(&format!("s.c-{name}"));
+        let [member] = &r.members[..] else {
+            panic!("{name}: {:?}", r.members)
+        };
+        assert_eq!(support::providers::host_ip(&member.machine.id), *node);
+        assert_eq!(ws.ip_of(r), *driver);
+        let log = "nodes/node-0/logs/server/rally-benchmark.log";
+        let file = (r.results.iter())
+            .find(|f| f.path.ends_with(log))
+            .unwrap_or_else(|| panic!("{name}: {log} not recorded: {:?}", r.results));
+        let text = std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap();
+        assert!(
+            text.contains(" /_bulk "),
+            "{name}'s node served no bulk:\n{text}"
+        );
+    }
+    // One cluster, two installations on it, one after the other.
+    assert_eq!(
+        a.machine.as_ref().unwrap().id,
+        b.machine.as_ref().unwrap().id
+    );
+    assert_ne!(a.members[0].role, b.members[0].role);
+    assert_ne!(a.members[0].machine.run_dir, b.members[0].machine.run_dir);
+    let race_times = |r: &rallyctl::state::TestRecord| {
+        let file = (r.results.iter()).find(|f| f.path.ends_with("race.json"));
+        let text = std::fs::read_to_string(ws.dir.path().join(&file.unwrap().path)).unwrap();
+        let race: serde_json::Value = serde_json::from_str(&text).unwrap();
+        race["race-timestamp"].as_str().unwrap().to_owned()
+    };
+    assert!(race_times(&a) < race_times(&b), "a raced after b");
+    assert_nothing_left(&h, &ws);
 }
 
 /// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on aws (moto,

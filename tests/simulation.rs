@@ -31,9 +31,9 @@ use rallyctl::ui::Progress;
 use rallyctl::walk::{self, ApplyOptions, ApplyReport};
 
 /// Two suites: a plain test, one that races twice on its machine, a cluster of two nodes
-/// racing twice from its own machine, and a test of two variants sharing one, racing twice
-/// each (interleaved); every machine but a cluster's may go on to a later suite's test (warm
-/// reuse). A machine ends itself `max_runtime` after it was got or renewed.
+/// whose two variants (each its own car) race twice each on it from one machine of their own,
+/// and a test of two variants sharing one machine, racing twice each (interleaved); every
+/// machine but a cluster's may go on to a later suite's test (warm reuse). A machine ends itself `max_runtime` after it was got or renewed.
 const PLAN: &str = r#"version = 1
 name = "sim"
 [defaults]
@@ -57,6 +57,12 @@ repetitions = 2
 name = "t5"
 repetitions = 2
 cluster = { nodes = 2, instance_type = "r5.large", distribution_version = "8.15.0" }
+[[suite.test.variant]]
+name = "p"
+car = "4gheap"
+[[suite.test.variant]]
+name = "q"
+car = "8gheap"
 [[suite]]
 name = "b"
 [[suite.test]]
@@ -526,6 +532,10 @@ impl Seed<'_> {
         if !unknown.is_empty() {
             return Err(format!("commands no simulated machine knows: {unknown:?}"));
         }
+        let clashes = self.world.clashes();
+        if !clashes.is_empty() {
+            return Err(format!("nodes started where another's ran: {clashes:?}"));
+        }
         Ok(())
     }
 }
@@ -788,7 +798,18 @@ mod as_it_is {
     ///   at launching, not for one stopped racing without a machine, and `destroy` did not look
     ///   there (`TestRecord::stopped_getting_a_machine`; `state::tests::an_attempt_without_a_
     ///   machine_at_any_step_may_have_got_one_unnamed`).
-    const DEFECT_SEEDS: &[u64] = &[99, 143, 490, 1469, 68390];
+    /// - 141: a cluster test's variant resumed at installing had started its nodes before
+    ///   the crash, and the other variant's turn came first: its nodes found the ports taken
+    ///   (`lifecycle::stop_waiting`; `walk::tests::a_resumed_cluster_variants_started_nodes_
+    ///   are_ended_before_the_other_starts_its_own`).
+    /// - 2996: one variant of a cluster test raced alone (`--target`) while the other's nodes
+    ///   still ran on their cluster (`lifecycle::share_machine`'s outsiders; `walk::tests::
+    ///   a_variant_raced_alone_ends_what_the_other_left_running_on_their_cluster`).
+    /// - 4164: a variant given its group's cluster again named each node twice, released and
+    ///   held, and giving it back released the first again: the node stayed held
+    ///   (`TestRecord::mark_machine_released`; `state::tests::a_member_held_again_after_its_
+    ///   release_is_released_and_billed_once`).
+    const DEFECT_SEEDS: &[u64] = &[99, 141, 143, 490, 1469, 2996, 4164, 68390];
 
     #[test]
     fn seeds_that_found_defects_pass() {

@@ -7,23 +7,23 @@
 //! and on each other driver. The race runs on the test's machine against every node
 //! (`race.sh start RACE_ID TARGET_HOSTS [LOAD_DRIVER_HOSTS]`). After it each node is stopped
 //! (`esrally stop`, which writes the node's telemetry) with its logs brought home, and the
-//! daemons stop; everything is given back with the test's own machine.
+//! daemons stop; everything is given back with the test's own machine. The variants of a
+//! cluster test race on one cluster ([`share_members`]), each with nodes of its own.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{
-    Conn, Ctx, Failure, Stop, answers, failed, failure, reachable, record_of, results_dir, run_with,
-};
+use super::{Conn, Ctx, Failure, Stop, answers, failed, failure, reachable, record_of, run_with};
 use crate::address::Address;
 use crate::plan::{Settings, Test};
 use crate::provider::Provider;
 use crate::remote::{self, RemoteError, tail};
-use crate::state::{Member, ResultFile, Role, Step, TestRecord};
+use crate::state::{Member, ResultFile, Role, State, Step, TestRecord};
 use crate::templates::{Artifacts, NodeCommand, cluster_target_hosts, shell_quote};
 
 /// How long a node may take to be installed and started: `esrally install` may download the
@@ -57,6 +57,21 @@ impl Slot {
             | (Slot::Driver(i), Role::Driver { index }) => i == index,
             _ => false,
         }
+    }
+
+    /// The slot a machine of `role` fills.
+    fn of(role: &Role) -> Slot {
+        match *role {
+            Role::Node { index, .. } => Slot::Node(index),
+            Role::Driver { index } => Slot::Driver(index),
+        }
+    }
+
+    /// Where the member in this slot runs, below the run directory of the record holding it:
+    /// its Rally home, so that stopping the run there (a released host of a pool) stops the
+    /// Elasticsearch or the daemon it started.
+    fn run_dir(self, test_run_dir: &str) -> String {
+        format!("{test_run_dir}/{}", self.name())
     }
 
     /// The role a machine got for this slot is recorded with: a node's installation id is
@@ -133,10 +148,7 @@ pub(super) async fn acquire_members<P: Provider>(ctx: &Ctx<P>, test: &Test) -> R
                 test.address, machine.id
             ));
         }
-        // The member's own directory, below the test's: its Rally home, so that stopping the
-        // run there (a released host of a pool) stops the Elasticsearch or the daemon it
-        // started.
-        machine.run_dir = Some(format!("{run_dir}/{name}"));
+        machine.run_dir = Some(slot.run_dir(run_dir));
         machine.usd_per_hour = ctx.prices.usd_per_hour(&settings, machine.spot);
         ctx.state.record(&test.address, |r| {
             r.members.push(Member {
@@ -147,6 +159,44 @@ pub(super) async fn acquire_members<P: Provider>(ctx: &Ctx<P>, test: &Test) -> R
         })?;
     }
     Ok(())
+}
+
+/// The variants of a cluster test race on one cluster, as on one machine: the members the
+/// group's machine was got with, in `owner`'s record, are recorded in every other record of
+/// `group` that does not hold its own yet, in the same update that records the group's
+/// machine there. Each in a directory below that record's run directory, under a new
+/// installation id: every variant installs and starts its own nodes, with its own car and
+/// release, on the same machines.
+pub(super) fn share_members(s: &mut State, owner: &Address, group: &[&Test]) {
+    let Some(shared) = s.tests.get(owner).map(|r| {
+        (r.members.iter())
+            .filter(|m| m.machine.released_at.is_none())
+            .cloned()
+            .collect::<Vec<_>>()
+    }) else {
+        return;
+    };
+    for test in group.iter().filter(|t| &t.address != owner) {
+        let Some(r) = s.tests.get_mut(&test.address) else {
+            continue;
+        };
+        let Some(run_dir) = r.live_machine().and_then(|m| m.run_dir.clone()) else {
+            continue;
+        };
+        for theirs in &shared {
+            let slot = Slot::of(&theirs.role);
+            if member(r, slot).is_some() {
+                continue;
+            }
+            let mut machine = theirs.machine.clone();
+            machine.run_dir = Some(slot.run_dir(&run_dir));
+            r.members.push(Member {
+                role: slot.role(),
+                machine,
+                peer_address: theirs.peer_address.clone(),
+            });
+        }
+    }
 }
 
 /// Booting (and before every later step that needs them): waits until each member runs and
@@ -446,71 +496,70 @@ async fn daemon<P: Provider>(
 }
 
 /// Collecting, before the race's own files: at once, stops every node (`esrally stop`, which
-/// writes the node's telemetry) and brings its logs home into `nodes/<node>/` of the race's
-/// results, and stops every other load driver's daemon; then the daemon of the test's own
+/// writes the node's telemetry) and brings its logs home into `<logs>/<node>/` when asked
+/// to, and stops every other load driver's daemon; then the daemon of the test's own
 /// machine (`conn`), which coordinated them. The nodes' files, sha256 included.
 pub(super) async fn stop_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     conn: &Conn,
-    record: &TestRecord,
+    logs: Option<&Path>,
 ) -> Result<Vec<ResultFile>, Stop> {
     if test.settings.cluster.is_none() {
         return Ok(vec![]);
     }
     let step = Step::Collecting;
     let held = reach_members(ctx, test, step).await?;
-    let dir = results_dir(ctx, test, record).join("nodes");
-    let collected = all(held.iter().map(|member| {
-        let dir = &dir;
-        async move {
-            let installation_id = match member.role {
-                Role::Node {
-                    installation_id, ..
-                } => installation_id,
-                Role::Driver { .. } => {
-                    daemon(
-                        ctx,
-                        &member.settings,
-                        &member.conn,
-                        &member.name(),
-                        Daemon::Stop,
-                        step,
-                    )
-                    .await?;
-                    return Ok(vec![]);
-                }
-            };
-            let (name, id) = (member.name(), installation_id.to_string());
-            let stop = NodeCommand::Stop {
-                installation_id: &id,
-            };
-            let stop = node_sh(member, stop, step)?;
-            node_command(ctx, member, &stop, STOP_TIMEOUT, step, "did not stop").await?;
-            let collect = NodeCommand::Collect {
-                installation_id: &id,
-                name: &name,
-            };
-            let collect = node_sh(member, collect, step)?;
-            let bytes = run_with(
-                &ctx.provider,
-                &ctx.cancel,
-                &member.settings,
-                &member.conn,
-                &collect,
-                b"",
-                STOP_TIMEOUT,
-                step,
-            )
-            .await?;
-            let into = dir.join(&name);
-            crate::collect::unpack(&bytes, &into).map_err(|e| {
-                failed(
+    let collected = all(held.iter().map(|member| async move {
+        let installation_id = match member.role {
+            Role::Node {
+                installation_id, ..
+            } => installation_id,
+            Role::Driver { .. } => {
+                daemon(
+                    ctx,
+                    &member.settings,
+                    &member.conn,
+                    &member.name(),
+                    Daemon::Stop,
                     step,
-                    format!("cannot store {name}'s logs in {}: {e}", into.display()),
                 )
-            })
-        }
+                .await?;
+                return Ok(vec![]);
+            }
+        };
+        let (name, id) = (member.name(), installation_id.to_string());
+        let stop = NodeCommand::Stop {
+            installation_id: &id,
+        };
+        let stop = node_sh(member, stop, step)?;
+        node_command(ctx, member, &stop, STOP_TIMEOUT, step, "did not stop").await?;
+        let Some(logs) = logs else {
+            return Ok(vec![]);
+        };
+        let collect = NodeCommand::Collect {
+            installation_id: &id,
+            name: &name,
+        };
+        let collect = node_sh(member, collect, step)?;
+        let bytes = run_with(
+            &ctx.provider,
+            &ctx.cancel,
+            &member.settings,
+            &member.conn,
+            &collect,
+            b"",
+            STOP_TIMEOUT,
+            step,
+        )
+        .await?;
+        let into = logs.join(&name);
+        crate::collect::unpack(&bytes, &into).map_err(|e| {
+            failed(
+                step,
+                format!("cannot store {name}'s logs in {}: {e}", into.display()),
+            )
+        })
     }))
     .await;
     let mut files = Vec::new();

@@ -98,7 +98,6 @@ impl Fake {
         false
     }
 
-    /// How the machine `id` is reached: this machine, or the simulation's.
     /// Where the machines of one test reach the machine `id`: an address of the loopback of
     /// its own (Linux routes all of 127.0.0.0/8 there), so that a cluster's nodes, all on this
     /// machine, each listen on their port, in whichever test of the process.
@@ -112,6 +111,7 @@ impl Fake {
         address.clone()
     }
 
+    /// How the machine `id` is reached: this machine, or the simulation's.
     fn endpoint(&self, _id: &str) -> Endpoint {
         #[cfg(feature = "simulation")]
         if self.world.is_some() {
