@@ -1711,7 +1711,7 @@ async fn keep_failure<P: Provider>(
     // A cluster's nodes and daemons may run from installing on. They are stopped, so that the
     // group's next variant finds their ports free (not one of them answering in its place),
     // and their logs come home with the race's.
-    let members_run = test.settings.cluster.is_some() && (raced || f.step == Step::Installing);
+    let members_run = test.settings.cluster.is_some() && f.step == Step::Installing;
     if (raced || members_run) && !ctx.cancel.is_cancelled() {
         const RACE: &str = "the failed race's logs cannot be brought home";
         const MEMBERS: &str = "the cluster's nodes cannot be stopped, nor their logs brought home";

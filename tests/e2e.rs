@@ -481,7 +481,9 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
         "the kept instance is not running"
     );
     // Something `ingest.a`'s race left running on the kept instance, as Rally's own would: a
-    // process that names that race's run directory, and its child that names nothing.
+    // process that names that race's run directory, and its child that names nothing. Without
+    // `--norc`, bash started under sshd reads ~/.bashrc first, which on a loaded machine with
+    // pyenv's init in it took over a minute to get to `sleep`.
     let ip = kept.address.clone().unwrap();
     let left = format!("{}/report.csv", kept.run_dir.clone().unwrap());
     let (key, public) = support::generate_key_pair(run.dir.path(), "leftover");
@@ -490,7 +492,7 @@ fn a_reused_instance_passes_to_the_next_suite_even_across_a_killed_apply() {
         .harness
         .ssh_command(&key, &ip)
         .arg(format!(
-            "setsid nohup bash -c 'sleep 600; :' {left} >/dev/null 2>&1 </dev/null &"
+            "setsid nohup bash --norc -c 'sleep 600; :' {left} >/dev/null 2>&1 </dev/null &"
         ))
         .status()
         .unwrap();
