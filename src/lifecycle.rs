@@ -1624,8 +1624,7 @@ async fn collect<P: Provider>(
     conn: &Conn,
     record: &TestRecord,
 ) -> Result<(), Stop> {
-    let logs = results_dir(ctx, test, record).join("nodes");
-    let nodes = cluster::stop_members(ctx, test, conn, Some(&logs)).await?;
+    let nodes = cluster::stop_members(ctx, test, conn, record).await?;
     let mut files = bring_home(ctx, test, conn, record).await?;
     files.extend(nodes);
     let report = crate::collect::report(&files)
@@ -1721,8 +1720,7 @@ async fn keep_failure<P: Provider>(
                 true => bring_home(ctx, test, &conn, &record).await,
                 false => Ok(vec![]),
             };
-            let logs = results_dir(ctx, test, &record).join("nodes");
-            let members = cluster::stop_members(ctx, test, &conn, Some(&logs)).await;
+            let members = cluster::stop_members(ctx, test, &conn, &record).await;
             Ok::<_, Stop>(vec![(RACE, race), (MEMBERS, members)])
         };
         let first = if raced { RACE } else { MEMBERS };

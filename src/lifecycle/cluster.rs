@@ -11,14 +11,15 @@
 //! cluster test race on one cluster ([`share_members`]), each with nodes of its own.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{Conn, Ctx, Failure, Stop, answers, failed, failure, reachable, record_of, run_with};
+use super::{
+    Conn, Ctx, Failure, Stop, answers, failed, failure, reachable, record_of, results_dir, run_with,
+};
 use crate::address::Address;
 use crate::plan::{Settings, Test};
 use crate::provider::Provider;
@@ -496,20 +497,21 @@ async fn daemon<P: Provider>(
 }
 
 /// Collecting, before the race's own files: at once, stops every node (`esrally stop`, which
-/// writes the node's telemetry) and brings its logs home into `<logs>/<node>/` when asked
-/// to, and stops every other load driver's daemon; then the daemon of the test's own
+/// writes the node's telemetry) and brings its logs home into `nodes/<node>/` of the race's
+/// results, and stops every other load driver's daemon; then the daemon of the test's own
 /// machine (`conn`), which coordinated them. The nodes' files, sha256 included.
 pub(super) async fn stop_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
     conn: &Conn,
-    logs: Option<&Path>,
+    record: &TestRecord,
 ) -> Result<Vec<ResultFile>, Stop> {
     if test.settings.cluster.is_none() {
         return Ok(vec![]);
     }
     let step = Step::Collecting;
     let held = reach_members(ctx, test, step).await?;
+    let logs = &results_dir(ctx, test, record).join("nodes");
     let collected = all(held.iter().map(|member| async move {
         let installation_id = match member.role {
             Role::Node {
@@ -534,9 +536,6 @@ pub(super) async fn stop_members<P: Provider>(
         };
         let stop = node_sh(member, stop, step)?;
         node_command(ctx, member, &stop, STOP_TIMEOUT, step, "did not stop").await?;
-        let Some(logs) = logs else {
-            return Ok(vec![]);
-        };
         let collect = NodeCommand::Collect {
             installation_id: &id,
             name: &name,
