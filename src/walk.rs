@@ -373,6 +373,8 @@ case "$1" in
     fi
     shift
     echo "start $*" >> "$here/daemons"
+    mkdir -p "$RALLY_HOME/.rally/logs"
+    echo "actor system started: $*" >> "$RALLY_HOME/.rally/logs/rally.log"
     setsid nohup "$0" serve < /dev/null > /dev/null 2>&1 &
     echo $! > "$pid";;
   serve) while sleep 1; do :; done;;
@@ -2048,6 +2050,18 @@ esac
             ));
         }
         assert_eq!(noted(&bench, "load-drivers"), hosts);
+        // Each race's results hold each further driver's Rally log, its own daemon's words.
+        for race in r.finished() {
+            for driver in ["driver-1", "driver-2"] {
+                let log = format!("drivers/{driver}/rally.log");
+                let file = (race.results.iter())
+                    .find(|f| f.path.ends_with(&log))
+                    .unwrap_or_else(|| panic!("{driver}: {:?}", race.results));
+                let text = std::fs::read_to_string(&file.path).unwrap();
+                let own = format!("--node-ip={} ", peer(driver));
+                assert!(text.contains(&own), "{driver}: {text}");
+            }
+        }
         assert!(daemon_processes(bench.dir.path()).is_empty());
         assert!(node_processes(bench.dir.path()).is_empty());
     }

@@ -711,6 +711,13 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_ssh_pools_races_resumes_after_a_k
         drivers,
         "each driver sent load"
     );
+    // The further driver's Rally log came home: what its share of the race did.
+    let log = "drivers/driver-1/rally.log";
+    assert!(
+        r.results.iter().any(|f| f.path.ends_with(log)),
+        "{log} not recorded: {:?}",
+        r.results
+    );
 
     assert_nothing_left(&h, &ws);
 
@@ -809,12 +816,10 @@ fn the_variants_of_a_cluster_test_on_ssh_race_in_turn_on_one_cluster_with_nodes_
 }
 
 /// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on aws (moto,
-/// through EC2 Instance Connect as the node user): five instances launched, the nodes of their
-/// own instance type, each member tagged with its role, the cluster raced from both drivers
-/// under Rally's daemon. Killed (SIGKILL) mid-race, then `destroy`: all five terminated and
-/// billed, nothing left running.
-#[test]
-fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_whole() {
+/// through EC2 Instance Connect as the node user), killed (SIGKILL) once the race runs under
+/// Rally's daemon on both drivers: the run, its plan, and where on the instances its Rally
+/// homes lie.
+fn aws_cluster_killed_mid_race() -> (support::run::Run, String, PathBuf) {
     let run = support::run::Run {
         harness: Harness::start_connected(5),
         dir: tempfile::tempdir().unwrap(),
@@ -834,9 +839,9 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
     let plan = run.plan(&[("s", &[("c", &cluster)])]);
     as_cluster_plan(&plan, &remote);
     one_client_per_driver(h, &plan, 2);
-    let plan = plan.to_str().unwrap();
+    let plan = plan.to_str().unwrap().to_owned();
     let started = Instant::now();
-    let mut apply = run.spawn("apply", &["apply", plan, "--auto-approve"]);
+    let mut apply = run.spawn("apply", &["apply", &plan, "--auto-approve"]);
     run.wait_for_status("s.c", "racing", Duration::from_secs(900));
     let racing = |ip: &String| {
         (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains("bin/esrally race"))
@@ -855,18 +860,21 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
     apply.wait().unwrap();
     let r = run.record("s.c");
     assert_eq!(r.status.label(), "racing", "{r:?}");
+    assert_eq!(r.members.len(), 4, "{r:?}");
     let daemons = (h.instance_ips.iter())
         .filter(|ip| {
             (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains(".rally/esrallyd"))
         })
         .count();
     assert_eq!(daemons, 2, "a daemon on each driver");
+    (run, plan, remote)
+}
 
-    let out = run.rallyctl(&["destroy", plan, "--auto-approve"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-
-    // Five instances: the drivers, and a node each of the nodes' type, tagged with its role.
+/// Five instances launched: the drivers, and a node each of the nodes' type, each member
+/// tagged with its role; all terminated, each billed, each reached by the others at its
+/// private address.
+fn assert_five_given_back(run: &support::run::Run) {
+    let h = &run.harness;
     let instances = h.instances();
     assert_eq!(instances.len(), 5, "{instances:?}");
     assert_eq!(run.launches(), 5);
@@ -894,7 +902,6 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
     let r = run.record("s.c");
     assert!(r.live_machines().next().is_none(), "{r:?}");
     assert_eq!(r.spent.len(), 5, "every instance billed: {:?}", r.spent);
-    // Each member was reached by the others at its private address.
     for m in &r.members {
         let peer = m.peer_address.as_deref().unwrap_or_default();
         assert!(h.instance_ips.iter().any(|ip| ip == peer), "{m:?}");
@@ -914,4 +921,67 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// On aws, killed mid-race, then `destroy`: all five instances terminated and billed, nothing
+/// left running.
+#[test]
+fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_whole() {
+    let (run, plan, _) = aws_cluster_killed_mid_race();
+    let out = run.rallyctl(&["destroy", &plan, "--auto-approve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_five_given_back(&run);
+}
+
+/// On aws, killed mid-race, then `apply` again: the same race on the same five instances,
+/// re-attached rather than started again (its pid file untouched, no instance launched), the
+/// nodes' logs and the further driver's Rally log brought home, and all five given back with
+/// nothing left running.
+#[test]
+fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_resumes_on_its_instances() {
+    let (run, plan, _) = aws_cluster_killed_mid_race();
+    let h = &run.harness;
+    let before = run.record("s.c");
+    let run_dir = PathBuf::from(before.machine.as_ref().unwrap().run_dir.clone().unwrap());
+    let pid_file = (h.instance_ips.iter())
+        .map(|ip| h.host_path(ip, &run_dir.join("race.pid")))
+        .find(|p| p.exists())
+        .expect("no instance holds the race's pid file");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+
+    let out = run.rallyctl(&["apply", &plan, "--auto-approve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("s.c will be resumed at racing"), "{stdout}");
+    assert!(
+        stdout.contains("Apply complete: 1 completed, 0 failed."),
+        "{stdout}"
+    );
+    let after = run.record("s.c");
+    assert_eq!(after.race_id, before.race_id);
+    let machines = |r: &rallyctl::state::TestRecord| {
+        (r.machine.iter().chain(r.members.iter().map(|m| &m.machine)))
+            .map(|m| m.id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(machines(&after), machines(&before));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        pid,
+        "the race was started again"
+    );
+    for log in [
+        "nodes/node-0/logs/server/rally-benchmark.log",
+        "nodes/node-1/logs/server/rally-benchmark.log",
+        "nodes/node-2/logs/server/rally-benchmark.log",
+        "drivers/driver-1/rally.log",
+    ] {
+        assert!(
+            after.results.iter().any(|f| f.path.ends_with(log)),
+            "{log} not recorded: {:?}",
+            after.results
+        );
+    }
+    assert_five_given_back(&run);
 }

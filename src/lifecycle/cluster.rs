@@ -498,8 +498,9 @@ async fn daemon<P: Provider>(
 
 /// Collecting, before the race's own files: at once, stops every node (`esrally stop`, which
 /// writes the node's telemetry) and brings its logs home into `nodes/<node>/` of the race's
-/// results, and stops every other load driver's daemon; then the daemon of the test's own
-/// machine (`conn`), which coordinated them. The nodes' files, sha256 included.
+/// results, and stops every other load driver's daemon and brings its Rally log home into
+/// `drivers/<driver>/`; then the daemon of the test's own machine (`conn`), which coordinated
+/// them. The members' files, sha256 included.
 pub(super) async fn stop_members<P: Provider>(
     ctx: &Ctx<P>,
     test: &Test,
@@ -511,36 +512,42 @@ pub(super) async fn stop_members<P: Provider>(
     }
     let step = Step::Collecting;
     let held = reach_members(ctx, test, step).await?;
-    let logs = &results_dir(ctx, test, record).join("nodes");
+    let results = &results_dir(ctx, test, record);
     let collected = all(held.iter().map(|member| async move {
-        let installation_id = match member.role {
+        let name = member.name();
+        let (collect, into) = match member.role {
             Role::Node {
                 installation_id, ..
-            } => installation_id,
+            } => {
+                let id = installation_id.to_string();
+                let stop = NodeCommand::Stop {
+                    installation_id: &id,
+                };
+                let stop = node_sh(member, stop, step)?;
+                node_command(ctx, member, &stop, STOP_TIMEOUT, step, "did not stop").await?;
+                let collect = NodeCommand::Collect {
+                    installation_id: &id,
+                    name: &name,
+                };
+                (node_sh(member, collect, step)?, results.join("nodes"))
+            }
+            // A driver's Rally log says what its share of the race did; its own race.sh
+            // collects it, as the coordinator's does the race's.
             Role::Driver { .. } => {
                 daemon(
                     ctx,
                     &member.settings,
                     &member.conn,
-                    &member.name(),
+                    &name,
                     Daemon::Stop,
                     step,
                 )
                 .await?;
-                return Ok(vec![]);
+                let run_dir = super::quoted_run_dir(&member.conn, step)?;
+                let collect = format!("bash {run_dir}/race.sh collect");
+                (collect, results.join("drivers"))
             }
         };
-        let (name, id) = (member.name(), installation_id.to_string());
-        let stop = NodeCommand::Stop {
-            installation_id: &id,
-        };
-        let stop = node_sh(member, stop, step)?;
-        node_command(ctx, member, &stop, STOP_TIMEOUT, step, "did not stop").await?;
-        let collect = NodeCommand::Collect {
-            installation_id: &id,
-            name: &name,
-        };
-        let collect = node_sh(member, collect, step)?;
         let bytes = run_with(
             &ctx.provider,
             &ctx.cancel,
@@ -552,7 +559,7 @@ pub(super) async fn stop_members<P: Provider>(
             step,
         )
         .await?;
-        let into = logs.join(&name);
+        let into = into.join(&name);
         crate::collect::unpack(&bytes, &into).map_err(|e| {
             failed(
                 step,

@@ -638,6 +638,21 @@ impl<'n> Loader<'_, '_> {
             if let (Some(suite), Some(test), Some((settings, repeat, reuse))) =
                 (&suite_name, test_name, merged)
             {
+                // Warm reuse hands on one machine; a cluster's nodes and drivers are given
+                // back with their test. Refused rather than ignored, so no plan reads as
+                // reusing what it does not.
+                if reuse && settings.cluster.is_some() {
+                    let written = ["reuse_instances", "cluster"]
+                        .into_iter()
+                        .find_map(|key| get(entries, key).map(|e| &e.key_span));
+                    self.sink.error_with_help(
+                        written.unwrap_or(&test_node.span),
+                        test_field.key("reuse_instances"),
+                        "`reuse_instances = true` with `cluster`: warm reuse hands on a single machine, and a cluster's nodes and load drivers are given back when its test ends",
+                        "set `reuse_instances = false` on this test or its suite, or leave out `cluster`",
+                    );
+                    continue;
+                }
                 let address = Address::new(suite.clone(), test).expect("names were checked");
                 tests.push(Test {
                     address,
@@ -1222,6 +1237,47 @@ mod tests {
         }
     }
 
+    /// Warm reuse of a cluster test is refused, not ignored: where the test writes
+    /// `reuse_instances`, else its `cluster`, else at the test that inherits both; once per
+    /// test of a matrix; its variants, which take no machine from another test, are not.
+    #[test]
+    fn warm_reuse_of_a_cluster_test_is_refused_where_it_is_written() {
+        let text = "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\nreuse_instances = true\n\
+             [[suite]]\nname = \"s\"\n\
+             [[suite.test]]\nname = \"own\"\ncluster = { nodes = 2 }\nreuse_instances = true\n\
+             [[suite.test]]\nname = \"inherits\"\ncluster = { nodes = 2 }\n\
+             [[suite.test]]\nname = \"off\"\ncluster = { nodes = 2 }\nreuse_instances = false\n\
+             [[suite.test]]\nname = \"single\"\n\
+             [[suite.test]]\nname = \"m\"\nmatrix = { car = [\"a\", \"b\"] }\ncluster = { nodes = 2 }\n\
+             [[suite.test]]\nname = \"v\"\ncluster = { nodes = 2 }\nreuse_instances = false\n\
+             [[suite.test.variant]]\nname = \"a\"\ncar = \"a\"\n[[suite.test.variant]]\nname = \"b\"\ncar = \"b\"\n\
+             [[suite]]\nname = \"whole\"\ncluster = { nodes = 2 }\n[[suite.test]]\nname = \"t\"\n";
+        let errors = Plan::parse(Path::new("c.toml"), text).unwrap_err();
+        let found: Vec<(&str, usize, usize)> = (errors.diagnostics.iter())
+            .map(|d| (d.field.as_str(), d.line, d.column))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("suite[0].test[0].reuse_instances", 15, 1),
+                ("suite[0].test[1].reuse_instances", 18, 1),
+                ("suite[0].test[4].reuse_instances", 28, 1),
+                ("suite[1].test[0].reuse_instances", 42, 1),
+            ],
+            "{errors}"
+        );
+        assert!(
+            errors.diagnostics[0]
+                .message
+                .contains("warm reuse hands on a single machine"),
+            "{errors}"
+        );
+        let without = text.replace("reuse_instances = true", "reuse_instances = false");
+        let plan = Plan::parse(Path::new("c.toml"), &without).unwrap();
+        assert!(plan.tests().all(|t| !t.reuse));
+    }
+
     /// A cluster is a typed setting of `[defaults]`, a suite or a test, a test's table merged
     /// key by key over the one it inherits; its nodes' instance type is the test's unless it
     /// names one; it reaches the canonical JSON only when set, and `load_drivers = 1` hashes as
@@ -1232,7 +1288,7 @@ mod tests {
             Path::new("c.toml"),
             "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
              instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\ncluster = { nodes = 3, car = \"4gheap\", car_params = { heap = \"4g\" } }\n\
-             reuse_instances = true\n[[suite]]\nname = \"s\"\nload_drivers = 2\ncluster = { instance_type = \"r6i.xlarge\" }\n\
+             [[suite]]\nname = \"s\"\nload_drivers = 2\ncluster = { instance_type = \"r6i.xlarge\" }\n\
              [[suite.test]]\nname = \"inherits\"\n\
              [[suite.test]]\nname = \"five\"\ncluster = { nodes = 5, car_params = { gc = \"g1\" } }\nload_drivers = 1\n\
              [[suite]]\nname = \"plain\"\n[[suite.test]]\nname = \"own\"\ncluster = { nodes = 1 }\n\
@@ -1245,7 +1301,6 @@ mod tests {
         assert_eq!(cluster(0).instance_type.as_deref(), Some("r6i.xlarge"));
         assert_eq!(tests[0].settings.load_drivers.get(), 2);
         assert_eq!(tests[0].settings.machines(), 5);
-        assert!(!tests[0].reuse, "a cluster is handed on by no warm reuse");
         assert_eq!(cluster(1).nodes.get(), 5);
         assert_eq!(cluster(1).car.as_deref(), Some("4gheap"));
         let params: Vec<&str> = cluster(1).car_params.iter().map(|(k, _)| k).collect();

@@ -224,9 +224,7 @@ impl Loader<'_, '_> {
             load_drivers,
             machine,
         };
-        // Warm reuse hands on one machine; a cluster's are not handed on (yet).
-        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)))
-            && settings.cluster.is_none();
+        let reuse = matches!(m[const { at("reuse_instances") }], Some(Val::Bool(true)));
         Some((settings, repeat, reuse))
     }
 

@@ -361,7 +361,7 @@ pub(super) const SETTINGS: [Decl; 42] = [
         ..decl(
             "reuse_instances",
             Ty::Bool,
-            "warm reuse: when the test finishes, its instance may go on to a test of a later suite that asks for the same machine (every aws setting alike: AMI, instance type, region, subnets, security groups, tags, SSH user and port) instead of being terminated and another launched. `plan` says which tests hand on to which. Not part of the config hash. Variants keep their group's machine; a test with a `cluster` takes and hands on none (yet)",
+            "warm reuse: when the test finishes, its instance may go on to a test of a later suite that asks for the same machine (every aws setting alike: AMI, instance type, region, subnets, security groups, tags, SSH user and port) instead of being terminated and another launched. `plan` says which tests hand on to which. Not part of the config hash. Variants keep their group's machine; with a `cluster`, refused (a cluster's machines are given back with its test)",
         )
         .read_by(Readers::AWS)
         .default(Default::Shown("false"))
