@@ -100,13 +100,21 @@ impl Fake {
 
     /// Where the machines of one test reach the machine `id`: an address of the loopback of
     /// its own (Linux routes all of 127.0.0.0/8 there), so that a cluster's nodes, all on this
-    /// machine, each listen on their port, in whichever test of the process.
+    /// machine, each listen on their port, in whichever test of the process and whichever
+    /// process: a test runner may run each test in a process of its own, all at once
+    /// ([`process_octet`]). A simulated machine's address is only a name, the same in every
+    /// process, so that a seed replays alike.
     fn peer_address(&self, id: &str) -> String {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let octet = if self.is_simulated() {
+            0
+        } else {
+            process_octet()
+        };
         let mut peers = self.peers.lock().unwrap();
         let address = peers.entry(id.to_owned()).or_insert_with(|| {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            format!("127.0.{}.{}", 1 + n / 250, 1 + n % 250)
+            format!("127.{octet}.{}.{}", 1 + n / 250, 1 + n % 250)
         });
         address.clone()
     }
@@ -481,4 +489,28 @@ impl Provider for Fake {
         found.sort_by(|a, b| a.machine.id.cmp(&b.machine.id));
         Ok(found)
     }
+}
+
+/// The second octet of this process's fake machines' addresses (127.X.0.0/16), which no other
+/// live process holds: claimed by an exclusive lock on a file per octet, held while the
+/// process lives (the kernel lets go of it when the process dies). From 100 up, clear of the
+/// e2e harness's subnets (127.0.0.0/16).
+fn process_octet() -> u8 {
+    static CLAIMED: std::sync::OnceLock<(u8, std::fs::File)> = std::sync::OnceLock::new();
+    let (octet, _) = CLAIMED.get_or_init(|| {
+        let dir = std::env::temp_dir().join("rallyctl-fake-peers");
+        std::fs::create_dir_all(&dir).expect("create the fake machines' lock directory");
+        (100..=254)
+            .find_map(|octet| {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(format!("{octet}.lock")))
+                    .expect("open a fake machines' octet lock");
+                file.try_lock().is_ok().then_some((octet, file))
+            })
+            .unwrap_or_else(|| panic!("every octet lock in {} is held", dir.display()))
+    });
+    *octet
 }

@@ -17,7 +17,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use rallyctl::address::Address;
@@ -30,13 +29,22 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a whole apply may take before the test gives up on it (and kills it).
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
 
-static LOCAL: Mutex<()> = Mutex::new(());
-
 /// Held by a test racing on this machine (`local`): such races run one at a time, since
 /// Rally's actor system needs 127.0.0.1:1900 of this machine's network namespace to itself.
-/// (Races inside instances have network namespaces of their own.)
-pub fn local_races_one_at_a_time() -> MutexGuard<'static, ()> {
-    LOCAL.lock().unwrap_or_else(|e| e.into_inner())
+/// (Races inside instances have network namespaces of their own.) An exclusive lock on a file,
+/// not a mutex: a test runner may run the tests of one binary, or of several, in processes of
+/// their own, all at once; the kernel lets go of it when the process dies.
+pub fn local_races_one_at_a_time() -> std::fs::File {
+    let path = std::env::temp_dir().join("rallyctl-e2e-local-races.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
 }
 
 /// A PID namespace standing for "this machine" to one workspace's rallyctl: PID 1 a reaper
