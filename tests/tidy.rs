@@ -48,6 +48,7 @@ const RULES: &[Rule] = &[
     the_simulation_stays_in_its_seams,
     no_ignored_tests,
     no_dbg,
+    tests_share_nothing_through_a_static_lock,
 ];
 
 /// Today's violations, each with why it stands. The tidy test fails when one no longer occurs,
@@ -394,6 +395,26 @@ fn no_dbg(src: &Source) -> Vec<Violation> {
     every_line_with(src, DBG, "debugging output left behind")
 }
 
+/// A lock in a static guards only the tests of one process; nextest runs each test in a process
+/// of its own, all at once (ARCHITECTURE.md, Tests).
+fn tests_share_nothing_through_a_static_lock(src: &Source) -> Vec<Violation> {
+    if !src.path.starts_with("tests/") {
+        return vec![];
+    }
+    code_lines(&src.text)
+        .filter(|(_, code)| {
+            let code = code.trim_start();
+            code.starts_with("static ") && (code.contains("Mutex") || code.contains("RwLock"))
+        })
+        .map(|(line, code)| Violation {
+            path: src.path.clone(),
+            line,
+            found: code.trim().to_owned(),
+            why: "tests run in processes of their own, all at once: what they share is guarded by a file lock the kernel drops with its process, not a static of one binary",
+        })
+        .collect()
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -606,6 +627,27 @@ fn ignored_tests_and_dbg_are_caught() {
         [format!("1: {IGNORE}")]
     );
     assert_eq!(check(no_dbg, "src/walk.rs", &text), [format!("3: {DBG}")]);
+}
+
+#[test]
+fn a_static_lock_in_the_tests_is_caught() {
+    let text = "use std::sync::Mutex;\nstatic LOCAL: Mutex<()> = Mutex::new(());\n    static N: AtomicUsize = AtomicUsize::new(0);\n";
+    assert_eq!(
+        check(
+            tests_share_nothing_through_a_static_lock,
+            "tests/support/providers.rs",
+            text
+        ),
+        ["2: static LOCAL: Mutex<()> = Mutex::new(());"]
+    );
+    assert!(
+        check(
+            tests_share_nothing_through_a_static_lock,
+            "src/walk.rs",
+            text
+        )
+        .is_empty()
+    );
 }
 
 #[test]

@@ -102,15 +102,17 @@ impl Remote {
         Ok(Some(state))
     }
 
-    /// Writes `state` over the version last seen, or where there is none, first keeping that
-    /// version as the backup. The backup is copied inside the store, so a write uploads the
-    /// state once; the copy is conditional too, so a state written by another since is found
-    /// before anything is uploaded.
-    pub fn save(&self, state: &mut State) -> Result<(), StateError> {
+    /// [`save_with`](Self::save_with) for a state written whole: what the tests here write.
+    #[cfg(test)]
+    fn save(&self, state: &mut State) -> Result<(), StateError> {
         self.save_with(state, &mut Written::default())
     }
 
-    /// [`save`](Self::save), serializing only the records that changed since `written`.
+    /// Writes `state` over the version last seen, or where there is none, first keeping that
+    /// version as the backup, serializing only the records that changed since `written`. The
+    /// backup is copied inside the store, so a write uploads the state once; the copy is
+    /// conditional too, so a state written by another since is found before anything is
+    /// uploaded.
     pub fn save_with(&self, state: &mut State, written: &mut Written) -> Result<(), StateError> {
         let mut seen = self.seen.lock().expect("seen");
         let overwritten = || StateError::Overwritten {
