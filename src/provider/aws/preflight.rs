@@ -1,22 +1,35 @@
 //! Before planning: what the plan's aws tests name, checked against the account, as Terraform
 //! refreshes before it plans. Each finding is a [`Problem`] that `plan` places at the plan
 //! file's line and column, so nothing is paid for before the plan could launch.
+//!
+//! By job: this file looks the account up ([`Account`]) and checks each test against it;
+//! [`quota`] reads the region's vCPU quota; [`ports`] checks a cluster's security groups;
+//! [`dry_run`](mod@dry_run) asks EC2 whether each launch would be taken; [`cost_facts`]
+//! answers the cost estimate.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aws_config::retry::RetryConfig;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::types::{InstanceType, IpPermission, LocationType};
 
-use super::instances::{LaunchRequest, run_request};
+use super::instances::LaunchRequest;
 use super::{
     FILTER_VALUES, TAG_ATTEMPT, TAG_LINEAGE, TAG_RUN, TAG_TEST, TAG_WORKSPACE, check_credentials,
     err, id_filter,
 };
-use crate::cost::{DEFAULT_VOLUME_TYPE, RootVolume};
 use crate::plan::{AwsSettings, Connect, Market, Ports, Subnets};
 use crate::provider::{Limit, Preflight, Problem, ProviderError};
+
+mod cost_facts;
+mod dry_run;
+mod ports;
+mod quota;
+pub use cost_facts::CostFacts;
+use dry_run::dry_run;
+use ports::missing_ports;
+use quota::standard_quota;
+pub(super) use quota::{STANDARD_QUOTA_NAME, is_standard};
 
 /// One aws test as the preflight checks it: its settings, and the ports its machines must reach
 /// one another on (a cluster's; none for a test of one machine).
@@ -98,190 +111,6 @@ pub async fn preflight(checked: &[Checked<'_>]) -> Result<Preflight, ProviderErr
         .sort_by(|a, b| (a.keys, &a.value, &a.message).cmp(&(b.keys, &b.value, &b.message)));
     found.problems.dedup();
     Ok(found)
-}
-
-/// What the cost estimate asks of EC2 ([`crate::cost::Ec2`]): an image's root volume, an
-/// instance type's spot price now.
-pub struct CostFacts {
-    base: SdkConfig,
-}
-
-impl CostFacts {
-    /// With the standard chain's credentials, and as few attempts as the preflight's.
-    pub async fn from_env() -> CostFacts {
-        CostFacts {
-            base: aws_config::defaults(BehaviorVersion::latest())
-                .retry_config(RetryConfig::standard().with_max_attempts(3))
-                .load()
-                .await,
-        }
-    }
-
-    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        aws_sdk_ec2::Client::from_conf(
-            aws_sdk_ec2::config::Builder::from(&self.base)
-                .region(Region::new(region.to_owned()))
-                .build(),
-        )
-    }
-}
-
-impl crate::cost::Ec2 for CostFacts {
-    type Error = ProviderError;
-
-    async fn root_volume(
-        &self,
-        region: &str,
-        image: &str,
-    ) -> Result<Option<RootVolume>, ProviderError> {
-        let out = self
-            .ec2(region)
-            .describe_images()
-            .filters(id_filter("image-id", &[image.to_owned()]))
-            .include_deprecated(true)
-            .send()
-            .await
-            .map_err(|e| err("DescribeImages", region, e))?;
-        Ok(out.images().first().and_then(root_volume_of))
-    }
-
-    async fn spot_price(&self, key: &crate::cost::Key) -> Result<Option<f64>, ProviderError> {
-        // From now: EC2 answers with the price in effect now in each zone.
-        let mut pages = self
-            .ec2(&key.region)
-            .describe_spot_price_history()
-            .instance_types(InstanceType::from(&*key.instance_type))
-            .product_descriptions("Linux/UNIX")
-            .start_time(aws_sdk_ec2::primitives::DateTime::from(
-                std::time::SystemTime::now(),
-            ))
-            .into_paginator()
-            .send();
-        let mut cheapest: Option<f64> = None;
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| err("DescribeSpotPriceHistory", &key.region, e))?;
-            for price in page.spot_price_history() {
-                if let Some(usd) = price.spot_price().and_then(|p| p.parse::<f64>().ok()) {
-                    cheapest = Some(cheapest.map_or(usd, |c| c.min(usd)));
-                }
-            }
-        }
-        Ok(cheapest)
-    }
-}
-
-/// The root device's EBS mapping of `image`: its size and type (gp3 where it names none).
-fn root_volume_of(image: &aws_sdk_ec2::types::Image) -> Option<RootVolume> {
-    let root = image.root_device_name()?;
-    let ebs = (image.block_device_mappings().iter())
-        .find(|m| m.device_name() == Some(root))?
-        .ebs()?;
-    Some(RootVolume {
-        gib: u32::try_from(ebs.volume_size()?).ok()?,
-        volume_type: ebs
-            .volume_type()
-            .map_or(DEFAULT_VOLUME_TYPE, |t| t.as_str())
-            .to_owned(),
-    })
-}
-
-/// Service Quotas' code of EC2's running On-Demand vCPUs of the standard families, named in
-/// `VcpuLimitExceeded` errors and in plan's warning.
-pub(super) const STANDARD_QUOTA: &str = "L-1216C47A";
-pub(super) const STANDARD_QUOTA_NAME: &str = "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances vCPU quota (Service Quotas L-1216C47A)";
-
-/// Whether an instance type counts against [`STANDARD_QUOTA`]: the families A, C, D, H, I, M,
-/// R, T and Z (their letters before the generation; `inf`, `dl`, `hpc`, `trn` and `mac` are
-/// families of their own with their own quotas, as are F, G, P, VT, X and U).
-pub(super) fn is_standard(instance_type: &str) -> bool {
-    let family: String = instance_type
-        .chars()
-        .take_while(|c| c.is_ascii_lowercase())
-        .collect();
-    matches!(
-        &*family,
-        "a" | "c" | "d" | "h" | "i" | "im" | "is" | "m" | "r" | "t" | "z"
-    )
-}
-
-/// The region's [`STANDARD_QUOTA`] and the vCPUs its running and pending On-Demand instances
-/// of the standard families hold; `Err` says why the quota could not be read (Service Quotas
-/// refused, or does not know it), which leaves the plan unchecked rather than failed.
-async fn standard_quota(
-    base: &SdkConfig,
-    ec2: &aws_sdk_ec2::Client,
-    region: &str,
-    account: &Account,
-) -> Result<Result<(u64, u64), String>, ProviderError> {
-    let quotas = aws_sdk_servicequotas::Client::from_conf(
-        aws_sdk_servicequotas::config::Builder::from(base)
-            .region(Region::new(region.to_owned()))
-            .build(),
-    );
-    let quota = match quotas
-        .get_service_quota()
-        .service_code("ec2")
-        .quota_code(STANDARD_QUOTA)
-        .send()
-        .await
-    {
-        Ok(out) => match out.quota().and_then(|q| q.value()) {
-            Some(v) => v as u64,
-            None => {
-                return Ok(Err(format!(
-                    "{region}'s {STANDARD_QUOTA_NAME} was not checked: Service Quotas named no value"
-                )));
-            }
-        },
-        Err(e) => {
-            return Ok(Err(format!(
-                "{region}'s {STANDARD_QUOTA_NAME} was not checked: {}",
-                err("GetServiceQuota", region, e)
-            )));
-        }
-    };
-    let mut running: Vec<String> = Vec::new();
-    let mut pages = ec2
-        .describe_instances()
-        .filters(id_filter(
-            "instance-state-name",
-            &["pending".to_owned(), "running".to_owned()],
-        ))
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| err("DescribeInstances", region, e))?;
-        running.extend(
-            page.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                // Spot and scheduled instances count against quotas of their own.
-                .filter(|i| i.instance_lifecycle().is_none())
-                .filter_map(|i| i.instance_type())
-                .map(|t| t.as_str().to_owned())
-                .filter(|t| is_standard(t)),
-        );
-    }
-    let unknown: Vec<String> = {
-        let mut u: Vec<String> = running
-            .iter()
-            .filter(|t| !account.types.contains_key(*t))
-            .cloned()
-            .collect();
-        u.sort();
-        u.dedup();
-        u
-    };
-    let more = instance_types(ec2, region, &unknown).await?;
-    let vcpus = |t: &String| {
-        account
-            .types
-            .get(t)
-            .or_else(|| more.get(t))
-            .and_then(|i| i.vcpus)
-            .unwrap_or(0)
-    };
-    Ok(Ok((quota, running.iter().map(vcpus).sum())))
 }
 
 /// What one region of the account holds of what the plan names.
@@ -596,6 +425,8 @@ impl Account {
 
     /// The vCPUs the test's instance takes of [`STANDARD_QUOTA`]: none for spot (a quota of its
     /// own; a fall back to on-demand after a reclaim is not counted) or another family.
+    ///
+    /// [`STANDARD_QUOTA`]: quota::STANDARD_QUOTA
     fn standard_vcpus(&self, s: &AwsSettings) -> u64 {
         match (&s.market, is_standard(&s.instance_type)) {
             (Market::OnDemand, true) => self
@@ -657,65 +488,6 @@ impl Account {
 
 const SUBNET_KEYS: &[&str] = &["subnet_id", "subnet_ids"];
 
-/// The `ports` that none of `rules` (the inbound rules of a test's security groups) opens to
-/// the test's own machines for TCP: a rule counts from one of `groups` (the machines carry
-/// them all), from a CIDR block holding every one of `subnets` (the CIDR blocks the machines
-/// may launch in; unknown: `None`), or from anywhere; a range counts when rules cover all of it.
-fn missing_ports<'p>(
-    rules: &[&IpPermission],
-    groups: &[&str],
-    subnets: Option<&[&str]>,
-    ports: &'p [Ports],
-) -> Vec<&'p Ports> {
-    let from_us = |r: &IpPermission| {
-        (r.user_id_group_pairs().iter()).any(|p| p.group_id().is_some_and(|g| groups.contains(&g)))
-            || (r.ip_ranges().iter())
-                .filter_map(|ip| ip.cidr_ip())
-                .any(|cidr| {
-                    cidr_holds(cidr, "0.0.0.0/0")
-                        || subnets
-                            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| cidr_holds(cidr, s)))
-                })
-    };
-    let mut open: Vec<(u32, u32)> = (rules.iter())
-        .filter(|r| from_us(r))
-        .filter_map(|r| match r.ip_protocol()? {
-            "-1" => Some((0, u32::from(u16::MAX))),
-            "tcp" | "6" => Some((
-                u32::try_from(r.from_port()?).ok()?,
-                u32::try_from(r.to_port()?).ok()?,
-            )),
-            _ => None,
-        })
-        .collect();
-    open.sort_unstable();
-    let covered = |p: &Ports| {
-        let (mut next, end) = (u32::from(*p.range.start()), u32::from(*p.range.end()));
-        for &(from, to) in &open {
-            if from <= next && to >= next {
-                next = to + 1;
-            }
-        }
-        next > end
-    };
-    ports.iter().filter(|p| !covered(p)).collect()
-}
-
-/// Whether the IPv4 CIDR block `outer` holds all of `inner`; anything unreadable holds nothing.
-fn cidr_holds(outer: &str, inner: &str) -> bool {
-    let parse = |cidr: &str| -> Option<(u32, u32)> {
-        let (ip, len) = cidr.split_once('/')?;
-        let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-        let len: u32 = len.parse().ok().filter(|&l| l <= 32)?;
-        Some((u32::from(ip), len))
-    };
-    let (Some((outer, o_len)), Some((inner, i_len))) = (parse(outer), parse(inner)) else {
-        return false;
-    };
-    let mask = u32::MAX.checked_shl(32 - o_len).unwrap_or(0);
-    o_len <= i_len && outer & mask == inner & mask
-}
-
 /// Instance types per DescribeInstanceTypes call that EC2 accepts.
 const TYPES_PER_CALL: usize = 100;
 
@@ -766,274 +538,4 @@ async fn instance_types(
         }
     }
     Ok(found)
-}
-
-impl LaunchRequest {
-    /// What makes two launches the same to EC2's checks (permissions, AMI, type, subnet).
-    fn key(&self) -> LaunchKey {
-        (
-            self.ami.clone(),
-            self.instance_type.clone(),
-            self.subnets.clone(),
-            self.security_group_ids.clone(),
-            self.spot.clone(),
-            self.tags.clone(),
-        )
-    }
-}
-
-type LaunchKey = (
-    String,
-    String,
-    Vec<Option<String>>,
-    Vec<String>,
-    Option<Option<String>>,
-    BTreeMap<String, String>,
-);
-
-/// RunInstances of `launch` with `DryRun`: EC2 answers `DryRunOperation` when the launch would
-/// be taken, else why not (`UnauthorizedOperation` with an encoded reason, a parameter it
-/// refuses), as a problem at the test's AMI.
-async fn dry_run(
-    base: &SdkConfig,
-    ec2: &aws_sdk_ec2::Client,
-    launch: &LaunchRequest,
-    s: &AwsSettings,
-) -> Result<Option<Problem>, ProviderError> {
-    let region = &launch.region;
-    let subnet = &launch.subnets[0];
-    let e = match run_request(ec2, launch, subnet, launch.spot.as_ref())
-        .dry_run(true)
-        .send()
-        .await
-    {
-        Ok(_) => return Ok(None),
-        Err(e) => e,
-    };
-    let what = format!(
-        "launch {} as {} {}",
-        launch.ami,
-        launch.instance_type,
-        match subnet {
-            Some(id) => format!("in {id}"),
-            None => format!("in {region}'s default VPC"),
-        }
-    );
-    let message = match (e.code(), e.message()) {
-        (Some("DryRunOperation"), _) => return Ok(None),
-        (Some("UnauthorizedOperation"), message) => format!(
-            "this identity may not {what} (RunInstances with DryRun: UnauthorizedOperation): {}",
-            unauthorized_reason(base, region, message.unwrap_or_default()).await
-        ),
-        (Some(code), message) => format!(
-            "EC2 would refuse to {what} (RunInstances with DryRun): {code}: {}",
-            message.unwrap_or("no message")
-        ),
-        // No answer from EC2 (network, credentials): the check itself failed.
-        (None, _) => return Err(err("RunInstances (DryRun)", region, e)),
-    };
-    Ok(Some(Problem {
-        keys: if s.base_ami.is_some() {
-            &["base_ami"]
-        } else {
-            &["ami"]
-        },
-        value: s.named_ami().to_owned(),
-        message,
-    }))
-}
-
-/// EC2 ends an `UnauthorizedOperation` message with this and the encoded reason.
-const ENCODED: &str = "Encoded authorization failure message: ";
-
-/// Why EC2 refused: the encoded reason decoded through STS where this identity may
-/// (`sts:DecodeAuthorizationMessage`), else the command that decodes it.
-async fn unauthorized_reason(base: &SdkConfig, region: &str, message: &str) -> String {
-    let Some((_, encoded)) = message.split_once(ENCODED) else {
-        return message.to_owned();
-    };
-    let sts = aws_sdk_sts::Client::from_conf(
-        aws_sdk_sts::config::Builder::from(base)
-            .region(Region::new(region.to_owned()))
-            .build(),
-    );
-    let encoded = encoded.trim();
-    match sts
-        .decode_authorization_message()
-        .encoded_message(encoded)
-        .send()
-        .await
-    {
-        Ok(out) => {
-            let decoded = out.decoded_message().unwrap_or_default();
-            decoded_reason(decoded).unwrap_or_else(|| decoded.to_owned())
-        }
-        Err(e) => format!(
-            "EC2's reason is encoded, and this identity may not decode it ({}); an identity with sts:DecodeAuthorizationMessage may: `aws sts decode-authorization-message --encoded-message {encoded} --query DecodedMessage --output text`",
-            err("DecodeAuthorizationMessage", region, e).message
-        ),
-    }
-}
-
-/// A decoded authorization message in one line: who may not do what on which resource, and
-/// whether a policy denies it or none allows it.
-fn decoded_reason(decoded: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(decoded).ok()?;
-    let context = &v["context"];
-    let action = context["action"].as_str()?;
-    let who = context["principal"]["arn"]
-        .as_str()
-        .unwrap_or("this identity");
-    let resource = context["resource"].as_str().unwrap_or("*");
-    let why = if v["explicitDeny"].as_bool() == Some(true) {
-        "a policy denies it explicitly"
-    } else {
-        "no policy allows it"
-    };
-    Some(format!("{who} may not {action} on {resource}: {why}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_standard_families_count_against_the_standard_vcpu_quota() {
-        for t in [
-            "m5.large",
-            "c7gn.xlarge",
-            "r7iz.large",
-            "t3.micro",
-            "i4i.large",
-            "im4gn.large",
-            "is4gen.large",
-            "d3en.xlarge",
-            "z1d.large",
-            "a1.large",
-            "h1.2xlarge",
-            "m7i-flex.large",
-        ] {
-            assert!(is_standard(t), "{t}");
-        }
-        for t in [
-            "g5.xlarge",
-            "p4d.24xlarge",
-            "inf2.xlarge",
-            "dl1.24xlarge",
-            "trn1.2xlarge",
-            "hpc7g.4xlarge",
-            "x2iedn.xlarge",
-            "u-6tb1.metal",
-            "mac2.metal",
-            "f1.2xlarge",
-            "vt1.3xlarge",
-        ] {
-            assert!(!is_standard(t), "{t}");
-        }
-    }
-
-    #[test]
-    fn a_cluster_port_is_open_from_the_group_itself_a_cidr_holding_the_subnets_or_anywhere() {
-        use aws_sdk_ec2::types::{IpRange, UserIdGroupPair};
-        let rule = |protocol: &str, from: i32, to: i32| {
-            IpPermission::builder()
-                .ip_protocol(protocol)
-                .from_port(from)
-                .to_port(to)
-        };
-        let from_group = |r: aws_sdk_ec2::types::builders::IpPermissionBuilder, g: &str| {
-            r.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).build())
-                .build()
-        };
-        let from_cidr = |r: aws_sdk_ec2::types::builders::IpPermissionBuilder, c: &str| {
-            r.ip_ranges(IpRange::builder().cidr_ip(c).build()).build()
-        };
-        let ports = [
-            Ports {
-                range: 9200..=9200,
-                what: "http",
-            },
-            Ports {
-                range: 1900..=1900,
-                what: "actor",
-            },
-            Ports {
-                range: crate::plan::Cluster::ACTOR_PORTS,
-                what: "actors",
-            },
-        ];
-        let groups = ["sg-a", "sg-b"];
-        let subnets = ["10.0.1.0/24", "10.0.2.0/24"];
-        let missing = |rules: &[IpPermission], subnets: Option<&[&str]>| -> Vec<&str> {
-            let rules: Vec<&IpPermission> = rules.iter().collect();
-            (missing_ports(&rules, &groups, subnets, &ports).iter())
-                .map(|p| p.what)
-                .collect()
-        };
-        let all = vec!["http", "actor", "actors"];
-        let known = Some(&subnets[..]);
-
-        assert_eq!(missing(&[], known), all);
-        // All traffic from the group itself (the default group's rule), from the other group.
-        assert!(missing(&[from_group(rule("-1", -1, -1), "sg-a")], known).is_empty());
-        assert!(missing(&[from_group(rule("-1", -1, -1), "sg-b")], known).is_empty());
-        assert_eq!(
-            missing(&[from_group(rule("-1", -1, -1), "sg-other")], known),
-            all
-        );
-        // Ranges: each port's whole range must be open, across rules.
-        let tcp_self = |from, to| from_group(rule("tcp", from, to), "sg-a");
-        assert_eq!(
-            missing(&[tcp_self(9200, 9300), tcp_self(1900, 1900)], known),
-            ["actors"]
-        );
-        assert_eq!(
-            missing(&[tcp_self(9200, 9200), tcp_self(32768, 50000)], known),
-            ["actor", "actors"]
-        );
-        assert!(
-            missing(
-                &[
-                    tcp_self(1900, 1900),
-                    tcp_self(9200, 9200),
-                    tcp_self(40000, 60999),
-                    tcp_self(32768, 40000),
-                ],
-                known
-            )
-            .is_empty()
-        );
-        assert!(missing(&[from_group(rule("6", 1024, 65535), "sg-a")], known).is_empty());
-        // UDP opens nothing a cluster uses.
-        assert_eq!(
-            missing(&[from_group(rule("udp", 0, 65535), "sg-a")], known),
-            all
-        );
-        // A CIDR block counts when it holds every subnet the machines may launch in.
-        let cidr = |c| from_cidr(rule("tcp", 1024, 65535), c);
-        assert!(missing(&[cidr("10.0.0.0/16")], known).is_empty());
-        assert_eq!(missing(&[cidr("10.0.1.0/24")], known), all);
-        assert_eq!(missing(&[cidr("10.1.0.0/16")], known), all);
-        assert_eq!(missing(&[cidr("10.0.0.0/16")], None), all);
-        // From anywhere holds every subnet, known or not.
-        assert!(missing(&[cidr("0.0.0.0/0")], None).is_empty());
-        assert!(missing(&[from_cidr(rule("-1", -1, -1), "0.0.0.0/0")], known).is_empty());
-
-        assert!(cidr_holds("127.0.0.0/16", "127.0.7.0/24"));
-        assert!(!cidr_holds("127.0.7.0/24", "127.0.0.0/16"));
-        assert!(cidr_holds("10.0.1.0/24", "10.0.1.0/24"));
-        assert!(!cidr_holds("not a cidr", "10.0.1.0/24"));
-    }
-
-    #[test]
-    fn a_decoded_authorization_message_reads_as_who_may_not_do_what_and_why() {
-        let decoded = r#"{"allowed":false,"explicitDeny":true,"matchedStatements":{"items":[]},"failures":{"items":[]},"context":{"principal":{"id":"AIDA","arn":"arn:aws:iam::1:user/ci"},"action":"ec2:RunInstances","resource":"arn:aws:ec2:eu-west-1:1:instance/*","conditions":{"items":[]}}}"#;
-        assert_eq!(
-            decoded_reason(decoded).as_deref(),
-            Some(
-                "arn:aws:iam::1:user/ci may not ec2:RunInstances on arn:aws:ec2:eu-west-1:1:instance/*: a policy denies it explicitly"
-            )
-        );
-        assert_eq!(decoded_reason("not json"), None);
-    }
 }
