@@ -566,6 +566,18 @@ fn is_node_or_rally(cmd: &str) -> bool {
         || cmd.contains(".rally/esrallyd")
 }
 
+/// What an apply again of the killed cluster test `s.c` printed: it resumed the test at racing
+/// and completed it.
+fn assert_resumed_at_racing_and_completed(out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("s.c will be resumed at racing"), "{stdout}");
+    assert!(
+        stdout.contains("Apply complete: 1 completed, 0 failed."),
+        "{stdout}"
+    );
+}
+
 /// Nothing of a race or a cluster runs on any instance of `h`, and none is leased in `ws`.
 fn assert_nothing_left(h: &Harness, ws: &support::providers::Workspace) {
     for ip in &h.instance_ips {
@@ -639,14 +651,7 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_ssh_pools_races_resumes_after_a_k
         assert!(running, "{ip}: Rally's daemon died with rallyctl");
     }
 
-    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("s.c will be resumed at racing"), "{stdout}");
-    assert!(
-        stdout.contains("Apply complete: 1 completed, 0 failed."),
-        "{stdout}"
-    );
+    assert_resumed_at_racing_and_completed(&ws.rallyctl(&["apply", plan, "--auto-approve"]));
     ws.assert_collected("s.c");
     let after = ws.record("s.c");
     // The same race on the same machines and nodes: re-attached, not started again.
@@ -950,14 +955,7 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_resumes_on_it
         .expect("no instance holds the race's pid file");
     let pid = std::fs::read_to_string(&pid_file).unwrap();
 
-    let out = run.rallyctl(&["apply", &plan, "--auto-approve"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("s.c will be resumed at racing"), "{stdout}");
-    assert!(
-        stdout.contains("Apply complete: 1 completed, 0 failed."),
-        "{stdout}"
-    );
+    assert_resumed_at_racing_and_completed(&run.rallyctl(&["apply", &plan, "--auto-approve"]));
     let after = run.record("s.c");
     assert_eq!(after.race_id, before.race_id);
     let machines = |r: &rallyctl::state::TestRecord| {
