@@ -1250,7 +1250,7 @@ mod tests {
              [[suite.test]]\nname = \"off\"\ncluster = { nodes = 2 }\nreuse_instances = false\n\
              [[suite.test]]\nname = \"single\"\n\
              [[suite.test]]\nname = \"m\"\nmatrix = { car = [\"a\", \"b\"] }\ncluster = { nodes = 2 }\n\
-             [[suite.test]]\nname = \"v\"\ncluster = { nodes = 2 }\nreuse_instances = false\n\
+             [[suite.test]]\nname = \"v\"\ncluster = { nodes = 2 }\n\
              [[suite.test.variant]]\nname = \"a\"\ncar = \"a\"\n[[suite.test.variant]]\nname = \"b\"\ncar = \"b\"\n\
              [[suite]]\nname = \"whole\"\ncluster = { nodes = 2 }\n[[suite.test]]\nname = \"t\"\n";
         let errors = Plan::parse(Path::new("c.toml"), text).unwrap_err();
@@ -1263,7 +1263,7 @@ mod tests {
                 ("suite[0].test[0].reuse_instances", 15, 1),
                 ("suite[0].test[1].reuse_instances", 18, 1),
                 ("suite[0].test[4].reuse_instances", 28, 1),
-                ("suite[1].test[0].reuse_instances", 42, 1),
+                ("suite[1].test[0].reuse_instances", 41, 1),
             ],
             "{errors}"
         );
