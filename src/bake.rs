@@ -225,7 +225,8 @@ pub async fn bake(ctx: &Ctx<'_>, w: &Wanted) -> Result<String, BakeError> {
     }
 }
 
-/// The bake instance's test: the first test asking, launched from the base AMI.
+/// The bake instance's test: the first test asking, launched from the base AMI, alone (a
+/// cluster's placement group is its test's, made when the test launches).
 fn launch_like(test: &Test) -> Test {
     let mut like = test.clone();
     if let MachineSettings::Aws(a) = &mut like.settings.machine {
@@ -233,6 +234,7 @@ fn launch_like(test: &Test) -> Test {
             id,
             installed: None,
         });
+        a.placement_group = None;
     }
     like
 }

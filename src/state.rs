@@ -315,6 +315,10 @@ pub struct Machine {
     pub subnet: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The EC2 placement group it was launched into (`placement_group`): the last of a test's
+    /// instances to be given back deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_group: Option<String>,
     /// The address rallyctl connects to, once the machine has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -738,6 +742,7 @@ impl Machine {
             region: None,
             subnet: None,
             zone: None,
+            placement_group: None,
             address: None,
             lease: None,
             run_dir: None,

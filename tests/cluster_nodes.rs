@@ -16,6 +16,7 @@ use support::Harness;
 use support::cluster::{
     ES_DOUBLE_TEAM, as_cluster_plan, as_node_user, one_client_per_driver, thread_each,
 };
+use support::fault_proxy::FaultProxy;
 
 const ES_VERSION: &str = "8.15.0";
 
@@ -824,11 +825,15 @@ fn the_variants_of_a_cluster_test_on_ssh_race_in_turn_on_one_cluster_with_nodes_
 /// through EC2 Instance Connect as the node user), killed (SIGKILL) once the race runs under
 /// Rally's daemon on both drivers: the run, its plan, and where on the instances its Rally
 /// homes lie.
-fn aws_cluster_killed_mid_race() -> (support::run::Run, String, PathBuf) {
+/// A cluster of three nodes and two drivers in a placement group, on aws (moto has no
+/// placement groups: every call goes through a fault proxy with `faults`, which answers them
+/// as EC2 does), killed mid-race; the run, the plan and the proxy.
+fn aws_cluster_killed_mid_race(faults: &[&str]) -> (support::run::Run, String, FaultProxy) {
     let run = support::run::Run {
         harness: Harness::start_connected(5),
         dir: tempfile::tempdir().unwrap(),
     };
+    let proxy = run.proxy(faults);
     let h = &run.harness;
     h.allow_cluster_ports();
     // Which instance becomes which is EC2's to say: every one has the distribution.
@@ -839,14 +844,18 @@ fn aws_cluster_killed_mid_race() -> (support::run::Run, String, PathBuf) {
     let cluster = format!(
         "cluster = {{ nodes = 3, instance_type = \"r5.large\", car = \"4gheap\", \
          distribution_version = \"{ES_VERSION}\", team_path = \"{ES_DOUBLE_TEAM}\" }}\n\
-         load_drivers = 2"
+         load_drivers = 2\nplacement_group = \"cluster\""
     );
     let plan = run.plan(&[("s", &[("c", &cluster)])]);
     as_cluster_plan(&plan, &remote);
     one_client_per_driver(h, &plan, 2);
     let plan = plan.to_str().unwrap().to_owned();
     let started = Instant::now();
-    let mut apply = run.spawn("apply", &["apply", &plan, "--auto-approve"]);
+    let mut apply = run.spawn_with_env(
+        "apply",
+        &["apply", &plan, "--auto-approve"],
+        &[("AWS_ENDPOINT_URL", &proxy.url)],
+    );
     run.wait_for_status("s.c", "racing", Duration::from_secs(900));
     let racing = |ip: &String| {
         (h.instance_processes(ip).into_iter()).any(|(_, c)| c.contains("bin/esrally race"))
@@ -872,15 +881,32 @@ fn aws_cluster_killed_mid_race() -> (support::run::Run, String, PathBuf) {
         })
         .count();
     assert_eq!(daemons, 2, "a daemon on each driver");
-    (run, plan, remote)
+    (run, plan, proxy)
 }
 
 /// Five instances launched: the drivers, and a node each of the nodes' type, each member
-/// tagged with its role; all terminated, each billed, each reached by the others at its
-/// private address.
-fn assert_five_given_back(run: &support::run::Run) {
+/// tagged with its role, all five in the test's placement group; all terminated, each billed,
+/// each reached by the others at its private address; the group deleted.
+fn assert_five_given_back(run: &support::run::Run, proxy: &FaultProxy) {
     let h = &run.harness;
     let instances = h.instances();
+    let report = proxy.report();
+    let deleted = report["deleted_placement_groups"].as_array().unwrap();
+    assert_eq!(deleted.len(), 1, "{report}");
+    assert_eq!(
+        report["placement_groups"],
+        serde_json::json!({}),
+        "{report}"
+    );
+    let group = deleted[0]["name"].as_str().unwrap();
+    let mut ids: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(deleted[0]["instances"], serde_json::json!(ids), "{report}");
+    let r = run.record("s.c");
+    let recorded: Vec<_> = (r.machine.iter().chain(r.members.iter().map(|m| &m.machine)))
+        .map(|m| m.placement_group.as_deref())
+        .collect();
+    assert_eq!(recorded, [Some(group); 5], "{r:?}");
     assert_eq!(instances.len(), 5, "{instances:?}");
     assert_eq!(run.launches(), 5);
     let mut members: Vec<(Option<&str>, Option<&str>)> = (instances.iter())
@@ -904,7 +930,6 @@ fn assert_five_given_back(run: &support::run::Run) {
         instances.iter().all(|i| i.state == "terminated"),
         "{instances:?}"
     );
-    let r = run.record("s.c");
     assert!(r.live_machines().next().is_none(), "{r:?}");
     assert_eq!(r.spent.len(), 5, "every instance billed: {:?}", r.spent);
     for m in &r.members {
@@ -929,14 +954,16 @@ fn assert_five_given_back(run: &support::run::Run) {
 }
 
 /// On aws, killed mid-race, then `destroy`: all five instances terminated and billed, nothing
-/// left running.
+/// left running, the placement group deleted though EC2 first answered that it was in use.
 #[test]
 fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_whole() {
-    let (run, plan, _) = aws_cluster_killed_mid_race();
-    let out = run.rallyctl(&["destroy", &plan, "--auto-approve"]);
+    let (run, plan, proxy) =
+        aws_cluster_killed_mid_race(&["DeletePlacementGroup:InvalidPlacementGroup.InUse:2"]);
+    let out = run.through(&proxy, &["destroy", &plan, "--auto-approve"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert_five_given_back(&run);
+    assert_eq!(proxy.injected("DeletePlacementGroup"), 2);
+    assert_five_given_back(&run, &proxy);
 }
 
 /// On aws, killed mid-race, then `apply` again: the same race on the same five instances,
@@ -945,7 +972,7 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
 /// nothing left running.
 #[test]
 fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_resumes_on_its_instances() {
-    let (run, plan, _) = aws_cluster_killed_mid_race();
+    let (run, plan, proxy) = aws_cluster_killed_mid_race(&[]);
     let h = &run.harness;
     let before = run.record("s.c");
     let run_dir = PathBuf::from(before.machine.as_ref().unwrap().run_dir.clone().unwrap());
@@ -955,7 +982,9 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_resumes_on_it
         .expect("no instance holds the race's pid file");
     let pid = std::fs::read_to_string(&pid_file).unwrap();
 
-    assert_resumed_at_racing_and_completed(&run.rallyctl(&["apply", &plan, "--auto-approve"]));
+    assert_resumed_at_racing_and_completed(
+        &run.through(&proxy, &["apply", &plan, "--auto-approve"]),
+    );
     let after = run.record("s.c");
     assert_eq!(after.race_id, before.race_id);
     let machines = |r: &rallyctl::state::TestRecord| {
@@ -981,5 +1010,5 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_resumes_on_it
             after.results
         );
     }
-    assert_five_given_back(&run);
+    assert_five_given_back(&run, &proxy);
 }

@@ -17,7 +17,7 @@ const IAM_PREFIX: &[(&str, &str)] = &[
 ];
 
 /// Operations whose IAM actions are not their own name (S3's), or more than it: IAM checks
-/// `ec2:CreateTags` for the tags a launch or an image is created with.
+/// `ec2:CreateTags` for the tags a launch, an image or a placement group is created with.
 const ACTIONS: &[(&str, &[&str])] = &[
     ("s3:ListObjectsV2", &["s3:ListBucket"]),
     ("s3:HeadObject", &["s3:GetObject"]),
@@ -25,6 +25,10 @@ const ACTIONS: &[(&str, &[&str])] = &[
     ("s3:CopyObject", &["s3:GetObject", "s3:PutObject"]),
     ("ec2:RunInstances", &["ec2:RunInstances", "ec2:CreateTags"]),
     ("ec2:CreateImage", &["ec2:CreateImage", "ec2:CreateTags"]),
+    (
+        "ec2:CreatePlacementGroup",
+        &["ec2:CreatePlacementGroup", "ec2:CreateTags"],
+    ),
 ];
 
 fn root() -> PathBuf {

@@ -1331,6 +1331,44 @@ mod tests {
         assert_ne!(plain, json(2));
     }
 
+    /// `placement_group` is a suite's or a test's; it reaches the canonical JSON and the
+    /// topology only when set, and reads back; a cluster test without it hashes as before.
+    #[test]
+    fn a_placement_group_is_inherited_and_hashed_only_when_set() {
+        let plan = Plan::parse(
+            Path::new("c.toml"),
+            "version = 1\nname = \"c\"\n[defaults]\nregion = \"us-east-1\"\nami = \"ami-0a\"\n\
+             instance_type = \"c5.large\"\ntrack = \"x\"\ndistribution_version = \"8.15.0\"\ncluster = { nodes = 3 }\n\
+             [[suite]]\nname = \"placed\"\nplacement_group = \"cluster\"\n[[suite.test]]\nname = \"t\"\n\
+             [[suite]]\nname = \"plain\"\n[[suite.test]]\nname = \"t\"\n",
+        )
+        .unwrap();
+        let tests: Vec<&Test> = plan.tests().collect();
+        let aws = |i: usize| match &tests[i].settings.machine {
+            MachineSettings::Aws(a) => a.placement_group,
+            _ => panic!("an aws test"),
+        };
+        assert_eq!(aws(0), Some(super::super::Placement::Cluster));
+        assert_eq!(aws(1), None);
+        let json = |i: usize| tests[i].settings.canonical_json();
+        assert!(
+            json(0).contains("\"placement_group\": \"cluster\""),
+            "{}",
+            json(0)
+        );
+        assert!(!json(1).contains("placement"), "{}", json(1));
+        let back: Settings = serde_json::from_str(&json(0)).unwrap();
+        assert_eq!(back.machine, tests[0].settings.machine);
+        assert_eq!(
+            tests[0].settings.topology().as_deref(),
+            Some("3 × c5.large, 1 load driver × c5.large, in a cluster placement group")
+        );
+        assert_eq!(
+            tests[1].settings.topology().as_deref(),
+            Some("3 × c5.large, 1 load driver × c5.large")
+        );
+    }
+
     /// A cluster's nodes are the test's Elasticsearch: the test's car, car parameters, release
     /// and JDK are theirs where the cluster names none, the cluster's own win where it does;
     /// so a release written once in `[defaults]` serves clusters too.

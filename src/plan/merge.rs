@@ -127,6 +127,10 @@ impl Loader<'_, '_> {
                     },
                     instance_type: text(&mut m, const { at("instance_type") })?,
                     market: self.market(&mut m, span, field)?,
+                    placement_group: match m[const { at("placement_group") }] {
+                        Some(Val::Placement(p)) => Some(p),
+                        _ => None,
+                    },
                     region: text(&mut m, const { at("region") })?,
                     security_group_ids: texts(&mut m, const { at("security_group_ids") }),
                     ssh_port,
@@ -249,16 +253,28 @@ impl Loader<'_, '_> {
             Some(Val::Cluster(raw)) => raw,
             // Written wrong: reported where it is written.
             Some(_) => return None,
-            None if drivers > Settings::LOAD_DRIVERS => {
-                self.sink.error_with_help(
-                    &drivers_span,
-                    field.key("load_drivers"),
-                    "`load_drivers` is read only with `cluster`: a test without one is one machine, which drives the load itself",
-                    "set `cluster = { nodes = ... }`, or leave `load_drivers` out",
-                );
-                return None;
+            None => {
+                let mut ok = true;
+                if drivers > Settings::LOAD_DRIVERS {
+                    self.sink.error_with_help(
+                        &drivers_span,
+                        field.key("load_drivers"),
+                        "`load_drivers` is read only with `cluster`: a test without one is one machine, which drives the load itself",
+                        "set `cluster = { nodes = ... }`, or leave `load_drivers` out",
+                    );
+                    ok = false;
+                }
+                if provider == ProviderKind::Aws && m[const { at("placement_group") }].is_some() {
+                    self.sink.error_with_help(
+                        &at_key("placement_group"),
+                        field.key("placement_group"),
+                        "`placement_group` is read only with `cluster`: a test without one is one machine, which has no other to be placed near",
+                        "set `cluster = { nodes = ... }`, or leave `placement_group` out",
+                    );
+                    ok = false;
+                }
+                return ok.then_some((None, drivers));
             }
-            None => return Some((None, drivers)),
         };
         let at_cluster = field.key("cluster");
         let mut ok = true;

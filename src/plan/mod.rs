@@ -222,6 +222,25 @@ pub enum Connect {
     PrivateIp,
 }
 
+/// How EC2 places a cluster test's machines (`placement_group`): in a placement group of
+/// their own, made for the test and deleted when its last machine is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// EC2's `cluster` strategy: one Availability Zone, close together on the network, so that
+    /// the network between nodes and load drivers is not what a benchmark measures.
+    Cluster,
+}
+
+impl Placement {
+    /// EC2's name of the strategy.
+    pub fn strategy(self) -> &'static str {
+        match self {
+            Placement::Cluster => "cluster",
+        }
+    }
+}
+
 /// How an aws test's instance is bought.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Market {
@@ -564,6 +583,8 @@ pub struct AwsSettings {
     pub connect: Connect,
     pub instance_type: Text,
     pub market: Market,
+    /// With a cluster only: the placement group its nodes and load drivers launch into.
+    pub placement_group: Option<Placement>,
     pub region: Text,
     pub security_group_ids: Arc<[Text]>,
     pub ssh_port: u16,
@@ -685,6 +706,9 @@ struct FlatSettings<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on_interruption: Option<MarketKind>,
     pipeline: Option<Cow<'a, Text>>,
+    /// Written only when set (with a cluster), so that other tests hash as before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    placement_group: Option<Placement>,
     #[serde(default, skip_serializing_if = "is_aws")]
     provider: ProviderKind,
     rally_args: Cow<'a, Arc<[Text]>>,
@@ -786,6 +810,7 @@ impl<'a> From<&'a Settings> for FlatSettings<'a> {
             offline: s.offline,
             on_interruption: None,
             pipeline: lent_some(&s.pipeline),
+            placement_group: None,
             provider: s.machine.kind(),
             rally_args: lent(&s.rally_args),
             rally_config: lent(&s.rally_config),
@@ -817,6 +842,7 @@ impl<'a> From<&'a Settings> for FlatSettings<'a> {
                     flat.max_price = lent_some(&spot.max_price);
                     flat.on_interruption = Some(spot.on_interruption);
                 }
+                flat.placement_group = a.placement_group;
                 flat.region = Some(lent(&a.region));
                 flat.security_group_ids = Some(lent(&a.security_group_ids));
                 flat.ssh_port = Some(a.ssh_port);
@@ -861,6 +887,7 @@ impl TryFrom<FlatSettings<'_>> for Settings {
                     }),
                     _ => Market::OnDemand,
                 },
+                placement_group: f.placement_group,
                 region: kept(f.region).ok_or_else(|| missing("region"))?,
                 security_group_ids: kept(f.security_group_ids).unwrap_or_default(),
                 ssh_port: f.ssh_port.unwrap_or(settings::SSH_PORT),
@@ -938,7 +965,8 @@ impl Settings {
     }
 
     /// A test with a cluster's machines, as `plan` shows them: `3 × r6i.xlarge, 2 load
-    /// drivers × c5.large`; none for a test of one machine.
+    /// drivers × c5.large` (`, in a cluster placement group` with one); none for a test of
+    /// one machine.
     pub fn topology(&self) -> Option<String> {
         let c = self.cluster.as_ref()?;
         let (nodes, drivers) = (c.nodes.get(), self.load_drivers.get());
@@ -948,10 +976,14 @@ impl Settings {
         };
         Some(match &self.machine {
             MachineSettings::Aws(a) => format!(
-                "{nodes} × {}, {} × {}",
+                "{nodes} × {}, {} × {}{}",
                 c.instance_type.as_deref().unwrap_or(&a.instance_type),
                 plural(drivers, "load driver"),
-                a.instance_type
+                a.instance_type,
+                match a.placement_group {
+                    Some(p) => format!(", in a {} placement group", p.strategy()),
+                    None => String::new(),
+                }
             ),
             MachineSettings::Ssh(_) if c.hosts.is_empty() => format!(
                 "{} and {}, a host each from `hosts`",

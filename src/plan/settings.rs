@@ -23,6 +23,8 @@ pub(super) enum Ty {
     Market,
     /// Where a test races again after EC2 reclaimed its spot instance: `on_demand` or `spot`.
     Fallback,
+    /// `cluster`: EC2's placement strategy for a cluster test's machines.
+    Placement,
     /// US dollars per hour: a positive decimal, as a string or a number.
     Price,
     Provider,
@@ -198,7 +200,7 @@ impl Decl {
 }
 
 /// Every settings key, sorted by name so that a key is found by binary search.
-pub(super) const SETTINGS: [Decl; 42] = [
+pub(super) const SETTINGS: [Decl; 43] = [
     decl(
         "ami",
         Ty::Ami,
@@ -295,6 +297,15 @@ pub(super) const SETTINGS: [Decl; 42] = [
     .read_by(Readers::AWS)
     .default(Default::Shown("on_demand")),
     decl("pipeline", Ty::Str, "passed to `esrally race`"),
+    Decl {
+        written: Written::SuiteToo,
+        ..decl(
+            "placement_group",
+            Ty::Placement,
+            "with `cluster`: `\"cluster\"` launches the test's nodes and load drivers into an EC2 cluster placement group of their own (one Availability Zone, a low-latency network between them), made before the first launch and deleted when the last machine is given back. Part of the config hash and of the topology `results` shows",
+        )
+        .read_by(Readers::AWS)
+    },
     decl(
         "provider",
         Ty::Provider,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::load::{Field, Loader};
 use super::settings::{CLUSTER_KEYS, CLUSTER_NAMES, SETTINGS, Ty};
 use super::source::{Kind, Node};
-use super::{Connect, LocalPath, MarketKind, ProviderKind, RepeatOn, SortedMap, Text};
+use super::{Connect, LocalPath, MarketKind, Placement, ProviderKind, RepeatOn, SortedMap, Text};
 
 /// An EC2 id: `prefix-` and up to 17 lowercase hex digits (8 in older ids, 17 in newer).
 /// `to` as a path from `from`; both canonical.
@@ -73,6 +73,7 @@ pub(super) enum Val {
     Port(u16),
     Duration(Duration),
     Connect(Connect),
+    Placement(Placement),
     Market(MarketKind),
     Provider(ProviderKind),
     Count(NonZeroU32),
@@ -327,6 +328,13 @@ impl<'n> Loader<'_, '_> {
                     }
                 }
             }
+            Ty::Placement => self.one_of(
+                node,
+                field,
+                &[("cluster", Val::Placement(Placement::Cluster))],
+                "a placement strategy",
+                "\"cluster\" (EC2's cluster placement group)",
+            ),
             Ty::Connect => self.one_of(
                 node,
                 field,

@@ -99,6 +99,17 @@ CreateImage as EC2 has it, where moto differs:
                              with CODE `Client.InstanceTerminated` the image's instance is
                              terminated (in moto) before the CreateImage answer reaches the client
 
+Placement groups, which moto does not have:
+  CreatePlacementGroup and DeletePlacementGroup are answered here, with EC2's errors: a name
+  made before is InvalidPlacementGroup.Duplicate, an unknown one InvalidPlacementGroup.Unknown,
+  a group holding an instance that moto does not read terminated InvalidPlacementGroup.InUse.
+  A RunInstances into a group that does not exist fails with InvalidPlacementGroup.Unknown, one
+  into a group that does is forwarded and its instances are remembered as the group's (moto
+  ignores Placement.GroupName); DescribeInstances takes the filter `placement-group-name`.
+  GET /_faults lists the groups under "placement_groups" ({name: {"strategy", "tags",
+  "instances"}}) and the deleted ones under "deleted_placement_groups" ([{"name",
+  "instances"}], in order).
+
 Boots, as cloud-init has them (the harness's instances run no cloud-init of their own):
   --boot DIR                 after a RunInstances answer, each launched instance runs its user
                              data (instance.py: DIR/<private ip>/user-data); CreateImage without
@@ -352,6 +363,57 @@ def without_snapshot_tags(body):
     return urllib.parse.urlencode(kept).encode(), pairs
 
 
+def without_group_filter(body):
+    """A DescribeInstances body without its `placement-group-name` filter (moto has no
+    placement groups), the filters after it renumbered, and the group it named (or None)."""
+    fields = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    names = {}
+    for k, v in fields:
+        m = re.fullmatch(r"Filter\.(\d+)\.Name", k)
+        if m:
+            names[m.group(1)] = v
+    dropped = [n for n, v in names.items() if v == "placement-group-name"]
+    if not dropped:
+        return body, None
+    group = None
+    renumbered = {n: str(i) for i, n in enumerate(
+        sorted((n for n in names if n not in dropped), key=int), 1)}
+    kept = []
+    for k, v in fields:
+        m = re.fullmatch(r"Filter\.(\d+)\.(.*)", k)
+        if m and m.group(1) in dropped:
+            if m.group(2).startswith("Value"):
+                group = v
+            continue
+        if m:
+            k = f"Filter.{renumbered[m.group(1)]}.{m.group(2)}"
+        kept.append((k, v))
+    return urllib.parse.urlencode(kept).encode(), group
+
+
+def instance_ids(payload):
+    return {i.decode() for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload)}
+
+
+def placement_answer(action, group=None):
+    """EC2's answer to CreatePlacementGroup (of `group`) or DeletePlacementGroup."""
+    ns = "http://ec2.amazonaws.com/doc/2016-11-15/"
+    root = ET.Element(f"{action}Response", xmlns=ns)
+    ET.SubElement(root, "requestId").text = str(uuid.uuid4())
+    ET.SubElement(root, "return").text = "true"
+    if group is not None:
+        pg = ET.SubElement(root, "placementGroup")
+        for key in ("groupName", "groupId", "strategy"):
+            ET.SubElement(pg, key).text = group[key]
+        ET.SubElement(pg, "state").text = "available"
+        tags = ET.SubElement(pg, "tagSet")
+        for k, v in group["tags"].items():
+            item = ET.SubElement(tags, "item")
+            ET.SubElement(item, "key").text = k
+            ET.SubElement(item, "value").text = v
+    return 200, "text/xml;charset=UTF-8", ET.tostring(root, encoding="utf-8")
+
+
 def strip_images(payload, hidden):
     """A DescribeImages answer without the images in `hidden`."""
     root, ns = parsed(payload)
@@ -436,6 +498,9 @@ class State:
         self.purged = set()
         self.reclaimed = set()
         self.tokens = {}  # ClientToken -> (the other parameters, the RunInstances answer)
+        self.groups = {}  # placement group name -> {"groupName", "groupId", "strategy", "tags"}
+        self.group_of = {}  # instance id -> the placement group it was launched into
+        self.deleted_groups = []
 
     def unknown(self):
         """The instance ids EC2 would not know right now."""
@@ -470,6 +535,15 @@ class State:
                 "forwarded": dict(self.forwarded),
                 "held": dict(self.held),
                 "s3": list(self.s3_calls),
+                "placement_groups": {
+                    name: {
+                        "strategy": g["strategy"],
+                        "tags": g["tags"],
+                        "instances": sorted(i for i, n in self.group_of.items() if n == name),
+                    }
+                    for name, g in self.groups.items()
+                },
+                "deleted_placement_groups": list(self.deleted_groups),
             }
 
 
@@ -607,7 +681,76 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status, ctype, payload = rule.answer("X-Amz-Target" in self.headers, s3 is not None)
             self.log_message("injected %s %s for %s", status, rule.kind, action)
             return self._send(status, ctype, payload)
+        answer = self._placement_answer(action, fields)
+        if answer is not None:
+            return self._send(*answer)
+        if action == "DescribeInstances":
+            body, group = without_group_filter(body)
+            if group is not None:
+                status, ctype, payload, headers = self._forward(action, body)
+                if status == 200:
+                    with self.state.lock:
+                        outside = {i for i in instance_ids(payload)
+                                   if self.state.group_of.get(i) != group}
+                    payload = strip_instances(payload, outside)
+                return self._send(status, ctype, payload, headers)
         return self._send(*self._forward(action, body))
+
+    def _placement_answer(self, action, fields):
+        """EC2's answer to a placement group call, which moto does not have, or to a launch
+        into a group that does not exist; None for every other call."""
+        name = (fields.get("GroupName") or [None])[0]
+        st = self.state
+        if action == "CreatePlacementGroup":
+            tags = {}
+            for k, v in fields.items():
+                m = re.fullmatch(r"TagSpecification\.1\.Tag\.(\d+)\.Key", k)
+                if m:
+                    tags[v[0]] = fields.get(f"TagSpecification.1.Tag.{m.group(1)}.Value", [""])[0]
+            with st.lock:
+                if name in st.groups:
+                    return ec2_error("InvalidPlacementGroup.Duplicate",
+                                     f"The Placement Group '{name}' already exists.")
+                group = st.groups[name] = {
+                    "groupName": name,
+                    "groupId": "pg-" + uuid.uuid4().hex[:17],
+                    "strategy": fields.get("Strategy", [""])[0],
+                    "tags": tags,
+                }
+            self.log_message("made placement group %s (%s)", name, group["strategy"])
+            return placement_answer(action, group)
+        if action == "DeletePlacementGroup":
+            with st.lock:
+                known = name in st.groups
+                members = [i for i, n in st.group_of.items() if n == name]
+            if not known:
+                return ec2_error("InvalidPlacementGroup.Unknown",
+                                 f"The Placement Group '{name}' is unknown.")
+            if members:
+                call = {"Action": "DescribeInstances", "Version": "2016-11-15"}
+                call.update({f"InstanceId.{n}": i for n, i in enumerate(members, 1)})
+                root = self._upstream(call)
+                ns = namespace(root)
+                states = [item.findtext(f"{ns}instanceState/{ns}name")
+                          for item in root.iter(f"{ns}item")
+                          if item.findtext(f"{ns}instanceId") in members]
+                if any(s != "terminated" for s in states):
+                    return ec2_error("InvalidPlacementGroup.InUse",
+                                     f"The placement group '{name}' is in use and may not be "
+                                     "deleted.")
+            with st.lock:
+                st.groups.pop(name, None)
+                st.deleted_groups.append({"name": name, "instances": sorted(members)})
+            self.log_message("deleted placement group %s", name)
+            return placement_answer(action)
+        if action == "RunInstances":
+            group = (fields.get("Placement.GroupName") or [None])[0]
+            with st.lock:
+                unknown = group is not None and group not in st.groups
+            if unknown:
+                return ec2_error("InvalidPlacementGroup.Unknown",
+                                 f"The Placement Group '{group}' is unknown.")
+        return None
 
     def _forward(self, action, body):
         """The upstream's answer to this call, as EC2 would have given it."""
@@ -921,9 +1064,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 params = sorted((k, v) for k, v in fields.items() if k != "ClientToken")
                 with self.state.lock:
                     self.state.tokens[fields["ClientToken"][0]] = (params, payload)
+            group = (fields.get("Placement.GroupName") or [None])[0]
             with self.state.lock:
-                for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload):
-                    self.state.launched.setdefault(i.decode(), now)
+                for i in instance_ids(payload):
+                    self.state.launched.setdefault(i, now)
+                    if group is not None:
+                        self.state.group_of[i] = group
         elif action == "DescribeInstances":
             with self.state.lock:
                 reclaimed = set(self.state.reclaimed)

@@ -12,7 +12,8 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     Filter, InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, MarketType,
-    ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    Placement, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification,
 };
 use base64::Engine as _;
 use rand_core::RngCore as _;
@@ -145,6 +146,8 @@ pub(super) struct LaunchRequest {
     pub(super) subnets: Vec<Option<String>>,
     pub(super) security_group_ids: Vec<String>,
     pub(super) user_data: String,
+    /// The placement group to launch into, made before ([`super::placement`]).
+    pub(super) placement_group: Option<String>,
     pub(super) tags: BTreeMap<String, String>,
     /// Spot capacity, with the most to pay per hour (EC2's cap, the on-demand price, without).
     pub(super) spot: Option<Option<String>>,
@@ -384,6 +387,10 @@ pub(super) fn run_request(
         .max_count(1)
         .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
         .user_data(base64::engine::general_purpose::STANDARD.encode(&r.user_data))
+        .set_placement(
+            (r.placement_group.as_ref())
+                .map(|group| Placement::builder().group_name(group).build()),
+        )
         .tag_specifications(tags)
         .set_instance_market_options(spot.map(|max_price| {
             InstanceMarketOptionsRequest::builder()
@@ -561,7 +568,7 @@ impl Ec2 {
         self.describe_filtered(region, filters).await
     }
 
-    async fn describe_filtered(
+    pub(super) async fn describe_filtered(
         &self,
         region: &str,
         filters: Vec<Filter>,

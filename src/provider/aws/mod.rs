@@ -44,6 +44,7 @@ use crate::templates::Artifacts;
 
 mod images;
 mod instances;
+mod placement;
 mod preflight;
 pub use images::{ImageInfo, ImageWait, TaggedImage};
 pub use instances::CAPACITY_ATTEMPTS;
@@ -240,6 +241,12 @@ impl Machines for Aws {
             .filter(|i| i.member.as_deref() == req.member)
             .collect();
         let adopted = !found.is_empty();
+        let group = (s.placement_group).map(|p| {
+            (
+                p,
+                placement::group_name(req.lineage, req.address, req.attempt),
+            )
+        });
         let info = match found.into_iter().next() {
             Some(existing) => existing,
             None => {
@@ -265,6 +272,13 @@ impl Machines for Aws {
                         .take(256)
                         .collect(),
                 );
+                if let Some((placement, name)) = &group {
+                    let group_tags = [TAG_WORKSPACE, TAG_LINEAGE, TAG_TEST, TAG_ATTEMPT]
+                        .map(|k| (k.to_owned(), tags[k].clone()));
+                    (self.ec2)
+                        .create_group(&s.region, name, *placement, &group_tags.into())
+                        .await?;
+                }
                 self.ec2
                     .launch(
                         &LaunchRequest {
@@ -283,6 +297,7 @@ impl Machines for Aws {
                                 .map(|g| g.to_string())
                                 .collect(),
                             user_data: req.artifacts.user_data().to_owned(),
+                            placement_group: group.as_ref().map(|(_, name)| name.clone()),
                             tags,
                             spot: match &s.market {
                                 Market::Spot(o)
@@ -326,6 +341,7 @@ impl Machines for Aws {
                 region: Some(s.region.to_string()),
                 subnet: info.subnet,
                 zone: info.zone,
+                placement_group: group.map(|(_, name)| name),
                 spot: info.spot,
                 installed: (s.image.as_ref())
                     .and_then(|i| i.installed.as_deref())
@@ -468,43 +484,15 @@ impl Machines for Aws {
         if let Some(host) = &machine.address {
             remote::close(&self.endpoint(machine, spec.own, host.clone())).await;
         }
-        let ids = std::slice::from_ref(&machine.id);
         let deadline = Instant::now() + RELEASE_TIMEOUT;
-        let timed_out = |what: &str| ProviderError {
-            operation: "TerminateInstances",
-            target: region.to_owned(),
-            message: format!(
-                "{} {what} after {} s",
-                machine.id,
-                RELEASE_TIMEOUT.as_secs()
-            ),
-        };
-        // An instance EC2 does not know yet is waited for: terminating it must not be skipped
-        // because the API lags. One it no longer knows costs nothing.
-        while !self.ec2.terminate(region, ids).await? {
-            if unknown_means_gone(machine.launched_at) {
-                return Ok(());
+        self.terminate(machine, region, deadline).await?;
+        match &machine.placement_group {
+            Some(group) => {
+                (self.ec2)
+                    .delete_group_when_empty(region, group, deadline)
+                    .await
             }
-            if Instant::now() > deadline {
-                return Err(timed_out("is still unknown to EC2"));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-        // Released means no longer costing money: wait until EC2 reads it on its way out.
-        loop {
-            let alive = self
-                .ec2
-                .describe(region, ids)
-                .await?
-                .iter()
-                .any(|i| i.state.is_alive());
-            if !alive {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(timed_out("still reads as running"));
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            None => Ok(()),
         }
     }
 
@@ -540,6 +528,52 @@ impl Machines for Aws {
 }
 
 impl Aws {
+    /// Terminates `machine` and waits until EC2 reads it on its way out: released means no
+    /// longer costing money.
+    async fn terminate(
+        &self,
+        machine: &Machine,
+        region: &str,
+        deadline: Instant,
+    ) -> Result<(), ProviderError> {
+        let ids = std::slice::from_ref(&machine.id);
+        let timed_out = |what: &str| ProviderError {
+            operation: "TerminateInstances",
+            target: region.to_owned(),
+            message: format!(
+                "{} {what} after {} s",
+                machine.id,
+                RELEASE_TIMEOUT.as_secs()
+            ),
+        };
+        // An instance EC2 does not know yet is waited for: terminating it must not be skipped
+        // because the API lags. One it no longer knows costs nothing.
+        while !self.ec2.terminate(region, ids).await? {
+            if unknown_means_gone(machine.launched_at) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(timed_out("is still unknown to EC2"));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        loop {
+            let alive = self
+                .ec2
+                .describe(region, ids)
+                .await?
+                .iter()
+                .any(|i| i.state.is_alive());
+            if !alive {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(timed_out("still reads as running"));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// How to reach `machine` at `host`, its address.
     fn endpoint(&self, machine: &Machine, s: &AwsSettings, host: String) -> Endpoint {
         Endpoint::Ssh(SshEndpoint {

@@ -474,6 +474,8 @@ impl Account {
                 subnets: vec![subnet.map(str::to_owned)],
                 security_group_ids: s.security_group_ids.iter().map(|g| g.to_string()).collect(),
                 user_data: String::new(),
+                // The group is made with the first launch: a dry run into it would find none.
+                placement_group: None,
                 tags: tags.clone(),
                 spot: match &s.market {
                     Market::Spot(o) => Some(o.max_price.as_ref().map(|p| p.to_string())),

@@ -1,0 +1,166 @@
+//! Placement groups (`placement_group`): every machine of one attempt of a cluster test
+//! launches into a group of its own, made before the first launch and deleted by whichever
+//! release finds the group empty.
+//!
+//! The group's name follows from the attempt, so a resumed apply launches into the group it
+//! made before; each machine records its group, so that releasing it (in `apply` or `destroy`)
+//! knows what to delete.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{Filter, PlacementStrategy, ResourceType, Tag, TagSpecification};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::instances::InstanceState;
+use super::{Ec2, POLL_INTERVAL, err};
+use crate::address::Address;
+use crate::plan::Placement;
+use crate::provider::ProviderError;
+
+const DUPLICATE: &str = "InvalidPlacementGroup.Duplicate";
+const UNKNOWN: &str = "InvalidPlacementGroup.Unknown";
+const IN_USE: &str = "InvalidPlacementGroup.InUse";
+
+/// The group of one attempt of one test, the same for each of its machines. EC2 takes names
+/// of up to 255 characters, unique in the account and region.
+pub(super) fn group_name(lineage: Uuid, address: &Address, attempt: u32) -> String {
+    let digest = Sha256::digest(format!("{lineage}\n{address}\n{attempt}\nplacement group"));
+    format!("rallyctl-{}", &hex::encode(digest)[..32])
+}
+
+/// What the release of one of a group's instances does next, from the states of every
+/// instance EC2 lists in the group (that one included).
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Another instance still runs: its release deletes the group.
+    Leave,
+    /// Instances on their way out still hold the group: EC2 refuses to delete it until they
+    /// read terminated.
+    Wait,
+    Delete,
+}
+
+fn next(states: &[InstanceState]) -> Next {
+    if states.iter().any(|s| s.is_alive()) {
+        Next::Leave
+    } else if states.contains(&InstanceState::ShuttingDown) {
+        Next::Wait
+    } else {
+        Next::Delete
+    }
+}
+
+impl Ec2 {
+    /// Makes the group unless it exists: a resumed attempt, or another machine of the test
+    /// that got there first.
+    pub(super) async fn create_group(
+        &self,
+        region: &str,
+        name: &str,
+        placement: Placement,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::PlacementGroup)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        match self
+            .ec2(region)
+            .create_placement_group()
+            .group_name(name)
+            .strategy(PlacementStrategy::from(placement.strategy()))
+            .tag_specifications(tags)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(DUPLICATE) => Ok(()),
+            Err(e) => Err(err("CreatePlacementGroup", region, e)),
+        }
+    }
+
+    /// Deletes the group once none of its instances runs: the release of its last instance
+    /// does, after EC2 reads every one terminated (it refuses while one is shutting down).
+    /// One whose release comes before another's leaves the group to that one.
+    pub(super) async fn delete_group_when_empty(
+        &self,
+        region: &str,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<(), ProviderError> {
+        let in_group = Filter::builder()
+            .name("placement-group-name")
+            .values(name)
+            .build();
+        loop {
+            let states: Vec<InstanceState> = (self
+                .describe_filtered(region, vec![in_group.clone()]))
+            .await?
+            .iter()
+            .map(|i| i.state)
+            .collect();
+            match next(&states) {
+                Next::Leave => return Ok(()),
+                Next::Wait => {}
+                Next::Delete => match self
+                    .ec2(region)
+                    .delete_placement_group()
+                    .group_name(name)
+                    .send()
+                    .await
+                {
+                    // Unknown: another release deleted it, or this one did before a crash.
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.code() == Some(UNKNOWN) => return Ok(()),
+                    // EC2's API lags the instances' states.
+                    Err(e) if e.code() == Some(IN_USE) => {}
+                    Err(e) => return Err(err("DeletePlacementGroup", region, e)),
+                },
+            }
+            if Instant::now() > deadline {
+                return Err(ProviderError {
+                    operation: "DeletePlacementGroup",
+                    target: region.to_owned(),
+                    message: format!(
+                        "placement group {name} still holds instances on their way out ({states:?}); `rallyctl destroy` deletes it once they are gone"
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_release_deletes_the_group_once_every_instance_is_terminated() {
+        use InstanceState::*;
+        assert_eq!(next(&[Terminated, Running]), Next::Leave);
+        assert_eq!(next(&[ShuttingDown, Pending]), Next::Leave);
+        assert_eq!(next(&[ShuttingDown, Stopped]), Next::Leave);
+        assert_eq!(next(&[Terminated, ShuttingDown]), Next::Wait);
+        assert_eq!(next(&[Terminated, Terminated]), Next::Delete);
+        // EC2 lists nothing: the instances were purged, or the group never held one.
+        assert_eq!(next(&[]), Next::Delete);
+    }
+
+    #[test]
+    fn an_attempt_names_one_group_within_ec2s_limit() {
+        let (lineage, address) = (Uuid::nil(), Address::new("s", "t").unwrap());
+        let name = group_name(lineage, &address, 1);
+        assert_eq!(name, group_name(lineage, &address, 1));
+        assert_ne!(name, group_name(lineage, &address, 2));
+        assert_ne!(name, group_name(Uuid::from_u128(1), &address, 1));
+        assert!(name.len() <= 255 && name.starts_with("rallyctl-"), "{name}");
+    }
+}
