@@ -657,17 +657,32 @@ fn verdict_of<'r>(
         .map(|r| r["verdict"].as_str().expect("a verdict"))
 }
 
+/// Each search's delay in the double while the cluster is "healthy". The load driver's own
+/// jitter on a loaded CI machine is a few milliseconds (see the test below); at 50 ms it is a few
+/// percent of the latency, as on a real cluster.
+const STEADY_SEARCH_MS: u64 = 50;
+
+/// Each bulk's delay in the double, for the same reason as [`STEADY_SEARCH_MS`].
+const STEADY_BULK_MS: u64 = 50;
+
+/// Each search's delay once the cluster "regressed". Three races a side, Holm-corrected over
+/// ten comparisons, need the change's t above 14 when the noisy side alone carries the
+/// spread (Welch's t with 2 degrees of freedom at p < 0.005): five times slower is t of 52 at
+/// a baseline rsd of 5 % and still 18 at 15 %, where 40 ms more on 10 ms was under 10 at 24 %.
+const SLOWED_STEADY_SEARCH_MS: u64 = 250;
+
 /// Three races of one configuration make a sample, and a sample tells a real slowdown from
-/// noise: searches 40 ms slower on the cluster raced are a regression of the search task's
-/// latency and service time (not of the bulk task's throughput), and the same cluster raced
-/// as two interleaved variants is no regression of itself. One host, its races back to back.
+/// noise: searches five times slower on the cluster raced are a regression of the search
+/// task's latency and service time (not of the bulk task's throughput), and the same cluster
+/// raced as two interleaved variants is no regression of itself. One host, its races back to
+/// back.
 ///
-/// The double answers each search after 10 ms at least and each bulk after 20 ms: a
-/// sub-millisecond answer on a 2-core CI machine loaded by the other tests varies by a factor
-/// of 3 between races (seen: searches of 0.38, 0.39 and 1.02 ms; bulks of 1.1 ms in both races
-/// of one variant and 1.75 ms in both of the other, a "regression" of the workload against
-/// itself), too much for a few races to tell anything; at 10-20 ms the same jitter is a few
-/// percent, as on a real cluster.
+/// The double answers each search after [`STEADY_SEARCH_MS`] and each bulk after
+/// [`STEADY_BULK_MS`]: a sub-millisecond answer on a 2-core CI machine loaded by the other
+/// tests varies by a factor of 3 between races (seen: searches of 0.38, 0.39 and 1.02 ms; bulks
+/// of 1.1 ms in both races of one variant and 1.75 ms in both of the other, a "regression" of
+/// the workload against itself), and even 10 ms searches came back at 11 to 18 ms (a baseline
+/// p50 rsd of 24 %), too much for three races to tell anything.
 #[test]
 fn repetitions_tell_a_search_slowdown_from_noise() {
     let h = Harness::start(1);
@@ -687,8 +702,8 @@ fn repetitions_tell_a_search_slowdown_from_noise() {
     };
 
     // (a) Three races back to back on the one host.
-    h.set_search_latency(&es, 10);
-    h.set_bulk_latency(&es, 20);
+    h.set_search_latency(&es, STEADY_SEARCH_MS);
+    h.set_bulk_latency(&es, STEADY_BULK_MS);
     let started = std::time::Instant::now();
     let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
@@ -706,8 +721,8 @@ fn repetitions_tell_a_search_slowdown_from_noise() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(ws.state().baseline_run.as_deref(), Some(baseline.as_str()));
 
-    // (b) The cluster's searches 40 ms slower: three new races in a new run.
-    h.set_search_latency(&es, 50);
+    // (b) The cluster's searches five times slower: three new races in a new run.
+    h.set_search_latency(&es, SLOWED_STEADY_SEARCH_MS);
     let out = ws.rallyctl(&["apply", plan, "--replace", "s.t", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(0));
     let slower = assert_three_races_on(&ws, "s.t", &ip);
@@ -749,7 +764,7 @@ fn repetitions_tell_a_search_slowdown_from_noise() {
     // (c) Back at full speed, the same workload as two variants (they differ in a track
     // parameter the track only prints) raced interleaved on the one host, so both see the
     // same machine and the same load: against each other they are no regression.
-    h.set_search_latency(&es, 10);
+    h.set_search_latency(&es, STEADY_SEARCH_MS);
     let variants = "repetitions = 2\n\
         [[suite.test.variant]]\nname = \"a\"\ntrack_params = { note = \"a\" }\n\
         [[suite.test.variant]]\nname = \"b\"\ntrack_params = { note = \"b\" }";
