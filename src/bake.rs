@@ -437,7 +437,7 @@ async fn imaging(ctx: &Ctx<'_>, index: usize) -> Result<String, BakeError> {
         .expect("a bake at imaging records its instance");
     let aws = ctx
         .fleet
-        .images()
+        .aws_extras()
         .await
         .map_err(provider_failed(BakeStep::Imaging))?;
     let id = aws

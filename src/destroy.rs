@@ -2,7 +2,10 @@
 //! state knows are found from their records (settings included, so no plan is needed for
 //! them); machines it never heard of (a run that died between getting and recording one) are
 //! found by their providers where the plan and state point. Bake instances are machines
-//! like any other; baked images are given back only when asked (`destroy --images`).
+//! like any other; baked images are given back only when asked (`destroy --images`). Placement
+//! groups are deleted after the machines: each machine's release deletes its group when it is
+//! the last one out, and the workspace's tagged groups left then are deleted too (an apply
+//! killed between making a group and launching into it).
 
 use crate::address::Address;
 use crate::backend::StateHandle;
@@ -34,6 +37,7 @@ pub struct NotGivenBack {
 pub enum Holding {
     Machine,
     Image,
+    PlacementGroup,
 }
 
 /// A machine state names that its provider says is already gone, with why.
@@ -43,10 +47,61 @@ pub struct Gone {
     pub why: String,
 }
 
+/// Where the workspace may hold what state does not name, as the settings that point there:
+/// the plan's; those of every attempt state records that may have got a machine it never
+/// recorded (a test that left the plan, settings the plan no longer has, a run that died while
+/// getting one); those of every test and bake with machines. A cluster's nodes were got with
+/// settings of their own.
+pub fn places(state: &State, plan: &[&Settings]) -> anyhow::Result<Vec<Settings>> {
+    let mut places: Vec<Settings> = Vec::new();
+    let mut add = |settings: Settings| {
+        if settings.cluster.is_some() {
+            places.push(settings.for_nodes());
+        }
+        places.push(settings);
+    };
+    for settings in plan {
+        add((*settings).clone());
+    }
+    for (address, record) in &state.tests {
+        for asked in &record.asked_elsewhere {
+            add(typed(address, asked)?);
+        }
+        if record.stopped_getting_a_machine()
+            || record.live_machine().is_some()
+            || !record.members.is_empty()
+        {
+            add(typed(address, &record.settings)?);
+        }
+    }
+    for image in &state.images {
+        if image.live_machine().is_some() {
+            places.push(bake_settings(image)?);
+        }
+    }
+    Ok(places)
+}
+
+fn typed(address: &Address, settings: &RecordedSettings) -> anyhow::Result<Settings> {
+    settings
+        .typed()
+        .map_err(|e| anyhow::anyhow!("the recorded settings of {address} cannot be read: {e}"))
+}
+
+fn bake_settings(image: &crate::state::Image) -> anyhow::Result<Settings> {
+    image.settings.typed().map_err(|e| {
+        anyhow::anyhow!(
+            "the recorded settings of bake {} cannot be read: {e}",
+            image.name
+        )
+    })
+}
+
 /// What the workspace still holds: machines of state's records that are still there, and
-/// leaked ones; and the machines state names that are gone already. `plan` is the plan's
-/// settings, where there is a plan. A machine whose provider cannot tell whether it is still
-/// there is a target: giving it back is safe, forgetting it may leave it costing money.
+/// leaked ones found by their providers at the workspace's [`places`]; and the machines state
+/// names that are gone already. `plan` is the plan's settings, where there is a plan. A
+/// machine whose provider cannot tell whether it is still there is a target: giving it back is
+/// safe, forgetting it may leave it costing money.
 pub async fn targets<P: Provider>(
     provider: &P,
     state: &State,
@@ -54,31 +109,7 @@ pub async fn targets<P: Provider>(
 ) -> anyhow::Result<(Vec<Target>, Vec<Gone>)> {
     let mut targets: Vec<Target> = Vec::new();
     let mut gone = Vec::new();
-    let mut hints: Vec<Settings> = Vec::new();
-    // Where a test's machines may be: a cluster's nodes were got with settings of their own.
-    let mut hint = |settings: &Settings| {
-        if settings.cluster.is_some() {
-            hints.push(settings.for_nodes());
-        }
-        hints.push(settings.clone());
-    };
-    for settings in plan {
-        hint(settings);
-    }
-    let typed = |address: &Address, settings: &RecordedSettings| {
-        settings
-            .typed()
-            .map_err(|e| anyhow::anyhow!("the recorded settings of {address} cannot be read: {e}"))
-    };
     for (address, record) in &state.tests {
-        // Where an attempt may have got a machine state does not name: a test that left the
-        // plan, or settings the plan no longer has.
-        for asked in &record.asked_elsewhere {
-            hint(&typed(address, asked)?);
-        }
-        if record.stopped_getting_a_machine() {
-            hint(&typed(address, &record.settings)?);
-        }
         if record.live_machine().is_none() && record.members.is_empty() {
             continue;
         }
@@ -102,29 +133,22 @@ pub async fn targets<P: Provider>(
                 }),
             }
         }
-        hint(&settings);
     }
     // A bake instance that is gone needs no giving back; releasing it again is harmless.
     for image in &state.images {
         let Some(machine) = image.live_machine() else {
             continue;
         };
-        let settings = image.settings.typed().map_err(|e| {
-            anyhow::anyhow!(
-                "the recorded settings of bake {} cannot be read: {e}",
-                image.name
-            )
-        })?;
         targets.push(Target {
             machine: machine.clone(),
             address: None,
             bake: Some(image.name.clone()),
-            settings: settings.clone(),
+            settings: bake_settings(image)?,
         });
-        hints.push(settings);
     }
-    let hint_refs: Vec<&Settings> = hints.iter().collect();
-    for found in provider.leaked(&state.workspace, &hint_refs).await? {
+    let places = places(state, plan)?;
+    let place_refs: Vec<&Settings> = places.iter().collect();
+    for found in provider.leaked(&state.workspace, &place_refs).await? {
         if targets.iter().any(|t| t.machine.id == found.machine.id) {
             continue;
         }
@@ -132,7 +156,7 @@ pub async fn targets<P: Provider>(
             machine: found.machine,
             address: None,
             bake: None,
-            settings: hint_refs[found.found_by].clone(),
+            settings: place_refs[found.found_by].clone(),
         });
     }
     Ok((targets, gone))
@@ -243,7 +267,7 @@ pub async fn images(
     fleet: &crate::provider::Fleet,
     state: &State,
     plan: &[&Settings],
-) -> Result<Vec<ImageTarget>, crate::provider::ProviderError> {
+) -> anyhow::Result<Vec<ImageTarget>> {
     let mut targets: Vec<ImageTarget> = recorded(state)
         .map(|i| ImageTarget {
             name: Some(i.name.clone()),
@@ -264,7 +288,7 @@ pub async fn images(
     if regions.is_empty() {
         return Ok(targets);
     }
-    let aws = fleet.images().await?;
+    let aws = fleet.aws_extras().await?;
     for region in regions {
         let (tagged, snapshots) = aws.tagged_images(&region, &state.workspace).await?;
         for image in tagged {
@@ -327,7 +351,7 @@ pub async fn deregister(
     };
     for target in images {
         let shown = (target.id.clone()).unwrap_or_else(|| target.snapshot_ids.join(", "));
-        let aws = match fleet.images().await {
+        let aws = match fleet.aws_extras().await {
             Ok(aws) => aws,
             Err(e) => {
                 not_given_back.push(failed(&shown, &e));
@@ -369,4 +393,70 @@ pub async fn deregister(
         }
     }
     Ok(not_given_back)
+}
+
+/// A placement group `destroy` deletes.
+pub struct GroupTarget {
+    pub name: String,
+    pub region: String,
+}
+
+/// The placement groups tagged with the workspace in each region of its [`places`] that
+/// launch into one (`placement_group`). Free, but EC2 caps how many an account holds.
+pub async fn placement_groups(
+    fleet: &crate::provider::Fleet,
+    state: &State,
+    plan: &[&Settings],
+) -> anyhow::Result<Vec<GroupTarget>> {
+    let mut regions: Vec<String> = (places(state, plan)?.iter())
+        .filter_map(|s| match &s.machine {
+            crate::plan::MachineSettings::Aws(a) if a.placement_group.is_some() => {
+                Some(a.region.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    regions.sort();
+    regions.dedup();
+    let mut found = Vec::new();
+    if regions.is_empty() {
+        return Ok(found);
+    }
+    let aws = fleet.aws_extras().await?;
+    for region in regions {
+        for name in aws
+            .tagged_placement_groups(&region, &state.workspace)
+            .await?
+        {
+            found.push(GroupTarget {
+                name,
+                region: region.clone(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Deletes each group, once the machines are given back (EC2 refuses while an instance in it
+/// runs); a group the release of its last machine deleted already is given back. Returns those
+/// that could not be, with why.
+pub async fn delete_groups(
+    fleet: &crate::provider::Fleet,
+    groups: &[GroupTarget],
+) -> Vec<NotGivenBack> {
+    let mut not_given_back = Vec::new();
+    for g in groups {
+        let deleted = match fleet.aws_extras().await {
+            Ok(aws) => aws.delete_placement_group(&g.region, &g.name).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            not_given_back.push(NotGivenBack {
+                id: g.name.clone(),
+                kind: Holding::PlacementGroup,
+                error: e.to_string(),
+            });
+        }
+    }
+    not_given_back
 }

@@ -966,6 +966,83 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_aws_killed_mid_race_is_destroyed_
     assert_five_given_back(&run, &proxy);
 }
 
+/// On aws, an apply of a cluster test in a placement group killed while its first launch is
+/// under way (`fault`, the proxy's rule for that RunInstances), then `destroy`: the group (and
+/// the instance, if EC2 made it) deleted, though state recorded neither. Returns the ids of
+/// the instances launched.
+fn killed_at_the_first_launch_then_destroyed(fault: &str) -> Vec<String> {
+    let run = support::run::Run {
+        harness: Harness::start_connected(1),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let proxy = run.proxy(&[fault]);
+    let h = &run.harness;
+    h.allow_cluster_ports();
+    let cluster = format!(
+        "cluster = {{ nodes = 3, instance_type = \"r5.large\", car = \"4gheap\", \
+         distribution_version = \"{ES_VERSION}\", team_path = \"{ES_DOUBLE_TEAM}\" }}\n\
+         load_drivers = 2\nplacement_group = \"cluster\""
+    );
+    let plan = run.plan(&[("s", &[("c", &cluster)])]);
+    as_cluster_plan(&plan, &h.node_home.join("rallyctl"));
+    let plan = plan.to_str().unwrap().to_owned();
+    let mut apply = run.spawn_with_env(
+        "apply",
+        &["apply", &plan, "--auto-approve"],
+        &[("AWS_ENDPOINT_URL", &proxy.url)],
+    );
+    proxy.wait_held("RunInstances", 1, Duration::from_secs(120));
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    let r = run.record("s.c");
+    assert!(r.machine.is_none() && r.members.is_empty(), "{r:?}");
+    let launched: Vec<String> = (h.running_instances().into_iter()).map(|i| i.id).collect();
+    let made = proxy.report()["placement_groups"].clone();
+    let groups: Vec<&String> = made.as_object().unwrap().keys().collect();
+    assert_eq!(groups.len(), 1, "{made}");
+
+    let out = run.through(&proxy, &["destroy", &plan, "--auto-approve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("- {}  ({})", groups[0], h.region)),
+        "the group is not listed: {stdout}"
+    );
+    assert!(stdout.contains("1 placement group deleted"), "{stdout}");
+    let report = proxy.report();
+    assert_eq!(
+        report["placement_groups"],
+        serde_json::json!({}),
+        "{report}"
+    );
+    assert_eq!(
+        report["deleted_placement_groups"],
+        serde_json::json!([{ "name": groups[0], "instances": launched }]),
+        "{report}"
+    );
+    assert!(
+        h.running_instances().is_empty(),
+        "an instance was left running"
+    );
+    launched
+}
+
+/// Killed after EC2 made the group, before it launched into it: nothing but the group to give
+/// back, and no machine's release to delete it.
+#[test]
+fn a_placement_group_no_instance_was_launched_into_is_destroyed() {
+    let launched = killed_at_the_first_launch_then_destroyed("RunInstances:hang:1");
+    assert_eq!(launched, Vec::<String>::new());
+}
+
+/// Killed after EC2 launched the instance but before its answer came: `destroy` finds the
+/// instance by its tags, terminates it, then deletes the group it was in.
+#[test]
+fn a_placement_group_whose_instance_state_never_recorded_is_destroyed_with_it() {
+    let launched = killed_at_the_first_launch_then_destroyed("RunInstances:lost:1");
+    assert_eq!(launched.len(), 1, "{launched:?}");
+}
+
 /// On aws, killed mid-race, then `apply` again: the same race on the same five instances,
 /// re-attached rather than started again (its pid file untouched, no instance launched), the
 /// nodes' logs and the further driver's Rally log brought home, and all five given back with

@@ -1067,9 +1067,22 @@ fn destroy(
             ),
         }
     }
+    if !found.groups.is_empty() {
+        outln!(
+            "{}rallyctl will delete these placement groups once their instances are gone:\n",
+            if found.targets.is_empty() && found.images.is_empty() {
+                ""
+            } else {
+                "\n"
+            }
+        );
+    }
+    for g in &found.groups {
+        outln!("  {minus} {}  ({})", g.name, g.region);
+    }
     outln!(
         "\nDestroy: {} to give back.",
-        found.targets.len() + found.images.len()
+        found.targets.len() + found.images.len() + found.groups.len()
     );
     if !auto_approve
         && let Some(code) = refused(
@@ -1087,8 +1100,12 @@ fn destroy(
             0 => String::new(),
             n => format!(", {n} image{} deregistered", plural(n)),
         };
+        let groups = match report.groups {
+            0 => String::new(),
+            n => format!(", {n} placement group{} deleted", plural(n)),
+        };
         outln!(
-            "\nDestroy complete: {} machine{} given back{images}.",
+            "\nDestroy complete: {} machine{} given back{images}{groups}.",
             report.machines,
             plural(report.machines)
         );

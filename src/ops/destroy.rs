@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 use super::lock;
 use crate::backend::StateHandle;
 use crate::backend::{Backend, Lock};
-use crate::destroy::{Gone, ImageTarget, NotGivenBack, Target};
+use crate::destroy::{Gone, GroupTarget, ImageTarget, NotGivenBack, Target};
 use crate::plan::Plan;
 use crate::provider::Fleet;
 use crate::state::State;
@@ -22,6 +22,8 @@ pub struct Found {
     pub images: Vec<ImageTarget>,
     /// Baked images the workspace keeps (without `--images`).
     pub kept: usize,
+    /// Placement groups to delete once the machines are given back.
+    pub groups: Vec<GroupTarget>,
     /// Machines state names that are gone already, to be recorded as such.
     pub gone: Vec<Gone>,
     pub workspace: String,
@@ -33,7 +35,7 @@ pub struct Found {
 impl Found {
     /// Nothing to give back (gone machines aside, which need no asking).
     pub fn is_empty(&self) -> bool {
-        self.targets.is_empty() && self.images.is_empty()
+        self.targets.is_empty() && self.images.is_empty() && self.groups.is_empty()
     }
 }
 
@@ -74,6 +76,7 @@ pub fn survey(
     };
     let fleet = Fleet::new(backend.local_dir(), &state.workspace);
     let (targets, gone) = rt.block_on(crate::destroy::targets(&fleet, &state, &settings))?;
+    let groups = rt.block_on(crate::destroy::placement_groups(&fleet, &state, &settings))?;
     let (images, kept) = if images {
         let found = rt.block_on(crate::destroy::images(&fleet, &state, &settings))?;
         (found, 0)
@@ -84,6 +87,7 @@ pub fn survey(
         targets,
         images,
         kept,
+        groups,
         gone,
         workspace: state.workspace.clone(),
         fleet,
@@ -97,10 +101,13 @@ pub struct DestroyReport {
     pub machines: usize,
     /// Images deregistered (snapshots without an image not counted).
     pub images: usize,
+    /// Placement groups found and deleted.
+    pub groups: usize,
     pub not_given_back: Vec<NotGivenBack>,
 }
 
-/// Records the gone machines as such, then gives back every target and image of `f`.
+/// Records the gone machines as such, then gives back every target and image of `f`, then
+/// deletes its placement groups (EC2 refuses while an instance in one runs).
 pub fn give_back(rt: &Runtime, f: Found) -> Result<DestroyReport> {
     crate::destroy::forget(&f.handle, &f.gone)?;
     let mut not_given_back = Vec::new();
@@ -111,9 +118,11 @@ pub fn give_back(rt: &Runtime, f: Found) -> Result<DestroyReport> {
         not_given_back
             .extend(rt.block_on(crate::destroy::deregister(&f.fleet, &f.handle, &f.images))?);
     }
+    not_given_back.extend(rt.block_on(crate::destroy::delete_groups(&f.fleet, &f.groups)));
     Ok(DestroyReport {
         machines: f.targets.len(),
         images: f.images.iter().filter(|i| i.id.is_some()).count(),
+        groups: f.groups.len(),
         not_given_back,
     })
 }

@@ -407,8 +407,9 @@ impl Fleet {
         }
     }
 
-    /// The EC2 provider, for what only it does: baked images.
-    pub async fn images(&self) -> Result<&aws::Aws, ProviderError> {
+    /// The EC2 provider, for what only it makes besides machines: baked images and placement
+    /// groups.
+    pub async fn aws_extras(&self) -> Result<&aws::Aws, ProviderError> {
         self.aws().await
     }
 

@@ -100,9 +100,10 @@ CreateImage as EC2 has it, where moto differs:
                              terminated (in moto) before the CreateImage answer reaches the client
 
 Placement groups, which moto does not have:
-  CreatePlacementGroup and DeletePlacementGroup are answered here, with EC2's errors: a name
-  made before is InvalidPlacementGroup.Duplicate, an unknown one InvalidPlacementGroup.Unknown,
-  a group holding an instance that moto does not read terminated InvalidPlacementGroup.InUse.
+  CreatePlacementGroup, DeletePlacementGroup and DescribePlacementGroups (by `tag:` filters
+  only) are answered here, with EC2's errors: a name made before is
+  InvalidPlacementGroup.Duplicate, an unknown one InvalidPlacementGroup.Unknown, a group
+  holding an instance that moto does not read terminated InvalidPlacementGroup.InUse.
   A RunInstances into a group that does not exist fails with InvalidPlacementGroup.Unknown, one
   into a group that does is forwarded and its instances are remembered as the group's (moto
   ignores Placement.GroupName); DescribeInstances takes the filter `placement-group-name`.
@@ -395,14 +396,15 @@ def instance_ids(payload):
     return {i.decode() for i in re.findall(rb"<instanceId>(i-[0-9a-f]+)</instanceId>", payload)}
 
 
-def placement_answer(action, group=None):
-    """EC2's answer to CreatePlacementGroup (of `group`) or DeletePlacementGroup."""
+def placement_answer(action, group=None, groups=None):
+    """EC2's answer to CreatePlacementGroup (of `group`), DeletePlacementGroup, or
+    DescribePlacementGroups (of `groups`)."""
     ns = "http://ec2.amazonaws.com/doc/2016-11-15/"
     root = ET.Element(f"{action}Response", xmlns=ns)
     ET.SubElement(root, "requestId").text = str(uuid.uuid4())
-    ET.SubElement(root, "return").text = "true"
-    if group is not None:
-        pg = ET.SubElement(root, "placementGroup")
+
+    def add(parent, tag, group):
+        pg = ET.SubElement(parent, tag)
         for key in ("groupName", "groupId", "strategy"):
             ET.SubElement(pg, key).text = group[key]
         ET.SubElement(pg, "state").text = "available"
@@ -411,6 +413,15 @@ def placement_answer(action, group=None):
             item = ET.SubElement(tags, "item")
             ET.SubElement(item, "key").text = k
             ET.SubElement(item, "value").text = v
+
+    if groups is not None:
+        found = ET.SubElement(root, "placementGroupSet")
+        for g in groups:
+            add(found, "item", g)
+    else:
+        ET.SubElement(root, "return").text = "true"
+    if group is not None:
+        add(root, "placementGroup", group)
     return 200, "text/xml;charset=UTF-8", ET.tostring(root, encoding="utf-8")
 
 
@@ -743,6 +754,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 st.deleted_groups.append({"name": name, "instances": sorted(members)})
             self.log_message("deleted placement group %s", name)
             return placement_answer(action)
+        if action == "DescribePlacementGroups":
+            wanted = {}
+            for k, v in fields.items():
+                m = re.fullmatch(r"Filter\.(\d+)\.Name", k)
+                if m:
+                    values = [fields[f] for f in fields
+                              if re.fullmatch(rf"Filter\.{m.group(1)}\.Value\.\d+", f)]
+                    wanted[v[0]] = {x[0] for x in values}
+            if any(not name.startswith("tag:") for name in wanted):
+                return ec2_error("InvalidParameterValue",
+                                 f"the fault proxy filters placement groups by tag only: {wanted}")
+            with st.lock:
+                groups = [g for g in st.groups.values()
+                          if all(g["tags"].get(name[4:]) in values
+                                 for name, values in wanted.items())]
+            return placement_answer(action, groups=groups)
         if action == "RunInstances":
             group = (fields.get("Placement.GroupName") or [None])[0]
             with st.lock:

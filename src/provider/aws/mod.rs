@@ -486,14 +486,13 @@ impl Machines for Aws {
         }
         let deadline = Instant::now() + RELEASE_TIMEOUT;
         self.terminate(machine, region, deadline).await?;
-        match &machine.placement_group {
-            Some(group) => {
-                (self.ec2)
-                    .delete_group_when_empty(region, group, deadline)
-                    .await
-            }
-            None => Ok(()),
+        if let Some(group) = &machine.placement_group {
+            // Left to the release of the last instance in it.
+            (self.ec2)
+                .delete_group_when_empty(region, group, deadline)
+                .await?;
         }
+        Ok(())
     }
 
     async fn leaked(

@@ -4,7 +4,9 @@
 //!
 //! The group's name follows from the attempt, so a resumed apply launches into the group it
 //! made before; each machine records its group, so that releasing it (in `apply` or `destroy`)
-//! knows what to delete.
+//! knows what to delete. `destroy` also looks for the workspace's groups by their tags
+//! ([`Aws::tagged_placement_groups`]): one made by an apply killed before its first launch holds
+//! no machine that could delete it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::instances::InstanceState;
-use super::{Ec2, POLL_INTERVAL, err};
+use super::{Aws, Ec2, POLL_INTERVAL, RELEASE_TIMEOUT, TAG_WORKSPACE, err, id_filter};
 use crate::address::Address;
 use crate::plan::Placement;
 use crate::provider::ProviderError;
@@ -88,13 +90,13 @@ impl Ec2 {
 
     /// Deletes the group once none of its instances runs: the release of its last instance
     /// does, after EC2 reads every one terminated (it refuses while one is shutting down).
-    /// One whose release comes before another's leaves the group to that one.
+    /// One whose release comes before another's leaves the group to that one: false then.
     pub(super) async fn delete_group_when_empty(
         &self,
         region: &str,
         name: &str,
         deadline: Instant,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<bool, ProviderError> {
         let in_group = Filter::builder()
             .name("placement-group-name")
             .values(name)
@@ -107,7 +109,7 @@ impl Ec2 {
             .map(|i| i.state)
             .collect();
             match next(&states) {
-                Next::Leave => return Ok(()),
+                Next::Leave => return Ok(false),
                 Next::Wait => {}
                 Next::Delete => match self
                     .ec2(region)
@@ -117,8 +119,8 @@ impl Ec2 {
                     .await
                 {
                     // Unknown: another release deleted it, or this one did before a crash.
-                    Ok(_) => return Ok(()),
-                    Err(e) if e.code() == Some(UNKNOWN) => return Ok(()),
+                    Ok(_) => return Ok(true),
+                    Err(e) if e.code() == Some(UNKNOWN) => return Ok(true),
                     // EC2's API lags the instances' states.
                     Err(e) if e.code() == Some(IN_USE) => {}
                     Err(e) => return Err(err("DeletePlacementGroup", region, e)),
@@ -135,6 +137,51 @@ impl Ec2 {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+}
+
+impl Aws {
+    /// The names of the placement groups tagged with `workspace` in `region`, whether state
+    /// recorded them on a machine or not.
+    pub async fn tagged_placement_groups(
+        &self,
+        region: &str,
+        workspace: &str,
+    ) -> Result<Vec<String>, ProviderError> {
+        let out = (self.ec2.ec2(region))
+            .describe_placement_groups()
+            .filters(id_filter(
+                &format!("tag:{TAG_WORKSPACE}"),
+                &[workspace.to_owned()],
+            ))
+            .send()
+            .await
+            .map_err(|e| err("DescribePlacementGroups", region, e))?;
+        Ok((out.placement_groups().iter())
+            .filter_map(|g| g.group_name().map(str::to_owned))
+            .collect())
+    }
+
+    /// Deletes the group, waiting for instances on their way out; an error while one of its
+    /// instances still runs (it was not given back) or after [`RELEASE_TIMEOUT`].
+    pub async fn delete_placement_group(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        if self
+            .ec2
+            .delete_group_when_empty(region, name, deadline)
+            .await?
+        {
+            return Ok(());
+        }
+        Err(ProviderError {
+            operation: "DeletePlacementGroup",
+            target: region.to_owned(),
+            message: format!("placement group {name} still holds a running instance"),
+        })
     }
 }
 
