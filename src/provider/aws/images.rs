@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{ResourceType, TagSpecification};
 
-use super::{Aws, TAG_WORKSPACE, err, id_filter, region_of};
+use super::{Aws, TAG_WORKSPACE, err, id_filter, region_of, tag_spec};
 use crate::provider::ProviderError;
 use crate::state::Machine;
 
@@ -68,11 +68,7 @@ fn snapshots_of(i: &aws_sdk_ec2::types::Image) -> Vec<String> {
 }
 
 fn workspace_tags(kind: ResourceType, workspace: &str, name: &str) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(kind)
-        .tags(Tag::builder().key(TAG_WORKSPACE).value(workspace).build())
-        .tags(Tag::builder().key("Name").value(name).build())
-        .build()
+    tag_spec(kind, [(TAG_WORKSPACE, workspace), ("Name", name)])
 }
 
 /// Baked images (`rallyctl bake`): made from a bake instance, found again by name, given back

@@ -12,8 +12,7 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     Filter, InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, MarketType,
-    Placement, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
-    TagSpecification,
+    Placement, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
 };
 use base64::Engine as _;
 use rand_core::RngCore as _;
@@ -22,7 +21,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::{
-    BOOT_TIMEOUT, Ec2, FILTER_VALUES, POLL_INTERVAL, err, preflight, unknown_means_gone,
+    BOOT_TIMEOUT, Ec2, FILTER_VALUES, POLL_INTERVAL, err, preflight, tag_spec, unknown_means_gone,
     unknown_reason,
 };
 use crate::address::Address;
@@ -367,15 +366,10 @@ pub(super) fn run_request(
     subnet: &Option<String>,
     spot: Option<&Option<String>>,
 ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .set_tags(Some(
-            r.tags
-                .iter()
-                .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                .collect(),
-        ))
-        .build();
+    let tags = tag_spec(
+        ResourceType::Instance,
+        (r.tags.iter()).map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     ec2.run_instances()
         .image_id(&r.ami)
         .instance_type(r.instance_type.as_str().into())

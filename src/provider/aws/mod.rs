@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 
 use super::{
     Acquire, AcquireError, Acquired, Gone, Leaked, Machines, ProviderError, Reachable, Spec,
@@ -653,6 +653,21 @@ impl Ec2 {
     fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
         self.clients(region).0
     }
+}
+
+/// The tags a resource of `kind` is made with, which IAM checks as `ec2:CreateTags` of the call
+/// that makes it.
+fn tag_spec<'a>(
+    kind: ResourceType,
+    tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> TagSpecification {
+    let tags = (tags.into_iter())
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(tags))
+        .build()
 }
 
 fn id_filter(name: &str, values: &[String]) -> Filter {

@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::{Filter, PlacementStrategy, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{Filter, PlacementStrategy, ResourceType};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::instances::InstanceState;
-use super::{Aws, Ec2, POLL_INTERVAL, RELEASE_TIMEOUT, TAG_WORKSPACE, err, id_filter};
+use super::{Aws, Ec2, POLL_INTERVAL, RELEASE_TIMEOUT, TAG_WORKSPACE, err, id_filter, tag_spec};
 use crate::address::Address;
 use crate::plan::Placement;
 use crate::provider::ProviderError;
@@ -65,14 +65,10 @@ impl Ec2 {
         placement: Placement,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::PlacementGroup)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build();
+        let tags = tag_spec(
+            ResourceType::PlacementGroup,
+            (tags.iter()).map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         match self
             .ec2(region)
             .create_placement_group()
