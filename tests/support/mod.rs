@@ -1649,13 +1649,7 @@ fn claim_subnet_octet(n: usize) -> (u8, File) {
         .wrapping_add(n * 7);
     for k in 0..254 {
         let octet = (1 + (start + k) % 254) as u8;
-        let path = dir.join(format!("{octet}.lock"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .expect("open subnet lock");
+        let f = lock_file(&dir.join(format!("{octet}.lock")));
         if f.try_lock().is_ok() {
             return (octet, f);
         }
@@ -1674,6 +1668,17 @@ pub fn guarded(program: impl AsRef<std::ffi::OsStr>) -> Command {
     } else {
         Command::new(program)
     }
+}
+
+/// A file that tests lock (`File::lock`, `try_lock`) to share something across processes: the
+/// kernel lets go of the lock when the process holding it dies.
+pub fn lock_file(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
 
 fn log_file(path: &Path) -> File {

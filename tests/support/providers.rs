@@ -36,12 +36,7 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(900);
 /// their own, all at once; the kernel lets go of it when the process dies.
 pub fn local_races_one_at_a_time() -> std::fs::File {
     let path = std::env::temp_dir().join("rallyctl-e2e-local-races.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let file = super::lock_file(&path);
     file.lock()
         .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
     file
