@@ -446,22 +446,9 @@ fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
     assert_eq!(run.launches(), 0, "the dry run launched");
     drop(allowed);
 
-    let decoded = serde_json::json!({
-        "allowed": false,
-        "explicitDeny": false,
-        "matchedStatements": {"items": []},
-        "failures": {"items": []},
-        "context": {
-            "principal": {"id": "AIDAEXAMPLE", "arn": "arn:aws:iam::123456789012:user/ci"},
-            "action": "ec2:RunInstances",
-            "resource": "arn:aws:ec2:eu-west-1:123456789012:instance/*",
-            "conditions": {"items": []}
-        }
-    })
-    .to_string();
     let refused = run.proxy_with(
         &["RunInstances/DryRun:UnauthorizedOperation:always"],
-        &["--decoded", &decoded],
+        &["--decoded", &refusal("ec2:RunInstances", "instance/*")],
     );
     let out = plan_through(&run, &refused, &plan);
     assert_eq!(out.status.code(), Some(1), "the refused launch passed");
@@ -486,6 +473,75 @@ fn plan_dry_runs_each_launch_and_says_why_ec2_would_refuse_it() {
     let out = plan_through(&run, &invalid, &plan);
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!("dry_run_refused_parameter", placed(&run, &out.stderr));
+}
+
+/// STS's decoded authorization message for a user whom no policy allows `action` on
+/// `resource` (in eu-west-1 of account 123456789012).
+fn refusal(action: &str, resource: &str) -> String {
+    serde_json::json!({
+        "allowed": false,
+        "explicitDeny": false,
+        "matchedStatements": {"items": []},
+        "failures": {"items": []},
+        "context": {
+            "principal": {"id": "AIDAEXAMPLE", "arn": "arn:aws:iam::123456789012:user/ci"},
+            "action": action,
+            "resource": format!("arn:aws:ec2:eu-west-1:123456789012:{resource}"),
+            "conditions": {"items": []}
+        }
+    })
+    .to_string()
+}
+
+/// A placed cluster test's group is made before its first launch: `plan` dry-runs making it
+/// (CreatePlacementGroup with DryRun, tagged as a test's group is), once per region and kind
+/// of group, and says at `placement_group` why EC2 would refuse it; `apply` then launches
+/// nothing. Taken, the dry run makes no group.
+#[test]
+fn plan_dry_runs_making_a_placement_group_and_says_why_ec2_would_refuse_it() {
+    let run = Run::new(1);
+    run.harness.allow_cluster_ports();
+    let cluster = format!(
+        "cluster = {{ nodes = 2, distribution_version = \"8.15.0\", team_path = \"{}\" }}\n\
+         placement_group = \"cluster\"",
+        support::cluster::ES_DOUBLE_TEAM
+    );
+    let plan = run.plan(&[("s", &[("a", &cluster), ("b", &cluster)])]);
+    support::cluster::as_cluster_plan(&plan, &run.harness.node_home.join("rallyctl"));
+
+    let allowed = run.proxy(&[]);
+    let out = plan_through(&run, &allowed, &plan);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = allowed.report();
+    assert_eq!(
+        report["placement_groups"],
+        serde_json::json!({}),
+        "{report}"
+    );
+    drop(allowed);
+
+    let refused = run.proxy_with(
+        &["CreatePlacementGroup/DryRun:UnauthorizedOperation:always"],
+        &[
+            "--decoded",
+            &refusal(
+                "ec2:CreatePlacementGroup",
+                "placement-group/rallyctl-dry-run",
+            ),
+        ],
+    );
+    let out = plan_through(&run, &refused, &plan);
+    assert_eq!(out.status.code(), Some(1), "the refused group passed");
+    assert_eq!(refused.injected("CreatePlacementGroup/DryRun"), 1);
+    insta::assert_snapshot!("dry_run_group_refused", placed(&run, &out.stderr));
+
+    let args = ["apply", plan.to_str().unwrap(), "--auto-approve"];
+    assert_eq!(run.through(&refused, &args).status.code(), Some(1));
+    assert_eq!(
+        run.launches(),
+        0,
+        "apply launched a test whose group it may not make"
+    );
 }
 
 /// An arm64 AMI on an x86_64 instance type fails at launch on EC2 (moto launches it), after

@@ -224,7 +224,7 @@ pub enum Connect {
 
 /// How EC2 places a cluster test's machines (`placement_group`): in a placement group of
 /// their own, made for the test and deleted when its last machine is given back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Placement {
     /// EC2's `cluster` strategy: one Availability Zone, close together on the network, so that

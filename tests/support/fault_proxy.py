@@ -100,10 +100,11 @@ CreateImage as EC2 has it, where moto differs:
                              terminated (in moto) before the CreateImage answer reaches the client
 
 Placement groups, which moto does not have:
-  CreatePlacementGroup, DeletePlacementGroup and DescribePlacementGroups (by `tag:` filters
-  only) are answered here, with EC2's errors: a name made before is
-  InvalidPlacementGroup.Duplicate, an unknown one InvalidPlacementGroup.Unknown, a group
-  holding an instance that moto does not read terminated InvalidPlacementGroup.InUse.
+  CreatePlacementGroup (its dry run: DryRunOperation), DeletePlacementGroup and
+  DescribePlacementGroups (by `tag:` filters only) are answered here, with EC2's errors: a
+  name made before is InvalidPlacementGroup.Duplicate, an unknown one
+  InvalidPlacementGroup.Unknown, a group holding an instance that moto does not read
+  terminated InvalidPlacementGroup.InUse.
   A RunInstances into a group that does not exist fails with InvalidPlacementGroup.Unknown, one
   into a group that does is forwarded and its instances are remembered as the group's (moto
   ignores Placement.GroupName); DescribeInstances takes the filter `placement-group-name`.
@@ -712,6 +713,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         into a group that does not exist; None for every other call."""
         name = (fields.get("GroupName") or [None])[0]
         st = self.state
+        if action == "CreatePlacementGroup/DryRun":
+            status, ctype, payload = ec2_error(
+                "DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
+            return 412, ctype, payload
         if action == "CreatePlacementGroup":
             tags = {}
             for k, v in fields.items():

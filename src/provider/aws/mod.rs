@@ -273,8 +273,7 @@ impl Machines for Aws {
                         .collect(),
                 );
                 if let Some((placement, name)) = &group {
-                    let group_tags = [TAG_WORKSPACE, TAG_LINEAGE, TAG_TEST, TAG_ATTEMPT]
-                        .map(|k| (k.to_owned(), tags[k].clone()));
+                    let group_tags = placement::GROUP_TAGS.map(|k| (k.to_owned(), tags[k].clone()));
                     (self.ec2)
                         .create_group(&s.region, name, *placement, &group_tags.into())
                         .await?;

@@ -12,12 +12,16 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::operation::create_placement_group::builders::CreatePlacementGroupFluentBuilder;
 use aws_sdk_ec2::types::{Filter, PlacementStrategy, ResourceType};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::instances::InstanceState;
-use super::{Aws, Ec2, POLL_INTERVAL, RELEASE_TIMEOUT, TAG_WORKSPACE, err, id_filter, tag_spec};
+use super::{
+    Aws, Ec2, POLL_INTERVAL, RELEASE_TIMEOUT, TAG_ATTEMPT, TAG_LINEAGE, TAG_TEST, TAG_WORKSPACE,
+    err, id_filter, tag_spec,
+};
 use crate::address::Address;
 use crate::plan::Placement;
 use crate::provider::ProviderError;
@@ -31,6 +35,26 @@ const IN_USE: &str = "InvalidPlacementGroup.InUse";
 pub(super) fn group_name(lineage: Uuid, address: &Address, attempt: u32) -> String {
     let digest = Sha256::digest(format!("{lineage}\n{address}\n{attempt}\nplacement group"));
     format!("rallyctl-{}", &hex::encode(digest)[..32])
+}
+
+/// The tags of a test's group, each taken from its instances' ([`super::Aws`]'s launch).
+pub(super) const GROUP_TAGS: [&str; 4] = [TAG_WORKSPACE, TAG_LINEAGE, TAG_TEST, TAG_ATTEMPT];
+
+/// CreatePlacementGroup of `name`, as making the group and its dry run at plan time both ask
+/// it.
+pub(super) fn create_request(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+    placement: Placement,
+    tags: &BTreeMap<String, String>,
+) -> CreatePlacementGroupFluentBuilder {
+    ec2.create_placement_group()
+        .group_name(name)
+        .strategy(PlacementStrategy::from(placement.strategy()))
+        .tag_specifications(tag_spec(
+            ResourceType::PlacementGroup,
+            (tags.iter()).map(|(k, v)| (k.as_str(), v.as_str())),
+        ))
 }
 
 /// What the release of one of a group's instances does next, from the states of every
@@ -65,16 +89,7 @@ impl Ec2 {
         placement: Placement,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let tags = tag_spec(
-            ResourceType::PlacementGroup,
-            (tags.iter()).map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        match self
-            .ec2(region)
-            .create_placement_group()
-            .group_name(name)
-            .strategy(PlacementStrategy::from(placement.strategy()))
-            .tag_specifications(tags)
+        match create_request(&self.ec2(region), name, placement, tags)
             .send()
             .await
         {

@@ -18,7 +18,7 @@ use super::{
     FILTER_VALUES, TAG_ATTEMPT, TAG_LINEAGE, TAG_RUN, TAG_TEST, TAG_WORKSPACE, check_credentials,
     err, id_filter,
 };
-use crate::plan::{AwsSettings, Connect, Market, Ports, Subnets};
+use crate::plan::{AwsSettings, Connect, Market, Placement, Ports, Subnets};
 use crate::provider::{Limit, Preflight, Problem, ProviderError};
 
 mod cost_facts;
@@ -26,7 +26,7 @@ mod dry_run;
 mod ports;
 mod quota;
 pub use cost_facts::CostFacts;
-use dry_run::dry_run;
+use dry_run::{dry_run, dry_run_group};
 use ports::missing_ports;
 use quota::standard_quota;
 pub(super) use quota::{STANDARD_QUOTA_NAME, is_standard};
@@ -43,7 +43,8 @@ pub struct Checked<'a> {
 /// instance type is offered in a zone the test may launch in, `connect = "public_ip"` has a
 /// subnet that gives instances a public address, and a test without a subnet has a default
 /// VPC; the AMI's architecture is one the instance type runs; and a dry run of each distinct
-/// launch (RunInstances with `DryRun`) says EC2 would take it, permissions included; a
+/// launch (RunInstances with `DryRun`) says EC2 would take it, permissions included, and so
+/// does one of making each placement group kind the region's tests launch into; a
 /// cluster's security groups let its machines reach one another on its ports. Lookups
 /// are batched per region and by filter, so that one missing id does not hide the others.
 /// Each region's running On-Demand vCPU quota comes back as a [`Limit`], with the vCPUs each
@@ -70,7 +71,7 @@ pub async fn preflight(checked: &[Checked<'_>]) -> Result<Preflight, ProviderErr
         let settings: Vec<&AwsSettings> = tests.iter().map(|c| c.settings).collect();
         let account = Account::look_up(&ec2, region, &settings).await?;
         let mut launches = BTreeMap::new();
-        for c in tests {
+        for c in &tests {
             let s = c.settings;
             // Not a launch EC2 refuses: its dry run is made all the same.
             problems.extend(account.unreachable(s, &c.ports));
@@ -85,6 +86,14 @@ pub async fn preflight(checked: &[Checked<'_>]) -> Result<Preflight, ProviderErr
         }
         for (launch, s) in launches.into_values() {
             problems.extend(dry_run(&base, &ec2, &launch, s).await?);
+        }
+        let mut placements: Vec<Placement> = (tests.iter())
+            .filter_map(|c| c.settings.placement_group)
+            .collect();
+        placements.sort();
+        placements.dedup();
+        for placement in placements {
+            problems.extend(dry_run_group(&base, &ec2, region, placement).await?);
         }
         let takes: Vec<u64> = checked
             .iter()

@@ -1,16 +1,18 @@
-//! A dry run of each distinct launch (RunInstances with `DryRun`): whether EC2 would take it,
-//! permissions included, as the launch itself would ask; an `UnauthorizedOperation`'s encoded
-//! reason is decoded through STS where this identity may, so the problem says who may not do
-//! what.
+//! A dry run of each distinct launch (RunInstances with `DryRun`), and of making the placement
+//! group of the tests that launch into one (CreatePlacementGroup with `DryRun`): whether EC2
+//! would take it, permissions included, as the call itself would ask; an
+//! `UnauthorizedOperation`'s encoded reason is decoded through STS where this identity may, so
+//! the problem says who may not do what.
 
 use std::collections::BTreeMap;
 
 use aws_config::{Region, SdkConfig};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 
-use crate::plan::AwsSettings;
+use crate::plan::{AwsSettings, Placement};
 use crate::provider::aws::err;
 use crate::provider::aws::instances::{LaunchRequest, run_request};
+use crate::provider::aws::placement::{GROUP_TAGS, create_request};
 use crate::provider::{Problem, ProviderError};
 
 impl LaunchRequest {
@@ -47,14 +49,10 @@ pub(super) async fn dry_run(
 ) -> Result<Option<Problem>, ProviderError> {
     let region = &launch.region;
     let subnet = &launch.subnets[0];
-    let e = match run_request(ec2, launch, subnet, launch.spot.as_ref())
+    let answer = run_request(ec2, launch, subnet, launch.spot.as_ref())
         .dry_run(true)
         .send()
-        .await
-    {
-        Ok(_) => return Ok(None),
-        Err(e) => e,
-    };
+        .await;
     let what = format!(
         "launch {} as {} {}",
         launch.ami,
@@ -64,20 +62,8 @@ pub(super) async fn dry_run(
             None => format!("in {region}'s default VPC"),
         }
     );
-    let message = match (e.code(), e.message()) {
-        (Some("DryRunOperation"), _) => return Ok(None),
-        (Some("UnauthorizedOperation"), message) => format!(
-            "this identity may not {what} (RunInstances with DryRun: UnauthorizedOperation): {}",
-            unauthorized_reason(base, region, message.unwrap_or_default()).await
-        ),
-        (Some(code), message) => format!(
-            "EC2 would refuse to {what} (RunInstances with DryRun): {code}: {}",
-            message.unwrap_or("no message")
-        ),
-        // No answer from EC2 (network, credentials): the check itself failed.
-        (None, _) => return Err(err("RunInstances (DryRun)", region, e)),
-    };
-    Ok(Some(Problem {
+    let refused = refusal(base, region, "RunInstances", &what, answer).await?;
+    Ok(refused.map(|message| Problem {
         keys: if s.base_ami.is_some() {
             &["base_ami"]
         } else {
@@ -85,6 +71,63 @@ pub(super) async fn dry_run(
         },
         value: s.named_ami().to_owned(),
         message,
+    }))
+}
+
+/// CreatePlacementGroup of `placement` with `DryRun`, tagged as a test's group is: made before
+/// a placed test's first launch, so refused there it would fail the test before it started;
+/// as a problem at the tests' `placement_group`.
+pub(super) async fn dry_run_group(
+    base: &SdkConfig,
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    placement: Placement,
+) -> Result<Option<Problem>, ProviderError> {
+    let tags = GROUP_TAGS.map(|k| (k.to_owned(), "rallyctl-dry-run".to_owned()));
+    let answer = create_request(ec2, "rallyctl-dry-run", placement, &tags.into())
+        .dry_run(true)
+        .send()
+        .await;
+    let what = format!(
+        "make a {} placement group in {region}",
+        placement.strategy()
+    );
+    let refused = refusal(base, region, "CreatePlacementGroup", &what, answer).await?;
+    Ok(refused.map(|message| Problem {
+        keys: &["placement_group"],
+        value: placement.strategy().to_owned(),
+        message,
+    }))
+}
+
+/// Why EC2 would refuse the call a dry run of `operation` (to `what`, in words) stood for,
+/// from its answer: none when it would take it (`DryRunOperation`); an error when EC2 gave no
+/// answer (network, credentials), since the check itself failed then.
+async fn refusal<T, E>(
+    base: &SdkConfig,
+    region: &str,
+    operation: &'static str,
+    what: &str,
+    answer: Result<T, E>,
+) -> Result<Option<String>, ProviderError>
+where
+    E: std::error::Error + ProvideErrorMetadata,
+{
+    let e = match answer {
+        Ok(_) => return Ok(None),
+        Err(e) => e,
+    };
+    Ok(Some(match (e.code(), e.message()) {
+        (Some("DryRunOperation"), _) => return Ok(None),
+        (Some("UnauthorizedOperation"), message) => format!(
+            "this identity may not {what} ({operation} with DryRun: UnauthorizedOperation): {}",
+            unauthorized_reason(base, region, message.unwrap_or_default()).await
+        ),
+        (Some(code), message) => format!(
+            "EC2 would refuse to {what} ({operation} with DryRun): {code}: {}",
+            message.unwrap_or("no message")
+        ),
+        (None, _) => return Err(err(operation, region, e)),
     }))
 }
 
