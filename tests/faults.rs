@@ -493,6 +493,38 @@ fn refusal(action: &str, resource: &str) -> String {
     .to_string()
 }
 
+/// A test's settings for a cluster of two nodes in a placement group.
+fn placed_cluster() -> String {
+    format!(
+        "cluster = {{ nodes = 2, distribution_version = \"8.15.0\", team_path = \"{}\" }}\n\
+         placement_group = \"cluster\"",
+        support::cluster::ES_DOUBLE_TEAM
+    )
+}
+
+/// A placement group lies in one Availability Zone: a placed test whose `subnet_ids` lie in
+/// two is refused by `plan` at the subnet in the other zone (EC2 would refuse a member's
+/// launch there, a launch retried there for capacity included); one zone passes.
+#[test]
+fn plan_refuses_a_placed_test_whose_subnets_lie_in_two_zones() {
+    let run = Run::new(1);
+    let h = &run.harness;
+    h.allow_cluster_ports();
+    let other = second_subnet(h);
+    let proxy = run.proxy(&[]);
+    let subnets = |ids: &[&str]| format!("{}\nsubnet_ids = {ids:?}", placed_cluster());
+    let two_zones = run.plan(&[("s", &[("t", &subnets(&[&h.subnet_id, &other]))])]);
+    support::cluster::as_cluster_plan(&two_zones, &h.node_home.join("rallyctl"));
+    let out = plan_through(&run, &proxy, &two_zones);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    insta::assert_snapshot!(placed(&run, &out.stderr).replace(&other, "[other subnet]"));
+
+    let one_zone = run.plan(&[("s", &[("t", &subnets(&[&h.subnet_id]))])]);
+    support::cluster::as_cluster_plan(&one_zone, &h.node_home.join("rallyctl"));
+    let out = plan_through(&run, &proxy, &one_zone);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 /// A placed cluster test's group is made before its first launch: `plan` dry-runs making it
 /// (CreatePlacementGroup with DryRun, tagged as a test's group is), once per region and kind
 /// of group, and says at `placement_group` why EC2 would refuse it; `apply` then launches
@@ -501,12 +533,7 @@ fn refusal(action: &str, resource: &str) -> String {
 fn plan_dry_runs_making_a_placement_group_and_says_why_ec2_would_refuse_it() {
     let run = Run::new(1);
     run.harness.allow_cluster_ports();
-    let cluster = format!(
-        "cluster = {{ nodes = 2, distribution_version = \"8.15.0\", team_path = \"{}\" }}\n\
-         placement_group = \"cluster\"",
-        support::cluster::ES_DOUBLE_TEAM
-    );
-    let plan = run.plan(&[("s", &[("a", &cluster), ("b", &cluster)])]);
+    let plan = run.plan(&[("s", &[("a", &placed_cluster()), ("b", &placed_cluster())])]);
     support::cluster::as_cluster_plan(&plan, &run.harness.node_home.join("rallyctl"));
 
     let allowed = run.proxy(&[]);

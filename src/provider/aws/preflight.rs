@@ -44,8 +44,9 @@ pub struct Checked<'a> {
 /// subnet that gives instances a public address, and a test without a subnet has a default
 /// VPC; the AMI's architecture is one the instance type runs; and a dry run of each distinct
 /// launch (RunInstances with `DryRun`) says EC2 would take it, permissions included, and so
-/// does one of making each placement group kind the region's tests launch into; a
-/// cluster's security groups let its machines reach one another on its ports. Lookups
+/// does one of making each placement group kind the region's tests launch into, whose
+/// subnets lie in one zone; a cluster's security groups let its machines reach one another on
+/// its ports. Lookups
 /// are batched per region and by filter, so that one missing id does not hide the others.
 /// Each region's running On-Demand vCPU quota comes back as a [`Limit`], with the vCPUs each
 /// test's instance takes of it.
@@ -322,7 +323,19 @@ impl Account {
                     format!("subnet {id} does not exist in {region}"),
                 )),
                 Some((zone, public)) => {
-                    zones.push(zone.as_str());
+                    // A placement group lies in the zone of its first instance; EC2 refuses
+                    // the others anywhere else, a launch retried in the next subnet included.
+                    if s.placement_group.is_some()
+                        && let Some((first, first_zone)) = zones.first()
+                        && first_zone != zone
+                    {
+                        out.push(problem(
+                            SUBNET_KEYS,
+                            id,
+                            format!("subnet {id} is in {zone} but {first} in {first_zone}: a placement group lies in one Availability Zone, so the subnets of a test with `placement_group` must all be in one"),
+                        ));
+                    }
+                    zones.push((id, zone.as_str()));
                     if !public && s.connect == Connect::PublicIp {
                         out.push(problem(
                             SUBNET_KEYS,
@@ -347,13 +360,16 @@ impl Account {
         let type_offered = match s.subnets {
             Subnets::Default => offered(region),
             // Missing subnets are reported above; the type is checked where the others are.
-            _ => zones.is_empty() || zones.iter().any(|z| offered(z)),
+            _ => zones.is_empty() || zones.iter().any(|(_, z)| offered(z)),
         };
         if !type_offered {
             let place = if zones.is_empty() {
                 region.to_owned()
             } else {
-                zones.join(", ")
+                (zones.iter())
+                    .map(|(_, z)| *z)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             out.push(problem(
                 &["instance_type"],
