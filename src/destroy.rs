@@ -52,7 +52,7 @@ pub struct Gone {
 /// recorded (a test that left the plan, settings the plan no longer has, a run that died while
 /// getting one); those of every test and bake with machines. A cluster's nodes were got with
 /// settings of their own.
-pub fn places(state: &State, plan: &[&Settings]) -> anyhow::Result<Vec<Settings>> {
+fn places(state: &State, plan: &[&Settings]) -> anyhow::Result<Vec<Settings>> {
     let mut places: Vec<Settings> = Vec::new();
     let mut add = |settings: Settings| {
         if settings.cluster.is_some() {
