@@ -436,6 +436,39 @@ fn signal_nodes(h: &Harness, ip: &str, signal: &str) {
     }
 }
 
+/// Waits until a `node.sh start` on the instance at `ip` waits for its node to answer: a
+/// `sleep 1` of its waiting loop runs, so it is past its checks of what an earlier start left
+/// behind (on a loaded machine, ssh and those checks alone can take seconds).
+fn wait_for_node_sh_waiting(h: &Harness, ip: &str) {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name, in parentheses, may hold spaces: the fields after it are plain.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let processes = h.instance_processes(ip);
+        let node_sh = |pid: u32| {
+            (processes.iter()).any(|(p, cmd)| *p == pid && cmd.contains("node.sh start"))
+        };
+        if (processes.iter())
+            .any(|(pid, cmd)| cmd == "sleep 1" && parent(*pid).is_some_and(node_sh))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node.sh start never waited for its node: {processes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What a killed apply, a dead node or a broken `esrally stop` leaves behind, `node.sh` gets
 /// past when asked again: an install that found no distribution fails with Rally's log last;
 /// a node that died is started again; a node left running with no record of its start (a
@@ -532,7 +565,7 @@ fn node_sh_start_and_stop_get_past_what_a_failure_left_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for_node_sh_waiting(&h, ip);
     signal_nodes(&h, ip, "KILL");
     let out = waiting.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
