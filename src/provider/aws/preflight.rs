@@ -44,10 +44,10 @@ pub struct Checked<'a> {
 /// subnet that gives instances a public address, and a test without a subnet has a default
 /// VPC; the AMI's architecture is one the instance type runs; and a dry run of each distinct
 /// launch (RunInstances with `DryRun`) says EC2 would take it, permissions included, and so
-/// does one of making each placement group kind the region's tests launch into, whose
-/// subnets lie in one zone; a cluster's security groups let its machines reach one another on
-/// its ports. Lookups
-/// are batched per region and by filter, so that one missing id does not hide the others.
+/// does one of making each kind of placement group the region's tests launch into; a placed
+/// test's subnets lie in one zone; a cluster's security groups let its machines reach one
+/// another on its ports. Lookups are batched per region and by filter, so that one missing id
+/// does not hide the others.
 /// Each region's running On-Demand vCPU quota comes back as a [`Limit`], with the vCPUs each
 /// test's instance takes of it.
 pub async fn preflight(checked: &[Checked<'_>]) -> Result<Preflight, ProviderError> {
