@@ -235,6 +235,8 @@ fn a_purged_instance_in_state_neither_hangs_apply_nor_breaks_destroy() {
 /// A subnet of the harness's VPC in another zone than the harness's own, where no instance of
 /// the harness can run: launches there are for the fault proxy to refuse.
 fn second_subnet(h: &support::Harness) -> String {
+    let other_zone = format!("{}b", h.region);
+    assert_ne!(other_zone, h.zone());
     let cidr = if h.subnet_cidr == "127.0.250.0/24" {
         "127.0.251.0/24"
     } else {
@@ -245,7 +247,7 @@ fn second_subnet(h: &support::Harness) -> String {
             .create_subnet()
             .vpc_id(&h.vpc_id)
             .cidr_block(cidr)
-            .availability_zone(format!("{}b", h.region))
+            .availability_zone(other_zone)
             .send(),
     )
     .unwrap()

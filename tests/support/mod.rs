@@ -65,7 +65,7 @@ pub struct Harness {
     pub moto_url: String,
     /// VPC 127.0.0.0/16.
     pub vpc_id: String,
-    /// Subnet 127.0.X.0/24 that instances must be launched into.
+    /// Subnet 127.0.X.0/24 that instances must be launched into, in [`Harness::zone`].
     pub subnet_id: String,
     /// CIDR of `subnet_id`.
     pub subnet_cidr: String,
@@ -345,6 +345,7 @@ impl Harness {
         let t = Instant::now();
         let ec2 = h.harness_ec2_client();
         let cidr = h.subnet_cidr.clone();
+        let zone = h.zone();
         let (vpc_id, subnet_id, sg_id, ami) = h.block_on(async move {
             let vpc = ec2
                 .create_vpc()
@@ -361,6 +362,7 @@ impl Harness {
                 .create_subnet()
                 .vpc_id(&vpc_id)
                 .cidr_block(&cidr)
+                .availability_zone(zone)
                 .send()
                 .await
                 .expect("CreateSubnet");
@@ -465,6 +467,13 @@ impl Harness {
             cmd.env_remove(k);
         }
         cmd.envs(self.env())
+    }
+
+    /// The Availability Zone of `subnet_id`. Named, because moto puts a subnet made without
+    /// one in a random zone of the region, and tests with subnets of their own need to know
+    /// whether they share it.
+    pub fn zone(&self) -> String {
+        format!("{}a", self.region)
     }
 
     /// An EC2 client for this harness's moto (for tests; the harness's own calls use another app name).
