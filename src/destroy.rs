@@ -51,35 +51,40 @@ pub struct Gone {
 /// the plan's; those of every attempt state records that may have got a machine it never
 /// recorded (a test that left the plan, settings the plan no longer has, a run that died while
 /// getting one); those of every test and bake with machines. A cluster's nodes were got with
-/// settings of their own.
-fn places(state: &State, plan: &[&Settings]) -> anyhow::Result<Vec<Settings>> {
-    let mut places: Vec<Settings> = Vec::new();
-    let mut add = |settings: Settings| {
-        if settings.cluster.is_some() {
-            places.push(settings.for_nodes());
+/// settings of their own. Worked out once per `destroy`, for its machines and its groups.
+pub struct Places(Vec<Settings>);
+
+impl Places {
+    /// The places of `state`, and of `plan`'s settings where there is a plan.
+    pub fn of(state: &State, plan: &[&Settings]) -> anyhow::Result<Places> {
+        let mut places: Vec<Settings> = Vec::new();
+        let mut add = |settings: Settings| {
+            if settings.cluster.is_some() {
+                places.push(settings.for_nodes());
+            }
+            places.push(settings);
+        };
+        for settings in plan {
+            add((*settings).clone());
         }
-        places.push(settings);
-    };
-    for settings in plan {
-        add((*settings).clone());
+        for (address, record) in &state.tests {
+            for asked in &record.asked_elsewhere {
+                add(typed(address, asked)?);
+            }
+            if record.stopped_getting_a_machine()
+                || record.live_machine().is_some()
+                || !record.members.is_empty()
+            {
+                add(typed(address, &record.settings)?);
+            }
+        }
+        for image in &state.images {
+            if image.live_machine().is_some() {
+                places.push(bake_settings(image)?);
+            }
+        }
+        Ok(Places(places))
     }
-    for (address, record) in &state.tests {
-        for asked in &record.asked_elsewhere {
-            add(typed(address, asked)?);
-        }
-        if record.stopped_getting_a_machine()
-            || record.live_machine().is_some()
-            || !record.members.is_empty()
-        {
-            add(typed(address, &record.settings)?);
-        }
-    }
-    for image in &state.images {
-        if image.live_machine().is_some() {
-            places.push(bake_settings(image)?);
-        }
-    }
-    Ok(places)
 }
 
 fn typed(address: &Address, settings: &RecordedSettings) -> anyhow::Result<Settings> {
@@ -98,14 +103,13 @@ fn bake_settings(image: &crate::state::Image) -> anyhow::Result<Settings> {
 }
 
 /// What the workspace still holds: machines of state's records that are still there, and
-/// leaked ones found by their providers at the workspace's [`places`]; and the machines state
-/// names that are gone already. `plan` is the plan's settings, where there is a plan. A
-/// machine whose provider cannot tell whether it is still there is a target: giving it back is
-/// safe, forgetting it may leave it costing money.
+/// leaked ones found by their providers at the workspace's [`Places`]; and the machines state
+/// names that are gone already. A machine whose provider cannot tell whether it is still there
+/// is a target: giving it back is safe, forgetting it may leave it costing money.
 pub async fn targets<P: Provider>(
     provider: &P,
     state: &State,
-    plan: &[&Settings],
+    places: &Places,
 ) -> anyhow::Result<(Vec<Target>, Vec<Gone>)> {
     let mut targets: Vec<Target> = Vec::new();
     let mut gone = Vec::new();
@@ -146,8 +150,7 @@ pub async fn targets<P: Provider>(
             settings: bake_settings(image)?,
         });
     }
-    let places = places(state, plan)?;
-    let place_refs: Vec<&Settings> = places.iter().collect();
+    let place_refs: Vec<&Settings> = places.0.iter().collect();
     for found in provider.leaked(&state.workspace, &place_refs).await? {
         if targets.iter().any(|t| t.machine.id == found.machine.id) {
             continue;
@@ -401,14 +404,14 @@ pub struct GroupTarget {
     pub region: String,
 }
 
-/// The placement groups tagged with the workspace in each region of its [`places`] that
+/// The placement groups tagged with the workspace in each region of its [`Places`] that
 /// launch into one (`placement_group`). Free, but EC2 caps how many an account holds.
 pub async fn placement_groups(
     fleet: &crate::provider::Fleet,
     state: &State,
-    plan: &[&Settings],
+    places: &Places,
 ) -> anyhow::Result<Vec<GroupTarget>> {
-    let mut regions: Vec<String> = (places(state, plan)?.iter())
+    let mut regions: Vec<String> = (places.0.iter())
         .filter_map(|s| match &s.machine {
             crate::plan::MachineSettings::Aws(a) if a.placement_group.is_some() => {
                 Some(a.region.to_string())

@@ -545,8 +545,9 @@ esac
         fn destroy(&mut self, fake: &Fake) {
             let rt = tokio::runtime::Runtime::new().unwrap();
             let settings: Vec<_> = self.plan.tests().map(|t| &t.settings).collect();
+            let places = crate::destroy::Places::of(&self.state, &settings).unwrap();
             let (targets, _) = rt
-                .block_on(crate::destroy::targets(fake, &self.state, &settings))
+                .block_on(crate::destroy::targets(fake, &self.state, &places))
                 .unwrap();
             let handle = StateHandle::new(
                 self.state.clone(),

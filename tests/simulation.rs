@@ -509,7 +509,9 @@ impl Seed<'_> {
     async fn destroy(&self, state: State) -> Result<(), String> {
         self.world.note("destroy");
         let settings: Vec<_> = self.plan().tests().map(|t| &t.settings).collect();
-        let (targets, gone) = rallyctl::destroy::targets(&self.fake, &state, &settings)
+        let places = rallyctl::destroy::Places::of(&state, &settings)
+            .map_err(|e| format!("destroy: {e:#}"))?;
+        let (targets, gone) = rallyctl::destroy::targets(&self.fake, &state, &places)
             .await
             .map_err(|e| format!("destroy: {e:#}"))?;
         let handle = StateHandle::new(state, Backend::Local(self.state_path()));

@@ -75,8 +75,9 @@ pub fn survey(
         (None, _) => return Ok(None),
     };
     let fleet = Fleet::new(backend.local_dir(), &state.workspace);
-    let (targets, gone) = rt.block_on(crate::destroy::targets(&fleet, &state, &settings))?;
-    let groups = rt.block_on(crate::destroy::placement_groups(&fleet, &state, &settings))?;
+    let places = crate::destroy::Places::of(&state, &settings)?;
+    let (targets, gone) = rt.block_on(crate::destroy::targets(&fleet, &state, &places))?;
+    let groups = rt.block_on(crate::destroy::placement_groups(&fleet, &state, &places))?;
     let (images, kept) = if images {
         let found = rt.block_on(crate::destroy::images(&fleet, &state, &settings))?;
         (found, 0)
