@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 
-use super::plan::{PlanOptions, baked_images, check_account, prices_for, selection, warn_limits};
+use super::plan::{
+    PlanOptions, baked_images, check_account, prices_for, refuse_clusters, selection, warn_limits,
+};
 use super::{Loaded, load_at, lock};
 use crate::address::Address;
 use crate::backend::{Backend, Lock};
@@ -94,29 +96,6 @@ pub fn prepare(
         prices,
         _lock: lock,
     })
-}
-
-/// The cluster tests this version does not stand up yet are refused before anything is
-/// acquired (raced otherwise, each would be a result of another configuration): nodes as
-/// processes of this machine.
-fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
-    let refused: Vec<String> = (changes.changes.iter())
-        .filter(|c| c.action != planner::Action::Terminate)
-        .filter_map(|c| {
-            let s = &plan.test(&c.address)?.settings;
-            (s.cluster.is_some() && s.provider() == crate::plan::ProviderKind::Local)
-                .then(|| c.address.to_string())
-        })
-        .collect();
-    if refused.is_empty() {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "{}: a cluster with its nodes on the local provider is not yet applied by this version of rallyctl, which races clusters on aws or ssh; nothing was acquired. Change the test{}, or leave {} out with --target",
-        refused.join(", "),
-        if refused.len() == 1 { "" } else { "s" },
-        if refused.len() == 1 { "it" } else { "them" },
-    )
 }
 
 /// What an apply did.
@@ -299,44 +278,6 @@ mod tests {
             interrupted: false,
             still_running: Vec::new(),
         }
-    }
-
-    /// A cluster this version races (nodes and load drivers on aws or ssh, variants too) is
-    /// let through; nodes on `local` are refused, each test named.
-    #[test]
-    fn clusters_not_yet_raced_are_refused_by_name_with_why() {
-        let text = "version = 1\nname = \"c\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
-            ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\ntrack = \"t\"\ncluster = { nodes = 2 }\n\
-            distribution_version = \"8.15.0\"\n\
-            [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"raced\"\n\
-            [[suite.test]]\nname = \"drivers\"\nload_drivers = 2\n\
-            [[suite.test]]\nname = \"here\"\nprovider = \"local\"\ncluster = { nodes = 1 }\n\
-            [[suite.test]]\nname = \"there\"\nprovider = \"local\"\ncluster = { nodes = 1 }\n\
-            [[suite.test]]\nname = \"ab\"\n[[suite.test.variant]]\nname = \"a\"\nchallenge = \"x\"\n\
-            [[suite.test.variant]]\nname = \"b\"\nchallenge = \"y\"\n";
-        let plan = Plan::parse(std::path::Path::new("c.toml"), text).unwrap();
-        let artifacts = planner::render_all(&plan, &crate::templates::Renderer::new()).unwrap();
-        let state = State::new("c");
-        let changes = planner::diff(&plan, &state, &artifacts, &planner::Options::default());
-        let error = refuse_clusters(&plan, &changes).unwrap_err().to_string();
-        assert!(
-            error.starts_with(
-                "s.here, s.there: a cluster with its nodes on the local provider is not yet applied"
-            ),
-            "{error}"
-        );
-        assert!(
-            error.ends_with("Change the tests, or leave them out with --target"),
-            "{error}"
-        );
-        let raced = planner::Changes {
-            changes: (changes.changes.into_iter())
-                .filter(|c| ["raced", "drivers", "ab-a", "ab-b"].contains(&c.address.test()))
-                .collect(),
-            ..planner::Changes::default()
-        };
-        assert_eq!(raced.changes.len(), 4);
-        refuse_clusters(&plan, &raced).unwrap();
     }
 
     /// An apply without failures tells the webhook nothing; one with many names the first few in

@@ -46,6 +46,7 @@ pub fn plan(rt: &Runtime, l: &mut Loaded, o: &PlanOptions<'_>) -> Result<PlanRep
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let options = selection(o.target, o.replace, &l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
+    refuse_clusters(&l.plan, &changes)?;
     warn_limits(&l.plan, &changes, &limits, o.parallelism);
     let images = baked_images(&l.plan, resolved, &changes)?;
     let prices = prices_for(rt, &l.plan, &changes, o.prices, reached)?;
@@ -203,6 +204,29 @@ pub(super) fn check_account(
     }
 }
 
+/// The cluster tests this version does not stand up yet (nodes as processes of this machine),
+/// refused by `plan` as by `apply`, which would otherwise race each as a result of another
+/// configuration: a dry run that passes where `apply` refuses is no dry run.
+pub(super) fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
+    let refused: Vec<String> = (changes.changes.iter())
+        .filter(|c| c.action != planner::Action::Terminate)
+        .filter_map(|c| {
+            let s = &plan.test(&c.address)?.settings;
+            (s.cluster.is_some() && s.provider() == crate::plan::ProviderKind::Local)
+                .then(|| c.address.to_string())
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: a cluster with its nodes on the local provider is not yet applied by this version of rallyctl, which races clusters on aws or ssh; nothing was acquired. Change the test{}, or leave {} out with --target",
+        refused.join(", "),
+        if refused.len() == 1 { "" } else { "s" },
+        if refused.len() == 1 { "it" } else { "them" },
+    )
+}
+
 /// Warns when the tests that `changes` runs may hold more at once than a cap of the account
 /// leaves (EC2's running On-Demand vCPU quota), naming the `--parallelism` that fits: beyond
 /// the cap, launches fail.
@@ -284,4 +308,47 @@ pub fn read_saved(path: &Path) -> Result<Option<SavedPlan>> {
     } else {
         None
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster this version races (nodes and load drivers on aws or ssh, variants too) is
+    /// let through; nodes on `local` are refused, each test named.
+    #[test]
+    fn clusters_not_yet_raced_are_refused_by_name_with_why() {
+        let text = "version = 1\nname = \"c\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
+            ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\ntrack = \"t\"\ncluster = { nodes = 2 }\n\
+            distribution_version = \"8.15.0\"\n\
+            [[suite]]\nname = \"s\"\n[[suite.test]]\nname = \"raced\"\n\
+            [[suite.test]]\nname = \"drivers\"\nload_drivers = 2\n\
+            [[suite.test]]\nname = \"here\"\nprovider = \"local\"\ncluster = { nodes = 1 }\n\
+            [[suite.test]]\nname = \"there\"\nprovider = \"local\"\ncluster = { nodes = 1 }\n\
+            [[suite.test]]\nname = \"ab\"\n[[suite.test.variant]]\nname = \"a\"\nchallenge = \"x\"\n\
+            [[suite.test.variant]]\nname = \"b\"\nchallenge = \"y\"\n";
+        let plan = Plan::parse(std::path::Path::new("c.toml"), text).unwrap();
+        let artifacts = planner::render_all(&plan, &crate::templates::Renderer::new()).unwrap();
+        let state = State::new("c");
+        let changes = planner::diff(&plan, &state, &artifacts, &planner::Options::default());
+        let error = refuse_clusters(&plan, &changes).unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "s.here, s.there: a cluster with its nodes on the local provider is not yet applied"
+            ),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("Change the tests, or leave them out with --target"),
+            "{error}"
+        );
+        let raced = planner::Changes {
+            changes: (changes.changes.into_iter())
+                .filter(|c| ["raced", "drivers", "ab-a", "ab-b"].contains(&c.address.test()))
+                .collect(),
+            ..planner::Changes::default()
+        };
+        assert_eq!(raced.changes.len(), 4);
+        refuse_clusters(&plan, &raced).unwrap();
+    }
 }
