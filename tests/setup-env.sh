@@ -8,6 +8,9 @@
 #   - a Python venv with moto[server] at $REPO/target/tools/moto-venv (override: RALLYCTL_MOTO_VENV)
 #   - a Python venv with apache-otava (the change-point peer of tests/changepoints.rs) at
 #     $REPO/target/tools/otava-venv (override: RALLYCTL_OTAVA_VENV)
+#   - the wheels of esrally (the version rallyctl installs by default) and everything it needs, at
+#     /var/cache/rallyctl-e2e/esrally-wheels (override: RALLYCTL_ESRALLY_WHEELS): the instances'
+#     package mirror (tests/support/README.md)
 # esrally is NOT installed here: rallyctl's own install template installs it on the "instance".
 set -euo pipefail
 
@@ -109,5 +112,29 @@ venv() {
 }
 venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION" "moto, boto3"
 venv "$OTAVA_VENV" "apache-otava==$OTAVA_VERSION" "otava.analysis"
+
+# --- the instances' package mirror: esrally's wheels -------------------------------------------
+# Most e2e tests install esrally with rallyctl's install template, on up to five instances each. From the
+# package index each install resolves, downloads and builds (markupsafe has no wheel) anew: 45 s
+# of CPU, a third of that from these wheels with no index (the harness's sshd gives sessions
+# PIP_FIND_LINKS and PIP_NO_INDEX, as a machine behind a package mirror has them). Built with the
+# python3 the instances run (root's, first on PATH) and kept where root and NODE_USER can read it,
+# wherever the checkout is.
+ESRALLY_WHEELS="${RALLYCTL_ESRALLY_WHEELS:-/var/cache/rallyctl-e2e/esrally-wheels}"
+RALLY_VERSION="$(sed -n 's/^pub const RALLY_VERSION: &str = "\(.*\)";$/\1/p' "$REPO/src/plan/settings.rs")"
+[ -n "$RALLY_VERSION" ] || { log "error: no RALLY_VERSION in src/plan/settings.rs"; exit 1; }
+INSTANCE_PYTHON="$(command -v python3)"
+wheels_marker="$ESRALLY_WHEELS/.rallyctl-esrally-$RALLY_VERSION-$("$INSTANCE_PYTHON" -c 'import sys; print("py%d.%d" % sys.version_info[:2])')"
+if [ -f "$wheels_marker" ]; then
+    log "esrally $RALLY_VERSION wheels present: $ESRALLY_WHEELS"
+else
+    log "building the wheels of esrally $RALLY_VERSION at $ESRALLY_WHEELS with $INSTANCE_PYTHON"
+    rm -rf "$ESRALLY_WHEELS"
+    (umask 022 && mkdir -p "$ESRALLY_WHEELS")
+    "$INSTANCE_PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ESRALLY_WHEELS" \
+        "esrally==$RALLY_VERSION"
+    chmod -R a+rX "$ESRALLY_WHEELS"
+    touch "$wheels_marker"
+fi
 
 log "done"

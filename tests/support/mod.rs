@@ -1015,7 +1015,7 @@ impl Harness {
                  AuthorizedKeysCommand {akc} --moto {moto} --region {region} --server-addr {ip} --log {akc_log} %u %t %k\n\
                  AuthorizedKeysCommandUser root\n\
                  Subsystem sftp internal-sftp\n\
-                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost\n\
+                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost {mirror}\n\
                  PrintMotd no\n\
                  PrintLastLog no\n\
                  UseDNS no\n\
@@ -1030,6 +1030,11 @@ impl Harness {
                 region = self.region,
                 akc_log = self.authorized_keys_log().display(),
                 proxy = INSTANCE_PROXY_PORT,
+                mirror = package_mirror()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             );
             let path = wd.join(format!("sshd_config-{ip}"));
             fs::write(&path, conf).expect("write sshd_config");
@@ -1638,6 +1643,28 @@ fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
         );
     }
     venv
+}
+
+/// What makes pip on an instance (and on the local provider's machine) install from the wheels
+/// `tests/setup-env.sh` builds, and from nothing else, as a machine behind a package mirror
+/// would: esrally's real wheels, without resolving, downloading and building them for every
+/// install (a third of the CPU). `RALLYCTL_ESRALLY_WHEELS`, else where the script puts them.
+pub fn package_mirror() -> [(&'static str, String); 2] {
+    let wheels = std::env::var_os("RALLYCTL_ESRALLY_WHEELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/rallyctl-e2e/esrally-wheels"));
+    let esrally = fs::read_dir(&wheels).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with("esrally-"))
+    });
+    let path = wheels.to_string_lossy().into_owned();
+    assert!(
+        esrally.is_some() && !path.contains(char::is_whitespace),
+        "esrally's wheels not found at {path} (or the path holds a space, which sshd's SetEnv \
+         cannot carry): run tests/setup-env.sh"
+    );
+    [("PIP_FIND_LINKS", path), ("PIP_NO_INDEX", "1".to_owned())]
 }
 
 pub fn python3() -> &'static str {

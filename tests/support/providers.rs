@@ -96,7 +96,8 @@ impl LocalMachine {
         cmd.args(["--target", &self.init.to_string(), "--pid", "--mount", "--"])
             .args(["/bin/sh", "-c", "cd \"$0\" && exec \"$@\""])
             .arg(dir)
-            .arg(program);
+            .arg(program)
+            .envs(super::package_mirror());
         cmd
     }
 }
