@@ -132,8 +132,12 @@ else
     log "building the wheels of esrally $RALLY_VERSION at $ESRALLY_WHEELS with $INSTANCE_PYTHON"
     rm -rf "$ESRALLY_WHEELS"
     (umask 022 && mkdir -p "$ESRALLY_WHEELS")
-    "$INSTANCE_PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ESRALLY_WHEELS" \
+    # pip from a venv of its own: a Python may come without its pip module (Debian's does).
+    builder="$(mktemp -d)"
+    "$INSTANCE_PYTHON" -m venv "$builder"
+    "$builder/bin/pip" wheel --quiet --disable-pip-version-check --wheel-dir "$ESRALLY_WHEELS" \
         "esrally==$RALLY_VERSION"
+    rm -rf "$builder"
     chmod -R a+rX "$ESRALLY_WHEELS"
     touch "$wheels_marker"
 fi
