@@ -1001,10 +1001,6 @@ impl Harness {
         fs::write(&akf, "").expect("create authorized_keys");
         fs::set_permissions(&akf, fs::Permissions::from_mode(0o644))
             .expect("chmod authorized_keys");
-        let pip = (pip_env().iter())
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
         for ip in &self.instance_ips {
             let conf = format!(
                 "# rallyctl e2e instance {ip} (harness {name}); HostKey: see instance.py\n\
@@ -1034,6 +1030,11 @@ impl Harness {
                 region = self.region,
                 akc_log = self.authorized_keys_log().display(),
                 proxy = INSTANCE_PROXY_PORT,
+                pip = pip_env()
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             );
             let path = wd.join(format!("sshd_config-{ip}"));
             fs::write(&path, conf).expect("write sshd_config");
@@ -1652,8 +1653,7 @@ fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
 ///   is first imported and keeps it, which nothing rallyctl does can tell from compiled ahead.
 ///   pip reads the variable of a `--no-X` flag as the value of X, so `PIP_NO_COMPILE=0` is
 ///   `--no-compile` (a venv with 223 `.pyc` files, pip's own, against 2,969 with `1`).
-///
-/// The wheels: `RALLYCTL_ESRALLY_WHEELS`, else where the script puts them.
+/// `RALLYCTL_ESRALLY_WHEELS`, else where the script puts the wheels.
 pub fn pip_env() -> [(&'static str, String); 3] {
     let wheels = std::env::var_os("RALLYCTL_ESRALLY_WHEELS")
         .map(PathBuf::from)
