@@ -1015,7 +1015,7 @@ impl Harness {
                  AuthorizedKeysCommand {akc} --moto {moto} --region {region} --server-addr {ip} --log {akc_log} %u %t %k\n\
                  AuthorizedKeysCommandUser root\n\
                  Subsystem sftp internal-sftp\n\
-                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost {pip}\n\
+                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost {mirror}\n\
                  PrintMotd no\n\
                  PrintLastLog no\n\
                  UseDNS no\n\
@@ -1030,7 +1030,7 @@ impl Harness {
                 region = self.region,
                 akc_log = self.authorized_keys_log().display(),
                 proxy = INSTANCE_PROXY_PORT,
-                pip = pip_env()
+                mirror = package_mirror()
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
@@ -1645,16 +1645,11 @@ fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
     venv
 }
 
-/// How pip is set up on every instance (and on the local provider's machine), as sessions see
-/// it. Installing esrally is most of the CPU the e2e tests spend, and they share two cores:
-/// - a package mirror: the wheels `tests/setup-env.sh` builds, and nothing else. esrally's real
-///   wheels, without resolving, downloading and building them for every install;
-/// - no byte-code compiled at install: 40 % of what is left. Python compiles a module when it
-///   is first imported and keeps it, which nothing rallyctl does can tell from compiled ahead.
-///   pip reads the variable of a `--no-X` flag as the value of X, so `PIP_NO_COMPILE=0` is
-///   `--no-compile` (a venv with 223 `.pyc` files, pip's own, against 2,969 with `1`).
-/// `RALLYCTL_ESRALLY_WHEELS`, else where the script puts the wheels.
-pub fn pip_env() -> [(&'static str, String); 3] {
+/// What makes pip on an instance (and on the local provider's machine) install from the wheels
+/// `tests/setup-env.sh` builds, and from nothing else, as a machine behind a package mirror
+/// would: esrally's real wheels, without resolving, downloading and building them for every
+/// install (a third of the CPU). `RALLYCTL_ESRALLY_WHEELS`, else where the script puts them.
+pub fn package_mirror() -> [(&'static str, String); 2] {
     let wheels = std::env::var_os("RALLYCTL_ESRALLY_WHEELS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/rallyctl-e2e/esrally-wheels"));
@@ -1669,11 +1664,7 @@ pub fn pip_env() -> [(&'static str, String); 3] {
         "esrally's wheels not found at {path} (or the path holds a space, which sshd's SetEnv \
          cannot carry): run tests/setup-env.sh"
     );
-    [
-        ("PIP_FIND_LINKS", path),
-        ("PIP_NO_INDEX", "1".to_owned()),
-        ("PIP_NO_COMPILE", "0".to_owned()),
-    ]
+    [("PIP_FIND_LINKS", path), ("PIP_NO_INDEX", "1".to_owned())]
 }
 
 pub fn python3() -> &'static str {

@@ -97,7 +97,7 @@ impl LocalMachine {
             .args(["/bin/sh", "-c", "cd \"$0\" && exec \"$@\""])
             .arg(dir)
             .arg(program)
-            .envs(super::pip_env());
+            .envs(super::package_mirror());
         cmd
     }
 }
