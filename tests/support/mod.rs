@@ -1648,8 +1648,7 @@ fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
 /// What makes pip on an instance (and on the local provider's machine) install from the wheels
 /// `tests/setup-env.sh` builds, and from nothing else, as a machine behind a package mirror
 /// would: esrally's real wheels, without resolving, downloading and building them for every
-/// install (20 s of CPU instead of 45 s). `RALLYCTL_ESRALLY_WHEELS`, else where the script
-/// puts them.
+/// install (about half the CPU). `RALLYCTL_ESRALLY_WHEELS`, else where the script puts them.
 pub fn package_mirror() -> [(&'static str, String); 2] {
     let wheels = std::env::var_os("RALLYCTL_ESRALLY_WHEELS")
         .map(PathBuf::from)
