@@ -1001,6 +1001,10 @@ impl Harness {
         fs::write(&akf, "").expect("create authorized_keys");
         fs::set_permissions(&akf, fs::Permissions::from_mode(0o644))
             .expect("chmod authorized_keys");
+        let mirror = (package_mirror().iter())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         for ip in &self.instance_ips {
             let conf = format!(
                 "# rallyctl e2e instance {ip} (harness {name}); HostKey: see instance.py\n\
@@ -1030,11 +1034,6 @@ impl Harness {
                 region = self.region,
                 akc_log = self.authorized_keys_log().display(),
                 proxy = INSTANCE_PROXY_PORT,
-                mirror = package_mirror()
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
             );
             let path = wd.join(format!("sshd_config-{ip}"));
             fs::write(&path, conf).expect("write sshd_config");
@@ -1633,16 +1632,20 @@ pub fn otava_venv() -> PathBuf {
 /// A venv `tests/setup-env.sh` makes under `target/tools/<dir>`, or where `var` says, holding
 /// `probe`.
 fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
-    let venv = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target/tools").join(dir));
-    if !venv.join(probe).exists() {
+    tool_dir(dir, var, manifest.join("target/tools").join(dir), probe)
+}
+
+/// What `tests/setup-env.sh` makes at `default`, or where `var` says, holding `probe`: `what`
+/// names it when it is missing.
+fn tool_dir(what: &str, var: &str, default: PathBuf, probe: &str) -> PathBuf {
+    let dir = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    if !dir.join(probe).exists() {
         panic!(
-            "{dir} not found at {} (no {probe}): run tests/setup-env.sh",
-            venv.display()
+            "{what} not found at {} (no {probe}): run tests/setup-env.sh",
+            dir.display()
         );
     }
-    venv
+    dir
 }
 
 /// What makes pip on an instance (and on the local provider's machine) install from the wheels
@@ -1650,19 +1653,19 @@ fn tool_venv(manifest: &Path, var: &str, dir: &str, probe: &str) -> PathBuf {
 /// would: esrally's real wheels, without resolving, downloading and building them for every
 /// install (about half the CPU). `RALLYCTL_ESRALLY_WHEELS`, else where the script puts them.
 pub fn package_mirror() -> [(&'static str, String); 2] {
-    let wheels = std::env::var_os("RALLYCTL_ESRALLY_WHEELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/rallyctl-e2e/esrally-wheels"));
-    let esrally = fs::read_dir(&wheels).ok().and_then(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .find(|e| e.file_name().to_string_lossy().starts_with("esrally-"))
-    });
+    let wheels = tool_dir(
+        "esrally's wheels",
+        "RALLYCTL_ESRALLY_WHEELS",
+        PathBuf::from("/var/cache/rallyctl-e2e/esrally-wheels"),
+        &format!(
+            "esrally-{}-py3-none-any.whl",
+            rallyctl::plan::settings::RALLY_VERSION
+        ),
+    );
     let path = wheels.to_string_lossy().into_owned();
     assert!(
-        esrally.is_some() && !path.contains(char::is_whitespace),
-        "esrally's wheels not found at {path} (or the path holds a space, which sshd's SetEnv \
-         cannot carry): run tests/setup-env.sh"
+        !path.contains(char::is_whitespace),
+        "esrally's wheels are at {path}, whose space sshd's SetEnv cannot carry"
     );
     [("PIP_FIND_LINKS", path), ("PIP_NO_INDEX", "1".to_owned())]
 }
