@@ -322,7 +322,7 @@ fn resume_after_sigkill_mid_race(h: &Harness, ws: &Workspace) {
     let plan = plan.to_str().unwrap();
     let mut first = ws.spawn("first", &["apply", plan, "--auto-approve"]);
     let pid_file = ws.wait_for_race("s.t", STEP_TIMEOUT);
-    std::thread::sleep(Duration::from_secs(3));
+    h.wait_for_es_request(&h.es_addrs[0], STEP_TIMEOUT);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     ws.kill(&mut first);
     let killed_at = jiff::Timestamp::now();
@@ -422,7 +422,7 @@ fn destroy_mid_race_on_ssh_leaves_nothing_running() {
     let plan = plan.to_str().unwrap();
     let mut apply = ws.spawn("apply", &["apply", plan, "--auto-approve"]);
     let pid_file = ws.wait_for_race("s.t", STEP_TIMEOUT);
-    std::thread::sleep(Duration::from_secs(3));
+    h.wait_for_es_request(&h.es_addrs[0], STEP_TIMEOUT);
     ws.kill(&mut apply);
     let race_pid = std::fs::read_to_string(&pid_file).unwrap();
     assert!(ws.lease(&ip).exists(), "{ip} lost its lease at the kill");

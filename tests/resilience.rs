@@ -42,7 +42,8 @@ fn resume_after_sigkill_at(step: &str) {
         // Kill once Rally really runs on the instance (the harness's instances share this
         // filesystem), so resuming must find that race rather than start one.
         let pid_file = run.wait_for_race("s.t", STEP_TIMEOUT);
-        std::thread::sleep(Duration::from_secs(3));
+        run.harness
+            .wait_for_es_request(&run.harness.es_addrs[0], STEP_TIMEOUT);
         race_pid = Some((
             pid_file.clone(),
             std::fs::read_to_string(&pid_file).unwrap(),

@@ -116,9 +116,9 @@ venv "$OTAVA_VENV" "apache-otava==$OTAVA_VERSION" "otava.analysis"
 # --- the instances' package mirror: esrally's wheels -------------------------------------------
 # Most e2e tests install esrally with rallyctl's install template, on up to five instances at
 # once. From the package index every install resolves, downloads and builds (markupsafe 2.0.1
-# has no wheel) anew: some 50 s of CPU with its venv; from these wheels, 27 s. The harness's
-# sshd gives sessions PIP_FIND_LINKS and PIP_NO_INDEX, as on a machine behind a package mirror
-# (tests/support/mod.rs package_mirror). Built with the python3 the instances run (root's,
+# has no wheel) anew: some 50 s of CPU with its venv; from these wheels, 27 s, and 20 s without
+# compiling byte code up front. The harness's sshd gives sessions PIP_FIND_LINKS, PIP_NO_INDEX
+# and PIP_NO_COMPILE, as on a machine behind a package mirror (tests/support/mod.rs package_mirror). Built with the python3 the instances run (root's,
 # first on PATH), and kept where root and NODE_USER can read it wherever the checkout is.
 ESRALLY_WHEELS="${RALLYCTL_ESRALLY_WHEELS:-/var/cache/rallyctl-e2e/esrally-wheels}"
 RALLY_VERSION="$(sed -n 's/^pub const RALLY_VERSION: &str = "\(.*\)";$/\1/p' "$REPO/src/plan/settings.rs")"

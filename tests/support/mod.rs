@@ -653,6 +653,25 @@ impl Harness {
         self.es_get(es_addr, "/_test/requests")
     }
 
+    /// Waits until the cluster at `es_addr` (one of `es_addrs`) has been sent a request: a race
+    /// against it is under way, and began before now (Rally takes its race timestamp before it
+    /// sends anything). A fixed sleep after `race.pid` appears guesses at how fast Rally starts
+    /// under load; this does not.
+    pub fn wait_for_es_request(&self, es_addr: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while self
+            .es_requests_at(es_addr)
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ES double at {es_addr} was sent no request in {timeout:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// From now on every search-type answer (`_search`, `_msearch`, `_count`) of the cluster at
     /// `es_addr` (one of `es_addrs`) comes `ms` milliseconds late; 0 turns that off. A slower
     /// search, and nothing else, as a regression in the code raced would show.
@@ -1001,7 +1020,9 @@ impl Harness {
         fs::write(&akf, "").expect("create authorized_keys");
         fs::set_permissions(&akf, fs::Permissions::from_mode(0o644))
             .expect("chmod authorized_keys");
-        let mirror = (package_mirror().iter())
+        let mirror = package_mirror();
+        let pip = (mirror.iter().map(|(k, v)| (*k, v.as_str())))
+            .chain([INSTANCE_PIP_NO_COMPILE])
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(" ");
@@ -1019,7 +1040,7 @@ impl Harness {
                  AuthorizedKeysCommand {akc} --moto {moto} --region {region} --server-addr {ip} --log {akc_log} %u %t %k\n\
                  AuthorizedKeysCommandUser root\n\
                  Subsystem sftp internal-sftp\n\
-                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost {mirror}\n\
+                 SetEnv https_proxy=http://127.0.0.1:{proxy} HTTPS_PROXY=http://127.0.0.1:{proxy} no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost {pip}\n\
                  PrintMotd no\n\
                  PrintLastLog no\n\
                  UseDNS no\n\
@@ -1669,6 +1690,16 @@ pub fn package_mirror() -> [(&'static str, String); 2] {
     );
     [("PIP_FIND_LINKS", path), ("PIP_NO_INDEX", "1".to_owned())]
 }
+
+/// What an instance's pip has beside the mirror: no byte code compiled at install, a third of
+/// the CPU left after the mirror (instances install anew in most e2e tests). Python compiles a
+/// module when it is first imported and keeps the result, so only a venv's first Rally starts
+/// slower, and no test may depend on how fast Rally starts (tests wait for what Rally does:
+/// `Harness::wait_for_es_request`). pip reads the variable of a `--no-X` flag as the value of
+/// X, so `0` is `--no-compile`. Not on the local provider's machine: its one venv outlives the
+/// tests, and where the tests' environment has `PYTHONDONTWRITEBYTECODE` (as CI's may), every
+/// Rally run there would compile all it imports again.
+const INSTANCE_PIP_NO_COMPILE: (&str, &str) = ("PIP_NO_COMPILE", "0");
 
 pub fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
