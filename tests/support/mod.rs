@@ -657,19 +657,17 @@ impl Harness {
     /// against it is under way, and began before now (Rally takes its race timestamp before it
     /// sends anything). A fixed sleep after `race.pid` appears guesses at how fast Rally starts
     /// under load; this does not.
-    pub fn wait_for_es_request(&self, es_addr: &str, timeout: std::time::Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while self
-            .es_requests_at(es_addr)
-            .as_array()
-            .is_none_or(Vec::is_empty)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the ES double at {es_addr} was sent no request in {timeout:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+    pub fn wait_for_es_request(&self, es_addr: &str, timeout: Duration) {
+        let sent = || {
+            let requests = self.es_requests_at(es_addr);
+            requests
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+                .then_some(())
+        };
+        wait_for(timeout, sent).unwrap_or_else(|| {
+            panic!("the ES double at {es_addr} was sent no request in {timeout:?}")
+        });
     }
 
     /// From now on every search-type answer (`_search`, `_msearch`, `_count`) of the cluster at
