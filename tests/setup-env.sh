@@ -119,8 +119,9 @@ venv "$OTAVA_VENV" "apache-otava==$OTAVA_VERSION" "otava.analysis"
 # has no wheel) anew: some 50 s of CPU with its venv; from these wheels, 27 s, and 20 s without
 # compiling byte code up front. The harness's sshd gives sessions PIP_FIND_LINKS, PIP_NO_INDEX
 # and PIP_NO_COMPILE, as on a machine behind a package mirror (tests/support/mod.rs
-# package_mirror). Built with the python3 the instances run (root's, first on PATH), and kept
-# where root and NODE_USER can read it wherever the checkout is.
+# package_mirror and INSTANCE_PIP_NO_COMPILE). Built with the python3 the instances run
+# (root's, first on PATH), and kept where root and NODE_USER can read it wherever the checkout
+# is.
 ESRALLY_WHEELS="${RALLYCTL_ESRALLY_WHEELS:-/var/cache/rallyctl-e2e/esrally-wheels}"
 RALLY_VERSION="$(sed -n 's/^pub const RALLY_VERSION: &str = "\(.*\)";$/\1/p' "$REPO/src/plan/settings.rs")"
 [ -n "$RALLY_VERSION" ] || { log "error: no RALLY_VERSION in src/plan/settings.rs"; exit 1; }
