@@ -1123,7 +1123,7 @@ async fn ask<P: Provider>(
     test: &Test,
     record: &TestRecord,
     settings: &Settings,
-    member: Option<&str>,
+    member: Option<crate::provider::MemberSpec<'_>>,
 ) -> Result<crate::provider::Acquired, AcquireError> {
     let on_wait = |why: String| ctx.progress.println(&format!("{}: {why}", test.address));
     ctx.provider

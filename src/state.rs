@@ -319,7 +319,8 @@ pub struct Machine {
     /// instances to be given back deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_group: Option<String>,
-    /// The address rallyctl connects to, once the machine has one.
+    /// The address rallyctl connects to, once the machine has one; a local cluster node's
+    /// loopback address, where it listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// The id of the lease that holds a host of a pool for this attempt.

@@ -865,11 +865,15 @@ fn a_refused_apply_leaves_no_state_directory() {
     assert!(!d.join("state").exists(), "apply left a state directory");
 }
 
-/// A cluster this version does not stand up yet (nodes as processes of this machine) is
-/// refused by `plan`, whose dry run would otherwise pass where `apply` fails, and by `apply`
-/// before it acquires anything; `--target` leaves it out.
+/// A cluster whose nodes would run on this machine as root (Rally refuses to launch
+/// Elasticsearch as root) is refused by `plan`, whose dry run would otherwise pass where
+/// `apply` fails, and by `apply` before it acquires anything; `--target` leaves it out.
+/// (`tests/cluster_nodes.rs` races one as another user.)
 #[test]
-fn plan_and_apply_refuse_a_cluster_before_acquiring_anything() {
+fn plan_and_apply_refuse_local_nodes_to_root_before_acquiring_anything() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "the tests run as root, as .ci/run does");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(
@@ -879,7 +883,7 @@ fn plan_and_apply_refuse_a_cluster_before_acquiring_anything() {
          [[suite.test]]\nname = \"one\"\n",
     )
     .unwrap();
-    let refused = "s.nodes: a cluster with its nodes on the local provider is not yet applied by this version of rallyctl, which races clusters on aws or ssh; nothing was acquired. Change the test, or leave it out with --target";
+    let refused = "s.nodes: the nodes of its cluster would run on this machine as root, and Rally refuses to launch Elasticsearch as root; nothing was acquired. Run rallyctl as another user, race the test on aws or ssh, or leave it out with --target";
     let planned = rallyctl_in(d, &["plan", "c.toml"]);
     assert_eq!(planned.status.code(), Some(1), "{}", text(&planned));
     assert!(

@@ -854,10 +854,96 @@ fn the_variants_of_a_cluster_test_on_ssh_race_in_turn_on_one_cluster_with_nodes_
     assert_nothing_left(&h, &ws);
 }
 
-/// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on aws (moto,
-/// through EC2 Instance Connect as the node user), killed (SIGKILL) once the race runs under
-/// Rally's daemon on both drivers: the run, its plan, and where on the instances its Rally
-/// homes lie.
+/// Processes on this machine (every PID namespace) whose command line names `dir`.
+fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    let dir = dir.display().to_string();
+    (support::processes().into_iter())
+        .filter(|(_, cmd)| cmd.contains(&dir))
+        .collect()
+}
+
+/// `rallyctl apply` of a test with a cluster of two nodes on the local provider, rallyctl run
+/// as an unprivileged user (Rally refuses to launch Elasticsearch as root, and a local node is
+/// rallyctl's process): each node is a machine of its own in state at a loopback address of its
+/// own, installed and started by the real esrally, raced from this machine and stopped, its
+/// logs brought home; raced again and destroyed mid-race, nothing of either race is left
+/// running.
+#[test]
+fn a_cluster_of_two_nodes_on_the_local_provider_races_as_another_user_and_is_given_back() {
+    use support::cluster::edit_plan;
+    use support::providers::{STEP_TIMEOUT, Workspace, local_races_one_at_a_time};
+
+    let _turn = local_races_one_at_a_time();
+    let h = Harness::start(1);
+    let mut ws = Workspace::local(&h, "cluster-local");
+    ws.as_node_user();
+    h.put_es_double_distribution_here(&ws.remote_dir().join("distributions"), ES_VERSION);
+    let cluster = format!(
+        "cluster = {{ nodes = 2, car = \"4gheap\", distribution_version = \"{ES_VERSION}\", \
+         team_path = \"{ES_DOUBLE_TEAM}\" }}"
+    );
+    let plan = ws.plan(&[("s", &[("c", &cluster)])]);
+    edit_plan(&plan, |key| {
+        matches!(key, "target_hosts" | "pipeline").then(String::new)
+    });
+    let plan = plan.to_str().unwrap();
+    let runs = ws.remote_dir().join("runs").join(&ws.name);
+
+    let out = ws.rallyctl(&["apply", plan, "--auto-approve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    ws.assert_collected("s.c");
+    let r = ws.record("s.c");
+    let members: Vec<(&str, Option<&str>)> = (r.members.iter())
+        .map(|m| (&*m.machine.id, m.peer_address.as_deref()))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("local/node-0", Some("127.0.0.2")),
+            ("local/node-1", Some("127.0.0.3"))
+        ]
+    );
+    assert!(r.live_machines().next().is_none(), "{r:?}");
+    assert_eq!(r.spent.len(), 3, "every machine billed: {:?}", r.spent);
+    // Each node's log came home, and says this machine sent it bulks and searches.
+    for i in 0..2 {
+        let log = format!("nodes/node-{i}/logs/server/rally-benchmark.log");
+        let file = (r.results.iter())
+            .find(|f| f.path.ends_with(&log))
+            .unwrap_or_else(|| panic!("{log} not recorded: {:?}", r.results));
+        let text = std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap();
+        for request in [" /_bulk ", " /tiny/_search "] {
+            assert!(
+                (text.lines()).any(|l| l.contains(request) && l.starts_with("127.0.0.1 - ")),
+                "node-{i} logged no {request} from this machine:\n{text}"
+            );
+        }
+    }
+    let left = processes_naming(&runs);
+    assert!(left.is_empty(), "left running: {left:?}");
+
+    // Raced again and destroyed mid-race: giving the nodes back ends them, though no
+    // `esrally stop` ran.
+    let mut again = ws.spawn(
+        "again",
+        &["apply", plan, "--replace", "s.c", "--auto-approve"],
+    );
+    ws.wait_for_race("s.c", STEP_TIMEOUT);
+    ws.kill(&mut again);
+    let nodes = (processes_naming(&runs).into_iter())
+        .filter(|(_, cmd)| cmd.contains("/.rally/benchmarks/races/"))
+        .count();
+    assert!(nodes >= 2, "the nodes died with rallyctl");
+    let out = ws.rallyctl(&["destroy", plan, "--auto-approve"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let r = ws.record("s.c");
+    assert!(r.live_machines().next().is_none(), "{r:?}");
+    let left = processes_naming(&runs);
+    assert!(left.is_empty(), "destroy left running: {left:?}");
+}
+
 /// A cluster of three nodes and two drivers in a placement group, on aws (moto has no
 /// placement groups: every call goes through a fault proxy with `faults`, which answers them
 /// as EC2 does), killed mid-race; the run, the plan and the proxy.

@@ -10,6 +10,7 @@
 //! daemons stop; everything is given back with the test's own machine. The variants of a
 //! cluster test race on one cluster ([`share_members`]), each with nodes of its own.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
@@ -22,7 +23,7 @@ use super::{
 };
 use crate::address::Address;
 use crate::plan::{Settings, Test};
-use crate::provider::Provider;
+use crate::provider::{MemberSpec, Provider};
 use crate::remote::{self, RemoteError, tail};
 use crate::state::{Member, ResultFile, Role, State, Step, TestRecord};
 use crate::templates::{Artifacts, NodeCommand, cluster_target_hosts, shell_quote};
@@ -136,7 +137,14 @@ pub(super) async fn acquire_members<P: Provider>(ctx: &Ctx<P>, test: &Test) -> R
             .ok_or_else(|| failed(Step::Launching, "state names no machine for this test"))?;
         let role = slot.role();
         let settings = role.settings(&test.settings);
-        let asked = super::ask(ctx, test, &record, &settings, Some(&name)).await;
+        let spec = MemberSpec {
+            name: &name,
+            node: match slot {
+                Slot::Node(index) => Some(index),
+                Slot::Driver(_) => None,
+            },
+        };
+        let asked = super::ask(ctx, test, &record, &settings, Some(spec)).await;
         let acquired = match asked {
             Ok(acquired) => acquired,
             Err(_) if ctx.cancel.is_cancelled() => return Err(Stop::Interrupted),
@@ -356,8 +364,14 @@ pub(super) async fn start_members<P: Provider>(
         workspace: &ctx.plan.name,
         run_id: record.run_id.as_deref().unwrap_or(&ctx.run_id),
     };
+    // Nodes on one machine (the local provider's) start in turn: a distribution `esrally
+    // install` downloads goes into the machine's shared cache under one temporary name.
+    let turns: HashMap<String, tokio::sync::Mutex<()>> = (held.iter())
+        .map(|m| (m.conn.reachable.endpoint.name(), Default::default()))
+        .collect();
     let started = all(held.iter().map(|member| {
         let (origin, masters, seeds, race_id) = (&origin, &masters, &seeds, &race_id);
+        let turn = &turns[&member.conn.reachable.endpoint.name()];
         async move {
             if renew {
                 let expires_at = ctx
@@ -405,6 +419,7 @@ pub(super) async fn start_members<P: Provider>(
                 race_id,
             };
             let start = node_sh(member, start, step)?;
+            let _turn = turn.lock().await;
             node_command(ctx, member, &start, START_TIMEOUT, step, "did not start").await
         }
     }))

@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use tokio::runtime::Runtime;
 
 use super::plan::{
-    PlanOptions, baked_images, check_account, prices_for, refuse_clusters, selection, warn_limits,
+    PlanOptions, baked_images, check_account, prices_for, refuse_local_nodes_as_root, selection,
+    warn_limits,
 };
 use super::{Loaded, load_at, lock};
 use crate::address::Address;
@@ -76,7 +77,7 @@ pub fn prepare(
             &selection(o.target, o.replace, &l.plan, &l.state)?,
         ),
     };
-    refuse_clusters(&l.plan, &changes)?;
+    refuse_local_nodes_as_root(&l.plan, &changes)?;
     baked_images(&l.plan, resolved, &changes)?;
     warn_limits(&l.plan, &changes, &limits, o.parallelism);
     let (prices, estimate) = match changes.is_empty() {

@@ -46,7 +46,7 @@ pub fn plan(rt: &Runtime, l: &mut Loaded, o: &PlanOptions<'_>) -> Result<PlanRep
     let resolved = crate::bake::resolve(&mut l.plan, &l.state);
     let options = selection(o.target, o.replace, &l.plan, &l.state)?;
     let changes = planner::diff(&l.plan, &l.state, &l.artifacts, &options);
-    refuse_clusters(&l.plan, &changes)?;
+    refuse_local_nodes_as_root(&l.plan, &changes)?;
     warn_limits(&l.plan, &changes, &limits, o.parallelism);
     let images = baked_images(&l.plan, resolved, &changes)?;
     let prices = prices_for(rt, &l.plan, &changes, o.prices, reached)?;
@@ -204,10 +204,19 @@ pub(super) fn check_account(
     }
 }
 
-/// The cluster tests this version does not stand up yet (nodes as processes of this machine),
-/// refused by `plan` as by `apply`, which would otherwise race each as a result of another
-/// configuration: a dry run that passes where `apply` refuses is no dry run.
-pub(super) fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
+/// The cluster tests whose nodes would run on this machine while rallyctl runs as root:
+/// `esrally start` refuses to launch Elasticsearch as root, so `apply` could only fail them
+/// once it had installed everything; `plan` refuses them as `apply` does, since a dry run that
+/// passes where `apply` fails is no dry run.
+pub(super) fn refuse_local_nodes_as_root(plan: &Plan, changes: &Changes) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    refuse_local_nodes(plan, changes, unsafe { libc::geteuid() } == 0)
+}
+
+fn refuse_local_nodes(plan: &Plan, changes: &Changes, as_root: bool) -> Result<()> {
+    if !as_root {
+        return Ok(());
+    }
     let refused: Vec<String> = (changes.changes.iter())
         .filter(|c| c.action != planner::Action::Terminate)
         .filter_map(|c| {
@@ -219,11 +228,13 @@ pub(super) fn refuse_clusters(plan: &Plan, changes: &Changes) -> Result<()> {
     if refused.is_empty() {
         return Ok(());
     }
+    let one = refused.len() == 1;
     anyhow::bail!(
-        "{}: a cluster with its nodes on the local provider is not yet applied by this version of rallyctl, which races clusters on aws or ssh; nothing was acquired. Change the test{}, or leave {} out with --target",
+        "{}: the nodes of {} cluster would run on this machine as root, and Rally refuses to launch Elasticsearch as root; nothing was acquired. Run rallyctl as another user, race {} on aws or ssh, or leave {} out with --target",
         refused.join(", "),
-        if refused.len() == 1 { "" } else { "s" },
-        if refused.len() == 1 { "it" } else { "them" },
+        if one { "its" } else { "their" },
+        if one { "the test" } else { "the tests" },
+        if one { "it" } else { "them" },
     )
 }
 
@@ -317,7 +328,7 @@ mod tests {
     /// A cluster this version races (nodes and load drivers on aws or ssh, variants too) is
     /// let through; nodes on `local` are refused, each test named.
     #[test]
-    fn clusters_not_yet_raced_are_refused_by_name_with_why() {
+    fn local_nodes_are_refused_to_root_by_name_with_why() {
         let text = "version = 1\nname = \"c\"\n[defaults]\nprovider = \"aws\"\nregion = \"us-east-1\"\n\
             ami = \"ami-12345678\"\ninstance_type = \"m5.large\"\ntrack = \"t\"\ncluster = { nodes = 2 }\n\
             distribution_version = \"8.15.0\"\n\
@@ -331,15 +342,18 @@ mod tests {
         let artifacts = planner::render_all(&plan, &crate::templates::Renderer::new()).unwrap();
         let state = State::new("c");
         let changes = planner::diff(&plan, &state, &artifacts, &planner::Options::default());
-        let error = refuse_clusters(&plan, &changes).unwrap_err().to_string();
+        refuse_local_nodes(&plan, &changes, false).unwrap();
+        let error = refuse_local_nodes(&plan, &changes, true)
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with(
-                "s.here, s.there: a cluster with its nodes on the local provider is not yet applied"
+                "s.here, s.there: the nodes of their cluster would run on this machine as root"
             ),
             "{error}"
         );
         assert!(
-            error.ends_with("Change the tests, or leave them out with --target"),
+            error.ends_with("race the tests on aws or ssh, or leave them out with --target"),
             "{error}"
         );
         let raced = planner::Changes {
@@ -349,6 +363,6 @@ mod tests {
             ..planner::Changes::default()
         };
         assert_eq!(raced.changes.len(), 4);
-        refuse_clusters(&plan, &raced).unwrap();
+        refuse_local_nodes(&plan, &raced, true).unwrap();
     }
 }

@@ -191,7 +191,10 @@ fn machine_part(settings: &Settings) -> MachinePart {
 
 impl Provider for Fake {
     async fn acquire(&self, req: &Acquire<'_>) -> Result<Acquired, AcquireError> {
-        let member = req.member.map(|m| format!("-{m}")).unwrap_or_default();
+        let member = req
+            .member
+            .map(|m| format!("-{}", m.name))
+            .unwrap_or_default();
         let what = || format!("acquire {}#{}{member}", req.address, req.attempt);
         self.point(what).await;
         let id = self.instance_for(

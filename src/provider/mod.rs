@@ -138,9 +138,9 @@ pub struct Acquire<'a, S = &'a Settings> {
     pub cancel: &'a CancellationToken,
     /// Told once why the attempt waits for a machine, when it does.
     pub on_wait: &'a (dyn Fn(String) + Sync),
-    /// A cluster's machine other than the one the test races from (`node-0`): the attempt
-    /// gets one machine per member, each named apart (EC2's ClientToken and tags, a lease).
-    pub member: Option<&'a str>,
+    /// A cluster's machine other than the one the test races from: the attempt gets one
+    /// machine per member, each named apart.
+    pub member: Option<MemberSpec<'a>>,
 }
 
 impl<'a, S> Acquire<'a, S> {
@@ -203,6 +203,16 @@ pub enum AcquireError {
     /// opened. The reason, for the user.
     #[error("{0}")]
     Spent(String),
+}
+
+/// A cluster's machine besides the one its test races from, as a provider is asked for it.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberSpec<'a> {
+    /// What tells it apart from the test's other machines (`node-0`, `driver-1`): EC2's
+    /// ClientToken and tags, a lease's id, a local machine's id.
+    pub name: &'a str,
+    /// A node's index, from 0 (a local node's loopback address); none for a load driver.
+    pub node: Option<u32>,
 }
 
 /// What [`Provider::acquire`] got.

@@ -172,7 +172,10 @@ impl Machines for Ssh {
         req: &Acquire<'_, Spec<'_, SshSettings>>,
     ) -> Result<Acquired, AcquireError> {
         let s = req.settings.own;
-        let member = req.member.map(|m| format!("\n{m}")).unwrap_or_default();
+        let member = req
+            .member
+            .map(|m| format!("\n{}", m.name))
+            .unwrap_or_default();
         let id = hex::encode(Sha256::digest(format!(
             "{}\n{}\n{}{member}",
             req.lineage, req.address, req.attempt

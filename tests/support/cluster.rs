@@ -21,11 +21,25 @@ pub const ES_DOUBLE_TEAM: &str =
 /// the venvs here are made by root's Python, which lives under the 0700 `/root`; on a real
 /// machine that user would own its venv.
 pub fn as_node_user(rally_home: &Path) -> String {
+    node_user_argv(rally_home).join(" ")
+}
+
+/// [`as_node_user`] as a program and its arguments, the command to run following them.
+pub fn node_user_argv(rally_home: &Path) -> Vec<String> {
     let home = rally_home.display();
-    format!(
-        "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=+dac_override \
-         --ambient-caps=+dac_override env HOME={home} RALLY_HOME={home}"
-    )
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_override",
+        "--ambient-caps=+dac_override",
+        "env",
+        &format!("HOME={home}"),
+        &format!("RALLY_HOME={home}"),
+    ]
+    .map(str::to_owned)
+    .into()
 }
 
 /// Runs `f(index, ip)` for every ip at once, each in its own thread.
@@ -163,18 +177,24 @@ impl Harness {
     /// deepest directory of the path that exists already: in [`Harness::node_home`] the node
     /// user, who must write beside it.
     pub fn put_es_double_distribution_in(&self, ip: &str, cache: &Path, version: &str) -> PathBuf {
+        let file = self.put_es_double_distribution_here(&self.host_path(ip, cache), version);
+        cache.join(file.file_name().expect("a file"))
+    }
+
+    /// [`Harness::put_es_double_distribution_in`] for this machine (the `local` provider's):
+    /// into the distribution cache at `on_disk`. Returns the archive's path.
+    pub fn put_es_double_distribution_here(&self, on_disk: &Path, version: &str) -> PathBuf {
         let name = format!("elasticsearch-{version}-linux-x86_64.tar.gz");
         let archive = self.work.path().join(&name);
         if !archive.exists() {
             self.pack_es_double(&archive, version);
         }
-        let on_disk = self.host_path(ip, cache);
         let owner = on_disk
             .ancestors()
             .find_map(|dir| fs::metadata(dir).ok())
             .expect("/ exists");
         let (uid, gid) = (Some(owner.uid()), Some(owner.gid()));
-        fs::create_dir_all(&on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
+        fs::create_dir_all(on_disk).unwrap_or_else(|e| panic!("{}: {e}", on_disk.display()));
         let existed = (owner.dev(), owner.ino());
         for dir in on_disk.ancestors() {
             let made = fs::metadata(dir).expect("just made");
@@ -186,7 +206,7 @@ impl Harness {
         let file = on_disk.join(&name);
         fs::copy(&archive, &file).expect("copy the distribution archive");
         chown(&file, uid, gid).expect("chown the distribution archive");
-        cache.join(name)
+        file
     }
 
     fn pack_es_double(&self, archive: &Path, version: &str) {

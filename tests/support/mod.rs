@@ -1326,23 +1326,11 @@ impl NodeUser {
                 .parse()
                 .unwrap_or_else(|_| panic!("/etc/passwd: {fields:?}"))
         };
-        // Root's sessions on an instance run pyenv's Python where root's shell sets it up:
-        // esrally unpacks Elasticsearch with tarfile's extraction filter (Python >= 3.11.4),
-        // which Debian 12's /usr/bin/python3 (3.11.2) lacks, so the node user gets root's too
-        // (tests/setup-env.sh lets it through /root).
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import os, sys; print(os.path.dirname(sys.executable))",
-            ])
-            .output()
-            .expect("run python3");
-        assert!(out.status.success(), "python3: {out:?}");
         NodeUser {
             uid: id(2),
             gid: id(3),
             home: PathBuf::from(fields[5]),
-            python_bin: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            python_bin: root_python_bin(),
         }
     }
 
@@ -1698,6 +1686,22 @@ pub fn package_mirror() -> [(&'static str, String); 2] {
 /// tests, and where the tests' environment has `PYTHONDONTWRITEBYTECODE` (as CI's may), every
 /// Rally run there would compile all it imports again.
 const INSTANCE_PIP_NO_COMPILE: (&str, &str) = ("PIP_NO_COMPILE", "0");
+
+/// The directory of root's `python3`, which the node user's sessions put first on PATH: root's
+/// sessions run pyenv's Python where root's shell sets it up, and esrally unpacks Elasticsearch
+/// with tarfile's extraction filter (Python >= 3.11.4), which Debian 12's /usr/bin/python3
+/// (3.11.2) lacks (tests/setup-env.sh lets the node user through /root).
+pub fn root_python_bin() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.dirname(sys.executable))",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "python3: {out:?}");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
 
 pub fn python3() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {

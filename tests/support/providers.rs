@@ -167,6 +167,9 @@ pub struct Workspace<'h> {
     /// The plan's `remote_dir` when a test writes a plan of its own with another one (as the
     /// machine sees it); else the harness's, as [`Workspace::plan`] writes it.
     pub remote: Option<PathBuf>,
+    /// local: rallyctl runs as the unprivileged node user with this home
+    /// ([`Workspace::as_node_user`]), as a local cluster's must.
+    node_user_home: Option<PathBuf>,
 }
 
 impl<'h> Workspace<'h> {
@@ -220,7 +223,17 @@ impl<'h> Workspace<'h> {
             key,
             machine,
             remote: None,
+            node_user_home: None,
         }
+    }
+
+    /// From now on rallyctl runs as the unprivileged user of [`super::cluster::as_node_user`],
+    /// with a home of its own in the workspace: Rally refuses to launch Elasticsearch as root,
+    /// and a local cluster's nodes are rallyctl's processes.
+    pub fn as_node_user(&mut self) {
+        let home = self.dir.path().join("node-user-home");
+        std::fs::create_dir_all(&home).unwrap();
+        self.node_user_home = Some(home);
     }
 
     /// `remote_dir` of the plan, as the machine sees it.
@@ -312,15 +325,21 @@ impl<'h> Workspace<'h> {
     /// rallyctl in this workspace's directory, without a single AWS variable in its
     /// environment (nothing of ssh or local may need one).
     pub fn command(&self, args: &[&str]) -> Command {
-        let rallyctl = Path::new(context::BIN);
-        let mut cmd = context::run_as(
-            match &self.machine {
-                Some(machine) => machine.command(self.dir.path(), rallyctl),
-                None => Command::new(rallyctl),
-            },
-            self.dir.path(),
-            args,
-        );
+        let mut argv = Vec::new();
+        if let Some(home) = &self.node_user_home {
+            argv = super::cluster::node_user_argv(home);
+            let path = std::env::var("PATH").unwrap_or_default();
+            let python = super::root_python_bin();
+            argv.push(format!("PATH={}:{path}", python.display()));
+        }
+        argv.push(context::BIN.to_owned());
+        let (program, rest) = argv.split_first().expect("a program");
+        let mut cmd = match &self.machine {
+            Some(machine) => machine.command(self.dir.path(), Path::new(program)),
+            None => Command::new(program),
+        };
+        cmd.args(rest);
+        let mut cmd = context::run_as(cmd, self.dir.path(), args);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("AWS_") {
                 cmd.env_remove(k);

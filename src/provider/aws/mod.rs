@@ -234,11 +234,12 @@ impl Machines for Aws {
             (TAG_TEST, address.as_str()),
             (TAG_ATTEMPT, attempt.as_str()),
         ];
-        by.extend(req.member.map(|m| (TAG_MEMBER, m)));
+        let member = req.member.map(|m| m.name);
+        by.extend(member.map(|m| (TAG_MEMBER, m)));
         // The machine a cluster test races from carries no member tag, which no filter can
         // ask for: its members are told apart here.
         let found: Vec<_> = (self.ec2.find_by_tags(&s.region, &by).await?.into_iter())
-            .filter(|i| i.member.as_deref() == req.member)
+            .filter(|i| i.member.as_deref() == member)
             .collect();
         let adopted = !found.is_empty();
         let group = (s.placement_group).map(|p| {
@@ -261,13 +262,13 @@ impl Machines for Aws {
                 tags.insert(TAG_TEST.into(), address.clone());
                 tags.insert(TAG_RUN.into(), req.run_id.to_owned());
                 tags.insert(TAG_ATTEMPT.into(), attempt.clone());
-                if let Some(member) = req.member {
+                if let Some(member) = member {
                     tags.insert(TAG_MEMBER.into(), member.to_owned());
                 }
-                let member = req.member.map(|m| format!(" {m}")).unwrap_or_default();
+                let named = member.map(|m| format!(" {m}")).unwrap_or_default();
                 tags.insert(
                     "Name".into(),
-                    format!("rallyctl {} {address}{member}", req.workspace)
+                    format!("rallyctl {} {address}{named}", req.workspace)
                         .chars()
                         .take(256)
                         .collect(),
@@ -315,7 +316,7 @@ impl Machines for Aws {
                                 req.lineage,
                                 req.address,
                                 req.attempt,
-                                req.member,
+                                member,
                             ),
                         },
                         req.on_wait,
