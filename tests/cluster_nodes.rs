@@ -623,6 +623,15 @@ fn assert_nothing_left(h: &Harness, ws: &support::providers::Workspace) {
     }
 }
 
+/// The log of node `i` that came home with the record `r` of a test of `ws`.
+fn node_log(ws: &support::providers::Workspace, r: &rallyctl::state::TestRecord, i: u32) -> String {
+    let log = format!("nodes/node-{i}/logs/server/rally-benchmark.log");
+    let file = (r.results.iter())
+        .find(|f| f.path.ends_with(&log))
+        .unwrap_or_else(|| panic!("{log} not recorded: {:?}", r.results));
+    std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap()
+}
+
 /// `rallyctl apply` of a test with a cluster of three nodes and two load drivers on ssh pools,
 /// logged in as the unprivileged [`support::NODE_USER`] (Elasticsearch refuses root): it
 /// leases both drivers and one host per node, stands the cluster up with the real esrally,
@@ -725,11 +734,7 @@ fn a_cluster_of_three_nodes_and_two_drivers_on_ssh_pools_races_resumes_after_a_k
     // load.
     let mut senders = std::collections::BTreeSet::new();
     for i in 0..3 {
-        let log = format!("nodes/node-{i}/logs/server/rally-benchmark.log");
-        let file = (r.results.iter())
-            .find(|f| f.path.ends_with(&log))
-            .unwrap_or_else(|| panic!("{log} not recorded: {:?}", r.results));
-        let text = std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap();
+        let text = node_log(&ws, &r, i);
         for request in [" /_bulk ", " /tiny/_search "] {
             let from: Vec<&str> = (text.lines())
                 .filter(|l| l.contains(request))
@@ -908,11 +913,7 @@ fn a_cluster_of_two_nodes_on_the_local_provider_races_as_another_user_and_is_giv
     assert_eq!(r.spent.len(), 3, "every machine billed: {:?}", r.spent);
     // Each node's log came home, and says this machine sent it bulks and searches.
     for i in 0..2 {
-        let log = format!("nodes/node-{i}/logs/server/rally-benchmark.log");
-        let file = (r.results.iter())
-            .find(|f| f.path.ends_with(&log))
-            .unwrap_or_else(|| panic!("{log} not recorded: {:?}", r.results));
-        let text = std::fs::read_to_string(ws.dir.path().join(&file.path)).unwrap();
+        let text = node_log(&ws, &r, i);
         for request in [" /_bulk ", " /tiny/_search "] {
             assert!(
                 (text.lines()).any(|l| l.contains(request) && l.starts_with("127.0.0.1 - ")),
