@@ -270,7 +270,8 @@ mod tests {
     /// `linger.child`); with `--no-leftovers` it fails while such a process of any race is
     /// still there, a zombie too, as Rally counts one.
     ///
-    /// For a cluster's nodes (`node.sh`): `install` records the installation (`--car=fails`:
+    /// For a cluster's nodes (`node.sh`): `install` records the installation, noting in
+    /// `node-overlaps` one that began while another ran (`--car=fails`:
     /// it fails; `--car=stranger`: a process named `stranger` beside it answers as the node
     /// first; `--car=slow`: its start takes two seconds), `start` runs a process naming the installation that answers HTTP on the
     /// node's address and port 9200 with its name, `stop` wipes the installation, as Rally's
@@ -318,6 +319,11 @@ case "$1" in
           until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "http://$ip:9200/" 2>/dev/null; do sleep 0.05; done;;
       esac
     done
+    # The nodes of one machine install in turn (every fake machine is this one): two at once
+    # are noted in `node-overlaps`.
+    mkdir "$here/installing" 2>/dev/null || echo "$name" >> "$here/node-overlaps"
+    sleep 0.1
+    rmdir "$here/installing" 2>/dev/null
     mkdir -p "$root/dist" "$root/$name/logs/server"
     printf '{"binary-path": "%s", "name": "%s", "ip": "%s"}' "$root/dist" "$name" "$ip" > "$root/node-config.json"
     exit 0;;
@@ -2065,6 +2071,8 @@ esac
         }
         assert!(daemon_processes(bench.dir.path()).is_empty());
         assert!(node_processes(bench.dir.path()).is_empty());
+        // The fake's machines are all this one, where nodes are installed one at a time.
+        assert_eq!(noted(&bench, "node-overlaps"), Vec::<String>::new());
     }
 
     /// A load driver whose daemon does not start fails the test at installing with what the
