@@ -32,8 +32,7 @@ const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// where a user's own Elasticsearch on this machine usually does. A cluster has at most 100
 /// nodes, far fewer than 127/8 has addresses.
 fn node_address(index: u32) -> Ipv4Addr {
-    let [a, ..] = LOOPBACK.octets();
-    Ipv4Addr::from(u32::from_be_bytes([a, 0, 0, 0]) + index + 2)
+    Ipv4Addr::from(u32::from(LOOPBACK) + 1 + index)
 }
 
 impl Machines for Local {
@@ -88,7 +87,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_node_has_a_loopback_address_of_its_own_after_the_drivers() {
+    fn each_node_has_a_loopback_address_of_its_own_after_the_load_drivers() {
         // The hundredth node, the most a cluster has, is node 99.
         let addresses: Vec<String> = [0, 1, 99].map(|i| node_address(i).to_string()).into();
         assert_eq!(addresses, ["127.0.0.2", "127.0.0.3", "127.0.0.101"]);
