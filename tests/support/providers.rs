@@ -167,9 +167,9 @@ pub struct Workspace<'h> {
     /// The plan's `remote_dir` when a test writes a plan of its own with another one (as the
     /// machine sees it); else the harness's, as [`Workspace::plan`] writes it.
     pub remote: Option<PathBuf>,
-    /// local: rallyctl runs as the unprivileged node user with this home
-    /// ([`Workspace::as_node_user`]), as a local cluster's must.
-    node_user_home: Option<PathBuf>,
+    /// local: what runs rallyctl as the unprivileged node user ([`Workspace::as_node_user`]),
+    /// as a local cluster's must; empty for root.
+    as_node_user: Vec<String>,
 }
 
 impl<'h> Workspace<'h> {
@@ -223,17 +223,21 @@ impl<'h> Workspace<'h> {
             key,
             machine,
             remote: None,
-            node_user_home: None,
+            as_node_user: Vec::new(),
         }
     }
 
     /// From now on rallyctl runs as the unprivileged user of [`super::cluster::as_node_user`],
-    /// with a home of its own in the workspace: Rally refuses to launch Elasticsearch as root,
-    /// and a local cluster's nodes are rallyctl's processes.
+    /// with a home of its own in the workspace and root's Python first on its PATH (as the
+    /// instances give the node user): Rally refuses to launch Elasticsearch as root, and a
+    /// local cluster's nodes are rallyctl's processes.
     pub fn as_node_user(&mut self) {
         let home = self.dir.path().join("node-user-home");
         std::fs::create_dir_all(&home).unwrap();
-        self.node_user_home = Some(home);
+        let path = std::env::var("PATH").unwrap_or_default();
+        let python = super::root_python_bin();
+        self.as_node_user = super::cluster::node_user_argv(&home);
+        (self.as_node_user).push(format!("PATH={}:{path}", python.display()));
     }
 
     /// `remote_dir` of the plan, as the machine sees it.
@@ -325,13 +329,7 @@ impl<'h> Workspace<'h> {
     /// rallyctl in this workspace's directory, without a single AWS variable in its
     /// environment (nothing of ssh or local may need one).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut argv = Vec::new();
-        if let Some(home) = &self.node_user_home {
-            argv = super::cluster::node_user_argv(home);
-            let path = std::env::var("PATH").unwrap_or_default();
-            let python = super::root_python_bin();
-            argv.push(format!("PATH={}:{path}", python.display()));
-        }
+        let mut argv = self.as_node_user.clone();
         argv.push(context::BIN.to_owned());
         let (program, rest) = argv.split_first().expect("a program");
         let mut cmd = match &self.machine {
