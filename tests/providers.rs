@@ -847,6 +847,10 @@ const SLOWED_SEARCH_MS: u64 = 500;
 /// the search task's p50 latency at the fourth night's run; `history` finds it there as a
 /// regression and its JUnit names it as a failure. Three nights before and two after are the
 /// fewest Otava's t-test takes as significant with room to spare (see [`SLOWED_SEARCH_MS`]).
+/// Of the search latency, held steady for three nights, nothing is told before. Other series
+/// may move with this machine's load and be told of, rightly: CI61 saw the search's throughput
+/// at 283 ops/s on a loaded first night, then 963.19 and 963.13, a change Otava's t-test takes
+/// as significant once the third night shows the second's level held.
 #[test]
 fn nightly_applies_find_the_night_the_cluster_slowed_and_tell_the_webhook() {
     let _turn = local_races_one_at_a_time();
@@ -856,6 +860,14 @@ fn nightly_applies_find_the_night_the_cluster_slowed_and_tell_the_webhook() {
     let plan = ws.plan(&[("nightly", &[("t", "")])]);
     let plan = plan.to_str().unwrap();
     let hook = Webhook::answering(&[200]);
+    // The changes of the search latency the webhook was told of so far.
+    let told_of_the_search_latency = || -> Vec<serde_json::Value> {
+        (hook.received().iter())
+            .map(|r| serde_json::from_str::<serde_json::Value>(&r.body).unwrap())
+            .flat_map(|b| b["changes"].as_array().cloned().unwrap_or_default())
+            .filter(|c| c["task"] == "match-all" && c["metric"] == "latency_p50")
+            .collect()
+    };
     let (mut runs, mut told_by_night) = (Vec::new(), Vec::new());
     for night in 1..=5 {
         h.set_search_latency(&es, if night <= 3 { 0 } else { SLOWED_SEARCH_MS });
@@ -892,10 +904,18 @@ fn nightly_applies_find_the_night_the_cluster_slowed_and_tell_the_webhook() {
                 .run_id
                 .expect("a completed test's run"),
         );
-        told_by_night.push(hook.received().len());
+        told_by_night.push((hook.received().len(), told_of_the_search_latency().len()));
     }
-    eprintln!("messages the webhook had after each night: {told_by_night:?}");
-    assert_eq!(told_by_night[2], 0, "nothing to tell before the slowdown");
+    eprintln!(
+        "messages the webhook had, and changes of the search latency told, after each night: \
+         {told_by_night:?}"
+    );
+    assert_eq!(
+        told_by_night[2].1,
+        0,
+        "nothing told of the search latency before the slowdown: {:#?}",
+        hook.received()
+    );
     let mut distinct = runs.clone();
     distinct.dedup();
     assert_eq!(
@@ -915,10 +935,7 @@ fn nightly_applies_find_the_night_the_cluster_slowed_and_tell_the_webhook() {
         bodies.iter().all(|b| b["kind"] == "change_point"),
         "{bodies:#?}"
     );
-    let told: Vec<&serde_json::Value> = (bodies.iter())
-        .flat_map(|b| b["changes"].as_array().unwrap())
-        .filter(|c| c["task"] == "match-all" && c["metric"] == "latency_p50")
-        .collect();
+    let told = told_of_the_search_latency();
     let [c] = told.as_slice() else {
         panic!("the search latency's change, told once: {bodies:#?}")
     };
@@ -928,7 +945,7 @@ fn nightly_applies_find_the_night_the_cluster_slowed_and_tell_the_webhook() {
     assert_eq!(c["verdict"], "regression", "{c:#}");
     assert_eq!(c["runs_before"], 3, "{c:#}");
     let message = (bodies.iter())
-        .find(|b| b["changes"].as_array().unwrap().iter().any(|x| x == *c))
+        .find(|b| b["changes"].as_array().unwrap().iter().any(|x| x == c))
         .unwrap();
     let text = message["text"].as_str().unwrap();
     assert!(
